@@ -1,0 +1,120 @@
+//! Loads the kernel programs, configures them for this run and attaches them.
+//! Everything attached is owned by file descriptors of this process: the kernel
+//! detaches it when the process exits, however it exits.
+
+pub mod btf;
+pub mod layout;
+mod privileges;
+
+use std::os::unix::fs::MetadataExt;
+
+use anyhow::{anyhow, Context, Result};
+use aya::{
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::BtfTracePoint,
+    Btf, Ebpf, EbpfLoader,
+};
+use tracer_common::{lost_slot, WatchConfig, CAPTURE_MAX};
+
+pub use privileges::check_privileges;
+
+/// The kernel programs, built by build.rs for the BPF target.
+static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
+
+/// (program in tracer-ebpf, kernel tracepoint it attaches to)
+const BRIDGE_PROGRAMS: [(&str, &str); 2] =
+    [("bridge_receive", "netif_receive_skb"), ("bridge_transmit", "net_dev_queue")];
+
+#[derive(Clone, Debug)]
+pub struct WatchSettings {
+    /// 0 traces every port.
+    pub port: u16,
+    /// Bytes of each frame to copy in the kernel.
+    pub snaplen: u32,
+    pub ring_buffer_bytes: u32,
+}
+
+/// The attached bridge-path programs. Dropping it detaches them.
+pub struct BridgeHooks {
+    _ebpf: Ebpf,
+    lost: PerCpuArray<MapData, u64>,
+    pub netns_inode: u32,
+    pub conntrack_known: bool,
+}
+
+impl BridgeHooks {
+    /// Attaches the programs; also returns the ring buffer their records arrive on.
+    pub fn attach(settings: &WatchSettings) -> Result<(BridgeHooks, RingBuf<MapData>)> {
+        check_privileges()?;
+        let kernel_btf = layout::KernelBtf::load_running()?;
+        let resolved = layout::resolve_layout(&kernel_btf)?;
+        let netns_inode = current_netns_inode()?;
+        let config = WatchConfig {
+            port_be: settings.port.to_be(),
+            _pad: 0,
+            netns_inode,
+            snaplen: settings.snaplen.min(CAPTURE_MAX as u32),
+            layout: resolved.layout,
+        };
+
+        let btf = Btf::from_sys_fs().context("reading /sys/kernel/btf/vmlinux failed: tracer needs a kernel with BTF")?;
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            .override_global("CONFIG", &config, true)
+            .map_max_entries("EVENTS", settings.ring_buffer_bytes)
+            .load(PROGRAMS)
+            .map_err(|err| explain_load_error(anyhow!(err)))?;
+
+        for (program, tracepoint) in BRIDGE_PROGRAMS {
+            let hook: &mut BtfTracePoint = ebpf
+                .program_mut(program)
+                .ok_or_else(|| anyhow!("program {program} missing from the kernel object: rebuild tracer"))?
+                .try_into()
+                .with_context(|| format!("program {program} is not a BTF tracepoint: rebuild tracer"))?;
+            hook.load(tracepoint, &btf)
+                .map_err(|err| explain_load_error(anyhow!(err).context(format!("loading {program} on tracepoint {tracepoint}"))))?;
+            hook.attach()
+                .map_err(|err| anyhow!(err).context(format!("attaching {program} to tracepoint {tracepoint}")))?;
+        }
+
+        let events = RingBuf::try_from(
+            ebpf.take_map("EVENTS").ok_or_else(|| anyhow!("map EVENTS missing from the kernel object: rebuild tracer"))?,
+        )?;
+        let lost = PerCpuArray::try_from(
+            ebpf.take_map("LOST").ok_or_else(|| anyhow!("map LOST missing from the kernel object: rebuild tracer"))?,
+        )?;
+        Ok((BridgeHooks { _ebpf: ebpf, lost, netns_inode, conntrack_known: resolved.conntrack_known }, events))
+    }
+
+    /// Records the kernel could not queue, per CPU, over all programs.
+    pub fn lost_per_cpu(&self) -> Result<Vec<u64>> {
+        let mut per_cpu: Vec<u64> = Vec::new();
+        for slot in 0..lost_slot::COUNT {
+            let values = self.lost.get(&slot, 0).context("reading the lost-record counters")?;
+            if per_cpu.len() < values.len() {
+                per_cpu.resize(values.len(), 0);
+            }
+            for (total, value) in per_cpu.iter_mut().zip(values.iter()) {
+                *total += *value;
+            }
+        }
+        Ok(per_cpu)
+    }
+}
+
+/// The inode the kernel identifies this process's network namespace by
+/// (`net->ns.inum`), so the programs can keep to it.
+fn current_netns_inode() -> Result<u32> {
+    let meta = std::fs::metadata("/proc/self/ns/net")
+        .context("cannot read /proc/self/ns/net: is /proc mounted?")?;
+    u32::try_from(meta.ino()).context("network namespace inode does not fit 32 bits")
+}
+
+fn explain_load_error(err: anyhow::Error) -> anyhow::Error {
+    let text = format!("{err:#}");
+    if text.contains("Operation not permitted") || text.contains("EPERM") {
+        err.context("the kernel refused to load eBPF programs: run tracer as root (or with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)")
+    } else {
+        err
+    }
+}

@@ -1,0 +1,140 @@
+//! One line per packet for a person reading a terminal: time, where the frame went,
+//! addresses, what the DNS message says and what conntrack knows. Colour only on a TTY.
+
+use std::io::{self, Write};
+
+use tracer_common::Stage;
+
+use super::{Output, Summary};
+use crate::events::{
+    dns,
+    packet::{stage_name, Conntrack},
+    TracedPacket,
+};
+
+pub struct TextOutput<W: Write> {
+    out: W,
+    colour: bool,
+}
+
+const RESET: &str = "\x1b[0m";
+const DIM: &str = "\x1b[2m";
+const GREEN: &str = "\x1b[32m";
+const YELLOW: &str = "\x1b[33m";
+const CYAN: &str = "\x1b[36m";
+
+impl<W: Write> TextOutput<W> {
+    pub fn new(out: W, colour: bool) -> Self {
+        TextOutput { out, colour }
+    }
+
+    fn paint(&self, colour: &'static str, text: &str) -> String {
+        if self.colour {
+            format!("{colour}{text}{RESET}")
+        } else {
+            text.to_string()
+        }
+    }
+}
+
+/// `HH:MM:SS.micro` in UTC: node logs and kernel messages are read in UTC too.
+pub fn time_of_day(wall_ns: u64) -> String {
+    let secs = wall_ns / 1_000_000_000;
+    let micros = (wall_ns % 1_000_000_000) / 1_000;
+    let day = secs % 86_400;
+    format!("{:02}:{:02}:{:02}.{:06}", day / 3600, (day % 3600) / 60, day % 60, micros)
+}
+
+/// "from → to" for the stage: where the frame was and where it is going.
+fn path(packet: &TracedPacket) -> (String, String) {
+    let name = |n: &Option<String>, index: u32| n.clone().unwrap_or_else(|| format!("if{index}"));
+    let event = &packet.event;
+    let here = name(&packet.names.ifname, event.ifindex);
+    let bridge = packet.names.bridge.clone().unwrap_or_else(|| "bridge".to_string());
+    match event.stage {
+        Stage::BridgeIn => (here, bridge),
+        Stage::ToHost => (here, "host".to_string()),
+        Stage::FromHost => ("host".to_string(), here),
+        Stage::BridgeOut => {
+            let from = if event.ingress_ifindex == 0 {
+                bridge
+            } else {
+                name(&packet.names.in_ifname, event.ingress_ifindex)
+            };
+            (from, here)
+        }
+    }
+}
+
+fn dns_text(message: &dns::DnsMessage) -> String {
+    let qname = message.qname.as_deref().unwrap_or("?");
+    let qtype = message.qtype.map(|t| dns::qtype_name(t).into_owned()).unwrap_or_else(|| "?".to_string());
+    if message.qr {
+        let answer = message.first_answer.as_ref().map(|a| format!(" → {a}")).unwrap_or_default();
+        format!("DNS reply #{:04x} {} {qtype} {qname}{answer}", message.id, dns::rcode_name(message.rcode))
+    } else {
+        format!("DNS query #{:04x} {qtype} {qname}", message.id)
+    }
+}
+
+impl<W: Write> Output for TextOutput<W> {
+    fn packet(&mut self, packet: &TracedPacket) -> io::Result<()> {
+        let event = &packet.event;
+        let (from, to) = path(packet);
+        let flow = format!("{} → {}", event.src, event.dst);
+        let what = match &event.dns {
+            Some(message) => dns_text(message),
+            None => format!("{} {} bytes", event.proto_name(), event.ip_len),
+        };
+        let conntrack = match &event.conntrack {
+            Conntrack::None => self.paint(YELLOW, "ct:no"),
+            Conntrack::Untracked => self.paint(YELLOW, "ct:untracked"),
+            Conntrack::Attached(entry) => {
+                let nat: Vec<String> = entry.nat().iter().map(|n| n.to_string()).collect();
+                let text = if nat.is_empty() { "ct:yes".to_string() } else { format!("ct:yes {}", nat.join(", ")) };
+                self.paint(GREEN, &text)
+            }
+        };
+        let line = format!(
+            "{} {:>15} → {:<15} {} {:<45} {:<48} {}",
+            self.paint(DIM, &time_of_day(packet.wall_time_ns)),
+            from,
+            to,
+            self.paint(CYAN, &format!("{:<10}", stage_name(event.stage))),
+            flow,
+            what,
+            conntrack
+        );
+        writeln!(self.out, "{}", line.trim_end())
+    }
+
+    fn summary(&mut self, summary: &Summary) -> io::Result<()> {
+        let lost = if summary.lost == 0 {
+            "0 lost".to_string()
+        } else {
+            self.paint(YELLOW, &format!("{} lost (ring buffer full; try --ring-buffer-mib)", summary.lost))
+        };
+        writeln!(
+            self.out,
+            "-- {} packets, {lost}, {:.1} s",
+            summary.packets, summary.duration_secs
+        )?;
+        self.out.flush()
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_of_day_is_utc_with_micros() {
+        // 2026-11-23T13:45:01.123456789Z
+        let ns = 1_795_441_501_123_456_789u64;
+        assert_eq!(time_of_day(ns), "13:45:01.123456");
+    }
+}
