@@ -54,6 +54,10 @@ struct WatchArgs {
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(64..=512))]
     snaplen: u32,
 
+    /// A DNS query with no reply after this many seconds is reported as `dns_timeout`.
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_duration)]
+    dns_timeout: Duration,
+
     /// Size of the kernel-to-tracer ring buffer in MiB (a power of two). Raise it when
     /// the summary reports lost records.
     #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = parse_ring_mib)]
@@ -93,6 +97,7 @@ fn run_watch(args: WatchArgs) -> ExitCode {
     let options = WatchOptions {
         settings: WatchSettings { port: args.port, snaplen: args.snaplen, ring_buffer_bytes: args.ring_buffer_mib << 20 },
         duration: args.duration,
+        dns_timeout: args.dns_timeout,
     };
     let stdout = std::io::stdout();
     let colour = stdout.is_terminal();

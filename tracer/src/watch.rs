@@ -15,7 +15,9 @@ use tokio::{
 };
 
 use crate::{
-    events::{interfaces::Interfaces, packet, TracedPacket, WallClock},
+    correlation::dns::{Correlated, DnsFlows},
+    events::{interfaces::Interfaces, node, packet, TracedPacket, WallClock},
+    findings::{dns::judge, FindingLog},
     hooks::{BridgeHooks, WatchSettings},
     outputs::{Output, Summary},
 };
@@ -23,7 +25,13 @@ use crate::{
 pub struct WatchOptions {
     pub settings: WatchSettings,
     pub duration: Option<Duration>,
+    /// A DNS query with no reply after this long is a `dns_timeout` finding.
+    pub dns_timeout: Duration,
 }
+
+/// DNS queries tracked at once; beyond it the oldest are dropped (and counted), so
+/// a long watch on a busy node stays bounded.
+const MAX_TRACKED_QUERIES: usize = 65_536;
 
 /// How a watch ended.
 pub enum Ending {
@@ -50,7 +58,12 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Endi
     let mut tick = tokio::time::interval(TICK);
     let started = Instant::now();
     let deadline = options.duration.map(|d| started + d);
-    let mut stats = Stats::default();
+    let mut analysis = Analysis {
+        flows: DnsFlows::new(options.dns_timeout.as_nanos() as u64, MAX_TRACKED_QUERIES),
+        log: FindingLog::default(),
+        timeout_secs: options.dns_timeout.as_secs_f64(),
+        stats: Stats::default(),
+    };
 
     eprintln!(
         "tracer: watching {} on Linux bridges in network namespace {}{}; Ctrl-C to stop",
@@ -74,12 +87,17 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Endi
         tokio::select! {
             ready = events.readable_mut() => {
                 let mut guard = ready.context("waiting for events")?;
-                if drain(guard.get_inner_mut(), &clock, &mut interfaces, output, &mut stats).is_err() {
+                if drain(guard.get_inner_mut(), &clock, &mut interfaces, output, &mut analysis).is_err() {
                     return Ok(Ending::OutputClosed);
                 }
                 guard.clear_ready();
             }
-            _ = tick.tick() => interfaces.apply_updates(),
+            _ = tick.tick() => {
+                interfaces.apply_updates();
+                if analysis.expire(monotonic_now_ns(), output).and_then(|()| output.flush()).is_err() {
+                    return Ok(Ending::OutputClosed);
+                }
+            }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = &mut sleep_until_deadline => break,
@@ -87,9 +105,12 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Endi
     }
 
     // Records already queued when we were told to stop still belong to the watch.
-    if drain(events.get_mut(), &clock, &mut interfaces, output, &mut stats).is_err() {
+    if drain(events.get_mut(), &clock, &mut interfaces, output, &mut analysis).is_err()
+        || analysis.expire(monotonic_now_ns(), output).is_err()
+    {
         return Ok(Ending::OutputClosed);
     }
+    let stats = &analysis.stats;
     if stats.malformed > 0 {
         eprintln!("tracer: warning: {} records could not be decoded: {}", stats.malformed, stats.last_error);
     }
@@ -99,6 +120,9 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Endi
         lost: lost_per_cpu.iter().sum(),
         lost_per_cpu,
         duration_secs: started.elapsed().as_secs_f64(),
+        findings: analysis.log.distinct(),
+        finding_counts: analysis.log.counts().into_iter().map(|(kind, n)| (kind.name(), n)).collect(),
+        evicted_flows: analysis.flows.evicted,
     };
     if output.summary(&summary).is_err() {
         return Ok(Ending::OutputClosed);
@@ -114,26 +138,66 @@ struct Stats {
     last_error: String,
 }
 
+/// Correlation state and findings of one run.
+struct Analysis {
+    flows: DnsFlows,
+    log: FindingLog,
+    timeout_secs: f64,
+    stats: Stats,
+}
+
+impl Analysis {
+    fn packet(&mut self, packet: &TracedPacket, output: &mut dyn Output) -> io::Result<()> {
+        self.stats.packets += 1;
+        output.packet(packet)?;
+        match self.flows.observe(packet) {
+            Some(correlated) => self.report(&correlated, output),
+            None => Ok(()),
+        }
+    }
+
+    fn expire(&mut self, now_ns: u64, output: &mut dyn Output) -> io::Result<()> {
+        for correlated in self.flows.expire(now_ns) {
+            self.report(&correlated, output)?;
+        }
+        Ok(())
+    }
+
+    /// Prints a finding the first time it occurs; repeats are only counted.
+    fn report(&mut self, correlated: &Correlated, output: &mut dyn Output) -> io::Result<()> {
+        let Some(finding) = judge(correlated, self.timeout_secs, &node::read_sysctl) else { return Ok(()) };
+        match self.log.record(finding) {
+            Some(new) => output.finding(new),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The kernel's `bpf_ktime_get_ns` clock, to age queries against.
+fn monotonic_now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid clock id and a live timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
+}
+
 /// Reads every record queued in the ring buffer. An error means the output is gone.
 fn drain(
     ring: &mut RingBuf<MapData>,
     clock: &WallClock,
     interfaces: &mut Interfaces,
     output: &mut dyn Output,
-    stats: &mut Stats,
+    analysis: &mut Analysis,
 ) -> io::Result<()> {
     interfaces.apply_updates();
     while let Some(item) = ring.next() {
         let decoded = packet::record_from_bytes(&item).and_then(|record| packet::decode(&record));
         drop(item);
         match decoded {
-            Ok(event) => {
-                stats.packets += 1;
-                output.packet(&TracedPacket::new(event, clock, interfaces))?;
-            }
+            Ok(event) => analysis.packet(&TracedPacket::new(event, clock, interfaces), output)?,
             Err(err) => {
-                stats.malformed += 1;
-                stats.last_error = err.to_string();
+                analysis.stats.malformed += 1;
+                analysis.stats.last_error = err.to_string();
             }
         }
     }

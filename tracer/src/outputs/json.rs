@@ -14,6 +14,7 @@ use crate::events::{
     packet::{stage_name, Conntrack, FlowTuple},
     TracedPacket,
 };
+use crate::findings::Finding;
 
 pub struct JsonOutput<W: Write> {
     out: W,
@@ -96,9 +97,42 @@ fn dns_json(message: &DnsMessage) -> Value {
     })
 }
 
+pub fn finding_json(finding: &Finding) -> Value {
+    let time = humantime::format_rfc3339_nanos(UNIX_EPOCH + Duration::from_nanos(finding.wall_time_ns)).to_string();
+    json!({
+        "type": "finding",
+        "kind": finding.kind.name(),
+        "time": time,
+        "headline": finding.headline,
+        "client": addr(&finding.client),
+        "expected_source": addr(&finding.expected_source),
+        "actual_source": finding.actual_source.as_ref().map(addr),
+        "query": {
+            "id": finding.query.id,
+            "qname": finding.query.qname,
+            "qtype": finding.query.qtype.map(|t| dns::qtype_name(t).into_owned()),
+        },
+        "bridge": finding.bridge,
+        "reply_in_port": finding.reply_in_port,
+        "reply_out_port": finding.reply_out_port,
+        "last_seen": finding.last_seen.as_ref().map(|seen| json!({
+            "stage": stage_name(seen.stage),
+            "ifname": seen.ifname,
+            "ifindex": seen.ifindex,
+        })),
+        "sysctls": finding.sysctls.iter().map(|s| (s.name.clone(), s.value.clone().map(Value::String).unwrap_or(Value::Null))).collect::<serde_json::Map<String, Value>>(),
+        "explanation": finding.explanation,
+        "fix": finding.fix,
+    })
+}
+
 impl<W: Write> Output for JsonOutput<W> {
     fn packet(&mut self, packet: &TracedPacket) -> io::Result<()> {
         self.line(&packet_json(packet))
+    }
+
+    fn finding(&mut self, finding: &Finding) -> io::Result<()> {
+        self.line(&finding_json(finding))
     }
 
     fn summary(&mut self, summary: &Summary) -> io::Result<()> {
@@ -108,6 +142,9 @@ impl<W: Write> Output for JsonOutput<W> {
             "lost": summary.lost,
             "lost_per_cpu": summary.lost_per_cpu,
             "duration_secs": (summary.duration_secs * 1000.0).round() / 1000.0,
+            "findings": summary.findings,
+            "finding_counts": summary.finding_counts.iter().map(|(kind, count)| (kind.to_string(), json!(count))).collect::<serde_json::Map<String, Value>>(),
+            "evicted_flows": summary.evicted_flows,
         }))?;
         self.out.flush()
     }

@@ -11,6 +11,7 @@ use crate::events::{
     packet::{stage_name, Conntrack},
     TracedPacket,
 };
+use crate::findings::Finding;
 
 pub struct TextOutput<W: Write> {
     out: W,
@@ -22,6 +23,7 @@ const DIM: &str = "\x1b[2m";
 const GREEN: &str = "\x1b[32m";
 const YELLOW: &str = "\x1b[33m";
 const CYAN: &str = "\x1b[36m";
+const RED_BOLD: &str = "\x1b[1;31m";
 
 impl<W: Write> TextOutput<W> {
     pub fn new(out: W, colour: bool) -> Self {
@@ -108,15 +110,59 @@ impl<W: Write> Output for TextOutput<W> {
         writeln!(self.out, "{}", line.trim_end())
     }
 
+    fn finding(&mut self, finding: &Finding) -> io::Result<()> {
+        let bar = self.paint(RED_BOLD, "┃");
+        writeln!(self.out, "{}", self.paint(RED_BOLD, &format!("┏━ FINDING {} ━━", finding.kind.name())))?;
+        writeln!(self.out, "{bar} {}", finding.headline)?;
+        let query = format!(
+            "{} {} (id {:#06x})",
+            finding.query.qtype.map(|t| dns::qtype_name(t).into_owned()).unwrap_or_else(|| "?".to_string()),
+            finding.query.qname.as_deref().unwrap_or("?"),
+            finding.query.id
+        );
+        writeln!(self.out, "{bar} client {}  asked {}  for {query}", finding.client, finding.expected_source)?;
+        if let Some(actual) = finding.actual_source {
+            let ports = match (&finding.reply_in_port, &finding.reply_out_port) {
+                (Some(from), Some(to)) => format!(", bridged {from} → {to}"),
+                _ => String::new(),
+            };
+            writeln!(self.out, "{bar} reply from {actual} (expected {}){ports}", finding.expected_source)?;
+        }
+        if let Some(seen) = &finding.last_seen {
+            let place = seen.ifname.clone().unwrap_or_else(|| format!("if{}", seen.ifindex));
+            writeln!(self.out, "{bar} last seen {} on {place} at {}", stage_name(seen.stage), time_of_day(seen.wall_time_ns))?;
+        }
+        for sysctl in &finding.sysctls {
+            writeln!(self.out, "{bar} {} = {}", sysctl.name, sysctl.value.as_deref().unwrap_or("(absent)"))?;
+        }
+        writeln!(self.out, "{bar} why: {}", finding.explanation)?;
+        for (n, fix) in finding.fix.iter().enumerate() {
+            let label = if n == 0 { "fix:" } else { "    " };
+            writeln!(self.out, "{bar} {label} {fix}")?;
+        }
+        writeln!(self.out, "{}", self.paint(RED_BOLD, "┗━━"))
+    }
+
     fn summary(&mut self, summary: &Summary) -> io::Result<()> {
         let lost = if summary.lost == 0 {
             "0 lost".to_string()
         } else {
             self.paint(YELLOW, &format!("{} lost (ring buffer full; try --ring-buffer-mib)", summary.lost))
         };
+        let findings = if summary.findings == 0 {
+            "no findings".to_string()
+        } else {
+            let counts: Vec<String> = summary.finding_counts.iter().map(|(kind, n)| format!("{kind} ×{n}")).collect();
+            self.paint(RED_BOLD, &format!("{} finding{} ({})", summary.findings, if summary.findings == 1 { "" } else { "s" }, counts.join(", ")))
+        };
+        let evicted = if summary.evicted_flows == 0 {
+            String::new()
+        } else {
+            format!(", {} queries dropped from tracking (table full)", summary.evicted_flows)
+        };
         writeln!(
             self.out,
-            "-- {} packets, {lost}, {:.1} s",
+            "-- {} packets, {lost}, {findings}{evicted}, {:.1} s",
             summary.packets, summary.duration_secs
         )?;
         self.out.flush()

@@ -1,0 +1,358 @@
+//! Follows each DNS query through the node and pairs it with its reply.
+//!
+//! A query is keyed by the client that sent it and its DNS id. The client is taken
+//! from the conntrack entry's original tuple when one is attached, so a query that
+//! was source-NATed on its way still matches its reply.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::SocketAddr,
+};
+
+use tracer_common::Stage;
+
+use crate::events::{
+    packet::{Conntrack, PacketEvent},
+    TracedPacket,
+};
+
+/// Where a packet was last seen on the node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sighting {
+    pub stage: Stage,
+    pub ifname: Option<String>,
+    pub ifindex: u32,
+    pub wall_time_ns: u64,
+}
+
+/// What we know of one DNS query.
+#[derive(Clone, Debug)]
+pub struct QueryFlow {
+    /// The query's sender, before any NAT.
+    pub client: SocketAddr,
+    /// Where the client sent it, before any NAT: the only source it accepts a reply from.
+    pub queried: SocketAddr,
+    pub id: u16,
+    pub qname: Option<String>,
+    pub qtype: Option<u16>,
+    /// Where conntrack sent the query, when it rewrote its destination (DNAT).
+    pub backend: Option<SocketAddr>,
+    /// The bridge port the query entered the bridge on (the client's port).
+    pub client_port: Option<String>,
+    pub bridge: Option<String>,
+    pub first_seen_ns: u64,
+    pub last_seen: Sighting,
+    /// A reply was seen somewhere on the node (even if not yet on its way to the client).
+    pub reply_seen: bool,
+    sequence: u64,
+}
+
+#[derive(Clone, Debug)]
+pub enum Correlated {
+    /// A reply to a tracked query leaves a bridge through a port towards its client.
+    ReplyToClient { query: QueryFlow, reply: Box<TracedPacket> },
+    /// No reply was seen on the node within the timeout.
+    Unanswered { query: QueryFlow },
+}
+
+type FlowKey = (SocketAddr, u16);
+
+pub struct DnsFlows {
+    flows: HashMap<FlowKey, QueryFlow>,
+    /// Insertion order, for expiry and eviction; entries whose flow is gone are skipped.
+    order: VecDeque<(u64, FlowKey)>,
+    next_sequence: u64,
+    timeout_ns: u64,
+    capacity: usize,
+    /// Flows dropped to stay within `capacity` before they were resolved.
+    pub evicted: u64,
+}
+
+impl DnsFlows {
+    pub fn new(timeout_ns: u64, capacity: usize) -> DnsFlows {
+        DnsFlows {
+            flows: HashMap::new(),
+            order: VecDeque::new(),
+            next_sequence: 0,
+            timeout_ns,
+            capacity: capacity.max(1),
+            evicted: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    pub fn observe(&mut self, packet: &TracedPacket) -> Option<Correlated> {
+        let message = packet.event.dns.as_ref()?;
+        let sighting = Sighting {
+            stage: packet.event.stage,
+            ifname: packet.names.ifname.clone(),
+            ifindex: packet.event.ifindex,
+            wall_time_ns: packet.wall_time_ns,
+        };
+        if !message.qr {
+            let (client, queried) = pre_nat_endpoints(&packet.event);
+            let key = (client, message.id);
+            if let Some(flow) = self.flows.get_mut(&key) {
+                flow.last_seen = sighting;
+                if flow.backend.is_none() {
+                    flow.backend = dnat_backend(&packet.event);
+                }
+                return None;
+            }
+            self.make_room();
+            let sequence = self.next_sequence;
+            self.next_sequence += 1;
+            let client_port = (packet.event.stage == Stage::BridgeIn).then(|| packet.names.ifname.clone()).flatten();
+            self.flows.insert(
+                key,
+                QueryFlow {
+                    client,
+                    queried,
+                    id: message.id,
+                    qname: message.qname.clone(),
+                    qtype: message.qtype,
+                    backend: dnat_backend(&packet.event),
+                    client_port,
+                    bridge: packet.names.bridge.clone(),
+                    first_seen_ns: packet.event.timestamp_ns,
+                    last_seen: sighting,
+                    reply_seen: false,
+                    sequence,
+                },
+            );
+            self.order.push_back((sequence, key));
+            return None;
+        }
+
+        // A reply travels from the server to the client: the client is its destination
+        // (before any NAT, which conntrack's original tuple names).
+        let client = match &packet.event.conntrack {
+            Conntrack::Attached(entry) => entry.original.map(|t| t.src).unwrap_or(packet.event.dst),
+            _ => packet.event.dst,
+        };
+        let key = (client, message.id);
+        let flow = self.flows.get_mut(&key)?;
+        flow.reply_seen = true;
+        if packet.event.stage != Stage::BridgeOut || packet.event.dst != flow.client {
+            return None;
+        }
+        let query = self.flows.remove(&key)?;
+        Some(Correlated::ReplyToClient { query, reply: Box::new(packet.clone()) })
+    }
+
+    /// Resolves the flows older than the timeout: unanswered queries are reported,
+    /// answered ones that never went back over a bridge (a client elsewhere) are dropped.
+    pub fn expire(&mut self, now_ns: u64) -> Vec<Correlated> {
+        let mut expired = Vec::new();
+        while let Some(&(sequence, key)) = self.order.front() {
+            let Some(flow) = self.flows.get(&key) else {
+                self.order.pop_front();
+                continue;
+            };
+            if flow.sequence != sequence {
+                self.order.pop_front();
+                continue;
+            }
+            if now_ns.saturating_sub(flow.first_seen_ns) < self.timeout_ns {
+                break;
+            }
+            self.order.pop_front();
+            if let Some(flow) = self.flows.remove(&key) {
+                if !flow.reply_seen {
+                    expired.push(Correlated::Unanswered { query: flow });
+                }
+            }
+        }
+        expired
+    }
+
+    fn make_room(&mut self) {
+        while self.flows.len() >= self.capacity {
+            let Some((sequence, key)) = self.order.pop_front() else { return };
+            if self.flows.get(&key).is_some_and(|flow| flow.sequence == sequence) {
+                self.flows.remove(&key);
+                self.evicted += 1;
+            }
+        }
+    }
+}
+
+/// (source, destination) as the client saw them: the conntrack entry's original
+/// tuple when one is attached, else the packet's own addresses.
+fn pre_nat_endpoints(event: &PacketEvent) -> (SocketAddr, SocketAddr) {
+    match &event.conntrack {
+        Conntrack::Attached(entry) => match entry.original {
+            Some(original) => (original.src, original.dst),
+            None => (event.src, event.dst),
+        },
+        _ => (event.src, event.dst),
+    }
+}
+
+/// The address conntrack rewrote the destination to, if it did.
+fn dnat_backend(event: &PacketEvent) -> Option<SocketAddr> {
+    let Conntrack::Attached(entry) = &event.conntrack else { return None };
+    let (original, reply) = (entry.original?, entry.reply?);
+    (original.dst != reply.src).then_some(reply.src)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::net::SocketAddr;
+
+    use tracer_common::Stage;
+
+    use super::*;
+    use crate::events::{
+        dns::DnsMessage,
+        packet::{ConntrackEntry, FlowTuple},
+        InterfaceNames,
+    };
+
+    pub fn addr(text: &str) -> SocketAddr {
+        text.parse().expect("test address")
+    }
+
+    /// A packet as the kernel would report it, for replaying recorded sequences.
+    pub fn packet(
+        at_ms: u64,
+        stage: Stage,
+        ifname: &str,
+        src: &str,
+        dst: &str,
+        qr: bool,
+        conntrack: Conntrack,
+    ) -> TracedPacket {
+        TracedPacket {
+            event: PacketEvent {
+                timestamp_ns: at_ms * 1_000_000,
+                skb_id: 1,
+                netns_inode: 1,
+                stage,
+                ifindex: 7,
+                ingress_ifindex: 0,
+                ip_len: 80,
+                l4_proto: 17,
+                src: addr(src),
+                dst: addr(dst),
+                conntrack,
+                dns: Some(DnsMessage {
+                    id: 0x6aab,
+                    qr,
+                    opcode: 0,
+                    rcode: 0,
+                    qname: Some("example.test.".to_string()),
+                    qtype: Some(1),
+                    answer_count: u16::from(qr),
+                    first_answer: None,
+                }),
+                captured: Vec::new(),
+                l3_offset: 0,
+            },
+            wall_time_ns: 1_800_000_000_000_000_000 + at_ms * 1_000_000,
+            names: InterfaceNames {
+                ifname: Some(ifname.to_string()),
+                in_ifname: None,
+                bridge: Some("cni0".to_string()),
+            },
+        }
+    }
+
+    pub fn dnat_entry(ctinfo: u8) -> Conntrack {
+        Conntrack::Attached(ConntrackEntry {
+            ctinfo,
+            status: Some((1 << 3) | (1 << 5) | (1 << 8)),
+            original: Some(FlowTuple { src: addr("10.244.0.5:40000"), dst: addr("10.96.0.10:53") }),
+            reply: Some(FlowTuple { src: addr("10.244.0.7:53"), dst: addr("10.244.0.5:40000") }),
+        })
+    }
+
+    /// The query's way through a node with a ClusterIP DNAT, as recorded in the lab.
+    pub fn query_path() -> Vec<TracedPacket> {
+        vec![
+            packet(0, Stage::BridgeIn, "veth-client", "10.244.0.5:40000", "10.96.0.10:53", false, Conntrack::None),
+            packet(1, Stage::ToHost, "cni0", "10.244.0.5:40000", "10.96.0.10:53", false, Conntrack::None),
+            packet(2, Stage::FromHost, "cni0", "10.244.0.5:40000", "10.244.0.7:53", false, dnat_entry(2)),
+            packet(3, Stage::BridgeOut, "veth-server", "10.244.0.5:40000", "10.244.0.7:53", false, dnat_entry(2)),
+        ]
+    }
+
+    fn replay(flows: &mut DnsFlows, packets: &[TracedPacket]) -> Vec<Correlated> {
+        packets.iter().filter_map(|p| flows.observe(p)).collect()
+    }
+
+    #[test]
+    fn bridged_reply_without_conntrack_pairs_with_its_query() {
+        let mut flows = DnsFlows::new(2_000_000_000, 100);
+        let mut packets = query_path();
+        packets.push(packet(4, Stage::BridgeIn, "veth-server", "10.244.0.7:53", "10.244.0.5:40000", true, Conntrack::None));
+        packets.push(packet(5, Stage::BridgeOut, "veth-client", "10.244.0.7:53", "10.244.0.5:40000", true, Conntrack::None));
+        let correlated = replay(&mut flows, &packets);
+        assert_eq!(correlated.len(), 1);
+        let Correlated::ReplyToClient { query, reply } = &correlated[0] else { panic!("expected a reply") };
+        assert_eq!(query.client, addr("10.244.0.5:40000"));
+        assert_eq!(query.queried, addr("10.96.0.10:53"));
+        assert_eq!(query.backend, Some(addr("10.244.0.7:53")));
+        assert_eq!(query.client_port.as_deref(), Some("veth-client"));
+        assert_eq!(reply.event.src, addr("10.244.0.7:53"));
+        assert!(flows.is_empty(), "a resolved flow is forgotten");
+    }
+
+    #[test]
+    fn reverse_natted_reply_pairs_by_conntrack_original_tuple() {
+        let mut flows = DnsFlows::new(2_000_000_000, 100);
+        let mut packets = query_path();
+        packets.push(packet(5, Stage::BridgeOut, "veth-client", "10.96.0.10:53", "10.244.0.5:40000", true, dnat_entry(3)));
+        let correlated = replay(&mut flows, &packets);
+        let [Correlated::ReplyToClient { reply, .. }] = correlated.as_slice() else { panic!("expected one reply") };
+        assert_eq!(reply.event.src, addr("10.96.0.10:53"));
+    }
+
+    #[test]
+    fn unanswered_query_expires_with_where_it_was_last_seen() {
+        let mut flows = DnsFlows::new(2_000_000_000, 100);
+        assert!(replay(&mut flows, &query_path()).is_empty());
+        assert!(flows.expire(1_999_000_000).is_empty(), "not before the timeout");
+        let expired = flows.expire(2_000_000_000);
+        let [Correlated::Unanswered { query }] = expired.as_slice() else { panic!("expected one timeout") };
+        assert_eq!(query.last_seen.stage, Stage::BridgeOut);
+        assert_eq!(query.last_seen.ifname.as_deref(), Some("veth-server"));
+        assert!(flows.is_empty());
+    }
+
+    #[test]
+    fn reply_seen_elsewhere_is_not_a_timeout() {
+        let mut flows = DnsFlows::new(2_000_000_000, 100);
+        let mut packets = query_path();
+        // The client is not behind this bridge: the reply goes up to the host and away.
+        packets.push(packet(4, Stage::ToHost, "cni0", "10.244.0.7:53", "10.244.0.5:40000", true, dnat_entry(3)));
+        assert!(replay(&mut flows, &packets).is_empty());
+        assert!(flows.expire(10_000_000_000).is_empty());
+    }
+
+    #[test]
+    fn table_is_capped_and_evictions_counted() {
+        let mut flows = DnsFlows::new(2_000_000_000, 3);
+        for port in 0..5u16 {
+            let src = format!("10.244.0.5:{}", 30000 + port);
+            flows.observe(&packet(port as u64, Stage::BridgeIn, "veth-client", &src, "10.96.0.10:53", false, Conntrack::None));
+        }
+        assert_eq!(flows.len(), 3);
+        assert_eq!(flows.evicted, 2);
+    }
+
+    #[test]
+    fn retries_share_one_flow() {
+        let mut flows = DnsFlows::new(2_000_000_000, 100);
+        replay(&mut flows, &query_path());
+        replay(&mut flows, &query_path());
+        assert_eq!(flows.len(), 1);
+    }
+}

@@ -1,0 +1,273 @@
+//! Decides what a paired query and reply (or a query left unanswered) means.
+
+use std::net::SocketAddr;
+
+use tracer_common::Stage;
+
+use super::{Finding, FindingKind, QueryRef};
+use crate::{
+    correlation::dns::{Correlated, QueryFlow},
+    events::{
+        dns::qtype_name,
+        node::{bridge_nf_call_sysctl, SysctlValue},
+        packet::{stage_name, Conntrack},
+        TracedPacket,
+    },
+};
+
+/// `read_sysctl` is how the node's settings are read (the real /proc/sys in a watch).
+pub fn judge(correlated: &Correlated, timeout_secs: f64, read_sysctl: &dyn Fn(&str) -> SysctlValue) -> Option<Finding> {
+    match correlated {
+        Correlated::ReplyToClient { query, reply } => judge_reply(query, reply, read_sysctl),
+        Correlated::Unanswered { query } => Some(timeout(query, timeout_secs)),
+    }
+}
+
+fn judge_reply(query: &QueryFlow, reply: &TracedPacket, read_sysctl: &dyn Fn(&str) -> SysctlValue) -> Option<Finding> {
+    let actual = reply.event.src;
+    if actual == query.queried {
+        return None;
+    }
+    let skipped_conntrack = matches!(reply.event.conntrack, Conntrack::None) && query.backend == Some(actual);
+    let base = Finding {
+        kind: FindingKind::UnexpectedReplySource,
+        wall_time_ns: reply.wall_time_ns,
+        headline: String::new(),
+        client: query.client,
+        expected_source: query.queried,
+        actual_source: Some(actual),
+        query: query_ref(query),
+        bridge: reply.names.bridge.clone().or_else(|| query.bridge.clone()),
+        reply_in_port: reply.names.in_ifname.clone(),
+        reply_out_port: reply.names.ifname.clone(),
+        last_seen: None,
+        sysctls: Vec::new(),
+        explanation: String::new(),
+        fix: Vec::new(),
+    };
+    Some(if skipped_conntrack {
+        conntrack_skip(base, read_sysctl)
+    } else {
+        unexpected_source(base, query)
+    })
+}
+
+fn conntrack_skip(mut finding: Finding, read_sysctl: &dyn Fn(&str) -> SysctlValue) -> Finding {
+    let bridge = finding.bridge.clone().unwrap_or_else(|| "the bridge".to_string());
+    let actual = show(finding.actual_source);
+    let expected = finding.expected_source;
+    let sysctl_name = bridge_nf_call_sysctl(expected.is_ipv6());
+    let sysctl = read_sysctl(sysctl_name);
+    let sysctl_text = match &sysctl.value {
+        Some(value) => format!("{sysctl_name} is {value} in this network namespace"),
+        None => format!("{sysctl_name} does not exist here: br_netfilter is not loaded"),
+    };
+    let ports = match (&finding.reply_in_port, &finding.reply_out_port) {
+        (Some(from), Some(to)) => format!(" from {from} to {to}"),
+        _ => String::new(),
+    };
+    finding.kind = FindingKind::ConntrackSkip;
+    finding.headline = format!(
+        "DNS replies skip conntrack on bridge {bridge}: {} gets answers from {actual} instead of {expected}",
+        finding.client.ip()
+    );
+    finding.explanation = format!(
+        "The client asked the service address {expected}; conntrack sent the query to the backend {actual}. \
+         The backend's reply was forwarded by {bridge}{ports} at layer 2 without passing the IP netfilter hooks, \
+         so conntrack never saw it and reverse NAT never rewrote its source to {expected}. The client drops \
+         a reply from an address it did not ask (\"reply from unexpected source\") and the lookup times out. \
+         Bridged frames pass conntrack only when br_netfilter is loaded and {sysctl_name}=1; {sysctl_text}."
+    );
+    finding.fix = vec![
+        "modprobe br_netfilter    # where br_netfilter is a module; it is needed for the sysctl to exist".to_string(),
+        format!("sysctl -w {sysctl_name}=1"),
+        "echo br_netfilter > /etc/modules-load.d/br_netfilter.conf    # persist the module".to_string(),
+        format!("echo '{sysctl_name} = 1' > /etc/sysctl.d/99-bridge-nf-call.conf    # persist the setting"),
+    ];
+    finding.sysctls = vec![sysctl];
+    finding
+}
+
+fn unexpected_source(mut finding: Finding, query: &QueryFlow) -> Finding {
+    let actual = show(finding.actual_source);
+    let expected = finding.expected_source;
+    let nat_note = match query.backend {
+        Some(backend) if Some(backend) != finding.actual_source => format!(
+            " Conntrack had sent the query to {backend}, and the reply comes from neither that backend nor the service."
+        ),
+        Some(_) => " Conntrack saw the reply but did not rewrite its source back to the service address.".to_string(),
+        None => String::new(),
+    };
+    finding.headline = format!(
+        "DNS reply from unexpected source: {} asked {expected} but the answer comes from {actual}",
+        finding.client.ip()
+    );
+    finding.explanation = format!(
+        "A DNS client accepts an answer only from the address and port it sent the query to. This reply reaches \
+         {} from {actual}, so the client drops it and the lookup times out.{nat_note} Typical causes: a \
+         SNAT or MASQUERADE rule that matches the reply, a DNS server that answers from another of its \
+         addresses, or asymmetric routing around conntrack.",
+        finding.client
+    );
+    finding.fix = vec![
+        format!("iptables-save -t nat | grep -iE 'SNAT|MASQUERADE'    # a rule rewriting replies from {actual}?"),
+        "nft list ruleset | grep -iE 'snat|masquerade'".to_string(),
+        format!("conntrack -L -p udp --orig-port-dst {}    # how conntrack tracks the flow", expected.port()),
+        "make the DNS server answer from the address it was queried on (bind it to that address)".to_string(),
+    ];
+    finding
+}
+
+fn timeout(query: &QueryFlow, timeout_secs: f64) -> Finding {
+    let seen = &query.last_seen;
+    let place = format!(
+        "{} on {}",
+        stage_name(seen.stage),
+        seen.ifname.clone().unwrap_or_else(|| format!("if{}", seen.ifindex))
+    );
+    let (where_lost, fix) = match seen.stage {
+        Stage::BridgeOut => (
+            format!(
+                "It left the bridge towards the server ({place}){} and no reply came back: the server did not \
+                 answer, or its answer was dropped before reaching the bridge.",
+                query.backend.map(|b| format!(", sent to {b}")).unwrap_or_default()
+            ),
+            vec![
+                format!("check the DNS server at {} is running and listening", show(query.backend.or(Some(query.queried)))),
+                "check firewall rules on the server side (iptables -S; nft list ruleset)".to_string(),
+            ],
+        ),
+        Stage::ToHost | Stage::BridgeIn => (
+            format!(
+                "It was last seen at {place}: the node did not forward it. A firewall rule, a missing route or \
+                 ip_forward=0 stops it there."
+            ),
+            vec![
+                "iptables -S; iptables -t nat -S; nft list ruleset    # REJECT/DROP rules or DROP policies".to_string(),
+                "sysctl net.ipv4.ip_forward    # must be 1 to route pod traffic".to_string(),
+                format!("ip route get {}    # is there a route to the server?", query.backend.unwrap_or(query.queried).ip()),
+            ],
+        ),
+        Stage::FromHost => (
+            format!("It was last seen at {place}: the node sent it but it never left the bridge through a port."),
+            vec!["bridge fdb show; ip neigh    # does the bridge know where the server is?".to_string()],
+        ),
+    };
+    Finding {
+        kind: FindingKind::DnsTimeout,
+        wall_time_ns: seen.wall_time_ns,
+        headline: format!(
+            "DNS query unanswered: {} asked {} and got no reply within {timeout_secs} s",
+            query.client, query.queried
+        ),
+        client: query.client,
+        expected_source: query.queried,
+        actual_source: None,
+        query: query_ref(query),
+        bridge: query.bridge.clone(),
+        reply_in_port: None,
+        reply_out_port: None,
+        last_seen: Some(seen.clone()),
+        sysctls: Vec::new(),
+        explanation: format!(
+            "No reply to the {} query for {} was seen on this node. {where_lost}",
+            query.qtype.map(|t| qtype_name(t).into_owned()).unwrap_or_else(|| "DNS".to_string()),
+            query.qname.as_deref().unwrap_or("?")
+        ),
+        fix,
+    }
+}
+
+fn query_ref(query: &QueryFlow) -> QueryRef {
+    QueryRef { id: query.id, qname: query.qname.clone(), qtype: query.qtype }
+}
+
+fn show(addr: Option<SocketAddr>) -> String {
+    addr.map(|a| a.to_string()).unwrap_or_else(|| "?".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::correlation::dns::{
+        tests::{addr, dnat_entry, packet, query_path},
+        DnsFlows,
+    };
+
+    fn sysctl_zero(name: &str) -> SysctlValue {
+        SysctlValue { name: name.to_string(), value: Some("0".to_string()) }
+    }
+
+    fn run(packets: &[TracedPacket]) -> Vec<Finding> {
+        let mut flows = DnsFlows::new(2_000_000_000, 100);
+        let mut correlated: Vec<Correlated> = packets.iter().filter_map(|p| flows.observe(p)).collect();
+        correlated.extend(flows.expire(u64::MAX));
+        correlated.iter().filter_map(|c| judge(c, 2.0, &sysctl_zero)).collect()
+    }
+
+    #[test]
+    fn bridged_reply_from_backend_is_conntrack_skip() {
+        let mut packets = query_path();
+        packets.push(packet(4, Stage::BridgeIn, "veth-server", "10.244.0.7:53", "10.244.0.5:40000", true, Conntrack::None));
+        let mut reply = packet(5, Stage::BridgeOut, "veth-client", "10.244.0.7:53", "10.244.0.5:40000", true, Conntrack::None);
+        reply.names.in_ifname = Some("veth-server".to_string());
+        packets.push(reply);
+        let findings = run(&packets);
+        let [finding] = findings.as_slice() else { panic!("expected one finding, got {findings:?}") };
+        assert_eq!(finding.kind, FindingKind::ConntrackSkip);
+        assert_eq!(finding.client, addr("10.244.0.5:40000"));
+        assert_eq!(finding.expected_source, addr("10.96.0.10:53"));
+        assert_eq!(finding.actual_source, Some(addr("10.244.0.7:53")));
+        assert_eq!(finding.reply_in_port.as_deref(), Some("veth-server"));
+        assert_eq!(finding.reply_out_port.as_deref(), Some("veth-client"));
+        assert_eq!(finding.sysctls[0].name, "net.bridge.bridge-nf-call-iptables");
+        assert!(finding.fix.iter().any(|f| f == "sysctl -w net.bridge.bridge-nf-call-iptables=1"));
+        assert!(finding.fix.iter().any(|f| f.starts_with("modprobe br_netfilter")));
+    }
+
+    #[test]
+    fn reverse_natted_reply_is_healthy() {
+        let mut packets = query_path();
+        packets.push(packet(5, Stage::BridgeOut, "veth-client", "10.96.0.10:53", "10.244.0.5:40000", true, dnat_entry(3)));
+        assert!(run(&packets).is_empty());
+    }
+
+    #[test]
+    fn reply_from_a_third_address_is_unexpected_source() {
+        let packets = vec![
+            packet(0, Stage::BridgeIn, "veth-client", "10.244.0.5:40000", "10.244.0.8:53", false, Conntrack::None),
+            packet(1, Stage::BridgeOut, "veth-server", "10.244.0.5:40000", "10.244.0.8:53", false, Conntrack::None),
+            packet(2, Stage::BridgeOut, "veth-client", "10.244.0.1:53", "10.244.0.5:40000", true, Conntrack::None),
+        ];
+        let findings = run(&packets);
+        let [finding] = findings.as_slice() else { panic!("expected one finding, got {findings:?}") };
+        assert_eq!(finding.kind, FindingKind::UnexpectedReplySource);
+        assert_eq!(finding.expected_source, addr("10.244.0.8:53"));
+        assert_eq!(finding.actual_source, Some(addr("10.244.0.1:53")));
+    }
+
+    #[test]
+    fn unanswered_query_is_a_timeout_naming_the_last_place() {
+        let findings = run(&query_path());
+        let [finding] = findings.as_slice() else { panic!("expected one finding, got {findings:?}") };
+        assert_eq!(finding.kind, FindingKind::DnsTimeout);
+        let seen = finding.last_seen.as_ref().expect("last seen");
+        assert_eq!(seen.stage, Stage::BridgeOut);
+        assert!(finding.explanation.contains("veth-server"), "{}", finding.explanation);
+    }
+
+    #[test]
+    fn repeats_are_counted_once_per_client_and_server() {
+        let mut log = super::super::FindingLog::default();
+        let mut packets = query_path();
+        packets.push(packet(5, Stage::BridgeOut, "veth-client", "10.244.0.7:53", "10.244.0.5:40000", true, Conntrack::None));
+        let finding = run(&packets).remove(0);
+        let mut other_port = finding.clone();
+        other_port.client = addr("10.244.0.5:40001");
+        assert!(log.record(finding.clone()).is_some());
+        assert!(log.record(finding).is_none());
+        assert!(log.record(other_port).is_none());
+        assert_eq!(log.distinct(), 1);
+        assert_eq!(log.counts(), vec![(FindingKind::ConntrackSkip, 3)]);
+    }
+}

@@ -1,0 +1,118 @@
+//! Findings: problems tracer names, each with its evidence, a plain explanation and
+//! the commands that fix it. Repeats of one problem are counted, not re-reported.
+
+pub mod dns;
+
+use std::{collections::HashMap, net::SocketAddr};
+
+use crate::{correlation::dns::Sighting, events::node::SysctlValue};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FindingKind {
+    ConntrackSkip,
+    UnexpectedReplySource,
+    DnsTimeout,
+}
+
+impl FindingKind {
+    /// The name used in every output (`"kind"` in JSON).
+    pub fn name(self) -> &'static str {
+        match self {
+            FindingKind::ConntrackSkip => "conntrack_skip",
+            FindingKind::UnexpectedReplySource => "unexpected_reply_source",
+            FindingKind::DnsTimeout => "dns_timeout",
+        }
+    }
+}
+
+/// The DNS query a finding is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueryRef {
+    pub id: u16,
+    pub qname: Option<String>,
+    pub qtype: Option<u16>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Finding {
+    pub kind: FindingKind,
+    pub wall_time_ns: u64,
+    /// One line that names the problem.
+    pub headline: String,
+    pub client: SocketAddr,
+    /// Where the client sent its query and so the only source it accepts a reply from.
+    pub expected_source: SocketAddr,
+    /// Where the reply came from, when there was one.
+    pub actual_source: Option<SocketAddr>,
+    pub query: QueryRef,
+    pub bridge: Option<String>,
+    /// The bridge port the reply entered on and the one it left on, towards the client.
+    pub reply_in_port: Option<String>,
+    pub reply_out_port: Option<String>,
+    /// Where an unanswered query was last seen.
+    pub last_seen: Option<Sighting>,
+    /// Node settings that bear on the finding, as read when it was made.
+    pub sysctls: Vec<SysctlValue>,
+    pub explanation: String,
+    pub fix: Vec<String>,
+}
+
+impl Finding {
+    /// Occurrences of the same problem share this key: the same kind between the same
+    /// client and server addresses (a resolver's every query uses a fresh port, so
+    /// the port would make each one a new finding).
+    fn dedupe_key(&self) -> (FindingKind, std::net::IpAddr, SocketAddr, Option<SocketAddr>) {
+        (self.kind, self.client.ip(), self.expected_source, self.actual_source)
+    }
+}
+
+/// Distinct findings of a run, with how often each occurred.
+#[derive(Default)]
+pub struct FindingLog {
+    index: HashMap<(FindingKind, std::net::IpAddr, SocketAddr, Option<SocketAddr>), usize>,
+    findings: Vec<(Finding, u64)>,
+    /// Occurrences of findings not kept because `MAX_DISTINCT` were kept already.
+    pub overflow: u64,
+}
+
+/// Bounds the log on a node where something breaks for every client at once.
+const MAX_DISTINCT: usize = 10_000;
+
+impl FindingLog {
+    /// Records an occurrence; returns the finding when it is new (to be reported now).
+    pub fn record(&mut self, finding: Finding) -> Option<&Finding> {
+        let key = finding.dedupe_key();
+        if let Some(&at) = self.index.get(&key) {
+            self.findings[at].1 += 1;
+            return None;
+        }
+        if self.findings.len() >= MAX_DISTINCT {
+            self.overflow += 1;
+            return None;
+        }
+        self.index.insert(key, self.findings.len());
+        self.findings.push((finding, 1));
+        self.findings.last().map(|(finding, _)| finding)
+    }
+
+    pub fn distinct(&self) -> usize {
+        self.findings.len()
+    }
+
+    /// Occurrences per kind, in kind order.
+    pub fn counts(&self) -> Vec<(FindingKind, u64)> {
+        let mut counts: Vec<(FindingKind, u64)> = Vec::new();
+        for (finding, count) in &self.findings {
+            match counts.iter_mut().find(|(kind, _)| *kind == finding.kind) {
+                Some((_, total)) => *total += count,
+                None => counts.push((finding.kind, *count)),
+            }
+        }
+        counts.sort();
+        counts
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&Finding, u64)> {
+        self.findings.iter().map(|(finding, count)| (finding, *count))
+    }
+}
