@@ -32,7 +32,15 @@ impl Stage {
     }
 }
 
-/// `PacketRecord::conntrack` values.
+/// The first field of every ring buffer record says which record it is.
+pub mod record_kind {
+    pub const PACKET: u32 = 1;
+    pub const HOOK: u32 = 2;
+    pub const DROP: u32 = 3;
+    pub const ICMP: u32 = 4;
+}
+
+/// `ConntrackRecord::state` values.
 pub mod conntrack_state {
     /// `skb->_nfct` was empty: conntrack has not seen this frame on this path.
     pub const NONE: u8 = 0;
@@ -47,7 +55,20 @@ pub mod conntrack_state {
 pub mod lost_slot {
     pub const BRIDGE_RECEIVE: u32 = 0;
     pub const BRIDGE_TRANSMIT: u32 = 1;
-    pub const COUNT: u32 = 2;
+    pub const NETFILTER_EARLY: u32 = 2;
+    pub const NETFILTER_LATE: u32 = 3;
+    pub const KFREE_SKB: u32 = 4;
+    pub const ICMP_SEND: u32 = 5;
+    pub const COUNT: u32 = 6;
+}
+
+/// Where in a netfilter hook's priority range a hook record was taken.
+pub mod hook_position {
+    /// Before every other hook function (conntrack, NAT, filter) of that hook.
+    pub const EARLY: u8 = 1;
+    /// After all of them but conntrack confirmation: a packet seen early and not
+    /// late was stopped in that hook.
+    pub const LATE: u8 = 2;
 }
 
 /// One direction of a conntrack entry, as the kernel stores it. Ports are in
@@ -63,17 +84,49 @@ pub struct CtTuple {
     pub _pad: [u8; 3],
 }
 
-/// One traced frame at one stage. Fixed size so the kernel can reserve it in the
-/// ring buffer without a copy; only `captured_len` bytes of `packet` are meaningful.
+/// Addresses and ports of a packet as it was at the point of the record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    pub src_port_be: u16,
+    pub dst_port_be: u16,
+    /// 4 or 6.
+    pub ip_version: u8,
+    /// IPPROTO_UDP (17) or IPPROTO_TCP (6).
+    pub l4_proto: u8,
+    pub _pad: [u8; 2],
+}
+
+/// The conntrack entry attached to an skb (`skb->_nfct`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConntrackRecord {
+    /// `conntrack_state::*`.
+    pub state: u8,
+    /// The `enum ip_conntrack_info` bits of `skb->_nfct`.
+    pub info: u8,
+    pub _pad: [u8; 2],
+    /// `nf_conn->status` (IPS_* bits).
+    pub status: u32,
+    pub original: CtTuple,
+    pub reply: CtTuple,
+}
+
+/// One traced frame at one bridge stage. Fixed size so the kernel can reserve it in
+/// the ring buffer without a copy; only `captured_len` bytes of `packet` are meaningful.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct PacketRecord {
+    /// `record_kind::PACKET`.
+    pub kind: u32,
+    pub netns_inode: u32,
     /// CLOCK_MONOTONIC nanoseconds (`bpf_ktime_get_ns`).
     pub timestamp_ns: u64,
-    /// Kernel address of the sk_buff: the same frame seen at several stages of one
+    /// Kernel address of the sk_buff: the same frame seen at several points of one
     /// pass shares it (an address may be reused once the frame is freed).
     pub skb_id: u64,
-    pub netns_inode: u32,
     /// Device the frame is on at this stage.
     pub ifindex: u32,
     /// `skb->skb_iif`: the device the frame last arrived on.
@@ -82,23 +135,9 @@ pub struct PacketRecord {
     pub packet_len: u32,
     /// `Stage` as u8.
     pub stage: u8,
-    /// 4 or 6.
-    pub ip_version: u8,
-    /// IPPROTO_UDP (17) or IPPROTO_TCP (6).
-    pub l4_proto: u8,
-    /// `conntrack_state::*`.
-    pub conntrack: u8,
-    /// The `enum ip_conntrack_info` bits of `skb->_nfct`.
-    pub conntrack_info: u8,
-    pub _pad0: [u8; 3],
-    /// `nf_conn->status` (IPS_* bits) when a conntrack entry is attached.
-    pub conntrack_status: u32,
-    pub src_port_be: u16,
-    pub dst_port_be: u16,
-    pub src_addr: [u8; 16],
-    pub dst_addr: [u8; 16],
-    pub ct_original: CtTuple,
-    pub ct_reply: CtTuple,
+    pub _pad: [u8; 3],
+    pub flow: Flow,
+    pub conntrack: ConntrackRecord,
     /// Bytes of `packet` that were copied.
     pub captured_len: u16,
     /// Offsets into `packet` of the IP header, the L4 header and the L4 payload.
@@ -108,6 +147,64 @@ pub struct PacketRecord {
     pub l4_offset: u16,
     pub payload_offset: u16,
     pub packet: [u8; CAPTURE_MAX],
+}
+
+/// A traced packet passing a netfilter hook (IPv4/IPv6 PRE_ROUTING ... POST_ROUTING),
+/// early or late in the hook's priority range.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HookRecord {
+    /// `record_kind::HOOK`.
+    pub kind: u32,
+    pub netns_inode: u32,
+    pub timestamp_ns: u64,
+    pub skb_id: u64,
+    /// `nf_hook_state.in` / `.out` devices (0 when none).
+    pub in_ifindex: u32,
+    pub out_ifindex: u32,
+    /// NFPROTO_IPV4 (2) or NFPROTO_IPV6 (10).
+    pub pf: u8,
+    /// NF_INET_PRE_ROUTING (0) ... NF_INET_POST_ROUTING (4).
+    pub hook: u8,
+    /// `hook_position::*`.
+    pub position: u8,
+    pub _pad: [u8; 5],
+    pub flow: Flow,
+    pub conntrack: ConntrackRecord,
+}
+
+/// A traced packet freed as dropped (`skb:kfree_skb` with a drop reason).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DropRecord {
+    /// `record_kind::DROP`.
+    pub kind: u32,
+    pub netns_inode: u32,
+    pub timestamp_ns: u64,
+    pub skb_id: u64,
+    pub ifindex: u32,
+    /// `enum skb_drop_reason`; its names are read from the kernel's BTF.
+    pub reason: u32,
+    /// Kernel text address that dropped it.
+    pub location: u64,
+    pub flow: Flow,
+}
+
+/// The kernel answering a traced packet with ICMP (`icmp:icmp_send`), e.g. an
+/// iptables/nft REJECT. `flow` is the offending packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IcmpRecord {
+    /// `record_kind::ICMP`.
+    pub kind: u32,
+    pub netns_inode: u32,
+    pub timestamp_ns: u64,
+    pub skb_id: u64,
+    pub ifindex: u32,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    pub _pad: [u8; 2],
+    pub flow: Flow,
 }
 
 /// Byte offsets into kernel structs, read from the running kernel's BTF at start
@@ -143,6 +240,15 @@ pub struct KernelLayout {
     /// `IFF_BRIDGE_PORT` and `IFF_EBRIDGE` from `enum netdev_priv_flags`.
     pub flag_bridge_port: u32,
     pub flag_bridge: u32,
+    /// `nf_hook_state` fields.
+    pub hook_state_hook: u32,
+    pub hook_state_pf: u32,
+    pub hook_state_in: u32,
+    pub hook_state_out: u32,
+    pub hook_state_net: u32,
+    /// `enum skb_drop_reason` values that are not drops.
+    pub reason_not_dropped_yet: u32,
+    pub reason_consumed: u32,
 }
 
 /// Load-time settings, written into the programs' read-only data by userspace.
@@ -164,4 +270,14 @@ mod user {
     // SAFETY: plain-old-data, `#[repr(C)]`, every bit pattern valid.
     unsafe impl aya::Pod for super::WatchConfig {}
     unsafe impl aya::Pod for super::PacketRecord {}
+    unsafe impl aya::Pod for super::HookRecord {}
+    unsafe impl aya::Pod for super::DropRecord {}
+    unsafe impl aya::Pod for super::IcmpRecord {}
 }
+
+// The kernel aligns ring buffer records to 8 bytes and userspace reads them by size:
+// keep every record a multiple of 8 with no implicit padding.
+const _: () = assert!(core::mem::size_of::<PacketRecord>() == 176 + CAPTURE_MAX);
+const _: () = assert!(core::mem::size_of::<HookRecord>() == 168);
+const _: () = assert!(core::mem::size_of::<DropRecord>() == 80);
+const _: () = assert!(core::mem::size_of::<IcmpRecord>() == 72);

@@ -8,7 +8,13 @@ mod bridge;
 #[cfg(target_arch = "bpf")]
 mod config;
 #[cfg(target_arch = "bpf")]
+mod drops;
+#[cfg(target_arch = "bpf")]
+mod netfilter;
+#[cfg(target_arch = "bpf")]
 mod output;
+#[cfg(target_arch = "bpf")]
+mod packet;
 #[cfg(target_arch = "bpf")]
 mod skb;
 

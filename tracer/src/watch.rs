@@ -15,11 +15,20 @@ use tokio::{
 };
 
 use crate::{
-    correlation::dns::{Correlated, DnsFlows},
-    events::{interfaces::Interfaces, node, packet, TracedPacket, WallClock},
+    correlation::{
+        dns::{Correlated, DnsFlows},
+        paths::HookPaths,
+    },
+    events::{
+        interfaces::Interfaces,
+        netfilter::DropEvent,
+        node,
+        record::{self, KernelEvent},
+        TracedPacket, WallClock,
+    },
     findings::{dns::judge, FindingLog},
-    hooks::{BridgeHooks, WatchSettings},
-    outputs::{Output, Summary},
+    hooks::{KernelHooks, WatchSettings},
+    outputs::{DropLine, Output, Summary},
 };
 
 pub struct WatchOptions {
@@ -32,6 +41,11 @@ pub struct WatchOptions {
 /// DNS queries tracked at once; beyond it the oldest are dropped (and counted), so
 /// a long watch on a busy node stays bounded.
 const MAX_TRACKED_QUERIES: usize = 65_536;
+
+/// Packets followed through the netfilter hooks at once, and how long a path waits
+/// for its packet to reach the bridge path again before it is forgotten.
+const MAX_TRACKED_PATHS: usize = 65_536;
+const PATH_MAX_AGE: Duration = Duration::from_secs(1);
 
 /// How a watch ended.
 pub enum Ending {
@@ -46,7 +60,7 @@ pub enum Ending {
 const TICK: Duration = Duration::from_millis(250);
 
 pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Ending> {
-    let (hooks, events) = BridgeHooks::attach(&options.settings)?;
+    let (hooks, events) = KernelHooks::attach(&options.settings)?;
     let mut interfaces = Interfaces::open()?;
     let clock = WallClock::now();
     // SAFETY: the ring buffer owns its map fd, which stays open and unchanged for as
@@ -63,6 +77,7 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Endi
         log: FindingLog::default(),
         timeout_secs: options.dns_timeout.as_secs_f64(),
         stats: Stats::default(),
+        paths: HookPaths::new(MAX_TRACKED_PATHS, PATH_MAX_AGE.as_nanos() as u64),
     };
 
     eprintln!(
@@ -87,13 +102,14 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Endi
         tokio::select! {
             ready = events.readable_mut() => {
                 let mut guard = ready.context("waiting for events")?;
-                if drain(guard.get_inner_mut(), &clock, &mut interfaces, output, &mut analysis).is_err() {
+                if drain(guard.get_inner_mut(), &hooks, &clock, &mut interfaces, output, &mut analysis).is_err() {
                     return Ok(Ending::OutputClosed);
                 }
                 guard.clear_ready();
             }
             _ = tick.tick() => {
                 interfaces.apply_updates();
+                analysis.paths.expire(monotonic_now_ns());
                 if analysis.expire(monotonic_now_ns(), output).and_then(|()| output.flush()).is_err() {
                     return Ok(Ending::OutputClosed);
                 }
@@ -105,7 +121,7 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Endi
     }
 
     // Records already queued when we were told to stop still belong to the watch.
-    if drain(events.get_mut(), &clock, &mut interfaces, output, &mut analysis).is_err()
+    if drain(events.get_mut(), &hooks, &clock, &mut interfaces, output, &mut analysis).is_err()
         || analysis.expire(monotonic_now_ns(), output).is_err()
     {
         return Ok(Ending::OutputClosed);
@@ -144,12 +160,14 @@ struct Analysis {
     log: FindingLog,
     timeout_secs: f64,
     stats: Stats,
+    paths: HookPaths,
 }
 
 impl Analysis {
     fn packet(&mut self, packet: &TracedPacket, output: &mut dyn Output) -> io::Result<()> {
         self.stats.packets += 1;
-        output.packet(packet)?;
+        let hooks = self.paths.take_path(packet.event.skb_id);
+        output.packet(packet, &hooks)?;
         match self.flows.observe(packet) {
             Some(correlated) => self.report(&correlated, output),
             None => Ok(()),
@@ -181,9 +199,40 @@ fn monotonic_now_ns() -> u64 {
     (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
 }
 
+impl Analysis {
+    fn dropped(
+        &mut self,
+        drop: &DropEvent,
+        hooks: &KernelHooks,
+        clock: &WallClock,
+        interfaces: &mut Interfaces,
+        output: &mut dyn Output,
+    ) -> io::Result<()> {
+        self.stats.packets += 1;
+        let dropped = self.paths.drop(drop);
+        let reason = hooks.drop_reasons.get(&drop.reason).cloned().unwrap_or_else(|| format!("reason {}", drop.reason));
+        let icmp = dropped.icmp.as_ref().map(|i| icmp_name(drop.src.is_ipv6(), i.icmp_type, i.icmp_code));
+        let line = DropLine {
+            dropped: &dropped,
+            wall_time_ns: clock.wall_ns(drop.timestamp_ns),
+            ifname: interfaces.name(drop.ifindex),
+            reason,
+            verdict: if icmp.is_some() { "reject" } else { "drop" },
+            icmp,
+            rule: None,
+        };
+        output.dropped(&line)
+    }
+}
+
+fn icmp_name(_ipv6: bool, icmp_type: u8, icmp_code: u8) -> String {
+    format!("type {icmp_type} code {icmp_code}")
+}
+
 /// Reads every record queued in the ring buffer. An error means the output is gone.
 fn drain(
     ring: &mut RingBuf<MapData>,
+    hooks: &KernelHooks,
     clock: &WallClock,
     interfaces: &mut Interfaces,
     output: &mut dyn Output,
@@ -191,10 +240,13 @@ fn drain(
 ) -> io::Result<()> {
     interfaces.apply_updates();
     while let Some(item) = ring.next() {
-        let decoded = packet::record_from_bytes(&item).and_then(|record| packet::decode(&record));
+        let decoded = record::decode_record(&item);
         drop(item);
         match decoded {
-            Ok(event) => analysis.packet(&TracedPacket::new(event, clock, interfaces), output)?,
+            Ok(KernelEvent::Packet(event)) => analysis.packet(&TracedPacket::new(event, clock, interfaces), output)?,
+            Ok(KernelEvent::Hook(event)) => analysis.paths.hook(&event),
+            Ok(KernelEvent::Icmp(event)) => analysis.paths.icmp(&event),
+            Ok(KernelEvent::Drop(event)) => analysis.dropped(&event, hooks, clock, interfaces, output)?,
             Err(err) => {
                 analysis.stats.malformed += 1;
                 analysis.stats.last_error = err.to_string();

@@ -2,3 +2,4 @@
 //! never got one. Bookkeeping only: what a pairing means is for `findings` to decide.
 
 pub mod dns;
+pub mod paths;

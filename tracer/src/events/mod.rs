@@ -3,7 +3,9 @@
 
 pub mod dns;
 pub mod interfaces;
+pub mod netfilter;
 pub mod node;
+pub mod record;
 pub mod packet;
 
 use packet::PacketEvent;

@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use tracer_common::{conntrack_state, CtTuple, PacketRecord, Stage, CAPTURE_MAX};
+use tracer_common::{conntrack_state, ConntrackRecord, CtTuple, Flow, PacketRecord, Stage, CAPTURE_MAX};
 
 use super::dns::{self, DnsMessage};
 
@@ -89,7 +89,9 @@ const IPS_DST_NAT: u32 = 1 << 5;
 #[derive(Debug, PartialEq, Eq)]
 pub enum DecodeError {
     WrongSize(usize),
+    UnknownKind(u32),
     UnknownStage(u8),
+    UnknownHook(u8),
     UnknownIpVersion(u8),
 }
 
@@ -98,10 +100,11 @@ impl std::fmt::Display for DecodeError {
         match self {
             DecodeError::WrongSize(n) => write!(
                 f,
-                "ring buffer record of {n} bytes, expected {}: kernel programs and tracer binary are from different builds",
-                size_of::<PacketRecord>()
+                "ring buffer record of {n} bytes is too short for its kind: kernel programs and tracer binary are from different builds"
             ),
+            DecodeError::UnknownKind(k) => write!(f, "record of unknown kind {k}: kernel programs and tracer binary are from different builds"),
             DecodeError::UnknownStage(s) => write!(f, "record with unknown stage {s}"),
+            DecodeError::UnknownHook(h) => write!(f, "record with unknown netfilter hook {h}"),
             DecodeError::UnknownIpVersion(v) => write!(f, "record with unknown IP version {v}"),
         }
     }
@@ -111,20 +114,25 @@ impl std::error::Error for DecodeError {}
 
 /// Copies a record out of ring buffer memory. The slot is only 8-byte aligned by the
 /// kernel, so read it unaligned rather than casting.
-pub fn record_from_bytes(bytes: &[u8]) -> Result<PacketRecord, DecodeError> {
-    if bytes.len() < size_of::<PacketRecord>() {
+pub fn record_from_bytes<T: aya::Pod>(bytes: &[u8]) -> Result<T, DecodeError> {
+    if bytes.len() < size_of::<T>() {
         return Err(DecodeError::WrongSize(bytes.len()));
     }
-    // SAFETY: length checked; PacketRecord is plain integers and byte arrays, so every
-    // bit pattern is a valid value.
-    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const PacketRecord) })
+    // SAFETY: length checked; the record types are plain integers and byte arrays
+    // (aya::Pod), so every bit pattern is a valid value.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const T) })
+}
+
+/// Source and destination of a record's flow.
+pub fn flow_addresses(flow: &Flow) -> Result<(SocketAddr, SocketAddr), DecodeError> {
+    let src = SocketAddr::new(ip_from(flow.ip_version, &flow.src_addr)?, u16::from_be(flow.src_port_be));
+    let dst = SocketAddr::new(ip_from(flow.ip_version, &flow.dst_addr)?, u16::from_be(flow.dst_port_be));
+    Ok((src, dst))
 }
 
 pub fn decode(record: &PacketRecord) -> Result<PacketEvent, DecodeError> {
     let stage = Stage::from_u8(record.stage).ok_or(DecodeError::UnknownStage(record.stage))?;
-    let ip = |raw: &[u8; 16]| ip_from(record.ip_version, raw);
-    let src = SocketAddr::new(ip(&record.src_addr)?, u16::from_be(record.src_port_be));
-    let dst = SocketAddr::new(ip(&record.dst_addr)?, u16::from_be(record.dst_port_be));
+    let (src, dst) = flow_addresses(&record.flow)?;
 
     let captured_len = (record.captured_len as usize).min(CAPTURE_MAX);
     let captured = record.packet[..captured_len].to_vec();
@@ -132,7 +140,7 @@ pub fn decode(record: &PacketRecord) -> Result<PacketEvent, DecodeError> {
     let dns = captured
         .get(payload_offset..)
         .filter(|payload| !payload.is_empty())
-        .and_then(|payload| dns::parse(payload, record.l4_proto == IPPROTO_TCP));
+        .and_then(|payload| dns::parse(payload, record.flow.l4_proto == IPPROTO_TCP));
 
     Ok(PacketEvent {
         timestamp_ns: record.timestamp_ns,
@@ -141,36 +149,36 @@ pub fn decode(record: &PacketRecord) -> Result<PacketEvent, DecodeError> {
         stage,
         ifindex: record.ifindex,
         ingress_ifindex: record.ingress_ifindex,
-        ip_len: ip_length(&captured, record.l3_offset as usize, record.ip_version).unwrap_or(record.packet_len),
-        l4_proto: record.l4_proto,
+        ip_len: ip_length(&captured, record.l3_offset as usize, record.flow.ip_version).unwrap_or(record.packet_len),
+        l4_proto: record.flow.l4_proto,
         src,
         dst,
-        conntrack: decode_conntrack(record)?,
+        conntrack: decode_conntrack(&record.conntrack, record.flow.ip_version)?,
         dns,
         captured,
         l3_offset: record.l3_offset as usize,
     })
 }
 
-fn decode_conntrack(record: &PacketRecord) -> Result<Conntrack, DecodeError> {
-    Ok(match record.conntrack {
+pub fn decode_conntrack(record: &ConntrackRecord, ip_version: u8) -> Result<Conntrack, DecodeError> {
+    Ok(match record.state {
         conntrack_state::ATTACHED => {
             // All-zero tuples mean the kernel had no layout to read the entry with.
-            let known = record.ct_original != CtTuple::default();
+            let known = record.original != CtTuple::default();
             let tuple = |t: &CtTuple| -> Result<Option<FlowTuple>, DecodeError> {
                 if !known {
                     return Ok(None);
                 }
                 Ok(Some(FlowTuple {
-                    src: SocketAddr::new(ip_from(record.ip_version, &t.src_addr)?, u16::from_be(t.src_port_be)),
-                    dst: SocketAddr::new(ip_from(record.ip_version, &t.dst_addr)?, u16::from_be(t.dst_port_be)),
+                    src: SocketAddr::new(ip_from(ip_version, &t.src_addr)?, u16::from_be(t.src_port_be)),
+                    dst: SocketAddr::new(ip_from(ip_version, &t.dst_addr)?, u16::from_be(t.dst_port_be)),
                 }))
             };
             Conntrack::Attached(ConntrackEntry {
-                ctinfo: record.conntrack_info,
-                status: known.then_some(record.conntrack_status),
-                original: tuple(&record.ct_original)?,
-                reply: tuple(&record.ct_reply)?,
+                ctinfo: record.info,
+                status: known.then_some(record.status),
+                original: tuple(&record.original)?,
+                reply: tuple(&record.reply)?,
             })
         }
         conntrack_state::UNTRACKED => Conntrack::Untracked,
@@ -299,7 +307,7 @@ mod tests {
     fn ip_length_comes_from_the_header() {
         let mut record = blank_record();
         record.stage = Stage::BridgeIn as u8;
-        record.ip_version = 4;
+        record.flow.ip_version = 4;
         record.l3_offset = 14;
         record.captured_len = 34;
         record.packet[14] = 0x45;
@@ -314,12 +322,12 @@ mod tests {
     fn decodes_addresses_ports_and_stage() {
         let mut record = blank_record();
         record.stage = Stage::BridgeOut as u8;
-        record.ip_version = 4;
-        record.l4_proto = IPPROTO_UDP;
-        record.src_addr = v4([10, 244, 0, 7]);
-        record.dst_addr = v4([10, 244, 0, 5]);
-        record.src_port_be = 53u16.to_be();
-        record.dst_port_be = 41234u16.to_be();
+        record.flow.ip_version = 4;
+        record.flow.l4_proto = IPPROTO_UDP;
+        record.flow.src_addr = v4([10, 244, 0, 7]);
+        record.flow.dst_addr = v4([10, 244, 0, 5]);
+        record.flow.src_port_be = 53u16.to_be();
+        record.flow.dst_port_be = 41234u16.to_be();
         let event = decode(&record).expect("valid record");
         assert_eq!(event.stage, Stage::BridgeOut);
         assert_eq!(event.src.to_string(), "10.244.0.7:53");
@@ -332,11 +340,11 @@ mod tests {
     fn ipv6_addresses_render_bracketed() {
         let mut record = blank_record();
         record.stage = Stage::BridgeIn as u8;
-        record.ip_version = 6;
-        record.src_addr = "fd00:10:244::5".parse::<Ipv6Addr>().expect("literal").octets();
-        record.dst_addr = "fd00:10:96::a".parse::<Ipv6Addr>().expect("literal").octets();
-        record.src_port_be = 5000u16.to_be();
-        record.dst_port_be = 53u16.to_be();
+        record.flow.ip_version = 6;
+        record.flow.src_addr = "fd00:10:244::5".parse::<Ipv6Addr>().expect("literal").octets();
+        record.flow.dst_addr = "fd00:10:96::a".parse::<Ipv6Addr>().expect("literal").octets();
+        record.flow.src_port_be = 5000u16.to_be();
+        record.flow.dst_port_be = 53u16.to_be();
         let event = decode(&record).expect("valid record");
         assert_eq!(event.src.to_string(), "[fd00:10:244::5]:5000");
         assert_eq!(event.dst.to_string(), "[fd00:10:96::a]:53");
@@ -346,12 +354,12 @@ mod tests {
     fn dnat_entry_names_the_translation() {
         let mut record = blank_record();
         record.stage = Stage::BridgeOut as u8;
-        record.ip_version = 4;
-        record.conntrack = conntrack_state::ATTACHED;
-        record.conntrack_info = 2;
-        record.conntrack_status = (1 << 3) | IPS_DST_NAT | (1 << 8);
-        record.ct_original = udp_tuple([10, 244, 0, 5], 41234, [10, 96, 0, 10], 53);
-        record.ct_reply = udp_tuple([10, 244, 0, 7], 53, [10, 244, 0, 5], 41234);
+        record.flow.ip_version = 4;
+        record.conntrack.state = conntrack_state::ATTACHED;
+        record.conntrack.info = 2;
+        record.conntrack.status = (1 << 3) | IPS_DST_NAT | (1 << 8);
+        record.conntrack.original = udp_tuple([10, 244, 0, 5], 41234, [10, 96, 0, 10], 53);
+        record.conntrack.reply = udp_tuple([10, 244, 0, 7], 53, [10, 244, 0, 5], 41234);
         let event = decode(&record).expect("valid record");
         let Conntrack::Attached(entry) = event.conntrack else { panic!("expected attached entry") };
         assert_eq!(entry.ctinfo_name(), "new");
@@ -365,8 +373,8 @@ mod tests {
     fn attached_without_layout_has_no_tuples() {
         let mut record = blank_record();
         record.stage = Stage::BridgeIn as u8;
-        record.ip_version = 4;
-        record.conntrack = conntrack_state::ATTACHED;
+        record.flow.ip_version = 4;
+        record.conntrack.state = conntrack_state::ATTACHED;
         let event = decode(&record).expect("valid record");
         let Conntrack::Attached(entry) = event.conntrack else { panic!("expected attached entry") };
         assert_eq!(entry.status, None);
@@ -375,12 +383,12 @@ mod tests {
 
     #[test]
     fn rejects_short_and_unknown_records() {
-        assert_eq!(record_from_bytes(&[0u8; 10]).err(), Some(DecodeError::WrongSize(10)));
+        assert_eq!(record_from_bytes::<PacketRecord>(&[0u8; 10]).err(), Some(DecodeError::WrongSize(10)));
         let mut record = blank_record();
         record.stage = 99;
         assert_eq!(decode(&record).err(), Some(DecodeError::UnknownStage(99)));
         record.stage = 1;
-        record.ip_version = 5;
+        record.flow.ip_version = 5;
         assert_eq!(decode(&record).err(), Some(DecodeError::UnknownIpVersion(5)));
     }
 }

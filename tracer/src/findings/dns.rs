@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use tracer_common::Stage;
 
-use super::{Finding, FindingKind, QueryRef};
+use super::{DnsEvidence, Evidence, Finding, FindingKind, QueryRef};
 use crate::{
     correlation::dns::{Correlated, QueryFlow},
     events::{
@@ -29,10 +29,7 @@ fn judge_reply(query: &QueryFlow, reply: &TracedPacket, read_sysctl: &dyn Fn(&st
         return None;
     }
     let skipped_conntrack = matches!(reply.event.conntrack, Conntrack::None) && query.backend == Some(actual);
-    let base = Finding {
-        kind: FindingKind::UnexpectedReplySource,
-        wall_time_ns: reply.wall_time_ns,
-        headline: String::new(),
+    let evidence = DnsEvidence {
         client: query.client,
         expected_source: query.queried,
         actual_source: Some(actual),
@@ -42,80 +39,77 @@ fn judge_reply(query: &QueryFlow, reply: &TracedPacket, read_sysctl: &dyn Fn(&st
         reply_out_port: reply.names.ifname.clone(),
         last_seen: None,
         sysctls: Vec::new(),
-        explanation: String::new(),
-        fix: Vec::new(),
     };
     Some(if skipped_conntrack {
-        conntrack_skip(base, read_sysctl)
+        conntrack_skip(evidence, reply.wall_time_ns, read_sysctl)
     } else {
-        unexpected_source(base, query)
+        unexpected_source(evidence, reply.wall_time_ns, query)
     })
 }
 
-fn conntrack_skip(mut finding: Finding, read_sysctl: &dyn Fn(&str) -> SysctlValue) -> Finding {
-    let bridge = finding.bridge.clone().unwrap_or_else(|| "the bridge".to_string());
-    let actual = show(finding.actual_source);
-    let expected = finding.expected_source;
+fn conntrack_skip(mut evidence: DnsEvidence, wall_time_ns: u64, read_sysctl: &dyn Fn(&str) -> SysctlValue) -> Finding {
+    let bridge = evidence.bridge.clone().unwrap_or_else(|| "the bridge".to_string());
+    let actual = show(evidence.actual_source);
+    let expected = evidence.expected_source;
     let sysctl_name = bridge_nf_call_sysctl(expected.is_ipv6());
     let sysctl = read_sysctl(sysctl_name);
     let sysctl_text = match &sysctl.value {
         Some(value) => format!("{sysctl_name} is {value} in this network namespace"),
         None => format!("{sysctl_name} does not exist here: br_netfilter is not loaded"),
     };
-    let ports = match (&finding.reply_in_port, &finding.reply_out_port) {
+    let ports = match (&evidence.reply_in_port, &evidence.reply_out_port) {
         (Some(from), Some(to)) => format!(" from {from} to {to}"),
         _ => String::new(),
     };
-    finding.kind = FindingKind::ConntrackSkip;
-    finding.headline = format!(
+    let headline = format!(
         "DNS replies skip conntrack on bridge {bridge}: {} gets answers from {actual} instead of {expected}",
-        finding.client.ip()
+        evidence.client.ip()
     );
-    finding.explanation = format!(
+    let explanation = format!(
         "The client asked the service address {expected}; conntrack sent the query to the backend {actual}. \
          The backend's reply was forwarded by {bridge}{ports} at layer 2 without passing the IP netfilter hooks, \
          so conntrack never saw it and reverse NAT never rewrote its source to {expected}. The client drops \
          a reply from an address it did not ask (\"reply from unexpected source\") and the lookup times out. \
          Bridged frames pass conntrack only when br_netfilter is loaded and {sysctl_name}=1; {sysctl_text}."
     );
-    finding.fix = vec![
+    let fix = vec![
         "modprobe br_netfilter    # where br_netfilter is a module; it is needed for the sysctl to exist".to_string(),
         format!("sysctl -w {sysctl_name}=1"),
         "echo br_netfilter > /etc/modules-load.d/br_netfilter.conf    # persist the module".to_string(),
         format!("echo '{sysctl_name} = 1' > /etc/sysctl.d/99-bridge-nf-call.conf    # persist the setting"),
     ];
-    finding.sysctls = vec![sysctl];
-    finding
+    evidence.sysctls = vec![sysctl];
+    Finding { kind: FindingKind::ConntrackSkip, wall_time_ns, headline, evidence: Evidence::Dns(evidence), explanation, fix }
 }
 
-fn unexpected_source(mut finding: Finding, query: &QueryFlow) -> Finding {
-    let actual = show(finding.actual_source);
-    let expected = finding.expected_source;
+fn unexpected_source(evidence: DnsEvidence, wall_time_ns: u64, query: &QueryFlow) -> Finding {
+    let actual = show(evidence.actual_source);
+    let expected = evidence.expected_source;
     let nat_note = match query.backend {
-        Some(backend) if Some(backend) != finding.actual_source => format!(
+        Some(backend) if Some(backend) != evidence.actual_source => format!(
             " Conntrack had sent the query to {backend}, and the reply comes from neither that backend nor the service."
         ),
         Some(_) => " Conntrack saw the reply but did not rewrite its source back to the service address.".to_string(),
         None => String::new(),
     };
-    finding.headline = format!(
+    let headline = format!(
         "DNS reply from unexpected source: {} asked {expected} but the answer comes from {actual}",
-        finding.client.ip()
+        evidence.client.ip()
     );
-    finding.explanation = format!(
+    let explanation = format!(
         "A DNS client accepts an answer only from the address and port it sent the query to. This reply reaches \
          {} from {actual}, so the client drops it and the lookup times out.{nat_note} Typical causes: a \
          SNAT or MASQUERADE rule that matches the reply, a DNS server that answers from another of its \
          addresses, or asymmetric routing around conntrack.",
-        finding.client
+        evidence.client
     );
-    finding.fix = vec![
+    let fix = vec![
         format!("iptables-save -t nat | grep -iE 'SNAT|MASQUERADE'    # a rule rewriting replies from {actual}?"),
         "nft list ruleset | grep -iE 'snat|masquerade'".to_string(),
         format!("conntrack -L -p udp --orig-port-dst {}    # how conntrack tracks the flow", expected.port()),
         "make the DNS server answer from the address it was queried on (bind it to that address)".to_string(),
     ];
-    finding
+    Finding { kind: FindingKind::UnexpectedReplySource, wall_time_ns, headline, evidence: Evidence::Dns(evidence), explanation, fix }
 }
 
 fn timeout(query: &QueryFlow, timeout_secs: f64) -> Finding {
@@ -160,15 +154,17 @@ fn timeout(query: &QueryFlow, timeout_secs: f64) -> Finding {
             "DNS query unanswered: {} asked {} and got no reply within {timeout_secs} s",
             query.client, query.queried
         ),
-        client: query.client,
-        expected_source: query.queried,
-        actual_source: None,
-        query: query_ref(query),
-        bridge: query.bridge.clone(),
-        reply_in_port: None,
-        reply_out_port: None,
-        last_seen: Some(seen.clone()),
-        sysctls: Vec::new(),
+        evidence: Evidence::Dns(DnsEvidence {
+            client: query.client,
+            expected_source: query.queried,
+            actual_source: None,
+            query: query_ref(query),
+            bridge: query.bridge.clone(),
+            reply_in_port: None,
+            reply_out_port: None,
+            last_seen: Some(seen.clone()),
+            sysctls: Vec::new(),
+        }),
         explanation: format!(
             "No reply to the {} query for {} was seen on this node. {where_lost}",
             query.qtype.map(|t| qtype_name(t).into_owned()).unwrap_or_else(|| "DNS".to_string()),
@@ -215,14 +211,16 @@ mod tests {
         let findings = run(&packets);
         let [finding] = findings.as_slice() else { panic!("expected one finding, got {findings:?}") };
         assert_eq!(finding.kind, FindingKind::ConntrackSkip);
+        let fix = &finding.fix;
+        let Evidence::Dns(finding) = &finding.evidence else { panic!("DNS evidence") };
         assert_eq!(finding.client, addr("10.244.0.5:40000"));
         assert_eq!(finding.expected_source, addr("10.96.0.10:53"));
         assert_eq!(finding.actual_source, Some(addr("10.244.0.7:53")));
         assert_eq!(finding.reply_in_port.as_deref(), Some("veth-server"));
         assert_eq!(finding.reply_out_port.as_deref(), Some("veth-client"));
         assert_eq!(finding.sysctls[0].name, "net.bridge.bridge-nf-call-iptables");
-        assert!(finding.fix.iter().any(|f| f == "sysctl -w net.bridge.bridge-nf-call-iptables=1"));
-        assert!(finding.fix.iter().any(|f| f.starts_with("modprobe br_netfilter")));
+        assert!(fix.iter().any(|f| f == "sysctl -w net.bridge.bridge-nf-call-iptables=1"));
+        assert!(fix.iter().any(|f| f.starts_with("modprobe br_netfilter")));
     }
 
     #[test]
@@ -242,6 +240,7 @@ mod tests {
         let findings = run(&packets);
         let [finding] = findings.as_slice() else { panic!("expected one finding, got {findings:?}") };
         assert_eq!(finding.kind, FindingKind::UnexpectedReplySource);
+        let Evidence::Dns(finding) = &finding.evidence else { panic!("DNS evidence") };
         assert_eq!(finding.expected_source, addr("10.244.0.8:53"));
         assert_eq!(finding.actual_source, Some(addr("10.244.0.1:53")));
     }
@@ -251,7 +250,8 @@ mod tests {
         let findings = run(&query_path());
         let [finding] = findings.as_slice() else { panic!("expected one finding, got {findings:?}") };
         assert_eq!(finding.kind, FindingKind::DnsTimeout);
-        let seen = finding.last_seen.as_ref().expect("last seen");
+        let Evidence::Dns(evidence) = &finding.evidence else { panic!("DNS evidence") };
+        let seen = evidence.last_seen.as_ref().expect("last seen");
         assert_eq!(seen.stage, Stage::BridgeOut);
         assert!(finding.explanation.contains("veth-server"), "{}", finding.explanation);
     }
@@ -263,7 +263,9 @@ mod tests {
         packets.push(packet(5, Stage::BridgeOut, "veth-client", "10.244.0.7:53", "10.244.0.5:40000", true, Conntrack::None));
         let finding = run(&packets).remove(0);
         let mut other_port = finding.clone();
-        other_port.client = addr("10.244.0.5:40001");
+        if let Evidence::Dns(dns) = &mut other_port.evidence {
+            dns.client = addr("10.244.0.5:40001");
+        }
         assert!(log.record(finding.clone()).is_some());
         assert!(log.record(finding).is_none());
         assert!(log.record(other_port).is_none());

@@ -12,6 +12,8 @@ pub enum FindingKind {
     ConntrackSkip,
     UnexpectedReplySource,
     DnsTimeout,
+    NetfilterReject,
+    NetfilterDrop,
 }
 
 impl FindingKind {
@@ -21,6 +23,8 @@ impl FindingKind {
             FindingKind::ConntrackSkip => "conntrack_skip",
             FindingKind::UnexpectedReplySource => "unexpected_reply_source",
             FindingKind::DnsTimeout => "dns_timeout",
+            FindingKind::NetfilterReject => "netfilter_reject",
+            FindingKind::NetfilterDrop => "netfilter_drop",
         }
     }
 }
@@ -39,6 +43,19 @@ pub struct Finding {
     pub wall_time_ns: u64,
     /// One line that names the problem.
     pub headline: String,
+    pub evidence: Evidence,
+    pub explanation: String,
+    pub fix: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub enum Evidence {
+    Dns(DnsEvidence),
+    Netfilter(NetfilterEvidence),
+}
+
+#[derive(Clone, Debug)]
+pub struct DnsEvidence {
     pub client: SocketAddr,
     /// Where the client sent its query and so the only source it accepts a reply from.
     pub expected_source: SocketAddr,
@@ -53,23 +70,61 @@ pub struct Finding {
     pub last_seen: Option<Sighting>,
     /// Node settings that bear on the finding, as read when it was made.
     pub sysctls: Vec<SysctlValue>,
-    pub explanation: String,
-    pub fix: Vec<String>,
+}
+
+/// A firewall rule, as the finding names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleRef {
+    pub backend: &'static str,
+    pub table: String,
+    pub chain: String,
+    /// 1-based position in its chain (what `iptables -L --line-numbers` shows).
+    pub position: u32,
+    pub handle: Option<u64>,
+    pub text: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct NetfilterEvidence {
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub proto: &'static str,
+    /// The hook the packet entered and never left, e.g. `FORWARD`.
+    pub hook: &'static str,
+    pub in_ifname: Option<String>,
+    pub out_ifname: Option<String>,
+    /// The rule that dropped it, when exactly one fits.
+    pub rule: Option<RuleRef>,
+    /// A chain policy that dropped it (`table/chain`).
+    pub policy: Option<String>,
+    /// Every rule that could have done it, when more than one fits.
+    pub candidates: Vec<RuleRef>,
+    /// How the rule was attributed (or why it could not be).
+    pub attribution: String,
+    /// The ICMP answer in words (`host-prohibited`), for a REJECT.
+    pub icmp: Option<String>,
+    /// The kernel's drop reason (`NETFILTER_DROP`).
+    pub drop_reason: String,
 }
 
 impl Finding {
     /// Occurrences of the same problem share this key: the same kind between the same
-    /// client and server addresses (a resolver's every query uses a fresh port, so
-    /// the port would make each one a new finding).
-    fn dedupe_key(&self) -> (FindingKind, std::net::IpAddr, SocketAddr, Option<SocketAddr>) {
-        (self.kind, self.client.ip(), self.expected_source, self.actual_source)
+    /// endpoints (a client's every query uses a fresh port, so ports other than the
+    /// server's would make each one a new finding).
+    fn dedupe_key(&self) -> DedupeKey {
+        match &self.evidence {
+            Evidence::Dns(dns) => (self.kind, dns.client.ip(), dns.expected_source, dns.actual_source.map(|a| a.to_string()).unwrap_or_default()),
+            Evidence::Netfilter(nf) => (self.kind, nf.src.ip(), nf.dst, nf.hook.to_string()),
+        }
     }
 }
+
+type DedupeKey = (FindingKind, std::net::IpAddr, SocketAddr, String);
 
 /// Distinct findings of a run, with how often each occurred.
 #[derive(Default)]
 pub struct FindingLog {
-    index: HashMap<(FindingKind, std::net::IpAddr, SocketAddr, Option<SocketAddr>), usize>,
+    index: HashMap<DedupeKey, usize>,
     findings: Vec<(Finding, u64)>,
     /// Occurrences of findings not kept because `MAX_DISTINCT` were kept already.
     pub overflow: u64,

@@ -147,6 +147,9 @@ pub struct ResolvedLayout {
     /// module not loaded): then no skb can carry a conntrack entry and the ct_* and
     /// tuple_* offsets are left 0.
     pub conntrack_known: bool,
+    /// False when no BTF defines `struct nf_hook_state` (a kernel without netfilter):
+    /// then the netfilter-hook programs are not attached.
+    pub netfilter_known: bool,
 }
 
 /// What the kernel programs read at an offset: fields are read whole with a
@@ -181,8 +184,20 @@ pub fn resolve_layout(btf: &KernelBtf) -> Result<ResolvedLayout> {
         net_inum: field("net", "ns.inum", Width::Bytes(4))?,
         flag_bridge_port: priv_flag(btf, "IFF_BRIDGE_PORT")?,
         flag_bridge: priv_flag(btf, "IFF_EBRIDGE")?,
+        reason_not_dropped_yet: drop_reason(btf, "SKB_NOT_DROPPED_YET")?,
+        reason_consumed: drop_reason(btf, "SKB_CONSUMED")?,
         ..KernelLayout::default()
     };
+
+    let netfilter_known = btf.has_struct("nf_hook_state");
+    if netfilter_known {
+        let state = |path: &str, width| field("nf_hook_state", path, width);
+        l.hook_state_hook = state("hook", Width::Bytes(1))?;
+        l.hook_state_pf = state("pf", Width::Bytes(1))?;
+        l.hook_state_in = state("in", ptr)?;
+        l.hook_state_out = state("out", ptr)?;
+        l.hook_state_net = state("net", ptr)?;
+    }
 
     let conntrack_known = btf.has_struct("nf_conn");
     if conntrack_known {
@@ -209,7 +224,15 @@ pub fn resolve_layout(btf: &KernelBtf) -> Result<ResolvedLayout> {
     Ok(ResolvedLayout {
         layout: l,
         conntrack_known,
+        netfilter_known,
     })
+}
+
+/// Values of `enum skb_drop_reason` are renumbered between kernels as reasons are
+/// added: read them, never assume them.
+fn drop_reason(btf: &KernelBtf, name: &str) -> Result<u32> {
+    let value = btf.enum_value("skb_drop_reason", name)?;
+    u32::try_from(value).map_err(|_| anyhow!("kernel not supported: {name} is {value}, not a 32-bit value"))
 }
 
 fn byte_offset(btf: &KernelBtf, ty: &str, path: &str, width: Width) -> Result<u32> {
@@ -312,6 +335,13 @@ mod tests {
         assert!(l.net_inum + 4 <= btf.type_size("net").unwrap());
         assert_eq!(l.flag_bridge_port, 512);
         assert_eq!(l.flag_bridge, 2);
+        assert_eq!(l.reason_consumed, btf.enum_value("skb_drop_reason", "SKB_CONSUMED").unwrap() as u32);
+        assert_eq!(r.netfilter_known, btf.has_struct("nf_hook_state"));
+        if r.netfilter_known {
+            // u8 hook, u8 pf, then pointers: stable since nf_hook_state gained pf.
+            assert_eq!((l.hook_state_hook, l.hook_state_pf), (0, 1));
+            assert!(l.hook_state_in.is_multiple_of(8) && l.hook_state_out == l.hook_state_in + 8);
+        }
 
         // On 6.12+ priv_flags is a 32-bit bitfield at the start of its struct group.
         if btf.member("net_device", "priv_flags_fast").is_ok() {
@@ -466,6 +496,12 @@ mod tests {
                 ("IFF_BRIDGE_PORT", 512),
             ],
         );
+        b.enum_(
+            "skb_drop_reason",
+            4,
+            false,
+            &[("SKB_NOT_DROPPED_YET", 0), ("SKB_CONSUMED", 1), ("SKB_DROP_REASON_NOT_SPECIFIED", 2)],
+        );
         let mut k = FakeKernel {
             base: b,
             int,
@@ -562,8 +598,13 @@ mod tests {
             tuple_protonum: 38,
             flag_bridge_port: 512,
             flag_bridge: 2,
+            // The fake kernel has no netfilter: the hook-state offsets stay 0.
+            reason_not_dropped_yet: 0,
+            reason_consumed: 1,
+            ..KernelLayout::default()
         };
         assert_eq!(l, want);
+        assert!(!r.netfilter_known);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod btf;
 pub mod layout;
+pub mod netfilter;
 mod privileges;
 
 use std::os::unix::fs::MetadataExt;
@@ -22,8 +23,16 @@ pub use privileges::check_privileges;
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
 
 /// (program in tracer-ebpf, kernel tracepoint it attaches to)
-const BRIDGE_PROGRAMS: [(&str, &str); 2] =
-    [("bridge_receive", "netif_receive_skb"), ("bridge_transmit", "net_dev_queue")];
+const TRACEPOINT_PROGRAMS: [(&str, &str); 4] = [
+    ("bridge_receive", "netif_receive_skb"),
+    ("bridge_transmit", "net_dev_queue"),
+    ("packet_dropped", "kfree_skb"),
+    ("icmp_answered", "icmp_send"),
+];
+
+/// Netfilter programs and where in each hook's priority range they run.
+const NETFILTER_PROGRAMS: [(&str, i32); 2] =
+    [("netfilter_early", netfilter::PRIORITY_EARLIEST), ("netfilter_late", netfilter::PRIORITY_LATEST)];
 
 #[derive(Clone, Debug)]
 pub struct WatchSettings {
@@ -34,21 +43,35 @@ pub struct WatchSettings {
     pub ring_buffer_bytes: u32,
 }
 
-/// The attached bridge-path programs. Dropping it detaches them.
-pub struct BridgeHooks {
+/// The attached kernel programs. Dropping it detaches them.
+pub struct KernelHooks {
     _ebpf: Ebpf,
+    _netfilter: Vec<netfilter::NetfilterProgram>,
     lost: PerCpuArray<MapData, u64>,
     pub netns_inode: u32,
     pub conntrack_known: bool,
+    /// Links at the IPv4/IPv6 netfilter hooks (0 when the kernel has no netfilter).
+    pub netfilter_links: usize,
+    /// `enum skb_drop_reason` of the running kernel: value → name without the
+    /// `SKB_DROP_REASON_` prefix (numbers change between kernels, names do not).
+    pub drop_reasons: std::collections::HashMap<u32, String>,
 }
 
-impl BridgeHooks {
+impl KernelHooks {
     /// Attaches the programs; also returns the ring buffer their records arrive on.
-    pub fn attach(settings: &WatchSettings) -> Result<(BridgeHooks, RingBuf<MapData>)> {
+    pub fn attach(settings: &WatchSettings) -> Result<(KernelHooks, RingBuf<MapData>)> {
         check_privileges()?;
         let kernel_btf = layout::KernelBtf::load_running()?;
         let resolved = layout::resolve_layout(&kernel_btf)?;
         let netns_inode = current_netns_inode()?;
+        let drop_reasons = kernel_btf
+            .enum_variants("skb_drop_reason")?
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let value = u32::try_from(value).ok()?;
+                Some((value, name.trim_start_matches("SKB_DROP_REASON_").trim_start_matches("SKB_").to_string()))
+            })
+            .collect();
         let config = WatchConfig {
             port_be: settings.port.to_be(),
             _pad: 0,
@@ -65,7 +88,7 @@ impl BridgeHooks {
             .load(PROGRAMS)
             .map_err(|err| explain_load_error(anyhow!(err)))?;
 
-        for (program, tracepoint) in BRIDGE_PROGRAMS {
+        for (program, tracepoint) in TRACEPOINT_PROGRAMS {
             let hook: &mut BtfTracePoint = ebpf
                 .program_mut(program)
                 .ok_or_else(|| anyhow!("program {program} missing from the kernel object: rebuild tracer"))?
@@ -77,13 +100,40 @@ impl BridgeHooks {
                 .map_err(|err| anyhow!(err).context(format!("attaching {program} to tracepoint {tracepoint}")))?;
         }
 
+        let mut netfilter_programs = Vec::new();
+        if resolved.netfilter_known {
+            let object = netfilter::RelocatedObject::new(PROGRAMS, &ebpf)?;
+            for (name, priority) in NETFILTER_PROGRAMS {
+                let mut program = object.program(name)?;
+                program.load().map_err(explain_load_error)?;
+                for family in [netfilter::Family::Ipv4, netfilter::Family::Ipv6] {
+                    for hook in netfilter::Hook::ALL {
+                        program.attach(family, hook, priority)?;
+                    }
+                }
+                netfilter_programs.push(program);
+            }
+        }
+        let netfilter_links = netfilter_programs.iter().map(|p| p.link_count()).sum();
+
         let events = RingBuf::try_from(
             ebpf.take_map("EVENTS").ok_or_else(|| anyhow!("map EVENTS missing from the kernel object: rebuild tracer"))?,
         )?;
         let lost = PerCpuArray::try_from(
             ebpf.take_map("LOST").ok_or_else(|| anyhow!("map LOST missing from the kernel object: rebuild tracer"))?,
         )?;
-        Ok((BridgeHooks { _ebpf: ebpf, lost, netns_inode, conntrack_known: resolved.conntrack_known }, events))
+        Ok((
+            KernelHooks {
+                _ebpf: ebpf,
+                _netfilter: netfilter_programs,
+                lost,
+                netns_inode,
+                conntrack_known: resolved.conntrack_known,
+                netfilter_links,
+                drop_reasons,
+            },
+            events,
+        ))
     }
 
     /// Records the kernel could not queue, per CPU, over all programs.

@@ -8,13 +8,14 @@ use std::{
 
 use serde_json::{json, Value};
 
-use super::{Output, Summary};
+use super::{DropLine, Output, Summary};
+use crate::correlation::paths::HookPass;
 use crate::events::{
     dns::{self, DnsAnswer, DnsMessage},
     packet::{stage_name, Conntrack, FlowTuple},
     TracedPacket,
 };
-use crate::findings::Finding;
+use crate::findings::{DnsEvidence, Evidence, Finding, NetfilterEvidence, RuleRef};
 
 pub struct JsonOutput<W: Write> {
     out: W,
@@ -31,7 +32,25 @@ impl<W: Write> JsonOutput<W> {
     }
 }
 
-pub fn packet_json(packet: &TracedPacket) -> Value {
+fn hooks_json(hooks: &[HookPass]) -> Value {
+    Value::Array(
+        hooks
+            .iter()
+            .map(|pass| {
+                let nat: Vec<String> = pass.nat().iter().map(|n| n.to_string()).collect();
+                json!({
+                    "hook": pass.hook.name(),
+                    "family": if pass.ipv6 { "ipv6" } else { "ipv4" },
+                    "left": pass.left,
+                    "conntrack": conntrack_json(&pass.conntrack),
+                    "nat": if nat.is_empty() { Value::Null } else { Value::String(nat.join(", ")) },
+                })
+            })
+            .collect(),
+    )
+}
+
+pub fn packet_json(packet: &TracedPacket, hooks: &[HookPass]) -> Value {
     let event = &packet.event;
     let time = humantime::format_rfc3339_nanos(UNIX_EPOCH + Duration::from_nanos(packet.wall_time_ns)).to_string();
     json!({
@@ -52,6 +71,30 @@ pub fn packet_json(packet: &TracedPacket) -> Value {
         "len": event.ip_len,
         "conntrack": conntrack_json(&event.conntrack),
         "dns": event.dns.as_ref().map(dns_json),
+        "hooks": hooks_json(hooks),
+        "verdict": if hooks.is_empty() { Value::Null } else { Value::String("accept".to_string()) },
+    })
+}
+
+pub fn drop_json(line: &DropLine) -> Value {
+    let drop = &line.dropped.drop;
+    let time = humantime::format_rfc3339_nanos(UNIX_EPOCH + Duration::from_nanos(line.wall_time_ns)).to_string();
+    json!({
+        "type": "packet",
+        "time": time,
+        "timestamp_ns": drop.timestamp_ns,
+        "stage": "dropped",
+        "ifindex": drop.ifindex,
+        "ifname": line.ifname,
+        "ip_version": if drop.src.is_ipv4() { 4 } else { 6 },
+        "proto": if drop.l4_proto == 6 { "tcp" } else { "udp" },
+        "src": addr(&drop.src),
+        "dst": addr(&drop.dst),
+        "hooks": hooks_json(&line.dropped.path),
+        "verdict": line.verdict,
+        "drop_reason": line.reason,
+        "icmp": line.icmp,
+        "rule": line.rule,
     })
 }
 
@@ -99,36 +142,86 @@ fn dns_json(message: &DnsMessage) -> Value {
 
 pub fn finding_json(finding: &Finding) -> Value {
     let time = humantime::format_rfc3339_nanos(UNIX_EPOCH + Duration::from_nanos(finding.wall_time_ns)).to_string();
-    json!({
+    let mut line = json!({
         "type": "finding",
         "kind": finding.kind.name(),
         "time": time,
         "headline": finding.headline,
-        "client": addr(&finding.client),
-        "expected_source": addr(&finding.expected_source),
-        "actual_source": finding.actual_source.as_ref().map(addr),
+        "explanation": finding.explanation,
+        "fix": finding.fix,
+    });
+    let evidence = match &finding.evidence {
+        Evidence::Dns(dns) => dns_evidence_json(dns),
+        Evidence::Netfilter(nf) => netfilter_evidence_json(nf),
+    };
+    if let (Some(line), Value::Object(fields)) = (line.as_object_mut(), evidence) {
+        line.extend(fields);
+    }
+    line
+}
+
+fn dns_evidence_json(dns: &DnsEvidence) -> Value {
+    json!({
+        "client": addr(&dns.client),
+        "expected_source": addr(&dns.expected_source),
+        "actual_source": dns.actual_source.as_ref().map(addr),
         "query": {
-            "id": finding.query.id,
-            "qname": finding.query.qname,
-            "qtype": finding.query.qtype.map(|t| dns::qtype_name(t).into_owned()),
+            "id": dns.query.id,
+            "qname": dns.query.qname,
+            "qtype": dns.query.qtype.map(|t| dns::qtype_name(t).into_owned()),
         },
-        "bridge": finding.bridge,
-        "reply_in_port": finding.reply_in_port,
-        "reply_out_port": finding.reply_out_port,
-        "last_seen": finding.last_seen.as_ref().map(|seen| json!({
+        "bridge": dns.bridge,
+        "reply_in_port": dns.reply_in_port,
+        "reply_out_port": dns.reply_out_port,
+        "last_seen": dns.last_seen.as_ref().map(|seen| json!({
             "stage": stage_name(seen.stage),
             "ifname": seen.ifname,
             "ifindex": seen.ifindex,
         })),
-        "sysctls": finding.sysctls.iter().map(|s| (s.name.clone(), s.value.clone().map(Value::String).unwrap_or(Value::Null))).collect::<serde_json::Map<String, Value>>(),
-        "explanation": finding.explanation,
-        "fix": finding.fix,
+        "sysctls": dns.sysctls.iter().map(|s| (s.name.clone(), s.value.clone().map(Value::String).unwrap_or(Value::Null))).collect::<serde_json::Map<String, Value>>(),
+    })
+}
+
+fn rule_json(rule: &RuleRef) -> Value {
+    json!({
+        "backend": rule.backend,
+        "table": rule.table,
+        "chain": rule.chain,
+        "rule": rule.position,
+        "handle": rule.handle,
+        "rule_text": rule.text,
+    })
+}
+
+fn netfilter_evidence_json(nf: &NetfilterEvidence) -> Value {
+    json!({
+        "src": addr(&nf.src),
+        "dst": addr(&nf.dst),
+        "proto": nf.proto,
+        "hook": nf.hook,
+        "in_ifname": nf.in_ifname,
+        "out_ifname": nf.out_ifname,
+        "backend": nf.rule.as_ref().map(|r| r.backend),
+        "table": nf.rule.as_ref().map(|r| r.table.clone()),
+        "chain": nf.rule.as_ref().map(|r| r.chain.clone()),
+        "rule": nf.rule.as_ref().map(|r| r.position),
+        "handle": nf.rule.as_ref().and_then(|r| r.handle),
+        "rule_text": nf.rule.as_ref().map(|r| r.text.clone()),
+        "policy": nf.policy,
+        "candidates": nf.candidates.iter().map(rule_json).collect::<Vec<_>>(),
+        "attribution": nf.attribution,
+        "icmp": nf.icmp,
+        "drop_reason": nf.drop_reason,
     })
 }
 
 impl<W: Write> Output for JsonOutput<W> {
-    fn packet(&mut self, packet: &TracedPacket) -> io::Result<()> {
-        self.line(&packet_json(packet))
+    fn packet(&mut self, packet: &TracedPacket, hooks: &[HookPass]) -> io::Result<()> {
+        self.line(&packet_json(packet, hooks))
+    }
+
+    fn dropped(&mut self, line: &DropLine) -> io::Result<()> {
+        self.line(&drop_json(line))
     }
 
     fn finding(&mut self, finding: &Finding) -> io::Result<()> {

@@ -6,7 +6,26 @@ pub mod text;
 
 use std::io;
 
-use crate::{events::TracedPacket, findings::Finding};
+use crate::{
+    correlation::paths::{DroppedPacket, HookPass},
+    events::TracedPacket,
+    findings::Finding,
+};
+
+/// A traced packet that died in the kernel, as its line reports it.
+pub struct DropLine<'a> {
+    pub dropped: &'a DroppedPacket,
+    pub wall_time_ns: u64,
+    pub ifname: Option<String>,
+    /// The kernel's drop reason without its `SKB_DROP_REASON_` prefix.
+    pub reason: String,
+    /// `reject` when the kernel answered with an ICMP error, else `drop`.
+    pub verdict: &'static str,
+    /// The ICMP answer in words, e.g. `host-prohibited`.
+    pub icmp: Option<String>,
+    /// The rule that did it, e.g. `filter/FORWARD #16`, when known.
+    pub rule: Option<String>,
+}
 
 /// What a watch counted, printed when it ends.
 #[derive(Clone, Debug, Default)]
@@ -23,7 +42,10 @@ pub struct Summary {
 }
 
 pub trait Output {
-    fn packet(&mut self, packet: &TracedPacket) -> io::Result<()>;
+    /// `hooks` are the netfilter hooks the packet passed since it was last on the
+    /// bridge path (empty when it passed none).
+    fn packet(&mut self, packet: &TracedPacket, hooks: &[HookPass]) -> io::Result<()>;
+    fn dropped(&mut self, line: &DropLine) -> io::Result<()>;
     /// A new finding (repeats are only counted in the summary).
     fn finding(&mut self, finding: &Finding) -> io::Result<()>;
     fn summary(&mut self, summary: &Summary) -> io::Result<()>;

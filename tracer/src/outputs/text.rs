@@ -5,13 +5,14 @@ use std::io::{self, Write};
 
 use tracer_common::Stage;
 
-use super::{Output, Summary};
+use super::{DropLine, Output, Summary};
+use crate::correlation::paths::HookPass;
 use crate::events::{
     dns,
     packet::{stage_name, Conntrack},
     TracedPacket,
 };
-use crate::findings::Finding;
+use crate::findings::{DnsEvidence, Evidence, Finding, NetfilterEvidence, RuleRef};
 
 pub struct TextOutput<W: Write> {
     out: W,
@@ -79,8 +80,51 @@ fn dns_text(message: &dns::DnsMessage) -> String {
     }
 }
 
+/// `PRE_ROUTING(ct new, dnat 10.96.0.10:53→10.244.0.7:53) → FORWARD → POST_ROUTING`
+pub fn hook_path(hooks: &[HookPass]) -> String {
+    hooks
+        .iter()
+        .map(|pass| {
+            let mut notes = Vec::new();
+            match &pass.conntrack {
+                Conntrack::Attached(entry) => notes.push(format!("ct {}", entry.ctinfo_name())),
+                Conntrack::Untracked => notes.push("untracked".to_string()),
+                Conntrack::None => {}
+            }
+            notes.extend(pass.nat().iter().map(|n| n.to_string()));
+            if notes.is_empty() {
+                pass.hook.name().to_string()
+            } else {
+                format!("{}({})", pass.hook.name(), notes.join(", "))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" → ")
+}
+
 impl<W: Write> Output for TextOutput<W> {
-    fn packet(&mut self, packet: &TracedPacket) -> io::Result<()> {
+    fn dropped(&mut self, line: &DropLine) -> io::Result<()> {
+        let drop = &line.dropped.drop;
+        let path = hook_path(&line.dropped.path);
+        let by = line.rule.as_ref().map(|r| format!(" ({r})")).unwrap_or_default();
+        let icmp = line.icmp.as_ref().map(|i| format!(", ICMP {i}")).unwrap_or_default();
+        let verdict = self.paint(RED_BOLD, &format!("✗ {}{by}", line.verdict.to_uppercase()));
+        let place = line.ifname.clone().unwrap_or_else(|| format!("if{}", drop.ifindex));
+        let text = format!(
+            "{} {:>15}   {:<15} {} {:<45} {}{}{verdict} [{}{icmp}]",
+            self.paint(DIM, &time_of_day(line.wall_time_ns)),
+            place,
+            "",
+            self.paint(RED_BOLD, &format!("{:<10}", "dropped")),
+            format!("{} → {}", drop.src, drop.dst),
+            path,
+            if path.is_empty() { "" } else { " " },
+            line.reason
+        );
+        writeln!(self.out, "{text}")
+    }
+
+    fn packet(&mut self, packet: &TracedPacket, hooks: &[HookPass]) -> io::Result<()> {
         let event = &packet.event;
         let (from, to) = path(packet);
         let flow = format!("{} → {}", event.src, event.dst);
@@ -107,33 +151,23 @@ impl<W: Write> Output for TextOutput<W> {
             what,
             conntrack
         );
-        writeln!(self.out, "{}", line.trim_end())
+        if hooks.is_empty() {
+            writeln!(self.out, "{}", line.trim_end())
+        } else {
+            writeln!(self.out, "{}  via {}", line.trim_end(), hook_path(hooks))
+        }
     }
 
     fn finding(&mut self, finding: &Finding) -> io::Result<()> {
         let bar = self.paint(RED_BOLD, "┃");
         writeln!(self.out, "{}", self.paint(RED_BOLD, &format!("┏━ FINDING {} ━━", finding.kind.name())))?;
         writeln!(self.out, "{bar} {}", finding.headline)?;
-        let query = format!(
-            "{} {} (id {:#06x})",
-            finding.query.qtype.map(|t| dns::qtype_name(t).into_owned()).unwrap_or_else(|| "?".to_string()),
-            finding.query.qname.as_deref().unwrap_or("?"),
-            finding.query.id
-        );
-        writeln!(self.out, "{bar} client {}  asked {}  for {query}", finding.client, finding.expected_source)?;
-        if let Some(actual) = finding.actual_source {
-            let ports = match (&finding.reply_in_port, &finding.reply_out_port) {
-                (Some(from), Some(to)) => format!(", bridged {from} → {to}"),
-                _ => String::new(),
-            };
-            writeln!(self.out, "{bar} reply from {actual} (expected {}){ports}", finding.expected_source)?;
-        }
-        if let Some(seen) = &finding.last_seen {
-            let place = seen.ifname.clone().unwrap_or_else(|| format!("if{}", seen.ifindex));
-            writeln!(self.out, "{bar} last seen {} on {place} at {}", stage_name(seen.stage), time_of_day(seen.wall_time_ns))?;
-        }
-        for sysctl in &finding.sysctls {
-            writeln!(self.out, "{bar} {} = {}", sysctl.name, sysctl.value.as_deref().unwrap_or("(absent)"))?;
+        let evidence = match &finding.evidence {
+            Evidence::Dns(dns) => dns_evidence_lines(dns),
+            Evidence::Netfilter(nf) => netfilter_evidence_lines(nf),
+        };
+        for line in evidence {
+            writeln!(self.out, "{bar} {line}")?;
         }
         writeln!(self.out, "{bar} why: {}", finding.explanation)?;
         for (n, fix) in finding.fix.iter().enumerate() {
@@ -171,6 +205,59 @@ impl<W: Write> Output for TextOutput<W> {
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
+}
+
+fn dns_evidence_lines(dns: &DnsEvidence) -> Vec<String> {
+    let query = format!(
+        "{} {} (id {:#06x})",
+        dns.query.qtype.map(|t| dns::qtype_name(t).into_owned()).unwrap_or_else(|| "?".to_string()),
+        dns.query.qname.as_deref().unwrap_or("?"),
+        dns.query.id
+    );
+    let mut lines = vec![format!("client {}  asked {}  for {query}", dns.client, dns.expected_source)];
+    if let Some(actual) = dns.actual_source {
+        let ports = match (&dns.reply_in_port, &dns.reply_out_port) {
+            (Some(from), Some(to)) => format!(", bridged {from} → {to}"),
+            _ => String::new(),
+        };
+        lines.push(format!("reply from {actual} (expected {}){ports}", dns.expected_source));
+    }
+    if let Some(seen) = &dns.last_seen {
+        let place = seen.ifname.clone().unwrap_or_else(|| format!("if{}", seen.ifindex));
+        lines.push(format!("last seen {} on {place} at {}", stage_name(seen.stage), time_of_day(seen.wall_time_ns)));
+    }
+    for sysctl in &dns.sysctls {
+        lines.push(format!("{} = {}", sysctl.name, sysctl.value.as_deref().unwrap_or("(absent)")));
+    }
+    lines
+}
+
+/// `iptables-nft filter/FORWARD #16: -A FORWARD ... -j REJECT ...`
+pub fn rule_label(rule: &RuleRef) -> String {
+    let handle = rule.handle.map(|h| format!(" handle {h}")).unwrap_or_default();
+    format!("{} {}/{} #{}{handle}: {}", rule.backend, rule.table, rule.chain, rule.position, rule.text)
+}
+
+fn netfilter_evidence_lines(nf: &NetfilterEvidence) -> Vec<String> {
+    let devices = match (&nf.in_ifname, &nf.out_ifname) {
+        (Some(i), Some(o)) => format!(" ({i} → {o})"),
+        (Some(i), None) => format!(" (in {i})"),
+        _ => String::new(),
+    };
+    let mut lines = vec![format!("{} {} → {} stopped in hook {}{devices}", nf.proto, nf.src, nf.dst, nf.hook)];
+    if let Some(icmp) = &nf.icmp {
+        lines.push(format!("the node answered with ICMP {icmp}"));
+    }
+    match (&nf.rule, &nf.policy) {
+        (Some(rule), _) => lines.push(format!("rule: {}", rule_label(rule))),
+        (None, Some(policy)) => lines.push(format!("policy of chain {policy}")),
+        (None, None) => {}
+    }
+    for candidate in &nf.candidates {
+        lines.push(format!("candidate: {}", rule_label(candidate)));
+    }
+    lines.push(format!("attribution: {}", nf.attribution));
+    lines
 }
 
 #[cfg(test)]

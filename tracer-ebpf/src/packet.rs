@@ -1,0 +1,181 @@
+//! Reads shared by every hook family: a packet's addresses and ports from its IP
+//! header, the conntrack entry attached to its skb, and the filters every record
+//! must pass (network namespace and port) before anything is reserved.
+
+use tracer_common::{conntrack_state, ConntrackRecord, CtTuple, Flow};
+
+use crate::{config::config, skb};
+
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+/// The low bits of `skb->_nfct` hold the `enum ip_conntrack_info`.
+const NFCT_INFO_MASK: u64 = 7;
+
+/// A packet's flow plus the header lengths the capture offsets need.
+pub struct ParsedFlow {
+    pub flow: Flow,
+    pub l3_len: u16,
+    pub l4_len: u16,
+}
+
+/// Whether a device belongs to the watched network namespace; returns its inode.
+#[inline(always)]
+pub fn netns_of_device(dev: *const u8) -> Option<u32> {
+    let net = skb::read_ptr(dev, config!(layout.dev_net))?;
+    netns_matches(net)
+}
+
+/// Whether a `struct net` is the watched network namespace; returns its inode.
+#[inline(always)]
+pub fn netns_matches(net: *const u8) -> Option<u32> {
+    let inode: u32 = skb::read(net, config!(layout.net_inum))?;
+    let wanted = config!(netns_inode);
+    if wanted != 0 && inode != wanted {
+        return None;
+    }
+    Some(inode)
+}
+
+/// The skb's IP header, found through `head + network_header`.
+#[inline(always)]
+pub fn network_header(skb: *const u8) -> Option<(*const u8, *const u8, u16)> {
+    let head = skb::read_ptr(skb, config!(layout.skb_head))?;
+    let offset: u16 = skb::read(skb, config!(layout.skb_network_header))?;
+    Some((head, head.wrapping_add(offset as usize), offset))
+}
+
+/// Parses the IP and L4 headers at `l3` and applies the port filter.
+#[inline(always)]
+pub fn read_traced_flow(l3: *const u8, ethertype: u16) -> Option<ParsedFlow> {
+    let parsed = read_flow(l3, ethertype)?;
+    let port = config!(port_be);
+    if port != 0 && parsed.flow.src_port_be != port && parsed.flow.dst_port_be != port {
+        return None;
+    }
+    Some(parsed)
+}
+
+#[inline(always)]
+fn read_flow(l3: *const u8, ethertype: u16) -> Option<ParsedFlow> {
+    let mut parsed = ParsedFlow {
+        flow: Flow {
+            src_addr: [0; 16],
+            dst_addr: [0; 16],
+            src_port_be: 0,
+            dst_port_be: 0,
+            ip_version: 0,
+            l4_proto: 0,
+            _pad: [0; 2],
+        },
+        l3_len: 0,
+        l4_len: 0,
+    };
+    let flow = &mut parsed.flow;
+    match ethertype {
+        ETH_P_IP => {
+            let ip: [u8; 20] = skb::read(l3, 0)?;
+            let header_len = ((ip[0] & 0x0f) as u16) * 4;
+            if ip[0] >> 4 != 4 || header_len < 20 {
+                return None;
+            }
+            // Only the first fragment carries the ports.
+            if u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0 {
+                return None;
+            }
+            flow.ip_version = 4;
+            flow.l4_proto = ip[9];
+            parsed.l3_len = header_len;
+            flow.src_addr[..4].copy_from_slice(&ip[12..16]);
+            flow.dst_addr[..4].copy_from_slice(&ip[16..20]);
+        }
+        ETH_P_IPV6 => {
+            let ip: [u8; 40] = skb::read(l3, 0)?;
+            if ip[0] >> 4 != 6 {
+                return None;
+            }
+            flow.ip_version = 6;
+            flow.l4_proto = ip[6];
+            parsed.l3_len = 40;
+            flow.src_addr.copy_from_slice(&ip[8..24]);
+            flow.dst_addr.copy_from_slice(&ip[24..40]);
+        }
+        _ => return None,
+    }
+    if flow.l4_proto != IPPROTO_UDP && flow.l4_proto != IPPROTO_TCP {
+        return None;
+    }
+    // Ports, plus the TCP data offset at byte 12.
+    let l4: [u8; 14] = skb::read(l3, parsed.l3_len as u32)?;
+    flow.src_port_be = u16::from_ne_bytes([l4[0], l4[1]]);
+    flow.dst_port_be = u16::from_ne_bytes([l4[2], l4[3]]);
+    parsed.l4_len = if flow.l4_proto == IPPROTO_UDP {
+        8
+    } else {
+        ((l4[12] >> 4) as u16) * 4
+    };
+    Some(parsed)
+}
+
+/// Fills `out` with the conntrack entry attached to `skb`.
+///
+/// # Safety
+/// `out` must point at a ConntrackRecord inside a reserved ring buffer record.
+#[inline(always)]
+pub unsafe fn fill_conntrack(skb: *const u8, out: *mut ConntrackRecord) {
+    let nfct: u64 = skb::read(skb, config!(layout.skb_nfct)).unwrap_or(0);
+    let conn = (nfct & !NFCT_INFO_MASK) as *const u8;
+    unsafe {
+        (*out).info = (nfct & NFCT_INFO_MASK) as u8;
+        (*out)._pad = [0; 2];
+        (*out).status = 0;
+        (*out).original = zero_tuple();
+        (*out).reply = zero_tuple();
+        (*out).state = if nfct == 0 {
+            conntrack_state::NONE
+        } else if conn.is_null() {
+            conntrack_state::UNTRACKED
+        } else {
+            conntrack_state::ATTACHED
+        };
+        // A zero tuplehash size means the running kernel's BTF has no nf_conn: we
+        // know a conntrack entry is attached but not how to read it.
+        let tuplehash_size = config!(layout.ct_tuplehash_size);
+        if conn.is_null() || tuplehash_size == 0 {
+            return;
+        }
+        (*out).status = skb::read::<u64>(conn, config!(layout.ct_status)).unwrap_or(0) as u32;
+        let original = config!(layout.ct_tuple_original);
+        read_tuple(conn.wrapping_add(original as usize), core::ptr::addr_of_mut!((*out).original));
+        read_tuple(
+            conn.wrapping_add((original + tuplehash_size) as usize),
+            core::ptr::addr_of_mut!((*out).reply),
+        );
+    }
+}
+
+#[inline(always)]
+fn zero_tuple() -> CtTuple {
+    CtTuple {
+        src_addr: [0; 16],
+        dst_addr: [0; 16],
+        src_port_be: 0,
+        dst_port_be: 0,
+        protonum: 0,
+        _pad: [0; 3],
+    }
+}
+
+/// # Safety
+/// `out` must point at a CtTuple inside a reserved record.
+#[inline(always)]
+unsafe fn read_tuple(tuple: *const u8, out: *mut CtTuple) {
+    unsafe {
+        (*out).src_addr = skb::read(tuple, config!(layout.tuple_src_addr)).unwrap_or([0; 16]);
+        (*out).dst_addr = skb::read(tuple, config!(layout.tuple_dst_addr)).unwrap_or([0; 16]);
+        (*out).src_port_be = skb::read(tuple, config!(layout.tuple_src_port)).unwrap_or(0);
+        (*out).dst_port_be = skb::read(tuple, config!(layout.tuple_dst_port)).unwrap_or(0);
+        (*out).protonum = skb::read(tuple, config!(layout.tuple_protonum)).unwrap_or(0);
+    }
+}
