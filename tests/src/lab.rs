@@ -1,0 +1,936 @@
+//! A throw-away Kubernetes-like node built from network namespaces.
+//!
+//! ```text
+//!  client netns                     node netns                          server netns
+//!  eth0 10.244.0.5 ── veth-client ─┐                    ┌─ veth-server ── eth0 10.244.0.7  dnsmasq
+//!       fd00:10:244::5             └── cni0 10.244.0.1 ─┘                     fd00:10:244::7
+//!                                       fd00:10:244::1
+//!  "ClusterIP" DNAT in the node's PREROUTING:
+//!    10.96.0.10:53/udp → 10.244.0.7:53      [fd00:10:96::a]:53/udp → [fd00:10:244::7]:53
+//! ```
+//!
+//! A query to the ClusterIP is sent to the client's gateway, the bridge, so it is DNATed whatever
+//! the bridge settings: with `bridge-nf-call-iptables=1` the bridge runs it through iptables itself
+//! and forwards it to the server's port; with 0 it goes up to the node's IP stack and is DNATed on
+//! the routing path. The reply goes from server to client on the same subnet and is *bridged*: it
+//! only passes conntrack, and so only gets its source rewritten back to the ClusterIP, when
+//! `bridge-nf-call-iptables` is 1 in the node namespace. With 0 the client sees the reply come from
+//! 10.244.0.7, has no socket for that, and dig times out.
+//!
+//! Every lab gets its own namespace names, so labs can run in parallel; the node-side interface
+//! names (`veth-client`, `veth-server`, `cni0`) live inside the node namespace and cannot collide
+//! with the host or other labs. Dropping the [`Lab`] stops dnsmasq and deletes the namespaces, also
+//! while a test unwinds from a panic. Processes started through a lab ([`Process`]) borrow it, so
+//! the compiler guarantees they are stopped before the namespaces go away.
+
+use std::fs;
+use std::io::{self, BufRead, BufReader, Read};
+use std::marker::PhantomData;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+pub const BRIDGE: &str = "cni0";
+pub const BRIDGE_IP: &str = "10.244.0.1";
+pub const BRIDGE_IP6: &str = "fd00:10:244::1";
+pub const CLIENT_IP: &str = "10.244.0.5";
+pub const CLIENT_IP6: &str = "fd00:10:244::5";
+pub const SERVER_IP: &str = "10.244.0.7";
+pub const SERVER_IP6: &str = "fd00:10:244::7";
+/// The DNS service's ClusterIP, DNATed to the server by the node.
+pub const CLUSTER_DNS_IP: &str = "10.96.0.10";
+pub const CLUSTER_DNS_IP6: &str = "fd00:10:96::a";
+/// Node-side ends of the pod veths (names inside the node namespace).
+pub const CLIENT_VETH: &str = "veth-client";
+pub const SERVER_VETH: &str = "veth-server";
+/// Pod-side interface name in both the client and the server namespace.
+pub const POD_IF: &str = "eth0";
+/// The name dnsmasq answers, and its records.
+pub const TEST_NAME: &str = "example.test";
+pub const TEST_A: &str = "192.0.2.10";
+pub const TEST_AAAA: &str = "2001:db8::10";
+
+/// What tracer prints on stderr once its programs are attached.
+pub const TRACER_READY: &str = "tracer: watching";
+/// Loading and attaching can take a while with a debug build parsing the kernel's BTF.
+pub const TRACER_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a process gets to exit after SIGTERM before it is killed.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Namespace names start with this, then the owning process id; stale labs left behind by a killed
+/// test process are recognised by it and removed by the next lab.
+const NAME_PREFIX: &str = "trlab";
+
+#[derive(Clone, Debug)]
+pub struct LabConfig {
+    /// `net.bridge.bridge-nf-call-iptables` and `-ip6tables` in the node namespace. `false`
+    /// reproduces the broken node: bridged DNS replies bypass conntrack and keep the pod's source.
+    pub bridge_nf_call_iptables: bool,
+}
+
+impl Default for LabConfig {
+    fn default() -> Self {
+        Self::healthy()
+    }
+}
+
+impl LabConfig {
+    pub fn healthy() -> Self {
+        LabConfig {
+            bridge_nf_call_iptables: true,
+        }
+    }
+
+    pub fn bridge_nf_call_iptables_off() -> Self {
+        LabConfig {
+            bridge_nf_call_iptables: false,
+        }
+    }
+}
+
+/// One of the lab's namespaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ns {
+    Node,
+    Client,
+    Server,
+}
+
+pub struct Lab {
+    prefix: String,
+    node: String,
+    client: String,
+    server: String,
+    /// Namespaces that exist and must be deleted, in creation order.
+    created: Vec<String>,
+    dir: PathBuf,
+    dnsmasq: Option<Child>,
+}
+
+impl Lab {
+    /// Builds a complete lab: namespaces, bridge, veths, addresses, routes, sysctls, the ClusterIP
+    /// DNAT rules and a running dnsmasq. A failure part-way removes what was already built.
+    pub fn new(config: LabConfig) -> Result<Lab> {
+        ensure_root()?;
+        sweep_stale_labs();
+        let prefix = unique_prefix();
+        let dir = std::env::temp_dir().join(format!("tracer-{prefix}"));
+        fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut lab = Lab {
+            node: format!("{prefix}-node"),
+            client: format!("{prefix}-cli"),
+            server: format!("{prefix}-srv"),
+            prefix,
+            created: Vec::new(),
+            dir,
+            dnsmasq: None,
+        };
+        if let Err(e) = lab.build(&config) {
+            return Err(e.context(format!("building lab {}", lab.prefix)));
+        }
+        Ok(lab)
+    }
+
+    /// The name of a namespace as `ip netns` knows it.
+    pub fn netns(&self, ns: Ns) -> &str {
+        match ns {
+            Ns::Node => &self.node,
+            Ns::Client => &self.client,
+            Ns::Server => &self.server,
+        }
+    }
+
+    /// The namespace's inode, which tracer reports as `netns`.
+    pub fn netns_inode(&self, ns: Ns) -> Result<u64> {
+        let path = format!("/run/netns/{}", self.netns(ns));
+        Ok(fs::metadata(&path)
+            .with_context(|| format!("stat {path}"))?
+            .ino())
+    }
+
+    /// A lab-private directory (removed with the lab), e.g. for files a test needs.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn build(&mut self, config: &LabConfig) -> Result<()> {
+        for (ns, name) in [
+            (Ns::Node, self.node.clone()),
+            (Ns::Client, self.client.clone()),
+            (Ns::Server, self.server.clone()),
+        ] {
+            host(&["ip", "netns", "add", &name])?;
+            self.created.push(name);
+            // Without duplicate address detection every IPv6 address, link-local ones included,
+            // is usable at once. Otherwise the node cannot send a neighbour solicitation from
+            // cni0's still-tentative link-local address for a second or two, and the first
+            // forwarded IPv6 query of a fresh lab outlives dig's timeout. Set before any
+            // interface exists, so the defaults apply to all of them.
+            for key in [
+                "net.ipv6.conf.all.accept_dad",
+                "net.ipv6.conf.default.accept_dad",
+            ] {
+                self.run(ns, &["sysctl", "-qw", &format!("{key}=0")])?;
+            }
+        }
+
+        let node = self.node.clone();
+        let n = |args: &[&str]| -> Result<()> {
+            let mut argv = vec!["ip", "-n", &node];
+            argv.extend_from_slice(args);
+            host(&argv).map(drop)
+        };
+        n(&["link", "set", "lo", "up"])?;
+        n(&["link", "add", BRIDGE, "type", "bridge"])?;
+        n(&["addr", "add", &format!("{BRIDGE_IP}/24"), "dev", BRIDGE])?;
+        n(&["addr", "add", &format!("{BRIDGE_IP6}/64"), "dev", BRIDGE])?;
+        n(&["link", "set", BRIDGE, "up"])?;
+        self.run(Ns::Node, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        self.run(
+            Ns::Node,
+            &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
+        )?;
+        self.set_bridge_nf_call_iptables(config.bridge_nf_call_iptables)?;
+
+        for (pod, veth, ip, ip6) in [
+            (Ns::Client, CLIENT_VETH, CLIENT_IP, CLIENT_IP6),
+            (Ns::Server, SERVER_VETH, SERVER_IP, SERVER_IP6),
+        ] {
+            let pod_ns = self.netns(pod).to_string();
+            // Created inside the node namespace and the peer moved straight into the pod, so the
+            // node-side name never exists in the host namespace.
+            n(&[
+                "link", "add", veth, "type", "veth", "peer", "name", POD_IF, "netns", &pod_ns,
+            ])?;
+            n(&["link", "set", veth, "master", BRIDGE, "up"])?;
+            let p = |args: &[&str]| -> Result<()> {
+                let mut argv = vec!["ip", "-n", &pod_ns];
+                argv.extend_from_slice(args);
+                host(&argv).map(drop)
+            };
+            p(&["link", "set", "lo", "up"])?;
+            p(&["addr", "add", &format!("{ip}/24"), "dev", POD_IF])?;
+            p(&["addr", "add", &format!("{ip6}/64"), "dev", POD_IF])?;
+            p(&["link", "set", POD_IF, "up"])?;
+            p(&["route", "add", "default", "via", BRIDGE_IP])?;
+            p(&["-6", "route", "add", "default", "via", BRIDGE_IP6])?;
+        }
+
+        self.iptables(&format!(
+            "-t nat -A PREROUTING -d {CLUSTER_DNS_IP}/32 -p udp --dport 53 \
+             -j DNAT --to-destination {SERVER_IP}:53"
+        ))?;
+        self.ip6tables(&format!(
+            "-t nat -A PREROUTING -d {CLUSTER_DNS_IP6}/128 -p udp --dport 53 \
+             -j DNAT --to-destination [{SERVER_IP6}]:53"
+        ))?;
+
+        self.start_dnsmasq()
+    }
+
+    fn start_dnsmasq(&mut self) -> Result<()> {
+        let pid_file = self.dir.join("dnsmasq.pid");
+        let log_file = self.dir.join("dnsmasq.log");
+        let args = [
+            "dnsmasq".to_string(),
+            "--keep-in-foreground".into(),
+            "--conf-file=/dev/null".into(),
+            "--no-resolv".into(),
+            "--no-hosts".into(),
+            "--bind-interfaces".into(),
+            format!("--listen-address={SERVER_IP}"),
+            format!("--listen-address={SERVER_IP6}"),
+            "--user=root".into(),
+            format!("--pid-file={}", pid_file.display()),
+            format!("--host-record={TEST_NAME},{TEST_A},{TEST_AAAA}"),
+            "--log-queries".into(),
+            format!("--log-facility={}", log_file.display()),
+        ];
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let child = self
+            .command(Ns::Server, &argv)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting dnsmasq (is dnsmasq-base installed? `cargo xtask setup`)")?;
+        self.dnsmasq = Some(child);
+
+        // Queries sent before dnsmasq has bound its sockets would be refused with ICMP and make
+        // the first test query fail for reasons unrelated to what is being tested.
+        let want = [format!("{SERVER_IP}:53"), format!("[{SERVER_IP6}]:53")];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let listening = self.run(Ns::Server, &["ss", "-Hlun"])?;
+            if want.iter().all(|w| listening.contains(w.as_str())) {
+                return Ok(());
+            }
+            if let Some(child) = self.dnsmasq.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!("dnsmasq exited ({status}): {}", read_lossy(&log_file));
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "dnsmasq is not listening on {want:?} after 10 s: {}",
+                    read_lossy(&log_file)
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sets `net.bridge.bridge-nf-call-iptables` and `-ip6tables` in the node namespace (these are
+    /// per namespace, the host's value is not touched).
+    pub fn set_bridge_nf_call_iptables(&self, on: bool) -> Result<()> {
+        let v = if on { 1 } else { 0 };
+        for key in [
+            "net.bridge.bridge-nf-call-iptables",
+            "net.bridge.bridge-nf-call-ip6tables",
+        ] {
+            self.run(Ns::Node, &["sysctl", "-qw", &format!("{key}={v}")])?;
+        }
+        Ok(())
+    }
+
+    /// `iptables RULE` in the node namespace, RULE split on whitespace.
+    pub fn iptables(&self, rule: &str) -> Result<()> {
+        self.xtables(Ns::Node, "iptables", rule)
+    }
+
+    /// `ip6tables RULE` in the node namespace, RULE split on whitespace.
+    pub fn ip6tables(&self, rule: &str) -> Result<()> {
+        self.xtables(Ns::Node, "ip6tables", rule)
+    }
+
+    /// `iptables`/`ip6tables RULE` in any lab namespace.
+    pub fn xtables(&self, ns: Ns, program: &str, rule: &str) -> Result<()> {
+        // -w: iptables-legacy takes a host-wide lock, and labs are built in parallel.
+        let mut argv = vec![program, "-w", "10"];
+        argv.extend(rule.split_whitespace());
+        self.run(ns, &argv).map(drop)
+    }
+
+    /// `ip netns exec NS argv...`, not started yet.
+    pub fn command(&self, ns: Ns, argv: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", self.netns(ns)])
+            .args(argv)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs a command in a namespace to completion, whatever its exit status.
+    pub fn exec(&self, ns: Ns, argv: &[&str]) -> Result<Output> {
+        self.command(ns, argv)
+            .output()
+            .with_context(|| format!("running `{}` in {}", argv.join(" "), self.netns(ns)))
+    }
+
+    /// Runs a command in a namespace; fails unless it exits 0. Returns its stdout.
+    pub fn run(&self, ns: Ns, argv: &[&str]) -> Result<String> {
+        let out = self.exec(ns, argv)?;
+        check(&out, &format!("`{}` in {}", argv.join(" "), self.netns(ns)))
+    }
+
+    /// Starts a command in a namespace with stdout and stderr captured.
+    pub fn spawn(&self, ns: Ns, argv: &[&str]) -> Result<Process<'_>> {
+        Process::spawn(self.command(ns, argv), argv.join(" "), StdoutMode::Capture)
+    }
+
+    /// Starts `tracer watch ARGS` (the binary from [`crate::tracer_bin`]) in the node namespace
+    /// with its output captured, and returns once it reported that it is watching.
+    pub fn watch(&self, args: &[&str]) -> Result<Process<'_>> {
+        self.watch_with(&crate::tracer_bin()?, args, StdoutMode::Capture)
+    }
+
+    /// Like [`Lab::watch`] with a given binary; with [`StdoutMode::Terminal`] the packet lines go
+    /// straight to this process's stdout and tracer's stderr is echoed to ours.
+    pub fn watch_with(
+        &self,
+        tracer: &Path,
+        args: &[&str],
+        mode: StdoutMode,
+    ) -> Result<Process<'_>> {
+        let tracer = tracer
+            .to_str()
+            .ok_or_else(|| anyhow!("non-UTF-8 path {}", tracer.display()))?;
+        let mut argv = vec![tracer, "watch"];
+        argv.extend_from_slice(args);
+        let mut process = Process::spawn(self.command(Ns::Node, &argv), argv.join(" "), mode)?;
+        process.wait_for_stderr(TRACER_READY, TRACER_READY_TIMEOUT)?;
+        Ok(process)
+    }
+
+    /// Runs dig in the client namespace: `dig +tries=1 +time=2 +qr @SERVER NAME EXTRA...`.
+    /// A timeout is a result, not an error: see [`Dig::timed_out`].
+    pub fn dig(&self, server: &str, name: &str, extra: &[&str]) -> Result<Dig> {
+        let at = format!("@{server}");
+        // +qr prints the query as sent, so the query id is known even when no reply arrives.
+        let mut argv = vec!["dig", "+tries=1", "+time=2", "+qr", &at, name];
+        argv.extend_from_slice(extra);
+        let out = self.exec(Ns::Client, &argv)?;
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        Ok(Dig::parse(text, out.status.code()))
+    }
+
+    /// Sends `count` small UDP datagrams from a namespace to `ip:port` (bash's /dev/udp), without
+    /// waiting for any answer.
+    pub fn send_udp(&self, ns: Ns, ip: &str, port: u16, count: u32) -> Result<()> {
+        let script = format!(
+            "for i in $(seq {count}); do printf 'tracer-probe %s' \"$i\" > /dev/udp/{ip}/{port}; done"
+        );
+        self.run(ns, &["bash", "-c", &script]).map(drop)
+    }
+
+    /// dnsmasq's query log so far.
+    pub fn dnsmasq_log(&self) -> String {
+        read_lossy(&self.dir.join("dnsmasq.log"))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!("lab {}: dnsmasq log:\n{}", self.prefix, self.dnsmasq_log());
+        }
+        if let Some(child) = self.dnsmasq.take() {
+            stop_child(child);
+        }
+        for name in self.created.drain(..).rev() {
+            if let Err(e) = delete_netns(&name) {
+                eprintln!("lab cleanup: {e:#}");
+            }
+        }
+        if let Err(e) = fs::remove_dir_all(&self.dir) {
+            eprintln!("lab cleanup: removing {}: {e}", self.dir.display());
+        }
+    }
+}
+
+/// The result of one dig run.
+#[derive(Clone, Debug)]
+pub struct Dig {
+    /// Everything dig printed (stdout then stderr).
+    pub output: String,
+    pub exit_code: Option<i32>,
+    /// The DNS message id of the query dig sent.
+    pub id: Option<u16>,
+    /// The reply's status (`NOERROR`, `NXDOMAIN`, ...); `None` when no reply was accepted.
+    pub status: Option<String>,
+    /// The reply's answer section, data only (e.g. `192.0.2.10`).
+    pub answers: Vec<String>,
+    /// dig gave up waiting for a reply.
+    pub timed_out: bool,
+}
+
+impl Dig {
+    pub fn parse(output: String, exit_code: Option<i32>) -> Dig {
+        let mut id = None;
+        let mut status = None;
+        let mut answers = Vec::new();
+        let mut in_reply = false;
+        let mut in_answer = false;
+        for line in output.lines() {
+            if line.starts_with(";; Got answer:") {
+                in_reply = true;
+            } else if let Some(header) = line.strip_prefix(";; ->>HEADER<<- ") {
+                // "opcode: QUERY, status: NOERROR, id: 14044"
+                let field = |key: &str| {
+                    header
+                        .split(", ")
+                        .find_map(|kv| kv.strip_prefix(key))
+                        .map(str::trim)
+                };
+                if id.is_none() {
+                    id = field("id:").and_then(|v| v.parse().ok());
+                }
+                if in_reply {
+                    status = field("status:").map(str::to_string);
+                }
+            } else if in_reply && line.starts_with(";; ANSWER SECTION:") {
+                in_answer = true;
+            } else if in_answer {
+                if line.trim().is_empty() {
+                    in_answer = false;
+                } else if !line.starts_with(';') {
+                    if let Some(data) = line.split_whitespace().last() {
+                        answers.push(data.to_string());
+                    }
+                }
+            }
+        }
+        let timed_out = status.is_none() && output.contains("timed out");
+        Dig {
+            output,
+            exit_code,
+            id,
+            status,
+            answers,
+            timed_out,
+        }
+    }
+
+    /// dig got a reply with status NOERROR.
+    pub fn answered(&self) -> bool {
+        self.status.as_deref() == Some("NOERROR")
+    }
+}
+
+/// Where a spawned process's stdout goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StdoutMode {
+    /// Collected, returned by [`Process::finish`] / [`Process::stop`].
+    Capture,
+    /// Inherited (the terminal); stderr is still captured and also echoed to our stderr.
+    Terminal,
+}
+
+/// A background process started in a lab namespace. Dropping it stops it (SIGTERM, then SIGKILL).
+pub struct Process<'lab> {
+    what: String,
+    child: Child,
+    stdout: Option<Arc<Captured>>,
+    stderr: Arc<Captured>,
+    readers: Vec<JoinHandle<()>>,
+    reaped: bool,
+    _lab: PhantomData<&'lab Lab>,
+}
+
+/// What a [`Process`] left behind.
+#[derive(Debug)]
+pub struct Finished {
+    pub what: String,
+    pub status: ExitStatus,
+    /// Empty with [`StdoutMode::Terminal`].
+    pub stdout: String,
+    pub stderr: String,
+    /// It was still running at the deadline given to [`Process::finish`] (or ignored SIGTERM
+    /// from [`Process::stop`]) and had to be signalled.
+    pub timed_out: bool,
+}
+
+impl Finished {
+    /// Status and output, for assertion messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "`{}` exited with {}{}\n--- stdout ---\n{}--- stderr ---\n{}",
+            self.what,
+            self.status,
+            if self.timed_out {
+                " (after being signalled at its deadline)"
+            } else {
+                ""
+            },
+            self.stdout,
+            self.stderr
+        )
+    }
+}
+
+impl<'lab> Process<'lab> {
+    fn spawn(mut cmd: Command, what: String, mode: StdoutMode) -> Result<Process<'lab>> {
+        cmd.stdin(Stdio::null()).stderr(Stdio::piped());
+        match mode {
+            StdoutMode::Capture => cmd.stdout(Stdio::piped()),
+            StdoutMode::Terminal => cmd.stdout(Stdio::inherit()),
+        };
+        let mut child = cmd.spawn().with_context(|| format!("starting `{what}`"))?;
+        let mut readers = Vec::new();
+        let stdout = match child.stdout.take() {
+            Some(pipe) => {
+                let sink = Arc::new(Captured::default());
+                readers.push(capture(pipe, sink.clone(), false));
+                Some(sink)
+            }
+            None => None,
+        };
+        let stderr = Arc::new(Captured::default());
+        if let Some(pipe) = child.stderr.take() {
+            readers.push(capture(pipe, stderr.clone(), mode == StdoutMode::Terminal));
+        }
+        Ok(Process {
+            what,
+            child,
+            stdout,
+            stderr,
+            readers,
+            reaped: false,
+            _lab: PhantomData,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until stderr contains `needle`. Fails if the process exits first or the timeout
+    /// passes, with what it printed.
+    pub fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let buf = self.stderr.lock();
+                if buf.text.contains(needle) {
+                    return Ok(());
+                }
+            }
+            if let Some(status) = self.child.try_wait()? {
+                // Let the reader pick up what was written just before the exit.
+                let text = self.stderr.wait_eof(Duration::from_secs(1));
+                if text.contains(needle) {
+                    return Ok(());
+                }
+                bail!(
+                    "`{}` exited ({status}) before printing {needle:?}; stderr:\n{text}",
+                    self.what
+                );
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let text = self.stderr.lock().text.clone();
+                bail!(
+                    "`{}` did not print {needle:?} within {timeout:?}; stderr so far:\n{text}",
+                    self.what
+                );
+            }
+            let buf = self.stderr.lock();
+            let wait = (deadline - now).min(Duration::from_millis(50));
+            drop(self.stderr.grew.wait_timeout(buf, wait));
+        }
+    }
+
+    /// Sends a signal, unless the process has already exited (its pid may then belong to
+    /// someone else).
+    pub fn signal(&mut self, signal: libc::c_int) -> Result<()> {
+        if self.child.try_wait()?.is_none() {
+            send_signal(self.child.id(), signal)
+                .with_context(|| format!("signalling `{}`", self.what))?;
+        }
+        Ok(())
+    }
+
+    /// Stdout captured so far.
+    pub fn stdout_so_far(&self) -> String {
+        self.stdout
+            .as_ref()
+            .map(|s| s.lock().text.clone())
+            .unwrap_or_default()
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; then SIGTERM, and SIGKILL if it is
+    /// still there after [`STOP_GRACE`].
+    pub fn finish(mut self, timeout: Duration) -> Result<Finished> {
+        let mut timed_out = false;
+        let status = match wait_timeout(&mut self.child, timeout)? {
+            Some(status) => status,
+            None => {
+                timed_out = true;
+                self.escalate()?
+            }
+        };
+        Ok(self.collect(status, timed_out))
+    }
+
+    /// SIGTERM now, then like [`Process::finish`] with [`STOP_GRACE`].
+    pub fn stop(mut self) -> Result<Finished> {
+        self.signal(libc::SIGTERM)?;
+        self.finish(STOP_GRACE)
+    }
+
+    fn escalate(&mut self) -> Result<ExitStatus> {
+        self.signal(libc::SIGTERM)?;
+        if let Some(status) = wait_timeout(&mut self.child, STOP_GRACE)? {
+            return Ok(status);
+        }
+        self.child
+            .kill()
+            .with_context(|| format!("killing `{}`", self.what))?;
+        self.child
+            .wait()
+            .with_context(|| format!("waiting for `{}`", self.what))
+    }
+
+    fn collect(&mut self, status: ExitStatus, timed_out: bool) -> Finished {
+        self.reaped = true;
+        // The pipes close with the process, so the readers end.
+        for reader in self.readers.drain(..) {
+            if reader.join().is_err() {
+                eprintln!("output reader of `{}` panicked", self.what);
+            }
+        }
+        Finished {
+            what: self.what.clone(),
+            status,
+            stdout: self.stdout_so_far(),
+            stderr: self.stderr.lock().text.clone(),
+            timed_out,
+        }
+    }
+}
+
+impl Drop for Process<'_> {
+    fn drop(&mut self) {
+        if self.reaped {
+            return;
+        }
+        match self.child.try_wait() {
+            Ok(Some(_)) => {}
+            _ => {
+                let _ = send_signal(self.child.id(), libc::SIGTERM);
+                if !matches!(
+                    wait_timeout(&mut self.child, Duration::from_secs(3)),
+                    Ok(Some(_))
+                ) {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                }
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Captured {
+    buf: Mutex<Buffer>,
+    grew: Condvar,
+}
+
+#[derive(Default)]
+struct Buffer {
+    text: String,
+    eof: bool,
+}
+
+impl Captured {
+    fn lock(&self) -> MutexGuard<'_, Buffer> {
+        // A reader thread that panicked mid-append leaves usable text behind.
+        self.buf
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn wait_eof(&self, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let mut buf = self.lock();
+        while !buf.eof {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            buf = match self.grew.wait_timeout(buf, deadline - now) {
+                Ok((buf, _)) => buf,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        buf.text.clone()
+    }
+}
+
+fn capture(pipe: impl Read + Send + 'static, sink: Arc<Captured>, echo: bool) -> JoinHandle<()> {
+    thread::spawn(move || {
+        let mut reader = BufReader::new(pipe);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let text = String::from_utf8_lossy(&line);
+                    if echo {
+                        eprint!("{text}");
+                    }
+                    sink.lock().text.push_str(&text);
+                    sink.grew.notify_all();
+                }
+            }
+        }
+        sink.lock().eof = true;
+        sink.grew.notify_all();
+    })
+}
+
+fn ensure_root() -> Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the lab needs root (network namespaces, iptables, dnsmasq): run the tests as root");
+    }
+    Ok(())
+}
+
+fn unique_prefix() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seq = NEXT.fetch_add(1, Ordering::Relaxed);
+    // The stale sweep skips labs whose pid is alive again (reused by another process); the time
+    // part keeps a new lab from colliding with such a leftover.
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_micros() % 4096)
+        .unwrap_or(0);
+    format!("{NAME_PREFIX}{}-{seq}{stamp:03x}", std::process::id())
+}
+
+/// Removes labs whose creating process no longer exists (a test binary that was SIGKILLed, so its
+/// `Drop`s never ran). Best effort: a lab another process is removing at the same time is fine.
+fn sweep_stale_labs() {
+    let Ok(list) = host(&["ip", "netns", "list"]) else {
+        return;
+    };
+    for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        let Some(rest) = name.strip_prefix(NAME_PREFIX) else {
+            continue;
+        };
+        let Some((pid, _)) = rest.split_once('-') else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let _ = delete_netns(name);
+        if let Some((prefix, _role)) = name.rsplit_once('-') {
+            let _ = fs::remove_dir_all(std::env::temp_dir().join(format!("tracer-{prefix}")));
+        }
+    }
+}
+
+fn delete_netns(name: &str) -> Result<()> {
+    // Anything still running in a lab namespace was started by the lab (a process handle that was
+    // leaked); it would keep the namespace alive after `ip netns del`.
+    if let Ok(pids) = host(&["ip", "netns", "pids", name]) {
+        for pid in pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u32>().ok())
+        {
+            let _ = send_signal(pid, libc::SIGKILL);
+        }
+    }
+    host(&["ip", "netns", "del", name]).map(drop)
+}
+
+fn stop_child(mut child: Child) {
+    if let Ok(None) = child.try_wait() {
+        let _ = send_signal(child.id(), libc::SIGTERM);
+        if !matches!(
+            wait_timeout(&mut child, Duration::from_secs(3)),
+            Ok(Some(_))
+        ) {
+            let _ = child.kill();
+        }
+    }
+    let _ = child.wait();
+}
+
+fn send_signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
+    let pid =
+        libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: kill(2) only takes plain integers.
+    if unsafe { libc::kill(pid, signal) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn wait_timeout(child: &mut Child, timeout: Duration) -> io::Result<Option<ExitStatus>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs a command in the current (host) namespace; fails unless it exits 0. Returns stdout.
+fn host(argv: &[&str]) -> Result<String> {
+    let (program, args) = argv.split_first().ok_or_else(|| anyhow!("empty command"))?;
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running `{}`", argv.join(" ")))?;
+    check(&out, &format!("`{}`", argv.join(" ")))
+}
+
+fn check(out: &Output, what: &str) -> Result<String> {
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn read_lossy(path: &Path) -> String {
+    match fs::read(path) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) => format!("({}: {e})", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_answered_dig() {
+        let out = "\
+;; Sending:
+;; ->>HEADER<<- opcode: QUERY, status: NOERROR, id: 14044
+;; flags: rd ad; QUERY: 1, ANSWER: 0, AUTHORITY: 0, ADDITIONAL: 1
+
+;; Got answer:
+;; ->>HEADER<<- opcode: QUERY, status: NOERROR, id: 14044
+;; flags: qr aa rd ra; QUERY: 1, ANSWER: 1, AUTHORITY: 0, ADDITIONAL: 1
+
+;; QUESTION SECTION:
+;example.test.			IN	A
+
+;; ANSWER SECTION:
+example.test.		0	IN	A	192.0.2.10
+
+;; Query time: 0 msec
+";
+        let dig = Dig::parse(out.to_string(), Some(0));
+        assert_eq!(dig.id, Some(14044));
+        assert_eq!(dig.status.as_deref(), Some("NOERROR"));
+        assert_eq!(dig.answers, vec!["192.0.2.10".to_string()]);
+        assert!(dig.answered());
+        assert!(!dig.timed_out);
+    }
+
+    #[test]
+    fn parses_timed_out_dig() {
+        let out = "\
+;; Sending:
+;; ->>HEADER<<- opcode: QUERY, status: NOERROR, id: 18352
+;; flags: rd ad; QUERY: 1, ANSWER: 0, AUTHORITY: 0, ADDITIONAL: 1
+
+;; QUERY SIZE: 53
+
+;; communications error to 10.96.0.10#53: timed out
+;; no servers could be reached
+";
+        let dig = Dig::parse(out.to_string(), Some(9));
+        assert_eq!(dig.id, Some(18352));
+        assert_eq!(dig.status, None);
+        assert!(dig.answers.is_empty());
+        assert!(!dig.answered());
+        assert!(dig.timed_out);
+    }
+}

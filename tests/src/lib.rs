@@ -1,0 +1,35 @@
+//! Test support for tracer: a network-namespace lab that reproduces a Kubernetes node's DNS path
+//! ([`lab`]), and helpers to read `tracer watch` output ([`output`]).
+//!
+//! Everything here needs root: it creates network namespaces, runs dnsmasq and changes iptables rules
+//! inside those namespaces (never on the host).
+
+pub mod lab;
+pub mod output;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+
+/// The tracer binary under test: `$TRACER_BIN`, else the workspace's debug build.
+pub fn tracer_bin() -> Result<PathBuf> {
+    let path = match std::env::var_os("TRACER_BIN") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => workspace_root().join("target/debug/tracer"),
+    };
+    if !path.is_file() {
+        bail!(
+            "tracer binary not found at {}: build it with `cargo build -p tracer` \
+             (`cargo xtask test` does this) or point TRACER_BIN at it",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// The workspace this crate was compiled in. The tests run from the same checkout, so the
+/// compile-time path is the right one even when the current directory is not.
+pub fn workspace_root() -> &'static Path {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir.parent().unwrap_or(manifest_dir)
+}

@@ -1,0 +1,232 @@
+//! Reading `tracer watch --output json` (JSON Lines; field names as in the README).
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+
+use crate::lab::Finished;
+
+/// A whole JSON watch: packet and finding records, and the summary that must end it.
+#[derive(Debug)]
+pub struct WatchJson {
+    pub packets: Vec<Value>,
+    pub findings: Vec<Value>,
+    pub summary: Value,
+}
+
+impl WatchJson {
+    /// Every non-empty stdout line must be a JSON object with a `type` the README documents; the
+    /// summary must be the last line and the only one.
+    pub fn parse(stdout: &str) -> Result<WatchJson> {
+        let mut packets = Vec::new();
+        let mut findings = Vec::new();
+        let mut summary = None;
+        for (n, line) in stdout
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let value: Value = serde_json::from_str(line)
+                .with_context(|| format!("stdout line {} is not JSON: {line}", n + 1))?;
+            if summary.is_some() {
+                bail!("stdout line {} comes after the summary: {line}", n + 1);
+            }
+            match value.get("type").and_then(Value::as_str) {
+                Some("packet") => packets.push(value),
+                Some("finding") => findings.push(value),
+                Some("summary") => summary = Some(value),
+                _ => bail!("stdout line {} has no known \"type\": {line}", n + 1),
+            }
+        }
+        let Some(summary) = summary else {
+            bail!("no summary line; stdout was:\n{stdout}");
+        };
+        Ok(WatchJson {
+            packets,
+            findings,
+            summary,
+        })
+    }
+
+    /// The output of a watch that must have exited 0.
+    pub fn from_finished(done: &Finished) -> Result<WatchJson> {
+        ensure!(done.status.success(), "tracer failed:\n{}", done.describe());
+        WatchJson::parse(&done.stdout).with_context(|| done.describe())
+    }
+
+    /// The summary's counts match the lines printed, and nothing was lost.
+    pub fn check_summary(&self) -> Result<()> {
+        let s = &self.summary;
+        ensure!(
+            u64_at(s, "/lost") == Some(0),
+            "summary lost should be 0: {s}"
+        );
+        let packets = u64_at(s, "/packets");
+        ensure!(
+            packets == Some(self.packets.len() as u64),
+            "summary packets {packets:?} but {} packet lines",
+            self.packets.len()
+        );
+        // Each distinct finding is printed once, so the lines are the distinct findings.
+        let findings = u64_at(s, "/findings");
+        ensure!(
+            findings == Some(self.findings.len() as u64),
+            "summary findings {findings:?} but {} finding lines",
+            self.findings.len()
+        );
+        Ok(())
+    }
+
+    /// Every packet record comes from the network namespace with this inode.
+    pub fn check_netns(&self, inode: u64) -> Result<()> {
+        for p in &self.packets {
+            ensure!(
+                u64_at(p, "/netns") == Some(inode),
+                "record from outside namespace {inode}: {p}"
+            );
+        }
+        Ok(())
+    }
+
+    /// The first packet for which `pred` holds, or an error listing all of them.
+    pub fn find_one(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Result<&Value> {
+        match self.packets.iter().find(|p| pred(p)) {
+            Some(p) => Ok(p),
+            None => bail!("no record of {what} among:\n{}", self.describe()),
+        }
+    }
+
+    /// The packets for which `pred` holds.
+    pub fn find<'a>(
+        &'a self,
+        pred: impl Fn(&Value) -> bool + 'a,
+    ) -> impl Iterator<Item = &'a Value> + 'a {
+        self.packets.iter().filter(move |p| pred(p))
+    }
+
+    /// The findings of one kind (`conntrack_skip`, `dns_timeout`, ...).
+    pub fn findings_of<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+        self.findings
+            .iter()
+            .filter(move |f| str_at(f, "/kind") == Some(kind))
+    }
+
+    /// One line per packet, then the findings and the summary, for assertion messages.
+    pub fn describe(&self) -> String {
+        let mut s: String = self
+            .packets
+            .iter()
+            .map(|p| describe_packet(p) + "\n")
+            .collect();
+        for f in &self.findings {
+            s.push_str(&format!("{f}\n"));
+        }
+        s.push_str(&self.summary.to_string());
+        s
+    }
+}
+
+/// The record is at `stage` on device `ifname`.
+pub fn stage_is(p: &Value, stage: &str, ifname: &str) -> bool {
+    str_at(p, "/stage") == Some(stage) && str_at(p, "/ifname") == Some(ifname)
+}
+
+/// The record carries DNS message `id` in direction `qr` (false: query, true: response).
+pub fn dns_is(p: &Value, id: u16, qr: bool) -> bool {
+    u64_at(p, "/dns/id") == Some(u64::from(id)) && bool_at(p, "/dns/qr") == Some(qr)
+}
+
+/// The string at `pointer` is `want`.
+pub fn expect_str(v: &Value, pointer: &str, want: &str) -> Result<()> {
+    let got = str_at(v, pointer);
+    ensure!(
+        got == Some(want),
+        "{pointer}: expected {want:?}, got {got:?} in {v}"
+    );
+    Ok(())
+}
+
+pub fn str_at<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
+    v.pointer(pointer).and_then(Value::as_str)
+}
+
+pub fn u64_at(v: &Value, pointer: &str) -> Option<u64> {
+    v.pointer(pointer).and_then(Value::as_u64)
+}
+
+pub fn bool_at(v: &Value, pointer: &str) -> Option<bool> {
+    v.pointer(pointer).and_then(Value::as_bool)
+}
+
+/// The port of an `"ip:port"` / `"[ipv6]:port"` address.
+pub fn port_of(addr: &str) -> Option<u16> {
+    addr.rsplit_once(':')
+        .and_then(|(_, port)| port.parse().ok())
+}
+
+/// The address part of an `"ip:port"` / `"[ipv6]:port"` address, without brackets.
+pub fn ip_of(addr: &str) -> Option<&str> {
+    let (ip, _) = addr.rsplit_once(':')?;
+    Some(
+        ip.strip_prefix('[')
+            .and_then(|ip| ip.strip_suffix(']'))
+            .unwrap_or(ip),
+    )
+}
+
+/// A compact summary of a packet record.
+pub fn describe_packet(p: &Value) -> String {
+    let s = |ptr| str_at(p, ptr).unwrap_or("-");
+    let dns = match p.get("dns") {
+        Some(d) if !d.is_null() => format!(
+            "dns id={} qr={} {}",
+            u64_at(d, "/id").map_or("-".into(), |v| v.to_string()),
+            bool_at(d, "/qr").map_or("-".into(), |v| v.to_string()),
+            str_at(d, "/qname").unwrap_or("-"),
+        ),
+        _ => "dns -".into(),
+    };
+    let ct = match p.get("conntrack") {
+        Some(c) if !c.is_null() => format!("ct nat={}", str_at(c, "/nat").unwrap_or("-")),
+        _ => "ct -".into(),
+    };
+    format!(
+        "{:<10} {:<12} {} {} -> {} {dns} {ct}",
+        s("/stage"),
+        s("/ifname"),
+        s("/proto"),
+        s("/src"),
+        s("/dst")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_addresses() {
+        assert_eq!(port_of("10.96.0.10:53"), Some(53));
+        assert_eq!(ip_of("10.96.0.10:53"), Some("10.96.0.10"));
+        assert_eq!(port_of("[fd00::5]:41234"), Some(41234));
+        assert_eq!(ip_of("[fd00::5]:41234"), Some("fd00::5"));
+        assert_eq!(port_of("nonsense"), None);
+    }
+
+    #[test]
+    fn summary_must_come_last() {
+        let ok = "{\"type\":\"packet\"}\n{\"type\":\"finding\",\"kind\":\"dns_timeout\"}\n\
+                  {\"type\":\"summary\",\"packets\":1}\n";
+        let parsed = WatchJson::parse(ok).map_err(|e| e.to_string());
+        assert_eq!(parsed.as_ref().map(|w| w.packets.len()), Ok(1));
+        assert_eq!(
+            parsed
+                .as_ref()
+                .map(|w| w.findings_of("dns_timeout").count()),
+            Ok(1)
+        );
+        assert!(WatchJson::parse("{\"type\":\"mystery\"}\n{\"type\":\"summary\"}\n").is_err());
+        assert!(WatchJson::parse("{\"type\":\"packet\"}\n").is_err());
+        assert!(WatchJson::parse("{\"type\":\"summary\"}\n{\"type\":\"packet\"}\n").is_err());
+        assert!(WatchJson::parse("not json\n{\"type\":\"summary\"}\n").is_err());
+    }
+}

@@ -1,0 +1,494 @@
+//! End-to-end: the real tracer binary watching DNS cross the lab's bridge (needs root and a built
+//! tracer, see `tracer_tests::tracer_bin`). Expectations follow the README's contract.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+use tracer_tests::lab::*;
+use tracer_tests::output::*;
+use tracer_tests::tracer_bin;
+
+/// Long enough for a dig to finish well inside it, short enough to keep the suite fast.
+const WATCH_SECS: u64 = 3;
+
+#[test]
+fn healthy_node_shows_query_dnat_and_reverse_natted_reply() -> Result<()> {
+    let lab = Lab::new(LabConfig::healthy())?;
+    let secs = WATCH_SECS.to_string();
+    let watch = lab.watch(&["--port", "53", "--output", "json", "--duration", &secs])?;
+    let started = Instant::now();
+    let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
+    let done = watch.finish(Duration::from_secs(WATCH_SECS + 15))?;
+    ensure!(
+        !done.timed_out,
+        "tracer did not stop by itself after --duration:\n{}",
+        done.describe()
+    );
+    ensure!(
+        started.elapsed() >= Duration::from_secs(WATCH_SECS - 1),
+        "tracer stopped after {:?}, before --duration {WATCH_SECS}",
+        started.elapsed()
+    );
+    ensure!(
+        dig.answered() && dig.answers == [TEST_A],
+        "dig was not answered:\n{}",
+        dig.output
+    );
+    let id = dig.id.context("dig printed no query id")?;
+    let w = WatchJson::from_finished(&done)?;
+    w.check_netns(lab.netns_inode(Ns::Node)?)?;
+
+    let query_in = w.find_one("the query entering the bridge from the client", |p| {
+        stage_is(p, "bridge-in", CLIENT_VETH) && dns_is(p, id, false)
+    })?;
+    let client = str_at(query_in, "/src").unwrap_or_default().to_string();
+    ensure!(
+        ip_of(&client) == Some(CLIENT_IP),
+        "query source {client:?} is not the client"
+    );
+    let client_port = port_of(&client).context("query source has no port")?;
+    expect_str(query_in, "/dst", &format!("{CLUSTER_DNS_IP}:53"))?;
+    expect_str(query_in, "/dns/qname", "example.test.")?;
+    expect_str(query_in, "/proto", "udp")?;
+    expect_str(query_in, "/bridge", BRIDGE)?;
+    ensure!(
+        u64_at(query_in, "/ip_version") == Some(4),
+        "ip_version: {query_in}"
+    );
+
+    // With bridge-nf-call-iptables=1 the bridge itself runs the frame through PREROUTING, so the
+    // DNATed query is usually forwarded straight to the server's port. Only while the node still
+    // has to resolve the server's MAC (the first query of a lab) does it leave through the node's
+    // own stack (from-host) first. Either way it must leave on the server's port DNATed.
+    let towards_server: Vec<&Value> = w
+        .find(|p| {
+            (stage_is(p, "from-host", BRIDGE) || stage_is(p, "bridge-out", SERVER_VETH))
+                && dns_is(p, id, false)
+        })
+        .collect();
+    ensure!(
+        towards_server
+            .iter()
+            .any(|p| stage_is(p, "bridge-out", SERVER_VETH)),
+        "no record of the DNATed query leaving on {SERVER_VETH}:\n{}",
+        w.describe()
+    );
+    for q in towards_server {
+        expect_str(q, "/dst", &format!("{SERVER_IP}:53"))?;
+        expect_str(q, "/src", &client)?;
+        ensure!(
+            q["conntrack"].is_object(),
+            "no conntrack on the DNATed query: {q}"
+        );
+        let nat = str_at(q, "/conntrack/nat").unwrap_or_default();
+        ensure!(
+            nat.starts_with("dnat") && nat.contains(&format!("{SERVER_IP}:53")),
+            "conntrack nat on the DNATed query: {q}"
+        );
+    }
+
+    let reply_in = w.find_one("the reply entering the bridge from the server", |p| {
+        stage_is(p, "bridge-in", SERVER_VETH) && dns_is(p, id, true)
+    })?;
+    expect_str(reply_in, "/src", &format!("{SERVER_IP}:53"))?;
+
+    let reply_out = w.find_one("the reply leaving the bridge to the client", |p| {
+        stage_is(p, "bridge-out", CLIENT_VETH) && dns_is(p, id, true)
+    })?;
+    expect_str(reply_out, "/dst", &format!("{CLIENT_IP}:{client_port}"))?;
+    expect_str(reply_out, "/src", &format!("{CLUSTER_DNS_IP}:53"))?;
+    ensure!(
+        reply_out["conntrack"].is_object(),
+        "no conntrack on the reply: {reply_out}"
+    );
+    ensure!(
+        str_at(reply_out, "/conntrack/nat").is_some(),
+        "no nat on the reply's conntrack: {reply_out}"
+    );
+    expect_str(reply_out, "/dns/first_answer", TEST_A)?;
+
+    ensure!(
+        w.findings.is_empty(),
+        "a healthy node should produce no findings:\n{}",
+        w.describe()
+    );
+    w.check_summary()
+}
+
+#[test]
+fn bridge_nf_call_iptables_off_shows_reply_from_pod_without_conntrack() -> Result<()> {
+    let lab = Lab::new(LabConfig::bridge_nf_call_iptables_off())?;
+    let watch = lab.watch(&["--port", "53", "--output", "json"])?;
+    let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
+    let done = watch.stop()?;
+    ensure!(
+        dig.timed_out,
+        "dig should time out on this node:\n{}",
+        dig.output
+    );
+    let id = dig.id.context("dig printed no query id")?;
+    let w = WatchJson::from_finished(&done)?;
+    w.check_netns(lab.netns_inode(Ns::Node)?)?;
+
+    let query_in = w.find_one("the query entering the bridge", |p| {
+        stage_is(p, "bridge-in", CLIENT_VETH) && dns_is(p, id, false)
+    })?;
+    let client = str_at(query_in, "/src").unwrap_or_default();
+
+    // The bridge does not pass the frame to iptables, so the query (addressed to the bridge's MAC,
+    // the client's gateway) goes up to the node, is DNATed on its routing path and comes back.
+    let up = w.find_one("the query going up to the node", |p| {
+        stage_is(p, "to-host", BRIDGE) && dns_is(p, id, false)
+    })?;
+    expect_str(up, "/dst", &format!("{CLUSTER_DNS_IP}:53"))?;
+    for (stage, dev) in [("from-host", BRIDGE), ("bridge-out", SERVER_VETH)] {
+        let q = w.find_one(&format!("the DNATed query at {stage} on {dev}"), |p| {
+            stage_is(p, stage, dev) && dns_is(p, id, false)
+        })?;
+        expect_str(q, "/dst", &format!("{SERVER_IP}:53"))?;
+        expect_str(q, "/src", client)?;
+        ensure!(
+            str_at(q, "/conntrack/nat").is_some_and(|nat| nat.starts_with("dnat")),
+            "no DNAT conntrack entry on the query at {stage}: {q}"
+        );
+    }
+
+    let reply_out = w.find_one("the reply leaving the bridge to the client", |p| {
+        stage_is(p, "bridge-out", CLIENT_VETH) && dns_is(p, id, true)
+    })?;
+    expect_str(reply_out, "/src", &format!("{SERVER_IP}:53"))?;
+    expect_str(reply_out, "/dst", client)?;
+    ensure!(
+        reply_out.get("conntrack") == Some(&Value::Null),
+        "the bridged reply must have no conntrack entry: {reply_out}"
+    );
+
+    let skips: Vec<&Value> = w.findings_of("conntrack_skip").collect();
+    ensure!(
+        skips.len() == 1,
+        "expected one conntrack_skip finding:\n{}",
+        w.describe()
+    );
+    let f = skips[0];
+    expect_str(f, "/client", client)?;
+    expect_str(f, "/expected_source", &format!("{CLUSTER_DNS_IP}:53"))?;
+    expect_str(f, "/actual_source", &format!("{SERVER_IP}:53"))?;
+    expect_str(f, "/bridge", BRIDGE)?;
+    expect_str(f, "/reply_in_port", SERVER_VETH)?;
+    expect_str(f, "/reply_out_port", CLIENT_VETH)?;
+    expect_str(f, "/query/qname", "example.test.")?;
+    ensure!(
+        u64_at(f, "/query/id") == Some(u64::from(id)),
+        "finding for another query: {f}"
+    );
+    expect_str(f, "/sysctls/net.bridge.bridge-nf-call-iptables", "0")?;
+    ensure!(
+        str_at(f, "/headline").is_some_and(|h| !h.is_empty()),
+        "finding without headline: {f}"
+    );
+    ensure!(
+        f["fix"].as_array().is_some_and(|fix| fix.iter().any(|c| c
+            .as_str()
+            .is_some_and(|c| c.contains("bridge-nf-call-iptables=1")))),
+        "the fix should set bridge-nf-call-iptables=1: {f}"
+    );
+    ensure!(
+        u64_at(&w.summary, "/finding_counts/conntrack_skip") == Some(1),
+        "summary finding_counts: {}",
+        w.summary
+    );
+    w.check_summary()
+}
+
+#[test]
+fn other_ports_produce_no_records() -> Result<()> {
+    let lab = Lab::new(LabConfig::healthy())?;
+    let watch = lab.watch(&["--port", "53", "--output", "json"])?;
+    lab.send_udp(Ns::Client, SERVER_IP, 5353, 5)?;
+    // A real DNS message too, so only the port can tell it apart from the control query.
+    let other = lab.dig(SERVER_IP, TEST_NAME, &["-p", "5353", "+time=1"])?;
+    let control = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
+    let done = watch.stop()?;
+    ensure!(
+        !other.answered(),
+        "nothing listens on 5353, yet:\n{}",
+        other.output
+    );
+    ensure!(
+        control.answered(),
+        "control query not answered:\n{}",
+        control.output
+    );
+    let id = control.id.context("dig printed no query id")?;
+    let w = WatchJson::from_finished(&done)?;
+
+    w.find_one("the control query on port 53", |p| {
+        stage_is(p, "bridge-in", CLIENT_VETH) && dns_is(p, id, false)
+    })?;
+    for p in &w.packets {
+        let ports: Vec<Option<u16>> = ["/src", "/dst"]
+            .iter()
+            .map(|k| str_at(p, k).and_then(port_of))
+            .collect();
+        ensure!(
+            !ports.contains(&Some(5353)),
+            "record for port 5353 while watching 53: {p}"
+        );
+        ensure!(
+            ports.contains(&Some(53)),
+            "record without port 53 while watching 53: {p}"
+        );
+    }
+    w.check_summary()
+}
+
+#[test]
+fn port_zero_traces_all_ports() -> Result<()> {
+    let lab = Lab::new(LabConfig::healthy())?;
+    let watch = lab.watch(&["--port", "0", "--output", "json"])?;
+    lab.send_udp(Ns::Client, SERVER_IP, 5353, 3)?;
+    thread::sleep(Duration::from_millis(200));
+    let w = WatchJson::from_finished(&watch.stop()?)?;
+    w.find_one("a datagram to port 5353", |p| {
+        stage_is(p, "bridge-in", CLIENT_VETH) && str_at(p, "/dst") == Some("10.244.0.7:5353")
+    })?;
+    w.check_summary()
+}
+
+fn stops_on_signal(signal: libc::c_int) -> Result<()> {
+    let lab = Lab::new(LabConfig::healthy())?;
+    let mut watch = lab.watch(&["--port", "53", "--output", "json"])?;
+    let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
+    ensure!(dig.answered(), "dig was not answered:\n{}", dig.output);
+    thread::sleep(Duration::from_millis(200));
+    watch.signal(signal)?;
+    let done = watch.finish(STOP_GRACE)?;
+    ensure!(
+        !done.timed_out,
+        "tracer ignored signal {signal}:\n{}",
+        done.describe()
+    );
+    ensure!(
+        done.status.code() == Some(0),
+        "tracer should exit 0 on signal {signal}:\n{}",
+        done.describe()
+    );
+    let w = WatchJson::from_finished(&done)?;
+    ensure!(
+        !w.packets.is_empty(),
+        "no packets recorded for an answered query:\n{}",
+        done.describe()
+    );
+    ensure!(
+        w.summary["duration_secs"].is_number(),
+        "summary without duration_secs: {}",
+        w.summary
+    );
+    w.check_summary()
+}
+
+#[test]
+fn sigterm_stops_watch_with_summary() -> Result<()> {
+    stops_on_signal(libc::SIGTERM)
+}
+
+#[test]
+fn sigint_stops_watch_with_summary() -> Result<()> {
+    stops_on_signal(libc::SIGINT)
+}
+
+#[test]
+fn unprivileged_watch_fails_with_one_line() -> Result<()> {
+    // The checkout may live where uid 65534 cannot reach it (e.g. /root): run a world-readable copy.
+    let original = tracer_bin()?;
+    let dir = std::env::temp_dir().join(format!("tracer-unpriv-{}", std::process::id()));
+    fs::create_dir_all(&dir)?;
+    let result = (|| {
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
+        let bin = dir.join("tracer");
+        fs::copy(&original, &bin)?;
+        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755))?;
+        run_unprivileged(&bin)
+    })();
+    let _ = fs::remove_dir_all(&dir);
+    let (code, stdout, stderr) = result?;
+
+    ensure!(
+        code.is_some_and(|c| c != 0),
+        "tracer should fail without privileges; stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    ensure!(
+        lines.len() == 1,
+        "expected exactly one line on stderr, got:\n{stderr}"
+    );
+    let line = lines[0];
+    ensure!(
+        line.contains("root") || line.contains("CAP_BPF"),
+        "the error should mention root or CAP_BPF: {line}"
+    );
+    Ok(())
+}
+
+fn run_unprivileged(bin: &std::path::Path) -> Result<(Option<i32>, String, String)> {
+    let mut child = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .arg(bin)
+        .args(["watch", "--port", "53"])
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running setpriv")?;
+    // If it wrongly starts watching it would never exit by itself.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait()?.is_none() {
+        if Instant::now() >= deadline {
+            child.kill()?;
+            let out = child.wait_with_output()?;
+            bail!(
+                "unprivileged tracer still running after 20 s; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output()?;
+    Ok((
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+#[test]
+fn text_output_names_port_stage_and_query() -> Result<()> {
+    let lab = Lab::new(LabConfig::healthy())?;
+    let watch = lab.watch(&["--port", "53"])?;
+    let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
+    thread::sleep(Duration::from_millis(200));
+    let done = watch.stop()?;
+    ensure!(dig.answered(), "dig was not answered:\n{}", dig.output);
+    ensure!(done.status.success(), "tracer failed:\n{}", done.describe());
+    ensure!(
+        done.stdout.lines().any(|l| l.contains(CLIENT_VETH)
+            && l.contains("bridge-in")
+            && l.contains("example.test")),
+        "no text line with {CLIENT_VETH}, bridge-in and example.test:\n{}",
+        done.describe()
+    );
+    Ok(())
+}
+
+#[test]
+fn ipv6_query_and_reply_are_traced() -> Result<()> {
+    let lab = Lab::new(LabConfig::healthy())?;
+    let watch = lab.watch(&["--port", "53", "--output", "json"])?;
+    let dig = lab.dig(CLUSTER_DNS_IP6, TEST_NAME, &["AAAA"])?;
+    thread::sleep(Duration::from_millis(200));
+    let done = watch.stop()?;
+    ensure!(
+        dig.answered() && dig.answers == [TEST_AAAA],
+        "dig was not answered:\n{}",
+        dig.output
+    );
+    let id = dig.id.context("dig printed no query id")?;
+    let w = WatchJson::from_finished(&done)?;
+
+    let query_in = w.find_one("the IPv6 query entering the bridge", |p| {
+        stage_is(p, "bridge-in", CLIENT_VETH) && dns_is(p, id, false)
+    })?;
+    ensure!(
+        u64_at(query_in, "/ip_version") == Some(6),
+        "ip_version: {query_in}"
+    );
+    let client = str_at(query_in, "/src").unwrap_or_default();
+    ensure!(
+        ip_of(client) == Some(CLIENT_IP6),
+        "query source {client:?} is not the client"
+    );
+    ensure!(
+        client.starts_with('['),
+        "IPv6 address without brackets: {client}"
+    );
+    expect_str(query_in, "/dst", &format!("[{CLUSTER_DNS_IP6}]:53"))?;
+    expect_str(query_in, "/dns/qtype", "AAAA")?;
+
+    let reply_out = w.find_one("the IPv6 reply leaving the bridge to the client", |p| {
+        stage_is(p, "bridge-out", CLIENT_VETH) && dns_is(p, id, true)
+    })?;
+    expect_str(reply_out, "/src", &format!("[{CLUSTER_DNS_IP6}]:53"))?;
+    expect_str(reply_out, "/dst", client)?;
+    expect_str(reply_out, "/dns/first_answer", TEST_AAAA)?;
+    ensure!(
+        reply_out["conntrack"].is_object(),
+        "no conntrack on the reply: {reply_out}"
+    );
+    w.check_summary()
+}
+
+#[test]
+fn tcp_queries_are_traced() -> Result<()> {
+    let lab = Lab::new(LabConfig::healthy())?;
+    let watch = lab.watch(&["--port", "53", "--output", "json"])?;
+    let dig = lab.dig(SERVER_IP, TEST_NAME, &["+tcp"])?;
+    thread::sleep(Duration::from_millis(200));
+    let done = watch.stop()?;
+    ensure!(dig.answered(), "dig +tcp was not answered:\n{}", dig.output);
+    let w = WatchJson::from_finished(&done)?;
+    w.find_one("a TCP segment to the server's port 53", |p| {
+        stage_is(p, "bridge-in", CLIENT_VETH)
+            && str_at(p, "/proto") == Some("tcp")
+            && str_at(p, "/dst") == Some("10.244.0.7:53")
+    })?;
+    w.find_one("a TCP segment from the server's port 53", |p| {
+        stage_is(p, "bridge-out", CLIENT_VETH)
+            && str_at(p, "/proto") == Some("tcp")
+            && str_at(p, "/src") == Some("10.244.0.7:53")
+    })?;
+    w.check_summary()
+}
+
+#[test]
+fn traffic_of_other_namespaces_is_not_traced() -> Result<()> {
+    let watched = Lab::new(LabConfig::healthy())?;
+    let other = Lab::new(LabConfig::healthy())?;
+    let watch = watched.watch(&["--port", "53", "--output", "json"])?;
+    let elsewhere = other.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
+    let here = watched.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
+    thread::sleep(Duration::from_millis(200));
+    let done = watch.stop()?;
+    ensure!(
+        elsewhere.answered() && here.answered(),
+        "queries not answered"
+    );
+    let (here_id, elsewhere_id) = (
+        here.id.context("no query id")?,
+        elsewhere.id.context("no query id")?,
+    );
+    let w = WatchJson::from_finished(&done)?;
+    w.check_netns(watched.netns_inode(Ns::Node)?)?;
+    w.find_one("the watched lab's query", |p| dns_is(p, here_id, false))?;
+    // Both labs use the same addresses: only the DNS id tells the queries apart.
+    if here_id != elsewhere_id {
+        ensure!(
+            w.find(|p| u64_at(p, "/dns/id") == Some(u64::from(elsewhere_id)))
+                .next()
+                .is_none(),
+            "the other lab's query was traced:\n{}",
+            w.describe()
+        );
+    }
+    w.check_summary()
+}

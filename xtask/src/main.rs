@@ -1,0 +1,54 @@
+//! Developer tasks for tracer, run as `cargo xtask <task>` from anywhere in the checkout.
+//!
+//! - `setup`: install what a fresh machine lacks (nightly toolchain with rust-src, bpf-linker in
+//!   /opt/tracer-toolchain, the Debian packages the lab uses). Idempotent; quick when all is there.
+//! - `test [ARGS...]`: setup, build tracer, run the workspace tests with `TRACER_BIN` pointing at the
+//!   build (needs root). ARGS go to `cargo test`, e.g. `cargo xtask test -- healthy`.
+//! - `demo`: setup, build tracer in release mode, and show it watching DNS in a lab (needs root).
+//!
+//! `TRACER_TOOLCHAIN_PREFIX` moves the bpf-linker installation away from /opt/tracer-toolchain; it
+//! exists to exercise the bpf-linker build without touching a working installation.
+
+mod cmd;
+mod demo;
+mod setup;
+mod test;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage: cargo xtask <task>
+  setup           install the nightly rust-src component, bpf-linker and the lab's Debian packages
+  test [ARGS...]  setup, build tracer, run all tests as root (ARGS are passed to cargo test)
+  demo            setup, build tracer --release, and show it watching DNS in a namespace lab (root)";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (task, rest) = match args.split_first() {
+        Some((task, rest)) => (task.as_str(), rest),
+        None => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match task {
+        "setup" if rest.is_empty() => setup::run().map(|()| ExitCode::SUCCESS),
+        "test" => test::run(rest),
+        "demo" if rest.is_empty() => demo::run(),
+        "help" | "-h" | "--help" => {
+            println!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => {
+            eprintln!("xtask: unknown arguments: {}\n{USAGE}", args.join(" "));
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask {task}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

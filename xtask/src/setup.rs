@@ -1,0 +1,250 @@
+//! `cargo xtask setup`: make sure the build and lab prerequisites are installed.
+//!
+//! Every step prints one line, `ok` when there was nothing to do or `installing` before it
+//! installs; a failing step ends setup with one line saying what failed and what to do.
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::cmd::{self, probe};
+
+/// The bpf-linker release known to build against the nightly's own libLLVM (see PLATFORM.md).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Debian packages for the lab and its diagnostics.
+const PACKAGES: &[&str] = &[
+    "iptables",
+    "nftables",
+    "dnsmasq-base",
+    "bind9-dnsutils",
+    "conntrack",
+    "tcpdump",
+    "iproute2",
+];
+
+pub fn run() -> Result<()> {
+    step("nightly toolchain", nightly)?;
+    step("nightly rust-src", rust_src)?;
+    step("bpf-linker", bpf_linker)?;
+    step("debian packages", debian_packages)
+}
+
+enum Done {
+    AlreadyThere,
+    Installed,
+}
+
+fn step(name: &str, f: impl FnOnce(&dyn Fn(&str)) -> Result<Done>) -> Result<()> {
+    let announce = |what: &str| println!("setup: {name:<18} installing {what}");
+    match f(&announce) {
+        Ok(Done::AlreadyThere) => {
+            println!("setup: {name:<18} ok");
+            Ok(())
+        }
+        Ok(Done::Installed) => Ok(()),
+        Err(e) => Err(anyhow!("{name}: {e:#}")),
+    }
+}
+
+fn rustup() -> Command {
+    Command::new("rustup")
+}
+
+fn nightly_rustc(args: &[&str]) -> Option<String> {
+    probe(rustup().args(["run", "nightly", "rustc"]).args(args))
+}
+
+fn nightly(announce: &dyn Fn(&str)) -> Result<Done> {
+    if nightly_rustc(&["--version"]).is_some() {
+        return Ok(Done::AlreadyThere);
+    }
+    if probe(rustup().arg("--version")).is_none() {
+        bail!("rustup not found: install rustup (https://rustup.rs) and run setup again");
+    }
+    announce("(rustup toolchain install nightly --profile minimal)");
+    cmd::run(
+        rustup().args(["toolchain", "install", "nightly", "--profile", "minimal"]),
+        "`rustup toolchain install nightly --profile minimal`",
+    )
+    .context("check network access to static.rust-lang.org")?;
+    if nightly_rustc(&["--version"]).is_none() {
+        bail!("`rustup run nightly rustc --version` still fails after installing; reinstall the nightly toolchain");
+    }
+    Ok(Done::Installed)
+}
+
+fn rust_src(announce: &dyn Fn(&str)) -> Result<Done> {
+    let installed = || {
+        probe(rustup().args(["component", "list", "--toolchain", "nightly", "--installed"]))
+            .is_some_and(|list| list.lines().any(|c| c.starts_with("rust-src")))
+    };
+    if installed() {
+        return Ok(Done::AlreadyThere);
+    }
+    announce("(rustup component add rust-src --toolchain nightly)");
+    cmd::run(
+        rustup().args(["component", "add", "rust-src", "--toolchain", "nightly"]),
+        "`rustup component add rust-src --toolchain nightly`",
+    )
+    .context("check network access to static.rust-lang.org")?;
+    if !installed() {
+        bail!("rust-src is still missing after `rustup component add`; reinstall the nightly toolchain");
+    }
+    Ok(Done::Installed)
+}
+
+fn bpf_linker(announce: &dyn Fn(&str)) -> Result<Done> {
+    let prefix = cmd::toolchain_prefix();
+    let linker = prefix.join("bin/bpf-linker");
+    let works = || probe(Command::new(&linker).arg("--version")).is_some();
+    if works() {
+        return Ok(Done::AlreadyThere);
+    }
+
+    // bpf-linker must use the same LLVM as the nightly rustc that emits the bitcode; linking it
+    // against the nightly's own libLLVM guarantees that and needs no system LLVM.
+    let version = nightly_rustc(&["-vV"]).ok_or_else(|| {
+        anyhow!("`rustup run nightly rustc -vV` failed; run setup again to install the nightly")
+    })?;
+    let llvm_major = llvm_major(&version)
+        .ok_or_else(|| anyhow!("no `LLVM version:` in `rustc +nightly -vV`:\n{version}"))?;
+    let sysroot = nightly_rustc(&["--print", "sysroot"])
+        .ok_or_else(|| anyhow!("`rustup run nightly rustc --print sysroot` failed"))?;
+    let nightly_lib = Path::new(sysroot.trim()).join("lib");
+    let so = find_libllvm(&nightly_lib)?;
+
+    announce(&format!(
+        "(cargo install bpf-linker {BPF_LINKER_VERSION} with llvm-{llvm_major} into {}, about a minute)",
+        prefix.display()
+    ));
+    let lib = prefix.join("lib");
+    fs::create_dir_all(&lib)
+        .with_context(|| format!("creating {} (run setup as root)", lib.display()))?;
+    let target = nightly_lib.join(&so);
+    // libLLVM.so is what `-lLLVM` links against; the versioned name is what the binary's rpath
+    // ($PREFIX/lib) finds at run time.
+    for name in [PathBuf::from("libLLVM.so"), PathBuf::from(&so)] {
+        force_symlink(&target, &lib.join(name))?;
+    }
+
+    let mut install = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    install
+        .args(["install", "--force", "--root"])
+        .arg(&prefix)
+        .args([
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--no-default-features",
+        ])
+        .args(["--features", &format!("llvm-{llvm_major}")])
+        .env("LLVM_PREFIX", &prefix)
+        // Outside the workspace, so its .cargo/config.toml cannot affect the install.
+        .current_dir(std::env::temp_dir());
+    cmd::run(&mut install, "`cargo install bpf-linker`").context(
+        "see cargo's output above; it needs network access to crates.io and a bpf-linker release \
+         with a matching llvm-N feature",
+    )?;
+    if !works() {
+        bail!(
+            "{} --version still fails after installing; remove {} and run setup again",
+            linker.display(),
+            prefix.display()
+        );
+    }
+    Ok(Done::Installed)
+}
+
+/// The major version from rustc's `LLVM version: 22.1.4` line.
+fn llvm_major(rustc_vv: &str) -> Option<u32> {
+    let version = rustc_vv
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version:"))?;
+    version.trim().split('.').next()?.parse().ok()
+}
+
+/// The toolchain's own libLLVM, e.g. `libLLVM.so.22.1-rust-1.97.0-nightly`.
+fn find_libllvm(dir: &Path) -> Result<String> {
+    let entries = fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))?;
+    for entry in entries {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name.starts_with("libLLVM.so.") && name.contains("-rust-") {
+            return Ok(name);
+        }
+    }
+    bail!(
+        "no libLLVM.so.*-rust-* in {}; the nightly toolchain looks incomplete, reinstall it",
+        dir.display()
+    )
+}
+
+fn force_symlink(target: &Path, link: &Path) -> Result<()> {
+    if fs::symlink_metadata(link).is_ok() {
+        fs::remove_file(link).with_context(|| format!("removing old {}", link.display()))?;
+    }
+    symlink(target, link)
+        .with_context(|| format!("linking {} to {}", link.display(), target.display()))
+}
+
+fn debian_packages(announce: &dyn Fn(&str)) -> Result<Done> {
+    if probe(Command::new("dpkg-query").arg("--version")).is_none() {
+        bail!(
+            "dpkg-query not found: this is not a Debian-based system; install the equivalents of {} yourself",
+            PACKAGES.join(" ")
+        );
+    }
+    let missing = || -> Vec<&str> { PACKAGES.iter().copied().filter(|p| !installed(p)).collect() };
+    let wanted = missing();
+    if wanted.is_empty() {
+        return Ok(Done::AlreadyThere);
+    }
+    if !cmd::is_root() {
+        bail!(
+            "{} not installed; run `cargo xtask setup` as root to install them",
+            wanted.join(" ")
+        );
+    }
+    announce(&wanted.join(" "));
+    cmd::run(
+        Command::new("apt-get").args(["update", "-q"]),
+        "`apt-get update`",
+    )
+    .context("check the network and /etc/apt/sources.list")?;
+    cmd::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q"])
+            .args(&wanted)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        "`apt-get install`",
+    )
+    .context("see apt-get's output above")?;
+    let still = missing();
+    if !still.is_empty() {
+        bail!(
+            "{} still not installed after apt-get install",
+            still.join(" ")
+        );
+    }
+    Ok(Done::Installed)
+}
+
+fn installed(package: &str) -> bool {
+    probe(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+        .is_some_and(|status| status.trim() == "install ok installed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_llvm_major() {
+        let vv = "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)\nhost: x86_64-unknown-linux-gnu\nLLVM version: 22.1.4\n";
+        assert_eq!(llvm_major(vv), Some(22));
+        assert_eq!(llvm_major("rustc 1.0\n"), None);
+    }
+}
