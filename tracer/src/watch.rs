@@ -3,6 +3,7 @@
 //! `outputs`.
 
 use std::{
+    collections::HashMap,
     io,
     time::{Duration, Instant},
 };
@@ -26,7 +27,12 @@ use crate::{
         record::{self, KernelEvent},
         TracedPacket, WallClock,
     },
-    findings::{dns::judge, FindingLog},
+    events::firewall::{self, Snapshot},
+    findings::{
+        dns::judge,
+        netfilter::{judge_drop, short_label, DropContext, NETFILTER_DROP},
+        Finding, FindingLog,
+    },
     hooks::{KernelHooks, WatchSettings},
     outputs::{DropLine, Output, Summary},
 };
@@ -78,6 +84,8 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Endi
         timeout_secs: options.dns_timeout.as_secs_f64(),
         stats: Stats::default(),
         paths: HookPaths::new(MAX_TRACKED_PATHS, PATH_MAX_AGE.as_nanos() as u64),
+        firewall: read_firewall(),
+        attributed: HashMap::new(),
     };
 
     eprintln!(
@@ -161,6 +169,24 @@ struct Analysis {
     timeout_secs: f64,
     stats: Stats,
     paths: HookPaths,
+    /// The rulesets with their counters as last read: the "before" of the next drop.
+    firewall: Snapshot,
+    /// Drops already attributed, by what makes them the same problem: repeats are
+    /// counted without reading the rulesets again.
+    attributed: HashMap<DropKey, (Option<String>, Finding)>,
+}
+
+type DropKey = (&'static str, std::net::IpAddr, std::net::SocketAddr, u8);
+
+/// Bounds the attribution cache like the finding log.
+const MAX_ATTRIBUTED: usize = 10_000;
+
+fn read_firewall() -> Snapshot {
+    let snapshot = firewall::snapshot();
+    for error in &snapshot.errors {
+        eprintln!("tracer: warning: {error}");
+    }
+    snapshot
 }
 
 impl Analysis {
@@ -212,21 +238,54 @@ impl Analysis {
         let dropped = self.paths.drop(drop);
         let reason = hooks.drop_reasons.get(&drop.reason).cloned().unwrap_or_else(|| format!("reason {}", drop.reason));
         let icmp = dropped.icmp.as_ref().map(|i| icmp_name(drop.src.is_ipv6(), i.icmp_type, i.icmp_code));
+        let wall_time_ns = clock.wall_ns(drop.timestamp_ns);
+        let mut new_finding = None;
+        let mut rule = None;
+        if let (true, Some(pass)) = (reason == NETFILTER_DROP, dropped.stopped_in()) {
+            let key: DropKey = (pass.hook.name(), drop.src.ip(), drop.dst, drop.l4_proto);
+            if let Some((label, finding)) = self.attributed.get(&key) {
+                rule = label.clone();
+                self.log.record(finding.clone());
+            } else {
+                let context = DropContext {
+                    wall_time_ns,
+                    reason: &reason,
+                    in_ifname: if pass.in_ifindex == 0 { None } else { interfaces.name(pass.in_ifindex) },
+                    out_ifname: if pass.out_ifindex == 0 { None } else { interfaces.name(pass.out_ifindex) },
+                };
+                let after = firewall::snapshot();
+                if let Some(finding) = judge_drop(&dropped, &context, &self.firewall, &after) {
+                    rule = short_label(&finding);
+                    if self.attributed.len() < MAX_ATTRIBUTED {
+                        self.attributed.insert(key, (rule.clone(), finding.clone()));
+                    }
+                    new_finding = self.log.record(finding).cloned();
+                }
+                self.firewall = after;
+            }
+        }
         let line = DropLine {
             dropped: &dropped,
-            wall_time_ns: clock.wall_ns(drop.timestamp_ns),
+            wall_time_ns,
             ifname: interfaces.name(drop.ifindex),
             reason,
             verdict: if icmp.is_some() { "reject" } else { "drop" },
             icmp,
-            rule: None,
+            rule,
         };
-        output.dropped(&line)
+        output.dropped(&line)?;
+        match new_finding {
+            Some(finding) => output.finding(&finding),
+            None => Ok(()),
+        }
     }
 }
 
-fn icmp_name(_ipv6: bool, icmp_type: u8, icmp_code: u8) -> String {
-    format!("type {icmp_type} code {icmp_code}")
+fn icmp_name(ipv6: bool, icmp_type: u8, icmp_code: u8) -> String {
+    let family = if ipv6 { firewall::Family::Ipv6 } else { firewall::Family::Ipv4 };
+    crate::findings::rule_attribution::reject_name(family, icmp_type, icmp_code)
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("type {icmp_type} code {icmp_code}"))
 }
 
 /// Reads every record queued in the ring buffer. An error means the output is gone.

@@ -2,6 +2,7 @@
 //! decoded headers, DNS, wall-clock time and interface names.
 
 pub mod dns;
+pub mod firewall;
 pub mod interfaces;
 pub mod netfilter;
 pub mod node;

@@ -2,6 +2,8 @@
 //! the commands that fix it. Repeats of one problem are counted, not re-reported.
 
 pub mod dns;
+pub mod netfilter;
+pub mod rule_attribution;
 
 use std::{collections::HashMap, net::SocketAddr};
 

@@ -21,7 +21,7 @@ use aya_obj::{
 };
 
 /// `enum nf_inet_hooks`, the order every IP family's hooks are numbered in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum Hook {
     PreRouting = 0,
     LocalIn = 1,
@@ -44,6 +44,40 @@ impl Hook {
             Hook::Forward => "FORWARD",
             Hook::LocalOut => "LOCAL_OUT",
             Hook::PostRouting => "POST_ROUTING",
+        }
+    }
+
+    /// The built-in iptables chain on this hook.
+    pub fn iptables_chain(self) -> &'static str {
+        match self {
+            Hook::PreRouting => "PREROUTING",
+            Hook::LocalIn => "INPUT",
+            Hook::Forward => "FORWARD",
+            Hook::LocalOut => "OUTPUT",
+            Hook::PostRouting => "POSTROUTING",
+        }
+    }
+
+    pub(crate) fn from_iptables_chain(name: &str) -> Option<Hook> {
+        match name {
+            "PREROUTING" => Some(Hook::PreRouting),
+            "INPUT" => Some(Hook::LocalIn),
+            "FORWARD" => Some(Hook::Forward),
+            "OUTPUT" => Some(Hook::LocalOut),
+            "POSTROUTING" => Some(Hook::PostRouting),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn from_nft(name: &str) -> Option<Hook> {
+        match name {
+            "prerouting" => Some(Hook::PreRouting),
+            "input" => Some(Hook::LocalIn),
+            "forward" => Some(Hook::Forward),
+            "output" => Some(Hook::LocalOut),
+            "postrouting" => Some(Hook::PostRouting),
+            // ingress/egress run before/after the IP stack, not at an IP hook.
+            _ => None,
         }
     }
 }

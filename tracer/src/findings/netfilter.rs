@@ -1,0 +1,190 @@
+//! Decides what a packet that died in a netfilter hook means: which rule or chain
+//! policy stopped it, in words, and how to undo it.
+
+use super::{
+    rule_attribution::{self, attribute, reject_name, Attribution},
+    Evidence, Finding, FindingKind, NetfilterEvidence, RuleRef,
+};
+use crate::{
+    correlation::paths::DroppedPacket,
+    events::firewall::{Backend, Family, Rule, Snapshot, Verdict},
+};
+
+/// What the watch knows of a dropped packet besides the packet itself.
+pub struct DropContext<'a> {
+    pub wall_time_ns: u64,
+    /// The kernel's drop reason without its prefix.
+    pub reason: &'a str,
+    pub in_ifname: Option<String>,
+    pub out_ifname: Option<String>,
+}
+
+/// The drop reason netfilter gives every packet a hook function dropped.
+pub const NETFILTER_DROP: &str = "NETFILTER_DROP";
+
+/// A finding for a packet a netfilter hook dropped or rejected; `None` for drops
+/// elsewhere. `before` and `after` are the rulesets with counters from before the
+/// drop and from now.
+pub fn judge_drop(dropped: &DroppedPacket, context: &DropContext, before: &Snapshot, after: &Snapshot) -> Option<Finding> {
+    if context.reason != NETFILTER_DROP {
+        return None;
+    }
+    let pass = dropped.stopped_in()?;
+    let family = if pass.ipv6 { Family::Ipv6 } else { Family::Ipv4 };
+    let icmp = dropped
+        .icmp
+        .as_ref()
+        .map(|i| reject_name(family, i.icmp_type, i.icmp_code).map(str::to_string).unwrap_or_else(|| format!("type {} code {}", i.icmp_type, i.icmp_code)));
+    let packet = rule_attribution::DroppedPacket {
+        family,
+        hook: pass.hook,
+        proto: dropped.drop.l4_proto,
+        src: dropped.drop.src,
+        dst: dropped.drop.dst,
+        in_iface: context.in_ifname.clone(),
+        out_iface: context.out_ifname.clone(),
+        icmp: dropped.icmp.as_ref().map(|i| (i.icmp_type, i.icmp_code)),
+        tcp_reset: false,
+    };
+    let attribution = attribute(before, after, &packet);
+    let rejected = icmp.is_some() || attribution.rule.as_ref().is_some_and(|r| matches!(r.verdict, Verdict::Reject { .. }));
+    let kind = if rejected { FindingKind::NetfilterReject } else { FindingKind::NetfilterDrop };
+    let action = if rejected { "REJECT" } else { "DROP" };
+    let proto = if dropped.drop.l4_proto == 6 { "tcp" } else { "udp" };
+    let hook = pass.hook.name();
+    let evidence = NetfilterEvidence {
+        src: dropped.drop.src,
+        dst: dropped.drop.dst,
+        proto,
+        hook,
+        in_ifname: context.in_ifname.clone(),
+        out_ifname: context.out_ifname.clone(),
+        rule: attribution.rule.as_ref().map(rule_ref),
+        policy: attribution.policy.as_ref().map(|chain| format!("{}/{}", chain.table, chain.name)),
+        candidates: attribution.candidates.iter().map(rule_ref).collect(),
+        attribution: attribution.reason.clone(),
+        icmp: icmp.clone(),
+        drop_reason: context.reason.to_string(),
+    };
+    let by = culprit(&attribution);
+    let headline = format!("{action} in {hook}: {proto} {} → {} stopped by {by}", dropped.drop.src, dropped.drop.dst);
+    let answer = match &icmp {
+        Some(name) => format!(
+            " The node answered the sender with ICMP {name}, which a client reports as an error at once (dig: \"host unreachable\" or \"connection refused\")."
+        ),
+        None => " Nothing tells the sender: it waits and times out.".to_string(),
+    };
+    let explanation = format!(
+        "The packet entered netfilter hook {hook} and never left it: {by} {} it.{answer} {}",
+        if rejected { "rejected" } else { "dropped" },
+        attribution.reason
+    );
+    Some(Finding {
+        kind,
+        wall_time_ns: context.wall_time_ns,
+        headline,
+        evidence: Evidence::Netfilter(evidence),
+        explanation,
+        fix: fix_commands(&attribution, &packet, proto),
+    })
+}
+
+/// `filter/FORWARD #16` (what the drop line names), when the attribution is certain.
+pub fn short_label(finding: &Finding) -> Option<String> {
+    let Evidence::Netfilter(nf) = &finding.evidence else { return None };
+    match (&nf.rule, &nf.policy) {
+        (Some(rule), _) => Some(format!("{}/{} #{}", rule.table, rule.chain, rule.position)),
+        (None, Some(policy)) => Some(format!("{policy} policy")),
+        _ if !nf.candidates.is_empty() => Some(format!("one of {} rules", nf.candidates.len())),
+        _ => None,
+    }
+}
+
+fn culprit(attribution: &Attribution) -> String {
+    if let Some(rule) = &attribution.rule {
+        return format!("{} rule #{} of {}/{} ({})", rule.backend.name(), rule.position, rule.table, rule.chain, rule.text);
+    }
+    if let Some(chain) = &attribution.policy {
+        return format!("the DROP policy of {} chain {}/{}", chain.backend.name(), chain.table, chain.name);
+    }
+    if !attribution.candidates.is_empty() {
+        return format!("one of {} rules that could have matched (listed below)", attribution.candidates.len());
+    }
+    "a rule tracer could not name".to_string()
+}
+
+fn rule_ref(rule: &Rule) -> RuleRef {
+    RuleRef {
+        backend: rule.backend.name(),
+        table: rule.table.clone(),
+        chain: rule.chain.clone(),
+        position: rule.position,
+        handle: rule.handle,
+        text: rule.text.clone(),
+    }
+}
+
+/// The iptables command of a backend and family.
+fn iptables_command(backend: Backend, family: Family) -> &'static str {
+    match (backend, family) {
+        (Backend::IptablesLegacy, Family::Ipv4) => "iptables-legacy",
+        (Backend::IptablesLegacy, Family::Ipv6) => "ip6tables-legacy",
+        (_, Family::Ipv4) => "iptables",
+        (_, Family::Ipv6) => "ip6tables",
+    }
+}
+
+fn fix_commands(attribution: &Attribution, packet: &rule_attribution::DroppedPacket, proto: &str) -> Vec<String> {
+    let port = packet.dst.port();
+    let allow_match = format!("-p {proto} -d {} --dport {port}", packet.dst.ip());
+    if let Some(rule) = &attribution.rule {
+        return match rule.backend {
+            Backend::Nftables => {
+                let handle = rule.handle.map(|h| h.to_string()).unwrap_or_else(|| "<handle from nft -a list ruleset>".to_string());
+                vec![
+                    format!("nft -a list chain {} {}    # look at the rule and its neighbours first", rule.table, rule.chain),
+                    format!("nft delete rule {} {} handle {handle}    # remove the rule", rule.table, rule.chain),
+                    format!(
+                        "nft insert rule {} {} position {handle} {} daddr {} {proto} dport {port} accept    # or let this traffic through before it",
+                        rule.table,
+                        rule.chain,
+                        if packet.family == Family::Ipv6 { "ip6" } else { "ip" },
+                        packet.dst.ip()
+                    ),
+                ]
+            }
+            backend => {
+                let cmd = iptables_command(backend, rule.family);
+                vec![
+                    format!("{cmd} -t {} -L {} -v -n --line-numbers    # look at the rule and its neighbours first", rule.table, rule.chain),
+                    format!("{cmd} -t {} -D {} {}    # remove the rule", rule.table, rule.chain, rule.position),
+                    format!(
+                        "{cmd} -t {} -I {} {} {allow_match} -j ACCEPT    # or let this traffic through before it",
+                        rule.table, rule.chain, rule.position
+                    ),
+                ]
+            }
+        };
+    }
+    if let Some(chain) = &attribution.policy {
+        return match chain.backend {
+            Backend::Nftables => vec![format!(
+                "nft add rule {} {} {} daddr {} {proto} dport {port} accept    # the chain's policy is drop: accept this traffic explicitly",
+                chain.table,
+                chain.name,
+                if packet.family == Family::Ipv6 { "ip6" } else { "ip" },
+                packet.dst.ip()
+            )],
+            backend => {
+                let cmd = iptables_command(backend, chain.family);
+                vec![format!(
+                    "{cmd} -t {} -A {} {allow_match} -j ACCEPT    # the chain's policy is DROP: accept this traffic explicitly",
+                    chain.table, chain.name
+                )]
+            }
+        };
+    }
+    vec![
+        "iptables -S; ip6tables -S; iptables-legacy -S; nft -a list ruleset    # find the REJECT/DROP rule for this traffic".to_string(),
+    ]
+}
