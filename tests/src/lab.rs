@@ -17,6 +17,19 @@
 //! `bridge-nf-call-iptables` is 1 in the node namespace. With 0 the client sees the reply come from
 //! 10.244.0.7, has no socket for that, and dig times out.
 //!
+//! With [`LabConfig::with_routed_server`] the server pod is not on the bridge but behind a routed
+//! interface of the node, and the ClusterIP DNAT points there:
+//!
+//! ```text
+//!  client netns                     node netns                               server netns
+//!  eth0 10.244.0.5 ── veth-client ── cni0 10.244.0.1     veth-routed 10.245.0.1 ── eth0 10.245.0.7  dnsmasq
+//!                                                                   fd00:10:245::1      fd00:10:245::7
+//!  "ClusterIP" DNAT: 10.96.0.10:53/udp → 10.245.0.7:53      [fd00:10:96::a]:53/udp → [fd00:10:245::7]:53
+//! ```
+//!
+//! Query and reply are then routed by the node in both directions, never bridged between pods, so
+//! the reply passes conntrack (and is reverse-NATed) whatever `bridge-nf-call-iptables` says.
+//!
 //! Every lab gets its own namespace names, so labs can run in parallel; the node-side interface
 //! names (`veth-client`, `veth-server`, `cni0`) live inside the node namespace and cannot collide
 //! with the host or other labs. Dropping the [`Lab`] stops dnsmasq and deletes the namespaces, also
@@ -49,6 +62,13 @@ pub const CLUSTER_DNS_IP6: &str = "fd00:10:96::a";
 /// Node-side ends of the pod veths (names inside the node namespace).
 pub const CLIENT_VETH: &str = "veth-client";
 pub const SERVER_VETH: &str = "veth-server";
+/// With [`LabConfig::with_routed_server`]: the node's routed (non-bridge) interface towards the
+/// server pod, its addresses, and the server's addresses on that link.
+pub const ROUTED_VETH: &str = "veth-routed";
+pub const ROUTED_GW_IP: &str = "10.245.0.1";
+pub const ROUTED_GW_IP6: &str = "fd00:10:245::1";
+pub const ROUTED_SERVER_IP: &str = "10.245.0.7";
+pub const ROUTED_SERVER_IP6: &str = "fd00:10:245::7";
 /// Pod-side interface name in both the client and the server namespace.
 pub const POD_IF: &str = "eth0";
 /// The name dnsmasq answers, and its records.
@@ -72,6 +92,18 @@ pub struct LabConfig {
     /// `net.bridge.bridge-nf-call-iptables` and `-ip6tables` in the node namespace. `false`
     /// reproduces the broken node: bridged DNS replies bypass conntrack and keep the pod's source.
     pub bridge_nf_call_iptables: bool,
+    /// How the DNS server pod is attached to the node (default: a port of the bridge).
+    pub server_attachment: ServerAttachment,
+}
+
+/// Where the DNS server pod (dnsmasq, the ClusterIP's DNAT backend) sits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ServerAttachment {
+    /// On the client's bridge: `veth-server` in `cni0`, 10.244.0.7 / fd00:10:244::7.
+    #[default]
+    Bridge,
+    /// Behind the node's routed interface `veth-routed`: 10.245.0.7 / fd00:10:245::7.
+    Routed,
 }
 
 impl Default for LabConfig {
@@ -84,13 +116,22 @@ impl LabConfig {
     pub fn healthy() -> Self {
         LabConfig {
             bridge_nf_call_iptables: true,
+            server_attachment: ServerAttachment::Bridge,
         }
     }
 
     pub fn bridge_nf_call_iptables_off() -> Self {
         LabConfig {
             bridge_nf_call_iptables: false,
+            server_attachment: ServerAttachment::Bridge,
         }
+    }
+
+    /// The same lab with the server pod behind a routed interface of the node instead of on the
+    /// bridge (see the module docs).
+    pub fn with_routed_server(mut self) -> Self {
+        self.server_attachment = ServerAttachment::Routed;
+        self
     }
 }
 
@@ -111,6 +152,7 @@ pub struct Lab {
     created: Vec<String>,
     dir: PathBuf,
     dnsmasq: Option<Child>,
+    server_attachment: ServerAttachment,
 }
 
 impl Lab {
@@ -130,6 +172,7 @@ impl Lab {
             created: Vec::new(),
             dir,
             dnsmasq: None,
+            server_attachment: config.server_attachment,
         };
         if let Err(e) = lab.build(&config) {
             return Err(e.context(format!("building lab {}", lab.prefix)));
@@ -152,6 +195,23 @@ impl Lab {
         Ok(fs::metadata(&path)
             .with_context(|| format!("stat {path}"))?
             .ino())
+    }
+
+    /// The DNS server pod's IPv4 address: [`SERVER_IP`], or [`ROUTED_SERVER_IP`] with a routed
+    /// server. The ClusterIP is DNATed to it.
+    pub fn server_ip(&self) -> &'static str {
+        match self.server_attachment {
+            ServerAttachment::Bridge => SERVER_IP,
+            ServerAttachment::Routed => ROUTED_SERVER_IP,
+        }
+    }
+
+    /// The DNS server pod's IPv6 address: [`SERVER_IP6`], or [`ROUTED_SERVER_IP6`].
+    pub fn server_ip6(&self) -> &'static str {
+        match self.server_attachment {
+            ServerAttachment::Bridge => SERVER_IP6,
+            ServerAttachment::Routed => ROUTED_SERVER_IP6,
+        }
     }
 
     /// A lab-private directory (removed with the lab), e.g. for files a test needs.
@@ -198,17 +258,51 @@ impl Lab {
         )?;
         self.set_bridge_nf_call_iptables(config.bridge_nf_call_iptables)?;
 
-        for (pod, veth, ip, ip6) in [
-            (Ns::Client, CLIENT_VETH, CLIENT_IP, CLIENT_IP6),
-            (Ns::Server, SERVER_VETH, SERVER_IP, SERVER_IP6),
-        ] {
+        // (pod, node-side veth, pod addresses, the pod's gateway on that link, is it a bridge port)
+        let server = match self.server_attachment {
+            ServerAttachment::Bridge => (
+                Ns::Server,
+                SERVER_VETH,
+                SERVER_IP,
+                SERVER_IP6,
+                BRIDGE_IP,
+                BRIDGE_IP6,
+                true,
+            ),
+            ServerAttachment::Routed => (
+                Ns::Server,
+                ROUTED_VETH,
+                ROUTED_SERVER_IP,
+                ROUTED_SERVER_IP6,
+                ROUTED_GW_IP,
+                ROUTED_GW_IP6,
+                false,
+            ),
+        };
+        let client = (
+            Ns::Client,
+            CLIENT_VETH,
+            CLIENT_IP,
+            CLIENT_IP6,
+            BRIDGE_IP,
+            BRIDGE_IP6,
+            true,
+        );
+        for (pod, veth, ip, ip6, gw, gw6, bridged) in [client, server] {
             let pod_ns = self.netns(pod).to_string();
             // Created inside the node namespace and the peer moved straight into the pod, so the
             // node-side name never exists in the host namespace.
             n(&[
                 "link", "add", veth, "type", "veth", "peer", "name", POD_IF, "netns", &pod_ns,
             ])?;
-            n(&["link", "set", veth, "master", BRIDGE, "up"])?;
+            if bridged {
+                n(&["link", "set", veth, "master", BRIDGE, "up"])?;
+            } else {
+                // A routed link: the node's end gets the gateway addresses, no bridge.
+                n(&["addr", "add", &format!("{gw}/24"), "dev", veth])?;
+                n(&["addr", "add", &format!("{gw6}/64"), "dev", veth])?;
+                n(&["link", "set", veth, "up"])?;
+            }
             let p = |args: &[&str]| -> Result<()> {
                 let mut argv = vec!["ip", "-n", &pod_ns];
                 argv.extend_from_slice(args);
@@ -218,17 +312,18 @@ impl Lab {
             p(&["addr", "add", &format!("{ip}/24"), "dev", POD_IF])?;
             p(&["addr", "add", &format!("{ip6}/64"), "dev", POD_IF])?;
             p(&["link", "set", POD_IF, "up"])?;
-            p(&["route", "add", "default", "via", BRIDGE_IP])?;
-            p(&["-6", "route", "add", "default", "via", BRIDGE_IP6])?;
+            p(&["route", "add", "default", "via", gw])?;
+            p(&["-6", "route", "add", "default", "via", gw6])?;
         }
 
+        let (server_ip, server_ip6) = (self.server_ip(), self.server_ip6());
         self.iptables(&format!(
             "-t nat -A PREROUTING -d {CLUSTER_DNS_IP}/32 -p udp --dport 53 \
-             -j DNAT --to-destination {SERVER_IP}:53"
+             -j DNAT --to-destination {server_ip}:53"
         ))?;
         self.ip6tables(&format!(
             "-t nat -A PREROUTING -d {CLUSTER_DNS_IP6}/128 -p udp --dport 53 \
-             -j DNAT --to-destination [{SERVER_IP6}]:53"
+             -j DNAT --to-destination [{server_ip6}]:53"
         ))?;
 
         self.start_dnsmasq()
@@ -237,6 +332,7 @@ impl Lab {
     fn start_dnsmasq(&mut self) -> Result<()> {
         let pid_file = self.dir.join("dnsmasq.pid");
         let log_file = self.dir.join("dnsmasq.log");
+        let (server_ip, server_ip6) = (self.server_ip(), self.server_ip6());
         let args = [
             "dnsmasq".to_string(),
             "--keep-in-foreground".into(),
@@ -244,8 +340,8 @@ impl Lab {
             "--no-resolv".into(),
             "--no-hosts".into(),
             "--bind-interfaces".into(),
-            format!("--listen-address={SERVER_IP}"),
-            format!("--listen-address={SERVER_IP6}"),
+            format!("--listen-address={server_ip}"),
+            format!("--listen-address={server_ip6}"),
             "--user=root".into(),
             format!("--pid-file={}", pid_file.display()),
             format!("--host-record={TEST_NAME},{TEST_A},{TEST_AAAA}"),
@@ -264,7 +360,7 @@ impl Lab {
 
         // Queries sent before dnsmasq has bound its sockets would be refused with ICMP and make
         // the first test query fail for reasons unrelated to what is being tested.
-        let want = [format!("{SERVER_IP}:53"), format!("[{SERVER_IP6}]:53")];
+        let want = [format!("{server_ip}:53"), format!("[{server_ip6}]:53")];
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let listening = self.run(Ns::Server, &["ss", "-Hlun"])?;

@@ -1,5 +1,5 @@
-//! `cargo xtask demo`: tracer watching DNS through a namespace lab, first on a healthy node, then
-//! on one where bridged replies skip conntrack.
+//! `cargo xtask demo`: tracer watching DNS through a namespace lab: a healthy node, one where
+//! bridged replies skip conntrack, the same after the fix, and one whose firewall rejects DNS.
 //!
 //! Runs without a terminal too (nothing is read from stdin). Ctrl-C, SIGTERM or SIGHUP stop it at
 //! the next step and the lab is removed before exiting.
@@ -77,7 +77,7 @@ fn show(lab: &Lab, tracer: &Path) -> Result<()> {
     ));
 
     say(&format!(
-        "\n=== 1/2: a healthy node (net.bridge.bridge-nf-call-iptables=1) ===\n\
+        "\n=== 1/4: a healthy node (net.bridge.bridge-nf-call-iptables=1) ===\n\
          Running `tracer watch --port 53` in the node namespace; the client asks {CLUSTER_DNS_IP} twice.\n"
     ));
     watch_queries(lab, tracer, &["A", "AAAA"])?;
@@ -92,7 +92,7 @@ fn show(lab: &Lab, tracer: &Path) -> Result<()> {
     check_interrupted()?;
     lab.set_bridge_nf_call_iptables(false)?;
     say(&format!(
-        "\n=== 2/2: the same node with net.bridge.bridge-nf-call-iptables=0 ===\n\
+        "\n=== 2/4: the same node with net.bridge.bridge-nf-call-iptables=0 ===\n\
          (what happens when br_netfilter's setting is lost on a node)\n\
          The client asks {CLUSTER_DNS_IP} again; dig will wait 2 s and give up.\n"
     ));
@@ -103,6 +103,36 @@ fn show(lab: &Lab, tracer: &Path) -> Result<()> {
          {CLIENT_VETH}: it leaves the bridge from {SERVER_IP}:53 with no conntrack entry (ct:no). Bridged\n\
          frames skip iptables, so the reverse NAT never happens and the client drops an answer from an\n\
          address it never asked. tracer names the problem and the fix in its FINDING block."
+    ));
+
+    check_interrupted()?;
+    lab.set_bridge_nf_call_iptables(true)?;
+    say(&format!(
+        "\n=== 3/4: after the fix: sysctl -w net.bridge.bridge-nf-call-iptables=1 ===\n\
+         The same query again: the reply is reverse-NATed on the bridge and no finding is left.\n"
+    ));
+    watch_queries(lab, tracer, &["A"])?;
+
+    check_interrupted()?;
+    say(&format!(
+        "\n=== 4/4: a firewall rule that eats DNS ===\n\
+         The node's FORWARD chain gets two harmless rules and then, as rule 3,\n  \
+         -A FORWARD -p udp --dport 53 -j REJECT --reject-with icmp-host-prohibited\n\
+         tracer finds the rule without touching the firewall: no TRACE rule, nothing added.\n"
+    ));
+    for rule in [
+        "-A FORWARD -p tcp --dport 80 -j ACCEPT",
+        "-A FORWARD -p udp --dport 5353 -j DROP",
+        "-A FORWARD -p udp --dport 53 -j REJECT --reject-with icmp-host-prohibited",
+    ] {
+        lab.iptables(rule)?;
+    }
+    watch_queries(lab, tracer, &["A"])?;
+    say(&format!(
+        "\nThe query passes PRE_ROUTING (conntrack DNATs it to {SERVER_IP}:53), enters FORWARD and never\n\
+         leaves it: the dropped line and the netfilter_reject FINDING name the hook, the backend\n\
+         (iptables-nft), rule #3 of filter/FORWARD with its text, and the ICMP host-prohibited answer\n\
+         that makes dig report \"host unreachable\"."
     ));
     Ok(())
 }
@@ -120,7 +150,14 @@ fn watch_queries(lab: &Lab, tracer: &Path, qtypes: &[&str]) -> Result<()> {
         match (&dig.status, dig.timed_out) {
             (Some(status), _) => say(&format!("  dig: {status} {}", dig.answers.join(" "))),
             (None, true) => say("  dig: timed out, no answer accepted"),
-            (None, false) => say(&format!("  dig failed:\n{}", dig.output)),
+            (None, false) => {
+                let errors: Vec<&str> = dig.output.lines().filter(|l| l.contains("error")).collect();
+                if errors.is_empty() {
+                    say(&format!("  dig failed:\n{}", dig.output));
+                } else {
+                    say(&format!("  dig: {}", errors.join(" ")));
+                }
+            }
         }
         // Let tracer's lines for this query reach the terminal before the next step talks.
         pause(Duration::from_millis(700))?;

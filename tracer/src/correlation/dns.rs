@@ -132,9 +132,16 @@ impl DnsFlows {
         }
 
         // A reply travels from the server to the client: the client is its destination
-        // (before any NAT, which conntrack's original tuple names).
+        // before any NAT. When the reply belongs to the query's conntrack entry (it is
+        // in the entry's reply direction) that is the original tuple's source. A reply
+        // from an address the query never went to gets an entry of its own, whose
+        // original direction is the reply itself: then it is that tuple's destination.
         let client = match &packet.event.conntrack {
-            Conntrack::Attached(entry) => entry.original.map(|t| t.src).unwrap_or(packet.event.dst),
+            Conntrack::Attached(entry) => match entry.original {
+                Some(original) if entry.is_reply_direction() => original.src,
+                Some(original) => original.dst,
+                None => packet.event.dst,
+            },
             _ => packet.event.dst,
         };
         let key = (client, message.id);
@@ -335,6 +342,24 @@ pub(crate) mod tests {
         packets.push(packet(4, Stage::ToHost, "cni0", "10.244.0.7:53", "10.244.0.5:40000", true, dnat_entry(3)));
         assert!(replay(&mut flows, &packets).is_empty());
         assert!(flows.expire(10_000_000_000).is_empty());
+    }
+
+    #[test]
+    fn reply_with_its_own_conntrack_entry_still_pairs() {
+        // The server answers from 10.244.0.8: conntrack on the node does not match it
+        // to the query's entry and creates a new one, original direction = the reply.
+        let own_entry = Conntrack::Attached(ConntrackEntry {
+            ctinfo: 2,
+            status: Some(1 << 3),
+            original: Some(FlowTuple { src: addr("10.244.0.8:53"), dst: addr("10.244.0.5:40000") }),
+            reply: Some(FlowTuple { src: addr("10.244.0.5:40000"), dst: addr("10.244.0.8:53") }),
+        });
+        let mut flows = DnsFlows::new(2_000_000_000, 100);
+        let mut packets = vec![packet(0, Stage::BridgeIn, "veth-client", "10.244.0.5:40000", "10.244.0.7:53", false, Conntrack::None)];
+        packets.push(packet(1, Stage::BridgeOut, "veth-client", "10.244.0.8:53", "10.244.0.5:40000", true, own_entry));
+        let correlated = replay(&mut flows, &packets);
+        let [Correlated::ReplyToClient { reply, .. }] = correlated.as_slice() else { panic!("expected the reply paired") };
+        assert_eq!(reply.event.src, addr("10.244.0.8:53"));
     }
 
     #[test]

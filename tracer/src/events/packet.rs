@@ -240,6 +240,12 @@ impl ConntrackEntry {
         }
     }
 
+    /// Whether this packet travels in the entry's reply direction
+    /// (IP_CT_ESTABLISHED_REPLY or IP_CT_RELATED_REPLY).
+    pub fn is_reply_direction(&self) -> bool {
+        matches!(self.ctinfo, 3 | 4)
+    }
+
     pub fn status_names(&self) -> Vec<&'static str> {
         let Some(status) = self.status else { return Vec::new() };
         STATUS_BITS

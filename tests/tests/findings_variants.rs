@@ -1,0 +1,445 @@
+//! End-to-end: the findings (README, "Findings") in the lab variants `findings.rs` does not cover:
+//! IPv6, a backend the node routes to instead of bridging, a reply from a wrong source, and a
+//! healthy node that must stay silent. Needs root and a built tracer.
+//!
+//! Every test also requires the packet records its conclusion rests on, so a tracer that saw
+//! nothing (and therefore found nothing) cannot pass a "no finding" test.
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use serde_json::Value;
+use tracer_tests::lab::*;
+use tracer_tests::output::*;
+
+/// `--dns-timeout` for the tests that must not report a `dns_timeout`.
+const DNS_TIMEOUT_SECS: u64 = 1;
+/// How long a watch goes on after the last query in those tests: longer than the timeout plus
+/// tracer's expiry tick, so a query tracer wrongly holds as unanswered would be reported.
+const AFTER_LAST_QUERY: Duration = Duration::from_millis(DNS_TIMEOUT_SECS * 1000 + 1000);
+
+/// The address the server namespace rewrites its DNS replies' source to in the wrong-source tests:
+/// in the pods' subnet but nobody's address.
+const WRONG_SOURCE_IP: &str = "10.244.0.8";
+
+fn v6(ip: &str, port: u16) -> String {
+    format!("[{ip}]:{port}")
+}
+
+/// The one finding of `kind`, or an error listing everything tracer printed.
+fn only_finding<'a>(w: &'a WatchJson, kind: &'a str) -> Result<&'a Value> {
+    let of_kind: Vec<&Value> = w.findings_of(kind).collect();
+    ensure!(
+        of_kind.len() == 1 && w.findings.len() == 1,
+        "expected exactly one finding, of kind {kind}:\n{}",
+        w.describe()
+    );
+    Ok(of_kind[0])
+}
+
+fn fix_lines(f: &Value) -> Vec<&str> {
+    f["fix"]
+        .as_array()
+        .map(|fix| fix.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn ipv6_conntrack_skip_names_the_ip6tables_sysctl() -> Result<()> {
+    let lab = Lab::new(LabConfig::bridge_nf_call_iptables_off())?;
+    // The lab's setter sets both sysctls; this test is about the IPv6 one.
+    let ip6 = lab.run(
+        Ns::Node,
+        &["sysctl", "-n", "net.bridge.bridge-nf-call-ip6tables"],
+    )?;
+    ensure!(
+        ip6.trim() == "0",
+        "lab: bridge-nf-call-ip6tables is {ip6:?}"
+    );
+
+    let watch = lab.watch(&["--port", "53", "--output", "json"])?;
+    let dig = lab.dig(CLUSTER_DNS_IP6, TEST_NAME, &["AAAA"])?;
+    let done = watch.stop()?;
+    ensure!(
+        dig.timed_out,
+        "dig should time out on this node:\n{}",
+        dig.output
+    );
+    let id = dig.id.context("dig printed no query id")?;
+    let w = WatchJson::from_finished(&done)?;
+    w.check_netns(lab.netns_inode(Ns::Node)?)?;
+
+    let query_in = w.find_one("the IPv6 query entering the bridge", |p| {
+        stage_is(p, "bridge-in", CLIENT_VETH) && dns_is(p, id, false)
+    })?;
+    ensure!(
+        u64_at(query_in, "/ip_version") == Some(6),
+        "ip_version: {query_in}"
+    );
+    expect_str(query_in, "/dst", &v6(CLUSTER_DNS_IP6, 53))?;
+    let client = str_at(query_in, "/src").unwrap_or_default().to_string();
+    let client_port = port_of(&client).context("query source has no port")?;
+    ensure!(
+        client == v6(CLIENT_IP6, client_port),
+        "query source {client:?} is not the client"
+    );
+    // The query was DNATed to the backend on its way (so there is a NAT to undo)...
+    w.find_one("the DNATed IPv6 query leaving towards the server", |p| {
+        stage_is(p, "bridge-out", SERVER_VETH)
+            && dns_is(p, id, false)
+            && str_at(p, "/dst") == Some(&v6(SERVER_IP6, 53))
+            && str_at(p, "/conntrack/nat").is_some_and(|nat| nat.starts_with("dnat"))
+    })?;
+    // ...and the backend's reply was bridged back with its own source and no conntrack entry.
+    let reply_out = w.find_one("the IPv6 reply leaving the bridge to the client", |p| {
+        stage_is(p, "bridge-out", CLIENT_VETH) && dns_is(p, id, true)
+    })?;
+    expect_str(reply_out, "/src", &v6(SERVER_IP6, 53))?;
+    expect_str(reply_out, "/dst", &client)?;
+    ensure!(
+        reply_out.get("conntrack") == Some(&Value::Null),
+        "the bridged reply must have no conntrack entry: {reply_out}"
+    );
+
+    let f = only_finding(&w, "conntrack_skip")?;
+    expect_str(f, "/client", &client)?;
+    expect_str(f, "/expected_source", &v6(CLUSTER_DNS_IP6, 53))?;
+    expect_str(f, "/actual_source", &v6(SERVER_IP6, 53))?;
+    expect_str(f, "/bridge", BRIDGE)?;
+    expect_str(f, "/reply_in_port", SERVER_VETH)?;
+    expect_str(f, "/reply_out_port", CLIENT_VETH)?;
+    expect_str(f, "/query/qtype", "AAAA")?;
+    ensure!(
+        u64_at(f, "/query/id") == Some(u64::from(id)),
+        "finding for another query: {f}"
+    );
+    expect_str(f, "/sysctls/net.bridge.bridge-nf-call-ip6tables", "0")?;
+    let fix = fix_lines(f);
+    ensure!(
+        fix.contains(&"sysctl -w net.bridge.bridge-nf-call-ip6tables=1"),
+        "the fix should set bridge-nf-call-ip6tables=1: {f}"
+    );
+    // The IPv4 setting does not help an IPv6 reply.
+    ensure!(
+        !fix.iter().any(|c| c.contains("bridge-nf-call-iptables=1")),
+        "the IPv6 fix should not be the IPv4 sysctl: {f}"
+    );
+    ensure!(
+        u64_at(&w.summary, "/finding_counts/conntrack_skip") == Some(1),
+        "summary finding_counts: {}",
+        w.summary
+    );
+    w.check_summary()
+}
+
+#[test]
+fn routed_backend_is_not_a_conntrack_skip() -> Result<()> {
+    // bridge-nf-call-iptables=0 as on the broken node, but the backend is reached through the
+    // node's routing: the reply comes back through the node's IP stack, passes conntrack and is
+    // reverse-NATed there, and only then crosses the bridge to the client. Nothing is wrong.
+    let lab = Lab::new(LabConfig::bridge_nf_call_iptables_off().with_routed_server())?;
+    let ports = lab.run(Ns::Node, &["ip", "-o", "link", "show", "master", BRIDGE])?;
+    ensure!(
+        ports.contains(CLIENT_VETH) && !ports.contains(ROUTED_VETH) && !ports.contains(SERVER_VETH),
+        "lab: the server must not be on {BRIDGE}; its ports are:\n{ports}"
+    );
+
+    let timeout = DNS_TIMEOUT_SECS.to_string();
+    let watch = lab.watch(&[
+        "--port",
+        "53",
+        "--output",
+        "json",
+        "--dns-timeout",
+        &timeout,
+    ])?;
+    let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
+    let dig6 = lab.dig(CLUSTER_DNS_IP6, TEST_NAME, &["AAAA"])?;
+    thread::sleep(AFTER_LAST_QUERY);
+    let done = watch.stop()?;
+    ensure!(
+        dig.answered() && dig.answers == [TEST_A],
+        "dig was not answered:\n{}",
+        dig.output
+    );
+    ensure!(
+        dig6.answered() && dig6.answers == [TEST_AAAA],
+        "IPv6 dig was not answered:\n{}",
+        dig6.output
+    );
+    let w = WatchJson::from_finished(&done)?;
+    w.check_netns(lab.netns_inode(Ns::Node)?)?;
+
+    for (dig, service, backend) in [
+        (
+            &dig,
+            format!("{CLUSTER_DNS_IP}:53"),
+            format!("{ROUTED_SERVER_IP}:53"),
+        ),
+        (&dig6, v6(CLUSTER_DNS_IP6, 53), v6(ROUTED_SERVER_IP6, 53)),
+    ] {
+        let id = dig.id.context("dig printed no query id")?;
+        let query_in = w.find_one(
+            &format!("the query to {service} entering the bridge"),
+            |p| stage_is(p, "bridge-in", CLIENT_VETH) && dns_is(p, id, false),
+        )?;
+        expect_str(query_in, "/dst", &service)?;
+        let client = str_at(query_in, "/src").unwrap_or_default();
+
+        // The reply the test is about: it leaves the bridge towards the client from the service
+        // address, with the DNAT's conntrack entry attached.
+        let reply_out = w.find_one(
+            &format!("the reply from {service} leaving the bridge to the client"),
+            |p| stage_is(p, "bridge-out", CLIENT_VETH) && dns_is(p, id, true),
+        )?;
+        expect_str(reply_out, "/src", &service)?;
+        expect_str(reply_out, "/dst", client)?;
+        ensure!(
+            reply_out["conntrack"].is_object(),
+            "no conntrack on the routed reply: {reply_out}"
+        );
+        ensure!(
+            str_at(reply_out, "/conntrack/nat")
+                .is_some_and(|nat| nat.starts_with("dnat") && nat.contains(&backend)),
+            "the reply's conntrack entry should be the DNAT to {backend}: {reply_out}"
+        );
+        // It came up from the node's own stack, not bridged in from a pod's port.
+        w.find_one(&format!("the reply from {service} sent by the node"), |p| {
+            stage_is(p, "from-host", BRIDGE) && dns_is(p, id, true)
+        })?;
+        ensure!(
+            w.find(|p| str_at(p, "/stage") == Some("bridge-in") && dns_is(p, id, true))
+                .next()
+                .is_none(),
+            "a reply entered the bridge from a pod's port, yet the server is routed:\n{}",
+            w.describe()
+        );
+    }
+    // The routed interface is not a bridge port: nothing on it is traced.
+    ensure!(
+        w.find(|p| str_at(p, "/ifname") == Some(ROUTED_VETH))
+            .next()
+            .is_none(),
+        "records on the routed interface {ROUTED_VETH}:\n{}",
+        w.describe()
+    );
+
+    ensure!(
+        w.findings.is_empty(),
+        "a routed backend's reverse-NATed reply is healthy, yet:\n{}",
+        w.describe()
+    );
+    w.check_summary()
+}
+
+/// The server answers from another address than the one it was queried on: in the server
+/// namespace a stateless nftables rule rewrites the source of every DNS reply it sends, as a
+/// wrong SNAT would. Verified by hand on this kernel: tcpdump in the client shows
+/// `10.244.0.8.53 > 10.244.0.5.N: ... A 192.0.2.10` answering a query to 10.244.0.7, the UDP
+/// checksum is fixed up by nft, the client counts UdpNoPorts and dig times out. (The client's
+/// port unreachable never shows on the wire: it would go to 10.244.0.8, which no one answers ARP
+/// for.) The client queries the server pod directly, so no DNAT is involved.
+fn wrong_reply_source(config: LabConfig) -> Result<()> {
+    let lab = Lab::new(config)?;
+    for cmd in [
+        "add table ip wrongsnat",
+        "add chain ip wrongsnat out { type filter hook output priority 0 ; }",
+    ] {
+        lab.run(Ns::Server, &["nft", cmd])?;
+    }
+    lab.run(
+        Ns::Server,
+        &[
+            "nft",
+            &format!("add rule ip wrongsnat out udp sport 53 ip saddr set {WRONG_SOURCE_IP}"),
+        ],
+    )?;
+
+    let timeout = DNS_TIMEOUT_SECS.to_string();
+    let watch = lab.watch(&[
+        "--port",
+        "53",
+        "--output",
+        "json",
+        "--dns-timeout",
+        &timeout,
+    ])?;
+    let dig = lab.dig(SERVER_IP, TEST_NAME, &[])?;
+    // dig waited 2 s, longer than --dns-timeout; a little more for tracer's expiry tick, so a
+    // query tracer wrongly holds as unanswered would be reported as dns_timeout.
+    thread::sleep(Duration::from_millis(1000));
+    let done = watch.stop()?;
+    ensure!(
+        dig.timed_out,
+        "dig should not accept a reply from {WRONG_SOURCE_IP}:\n{}",
+        dig.output
+    );
+    ensure!(
+        lab.dnsmasq_log().contains(TEST_NAME),
+        "dnsmasq did not answer the query:\n{}",
+        lab.dnsmasq_log()
+    );
+    let id = dig.id.context("dig printed no query id")?;
+    let w = WatchJson::from_finished(&done)?;
+    w.check_netns(lab.netns_inode(Ns::Node)?)?;
+
+    let query_in = w.find_one("the query entering the bridge", |p| {
+        stage_is(p, "bridge-in", CLIENT_VETH) && dns_is(p, id, false)
+    })?;
+    expect_str(query_in, "/dst", &format!("{SERVER_IP}:53"))?;
+    let client = str_at(query_in, "/src").unwrap_or_default().to_string();
+    let wrong = format!("{WRONG_SOURCE_IP}:53");
+    // The on-wire symptom as the node sees it: the reply arrives from the server's port with the
+    // rewritten source and is forwarded to the client like that.
+    let reply_in = w.find_one("the reply entering the bridge from the server", |p| {
+        stage_is(p, "bridge-in", SERVER_VETH) && dns_is(p, id, true)
+    })?;
+    expect_str(reply_in, "/src", &wrong)?;
+    let reply_out = w.find_one("the reply leaving the bridge to the client", |p| {
+        stage_is(p, "bridge-out", CLIENT_VETH) && dns_is(p, id, true)
+    })?;
+    expect_str(reply_out, "/src", &wrong)?;
+    expect_str(reply_out, "/dst", &client)?;
+
+    ensure!(
+        w.findings_of("conntrack_skip").next().is_none(),
+        "no DNAT was involved, so this is no conntrack_skip:\n{}",
+        w.describe()
+    );
+    let f = only_finding(&w, "unexpected_reply_source")?;
+    expect_str(f, "/client", &client)?;
+    expect_str(f, "/expected_source", &format!("{SERVER_IP}:53"))?;
+    expect_str(f, "/actual_source", &wrong)?;
+    expect_str(f, "/bridge", BRIDGE)?;
+    expect_str(f, "/reply_in_port", SERVER_VETH)?;
+    expect_str(f, "/reply_out_port", CLIENT_VETH)?;
+    expect_str(f, "/query/qname", "example.test.")?;
+    ensure!(
+        u64_at(f, "/query/id") == Some(u64::from(id)),
+        "finding for another query: {f}"
+    );
+    ensure!(
+        str_at(f, "/headline").is_some_and(|h| !h.is_empty()),
+        "finding without headline: {f}"
+    );
+    ensure!(
+        u64_at(&w.summary, "/finding_counts/unexpected_reply_source") == Some(1),
+        "summary finding_counts: {}",
+        w.summary
+    );
+    w.check_summary()
+}
+
+/// The realistic case: a correctly configured node (bridged traffic passes conntrack) and a server
+/// that answers from the wrong address. The node's conntrack does not match the reply to the
+/// query's entry (other source), so the reply carries a *new* conntrack entry of its own.
+#[test]
+fn wrong_reply_source_on_healthy_node_is_unexpected_reply_source() -> Result<()> {
+    wrong_reply_source(LabConfig::healthy())
+}
+
+/// The same server on a node whose bridge skips conntrack: the reply carries no conntrack entry,
+/// but there was no DNAT either, so it is still not a conntrack_skip.
+#[test]
+fn wrong_reply_source_without_bridge_conntrack_is_unexpected_reply_source() -> Result<()> {
+    wrong_reply_source(LabConfig::bridge_nf_call_iptables_off())
+}
+
+#[test]
+fn healthy_node_with_several_queries_has_no_findings() -> Result<()> {
+    let lab = Lab::new(LabConfig::healthy())?;
+    let timeout = DNS_TIMEOUT_SECS.to_string();
+    let watch = lab.watch(&[
+        "--port",
+        "53",
+        "--output",
+        "json",
+        "--dns-timeout",
+        &timeout,
+    ])?;
+    // (server, name, extra dig args, the source the reply must come from)
+    let queries = [
+        (
+            CLUSTER_DNS_IP,
+            TEST_NAME,
+            vec![],
+            format!("{CLUSTER_DNS_IP}:53"),
+        ),
+        (
+            CLUSTER_DNS_IP,
+            TEST_NAME,
+            vec!["AAAA"],
+            format!("{CLUSTER_DNS_IP}:53"),
+        ),
+        (
+            CLUSTER_DNS_IP6,
+            TEST_NAME,
+            vec!["AAAA"],
+            v6(CLUSTER_DNS_IP6, 53),
+        ),
+        (SERVER_IP, TEST_NAME, vec![], format!("{SERVER_IP}:53")),
+        (SERVER_IP6, TEST_NAME, vec!["A"], v6(SERVER_IP6, 53)),
+        // dnsmasq has no upstream: REFUSED. An answer all the same, not a timeout.
+        (
+            CLUSTER_DNS_IP,
+            "elsewhere.invalid",
+            vec![],
+            format!("{CLUSTER_DNS_IP}:53"),
+        ),
+    ];
+    let mut answered = Vec::new();
+    for (server, name, extra, source) in &queries {
+        let dig = lab.dig(server, name, extra)?;
+        ensure!(
+            dig.status.is_some(),
+            "dig @{server} {name} got no reply:\n{}",
+            dig.output
+        );
+        answered.push((dig, source));
+    }
+    let last_query = Instant::now();
+    thread::sleep(AFTER_LAST_QUERY);
+    let done = watch.stop()?;
+    ensure!(
+        last_query.elapsed() > Duration::from_secs(DNS_TIMEOUT_SECS),
+        "the watch ended within --dns-timeout of the last query"
+    );
+    ensure!(
+        answered[0].0.answers == [TEST_A] && answered[2].0.answers == [TEST_AAAA],
+        "unexpected answers:\n{}\n{}",
+        answered[0].0.output,
+        answered[2].0.output
+    );
+    let w = WatchJson::from_finished(&done)?;
+    w.check_netns(lab.netns_inode(Ns::Node)?)?;
+
+    // Every query and its reply were seen, the reply leaving towards the client from the address
+    // the client asked: tracer had everything it needed to pair them.
+    for (dig, source) in &answered {
+        let id = dig.id.context("dig printed no query id")?;
+        let query_in = w.find_one(&format!("query {id} entering the bridge"), |p| {
+            stage_is(p, "bridge-in", CLIENT_VETH) && dns_is(p, id, false)
+        })?;
+        let client = str_at(query_in, "/src").unwrap_or_default();
+        let reply_out = w.find_one(&format!("the reply to {id} leaving to the client"), |p| {
+            stage_is(p, "bridge-out", CLIENT_VETH) && dns_is(p, id, true)
+        })?;
+        expect_str(reply_out, "/src", source)?;
+        expect_str(reply_out, "/dst", client)?;
+    }
+
+    ensure!(
+        w.findings.is_empty(),
+        "a healthy node should produce no findings:\n{}",
+        w.describe()
+    );
+    ensure!(
+        w.summary["finding_counts"]
+            .as_object()
+            .is_some_and(|counts| counts.is_empty()),
+        "summary finding_counts should be empty: {}",
+        w.summary
+    );
+    w.check_summary()
+}
