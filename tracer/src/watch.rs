@@ -31,7 +31,7 @@ use crate::{
     findings::{
         dns::judge,
         netfilter::{judge_drop, short_label, DropContext, NETFILTER_DROP},
-        Finding, FindingLog,
+        Finding, FindingKind, FindingLog,
     },
     hooks::{KernelHooks, WatchSettings},
     outputs::{DropLine, Output, Summary},
@@ -241,10 +241,13 @@ impl Analysis {
         let wall_time_ns = clock.wall_ns(drop.timestamp_ns);
         let mut new_finding = None;
         let mut rule = None;
+        // A REJECT whose ICMP answer the kernel rate-limited still is a REJECT.
+        let mut rejected_by_rule = false;
         if let (true, Some(pass)) = (reason == NETFILTER_DROP, dropped.stopped_in()) {
             let key: DropKey = (pass.hook.name(), drop.src.ip(), drop.dst, drop.l4_proto);
             if let Some((label, finding)) = self.attributed.get(&key) {
                 rule = label.clone();
+                rejected_by_rule = finding.kind == FindingKind::NetfilterReject;
                 self.log.record(finding.clone());
             } else {
                 let context = DropContext {
@@ -256,6 +259,7 @@ impl Analysis {
                 let after = firewall::snapshot();
                 if let Some(finding) = judge_drop(&dropped, &context, &self.firewall, &after) {
                     rule = short_label(&finding);
+                    rejected_by_rule = finding.kind == FindingKind::NetfilterReject;
                     if self.attributed.len() < MAX_ATTRIBUTED {
                         self.attributed.insert(key, (rule.clone(), finding.clone()));
                     }
@@ -268,8 +272,9 @@ impl Analysis {
             dropped: &dropped,
             wall_time_ns,
             ifname: interfaces.name(drop.ifindex),
+            bridge: interfaces.bridge_of(drop.ifindex),
             reason,
-            verdict: if icmp.is_some() { "reject" } else { "drop" },
+            verdict: if icmp.is_some() || rejected_by_rule { "reject" } else { "drop" },
             icmp,
             rule,
         };

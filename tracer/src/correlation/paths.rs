@@ -175,6 +175,7 @@ mod tests {
         DropEvent {
             timestamp_ns: 10,
             skb_id,
+            netns_inode: 1,
             ifindex: 2,
             reason: 12,
             location: 0,

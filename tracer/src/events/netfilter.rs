@@ -29,6 +29,7 @@ pub struct HookEvent {
 pub struct DropEvent {
     pub timestamp_ns: u64,
     pub skb_id: u64,
+    pub netns_inode: u32,
     pub ifindex: u32,
     /// `enum skb_drop_reason` value; named through the kernel's BTF.
     pub reason: u32,
@@ -74,6 +75,7 @@ pub fn decode_drop(record: &DropRecord) -> Result<DropEvent, DecodeError> {
     Ok(DropEvent {
         timestamp_ns: record.timestamp_ns,
         skb_id: record.skb_id,
+        netns_inode: record.netns_inode,
         ifindex: record.ifindex,
         reason: record.reason,
         location: record.location,

@@ -86,6 +86,14 @@ pub struct RuleRef {
     pub text: String,
 }
 
+/// A firewall chain, as the finding names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainRef {
+    pub backend: &'static str,
+    pub table: String,
+    pub chain: String,
+}
+
 #[derive(Clone, Debug)]
 pub struct NetfilterEvidence {
     pub src: SocketAddr,
@@ -97,8 +105,8 @@ pub struct NetfilterEvidence {
     pub out_ifname: Option<String>,
     /// The rule that dropped it, when exactly one fits.
     pub rule: Option<RuleRef>,
-    /// A chain policy that dropped it (`table/chain`).
-    pub policy: Option<String>,
+    /// The chain whose DROP policy dropped it, when no rule did.
+    pub policy: Option<ChainRef>,
     /// Every rule that could have done it, when more than one fits.
     pub candidates: Vec<RuleRef>,
     /// How the rule was attributed (or why it could not be).

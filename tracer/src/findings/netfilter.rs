@@ -3,7 +3,7 @@
 
 use super::{
     rule_attribution::{self, attribute, reject_name, Attribution},
-    Evidence, Finding, FindingKind, NetfilterEvidence, RuleRef,
+    ChainRef, Evidence, Finding, FindingKind, NetfilterEvidence, RuleRef,
 };
 use crate::{
     correlation::paths::DroppedPacket,
@@ -60,7 +60,11 @@ pub fn judge_drop(dropped: &DroppedPacket, context: &DropContext, before: &Snaps
         in_ifname: context.in_ifname.clone(),
         out_ifname: context.out_ifname.clone(),
         rule: attribution.rule.as_ref().map(rule_ref),
-        policy: attribution.policy.as_ref().map(|chain| format!("{}/{}", chain.table, chain.name)),
+        policy: attribution.policy.as_ref().map(|chain| ChainRef {
+            backend: chain.backend.name(),
+            table: chain.table.clone(),
+            chain: chain.name.clone(),
+        }),
         candidates: attribution.candidates.iter().map(rule_ref).collect(),
         attribution: attribution.reason.clone(),
         icmp: icmp.clone(),
@@ -94,7 +98,7 @@ pub fn short_label(finding: &Finding) -> Option<String> {
     let Evidence::Netfilter(nf) = &finding.evidence else { return None };
     match (&nf.rule, &nf.policy) {
         (Some(rule), _) => Some(format!("{}/{} #{}", rule.table, rule.chain, rule.position)),
-        (None, Some(policy)) => Some(format!("{policy} policy")),
+        (None, Some(policy)) => Some(format!("{}/{} policy", policy.table, policy.chain)),
         _ if !nf.candidates.is_empty() => Some(format!("one of {} rules", nf.candidates.len())),
         _ => None,
     }

@@ -17,6 +17,8 @@ pub struct DropLine<'a> {
     pub dropped: &'a DroppedPacket,
     pub wall_time_ns: u64,
     pub ifname: Option<String>,
+    /// The bridge the device belongs to (or is).
+    pub bridge: Option<String>,
     /// The kernel's drop reason without its `SKB_DROP_REASON_` prefix.
     pub reason: String,
     /// `reject` when the kernel answered with an ICMP error, else `drop`.

@@ -250,7 +250,7 @@ fn netfilter_evidence_lines(nf: &NetfilterEvidence) -> Vec<String> {
     }
     match (&nf.rule, &nf.policy) {
         (Some(rule), _) => lines.push(format!("rule: {}", rule_label(rule))),
-        (None, Some(policy)) => lines.push(format!("policy of chain {policy}")),
+        (None, Some(policy)) => lines.push(format!("policy of {} chain {}/{}", policy.backend, policy.table, policy.chain)),
         (None, None) => {}
     }
     for candidate in &nf.candidates {

@@ -1,0 +1,723 @@
+//! End-to-end: DNS stopped by a firewall rule on the node (README, `netfilter_reject` /
+//! `netfilter_drop` and `dropped` packet lines), for every firewall backend, and the promise that
+//! tracer reads the firewall without changing it. Needs root and a built tracer.
+
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use serde_json::Value;
+use tracer_tests::lab::*;
+use tracer_tests::output::*;
+
+/// After the last dig: time for tracer to read the rulesets again and print the finding.
+const SETTLE: Duration = Duration::from_millis(700);
+
+/// Fifteen FORWARD rules that DNS to the ClusterIP (DNATed to 10.244.0.7:53/udp) does not match,
+/// several of them near misses of the REJECT that follows them: another port, another protocol,
+/// another address, another interface, a LOG, an ACCEPT.
+const IPTABLES_DECOYS: [&str; 15] = [
+    "-A FORWARD -p tcp --dport 80 -j ACCEPT",
+    "-A FORWARD -p udp --dport 5353 -j DROP",
+    "-A FORWARD -s 198.51.100.0/24 -j DROP",
+    "-A FORWARD -p tcp --dport 53 -j REJECT --reject-with icmp-host-prohibited",
+    "-A FORWARD -p udp --dport 54 -j REJECT --reject-with icmp-host-prohibited",
+    "-A FORWARD -d 10.99.0.0/16 -p udp --dport 53 -j REJECT --reject-with icmp-host-prohibited",
+    "-A FORWARD -p udp --sport 67 -j LOG --log-prefix tracer-test-dhcp:",
+    "-A FORWARD -i eth9 -j DROP",
+    "-A FORWARD -p tcp --dport 443 -j ACCEPT",
+    "-A FORWARD -p udp --dport 123 -j ACCEPT",
+    "-A FORWARD -p sctp -j DROP",
+    "-A FORWARD -d 203.0.113.7/32 -j REJECT",
+    "-A FORWARD -p udp -s 10.244.0.99/32 --dport 53 -j DROP",
+    "-A FORWARD -p tcp --dport 22 -s 192.0.2.0/24 -j DROP",
+    "-A FORWARD -o eth9 -p udp --dport 53 -j REJECT --reject-with icmp-host-prohibited",
+];
+
+/// The field case: rule 16 of FORWARD.
+const IPTABLES_DNS_REJECT: &str =
+    "-A FORWARD -p udp --dport 53 -j REJECT --reject-with icmp-host-prohibited";
+
+/// The same as a native nftables ruleset: fifteen misses, then the REJECT as rule 16.
+const NFT_RULESET: &str = "\
+table inet fw {
+	chain forward {
+		type filter hook forward priority 0; policy accept;
+		tcp dport 80 accept
+		udp dport 5353 counter drop
+		ip saddr 198.51.100.0/24 drop
+		tcp dport 53 counter reject with icmp type host-prohibited
+		udp dport 54 counter reject with icmp type host-prohibited
+		ip daddr 10.99.0.0/16 udp dport 53 counter reject with icmp type host-prohibited
+		udp sport 67 log prefix \"tracer-test-dhcp: \"
+		iifname \"eth9\" drop
+		tcp dport 443 counter accept
+		udp dport 123 accept
+		meta l4proto sctp drop
+		ip daddr 203.0.113.7 reject
+		ip6 daddr fd00:99::/32 udp dport 53 counter reject
+		tcp dport 22 ip saddr 192.0.2.0/24 drop
+		oifname \"eth9\" udp dport 53 reject with icmp type host-prohibited
+		udp dport 53 counter reject with icmp type host-prohibited
+	}
+}
+";
+
+/// What a watch and the digs during it left behind.
+struct Observed {
+    w: WatchJson,
+    digs: Vec<Dig>,
+}
+
+/// Watches port 53 as JSON while the client digs each server once for [`TEST_NAME`].
+fn watch_digs(lab: &Lab, servers: &[&str]) -> Result<Observed> {
+    let watch = lab.watch(&["--port", "53", "--output", "json"])?;
+    let mut digs = Vec::new();
+    for server in servers {
+        digs.push(lab.dig(server, TEST_NAME, &[])?);
+    }
+    thread::sleep(SETTLE);
+    let done = watch.stop()?;
+    let w = WatchJson::from_finished(&done)?;
+    Ok(Observed { w, digs })
+}
+
+/// The query of `dig` as it entered the bridge from the client; its source is the client socket.
+fn query_in<'a>(w: &'a WatchJson, dig: &Dig) -> Result<&'a Value> {
+    let id = dig
+        .id
+        .with_context(|| format!("dig printed no query id:\n{}", dig.output))?;
+    w.find_one("the query entering the bridge from the client", |p| {
+        stage_is(p, "bridge-in", CLIENT_VETH) && dns_is(p, id, false)
+    })
+}
+
+/// Rule lines (`-A ...`) of a chain as `iptables -S` prints them.
+fn iptables_rules(lab: &Lab, program: &str, chain: &str) -> Result<Vec<String>> {
+    let out = lab.run(Ns::Node, &[program, "-w", "10", "-S", chain])?;
+    Ok(out
+        .lines()
+        .filter(|l| l.starts_with("-A "))
+        .map(str::to_string)
+        .collect())
+}
+
+/// The nf_tables handles of a chain's rules, in order (`nft -a list chain ...`).
+fn nft_handles(lab: &Lab, family: &str, table: &str, chain: &str) -> Result<Vec<u64>> {
+    let out = lab.run(
+        Ns::Node,
+        &["nft", "-a", "list", "chain", family, table, chain],
+    )?;
+    let handles = out
+        .lines()
+        .map(str::trim)
+        // Rule lines; the chain line itself ends in `{ # handle N`.
+        .filter(|l| !l.ends_with('{') && !l.contains("{ #") && !l.starts_with("type "))
+        .filter_map(|l| l.rsplit_once("# handle "))
+        .map(|(_, h)| h.trim().parse::<u64>())
+        .collect::<Result<Vec<u64>, _>>()
+        .with_context(|| format!("parsing handles of:\n{out}"))?;
+    Ok(handles)
+}
+
+/// The hooks of a `dropped` line end in `hook`, which the packet never left; it left every hook
+/// before that one.
+fn check_stopped_in(line: &Value, hook: &str) -> Result<()> {
+    let hooks = line["hooks"]
+        .as_array()
+        .with_context(|| format!("dropped line without hooks array: {line}"))?;
+    let (last, before) = hooks
+        .split_last()
+        .with_context(|| format!("dropped line with empty hooks: {line}"))?;
+    expect_str(last, "/hook", hook)?;
+    expect_str(last, "/family", "ipv4")?;
+    ensure!(
+        bool_at(last, "/left") == Some(false),
+        "the last hook of a dropped line must have left: false: {line}"
+    );
+    for h in before {
+        ensure!(
+            bool_at(h, "/left") == Some(true),
+            "a hook before the last one was not left: {line}"
+        );
+    }
+    Ok(())
+}
+
+/// What a REJECT of the client's query should have produced.
+struct Expected<'a> {
+    backend: &'a str,
+    table: &'a str,
+    chain: &'a str,
+    hook: &'a str,
+    rule: u64,
+    /// `Some` for nf_tables backends: the rule's handle.
+    handle: Option<u64>,
+    icmp: &'a str,
+    rule_text: &'a [&'a str],
+    /// Where the query was going when it was stopped (after DNAT).
+    dst: &'a str,
+}
+
+/// One `netfilter_reject` finding naming the expected rule, and the query's `dropped` line
+/// naming it too. Returns the finding.
+fn check_reject<'a>(o: &'a Observed, dig: &Dig, want: &Expected) -> Result<&'a Value> {
+    let w = &o.w;
+    let query = query_in(w, dig)?;
+    let client = str_at(query, "/src").unwrap_or_default();
+
+    let rejects: Vec<&Value> = w.findings_of("netfilter_reject").collect();
+    ensure!(
+        rejects.len() == 1,
+        "expected one netfilter_reject finding:\n{}",
+        w.describe()
+    );
+    ensure!(
+        w.findings_of("netfilter_drop").next().is_none(),
+        "a REJECT is not a netfilter_drop:\n{}",
+        w.describe()
+    );
+    let f = rejects[0];
+    expect_str(f, "/hook", want.hook)?;
+    expect_str(f, "/backend", want.backend)?;
+    expect_str(f, "/table", want.table)?;
+    expect_str(f, "/chain", want.chain)?;
+    ensure!(
+        u64_at(f, "/rule") == Some(want.rule),
+        "rule should be {}: {f}",
+        want.rule
+    );
+    match want.handle {
+        Some(handle) => ensure!(
+            u64_at(f, "/handle") == Some(handle),
+            "handle should be {handle}: {f}"
+        ),
+        None => ensure!(
+            f.get("handle") == Some(&Value::Null),
+            "handle should be null: {f}"
+        ),
+    }
+    let text = str_at(f, "/rule_text").unwrap_or_default();
+    for part in want.rule_text {
+        ensure!(
+            text.contains(part),
+            "rule_text should contain {part:?}: {f}"
+        );
+    }
+    expect_str(f, "/icmp", want.icmp)?;
+    expect_str(f, "/drop_reason", "NETFILTER_DROP")?;
+    expect_str(f, "/proto", "udp")?;
+    expect_str(f, "/src", client)?;
+    expect_str(f, "/dst", want.dst)?;
+    ensure!(
+        f.get("policy") == Some(&Value::Null),
+        "a rule did it, not a policy: {f}"
+    );
+    ensure!(
+        f["candidates"].as_array().is_some_and(|c| c.is_empty()),
+        "only one rule fits, so no candidates: {f}"
+    );
+    for key in ["headline", "explanation", "attribution"] {
+        ensure!(
+            str_at(f, &format!("/{key}")).is_some_and(|s| !s.is_empty()),
+            "finding without {key}: {f}"
+        );
+    }
+    ensure!(
+        f["fix"].as_array().is_some_and(|fix| !fix.is_empty()),
+        "finding without fix: {f}"
+    );
+
+    let label = format!("{}/{} #{}", want.table, want.chain, want.rule);
+    let dropped = w.find_one("the query's dropped line", |p| {
+        str_at(p, "/stage") == Some("dropped") && str_at(p, "/src") == Some(client)
+    })?;
+    expect_str(dropped, "/verdict", "reject")?;
+    expect_str(dropped, "/icmp", want.icmp)?;
+    expect_str(dropped, "/rule", &label)?;
+    expect_str(dropped, "/drop_reason", "NETFILTER_DROP")?;
+    expect_str(dropped, "/dst", want.dst)?;
+    expect_str(dropped, "/proto", "udp")?;
+    check_stopped_in(dropped, want.hook)?;
+    eprintln!("dropped line: {dropped}");
+    ensure!(
+        w.find(|p| str_at(p, "/stage") == Some("dropped")).count() == 1,
+        "one query, one dropped line:\n{}",
+        w.describe()
+    );
+    Ok(f)
+}
+
+/// dig heard the node's ICMP host-prohibited at once.
+fn check_host_unreachable(dig: &Dig) -> Result<()> {
+    ensure!(
+        !dig.answered() && !dig.timed_out && dig.output.contains("host unreachable"),
+        "dig should report host unreachable:\n{}",
+        dig.output
+    );
+    Ok(())
+}
+
+/// The field case with an iptables frontend (`iptables` or `iptables-legacy`): fifteen rules that
+/// do not match, then the REJECT for DNS as rule 16 of FORWARD.
+fn forward_reject_with_iptables(program: &str, backend: &str) -> Result<()> {
+    let lab = Lab::new(LabConfig::healthy())?;
+    for rule in IPTABLES_DECOYS.iter().chain([&IPTABLES_DNS_REJECT]) {
+        lab.xtables(Ns::Node, program, rule)?;
+    }
+    let rules = iptables_rules(&lab, program, "FORWARD")?;
+    ensure!(
+        rules.len() == 16 && rules[15].contains("--dport 53") && rules[15].contains("REJECT"),
+        "the REJECT should be rule 16 of FORWARD: {rules:#?}"
+    );
+    let handle = if backend == "iptables-nft" {
+        let handles = nft_handles(&lab, "ip", "filter", "FORWARD")?;
+        ensure!(handles.len() == 16, "16 handles expected: {handles:?}");
+        Some(handles[15])
+    } else {
+        None
+    };
+
+    let o = watch_digs(&lab, &[CLUSTER_DNS_IP])?;
+    let dig = &o.digs[0];
+    check_host_unreachable(dig)?;
+    let f = check_reject(
+        &o,
+        dig,
+        &Expected {
+            backend,
+            table: "filter",
+            chain: "FORWARD",
+            hook: "FORWARD",
+            rule: 16,
+            handle,
+            icmp: "host-prohibited",
+            rule_text: &["--dport 53", "-j REJECT --reject-with icmp-host-prohibited"],
+            dst: &format!("{SERVER_IP}:53"),
+        },
+    )?;
+    eprintln!("{backend} finding: {f}");
+    // The rule really was the one: its counter went up (read after the watch).
+    let counted = lab.run(
+        Ns::Node,
+        &[program, "-w", "10", "-L", "FORWARD", "16", "-v", "-n", "-x"],
+    )?;
+    ensure!(
+        counted.split_whitespace().next().is_some_and(|n| n != "0"),
+        "rule 16 did not count the query: {counted}"
+    );
+    o.w.check_summary()
+}
+
+#[test]
+fn iptables_nft_reject_is_named_by_rule_number() -> Result<()> {
+    forward_reject_with_iptables("iptables", "iptables-nft")
+}
+
+#[test]
+fn iptables_legacy_reject_is_named_by_rule_number() -> Result<()> {
+    forward_reject_with_iptables("iptables-legacy", "iptables-legacy")
+}
+
+#[test]
+fn native_nftables_reject_is_named_by_rule_and_handle() -> Result<()> {
+    let lab = Lab::new(LabConfig::healthy())?;
+    let file = lab.dir().join("fw.nft");
+    std::fs::write(&file, NFT_RULESET)?;
+    lab.run(
+        Ns::Node,
+        &["nft", "-f", file.to_str().context("non-UTF-8 path")?],
+    )?;
+    let handles = nft_handles(&lab, "inet", "fw", "forward")?;
+    ensure!(handles.len() == 16, "16 rules expected: {handles:?}");
+
+    let o = watch_digs(&lab, &[CLUSTER_DNS_IP])?;
+    let dig = &o.digs[0];
+    check_host_unreachable(dig)?;
+    let f = check_reject(
+        &o,
+        dig,
+        &Expected {
+            backend: "nftables",
+            table: "inet fw",
+            chain: "forward",
+            hook: "FORWARD",
+            rule: 16,
+            handle: Some(handles[15]),
+            icmp: "host-prohibited",
+            rule_text: &["udp dport 53", "reject"],
+            dst: &format!("{SERVER_IP}:53"),
+        },
+    )?;
+    eprintln!("nftables finding: {f}");
+    let text = str_at(f, "/rule_text").unwrap_or_default();
+    ensure!(
+        !text.contains("10.99.0.0") && !text.contains("eth9") && !text.contains("fd00:99"),
+        "rule_text is one of the near misses: {f}"
+    );
+    o.w.check_summary()
+}
+
+#[test]
+fn forward_drop_policy_is_a_netfilter_drop() -> Result<()> {
+    let lab = Lab::new(LabConfig::healthy())?;
+    lab.iptables("-A FORWARD -p tcp --dport 80 -j ACCEPT")?;
+    lab.iptables("-P FORWARD DROP")?;
+
+    let o = watch_digs(&lab, &[CLUSTER_DNS_IP])?;
+    let (w, dig) = (&o.w, &o.digs[0]);
+    ensure!(dig.timed_out, "dig should time out:\n{}", dig.output);
+    let query = query_in(w, dig)?;
+    let client = str_at(query, "/src").unwrap_or_default();
+
+    let drops: Vec<&Value> = w.findings_of("netfilter_drop").collect();
+    ensure!(
+        drops.len() == 1,
+        "expected one netfilter_drop finding:\n{}",
+        w.describe()
+    );
+    ensure!(
+        w.findings_of("netfilter_reject").next().is_none(),
+        "nothing was rejected:\n{}",
+        w.describe()
+    );
+    let f = drops[0];
+    eprintln!("policy finding: {f}");
+    expect_str(f, "/hook", "FORWARD")?;
+    expect_str(f, "/policy", "filter/FORWARD")?;
+    expect_str(f, "/src", client)?;
+    expect_str(f, "/dst", &format!("{SERVER_IP}:53"))?;
+    expect_str(f, "/drop_reason", "NETFILTER_DROP")?;
+    for key in ["icmp", "rule", "rule_text"] {
+        ensure!(
+            f.get(key) == Some(&Value::Null),
+            "{key} should be null for a policy drop: {f}"
+        );
+    }
+    ensure!(
+        f["fix"].as_array().is_some_and(|fix| !fix.is_empty()),
+        "finding without fix: {f}"
+    );
+
+    let dropped = w.find_one("the query's dropped line", |p| {
+        str_at(p, "/stage") == Some("dropped") && str_at(p, "/src") == Some(client)
+    })?;
+    expect_str(dropped, "/verdict", "drop")?;
+    ensure!(
+        str_at(dropped, "/rule").is_some_and(|r| r.starts_with("filter/FORWARD")),
+        "the dropped line should name the FORWARD policy: {dropped}"
+    );
+    expect_str(dropped, "/drop_reason", "NETFILTER_DROP")?;
+    ensure!(
+        dropped.get("icmp") == Some(&Value::Null),
+        "a silent drop has no ICMP answer: {dropped}"
+    );
+    check_stopped_in(dropped, "FORWARD")?;
+    eprintln!("dropped line: {dropped}");
+    o.w.check_summary()
+}
+
+#[test]
+fn input_reject_of_dns_to_the_node_itself() -> Result<()> {
+    let lab = Lab::new(LabConfig::healthy())?;
+    // A DNS server on the node, next to the lab's own dnsmasq in the server pod.
+    let pid_file = lab.dir().join("node-dnsmasq.pid");
+    let pid_arg = format!("--pid-file={}", pid_file.display());
+    let listen = format!("--listen-address={BRIDGE_IP}");
+    let record = format!("--host-record={TEST_NAME},{TEST_A}");
+    let mut dnsmasq = lab.spawn(
+        Ns::Node,
+        &[
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            &listen,
+            "--user=root",
+            &pid_arg,
+            &record,
+            "--log-facility=-",
+        ],
+    )?;
+    let bound = format!("{BRIDGE_IP}:53");
+    for _ in 0..200 {
+        if lab.run(Ns::Node, &["ss", "-Hlun"])?.contains(&bound) {
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let before = lab.dig(BRIDGE_IP, TEST_NAME, &[])?;
+    ensure!(
+        before.answered() && before.answers == [TEST_A],
+        "the node's dnsmasq should answer before the REJECT:\n{}",
+        before.output
+    );
+    lab.iptables("-A INPUT -p udp --dport 53 -j REJECT")?;
+
+    let o = watch_digs(&lab, &[BRIDGE_IP])?;
+    let dig = &o.digs[0];
+    ensure!(
+        !dig.answered() && dig.output.contains("connection refused"),
+        "dig should be refused (ICMP port unreachable):\n{}",
+        dig.output
+    );
+    let handles = nft_handles(&lab, "ip", "filter", "INPUT")?;
+    let f = check_reject(
+        &o,
+        dig,
+        &Expected {
+            backend: "iptables-nft",
+            table: "filter",
+            chain: "INPUT",
+            hook: "LOCAL_IN",
+            rule: 1,
+            handle: handles.first().copied(),
+            icmp: "port-unreachable",
+            rule_text: &["-A INPUT", "--dport 53", "-j REJECT"],
+            dst: &bound,
+        },
+    )?;
+    eprintln!("INPUT finding: {f}");
+    dnsmasq.signal(libc::SIGTERM)?;
+    o.w.check_summary()
+}
+
+#[test]
+fn healthy_ruleset_gives_no_finding() -> Result<()> {
+    let lab = Lab::new(LabConfig::healthy())?;
+    for rule in [
+        "-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        "-A FORWARD -p tcp --dport 22 -j DROP",
+        "-A FORWARD -p udp --dport 5353 -j REJECT --reject-with icmp-host-prohibited",
+        "-A FORWARD -d 10.99.0.0/16 -p udp --dport 53 -j REJECT",
+        "-A FORWARD -p udp --dport 53 -j ACCEPT",
+        "-A FORWARD -j REJECT --reject-with icmp-host-prohibited",
+        "-A INPUT -p udp --dport 53 -j ACCEPT",
+    ] {
+        lab.iptables(rule)?;
+    }
+    lab.xtables(
+        Ns::Node,
+        "iptables-legacy",
+        "-A FORWARD -p tcp --dport 53 -j DROP",
+    )?;
+
+    let o = watch_digs(&lab, &[CLUSTER_DNS_IP, SERVER_IP])?;
+    let w = &o.w;
+    for dig in &o.digs {
+        ensure!(
+            dig.answered() && dig.answers == [TEST_A],
+            "dig was not answered:\n{}",
+            dig.output
+        );
+        query_in(w, dig)?;
+    }
+    ensure!(
+        w.findings.is_empty(),
+        "an accepting ruleset should produce no findings:\n{}",
+        w.describe()
+    );
+    ensure!(
+        w.find(|p| str_at(p, "/stage") == Some("dropped"))
+            .next()
+            .is_none(),
+        "nothing was dropped:\n{}",
+        w.describe()
+    );
+    // Both the query and the reply are forwarded by the bridge through the IP hooks.
+    let id = o.digs[0].id.context("no query id")?;
+    for qr in [false, true] {
+        let forwarded: Vec<&Value> = w
+            .find(|p| dns_is(p, id, qr) && p["hooks"].as_array().is_some_and(|h| !h.is_empty()))
+            .collect();
+        ensure!(
+            forwarded.iter().any(|p| p["hooks"]
+                .as_array()
+                .is_some_and(|h| h.iter().any(|h| str_at(h, "/hook") == Some("FORWARD")))),
+            "no {} line that passed FORWARD:\n{}",
+            if qr { "reply" } else { "query" },
+            w.describe()
+        );
+        for p in forwarded {
+            expect_str(p, "/verdict", "accept")?;
+            ensure!(
+                p["hooks"]
+                    .as_array()
+                    .is_some_and(|h| h.iter().all(|h| bool_at(h, "/left") == Some(true))),
+                "an accepted packet left every hook: {p}"
+            );
+        }
+    }
+    for p in w.find(|p| p["hooks"].as_array().is_some_and(|h| h.is_empty())) {
+        ensure!(
+            p.get("verdict") == Some(&Value::Null),
+            "no hooks passed, so no verdict: {p}"
+        );
+    }
+    w.check_summary()
+}
+
+/// Everything the node's firewall holds, with counters and generation comments removed.
+fn firewall_state(lab: &Lab) -> Result<String> {
+    let mut state = String::new();
+    for argv in [
+        &["iptables-save"][..],
+        &["iptables-legacy-save"],
+        &["ip6tables-save"],
+        &["ip6tables-legacy-save"],
+        &["nft", "list", "ruleset"],
+    ] {
+        let out = lab.run(Ns::Node, argv)?;
+        state.push_str(&format!("==== {}\n", argv.join(" ")));
+        for line in out.lines().filter(|l| !l.trim_start().starts_with('#')) {
+            state.push_str(&strip_counters(line));
+            state.push('\n');
+        }
+    }
+    Ok(state)
+}
+
+/// `:FORWARD ACCEPT [12:345]` → `:FORWARD ACCEPT`; `counter packets 3 bytes 180` → `counter`.
+fn strip_counters(line: &str) -> String {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let mut out: Vec<&str> = Vec::new();
+    let mut i = 0;
+    while i < words.len() {
+        let w = words[i];
+        let bracketed = w.starts_with('[')
+            && w.ends_with(']')
+            && w[1..w.len() - 1]
+                .split(':')
+                .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if bracketed {
+            i += 1;
+            continue;
+        }
+        out.push(w);
+        if w == "counter"
+            && words.get(i + 1) == Some(&"packets")
+            && words.get(i + 3) == Some(&"bytes")
+        {
+            i += 5;
+        } else {
+            i += 1;
+        }
+    }
+    let indent = &line[..line.len() - line.trim_start().len()];
+    format!("{indent}{}", out.join(" "))
+}
+
+#[test]
+fn the_firewall_is_untouched() -> Result<()> {
+    let lab = Lab::new(LabConfig::healthy())?;
+    lab.iptables("-A FORWARD -p tcp --dport 80 -j ACCEPT")?;
+    lab.ip6tables("-A FORWARD -p tcp --dport 8080 -j ACCEPT")?;
+    lab.xtables(
+        Ns::Node,
+        "iptables-legacy",
+        "-A FORWARD -p tcp --dport 25 -j DROP",
+    )?;
+    // A DNS drop tracer has to name: the node routes 192.0.2.53 out of cni0, the legacy rule
+    // rejects the query in FORWARD, so tracer reads every ruleset again during the watch.
+    lab.xtables(
+        Ns::Node,
+        "iptables-legacy",
+        "-A FORWARD -d 192.0.2.53/32 -p udp --dport 53 -j REJECT --reject-with icmp-admin-prohibited",
+    )?;
+    lab.xtables(
+        Ns::Node,
+        "ip6tables-legacy",
+        "-A INPUT -p tcp --dport 25 -j DROP",
+    )?;
+    lab.run(
+        Ns::Node,
+        &["ip", "route", "add", "192.0.2.53/32", "dev", BRIDGE],
+    )?;
+    // Forwarding out of the interface it came in on would make the node send an ICMP redirect
+    // first, and the REJECT's ICMP answer would then fall to the per-host ICMP rate limit.
+    for dev in ["all", BRIDGE] {
+        let key = format!("net.ipv4.conf.{dev}.send_redirects=0");
+        lab.run(Ns::Node, &["sysctl", "-qw", &key])?;
+    }
+    let file = lab.dir().join("fw.nft");
+    std::fs::write(
+        &file,
+        NFT_RULESET.replace(
+            "udp dport 53 counter reject",
+            "udp dport 5300 counter reject",
+        ),
+    )?;
+    lab.run(
+        Ns::Node,
+        &["nft", "-f", file.to_str().context("non-UTF-8 path")?],
+    )?;
+
+    let before = firewall_state(&lab)?;
+    for needle in ["192.0.2.53", "fw", "dport 8080", "dport 25"] {
+        ensure!(
+            before.contains(needle),
+            "ruleset misses {needle}:\n{before}"
+        );
+    }
+
+    let watch = lab.watch(&["--port", "53", "--output", "json"])?;
+    let answered = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
+    let rejected = lab.dig("192.0.2.53", TEST_NAME, &[])?;
+    thread::sleep(SETTLE);
+    let during = firewall_state(&lab)?;
+    let done = watch.stop()?;
+    let after = firewall_state(&lab)?;
+
+    ensure!(
+        answered.answered(),
+        "dig was not answered:\n{}",
+        answered.output
+    );
+    ensure!(
+        !rejected.answered() && !rejected.timed_out,
+        "the legacy REJECT should answer with ICMP:\n{}",
+        rejected.output
+    );
+    let w = WatchJson::from_finished(&done)?;
+    query_in(&w, &answered)?;
+    let f = w
+        .findings_of("netfilter_reject")
+        .next()
+        .with_context(|| format!("no netfilter_reject for the legacy rule:\n{}", w.describe()))?;
+    eprintln!("legacy (routed) finding: {f}");
+    expect_str(f, "/backend", "iptables-legacy")?;
+    expect_str(f, "/icmp", "admin-prohibited")?;
+    ensure!(u64_at(f, "/rule") == Some(2), "rule should be 2: {f}");
+
+    for (when, state) in [("during", &during), ("after", &after)] {
+        ensure!(
+            *state == before,
+            "the firewall changed {when} the watch:\n--- before ---\n{before}--- {when} ---\n{state}"
+        );
+    }
+    for state in [&before, &during, &after] {
+        ensure!(
+            !state.contains("TRACE") && !state.contains("nftrace"),
+            "TRACE/nftrace in the ruleset:\n{state}"
+        );
+    }
+    w.check_summary()
+}
+
+#[test]
+fn strip_counters_keeps_rules() {
+    assert_eq!(
+        strip_counters(":FORWARD ACCEPT [12:345]"),
+        ":FORWARD ACCEPT"
+    );
+    assert_eq!(
+        strip_counters("\t\tudp dport 53 counter packets 3 bytes 180 reject"),
+        "\t\tudp dport 53 counter reject"
+    );
+    assert_eq!(
+        strip_counters("-A FORWARD -p udp -m udp --dport 53 -j ACCEPT"),
+        "-A FORWARD -p udp -m udp --dport 53 -j ACCEPT"
+    );
+}
