@@ -1,9 +1,20 @@
-use std::{io::IsTerminal, process::ExitCode, time::Duration};
+use std::{collections::BTreeMap, io::IsTerminal, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use tracer::{
-    hooks::WatchSettings,
-    outputs::{json::JsonOutput, text::TextOutput, Output},
+    events::{
+        node::{bridge_nf_call_sysctl, read_sysctl},
+        pcapng::{CaptureMeta, Origin, FORMAT},
+    },
+    hooks::{check_privileges, WatchSettings},
+    outputs::{
+        json::JsonOutput,
+        listing::Listing,
+        pcapng::{CaptureInfo, PcapngWriter},
+        text::TextOutput,
+        Output, Tee,
+    },
+    report::{self, Report},
     watch::{self, Ending, WatchOptions},
 };
 
@@ -32,8 +43,33 @@ enum Command {
     /// Examples:
     ///   sudo tracer watch --port 53
     ///   sudo tracer watch --port 53 --output json --duration 10 > dns.jsonl
+    ///   sudo tracer watch --port 53 --write dns.pcapng
     #[command(verbatim_doc_comment)]
     Watch(WatchArgs),
+
+    /// Show a capture written by `tracer watch --write` as the watch showed it.
+    ///
+    /// Prints the same packet lines and findings (made again from the packets and the
+    /// metadata in the file) and the summary; needs no privileges and no access to the
+    /// node that captured. A pcapng or pcap file from another program gets a plain
+    /// packet listing. Exits 1 when the file is cut off or damaged (what could be read
+    /// is shown), 2 when it cannot be read at all.
+    ///
+    /// Examples:
+    ///   tracer report dns.pcapng
+    ///   tracer report dns.pcapng --output json | jq 'select(.type == "finding")'
+    #[command(verbatim_doc_comment)]
+    Report(ReportArgs),
+}
+
+#[derive(clap::Args)]
+struct ReportArgs {
+    /// The capture file.
+    file: PathBuf,
+
+    /// `text` for people (colour on a terminal), `json` for JSON Lines (fields in README).
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    output: Format,
 }
 
 #[derive(clap::Args)]
@@ -62,6 +98,11 @@ struct WatchArgs {
     /// the summary reports lost records.
     #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = parse_ring_mib)]
     ring_buffer_mib: u32,
+
+    /// Also write every traced packet to FILE as pcapng (mode 0600), with a comment per
+    /// packet and the findings; read it with `tracer report FILE`, Wireshark or tshark.
+    #[arg(long, value_name = "FILE")]
+    write: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -90,6 +131,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Watch(args) => run_watch(args),
+        Command::Report(args) => run_report(args),
     }
 }
 
@@ -99,19 +141,112 @@ fn run_watch(args: WatchArgs) -> ExitCode {
         duration: args.duration,
         dns_timeout: args.dns_timeout,
     };
+    // The capture file is created before anything is attached, so a path that cannot
+    // be written is reported at once; and after the privileges are checked, so a watch
+    // that cannot start leaves no file behind.
+    if args.write.is_some() {
+        if let Err(err) = check_privileges() {
+            return fail(&err);
+        }
+    }
+    let capture = match &args.write {
+        Some(path) => match PcapngWriter::create(path, &capture_info(&args)) {
+            Ok(writer) => {
+                eprintln!("tracer: writing the traced packets to {} (pcapng, mode 0600)", path.display());
+                Some((Box::new(writer) as Box<dyn Output>, path.display().to_string()))
+            }
+            Err(err) => {
+                return fail(&anyhow::anyhow!(
+                    "cannot write the capture to {}: {err}; give --write a path in a writable directory",
+                    path.display()
+                ))
+            }
+        },
+        None => None,
+    };
     let stdout = std::io::stdout();
     let colour = stdout.is_terminal();
-    let mut output: Box<dyn Output> = match args.output {
+    let main: Box<dyn Output> = match args.output {
         Format::Text => Box::new(TextOutput::new(stdout.lock(), colour)),
         Format::Json => Box::new(JsonOutput::new(std::io::BufWriter::new(stdout.lock()))),
     };
+    let mut output = Tee::new(main, capture);
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => return fail(&anyhow::anyhow!(err).context("starting the event loop")),
     };
-    match runtime.block_on(watch::run(&options, output.as_mut())) {
+    match runtime.block_on(watch::run(&options, &mut output)) {
         Ok(Ending::Finished(_)) | Ok(Ending::OutputClosed) => ExitCode::SUCCESS,
         Err(err) => fail(&err),
+    }
+}
+
+/// What the capture's section header records: how the watch runs and the node
+/// settings findings cite, as they are now.
+fn capture_info(args: &WatchArgs) -> CaptureInfo {
+    let sysctls: BTreeMap<String, Option<String>> = [bridge_nf_call_sysctl(false), bridge_nf_call_sysctl(true)]
+        .into_iter()
+        .map(|name| (name.to_string(), read_sysctl(name).value))
+        .collect();
+    CaptureInfo {
+        meta: CaptureMeta {
+            format: FORMAT.to_string(),
+            tracer_version: env!("CARGO_PKG_VERSION").to_string(),
+            hostname: read_sysctl("kernel.hostname").value,
+            port: args.port,
+            snaplen: args.snaplen,
+            dns_timeout_ns: args.dns_timeout.as_nanos() as u64,
+            sysctls,
+        },
+        os: read_sysctl("kernel.osrelease").value.map(|release| format!("Linux {release}")),
+    }
+}
+
+fn run_report(args: ReportArgs) -> ExitCode {
+    let report = match Report::open(&args.file) {
+        Ok(report) => report,
+        Err(err) => return fail(&anyhow::anyhow!(err)),
+    };
+    let stdout = std::io::stdout();
+    let json = matches!(args.output, Format::Json);
+    let ending = match report.origin().clone() {
+        Origin::Tracer(meta) => {
+            let host = meta.hostname.map(|h| format!(" on {h}")).unwrap_or_default();
+            eprintln!("tracer: report of {}: a tracer {} watch{host}", args.file.display(), meta.tracer_version);
+            let mut output: Box<dyn Output> = if json {
+                Box::new(JsonOutput::new(std::io::BufWriter::new(stdout.lock())))
+            } else {
+                Box::new(TextOutput::new(stdout.lock(), stdout.is_terminal()))
+            };
+            report.run(output.as_mut())
+        }
+        Origin::Other { application, pcap } => {
+            let writer = match (pcap, application) {
+                (true, _) => "a pcap file".to_string(),
+                (false, Some(app)) => format!("a pcapng file written by {app}"),
+                (false, None) => "a pcapng file not written by tracer".to_string(),
+            };
+            eprintln!(
+                "tracer: {} is {writer}: listing its packets without stages, hook paths or findings (those need a capture from `tracer watch --write`)",
+                args.file.display()
+            );
+            report.list(&mut Listing::new(std::io::BufWriter::new(stdout.lock()), json))
+        }
+    };
+    match ending {
+        report::Ending::OutputClosed => ExitCode::SUCCESS,
+        report::Ending::Finished { error, notes, .. } => {
+            for note in notes {
+                eprintln!("tracer: note: {note}");
+            }
+            match error {
+                Some(err) => {
+                    eprintln!("tracer: error: {err}");
+                    ExitCode::from(1)
+                }
+                None => ExitCode::SUCCESS,
+            }
+        }
     }
 }
 

@@ -23,6 +23,7 @@ const PACKAGES: &[&str] = &[
     "bind9-dnsutils",
     "conntrack",
     "tcpdump",
+    "tshark",
     "iproute2",
 ];
 

@@ -8,6 +8,7 @@ pub mod netfilter;
 pub mod node;
 pub mod record;
 pub mod packet;
+pub mod pcapng;
 
 use packet::PacketEvent;
 

@@ -129,7 +129,7 @@ fn conntrack_json(conntrack: &Conntrack) -> Value {
     }
 }
 
-fn dns_json(message: &DnsMessage) -> Value {
+pub fn dns_json(message: &DnsMessage) -> Value {
     json!({
         "id": message.id,
         "qr": message.qr,

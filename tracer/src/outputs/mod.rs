@@ -2,6 +2,8 @@
 //! or JSON Lines for programs.
 
 pub mod json;
+pub mod listing;
+pub mod pcapng;
 pub mod text;
 
 use std::io;
@@ -54,4 +56,68 @@ pub trait Output {
     /// Called after each batch of events, so a reader at the other end of a pipe sees
     /// them promptly without a write per line.
     fn flush(&mut self) -> io::Result<()>;
+}
+
+/// The watch's main output (text or JSON on standard output) with a capture file
+/// written beside it. The main output's errors end the watch as before; the capture's
+/// first I/O error (a full disk, a lost mount) stops the capture with one warning on
+/// standard error, and the watch goes on.
+pub struct Tee<'a> {
+    main: Box<dyn Output + 'a>,
+    capture: Option<Box<dyn Output + 'a>>,
+    /// Names the capture in the warning, e.g. its path.
+    capture_name: String,
+    /// The warning printed, if any (tests read it).
+    pub warning: Option<String>,
+}
+
+impl<'a> Tee<'a> {
+    pub fn new(main: Box<dyn Output + 'a>, capture: Option<(Box<dyn Output + 'a>, String)>) -> Tee<'a> {
+        let (capture, capture_name) = match capture {
+            Some((capture, name)) => (Some(capture), name),
+            None => (None, String::new()),
+        };
+        Tee { main, capture, capture_name, warning: None }
+    }
+
+    /// Runs `write` on the capture; on its first error warns once and drops it.
+    fn on_capture(&mut self, write: impl FnOnce(&mut dyn Output) -> io::Result<()>) {
+        let Some(capture) = self.capture.as_mut() else { return };
+        if let Err(err) = write(capture.as_mut()) {
+            let warning = format!(
+                "tracer: warning: writing {} failed ({err}): the capture stops here and keeps what was written before; the watch goes on",
+                self.capture_name
+            );
+            eprintln!("{warning}");
+            self.warning = Some(warning);
+            self.capture = None;
+        }
+    }
+}
+
+impl Output for Tee<'_> {
+    fn packet(&mut self, packet: &TracedPacket, hooks: &[HookPass]) -> io::Result<()> {
+        self.on_capture(|c| c.packet(packet, hooks));
+        self.main.packet(packet, hooks)
+    }
+
+    fn dropped(&mut self, line: &DropLine) -> io::Result<()> {
+        self.on_capture(|c| c.dropped(line));
+        self.main.dropped(line)
+    }
+
+    fn finding(&mut self, finding: &Finding) -> io::Result<()> {
+        self.on_capture(|c| c.finding(finding));
+        self.main.finding(finding)
+    }
+
+    fn summary(&mut self, summary: &Summary) -> io::Result<()> {
+        self.on_capture(|c| c.summary(summary));
+        self.main.summary(summary)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.on_capture(|c| c.flush());
+        self.main.flush()
+    }
 }

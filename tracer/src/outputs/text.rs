@@ -69,7 +69,7 @@ fn path(packet: &TracedPacket) -> (String, String) {
     }
 }
 
-fn dns_text(message: &dns::DnsMessage) -> String {
+pub fn dns_text(message: &dns::DnsMessage) -> String {
     let qname = message.qname.as_deref().unwrap_or("?");
     let qtype = message.qtype.map(|t| dns::qtype_name(t).into_owned()).unwrap_or_else(|| "?".to_string());
     if message.qr {

@@ -1,0 +1,9 @@
+//! DNS payloads come straight off the network, truncated at any length by the kernel copy.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = tracer::events::dns::parse(data, false);
+    let _ = tracer::events::dns::parse(data, true);
+});

@@ -1,0 +1,9 @@
+//! `nft -j list ruleset` output is whatever the node's rulesets hold.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let text = String::from_utf8_lossy(data);
+    let _ = tracer::events::firewall::parse_nft_json(&text);
+});

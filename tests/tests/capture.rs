@@ -1,0 +1,462 @@
+//! End-to-end: `tracer watch --write FILE.pcapng` and `tracer report FILE` (README, "Capture and
+//! offline analysis"). The lab tests need root, a built tracer and tshark (`cargo xtask setup`
+//! installs it); the file-only tests need neither root nor a lab.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use tracer_tests::lab::*;
+use tracer_tests::output::*;
+use tracer_tests::tracer_bin;
+
+/// Runs `tracer ARGS` to completion (no lab: `report` needs no namespace or privileges).
+fn tracer(args: &[&str]) -> Result<Output> {
+    let bin = tracer_bin()?;
+    Command::new(&bin)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {} {}", bin.display(), args.join(" ")))
+}
+
+fn describe(out: &Output) -> String {
+    format!(
+        "exit {}\n--- stdout ---\n{}--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A Rust panic prints this; tracer must never get there on any input file.
+fn no_panic(out: &Output) -> Result<()> {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !stderr.contains("panicked") && out.status.code() != Some(101),
+        "tracer panicked:\n{}",
+        describe(out)
+    );
+    Ok(())
+}
+
+fn path_str(path: &Path) -> Result<&str> {
+    path.to_str().context("non-UTF-8 path")
+}
+
+/// `tshark -r FILE -T fields` with the fields given, one line per frame, fields tab-separated.
+fn tshark_fields(file: &Path, fields: &[&str]) -> Result<Vec<Vec<String>>> {
+    let mut cmd = Command::new("tshark");
+    cmd.args([
+        "-n",
+        "-r",
+        path_str(file)?,
+        "-T",
+        "fields",
+        "-E",
+        "occurrence=a",
+        "-E",
+        "aggregator=|",
+    ]);
+    for field in fields {
+        cmd.args(["-e", field]);
+    }
+    let out = cmd
+        .output()
+        .context("running tshark (Debian package tshark; `cargo xtask setup` installs it)")?;
+    ensure!(out.status.success(), "tshark failed:\n{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !stderr.to_lowercase().contains("appears to be damaged") && !stderr.contains("cut short"),
+        "tshark found the file damaged:\n{}",
+        describe(&out)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| line.split('\t').map(str::to_string).collect())
+        .collect())
+}
+
+#[test]
+fn conntrack_skip_capture_reads_in_tshark_and_report() -> Result<()> {
+    let lab = Lab::new(LabConfig::bridge_nf_call_iptables_off())?;
+    let file = lab.dir().join("skip.pcapng");
+    let watch = lab.watch(&[
+        "--port",
+        "53",
+        "--output",
+        "json",
+        "--write",
+        path_str(&file)?,
+    ])?;
+    let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
+    let done = watch.stop()?;
+    ensure!(dig.timed_out, "dig should time out:\n{}", dig.output);
+    let id = dig.id.context("dig printed no query id")?;
+    let live = WatchJson::from_finished(&done)?;
+    ensure!(
+        live.findings_of("conntrack_skip").count() == 1,
+        "the live watch should find conntrack_skip:\n{}",
+        live.describe()
+    );
+
+    // Packets are sensitive: only the owner may read the file.
+    let mode = fs::metadata(&file)?.permissions().mode() & 0o777;
+    ensure!(mode == 0o600, "capture mode is {mode:o}, not 600");
+
+    // tshark reads it, sees the query and the reply, and shows tracer's comments.
+    let frames = tshark_fields(
+        &file,
+        &[
+            "frame.number",
+            "dns.id",
+            "dns.flags.response",
+            "ip.src",
+            "frame.interface_name",
+            "frame.comment",
+        ],
+    )?;
+    let id_hex = format!("0x{id:04x}");
+    let dns_frames: Vec<&Vec<String>> = frames
+        .iter()
+        .filter(|f| f.get(1) == Some(&id_hex))
+        .collect();
+    let listing = frames
+        .iter()
+        .map(|f| f.join("  "))
+        .collect::<Vec<_>>()
+        .join("\n");
+    ensure!(
+        dns_frames.iter().any(|f| f[2] == "0") && dns_frames.iter().any(|f| f[2] == "1"),
+        "tshark should show the query and the reply with id {id_hex}:\n{listing}"
+    );
+    ensure!(
+        frames.len() == live.packets.len(),
+        "tshark shows {} frames, the watch printed {} packet lines:\n{listing}",
+        frames.len(),
+        live.packets.len()
+    );
+    ensure!(
+        frames.iter().all(|f| f[5].starts_with("tracer: ")),
+        "every frame should carry tracer's comment:\n{listing}"
+    );
+    ensure!(
+        dns_frames
+            .iter()
+            .any(|f| f[5].contains("bridge-in on veth-client") && f[4] == CLIENT_VETH),
+        "the query's comment should name its stage and port:\n{listing}"
+    );
+    ensure!(
+        dns_frames
+            .iter()
+            .any(|f| f[2] == "1" && f[3] == SERVER_IP && f[5].contains("FINDING conntrack_skip")),
+        "the reply that skipped conntrack should name the finding in its comment:\n{listing}"
+    );
+
+    // The file alone gives the same packet lines and the conntrack_skip finding.
+    let out = tracer(&["report", path_str(&file)?, "--output", "json"])?;
+    no_panic(&out)?;
+    ensure!(
+        out.status.success(),
+        "tracer report failed:\n{}",
+        describe(&out)
+    );
+    let report = WatchJson::parse(&String::from_utf8_lossy(&out.stdout))?;
+    ensure!(
+        report.packets == live.packets,
+        "report packet lines differ from the watch's:\n--- watch ---\n{}\n--- report ---\n{}",
+        live.describe(),
+        report.describe()
+    );
+    ensure!(
+        report.findings == live.findings,
+        "report findings differ from the watch's:\n--- watch ---\n{:#?}\n--- report ---\n{:#?}",
+        live.findings,
+        report.findings
+    );
+    for field in ["/packets", "/findings", "/lost", "/evicted_flows"] {
+        ensure!(
+            report.summary.pointer(field) == live.summary.pointer(field),
+            "summary {field} differs: watch {}, report {}",
+            live.summary,
+            report.summary
+        );
+    }
+    let finding = report
+        .findings_of("conntrack_skip")
+        .next()
+        .context("no conntrack_skip from the file")?;
+    expect_str(finding, "/expected_source", &format!("{CLUSTER_DNS_IP}:53"))?;
+    expect_str(finding, "/actual_source", &format!("{SERVER_IP}:53"))?;
+    expect_str(finding, "/sysctls/net.bridge.bridge-nf-call-iptables", "0")?;
+
+    // Text, as the watch prints it.
+    let text = tracer(&["report", path_str(&file)?])?;
+    ensure!(
+        text.status.success()
+            && String::from_utf8_lossy(&text.stdout).contains("FINDING conntrack_skip"),
+        "text report should show the finding block:\n{}",
+        describe(&text)
+    );
+
+    // Cut off anywhere: a clear error, what came before, never a panic.
+    let bytes = fs::read(&file)?;
+    for len in [0, 10, 27, bytes.len() / 3, bytes.len() / 2, bytes.len() - 5] {
+        let cut = lab.dir().join(format!("cut-{len}.pcapng"));
+        fs::write(&cut, &bytes[..len])?;
+        let out = tracer(&["report", path_str(&cut)?, "--output", "json"])?;
+        no_panic(&out)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            !out.status.success() && stderr.contains("tracer: error:"),
+            "a file cut at {len} of {} bytes should fail clearly:\n{}",
+            bytes.len(),
+            describe(&out)
+        );
+        ensure!(
+            len == 0 || stderr.contains("cut off"),
+            "the error should say the file is cut off:\n{}",
+            describe(&out)
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn json_output_and_write_together_and_a_foreign_capture_lists_plainly() -> Result<()> {
+    let lab = Lab::new(LabConfig::healthy())?;
+    let file = lab.dir().join("healthy.pcapng");
+    let watch = lab.watch(&[
+        "--port",
+        "53",
+        "--output",
+        "json",
+        "--write",
+        path_str(&file)?,
+    ])?;
+    let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
+    thread::sleep(Duration::from_millis(200));
+    let done = watch.stop()?;
+    ensure!(dig.answered(), "dig should be answered:\n{}", dig.output);
+    let live = WatchJson::from_finished(&done)?;
+    live.check_summary()?;
+
+    // The hook paths and conntrack survive the round trip (healthy node: every hop NATed).
+    let out = tracer(&["report", path_str(&file)?, "--output", "json"])?;
+    ensure!(
+        out.status.success(),
+        "tracer report failed:\n{}",
+        describe(&out)
+    );
+    let report = WatchJson::parse(&String::from_utf8_lossy(&out.stdout))?;
+    ensure!(
+        report.packets == live.packets && report.findings.is_empty(),
+        "report differs from the watch:\n--- watch ---\n{}\n--- report ---\n{}",
+        live.describe(),
+        report.describe()
+    );
+
+    // tcpdump's own capture of the same traffic is not tracer's: a plain listing.
+    let pcap = lab.dir().join("tcpdump.pcap");
+    let mut tcpdump = lab.spawn(
+        Ns::Client,
+        &[
+            "tcpdump",
+            "-i",
+            POD_IF,
+            "--immediate-mode",
+            "-U",
+            "-n",
+            "-w",
+            path_str(&pcap)?,
+            "udp",
+            "port",
+            "53",
+        ],
+    )?;
+    tcpdump.wait_for_stderr("listening on", Duration::from_secs(10))?;
+    let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
+    ensure!(dig.answered(), "dig should be answered:\n{}", dig.output);
+    thread::sleep(Duration::from_millis(300));
+    let tcpdump = tcpdump.stop()?;
+    let out = tracer(&["report", path_str(&pcap)?])?;
+    no_panic(&out)?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.success()
+            && stderr.contains("without stages")
+            && stdout.contains("DNS query")
+            && stdout.contains("DNS reply"),
+        "a tcpdump capture should get a plain listing with the DNS lines:\n{}\n{}",
+        describe(&out),
+        tcpdump.describe()
+    );
+    Ok(())
+}
+
+#[test]
+fn a_killed_watch_leaves_a_capture_readable_to_its_last_block() -> Result<()> {
+    let lab = Lab::new(LabConfig::bridge_nf_call_iptables_off())?;
+    let file = lab.dir().join("killed.pcapng");
+    let mut watch = lab.watch(&["--port", "53", "--write", path_str(&file)?])?;
+    let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
+    ensure!(dig.timed_out, "dig should time out:\n{}", dig.output);
+    // No chance to finish: what each batch flushed must already be complete blocks.
+    watch.signal(libc::SIGKILL)?;
+    drop(watch.finish(Duration::from_secs(10))?);
+    let out = tracer(&["report", path_str(&file)?, "--output", "json"])?;
+    no_panic(&out)?;
+    ensure!(
+        out.status.success(),
+        "report of a killed watch's capture:\n{}",
+        describe(&out)
+    );
+    let report = WatchJson::parse(&String::from_utf8_lossy(&out.stdout))?;
+    ensure!(
+        report.findings_of("conntrack_skip").count() == 1,
+        "the finding should be made from what was written:\n{}",
+        report.describe()
+    );
+    ensure!(
+        String::from_utf8_lossy(&out.stderr).contains("no summary"),
+        "report should say the watch did not end normally:\n{}",
+        describe(&out)
+    );
+    Ok(())
+}
+
+#[test]
+fn full_disk_stops_the_capture_with_one_warning_and_the_watch_goes_on() -> Result<()> {
+    let lab = Lab::new(LabConfig::healthy())?;
+    // A filesystem that fills after a few packets.
+    let small = lab.dir().join("small");
+    fs::create_dir(&small)?;
+    let mount = Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=8k",
+            "tracer-capture-test",
+            path_str(&small)?,
+        ])
+        .output()?;
+    ensure!(
+        mount.status.success(),
+        "mounting a small tmpfs:\n{}",
+        describe(&mount)
+    );
+    let result = (|| -> Result<()> {
+        let file = small.join("full.pcapng");
+        let watch = lab.watch(&[
+            "--port",
+            "53",
+            "--output",
+            "json",
+            "--write",
+            path_str(&file)?,
+        ])?;
+        for _ in 0..6 {
+            let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
+            ensure!(dig.answered(), "dig should be answered:\n{}", dig.output);
+        }
+        let done = watch.stop()?;
+        let live = WatchJson::from_finished(&done)?;
+        ensure!(
+            live.packets.len() >= 6 * 4,
+            "the watch should go on printing every packet:\n{}",
+            live.describe()
+        );
+        let warnings = done.stderr.matches("tracer: warning: writing").count();
+        ensure!(
+            warnings == 1 && done.stderr.contains("No space left on device"),
+            "expected exactly one warning naming the full disk:\n{}",
+            done.describe()
+        );
+        // What was written before the disk filled is still a capture tshark and report read.
+        let out = tracer(&["report", path_str(&file)?, "--output", "json"])?;
+        no_panic(&out)?;
+        ensure!(
+            out.status.code() == Some(0)
+                || String::from_utf8_lossy(&out.stderr).contains("cut off"),
+            "report of the partial capture:\n{}",
+            describe(&out)
+        );
+        Ok(())
+    })();
+    let umount = Command::new("umount").arg(&small).output();
+    result?;
+    ensure!(umount?.status.success(), "unmounting the small tmpfs");
+    Ok(())
+}
+
+#[test]
+fn garbage_and_missing_files_fail_clearly_without_a_lab() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("tracer-capture-files-{}", std::process::id()));
+    fs::create_dir_all(&dir)?;
+    let result = (|| -> Result<()> {
+        // Random bytes, and random bytes behind a valid pcapng magic.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut noise = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed as u8
+                })
+                .collect()
+        };
+        let garbage = dir.join("garbage.pcapng");
+        fs::write(&garbage, noise(4096))?;
+        let out = tracer(&["report", path_str(&garbage)?])?;
+        no_panic(&out)?;
+        ensure!(
+            out.status.code() == Some(2)
+                && String::from_utf8_lossy(&out.stderr).contains("not a pcapng or pcap file"),
+            "garbage should be refused in one line:\n{}",
+            describe(&out)
+        );
+        let mut fake = vec![0x0a, 0x0d, 0x0d, 0x0a];
+        fake.extend(noise(4096));
+        let fake_file = dir.join("fake.pcapng");
+        fs::write(&fake_file, &fake)?;
+        let out = tracer(&["report", path_str(&fake_file)?, "--output", "json"])?;
+        no_panic(&out)?;
+        ensure!(
+            !out.status.success()
+                && String::from_utf8_lossy(&out.stderr).contains("tracer: error:"),
+            "a damaged header should fail clearly:\n{}",
+            describe(&out)
+        );
+        let missing = dir.join("missing.pcapng");
+        let out = tracer(&["report", path_str(&missing)?])?;
+        ensure!(
+            out.status.code() == Some(2)
+                && String::from_utf8_lossy(&out.stderr).contains("No such file"),
+            "a missing file should be named:\n{}",
+            describe(&out)
+        );
+        // --write to a place that cannot be written fails before anything is attached.
+        let out = tracer(&[
+            "watch",
+            "--write",
+            "/nonexistent-dir/x.pcapng",
+            "--duration",
+            "1",
+        ])?;
+        ensure!(
+            out.status.code() == Some(2)
+                && String::from_utf8_lossy(&out.stderr).contains("cannot write the capture"),
+            "an unwritable --write path should fail at once:\n{}",
+            describe(&out)
+        );
+        Ok(())
+    })();
+    fs::remove_dir_all(&dir).ok();
+    result
+}

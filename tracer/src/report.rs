@@ -1,0 +1,152 @@
+//! `tracer report FILE`: reads a capture back and prints the same packet lines and
+//! findings a live watch printed (findings made again from the packets and their
+//! metadata), or a plain listing when another program wrote the file. Orchestration
+//! only: reading is `events::pcapng`, deciding `analysis`, printing `outputs`.
+
+use std::{path::Path, time::Duration};
+
+use crate::{
+    analysis::Analysis,
+    events::pcapng::{CaptureError, CaptureReader, Origin, Record, SummaryMeta},
+    outputs::{listing::Listing, Output, Summary},
+};
+
+/// An opened capture, before anything is printed: its origin decides which printer
+/// the caller gives [`Report::run`] or [`Report::list`].
+pub struct Report {
+    reader: CaptureReader,
+}
+
+/// How a report ended.
+pub enum Ending {
+    /// Everything readable was printed. `error` says why the file could not be read to
+    /// its end (cut off, damaged), when it could not.
+    Finished { summary: Option<Summary>, error: Option<CaptureError>, notes: Vec<String> },
+    /// Whoever read our output went away: nothing more to print.
+    OutputClosed,
+}
+
+impl Report {
+    pub fn open(path: &Path) -> Result<Report, CaptureError> {
+        Ok(Report { reader: CaptureReader::open(path)? })
+    }
+
+    pub fn origin(&self) -> &Origin {
+        self.reader.origin()
+    }
+
+    /// A capture tracer wrote: replays its packets through the same analysis as a
+    /// live watch, with the node settings the capture recorded.
+    pub fn run(mut self, output: &mut dyn Output) -> Ending {
+        let Origin::Tracer(meta) = self.reader.origin().clone() else {
+            return Ending::Finished { summary: None, error: None, notes: vec!["not a capture tracer wrote".to_string()] };
+        };
+        let mut analysis = Analysis::replay(Duration::from_nanos(meta.dns_timeout_ns), meta.sysctls.into_iter().collect());
+        let mut recorded: Option<SummaryMeta> = None;
+        let mut span: Option<(u64, u64)> = None;
+        let mut last_ts = 0u64;
+        let mut without_metadata = 0u64;
+        let mut error = None;
+        loop {
+            let record = match self.reader.next_record() {
+                Ok(Some(record)) => record,
+                Ok(None) => break,
+                Err(err) => {
+                    error = Some(err);
+                    break;
+                }
+            };
+            let printed = match record {
+                Record::Packet(read) => {
+                    let event = &read.packet.event;
+                    last_ts = last_ts.max(event.timestamp_ns);
+                    let wall = read.packet.wall_time_ns;
+                    span = Some(span.map_or((wall, wall), |(first, last)| (first.min(wall), last.max(wall))));
+                    // Queries older than the timeout at this packet's time were
+                    // reported by the watch before it; so here.
+                    analysis.expire(event.timestamp_ns, output).and_then(|()| {
+                        analysis.recorded_settings(&read.sysctls);
+                        analysis.packet_with_hooks(&read.packet, &read.hooks, output)
+                    })
+                }
+                Record::Dropped(read) => {
+                    last_ts = last_ts.max(read.dropped.drop.timestamp_ns);
+                    analysis
+                        .expire(read.dropped.drop.timestamp_ns, output)
+                        .and_then(|()| analysis.replay_drop(&read.line(), output))
+                }
+                // DNS findings are made again from the packets; netfilter findings need
+                // the rulesets the capturing node had, so they are taken as recorded.
+                Record::Finding(read) => match read.netfilter {
+                    Some(finding) => analysis.replay_netfilter_finding(finding, output),
+                    None => Ok(()),
+                },
+                Record::Summary(summary) => {
+                    recorded = Some(summary);
+                    Ok(())
+                }
+                Record::Plain(_) => {
+                    without_metadata += 1;
+                    Ok(())
+                }
+            };
+            if printed.is_err() {
+                return Ending::OutputClosed;
+            }
+        }
+        let end_ts = recorded.as_ref().map_or(last_ts, |s| s.end_timestamp_ns.max(last_ts));
+        if analysis.expire(end_ts, output).is_err() {
+            return Ending::OutputClosed;
+        }
+        let mut notes = Vec::new();
+        if without_metadata > 0 {
+            notes.push(format!("{without_metadata} packets without tracer's metadata (added by another program?) are not shown"));
+        }
+        if recorded.is_none() && error.is_none() {
+            notes.push("the capture has no summary: the watch that wrote it did not end normally; packets lost in the kernel are unknown".to_string());
+        }
+        let summary = Summary {
+            packets: analysis.stats.packets,
+            lost: recorded.as_ref().map_or(0, |s| s.lost),
+            lost_per_cpu: recorded.as_ref().map_or_else(Vec::new, |s| s.lost_per_cpu.clone()),
+            duration_secs: recorded
+                .as_ref()
+                .map(|s| s.duration_secs)
+                .unwrap_or_else(|| span.map_or(0.0, |(first, last)| (last - first) as f64 / 1e9)),
+            findings: analysis.log.distinct(),
+            finding_counts: analysis.log.counts().into_iter().map(|(kind, n)| (kind.name(), n)).collect(),
+            evicted_flows: analysis.flows.evicted,
+        };
+        if output.summary(&summary).is_err() {
+            return Ending::OutputClosed;
+        }
+        Ending::Finished { summary: Some(summary), error, notes }
+    }
+
+    /// A capture another program wrote: one plain line per packet.
+    pub fn list<W: std::io::Write>(mut self, listing: &mut Listing<W>) -> Ending {
+        let (mut packets, mut ip_packets) = (0u64, 0u64);
+        let mut error = None;
+        loop {
+            match self.reader.next_record() {
+                Ok(Some(Record::Plain(packet))) => {
+                    packets += 1;
+                    ip_packets += u64::from(packet.ip.is_some());
+                    if listing.packet(&packet).is_err() {
+                        return Ending::OutputClosed;
+                    }
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(err) => {
+                    error = Some(err);
+                    break;
+                }
+            }
+        }
+        if listing.end(packets, ip_packets).is_err() {
+            return Ending::OutputClosed;
+        }
+        Ending::Finished { summary: None, error, notes: Vec::new() }
+    }
+}
