@@ -44,6 +44,22 @@ pub enum Ending {
 /// no packets arrive.
 const TICK: Duration = Duration::from_millis(250);
 
+/// Lost records are checked every this many ticks (once a second) and reported on
+/// standard error while they grow, so a loss is seen while it happens.
+const LOST_REPORT_TICKS: u64 = 4;
+
+/// Prints the running total of lost records when it grew; returns the total reported.
+fn report_lost(hooks: &KernelHooks, reported: u64) -> u64 {
+    let Ok(per_cpu) = hooks.lost_per_cpu() else { return reported };
+    let total: u64 = per_cpu.iter().sum();
+    if total > reported {
+        eprintln!(
+            "tracer: {total} records lost so far (per CPU {per_cpu:?}): the ring buffer was full; raise --ring-buffer-mib or narrow --port"
+        );
+    }
+    total
+}
+
 pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Ending> {
     let (hooks, events) = KernelHooks::attach(&options.settings)?;
     let mut interfaces = Interfaces::open()?;
@@ -58,6 +74,8 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Endi
     let started = Instant::now();
     let deadline = options.duration.map(|d| started + d);
     let mut analysis = Analysis::live(options.dns_timeout);
+    let mut ticks: u64 = 0;
+    let mut lost_reported: u64 = 0;
 
     eprintln!(
         "tracer: watching {} on Linux bridges in network namespace {}{}; Ctrl-C to stop",
@@ -68,6 +86,10 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Endi
         hooks.netns_inode,
         if hooks.conntrack_known { "" } else { " (no conntrack in this kernel's BTF: conntrack tuples not shown)" },
     );
+
+    if crate::hooks::injected_fault("panic-after-attach") {
+        panic!("injected fault (TRACER_FAULT=panic-after-attach)");
+    }
 
     let sleep_until_deadline = async {
         match deadline {
@@ -87,6 +109,10 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Endi
                 guard.clear_ready();
             }
             _ = tick.tick() => {
+                ticks += 1;
+                if ticks % LOST_REPORT_TICKS == 0 {
+                    lost_reported = report_lost(&hooks, lost_reported);
+                }
                 interfaces.apply_updates();
                 analysis.paths.expire(monotonic_now_ns());
                 if analysis.expire(monotonic_now_ns(), output).and_then(|()| output.flush()).is_err() {

@@ -9,7 +9,7 @@ mod privileges;
 
 use std::os::unix::fs::MetadataExt;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::BtfTracePoint,
@@ -100,6 +100,10 @@ impl KernelHooks {
                 .map_err(|err| anyhow!(err).context(format!("attaching {program} to tracepoint {tracepoint}")))?;
         }
 
+        if injected_fault("error-mid-attach") {
+            bail!("injected fault (TRACER_FAULT=error-mid-attach): stopping half-way through attaching");
+        }
+
         let mut netfilter_programs = Vec::new();
         if resolved.netfilter_known {
             let object = netfilter::RelocatedObject::new(PROGRAMS, &ebpf)?;
@@ -150,6 +154,13 @@ impl KernelHooks {
         }
         Ok(per_cpu)
     }
+}
+
+/// Fault injection for the safety tests (`TRACER_FAULT=error-mid-attach` or
+/// `panic-after-attach`): they prove that a failure half-way through attaching, or a
+/// panic while attached, leaves nothing behind in the kernel.
+pub fn injected_fault(name: &str) -> bool {
+    std::env::var("TRACER_FAULT").is_ok_and(|fault| fault == name)
 }
 
 /// The inode the kernel identifies this process's network namespace by
