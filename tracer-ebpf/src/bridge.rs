@@ -48,9 +48,9 @@ fn trace_frame(skb: *const u8, stage_on_port: Stage, stage_on_bridge: Stage, los
         return None;
     };
     let netns_inode = packet::netns_of_device(dev)?;
-    let (head, l3, network_header) = packet::network_header(skb)?;
+    let header = packet::network_header(skb)?;
     let protocol: u16 = skb::read(skb, config!(layout.skb_protocol))?;
-    let parsed = packet::read_traced_flow(l3, u16::from_be(protocol))?;
+    let parsed = packet::read_traced_flow(&header, u16::from_be(protocol))?;
 
     let Some(mut entry) = output::EVENTS.reserve::<PacketRecord>(0) else {
         output::count_lost(lost_slot);
@@ -71,7 +71,7 @@ fn trace_frame(skb: *const u8, stage_on_port: Stage, stage_on_bridge: Stage, los
         (*record)._pad = [0; 3];
         (*record).flow = parsed.flow;
         packet::fill_conntrack(skb, core::ptr::addr_of_mut!((*record).conntrack));
-        capture(skb, head, network_header, &parsed, record);
+        capture(skb, header.head, header.offset, &parsed, record);
     }
     entry.submit(0);
     Some(())

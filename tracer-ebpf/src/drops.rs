@@ -35,9 +35,9 @@ pub fn icmp_answered(ctx: BtfTracePointContext) -> i32 {
 fn traced_packet(skb: *const u8) -> Option<(u32, u32, ParsedFlow)> {
     let dev = skb::read_ptr(skb, config!(layout.skb_dev))?;
     let netns_inode = packet::netns_of_device(dev)?;
-    let (_, l3, _) = packet::network_header(skb)?;
+    let header = packet::network_header(skb)?;
     let protocol: u16 = skb::read(skb, config!(layout.skb_protocol))?;
-    let parsed = packet::read_traced_flow(l3, u16::from_be(protocol))?;
+    let parsed = packet::read_traced_flow(&header, u16::from_be(protocol))?;
     let ifindex = skb::read::<i32>(dev, config!(layout.dev_ifindex)).unwrap_or(0) as u32;
     Some((netns_inode, ifindex, parsed))
 }

@@ -53,8 +53,8 @@ fn observe(ctx: *mut core::ffi::c_void, position: u8, lost_slot: u32) -> Option<
     };
     let net = skb::read_ptr(state, config!(layout.hook_state_net))?;
     let netns_inode = packet::netns_matches(net)?;
-    let (_, l3, _) = packet::network_header(skb)?;
-    let parsed = packet::read_traced_flow(l3, ethertype)?;
+    let header = packet::network_header(skb)?;
+    let parsed = packet::read_traced_flow(&header, ethertype)?;
 
     let Some(mut entry) = output::EVENTS.reserve::<HookRecord>(0) else {
         output::count_lost(lost_slot);

@@ -38,18 +38,36 @@ pub fn netns_matches(net: *const u8) -> Option<u32> {
     Some(inode)
 }
 
-/// The skb's IP header, found through `head + network_header`.
-#[inline(always)]
-pub fn network_header(skb: *const u8) -> Option<(*const u8, *const u8, u16)> {
-    let head = skb::read_ptr(skb, config!(layout.skb_head))?;
-    let offset: u16 = skb::read(skb, config!(layout.skb_network_header))?;
-    Some((head, head.wrapping_add(offset as usize), offset))
+/// Where the skb's IP header is, and how many bytes of the frame follow it.
+pub struct NetworkHeader {
+    pub head: *const u8,
+    pub l3: *const u8,
+    /// `skb->network_header`: offset of the IP header from `head`.
+    pub offset: u16,
+    /// Bytes from the IP header to the end of the linear data (`skb->tail`): every
+    /// header read must fit in them, or it would read whatever the buffer held before.
+    pub available: u32,
 }
 
-/// Parses the IP and L4 headers at `l3` and applies the port filter.
+/// The skb's IP header, found through `head + network_header`.
 #[inline(always)]
-pub fn read_traced_flow(l3: *const u8, ethertype: u16) -> Option<ParsedFlow> {
-    let parsed = read_flow(l3, ethertype)?;
+pub fn network_header(skb: *const u8) -> Option<NetworkHeader> {
+    let head = skb::read_ptr(skb, config!(layout.skb_head))?;
+    let offset: u16 = skb::read(skb, config!(layout.skb_network_header))?;
+    // `tail` is an offset from `head` on 64-bit kernels.
+    let tail: u32 = skb::read(skb, config!(layout.skb_tail))?;
+    Some(NetworkHeader {
+        head,
+        l3: head.wrapping_add(offset as usize),
+        offset,
+        available: tail.saturating_sub(offset as u32),
+    })
+}
+
+/// Parses the IP and L4 headers and applies the port filter.
+#[inline(always)]
+pub fn read_traced_flow(header: &NetworkHeader, ethertype: u16) -> Option<ParsedFlow> {
+    let parsed = read_flow(header.l3, header.available, ethertype)?;
     let port = config!(port_be);
     if port != 0 && parsed.flow.src_port_be != port && parsed.flow.dst_port_be != port {
         return None;
@@ -58,7 +76,7 @@ pub fn read_traced_flow(l3: *const u8, ethertype: u16) -> Option<ParsedFlow> {
 }
 
 #[inline(always)]
-fn read_flow(l3: *const u8, ethertype: u16) -> Option<ParsedFlow> {
+fn read_flow(l3: *const u8, available: u32, ethertype: u16) -> Option<ParsedFlow> {
     let mut parsed = ParsedFlow {
         flow: Flow {
             src_addr: [0; 16],
@@ -75,6 +93,9 @@ fn read_flow(l3: *const u8, ethertype: u16) -> Option<ParsedFlow> {
     let flow = &mut parsed.flow;
     match ethertype {
         ETH_P_IP => {
+            if available < 20 {
+                return None;
+            }
             let ip: [u8; 20] = skb::read(l3, 0)?;
             let header_len = ((ip[0] & 0x0f) as u16) * 4;
             if ip[0] >> 4 != 4 || header_len < 20 {
@@ -91,6 +112,9 @@ fn read_flow(l3: *const u8, ethertype: u16) -> Option<ParsedFlow> {
             flow.dst_addr[..4].copy_from_slice(&ip[16..20]);
         }
         ETH_P_IPV6 => {
+            if available < 40 {
+                return None;
+            }
             let ip: [u8; 40] = skb::read(l3, 0)?;
             if ip[0] >> 4 != 6 {
                 return None;
@@ -106,15 +130,29 @@ fn read_flow(l3: *const u8, ethertype: u16) -> Option<ParsedFlow> {
     if flow.l4_proto != IPPROTO_UDP && flow.l4_proto != IPPROTO_TCP {
         return None;
     }
-    // Ports, plus the TCP data offset at byte 12.
-    let l4: [u8; 14] = skb::read(l3, parsed.l3_len as u32)?;
-    flow.src_port_be = u16::from_ne_bytes([l4[0], l4[1]]);
-    flow.dst_port_be = u16::from_ne_bytes([l4[2], l4[3]]);
-    parsed.l4_len = if flow.l4_proto == IPPROTO_UDP {
-        8
+    let l4_offset = parsed.l3_len as u32;
+    if flow.l4_proto == IPPROTO_UDP {
+        if available < l4_offset + 8 {
+            return None;
+        }
+        let udp: [u8; 8] = skb::read(l3, l4_offset)?;
+        flow.src_port_be = u16::from_ne_bytes([udp[0], udp[1]]);
+        flow.dst_port_be = u16::from_ne_bytes([udp[2], udp[3]]);
+        parsed.l4_len = 8;
     } else {
-        ((l4[12] >> 4) as u16) * 4
-    };
+        if available < l4_offset + 20 {
+            return None;
+        }
+        // Ports, plus the data offset at byte 12 (in 32-bit words, at least 5).
+        let tcp: [u8; 14] = skb::read(l3, l4_offset)?;
+        let data_offset = ((tcp[12] >> 4) as u16) * 4;
+        if data_offset < 20 {
+            return None;
+        }
+        flow.src_port_be = u16::from_ne_bytes([tcp[0], tcp[1]]);
+        flow.dst_port_be = u16::from_ne_bytes([tcp[2], tcp[3]]);
+        parsed.l4_len = data_offset;
+    }
     Some(parsed)
 }
 
