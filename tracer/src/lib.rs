@@ -14,4 +14,5 @@ pub mod findings;
 pub mod hooks;
 pub mod outputs;
 pub mod report;
+pub mod triage;
 pub mod watch;

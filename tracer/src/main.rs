@@ -60,6 +60,24 @@ enum Command {
     ///   tracer report dns.pcapng --output json | jq 'select(.type == "finding")'
     #[command(verbatim_doc_comment)]
     Report(ReportArgs),
+
+    /// One-shot incident triage: node checks plus traffic, findings ranked.
+    ///
+    /// Checks the node's configuration (bridge-nf-call-iptables where bridges exist,
+    /// ip_forward, rp_filter, conntrack table and statistics, REJECT/DROP rules and
+    /// DROP policies for the port on every firewall backend), watches the port's
+    /// traffic for --duration seconds with the same kernel programs as `watch`, and
+    /// prints the findings ranked by how likely they explain broken traffic, with
+    /// evidence and fix commands, a one-line verdict first. Config and traffic
+    /// findings that point at the same cause are merged.
+    ///
+    /// Exit code: 0 healthy, 1 findings, 2 could not run.
+    ///
+    /// Examples:
+    ///   sudo tracer triage
+    ///   sudo ip netns exec NODE tracer triage --port 53 --duration 20 --output json
+    #[command(verbatim_doc_comment)]
+    Triage(tracer::triage::TriageArgs),
 }
 
 #[derive(clap::Args)]
@@ -132,6 +150,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Watch(args) => run_watch(args),
         Command::Report(args) => run_report(args),
+        Command::Triage(args) => tracer::triage::run(args),
     }
 }
 

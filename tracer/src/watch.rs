@@ -110,7 +110,7 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Endi
             }
             _ = tick.tick() => {
                 ticks += 1;
-                if ticks % LOST_REPORT_TICKS == 0 {
+                if ticks.is_multiple_of(LOST_REPORT_TICKS) {
                     lost_reported = report_lost(&hooks, lost_reported);
                 }
                 interfaces.apply_updates();

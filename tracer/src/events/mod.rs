@@ -6,6 +6,7 @@ pub mod firewall;
 pub mod interfaces;
 pub mod netfilter;
 pub mod node;
+pub mod node_checks;
 pub mod record;
 pub mod packet;
 pub mod pcapng;

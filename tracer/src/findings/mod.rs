@@ -3,6 +3,7 @@
 
 pub mod dns;
 pub mod netfilter;
+pub mod node_config;
 pub mod rule_attribution;
 
 use std::{collections::HashMap, net::SocketAddr};
@@ -16,6 +17,14 @@ pub enum FindingKind {
     DnsTimeout,
     NetfilterReject,
     NetfilterDrop,
+    /// `net.ipv4.ip_forward` is 0 on a node whose bridges route pod traffic.
+    IpForwardOff,
+    /// The conntrack table is (nearly) full, or the kernel dropped or evicted flows for lack of room.
+    ConntrackTableFull,
+    /// Packets lost because their new conntrack entry could not be inserted (`insert_failed`).
+    ConntrackInsertRace,
+    /// Packets dropped by the reverse-path filter (`IP_RPFILTER`).
+    RpFilterDrop,
 }
 
 impl FindingKind {
@@ -27,6 +36,10 @@ impl FindingKind {
             FindingKind::DnsTimeout => "dns_timeout",
             FindingKind::NetfilterReject => "netfilter_reject",
             FindingKind::NetfilterDrop => "netfilter_drop",
+            FindingKind::IpForwardOff => "ip_forward_off",
+            FindingKind::ConntrackTableFull => "conntrack_table_full",
+            FindingKind::ConntrackInsertRace => "conntrack_insert_race",
+            FindingKind::RpFilterDrop => "rp_filter_drop",
         }
     }
 }
@@ -54,6 +67,8 @@ pub struct Finding {
 pub enum Evidence {
     Dns(DnsEvidence),
     Netfilter(NetfilterEvidence),
+    /// Read from the node rather than seen on a packet (`tracer triage`).
+    Node(NodeEvidence),
 }
 
 #[derive(Clone, Debug)]
@@ -117,6 +132,73 @@ pub struct NetfilterEvidence {
     pub drop_reason: String,
 }
 
+/// Node state a finding rests on: settings, the conntrack table and its counters, a firewall
+/// rule or policy, drops the kernel made. Read from the node by `tracer triage`, in the
+/// namespace `netns`.
+#[derive(Clone, Debug, Default)]
+pub struct NodeEvidence {
+    pub netns: NetnsRef,
+    /// The bridges the finding concerns.
+    pub bridges: Vec<String>,
+    /// The interface it concerns (rp_filter).
+    pub interface: Option<String>,
+    pub sysctls: Vec<SysctlValue>,
+    pub conntrack: Option<ConntrackEvidence>,
+    /// A rule that drops or rejects the traced port's traffic.
+    pub rule: Option<RuleRef>,
+    /// A chain whose DROP policy the traffic falls through to.
+    pub policy: Option<ChainRef>,
+    /// Traced packets the kernel dropped during the watch.
+    pub drops: Option<DropEvidence>,
+    /// Further facts in words (what a rule matches, how many DNAT rules exist, ...).
+    pub notes: Vec<String>,
+}
+
+/// Which network namespace node evidence was read in.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetnsRef {
+    /// Its `ip netns` name, when it has one.
+    pub name: Option<String>,
+    pub inode: u64,
+    /// The namespace tracer ran (and watched traffic) in.
+    pub current: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConntrackEvidence {
+    /// Entries in the namespace's table and the limit, at the end of the watch.
+    pub count: Option<u64>,
+    pub max: Option<u64>,
+    /// Counters of `/proc/net/stat/nf_conntrack` that bear on the finding.
+    pub counters: Vec<CounterEvidence>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CounterEvidence {
+    /// Column name, e.g. `insert_failed`.
+    pub name: &'static str,
+    /// Summed over the CPUs, since boot (or since the namespace was created).
+    pub total: u64,
+    /// How much it grew during the watch, when both readings had it.
+    pub growth: Option<u64>,
+}
+
+/// Traced packets the kernel dropped for one reason at one place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DropEvidence {
+    pub count: u64,
+    /// The kernel's drop reason without its prefix (`NETFILTER_DROP`, `IP_RPFILTER`).
+    pub reason: String,
+    /// Where: `in PRE_ROUTING` (entered the hook and never left it), `after POST_ROUTING`
+    /// (passed every program tracer has there), or the device.
+    pub place: String,
+    /// The first such packet.
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub proto: &'static str,
+    pub ifname: Option<String>,
+}
+
 impl Finding {
     /// Occurrences of the same problem share this key: the same kind between the same
     /// endpoints (a client's every query uses a fresh port, so ports other than the
@@ -125,6 +207,12 @@ impl Finding {
         match &self.evidence {
             Evidence::Dns(dns) => (self.kind, dns.client.ip(), dns.expected_source, dns.actual_source.map(|a| a.to_string()).unwrap_or_default()),
             Evidence::Netfilter(nf) => (self.kind, nf.src.ip(), nf.dst, nf.hook.to_string()),
+            Evidence::Node(node) => (
+                self.kind,
+                std::net::IpAddr::from([0, 0, 0, 0]),
+                SocketAddr::from(([0, 0, 0, 0], 0)),
+                format!("{} {} {}", node.netns.inode, node.interface.as_deref().unwrap_or(""), node.rule.as_ref().map(|r| r.text.as_str()).unwrap_or("")),
+            ),
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::events::{
     packet::{stage_name, Conntrack, FlowTuple},
     TracedPacket,
 };
-use crate::findings::{DnsEvidence, Evidence, Finding, NetfilterEvidence, RuleRef};
+use crate::findings::{DnsEvidence, Evidence, Finding, NetfilterEvidence, NodeEvidence, RuleRef};
 
 pub struct JsonOutput<W: Write> {
     out: W,
@@ -152,14 +152,19 @@ pub fn finding_json(finding: &Finding) -> Value {
         "explanation": finding.explanation,
         "fix": finding.fix,
     });
-    let evidence = match &finding.evidence {
-        Evidence::Dns(dns) => dns_evidence_json(dns),
-        Evidence::Netfilter(nf) => netfilter_evidence_json(nf),
-    };
-    if let (Some(line), Value::Object(fields)) = (line.as_object_mut(), evidence) {
+    if let (Some(line), Value::Object(fields)) = (line.as_object_mut(), evidence_json(&finding.evidence)) {
         line.extend(fields);
     }
     line
+}
+
+/// A finding's evidence as the fields of its JSON object.
+pub fn evidence_json(evidence: &Evidence) -> Value {
+    match evidence {
+        Evidence::Dns(dns) => dns_evidence_json(dns),
+        Evidence::Netfilter(nf) => netfilter_evidence_json(nf),
+        Evidence::Node(node) => node_evidence_json(node),
+    }
 }
 
 fn dns_evidence_json(dns: &DnsEvidence) -> Value {
@@ -214,6 +219,33 @@ fn netfilter_evidence_json(nf: &NetfilterEvidence) -> Value {
         "attribution": nf.attribution,
         "icmp": nf.icmp,
         "drop_reason": nf.drop_reason,
+    })
+}
+
+fn node_evidence_json(node: &NodeEvidence) -> Value {
+    json!({
+        "netns": { "name": node.netns.name, "inode": node.netns.inode, "current": node.netns.current },
+        "bridges": node.bridges,
+        "interface": node.interface,
+        "sysctls": node.sysctls.iter().map(|s| (s.name.clone(), s.value.clone().map(Value::String).unwrap_or(Value::Null))).collect::<serde_json::Map<String, Value>>(),
+        "conntrack": node.conntrack.as_ref().map(|c| json!({
+            "count": c.count,
+            "max": c.max,
+            "counters": c.counters.iter().map(|counter| (counter.name.to_string(), json!({ "total": counter.total, "growth": counter.growth }))).collect::<serde_json::Map<String, Value>>(),
+        })),
+        "rule": node.rule.as_ref().map(rule_json),
+        "policy": node.policy.as_ref().map(|p| format!("{}/{}", p.table, p.chain)),
+        "policy_backend": node.policy.as_ref().map(|p| p.backend),
+        "drops": node.drops.as_ref().map(|d| json!({
+            "count": d.count,
+            "reason": d.reason,
+            "place": d.place,
+            "src": addr(&d.src),
+            "dst": addr(&d.dst),
+            "proto": d.proto,
+            "ifname": d.ifname,
+        })),
+        "notes": node.notes,
     })
 }
 

@@ -5,6 +5,7 @@ pub mod json;
 pub mod listing;
 pub mod pcapng;
 pub mod text;
+pub mod triage;
 
 use std::io;
 

@@ -12,7 +12,7 @@ use crate::events::{
     packet::{stage_name, Conntrack},
     TracedPacket,
 };
-use crate::findings::{DnsEvidence, Evidence, Finding, NetfilterEvidence, RuleRef};
+use crate::findings::{DnsEvidence, Evidence, Finding, NetfilterEvidence, NodeEvidence, RuleRef};
 
 pub struct TextOutput<W: Write> {
     out: W,
@@ -162,11 +162,7 @@ impl<W: Write> Output for TextOutput<W> {
         let bar = self.paint(RED_BOLD, "┃");
         writeln!(self.out, "{}", self.paint(RED_BOLD, &format!("┏━ FINDING {} ━━", finding.kind.name())))?;
         writeln!(self.out, "{bar} {}", finding.headline)?;
-        let evidence = match &finding.evidence {
-            Evidence::Dns(dns) => dns_evidence_lines(dns),
-            Evidence::Netfilter(nf) => netfilter_evidence_lines(nf),
-        };
-        for line in evidence {
+        for line in evidence_lines(&finding.evidence) {
             writeln!(self.out, "{bar} {line}")?;
         }
         writeln!(self.out, "{bar} why: {}", finding.explanation)?;
@@ -204,6 +200,15 @@ impl<W: Write> Output for TextOutput<W> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
+    }
+}
+
+/// A finding's evidence as the lines of its block.
+pub fn evidence_lines(evidence: &Evidence) -> Vec<String> {
+    match evidence {
+        Evidence::Dns(dns) => dns_evidence_lines(dns),
+        Evidence::Netfilter(nf) => netfilter_evidence_lines(nf),
+        Evidence::Node(node) => node_evidence_lines(node),
     }
 }
 
@@ -257,6 +262,54 @@ fn netfilter_evidence_lines(nf: &NetfilterEvidence) -> Vec<String> {
         lines.push(format!("candidate: {}", rule_label(candidate)));
     }
     lines.push(format!("attribution: {}", nf.attribution));
+    lines
+}
+
+fn node_evidence_lines(node: &NodeEvidence) -> Vec<String> {
+    let mut lines = Vec::new();
+    if !node.netns.current {
+        let name = node.netns.name.as_deref().unwrap_or("(unnamed)");
+        lines.push(format!("network namespace {name} (netns {})", node.netns.inode));
+    }
+    if !node.bridges.is_empty() {
+        lines.push(format!("bridges: {}", node.bridges.join(", ")));
+    }
+    if let Some(interface) = &node.interface {
+        lines.push(format!("interface: {interface}"));
+    }
+    for sysctl in &node.sysctls {
+        lines.push(format!("{} = {}", sysctl.name, sysctl.value.as_deref().unwrap_or("(absent)")));
+    }
+    if let Some(conntrack) = &node.conntrack {
+        let usage = match (conntrack.count, conntrack.max) {
+            (Some(count), Some(max)) => format!("{count} / {max} entries"),
+            (Some(count), None) => format!("{count} entries"),
+            _ => "entries unknown".to_string(),
+        };
+        let counters: Vec<String> = conntrack
+            .counters
+            .iter()
+            .map(|c| match c.growth {
+                Some(growth) => format!("{} {} (+{growth} in the window)", c.name, c.total),
+                None => format!("{} {}", c.name, c.total),
+            })
+            .collect();
+        lines.push(format!("conntrack: {usage}; {}", counters.join(", ")));
+    }
+    if let Some(rule) = &node.rule {
+        lines.push(format!("rule: {}", rule_label(rule)));
+    }
+    if let Some(policy) = &node.policy {
+        lines.push(format!("DROP policy of {} {}/{}", policy.backend, policy.table, policy.chain));
+    }
+    if let Some(drops) = &node.drops {
+        let device = drops.ifname.as_ref().map(|i| format!(" on {i}")).unwrap_or_default();
+        lines.push(format!(
+            "kernel drops: {} × {} {}, first {} {} → {}{device}",
+            drops.count, drops.reason, drops.place, drops.proto, drops.src, drops.dst
+        ));
+    }
+    lines.extend(node.notes.iter().cloned());
     lines
 }
 
