@@ -107,19 +107,15 @@ fn show(lab: &Lab, tracer: &Path) -> Result<()> {
 
     check_interrupted()?;
     lab.set_bridge_nf_call_iptables(true)?;
-    say(&format!(
-        "\n=== 3/4: after the fix: sysctl -w net.bridge.bridge-nf-call-iptables=1 ===\n\
-         The same query again: the reply is reverse-NATed on the bridge and no finding is left.\n"
-    ));
+    say("\n=== 3/4: after the fix: sysctl -w net.bridge.bridge-nf-call-iptables=1 ===\n\
+         The same query again: the reply is reverse-NATed on the bridge and no finding is left.\n");
     watch_queries(lab, tracer, &["A"])?;
 
     check_interrupted()?;
-    say(&format!(
-        "\n=== 4/4: a firewall rule that eats DNS ===\n\
+    say("\n=== 4/4: a firewall rule that eats DNS ===\n\
          The node's FORWARD chain gets two harmless rules and then, as rule 3,\n  \
          -A FORWARD -p udp --dport 53 -j REJECT --reject-with icmp-host-prohibited\n\
-         tracer finds the rule without touching the firewall: no TRACE rule, nothing added.\n"
-    ));
+         tracer finds the rule without touching the firewall: no TRACE rule, nothing added.\n");
     for rule in [
         "-A FORWARD -p tcp --dport 80 -j ACCEPT",
         "-A FORWARD -p udp --dport 5353 -j DROP",

@@ -5,10 +5,15 @@
 //! - `test [ARGS...]`: setup, build tracer, run the workspace tests with `TRACER_BIN` pointing at the
 //!   build (needs root). ARGS go to `cargo test`, e.g. `cargo xtask test -- healthy`.
 //! - `demo`: setup, build tracer in release mode, and show it watching DNS in a lab (needs root).
+//! - `bench [--smoke] [--tracer PATH]`: setup, build tracer in release mode (or take PATH), and
+//!   measure what it costs per packet against no tracer and against iptables TRACE in a lab; writes
+//!   target/bench/results.json (root). `--smoke` is one short round of everything, for
+//!   `cargo xtask test`.
 //!
 //! `TRACER_TOOLCHAIN_PREFIX` moves the bpf-linker installation away from /opt/tracer-toolchain; it
 //! exists to exercise the bpf-linker build without touching a working installation.
 
+mod bench;
 mod cmd;
 mod demo;
 mod setup;
@@ -20,7 +25,11 @@ const USAGE: &str = "\
 usage: cargo xtask <task>
   setup           install the nightly rust-src component, bpf-linker and the lab's Debian packages
   test [ARGS...]  setup, build tracer, run all tests as root (ARGS are passed to cargo test)
-  demo            setup, build tracer --release, and show it watching DNS in a namespace lab (root)";
+  demo            setup, build tracer --release, and show it watching DNS in a namespace lab (root)
+  bench [--smoke] [--tracer PATH]
+                  setup, build tracer --release (or use PATH), measure its cost per packet in a
+                  namespace lab (root); writes target/bench/results.json (--smoke: seconds,
+                  results-smoke.json)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -35,6 +44,7 @@ fn main() -> ExitCode {
         "setup" if rest.is_empty() => setup::run().map(|()| ExitCode::SUCCESS),
         "test" => test::run(rest),
         "demo" if rest.is_empty() => demo::run(),
+        "bench" => bench::run(rest),
         "help" | "-h" | "--help" => {
             println!("{USAGE}");
             Ok(ExitCode::SUCCESS)

@@ -25,6 +25,8 @@ const PACKAGES: &[&str] = &[
     "tcpdump",
     "tshark",
     "iproute2",
+    // The DNS load of `cargo xtask bench`.
+    "dnsperf",
 ];
 
 pub fn run() -> Result<()> {

@@ -1,9 +1,11 @@
-//! `cargo xtask test`: setup, build tracer, run every test in the workspace against that build.
+//! `cargo xtask test`: setup, build tracer, run every test in the workspace against that build,
+//! then a smoke run of the bench.
 
 use std::process::ExitCode;
 
 use anyhow::Result;
 
+use crate::bench;
 use crate::cmd::{self, phase};
 use crate::setup;
 
@@ -35,5 +37,20 @@ pub fn run(cargo_test_args: &[String]) -> Result<ExitCode> {
             "tests FAILED"
         },
     );
-    Ok(cmd::exit_code(status))
+
+    // The bench must keep working as tracer changes; its figures are not judged here (a debug
+    // build on a shared machine says nothing about cost), only that it runs from end to end.
+    phase(
+        "test",
+        "bench smoke run (cargo xtask bench --smoke, with this debug build)",
+    );
+    let smoke = bench::smoke(&tracer);
+    match &smoke {
+        Ok(file) => phase("test", &format!("bench smoke run ok ({})", file.display())),
+        Err(e) => phase("test", &format!("bench smoke run FAILED: {e:#}")),
+    }
+    if !status.success() {
+        return Ok(cmd::exit_code(status));
+    }
+    smoke.map(|_| ExitCode::SUCCESS)
 }
