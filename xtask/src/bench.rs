@@ -40,7 +40,7 @@ use tracer_tests::lab::{
 
 use crate::cmd::{self, phase};
 use crate::setup;
-use procs::{cpu_seconds, last_json, peak_rss_kib, Pipeline, Proc, Stdout};
+use procs::{cpu_seconds, last_json, peak_rss_kib, rss_kib, Pipeline, Proc, Stdout};
 use stats::{Accounting, DnsPerf, Summary};
 
 /// The UDP load's port, DNATed from the ClusterIP to the server like the lab's DNS.
@@ -150,10 +150,11 @@ impl Plan {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask bench [--smoke] [--tracer PATH]";
+const USAGE: &str = "usage: cargo xtask bench [--smoke | --soak MINUTES] [--tracer PATH]";
 
 pub fn run(args: &[String]) -> Result<ExitCode> {
     let mut smoke = false;
+    let mut soak_minutes: Option<f64> = None;
     // A prebuilt tracer instead of this checkout's: to compare builds, e.g. before and after a
     // performance fix, on the same machine.
     let mut prebuilt = None;
@@ -161,6 +162,14 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--smoke" => smoke = true,
+            "--soak" => {
+                let minutes = it
+                    .next()
+                    .and_then(|m| m.parse::<f64>().ok())
+                    .filter(|m| *m > 0.0 && *m <= 240.0)
+                    .ok_or_else(|| anyhow!("--soak needs a number of minutes (up to 240); {USAGE}"))?;
+                soak_minutes = Some(minutes);
+            }
             "--tracer" => {
                 let path = it
                     .next()
@@ -182,6 +191,16 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
             cmd::build_tracer(true)?
         }
     };
+    if let Some(minutes) = soak_minutes {
+        return match soak(&tracer, minutes * 60.0) {
+            Ok(_) => Ok(ExitCode::SUCCESS),
+            Err(_) if INTERRUPTED.load(Ordering::SeqCst) => {
+                eprintln!("xtask bench: interrupted; the lab and its processes are gone.");
+                Ok(ExitCode::from(130))
+            }
+            Err(e) => Err(e),
+        };
+    }
     let plan = if smoke { Plan::smoke() } else { Plan::full() };
     match bench(&plan, &tracer) {
         Ok(_) => Ok(ExitCode::SUCCESS),
@@ -223,6 +242,64 @@ fn bench(plan: &Plan, tracer: &Path) -> Result<PathBuf> {
     std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
     println!("{}", report::table(&results));
     phase("bench", &format!("results written to {}", file.display()));
+    Ok(file)
+}
+
+/// How often the soak samples tracer's resident set.
+const SOAK_SAMPLE: Duration = Duration::from_secs(10);
+
+/// Memory over a long traced run: tracer traces every query of a dnsperf load through the
+/// ClusterIP (each one a tracked DNS flow, DNAT path, hook paths, JSON lines) for `secs`, and its
+/// resident set is sampled every 10 s. Flat means the last third of the run never needs more than
+/// the first third plus 10 % (and 2 MiB of allocator slack): the caps and expiry of the flow and
+/// path tables hold. Writes target/bench/soak.json.
+fn soak(tracer: &Path, secs: f64) -> Result<PathBuf> {
+    phase("bench", "cargo build --release --bin loadgen");
+    let loadgen = build_loadgen()?;
+    phase("bench", "building the lab");
+    let lab = Lab::new(LabConfig::healthy())?;
+    let bench = Bench::new(&lab, tracer, &loadgen)?;
+    phase("bench", &format!("soak: {:.0} s of traced DNS load, tracer's RSS every {} s", secs, SOAK_SAMPLE.as_secs()));
+    let run = bench.soak(secs);
+    drop(bench);
+    drop(lab);
+    let (samples, perf, summary) = run?;
+    let third = (samples.len() / 3).max(1);
+    let first_max = samples.iter().take(third).map(|(_, kib)| *kib).max().unwrap_or(0);
+    let last_max = samples.iter().rev().take(third).map(|(_, kib)| *kib).max().unwrap_or(0);
+    let flat = last_max <= first_max + first_max / 10 + 2048;
+    for (at, kib) in &samples {
+        println!("  t={at:>6.0} s  rss {:>7.1} MiB", *kib as f64 / 1024.0);
+    }
+    println!(
+        "soak: {:.0} s, {:.0} queries/s answered ({} sent, {} lost), tracer lines {}; RSS first third max {:.1} MiB, last third max {:.1} MiB: {}",
+        perf.run_secs,
+        perf.qps,
+        perf.sent,
+        perf.lost,
+        summary.as_ref().map(|s| s.packets).unwrap_or(0),
+        first_max as f64 / 1024.0,
+        last_max as f64 / 1024.0,
+        if flat { "flat" } else { "GROWING" }
+    );
+    let results = serde_json::json!({
+        "secs": secs,
+        "qps": perf.qps,
+        "queries_sent": perf.sent,
+        "queries_lost": perf.lost,
+        "tracer_packets": summary.as_ref().map(|s| s.packets),
+        "tracer_lost": summary.as_ref().map(|s| s.lost),
+        "rss_samples": samples.iter().map(|(at, kib)| serde_json::json!({"t": at, "rss_kib": kib})).collect::<Vec<_>>(),
+        "rss_first_third_max_kib": first_max,
+        "rss_last_third_max_kib": last_max,
+        "flat": flat,
+    });
+    let dir = cmd::workspace_root().join("target/bench");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let file = dir.join("soak.json");
+    std::fs::write(&file, serde_json::to_string_pretty(&results)? + "\n")
+        .with_context(|| format!("writing {}", file.display()))?;
+    phase("bench", &format!("soak results written to {}", file.display()));
     Ok(file)
 }
 
@@ -938,6 +1015,49 @@ impl<'a> Bench<'a> {
         runs.push(last);
         responder.stop()?;
         Ok(runs)
+    }
+
+    /// The soak's run: (seconds since start, VmRSS KiB) samples, dnsperf's figures, tracer's summary.
+    fn soak(&self, secs: f64) -> Result<(Vec<(f64, u64)>, DnsPerf, Option<Summary>)> {
+        let bind = format!("{SERVER_IP}:{DNS_PORT}");
+        let cmd = self
+            .lab
+            .command(Ns::Server, &[&self.loadgen, "dns", "--bind", &bind]);
+        let mut responder = Proc::spawn(cmd, "loadgen dns", Stdout::Capture)?;
+        responder.wait_stdout(Duration::from_secs(10), "ready")?;
+        let observer = self.observe(Mode::Traced, DNS_PORT)?;
+        let pid = observer
+            .pid()
+            .ok_or_else(|| anyhow!("the soak's tracer did not start"))?;
+        let queries = self
+            .queries
+            .to_str()
+            .ok_or_else(|| anyhow!("non-UTF-8 lab directory"))?;
+        let port = DNS_PORT.to_string();
+        let limit = format!("{secs}");
+        let cmd = self.lab.command(
+            Ns::Client,
+            &["dnsperf", "-s", CLUSTER_DNS_IP, "-p", &port, "-d", queries, "-l", &limit, "-c", "1", "-T", "1", "-q", DNS_OUTSTANDING, "-t", "1"],
+        );
+        let dnsperf = Proc::spawn(cmd, "dnsperf", Stdout::Capture)?;
+        let started = Instant::now();
+        let mut samples = Vec::new();
+        while started.elapsed().as_secs_f64() < secs {
+            check_interrupted()?;
+            thread::sleep(Duration::from_secs(1));
+            let at = started.elapsed().as_secs_f64();
+            if samples.len() as f64 * SOAK_SAMPLE.as_secs_f64() <= at {
+                if let Some(kib) = rss_kib(pid) {
+                    samples.push((at, kib));
+                }
+            }
+        }
+        let ended = dnsperf.finish(Duration::from_secs(30))?;
+        let perf = stats::parse_dnsperf(&ended.out.join("\n"))
+            .ok_or_else(|| anyhow!("dnsperf printed no statistics ({}): {}", ended.status, ended.err))?;
+        let summary = observer.finish()?.and_then(|(_, summary, _)| summary);
+        responder.stop()?;
+        Ok((samples, perf, summary))
     }
 
     fn dns_run(&self, mode: Mode, secs: f64) -> Result<DnsRun> {
