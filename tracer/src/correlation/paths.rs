@@ -56,11 +56,17 @@ struct Pending {
     path: Vec<HookPass>,
     icmp: Option<IcmpEvent>,
     last_seen_ns: u64,
+    /// Which entry of `order` is this one's: the kernel reuses skb addresses, so an
+    /// address alone cannot tell a stale entry from a new packet's.
+    sequence: u64,
 }
 
 pub struct HookPaths {
     pending: HashMap<u64, Pending>,
-    order: VecDeque<u64>,
+    /// (sequence, skb address) in creation order; entries whose path is gone (or was
+    /// replaced under a reused address) are skipped.
+    order: VecDeque<(u64, u64)>,
+    next_sequence: u64,
     capacity: usize,
     /// How long a path may wait for its packet to show up again.
     max_age_ns: u64,
@@ -69,15 +75,25 @@ pub struct HookPaths {
 
 impl HookPaths {
     pub fn new(capacity: usize, max_age_ns: u64) -> HookPaths {
-        HookPaths { pending: HashMap::new(), order: VecDeque::new(), capacity: capacity.max(1), max_age_ns, evicted: 0 }
+        HookPaths {
+            pending: HashMap::new(),
+            order: VecDeque::new(),
+            next_sequence: 0,
+            capacity: capacity.max(1),
+            max_age_ns,
+            evicted: 0,
+        }
     }
 
     pub fn hook(&mut self, event: &HookEvent) {
         if !self.pending.contains_key(&event.skb_id) {
             self.make_room();
-            self.order.push_back(event.skb_id);
+            let sequence = self.next_sequence;
+            self.next_sequence += 1;
+            self.order.push_back((sequence, event.skb_id));
+            self.pending.insert(event.skb_id, Pending { sequence, ..Pending::default() });
         }
-        let pending = self.pending.entry(event.skb_id).or_default();
+        let Some(pending) = self.pending.get_mut(&event.skb_id) else { return };
         pending.last_seen_ns = event.timestamp_ns;
         let same_hook = pending.path.last_mut().filter(|pass| pass.hook == event.hook && !pass.left);
         match (event.early, same_hook) {
@@ -118,18 +134,18 @@ impl HookPaths {
     /// Forgets paths whose packet did not show up again (delivered to a local socket,
     /// or sent out a device that is not a bridge port).
     pub fn expire(&mut self, now_ns: u64) {
-        while let Some(&skb_id) = self.order.front() {
+        while let Some(&(sequence, skb_id)) = self.order.front() {
             match self.pending.get(&skb_id) {
-                Some(p) if now_ns.saturating_sub(p.last_seen_ns) < self.max_age_ns => break,
-                _ => {
-                    self.order.pop_front();
-                    if let Some(p) = self.pending.get(&skb_id) {
-                        if now_ns.saturating_sub(p.last_seen_ns) >= self.max_age_ns {
-                            self.pending.remove(&skb_id);
-                        }
+                Some(p) if p.sequence == sequence => {
+                    if now_ns.saturating_sub(p.last_seen_ns) < self.max_age_ns {
+                        break;
                     }
+                    self.pending.remove(&skb_id);
                 }
+                // Gone, or the address now belongs to a newer packet: a stale entry.
+                _ => {}
             }
+            self.order.pop_front();
         }
     }
 
@@ -143,11 +159,17 @@ impl HookPaths {
 
     fn make_room(&mut self) {
         while self.pending.len() >= self.capacity {
-            let Some(skb_id) = self.order.pop_front() else { return };
-            if self.pending.remove(&skb_id).is_some() {
+            let Some((sequence, skb_id)) = self.order.pop_front() else { return };
+            if self.pending.get(&skb_id).is_some_and(|p| p.sequence == sequence) {
+                self.pending.remove(&skb_id);
                 self.evicted += 1;
             }
         }
+    }
+
+    /// Entries of the expiry queue, live or stale: bounded like the paths themselves.
+    pub fn queued(&self) -> usize {
+        self.order.len()
     }
 }
 
@@ -207,6 +229,21 @@ mod tests {
         let path = paths.take_path(9);
         assert_eq!(path.iter().map(|p| (p.hook, p.left)).collect::<Vec<_>>(), vec![(Hook::PreRouting, true), (Hook::Forward, true)]);
         assert!(paths.take_path(9).is_empty());
+    }
+
+    #[test]
+    fn reused_skb_addresses_do_not_pile_up_in_the_expiry_queue() {
+        // The kernel hands one skb address to packet after packet; whenever the expiry
+        // runs, the address belongs to a live packet whose path is not taken yet. Matching
+        // by address alone, that live packet hid every stale entry queued before it.
+        let mut paths = HookPaths::new(100, 1_000);
+        for at in 0..10_000u64 {
+            paths.hook(&hook_event(7, at, Hook::PreRouting, true));
+            paths.expire(at);
+            paths.take_path(7);
+        }
+        assert!(paths.is_empty());
+        assert!(paths.queued() <= 1, "stale entries piled up: {}", paths.queued());
     }
 
     #[test]
