@@ -8,6 +8,7 @@
 //! (`events::pcapng` reads them back).
 
 pub mod analysis;
+pub mod cli;
 pub mod correlation;
 pub mod events;
 pub mod findings;

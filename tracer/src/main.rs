@@ -1,7 +1,8 @@
 use std::{collections::BTreeMap, io::IsTerminal, path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use tracer::{
+    cli::{parse_duration, parse_ring_mib, OutputFormat},
     events::{
         node::{bridge_nf_call_sysctl, read_sysctl},
         pcapng::{CaptureMeta, Origin, FORMAT},
@@ -86,8 +87,8 @@ struct ReportArgs {
     file: PathBuf,
 
     /// `text` for people (colour on a terminal), `json` for JSON Lines (fields in README).
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    output: Format,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    output: OutputFormat,
 }
 
 #[derive(clap::Args)]
@@ -97,8 +98,8 @@ struct WatchArgs {
     port: u16,
 
     /// `text` for people (colour on a terminal), `json` for JSON Lines (fields in README).
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    output: Format,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    output: OutputFormat,
 
     /// Stop by itself after this many seconds (fractions allowed).
     #[arg(long, value_name = "SECS", value_parser = parse_duration)]
@@ -121,28 +122,6 @@ struct WatchArgs {
     /// packet and the findings; read it with `tracer report FILE`, Wireshark or tshark.
     #[arg(long, value_name = "FILE")]
     write: Option<PathBuf>,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Format {
-    Text,
-    Json,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let secs: f64 = text.parse().map_err(|_| format!("`{text}` is not a number of seconds"))?;
-    if !secs.is_finite() || secs <= 0.0 {
-        return Err("the duration must be a positive number of seconds".to_string());
-    }
-    Duration::try_from_secs_f64(secs).map_err(|err| err.to_string())
-}
-
-fn parse_ring_mib(text: &str) -> Result<u32, String> {
-    let mib: u32 = text.parse().map_err(|_| format!("`{text}` is not a whole number of MiB"))?;
-    if !mib.is_power_of_two() || mib > 1024 {
-        return Err("the ring buffer size must be a power of two from 1 to 1024 MiB".to_string());
-    }
-    Ok(mib)
 }
 
 fn main() -> ExitCode {
@@ -186,8 +165,8 @@ fn run_watch(args: WatchArgs) -> ExitCode {
     let stdout = std::io::stdout();
     let colour = stdout.is_terminal();
     let main: Box<dyn Output> = match args.output {
-        Format::Text => Box::new(TextOutput::new(stdout.lock(), colour)),
-        Format::Json => Box::new(JsonOutput::new(std::io::BufWriter::new(stdout.lock()))),
+        OutputFormat::Text => Box::new(TextOutput::new(stdout.lock(), colour)),
+        OutputFormat::Json => Box::new(JsonOutput::new(std::io::BufWriter::new(stdout.lock()))),
     };
     let mut output = Tee::new(main, capture);
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -227,7 +206,7 @@ fn run_report(args: ReportArgs) -> ExitCode {
         Err(err) => return fail(&anyhow::anyhow!(err)),
     };
     let stdout = std::io::stdout();
-    let json = matches!(args.output, Format::Json);
+    let json = matches!(args.output, OutputFormat::Json);
     let ending = match report.origin().clone() {
         Origin::Tracer(meta) => {
             let host = meta.hostname.map(|h| format!(" on {h}")).unwrap_or_default();

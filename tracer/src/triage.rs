@@ -12,6 +12,7 @@ use std::{
 };
 
 use crate::{
+    cli::{parse_duration, parse_ring_mib, OutputFormat},
     events::node_checks::{read_conntrack, read_namespace, visible_namespaces, ConntrackReading},
     findings::node_config,
     hooks::{check_privileges, WatchSettings},
@@ -41,16 +42,16 @@ pub struct TriageArgs {
     pub port: u16,
 
     /// How long to watch traffic, in seconds (fractions allowed).
-    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_duration)]
     pub duration: Duration,
 
     /// `text` for people (colour on a terminal), `json` for one JSON object per finding and
     /// a summary line (fields in README).
-    #[arg(long, value_enum, default_value_t = TriageFormat::Text)]
-    pub output: TriageFormat,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
 
     /// A DNS query with no reply after this many seconds is a `dns_timeout`.
-    #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_secs)]
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_duration)]
     pub dns_timeout: Duration,
 
     /// Size of the kernel-to-tracer ring buffer in MiB (a power of two).
@@ -58,32 +59,10 @@ pub struct TriageArgs {
     pub ring_buffer_mib: u32,
 }
 
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-pub enum TriageFormat {
-    Text,
-    Json,
-}
-
 /// Exit codes promised in the README.
 const HEALTHY: u8 = 0;
 const FINDINGS: u8 = 1;
 const COULD_NOT_RUN: u8 = 2;
-
-fn parse_secs(text: &str) -> Result<Duration, String> {
-    let secs: f64 = text.parse().map_err(|_| format!("`{text}` is not a number of seconds"))?;
-    if !secs.is_finite() || secs <= 0.0 {
-        return Err("the duration must be a positive number of seconds".to_string());
-    }
-    Duration::try_from_secs_f64(secs).map_err(|err| err.to_string())
-}
-
-fn parse_ring_mib(text: &str) -> Result<u32, String> {
-    let mib: u32 = text.parse().map_err(|_| format!("`{text}` is not a whole number of MiB"))?;
-    if !mib.is_power_of_two() || mib > 1024 {
-        return Err("the ring buffer size must be a power of two from 1 to 1024 MiB".to_string());
-    }
-    Ok(mib)
-}
 
 fn could_not_run(err: &anyhow::Error) -> ExitCode {
     eprintln!("tracer: error: {err:#}");
@@ -148,8 +127,8 @@ pub fn run(args: TriageArgs) -> ExitCode {
     let colour = stdout.is_terminal();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let printed = match args.output {
-        TriageFormat::Text => print_text(&mut out, &decision, &context, colour),
-        TriageFormat::Json => print_json(&mut out, &decision, &context),
+        OutputFormat::Text => print_text(&mut out, &decision, &context, colour),
+        OutputFormat::Json => print_json(&mut out, &decision, &context),
     };
     // A reader that went away (`| head`) does not change what was found.
     let _ = printed.and_then(|()| out.flush());
