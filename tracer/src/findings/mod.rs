@@ -109,6 +109,25 @@ pub struct ChainRef {
     pub chain: String,
 }
 
+impl RuleRef {
+    pub fn of(rule: &crate::events::firewall::Rule) -> RuleRef {
+        RuleRef {
+            backend: rule.backend.name(),
+            table: rule.table.clone(),
+            chain: rule.chain.clone(),
+            position: rule.position,
+            handle: rule.handle,
+            text: rule.text.clone(),
+        }
+    }
+}
+
+impl ChainRef {
+    pub fn of(chain: &crate::events::firewall::Chain) -> ChainRef {
+        ChainRef { backend: chain.backend.name(), table: chain.table.clone(), chain: chain.name.clone() }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct NetfilterEvidence {
     pub src: SocketAddr,

@@ -7,7 +7,7 @@ use super::{
 };
 use crate::{
     correlation::paths::DroppedPacket,
-    events::firewall::{Backend, Family, Rule, Snapshot, Verdict},
+    events::firewall::{Backend, Family, Snapshot, Verdict},
 };
 
 /// What the watch knows of a dropped packet besides the packet itself.
@@ -59,13 +59,9 @@ pub fn judge_drop(dropped: &DroppedPacket, context: &DropContext, before: &Snaps
         hook,
         in_ifname: context.in_ifname.clone(),
         out_ifname: context.out_ifname.clone(),
-        rule: attribution.rule.as_ref().map(rule_ref),
-        policy: attribution.policy.as_ref().map(|chain| ChainRef {
-            backend: chain.backend.name(),
-            table: chain.table.clone(),
-            chain: chain.name.clone(),
-        }),
-        candidates: attribution.candidates.iter().map(rule_ref).collect(),
+        rule: attribution.rule.as_ref().map(RuleRef::of),
+        policy: attribution.policy.as_ref().map(ChainRef::of),
+        candidates: attribution.candidates.iter().map(RuleRef::of).collect(),
         attribution: attribution.reason.clone(),
         icmp: icmp.clone(),
         drop_reason: context.reason.to_string(),
@@ -115,17 +111,6 @@ fn culprit(attribution: &Attribution) -> String {
         return format!("one of {} rules that could have matched (listed below)", attribution.candidates.len());
     }
     "a rule tracer could not name".to_string()
-}
-
-fn rule_ref(rule: &Rule) -> RuleRef {
-    RuleRef {
-        backend: rule.backend.name(),
-        table: rule.table.clone(),
-        chain: rule.chain.clone(),
-        position: rule.position,
-        handle: rule.handle,
-        text: rule.text.clone(),
-    }
 }
 
 /// The iptables command of a backend and family.

@@ -810,20 +810,6 @@ fn hit_key(hit: &Hit) -> (usize, Option<usize>) {
     (hit.chain, hit.rule)
 }
 
-pub(crate) fn rule_ref(rule: &Rule) -> RuleRef {
-    RuleRef {
-        backend: rule.backend.name(),
-        table: rule.table.clone(),
-        chain: rule.chain.clone(),
-        position: rule.position,
-        handle: rule.handle,
-        text: rule.text.clone(),
-    }
-}
-
-fn chain_ref(chain: &Chain) -> ChainRef {
-    ChainRef { backend: chain.backend.name(), table: chain.table.clone(), chain: chain.name.clone() }
-}
 
 fn policy_label(chain: &Chain) -> String {
     format!("{} {}/{}", chain.backend.name(), chain.table, chain.name)
@@ -899,7 +885,7 @@ fn iptables_command(backend: Backend, family: Family) -> &'static str {
 fn rule_finding(netns: &Netns, rule: &Rule, hooks: &[&str], probes: &[String], after_accept: bool, port_words: &str, now_ns: u64) -> Finding {
     let rejects = matches!(rule.verdict, Verdict::Reject { .. });
     let (kind, action) = if rejects { (FindingKind::NetfilterReject, "REJECT") } else { (FindingKind::NetfilterDrop, "DROP") };
-    let reference = rule_ref(rule);
+    let reference = RuleRef::of(rule);
     let headline = format!(
         "{action} rule for {port_words} in {}{}: {} {}/{} #{} ({})",
         hooks.join("/"),
@@ -977,7 +963,7 @@ fn policy_finding(netns: &Netns, chain: &Chain, hooks: &[&str], probes: &[String
         }
     };
     let mut evidence = node_evidence(netns);
-    evidence.policy = Some(chain_ref(chain));
+    evidence.policy = Some(ChainRef::of(chain));
     evidence.notes = vec![format!("no rule accepts {}", probes.join(", "))];
     Finding { kind: FindingKind::NetfilterDrop, wall_time_ns: now_ns, headline, evidence: Evidence::Node(evidence), explanation, fix }
 }
@@ -1623,7 +1609,7 @@ mod tests {
             "{LAB_NAT}*filter\n:FORWARD ACCEPT [0:0]\n[3:180] -A FORWARD -p udp -m udp --dport 53 -j REJECT --reject-with icmp-host-prohibited\nCOMMIT\n"
         );
         let state = lab_node("1", &firewall);
-        let rule = state.firewall.chains.iter().flat_map(|c| &c.rules).find(|r| r.chain == "FORWARD").map(rule_ref).expect("rule");
+        let rule = state.firewall.chains.iter().flat_map(|c| &c.rules).find(|r| r.chain == "FORWARD").map(RuleRef::of).expect("rule");
         let finding = Finding {
             kind: FindingKind::NetfilterReject,
             wall_time_ns: NOW,
