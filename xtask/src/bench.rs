@@ -245,6 +245,13 @@ fn bench(plan: &Plan, tracer: &Path) -> Result<PathBuf> {
     Ok(file)
 }
 
+/// What the soak saw: (seconds since start, VmRSS KiB) samples, dnsperf's figures, tracer's summary.
+struct SoakRun {
+    samples: Vec<(f64, u64)>,
+    perf: DnsPerf,
+    summary: Option<Summary>,
+}
+
 /// How often the soak samples tracer's resident set.
 const SOAK_SAMPLE: Duration = Duration::from_secs(10);
 
@@ -263,7 +270,7 @@ fn soak(tracer: &Path, secs: f64) -> Result<PathBuf> {
     let run = bench.soak(secs);
     drop(bench);
     drop(lab);
-    let (samples, perf, summary) = run?;
+    let SoakRun { samples, perf, summary } = run?;
     let third = (samples.len() / 3).max(1);
     let first_max = samples.iter().take(third).map(|(_, kib)| *kib).max().unwrap_or(0);
     let last_max = samples.iter().rev().take(third).map(|(_, kib)| *kib).max().unwrap_or(0);
@@ -455,6 +462,29 @@ impl Observer<'_> {
             );
         }
         Ok(Some((end.counted, summary, exit)))
+    }
+
+    /// Stops the observer and reports what it did over a run of `wall` seconds, given its CPU
+    /// seconds before and after and its peak RSS.
+    fn observed(
+        self,
+        cpu_before: Option<f64>,
+        cpu_after: Option<f64>,
+        wall: f64,
+        rss_kib: Option<u64>,
+    ) -> Result<Option<Observed>> {
+        Ok(self.finish()?.map(|(counted, summary, exit)| Observed {
+            lines: counted.lines,
+            matched: counted.matched,
+            bytes: counted.bytes,
+            summary,
+            cpu_percent: match (cpu_before, cpu_after) {
+                (Some(a), Some(b)) => Some((b - a) / wall * 100.0),
+                _ => None,
+            },
+            rss_kib,
+            exit,
+        }))
     }
 }
 
@@ -885,18 +915,7 @@ impl<'a> Bench<'a> {
         thread::sleep(Duration::from_millis(100));
         let received = last_json(&receiver.stop()?, "loadgen recv")?;
         let drops_after = self.pre_bridge_drops()?;
-        let observed = observer.finish()?.map(|(counted, summary, exit)| Observed {
-            lines: counted.lines,
-            matched: counted.matched,
-            bytes: counted.bytes,
-            summary,
-            cpu_percent: match (cpu_before, cpu_after) {
-                (Some(a), Some(b)) => Some((b - a) / wall * 100.0),
-                _ => None,
-            },
-            rss_kib,
-            exit,
-        });
+        let observed = observer.observed(cpu_before, cpu_after, wall, rss_kib)?;
         Ok(UdpRun {
             mode,
             round: 0,
@@ -991,88 +1010,26 @@ impl<'a> Bench<'a> {
         })
     }
 
-    fn dns_rounds(&self, plan: &Plan) -> Result<Vec<DnsRun>> {
+    /// loadgen's DNS responder on the server, ready to answer.
+    fn dns_responder(&self) -> Result<Proc> {
         let bind = format!("{SERVER_IP}:{DNS_PORT}");
         let cmd = self
             .lab
             .command(Ns::Server, &[&self.loadgen, "dns", "--bind", &bind]);
         let mut responder = Proc::spawn(cmd, "loadgen dns", Stdout::Capture)?;
         responder.wait_stdout(Duration::from_secs(10), "ready")?;
-        let mut runs = Vec::new();
-        for round in 0..plan.dns_rounds {
-            for mode in rotated(round) {
-                for m in [Mode::Baseline, mode] {
-                    let mut run = self.dns_run(m, plan.load_secs)?;
-                    run.round = round;
-                    print_dns_run(&run);
-                    runs.push(run);
-                }
-            }
-        }
-        let mut last = self.dns_run(Mode::Baseline, plan.load_secs)?;
-        last.round = plan.dns_rounds.saturating_sub(1);
-        print_dns_run(&last);
-        runs.push(last);
-        responder.stop()?;
-        Ok(runs)
+        Ok(responder)
     }
 
-    /// The soak's run: (seconds since start, VmRSS KiB) samples, dnsperf's figures, tracer's summary.
-    fn soak(&self, secs: f64) -> Result<(Vec<(f64, u64)>, DnsPerf, Option<Summary>)> {
-        let bind = format!("{SERVER_IP}:{DNS_PORT}");
-        let cmd = self
-            .lab
-            .command(Ns::Server, &[&self.loadgen, "dns", "--bind", &bind]);
-        let mut responder = Proc::spawn(cmd, "loadgen dns", Stdout::Capture)?;
-        responder.wait_stdout(Duration::from_secs(10), "ready")?;
-        let observer = self.observe(Mode::Traced, DNS_PORT)?;
-        let pid = observer
-            .pid()
-            .ok_or_else(|| anyhow!("the soak's tracer did not start"))?;
+    /// dnsperf in the client against the ClusterIP's DNS port for `secs`.
+    fn dnsperf(&self, secs: f64) -> Result<std::process::Command> {
         let queries = self
             .queries
             .to_str()
             .ok_or_else(|| anyhow!("non-UTF-8 lab directory"))?;
         let port = DNS_PORT.to_string();
         let limit = format!("{secs}");
-        let cmd = self.lab.command(
-            Ns::Client,
-            &["dnsperf", "-s", CLUSTER_DNS_IP, "-p", &port, "-d", queries, "-l", &limit, "-c", "1", "-T", "1", "-q", DNS_OUTSTANDING, "-t", "1"],
-        );
-        let dnsperf = Proc::spawn(cmd, "dnsperf", Stdout::Capture)?;
-        let started = Instant::now();
-        let mut samples = Vec::new();
-        while started.elapsed().as_secs_f64() < secs {
-            check_interrupted()?;
-            thread::sleep(Duration::from_secs(1));
-            let at = started.elapsed().as_secs_f64();
-            if samples.len() as f64 * SOAK_SAMPLE.as_secs_f64() <= at {
-                if let Some(kib) = rss_kib(pid) {
-                    samples.push((at, kib));
-                }
-            }
-        }
-        let ended = dnsperf.finish(Duration::from_secs(30))?;
-        let perf = stats::parse_dnsperf(&ended.out.join("\n"))
-            .ok_or_else(|| anyhow!("dnsperf printed no statistics ({}): {}", ended.status, ended.err))?;
-        let summary = observer.finish()?.and_then(|(_, summary, _)| summary);
-        responder.stop()?;
-        Ok((samples, perf, summary))
-    }
-
-    fn dns_run(&self, mode: Mode, secs: f64) -> Result<DnsRun> {
-        check_interrupted()?;
-        let observer = self.observe(mode, DNS_PORT)?;
-        let pid = observer.pid();
-        let cpu_before = pid.and_then(cpu_seconds);
-        let t0 = Instant::now();
-        let queries = self
-            .queries
-            .to_str()
-            .ok_or_else(|| anyhow!("non-UTF-8 lab directory"))?;
-        let port = DNS_PORT.to_string();
-        let limit = format!("{secs}");
-        let cmd = self.lab.command(
+        Ok(self.lab.command(
             Ns::Client,
             &[
                 "dnsperf",
@@ -1093,8 +1050,64 @@ impl<'a> Bench<'a> {
                 "-t",
                 "1",
             ],
-        );
-        let ended = Proc::spawn(cmd, "dnsperf", Stdout::Capture)?
+        ))
+    }
+
+    fn dns_rounds(&self, plan: &Plan) -> Result<Vec<DnsRun>> {
+        let responder = self.dns_responder()?;
+        let mut runs = Vec::new();
+        for round in 0..plan.dns_rounds {
+            for mode in rotated(round) {
+                for m in [Mode::Baseline, mode] {
+                    let mut run = self.dns_run(m, plan.load_secs)?;
+                    run.round = round;
+                    print_dns_run(&run);
+                    runs.push(run);
+                }
+            }
+        }
+        let mut last = self.dns_run(Mode::Baseline, plan.load_secs)?;
+        last.round = plan.dns_rounds.saturating_sub(1);
+        print_dns_run(&last);
+        runs.push(last);
+        responder.stop()?;
+        Ok(runs)
+    }
+
+    fn soak(&self, secs: f64) -> Result<SoakRun> {
+        let responder = self.dns_responder()?;
+        let observer = self.observe(Mode::Traced, DNS_PORT)?;
+        let pid = observer
+            .pid()
+            .ok_or_else(|| anyhow!("the soak's tracer did not start"))?;
+        let dnsperf = Proc::spawn(self.dnsperf(secs)?, "dnsperf", Stdout::Capture)?;
+        let started = Instant::now();
+        let mut samples = Vec::new();
+        while started.elapsed().as_secs_f64() < secs {
+            check_interrupted()?;
+            thread::sleep(Duration::from_secs(1));
+            let at = started.elapsed().as_secs_f64();
+            if samples.len() as f64 * SOAK_SAMPLE.as_secs_f64() <= at {
+                if let Some(kib) = rss_kib(pid) {
+                    samples.push((at, kib));
+                }
+            }
+        }
+        let ended = dnsperf.finish(Duration::from_secs(30))?;
+        let perf = stats::parse_dnsperf(&ended.out.join("\n"))
+            .ok_or_else(|| anyhow!("dnsperf printed no statistics ({}): {}", ended.status, ended.err))?;
+        let summary = observer.finish()?.and_then(|(_, summary, _)| summary);
+        responder.stop()?;
+        Ok(SoakRun { samples, perf, summary })
+    }
+
+    fn dns_run(&self, mode: Mode, secs: f64) -> Result<DnsRun> {
+        check_interrupted()?;
+        let observer = self.observe(mode, DNS_PORT)?;
+        let pid = observer.pid();
+        let cpu_before = pid.and_then(cpu_seconds);
+        let t0 = Instant::now();
+        let ended = Proc::spawn(self.dnsperf(secs)?, "dnsperf", Stdout::Capture)?
             .finish(Duration::from_secs_f64(secs + 20.0))?;
         let wall = t0.elapsed().as_secs_f64();
         let cpu_after = pid.and_then(cpu_seconds);
@@ -1107,18 +1120,7 @@ impl<'a> Bench<'a> {
                 ended.err
             )
         })?;
-        let observed = observer.finish()?.map(|(counted, summary, exit)| Observed {
-            lines: counted.lines,
-            matched: counted.matched,
-            bytes: counted.bytes,
-            summary,
-            cpu_percent: match (cpu_before, cpu_after) {
-                (Some(a), Some(b)) => Some((b - a) / wall * 100.0),
-                _ => None,
-            },
-            rss_kib,
-            exit,
-        });
+        let observed = observer.observed(cpu_before, cpu_after, wall, rss_kib)?;
         Ok(DnsRun {
             mode,
             round: 0,
