@@ -202,7 +202,7 @@ impl Analysis {
             }
         }
         let line = DropLine {
-            dropped: &dropped,
+            dropped,
             wall_time_ns,
             ifname: interfaces.name(drop.ifindex),
             bridge: interfaces.bridge_of(drop.ifindex),

@@ -73,7 +73,7 @@ impl Report {
                     last_ts = last_ts.max(read.dropped.drop.timestamp_ns);
                     analysis
                         .expire(read.dropped.drop.timestamp_ns, output)
-                        .and_then(|()| analysis.replay_drop(&read.line(), output))
+                        .and_then(|()| analysis.replay_drop(&read, output))
                 }
                 // DNS findings are made again from the packets; netfilter findings need
                 // the rulesets the capturing node had, so they are taken as recorded.

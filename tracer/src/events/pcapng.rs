@@ -317,7 +317,7 @@ impl DropMeta {
         }
     }
 
-    fn drop(self, wall_time_ns: u64) -> Result<ReadDrop, String> {
+    fn drop(self, wall_time_ns: u64) -> Result<crate::outputs::DropLine, String> {
         let path = self.path.iter().map(HookMeta::pass).collect::<Result<Vec<_>, _>>()?;
         let verdict = match self.verdict.as_str() {
             "reject" => "reject",
@@ -345,7 +345,7 @@ impl DropMeta {
             src: self.src,
             dst: self.dst,
         });
-        Ok(ReadDrop {
+        Ok(crate::outputs::DropLine {
             dropped: DroppedPacket { drop, path, icmp },
             wall_time_ns,
             ifname: self.ifname,
@@ -365,34 +365,6 @@ pub struct ReadPacket {
     pub packet: TracedPacket,
     pub hooks: Vec<HookPass>,
     pub sysctls: Vec<SysctlValue>,
-}
-
-/// A drop line read back: the parts of an `outputs::DropLine`, owned.
-#[derive(Clone, Debug)]
-pub struct ReadDrop {
-    pub dropped: DroppedPacket,
-    pub wall_time_ns: u64,
-    pub ifname: Option<String>,
-    pub bridge: Option<String>,
-    pub reason: String,
-    pub verdict: &'static str,
-    pub icmp: Option<String>,
-    pub rule: Option<String>,
-}
-
-impl ReadDrop {
-    pub fn line(&self) -> crate::outputs::DropLine<'_> {
-        crate::outputs::DropLine {
-            dropped: &self.dropped,
-            wall_time_ns: self.wall_time_ns,
-            ifname: self.ifname.clone(),
-            bridge: self.bridge.clone(),
-            reason: self.reason.clone(),
-            verdict: self.verdict,
-            icmp: self.icmp.clone(),
-            rule: self.rule.clone(),
-        }
-    }
 }
 
 /// A finding as recorded. Netfilter findings are rebuilt in full (they cannot be made
@@ -429,7 +401,7 @@ pub struct PlainIp {
 #[derive(Clone, Debug)]
 pub enum Record {
     Packet(Box<ReadPacket>),
-    Dropped(Box<ReadDrop>),
+    Dropped(Box<crate::outputs::DropLine>),
     Finding(Box<ReadFinding>),
     Summary(SummaryMeta),
     Plain(PlainPacket),

@@ -15,9 +15,11 @@ use crate::{
     findings::Finding,
 };
 
-/// A traced packet that died in the kernel, as its line reports it.
-pub struct DropLine<'a> {
-    pub dropped: &'a DroppedPacket,
+/// A traced packet that died in the kernel, as its line reports it (live, or read back
+/// from a capture).
+#[derive(Clone, Debug)]
+pub struct DropLine {
+    pub dropped: DroppedPacket,
     pub wall_time_ns: u64,
     pub ifname: Option<String>,
     /// The bridge the device belongs to (or is).

@@ -500,9 +500,9 @@ pub(crate) mod tests {
         (packets, dropped, finding)
     }
 
-    fn drop_line(dropped: &DroppedPacket) -> DropLine<'_> {
+    fn drop_line(dropped: &DroppedPacket) -> DropLine {
         DropLine {
-            dropped,
+            dropped: dropped.clone(),
             wall_time_ns: 1_800_000_000_009_000_000,
             ifname: Some("veth-server".to_string()),
             bridge: Some("cni0".to_string()),

@@ -488,9 +488,9 @@ mod tests {
         findings::{node_config::NamespaceChecks, FindingKind, NetnsRef, NodeEvidence},
     };
 
-    fn drop_line(dropped: &DroppedPacket) -> DropLine<'_> {
+    fn drop_line(dropped: &DroppedPacket) -> DropLine {
         DropLine {
-            dropped,
+            dropped: dropped.clone(),
             wall_time_ns: 1_800_000_000_000_000_000,
             ifname: Some("cni0".into()),
             bridge: Some("cni0".into()),
