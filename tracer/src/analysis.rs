@@ -257,7 +257,5 @@ fn drop_key(line: &DropLine) -> Option<DropKey> {
 
 fn icmp_name(ipv6: bool, icmp_type: u8, icmp_code: u8) -> String {
     let family = if ipv6 { firewall::Family::Ipv6 } else { firewall::Family::Ipv4 };
-    crate::findings::rule_attribution::reject_name(family, icmp_type, icmp_code)
-        .map(str::to_string)
-        .unwrap_or_else(|| format!("type {icmp_type} code {icmp_code}"))
+    crate::findings::rule_attribution::answer_name(family, icmp_type, icmp_code)
 }

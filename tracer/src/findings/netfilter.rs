@@ -2,7 +2,7 @@
 //! policy stopped it, in words, and how to undo it.
 
 use super::{
-    rule_attribution::{self, attribute, reject_name, Attribution},
+    rule_attribution::{self, answer_name, attribute, Attribution},
     ChainRef, Evidence, Finding, FindingKind, NetfilterEvidence, RuleRef,
 };
 use crate::{
@@ -34,7 +34,7 @@ pub fn judge_drop(dropped: &DroppedPacket, context: &DropContext, before: &Snaps
     let icmp = dropped
         .icmp
         .as_ref()
-        .map(|i| reject_name(family, i.icmp_type, i.icmp_code).map(str::to_string).unwrap_or_else(|| format!("type {} code {}", i.icmp_type, i.icmp_code)));
+        .map(|i| answer_name(family, i.icmp_type, i.icmp_code));
     let packet = rule_attribution::DroppedPacket {
         family,
         hook: pass.hook,

@@ -53,6 +53,14 @@ pub struct Attribution {
 
 /// The name of a REJECT answer as iptables `--reject-with` spells it, without its
 /// `icmp-` / `icmp6-` prefix: IPv4 type 3 code 10 is `host-prohibited`.
+/// The ICMP answer in words for outputs: the REJECT name where it has one, else its type
+/// and code.
+pub fn answer_name(family: Family, icmp_type: u8, code: u8) -> String {
+    reject_name(family, icmp_type, code)
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("type {icmp_type} code {code}"))
+}
+
 pub fn reject_name(family: Family, icmp_type: u8, code: u8) -> Option<&'static str> {
     match (family, icmp_type, code) {
         (Family::Ipv4, 3, 0) => Some("net-unreachable"),
