@@ -33,6 +33,17 @@ impl Backend {
             Backend::Nftables => "nftables",
         }
     }
+
+    /// The iptables command that edits this backend's rules of `family` (nftables rules
+    /// are edited with nft; callers handle that backend themselves).
+    pub fn iptables_command(self, family: Family) -> &'static str {
+        match (self, family) {
+            (Backend::IptablesLegacy, Family::Ipv4) => "iptables-legacy",
+            (Backend::IptablesLegacy, Family::Ipv6) => "ip6tables-legacy",
+            (_, Family::Ipv4) => "iptables",
+            (_, Family::Ipv6) => "ip6tables",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]

@@ -113,15 +113,6 @@ fn culprit(attribution: &Attribution) -> String {
     "a rule tracer could not name".to_string()
 }
 
-/// The iptables command of a backend and family.
-fn iptables_command(backend: Backend, family: Family) -> &'static str {
-    match (backend, family) {
-        (Backend::IptablesLegacy, Family::Ipv4) => "iptables-legacy",
-        (Backend::IptablesLegacy, Family::Ipv6) => "ip6tables-legacy",
-        (_, Family::Ipv4) => "iptables",
-        (_, Family::Ipv6) => "ip6tables",
-    }
-}
 
 fn fix_commands(attribution: &Attribution, packet: &rule_attribution::DroppedPacket, proto: &str) -> Vec<String> {
     let port = packet.dst.port();
@@ -143,7 +134,7 @@ fn fix_commands(attribution: &Attribution, packet: &rule_attribution::DroppedPac
                 ]
             }
             backend => {
-                let cmd = iptables_command(backend, rule.family);
+                let cmd = backend.iptables_command(rule.family);
                 vec![
                     format!("{cmd} -t {} -L {} -v -n --line-numbers    # look at the rule and its neighbours first", rule.table, rule.chain),
                     format!("{cmd} -t {} -D {} {}    # remove the rule", rule.table, rule.chain, rule.position),
@@ -165,7 +156,7 @@ fn fix_commands(attribution: &Attribution, packet: &rule_attribution::DroppedPac
                 packet.dst.ip()
             )],
             backend => {
-                let cmd = iptables_command(backend, chain.family);
+                let cmd = backend.iptables_command(chain.family);
                 vec![format!(
                     "{cmd} -t {} -A {} {allow_match} -j ACCEPT    # the chain's policy is DROP: accept this traffic explicitly",
                     chain.table, chain.name

@@ -873,14 +873,6 @@ fn dedup<T: PartialEq>(items: impl Iterator<Item = T>) -> Vec<T> {
     out
 }
 
-fn iptables_command(backend: Backend, family: Family) -> &'static str {
-    match (backend, family) {
-        (Backend::IptablesLegacy, Family::Ipv4) => "iptables-legacy",
-        (Backend::IptablesLegacy, Family::Ipv6) => "ip6tables-legacy",
-        (_, Family::Ipv4) => "iptables",
-        (_, Family::Ipv6) => "ip6tables",
-    }
-}
 
 fn rule_finding(netns: &Netns, rule: &Rule, hooks: &[&str], probes: &[String], after_accept: bool, port_words: &str, now_ns: u64) -> Finding {
     let rejects = matches!(rule.verdict, Verdict::Reject { .. });
@@ -923,7 +915,7 @@ fn rule_finding(netns: &Netns, rule: &Rule, hooks: &[&str], probes: &[String], a
             ]
         }
         backend => {
-            let cmd = iptables_command(backend, rule.family);
+            let cmd = backend.iptables_command(rule.family);
             vec![
                 format!("{prefix}{cmd} -t {} -L {} -v -n --line-numbers    # look at the rule and its neighbours first", rule.table, rule.chain),
                 format!("{prefix}{cmd} -t {} -D {} {}    # remove the rule", rule.table, rule.chain, rule.position),
@@ -955,7 +947,7 @@ fn policy_finding(netns: &Netns, chain: &Chain, hooks: &[&str], probes: &[String
             "udp"
         ), format!("{prefix}nft add rule {} {} tcp dport {port} accept", chain.table, chain.name)],
         backend => {
-            let cmd = iptables_command(backend, chain.family);
+            let cmd = backend.iptables_command(chain.family);
             vec![
                 format!("{prefix}{cmd} -t {} -A {} -p udp{port_match} -j ACCEPT    # accept this traffic explicitly", chain.table, chain.name),
                 format!("{prefix}{cmd} -t {} -A {} -p tcp{port_match} -j ACCEPT", chain.table, chain.name),
