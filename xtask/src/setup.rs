@@ -25,15 +25,78 @@ const PACKAGES: &[&str] = &[
     "tcpdump",
     "tshark",
     "iproute2",
-    // The DNS load of `cargo xtask bench`.
+    // The DNS load of `cargo xtask bench` and of the flood tests.
     "dnsperf",
+    // The safety tests list the BPF objects a tracer left behind, and its attachments.
+    "bpftool",
+    // setpriv runs tracer without privileges in the tests; sysctl reads node settings.
+    "util-linux",
+    "procps",
 ];
+
+/// Every program a test, the demo or the bench runs, and the package that provides it. Setup
+/// ends by checking each is there, so a missing tool fails in one line naming it before any
+/// suite starts, not as a puzzling test failure half-way through.
+const TOOLS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("tc", "iproute2"),
+    ("ss", "iproute2"),
+    ("bridge", "iproute2"),
+    ("iptables", "iptables"),
+    ("iptables-nft", "iptables"),
+    ("iptables-legacy", "iptables"),
+    ("ip6tables", "iptables"),
+    ("ip6tables-legacy", "iptables"),
+    ("iptables-save", "iptables"),
+    ("iptables-nft-save", "iptables"),
+    ("iptables-legacy-save", "iptables"),
+    ("ip6tables-save", "iptables"),
+    ("ip6tables-nft-save", "iptables"),
+    ("ip6tables-legacy-save", "iptables"),
+    ("xtables-monitor", "iptables"),
+    ("nft", "nftables"),
+    ("dnsmasq", "dnsmasq-base"),
+    ("dig", "bind9-dnsutils"),
+    ("dnsperf", "dnsperf"),
+    ("conntrack", "conntrack"),
+    ("tcpdump", "tcpdump"),
+    ("tshark", "tshark"),
+    ("bpftool", "bpftool"),
+    ("setpriv", "util-linux"),
+    ("sysctl", "procps"),
+];
+
+/// Where the lab's tools are installed; tests run them by name from these.
+const TOOL_DIRS: &[&str] = &["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+
+/// The tools of [`TOOLS`] that are not installed, each as `name (package)`.
+fn missing_tools() -> Vec<String> {
+    TOOLS
+        .iter()
+        .filter(|(name, _)| !TOOL_DIRS.iter().any(|dir| Path::new(dir).join(name).is_file()))
+        .map(|(name, package)| format!("{name} ({package})"))
+        .collect()
+}
 
 pub fn run() -> Result<()> {
     step("nightly toolchain", nightly)?;
     step("nightly rust-src", rust_src)?;
     step("bpf-linker", bpf_linker)?;
-    step("debian packages", debian_packages)
+    step("debian packages", debian_packages)?;
+    step("lab tools", lab_tools)
+}
+
+/// The last step of every setup: whatever a package list missed shows here, by name, before
+/// a test, the demo or the bench trips over it.
+fn lab_tools(_announce: &dyn Fn(&str)) -> Result<Done> {
+    let missing = missing_tools();
+    if !missing.is_empty() {
+        bail!(
+            "not installed: {}; install the packages named (and add them to PACKAGES in xtask/src/setup.rs)",
+            missing.join(", ")
+        );
+    }
+    Ok(Done::AlreadyThere)
 }
 
 enum Done {
