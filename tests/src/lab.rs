@@ -75,6 +75,11 @@ pub const POD_IF: &str = "eth0";
 pub const TEST_NAME: &str = "example.test";
 pub const TEST_A: &str = "192.0.2.10";
 pub const TEST_AAAA: &str = "2001:db8::10";
+/// A name whose TXT answer (about 3 000 bytes) needs EDNS and, over IPv6 on these 1500-byte
+/// links, is fragmented by the server.
+pub const BIG_TXT_NAME: &str = "big.example.test";
+/// The strings of that answer: twelve of 250 bytes.
+pub const BIG_TXT_STRINGS: usize = 12;
 
 /// What tracer prints on stderr once its programs are attached.
 pub const TRACER_READY: &str = "tracer: watching";
@@ -345,6 +350,9 @@ impl Lab {
             "--user=root".into(),
             format!("--pid-file={}", pid_file.display()),
             format!("--host-record={TEST_NAME},{TEST_A},{TEST_AAAA}"),
+            format!("--txt-record={BIG_TXT_NAME},{}", big_txt_strings().join(",")),
+            // dnsmasq's default (1232) would truncate the big answer instead of sending it.
+            "--edns-packet-max=4096".into(),
             "--log-queries".into(),
             format!("--log-facility={}", log_file.display()),
         ];
@@ -486,6 +494,22 @@ impl Lab {
         self.run(ns, &["bash", "-c", &script]).map(drop)
     }
 
+    /// Starts dnsperf in the client namespace: as many queries for [`TEST_NAME`] as the lab
+    /// takes, to `server`, for `secs` seconds, from `clients` sockets.
+    pub fn dnsperf(&self, server: &str, secs: u32, clients: u32) -> Result<Process<'_>> {
+        let queries = self.dir.join("dnsperf-queries.txt");
+        if !queries.exists() {
+            fs::write(&queries, format!("{TEST_NAME} A\n"))
+                .with_context(|| format!("writing {}", queries.display()))?;
+        }
+        let queries = queries.to_str().ok_or_else(|| anyhow!("non-UTF-8 lab directory"))?;
+        let (secs, clients) = (secs.to_string(), clients.to_string());
+        self.spawn(
+            Ns::Client,
+            &["dnsperf", "-s", server, "-d", queries, "-l", &secs, "-c", &clients, "-q", "200", "-t", "2"],
+        )
+    }
+
     /// dnsmasq's query log so far.
     pub fn dnsmasq_log(&self) -> String {
         read_lossy(&self.dir.join("dnsmasq.log"))
@@ -585,8 +609,17 @@ impl Dig {
 pub enum StdoutMode {
     /// Collected, returned by [`Process::finish`] / [`Process::stop`].
     Capture,
+    /// Collected, but JSON packet lines (`"type":"packet"`) are only counted
+    /// ([`Finished::packet_lines`]): a watch under a flood prints more of them than a test
+    /// should hold.
+    CountPackets,
     /// Inherited (the terminal); stderr is still captured and also echoed to our stderr.
     Terminal,
+}
+
+/// The strings of [`BIG_TXT_NAME`]'s TXT record.
+pub fn big_txt_strings() -> Vec<String> {
+    (0..BIG_TXT_STRINGS).map(|i| char::from(b'a' + i as u8).to_string().repeat(250)).collect()
 }
 
 /// A background process started in a lab namespace. Dropping it stops it (SIGTERM, then SIGKILL).
@@ -611,6 +644,8 @@ pub struct Finished {
     /// It was still running at the deadline given to [`Process::finish`] (or ignored SIGTERM
     /// from [`Process::stop`]) and had to be signalled.
     pub timed_out: bool,
+    /// JSON packet lines counted rather than kept in `stdout` ([`StdoutMode::CountPackets`]).
+    pub packet_lines: u64,
 }
 
 impl Finished {
@@ -635,7 +670,7 @@ impl<'lab> Process<'lab> {
     fn spawn(mut cmd: Command, what: String, mode: StdoutMode) -> Result<Process<'lab>> {
         cmd.stdin(Stdio::null()).stderr(Stdio::piped());
         match mode {
-            StdoutMode::Capture => cmd.stdout(Stdio::piped()),
+            StdoutMode::Capture | StdoutMode::CountPackets => cmd.stdout(Stdio::piped()),
             StdoutMode::Terminal => cmd.stdout(Stdio::inherit()),
         };
         let mut child = cmd.spawn().with_context(|| format!("starting `{what}`"))?;
@@ -643,14 +678,14 @@ impl<'lab> Process<'lab> {
         let stdout = match child.stdout.take() {
             Some(pipe) => {
                 let sink = Arc::new(Captured::default());
-                readers.push(capture(pipe, sink.clone(), false));
+                readers.push(capture(pipe, sink.clone(), false, mode == StdoutMode::CountPackets));
                 Some(sink)
             }
             None => None,
         };
         let stderr = Arc::new(Captured::default());
         if let Some(pipe) = child.stderr.take() {
-            readers.push(capture(pipe, stderr.clone(), mode == StdoutMode::Terminal));
+            readers.push(capture(pipe, stderr.clone(), mode == StdoutMode::Terminal, false));
         }
         Ok(Process {
             what,
@@ -768,6 +803,7 @@ impl<'lab> Process<'lab> {
             stdout: self.stdout_so_far(),
             stderr: self.stderr.lock().text.clone(),
             timed_out,
+            packet_lines: self.stdout.as_ref().map_or(0, |s| s.lock().counted),
         }
     }
 }
@@ -802,6 +838,8 @@ struct Captured {
 #[derive(Default)]
 struct Buffer {
     text: String,
+    /// Lines counted rather than kept ([`StdoutMode::CountPackets`]).
+    counted: u64,
     eof: bool,
 }
 
@@ -830,7 +868,7 @@ impl Captured {
     }
 }
 
-fn capture(pipe: impl Read + Send + 'static, sink: Arc<Captured>, echo: bool) -> JoinHandle<()> {
+fn capture(pipe: impl Read + Send + 'static, sink: Arc<Captured>, echo: bool, count_packets: bool) -> JoinHandle<()> {
     thread::spawn(move || {
         let mut reader = BufReader::new(pipe);
         let mut line = Vec::new();
@@ -842,6 +880,10 @@ fn capture(pipe: impl Read + Send + 'static, sink: Arc<Captured>, echo: bool) ->
                     let text = String::from_utf8_lossy(&line);
                     if echo {
                         eprint!("{text}");
+                    }
+                    if count_packets && text.contains("\"type\":\"packet\"") {
+                        sink.lock().counted += 1;
+                        continue;
                     }
                     sink.lock().text.push_str(&text);
                     sink.grew.notify_all();

@@ -4,8 +4,11 @@
 //! Everything here needs root: it creates network namespaces, runs dnsmasq and changes iptables rules
 //! inside those namespaces (never on the host).
 
+pub mod dnsperf;
 pub mod lab;
+pub mod netns;
 pub mod output;
+pub mod packets;
 
 use std::path::{Path, PathBuf};
 

@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::Value;
 use tracer_tests::lab::*;
+use tracer_tests::netns::in_netns;
+use tracer_tests::packets::{dns_query, qname};
 use tracer_tests::output::*;
 use tracer_tests::tracer_bin;
 
@@ -1526,27 +1528,6 @@ fn malformed_dns() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
-fn dns_query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
-    let mut m = Vec::new();
-    for v in [id, 0x0100, 1, 0, 0, 0] {
-        m.extend_from_slice(&v.to_be_bytes());
-    }
-    m.extend_from_slice(&qname(name));
-    m.extend_from_slice(&qtype.to_be_bytes());
-    m.extend_from_slice(&1u16.to_be_bytes());
-    m
-}
-
-fn qname(name: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    for label in name.trim_end_matches('.').split('.') {
-        out.push(label.len() as u8);
-        out.extend_from_slice(label.as_bytes());
-    }
-    out.push(0);
-    out
-}
-
 fn checksum(data: &[u8]) -> u16 {
     let mut sum: u64 = 0;
     for pair in data.chunks(2) {
@@ -2090,26 +2071,6 @@ fn wait_timeout(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatu
         }
         thread::sleep(Duration::from_millis(10));
     }
-}
-
-/// Runs `f` on a thread inside network namespace `netns` (`/run/netns/NAME`). Sockets it creates
-/// belong to that namespace.
-fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    let path = format!("/run/netns/{netns}");
-    thread::scope(|s| {
-        s.spawn(|| {
-            let ns = File::open(&path).with_context(|| format!("opening {path}"))?;
-            // SAFETY: setns(2) with an open namespace file; it moves only this thread, which
-            // ends with the closure.
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(io::Error::last_os_error())
-                    .with_context(|| format!("entering {netns}"));
-            }
-            f()
-        })
-        .join()
-        .map_err(|_| anyhow!("the thread in {netns} panicked"))?
-    })
 }
 
 /// SO_RCVBUFFORCE (root may exceed rmem_max).

@@ -1,0 +1,434 @@
+//! What a run makes of its events: DNS payloads recognised, queries paired with their
+//! replies, hook paths joined to their packets, findings judged and logged once. Shared by
+//! the live watch (events from the kernel) and `tracer report` (events read back from a
+//! capture), so both print the same lines and findings for the same packets.
+//!
+//! A finding is stated only when no record it rests on may have been lost: would-be
+//! findings wait in `pending` until [`Analysis::settle`] asks a [`LossWitness`], and those
+//! whose records may be incomplete are counted as unconfirmed instead.
+
+pub mod firewall;
+
+use std::{collections::HashMap, io, mem, time::Duration};
+
+use self::firewall::{Answer, DropKey, FirewallWorker, Request};
+use crate::{
+    correlation::{
+        dns::{Correlated, DnsFlows},
+        loss::{LossWindows, LossWitness},
+        paths::{HookPass, HookPaths},
+    },
+    events::{
+        dns_decode::{DnsDecoder, Segment},
+        interfaces::Interfaces,
+        netfilter::DropEvent,
+        node::{self, SysctlValue},
+        packet::{PacketEvent, IPPROTO_UDP},
+        TracedPacket, WallClock,
+    },
+    findings::{
+        dns::judge,
+        netfilter::{short_label, NETFILTER_DROP},
+        Evidence, Finding, FindingKind, FindingLog, Unconfirmed, UnconfirmedLog,
+    },
+    outputs::{DropLine, Output},
+};
+
+/// DNS queries tracked at once; beyond it the oldest are dropped (and counted), so
+/// a long watch on a busy node stays bounded.
+const MAX_TRACKED_QUERIES: usize = 65_536;
+
+/// Packets followed through the netfilter hooks at once, and how long a path waits
+/// for its packet to reach the bridge path again before it is forgotten.
+const MAX_TRACKED_PATHS: usize = 65_536;
+const PATH_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// Bounds the attribution cache like the finding log.
+const MAX_ATTRIBUTED: usize = 10_000;
+/// Drop lines held back at most while the rules behind them are read; beyond it they are
+/// printed without their rule.
+const MAX_WAITING_LINES: usize = 4_096;
+
+#[derive(Default)]
+pub struct Stats {
+    pub packets: u64,
+    pub malformed: u64,
+    pub last_error: String,
+}
+
+/// How a run recognises DNS and when it gives up on a reply.
+#[derive(Clone, Debug)]
+pub struct AnalysisOptions {
+    /// A query with no reply after this long is a `dns_timeout`.
+    pub dns_timeout: Duration,
+    /// Ports besides 53 whose payloads are DNS.
+    pub dns_ports: Vec<u16>,
+}
+
+/// Where the node settings a finding cites come from.
+pub enum NodeSettings {
+    /// Read from this node's /proc/sys when the finding is made (a live watch).
+    Live,
+    /// As a capture recorded them (`tracer report`): the node is elsewhere, or gone.
+    Recorded(HashMap<String, Option<String>>),
+}
+
+impl NodeSettings {
+    fn read(&self, name: &str) -> SysctlValue {
+        match self {
+            NodeSettings::Live => node::read_sysctl(name),
+            NodeSettings::Recorded(values) => {
+                SysctlValue { name: name.to_string(), value: values.get(name).cloned().flatten() }
+            }
+        }
+    }
+}
+
+/// A finding judged from its records, waiting for the loss check.
+struct PendingFinding {
+    finding: Finding,
+    subject: Unconfirmed,
+    loss: LossWindows,
+    until_ns: u64,
+}
+
+/// A packet a netfilter hook dropped, waiting for the loss check and its rule.
+struct PendingDrop {
+    key: DropKey,
+    line: DropLine,
+    in_ifname: Option<String>,
+    out_ifname: Option<String>,
+}
+
+/// Correlation state and findings of one run.
+pub struct Analysis {
+    pub flows: DnsFlows,
+    pub log: FindingLog,
+    pub unconfirmed: UnconfirmedLog,
+    pub timeout_secs: f64,
+    pub stats: Stats,
+    pub paths: HookPaths,
+    decoder: DnsDecoder,
+    pending: Vec<PendingFinding>,
+    pending_drops: Vec<PendingDrop>,
+    /// Reads the rulesets and names rules, off the drain loop (live watches only).
+    firewall: Option<FirewallWorker>,
+    /// Drops already attributed, by what makes them the same problem: repeats are
+    /// counted without reading the rulesets again.
+    attributed: HashMap<DropKey, (Option<String>, Finding)>,
+    /// Drop lines held back until the worker names their rule.
+    waiting: HashMap<DropKey, Vec<DropLine>>,
+    waiting_lines: usize,
+    pub settings: NodeSettings,
+}
+
+impl Analysis {
+    /// For a live watch: `firewall` has read the rulesets already, as the "before" of the
+    /// first drop.
+    pub fn live(options: &AnalysisOptions, firewall: FirewallWorker) -> Analysis {
+        Analysis::new(options, Some(firewall), NodeSettings::Live)
+    }
+
+    /// For replaying a capture: nothing is read from the node this runs on.
+    pub fn replay(options: &AnalysisOptions, recorded: HashMap<String, Option<String>>) -> Analysis {
+        Analysis::new(options, None, NodeSettings::Recorded(recorded))
+    }
+
+    fn new(options: &AnalysisOptions, firewall: Option<FirewallWorker>, settings: NodeSettings) -> Analysis {
+        Analysis {
+            flows: DnsFlows::new(options.dns_timeout.as_nanos() as u64, MAX_TRACKED_QUERIES),
+            log: FindingLog::default(),
+            unconfirmed: UnconfirmedLog::default(),
+            timeout_secs: options.dns_timeout.as_secs_f64(),
+            stats: Stats::default(),
+            paths: HookPaths::new(MAX_TRACKED_PATHS, PATH_MAX_AGE.as_nanos() as u64),
+            decoder: DnsDecoder::new(&options.dns_ports),
+            pending: Vec::new(),
+            pending_drops: Vec::new(),
+            firewall,
+            attributed: HashMap::new(),
+            waiting: HashMap::new(),
+            waiting_lines: 0,
+            settings,
+        }
+    }
+
+    /// Node settings a capture recorded with a packet: findings made from here on cite them.
+    pub fn recorded_settings(&mut self, values: &[SysctlValue]) {
+        if let NodeSettings::Recorded(recorded) = &mut self.settings {
+            for value in values {
+                recorded.insert(value.name.clone(), value.value.clone());
+            }
+        }
+    }
+
+    /// A packet from the kernel: its hook path is the one collected for its skb.
+    pub fn packet(&mut self, packet: TracedPacket, output: &mut dyn Output) -> io::Result<()> {
+        let hooks = self.paths.take_path(packet.event.skb_id);
+        self.packet_with_hooks(packet, &hooks, output)
+    }
+
+    /// A packet whose hook path is already known (read back from a capture).
+    pub fn packet_with_hooks(&mut self, mut packet: TracedPacket, hooks: &[HookPass], output: &mut dyn Output) -> io::Result<()> {
+        self.stats.packets += 1;
+        packet.event.dns = segment(&packet.event).and_then(|segment| self.decoder.decode(&segment));
+        output.packet(&packet, hooks)?;
+        if let Some(correlated) = self.flows.observe(&packet) {
+            let until_ns = packet.event.timestamp_ns;
+            self.consider(&correlated, until_ns);
+        }
+        Ok(())
+    }
+
+    /// Queries and paths older than their timeouts at kernel time `now_ns` (the newest
+    /// record drained, or the present when the ring buffer is empty): their findings wait
+    /// for the next [`Analysis::settle`].
+    pub fn expire(&mut self, now_ns: u64) {
+        self.paths.expire(now_ns);
+        for correlated in self.flows.expire(now_ns) {
+            self.consider(&correlated, now_ns);
+        }
+    }
+
+    fn consider(&mut self, correlated: &Correlated, until_ns: u64) {
+        let settings = &self.settings;
+        let Some(finding) = judge(correlated, self.timeout_secs, &|name| settings.read(name)) else { return };
+        let query = match correlated {
+            Correlated::ReplyToClient { query, .. } | Correlated::Unanswered { query } => query,
+        };
+        let subject = Unconfirmed {
+            kind: finding.kind,
+            wall_time_ns: finding.wall_time_ns,
+            records_lost: 0,
+            client: Some(query.client),
+            query_id: Some(query.id),
+        };
+        self.pending.push(PendingFinding { finding, subject, loss: query.loss.clone(), until_ns });
+    }
+
+    /// A traced packet the kernel freed as dropped. One that a netfilter hook dropped waits
+    /// for the loss check and for its rule to be named; any other is printed now.
+    pub fn dropped(
+        &mut self,
+        drop: &DropEvent,
+        reason: String,
+        clock: &WallClock,
+        interfaces: &mut Interfaces,
+        output: &mut dyn Output,
+    ) -> io::Result<()> {
+        self.stats.packets += 1;
+        let dropped = self.paths.drop(drop);
+        let icmp = dropped.icmp.as_ref().map(|i| icmp_name(drop.src.is_ipv6(), i.icmp_type, i.icmp_code));
+        let stopped_in = dropped.stopped_in().map(|pass| (pass.hook.name(), pass.in_ifindex, pass.out_ifindex));
+        let line = DropLine {
+            wall_time_ns: clock.wall_ns(drop.timestamp_ns),
+            ifname: interfaces.name(drop.ifindex),
+            bridge: interfaces.bridge_of(drop.ifindex),
+            verdict: if icmp.is_some() { "reject" } else { "drop" },
+            icmp,
+            rule: None,
+            records_lost: None,
+            dropped,
+            reason,
+        };
+        match stopped_in {
+            Some((hook, in_ifindex, out_ifindex)) if line.reason == NETFILTER_DROP => {
+                let name = |interfaces: &mut Interfaces, index: u32| if index == 0 { None } else { interfaces.name(index) };
+                self.pending_drops.push(PendingDrop {
+                    key: (hook, drop.src.ip(), drop.dst, drop.l4_proto),
+                    in_ifname: name(interfaces, in_ifindex),
+                    out_ifname: name(interfaces, out_ifindex),
+                    line,
+                });
+                Ok(())
+            }
+            _ => output.dropped(&line),
+        }
+    }
+
+    /// Decides the findings waiting for the loss check: stated when their records are
+    /// complete, counted as unconfirmed when not. Also prints the drop lines whose rule
+    /// has been named meanwhile.
+    pub fn settle(&mut self, witness: &mut dyn LossWitness, output: &mut dyn Output) -> io::Result<()> {
+        if !self.pending.is_empty() || !self.pending_drops.is_empty() {
+            witness.begin_settling();
+        }
+        for pending in mem::take(&mut self.pending) {
+            let lost = witness.lost_since(&pending.subject, &pending.loss, pending.until_ns);
+            if lost == 0 {
+                if let Some(new) = self.log.record(pending.finding) {
+                    output.finding(new)?;
+                }
+            } else {
+                self.count_unconfirmed(Unconfirmed { records_lost: lost, ..pending.subject }, output)?;
+            }
+        }
+        for pending in mem::take(&mut self.pending_drops) {
+            self.settle_drop(pending, witness, output)?;
+        }
+        let answers = self.firewall.as_mut().map(FirewallWorker::ready).unwrap_or_default();
+        for answer in answers {
+            self.answered(answer, output)?;
+        }
+        Ok(())
+    }
+
+    /// The end of a run: settles what is pending and waits (until `deadline`) for the rules
+    /// of held-back drop lines; lines whose rule could not be read in time are printed
+    /// without it.
+    pub fn finish(&mut self, witness: &mut dyn LossWitness, output: &mut dyn Output, deadline: std::time::Instant) -> io::Result<()> {
+        self.settle(witness, output)?;
+        let answers = self.firewall.as_mut().map(|worker| worker.wait(deadline)).unwrap_or_default();
+        for answer in answers {
+            self.answered(answer, output)?;
+        }
+        for (_, lines) in mem::take(&mut self.waiting) {
+            for line in lines {
+                output.dropped(&line)?;
+            }
+        }
+        self.waiting_lines = 0;
+        Ok(())
+    }
+
+    fn count_unconfirmed(&mut self, unconfirmed: Unconfirmed, output: &mut dyn Output) -> io::Result<()> {
+        self.unconfirmed.record(unconfirmed.kind);
+        output.unconfirmed(&unconfirmed)
+    }
+
+    fn settle_drop(&mut self, pending: PendingDrop, witness: &mut dyn LossWitness, output: &mut dyn Output) -> io::Result<()> {
+        let PendingDrop { key, mut line, in_ifname, out_ifname } = pending;
+        let drop = &line.dropped.drop;
+        let kind = if line.icmp.is_some() { FindingKind::NetfilterReject } else { FindingKind::NetfilterDrop };
+        let subject = Unconfirmed { kind, wall_time_ns: line.wall_time_ns, records_lost: 0, client: Some(drop.src), query_id: None };
+        // A record of this packet's path may be missing, the one showing it left the hook
+        // above all: then where it stopped is not known, and no rule is named.
+        let lost = witness.lost_since(&subject, &line.dropped.loss, drop.timestamp_ns);
+        if lost > 0 {
+            line.records_lost = Some(lost);
+            self.count_unconfirmed(Unconfirmed { records_lost: lost, ..subject }, output)?;
+            return output.dropped(&line);
+        }
+        if let Some((label, finding)) = self.attributed.get(&key) {
+            line.rule = label.clone();
+            if finding.kind == FindingKind::NetfilterReject {
+                line.verdict = "reject";
+            }
+            let finding = finding.clone();
+            self.log.record(finding);
+            return output.dropped(&line);
+        }
+        if self.waiting_lines >= MAX_WAITING_LINES {
+            return output.dropped(&line);
+        }
+        if let Some(lines) = self.waiting.get_mut(&key) {
+            lines.push(line);
+            self.waiting_lines += 1;
+            return Ok(());
+        }
+        let request = Request {
+            key,
+            dropped: line.dropped.clone(),
+            wall_time_ns: line.wall_time_ns,
+            reason: line.reason.clone(),
+            in_ifname,
+            out_ifname,
+        };
+        let requested = self.firewall.as_mut().is_some_and(|worker| worker.request(request));
+        if !requested {
+            return output.dropped(&line);
+        }
+        self.waiting.insert(key, vec![line]);
+        self.waiting_lines += 1;
+        Ok(())
+    }
+
+    /// The worker named the rule behind a drop: its held-back lines are printed with it,
+    /// each an occurrence of the finding.
+    fn answered(&mut self, answer: Answer, output: &mut dyn Output) -> io::Result<()> {
+        let lines = self.waiting.remove(&answer.key).unwrap_or_default();
+        self.waiting_lines = self.waiting_lines.saturating_sub(lines.len());
+        let label = answer.finding.as_ref().and_then(short_label);
+        if let Some(finding) = &answer.finding {
+            if self.attributed.len() < MAX_ATTRIBUTED {
+                self.attributed.insert(answer.key, (label.clone(), finding.clone()));
+            }
+        }
+        for mut line in lines {
+            line.rule = label.clone();
+            let Some(finding) = &answer.finding else {
+                output.dropped(&line)?;
+                continue;
+            };
+            if finding.kind == FindingKind::NetfilterReject {
+                line.verdict = "reject";
+            }
+            output.dropped(&line)?;
+            if let Some(new) = self.log.record(finding.clone()) {
+                output.finding(new)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A drop line read back from a capture. Its rule was attributed when it was
+    /// captured (the rulesets are not here to read); a repeat of a drop whose finding
+    /// was already recorded is counted like the live watch counts it, and one the watch
+    /// could not confirm is counted as it did.
+    pub fn replay_drop(&mut self, line: &DropLine, output: &mut dyn Output) -> io::Result<()> {
+        self.stats.packets += 1;
+        if line.records_lost.is_some() {
+            let kind = if line.icmp.is_some() { FindingKind::NetfilterReject } else { FindingKind::NetfilterDrop };
+            self.unconfirmed.record(kind);
+        } else if let Some(key) = drop_key(line) {
+            if let Some((_, finding)) = self.attributed.get(&key) {
+                self.log.record(finding.clone());
+            }
+        }
+        output.dropped(line)
+    }
+
+    /// A netfilter finding read back from a capture: it was made from rulesets only the
+    /// capturing node had, so it is taken as recorded rather than judged again.
+    pub fn replay_netfilter_finding(&mut self, finding: Finding, output: &mut dyn Output) -> io::Result<()> {
+        if let Evidence::Netfilter(nf) = &finding.evidence {
+            let proto = if nf.proto == "tcp" { 6 } else { 17 };
+            let key: DropKey = (nf.hook, nf.src.ip(), nf.dst, proto);
+            if self.attributed.len() < MAX_ATTRIBUTED {
+                self.attributed.insert(key, (short_label(&finding), finding.clone()));
+            }
+        }
+        match self.log.record(finding) {
+            Some(new) => output.finding(new),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The transport segment a packet carries, as far as it was captured.
+fn segment(event: &PacketEvent) -> Option<Segment<'_>> {
+    let bytes = event.captured.get(event.l4_offset..)?;
+    let header_len = event.payload_offset.checked_sub(event.l4_offset)?;
+    let transport_len = (event.ip_len as usize).checked_sub(event.l4_offset.checked_sub(event.l3_offset)?)?;
+    let mut payload_len = transport_len.saturating_sub(header_len);
+    if event.l4_proto == IPPROTO_UDP {
+        // The UDP length covers the whole datagram, also when this is the first fragment
+        // of a larger one.
+        if let Some(length) = bytes.get(4..6).map(|b| usize::from(u16::from_be_bytes([b[0], b[1]]))) {
+            payload_len = payload_len.max(length.saturating_sub(8));
+        }
+    }
+    Some(Segment { src: event.src, dst: event.dst, l4_proto: event.l4_proto, bytes, header_len, payload_len })
+}
+
+/// What makes two drops the same problem, as the live watch keys its attribution cache.
+fn drop_key(line: &DropLine) -> Option<DropKey> {
+    let drop = &line.dropped.drop;
+    let pass = line.dropped.stopped_in()?;
+    (line.reason == NETFILTER_DROP).then(|| (pass.hook.name(), drop.src.ip(), drop.dst, drop.l4_proto))
+}
+
+fn icmp_name(ipv6: bool, icmp_type: u8, icmp_code: u8) -> String {
+    let family = if ipv6 { crate::events::firewall::Family::Ipv6 } else { crate::events::firewall::Family::Ipv4 };
+    crate::findings::rule_attribution::answer_name(family, icmp_type, icmp_code)
+}
