@@ -11,10 +11,11 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 
 use anyhow::Context;
+
+use super::helpers::{self, HelperError};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -386,14 +387,11 @@ enum ToolRun {
         stderr: String,
         code: String,
     },
-    Failed(io::Error),
+    Failed(HelperError),
 }
 
 fn run_tool(name: &str, args: &[&str]) -> ToolRun {
-    let Some(path) = find_tool(name) else {
-        return ToolRun::Missing;
-    };
-    match Command::new(&path).args(args).stdin(Stdio::null()).output() {
+    match helpers::run(name, args, helpers::HELPER_TIMEOUT) {
         Ok(out) => {
             let code = match out.status.code() {
                 _ if out.status.success() => String::new(),
@@ -407,22 +405,9 @@ fn run_tool(name: &str, args: &[&str]) -> ToolRun {
                 code,
             }
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => ToolRun::Missing,
-        Err(e) => ToolRun::Failed(e),
+        Err(HelperError::Missing) => ToolRun::Missing,
+        Err(err) => ToolRun::Failed(err),
     }
-}
-
-/// The tools live in sbin, which is not on every PATH (sudo with a user's PATH, systemd units).
-fn find_tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(
-            ["/usr/sbin", "/sbin", "/usr/local/sbin", "/usr/bin", "/bin"]
-                .iter()
-                .map(PathBuf::from),
-        )
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
 }
 
 /// Tool messages as one line, bounded.
@@ -462,6 +447,7 @@ pub fn parse_iptables_save(text: &str, backend: Backend, family: Family) -> Vec<
             table = Some(SaveTable {
                 name: name.trim().to_string(),
                 chains: Vec::new(),
+                by_name: HashMap::new(),
             });
         } else if line == "COMMIT" {
             if let Some(done) = table.take() {
@@ -481,6 +467,9 @@ pub fn parse_iptables_save(text: &str, backend: Backend, family: Family) -> Vec<
 struct SaveTable {
     name: String,
     chains: Vec<SaveChain>,
+    /// Chain name → index in `chains`: a kube-proxy node has thousands of chains, and every
+    /// rule line looks its chain up.
+    by_name: HashMap<String, usize>,
 }
 
 struct SaveChain {
@@ -529,8 +518,8 @@ impl SaveTable {
     }
 
     fn chain_mut(&mut self, name: &str) -> &mut SaveChain {
-        let at = match self.chains.iter().position(|c| c.name == name) {
-            Some(at) => at,
+        let at = match self.by_name.get(name) {
+            Some(&at) => at,
             None => {
                 self.chains.push(SaveChain {
                     name: name.to_string(),
@@ -538,6 +527,7 @@ impl SaveTable {
                     policy_counter: None,
                     rules: Vec::new(),
                 });
+                self.by_name.insert(name.to_string(), self.chains.len() - 1);
                 self.chains.len() - 1
             }
         };
@@ -1712,12 +1702,17 @@ fn reconcile(nft: Option<Vec<NftChain>>, iptables_nft: Vec<Chain>) -> (Vec<Chain
     };
     let mut claimed = vec![false; nft.len()];
     let mut owned = Vec::new();
+    // (family, table, chain) → index in `nft`: looked up once per iptables-nft chain, of which
+    // a kube-proxy node has thousands.
+    let index: HashMap<(&str, &str, &str), usize> = nft
+        .iter()
+        .enumerate()
+        // Reversed, so that the first of equally named chains is the one kept.
+        .rev()
+        .map(|(at, n)| ((n.kernel_family.as_str(), n.table_name.as_str(), n.chain.name.as_str()), at))
+        .collect();
     for mut chain in iptables_nft {
-        let found = nft.iter().position(|n| {
-            n.kernel_family == nft_family_name(chain.family)
-                && n.table_name == chain.table
-                && n.chain.name == chain.name
-        });
+        let found = index.get(&(nft_family_name(chain.family), chain.table.as_str(), chain.name.as_str())).copied();
         let Some(at) = found else { continue };
         let native = &nft[at];
         let agrees = native.chain.rules.len() == chain.rules.len()

@@ -3,6 +3,7 @@
 
 pub mod dns;
 pub mod firewall;
+pub mod helpers;
 pub mod interfaces;
 pub mod netfilter;
 pub mod node;
