@@ -40,6 +40,43 @@ pub mod record_kind {
     pub const ICMP: u32 = 4;
 }
 
+/// What every ring buffer record starts with.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// `record_kind::*`.
+    pub kind: u32,
+    pub netns_inode: u32,
+    /// CLOCK_MONOTONIC nanoseconds (`bpf_ktime_get_ns`).
+    pub timestamp_ns: u64,
+    /// Kernel address of the sk_buff: the same frame seen at several points of one
+    /// pass shares it (an address may be reused once the frame is freed).
+    pub skb_id: u64,
+    /// The loss buckets of the flow's source and destination endpoints, as read just before
+    /// this record was reserved (low 32 bits). A bucket that has grown since a record's stamp
+    /// means a record involving that endpoint may have been lost after it.
+    pub loss_stamp_src: u32,
+    pub loss_stamp_dst: u32,
+}
+
+/// Records the ring buffer could not take are counted per endpoint (address and port) of
+/// their flow, in this many buckets (a power of two), so that userspace can tell whether a
+/// record of *this* exchange may have been lost rather than whether anything was lost at all.
+pub const LOSS_BUCKETS: u32 = 8192;
+const LOSS_BUCKET_BITS: u32 = LOSS_BUCKETS.trailing_zeros();
+
+/// The loss bucket of one endpoint of a flow. Kernel and userspace compute it from the same
+/// bytes (address as on the wire, port in network byte order), so they agree on every host.
+#[inline(always)]
+pub fn loss_bucket(addr: &[u8; 16], port_be: u16) -> u32 {
+    let word = |at: usize| {
+        (addr[at] as u32) | ((addr[at + 1] as u32) << 8) | ((addr[at + 2] as u32) << 16) | ((addr[at + 3] as u32) << 24)
+    };
+    let folded = word(0) ^ word(4).rotate_left(7) ^ word(8).rotate_left(14) ^ word(12).rotate_left(21) ^ (port_be as u32);
+    // Fibonacci hashing: the high bits of the product mix every input bit.
+    folded.wrapping_mul(0x9e37_79b1) >> (32 - LOSS_BUCKET_BITS)
+}
+
 /// `ConntrackRecord::state` values.
 pub mod conntrack_state {
     /// `skb->_nfct` was empty: conntrack has not seen this frame on this path.
@@ -50,8 +87,9 @@ pub mod conntrack_state {
     pub const UNTRACKED: u8 = 2;
 }
 
-/// Slots of the per-CPU `LOST` counter array: one per program, so that each is only
-/// ever incremented by one program at a time on a CPU.
+/// Slots of the per-CPU `LOST` counter array, one per program. Netfilter programs nest (a
+/// REJECT's ICMP answer passes the output hooks while the rejected packet is still in its
+/// hook), so the counters are incremented atomically.
 pub mod lost_slot {
     pub const BRIDGE_RECEIVE: u32 = 0;
     pub const BRIDGE_TRANSMIT: u32 = 1;
@@ -119,14 +157,8 @@ pub struct ConntrackRecord {
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct PacketRecord {
-    /// `record_kind::PACKET`.
-    pub kind: u32,
-    pub netns_inode: u32,
-    /// CLOCK_MONOTONIC nanoseconds (`bpf_ktime_get_ns`).
-    pub timestamp_ns: u64,
-    /// Kernel address of the sk_buff: the same frame seen at several points of one
-    /// pass shares it (an address may be reused once the frame is freed).
-    pub skb_id: u64,
+    /// Kind `record_kind::PACKET`.
+    pub header: RecordHeader,
     /// Device the frame is on at this stage.
     pub ifindex: u32,
     /// `skb->skb_iif`: the device the frame last arrived on.
@@ -154,11 +186,8 @@ pub struct PacketRecord {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HookRecord {
-    /// `record_kind::HOOK`.
-    pub kind: u32,
-    pub netns_inode: u32,
-    pub timestamp_ns: u64,
-    pub skb_id: u64,
+    /// Kind `record_kind::HOOK`.
+    pub header: RecordHeader,
     /// `nf_hook_state.in` / `.out` devices (0 when none).
     pub in_ifindex: u32,
     pub out_ifindex: u32,
@@ -177,11 +206,8 @@ pub struct HookRecord {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DropRecord {
-    /// `record_kind::DROP`.
-    pub kind: u32,
-    pub netns_inode: u32,
-    pub timestamp_ns: u64,
-    pub skb_id: u64,
+    /// Kind `record_kind::DROP`.
+    pub header: RecordHeader,
     pub ifindex: u32,
     /// `enum skb_drop_reason`; its names are read from the kernel's BTF.
     pub reason: u32,
@@ -195,11 +221,8 @@ pub struct DropRecord {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct IcmpRecord {
-    /// `record_kind::ICMP`.
-    pub kind: u32,
-    pub netns_inode: u32,
-    pub timestamp_ns: u64,
-    pub skb_id: u64,
+    /// Kind `record_kind::ICMP`.
+    pub header: RecordHeader,
     pub ifindex: u32,
     pub icmp_type: u8,
     pub icmp_code: u8,
@@ -277,7 +300,8 @@ mod user {
 
 // The kernel aligns ring buffer records to 8 bytes and userspace reads them by size:
 // keep every record a multiple of 8 with no implicit padding.
-const _: () = assert!(core::mem::size_of::<PacketRecord>() == 176 + CAPTURE_MAX);
-const _: () = assert!(core::mem::size_of::<HookRecord>() == 168);
-const _: () = assert!(core::mem::size_of::<DropRecord>() == 80);
-const _: () = assert!(core::mem::size_of::<IcmpRecord>() == 72);
+const _: () = assert!(core::mem::size_of::<RecordHeader>() == 32);
+const _: () = assert!(core::mem::size_of::<PacketRecord>() == 184 + CAPTURE_MAX);
+const _: () = assert!(core::mem::size_of::<HookRecord>() == 176);
+const _: () = assert!(core::mem::size_of::<DropRecord>() == 88);
+const _: () = assert!(core::mem::size_of::<IcmpRecord>() == 80);

@@ -7,7 +7,7 @@
 //! `net:net_dev_queue` fires for each device a frame is queued on: on a port the frame
 //! leaves the bridge, on the bridge device the host is sending through it.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use tracer_common::{lost_slot, record_kind, PacketRecord, Stage, CAPTURE_MAX};
 
 use crate::{
@@ -52,18 +52,13 @@ fn trace_frame(skb: *const u8, stage_on_port: Stage, stage_on_bridge: Stage, los
     let protocol: u16 = skb::read(skb, config!(layout.skb_protocol))?;
     let parsed = packet::read_traced_flow(&header, u16::from_be(protocol))?;
 
-    let Some(mut entry) = output::EVENTS.reserve::<PacketRecord>(0) else {
-        output::count_lost(lost_slot);
-        return None;
-    };
+    let stamp = output::loss_stamp(&parsed.flow);
+    let mut entry = output::reserve::<PacketRecord>(lost_slot, &stamp)?;
     let record = entry.as_mut_ptr();
     // SAFETY: `record` points at a reserved, exclusively owned ring buffer slot of
     // size_of::<PacketRecord>(); fields are written through the raw pointer only.
     unsafe {
-        (*record).kind = record_kind::PACKET;
-        (*record).netns_inode = netns_inode;
-        (*record).timestamp_ns = bpf_ktime_get_ns();
-        (*record).skb_id = skb as u64;
+        output::fill_header(core::ptr::addr_of_mut!((*record).header), record_kind::PACKET, netns_inode, skb, &stamp);
         (*record).ifindex = skb::read::<i32>(dev, config!(layout.dev_ifindex)).unwrap_or(0) as u32;
         (*record).ingress_ifindex = skb::read::<i32>(skb, config!(layout.skb_iif)).unwrap_or(0) as u32;
         (*record).packet_len = skb::read::<u32>(skb, config!(layout.skb_len)).unwrap_or(0);

@@ -2,7 +2,7 @@
 //! drop reason) or answered with ICMP by the kernel (`icmp:icmp_send`, which a
 //! REJECT rule calls with the packet it rejects).
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use tracer_common::{lost_slot, record_kind, DropRecord, IcmpRecord};
 
 use crate::{
@@ -49,17 +49,12 @@ fn trace_drop(skb: *const u8, location: u64, reason: u32) -> Option<()> {
         return None;
     }
     let (netns_inode, ifindex, parsed) = traced_packet(skb)?;
-    let Some(mut entry) = output::EVENTS.reserve::<DropRecord>(0) else {
-        output::count_lost(lost_slot::KFREE_SKB);
-        return None;
-    };
+    let stamp = output::loss_stamp(&parsed.flow);
+    let mut entry = output::reserve::<DropRecord>(lost_slot::KFREE_SKB, &stamp)?;
     let record = entry.as_mut_ptr();
     // SAFETY: a reserved, exclusively owned slot of size_of::<DropRecord>().
     unsafe {
-        (*record).kind = record_kind::DROP;
-        (*record).netns_inode = netns_inode;
-        (*record).timestamp_ns = bpf_ktime_get_ns();
-        (*record).skb_id = skb as u64;
+        output::fill_header(core::ptr::addr_of_mut!((*record).header), record_kind::DROP, netns_inode, skb, &stamp);
         (*record).ifindex = ifindex;
         (*record).reason = reason;
         (*record).location = location;
@@ -72,17 +67,12 @@ fn trace_drop(skb: *const u8, location: u64, reason: u32) -> Option<()> {
 #[inline(always)]
 fn trace_icmp(skb: *const u8, icmp_type: u8, icmp_code: u8) -> Option<()> {
     let (netns_inode, ifindex, parsed) = traced_packet(skb)?;
-    let Some(mut entry) = output::EVENTS.reserve::<IcmpRecord>(0) else {
-        output::count_lost(lost_slot::ICMP_SEND);
-        return None;
-    };
+    let stamp = output::loss_stamp(&parsed.flow);
+    let mut entry = output::reserve::<IcmpRecord>(lost_slot::ICMP_SEND, &stamp)?;
     let record = entry.as_mut_ptr();
     // SAFETY: a reserved, exclusively owned slot of size_of::<IcmpRecord>().
     unsafe {
-        (*record).kind = record_kind::ICMP;
-        (*record).netns_inode = netns_inode;
-        (*record).timestamp_ns = bpf_ktime_get_ns();
-        (*record).skb_id = skb as u64;
+        output::fill_header(core::ptr::addr_of_mut!((*record).header), record_kind::ICMP, netns_inode, skb, &stamp);
         (*record).ifindex = ifindex;
         (*record).icmp_type = icmp_type;
         (*record).icmp_code = icmp_code;

@@ -2,6 +2,9 @@
 //! a host build of this crate yields an empty program so workspace-wide commands work.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// Atomic adds to map values (loss counters that nested programs share).
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics, adt_const_params))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features, incomplete_features))]
 
 #[cfg(target_arch = "bpf")]
 mod bridge;

@@ -8,7 +8,6 @@
 //! parses and never loads on its own; tracer's netfilter loader loads them with the
 //! netfilter program type. They only observe: the verdict is always NF_ACCEPT.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
 use tracer_common::{hook_position, lost_slot, record_kind, HookRecord};
 
 use crate::{
@@ -56,17 +55,12 @@ fn observe(ctx: *mut core::ffi::c_void, position: u8, lost_slot: u32) -> Option<
     let header = packet::network_header(skb)?;
     let parsed = packet::read_traced_flow(&header, ethertype)?;
 
-    let Some(mut entry) = output::EVENTS.reserve::<HookRecord>(0) else {
-        output::count_lost(lost_slot);
-        return None;
-    };
+    let stamp = output::loss_stamp(&parsed.flow);
+    let mut entry = output::reserve::<HookRecord>(lost_slot, &stamp)?;
     let record = entry.as_mut_ptr();
     // SAFETY: a reserved, exclusively owned slot of size_of::<HookRecord>().
     unsafe {
-        (*record).kind = record_kind::HOOK;
-        (*record).netns_inode = netns_inode;
-        (*record).timestamp_ns = bpf_ktime_get_ns();
-        (*record).skb_id = skb as u64;
+        output::fill_header(core::ptr::addr_of_mut!((*record).header), record_kind::HOOK, netns_inode, skb, &stamp);
         (*record).in_ifindex = device_ifindex(state, config!(layout.hook_state_in));
         (*record).out_ifindex = device_ifindex(state, config!(layout.hook_state_out));
         (*record).pf = pf;

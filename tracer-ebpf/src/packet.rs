@@ -120,10 +120,11 @@ fn read_flow(l3: *const u8, available: u32, ethertype: u16) -> Option<ParsedFlow
                 return None;
             }
             flow.ip_version = 6;
-            flow.l4_proto = ip[6];
-            parsed.l3_len = 40;
             flow.src_addr.copy_from_slice(&ip[8..24]);
             flow.dst_addr.copy_from_slice(&ip[24..40]);
+            let (next_header, l3_len) = skip_ipv6_extensions(l3, available, ip[6])?;
+            flow.l4_proto = next_header;
+            parsed.l3_len = l3_len;
         }
         _ => return None,
     }
@@ -154,6 +155,50 @@ fn read_flow(l3: *const u8, available: u32, ethertype: u16) -> Option<ParsedFlow
         parsed.l4_len = data_offset;
     }
     Some(parsed)
+}
+
+/// IPv6 extension headers tracer walks past to the UDP or TCP header. A large DNS answer
+/// over IPv6 is fragmented by its sender, and its first fragment carries a fragment header.
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_DESTINATION_OPTIONS: u8 = 60;
+/// Real packets carry one or two; the bound keeps the verifier's walk short.
+const MAX_IPV6_EXTENSIONS: usize = 6;
+
+/// Follows the extension header chain from the fixed header's next-header field; returns
+/// the upper-layer protocol and its offset. `None` for a fragment other than the first,
+/// which carries no ports.
+#[inline(always)]
+fn skip_ipv6_extensions(l3: *const u8, available: u32, first: u8) -> Option<(u8, u16)> {
+    let mut next_header = first;
+    let mut offset: u32 = 40;
+    for _ in 0..MAX_IPV6_EXTENSIONS {
+        match next_header {
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DESTINATION_OPTIONS => {
+                if available < offset + 2 {
+                    return None;
+                }
+                // Next header, then the length in 8-octet units not counting the first.
+                let extension: [u8; 2] = skb::read(l3, offset)?;
+                next_header = extension[0];
+                offset += (extension[1] as u32 + 1) * 8;
+            }
+            IPV6_FRAGMENT => {
+                if available < offset + 8 {
+                    return None;
+                }
+                let fragment: [u8; 4] = skb::read(l3, offset)?;
+                if u16::from_be_bytes([fragment[2], fragment[3]]) & 0xfff8 != 0 {
+                    return None;
+                }
+                next_header = fragment[0];
+                offset += 8;
+            }
+            _ => break,
+        }
+    }
+    Some((next_header, offset as u16))
 }
 
 /// Fills `out` with the conntrack entry attached to `skb`.

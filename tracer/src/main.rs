@@ -2,6 +2,7 @@ use std::{collections::BTreeMap, io::IsTerminal, path::PathBuf, process::ExitCod
 
 use clap::{Parser, Subcommand};
 use tracer::{
+    analysis::AnalysisOptions,
     cli::{parse_duration, parse_ring_mib, OutputFormat},
     events::{
         node::{bridge_nf_call_sysctl, read_sysctl},
@@ -113,6 +114,11 @@ struct WatchArgs {
     #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_duration)]
     dns_timeout: Duration,
 
+    /// Also read payloads to or from this port as DNS (port 53 always is; nothing else is
+    /// taken for DNS). Repeat for more ports, e.g. --dns-port 5353 --dns-port 1053.
+    #[arg(long = "dns-port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    dns_ports: Vec<u16>,
+
     /// Size of the kernel-to-tracer ring buffer in MiB (a power of two). Raise it when
     /// the summary reports lost records.
     #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = parse_ring_mib)]
@@ -137,7 +143,7 @@ fn run_watch(args: WatchArgs) -> ExitCode {
     let options = WatchOptions {
         settings: WatchSettings { port: args.port, snaplen: args.snaplen, ring_buffer_bytes: args.ring_buffer_mib << 20 },
         duration: args.duration,
-        dns_timeout: args.dns_timeout,
+        analysis: AnalysisOptions { dns_timeout: args.dns_timeout, dns_ports: args.dns_ports.clone() },
     };
     // The capture file is created before anything is attached, so a path that cannot
     // be written is reported at once; and after the privileges are checked, so a watch
@@ -194,6 +200,7 @@ fn capture_info(args: &WatchArgs) -> CaptureInfo {
             port: args.port,
             snaplen: args.snaplen,
             dns_timeout_ns: args.dns_timeout.as_nanos() as u64,
+            dns_ports: args.dns_ports.clone(),
             sysctls,
         },
         os: read_sysctl("kernel.osrelease").value.map(|release| format!("Linux {release}")),

@@ -3,11 +3,18 @@
 //! metadata), or a plain listing when another program wrote the file. Orchestration
 //! only: reading is `events::pcapng`, deciding `analysis`, printing `outputs`.
 
-use std::{path::Path, time::Duration};
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use crate::{
-    analysis::Analysis,
+    analysis::{Analysis, AnalysisOptions},
+    correlation::loss::{LossWindows, LossWitness},
     events::pcapng::{CaptureError, CaptureReader, Origin, Record, SummaryMeta},
+    findings::{FindingKind, Unconfirmed},
     outputs::{listing::Listing, Output, Summary},
 };
 
@@ -15,20 +22,49 @@ use crate::{
 /// the caller gives [`Report::run`] or [`Report::list`].
 pub struct Report {
     reader: CaptureReader,
+    path: PathBuf,
+}
+
+/// What the watch that wrote a capture could not confirm: a DNS finding is counted as
+/// unconfirmed here exactly when it was there, so the report says what the watch said.
+struct RecordedLoss {
+    unconfirmed: HashSet<(FindingKind, Option<SocketAddr>, Option<u16>)>,
+}
+
+impl LossWitness for RecordedLoss {
+    fn lost_since(&mut self, subject: &Unconfirmed, _windows: &LossWindows, _until_ns: u64) -> u64 {
+        u64::from(self.unconfirmed.contains(&(subject.kind, subject.client, subject.query_id)))
+    }
+}
+
+impl RecordedLoss {
+    /// Reads the capture once for the unconfirmed findings it recorded: they come after
+    /// the packets they are about, and the replay must know them when it gets there.
+    fn of(path: &Path) -> RecordedLoss {
+        let mut unconfirmed = HashSet::new();
+        if let Ok(mut reader) = CaptureReader::open(path) {
+            while let Ok(Some(record)) = reader.next_record() {
+                if let Record::Unconfirmed(u) = record {
+                    unconfirmed.insert((u.kind, u.client, u.query_id));
+                }
+            }
+        }
+        RecordedLoss { unconfirmed }
+    }
 }
 
 /// How a report ended.
 pub enum Ending {
     /// Everything readable was printed. `error` says why the file could not be read to
     /// its end (cut off, damaged), when it could not.
-    Finished { summary: Option<Summary>, error: Option<CaptureError>, notes: Vec<String> },
+    Finished { summary: Option<Box<Summary>>, error: Option<CaptureError>, notes: Vec<String> },
     /// Whoever read our output went away: nothing more to print.
     OutputClosed,
 }
 
 impl Report {
     pub fn open(path: &Path) -> Result<Report, CaptureError> {
-        Ok(Report { reader: CaptureReader::open(path)? })
+        Ok(Report { reader: CaptureReader::open(path)?, path: path.to_path_buf() })
     }
 
     pub fn origin(&self) -> &Origin {
@@ -41,7 +77,9 @@ impl Report {
         let Origin::Tracer(meta) = self.reader.origin().clone() else {
             return Ending::Finished { summary: None, error: None, notes: vec!["not a capture tracer wrote".to_string()] };
         };
-        let mut analysis = Analysis::replay(Duration::from_nanos(meta.dns_timeout_ns), meta.sysctls.into_iter().collect());
+        let options = AnalysisOptions { dns_timeout: Duration::from_nanos(meta.dns_timeout_ns), dns_ports: meta.dns_ports.clone() };
+        let mut analysis = Analysis::replay(&options, meta.sysctls.into_iter().collect());
+        let mut witness = RecordedLoss::of(&self.path);
         let mut recorded: Option<SummaryMeta> = None;
         let mut span: Option<(u64, u64)> = None;
         let mut last_ts = 0u64;
@@ -58,23 +96,27 @@ impl Report {
             };
             let printed = match record {
                 Record::Packet(read) => {
-                    let event = &read.packet.event;
-                    last_ts = last_ts.max(event.timestamp_ns);
+                    let read = *read;
+                    let timestamp_ns = read.packet.event.timestamp_ns;
+                    last_ts = last_ts.max(timestamp_ns);
                     let wall = read.packet.wall_time_ns;
                     span = Some(span.map_or((wall, wall), |(first, last)| (first.min(wall), last.max(wall))));
                     // Queries older than the timeout at this packet's time were
                     // reported by the watch before it; so here.
-                    analysis.expire(event.timestamp_ns, output).and_then(|()| {
-                        analysis.recorded_settings(&read.sysctls);
-                        analysis.packet_with_hooks(&read.packet, &read.hooks, output)
-                    })
+                    analysis.expire(timestamp_ns);
+                    analysis.recorded_settings(&read.sysctls);
+                    analysis
+                        .settle(&mut witness, output)
+                        .and_then(|()| analysis.packet_with_hooks(read.packet, &read.hooks, output))
+                        .and_then(|()| analysis.settle(&mut witness, output))
                 }
                 Record::Dropped(read) => {
                     last_ts = last_ts.max(read.dropped.drop.timestamp_ns);
-                    analysis
-                        .expire(read.dropped.drop.timestamp_ns, output)
-                        .and_then(|()| analysis.replay_drop(&read, output))
+                    analysis.expire(read.dropped.drop.timestamp_ns);
+                    analysis.settle(&mut witness, output).and_then(|()| analysis.replay_drop(&read, output))
                 }
+                // Known from the first reading (RecordedLoss).
+                Record::Unconfirmed(_) => Ok(()),
                 // DNS findings are made again from the packets; netfilter findings need
                 // the rulesets the capturing node had, so they are taken as recorded.
                 Record::Finding(read) => match read.netfilter {
@@ -95,7 +137,8 @@ impl Report {
             }
         }
         let end_ts = recorded.as_ref().map_or(last_ts, |s| s.end_timestamp_ns.max(last_ts));
-        if analysis.expire(end_ts, output).is_err() {
+        analysis.expire(end_ts);
+        if analysis.settle(&mut witness, output).is_err() {
             return Ending::OutputClosed;
         }
         let mut notes = Vec::new();
@@ -115,12 +158,17 @@ impl Report {
                 .unwrap_or_else(|| span.map_or(0.0, |(first, last)| (last - first) as f64 / 1e9)),
             findings: analysis.log.distinct(),
             finding_counts: analysis.log.counts().into_iter().map(|(kind, n)| (kind.name(), n)).collect(),
-            evicted_flows: analysis.flows.evicted,
+            evicted_flows: analysis.flows.evicted(),
+            evicted_paths: recorded.as_ref().map_or(0, |s| s.evicted_paths),
+            findings_overflow: analysis.log.overflow,
+            unconfirmed: analysis.unconfirmed.total(),
+            unconfirmed_counts: analysis.unconfirmed.counts().into_iter().map(|(kind, n)| (kind.name(), n)).collect(),
+            recursion_misses: recorded.as_ref().map_or(0, |s| s.recursion_misses),
         };
         if output.summary(&summary).is_err() {
             return Ending::OutputClosed;
         }
-        Ending::Finished { summary: Some(summary), error, notes }
+        Ending::Finished { summary: Some(Box::new(summary)), error, notes }
     }
 
     /// A capture another program wrote: one plain line per packet.

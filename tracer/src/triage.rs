@@ -12,6 +12,7 @@ use std::{
 };
 
 use crate::{
+    analysis::AnalysisOptions,
     cli::{parse_duration, parse_ring_mib, OutputFormat},
     events::node_checks::{read_conntrack, read_namespace, visible_namespaces, ConntrackReading},
     findings::node_config,
@@ -54,6 +55,10 @@ pub struct TriageArgs {
     #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_duration)]
     pub dns_timeout: Duration,
 
+    /// Also read payloads to or from this port as DNS (53 always is). Repeatable.
+    #[arg(long = "dns-port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub dns_ports: Vec<u16>,
+
     /// Size of the kernel-to-tracer ring buffer in MiB (a power of two).
     #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = parse_ring_mib)]
     pub ring_buffer_mib: u32,
@@ -91,7 +96,7 @@ pub fn run(args: TriageArgs) -> ExitCode {
     let options = WatchOptions {
         settings: WatchSettings { port: args.port, snaplen: 512, ring_buffer_bytes: args.ring_buffer_mib << 20 },
         duration: Some(args.duration),
-        dns_timeout: args.dns_timeout,
+        analysis: AnalysisOptions { dns_timeout: args.dns_timeout, dns_ports: args.dns_ports.clone() },
     };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,

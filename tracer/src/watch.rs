@@ -1,8 +1,15 @@
 //! `tracer watch`: attach, stream packet events to an output until stopped, then
 //! print the summary. Orchestration only: decoding lives in `events`, correlation and
 //! findings in `analysis`, printing in `outputs`.
+//!
+//! The loop stays in control when the kernel produces records faster than they can be
+//! read: each pass over the ring buffer is capped, and between passes the loop serves
+//! signals, the deadline and expiry. Queries are timed out against the kernel time of the
+//! newest record read (or the present, once the ring buffer has been read empty), so a
+//! reader that falls behind does not time out queries whose replies are still queued.
 
 use std::{
+    collections::HashMap,
     io,
     time::{Duration, Instant},
 };
@@ -15,21 +22,21 @@ use tokio::{
 };
 
 use crate::{
-    analysis::Analysis,
+    analysis::{firewall::FirewallWorker, Analysis, AnalysisOptions},
     events::{
         interfaces::Interfaces,
+        monotonic_now_ns,
         record::{self, KernelEvent},
         TracedPacket, WallClock,
     },
-    hooks::{KernelHooks, WatchSettings},
+    hooks::{check_privileges, loss::KernelLoss, Attached, KernelHooks, WatchSettings},
     outputs::{Output, Summary},
 };
 
 pub struct WatchOptions {
     pub settings: WatchSettings,
     pub duration: Option<Duration>,
-    /// A DNS query with no reply after this long is a `dns_timeout` finding.
-    pub dns_timeout: Duration,
+    pub analysis: AnalysisOptions,
 }
 
 /// How a watch ended.
@@ -48,20 +55,60 @@ const TICK: Duration = Duration::from_millis(250);
 /// standard error while they grow, so a loss is seen while it happens.
 const LOST_REPORT_TICKS: u64 = 4;
 
+/// One pass over the ring buffer reads at most this many records, for at most this long:
+/// then the loop serves signals, the deadline and expiry before it reads on.
+const PASS_RECORDS: usize = 16_384;
+const PASS_TIME: Duration = Duration::from_millis(50);
+
+/// After a stop, what is already queued is read for at most this long, and the rules of
+/// drops still being named are waited for at most this long: a stop is served within a
+/// second however full the ring buffer is.
+const FINAL_DRAIN_TIME: Duration = Duration::from_millis(300);
+const FINAL_RULES_WAIT: Duration = Duration::from_millis(500);
+
+/// A record's timestamp is taken after its slot is reserved; a slot that is reserved
+/// but not yet filled when the ring buffer reads empty is at most this much older than
+/// the moment it read empty.
+const IN_FLIGHT_NS: u64 = 50_000_000;
+
+/// The kernel time up to which every record has been read.
+#[derive(Default)]
+struct Watermark {
+    newest_ns: u64,
+}
+
+impl Watermark {
+    fn read(&mut self, timestamp_ns: u64) {
+        self.newest_ns = self.newest_ns.max(timestamp_ns);
+    }
+
+    /// The ring buffer read empty just now: everything older has been read.
+    fn caught_up(&mut self) {
+        self.read(monotonic_now_ns().saturating_sub(IN_FLIGHT_NS));
+    }
+}
+
 /// Prints the running total of lost records when it grew; returns the total reported.
-fn report_lost(hooks: &KernelHooks, reported: u64) -> u64 {
+fn report_lost(hooks: &KernelHooks, loss: &KernelLoss, reported: u64) -> u64 {
     let Ok(per_cpu) = hooks.lost_per_cpu() else { return reported };
-    let total: u64 = per_cpu.iter().sum();
+    let misses = loss.recursion_misses();
+    let total: u64 = per_cpu.iter().sum::<u64>() + misses;
     if total > reported {
+        let skipped = if misses > 0 { format!(", {misses} program runs skipped by the kernel") } else { String::new() };
         eprintln!(
-            "tracer: {total} records lost so far (per CPU {per_cpu:?}): the ring buffer was full; raise --ring-buffer-mib or narrow --port"
+            "tracer: {total} records lost so far (per CPU {per_cpu:?}{skipped}): the ring buffer was full; raise --ring-buffer-mib or narrow --port. Findings whose records may be among them are counted as unconfirmed, not stated"
         );
     }
     total
 }
 
 pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Ending> {
-    let (hooks, events) = KernelHooks::attach(&options.settings)?;
+    // Nothing is read or run before the privileges are known to be there.
+    check_privileges()?;
+    // The rulesets are read before anything is attached: that reading is what the
+    // counters of the first drop are compared with.
+    let firewall = FirewallWorker::start();
+    let Attached { hooks, events, mut loss } = KernelHooks::attach(&options.settings)?;
     let mut interfaces = Interfaces::open()?;
     let clock = WallClock::now();
     // SAFETY: the ring buffer owns its map fd, which stays open and unchanged for as
@@ -73,7 +120,8 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Endi
     let mut tick = tokio::time::interval(TICK);
     let started = Instant::now();
     let deadline = options.duration.map(|d| started + d);
-    let mut analysis = Analysis::live(options.dns_timeout);
+    let mut analysis = Analysis::live(&options.analysis, firewall);
+    let mut watermark = Watermark::default();
     let mut ticks: u64 = 0;
     let mut lost_reported: u64 = 0;
 
@@ -99,23 +147,41 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Endi
     };
     tokio::pin!(sleep_until_deadline);
 
+    let reasons = &hooks.drop_reasons;
     loop {
         tokio::select! {
             ready = events.readable_mut() => {
                 let mut guard = ready.context("waiting for events")?;
-                if drain(guard.get_inner_mut(), &hooks, &clock, &mut interfaces, output, &mut analysis).is_err() {
+                let pass = Pass { reasons, clock: &clock, until: Instant::now() + PASS_TIME, max_records: PASS_RECORDS };
+                let emptied = match pass.drain(guard.get_inner_mut(), &mut interfaces, output, &mut analysis, &mut watermark) {
+                    Ok(emptied) => emptied,
+                    Err(_) => return Ok(Ending::OutputClosed),
+                };
+                if analysis.settle(&mut loss, output).and_then(|()| output.flush()).is_err() {
                     return Ok(Ending::OutputClosed);
                 }
-                guard.clear_ready();
+                if emptied {
+                    guard.clear_ready();
+                } else {
+                    // More is queued: let signals, the deadline and the tick in first.
+                    drop(guard);
+                    tokio::task::yield_now().await;
+                }
             }
             _ = tick.tick() => {
                 ticks += 1;
+                loss.read_misses();
                 if ticks.is_multiple_of(LOST_REPORT_TICKS) {
-                    lost_reported = report_lost(&hooks, lost_reported);
+                    lost_reported = report_lost(&hooks, &loss, lost_reported);
                 }
-                interfaces.apply_updates();
-                analysis.paths.expire(monotonic_now_ns());
-                if analysis.expire(monotonic_now_ns(), output).and_then(|()| output.flush()).is_err() {
+                // Also when nothing woke the loop: a ring buffer read empty here is what
+                // lets an unanswered query's time run out on a quiet node.
+                let pass = Pass { reasons, clock: &clock, until: Instant::now() + PASS_TIME, max_records: PASS_RECORDS };
+                if pass.drain(events.get_mut(), &mut interfaces, output, &mut analysis, &mut watermark).is_err() {
+                    return Ok(Ending::OutputClosed);
+                }
+                analysis.expire(watermark.newest_ns);
+                if analysis.settle(&mut loss, output).and_then(|()| output.flush()).is_err() {
                     return Ok(Ending::OutputClosed);
                 }
             }
@@ -125,10 +191,15 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Endi
         }
     }
 
-    // Records already queued when we were told to stop still belong to the watch.
-    if drain(events.get_mut(), &hooks, &clock, &mut interfaces, output, &mut analysis).is_err()
-        || analysis.expire(monotonic_now_ns(), output).is_err()
-    {
+    // Records already queued when we were told to stop still belong to the watch, as far
+    // as they can be read in a moment.
+    let stopping = Instant::now();
+    let pass = Pass { reasons, clock: &clock, until: stopping + FINAL_DRAIN_TIME, max_records: usize::MAX };
+    if pass.drain(events.get_mut(), &mut interfaces, output, &mut analysis, &mut watermark).is_err() {
+        return Ok(Ending::OutputClosed);
+    }
+    analysis.expire(watermark.newest_ns);
+    if analysis.finish(&mut loss, output, Instant::now() + FINAL_RULES_WAIT).is_err() {
         return Ok(Ending::OutputClosed);
     }
     let stats = &analysis.stats;
@@ -136,14 +207,20 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Endi
         eprintln!("tracer: warning: {} records could not be decoded: {}", stats.malformed, stats.last_error);
     }
     let lost_per_cpu = hooks.lost_per_cpu()?;
+    let recursion_misses = loss.recursion_misses();
     let summary = Summary {
         packets: stats.packets,
-        lost: lost_per_cpu.iter().sum(),
+        lost: lost_per_cpu.iter().sum::<u64>() + recursion_misses,
         lost_per_cpu,
         duration_secs: started.elapsed().as_secs_f64(),
         findings: analysis.log.distinct(),
         finding_counts: analysis.log.counts().into_iter().map(|(kind, n)| (kind.name(), n)).collect(),
-        evicted_flows: analysis.flows.evicted,
+        evicted_flows: analysis.flows.evicted(),
+        evicted_paths: analysis.paths.evicted(),
+        findings_overflow: analysis.log.overflow,
+        unconfirmed: analysis.unconfirmed.total(),
+        unconfirmed_counts: analysis.unconfirmed.counts().into_iter().map(|(kind, n)| (kind.name(), n)).collect(),
+        recursion_misses,
     };
     if output.summary(&summary).is_err() {
         return Ok(Ending::OutputClosed);
@@ -152,37 +229,65 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Endi
     Ok(Ending::Finished(summary))
 }
 
-/// The kernel's `bpf_ktime_get_ns` clock, to age queries against.
-fn monotonic_now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid clock id and a live timespec to write into.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
+/// One pass over the ring buffer.
+struct Pass<'a> {
+    reasons: &'a HashMap<u32, String>,
+    clock: &'a WallClock,
+    until: Instant,
+    max_records: usize,
 }
 
-/// Reads every record queued in the ring buffer. An error means the output is gone.
-fn drain(
-    ring: &mut RingBuf<MapData>,
-    hooks: &KernelHooks,
-    clock: &WallClock,
-    interfaces: &mut Interfaces,
-    output: &mut dyn Output,
-    analysis: &mut Analysis,
-) -> io::Result<()> {
-    interfaces.apply_updates();
-    while let Some(item) = ring.next() {
-        let decoded = record::decode_record(&item);
-        drop(item);
-        match decoded {
-            Ok(KernelEvent::Packet(event)) => analysis.packet(&TracedPacket::new(event, clock, interfaces), output)?,
-            Ok(KernelEvent::Hook(event)) => analysis.paths.hook(&event),
-            Ok(KernelEvent::Icmp(event)) => analysis.paths.icmp(&event),
-            Ok(KernelEvent::Drop(event)) => analysis.dropped(&event, hooks, clock, interfaces, output)?,
-            Err(err) => {
-                analysis.stats.malformed += 1;
-                analysis.stats.last_error = err.to_string();
+/// Time is looked at every this many records.
+const CLOCK_EVERY: usize = 256;
+
+impl Pass<'_> {
+    /// Reads records until the ring buffer is empty (true) or the pass's budget is spent
+    /// (false). An error means the output is gone. The caller settles the findings the
+    /// pass made and then flushes the output.
+    fn drain(
+        &self,
+        ring: &mut RingBuf<MapData>,
+        interfaces: &mut Interfaces,
+        output: &mut dyn Output,
+        analysis: &mut Analysis,
+        watermark: &mut Watermark,
+    ) -> io::Result<bool> {
+        interfaces.apply_updates();
+        let mut read = 0usize;
+        loop {
+            if read >= self.max_records || (read % CLOCK_EVERY == CLOCK_EVERY - 1 && Instant::now() >= self.until) {
+                return Ok(false);
+            }
+            let Some(item) = ring.next() else {
+                watermark.caught_up();
+                return Ok(true);
+            };
+            read += 1;
+            let decoded = record::decode_record(&item);
+            drop(item);
+            match decoded {
+                Ok(KernelEvent::Packet(event)) => {
+                    watermark.read(event.timestamp_ns);
+                    analysis.packet(TracedPacket::new(event, self.clock, interfaces), output)?;
+                }
+                Ok(KernelEvent::Hook(event)) => {
+                    watermark.read(event.timestamp_ns);
+                    analysis.paths.hook(&event);
+                }
+                Ok(KernelEvent::Icmp(event)) => {
+                    watermark.read(event.timestamp_ns);
+                    analysis.paths.icmp(&event);
+                }
+                Ok(KernelEvent::Drop(event)) => {
+                    watermark.read(event.timestamp_ns);
+                    let reason = self.reasons.get(&event.reason).cloned().unwrap_or_else(|| format!("reason {}", event.reason));
+                    analysis.dropped(&event, reason, self.clock, interfaces, output)?;
+                }
+                Err(err) => {
+                    analysis.stats.malformed += 1;
+                    analysis.stats.last_error = err.to_string();
+                }
             }
         }
     }
-    output.flush()
 }

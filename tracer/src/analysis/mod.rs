@@ -432,3 +432,115 @@ fn icmp_name(ipv6: bool, icmp_type: u8, icmp_code: u8) -> String {
     let family = if ipv6 { crate::events::firewall::Family::Ipv6 } else { crate::events::firewall::Family::Ipv4 };
     crate::findings::rule_attribution::answer_name(family, icmp_type, icmp_code)
 }
+
+#[cfg(test)]
+mod tests {
+    use tracer_common::Stage;
+
+    use super::*;
+    use crate::{
+        correlation::{
+            dns::tests::{packet, query_path},
+            loss::NothingLost,
+        },
+        events::packet::Conntrack,
+        outputs::Summary,
+    };
+
+    /// A witness that says so many records were lost in every window.
+    struct Lost(u64);
+
+    impl LossWitness for Lost {
+        fn lost_since(&mut self, _subject: &Unconfirmed, _windows: &LossWindows, _until_ns: u64) -> u64 {
+            self.0
+        }
+    }
+
+    #[derive(Default)]
+    struct Recorded {
+        findings: Vec<Finding>,
+        unconfirmed: Vec<Unconfirmed>,
+    }
+
+    impl Output for Recorded {
+        fn packet(&mut self, _packet: &TracedPacket, _hooks: &[HookPass]) -> io::Result<()> {
+            Ok(())
+        }
+        fn dropped(&mut self, _line: &DropLine) -> io::Result<()> {
+            Ok(())
+        }
+        fn finding(&mut self, finding: &Finding) -> io::Result<()> {
+            self.findings.push(finding.clone());
+            Ok(())
+        }
+        fn unconfirmed(&mut self, unconfirmed: &Unconfirmed) -> io::Result<()> {
+            self.unconfirmed.push(unconfirmed.clone());
+            Ok(())
+        }
+        fn summary(&mut self, _summary: &Summary) -> io::Result<()> {
+            Ok(())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn analysis() -> Analysis {
+        let options = AnalysisOptions { dns_timeout: Duration::from_secs(2), dns_ports: Vec::new() };
+        Analysis::replay(&options, [("net.bridge.bridge-nf-call-iptables".to_string(), Some("0".to_string()))].into())
+    }
+
+    /// The lab's conntrack skip: the query DNATed, the reply bridged back unchanged. The
+    /// analysis decodes DNS from the bytes, which these packets do not carry: their DNS is set.
+    fn play_conntrack_skip(analysis: &mut Analysis) {
+        let mut packets = query_path();
+        packets.push(packet(4, Stage::BridgeIn, "veth-server", "10.244.0.7:53", "10.244.0.5:40000", true, Conntrack::None));
+        packets.push(packet(5, Stage::BridgeOut, "veth-client", "10.244.0.7:53", "10.244.0.5:40000", true, Conntrack::None));
+        for packet in packets {
+            analysis.stats.packets += 1;
+            if let Some(correlated) = analysis.flows.observe(&packet) {
+                analysis.consider(&correlated, packet.event.timestamp_ns);
+            }
+        }
+    }
+
+    #[test]
+    fn a_finding_whose_records_are_complete_is_stated() {
+        let (mut analysis, mut output) = (analysis(), Recorded::default());
+        play_conntrack_skip(&mut analysis);
+        analysis.settle(&mut NothingLost, &mut output).expect("output");
+        assert_eq!(output.findings.len(), 1);
+        assert_eq!(output.findings[0].kind, FindingKind::ConntrackSkip);
+        assert!(output.unconfirmed.is_empty());
+    }
+
+    #[test]
+    fn a_finding_whose_records_may_be_lost_is_only_counted() {
+        let (mut analysis, mut output) = (analysis(), Recorded::default());
+        play_conntrack_skip(&mut analysis);
+        analysis.settle(&mut Lost(3), &mut output).expect("output");
+        assert!(output.findings.is_empty(), "{:?}", output.findings);
+        assert_eq!(analysis.log.distinct(), 0);
+        let [unconfirmed] = output.unconfirmed.as_slice() else { panic!("one unconfirmed: {:?}", output.unconfirmed) };
+        assert_eq!(unconfirmed.kind, FindingKind::ConntrackSkip);
+        assert_eq!(unconfirmed.records_lost, 3);
+        assert_eq!(unconfirmed.query_id, Some(0x6aab));
+        assert_eq!(analysis.unconfirmed.counts(), vec![(FindingKind::ConntrackSkip, 1)]);
+    }
+
+    #[test]
+    fn timeouts_run_on_kernel_time_not_on_the_clock() {
+        // A reader that fell behind has drained records up to 1.9 s after the query: whatever
+        // the wall clock says, the reply may still be queued.
+        let (mut analysis, mut output) = (analysis(), Recorded::default());
+        for packet in query_path() {
+            analysis.flows.observe(&packet);
+        }
+        analysis.expire(1_900_000_000);
+        analysis.settle(&mut NothingLost, &mut output).expect("output");
+        assert!(output.findings.is_empty());
+        analysis.expire(2_003_000_000);
+        analysis.settle(&mut NothingLost, &mut output).expect("output");
+        assert_eq!(output.findings.iter().map(|f| f.kind).collect::<Vec<_>>(), vec![FindingKind::DnsTimeout]);
+    }
+}

@@ -2,15 +2,15 @@
 //!
 //! A query is keyed by the client that sent it and its DNS id. The client is taken
 //! from the conntrack entry's original tuple when one is attached, so a query that
-//! was source-NATed on its way still matches its reply.
+//! was source-NATed on its way still matches its reply. A resolver that sends the same
+//! query (same socket, same id) to several nameservers at once, as musl does, has one
+//! flow that remembers every server it asked: a reply from any of them is expected.
 
-use std::{
-    collections::{HashMap, VecDeque},
-    net::SocketAddr,
-};
+use std::net::SocketAddr;
 
 use tracer_common::Stage;
 
+use super::{bounded::BoundedTable, loss::LossWindows};
 use crate::events::{
     packet::{Conntrack, PacketEvent},
     TracedPacket,
@@ -25,18 +25,29 @@ pub struct Sighting {
     pub wall_time_ns: u64,
 }
 
+/// One server a client sent a query to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AskedServer {
+    /// The address the client sent the query to, before any NAT: it accepts a reply from
+    /// there only.
+    pub queried: SocketAddr,
+    /// Where conntrack sent the query, when it rewrote its destination (DNAT).
+    pub backend: Option<SocketAddr>,
+}
+
+/// Servers remembered per query: resolvers list at most three nameservers.
+const MAX_SERVERS: usize = 4;
+
 /// What we know of one DNS query.
 #[derive(Clone, Debug)]
 pub struct QueryFlow {
     /// The query's sender, before any NAT.
     pub client: SocketAddr,
-    /// Where the client sent it, before any NAT: the only source it accepts a reply from.
-    pub queried: SocketAddr,
+    /// Every server the client asked under this id, in the order it asked them; never empty.
+    pub servers: Vec<AskedServer>,
     pub id: u16,
     pub qname: Option<String>,
     pub qtype: Option<u16>,
-    /// Where conntrack sent the query, when it rewrote its destination (DNAT).
-    pub backend: Option<SocketAddr>,
     /// The bridge port the query entered the bridge on (the client's port).
     pub client_port: Option<String>,
     pub bridge: Option<String>,
@@ -44,7 +55,31 @@ pub struct QueryFlow {
     pub last_seen: Sighting,
     /// A reply was seen somewhere on the node (even if not yet on its way to the client).
     pub reply_seen: bool,
-    sequence: u64,
+    /// The client's endpoints (before and after any source NAT) from their first records:
+    /// a lost record of this exchange shows as growth there.
+    pub loss: LossWindows,
+}
+
+impl QueryFlow {
+    /// The server the client asked first.
+    pub fn queried(&self) -> SocketAddr {
+        self.servers.first().map_or(self.client, |server| server.queried)
+    }
+
+    /// The backend conntrack sent the query to first, if any.
+    pub fn backend(&self) -> Option<SocketAddr> {
+        self.servers.iter().find_map(|server| server.backend)
+    }
+
+    fn asked(&mut self, queried: SocketAddr, backend: Option<SocketAddr>) {
+        if let Some(server) = self.servers.iter_mut().find(|server| server.queried == queried) {
+            if server.backend.is_none() {
+                server.backend = backend;
+            }
+        } else if self.servers.len() < MAX_SERVERS {
+            self.servers.push(AskedServer { queried, backend });
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -58,26 +93,13 @@ pub enum Correlated {
 type FlowKey = (SocketAddr, u16);
 
 pub struct DnsFlows {
-    flows: HashMap<FlowKey, QueryFlow>,
-    /// Insertion order, for expiry and eviction; entries whose flow is gone are skipped.
-    order: VecDeque<(u64, FlowKey)>,
-    next_sequence: u64,
+    flows: BoundedTable<FlowKey, QueryFlow>,
     timeout_ns: u64,
-    capacity: usize,
-    /// Flows dropped to stay within `capacity` before they were resolved.
-    pub evicted: u64,
 }
 
 impl DnsFlows {
     pub fn new(timeout_ns: u64, capacity: usize) -> DnsFlows {
-        DnsFlows {
-            flows: HashMap::new(),
-            order: VecDeque::new(),
-            next_sequence: 0,
-            timeout_ns,
-            capacity: capacity.max(1),
-            evicted: 0,
-        }
+        DnsFlows { flows: BoundedTable::new(capacity), timeout_ns }
     }
 
     pub fn len(&self) -> usize {
@@ -88,46 +110,49 @@ impl DnsFlows {
         self.flows.is_empty()
     }
 
+    /// Queries dropped from tracking to stay within the capacity.
+    pub fn evicted(&self) -> u64 {
+        self.flows.evicted
+    }
+
     pub fn observe(&mut self, packet: &TracedPacket) -> Option<Correlated> {
         let message = packet.event.dns.as_ref()?;
+        let event = &packet.event;
         let sighting = Sighting {
-            stage: packet.event.stage,
+            stage: event.stage,
             ifname: packet.names.ifname.clone(),
-            ifindex: packet.event.ifindex,
+            ifindex: event.ifindex,
             wall_time_ns: packet.wall_time_ns,
         };
         if !message.qr {
-            let (client, queried) = pre_nat_endpoints(&packet.event);
+            let (client, queried) = pre_nat_endpoints(event);
             let key = (client, message.id);
+            let backend = dnat_backend(event);
             if let Some(flow) = self.flows.get_mut(&key) {
                 flow.last_seen = sighting;
-                if flow.backend.is_none() {
-                    flow.backend = dnat_backend(&packet.event);
-                }
+                flow.asked(queried, backend);
+                flow.loss.watch_source(event.src, event.loss, event.timestamp_ns);
                 return None;
             }
-            self.make_room();
-            let sequence = self.next_sequence;
-            self.next_sequence += 1;
-            let client_port = (packet.event.stage == Stage::BridgeIn).then(|| packet.names.ifname.clone()).flatten();
+            let client_port = (event.stage == Stage::BridgeIn).then(|| packet.names.ifname.clone()).flatten();
+            let mut loss = LossWindows::default();
+            loss.watch_source(event.src, event.loss, event.timestamp_ns);
             self.flows.insert(
                 key,
                 QueryFlow {
                     client,
-                    queried,
+                    servers: vec![AskedServer { queried, backend }],
                     id: message.id,
                     qname: message.qname.clone(),
                     qtype: message.qtype,
-                    backend: dnat_backend(&packet.event),
                     client_port,
                     bridge: packet.names.bridge.clone(),
-                    first_seen_ns: packet.event.timestamp_ns,
+                    first_seen_ns: event.timestamp_ns,
                     last_seen: sighting,
                     reply_seen: false,
-                    sequence,
+                    loss,
                 },
             );
-            self.order.push_back((sequence, key));
             return None;
         }
 
@@ -136,58 +161,35 @@ impl DnsFlows {
         // in the entry's reply direction) that is the original tuple's source. A reply
         // from an address the query never went to gets an entry of its own, whose
         // original direction is the reply itself: then it is that tuple's destination.
-        let client = match &packet.event.conntrack {
+        let client = match &event.conntrack {
             Conntrack::Attached(entry) => match entry.original {
                 Some(original) if entry.is_reply_direction() => original.src,
                 Some(original) => original.dst,
-                None => packet.event.dst,
+                None => event.dst,
             },
-            _ => packet.event.dst,
+            _ => event.dst,
         };
         let key = (client, message.id);
         let flow = self.flows.get_mut(&key)?;
         flow.reply_seen = true;
-        if packet.event.stage != Stage::BridgeOut || packet.event.dst != flow.client {
+        if event.stage != Stage::BridgeOut || event.dst != flow.client {
             return None;
         }
         let query = self.flows.remove(&key)?;
         Some(Correlated::ReplyToClient { query, reply: Box::new(packet.clone()) })
     }
 
-    /// Resolves the flows older than the timeout: unanswered queries are reported,
-    /// answered ones that never went back over a bridge (a client elsewhere) are dropped.
+    /// Resolves the flows older than the timeout at kernel time `now_ns`: unanswered
+    /// queries are reported, answered ones that never went back over a bridge (a client
+    /// elsewhere) are dropped.
     pub fn expire(&mut self, now_ns: u64) -> Vec<Correlated> {
-        let mut expired = Vec::new();
-        while let Some(&(sequence, key)) = self.order.front() {
-            let Some(flow) = self.flows.get(&key) else {
-                self.order.pop_front();
-                continue;
-            };
-            if flow.sequence != sequence {
-                self.order.pop_front();
-                continue;
-            }
-            if now_ns.saturating_sub(flow.first_seen_ns) < self.timeout_ns {
-                break;
-            }
-            self.order.pop_front();
-            if let Some(flow) = self.flows.remove(&key) {
-                if !flow.reply_seen {
-                    expired.push(Correlated::Unanswered { query: flow });
-                }
-            }
-        }
-        expired
-    }
-
-    fn make_room(&mut self) {
-        while self.flows.len() >= self.capacity {
-            let Some((sequence, key)) = self.order.pop_front() else { return };
-            if self.flows.get(&key).is_some_and(|flow| flow.sequence == sequence) {
-                self.flows.remove(&key);
-                self.evicted += 1;
-            }
-        }
+        let timeout_ns = self.timeout_ns;
+        self.flows
+            .expire(|flow| now_ns.saturating_sub(flow.first_seen_ns) >= timeout_ns)
+            .into_iter()
+            .filter(|(_, flow)| !flow.reply_seen)
+            .map(|(_, query)| Correlated::Unanswered { query })
+            .collect()
     }
 }
 
@@ -241,6 +243,7 @@ pub(crate) mod tests {
             event: PacketEvent {
                 timestamp_ns: at_ms * 1_000_000,
                 skb_id: 1,
+                loss: Default::default(),
                 netns_inode: 1,
                 stage,
                 ifindex: 7,
@@ -262,6 +265,8 @@ pub(crate) mod tests {
                 }),
                 captured: Vec::new(),
                 l3_offset: 0,
+                l4_offset: 0,
+                payload_offset: 0,
             },
             wall_time_ns: 1_800_000_000_000_000_000 + at_ms * 1_000_000,
             names: InterfaceNames {
@@ -305,8 +310,8 @@ pub(crate) mod tests {
         assert_eq!(correlated.len(), 1);
         let Correlated::ReplyToClient { query, reply } = &correlated[0] else { panic!("expected a reply") };
         assert_eq!(query.client, addr("10.244.0.5:40000"));
-        assert_eq!(query.queried, addr("10.96.0.10:53"));
-        assert_eq!(query.backend, Some(addr("10.244.0.7:53")));
+        assert_eq!(query.queried(), addr("10.96.0.10:53"));
+        assert_eq!(query.backend(), Some(addr("10.244.0.7:53")));
         assert_eq!(query.client_port.as_deref(), Some("veth-client"));
         assert_eq!(reply.event.src, addr("10.244.0.7:53"));
         assert!(flows.is_empty(), "a resolved flow is forgotten");
@@ -370,7 +375,21 @@ pub(crate) mod tests {
             flows.observe(&packet(port as u64, Stage::BridgeIn, "veth-client", &src, "10.96.0.10:53", false, Conntrack::None));
         }
         assert_eq!(flows.len(), 3);
-        assert_eq!(flows.evicted, 2);
+        assert_eq!(flows.evicted(), 2);
+    }
+
+    #[test]
+    fn a_query_sent_to_several_servers_remembers_each() {
+        // musl asks every nameserver at once, from one socket, with one id.
+        let mut flows = DnsFlows::new(2_000_000_000, 100);
+        let to_first = packet(0, Stage::BridgeIn, "veth-client", "10.244.0.5:40000", "10.244.0.7:53", false, Conntrack::None);
+        let to_second = packet(0, Stage::BridgeIn, "veth-client", "10.244.0.5:40000", "10.244.0.8:53", false, Conntrack::None);
+        replay(&mut flows, &[to_first, to_second]);
+        let reply = packet(1, Stage::BridgeOut, "veth-client", "10.244.0.8:53", "10.244.0.5:40000", true, Conntrack::None);
+        let correlated = replay(&mut flows, &[reply]);
+        let [Correlated::ReplyToClient { query, .. }] = correlated.as_slice() else { panic!("expected the reply paired") };
+        let asked: Vec<SocketAddr> = query.servers.iter().map(|s| s.queried).collect();
+        assert_eq!(asked, vec![addr("10.244.0.7:53"), addr("10.244.0.8:53")]);
     }
 
     #[test]

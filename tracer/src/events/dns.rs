@@ -106,6 +106,42 @@ pub fn parse(payload: &[u8], over_tcp: bool) -> Option<DnsMessage> {
     })
 }
 
+/// Opcodes in use (RFC 1035, 1996, 2136, 8490); IQUERY (1) is obsolete but harmless.
+const KNOWN_OPCODES: [u8; 6] = [0, 1, 2, 4, 5, 6];
+/// The Z bit of the flags, which every DNS implementation sends as zero.
+const FLAG_Z: u16 = 0x0040;
+/// A question takes at least 5 octets (root name, type, class), a record at least 11.
+const MIN_QUESTION_LEN: usize = 5;
+const MIN_RECORD_LEN: usize = 11;
+
+/// Like [`parse`], but only for a message whose header is one a DNS implementation would
+/// send: a known opcode, the Z bit clear, at most one question (exactly one in a standard
+/// query, which carries no answers), and section counts that fit in `message_len`, the
+/// message's real length (the capture may hold less). Traffic on a DNS port that is not
+/// DNS (or not at a message boundary) rarely passes all of these.
+pub fn parse_plausible(payload: &[u8], over_tcp: bool, message_len: usize) -> Option<DnsMessage> {
+    let msg = if over_tcp { payload.get(2..)? } else { payload };
+    let flags = read_u16(msg, 2)?;
+    let qdcount = read_u16(msg, 4)?;
+    let ancount = read_u16(msg, 6)?;
+    let nscount = read_u16(msg, 8)?;
+    let arcount = read_u16(msg, 10)?;
+    let opcode = ((flags >> 11) & 0x0f) as u8;
+    let query = flags & 0x8000 == 0;
+    if !KNOWN_OPCODES.contains(&opcode) || flags & FLAG_Z != 0 || qdcount > 1 {
+        return None;
+    }
+    if query && opcode == 0 && (qdcount != 1 || ancount != 0 || nscount != 0 || flags & 0x000f != 0) {
+        return None;
+    }
+    let records = usize::from(ancount) + usize::from(nscount) + usize::from(arcount);
+    let smallest = HEADER_LEN + usize::from(qdcount) * MIN_QUESTION_LEN + records * MIN_RECORD_LEN;
+    if smallest > message_len {
+        return None;
+    }
+    parse(payload, over_tcp)
+}
+
 /// The mnemonic of a header RCODE (RFC 1035, RFC 2136, RFC 8490). The header field has 4 bits;
 /// unassigned values read "RCODE<n>".
 pub fn rcode_name(rcode: u8) -> &'static str {

@@ -2,6 +2,7 @@
 //! decoded headers, DNS, wall-clock time and interface names.
 
 pub mod dns;
+pub mod dns_decode;
 pub mod firewall;
 pub mod helpers;
 pub mod interfaces;
@@ -60,6 +61,11 @@ impl WallClock {
     pub fn wall_ns(&self, monotonic_ns: u64) -> u64 {
         u64::try_from(monotonic_ns as i128 + self.offset_ns).unwrap_or(0)
     }
+}
+
+/// The kernel's `bpf_ktime_get_ns` clock (CLOCK_MONOTONIC), in which records are stamped.
+pub fn monotonic_now_ns() -> u64 {
+    u64::try_from(clock_ns(libc::CLOCK_MONOTONIC)).unwrap_or(0)
 }
 
 fn clock_ns(clock: libc::clockid_t) -> i128 {

@@ -4,7 +4,10 @@ use std::net::SocketAddr;
 
 use tracer_common::{hook_position, DropRecord, HookRecord, IcmpRecord};
 
-use super::packet::{decode_conntrack, flow_addresses, Conntrack, DecodeError};
+use super::{
+    packet::{decode_conntrack, flow_addresses, Conntrack, DecodeError},
+    record::LossStamps,
+};
 use crate::hooks::netfilter::Hook;
 
 /// A traced packet passing a netfilter hook.
@@ -12,6 +15,7 @@ use crate::hooks::netfilter::Hook;
 pub struct HookEvent {
     pub timestamp_ns: u64,
     pub skb_id: u64,
+    pub loss: LossStamps,
     pub ipv6: bool,
     pub hook: Hook,
     /// True at the start of the hook's priority range, false at its end.
@@ -29,6 +33,7 @@ pub struct HookEvent {
 pub struct DropEvent {
     pub timestamp_ns: u64,
     pub skb_id: u64,
+    pub loss: LossStamps,
     pub netns_inode: u32,
     pub ifindex: u32,
     /// `enum skb_drop_reason` value; named through the kernel's BTF.
@@ -44,6 +49,7 @@ pub struct DropEvent {
 pub struct IcmpEvent {
     pub timestamp_ns: u64,
     pub skb_id: u64,
+    pub loss: LossStamps,
     pub ifindex: u32,
     pub icmp_type: u8,
     pub icmp_code: u8,
@@ -56,8 +62,9 @@ pub struct IcmpEvent {
 pub fn decode_hook(record: &HookRecord) -> Result<HookEvent, DecodeError> {
     let (src, dst) = flow_addresses(&record.flow)?;
     Ok(HookEvent {
-        timestamp_ns: record.timestamp_ns,
-        skb_id: record.skb_id,
+        timestamp_ns: record.header.timestamp_ns,
+        skb_id: record.header.skb_id,
+        loss: LossStamps::of(&record.header),
         ipv6: record.flow.ip_version == 6,
         hook: Hook::from_number(record.hook).ok_or(DecodeError::UnknownHook(record.hook))?,
         early: record.position == hook_position::EARLY,
@@ -73,9 +80,10 @@ pub fn decode_hook(record: &HookRecord) -> Result<HookEvent, DecodeError> {
 pub fn decode_drop(record: &DropRecord) -> Result<DropEvent, DecodeError> {
     let (src, dst) = flow_addresses(&record.flow)?;
     Ok(DropEvent {
-        timestamp_ns: record.timestamp_ns,
-        skb_id: record.skb_id,
-        netns_inode: record.netns_inode,
+        timestamp_ns: record.header.timestamp_ns,
+        skb_id: record.header.skb_id,
+        loss: LossStamps::of(&record.header),
+        netns_inode: record.header.netns_inode,
         ifindex: record.ifindex,
         reason: record.reason,
         location: record.location,
@@ -88,8 +96,9 @@ pub fn decode_drop(record: &DropRecord) -> Result<DropEvent, DecodeError> {
 pub fn decode_icmp(record: &IcmpRecord) -> Result<IcmpEvent, DecodeError> {
     let (src, dst) = flow_addresses(&record.flow)?;
     Ok(IcmpEvent {
-        timestamp_ns: record.timestamp_ns,
-        skb_id: record.skb_id,
+        timestamp_ns: record.header.timestamp_ns,
+        skb_id: record.header.skb_id,
+        loss: LossStamps::of(&record.header),
         ifindex: record.ifindex,
         icmp_type: record.icmp_type,
         icmp_code: record.icmp_code,

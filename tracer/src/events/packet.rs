@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use tracer_common::{conntrack_state, ConntrackRecord, CtTuple, Flow, PacketRecord, Stage, CAPTURE_MAX};
 
-use super::dns::{self, DnsMessage};
+use super::{dns::DnsMessage, record::LossStamps};
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
@@ -13,6 +13,7 @@ pub const IPPROTO_UDP: u8 = 17;
 pub struct PacketEvent {
     pub timestamp_ns: u64,
     pub skb_id: u64,
+    pub loss: LossStamps,
     pub netns_inode: u32,
     pub stage: Stage,
     pub ifindex: u32,
@@ -24,11 +25,16 @@ pub struct PacketEvent {
     pub src: SocketAddr,
     pub dst: SocketAddr,
     pub conntrack: Conntrack,
+    /// The DNS message the payload carries, when it is DNS (decided by the analysis, which
+    /// knows the DNS ports and the TCP streams: see `events::dns_decode`).
     pub dns: Option<DnsMessage>,
     /// The frame's first bytes as copied in the kernel.
     pub captured: Vec<u8>,
-    /// Offset of the IP header in `captured`; 0 when there is no link-layer header.
+    /// Offsets in `captured` of the IP header (0 when there is no link-layer header), the
+    /// transport header and the transport payload.
     pub l3_offset: usize,
+    pub l4_offset: usize,
+    pub payload_offset: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -136,16 +142,12 @@ pub fn decode(record: &PacketRecord) -> Result<PacketEvent, DecodeError> {
 
     let captured_len = (record.captured_len as usize).min(CAPTURE_MAX);
     let captured = record.packet[..captured_len].to_vec();
-    let payload_offset = record.payload_offset as usize;
-    let dns = captured
-        .get(payload_offset..)
-        .filter(|payload| !payload.is_empty())
-        .and_then(|payload| dns::parse(payload, record.flow.l4_proto == IPPROTO_TCP));
 
     Ok(PacketEvent {
-        timestamp_ns: record.timestamp_ns,
-        skb_id: record.skb_id,
-        netns_inode: record.netns_inode,
+        timestamp_ns: record.header.timestamp_ns,
+        skb_id: record.header.skb_id,
+        loss: LossStamps::of(&record.header),
+        netns_inode: record.header.netns_inode,
         stage,
         ifindex: record.ifindex,
         ingress_ifindex: record.ingress_ifindex,
@@ -154,9 +156,11 @@ pub fn decode(record: &PacketRecord) -> Result<PacketEvent, DecodeError> {
         src,
         dst,
         conntrack: decode_conntrack(&record.conntrack, record.flow.ip_version)?,
-        dns,
+        dns: None,
         captured,
         l3_offset: record.l3_offset as usize,
+        l4_offset: record.l4_offset as usize,
+        payload_offset: record.payload_offset as usize,
     })
 }
 

@@ -33,12 +33,14 @@ use super::{
     dns::{self, DnsMessage},
     netfilter::{DropEvent, IcmpEvent},
     node::SysctlValue,
+    record::LossStamps,
+    dns_decode::DNS_PORT,
     packet::{stage_name, Conntrack, ConntrackEntry, FlowTuple, PacketEvent, IPPROTO_TCP, IPPROTO_UDP},
     InterfaceNames, TracedPacket,
 };
 use crate::{
     correlation::paths::{DroppedPacket, HookPass},
-    findings::{ChainRef, Evidence, Finding, FindingKind, NetfilterEvidence, RuleRef},
+    findings::{ChainRef, Evidence, Finding, FindingKind, NetfilterEvidence, RuleRef, Unconfirmed},
     hooks::netfilter::Hook,
 };
 
@@ -62,6 +64,9 @@ pub struct CaptureMeta {
     pub port: u16,
     pub snaplen: u32,
     pub dns_timeout_ns: u64,
+    /// Ports besides 53 whose payloads the watch read as DNS (`--dns-port`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_ports: Vec<u16>,
     /// Sysctl name → value (null: the file did not exist).
     pub sysctls: BTreeMap<String, Option<String>>,
 }
@@ -142,6 +147,10 @@ pub struct DropMeta {
     pub verdict: String,
     pub icmp_name: Option<String>,
     pub rule: Option<String>,
+    /// Records of the packet's flow that may have been lost while it was followed (no rule
+    /// was named then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records_lost: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -158,6 +167,8 @@ pub struct IcmpMeta {
 pub enum RecordMeta {
     /// A finding as the JSON output prints it (`outputs::json::finding_json`).
     Finding { wall_time_ns: u64, finding: Value },
+    /// A finding the watch did not state because records it rests on may have been lost.
+    Unconfirmed(Unconfirmed),
     Summary(SummaryMeta),
 }
 
@@ -170,6 +181,16 @@ pub struct SummaryMeta {
     pub findings: usize,
     pub finding_counts: BTreeMap<String, u64>,
     pub evicted_flows: u64,
+    #[serde(default)]
+    pub evicted_paths: u64,
+    #[serde(default)]
+    pub findings_overflow: u64,
+    #[serde(default)]
+    pub unconfirmed: u64,
+    #[serde(default)]
+    pub unconfirmed_counts: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub recursion_misses: u64,
     /// Kernel monotonic clock when the watch ended: queries still unanswered then and
     /// older than the timeout are the last `dns_timeout`s.
     pub end_timestamp_ns: u64,
@@ -265,10 +286,13 @@ impl PacketMeta {
     fn packet(self, wall_time_ns: u64, captured: Vec<u8>) -> Result<ReadPacket, String> {
         let stage = stage_named(&self.stage).ok_or_else(|| format!("unknown stage {:?}", self.stage))?;
         let hooks = self.hooks.iter().map(HookMeta::pass).collect::<Result<Vec<_>, _>>()?;
-        let dns = ip_headers(&captured, self.l3_offset).and_then(|ip| dns_of(&captured, &ip));
+        let headers = ip_headers(&captured, self.l3_offset);
         let event = PacketEvent {
             timestamp_ns: self.timestamp_ns,
             skb_id: self.skb_id,
+            // Whether records were lost around this packet is recorded with the findings
+            // the watch could not confirm, not per packet.
+            loss: LossStamps::default(),
             netns_inode: self.netns,
             stage,
             ifindex: self.ifindex,
@@ -278,7 +302,9 @@ impl PacketMeta {
             src: self.src,
             dst: self.dst,
             conntrack: self.conntrack.conntrack(),
-            dns,
+            dns: None,
+            l4_offset: headers.map_or(captured.len(), |h| h.l4_offset),
+            payload_offset: headers.map_or(captured.len(), |h| h.payload_offset),
             captured,
             l3_offset: self.l3_offset,
         };
@@ -314,6 +340,7 @@ impl DropMeta {
             verdict: line.verdict.to_string(),
             icmp_name: line.icmp.clone(),
             rule: line.rule.clone(),
+            records_lost: line.records_lost,
         }
     }
 
@@ -325,6 +352,7 @@ impl DropMeta {
             other => return Err(format!("unknown verdict {other:?}")),
         };
         let drop = DropEvent {
+            loss: LossStamps::default(),
             timestamp_ns: self.timestamp_ns,
             skb_id: self.skb_id,
             netns_inode: self.netns,
@@ -336,6 +364,7 @@ impl DropMeta {
             dst: self.dst,
         };
         let icmp = self.icmp.map(|i| IcmpEvent {
+            loss: LossStamps::default(),
             timestamp_ns: i.timestamp_ns,
             skb_id: self.skb_id,
             ifindex: i.ifindex,
@@ -346,7 +375,7 @@ impl DropMeta {
             dst: self.dst,
         });
         Ok(crate::outputs::DropLine {
-            dropped: DroppedPacket { drop, path, icmp },
+            dropped: DroppedPacket { drop, path, icmp, loss: Default::default() },
             wall_time_ns,
             ifname: self.ifname,
             bridge: self.bridge,
@@ -354,6 +383,7 @@ impl DropMeta {
             verdict,
             icmp: self.icmp_name,
             rule: self.rule,
+            records_lost: self.records_lost,
         })
     }
 }
@@ -403,6 +433,7 @@ pub enum Record {
     Packet(Box<ReadPacket>),
     Dropped(Box<crate::outputs::DropLine>),
     Finding(Box<ReadFinding>),
+    Unconfirmed(Unconfirmed),
     Summary(SummaryMeta),
     Plain(PlainPacket),
 }
@@ -735,6 +766,7 @@ fn handle_block(
                 serde_json::from_str(text.trim_end_matches('\0')).map_err(|err| format!("record block: {err}"))?;
             Ok(Some(match record {
                 RecordMeta::Finding { wall_time_ns, finding } => Record::Finding(Box::new(read_finding(wall_time_ns, &finding)?)),
+                RecordMeta::Unconfirmed(unconfirmed) => Record::Unconfirmed(unconfirmed),
                 RecordMeta::Summary(summary) => Record::Summary(summary),
             }))
         }
@@ -874,7 +906,9 @@ struct IpHeaders {
     src: SocketAddr,
     dst: SocketAddr,
     ip_len: u32,
-    /// Where the transport payload starts in the frame.
+    /// Where the IP header, the transport header and its payload start in the frame.
+    l3_offset: usize,
+    l4_offset: usize,
     payload_offset: usize,
 }
 
@@ -942,13 +976,28 @@ fn ip_headers(data: &[u8], l3: usize) -> Option<IpHeaders> {
         src: SocketAddr::new(src_ip, sport),
         dst: SocketAddr::new(dst_ip, dport),
         ip_len,
+        l3_offset: l3,
+        l4_offset: l3 + at,
         payload_offset: l3 + at + l4_len,
     })
 }
 
+/// DNS in a capture another program wrote: only on port 53 and with a plausible header,
+/// as a watch reads it; over TCP only a segment that holds one whole message (a listing
+/// follows no streams).
 fn dns_of(data: &[u8], ip: &IpHeaders) -> Option<DnsMessage> {
+    if ip.src.port() != DNS_PORT && ip.dst.port() != DNS_PORT {
+        return None;
+    }
     let payload = data.get(ip.payload_offset..).filter(|p| !p.is_empty())?;
-    dns::parse(payload, ip.l4_proto == IPPROTO_TCP)
+    let transport_len = usize::try_from(ip.ip_len).ok()?.checked_sub(ip.l4_offset.checked_sub(ip.l3_offset)?)?;
+    let payload_len = transport_len.checked_sub(ip.payload_offset - ip.l4_offset)?;
+    if ip.l4_proto == IPPROTO_TCP {
+        let declared = usize::from(u16::from_be_bytes([*payload.first()?, *payload.get(1)?]));
+        (declared + 2 == payload_len).then(|| dns::parse_plausible(payload, true, declared)).flatten()
+    } else {
+        dns::parse_plausible(payload, false, payload_len)
+    }
 }
 
 fn plain_packet(wall_time_ns: u64, ifname: Option<String>, linktype: Linktype, data: &[u8], original_len: u32) -> PlainPacket {

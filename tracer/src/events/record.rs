@@ -1,11 +1,25 @@
 //! Tells the ring buffer's record kinds apart and decodes each.
 
-use tracer_common::{record_kind, DropRecord, HookRecord, IcmpRecord, PacketRecord};
+use tracer_common::{record_kind, DropRecord, HookRecord, IcmpRecord, PacketRecord, RecordHeader};
 
 use super::{
     netfilter::{decode_drop, decode_hook, decode_icmp, DropEvent, HookEvent, IcmpEvent},
     packet::{decode, record_from_bytes, DecodeError, PacketEvent},
 };
+
+/// A record's loss stamps (`RecordHeader::loss_stamp_src` / `_dst`): how many records of its
+/// source and destination endpoints' buckets had been lost when it was reserved.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LossStamps {
+    pub src: u32,
+    pub dst: u32,
+}
+
+impl LossStamps {
+    pub fn of(header: &RecordHeader) -> LossStamps {
+        LossStamps { src: header.loss_stamp_src, dst: header.loss_stamp_dst }
+    }
+}
 
 #[derive(Clone, Debug)]
 pub enum KernelEvent {
@@ -40,7 +54,8 @@ mod tests {
 
     #[test]
     fn hook_record_decodes() {
-        let mut record = HookRecord { kind: record_kind::HOOK, hook: 2, position: tracer_common::hook_position::LATE, ..Default::default() };
+        let mut record = HookRecord { hook: 2, position: tracer_common::hook_position::LATE, ..Default::default() };
+        record.header.kind = record_kind::HOOK;
         record.flow.ip_version = 4;
         record.flow.src_addr[..4].copy_from_slice(&[10, 244, 0, 5]);
         record.flow.dst_port_be = 53u16.to_be();

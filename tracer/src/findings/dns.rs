@@ -25,13 +25,18 @@ pub fn judge(correlated: &Correlated, timeout_secs: f64, read_sysctl: &dyn Fn(&s
 
 fn judge_reply(query: &QueryFlow, reply: &TracedPacket, read_sysctl: &dyn Fn(&str) -> SysctlValue) -> Option<Finding> {
     let actual = reply.event.src;
-    if actual == query.queried {
+    if query.servers.iter().any(|server| server.queried == actual) {
         return None;
     }
-    let skipped_conntrack = matches!(reply.event.conntrack, Conntrack::None) && query.backend == Some(actual);
+    // The reply comes from the backend conntrack sent one of the queries to, unchanged:
+    // reverse NAT never saw it.
+    let skipped_by = match reply.event.conntrack {
+        Conntrack::None => query.servers.iter().find(|server| server.backend == Some(actual)),
+        _ => None,
+    };
     let evidence = DnsEvidence {
         client: query.client,
-        expected_source: query.queried,
+        expected_source: skipped_by.map_or_else(|| query.queried(), |server| server.queried),
         actual_source: Some(actual),
         query: query_ref(query),
         bridge: reply.names.bridge.clone().or_else(|| query.bridge.clone()),
@@ -40,7 +45,7 @@ fn judge_reply(query: &QueryFlow, reply: &TracedPacket, read_sysctl: &dyn Fn(&st
         last_seen: None,
         sysctls: Vec::new(),
     };
-    Some(if skipped_conntrack {
+    Some(if skipped_by.is_some() {
         conntrack_skip(evidence, reply.wall_time_ns, read_sysctl)
     } else {
         unexpected_source(evidence, reply.wall_time_ns, query)
@@ -85,19 +90,21 @@ fn conntrack_skip(mut evidence: DnsEvidence, wall_time_ns: u64, read_sysctl: &dy
 fn unexpected_source(evidence: DnsEvidence, wall_time_ns: u64, query: &QueryFlow) -> Finding {
     let actual = show(evidence.actual_source);
     let expected = evidence.expected_source;
-    let nat_note = match query.backend {
+    let nat_note = match query.backend() {
         Some(backend) if Some(backend) != evidence.actual_source => format!(
             " Conntrack had sent the query to {backend}, and the reply comes from neither that backend nor the service."
         ),
         Some(_) => " Conntrack saw the reply but did not rewrite its source back to the service address.".to_string(),
         None => String::new(),
     };
+    let asked: Vec<String> = query.servers.iter().map(|server| server.queried.to_string()).collect();
     let headline = format!(
-        "DNS reply from unexpected source: {} asked {expected} but the answer comes from {actual}",
-        evidence.client.ip()
+        "DNS reply from unexpected source: {} asked {} but the answer comes from {actual}",
+        evidence.client.ip(),
+        asked.join(" and ")
     );
     let explanation = format!(
-        "A DNS client accepts an answer only from the address and port it sent the query to. This reply reaches \
+        "A DNS client accepts an answer only from an address and port it sent the query to. This reply reaches \
          {} from {actual}, so the client drops it and the lookup times out.{nat_note} Typical causes: a \
          SNAT or MASQUERADE rule that matches the reply, a DNS server that answers from another of its \
          addresses, or asymmetric routing around conntrack.",
@@ -124,10 +131,10 @@ fn timeout(query: &QueryFlow, timeout_secs: f64) -> Finding {
             format!(
                 "It left the bridge towards the server ({place}){} and no reply came back: the server did not \
                  answer, or its answer was dropped before reaching the bridge.",
-                query.backend.map(|b| format!(", sent to {b}")).unwrap_or_default()
+                query.backend().map(|b| format!(", sent to {b}")).unwrap_or_default()
             ),
             vec![
-                format!("check the DNS server at {} is running and listening", show(query.backend.or(Some(query.queried)))),
+                format!("check the DNS server at {} is running and listening", show(query.backend().or(Some(query.queried())))),
                 "check firewall rules on the server side (iptables -S; nft list ruleset)".to_string(),
             ],
         ),
@@ -139,7 +146,7 @@ fn timeout(query: &QueryFlow, timeout_secs: f64) -> Finding {
             vec![
                 "iptables -S; iptables -t nat -S; nft list ruleset    # REJECT/DROP rules or DROP policies".to_string(),
                 "sysctl net.ipv4.ip_forward    # must be 1 to route pod traffic".to_string(),
-                format!("ip route get {}    # is there a route to the server?", query.backend.unwrap_or(query.queried).ip()),
+                format!("ip route get {}    # is there a route to the server?", query.backend().unwrap_or_else(|| query.queried()).ip()),
             ],
         ),
         Stage::FromHost => (
@@ -152,11 +159,12 @@ fn timeout(query: &QueryFlow, timeout_secs: f64) -> Finding {
         wall_time_ns: seen.wall_time_ns,
         headline: format!(
             "DNS query unanswered: {} asked {} and got no reply within {timeout_secs} s",
-            query.client, query.queried
+            query.client,
+            query.queried()
         ),
         evidence: Evidence::Dns(DnsEvidence {
             client: query.client,
-            expected_source: query.queried,
+            expected_source: query.queried(),
             actual_source: None,
             query: query_ref(query),
             bridge: query.bridge.clone(),

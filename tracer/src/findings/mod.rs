@@ -10,7 +10,8 @@ use std::{collections::HashMap, net::SocketAddr};
 
 use crate::{correlation::dns::Sighting, events::node::SysctlValue};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum FindingKind {
     ConntrackSkip,
     UnexpectedReplySource,
@@ -41,6 +42,41 @@ impl FindingKind {
             FindingKind::ConntrackInsertRace => "conntrack_insert_race",
             FindingKind::RpFilterDrop => "rp_filter_drop",
         }
+    }
+}
+
+/// A finding that was not stated because a record it rests on may have been lost: the
+/// ring buffer dropped records of its client's (or its packet's) endpoint while it was
+/// being followed. Counted, never reported as a problem.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Unconfirmed {
+    pub kind: FindingKind,
+    pub wall_time_ns: u64,
+    /// Records of the endpoint that may have been lost during its window.
+    pub records_lost: u64,
+    /// The DNS client and query id, for DNS findings.
+    pub client: Option<SocketAddr>,
+    pub query_id: Option<u16>,
+}
+
+/// Unconfirmed occurrences per kind.
+#[derive(Default)]
+pub struct UnconfirmedLog {
+    counts: std::collections::BTreeMap<FindingKind, u64>,
+}
+
+impl UnconfirmedLog {
+    pub fn record(&mut self, kind: FindingKind) {
+        *self.counts.entry(kind).or_default() += 1;
+    }
+
+    pub fn total(&self) -> u64 {
+        self.counts.values().sum()
+    }
+
+    /// Occurrences per kind, in kind order.
+    pub fn counts(&self) -> Vec<(FindingKind, u64)> {
+        self.counts.iter().map(|(kind, count)| (*kind, *count)).collect()
     }
 }
 

@@ -4,10 +4,14 @@
 
 pub mod btf;
 pub mod layout;
+pub mod loss;
 pub mod netfilter;
 mod privileges;
 
-use std::os::unix::fs::MetadataExt;
+use std::os::{
+    fd::{AsFd, OwnedFd},
+    unix::fs::MetadataExt,
+};
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
@@ -43,6 +47,14 @@ pub struct WatchSettings {
     pub ring_buffer_bytes: u32,
 }
 
+/// What attaching gives the watch: the programs, the ring buffer their records arrive
+/// on, and the loss counters findings are checked against.
+pub struct Attached {
+    pub hooks: KernelHooks,
+    pub events: RingBuf<MapData>,
+    pub loss: loss::KernelLoss,
+}
+
 /// The attached kernel programs. Dropping it detaches them.
 pub struct KernelHooks {
     _ebpf: Ebpf,
@@ -58,8 +70,8 @@ pub struct KernelHooks {
 }
 
 impl KernelHooks {
-    /// Attaches the programs; also returns the ring buffer their records arrive on.
-    pub fn attach(settings: &WatchSettings) -> Result<(KernelHooks, RingBuf<MapData>)> {
+    /// Attaches the programs.
+    pub fn attach(settings: &WatchSettings) -> Result<Attached> {
         check_privileges()?;
         let kernel_btf = layout::KernelBtf::load_running()?;
         let resolved = layout::resolve_layout(&kernel_btf)?;
@@ -126,8 +138,24 @@ impl KernelHooks {
         let lost = PerCpuArray::try_from(
             ebpf.take_map("LOST").ok_or_else(|| anyhow!("map LOST missing from the kernel object: rebuild tracer"))?,
         )?;
-        Ok((
-            KernelHooks {
+        let buckets = match ebpf.take_map("LOSS_BY_ENDPOINT") {
+            Some(aya::maps::Map::Array(data)) => data,
+            _ => bail!("map LOSS_BY_ENDPOINT missing from the kernel object: rebuild tracer"),
+        };
+        let mut program_fds: Vec<OwnedFd> = Vec::new();
+        for (name, program) in ebpf.programs() {
+            // Programs aya never loaded (the netfilter ones sit in its object too) have no fd.
+            let Ok(fd) = program.fd() else { continue };
+            program_fds.push(fd.as_fd().try_clone_to_owned().with_context(|| format!("duplicating the fd of program {name}"))?);
+        }
+        for program in &netfilter_programs {
+            if let Some(fd) = program.fd() {
+                program_fds.push(fd.try_clone().context("duplicating a netfilter program's fd")?);
+            }
+        }
+        let loss = loss::KernelLoss::new(buckets, program_fds)?;
+        Ok(Attached {
+            hooks: KernelHooks {
                 _ebpf: ebpf,
                 _netfilter: netfilter_programs,
                 lost,
@@ -137,7 +165,8 @@ impl KernelHooks {
                 drop_reasons,
             },
             events,
-        ))
+            loss,
+        })
     }
 
     /// Records the kernel could not queue, per CPU, over all programs.

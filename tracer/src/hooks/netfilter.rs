@@ -257,6 +257,10 @@ impl NetfilterProgram {
         Ok(())
     }
 
+    pub fn fd(&self) -> Option<&OwnedFd> {
+        self.fd.as_ref()
+    }
+
     pub fn link_count(&self) -> usize {
         self.links.len()
     }

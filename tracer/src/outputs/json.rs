@@ -211,6 +211,7 @@ pub fn drop_json(line: &DropLine) -> Value {
         "drop_reason": line.reason,
         "icmp": line.icmp,
         "rule": line.rule,
+        "records_lost": line.records_lost,
     })
 }
 
@@ -352,7 +353,12 @@ impl<W: Write> Output for JsonOutput<W> {
             "duration_secs": (summary.duration_secs * 1000.0).round() / 1000.0,
             "findings": summary.findings,
             "finding_counts": summary.finding_counts.iter().map(|(kind, count)| (kind.to_string(), json!(count))).collect::<serde_json::Map<String, Value>>(),
+            "unconfirmed": summary.unconfirmed,
+            "unconfirmed_counts": summary.unconfirmed_counts.iter().map(|(kind, count)| (kind.to_string(), json!(count))).collect::<serde_json::Map<String, Value>>(),
+            "recursion_misses": summary.recursion_misses,
             "evicted_flows": summary.evicted_flows,
+            "evicted_paths": summary.evicted_paths,
+            "findings_overflow": summary.findings_overflow,
         }))?;
         self.out.flush()
     }

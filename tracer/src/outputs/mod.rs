@@ -12,7 +12,7 @@ use std::io;
 use crate::{
     correlation::paths::{DroppedPacket, HookPass},
     events::TracedPacket,
-    findings::Finding,
+    findings::{Finding, Unconfirmed},
 };
 
 /// A traced packet that died in the kernel, as its line reports it (live, or read back
@@ -32,6 +32,9 @@ pub struct DropLine {
     pub icmp: Option<String>,
     /// The rule that did it, e.g. `filter/FORWARD #16`, when known.
     pub rule: Option<String>,
+    /// Records of this packet's flow that may have been lost while it was followed: then
+    /// the hook it stopped in is not certain, and no rule is named.
+    pub records_lost: Option<u64>,
 }
 
 /// What a watch counted, printed when it ends.
@@ -46,6 +49,16 @@ pub struct Summary {
     pub finding_counts: Vec<(&'static str, u64)>,
     /// DNS queries dropped from tracking to keep memory bounded.
     pub evicted_flows: u64,
+    /// Packet paths through the netfilter hooks dropped from tracking, likewise.
+    pub evicted_paths: u64,
+    /// Occurrences of findings not kept because the finding log was full.
+    pub findings_overflow: u64,
+    /// Findings not stated because records they rest on may have been lost, per kind.
+    pub unconfirmed: u64,
+    pub unconfirmed_counts: Vec<(&'static str, u64)>,
+    /// Runs of the kernel programs the kernel skipped (already running on that CPU); also
+    /// counted in `lost`.
+    pub recursion_misses: u64,
 }
 
 pub trait Output {
@@ -55,6 +68,12 @@ pub trait Output {
     fn dropped(&mut self, line: &DropLine) -> io::Result<()>;
     /// A new finding (repeats are only counted in the summary).
     fn finding(&mut self, finding: &Finding) -> io::Result<()>;
+    /// A finding not stated because records it rests on may have been lost. Outputs for
+    /// people only count these (in the summary); a capture records each, so that a report
+    /// of it counts the same.
+    fn unconfirmed(&mut self, _unconfirmed: &Unconfirmed) -> io::Result<()> {
+        Ok(())
+    }
     fn summary(&mut self, summary: &Summary) -> io::Result<()>;
     /// Called after each batch of events, so a reader at the other end of a pipe sees
     /// them promptly without a write per line.
@@ -112,6 +131,11 @@ impl Output for Tee<'_> {
     fn finding(&mut self, finding: &Finding) -> io::Result<()> {
         self.on_capture(|c| c.finding(finding));
         self.main.finding(finding)
+    }
+
+    fn unconfirmed(&mut self, unconfirmed: &Unconfirmed) -> io::Result<()> {
+        self.on_capture(|c| c.unconfirmed(unconfirmed));
+        self.main.unconfirmed(unconfirmed)
     }
 
     fn summary(&mut self, summary: &Summary) -> io::Result<()> {

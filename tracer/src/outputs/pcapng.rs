@@ -10,7 +10,7 @@
 //! complete block.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, VecDeque},
     fs::{File, OpenOptions, Permissions},
     io::{self, BufWriter, Write},
     os::unix::fs::{OpenOptionsExt, PermissionsExt},
@@ -27,10 +27,11 @@ use crate::{
     correlation::paths::HookPass,
     events::{
         packet::{stage_name, Conntrack},
+        monotonic_now_ns,
         pcapng::{BlockMeta, CaptureMeta, DropMeta, PacketMeta, RecordMeta, SummaryMeta, META_OPTION, RECORD_BLOCK, USER_APPLICATION},
         TracedPacket,
     },
-    findings::{Evidence, Finding},
+    findings::{Evidence, Finding, Unconfirmed},
 };
 
 /// What the section header says about the capture.
@@ -40,9 +41,9 @@ pub struct CaptureInfo {
     pub os: Option<String>,
 }
 
-/// A packet or drop block held back until the next event: a finding made from this
-/// very packet (a reply that reveals a problem, a drop a rule did) arrives right after
-/// it and belongs in its comment.
+/// A packet or drop block held back until the output is flushed (after each batch of
+/// events): a finding made from this very packet (a reply that reveals a problem, a drop
+/// a rule did) is decided at the end of the batch and belongs in its comment.
 struct Pending {
     if_id: u32,
     wall_time_ns: u64,
@@ -56,7 +57,7 @@ pub struct PcapngWriter<W: Write> {
     out: W,
     /// (netns, ifindex, name, link type) → interface id, in the order the blocks were written.
     interfaces: HashMap<(u32, u32, Option<String>, i32), u32>,
-    pending: Option<Pending>,
+    pending: VecDeque<Pending>,
     snaplen: u32,
     /// An I/O error happened: nothing more is written, not even on drop.
     broken: bool,
@@ -69,6 +70,10 @@ const RAW_IP: Linktype = Linktype::RAW;
 /// frame of any protocol link type malformed, an empty private-use frame it shows as
 /// it is.
 const NO_BYTES: Linktype = Linktype(147);
+
+/// Blocks held back at most: a finding is decided within the batch of events its packet
+/// came in, and a batch that is larger is rare (the ring buffer overflowing).
+const HELD_BLOCKS: usize = 1024;
 
 /// Opens FILE for a capture: created with mode 0600 (packets are sensitive), and an
 /// existing file is made 0600 before it is emptied, so what tracer writes is never
@@ -102,7 +107,7 @@ impl PcapngWriter<BufWriter<File>> {
 impl<W: Write> PcapngWriter<W> {
     pub fn new(out: W, info: &CaptureInfo) -> io::Result<Self> {
         let mut writer =
-            PcapngWriter { out, interfaces: HashMap::new(), pending: None, snaplen: info.meta.snaplen, broken: false };
+            PcapngWriter { out, interfaces: HashMap::new(), pending: VecDeque::new(), snaplen: info.meta.snaplen, broken: false };
         let meta = serde_json::to_string(&info.meta).map_err(io::Error::other)?;
         let mut options = vec![
             text_option(OptionCode::Comment, &section_comment(&info.meta)),
@@ -175,8 +180,25 @@ impl<W: Write> PcapngWriter<W> {
         Ok(id)
     }
 
+    /// Holds a block back; the oldest goes to the file when too many are held.
+    fn hold(&mut self, pending: Pending) -> io::Result<()> {
+        self.pending.push_back(pending);
+        if self.pending.len() > HELD_BLOCKS {
+            if let Some(oldest) = self.pending.pop_front() {
+                self.write_block(oldest)?;
+            }
+        }
+        Ok(())
+    }
+
     fn write_pending(&mut self) -> io::Result<()> {
-        let Some(pending) = self.pending.take() else { return Ok(()) };
+        while let Some(pending) = self.pending.pop_front() {
+            self.write_block(pending)?;
+        }
+        Ok(())
+    }
+
+    fn write_block(&mut self, pending: Pending) -> io::Result<()> {
         let meta = serde_json::to_string(&pending.meta).map_err(io::Error::other)?;
         let mut options: Vec<PcapNGOption> = pending.comments.iter().map(|c| text_option(OptionCode::Comment, c)).collect();
         options.push(text_option(OptionCode(META_OPTION), &meta));
@@ -295,7 +317,6 @@ fn drop_comment(line: &DropLine) -> String {
 
 impl<W: Write> Output for PcapngWriter<W> {
     fn packet(&mut self, packet: &TracedPacket, hooks: &[HookPass]) -> io::Result<()> {
-        self.write_pending()?;
         let event = &packet.event;
         let linktype = if event.l3_offset > 0 { ETHERNET } else { RAW_IP };
         let if_id = self.interface(
@@ -305,48 +326,44 @@ impl<W: Write> Output for PcapngWriter<W> {
             packet.names.bridge.as_deref(),
             linktype,
         )?;
-        self.pending = Some(Pending {
+        self.hold(Pending {
             if_id,
             wall_time_ns: packet.wall_time_ns,
             data: event.captured.clone(),
             original_len: (event.l3_offset as u32).saturating_add(event.ip_len),
             comments: vec![packet_comment(packet, hooks)],
             meta: BlockMeta::Packet(PacketMeta::of(packet, hooks)),
-        });
-        Ok(())
+        })
     }
 
     fn dropped(&mut self, line: &DropLine) -> io::Result<()> {
-        self.write_pending()?;
         let drop = &line.dropped.drop;
         let if_id = self.interface(drop.netns_inode, drop.ifindex, line.ifname.as_deref(), line.bridge.as_deref(), NO_BYTES)?;
-        self.pending = Some(Pending {
+        self.hold(Pending {
             if_id,
             wall_time_ns: line.wall_time_ns,
             data: Vec::new(),
             original_len: 0,
             comments: vec![drop_comment(line)],
             meta: BlockMeta::Drop(DropMeta::of(line)),
-        });
-        Ok(())
+        })
     }
 
     fn finding(&mut self, finding: &Finding) -> io::Result<()> {
-        // Only a finding the held-back block itself reveals goes into its comment: a
-        // reply from the wrong source, a drop by a rule. A timeout is about no packet.
-        let attach = match (&finding.evidence, self.pending.as_mut()) {
-            (Evidence::Dns(dns), Some(pending)) if dns.actual_source.is_some() => match &mut pending.meta {
-                BlockMeta::Packet(meta) => {
-                    // What `tracer report` cites when it makes this finding again.
-                    meta.sysctls = dns.sysctls.iter().map(|s| (s.name.clone(), s.value.clone())).collect::<BTreeMap<_, _>>();
-                    Some(pending)
-                }
-                BlockMeta::Drop(_) => None,
-            },
-            (Evidence::Netfilter(_), Some(pending)) if matches!(pending.meta, BlockMeta::Drop(_)) => Some(pending),
-            _ => None,
-        };
-        if let Some(pending) = attach {
+        // Only a finding a held-back block itself reveals goes into its comment: a reply
+        // from the wrong source, a drop by a rule. A timeout is about no packet.
+        let revealing = self.pending.iter_mut().rev().find(|pending| match (&finding.evidence, &pending.meta) {
+            (Evidence::Dns(dns), BlockMeta::Packet(meta)) => {
+                dns.actual_source == Some(meta.src) && meta.dst == dns.client && meta.stage == "bridge-out"
+            }
+            (Evidence::Netfilter(nf), BlockMeta::Drop(meta)) => meta.src == nf.src && meta.dst == nf.dst,
+            _ => false,
+        });
+        if let Some(pending) = revealing {
+            if let (Evidence::Dns(dns), BlockMeta::Packet(meta)) = (&finding.evidence, &mut pending.meta) {
+                // What `tracer report` cites when it makes this finding again.
+                meta.sysctls = dns.sysctls.iter().map(|s| (s.name.clone(), s.value.clone())).collect::<BTreeMap<_, _>>();
+            }
             pending.comments.push(format!("tracer FINDING {}: {}", finding.kind.name(), finding.headline));
         }
         self.write_pending()?;
@@ -363,9 +380,19 @@ impl<W: Write> Output for PcapngWriter<W> {
             findings: summary.findings,
             finding_counts: summary.finding_counts.iter().map(|(kind, n)| (kind.to_string(), *n)).collect(),
             evicted_flows: summary.evicted_flows,
+            evicted_paths: summary.evicted_paths,
+            findings_overflow: summary.findings_overflow,
+            unconfirmed: summary.unconfirmed,
+            unconfirmed_counts: summary.unconfirmed_counts.iter().map(|(kind, n)| (kind.to_string(), *n)).collect(),
+            recursion_misses: summary.recursion_misses,
             end_timestamp_ns: monotonic_now_ns(),
         }))?;
         self.flush()
+    }
+
+    fn unconfirmed(&mut self, unconfirmed: &Unconfirmed) -> io::Result<()> {
+        self.write_pending()?;
+        self.record(&RecordMeta::Unconfirmed(unconfirmed.clone()))
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -383,14 +410,6 @@ impl<W: Write> Drop for PcapngWriter<W> {
     }
 }
 
-/// The kernel's `bpf_ktime_get_ns` clock, which packet timestamps use.
-fn monotonic_now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid clock id and a live timespec to write into.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use std::{net::SocketAddr, time::Duration};
@@ -399,7 +418,8 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::{
-        analysis::Analysis,
+        analysis::{Analysis, AnalysisOptions},
+        correlation::loss::NothingLost,
         correlation::{
             dns::tests::{dnat_entry, packet},
             paths::DroppedPacket,
@@ -426,6 +446,7 @@ pub(crate) mod tests {
                 port: 53,
                 snaplen: 512,
                 dns_timeout_ns: 2_000_000_000,
+                dns_ports: Vec::new(),
                 sysctls: [(SETTING.to_string(), Some("0".to_string()))].into_iter().collect(),
             },
             os: Some("Linux test".to_string()),
@@ -440,6 +461,8 @@ pub(crate) mod tests {
         traced.event.dns = dns::parse(&frame[42..], false);
         traced.event.ip_len = (frame.len() - 14) as u32;
         traced.event.l3_offset = 14;
+        traced.event.l4_offset = 34;
+        traced.event.payload_offset = 42;
         traced.event.captured = frame;
         traced
     }
@@ -463,11 +486,11 @@ pub(crate) mod tests {
         ];
         let src: SocketAddr = "10.244.0.5:40001".parse().expect("literal");
         let dst: SocketAddr = "10.244.0.7:53".parse().expect("literal");
-        let drop = DropEvent { timestamp_ns: 9_000_000, skb_id: 9, netns_inode: 1, ifindex: 4, reason: 12, location: 77, l4_proto: 17, src, dst };
-        let icmp = IcmpEvent { timestamp_ns: 9_000_001, skb_id: 9, ifindex: 4, icmp_type: 3, icmp_code: 10, l4_proto: 17, src, dst };
+        let drop = DropEvent { loss: Default::default(), timestamp_ns: 9_000_000, skb_id: 9, netns_inode: 1, ifindex: 4, reason: 12, location: 77, l4_proto: 17, src, dst };
+        let icmp = IcmpEvent { loss: Default::default(), timestamp_ns: 9_000_001, skb_id: 9, ifindex: 4, icmp_type: 3, icmp_code: 10, l4_proto: 17, src, dst };
         let mut stopped = hook(Hook::Forward, dnat_entry(2));
         stopped.left = false;
-        let dropped = DroppedPacket { drop, path: vec![hook(Hook::PreRouting, dnat_entry(2)), stopped], icmp: Some(icmp) };
+        let dropped = DroppedPacket { drop, path: vec![hook(Hook::PreRouting, dnat_entry(2)), stopped], icmp: Some(icmp), loss: Default::default() };
         let rule = RuleRef {
             backend: "iptables-nft",
             table: "filter".to_string(),
@@ -510,6 +533,7 @@ pub(crate) mod tests {
             verdict: "reject",
             icmp: Some("host-prohibited".to_string()),
             rule: Some("filter/FORWARD #16".to_string()),
+            records_lost: None,
         }
     }
 
@@ -517,9 +541,11 @@ pub(crate) mod tests {
     fn play(output: &mut dyn Output) {
         let (packets, dropped, finding) = scenario();
         let recorded = info().meta.sysctls.into_iter().collect();
-        let mut analysis = Analysis::replay(Duration::from_secs(2), recorded);
-        for (packet, hooks) in &packets {
-            analysis.packet_with_hooks(packet, hooks, output).expect("output");
+        let options = AnalysisOptions { dns_timeout: Duration::from_secs(2), dns_ports: Vec::new() };
+        let mut analysis = Analysis::replay(&options, recorded);
+        for (packet, hooks) in packets {
+            analysis.packet_with_hooks(packet, &hooks, output).expect("output");
+            analysis.settle(&mut NothingLost, output).expect("output");
         }
         analysis.replay_drop(&drop_line(&dropped), output).expect("output");
         analysis.replay_netfilter_finding(finding, output).expect("output");
@@ -531,7 +557,7 @@ pub(crate) mod tests {
             duration_secs: 1.5,
             findings: analysis.log.distinct(),
             finding_counts: analysis.log.counts().into_iter().map(|(kind, n)| (kind.name(), n)).collect(),
-            evicted_flows: 0,
+            ..Summary::default()
         };
         output.summary(&summary).expect("output");
     }
@@ -670,8 +696,9 @@ pub(crate) mod tests {
         let mut reader =
             crate::events::pcapng::CaptureReader::from_reader("big", std::io::Cursor::new(bytes)).expect("open");
         let Ok(Some(crate::events::pcapng::Record::Packet(read))) = reader.next_record() else { panic!("a packet") };
-        assert_eq!(read.packet.event.captured.len(), 100_000);
-        assert_eq!(read.packet.event.dns.map(|d| d.id), Some(0x6aab));
+        let event = &read.packet.event;
+        assert_eq!(event.captured.len(), 100_000);
+        assert_eq!(dns::parse(&event.captured[event.payload_offset..], false).map(|d| d.id), Some(0x6aab));
         assert!(matches!(reader.next_record(), Ok(None)));
     }
 

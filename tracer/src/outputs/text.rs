@@ -110,8 +110,12 @@ impl<W: Write> Output for TextOutput<W> {
         let icmp = line.icmp.as_ref().map(|i| format!(", ICMP {i}")).unwrap_or_default();
         let verdict = self.paint(RED_BOLD, &format!("✗ {}{by}", line.verdict.to_uppercase()));
         let place = line.ifname.clone().unwrap_or_else(|| format!("if{}", drop.ifindex));
+        let lost = match line.records_lost {
+            Some(n) => self.paint(YELLOW, &format!(" ({n} records of this flow lost: its hook and rule are not certain)")),
+            None => String::new(),
+        };
         let text = format!(
-            "{} {:>15}   {:<15} {} {:<45} {}{}{verdict} [{}{icmp}]",
+            "{} {:>15}   {:<15} {} {:<45} {}{}{verdict} [{}{icmp}]{lost}",
             self.paint(DIM, &time_of_day(line.wall_time_ns)),
             place,
             "",
@@ -185,14 +189,30 @@ impl<W: Write> Output for TextOutput<W> {
             let counts: Vec<String> = summary.finding_counts.iter().map(|(kind, n)| format!("{kind} ×{n}")).collect();
             self.paint(RED_BOLD, &format!("{} finding{} ({})", summary.findings, if summary.findings == 1 { "" } else { "s" }, counts.join(", ")))
         };
-        let evicted = if summary.evicted_flows == 0 {
-            String::new()
-        } else {
-            format!(", {} queries dropped from tracking (table full)", summary.evicted_flows)
-        };
+        let mut notes = String::new();
+        if summary.unconfirmed > 0 {
+            let counts: Vec<String> = summary.unconfirmed_counts.iter().map(|(kind, n)| format!("{kind} ×{n}")).collect();
+            notes.push_str(&self.paint(
+                YELLOW,
+                &format!(
+                    ", {} unconfirmed ({}: records of their flows were lost, so they are not stated)",
+                    summary.unconfirmed,
+                    counts.join(", ")
+                ),
+            ));
+        }
+        if summary.evicted_flows > 0 {
+            notes.push_str(&format!(", {} queries dropped from tracking (table full)", summary.evicted_flows));
+        }
+        if summary.evicted_paths > 0 {
+            notes.push_str(&format!(", {} packet paths dropped from tracking (table full)", summary.evicted_paths));
+        }
+        if summary.findings_overflow > 0 {
+            notes.push_str(&format!(", {} occurrences of further distinct findings not kept (log full)", summary.findings_overflow));
+        }
         writeln!(
             self.out,
-            "-- {} packets, {lost}, {findings}{evicted}, {:.1} s",
+            "-- {} packets, {lost}, {findings}{notes}, {:.1} s",
             summary.packets, summary.duration_secs
         )?;
         self.out.flush()

@@ -302,7 +302,21 @@ pub fn print_text(out: &mut dyn Write, decision: &Decision, context: &ReportCont
     } else {
         paint(colour, YELLOW, &format!("{} lost (ring buffer full; try --ring-buffer-mib)", summary.lost))
     };
-    writeln!(out, "traffic: {} packets on {} in {:.1} s, {lost}", summary.packets, port_words(context.port), summary.duration_secs)?;
+    let unconfirmed = if summary.unconfirmed == 0 {
+        String::new()
+    } else {
+        let counts: Vec<String> = summary.unconfirmed_counts.iter().map(|(kind, n)| format!("{kind} ×{n}")).collect();
+        paint(
+            colour,
+            YELLOW,
+            &format!(
+                "; {} unconfirmed ({}): records of their flows were lost, so they are not findings and do not decide the exit code",
+                summary.unconfirmed,
+                counts.join(", ")
+            ),
+        )
+    };
+    writeln!(out, "traffic: {} packets on {} in {:.1} s, {lost}{unconfirmed}", summary.packets, port_words(context.port), summary.duration_secs)?;
     for group in context.drops {
         let device = group.ifname.as_ref().map(|i| format!(" on {i}")).unwrap_or_default();
         let place = match (group.stopped_in, group.after) {
@@ -435,6 +449,8 @@ pub fn summary_json(decision: &Decision, context: &ReportContext) -> Value {
         "finding_counts": counts.into_iter().map(|(k, n)| (k.to_string(), json!(n))).collect::<serde_json::Map<String, Value>>(),
         "packets": summary.packets,
         "lost": summary.lost,
+        "unconfirmed": summary.unconfirmed,
+        "unconfirmed_counts": summary.unconfirmed_counts.iter().map(|(kind, n)| (kind.to_string(), json!(n))).collect::<serde_json::Map<String, Value>>(),
         "duration_secs": (summary.duration_secs * 1000.0).round() / 1000.0,
         "drops": context.drops.iter().map(|g| json!({
             "count": g.count,
@@ -498,12 +514,15 @@ mod tests {
             verdict: "drop",
             icmp: None,
             rule: None,
+            records_lost: None,
         }
     }
 
     fn dropped(src: &str, path: Vec<HookPass>) -> DroppedPacket {
         DroppedPacket {
+            loss: Default::default(),
             drop: DropEvent {
+                loss: Default::default(),
                 timestamp_ns: 5,
                 skb_id: 9,
                 netns_inode: 1,

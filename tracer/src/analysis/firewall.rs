@@ -1,0 +1,156 @@
+//! Names the rule behind a dropped packet off the drain loop. Reading the rulesets runs
+//! the firewall tools (tens of milliseconds, seconds on a large node); the drain loop must
+//! keep reading the ring buffer meanwhile, so a worker thread reads them and attributes.
+//! Requests that arrive while it reads are answered together by the next reading: a burst
+//! of drops costs one more reading, not one each.
+
+use std::{
+    sync::mpsc::{self, Receiver, RecvTimeoutError, Sender},
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use crate::{
+    correlation::paths::DroppedPacket,
+    events::firewall::{self, Snapshot},
+    findings::{
+        netfilter::{judge_drop, DropContext},
+        Finding,
+    },
+};
+
+/// What identifies drops that are the same problem: hook, source address, destination,
+/// protocol (a client's every query comes from a new port).
+pub type DropKey = (&'static str, std::net::IpAddr, std::net::SocketAddr, u8);
+
+pub struct Request {
+    pub key: DropKey,
+    pub dropped: DroppedPacket,
+    pub wall_time_ns: u64,
+    pub reason: String,
+    pub in_ifname: Option<String>,
+    pub out_ifname: Option<String>,
+}
+
+pub struct Answer {
+    pub key: DropKey,
+    pub finding: Option<Finding>,
+}
+
+/// Requests that arrive this soon after another share its reading.
+const GATHER: Duration = Duration::from_millis(20);
+
+pub struct FirewallWorker {
+    requests: Option<Sender<Request>>,
+    answers: Receiver<Answer>,
+    thread: Option<JoinHandle<()>>,
+    in_flight: usize,
+}
+
+impl FirewallWorker {
+    /// Starts the worker and waits until it has read the rulesets once: that reading is
+    /// the "before" of the first drop, so it must be taken before anything is traced.
+    pub fn start() -> FirewallWorker {
+        let (request_tx, request_rx) = mpsc::channel::<Request>();
+        let (answer_tx, answer_rx) = mpsc::channel::<Answer>();
+        let (ready_tx, ready_rx) = mpsc::channel::<()>();
+        let thread = thread::Builder::new()
+            .name("tracer-firewall".to_string())
+            .spawn(move || {
+                let before = read_rulesets();
+                let _ = ready_tx.send(());
+                serve(before, request_rx, answer_tx);
+            })
+            .ok();
+        // Without the thread (no threads left?) drops are shown without their rule.
+        if thread.is_some() {
+            let _ = ready_rx.recv();
+        }
+        FirewallWorker { requests: thread.as_ref().map(|_| request_tx), answers: answer_rx, thread, in_flight: 0 }
+    }
+
+    /// Asks for the rule behind a drop; false when the worker is gone.
+    pub fn request(&mut self, request: Request) -> bool {
+        let sent = self.requests.as_ref().is_some_and(|requests| requests.send(request).is_ok());
+        if sent {
+            self.in_flight += 1;
+        }
+        sent
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Answers ready now.
+    pub fn ready(&mut self) -> Vec<Answer> {
+        let answers: Vec<Answer> = self.answers.try_iter().collect();
+        self.in_flight = self.in_flight.saturating_sub(answers.len());
+        answers
+    }
+
+    /// Waits for every outstanding answer until `deadline`.
+    pub fn wait(&mut self, deadline: Instant) -> Vec<Answer> {
+        let mut answers = Vec::new();
+        while self.in_flight > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.answers.recv_timeout(left) {
+                Ok(answer) => {
+                    self.in_flight -= 1;
+                    answers.push(answer);
+                }
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        answers
+    }
+}
+
+impl Drop for FirewallWorker {
+    fn drop(&mut self) {
+        // Closing the request channel ends the worker's loop; a reading in progress
+        // finishes within the tools' timeout, and nothing waits for it.
+        self.requests = None;
+        if let Some(thread) = self.thread.take() {
+            if thread.is_finished() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+fn read_rulesets() -> Snapshot {
+    let snapshot = firewall::snapshot();
+    for error in &snapshot.errors {
+        eprintln!("tracer: warning: {error}");
+    }
+    snapshot
+}
+
+fn serve(mut before: Snapshot, requests: Receiver<Request>, answers: Sender<Answer>) {
+    while let Ok(first) = requests.recv() {
+        let mut batch = vec![first];
+        let gather_until = Instant::now() + GATHER;
+        loop {
+            match requests.recv_timeout(gather_until.saturating_duration_since(Instant::now())) {
+                Ok(request) => batch.push(request),
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+        let after = read_rulesets();
+        for request in batch {
+            let context = DropContext {
+                wall_time_ns: request.wall_time_ns,
+                reason: &request.reason,
+                in_ifname: request.in_ifname,
+                out_ifname: request.out_ifname,
+            };
+            let finding = judge_drop(&request.dropped, &context, &before, &after);
+            if answers.send(Answer { key: request.key, finding }).is_err() {
+                return;
+            }
+        }
+        before = after;
+    }
+}
