@@ -248,6 +248,32 @@ fn check_reject<'a>(o: &'a Observed, dig: &Dig, want: &Expected) -> Result<&'a V
     Ok(f)
 }
 
+/// Runs the finding's "remove the rule" command as an operator would paste it, after checking it
+/// names the backend's own program and deletes by specification or handle, not by a position
+/// the next resync may shift; then the query must get through.
+fn the_fix_removes_the_rule(lab: &Lab, f: &Value, program: &str) -> Result<()> {
+    let fix: Vec<&str> = f["fix"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    let remove = fix
+        .iter()
+        .find_map(|line| line.strip_suffix("# remove the rule"))
+        .map(str::trim)
+        .with_context(|| format!("no command that removes the rule: {fix:?}"))?;
+    ensure!(remove.split_whitespace().next() == Some(program), "the fix must run {program}: {remove}");
+    let words: Vec<&str> = remove.split_whitespace().collect();
+    if let Some(at) = words.iter().position(|w| *w == "-D") {
+        ensure!(
+            words.get(at + 2).is_some_and(|w| w.parse::<u32>().is_err()),
+            "the fix deletes by position, which the next resync may shift: {remove}"
+        );
+    } else {
+        ensure!(remove.contains(" handle "), "nft deletes by handle: {remove}");
+    }
+    lab.run(Ns::Node, &["bash", "-c", remove])?;
+    let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
+    ensure!(dig.answered(), "after `{remove}` the query should get through:\n{}", dig.output);
+    Ok(())
+}
+
 /// dig heard the node's ICMP host-prohibited at once.
 fn check_host_unreachable(dig: &Dig) -> Result<()> {
     ensure!(
@@ -306,7 +332,8 @@ fn forward_reject_with_iptables(program: &str, backend: &str) -> Result<()> {
         counted.split_whitespace().next().is_some_and(|n| n != "0"),
         "rule 16 did not count the query: {counted}"
     );
-    o.w.check_summary()
+    o.w.check_summary()?;
+    the_fix_removes_the_rule(&lab, f, backend)
 }
 
 #[test]
@@ -355,7 +382,8 @@ fn native_nftables_reject_is_named_by_rule_and_handle() -> Result<()> {
         !text.contains("10.99.0.0") && !text.contains("eth9") && !text.contains("fd00:99"),
         "rule_text is one of the near misses: {f}"
     );
-    o.w.check_summary()
+    o.w.check_summary()?;
+    the_fix_removes_the_rule(&lab, f, "nft")
 }
 
 #[test]

@@ -5,6 +5,7 @@
 //! of drops costs one more reading, not one each.
 
 use std::{
+    collections::HashSet,
     sync::mpsc::{self, Receiver, RecvTimeoutError, Sender},
     thread::{self, JoinHandle},
     time::{Duration, Instant},
@@ -57,9 +58,10 @@ impl FirewallWorker {
         let thread = thread::Builder::new()
             .name("tracer-firewall".to_string())
             .spawn(move || {
-                let before = read_rulesets();
+                let mut said = HashSet::new();
+                let before = read_rulesets(&mut said);
                 let _ = ready_tx.send(());
-                serve(before, request_rx, answer_tx);
+                serve(before, said, request_rx, answer_tx);
             })
             .ok();
         // Without the thread (no threads left?) drops are shown without their rule.
@@ -119,15 +121,18 @@ impl Drop for FirewallWorker {
     }
 }
 
-fn read_rulesets() -> Snapshot {
+/// Reads the rulesets; says each problem reading them once, the first time it occurs.
+fn read_rulesets(said: &mut HashSet<String>) -> Snapshot {
     let snapshot = firewall::snapshot();
     for error in &snapshot.errors {
-        eprintln!("tracer: warning: {error}");
+        if said.insert(error.clone()) {
+            eprintln!("tracer: warning: {error}");
+        }
     }
     snapshot
 }
 
-fn serve(mut before: Snapshot, requests: Receiver<Request>, answers: Sender<Answer>) {
+fn serve(mut before: Snapshot, mut said: HashSet<String>, requests: Receiver<Request>, answers: Sender<Answer>) {
     while let Ok(first) = requests.recv() {
         let mut batch = vec![first];
         let gather_until = Instant::now() + GATHER;
@@ -138,7 +143,7 @@ fn serve(mut before: Snapshot, requests: Receiver<Request>, answers: Sender<Answ
                 Err(RecvTimeoutError::Disconnected) => return,
             }
         }
-        let after = read_rulesets();
+        let after = read_rulesets(&mut said);
         for request in batch {
             let context = DropContext {
                 wall_time_ns: request.wall_time_ns,

@@ -37,12 +37,41 @@ impl Backend {
 
     /// The iptables command that edits this backend's rules of `family` (nftables rules
     /// are edited with nft; callers handle that backend themselves).
+    /// The program that manages this backend's rules of `family`, by its exact name: on a
+    /// node with both iptables backends, plain `iptables` is only one of them.
     pub fn iptables_command(self, family: Family) -> &'static str {
         match (self, family) {
             (Backend::IptablesLegacy, Family::Ipv4) => "iptables-legacy",
             (Backend::IptablesLegacy, Family::Ipv6) => "ip6tables-legacy",
-            (_, Family::Ipv4) => "iptables",
-            (_, Family::Ipv6) => "ip6tables",
+            (Backend::IptablesNft | Backend::Nftables, Family::Ipv4) => "iptables-nft",
+            (Backend::IptablesNft | Backend::Nftables, Family::Ipv6) => "ip6tables-nft",
+        }
+    }
+}
+
+impl Rule {
+    /// The command that shows the rule with its neighbours.
+    pub fn show_command(&self) -> String {
+        match self.backend {
+            Backend::Nftables => format!("nft -a list chain {} {}", self.table, self.chain),
+            backend => format!("{} -t {} -L {} -v -n --line-numbers", backend.iptables_command(self.family), self.table, self.chain),
+        }
+    }
+
+    /// The command that deletes exactly this rule: by its specification (iptables) or its
+    /// handle (nftables), never by its position, which the next resync of kube-proxy or a
+    /// firewall manager may have shifted by the time someone runs it.
+    pub fn delete_command(&self) -> String {
+        match self.backend {
+            Backend::Nftables => {
+                let handle = self.handle.map(|h| h.to_string()).unwrap_or_else(|| "<handle from nft -a list ruleset>".to_string());
+                format!("nft delete rule {} {} handle {handle}", self.table, self.chain)
+            }
+            backend => {
+                let append = format!("-A {} ", self.chain);
+                let spec = self.text.strip_prefix(&append).unwrap_or(&self.text);
+                format!("{} -t {} -D {} {spec}", backend.iptables_command(self.family), self.table, self.chain)
+            }
         }
     }
 }
@@ -235,7 +264,13 @@ pub fn snapshot() -> Snapshot {
 
     // nft first: its listing tells whether iptables-nft tables exist at all.
     let nft = match run_tool("nft", &["-j", "-a", "list", "ruleset"]) {
-        ToolRun::Missing => None,
+        ToolRun::Missing => {
+            snap.errors.push(format!(
+                "nftables: nft is not installed in {}: nftables rules, and the handles of iptables-nft's, cannot be read",
+                helpers::HELPER_DIRS.join(", ")
+            ));
+            None
+        }
         ToolRun::Done { ok: true, stdout, .. } => match parse_nft(&stdout) {
             Ok(chains) => Some(chains),
             Err(e) => {
@@ -280,7 +315,11 @@ pub fn snapshot() -> Snapshot {
             Family::Ipv6 => "ip6tables-nft-save",
         };
         match run_tool(tool, &["-c"]) {
-            ToolRun::Missing => {}
+            ToolRun::Missing => snap.errors.push(format!(
+                "iptables-nft ({}): the kernel has its tables but {tool} is not installed in {}: its rules are read from nft instead",
+                family.name(),
+                helpers::HELPER_DIRS.join(", ")
+            )),
             ToolRun::Done {
                 ok,
                 stdout,

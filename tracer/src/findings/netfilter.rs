@@ -118,33 +118,26 @@ fn fix_commands(attribution: &Attribution, packet: &rule_attribution::DroppedPac
     let port = packet.dst.port();
     let allow_match = format!("-p {proto} -d {} --dport {port}", packet.dst.ip());
     if let Some(rule) = &attribution.rule {
-        return match rule.backend {
-            Backend::Nftables => {
-                let handle = rule.handle.map(|h| h.to_string()).unwrap_or_else(|| "<handle from nft -a list ruleset>".to_string());
-                vec![
-                    format!("nft -a list chain {} {}    # look at the rule and its neighbours first", rule.table, rule.chain),
-                    format!("nft delete rule {} {} handle {handle}    # remove the rule", rule.table, rule.chain),
-                    format!(
-                        "nft insert rule {} {} position {handle} {} daddr {} {proto} dport {port} accept    # or let this traffic through before it",
-                        rule.table,
-                        rule.chain,
-                        if packet.family == Family::Ipv6 { "ip6" } else { "ip" },
-                        packet.dst.ip()
-                    ),
-                ]
-            }
-            backend => {
-                let cmd = backend.iptables_command(rule.family);
-                vec![
-                    format!("{cmd} -t {} -L {} -v -n --line-numbers    # look at the rule and its neighbours first", rule.table, rule.chain),
-                    format!("{cmd} -t {} -D {} {}    # remove the rule", rule.table, rule.chain, rule.position),
-                    format!(
-                        "{cmd} -t {} -I {} {} {allow_match} -j ACCEPT    # or let this traffic through before it",
-                        rule.table, rule.chain, rule.position
-                    ),
-                ]
-            }
+        let allow = match rule.backend {
+            Backend::Nftables => format!(
+                "nft insert rule {} {} {} daddr {} {proto} dport {port} accept    # or let this traffic through, at the top of the chain",
+                rule.table,
+                rule.chain,
+                if packet.family == Family::Ipv6 { "ip6" } else { "ip" },
+                packet.dst.ip()
+            ),
+            backend => format!(
+                "{} -t {} -I {} 1 {allow_match} -j ACCEPT    # or let this traffic through, at the top of the chain",
+                backend.iptables_command(rule.family),
+                rule.table,
+                rule.chain
+            ),
         };
+        return vec![
+            format!("{}    # look at the rule and its neighbours first", rule.show_command()),
+            format!("{}    # remove the rule", rule.delete_command()),
+            allow,
+        ];
     }
     if let Some(chain) = &attribution.policy {
         return match chain.backend {

@@ -906,22 +906,10 @@ fn rule_finding(netns: &Netns, rule: &Rule, hooks: &[&str], probes: &[String], a
         probes.join(", "),
     );
     let prefix = netns.exec_prefix();
-    let fix = match rule.backend {
-        Backend::Nftables => {
-            let handle = rule.handle.map(|h| h.to_string()).unwrap_or_else(|| "<handle from nft -a list ruleset>".to_string());
-            vec![
-                format!("{prefix}nft -a list chain {} {}    # look at the rule and its neighbours first", rule.table, rule.chain),
-                format!("{prefix}nft delete rule {} {} handle {handle}    # remove the rule", rule.table, rule.chain),
-            ]
-        }
-        backend => {
-            let cmd = backend.iptables_command(rule.family);
-            vec![
-                format!("{prefix}{cmd} -t {} -L {} -v -n --line-numbers    # look at the rule and its neighbours first", rule.table, rule.chain),
-                format!("{prefix}{cmd} -t {} -D {} {}    # remove the rule", rule.table, rule.chain, rule.position),
-            ]
-        }
-    };
+    let fix = vec![
+        format!("{prefix}{}    # look at the rule and its neighbours first", rule.show_command()),
+        format!("{prefix}{}    # remove the rule", rule.delete_command()),
+    ];
     let mut evidence = node_evidence(netns);
     evidence.rule = Some(reference);
     evidence.notes = vec![format!("matches {}", probes.join(", ")), format!("reached from hook {}", hooks.join(", "))];
@@ -1416,7 +1404,11 @@ mod tests {
         let rule = node.rule.as_ref().expect("the rule");
         assert_eq!((rule.chain.as_str(), rule.position), ("KUBE-SERVICES", 1));
         assert!(node.notes.iter().any(|n| n.contains("FORWARD") && n.contains("LOCAL_IN")), "{:?}", node.notes);
-        assert!(only.finding.fix.iter().any(|f| f.starts_with("iptables -t filter -D KUBE-SERVICES 1")), "{:?}", only.finding.fix);
+        assert!(
+            only.finding.fix.iter().any(|f| f.starts_with("iptables-nft -t filter -D KUBE-SERVICES -d 10.96.0.10/32")),
+            "deleted by its specification, with the backend's own program: {:?}",
+            only.finding.fix
+        );
     }
 
     #[test]
