@@ -1,4 +1,10 @@
-use std::{collections::BTreeMap, io::IsTerminal, path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    collections::BTreeMap,
+    io::IsTerminal,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
 
 use clap::{Parser, Subcommand};
 use tracer::{
@@ -10,6 +16,7 @@ use tracer::{
     },
     hooks::{check_privileges, WatchSettings},
     outputs::{
+        capture_file::CaptureFile,
         json::JsonOutput,
         listing::Listing,
         pcapng::{CaptureInfo, PcapngWriter},
@@ -126,8 +133,15 @@ struct WatchArgs {
 
     /// Also write every traced packet to FILE as pcapng (mode 0600), with a comment per
     /// packet and the findings; read it with `tracer report FILE`, Wireshark or tshark.
+    /// FILE must not exist (see --force); links, FIFOs and devices are refused.
     #[arg(long, value_name = "FILE")]
     write: Option<PathBuf>,
+
+    /// With --write: replace FILE if it is an earlier capture of yours (a regular file you
+    /// own, with no other name). The new capture is written beside it and takes its name
+    /// only when the watch ends, so a watch that fails to start keeps the old one.
+    #[arg(long, requires = "write")]
+    force: bool,
 }
 
 fn main() -> ExitCode {
@@ -147,25 +161,37 @@ fn run_watch(args: WatchArgs) -> ExitCode {
     };
     // The capture file is created before anything is attached, so a path that cannot
     // be written is reported at once; and after the privileges are checked, so a watch
-    // that cannot start leaves no file behind.
+    // that cannot start creates nothing.
     if args.write.is_some() {
         if let Err(err) = check_privileges() {
             return fail(&err);
         }
     }
+    let mut capture_file = None;
     let capture = match &args.write {
-        Some(path) => match PcapngWriter::create(path, &capture_info(&args)) {
-            Ok(writer) => {
-                eprintln!("tracer: writing the traced packets to {} (pcapng, mode 0600)", path.display());
-                Some((Box::new(writer) as Box<dyn Output>, path.display().to_string()))
-            }
-            Err(err) => {
-                return fail(&anyhow::anyhow!(
-                    "cannot write the capture to {}: {err}; give --write a path in a writable directory",
+        Some(path) => {
+            let (file, handle) = match CaptureFile::create(path, args.force) {
+                Ok(created) => created,
+                Err(refused) => return fail(&anyhow::anyhow!(refused)),
+            };
+            let writer = match PcapngWriter::to_file(handle, &capture_info(&args)) {
+                Ok(writer) => writer,
+                Err(err) => {
+                    file.abandon();
+                    return fail(&anyhow::anyhow!("cannot write the capture to {}: {err}", path.display()));
+                }
+            };
+            match file.temporary() {
+                Some(temporary) => eprintln!(
+                    "tracer: writing the traced packets to {} (pcapng, mode 0600); it replaces {} when the watch ends",
+                    temporary.display(),
                     path.display()
-                ))
+                ),
+                None => eprintln!("tracer: writing the traced packets to {} (pcapng, mode 0600)", path.display()),
             }
-        },
+            capture_file = Some(file);
+            Some((Box::new(writer) as Box<dyn Output>, path.display().to_string()))
+        }
         None => None,
     };
     let stdout = std::io::stdout();
@@ -175,13 +201,38 @@ fn run_watch(args: WatchArgs) -> ExitCode {
         OutputFormat::Json => Box::new(JsonOutput::new(std::io::BufWriter::new(stdout.lock()))),
     };
     let mut output = Tee::new(main, capture);
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(err) => return fail(&anyhow::anyhow!(err).context("starting the event loop")),
+    let ended = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(watch::run(&options, &mut output)),
+        Err(err) => Err(anyhow::anyhow!(err).context("starting the event loop")),
     };
-    match runtime.block_on(watch::run(&options, &mut output)) {
-        Ok(Ending::Finished(_)) | Ok(Ending::OutputClosed) => ExitCode::SUCCESS,
-        Err(err) => fail(&err),
+    // Flushes and closes the capture before it is synced and named.
+    drop(output);
+    let ending = match ended {
+        Ok(ending) => ending,
+        Err(err) => {
+            // Nothing was traced: what the watch created goes, an earlier capture stays.
+            if let Some(file) = capture_file {
+                file.abandon();
+            }
+            return fail(&err);
+        }
+    };
+    if let Some(file) = capture_file {
+        let path = args.write.as_deref().unwrap_or(Path::new("-"));
+        if let Err(err) = file.finish() {
+            return fail(&anyhow::anyhow!("finishing the capture {} failed: {err}; what was written may be incomplete", path.display()));
+        }
+    }
+    match ending {
+        Ending::Finished(_) => ExitCode::SUCCESS,
+        // `| head`: the reader has what it wanted. The summary goes to the terminal instead.
+        Ending::OutputClosed(summary) => {
+            let _ = TextOutput::new(std::io::stderr().lock(), false).summary(&summary);
+            ExitCode::SUCCESS
+        }
+        Ending::OutputFailed { error, .. } => {
+            fail(&anyhow::anyhow!("writing to standard output failed ({error}): the watch stopped; write to a file or pipe that has room"))
+        }
     }
 }
 
@@ -239,7 +290,8 @@ fn run_report(args: ReportArgs) -> ExitCode {
         }
     };
     match ending {
-        report::Ending::OutputClosed => ExitCode::SUCCESS,
+        report::Ending::OutputFailed(err) if err.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        report::Ending::OutputFailed(err) => fail(&anyhow::anyhow!("writing to standard output failed ({err}): the report stopped")),
         report::Ending::Finished { error, notes, .. } => {
             for note in notes {
                 eprintln!("tracer: note: {note}");

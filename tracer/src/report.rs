@@ -58,8 +58,8 @@ pub enum Ending {
     /// Everything readable was printed. `error` says why the file could not be read to
     /// its end (cut off, damaged), when it could not.
     Finished { summary: Option<Box<Summary>>, error: Option<CaptureError>, notes: Vec<String> },
-    /// Whoever read our output went away: nothing more to print.
-    OutputClosed,
+    /// Printing failed (the reader went away, or a write error): nothing more is printed.
+    OutputFailed(std::io::Error),
 }
 
 impl Report {
@@ -132,14 +132,14 @@ impl Report {
                     Ok(())
                 }
             };
-            if printed.is_err() {
-                return Ending::OutputClosed;
+            if let Err(err) = printed {
+                return Ending::OutputFailed(err);
             }
         }
         let end_ts = recorded.as_ref().map_or(last_ts, |s| s.end_timestamp_ns.max(last_ts));
         analysis.expire(end_ts);
-        if analysis.settle(&mut witness, output).is_err() {
-            return Ending::OutputClosed;
+        if let Err(err) = analysis.settle(&mut witness, output) {
+            return Ending::OutputFailed(err);
         }
         let mut notes = Vec::new();
         if without_metadata > 0 {
@@ -165,8 +165,8 @@ impl Report {
             unconfirmed_counts: analysis.unconfirmed.counts().into_iter().map(|(kind, n)| (kind.name(), n)).collect(),
             recursion_misses: recorded.as_ref().map_or(0, |s| s.recursion_misses),
         };
-        if output.summary(&summary).is_err() {
-            return Ending::OutputClosed;
+        if let Err(err) = output.summary(&summary) {
+            return Ending::OutputFailed(err);
         }
         Ending::Finished { summary: Some(Box::new(summary)), error, notes }
     }
@@ -180,8 +180,8 @@ impl Report {
                 Ok(Some(Record::Plain(packet))) => {
                     packets += 1;
                     ip_packets += u64::from(packet.ip.is_some());
-                    if listing.packet(&packet).is_err() {
-                        return Ending::OutputClosed;
+                    if let Err(err) = listing.packet(&packet) {
+                        return Ending::OutputFailed(err);
                     }
                 }
                 Ok(Some(_)) => {}
@@ -192,8 +192,8 @@ impl Report {
                 }
             }
         }
-        if listing.end(packets, ip_packets).is_err() {
-            return Ending::OutputClosed;
+        if let Err(err) = listing.end(packets, ip_packets) {
+            return Ending::OutputFailed(err);
         }
         Ending::Finished { summary: None, error, notes: Vec::new() }
     }

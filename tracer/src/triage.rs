@@ -106,7 +106,9 @@ pub fn run(args: TriageArgs) -> ExitCode {
         Ok(Ending::Finished(summary)) => summary,
         // The collector never fails a write, so this does not happen; were it to, the
         // traffic part would be incomplete.
-        Ok(Ending::OutputClosed) => return could_not_run(&anyhow::anyhow!("the traffic watch ended early")),
+        Ok(Ending::OutputClosed(_) | Ending::OutputFailed { .. }) => {
+            return could_not_run(&anyhow::anyhow!("the traffic watch ended early"))
+        }
         Err(err) => return could_not_run(&err),
     };
 
@@ -135,9 +137,13 @@ pub fn run(args: TriageArgs) -> ExitCode {
         OutputFormat::Text => print_text(&mut out, &decision, &context, colour),
         OutputFormat::Json => print_json(&mut out, &decision, &context),
     };
-    // A reader that went away (`| head`) does not change what was found.
-    let _ = printed.and_then(|()| out.flush());
-    ExitCode::from(exit_code)
+    match printed.and_then(|()| out.flush()) {
+        // A reader that went away (`| head`) does not change what was found.
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => could_not_run(&anyhow::anyhow!(
+            "writing the report to standard output failed ({err}): write it to a file or pipe that has room"
+        )),
+        _ => ExitCode::from(exit_code),
+    }
 }
 
 fn wall_clock_ns() -> u64 {

@@ -43,8 +43,11 @@ pub struct WatchOptions {
 pub enum Ending {
     /// Duration reached or a signal: the summary was printed.
     Finished(Summary),
-    /// Whoever read our output went away (e.g. `| head`): nothing more to print.
-    OutputClosed,
+    /// Whoever read our output went away (e.g. `| head`): the watch stopped; its summary
+    /// could not go where the lines went.
+    OutputClosed(Summary),
+    /// Writing the output failed otherwise (a full disk, an I/O error): the watch stopped.
+    OutputFailed { summary: Summary, error: io::Error },
 }
 
 /// Housekeeping cadence: interface changes are applied at least this often even when
@@ -135,6 +138,7 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Endi
         if hooks.conntrack_known { "" } else { " (no conntrack in this kernel's BTF: conntrack tuples not shown)" },
     );
 
+    #[cfg(feature = "fault-injection")]
     if crate::hooks::injected_fault("panic-after-attach") {
         panic!("injected fault (TRACER_FAULT=panic-after-attach)");
     }
@@ -148,24 +152,27 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Endi
     tokio::pin!(sleep_until_deadline);
 
     let reasons = &hooks.drop_reasons;
+    // The first error writing the output, which ends the watch.
+    let mut output_error: Option<io::Error> = None;
     loop {
         tokio::select! {
             ready = events.readable_mut() => {
                 let mut guard = ready.context("waiting for events")?;
                 let pass = Pass { reasons, clock: &clock, until: Instant::now() + PASS_TIME, max_records: PASS_RECORDS };
-                let emptied = match pass.drain(guard.get_inner_mut(), &mut interfaces, output, &mut analysis, &mut watermark) {
-                    Ok(emptied) => emptied,
-                    Err(_) => return Ok(Ending::OutputClosed),
-                };
-                if analysis.settle(&mut loss, output).and_then(|()| output.flush()).is_err() {
-                    return Ok(Ending::OutputClosed);
-                }
-                if emptied {
-                    guard.clear_ready();
-                } else {
-                    // More is queued: let signals, the deadline and the tick in first.
-                    drop(guard);
-                    tokio::task::yield_now().await;
+                let emptied = pass
+                    .drain(guard.get_inner_mut(), &mut interfaces, output, &mut analysis, &mut watermark)
+                    .and_then(|emptied| analysis.settle(&mut loss, output).and_then(|()| output.flush()).map(|()| emptied));
+                match emptied {
+                    Ok(true) => guard.clear_ready(),
+                    Ok(false) => {
+                        // More is queued: let signals, the deadline and the tick in first.
+                        drop(guard);
+                        tokio::task::yield_now().await;
+                    }
+                    Err(err) => {
+                        output_error = Some(err);
+                        break;
+                    }
                 }
             }
             _ = tick.tick() => {
@@ -177,12 +184,13 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Endi
                 // Also when nothing woke the loop: a ring buffer read empty here is what
                 // lets an unanswered query's time run out on a quiet node.
                 let pass = Pass { reasons, clock: &clock, until: Instant::now() + PASS_TIME, max_records: PASS_RECORDS };
-                if pass.drain(events.get_mut(), &mut interfaces, output, &mut analysis, &mut watermark).is_err() {
-                    return Ok(Ending::OutputClosed);
-                }
-                analysis.expire(watermark.newest_ns);
-                if analysis.settle(&mut loss, output).and_then(|()| output.flush()).is_err() {
-                    return Ok(Ending::OutputClosed);
+                let served = pass.drain(events.get_mut(), &mut interfaces, output, &mut analysis, &mut watermark).and_then(|_| {
+                    analysis.expire(watermark.newest_ns);
+                    analysis.settle(&mut loss, output).and_then(|()| output.flush())
+                });
+                if let Err(err) = served {
+                    output_error = Some(err);
+                    break;
                 }
             }
             _ = sigterm.recv() => break,
@@ -191,16 +199,15 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Endi
         }
     }
 
-    // Records already queued when we were told to stop still belong to the watch, as far
-    // as they can be read in a moment.
-    let stopping = Instant::now();
-    let pass = Pass { reasons, clock: &clock, until: stopping + FINAL_DRAIN_TIME, max_records: usize::MAX };
-    if pass.drain(events.get_mut(), &mut interfaces, output, &mut analysis, &mut watermark).is_err() {
-        return Ok(Ending::OutputClosed);
-    }
-    analysis.expire(watermark.newest_ns);
-    if analysis.finish(&mut loss, output, Instant::now() + FINAL_RULES_WAIT).is_err() {
-        return Ok(Ending::OutputClosed);
+    if output_error.is_none() {
+        // Records already queued when we were told to stop still belong to the watch, as
+        // far as they can be read in a moment.
+        let pass = Pass { reasons, clock: &clock, until: Instant::now() + FINAL_DRAIN_TIME, max_records: usize::MAX };
+        let ended = pass.drain(events.get_mut(), &mut interfaces, output, &mut analysis, &mut watermark).and_then(|_| {
+            analysis.expire(watermark.newest_ns);
+            analysis.finish(&mut loss, output, Instant::now() + FINAL_RULES_WAIT)
+        });
+        output_error = ended.err();
     }
     let stats = &analysis.stats;
     if stats.malformed > 0 {
@@ -222,11 +229,15 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Endi
         unconfirmed_counts: analysis.unconfirmed.counts().into_iter().map(|(kind, n)| (kind.name(), n)).collect(),
         recursion_misses,
     };
-    if output.summary(&summary).is_err() {
-        return Ok(Ending::OutputClosed);
-    }
     drop(hooks);
-    Ok(Ending::Finished(summary))
+    // Also after the output failed: a capture written beside it still gets its summary.
+    let summary_written = output.summary(&summary);
+    let output_error = output_error.or(summary_written.err());
+    Ok(match output_error {
+        None => Ending::Finished(summary),
+        Some(err) if err.kind() == io::ErrorKind::BrokenPipe => Ending::OutputClosed(summary),
+        Some(error) => Ending::OutputFailed { summary, error },
+    })
 }
 
 /// One pass over the ring buffer.

@@ -188,7 +188,7 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
         Some(path) => bail!("--tracer {}: no such file", path.display()),
         None => {
             phase("bench", "cargo build --release -p tracer");
-            cmd::build_tracer(true)?
+            cmd::build_tracer(cmd::Build::Release)?
         }
     };
     if let Some(minutes) = soak_minutes {

@@ -98,7 +98,7 @@ pub fn exit_code(status: ExitStatus) -> ExitCode {
 
 /// `cargo build -p tracer [--release]`; returns the path of the binary cargo reports, which
 /// respects `CARGO_TARGET_DIR` and any target-dir configuration.
-pub fn build_tracer(release: bool) -> Result<PathBuf> {
+pub fn build_tracer(build: Build) -> Result<PathBuf> {
     let mut cmd = cargo();
     cmd.args([
         "build",
@@ -106,13 +106,12 @@ pub fn build_tracer(release: bool) -> Result<PathBuf> {
         "tracer",
         "--message-format=json-render-diagnostics",
     ]);
-    if release {
-        cmd.arg("--release");
-    }
-    let what = format!(
-        "`cargo build -p tracer{}`",
-        if release { " --release" } else { "" }
-    );
+    let flags = match build {
+        Build::Release => "--release",
+        Build::Test => "--features=fault-injection",
+    };
+    cmd.arg(flags);
+    let what = format!("`cargo build -p tracer {flags}`");
     let mut child = cmd
         .stdout(Stdio::piped())
         .spawn()
@@ -133,6 +132,15 @@ pub fn build_tracer(release: bool) -> Result<PathBuf> {
         bail!("{what} failed ({status}); the compiler's messages are above");
     }
     executable.with_context(|| format!("{what} succeeded but reported no tracer executable"))
+}
+
+/// Which tracer to build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Build {
+    /// Optimised, as users run it: the demo, the bench, and the check that it holds no test code.
+    Release,
+    /// A debug build with the safety tests' fault injection (feature `fault-injection`).
+    Test,
 }
 
 /// The executable path in a cargo JSON message, if it is the tracer binary's artifact.

@@ -52,7 +52,7 @@ fn build_and_show() -> Result<()> {
     phase("demo", "setup");
     setup::run()?;
     phase("demo", "cargo build --release -p tracer");
-    let tracer = cmd::build_tracer(true)?;
+    let tracer = cmd::build_tracer(cmd::Build::Release)?;
     check_interrupted()?;
 
     phase("demo", "building the lab");

@@ -1,5 +1,5 @@
-//! `cargo xtask test`: setup, build tracer, run every test in the workspace against that build,
-//! then a smoke run of the bench.
+//! `cargo xtask test`: setup, build tracer (the test build with fault injection, and the
+//! release build), run every test in the workspace against them, then a smoke run of the bench.
 
 use std::process::ExitCode;
 
@@ -15,18 +15,27 @@ pub fn run(cargo_test_args: &[String]) -> Result<ExitCode> {
     phase("test", "setup");
     setup::run()?;
 
-    phase("test", "cargo build -p tracer");
-    let tracer = cmd::build_tracer(false)?;
+    phase("test", "cargo build -p tracer --features=fault-injection");
+    let tracer = cmd::build_tracer(cmd::Build::Test)?;
+    // The build users run, for the test that it holds none of the test build's fault
+    // injection.
+    phase("test", "cargo build -p tracer --release");
+    let release = cmd::build_tracer(cmd::Build::Release)?;
 
     phase(
         "test",
-        &format!("cargo test --workspace (TRACER_BIN={})", tracer.display()),
+        &format!(
+            "cargo test --workspace (TRACER_BIN={}, TRACER_RELEASE_BIN={})",
+            tracer.display(),
+            release.display()
+        ),
     );
     let status = cmd::status(
         cmd::cargo()
             .args(["test", "--workspace", "--no-fail-fast"])
             .args(cargo_test_args)
-            .env("TRACER_BIN", &tracer),
+            .env("TRACER_BIN", &tracer)
+            .env("TRACER_RELEASE_BIN", &release),
         "`cargo test --workspace`",
     )?;
     phase(

@@ -112,6 +112,7 @@ impl KernelHooks {
                 .map_err(|err| anyhow!(err).context(format!("attaching {program} to tracepoint {tracepoint}")))?;
         }
 
+        #[cfg(feature = "fault-injection")]
         if injected_fault("error-mid-attach") {
             bail!("injected fault (TRACER_FAULT=error-mid-attach): stopping half-way through attaching");
         }
@@ -187,7 +188,9 @@ impl KernelHooks {
 
 /// Fault injection for the safety tests (`TRACER_FAULT=error-mid-attach` or
 /// `panic-after-attach`): they prove that a failure half-way through attaching, or a
-/// panic while attached, leaves nothing behind in the kernel.
+/// panic while attached, leaves nothing behind in the kernel. Compiled only into the test
+/// suite's build (feature `fault-injection`), never into a release.
+#[cfg(feature = "fault-injection")]
 pub fn injected_fault(name: &str) -> bool {
     std::env::var("TRACER_FAULT").is_ok_and(|fault| fault == name)
 }
@@ -202,6 +205,12 @@ fn current_netns_inode() -> Result<u32> {
 
 fn explain_load_error(err: anyhow::Error) -> anyhow::Error {
     let text = format!("{err:#}");
+    // Under lockdown=confidentiality the kernel hides the helper from the verifier.
+    if text.contains("bpf_probe_read_kernel") && (text.contains("unknown func") || text.contains("invalid func")) {
+        return anyhow!(
+            "the kernel refuses the kernel memory reads tracer's programs make: it is most likely locked down for confidentiality (see /sys/kernel/security/lockdown); tracer can run only where lockdown is `integrity` or `none`"
+        );
+    }
     if text.contains("Operation not permitted") || text.contains("EPERM") {
         err.context("the kernel refused to load eBPF programs: run tracer as root (or with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)")
     } else {

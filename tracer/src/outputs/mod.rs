@@ -1,6 +1,7 @@
 //! Prints what a watch saw: packet lines and the closing summary, as text for people
 //! or JSON Lines for programs.
 
+pub mod capture_file;
 pub mod json;
 pub mod listing;
 pub mod pcapng;

@@ -11,10 +11,8 @@
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
-    fs::{File, OpenOptions, Permissions},
+    fs::File,
     io::{self, BufWriter, Write},
-    os::unix::fs::{OpenOptionsExt, PermissionsExt},
-    path::Path,
 };
 
 use pcap_parser::{
@@ -75,32 +73,11 @@ const NO_BYTES: Linktype = Linktype(147);
 /// came in, and a batch that is larger is rare (the ring buffer overflowing).
 const HELD_BLOCKS: usize = 1024;
 
-/// Opens FILE for a capture: created with mode 0600 (packets are sensitive), and an
-/// existing file is made 0600 before it is emptied, so what tracer writes is never
-/// readable by others, not even for a moment. Symlinks are not followed: a root
-/// process writing where others can create files must not be redirected.
-pub fn create_file(path: &Path) -> io::Result<File> {
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)?;
-    let metadata = file.metadata()?;
-    if !metadata.is_file() {
-        return Err(io::Error::other("it is not a regular file"));
-    }
-    if metadata.permissions().mode() & 0o777 != 0o600 {
-        file.set_permissions(Permissions::from_mode(0o600))?;
-    }
-    file.set_len(0)?;
-    Ok(file)
-}
-
 impl PcapngWriter<BufWriter<File>> {
-    /// Creates the file and writes its section header.
-    pub fn create(path: &Path, info: &CaptureInfo) -> io::Result<Self> {
-        PcapngWriter::new(BufWriter::with_capacity(1 << 16, create_file(path)?), info)
+    /// Writes the capture into `file` (opened by `outputs::capture_file`), starting with its
+    /// section header.
+    pub fn to_file(file: File, info: &CaptureInfo) -> io::Result<Self> {
+        PcapngWriter::new(BufWriter::with_capacity(1 << 16, file), info)
     }
 }
 
@@ -539,13 +516,17 @@ pub(crate) mod tests {
 
     /// Plays the scenario through the analysis a watch uses, into JSON and a capture.
     fn play(output: &mut dyn Output) {
+        play_with(output, &mut NothingLost);
+    }
+
+    fn play_with(output: &mut dyn Output, witness: &mut dyn crate::correlation::loss::LossWitness) {
         let (packets, dropped, finding) = scenario();
         let recorded = info().meta.sysctls.into_iter().collect();
         let options = AnalysisOptions { dns_timeout: Duration::from_secs(2), dns_ports: Vec::new() };
         let mut analysis = Analysis::replay(&options, recorded);
         for (packet, hooks) in packets {
             analysis.packet_with_hooks(packet, &hooks, output).expect("output");
-            analysis.settle(&mut NothingLost, output).expect("output");
+            analysis.settle(witness, output).expect("output");
         }
         analysis.replay_drop(&drop_line(&dropped), output).expect("output");
         analysis.replay_netfilter_finding(finding, output).expect("output");
@@ -581,7 +562,7 @@ pub(crate) mod tests {
         let path = temp_path("roundtrip.pcapng");
         let mut live = Vec::new();
         {
-            let writer = PcapngWriter::create(&path, &info()).expect("create");
+            let writer = PcapngWriter::to_file(File::create(&path).expect("create"), &info()).expect("header");
             let mut tee = Tee::new(Box::new(JsonOutput::new(&mut live)), Some((Box::new(writer), "test".to_string())));
             play(&mut tee);
             assert!(tee.warning.is_none());
@@ -595,6 +576,34 @@ pub(crate) mod tests {
         assert_eq!(live.lines().collect::<Vec<_>>(), replayed.lines().collect::<Vec<_>>());
         assert!(live.contains("\"kind\":\"conntrack_skip\""), "{live}");
         assert!(live.contains("\"netfilter_reject\":2"), "the repeat drop is counted: {live}");
+    }
+
+    /// Says every window lost a record.
+    struct EverythingLost;
+
+    impl crate::correlation::loss::LossWitness for EverythingLost {
+        fn lost_since(&mut self, _: &crate::findings::Unconfirmed, _: &crate::correlation::loss::LossWindows, _: u64) -> u64 {
+            1
+        }
+    }
+
+    #[test]
+    fn a_finding_the_watch_could_not_confirm_is_not_stated_by_the_report_either() {
+        let path = temp_path("unconfirmed.pcapng");
+        let mut live = Vec::new();
+        {
+            let writer = PcapngWriter::to_file(File::create(&path).expect("create"), &info()).expect("header");
+            let mut tee = Tee::new(Box::new(JsonOutput::new(&mut live)), Some((Box::new(writer), "test".to_string())));
+            play_with(&mut tee, &mut EverythingLost);
+        }
+        let report = Report::open(&path).expect("open");
+        let mut replayed = Vec::new();
+        let ending = report.run(&mut JsonOutput::new(&mut replayed));
+        std::fs::remove_file(&path).ok();
+        let Ending::Finished { summary: Some(summary), error: None, .. } = ending else { panic!("the report should read the whole file") };
+        let replayed = String::from_utf8_lossy(&replayed);
+        assert!(!replayed.contains("\"kind\":\"conntrack_skip\""), "{replayed}");
+        assert_eq!(summary.unconfirmed_counts, vec![("conntrack_skip", 1)]);
     }
 
     #[test]
@@ -619,30 +628,6 @@ pub(crate) mod tests {
         }
         writer.dropped(&drop_line(&dropped)).expect("write");
         assert_eq!(writer.interfaces.len(), 4);
-    }
-
-    #[test]
-    fn the_file_is_mode_0600_even_when_it_existed() {
-        let path = temp_path("mode.pcapng");
-        std::fs::write(&path, b"old world-readable data").expect("write");
-        std::fs::set_permissions(&path, Permissions::from_mode(0o644)).expect("chmod");
-        drop(PcapngWriter::create(&path, &info()).expect("create"));
-        let metadata = std::fs::metadata(&path).expect("stat");
-        assert_eq!(metadata.permissions().mode() & 0o777, 0o600);
-        let content = std::fs::read(&path).expect("read");
-        assert!(!content.starts_with(b"old"), "the old content is replaced");
-        std::fs::remove_file(&path).ok();
-
-        let fresh = temp_path("fresh.pcapng");
-        drop(PcapngWriter::create(&fresh, &info()).expect("create"));
-        assert_eq!(std::fs::metadata(&fresh).expect("stat").permissions().mode() & 0o777, 0o600);
-        // A symlink planted at the path is not followed.
-        let link = temp_path("link.pcapng");
-        std::os::unix::fs::symlink(&fresh, &link).expect("symlink");
-        assert!(PcapngWriter::create(&link, &info()).is_err());
-        std::fs::remove_file(&link).ok();
-        std::fs::remove_file(&fresh).ok();
-        assert!(create_file(Path::new("/dev/null")).is_err(), "not a regular file");
     }
 
     /// Fails every write after the first `budget` bytes, like a disk that fills.
