@@ -667,6 +667,12 @@ impl Finished {
 }
 
 impl<'lab> Process<'lab> {
+    /// Starts `cmd` (made with [`Lab::command`], so it cannot outlive the lab), described as
+    /// `what` in errors.
+    pub fn start(_lab: &'lab Lab, cmd: Command, what: &str, mode: StdoutMode) -> Result<Process<'lab>> {
+        Process::spawn(cmd, what.to_string(), mode)
+    }
+
     fn spawn(mut cmd: Command, what: String, mode: StdoutMode) -> Result<Process<'lab>> {
         cmd.stdin(Stdio::null()).stderr(Stdio::piped());
         match mode {

@@ -451,7 +451,7 @@ fn garbage_and_missing_files_fail_clearly_without_a_lab() -> Result<()> {
         ])?;
         ensure!(
             out.status.code() == Some(2)
-                && String::from_utf8_lossy(&out.stderr).contains("cannot write the capture"),
+                && String::from_utf8_lossy(&out.stderr).contains("cannot create /nonexistent-dir/x.pcapng"),
             "an unwritable --write path should fail at once:\n{}",
             describe(&out)
         );

@@ -1769,6 +1769,10 @@ fn watch_into_head_exits_cleanly_when_the_pipe_closes() -> Result<()> {
             "tracer printed `{word}`:\n{described}"
         );
     }
+    ensure!(
+        tracer_err.lines().any(|l| l.starts_with("-- ") && l.contains("packets")),
+        "with its output gone, the summary goes to standard error:\n{described}"
+    );
     Ok(())
 }
 
