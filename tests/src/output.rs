@@ -125,6 +125,16 @@ impl WatchJson {
     }
 }
 
+/// A finished command's status and output, for assertion messages.
+pub fn describe_output(out: &std::process::Output) -> String {
+    format!(
+        "exit {}\n--- stdout ---\n{}--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// The record is at `stage` on device `ifname`.
 pub fn stage_is(p: &Value, stage: &str, ifname: &str) -> bool {
     str_at(p, "/stage") == Some(stage) && str_at(p, "/ifname") == Some(ifname)

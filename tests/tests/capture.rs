@@ -23,22 +23,13 @@ fn tracer(args: &[&str]) -> Result<Output> {
         .with_context(|| format!("running {} {}", bin.display(), args.join(" ")))
 }
 
-fn describe(out: &Output) -> String {
-    format!(
-        "exit {}\n--- stdout ---\n{}--- stderr ---\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// A Rust panic prints this; tracer must never get there on any input file.
 fn no_panic(out: &Output) -> Result<()> {
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(
         !stderr.contains("panicked") && out.status.code() != Some(101),
         "tracer panicked:\n{}",
-        describe(out)
+        describe_output(out)
     );
     Ok(())
 }
@@ -67,12 +58,12 @@ fn tshark_fields(file: &Path, fields: &[&str]) -> Result<Vec<Vec<String>>> {
     let out = cmd
         .output()
         .context("running tshark (Debian package tshark; `cargo xtask setup` installs it)")?;
-    ensure!(out.status.success(), "tshark failed:\n{}", describe(&out));
+    ensure!(out.status.success(), "tshark failed:\n{}", describe_output(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(
         !stderr.to_lowercase().contains("appears to be damaged") && !stderr.contains("cut short"),
         "tshark found the file damaged:\n{}",
-        describe(&out)
+        describe_output(&out)
     );
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -162,7 +153,7 @@ fn conntrack_skip_capture_reads_in_tshark_and_report() -> Result<()> {
     ensure!(
         out.status.success(),
         "tracer report failed:\n{}",
-        describe(&out)
+        describe_output(&out)
     );
     let report = WatchJson::parse(&String::from_utf8_lossy(&out.stdout))?;
     ensure!(
@@ -199,7 +190,7 @@ fn conntrack_skip_capture_reads_in_tshark_and_report() -> Result<()> {
         text.status.success()
             && String::from_utf8_lossy(&text.stdout).contains("FINDING conntrack_skip"),
         "text report should show the finding block:\n{}",
-        describe(&text)
+        describe_output(&text)
     );
 
     // Cut off anywhere: a clear error, what came before, never a panic.
@@ -214,12 +205,12 @@ fn conntrack_skip_capture_reads_in_tshark_and_report() -> Result<()> {
             !out.status.success() && stderr.contains("tracer: error:"),
             "a file cut at {len} of {} bytes should fail clearly:\n{}",
             bytes.len(),
-            describe(&out)
+            describe_output(&out)
         );
         ensure!(
             len == 0 || stderr.contains("cut off"),
             "the error should say the file is cut off:\n{}",
-            describe(&out)
+            describe_output(&out)
         );
     }
     Ok(())
@@ -249,7 +240,7 @@ fn json_output_and_write_together_and_a_foreign_capture_lists_plainly() -> Resul
     ensure!(
         out.status.success(),
         "tracer report failed:\n{}",
-        describe(&out)
+        describe_output(&out)
     );
     let report = WatchJson::parse(&String::from_utf8_lossy(&out.stdout))?;
     ensure!(
@@ -292,7 +283,7 @@ fn json_output_and_write_together_and_a_foreign_capture_lists_plainly() -> Resul
             && stdout.contains("DNS query")
             && stdout.contains("DNS reply"),
         "a tcpdump capture should get a plain listing with the DNS lines:\n{}\n{}",
-        describe(&out),
+        describe_output(&out),
         tcpdump.describe()
     );
     Ok(())
@@ -313,7 +304,7 @@ fn a_killed_watch_leaves_a_capture_readable_to_its_last_block() -> Result<()> {
     ensure!(
         out.status.success(),
         "report of a killed watch's capture:\n{}",
-        describe(&out)
+        describe_output(&out)
     );
     let report = WatchJson::parse(&String::from_utf8_lossy(&out.stdout))?;
     ensure!(
@@ -324,7 +315,7 @@ fn a_killed_watch_leaves_a_capture_readable_to_its_last_block() -> Result<()> {
     ensure!(
         String::from_utf8_lossy(&out.stderr).contains("no summary"),
         "report should say the watch did not end normally:\n{}",
-        describe(&out)
+        describe_output(&out)
     );
     Ok(())
 }
@@ -348,7 +339,7 @@ fn full_disk_stops_the_capture_with_one_warning_and_the_watch_goes_on() -> Resul
     ensure!(
         mount.status.success(),
         "mounting a small tmpfs:\n{}",
-        describe(&mount)
+        describe_output(&mount)
     );
     let result = (|| -> Result<()> {
         let file = small.join("full.pcapng");
@@ -384,7 +375,7 @@ fn full_disk_stops_the_capture_with_one_warning_and_the_watch_goes_on() -> Resul
             out.status.code() == Some(0)
                 || String::from_utf8_lossy(&out.stderr).contains("cut off"),
             "report of the partial capture:\n{}",
-            describe(&out)
+            describe_output(&out)
         );
         Ok(())
     })();
@@ -419,7 +410,7 @@ fn garbage_and_missing_files_fail_clearly_without_a_lab() -> Result<()> {
             out.status.code() == Some(2)
                 && String::from_utf8_lossy(&out.stderr).contains("not a pcapng or pcap file"),
             "garbage should be refused in one line:\n{}",
-            describe(&out)
+            describe_output(&out)
         );
         let mut fake = vec![0x0a, 0x0d, 0x0d, 0x0a];
         fake.extend(noise(4096));
@@ -431,7 +422,7 @@ fn garbage_and_missing_files_fail_clearly_without_a_lab() -> Result<()> {
             !out.status.success()
                 && String::from_utf8_lossy(&out.stderr).contains("tracer: error:"),
             "a damaged header should fail clearly:\n{}",
-            describe(&out)
+            describe_output(&out)
         );
         let missing = dir.join("missing.pcapng");
         let out = tracer(&["report", path_str(&missing)?])?;
@@ -439,7 +430,7 @@ fn garbage_and_missing_files_fail_clearly_without_a_lab() -> Result<()> {
             out.status.code() == Some(2)
                 && String::from_utf8_lossy(&out.stderr).contains("No such file"),
             "a missing file should be named:\n{}",
-            describe(&out)
+            describe_output(&out)
         );
         // --write to a place that cannot be written fails before anything is attached.
         let out = tracer(&[
@@ -453,7 +444,7 @@ fn garbage_and_missing_files_fail_clearly_without_a_lab() -> Result<()> {
             out.status.code() == Some(2)
                 && String::from_utf8_lossy(&out.stderr).contains("cannot create /nonexistent-dir/x.pcapng"),
             "an unwritable --write path should fail at once:\n{}",
-            describe(&out)
+            describe_output(&out)
         );
         Ok(())
     })();

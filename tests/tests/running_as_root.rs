@@ -84,20 +84,11 @@ fn a_hostile_path_changes_nothing_and_the_rule_is_still_named() -> Result<()> {
         .stderr(Stdio::piped())
         .output()
         .context("running tracer triage")?;
-    ensure!(out.status.code() == Some(1), "the REJECT is a finding (exit 1):\n{}", describe(&out));
-    let t = WatchJson::parse(&String::from_utf8_lossy(&out.stdout)).with_context(|| describe(&out))?;
-    ensure!(t.findings_of("netfilter_reject").next().is_some(), "triage should name the REJECT:\n{}", describe(&out));
+    ensure!(out.status.code() == Some(1), "the REJECT is a finding (exit 1):\n{}", describe_output(&out));
+    let t = WatchJson::parse(&String::from_utf8_lossy(&out.stdout)).with_context(|| describe_output(&out))?;
+    ensure!(t.findings_of("netfilter_reject").next().is_some(), "triage should name the REJECT:\n{}", describe_output(&out));
     ensure!(!marker.exists(), "triage ran a tool from PATH: {}", fs::read_to_string(&marker).unwrap_or_default());
     Ok(())
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "exit {}\n--- stdout ---\n{}--- stderr ---\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// `tracer watch --write FILE [EXTRA] --duration SECS` in the node namespace, with `env`.
@@ -121,7 +112,7 @@ fn refused(out: &Output, says: &str) -> Result<()> {
     ensure!(
         !out.status.success() && lines.len() == 1 && lines[0].starts_with("tracer: error:") && lines[0].contains(says),
         "expected one error line saying {says:?}:\n{}",
-        describe(out)
+        describe_output(out)
     );
     Ok(())
 }
@@ -179,7 +170,7 @@ fn force_replaces_an_own_capture_but_a_failed_attach_keeps_it() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
     let file = lab.dir().join("dns.pcapng");
     let first = watch_writing(&lab, &file, &[], "1", &[])?;
-    ensure!(first.status.success(), "the first capture:\n{}", describe(&first));
+    ensure!(first.status.success(), "the first capture:\n{}", describe_output(&first));
     let old = fs::read(&file)?;
 
     // The test build fails half-way through attaching on request: the old capture must stay.
@@ -187,18 +178,18 @@ fn force_replaces_an_own_capture_but_a_failed_attach_keeps_it() -> Result<()> {
     ensure!(
         !failed.status.success() && String::from_utf8_lossy(&failed.stderr).contains("injected fault"),
         "the watch should fail half-way through attaching (is TRACER_BIN a test build, with --features fault-injection?):\n{}",
-        describe(&failed)
+        describe_output(&failed)
     );
     ensure!(fs::read(&file)? == old, "a failed attach destroyed the earlier capture");
     ensure!(no_partial_files(lab.dir())?.is_empty(), "temporary files left: {:?}", no_partial_files(lab.dir())?);
 
     let replaced = watch_writing(&lab, &file, &["--force"], "2", &[])?;
-    ensure!(replaced.status.success(), "--force over one's own capture:\n{}", describe(&replaced));
+    ensure!(replaced.status.success(), "--force over one's own capture:\n{}", describe_output(&replaced));
     let new = fs::read(&file)?;
     ensure!(new != old, "the capture was not replaced");
     ensure!(fs::metadata(&file)?.mode() & 0o777 == 0o600, "mode 0600");
     let report = Command::new(tracer_bin()?).args(["report", "--output", "json"]).arg(&file).output()?;
-    ensure!(report.status.success(), "the new capture must read back:\n{}", describe(&report));
+    ensure!(report.status.success(), "the new capture must read back:\n{}", describe_output(&report));
     ensure!(no_partial_files(lab.dir())?.is_empty(), "temporary files left");
     Ok(())
 }
@@ -217,7 +208,7 @@ fn output_to_a_full_device_is_an_error() -> Result<()> {
     ensure!(
         !out.status.success() && stderr.lines().any(|l| l.starts_with("tracer: error:") && l.contains("No space left on device")),
         "a watch whose output cannot be written must fail saying so:\n{}",
-        describe(&out)
+        describe_output(&out)
     );
     Ok(())
 }
@@ -247,7 +238,7 @@ fn a_release_build_has_no_fault_injection() -> Result<()> {
     ensure!(
         out.status.success() && String::from_utf8_lossy(&out.stderr).contains(TRACER_READY),
         "the release build must ignore TRACER_FAULT:\n{}",
-        describe(&out)
+        describe_output(&out)
     );
     Ok(())
 }
