@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tracer::events::pcapng::CaptureReader;
+use tracer::capture::reader::CaptureReader;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(mut reader) = CaptureReader::from_reader("fuzz", std::io::Cursor::new(data.to_vec())) else { return };

@@ -4,6 +4,6 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = tracer::events::dns::parse(data, false);
-    let _ = tracer::events::dns::parse(data, true);
+    let _ = tracer::pipeline::dns_parse::parse(data, false);
+    let _ = tracer::pipeline::dns_parse::parse(data, true);
 });

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tracer::events::firewall::{parse_iptables_save, Backend, Family};
+use tracer::firewall::{parse_iptables_save, Backend, Family};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

@@ -4,5 +4,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = tracer::events::record::decode_record(data);
+    let _ = tracer::kernel::records::decode_record(data);
 });

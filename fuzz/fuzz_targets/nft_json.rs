@@ -5,5 +5,5 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
-    let _ = tracer::events::firewall::parse_nft_json(&text);
+    let _ = tracer::firewall::parse_nft_json(&text);
 });

@@ -1,7 +1,7 @@
 //! Command-line value types and parsers shared by the subcommands, so that `watch`,
 //! `report` and `triage` accept and reject the same spellings with the same words.
 
-use std::time::Duration;
+use std::{process::ExitCode, time::Duration};
 
 /// `--output`: `text` for people, `json` for JSON Lines.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -26,6 +26,12 @@ pub fn parse_ring_mib(text: &str) -> Result<u32, String> {
         return Err("the ring buffer size must be a power of two from 1 to 1024 MiB".to_string());
     }
     Ok(mib)
+}
+
+/// The one line a command that cannot go on prints, and exit code 2.
+pub fn fail(err: &anyhow::Error) -> ExitCode {
+    eprintln!("tracer: error: {err:#}");
+    ExitCode::from(2)
 }
 
 #[cfg(test)]

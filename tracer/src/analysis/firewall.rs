@@ -12,8 +12,8 @@ use std::{
 };
 
 use crate::{
-    correlation::paths::DroppedPacket,
-    events::firewall::{self, Snapshot},
+    pipeline::paths::DroppedPacket,
+    firewall::{self, Snapshot},
     findings::{
         netfilter::{judge_drop, DropContext},
         Finding,

@@ -13,25 +13,27 @@ use std::{collections::HashMap, io, mem, time::Duration};
 
 use self::firewall::{Answer, DropKey, FirewallWorker, Request};
 use crate::{
-    correlation::{
-        dns::{Correlated, DnsFlows},
-        loss::{LossWindows, LossWitness},
-        paths::{HookPass, HookPaths},
-    },
-    events::{
-        dns_decode::{DnsDecoder, Segment},
-        interfaces::Interfaces,
+    model::{
         netfilter::DropEvent,
-        node::{self, SysctlValue},
         packet::{PacketEvent, IPPROTO_UDP},
         TracedPacket, WallClock,
+    },
+    node::{
+        interfaces::Interfaces,
+        sysctl::{self as node, SysctlValue},
+    },
+    pipeline::{
+        dns_decode::{DnsDecoder, Segment},
+        loss::{LossWindows, LossWitness},
+        paths::{HookPass, HookPaths},
+        queries::{Correlated, DnsFlows},
     },
     findings::{
         dns::judge,
         netfilter::{short_label, NETFILTER_DROP},
         Evidence, Finding, FindingKind, FindingLog, Unconfirmed, UnconfirmedLog,
     },
-    outputs::{DropLine, Output},
+    render::{DropLine, Output},
 };
 
 /// DNS queries tracked at once; beyond it the oldest are dropped (and counted), so
@@ -429,8 +431,8 @@ fn drop_key(line: &DropLine) -> Option<DropKey> {
 }
 
 fn icmp_name(ipv6: bool, icmp_type: u8, icmp_code: u8) -> String {
-    let family = if ipv6 { crate::events::firewall::Family::Ipv6 } else { crate::events::firewall::Family::Ipv4 };
-    crate::findings::rule_attribution::answer_name(family, icmp_type, icmp_code)
+    let family = if ipv6 { crate::firewall::Family::Ipv6 } else { crate::firewall::Family::Ipv4 };
+    crate::findings::attribution::answer_name(family, icmp_type, icmp_code)
 }
 
 #[cfg(test)]
@@ -439,12 +441,12 @@ mod tests {
 
     use super::*;
     use crate::{
-        correlation::{
-            dns::tests::{packet, query_path},
+        pipeline::{
             loss::NothingLost,
+            queries::tests::{packet, query_path},
         },
-        events::packet::Conntrack,
-        outputs::Summary,
+        model::packet::Conntrack,
+        render::Summary,
     };
 
     /// A witness that says so many records were lost in every window.

@@ -6,12 +6,14 @@ use tracer_common::Stage;
 
 use super::{DnsEvidence, Evidence, Finding, FindingKind, QueryRef};
 use crate::{
-    correlation::dns::{Correlated, QueryFlow},
-    events::{
-        dns::qtype_name,
-        node::{bridge_nf_call_sysctl, SysctlValue},
+    model::{
         packet::{stage_name, Conntrack},
         TracedPacket,
+    },
+    node::sysctl::{bridge_nf_call_sysctl, SysctlValue},
+    pipeline::{
+        dns_parse::qtype_name,
+        queries::{Correlated, QueryFlow},
     },
 };
 
@@ -193,7 +195,7 @@ fn show(addr: Option<SocketAddr>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::correlation::dns::{
+    use crate::pipeline::queries::{
         tests::{addr, dnat_entry, packet, query_path},
         DnsFlows,
     };

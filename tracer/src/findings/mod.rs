@@ -4,11 +4,11 @@
 pub mod dns;
 pub mod netfilter;
 pub mod node_config;
-pub mod rule_attribution;
+pub mod attribution;
 
 use std::{collections::HashMap, net::SocketAddr};
 
-use crate::{correlation::dns::Sighting, events::node::SysctlValue};
+use crate::{pipeline::queries::Sighting, node::sysctl::SysctlValue};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -146,7 +146,7 @@ pub struct ChainRef {
 }
 
 impl RuleRef {
-    pub fn of(rule: &crate::events::firewall::Rule) -> RuleRef {
+    pub fn of(rule: &crate::firewall::Rule) -> RuleRef {
         RuleRef {
             backend: rule.backend.name(),
             table: rule.table.clone(),
@@ -159,7 +159,7 @@ impl RuleRef {
 }
 
 impl ChainRef {
-    pub fn of(chain: &crate::events::firewall::Chain) -> ChainRef {
+    pub fn of(chain: &crate::firewall::Chain) -> ChainRef {
         ChainRef { backend: chain.backend.name(), table: chain.table.clone(), chain: chain.name.clone() }
     }
 }

@@ -2,12 +2,12 @@
 //! policy stopped it, in words, and how to undo it.
 
 use super::{
-    rule_attribution::{self, answer_name, attribute, Attribution},
+    attribution::{self, answer_name, attribute, Attribution},
     ChainRef, Evidence, Finding, FindingKind, NetfilterEvidence, RuleRef,
 };
 use crate::{
-    correlation::paths::DroppedPacket,
-    events::firewall::{Backend, Family, Snapshot, Verdict},
+    firewall::{Backend, Family, Snapshot, Verdict},
+    pipeline::paths::DroppedPacket,
 };
 
 /// What the watch knows of a dropped packet besides the packet itself.
@@ -35,7 +35,7 @@ pub fn judge_drop(dropped: &DroppedPacket, context: &DropContext, before: &Snaps
         .icmp
         .as_ref()
         .map(|i| answer_name(family, i.icmp_type, i.icmp_code));
-    let packet = rule_attribution::DroppedPacket {
+    let packet = attribution::DroppedPacket {
         family,
         hook: pass.hook,
         proto: dropped.drop.l4_proto,
@@ -114,7 +114,7 @@ fn culprit(attribution: &Attribution) -> String {
 }
 
 
-fn fix_commands(attribution: &Attribution, packet: &rule_attribution::DroppedPacket, proto: &str) -> Vec<String> {
+fn fix_commands(attribution: &Attribution, packet: &attribution::DroppedPacket, proto: &str) -> Vec<String> {
     let port = packet.dst.port();
     let allow_match = format!("-p {proto} -d {} --dport {port}", packet.dst.ip());
     if let Some(rule) = &attribution.rule {

@@ -2,8 +2,8 @@
 //! that break the traced port's traffic; traffic findings of the watch, confirmed or
 //! explained by that state and merged with it when both point at the same cause; the
 //! ranking by how likely each finding explains broken traffic; and the one-line verdict.
-//! Deciding only: node state is read by `events::node_checks`, traffic comes from the
-//! watch, printing is `outputs::triage`.
+//! Deciding only: node state is read by `node::checks`, traffic comes from the
+//! watch, printing is `render::triage`.
 
 use std::{collections::HashMap, net::SocketAddr};
 
@@ -13,10 +13,12 @@ use super::{
     ChainRef, ConntrackEvidence, CounterEvidence, DnsEvidence, DropEvidence, Evidence, Finding, FindingKind,
     NetfilterEvidence, NetnsRef, NodeEvidence, RuleRef,
 };
-use crate::events::{
+use crate::{
     firewall::{Backend, Chain, Condition, Family, Hook, PortRange, Rule, Snapshot, Test, Verdict},
-    node::{bridge_nf_call_sysctl, SysctlValue},
-    node_checks::{ConntrackReading, ConntrackStats, NamespaceState, Netns},
+    node::{
+        checks::{ConntrackReading, ConntrackStats, NamespaceState, Netns},
+        sysctl::{bridge_nf_call_sysctl, SysctlValue},
+    },
 };
 
 /// Packet lines that show one example of a traffic finding, as the outputs rendered them
@@ -1250,9 +1252,9 @@ fn verdict(ranked: &[Ranked]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{
+    use crate::{
         firewall::{parse_iptables_save, Backend},
-        node_checks::{Bridge, RpFilter},
+        node::checks::{Bridge, RpFilter},
     };
 
     const NOW: u64 = 1_795_441_501_000_000_000;
@@ -1505,7 +1507,7 @@ mod tests {
 
     #[test]
     fn table_full_from_recorded_counters_takes_over_the_unattributed_drops() {
-        use crate::events::node_checks::tests::{TABLE_FULL_AFTER, TABLE_FULL_BEFORE};
+        use crate::node::checks::tests::{TABLE_FULL_AFTER, TABLE_FULL_BEFORE};
         let mut state = lab_node("1", LAB_NAT);
         state.conntrack = ConntrackReading { count: Some(262_144), max: Some(262_144), stats: Some(stats(TABLE_FULL_BEFORE)), errors: vec![] };
         let after = ConntrackReading { count: Some(262_144), max: Some(262_144), stats: Some(stats(TABLE_FULL_AFTER)), errors: vec![] };
@@ -1549,7 +1551,7 @@ mod tests {
 
     #[test]
     fn insert_race_from_counters_and_drops_after_the_last_hook_program() {
-        use crate::events::node_checks::tests::{INSERT_RACE_AFTER, INSERT_RACE_BEFORE};
+        use crate::node::checks::tests::{INSERT_RACE_AFTER, INSERT_RACE_BEFORE};
         let mut state = lab_node("1", LAB_NAT);
         state.conntrack.stats = Some(stats(INSERT_RACE_BEFORE));
         let after = ConntrackReading { count: Some(5), max: Some(262_144), stats: Some(stats(INSERT_RACE_AFTER)), errors: vec![] };
@@ -1577,7 +1579,7 @@ mod tests {
 
     #[test]
     fn counters_that_did_not_grow_are_history_not_findings() {
-        use crate::events::node_checks::tests::TABLE_FULL_AFTER;
+        use crate::node::checks::tests::TABLE_FULL_AFTER;
         let mut state = lab_node("1", LAB_NAT);
         state.conntrack.stats = Some(stats(TABLE_FULL_AFTER));
         let after = ConntrackReading { count: Some(3), max: Some(262_144), stats: Some(stats(TABLE_FULL_AFTER)), errors: vec![] };
@@ -1655,7 +1657,7 @@ mod tests {
         other.netns = netns(false, Some("ld-node"));
         let mut timeout = timeout_finding();
         if let Evidence::Dns(dns) = &mut timeout.evidence {
-            dns.last_seen = Some(crate::correlation::dns::Sighting { stage: Stage::BridgeOut, ifname: Some("veth-server".into()), ifindex: 4, wall_time_ns: NOW });
+            dns.last_seen = Some(crate::pipeline::queries::Sighting { stage: Stage::BridgeOut, ifname: Some("veth-server".into()), ifindex: 4, wall_time_ns: NOW });
         }
         let traffic = Traffic { findings: vec![(timeout, Example::default())], drops: vec![], kind_counts: vec![("dns_timeout", 1)] };
         let states = [watched, other];

@@ -1,0 +1,5 @@
+//! The subcommands: each runs the pipeline and prints what it found.
+
+pub mod report;
+pub mod triage;
+pub mod watch;

@@ -1,0 +1,467 @@
+//! `tracer watch`: attach, stream packet events to an output until stopped, then
+//! print the summary. Orchestration only: decoding lives in `kernel::records` and `pipeline`, correlation and
+//! findings in `analysis`, printing in `render`.
+//!
+//! The loop stays in control when the kernel produces records faster than they can be
+//! read: each pass over the ring buffer is capped, and between passes the loop serves
+//! signals, the deadline and expiry. Queries are timed out against the kernel time of the
+//! newest record read (or the present, once the ring buffer has been read empty), so a
+//! reader that falls behind does not time out queries whose replies are still queued.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    io::{self, IsTerminal},
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::{unix::AsyncFd, Interest},
+    signal::unix::{signal, SignalKind},
+};
+
+use crate::{
+    analysis::{firewall::FirewallWorker, Analysis, AnalysisOptions},
+    capture::{
+        file::CaptureFile,
+        reader::{CaptureMeta, FORMAT},
+        writer::{CaptureInfo, PcapngWriter},
+    },
+    cli::{fail, parse_duration, parse_ring_mib, OutputFormat},
+    node::sysctl::{bridge_nf_call_sysctl, read_sysctl},
+    render::{json::JsonOutput, text::TextOutput, Tee},
+    kernel::{
+        check_privileges,
+        loss::KernelLoss,
+        records::{self as record, KernelEvent},
+        Attached, KernelHooks, WatchSettings,
+    },
+    model::{monotonic_now_ns, WallClock},
+    pipeline::naming,
+    node::interfaces::Interfaces,
+    render::{Output, Summary},
+};
+
+pub struct WatchOptions {
+    pub settings: WatchSettings,
+    pub duration: Option<Duration>,
+    pub analysis: AnalysisOptions,
+}
+
+/// How a watch ended.
+pub enum Ending {
+    /// Duration reached or a signal: the summary was printed.
+    Finished(Summary),
+    /// Whoever read our output went away (e.g. `| head`): the watch stopped; its summary
+    /// could not go where the lines went.
+    OutputClosed(Summary),
+    /// Writing the output failed otherwise (a full disk, an I/O error): the watch stopped.
+    OutputFailed { summary: Summary, error: io::Error },
+}
+
+/// Housekeeping cadence: interface changes are applied at least this often even when
+/// no packets arrive.
+const TICK: Duration = Duration::from_millis(250);
+
+/// Lost records are checked every this many ticks (once a second) and reported on
+/// standard error while they grow, so a loss is seen while it happens.
+const LOST_REPORT_TICKS: u64 = 4;
+
+/// One pass over the ring buffer reads at most this many records, for at most this long:
+/// then the loop serves signals, the deadline and expiry before it reads on.
+const PASS_RECORDS: usize = 16_384;
+const PASS_TIME: Duration = Duration::from_millis(50);
+
+/// After a stop, what is already queued is read for at most this long, and the rules of
+/// drops still being named are waited for at most this long: a stop is served within a
+/// second however full the ring buffer is.
+const FINAL_DRAIN_TIME: Duration = Duration::from_millis(300);
+const FINAL_RULES_WAIT: Duration = Duration::from_millis(500);
+
+/// A record's timestamp is taken after its slot is reserved; a slot that is reserved
+/// but not yet filled when the ring buffer reads empty is at most this much older than
+/// the moment it read empty.
+const IN_FLIGHT_NS: u64 = 50_000_000;
+
+/// The kernel time up to which every record has been read.
+#[derive(Default)]
+struct Watermark {
+    newest_ns: u64,
+}
+
+impl Watermark {
+    fn read(&mut self, timestamp_ns: u64) {
+        self.newest_ns = self.newest_ns.max(timestamp_ns);
+    }
+
+    /// The ring buffer read empty just now: everything older has been read.
+    fn caught_up(&mut self) {
+        self.read(monotonic_now_ns().saturating_sub(IN_FLIGHT_NS));
+    }
+}
+
+/// Prints the running total of lost records when it grew; returns the total reported.
+fn report_lost(hooks: &KernelHooks, loss: &KernelLoss, reported: u64) -> u64 {
+    let Ok(per_cpu) = hooks.lost_per_cpu() else { return reported };
+    let misses = loss.recursion_misses();
+    let total: u64 = per_cpu.iter().sum::<u64>() + misses;
+    if total > reported {
+        let skipped = if misses > 0 { format!(", {misses} program runs skipped by the kernel") } else { String::new() };
+        eprintln!(
+            "tracer: {total} records lost so far (per CPU {per_cpu:?}{skipped}): the ring buffer was full; raise --ring-buffer-mib or narrow --port. Findings whose records may be among them are counted as unconfirmed, not stated"
+        );
+    }
+    total
+}
+
+pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Ending> {
+    // Nothing is read or run before the privileges are known to be there.
+    check_privileges()?;
+    // The rulesets are read before anything is attached: that reading is what the
+    // counters of the first drop are compared with.
+    let firewall = FirewallWorker::start();
+    let Attached { hooks, events, mut loss } = KernelHooks::attach(&options.settings)?;
+    let mut interfaces = Interfaces::open()?;
+    let clock = WallClock::now();
+    // SAFETY: the ring buffer owns its map fd, which stays open and unchanged for as
+    // long as the AsyncFd holds it.
+    let mut events = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
+        .map_err(|err| anyhow::anyhow!("watching the ring buffer for events: {err}"))?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut tick = tokio::time::interval(TICK);
+    let started = Instant::now();
+    let deadline = options.duration.map(|d| started + d);
+    let mut analysis = Analysis::live(&options.analysis, firewall);
+    let mut watermark = Watermark::default();
+    let mut ticks: u64 = 0;
+    let mut lost_reported: u64 = 0;
+
+    eprintln!(
+        "tracer: watching {} on Linux bridges in network namespace {}{}; Ctrl-C to stop",
+        match options.settings.port {
+            0 => "all ports".to_string(),
+            port => format!("port {port}"),
+        },
+        hooks.netns_inode,
+        if hooks.conntrack_known { "" } else { " (no conntrack in this kernel's BTF: conntrack tuples not shown)" },
+    );
+
+    #[cfg(feature = "fault-injection")]
+    if crate::kernel::injected_fault("panic-after-attach") {
+        panic!("injected fault (TRACER_FAULT=panic-after-attach)");
+    }
+
+    let sleep_until_deadline = async {
+        match deadline {
+            Some(at) => tokio::time::sleep_until(at.into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(sleep_until_deadline);
+
+    let reasons = &hooks.drop_reasons;
+    // The first error writing the output, which ends the watch.
+    let mut output_error: Option<io::Error> = None;
+    loop {
+        tokio::select! {
+            ready = events.readable_mut() => {
+                let mut guard = ready.context("waiting for events")?;
+                let pass = Pass { reasons, clock: &clock, until: Instant::now() + PASS_TIME, max_records: PASS_RECORDS };
+                let emptied = pass
+                    .drain(guard.get_inner_mut(), &mut interfaces, output, &mut analysis, &mut watermark)
+                    .and_then(|emptied| analysis.settle(&mut loss, output).and_then(|()| output.flush()).map(|()| emptied));
+                match emptied {
+                    Ok(true) => guard.clear_ready(),
+                    Ok(false) => {
+                        // More is queued: let signals, the deadline and the tick in first.
+                        drop(guard);
+                        tokio::task::yield_now().await;
+                    }
+                    Err(err) => {
+                        output_error = Some(err);
+                        break;
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                ticks += 1;
+                loss.read_misses();
+                if ticks.is_multiple_of(LOST_REPORT_TICKS) {
+                    lost_reported = report_lost(&hooks, &loss, lost_reported);
+                }
+                // Also when nothing woke the loop: a ring buffer read empty here is what
+                // lets an unanswered query's time run out on a quiet node.
+                let pass = Pass { reasons, clock: &clock, until: Instant::now() + PASS_TIME, max_records: PASS_RECORDS };
+                let served = pass.drain(events.get_mut(), &mut interfaces, output, &mut analysis, &mut watermark).and_then(|_| {
+                    analysis.expire(watermark.newest_ns);
+                    analysis.settle(&mut loss, output).and_then(|()| output.flush())
+                });
+                if let Err(err) = served {
+                    output_error = Some(err);
+                    break;
+                }
+            }
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            _ = &mut sleep_until_deadline => break,
+        }
+    }
+
+    if output_error.is_none() {
+        // Records already queued when we were told to stop still belong to the watch, as
+        // far as they can be read in a moment.
+        let pass = Pass { reasons, clock: &clock, until: Instant::now() + FINAL_DRAIN_TIME, max_records: usize::MAX };
+        let ended = pass.drain(events.get_mut(), &mut interfaces, output, &mut analysis, &mut watermark).and_then(|_| {
+            analysis.expire(watermark.newest_ns);
+            analysis.finish(&mut loss, output, Instant::now() + FINAL_RULES_WAIT)
+        });
+        output_error = ended.err();
+    }
+    let stats = &analysis.stats;
+    if stats.malformed > 0 {
+        eprintln!("tracer: warning: {} records could not be decoded: {}", stats.malformed, stats.last_error);
+    }
+    let lost_per_cpu = hooks.lost_per_cpu()?;
+    let recursion_misses = loss.recursion_misses();
+    let summary = Summary {
+        packets: stats.packets,
+        lost: lost_per_cpu.iter().sum::<u64>() + recursion_misses,
+        lost_per_cpu,
+        duration_secs: started.elapsed().as_secs_f64(),
+        findings: analysis.log.distinct(),
+        finding_counts: analysis.log.counts().into_iter().map(|(kind, n)| (kind.name(), n)).collect(),
+        evicted_flows: analysis.flows.evicted(),
+        evicted_paths: analysis.paths.evicted(),
+        findings_overflow: analysis.log.overflow,
+        unconfirmed: analysis.unconfirmed.total(),
+        unconfirmed_counts: analysis.unconfirmed.counts().into_iter().map(|(kind, n)| (kind.name(), n)).collect(),
+        recursion_misses,
+    };
+    drop(hooks);
+    // Also after the output failed: a capture written beside it still gets its summary.
+    let summary_written = output.summary(&summary);
+    let output_error = output_error.or(summary_written.err());
+    Ok(match output_error {
+        None => Ending::Finished(summary),
+        Some(err) if err.kind() == io::ErrorKind::BrokenPipe => Ending::OutputClosed(summary),
+        Some(error) => Ending::OutputFailed { summary, error },
+    })
+}
+
+/// One pass over the ring buffer.
+struct Pass<'a> {
+    reasons: &'a HashMap<u32, String>,
+    clock: &'a WallClock,
+    until: Instant,
+    max_records: usize,
+}
+
+/// Time is looked at every this many records.
+const CLOCK_EVERY: usize = 256;
+
+impl Pass<'_> {
+    /// Reads records until the ring buffer is empty (true) or the pass's budget is spent
+    /// (false). An error means the output is gone. The caller settles the findings the
+    /// pass made and then flushes the output.
+    fn drain(
+        &self,
+        ring: &mut RingBuf<MapData>,
+        interfaces: &mut Interfaces,
+        output: &mut dyn Output,
+        analysis: &mut Analysis,
+        watermark: &mut Watermark,
+    ) -> io::Result<bool> {
+        interfaces.apply_updates();
+        let mut read = 0usize;
+        loop {
+            if read >= self.max_records || (read % CLOCK_EVERY == CLOCK_EVERY - 1 && Instant::now() >= self.until) {
+                return Ok(false);
+            }
+            let Some(item) = ring.next() else {
+                watermark.caught_up();
+                return Ok(true);
+            };
+            read += 1;
+            let decoded = record::decode_record(&item);
+            drop(item);
+            match decoded {
+                Ok(KernelEvent::Packet(event)) => {
+                    watermark.read(event.timestamp_ns);
+                    analysis.packet(naming::traced(event, self.clock, interfaces), output)?;
+                }
+                Ok(KernelEvent::Hook(event)) => {
+                    watermark.read(event.timestamp_ns);
+                    analysis.paths.hook(&event);
+                }
+                Ok(KernelEvent::Icmp(event)) => {
+                    watermark.read(event.timestamp_ns);
+                    analysis.paths.icmp(&event);
+                }
+                Ok(KernelEvent::Drop(event)) => {
+                    watermark.read(event.timestamp_ns);
+                    let reason = self.reasons.get(&event.reason).cloned().unwrap_or_else(|| format!("reason {}", event.reason));
+                    analysis.dropped(&event, reason, self.clock, interfaces, output)?;
+                }
+                Err(err) => {
+                    analysis.stats.malformed += 1;
+                    analysis.stats.last_error = err.to_string();
+                }
+            }
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct WatchArgs {
+    /// Port to trace, as source or destination, UDP and TCP. 0 traces every port.
+    #[arg(long, default_value_t = 53)]
+    pub port: u16,
+
+    /// `text` for people (colour on a terminal), `json` for JSON Lines (fields in README).
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+
+    /// Stop by itself after this many seconds (fractions allowed).
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Bytes of each packet copied in the kernel, from the Ethernet header on.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(64..=512))]
+    pub snaplen: u32,
+
+    /// A DNS query with no reply after this many seconds is reported as `dns_timeout`.
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_duration)]
+    pub dns_timeout: Duration,
+
+    /// Also read payloads to or from this port as DNS (port 53 always is; nothing else is
+    /// taken for DNS). Repeat for more ports, e.g. --dns-port 5353 --dns-port 1053.
+    #[arg(long = "dns-port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub dns_ports: Vec<u16>,
+
+    /// Size of the kernel-to-tracer ring buffer in MiB (a power of two). Raise it when
+    /// the summary reports lost records.
+    #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = parse_ring_mib)]
+    pub ring_buffer_mib: u32,
+
+    /// Also write every traced packet to FILE as pcapng (mode 0600), with a comment per
+    /// packet and the findings; read it with `tracer report FILE`, Wireshark or tshark.
+    /// FILE must not exist (see --force); links, FIFOs and devices are refused.
+    #[arg(long, value_name = "FILE")]
+    pub write: Option<PathBuf>,
+
+    /// With --write: replace FILE if it is an earlier capture of yours (a regular file you
+    /// own, with no other name). The new capture is written beside it and takes its name
+    /// only when the watch ends, so a watch that fails to start keeps the old one.
+    #[arg(long, requires = "write")]
+    pub force: bool,
+}
+
+/// `tracer watch`: the capture file, the outputs, the watch, and the exit code.
+pub fn command(args: WatchArgs) -> ExitCode {
+    let options = WatchOptions {
+        settings: WatchSettings { port: args.port, snaplen: args.snaplen, ring_buffer_bytes: args.ring_buffer_mib << 20 },
+        duration: args.duration,
+        analysis: AnalysisOptions { dns_timeout: args.dns_timeout, dns_ports: args.dns_ports.clone() },
+    };
+    // The capture file is created before anything is attached, so a path that cannot
+    // be written is reported at once; and after the privileges are checked, so a watch
+    // that cannot start creates nothing.
+    if args.write.is_some() {
+        if let Err(err) = check_privileges() {
+            return fail(&err);
+        }
+    }
+    let mut capture_file = None;
+    let capture = match &args.write {
+        Some(path) => {
+            let (file, handle) = match CaptureFile::create(path, args.force) {
+                Ok(created) => created,
+                Err(refused) => return fail(&anyhow::anyhow!(refused)),
+            };
+            let writer = match PcapngWriter::to_file(handle, &capture_info(&args)) {
+                Ok(writer) => writer,
+                Err(err) => {
+                    file.abandon();
+                    return fail(&anyhow::anyhow!("cannot write the capture to {}: {err}", path.display()));
+                }
+            };
+            match file.temporary() {
+                Some(temporary) => eprintln!(
+                    "tracer: writing the traced packets to {} (pcapng, mode 0600); it replaces {} when the watch ends",
+                    temporary.display(),
+                    path.display()
+                ),
+                None => eprintln!("tracer: writing the traced packets to {} (pcapng, mode 0600)", path.display()),
+            }
+            capture_file = Some(file);
+            Some((Box::new(writer) as Box<dyn Output>, path.display().to_string()))
+        }
+        None => None,
+    };
+    let stdout = std::io::stdout();
+    let colour = stdout.is_terminal();
+    let main: Box<dyn Output> = match args.output {
+        OutputFormat::Text => Box::new(TextOutput::new(stdout.lock(), colour)),
+        OutputFormat::Json => Box::new(JsonOutput::new(std::io::BufWriter::new(stdout.lock()))),
+    };
+    let mut output = Tee::new(main, capture);
+    let ended = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(run(&options, &mut output)),
+        Err(err) => Err(anyhow::anyhow!(err).context("starting the event loop")),
+    };
+    // Flushes and closes the capture before it is synced and named.
+    drop(output);
+    let ending = match ended {
+        Ok(ending) => ending,
+        Err(err) => {
+            // Nothing was traced: what the watch created goes, an earlier capture stays.
+            if let Some(file) = capture_file {
+                file.abandon();
+            }
+            return fail(&err);
+        }
+    };
+    if let Some(file) = capture_file {
+        let path = args.write.as_deref().unwrap_or(Path::new("-"));
+        if let Err(err) = file.finish() {
+            return fail(&anyhow::anyhow!("finishing the capture {} failed: {err}; what was written may be incomplete", path.display()));
+        }
+    }
+    match ending {
+        Ending::Finished(_) => ExitCode::SUCCESS,
+        // `| head`: the reader has what it wanted. The summary goes to the terminal instead.
+        Ending::OutputClosed(summary) => {
+            let _ = TextOutput::new(std::io::stderr().lock(), false).summary(&summary);
+            ExitCode::SUCCESS
+        }
+        Ending::OutputFailed { error, .. } => {
+            fail(&anyhow::anyhow!("writing to standard output failed ({error}): the watch stopped; write to a file or pipe that has room"))
+        }
+    }
+}
+
+/// What the capture's section header records: how the watch runs and the node
+/// settings findings cite, as they are now.
+fn capture_info(args: &WatchArgs) -> CaptureInfo {
+    let sysctls: BTreeMap<String, Option<String>> = [bridge_nf_call_sysctl(false), bridge_nf_call_sysctl(true)]
+        .into_iter()
+        .map(|name| (name.to_string(), read_sysctl(name).value))
+        .collect();
+    CaptureInfo {
+        meta: CaptureMeta {
+            format: FORMAT.to_string(),
+            tracer_version: env!("CARGO_PKG_VERSION").to_string(),
+            hostname: read_sysctl("kernel.hostname").value,
+            port: args.port,
+            snaplen: args.snaplen,
+            dns_timeout_ns: args.dns_timeout.as_nanos() as u64,
+            dns_ports: args.dns_ports.clone(),
+            sysctls,
+        },
+        os: read_sysctl("kernel.osrelease").value.map(|release| format!("Linux {release}")),
+    }
+}

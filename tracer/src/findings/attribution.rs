@@ -1,0 +1,1171 @@
+//! Names the firewall rule that dropped or rejected a packet, from two snapshots of the
+//! rulesets (taken before and after the drop) and what the kernel saw: the hook, the
+//! packet and the ICMP answer or TCP reset it sent. Deciding only: the snapshots come from
+//! `crate::firewall`.
+//!
+//! A rule is a candidate when it sits in a chain the packet traversed (a base chain on
+//! the hook or a chain jumped to from one), its verdict gives the answer the kernel sent
+//! (a REJECT with the same ICMP type and code, or a DROP when nothing was sent), what it
+//! matches is consistent with the packet, and its counter grew. One candidate is the
+//! answer; several are all reported, never one picked silently.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+
+use serde::Serialize;
+
+use crate::firewall::{
+    AddrRange, Backend, Chain, Condition, Family, Hook, IfacePattern, Rule, Snapshot, Test, Verdict,
+};
+
+/// A packet netfilter dropped, as the kernel programs saw it at the hook.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DroppedPacket {
+    pub family: Family,
+    pub hook: Hook,
+    /// IP protocol number.
+    pub proto: u8,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub in_iface: Option<String>,
+    pub out_iface: Option<String>,
+    /// The ICMP (or ICMPv6) type and code the kernel answered with, for a REJECT.
+    pub icmp: Option<(u8, u8)>,
+    /// The kernel answered with a TCP reset (REJECT --reject-with tcp-reset).
+    pub tcp_reset: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Attribution {
+    /// The rule, when exactly one fits.
+    pub rule: Option<Rule>,
+    /// The chain whose policy dropped the packet, when no rule fits and exactly one
+    /// policy does.
+    pub policy: Option<Chain>,
+    /// Every rule that fits, when more than one does (`rule` is then `None`).
+    pub candidates: Vec<Rule>,
+    /// Every chain whose DROP policy fits, when more than one does (`policy` is then
+    /// `None`), e.g. native nft base chains, which keep no policy counter.
+    pub policy_candidates: Vec<Chain>,
+    /// One line: how it was decided.
+    pub reason: String,
+}
+
+/// The name of a REJECT answer as iptables `--reject-with` spells it, without its
+/// `icmp-` / `icmp6-` prefix: IPv4 type 3 code 10 is `host-prohibited`.
+/// The ICMP answer in words for outputs: the REJECT name where it has one, else its type
+/// and code.
+pub fn answer_name(family: Family, icmp_type: u8, code: u8) -> String {
+    reject_name(family, icmp_type, code)
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("type {icmp_type} code {code}"))
+}
+
+pub fn reject_name(family: Family, icmp_type: u8, code: u8) -> Option<&'static str> {
+    match (family, icmp_type, code) {
+        (Family::Ipv4, 3, 0) => Some("net-unreachable"),
+        (Family::Ipv4, 3, 1) => Some("host-unreachable"),
+        (Family::Ipv4, 3, 2) => Some("proto-unreachable"),
+        (Family::Ipv4, 3, 3) => Some("port-unreachable"),
+        (Family::Ipv4, 3, 9) => Some("net-prohibited"),
+        (Family::Ipv4, 3, 10) => Some("host-prohibited"),
+        (Family::Ipv4, 3, 13) => Some("admin-prohibited"),
+        (Family::Ipv6, 1, 0) => Some("no-route"),
+        (Family::Ipv6, 1, 1) => Some("adm-prohibited"),
+        (Family::Ipv6, 1, 3) => Some("addr-unreachable"),
+        (Family::Ipv6, 1, 4) => Some("port-unreachable"),
+        (Family::Ipv6, 1, 5) => Some("policy-fail"),
+        (Family::Ipv6, 1, 6) => Some("reject-route"),
+        _ => None,
+    }
+}
+
+/// The ICMP type and code of a reject answer named the iptables or nft way.
+fn reject_code(family: Family, name: &str) -> Option<(u8, u8)> {
+    let code = match (family, name) {
+        (Family::Ipv4, "net-unreachable" | "net-unreach") => 0,
+        (Family::Ipv4, "host-unreachable" | "host-unreach") => 1,
+        (Family::Ipv4, "proto-unreachable" | "prot-unreachable" | "proto-unreach") => 2,
+        (Family::Ipv4, "port-unreachable" | "port-unreach") => 3,
+        (Family::Ipv4, "net-prohibited" | "net-prohib") => 9,
+        (Family::Ipv4, "host-prohibited" | "host-prohib") => 10,
+        (Family::Ipv4, "admin-prohibited" | "admin-prohib") => 13,
+        (Family::Ipv6, "no-route") => 0,
+        (Family::Ipv6, "adm-prohibited" | "admin-prohibited") => 1,
+        (Family::Ipv6, "addr-unreachable" | "addr-unreach") => 3,
+        (Family::Ipv6, "port-unreachable" | "port-unreach") => 4,
+        (Family::Ipv6, "policy-fail") => 5,
+        (Family::Ipv6, "reject-route") => 6,
+        _ => return None,
+    };
+    Some((icmp_unreachable_type(family), code))
+}
+
+fn icmp_unreachable_type(family: Family) -> u8 {
+    match family {
+        Family::Ipv4 => 3,
+        Family::Ipv6 => 1,
+    }
+}
+
+/// What the kernel sent back for the dropped packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answer {
+    Icmp(u8, u8),
+    TcpReset,
+    Nothing,
+}
+
+fn packet_answer(packet: &DroppedPacket) -> Answer {
+    if packet.tcp_reset {
+        Answer::TcpReset
+    } else if let Some((icmp_type, code)) = packet.icmp {
+        Answer::Icmp(icmp_type, code)
+    } else {
+        Answer::Nothing
+    }
+}
+
+fn describe_answer(family: Family, answer: Answer) -> String {
+    match answer {
+        Answer::Icmp(icmp_type, code) => match reject_name(family, icmp_type, code) {
+            Some(name) => format!("rejects with {name}"),
+            None => format!("rejects with ICMP type {icmp_type} code {code}"),
+        },
+        Answer::TcpReset => "rejects with tcp-reset".to_string(),
+        Answer::Nothing => "drops".to_string(),
+    }
+}
+
+/// The answer a REJECT sends; `None` when it cannot be told (an iptables-nft REJECT seen
+/// only through nft, an unknown name).
+fn reject_answer(backend: Backend, family: Family, with: Option<&str>) -> Option<Answer> {
+    let with = with?;
+    match backend {
+        Backend::IptablesNft | Backend::IptablesLegacy => {
+            if with == "tcp-reset" || with == "tcp-rst" {
+                return Some(Answer::TcpReset);
+            }
+            let name = with
+                .strip_prefix("icmp6-")
+                .or_else(|| with.strip_prefix("icmp-"))
+                .unwrap_or(with);
+            reject_code(family, name).map(|(t, c)| Answer::Icmp(t, c))
+        }
+        Backend::Nftables => {
+            if with == "tcp reset" {
+                return Some(Answer::TcpReset);
+            }
+            let (kind, code) = with.split_once(' ')?;
+            let numeric = code.parse::<u8>().ok();
+            match (kind, family) {
+                ("icmp", Family::Ipv4) | ("icmpv6", Family::Ipv6) => match numeric {
+                    Some(code) => Some(Answer::Icmp(icmp_unreachable_type(family), code)),
+                    None => reject_code(family, code).map(|(t, c)| Answer::Icmp(t, c)),
+                },
+                // icmpx: one name for both families, each with its own code.
+                ("icmpx", _) => {
+                    let name = match (code, family) {
+                        ("host-unreachable", Family::Ipv6) => "addr-unreachable",
+                        ("no-route", Family::Ipv4) => "net-unreachable",
+                        (name, _) => name,
+                    };
+                    reject_code(family, name).map(|(t, c)| Answer::Icmp(t, c))
+                }
+                _ => None,
+            }
+        }
+    }
+}
+
+/// How a rule's verdict fits what the kernel did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fit {
+    No,
+    Yes,
+    /// A REJECT, though no answer was seen: the kernel rate-limits ICMP errors
+    /// (net.ipv4.icmp_ratelimit), so a REJECT can drop without answering.
+    RejectWithoutAnswer,
+}
+
+fn verdict_fit(rule: &Rule, answer: Answer) -> Fit {
+    let mut fit = Fit::No;
+    for verdict in std::iter::once(&rule.verdict).chain(&rule.map_verdicts) {
+        let this = match (verdict, answer) {
+            (Verdict::Drop, Answer::Nothing) => Fit::Yes,
+            (Verdict::Reject { .. }, Answer::Nothing) => Fit::RejectWithoutAnswer,
+            (Verdict::Reject { with }, sent) => match reject_answer(rule.backend, rule.family, with.as_deref()) {
+                Some(answer) if answer == sent => Fit::Yes,
+                Some(_) => Fit::No,
+                // Unknown answer: it may be this one.
+                None => Fit::Yes,
+            },
+            _ => Fit::No,
+        };
+        if this == Fit::Yes {
+            return Fit::Yes;
+        }
+        if this == Fit::RejectWithoutAnswer {
+            fit = this;
+        }
+    }
+    fit
+}
+
+/// Whether a rule may match the packet: no test it could parse rules the packet out.
+fn may_match(rule: &Rule, packet: &DroppedPacket) -> bool {
+    rule.matches.tests.iter().all(|test| holds(test, packet) != Some(false))
+}
+
+/// `None` when the packet does not tell (no interface known at this hook, no ports).
+fn holds(test: &Test, packet: &DroppedPacket) -> Option<bool> {
+    let plain = match &test.condition {
+        Condition::Family(family) => Some(*family == packet.family),
+        Condition::Proto(protos) => Some(protos.contains(&packet.proto)),
+        // A rule on the other family's addresses never matches, negated or not: nft
+        // checks the family first, iptables keeps the families apart.
+        Condition::Src(ranges) => return addr_holds(ranges, packet.src.ip(), test.negated),
+        Condition::Dst(ranges) => return addr_holds(ranges, packet.dst.ip(), test.negated),
+        Condition::Sport(ranges) => {
+            has_ports(packet.proto).then(|| ranges.iter().any(|r| (r.first..=r.last).contains(&packet.src.port())))
+        }
+        Condition::Dport(ranges) => {
+            has_ports(packet.proto).then(|| ranges.iter().any(|r| (r.first..=r.last).contains(&packet.dst.port())))
+        }
+        Condition::InIface(patterns) => packet.in_iface.as_deref().map(|name| iface_matches(patterns, name)),
+        Condition::OutIface(patterns) => packet.out_iface.as_deref().map(|name| iface_matches(patterns, name)),
+    };
+    plain.map(|result| result != test.negated)
+}
+
+fn has_ports(proto: u8) -> bool {
+    // tcp, udp, dccp, sctp, udplite
+    matches!(proto, 6 | 17 | 33 | 132 | 136)
+}
+
+fn addr_holds(ranges: &[AddrRange], addr: IpAddr, negated: bool) -> Option<bool> {
+    let same_family: Vec<&AddrRange> = ranges.iter().filter(|r| r.first.is_ipv4() == addr.is_ipv4()).collect();
+    if same_family.is_empty() {
+        return Some(false);
+    }
+    let inside = same_family.iter().any(|r| addr_in(r, addr));
+    Some(inside != negated)
+}
+
+fn addr_in(range: &AddrRange, addr: IpAddr) -> bool {
+    let number = |a: IpAddr| match a {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => u128::from(v6),
+    };
+    range.last.is_ipv4() == addr.is_ipv4() && (number(range.first)..=number(range.last)).contains(&number(addr))
+}
+
+fn iface_matches(patterns: &[IfacePattern], name: &str) -> bool {
+    patterns.iter().any(|p| {
+        if p.prefix {
+            name.starts_with(&p.name)
+        } else {
+            name == p.name
+        }
+    })
+}
+
+/// The kernel table a chain lives in: jumps stay inside one. iptables-nft and native nft
+/// chains of one nf_tables table (`ip filter`) share it.
+fn table_key(chain: &Chain) -> (bool, Family, String) {
+    match chain.backend {
+        Backend::IptablesLegacy => (true, chain.family, chain.table.clone()),
+        Backend::IptablesNft => {
+            let family = match chain.family {
+                Family::Ipv4 => "ip",
+                Family::Ipv6 => "ip6",
+            };
+            (false, chain.family, format!("{family} {}", chain.table))
+        }
+        Backend::Nftables => (false, chain.family, chain.table.clone()),
+    }
+}
+
+/// Chains a packet of this family at this hook can traverse: the base chains on the hook
+/// and every chain they jump or go to, in snapshot order.
+fn reachable_chains(snapshot: &Snapshot, family: Family, hook: Hook) -> Vec<&Chain> {
+    let mut index: HashMap<((bool, Family, String), &str), usize> = HashMap::new();
+    for (at, chain) in snapshot.chains.iter().enumerate() {
+        index.insert((table_key(chain), chain.name.as_str()), at);
+    }
+    let mut seen: HashSet<usize> = HashSet::new();
+    let mut queue: VecDeque<usize> = VecDeque::new();
+    for (at, chain) in snapshot.chains.iter().enumerate() {
+        if chain.family == family && chain.hook == Some(hook) && seen.insert(at) {
+            queue.push_back(at);
+        }
+    }
+    while let Some(at) = queue.pop_front() {
+        let chain = &snapshot.chains[at];
+        let key = table_key(chain);
+        for rule in &chain.rules {
+            for verdict in std::iter::once(&rule.verdict).chain(&rule.map_verdicts) {
+                let (Verdict::Jump(target) | Verdict::Goto(target)) = verdict else {
+                    continue;
+                };
+                if let Some(&next) = index.get(&(key.clone(), target.as_str())) {
+                    if seen.insert(next) {
+                        queue.push_back(next);
+                    }
+                }
+            }
+        }
+    }
+    let mut reachable: Vec<usize> = seen.into_iter().collect();
+    reachable.sort_unstable();
+    reachable.into_iter().map(|at| &snapshot.chains[at]).collect()
+}
+
+/// How much a counter moved between the snapshots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Growth {
+    Grew(u64),
+    Flat,
+    /// No counter to tell.
+    Unknown,
+}
+
+/// Identifies a rule across snapshots: by handle where nf_tables gives one, otherwise by
+/// its text and which occurrence of that text in the chain it is (positions shift when a
+/// rule is inserted above, text does not).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct RuleKey {
+    backend: Backend,
+    family: Family,
+    table: String,
+    chain: String,
+    handle: Option<u64>,
+    text: String,
+    occurrence: usize,
+}
+
+fn rule_keys(chain: &Chain) -> Vec<RuleKey> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    chain
+        .rules
+        .iter()
+        .map(|rule| {
+            let occurrence = seen.entry(rule.text.as_str()).or_insert(0);
+            *occurrence += 1;
+            RuleKey {
+                backend: rule.backend,
+                family: rule.family,
+                table: rule.table.clone(),
+                chain: rule.chain.clone(),
+                handle: rule.handle,
+                text: rule.text.clone(),
+                occurrence: if rule.handle.is_some() { 0 } else { *occurrence },
+            }
+        })
+        .collect()
+}
+
+struct Before {
+    rules: HashMap<RuleKey, Option<u64>>,
+    policies: HashMap<(Backend, Family, String, String), Option<u64>>,
+}
+
+impl Before {
+    fn new(snapshot: &Snapshot) -> Before {
+        let mut rules = HashMap::new();
+        let mut policies = HashMap::new();
+        for chain in &snapshot.chains {
+            for (key, rule) in rule_keys(chain).into_iter().zip(&chain.rules) {
+                rules.insert(key, rule.packets);
+            }
+            policies.insert(
+                (chain.backend, chain.family, chain.table.clone(), chain.name.clone()),
+                chain.policy_packets,
+            );
+        }
+        Before { rules, policies }
+    }
+
+    fn rule_growth(&self, key: &RuleKey, now: Option<u64>) -> Growth {
+        growth(self.rules.get(key).copied(), now)
+    }
+
+    fn policy_growth(&self, chain: &Chain) -> Growth {
+        let key = (chain.backend, chain.family, chain.table.clone(), chain.name.clone());
+        growth(self.policies.get(&key).copied(), chain.policy_packets)
+    }
+}
+
+/// `before` is `None` when the rule did not exist then, `Some(None)` when it had no counter.
+fn growth(before: Option<Option<u64>>, now: Option<u64>) -> Growth {
+    let Some(now) = now else { return Growth::Unknown };
+    let grew = match before.flatten() {
+        // A counter that went down belongs to a rule replaced in between (iptables-restore
+        // without -c): all it counted is new.
+        Some(then) if then <= now => now - then,
+        _ => now,
+    };
+    if grew > 0 {
+        Growth::Grew(grew)
+    } else {
+        Growth::Flat
+    }
+}
+
+fn plural(count: usize, one: &str, many: &str) -> String {
+    format!("{count} {}", if count == 1 { one } else { many })
+}
+
+fn describe_rule(rule: &Rule) -> String {
+    let handle = rule.handle.map(|h| format!(" (handle {h})")).unwrap_or_default();
+    format!(
+        "{} {} {} rule {}{handle}",
+        rule.backend.name(),
+        rule.table,
+        rule.chain,
+        rule.position
+    )
+}
+
+fn describe_chain(chain: &Chain) -> String {
+    format!("{} {} {}", chain.backend.name(), chain.table, chain.name)
+}
+
+fn describe_growth(growth: Growth, what: &str) -> String {
+    match growth {
+        Growth::Grew(n) => format!("its {what} grew by {n}"),
+        _ => format!("it has no {what} to confirm it"),
+    }
+}
+
+/// Names the rule (or the chain policy) that dropped `packet`, comparing the counters of
+/// `before` and `after`. The rulesets are those of `after`.
+pub fn attribute(before: &Snapshot, after: &Snapshot, packet: &DroppedPacket) -> Attribution {
+    let answer = packet_answer(packet);
+    let what = describe_answer(packet.family, answer);
+    let place = format!("{} ({})", packet.hook.name(), packet.family.name());
+    let chains = reachable_chains(after, packet.family, packet.hook);
+    if chains.is_empty() {
+        return Attribution {
+            reason: format!("no firewall chain is attached to {place} in any backend read"),
+            ..Attribution::default()
+        };
+    }
+    let before_counters = Before::new(before);
+
+    let mut fitting: Vec<(&Rule, Growth)> = Vec::new();
+    let mut silent_rejects: Vec<(&Rule, Growth)> = Vec::new();
+    let mut rules_checked = 0usize;
+    for chain in &chains {
+        for (rule, key) in chain.rules.iter().zip(rule_keys(chain)) {
+            rules_checked += 1;
+            let fit = verdict_fit(rule, answer);
+            if fit == Fit::No || !may_match(rule, packet) {
+                continue;
+            }
+            let growth = before_counters.rule_growth(&key, rule.packets);
+            if growth == Growth::Flat {
+                continue;
+            }
+            match fit {
+                Fit::Yes => fitting.push((rule, growth)),
+                _ => silent_rejects.push((rule, growth)),
+            }
+        }
+    }
+    let scope = format!(
+        "{} in {} reachable from {place}",
+        plural(rules_checked, "rule", "rules"),
+        plural(chains.len(), "chain", "chains")
+    );
+
+    if let Some(found) = decide_rules(&fitting, &what, &scope) {
+        return found;
+    }
+
+    // A policy can only drop, never answer.
+    if answer == Answer::Nothing {
+        let policies: Vec<(&Chain, Growth)> = chains
+            .iter()
+            .filter(|c| c.hook == Some(packet.hook) && c.policy == Some(Verdict::Drop))
+            .map(|c| (*c, before_counters.policy_growth(c)))
+            .filter(|(_, g)| *g != Growth::Flat)
+            .collect();
+        match policies.as_slice() {
+            [(chain, growth)] => {
+                return Attribution {
+                    policy: Some((*chain).clone()),
+                    reason: format!(
+                        "no rule fits ({scope}); the DROP policy of {} did it: {}",
+                        describe_chain(chain),
+                        describe_growth(*growth, "policy counter")
+                    ),
+                    ..Attribution::default()
+                }
+            }
+            [] => {}
+            several => {
+                let names: Vec<String> = several.iter().map(|(c, _)| describe_chain(c)).collect();
+                return Attribution {
+                    policy_candidates: several.iter().map(|(c, _)| (*c).clone()).collect(),
+                    reason: format!(
+                        "no rule fits ({scope}); {} DROP policies could have dropped it, not telling which: {}",
+                        several.len(),
+                        names.join(", ")
+                    ),
+                    ..Attribution::default()
+                };
+            }
+        }
+
+        let what = "rejects (no ICMP answer was seen: the kernel rate-limits ICMP errors)";
+        if let Some(found) = decide_rules(&silent_rejects, what, &scope) {
+            return found;
+        }
+    }
+
+    Attribution {
+        reason: format!(
+            "no rule that {what} matches the packet with a counter that grew, and no DROP policy counted it ({scope})"
+        ),
+        ..Attribution::default()
+    }
+}
+
+fn decide_rules(fitting: &[(&Rule, Growth)], what: &str, scope: &str) -> Option<Attribution> {
+    match fitting {
+        [] => None,
+        [(rule, growth)] => Some(Attribution {
+            rule: Some((*rule).clone()),
+            reason: format!(
+                "{} is the only rule that {what} and matches the packet ({scope}); {}",
+                describe_rule(rule),
+                describe_growth(*growth, "counter")
+            ),
+            ..Attribution::default()
+        }),
+        several => {
+            let names: Vec<String> = several.iter().map(|(r, _)| describe_rule(r)).collect();
+            let uncounted = several.iter().filter(|(_, g)| *g == Growth::Unknown).count();
+            let counted = if uncounted == 0 {
+                "all with counters that grew".to_string()
+            } else {
+                format!("{uncounted} of them without a counter")
+            };
+            Some(Attribution {
+                candidates: several.iter().map(|(r, _)| (*r).clone()).collect(),
+                reason: format!(
+                    "{} rules {what} and match the packet ({counted}; {scope}), not telling which: {}",
+                    several.len(),
+                    names.join(", ")
+                ),
+                ..Attribution::default()
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::firewall::{parse_iptables_save, parse_nft_json, test_netns::Netns};
+
+    fn iptables(backend: Backend, family: Family, save: &str) -> Snapshot {
+        Snapshot {
+            chains: parse_iptables_save(save, backend, family),
+            errors: Vec::new(),
+        }
+    }
+
+    fn nft4(save: &str) -> Snapshot {
+        iptables(Backend::IptablesNft, Family::Ipv4, save)
+    }
+
+    /// A UDP packet to port 53 forwarded from veth-client to eth0.
+    fn dns_packet(icmp: Option<(u8, u8)>) -> DroppedPacket {
+        DroppedPacket {
+            family: Family::Ipv4,
+            hook: Hook::Forward,
+            proto: 17,
+            src: "10.244.0.5:41234".parse().unwrap(),
+            dst: "10.96.0.10:53".parse().unwrap(),
+            in_iface: Some("veth-client".to_string()),
+            out_iface: Some("eth0".to_string()),
+            icmp,
+            tcp_reset: false,
+        }
+    }
+
+    const HOST_PROHIBITED: Option<(u8, u8)> = Some((3, 10));
+
+    /// The field case: the REJECT is rule 16, after 15 rules that do not fit the packet,
+    /// several of which counted packets meanwhile.
+    const FIELD_BEFORE: &str = "*filter
+:INPUT ACCEPT [100:6000]
+:FORWARD ACCEPT [50:3000]
+:OUTPUT ACCEPT [100:6000]
+[10:600] -A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+[0:0] -A FORWARD -p tcp -m tcp --dport 53 -j REJECT --reject-with icmp-host-prohibited
+[0:0] -A FORWARD -p udp -m udp --dport 54 -j REJECT --reject-with icmp-host-prohibited
+[0:0] -A FORWARD -s 192.168.0.0/16 -p udp -m udp --dport 53 -j REJECT --reject-with icmp-host-prohibited
+[0:0] -A FORWARD -d 10.96.0.11/32 -j REJECT --reject-with icmp-host-prohibited
+[0:0] -A FORWARD -i eth1 -j REJECT --reject-with icmp-host-prohibited
+[0:0] -A FORWARD ! -o eth+ -j REJECT --reject-with icmp-host-prohibited
+[3:180] -A FORWARD -p udp -m udp --dport 53 -j REJECT --reject-with icmp-port-unreachable
+[7:420] -A FORWARD -p udp -m udp --dport 53 -j DROP
+[20:1200] -A FORWARD -p udp -m udp --dport 53
+[0:0] -A FORWARD -p udp -m udp --sport 1:1024 -j REJECT --reject-with icmp-host-prohibited
+[5:300] -A FORWARD -p udp -m udp --dport 53 -j ACCEPT
+[0:0] -A FORWARD -s 10.244.0.5/32 -p icmp -j REJECT --reject-with icmp-host-prohibited
+[0:0] -A FORWARD -p udp -m multiport --dports 80,443,1000:2000 -j REJECT --reject-with icmp-host-prohibited
+[0:0] -A FORWARD -p udp -m udp --dport 53 -j REJECT --reject-with tcp-reset
+[4:240] -A FORWARD -p udp -m udp --dport 53 -j REJECT --reject-with icmp-host-prohibited
+COMMIT
+";
+
+    fn grow(save: &str, changes: &[(&str, &str)]) -> String {
+        let mut text = save.to_string();
+        for (from, to) in changes {
+            assert!(text.contains(from), "{from}");
+            text = text.replacen(from, to, 1);
+        }
+        text
+    }
+
+    #[test]
+    fn field_case_names_rule_16() {
+        // Everything that counts udp/53 grew, the ACCEPTs and the DROP too.
+        let after = grow(
+            FIELD_BEFORE,
+            &[
+                ("[10:600] -A FORWARD -m conntrack", "[12:720] -A FORWARD -m conntrack"),
+                (
+                    "[3:180] -A FORWARD -p udp -m udp --dport 53 -j REJECT --reject-with icmp-port",
+                    "[4:240] -A FORWARD -p udp -m udp --dport 53 -j REJECT --reject-with icmp-port",
+                ),
+                ("[7:420]", "[9:540]"),
+                ("[20:1200]", "[21:1260]"),
+                ("[5:300]", "[6:360]"),
+                (
+                    "[4:240] -A FORWARD -p udp -m udp --dport 53 -j REJECT --reject-with icmp-host",
+                    "[5:300] -A FORWARD -p udp -m udp --dport 53 -j REJECT --reject-with icmp-host",
+                ),
+            ],
+        );
+        let attribution = attribute(&nft4(FIELD_BEFORE), &nft4(&after), &dns_packet(HOST_PROHIBITED));
+        let rule = attribution
+            .rule
+            .as_ref()
+            .unwrap_or_else(|| panic!("{}", attribution.reason));
+        assert_eq!(rule.position, 16);
+        assert_eq!(rule.chain, "FORWARD");
+        assert_eq!(
+            rule.text,
+            "-A FORWARD -p udp -m udp --dport 53 -j REJECT --reject-with icmp-host-prohibited"
+        );
+        assert!(attribution.candidates.is_empty() && attribution.policy.is_none());
+        assert_eq!(
+            attribution.reason,
+            "iptables-nft filter FORWARD rule 16 is the only rule that rejects with host-prohibited and matches the packet \
+             (16 rules in 1 chain reachable from FORWARD (IPv4)); its counter grew by 1"
+        );
+        assert!(!attribution.reason.contains('\n'));
+    }
+
+    #[test]
+    fn two_fitting_rejects_that_both_counted_are_both_listed() {
+        let before = "*filter
+:FORWARD ACCEPT [0:0]
+[0:0] -A FORWARD -p udp -m udp --dport 53 -j REJECT --reject-with icmp-host-prohibited
+[0:0] -A FORWARD -d 10.96.0.0/12 -j REJECT --reject-with icmp-host-prohibited
+COMMIT
+";
+        let after = before.replace("[0:0] -A", "[1:60] -A");
+        let attribution = attribute(&nft4(before), &nft4(&after), &dns_packet(HOST_PROHIBITED));
+        assert_eq!(attribution.rule, None);
+        assert_eq!(
+            attribution.candidates.iter().map(|r| r.position).collect::<Vec<_>>(),
+            [1, 2]
+        );
+        assert!(
+            attribution
+                .reason
+                .starts_with("2 rules rejects with host-prohibited and match the packet (all with counters that grew"),
+            "{}",
+            attribution.reason
+        );
+        assert!(attribution
+            .reason
+            .contains("not telling which: iptables-nft filter FORWARD rule 1, iptables-nft filter FORWARD rule 2"));
+
+        // The same with only the second counter moving: that one.
+        let after = before.replacen("[0:0] -A FORWARD -d", "[1:60] -A FORWARD -d", 1);
+        let attribution = attribute(&nft4(before), &nft4(&after), &dns_packet(HOST_PROHIBITED));
+        assert_eq!(attribution.rule.map(|r| r.position), Some(2));
+    }
+
+    #[test]
+    fn drop_policy() {
+        let before = "*filter
+:FORWARD DROP [5:300]
+[0:0] -A FORWARD -p tcp -j DROP
+[9:540] -A FORWARD -p udp -m udp --dport 53 -j REJECT --reject-with icmp-host-prohibited
+COMMIT
+";
+        let after = before.replace("[5:300]", "[6:360]").replace("[9:540]", "[10:600]");
+        let attribution = attribute(&nft4(before), &nft4(&after), &dns_packet(None));
+        let policy = attribution
+            .policy
+            .as_ref()
+            .unwrap_or_else(|| panic!("{}", attribution.reason));
+        assert_eq!((policy.table.as_str(), policy.name.as_str()), ("filter", "FORWARD"));
+        assert_eq!(attribution.rule, None);
+        assert!(
+            attribution
+                .reason
+                .contains("the DROP policy of iptables-nft filter FORWARD did it: its policy counter grew by 1"),
+            "{}",
+            attribution.reason
+        );
+
+        // Nothing moved: nothing is named, and the reason says why.
+        let attribution = attribute(&nft4(before), &nft4(before), &dns_packet(None));
+        assert_eq!((attribution.rule, attribution.policy), (None, None));
+        assert!(
+            attribution.reason.starts_with("no rule that drops matches the packet"),
+            "{}",
+            attribution.reason
+        );
+    }
+
+    #[test]
+    fn a_reject_without_an_answer_is_named_when_nothing_else_fits() {
+        // ICMP errors are rate limited: a REJECT may drop without answering.
+        let before = "*filter
+:FORWARD ACCEPT [0:0]
+[0:0] -A FORWARD -p udp -m udp --dport 53 -j REJECT --reject-with icmp-host-prohibited
+COMMIT
+";
+        let after = before.replace("[0:0] -A", "[1:60] -A");
+        let attribution = attribute(&nft4(before), &nft4(&after), &dns_packet(None));
+        assert_eq!(attribution.rule.map(|r| r.position), Some(1));
+        assert!(attribution.reason.contains("rate-limits"), "{}", attribution.reason);
+    }
+
+    #[test]
+    fn a_jump_leads_into_a_user_chain_and_unreached_chains_do_not_count() {
+        let before = "*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:KUBE-FORWARD - [0:0]
+:ONLY-INPUT - [0:0]
+[0:0] -A INPUT -j ONLY-INPUT
+[0:0] -A FORWARD -i veth+ -j KUBE-FORWARD
+[0:0] -A KUBE-FORWARD -p udp -m udp --dport 53 -j REJECT --reject-with icmp-host-prohibited
+[0:0] -A ONLY-INPUT -p udp -m udp --dport 53 -j REJECT --reject-with icmp-host-prohibited
+COMMIT
+";
+        let after = before.replace("[0:0] -A", "[1:60] -A");
+        let attribution = attribute(&nft4(before), &nft4(&after), &dns_packet(HOST_PROHIBITED));
+        let rule = attribution.rule.unwrap_or_else(|| panic!("{}", attribution.reason));
+        assert_eq!((rule.chain.as_str(), rule.position), ("KUBE-FORWARD", 1));
+        assert!(
+            attribution.reason.contains("2 chains reachable from FORWARD"),
+            "{}",
+            attribution.reason
+        );
+
+        // The jump needs the input interface; from another one KUBE-FORWARD is reached
+        // still (the jump is not evaluated), but its rule is the only candidate anyway.
+        let mut packet = dns_packet(HOST_PROHIBITED);
+        packet.in_iface = Some("eth1".to_string());
+        assert_eq!(
+            attribute(&nft4(before), &nft4(&after), &packet).rule.map(|r| r.chain),
+            Some("KUBE-FORWARD".to_string())
+        );
+    }
+
+    #[test]
+    fn each_backend_is_told_apart() {
+        let save = "*filter
+:FORWARD ACCEPT [0:0]
+[0:0] -A FORWARD -p udp -m udp --dport 53 -j REJECT --reject-with icmp-host-prohibited
+COMMIT
+";
+        let grown = save.replace("[0:0] -A", "[1:60] -A");
+        let mut before = nft4(save);
+        before
+            .chains
+            .extend(iptables(Backend::IptablesLegacy, Family::Ipv4, save).chains);
+        let mut after = nft4(save);
+        after
+            .chains
+            .extend(iptables(Backend::IptablesLegacy, Family::Ipv4, &grown).chains);
+        let attribution = attribute(&before, &after, &dns_packet(HOST_PROHIBITED));
+        assert_eq!(attribution.rule.map(|r| r.backend), Some(Backend::IptablesLegacy));
+    }
+
+    /// Native nft: an inet table with a counted REJECT, an uncounted DROP and a jump.
+    const NFT_BEFORE: &str = r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}},
+{"table": {"family": "inet", "name": "tr-native", "handle": 4}},
+{"chain": {"family": "inet", "table": "tr-native", "name": "forward_hook", "handle": 1, "type": "filter", "hook": "forward", "prio": 10, "policy": "accept"}},
+{"chain": {"family": "inet", "table": "tr-native", "name": "tr-sub", "handle": 2}},
+{"rule": {"family": "inet", "table": "tr-native", "chain": "forward_hook", "handle": 4, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}}, "right": "10.96.0.10"}}, {"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 53}}, {"counter": {"packets": 0, "bytes": 0}}, {"reject": {"type": "icmp", "expr": "host-prohibited"}}]}},
+{"rule": {"family": "inet", "table": "tr-native", "chain": "forward_hook", "handle": 6, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": {"set": [5353, 5355]}}}, {"drop": null}]}},
+{"rule": {"family": "inet", "table": "tr-native", "chain": "forward_hook", "handle": 7, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "veth*"}}, {"jump": {"target": "tr-sub"}}]}},
+{"rule": {"family": "inet", "table": "tr-native", "chain": "tr-sub", "handle": 8, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": {"prefix": {"addr": "fd00::", "len": 8}}}}, {"counter": {"packets": 0, "bytes": 0}}, {"reject": {"type": "icmpx", "expr": "admin-prohibited"}}]}}]}"#;
+
+    fn nft(json: &str) -> Snapshot {
+        Snapshot {
+            chains: parse_nft_json(json).expect("parse"),
+            errors: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn nft_native_reject_is_named_with_its_handle() {
+        let after = NFT_BEFORE.replacen(r#""packets": 0, "bytes": 0"#, r#""packets": 1, "bytes": 60"#, 1);
+        let attribution = attribute(&nft(NFT_BEFORE), &nft(&after), &dns_packet(HOST_PROHIBITED));
+        let rule = attribution.rule.unwrap_or_else(|| panic!("{}", attribution.reason));
+        assert_eq!(
+            (rule.backend, rule.family, rule.handle, rule.position),
+            (Backend::Nftables, Family::Ipv4, Some(4), 1)
+        );
+        assert_eq!(rule.table, "inet tr-native");
+        assert_eq!(
+            rule.text,
+            "ip daddr 10.96.0.10 udp dport 53 counter reject with icmp host-prohibited"
+        );
+        assert!(
+            attribution
+                .reason
+                .starts_with("nftables inet tr-native forward_hook rule 1 (handle 4) is the only rule"),
+            "{}",
+            attribution.reason
+        );
+
+        // IPv6 through the jump: icmpx admin-prohibited is ICMPv6 type 1 code 1 there.
+        let after = NFT_BEFORE.replace(
+            r#""packets": 0, "bytes": 0}}, {"reject": {"type": "icmpx""#,
+            r#""packets": 1, "bytes": 80}}, {"reject": {"type": "icmpx""#,
+        );
+        let packet = DroppedPacket {
+            family: Family::Ipv6,
+            src: "[fd00::5]:41234".parse().unwrap(),
+            dst: "[fd00::10]:53".parse().unwrap(),
+            icmp: Some((1, 1)),
+            ..dns_packet(None)
+        };
+        let attribution = attribute(&nft(NFT_BEFORE), &nft(&after), &packet);
+        let rule = attribution.rule.unwrap_or_else(|| panic!("{}", attribution.reason));
+        assert_eq!(
+            (rule.chain.as_str(), rule.handle, rule.family),
+            ("tr-sub", Some(8), Family::Ipv6)
+        );
+    }
+
+    #[test]
+    fn a_rule_without_counter_can_only_be_listed() {
+        let mut packet = dns_packet(None);
+        packet.dst = "10.96.0.10:5353".parse().unwrap();
+        let attribution = attribute(&nft(NFT_BEFORE), &nft(NFT_BEFORE), &packet);
+        let rule = attribution.rule.unwrap_or_else(|| panic!("{}", attribution.reason));
+        assert_eq!(rule.handle, Some(6));
+        assert!(
+            attribution.reason.ends_with("it has no counter to confirm it"),
+            "{}",
+            attribution.reason
+        );
+
+        // With a counted DROP that moved beside it, both are listed.
+        let mut before = nft(NFT_BEFORE);
+        let counted = "*filter\n:FORWARD ACCEPT [0:0]\n[0:0] -A FORWARD -p udp -j DROP\nCOMMIT\n";
+        before.chains.extend(nft4(counted).chains);
+        let mut after = nft(NFT_BEFORE);
+        after
+            .chains
+            .extend(nft4(&counted.replace("[0:0] -A", "[1:60] -A")).chains);
+        let attribution = attribute(&before, &after, &packet);
+        assert_eq!(attribution.rule, None);
+        assert_eq!(attribution.candidates.len(), 2);
+        assert!(
+            attribution.reason.contains("1 of them without a counter"),
+            "{}",
+            attribution.reason
+        );
+    }
+
+    #[test]
+    fn tcp_reset_and_negations() {
+        let before = "*filter
+:INPUT ACCEPT [0:0]
+[0:0] -A INPUT ! -i lo -p tcp -m tcp --dport 22 -j REJECT --reject-with tcp-reset
+[0:0] -A INPUT -i lo -p tcp -m tcp --dport 22 -j REJECT --reject-with tcp-reset
+[0:0] -A INPUT -p tcp -m tcp ! --dport 22 -j REJECT --reject-with tcp-reset
+[0:0] -A INPUT -p tcp -j REJECT --reject-with icmp-port-unreachable
+COMMIT
+";
+        let after = before.replace("[0:0] -A", "[1:60] -A");
+        let packet = DroppedPacket {
+            hook: Hook::LocalIn,
+            proto: 6,
+            dst: "10.0.0.1:22".parse().unwrap(),
+            in_iface: Some("eth0".to_string()),
+            out_iface: None,
+            tcp_reset: true,
+            ..dns_packet(None)
+        };
+        let attribution = attribute(&nft4(before), &nft4(&after), &packet);
+        assert_eq!(attribution.rule.map(|r| r.position), Some(1), "{}", attribution.reason);
+    }
+
+    #[test]
+    fn nothing_on_the_hook() {
+        let attribution = attribute(&Snapshot::default(), &Snapshot::default(), &dns_packet(HOST_PROHIBITED));
+        assert_eq!(
+            attribution,
+            Attribution {
+                reason: "no firewall chain is attached to FORWARD (IPv4) in any backend read".to_string(),
+                ..Attribution::default()
+            }
+        );
+    }
+
+    #[test]
+    fn reject_names() {
+        let v4 = [
+            (0, "net-unreachable"),
+            (1, "host-unreachable"),
+            (3, "port-unreachable"),
+            (9, "net-prohibited"),
+            (10, "host-prohibited"),
+            (13, "admin-prohibited"),
+        ];
+        for (code, name) in v4 {
+            assert_eq!(reject_name(Family::Ipv4, 3, code), Some(name));
+            let with = format!("icmp-{name}");
+            assert_eq!(
+                reject_answer(Backend::IptablesLegacy, Family::Ipv4, Some(&with)),
+                Some(Answer::Icmp(3, code))
+            );
+        }
+        let v6 = [
+            (0, "no-route"),
+            (1, "adm-prohibited"),
+            (3, "addr-unreachable"),
+            (4, "port-unreachable"),
+        ];
+        for (code, name) in v6 {
+            assert_eq!(reject_name(Family::Ipv6, 1, code), Some(name));
+            let with = format!("icmp6-{name}");
+            assert_eq!(
+                reject_answer(Backend::IptablesNft, Family::Ipv6, Some(&with)),
+                Some(Answer::Icmp(1, code))
+            );
+        }
+        assert_eq!(reject_name(Family::Ipv4, 1, 10), None);
+        assert_eq!(reject_name(Family::Ipv6, 3, 10), None);
+        let nft = |family, with: &str| reject_answer(Backend::Nftables, family, Some(with));
+        assert_eq!(nft(Family::Ipv4, "icmp host-prohibited"), Some(Answer::Icmp(3, 10)));
+        assert_eq!(nft(Family::Ipv4, "icmp 5"), Some(Answer::Icmp(3, 5)));
+        assert_eq!(nft(Family::Ipv6, "icmpv6 admin-prohibited"), Some(Answer::Icmp(1, 1)));
+        assert_eq!(nft(Family::Ipv4, "icmpx admin-prohibited"), Some(Answer::Icmp(3, 13)));
+        assert_eq!(nft(Family::Ipv6, "icmpx port-unreachable"), Some(Answer::Icmp(1, 4)));
+        assert_eq!(nft(Family::Ipv6, "icmpx host-unreachable"), Some(Answer::Icmp(1, 3)));
+        assert_eq!(nft(Family::Ipv4, "tcp reset"), Some(Answer::TcpReset));
+        assert_eq!(nft(Family::Ipv6, "icmp host-prohibited"), None);
+        assert_eq!(
+            reject_answer(Backend::IptablesNft, Family::Ipv4, Some("tcp-reset")),
+            Some(Answer::TcpReset)
+        );
+        assert_eq!(reject_answer(Backend::Nftables, Family::Ipv4, None), None);
+    }
+
+    // ---- real drops: a client namespace sends DNS through a node namespace whose FORWARD
+    // chain rejects it at rule 16 ----
+
+    struct Lab {
+        node: Netns,
+        client: Netns,
+    }
+
+    impl Lab {
+        fn new() -> Lab {
+            let node = Netns::new();
+            let client = Netns::new();
+            let out = std::process::Command::new("ip")
+                .args([
+                    "link",
+                    "add",
+                    "c0",
+                    "netns",
+                    &client.name,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "n0",
+                    "netns",
+                    &node.name,
+                ])
+                .output()
+                .expect("run ip");
+            assert!(out.status.success(), "veth: {}", String::from_utf8_lossy(&out.stderr));
+            client.sh("ip addr add 10.0.1.2/24 dev c0; ip link set c0 up; ip route add default via 10.0.1.1");
+            // The way out (n1) only has to exist: FORWARD runs before the next hop is resolved.
+            node.sh("ip addr add 10.0.1.1/24 dev n0; ip link set n0 up
+                 ip link add n1 type veth peer name n1p; ip addr add 10.0.2.1/24 dev n1
+                 ip link set n1 up; ip link set n1p up
+                 sysctl -qw net.ipv4.ip_forward=1");
+            // A fixed neighbour entry for the gateway, so the query is not parked waiting
+            // for ARP while the second snapshot is taken.
+            let mac = node.sh("cat /sys/class/net/n0/address");
+            client.sh(&format!(
+                "ip neigh replace 10.0.1.1 lladdr {} dev c0 nud permanent",
+                mac.trim()
+            ));
+            Lab { node, client }
+        }
+
+        fn attribute_one_query(&self) -> Attribution {
+            let before = self.node.run(crate::firewall::snapshot);
+            self.client.send_udp("10.0.2.2:53".parse().unwrap(), 1);
+            // The node forwards it in softirq context, maybe on another CPU.
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let after = self.node.run(crate::firewall::snapshot);
+            assert!(after.errors.is_empty(), "{:?}", after.errors);
+            let packet = DroppedPacket {
+                family: Family::Ipv4,
+                hook: Hook::Forward,
+                proto: 17,
+                src: "10.0.1.2:40000".parse().unwrap(),
+                dst: "10.0.2.2:53".parse().unwrap(),
+                in_iface: Some("n0".to_string()),
+                out_iface: Some("n1".to_string()),
+                icmp: HOST_PROHIBITED,
+                tcp_reset: false,
+            };
+            attribute(&before, &after, &packet)
+        }
+    }
+
+    /// 15 rules that do not stop a DNS query from 10.0.1.2 to 10.0.2.2 (one only counts it).
+    const FIFTEEN: &str = "-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A FORWARD -p tcp --dport 53 -j REJECT --reject-with icmp-host-prohibited
+-A FORWARD -p udp --dport 54 -j REJECT --reject-with icmp-host-prohibited
+-A FORWARD -s 192.168.0.0/16 -j REJECT --reject-with icmp-host-prohibited
+-A FORWARD -d 10.0.3.0/24 -j DROP
+-A FORWARD -i eth1 -j REJECT --reject-with icmp-host-prohibited
+-A FORWARD -o n0 -j DROP
+-A FORWARD -p udp --dport 53
+-A FORWARD -p udp --sport 53 -j REJECT --reject-with icmp-host-prohibited
+-A FORWARD -p icmp -j DROP
+-A FORWARD -p udp -m multiport --dports 80,443 -j REJECT --reject-with icmp-host-prohibited
+-A FORWARD -p tcp --dport 53 -j REJECT --reject-with tcp-reset
+-A FORWARD -p udp --dport 53 -m mark --mark 0x7 -j REJECT --reject-with icmp-host-prohibited
+-A FORWARD -d 10.0.2.3 -j REJECT --reject-with icmp-host-prohibited
+-A FORWARD ! -s 10.0.0.0/8 -j DROP";
+
+    const RULE_16: &str = "-A FORWARD -p udp -m udp --dport 53 -j REJECT --reject-with icmp-host-prohibited";
+
+    fn iptables_script(tool: &str) -> String {
+        let mut script: Vec<String> = FIFTEEN.lines().map(|rule| format!("{tool} {rule}")).collect();
+        script.push(format!("{tool} {RULE_16}"));
+        script.join("\n")
+    }
+
+    fn check_rule_16(attribution: &Attribution, backend: Backend, chain: &str) {
+        let rule = attribution
+            .rule
+            .as_ref()
+            .unwrap_or_else(|| panic!("{}", attribution.reason));
+        assert_eq!(
+            (rule.backend, rule.position, rule.chain.as_str()),
+            (backend, 16, chain),
+            "{}",
+            attribution.reason
+        );
+        assert!(
+            attribution.reason.contains("its counter grew by 1"),
+            "{}",
+            attribution.reason
+        );
+    }
+
+    #[test]
+    fn real_iptables_nft_rule_16() {
+        let lab = Lab::new();
+        lab.node.sh(&iptables_script("iptables-nft"));
+        let attribution = lab.attribute_one_query();
+        check_rule_16(&attribution, Backend::IptablesNft, "FORWARD");
+        let rule = attribution.rule.expect("rule");
+        assert_eq!(rule.text, RULE_16);
+        assert!(rule.handle.is_some());
+    }
+
+    #[test]
+    fn real_iptables_legacy_rule_16() {
+        let lab = Lab::new();
+        lab.node.sh(&iptables_script("iptables-legacy -w"));
+        let attribution = lab.attribute_one_query();
+        check_rule_16(&attribution, Backend::IptablesLegacy, "FORWARD");
+        assert_eq!(attribution.rule.expect("rule").text, RULE_16);
+    }
+
+    #[test]
+    fn real_nftables_rule_16() {
+        let lab = Lab::new();
+        lab.node.nft(
+            "table inet tr-filter {
+               chain forward {
+                 type filter hook forward priority 0; policy accept;
+                 ct state established,related accept
+                 tcp dport 53 counter reject with icmp host-prohibited
+                 udp dport 54 counter reject with icmp host-prohibited
+                 ip saddr 192.168.0.0/16 counter reject with icmp host-prohibited
+                 ip daddr 10.0.3.0/24 counter drop
+                 iifname \"eth1\" counter reject with icmp host-prohibited
+                 oifname \"n0\" counter drop
+                 udp dport 53 counter
+                 udp sport 53 counter reject with icmp host-prohibited
+                 ip protocol icmp counter drop
+                 udp dport { 80, 443 } counter reject with icmp host-prohibited
+                 tcp dport 53 reject with tcp reset
+                 udp dport 53 meta mark 0x7 counter reject with icmp host-prohibited
+                 ip daddr 10.0.2.3 counter reject with icmp host-prohibited
+                 ip saddr != 10.0.0.0/8 drop
+                 udp dport 53 counter reject with icmp host-prohibited
+               }
+             }",
+        );
+        let attribution = lab.attribute_one_query();
+        check_rule_16(&attribution, Backend::Nftables, "forward");
+        let rule = attribution.rule.expect("rule");
+        // nft adds the family check an ICMP reject needs in an inet table.
+        assert_eq!(
+            rule.text,
+            "meta nfproto ipv4 udp dport 53 counter reject with icmp host-prohibited"
+        );
+        assert_eq!(rule.table, "inet tr-filter");
+        assert!(rule.handle.is_some());
+    }
+
+    #[test]
+    fn real_legacy_and_nft_side_by_side() {
+        // Both backends hold the same REJECT: each counts its own packets; the one that
+        // rejected is the one whose counter moved (iptables-legacy runs first here, so it is
+        // the legacy rule, and the iptables-nft one never sees the packet).
+        let lab = Lab::new();
+        lab.node
+            .sh(&format!("iptables-legacy -w {RULE_16}\niptables-nft {RULE_16}"));
+        let attribution = lab.attribute_one_query();
+        let rule = attribution.rule.unwrap_or_else(|| panic!("{}", attribution.reason));
+        let other = if rule.backend == Backend::IptablesLegacy {
+            Backend::IptablesNft
+        } else {
+            Backend::IptablesLegacy
+        };
+        assert_eq!(rule.position, 1);
+        assert!(!attribution.reason.contains(other.name()), "{}", attribution.reason);
+    }
+}

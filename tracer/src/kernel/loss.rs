@@ -1,0 +1,142 @@
+//! The kernel side of loss accounting: the per-endpoint loss buckets, mapped into this
+//! process, and the programs' recursion misses (runs the kernel skipped because the same
+//! program was already running on that CPU), read from the programs' info.
+
+use std::{
+    os::fd::{AsFd, AsRawFd, OwnedFd},
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use anyhow::{bail, Context, Result};
+use aya::maps::MapData;
+use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_prog_info};
+use tracer_common::LOSS_BUCKETS;
+
+use crate::{
+    pipeline::loss::{bucket_of, LossWindows, LossWitness, MissHistory},
+    model::monotonic_now_ns,
+    findings::Unconfirmed,
+};
+
+/// `LOSS_BY_ENDPOINT`, mapped read-only.
+struct Buckets {
+    base: *const AtomicU64,
+    len_bytes: usize,
+    // Keeps the map's fd open for as long as it is mapped.
+    _map: MapData,
+}
+
+// SAFETY: the mapping is shared memory read through atomics only; it is unmapped once,
+// by its single owner.
+unsafe impl Send for Buckets {}
+
+impl Buckets {
+    fn map(map: MapData) -> Result<Buckets> {
+        let len_bytes = LOSS_BUCKETS as usize * size_of::<u64>();
+        // SAFETY: a fresh read-only shared mapping of an mmapable array map's values; the
+        // kernel checks the length against the map.
+        let base = unsafe {
+            libc::mmap(std::ptr::null_mut(), len_bytes, libc::PROT_READ, libc::MAP_SHARED, map.fd().as_fd().as_raw_fd(), 0)
+        };
+        if base == libc::MAP_FAILED {
+            bail!("mapping the loss counters: {}", std::io::Error::last_os_error());
+        }
+        Ok(Buckets { base: base as *const AtomicU64, len_bytes, _map: map })
+    }
+
+    fn count(&self, bucket: u32) -> u64 {
+        if bucket >= LOSS_BUCKETS {
+            return 0;
+        }
+        // SAFETY: in bounds of the live mapping; the kernel adds to the values atomically.
+        unsafe { (*self.base.add(bucket as usize)).load(Ordering::Relaxed) }
+    }
+}
+
+impl Drop for Buckets {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `map`, unmapped exactly once.
+        unsafe { libc::munmap(self.base as *mut libc::c_void, self.len_bytes) };
+    }
+}
+
+/// Answers [`LossWitness`] from the running kernel programs.
+pub struct KernelLoss {
+    buckets: Buckets,
+    /// Duplicates of the programs' fds, to read their info by.
+    programs: Vec<OwnedFd>,
+    history: MissHistory,
+}
+
+impl KernelLoss {
+    pub fn new(buckets: MapData, programs: Vec<OwnedFd>) -> Result<KernelLoss> {
+        let buckets = Buckets::map(buckets)?;
+        let first = recursion_misses(&programs);
+        Ok(KernelLoss { buckets, programs, history: MissHistory::new(first) })
+    }
+
+    /// Runs of the programs the kernel skipped, over all programs, now.
+    pub fn recursion_misses(&self) -> u64 {
+        recursion_misses(&self.programs)
+    }
+
+    /// Takes a reading of the recursion misses, for windows that begin after it.
+    pub fn read_misses(&mut self) {
+        let total = self.recursion_misses();
+        self.history.record(monotonic_now_ns(), total);
+    }
+}
+
+impl LossWitness for KernelLoss {
+    fn begin_settling(&mut self) {
+        self.read_misses();
+    }
+
+    fn lost_since(&mut self, _subject: &Unconfirmed, windows: &LossWindows, until_ns: u64) -> u64 {
+        let mut lost: u64 = windows
+            .windows()
+            .iter()
+            .map(|window| u64::from((self.buckets.count(bucket_of(window.endpoint)) as u32).wrapping_sub(window.stamp)))
+            .sum();
+        if let Some(since) = windows.earliest_ns() {
+            let now = match self.history.after(until_ns) {
+                Some(total) => total,
+                None => {
+                    self.read_misses();
+                    self.history.after(until_ns).unwrap_or_else(|| self.recursion_misses())
+                }
+            };
+            lost += now.saturating_sub(self.history.before(since));
+        }
+        lost
+    }
+}
+
+fn recursion_misses(programs: &[OwnedFd]) -> u64 {
+    programs.iter().filter_map(|fd| program_info(fd).ok()).map(|info| info.recursion_misses).sum()
+}
+
+fn program_info(fd: &OwnedFd) -> Result<bpf_prog_info> {
+    // SAFETY: plain data; zero is "not set" for every field.
+    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: writing the BPF_OBJ_GET_INFO_BY_FD member of the union.
+    let get = unsafe { &mut attr.info };
+    get.bpf_fd = fd.as_raw_fd() as u32;
+    get.info_len = size_of::<bpf_prog_info>() as u32;
+    get.info = &mut info as *mut bpf_prog_info as u64;
+    // SAFETY: attr is a valid bpf_attr pointing at a live bpf_prog_info of the given size.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
+            &mut attr as *mut bpf_attr,
+            size_of::<bpf_attr>() as libc::c_long,
+        )
+    };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error()).context("reading a program's info");
+    }
+    Ok(info)
+}

@@ -1,0 +1,222 @@
+//! Loads the kernel programs, configures them for this run and attaches them.
+//! Everything attached is owned by file descriptors of this process: the kernel
+//! detaches it when the process exits, however it exits.
+
+pub mod btf;
+pub mod layout;
+pub mod loss;
+pub mod netfilter;
+mod privileges;
+pub mod records;
+
+use std::os::{
+    fd::{AsFd, OwnedFd},
+    unix::fs::MetadataExt,
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use aya::{
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::BtfTracePoint,
+    Btf, Ebpf, EbpfLoader,
+};
+use tracer_common::{lost_slot, WatchConfig, CAPTURE_MAX};
+
+use crate::model::hook::{Family, Hook};
+
+pub use privileges::check_privileges;
+
+/// The kernel programs, built by build.rs for the BPF target.
+static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
+
+/// (program in tracer-ebpf, kernel tracepoint it attaches to)
+const TRACEPOINT_PROGRAMS: [(&str, &str); 4] = [
+    ("bridge_receive", "netif_receive_skb"),
+    ("bridge_transmit", "net_dev_queue"),
+    ("packet_dropped", "kfree_skb"),
+    ("icmp_answered", "icmp_send"),
+];
+
+/// Netfilter programs and where in each hook's priority range they run.
+const NETFILTER_PROGRAMS: [(&str, i32); 2] =
+    [("netfilter_early", netfilter::PRIORITY_EARLIEST), ("netfilter_late", netfilter::PRIORITY_LATEST)];
+
+#[derive(Clone, Debug)]
+pub struct WatchSettings {
+    /// 0 traces every port.
+    pub port: u16,
+    /// Bytes of each frame to copy in the kernel.
+    pub snaplen: u32,
+    pub ring_buffer_bytes: u32,
+}
+
+/// What attaching gives the watch: the programs, the ring buffer their records arrive
+/// on, and the loss counters findings are checked against.
+pub struct Attached {
+    pub hooks: KernelHooks,
+    pub events: RingBuf<MapData>,
+    pub loss: loss::KernelLoss,
+}
+
+/// The attached kernel programs. Dropping it detaches them.
+pub struct KernelHooks {
+    _ebpf: Ebpf,
+    _netfilter: Vec<netfilter::NetfilterProgram>,
+    lost: PerCpuArray<MapData, u64>,
+    pub netns_inode: u32,
+    pub conntrack_known: bool,
+    /// Links at the IPv4/IPv6 netfilter hooks (0 when the kernel has no netfilter).
+    pub netfilter_links: usize,
+    /// `enum skb_drop_reason` of the running kernel: value → name without the
+    /// `SKB_DROP_REASON_` prefix (numbers change between kernels, names do not).
+    pub drop_reasons: std::collections::HashMap<u32, String>,
+}
+
+impl KernelHooks {
+    /// Attaches the programs.
+    pub fn attach(settings: &WatchSettings) -> Result<Attached> {
+        check_privileges()?;
+        let kernel_btf = layout::KernelBtf::load_running()?;
+        let resolved = layout::resolve_layout(&kernel_btf)?;
+        let netns_inode = current_netns_inode()?;
+        let drop_reasons = kernel_btf
+            .enum_variants("skb_drop_reason")?
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let value = u32::try_from(value).ok()?;
+                Some((value, name.trim_start_matches("SKB_DROP_REASON_").trim_start_matches("SKB_").to_string()))
+            })
+            .collect();
+        let config = WatchConfig {
+            port_be: settings.port.to_be(),
+            _pad: 0,
+            netns_inode,
+            snaplen: settings.snaplen.min(CAPTURE_MAX as u32),
+            layout: resolved.layout,
+        };
+
+        let btf = Btf::from_sys_fs().context("reading /sys/kernel/btf/vmlinux failed: tracer needs a kernel with BTF")?;
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            .override_global("CONFIG", &config, true)
+            .map_max_entries("EVENTS", settings.ring_buffer_bytes)
+            .load(PROGRAMS)
+            .map_err(|err| explain_load_error(anyhow!(err)))?;
+
+        for (program, tracepoint) in TRACEPOINT_PROGRAMS {
+            let hook: &mut BtfTracePoint = ebpf
+                .program_mut(program)
+                .ok_or_else(|| anyhow!("program {program} missing from the kernel object: rebuild tracer"))?
+                .try_into()
+                .with_context(|| format!("program {program} is not a BTF tracepoint: rebuild tracer"))?;
+            hook.load(tracepoint, &btf)
+                .map_err(|err| explain_load_error(anyhow!(err).context(format!("loading {program} on tracepoint {tracepoint}"))))?;
+            hook.attach()
+                .map_err(|err| anyhow!(err).context(format!("attaching {program} to tracepoint {tracepoint}")))?;
+        }
+
+        #[cfg(feature = "fault-injection")]
+        if injected_fault("error-mid-attach") {
+            bail!("injected fault (TRACER_FAULT=error-mid-attach): stopping half-way through attaching");
+        }
+
+        let mut netfilter_programs = Vec::new();
+        if resolved.netfilter_known {
+            let object = netfilter::RelocatedObject::new(PROGRAMS, &ebpf)?;
+            for (name, priority) in NETFILTER_PROGRAMS {
+                let mut program = object.program(name)?;
+                program.load().map_err(explain_load_error)?;
+                for family in [Family::Ipv4, Family::Ipv6] {
+                    for hook in Hook::ALL {
+                        program.attach(family, hook, priority)?;
+                    }
+                }
+                netfilter_programs.push(program);
+            }
+        }
+        let netfilter_links = netfilter_programs.iter().map(|p| p.link_count()).sum();
+
+        let events = RingBuf::try_from(
+            ebpf.take_map("EVENTS").ok_or_else(|| anyhow!("map EVENTS missing from the kernel object: rebuild tracer"))?,
+        )?;
+        let lost = PerCpuArray::try_from(
+            ebpf.take_map("LOST").ok_or_else(|| anyhow!("map LOST missing from the kernel object: rebuild tracer"))?,
+        )?;
+        let buckets = match ebpf.take_map("LOSS_BY_ENDPOINT") {
+            Some(aya::maps::Map::Array(data)) => data,
+            _ => bail!("map LOSS_BY_ENDPOINT missing from the kernel object: rebuild tracer"),
+        };
+        let mut program_fds: Vec<OwnedFd> = Vec::new();
+        for (name, program) in ebpf.programs() {
+            // Programs aya never loaded (the netfilter ones sit in its object too) have no fd.
+            let Ok(fd) = program.fd() else { continue };
+            program_fds.push(fd.as_fd().try_clone_to_owned().with_context(|| format!("duplicating the fd of program {name}"))?);
+        }
+        for program in &netfilter_programs {
+            if let Some(fd) = program.fd() {
+                program_fds.push(fd.try_clone().context("duplicating a netfilter program's fd")?);
+            }
+        }
+        let loss = loss::KernelLoss::new(buckets, program_fds)?;
+        Ok(Attached {
+            hooks: KernelHooks {
+                _ebpf: ebpf,
+                _netfilter: netfilter_programs,
+                lost,
+                netns_inode,
+                conntrack_known: resolved.conntrack_known,
+                netfilter_links,
+                drop_reasons,
+            },
+            events,
+            loss,
+        })
+    }
+
+    /// Records the kernel could not queue, per CPU, over all programs.
+    pub fn lost_per_cpu(&self) -> Result<Vec<u64>> {
+        let mut per_cpu: Vec<u64> = Vec::new();
+        for slot in 0..lost_slot::COUNT {
+            let values = self.lost.get(&slot, 0).context("reading the lost-record counters")?;
+            if per_cpu.len() < values.len() {
+                per_cpu.resize(values.len(), 0);
+            }
+            for (total, value) in per_cpu.iter_mut().zip(values.iter()) {
+                *total += *value;
+            }
+        }
+        Ok(per_cpu)
+    }
+}
+
+/// Fault injection for the safety tests (`TRACER_FAULT=error-mid-attach` or
+/// `panic-after-attach`): they prove that a failure half-way through attaching, or a
+/// panic while attached, leaves nothing behind in the kernel. Compiled only into the test
+/// suite's build (feature `fault-injection`), never into a release.
+#[cfg(feature = "fault-injection")]
+pub fn injected_fault(name: &str) -> bool {
+    std::env::var("TRACER_FAULT").is_ok_and(|fault| fault == name)
+}
+
+/// The inode the kernel identifies this process's network namespace by
+/// (`net->ns.inum`), so the programs can keep to it.
+fn current_netns_inode() -> Result<u32> {
+    let meta = std::fs::metadata("/proc/self/ns/net")
+        .context("cannot read /proc/self/ns/net: is /proc mounted?")?;
+    u32::try_from(meta.ino()).context("network namespace inode does not fit 32 bits")
+}
+
+fn explain_load_error(err: anyhow::Error) -> anyhow::Error {
+    let text = format!("{err:#}");
+    // Under lockdown=confidentiality the kernel hides the helper from the verifier.
+    if text.contains("bpf_probe_read_kernel") && (text.contains("unknown func") || text.contains("invalid func")) {
+        return anyhow!(
+            "the kernel refuses the kernel memory reads tracer's programs make: it is most likely locked down for confidentiality (see /sys/kernel/security/lockdown); tracer can run only where lockdown is `integrity` or `none`"
+        );
+    }
+    if text.contains("Operation not permitted") || text.contains("EPERM") {
+        err.context("the kernel refused to load eBPF programs: run tracer as root (or with CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)")
+    } else {
+        err
+    }
+}

@@ -1,0 +1,106 @@
+//! A DNS message as tracer shows it, and the names of its codes.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+/// The parts of a DNS message tracer shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsMessage {
+    pub id: u16,
+    /// false: query, true: response.
+    pub qr: bool,
+    pub opcode: u8,
+    /// The 4-bit header RCODE (an EDNS extended RCODE is not folded in).
+    pub rcode: u8,
+    /// The first question's name in presentation form ("example.test.", root is "."), or None when the
+    /// message has no question or the name is cut off or malformed.
+    pub qname: Option<String>,
+    pub qtype: Option<u16>,
+    /// ANCOUNT from the header, even when the answers themselves were not captured.
+    pub answer_count: u16,
+    pub first_answer: Option<DnsAnswer>,
+}
+
+/// The data of the first answer record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DnsAnswer {
+    /// An A or AAAA record.
+    Address(IpAddr),
+    /// A CNAME, PTR or NS record: the target name in presentation form.
+    Name(String),
+    /// Any other record type.
+    Other(u16),
+}
+
+impl std::fmt::Display for DnsAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DnsAnswer::Address(addr) => write!(f, "{addr}"),
+            DnsAnswer::Name(name) => f.write_str(name),
+            DnsAnswer::Other(rtype) => f.write_str(&qtype_name(*rtype)),
+        }
+    }
+}
+
+/// The mnemonic of a header RCODE (RFC 1035, RFC 2136, RFC 8490). The header field has 4 bits;
+/// unassigned values read "RCODE<n>".
+pub fn rcode_name(rcode: u8) -> &'static str {
+    match rcode {
+        0 => "NOERROR",
+        1 => "FORMERR",
+        2 => "SERVFAIL",
+        3 => "NXDOMAIN",
+        4 => "NOTIMP",
+        5 => "REFUSED",
+        6 => "YXDOMAIN",
+        7 => "YXRRSET",
+        8 => "NXRRSET",
+        9 => "NOTAUTH",
+        10 => "NOTZONE",
+        11 => "DSOTYPENI",
+        12 => "RCODE12",
+        13 => "RCODE13",
+        14 => "RCODE14",
+        15 => "RCODE15",
+        // Only reachable by callers passing something other than the 4-bit header field.
+        _ => "RCODE?",
+    }
+}
+
+/// The mnemonic of a record type, or "TYPE<n>" (the RFC 3597 form) for types without one here.
+pub fn qtype_name(qtype: u16) -> Cow<'static, str> {
+    let name = match qtype {
+        1 => "A",
+        2 => "NS",
+        5 => "CNAME",
+        6 => "SOA",
+        12 => "PTR",
+        13 => "HINFO",
+        15 => "MX",
+        16 => "TXT",
+        28 => "AAAA",
+        29 => "LOC",
+        33 => "SRV",
+        35 => "NAPTR",
+        39 => "DNAME",
+        41 => "OPT",
+        43 => "DS",
+        44 => "SSHFP",
+        46 => "RRSIG",
+        47 => "NSEC",
+        48 => "DNSKEY",
+        50 => "NSEC3",
+        51 => "NSEC3PARAM",
+        52 => "TLSA",
+        59 => "CDS",
+        60 => "CDNSKEY",
+        64 => "SVCB",
+        65 => "HTTPS",
+        251 => "IXFR",
+        252 => "AXFR",
+        255 => "ANY",
+        257 => "CAA",
+        _ => return Cow::Owned(format!("TYPE{qtype}")),
+    };
+    Cow::Borrowed(name)
+}

@@ -1,0 +1,59 @@
+//! The typed values every part of tracer speaks in: packets and what the kernel reports
+//! about them, hooks and families, DNS messages, time. Data only: it imports nothing of
+//! the rest of the crate.
+
+pub mod dns;
+pub mod hook;
+pub mod netfilter;
+pub mod packet;
+
+use packet::PacketEvent;
+
+/// Interface names for one event, resolved in the watched network namespace when
+/// the event arrived (so a later rename or an ifindex reused after deletion does not
+/// rewrite history).
+#[derive(Clone, Debug, Default)]
+pub struct InterfaceNames {
+    pub ifname: Option<String>,
+    pub in_ifname: Option<String>,
+    pub bridge: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct TracedPacket {
+    pub event: PacketEvent,
+    /// Nanoseconds since the Unix epoch.
+    pub wall_time_ns: u64,
+    pub names: InterfaceNames,
+}
+
+/// Maps the kernel's monotonic timestamps to wall-clock time. The offset is taken
+/// once at start so that event order and spacing are exactly the kernel's.
+#[derive(Clone, Copy, Debug)]
+pub struct WallClock {
+    offset_ns: i128,
+}
+
+impl WallClock {
+    pub fn now() -> WallClock {
+        let realtime = clock_ns(libc::CLOCK_REALTIME);
+        let monotonic = clock_ns(libc::CLOCK_MONOTONIC);
+        WallClock { offset_ns: realtime - monotonic }
+    }
+
+    pub fn wall_ns(&self, monotonic_ns: u64) -> u64 {
+        u64::try_from(monotonic_ns as i128 + self.offset_ns).unwrap_or(0)
+    }
+}
+
+/// The kernel's `bpf_ktime_get_ns` clock (CLOCK_MONOTONIC), in which records are stamped.
+pub fn monotonic_now_ns() -> u64 {
+    u64::try_from(clock_ns(libc::CLOCK_MONOTONIC)).unwrap_or(0)
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid clock id and a live timespec to write into.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}

@@ -1,0 +1,402 @@
+//! Follows each DNS query through the node and pairs it with its reply.
+//!
+//! A query is keyed by the client that sent it and its DNS id. The client is taken
+//! from the conntrack entry's original tuple when one is attached, so a query that
+//! was source-NATed on its way still matches its reply. A resolver that sends the same
+//! query (same socket, same id) to several nameservers at once, as musl does, has one
+//! flow that remembers every server it asked: a reply from any of them is expected.
+
+use std::net::SocketAddr;
+
+use tracer_common::Stage;
+
+use super::{bounded::BoundedTable, loss::LossWindows};
+use crate::model::{
+    packet::{Conntrack, PacketEvent},
+    TracedPacket,
+};
+
+/// Where a packet was last seen on the node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sighting {
+    pub stage: Stage,
+    pub ifname: Option<String>,
+    pub ifindex: u32,
+    pub wall_time_ns: u64,
+}
+
+/// One server a client sent a query to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AskedServer {
+    /// The address the client sent the query to, before any NAT: it accepts a reply from
+    /// there only.
+    pub queried: SocketAddr,
+    /// Where conntrack sent the query, when it rewrote its destination (DNAT).
+    pub backend: Option<SocketAddr>,
+}
+
+/// Servers remembered per query: resolvers list at most three nameservers.
+const MAX_SERVERS: usize = 4;
+
+/// What we know of one DNS query.
+#[derive(Clone, Debug)]
+pub struct QueryFlow {
+    /// The query's sender, before any NAT.
+    pub client: SocketAddr,
+    /// Every server the client asked under this id, in the order it asked them; never empty.
+    pub servers: Vec<AskedServer>,
+    pub id: u16,
+    pub qname: Option<String>,
+    pub qtype: Option<u16>,
+    /// The bridge port the query entered the bridge on (the client's port).
+    pub client_port: Option<String>,
+    pub bridge: Option<String>,
+    pub first_seen_ns: u64,
+    pub last_seen: Sighting,
+    /// A reply was seen somewhere on the node (even if not yet on its way to the client).
+    pub reply_seen: bool,
+    /// The client's endpoints (before and after any source NAT) from their first records:
+    /// a lost record of this exchange shows as growth there.
+    pub loss: LossWindows,
+}
+
+impl QueryFlow {
+    /// The server the client asked first.
+    pub fn queried(&self) -> SocketAddr {
+        self.servers.first().map_or(self.client, |server| server.queried)
+    }
+
+    /// The backend conntrack sent the query to first, if any.
+    pub fn backend(&self) -> Option<SocketAddr> {
+        self.servers.iter().find_map(|server| server.backend)
+    }
+
+    fn asked(&mut self, queried: SocketAddr, backend: Option<SocketAddr>) {
+        if let Some(server) = self.servers.iter_mut().find(|server| server.queried == queried) {
+            if server.backend.is_none() {
+                server.backend = backend;
+            }
+        } else if self.servers.len() < MAX_SERVERS {
+            self.servers.push(AskedServer { queried, backend });
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum Correlated {
+    /// A reply to a tracked query leaves a bridge through a port towards its client.
+    ReplyToClient { query: QueryFlow, reply: Box<TracedPacket> },
+    /// No reply was seen on the node within the timeout.
+    Unanswered { query: QueryFlow },
+}
+
+type FlowKey = (SocketAddr, u16);
+
+pub struct DnsFlows {
+    flows: BoundedTable<FlowKey, QueryFlow>,
+    timeout_ns: u64,
+}
+
+impl DnsFlows {
+    pub fn new(timeout_ns: u64, capacity: usize) -> DnsFlows {
+        DnsFlows { flows: BoundedTable::new(capacity), timeout_ns }
+    }
+
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    /// Queries dropped from tracking to stay within the capacity.
+    pub fn evicted(&self) -> u64 {
+        self.flows.evicted
+    }
+
+    pub fn observe(&mut self, packet: &TracedPacket) -> Option<Correlated> {
+        let message = packet.event.dns.as_ref()?;
+        let event = &packet.event;
+        let sighting = Sighting {
+            stage: event.stage,
+            ifname: packet.names.ifname.clone(),
+            ifindex: event.ifindex,
+            wall_time_ns: packet.wall_time_ns,
+        };
+        if !message.qr {
+            let (client, queried) = pre_nat_endpoints(event);
+            let key = (client, message.id);
+            let backend = dnat_backend(event);
+            if let Some(flow) = self.flows.get_mut(&key) {
+                flow.last_seen = sighting;
+                flow.asked(queried, backend);
+                flow.loss.watch_source(event.src, event.loss, event.timestamp_ns);
+                return None;
+            }
+            let client_port = (event.stage == Stage::BridgeIn).then(|| packet.names.ifname.clone()).flatten();
+            let mut loss = LossWindows::default();
+            loss.watch_source(event.src, event.loss, event.timestamp_ns);
+            self.flows.insert(
+                key,
+                QueryFlow {
+                    client,
+                    servers: vec![AskedServer { queried, backend }],
+                    id: message.id,
+                    qname: message.qname.clone(),
+                    qtype: message.qtype,
+                    client_port,
+                    bridge: packet.names.bridge.clone(),
+                    first_seen_ns: event.timestamp_ns,
+                    last_seen: sighting,
+                    reply_seen: false,
+                    loss,
+                },
+            );
+            return None;
+        }
+
+        // A reply travels from the server to the client: the client is its destination
+        // before any NAT. When the reply belongs to the query's conntrack entry (it is
+        // in the entry's reply direction) that is the original tuple's source. A reply
+        // from an address the query never went to gets an entry of its own, whose
+        // original direction is the reply itself: then it is that tuple's destination.
+        let client = match &event.conntrack {
+            Conntrack::Attached(entry) => match entry.original {
+                Some(original) if entry.is_reply_direction() => original.src,
+                Some(original) => original.dst,
+                None => event.dst,
+            },
+            _ => event.dst,
+        };
+        let key = (client, message.id);
+        let flow = self.flows.get_mut(&key)?;
+        flow.reply_seen = true;
+        if event.stage != Stage::BridgeOut || event.dst != flow.client {
+            return None;
+        }
+        let query = self.flows.remove(&key)?;
+        Some(Correlated::ReplyToClient { query, reply: Box::new(packet.clone()) })
+    }
+
+    /// Resolves the flows older than the timeout at kernel time `now_ns`: unanswered
+    /// queries are reported, answered ones that never went back over a bridge (a client
+    /// elsewhere) are dropped.
+    pub fn expire(&mut self, now_ns: u64) -> Vec<Correlated> {
+        let timeout_ns = self.timeout_ns;
+        self.flows
+            .expire(|flow| now_ns.saturating_sub(flow.first_seen_ns) >= timeout_ns)
+            .into_iter()
+            .filter(|(_, flow)| !flow.reply_seen)
+            .map(|(_, query)| Correlated::Unanswered { query })
+            .collect()
+    }
+}
+
+/// (source, destination) as the client saw them: the conntrack entry's original
+/// tuple when one is attached, else the packet's own addresses.
+fn pre_nat_endpoints(event: &PacketEvent) -> (SocketAddr, SocketAddr) {
+    match &event.conntrack {
+        Conntrack::Attached(entry) => match entry.original {
+            Some(original) => (original.src, original.dst),
+            None => (event.src, event.dst),
+        },
+        _ => (event.src, event.dst),
+    }
+}
+
+/// The address conntrack rewrote the destination to, if it did.
+fn dnat_backend(event: &PacketEvent) -> Option<SocketAddr> {
+    let Conntrack::Attached(entry) = &event.conntrack else { return None };
+    let (original, reply) = (entry.original?, entry.reply?);
+    (original.dst != reply.src).then_some(reply.src)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::net::SocketAddr;
+
+    use tracer_common::Stage;
+
+    use super::*;
+    use crate::model::{
+        dns::DnsMessage,
+        packet::{ConntrackEntry, FlowTuple},
+        InterfaceNames,
+    };
+
+    pub fn addr(text: &str) -> SocketAddr {
+        text.parse().expect("test address")
+    }
+
+    /// A packet as the kernel would report it, for replaying recorded sequences.
+    pub fn packet(
+        at_ms: u64,
+        stage: Stage,
+        ifname: &str,
+        src: &str,
+        dst: &str,
+        qr: bool,
+        conntrack: Conntrack,
+    ) -> TracedPacket {
+        TracedPacket {
+            event: PacketEvent {
+                timestamp_ns: at_ms * 1_000_000,
+                skb_id: 1,
+                loss: Default::default(),
+                netns_inode: 1,
+                stage,
+                ifindex: 7,
+                ingress_ifindex: 0,
+                ip_len: 80,
+                l4_proto: 17,
+                src: addr(src),
+                dst: addr(dst),
+                conntrack,
+                dns: Some(DnsMessage {
+                    id: 0x6aab,
+                    qr,
+                    opcode: 0,
+                    rcode: 0,
+                    qname: Some("example.test.".to_string()),
+                    qtype: Some(1),
+                    answer_count: u16::from(qr),
+                    first_answer: None,
+                }),
+                captured: Vec::new(),
+                l3_offset: 0,
+                l4_offset: 0,
+                payload_offset: 0,
+            },
+            wall_time_ns: 1_800_000_000_000_000_000 + at_ms * 1_000_000,
+            names: InterfaceNames {
+                ifname: Some(ifname.to_string()),
+                in_ifname: None,
+                bridge: Some("cni0".to_string()),
+            },
+        }
+    }
+
+    pub fn dnat_entry(ctinfo: u8) -> Conntrack {
+        Conntrack::Attached(ConntrackEntry {
+            ctinfo,
+            status: Some((1 << 3) | (1 << 5) | (1 << 8)),
+            original: Some(FlowTuple { src: addr("10.244.0.5:40000"), dst: addr("10.96.0.10:53") }),
+            reply: Some(FlowTuple { src: addr("10.244.0.7:53"), dst: addr("10.244.0.5:40000") }),
+        })
+    }
+
+    /// The query's way through a node with a ClusterIP DNAT, as recorded in the lab.
+    pub fn query_path() -> Vec<TracedPacket> {
+        vec![
+            packet(0, Stage::BridgeIn, "veth-client", "10.244.0.5:40000", "10.96.0.10:53", false, Conntrack::None),
+            packet(1, Stage::ToHost, "cni0", "10.244.0.5:40000", "10.96.0.10:53", false, Conntrack::None),
+            packet(2, Stage::FromHost, "cni0", "10.244.0.5:40000", "10.244.0.7:53", false, dnat_entry(2)),
+            packet(3, Stage::BridgeOut, "veth-server", "10.244.0.5:40000", "10.244.0.7:53", false, dnat_entry(2)),
+        ]
+    }
+
+    fn replay(flows: &mut DnsFlows, packets: &[TracedPacket]) -> Vec<Correlated> {
+        packets.iter().filter_map(|p| flows.observe(p)).collect()
+    }
+
+    #[test]
+    fn bridged_reply_without_conntrack_pairs_with_its_query() {
+        let mut flows = DnsFlows::new(2_000_000_000, 100);
+        let mut packets = query_path();
+        packets.push(packet(4, Stage::BridgeIn, "veth-server", "10.244.0.7:53", "10.244.0.5:40000", true, Conntrack::None));
+        packets.push(packet(5, Stage::BridgeOut, "veth-client", "10.244.0.7:53", "10.244.0.5:40000", true, Conntrack::None));
+        let correlated = replay(&mut flows, &packets);
+        assert_eq!(correlated.len(), 1);
+        let Correlated::ReplyToClient { query, reply } = &correlated[0] else { panic!("expected a reply") };
+        assert_eq!(query.client, addr("10.244.0.5:40000"));
+        assert_eq!(query.queried(), addr("10.96.0.10:53"));
+        assert_eq!(query.backend(), Some(addr("10.244.0.7:53")));
+        assert_eq!(query.client_port.as_deref(), Some("veth-client"));
+        assert_eq!(reply.event.src, addr("10.244.0.7:53"));
+        assert!(flows.is_empty(), "a resolved flow is forgotten");
+    }
+
+    #[test]
+    fn reverse_natted_reply_pairs_by_conntrack_original_tuple() {
+        let mut flows = DnsFlows::new(2_000_000_000, 100);
+        let mut packets = query_path();
+        packets.push(packet(5, Stage::BridgeOut, "veth-client", "10.96.0.10:53", "10.244.0.5:40000", true, dnat_entry(3)));
+        let correlated = replay(&mut flows, &packets);
+        let [Correlated::ReplyToClient { reply, .. }] = correlated.as_slice() else { panic!("expected one reply") };
+        assert_eq!(reply.event.src, addr("10.96.0.10:53"));
+    }
+
+    #[test]
+    fn unanswered_query_expires_with_where_it_was_last_seen() {
+        let mut flows = DnsFlows::new(2_000_000_000, 100);
+        assert!(replay(&mut flows, &query_path()).is_empty());
+        assert!(flows.expire(1_999_000_000).is_empty(), "not before the timeout");
+        let expired = flows.expire(2_000_000_000);
+        let [Correlated::Unanswered { query }] = expired.as_slice() else { panic!("expected one timeout") };
+        assert_eq!(query.last_seen.stage, Stage::BridgeOut);
+        assert_eq!(query.last_seen.ifname.as_deref(), Some("veth-server"));
+        assert!(flows.is_empty());
+    }
+
+    #[test]
+    fn reply_seen_elsewhere_is_not_a_timeout() {
+        let mut flows = DnsFlows::new(2_000_000_000, 100);
+        let mut packets = query_path();
+        // The client is not behind this bridge: the reply goes up to the host and away.
+        packets.push(packet(4, Stage::ToHost, "cni0", "10.244.0.7:53", "10.244.0.5:40000", true, dnat_entry(3)));
+        assert!(replay(&mut flows, &packets).is_empty());
+        assert!(flows.expire(10_000_000_000).is_empty());
+    }
+
+    #[test]
+    fn reply_with_its_own_conntrack_entry_still_pairs() {
+        // The server answers from 10.244.0.8: conntrack on the node does not match it
+        // to the query's entry and creates a new one, original direction = the reply.
+        let own_entry = Conntrack::Attached(ConntrackEntry {
+            ctinfo: 2,
+            status: Some(1 << 3),
+            original: Some(FlowTuple { src: addr("10.244.0.8:53"), dst: addr("10.244.0.5:40000") }),
+            reply: Some(FlowTuple { src: addr("10.244.0.5:40000"), dst: addr("10.244.0.8:53") }),
+        });
+        let mut flows = DnsFlows::new(2_000_000_000, 100);
+        let mut packets = vec![packet(0, Stage::BridgeIn, "veth-client", "10.244.0.5:40000", "10.244.0.7:53", false, Conntrack::None)];
+        packets.push(packet(1, Stage::BridgeOut, "veth-client", "10.244.0.8:53", "10.244.0.5:40000", true, own_entry));
+        let correlated = replay(&mut flows, &packets);
+        let [Correlated::ReplyToClient { reply, .. }] = correlated.as_slice() else { panic!("expected the reply paired") };
+        assert_eq!(reply.event.src, addr("10.244.0.8:53"));
+    }
+
+    #[test]
+    fn table_is_capped_and_evictions_counted() {
+        let mut flows = DnsFlows::new(2_000_000_000, 3);
+        for port in 0..5u16 {
+            let src = format!("10.244.0.5:{}", 30000 + port);
+            flows.observe(&packet(port as u64, Stage::BridgeIn, "veth-client", &src, "10.96.0.10:53", false, Conntrack::None));
+        }
+        assert_eq!(flows.len(), 3);
+        assert_eq!(flows.evicted(), 2);
+    }
+
+    #[test]
+    fn a_query_sent_to_several_servers_remembers_each() {
+        // musl asks every nameserver at once, from one socket, with one id.
+        let mut flows = DnsFlows::new(2_000_000_000, 100);
+        let to_first = packet(0, Stage::BridgeIn, "veth-client", "10.244.0.5:40000", "10.244.0.7:53", false, Conntrack::None);
+        let to_second = packet(0, Stage::BridgeIn, "veth-client", "10.244.0.5:40000", "10.244.0.8:53", false, Conntrack::None);
+        replay(&mut flows, &[to_first, to_second]);
+        let reply = packet(1, Stage::BridgeOut, "veth-client", "10.244.0.8:53", "10.244.0.5:40000", true, Conntrack::None);
+        let correlated = replay(&mut flows, &[reply]);
+        let [Correlated::ReplyToClient { query, .. }] = correlated.as_slice() else { panic!("expected the reply paired") };
+        let asked: Vec<SocketAddr> = query.servers.iter().map(|s| s.queried).collect();
+        assert_eq!(asked, vec![addr("10.244.0.7:53"), addr("10.244.0.8:53")]);
+    }
+
+    #[test]
+    fn retries_share_one_flow() {
+        let mut flows = DnsFlows::new(2_000_000_000, 100);
+        replay(&mut flows, &query_path());
+        replay(&mut flows, &query_path());
+        assert_eq!(flows.len(), 1);
+    }
+}

@@ -1,0 +1,664 @@
+//! `tracer triage` output. During the traffic window the watch writes into a [`Collector`]:
+//! it prints no packet lines, keeps findings, drops and a few recent packet lines to show
+//! as examples, and draws a progress line on a terminal. At the end the report — verdict,
+//! ranked findings, node checks, traffic — is printed as text or JSON Lines.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    io::{self, Write},
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant, UNIX_EPOCH},
+};
+
+use serde_json::{json, Value};
+
+use super::{
+    json::{drop_json, evidence_json, packet_json},
+    text::{evidence_lines, TextOutput},
+    DropLine, Output, Summary,
+};
+use crate::{
+    model::{hook::Hook, TracedPacket},
+    pipeline::paths::HookPass,
+    findings::{
+        node_config::{Check, Decision, DropGroup, Example, Ranked, Status, Traffic},
+        Evidence, Finding,
+    },
+};
+
+/// Packet lines kept to find examples in; older ones are forgotten.
+const RECENT_LINES: usize = 4096;
+/// Lines one example shows at most (a query and its reply cross the bridge in about four).
+const EXAMPLE_LINES: usize = 8;
+/// Drop groups kept at most; further drops are only counted.
+const MAX_DROP_GROUPS: usize = 1024;
+const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+
+/// A packet line as it would have been printed, with what identifies its flow.
+struct Recent {
+    src: SocketAddr,
+    dst: SocketAddr,
+    /// The DNS message id, when it is one.
+    dns_id: Option<u16>,
+    text: String,
+    json: Value,
+}
+
+type DropKey = (String, Option<Hook>, Option<Hook>, IpAddr, SocketAddr, u8);
+
+/// Keeps what the watch reports for the triage report.
+pub struct Collector {
+    started: Instant,
+    window: Duration,
+    /// Draw the progress line (stderr is a terminal).
+    progress: bool,
+    last_progress: Option<Instant>,
+    recent: VecDeque<Recent>,
+    findings: Vec<(Finding, Example)>,
+    drops: Vec<DropGroup>,
+    drop_index: HashMap<DropKey, usize>,
+    /// Drops beyond `MAX_DROP_GROUPS` groups.
+    pub drops_not_grouped: u64,
+    packets: u64,
+    summary: Option<Summary>,
+}
+
+impl Collector {
+    pub fn new(window: Duration, progress: bool) -> Collector {
+        Collector {
+            started: Instant::now(),
+            window,
+            progress,
+            last_progress: None,
+            recent: VecDeque::with_capacity(RECENT_LINES),
+            findings: Vec::new(),
+            drops: Vec::new(),
+            drop_index: HashMap::new(),
+            drops_not_grouped: 0,
+            packets: 0,
+            summary: None,
+        }
+    }
+
+    /// What the watch saw, for `findings::node_config::decide`, and its summary.
+    pub fn finish(self) -> (Traffic, Option<Summary>) {
+        let kind_counts = self.summary.as_ref().map(|s| s.finding_counts.clone()).unwrap_or_default();
+        (Traffic { findings: self.findings, drops: self.drops, kind_counts }, self.summary)
+    }
+
+    fn remember(&mut self, recent: Recent) {
+        if self.recent.len() == RECENT_LINES {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(recent);
+    }
+
+    /// The latest lines of the flow of `client` (and of DNS message `id`, when given).
+    fn example(&self, client: SocketAddr, id: Option<u16>) -> Example {
+        let mut picked: Vec<&Recent> = self
+            .recent
+            .iter()
+            .rev()
+            .filter(|r| (r.src == client || r.dst == client) && (id.is_none() || r.dns_id.is_none() || r.dns_id == id))
+            .take(EXAMPLE_LINES)
+            .collect();
+        picked.reverse();
+        Example { lines: picked.iter().map(|r| r.text.clone()).collect(), json: picked.iter().map(|r| r.json.clone()).collect() }
+    }
+
+    fn draw_progress(&mut self, force: bool) {
+        if !self.progress {
+            return;
+        }
+        if !force && self.last_progress.is_some_and(|at| at.elapsed() < PROGRESS_EVERY) {
+            return;
+        }
+        self.last_progress = Some(Instant::now());
+        let findings = self.findings.len();
+        // \r and "erase line": the line is redrawn in place; it goes to stderr so the report
+        // on stdout stays clean when redirected.
+        eprint!(
+            "\r\x1b[Ktracer triage: watching traffic {:.1}/{:.0} s · {} packets · {} finding{}",
+            self.started.elapsed().as_secs_f64().min(self.window.as_secs_f64()),
+            self.window.as_secs_f64(),
+            self.packets,
+            findings,
+            if findings == 1 { "" } else { "s" }
+        );
+    }
+
+    fn clear_progress(&self) {
+        if self.progress && self.last_progress.is_some() {
+            eprint!("\r\x1b[K");
+        }
+    }
+}
+
+fn render_text(write: impl FnOnce(&mut TextOutput<&mut Vec<u8>>) -> io::Result<()>) -> String {
+    let mut buf = Vec::new();
+    // Writing into memory cannot fail.
+    let _ = write(&mut TextOutput::new(&mut buf, false));
+    String::from_utf8_lossy(&buf).trim_end().to_string()
+}
+
+impl Output for Collector {
+    fn packet(&mut self, packet: &TracedPacket, hooks: &[HookPass]) -> io::Result<()> {
+        self.packets += 1;
+        let text = render_text(|out| out.packet(packet, hooks));
+        let event = &packet.event;
+        self.remember(Recent {
+            src: event.src,
+            dst: event.dst,
+            dns_id: event.dns.as_ref().map(|d| d.id),
+            text,
+            json: packet_json(packet, hooks),
+        });
+        self.draw_progress(false);
+        Ok(())
+    }
+
+    fn dropped(&mut self, line: &DropLine) -> io::Result<()> {
+        self.packets += 1;
+        let drop = &line.dropped.drop;
+        self.remember(Recent { src: drop.src, dst: drop.dst, dns_id: None, text: render_text(|out| out.dropped(line)), json: drop_json(line) });
+        let stopped_in = line.dropped.stopped_in().map(|pass| pass.hook);
+        let after = if stopped_in.is_none() { line.dropped.path.last().map(|pass| pass.hook) } else { None };
+        let key: DropKey = (line.reason.clone(), stopped_in, after, drop.src.ip(), drop.dst, drop.l4_proto);
+        if let Some(&at) = self.drop_index.get(&key) {
+            self.drops[at].count += 1;
+        } else if self.drops.len() < MAX_DROP_GROUPS {
+            let example = self.example(drop.src, None);
+            self.drop_index.insert(key, self.drops.len());
+            self.drops.push(DropGroup {
+                reason: line.reason.clone(),
+                stopped_in,
+                after,
+                src: drop.src,
+                dst: drop.dst,
+                l4_proto: drop.l4_proto,
+                ifname: line.ifname.clone(),
+                rule: line.rule.clone(),
+                count: 1,
+                wall_time_ns: line.wall_time_ns,
+                example,
+            });
+        } else {
+            self.drops_not_grouped += 1;
+        }
+        self.draw_progress(false);
+        Ok(())
+    }
+
+    fn finding(&mut self, finding: &Finding) -> io::Result<()> {
+        // Called right after the packet that completed the finding: its flow is in `recent`.
+        let example = match &finding.evidence {
+            Evidence::Dns(dns) => self.example(dns.client, Some(dns.query.id)),
+            Evidence::Netfilter(nf) => self.example(nf.src, None),
+            Evidence::Node(_) => Example::default(),
+        };
+        self.findings.push((finding.clone(), example));
+        self.draw_progress(true);
+        Ok(())
+    }
+
+    fn summary(&mut self, summary: &Summary) -> io::Result<()> {
+        self.clear_progress();
+        self.summary = Some(summary.clone());
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.draw_progress(false);
+        Ok(())
+    }
+}
+
+/// What the report says besides the decision.
+pub struct ReportContext<'a> {
+    pub port: u16,
+    /// The watch's summary (packets, lost records, duration).
+    pub summary: &'a Summary,
+    pub drops: &'a [DropGroup],
+    pub drops_not_grouped: u64,
+    /// Problems reading the node that belong to no namespace.
+    pub errors: &'a [String],
+    pub exit_code: u8,
+}
+
+fn port_words(port: u16) -> String {
+    if port == 0 {
+        "all ports".to_string()
+    } else {
+        format!("port {port}")
+    }
+}
+
+fn seen_in(ranked: &Ranked) -> Vec<&'static str> {
+    let mut seen = Vec::new();
+    if ranked.traffic {
+        seen.push("traffic");
+    }
+    if ranked.config {
+        seen.push("config");
+    }
+    seen
+}
+
+/// The evidence of a merged finding, each piece with where it came from.
+fn sourced_evidence(ranked: &Ranked) -> Vec<(&'static str, &Evidence)> {
+    std::iter::once(&ranked.finding.evidence)
+        .chain(&ranked.more)
+        .map(|evidence| (if matches!(evidence, Evidence::Node(_)) { "config" } else { "traffic" }, evidence))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Text
+// ---------------------------------------------------------------------------------------
+
+const RESET: &str = "\x1b[0m";
+const RED_BOLD: &str = "\x1b[1;31m";
+const GREEN_BOLD: &str = "\x1b[1;32m";
+const YELLOW: &str = "\x1b[33m";
+const DIM: &str = "\x1b[2m";
+
+fn paint(colour: bool, code: &str, text: &str) -> String {
+    if colour {
+        format!("{code}{text}{RESET}")
+    } else {
+        text.to_string()
+    }
+}
+
+pub fn print_text(out: &mut dyn Write, decision: &Decision, context: &ReportContext, colour: bool) -> io::Result<()> {
+    let verdict = if decision.findings.is_empty() {
+        paint(colour, GREEN_BOLD, &format!("verdict: {}", decision.verdict))
+    } else {
+        paint(colour, RED_BOLD, &format!("verdict: {}", decision.verdict))
+    };
+    writeln!(out, "{verdict}")?;
+    writeln!(out)?;
+    for (n, ranked) in decision.findings.iter().enumerate() {
+        finding_block(out, n + 1, ranked, colour)?;
+        writeln!(out)?;
+    }
+    writeln!(out, "node checks ({} in FORWARD/INPUT):", port_words(context.port))?;
+    for namespace in &decision.namespaces {
+        writeln!(out, "  {}", namespace.label)?;
+        let width = namespace.checks.iter().map(|c| c.name.chars().count()).max().unwrap_or(0);
+        for check in &namespace.checks {
+            check_line(out, check, width, colour)?;
+        }
+        for error in &namespace.errors {
+            writeln!(out, "    {}", paint(colour, YELLOW, &format!("! {error}")))?;
+        }
+    }
+    for error in context.errors {
+        writeln!(out, "  {}", paint(colour, YELLOW, &format!("! {error}")))?;
+    }
+    let summary = context.summary;
+    let lost = if summary.lost == 0 {
+        "0 lost".to_string()
+    } else {
+        paint(colour, YELLOW, &format!("{} lost (ring buffer full; try --ring-buffer-mib)", summary.lost))
+    };
+    let unconfirmed = if summary.unconfirmed == 0 {
+        String::new()
+    } else {
+        let counts: Vec<String> = summary.unconfirmed_counts.iter().map(|(kind, n)| format!("{kind} ×{n}")).collect();
+        paint(
+            colour,
+            YELLOW,
+            &format!(
+                "; {} unconfirmed ({}): records of their flows were lost, so they are not findings and do not decide the exit code",
+                summary.unconfirmed,
+                counts.join(", ")
+            ),
+        )
+    };
+    writeln!(out, "traffic: {} packets on {} in {:.1} s, {lost}{unconfirmed}", summary.packets, port_words(context.port), summary.duration_secs)?;
+    for group in context.drops {
+        let device = group.ifname.as_ref().map(|i| format!(" on {i}")).unwrap_or_default();
+        let place = match (group.stopped_in, group.after) {
+            (Some(hook), _) => format!(" in {}", hook.name()),
+            (None, Some(hook)) => format!(" after {}", hook.name()),
+            _ => String::new(),
+        };
+        writeln!(
+            out,
+            "  dropped by the kernel: {} × {}{place}{device}: {} → {}{}",
+            group.count,
+            group.reason,
+            group.src.ip(),
+            group.dst,
+            group.rule.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()
+        )?;
+    }
+    if context.drops_not_grouped > 0 {
+        writeln!(out, "  and {} more drops", context.drops_not_grouped)?;
+    }
+    writeln!(
+        out,
+        "{}",
+        paint(colour, DIM, &format!("exit code {}: {}", context.exit_code, if context.exit_code == 0 { "healthy" } else { "findings" }))
+    )?;
+    out.flush()
+}
+
+fn finding_block(out: &mut dyn Write, rank: usize, ranked: &Ranked, colour: bool) -> io::Result<()> {
+    let finding = &ranked.finding;
+    let bar = paint(colour, RED_BOLD, "┃");
+    let seen = match (ranked.traffic, ranked.config) {
+        (true, true) => "seen in traffic, confirmed by the node's configuration",
+        (true, false) => "seen in traffic",
+        (false, _) => "from the node's configuration (no traffic showed it during the window)",
+    };
+    writeln!(out, "{}", paint(colour, RED_BOLD, &format!("┏━ {rank}. {} ━━ {seen}", finding.kind.name())))?;
+    writeln!(out, "{bar} {}", finding.headline)?;
+    if let Some(n) = ranked.occurrences {
+        writeln!(out, "{bar} occurred {n}× during the window")?;
+    }
+    for (source, evidence) in sourced_evidence(ranked) {
+        let lines = evidence_lines(evidence);
+        for (i, line) in lines.iter().enumerate() {
+            let label = if i == 0 { format!("{source}:") } else { " ".repeat(source.len() + 1) };
+            writeln!(out, "{bar} {label} {line}")?;
+        }
+    }
+    if !ranked.example.lines.is_empty() {
+        writeln!(out, "{bar} example:")?;
+        for line in &ranked.example.lines {
+            writeln!(out, "{bar}   {line}")?;
+        }
+    }
+    writeln!(out, "{bar} why: {}", finding.explanation)?;
+    for (n, fix) in finding.fix.iter().enumerate() {
+        let label = if n == 0 { "fix:" } else { "    " };
+        writeln!(out, "{bar} {label} {fix}")?;
+    }
+    writeln!(out, "{}", paint(colour, RED_BOLD, "┗━━"))
+}
+
+fn check_line(out: &mut dyn Write, check: &Check, width: usize, colour: bool) -> io::Result<()> {
+    let (mark, status) = match check.status {
+        Status::Ok => (paint(colour, GREEN_BOLD, "ok"), String::new()),
+        Status::Note => (paint(colour, YELLOW, "note"), String::new()),
+        Status::Finding(kind) => (paint(colour, RED_BOLD, "FAIL"), format!(" → {}", kind.name())),
+    };
+    let detail = if check.detail.is_empty() { String::new() } else { format!("  ({})", check.detail) };
+    writeln!(out, "    {mark:<4} {:<width$}  {}{status}{detail}", check.name, check.value, mark = mark, width = width)
+}
+
+// ---------------------------------------------------------------------------------------
+// JSON
+// ---------------------------------------------------------------------------------------
+
+fn status_name(status: Status) -> &'static str {
+    match status {
+        Status::Ok => "ok",
+        Status::Note => "note",
+        Status::Finding(_) => "finding",
+    }
+}
+
+pub fn finding_json(rank: usize, ranked: &Ranked) -> Value {
+    let finding = &ranked.finding;
+    let time = humantime::format_rfc3339_nanos(UNIX_EPOCH + Duration::from_nanos(finding.wall_time_ns)).to_string();
+    let evidence: Vec<Value> = sourced_evidence(ranked)
+        .into_iter()
+        .map(|(source, evidence)| {
+            let mut fields = serde_json::Map::new();
+            fields.insert("source".to_string(), Value::String(source.to_string()));
+            if let Value::Object(more) = evidence_json(evidence) {
+                fields.extend(more);
+            }
+            Value::Object(fields)
+        })
+        .collect();
+    json!({
+        "type": "finding",
+        "rank": rank,
+        "kind": finding.kind.name(),
+        "time": time,
+        "headline": finding.headline,
+        "seen_in": seen_in(ranked),
+        "occurrences": ranked.occurrences,
+        "netns": { "name": ranked.netns.name, "inode": ranked.netns.inode, "current": ranked.netns.current },
+        "evidence": evidence,
+        "example": ranked.example.json,
+        "explanation": finding.explanation,
+        "fix": finding.fix,
+    })
+}
+
+pub fn summary_json(decision: &Decision, context: &ReportContext) -> Value {
+    let summary = context.summary;
+    let mut counts: Vec<(&'static str, u64)> = Vec::new();
+    for ranked in &decision.findings {
+        match counts.iter_mut().find(|(kind, _)| *kind == ranked.finding.kind.name()) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((ranked.finding.kind.name(), 1)),
+        }
+    }
+    json!({
+        "type": "summary",
+        "verdict": decision.verdict,
+        "exit_code": context.exit_code,
+        "port": context.port,
+        "findings": decision.findings.len(),
+        "finding_counts": counts.into_iter().map(|(k, n)| (k.to_string(), json!(n))).collect::<serde_json::Map<String, Value>>(),
+        "packets": summary.packets,
+        "lost": summary.lost,
+        "unconfirmed": summary.unconfirmed,
+        "unconfirmed_counts": summary.unconfirmed_counts.iter().map(|(kind, n)| (kind.to_string(), json!(n))).collect::<serde_json::Map<String, Value>>(),
+        "duration_secs": (summary.duration_secs * 1000.0).round() / 1000.0,
+        "drops": context.drops.iter().map(|g| json!({
+            "count": g.count,
+            "reason": g.reason,
+            "stopped_in": g.stopped_in.map(Hook::name),
+            "after": g.after.map(Hook::name),
+            "src": g.src.to_string(),
+            "dst": g.dst.to_string(),
+            "ifname": g.ifname,
+            "rule": g.rule,
+        })).collect::<Vec<_>>(),
+        "namespaces": decision.namespaces.iter().map(|ns| json!({
+            "name": ns.netns.name,
+            "inode": ns.netns.inode,
+            "current": ns.netns.current,
+            "checks": ns.checks.iter().map(|c| json!({
+                "check": c.name,
+                "value": c.value,
+                "status": status_name(c.status),
+                "finding": match c.status { Status::Finding(kind) => Some(kind.name()), _ => None },
+                "detail": c.detail,
+            })).collect::<Vec<_>>(),
+            "errors": ns.errors,
+        })).collect::<Vec<_>>(),
+        "errors": context.errors,
+    })
+}
+
+/// One line per finding, most likely cause first, then the summary line.
+pub fn print_json(out: &mut dyn Write, decision: &Decision, context: &ReportContext) -> io::Result<()> {
+    for (n, ranked) in decision.findings.iter().enumerate() {
+        serde_json::to_writer(&mut *out, &finding_json(n + 1, ranked))?;
+        writeln!(out)?;
+    }
+    serde_json::to_writer(&mut *out, &summary_json(decision, context))?;
+    writeln!(out)?;
+    out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use tracer_common::Stage;
+
+    use super::*;
+    use crate::{
+        pipeline::{
+            queries::tests::{addr, packet, query_path},
+            paths::DroppedPacket,
+        },
+        model::{netfilter::DropEvent, packet::Conntrack},
+        findings::{node_config::NamespaceChecks, FindingKind, NetnsRef, NodeEvidence},
+    };
+
+    fn drop_line(dropped: &DroppedPacket) -> DropLine {
+        DropLine {
+            dropped: dropped.clone(),
+            wall_time_ns: 1_800_000_000_000_000_000,
+            ifname: Some("cni0".into()),
+            bridge: Some("cni0".into()),
+            reason: "NETFILTER_DROP".into(),
+            verdict: "drop",
+            icmp: None,
+            rule: None,
+            records_lost: None,
+        }
+    }
+
+    fn dropped(src: &str, path: Vec<HookPass>) -> DroppedPacket {
+        DroppedPacket {
+            loss: Default::default(),
+            drop: DropEvent {
+                loss: Default::default(),
+                timestamp_ns: 5,
+                skb_id: 9,
+                netns_inode: 1,
+                ifindex: 2,
+                reason: 12,
+                location: 0,
+                l4_proto: 17,
+                src: addr(src),
+                dst: addr("10.96.0.10:53"),
+            },
+            path,
+            icmp: None,
+        }
+    }
+
+    fn pass(hook: Hook, left: bool) -> HookPass {
+        HookPass { hook, ipv6: false, left, conntrack: Conntrack::None, in_ifindex: 2, out_ifindex: 0 }
+    }
+
+    #[test]
+    fn drops_are_grouped_by_reason_place_and_client_address() {
+        let mut collector = Collector::new(Duration::from_secs(1), false);
+        for packet in query_path().iter().take(1) {
+            collector.packet(packet, &[]).expect("in memory");
+        }
+        let in_pre_routing = dropped("10.244.0.5:40000", vec![pass(Hook::PreRouting, false)]);
+        let again_other_port = dropped("10.244.0.5:40001", vec![pass(Hook::PreRouting, false)]);
+        let after_local_in = dropped("10.244.0.5:40002", vec![pass(Hook::PreRouting, true), pass(Hook::LocalIn, true)]);
+        for d in [&in_pre_routing, &again_other_port, &after_local_in] {
+            collector.dropped(&drop_line(d)).expect("in memory");
+        }
+        let (traffic, _) = collector.finish();
+        let groups: Vec<(Option<Hook>, Option<Hook>, u64)> = traffic.drops.iter().map(|g| (g.stopped_in, g.after, g.count)).collect();
+        assert_eq!(groups, vec![(Some(Hook::PreRouting), None, 2), (None, Some(Hook::LocalIn), 1)]);
+        // The example of the first drop: the query that entered the bridge, then the drop line.
+        let example = &traffic.drops[0].example.lines;
+        assert_eq!(example.len(), 2, "{example:#?}");
+        assert!(example[0].contains("bridge-in") && example[1].contains("dropped"), "{example:#?}");
+    }
+
+    #[test]
+    fn a_findings_example_is_its_querys_way() {
+        let mut collector = Collector::new(Duration::from_secs(1), false);
+        let mut packets = query_path();
+        packets.push(packet(5, Stage::BridgeOut, "veth-client", "10.244.0.7:53", "10.244.0.5:40000", true, Conntrack::None));
+        // Another client's query in between is not part of the example.
+        packets.insert(2, packet(1, Stage::BridgeIn, "veth-other", "10.244.0.9:5000", "10.96.0.10:53", false, Conntrack::None));
+        for p in &packets {
+            collector.packet(p, &[]).expect("in memory");
+        }
+        let finding = Finding {
+            kind: FindingKind::ConntrackSkip,
+            wall_time_ns: 0,
+            headline: "h".into(),
+            evidence: Evidence::Dns(crate::findings::DnsEvidence {
+                client: addr("10.244.0.5:40000"),
+                expected_source: addr("10.96.0.10:53"),
+                actual_source: Some(addr("10.244.0.7:53")),
+                query: crate::findings::QueryRef { id: 0x6aab, qname: None, qtype: None },
+                bridge: Some("cni0".into()),
+                reply_in_port: None,
+                reply_out_port: None,
+                last_seen: None,
+                sysctls: vec![],
+            }),
+            explanation: String::new(),
+            fix: vec![],
+        };
+        collector.finding(&finding).expect("in memory");
+        let (traffic, _) = collector.finish();
+        let (_, example) = &traffic.findings[0];
+        assert_eq!(example.lines.len(), 5, "{:#?}", example.lines);
+        assert!(example.lines.iter().all(|l| !l.contains("10.244.0.9")), "{:#?}", example.lines);
+        assert_eq!(example.json.len(), 5);
+        assert_eq!(example.json[4]["stage"], "bridge-out");
+    }
+
+    fn decision(findings: Vec<Ranked>) -> Decision {
+        Decision {
+            verdict: findings.first().map(|r| r.finding.headline.clone()).unwrap_or_else(|| "healthy: no findings".into()),
+            findings,
+            namespaces: vec![NamespaceChecks {
+                netns: NetnsRef { name: Some("node".into()), inode: 7, current: true },
+                label: "this namespace, node (netns 7)".into(),
+                checks: vec![Check { name: "ip_forward".into(), value: "1".into(), status: Status::Ok, detail: String::new() }],
+                errors: vec![],
+            }],
+        }
+    }
+
+    #[test]
+    fn json_report_is_findings_then_one_summary() {
+        let netns = NetnsRef { name: Some("node".into()), inode: 7, current: true };
+        let ranked = Ranked {
+            finding: Finding {
+                kind: FindingKind::IpForwardOff,
+                wall_time_ns: 1_800_000_000_000_000_000,
+                headline: "IP forwarding is off".into(),
+                evidence: Evidence::Node(NodeEvidence { netns: netns.clone(), bridges: vec!["cni0".into()], ..NodeEvidence::default() }),
+                explanation: "why".into(),
+                fix: vec!["sysctl -w net.ipv4.ip_forward=1".into()],
+            },
+            more: vec![],
+            traffic: false,
+            config: true,
+            occurrences: None,
+            example: Example::default(),
+            netns,
+        };
+        let summary = Summary { packets: 4, duration_secs: 1.0, ..Summary::default() };
+        let context = ReportContext { port: 53, summary: &summary, drops: &[], drops_not_grouped: 0, errors: &[], exit_code: 1 };
+        let mut out = Vec::new();
+        print_json(&mut out, &decision(vec![ranked]), &context).expect("in memory");
+        let lines: Vec<Value> = String::from_utf8(out).expect("utf-8").lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["type"], "finding");
+        assert_eq!(lines[0]["kind"], "ip_forward_off");
+        assert_eq!(lines[0]["rank"], 1);
+        assert_eq!(lines[0]["seen_in"], json!(["config"]));
+        assert_eq!(lines[0]["evidence"][0]["source"], "config");
+        assert_eq!(lines[0]["evidence"][0]["bridges"], json!(["cni0"]));
+        assert_eq!(lines[1]["type"], "summary");
+        assert_eq!(lines[1]["exit_code"], 1);
+        assert_eq!(lines[1]["finding_counts"], json!({ "ip_forward_off": 1 }));
+        assert_eq!(lines[1]["namespaces"][0]["checks"][0]["status"], "ok");
+    }
+
+    #[test]
+    fn text_report_opens_with_the_verdict() {
+        let summary = Summary::default();
+        let context = ReportContext { port: 53, summary: &summary, drops: &[], drops_not_grouped: 0, errors: &[], exit_code: 0 };
+        let mut out = Vec::new();
+        print_text(&mut out, &decision(vec![]), &context, false).expect("in memory");
+        let text = String::from_utf8(out).expect("utf-8");
+        assert!(text.starts_with("verdict: healthy: no findings\n"), "{text}");
+        assert!(text.contains("    ok   ip_forward  1\n"), "{text}");
+        assert!(text.ends_with("exit code 0: healthy\n"), "{text}");
+    }
+}
