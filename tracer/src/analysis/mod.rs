@@ -8,6 +8,7 @@
 //! whose records may be incomplete are counted as unconfirmed instead.
 
 pub mod firewall;
+pub mod output;
 
 use std::{collections::HashMap, io, mem, time::Duration};
 
@@ -33,7 +34,7 @@ use crate::{
         netfilter::{short_label, NETFILTER_DROP},
         Evidence, Finding, FindingKind, FindingLog, Unconfirmed, UnconfirmedLog,
     },
-    render::{DropLine, Output},
+    analysis::output::{DropLine, Output},
 };
 
 /// DNS queries tracked at once; beyond it the oldest are dropped (and counted), so
@@ -446,7 +447,7 @@ mod tests {
             queries::tests::{packet, query_path},
         },
         model::packet::Conntrack,
-        render::Summary,
+        analysis::output::Summary,
     };
 
     /// A witness that says so many records were lost in every window.

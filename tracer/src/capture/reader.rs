@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracer_common::Stage;
 
+pub use crate::model::plain::{PlainIp, PlainPacket};
 use crate::{
     model::packet::LossStamps,
     model::{
@@ -317,7 +318,7 @@ impl PacketMeta {
 }
 
 impl DropMeta {
-    pub fn of(line: &crate::render::DropLine) -> DropMeta {
+    pub fn of(line: &crate::analysis::output::DropLine) -> DropMeta {
         let drop = &line.dropped.drop;
         DropMeta {
             timestamp_ns: drop.timestamp_ns,
@@ -346,7 +347,7 @@ impl DropMeta {
         }
     }
 
-    fn drop(self, wall_time_ns: u64) -> Result<crate::render::DropLine, String> {
+    fn drop(self, wall_time_ns: u64) -> Result<crate::analysis::output::DropLine, String> {
         let path = self.path.iter().map(HookMeta::pass).collect::<Result<Vec<_>, _>>()?;
         let verdict = match self.verdict.as_str() {
             "reject" => "reject",
@@ -376,7 +377,7 @@ impl DropMeta {
             src: self.src,
             dst: self.dst,
         });
-        Ok(crate::render::DropLine {
+        Ok(crate::analysis::output::DropLine {
             dropped: DroppedPacket { drop, path, icmp, loss: Default::default() },
             wall_time_ns,
             ifname: self.ifname,
@@ -408,32 +409,10 @@ pub struct ReadFinding {
     pub netfilter: Option<Finding>,
 }
 
-/// A packet from a capture tracer did not write: what its bytes say.
-#[derive(Clone, Debug, PartialEq)]
-pub struct PlainPacket {
-    pub wall_time_ns: u64,
-    pub ifname: Option<String>,
-    pub linktype: i32,
-    pub captured_len: usize,
-    pub original_len: u32,
-    /// None when the link type is unknown or the bytes hold no IPv4/IPv6 UDP or TCP.
-    pub ip: Option<PlainIp>,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct PlainIp {
-    pub version: u8,
-    pub l4_proto: u8,
-    pub src: SocketAddr,
-    pub dst: SocketAddr,
-    pub ip_len: u32,
-    pub dns: Option<DnsMessage>,
-}
-
 #[derive(Clone, Debug)]
 pub enum Record {
     Packet(Box<ReadPacket>),
-    Dropped(Box<crate::render::DropLine>),
+    Dropped(Box<crate::analysis::output::DropLine>),
     Finding(Box<ReadFinding>),
     Unconfirmed(Unconfirmed),
     Summary(SummaryMeta),

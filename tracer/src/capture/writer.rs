@@ -28,7 +28,8 @@ use crate::{
         TracedPacket,
     },
     pipeline::paths::HookPass,
-    render::{json::finding_json, text::hook_path, DropLine, Output, Summary},
+    analysis::output::{DropLine, Output, Summary},
+    render::{json::finding_json, text::hook_path},
     findings::{Evidence, Finding, Unconfirmed},
 };
 
@@ -407,7 +408,8 @@ pub(crate) mod tests {
             paths::DroppedPacket,
             queries::tests::{dnat_entry, packet},
         },
-        render::{json::JsonOutput, Tee},
+        analysis::output::Tee,
+        render::json::JsonOutput,
     };
 
     const SETTING: &str = "net.bridge.bridge-nf-call-iptables";

@@ -19,7 +19,8 @@ use crate::{
     pipeline::loss::{LossWindows, LossWitness},
     capture::reader::{CaptureError, CaptureReader, Origin, Record, SummaryMeta},
     findings::{FindingKind, Unconfirmed},
-    render::{listing::Listing, Output, Summary},
+    analysis::output::{Output, Summary},
+    render::listing::Listing,
 };
 
 /// An opened capture, before anything is printed: its origin decides which printer

@@ -32,7 +32,8 @@ use crate::{
     },
     cli::{fail, parse_duration, parse_ring_mib, OutputFormat},
     node::sysctl::{bridge_nf_call_sysctl, read_sysctl},
-    render::{json::JsonOutput, text::TextOutput, Tee},
+    analysis::output::Tee,
+    render::{json::JsonOutput, text::TextOutput},
     kernel::{
         check_privileges,
         loss::KernelLoss,
@@ -40,9 +41,9 @@ use crate::{
         Attached, KernelHooks, WatchSettings,
     },
     model::{monotonic_now_ns, WallClock},
-    pipeline::naming,
+    pipeline::{loss::KernelWitness, naming},
     node::interfaces::Interfaces,
-    render::{Output, Summary},
+    analysis::output::{Output, Summary},
 };
 
 pub struct WatchOptions {
@@ -123,7 +124,8 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Endi
     // The rulesets are read before anything is attached: that reading is what the
     // counters of the first drop are compared with.
     let firewall = FirewallWorker::start();
-    let Attached { hooks, events, mut loss } = KernelHooks::attach(&options.settings)?;
+    let Attached { hooks, events, loss } = KernelHooks::attach(&options.settings)?;
+    let mut loss = KernelWitness::new(loss);
     let mut interfaces = Interfaces::open()?;
     let clock = WallClock::now();
     // SAFETY: the ring buffer owns its map fd, which stays open and unchanged for as
@@ -191,7 +193,7 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Endi
                 ticks += 1;
                 loss.read_misses();
                 if ticks.is_multiple_of(LOST_REPORT_TICKS) {
-                    lost_reported = report_lost(&hooks, &loss, lost_reported);
+                    lost_reported = report_lost(&hooks, loss.kernel(), lost_reported);
                 }
                 // Also when nothing woke the loop: a ring buffer read empty here is what
                 // lets an unanswered query's time run out on a quiet node.
@@ -226,7 +228,7 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Endi
         eprintln!("tracer: warning: {} records could not be decoded: {}", stats.malformed, stats.last_error);
     }
     let lost_per_cpu = hooks.lost_per_cpu()?;
-    let recursion_misses = loss.recursion_misses();
+    let recursion_misses = loss.kernel().recursion_misses();
     let summary = Summary {
         packets: stats.packets,
         lost: lost_per_cpu.iter().sum::<u64>() + recursion_misses,

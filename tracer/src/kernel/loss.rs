@@ -3,6 +3,7 @@
 //! program was already running on that CPU), read from the programs' info.
 
 use std::{
+    net::SocketAddr,
     os::fd::{AsFd, AsRawFd, OwnedFd},
     sync::atomic::{AtomicU64, Ordering},
 };
@@ -11,12 +12,6 @@ use anyhow::{bail, Context, Result};
 use aya::maps::MapData;
 use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_prog_info};
 use tracer_common::LOSS_BUCKETS;
-
-use crate::{
-    pipeline::loss::{bucket_of, LossWindows, LossWitness, MissHistory},
-    model::monotonic_now_ns,
-    findings::Unconfirmed,
-};
 
 /// `LOSS_BY_ENDPOINT`, mapped read-only.
 struct Buckets {
@@ -60,56 +55,39 @@ impl Drop for Buckets {
     }
 }
 
-/// Answers [`LossWitness`] from the running kernel programs.
+/// The kernel's loss counters: per endpoint (mapped) and the programs' recursion misses.
 pub struct KernelLoss {
     buckets: Buckets,
     /// Duplicates of the programs' fds, to read their info by.
     programs: Vec<OwnedFd>,
-    history: MissHistory,
 }
 
 impl KernelLoss {
     pub fn new(buckets: MapData, programs: Vec<OwnedFd>) -> Result<KernelLoss> {
-        let buckets = Buckets::map(buckets)?;
-        let first = recursion_misses(&programs);
-        Ok(KernelLoss { buckets, programs, history: MissHistory::new(first) })
+        Ok(KernelLoss { buckets: Buckets::map(buckets)?, programs })
+    }
+
+    /// Records involving `endpoint` (or another endpoint of its bucket) the ring buffer
+    /// could not take, since the programs were loaded.
+    pub fn endpoint_losses(&self, endpoint: SocketAddr) -> u64 {
+        self.buckets.count(bucket_of(endpoint))
     }
 
     /// Runs of the programs the kernel skipped, over all programs, now.
     pub fn recursion_misses(&self) -> u64 {
         recursion_misses(&self.programs)
     }
-
-    /// Takes a reading of the recursion misses, for windows that begin after it.
-    pub fn read_misses(&mut self) {
-        let total = self.recursion_misses();
-        self.history.record(monotonic_now_ns(), total);
-    }
 }
 
-impl LossWitness for KernelLoss {
-    fn begin_settling(&mut self) {
-        self.read_misses();
+/// The kernel's loss bucket of an endpoint: the same function over the same bytes as the
+/// kernel programs (address as on the wire, port in network byte order).
+pub fn bucket_of(endpoint: SocketAddr) -> u32 {
+    let mut addr = [0u8; 16];
+    match endpoint {
+        SocketAddr::V4(v4) => addr[..4].copy_from_slice(&v4.ip().octets()),
+        SocketAddr::V6(v6) => addr.copy_from_slice(&v6.ip().octets()),
     }
-
-    fn lost_since(&mut self, _subject: &Unconfirmed, windows: &LossWindows, until_ns: u64) -> u64 {
-        let mut lost: u64 = windows
-            .windows()
-            .iter()
-            .map(|window| u64::from((self.buckets.count(bucket_of(window.endpoint)) as u32).wrapping_sub(window.stamp)))
-            .sum();
-        if let Some(since) = windows.earliest_ns() {
-            let now = match self.history.after(until_ns) {
-                Some(total) => total,
-                None => {
-                    self.read_misses();
-                    self.history.after(until_ns).unwrap_or_else(|| self.recursion_misses())
-                }
-            };
-            lost += now.saturating_sub(self.history.before(since));
-        }
-        lost
-    }
+    tracer_common::loss_bucket(&addr, endpoint.port().to_be())
 }
 
 fn recursion_misses(programs: &[OwnedFd]) -> u64 {

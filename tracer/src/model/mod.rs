@@ -3,9 +3,11 @@
 //! the rest of the crate.
 
 pub mod dns;
+pub mod finding;
 pub mod hook;
 pub mod netfilter;
 pub mod packet;
+pub mod plain;
 
 use packet::PacketEvent;
 

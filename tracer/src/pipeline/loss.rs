@@ -17,7 +17,10 @@
 
 use std::net::SocketAddr;
 
-use crate::{findings::Unconfirmed, model::packet::LossStamps};
+use crate::{
+    kernel::loss::KernelLoss,
+    model::{finding::Unconfirmed, monotonic_now_ns, packet::LossStamps},
+};
 
 /// One endpoint's loss bucket as a record of the finding stamped it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,17 +80,6 @@ impl LossWitness for NothingLost {
     }
 }
 
-/// The kernel's loss bucket of an endpoint: the same function over the same bytes as the
-/// kernel programs (address as on the wire, port in network byte order).
-pub fn bucket_of(endpoint: SocketAddr) -> u32 {
-    let mut addr = [0u8; 16];
-    match endpoint {
-        SocketAddr::V4(v4) => addr[..4].copy_from_slice(&v4.ip().octets()),
-        SocketAddr::V6(v6) => addr.copy_from_slice(&v6.ip().octets()),
-    }
-    tracer_common::loss_bucket(&addr, endpoint.port().to_be())
-}
-
 /// Recursion-miss readings over time, to find the count as it was before a window began.
 pub struct MissHistory {
     /// (CLOCK_MONOTONIC ns taken just after the reading, total) in reading order.
@@ -123,9 +115,59 @@ impl MissHistory {
     }
 }
 
+/// Answers [`LossWitness`] from the running kernel programs: their per-endpoint loss
+/// counts, and their recursion misses read over time.
+pub struct KernelWitness {
+    kernel: KernelLoss,
+    history: MissHistory,
+}
+
+impl KernelWitness {
+    pub fn new(kernel: KernelLoss) -> KernelWitness {
+        let first = kernel.recursion_misses();
+        KernelWitness { kernel, history: MissHistory::new(first) }
+    }
+
+    pub fn kernel(&self) -> &KernelLoss {
+        &self.kernel
+    }
+
+    /// Takes a reading of the recursion misses, for windows that begin after it.
+    pub fn read_misses(&mut self) {
+        let total = self.kernel.recursion_misses();
+        self.history.record(monotonic_now_ns(), total);
+    }
+}
+
+impl LossWitness for KernelWitness {
+    fn begin_settling(&mut self) {
+        self.read_misses();
+    }
+
+    fn lost_since(&mut self, _subject: &Unconfirmed, windows: &LossWindows, until_ns: u64) -> u64 {
+        let mut lost: u64 = windows
+            .windows()
+            .iter()
+            .map(|window| u64::from((self.kernel.endpoint_losses(window.endpoint) as u32).wrapping_sub(window.stamp)))
+            .sum();
+        if let Some(since) = windows.earliest_ns() {
+            let now = match self.history.after(until_ns) {
+                Some(total) => total,
+                None => {
+                    self.read_misses();
+                    self.history.after(until_ns).unwrap_or_else(|| self.kernel.recursion_misses())
+                }
+            };
+            lost += now.saturating_sub(self.history.before(since));
+        }
+        lost
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::loss::bucket_of;
 
     #[test]
     fn buckets_match_the_kernels_function() {

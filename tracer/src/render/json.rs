@@ -9,7 +9,7 @@ use std::{
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::{DropLine, Output, Summary};
+use crate::analysis::output::{DropLine, Output, Summary};
 use crate::pipeline::paths::HookPass;
 use crate::model::{
     dns::{self, DnsAnswer, DnsMessage},

@@ -10,7 +10,7 @@ use std::{
 use serde_json::{json, Value};
 
 use super::text::time_of_day;
-use crate::capture::reader::PlainPacket;
+use crate::model::plain::PlainPacket;
 
 pub struct Listing<W: Write> {
     out: W,

@@ -5,7 +5,7 @@ use std::io::{self, Write};
 
 use tracer_common::Stage;
 
-use super::{DropLine, Output, Summary};
+use crate::analysis::output::{DropLine, Output, Summary};
 use crate::pipeline::paths::HookPass;
 use crate::model::{
     dns,

@@ -11,6 +11,9 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+mod traffic;
+
+use self::traffic::Collector;
 use crate::{
     analysis::AnalysisOptions,
     cli::{parse_duration, parse_ring_mib, OutputFormat},
@@ -18,7 +21,7 @@ use crate::{
     findings::node_config,
     kernel::{check_privileges, WatchSettings},
     node::checks::{read_conntrack, read_namespace, visible_namespaces, ConntrackReading},
-    render::triage::{print_json, print_text, Collector, ReportContext},
+    render::triage::{print_json, print_text, ReportContext},
 };
 
 /// Check the node and watch its traffic for a while; report what breaks it, most likely cause first.

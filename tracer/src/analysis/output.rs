@@ -1,0 +1,146 @@
+//! What a run reports as it goes, to whoever prints or records it: packet lines, dropped
+//! packets, findings, unconfirmed findings and the closing summary. `render` prints them,
+//! `capture` records them; `Tee` sends them to both.
+
+
+use std::io;
+
+use crate::{
+    findings::{Finding, Unconfirmed},
+    model::TracedPacket,
+    pipeline::paths::{DroppedPacket, HookPass},
+};
+
+/// A traced packet that died in the kernel, as its line reports it (live, or read back
+/// from a capture).
+#[derive(Clone, Debug)]
+pub struct DropLine {
+    pub dropped: DroppedPacket,
+    pub wall_time_ns: u64,
+    pub ifname: Option<String>,
+    /// The bridge the device belongs to (or is).
+    pub bridge: Option<String>,
+    /// The kernel's drop reason without its `SKB_DROP_REASON_` prefix.
+    pub reason: String,
+    /// `reject` when the kernel answered with an ICMP error, else `drop`.
+    pub verdict: &'static str,
+    /// The ICMP answer in words, e.g. `host-prohibited`.
+    pub icmp: Option<String>,
+    /// The rule that did it, e.g. `filter/FORWARD #16`, when known.
+    pub rule: Option<String>,
+    /// Records of this packet's flow that may have been lost while it was followed: then
+    /// the hook it stopped in is not certain, and no rule is named.
+    pub records_lost: Option<u64>,
+}
+
+/// What a watch counted, printed when it ends.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    pub packets: u64,
+    pub lost: u64,
+    pub lost_per_cpu: Vec<u64>,
+    pub duration_secs: f64,
+    /// Distinct findings, and occurrences per kind (`conntrack_skip`, ...).
+    pub findings: usize,
+    pub finding_counts: Vec<(&'static str, u64)>,
+    /// DNS queries dropped from tracking to keep memory bounded.
+    pub evicted_flows: u64,
+    /// Packet paths through the netfilter hooks dropped from tracking, likewise.
+    pub evicted_paths: u64,
+    /// Occurrences of findings not kept because the finding log was full.
+    pub findings_overflow: u64,
+    /// Findings not stated because records they rest on may have been lost, per kind.
+    pub unconfirmed: u64,
+    pub unconfirmed_counts: Vec<(&'static str, u64)>,
+    /// Runs of the kernel programs the kernel skipped (already running on that CPU); also
+    /// counted in `lost`.
+    pub recursion_misses: u64,
+}
+
+pub trait Output {
+    /// `hooks` are the netfilter hooks the packet passed since it was last on the
+    /// bridge path (empty when it passed none).
+    fn packet(&mut self, packet: &TracedPacket, hooks: &[HookPass]) -> io::Result<()>;
+    fn dropped(&mut self, line: &DropLine) -> io::Result<()>;
+    /// A new finding (repeats are only counted in the summary).
+    fn finding(&mut self, finding: &Finding) -> io::Result<()>;
+    /// A finding not stated because records it rests on may have been lost. Outputs for
+    /// people only count these (in the summary); a capture records each, so that a report
+    /// of it counts the same.
+    fn unconfirmed(&mut self, _unconfirmed: &Unconfirmed) -> io::Result<()> {
+        Ok(())
+    }
+    fn summary(&mut self, summary: &Summary) -> io::Result<()>;
+    /// Called after each batch of events, so a reader at the other end of a pipe sees
+    /// them promptly without a write per line.
+    fn flush(&mut self) -> io::Result<()>;
+}
+
+/// The watch's main output (text or JSON on standard output) with a capture file
+/// written beside it. The main output's errors end the watch as before; the capture's
+/// first I/O error (a full disk, a lost mount) stops the capture with one warning on
+/// standard error, and the watch goes on.
+pub struct Tee<'a> {
+    main: Box<dyn Output + 'a>,
+    capture: Option<Box<dyn Output + 'a>>,
+    /// Names the capture in the warning, e.g. its path.
+    capture_name: String,
+    /// The warning printed, if any (tests read it).
+    pub warning: Option<String>,
+}
+
+impl<'a> Tee<'a> {
+    pub fn new(main: Box<dyn Output + 'a>, capture: Option<(Box<dyn Output + 'a>, String)>) -> Tee<'a> {
+        let (capture, capture_name) = match capture {
+            Some((capture, name)) => (Some(capture), name),
+            None => (None, String::new()),
+        };
+        Tee { main, capture, capture_name, warning: None }
+    }
+
+    /// Runs `write` on the capture; on its first error warns once and drops it.
+    fn on_capture(&mut self, write: impl FnOnce(&mut dyn Output) -> io::Result<()>) {
+        let Some(capture) = self.capture.as_mut() else { return };
+        if let Err(err) = write(capture.as_mut()) {
+            let warning = format!(
+                "tracer: warning: writing {} failed ({err}): the capture stops here and keeps what was written before; the watch goes on",
+                self.capture_name
+            );
+            eprintln!("{warning}");
+            self.warning = Some(warning);
+            self.capture = None;
+        }
+    }
+}
+
+impl Output for Tee<'_> {
+    fn packet(&mut self, packet: &TracedPacket, hooks: &[HookPass]) -> io::Result<()> {
+        self.on_capture(|c| c.packet(packet, hooks));
+        self.main.packet(packet, hooks)
+    }
+
+    fn dropped(&mut self, line: &DropLine) -> io::Result<()> {
+        self.on_capture(|c| c.dropped(line));
+        self.main.dropped(line)
+    }
+
+    fn finding(&mut self, finding: &Finding) -> io::Result<()> {
+        self.on_capture(|c| c.finding(finding));
+        self.main.finding(finding)
+    }
+
+    fn unconfirmed(&mut self, unconfirmed: &Unconfirmed) -> io::Result<()> {
+        self.on_capture(|c| c.unconfirmed(unconfirmed));
+        self.main.unconfirmed(unconfirmed)
+    }
+
+    fn summary(&mut self, summary: &Summary) -> io::Result<()> {
+        self.on_capture(|c| c.summary(summary));
+        self.main.summary(summary)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.on_capture(|c| c.flush());
+        self.main.flush()
+    }
+}
