@@ -6,9 +6,11 @@
 /// Enough for Ethernet + IPv6 + UDP + a DNS message of classic size.
 pub const CAPTURE_MAX: usize = 512;
 
-/// Where a frame was seen on its way through a Linux bridge.
+/// Where a frame was seen on its way through a Linux bridge. Userspace names it in lines and
+/// captures as `bridge-in`, `bridge-out`, `to-host`, `from-host`.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize), serde(rename_all = "kebab-case"))]
 pub enum Stage {
     /// Received on a bridge port (before the bridge decides where it goes).
     BridgeIn = 1,

@@ -12,6 +12,7 @@ use std::{
 };
 
 use crate::{
+    model::{hook::Hook, packet::L4Proto},
     pipeline::paths::DroppedPacket,
     firewall::{self, Snapshot},
     findings::{
@@ -22,7 +23,7 @@ use crate::{
 
 /// What identifies drops that are the same problem: hook, source address, destination,
 /// protocol (a client's every query comes from a new port).
-pub type DropKey = (&'static str, std::net::IpAddr, std::net::SocketAddr, u8);
+pub type DropKey = (Hook, std::net::IpAddr, std::net::SocketAddr, L4Proto);
 
 pub struct Request {
     pub key: DropKey,

@@ -16,7 +16,7 @@ use self::firewall::{Answer, DropKey, FirewallWorker, Request};
 use crate::{
     model::{
         netfilter::DropEvent,
-        packet::{PacketEvent, IPPROTO_UDP},
+        packet::{L4Proto, PacketEvent, Verdict},
         TracedPacket, WallClock,
     },
     node::{
@@ -26,7 +26,7 @@ use crate::{
     pipeline::{
         dns_decode::{DnsDecoder, Segment},
         loss::{LossWindows, LossWitness},
-        paths::{HookPass, HookPaths},
+        paths::HookPaths,
         queries::{Correlated, DnsFlows},
     },
     findings::{
@@ -34,7 +34,7 @@ use crate::{
         netfilter::{short_label, NETFILTER_DROP},
         Evidence, Finding, FindingKind, FindingLog, Unconfirmed, UnconfirmedLog,
     },
-    analysis::output::{DropLine, Output},
+    analysis::output::{DropLine, DroppedStage, Output},
 };
 
 /// DNS queries tracked at once; beyond it the oldest are dropped (and counted), so
@@ -168,14 +168,14 @@ impl Analysis {
     /// A packet from the kernel: its hook path is the one collected for its skb.
     pub fn packet(&mut self, packet: TracedPacket, output: &mut dyn Output) -> io::Result<()> {
         let hooks = self.paths.take_path(packet.event.skb_id);
-        self.packet_with_hooks(packet, &hooks, output)
+        self.packet_with_hooks(packet.with_hooks(hooks), output)
     }
 
     /// A packet whose hook path is already known (read back from a capture).
-    pub fn packet_with_hooks(&mut self, mut packet: TracedPacket, hooks: &[HookPass], output: &mut dyn Output) -> io::Result<()> {
+    pub fn packet_with_hooks(&mut self, mut packet: TracedPacket, output: &mut dyn Output) -> io::Result<()> {
         self.stats.packets += 1;
         packet.event.dns = segment(&packet.event).and_then(|segment| self.decoder.decode(&segment));
-        output.packet(&packet, hooks)?;
+        output.packet(&packet)?;
         if let Some(correlated) = self.flows.observe(&packet) {
             let until_ns = packet.event.timestamp_ns;
             self.consider(&correlated, until_ns);
@@ -222,12 +222,13 @@ impl Analysis {
         self.stats.packets += 1;
         let dropped = self.paths.drop(drop);
         let icmp = dropped.icmp.as_ref().map(|i| icmp_name(drop.src.is_ipv6(), i.icmp_type, i.icmp_code));
-        let stopped_in = dropped.stopped_in().map(|pass| (pass.hook.name(), pass.in_ifindex, pass.out_ifindex));
+        let stopped_in = dropped.stopped_in().map(|pass| (pass.hook, pass.in_ifindex, pass.out_ifindex));
         let line = DropLine {
+            stage: DroppedStage::Dropped,
             wall_time_ns: clock.wall_ns(drop.timestamp_ns),
             ifname: interfaces.name(drop.ifindex),
             bridge: interfaces.bridge_of(drop.ifindex),
-            verdict: if icmp.is_some() { "reject" } else { "drop" },
+            verdict: if icmp.is_some() { Verdict::Reject } else { Verdict::Drop },
             icmp,
             rule: None,
             records_lost: None,
@@ -315,7 +316,7 @@ impl Analysis {
         if let Some((label, finding)) = self.attributed.get(&key) {
             line.rule = label.clone();
             if finding.kind == FindingKind::NetfilterReject {
-                line.verdict = "reject";
+                line.verdict = Verdict::Reject;
             }
             let finding = finding.clone();
             self.log.record(finding);
@@ -364,7 +365,7 @@ impl Analysis {
                 continue;
             };
             if finding.kind == FindingKind::NetfilterReject {
-                line.verdict = "reject";
+                line.verdict = Verdict::Reject;
             }
             output.dropped(&line)?;
             if let Some(new) = self.log.record(finding.clone()) {
@@ -395,8 +396,7 @@ impl Analysis {
     /// capturing node had, so it is taken as recorded rather than judged again.
     pub fn replay_netfilter_finding(&mut self, finding: Finding, output: &mut dyn Output) -> io::Result<()> {
         if let Evidence::Netfilter(nf) = &finding.evidence {
-            let proto = if nf.proto == "tcp" { 6 } else { 17 };
-            let key: DropKey = (nf.hook, nf.src.ip(), nf.dst, proto);
+            let key: DropKey = (nf.hook, nf.src.ip(), nf.dst, nf.proto);
             if self.attributed.len() < MAX_ATTRIBUTED {
                 self.attributed.insert(key, (short_label(&finding), finding.clone()));
             }
@@ -414,7 +414,7 @@ fn segment(event: &PacketEvent) -> Option<Segment<'_>> {
     let header_len = event.payload_offset.checked_sub(event.l4_offset)?;
     let transport_len = (event.ip_len as usize).checked_sub(event.l4_offset.checked_sub(event.l3_offset)?)?;
     let mut payload_len = transport_len.saturating_sub(header_len);
-    if event.l4_proto == IPPROTO_UDP {
+    if event.l4_proto == L4Proto::Udp {
         // The UDP length covers the whole datagram, also when this is the first fragment
         // of a larger one.
         if let Some(length) = bytes.get(4..6).map(|b| usize::from(u16::from_be_bytes([b[0], b[1]]))) {
@@ -428,7 +428,7 @@ fn segment(event: &PacketEvent) -> Option<Segment<'_>> {
 fn drop_key(line: &DropLine) -> Option<DropKey> {
     let drop = &line.dropped.drop;
     let pass = line.dropped.stopped_in()?;
-    (line.reason == NETFILTER_DROP).then(|| (pass.hook.name(), drop.src.ip(), drop.dst, drop.l4_proto))
+    (line.reason == NETFILTER_DROP).then(|| (pass.hook, drop.src.ip(), drop.dst, drop.l4_proto))
 }
 
 fn icmp_name(ipv6: bool, icmp_type: u8, icmp_code: u8) -> String {
@@ -466,7 +466,7 @@ mod tests {
     }
 
     impl Output for Recorded {
-        fn packet(&mut self, _packet: &TracedPacket, _hooks: &[HookPass]) -> io::Result<()> {
+        fn packet(&mut self, _packet: &TracedPacket) -> io::Result<()> {
             Ok(())
         }
         fn dropped(&mut self, _line: &DropLine) -> io::Result<()> {

@@ -3,27 +3,35 @@
 //! `capture` records them; `Tee` sends them to both.
 
 
-use std::io;
+use std::{collections::BTreeMap, io};
+
+use serde::{Deserialize, Serialize};
 
 use crate::{
-    findings::{Finding, Unconfirmed},
-    model::TracedPacket,
-    pipeline::paths::{DroppedPacket, HookPass},
+    findings::{Finding, FindingKind, Unconfirmed},
+    model::{packet::Verdict, serde_forms, TracedPacket},
+    pipeline::paths::DroppedPacket,
 };
 
 /// A traced packet that died in the kernel, as its line reports it (live, or read back
-/// from a capture).
-#[derive(Clone, Debug)]
+/// from a capture). Serialised, it is the JSON `"stage": "dropped"` line.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename = "packet")]
 pub struct DropLine {
-    pub dropped: DroppedPacket,
+    #[serde(rename = "time", with = "serde_forms::wall_time")]
     pub wall_time_ns: u64,
+    pub stage: DroppedStage,
+    #[serde(flatten)]
+    pub dropped: DroppedPacket,
     pub ifname: Option<String>,
     /// The bridge the device belongs to (or is).
     pub bridge: Option<String>,
     /// The kernel's drop reason without its `SKB_DROP_REASON_` prefix.
+    #[serde(rename = "drop_reason")]
     pub reason: String,
-    /// `reject` when the kernel answered with an ICMP error, else `drop`.
-    pub verdict: &'static str,
+    /// `reject` when the kernel answered with an ICMP error or a REJECT rule did it, else
+    /// `drop`.
+    pub verdict: Verdict,
     /// The ICMP answer in words, e.g. `host-prohibited`.
     pub icmp: Option<String>,
     /// The rule that did it, e.g. `filter/FORWARD #16`, when known.
@@ -33,34 +41,48 @@ pub struct DropLine {
     pub records_lost: Option<u64>,
 }
 
-/// What a watch counted, printed when it ends.
-#[derive(Clone, Debug, Default)]
+/// The stage of every dropped line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DroppedStage {
+    #[default]
+    Dropped,
+}
+
+/// What a watch counted, printed when it ends. Serialised, the JSON `"type": "summary"`
+/// line.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(tag = "type", rename = "summary")]
 pub struct Summary {
     pub packets: u64,
     pub lost: u64,
     pub lost_per_cpu: Vec<u64>,
+    #[serde(serialize_with = "serde_forms::millis::serialize")]
     pub duration_secs: f64,
     /// Distinct findings, and occurrences per kind (`conntrack_skip`, ...).
     pub findings: usize,
-    pub finding_counts: Vec<(&'static str, u64)>,
+    pub finding_counts: BTreeMap<FindingKind, u64>,
+    /// Findings not stated because records they rest on may have been lost, per kind.
+    #[serde(default)]
+    pub unconfirmed: u64,
+    #[serde(default)]
+    pub unconfirmed_counts: BTreeMap<FindingKind, u64>,
+    /// Runs of the kernel programs the kernel skipped (already running on that CPU); also
+    /// counted in `lost`.
+    #[serde(default)]
+    pub recursion_misses: u64,
     /// DNS queries dropped from tracking to keep memory bounded.
     pub evicted_flows: u64,
     /// Packet paths through the netfilter hooks dropped from tracking, likewise.
+    #[serde(default)]
     pub evicted_paths: u64,
     /// Occurrences of findings not kept because the finding log was full.
+    #[serde(default)]
     pub findings_overflow: u64,
-    /// Findings not stated because records they rest on may have been lost, per kind.
-    pub unconfirmed: u64,
-    pub unconfirmed_counts: Vec<(&'static str, u64)>,
-    /// Runs of the kernel programs the kernel skipped (already running on that CPU); also
-    /// counted in `lost`.
-    pub recursion_misses: u64,
 }
 
 pub trait Output {
-    /// `hooks` are the netfilter hooks the packet passed since it was last on the
-    /// bridge path (empty when it passed none).
-    fn packet(&mut self, packet: &TracedPacket, hooks: &[HookPass]) -> io::Result<()>;
+    fn packet(&mut self, packet: &TracedPacket) -> io::Result<()>;
     fn dropped(&mut self, line: &DropLine) -> io::Result<()>;
     /// A new finding (repeats are only counted in the summary).
     fn finding(&mut self, finding: &Finding) -> io::Result<()>;
@@ -114,9 +136,9 @@ impl<'a> Tee<'a> {
 }
 
 impl Output for Tee<'_> {
-    fn packet(&mut self, packet: &TracedPacket, hooks: &[HookPass]) -> io::Result<()> {
-        self.on_capture(|c| c.packet(packet, hooks));
-        self.main.packet(packet, hooks)
+    fn packet(&mut self, packet: &TracedPacket) -> io::Result<()> {
+        self.on_capture(|c| c.packet(packet));
+        self.main.packet(packet)
     }
 
     fn dropped(&mut self, line: &DropLine) -> io::Result<()> {

@@ -2,5 +2,7 @@
 //! reading one back for `tracer report`.
 
 pub mod file;
+pub mod format;
+pub mod frames;
 pub mod reader;
 pub mod writer;

@@ -13,409 +13,40 @@
 //! - findings and the summary are local-use blocks ([`RECORD_BLOCK`]) holding JSON:
 //!   they belong to no packet, and other readers skip them.
 
-use std::{
-    collections::BTreeMap,
-    fs::File,
-    io::Read,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    path::Path,
-};
+use std::{fs::File, io::Read, path::Path};
 
 use pcap_parser::{
     traits::{PcapNGPacketBlock, PcapReaderIterator},
     Block, LegacyPcapReader, Linktype, OptionCode, PcapBlockOwned, PcapError, PcapNGOption, PcapNGReader,
 };
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use tracer_common::Stage;
 
+use super::{
+    format::{BlockMeta, CaptureMeta, RecordMeta, FORMAT, META_OPTION, RECORD_BLOCK, USER_APPLICATION},
+    frames::{ip_headers, l3_offset_for, plain_packet},
+};
 pub use crate::model::plain::{PlainIp, PlainPacket};
 use crate::{
-    model::packet::LossStamps,
-    model::{
-        netfilter::{DropEvent, IcmpEvent},
-        packet::{stage_name, Conntrack, ConntrackEntry, FlowTuple, PacketEvent, IPPROTO_TCP, IPPROTO_UDP},
-        InterfaceNames, TracedPacket,
-    },
+    analysis::output::{DropLine, Summary},
+    findings::{Finding, Unconfirmed},
+    model::TracedPacket,
     node::sysctl::SysctlValue,
-    pipeline::{
-        dns_decode::DNS_PORT,
-        dns_parse::{self as dns, DnsMessage},
-        paths::{DroppedPacket, HookPass},
-    },
-    findings::{ChainRef, Evidence, Finding, FindingKind, NetfilterEvidence, RuleRef, Unconfirmed},
-    model::hook::Hook,
 };
 
-/// Option code of tracer's JSON metadata in a section header or packet block. The top
-/// bit marks a local-use code (pcapng, "Options").
-pub const META_OPTION: u16 = 0x8A11;
-/// Block type of tracer's findings and summary. The top bit marks a local-use type.
-pub const RECORD_BLOCK: u32 = 0x8A11_0001;
-/// Names the metadata's layout; a reader refuses a layout it does not know.
-pub const FORMAT: &str = "tracer-capture/1";
-/// `shb_userappl` of files tracer writes starts with this.
-pub const USER_APPLICATION: &str = "tracer ";
-
-/// Written once, in the section header: how the watch was run and the node settings
-/// findings cite, as they were when it started.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct CaptureMeta {
-    pub format: String,
-    pub tracer_version: String,
-    pub hostname: Option<String>,
-    pub port: u16,
-    pub snaplen: u32,
-    pub dns_timeout_ns: u64,
-    /// Ports besides 53 whose payloads the watch read as DNS (`--dns-port`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub dns_ports: Vec<u16>,
-    /// Sysctl name → value (null: the file did not exist).
-    pub sysctls: BTreeMap<String, Option<String>>,
-}
-
-/// Per-packet metadata: what the kernel told tracer about the packet beyond its bytes.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum BlockMeta {
-    Packet(PacketMeta),
-    Drop(DropMeta),
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct PacketMeta {
-    /// Kernel monotonic clock, ns (queries are aged against it).
-    pub timestamp_ns: u64,
-    pub skb_id: u64,
-    pub netns: u32,
-    pub stage: String,
-    pub ifindex: u32,
-    pub ifname: Option<String>,
-    pub in_ifindex: u32,
-    pub in_ifname: Option<String>,
-    pub bridge: Option<String>,
-    pub ip_len: u32,
-    pub l4_proto: u8,
-    pub src: SocketAddr,
-    pub dst: SocketAddr,
-    /// Offset of the IP header in the packet bytes (0: no link-layer header).
-    pub l3_offset: usize,
-    pub conntrack: CtMeta,
-    pub hooks: Vec<HookMeta>,
-    /// Node settings a finding made at this packet cited, as read then.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub sysctls: BTreeMap<String, Option<String>>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum CtMeta {
-    None,
-    Untracked,
-    Attached { ctinfo: u8, status: Option<u32>, original: Option<TupleMeta>, reply: Option<TupleMeta> },
-}
-
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
-pub struct TupleMeta {
-    pub src: SocketAddr,
-    pub dst: SocketAddr,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct HookMeta {
-    pub hook: String,
-    pub ipv6: bool,
-    pub left: bool,
-    pub conntrack: CtMeta,
-    pub in_ifindex: u32,
-    pub out_ifindex: u32,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct DropMeta {
-    pub timestamp_ns: u64,
-    pub skb_id: u64,
-    pub netns: u32,
-    pub ifindex: u32,
-    pub ifname: Option<String>,
-    pub bridge: Option<String>,
-    pub reason_code: u32,
-    pub location: u64,
-    pub reason: String,
-    pub l4_proto: u8,
-    pub src: SocketAddr,
-    pub dst: SocketAddr,
-    pub path: Vec<HookMeta>,
-    pub icmp: Option<IcmpMeta>,
-    pub verdict: String,
-    pub icmp_name: Option<String>,
-    pub rule: Option<String>,
-    /// Records of the packet's flow that may have been lost while it was followed (no rule
-    /// was named then).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub records_lost: Option<u64>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct IcmpMeta {
-    pub timestamp_ns: u64,
-    pub ifindex: u32,
-    pub icmp_type: u8,
-    pub icmp_code: u8,
-}
-
-/// The body of a [`RECORD_BLOCK`].
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum RecordMeta {
-    /// A finding as the JSON output prints it (`render::json::finding_json`).
-    Finding { wall_time_ns: u64, finding: Value },
-    /// A finding the watch did not state because records it rests on may have been lost.
-    Unconfirmed(Unconfirmed),
-    Summary(SummaryMeta),
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct SummaryMeta {
-    pub packets: u64,
-    pub lost: u64,
-    pub lost_per_cpu: Vec<u64>,
-    pub duration_secs: f64,
-    pub findings: usize,
-    pub finding_counts: BTreeMap<String, u64>,
-    pub evicted_flows: u64,
-    #[serde(default)]
-    pub evicted_paths: u64,
-    #[serde(default)]
-    pub findings_overflow: u64,
-    #[serde(default)]
-    pub unconfirmed: u64,
-    #[serde(default)]
-    pub unconfirmed_counts: BTreeMap<String, u64>,
-    #[serde(default)]
-    pub recursion_misses: u64,
-    /// Kernel monotonic clock when the watch ended: queries still unanswered then and
-    /// older than the timeout are the last `dns_timeout`s.
-    pub end_timestamp_ns: u64,
-}
-
-impl CtMeta {
-    pub fn of(conntrack: &Conntrack) -> CtMeta {
-        let tuple = |t: &Option<FlowTuple>| t.map(|t| TupleMeta { src: t.src, dst: t.dst });
-        match conntrack {
-            Conntrack::None => CtMeta::None,
-            Conntrack::Untracked => CtMeta::Untracked,
-            Conntrack::Attached(entry) => CtMeta::Attached {
-                ctinfo: entry.ctinfo,
-                status: entry.status,
-                original: tuple(&entry.original),
-                reply: tuple(&entry.reply),
-            },
-        }
-    }
-
-    fn conntrack(&self) -> Conntrack {
-        let tuple = |t: &Option<TupleMeta>| t.map(|t| FlowTuple { src: t.src, dst: t.dst });
-        match self {
-            CtMeta::None => Conntrack::None,
-            CtMeta::Untracked => Conntrack::Untracked,
-            CtMeta::Attached { ctinfo, status, original, reply } => Conntrack::Attached(ConntrackEntry {
-                ctinfo: *ctinfo,
-                status: *status,
-                original: tuple(original),
-                reply: tuple(reply),
-            }),
-        }
-    }
-}
-
-impl HookMeta {
-    pub fn of(pass: &HookPass) -> HookMeta {
-        HookMeta {
-            hook: pass.hook.name().to_string(),
-            ipv6: pass.ipv6,
-            left: pass.left,
-            conntrack: CtMeta::of(&pass.conntrack),
-            in_ifindex: pass.in_ifindex,
-            out_ifindex: pass.out_ifindex,
-        }
-    }
-
-    fn pass(&self) -> Result<HookPass, String> {
-        Ok(HookPass {
-            hook: hook_named(&self.hook).ok_or_else(|| format!("unknown netfilter hook {:?}", self.hook))?,
-            ipv6: self.ipv6,
-            left: self.left,
-            conntrack: self.conntrack.conntrack(),
-            in_ifindex: self.in_ifindex,
-            out_ifindex: self.out_ifindex,
-        })
-    }
-}
-
-fn hook_named(name: &str) -> Option<Hook> {
-    Hook::ALL.into_iter().find(|hook| hook.name() == name)
-}
-
-fn stage_named(name: &str) -> Option<Stage> {
-    [Stage::BridgeIn, Stage::BridgeOut, Stage::ToHost, Stage::FromHost].into_iter().find(|s| stage_name(*s) == name)
-}
-
-impl PacketMeta {
-    pub fn of(packet: &TracedPacket, hooks: &[HookPass]) -> PacketMeta {
-        let event = &packet.event;
-        PacketMeta {
-            timestamp_ns: event.timestamp_ns,
-            skb_id: event.skb_id,
-            netns: event.netns_inode,
-            stage: stage_name(event.stage).to_string(),
-            ifindex: event.ifindex,
-            ifname: packet.names.ifname.clone(),
-            in_ifindex: event.ingress_ifindex,
-            in_ifname: packet.names.in_ifname.clone(),
-            bridge: packet.names.bridge.clone(),
-            ip_len: event.ip_len,
-            l4_proto: event.l4_proto,
-            src: event.src,
-            dst: event.dst,
-            l3_offset: event.l3_offset,
-            conntrack: CtMeta::of(&event.conntrack),
-            hooks: hooks.iter().map(HookMeta::of).collect(),
-            sysctls: BTreeMap::new(),
-        }
-    }
-
-    /// The packet as the watch saw it; its DNS message is parsed again from its bytes.
-    fn packet(self, wall_time_ns: u64, captured: Vec<u8>) -> Result<ReadPacket, String> {
-        let stage = stage_named(&self.stage).ok_or_else(|| format!("unknown stage {:?}", self.stage))?;
-        let hooks = self.hooks.iter().map(HookMeta::pass).collect::<Result<Vec<_>, _>>()?;
-        let headers = ip_headers(&captured, self.l3_offset);
-        let event = PacketEvent {
-            timestamp_ns: self.timestamp_ns,
-            skb_id: self.skb_id,
-            // Whether records were lost around this packet is recorded with the findings
-            // the watch could not confirm, not per packet.
-            loss: LossStamps::default(),
-            netns_inode: self.netns,
-            stage,
-            ifindex: self.ifindex,
-            ingress_ifindex: self.in_ifindex,
-            ip_len: self.ip_len,
-            l4_proto: self.l4_proto,
-            src: self.src,
-            dst: self.dst,
-            conntrack: self.conntrack.conntrack(),
-            dns: None,
-            l4_offset: headers.map_or(captured.len(), |h| h.l4_offset),
-            payload_offset: headers.map_or(captured.len(), |h| h.payload_offset),
-            captured,
-            l3_offset: self.l3_offset,
-        };
-        let names = InterfaceNames { ifname: self.ifname, in_ifname: self.in_ifname, bridge: self.bridge };
-        let sysctls = self.sysctls.into_iter().map(|(name, value)| SysctlValue { name, value }).collect();
-        Ok(ReadPacket { packet: TracedPacket { event, wall_time_ns, names }, hooks, sysctls })
-    }
-}
-
-impl DropMeta {
-    pub fn of(line: &crate::analysis::output::DropLine) -> DropMeta {
-        let drop = &line.dropped.drop;
-        DropMeta {
-            timestamp_ns: drop.timestamp_ns,
-            skb_id: drop.skb_id,
-            netns: drop.netns_inode,
-            ifindex: drop.ifindex,
-            ifname: line.ifname.clone(),
-            bridge: line.bridge.clone(),
-            reason_code: drop.reason,
-            location: drop.location,
-            reason: line.reason.clone(),
-            l4_proto: drop.l4_proto,
-            src: drop.src,
-            dst: drop.dst,
-            path: line.dropped.path.iter().map(HookMeta::of).collect(),
-            icmp: line.dropped.icmp.as_ref().map(|i| IcmpMeta {
-                timestamp_ns: i.timestamp_ns,
-                ifindex: i.ifindex,
-                icmp_type: i.icmp_type,
-                icmp_code: i.icmp_code,
-            }),
-            verdict: line.verdict.to_string(),
-            icmp_name: line.icmp.clone(),
-            rule: line.rule.clone(),
-            records_lost: line.records_lost,
-        }
-    }
-
-    fn drop(self, wall_time_ns: u64) -> Result<crate::analysis::output::DropLine, String> {
-        let path = self.path.iter().map(HookMeta::pass).collect::<Result<Vec<_>, _>>()?;
-        let verdict = match self.verdict.as_str() {
-            "reject" => "reject",
-            "drop" => "drop",
-            other => return Err(format!("unknown verdict {other:?}")),
-        };
-        let drop = DropEvent {
-            loss: LossStamps::default(),
-            timestamp_ns: self.timestamp_ns,
-            skb_id: self.skb_id,
-            netns_inode: self.netns,
-            ifindex: self.ifindex,
-            reason: self.reason_code,
-            location: self.location,
-            l4_proto: self.l4_proto,
-            src: self.src,
-            dst: self.dst,
-        };
-        let icmp = self.icmp.map(|i| IcmpEvent {
-            loss: LossStamps::default(),
-            timestamp_ns: i.timestamp_ns,
-            skb_id: self.skb_id,
-            ifindex: i.ifindex,
-            icmp_type: i.icmp_type,
-            icmp_code: i.icmp_code,
-            l4_proto: self.l4_proto,
-            src: self.src,
-            dst: self.dst,
-        });
-        Ok(crate::analysis::output::DropLine {
-            dropped: DroppedPacket { drop, path, icmp, loss: Default::default() },
-            wall_time_ns,
-            ifname: self.ifname,
-            bridge: self.bridge,
-            reason: self.reason,
-            verdict,
-            icmp: self.icmp_name,
-            rule: self.rule,
-            records_lost: self.records_lost,
-        })
-    }
-}
-
-/// A packet line read back, with the hooks it passed and the node settings recorded
-/// with it.
+/// A packet line read back, with the node settings recorded with it.
 #[derive(Clone, Debug)]
 pub struct ReadPacket {
+    /// With its hooks, and its bytes as captured.
     pub packet: TracedPacket,
-    pub hooks: Vec<HookPass>,
     pub sysctls: Vec<SysctlValue>,
-}
-
-/// A finding as recorded. Netfilter findings are rebuilt in full (they cannot be made
-/// again away from the node's rulesets); DNS findings are made again from the packets.
-#[derive(Clone, Debug)]
-pub struct ReadFinding {
-    pub kind: String,
-    pub wall_time_ns: u64,
-    pub netfilter: Option<Finding>,
 }
 
 #[derive(Clone, Debug)]
 pub enum Record {
     Packet(Box<ReadPacket>),
-    Dropped(Box<crate::analysis::output::DropLine>),
-    Finding(Box<ReadFinding>),
+    Dropped(Box<DropLine>),
+    Finding(Box<Finding>),
     Unconfirmed(Unconfirmed),
-    Summary(SummaryMeta),
+    Summary { summary: Box<Summary>, end_timestamp_ns: u64 },
     Plain(PlainPacket),
 }
 
@@ -727,8 +358,15 @@ fn handle_block(
                 (Origin::Tracer(_), Some(meta)) => {
                     let meta: BlockMeta = serde_json::from_str(meta).map_err(|err| format!("packet metadata: {err}"))?;
                     match meta {
-                        BlockMeta::Packet(meta) => Ok(Some(Record::Packet(Box::new(meta.packet(wall, epb.packet_data().to_vec())?)))),
-                        BlockMeta::Drop(meta) => Ok(Some(Record::Dropped(Box::new(meta.drop(wall)?)))),
+                        BlockMeta::Packet { line, sysctls } => {
+                            let packet = with_bytes(line, wall, interface.linktype, epb.packet_data());
+                            let sysctls = sysctls.into_iter().map(|(name, value)| SysctlValue { name, value }).collect();
+                            Ok(Some(Record::Packet(Box::new(ReadPacket { packet, sysctls }))))
+                        }
+                        BlockMeta::Drop { mut line } => {
+                            line.wall_time_ns = wall;
+                            Ok(Some(Record::Dropped(Box::new(line))))
+                        }
                     }
                 }
                 _ => Ok(Some(Record::Plain(plain_packet(wall, interface.name.clone(), interface.linktype, epb.packet_data(), epb.origlen)))),
@@ -746,9 +384,9 @@ fn handle_block(
             let record: RecordMeta =
                 serde_json::from_str(text.trim_end_matches('\0')).map_err(|err| format!("record block: {err}"))?;
             Ok(Some(match record {
-                RecordMeta::Finding { wall_time_ns, finding } => Record::Finding(Box::new(read_finding(wall_time_ns, &finding)?)),
+                RecordMeta::Finding { finding } => Record::Finding(finding),
                 RecordMeta::Unconfirmed(unconfirmed) => Record::Unconfirmed(unconfirmed),
-                RecordMeta::Summary(summary) => Record::Summary(summary),
+                RecordMeta::Summary { summary, end_timestamp_ns } => Record::Summary { summary: Box::new(summary), end_timestamp_ns },
             }))
         }
         PcapBlockOwned::NG(_) => Ok(None),
@@ -773,6 +411,20 @@ fn option_str<'a>(options: &'a [PcapNGOption<'_>], code: u16) -> Option<&'a str>
     options.iter().find(|o| o.code == OptionCode(code)).and_then(|o| o.as_str().ok())
 }
 
+/// A packet line read back with the bytes its block holds: the block's time is the line's
+/// (a program that saved the file again may have shifted it), and where the headers start
+/// in the bytes is read from the bytes.
+fn with_bytes(mut packet: TracedPacket, wall_time_ns: u64, linktype: Linktype, data: &[u8]) -> TracedPacket {
+    packet.wall_time_ns = wall_time_ns;
+    let event = &mut packet.event;
+    event.captured = data.to_vec();
+    let headers = l3_offset_for(linktype, data).and_then(|l3| ip_headers(data, l3));
+    event.l3_offset = headers.map_or(0, |h| h.l3_offset);
+    event.l4_offset = headers.map_or(data.len(), |h| h.l4_offset);
+    event.payload_offset = headers.map_or(data.len(), |h| h.payload_offset);
+    packet
+}
+
 /// A pcapng timestamp in nanoseconds since the epoch, without overflow on odd units.
 fn wall_ns(ts: u64, units_per_sec: u64, offset_secs: i64) -> u64 {
     let ns = u128::from(ts) * 1_000_000_000 / u128::from(units_per_sec.max(1));
@@ -780,252 +432,10 @@ fn wall_ns(ts: u64, units_per_sec: u64, offset_secs: i64) -> u64 {
     u64::try_from((ns as i128).saturating_add(offset).max(0)).unwrap_or(u64::MAX)
 }
 
-/// Rebuilds a netfilter finding from its JSON (the fields README documents).
-fn read_finding(wall_time_ns: u64, json: &Value) -> Result<ReadFinding, String> {
-    let kind = json.get("kind").and_then(Value::as_str).ok_or("a finding without a kind")?.to_string();
-    let netfilter = match kind.as_str() {
-        "netfilter_reject" | "netfilter_drop" => Some(netfilter_finding(wall_time_ns, &kind, json)?),
-        _ => None,
-    };
-    Ok(ReadFinding { kind, wall_time_ns, netfilter })
-}
-
-fn netfilter_finding(wall_time_ns: u64, kind: &str, json: &Value) -> Result<Finding, String> {
-    let text = |field: &str| json.get(field).and_then(Value::as_str).map(str::to_string);
-    let need = |field: &str| text(field).ok_or_else(|| format!("finding field {field:?} missing"));
-    let addr = |field: &str| -> Result<SocketAddr, String> {
-        need(field)?.parse().map_err(|_| format!("finding field {field:?} is not an address"))
-    };
-    let backend = |value: Option<&Value>| -> Result<&'static str, String> {
-        let name = value.and_then(Value::as_str).unwrap_or_default();
-        ["iptables-nft", "iptables-legacy", "nftables"]
-            .into_iter()
-            .find(|b| *b == name)
-            .ok_or_else(|| format!("unknown firewall backend {name:?}"))
-    };
-    let rule = |value: &Value| -> Result<RuleRef, String> {
-        Ok(RuleRef {
-            backend: backend(value.get("backend"))?,
-            table: value.get("table").and_then(Value::as_str).unwrap_or_default().to_string(),
-            chain: value.get("chain").and_then(Value::as_str).unwrap_or_default().to_string(),
-            position: value.get("rule").and_then(Value::as_u64).unwrap_or_default() as u32,
-            handle: value.get("handle").and_then(Value::as_u64),
-            text: value.get("rule_text").and_then(Value::as_str).unwrap_or_default().to_string(),
-        })
-    };
-    let hook = hook_named(&need("hook")?).ok_or("unknown hook in a finding")?.name();
-    let proto = if need("proto")? == "tcp" { "tcp" } else { "udp" };
-    let has_rule = json.get("rule").is_some_and(|r| !r.is_null());
-    let policy = match (has_rule, json.get("policy").and_then(Value::as_str)) {
-        (false, Some(_)) => Some(ChainRef {
-            backend: backend(json.get("backend"))?,
-            table: need("table")?,
-            chain: need("chain")?,
-        }),
-        _ => None,
-    };
-    let evidence = NetfilterEvidence {
-        src: addr("src")?,
-        dst: addr("dst")?,
-        proto,
-        hook,
-        in_ifname: text("in_ifname"),
-        out_ifname: text("out_ifname"),
-        rule: if has_rule { Some(rule(json)?) } else { None },
-        policy,
-        candidates: json
-            .get("candidates")
-            .and_then(Value::as_array)
-            .map(|all| all.iter().map(rule).collect::<Result<Vec<_>, _>>())
-            .transpose()?
-            .unwrap_or_default(),
-        attribution: text("attribution").unwrap_or_default(),
-        icmp: text("icmp"),
-        drop_reason: text("drop_reason").unwrap_or_default(),
-    };
-    Ok(Finding {
-        kind: if kind == "netfilter_reject" { FindingKind::NetfilterReject } else { FindingKind::NetfilterDrop },
-        wall_time_ns,
-        headline: need("headline")?,
-        evidence: Evidence::Netfilter(evidence),
-        explanation: text("explanation").unwrap_or_default(),
-        fix: json
-            .get("fix")
-            .and_then(Value::as_array)
-            .map(|lines| lines.iter().filter_map(Value::as_str).map(str::to_string).collect())
-            .unwrap_or_default(),
-    })
-}
-
-/// Where the IP header starts for a link type, from the frame's own bytes.
-fn l3_offset_for(linktype: Linktype, data: &[u8]) -> Option<usize> {
-    let be16 = |at: usize| data.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
-    let ip_ethertype = |t: u16| t == 0x0800 || t == 0x86dd;
-    match linktype {
-        Linktype::RAW | Linktype::IPV4 | Linktype::IPV6 => Some(0),
-        Linktype::ETHERNET => {
-            // Skip 802.1Q / 802.1ad tags.
-            let mut at = 12;
-            while matches!(be16(at)?, 0x8100 | 0x88a8) {
-                at += 4;
-            }
-            ip_ethertype(be16(at)?).then_some(at + 2)
-        }
-        Linktype::LINUX_SLL => ip_ethertype(be16(14)?).then_some(16),
-        Linktype::LINUX_SLL2 => ip_ethertype(be16(0)?).then_some(20),
-        // BSD loopback: a 4-byte address family in the writer's byte order.
-        Linktype::NULL | Linktype::LOOP => (data.len() >= 4).then_some(4),
-        _ => None,
-    }
-}
-
-/// What the IP and transport headers say.
-#[derive(Clone, Copy, Debug, PartialEq)]
-struct IpHeaders {
-    version: u8,
-    l4_proto: u8,
-    src: SocketAddr,
-    dst: SocketAddr,
-    ip_len: u32,
-    /// Where the IP header, the transport header and its payload start in the frame.
-    l3_offset: usize,
-    l4_offset: usize,
-    payload_offset: usize,
-}
-
-const IPV6_HOP_BY_HOP: u8 = 0;
-const IPV6_ROUTING: u8 = 43;
-const IPV6_FRAGMENT: u8 = 44;
-const IPV6_DEST_OPTS: u8 = 60;
-
-fn ip_headers(data: &[u8], l3: usize) -> Option<IpHeaders> {
-    let ip = data.get(l3..)?;
-    let version = ip.first()? >> 4;
-    let be16 = |b: &[u8], at: usize| b.get(at..at + 2).map(|x| u16::from_be_bytes([x[0], x[1]]));
-    let (src_ip, dst_ip, mut proto, mut at, ip_len) = match version {
-        4 => {
-            let ihl = usize::from(ip.first()? & 0x0f) * 4;
-            let header = ip.get(..20)?;
-            // A later fragment has no transport header to read.
-            if be16(header, 6)? & 0x1fff != 0 || ihl < 20 {
-                return None;
-            }
-            let src = Ipv4Addr::new(header[12], header[13], header[14], header[15]);
-            let dst = Ipv4Addr::new(header[16], header[17], header[18], header[19]);
-            (IpAddr::V4(src), IpAddr::V4(dst), header[9], ihl, u32::from(be16(header, 2)?))
-        }
-        6 => {
-            let header = ip.get(..40)?;
-            let mut src = [0u8; 16];
-            let mut dst = [0u8; 16];
-            src.copy_from_slice(&header[8..24]);
-            dst.copy_from_slice(&header[24..40]);
-            let ip_len = u32::from(be16(header, 4)?) + 40;
-            (IpAddr::V6(Ipv6Addr::from(src)), IpAddr::V6(Ipv6Addr::from(dst)), header[6], 40, ip_len)
-        }
-        _ => return None,
-    };
-    // Bounded: a handful of extension headers at most fit in a captured frame.
-    for _ in 0..8 {
-        match (version, proto) {
-            (6, IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS) => {
-                let ext = ip.get(at..at + 2)?;
-                proto = ext[0];
-                at += (usize::from(ext[1]) + 1) * 8;
-            }
-            (6, IPV6_FRAGMENT) => {
-                let ext = ip.get(at..at + 8)?;
-                if be16(ext, 2)? & 0xfff8 != 0 {
-                    return None;
-                }
-                proto = ext[0];
-                at += 8;
-            }
-            _ => break,
-        }
-    }
-    let l4 = ip.get(at..)?;
-    let (sport, dport) = (be16(l4, 0)?, be16(l4, 2)?);
-    let l4_len = match proto {
-        IPPROTO_UDP => 8,
-        IPPROTO_TCP => usize::from(l4.get(12)? >> 4) * 4,
-        _ => return None,
-    };
-    Some(IpHeaders {
-        version,
-        l4_proto: proto,
-        src: SocketAddr::new(src_ip, sport),
-        dst: SocketAddr::new(dst_ip, dport),
-        ip_len,
-        l3_offset: l3,
-        l4_offset: l3 + at,
-        payload_offset: l3 + at + l4_len,
-    })
-}
-
-/// DNS in a capture another program wrote: only on port 53 and with a plausible header,
-/// as a watch reads it; over TCP only a segment that holds one whole message (a listing
-/// follows no streams).
-fn dns_of(data: &[u8], ip: &IpHeaders) -> Option<DnsMessage> {
-    if ip.src.port() != DNS_PORT && ip.dst.port() != DNS_PORT {
-        return None;
-    }
-    let payload = data.get(ip.payload_offset..).filter(|p| !p.is_empty())?;
-    let transport_len = usize::try_from(ip.ip_len).ok()?.checked_sub(ip.l4_offset.checked_sub(ip.l3_offset)?)?;
-    let payload_len = transport_len.checked_sub(ip.payload_offset - ip.l4_offset)?;
-    if ip.l4_proto == IPPROTO_TCP {
-        let declared = usize::from(u16::from_be_bytes([*payload.first()?, *payload.get(1)?]));
-        (declared + 2 == payload_len).then(|| dns::parse_plausible(payload, true, declared)).flatten()
-    } else {
-        dns::parse_plausible(payload, false, payload_len)
-    }
-}
-
-fn plain_packet(wall_time_ns: u64, ifname: Option<String>, linktype: Linktype, data: &[u8], original_len: u32) -> PlainPacket {
-    let ip = l3_offset_for(linktype, data).and_then(|l3| ip_headers(data, l3)).map(|h| PlainIp {
-        version: h.version,
-        l4_proto: h.l4_proto,
-        src: h.src,
-        dst: h.dst,
-        ip_len: h.ip_len,
-        dns: dns_of(data, &h),
-    });
-    PlainPacket { wall_time_ns, ifname, linktype: linktype.0, captured_len: data.len(), original_len, ip }
-}
-
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-
-    /// An Ethernet + IPv4 + UDP frame carrying a DNS message for `example.test. A`
-    /// (a query, or a reply with no answers).
-    pub fn dns_frame(src: SocketAddr, dst: SocketAddr, id: u16, qr: bool) -> Vec<u8> {
-        let flags: u8 = if qr { 0x81 } else { 0x01 };
-        let dns: Vec<u8> = [
-            &[(id >> 8) as u8, id as u8, flags, 0x00, 0, 1, 0, 0, 0, 0, 0, 0][..],
-            b"\x07example\x04test\x00",
-            &[0, 1, 0, 1],
-        ]
-        .concat();
-        let (IpAddr::V4(src_ip), IpAddr::V4(dst_ip)) = (src.ip(), dst.ip()) else { panic!("IPv4 only") };
-        let udp_len = 8 + dns.len() as u16;
-        let ip_len = 20 + udp_len;
-        let mut frame = vec![0u8; 12];
-        frame.extend_from_slice(&[0x08, 0x00]);
-        frame.extend_from_slice(&[0x45, 0, (ip_len >> 8) as u8, ip_len as u8, 0, 0, 0x40, 0, 64, 17, 0, 0]);
-        frame.extend_from_slice(&src_ip.octets());
-        frame.extend_from_slice(&dst_ip.octets());
-        frame.extend_from_slice(&src.port().to_be_bytes());
-        frame.extend_from_slice(&dst.port().to_be_bytes());
-        frame.extend_from_slice(&udp_len.to_be_bytes());
-        frame.extend_from_slice(&[0, 0]);
-        frame.extend_from_slice(&dns);
-        frame
-    }
-
-    fn dns_query_frame() -> Vec<u8> {
-        dns_frame("10.244.0.5:41234".parse().expect("literal"), "10.96.0.10:53".parse().expect("literal"), 0x1a2b, false)
-    }
+    use crate::capture::frames::tests::dns_query_frame;
 
     /// Reads every record; the error that ended the file, if one did.
     fn read_all(bytes: &[u8]) -> (Vec<Record>, Option<CaptureError>) {
@@ -1113,34 +523,6 @@ pub(crate) mod tests {
         let [Record::Plain(packet)] = records.as_slice() else { panic!("one plain packet: {records:?}") };
         assert_eq!(packet.wall_time_ns, 1_700_000_000_250_000_000);
         assert_eq!(packet.ip.as_ref().and_then(|ip| ip.dns.as_ref()).map(|d| d.id), Some(0x1a2b));
-    }
-
-    #[test]
-    fn headers_and_dns_from_an_ethernet_frame() {
-        let frame = dns_query_frame();
-        let plain = plain_packet(5, Some("eth0".into()), Linktype::ETHERNET, &frame, frame.len() as u32);
-        let ip = plain.ip.expect("an IP packet");
-        assert_eq!(ip.src.to_string(), "10.244.0.5:41234");
-        assert_eq!(ip.dst.to_string(), "10.96.0.10:53");
-        assert_eq!(ip.ip_len as usize, frame.len() - 14);
-        let dns = ip.dns.expect("a DNS message");
-        assert_eq!((dns.id, dns.qr, dns.qname.as_deref()), (0x1a2b, false, Some("example.test.")));
-        // The same bytes without the Ethernet header, as raw IP.
-        let raw = plain_packet(5, None, Linktype::RAW, &frame[14..], 0);
-        assert_eq!(raw.ip.map(|ip| ip.src), Some(ip.src));
-        assert!(plain_packet(5, None, Linktype(147), &frame, 0).ip.is_none(), "unknown link type");
-    }
-
-    #[test]
-    fn ipv6_with_an_extension_header() {
-        let mut packet = vec![0x60, 0, 0, 0, 0, 16, IPV6_DEST_OPTS, 64];
-        packet.extend_from_slice(&"fd00::5".parse::<Ipv6Addr>().expect("literal").octets());
-        packet.extend_from_slice(&"fd00::a".parse::<Ipv6Addr>().expect("literal").octets());
-        packet.extend_from_slice(&[IPPROTO_UDP, 0, 0, 0, 0, 0, 0, 0]);
-        packet.extend_from_slice(&[0x13, 0x88, 0, 53, 0, 8, 0, 0]);
-        let headers = ip_headers(&packet, 0).expect("headers");
-        assert_eq!(headers.src.to_string(), "[fd00::5]:5000");
-        assert_eq!(headers.payload_offset, 40 + 8 + 8);
     }
 
     #[test]

@@ -20,17 +20,19 @@ use pcap_parser::{
     ToVec, UnknownBlock, BOM_MAGIC, EPB_MAGIC, IDB_MAGIC, SHB_MAGIC,
 };
 
-use super::reader::{BlockMeta, CaptureMeta, DropMeta, PacketMeta, RecordMeta, SummaryMeta, META_OPTION, RECORD_BLOCK, USER_APPLICATION};
+use tracer_common::Stage;
+
+use super::format::{BlockMeta, CaptureMeta, RecordMeta, META_OPTION, RECORD_BLOCK, USER_APPLICATION};
 use crate::{
+    analysis::output::{DropLine, Output, Summary},
+    findings::{Evidence, Finding, Unconfirmed},
     model::{
         monotonic_now_ns,
         packet::{stage_name, Conntrack},
+        netfilter::HookPass,
         TracedPacket,
     },
-    pipeline::paths::HookPass,
-    analysis::output::{DropLine, Output, Summary},
-    render::{json::finding_json, text::hook_path},
-    findings::{Evidence, Finding, Unconfirmed},
+    render::text::hook_path,
 };
 
 /// What the section header says about the capture.
@@ -254,7 +256,7 @@ fn hooks_words(hooks: &[HookPass]) -> String {
     }
 }
 
-fn packet_comment(packet: &TracedPacket, hooks: &[HookPass]) -> String {
+fn packet_comment(packet: &TracedPacket) -> String {
     let event = &packet.event;
     let name = |n: &Option<String>, index: u32| n.clone().unwrap_or_else(|| format!("if{index}"));
     let mut place = format!("{} on {}", stage_name(event.stage), name(&packet.names.ifname, event.ifindex));
@@ -266,11 +268,11 @@ fn packet_comment(packet: &TracedPacket, hooks: &[HookPass]) -> String {
     }
     format!(
         "tracer: {place} | {} {} → {} | ct: {} | {}",
-        event.proto_name(),
+        event.l4_proto,
         event.src,
         event.dst,
         conntrack_words(&event.conntrack),
-        hooks_words(hooks)
+        hooks_words(&packet.hooks)
     )
 }
 
@@ -288,13 +290,13 @@ fn drop_comment(line: &DropLine) -> String {
         drop.src,
         drop.dst,
         if path.is_empty() { "none".to_string() } else { path },
-        line.verdict,
+        line.verdict.name(),
         line.reason
     )
 }
 
 impl<W: Write> Output for PcapngWriter<W> {
-    fn packet(&mut self, packet: &TracedPacket, hooks: &[HookPass]) -> io::Result<()> {
+    fn packet(&mut self, packet: &TracedPacket) -> io::Result<()> {
         let event = &packet.event;
         let linktype = if event.l3_offset > 0 { ETHERNET } else { RAW_IP };
         let if_id = self.interface(
@@ -309,8 +311,8 @@ impl<W: Write> Output for PcapngWriter<W> {
             wall_time_ns: packet.wall_time_ns,
             data: event.captured.clone(),
             original_len: (event.l3_offset as u32).saturating_add(event.ip_len),
-            comments: vec![packet_comment(packet, hooks)],
-            meta: BlockMeta::Packet(PacketMeta::of(packet, hooks)),
+            comments: vec![packet_comment(packet)],
+            meta: BlockMeta::Packet { line: packet.clone(), sysctls: BTreeMap::new() },
         })
     }
 
@@ -323,7 +325,7 @@ impl<W: Write> Output for PcapngWriter<W> {
             data: Vec::new(),
             original_len: 0,
             comments: vec![drop_comment(line)],
-            meta: BlockMeta::Drop(DropMeta::of(line)),
+            meta: BlockMeta::Drop { line: line.clone() },
         })
     }
 
@@ -331,40 +333,30 @@ impl<W: Write> Output for PcapngWriter<W> {
         // Only a finding a held-back block itself reveals goes into its comment: a reply
         // from the wrong source, a drop by a rule. A timeout is about no packet.
         let revealing = self.pending.iter_mut().rev().find(|pending| match (&finding.evidence, &pending.meta) {
-            (Evidence::Dns(dns), BlockMeta::Packet(meta)) => {
-                dns.actual_source == Some(meta.src) && meta.dst == dns.client && meta.stage == "bridge-out"
+            (Evidence::Dns(dns), BlockMeta::Packet { line, .. }) => {
+                let event = &line.event;
+                dns.actual_source == Some(event.src) && event.dst == dns.client && event.stage == Stage::BridgeOut
             }
-            (Evidence::Netfilter(nf), BlockMeta::Drop(meta)) => meta.src == nf.src && meta.dst == nf.dst,
+            (Evidence::Netfilter(nf), BlockMeta::Drop { line }) => {
+                let drop = &line.dropped.drop;
+                drop.src == nf.src && drop.dst == nf.dst
+            }
             _ => false,
         });
         if let Some(pending) = revealing {
-            if let (Evidence::Dns(dns), BlockMeta::Packet(meta)) = (&finding.evidence, &mut pending.meta) {
+            if let (Evidence::Dns(dns), BlockMeta::Packet { sysctls, .. }) = (&finding.evidence, &mut pending.meta) {
                 // What `tracer report` cites when it makes this finding again.
-                meta.sysctls = dns.sysctls.iter().map(|s| (s.name.clone(), s.value.clone())).collect::<BTreeMap<_, _>>();
+                *sysctls = dns.sysctls.iter().map(|s| (s.name.clone(), s.value.clone())).collect();
             }
             pending.comments.push(format!("tracer FINDING {}: {}", finding.kind.name(), finding.headline));
         }
         self.write_pending()?;
-        self.record(&RecordMeta::Finding { wall_time_ns: finding.wall_time_ns, finding: finding_json(finding) })
+        self.record(&RecordMeta::Finding { finding: Box::new(finding.clone()) })
     }
 
     fn summary(&mut self, summary: &Summary) -> io::Result<()> {
         self.write_pending()?;
-        self.record(&RecordMeta::Summary(SummaryMeta {
-            packets: summary.packets,
-            lost: summary.lost,
-            lost_per_cpu: summary.lost_per_cpu.clone(),
-            duration_secs: summary.duration_secs,
-            findings: summary.findings,
-            finding_counts: summary.finding_counts.iter().map(|(kind, n)| (kind.to_string(), *n)).collect(),
-            evicted_flows: summary.evicted_flows,
-            evicted_paths: summary.evicted_paths,
-            findings_overflow: summary.findings_overflow,
-            unconfirmed: summary.unconfirmed,
-            unconfirmed_counts: summary.unconfirmed_counts.iter().map(|(kind, n)| (kind.to_string(), *n)).collect(),
-            recursion_misses: summary.recursion_misses,
-            end_timestamp_ns: monotonic_now_ns(),
-        }))?;
+        self.record(&RecordMeta::Summary { summary: summary.clone(), end_timestamp_ns: monotonic_now_ns() })?;
         self.flush()
     }
 
@@ -397,10 +389,14 @@ pub(crate) mod tests {
     use super::*;
     use crate::{
         analysis::{Analysis, AnalysisOptions},
-        capture::reader::tests::dns_frame,
+        capture::{format::FORMAT, frames::tests::dns_frame},
         commands::report::{Ending, Report},
-        findings::{FindingKind, NetfilterEvidence, RuleRef},
-        model::hook::Hook,
+        findings::{Culprit, FindingKind, NetfilterEvidence, RuleRef},
+        firewall::Backend,
+        model::{
+            hook::{Family, Hook},
+            packet::{L4Proto, Verdict},
+        },
         model::netfilter::{DropEvent, IcmpEvent},
         pipeline::{
             dns_parse as dns,
@@ -417,7 +413,7 @@ pub(crate) mod tests {
     fn info() -> CaptureInfo {
         CaptureInfo {
             meta: CaptureMeta {
-                format: crate::capture::reader::FORMAT.to_string(),
+                format: FORMAT.to_string(),
                 tracer_version: "0.0.0-test".to_string(),
                 hostname: Some("node-a".to_string()),
                 port: 53,
@@ -445,31 +441,32 @@ pub(crate) mod tests {
     }
 
     fn hook(hook: Hook, conntrack: Conntrack) -> HookPass {
-        HookPass { hook, ipv6: false, left: true, conntrack, in_ifindex: 3, out_ifindex: 5 }
+        HookPass { hook, family: Family::Ipv4, left: true, conntrack, in_ifindex: 3, out_ifindex: 5 }
     }
 
     /// The lab's conntrack-skip query and reply, then a REJECTed packet twice.
-    fn scenario() -> (Vec<(TracedPacket, Vec<HookPass>)>, DroppedPacket, Finding) {
+    fn scenario() -> (Vec<TracedPacket>, DroppedPacket, Finding) {
         let packets = vec![
-            (traced(0, Stage::BridgeIn, "veth-client", "10.244.0.5:40000", "10.96.0.10:53", false, Conntrack::None), vec![]),
-            (traced(1, Stage::ToHost, "cni0", "10.244.0.5:40000", "10.96.0.10:53", false, Conntrack::None), vec![]),
-            (
-                traced(2, Stage::FromHost, "cni0", "10.244.0.5:40000", "10.244.0.7:53", false, dnat_entry(2)),
-                vec![hook(Hook::PreRouting, dnat_entry(2)), hook(Hook::Forward, dnat_entry(2)), hook(Hook::PostRouting, dnat_entry(2))],
-            ),
-            (traced(3, Stage::BridgeOut, "veth-server", "10.244.0.5:40000", "10.244.0.7:53", false, dnat_entry(2)), vec![]),
-            (traced(4, Stage::BridgeIn, "veth-server", "10.244.0.7:53", "10.244.0.5:40000", true, Conntrack::None), vec![]),
-            (traced(5, Stage::BridgeOut, "veth-client", "10.244.0.7:53", "10.244.0.5:40000", true, Conntrack::None), vec![]),
+            traced(0, Stage::BridgeIn, "veth-client", "10.244.0.5:40000", "10.96.0.10:53", false, Conntrack::None),
+            traced(1, Stage::ToHost, "cni0", "10.244.0.5:40000", "10.96.0.10:53", false, Conntrack::None),
+            traced(2, Stage::FromHost, "cni0", "10.244.0.5:40000", "10.244.0.7:53", false, dnat_entry(2)).with_hooks(vec![
+                hook(Hook::PreRouting, dnat_entry(2)),
+                hook(Hook::Forward, dnat_entry(2)),
+                hook(Hook::PostRouting, dnat_entry(2)),
+            ]),
+            traced(3, Stage::BridgeOut, "veth-server", "10.244.0.5:40000", "10.244.0.7:53", false, dnat_entry(2)),
+            traced(4, Stage::BridgeIn, "veth-server", "10.244.0.7:53", "10.244.0.5:40000", true, Conntrack::None),
+            traced(5, Stage::BridgeOut, "veth-client", "10.244.0.7:53", "10.244.0.5:40000", true, Conntrack::None),
         ];
         let src: SocketAddr = "10.244.0.5:40001".parse().expect("literal");
         let dst: SocketAddr = "10.244.0.7:53".parse().expect("literal");
-        let drop = DropEvent { loss: Default::default(), timestamp_ns: 9_000_000, skb_id: 9, netns_inode: 1, ifindex: 4, reason: 12, location: 77, l4_proto: 17, src, dst };
-        let icmp = IcmpEvent { loss: Default::default(), timestamp_ns: 9_000_001, skb_id: 9, ifindex: 4, icmp_type: 3, icmp_code: 10, l4_proto: 17, src, dst };
+        let drop = DropEvent { loss: Default::default(), timestamp_ns: 9_000_000, skb_id: 9, netns_inode: 1, ifindex: 4, reason: 12, location: 77, family: Family::Ipv4, l4_proto: L4Proto::Udp, src, dst };
+        let icmp = IcmpEvent { loss: Default::default(), timestamp_ns: 9_000_001, skb_id: 9, ifindex: 4, icmp_type: 3, icmp_code: 10, l4_proto: L4Proto::Udp, src, dst };
         let mut stopped = hook(Hook::Forward, dnat_entry(2));
         stopped.left = false;
         let dropped = DroppedPacket { drop, path: vec![hook(Hook::PreRouting, dnat_entry(2)), stopped], icmp: Some(icmp), loss: Default::default() };
         let rule = RuleRef {
-            backend: "iptables-nft",
+            backend: Backend::IptablesNft,
             table: "filter".to_string(),
             chain: "FORWARD".to_string(),
             position: 16,
@@ -483,12 +480,11 @@ pub(crate) mod tests {
             evidence: Evidence::Netfilter(NetfilterEvidence {
                 src,
                 dst,
-                proto: "udp",
-                hook: "FORWARD",
+                proto: L4Proto::Udp,
+                hook: Hook::Forward,
                 in_ifname: Some("cni0".to_string()),
                 out_ifname: Some("cni0".to_string()),
-                rule: Some(rule.clone()),
-                policy: None,
+                culprit: Culprit::of(Some(rule.clone()), None),
                 candidates: vec![rule],
                 attribution: "the only rule that fits".to_string(),
                 icmp: Some("host-prohibited".to_string()),
@@ -507,7 +503,8 @@ pub(crate) mod tests {
             ifname: Some("veth-server".to_string()),
             bridge: Some("cni0".to_string()),
             reason: "NETFILTER_DROP".to_string(),
-            verdict: "reject",
+            stage: Default::default(),
+            verdict: Verdict::Reject,
             icmp: Some("host-prohibited".to_string()),
             rule: Some("filter/FORWARD #16".to_string()),
             records_lost: None,
@@ -524,8 +521,8 @@ pub(crate) mod tests {
         let recorded = info().meta.sysctls.into_iter().collect();
         let options = AnalysisOptions { dns_timeout: Duration::from_secs(2), dns_ports: Vec::new() };
         let mut analysis = Analysis::replay(&options, recorded);
-        for (packet, hooks) in packets {
-            analysis.packet_with_hooks(packet, &hooks, output).expect("output");
+        for packet in packets {
+            analysis.packet_with_hooks(packet, output).expect("output");
             analysis.settle(witness, output).expect("output");
         }
         analysis.replay_drop(&drop_line(&dropped), output).expect("output");
@@ -537,7 +534,7 @@ pub(crate) mod tests {
             lost_per_cpu: vec![1, 2],
             duration_secs: 1.5,
             findings: analysis.log.distinct(),
-            finding_counts: analysis.log.counts().into_iter().map(|(kind, n)| (kind.name(), n)).collect(),
+            finding_counts: analysis.log.counts().into_iter().collect(),
             ..Summary::default()
         };
         output.summary(&summary).expect("output");
@@ -603,7 +600,7 @@ pub(crate) mod tests {
         let Ending::Finished { summary: Some(summary), error: None, .. } = ending else { panic!("the report should read the whole file") };
         let replayed = String::from_utf8_lossy(&replayed);
         assert!(!replayed.contains("\"kind\":\"conntrack_skip\""), "{replayed}");
-        assert_eq!(summary.unconfirmed_counts, vec![("conntrack_skip", 1)]);
+        assert_eq!(summary.unconfirmed_counts, [(FindingKind::ConntrackSkip, 1)].into());
     }
 
     #[test]
@@ -623,8 +620,8 @@ pub(crate) mod tests {
         // veth-client, cni0, veth-server (Ethernet) and veth-server (drops, no bytes).
         let mut writer = PcapngWriter::new(Vec::new(), &info()).expect("header");
         let (packets, dropped, _) = scenario();
-        for (packet, hooks) in &packets {
-            writer.packet(packet, hooks).expect("write");
+        for packet in &packets {
+            writer.packet(packet).expect("write");
         }
         writer.dropped(&drop_line(&dropped)).expect("write");
         assert_eq!(writer.interfaces.len(), 4);
@@ -671,12 +668,12 @@ pub(crate) mod tests {
     #[test]
     fn a_block_larger_than_the_read_buffer_is_read_whole() {
         let (packets, _, _) = scenario();
-        let (mut big, hooks) = packets[0].clone();
+        let mut big = packets[0].clone();
         big.event.captured.resize(100_000, 0xab);
         let mut bytes = Vec::new();
         {
             let mut writer = PcapngWriter::new(&mut bytes, &info()).expect("header");
-            writer.packet(&big, &hooks).expect("write");
+            writer.packet(&big).expect("write");
         }
         let mut reader =
             crate::capture::reader::CaptureReader::from_reader("big", std::io::Cursor::new(bytes)).expect("open");

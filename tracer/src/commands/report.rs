@@ -17,8 +17,8 @@ use crate::{
     cli::{fail, OutputFormat},
     render::{json::JsonOutput, text::TextOutput},
     pipeline::loss::{LossWindows, LossWitness},
-    capture::reader::{CaptureError, CaptureReader, Origin, Record, SummaryMeta},
-    findings::{FindingKind, Unconfirmed},
+    capture::reader::{CaptureError, CaptureReader, Origin, Record},
+    findings::{Evidence, FindingKind, Unconfirmed},
     analysis::output::{Output, Summary},
     render::listing::Listing,
 };
@@ -85,7 +85,7 @@ impl Report {
         let options = AnalysisOptions { dns_timeout: Duration::from_nanos(meta.dns_timeout_ns), dns_ports: meta.dns_ports.clone() };
         let mut analysis = Analysis::replay(&options, meta.sysctls.into_iter().collect());
         let mut witness = RecordedLoss::of(&self.path);
-        let mut recorded: Option<SummaryMeta> = None;
+        let mut recorded: Option<(Box<Summary>, u64)> = None;
         let mut span: Option<(u64, u64)> = None;
         let mut last_ts = 0u64;
         let mut without_metadata = 0u64;
@@ -112,7 +112,7 @@ impl Report {
                     analysis.recorded_settings(&read.sysctls);
                     analysis
                         .settle(&mut witness, output)
-                        .and_then(|()| analysis.packet_with_hooks(read.packet, &read.hooks, output))
+                        .and_then(|()| analysis.packet_with_hooks(read.packet, output))
                         .and_then(|()| analysis.settle(&mut witness, output))
                 }
                 Record::Dropped(read) => {
@@ -124,12 +124,12 @@ impl Report {
                 Record::Unconfirmed(_) => Ok(()),
                 // DNS findings are made again from the packets; netfilter findings need
                 // the rulesets the capturing node had, so they are taken as recorded.
-                Record::Finding(read) => match read.netfilter {
-                    Some(finding) => analysis.replay_netfilter_finding(finding, output),
-                    None => Ok(()),
+                Record::Finding(finding) => match finding.evidence {
+                    Evidence::Netfilter(_) => analysis.replay_netfilter_finding(*finding, output),
+                    _ => Ok(()),
                 },
-                Record::Summary(summary) => {
-                    recorded = Some(summary);
+                Record::Summary { summary, end_timestamp_ns } => {
+                    recorded = Some((summary, end_timestamp_ns));
                     Ok(())
                 }
                 Record::Plain(_) => {
@@ -141,7 +141,8 @@ impl Report {
                 return Ending::OutputFailed(err);
             }
         }
-        let end_ts = recorded.as_ref().map_or(last_ts, |s| s.end_timestamp_ns.max(last_ts));
+        let end_ts = recorded.as_ref().map_or(last_ts, |(_, end_ns)| (*end_ns).max(last_ts));
+        let recorded = recorded.map(|(summary, _)| summary);
         analysis.expire(end_ts);
         if let Err(err) = analysis.settle(&mut witness, output) {
             return Ending::OutputFailed(err);
@@ -162,12 +163,12 @@ impl Report {
                 .map(|s| s.duration_secs)
                 .unwrap_or_else(|| span.map_or(0.0, |(first, last)| (last - first) as f64 / 1e9)),
             findings: analysis.log.distinct(),
-            finding_counts: analysis.log.counts().into_iter().map(|(kind, n)| (kind.name(), n)).collect(),
+            finding_counts: analysis.log.counts().into_iter().collect(),
             evicted_flows: analysis.flows.evicted(),
             evicted_paths: recorded.as_ref().map_or(0, |s| s.evicted_paths),
             findings_overflow: analysis.log.overflow,
             unconfirmed: analysis.unconfirmed.total(),
-            unconfirmed_counts: analysis.unconfirmed.counts().into_iter().map(|(kind, n)| (kind.name(), n)).collect(),
+            unconfirmed_counts: analysis.unconfirmed.counts().into_iter().collect(),
             recursion_misses: recorded.as_ref().map_or(0, |s| s.recursion_misses),
         };
         if let Err(err) = output.summary(&summary) {

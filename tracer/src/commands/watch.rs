@@ -27,7 +27,7 @@ use crate::{
     analysis::{firewall::FirewallWorker, Analysis, AnalysisOptions},
     capture::{
         file::CaptureFile,
-        reader::{CaptureMeta, FORMAT},
+        format::{CaptureMeta, FORMAT},
         writer::{CaptureInfo, PcapngWriter},
     },
     cli::{fail, parse_duration, parse_ring_mib, OutputFormat},
@@ -235,12 +235,12 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Endi
         lost_per_cpu,
         duration_secs: started.elapsed().as_secs_f64(),
         findings: analysis.log.distinct(),
-        finding_counts: analysis.log.counts().into_iter().map(|(kind, n)| (kind.name(), n)).collect(),
+        finding_counts: analysis.log.counts().into_iter().collect(),
         evicted_flows: analysis.flows.evicted(),
         evicted_paths: analysis.paths.evicted(),
         findings_overflow: analysis.log.overflow,
         unconfirmed: analysis.unconfirmed.total(),
-        unconfirmed_counts: analysis.unconfirmed.counts().into_iter().map(|(kind, n)| (kind.name(), n)).collect(),
+        unconfirmed_counts: analysis.unconfirmed.counts().into_iter().collect(),
         recursion_misses,
     };
     drop(hooks);

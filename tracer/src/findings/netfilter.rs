@@ -3,7 +3,7 @@
 
 use super::{
     attribution::{self, answer_name, attribute, Attribution},
-    ChainRef, Evidence, Finding, FindingKind, NetfilterEvidence, RuleRef,
+    ChainRef, Culprit, Evidence, Finding, FindingKind, NetfilterEvidence, RuleRef,
 };
 use crate::{
     firewall::{Backend, Family, Snapshot, Verdict},
@@ -30,7 +30,7 @@ pub fn judge_drop(dropped: &DroppedPacket, context: &DropContext, before: &Snaps
         return None;
     }
     let pass = dropped.stopped_in()?;
-    let family = if pass.ipv6 { Family::Ipv6 } else { Family::Ipv4 };
+    let family = pass.family;
     let icmp = dropped
         .icmp
         .as_ref()
@@ -38,7 +38,7 @@ pub fn judge_drop(dropped: &DroppedPacket, context: &DropContext, before: &Snaps
     let packet = attribution::DroppedPacket {
         family,
         hook: pass.hook,
-        proto: dropped.drop.l4_proto,
+        proto: dropped.drop.l4_proto.number(),
         src: dropped.drop.src,
         dst: dropped.drop.dst,
         in_iface: context.in_ifname.clone(),
@@ -50,8 +50,8 @@ pub fn judge_drop(dropped: &DroppedPacket, context: &DropContext, before: &Snaps
     let rejected = icmp.is_some() || attribution.rule.as_ref().is_some_and(|r| matches!(r.verdict, Verdict::Reject { .. }));
     let kind = if rejected { FindingKind::NetfilterReject } else { FindingKind::NetfilterDrop };
     let action = if rejected { "REJECT" } else { "DROP" };
-    let proto = if dropped.drop.l4_proto == 6 { "tcp" } else { "udp" };
-    let hook = pass.hook.name();
+    let proto = dropped.drop.l4_proto;
+    let hook = pass.hook;
     let evidence = NetfilterEvidence {
         src: dropped.drop.src,
         dst: dropped.drop.dst,
@@ -59,8 +59,7 @@ pub fn judge_drop(dropped: &DroppedPacket, context: &DropContext, before: &Snaps
         hook,
         in_ifname: context.in_ifname.clone(),
         out_ifname: context.out_ifname.clone(),
-        rule: attribution.rule.as_ref().map(RuleRef::of),
-        policy: attribution.policy.as_ref().map(ChainRef::of),
+        culprit: Culprit::of(attribution.rule.as_ref().map(RuleRef::of), attribution.policy.as_ref().map(ChainRef::of)),
         candidates: attribution.candidates.iter().map(RuleRef::of).collect(),
         attribution: attribution.reason.clone(),
         icmp: icmp.clone(),
@@ -85,16 +84,16 @@ pub fn judge_drop(dropped: &DroppedPacket, context: &DropContext, before: &Snaps
         headline,
         evidence: Evidence::Netfilter(evidence),
         explanation,
-        fix: fix_commands(&attribution, &packet, proto),
+        fix: fix_commands(&attribution, &packet, proto.name()),
     })
 }
 
 /// `filter/FORWARD #16` (what the drop line names), when the attribution is certain.
 pub fn short_label(finding: &Finding) -> Option<String> {
     let Evidence::Netfilter(nf) = &finding.evidence else { return None };
-    match (&nf.rule, &nf.policy) {
+    match (nf.culprit.rule(), nf.culprit.policy_chain()) {
         (Some(rule), _) => Some(format!("{}/{} #{}", rule.table, rule.chain, rule.position)),
-        (None, Some(policy)) => Some(format!("{}/{} policy", policy.table, policy.chain)),
+        (None, Some(policy)) => Some(format!("{} policy", policy.label())),
         _ if !nf.candidates.is_empty() => Some(format!("one of {} rules", nf.candidates.len())),
         _ => None,
     }

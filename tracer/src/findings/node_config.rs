@@ -14,6 +14,7 @@ use super::{
     NetfilterEvidence, NetnsRef, NodeEvidence, RuleRef,
 };
 use crate::{
+    model::packet::L4Proto,
     firewall::{Backend, Chain, Condition, Family, Hook, PortRange, Rule, Snapshot, Test, Verdict},
     node::{
         checks::{ConntrackReading, ConntrackStats, NamespaceState, Netns},
@@ -41,7 +42,7 @@ pub struct DropGroup {
     /// The first packet's addresses.
     pub src: SocketAddr,
     pub dst: SocketAddr,
-    pub l4_proto: u8,
+    pub l4_proto: L4Proto,
     pub ifname: Option<String>,
     /// The rule the watch attributed the drop to, when it did.
     pub rule: Option<String>,
@@ -51,14 +52,6 @@ pub struct DropGroup {
 }
 
 impl DropGroup {
-    fn proto(&self) -> &'static str {
-        if self.l4_proto == 6 {
-            "tcp"
-        } else {
-            "udp"
-        }
-    }
-
     fn place(&self) -> String {
         match (self.stopped_in, self.after, &self.ifname) {
             (Some(hook), _, _) => format!("in {}", hook.name()),
@@ -75,7 +68,7 @@ impl DropGroup {
             place: self.place(),
             src: self.src,
             dst: self.dst,
-            proto: self.proto(),
+            proto: self.l4_proto,
             ifname: self.ifname.clone(),
         }
     }
@@ -88,7 +81,7 @@ pub struct Traffic {
     pub findings: Vec<(Finding, Example)>,
     pub drops: Vec<DropGroup>,
     /// Occurrences per finding kind, from the watch's summary.
-    pub kind_counts: Vec<(&'static str, u64)>,
+    pub kind_counts: std::collections::BTreeMap<FindingKind, u64>,
 }
 
 /// One finding of the report, with everything merged into it.
@@ -423,7 +416,7 @@ fn counter(before: Option<&ConntrackStats>, after: Option<&ConntrackStats>, name
         (Some(b), Some(a)) => b.growth(a, name),
         _ => None,
     };
-    Some(CounterEvidence { name, total, growth })
+    Some(CounterEvidence { name: name.to_string(), total, growth })
 }
 
 fn growth_of(counters: &[CounterEvidence], name: &str) -> u64 {
@@ -507,7 +500,7 @@ fn conntrack_findings(state: &NamespaceState, after: Option<&ConntrackReading>, 
         evidence.conntrack = Some(ConntrackEvidence {
             count,
             max,
-            counters: counters.iter().filter(|c| TABLE_FULL_COUNTERS.contains(&c.name)).cloned().collect(),
+            counters: counters.iter().filter(|c| TABLE_FULL_COUNTERS.contains(&c.name.as_str())).cloned().collect(),
         });
         found.push(table_full(evidence, netns, count, max, percent, (refused, evicted), now_ns));
     }
@@ -516,7 +509,7 @@ fn conntrack_findings(state: &NamespaceState, after: Option<&ConntrackReading>, 
         evidence.conntrack = Some(ConntrackEvidence {
             count,
             max,
-            counters: counters.iter().filter(|c| INSERT_RACE_COUNTERS.contains(&c.name)).cloned().collect(),
+            counters: counters.iter().filter(|c| INSERT_RACE_COUNTERS.contains(&c.name.as_str())).cloned().collect(),
         });
         found.push(insert_race(evidence, netns, race_growth, now_ns));
     }
@@ -945,7 +938,7 @@ fn policy_finding(netns: &Netns, chain: &Chain, hooks: &[&str], probes: &[String
         }
     };
     let mut evidence = node_evidence(netns);
-    evidence.policy = Some(ChainRef::of(chain));
+    evidence.set_policy(&ChainRef::of(chain));
     evidence.notes = vec![format!("no rule accepts {}", probes.join(", "))];
     Finding { kind: FindingKind::NetfilterDrop, wall_time_ns: now_ns, headline, evidence: Evidence::Node(evidence), explanation, fix }
 }
@@ -976,18 +969,18 @@ fn kind_count(traffic: &Traffic, kind: FindingKind) -> Option<u64> {
     if distinct != 1 {
         return None;
     }
-    traffic.kind_counts.iter().find(|(name, _)| *name == kind.name()).map(|(_, n)| *n)
+    traffic.kind_counts.get(&kind).copied()
 }
 
 /// A drop the watch could not pin on a rule or policy: nothing in the rulesets did it.
 fn unattributed(nf: &NetfilterEvidence) -> bool {
-    nf.rule.is_none() && nf.policy.is_none() && nf.candidates.is_empty()
+    nf.culprit.position.is_none() && nf.culprit.policy.is_none() && nf.candidates.is_empty()
 }
 
 fn netfilter_occurrences(drops: &[DropGroup], nf: &NetfilterEvidence) -> Option<u64> {
     let count: u64 = drops
         .iter()
-        .filter(|g| g.stopped_in.map(Hook::name) == Some(nf.hook) && g.src.ip() == nf.src.ip() && g.dst == nf.dst)
+        .filter(|g| g.stopped_in == Some(nf.hook) && g.src.ip() == nf.src.ip() && g.dst == nf.dst)
         .map(|g| g.count)
         .sum();
     (count > 0).then_some(count)
@@ -1035,7 +1028,7 @@ fn merge_traffic(ranked: &mut Vec<Ranked>, traffic: Traffic, current: Option<&Na
             }
             (FindingKind::NetfilterReject | FindingKind::NetfilterDrop, Evidence::Netfilter(nf)) => {
                 let occurrences = netfilter_occurrences(&traffic.drops, nf);
-                if unattributed(nf) && Hook::ALL.iter().any(|h| h.name() == nf.hook && conntrack_entry_hook(*h)) {
+                if unattributed(nf) && conntrack_entry_hook(nf.hook) {
                     // No rule did it where conntrack allocates entries: the table may have refused the flow.
                     let mut item = traffic_only(finding.clone(), example.clone(), occurrences);
                     if absorb_into_table_full(ranked, &mut item, &traffic.drops) {
@@ -1044,11 +1037,12 @@ fn merge_traffic(ranked: &mut Vec<Ranked>, traffic: Traffic, current: Option<&Na
                     item
                 } else {
                     let mut item = traffic_only(finding.clone(), example.clone(), occurrences);
-                    let rules: Vec<&RuleRef> = nf.rule.iter().chain(&nf.candidates).collect();
-                    let policy = nf.policy.clone();
+                    let named = nf.culprit.rule();
+                    let rules: Vec<&RuleRef> = named.iter().chain(&nf.candidates).collect();
+                    let policy = nf.culprit.policy_chain();
                     if let Some(config) = take_config(ranked, |_, node| {
                         node.rule.as_ref().is_some_and(|r| rules.iter().any(|t| same_rule(t, r)))
-                            || (policy.is_some() && node.policy == policy)
+                            || (policy.is_some() && node.policy_chain() == policy)
                     }) {
                         item.config = true;
                         item.more.push(config.finding.evidence);
@@ -1125,7 +1119,7 @@ fn absorb_into_table_full(ranked: &mut [Ranked], item: &mut Ranked, drops: &[Dro
     };
     let matching: Vec<&DropGroup> = drops
         .iter()
-        .filter(|g| g.reason == NETFILTER_DROP && g.stopped_in.map(Hook::name) == Some(nf.hook) && g.src.ip() == nf.src.ip() && g.dst == nf.dst)
+        .filter(|g| g.reason == NETFILTER_DROP && g.stopped_in == Some(nf.hook) && g.src.ip() == nf.src.ip() && g.dst == nf.dst)
         .collect();
     if matching.is_empty() {
         full.traffic = true;
@@ -1158,7 +1152,7 @@ fn rp_filter_drop(ranked: &mut Vec<Ranked>, group: &DropGroup, current: Option<&
         wall_time_ns: group.wall_time_ns,
         headline: format!(
             "Reverse-path filter drops traffic arriving on {name}: {} {} → {} ({} packets, rp_filter {effective})",
-            group.proto(),
+            group.l4_proto,
             group.src,
             group.dst,
             group.count
@@ -1252,6 +1246,7 @@ fn verdict(ranked: &[Ranked]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::findings::Culprit;
     use crate::{
         firewall::{parse_iptables_save, Backend},
         node::checks::{Bridge, RpFilter},
@@ -1371,7 +1366,7 @@ mod tests {
         let traffic = Traffic {
             findings: vec![(sighting_dns_finding(FindingKind::ConntrackSkip), Example { lines: vec!["reply line".into()], json: vec![] })],
             drops: vec![],
-            kind_counts: vec![("conntrack_skip", 2)],
+            kind_counts: [(FindingKind::ConntrackSkip, 2)].into(),
         };
         let decision = decide_one(state, traffic);
         let kinds: Vec<FindingKind> = decision.findings.iter().map(|r| r.finding.kind).collect();
@@ -1425,7 +1420,7 @@ mod tests {
         let [only] = decision.findings.as_slice() else { panic!("{:#?}", decision.findings) };
         assert_eq!(only.finding.kind, FindingKind::NetfilterDrop);
         let Evidence::Node(node) = &only.finding.evidence else { panic!() };
-        assert_eq!(node.policy, Some(ChainRef { backend: "iptables-nft", table: "filter".into(), chain: "FORWARD".into() }));
+        assert_eq!((node.policy.as_deref(), node.policy_backend), (Some("filter/FORWARD"), Some(Backend::IptablesNft)));
     }
 
     #[test]
@@ -1461,7 +1456,7 @@ mod tests {
             after,
             src: "10.244.0.5:41000".parse().expect("addr"),
             dst: "10.96.0.10:53".parse().expect("addr"),
-            l4_proto: 17,
+            l4_proto: L4Proto::Udp,
             ifname: Some("veth-client".into()),
             rule: None,
             count,
@@ -1471,7 +1466,7 @@ mod tests {
     }
 
     /// A drop the watch could not pin on any rule, as `findings::netfilter` words it.
-    fn unattributed_drop_finding(hook: &'static str) -> Finding {
+    fn unattributed_drop_finding(hook: Hook) -> Finding {
         Finding {
             kind: FindingKind::NetfilterDrop,
             wall_time_ns: NOW,
@@ -1479,12 +1474,11 @@ mod tests {
             evidence: Evidence::Netfilter(NetfilterEvidence {
                 src: "10.244.0.5:41000".parse().expect("addr"),
                 dst: "10.96.0.10:53".parse().expect("addr"),
-                proto: "udp",
+                proto: L4Proto::Udp,
                 hook,
                 in_ifname: Some("cni0".into()),
                 out_ifname: None,
-                rule: None,
-                policy: None,
+                culprit: Culprit::default(),
                 candidates: vec![],
                 attribution: "no rule fits".into(),
                 icmp: None,
@@ -1513,12 +1507,12 @@ mod tests {
         let after = ConntrackReading { count: Some(262_144), max: Some(262_144), stats: Some(stats(TABLE_FULL_AFTER)), errors: vec![] };
         let traffic = Traffic {
             findings: vec![
-                (unattributed_drop_finding("PRE_ROUTING"), Example { lines: vec!["drop line".into()], json: vec![] }),
+                (unattributed_drop_finding(Hook::PreRouting), Example { lines: vec!["drop line".into()], json: vec![] }),
                 (timeout_finding(), Example::default()),
             ],
             // As the watch saw the three refused queries in that recording.
             drops: vec![drop_group("NETFILTER_DROP", Some(Hook::PreRouting), None, 3)],
-            kind_counts: vec![("netfilter_drop", 3), ("dns_timeout", 1)],
+            kind_counts: [(FindingKind::NetfilterDrop, 3), (FindingKind::DnsTimeout, 1)].into(),
         };
         let decision = decide(&[state], &[after], traffic, 53, NOW);
         let [only] = decision.findings.as_slice() else { panic!("{:#?}", decision.findings) };
@@ -1563,7 +1557,7 @@ mod tests {
             // Where tracer saw them in that recording: past its last program in LOCAL_IN, in
             // conntrack's confirmation.
             drops: vec![drop_group("NETFILTER_DROP", None, Some(Hook::LocalIn), 1)],
-            kind_counts: vec![("dns_timeout", 1)],
+            kind_counts: [(FindingKind::DnsTimeout, 1)].into(),
         };
         let decision = decide(&[state], &[after], traffic, 53, NOW);
         let [only] = decision.findings.as_slice() else { panic!("{:#?}", decision.findings) };
@@ -1603,12 +1597,11 @@ mod tests {
             evidence: Evidence::Netfilter(NetfilterEvidence {
                 src: "10.244.0.5:41000".parse().expect("addr"),
                 dst: "10.244.0.7:53".parse().expect("addr"),
-                proto: "udp",
-                hook: "FORWARD",
+                proto: L4Proto::Udp,
+                hook: Hook::Forward,
                 in_ifname: Some("cni0".into()),
                 out_ifname: Some("cni0".into()),
-                rule: Some(rule),
-                policy: None,
+                culprit: Culprit::of(Some(rule), None),
                 candidates: vec![],
                 attribution: "only rule".into(),
                 icmp: Some("host-prohibited".into()),
@@ -1622,7 +1615,7 @@ mod tests {
         let traffic = Traffic {
             findings: vec![(finding, Example::default()), (timeout_finding(), Example::default())],
             drops: vec![group],
-            kind_counts: vec![("netfilter_reject", 3), ("dns_timeout", 1)],
+            kind_counts: [(FindingKind::NetfilterReject, 3), (FindingKind::DnsTimeout, 1)].into(),
         };
         let decision = decide_one(state, traffic);
         // The rejected query looked unanswered to the watch: the reject explains that timeout.
@@ -1640,7 +1633,7 @@ mod tests {
         let traffic = Traffic {
             findings: vec![],
             drops: vec![drop_group("IP_RPFILTER", None, Some(Hook::PreRouting), 2)],
-            kind_counts: vec![],
+            kind_counts: Default::default(),
         };
         let decision = decide_one(state, traffic);
         let [only] = decision.findings.as_slice() else { panic!("{:#?}", decision.findings) };
@@ -1659,7 +1652,7 @@ mod tests {
         if let Evidence::Dns(dns) = &mut timeout.evidence {
             dns.last_seen = Some(crate::pipeline::queries::Sighting { stage: Stage::BridgeOut, ifname: Some("veth-server".into()), ifindex: 4, wall_time_ns: NOW });
         }
-        let traffic = Traffic { findings: vec![(timeout, Example::default())], drops: vec![], kind_counts: vec![("dns_timeout", 1)] };
+        let traffic = Traffic { findings: vec![(timeout, Example::default())], drops: vec![], kind_counts: [(FindingKind::DnsTimeout, 1)].into() };
         let states = [watched, other];
         let after: Vec<ConntrackReading> = states.iter().map(|s| s.conntrack.clone()).collect();
         let decision = decide(&states, &after, traffic, 53, NOW);

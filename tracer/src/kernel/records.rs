@@ -9,9 +9,9 @@ use tracer_common::{
 };
 
 use crate::model::{
-    hook::Hook,
+    hook::{Family, Hook},
     netfilter::{DropEvent, HookEvent, IcmpEvent},
-    packet::{Conntrack, ConntrackEntry, FlowTuple, LossStamps, PacketEvent},
+    packet::{Conntrack, ConntrackEntry, FlowTuple, L4Proto, LossStamps, PacketEvent},
 };
 
 fn loss_stamps(header: &RecordHeader) -> LossStamps {
@@ -44,6 +44,7 @@ pub enum DecodeError {
     UnknownStage(u8),
     UnknownHook(u8),
     UnknownIpVersion(u8),
+    UnknownProtocol(u8),
 }
 
 impl std::fmt::Display for DecodeError {
@@ -57,6 +58,7 @@ impl std::fmt::Display for DecodeError {
             DecodeError::UnknownStage(s) => write!(f, "record with unknown stage {s}"),
             DecodeError::UnknownHook(h) => write!(f, "record with unknown netfilter hook {h}"),
             DecodeError::UnknownIpVersion(v) => write!(f, "record with unknown IP version {v}"),
+            DecodeError::UnknownProtocol(p) => write!(f, "record with untraced protocol {p}"),
         }
     }
 }
@@ -81,9 +83,21 @@ pub fn flow_addresses(flow: &Flow) -> Result<(SocketAddr, SocketAddr), DecodeErr
     Ok((src, dst))
 }
 
+/// The family and transport protocol of a record's flow.
+fn family_and_protocol(flow: &Flow) -> Result<(Family, L4Proto), DecodeError> {
+    let family = match flow.ip_version {
+        4 => Family::Ipv4,
+        6 => Family::Ipv6,
+        other => return Err(DecodeError::UnknownIpVersion(other)),
+    };
+    let proto = L4Proto::from_number(flow.l4_proto).ok_or(DecodeError::UnknownProtocol(flow.l4_proto))?;
+    Ok((family, proto))
+}
+
 pub fn decode(record: &PacketRecord) -> Result<PacketEvent, DecodeError> {
     let stage = Stage::from_u8(record.stage).ok_or(DecodeError::UnknownStage(record.stage))?;
     let (src, dst) = flow_addresses(&record.flow)?;
+    let (family, l4_proto) = family_and_protocol(&record.flow)?;
 
     let captured_len = (record.captured_len as usize).min(CAPTURE_MAX);
     let captured = record.packet[..captured_len].to_vec();
@@ -97,7 +111,8 @@ pub fn decode(record: &PacketRecord) -> Result<PacketEvent, DecodeError> {
         ifindex: record.ifindex,
         ingress_ifindex: record.ingress_ifindex,
         ip_len: ip_length(&captured, record.l3_offset as usize, record.flow.ip_version).unwrap_or(record.packet_len),
-        l4_proto: record.flow.l4_proto,
+        family,
+        l4_proto,
         src,
         dst,
         conntrack: decode_conntrack(&record.conntrack, record.flow.ip_version)?,
@@ -159,16 +174,17 @@ fn ip_from(version: u8, raw: &[u8; 16]) -> Result<IpAddr, DecodeError> {
 
 pub fn decode_hook(record: &HookRecord) -> Result<HookEvent, DecodeError> {
     let (src, dst) = flow_addresses(&record.flow)?;
+    let (family, l4_proto) = family_and_protocol(&record.flow)?;
     Ok(HookEvent {
         timestamp_ns: record.header.timestamp_ns,
         skb_id: record.header.skb_id,
         loss: loss_stamps(&record.header),
-        ipv6: record.flow.ip_version == 6,
+        family,
         hook: Hook::from_number(record.hook).ok_or(DecodeError::UnknownHook(record.hook))?,
         early: record.position == hook_position::EARLY,
         in_ifindex: record.in_ifindex,
         out_ifindex: record.out_ifindex,
-        l4_proto: record.flow.l4_proto,
+        l4_proto,
         src,
         dst,
         conntrack: decode_conntrack(&record.conntrack, record.flow.ip_version)?,
@@ -177,6 +193,7 @@ pub fn decode_hook(record: &HookRecord) -> Result<HookEvent, DecodeError> {
 
 pub fn decode_drop(record: &DropRecord) -> Result<DropEvent, DecodeError> {
     let (src, dst) = flow_addresses(&record.flow)?;
+    let (family, l4_proto) = family_and_protocol(&record.flow)?;
     Ok(DropEvent {
         timestamp_ns: record.header.timestamp_ns,
         skb_id: record.header.skb_id,
@@ -185,7 +202,8 @@ pub fn decode_drop(record: &DropRecord) -> Result<DropEvent, DecodeError> {
         ifindex: record.ifindex,
         reason: record.reason,
         location: record.location,
-        l4_proto: record.flow.l4_proto,
+        family,
+        l4_proto,
         src,
         dst,
     })
@@ -193,6 +211,7 @@ pub fn decode_drop(record: &DropRecord) -> Result<DropEvent, DecodeError> {
 
 pub fn decode_icmp(record: &IcmpRecord) -> Result<IcmpEvent, DecodeError> {
     let (src, dst) = flow_addresses(&record.flow)?;
+    let (_, l4_proto) = family_and_protocol(&record.flow)?;
     Ok(IcmpEvent {
         timestamp_ns: record.header.timestamp_ns,
         skb_id: record.header.skb_id,
@@ -200,7 +219,7 @@ pub fn decode_icmp(record: &IcmpRecord) -> Result<IcmpEvent, DecodeError> {
         ifindex: record.ifindex,
         icmp_type: record.icmp_type,
         icmp_code: record.icmp_code,
-        l4_proto: record.flow.l4_proto,
+        l4_proto,
         src,
         dst,
     })
@@ -224,6 +243,7 @@ mod tests {
         let mut record = HookRecord { hook: 2, position: tracer_common::hook_position::LATE, ..Default::default() };
         record.header.kind = record_kind::HOOK;
         record.flow.ip_version = 4;
+        record.flow.l4_proto = IPPROTO_UDP;
         record.flow.src_addr[..4].copy_from_slice(&[10, 244, 0, 5]);
         record.flow.dst_port_be = 53u16.to_be();
         // SAFETY: HookRecord is plain data without implicit padding.
@@ -235,9 +255,12 @@ mod tests {
     }
 
 
+    /// All zero but the protocol: UDP, as most tests want.
     fn blank_record() -> PacketRecord {
         // SAFETY: all-zero is a valid PacketRecord (plain integers and arrays).
-        unsafe { std::mem::zeroed() }
+        let mut record: PacketRecord = unsafe { std::mem::zeroed() };
+        record.flow.l4_proto = IPPROTO_UDP;
+        record
     }
 
     fn v4(a: [u8; 4]) -> [u8; 16] {
@@ -344,5 +367,8 @@ mod tests {
         record.stage = 1;
         record.flow.ip_version = 5;
         assert_eq!(decode(&record).err(), Some(DecodeError::UnknownIpVersion(5)));
+        record.flow.ip_version = 4;
+        record.flow.l4_proto = 1;
+        assert_eq!(decode(&record).err(), Some(DecodeError::UnknownProtocol(1)));
     }
 }

@@ -3,22 +3,63 @@
 use std::borrow::Cow;
 use std::net::IpAddr;
 
-/// The parts of a DNS message tracer shows.
-#[derive(Debug, Clone, PartialEq, Eq)]
+use serde::{Serialize, Serializer};
+
+/// The parts of a DNS message tracer shows. Serialised with codes and types by name, as
+/// lines show them; a message is always read again from the packet's bytes, never from a
+/// line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DnsMessage {
     pub id: u16,
     /// false: query, true: response.
     pub qr: bool,
     pub opcode: u8,
     /// The 4-bit header RCODE (an EDNS extended RCODE is not folded in).
+    #[serde(serialize_with = "rcode_by_name")]
     pub rcode: u8,
     /// The first question's name in presentation form ("example.test.", root is "."), or None when the
     /// message has no question or the name is cut off or malformed.
     pub qname: Option<String>,
+    #[serde(serialize_with = "qtype_by_name")]
     pub qtype: Option<u16>,
     /// ANCOUNT from the header, even when the answers themselves were not captured.
+    #[serde(rename = "answers")]
     pub answer_count: u16,
+    #[serde(serialize_with = "answer_in_words")]
     pub first_answer: Option<DnsAnswer>,
+}
+
+fn rcode_by_name<S: Serializer>(rcode: &u8, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(rcode_name(*rcode))
+}
+
+fn qtype_by_name<S: Serializer>(qtype: &Option<u16>, serializer: S) -> Result<S::Ok, S::Error> {
+    qtype_form::serialize(qtype, serializer)
+}
+
+/// A record type by its mnemonic (`"A"`, `"TYPE999"`) in lines, and back.
+pub mod qtype_form {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::{qtype_name, qtype_number};
+
+    pub fn serialize<S: Serializer>(qtype: &Option<u16>, serializer: S) -> Result<S::Ok, S::Error> {
+        match qtype {
+            Some(qtype) => serializer.serialize_str(&qtype_name(*qtype)),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u16>, D::Error> {
+        Ok(Option::<String>::deserialize(deserializer)?.and_then(|name| qtype_number(&name)))
+    }
+}
+
+fn answer_in_words<S: Serializer>(answer: &Option<DnsAnswer>, serializer: S) -> Result<S::Ok, S::Error> {
+    match answer {
+        Some(answer) => serializer.collect_str(answer),
+        None => serializer.serialize_none(),
+    }
 }
 
 /// The data of the first answer record.
@@ -67,40 +108,52 @@ pub fn rcode_name(rcode: u8) -> &'static str {
     }
 }
 
+/// The record type a mnemonic (or "TYPE<n>") names.
+pub fn qtype_number(name: &str) -> Option<u16> {
+    if let Some(number) = name.strip_prefix("TYPE").and_then(|n| n.parse().ok()) {
+        return Some(number);
+    }
+    QTYPE_NAMES.iter().find(|(_, known)| *known == name).map(|(number, _)| *number)
+}
+
+/// Record types with a mnemonic here (RFC 1035 and later), in number order.
+const QTYPE_NAMES: [(u16, &str); 30] = [
+    (1, "A"),
+    (2, "NS"),
+    (5, "CNAME"),
+    (6, "SOA"),
+    (12, "PTR"),
+    (13, "HINFO"),
+    (15, "MX"),
+    (16, "TXT"),
+    (28, "AAAA"),
+    (29, "LOC"),
+    (33, "SRV"),
+    (35, "NAPTR"),
+    (39, "DNAME"),
+    (41, "OPT"),
+    (43, "DS"),
+    (44, "SSHFP"),
+    (46, "RRSIG"),
+    (47, "NSEC"),
+    (48, "DNSKEY"),
+    (50, "NSEC3"),
+    (51, "NSEC3PARAM"),
+    (52, "TLSA"),
+    (59, "CDS"),
+    (60, "CDNSKEY"),
+    (64, "SVCB"),
+    (65, "HTTPS"),
+    (251, "IXFR"),
+    (252, "AXFR"),
+    (255, "ANY"),
+    (257, "CAA"),
+];
+
 /// The mnemonic of a record type, or "TYPE<n>" (the RFC 3597 form) for types without one here.
 pub fn qtype_name(qtype: u16) -> Cow<'static, str> {
-    let name = match qtype {
-        1 => "A",
-        2 => "NS",
-        5 => "CNAME",
-        6 => "SOA",
-        12 => "PTR",
-        13 => "HINFO",
-        15 => "MX",
-        16 => "TXT",
-        28 => "AAAA",
-        29 => "LOC",
-        33 => "SRV",
-        35 => "NAPTR",
-        39 => "DNAME",
-        41 => "OPT",
-        43 => "DS",
-        44 => "SSHFP",
-        46 => "RRSIG",
-        47 => "NSEC",
-        48 => "DNSKEY",
-        50 => "NSEC3",
-        51 => "NSEC3PARAM",
-        52 => "TLSA",
-        59 => "CDS",
-        60 => "CDNSKEY",
-        64 => "SVCB",
-        65 => "HTTPS",
-        251 => "IXFR",
-        252 => "AXFR",
-        255 => "ANY",
-        257 => "CAA",
-        _ => return Cow::Owned(format!("TYPE{qtype}")),
-    };
-    Cow::Borrowed(name)
+    match QTYPE_NAMES.iter().find(|(number, _)| *number == qtype) {
+        Some((_, name)) => Cow::Borrowed(name),
+        None => Cow::Owned(format!("TYPE{qtype}")),
+    }
 }

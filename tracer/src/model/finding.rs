@@ -50,3 +50,9 @@ pub struct Unconfirmed {
     pub client: Option<SocketAddr>,
     pub query_id: Option<u16>,
 }
+
+impl std::fmt::Display for FindingKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}

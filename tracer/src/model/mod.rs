@@ -8,26 +8,9 @@ pub mod hook;
 pub mod netfilter;
 pub mod packet;
 pub mod plain;
+pub mod serde_forms;
 
-use packet::PacketEvent;
-
-/// Interface names for one event, resolved in the watched network namespace when
-/// the event arrived (so a later rename or an ifindex reused after deletion does not
-/// rewrite history).
-#[derive(Clone, Debug, Default)]
-pub struct InterfaceNames {
-    pub ifname: Option<String>,
-    pub in_ifname: Option<String>,
-    pub bridge: Option<String>,
-}
-
-#[derive(Clone, Debug)]
-pub struct TracedPacket {
-    pub event: PacketEvent,
-    /// Nanoseconds since the Unix epoch.
-    pub wall_time_ns: u64,
-    pub names: InterfaceNames,
-}
+pub use packet::{InterfaceNames, TracedPacket};
 
 /// Maps the kernel's monotonic timestamps to wall-clock time. The offset is taken
 /// once at start so that event order and spacing are exactly the kernel's.

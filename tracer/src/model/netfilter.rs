@@ -1,10 +1,14 @@
-//! What the netfilter-hook, drop and ICMP programs report about a traced packet.
+//! What the netfilter-hook, drop and ICMP programs report about a traced packet, and the
+//! hooks a packet passed on its way.
 
 use std::net::SocketAddr;
 
+use serde::{ser::SerializeMap, Deserialize, Serialize, Serializer};
+
 use super::{
-    hook::Hook,
-    packet::{Conntrack, LossStamps},
+    hook::{Family, Hook},
+    packet::{Conntrack, L4Proto, LossStamps, Nat},
+    serde_forms,
 };
 
 /// A traced packet passing a netfilter hook.
@@ -13,35 +17,45 @@ pub struct HookEvent {
     pub timestamp_ns: u64,
     pub skb_id: u64,
     pub loss: LossStamps,
-    pub ipv6: bool,
+    pub family: Family,
     pub hook: Hook,
     /// True at the start of the hook's priority range, false at its end.
     pub early: bool,
     pub in_ifindex: u32,
     pub out_ifindex: u32,
-    pub l4_proto: u8,
+    pub l4_proto: L4Proto,
     pub src: SocketAddr,
     pub dst: SocketAddr,
     pub conntrack: Conntrack,
 }
 
-/// A traced packet freed as dropped.
-#[derive(Clone, Debug)]
+/// A traced packet freed as dropped. Serialised, the fields of its `dropped` line that
+/// the kernel reported.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DropEvent {
     pub timestamp_ns: u64,
+    #[serde(skip)]
     pub skb_id: u64,
+    #[serde(skip)]
     pub loss: LossStamps,
+    #[serde(rename = "netns")]
     pub netns_inode: u32,
     pub ifindex: u32,
-    /// `enum skb_drop_reason` value; named through the kernel's BTF.
+    /// `enum skb_drop_reason` value; named through the kernel's BTF (the name is what a
+    /// line shows and keeps).
+    #[serde(skip)]
     pub reason: u32,
+    #[serde(skip)]
     pub location: u64,
-    pub l4_proto: u8,
+    #[serde(rename = "ip_version", with = "serde_forms::ip_version")]
+    pub family: Family,
+    #[serde(rename = "proto")]
+    pub l4_proto: L4Proto,
     pub src: SocketAddr,
     pub dst: SocketAddr,
 }
 
-/// The kernel answered a traced packet with ICMP (IPv4).
+/// The kernel answered a traced packet with ICMP.
 #[derive(Clone, Debug)]
 pub struct IcmpEvent {
     pub timestamp_ns: u64,
@@ -50,8 +64,47 @@ pub struct IcmpEvent {
     pub ifindex: u32,
     pub icmp_type: u8,
     pub icmp_code: u8,
-    pub l4_proto: u8,
+    pub l4_proto: L4Proto,
     /// The packet that was answered.
     pub src: SocketAddr,
     pub dst: SocketAddr,
+}
+
+/// One netfilter hook on a packet's way.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct HookPass {
+    pub hook: Hook,
+    pub family: Family,
+    /// Seen at the end of the hook's priority range: every hook function let it through.
+    pub left: bool,
+    /// Conntrack as the packet left the hook (or as it entered, when it never left).
+    pub conntrack: Conntrack,
+    /// The hook's devices, for naming a rule's interfaces; not part of a line.
+    #[serde(skip)]
+    pub in_ifindex: u32,
+    #[serde(skip)]
+    pub out_ifindex: u32,
+}
+
+impl HookPass {
+    pub fn nat(&self) -> Vec<Nat> {
+        match &self.conntrack {
+            Conntrack::Attached(entry) => entry.nat(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// `{"hook", "family", "left", "conntrack", "nat"}`: the NAT in words is derived from the
+/// conntrack entry, and not read back.
+impl Serialize for HookPass {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(5))?;
+        map.serialize_entry("hook", &self.hook)?;
+        map.serialize_entry("family", &self.family)?;
+        map.serialize_entry("left", &self.left)?;
+        map.serialize_entry("conntrack", &self.conntrack)?;
+        map.serialize_entry("nat", &self.conntrack.nat_text())?;
+        map.end()
+    }
 }

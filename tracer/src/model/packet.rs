@@ -1,43 +1,157 @@
 //! A traced packet as tracer knows it: where it was, its addresses, what conntrack made
-//! of it, and the DNS message it carries.
+//! of it, and the DNS message it carries. These types are what JSON lines and captures
+//! hold: they serialise to the documented fields and read back from them.
 
 use std::net::SocketAddr;
 
-use tracer_common::Stage;
+use serde::{ser::SerializeMap, Deserialize, Deserializer, Serialize, Serializer};
+pub use tracer_common::Stage;
 
-use super::dns::DnsMessage;
+use super::{dns::DnsMessage, hook::Family, netfilter::HookPass, serde_forms};
+
+/// The transport protocols tracer traces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum L4Proto {
+    Udp,
+    Tcp,
+}
+
+impl L4Proto {
+    /// From the IP header's protocol number; `None` for what tracer does not trace.
+    pub fn from_number(number: u8) -> Option<L4Proto> {
+        match number {
+            IPPROTO_UDP => Some(L4Proto::Udp),
+            IPPROTO_TCP => Some(L4Proto::Tcp),
+            _ => None,
+        }
+    }
+
+    pub fn number(self) -> u8 {
+        match self {
+            L4Proto::Udp => IPPROTO_UDP,
+            L4Proto::Tcp => IPPROTO_TCP,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            L4Proto::Udp => "udp",
+            L4Proto::Tcp => "tcp",
+        }
+    }
+}
+
+impl std::fmt::Display for L4Proto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
-#[derive(Clone, Debug)]
+/// What became of a packet where tracer saw it decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Accept,
+    Drop,
+    Reject,
+}
+
+impl Verdict {
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Accept => "accept",
+            Verdict::Drop => "drop",
+            Verdict::Reject => "reject",
+        }
+    }
+}
+
+/// A frame at one stage of the bridge path, as the kernel reported it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PacketEvent {
     pub timestamp_ns: u64,
+    #[serde(skip)]
     pub skb_id: u64,
+    #[serde(skip)]
     pub loss: LossStamps,
+    #[serde(rename = "netns")]
     pub netns_inode: u32,
     pub stage: Stage,
     pub ifindex: u32,
+    #[serde(rename = "in_ifindex")]
     pub ingress_ifindex: u32,
-    /// Length of the IP packet (header included), the same at every stage; falls back
-    /// to the skb length when the IP header was not captured.
-    pub ip_len: u32,
-    pub l4_proto: u8,
+    #[serde(rename = "ip_version", with = "serde_forms::ip_version")]
+    pub family: Family,
+    #[serde(rename = "proto")]
+    pub l4_proto: L4Proto,
     pub src: SocketAddr,
     pub dst: SocketAddr,
+    /// Length of the IP packet (header included), the same at every stage; falls back
+    /// to the skb length when the IP header was not captured.
+    #[serde(rename = "len")]
+    pub ip_len: u32,
     pub conntrack: Conntrack,
     /// The DNS message the payload carries, when it is DNS (decided by the analysis, which
-    /// knows the DNS ports and the TCP streams: see `pipeline::dns_decode`).
+    /// knows the DNS ports and the TCP streams: see `pipeline::dns_decode`); read again
+    /// from the bytes, never from a line.
+    #[serde(skip_deserializing)]
     pub dns: Option<DnsMessage>,
     /// The frame's first bytes as copied in the kernel.
+    #[serde(skip)]
     pub captured: Vec<u8>,
     /// Offsets in `captured` of the IP header (0 when there is no link-layer header), the
     /// transport header and the transport payload.
+    #[serde(skip)]
     pub l3_offset: usize,
+    #[serde(skip)]
     pub l4_offset: usize,
+    #[serde(skip)]
     pub payload_offset: usize,
 }
 
+/// Interface names for one event, resolved in the watched network namespace when
+/// the event arrived (so a later rename or an ifindex reused after deletion does not
+/// rewrite history).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct InterfaceNames {
+    pub ifname: Option<String>,
+    pub in_ifname: Option<String>,
+    pub bridge: Option<String>,
+}
+
+/// One line of a watch: a frame at a bridge stage, with the netfilter hooks it passed
+/// since its previous line. Serialised, it is the JSON `"type": "packet"` line and the
+/// metadata a capture keeps with the frame's bytes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename = "packet")]
+pub struct TracedPacket {
+    /// Nanoseconds since the Unix epoch.
+    #[serde(rename = "time", with = "serde_forms::wall_time")]
+    pub wall_time_ns: u64,
+    #[serde(flatten)]
+    pub event: PacketEvent,
+    #[serde(flatten)]
+    pub names: InterfaceNames,
+    /// The netfilter hooks the packet passed since it was last on the bridge path.
+    pub hooks: Vec<HookPass>,
+    /// `accept` when it passed hooks (it came out of them).
+    pub verdict: Option<Verdict>,
+}
+
+impl TracedPacket {
+    /// Gives the packet the hooks it passed since its previous line.
+    pub fn with_hooks(mut self, hooks: Vec<HookPass>) -> TracedPacket {
+        self.verdict = (!hooks.is_empty()).then_some(Verdict::Accept);
+        self.hooks = hooks;
+        self
+    }
+}
+
+/// What conntrack had attached to the frame (`skb->_nfct`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Conntrack {
     /// Nothing attached: conntrack has not seen the frame on this path.
@@ -56,7 +170,7 @@ pub struct ConntrackEntry {
     pub reply: Option<FlowTuple>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowTuple {
     pub src: SocketAddr,
     pub dst: SocketAddr,
@@ -93,6 +207,9 @@ const STATUS_BITS: [&str; 16] = [
 const IPS_SRC_NAT: u32 = 1 << 4;
 pub const IPS_DST_NAT: u32 = 1 << 5;
 
+/// `enum ip_conntrack_info` (uapi), in value order.
+const CTINFO_NAMES: [&str; 5] = ["established", "related", "new", "established_reply", "related_reply"];
+
 /// A record's loss stamps (`RecordHeader::loss_stamp_src` / `_dst`): how many records of its
 /// source and destination endpoints' buckets had been lost when it was reserved.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -111,26 +228,9 @@ pub fn stage_name(stage: Stage) -> &'static str {
     }
 }
 
-impl PacketEvent {
-    pub fn proto_name(&self) -> &'static str {
-        match self.l4_proto {
-            IPPROTO_TCP => "tcp",
-            IPPROTO_UDP => "udp",
-            _ => "other",
-        }
-    }
-}
-
 impl ConntrackEntry {
     pub fn ctinfo_name(&self) -> &'static str {
-        match self.ctinfo {
-            0 => "established",
-            1 => "related",
-            2 => "new",
-            3 => "established_reply",
-            4 => "related_reply",
-            _ => "unknown",
-        }
+        CTINFO_NAMES.get(usize::from(self.ctinfo)).copied().unwrap_or("unknown")
     }
 
     /// Whether this packet travels in the entry's reply direction
@@ -167,11 +267,78 @@ impl ConntrackEntry {
     }
 }
 
+impl Conntrack {
+    /// The translations it applies, as one text (`dnat 10.96.0.10:53→10.244.0.7:53`).
+    pub fn nat_text(&self) -> Option<String> {
+        let Conntrack::Attached(entry) = self else { return None };
+        let nats = entry.nat();
+        (!nats.is_empty()).then(|| nats.iter().map(Nat::to_string).collect::<Vec<_>>().join(", "))
+    }
+}
+
 impl std::fmt::Display for Nat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Nat::Destination { from, to } => write!(f, "dnat {from}→{to}"),
             Nat::Source { from, to } => write!(f, "snat {from}→{to}"),
+        }
+    }
+}
+
+/// `null` when nothing is attached; `{"state": "untracked"}`; or the entry with its
+/// `ctinfo` and status bits by name and the NAT it applies in words.
+impl Serialize for Conntrack {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let entry = match self {
+            Conntrack::None => return serializer.serialize_none(),
+            Conntrack::Untracked => {
+                let mut map = serializer.serialize_map(Some(1))?;
+                map.serialize_entry("state", "untracked")?;
+                return map.end();
+            }
+            Conntrack::Attached(entry) => entry,
+        };
+        let mut map = serializer.serialize_map(Some(6))?;
+        map.serialize_entry("state", "attached")?;
+        map.serialize_entry("ctinfo", entry.ctinfo_name())?;
+        map.serialize_entry("status", &entry.status_names())?;
+        map.serialize_entry("original", &entry.original)?;
+        map.serialize_entry("reply", &entry.reply)?;
+        map.serialize_entry("nat", &self.nat_text())?;
+        map.end()
+    }
+}
+
+/// The serialised form's fields; `nat` is derived and not read back.
+#[derive(Deserialize)]
+struct ConntrackFields {
+    state: String,
+    ctinfo: Option<String>,
+    #[serde(default)]
+    status: Vec<String>,
+    original: Option<FlowTuple>,
+    reply: Option<FlowTuple>,
+}
+
+impl<'de> Deserialize<'de> for Conntrack {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let Some(fields) = Option::<ConntrackFields>::deserialize(deserializer)? else { return Ok(Conntrack::None) };
+        match fields.state.as_str() {
+            "untracked" => Ok(Conntrack::Untracked),
+            "attached" => {
+                let ctinfo = fields.ctinfo.as_deref().and_then(|name| CTINFO_NAMES.iter().position(|n| *n == name)).unwrap_or(0);
+                // Without tuples the kernel had no layout to read the entry by: no status either.
+                let status = fields.original.is_some().then(|| {
+                    fields.status.iter().filter_map(|name| STATUS_BITS.iter().position(|b| b == name)).fold(0u32, |bits, bit| bits | (1 << bit))
+                });
+                Ok(Conntrack::Attached(ConntrackEntry {
+                    ctinfo: ctinfo as u8,
+                    status,
+                    original: fields.original,
+                    reply: fields.reply,
+                }))
+            }
+            other => Err(serde::de::Error::custom(format!("unknown conntrack state {other:?}"))),
         }
     }
 }

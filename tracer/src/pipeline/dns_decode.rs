@@ -11,7 +11,7 @@ use super::{
     bounded::BoundedTable,
     dns_parse::{self as dns, DnsMessage},
 };
-use crate::model::packet::{IPPROTO_TCP, IPPROTO_UDP};
+use crate::model::packet::L4Proto;
 
 /// The DNS port every deployment uses.
 pub const DNS_PORT: u16 = 53;
@@ -36,7 +36,7 @@ struct TcpStream {
 pub struct Segment<'a> {
     pub src: SocketAddr,
     pub dst: SocketAddr,
-    pub l4_proto: u8,
+    pub l4_proto: L4Proto,
     /// The transport header and the payload bytes that were captured after it.
     pub bytes: &'a [u8],
     /// Length of the transport header in `bytes`.
@@ -67,12 +67,11 @@ impl DnsDecoder {
             return None;
         }
         match segment.l4_proto {
-            IPPROTO_UDP => {
+            L4Proto::Udp => {
                 let payload = segment.bytes.get(segment.header_len..)?;
                 dns::parse_plausible(payload, false, segment.payload_len)
             }
-            IPPROTO_TCP => self.decode_tcp(segment),
-            _ => None,
+            L4Proto::Tcp => self.decode_tcp(segment),
         }
     }
 
@@ -154,7 +153,7 @@ mod tests {
 
     fn decode_udp(decoder: &mut DnsDecoder, src: &str, dst: &str, payload: &[u8]) -> Option<DnsMessage> {
         let (src, dst, bytes) = udp(src, dst, payload);
-        decoder.decode(&Segment { src, dst, l4_proto: IPPROTO_UDP, bytes: &bytes, header_len: 8, payload_len: payload.len() })
+        decoder.decode(&Segment { src, dst, l4_proto: L4Proto::Udp, bytes: &bytes, header_len: 8, payload_len: payload.len() })
     }
 
     fn tcp(sequence: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
@@ -170,7 +169,7 @@ mod tests {
         decoder.decode(&Segment {
             src: "10.0.0.5:40000".parse().expect("literal"),
             dst: "10.0.0.7:53".parse().expect("literal"),
-            l4_proto: IPPROTO_TCP,
+            l4_proto: L4Proto::Tcp,
             bytes,
             header_len: 20,
             payload_len: bytes.len() - 20,

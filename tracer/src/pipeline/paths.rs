@@ -4,45 +4,28 @@
 //! entered and never left).
 
 use super::{bounded::BoundedTable, loss::LossWindows};
+use serde::{Deserialize, Serialize};
+
+pub use crate::model::netfilter::HookPass;
 use crate::{
-    model::{
-        hook::Hook,
-        netfilter::{DropEvent, HookEvent, IcmpEvent},
-        packet::{Conntrack, Nat},
-    },
+    model::netfilter::{DropEvent, HookEvent, IcmpEvent},
 };
 
-/// One netfilter hook on a packet's way.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HookPass {
-    pub hook: Hook,
-    pub ipv6: bool,
-    /// Seen at the end of the hook's priority range: every hook function let it through.
-    pub left: bool,
-    /// Conntrack as the packet left the hook (or as it entered, when it never left).
-    pub conntrack: Conntrack,
-    pub in_ifindex: u32,
-    pub out_ifindex: u32,
-}
-
-impl HookPass {
-    pub fn nat(&self) -> Vec<Nat> {
-        match &self.conntrack {
-            Conntrack::Attached(entry) => entry.nat(),
-            _ => Vec::new(),
-        }
-    }
-}
-
-/// A packet that died while traced.
-#[derive(Clone, Debug)]
+/// A packet that died while traced. Serialised, the kernel's part of its `dropped` line:
+/// the drop and the hooks it passed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DroppedPacket {
+    #[serde(flatten)]
     pub drop: DropEvent,
+    #[serde(rename = "hooks")]
     pub path: Vec<HookPass>,
-    /// The ICMP error the kernel answered with (e.g. a REJECT), when it did.
+    /// The ICMP error the kernel answered with (e.g. a REJECT), when it did (a line names
+    /// the answer in words).
+    #[serde(skip)]
     pub icmp: Option<IcmpEvent>,
     /// The packet's source from its first record on: a record of its path that was lost
     /// (the one that would show it left a hook) shows as growth there.
+    #[serde(skip)]
     pub loss: LossWindows,
 }
 
@@ -92,7 +75,7 @@ impl HookPaths {
             // link is not there): the packet still passed the hook.
             (false, None) | (true, _) => pending.path.push(HookPass {
                 hook: event.hook,
-                ipv6: event.ipv6,
+                family: event.family,
                 left: !event.early,
                 conntrack: event.conntrack.clone(),
                 in_ifindex: event.in_ifindex,
@@ -143,18 +126,22 @@ impl HookPaths {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{
+        hook::{Family, Hook},
+        packet::{Conntrack, L4Proto},
+    };
 
     fn hook_event(skb_id: u64, at: u64, hook: Hook, early: bool) -> HookEvent {
         HookEvent {
             timestamp_ns: at,
             skb_id,
             loss: Default::default(),
-            ipv6: false,
+            family: Family::Ipv4,
             hook,
             early,
             in_ifindex: 2,
             out_ifindex: 0,
-            l4_proto: 17,
+            l4_proto: L4Proto::Udp,
             src: "10.244.0.5:40000".parse().expect("literal"),
             dst: "10.96.0.10:53".parse().expect("literal"),
             conntrack: Conntrack::None,
@@ -170,7 +157,8 @@ mod tests {
             ifindex: 2,
             reason: 12,
             location: 0,
-            l4_proto: 17,
+            family: Family::Ipv4,
+            l4_proto: L4Proto::Udp,
             src: "10.244.0.5:40000".parse().expect("literal"),
             dst: "10.244.0.7:53".parse().expect("literal"),
         }

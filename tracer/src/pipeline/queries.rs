@@ -8,6 +8,8 @@
 
 use std::net::SocketAddr;
 
+use serde::{Deserialize, Serialize};
+
 use tracer_common::Stage;
 
 use super::{bounded::BoundedTable, loss::LossWindows};
@@ -17,11 +19,12 @@ use crate::model::{
 };
 
 /// Where a packet was last seen on the node.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sighting {
     pub stage: Stage,
     pub ifname: Option<String>,
     pub ifindex: u32,
+    #[serde(skip)]
     pub wall_time_ns: u64,
 }
 
@@ -221,7 +224,8 @@ pub(crate) mod tests {
     use super::*;
     use crate::model::{
         dns::DnsMessage,
-        packet::{ConntrackEntry, FlowTuple},
+        hook::Family,
+        packet::{ConntrackEntry, FlowTuple, L4Proto},
         InterfaceNames,
     };
 
@@ -249,7 +253,8 @@ pub(crate) mod tests {
                 ifindex: 7,
                 ingress_ifindex: 0,
                 ip_len: 80,
-                l4_proto: 17,
+                family: Family::Ipv4,
+                l4_proto: L4Proto::Udp,
                 src: addr(src),
                 dst: addr(dst),
                 conntrack,
@@ -274,6 +279,8 @@ pub(crate) mod tests {
                 in_ifname: None,
                 bridge: Some("cni0".to_string()),
             },
+            hooks: Vec::new(),
+            verdict: None,
         }
     }
 

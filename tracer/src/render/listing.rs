@@ -2,12 +2,9 @@
 //! time, interface, addresses and DNS, as text or JSON Lines. Such a file has no stage,
 //! hook path or conntrack, so these lines are not tracer's packet lines.
 
-use std::{
-    io::{self, Write},
-    time::{Duration, UNIX_EPOCH},
-};
+use std::io::{self, Write};
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::text::time_of_day;
 use crate::model::plain::PlainPacket;
@@ -17,14 +14,6 @@ pub struct Listing<W: Write> {
     json: bool,
 }
 
-fn proto_name(proto: u8) -> &'static str {
-    match proto {
-        6 => "tcp",
-        17 => "udp",
-        _ => "other",
-    }
-}
-
 impl<W: Write> Listing<W> {
     pub fn new(out: W, json: bool) -> Self {
         Listing { out, json }
@@ -32,24 +21,7 @@ impl<W: Write> Listing<W> {
 
     pub fn packet(&mut self, packet: &PlainPacket) -> io::Result<()> {
         if self.json {
-            let time = humantime::format_rfc3339_nanos(UNIX_EPOCH + Duration::from_nanos(packet.wall_time_ns)).to_string();
-            let mut line = json!({
-                "type": "packet",
-                "time": time,
-                "stage": null,
-                "ifname": packet.ifname,
-                "link_type": packet.linktype,
-                "captured_len": packet.captured_len,
-            });
-            if let (Some(ip), Some(fields)) = (&packet.ip, line.as_object_mut()) {
-                fields.insert("ip_version".into(), json!(ip.version));
-                fields.insert("proto".into(), json!(proto_name(ip.l4_proto)));
-                fields.insert("src".into(), json!(ip.src.to_string()));
-                fields.insert("dst".into(), json!(ip.dst.to_string()));
-                fields.insert("len".into(), json!(ip.ip_len));
-                fields.insert("dns".into(), ip.dns.as_ref().map(super::json::dns_json).unwrap_or(Value::Null));
-            }
-            serde_json::to_writer(&mut self.out, &line)?;
+            serde_json::to_writer(&mut self.out, packet)?;
             return self.out.write_all(b"\n");
         }
         let place = packet.ifname.clone().unwrap_or_else(|| "-".to_string());
@@ -58,7 +30,7 @@ impl<W: Write> Listing<W> {
                 let flow = format!("{} → {}", ip.src, ip.dst);
                 let payload = match &ip.dns {
                     Some(message) => super::text::dns_text(message),
-                    None => format!("{} {} bytes", proto_name(ip.l4_proto), ip.ip_len),
+                    None => format!("{} {} bytes", ip.l4_proto, ip.ip_len),
                 };
                 format!("{:<45} {payload}", flow)
             }

@@ -5,14 +5,16 @@ use std::io::{self, Write};
 
 use tracer_common::Stage;
 
-use crate::analysis::output::{DropLine, Output, Summary};
-use crate::pipeline::paths::HookPass;
-use crate::model::{
-    dns,
-    packet::{stage_name, Conntrack},
-    TracedPacket,
+use crate::{
+    analysis::output::{DropLine, Output, Summary},
+    findings::{DnsEvidence, Evidence, Finding, NetfilterEvidence, NodeEvidence, RuleRef},
+    model::{
+        dns,
+        netfilter::HookPass,
+        packet::{stage_name, Conntrack},
+        TracedPacket,
+    },
 };
-use crate::findings::{DnsEvidence, Evidence, Finding, NetfilterEvidence, NodeEvidence, RuleRef};
 
 pub struct TextOutput<W: Write> {
     out: W,
@@ -108,7 +110,7 @@ impl<W: Write> Output for TextOutput<W> {
         let path = hook_path(&line.dropped.path);
         let by = line.rule.as_ref().map(|r| format!(" ({r})")).unwrap_or_default();
         let icmp = line.icmp.as_ref().map(|i| format!(", ICMP {i}")).unwrap_or_default();
-        let verdict = self.paint(RED_BOLD, &format!("✗ {}{by}", line.verdict.to_uppercase()));
+        let verdict = self.paint(RED_BOLD, &format!("✗ {}{by}", line.verdict.name().to_uppercase()));
         let place = line.ifname.clone().unwrap_or_else(|| format!("if{}", drop.ifindex));
         let lost = match line.records_lost {
             Some(n) => self.paint(YELLOW, &format!(" ({n} records of this flow lost: its hook and rule are not certain)")),
@@ -128,13 +130,14 @@ impl<W: Write> Output for TextOutput<W> {
         writeln!(self.out, "{text}")
     }
 
-    fn packet(&mut self, packet: &TracedPacket, hooks: &[HookPass]) -> io::Result<()> {
+    fn packet(&mut self, packet: &TracedPacket) -> io::Result<()> {
+        let hooks = &packet.hooks;
         let event = &packet.event;
         let (from, to) = path(packet);
         let flow = format!("{} → {}", event.src, event.dst);
         let what = match &event.dns {
             Some(message) => dns_text(message),
-            None => format!("{} {} bytes", event.proto_name(), event.ip_len),
+            None => format!("{} {} bytes", event.l4_proto.name(), event.ip_len),
         };
         let conntrack = match &event.conntrack {
             Conntrack::None => self.paint(YELLOW, "ct:no"),
@@ -273,9 +276,9 @@ fn netfilter_evidence_lines(nf: &NetfilterEvidence) -> Vec<String> {
     if let Some(icmp) = &nf.icmp {
         lines.push(format!("the node answered with ICMP {icmp}"));
     }
-    match (&nf.rule, &nf.policy) {
-        (Some(rule), _) => lines.push(format!("rule: {}", rule_label(rule))),
-        (None, Some(policy)) => lines.push(format!("policy of {} chain {}/{}", policy.backend, policy.table, policy.chain)),
+    match (nf.culprit.rule(), nf.culprit.policy_chain()) {
+        (Some(rule), _) => lines.push(format!("rule: {}", rule_label(&rule))),
+        (None, Some(policy)) => lines.push(format!("policy of {} chain {}", policy.backend, policy.label())),
         (None, None) => {}
     }
     for candidate in &nf.candidates {
@@ -319,8 +322,8 @@ fn node_evidence_lines(node: &NodeEvidence) -> Vec<String> {
     if let Some(rule) = &node.rule {
         lines.push(format!("rule: {}", rule_label(rule)));
     }
-    if let Some(policy) = &node.policy {
-        lines.push(format!("DROP policy of {} {}/{}", policy.backend, policy.table, policy.chain));
+    if let Some(policy) = node.policy_chain() {
+        lines.push(format!("DROP policy of {} {}", policy.backend, policy.label()));
     }
     if let Some(drops) = &node.drops {
         let device = drops.ifname.as_ref().map(|i| format!(" on {i}")).unwrap_or_default();

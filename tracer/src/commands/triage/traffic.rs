@@ -17,10 +17,9 @@ use crate::{
         node_config::{DropGroup, Example, Traffic},
         Evidence, Finding,
     },
-    model::{hook::Hook, TracedPacket},
-    pipeline::paths::HookPass,
+    model::{hook::Hook, packet::L4Proto, TracedPacket},
     render::{
-        json::{drop_json, packet_json},
+        json::to_value,
         text::TextOutput,
     },
 };
@@ -43,7 +42,7 @@ struct Recent {
     json: Value,
 }
 
-type DropKey = (String, Option<Hook>, Option<Hook>, IpAddr, SocketAddr, u8);
+type DropKey = (String, Option<Hook>, Option<Hook>, IpAddr, SocketAddr, L4Proto);
 
 /// Keeps what the watch reports for the triage report.
 pub struct Collector {
@@ -141,16 +140,16 @@ fn render_text(write: impl FnOnce(&mut TextOutput<&mut Vec<u8>>) -> io::Result<(
 }
 
 impl Output for Collector {
-    fn packet(&mut self, packet: &TracedPacket, hooks: &[HookPass]) -> io::Result<()> {
+    fn packet(&mut self, packet: &TracedPacket) -> io::Result<()> {
         self.packets += 1;
-        let text = render_text(|out| out.packet(packet, hooks));
+        let text = render_text(|out| out.packet(packet));
         let event = &packet.event;
         self.remember(Recent {
             src: event.src,
             dst: event.dst,
             dns_id: event.dns.as_ref().map(|d| d.id),
             text,
-            json: packet_json(packet, hooks),
+            json: to_value(packet),
         });
         self.draw_progress(false);
         Ok(())
@@ -159,7 +158,7 @@ impl Output for Collector {
     fn dropped(&mut self, line: &DropLine) -> io::Result<()> {
         self.packets += 1;
         let drop = &line.dropped.drop;
-        self.remember(Recent { src: drop.src, dst: drop.dst, dns_id: None, text: render_text(|out| out.dropped(line)), json: drop_json(line) });
+        self.remember(Recent { src: drop.src, dst: drop.dst, dns_id: None, text: render_text(|out| out.dropped(line)), json: to_value(line) });
         let stopped_in = line.dropped.stopped_in().map(|pass| pass.hook);
         let after = if stopped_in.is_none() { line.dropped.path.last().map(|pass| pass.hook) } else { None };
         let key: DropKey = (line.reason.clone(), stopped_in, after, drop.src.ip(), drop.dst, drop.l4_proto);
@@ -218,7 +217,11 @@ mod tests {
 
     use super::*;
     use crate::{
-        model::{netfilter::DropEvent, packet::Conntrack},
+        model::{
+            hook::Family,
+            netfilter::{DropEvent, HookPass},
+            packet::{Conntrack, L4Proto, Verdict},
+        },
         pipeline::{
             paths::DroppedPacket,
             queries::tests::{addr, packet, query_path},
@@ -233,7 +236,8 @@ mod tests {
             ifname: Some("cni0".into()),
             bridge: Some("cni0".into()),
             reason: "NETFILTER_DROP".into(),
-            verdict: "drop",
+            stage: Default::default(),
+            verdict: Verdict::Drop,
             icmp: None,
             rule: None,
             records_lost: None,
@@ -251,7 +255,8 @@ mod tests {
                 ifindex: 2,
                 reason: 12,
                 location: 0,
-                l4_proto: 17,
+                family: Family::Ipv4,
+                l4_proto: L4Proto::Udp,
                 src: addr(src),
                 dst: addr("10.96.0.10:53"),
             },
@@ -261,14 +266,14 @@ mod tests {
     }
 
     fn pass(hook: Hook, left: bool) -> HookPass {
-        HookPass { hook, ipv6: false, left, conntrack: Conntrack::None, in_ifindex: 2, out_ifindex: 0 }
+        HookPass { hook, family: Family::Ipv4, left, conntrack: Conntrack::None, in_ifindex: 2, out_ifindex: 0 }
     }
 
     #[test]
     fn drops_are_grouped_by_reason_place_and_client_address() {
         let mut collector = Collector::new(Duration::from_secs(1), false);
         for packet in query_path().iter().take(1) {
-            collector.packet(packet, &[]).expect("in memory");
+            collector.packet(packet).expect("in memory");
         }
         let in_pre_routing = dropped("10.244.0.5:40000", vec![pass(Hook::PreRouting, false)]);
         let again_other_port = dropped("10.244.0.5:40001", vec![pass(Hook::PreRouting, false)]);
@@ -293,7 +298,7 @@ mod tests {
         // Another client's query in between is not part of the example.
         packets.insert(2, packet(1, Stage::BridgeIn, "veth-other", "10.244.0.9:5000", "10.96.0.10:53", false, Conntrack::None));
         for p in &packets {
-            collector.packet(p, &[]).expect("in memory");
+            collector.packet(p).expect("in memory");
         }
         let finding = Finding {
             kind: FindingKind::ConntrackSkip,
