@@ -1806,7 +1806,6 @@ pub(crate) mod test_netns {
     //! Network namespaces for tests that touch real firewalls: each test gets its own,
     //! deleted on drop even when the test fails, so nothing leaks into the host's rulesets.
 
-    use std::os::fd::AsRawFd;
     use std::process::Command;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -1868,18 +1867,8 @@ pub(crate) mod test_netns {
         /// Runs `body` on a thread of its own that has entered the namespace: the tools
         /// snapshot() starts inherit it, and the test harness's threads stay where they are.
         pub fn run<T: Send>(&self, body: impl FnOnce() -> T + Send) -> T {
-            std::thread::scope(|scope| {
-                scope
-                    .spawn(|| {
-                        let file = std::fs::File::open(format!("/run/netns/{}", self.name)).expect("open netns");
-                        // SAFETY: a valid namespace fd; CLONE_NEWNET moves only this thread.
-                        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                        body()
-                    })
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
+            let path = std::path::PathBuf::from(format!("/run/netns/{}", self.name));
+            crate::node::netns::run_in(&path, body).expect("enter the namespace")
         }
 
         /// Sends UDP datagrams from inside the namespace (they may be refused: the firewall

@@ -10,9 +10,8 @@
 
 use std::{
     collections::BTreeMap,
-    fs::File,
     io,
-    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
 
@@ -138,20 +137,10 @@ fn pinned_namespaces(dir: &Path) -> io::Result<Vec<(String, u64, PathBuf)>> {
 /// Runs `read` in `netns`: directly for the current namespace, otherwise on a thread of its
 /// own that enters the namespace first.
 pub fn in_namespace<T: Send>(netns: &Netns, read: impl FnOnce() -> T + Send) -> Result<T> {
-    let Some(path) = &netns.path else { return Ok(read()) };
-    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    std::thread::scope(|scope| {
-        scope
-            .spawn(move || {
-                // SAFETY: a valid namespace fd; setns changes only this thread's namespace.
-                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(anyhow!(io::Error::last_os_error()).context(format!("entering network namespace {}", path.display())));
-                }
-                Ok(read())
-            })
-            .join()
-            .map_err(|_| anyhow!("reading network namespace {} failed (thread panicked)", path.display()))?
-    })
+    match &netns.path {
+        None => Ok(read()),
+        Some(path) => super::netns::run_in(path, read),
+    }
 }
 
 /// A Linux bridge and the devices enslaved to it.

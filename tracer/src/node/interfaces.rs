@@ -408,19 +408,8 @@ mod tests {
         /// Runs `body` on a fresh thread that has entered this namespace, so the test harness's own
         /// threads stay where they are.
         fn run<F: FnOnce(&str) + Send + 'static>(&self, body: F) {
-            let name = self.name.clone();
-            let thread = std::thread::spawn(move || {
-                let file = std::fs::File::open(format!("/run/netns/{name}"))
-                    .expect("open the namespace file");
-                // SAFETY: setns on a valid namespace fd affects only the calling thread for
-                // CLONE_NEWNET.
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns: {}", io::Error::last_os_error());
-                body(&name);
-            });
-            if let Err(panic) = thread.join() {
-                std::panic::resume_unwind(panic);
-            }
+            let path = std::path::PathBuf::from(format!("/run/netns/{}", self.name));
+            crate::node::netns::run_in(&path, || body(&self.name)).expect("enter the namespace");
         }
     }
 

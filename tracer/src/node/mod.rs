@@ -3,4 +3,5 @@
 
 pub mod checks;
 pub mod interfaces;
+pub mod netns;
 pub mod sysctl;
