@@ -8,12 +8,11 @@
 //! (sockets keep the namespace they were created in), so no extra tool is needed.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::CString;
 use std::fs::{self, File};
 use std::io;
 use std::marker::PhantomData;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -26,7 +25,7 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::Value;
 use tracer_tests::lab::*;
 use tracer_tests::netns::in_netns;
-use tracer_tests::packets::{dns_query, qname};
+use tracer_tests::packets::*;
 use tracer_tests::output::*;
 use tracer_tests::tracer_bin;
 
@@ -1448,13 +1447,6 @@ fn malformed_frames(client: [u8; 6], server: [u8; 6], gateway: [u8; 6]) -> Vec<(
 
 /// DNS messages that break the rules.
 fn malformed_dns() -> Vec<(&'static str, Vec<u8>)> {
-    let header = |id: u16, flags: u16, qd: u16, an: u16| {
-        let mut h = Vec::new();
-        for v in [id, flags, qd, an, 0, 0] {
-            h.extend_from_slice(&v.to_be_bytes());
-        }
-        h
-    };
     let with = |mut h: Vec<u8>, tail: &[u8]| {
         h.extend_from_slice(tail);
         h
@@ -1483,214 +1475,49 @@ fn malformed_dns() -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "question cut inside a label",
-            with(header(0x0c01, 0x0100, 1, 0), &[7, b'e', b'x', b'a']),
+            with(dns_header(0x0c01, 0x0100, 1, 0), &[7, b'e', b'x', b'a']),
         ),
         (
             "question without type and class",
-            with(header(0x0c02, 0x0100, 1, 0), &qname(TEST_NAME)),
+            with(dns_header(0x0c02, 0x0100, 1, 0), &qname(TEST_NAME)),
         ),
         (
             "compression pointer to itself",
-            with(header(0x0c03, 0x0100, 1, 0), &[0xc0, 12, 0, 1, 0, 1]),
+            with(dns_header(0x0c03, 0x0100, 1, 0), &[0xc0, 12, 0, 1, 0, 1]),
         ),
         (
             "two compression pointers in a loop",
             with(
-                header(0x0c04, 0x0100, 1, 0),
+                dns_header(0x0c04, 0x0100, 1, 0),
                 &[0xc0, 14, 0xc0, 12, 0, 1, 0, 1],
             ),
         ),
         (
             "compression pointer past the message",
-            with(header(0x0c05, 0x0100, 1, 0), &[0xc0, 0xff, 0, 1, 0, 1]),
+            with(dns_header(0x0c05, 0x0100, 1, 0), &[0xc0, 0xff, 0, 1, 0, 1]),
         ),
         (
             "label of 64 bytes",
-            with(header(0x0c06, 0x0100, 1, 0), &long_label),
+            with(dns_header(0x0c06, 0x0100, 1, 0), &long_label),
         ),
         (
             "name over 255 bytes",
-            with(header(0x0c07, 0x0100, 1, 0), &long_name),
+            with(dns_header(0x0c07, 0x0100, 1, 0), &long_name),
         ),
         (
             "65535 questions",
-            with(header(0x0c08, 0x0100, 0xffff, 0xffff), &reply_question),
+            with(dns_header(0x0c08, 0x0100, 0xffff, 0xffff), &reply_question),
         ),
         (
             "response with a cut answer",
-            with(header(0x0c09, 0x8180, 1, 3), &cut_answer),
+            with(dns_header(0x0c09, 0x8180, 1, 3), &cut_answer),
         ),
         (
             "response with a looping CNAME answer",
-            with(header(0x0c0a, 0x8180, 1, 1), &looping_answer),
+            with(dns_header(0x0c0a, 0x8180, 1, 1), &looping_answer),
         ),
         ("all 0xff", vec![0xff; 300]),
     ]
-}
-
-fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u64 = 0;
-    for pair in data.chunks(2) {
-        sum += u64::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
-    }
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-fn ether(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(14 + payload.len());
-    f.extend_from_slice(&dst);
-    f.extend_from_slice(&src);
-    f.extend_from_slice(&ethertype.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-/// An IPv4 packet; `options` must be a multiple of 4 bytes; `frag` is the flags+offset field.
-fn ipv4(
-    src: [u8; 4],
-    dst: [u8; 4],
-    proto: u8,
-    options: &[u8],
-    id: u16,
-    frag: u16,
-    payload: &[u8],
-) -> Vec<u8> {
-    let header_len = 20 + options.len();
-    let mut p = Vec::with_capacity(header_len + payload.len());
-    p.push(0x40 | (header_len / 4) as u8);
-    p.push(0);
-    p.extend_from_slice(&((header_len + payload.len()) as u16).to_be_bytes());
-    p.extend_from_slice(&id.to_be_bytes());
-    p.extend_from_slice(&frag.to_be_bytes());
-    p.extend_from_slice(&[64, proto, 0, 0]);
-    p.extend_from_slice(&src);
-    p.extend_from_slice(&dst);
-    p.extend_from_slice(options);
-    fix_ipv4_checksum(&mut p);
-    p.extend_from_slice(payload);
-    p
-}
-
-fn fix_ipv4_checksum(packet: &mut [u8]) {
-    let header_len = (usize::from(packet[0] & 0x0f) * 4).min(packet.len());
-    packet[10..12].copy_from_slice(&[0, 0]);
-    let sum = checksum(&packet[..header_len]);
-    packet[10..12].copy_from_slice(&sum.to_be_bytes());
-}
-
-fn udp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let mut d = udp_header(sport, dport, payload);
-    let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&src);
-    pseudo.extend_from_slice(&dst);
-    pseudo.extend_from_slice(&[0, 17]);
-    pseudo.extend_from_slice(&(d.len() as u16).to_be_bytes());
-    pseudo.extend_from_slice(&d);
-    let sum = match checksum(&pseudo) {
-        0 => 0xffff,
-        s => s,
-    };
-    d[6..8].copy_from_slice(&sum.to_be_bytes());
-    d
-}
-
-fn udp6(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let mut d = udp_header(sport, dport, payload);
-    let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&src);
-    pseudo.extend_from_slice(&dst);
-    pseudo.extend_from_slice(&(d.len() as u32).to_be_bytes());
-    pseudo.extend_from_slice(&[0, 0, 0, 17]);
-    pseudo.extend_from_slice(&d);
-    let sum = match checksum(&pseudo) {
-        0 => 0xffff,
-        s => s,
-    };
-    d[6..8].copy_from_slice(&sum.to_be_bytes());
-    d
-}
-
-fn udp_header(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let mut d = Vec::with_capacity(8 + payload.len());
-    d.extend_from_slice(&sport.to_be_bytes());
-    d.extend_from_slice(&dport.to_be_bytes());
-    d.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-    d.extend_from_slice(&[0, 0]);
-    d.extend_from_slice(payload);
-    d
-}
-
-fn ipv6(src: [u8; 16], dst: [u8; 16], next_header: u8, payload: &[u8]) -> Vec<u8> {
-    let mut p = vec![0x60, 0, 0, 0];
-    p.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-    p.extend_from_slice(&[next_header, 64]);
-    p.extend_from_slice(&src);
-    p.extend_from_slice(&dst);
-    p.extend_from_slice(payload);
-    p
-}
-
-/// A TCP segment (PSH|ACK) with the given data offset in words, checksum left 0.
-fn tcp4(sport: u16, dport: u16, doff: u8, payload: &[u8]) -> Vec<u8> {
-    let mut s = Vec::new();
-    s.extend_from_slice(&sport.to_be_bytes());
-    s.extend_from_slice(&dport.to_be_bytes());
-    s.extend_from_slice(&1u32.to_be_bytes());
-    s.extend_from_slice(&1u32.to_be_bytes());
-    s.push(doff << 4);
-    s.push(0x18);
-    s.extend_from_slice(&[0xff, 0xff, 0, 0, 0, 0]);
-    s.extend_from_slice(payload);
-    s
-}
-
-/// Sends raw Ethernet frames out of `ifname` in `netns` (AF_PACKET), a few milliseconds apart.
-fn send_frames(netns: &str, ifname: &str, frames: &[(String, Vec<u8>)]) -> Result<()> {
-    let ifname = CString::new(ifname)?;
-    in_netns(netns, move || {
-        // SAFETY: plain socket(2); the result is checked before it is owned.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
-        ensure!(fd >= 0, "AF_PACKET socket: {}", io::Error::last_os_error());
-        // SAFETY: a fresh descriptor nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: a NUL-terminated name.
-        let ifindex = unsafe { libc::if_nametoindex(ifname.as_ptr()) };
-        ensure!(
-            ifindex != 0,
-            "no interface {ifname:?}: {}",
-            io::Error::last_os_error()
-        );
-        for (what, frame) in frames {
-            // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
-            let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            addr.sll_family = libc::AF_PACKET as u16;
-            addr.sll_protocol = u16::from_ne_bytes([frame[12], frame[13]]);
-            addr.sll_ifindex = ifindex as i32;
-            addr.sll_halen = 6;
-            addr.sll_addr[..6].copy_from_slice(&frame[..6]);
-            // SAFETY: the buffer and the address live across the call, lengths match.
-            let sent = unsafe {
-                libc::sendto(
-                    fd.as_raw_fd(),
-                    frame.as_ptr().cast(),
-                    frame.len(),
-                    0,
-                    (&addr as *const libc::sockaddr_ll).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-                )
-            };
-            ensure!(
-                sent == frame.len() as isize,
-                "sending {what}: {}",
-                io::Error::last_os_error()
-            );
-            thread::sleep(Duration::from_millis(3));
-        }
-        Ok(())
-    })
 }
 
 // ---------------------------------------------------------------------------------------------
