@@ -37,17 +37,18 @@
 //! the compiler guarantees they are stopped before the namespaces go away.
 
 use std::fs;
-use std::io::{self, BufRead, BufReader, Read};
-use std::marker::PhantomData;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
+
+// The lab starts processes and the suites import the lab: one import gives them both.
+use crate::process::{send_signal, wait_timeout};
+pub use crate::process::{Finished, Process, StdoutMode, STOP_GRACE};
 
 pub const BRIDGE: &str = "cni0";
 pub const BRIDGE_IP: &str = "10.244.0.1";
@@ -85,8 +86,6 @@ pub const BIG_TXT_STRINGS: usize = 12;
 pub const TRACER_READY: &str = "tracer: watching";
 /// Loading and attaching can take a while with a debug build parsing the kernel's BTF.
 pub const TRACER_READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a process gets to exit after SIGTERM before it is killed.
-pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Namespace names start with this, then the owning process id; stale labs left behind by a killed
 /// test process are recognised by it and removed by the next lab.
@@ -350,7 +349,10 @@ impl Lab {
             "--user=root".into(),
             format!("--pid-file={}", pid_file.display()),
             format!("--host-record={TEST_NAME},{TEST_A},{TEST_AAAA}"),
-            format!("--txt-record={BIG_TXT_NAME},{}", big_txt_strings().join(",")),
+            format!(
+                "--txt-record={BIG_TXT_NAME},{}",
+                big_txt_strings().join(",")
+            ),
             // dnsmasq's default (1232) would truncate the big answer instead of sending it.
             "--edns-packet-max=4096".into(),
             "--log-queries".into(),
@@ -448,6 +450,35 @@ impl Lab {
         Process::spawn(self.command(ns, argv), argv.join(" "), StdoutMode::Capture)
     }
 
+    /// Starts `tracer ARGS` (the binary from [`crate::tracer_bin`]) in the node namespace with
+    /// `env` added to its environment, without waiting for it to watch.
+    pub fn spawn_tracer(
+        &self,
+        args: &[&str],
+        env: &[(&str, &str)],
+        mode: StdoutMode,
+    ) -> Result<Process<'_>> {
+        self.spawn_tracer_at(&crate::tracer_bin()?, args, env, mode)
+    }
+
+    fn spawn_tracer_at(
+        &self,
+        tracer: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        mode: StdoutMode,
+    ) -> Result<Process<'_>> {
+        let tracer = tracer
+            .to_str()
+            .ok_or_else(|| anyhow!("non-UTF-8 path {}", tracer.display()))?;
+        let mut argv = vec![tracer];
+        argv.extend_from_slice(args);
+        let env_words: String = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+        let mut cmd = self.command(Ns::Node, &argv);
+        cmd.envs(env.iter().copied());
+        Process::spawn(cmd, env_words + &argv.join(" "), mode)
+    }
+
     /// Starts `tracer watch ARGS` (the binary from [`crate::tracer_bin`]) in the node namespace
     /// with its output captured, and returns once it reported that it is watching.
     pub fn watch(&self, args: &[&str]) -> Result<Process<'_>> {
@@ -462,13 +493,10 @@ impl Lab {
         args: &[&str],
         mode: StdoutMode,
     ) -> Result<Process<'_>> {
-        let tracer = tracer
-            .to_str()
-            .ok_or_else(|| anyhow!("non-UTF-8 path {}", tracer.display()))?;
-        let mut argv = vec![tracer, "watch"];
+        let mut argv = vec!["watch"];
         argv.extend_from_slice(args);
-        let mut process = Process::spawn(self.command(Ns::Node, &argv), argv.join(" "), mode)?;
-        process.wait_for_stderr(TRACER_READY, TRACER_READY_TIMEOUT)?;
+        let mut process = self.spawn_tracer_at(tracer, &argv, &[], mode)?;
+        process.wait_until_watching()?;
         Ok(process)
     }
 
@@ -502,11 +530,16 @@ impl Lab {
             fs::write(&queries, format!("{TEST_NAME} A\n"))
                 .with_context(|| format!("writing {}", queries.display()))?;
         }
-        let queries = queries.to_str().ok_or_else(|| anyhow!("non-UTF-8 lab directory"))?;
+        let queries = queries
+            .to_str()
+            .ok_or_else(|| anyhow!("non-UTF-8 lab directory"))?;
         let (secs, clients) = (secs.to_string(), clients.to_string());
         self.spawn(
             Ns::Client,
-            &["dnsperf", "-s", server, "-d", queries, "-l", &secs, "-c", &clients, "-q", "200", "-t", "2"],
+            &[
+                "dnsperf", "-s", server, "-d", queries, "-l", &secs, "-c", &clients, "-q", "200",
+                "-t", "2",
+            ],
         )
     }
 
@@ -604,301 +637,11 @@ impl Dig {
     }
 }
 
-/// Where a spawned process's stdout goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StdoutMode {
-    /// Collected, returned by [`Process::finish`] / [`Process::stop`].
-    Capture,
-    /// Collected, but JSON packet lines (`"type":"packet"`) are only counted
-    /// ([`Finished::packet_lines`]): a watch under a flood prints more of them than a test
-    /// should hold.
-    CountPackets,
-    /// Inherited (the terminal); stderr is still captured and also echoed to our stderr.
-    Terminal,
-}
-
 /// The strings of [`BIG_TXT_NAME`]'s TXT record.
 pub fn big_txt_strings() -> Vec<String> {
-    (0..BIG_TXT_STRINGS).map(|i| char::from(b'a' + i as u8).to_string().repeat(250)).collect()
-}
-
-/// A background process started in a lab namespace. Dropping it stops it (SIGTERM, then SIGKILL).
-pub struct Process<'lab> {
-    what: String,
-    child: Child,
-    stdout: Option<Arc<Captured>>,
-    stderr: Arc<Captured>,
-    readers: Vec<JoinHandle<()>>,
-    reaped: bool,
-    _lab: PhantomData<&'lab Lab>,
-}
-
-/// What a [`Process`] left behind.
-#[derive(Debug)]
-pub struct Finished {
-    pub what: String,
-    pub status: ExitStatus,
-    /// Empty with [`StdoutMode::Terminal`].
-    pub stdout: String,
-    pub stderr: String,
-    /// It was still running at the deadline given to [`Process::finish`] (or ignored SIGTERM
-    /// from [`Process::stop`]) and had to be signalled.
-    pub timed_out: bool,
-    /// JSON packet lines counted rather than kept in `stdout` ([`StdoutMode::CountPackets`]).
-    pub packet_lines: u64,
-}
-
-impl Finished {
-    /// Status and output, for assertion messages.
-    pub fn describe(&self) -> String {
-        format!(
-            "`{}` exited with {}{}\n--- stdout ---\n{}--- stderr ---\n{}",
-            self.what,
-            self.status,
-            if self.timed_out {
-                " (after being signalled at its deadline)"
-            } else {
-                ""
-            },
-            self.stdout,
-            self.stderr
-        )
-    }
-}
-
-impl<'lab> Process<'lab> {
-    /// Starts `cmd` (made with [`Lab::command`], so it cannot outlive the lab), described as
-    /// `what` in errors.
-    pub fn start(_lab: &'lab Lab, cmd: Command, what: &str, mode: StdoutMode) -> Result<Process<'lab>> {
-        Process::spawn(cmd, what.to_string(), mode)
-    }
-
-    fn spawn(mut cmd: Command, what: String, mode: StdoutMode) -> Result<Process<'lab>> {
-        cmd.stdin(Stdio::null()).stderr(Stdio::piped());
-        match mode {
-            StdoutMode::Capture | StdoutMode::CountPackets => cmd.stdout(Stdio::piped()),
-            StdoutMode::Terminal => cmd.stdout(Stdio::inherit()),
-        };
-        let mut child = cmd.spawn().with_context(|| format!("starting `{what}`"))?;
-        let mut readers = Vec::new();
-        let stdout = match child.stdout.take() {
-            Some(pipe) => {
-                let sink = Arc::new(Captured::default());
-                readers.push(capture(pipe, sink.clone(), false, mode == StdoutMode::CountPackets));
-                Some(sink)
-            }
-            None => None,
-        };
-        let stderr = Arc::new(Captured::default());
-        if let Some(pipe) = child.stderr.take() {
-            readers.push(capture(pipe, stderr.clone(), mode == StdoutMode::Terminal, false));
-        }
-        Ok(Process {
-            what,
-            child,
-            stdout,
-            stderr,
-            readers,
-            reaped: false,
-            _lab: PhantomData,
-        })
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Waits until stderr contains `needle`. Fails if the process exits first or the timeout
-    /// passes, with what it printed.
-    pub fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            {
-                let buf = self.stderr.lock();
-                if buf.text.contains(needle) {
-                    return Ok(());
-                }
-            }
-            if let Some(status) = self.child.try_wait()? {
-                // Let the reader pick up what was written just before the exit.
-                let text = self.stderr.wait_eof(Duration::from_secs(1));
-                if text.contains(needle) {
-                    return Ok(());
-                }
-                bail!(
-                    "`{}` exited ({status}) before printing {needle:?}; stderr:\n{text}",
-                    self.what
-                );
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                let text = self.stderr.lock().text.clone();
-                bail!(
-                    "`{}` did not print {needle:?} within {timeout:?}; stderr so far:\n{text}",
-                    self.what
-                );
-            }
-            let buf = self.stderr.lock();
-            let wait = (deadline - now).min(Duration::from_millis(50));
-            drop(self.stderr.grew.wait_timeout(buf, wait));
-        }
-    }
-
-    /// Sends a signal, unless the process has already exited (its pid may then belong to
-    /// someone else).
-    pub fn signal(&mut self, signal: libc::c_int) -> Result<()> {
-        if self.child.try_wait()?.is_none() {
-            send_signal(self.child.id(), signal)
-                .with_context(|| format!("signalling `{}`", self.what))?;
-        }
-        Ok(())
-    }
-
-    /// Stdout captured so far.
-    pub fn stdout_so_far(&self) -> String {
-        self.stdout
-            .as_ref()
-            .map(|s| s.lock().text.clone())
-            .unwrap_or_default()
-    }
-
-    /// Waits up to `timeout` for the process to exit by itself; then SIGTERM, and SIGKILL if it is
-    /// still there after [`STOP_GRACE`].
-    pub fn finish(mut self, timeout: Duration) -> Result<Finished> {
-        let mut timed_out = false;
-        let status = match wait_timeout(&mut self.child, timeout)? {
-            Some(status) => status,
-            None => {
-                timed_out = true;
-                self.escalate()?
-            }
-        };
-        Ok(self.collect(status, timed_out))
-    }
-
-    /// SIGTERM now, then like [`Process::finish`] with [`STOP_GRACE`].
-    pub fn stop(mut self) -> Result<Finished> {
-        self.signal(libc::SIGTERM)?;
-        self.finish(STOP_GRACE)
-    }
-
-    fn escalate(&mut self) -> Result<ExitStatus> {
-        self.signal(libc::SIGTERM)?;
-        if let Some(status) = wait_timeout(&mut self.child, STOP_GRACE)? {
-            return Ok(status);
-        }
-        self.child
-            .kill()
-            .with_context(|| format!("killing `{}`", self.what))?;
-        self.child
-            .wait()
-            .with_context(|| format!("waiting for `{}`", self.what))
-    }
-
-    fn collect(&mut self, status: ExitStatus, timed_out: bool) -> Finished {
-        self.reaped = true;
-        // The pipes close with the process, so the readers end.
-        for reader in self.readers.drain(..) {
-            if reader.join().is_err() {
-                eprintln!("output reader of `{}` panicked", self.what);
-            }
-        }
-        Finished {
-            what: self.what.clone(),
-            status,
-            stdout: self.stdout_so_far(),
-            stderr: self.stderr.lock().text.clone(),
-            timed_out,
-            packet_lines: self.stdout.as_ref().map_or(0, |s| s.lock().counted),
-        }
-    }
-}
-
-impl Drop for Process<'_> {
-    fn drop(&mut self) {
-        if self.reaped {
-            return;
-        }
-        match self.child.try_wait() {
-            Ok(Some(_)) => {}
-            _ => {
-                let _ = send_signal(self.child.id(), libc::SIGTERM);
-                if !matches!(
-                    wait_timeout(&mut self.child, Duration::from_secs(3)),
-                    Ok(Some(_))
-                ) {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                }
-            }
-        }
-    }
-}
-
-#[derive(Default)]
-struct Captured {
-    buf: Mutex<Buffer>,
-    grew: Condvar,
-}
-
-#[derive(Default)]
-struct Buffer {
-    text: String,
-    /// Lines counted rather than kept ([`StdoutMode::CountPackets`]).
-    counted: u64,
-    eof: bool,
-}
-
-impl Captured {
-    fn lock(&self) -> MutexGuard<'_, Buffer> {
-        // A reader thread that panicked mid-append leaves usable text behind.
-        self.buf
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn wait_eof(&self, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        let mut buf = self.lock();
-        while !buf.eof {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            buf = match self.grew.wait_timeout(buf, deadline - now) {
-                Ok((buf, _)) => buf,
-                Err(poisoned) => poisoned.into_inner().0,
-            };
-        }
-        buf.text.clone()
-    }
-}
-
-fn capture(pipe: impl Read + Send + 'static, sink: Arc<Captured>, echo: bool, count_packets: bool) -> JoinHandle<()> {
-    thread::spawn(move || {
-        let mut reader = BufReader::new(pipe);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            match reader.read_until(b'\n', &mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let text = String::from_utf8_lossy(&line);
-                    if echo {
-                        eprint!("{text}");
-                    }
-                    if count_packets && text.contains("\"type\":\"packet\"") {
-                        sink.lock().counted += 1;
-                        continue;
-                    }
-                    sink.lock().text.push_str(&text);
-                    sink.grew.notify_all();
-                }
-            }
-        }
-        sink.lock().eof = true;
-        sink.grew.notify_all();
-    })
+    (0..BIG_TXT_STRINGS)
+        .map(|i| char::from(b'a' + i as u8).to_string().repeat(250))
+        .collect()
 }
 
 fn ensure_root() -> Result<()> {
@@ -972,30 +715,6 @@ fn stop_child(mut child: Child) {
         }
     }
     let _ = child.wait();
-}
-
-fn send_signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
-    let pid =
-        libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: kill(2) only takes plain integers.
-    if unsafe { libc::kill(pid, signal) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-fn wait_timeout(child: &mut Child, timeout: Duration) -> io::Result<Option<ExitStatus>> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(Some(status));
-        }
-        if Instant::now() >= deadline {
-            return Ok(None);
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Runs a command in the current (host) namespace; fails unless it exits 0. Returns stdout.

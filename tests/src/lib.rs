@@ -9,6 +9,7 @@ pub mod lab;
 pub mod netns;
 pub mod output;
 pub mod packets;
+pub mod process;
 
 use std::path::{Path, PathBuf};
 
