@@ -631,6 +631,12 @@ impl Dig {
         }
     }
 
+    /// The id of the query dig sent.
+    pub fn query_id(&self) -> Result<u16> {
+        self.id
+            .with_context(|| format!("dig printed no query id:\n{}", self.output))
+    }
+
     /// dig got a reply with status NOERROR.
     pub fn answered(&self) -> bool {
         self.status.as_deref() == Some("NOERROR")

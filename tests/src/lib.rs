@@ -1,5 +1,7 @@
 //! Test support for tracer: a network-namespace lab that reproduces a Kubernetes node's DNS path
-//! ([`lab`]), and helpers to read `tracer watch` output ([`output`]).
+//! ([`lab`]), the processes started in it ([`process`]), one watch around some traffic
+//! ([`scenario`]), reading `tracer watch` output ([`output`]) and building packets by hand
+//! ([`packets`]).
 //!
 //! Everything here needs root: it creates network namespaces, runs dnsmasq and changes iptables rules
 //! inside those namespaces (never on the host).
@@ -10,6 +12,8 @@ pub mod netns;
 pub mod output;
 pub mod packets;
 pub mod process;
+pub mod scenario;
+pub mod unprivileged;
 
 use std::path::{Path, PathBuf};
 

@@ -3,7 +3,7 @@
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
-use crate::lab::Finished;
+use crate::lab::{Finished, CLIENT_VETH, SERVER_VETH};
 
 /// A whole JSON watch: packet and finding records, and the summary that must end it.
 #[derive(Debug)]
@@ -103,6 +103,48 @@ impl WatchJson {
         self.packets.iter().filter(move |p| pred(p))
     }
 
+    /// The query with DNS id `id` as it entered the bridge from the client's port; its source
+    /// is the client's socket.
+    pub fn query_from_client(&self, id: u16) -> Result<&Value> {
+        self.find_one(
+            &format!("query {id} entering the bridge from the client ({CLIENT_VETH})"),
+            |p| stage_is(p, "bridge-in", CLIENT_VETH) && dns_is(p, id, false),
+        )
+    }
+
+    /// The reply to query `id` as it entered the bridge from the server's port.
+    pub fn reply_from_server(&self, id: u16) -> Result<&Value> {
+        self.find_one(
+            &format!("the reply to {id} entering the bridge from the server ({SERVER_VETH})"),
+            |p| stage_is(p, "bridge-in", SERVER_VETH) && dns_is(p, id, true),
+        )
+    }
+
+    /// The reply to query `id` as it left the bridge towards the client.
+    pub fn reply_to_client(&self, id: u16) -> Result<&Value> {
+        self.find_one(
+            &format!("the reply to {id} leaving the bridge to the client ({CLIENT_VETH})"),
+            |p| stage_is(p, "bridge-out", CLIENT_VETH) && dns_is(p, id, true),
+        )
+    }
+
+    /// The finding of `kind`, which must be the only one of its kind.
+    pub fn one_finding(&self, kind: &str) -> Result<&Value> {
+        let of_kind: Vec<&Value> = self
+            .findings
+            .iter()
+            .filter(|f| str_at(f, "/kind") == Some(kind))
+            .collect();
+        match of_kind.as_slice() {
+            [finding] => Ok(finding),
+            _ => bail!(
+                "expected one {kind} finding, got {}:\n{}",
+                of_kind.len(),
+                self.describe()
+            ),
+        }
+    }
+
     /// The findings of one kind (`conntrack_skip`, `dns_timeout`, ...).
     pub fn findings_of<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
         self.findings
@@ -151,6 +193,34 @@ pub fn expect_str(v: &Value, pointer: &str, want: &str) -> Result<()> {
     ensure!(
         got == Some(want),
         "{pointer}: expected {want:?}, got {got:?} in {v}"
+    );
+    Ok(())
+}
+
+/// The number at `pointer` is `want`.
+pub fn expect_u64(v: &Value, pointer: &str, want: u64) -> Result<()> {
+    let got = u64_at(v, pointer);
+    ensure!(
+        got == Some(want),
+        "{pointer}: expected {want}, got {got:?} in {v}"
+    );
+    Ok(())
+}
+
+/// There is a non-empty string at `pointer` (a headline, an explanation...).
+pub fn expect_text(v: &Value, pointer: &str) -> Result<()> {
+    ensure!(
+        str_at(v, pointer).is_some_and(|s| !s.is_empty()),
+        "{pointer}: expected a text in {v}"
+    );
+    Ok(())
+}
+
+/// tracer's stderr shows no Rust panic.
+pub fn no_panic(stderr: &str) -> Result<()> {
+    ensure!(
+        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+        "tracer panicked:\n{stderr}"
     );
     Ok(())
 }

@@ -3,7 +3,7 @@
 
 use std::io::{self, BufRead, BufReader, Read};
 use std::marker::PhantomData;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -383,6 +383,27 @@ pub(crate) fn send_signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// Runs `cmd` to completion with its output captured, like [`Command::output`], but kills it
+/// after `limit`: for commands that would run forever if the behaviour under test were wrong.
+pub fn output_within(cmd: &mut Command, limit: Duration) -> Result<Output> {
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {what}"))?;
+    if wait_timeout(&mut child, limit)?.is_none() {
+        child.kill().with_context(|| format!("killing {what}"))?;
+        let out = child.wait_with_output()?;
+        bail!(
+            "{what} was still running after {limit:?}; stderr:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(child.wait_with_output()?)
 }
 
 /// Waits up to `timeout` for `child` to exit; `None` if it is still running.
