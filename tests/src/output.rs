@@ -216,6 +216,14 @@ pub fn expect_text(v: &Value, pointer: &str) -> Result<()> {
     Ok(())
 }
 
+/// The commands of a finding's `fix`.
+pub fn fix_lines(finding: &Value) -> Vec<&str> {
+    finding["fix"]
+        .as_array()
+        .map(|fix| fix.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
 /// tracer's stderr shows no Rust panic.
 pub fn no_panic(stderr: &str) -> Result<()> {
     ensure!(
