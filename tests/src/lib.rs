@@ -7,6 +7,7 @@
 //! inside those namespaces (never on the host).
 
 pub mod dnsperf;
+pub mod firewall;
 pub mod lab;
 pub mod netns;
 pub mod output;

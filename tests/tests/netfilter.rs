@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
+use tracer_tests::firewall;
 use tracer_tests::lab::*;
 use tracer_tests::output::*;
+use tracer_tests::scenario::{Scenario, Watched};
 
 /// After the last dig: time for tracer to read the rulesets again and print the finding.
 const SETTLE: Duration = Duration::from_millis(700);
@@ -71,25 +73,17 @@ struct Observed {
 
 /// Watches port 53 as JSON while the client digs each server once for [`TEST_NAME`].
 fn watch_digs(lab: &Lab, servers: &[&str]) -> Result<Observed> {
-    let watch = lab.watch(&["--port", "53", "--output", "json"])?;
-    let mut digs = Vec::new();
-    for server in servers {
-        digs.push(lab.dig(server, TEST_NAME, &[])?);
-    }
-    thread::sleep(SETTLE);
-    let done = watch.stop()?;
-    let w = WatchJson::from_finished(&done)?;
+    let Watched {
+        json: w,
+        traffic: digs,
+        ..
+    } = Scenario::new(lab).settle(SETTLE).run(|| {
+        servers
+            .iter()
+            .map(|server| lab.dig(server, TEST_NAME, &[]))
+            .collect()
+    })?;
     Ok(Observed { w, digs })
-}
-
-/// The query of `dig` as it entered the bridge from the client; its source is the client socket.
-fn query_in<'a>(w: &'a WatchJson, dig: &Dig) -> Result<&'a Value> {
-    let id = dig
-        .id
-        .with_context(|| format!("dig printed no query id:\n{}", dig.output))?;
-    w.find_one("the query entering the bridge from the client", |p| {
-        stage_is(p, "bridge-in", CLIENT_VETH) && dns_is(p, id, false)
-    })
 }
 
 /// Rule lines (`-A ...`) of a chain as `iptables -S` prints them.
@@ -163,35 +157,22 @@ struct Expected<'a> {
 /// naming it too. Returns the finding.
 fn check_reject<'a>(o: &'a Observed, dig: &Dig, want: &Expected) -> Result<&'a Value> {
     let w = &o.w;
-    let query = query_in(w, dig)?;
+    let query = w.query_from_client(dig.query_id()?)?;
     let client = str_at(query, "/src").unwrap_or_default();
 
-    let rejects: Vec<&Value> = w.findings_of("netfilter_reject").collect();
-    ensure!(
-        rejects.len() == 1,
-        "expected one netfilter_reject finding:\n{}",
-        w.describe()
-    );
+    let f = w.one_finding("netfilter_reject")?;
     ensure!(
         w.findings_of("netfilter_drop").next().is_none(),
         "a REJECT is not a netfilter_drop:\n{}",
         w.describe()
     );
-    let f = rejects[0];
     expect_str(f, "/hook", want.hook)?;
     expect_str(f, "/backend", want.backend)?;
     expect_str(f, "/table", want.table)?;
     expect_str(f, "/chain", want.chain)?;
-    ensure!(
-        u64_at(f, "/rule") == Some(want.rule),
-        "rule should be {}: {f}",
-        want.rule
-    );
+    expect_u64(f, "/rule", want.rule)?;
     match want.handle {
-        Some(handle) => ensure!(
-            u64_at(f, "/handle") == Some(handle),
-            "handle should be {handle}: {f}"
-        ),
+        Some(handle) => expect_u64(f, "/handle", handle)?,
         None => ensure!(
             f.get("handle") == Some(&Value::Null),
             "handle should be null: {f}"
@@ -217,16 +198,10 @@ fn check_reject<'a>(o: &'a Observed, dig: &Dig, want: &Expected) -> Result<&'a V
         f["candidates"].as_array().is_some_and(|c| c.is_empty()),
         "only one rule fits, so no candidates: {f}"
     );
-    for key in ["headline", "explanation", "attribution"] {
-        ensure!(
-            str_at(f, &format!("/{key}")).is_some_and(|s| !s.is_empty()),
-            "finding without {key}: {f}"
-        );
+    for key in ["/headline", "/explanation", "/attribution"] {
+        expect_text(f, key)?;
     }
-    ensure!(
-        f["fix"].as_array().is_some_and(|fix| !fix.is_empty()),
-        "finding without fix: {f}"
-    );
+    ensure!(!fix_lines(f).is_empty(), "finding without fix: {f}");
 
     let label = format!("{}/{} #{}", want.table, want.chain, want.rule);
     let dropped = w.find_one("the query's dropped line", |p| {
@@ -252,13 +227,16 @@ fn check_reject<'a>(o: &'a Observed, dig: &Dig, want: &Expected) -> Result<&'a V
 /// names the backend's own program and deletes by specification or handle, not by a position
 /// the next resync may shift; then the query must get through.
 fn the_fix_removes_the_rule(lab: &Lab, f: &Value, program: &str) -> Result<()> {
-    let fix: Vec<&str> = f["fix"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    let fix = fix_lines(f);
     let remove = fix
         .iter()
         .find_map(|line| line.strip_suffix("# remove the rule"))
         .map(str::trim)
         .with_context(|| format!("no command that removes the rule: {fix:?}"))?;
-    ensure!(remove.split_whitespace().next() == Some(program), "the fix must run {program}: {remove}");
+    ensure!(
+        remove.split_whitespace().next() == Some(program),
+        "the fix must run {program}: {remove}"
+    );
     let words: Vec<&str> = remove.split_whitespace().collect();
     if let Some(at) = words.iter().position(|w| *w == "-D") {
         ensure!(
@@ -266,11 +244,18 @@ fn the_fix_removes_the_rule(lab: &Lab, f: &Value, program: &str) -> Result<()> {
             "the fix deletes by position, which the next resync may shift: {remove}"
         );
     } else {
-        ensure!(remove.contains(" handle "), "nft deletes by handle: {remove}");
+        ensure!(
+            remove.contains(" handle "),
+            "nft deletes by handle: {remove}"
+        );
     }
     lab.run(Ns::Node, &["bash", "-c", remove])?;
     let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
-    ensure!(dig.answered(), "after `{remove}` the query should get through:\n{}", dig.output);
+    ensure!(
+        dig.answered(),
+        "after `{remove}` the query should get through:\n{}",
+        dig.output
+    );
     Ok(())
 }
 
@@ -395,21 +380,15 @@ fn forward_drop_policy_is_a_netfilter_drop() -> Result<()> {
     let o = watch_digs(&lab, &[CLUSTER_DNS_IP])?;
     let (w, dig) = (&o.w, &o.digs[0]);
     ensure!(dig.timed_out, "dig should time out:\n{}", dig.output);
-    let query = query_in(w, dig)?;
+    let query = w.query_from_client(dig.query_id()?)?;
     let client = str_at(query, "/src").unwrap_or_default();
 
-    let drops: Vec<&Value> = w.findings_of("netfilter_drop").collect();
-    ensure!(
-        drops.len() == 1,
-        "expected one netfilter_drop finding:\n{}",
-        w.describe()
-    );
+    let f = w.one_finding("netfilter_drop")?;
     ensure!(
         w.findings_of("netfilter_reject").next().is_none(),
         "nothing was rejected:\n{}",
         w.describe()
     );
-    let f = drops[0];
     eprintln!("policy finding: {f}");
     expect_str(f, "/hook", "FORWARD")?;
     expect_str(f, "/policy", "filter/FORWARD")?;
@@ -422,10 +401,7 @@ fn forward_drop_policy_is_a_netfilter_drop() -> Result<()> {
             "{key} should be null for a policy drop: {f}"
         );
     }
-    ensure!(
-        f["fix"].as_array().is_some_and(|fix| !fix.is_empty()),
-        "finding without fix: {f}"
-    );
+    ensure!(!fix_lines(f).is_empty(), "finding without fix: {f}");
 
     let dropped = w.find_one("the query's dropped line", |p| {
         str_at(p, "/stage") == Some("dropped") && str_at(p, "/src") == Some(client)
@@ -540,7 +516,7 @@ fn healthy_ruleset_gives_no_finding() -> Result<()> {
             "dig was not answered:\n{}",
             dig.output
         );
-        query_in(w, dig)?;
+        w.query_from_client(dig.query_id()?)?;
     }
     ensure!(
         w.findings.is_empty(),
@@ -585,56 +561,6 @@ fn healthy_ruleset_gives_no_finding() -> Result<()> {
         );
     }
     w.check_summary()
-}
-
-/// Everything the node's firewall holds, with counters and generation comments removed.
-fn firewall_state(lab: &Lab) -> Result<String> {
-    let mut state = String::new();
-    for argv in [
-        &["iptables-save"][..],
-        &["iptables-legacy-save"],
-        &["ip6tables-save"],
-        &["ip6tables-legacy-save"],
-        &["nft", "list", "ruleset"],
-    ] {
-        let out = lab.run(Ns::Node, argv)?;
-        state.push_str(&format!("==== {}\n", argv.join(" ")));
-        for line in out.lines().filter(|l| !l.trim_start().starts_with('#')) {
-            state.push_str(&strip_counters(line));
-            state.push('\n');
-        }
-    }
-    Ok(state)
-}
-
-/// `:FORWARD ACCEPT [12:345]` → `:FORWARD ACCEPT`; `counter packets 3 bytes 180` → `counter`.
-fn strip_counters(line: &str) -> String {
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let mut out: Vec<&str> = Vec::new();
-    let mut i = 0;
-    while i < words.len() {
-        let w = words[i];
-        let bracketed = w.starts_with('[')
-            && w.ends_with(']')
-            && w[1..w.len() - 1]
-                .split(':')
-                .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
-        if bracketed {
-            i += 1;
-            continue;
-        }
-        out.push(w);
-        if w == "counter"
-            && words.get(i + 1) == Some(&"packets")
-            && words.get(i + 3) == Some(&"bytes")
-        {
-            i += 5;
-        } else {
-            i += 1;
-        }
-    }
-    let indent = &line[..line.len() - line.trim_start().len()];
-    format!("{indent}{}", out.join(" "))
 }
 
 #[test]
@@ -682,7 +608,7 @@ fn the_firewall_is_untouched() -> Result<()> {
         &["nft", "-f", file.to_str().context("non-UTF-8 path")?],
     )?;
 
-    let before = firewall_state(&lab)?;
+    let before = firewall::rulesets(&lab, Ns::Node)?;
     for needle in ["192.0.2.53", "fw", "dport 8080", "dport 25"] {
         ensure!(
             before.contains(needle),
@@ -690,13 +616,17 @@ fn the_firewall_is_untouched() -> Result<()> {
         );
     }
 
-    let watch = lab.watch(&["--port", "53", "--output", "json"])?;
-    let answered = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
-    let rejected = lab.dig("192.0.2.53", TEST_NAME, &[])?;
-    thread::sleep(SETTLE);
-    let during = firewall_state(&lab)?;
-    let done = watch.stop()?;
-    let after = firewall_state(&lab)?;
+    let Watched {
+        json: w,
+        traffic: (answered, rejected, during),
+        ..
+    } = Scenario::new(&lab).run(|| {
+        let answered = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
+        let rejected = lab.dig("192.0.2.53", TEST_NAME, &[])?;
+        thread::sleep(SETTLE);
+        Ok((answered, rejected, firewall::rulesets(&lab, Ns::Node)?))
+    })?;
+    let after = firewall::rulesets(&lab, Ns::Node)?;
 
     ensure!(
         answered.answered(),
@@ -708,8 +638,7 @@ fn the_firewall_is_untouched() -> Result<()> {
         "the legacy REJECT should answer with ICMP:\n{}",
         rejected.output
     );
-    let w = WatchJson::from_finished(&done)?;
-    query_in(&w, &answered)?;
+    w.query_from_client(answered.query_id()?)?;
     let f = w
         .findings_of("netfilter_reject")
         .next()
@@ -717,7 +646,7 @@ fn the_firewall_is_untouched() -> Result<()> {
     eprintln!("legacy (routed) finding: {f}");
     expect_str(f, "/backend", "iptables-legacy")?;
     expect_str(f, "/icmp", "admin-prohibited")?;
-    ensure!(u64_at(f, "/rule") == Some(2), "rule should be 2: {f}");
+    expect_u64(f, "/rule", 2)?;
 
     for (when, state) in [("during", &during), ("after", &after)] {
         ensure!(
@@ -732,20 +661,4 @@ fn the_firewall_is_untouched() -> Result<()> {
         );
     }
     w.check_summary()
-}
-
-#[test]
-fn strip_counters_keeps_rules() {
-    assert_eq!(
-        strip_counters(":FORWARD ACCEPT [12:345]"),
-        ":FORWARD ACCEPT"
-    );
-    assert_eq!(
-        strip_counters("\t\tudp dport 53 counter packets 3 bytes 180 reject"),
-        "\t\tudp dport 53 counter reject"
-    );
-    assert_eq!(
-        strip_counters("-A FORWARD -p udp -m udp --dport 53 -j ACCEPT"),
-        "-A FORWARD -p udp -m udp --dport 53 -j ACCEPT"
-    );
 }
