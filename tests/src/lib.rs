@@ -17,8 +17,9 @@ pub mod scenario;
 pub mod unprivileged;
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 /// The tracer binary under test: `$TRACER_BIN`, else the workspace's debug build.
 pub fn tracer_bin() -> Result<PathBuf> {
@@ -34,6 +35,16 @@ pub fn tracer_bin() -> Result<PathBuf> {
         );
     }
     Ok(path)
+}
+
+/// Runs `tracer ARGS` to completion in the test's own namespace, for what needs no lab
+/// (`report` of a file) or looks at all of them (`triage` from the host).
+pub fn run_tracer(args: &[&str]) -> Result<Output> {
+    let bin = tracer_bin()?;
+    Command::new(&bin)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {} {}", bin.display(), args.join(" ")))
 }
 
 /// The workspace this crate was compiled in. The tests run from the same checkout, so the
