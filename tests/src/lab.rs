@@ -450,6 +450,28 @@ impl Lab {
         Process::spawn(self.command(ns, argv), argv.join(" "), StdoutMode::Capture)
     }
 
+    /// `tracer ARGS` (the binary from [`crate::tracer_bin`]) in the node namespace with `env`
+    /// added to its environment, not started yet.
+    pub fn tracer_command(&self, args: &[&str], env: &[(&str, &str)]) -> Result<Command> {
+        self.tracer_command_at(&crate::tracer_bin()?, args, env)
+    }
+
+    fn tracer_command_at(
+        &self,
+        tracer: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Command> {
+        let tracer = tracer
+            .to_str()
+            .ok_or_else(|| anyhow!("non-UTF-8 path {}", tracer.display()))?;
+        let mut argv = vec![tracer];
+        argv.extend_from_slice(args);
+        let mut cmd = self.command(Ns::Node, &argv);
+        cmd.envs(env.iter().copied());
+        Ok(cmd)
+    }
+
     /// Starts `tracer ARGS` (the binary from [`crate::tracer_bin`]) in the node namespace with
     /// `env` added to its environment, without waiting for it to watch.
     pub fn spawn_tracer(
@@ -468,15 +490,10 @@ impl Lab {
         env: &[(&str, &str)],
         mode: StdoutMode,
     ) -> Result<Process<'_>> {
-        let tracer = tracer
-            .to_str()
-            .ok_or_else(|| anyhow!("non-UTF-8 path {}", tracer.display()))?;
-        let mut argv = vec![tracer];
-        argv.extend_from_slice(args);
+        let cmd = self.tracer_command_at(tracer, args, env)?;
         let env_words: String = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
-        let mut cmd = self.command(Ns::Node, &argv);
-        cmd.envs(env.iter().copied());
-        Process::spawn(cmd, env_words + &argv.join(" "), mode)
+        let what = format!("{env_words}{} {}", tracer.display(), args.join(" "));
+        Process::spawn(cmd, what, mode)
     }
 
     /// Starts `tracer watch ARGS` (the binary from [`crate::tracer_bin`]) in the node namespace

@@ -12,7 +12,7 @@ use std::process::{Command, Output, Stdio};
 use anyhow::{ensure, Context, Result};
 use tracer_tests::lab::*;
 use tracer_tests::output::*;
-use tracer_tests::tracer_bin;
+use tracer_tests::{run_tracer, tracer_bin};
 
 const REJECT_DNS: &str = "-A FORWARD -p udp --dport 53 -j REJECT --reject-with icmp-host-prohibited";
 
@@ -64,7 +64,7 @@ fn a_hostile_path_changes_nothing_and_the_rule_is_still_named() -> Result<()> {
 
     let cmd = hostile_env_command(&lab, &fakes, &["watch", "--port", "53", "--output", "json", "--duration", "4"])?;
     let mut watch = Process::start(&lab, cmd, "tracer watch with a hostile PATH", StdoutMode::Capture)?;
-    watch.wait_for_stderr(TRACER_READY, TRACER_READY_TIMEOUT)?;
+    watch.wait_until_watching()?;
     let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
     ensure!(dig.output.contains("host unreachable"), "the REJECT should answer dig:\n{}", dig.output);
     let done = watch.finish(std::time::Duration::from_secs(20))?;
@@ -93,16 +93,11 @@ fn a_hostile_path_changes_nothing_and_the_rule_is_still_named() -> Result<()> {
 
 /// `tracer watch --write FILE [EXTRA] --duration SECS` in the node namespace, with `env`.
 fn watch_writing(lab: &Lab, file: &Path, extra: &[&str], secs: &str, env: &[(&str, &str)]) -> Result<Output> {
-    let tracer = tracer_bin()?;
     let file = file.to_str().context("non-UTF-8 path")?;
-    let mut argv = vec![tracer.to_str().context("non-UTF-8 tracer path")?, "watch", "--port", "53", "--write", file];
+    let mut argv = vec!["watch", "--port", "53", "--write", file];
     argv.extend_from_slice(extra);
     argv.extend_from_slice(&["--duration", secs]);
-    let mut cmd = lab.command(Ns::Node, &argv);
-    for (key, value) in env {
-        cmd.env(key, value);
-    }
-    cmd.output().context("running tracer watch --write")
+    lab.tracer_command(&argv, env)?.output().context("running tracer watch --write")
 }
 
 /// One line on stderr, saying `says`; nothing on stdout; a non-zero exit.
@@ -188,7 +183,7 @@ fn force_replaces_an_own_capture_but_a_failed_attach_keeps_it() -> Result<()> {
     let new = fs::read(&file)?;
     ensure!(new != old, "the capture was not replaced");
     ensure!(fs::metadata(&file)?.mode() & 0o777 == 0o600, "mode 0600");
-    let report = Command::new(tracer_bin()?).args(["report", "--output", "json"]).arg(&file).output()?;
+    let report = run_tracer(&["report", "--output", "json", file.to_str().context("non-UTF-8 path")?])?;
     ensure!(report.status.success(), "the new capture must read back:\n{}", describe_output(&report));
     ensure!(no_partial_files(lab.dir())?.is_empty(), "temporary files left");
     Ok(())
@@ -197,10 +192,9 @@ fn force_replaces_an_own_capture_but_a_failed_attach_keeps_it() -> Result<()> {
 #[test]
 fn output_to_a_full_device_is_an_error() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
-    let tracer = tracer_bin()?;
     let full = fs::OpenOptions::new().write(true).open("/dev/full").context("/dev/full")?;
     let out = lab
-        .command(Ns::Node, &[tracer.to_str().context("path")?, "watch", "--output", "json", "--duration", "1"])
+        .tracer_command(&["watch", "--output", "json", "--duration", "1"], &[])?
         .stdout(full)
         .stderr(Stdio::piped())
         .output()?;

@@ -11,7 +11,7 @@ use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use tracer_tests::lab::*;
 use tracer_tests::output::*;
-use tracer_tests::tracer_bin;
+use tracer_tests::{run_tracer, tracer_bin};
 
 /// The traffic window: long enough for a dig (with its 2 s timeout) to finish inside it.
 const WINDOW_SECS: &str = "4";
@@ -33,13 +33,11 @@ impl Triage {
 /// Runs `tracer triage ARGS` in the lab's node namespace and digs the ClusterIP once from the
 /// client while it watches; returns the triage and the dig.
 fn triage_with_dig(lab: &Lab, args: &[&str]) -> Result<(Triage, Dig)> {
-    let tracer = tracer_bin()?;
-    let tracer = tracer.to_str().context("non-UTF-8 tracer path")?;
-    let mut argv = vec![tracer, "triage", "--duration", WINDOW_SECS];
+    let mut argv = vec!["triage", "--duration", WINDOW_SECS];
     argv.extend_from_slice(args);
-    let mut process = lab.spawn(Ns::Node, &argv)?;
+    let mut process = lab.spawn_tracer(&argv, &[], StdoutMode::Capture)?;
     // The traffic window starts once the kernel programs are attached, as for a watch.
-    process.wait_for_stderr(TRACER_READY, TRACER_READY_TIMEOUT)?;
+    process.wait_until_watching()?;
     let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
     let done = process.finish(TRIAGE_DEADLINE)?;
     ensure!(!done.timed_out, "triage did not end by itself:\n{}", done.describe());
@@ -68,7 +66,7 @@ fn bridge_nf_call_iptables_off_ranks_conntrack_skip_first_with_both_evidences() 
     let w = triage.json()?;
     let first = w.findings.first().with_context(|| format!("no findings:\n{}", w.describe()))?;
     expect_str(first, "/kind", "conntrack_skip")?;
-    ensure!(u64_at(first, "/rank") == Some(1), "rank 1: {first}");
+    expect_u64(first, "/rank", 1)?;
     ensure!(
         first.get("seen_in") == Some(&serde_json::json!(["traffic", "config"])),
         "seen in traffic and config: {first}"
@@ -99,7 +97,7 @@ fn bridge_nf_call_iptables_off_ranks_conntrack_skip_first_with_both_evidences() 
         "the example path shows the reply leaving the bridge towards the client: {first}"
     );
     ensure!(
-        first.get("fix").and_then(Value::as_array).is_some_and(|f| f.iter().any(|c| c == "sysctl -w net.bridge.bridge-nf-call-iptables=1")),
+        fix_lines(first).contains(&"sysctl -w net.bridge.bridge-nf-call-iptables=1"),
         "the fix: {first}"
     );
     // The config finding was merged, not reported a second time.
@@ -110,12 +108,12 @@ fn bridge_nf_call_iptables_off_ranks_conntrack_skip_first_with_both_evidences() 
     );
 
     let s = &w.summary;
-    ensure!(u64_at(s, "/exit_code") == Some(1), "summary exit code: {s}");
+    expect_u64(s, "/exit_code", 1)?;
     ensure!(
         str_at(s, "/verdict").is_some_and(|v| v.starts_with("DNS replies skip conntrack on bridge cni0: ")),
         "verdict: {s}"
     );
-    ensure!(u64_at(s, "/findings") == Some(w.findings.len() as u64), "summary counts the findings: {s}");
+    expect_u64(s, "/findings", w.findings.len() as u64)?;
     let checks = s.pointer("/namespaces/0/checks").and_then(Value::as_array).context("checks")?;
     let bridge_nf = checks
         .iter()
@@ -182,7 +180,7 @@ fn reject_rule_is_netfilter_reject_from_traffic_and_ruleset() -> Result<()> {
     let config = evidence(first, "config");
     let [config] = config.as_slice() else { anyhow::bail!("one config evidence: {first}") };
     expect_str(config, "/rule/chain", "FORWARD")?;
-    ensure!(u64_at(config, "/rule/rule") == Some(1), "rule 1 of FORWARD: {config}");
+    expect_u64(config, "/rule/rule", 1)?;
     ensure!(
         str_at(config, "/rule/rule_text").is_some_and(|t| t.contains("--dport 53") && t.contains("REJECT")),
         "the rule's text: {config}"
@@ -222,13 +220,9 @@ fn healthy_lab_exits_0_without_findings() -> Result<()> {
 #[test]
 fn from_the_host_it_checks_namespaces_that_hold_bridges() -> Result<()> {
     let lab = Lab::new(LabConfig::bridge_nf_call_iptables_off())?;
-    let tracer = tracer_bin()?;
     // In the host's namespace: the lab's node is one of the namespaces under /run/netns. Other
     // tests' labs may be there too, so only this lab's namespaces are looked at.
-    let out = Command::new(&tracer)
-        .args(["triage", "--duration", "1", "--output", "json"])
-        .output()
-        .context("running tracer triage in the host namespace")?;
+    let out = run_tracer(&["triage", "--duration", "1", "--output", "json"])?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(out.status.code() == Some(1), "this lab alone is a finding: exit 1 expected\n{stdout}\n{stderr}");
@@ -252,11 +246,9 @@ fn from_the_host_it_checks_namespaces_that_hold_bridges() -> Result<()> {
         .find(|f| str_at(f, "/netns/name") == Some(node))
         .with_context(|| format!("no conntrack_skip for {node}:\n{}", w.describe()))?;
     ensure!(finding.get("seen_in") == Some(&serde_json::json!(["config"])), "config only (not watched): {finding}");
+    let in_namespace = format!("ip netns exec {node} sysctl -w net.bridge.bridge-nf-call-iptables=1");
     ensure!(
-        finding
-            .get("fix")
-            .and_then(Value::as_array)
-            .is_some_and(|f| f.iter().any(|c| c.as_str() == Some(&format!("ip netns exec {node} sysctl -w net.bridge.bridge-nf-call-iptables=1")))),
+        fix_lines(finding).contains(&in_namespace.as_str()),
         "the fix enters the namespace: {finding}"
     );
     Ok(())
