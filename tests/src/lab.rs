@@ -45,6 +45,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
 
 // The lab starts processes and the suites import the lab: one import gives them both.
 use crate::process::{send_signal, wait_timeout};
@@ -229,7 +230,7 @@ impl Lab {
             (Ns::Client, self.client.clone()),
             (Ns::Server, self.server.clone()),
         ] {
-            host(&["ip", "netns", "add", &name])?;
+            run_on_host(&["ip", "netns", "add", &name])?;
             self.created.push(name);
             // Without duplicate address detection every IPv6 address, link-local ones included,
             // is usable at once. Otherwise the node cannot send a neighbour solicitation from
@@ -248,7 +249,7 @@ impl Lab {
         let n = |args: &[&str]| -> Result<()> {
             let mut argv = vec!["ip", "-n", &node];
             argv.extend_from_slice(args);
-            host(&argv).map(drop)
+            run_on_host(&argv).map(drop)
         };
         n(&["link", "set", "lo", "up"])?;
         n(&["link", "add", BRIDGE, "type", "bridge"])?;
@@ -310,7 +311,7 @@ impl Lab {
             let p = |args: &[&str]| -> Result<()> {
                 let mut argv = vec!["ip", "-n", &pod_ns];
                 argv.extend_from_slice(args);
-                host(&argv).map(drop)
+                run_on_host(&argv).map(drop)
             };
             p(&["link", "set", "lo", "up"])?;
             p(&["addr", "add", &format!("{ip}/24"), "dev", POD_IF])?;
@@ -520,14 +521,20 @@ impl Lab {
     /// Runs dig in the client namespace: `dig +tries=1 +time=2 +qr @SERVER NAME EXTRA...`.
     /// A timeout is a result, not an error: see [`Dig::timed_out`].
     pub fn dig(&self, server: &str, name: &str, extra: &[&str]) -> Result<Dig> {
-        let at = format!("@{server}");
-        // +qr prints the query as sent, so the query id is known even when no reply arrives.
-        let mut argv = vec!["dig", "+tries=1", "+time=2", "+qr", &at, name];
-        argv.extend_from_slice(extra);
-        let out = self.exec(Ns::Client, &argv)?;
-        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&out.stderr));
-        Ok(Dig::parse(text, out.status.code()))
+        dig_in(self.netns(Ns::Client), server, name, extra)
+    }
+
+    /// `ip -j link show [IFNAME]` in a namespace: one JSON object per interface.
+    pub fn links(&self, ns: Ns, ifname: Option<&str>) -> Result<Vec<Value>> {
+        let mut argv = vec!["ip", "-j", "link", "show"];
+        argv.extend(ifname);
+        let json = self.run(ns, &argv)?;
+        let links: Value =
+            serde_json::from_str(&json).with_context(|| format!("`{}`: {json}", argv.join(" ")))?;
+        match links {
+            Value::Array(links) => Ok(links),
+            other => bail!("`{}` printed no list: {other}", argv.join(" ")),
+        }
     }
 
     /// Sends `count` small UDP datagrams from a namespace to `ip:port` (bash's /dev/udp), without
@@ -583,6 +590,24 @@ impl Drop for Lab {
             eprintln!("lab cleanup: removing {}: {e}", self.dir.display());
         }
     }
+}
+
+/// Runs dig like [`Lab::dig`] in any network namespace (`/run/netns/NETNS`), e.g. one a test
+/// added to the lab.
+pub fn dig_in(netns: &str, server: &str, name: &str, extra: &[&str]) -> Result<Dig> {
+    let at = format!("@{server}");
+    // +qr prints the query as sent, so the query id is known even when no reply arrives.
+    let mut argv = vec!["dig", "+tries=1", "+time=2", "+qr", &at, name];
+    argv.extend_from_slice(extra);
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns])
+        .args(&argv)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running `{}` in {netns}", argv.join(" ")))?;
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    Ok(Dig::parse(text, out.status.code()))
 }
 
 /// The result of one dig run.
@@ -690,7 +715,7 @@ fn unique_prefix() -> String {
 /// Removes labs whose creating process no longer exists (a test binary that was SIGKILLed, so its
 /// `Drop`s never ran). Best effort: a lab another process is removing at the same time is fine.
 fn sweep_stale_labs() {
-    let Ok(list) = host(&["ip", "netns", "list"]) else {
+    let Ok(list) = run_on_host(&["ip", "netns", "list"]) else {
         return;
     };
     for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
@@ -716,7 +741,7 @@ fn sweep_stale_labs() {
 fn delete_netns(name: &str) -> Result<()> {
     // Anything still running in a lab namespace was started by the lab (a process handle that was
     // leaked); it would keep the namespace alive after `ip netns del`.
-    if let Ok(pids) = host(&["ip", "netns", "pids", name]) {
+    if let Ok(pids) = run_on_host(&["ip", "netns", "pids", name]) {
         for pid in pids
             .split_whitespace()
             .filter_map(|p| p.parse::<u32>().ok())
@@ -724,7 +749,7 @@ fn delete_netns(name: &str) -> Result<()> {
             let _ = send_signal(pid, libc::SIGKILL);
         }
     }
-    host(&["ip", "netns", "del", name]).map(drop)
+    run_on_host(&["ip", "netns", "del", name]).map(drop)
 }
 
 fn stop_child(mut child: Child) {
@@ -740,8 +765,9 @@ fn stop_child(mut child: Child) {
     let _ = child.wait();
 }
 
-/// Runs a command in the current (host) namespace; fails unless it exits 0. Returns stdout.
-fn host(argv: &[&str]) -> Result<String> {
+/// Runs a command in the test's own (the host's) namespace; fails unless it exits 0. Returns
+/// its stdout.
+pub fn run_on_host(argv: &[&str]) -> Result<String> {
     let (program, args) = argv.split_first().ok_or_else(|| anyhow!("empty command"))?;
     let out = Command::new(program)
         .args(args)

@@ -49,8 +49,14 @@ impl WatchJson {
 
     /// The output of a watch that must have exited 0.
     pub fn from_finished(done: &Finished) -> Result<WatchJson> {
-        ensure!(done.status.success(), "tracer failed:\n{}", done.describe());
-        WatchJson::parse(&done.stdout).with_context(|| done.describe())
+        // The head of stdout: a watch of a burst prints thousands of lines, and a line that is
+        // not JSON is quoted by the parser.
+        ensure!(
+            done.status.success(),
+            "tracer failed:\n{}",
+            done.describe_short()
+        );
+        WatchJson::parse(&done.stdout).with_context(|| done.describe_short())
     }
 
     /// The summary's counts match the lines printed, and nothing was lost.

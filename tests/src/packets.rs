@@ -3,11 +3,12 @@
 
 use std::ffi::CString;
 use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::thread;
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 
 use crate::netns::in_netns;
 
@@ -65,6 +66,22 @@ pub fn checksum(data: &[u8]) -> u16 {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     !(sum as u16)
+}
+
+/// The bytes of an IPv4 address written as text (the lab's constants).
+pub fn octets4(ip: &str) -> Result<[u8; 4]> {
+    Ok(ip
+        .parse::<Ipv4Addr>()
+        .with_context(|| format!("IPv4 address {ip:?}"))?
+        .octets())
+}
+
+/// The bytes of an IPv6 address written as text.
+pub fn octets6(ip: &str) -> Result<[u8; 16]> {
+    Ok(ip
+        .parse::<Ipv6Addr>()
+        .with_context(|| format!("IPv6 address {ip:?}"))?
+        .octets())
 }
 
 pub fn ether(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
