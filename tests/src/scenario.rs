@@ -5,9 +5,8 @@
 //! # use tracer_tests::{lab::*, scenario::*};
 //! # fn f() -> anyhow::Result<()> {
 //! let lab = Lab::new(LabConfig::healthy())?;
-//! let Watched { json, traffic: dig, .. } =
-//!     Scenario::new(&lab).run(|| lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[]))?;
-//! json.reply_to_client(dig.query_id()?)?;
+//! let (w, dig) = Scenario::new(&lab).run(|| lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[]))?;
+//! w.reply_to_client(dig.query_id()?)?;
 //! # Ok(()) }
 //! ```
 
@@ -40,14 +39,6 @@ enum End {
     /// tracer ends by itself (`--duration`); it is stopped if it is still running at this
     /// deadline ([`Finished::timed_out`]).
     ByItselfWithin(Duration),
-}
-
-/// What a watch printed, how it ended, and what the traffic closure returned.
-#[derive(Debug)]
-pub struct Watched<T> {
-    pub json: WatchJson,
-    pub done: Finished,
-    pub traffic: T,
 }
 
 impl<'lab> Scenario<'lab> {
@@ -120,16 +111,22 @@ impl<'lab> Scenario<'lab> {
         Ok(watch)
     }
 
-    /// Runs the JSON watch around `traffic` and reads its output, which must be complete and
-    /// from a tracer that exited 0.
-    pub fn run<T>(self, traffic: impl FnOnce() -> Result<T>) -> Result<Watched<T>> {
+    /// Runs the JSON watch around `traffic`; returns what tracer printed, which must be complete
+    /// and from a tracer that exited 0, and what `traffic` returned.
+    pub fn run<T>(self, traffic: impl FnOnce() -> Result<T>) -> Result<(WatchJson, T)> {
+        let (json, _, traffic) = self.run_finished(traffic)?;
+        Ok((json, traffic))
+    }
+
+    /// Like [`Scenario::run`], and also how tracer ended (its stderr, whether it had to be
+    /// stopped).
+    pub fn run_finished<T>(
+        self,
+        traffic: impl FnOnce() -> Result<T>,
+    ) -> Result<(WatchJson, Finished, T)> {
         let (done, traffic) = self.watch_around(true, traffic)?;
         let json = WatchJson::from_finished(&done)?;
-        Ok(Watched {
-            json,
-            done,
-            traffic,
-        })
+        Ok((json, done, traffic))
     }
 
     /// Runs the watch with tracer's text output around `traffic`; its output is the test's to

@@ -13,7 +13,7 @@ use anyhow::{ensure, Context, Result};
 use tracer_tests::lab::*;
 use tracer_tests::output::*;
 use tracer_tests::run_tracer;
-use tracer_tests::scenario::{Scenario, Watched};
+use tracer_tests::scenario::Scenario;
 
 /// tracer must never panic on any input file: no panic message, not a panic's exit code.
 fn ran_without_panic(out: &Output) -> Result<()> {
@@ -70,11 +70,7 @@ fn tshark_fields(file: &Path, fields: &[&str]) -> Result<Vec<Vec<String>>> {
 fn conntrack_skip_capture_reads_in_tshark_and_report() -> Result<()> {
     let lab = Lab::new(LabConfig::bridge_nf_call_iptables_off())?;
     let file = lab.dir().join("skip.pcapng");
-    let Watched {
-        json: live,
-        traffic: dig,
-        ..
-    } = Scenario::new(&lab)
+    let (live, dig) = Scenario::new(&lab)
         .args(&["--write", path_str(&file)?])
         .run(|| lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[]))?;
     ensure!(dig.timed_out, "dig should time out:\n{}", dig.output);
@@ -211,11 +207,7 @@ fn conntrack_skip_capture_reads_in_tshark_and_report() -> Result<()> {
 fn json_output_and_write_together_and_a_foreign_capture_lists_plainly() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
     let file = lab.dir().join("healthy.pcapng");
-    let Watched {
-        json: live,
-        traffic: dig,
-        ..
-    } = Scenario::new(&lab)
+    let (live, dig) = Scenario::new(&lab)
         .args(&["--write", path_str(&file)?])
         .settle(Duration::from_millis(200))
         .run(|| lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[]))?;
@@ -330,11 +322,9 @@ fn full_disk_stops_the_capture_with_one_warning_and_the_watch_goes_on() -> Resul
     );
     let result = (|| -> Result<()> {
         let file = small.join("full.pcapng");
-        let Watched {
-            json: live, done, ..
-        } = Scenario::new(&lab)
+        let (live, done, _) = Scenario::new(&lab)
             .args(&["--write", path_str(&file)?])
-            .run(|| {
+            .run_finished(|| {
                 for _ in 0..6 {
                     let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
                     ensure!(dig.answered(), "dig should be answered:\n{}", dig.output);

@@ -8,18 +8,14 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use tracer_tests::lab::*;
 use tracer_tests::output::*;
-use tracer_tests::scenario::{Scenario, Watched};
+use tracer_tests::scenario::Scenario;
 
 #[test]
 fn pods_created_and_deleted_during_a_watch_are_followed() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
-    let Watched {
-        json: w,
-        done,
-        traffic: (index, dig_a, dig_b, dig_c),
-    } = Scenario::new(&lab)
+    let (w, done, (index, dig_a, dig_b, dig_c)) = Scenario::new(&lab)
         .settle(Duration::from_millis(200))
-        .run(|| {
+        .run_finished(|| {
             let first = Pod::create(&lab, "pa", "veth-pa", "10.244.0.9", None)?;
             let index = first.node_ifindex(&lab)?;
             let dig_a = first.dig()?;

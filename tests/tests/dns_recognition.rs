@@ -14,7 +14,7 @@ use tracer_tests::lab::*;
 use tracer_tests::netns::in_netns;
 use tracer_tests::output::*;
 use tracer_tests::packets::{dns_id, dns_query};
-use tracer_tests::scenario::{Scenario, Watched};
+use tracer_tests::scenario::Scenario;
 
 /// A watch of `--duration 5`: longer than the DNS timeout (2 s) after the traffic, so a query
 /// tracer wrongly believed in would have timed out.
@@ -31,10 +31,9 @@ fn dst_port(p: &Value) -> Option<u16> {
 #[test]
 fn all_ports_with_http_and_statsd_traffic_gives_no_dns_findings() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
-    let w = five_seconds(&lab)
+    let (w, ()) = five_seconds(&lab)
         .port(0)
-        .run(|| traffic_that_is_not_dns(&lab))?
-        .json;
+        .run(|| traffic_that_is_not_dns(&lab))?;
     for port in [8125, 8080] {
         ensure!(
             w.find(|p| dst_port(p) == Some(port)).next().is_some(),
@@ -118,11 +117,7 @@ fn a_client_asking_two_nameservers_accepts_either_answer() -> Result<()> {
     let id = 0x4d55;
     let first: SocketAddr = format!("{BRIDGE_IP}:53").parse()?;
     let second: SocketAddr = format!("{CLUSTER_DNS_IP}:53").parse()?;
-    let Watched {
-        json: w,
-        traffic: (from, answer),
-        ..
-    } = five_seconds(&lab).run(|| {
+    let (w, (from, answer)) = five_seconds(&lab).run(|| {
         in_netns(lab.netns(Ns::Client), || {
             let socket = UdpSocket::bind("0.0.0.0:0")?;
             socket.set_read_timeout(Some(Duration::from_secs(3)))?;
@@ -162,11 +157,7 @@ fn a_client_asking_two_nameservers_accepts_either_answer() -> Result<()> {
 fn an_ipv6_answer_in_fragments_is_traced_and_paired() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
     // About 3 000 bytes of TXT over UDP: on 1500-byte links the server sends it in fragments.
-    let Watched {
-        json: w,
-        traffic: dig,
-        ..
-    } = five_seconds(&lab).run(|| {
+    let (w, dig) = five_seconds(&lab).run(|| {
         lab.dig(
             CLUSTER_DNS_IP6,
             BIG_TXT_NAME,

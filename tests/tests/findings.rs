@@ -7,18 +7,14 @@ use anyhow::{ensure, Result};
 use serde_json::Value;
 use tracer_tests::lab::*;
 use tracer_tests::output::*;
-use tracer_tests::scenario::{Scenario, Watched};
+use tracer_tests::scenario::Scenario;
 
 #[test]
 fn dns_timeout_says_where_the_query_was_last_seen() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
     // The backend silently ignores DNS: the query leaves the node towards it and nothing returns.
     lab.xtables(Ns::Server, "iptables", "-A INPUT -p udp --dport 53 -j DROP")?;
-    let Watched {
-        json: w,
-        traffic: dig,
-        ..
-    } = Scenario::new(&lab)
+    let (w, dig) = Scenario::new(&lab)
         .args(&["--dns-timeout", "1"])
         .settle(Duration::from_millis(500))
         .run(|| lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[]))?;
@@ -49,18 +45,16 @@ fn dns_timeout_says_where_the_query_was_last_seen() -> Result<()> {
 #[test]
 fn repeated_conntrack_skip_is_printed_once_and_counted() -> Result<()> {
     let lab = Lab::new(LabConfig::bridge_nf_call_iptables_off())?;
-    let w = Scenario::new(&lab)
-        .run(|| {
-            // The same client socket both times, so it is the same problem whatever "client"
-            // means.
-            let source = format!("-b{CLIENT_IP}#40053");
-            for _ in 0..2 {
-                let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[&source])?;
-                ensure!(dig.timed_out, "dig should time out:\n{}", dig.output);
-            }
-            Ok(())
-        })?
-        .json;
+    let (w, ()) = Scenario::new(&lab).run(|| {
+        // The same client socket both times, so it is the same problem whatever "client"
+        // means.
+        let source = format!("-b{CLIENT_IP}#40053");
+        for _ in 0..2 {
+            let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[&source])?;
+            ensure!(dig.timed_out, "dig should time out:\n{}", dig.output);
+        }
+        Ok(())
+    })?;
     ensure!(
         w.findings_of("conntrack_skip").count() == 1,
         "the repeat should not print a second finding:\n{}",

@@ -11,7 +11,7 @@ use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use tracer_tests::lab::*;
 use tracer_tests::output::*;
-use tracer_tests::scenario::{Scenario, Watched};
+use tracer_tests::scenario::Scenario;
 
 /// `--dns-timeout` for the tests that must not report a `dns_timeout`.
 const DNS_TIMEOUT_SECS: u64 = 1;
@@ -57,11 +57,7 @@ fn ipv6_conntrack_skip_names_the_ip6tables_sysctl() -> Result<()> {
         "lab: bridge-nf-call-ip6tables is {ip6:?}"
     );
 
-    let Watched {
-        json: w,
-        traffic: dig,
-        ..
-    } = Scenario::new(&lab).run(|| lab.dig(CLUSTER_DNS_IP6, TEST_NAME, &["AAAA"]))?;
+    let (w, dig) = Scenario::new(&lab).run(|| lab.dig(CLUSTER_DNS_IP6, TEST_NAME, &["AAAA"]))?;
     ensure!(
         dig.timed_out,
         "dig should time out on this node:\n{}",
@@ -131,11 +127,7 @@ fn routed_backend_is_not_a_conntrack_skip() -> Result<()> {
         "lab: the server must not be on {BRIDGE}; its ports are:\n{ports}"
     );
 
-    let Watched {
-        json: w,
-        traffic: (dig, dig6),
-        ..
-    } = with_short_dns_timeout(&lab)
+    let (w, (dig, dig6)) = with_short_dns_timeout(&lab)
         .settle(AFTER_LAST_QUERY)
         .run(|| {
             let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
@@ -232,11 +224,7 @@ fn wrong_reply_source(config: LabConfig) -> Result<()> {
         ],
     )?;
 
-    let Watched {
-        json: w,
-        traffic: dig,
-        ..
-    } = with_short_dns_timeout(&lab)
+    let (w, dig) = with_short_dns_timeout(&lab)
         // dig waits 2 s, longer than --dns-timeout; a little more for tracer's expiry tick, so a
         // query tracer wrongly holds as unanswered would be reported as dns_timeout.
         .settle(Duration::from_millis(1000))
@@ -333,25 +321,22 @@ fn healthy_node_with_several_queries_has_no_findings() -> Result<()> {
             format!("{CLUSTER_DNS_IP}:53"),
         ),
     ];
-    let Watched {
-        json: w,
-        traffic: (answered, last_query),
-        ..
-    } = with_short_dns_timeout(&lab)
-        .settle(AFTER_LAST_QUERY)
-        .run(|| {
-            let mut answered = Vec::new();
-            for (server, name, extra, source) in &queries {
-                let dig = lab.dig(server, name, extra)?;
-                ensure!(
-                    dig.status.is_some(),
-                    "dig @{server} {name} got no reply:\n{}",
-                    dig.output
-                );
-                answered.push((dig, source));
-            }
-            Ok((answered, Instant::now()))
-        })?;
+    let (w, (answered, last_query)) =
+        with_short_dns_timeout(&lab)
+            .settle(AFTER_LAST_QUERY)
+            .run(|| {
+                let mut answered = Vec::new();
+                for (server, name, extra, source) in &queries {
+                    let dig = lab.dig(server, name, extra)?;
+                    ensure!(
+                        dig.status.is_some(),
+                        "dig @{server} {name} got no reply:\n{}",
+                        dig.output
+                    );
+                    answered.push((dig, source));
+                }
+                Ok((answered, Instant::now()))
+            })?;
     ensure!(
         last_query.elapsed() > Duration::from_secs(DNS_TIMEOUT_SECS),
         "the watch ended within --dns-timeout of the last query"

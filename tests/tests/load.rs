@@ -8,7 +8,7 @@ use anyhow::{ensure, Context, Result};
 use tracer_tests::dnsperf;
 use tracer_tests::lab::*;
 use tracer_tests::output::*;
-use tracer_tests::scenario::{Scenario, Watched};
+use tracer_tests::scenario::Scenario;
 
 /// Long enough to overflow a 1 MiB ring buffer many times over.
 const FLOOD_SECS: u32 = 6;
@@ -42,14 +42,10 @@ fn flood_figures(done: &Finished, w: &WatchJson, perf: &dnsperf::DnsPerf) -> Str
 #[test]
 fn a_flood_on_a_healthy_node_loses_records_but_states_no_finding() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
-    let Watched {
-        json: w,
-        done,
-        traffic: flooded,
-    } = small_ring(&lab)
+    let (w, done, flooded) = small_ring(&lab)
         // Queries still unanswered in tracer's view must have had their time by now.
         .settle(Duration::from_secs(3))
-        .run(|| {
+        .run_finished(|| {
             lab.dnsperf(CLUSTER_DNS_IP, FLOOD_SECS, FLOOD_CLIENTS)?
                 .finish(FLOOD_DEADLINE)
         })?;
@@ -88,11 +84,7 @@ fn a_flood_on_a_healthy_node_loses_records_but_states_no_finding() -> Result<()>
 #[test]
 fn a_flood_on_a_node_that_skips_conntrack_still_names_it() -> Result<()> {
     let lab = Lab::new(LabConfig::bridge_nf_call_iptables_off())?;
-    let Watched {
-        json: w,
-        done,
-        traffic: (flooded, digs),
-    } = small_ring(&lab).run(|| {
+    let (w, done, (flooded, digs)) = small_ring(&lab).run_finished(|| {
         let flood = lab.dnsperf(CLUSTER_DNS_IP, FLOOD_SECS, FLOOD_CLIENTS)?;
         // Another client's lookups while the flood goes on: their records are as likely to be
         // lost as any, but losses of the flood's own sockets do not hide them.

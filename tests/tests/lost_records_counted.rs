@@ -12,7 +12,7 @@ use serde_json::Value;
 use tracer_tests::lab::*;
 use tracer_tests::netns::in_netns;
 use tracer_tests::output::*;
-use tracer_tests::scenario::{Scenario, Watched};
+use tracer_tests::scenario::Scenario;
 
 const LOST_PORT: u16 = 9999;
 
@@ -35,11 +35,7 @@ fn slow_consumer_loses_records_and_counts_every_one() -> Result<()> {
     thread::sleep(Duration::from_millis(300));
 
     // The formula, with a consumer that keeps up.
-    let Watched {
-        json: w,
-        traffic: delivered,
-        ..
-    } = small_ring_on_lost_port(&lab).run(|| {
+    let (w, delivered) = small_ring_on_lost_port(&lab).run(|| {
         let before = udp_arrived(&lab, Ns::Server)?;
         send_datagrams(
             &client,

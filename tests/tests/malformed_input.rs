@@ -12,7 +12,7 @@ use serde_json::Value;
 use tracer_tests::lab::*;
 use tracer_tests::output::*;
 use tracer_tests::packets::*;
-use tracer_tests::scenario::{Scenario, Watched};
+use tracer_tests::scenario::Scenario;
 
 /// DNS ids of the well-formed queries hidden in unusual packets.
 const ID_IPV4_OPTIONS: u16 = 0x0a01;
@@ -165,10 +165,10 @@ fn frames_cut_inside_their_headers_are_not_read_past_their_end() -> Result<()> {
         ));
     }
 
-    let Watched { json: w, done, .. } = Scenario::new(&lab)
+    let (w, done, _) = Scenario::new(&lab)
         .port(0)
         .settle(Duration::from_millis(300))
-        .run(|| {
+        .run_finished(|| {
             // Several rounds: whether leftovers look like a UDP header is up to the allocator.
             for _ in 0..3 {
                 send_frames(lab.netns(Ns::Client), POD_IF, &frames)?;

@@ -10,7 +10,7 @@ use serde_json::Value;
 use tracer_tests::firewall;
 use tracer_tests::lab::*;
 use tracer_tests::output::*;
-use tracer_tests::scenario::{Scenario, Watched};
+use tracer_tests::scenario::Scenario;
 
 /// After the last dig: time for tracer to read the rulesets again and print the finding.
 const SETTLE: Duration = Duration::from_millis(700);
@@ -73,11 +73,7 @@ struct Observed {
 
 /// Watches port 53 as JSON while the client digs each server once for [`TEST_NAME`].
 fn watch_digs(lab: &Lab, servers: &[&str]) -> Result<Observed> {
-    let Watched {
-        json: w,
-        traffic: digs,
-        ..
-    } = Scenario::new(lab).settle(SETTLE).run(|| {
+    let (w, digs) = Scenario::new(lab).settle(SETTLE).run(|| {
         servers
             .iter()
             .map(|server| lab.dig(server, TEST_NAME, &[]))
@@ -616,11 +612,7 @@ fn the_firewall_is_untouched() -> Result<()> {
         );
     }
 
-    let Watched {
-        json: w,
-        traffic: (answered, rejected, during),
-        ..
-    } = Scenario::new(&lab).run(|| {
+    let (w, (answered, rejected, during)) = Scenario::new(&lab).run(|| {
         let answered = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
         let rejected = lab.dig("192.0.2.53", TEST_NAME, &[])?;
         thread::sleep(SETTLE);

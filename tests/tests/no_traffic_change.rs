@@ -13,7 +13,7 @@ use tracer_tests::lab::*;
 use tracer_tests::netns::in_netns;
 use tracer_tests::output::*;
 use tracer_tests::packets::dns_query;
-use tracer_tests::scenario::{Scenario, Watched};
+use tracer_tests::scenario::Scenario;
 
 /// Queries per burst, and how many may be outstanding at once (like `dnsperf -q`). The window
 /// keeps dnsmasq's socket buffer from overflowing, which would lose queries with or without
@@ -33,13 +33,9 @@ fn dns_burst_is_fully_answered_with_everything_traced() -> Result<()> {
     );
 
     // All ports, JSON: every program has work for every frame of the burst.
-    let Watched {
-        json: w,
-        done,
-        traffic: traced,
-    } = Scenario::new(&lab)
+    let (w, done, traced) = Scenario::new(&lab)
         .port(0)
-        .run(|| dns_burst(&client, CLUSTER_DNS_IP, BURST_QUERIES, BURST_WINDOW))?;
+        .run_finished(|| dns_burst(&client, CLUSTER_DNS_IP, BURST_QUERIES, BURST_WINDOW))?;
 
     ensure!(
         traced.all_answered(),

@@ -10,7 +10,7 @@ use serde_json::Value;
 use tracer_tests::lab::*;
 use tracer_tests::output::*;
 use tracer_tests::process::output_within;
-use tracer_tests::scenario::{Scenario, Watched};
+use tracer_tests::scenario::Scenario;
 use tracer_tests::unprivileged::{as_nobody, copy_of_tracer};
 
 /// Long enough for a dig to finish well inside it, short enough to keep the suite fast.
@@ -20,14 +20,10 @@ const WATCH_SECS: u64 = 3;
 fn healthy_node_shows_query_dnat_and_reverse_natted_reply() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
     let secs = WATCH_SECS.to_string();
-    let Watched {
-        json: w,
-        done,
-        traffic: (started, dig),
-    } = Scenario::new(&lab)
+    let (w, done, (started, dig)) = Scenario::new(&lab)
         .args(&["--duration", &secs])
         .ends_by_itself_within(Duration::from_secs(WATCH_SECS + 15))
-        .run(|| Ok((Instant::now(), lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?)))?;
+        .run_finished(|| Ok((Instant::now(), lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?)))?;
     ensure!(
         !done.timed_out,
         "tracer did not stop by itself after --duration:\n{}",
@@ -117,11 +113,7 @@ fn healthy_node_shows_query_dnat_and_reverse_natted_reply() -> Result<()> {
 #[test]
 fn bridge_nf_call_iptables_off_shows_reply_from_pod_without_conntrack() -> Result<()> {
     let lab = Lab::new(LabConfig::bridge_nf_call_iptables_off())?;
-    let Watched {
-        json: w,
-        traffic: dig,
-        ..
-    } = Scenario::new(&lab).run(|| lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[]))?;
+    let (w, dig) = Scenario::new(&lab).run(|| lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[]))?;
     ensure!(
         dig.timed_out,
         "dig should time out on this node:\n{}",
@@ -183,11 +175,7 @@ fn bridge_nf_call_iptables_off_shows_reply_from_pod_without_conntrack() -> Resul
 #[test]
 fn other_ports_produce_no_records() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
-    let Watched {
-        json: w,
-        traffic: (other, control),
-        ..
-    } = Scenario::new(&lab).run(|| {
+    let (w, (other, control)) = Scenario::new(&lab).run(|| {
         lab.send_udp(Ns::Client, SERVER_IP, 5353, 5)?;
         // A real DNS message too, so only the port can tell it apart from the control query.
         let other = lab.dig(SERVER_IP, TEST_NAME, &["-p", "5353", "+time=1"])?;
@@ -224,11 +212,10 @@ fn other_ports_produce_no_records() -> Result<()> {
 #[test]
 fn port_zero_traces_all_ports() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
-    let w = Scenario::new(&lab)
+    let (w, ()) = Scenario::new(&lab)
         .port(0)
         .settle(Duration::from_millis(200))
-        .run(|| lab.send_udp(Ns::Client, SERVER_IP, 5353, 3))?
-        .json;
+        .run(|| lab.send_udp(Ns::Client, SERVER_IP, 5353, 3))?;
     w.find_one("a datagram to port 5353", |p| {
         stage_is(p, "bridge-in", CLIENT_VETH) && str_at(p, "/dst") == Some("10.244.0.7:5353")
     })?;
@@ -237,14 +224,10 @@ fn port_zero_traces_all_ports() -> Result<()> {
 
 fn stops_on_signal(signal: libc::c_int) -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
-    let Watched {
-        json: w,
-        done,
-        traffic: dig,
-    } = Scenario::new(&lab)
+    let (w, done, dig) = Scenario::new(&lab)
         .settle(Duration::from_millis(200))
         .stop_with(signal)
-        .run(|| lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[]))?;
+        .run_finished(|| lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[]))?;
     ensure!(dig.answered(), "dig was not answered:\n{}", dig.output);
     ensure!(
         !done.timed_out,
@@ -330,11 +313,7 @@ fn text_output_names_port_stage_and_query() -> Result<()> {
 #[test]
 fn ipv6_query_and_reply_are_traced() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
-    let Watched {
-        json: w,
-        traffic: dig,
-        ..
-    } = Scenario::new(&lab)
+    let (w, dig) = Scenario::new(&lab)
         .settle(Duration::from_millis(200))
         .run(|| lab.dig(CLUSTER_DNS_IP6, TEST_NAME, &["AAAA"]))?;
     ensure!(
@@ -372,11 +351,7 @@ fn ipv6_query_and_reply_are_traced() -> Result<()> {
 #[test]
 fn tcp_queries_are_traced() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
-    let Watched {
-        json: w,
-        traffic: dig,
-        ..
-    } = Scenario::new(&lab)
+    let (w, dig) = Scenario::new(&lab)
         .settle(Duration::from_millis(200))
         .run(|| lab.dig(SERVER_IP, TEST_NAME, &["+tcp"]))?;
     ensure!(dig.answered(), "dig +tcp was not answered:\n{}", dig.output);
@@ -397,11 +372,7 @@ fn tcp_queries_are_traced() -> Result<()> {
 fn traffic_of_other_namespaces_is_not_traced() -> Result<()> {
     let watched = Lab::new(LabConfig::healthy())?;
     let other = Lab::new(LabConfig::healthy())?;
-    let Watched {
-        json: w,
-        traffic: (elsewhere, here),
-        ..
-    } = Scenario::new(&watched)
+    let (w, (elsewhere, here)) = Scenario::new(&watched)
         .settle(Duration::from_millis(200))
         .run(|| {
             let elsewhere = other.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
