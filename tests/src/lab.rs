@@ -683,6 +683,30 @@ impl Dig {
     pub fn answered(&self) -> bool {
         self.status.as_deref() == Some("NOERROR")
     }
+
+    /// [`Dig::answered`], or an error with what dig printed.
+    pub fn expect_answered(&self) -> Result<()> {
+        if !self.answered() {
+            bail!("dig was not answered:\n{}", self.output);
+        }
+        Ok(())
+    }
+
+    /// dig was answered with exactly these records (e.g. [`TEST_A`]).
+    pub fn expect_answers(&self, want: &[&str]) -> Result<()> {
+        if !(self.answered() && self.answers == want) {
+            bail!("dig was not answered with {want:?}:\n{}", self.output);
+        }
+        Ok(())
+    }
+
+    /// dig gave up waiting for a reply, or an error with what it printed.
+    pub fn expect_timed_out(&self) -> Result<()> {
+        if !self.timed_out {
+            bail!("dig should have timed out:\n{}", self.output);
+        }
+        Ok(())
+    }
 }
 
 /// The strings of [`BIG_TXT_NAME`]'s TXT record.
