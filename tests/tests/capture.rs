@@ -29,6 +29,25 @@ fn path_str(path: &Path) -> Result<&str> {
     path.to_str().context("non-UTF-8 path")
 }
 
+/// A JSON watch that also writes what it sees to `file`.
+fn writing_to<'lab>(lab: &'lab Lab, file: &Path) -> Result<Scenario<'lab>> {
+    Ok(Scenario::new(lab).args(&["--write", path_str(file)?]))
+}
+
+/// `tracer report FILE --output json`, which must exit 0 without a panic: what it printed, and
+/// its output for the tests that read its stderr too.
+fn report_json(file: &Path) -> Result<(WatchJson, Output)> {
+    let out = run_tracer(&["report", path_str(file)?, "--output", "json"])?;
+    ran_without_panic(&out)?;
+    ensure!(
+        out.status.success(),
+        "tracer report failed:\n{}",
+        describe_output(&out)
+    );
+    let report = WatchJson::parse(&String::from_utf8_lossy(&out.stdout))?;
+    Ok((report, out))
+}
+
 /// `tshark -r FILE -T fields` with the fields given, one line per frame, fields tab-separated.
 fn tshark_fields(file: &Path, fields: &[&str]) -> Result<Vec<Vec<String>>> {
     let mut cmd = Command::new("tshark");
@@ -70,10 +89,8 @@ fn tshark_fields(file: &Path, fields: &[&str]) -> Result<Vec<Vec<String>>> {
 fn conntrack_skip_capture_reads_in_tshark_and_report() -> Result<()> {
     let lab = Lab::new(LabConfig::bridge_nf_call_iptables_off())?;
     let file = lab.dir().join("skip.pcapng");
-    let (live, dig) = Scenario::new(&lab)
-        .args(&["--write", path_str(&file)?])
-        .run(|| lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[]))?;
-    ensure!(dig.timed_out, "dig should time out:\n{}", dig.output);
+    let (live, dig) = writing_to(&lab, &file)?.run(|| lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[]))?;
+    dig.expect_timed_out()?;
     let id = dig.query_id()?;
     ensure!(
         live.findings_of("conntrack_skip").count() == 1,
@@ -135,14 +152,7 @@ fn conntrack_skip_capture_reads_in_tshark_and_report() -> Result<()> {
     );
 
     // The file alone gives the same packet lines and the conntrack_skip finding.
-    let out = run_tracer(&["report", path_str(&file)?, "--output", "json"])?;
-    ran_without_panic(&out)?;
-    ensure!(
-        out.status.success(),
-        "tracer report failed:\n{}",
-        describe_output(&out)
-    );
-    let report = WatchJson::parse(&String::from_utf8_lossy(&out.stdout))?;
+    let (report, _) = report_json(&file)?;
     ensure!(
         report.packets == live.packets,
         "report packet lines differ from the watch's:\n--- watch ---\n{}\n--- report ---\n{}",
@@ -207,21 +217,14 @@ fn conntrack_skip_capture_reads_in_tshark_and_report() -> Result<()> {
 fn json_output_and_write_together_and_a_foreign_capture_lists_plainly() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
     let file = lab.dir().join("healthy.pcapng");
-    let (live, dig) = Scenario::new(&lab)
-        .args(&["--write", path_str(&file)?])
+    let (live, dig) = writing_to(&lab, &file)?
         .settle(Duration::from_millis(200))
         .run(|| lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[]))?;
-    ensure!(dig.answered(), "dig should be answered:\n{}", dig.output);
+    dig.expect_answered()?;
     live.check_summary()?;
 
     // The hook paths and conntrack survive the round trip (healthy node: every hop NATed).
-    let out = run_tracer(&["report", path_str(&file)?, "--output", "json"])?;
-    ensure!(
-        out.status.success(),
-        "tracer report failed:\n{}",
-        describe_output(&out)
-    );
-    let report = WatchJson::parse(&String::from_utf8_lossy(&out.stdout))?;
+    let (report, _) = report_json(&file)?;
     ensure!(
         report.packets == live.packets && report.findings.is_empty(),
         "report differs from the watch:\n--- watch ---\n{}\n--- report ---\n{}",
@@ -249,7 +252,7 @@ fn json_output_and_write_together_and_a_foreign_capture_lists_plainly() -> Resul
     )?;
     tcpdump.wait_for_stderr("listening on", Duration::from_secs(10))?;
     let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
-    ensure!(dig.answered(), "dig should be answered:\n{}", dig.output);
+    dig.expect_answered()?;
     thread::sleep(Duration::from_millis(300));
     let tcpdump = tcpdump.stop()?;
     let out = run_tracer(&["report", path_str(&pcap)?])?;
@@ -273,19 +276,11 @@ fn a_killed_watch_leaves_a_capture_readable_to_its_last_block() -> Result<()> {
     let lab = Lab::new(LabConfig::bridge_nf_call_iptables_off())?;
     let file = lab.dir().join("killed.pcapng");
     // No chance to finish: what each batch flushed must already be complete blocks.
-    let (_, dig) = Scenario::new(&lab)
-        .args(&["--write", path_str(&file)?])
+    let (_, dig) = writing_to(&lab, &file)?
         .stop_with(libc::SIGKILL)
         .run_text(|| lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[]))?;
-    ensure!(dig.timed_out, "dig should time out:\n{}", dig.output);
-    let out = run_tracer(&["report", path_str(&file)?, "--output", "json"])?;
-    ran_without_panic(&out)?;
-    ensure!(
-        out.status.success(),
-        "report of a killed watch's capture:\n{}",
-        describe_output(&out)
-    );
-    let report = WatchJson::parse(&String::from_utf8_lossy(&out.stdout))?;
+    dig.expect_timed_out()?;
+    let (report, out) = report_json(&file).context("the report of a killed watch's capture")?;
     ensure!(
         report.findings_of("conntrack_skip").count() == 1,
         "the finding should be made from what was written:\n{}",
@@ -322,15 +317,13 @@ fn full_disk_stops_the_capture_with_one_warning_and_the_watch_goes_on() -> Resul
     );
     let result = (|| -> Result<()> {
         let file = small.join("full.pcapng");
-        let (live, done, _) = Scenario::new(&lab)
-            .args(&["--write", path_str(&file)?])
-            .run_finished(|| {
-                for _ in 0..6 {
-                    let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
-                    ensure!(dig.answered(), "dig should be answered:\n{}", dig.output);
-                }
-                Ok(())
-            })?;
+        let (live, done, _) = writing_to(&lab, &file)?.run_finished(|| {
+            for _ in 0..6 {
+                let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
+                dig.expect_answered()?;
+            }
+            Ok(())
+        })?;
         ensure!(
             live.packets.len() >= 6 * 4,
             "the watch should go on printing every packet:\n{}",

@@ -39,11 +39,8 @@ fn pods_created_and_deleted_during_a_watch_are_followed() -> Result<()> {
         })?;
 
     for (who, dig) in [("pod A", &dig_a), ("pod B", &dig_b), ("client", &dig_c)] {
-        ensure!(
-            dig.answered(),
-            "{who}'s query was not answered:\n{}",
-            dig.output
-        );
+        dig.expect_answered()
+            .with_context(|| format!("{who}'s query"))?;
     }
     let complaints: Vec<&str> = done
         .stderr

@@ -164,7 +164,7 @@ fn an_ipv6_answer_in_fragments_is_traced_and_paired() -> Result<()> {
             &["TXT", "+bufsize=4096", "+ignore"],
         )
     })?;
-    ensure!(dig.answered(), "dig got no answer:\n{}", dig.output);
+    dig.expect_answered()?;
     let last_string = big_txt_strings().pop().unwrap_or_default();
     ensure!(
         dig.output.contains(&last_string),

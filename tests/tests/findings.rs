@@ -18,7 +18,7 @@ fn dns_timeout_says_where_the_query_was_last_seen() -> Result<()> {
         .args(&["--dns-timeout", "1"])
         .settle(Duration::from_millis(500))
         .run(|| lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[]))?;
-    ensure!(dig.timed_out, "dig should time out:\n{}", dig.output);
+    dig.expect_timed_out()?;
     let id = dig.query_id()?;
 
     let query_in = w.query_from_client(id)?;
@@ -51,7 +51,7 @@ fn repeated_conntrack_skip_is_printed_once_and_counted() -> Result<()> {
         let source = format!("-b{CLIENT_IP}#40053");
         for _ in 0..2 {
             let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[&source])?;
-            ensure!(dig.timed_out, "dig should time out:\n{}", dig.output);
+            dig.expect_timed_out()?;
         }
         Ok(())
     })?;
@@ -72,7 +72,7 @@ fn repeated_conntrack_skip_is_printed_once_and_counted() -> Result<()> {
 fn text_output_shows_the_conntrack_skip_finding() -> Result<()> {
     let lab = Lab::new(LabConfig::bridge_nf_call_iptables_off())?;
     let (done, dig) = Scenario::new(&lab).run_text(|| lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[]))?;
-    ensure!(dig.timed_out, "dig should time out:\n{}", dig.output);
+    dig.expect_timed_out()?;
     ensure!(done.status.success(), "tracer failed:\n{}", done.describe());
     ensure!(
         done.stdout.contains("FINDING conntrack_skip"),

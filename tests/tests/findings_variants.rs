@@ -58,11 +58,8 @@ fn ipv6_conntrack_skip_names_the_ip6tables_sysctl() -> Result<()> {
     );
 
     let (w, dig) = Scenario::new(&lab).run(|| lab.dig(CLUSTER_DNS_IP6, TEST_NAME, &["AAAA"]))?;
-    ensure!(
-        dig.timed_out,
-        "dig should time out on this node:\n{}",
-        dig.output
-    );
+    dig.expect_timed_out()
+        .context("dig should time out on this node")?;
     let id = dig.query_id()?;
     w.check_netns(lab.netns_inode(Ns::Node)?)?;
 
@@ -133,16 +130,9 @@ fn routed_backend_is_not_a_conntrack_skip() -> Result<()> {
             let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
             Ok((dig, lab.dig(CLUSTER_DNS_IP6, TEST_NAME, &["AAAA"])?))
         })?;
-    ensure!(
-        dig.answered() && dig.answers == [TEST_A],
-        "dig was not answered:\n{}",
-        dig.output
-    );
-    ensure!(
-        dig6.answered() && dig6.answers == [TEST_AAAA],
-        "IPv6 dig was not answered:\n{}",
-        dig6.output
-    );
+    dig.expect_answers(&[TEST_A])?;
+    dig6.expect_answers(&[TEST_AAAA])
+        .context("the IPv6 query")?;
     w.check_netns(lab.netns_inode(Ns::Node)?)?;
 
     for (dig, service, backend) in [
@@ -229,11 +219,8 @@ fn wrong_reply_source(config: LabConfig) -> Result<()> {
         // query tracer wrongly holds as unanswered would be reported as dns_timeout.
         .settle(Duration::from_millis(1000))
         .run(|| lab.dig(SERVER_IP, TEST_NAME, &[]))?;
-    ensure!(
-        dig.timed_out,
-        "dig should not accept a reply from {WRONG_SOURCE_IP}:\n{}",
-        dig.output
-    );
+    dig.expect_timed_out()
+        .with_context(|| format!("dig should not accept a reply from {WRONG_SOURCE_IP}"))?;
     ensure!(
         lab.dnsmasq_log().contains(TEST_NAME),
         "dnsmasq did not answer the query:\n{}",

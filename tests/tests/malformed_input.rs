@@ -46,11 +46,8 @@ fn malformed_packets_through_the_bridge_do_not_disturb_the_watch() -> Result<()>
     let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
     thread::sleep(Duration::from_millis(300));
     let done = tracer.stop()?;
-    ensure!(
-        dig.answered(),
-        "normal query after the bad ones not answered:\n{}",
-        dig.output
-    );
+    dig.expect_answered()
+        .context("the normal query after the malformed ones")?;
     let w = WatchJson::from_finished(&done)
         .with_context(|| format!("after {count} malformed frames"))?;
     no_panic(&done.stderr)?;

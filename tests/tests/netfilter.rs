@@ -65,6 +65,17 @@ table inet fw {
 }
 ";
 
+/// `nft -f` of `ruleset` in the node namespace.
+fn load_nft_ruleset(lab: &Lab, ruleset: &str) -> Result<()> {
+    let file = lab.dir().join("fw.nft");
+    std::fs::write(&file, ruleset)?;
+    lab.run(
+        Ns::Node,
+        &["nft", "-f", file.to_str().context("non-UTF-8 path")?],
+    )?;
+    Ok(())
+}
+
 /// What a watch and the digs during it left behind.
 struct Observed {
     w: WatchJson,
@@ -149,19 +160,37 @@ struct Expected<'a> {
     dst: &'a str,
 }
 
-/// One `netfilter_reject` finding naming the expected rule, and the query's `dropped` line
-/// naming it too. Returns the finding.
-fn check_reject<'a>(o: &'a Observed, dig: &Dig, want: &Expected) -> Result<&'a Value> {
-    let w = &o.w;
+/// The one finding of `kind` (and none of `other_kind`) about the query `dig` sent, and the
+/// client socket that query came from.
+fn the_finding<'a>(
+    w: &'a WatchJson,
+    dig: &Dig,
+    kind: &str,
+    other_kind: &str,
+) -> Result<(&'a Value, &'a str)> {
     let query = w.query_from_client(dig.query_id()?)?;
     let client = str_at(query, "/src").unwrap_or_default();
-
-    let f = w.one_finding("netfilter_reject")?;
+    let f = w.one_finding(kind)?;
     ensure!(
-        w.findings_of("netfilter_drop").next().is_none(),
-        "a REJECT is not a netfilter_drop:\n{}",
+        w.findings_of(other_kind).next().is_none(),
+        "a {kind} is not also a {other_kind}:\n{}",
         w.describe()
     );
+    Ok((f, client))
+}
+
+/// The `dropped` line of the query that came from `client`.
+fn dropped_line<'a>(w: &'a WatchJson, client: &str) -> Result<&'a Value> {
+    w.find_one("the query's dropped line", |p| {
+        str_at(p, "/stage") == Some("dropped") && str_at(p, "/src") == Some(client)
+    })
+}
+
+/// One `netfilter_reject` finding naming the expected rule, and the `dropped` line of the query
+/// of the watch's only dig naming it too. Returns the finding.
+fn check_reject<'a>(o: &'a Observed, want: &Expected) -> Result<&'a Value> {
+    let w = &o.w;
+    let (f, client) = the_finding(w, &o.digs[0], "netfilter_reject", "netfilter_drop")?;
     expect_str(f, "/hook", want.hook)?;
     expect_str(f, "/backend", want.backend)?;
     expect_str(f, "/table", want.table)?;
@@ -200,9 +229,7 @@ fn check_reject<'a>(o: &'a Observed, dig: &Dig, want: &Expected) -> Result<&'a V
     ensure!(!fix_lines(f).is_empty(), "finding without fix: {f}");
 
     let label = format!("{}/{} #{}", want.table, want.chain, want.rule);
-    let dropped = w.find_one("the query's dropped line", |p| {
-        str_at(p, "/stage") == Some("dropped") && str_at(p, "/src") == Some(client)
-    })?;
+    let dropped = dropped_line(w, client)?;
     expect_str(dropped, "/verdict", "reject")?;
     expect_str(dropped, "/icmp", want.icmp)?;
     expect_str(dropped, "/rule", &label)?;
@@ -247,11 +274,8 @@ fn the_fix_removes_the_rule(lab: &Lab, f: &Value, program: &str) -> Result<()> {
     }
     lab.run(Ns::Node, &["bash", "-c", remove])?;
     let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
-    ensure!(
-        dig.answered(),
-        "after `{remove}` the query should get through:\n{}",
-        dig.output
-    );
+    dig.expect_answered()
+        .with_context(|| format!("after `{remove}` the query should get through"))?;
     Ok(())
 }
 
@@ -286,11 +310,9 @@ fn forward_reject_with_iptables(program: &str, backend: &str) -> Result<()> {
     };
 
     let o = watch_digs(&lab, &[CLUSTER_DNS_IP])?;
-    let dig = &o.digs[0];
-    check_host_unreachable(dig)?;
+    check_host_unreachable(&o.digs[0])?;
     let f = check_reject(
         &o,
-        dig,
         &Expected {
             backend,
             table: "filter",
@@ -330,21 +352,14 @@ fn iptables_legacy_reject_is_named_by_rule_number() -> Result<()> {
 #[test]
 fn native_nftables_reject_is_named_by_rule_and_handle() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
-    let file = lab.dir().join("fw.nft");
-    std::fs::write(&file, NFT_RULESET)?;
-    lab.run(
-        Ns::Node,
-        &["nft", "-f", file.to_str().context("non-UTF-8 path")?],
-    )?;
+    load_nft_ruleset(&lab, NFT_RULESET)?;
     let handles = nft_handles(&lab, "inet", "fw", "forward")?;
     ensure!(handles.len() == 16, "16 rules expected: {handles:?}");
 
     let o = watch_digs(&lab, &[CLUSTER_DNS_IP])?;
-    let dig = &o.digs[0];
-    check_host_unreachable(dig)?;
+    check_host_unreachable(&o.digs[0])?;
     let f = check_reject(
         &o,
-        dig,
         &Expected {
             backend: "nftables",
             table: "inet fw",
@@ -375,16 +390,8 @@ fn forward_drop_policy_is_a_netfilter_drop() -> Result<()> {
 
     let o = watch_digs(&lab, &[CLUSTER_DNS_IP])?;
     let (w, dig) = (&o.w, &o.digs[0]);
-    ensure!(dig.timed_out, "dig should time out:\n{}", dig.output);
-    let query = w.query_from_client(dig.query_id()?)?;
-    let client = str_at(query, "/src").unwrap_or_default();
-
-    let f = w.one_finding("netfilter_drop")?;
-    ensure!(
-        w.findings_of("netfilter_reject").next().is_none(),
-        "nothing was rejected:\n{}",
-        w.describe()
-    );
+    dig.expect_timed_out()?;
+    let (f, client) = the_finding(w, dig, "netfilter_drop", "netfilter_reject")?;
     eprintln!("policy finding: {f}");
     expect_str(f, "/hook", "FORWARD")?;
     expect_str(f, "/policy", "filter/FORWARD")?;
@@ -399,9 +406,7 @@ fn forward_drop_policy_is_a_netfilter_drop() -> Result<()> {
     }
     ensure!(!fix_lines(f).is_empty(), "finding without fix: {f}");
 
-    let dropped = w.find_one("the query's dropped line", |p| {
-        str_at(p, "/stage") == Some("dropped") && str_at(p, "/src") == Some(client)
-    })?;
+    let dropped = dropped_line(w, client)?;
     expect_str(dropped, "/verdict", "drop")?;
     ensure!(
         str_at(dropped, "/rule").is_some_and(|r| r.starts_with("filter/FORWARD")),
@@ -449,11 +454,9 @@ fn input_reject_of_dns_to_the_node_itself() -> Result<()> {
         thread::sleep(Duration::from_millis(50));
     }
     let before = lab.dig(BRIDGE_IP, TEST_NAME, &[])?;
-    ensure!(
-        before.answered() && before.answers == [TEST_A],
-        "the node's dnsmasq should answer before the REJECT:\n{}",
-        before.output
-    );
+    before
+        .expect_answers(&[TEST_A])
+        .context("the node's dnsmasq should answer before the REJECT")?;
     lab.iptables("-A INPUT -p udp --dport 53 -j REJECT")?;
 
     let o = watch_digs(&lab, &[BRIDGE_IP])?;
@@ -466,7 +469,6 @@ fn input_reject_of_dns_to_the_node_itself() -> Result<()> {
     let handles = nft_handles(&lab, "ip", "filter", "INPUT")?;
     let f = check_reject(
         &o,
-        dig,
         &Expected {
             backend: "iptables-nft",
             table: "filter",
@@ -507,11 +509,7 @@ fn healthy_ruleset_gives_no_finding() -> Result<()> {
     let o = watch_digs(&lab, &[CLUSTER_DNS_IP, SERVER_IP])?;
     let w = &o.w;
     for dig in &o.digs {
-        ensure!(
-            dig.answered() && dig.answers == [TEST_A],
-            "dig was not answered:\n{}",
-            dig.output
-        );
+        dig.expect_answers(&[TEST_A])?;
         w.query_from_client(dig.query_id()?)?;
     }
     ensure!(
@@ -527,7 +525,7 @@ fn healthy_ruleset_gives_no_finding() -> Result<()> {
         w.describe()
     );
     // Both the query and the reply are forwarded by the bridge through the IP hooks.
-    let id = o.digs[0].id.context("no query id")?;
+    let id = o.digs[0].query_id()?;
     for qr in [false, true] {
         let forwarded: Vec<&Value> = w
             .find(|p| dns_is(p, id, qr) && p["hooks"].as_array().is_some_and(|h| !h.is_empty()))
@@ -562,25 +560,20 @@ fn healthy_ruleset_gives_no_finding() -> Result<()> {
 #[test]
 fn the_firewall_is_untouched() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
-    lab.iptables("-A FORWARD -p tcp --dport 80 -j ACCEPT")?;
-    lab.ip6tables("-A FORWARD -p tcp --dport 8080 -j ACCEPT")?;
-    lab.xtables(
-        Ns::Node,
-        "iptables-legacy",
-        "-A FORWARD -p tcp --dport 25 -j DROP",
-    )?;
-    // A DNS drop tracer has to name: the node routes 192.0.2.53 out of cni0, the legacy rule
-    // rejects the query in FORWARD, so tracer reads every ruleset again during the watch.
-    lab.xtables(
-        Ns::Node,
-        "iptables-legacy",
-        "-A FORWARD -d 192.0.2.53/32 -p udp --dport 53 -j REJECT --reject-with icmp-admin-prohibited",
-    )?;
-    lab.xtables(
-        Ns::Node,
-        "ip6tables-legacy",
-        "-A INPUT -p tcp --dport 25 -j DROP",
-    )?;
+    for (program, rule) in [
+        ("iptables", "-A FORWARD -p tcp --dport 80 -j ACCEPT"),
+        ("ip6tables", "-A FORWARD -p tcp --dport 8080 -j ACCEPT"),
+        ("iptables-legacy", "-A FORWARD -p tcp --dport 25 -j DROP"),
+        // A DNS drop tracer has to name: the node routes 192.0.2.53 out of cni0, the legacy rule
+        // rejects the query in FORWARD, so tracer reads every ruleset again during the watch.
+        (
+            "iptables-legacy",
+            "-A FORWARD -d 192.0.2.53/32 -p udp --dport 53 -j REJECT --reject-with icmp-admin-prohibited",
+        ),
+        ("ip6tables-legacy", "-A INPUT -p tcp --dport 25 -j DROP"),
+    ] {
+        lab.xtables(Ns::Node, program, rule)?;
+    }
     lab.run(
         Ns::Node,
         &["ip", "route", "add", "192.0.2.53/32", "dev", BRIDGE],
@@ -591,17 +584,12 @@ fn the_firewall_is_untouched() -> Result<()> {
         let key = format!("net.ipv4.conf.{dev}.send_redirects=0");
         lab.run(Ns::Node, &["sysctl", "-qw", &key])?;
     }
-    let file = lab.dir().join("fw.nft");
-    std::fs::write(
-        &file,
-        NFT_RULESET.replace(
+    load_nft_ruleset(
+        &lab,
+        &NFT_RULESET.replace(
             "udp dport 53 counter reject",
             "udp dport 5300 counter reject",
         ),
-    )?;
-    lab.run(
-        Ns::Node,
-        &["nft", "-f", file.to_str().context("non-UTF-8 path")?],
     )?;
 
     let before = firewall::rulesets(&lab, Ns::Node)?;
@@ -620,11 +608,7 @@ fn the_firewall_is_untouched() -> Result<()> {
     })?;
     let after = firewall::rulesets(&lab, Ns::Node)?;
 
-    ensure!(
-        answered.answered(),
-        "dig was not answered:\n{}",
-        answered.output
-    );
+    answered.expect_answered()?;
     ensure!(
         !rejected.answered() && !rejected.timed_out,
         "the legacy REJECT should answer with ICMP:\n{}",

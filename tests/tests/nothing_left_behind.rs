@@ -93,7 +93,7 @@ fn leaves_nothing_behind(ending: Ending) -> Result<()> {
             );
             // A query while it runs, so the programs have worked.
             let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
-            ensure!(dig.answered(), "dig was not answered:\n{}", dig.output);
+            dig.expect_answered()?;
             held.extend(&held_by(pid));
             tracer.signal(signal)?;
             let done = tracer.finish(STOP_GRACE)?;

@@ -61,7 +61,7 @@ fn evidence<'a>(finding: &'a Value, source: &str) -> Vec<&'a Value> {
 fn bridge_nf_call_iptables_off_ranks_conntrack_skip_first_with_both_evidences() -> Result<()> {
     let lab = Lab::new(LabConfig::bridge_nf_call_iptables_off())?;
     let (triage, dig) = triage_with_dig(&lab, &["--output", "json"])?;
-    ensure!(dig.timed_out, "dig should time out on this node:\n{}", dig.output);
+    dig.expect_timed_out().context("dig should time out on this node")?;
     ensure!(triage.exit_code == Some(1), "exit code 1 (findings) expected:\n{}", triage.done.describe());
     let w = triage.json()?;
     let first = w.findings.first().with_context(|| format!("no findings:\n{}", w.describe()))?;
@@ -200,7 +200,7 @@ fn reject_rule_is_netfilter_reject_from_traffic_and_ruleset() -> Result<()> {
 fn healthy_lab_exits_0_without_findings() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
     let (triage, dig) = triage_with_dig(&lab, &["--output", "json"])?;
-    ensure!(dig.answered() && dig.answers == [TEST_A], "dig should be answered:\n{}", dig.output);
+    dig.expect_answers(&[TEST_A])?;
     ensure!(triage.exit_code == Some(0), "exit code 0 (healthy) expected:\n{}", triage.done.describe());
     let w = triage.json()?;
     ensure!(w.findings.is_empty(), "no findings expected:\n{}", w.describe());

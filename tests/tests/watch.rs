@@ -34,11 +34,7 @@ fn healthy_node_shows_query_dnat_and_reverse_natted_reply() -> Result<()> {
         "tracer stopped after {:?}, before --duration {WATCH_SECS}",
         started.elapsed()
     );
-    ensure!(
-        dig.answered() && dig.answers == [TEST_A],
-        "dig was not answered:\n{}",
-        dig.output
-    );
+    dig.expect_answers(&[TEST_A])?;
     let id = dig.query_id()?;
     w.check_netns(lab.netns_inode(Ns::Node)?)?;
 
@@ -114,11 +110,8 @@ fn healthy_node_shows_query_dnat_and_reverse_natted_reply() -> Result<()> {
 fn bridge_nf_call_iptables_off_shows_reply_from_pod_without_conntrack() -> Result<()> {
     let lab = Lab::new(LabConfig::bridge_nf_call_iptables_off())?;
     let (w, dig) = Scenario::new(&lab).run(|| lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[]))?;
-    ensure!(
-        dig.timed_out,
-        "dig should time out on this node:\n{}",
-        dig.output
-    );
+    dig.expect_timed_out()
+        .context("dig should time out on this node")?;
     let id = dig.query_id()?;
     w.check_netns(lab.netns_inode(Ns::Node)?)?;
 
@@ -186,11 +179,7 @@ fn other_ports_produce_no_records() -> Result<()> {
         "nothing listens on 5353, yet:\n{}",
         other.output
     );
-    ensure!(
-        control.answered(),
-        "control query not answered:\n{}",
-        control.output
-    );
+    control.expect_answered().context("the control query")?;
     w.query_from_client(control.query_id()?)?;
     for p in &w.packets {
         let ports: Vec<Option<u16>> = ["/src", "/dst"]
@@ -228,7 +217,7 @@ fn stops_on_signal(signal: libc::c_int) -> Result<()> {
         .settle(Duration::from_millis(200))
         .stop_with(signal)
         .run_finished(|| lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[]))?;
-    ensure!(dig.answered(), "dig was not answered:\n{}", dig.output);
+    dig.expect_answered()?;
     ensure!(
         !done.timed_out,
         "tracer ignored signal {signal}:\n{}",
@@ -298,7 +287,7 @@ fn text_output_names_port_stage_and_query() -> Result<()> {
     let (done, dig) = Scenario::new(&lab)
         .settle(Duration::from_millis(200))
         .run_text(|| lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[]))?;
-    ensure!(dig.answered(), "dig was not answered:\n{}", dig.output);
+    dig.expect_answered()?;
     ensure!(done.status.success(), "tracer failed:\n{}", done.describe());
     ensure!(
         done.stdout.lines().any(|l| l.contains(CLIENT_VETH)
@@ -316,11 +305,7 @@ fn ipv6_query_and_reply_are_traced() -> Result<()> {
     let (w, dig) = Scenario::new(&lab)
         .settle(Duration::from_millis(200))
         .run(|| lab.dig(CLUSTER_DNS_IP6, TEST_NAME, &["AAAA"]))?;
-    ensure!(
-        dig.answered() && dig.answers == [TEST_AAAA],
-        "dig was not answered:\n{}",
-        dig.output
-    );
+    dig.expect_answers(&[TEST_AAAA])?;
     let id = dig.query_id()?;
 
     let query_in = w.query_from_client(id)?;
@@ -354,7 +339,7 @@ fn tcp_queries_are_traced() -> Result<()> {
     let (w, dig) = Scenario::new(&lab)
         .settle(Duration::from_millis(200))
         .run(|| lab.dig(SERVER_IP, TEST_NAME, &["+tcp"]))?;
-    ensure!(dig.answered(), "dig +tcp was not answered:\n{}", dig.output);
+    dig.expect_answered().context("dig +tcp")?;
     w.find_one("a TCP segment to the server's port 53", |p| {
         stage_is(p, "bridge-in", CLIENT_VETH)
             && str_at(p, "/proto") == Some("tcp")
