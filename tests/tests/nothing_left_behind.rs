@@ -269,17 +269,28 @@ fn kernel_bpf_ids() -> Result<BpfIds> {
 }
 
 fn bpftool(args: &[&str]) -> Result<Vec<Value>> {
-    let out = Command::new("bpftool")
-        .arg("-j")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .context("running bpftool (is bpftool installed?)")?;
+    // bpftool lists objects one by one; one that goes away meanwhile (another test's tracer
+    // exiting) fails the whole listing. Another listing does not meet the same object.
+    const ATTEMPTS: usize = 5;
+    let mut attempt = 1;
+    let out = loop {
+        let out = Command::new("bpftool")
+            .arg("-j")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .context("running bpftool (is bpftool installed?)")?;
+        if out.status.success() || attempt == ATTEMPTS {
+            break out;
+        }
+        attempt += 1;
+        thread::sleep(Duration::from_millis(50));
+    };
     ensure!(
         out.status.success(),
-        "bpftool {} failed: {}",
+        "bpftool {} failed {ATTEMPTS} times: {}",
         args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
+        describe_output(&out)
     );
     let text = String::from_utf8_lossy(&out.stdout);
     if text.trim().is_empty() {
