@@ -247,6 +247,10 @@ fn malformed_frames(
         }
     }
 
+    // A frame from the client to the server's MAC, named for error messages.
+    let to_server = |what: &str, ethertype: u16, payload: &[u8]| {
+        (what.to_string(), ether(server, client, ethertype, payload))
+    };
     let query = |id| dns_query(id, TEST_NAME, 1);
     let v4 = |udp: &[u8], options: &[u8], id: u16| ipv4(cip, sip, PROTO_UDP, options, id, 0, udp);
 
@@ -260,10 +264,7 @@ fn malformed_frames(
         ("UDP length longer than the datagram", lies),
         ("UDP length below 8", short),
     ] {
-        frames.push((
-            what.to_string(),
-            ether(server, client, ETHERTYPE_IPV4, &v4(&udp, &[], 0x200)),
-        ));
+        frames.push(to_server(what, ETHERTYPE_IPV4, &v4(&udp, &[], 0x200)));
     }
 
     // IPv4 header claims more than the frame holds; IP header cut short; version 6 in 0x0800.
@@ -271,51 +272,53 @@ fn malformed_frames(
     let mut long_total = v4(&udp, &[], 0x201);
     long_total[2..4].copy_from_slice(&1400u16.to_be_bytes());
     fix_ipv4_checksum(&mut long_total);
-    frames.push((
-        "IPv4 total length beyond the frame".into(),
-        ether(server, client, ETHERTYPE_IPV4, &long_total),
+    frames.push(to_server(
+        "IPv4 total length beyond the frame",
+        ETHERTYPE_IPV4,
+        &long_total,
     ));
     let cut = v4(&udp, &[], 0x202);
-    frames.push((
-        "IPv4 header cut at 10 bytes".into(),
-        ether(server, client, ETHERTYPE_IPV4, &cut[..10]),
+    frames.push(to_server(
+        "IPv4 header cut at 10 bytes",
+        ETHERTYPE_IPV4,
+        &cut[..10],
     ));
-    frames.push((
-        "IPv4 cut inside the UDP header".into(),
-        ether(server, client, ETHERTYPE_IPV4, &cut[..24]),
+    frames.push(to_server(
+        "IPv4 cut inside the UDP header",
+        ETHERTYPE_IPV4,
+        &cut[..24],
     ));
     let mut wrong_version = v4(&udp, &[], 0x203);
     wrong_version[0] = 0x65;
-    frames.push((
-        "IP version 6 in an IPv4 frame".into(),
-        ether(server, client, ETHERTYPE_IPV4, &wrong_version),
+    frames.push(to_server(
+        "IP version 6 in an IPv4 frame",
+        ETHERTYPE_IPV4,
+        &wrong_version,
     ));
     let mut ihl_too_big = v4(&udp, &[], 0x204);
     ihl_too_big[0] = 0x4f;
     fix_ipv4_checksum(&mut ihl_too_big);
-    frames.push((
-        "IPv4 IHL 15 without the options".into(),
-        ether(server, client, ETHERTYPE_IPV4, &ihl_too_big),
+    frames.push(to_server(
+        "IPv4 IHL 15 without the options",
+        ETHERTYPE_IPV4,
+        &ihl_too_big,
     ));
 
     // Well-formed queries in IPv4 packets with options: NOPs + end (24-byte header), and a
     // 60-byte header full of NOPs.
     let udp = udp4(cip, sip, 40104, 53, &query(ID_IPV4_OPTIONS));
-    frames.push((
-        "IPv4 with options".into(),
-        ether(
-            server,
-            client,
-            ETHERTYPE_IPV4,
-            &v4(&udp, &[1, 1, 1, 0], 0x205),
-        ),
+    frames.push(to_server(
+        "IPv4 with options",
+        ETHERTYPE_IPV4,
+        &v4(&udp, &[1, 1, 1, 0], 0x205),
     ));
     let udp = udp4(cip, sip, 40105, 53, &query(ID_IPV4_LONG_OPTIONS));
     let mut nops = vec![1u8; 39];
     nops.push(0);
-    frames.push((
-        "IPv4 with a 60-byte header".into(),
-        ether(server, client, ETHERTYPE_IPV4, &v4(&udp, &nops, 0x206)),
+    frames.push(to_server(
+        "IPv4 with a 60-byte header",
+        ETHERTYPE_IPV4,
+        &v4(&udp, &nops, 0x206),
     ));
 
     // IPv4 fragments of a query, the ports in the first; then a lone second fragment.
@@ -323,41 +326,44 @@ fn malformed_frames(
     let (head, tail) = udp.split_at(16);
     let first = ipv4(cip, sip, PROTO_UDP, &[], 0x300, 0x2000, head);
     let second = ipv4(cip, sip, PROTO_UDP, &[], 0x300, (16 / 8) as u16, tail);
-    frames.push((
-        "IPv4 first fragment".into(),
-        ether(server, client, ETHERTYPE_IPV4, &first),
-    ));
-    frames.push((
-        "IPv4 second fragment".into(),
-        ether(server, client, ETHERTYPE_IPV4, &second),
-    ));
+    frames.push(to_server("IPv4 first fragment", ETHERTYPE_IPV4, &first));
+    frames.push(to_server("IPv4 second fragment", ETHERTYPE_IPV4, &second));
     let lone = ipv4(cip, sip, PROTO_UDP, &[], 0x301, 0x2000 | 3, &[0u8; 24]);
-    frames.push((
-        "IPv4 lone middle fragment".into(),
-        ether(server, client, ETHERTYPE_IPV4, &lone),
+    frames.push(to_server(
+        "IPv4 lone middle fragment",
+        ETHERTYPE_IPV4,
+        &lone,
     ));
 
     // IPv6: a hop-by-hop header (PadN) before UDP; an atomic fragment header before UDP.
-    let udp = udp6(cip6, sip6, 40107, 53, &query(ID_IPV6_HOP_BY_HOP));
-    let mut hbh = vec![17u8, 0, 1, 4, 0, 0, 0, 0];
-    hbh.extend_from_slice(&udp);
-    frames.push((
-        "IPv6 hop-by-hop header".into(),
-        ether(server, client, ETHERTYPE_IPV6, &ipv6(cip6, sip6, 0, &hbh)),
-    ));
-    let udp = udp6(cip6, sip6, 40108, 53, &query(ID_IPV6_FRAGMENT_HEADER));
-    let mut frag = vec![17u8, 0, 0, 0, 0, 0, 0x12, 0x34];
-    frag.extend_from_slice(&udp);
-    frames.push((
-        "IPv6 fragment header".into(),
-        ether(server, client, ETHERTYPE_IPV6, &ipv6(cip6, sip6, 44, &frag)),
-    ));
+    for (what, next_header, extension, sport, id) in [
+        (
+            "IPv6 hop-by-hop header",
+            0,
+            [PROTO_UDP, 0, 1, 4, 0, 0, 0, 0],
+            40107,
+            ID_IPV6_HOP_BY_HOP,
+        ),
+        (
+            "IPv6 fragment header",
+            44,
+            [PROTO_UDP, 0, 0, 0, 0, 0, 0x12, 0x34],
+            40108,
+            ID_IPV6_FRAGMENT_HEADER,
+        ),
+    ] {
+        let mut packet = extension.to_vec();
+        packet.extend_from_slice(&udp6(cip6, sip6, sport, 53, &query(id)));
+        let ip = ipv6(cip6, sip6, next_header, &packet);
+        frames.push(to_server(what, ETHERTYPE_IPV6, &ip));
+    }
     let udp = udp6(cip6, sip6, 40109, 53, &[0xff; 3]);
     let mut truncated6 = ipv6(cip6, sip6, PROTO_UDP, &udp);
     truncated6.truncate(30);
-    frames.push((
-        "IPv6 header cut at 30 bytes".into(),
-        ether(server, client, ETHERTYPE_IPV6, &truncated6),
+    frames.push(to_server(
+        "IPv6 header cut at 30 bytes",
+        ETHERTYPE_IPV6,
+        &truncated6,
     ));
 
     // An 802.1Q-tagged query (VLAN 100), and a double-tagged one.
@@ -366,17 +372,11 @@ fn malformed_frames(
     let mut tagged = vec![0x00, 100];
     tagged.extend_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
     tagged.extend_from_slice(&ip);
-    frames.push((
-        "802.1Q tagged".into(),
-        ether(server, client, ETHERTYPE_VLAN, &tagged),
-    ));
+    frames.push(to_server("802.1Q tagged", ETHERTYPE_VLAN, &tagged));
     let mut double = vec![0x00, 200];
     double.extend_from_slice(&ETHERTYPE_VLAN.to_be_bytes());
     double.extend_from_slice(&tagged);
-    frames.push((
-        "802.1ad double tagged".into(),
-        ether(server, client, ETHERTYPE_QINQ, &double),
-    ));
+    frames.push(to_server("802.1ad double tagged", ETHERTYPE_QINQ, &double));
 
     // TCP to port 53: a data offset pointing past the segment, a data offset of 0, and a DNS
     // length prefix longer than the data.
@@ -388,14 +388,10 @@ fn malformed_frames(
         ("TCP DNS length prefix beyond the data", 5u8, &dns_tcp[..]),
     ] {
         let seg = tcp4(40111, 53, doff, payload);
-        frames.push((
-            what.to_string(),
-            ether(
-                server,
-                client,
-                ETHERTYPE_IPV4,
-                &ipv4(cip, sip, PROTO_TCP, &[], 0x208, 0, &seg),
-            ),
+        frames.push(to_server(
+            what,
+            ETHERTYPE_IPV4,
+            &ipv4(cip, sip, PROTO_TCP, &[], 0x208, 0, &seg),
         ));
     }
     Ok(frames)
