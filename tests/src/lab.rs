@@ -537,6 +537,15 @@ impl Lab {
         }
     }
 
+    /// Starts `tcpdump -i eth0 -n ARGS` in a pod's namespace and returns once it is capturing.
+    pub fn start_tcpdump(&self, pod: Ns, args: &[&str]) -> Result<Process<'_>> {
+        let mut argv = vec!["tcpdump", "-i", POD_IF, "-n"];
+        argv.extend_from_slice(args);
+        let mut tcpdump = self.spawn(pod, &argv)?;
+        tcpdump.wait_for_stderr("listening on", Duration::from_secs(10))?;
+        Ok(tcpdump)
+    }
+
     /// Sends `count` small UDP datagrams from a namespace to `ip:port` (bash's /dev/udp), without
     /// waiting for any answer.
     pub fn send_udp(&self, ns: Ns, ip: &str, port: u16, count: u32) -> Result<()> {

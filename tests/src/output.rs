@@ -3,7 +3,7 @@
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
-use crate::lab::{Finished, CLIENT_VETH, SERVER_VETH};
+use crate::lab::{Finished, BRIDGE, CLIENT_VETH, SERVER_VETH};
 
 /// A whole JSON watch: packet and finding records, and the summary that must end it.
 #[derive(Debug)]
@@ -220,6 +220,25 @@ pub fn expect_text(v: &Value, pointer: &str) -> Result<()> {
         "{pointer}: expected a text in {v}"
     );
     Ok(())
+}
+
+/// A finding about the reply to query `id` that the lab's server sent across the bridge, in at
+/// the server's port and out at the client's (`conntrack_skip`, `unexpected_reply_source`): whom
+/// it was for, where it should have come from and where it came from.
+pub fn expect_bridged_reply_finding(
+    finding: &Value,
+    id: u16,
+    client: &str,
+    expected_source: &str,
+    actual_source: &str,
+) -> Result<()> {
+    expect_u64(finding, "/query/id", id.into())?;
+    expect_str(finding, "/client", client)?;
+    expect_str(finding, "/expected_source", expected_source)?;
+    expect_str(finding, "/actual_source", actual_source)?;
+    expect_str(finding, "/bridge", BRIDGE)?;
+    expect_str(finding, "/reply_in_port", SERVER_VETH)?;
+    expect_str(finding, "/reply_out_port", CLIENT_VETH)
 }
 
 /// The commands of a finding's `fix`.

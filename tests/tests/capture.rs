@@ -234,15 +234,11 @@ fn json_output_and_write_together_and_a_foreign_capture_lists_plainly() -> Resul
 
     // tcpdump's own capture of the same traffic is not tracer's: a plain listing.
     let pcap = lab.dir().join("tcpdump.pcap");
-    let mut tcpdump = lab.spawn(
+    let tcpdump = lab.start_tcpdump(
         Ns::Client,
         &[
-            "tcpdump",
-            "-i",
-            POD_IF,
             "--immediate-mode",
             "-U",
-            "-n",
             "-w",
             path_str(&pcap)?,
             "udp",
@@ -250,7 +246,6 @@ fn json_output_and_write_together_and_a_foreign_capture_lists_plainly() -> Resul
             "53",
         ],
     )?;
-    tcpdump.wait_for_stderr("listening on", Duration::from_secs(10))?;
     let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
     dig.expect_answered()?;
     thread::sleep(Duration::from_millis(300));

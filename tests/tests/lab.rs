@@ -15,23 +15,11 @@ fn lab_reproduces_both_symptoms() -> Result<()> {
     dig.expect_answers(&[TEST_A]).context("healthy lab")?;
 
     let dig6 = lab.dig(CLUSTER_DNS_IP6, TEST_NAME, &["AAAA"])?;
-    dig6.expect_answers(&[TEST_AAAA]).context("healthy lab, IPv6")?;
+    dig6.expect_answers(&[TEST_AAAA])
+        .context("healthy lab, IPv6")?;
 
     lab.set_bridge_nf_call_iptables(false)?;
-    let mut tcpdump = lab.spawn(
-        Ns::Client,
-        &[
-            "tcpdump",
-            "-i",
-            POD_IF,
-            "-n",
-            "-l",
-            "-c",
-            "1",
-            "udp and src port 53",
-        ],
-    )?;
-    tcpdump.wait_for_stderr("listening on", Duration::from_secs(10))?;
+    let tcpdump = lab.start_tcpdump(Ns::Client, &["-l", "-c", "1", "udp and src port 53"])?;
     let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
     dig.expect_timed_out()
         .context("bridge-nf-call-iptables=0")?;

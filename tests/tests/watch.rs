@@ -145,14 +145,14 @@ fn bridge_nf_call_iptables_off_shows_reply_from_pod_without_conntrack() -> Resul
     );
 
     let f = w.one_finding("conntrack_skip")?;
-    expect_str(f, "/client", client)?;
-    expect_str(f, "/expected_source", &format!("{CLUSTER_DNS_IP}:53"))?;
-    expect_str(f, "/actual_source", &format!("{SERVER_IP}:53"))?;
-    expect_str(f, "/bridge", BRIDGE)?;
-    expect_str(f, "/reply_in_port", SERVER_VETH)?;
-    expect_str(f, "/reply_out_port", CLIENT_VETH)?;
+    expect_bridged_reply_finding(
+        f,
+        id,
+        client,
+        &format!("{CLUSTER_DNS_IP}:53"),
+        &format!("{SERVER_IP}:53"),
+    )?;
     expect_str(f, "/query/qname", "example.test.")?;
-    expect_u64(f, "/query/id", id.into())?;
     expect_str(f, "/sysctls/net.bridge.bridge-nf-call-iptables", "0")?;
     expect_text(f, "/headline")?;
     ensure!(
