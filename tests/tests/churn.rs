@@ -6,6 +6,7 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
+use serde_json::Value;
 use tracer_tests::lab::*;
 use tracer_tests::output::*;
 use tracer_tests::scenario::Scenario;
@@ -60,28 +61,26 @@ fn pods_created_and_deleted_during_a_watch_are_followed() -> Result<()> {
         ("pod B", &dig_b, "veth-pb", "10.244.0.11"),
     ] {
         let id = dig.query_id().with_context(|| format!("{who}'s dig"))?;
-        let query = w.find_one(
-            &format!("{who}'s query entering the bridge on {veth}"),
-            |p| {
-                str_at(p, "/stage") == Some("bridge-in")
-                    && dns_is(p, id, false)
-                    && str_at(p, "/src").and_then(ip_of) == Some(ip)
-            },
-        )?;
+        let query = pod_dns(&w, "bridge-in", id, false, ip)
+            .with_context(|| format!("{who}'s query entering the bridge on {veth}"))?;
         expect_str(query, "/ifname", veth)?;
         expect_u64(query, "/ifindex", index.into())?;
-        let reply = w.find_one(
-            &format!("{who}'s reply leaving the bridge on {veth}"),
-            |p| {
-                str_at(p, "/stage") == Some("bridge-out")
-                    && dns_is(p, id, true)
-                    && str_at(p, "/dst").and_then(ip_of) == Some(ip)
-            },
-        )?;
+        let reply = pod_dns(&w, "bridge-out", id, true, ip)
+            .with_context(|| format!("{who}'s reply leaving the bridge on {veth}"))?;
         expect_str(reply, "/ifname", veth)?;
     }
     w.query_from_client(dig_c.query_id()?)?;
     w.check_summary()
+}
+
+/// The record at `stage` of DNS message `id` that pod `ip` sent (`reply` false) or was sent.
+fn pod_dns<'a>(w: &'a WatchJson, stage: &str, id: u16, reply: bool, ip: &str) -> Result<&'a Value> {
+    let pod_end = if reply { "/dst" } else { "/src" };
+    w.find_one(&format!("DNS message {id} of {ip} at {stage}"), |p| {
+        str_at(p, "/stage") == Some(stage)
+            && dns_is(p, id, reply)
+            && str_at(p, pod_end).and_then(ip_of) == Some(ip)
+    })
 }
 
 /// A pod added to a running lab: its own namespace, a veth into the node's bridge.

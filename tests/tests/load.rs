@@ -122,33 +122,41 @@ fn a_flood_on_a_node_that_skips_conntrack_still_names_it() -> Result<()> {
     Ok(())
 }
 
-/// Starts a watch under a flood and returns it with the flood, once records are being lost.
-fn overflowing<'lab>(lab: &'lab Lab, args: &[&str]) -> Result<(Process<'lab>, Process<'lab>)> {
+/// Watches under a flood until records are being lost, then ends the watch with `signal` (or
+/// lets it end by itself, at its `--duration`): how long the end took, and what tracer printed.
+fn time_to_end_while_overflowing(
+    lab: &Lab,
+    args: &[&str],
+    signal: Option<libc::c_int>,
+    deadline: Duration,
+) -> Result<(Duration, WatchJson)> {
     let mut watch = small_ring(lab).args(args).start()?;
     let flood = lab.dnsperf(CLUSTER_DNS_IP, 30, FLOOD_CLIENTS)?;
     watch.wait_for_stderr("records lost so far", Duration::from_secs(20))?;
-    Ok((watch, flood))
+    let started = Instant::now();
+    if let Some(signal) = signal {
+        watch.signal(signal)?;
+    }
+    let done = watch.finish(deadline)?;
+    let took = started.elapsed();
+    drop(flood);
+    ensure!(
+        !done.timed_out,
+        "tracer did not end within {deadline:?} under load:\n{}",
+        done.describe_short()
+    );
+    Ok((took, WatchJson::from_finished(&done)?))
 }
 
 #[test]
 fn ctrl_c_is_served_within_a_second_while_the_ring_overflows() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
-    let (mut watch, flood) = overflowing(&lab, &[])?;
-    let signalled = Instant::now();
-    watch.signal(libc::SIGINT)?;
-    let done = watch.finish(Duration::from_secs(10))?;
-    let took = signalled.elapsed();
-    drop(flood);
-    ensure!(
-        !done.timed_out,
-        "tracer ignored SIGINT under load:\n{}",
-        done.describe()
-    );
+    let (took, w) =
+        time_to_end_while_overflowing(&lab, &[], Some(libc::SIGINT), Duration::from_secs(10))?;
     ensure!(
         took < Duration::from_secs(1),
         "SIGINT took {took:?} to end the watch under load"
     );
-    let w = WatchJson::from_finished(&done)?;
     ensure!(
         u64_at(&w.summary, "/lost").unwrap_or(0) > 0,
         "the summary must count the loss: {}",
@@ -160,21 +168,12 @@ fn ctrl_c_is_served_within_a_second_while_the_ring_overflows() -> Result<()> {
 #[test]
 fn the_duration_is_kept_within_a_second_while_the_ring_overflows() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
-    let (watch, flood) = overflowing(&lab, &["--duration", "4"])?;
-    let attached = Instant::now();
-    let done = watch.finish(Duration::from_secs(15))?;
-    let took = attached.elapsed();
-    drop(flood);
-    ensure!(
-        !done.timed_out,
-        "tracer did not stop by itself under load:\n{}",
-        done.describe()
-    );
+    let (took, w) =
+        time_to_end_while_overflowing(&lab, &["--duration", "4"], None, Duration::from_secs(15))?;
     ensure!(
         took < Duration::from_secs(5),
         "--duration 4 ended the watch only {took:?} after it was watching"
     );
-    let w = WatchJson::from_finished(&done)?;
     let secs = w.summary["duration_secs"].as_f64().unwrap_or(0.0);
     ensure!(
         (4.0..5.0).contains(&secs),
