@@ -28,6 +28,31 @@ impl Triage {
     fn json(&self) -> Result<WatchJson> {
         WatchJson::parse(&self.done.stdout).with_context(|| self.done.describe())
     }
+
+    /// The JSON report of a triage that found problems, and so exited 1.
+    fn json_with_findings(&self) -> Result<WatchJson> {
+        ensure!(
+            self.exit_code == Some(1),
+            "exit code 1 (findings) expected:\n{}",
+            self.done.describe()
+        );
+        self.json()
+    }
+}
+
+/// The first-ranked finding, which must be of `kind` and be seen both in the traffic and in the
+/// node's configuration (one finding, not one of each).
+fn first_finding_seen_twice<'a>(w: &'a WatchJson, kind: &str) -> Result<&'a Value> {
+    let first = w
+        .findings
+        .first()
+        .with_context(|| format!("no findings:\n{}", w.describe()))?;
+    expect_str(first, "/kind", kind)?;
+    ensure!(
+        first.get("seen_in") == Some(&serde_json::json!(["traffic", "config"])),
+        "seen in traffic and config: {first}"
+    );
+    Ok(first)
 }
 
 /// Runs `tracer triage ARGS` in the lab's node namespace and digs the ClusterIP once from the
@@ -80,22 +105,9 @@ fn bridge_nf_call_iptables_off_ranks_conntrack_skip_first_with_both_evidences() 
     let (triage, dig) = triage_with_dig(&lab, &["--output", "json"])?;
     dig.expect_timed_out()
         .context("dig should time out on this node")?;
-    ensure!(
-        triage.exit_code == Some(1),
-        "exit code 1 (findings) expected:\n{}",
-        triage.done.describe()
-    );
-    let w = triage.json()?;
-    let first = w
-        .findings
-        .first()
-        .with_context(|| format!("no findings:\n{}", w.describe()))?;
-    expect_str(first, "/kind", "conntrack_skip")?;
+    let w = triage.json_with_findings()?;
+    let first = first_finding_seen_twice(&w, "conntrack_skip")?;
     expect_u64(first, "/rank", 1)?;
-    ensure!(
-        first.get("seen_in") == Some(&serde_json::json!(["traffic", "config"])),
-        "seen in traffic and config: {first}"
-    );
     ensure!(
         str_at(first, "/headline")
             .is_some_and(|h| h.starts_with("DNS replies skip conntrack on bridge cni0: ")),
@@ -205,21 +217,9 @@ fn reject_rule_is_netfilter_reject_from_traffic_and_ruleset() -> Result<()> {
     lab.iptables("-A FORWARD -p udp --dport 53 -j REJECT --reject-with icmp-host-prohibited")?;
     let (triage, dig) = triage_with_dig(&lab, &["--output", "json"])?;
     ensure!(!dig.answered(), "dig should be rejected:\n{}", dig.output);
-    ensure!(
-        triage.exit_code == Some(1),
-        "exit code 1 expected:\n{}",
-        triage.done.describe()
-    );
-    let w = triage.json()?;
-    let first = w
-        .findings
-        .first()
-        .with_context(|| format!("no findings:\n{}", w.describe()))?;
-    expect_str(first, "/kind", "netfilter_reject")?;
-    ensure!(
-        first.get("seen_in") == Some(&serde_json::json!(["traffic", "config"])),
-        "the rejected packets and the rule are one finding: {first}"
-    );
+    // The rejected packets and the rule are one finding.
+    let w = triage.json_with_findings()?;
+    let first = first_finding_seen_twice(&w, "netfilter_reject")?;
     // The rejected packet, and (once --dns-timeout passed within the window) the query that
     // therefore looked unanswered to the watch.
     let traffic = evidence(first, "traffic");
