@@ -1,7 +1,8 @@
 //! Test support for tracer: a network-namespace lab that reproduces a Kubernetes node's DNS path
 //! ([`lab`]), the processes started in it ([`process`]), one watch around some traffic
-//! ([`scenario`]), reading `tracer watch` output ([`output`]) and building packets by hand
-//! ([`packets`]).
+//! ([`scenario`]), reading `tracer watch` output ([`output`]), building packets by hand
+//! ([`packets`]), the firewall as text ([`firewall`]) and running tracer without privileges
+//! ([`unprivileged`]).
 //!
 //! Everything here needs root: it creates network namespaces, runs dnsmasq and changes iptables rules
 //! inside those namespaces (never on the host).
