@@ -37,17 +37,19 @@
 //! the compiler guarantees they are stopped before the namespaces go away.
 
 use std::fs;
-use std::io::{self, BufRead, BufReader, Read};
-use std::marker::PhantomData;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+
+// The lab starts processes and the suites import the lab: one import gives them both.
+use crate::process::{send_signal, wait_timeout};
+pub use crate::process::{Finished, Process, StdoutMode, STOP_GRACE};
 
 pub const BRIDGE: &str = "cni0";
 pub const BRIDGE_IP: &str = "10.244.0.1";
@@ -85,8 +87,6 @@ pub const BIG_TXT_STRINGS: usize = 12;
 pub const TRACER_READY: &str = "tracer: watching";
 /// Loading and attaching can take a while with a debug build parsing the kernel's BTF.
 pub const TRACER_READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a process gets to exit after SIGTERM before it is killed.
-pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Namespace names start with this, then the owning process id; stale labs left behind by a killed
 /// test process are recognised by it and removed by the next lab.
@@ -230,7 +230,7 @@ impl Lab {
             (Ns::Client, self.client.clone()),
             (Ns::Server, self.server.clone()),
         ] {
-            host(&["ip", "netns", "add", &name])?;
+            run_on_host(&["ip", "netns", "add", &name])?;
             self.created.push(name);
             // Without duplicate address detection every IPv6 address, link-local ones included,
             // is usable at once. Otherwise the node cannot send a neighbour solicitation from
@@ -249,7 +249,7 @@ impl Lab {
         let n = |args: &[&str]| -> Result<()> {
             let mut argv = vec!["ip", "-n", &node];
             argv.extend_from_slice(args);
-            host(&argv).map(drop)
+            run_on_host(&argv).map(drop)
         };
         n(&["link", "set", "lo", "up"])?;
         n(&["link", "add", BRIDGE, "type", "bridge"])?;
@@ -311,7 +311,7 @@ impl Lab {
             let p = |args: &[&str]| -> Result<()> {
                 let mut argv = vec!["ip", "-n", &pod_ns];
                 argv.extend_from_slice(args);
-                host(&argv).map(drop)
+                run_on_host(&argv).map(drop)
             };
             p(&["link", "set", "lo", "up"])?;
             p(&["addr", "add", &format!("{ip}/24"), "dev", POD_IF])?;
@@ -350,7 +350,10 @@ impl Lab {
             "--user=root".into(),
             format!("--pid-file={}", pid_file.display()),
             format!("--host-record={TEST_NAME},{TEST_A},{TEST_AAAA}"),
-            format!("--txt-record={BIG_TXT_NAME},{}", big_txt_strings().join(",")),
+            format!(
+                "--txt-record={BIG_TXT_NAME},{}",
+                big_txt_strings().join(",")
+            ),
             // dnsmasq's default (1232) would truncate the big answer instead of sending it.
             "--edns-packet-max=4096".into(),
             "--log-queries".into(),
@@ -448,6 +451,52 @@ impl Lab {
         Process::spawn(self.command(ns, argv), argv.join(" "), StdoutMode::Capture)
     }
 
+    /// `tracer ARGS` (the binary from [`crate::tracer_bin`]) in the node namespace with `env`
+    /// added to its environment, not started yet.
+    pub fn tracer_command(&self, args: &[&str], env: &[(&str, &str)]) -> Result<Command> {
+        self.tracer_command_at(&crate::tracer_bin()?, args, env)
+    }
+
+    fn tracer_command_at(
+        &self,
+        tracer: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Command> {
+        let tracer = tracer
+            .to_str()
+            .ok_or_else(|| anyhow!("non-UTF-8 path {}", tracer.display()))?;
+        let mut argv = vec![tracer];
+        argv.extend_from_slice(args);
+        let mut cmd = self.command(Ns::Node, &argv);
+        cmd.envs(env.iter().copied());
+        Ok(cmd)
+    }
+
+    /// Starts `tracer ARGS` (the binary from [`crate::tracer_bin`]) in the node namespace with
+    /// `env` added to its environment, without waiting for it to watch.
+    pub fn spawn_tracer(
+        &self,
+        args: &[&str],
+        env: &[(&str, &str)],
+        mode: StdoutMode,
+    ) -> Result<Process<'_>> {
+        self.spawn_tracer_at(&crate::tracer_bin()?, args, env, mode)
+    }
+
+    fn spawn_tracer_at(
+        &self,
+        tracer: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        mode: StdoutMode,
+    ) -> Result<Process<'_>> {
+        let cmd = self.tracer_command_at(tracer, args, env)?;
+        let env_words: String = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+        let what = format!("{env_words}{} {}", tracer.display(), args.join(" "));
+        Process::spawn(cmd, what, mode)
+    }
+
     /// Starts `tracer watch ARGS` (the binary from [`crate::tracer_bin`]) in the node namespace
     /// with its output captured, and returns once it reported that it is watching.
     pub fn watch(&self, args: &[&str]) -> Result<Process<'_>> {
@@ -462,27 +511,39 @@ impl Lab {
         args: &[&str],
         mode: StdoutMode,
     ) -> Result<Process<'_>> {
-        let tracer = tracer
-            .to_str()
-            .ok_or_else(|| anyhow!("non-UTF-8 path {}", tracer.display()))?;
-        let mut argv = vec![tracer, "watch"];
+        let mut argv = vec!["watch"];
         argv.extend_from_slice(args);
-        let mut process = Process::spawn(self.command(Ns::Node, &argv), argv.join(" "), mode)?;
-        process.wait_for_stderr(TRACER_READY, TRACER_READY_TIMEOUT)?;
+        let mut process = self.spawn_tracer_at(tracer, &argv, &[], mode)?;
+        process.wait_until_watching()?;
         Ok(process)
     }
 
     /// Runs dig in the client namespace: `dig +tries=1 +time=2 +qr @SERVER NAME EXTRA...`.
     /// A timeout is a result, not an error: see [`Dig::timed_out`].
     pub fn dig(&self, server: &str, name: &str, extra: &[&str]) -> Result<Dig> {
-        let at = format!("@{server}");
-        // +qr prints the query as sent, so the query id is known even when no reply arrives.
-        let mut argv = vec!["dig", "+tries=1", "+time=2", "+qr", &at, name];
-        argv.extend_from_slice(extra);
-        let out = self.exec(Ns::Client, &argv)?;
-        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&out.stderr));
-        Ok(Dig::parse(text, out.status.code()))
+        dig_in(self.netns(Ns::Client), server, name, extra)
+    }
+
+    /// `ip -j link show [IFNAME]` in a namespace: one JSON object per interface.
+    pub fn links(&self, ns: Ns, ifname: Option<&str>) -> Result<Vec<Value>> {
+        let mut argv = vec!["ip", "-j", "link", "show"];
+        argv.extend(ifname);
+        let json = self.run(ns, &argv)?;
+        let links: Value =
+            serde_json::from_str(&json).with_context(|| format!("`{}`: {json}", argv.join(" ")))?;
+        match links {
+            Value::Array(links) => Ok(links),
+            other => bail!("`{}` printed no list: {other}", argv.join(" ")),
+        }
+    }
+
+    /// Starts `tcpdump -i eth0 -n ARGS` in a pod's namespace and returns once it is capturing.
+    pub fn start_tcpdump(&self, pod: Ns, args: &[&str]) -> Result<Process<'_>> {
+        let mut argv = vec!["tcpdump", "-i", POD_IF, "-n"];
+        argv.extend_from_slice(args);
+        let mut tcpdump = self.spawn(pod, &argv)?;
+        tcpdump.wait_for_stderr("listening on", Duration::from_secs(10))?;
+        Ok(tcpdump)
     }
 
     /// Sends `count` small UDP datagrams from a namespace to `ip:port` (bash's /dev/udp), without
@@ -502,11 +563,16 @@ impl Lab {
             fs::write(&queries, format!("{TEST_NAME} A\n"))
                 .with_context(|| format!("writing {}", queries.display()))?;
         }
-        let queries = queries.to_str().ok_or_else(|| anyhow!("non-UTF-8 lab directory"))?;
+        let queries = queries
+            .to_str()
+            .ok_or_else(|| anyhow!("non-UTF-8 lab directory"))?;
         let (secs, clients) = (secs.to_string(), clients.to_string());
         self.spawn(
             Ns::Client,
-            &["dnsperf", "-s", server, "-d", queries, "-l", &secs, "-c", &clients, "-q", "200", "-t", "2"],
+            &[
+                "dnsperf", "-s", server, "-d", queries, "-l", &secs, "-c", &clients, "-q", "200",
+                "-t", "2",
+            ],
         )
     }
 
@@ -533,6 +599,24 @@ impl Drop for Lab {
             eprintln!("lab cleanup: removing {}: {e}", self.dir.display());
         }
     }
+}
+
+/// Runs dig like [`Lab::dig`] in any network namespace (`/run/netns/NETNS`), e.g. one a test
+/// added to the lab.
+pub fn dig_in(netns: &str, server: &str, name: &str, extra: &[&str]) -> Result<Dig> {
+    let at = format!("@{server}");
+    // +qr prints the query as sent, so the query id is known even when no reply arrives.
+    let mut argv = vec!["dig", "+tries=1", "+time=2", "+qr", &at, name];
+    argv.extend_from_slice(extra);
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns])
+        .args(&argv)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running `{}` in {netns}", argv.join(" ")))?;
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    Ok(Dig::parse(text, out.status.code()))
 }
 
 /// The result of one dig run.
@@ -598,307 +682,47 @@ impl Dig {
         }
     }
 
+    /// The id of the query dig sent.
+    pub fn query_id(&self) -> Result<u16> {
+        self.id
+            .with_context(|| format!("dig printed no query id:\n{}", self.output))
+    }
+
     /// dig got a reply with status NOERROR.
     pub fn answered(&self) -> bool {
         self.status.as_deref() == Some("NOERROR")
     }
-}
 
-/// Where a spawned process's stdout goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StdoutMode {
-    /// Collected, returned by [`Process::finish`] / [`Process::stop`].
-    Capture,
-    /// Collected, but JSON packet lines (`"type":"packet"`) are only counted
-    /// ([`Finished::packet_lines`]): a watch under a flood prints more of them than a test
-    /// should hold.
-    CountPackets,
-    /// Inherited (the terminal); stderr is still captured and also echoed to our stderr.
-    Terminal,
-}
-
-/// The strings of [`BIG_TXT_NAME`]'s TXT record.
-pub fn big_txt_strings() -> Vec<String> {
-    (0..BIG_TXT_STRINGS).map(|i| char::from(b'a' + i as u8).to_string().repeat(250)).collect()
-}
-
-/// A background process started in a lab namespace. Dropping it stops it (SIGTERM, then SIGKILL).
-pub struct Process<'lab> {
-    what: String,
-    child: Child,
-    stdout: Option<Arc<Captured>>,
-    stderr: Arc<Captured>,
-    readers: Vec<JoinHandle<()>>,
-    reaped: bool,
-    _lab: PhantomData<&'lab Lab>,
-}
-
-/// What a [`Process`] left behind.
-#[derive(Debug)]
-pub struct Finished {
-    pub what: String,
-    pub status: ExitStatus,
-    /// Empty with [`StdoutMode::Terminal`].
-    pub stdout: String,
-    pub stderr: String,
-    /// It was still running at the deadline given to [`Process::finish`] (or ignored SIGTERM
-    /// from [`Process::stop`]) and had to be signalled.
-    pub timed_out: bool,
-    /// JSON packet lines counted rather than kept in `stdout` ([`StdoutMode::CountPackets`]).
-    pub packet_lines: u64,
-}
-
-impl Finished {
-    /// Status and output, for assertion messages.
-    pub fn describe(&self) -> String {
-        format!(
-            "`{}` exited with {}{}\n--- stdout ---\n{}--- stderr ---\n{}",
-            self.what,
-            self.status,
-            if self.timed_out {
-                " (after being signalled at its deadline)"
-            } else {
-                ""
-            },
-            self.stdout,
-            self.stderr
-        )
-    }
-}
-
-impl<'lab> Process<'lab> {
-    /// Starts `cmd` (made with [`Lab::command`], so it cannot outlive the lab), described as
-    /// `what` in errors.
-    pub fn start(_lab: &'lab Lab, cmd: Command, what: &str, mode: StdoutMode) -> Result<Process<'lab>> {
-        Process::spawn(cmd, what.to_string(), mode)
-    }
-
-    fn spawn(mut cmd: Command, what: String, mode: StdoutMode) -> Result<Process<'lab>> {
-        cmd.stdin(Stdio::null()).stderr(Stdio::piped());
-        match mode {
-            StdoutMode::Capture | StdoutMode::CountPackets => cmd.stdout(Stdio::piped()),
-            StdoutMode::Terminal => cmd.stdout(Stdio::inherit()),
-        };
-        let mut child = cmd.spawn().with_context(|| format!("starting `{what}`"))?;
-        let mut readers = Vec::new();
-        let stdout = match child.stdout.take() {
-            Some(pipe) => {
-                let sink = Arc::new(Captured::default());
-                readers.push(capture(pipe, sink.clone(), false, mode == StdoutMode::CountPackets));
-                Some(sink)
-            }
-            None => None,
-        };
-        let stderr = Arc::new(Captured::default());
-        if let Some(pipe) = child.stderr.take() {
-            readers.push(capture(pipe, stderr.clone(), mode == StdoutMode::Terminal, false));
-        }
-        Ok(Process {
-            what,
-            child,
-            stdout,
-            stderr,
-            readers,
-            reaped: false,
-            _lab: PhantomData,
-        })
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Waits until stderr contains `needle`. Fails if the process exits first or the timeout
-    /// passes, with what it printed.
-    pub fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            {
-                let buf = self.stderr.lock();
-                if buf.text.contains(needle) {
-                    return Ok(());
-                }
-            }
-            if let Some(status) = self.child.try_wait()? {
-                // Let the reader pick up what was written just before the exit.
-                let text = self.stderr.wait_eof(Duration::from_secs(1));
-                if text.contains(needle) {
-                    return Ok(());
-                }
-                bail!(
-                    "`{}` exited ({status}) before printing {needle:?}; stderr:\n{text}",
-                    self.what
-                );
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                let text = self.stderr.lock().text.clone();
-                bail!(
-                    "`{}` did not print {needle:?} within {timeout:?}; stderr so far:\n{text}",
-                    self.what
-                );
-            }
-            let buf = self.stderr.lock();
-            let wait = (deadline - now).min(Duration::from_millis(50));
-            drop(self.stderr.grew.wait_timeout(buf, wait));
-        }
-    }
-
-    /// Sends a signal, unless the process has already exited (its pid may then belong to
-    /// someone else).
-    pub fn signal(&mut self, signal: libc::c_int) -> Result<()> {
-        if self.child.try_wait()?.is_none() {
-            send_signal(self.child.id(), signal)
-                .with_context(|| format!("signalling `{}`", self.what))?;
+    /// [`Dig::answered`], or an error with what dig printed.
+    pub fn expect_answered(&self) -> Result<()> {
+        if !self.answered() {
+            bail!("dig was not answered:\n{}", self.output);
         }
         Ok(())
     }
 
-    /// Stdout captured so far.
-    pub fn stdout_so_far(&self) -> String {
-        self.stdout
-            .as_ref()
-            .map(|s| s.lock().text.clone())
-            .unwrap_or_default()
-    }
-
-    /// Waits up to `timeout` for the process to exit by itself; then SIGTERM, and SIGKILL if it is
-    /// still there after [`STOP_GRACE`].
-    pub fn finish(mut self, timeout: Duration) -> Result<Finished> {
-        let mut timed_out = false;
-        let status = match wait_timeout(&mut self.child, timeout)? {
-            Some(status) => status,
-            None => {
-                timed_out = true;
-                self.escalate()?
-            }
-        };
-        Ok(self.collect(status, timed_out))
-    }
-
-    /// SIGTERM now, then like [`Process::finish`] with [`STOP_GRACE`].
-    pub fn stop(mut self) -> Result<Finished> {
-        self.signal(libc::SIGTERM)?;
-        self.finish(STOP_GRACE)
-    }
-
-    fn escalate(&mut self) -> Result<ExitStatus> {
-        self.signal(libc::SIGTERM)?;
-        if let Some(status) = wait_timeout(&mut self.child, STOP_GRACE)? {
-            return Ok(status);
+    /// dig was answered with exactly these records (e.g. [`TEST_A`]).
+    pub fn expect_answers(&self, want: &[&str]) -> Result<()> {
+        if !(self.answered() && self.answers == want) {
+            bail!("dig was not answered with {want:?}:\n{}", self.output);
         }
-        self.child
-            .kill()
-            .with_context(|| format!("killing `{}`", self.what))?;
-        self.child
-            .wait()
-            .with_context(|| format!("waiting for `{}`", self.what))
+        Ok(())
     }
 
-    fn collect(&mut self, status: ExitStatus, timed_out: bool) -> Finished {
-        self.reaped = true;
-        // The pipes close with the process, so the readers end.
-        for reader in self.readers.drain(..) {
-            if reader.join().is_err() {
-                eprintln!("output reader of `{}` panicked", self.what);
-            }
+    /// dig gave up waiting for a reply, or an error with what it printed.
+    pub fn expect_timed_out(&self) -> Result<()> {
+        if !self.timed_out {
+            bail!("dig should have timed out:\n{}", self.output);
         }
-        Finished {
-            what: self.what.clone(),
-            status,
-            stdout: self.stdout_so_far(),
-            stderr: self.stderr.lock().text.clone(),
-            timed_out,
-            packet_lines: self.stdout.as_ref().map_or(0, |s| s.lock().counted),
-        }
+        Ok(())
     }
 }
 
-impl Drop for Process<'_> {
-    fn drop(&mut self) {
-        if self.reaped {
-            return;
-        }
-        match self.child.try_wait() {
-            Ok(Some(_)) => {}
-            _ => {
-                let _ = send_signal(self.child.id(), libc::SIGTERM);
-                if !matches!(
-                    wait_timeout(&mut self.child, Duration::from_secs(3)),
-                    Ok(Some(_))
-                ) {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                }
-            }
-        }
-    }
-}
-
-#[derive(Default)]
-struct Captured {
-    buf: Mutex<Buffer>,
-    grew: Condvar,
-}
-
-#[derive(Default)]
-struct Buffer {
-    text: String,
-    /// Lines counted rather than kept ([`StdoutMode::CountPackets`]).
-    counted: u64,
-    eof: bool,
-}
-
-impl Captured {
-    fn lock(&self) -> MutexGuard<'_, Buffer> {
-        // A reader thread that panicked mid-append leaves usable text behind.
-        self.buf
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn wait_eof(&self, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        let mut buf = self.lock();
-        while !buf.eof {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            buf = match self.grew.wait_timeout(buf, deadline - now) {
-                Ok((buf, _)) => buf,
-                Err(poisoned) => poisoned.into_inner().0,
-            };
-        }
-        buf.text.clone()
-    }
-}
-
-fn capture(pipe: impl Read + Send + 'static, sink: Arc<Captured>, echo: bool, count_packets: bool) -> JoinHandle<()> {
-    thread::spawn(move || {
-        let mut reader = BufReader::new(pipe);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            match reader.read_until(b'\n', &mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let text = String::from_utf8_lossy(&line);
-                    if echo {
-                        eprint!("{text}");
-                    }
-                    if count_packets && text.contains("\"type\":\"packet\"") {
-                        sink.lock().counted += 1;
-                        continue;
-                    }
-                    sink.lock().text.push_str(&text);
-                    sink.grew.notify_all();
-                }
-            }
-        }
-        sink.lock().eof = true;
-        sink.grew.notify_all();
-    })
+/// The strings of [`BIG_TXT_NAME`]'s TXT record.
+pub fn big_txt_strings() -> Vec<String> {
+    (0..BIG_TXT_STRINGS)
+        .map(|i| char::from(b'a' + i as u8).to_string().repeat(250))
+        .collect()
 }
 
 fn ensure_root() -> Result<()> {
@@ -924,7 +748,7 @@ fn unique_prefix() -> String {
 /// Removes labs whose creating process no longer exists (a test binary that was SIGKILLed, so its
 /// `Drop`s never ran). Best effort: a lab another process is removing at the same time is fine.
 fn sweep_stale_labs() {
-    let Ok(list) = host(&["ip", "netns", "list"]) else {
+    let Ok(list) = run_on_host(&["ip", "netns", "list"]) else {
         return;
     };
     for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
@@ -950,7 +774,7 @@ fn sweep_stale_labs() {
 fn delete_netns(name: &str) -> Result<()> {
     // Anything still running in a lab namespace was started by the lab (a process handle that was
     // leaked); it would keep the namespace alive after `ip netns del`.
-    if let Ok(pids) = host(&["ip", "netns", "pids", name]) {
+    if let Ok(pids) = run_on_host(&["ip", "netns", "pids", name]) {
         for pid in pids
             .split_whitespace()
             .filter_map(|p| p.parse::<u32>().ok())
@@ -958,7 +782,7 @@ fn delete_netns(name: &str) -> Result<()> {
             let _ = send_signal(pid, libc::SIGKILL);
         }
     }
-    host(&["ip", "netns", "del", name]).map(drop)
+    run_on_host(&["ip", "netns", "del", name]).map(drop)
 }
 
 fn stop_child(mut child: Child) {
@@ -974,32 +798,9 @@ fn stop_child(mut child: Child) {
     let _ = child.wait();
 }
 
-fn send_signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
-    let pid =
-        libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: kill(2) only takes plain integers.
-    if unsafe { libc::kill(pid, signal) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-fn wait_timeout(child: &mut Child, timeout: Duration) -> io::Result<Option<ExitStatus>> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(Some(status));
-        }
-        if Instant::now() >= deadline {
-            return Ok(None);
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Runs a command in the current (host) namespace; fails unless it exits 0. Returns stdout.
-fn host(argv: &[&str]) -> Result<String> {
+/// Runs a command in the test's own (the host's) namespace; fails unless it exits 0. Returns
+/// its stdout.
+pub fn run_on_host(argv: &[&str]) -> Result<String> {
     let (program, args) = argv.split_first().ok_or_else(|| anyhow!("empty command"))?;
     let out = Command::new(program)
         .args(args)

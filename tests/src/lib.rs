@@ -1,18 +1,26 @@
 //! Test support for tracer: a network-namespace lab that reproduces a Kubernetes node's DNS path
-//! ([`lab`]), and helpers to read `tracer watch` output ([`output`]).
+//! ([`lab`]), the processes started in it ([`process`]), one watch around some traffic
+//! ([`scenario`]), reading `tracer watch` output ([`output`]), building packets by hand
+//! ([`packets`]), the firewall as text ([`firewall`]) and running tracer without privileges
+//! ([`unprivileged`]).
 //!
 //! Everything here needs root: it creates network namespaces, runs dnsmasq and changes iptables rules
 //! inside those namespaces (never on the host).
 
 pub mod dnsperf;
+pub mod firewall;
 pub mod lab;
 pub mod netns;
 pub mod output;
 pub mod packets;
+pub mod process;
+pub mod scenario;
+pub mod unprivileged;
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 /// The tracer binary under test: `$TRACER_BIN`, else the workspace's debug build.
 pub fn tracer_bin() -> Result<PathBuf> {
@@ -28,6 +36,16 @@ pub fn tracer_bin() -> Result<PathBuf> {
         );
     }
     Ok(path)
+}
+
+/// Runs `tracer ARGS` to completion in the test's own namespace, for what needs no lab
+/// (`report` of a file) or looks at all of them (`triage` from the host).
+pub fn run_tracer(args: &[&str]) -> Result<Output> {
+    let bin = tracer_bin()?;
+    Command::new(&bin)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {} {}", bin.display(), args.join(" ")))
 }
 
 /// The workspace this crate was compiled in. The tests run from the same checkout, so the

@@ -3,7 +3,7 @@
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
-use crate::lab::Finished;
+use crate::lab::{Finished, BRIDGE, CLIENT_VETH, SERVER_VETH};
 
 /// A whole JSON watch: packet and finding records, and the summary that must end it.
 #[derive(Debug)]
@@ -49,8 +49,14 @@ impl WatchJson {
 
     /// The output of a watch that must have exited 0.
     pub fn from_finished(done: &Finished) -> Result<WatchJson> {
-        ensure!(done.status.success(), "tracer failed:\n{}", done.describe());
-        WatchJson::parse(&done.stdout).with_context(|| done.describe())
+        // The head of stdout: a watch of a burst prints thousands of lines, and a line that is
+        // not JSON is quoted by the parser.
+        ensure!(
+            done.status.success(),
+            "tracer failed:\n{}",
+            done.describe_short()
+        );
+        WatchJson::parse(&done.stdout).with_context(|| done.describe_short())
     }
 
     /// The summary's counts match the lines printed, and nothing was lost.
@@ -103,6 +109,48 @@ impl WatchJson {
         self.packets.iter().filter(move |p| pred(p))
     }
 
+    /// The query with DNS id `id` as it entered the bridge from the client's port; its source
+    /// is the client's socket.
+    pub fn query_from_client(&self, id: u16) -> Result<&Value> {
+        self.find_one(
+            &format!("query {id} entering the bridge from the client ({CLIENT_VETH})"),
+            |p| stage_is(p, "bridge-in", CLIENT_VETH) && dns_is(p, id, false),
+        )
+    }
+
+    /// The reply to query `id` as it entered the bridge from the server's port.
+    pub fn reply_from_server(&self, id: u16) -> Result<&Value> {
+        self.find_one(
+            &format!("the reply to {id} entering the bridge from the server ({SERVER_VETH})"),
+            |p| stage_is(p, "bridge-in", SERVER_VETH) && dns_is(p, id, true),
+        )
+    }
+
+    /// The reply to query `id` as it left the bridge towards the client.
+    pub fn reply_to_client(&self, id: u16) -> Result<&Value> {
+        self.find_one(
+            &format!("the reply to {id} leaving the bridge to the client ({CLIENT_VETH})"),
+            |p| stage_is(p, "bridge-out", CLIENT_VETH) && dns_is(p, id, true),
+        )
+    }
+
+    /// The finding of `kind`, which must be the only one of its kind.
+    pub fn one_finding(&self, kind: &str) -> Result<&Value> {
+        let of_kind: Vec<&Value> = self
+            .findings
+            .iter()
+            .filter(|f| str_at(f, "/kind") == Some(kind))
+            .collect();
+        match of_kind.as_slice() {
+            [finding] => Ok(finding),
+            _ => bail!(
+                "expected one {kind} finding, got {}:\n{}",
+                of_kind.len(),
+                self.describe()
+            ),
+        }
+    }
+
     /// The findings of one kind (`conntrack_skip`, `dns_timeout`, ...).
     pub fn findings_of<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
         self.findings
@@ -151,6 +199,61 @@ pub fn expect_str(v: &Value, pointer: &str, want: &str) -> Result<()> {
     ensure!(
         got == Some(want),
         "{pointer}: expected {want:?}, got {got:?} in {v}"
+    );
+    Ok(())
+}
+
+/// The number at `pointer` is `want`.
+pub fn expect_u64(v: &Value, pointer: &str, want: u64) -> Result<()> {
+    let got = u64_at(v, pointer);
+    ensure!(
+        got == Some(want),
+        "{pointer}: expected {want}, got {got:?} in {v}"
+    );
+    Ok(())
+}
+
+/// There is a non-empty string at `pointer` (a headline, an explanation...).
+pub fn expect_text(v: &Value, pointer: &str) -> Result<()> {
+    ensure!(
+        str_at(v, pointer).is_some_and(|s| !s.is_empty()),
+        "{pointer}: expected a text in {v}"
+    );
+    Ok(())
+}
+
+/// A finding about the reply to query `id` that the lab's server sent across the bridge, in at
+/// the server's port and out at the client's (`conntrack_skip`, `unexpected_reply_source`): whom
+/// it was for, where it should have come from and where it came from.
+pub fn expect_bridged_reply_finding(
+    finding: &Value,
+    id: u16,
+    client: &str,
+    expected_source: &str,
+    actual_source: &str,
+) -> Result<()> {
+    expect_u64(finding, "/query/id", id.into())?;
+    expect_str(finding, "/client", client)?;
+    expect_str(finding, "/expected_source", expected_source)?;
+    expect_str(finding, "/actual_source", actual_source)?;
+    expect_str(finding, "/bridge", BRIDGE)?;
+    expect_str(finding, "/reply_in_port", SERVER_VETH)?;
+    expect_str(finding, "/reply_out_port", CLIENT_VETH)
+}
+
+/// The commands of a finding's `fix`.
+pub fn fix_lines(finding: &Value) -> Vec<&str> {
+    finding["fix"]
+        .as_array()
+        .map(|fix| fix.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+/// tracer's stderr shows no Rust panic.
+pub fn no_panic(stderr: &str) -> Result<()> {
+    ensure!(
+        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+        "tracer panicked:\n{stderr}"
     );
     Ok(())
 }

@@ -12,30 +12,40 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use tracer_tests::lab::*;
 use tracer_tests::output::*;
-use tracer_tests::tracer_bin;
+use tracer_tests::run_tracer;
+use tracer_tests::scenario::Scenario;
 
-/// Runs `tracer ARGS` to completion (no lab: `report` needs no namespace or privileges).
-fn tracer(args: &[&str]) -> Result<Output> {
-    let bin = tracer_bin()?;
-    Command::new(&bin)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {} {}", bin.display(), args.join(" ")))
-}
-
-/// A Rust panic prints this; tracer must never get there on any input file.
-fn no_panic(out: &Output) -> Result<()> {
-    let stderr = String::from_utf8_lossy(&out.stderr);
+/// tracer must never panic on any input file: no panic message, not a panic's exit code.
+fn ran_without_panic(out: &Output) -> Result<()> {
     ensure!(
-        !stderr.contains("panicked") && out.status.code() != Some(101),
+        out.status.code() != Some(101),
         "tracer panicked:\n{}",
         describe_output(out)
     );
-    Ok(())
+    no_panic(&String::from_utf8_lossy(&out.stderr))
 }
 
 fn path_str(path: &Path) -> Result<&str> {
     path.to_str().context("non-UTF-8 path")
+}
+
+/// A JSON watch that also writes what it sees to `file`.
+fn writing_to<'lab>(lab: &'lab Lab, file: &Path) -> Result<Scenario<'lab>> {
+    Ok(Scenario::new(lab).args(&["--write", path_str(file)?]))
+}
+
+/// `tracer report FILE --output json`, which must exit 0 without a panic: what it printed, and
+/// its output for the tests that read its stderr too.
+fn report_json(file: &Path) -> Result<(WatchJson, Output)> {
+    let out = run_tracer(&["report", path_str(file)?, "--output", "json"])?;
+    ran_without_panic(&out)?;
+    ensure!(
+        out.status.success(),
+        "tracer report failed:\n{}",
+        describe_output(&out)
+    );
+    let report = WatchJson::parse(&String::from_utf8_lossy(&out.stdout))?;
+    Ok((report, out))
 }
 
 /// `tshark -r FILE -T fields` with the fields given, one line per frame, fields tab-separated.
@@ -58,7 +68,11 @@ fn tshark_fields(file: &Path, fields: &[&str]) -> Result<Vec<Vec<String>>> {
     let out = cmd
         .output()
         .context("running tshark (Debian package tshark; `cargo xtask setup` installs it)")?;
-    ensure!(out.status.success(), "tshark failed:\n{}", describe_output(&out));
+    ensure!(
+        out.status.success(),
+        "tshark failed:\n{}",
+        describe_output(&out)
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(
         !stderr.to_lowercase().contains("appears to be damaged") && !stderr.contains("cut short"),
@@ -75,19 +89,9 @@ fn tshark_fields(file: &Path, fields: &[&str]) -> Result<Vec<Vec<String>>> {
 fn conntrack_skip_capture_reads_in_tshark_and_report() -> Result<()> {
     let lab = Lab::new(LabConfig::bridge_nf_call_iptables_off())?;
     let file = lab.dir().join("skip.pcapng");
-    let watch = lab.watch(&[
-        "--port",
-        "53",
-        "--output",
-        "json",
-        "--write",
-        path_str(&file)?,
-    ])?;
-    let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
-    let done = watch.stop()?;
-    ensure!(dig.timed_out, "dig should time out:\n{}", dig.output);
-    let id = dig.id.context("dig printed no query id")?;
-    let live = WatchJson::from_finished(&done)?;
+    let (live, dig) = writing_to(&lab, &file)?.run(|| lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[]))?;
+    dig.expect_timed_out()?;
+    let id = dig.query_id()?;
     ensure!(
         live.findings_of("conntrack_skip").count() == 1,
         "the live watch should find conntrack_skip:\n{}",
@@ -148,14 +152,7 @@ fn conntrack_skip_capture_reads_in_tshark_and_report() -> Result<()> {
     );
 
     // The file alone gives the same packet lines and the conntrack_skip finding.
-    let out = tracer(&["report", path_str(&file)?, "--output", "json"])?;
-    no_panic(&out)?;
-    ensure!(
-        out.status.success(),
-        "tracer report failed:\n{}",
-        describe_output(&out)
-    );
-    let report = WatchJson::parse(&String::from_utf8_lossy(&out.stdout))?;
+    let (report, _) = report_json(&file)?;
     ensure!(
         report.packets == live.packets,
         "report packet lines differ from the watch's:\n--- watch ---\n{}\n--- report ---\n{}",
@@ -185,7 +182,7 @@ fn conntrack_skip_capture_reads_in_tshark_and_report() -> Result<()> {
     expect_str(finding, "/sysctls/net.bridge.bridge-nf-call-iptables", "0")?;
 
     // Text, as the watch prints it.
-    let text = tracer(&["report", path_str(&file)?])?;
+    let text = run_tracer(&["report", path_str(&file)?])?;
     ensure!(
         text.status.success()
             && String::from_utf8_lossy(&text.stdout).contains("FINDING conntrack_skip"),
@@ -198,8 +195,8 @@ fn conntrack_skip_capture_reads_in_tshark_and_report() -> Result<()> {
     for len in [0, 10, 27, bytes.len() / 3, bytes.len() / 2, bytes.len() - 5] {
         let cut = lab.dir().join(format!("cut-{len}.pcapng"));
         fs::write(&cut, &bytes[..len])?;
-        let out = tracer(&["report", path_str(&cut)?, "--output", "json"])?;
-        no_panic(&out)?;
+        let out = run_tracer(&["report", path_str(&cut)?, "--output", "json"])?;
+        ran_without_panic(&out)?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         ensure!(
             !out.status.success() && stderr.contains("tracer: error:"),
@@ -220,29 +217,14 @@ fn conntrack_skip_capture_reads_in_tshark_and_report() -> Result<()> {
 fn json_output_and_write_together_and_a_foreign_capture_lists_plainly() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
     let file = lab.dir().join("healthy.pcapng");
-    let watch = lab.watch(&[
-        "--port",
-        "53",
-        "--output",
-        "json",
-        "--write",
-        path_str(&file)?,
-    ])?;
-    let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
-    thread::sleep(Duration::from_millis(200));
-    let done = watch.stop()?;
-    ensure!(dig.answered(), "dig should be answered:\n{}", dig.output);
-    let live = WatchJson::from_finished(&done)?;
+    let (live, dig) = writing_to(&lab, &file)?
+        .settle(Duration::from_millis(200))
+        .run(|| lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[]))?;
+    dig.expect_answered()?;
     live.check_summary()?;
 
     // The hook paths and conntrack survive the round trip (healthy node: every hop NATed).
-    let out = tracer(&["report", path_str(&file)?, "--output", "json"])?;
-    ensure!(
-        out.status.success(),
-        "tracer report failed:\n{}",
-        describe_output(&out)
-    );
-    let report = WatchJson::parse(&String::from_utf8_lossy(&out.stdout))?;
+    let (report, _) = report_json(&file)?;
     ensure!(
         report.packets == live.packets && report.findings.is_empty(),
         "report differs from the watch:\n--- watch ---\n{}\n--- report ---\n{}",
@@ -252,15 +234,11 @@ fn json_output_and_write_together_and_a_foreign_capture_lists_plainly() -> Resul
 
     // tcpdump's own capture of the same traffic is not tracer's: a plain listing.
     let pcap = lab.dir().join("tcpdump.pcap");
-    let mut tcpdump = lab.spawn(
+    let tcpdump = lab.start_tcpdump(
         Ns::Client,
         &[
-            "tcpdump",
-            "-i",
-            POD_IF,
             "--immediate-mode",
             "-U",
-            "-n",
             "-w",
             path_str(&pcap)?,
             "udp",
@@ -268,13 +246,12 @@ fn json_output_and_write_together_and_a_foreign_capture_lists_plainly() -> Resul
             "53",
         ],
     )?;
-    tcpdump.wait_for_stderr("listening on", Duration::from_secs(10))?;
     let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
-    ensure!(dig.answered(), "dig should be answered:\n{}", dig.output);
+    dig.expect_answered()?;
     thread::sleep(Duration::from_millis(300));
     let tcpdump = tcpdump.stop()?;
-    let out = tracer(&["report", path_str(&pcap)?])?;
-    no_panic(&out)?;
+    let out = run_tracer(&["report", path_str(&pcap)?])?;
+    ran_without_panic(&out)?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(
@@ -293,20 +270,12 @@ fn json_output_and_write_together_and_a_foreign_capture_lists_plainly() -> Resul
 fn a_killed_watch_leaves_a_capture_readable_to_its_last_block() -> Result<()> {
     let lab = Lab::new(LabConfig::bridge_nf_call_iptables_off())?;
     let file = lab.dir().join("killed.pcapng");
-    let mut watch = lab.watch(&["--port", "53", "--write", path_str(&file)?])?;
-    let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
-    ensure!(dig.timed_out, "dig should time out:\n{}", dig.output);
     // No chance to finish: what each batch flushed must already be complete blocks.
-    watch.signal(libc::SIGKILL)?;
-    drop(watch.finish(Duration::from_secs(10))?);
-    let out = tracer(&["report", path_str(&file)?, "--output", "json"])?;
-    no_panic(&out)?;
-    ensure!(
-        out.status.success(),
-        "report of a killed watch's capture:\n{}",
-        describe_output(&out)
-    );
-    let report = WatchJson::parse(&String::from_utf8_lossy(&out.stdout))?;
+    let (_, dig) = writing_to(&lab, &file)?
+        .stop_with(libc::SIGKILL)
+        .run_text(|| lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[]))?;
+    dig.expect_timed_out()?;
+    let (report, out) = report_json(&file).context("the report of a killed watch's capture")?;
     ensure!(
         report.findings_of("conntrack_skip").count() == 1,
         "the finding should be made from what was written:\n{}",
@@ -343,20 +312,13 @@ fn full_disk_stops_the_capture_with_one_warning_and_the_watch_goes_on() -> Resul
     );
     let result = (|| -> Result<()> {
         let file = small.join("full.pcapng");
-        let watch = lab.watch(&[
-            "--port",
-            "53",
-            "--output",
-            "json",
-            "--write",
-            path_str(&file)?,
-        ])?;
-        for _ in 0..6 {
-            let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
-            ensure!(dig.answered(), "dig should be answered:\n{}", dig.output);
-        }
-        let done = watch.stop()?;
-        let live = WatchJson::from_finished(&done)?;
+        let (live, done, _) = writing_to(&lab, &file)?.run_finished(|| {
+            for _ in 0..6 {
+                let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
+                dig.expect_answered()?;
+            }
+            Ok(())
+        })?;
         ensure!(
             live.packets.len() >= 6 * 4,
             "the watch should go on printing every packet:\n{}",
@@ -369,8 +331,8 @@ fn full_disk_stops_the_capture_with_one_warning_and_the_watch_goes_on() -> Resul
             done.describe()
         );
         // What was written before the disk filled is still a capture tshark and report read.
-        let out = tracer(&["report", path_str(&file)?, "--output", "json"])?;
-        no_panic(&out)?;
+        let out = run_tracer(&["report", path_str(&file)?, "--output", "json"])?;
+        ran_without_panic(&out)?;
         ensure!(
             out.status.code() == Some(0)
                 || String::from_utf8_lossy(&out.stderr).contains("cut off"),
@@ -404,8 +366,8 @@ fn garbage_and_missing_files_fail_clearly_without_a_lab() -> Result<()> {
         };
         let garbage = dir.join("garbage.pcapng");
         fs::write(&garbage, noise(4096))?;
-        let out = tracer(&["report", path_str(&garbage)?])?;
-        no_panic(&out)?;
+        let out = run_tracer(&["report", path_str(&garbage)?])?;
+        ran_without_panic(&out)?;
         ensure!(
             out.status.code() == Some(2)
                 && String::from_utf8_lossy(&out.stderr).contains("not a pcapng or pcap file"),
@@ -416,8 +378,8 @@ fn garbage_and_missing_files_fail_clearly_without_a_lab() -> Result<()> {
         fake.extend(noise(4096));
         let fake_file = dir.join("fake.pcapng");
         fs::write(&fake_file, &fake)?;
-        let out = tracer(&["report", path_str(&fake_file)?, "--output", "json"])?;
-        no_panic(&out)?;
+        let out = run_tracer(&["report", path_str(&fake_file)?, "--output", "json"])?;
+        ran_without_panic(&out)?;
         ensure!(
             !out.status.success()
                 && String::from_utf8_lossy(&out.stderr).contains("tracer: error:"),
@@ -425,7 +387,7 @@ fn garbage_and_missing_files_fail_clearly_without_a_lab() -> Result<()> {
             describe_output(&out)
         );
         let missing = dir.join("missing.pcapng");
-        let out = tracer(&["report", path_str(&missing)?])?;
+        let out = run_tracer(&["report", path_str(&missing)?])?;
         ensure!(
             out.status.code() == Some(2)
                 && String::from_utf8_lossy(&out.stderr).contains("No such file"),
@@ -433,7 +395,7 @@ fn garbage_and_missing_files_fail_clearly_without_a_lab() -> Result<()> {
             describe_output(&out)
         );
         // --write to a place that cannot be written fails before anything is attached.
-        let out = tracer(&[
+        let out = run_tracer(&[
             "watch",
             "--write",
             "/nonexistent-dir/x.pcapng",
@@ -442,7 +404,8 @@ fn garbage_and_missing_files_fail_clearly_without_a_lab() -> Result<()> {
         ])?;
         ensure!(
             out.status.code() == Some(2)
-                && String::from_utf8_lossy(&out.stderr).contains("cannot create /nonexistent-dir/x.pcapng"),
+                && String::from_utf8_lossy(&out.stderr)
+                    .contains("cannot create /nonexistent-dir/x.pcapng"),
             "an unwritable --write path should fail at once:\n{}",
             describe_output(&out)
         );

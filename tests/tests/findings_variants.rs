@@ -5,13 +5,13 @@
 //! Every test also requires the packet records its conclusion rests on, so a tracer that saw
 //! nothing (and therefore found nothing) cannot pass a "no finding" test.
 
-use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use tracer_tests::lab::*;
 use tracer_tests::output::*;
+use tracer_tests::scenario::Scenario;
 
 /// `--dns-timeout` for the tests that must not report a `dns_timeout`.
 const DNS_TIMEOUT_SECS: u64 = 1;
@@ -27,22 +27,21 @@ fn v6(ip: &str, port: u16) -> String {
     format!("[{ip}]:{port}")
 }
 
-/// The one finding of `kind`, or an error listing everything tracer printed.
-fn only_finding<'a>(w: &'a WatchJson, kind: &'a str) -> Result<&'a Value> {
-    let of_kind: Vec<&Value> = w.findings_of(kind).collect();
+/// The one finding of `kind`, which must be the only finding at all.
+fn only_finding<'a>(w: &'a WatchJson, kind: &str) -> Result<&'a Value> {
+    let f = w.one_finding(kind)?;
     ensure!(
-        of_kind.len() == 1 && w.findings.len() == 1,
+        w.findings.len() == 1,
         "expected exactly one finding, of kind {kind}:\n{}",
         w.describe()
     );
-    Ok(of_kind[0])
+    Ok(f)
 }
 
-fn fix_lines(f: &Value) -> Vec<&str> {
-    f["fix"]
-        .as_array()
-        .map(|fix| fix.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default()
+/// A JSON watch with `--dns-timeout` [`DNS_TIMEOUT_SECS`], for the tests that must not report a
+/// `dns_timeout`.
+fn with_short_dns_timeout(lab: &Lab) -> Scenario<'_> {
+    Scenario::new(lab).args(&["--dns-timeout", &DNS_TIMEOUT_SECS.to_string()])
 }
 
 #[test]
@@ -58,25 +57,14 @@ fn ipv6_conntrack_skip_names_the_ip6tables_sysctl() -> Result<()> {
         "lab: bridge-nf-call-ip6tables is {ip6:?}"
     );
 
-    let watch = lab.watch(&["--port", "53", "--output", "json"])?;
-    let dig = lab.dig(CLUSTER_DNS_IP6, TEST_NAME, &["AAAA"])?;
-    let done = watch.stop()?;
-    ensure!(
-        dig.timed_out,
-        "dig should time out on this node:\n{}",
-        dig.output
-    );
-    let id = dig.id.context("dig printed no query id")?;
-    let w = WatchJson::from_finished(&done)?;
+    let (w, dig) = Scenario::new(&lab).run(|| lab.dig(CLUSTER_DNS_IP6, TEST_NAME, &["AAAA"]))?;
+    dig.expect_timed_out()
+        .context("dig should time out on this node")?;
+    let id = dig.query_id()?;
     w.check_netns(lab.netns_inode(Ns::Node)?)?;
 
-    let query_in = w.find_one("the IPv6 query entering the bridge", |p| {
-        stage_is(p, "bridge-in", CLIENT_VETH) && dns_is(p, id, false)
-    })?;
-    ensure!(
-        u64_at(query_in, "/ip_version") == Some(6),
-        "ip_version: {query_in}"
-    );
+    let query_in = w.query_from_client(id)?;
+    expect_u64(query_in, "/ip_version", 6)?;
     expect_str(query_in, "/dst", &v6(CLUSTER_DNS_IP6, 53))?;
     let client = str_at(query_in, "/src").unwrap_or_default().to_string();
     let client_port = port_of(&client).context("query source has no port")?;
@@ -92,9 +80,7 @@ fn ipv6_conntrack_skip_names_the_ip6tables_sysctl() -> Result<()> {
             && str_at(p, "/conntrack/nat").is_some_and(|nat| nat.starts_with("dnat"))
     })?;
     // ...and the backend's reply was bridged back with its own source and no conntrack entry.
-    let reply_out = w.find_one("the IPv6 reply leaving the bridge to the client", |p| {
-        stage_is(p, "bridge-out", CLIENT_VETH) && dns_is(p, id, true)
-    })?;
+    let reply_out = w.reply_to_client(id)?;
     expect_str(reply_out, "/src", &v6(SERVER_IP6, 53))?;
     expect_str(reply_out, "/dst", &client)?;
     ensure!(
@@ -103,17 +89,14 @@ fn ipv6_conntrack_skip_names_the_ip6tables_sysctl() -> Result<()> {
     );
 
     let f = only_finding(&w, "conntrack_skip")?;
-    expect_str(f, "/client", &client)?;
-    expect_str(f, "/expected_source", &v6(CLUSTER_DNS_IP6, 53))?;
-    expect_str(f, "/actual_source", &v6(SERVER_IP6, 53))?;
-    expect_str(f, "/bridge", BRIDGE)?;
-    expect_str(f, "/reply_in_port", SERVER_VETH)?;
-    expect_str(f, "/reply_out_port", CLIENT_VETH)?;
+    expect_bridged_reply_finding(
+        f,
+        id,
+        &client,
+        &v6(CLUSTER_DNS_IP6, 53),
+        &v6(SERVER_IP6, 53),
+    )?;
     expect_str(f, "/query/qtype", "AAAA")?;
-    ensure!(
-        u64_at(f, "/query/id") == Some(u64::from(id)),
-        "finding for another query: {f}"
-    );
     expect_str(f, "/sysctls/net.bridge.bridge-nf-call-ip6tables", "0")?;
     let fix = fix_lines(f);
     ensure!(
@@ -125,11 +108,7 @@ fn ipv6_conntrack_skip_names_the_ip6tables_sysctl() -> Result<()> {
         !fix.iter().any(|c| c.contains("bridge-nf-call-iptables=1")),
         "the IPv6 fix should not be the IPv4 sysctl: {f}"
     );
-    ensure!(
-        u64_at(&w.summary, "/finding_counts/conntrack_skip") == Some(1),
-        "summary finding_counts: {}",
-        w.summary
-    );
+    expect_u64(&w.summary, "/finding_counts/conntrack_skip", 1)?;
     w.check_summary()
 }
 
@@ -145,30 +124,15 @@ fn routed_backend_is_not_a_conntrack_skip() -> Result<()> {
         "lab: the server must not be on {BRIDGE}; its ports are:\n{ports}"
     );
 
-    let timeout = DNS_TIMEOUT_SECS.to_string();
-    let watch = lab.watch(&[
-        "--port",
-        "53",
-        "--output",
-        "json",
-        "--dns-timeout",
-        &timeout,
-    ])?;
-    let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
-    let dig6 = lab.dig(CLUSTER_DNS_IP6, TEST_NAME, &["AAAA"])?;
-    thread::sleep(AFTER_LAST_QUERY);
-    let done = watch.stop()?;
-    ensure!(
-        dig.answered() && dig.answers == [TEST_A],
-        "dig was not answered:\n{}",
-        dig.output
-    );
-    ensure!(
-        dig6.answered() && dig6.answers == [TEST_AAAA],
-        "IPv6 dig was not answered:\n{}",
-        dig6.output
-    );
-    let w = WatchJson::from_finished(&done)?;
+    let (w, (dig, dig6)) = with_short_dns_timeout(&lab)
+        .settle(AFTER_LAST_QUERY)
+        .run(|| {
+            let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
+            Ok((dig, lab.dig(CLUSTER_DNS_IP6, TEST_NAME, &["AAAA"])?))
+        })?;
+    dig.expect_answers(&[TEST_A])?;
+    dig6.expect_answers(&[TEST_AAAA])
+        .context("the IPv6 query")?;
     w.check_netns(lab.netns_inode(Ns::Node)?)?;
 
     for (dig, service, backend) in [
@@ -179,20 +143,14 @@ fn routed_backend_is_not_a_conntrack_skip() -> Result<()> {
         ),
         (&dig6, v6(CLUSTER_DNS_IP6, 53), v6(ROUTED_SERVER_IP6, 53)),
     ] {
-        let id = dig.id.context("dig printed no query id")?;
-        let query_in = w.find_one(
-            &format!("the query to {service} entering the bridge"),
-            |p| stage_is(p, "bridge-in", CLIENT_VETH) && dns_is(p, id, false),
-        )?;
+        let id = dig.query_id()?;
+        let query_in = w.query_from_client(id)?;
         expect_str(query_in, "/dst", &service)?;
         let client = str_at(query_in, "/src").unwrap_or_default();
 
         // The reply the test is about: it leaves the bridge towards the client from the service
         // address, with the DNAT's conntrack entry attached.
-        let reply_out = w.find_one(
-            &format!("the reply from {service} leaving the bridge to the client"),
-            |p| stage_is(p, "bridge-out", CLIENT_VETH) && dns_is(p, id, true),
-        )?;
+        let reply_out = w.reply_to_client(id)?;
         expect_str(reply_out, "/src", &service)?;
         expect_str(reply_out, "/dst", client)?;
         ensure!(
@@ -256,49 +214,30 @@ fn wrong_reply_source(config: LabConfig) -> Result<()> {
         ],
     )?;
 
-    let timeout = DNS_TIMEOUT_SECS.to_string();
-    let watch = lab.watch(&[
-        "--port",
-        "53",
-        "--output",
-        "json",
-        "--dns-timeout",
-        &timeout,
-    ])?;
-    let dig = lab.dig(SERVER_IP, TEST_NAME, &[])?;
-    // dig waited 2 s, longer than --dns-timeout; a little more for tracer's expiry tick, so a
-    // query tracer wrongly holds as unanswered would be reported as dns_timeout.
-    thread::sleep(Duration::from_millis(1000));
-    let done = watch.stop()?;
-    ensure!(
-        dig.timed_out,
-        "dig should not accept a reply from {WRONG_SOURCE_IP}:\n{}",
-        dig.output
-    );
+    let (w, dig) = with_short_dns_timeout(&lab)
+        // dig waits 2 s, longer than --dns-timeout; a little more for tracer's expiry tick, so a
+        // query tracer wrongly holds as unanswered would be reported as dns_timeout.
+        .settle(Duration::from_millis(1000))
+        .run(|| lab.dig(SERVER_IP, TEST_NAME, &[]))?;
+    dig.expect_timed_out()
+        .with_context(|| format!("dig should not accept a reply from {WRONG_SOURCE_IP}"))?;
     ensure!(
         lab.dnsmasq_log().contains(TEST_NAME),
         "dnsmasq did not answer the query:\n{}",
         lab.dnsmasq_log()
     );
-    let id = dig.id.context("dig printed no query id")?;
-    let w = WatchJson::from_finished(&done)?;
+    let id = dig.query_id()?;
     w.check_netns(lab.netns_inode(Ns::Node)?)?;
 
-    let query_in = w.find_one("the query entering the bridge", |p| {
-        stage_is(p, "bridge-in", CLIENT_VETH) && dns_is(p, id, false)
-    })?;
+    let query_in = w.query_from_client(id)?;
     expect_str(query_in, "/dst", &format!("{SERVER_IP}:53"))?;
     let client = str_at(query_in, "/src").unwrap_or_default().to_string();
     let wrong = format!("{WRONG_SOURCE_IP}:53");
     // The on-wire symptom as the node sees it: the reply arrives from the server's port with the
     // rewritten source and is forwarded to the client like that.
-    let reply_in = w.find_one("the reply entering the bridge from the server", |p| {
-        stage_is(p, "bridge-in", SERVER_VETH) && dns_is(p, id, true)
-    })?;
+    let reply_in = w.reply_from_server(id)?;
     expect_str(reply_in, "/src", &wrong)?;
-    let reply_out = w.find_one("the reply leaving the bridge to the client", |p| {
-        stage_is(p, "bridge-out", CLIENT_VETH) && dns_is(p, id, true)
-    })?;
+    let reply_out = w.reply_to_client(id)?;
     expect_str(reply_out, "/src", &wrong)?;
     expect_str(reply_out, "/dst", &client)?;
 
@@ -308,26 +247,10 @@ fn wrong_reply_source(config: LabConfig) -> Result<()> {
         w.describe()
     );
     let f = only_finding(&w, "unexpected_reply_source")?;
-    expect_str(f, "/client", &client)?;
-    expect_str(f, "/expected_source", &format!("{SERVER_IP}:53"))?;
-    expect_str(f, "/actual_source", &wrong)?;
-    expect_str(f, "/bridge", BRIDGE)?;
-    expect_str(f, "/reply_in_port", SERVER_VETH)?;
-    expect_str(f, "/reply_out_port", CLIENT_VETH)?;
+    expect_bridged_reply_finding(f, id, &client, &format!("{SERVER_IP}:53"), &wrong)?;
     expect_str(f, "/query/qname", "example.test.")?;
-    ensure!(
-        u64_at(f, "/query/id") == Some(u64::from(id)),
-        "finding for another query: {f}"
-    );
-    ensure!(
-        str_at(f, "/headline").is_some_and(|h| !h.is_empty()),
-        "finding without headline: {f}"
-    );
-    ensure!(
-        u64_at(&w.summary, "/finding_counts/unexpected_reply_source") == Some(1),
-        "summary finding_counts: {}",
-        w.summary
-    );
+    expect_text(f, "/headline")?;
+    expect_u64(&w.summary, "/finding_counts/unexpected_reply_source", 1)?;
     w.check_summary()
 }
 
@@ -349,15 +272,6 @@ fn wrong_reply_source_without_bridge_conntrack_is_unexpected_reply_source() -> R
 #[test]
 fn healthy_node_with_several_queries_has_no_findings() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
-    let timeout = DNS_TIMEOUT_SECS.to_string();
-    let watch = lab.watch(&[
-        "--port",
-        "53",
-        "--output",
-        "json",
-        "--dns-timeout",
-        &timeout,
-    ])?;
     // (server, name, extra dig args, the source the reply must come from)
     let queries = [
         (
@@ -388,19 +302,22 @@ fn healthy_node_with_several_queries_has_no_findings() -> Result<()> {
             format!("{CLUSTER_DNS_IP}:53"),
         ),
     ];
-    let mut answered = Vec::new();
-    for (server, name, extra, source) in &queries {
-        let dig = lab.dig(server, name, extra)?;
-        ensure!(
-            dig.status.is_some(),
-            "dig @{server} {name} got no reply:\n{}",
-            dig.output
-        );
-        answered.push((dig, source));
-    }
-    let last_query = Instant::now();
-    thread::sleep(AFTER_LAST_QUERY);
-    let done = watch.stop()?;
+    let (w, (answered, last_query)) =
+        with_short_dns_timeout(&lab)
+            .settle(AFTER_LAST_QUERY)
+            .run(|| {
+                let mut answered = Vec::new();
+                for (server, name, extra, source) in &queries {
+                    let dig = lab.dig(server, name, extra)?;
+                    ensure!(
+                        dig.status.is_some(),
+                        "dig @{server} {name} got no reply:\n{}",
+                        dig.output
+                    );
+                    answered.push((dig, source));
+                }
+                Ok((answered, Instant::now()))
+            })?;
     ensure!(
         last_query.elapsed() > Duration::from_secs(DNS_TIMEOUT_SECS),
         "the watch ended within --dns-timeout of the last query"
@@ -411,20 +328,14 @@ fn healthy_node_with_several_queries_has_no_findings() -> Result<()> {
         answered[0].0.output,
         answered[2].0.output
     );
-    let w = WatchJson::from_finished(&done)?;
     w.check_netns(lab.netns_inode(Ns::Node)?)?;
 
     // Every query and its reply were seen, the reply leaving towards the client from the address
     // the client asked: tracer had everything it needed to pair them.
     for (dig, source) in &answered {
-        let id = dig.id.context("dig printed no query id")?;
-        let query_in = w.find_one(&format!("query {id} entering the bridge"), |p| {
-            stage_is(p, "bridge-in", CLIENT_VETH) && dns_is(p, id, false)
-        })?;
-        let client = str_at(query_in, "/src").unwrap_or_default();
-        let reply_out = w.find_one(&format!("the reply to {id} leaving to the client"), |p| {
-            stage_is(p, "bridge-out", CLIENT_VETH) && dns_is(p, id, true)
-        })?;
+        let id = dig.query_id()?;
+        let client = str_at(w.query_from_client(id)?, "/src").unwrap_or_default();
+        let reply_out = w.reply_to_client(id)?;
         expect_str(reply_out, "/src", source)?;
         expect_str(reply_out, "/dst", client)?;
     }

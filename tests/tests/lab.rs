@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use tracer_tests::lab::*;
 
 #[test]
@@ -12,50 +12,17 @@ fn lab_reproduces_both_symptoms() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
 
     let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
-    ensure!(
-        dig.answered(),
-        "healthy lab: dig was not answered:\n{}",
-        dig.output
-    );
-    ensure!(
-        dig.answers == [TEST_A],
-        "healthy lab: unexpected answers:\n{}",
-        dig.output
-    );
+    dig.expect_answers(&[TEST_A]).context("healthy lab")?;
 
     let dig6 = lab.dig(CLUSTER_DNS_IP6, TEST_NAME, &["AAAA"])?;
-    ensure!(
-        dig6.answered(),
-        "healthy lab, IPv6: dig was not answered:\n{}",
-        dig6.output
-    );
-    ensure!(
-        dig6.answers == [TEST_AAAA],
-        "healthy lab, IPv6: unexpected answers:\n{}",
-        dig6.output
-    );
+    dig6.expect_answers(&[TEST_AAAA])
+        .context("healthy lab, IPv6")?;
 
     lab.set_bridge_nf_call_iptables(false)?;
-    let mut tcpdump = lab.spawn(
-        Ns::Client,
-        &[
-            "tcpdump",
-            "-i",
-            POD_IF,
-            "-n",
-            "-l",
-            "-c",
-            "1",
-            "udp and src port 53",
-        ],
-    )?;
-    tcpdump.wait_for_stderr("listening on", Duration::from_secs(10))?;
+    let tcpdump = lab.start_tcpdump(Ns::Client, &["-l", "-c", "1", "udp and src port 53"])?;
     let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
-    ensure!(
-        dig.timed_out,
-        "bridge-nf-call-iptables=0: dig did not time out:\n{}",
-        dig.output
-    );
+    dig.expect_timed_out()
+        .context("bridge-nf-call-iptables=0")?;
     let captured = tcpdump.finish(Duration::from_secs(5))?;
     let from_pod = format!("{SERVER_IP}.53 > {CLIENT_IP}.");
     ensure!(
@@ -75,21 +42,13 @@ fn lab_reproduces_both_symptoms() -> Result<()> {
 fn lab_starting_broken_times_out() -> Result<()> {
     let lab = Lab::new(LabConfig::bridge_nf_call_iptables_off())?;
     let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
-    ensure!(dig.timed_out, "dig did not time out:\n{}", dig.output);
+    dig.expect_timed_out()?;
     ensure!(dig.id.is_some(), "no query id parsed from:\n{}", dig.output);
     // Talking to the server directly is bridged both ways and needs no NAT: it works.
     let direct = lab.dig(SERVER_IP, TEST_NAME, &[])?;
-    ensure!(
-        direct.answered(),
-        "direct query not answered:\n{}",
-        direct.output
-    );
+    direct.expect_answered().context("the direct query")?;
     let tcp = lab.dig(SERVER_IP, TEST_NAME, &["+tcp"])?;
-    ensure!(
-        tcp.answered(),
-        "direct TCP query not answered:\n{}",
-        tcp.output
-    );
+    tcp.expect_answered().context("the direct TCP query")?;
     Ok(())
 }
 

@@ -8,21 +8,20 @@ use anyhow::{ensure, Context, Result};
 use tracer_tests::dnsperf;
 use tracer_tests::lab::*;
 use tracer_tests::output::*;
-use tracer_tests::tracer_bin;
+use tracer_tests::scenario::Scenario;
 
 /// Long enough to overflow a 1 MiB ring buffer many times over.
 const FLOOD_SECS: u32 = 6;
+/// How long a flood of [`FLOOD_SECS`] may take to end and print its figures.
+const FLOOD_DEADLINE: Duration = Duration::from_secs(FLOOD_SECS as u64 + 30);
 /// dnsperf sockets: few, so that most clients of the node (dig, below) are not flooding.
 const FLOOD_CLIENTS: u32 = 2;
 
-/// `tracer watch --port 53 --output json --ring-buffer-mib 1` with its packet lines counted, not
-/// kept.
-fn watch_small_ring(lab: &Lab) -> Result<Process<'_>> {
-    lab.watch_with(
-        &tracer_bin()?,
-        &["--port", "53", "--output", "json", "--ring-buffer-mib", "1"],
-        StdoutMode::CountPackets,
-    )
+/// A JSON watch with a 1 MiB ring buffer, its packet lines counted, not kept.
+fn small_ring(lab: &Lab) -> Scenario<'_> {
+    Scenario::new(lab)
+        .args(&["--ring-buffer-mib", "1"])
+        .count_packets()
 }
 
 fn flood_figures(done: &Finished, w: &WatchJson, perf: &dnsperf::DnsPerf) -> String {
@@ -43,14 +42,14 @@ fn flood_figures(done: &Finished, w: &WatchJson, perf: &dnsperf::DnsPerf) -> Str
 #[test]
 fn a_flood_on_a_healthy_node_loses_records_but_states_no_finding() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
-    let watch = watch_small_ring(&lab)?;
-    let flood = lab.dnsperf(CLUSTER_DNS_IP, FLOOD_SECS, FLOOD_CLIENTS)?;
-    let flooded = flood.finish(Duration::from_secs(u64::from(FLOOD_SECS) + 30))?;
-    // Queries still unanswered in tracer's view must have had their time by now.
-    std::thread::sleep(Duration::from_secs(3));
-    let done = watch.stop()?;
+    let (w, done, flooded) = small_ring(&lab)
+        // Queries still unanswered in tracer's view must have had their time by now.
+        .settle(Duration::from_secs(3))
+        .run_finished(|| {
+            lab.dnsperf(CLUSTER_DNS_IP, FLOOD_SECS, FLOOD_CLIENTS)?
+                .finish(FLOOD_DEADLINE)
+        })?;
     let perf = dnsperf::parse(&flooded.stdout).with_context(|| flooded.describe())?;
-    let w = WatchJson::from_finished(&done)?;
     let figures = flood_figures(&done, &w, &perf);
     eprintln!("flood of a healthy node: {figures}");
 
@@ -60,13 +59,20 @@ fn a_flood_on_a_healthy_node_loses_records_but_states_no_finding() -> Result<()>
         perf.completed > 10_000 && perf.lost * 1_000 <= perf.sent,
         "the lab must answer (practically) every query of the flood: {figures}"
     );
-    ensure!(u64_at(&w.summary, "/lost").unwrap_or(0) > 0, "a 1 MiB ring buffer must overflow under this flood: {figures}");
+    ensure!(
+        u64_at(&w.summary, "/lost").unwrap_or(0) > 0,
+        "a 1 MiB ring buffer must overflow under this flood: {figures}"
+    );
     ensure!(
         done.stderr.contains("records lost so far"),
         "the loss must be reported while it happens:\n{}",
         done.stderr
     );
-    ensure!(w.findings.is_empty(), "a healthy node, whatever was lost, has no findings: {figures}\n{:#?}", w.findings);
+    ensure!(
+        w.findings.is_empty(),
+        "a healthy node, whatever was lost, has no findings: {figures}\n{:#?}",
+        w.findings
+    );
     ensure!(
         u64_at(&w.summary, "/findings") == Some(0),
         "the summary must agree: {}",
@@ -78,28 +84,32 @@ fn a_flood_on_a_healthy_node_loses_records_but_states_no_finding() -> Result<()>
 #[test]
 fn a_flood_on_a_node_that_skips_conntrack_still_names_it() -> Result<()> {
     let lab = Lab::new(LabConfig::bridge_nf_call_iptables_off())?;
-    let watch = watch_small_ring(&lab)?;
-    let flood = lab.dnsperf(CLUSTER_DNS_IP, FLOOD_SECS, FLOOD_CLIENTS)?;
-    // Another client's lookups while the flood goes on: their records are as likely to be lost as
-    // any, but losses of the flood's own sockets do not hide them.
-    let started = Instant::now();
-    let mut digs = 0;
-    while started.elapsed() < Duration::from_secs(u64::from(FLOOD_SECS) - 1) {
-        lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
-        digs += 1;
-    }
-    let flooded = flood.finish(Duration::from_secs(u64::from(FLOOD_SECS) + 30))?;
-    let done = watch.stop()?;
+    let (w, done, (flooded, digs)) = small_ring(&lab).run_finished(|| {
+        let flood = lab.dnsperf(CLUSTER_DNS_IP, FLOOD_SECS, FLOOD_CLIENTS)?;
+        // Another client's lookups while the flood goes on: their records are as likely to be
+        // lost as any, but losses of the flood's own sockets do not hide them.
+        let started = Instant::now();
+        let mut digs = 0;
+        while started.elapsed() < Duration::from_secs(u64::from(FLOOD_SECS) - 1) {
+            lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
+            digs += 1;
+        }
+        Ok((flood.finish(FLOOD_DEADLINE)?, digs))
+    })?;
     let perf = dnsperf::parse(&flooded.stdout).with_context(|| flooded.describe())?;
-    let w = WatchJson::from_finished(&done)?;
     let figures = flood_figures(&done, &w, &perf);
     eprintln!("flood of a node that skips conntrack ({digs} digs meanwhile): {figures}");
 
-    ensure!(u64_at(&w.summary, "/lost").unwrap_or(0) > 0, "a 1 MiB ring buffer must overflow under this flood: {figures}");
-    let skip = w
-        .findings_of("conntrack_skip")
-        .next()
-        .with_context(|| format!("the conntrack skip must still be named under the flood: {figures}\n{:#?}", w.findings))?;
+    ensure!(
+        u64_at(&w.summary, "/lost").unwrap_or(0) > 0,
+        "a 1 MiB ring buffer must overflow under this flood: {figures}"
+    );
+    let skip = w.findings_of("conntrack_skip").next().with_context(|| {
+        format!(
+            "the conntrack skip must still be named under the flood: {figures}\n{:#?}",
+            w.findings
+        )
+    })?;
     expect_str(skip, "/bridge", BRIDGE)?;
     expect_str(skip, "/expected_source", &format!("{CLUSTER_DNS_IP}:53"))?;
     expect_str(skip, "/actual_source", &format!("{SERVER_IP}:53"))?;
@@ -112,64 +122,97 @@ fn a_flood_on_a_node_that_skips_conntrack_still_names_it() -> Result<()> {
     Ok(())
 }
 
-/// Starts a watch under a flood and returns it with the flood, once records are being lost.
-fn overflowing<'lab>(lab: &'lab Lab, args: &[&str]) -> Result<(Process<'lab>, Process<'lab>)> {
-    let mut argv = vec!["--port", "53", "--output", "json", "--ring-buffer-mib", "1"];
-    argv.extend_from_slice(args);
-    let mut watch = lab.watch_with(&tracer_bin()?, &argv, StdoutMode::CountPackets)?;
+/// Watches under a flood until records are being lost, then ends the watch with `signal` (or
+/// lets it end by itself, at its `--duration`): how long the end took, and what tracer printed.
+fn time_to_end_while_overflowing(
+    lab: &Lab,
+    args: &[&str],
+    signal: Option<libc::c_int>,
+    deadline: Duration,
+) -> Result<(Duration, WatchJson)> {
+    let mut watch = small_ring(lab).args(args).start()?;
     let flood = lab.dnsperf(CLUSTER_DNS_IP, 30, FLOOD_CLIENTS)?;
     watch.wait_for_stderr("records lost so far", Duration::from_secs(20))?;
-    Ok((watch, flood))
+    let started = Instant::now();
+    if let Some(signal) = signal {
+        watch.signal(signal)?;
+    }
+    let done = watch.finish(deadline)?;
+    let took = started.elapsed();
+    drop(flood);
+    ensure!(
+        !done.timed_out,
+        "tracer did not end within {deadline:?} under load:\n{}",
+        done.describe_short()
+    );
+    Ok((took, WatchJson::from_finished(&done)?))
 }
 
 #[test]
 fn ctrl_c_is_served_within_a_second_while_the_ring_overflows() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
-    let (mut watch, flood) = overflowing(&lab, &[])?;
-    let signalled = Instant::now();
-    watch.signal(libc::SIGINT)?;
-    let done = watch.finish(Duration::from_secs(10))?;
-    let took = signalled.elapsed();
-    drop(flood);
-    ensure!(!done.timed_out, "tracer ignored SIGINT under load:\n{}", done.describe());
-    ensure!(took < Duration::from_secs(1), "SIGINT took {took:?} to end the watch under load");
-    let w = WatchJson::from_finished(&done)?;
-    ensure!(u64_at(&w.summary, "/lost").unwrap_or(0) > 0, "the summary must count the loss: {}", w.summary);
+    let (took, w) =
+        time_to_end_while_overflowing(&lab, &[], Some(libc::SIGINT), Duration::from_secs(10))?;
+    ensure!(
+        took < Duration::from_secs(1),
+        "SIGINT took {took:?} to end the watch under load"
+    );
+    ensure!(
+        u64_at(&w.summary, "/lost").unwrap_or(0) > 0,
+        "the summary must count the loss: {}",
+        w.summary
+    );
     Ok(())
 }
 
 #[test]
 fn the_duration_is_kept_within_a_second_while_the_ring_overflows() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
-    let (watch, flood) = overflowing(&lab, &["--duration", "4"])?;
-    let attached = Instant::now();
-    let done = watch.finish(Duration::from_secs(15))?;
-    let took = attached.elapsed();
-    drop(flood);
-    ensure!(!done.timed_out, "tracer did not stop by itself under load:\n{}", done.describe());
-    ensure!(took < Duration::from_secs(5), "--duration 4 ended the watch only {took:?} after it was watching");
-    let w = WatchJson::from_finished(&done)?;
+    let (took, w) =
+        time_to_end_while_overflowing(&lab, &["--duration", "4"], None, Duration::from_secs(15))?;
+    ensure!(
+        took < Duration::from_secs(5),
+        "--duration 4 ended the watch only {took:?} after it was watching"
+    );
     let secs = w.summary["duration_secs"].as_f64().unwrap_or(0.0);
-    ensure!((4.0..5.0).contains(&secs), "summary duration {secs} s for --duration 4");
+    ensure!(
+        (4.0..5.0).contains(&secs),
+        "summary duration {secs} s for --duration 4"
+    );
     Ok(())
 }
 
 #[test]
 fn triage_under_a_flood_of_a_healthy_node_exits_healthy() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
-    let tracer = tracer_bin()?;
-    let tracer = tracer.to_str().context("non-UTF-8 tracer path")?;
-    let mut triage = lab.spawn(
-        Ns::Node,
-        &[tracer, "triage", "--duration", "6", "--ring-buffer-mib", "1", "--output", "json"],
+    let mut triage = lab.spawn_tracer(
+        &[
+            "triage",
+            "--duration",
+            "6",
+            "--ring-buffer-mib",
+            "1",
+            "--output",
+            "json",
+        ],
+        &[],
+        StdoutMode::Capture,
     )?;
-    triage.wait_for_stderr(TRACER_READY, TRACER_READY_TIMEOUT)?;
+    triage.wait_until_watching()?;
     let flood = lab.dnsperf(CLUSTER_DNS_IP, 5, FLOOD_CLIENTS)?;
     let done = triage.finish(Duration::from_secs(60))?;
     drop(flood);
-    ensure!(!done.timed_out, "triage did not end by itself:\n{}", done.describe());
+    ensure!(
+        !done.timed_out,
+        "triage did not end by itself:\n{}",
+        done.describe()
+    );
     let w = WatchJson::parse(&done.stdout).with_context(|| done.describe())?;
-    ensure!(u64_at(&w.summary, "/lost").unwrap_or(0) > 0, "the flood must overflow the ring buffer: {}", w.summary);
+    ensure!(
+        u64_at(&w.summary, "/lost").unwrap_or(0) > 0,
+        "the flood must overflow the ring buffer: {}",
+        w.summary
+    );
     ensure!(
         done.status.code() == Some(0) && w.findings.is_empty(),
         "lost records decide nothing: a healthy node is healthy (exit {:?}): {}\n{:#?}",
@@ -177,6 +220,9 @@ fn triage_under_a_flood_of_a_healthy_node_exits_healthy() -> Result<()> {
         w.summary,
         w.findings
     );
-    eprintln!("triage under a flood: lost {}, unconfirmed {}", w.summary["lost"], w.summary["unconfirmed"]);
+    eprintln!(
+        "triage under a flood: lost {}, unconfirmed {}",
+        w.summary["lost"], w.summary["unconfirmed"]
+    );
     Ok(())
 }

@@ -2,16 +2,16 @@
 //! tracer, see `tracer_tests::tracer_bin`). Expectations follow the README's contract.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Stdio};
-use std::thread;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use tracer_tests::lab::*;
 use tracer_tests::output::*;
-use tracer_tests::tracer_bin;
+use tracer_tests::process::output_within;
+use tracer_tests::scenario::Scenario;
+use tracer_tests::unprivileged::{as_nobody, copy_of_tracer};
 
 /// Long enough for a dig to finish well inside it, short enough to keep the suite fast.
 const WATCH_SECS: u64 = 3;
@@ -20,10 +20,10 @@ const WATCH_SECS: u64 = 3;
 fn healthy_node_shows_query_dnat_and_reverse_natted_reply() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
     let secs = WATCH_SECS.to_string();
-    let watch = lab.watch(&["--port", "53", "--output", "json", "--duration", &secs])?;
-    let started = Instant::now();
-    let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
-    let done = watch.finish(Duration::from_secs(WATCH_SECS + 15))?;
+    let (w, done, (started, dig)) = Scenario::new(&lab)
+        .args(&["--duration", &secs])
+        .ends_by_itself_within(Duration::from_secs(WATCH_SECS + 15))
+        .run_finished(|| Ok((Instant::now(), lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?)))?;
     ensure!(
         !done.timed_out,
         "tracer did not stop by itself after --duration:\n{}",
@@ -34,18 +34,11 @@ fn healthy_node_shows_query_dnat_and_reverse_natted_reply() -> Result<()> {
         "tracer stopped after {:?}, before --duration {WATCH_SECS}",
         started.elapsed()
     );
-    ensure!(
-        dig.answered() && dig.answers == [TEST_A],
-        "dig was not answered:\n{}",
-        dig.output
-    );
-    let id = dig.id.context("dig printed no query id")?;
-    let w = WatchJson::from_finished(&done)?;
+    dig.expect_answers(&[TEST_A])?;
+    let id = dig.query_id()?;
     w.check_netns(lab.netns_inode(Ns::Node)?)?;
 
-    let query_in = w.find_one("the query entering the bridge from the client", |p| {
-        stage_is(p, "bridge-in", CLIENT_VETH) && dns_is(p, id, false)
-    })?;
+    let query_in = w.query_from_client(id)?;
     let client = str_at(query_in, "/src").unwrap_or_default().to_string();
     ensure!(
         ip_of(&client) == Some(CLIENT_IP),
@@ -56,10 +49,7 @@ fn healthy_node_shows_query_dnat_and_reverse_natted_reply() -> Result<()> {
     expect_str(query_in, "/dns/qname", "example.test.")?;
     expect_str(query_in, "/proto", "udp")?;
     expect_str(query_in, "/bridge", BRIDGE)?;
-    ensure!(
-        u64_at(query_in, "/ip_version") == Some(4),
-        "ip_version: {query_in}"
-    );
+    expect_u64(query_in, "/ip_version", 4)?;
 
     // With bridge-nf-call-iptables=1 the bridge itself runs the frame through PREROUTING, so the
     // DNATed query is usually forwarded straight to the server's port. Only while the node still
@@ -92,14 +82,10 @@ fn healthy_node_shows_query_dnat_and_reverse_natted_reply() -> Result<()> {
         );
     }
 
-    let reply_in = w.find_one("the reply entering the bridge from the server", |p| {
-        stage_is(p, "bridge-in", SERVER_VETH) && dns_is(p, id, true)
-    })?;
+    let reply_in = w.reply_from_server(id)?;
     expect_str(reply_in, "/src", &format!("{SERVER_IP}:53"))?;
 
-    let reply_out = w.find_one("the reply leaving the bridge to the client", |p| {
-        stage_is(p, "bridge-out", CLIENT_VETH) && dns_is(p, id, true)
-    })?;
+    let reply_out = w.reply_to_client(id)?;
     expect_str(reply_out, "/dst", &format!("{CLIENT_IP}:{client_port}"))?;
     expect_str(reply_out, "/src", &format!("{CLUSTER_DNS_IP}:53"))?;
     ensure!(
@@ -123,21 +109,13 @@ fn healthy_node_shows_query_dnat_and_reverse_natted_reply() -> Result<()> {
 #[test]
 fn bridge_nf_call_iptables_off_shows_reply_from_pod_without_conntrack() -> Result<()> {
     let lab = Lab::new(LabConfig::bridge_nf_call_iptables_off())?;
-    let watch = lab.watch(&["--port", "53", "--output", "json"])?;
-    let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
-    let done = watch.stop()?;
-    ensure!(
-        dig.timed_out,
-        "dig should time out on this node:\n{}",
-        dig.output
-    );
-    let id = dig.id.context("dig printed no query id")?;
-    let w = WatchJson::from_finished(&done)?;
+    let (w, dig) = Scenario::new(&lab).run(|| lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[]))?;
+    dig.expect_timed_out()
+        .context("dig should time out on this node")?;
+    let id = dig.query_id()?;
     w.check_netns(lab.netns_inode(Ns::Node)?)?;
 
-    let query_in = w.find_one("the query entering the bridge", |p| {
-        stage_is(p, "bridge-in", CLIENT_VETH) && dns_is(p, id, false)
-    })?;
+    let query_in = w.query_from_client(id)?;
     let client = str_at(query_in, "/src").unwrap_or_default();
 
     // The bridge does not pass the frame to iptables, so the query (addressed to the bridge's MAC,
@@ -158,9 +136,7 @@ fn bridge_nf_call_iptables_off_shows_reply_from_pod_without_conntrack() -> Resul
         );
     }
 
-    let reply_out = w.find_one("the reply leaving the bridge to the client", |p| {
-        stage_is(p, "bridge-out", CLIENT_VETH) && dns_is(p, id, true)
-    })?;
+    let reply_out = w.reply_to_client(id)?;
     expect_str(reply_out, "/src", &format!("{SERVER_IP}:53"))?;
     expect_str(reply_out, "/dst", client)?;
     ensure!(
@@ -168,68 +144,43 @@ fn bridge_nf_call_iptables_off_shows_reply_from_pod_without_conntrack() -> Resul
         "the bridged reply must have no conntrack entry: {reply_out}"
     );
 
-    let skips: Vec<&Value> = w.findings_of("conntrack_skip").collect();
-    ensure!(
-        skips.len() == 1,
-        "expected one conntrack_skip finding:\n{}",
-        w.describe()
-    );
-    let f = skips[0];
-    expect_str(f, "/client", client)?;
-    expect_str(f, "/expected_source", &format!("{CLUSTER_DNS_IP}:53"))?;
-    expect_str(f, "/actual_source", &format!("{SERVER_IP}:53"))?;
-    expect_str(f, "/bridge", BRIDGE)?;
-    expect_str(f, "/reply_in_port", SERVER_VETH)?;
-    expect_str(f, "/reply_out_port", CLIENT_VETH)?;
+    let f = w.one_finding("conntrack_skip")?;
+    expect_bridged_reply_finding(
+        f,
+        id,
+        client,
+        &format!("{CLUSTER_DNS_IP}:53"),
+        &format!("{SERVER_IP}:53"),
+    )?;
     expect_str(f, "/query/qname", "example.test.")?;
-    ensure!(
-        u64_at(f, "/query/id") == Some(u64::from(id)),
-        "finding for another query: {f}"
-    );
     expect_str(f, "/sysctls/net.bridge.bridge-nf-call-iptables", "0")?;
+    expect_text(f, "/headline")?;
     ensure!(
-        str_at(f, "/headline").is_some_and(|h| !h.is_empty()),
-        "finding without headline: {f}"
-    );
-    ensure!(
-        f["fix"].as_array().is_some_and(|fix| fix.iter().any(|c| c
-            .as_str()
-            .is_some_and(|c| c.contains("bridge-nf-call-iptables=1")))),
+        fix_lines(f)
+            .iter()
+            .any(|c| c.contains("bridge-nf-call-iptables=1")),
         "the fix should set bridge-nf-call-iptables=1: {f}"
     );
-    ensure!(
-        u64_at(&w.summary, "/finding_counts/conntrack_skip") == Some(1),
-        "summary finding_counts: {}",
-        w.summary
-    );
+    expect_u64(&w.summary, "/finding_counts/conntrack_skip", 1)?;
     w.check_summary()
 }
 
 #[test]
 fn other_ports_produce_no_records() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
-    let watch = lab.watch(&["--port", "53", "--output", "json"])?;
-    lab.send_udp(Ns::Client, SERVER_IP, 5353, 5)?;
-    // A real DNS message too, so only the port can tell it apart from the control query.
-    let other = lab.dig(SERVER_IP, TEST_NAME, &["-p", "5353", "+time=1"])?;
-    let control = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
-    let done = watch.stop()?;
+    let (w, (other, control)) = Scenario::new(&lab).run(|| {
+        lab.send_udp(Ns::Client, SERVER_IP, 5353, 5)?;
+        // A real DNS message too, so only the port can tell it apart from the control query.
+        let other = lab.dig(SERVER_IP, TEST_NAME, &["-p", "5353", "+time=1"])?;
+        Ok((other, lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?))
+    })?;
     ensure!(
         !other.answered(),
         "nothing listens on 5353, yet:\n{}",
         other.output
     );
-    ensure!(
-        control.answered(),
-        "control query not answered:\n{}",
-        control.output
-    );
-    let id = control.id.context("dig printed no query id")?;
-    let w = WatchJson::from_finished(&done)?;
-
-    w.find_one("the control query on port 53", |p| {
-        stage_is(p, "bridge-in", CLIENT_VETH) && dns_is(p, id, false)
-    })?;
+    control.expect_answered().context("the control query")?;
+    w.query_from_client(control.query_id()?)?;
     for p in &w.packets {
         let ports: Vec<Option<u16>> = ["/src", "/dst"]
             .iter()
@@ -250,10 +201,10 @@ fn other_ports_produce_no_records() -> Result<()> {
 #[test]
 fn port_zero_traces_all_ports() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
-    let watch = lab.watch(&["--port", "0", "--output", "json"])?;
-    lab.send_udp(Ns::Client, SERVER_IP, 5353, 3)?;
-    thread::sleep(Duration::from_millis(200));
-    let w = WatchJson::from_finished(&watch.stop()?)?;
+    let (w, ()) = Scenario::new(&lab)
+        .port(0)
+        .settle(Duration::from_millis(200))
+        .run(|| lab.send_udp(Ns::Client, SERVER_IP, 5353, 3))?;
     w.find_one("a datagram to port 5353", |p| {
         stage_is(p, "bridge-in", CLIENT_VETH) && str_at(p, "/dst") == Some("10.244.0.7:5353")
     })?;
@@ -262,23 +213,16 @@ fn port_zero_traces_all_ports() -> Result<()> {
 
 fn stops_on_signal(signal: libc::c_int) -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
-    let mut watch = lab.watch(&["--port", "53", "--output", "json"])?;
-    let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
-    ensure!(dig.answered(), "dig was not answered:\n{}", dig.output);
-    thread::sleep(Duration::from_millis(200));
-    watch.signal(signal)?;
-    let done = watch.finish(STOP_GRACE)?;
+    let (w, done, dig) = Scenario::new(&lab)
+        .settle(Duration::from_millis(200))
+        .stop_with(signal)
+        .run_finished(|| lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[]))?;
+    dig.expect_answered()?;
     ensure!(
         !done.timed_out,
         "tracer ignored signal {signal}:\n{}",
         done.describe()
     );
-    ensure!(
-        done.status.code() == Some(0),
-        "tracer should exit 0 on signal {signal}:\n{}",
-        done.describe()
-    );
-    let w = WatchJson::from_finished(&done)?;
     ensure!(
         !w.packets.is_empty(),
         "no packets recorded for an answered query:\n{}",
@@ -304,22 +248,24 @@ fn sigint_stops_watch_with_summary() -> Result<()> {
 
 #[test]
 fn unprivileged_watch_fails_with_one_line() -> Result<()> {
-    // The checkout may live where uid 65534 cannot reach it (e.g. /root): run a world-readable copy.
-    let original = tracer_bin()?;
     let dir = std::env::temp_dir().join(format!("tracer-unpriv-{}", std::process::id()));
-    fs::create_dir_all(&dir)?;
     let result = (|| {
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?;
-        let bin = dir.join("tracer");
-        fs::copy(&original, &bin)?;
-        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755))?;
-        run_unprivileged(&bin)
+        let argv = as_nobody(&[], &copy_of_tracer(&dir)?, &["watch", "--port", "53"])?;
+        // If it wrongly starts watching it would never exit by itself.
+        output_within(
+            Command::new(&argv[0]).args(&argv[1..]).current_dir("/"),
+            Duration::from_secs(20),
+        )
     })();
     let _ = fs::remove_dir_all(&dir);
-    let (code, stdout, stderr) = result?;
+    let out = result?;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
 
     ensure!(
-        code.is_some_and(|c| c != 0),
+        out.status.code().is_some_and(|c| c != 0),
         "tracer should fail without privileges; stdout:\n{stdout}\nstderr:\n{stderr}"
     );
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -335,51 +281,13 @@ fn unprivileged_watch_fails_with_one_line() -> Result<()> {
     Ok(())
 }
 
-fn run_unprivileged(bin: &std::path::Path) -> Result<(Option<i32>, String, String)> {
-    let mut child = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .arg(bin)
-        .args(["watch", "--port", "53"])
-        .current_dir("/")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running setpriv")?;
-    // If it wrongly starts watching it would never exit by itself.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait()?.is_none() {
-        if Instant::now() >= deadline {
-            child.kill()?;
-            let out = child.wait_with_output()?;
-            bail!(
-                "unprivileged tracer still running after 20 s; stderr:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output()?;
-    Ok((
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
-}
-
 #[test]
 fn text_output_names_port_stage_and_query() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
-    let watch = lab.watch(&["--port", "53"])?;
-    let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
-    thread::sleep(Duration::from_millis(200));
-    let done = watch.stop()?;
-    ensure!(dig.answered(), "dig was not answered:\n{}", dig.output);
+    let (done, dig) = Scenario::new(&lab)
+        .settle(Duration::from_millis(200))
+        .run_text(|| lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[]))?;
+    dig.expect_answered()?;
     ensure!(done.status.success(), "tracer failed:\n{}", done.describe());
     ensure!(
         done.stdout.lines().any(|l| l.contains(CLIENT_VETH)
@@ -394,25 +302,14 @@ fn text_output_names_port_stage_and_query() -> Result<()> {
 #[test]
 fn ipv6_query_and_reply_are_traced() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
-    let watch = lab.watch(&["--port", "53", "--output", "json"])?;
-    let dig = lab.dig(CLUSTER_DNS_IP6, TEST_NAME, &["AAAA"])?;
-    thread::sleep(Duration::from_millis(200));
-    let done = watch.stop()?;
-    ensure!(
-        dig.answered() && dig.answers == [TEST_AAAA],
-        "dig was not answered:\n{}",
-        dig.output
-    );
-    let id = dig.id.context("dig printed no query id")?;
-    let w = WatchJson::from_finished(&done)?;
+    let (w, dig) = Scenario::new(&lab)
+        .settle(Duration::from_millis(200))
+        .run(|| lab.dig(CLUSTER_DNS_IP6, TEST_NAME, &["AAAA"]))?;
+    dig.expect_answers(&[TEST_AAAA])?;
+    let id = dig.query_id()?;
 
-    let query_in = w.find_one("the IPv6 query entering the bridge", |p| {
-        stage_is(p, "bridge-in", CLIENT_VETH) && dns_is(p, id, false)
-    })?;
-    ensure!(
-        u64_at(query_in, "/ip_version") == Some(6),
-        "ip_version: {query_in}"
-    );
+    let query_in = w.query_from_client(id)?;
+    expect_u64(query_in, "/ip_version", 6)?;
     let client = str_at(query_in, "/src").unwrap_or_default();
     ensure!(
         ip_of(client) == Some(CLIENT_IP6),
@@ -425,9 +322,7 @@ fn ipv6_query_and_reply_are_traced() -> Result<()> {
     expect_str(query_in, "/dst", &format!("[{CLUSTER_DNS_IP6}]:53"))?;
     expect_str(query_in, "/dns/qtype", "AAAA")?;
 
-    let reply_out = w.find_one("the IPv6 reply leaving the bridge to the client", |p| {
-        stage_is(p, "bridge-out", CLIENT_VETH) && dns_is(p, id, true)
-    })?;
+    let reply_out = w.reply_to_client(id)?;
     expect_str(reply_out, "/src", &format!("[{CLUSTER_DNS_IP6}]:53"))?;
     expect_str(reply_out, "/dst", client)?;
     expect_str(reply_out, "/dns/first_answer", TEST_AAAA)?;
@@ -441,12 +336,10 @@ fn ipv6_query_and_reply_are_traced() -> Result<()> {
 #[test]
 fn tcp_queries_are_traced() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
-    let watch = lab.watch(&["--port", "53", "--output", "json"])?;
-    let dig = lab.dig(SERVER_IP, TEST_NAME, &["+tcp"])?;
-    thread::sleep(Duration::from_millis(200));
-    let done = watch.stop()?;
-    ensure!(dig.answered(), "dig +tcp was not answered:\n{}", dig.output);
-    let w = WatchJson::from_finished(&done)?;
+    let (w, dig) = Scenario::new(&lab)
+        .settle(Duration::from_millis(200))
+        .run(|| lab.dig(SERVER_IP, TEST_NAME, &["+tcp"]))?;
+    dig.expect_answered().context("dig +tcp")?;
     w.find_one("a TCP segment to the server's port 53", |p| {
         stage_is(p, "bridge-in", CLIENT_VETH)
             && str_at(p, "/proto") == Some("tcp")
@@ -464,11 +357,12 @@ fn tcp_queries_are_traced() -> Result<()> {
 fn traffic_of_other_namespaces_is_not_traced() -> Result<()> {
     let watched = Lab::new(LabConfig::healthy())?;
     let other = Lab::new(LabConfig::healthy())?;
-    let watch = watched.watch(&["--port", "53", "--output", "json"])?;
-    let elsewhere = other.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
-    let here = watched.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
-    thread::sleep(Duration::from_millis(200));
-    let done = watch.stop()?;
+    let (w, (elsewhere, here)) = Scenario::new(&watched)
+        .settle(Duration::from_millis(200))
+        .run(|| {
+            let elsewhere = other.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
+            Ok((elsewhere, watched.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?))
+        })?;
     ensure!(
         elsewhere.answered() && here.answered(),
         "queries not answered"
@@ -477,7 +371,6 @@ fn traffic_of_other_namespaces_is_not_traced() -> Result<()> {
         here.id.context("no query id")?,
         elsewhere.id.context("no query id")?,
     );
-    let w = WatchJson::from_finished(&done)?;
     w.check_netns(watched.netns_inode(Ns::Node)?)?;
     w.find_one("the watched lab's query", |p| dns_is(p, here_id, false))?;
     // Both labs use the same addresses: only the DNS id tells the queries apart.

@@ -1,0 +1,97 @@
+//! End-to-end: a closed pipe is not an error (README, "Safety"). `tracer watch | head -5` ends
+//! when head does: tracer exits 0 without a word of error and puts its summary on standard error,
+//! its output being gone. Needs root and a built tracer.
+
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use tracer_tests::lab::*;
+use tracer_tests::output::no_panic;
+use tracer_tests::process::wait_timeout;
+use tracer_tests::tracer_bin;
+
+#[test]
+fn watch_into_head_exits_cleanly_when_the_pipe_closes() -> Result<()> {
+    let lab = Lab::new(LabConfig::healthy())?;
+    let tracer = tracer_bin()?;
+    let err_file = lab.dir().join("pipe.err");
+    let script = format!(
+        "'{}' watch --port 53 2>'{}' | head -5; echo \"pipestatus ${{PIPESTATUS[0]}} ${{PIPESTATUS[1]}}\"",
+        tracer.display(),
+        err_file.display()
+    );
+    let mut child = lab
+        .command(Ns::Node, &["bash", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .context("starting the pipeline")?;
+    let group = child.id();
+    let stop = AtomicBool::new(false);
+    let (status, queries) = thread::scope(|s| {
+        let querier = s.spawn(|| {
+            let mut n = 0;
+            // Queries until the pipeline ends; the first may come before tracer watches.
+            while !stop.load(Ordering::Relaxed) {
+                let _ = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &["+time=1"]);
+                n += 1;
+                thread::sleep(Duration::from_millis(150));
+            }
+            n
+        });
+        let status = wait_timeout(&mut child, Duration::from_secs(25));
+        stop.store(true, Ordering::Relaxed);
+        (status, querier.join().unwrap_or(0))
+    });
+    let status = status?;
+    if status.is_none() {
+        // SAFETY: kill(2) on the pipeline's own process group.
+        unsafe { libc::kill(-(group as libc::pid_t), libc::SIGKILL) };
+        let _ = child.wait();
+    }
+    let out = child.wait_with_output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let tracer_err = fs::read_to_string(&err_file).unwrap_or_default();
+    let described = format!(
+        "{queries} queries sent\n--- stdout ---\n{stdout}--- bash stderr ---\n{}--- tracer stderr ---\n{tracer_err}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        status.is_some(),
+        "the pipeline `tracer watch | head -5` did not end within 25 s (tracer kept running after \
+         head exited?):\n{described}"
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    ensure!(
+        lines.len() == 6 && lines[..5].iter().all(|l| !l.trim().is_empty()),
+        "head should print 5 tracer lines, then the exit statuses:\n{described}"
+    );
+    ensure!(
+        lines[5] == "pipestatus 0 0",
+        "tracer (first) and head (second) should both exit 0:\n{described}"
+    );
+    ensure!(
+        tracer_err.contains(TRACER_READY),
+        "tracer never watched:\n{described}"
+    );
+    no_panic(&tracer_err)?;
+    for word in ["error", "Broken pipe"] {
+        ensure!(
+            !tracer_err.contains(word),
+            "tracer printed `{word}`:\n{described}"
+        );
+    }
+    ensure!(
+        tracer_err
+            .lines()
+            .any(|l| l.starts_with("-- ") && l.contains("packets")),
+        "with its output gone, the summary goes to standard error:\n{described}"
+    );
+    Ok(())
+}
