@@ -12,8 +12,9 @@ use tracer_common::{lost_slot, record_kind, PacketRecord, Stage, CAPTURE_MAX};
 
 use crate::{
     config::config,
+    diagnostics::rare_failure,
     output,
-    packet::{self, ParsedFlow},
+    packet::{self, IpFamily, ParsedFlow},
     skb,
 };
 
@@ -50,7 +51,7 @@ fn trace_frame(skb: *const u8, stage_on_port: Stage, stage_on_bridge: Stage, los
     let netns_inode = packet::netns_of_device(dev)?;
     let header = packet::network_header(skb)?;
     let protocol: u16 = skb::read(skb, config!(layout.skb_protocol))?;
-    let parsed = packet::read_traced_flow(&header, u16::from_be(protocol))?;
+    let parsed = packet::read_traced_flow(&header, IpFamily::of_skb_protocol(protocol)?)?;
 
     let stamp = output::loss_stamp(&parsed.flow);
     let mut entry = output::reserve::<PacketRecord>(lost_slot, &stamp)?;
@@ -99,6 +100,9 @@ unsafe fn capture(skb: *const u8, head: *const u8, network_header: u16, parsed: 
             head.wrapping_add(start as usize),
             want,
         );
+        if !copied {
+            rare_failure!("the kernel refused to copy {} bytes of a traced frame at head+{}", want, start);
+        }
         (*record).captured_len = if copied { want.min(CAPTURE_MAX) as u16 } else { 0 };
         (*record).l3_offset = l3_offset;
         (*record).l4_offset = l3_offset + parsed.l3_len;

@@ -8,7 +8,7 @@ use tracer_common::{lost_slot, record_kind, DropRecord, IcmpRecord};
 use crate::{
     config::config,
     output,
-    packet::{self, ParsedFlow},
+    packet::{self, IpFamily, ParsedFlow},
     skb,
 };
 
@@ -37,7 +37,7 @@ fn traced_packet(skb: *const u8) -> Option<(u32, u32, ParsedFlow)> {
     let netns_inode = packet::netns_of_device(dev)?;
     let header = packet::network_header(skb)?;
     let protocol: u16 = skb::read(skb, config!(layout.skb_protocol))?;
-    let parsed = packet::read_traced_flow(&header, u16::from_be(protocol))?;
+    let parsed = packet::read_traced_flow(&header, IpFamily::of_skb_protocol(protocol)?)?;
     let ifindex = skb::read::<i32>(dev, config!(layout.dev_ifindex)).unwrap_or(0) as u32;
     Some((netns_inode, ifindex, parsed))
 }

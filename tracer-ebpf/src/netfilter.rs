@@ -12,8 +12,9 @@ use tracer_common::{hook_position, lost_slot, record_kind, HookRecord};
 
 use crate::{
     config::config,
+    diagnostics::rare_failure,
     output,
-    packet::{self, ETH_P_IP, ETH_P_IPV6},
+    packet::{self, IpFamily},
     skb,
 };
 
@@ -45,15 +46,19 @@ fn observe(ctx: *mut core::ffi::c_void, position: u8, lost_slot: u32) -> Option<
         (*fields, *fields.add(1))
     };
     let pf: u8 = skb::read(state, config!(layout.hook_state_pf))?;
-    let ethertype = match pf {
-        NFPROTO_IPV4 => ETH_P_IP,
-        NFPROTO_IPV6 => ETH_P_IPV6,
-        _ => return None,
+    let family = match pf {
+        NFPROTO_IPV4 => IpFamily::V4,
+        NFPROTO_IPV6 => IpFamily::V6,
+        other => {
+            // Links exist only for the IPv4 and IPv6 hooks.
+            rare_failure!("a netfilter hook ran for protocol family {}", other);
+            return None;
+        }
     };
     let net = skb::read_ptr(state, config!(layout.hook_state_net))?;
     let netns_inode = packet::netns_matches(net)?;
     let header = packet::network_header(skb)?;
-    let parsed = packet::read_traced_flow(&header, ethertype)?;
+    let parsed = packet::read_traced_flow(&header, family)?;
 
     let stamp = output::loss_stamp(&parsed.flow);
     let mut entry = output::reserve::<HookRecord>(lost_slot, &stamp)?;
@@ -64,7 +69,13 @@ fn observe(ctx: *mut core::ffi::c_void, position: u8, lost_slot: u32) -> Option<
         (*record).in_ifindex = device_ifindex(state, config!(layout.hook_state_in));
         (*record).out_ifindex = device_ifindex(state, config!(layout.hook_state_out));
         (*record).pf = pf;
-        (*record).hook = skb::read(state, config!(layout.hook_state_hook)).unwrap_or(u8::MAX);
+        (*record).hook = match skb::read(state, config!(layout.hook_state_hook)) {
+            Some(hook) => hook,
+            None => {
+                rare_failure!("the hook number of a netfilter hook state could not be read");
+                u8::MAX
+            }
+        };
         (*record).position = position;
         (*record)._pad = [0; 5];
         (*record).flow = parsed.flow;

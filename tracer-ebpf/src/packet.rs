@@ -2,14 +2,18 @@
 //! header, the conntrack entry attached to its skb, and the filters every record
 //! must pass (network namespace and port) before anything is reserved.
 
+use network_types::{
+    eth::EtherType,
+    ip::{IpProto, Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
+};
 use tracer_common::{conntrack_state, ConntrackRecord, CtTuple, Flow};
 
-use crate::{config::config, skb};
+use crate::{config::config, diagnostics::rare_failure, skb};
 
-pub const ETH_P_IP: u16 = 0x0800;
-pub const ETH_P_IPV6: u16 = 0x86dd;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
+const IPPROTO_TCP: u8 = IpProto::Tcp as u8;
+const IPPROTO_UDP: u8 = IpProto::Udp as u8;
 /// The low bits of `skb->_nfct` hold the `enum ip_conntrack_info`.
 const NFCT_INFO_MASK: u64 = 7;
 
@@ -64,10 +68,31 @@ pub fn network_header(skb: *const u8) -> Option<NetworkHeader> {
     })
 }
 
+/// The IP version of a packet, as the kernel labels it before anyone reads its header.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum IpFamily {
+    V4,
+    V6,
+}
+
+impl IpFamily {
+    /// From `skb->protocol`, as stored (network byte order).
+    #[inline(always)]
+    pub fn of_skb_protocol(protocol: u16) -> Option<IpFamily> {
+        if protocol == EtherType::Ipv4 as u16 {
+            Some(IpFamily::V4)
+        } else if protocol == EtherType::Ipv6 as u16 {
+            Some(IpFamily::V6)
+        } else {
+            None
+        }
+    }
+}
+
 /// Parses the IP and L4 headers and applies the port filter.
 #[inline(always)]
-pub fn read_traced_flow(header: &NetworkHeader, ethertype: u16) -> Option<ParsedFlow> {
-    let parsed = read_flow(header.l3, header.available, ethertype)?;
+pub fn read_traced_flow(header: &NetworkHeader, family: IpFamily) -> Option<ParsedFlow> {
+    let parsed = read_flow(header.l3, header.available, family)?;
     let port = config!(port_be);
     if port != 0 && parsed.flow.src_port_be != port && parsed.flow.dst_port_be != port {
         return None;
@@ -76,7 +101,7 @@ pub fn read_traced_flow(header: &NetworkHeader, ethertype: u16) -> Option<Parsed
 }
 
 #[inline(always)]
-fn read_flow(l3: *const u8, available: u32, ethertype: u16) -> Option<ParsedFlow> {
+fn read_flow(l3: *const u8, available: u32, family: IpFamily) -> Option<ParsedFlow> {
     let mut parsed = ParsedFlow {
         flow: Flow {
             src_addr: [0; 16],
@@ -91,78 +116,79 @@ fn read_flow(l3: *const u8, available: u32, ethertype: u16) -> Option<ParsedFlow
         l4_len: 0,
     };
     let flow = &mut parsed.flow;
-    match ethertype {
-        ETH_P_IP => {
-            if available < 20 {
+    match family {
+        IpFamily::V4 => {
+            if available < Ipv4Hdr::LEN as u32 {
                 return None;
             }
-            let ip: [u8; 20] = skb::read(l3, 0)?;
-            let header_len = ((ip[0] & 0x0f) as u16) * 4;
-            if ip[0] >> 4 != 4 || header_len < 20 {
+            let ip: Ipv4Hdr = skb::read(l3, 0)?;
+            let header_len = ip.ihl() as u16;
+            if ip.version() != 4 || header_len < Ipv4Hdr::LEN as u16 {
                 return None;
             }
             // Only the first fragment carries the ports.
-            if u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0 {
+            if ip.frag_offset() != 0 {
                 return None;
             }
             flow.ip_version = 4;
-            flow.l4_proto = ip[9];
+            flow.l4_proto = ip.proto;
             parsed.l3_len = header_len;
-            flow.src_addr[..4].copy_from_slice(&ip[12..16]);
-            flow.dst_addr[..4].copy_from_slice(&ip[16..20]);
+            flow.src_addr[..4].copy_from_slice(&ip.src_addr);
+            flow.dst_addr[..4].copy_from_slice(&ip.dst_addr);
         }
-        ETH_P_IPV6 => {
-            if available < 40 {
+        IpFamily::V6 => {
+            if available < Ipv6Hdr::LEN as u32 {
                 return None;
             }
-            let ip: [u8; 40] = skb::read(l3, 0)?;
-            if ip[0] >> 4 != 6 {
+            let ip: Ipv6Hdr = skb::read(l3, 0)?;
+            if ip.version() != 6 {
                 return None;
             }
             flow.ip_version = 6;
-            flow.src_addr.copy_from_slice(&ip[8..24]);
-            flow.dst_addr.copy_from_slice(&ip[24..40]);
-            let (next_header, l3_len) = skip_ipv6_extensions(l3, available, ip[6])?;
+            flow.src_addr = ip.src_addr;
+            flow.dst_addr = ip.dst_addr;
+            let (next_header, l3_len) = skip_ipv6_extensions(l3, available, ip.next_hdr)?;
             flow.l4_proto = next_header;
             parsed.l3_len = l3_len;
         }
-        _ => return None,
-    }
-    if flow.l4_proto != IPPROTO_UDP && flow.l4_proto != IPPROTO_TCP {
-        return None;
     }
     let l4_offset = parsed.l3_len as u32;
-    if flow.l4_proto == IPPROTO_UDP {
-        if available < l4_offset + 8 {
-            return None;
+    // Ports stay in network byte order, as the records carry them.
+    match flow.l4_proto {
+        IPPROTO_UDP => {
+            if available < l4_offset + UdpHdr::LEN as u32 {
+                return None;
+            }
+            let udp: UdpHdr = skb::read(l3, l4_offset)?;
+            flow.src_port_be = u16::from_ne_bytes(udp.src);
+            flow.dst_port_be = u16::from_ne_bytes(udp.dst);
+            parsed.l4_len = UdpHdr::LEN as u16;
         }
-        let udp: [u8; 8] = skb::read(l3, l4_offset)?;
-        flow.src_port_be = u16::from_ne_bytes([udp[0], udp[1]]);
-        flow.dst_port_be = u16::from_ne_bytes([udp[2], udp[3]]);
-        parsed.l4_len = 8;
-    } else {
-        if available < l4_offset + 20 {
-            return None;
+        IPPROTO_TCP => {
+            if available < l4_offset + TcpHdr::LEN as u32 {
+                return None;
+            }
+            let tcp: TcpHdr = skb::read(l3, l4_offset)?;
+            // The data offset is in 32-bit words, at least the fixed header's five.
+            let data_offset = tcp.doff() * 4;
+            if data_offset < TcpHdr::LEN as u16 {
+                return None;
+            }
+            flow.src_port_be = u16::from_ne_bytes(tcp.source);
+            flow.dst_port_be = u16::from_ne_bytes(tcp.dest);
+            parsed.l4_len = data_offset;
         }
-        // Ports, plus the data offset at byte 12 (in 32-bit words, at least 5).
-        let tcp: [u8; 14] = skb::read(l3, l4_offset)?;
-        let data_offset = ((tcp[12] >> 4) as u16) * 4;
-        if data_offset < 20 {
-            return None;
-        }
-        flow.src_port_be = u16::from_ne_bytes([tcp[0], tcp[1]]);
-        flow.dst_port_be = u16::from_ne_bytes([tcp[2], tcp[3]]);
-        parsed.l4_len = data_offset;
+        _ => return None,
     }
     Some(parsed)
 }
 
 /// IPv6 extension headers tracer walks past to the UDP or TCP header. A large DNS answer
 /// over IPv6 is fragmented by its sender, and its first fragment carries a fragment header.
-const IPV6_HOP_BY_HOP: u8 = 0;
-const IPV6_ROUTING: u8 = 43;
-const IPV6_FRAGMENT: u8 = 44;
-const IPV6_DESTINATION_OPTIONS: u8 = 60;
+const IPV6_HOP_BY_HOP: u8 = IpProto::HopOpt as u8;
+const IPV6_ROUTING: u8 = IpProto::Ipv6Route as u8;
+const IPV6_FRAGMENT: u8 = IpProto::Ipv6Frag as u8;
+const IPV6_DESTINATION_OPTIONS: u8 = IpProto::Ipv6Opts as u8;
 /// Real packets carry one or two; the bound keeps the verifier's walk short.
 const MAX_IPV6_EXTENSIONS: usize = 6;
 
@@ -228,7 +254,13 @@ pub unsafe fn fill_conntrack(skb: *const u8, out: *mut ConntrackRecord) {
         if conn.is_null() || tuplehash_size == 0 {
             return;
         }
-        (*out).status = skb::read::<u64>(conn, config!(layout.ct_status)).unwrap_or(0) as u32;
+        (*out).status = match skb::read::<u64>(conn, config!(layout.ct_status)) {
+            Some(status) => status as u32,
+            None => {
+                rare_failure!("the conntrack entry attached to a traced packet could not be read");
+                0
+            }
+        };
         let original = config!(layout.ct_tuple_original);
         read_tuple(conn.wrapping_add(original as usize), core::ptr::addr_of_mut!((*out).original));
         read_tuple(

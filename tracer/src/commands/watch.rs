@@ -124,7 +124,7 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Endi
     // The rulesets are read before anything is attached: that reading is what the
     // counters of the first drop are compared with.
     let firewall = FirewallWorker::start();
-    let Attached { hooks, events, loss } = KernelHooks::attach(&options.settings)?;
+    let Attached { hooks, events, loss, mut reports } = KernelHooks::attach(&options.settings)?;
     let mut loss = KernelWitness::new(loss);
     let mut interfaces = Interfaces::open()?;
     let clock = WallClock::now();
@@ -143,13 +143,18 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Endi
     let mut lost_reported: u64 = 0;
 
     eprintln!(
-        "tracer: watching {} on Linux bridges in network namespace {}{}; Ctrl-C to stop",
+        "tracer: watching {} on Linux bridges in network namespace {}{}{}; Ctrl-C to stop",
         match options.settings.port {
             0 => "all ports".to_string(),
             port => format!("port {port}"),
         },
         hooks.netns_inode,
         if hooks.conntrack_known { "" } else { " (no conntrack in this kernel's BTF: conntrack tuples not shown)" },
+        if hooks.netfilter_links > 0 {
+            ""
+        } else {
+            " (no netfilter hooks attached: hook paths, verdicts and the rules that drop are not shown)"
+        },
     );
 
     #[cfg(feature = "fault-injection")]
@@ -191,6 +196,9 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Endi
             }
             _ = tick.tick() => {
                 ticks += 1;
+                if let Some(reports) = reports.as_mut() {
+                    reports.flush();
+                }
                 loss.read_misses();
                 if ticks.is_multiple_of(LOST_REPORT_TICKS) {
                     lost_reported = report_lost(&hooks, loss.kernel(), lost_reported);
@@ -222,6 +230,9 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Endi
             analysis.finish(&mut loss, output, Instant::now() + FINAL_RULES_WAIT)
         });
         output_error = ended.err();
+    }
+    if let Some(reports) = reports.as_mut() {
+        reports.flush();
     }
     let stats = &analysis.stats;
     if stats.malformed > 0 {
@@ -349,6 +360,12 @@ pub struct WatchArgs {
     #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = parse_ring_mib)]
     pub ring_buffer_mib: u32,
 
+    /// Print the kernel programs' reports of failures that should never happen (a kernel
+    /// read refused, an unexpected value) on standard error, as `tracer: debug: kernel:`
+    /// lines. For bug reports; off by default, when the programs report nothing.
+    #[arg(long)]
+    pub debug: bool,
+
     /// Also write every traced packet to FILE as pcapng (mode 0600), with a comment per
     /// packet and the findings; read it with `tracer report FILE`, Wireshark or tshark.
     /// FILE must not exist (see --force); links, FIFOs and devices are refused.
@@ -365,7 +382,12 @@ pub struct WatchArgs {
 /// `tracer watch`: the capture file, the outputs, the watch, and the exit code.
 pub fn command(args: WatchArgs) -> ExitCode {
     let options = WatchOptions {
-        settings: WatchSettings { port: args.port, snaplen: args.snaplen, ring_buffer_bytes: args.ring_buffer_mib << 20 },
+        settings: WatchSettings {
+            port: args.port,
+            snaplen: args.snaplen,
+            ring_buffer_bytes: args.ring_buffer_mib << 20,
+            debug: args.debug,
+        },
         duration: args.duration,
         analysis: AnalysisOptions { dns_timeout: args.dns_timeout, dns_ports: args.dns_ports.clone() },
     };

@@ -3,6 +3,7 @@
 //! detaches it when the process exits, however it exits.
 
 pub mod btf;
+pub mod diagnostics;
 pub mod layout;
 pub mod loss;
 pub mod netfilter;
@@ -48,6 +49,8 @@ pub struct WatchSettings {
     /// Bytes of each frame to copy in the kernel.
     pub snaplen: u32,
     pub ring_buffer_bytes: u32,
+    /// Print the kernel programs' reports of rare failures (`--debug`).
+    pub debug: bool,
 }
 
 /// What attaching gives the watch: the programs, the ring buffer their records arrive
@@ -56,6 +59,8 @@ pub struct Attached {
     pub hooks: KernelHooks,
     pub events: RingBuf<MapData>,
     pub loss: loss::KernelLoss,
+    /// With `--debug`: the programs' reports, to flush now and then.
+    pub reports: Option<diagnostics::KernelReports>,
 }
 
 /// The attached kernel programs. Dropping it detaches them.
@@ -99,6 +104,7 @@ impl KernelHooks {
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .override_global("CONFIG", &config, true)
+            .override_global("AYA_LOG_LEVEL", &diagnostics::log_level(settings.debug), true)
             .map_max_entries("EVENTS", settings.ring_buffer_bytes)
             .load(PROGRAMS)
             .map_err(|err| explain_load_error(anyhow!(err)))?;
@@ -135,6 +141,7 @@ impl KernelHooks {
             }
         }
         let netfilter_links = netfilter_programs.iter().map(|p| p.link_count()).sum();
+        let reports = if settings.debug { Some(diagnostics::KernelReports::take(&mut ebpf)?) } else { None };
 
         let events = RingBuf::try_from(
             ebpf.take_map("EVENTS").ok_or_else(|| anyhow!("map EVENTS missing from the kernel object: rebuild tracer"))?,
@@ -170,6 +177,7 @@ impl KernelHooks {
             },
             events,
             loss,
+            reports,
         })
     }
 

@@ -65,6 +65,11 @@ pub struct TriageArgs {
     /// Size of the kernel-to-tracer ring buffer in MiB (a power of two).
     #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = parse_ring_mib)]
     pub ring_buffer_mib: u32,
+
+    /// Print the kernel programs' reports of failures that should never happen on standard
+    /// error (as `watch --debug` does). For bug reports.
+    #[arg(long)]
+    pub debug: bool,
 }
 
 /// Exit codes promised in the README.
@@ -97,7 +102,7 @@ pub fn run(args: TriageArgs) -> ExitCode {
 
     let mut collector = Collector::new(args.duration, std::io::stderr().is_terminal());
     let options = WatchOptions {
-        settings: WatchSettings { port: args.port, snaplen: 512, ring_buffer_bytes: args.ring_buffer_mib << 20 },
+        settings: WatchSettings { port: args.port, snaplen: 512, ring_buffer_bytes: args.ring_buffer_mib << 20, debug: args.debug },
         duration: Some(args.duration),
         analysis: AnalysisOptions { dns_timeout: args.dns_timeout, dns_ports: args.dns_ports.clone() },
     };
