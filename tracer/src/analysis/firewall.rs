@@ -81,10 +81,6 @@ impl FirewallWorker {
         sent
     }
 
-    pub fn in_flight(&self) -> usize {
-        self.in_flight
-    }
-
     /// Answers ready now.
     pub fn ready(&mut self) -> Vec<Answer> {
         let answers: Vec<Answer> = self.answers.try_iter().collect();

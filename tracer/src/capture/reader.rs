@@ -202,10 +202,6 @@ impl CaptureReader {
         &self.origin
     }
 
-    pub fn path(&self) -> &str {
-        &self.path
-    }
-
     /// The next record; `None` at the end of the file. After an error there are no more.
     pub fn next_record(&mut self) -> Result<Option<Record>, CaptureError> {
         if let Some(record) = self.pending.take() {

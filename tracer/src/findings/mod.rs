@@ -400,8 +400,4 @@ impl FindingLog {
         counts.sort();
         counts
     }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&Finding, u64)> {
-        self.findings.iter().map(|(finding, count)| (finding, *count))
-    }
 }

@@ -273,6 +273,7 @@ impl Btf {
         Btf::parse_split_owned(data.to_vec(), base)
     }
 
+    #[cfg(test)]
     pub fn load(path: &Path) -> Result<Btf> {
         Btf::parse_owned(read_file(path)?).map_err(|e| anyhow!("{}: {e:#}", path.display()))
     }

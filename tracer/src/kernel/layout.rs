@@ -69,6 +69,7 @@ impl KernelBtf {
     }
 
     /// From already parsed BTF; `modules` must be split BTF on `vmlinux`.
+    #[cfg(test)]
     pub fn from_parts(vmlinux: Btf, modules: Vec<(String, Btf)>) -> KernelBtf {
         KernelBtf {
             vmlinux,
@@ -77,6 +78,7 @@ impl KernelBtf {
         }
     }
 
+    #[cfg(test)]
     pub fn module_names(&self) -> impl Iterator<Item = &str> {
         self.modules.iter().map(|(name, _)| name.as_str())
     }

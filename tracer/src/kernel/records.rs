@@ -173,8 +173,8 @@ fn ip_from(version: u8, raw: &[u8; 16]) -> Result<IpAddr, DecodeError> {
 }
 
 pub fn decode_hook(record: &HookRecord) -> Result<HookEvent, DecodeError> {
-    let (src, dst) = flow_addresses(&record.flow)?;
-    let (family, l4_proto) = family_and_protocol(&record.flow)?;
+    let (src, _) = flow_addresses(&record.flow)?;
+    let (family, _) = family_and_protocol(&record.flow)?;
     Ok(HookEvent {
         timestamp_ns: record.header.timestamp_ns,
         skb_id: record.header.skb_id,
@@ -184,9 +184,7 @@ pub fn decode_hook(record: &HookRecord) -> Result<HookEvent, DecodeError> {
         early: record.position == hook_position::EARLY,
         in_ifindex: record.in_ifindex,
         out_ifindex: record.out_ifindex,
-        l4_proto,
         src,
-        dst,
         conntrack: decode_conntrack(&record.conntrack, record.flow.ip_version)?,
     })
 }
@@ -251,7 +249,7 @@ mod tests {
         let KernelEvent::Hook(event) = decode_record(bytes).expect("valid") else { panic!("expected a hook event") };
         assert_eq!(event.hook, crate::model::hook::Hook::Forward);
         assert!(!event.early);
-        assert_eq!(event.dst.port(), 53);
+        assert_eq!(event.src.ip(), std::net::Ipv4Addr::new(10, 244, 0, 5));
     }
 
 

@@ -23,9 +23,8 @@ pub struct HookEvent {
     pub early: bool,
     pub in_ifindex: u32,
     pub out_ifindex: u32,
-    pub l4_proto: L4Proto,
+    /// The packet's source: its loss bucket says whether a later record of its path was lost.
     pub src: SocketAddr,
-    pub dst: SocketAddr,
     pub conntrack: Conntrack,
 }
 

@@ -8,10 +8,6 @@ pub mod wall_time {
 
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn format(wall_ns: u64) -> String {
-        humantime::format_rfc3339_nanos(UNIX_EPOCH + Duration::from_nanos(wall_ns)).to_string()
-    }
-
     pub fn serialize<S: Serializer>(wall_ns: &u64, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(&humantime::format_rfc3339_nanos(UNIX_EPOCH + Duration::from_nanos(*wall_ns)))
     }

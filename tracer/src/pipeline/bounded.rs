@@ -33,29 +33,29 @@ impl<K: Clone + Eq + Hash, V> BoundedTable<K, V> {
         BoundedTable { entries: HashMap::new(), order: VecDeque::new(), next_sequence: 0, capacity: capacity.max(1), evicted: 0 }
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
     /// Entries of the insertion-order queue, live or stale.
+    #[cfg(test)]
     pub fn queued(&self) -> usize {
         self.order.len()
     }
 
+    #[cfg(test)]
     pub fn get(&self, key: &K) -> Option<&V> {
         self.entries.get(key).map(|slot| &slot.value)
     }
 
     pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
         self.entries.get_mut(key).map(|slot| &mut slot.value)
-    }
-
-    pub fn contains_key(&self, key: &K) -> bool {
-        self.entries.contains_key(key)
     }
 
     /// Inserts `value` as the newest entry (replacing one under the same key), evicting

@@ -58,10 +58,6 @@ impl DnsDecoder {
         DnsDecoder { ports, streams: BoundedTable::new(MAX_TCP_STREAMS) }
     }
 
-    pub fn ports(&self) -> &[u16] {
-        &self.ports
-    }
-
     pub fn decode(&mut self, segment: &Segment) -> Option<DnsMessage> {
         if !self.ports.contains(&segment.src.port()) && !self.ports.contains(&segment.dst.port()) {
             return None;

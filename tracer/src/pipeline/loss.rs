@@ -72,8 +72,10 @@ pub trait LossWitness {
 }
 
 /// A witness for runs where nothing can have been lost (tests).
+#[cfg(test)]
 pub struct NothingLost;
 
+#[cfg(test)]
 impl LossWitness for NothingLost {
     fn lost_since(&mut self, _subject: &Unconfirmed, _windows: &LossWindows, _until_ns: u64) -> u64 {
         0

@@ -109,15 +109,18 @@ impl HookPaths {
         self.pending.expire(|p| now_ns.saturating_sub(p.last_seen_ns) >= max_age_ns);
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.pending.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty()
     }
 
     /// Entries of the expiry queue, live or stale: bounded like the paths themselves.
+    #[cfg(test)]
     pub fn queued(&self) -> usize {
         self.pending.queued()
     }
@@ -141,9 +144,7 @@ mod tests {
             early,
             in_ifindex: 2,
             out_ifindex: 0,
-            l4_proto: L4Proto::Udp,
             src: "10.244.0.5:40000".parse().expect("literal"),
-            dst: "10.96.0.10:53".parse().expect("literal"),
             conntrack: Conntrack::None,
         }
     }

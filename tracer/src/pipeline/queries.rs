@@ -51,8 +51,6 @@ pub struct QueryFlow {
     pub id: u16,
     pub qname: Option<String>,
     pub qtype: Option<u16>,
-    /// The bridge port the query entered the bridge on (the client's port).
-    pub client_port: Option<String>,
     pub bridge: Option<String>,
     pub first_seen_ns: u64,
     pub last_seen: Sighting,
@@ -105,10 +103,12 @@ impl DnsFlows {
         DnsFlows { flows: BoundedTable::new(capacity), timeout_ns }
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.flows.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.flows.is_empty()
     }
@@ -137,7 +137,6 @@ impl DnsFlows {
                 flow.loss.watch_source(event.src, event.loss, event.timestamp_ns);
                 return None;
             }
-            let client_port = (event.stage == Stage::BridgeIn).then(|| packet.names.ifname.clone()).flatten();
             let mut loss = LossWindows::default();
             loss.watch_source(event.src, event.loss, event.timestamp_ns);
             self.flows.insert(
@@ -148,7 +147,6 @@ impl DnsFlows {
                     id: message.id,
                     qname: message.qname.clone(),
                     qtype: message.qtype,
-                    client_port,
                     bridge: packet.names.bridge.clone(),
                     first_seen_ns: event.timestamp_ns,
                     last_seen: sighting,
@@ -319,7 +317,6 @@ pub(crate) mod tests {
         assert_eq!(query.client, addr("10.244.0.5:40000"));
         assert_eq!(query.queried(), addr("10.96.0.10:53"));
         assert_eq!(query.backend(), Some(addr("10.244.0.7:53")));
-        assert_eq!(query.client_port.as_deref(), Some("veth-client"));
         assert_eq!(reply.event.src, addr("10.244.0.7:53"));
         assert!(flows.is_empty(), "a resolved flow is forgotten");
     }
