@@ -9,8 +9,9 @@ pub mod netfilter;
 pub mod packet;
 pub mod plain;
 pub mod serde_forms;
+pub mod traced;
 
-pub use packet::{InterfaceNames, TracedPacket};
+pub use traced::{InterfaceNames, TracedPacket};
 
 /// Maps the kernel's monotonic timestamps to wall-clock time. The offset is taken
 /// once at start so that event order and spacing are exactly the kernel's.
