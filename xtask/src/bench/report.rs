@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use super::results::{Calibration, DnsRun, Measured, Observed, UdpRun};
 use super::stats::{self, median};
-use super::{Calibration, DnsRun, Measured, Mode, Observed, Plan, UdpRun};
+use super::{Mode, Plan};
 use crate::cmd::{self, probe};
 
 /// What the issue asks of tracer; the bench reports these, it does not fail on them.
@@ -628,3 +629,50 @@ pub fn table(r: &Value) -> String {
     }
     out
 }
+
+/// One line per UDP run as it finishes.
+pub(super) fn print_udp_run(run: &UdpRun) {
+    let mut line = format!(
+        "bench: udp {:<14} {:>9.0} pps  sent {:>8}  received {:>8}",
+        run.mode.name(),
+        run.pps(),
+        run.sent,
+        run.received
+    );
+    if let Some(rate) = run.rate_limit {
+        line.push_str(&format!("  (limit {rate} pps)"));
+    }
+    if let Some(o) = &run.observed {
+        line.push_str(&format!("  lines {:>8}", o.lines));
+        if let Some(s) = &o.summary {
+            line.push_str(&format!("  records {}  lost {}", s.packets, s.lost));
+        }
+        if let Some(cpu) = o.cpu_percent {
+            line.push_str(&format!("  cpu {cpu:.0}%"));
+        }
+    }
+    println!("{line}");
+}
+
+/// One line per DNS run as it finishes.
+pub(super) fn print_dns_run(run: &DnsRun) {
+    let mut line = format!(
+        "bench: dns {:<14} {:>9.0} qps  completed {:>8}  lost {:>5}  latency {:.2} ms",
+        run.mode.name(),
+        run.perf.qps,
+        run.perf.completed,
+        run.perf.lost,
+        run.perf.avg_latency_ms
+    );
+    if let Some(o) = &run.observed {
+        line.push_str(&format!("  lines {:>8}", o.lines));
+        if let Some(s) = &o.summary {
+            line.push_str(&format!("  lost records {}", s.lost));
+        }
+        if let Some(cpu) = o.cpu_percent {
+            line.push_str(&format!("  cpu {cpu:.0}%"));
+        }
+    }
+    println!("{line}");
+}
+

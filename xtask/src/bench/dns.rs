@@ -1,0 +1,149 @@
+//! The DNS load: dnsperf against loadgen's responder through the ClusterIP, per mode, and
+//! the soak (a long traced DNS load while tracer's memory is sampled).
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Result};
+use tracer_tests::lab::{Ns, CLUSTER_DNS_IP, SERVER_IP};
+
+use super::{
+    check_interrupted,
+    procs::{cpu_seconds, peak_rss_kib, rss_kib, Proc, Stdout},
+    report::print_dns_run,
+    results::{DnsRun, SoakRun},
+    rotated,
+    runner::Bench,
+    stats::{self},
+    Mode, Plan, DNS_OUTSTANDING, DNS_PORT, SOAK_SAMPLE,
+};
+
+impl Bench<'_> {
+    /// loadgen's DNS responder on the server, ready to answer.
+    pub(super) fn dns_responder(&self) -> Result<Proc> {
+        let bind = format!("{SERVER_IP}:{DNS_PORT}");
+        let cmd = self
+            .lab
+            .command(Ns::Server, &[&self.loadgen, "dns", "--bind", &bind]);
+        let mut responder = Proc::spawn(cmd, "loadgen dns", Stdout::Capture)?;
+        responder.wait_stdout(Duration::from_secs(10), "ready")?;
+        Ok(responder)
+    }
+
+    /// dnsperf in the client against the ClusterIP's DNS port for `secs`.
+    pub(super) fn dnsperf(&self, secs: f64) -> Result<std::process::Command> {
+        let queries = self
+            .queries
+            .to_str()
+            .ok_or_else(|| anyhow!("non-UTF-8 lab directory"))?;
+        let port = DNS_PORT.to_string();
+        let limit = format!("{secs}");
+        Ok(self.lab.command(
+            Ns::Client,
+            &[
+                "dnsperf",
+                "-s",
+                CLUSTER_DNS_IP,
+                "-p",
+                &port,
+                "-d",
+                queries,
+                "-l",
+                &limit,
+                "-c",
+                "1",
+                "-T",
+                "1",
+                "-q",
+                DNS_OUTSTANDING,
+                "-t",
+                "1",
+            ],
+        ))
+    }
+
+    pub(super) fn dns_rounds(&self, plan: &Plan) -> Result<Vec<DnsRun>> {
+        let responder = self.dns_responder()?;
+        let mut runs = Vec::new();
+        for round in 0..plan.dns_rounds {
+            for mode in rotated(round) {
+                for m in [Mode::Baseline, mode] {
+                    let mut run = self.dns_run(m, plan.load_secs)?;
+                    run.round = round;
+                    print_dns_run(&run);
+                    runs.push(run);
+                }
+            }
+        }
+        let mut last = self.dns_run(Mode::Baseline, plan.load_secs)?;
+        last.round = plan.dns_rounds.saturating_sub(1);
+        print_dns_run(&last);
+        runs.push(last);
+        responder.stop()?;
+        Ok(runs)
+    }
+
+    pub(super) fn soak(&self, secs: f64) -> Result<SoakRun> {
+        let responder = self.dns_responder()?;
+        let observer = self.observe(Mode::Traced, DNS_PORT)?;
+        let pid = observer
+            .pid()
+            .ok_or_else(|| anyhow!("the soak's tracer did not start"))?;
+        let dnsperf = Proc::spawn(self.dnsperf(secs)?, "dnsperf", Stdout::Capture)?;
+        let started = Instant::now();
+        let mut samples = Vec::new();
+        while started.elapsed().as_secs_f64() < secs {
+            check_interrupted()?;
+            thread::sleep(Duration::from_secs(1));
+            let at = started.elapsed().as_secs_f64();
+            if samples.len() as f64 * SOAK_SAMPLE.as_secs_f64() <= at {
+                if let Some(kib) = rss_kib(pid) {
+                    samples.push((at, kib));
+                }
+            }
+        }
+        let ended = dnsperf.finish(Duration::from_secs(30))?;
+        let perf = stats::parse_dnsperf(&ended.out.join("\n")).ok_or_else(|| {
+            anyhow!(
+                "dnsperf printed no statistics ({}): {}",
+                ended.status,
+                ended.err
+            )
+        })?;
+        let summary = observer.finish()?.and_then(|(_, summary, _)| summary);
+        responder.stop()?;
+        Ok(SoakRun {
+            samples,
+            perf,
+            summary,
+        })
+    }
+
+    pub(super) fn dns_run(&self, mode: Mode, secs: f64) -> Result<DnsRun> {
+        check_interrupted()?;
+        let observer = self.observe(mode, DNS_PORT)?;
+        let pid = observer.pid();
+        let cpu_before = pid.and_then(cpu_seconds);
+        let t0 = Instant::now();
+        let ended = Proc::spawn(self.dnsperf(secs)?, "dnsperf", Stdout::Capture)?
+            .finish(Duration::from_secs_f64(secs + 20.0))?;
+        let wall = t0.elapsed().as_secs_f64();
+        let cpu_after = pid.and_then(cpu_seconds);
+        let rss_kib = pid.and_then(peak_rss_kib);
+        let perf = stats::parse_dnsperf(&ended.out.join("\n")).ok_or_else(|| {
+            anyhow!(
+                "dnsperf printed no statistics ({}): {}\n{}",
+                ended.status,
+                ended.out.join("\n"),
+                ended.err
+            )
+        })?;
+        let observed = observer.observed(cpu_before, cpu_after, wall, rss_kib)?;
+        Ok(DnsRun {
+            mode,
+            round: 0,
+            perf,
+            observed,
+        })
+    }
+}

@@ -1,0 +1,311 @@
+//! The bench's lab runs: a `Bench` holds the lab, the binaries and the ClusterIP rules, and
+//! runs the load in each mode (the UDP runs in `udp`, the DNS runs in `dns`).
+
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use tracer_tests::lab::{
+    Lab, Ns, CLIENT_VETH, CLUSTER_DNS_IP, SERVER_IP, TRACER_READY, TRACER_READY_TIMEOUT,
+};
+
+use super::{
+    observer::{Observer, TraceRules},
+    procs::{last_json, Pipeline, Proc, Stdout},
+    report::print_udp_run,
+    results::{Calibration, Measured, UdpRun},
+    rotated,
+    stats::{self, Accounting},
+    Mode, Plan, BRIDGE_IN_NEEDLE, DNS_PORT, LOAD_PORT, UNRELATED_PORT,
+};
+use crate::cmd::phase;
+
+/// What `loadgen send` reported.
+pub struct Sent {
+    pub(super) sent: u64,
+    pub(super) errors: u64,
+    pub(super) secs: f64,
+}
+
+pub struct Bench<'a> {
+    pub(super) lab: &'a Lab,
+    pub(super) tracer: String,
+    pub(super) loadgen: String,
+    pub(super) queries: PathBuf,
+}
+
+impl<'a> Bench<'a> {
+    pub(super) fn new(lab: &'a Lab, tracer: &Path, loadgen: &Path) -> Result<Bench<'a>> {
+        let utf8 = |p: &Path| {
+            p.to_str()
+                .map(str::to_string)
+                .ok_or_else(|| anyhow!("non-UTF-8 path {}", p.display()))
+        };
+        // The same ClusterIP indirection as the lab's DNS: every packet is DNATed by the node.
+        for port in [LOAD_PORT, DNS_PORT] {
+            lab.iptables(&format!(
+                "-t nat -A PREROUTING -d {CLUSTER_DNS_IP}/32 -p udp --dport {port} \
+                 -j DNAT --to-destination {SERVER_IP}:{port}"
+            ))?;
+        }
+        let queries = lab.dir().join("dnsperf-queries.txt");
+        std::fs::write(&queries, "example.test A\n")
+            .with_context(|| format!("writing {}", queries.display()))?;
+        Ok(Bench {
+            lab,
+            tracer: utf8(tracer)?,
+            loadgen: utf8(loadgen)?,
+            queries,
+        })
+    }
+
+    pub(super) fn measure(&self, plan: &Plan) -> Result<Measured> {
+        phase("bench", "calibration: records per packet");
+        let calibration = self.calibrate(plan.calibration_packets)?;
+        println!(
+            "bench: {} packets -> {} packet records {:?} and {} netfilter records ({} hook passes {:?}), lost {}{}",
+            calibration.packets,
+            calibration.packet_records,
+            calibration.stages,
+            calibration.hook_records,
+            calibration.hook_passes,
+            calibration.hooks,
+            calibration.summary.lost,
+            if calibration.exact { "" } else { "  (NOT a whole number per packet)" }
+        );
+
+        phase("bench", "time from start to first event");
+        let mut attach = Vec::new();
+        for _ in 0..plan.attach_trials {
+            let trial = self.attach_trial()?;
+            println!(
+                "bench: attach: watching after {:.0} ms, first event after {}",
+                trial.ready_ms,
+                trial
+                    .first_event_ms
+                    .map_or("(none)".to_string(), |ms| format!("{ms:.0} ms"))
+            );
+            attach.push(trial);
+        }
+
+        phase(
+            "bench",
+            &format!(
+                "UDP load: {} rounds x (baseline + {{unrelated, traced, iptables_trace}}), {} s each",
+                plan.udp_rounds, plan.load_secs
+            ),
+        );
+        let mut udp = Vec::new();
+        for round in 0..plan.udp_rounds {
+            for mode in rotated(round) {
+                for m in [Mode::Baseline, mode] {
+                    let mut run = self.udp_run(m, None, plan.load_secs)?;
+                    run.round = round;
+                    run.accounting = self.account(&run, &calibration);
+                    print_udp_run(&run);
+                    udp.push(run);
+                }
+            }
+        }
+        let mut last = self.udp_run(Mode::Baseline, None, plan.load_secs)?;
+        last.round = plan.udp_rounds.saturating_sub(1);
+        print_udp_run(&last);
+        udp.push(last);
+
+        let mut lossless = Vec::new();
+        if plan.lossless_steps > 0 {
+            phase(
+                "bench",
+                "traced at lower rates: the highest rate without lost records",
+            );
+            let baseline: Vec<f64> = udp
+                .iter()
+                .filter(|r| r.mode == Mode::Baseline)
+                .map(UdpRun::pps)
+                .collect();
+            let max = stats::median(&baseline).unwrap_or(0.0);
+            lossless = self.lossless(max, plan, &calibration)?;
+        }
+
+        let xtables_monitor = if plan.xtables_monitor_probe {
+            phase(
+                "bench",
+                "the TRACE workflow with xtables-monitor as the reader",
+            );
+            Some(self.xtables_monitor_probe(plan.load_secs)?)
+        } else {
+            None
+        };
+
+        phase(
+            "bench",
+            &format!(
+                "DNS: dnsperf, {} rounds x (baseline + {{unrelated, traced, iptables_trace}}), {} s each",
+                plan.dns_rounds, plan.load_secs
+            ),
+        );
+        let dns = self.dns_rounds(plan)?;
+        Ok(Measured {
+            calibration,
+            attach,
+            udp,
+            lossless,
+            xtables_monitor,
+            dns,
+        })
+    }
+
+    pub(super) fn account(&self, run: &UdpRun, cal: &Calibration) -> Option<Accounting> {
+        if run.mode != Mode::Traced {
+            return None;
+        }
+        let summary = run.observed.as_ref()?.summary.as_ref()?;
+        Some(stats::account(
+            run.sent,
+            run.pre_bridge_drops,
+            run.observed.as_ref()?.matched,
+            summary.packets,
+            summary.lost,
+            cal.lines_per_packet() + cal.hook_records_per_packet(),
+        ))
+    }
+
+    /// `tracer watch --port PORT --output json` in the node namespace, piped into the counter;
+    /// returns once tracer says it is watching, with the time it said so.
+    pub(super) fn tracer_pipeline(&self, port: u16) -> Result<(Pipeline, u64)> {
+        let port = port.to_string();
+        let cmd = self.lab.command(
+            Ns::Node,
+            &[&self.tracer, "watch", "--port", &port, "--output", "json"],
+        );
+        let mut pipeline = Pipeline::spawn(
+            cmd,
+            "tracer watch",
+            Path::new(&self.loadgen),
+            Some(BRIDGE_IN_NEEDLE),
+        )?;
+        let ready = pipeline
+            .producer
+            .wait_stderr(TRACER_READY_TIMEOUT, TRACER_READY)?;
+        Ok((pipeline, ready))
+    }
+
+    pub(super) fn observe(&self, mode: Mode, port: u16) -> Result<Observer<'a>> {
+        match mode {
+            Mode::Baseline => Ok(Observer {
+                pipeline: None,
+                tracer: false,
+                _rules: None,
+            }),
+            Mode::Unrelated => Ok(Observer {
+                pipeline: Some(self.tracer_pipeline(UNRELATED_PORT)?.0),
+                tracer: true,
+                _rules: None,
+            }),
+            Mode::Traced => Ok(Observer {
+                pipeline: Some(self.tracer_pipeline(port)?.0),
+                tracer: true,
+                _rules: None,
+            }),
+            Mode::IptablesTrace => {
+                let rules = TraceRules::add(self.lab, port)?;
+                // `nft monitor trace` rather than `xtables-monitor --trace`: both print the same
+                // kernel trace events of the iptables-nft TRACE rule, but xtables-monitor exits at
+                // the first overflow of its netlink socket, within milliseconds of this load (see
+                // `xtables_monitor` in the results), while nft reports the overflow and goes on.
+                let cmd = self.lab.command(Ns::Node, &["nft", "monitor", "trace"]);
+                let mut pipeline =
+                    Pipeline::spawn(cmd, "nft monitor trace", Path::new(&self.loadgen), None)?;
+                // It prints nothing until a traced packet comes; give it time to subscribe.
+                thread::sleep(Duration::from_millis(300));
+                if !pipeline.producer.running() {
+                    bail!(
+                        "nft monitor trace exited at start: {}",
+                        pipeline.producer.err.joined()
+                    );
+                }
+                Ok(Observer {
+                    pipeline: Some(pipeline),
+                    tracer: false,
+                    _rules: Some(rules),
+                })
+            }
+        }
+    }
+
+    /// `loadgen recv` on the server, ready to count.
+    pub(super) fn receiver(&self, port: u16) -> Result<Proc> {
+        let bind = format!("{SERVER_IP}:{port}");
+        let cmd = self
+            .lab
+            .command(Ns::Server, &[&self.loadgen, "recv", "--bind", &bind]);
+        let mut p = Proc::spawn(cmd, "loadgen recv", Stdout::Capture)?;
+        p.wait_stdout(Duration::from_secs(10), "ready")?;
+        Ok(p)
+    }
+
+    pub(super) fn sender(
+        &self,
+        rate: Option<u64>,
+        secs: Option<f64>,
+        count: Option<u64>,
+    ) -> Result<Proc> {
+        let dst = format!("{CLUSTER_DNS_IP}:{LOAD_PORT}");
+        let mut argv: Vec<String> = vec![self.loadgen.clone(), "send".into(), "--dst".into(), dst];
+        if let Some(rate) = rate {
+            argv.extend(["--rate".into(), rate.to_string()]);
+        }
+        if let Some(secs) = secs {
+            argv.extend(["--duration".into(), format!("{secs}")]);
+        }
+        if let Some(count) = count {
+            argv.extend(["--count".into(), count.to_string()]);
+        }
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        Proc::spawn(
+            self.lab.command(Ns::Client, &argv),
+            "loadgen send",
+            Stdout::Capture,
+        )
+    }
+
+    /// Runs a sender to its end (bounded: its own duration plus a margin).
+    pub(super) fn send(
+        &self,
+        rate: Option<u64>,
+        secs: Option<f64>,
+        count: Option<u64>,
+    ) -> Result<Sent> {
+        let limit = match (secs, count, rate) {
+            (Some(s), _, _) => s,
+            (None, Some(n), Some(r)) => n as f64 / r as f64,
+            _ => 10.0,
+        };
+        let ended = self
+            .sender(rate, secs, count)?
+            .finish(Duration::from_secs_f64(limit + 15.0))?;
+        let v = last_json(&ended, "loadgen send")?;
+        Ok(Sent {
+            sent: v["sent"].as_u64().unwrap_or(0),
+            errors: v["errors"].as_u64().unwrap_or(0),
+            secs: v["secs"].as_f64().unwrap_or(0.0),
+        })
+    }
+
+    /// Drops on the client's links and on the bridge port it enters by: packets that never
+    /// reached the bridge, so tracer could not have seen them.
+    pub(super) fn pre_bridge_drops(&self) -> Result<u64> {
+        let client = self
+            .lab
+            .run(Ns::Client, &["ip", "-s", "-j", "link", "show"])?;
+        let node = self
+            .lab
+            .run(Ns::Node, &["ip", "-s", "-j", "link", "show"])?;
+        let client = stats::link_drops(&client, None)
+            .ok_or_else(|| anyhow!("unreadable `ip -s -j link` output in the client"))?;
+        let node = stats::link_drops(&node, Some(CLIENT_VETH))
+            .ok_or_else(|| anyhow!("unreadable `ip -s -j link` output in the node"))?;
+        Ok(client + node)
+    }
+}
