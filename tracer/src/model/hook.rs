@@ -31,17 +31,7 @@ impl Hook {
         }
     }
 
-    /// The built-in iptables chain on this hook.
-    pub fn iptables_chain(self) -> &'static str {
-        match self {
-            Hook::PreRouting => "PREROUTING",
-            Hook::LocalIn => "INPUT",
-            Hook::Forward => "FORWARD",
-            Hook::LocalOut => "OUTPUT",
-            Hook::PostRouting => "POSTROUTING",
-        }
-    }
-
+    /// The hook of a built-in iptables chain.
     pub(crate) fn from_iptables_chain(name: &str) -> Option<Hook> {
         match name {
             "PREROUTING" => Some(Hook::PreRouting),
