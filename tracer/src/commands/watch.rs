@@ -328,24 +328,9 @@ impl Pass<'_> {
     }
 }
 
-#[derive(clap::Args)]
-pub struct WatchArgs {
-    /// Port to trace, as source or destination, UDP and TCP. 0 traces every port.
-    #[arg(long, default_value_t = 53)]
-    pub port: u16,
-
-    /// `text` for people (colour on a terminal), `json` for JSON Lines (fields in README).
-    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-    pub output: OutputFormat,
-
-    /// Stop by itself after this many seconds (fractions allowed).
-    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
-    pub duration: Option<Duration>,
-
-    /// Bytes of each packet copied in the kernel, from the Ethernet header on.
-    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(64..=512))]
-    pub snaplen: u32,
-
+/// How traffic is traced and read, for `watch` and `triage` alike.
+#[derive(clap::Args, Debug)]
+pub struct TracingArgs {
     /// A DNS query with no reply after this many seconds is reported as `dns_timeout`.
     #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_duration)]
     pub dns_timeout: Duration,
@@ -365,6 +350,39 @@ pub struct WatchArgs {
     /// lines. For bug reports; off by default, when the programs report nothing.
     #[arg(long)]
     pub debug: bool,
+}
+
+impl TracingArgs {
+    /// The options of a watch on `port`, copying `snaplen` bytes, for `duration`.
+    pub fn watch_options(&self, port: u16, snaplen: u32, duration: Option<Duration>) -> WatchOptions {
+        WatchOptions {
+            settings: WatchSettings { port, snaplen, ring_buffer_bytes: self.ring_buffer_mib << 20, debug: self.debug },
+            duration,
+            analysis: AnalysisOptions { dns_timeout: self.dns_timeout, dns_ports: self.dns_ports.clone() },
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct WatchArgs {
+    /// Port to trace, as source or destination, UDP and TCP. 0 traces every port.
+    #[arg(long, default_value_t = 53)]
+    pub port: u16,
+
+    /// `text` for people (colour on a terminal), `json` for JSON Lines (fields in README).
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+
+    /// Stop by itself after this many seconds (fractions allowed).
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Bytes of each packet copied in the kernel, from the Ethernet header on.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(64..=512))]
+    pub snaplen: u32,
+
+    #[command(flatten)]
+    pub tracing: TracingArgs,
 
     /// Also write every traced packet to FILE as pcapng (mode 0600), with a comment per
     /// packet and the findings; read it with `tracer report FILE`, Wireshark or tshark.
@@ -381,16 +399,7 @@ pub struct WatchArgs {
 
 /// `tracer watch`: the capture file, the outputs, the watch, and the exit code.
 pub fn command(args: WatchArgs) -> ExitCode {
-    let options = WatchOptions {
-        settings: WatchSettings {
-            port: args.port,
-            snaplen: args.snaplen,
-            ring_buffer_bytes: args.ring_buffer_mib << 20,
-            debug: args.debug,
-        },
-        duration: args.duration,
-        analysis: AnalysisOptions { dns_timeout: args.dns_timeout, dns_ports: args.dns_ports.clone() },
-    };
+    let options = args.tracing.watch_options(args.port, args.snaplen, args.duration);
     // The capture file is created before anything is attached, so a path that cannot
     // be written is reported at once; and after the privileges are checked, so a watch
     // that cannot start creates nothing.
@@ -482,8 +491,8 @@ fn capture_info(args: &WatchArgs) -> CaptureInfo {
             hostname: read_sysctl("kernel.hostname").value,
             port: args.port,
             snaplen: args.snaplen,
-            dns_timeout_ns: args.dns_timeout.as_nanos() as u64,
-            dns_ports: args.dns_ports.clone(),
+            dns_timeout_ns: args.tracing.dns_timeout.as_nanos() as u64,
+            dns_ports: args.tracing.dns_ports.clone(),
             sysctls,
         },
         os: read_sysctl("kernel.osrelease").value.map(|release| format!("Linux {release}")),

@@ -15,11 +15,10 @@ mod traffic;
 
 use self::traffic::Collector;
 use crate::{
-    analysis::AnalysisOptions,
-    cli::{parse_duration, parse_ring_mib, OutputFormat},
-    commands::watch::{self, Ending, WatchOptions},
+    cli::{parse_duration, OutputFormat},
+    commands::watch::{self, Ending, TracingArgs},
     findings::node_config,
-    kernel::{check_privileges, WatchSettings},
+    kernel::check_privileges,
     node::checks::{read_conntrack, read_namespace, visible_namespaces, ConntrackReading},
     render::triage::{print_json, print_text, ReportContext},
 };
@@ -54,22 +53,8 @@ pub struct TriageArgs {
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
 
-    /// A DNS query with no reply after this many seconds is a `dns_timeout`.
-    #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_duration)]
-    pub dns_timeout: Duration,
-
-    /// Also read payloads to or from this port as DNS (53 always is). Repeatable.
-    #[arg(long = "dns-port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
-    pub dns_ports: Vec<u16>,
-
-    /// Size of the kernel-to-tracer ring buffer in MiB (a power of two).
-    #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = parse_ring_mib)]
-    pub ring_buffer_mib: u32,
-
-    /// Print the kernel programs' reports of failures that should never happen on standard
-    /// error (as `watch --debug` does). For bug reports.
-    #[arg(long)]
-    pub debug: bool,
+    #[command(flatten)]
+    pub tracing: TracingArgs,
 }
 
 /// Exit codes promised in the README.
@@ -101,11 +86,8 @@ pub fn run(args: TriageArgs) -> ExitCode {
     }
 
     let mut collector = Collector::new(args.duration, std::io::stderr().is_terminal());
-    let options = WatchOptions {
-        settings: WatchSettings { port: args.port, snaplen: 512, ring_buffer_bytes: args.ring_buffer_mib << 20, debug: args.debug },
-        duration: Some(args.duration),
-        analysis: AnalysisOptions { dns_timeout: args.dns_timeout, dns_ports: args.dns_ports.clone() },
-    };
+    // The watch's default snaplen: a finding's example shows whole DNS messages.
+    let options = args.tracing.watch_options(args.port, 512, Some(args.duration));
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => return could_not_run(&anyhow::anyhow!(err).context("starting the event loop")),
