@@ -9,13 +9,14 @@
 //! matches is consistent with the packet, and its counter grew. One candidate is the
 //! answer; several are all reported, never one picked silently.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::net::{IpAddr, SocketAddr};
+use std::collections::HashMap;
+use std::net::SocketAddr;
 
 use serde::Serialize;
 
 use crate::firewall::{
-    AddrRange, Backend, Chain, Condition, Family, Hook, IfacePattern, Rule, Snapshot, Test, Verdict,
+    eval::{self, Ruleset},
+    Backend, Chain, Family, Hook, Rule, Snapshot, Verdict,
 };
 
 /// A packet netfilter dropped, as the kernel programs saw it at the hook.
@@ -33,6 +34,23 @@ pub struct DroppedPacket {
     pub icmp: Option<(u8, u8)>,
     /// The kernel answered with a TCP reset (REJECT --reject-with tcp-reset).
     pub tcp_reset: bool,
+}
+
+impl DroppedPacket {
+    /// The packet as the firewall evaluator takes it: all of it is known but the interfaces
+    /// the hook did not have.
+    fn as_seen(&self) -> eval::Packet<'_> {
+        eval::Packet {
+            family: self.family,
+            proto: self.proto,
+            src: Some(self.src.ip()),
+            dst: Some(self.dst.ip()),
+            sport: Some(self.src.port()),
+            dport: Some(self.dst.port()),
+            in_iface: self.in_iface.as_deref(),
+            out_iface: self.out_iface.as_deref(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -180,7 +198,7 @@ fn reject_answer(backend: Backend, family: Family, with: Option<&str>) -> Option
 
 /// How a rule's verdict fits what the kernel did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Fit {
+enum VerdictFit {
     No,
     Yes,
     /// A REJECT, though no answer was seen: the kernel rate-limits ICMP errors
@@ -188,137 +206,28 @@ enum Fit {
     RejectWithoutAnswer,
 }
 
-fn verdict_fit(rule: &Rule, answer: Answer) -> Fit {
-    let mut fit = Fit::No;
-    for verdict in std::iter::once(&rule.verdict).chain(&rule.map_verdicts) {
+fn verdict_fit(rule: &Rule, answer: Answer) -> VerdictFit {
+    let mut fit = VerdictFit::No;
+    for verdict in rule.verdicts() {
         let this = match (verdict, answer) {
-            (Verdict::Drop, Answer::Nothing) => Fit::Yes,
-            (Verdict::Reject { .. }, Answer::Nothing) => Fit::RejectWithoutAnswer,
+            (Verdict::Drop, Answer::Nothing) => VerdictFit::Yes,
+            (Verdict::Reject { .. }, Answer::Nothing) => VerdictFit::RejectWithoutAnswer,
             (Verdict::Reject { with }, sent) => match reject_answer(rule.backend, rule.family, with.as_deref()) {
-                Some(answer) if answer == sent => Fit::Yes,
-                Some(_) => Fit::No,
+                Some(answer) if answer == sent => VerdictFit::Yes,
+                Some(_) => VerdictFit::No,
                 // Unknown answer: it may be this one.
-                None => Fit::Yes,
+                None => VerdictFit::Yes,
             },
-            _ => Fit::No,
+            _ => VerdictFit::No,
         };
-        if this == Fit::Yes {
-            return Fit::Yes;
+        if this == VerdictFit::Yes {
+            return VerdictFit::Yes;
         }
-        if this == Fit::RejectWithoutAnswer {
+        if this == VerdictFit::RejectWithoutAnswer {
             fit = this;
         }
     }
     fit
-}
-
-/// Whether a rule may match the packet: no test it could parse rules the packet out.
-fn may_match(rule: &Rule, packet: &DroppedPacket) -> bool {
-    rule.matches.tests.iter().all(|test| holds(test, packet) != Some(false))
-}
-
-/// `None` when the packet does not tell (no interface known at this hook, no ports).
-fn holds(test: &Test, packet: &DroppedPacket) -> Option<bool> {
-    let plain = match &test.condition {
-        Condition::Family(family) => Some(*family == packet.family),
-        Condition::Proto(protos) => Some(protos.contains(&packet.proto)),
-        // A rule on the other family's addresses never matches, negated or not: nft
-        // checks the family first, iptables keeps the families apart.
-        Condition::Src(ranges) => return addr_holds(ranges, packet.src.ip(), test.negated),
-        Condition::Dst(ranges) => return addr_holds(ranges, packet.dst.ip(), test.negated),
-        Condition::Sport(ranges) => {
-            has_ports(packet.proto).then(|| ranges.iter().any(|r| (r.first..=r.last).contains(&packet.src.port())))
-        }
-        Condition::Dport(ranges) => {
-            has_ports(packet.proto).then(|| ranges.iter().any(|r| (r.first..=r.last).contains(&packet.dst.port())))
-        }
-        Condition::InIface(patterns) => packet.in_iface.as_deref().map(|name| iface_matches(patterns, name)),
-        Condition::OutIface(patterns) => packet.out_iface.as_deref().map(|name| iface_matches(patterns, name)),
-    };
-    plain.map(|result| result != test.negated)
-}
-
-fn has_ports(proto: u8) -> bool {
-    // tcp, udp, dccp, sctp, udplite
-    matches!(proto, 6 | 17 | 33 | 132 | 136)
-}
-
-fn addr_holds(ranges: &[AddrRange], addr: IpAddr, negated: bool) -> Option<bool> {
-    let same_family: Vec<&AddrRange> = ranges.iter().filter(|r| r.first.is_ipv4() == addr.is_ipv4()).collect();
-    if same_family.is_empty() {
-        return Some(false);
-    }
-    let inside = same_family.iter().any(|r| addr_in(r, addr));
-    Some(inside != negated)
-}
-
-fn addr_in(range: &AddrRange, addr: IpAddr) -> bool {
-    let number = |a: IpAddr| match a {
-        IpAddr::V4(v4) => u128::from(u32::from(v4)),
-        IpAddr::V6(v6) => u128::from(v6),
-    };
-    range.last.is_ipv4() == addr.is_ipv4() && (number(range.first)..=number(range.last)).contains(&number(addr))
-}
-
-fn iface_matches(patterns: &[IfacePattern], name: &str) -> bool {
-    patterns.iter().any(|p| {
-        if p.prefix {
-            name.starts_with(&p.name)
-        } else {
-            name == p.name
-        }
-    })
-}
-
-/// The kernel table a chain lives in: jumps stay inside one. iptables-nft and native nft
-/// chains of one nf_tables table (`ip filter`) share it.
-fn table_key(chain: &Chain) -> (bool, Family, String) {
-    match chain.backend {
-        Backend::IptablesLegacy => (true, chain.family, chain.table.clone()),
-        Backend::IptablesNft => {
-            let family = match chain.family {
-                Family::Ipv4 => "ip",
-                Family::Ipv6 => "ip6",
-            };
-            (false, chain.family, format!("{family} {}", chain.table))
-        }
-        Backend::Nftables => (false, chain.family, chain.table.clone()),
-    }
-}
-
-/// Chains a packet of this family at this hook can traverse: the base chains on the hook
-/// and every chain they jump or go to, in snapshot order.
-fn reachable_chains(snapshot: &Snapshot, family: Family, hook: Hook) -> Vec<&Chain> {
-    let mut index: HashMap<((bool, Family, String), &str), usize> = HashMap::new();
-    for (at, chain) in snapshot.chains.iter().enumerate() {
-        index.insert((table_key(chain), chain.name.as_str()), at);
-    }
-    let mut seen: HashSet<usize> = HashSet::new();
-    let mut queue: VecDeque<usize> = VecDeque::new();
-    for (at, chain) in snapshot.chains.iter().enumerate() {
-        if chain.family == family && chain.hook == Some(hook) && seen.insert(at) {
-            queue.push_back(at);
-        }
-    }
-    while let Some(at) = queue.pop_front() {
-        let chain = &snapshot.chains[at];
-        let key = table_key(chain);
-        for rule in &chain.rules {
-            for verdict in std::iter::once(&rule.verdict).chain(&rule.map_verdicts) {
-                let (Verdict::Jump(target) | Verdict::Goto(target)) = verdict else {
-                    continue;
-                };
-                if let Some(&next) = index.get(&(key.clone(), target.as_str())) {
-                    if seen.insert(next) {
-                        queue.push_back(next);
-                    }
-                }
-            }
-        }
-    }
-    let mut reachable: Vec<usize> = seen.into_iter().collect();
-    reachable.sort_unstable();
-    reachable.into_iter().map(|at| &snapshot.chains[at]).collect()
 }
 
 /// How much a counter moved between the snapshots.
@@ -444,7 +353,12 @@ pub fn attribute(before: &Snapshot, after: &Snapshot, packet: &DroppedPacket) ->
     let answer = packet_answer(packet);
     let what = describe_answer(packet.family, answer);
     let place = format!("{} ({})", packet.hook.name(), packet.family.name());
-    let chains = reachable_chains(after, packet.family, packet.hook);
+    // Every chain the packet could have reached, whatever the jumps to it match: what tracer
+    // knows of the packet may differ from what the rules saw (a bridged packet's interface,
+    // its conntrack state), and the counters tell which rule did it.
+    let ruleset = Ruleset::new(after);
+    let chains: Vec<&Chain> =
+        ruleset.reachable(packet.family, packet.hook).into_iter().map(|at| ruleset.chain(at)).collect();
     if chains.is_empty() {
         return Attribution {
             reason: format!("no firewall chain is attached to {place} in any backend read"),
@@ -452,6 +366,7 @@ pub fn attribute(before: &Snapshot, after: &Snapshot, packet: &DroppedPacket) ->
         };
     }
     let before_counters = Before::new(before);
+    let seen = packet.as_seen();
 
     let mut fitting: Vec<(&Rule, Growth)> = Vec::new();
     let mut silent_rejects: Vec<(&Rule, Growth)> = Vec::new();
@@ -460,7 +375,7 @@ pub fn attribute(before: &Snapshot, after: &Snapshot, packet: &DroppedPacket) ->
         for (rule, key) in chain.rules.iter().zip(rule_keys(chain)) {
             rules_checked += 1;
             let fit = verdict_fit(rule, answer);
-            if fit == Fit::No || !may_match(rule, packet) {
+            if fit == VerdictFit::No || eval::fit(rule, &seen) == eval::Fit::No {
                 continue;
             }
             let growth = before_counters.rule_growth(&key, rule.packets);
@@ -468,7 +383,7 @@ pub fn attribute(before: &Snapshot, after: &Snapshot, packet: &DroppedPacket) ->
                 continue;
             }
             match fit {
-                Fit::Yes => fitting.push((rule, growth)),
+                VerdictFit::Yes => fitting.push((rule, growth)),
                 _ => silent_rejects.push((rule, growth)),
             }
         }

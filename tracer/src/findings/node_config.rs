@@ -15,7 +15,10 @@ use super::{
 };
 use crate::{
     model::packet::L4Proto,
-    firewall::{Backend, Chain, Condition, Family, Hook, PortRange, Rule, Snapshot, Test, Verdict},
+    firewall::{
+        eval::{self, Fit, Packet, Ruleset},
+        Backend, Chain, Condition, Family, Hook, Rule, Snapshot, Verdict,
+    },
     node::{
         checks::{ConntrackReading, ConntrackStats, NamespaceState, Netns},
         sysctl::{bridge_nf_call_sysctl, SysctlValue},
@@ -592,59 +595,20 @@ impl Probe {
             None => format!("{} {proto}", self.family.name()),
         }
     }
-}
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Fit {
-    No,
-    /// Depends on what the probe leaves unknown (addresses, interfaces, conntrack state, ...).
-    May,
-    Yes,
-}
-
-/// `None` when the probe does not tell.
-fn test_holds(test: &Test, probe: &Probe) -> Option<bool> {
-    let in_ports = |ranges: &[PortRange], port: u16| ranges.iter().any(|r| (r.first..=r.last).contains(&port));
-    let plain = match &test.condition {
-        Condition::Family(family) => Some(*family == probe.family),
-        Condition::Proto(protos) => Some(protos.contains(&probe.proto)),
-        // An address of the other family never matches, negated or not: nft checks the
-        // family first and iptables keeps the families apart.
-        Condition::Src(ranges) | Condition::Dst(ranges) => {
-            if ranges.iter().all(|r| r.first.is_ipv4() != (probe.family == Family::Ipv4)) {
-                return Some(false);
-            }
-            None
-        }
-        Condition::Dport(ranges) => match probe.port {
-            Some(port) if probe.to_port => Some(in_ports(ranges, port)),
-            _ => None,
-        },
-        Condition::Sport(ranges) => match probe.port {
-            Some(port) if !probe.to_port => Some(in_ports(ranges, port)),
-            _ => None,
-        },
-        Condition::InIface(_) | Condition::OutIface(_) => None,
-    };
-    plain.map(|held| held != test.negated)
-}
-
-/// How a rule fits the probe, and whether it names the probe's port (a port match that holds).
-fn fit(rule: &Rule, probe: &Probe) -> (Fit, bool) {
-    let mut fit = if rule.matches.unparsed.is_empty() { Fit::Yes } else { Fit::May };
-    let mut names_port = false;
-    for test in &rule.matches.tests {
-        match test_holds(test, probe) {
-            Some(false) => return (Fit::No, false),
-            Some(true) => {
-                if !test.negated && matches!(test.condition, Condition::Dport(_) | Condition::Sport(_)) {
-                    names_port = true;
-                }
-            }
-            None => fit = Fit::May,
+    /// The probe as the firewall evaluator takes it: addresses and interfaces unknown.
+    fn packet(&self) -> Packet<'static> {
+        Packet {
+            family: self.family,
+            proto: self.proto,
+            src: None,
+            dst: None,
+            sport: self.port.filter(|_| !self.to_port),
+            dport: self.port.filter(|_| self.to_port),
+            in_iface: None,
+            out_iface: None,
         }
     }
-    (fit, names_port)
 }
 
 /// Where a rule or policy that stops the probe sits.
@@ -659,117 +623,19 @@ struct Hit {
     probe: Probe,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Flow {
-    /// Go on with the next rule.
-    Next,
-    /// The chain returns to its caller.
-    Return,
-    /// A verdict was certainly reached.
-    Stop,
-}
-
-/// Chains within a kernel table jump to each other; a name is only unique in its table.
-fn table_key(chain: &Chain) -> (Backend, Family, &str) {
-    // iptables-nft and native nft chains of one nf_tables table may jump to each other; their
-    // table names differ in spelling (`filter` vs `ip filter`), so compare the nft form.
-    let backend = if chain.backend == Backend::IptablesLegacy { Backend::IptablesLegacy } else { Backend::Nftables };
-    let table = chain.table.rsplit(' ').next().unwrap_or(&chain.table);
-    (backend, chain.family, table)
-}
-
-/// Rule evaluations one walk may spend: a ruleset with thousands of per-pod chains stays cheap.
-const WALK_BUDGET: usize = 200_000;
-const MAX_JUMP_DEPTH: usize = 32;
-
-type ChainIndex<'a> = HashMap<((Backend, Family, &'a str), &'a str), usize>;
-
-struct Walk<'a> {
-    snapshot: &'a Snapshot,
-    index: &'a ChainIndex<'a>,
-    probe: Probe,
-    hook: Hook,
-    accept_possible: bool,
-    budget: usize,
-    hits: Vec<Hit>,
-}
-
-impl<'a> Walk<'a> {
-    fn chain(&mut self, at: usize, depth: usize) -> Flow {
-        if depth > MAX_JUMP_DEPTH {
-            return Flow::Next;
-        }
-        let snapshot = self.snapshot;
-        let chain = &snapshot.chains[at];
-        for (position, rule) in chain.rules.iter().enumerate() {
-            if self.budget == 0 {
-                return Flow::Next;
-            }
-            self.budget -= 1;
-            let (fit, names_port) = fit(rule, &self.probe);
-            if fit == Fit::No {
-                continue;
-            }
-            let certain = fit == Fit::Yes;
-            match &rule.verdict {
-                Verdict::Accept => {
-                    self.accept_possible = true;
-                    if certain {
-                        return Flow::Stop;
-                    }
-                }
-                Verdict::Drop | Verdict::Reject { .. } => {
-                    // A rule aimed at the port is reported even behind accepts that may let some
-                    // of the traffic through; a catch-all only when nothing before it accepts,
-                    // as that is how a default-deny chain with allow rules looks.
-                    if names_port || (certain && !self.accept_possible) {
-                        self.hits.push(Hit { chain: at, rule: Some(position), hook: self.hook, after_accept: self.accept_possible, probe: self.probe });
-                    }
-                    if certain {
-                        return Flow::Stop;
-                    }
-                }
-                Verdict::Jump(target) | Verdict::Goto(target) => {
-                    if let Some(next) = self.lookup(chain, target) {
-                        if self.chain(next, depth + 1) == Flow::Stop && certain {
-                            return Flow::Stop;
-                        }
-                    }
-                    // A goto never comes back to this chain.
-                    if certain && matches!(rule.verdict, Verdict::Goto(_)) {
-                        return Flow::Return;
-                    }
-                }
-                Verdict::Return if certain => return Flow::Return,
-                Verdict::Return | Verdict::Other(_) => {}
-            }
-            for verdict in &rule.map_verdicts {
-                match verdict {
-                    Verdict::Accept => self.accept_possible = true,
-                    Verdict::Jump(target) | Verdict::Goto(target) => {
-                        if let Some(next) = self.lookup(chain, target) {
-                            self.chain(next, depth + 1);
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
-        Flow::Next
-    }
-
-    fn lookup(&self, from: &'a Chain, target: &str) -> Option<usize> {
-        self.index.get(&(table_key(from), target)).copied()
-    }
+/// Whether a rule names the probe's port: a port match that holds.
+fn names_port(rule: &Rule, packet: &Packet) -> bool {
+    rule.matches.tests.iter().any(|test| {
+        !test.negated
+            && matches!(test.condition, Condition::Dport(_) | Condition::Sport(_))
+            && eval::holds(test, packet) == Some(true)
+    })
 }
 
 /// Rules in FORWARD and INPUT (and the chains they jump to) that drop or reject the traced
 /// port's traffic, and DROP policies it falls through to, on every backend.
 fn blocking_hits(snapshot: &Snapshot, port: u16) -> Vec<Hit> {
-    let mut index: ChainIndex = HashMap::new();
-    for (at, chain) in snapshot.chains.iter().enumerate() {
-        index.insert((table_key(chain), chain.name.as_str()), at);
-    }
+    let ruleset = Ruleset::new(snapshot);
     let port = (port != 0).then_some(port);
     let mut hits = Vec::new();
     for hook in [Hook::Forward, Hook::LocalIn] {
@@ -780,18 +646,26 @@ fn blocking_hits(snapshot: &Snapshot, port: u16) -> Vec<Hit> {
                         continue;
                     }
                     let probe = Probe { family, proto, port, to_port };
-                    for (at, chain) in snapshot.chains.iter().enumerate() {
-                        if chain.family != family || chain.hook != Some(hook) {
-                            continue;
+                    let packet = probe.packet();
+                    for walk in ruleset.walk(hook, &packet) {
+                        for met in &walk.met {
+                            let rule = ruleset.rule(met);
+                            if !matches!(rule.verdict, Verdict::Drop | Verdict::Reject { .. }) {
+                                continue;
+                            }
+                            // A rule aimed at the port is reported even behind accepts that may
+                            // let some of the traffic through; a catch-all only when nothing
+                            // before it accepts, as that is how a default-deny chain with allow
+                            // rules looks.
+                            let certain = met.fit == Fit::Yes;
+                            if names_port(rule, &packet) || (certain && !met.after_accept) {
+                                hits.push(Hit { chain: met.chain, rule: Some(met.rule), hook, after_accept: met.after_accept, probe });
+                            }
                         }
-                        // Every base chain on a hook sees the packet: an accept in one does not
-                        // spare it the others.
-                        let mut walk = Walk { snapshot, index: &index, probe, hook, accept_possible: false, budget: WALK_BUDGET, hits: Vec::new() };
-                        let flow = walk.chain(at, 0);
-                        if flow != Flow::Stop && chain.policy == Some(Verdict::Drop) && !walk.accept_possible {
-                            walk.hits.push(Hit { chain: at, rule: None, hook, after_accept: false, probe });
+                        let chain = ruleset.chain(walk.base);
+                        if !walk.decided && chain.policy == Some(Verdict::Drop) && !walk.accept_possible {
+                            hits.push(Hit { chain: walk.base, rule: None, hook, after_accept: false, probe });
                         }
-                        hits.extend(walk.hits);
                     }
                 }
             }

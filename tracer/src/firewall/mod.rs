@@ -8,7 +8,10 @@
 //!   `nft_text` prints nft's JSON back in nft syntax, for rule texts people recognise.
 //! - `reconcile`: iptables-nft keeps its rules in nf_tables tables, so nft lists them a
 //!   second time; every chain is reported once, as the backend that made it.
+//! - `eval`: what a packet meets on its way through the chains of a hook: the one place
+//!   that walks chains, follows jumps and matches rules against a packet.
 
+pub mod eval;
 mod iptables;
 mod model;
 mod nft;

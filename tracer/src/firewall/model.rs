@@ -203,6 +203,11 @@ pub struct Snapshot {
 }
 
 impl Rule {
+    /// The verdicts the rule can give: its own, and those its verdict map can choose.
+    pub fn verdicts(&self) -> impl Iterator<Item = &Verdict> {
+        std::iter::once(&self.verdict).chain(&self.map_verdicts)
+    }
+
     /// The command that shows the rule with its neighbours.
     pub fn show_command(&self) -> String {
         match self.backend {
