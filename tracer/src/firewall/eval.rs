@@ -86,15 +86,7 @@ fn addr_holds(ranges: &[AddrRange], addr: Option<IpAddr>, family: Family, negate
         return Some(false);
     }
     let addr = addr?;
-    Some(same_family.iter().any(|r| addr_in(r, addr)) != negated)
-}
-
-fn addr_in(range: &AddrRange, addr: IpAddr) -> bool {
-    let number = |a: IpAddr| match a {
-        IpAddr::V4(v4) => u128::from(u32::from(v4)),
-        IpAddr::V6(v6) => u128::from(v6),
-    };
-    range.last.is_ipv4() == addr.is_ipv4() && (number(range.first)..=number(range.last)).contains(&number(addr))
+    Some(same_family.iter().any(|r| r.contains(addr)) != negated)
 }
 
 fn iface_matches(patterns: &[IfacePattern], name: &str) -> bool {

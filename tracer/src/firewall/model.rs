@@ -80,27 +80,38 @@ impl AddrRange {
 
     /// `None` for a prefix longer than the address.
     pub fn cidr(addr: IpAddr, prefix: u8) -> Option<AddrRange> {
-        match addr {
-            IpAddr::V4(a) => {
-                let host_bits = 32u32.checked_sub(u32::from(prefix))?;
-                let mask = u32::MAX.checked_shl(host_bits).unwrap_or(0);
-                let first = u32::from(a) & mask;
-                Some(AddrRange {
-                    first: IpAddr::V4(Ipv4Addr::from(first)),
-                    last: IpAddr::V4(Ipv4Addr::from(first | !mask)),
-                })
-            }
-            IpAddr::V6(a) => {
-                let host_bits = 128u32.checked_sub(u32::from(prefix))?;
-                let mask = u128::MAX.checked_shl(host_bits).unwrap_or(0);
-                let first = u128::from(a) & mask;
-                Some(AddrRange {
-                    first: IpAddr::V6(Ipv6Addr::from(first)),
-                    last: IpAddr::V6(Ipv6Addr::from(first | !mask)),
-                })
-            }
-        }
+        let bits: u32 = if addr.is_ipv4() { 32 } else { 128 };
+        let host_bits = bits.checked_sub(u32::from(prefix))?;
+        let host = u128::MAX.checked_shr(128 - host_bits).unwrap_or(0);
+        let number = addr_number(addr);
+        Some(AddrRange {
+            first: same_family_addr(addr, number & !host)?,
+            last: same_family_addr(addr, number | host)?,
+        })
     }
+
+    /// Whether `addr` lies in the range; never for an address of the other family.
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        self.first.is_ipv4() == addr.is_ipv4()
+            && self.last.is_ipv4() == addr.is_ipv4()
+            && (addr_number(self.first)..=addr_number(self.last)).contains(&addr_number(addr))
+    }
+}
+
+/// An address as a number, so ranges of both families compare alike.
+fn addr_number(addr: IpAddr) -> u128 {
+    match addr {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+/// The address numbered `number` in the family of `like`; `None` when it does not fit.
+fn same_family_addr(like: IpAddr, number: u128) -> Option<IpAddr> {
+    Some(match like {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(u32::try_from(number).ok()?)),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::from(number)),
+    })
 }
 
 /// An inclusive port range; a single port has `first == last`.
@@ -267,4 +278,31 @@ pub(crate) fn protocol_number(name: &str) -> Option<Option<u8>> {
         other => other.parse().ok()?,
     };
     Some(Some(number))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(addr: &str, prefix: u8) -> Option<(String, String)> {
+        let range = AddrRange::cidr(addr.parse().expect("addr"), prefix)?;
+        Some((range.first.to_string(), range.last.to_string()))
+    }
+
+    #[test]
+    fn a_cidr_covers_its_prefix_in_either_family() {
+        let pair = |a: &str, b: &str| Some((a.to_string(), b.to_string()));
+        assert_eq!(range("10.1.2.3", 8), pair("10.0.0.0", "10.255.255.255"));
+        assert_eq!(range("10.1.2.3", 0), pair("0.0.0.0", "255.255.255.255"));
+        assert_eq!(range("10.1.2.3", 32), pair("10.1.2.3", "10.1.2.3"));
+        assert_eq!(range("10.1.2.3", 33), None);
+        assert_eq!(range("fd00::1:2", 64), pair("fd00::", "fd00::ffff:ffff:ffff:ffff"));
+        assert_eq!(range("fd00::1", 0), pair("::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"));
+        assert_eq!(range("fd00::1", 129), None);
+
+        let net = AddrRange::cidr("10.0.0.0".parse().expect("addr"), 8).expect("cidr");
+        assert!(net.contains("10.9.9.9".parse().expect("addr")));
+        assert!(!net.contains("11.0.0.0".parse().expect("addr")));
+        assert!(!net.contains("::a00:1".parse().expect("addr")), "never an address of the other family");
+    }
 }

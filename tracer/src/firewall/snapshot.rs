@@ -248,6 +248,13 @@ mod tests {
             .unwrap_or_else(|| panic!("no {} {table} {name} in {:?}", backend.name(), names(snapshot)))
     }
 
+    /// The firewall of `ns`, read without an error.
+    fn read_cleanly(ns: &Netns) -> Snapshot {
+        let snapshot = ns.run(snapshot);
+        assert!(snapshot.errors.is_empty(), "{:?}", snapshot.errors);
+        snapshot
+    }
+
     #[test]
     fn real_empty_namespace_has_nothing_and_gets_nothing() {
         let ns = Netns::new();
@@ -270,16 +277,8 @@ mod tests {
              ip6tables-nft -A OUTPUT -p udp --dport 9 -j REJECT --reject-with icmp6-adm-prohibited");
         let ruleset_before = ns.sh("nft list ruleset");
         ns.send_udp("127.0.0.1:9".parse().unwrap(), 2);
-        let snapshot = ns.run(snapshot);
-        assert!(snapshot.errors.is_empty(), "{:?}", snapshot.errors);
-        assert_eq!(
-            names(&snapshot),
-            [
-                "iptables-nft Ipv4 filter OUTPUT",
-                "iptables-nft Ipv4 filter TR-USER",
-                "iptables-nft Ipv6 filter OUTPUT",
-            ]
-        );
+        let snapshot = read_cleanly(&ns);
+        assert_eq!(names(&snapshot), ["iptables-nft Ipv4 filter OUTPUT", "iptables-nft Ipv4 filter TR-USER", "iptables-nft Ipv6 filter OUTPUT"]);
         let output = find(&snapshot, Backend::IptablesNft, Family::Ipv4, "filter", "OUTPUT");
         assert_eq!(output.hook, Some(Hook::LocalOut));
         assert_eq!(output.rules[1].verdict, Verdict::Jump("TR-USER".to_string()));
@@ -320,8 +319,7 @@ mod tests {
              ip6tables-legacy -w -A OUTPUT -p tcp --dport 9 -j REJECT --reject-with tcp-reset");
         let tables_before = ns.sh("cat /proc/net/ip_tables_names /proc/net/ip6_tables_names");
         ns.send_udp("127.0.0.1:9".parse().unwrap(), 3);
-        let snapshot = ns.run(snapshot);
-        assert!(snapshot.errors.is_empty(), "{:?}", snapshot.errors);
+        let snapshot = read_cleanly(&ns);
         assert!(
             snapshot.chains.iter().all(|c| c.backend == Backend::IptablesLegacy),
             "{:?}",
@@ -360,18 +358,10 @@ mod tests {
              }",
         );
         ns.send_udp("127.0.0.1:9".parse().unwrap(), 2);
-        let snapshot = ns.run(snapshot);
-        assert!(snapshot.errors.is_empty(), "{:?}", snapshot.errors);
+        let snapshot = read_cleanly(&ns);
         // `ip filter` is a name iptables uses, but iptables-nft-save does not show its
         // lower-case chain: native.
-        assert_eq!(
-            names(&snapshot),
-            [
-                "nftables Ipv4 inet tr-test out",
-                "nftables Ipv6 inet tr-test out",
-                "nftables Ipv4 ip filter input",
-            ]
-        );
+        assert_eq!(names(&snapshot), ["nftables Ipv4 inet tr-test out", "nftables Ipv6 inet tr-test out", "nftables Ipv4 ip filter input"]);
         let out = find(&snapshot, Backend::Nftables, Family::Ipv4, "inet tr-test", "out");
         assert_eq!(
             out.rules[0].text,
@@ -399,8 +389,7 @@ mod tests {
                }
              }",
         );
-        let snapshot = ns.run(snapshot);
-        assert!(snapshot.errors.is_empty(), "{:?}", snapshot.errors);
+        let snapshot = read_cleanly(&ns);
         let forward: Vec<String> = snapshot
             .chains
             .iter()
