@@ -9,13 +9,14 @@
 //! matches is consistent with the packet, and its counter grew. One candidate is the
 //! answer; several are all reported, never one picked silently.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::net::{IpAddr, SocketAddr};
+use std::collections::HashMap;
+use std::net::SocketAddr;
 
 use serde::Serialize;
 
 use crate::firewall::{
-    AddrRange, Backend, Chain, Condition, Family, Hook, IfacePattern, Rule, Snapshot, Test, Verdict,
+    eval::{self, Ruleset},
+    Backend, Chain, Family, Hook, Rule, Snapshot, Verdict,
 };
 
 /// A packet netfilter dropped, as the kernel programs saw it at the hook.
@@ -35,6 +36,23 @@ pub struct DroppedPacket {
     pub tcp_reset: bool,
 }
 
+impl DroppedPacket {
+    /// The packet as the firewall evaluator takes it: all of it is known but the interfaces
+    /// the hook did not have.
+    fn as_seen(&self) -> eval::Packet<'_> {
+        eval::Packet {
+            family: self.family,
+            proto: self.proto,
+            src: Some(self.src.ip()),
+            dst: Some(self.dst.ip()),
+            sport: Some(self.src.port()),
+            dport: Some(self.dst.port()),
+            in_iface: self.in_iface.as_deref(),
+            out_iface: self.out_iface.as_deref(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Attribution {
     /// The rule, when exactly one fits.
@@ -51,8 +69,6 @@ pub struct Attribution {
     pub reason: String,
 }
 
-/// The name of a REJECT answer as iptables `--reject-with` spells it, without its
-/// `icmp-` / `icmp6-` prefix: IPv4 type 3 code 10 is `host-prohibited`.
 /// The ICMP answer in words for outputs: the REJECT name where it has one, else its type
 /// and code.
 pub fn answer_name(family: Family, icmp_type: u8, code: u8) -> String {
@@ -61,44 +77,43 @@ pub fn answer_name(family: Family, icmp_type: u8, code: u8) -> String {
         .unwrap_or_else(|| format!("type {icmp_type} code {code}"))
 }
 
+/// The ICMP destination-unreachable codes a REJECT answers with, and the names iptables and
+/// nft give them. The first name is the one iptables `--reject-with` spells, without its
+/// `icmp-` / `icmp6-` prefix.
+const REJECT_CODES: [(Family, u8, &[&str]); 13] = [
+    (Family::Ipv4, 0, &["net-unreachable", "net-unreach"]),
+    (Family::Ipv4, 1, &["host-unreachable", "host-unreach"]),
+    (Family::Ipv4, 2, &["proto-unreachable", "prot-unreachable", "proto-unreach"]),
+    (Family::Ipv4, 3, &["port-unreachable", "port-unreach"]),
+    (Family::Ipv4, 9, &["net-prohibited", "net-prohib"]),
+    (Family::Ipv4, 10, &["host-prohibited", "host-prohib"]),
+    (Family::Ipv4, 13, &["admin-prohibited", "admin-prohib"]),
+    (Family::Ipv6, 0, &["no-route"]),
+    (Family::Ipv6, 1, &["adm-prohibited", "admin-prohibited"]),
+    (Family::Ipv6, 3, &["addr-unreachable", "addr-unreach"]),
+    (Family::Ipv6, 4, &["port-unreachable", "port-unreach"]),
+    (Family::Ipv6, 5, &["policy-fail"]),
+    (Family::Ipv6, 6, &["reject-route"]),
+];
+
+/// The name of a REJECT answer as iptables `--reject-with` spells it, without its
+/// `icmp-` / `icmp6-` prefix: IPv4 type 3 code 10 is `host-prohibited`.
 pub fn reject_name(family: Family, icmp_type: u8, code: u8) -> Option<&'static str> {
-    match (family, icmp_type, code) {
-        (Family::Ipv4, 3, 0) => Some("net-unreachable"),
-        (Family::Ipv4, 3, 1) => Some("host-unreachable"),
-        (Family::Ipv4, 3, 2) => Some("proto-unreachable"),
-        (Family::Ipv4, 3, 3) => Some("port-unreachable"),
-        (Family::Ipv4, 3, 9) => Some("net-prohibited"),
-        (Family::Ipv4, 3, 10) => Some("host-prohibited"),
-        (Family::Ipv4, 3, 13) => Some("admin-prohibited"),
-        (Family::Ipv6, 1, 0) => Some("no-route"),
-        (Family::Ipv6, 1, 1) => Some("adm-prohibited"),
-        (Family::Ipv6, 1, 3) => Some("addr-unreachable"),
-        (Family::Ipv6, 1, 4) => Some("port-unreachable"),
-        (Family::Ipv6, 1, 5) => Some("policy-fail"),
-        (Family::Ipv6, 1, 6) => Some("reject-route"),
-        _ => None,
+    if icmp_type != icmp_unreachable_type(family) {
+        return None;
     }
+    REJECT_CODES
+        .iter()
+        .find(|(f, c, _)| *f == family && *c == code)
+        .and_then(|(_, _, names)| names.first().copied())
 }
 
 /// The ICMP type and code of a reject answer named the iptables or nft way.
 fn reject_code(family: Family, name: &str) -> Option<(u8, u8)> {
-    let code = match (family, name) {
-        (Family::Ipv4, "net-unreachable" | "net-unreach") => 0,
-        (Family::Ipv4, "host-unreachable" | "host-unreach") => 1,
-        (Family::Ipv4, "proto-unreachable" | "prot-unreachable" | "proto-unreach") => 2,
-        (Family::Ipv4, "port-unreachable" | "port-unreach") => 3,
-        (Family::Ipv4, "net-prohibited" | "net-prohib") => 9,
-        (Family::Ipv4, "host-prohibited" | "host-prohib") => 10,
-        (Family::Ipv4, "admin-prohibited" | "admin-prohib") => 13,
-        (Family::Ipv6, "no-route") => 0,
-        (Family::Ipv6, "adm-prohibited" | "admin-prohibited") => 1,
-        (Family::Ipv6, "addr-unreachable" | "addr-unreach") => 3,
-        (Family::Ipv6, "port-unreachable" | "port-unreach") => 4,
-        (Family::Ipv6, "policy-fail") => 5,
-        (Family::Ipv6, "reject-route") => 6,
-        _ => return None,
-    };
-    Some((icmp_unreachable_type(family), code))
+    REJECT_CODES
+        .iter()
+        .find(|(f, _, names)| *f == family && names.contains(&name))
+        .map(|(_, code, _)| (icmp_unreachable_type(family), *code))
 }
 
 fn icmp_unreachable_type(family: Family) -> u8 {
@@ -180,7 +195,7 @@ fn reject_answer(backend: Backend, family: Family, with: Option<&str>) -> Option
 
 /// How a rule's verdict fits what the kernel did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Fit {
+enum VerdictFit {
     No,
     Yes,
     /// A REJECT, though no answer was seen: the kernel rate-limits ICMP errors
@@ -188,137 +203,28 @@ enum Fit {
     RejectWithoutAnswer,
 }
 
-fn verdict_fit(rule: &Rule, answer: Answer) -> Fit {
-    let mut fit = Fit::No;
-    for verdict in std::iter::once(&rule.verdict).chain(&rule.map_verdicts) {
+fn verdict_fit(rule: &Rule, answer: Answer) -> VerdictFit {
+    let mut fit = VerdictFit::No;
+    for verdict in rule.verdicts() {
         let this = match (verdict, answer) {
-            (Verdict::Drop, Answer::Nothing) => Fit::Yes,
-            (Verdict::Reject { .. }, Answer::Nothing) => Fit::RejectWithoutAnswer,
+            (Verdict::Drop, Answer::Nothing) => VerdictFit::Yes,
+            (Verdict::Reject { .. }, Answer::Nothing) => VerdictFit::RejectWithoutAnswer,
             (Verdict::Reject { with }, sent) => match reject_answer(rule.backend, rule.family, with.as_deref()) {
-                Some(answer) if answer == sent => Fit::Yes,
-                Some(_) => Fit::No,
+                Some(answer) if answer == sent => VerdictFit::Yes,
+                Some(_) => VerdictFit::No,
                 // Unknown answer: it may be this one.
-                None => Fit::Yes,
+                None => VerdictFit::Yes,
             },
-            _ => Fit::No,
+            _ => VerdictFit::No,
         };
-        if this == Fit::Yes {
-            return Fit::Yes;
+        if this == VerdictFit::Yes {
+            return VerdictFit::Yes;
         }
-        if this == Fit::RejectWithoutAnswer {
+        if this == VerdictFit::RejectWithoutAnswer {
             fit = this;
         }
     }
     fit
-}
-
-/// Whether a rule may match the packet: no test it could parse rules the packet out.
-fn may_match(rule: &Rule, packet: &DroppedPacket) -> bool {
-    rule.matches.tests.iter().all(|test| holds(test, packet) != Some(false))
-}
-
-/// `None` when the packet does not tell (no interface known at this hook, no ports).
-fn holds(test: &Test, packet: &DroppedPacket) -> Option<bool> {
-    let plain = match &test.condition {
-        Condition::Family(family) => Some(*family == packet.family),
-        Condition::Proto(protos) => Some(protos.contains(&packet.proto)),
-        // A rule on the other family's addresses never matches, negated or not: nft
-        // checks the family first, iptables keeps the families apart.
-        Condition::Src(ranges) => return addr_holds(ranges, packet.src.ip(), test.negated),
-        Condition::Dst(ranges) => return addr_holds(ranges, packet.dst.ip(), test.negated),
-        Condition::Sport(ranges) => {
-            has_ports(packet.proto).then(|| ranges.iter().any(|r| (r.first..=r.last).contains(&packet.src.port())))
-        }
-        Condition::Dport(ranges) => {
-            has_ports(packet.proto).then(|| ranges.iter().any(|r| (r.first..=r.last).contains(&packet.dst.port())))
-        }
-        Condition::InIface(patterns) => packet.in_iface.as_deref().map(|name| iface_matches(patterns, name)),
-        Condition::OutIface(patterns) => packet.out_iface.as_deref().map(|name| iface_matches(patterns, name)),
-    };
-    plain.map(|result| result != test.negated)
-}
-
-fn has_ports(proto: u8) -> bool {
-    // tcp, udp, dccp, sctp, udplite
-    matches!(proto, 6 | 17 | 33 | 132 | 136)
-}
-
-fn addr_holds(ranges: &[AddrRange], addr: IpAddr, negated: bool) -> Option<bool> {
-    let same_family: Vec<&AddrRange> = ranges.iter().filter(|r| r.first.is_ipv4() == addr.is_ipv4()).collect();
-    if same_family.is_empty() {
-        return Some(false);
-    }
-    let inside = same_family.iter().any(|r| addr_in(r, addr));
-    Some(inside != negated)
-}
-
-fn addr_in(range: &AddrRange, addr: IpAddr) -> bool {
-    let number = |a: IpAddr| match a {
-        IpAddr::V4(v4) => u128::from(u32::from(v4)),
-        IpAddr::V6(v6) => u128::from(v6),
-    };
-    range.last.is_ipv4() == addr.is_ipv4() && (number(range.first)..=number(range.last)).contains(&number(addr))
-}
-
-fn iface_matches(patterns: &[IfacePattern], name: &str) -> bool {
-    patterns.iter().any(|p| {
-        if p.prefix {
-            name.starts_with(&p.name)
-        } else {
-            name == p.name
-        }
-    })
-}
-
-/// The kernel table a chain lives in: jumps stay inside one. iptables-nft and native nft
-/// chains of one nf_tables table (`ip filter`) share it.
-fn table_key(chain: &Chain) -> (bool, Family, String) {
-    match chain.backend {
-        Backend::IptablesLegacy => (true, chain.family, chain.table.clone()),
-        Backend::IptablesNft => {
-            let family = match chain.family {
-                Family::Ipv4 => "ip",
-                Family::Ipv6 => "ip6",
-            };
-            (false, chain.family, format!("{family} {}", chain.table))
-        }
-        Backend::Nftables => (false, chain.family, chain.table.clone()),
-    }
-}
-
-/// Chains a packet of this family at this hook can traverse: the base chains on the hook
-/// and every chain they jump or go to, in snapshot order.
-fn reachable_chains(snapshot: &Snapshot, family: Family, hook: Hook) -> Vec<&Chain> {
-    let mut index: HashMap<((bool, Family, String), &str), usize> = HashMap::new();
-    for (at, chain) in snapshot.chains.iter().enumerate() {
-        index.insert((table_key(chain), chain.name.as_str()), at);
-    }
-    let mut seen: HashSet<usize> = HashSet::new();
-    let mut queue: VecDeque<usize> = VecDeque::new();
-    for (at, chain) in snapshot.chains.iter().enumerate() {
-        if chain.family == family && chain.hook == Some(hook) && seen.insert(at) {
-            queue.push_back(at);
-        }
-    }
-    while let Some(at) = queue.pop_front() {
-        let chain = &snapshot.chains[at];
-        let key = table_key(chain);
-        for rule in &chain.rules {
-            for verdict in std::iter::once(&rule.verdict).chain(&rule.map_verdicts) {
-                let (Verdict::Jump(target) | Verdict::Goto(target)) = verdict else {
-                    continue;
-                };
-                if let Some(&next) = index.get(&(key.clone(), target.as_str())) {
-                    if seen.insert(next) {
-                        queue.push_back(next);
-                    }
-                }
-            }
-        }
-    }
-    let mut reachable: Vec<usize> = seen.into_iter().collect();
-    reachable.sort_unstable();
-    reachable.into_iter().map(|at| &snapshot.chains[at]).collect()
 }
 
 /// How much a counter moved between the snapshots.
@@ -444,7 +350,12 @@ pub fn attribute(before: &Snapshot, after: &Snapshot, packet: &DroppedPacket) ->
     let answer = packet_answer(packet);
     let what = describe_answer(packet.family, answer);
     let place = format!("{} ({})", packet.hook.name(), packet.family.name());
-    let chains = reachable_chains(after, packet.family, packet.hook);
+    // Every chain the packet could have reached, whatever the jumps to it match: what tracer
+    // knows of the packet may differ from what the rules saw (a bridged packet's interface,
+    // its conntrack state), and the counters tell which rule did it.
+    let ruleset = Ruleset::new(after);
+    let chains: Vec<&Chain> =
+        ruleset.reachable(packet.family, packet.hook).into_iter().map(|at| ruleset.chain(at)).collect();
     if chains.is_empty() {
         return Attribution {
             reason: format!("no firewall chain is attached to {place} in any backend read"),
@@ -452,6 +363,7 @@ pub fn attribute(before: &Snapshot, after: &Snapshot, packet: &DroppedPacket) ->
         };
     }
     let before_counters = Before::new(before);
+    let seen = packet.as_seen();
 
     let mut fitting: Vec<(&Rule, Growth)> = Vec::new();
     let mut silent_rejects: Vec<(&Rule, Growth)> = Vec::new();
@@ -460,7 +372,7 @@ pub fn attribute(before: &Snapshot, after: &Snapshot, packet: &DroppedPacket) ->
         for (rule, key) in chain.rules.iter().zip(rule_keys(chain)) {
             rules_checked += 1;
             let fit = verdict_fit(rule, answer);
-            if fit == Fit::No || !may_match(rule, packet) {
+            if fit == VerdictFit::No || eval::fit(rule, &seen) == eval::Fit::No {
                 continue;
             }
             let growth = before_counters.rule_growth(&key, rule.packets);
@@ -468,7 +380,7 @@ pub fn attribute(before: &Snapshot, after: &Snapshot, packet: &DroppedPacket) ->
                 continue;
             }
             match fit {
-                Fit::Yes => fitting.push((rule, growth)),
+                VerdictFit::Yes => fitting.push((rule, growth)),
                 _ => silent_rejects.push((rule, growth)),
             }
         }
@@ -623,6 +535,13 @@ mod tests {
 COMMIT
 ";
 
+    /// One REJECT for DNS in FORWARD, which has not counted anything yet.
+    const FORWARD_REJECT: &str =
+        "*filter\n:FORWARD ACCEPT [0:0]\n[0:0] -A FORWARD -p udp -m udp --dport 53 -j REJECT --reject-with icmp-host-prohibited\nCOMMIT\n";
+    /// A rule's counter before a packet, and after one.
+    const UNCOUNTED: &str = "[0:0] -A";
+    const COUNTED_ONCE: &str = "[1:60] -A";
+
     fn grow(save: &str, changes: &[(&str, &str)]) -> String {
         let mut text = save.to_string();
         for (from, to) in changes {
@@ -680,20 +599,14 @@ COMMIT
 [0:0] -A FORWARD -d 10.96.0.0/12 -j REJECT --reject-with icmp-host-prohibited
 COMMIT
 ";
-        let after = before.replace("[0:0] -A", "[1:60] -A");
+        let after = before.replace(UNCOUNTED, COUNTED_ONCE);
         let attribution = attribute(&nft4(before), &nft4(&after), &dns_packet(HOST_PROHIBITED));
         assert_eq!(attribution.rule, None);
         assert_eq!(
             attribution.candidates.iter().map(|r| r.position).collect::<Vec<_>>(),
             [1, 2]
         );
-        assert!(
-            attribution
-                .reason
-                .starts_with("2 rules rejects with host-prohibited and match the packet (all with counters that grew"),
-            "{}",
-            attribution.reason
-        );
+        assert!(attribution.reason.starts_with("2 rules rejects with host-prohibited and match the packet (all with counters that grew"), "{}", attribution.reason);
         assert!(attribution
             .reason
             .contains("not telling which: iptables-nft filter FORWARD rule 1, iptables-nft filter FORWARD rule 2"));
@@ -720,33 +633,19 @@ COMMIT
             .unwrap_or_else(|| panic!("{}", attribution.reason));
         assert_eq!((policy.table.as_str(), policy.name.as_str()), ("filter", "FORWARD"));
         assert_eq!(attribution.rule, None);
-        assert!(
-            attribution
-                .reason
-                .contains("the DROP policy of iptables-nft filter FORWARD did it: its policy counter grew by 1"),
-            "{}",
-            attribution.reason
-        );
+        assert!(attribution.reason.contains("the DROP policy of iptables-nft filter FORWARD did it: its policy counter grew by 1"), "{}", attribution.reason);
 
         // Nothing moved: nothing is named, and the reason says why.
         let attribution = attribute(&nft4(before), &nft4(before), &dns_packet(None));
         assert_eq!((attribution.rule, attribution.policy), (None, None));
-        assert!(
-            attribution.reason.starts_with("no rule that drops matches the packet"),
-            "{}",
-            attribution.reason
-        );
+        assert!(attribution.reason.starts_with("no rule that drops matches the packet"), "{}", attribution.reason);
     }
 
     #[test]
     fn a_reject_without_an_answer_is_named_when_nothing_else_fits() {
         // ICMP errors are rate limited: a REJECT may drop without answering.
-        let before = "*filter
-:FORWARD ACCEPT [0:0]
-[0:0] -A FORWARD -p udp -m udp --dport 53 -j REJECT --reject-with icmp-host-prohibited
-COMMIT
-";
-        let after = before.replace("[0:0] -A", "[1:60] -A");
+        let before = FORWARD_REJECT;
+        let after = before.replace(UNCOUNTED, COUNTED_ONCE);
         let attribution = attribute(&nft4(before), &nft4(&after), &dns_packet(None));
         assert_eq!(attribution.rule.map(|r| r.position), Some(1));
         assert!(attribution.reason.contains("rate-limits"), "{}", attribution.reason);
@@ -765,15 +664,11 @@ COMMIT
 [0:0] -A ONLY-INPUT -p udp -m udp --dport 53 -j REJECT --reject-with icmp-host-prohibited
 COMMIT
 ";
-        let after = before.replace("[0:0] -A", "[1:60] -A");
+        let after = before.replace(UNCOUNTED, COUNTED_ONCE);
         let attribution = attribute(&nft4(before), &nft4(&after), &dns_packet(HOST_PROHIBITED));
         let rule = attribution.rule.unwrap_or_else(|| panic!("{}", attribution.reason));
         assert_eq!((rule.chain.as_str(), rule.position), ("KUBE-FORWARD", 1));
-        assert!(
-            attribution.reason.contains("2 chains reachable from FORWARD"),
-            "{}",
-            attribution.reason
-        );
+        assert!(attribution.reason.contains("2 chains reachable from FORWARD"), "{}", attribution.reason);
 
         // The jump needs the input interface; from another one KUBE-FORWARD is reached
         // still (the jump is not evaluated), but its rule is the only candidate anyway.
@@ -787,12 +682,8 @@ COMMIT
 
     #[test]
     fn each_backend_is_told_apart() {
-        let save = "*filter
-:FORWARD ACCEPT [0:0]
-[0:0] -A FORWARD -p udp -m udp --dport 53 -j REJECT --reject-with icmp-host-prohibited
-COMMIT
-";
-        let grown = save.replace("[0:0] -A", "[1:60] -A");
+        let save = FORWARD_REJECT;
+        let grown = save.replace(UNCOUNTED, COUNTED_ONCE);
         let mut before = nft4(save);
         before
             .chains
@@ -836,13 +727,7 @@ COMMIT
             rule.text,
             "ip daddr 10.96.0.10 udp dport 53 counter reject with icmp host-prohibited"
         );
-        assert!(
-            attribution
-                .reason
-                .starts_with("nftables inet tr-native forward_hook rule 1 (handle 4) is the only rule"),
-            "{}",
-            attribution.reason
-        );
+        assert!(attribution.reason.starts_with("nftables inet tr-native forward_hook rule 1 (handle 4) is the only rule"), "{}", attribution.reason);
 
         // IPv6 through the jump: icmpx admin-prohibited is ICMPv6 type 1 code 1 there.
         let after = NFT_BEFORE.replace(
@@ -871,11 +756,7 @@ COMMIT
         let attribution = attribute(&nft(NFT_BEFORE), &nft(NFT_BEFORE), &packet);
         let rule = attribution.rule.unwrap_or_else(|| panic!("{}", attribution.reason));
         assert_eq!(rule.handle, Some(6));
-        assert!(
-            attribution.reason.ends_with("it has no counter to confirm it"),
-            "{}",
-            attribution.reason
-        );
+        assert!(attribution.reason.ends_with("it has no counter to confirm it"), "{}", attribution.reason);
 
         // With a counted DROP that moved beside it, both are listed.
         let mut before = nft(NFT_BEFORE);
@@ -884,15 +765,11 @@ COMMIT
         let mut after = nft(NFT_BEFORE);
         after
             .chains
-            .extend(nft4(&counted.replace("[0:0] -A", "[1:60] -A")).chains);
+            .extend(nft4(&counted.replace(UNCOUNTED, COUNTED_ONCE)).chains);
         let attribution = attribute(&before, &after, &packet);
         assert_eq!(attribution.rule, None);
         assert_eq!(attribution.candidates.len(), 2);
-        assert!(
-            attribution.reason.contains("1 of them without a counter"),
-            "{}",
-            attribution.reason
-        );
+        assert!(attribution.reason.contains("1 of them without a counter"), "{}", attribution.reason);
     }
 
     #[test]
@@ -905,7 +782,7 @@ COMMIT
 [0:0] -A INPUT -p tcp -j REJECT --reject-with icmp-port-unreachable
 COMMIT
 ";
-        let after = before.replace("[0:0] -A", "[1:60] -A");
+        let after = before.replace(UNCOUNTED, COUNTED_ONCE);
         let packet = DroppedPacket {
             hook: Hook::LocalIn,
             proto: 6,
@@ -933,35 +810,17 @@ COMMIT
 
     #[test]
     fn reject_names() {
-        let v4 = [
-            (0, "net-unreachable"),
-            (1, "host-unreachable"),
-            (3, "port-unreachable"),
-            (9, "net-prohibited"),
-            (10, "host-prohibited"),
-            (13, "admin-prohibited"),
-        ];
+        let v4 = [(0, "net-unreachable"), (1, "host-unreachable"), (3, "port-unreachable"), (9, "net-prohibited"), (10, "host-prohibited"), (13, "admin-prohibited")];
         for (code, name) in v4 {
             assert_eq!(reject_name(Family::Ipv4, 3, code), Some(name));
             let with = format!("icmp-{name}");
-            assert_eq!(
-                reject_answer(Backend::IptablesLegacy, Family::Ipv4, Some(&with)),
-                Some(Answer::Icmp(3, code))
-            );
+            assert_eq!(reject_answer(Backend::IptablesLegacy, Family::Ipv4, Some(&with)), Some(Answer::Icmp(3, code)));
         }
-        let v6 = [
-            (0, "no-route"),
-            (1, "adm-prohibited"),
-            (3, "addr-unreachable"),
-            (4, "port-unreachable"),
-        ];
+        let v6 = [(0, "no-route"), (1, "adm-prohibited"), (3, "addr-unreachable"), (4, "port-unreachable")];
         for (code, name) in v6 {
             assert_eq!(reject_name(Family::Ipv6, 1, code), Some(name));
             let with = format!("icmp6-{name}");
-            assert_eq!(
-                reject_answer(Backend::IptablesNft, Family::Ipv6, Some(&with)),
-                Some(Answer::Icmp(1, code))
-            );
+            assert_eq!(reject_answer(Backend::IptablesNft, Family::Ipv6, Some(&with)), Some(Answer::Icmp(1, code)));
         }
         assert_eq!(reject_name(Family::Ipv4, 1, 10), None);
         assert_eq!(reject_name(Family::Ipv6, 3, 10), None);
@@ -1085,11 +944,7 @@ COMMIT
             "{}",
             attribution.reason
         );
-        assert!(
-            attribution.reason.contains("its counter grew by 1"),
-            "{}",
-            attribution.reason
-        );
+        assert!(attribution.reason.contains("its counter grew by 1"), "{}", attribution.reason);
     }
 
     #[test]

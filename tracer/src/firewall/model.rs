@@ -1,0 +1,308 @@
+//! The firewall as tracer models it: chains of rules with what each matches, its verdict
+//! and its counter, whichever backend they came from. Both parsers produce these types and
+//! the evaluator walks them.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::model::hook::{Family, Hook};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    IptablesNft,
+    IptablesLegacy,
+    Nftables,
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::IptablesNft => "iptables-nft",
+            Backend::IptablesLegacy => "iptables-legacy",
+            Backend::Nftables => "nftables",
+        }
+    }
+
+    /// The iptables program that manages this backend's rules of `family`, by its exact
+    /// name: on a node with both iptables backends, plain `iptables` is only one of them.
+    /// (nftables rules are edited with nft; callers handle that backend themselves.)
+    pub fn iptables_command(self, family: Family) -> &'static str {
+        match (self, family) {
+            (Backend::IptablesLegacy, Family::Ipv4) => "iptables-legacy",
+            (Backend::IptablesLegacy, Family::Ipv6) => "ip6tables-legacy",
+            (Backend::IptablesNft | Backend::Nftables, Family::Ipv4) => "iptables-nft",
+            (Backend::IptablesNft | Backend::Nftables, Family::Ipv6) => "ip6tables-nft",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum Verdict {
+    Accept,
+    Drop,
+    /// `with` is the answer as the tool spells it: iptables `icmp-host-prohibited`,
+    /// `tcp-reset`; nftables `icmp host-prohibited`, `icmpv6 admin-prohibited`,
+    /// `icmpx port-unreachable`, `tcp reset`. `None` only for an iptables-nft REJECT seen
+    /// through nft, which does not show the target's options.
+    Reject {
+        with: Option<String>,
+    },
+    Jump(String),
+    Goto(String),
+    Return,
+    /// Any other target or terminal statement as written (`DNAT --to-destination ...`,
+    /// `masquerade`); `continue` for a rule without one (it only counts, logs or marks).
+    Other(String),
+}
+
+/// An inclusive range of addresses (a CIDR, a single address or an nft range).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AddrRange {
+    pub first: IpAddr,
+    pub last: IpAddr,
+}
+
+impl AddrRange {
+    pub fn single(addr: IpAddr) -> AddrRange {
+        AddrRange {
+            first: addr,
+            last: addr,
+        }
+    }
+
+    /// `None` for a prefix longer than the address.
+    pub fn cidr(addr: IpAddr, prefix: u8) -> Option<AddrRange> {
+        let bits: u32 = if addr.is_ipv4() { 32 } else { 128 };
+        let host_bits = bits.checked_sub(u32::from(prefix))?;
+        let host = u128::MAX.checked_shr(128 - host_bits).unwrap_or(0);
+        let number = addr_number(addr);
+        Some(AddrRange {
+            first: same_family_addr(addr, number & !host)?,
+            last: same_family_addr(addr, number | host)?,
+        })
+    }
+
+    /// Whether `addr` lies in the range; never for an address of the other family.
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        self.first.is_ipv4() == addr.is_ipv4()
+            && self.last.is_ipv4() == addr.is_ipv4()
+            && (addr_number(self.first)..=addr_number(self.last)).contains(&addr_number(addr))
+    }
+}
+
+/// An address as a number, so ranges of both families compare alike.
+fn addr_number(addr: IpAddr) -> u128 {
+    match addr {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+/// The address numbered `number` in the family of `like`; `None` when it does not fit.
+fn same_family_addr(like: IpAddr, number: u128) -> Option<IpAddr> {
+    Some(match like {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(u32::try_from(number).ok()?)),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::from(number)),
+    })
+}
+
+/// An inclusive port range; a single port has `first == last`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+/// An interface name; `prefix` for iptables `eth+` / nft `"eth*"`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct IfacePattern {
+    pub name: String,
+    pub prefix: bool,
+}
+
+/// One condition a rule puts on a packet. A list means "any of these".
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum Condition {
+    /// nft `meta nfproto`, or implied by `ip`/`ip6`/`icmp`/`icmpv6` payload matches in an
+    /// inet table.
+    Family(Family),
+    /// IP protocol numbers.
+    Proto(Vec<u8>),
+    Src(Vec<AddrRange>),
+    Dst(Vec<AddrRange>),
+    Sport(Vec<PortRange>),
+    Dport(Vec<PortRange>),
+    InIface(Vec<IfacePattern>),
+    OutIface(Vec<IfacePattern>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Test {
+    pub negated: bool,
+    pub condition: Condition,
+}
+
+/// What a rule matches, as far as it could be understood. A packet fits the rule only if
+/// every test holds; `unparsed` conditions (conntrack state, marks, ...) cannot be checked
+/// against a packet and so count as "may match".
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RuleMatches {
+    pub tests: Vec<Test>,
+    pub unparsed: Vec<String>,
+}
+
+impl RuleMatches {
+    pub(super) fn test(&mut self, negated: bool, condition: Condition) {
+        self.tests.push(Test { negated, condition });
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Rule {
+    pub backend: Backend,
+    pub family: Family,
+    /// iptables: `filter`, `nat`, ...; nftables: family and name as nft names the table,
+    /// e.g. `inet fw` (nft table names are only unique within a family).
+    pub table: String,
+    pub chain: String,
+    /// 1-based, as `iptables -L CHAIN --line-numbers` numbers it; for nft the position in
+    /// the chain.
+    pub position: u32,
+    /// The nf_tables rule handle (nftables and iptables-nft rules).
+    pub handle: Option<u64>,
+    /// iptables: the `-A CHAIN ...` line as iptables-save prints it, without counters;
+    /// nft: the rule in nft syntax, stateless (`counter` without values, as `nft -s`
+    /// prints it), so the text of a rule stays the same while its counter moves.
+    pub text: String,
+    pub verdict: Verdict,
+    /// Verdicts an nft verdict map in the rule can choose (`ip daddr vmap { ... }`);
+    /// empty for other rules.
+    pub map_verdicts: Vec<Verdict>,
+    pub matches: RuleMatches,
+    /// `None` when the rule has no counter (a native nft rule without `counter`).
+    pub packets: Option<u64>,
+    pub bytes: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Chain {
+    pub backend: Backend,
+    pub family: Family,
+    pub table: String,
+    pub name: String,
+    /// `None` for a chain only reached by jumps (iptables user chains, nft regular chains).
+    pub hook: Option<Hook>,
+    pub policy: Option<Verdict>,
+    /// Packets the policy decided (iptables only; nft keeps no policy counter).
+    pub policy_packets: Option<u64>,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Snapshot {
+    pub chains: Vec<Chain>,
+    /// A backend that is in use but could not be read, one line each.
+    pub errors: Vec<String>,
+}
+
+impl Rule {
+    /// The verdicts the rule can give: its own, and those its verdict map can choose.
+    pub fn verdicts(&self) -> impl Iterator<Item = &Verdict> {
+        std::iter::once(&self.verdict).chain(&self.map_verdicts)
+    }
+
+    /// The command that shows the rule with its neighbours.
+    pub fn show_command(&self) -> String {
+        match self.backend {
+            Backend::Nftables => format!("nft -a list chain {} {}", self.table, self.chain),
+            backend => format!("{} -t {} -L {} -v -n --line-numbers", backend.iptables_command(self.family), self.table, self.chain),
+        }
+    }
+
+    /// The command that deletes exactly this rule: by its specification (iptables) or its
+    /// handle (nftables), never by its position, which the next resync of kube-proxy or a
+    /// firewall manager may have shifted by the time someone runs it.
+    pub fn delete_command(&self) -> String {
+        match self.backend {
+            Backend::Nftables => {
+                let handle = self.handle.map(|h| h.to_string()).unwrap_or_else(|| "<handle from nft -a list ruleset>".to_string());
+                format!("nft delete rule {} {} handle {handle}", self.table, self.chain)
+            }
+            backend => {
+                let append = format!("-A {} ", self.chain);
+                let spec = self.text.strip_prefix(&append).unwrap_or(&self.text);
+                format!("{} -t {} -D {} {spec}", backend.iptables_command(self.family), self.table, self.chain)
+            }
+        }
+    }
+}
+
+/// How nf_tables names the table family of `family` (`ip`, `ip6`).
+pub(crate) fn nft_family_name(family: Family) -> &'static str {
+    match family {
+        Family::Ipv4 => "ip",
+        Family::Ipv6 => "ip6",
+    }
+}
+
+/// IP protocol number of a name or number; `Some(None)` for "any".
+pub(crate) fn protocol_number(name: &str) -> Option<Option<u8>> {
+    let number = match name.to_ascii_lowercase().as_str() {
+        "all" | "any" => return Some(None),
+        "icmp" => 1,
+        "igmp" => 2,
+        "ipip" | "ipencap" => 4,
+        "tcp" => 6,
+        "udp" => 17,
+        "ipv6" => 41,
+        "gre" => 47,
+        "esp" => 50,
+        "ah" => 51,
+        "icmpv6" | "ipv6-icmp" | "icmp6" => 58,
+        "ospf" | "ospfigp" => 89,
+        "pim" => 103,
+        "vrrp" => 112,
+        "l2tp" => 115,
+        "sctp" => 132,
+        "udplite" => 136,
+        "dccp" => 33,
+        "comp" => 108,
+        other => other.parse().ok()?,
+    };
+    Some(Some(number))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(addr: &str, prefix: u8) -> Option<(String, String)> {
+        let range = AddrRange::cidr(addr.parse().expect("addr"), prefix)?;
+        Some((range.first.to_string(), range.last.to_string()))
+    }
+
+    #[test]
+    fn a_cidr_covers_its_prefix_in_either_family() {
+        let pair = |a: &str, b: &str| Some((a.to_string(), b.to_string()));
+        assert_eq!(range("10.1.2.3", 8), pair("10.0.0.0", "10.255.255.255"));
+        assert_eq!(range("10.1.2.3", 0), pair("0.0.0.0", "255.255.255.255"));
+        assert_eq!(range("10.1.2.3", 32), pair("10.1.2.3", "10.1.2.3"));
+        assert_eq!(range("10.1.2.3", 33), None);
+        assert_eq!(range("fd00::1:2", 64), pair("fd00::", "fd00::ffff:ffff:ffff:ffff"));
+        assert_eq!(range("fd00::1", 0), pair("::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"));
+        assert_eq!(range("fd00::1", 129), None);
+
+        let net = AddrRange::cidr("10.0.0.0".parse().expect("addr"), 8).expect("cidr");
+        assert!(net.contains("10.9.9.9".parse().expect("addr")));
+        assert!(!net.contains("11.0.0.0".parse().expect("addr")));
+        assert!(!net.contains("::a00:1".parse().expect("addr")), "never an address of the other family");
+    }
+}
