@@ -8,6 +8,7 @@ pub mod findings;
 pub mod firewall;
 pub mod kernel;
 pub mod model;
+pub mod netns;
 pub mod node;
 pub mod pipeline;
 pub mod render;

@@ -19,9 +19,9 @@ use crate::firewall::{
     Backend, Chain, Family, Hook, Rule, Snapshot, Verdict,
 };
 
-/// A packet netfilter dropped, as the kernel programs saw it at the hook.
+/// A packet netfilter dropped, as the hook saw it: what a rule could have matched on.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct DroppedPacket {
+pub struct HookDrop {
     pub family: Family,
     pub hook: Hook,
     /// IP protocol number.
@@ -36,7 +36,7 @@ pub struct DroppedPacket {
     pub tcp_reset: bool,
 }
 
-impl DroppedPacket {
+impl HookDrop {
     /// The packet as the firewall evaluator takes it: all of it is known but the interfaces
     /// the hook did not have.
     fn as_seen(&self) -> eval::Packet<'_> {
@@ -131,7 +131,7 @@ enum Answer {
     Nothing,
 }
 
-fn packet_answer(packet: &DroppedPacket) -> Answer {
+fn packet_answer(packet: &HookDrop) -> Answer {
     if packet.tcp_reset {
         Answer::TcpReset
     } else if let Some((icmp_type, code)) = packet.icmp {
@@ -346,7 +346,7 @@ fn describe_growth(growth: Growth, what: &str) -> String {
 
 /// Names the rule (or the chain policy) that dropped `packet`, comparing the counters of
 /// `before` and `after`. The rulesets are those of `after`.
-pub fn attribute(before: &Snapshot, after: &Snapshot, packet: &DroppedPacket) -> Attribution {
+pub fn attribute(before: &Snapshot, after: &Snapshot, packet: &HookDrop) -> Attribution {
     let answer = packet_answer(packet);
     let what = describe_answer(packet.family, answer);
     let place = format!("{} ({})", packet.hook.name(), packet.family.name());
@@ -480,7 +480,10 @@ fn decide_rules(fitting: &[(&Rule, Growth)], what: &str, scope: &str) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::firewall::{parse_iptables_save, parse_nft_json, test_netns::Netns};
+    use crate::{
+        firewall::{parse_iptables_save, parse_nft_json},
+        netns::scratch::Netns,
+    };
 
     fn iptables(backend: Backend, family: Family, save: &str) -> Snapshot {
         Snapshot {
@@ -494,8 +497,8 @@ mod tests {
     }
 
     /// A UDP packet to port 53 forwarded from veth-client to eth0.
-    fn dns_packet(icmp: Option<(u8, u8)>) -> DroppedPacket {
-        DroppedPacket {
+    fn dns_packet(icmp: Option<(u8, u8)>) -> HookDrop {
+        HookDrop {
             family: Family::Ipv4,
             hook: Hook::Forward,
             proto: 17,
@@ -734,7 +737,7 @@ COMMIT
             r#""packets": 0, "bytes": 0}}, {"reject": {"type": "icmpx""#,
             r#""packets": 1, "bytes": 80}}, {"reject": {"type": "icmpx""#,
         );
-        let packet = DroppedPacket {
+        let packet = HookDrop {
             family: Family::Ipv6,
             src: "[fd00::5]:41234".parse().unwrap(),
             dst: "[fd00::10]:53".parse().unwrap(),
@@ -783,7 +786,7 @@ COMMIT
 COMMIT
 ";
         let after = before.replace(UNCOUNTED, COUNTED_ONCE);
-        let packet = DroppedPacket {
+        let packet = HookDrop {
             hook: Hook::LocalIn,
             proto: 6,
             dst: "10.0.0.1:22".parse().unwrap(),
@@ -893,7 +896,7 @@ COMMIT
             std::thread::sleep(std::time::Duration::from_millis(100));
             let after = self.node.run(crate::firewall::snapshot);
             assert!(after.errors.is_empty(), "{:?}", after.errors);
-            let packet = DroppedPacket {
+            let packet = HookDrop {
                 family: Family::Ipv4,
                 hook: Hook::Forward,
                 proto: 17,

@@ -35,7 +35,7 @@ pub fn judge_drop(dropped: &DroppedPacket, context: &DropContext, before: &Snaps
         .icmp
         .as_ref()
         .map(|i| answer_name(family, i.icmp_type, i.icmp_code));
-    let packet = attribution::DroppedPacket {
+    let packet = attribution::HookDrop {
         family,
         hook: pass.hook,
         proto: dropped.drop.l4_proto.number(),
@@ -113,7 +113,7 @@ fn culprit(attribution: &Attribution) -> String {
 }
 
 
-fn fix_commands(attribution: &Attribution, packet: &attribution::DroppedPacket, proto: &str) -> Vec<String> {
+fn fix_commands(attribution: &Attribution, packet: &attribution::HookDrop, proto: &str) -> Vec<String> {
     let port = packet.dst.port();
     let allow_match = format!("-p {proto} -d {} --dport {port}", packet.dst.ip());
     if let Some(rule) = &attribution.rule {

@@ -21,8 +21,6 @@ mod snapshot;
 
 #[cfg(test)]
 mod fixtures;
-#[cfg(test)]
-pub(crate) mod test_netns;
 
 pub use iptables::parse_iptables_save;
 pub use model::{

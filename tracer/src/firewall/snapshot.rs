@@ -230,7 +230,7 @@ mod tests {
     use super::*;
     use crate::firewall::fixtures::reject_with;
     use crate::firewall::model::{Chain, Hook, Verdict};
-    use crate::firewall::test_netns::Netns;
+    use crate::netns::scratch::Netns;
 
     fn names(snapshot: &Snapshot) -> Vec<String> {
         snapshot

@@ -139,7 +139,7 @@ fn pinned_namespaces(dir: &Path) -> io::Result<Vec<(String, u64, PathBuf)>> {
 pub fn in_namespace<T: Send>(netns: &Netns, read: impl FnOnce() -> T + Send) -> Result<T> {
     match &netns.path {
         None => Ok(read()),
-        Some(path) => super::netns::run_in(path, read),
+        Some(path) => crate::netns::run_in(path, read),
     }
 }
 

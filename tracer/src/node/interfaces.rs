@@ -385,41 +385,8 @@ fn set_receive_timeout(socket: &Socket, timeout: Duration) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netns::scratch::Netns;
     use std::process::Command;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    /// A network namespace of our own, deleted on drop even when the test fails.
-    struct Netns {
-        name: String,
-    }
-
-    impl Netns {
-        fn new() -> Netns {
-            static NEXT: AtomicUsize = AtomicUsize::new(0);
-            let name = format!(
-                "tr-if-{}-{}",
-                std::process::id(),
-                NEXT.fetch_add(1, Ordering::Relaxed)
-            );
-            ip(&["netns", "add", &name]);
-            Netns { name }
-        }
-
-        /// Runs `body` on a fresh thread that has entered this namespace, so the test harness's own
-        /// threads stay where they are.
-        fn run<F: FnOnce(&str) + Send + 'static>(&self, body: F) {
-            let path = std::path::PathBuf::from(format!("/run/netns/{}", self.name));
-            crate::node::netns::run_in(&path, || body(&self.name)).expect("enter the namespace");
-        }
-    }
-
-    impl Drop for Netns {
-        fn drop(&mut self) {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.name])
-                .status();
-        }
-    }
 
     fn ip(args: &[&str]) {
         let out = Command::new("ip").args(args).output().expect("run ip");
@@ -476,7 +443,8 @@ mod tests {
     #[test]
     fn names_masters_and_bridges_follow_changes() {
         let netns = Netns::new();
-        netns.run(|ns| {
+        netns.run(|| {
+            let ns = netns.name.as_str();
             let mut ifs = Interfaces::open().unwrap();
             // A fresh namespace holds only lo, always ifindex 1.
             assert_eq!(ifs.name(1).as_deref(), Some("lo"));
@@ -558,7 +526,8 @@ mod tests {
     #[test]
     fn reused_ifindex_shows_the_new_interface() {
         let netns = Netns::new();
-        netns.run(|ns| {
+        netns.run(|| {
+            let ns = netns.name.as_str();
             let mut ifs = Interfaces::open().unwrap();
             ipn(ns, &["link", "add", "br-old", "type", "bridge"]);
             let index = ifindex(ns, "br-old");
@@ -585,7 +554,8 @@ mod tests {
     #[test]
     fn lost_notifications_trigger_a_dump() {
         let netns = Netns::new();
-        netns.run(|ns| {
+        netns.run(|| {
+            let ns = netns.name.as_str();
             let mut ifs = Interfaces::open().unwrap();
             // The smallest receive buffer the kernel allows, then far more notifications than fit.
             ifs.events.set_rx_buf_sz(0i32).unwrap();
@@ -624,7 +594,8 @@ mod tests {
     #[test]
     fn misses_redump_at_a_limited_rate() {
         let netns = Netns::new();
-        netns.run(|ns| {
+        netns.run(|| {
+            let ns = netns.name.as_str();
             let mut ifs = Interfaces::open().unwrap();
             // Drop the notification socket's subscription so only a dump can learn of new links.
             ifs.events.drop_membership(RTNLGRP_LINK).unwrap();
@@ -648,7 +619,8 @@ mod tests {
     #[test]
     fn dump_covers_many_link_kinds() {
         let netns = Netns::new();
-        netns.run(|ns| {
+        netns.run(|| {
+            let ns = netns.name.as_str();
             ipn(ns, &["link", "add", "br0", "type", "bridge"]);
             ipn(
                 ns,

@@ -3,5 +3,4 @@
 
 pub mod checks;
 pub mod interfaces;
-pub mod netns;
 pub mod sysctl;

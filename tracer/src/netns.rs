@@ -1,0 +1,116 @@
+//! Running code in another network namespace. setns(2) with CLONE_NEWNET moves only the
+//! calling thread, so the code runs on a thread of its own that enters the namespace first:
+//! the caller's threads (the watch loop, the test harness) stay where they are, and the
+//! switch ends with the thread.
+
+use std::{fs::File, io, os::fd::AsRawFd, path::Path};
+
+use anyhow::{anyhow, Context, Result};
+
+/// Runs `body` on a new thread inside the namespace pinned at `path` (e.g.
+/// `/run/netns/NAME`); sockets it opens and programs it starts belong to that namespace.
+/// A panic in `body` is passed on to the caller.
+pub fn run_in<T: Send>(path: &Path, body: impl FnOnce() -> T + Send) -> Result<T> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                // SAFETY: a valid namespace fd; CLONE_NEWNET moves only this thread.
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(anyhow!(io::Error::last_os_error()).context(format!("entering network namespace {}", path.display())));
+                }
+                Ok(body())
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// Network namespaces for tests that touch real interfaces and firewalls: each test gets
+/// its own, deleted on drop even when the test fails, so nothing leaks into the host.
+#[cfg(test)]
+pub(crate) mod scratch {
+    use std::process::Command;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    pub struct Netns {
+        pub name: String,
+    }
+
+    impl Netns {
+        pub fn new() -> Netns {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let name = format!("tr-ns-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+            let out = Command::new("ip")
+                .args(["netns", "add", &name])
+                .output()
+                .expect("run ip");
+            assert!(
+                out.status.success(),
+                "ip netns add {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let netns = Netns { name };
+            netns.sh("ip link set lo up");
+            netns
+        }
+
+        /// Runs a shell script inside the namespace; panics with its output when it fails.
+        pub fn sh(&self, script: &str) -> String {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &self.name, "sh", "-ec", script])
+                .output()
+                .expect("run ip netns exec");
+            assert!(
+                out.status.success(),
+                "in {}: {script}\n{}{}",
+                self.name,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+
+        /// Loads an nft ruleset file into the namespace.
+        pub fn nft(&self, ruleset: &str) {
+            let path = std::env::temp_dir().join(format!("{}.nft", self.name));
+            std::fs::write(&path, ruleset).expect("write ruleset");
+            let result = Command::new("ip")
+                .args(["netns", "exec", &self.name, "nft", "-f"])
+                .arg(&path)
+                .output()
+                .expect("run nft");
+            let _ = std::fs::remove_file(&path);
+            assert!(
+                result.status.success(),
+                "nft -f: {}",
+                String::from_utf8_lossy(&result.stderr)
+            );
+        }
+
+        /// Runs `body` on a thread of its own that has entered the namespace: the tools
+        /// snapshot() starts inherit it, and the test harness's threads stay where they are.
+        pub fn run<T: Send>(&self, body: impl FnOnce() -> T + Send) -> T {
+            let path = std::path::PathBuf::from(format!("/run/netns/{}", self.name));
+            super::run_in(&path, body).expect("enter the namespace")
+        }
+
+        /// Sends UDP datagrams from inside the namespace (they may be refused: the firewall
+        /// under test drops them).
+        pub fn send_udp(&self, to: std::net::SocketAddr, count: usize) {
+            self.run(|| {
+                let bind = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+                let socket = std::net::UdpSocket::bind(bind).expect("bind");
+                for _ in 0..count {
+                    let _ = socket.send_to(b"tracer", to);
+                }
+            })
+        }
+    }
+
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        }
+    }
+}
