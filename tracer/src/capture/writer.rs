@@ -460,7 +460,7 @@ pub(crate) mod tests {
         ];
         let src: SocketAddr = "10.244.0.5:40001".parse().expect("literal");
         let dst: SocketAddr = "10.244.0.7:53".parse().expect("literal");
-        let drop = DropEvent { loss: Default::default(), timestamp_ns: 9_000_000, skb_id: 9, netns_inode: 1, ifindex: 4, reason: 12, location: 77, family: Family::Ipv4, l4_proto: L4Proto::Udp, src, dst };
+        let drop = DropEvent { ifindex: 4, location: 77, ..DropEvent::example(9, 9_000_000, src, dst) };
         let icmp = IcmpEvent { loss: Default::default(), timestamp_ns: 9_000_001, skb_id: 9, ifindex: 4, icmp_type: 3, icmp_code: 10, l4_proto: L4Proto::Udp, src, dst };
         let mut stopped = hook(Hook::Forward, dnat_entry(2));
         stopped.left = false;
@@ -554,22 +554,28 @@ pub(crate) mod tests {
         std::env::temp_dir().join(format!("tracer-writer-test-{}-{name}", std::process::id()))
     }
 
-    #[test]
-    fn report_of_a_capture_prints_what_the_watch_printed() {
-        let path = temp_path("roundtrip.pcapng");
+    /// Plays the scenario into JSON and a capture file, as a watch with `--write` would,
+    /// then reports the file: the live lines, how the report ended, the replayed lines.
+    fn watch_then_report(name: &str, witness: &mut dyn crate::pipeline::loss::LossWitness) -> (String, Ending, String) {
+        let path = temp_path(name);
         let mut live = Vec::new();
         {
             let writer = PcapngWriter::to_file(File::create(&path).expect("create"), &info()).expect("header");
             let mut tee = Tee::new(Box::new(JsonOutput::new(&mut live)), Some((Box::new(writer), "test".to_string())));
-            play(&mut tee);
+            play_with(&mut tee, witness);
             assert!(tee.warning.is_none());
         }
         let report = Report::open(&path).expect("open");
         let mut replayed = Vec::new();
         let ending = report.run(&mut JsonOutput::new(&mut replayed));
         std::fs::remove_file(&path).ok();
+        (String::from_utf8_lossy(&live).into_owned(), ending, String::from_utf8_lossy(&replayed).into_owned())
+    }
+
+    #[test]
+    fn report_of_a_capture_prints_what_the_watch_printed() {
+        let (live, ending, replayed) = watch_then_report("roundtrip.pcapng", &mut NothingLost);
         let Ending::Finished { error: None, .. } = ending else { panic!("the report should read the whole file") };
-        let (live, replayed) = (String::from_utf8_lossy(&live), String::from_utf8_lossy(&replayed));
         assert_eq!(live.lines().collect::<Vec<_>>(), replayed.lines().collect::<Vec<_>>());
         assert!(live.contains("\"kind\":\"conntrack_skip\""), "{live}");
         assert!(live.contains("\"netfilter_reject\":2"), "the repeat drop is counted: {live}");
@@ -586,19 +592,8 @@ pub(crate) mod tests {
 
     #[test]
     fn a_finding_the_watch_could_not_confirm_is_not_stated_by_the_report_either() {
-        let path = temp_path("unconfirmed.pcapng");
-        let mut live = Vec::new();
-        {
-            let writer = PcapngWriter::to_file(File::create(&path).expect("create"), &info()).expect("header");
-            let mut tee = Tee::new(Box::new(JsonOutput::new(&mut live)), Some((Box::new(writer), "test".to_string())));
-            play_with(&mut tee, &mut EverythingLost);
-        }
-        let report = Report::open(&path).expect("open");
-        let mut replayed = Vec::new();
-        let ending = report.run(&mut JsonOutput::new(&mut replayed));
-        std::fs::remove_file(&path).ok();
+        let (_, ending, replayed) = watch_then_report("unconfirmed.pcapng", &mut EverythingLost);
         let Ending::Finished { summary: Some(summary), error: None, .. } = ending else { panic!("the report should read the whole file") };
-        let replayed = String::from_utf8_lossy(&replayed);
         assert!(!replayed.contains("\"kind\":\"conntrack_skip\""), "{replayed}");
         assert_eq!(summary.unconfirmed_counts, [(FindingKind::ConntrackSkip, 1)].into());
     }

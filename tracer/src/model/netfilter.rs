@@ -85,6 +85,26 @@ pub struct HookPass {
     pub out_ifindex: u32,
 }
 
+#[cfg(test)]
+impl DropEvent {
+    /// A UDP packet dropped with reason 12 on ifindex 2 of namespace 1, for tests.
+    pub fn example(skb_id: u64, timestamp_ns: u64, src: SocketAddr, dst: SocketAddr) -> DropEvent {
+        DropEvent {
+            timestamp_ns,
+            skb_id,
+            loss: Default::default(),
+            netns_inode: 1,
+            ifindex: 2,
+            reason: 12,
+            location: 0,
+            family: if src.is_ipv4() { Family::Ipv4 } else { Family::Ipv6 },
+            l4_proto: L4Proto::Udp,
+            src,
+            dst,
+        }
+    }
+}
+
 impl HookPass {
     pub fn nat(&self) -> Vec<Nat> {
         match &self.conntrack {

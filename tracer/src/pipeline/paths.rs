@@ -131,7 +131,7 @@ mod tests {
     use super::*;
     use crate::model::{
         hook::{Family, Hook},
-        packet::{Conntrack, L4Proto},
+        packet::Conntrack,
     };
 
     fn hook_event(skb_id: u64, at: u64, hook: Hook, early: bool) -> HookEvent {
@@ -150,19 +150,7 @@ mod tests {
     }
 
     fn drop_event(skb_id: u64) -> DropEvent {
-        DropEvent {
-            timestamp_ns: 10,
-            skb_id,
-            loss: Default::default(),
-            netns_inode: 1,
-            ifindex: 2,
-            reason: 12,
-            location: 0,
-            family: Family::Ipv4,
-            l4_proto: L4Proto::Udp,
-            src: "10.244.0.5:40000".parse().expect("literal"),
-            dst: "10.244.0.7:53".parse().expect("literal"),
-        }
+        DropEvent::example(skb_id, 10, "10.244.0.5:40000".parse().expect("literal"), "10.244.0.7:53".parse().expect("literal"))
     }
 
     #[test]

@@ -220,7 +220,7 @@ mod tests {
         model::{
             hook::Family,
             netfilter::{DropEvent, HookPass},
-            packet::{Conntrack, L4Proto, Verdict},
+            packet::{Conntrack, Verdict},
         },
         pipeline::{
             paths::DroppedPacket,
@@ -247,19 +247,7 @@ mod tests {
     fn dropped(src: &str, path: Vec<HookPass>) -> DroppedPacket {
         DroppedPacket {
             loss: Default::default(),
-            drop: DropEvent {
-                loss: Default::default(),
-                timestamp_ns: 5,
-                skb_id: 9,
-                netns_inode: 1,
-                ifindex: 2,
-                reason: 12,
-                location: 0,
-                family: Family::Ipv4,
-                l4_proto: L4Proto::Udp,
-                src: addr(src),
-                dst: addr("10.96.0.10:53"),
-            },
+            drop: DropEvent::example(9, 5, addr(src), addr("10.96.0.10:53")),
             path,
             icmp: None,
         }
