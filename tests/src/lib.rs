@@ -22,16 +22,17 @@ use std::process::{Command, Output};
 
 use anyhow::{bail, Context, Result};
 
-/// The tracer binary under test: `$TRACER_BIN`, else the workspace's debug build.
+/// The tracer binary under test: `$TRACER_BIN`, else the workspace's test build
+/// (`cargo build -p tracer --profile checked --features fault-injection`).
 pub fn tracer_bin() -> Result<PathBuf> {
     let path = match std::env::var_os("TRACER_BIN") {
         Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => workspace_root().join("target/debug/tracer"),
+        _ => workspace_root().join("target/checked/tracer"),
     };
     if !path.is_file() {
         bail!(
-            "tracer binary not found at {}: build it with `cargo build -p tracer` \
-             (`cargo xtask test` does this) or point TRACER_BIN at it",
+            "tracer binary not found at {}: build it with `cargo build -p tracer --profile checked \
+             --features fault-injection` (`cargo xtask test` does this) or point TRACER_BIN at it",
             path.display()
         );
     }

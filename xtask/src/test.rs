@@ -15,7 +15,7 @@ pub fn run(cargo_test_args: &[String]) -> Result<ExitCode> {
     phase("test", "setup");
     setup::run()?;
 
-    phase("test", "cargo build -p tracer --features=fault-injection");
+    phase("test", "cargo build -p tracer --profile=checked --features=fault-injection");
     let tracer = cmd::build_tracer(cmd::Build::Test)?;
     // The build users run, for the test that it holds none of the test build's fault
     // injection.
@@ -51,7 +51,7 @@ pub fn run(cargo_test_args: &[String]) -> Result<ExitCode> {
     // build on a shared machine says nothing about cost), only that it runs from end to end.
     phase(
         "test",
-        "bench smoke run (cargo xtask bench --smoke, with this debug build)",
+        "bench smoke run (cargo xtask bench --smoke, with this test build)",
     );
     let smoke = bench::smoke(&tracer);
     match &smoke {

@@ -216,7 +216,7 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
     }
 }
 
-/// The smoke bench against an existing tracer build (`cargo xtask test` passes its debug build).
+/// The smoke bench against an existing tracer build (`cargo xtask test` passes its test build).
 pub fn smoke(tracer: &Path) -> Result<PathBuf> {
     install_signal_handlers();
     bench(&Plan::smoke(), tracer)
