@@ -1,8 +1,9 @@
-//! Ring buffer records: their packet bytes and offsets describe whatever the kernel saw.
+//! Ring buffer records: their packet bytes, offsets and steps describe whatever the kernel saw.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = tracer::kernel::records::decode_record(data);
+    let mut decoder = tracer::kernel::records::Decoder::default();
+    let _ = decoder.decode(data);
 });

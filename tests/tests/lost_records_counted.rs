@@ -1,7 +1,8 @@
 //! End-to-end: lost records are counted exactly (README, "Safety"). With a consumer that keeps
-//! up, a known number of datagrams gives exactly two records each; with a stopped consumer and a
-//! 1 MiB ring buffer, `packets + lost` is still exactly that, `lost` is the sum of `lost_per_cpu`,
-//! and the loss is reported on stderr while it happens. Needs root and a built tracer.
+//! up, a known number of datagrams gives exactly one record (its journey) and two packet lines
+//! each; with a stopped consumer and a 1 MiB ring buffer, `records + lost` is still exactly one
+//! per datagram, every record received is two lines, `lost` is the sum of `lost_per_cpu`, and the
+//! loss is reported on stderr while it happens. Needs root and a built tracer.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::thread;
@@ -27,7 +28,7 @@ fn small_ring_on_lost_port(lab: &Lab) -> Scenario<'_> {
 #[test]
 fn slow_consumer_loses_records_and_counts_every_one() -> Result<()> {
     // bridge-nf-call-iptables=0 and client and server on one subnet: a datagram is forwarded at
-    // layer 2 and passes no netfilter hook, so it makes exactly two records.
+    // layer 2 and passes no netfilter hook, so its journey is exactly two stages.
     let lab = Lab::new(LabConfig::bridge_nf_call_iptables_off())?;
     let client = lab.netns(Ns::Client).to_string();
     // Resolve MACs and fill the bridge's FDB before counting: nothing is flooded later.
@@ -61,7 +62,7 @@ fn slow_consumer_loses_records_and_counts_every_one() -> Result<()> {
     ensure!(
         ins == delivered && outs == delivered && w.packets.len() as u64 == 2 * delivered,
         "expected exactly {delivered} bridge-in on {CLIENT_VETH} and {delivered} bridge-out on \
-         {SERVER_VETH} (2 records per datagram), got {ins} and {outs} of {} records:\n{}",
+         {SERVER_VETH} (2 lines per datagram), got {ins} and {outs} of {} lines:\n{}",
         w.packets.len(),
         w.describe()
     );
@@ -83,6 +84,7 @@ fn slow_consumer_loses_records_and_counts_every_one() -> Result<()> {
     no_panic(&done.stderr)?;
     let s = &w.summary;
     let packets = u64_at(s, "/packets").context("summary without packets")?;
+    let records = u64_at(s, "/records").context("summary without records")?;
     let lost = u64_at(s, "/lost").context("summary without lost")?;
     let per_cpu: Vec<u64> = s
         .get("lost_per_cpu")
@@ -91,7 +93,7 @@ fn slow_consumer_loses_records_and_counts_every_one() -> Result<()> {
         .iter()
         .map(|v| v.as_u64().context("lost_per_cpu entry is not a count"))
         .collect::<Result<_>>()?;
-    eprintln!("sent {BLAST}, server got {delivered}; packets {packets}, lost {lost} {per_cpu:?}");
+    eprintln!("sent {BLAST}, server got {delivered}; records {records}, packets {packets}, lost {lost} {per_cpu:?}");
     ensure!(
         packets == w.packets.len() as u64,
         "summary packets {packets} but {} packet lines",
@@ -106,11 +108,10 @@ fn slow_consumer_loses_records_and_counts_every_one() -> Result<()> {
         "lost {lost} is not the sum of lost_per_cpu {per_cpu:?}"
     );
     ensure!(
-        packets + lost == 2 * delivered,
-        "{delivered} datagrams crossed the bridge (2 records each = {}), but packets {packets} + \
-         lost {lost} = {}",
-        2 * delivered,
-        packets + lost
+        records + lost == delivered && packets == 2 * records,
+        "{delivered} datagrams crossed the bridge (a record of two lines each), but records \
+         {records} + lost {lost} = {}, with {packets} lines",
+        records + lost
     );
     let lost_lines: Vec<&str> = done
         .stderr

@@ -36,10 +36,14 @@ impl Stage {
 
 /// The first field of every ring buffer record says which record it is.
 pub mod record_kind {
-    pub const PACKET: u32 = 1;
-    pub const HOOK: u32 = 2;
-    pub const DROP: u32 = 3;
-    pub const ICMP: u32 = 4;
+    /// A traced packet's way through the node, sent once it ends: `JourneyRecord`.
+    pub const JOURNEY: u32 = 1;
+    /// A traced packet dropped with no journey to end (findings-only watches, or a
+    /// journey the kernel's table no longer held): `DropRecord`.
+    pub const DROP: u32 = 2;
+    /// Findings-only watches: a DNS reply leaving a bridge without a conntrack entry:
+    /// `StrayReplyRecord`.
+    pub const STRAY_REPLY: u32 = 3;
 }
 
 /// What every ring buffer record starts with.
@@ -95,20 +99,11 @@ pub mod conntrack_state {
 pub mod lost_slot {
     pub const BRIDGE_RECEIVE: u32 = 0;
     pub const BRIDGE_TRANSMIT: u32 = 1;
-    pub const NETFILTER_EARLY: u32 = 2;
-    pub const NETFILTER_LATE: u32 = 3;
+    pub const NETFILTER_ENTRY: u32 = 2;
+    pub const NETFILTER_DELIVERY: u32 = 3;
     pub const KFREE_SKB: u32 = 4;
     pub const ICMP_SEND: u32 = 5;
     pub const COUNT: u32 = 6;
-}
-
-/// Where in a netfilter hook's priority range a hook record was taken.
-pub mod hook_position {
-    /// Before every other hook function (conntrack, NAT, filter) of that hook.
-    pub const EARLY: u8 = 1;
-    /// After all of them but conntrack confirmation: a packet seen early and not
-    /// late was stopped in that hook.
-    pub const LATE: u8 = 2;
 }
 
 /// One direction of a conntrack entry, as the kernel stores it. Ports are in
@@ -154,57 +149,115 @@ pub struct ConntrackRecord {
     pub reply: CtTuple,
 }
 
-/// One traced frame at one bridge stage. Fixed size so the kernel can reserve it in
-/// the ring buffer without a copy; only `captured_len` bytes of `packet` are meaningful.
+/// `JourneyStep::kind` values.
+pub mod step_kind {
+    /// A frame at a bridge stage (`point` is a `Stage`).
+    pub const STAGE: u8 = 1;
+    /// A packet entering a netfilter hook (`point` is the hook number). It left the hook
+    /// when another step follows it.
+    pub const HOOK: u8 = 2;
+}
+
+/// `JourneyRecord::end` values: how a traced packet's way through the node ended.
+pub mod journey_end {
+    /// Queued on a bridge port: it leaves the bridge.
+    pub const LEFT_BRIDGE: u8 = 1;
+    /// Queued on a device that is no bridge or bridge port: it leaves the node's bridges.
+    pub const LEFT_DEVICE: u8 = 2;
+    /// Through the input hook: it is delivered to a socket on the node.
+    pub const DELIVERED: u8 = 3;
+    /// Freed as dropped (`drop_reason`, `drop_location`).
+    pub const DROPPED: u8 = 4;
+}
+
+/// Steps a journey records; a longer one keeps its first steps and says it was cut.
+pub const MAX_STEPS: usize = 12;
+
+/// One point of a traced packet's way: a bridge stage or a netfilter hook it entered.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JourneyStep {
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub timestamp_ns: u64,
+    /// `step_kind::*`.
+    pub kind: u8,
+    /// `Stage` as u8, or the hook number (NF_INET_PRE_ROUTING 0 ... POST_ROUTING 4).
+    pub point: u8,
+    /// A hook's NFPROTO_IPV4 (2) or NFPROTO_IPV6 (10).
+    pub pf: u8,
+    /// `conntrack_state::*` of the packet here.
+    pub ct_state: u8,
+    /// A stage's device, or a hook's input device (0 when none).
+    pub ifindex: u32,
+    /// A stage's `skb->skb_iif` (the device it last arrived on), or a hook's output device.
+    pub other_ifindex: u32,
+    /// A stage's `skb->len`.
+    pub packet_len: u32,
+    /// The `enum ip_conntrack_info` bits and the entry's IPS_* status here.
+    pub ct_info: u8,
+    pub _pad: [u8; 3],
+    pub ct_status: u32,
+    /// The loss buckets of this step's endpoints as they were here (see `RecordHeader`).
+    pub loss_stamp_src: u32,
+    pub loss_stamp_dst: u32,
+    /// Addresses and ports here (NAT changes them on the way).
+    pub flow: Flow,
+}
+
+/// A traced packet's way through the node: the bridge stages and netfilter hooks it
+/// passed, in order, and how it ended. The kernel builds it in a table keyed by the skb
+/// while the packet travels and sends it once, when the journey ends, packed: the part
+/// before `steps`, then the `step_count` steps recorded, then the `captured_len` bytes.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct PacketRecord {
-    /// Kind `record_kind::PACKET`.
+pub struct JourneyRecord {
+    /// Kind `record_kind::JOURNEY`; the timestamp is the first step's, the namespace the
+    /// watched one.
     pub header: RecordHeader,
-    /// Device the frame is on at this stage.
-    pub ifindex: u32,
-    /// `skb->skb_iif`: the device the frame last arrived on.
-    pub ingress_ifindex: u32,
-    /// `skb->len`: the whole frame, of which `captured_len` bytes are copied.
-    pub packet_len: u32,
-    /// `Stage` as u8.
-    pub stage: u8,
-    pub _pad: [u8; 3],
-    pub flow: Flow,
-    pub conntrack: ConntrackRecord,
-    /// Bytes of `packet` that were copied.
+    /// `journey_end::*`.
+    pub end: u8,
+    pub step_count: u8,
+    /// More steps happened than `MAX_STEPS`: the ones after are missing.
+    pub cut: u8,
+    /// The kernel answered the packet with ICMP (`icmp_type`, `icmp_code`), as a REJECT does.
+    pub icmp_sent: u8,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    pub _pad: [u8; 2],
+    /// The device it ended on (queued on, or dropped on).
+    pub end_ifindex: u32,
+    /// `enum skb_drop_reason` of a dropped packet; names come from the kernel's BTF.
+    pub drop_reason: u32,
+    pub drop_location: u64,
+    /// When the last step was recorded (a journey that old at the next step belongs to an
+    /// earlier packet of a reused skb address).
+    pub last_step_ns: u64,
+    /// The conntrack entry's tuples as last seen: set up with the entry, then fixed.
+    pub ct_original: CtTuple,
+    pub ct_reply: CtTuple,
+    /// The addresses of the packet as its bytes were captured, at its first step.
+    pub capture_flow: Flow,
+    /// The addresses of the packet where its journey ended (where it was dropped, say).
+    pub end_flow: Flow,
+    /// Bytes of `packet` copied at the first step.
     pub captured_len: u16,
     /// Offsets into `packet` of the IP header, the L4 header and the L4 payload.
-    /// `l3_offset` is 0 when the capture starts at the IP header (no link-layer
-    /// header in the skb's linear data).
+    /// `l3_offset` is 0 when the capture starts at the IP header.
     pub l3_offset: u16,
     pub l4_offset: u16,
     pub payload_offset: u16,
+    pub steps: [JourneyStep; MAX_STEPS],
     pub packet: [u8; CAPTURE_MAX],
 }
 
-/// A traced packet passing a netfilter hook (IPv4/IPv6 PRE_ROUTING ... POST_ROUTING),
-/// early or late in the hook's priority range.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct HookRecord {
-    /// Kind `record_kind::HOOK`.
-    pub header: RecordHeader,
-    /// `nf_hook_state.in` / `.out` devices (0 when none).
-    pub in_ifindex: u32,
-    pub out_ifindex: u32,
-    /// NFPROTO_IPV4 (2) or NFPROTO_IPV6 (10).
-    pub pf: u8,
-    /// NF_INET_PRE_ROUTING (0) ... NF_INET_POST_ROUTING (4).
-    pub hook: u8,
-    /// `hook_position::*`.
-    pub position: u8,
-    pub _pad: [u8; 5],
-    pub flow: Flow,
-    pub conntrack: ConntrackRecord,
+impl JourneyRecord {
+    /// The part always sent, before the steps.
+    pub const STEPS_OFFSET: usize = core::mem::offset_of!(JourneyRecord, steps);
+    pub const PACKET_OFFSET: usize = core::mem::offset_of!(JourneyRecord, packet);
 }
 
-/// A traced packet freed as dropped (`skb:kfree_skb` with a drop reason).
+/// A traced packet freed as dropped (`skb:kfree_skb` with a drop reason) when no journey
+/// of it was followed, with the netfilter hook it was last in on this CPU, when known.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DropRecord {
@@ -216,20 +269,44 @@ pub struct DropRecord {
     /// Kernel text address that dropped it.
     pub location: u64,
     pub flow: Flow,
-}
-
-/// The kernel answering a traced packet with ICMP (`icmp:icmp_send`), e.g. an
-/// iptables/nft REJECT. `flow` is the offending packet.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct IcmpRecord {
-    /// Kind `record_kind::ICMP`.
-    pub header: RecordHeader,
-    pub ifindex: u32,
+    /// The hook the packet entered last (`hook_known` 0: none seen), its NFPROTO and devices.
+    pub hook_known: u8,
+    pub hook: u8,
+    pub pf: u8,
+    pub icmp_sent: u8,
     pub icmp_type: u8,
     pub icmp_code: u8,
     pub _pad: [u8; 2],
+    pub hook_in_ifindex: u32,
+    pub hook_out_ifindex: u32,
+}
+
+/// Findings-only watches: a DNS reply queued on a bridge port with no conntrack entry
+/// attached, and the destination its query was sent to when the kernel saw that query
+/// rewritten by DNAT (`asked_known`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct StrayReplyRecord {
+    /// Kind `record_kind::STRAY_REPLY`.
+    pub header: RecordHeader,
+    /// The bridge port it leaves by, and the device it arrived on (`skb_iif`).
+    pub ifindex: u32,
+    pub ingress_ifindex: u32,
     pub flow: Flow,
+    pub asked_addr: [u8; 16],
+    pub asked_port_be: u16,
+    pub asked_known: u8,
+    pub _pad: u8,
+    pub packet_len: u32,
+    pub captured_len: u16,
+    pub l3_offset: u16,
+    pub l4_offset: u16,
+    pub payload_offset: u16,
+    pub packet: [u8; CAPTURE_MAX],
+}
+
+impl StrayReplyRecord {
+    pub const PACKET_OFFSET: usize = core::mem::offset_of!(StrayReplyRecord, packet);
 }
 
 /// Byte offsets into kernel structs, read from the running kernel's BTF at start
@@ -257,6 +334,10 @@ pub struct KernelLayout {
     /// `nf_conn.tuplehash[0].tuple`; the reply direction follows at `+ ct_tuplehash_size`.
     pub ct_tuple_original: u32,
     pub ct_tuplehash_size: u32,
+    /// The bytes of `nf_conn` the programs read at once (both tuples and the status), at
+    /// most 128; a zero length when conntrack is unknown.
+    pub ct_span_start: u32,
+    pub ct_span_len: u32,
     pub tuple_src_addr: u32,
     pub tuple_src_port: u32,
     pub tuple_dst_addr: u32,
@@ -287,6 +368,13 @@ pub struct WatchConfig {
     pub netns_inode: u32,
     /// Bytes of each frame to copy, at most `CAPTURE_MAX`.
     pub snaplen: u32,
+    /// Records are queued without waking the reader until this many bytes wait in the ring
+    /// buffer: a wakeup per record costs more than the record itself. The reader also
+    /// drains on a short timer, so nothing waits long.
+    pub wakeup_bytes: u32,
+    /// Findings-only watches (`--findings-only`): the kernel sends only what can become a
+    /// finding (drops, DNS replies leaving a bridge without conntrack), no journeys.
+    pub findings_only: u32,
     pub layout: KernelLayout,
 }
 
@@ -294,16 +382,19 @@ pub struct WatchConfig {
 mod user {
     // SAFETY: plain-old-data, `#[repr(C)]`, every bit pattern valid.
     unsafe impl aya::Pod for super::WatchConfig {}
-    unsafe impl aya::Pod for super::PacketRecord {}
-    unsafe impl aya::Pod for super::HookRecord {}
+    unsafe impl aya::Pod for super::JourneyRecord {}
+    unsafe impl aya::Pod for super::JourneyStep {}
     unsafe impl aya::Pod for super::DropRecord {}
-    unsafe impl aya::Pod for super::IcmpRecord {}
+    unsafe impl aya::Pod for super::StrayReplyRecord {}
 }
 
 // The kernel aligns ring buffer records to 8 bytes and userspace reads them by size:
 // keep every record a multiple of 8 with no implicit padding.
 const _: () = assert!(core::mem::size_of::<RecordHeader>() == 32);
-const _: () = assert!(core::mem::size_of::<PacketRecord>() == 184 + CAPTURE_MAX);
-const _: () = assert!(core::mem::size_of::<HookRecord>() == 176);
-const _: () = assert!(core::mem::size_of::<DropRecord>() == 88);
-const _: () = assert!(core::mem::size_of::<IcmpRecord>() == 80);
+const _: () = assert!(core::mem::size_of::<JourneyStep>() == 80);
+const _: () = assert!(JourneyRecord::STEPS_OFFSET == 232);
+const _: () = assert!(JourneyRecord::PACKET_OFFSET == JourneyRecord::STEPS_OFFSET + MAX_STEPS * 80);
+const _: () = assert!(core::mem::size_of::<JourneyRecord>() == JourneyRecord::PACKET_OFFSET + CAPTURE_MAX);
+const _: () = assert!(core::mem::size_of::<DropRecord>() == 104);
+const _: () = assert!(StrayReplyRecord::PACKET_OFFSET == 112);
+const _: () = assert!(core::mem::size_of::<StrayReplyRecord>() == 112 + CAPTURE_MAX);

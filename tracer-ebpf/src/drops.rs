@@ -1,14 +1,15 @@
-//! Where traced packets end: freed as dropped (`skb:kfree_skb`, with the kernel's
-//! drop reason) or answered with ICMP by the kernel (`icmp:icmp_send`, which a
-//! REJECT rule calls with the packet it rejects).
+//! Where traced packets end badly: freed as dropped (`skb:kfree_skb`, with the kernel's
+//! drop reason), or answered with ICMP by the kernel (`icmp:icmp_send`, which a REJECT
+//! rule calls with the packet it rejects, before dropping it).
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use tracer_common::{lost_slot, record_kind, DropRecord, IcmpRecord};
+use tracer_common::{journey_end, lost_slot, step_kind};
 
 use crate::{
     config::config,
-    output,
-    packet::{self, IpFamily, ParsedFlow},
+    findings_only,
+    journey::{self, End, Step},
+    packet::{self, IpFamily, NetworkHeader, ParsedFlow},
     skb,
 };
 
@@ -17,7 +18,8 @@ pub fn packet_dropped(ctx: BtfTracePointContext) -> i32 {
     let skb: *const u8 = ctx.arg(0);
     let location: u64 = ctx.arg(1);
     let reason: u64 = ctx.arg(2);
-    let _ = trace_drop(skb, location, reason as u32);
+    // SAFETY: the tracepoint's BTF-typed `sk_buff *`.
+    let _ = unsafe { dropped(skb, location, reason as u32) };
     0
 }
 
@@ -26,59 +28,58 @@ pub fn icmp_answered(ctx: BtfTracePointContext) -> i32 {
     let skb: *const u8 = ctx.arg(0);
     let icmp_type: u64 = ctx.arg(1);
     let icmp_code: u64 = ctx.arg(2);
-    let _ = trace_icmp(skb, icmp_type as u8, icmp_code as u8);
+    // SAFETY: the tracepoint's BTF-typed `sk_buff *`.
+    let _ = unsafe { answered(skb, icmp_type as u8, icmp_code as u8) };
     0
 }
 
 /// The traced packet an skb carries, with the device it is on and its namespace.
+///
+/// # Safety
+/// `skb` must be a BTF-typed `sk_buff` pointer.
 #[inline(always)]
-fn traced_packet(skb: *const u8) -> Option<(u32, u32, ParsedFlow)> {
-    let dev = skb::read_ptr(skb, config!(layout.skb_dev))?;
-    let netns_inode = packet::netns_of_device(dev)?;
-    let header = packet::network_header(skb)?;
-    let protocol: u16 = skb::read(skb, config!(layout.skb_protocol))?;
-    let parsed = packet::read_traced_flow(&header, IpFamily::of_skb_protocol(protocol)?)?;
-    let ifindex = skb::read::<i32>(dev, config!(layout.dev_ifindex)).unwrap_or(0) as u32;
-    Some((netns_inode, ifindex, parsed))
+unsafe fn traced_packet(skb: *const u8, slot: u32) -> Option<(u32, u32, NetworkHeader, &'static ParsedFlow)> {
+    // SAFETY (loads): `skb` is BTF-typed and `dev` a pointer field loaded from it.
+    let protocol: u16 = unsafe { skb::load(skb, config!(layout.skb_protocol)) };
+    let family = IpFamily::of_skb_protocol(protocol)?;
+    let header = unsafe { packet::network_header(skb) }?;
+    let parsed = packet::read_traced_flow(&header, family, slot)?;
+    let dev = unsafe { skb::load_ptr(skb, config!(layout.skb_dev)) }?;
+    let netns_inode = unsafe { packet::netns_of_device(dev) }?;
+    let ifindex = (unsafe { skb::load::<i32>(dev, config!(layout.dev_ifindex)) }) as u32;
+    Some((netns_inode, ifindex, header, parsed))
 }
 
+/// # Safety
+/// `skb` must be a BTF-typed `sk_buff` pointer.
 #[inline(always)]
-fn trace_drop(skb: *const u8, location: u64, reason: u32) -> Option<()> {
+unsafe fn dropped(skb: *const u8, location: u64, reason: u32) -> Option<()> {
     // Frees that are not drops are by far the most common: leave them first.
     if reason == config!(layout.reason_not_dropped_yet) || reason == config!(layout.reason_consumed) {
         return None;
     }
-    let (netns_inode, ifindex, parsed) = traced_packet(skb)?;
-    let stamp = output::loss_stamp(&parsed.flow);
-    let mut entry = output::reserve::<DropRecord>(lost_slot::KFREE_SKB, &stamp)?;
-    let record = entry.as_mut_ptr();
-    // SAFETY: a reserved, exclusively owned slot of size_of::<DropRecord>().
-    unsafe {
-        output::fill_header(core::ptr::addr_of_mut!((*record).header), record_kind::DROP, netns_inode, skb, &stamp);
-        (*record).ifindex = ifindex;
-        (*record).reason = reason;
-        (*record).location = location;
-        (*record).flow = parsed.flow;
+    let slot = lost_slot::KFREE_SKB;
+    let (netns_inode, ifindex, header, parsed) = unsafe { traced_packet(skb, slot) }?;
+    if config!(findings_only) == 0 && journey::in_flight(skb) {
+        let step = Step { skb, kind: step_kind::STAGE, point: 0, pf: 0, ifindex, other_ifindex: 0, packet_len: 0, header: &header, parsed, netns_inode, slot };
+        let end = End { kind: journey_end::DROPPED, ifindex, drop_reason: reason, drop_location: location };
+        unsafe { journey::finish(&step, false, &end) };
+        return Some(());
     }
-    entry.submit(0);
+    unsafe { findings_only::send_drop(skb, slot, netns_inode, ifindex, reason, location, &parsed) };
     Some(())
 }
 
+/// # Safety
+/// `skb` must be a BTF-typed `sk_buff` pointer.
 #[inline(always)]
-fn trace_icmp(skb: *const u8, icmp_type: u8, icmp_code: u8) -> Option<()> {
-    let (netns_inode, ifindex, parsed) = traced_packet(skb)?;
-    let stamp = output::loss_stamp(&parsed.flow);
-    let mut entry = output::reserve::<IcmpRecord>(lost_slot::ICMP_SEND, &stamp)?;
-    let record = entry.as_mut_ptr();
-    // SAFETY: a reserved, exclusively owned slot of size_of::<IcmpRecord>().
-    unsafe {
-        output::fill_header(core::ptr::addr_of_mut!((*record).header), record_kind::ICMP, netns_inode, skb, &stamp);
-        (*record).ifindex = ifindex;
-        (*record).icmp_type = icmp_type;
-        (*record).icmp_code = icmp_code;
-        (*record)._pad = [0; 2];
-        (*record).flow = parsed.flow;
+unsafe fn answered(skb: *const u8, icmp_type: u8, icmp_code: u8) -> Option<()> {
+    let slot = lost_slot::ICMP_SEND;
+    let _ = unsafe { traced_packet(skb, slot) }?;
+    if config!(findings_only) != 0 {
+        findings_only::note_icmp(skb, icmp_type, icmp_code);
+    } else {
+        journey::note_icmp(skb, icmp_type, icmp_code);
     }
-    entry.submit(0);
     Some(())
 }

@@ -15,6 +15,10 @@ mod diagnostics;
 #[cfg(target_arch = "bpf")]
 mod drops;
 #[cfg(target_arch = "bpf")]
+mod findings_only;
+#[cfg(target_arch = "bpf")]
+mod journey;
+#[cfg(target_arch = "bpf")]
 mod netfilter;
 #[cfg(target_arch = "bpf")]
 mod output;

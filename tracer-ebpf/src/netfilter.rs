@@ -1,20 +1,23 @@
-//! Netfilter hooks themselves (BPF_PROG_TYPE_NETFILTER): the same two programs are
-//! linked to every IPv4/IPv6 hook, once at the very start of the hook's priority
-//! range and once at its very end, so userspace can tell which hooks a packet
-//! entered, which it left, and what conntrack and NAT made of it on the way.
+//! Netfilter hooks themselves (BPF_PROG_TYPE_NETFILTER). `netfilter_entry` is linked to
+//! every IPv4/IPv6 hook at the very start of its priority range: it records that a traced
+//! packet entered the hook, with what conntrack and NAT had made of it so far; that the
+//! packet left the hook shows in whatever comes next (another hook, a bridge stage), and a
+//! hook it never left is the one a drop that follows names. `netfilter_delivery` is linked
+//! to the input hook only, at the very end of its range: a packet that gets there is
+//! delivered to a socket on the node, which ends its journey.
 //!
 //! aya-obj 0.3 does not know a `netfilter` ELF section, and refuses the whole object
 //! on an unknown one. These programs therefore sit in a `socket` section, which aya
 //! parses and never loads on its own; tracer's netfilter loader loads them with the
 //! netfilter program type. They only observe: the verdict is always NF_ACCEPT.
 
-use tracer_common::{hook_position, lost_slot, record_kind, HookRecord};
+use tracer_common::{journey_end, lost_slot, step_kind};
 
 use crate::{
     config::config,
-    diagnostics::rare_failure,
-    output,
-    packet::{self, IpFamily},
+    findings_only,
+    journey::{self, End, Step},
+    packet::{self, IpFamily, NetworkHeader, ParsedFlow},
     skb,
 };
 
@@ -24,71 +27,115 @@ const NFPROTO_IPV6: u8 = 10;
 
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "socket/netfilter")]
-pub fn netfilter_early(ctx: *mut core::ffi::c_void) -> i32 {
-    let _ = observe(ctx, hook_position::EARLY, lost_slot::NETFILTER_EARLY);
+pub fn netfilter_entry(ctx: *mut core::ffi::c_void) -> i32 {
+    // SAFETY: the netfilter program context.
+    let _ = unsafe { entered(ctx) };
     NF_ACCEPT
 }
 
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "socket/netfilter")]
-pub fn netfilter_late(ctx: *mut core::ffi::c_void) -> i32 {
-    let _ = observe(ctx, hook_position::LATE, lost_slot::NETFILTER_LATE);
+pub fn netfilter_delivery(ctx: *mut core::ffi::c_void) -> i32 {
+    // SAFETY: the netfilter program context.
+    let _ = unsafe { delivered(ctx) };
     NF_ACCEPT
 }
 
+/// A traced packet at a hook: the hook state, the skb, and its addresses.
+struct AtHook {
+    state: *const u8,
+    skb: *const u8,
+    pf: u8,
+    header: NetworkHeader,
+    parsed: &'static ParsedFlow,
+}
+
+/// # Safety
+/// `ctx` must be the netfilter program context.
 #[inline(always)]
-fn observe(ctx: *mut core::ffi::c_void, position: u8, lost_slot: u32) -> Option<()> {
+unsafe fn traced_at_hook(ctx: *mut core::ffi::c_void, slot: u32) -> Option<AtHook> {
     // `struct bpf_nf_ctx { state; skb; }` is the program type's context ABI: the
     // verifier only allows these two loads, at these constant offsets.
-    // SAFETY: ctx is the netfilter program context.
     let (state, skb) = unsafe {
         let fields = ctx as *const *const u8;
         (*fields, *fields.add(1))
     };
-    let pf: u8 = skb::read(state, config!(layout.hook_state_pf))?;
+    // SAFETY (loads): `state` and `skb` are the context's BTF-typed pointers.
+    let pf: u8 = unsafe { skb::load(state, config!(layout.hook_state_pf)) };
+    // Links exist only at the IPv4 and IPv6 hooks.
     let family = match pf {
         NFPROTO_IPV4 => IpFamily::V4,
         NFPROTO_IPV6 => IpFamily::V6,
-        other => {
-            // Links exist only for the IPv4 and IPv6 hooks.
-            rare_failure!("a netfilter hook ran for protocol family {}", other);
-            return None;
-        }
+        _ => return None,
     };
-    let net = skb::read_ptr(state, config!(layout.hook_state_net))?;
-    let netns_inode = packet::netns_matches(net)?;
-    let header = packet::network_header(skb)?;
-    let parsed = packet::read_traced_flow(&header, family)?;
+    // The port first: nearly every packet on a busy node is of other traffic.
+    let header = unsafe { packet::network_header(skb) }?;
+    let parsed = packet::read_traced_flow(&header, family, slot)?;
+    Some(AtHook { state, skb, pf, header, parsed })
+}
 
-    let stamp = output::loss_stamp(&parsed.flow);
-    let mut entry = output::reserve::<HookRecord>(lost_slot, &stamp)?;
-    let record = entry.as_mut_ptr();
-    // SAFETY: a reserved, exclusively owned slot of size_of::<HookRecord>().
-    unsafe {
-        output::fill_header(core::ptr::addr_of_mut!((*record).header), record_kind::HOOK, netns_inode, skb, &stamp);
-        (*record).in_ifindex = device_ifindex(state, config!(layout.hook_state_in));
-        (*record).out_ifindex = device_ifindex(state, config!(layout.hook_state_out));
-        (*record).pf = pf;
-        (*record).hook = match skb::read(state, config!(layout.hook_state_hook)) {
-            Some(hook) => hook,
-            None => {
-                rare_failure!("the hook number of a netfilter hook state could not be read");
-                u8::MAX
-            }
-        };
-        (*record).position = position;
-        (*record)._pad = [0; 5];
-        (*record).flow = parsed.flow;
-        packet::fill_conntrack(skb, core::ptr::addr_of_mut!((*record).conntrack));
+/// # Safety
+/// `ctx` must be the netfilter program context.
+#[inline(always)]
+unsafe fn entered(ctx: *mut core::ffi::c_void) -> Option<()> {
+    let slot = lost_slot::NETFILTER_ENTRY;
+    let at = unsafe { traced_at_hook(ctx, slot) }?;
+    // SAFETY (loads): the context's hook state.
+    let hook: u8 = unsafe { skb::load(at.state, config!(layout.hook_state_hook)) };
+    let in_ifindex = unsafe { device_ifindex(at.state, config!(layout.hook_state_in)) };
+    let out_ifindex = unsafe { device_ifindex(at.state, config!(layout.hook_state_out)) };
+    if config!(findings_only) != 0 {
+        findings_only::note_hook(at.skb, hook, at.pf, in_ifindex, out_ifindex);
+        return Some(());
     }
-    entry.submit(0);
+    let step = unsafe { hook_step(&at, hook, in_ifindex, out_ifindex, slot) }?;
+    unsafe { journey::step(&step, false) };
     Some(())
 }
 
+/// # Safety
+/// `ctx` must be the netfilter program context.
 #[inline(always)]
-fn device_ifindex(state: *const u8, field: u32) -> u32 {
-    match skb::read_ptr(state, field) {
-        Some(dev) => skb::read::<i32>(dev, config!(layout.dev_ifindex)).unwrap_or(0) as u32,
+unsafe fn delivered(ctx: *mut core::ffi::c_void) -> Option<()> {
+    let slot = lost_slot::NETFILTER_DELIVERY;
+    let at = unsafe { traced_at_hook(ctx, slot) }?;
+    // The input hook's own step was recorded on entry; this only ends the journey.
+    let step = unsafe { hook_step(&at, 0, 0, 0, slot) }?;
+    let end = End { kind: journey_end::DELIVERED, ifindex: 0, drop_reason: 0, drop_location: 0 };
+    unsafe { journey::finish(&step, false, &end) };
+    Some(())
+}
+
+/// # Safety
+/// `at` must come from [`traced_at_hook`].
+#[inline(always)]
+unsafe fn hook_step<'a>(at: &'a AtHook, hook: u8, in_ifindex: u32, out_ifindex: u32, slot: u32) -> Option<Step<'a>> {
+    // SAFETY (loads): the hook state's `net`, and the `net` loaded from it.
+    let net = unsafe { skb::load_ptr(at.state, config!(layout.hook_state_net)) }?;
+    // A link runs only in the namespace it was made in: this reads the inode the
+    // journey carries rather than filtering.
+    let netns_inode = unsafe { packet::netns_matches(net) }?;
+    Some(Step {
+        skb: at.skb,
+        kind: step_kind::HOOK,
+        point: hook,
+        pf: at.pf,
+        ifindex: in_ifindex,
+        other_ifindex: out_ifindex,
+        packet_len: 0,
+        header: &at.header,
+        parsed: &at.parsed,
+        netns_inode,
+        slot,
+    })
+}
+
+/// # Safety
+/// `state` must be the context's BTF-typed hook state.
+#[inline(always)]
+unsafe fn device_ifindex(state: *const u8, field: u32) -> u32 {
+    match unsafe { skb::load_ptr(state, field) } {
+        Some(dev) => (unsafe { skb::load::<i32>(dev, config!(layout.dev_ifindex)) }) as u32,
         None => 0,
     }
 }

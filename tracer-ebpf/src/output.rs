@@ -4,12 +4,14 @@
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
-    bindings::BPF_F_MMAPABLE,
+    bindings::{BPF_F_MMAPABLE, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{ring_buf::RingBufEntry, Array, PerCpuArray, RingBuf},
 };
-use tracer_common::{loss_bucket, Flow, RecordHeader, LOSS_BUCKETS};
+use tracer_common::{loss_bucket, Flow, JourneyRecord, RecordHeader, LOSS_BUCKETS};
+
+use crate::config::config;
 
 /// Userspace resizes this at load time (`--ring-buffer-mib`); the size here only
 /// satisfies the ELF map definition.
@@ -31,8 +33,8 @@ pub static LOSS_BY_ENDPOINT: Array<u64> = Array::with_max_entries(LOSS_BUCKETS, 
 pub struct LossStamp {
     src_bucket: u32,
     dst_bucket: u32,
-    src: u32,
-    dst: u32,
+    pub src: u32,
+    pub dst: u32,
 }
 
 #[inline(always)]
@@ -68,6 +70,23 @@ pub fn count_lost(slot: u32, stamp: &LossStamp) {
     add_one(LOSS_BY_ENDPOINT.get_ptr_mut(stamp.dst_bucket));
 }
 
+/// Counts a journey EVENTS could not take, for the endpoints of its first step and of its
+/// end: together they include the client and server of the exchange it belongs to.
+#[inline(always)]
+pub fn count_lost_journey(slot: u32, journey: &JourneyRecord) {
+    add_one(LOST.get_ptr_mut(slot));
+    let first = &journey.steps[0].flow;
+    let end = &journey.end_flow;
+    for (addr, port) in [
+        (&first.src_addr, first.src_port_be),
+        (&first.dst_addr, first.dst_port_be),
+        (&end.src_addr, end.src_port_be),
+        (&end.dst_addr, end.dst_port_be),
+    ] {
+        add_one(LOSS_BY_ENDPOINT.get_ptr_mut(loss_bucket(addr, port)));
+    }
+}
+
 /// Reserves a record of type `T` (whose first field is its `RecordHeader`), or counts it
 /// lost.
 #[inline(always)]
@@ -78,6 +97,31 @@ pub fn reserve<T: 'static>(slot: u32, stamp: &LossStamp) -> Option<RingBufEntry<
     }
     entry
 }
+
+/// Hands a filled record to the reader.
+#[inline(always)]
+pub fn submit<T: 'static>(entry: RingBufEntry<T>) {
+    entry.submit(wakeup_flags());
+}
+
+/// Below the threshold the reader is not woken: it drains on its timer, and a wakeup per
+/// record (an interrupt on this CPU) cost more than the record. The record that fills the
+/// ring past the threshold wakes it, once: forcing a wakeup for every record beyond it, as
+/// a reader that lags lets the ring stay full, would cost more again.
+#[inline(always)]
+pub fn wakeup_flags() -> u64 {
+    let queued = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let threshold = config!(wakeup_bytes) as u64;
+    if queued >= threshold && queued < threshold + WAKEUP_WINDOW {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+/// Bytes past the threshold within which a record wakes the reader: two of the largest
+/// records, so that one of every producer's records lands in it.
+const WAKEUP_WINDOW: u64 = 2 * core::mem::size_of::<JourneyRecord>() as u64;
 
 /// Fills the header every record starts with.
 ///

@@ -1,6 +1,6 @@
 //! Reads shared by every hook family: a packet's addresses and ports from its IP
 //! header, the conntrack entry attached to its skb, and the filters every record
-//! must pass (network namespace and port) before anything is reserved.
+//! must pass (port first, then network namespace) before anything is reserved.
 
 use network_types::{
     eth::EtherType,
@@ -8,7 +8,8 @@ use network_types::{
     tcp::TcpHdr,
     udp::UdpHdr,
 };
-use tracer_common::{conntrack_state, ConntrackRecord, CtTuple, Flow};
+use aya_ebpf::{macros::map, maps::PerCpuArray};
+use tracer_common::{conntrack_state, lost_slot, CtTuple, Flow, CAPTURE_MAX};
 
 use crate::{config::config, diagnostics::rare_failure, skb};
 
@@ -25,16 +26,22 @@ pub struct ParsedFlow {
 }
 
 /// Whether a device belongs to the watched network namespace; returns its inode.
+///
+/// # Safety
+/// `dev` must be a BTF-typed `net_device` pointer (see [`skb::load`]).
 #[inline(always)]
-pub fn netns_of_device(dev: *const u8) -> Option<u32> {
-    let net = skb::read_ptr(dev, config!(layout.dev_net))?;
-    netns_matches(net)
+pub unsafe fn netns_of_device(dev: *const u8) -> Option<u32> {
+    let net = unsafe { skb::load_ptr(dev, config!(layout.dev_net)) }?;
+    unsafe { netns_matches(net) }
 }
 
 /// Whether a `struct net` is the watched network namespace; returns its inode.
+///
+/// # Safety
+/// `net` must be a BTF-typed `net` pointer.
 #[inline(always)]
-pub fn netns_matches(net: *const u8) -> Option<u32> {
-    let inode: u32 = skb::read(net, config!(layout.net_inum))?;
+pub unsafe fn netns_matches(net: *const u8) -> Option<u32> {
+    let inode: u32 = unsafe { skb::load(net, config!(layout.net_inum)) };
     let wanted = config!(netns_inode);
     if wanted != 0 && inode != wanted {
         return None;
@@ -54,12 +61,15 @@ pub struct NetworkHeader {
 }
 
 /// The skb's IP header, found through `head + network_header`.
+///
+/// # Safety
+/// `skb` must be a BTF-typed `sk_buff` pointer.
 #[inline(always)]
-pub fn network_header(skb: *const u8) -> Option<NetworkHeader> {
-    let head = skb::read_ptr(skb, config!(layout.skb_head))?;
-    let offset: u16 = skb::read(skb, config!(layout.skb_network_header))?;
+pub unsafe fn network_header(skb: *const u8) -> Option<NetworkHeader> {
+    let head = unsafe { skb::load_ptr(skb, config!(layout.skb_head)) }?;
+    let offset: u16 = unsafe { skb::load(skb, config!(layout.skb_network_header)) };
     // `tail` is an offset from `head` on 64-bit kernels.
-    let tail: u32 = skb::read(skb, config!(layout.skb_tail))?;
+    let tail: u32 = unsafe { skb::load(skb, config!(layout.skb_tail)) };
     Some(NetworkHeader {
         head,
         l3: head.wrapping_add(offset as usize),
@@ -89,10 +99,90 @@ impl IpFamily {
     }
 }
 
-/// Parses the IP and L4 headers and applies the port filter.
+/// Bytes of the frame read at once from the IP header on: the IP header and, where it
+/// usually starts, the transport header's ports and TCP data offset. Anything else is
+/// read from the packet when needed.
+const HEADER_BYTES: usize = 64;
+
+/// Room for what does not fit the programs' 512-byte stack, per CPU and per program
+/// (indexed like `lost_slot`): a program can interrupt another on the same CPU (a frame
+/// received in the softirq that interrupts a drop freed in process context), never
+/// itself.
+#[repr(C)]
+pub struct Scratch {
+    headers: [u8; HEADER_BYTES],
+    ct_span: [u8; CT_SPAN_MAX],
+    /// The flow being traced, kept here rather than copied from frame to frame of a
+    /// program's 512-byte stack.
+    parsed: ParsedFlow,
+}
+
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(lost_slot::COUNT, 0);
+
+/// This CPU's scratch of program `slot`.
 #[inline(always)]
-pub fn read_traced_flow(header: &NetworkHeader, family: IpFamily) -> Option<ParsedFlow> {
-    let parsed = read_flow(header.l3, header.available, family)?;
+fn scratch(slot: u32) -> Option<&'static mut Scratch> {
+    // SAFETY: a per-CPU slot only this program uses on this CPU, and a program does not
+    // run nested in itself: nothing else holds a reference while this one lives.
+    SCRATCH.get_ptr_mut(slot).map(|scratch| unsafe { &mut *scratch })
+}
+
+/// The first bytes of a packet's network header, read once.
+struct Headers<'a> {
+    bytes: &'a [u8; HEADER_BYTES],
+    /// How many of `bytes` are the packet's.
+    len: u32,
+    l3: *const u8,
+}
+
+impl Headers<'_> {
+    /// The byte at a constant `offset`. Only constant offsets index the bytes read: the
+    /// verifier proves those in bounds, while a variable index the compiler has bounded
+    /// through a copy of it is refused.
+    #[inline(always)]
+    fn u8_at(&self, offset: u32) -> Option<u8> {
+        if offset >= self.len {
+            return None;
+        }
+        self.bytes.get(offset as usize).copied()
+    }
+
+    /// Four bytes at `offset` (a transport header's ports, say): from the bytes read at
+    /// first where they usually are (after an IPv4 header without options or a bare IPv6
+    /// header), else from the packet.
+    #[inline(always)]
+    fn four_at(&self, offset: u32) -> Option<[u8; 4]> {
+        match offset {
+            20 => self.four_at_const::<20>(),
+            40 => self.four_at_const::<40>(),
+            // Where a TCP header's data offset is, after those.
+            32 => self.four_at_const::<32>(),
+            52 => self.four_at_const::<52>(),
+            _ => skb::read(self.l3, offset),
+        }
+    }
+
+    #[inline(always)]
+    fn four_at_const<const AT: u32>(&self) -> Option<[u8; 4]> {
+        Some([self.u8_at(AT)?, self.u8_at(AT + 1)?, self.u8_at(AT + 2)?, self.u8_at(AT + 3)?])
+    }
+}
+
+/// Parses the IP and L4 headers and applies the port filter: the first thing every
+/// program decides, with one read of the packet, so traffic of other ports costs little.
+/// `slot` names the calling program (`lost_slot`).
+#[inline(always)]
+pub fn read_traced_flow(header: &NetworkHeader, family: IpFamily, slot: u32) -> Option<&'static ParsedFlow> {
+    let scratch = scratch(slot)?;
+    let bytes = &mut scratch.headers;
+    let len = if header.available < HEADER_BYTES as u32 { header.available } else { HEADER_BYTES as u32 };
+    if !skb::read_into(bytes, header.l3, len as usize) {
+        return None;
+    }
+    let headers = Headers { bytes, len, l3: header.l3 };
+    let parsed = &mut scratch.parsed;
+    parse_flow(&headers, header.available, family, parsed)?;
     let port = config!(port_be);
     if port != 0 && parsed.flow.src_port_be != port && parsed.flow.dst_port_be != port {
         return None;
@@ -101,53 +191,48 @@ pub fn read_traced_flow(header: &NetworkHeader, family: IpFamily) -> Option<Pars
 }
 
 #[inline(always)]
-fn read_flow(l3: *const u8, available: u32, family: IpFamily) -> Option<ParsedFlow> {
-    let mut parsed = ParsedFlow {
-        flow: Flow {
-            src_addr: [0; 16],
-            dst_addr: [0; 16],
-            src_port_be: 0,
-            dst_port_be: 0,
-            ip_version: 0,
-            l4_proto: 0,
-            _pad: [0; 2],
-        },
-        l3_len: 0,
-        l4_len: 0,
+fn parse_flow(headers: &Headers, available: u32, family: IpFamily, parsed: &mut ParsedFlow) -> Option<()> {
+    parsed.flow = Flow {
+        src_addr: [0; 16],
+        dst_addr: [0; 16],
+        src_port_be: 0,
+        dst_port_be: 0,
+        ip_version: 0,
+        l4_proto: 0,
+        _pad: [0; 2],
     };
+    parsed.l3_len = 0;
+    parsed.l4_len = 0;
     let flow = &mut parsed.flow;
     match family {
         IpFamily::V4 => {
-            if available < Ipv4Hdr::LEN as u32 {
-                return None;
-            }
-            let ip: Ipv4Hdr = skb::read(l3, 0)?;
-            let header_len = ip.ihl() as u16;
-            if ip.version() != 4 || header_len < Ipv4Hdr::LEN as u16 {
+            let first = headers.u8_at(0)?;
+            let header_len = ((first & 0x0f) as u16) * 4;
+            if first >> 4 != 4 || header_len < Ipv4Hdr::LEN as u16 {
                 return None;
             }
             // Only the first fragment carries the ports.
-            if ip.frag_offset() != 0 {
+            if u16::from_be_bytes([headers.u8_at(6)?, headers.u8_at(7)?]) & 0x1fff != 0 {
                 return None;
             }
             flow.ip_version = 4;
-            flow.l4_proto = ip.proto;
+            flow.l4_proto = headers.u8_at(9)?;
             parsed.l3_len = header_len;
-            flow.src_addr[..4].copy_from_slice(&ip.src_addr);
-            flow.dst_addr[..4].copy_from_slice(&ip.dst_addr);
+            for i in 0..4u32 {
+                flow.src_addr[i as usize] = headers.u8_at(12 + i)?;
+                flow.dst_addr[i as usize] = headers.u8_at(16 + i)?;
+            }
         }
         IpFamily::V6 => {
-            if available < Ipv6Hdr::LEN as u32 {
-                return None;
-            }
-            let ip: Ipv6Hdr = skb::read(l3, 0)?;
-            if ip.version() != 6 {
+            if headers.u8_at(0)? >> 4 != 6 || headers.len < Ipv6Hdr::LEN as u32 {
                 return None;
             }
             flow.ip_version = 6;
-            flow.src_addr = ip.src_addr;
-            flow.dst_addr = ip.dst_addr;
-            let (next_header, l3_len) = skip_ipv6_extensions(l3, available, ip.next_hdr)?;
+            for i in 0..16u32 {
+                flow.src_addr[i as usize] = headers.u8_at(8 + i)?;
+                flow.dst_addr[i as usize] = headers.u8_at(24 + i)?;
+            }
+            let (next_header, l3_len) = skip_ipv6_extensions(headers, available, headers.u8_at(6)?)?;
             flow.l4_proto = next_header;
             parsed.l3_len = l3_len;
         }
@@ -159,28 +244,28 @@ fn read_flow(l3: *const u8, available: u32, family: IpFamily) -> Option<ParsedFl
             if available < l4_offset + UdpHdr::LEN as u32 {
                 return None;
             }
-            let udp: UdpHdr = skb::read(l3, l4_offset)?;
-            flow.src_port_be = u16::from_ne_bytes(udp.src);
-            flow.dst_port_be = u16::from_ne_bytes(udp.dst);
+            let ports = headers.four_at(l4_offset)?;
+            flow.src_port_be = u16::from_ne_bytes([ports[0], ports[1]]);
+            flow.dst_port_be = u16::from_ne_bytes([ports[2], ports[3]]);
             parsed.l4_len = UdpHdr::LEN as u16;
         }
         IPPROTO_TCP => {
             if available < l4_offset + TcpHdr::LEN as u32 {
                 return None;
             }
-            let tcp: TcpHdr = skb::read(l3, l4_offset)?;
-            // The data offset is in 32-bit words, at least the fixed header's five.
-            let data_offset = tcp.doff() * 4;
+            let ports = headers.four_at(l4_offset)?;
+            // Byte 12 holds the data offset, in 32-bit words, at least the fixed header's five.
+            let data_offset = ((headers.four_at(l4_offset + 12)?[0] >> 4) as u16) * 4;
             if data_offset < TcpHdr::LEN as u16 {
                 return None;
             }
-            flow.src_port_be = u16::from_ne_bytes(tcp.source);
-            flow.dst_port_be = u16::from_ne_bytes(tcp.dest);
+            flow.src_port_be = u16::from_ne_bytes([ports[0], ports[1]]);
+            flow.dst_port_be = u16::from_ne_bytes([ports[2], ports[3]]);
             parsed.l4_len = data_offset;
         }
         _ => return None,
     }
-    Some(parsed)
+    Some(())
 }
 
 /// IPv6 extension headers tracer walks past to the UDP or TCP header. A large DNS answer
@@ -196,9 +281,9 @@ const MAX_IPV6_EXTENSIONS: usize = 6;
 /// the upper-layer protocol and its offset. `None` for a fragment other than the first,
 /// which carries no ports.
 #[inline(always)]
-fn skip_ipv6_extensions(l3: *const u8, available: u32, first: u8) -> Option<(u8, u16)> {
+fn skip_ipv6_extensions(headers: &Headers, available: u32, first: u8) -> Option<(u8, u16)> {
     let mut next_header = first;
-    let mut offset: u32 = 40;
+    let mut offset: u32 = Ipv6Hdr::LEN as u32;
     for _ in 0..MAX_IPV6_EXTENSIONS {
         match next_header {
             IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DESTINATION_OPTIONS => {
@@ -206,7 +291,7 @@ fn skip_ipv6_extensions(l3: *const u8, available: u32, first: u8) -> Option<(u8,
                     return None;
                 }
                 // Next header, then the length in 8-octet units not counting the first.
-                let extension: [u8; 2] = skb::read(l3, offset)?;
+                let extension = headers.four_at(offset)?;
                 next_header = extension[0];
                 offset += (extension[1] as u32 + 1) * 8;
             }
@@ -214,7 +299,7 @@ fn skip_ipv6_extensions(l3: *const u8, available: u32, first: u8) -> Option<(u8,
                 if available < offset + 8 {
                     return None;
                 }
-                let fragment: [u8; 4] = skb::read(l3, offset)?;
+                let fragment = headers.four_at(offset)?;
                 if u16::from_be_bytes([fragment[2], fragment[3]]) & 0xfff8 != 0 {
                     return None;
                 }
@@ -227,51 +312,115 @@ fn skip_ipv6_extensions(l3: *const u8, available: u32, first: u8) -> Option<(u8,
     Some((next_header, offset as u16))
 }
 
-/// Fills `out` with the conntrack entry attached to `skb`.
+/// Bytes of `nf_conn` read at once: both tuples and the status (userspace leaves the span
+/// zero, and conntrack tuples unread, on a kernel where they lie further apart).
+pub const CT_SPAN_MAX: usize = 128;
+
+/// What conntrack had attached to an skb at one point of its way.
+pub struct ConntrackView {
+    /// `conntrack_state::*`.
+    pub state: u8,
+    /// The `enum ip_conntrack_info` bits of `skb->_nfct`.
+    pub info: u8,
+    /// IPS_* bits.
+    pub status: u32,
+}
+
+/// The conntrack entry attached to `skb`; its tuples, when an entry is attached and the
+/// kernel's layout is known, are written to `original` and `reply` (in place: the
+/// programs' stack has no room for copies). `slot` names the calling program (`lost_slot`).
 ///
 /// # Safety
-/// `out` must point at a ConntrackRecord inside a reserved ring buffer record.
+/// `skb` must be a BTF-typed `sk_buff` pointer.
 #[inline(always)]
-pub unsafe fn fill_conntrack(skb: *const u8, out: *mut ConntrackRecord) {
-    let nfct: u64 = skb::read(skb, config!(layout.skb_nfct)).unwrap_or(0);
+pub unsafe fn read_conntrack(skb: *const u8, slot: u32, original: &mut CtTuple, reply: &mut CtTuple) -> ConntrackView {
+    let nfct: u64 = unsafe { skb::load(skb, config!(layout.skb_nfct)) };
     let conn = (nfct & !NFCT_INFO_MASK) as *const u8;
-    unsafe {
-        (*out).info = (nfct & NFCT_INFO_MASK) as u8;
-        (*out)._pad = [0; 2];
-        (*out).status = 0;
-        (*out).original = zero_tuple();
-        (*out).reply = zero_tuple();
-        (*out).state = if nfct == 0 {
+    let mut view = ConntrackView {
+        state: if nfct == 0 {
             conntrack_state::NONE
         } else if conn.is_null() {
             conntrack_state::UNTRACKED
         } else {
             conntrack_state::ATTACHED
-        };
-        // A zero tuplehash size means the running kernel's BTF has no nf_conn: we
-        // know a conntrack entry is attached but not how to read it.
-        let tuplehash_size = config!(layout.ct_tuplehash_size);
-        if conn.is_null() || tuplehash_size == 0 {
-            return;
-        }
-        (*out).status = match skb::read::<u64>(conn, config!(layout.ct_status)) {
-            Some(status) => status as u32,
-            None => {
-                rare_failure!("the conntrack entry attached to a traced packet could not be read");
-                0
-            }
-        };
-        let original = config!(layout.ct_tuple_original);
-        read_tuple(conn.wrapping_add(original as usize), core::ptr::addr_of_mut!((*out).original));
-        read_tuple(
-            conn.wrapping_add((original + tuplehash_size) as usize),
-            core::ptr::addr_of_mut!((*out).reply),
-        );
+        },
+        info: (nfct & NFCT_INFO_MASK) as u8,
+        status: 0,
+    };
+    let span_len = config!(layout.ct_span_len);
+    if conn.is_null() || span_len == 0 {
+        return view;
+    }
+    let start = config!(layout.ct_span_start);
+    let Some(scratch) = scratch(slot) else { return view };
+    let span = &mut scratch.ct_span;
+    if !skb::read_into(span, conn.wrapping_add(start as usize), span_len as usize) {
+        rare_failure!("the conntrack entry attached to a traced packet could not be read");
+        return view;
+    }
+    view.status = u64::from_ne_bytes(span_bytes(span, config!(layout.ct_status).wrapping_sub(start))) as u32;
+    let at = config!(layout.ct_tuple_original).wrapping_sub(start);
+    tuple_into(span, at, original);
+    tuple_into(span, at + config!(layout.ct_tuplehash_size), reply);
+    view
+}
+
+/// `skb->mac_header` when no link-layer header was set.
+const MAC_HEADER_UNSET: u16 = 0xffff;
+
+/// Where the captured bytes' headers are.
+pub struct Captured {
+    pub len: u16,
+    pub l3_offset: u16,
+    pub l4_offset: u16,
+    pub payload_offset: u16,
+}
+
+/// Copies the frame's first bytes (at most the snaplen) into `into`, from the Ethernet
+/// header when the skb has one in its linear data, else from the IP header.
+///
+/// # Safety
+/// `skb` must be a BTF-typed `sk_buff` pointer.
+#[inline(always)]
+pub unsafe fn capture(skb: *const u8, header: &NetworkHeader, parsed: &ParsedFlow, into: &mut [u8; CAPTURE_MAX]) -> Captured {
+    let mac_header: u16 = unsafe { skb::load(skb, config!(layout.skb_mac_header)) };
+    let start = if mac_header != MAC_HEADER_UNSET && mac_header <= header.offset {
+        mac_header
+    } else {
+        header.offset
+    };
+    let l3_offset = header.offset - start;
+    // `tail` is an offset from `head` on 64-bit kernels: the end of the linear data.
+    let tail: u32 = unsafe { skb::load(skb, config!(layout.skb_tail)) };
+    let linear = tail.saturating_sub(start as u32) as usize;
+    let mut want = config!(snaplen) as usize;
+    if want > linear {
+        want = linear;
+    }
+    let copied = skb::read_into::<CAPTURE_MAX>(into, header.head.wrapping_add(start as usize), want);
+    if !copied {
+        rare_failure!("the kernel refused to copy {} bytes of a traced frame at head+{}", want, start);
+    }
+    Captured {
+        len: if copied { want.min(CAPTURE_MAX) as u16 } else { 0 },
+        l3_offset,
+        l4_offset: l3_offset + parsed.l3_len,
+        payload_offset: l3_offset + parsed.l3_len + parsed.l4_len,
     }
 }
 
+/// `N` bytes at `at` of the span read from a conntrack entry (zeros outside it).
 #[inline(always)]
-fn zero_tuple() -> CtTuple {
+fn span_bytes<const N: usize>(span: &[u8; CT_SPAN_MAX], at: u32) -> [u8; N] {
+    let mut value = [0u8; N];
+    if let Some(bytes) = span.get(at as usize..at as usize + N) {
+        value.copy_from_slice(bytes);
+    }
+    value
+}
+
+#[inline(always)]
+pub fn zero_tuple() -> CtTuple {
     CtTuple {
         src_addr: [0; 16],
         dst_addr: [0; 16],
@@ -282,15 +431,13 @@ fn zero_tuple() -> CtTuple {
     }
 }
 
-/// # Safety
-/// `out` must point at a CtTuple inside a reserved record.
+/// The `nf_conntrack_tuple` at `at` in the span read from a conntrack entry.
 #[inline(always)]
-unsafe fn read_tuple(tuple: *const u8, out: *mut CtTuple) {
-    unsafe {
-        (*out).src_addr = skb::read(tuple, config!(layout.tuple_src_addr)).unwrap_or([0; 16]);
-        (*out).dst_addr = skb::read(tuple, config!(layout.tuple_dst_addr)).unwrap_or([0; 16]);
-        (*out).src_port_be = skb::read(tuple, config!(layout.tuple_src_port)).unwrap_or(0);
-        (*out).dst_port_be = skb::read(tuple, config!(layout.tuple_dst_port)).unwrap_or(0);
-        (*out).protonum = skb::read(tuple, config!(layout.tuple_protonum)).unwrap_or(0);
-    }
+fn tuple_into(span: &[u8; CT_SPAN_MAX], at: u32, tuple: &mut CtTuple) {
+    tuple.src_addr = span_bytes(span, at + config!(layout.tuple_src_addr));
+    tuple.dst_addr = span_bytes(span, at + config!(layout.tuple_dst_addr));
+    tuple.src_port_be = u16::from_ne_bytes(span_bytes(span, at + config!(layout.tuple_src_port)));
+    tuple.dst_port_be = u16::from_ne_bytes(span_bytes(span, at + config!(layout.tuple_dst_port)));
+    tuple.protonum = span_bytes::<1>(span, at + config!(layout.tuple_protonum))[0];
+    tuple._pad = [0; 3];
 }

@@ -55,6 +55,8 @@ const MAX_WAITING_LINES: usize = 4_096;
 #[derive(Default)]
 pub struct Stats {
     pub packets: u64,
+    /// Records read from the kernel (a journey, a drop, a stray reply each).
+    pub records: u64,
     pub malformed: u64,
     pub last_error: String,
 }
@@ -174,10 +176,27 @@ impl Analysis {
     /// A packet whose hook path is already known (read back from a capture).
     pub fn packet_with_hooks(&mut self, mut packet: TracedPacket, output: &mut dyn Output) -> io::Result<()> {
         self.stats.packets += 1;
-        packet.event.dns = segment(&packet.event).and_then(|segment| self.decoder.decode(&segment));
+        // A stage a capture holds no bytes of keeps the message its line recorded.
+        if !packet.event.captured.is_empty() {
+            packet.event.dns = segment(&packet.event).and_then(|segment| self.decoder.decode(&segment));
+        }
         output.packet(&packet)?;
         if let Some(correlated) = self.flows.observe(&packet) {
             let until_ns = packet.event.timestamp_ns;
+            self.consider(&correlated, until_ns);
+        }
+        Ok(())
+    }
+
+    /// Findings-only watches: a DNS reply that left a bridge without conntrack, with where
+    /// the kernel saw its query sent before DNAT. Such a reply proves the skip on its own,
+    /// with the query's destination: it is judged as a reply to that query.
+    pub fn stray_reply(&mut self, mut reply: TracedPacket, asked: Option<std::net::SocketAddr>, output: &mut dyn Output) -> io::Result<()> {
+        self.stats.packets += 1;
+        reply.event.dns = segment(&reply.event).and_then(|segment| self.decoder.decode(&segment));
+        output.packet(&reply)?;
+        if let Some(correlated) = asked.and_then(|asked| crate::pipeline::queries::paired_reply(&reply, asked)) {
+            let until_ns = reply.event.timestamp_ns;
             self.consider(&correlated, until_ns);
         }
         Ok(())

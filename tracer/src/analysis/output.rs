@@ -54,7 +54,13 @@ pub enum DroppedStage {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(tag = "type", rename = "summary")]
 pub struct Summary {
+    /// Packet lines: one per bridge stage a traced packet passed, and per drop.
     pub packets: u64,
+    /// Records read from the kernel: one per packet's way through the node (its journey),
+    /// per drop without one, per stray reply.
+    #[serde(default)]
+    pub records: u64,
+    /// Records the kernel could not queue: each took its packet's lines with it.
     pub lost: u64,
     pub lost_per_cpu: Vec<u64>,
     #[serde(serialize_with = "serde_forms::millis::serialize")]

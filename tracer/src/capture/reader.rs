@@ -413,7 +413,8 @@ fn option_str<'a>(options: &'a [PcapNGOption<'_>], code: u16) -> Option<&'a str>
 fn with_bytes(mut packet: TracedPacket, wall_time_ns: u64, linktype: Linktype, data: &[u8]) -> TracedPacket {
     packet.wall_time_ns = wall_time_ns;
     let event = &mut packet.event;
-    event.captured = data.to_vec();
+    event.captured = bytes::Bytes::copy_from_slice(data);
+    event.captured_at_stage = !data.is_empty();
     let headers = l3_offset_for(linktype, data).and_then(|l3| ip_headers(data, l3));
     event.l3_offset = headers.map_or(0, |h| h.l3_offset);
     event.l4_offset = headers.map_or(data.len(), |h| h.l4_offset);

@@ -72,6 +72,10 @@ const RAW_IP: Linktype = Linktype::RAW;
 /// it is.
 const NO_BYTES: Linktype = Linktype(147);
 
+/// The comment of a stage block without bytes.
+const NOT_THIS_STAGE: &str =
+    "no bytes: the kernel copies a packet once, where its way through the node starts, and NAT changed its addresses after that";
+
 /// Blocks held back at most: a finding is decided within the batch of events its packet
 /// came in, and a batch that is larger is rare (the ring buffer overflowing).
 const HELD_BLOCKS: usize = 1024;
@@ -130,7 +134,7 @@ impl<W: Write> PcapngWriter<W> {
         let id = self.interfaces.len() as u32;
         let mut description = format!("network namespace {netns}, ifindex {ifindex}");
         if linktype == NO_BYTES {
-            description.push_str(", packets the kernel dropped here (no bytes: it reports a drop without the packet)");
+            description.push_str(", packets without bytes at this point (a drop, or a stage before NAT changed the addresses)");
         }
         if let Some(bridge) = bridge {
             if Some(bridge) == name {
@@ -298,7 +302,14 @@ fn drop_comment(line: &DropLine) -> String {
 impl<W: Write> Output for PcapngWriter<W> {
     fn packet(&mut self, packet: &TracedPacket) -> io::Result<()> {
         let event = &packet.event;
-        let linktype = if event.l3_offset > 0 { ETHERNET } else { RAW_IP };
+        // The kernel copies a packet's bytes once, where its way starts: a stage after NAT
+        // changed its addresses gets no bytes rather than a frame it never was; its line, in
+        // the metadata, says what it was.
+        let (linktype, data) = match event.captured_at_stage {
+            true if event.l3_offset > 0 => (ETHERNET, event.captured.to_vec()),
+            true => (RAW_IP, event.captured.to_vec()),
+            false => (NO_BYTES, Vec::new()),
+        };
         let if_id = self.interface(
             event.netns_inode,
             event.ifindex,
@@ -306,12 +317,17 @@ impl<W: Write> Output for PcapngWriter<W> {
             packet.names.bridge.as_deref(),
             linktype,
         )?;
+        let original_len = if data.is_empty() { 0 } else { (event.l3_offset as u32).saturating_add(event.ip_len) };
+        let mut comments = vec![packet_comment(packet)];
+        if data.is_empty() {
+            comments.push(NOT_THIS_STAGE.to_string());
+        }
         self.hold(Pending {
             if_id,
             wall_time_ns: packet.wall_time_ns,
-            data: event.captured.clone(),
-            original_len: (event.l3_offset as u32).saturating_add(event.ip_len),
-            comments: vec![packet_comment(packet)],
+            data,
+            original_len,
+            comments,
             meta: BlockMeta::Packet { line: packet.clone(), sysctls: BTreeMap::new() },
         })
     }
@@ -436,7 +452,7 @@ pub(crate) mod tests {
         traced.event.l3_offset = 14;
         traced.event.l4_offset = 34;
         traced.event.payload_offset = 42;
-        traced.event.captured = frame;
+        traced.event.captured = frame.into();
         traced
     }
 
@@ -664,7 +680,9 @@ pub(crate) mod tests {
     fn a_block_larger_than_the_read_buffer_is_read_whole() {
         let (packets, _, _) = scenario();
         let mut big = packets[0].clone();
-        big.event.captured.resize(100_000, 0xab);
+        let mut bytes = big.event.captured.to_vec();
+        bytes.resize(100_000, 0xab);
+        big.event.captured = bytes.into();
         let mut bytes = Vec::new();
         {
             let mut writer = PcapngWriter::new(&mut bytes, &info()).expect("header");

@@ -156,6 +156,7 @@ impl Report {
         }
         let summary = Summary {
             packets: analysis.stats.packets,
+            records: recorded.as_ref().map_or(0, |s| s.records),
             lost: recorded.as_ref().map_or(0, |s| s.lost),
             lost_per_cpu: recorded.as_ref().map_or_else(Vec::new, |s| s.lost_per_cpu.clone()),
             duration_secs: recorded

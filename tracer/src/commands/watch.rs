@@ -36,6 +36,7 @@ use crate::{
     render::{json::JsonOutput, text::TextOutput},
     kernel::{
         check_privileges,
+        journeys::Journeys,
         loss::KernelLoss,
         records::{self as record, KernelEvent},
         Attached, KernelHooks, WatchSettings,
@@ -66,6 +67,10 @@ pub enum Ending {
 /// Housekeeping cadence: interface changes are applied at least this often even when
 /// no packets arrive.
 const TICK: Duration = Duration::from_millis(250);
+
+/// The kernel wakes the reader only once an eighth of the ring is queued (a wakeup per
+/// record cost more than the record); below that, what is queued is read this often.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Lost records are checked every this many ticks (once a second) and reported on
 /// standard error while they grow, so a loss is seen while it happens.
@@ -124,7 +129,7 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Endi
     // The rulesets are read before anything is attached: that reading is what the
     // counters of the first drop are compared with.
     let firewall = FirewallWorker::start();
-    let Attached { hooks, events, loss, mut reports } = KernelHooks::attach(&options.settings)?;
+    let Attached { hooks, events, loss, mut reports, mut journeys } = KernelHooks::attach(&options.settings)?;
     let mut loss = KernelWitness::new(loss);
     let mut interfaces = Interfaces::open()?;
     let clock = WallClock::now();
@@ -135,10 +140,13 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Endi
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut tick = tokio::time::interval(TICK);
+    let mut drain_timer = tokio::time::interval(DRAIN_INTERVAL);
+    drain_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let started = Instant::now();
     let deadline = options.duration.map(|d| started + d);
     let mut analysis = Analysis::live(&options.analysis, firewall);
     let mut watermark = Watermark::default();
+    let mut decoder = record::Decoder::default();
     let mut ticks: u64 = 0;
     let mut lost_reported: u64 = 0;
 
@@ -179,7 +187,7 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Endi
                 let mut guard = ready.context("waiting for events")?;
                 let pass = Pass { reasons, clock: &clock, until: Instant::now() + PASS_TIME, max_records: PASS_RECORDS };
                 let emptied = pass
-                    .drain(guard.get_inner_mut(), &mut interfaces, output, &mut analysis, &mut watermark)
+                    .drain(guard.get_inner_mut(), &mut interfaces, output, &mut analysis, &mut watermark, &mut decoder)
                     .and_then(|emptied| analysis.settle(&mut loss, output).and_then(|()| output.flush()).map(|()| emptied));
                 match emptied {
                     Ok(true) => guard.clear_ready(),
@@ -194,8 +202,23 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Endi
                     }
                 }
             }
+            _ = drain_timer.tick() => {
+                let pass = Pass { reasons, clock: &clock, until: Instant::now() + PASS_TIME, max_records: PASS_RECORDS };
+                let served = pass
+                    .drain(events.get_mut(), &mut interfaces, output, &mut analysis, &mut watermark, &mut decoder)
+                    .and_then(|_| analysis.settle(&mut loss, output).and_then(|()| output.flush()));
+                if let Err(err) = served {
+                    output_error = Some(err);
+                    break;
+                }
+            }
             _ = tick.tick() => {
                 ticks += 1;
+                let pass = Pass { reasons, clock: &clock, until: Instant::now() + PASS_TIME, max_records: PASS_RECORDS };
+                if let Err(err) = pass.sweep(&mut journeys, &mut interfaces, output, &mut analysis, &mut watermark, &mut decoder) {
+                    output_error = Some(err);
+                    break;
+                }
                 if let Some(reports) = reports.as_mut() {
                     reports.flush();
                 }
@@ -206,7 +229,7 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Endi
                 // Also when nothing woke the loop: a ring buffer read empty here is what
                 // lets an unanswered query's time run out on a quiet node.
                 let pass = Pass { reasons, clock: &clock, until: Instant::now() + PASS_TIME, max_records: PASS_RECORDS };
-                let served = pass.drain(events.get_mut(), &mut interfaces, output, &mut analysis, &mut watermark).and_then(|_| {
+                let served = pass.drain(events.get_mut(), &mut interfaces, output, &mut analysis, &mut watermark, &mut decoder).and_then(|_| {
                     analysis.expire(watermark.newest_ns);
                     analysis.settle(&mut loss, output).and_then(|()| output.flush())
                 });
@@ -225,7 +248,7 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Endi
         // Records already queued when we were told to stop still belong to the watch, as
         // far as they can be read in a moment.
         let pass = Pass { reasons, clock: &clock, until: Instant::now() + FINAL_DRAIN_TIME, max_records: usize::MAX };
-        let ended = pass.drain(events.get_mut(), &mut interfaces, output, &mut analysis, &mut watermark).and_then(|_| {
+        let ended = pass.drain(events.get_mut(), &mut interfaces, output, &mut analysis, &mut watermark, &mut decoder).and_then(|_| {
             analysis.expire(watermark.newest_ns);
             analysis.finish(&mut loss, output, Instant::now() + FINAL_RULES_WAIT)
         });
@@ -242,6 +265,7 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Endi
     let recursion_misses = loss.kernel().recursion_misses();
     let summary = Summary {
         packets: stats.packets,
+        records: stats.records,
         lost: lost_per_cpu.iter().sum::<u64>() + recursion_misses,
         lost_per_cpu,
         duration_secs: started.elapsed().as_secs_f64(),
@@ -287,6 +311,7 @@ impl Pass<'_> {
         output: &mut dyn Output,
         analysis: &mut Analysis,
         watermark: &mut Watermark,
+        decoder: &mut record::Decoder,
     ) -> io::Result<bool> {
         interfaces.apply_updates();
         let mut read = 0usize;
@@ -299,32 +324,72 @@ impl Pass<'_> {
                 return Ok(true);
             };
             read += 1;
-            let decoded = record::decode_record(&item);
+            analysis.stats.records += 1;
+            let decoded = decoder.decode(&item);
             drop(item);
-            match decoded {
-                Ok(KernelEvent::Packet(event)) => {
+            self.take(decoded, decoder, interfaces, output, analysis, watermark)?;
+        }
+    }
+
+    /// Journeys that never ended, read from the kernel's table (see `kernel::journeys`).
+    fn sweep(
+        &self,
+        journeys: &mut Journeys,
+        interfaces: &mut Interfaces,
+        output: &mut dyn Output,
+        analysis: &mut Analysis,
+        watermark: &mut Watermark,
+        decoder: &mut record::Decoder,
+    ) -> io::Result<()> {
+        for journey in journeys.sweep(monotonic_now_ns()) {
+            analysis.stats.records += 1;
+            let decoded = decoder.abandoned(&journey);
+            self.take(decoded, decoder, interfaces, output, analysis, watermark)?;
+        }
+        Ok(())
+    }
+
+    /// Hands the events a record was decoded into to the analysis.
+    fn take(
+        &self,
+        decoded: Result<(), record::DecodeError>,
+        decoder: &mut record::Decoder,
+        interfaces: &mut Interfaces,
+        output: &mut dyn Output,
+        analysis: &mut Analysis,
+        watermark: &mut Watermark,
+    ) -> io::Result<()> {
+        if let Err(err) = decoded {
+            analysis.stats.malformed += 1;
+            analysis.stats.last_error = err.to_string();
+            return Ok(());
+        }
+        for event in decoder.events.drain(..) {
+            match event {
+                KernelEvent::Packet(event) => {
                     watermark.read(event.timestamp_ns);
                     analysis.packet(naming::traced(event, self.clock, interfaces), output)?;
                 }
-                Ok(KernelEvent::Hook(event)) => {
+                KernelEvent::Hook(event) => {
                     watermark.read(event.timestamp_ns);
                     analysis.paths.hook(&event);
                 }
-                Ok(KernelEvent::Icmp(event)) => {
+                KernelEvent::Icmp(event) => {
                     watermark.read(event.timestamp_ns);
                     analysis.paths.icmp(&event);
                 }
-                Ok(KernelEvent::Drop(event)) => {
+                KernelEvent::Drop(event) => {
                     watermark.read(event.timestamp_ns);
                     let reason = self.reasons.get(&event.reason).cloned().unwrap_or_else(|| format!("reason {}", event.reason));
                     analysis.dropped(&event, reason, self.clock, interfaces, output)?;
                 }
-                Err(err) => {
-                    analysis.stats.malformed += 1;
-                    analysis.stats.last_error = err.to_string();
+                KernelEvent::StrayReply { reply, asked } => {
+                    watermark.read(reply.timestamp_ns);
+                    analysis.stray_reply(naming::traced(reply, self.clock, interfaces), asked, output)?;
                 }
             }
         }
+        Ok(())
     }
 }
 
@@ -354,9 +419,15 @@ pub struct TracingArgs {
 
 impl TracingArgs {
     /// The options of a watch on `port`, copying `snaplen` bytes, for `duration`.
-    pub fn watch_options(&self, port: u16, snaplen: u32, duration: Option<Duration>) -> WatchOptions {
+    pub fn watch_options(&self, port: u16, snaplen: u32, duration: Option<Duration>, findings_only: bool) -> WatchOptions {
         WatchOptions {
-            settings: WatchSettings { port, snaplen, ring_buffer_bytes: self.ring_buffer_mib << 20, debug: self.debug },
+            settings: WatchSettings {
+                port,
+                snaplen,
+                ring_buffer_bytes: self.ring_buffer_mib << 20,
+                debug: self.debug,
+                findings_only,
+            },
             duration,
             analysis: AnalysisOptions { dns_timeout: self.dns_timeout, dns_ports: self.dns_ports.clone() },
         }
@@ -384,6 +455,13 @@ pub struct WatchArgs {
     #[command(flatten)]
     pub tracing: TracingArgs,
 
+    /// Only what can become a finding: the kernel sends drops (with the hook and REJECT
+    /// answer) and DNS replies that leave a bridge without conntrack, not every packet's
+    /// way. Costs little under load, for a watch left running on a busy node; lines are
+    /// printed only for those packets, and unanswered queries (dns_timeout) are not seen.
+    #[arg(long)]
+    pub findings_only: bool,
+
     /// Also write every traced packet to FILE as pcapng (mode 0600), with a comment per
     /// packet and the findings; read it with `tracer report FILE`, Wireshark or tshark.
     /// FILE must not exist (see --force); links, FIFOs and devices are refused.
@@ -399,7 +477,7 @@ pub struct WatchArgs {
 
 /// `tracer watch`: the capture file, the outputs, the watch, and the exit code.
 pub fn command(args: WatchArgs) -> ExitCode {
-    let options = args.tracing.watch_options(args.port, args.snaplen, args.duration);
+    let options = args.tracing.watch_options(args.port, args.snaplen, args.duration, args.findings_only);
     // The capture file is created before anything is attached, so a path that cannot
     // be written is reported at once; and after the privileges are checked, so a watch
     // that cannot start creates nothing.

@@ -163,6 +163,9 @@ enum Width {
     Any,
 }
 
+/// The most bytes of `nf_conn` the programs read at once (`CT_SPAN_MAX` in the programs).
+const CT_SPAN_MAX: u32 = 128;
+
 pub fn resolve_layout(btf: &KernelBtf) -> Result<ResolvedLayout> {
     let field = |ty: &str, path: &str, width: Width| byte_offset(btf, ty, path, width);
     // All of these are read through pointers by the kernel programs: 64-bit kernels only.
@@ -222,6 +225,17 @@ pub fn resolve_layout(btf: &KernelBtf) -> Result<ResolvedLayout> {
         l.tuple_dst_addr = tuple("dst.u3", Width::Bytes(16))?;
         l.tuple_dst_port = tuple("dst.u.all", Width::Bytes(2))?;
         l.tuple_protonum = tuple("dst.protonum", Width::Bytes(1))?;
+        let tuple_size = btf.type_size("nf_conntrack_tuple")?;
+        let start = l.ct_status.min(l.ct_tuple_original);
+        let end = (l.ct_status + 8).max(l.ct_tuple_original + l.ct_tuplehash_size + tuple_size);
+        if end - start > CT_SPAN_MAX {
+            bail!(
+                "kernel not supported: nf_conn's tuples and status span {} bytes, the programs read at most {CT_SPAN_MAX}",
+                end - start
+            );
+        }
+        l.ct_span_start = start;
+        l.ct_span_len = end - start;
     }
     Ok(ResolvedLayout {
         layout: l,
@@ -593,6 +607,9 @@ mod tests {
             ct_status: 120,
             ct_tuple_original: 24,
             ct_tuplehash_size: 56,
+            // From the original tuple to the end of the status: one read.
+            ct_span_start: 24,
+            ct_span_len: 104,
             tuple_src_addr: 0,
             tuple_src_port: 16,
             tuple_dst_addr: 20,

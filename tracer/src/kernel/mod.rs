@@ -4,6 +4,7 @@
 
 pub mod btf;
 pub mod diagnostics;
+pub mod journeys;
 pub mod layout;
 pub mod loss;
 pub mod netfilter;
@@ -39,8 +40,10 @@ const TRACEPOINT_PROGRAMS: [(&str, &str); 4] = [
 ];
 
 /// Netfilter programs and where in each hook's priority range they run.
-const NETFILTER_PROGRAMS: [(&str, i32); 2] =
-    [("netfilter_early", netfilter::PRIORITY_EARLIEST), ("netfilter_late", netfilter::PRIORITY_LATEST)];
+/// The netfilter programs: one at the start of every hook; one at the end of the input
+/// hook, where a packet that got there is delivered (watches that follow journeys only).
+const NETFILTER_ENTRY: &str = "netfilter_entry";
+const NETFILTER_DELIVERY: &str = "netfilter_delivery";
 
 #[derive(Clone, Debug)]
 pub struct WatchSettings {
@@ -51,6 +54,8 @@ pub struct WatchSettings {
     pub ring_buffer_bytes: u32,
     /// Print the kernel programs' reports of rare failures (`--debug`).
     pub debug: bool,
+    /// Send only what can become a finding (`--findings-only`).
+    pub findings_only: bool,
 }
 
 /// What attaching gives the watch: the programs, the ring buffer their records arrive
@@ -61,6 +66,8 @@ pub struct Attached {
     pub loss: loss::KernelLoss,
     /// With `--debug`: the programs' reports, to flush now and then.
     pub reports: Option<diagnostics::KernelReports>,
+    /// The journeys in flight, swept for those that never ended.
+    pub journeys: journeys::Journeys,
 }
 
 /// The attached kernel programs. Dropping it detaches them.
@@ -97,6 +104,10 @@ impl KernelHooks {
             _pad: 0,
             netns_inode,
             snaplen: settings.snaplen.min(CAPTURE_MAX as u32),
+            // An eighth of the ring: a reader asleep on its drain timer is woken well
+            // before the ring could fill.
+            wakeup_bytes: settings.ring_buffer_bytes / 8,
+            findings_only: u32::from(settings.findings_only),
             layout: resolved.layout,
         };
 
@@ -110,6 +121,10 @@ impl KernelHooks {
             .map_err(|err| explain_load_error(anyhow!(err)))?;
 
         for (program, tracepoint) in TRACEPOINT_PROGRAMS {
+            // A findings-only watch starts nothing where frames enter a bridge.
+            if settings.findings_only && program == "bridge_receive" {
+                continue;
+            }
             let hook: &mut BtfTracePoint = ebpf
                 .program_mut(program)
                 .ok_or_else(|| anyhow!("program {program} missing from the kernel object: rebuild tracer"))?
@@ -129,15 +144,21 @@ impl KernelHooks {
         let mut netfilter_programs = Vec::new();
         if resolved.netfilter_known {
             let object = netfilter::RelocatedObject::new(PROGRAMS, &ebpf)?;
-            for (name, priority) in NETFILTER_PROGRAMS {
-                let mut program = object.program(name)?;
-                program.load().map_err(explain_load_error)?;
-                for family in [Family::Ipv4, Family::Ipv6] {
-                    for hook in Hook::ALL {
-                        program.attach(family, hook, priority)?;
-                    }
+            let mut entry = object.program(NETFILTER_ENTRY)?;
+            entry.load().map_err(explain_load_error)?;
+            for family in [Family::Ipv4, Family::Ipv6] {
+                for hook in Hook::ALL {
+                    entry.attach(family, hook, netfilter::PRIORITY_EARLIEST)?;
                 }
-                netfilter_programs.push(program);
+            }
+            netfilter_programs.push(entry);
+            if !settings.findings_only {
+                let mut delivery = object.program(NETFILTER_DELIVERY)?;
+                delivery.load().map_err(explain_load_error)?;
+                for family in [Family::Ipv4, Family::Ipv6] {
+                    delivery.attach(family, Hook::LocalIn, netfilter::PRIORITY_LATEST)?;
+                }
+                netfilter_programs.push(delivery);
             }
         }
         let netfilter_links = netfilter_programs.iter().map(|p| p.link_count()).sum();
@@ -148,6 +169,9 @@ impl KernelHooks {
         )?;
         let lost = PerCpuArray::try_from(
             ebpf.take_map("LOST").ok_or_else(|| anyhow!("map LOST missing from the kernel object: rebuild tracer"))?,
+        )?;
+        let journeys = journeys::Journeys::new(
+            ebpf.take_map("JOURNEYS").ok_or_else(|| anyhow!("map JOURNEYS missing from the kernel object: rebuild tracer"))?,
         )?;
         let buckets = match ebpf.take_map("LOSS_BY_ENDPOINT") {
             Some(aya::maps::Map::Array(data)) => data,
@@ -178,6 +202,7 @@ impl KernelHooks {
             events,
             loss,
             reports,
+            journeys,
         })
     }
 

@@ -44,7 +44,13 @@ impl RelocatedObject {
         let mut fds: Vec<(String, RawFd)> = Vec::new();
         for (name, map) in ebpf.maps() {
             let data = match map {
-                Map::Array(data) | Map::PerCpuArray(data) | Map::RingBuf(data) => data,
+                Map::Array(data)
+                | Map::PerCpuArray(data)
+                | Map::RingBuf(data)
+                | Map::HashMap(data)
+                | Map::LruHashMap(data)
+                | Map::PerCpuHashMap(data)
+                | Map::PerCpuLruHashMap(data) => data,
                 _ => bail!("map {name} is of a kind the netfilter loader does not relocate: rebuild tracer"),
             };
             fds.push((name.to_string(), data.fd().as_fd().as_raw_fd()));

@@ -1,11 +1,15 @@
-//! Decodes the ring buffer's records into the model's events: tells the kinds apart by
-//! their common header and reads each kind's fields with Rust types.
+//! Decodes the ring buffer's records into the model's events. A journey (a traced
+//! packet's way through the node, sent once when it ends) becomes the events of each point
+//! it passed, in order, as the pipeline follows packets: a packet event per bridge stage,
+//! a hook event on entering each netfilter hook and one on leaving it (a hook is left when
+//! another step follows it), and the ICMP answer and drop it may have ended with.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use bytes::{Bytes, BytesMut};
 use tracer_common::{
-    conntrack_state, hook_position, record_kind, ConntrackRecord, CtTuple, DropRecord, Flow, HookRecord, IcmpRecord,
-    PacketRecord, RecordHeader, Stage, CAPTURE_MAX,
+    conntrack_state, journey_end, record_kind, step_kind, CtTuple, DropRecord, Flow, JourneyRecord, JourneyStep,
+    RecordHeader, Stage, StrayReplyRecord, CAPTURE_MAX, MAX_STEPS,
 };
 
 use crate::model::{
@@ -14,26 +18,328 @@ use crate::model::{
     packet::{Conntrack, ConntrackEntry, FlowTuple, L4Proto, LossStamps, PacketEvent},
 };
 
-fn loss_stamps(header: &RecordHeader) -> LossStamps {
-    LossStamps { src: header.loss_stamp_src, dst: header.loss_stamp_dst }
-}
-
 #[derive(Clone, Debug)]
 pub enum KernelEvent {
     Packet(PacketEvent),
     Hook(HookEvent),
     Drop(DropEvent),
     Icmp(IcmpEvent),
+    /// Findings-only watches: a DNS reply leaving a bridge without conntrack, and where its
+    /// query was sent before DNAT, when the kernel saw that.
+    StrayReply { reply: PacketEvent, asked: Option<SocketAddr> },
 }
 
-pub fn decode_record(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
-    let kind_bytes: [u8; 4] = bytes.get(..4).and_then(|b| b.try_into().ok()).ok_or(DecodeError::WrongSize(bytes.len()))?;
-    match u32::from_ne_bytes(kind_bytes) {
-        record_kind::PACKET => Ok(KernelEvent::Packet(decode(&record_from_bytes::<PacketRecord>(bytes)?)?)),
-        record_kind::HOOK => Ok(KernelEvent::Hook(decode_hook(&record_from_bytes::<HookRecord>(bytes)?)?)),
-        record_kind::DROP => Ok(KernelEvent::Drop(decode_drop(&record_from_bytes::<DropRecord>(bytes)?)?)),
-        record_kind::ICMP => Ok(KernelEvent::Icmp(decode_icmp(&record_from_bytes::<IcmpRecord>(bytes)?)?)),
-        other => Err(DecodeError::UnknownKind(other)),
+/// Turns records into events, reusing its buffers: the captured bytes of many records
+/// share one allocation, and the events of one record go into a vector kept between
+/// records.
+#[derive(Default)]
+pub struct Decoder {
+    bytes: BytesMut,
+    pub events: Vec<KernelEvent>,
+}
+
+/// Room for this many records' bytes is allocated at once.
+const BYTES_CHUNK: usize = 64 * CAPTURE_MAX;
+
+impl Decoder {
+    /// Decodes one record into `self.events` (replacing what the previous one left there).
+    pub fn decode(&mut self, record: &[u8]) -> Result<(), DecodeError> {
+        self.events.clear();
+        let kind_bytes: [u8; 4] =
+            record.get(..4).and_then(|b| b.try_into().ok()).ok_or(DecodeError::WrongSize(record.len()))?;
+        match u32::from_ne_bytes(kind_bytes) {
+            record_kind::JOURNEY => self.journey(record),
+            record_kind::DROP => {
+                let drop: DropRecord = record_from_bytes(record)?;
+                standalone_drop(&drop, &mut self.events)
+            }
+            record_kind::STRAY_REPLY => self.stray_reply(record),
+            other => Err(DecodeError::UnknownKind(other)),
+        }
+    }
+
+    /// The captured bytes, copied out of the ring buffer into the shared allocation.
+    fn captured(&mut self, bytes: &[u8]) -> Bytes {
+        if self.bytes.capacity() < bytes.len() {
+            self.bytes.reserve(BYTES_CHUNK.max(bytes.len()));
+        }
+        self.bytes.extend_from_slice(bytes);
+        self.bytes.split().freeze()
+    }
+
+    /// A journey as the kernel sends it, packed: the part before the steps, the steps
+    /// recorded, the bytes captured (see `JourneyRecord`).
+    fn journey(&mut self, record: &[u8]) -> Result<(), DecodeError> {
+        let mut journey: JourneyRecord = record_prefix(record, JourneyRecord::STEPS_OFFSET)?;
+        let steps = usize::from(journey.step_count).min(MAX_STEPS);
+        let steps_end = JourneyRecord::STEPS_OFFSET + steps * size_of::<JourneyStep>();
+        let step_bytes = record.get(JourneyRecord::STEPS_OFFSET..steps_end).ok_or(DecodeError::WrongSize(record.len()))?;
+        for (step, bytes) in journey.steps.iter_mut().zip(step_bytes.chunks_exact(size_of::<JourneyStep>())) {
+            *step = record_from_bytes(bytes)?;
+        }
+        let captured_len = usize::from(journey.captured_len).min(CAPTURE_MAX);
+        let packet = record.get(steps_end..steps_end + captured_len).ok_or(DecodeError::WrongSize(record.len()))?;
+        self.journey_events(&journey, packet)
+    }
+
+    /// A journey that never ended (see `kernel::journeys`), into `self.events`.
+    pub fn abandoned(&mut self, journey: &JourneyRecord) -> Result<(), DecodeError> {
+        self.events.clear();
+        let captured_len = usize::from(journey.captured_len).min(CAPTURE_MAX);
+        self.journey_events(journey, &journey.packet[..captured_len])
+    }
+
+    fn journey_events(&mut self, journey: &JourneyRecord, packet: &[u8]) -> Result<(), DecodeError> {
+        let captured = self.captured(packet);
+        let journey = *journey;
+        let capture = Capture::of_journey(&journey, captured);
+        let steps = &journey.steps[..usize::from(journey.step_count).min(MAX_STEPS)];
+        let header = &journey.header;
+        let ct_tuples = (&journey.ct_original, &journey.ct_reply);
+        // A journey cut short misses the steps that would show which hook was left: then
+        // every hook recorded counts as left, and a drop names none.
+        let last_hook_left = journey.cut != 0 || journey.end != journey_end::DROPPED;
+        for (index, step) in steps.iter().enumerate() {
+            let next = steps.get(index + 1);
+            match step.kind {
+                step_kind::STAGE => {
+                    let event = stage_event(header, step, ct_tuples, &capture)?;
+                    self.events.push(KernelEvent::Packet(event));
+                }
+                step_kind::HOOK => {
+                    let entered = hook_event(header, step, ct_tuples, true)?;
+                    self.events.push(KernelEvent::Hook(entered));
+                    // Left with what the next point saw (conntrack and NAT as the hook
+                    // left them), or, at the journey's end, as it entered.
+                    let left = match next {
+                        Some(next) => Some(hook_event(header, step, ct_tuples, false)?.with_state_of(next, ct_tuples)?),
+                        None if last_hook_left => Some(hook_event(header, step, ct_tuples, false)?),
+                        None => None,
+                    };
+                    if let Some(left) = left {
+                        self.events.push(KernelEvent::Hook(left));
+                    }
+                }
+                other => return Err(DecodeError::UnknownStepKind(other)),
+            }
+        }
+        if journey.end == journey_end::DROPPED {
+            let (src, dst) = flow_addresses(&journey.end_flow)?;
+            let (family, l4_proto) = family_and_protocol(&journey.end_flow)?;
+            let at_end = steps.last().map_or(header.timestamp_ns, |step| step.timestamp_ns);
+            if journey.icmp_sent != 0 {
+                self.events.push(KernelEvent::Icmp(IcmpEvent {
+                    timestamp_ns: at_end,
+                    skb_id: header.skb_id,
+                    loss: loss_stamps(header),
+                    ifindex: journey.end_ifindex,
+                    icmp_type: journey.icmp_type,
+                    icmp_code: journey.icmp_code,
+                    l4_proto,
+                    src,
+                    dst,
+                }));
+            }
+            self.events.push(KernelEvent::Drop(DropEvent {
+                timestamp_ns: at_end,
+                skb_id: header.skb_id,
+                loss: loss_stamps(header),
+                netns_inode: header.netns_inode,
+                ifindex: journey.end_ifindex,
+                reason: journey.drop_reason,
+                location: journey.drop_location,
+                family,
+                l4_proto,
+                src,
+                dst,
+            }));
+        }
+        Ok(())
+    }
+
+    fn stray_reply(&mut self, record: &[u8]) -> Result<(), DecodeError> {
+        let stray: StrayReplyRecord = record_prefix(record, StrayReplyRecord::PACKET_OFFSET)?;
+        let captured_len = usize::from(stray.captured_len).min(CAPTURE_MAX);
+        let packet = record
+            .get(StrayReplyRecord::PACKET_OFFSET..StrayReplyRecord::PACKET_OFFSET + captured_len)
+            .ok_or(DecodeError::WrongSize(record.len()))?;
+        let captured = self.captured(packet);
+        let (src, dst) = flow_addresses(&stray.flow)?;
+        let (family, l4_proto) = family_and_protocol(&stray.flow)?;
+        let header = &stray.header;
+        let reply = PacketEvent {
+            timestamp_ns: header.timestamp_ns,
+            skb_id: header.skb_id,
+            loss: loss_stamps(header),
+            netns_inode: header.netns_inode,
+            stage: Stage::BridgeOut,
+            ifindex: stray.ifindex,
+            ingress_ifindex: stray.ingress_ifindex,
+            ip_len: ip_length(&captured, usize::from(stray.l3_offset), stray.flow.ip_version).unwrap_or(stray.packet_len),
+            family,
+            l4_proto,
+            src,
+            dst,
+            conntrack: Conntrack::None,
+            dns: None,
+            captured,
+            captured_at_stage: true,
+            l3_offset: usize::from(stray.l3_offset),
+            l4_offset: usize::from(stray.l4_offset),
+            payload_offset: usize::from(stray.payload_offset),
+        };
+        let asked = match stray.asked_known {
+            0 => None,
+            _ => Some(SocketAddr::new(ip_from(stray.flow.ip_version, &stray.asked_addr)?, u16::from_be(stray.asked_port_be))),
+        };
+        self.events.push(KernelEvent::StrayReply { reply, asked });
+        Ok(())
+    }
+}
+
+/// The bytes a journey captured when it ended, and the addresses the packet had then.
+struct Capture {
+    bytes: Bytes,
+    flow: Flow,
+    l3_offset: usize,
+    l4_offset: usize,
+    payload_offset: usize,
+}
+
+impl Capture {
+    fn of_journey(journey: &JourneyRecord, bytes: Bytes) -> Capture {
+        Capture {
+            bytes,
+            flow: journey.capture_flow,
+            l3_offset: usize::from(journey.l3_offset),
+            l4_offset: usize::from(journey.l4_offset),
+            payload_offset: usize::from(journey.payload_offset),
+        }
+    }
+}
+
+/// A drop with no journey: the hook it entered last, when known, comes first, so that the
+/// path the pipeline follows ends in it.
+fn standalone_drop(drop: &DropRecord, events: &mut Vec<KernelEvent>) -> Result<(), DecodeError> {
+    let (src, dst) = flow_addresses(&drop.flow)?;
+    let (family, l4_proto) = family_and_protocol(&drop.flow)?;
+    let header = &drop.header;
+    if drop.hook_known != 0 {
+        events.push(KernelEvent::Hook(HookEvent {
+            timestamp_ns: header.timestamp_ns,
+            skb_id: header.skb_id,
+            loss: loss_stamps(header),
+            family: family_of_pf(drop.pf).unwrap_or(family),
+            hook: Hook::from_number(drop.hook).ok_or(DecodeError::UnknownHook(drop.hook))?,
+            early: true,
+            in_ifindex: drop.hook_in_ifindex,
+            out_ifindex: drop.hook_out_ifindex,
+            src,
+            conntrack: Conntrack::None,
+        }));
+    }
+    if drop.icmp_sent != 0 {
+        events.push(KernelEvent::Icmp(IcmpEvent {
+            timestamp_ns: header.timestamp_ns,
+            skb_id: header.skb_id,
+            loss: loss_stamps(header),
+            ifindex: drop.ifindex,
+            icmp_type: drop.icmp_type,
+            icmp_code: drop.icmp_code,
+            l4_proto,
+            src,
+            dst,
+        }));
+    }
+    events.push(KernelEvent::Drop(DropEvent {
+        timestamp_ns: header.timestamp_ns,
+        skb_id: header.skb_id,
+        loss: loss_stamps(header),
+        netns_inode: header.netns_inode,
+        ifindex: drop.ifindex,
+        reason: drop.reason,
+        location: drop.location,
+        family,
+        l4_proto,
+        src,
+        dst,
+    }));
+    Ok(())
+}
+
+fn stage_event(
+    header: &RecordHeader,
+    step: &JourneyStep,
+    ct_tuples: (&CtTuple, &CtTuple),
+    capture: &Capture,
+) -> Result<PacketEvent, DecodeError> {
+    let stage = Stage::from_u8(step.point).ok_or(DecodeError::UnknownStage(step.point))?;
+    let (src, dst) = flow_addresses(&step.flow)?;
+    let (family, l4_proto) = family_and_protocol(&step.flow)?;
+    Ok(PacketEvent {
+        timestamp_ns: step.timestamp_ns,
+        skb_id: header.skb_id,
+        loss: LossStamps { src: step.loss_stamp_src, dst: step.loss_stamp_dst },
+        netns_inode: header.netns_inode,
+        stage,
+        ifindex: step.ifindex,
+        ingress_ifindex: step.other_ifindex,
+        // NAT does not change the length: the captured header's holds at every stage.
+        ip_len: ip_length(&capture.bytes, capture.l3_offset, capture.flow.ip_version).unwrap_or(step.packet_len),
+        family,
+        l4_proto,
+        src,
+        dst,
+        conntrack: conntrack_of(step.ct_state, step.ct_info, step.ct_status, ct_tuples, step.flow.ip_version)?,
+        dns: None,
+        // Every stage carries the payload; only where the packet had the addresses it was
+        // captured with are the bytes this stage's frame.
+        captured: capture.bytes.clone(),
+        captured_at_stage: step.flow == capture.flow,
+        l3_offset: capture.l3_offset,
+        l4_offset: capture.l4_offset,
+        payload_offset: capture.payload_offset,
+    })
+}
+
+fn hook_event(header: &RecordHeader, step: &JourneyStep, ct_tuples: (&CtTuple, &CtTuple), early: bool) -> Result<HookEvent, DecodeError> {
+    let (src, _) = flow_addresses(&step.flow)?;
+    let (family, _) = family_and_protocol(&step.flow)?;
+    Ok(HookEvent {
+        timestamp_ns: step.timestamp_ns,
+        skb_id: header.skb_id,
+        loss: LossStamps { src: step.loss_stamp_src, dst: step.loss_stamp_dst },
+        family: family_of_pf(step.pf).unwrap_or(family),
+        hook: Hook::from_number(step.point).ok_or(DecodeError::UnknownHook(step.point))?,
+        early,
+        in_ifindex: step.ifindex,
+        out_ifindex: step.other_ifindex,
+        src,
+        conntrack: conntrack_of(step.ct_state, step.ct_info, step.ct_status, ct_tuples, step.flow.ip_version)?,
+    })
+}
+
+/// A hook's leaving, as the point after it saw the packet (conntrack and NAT as the hook
+/// left them).
+trait LeftFor {
+    fn with_state_of(self, next: &JourneyStep, ct_tuples: (&CtTuple, &CtTuple)) -> Result<HookEvent, DecodeError>;
+}
+
+impl LeftFor for HookEvent {
+    fn with_state_of(self, next: &JourneyStep, ct_tuples: (&CtTuple, &CtTuple)) -> Result<HookEvent, DecodeError> {
+        Ok(HookEvent {
+            timestamp_ns: next.timestamp_ns,
+            conntrack: conntrack_of(next.ct_state, next.ct_info, next.ct_status, ct_tuples, next.flow.ip_version)?,
+            ..self
+        })
+    }
+}
+
+fn family_of_pf(pf: u8) -> Option<Family> {
+    match pf {
+        2 => Some(Family::Ipv4),
+        10 => Some(Family::Ipv6),
+        _ => None,
     }
 }
 
@@ -41,6 +347,7 @@ pub fn decode_record(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
 pub enum DecodeError {
     WrongSize(usize),
     UnknownKind(u32),
+    UnknownStepKind(u8),
     UnknownStage(u8),
     UnknownHook(u8),
     UnknownIpVersion(u8),
@@ -55,6 +362,7 @@ impl std::fmt::Display for DecodeError {
                 "ring buffer record of {n} bytes is too short for its kind: kernel programs and tracer binary are from different builds"
             ),
             DecodeError::UnknownKind(k) => write!(f, "record of unknown kind {k}: kernel programs and tracer binary are from different builds"),
+            DecodeError::UnknownStepKind(k) => write!(f, "journey with a step of unknown kind {k}: kernel programs and tracer binary are from different builds"),
             DecodeError::UnknownStage(s) => write!(f, "record with unknown stage {s}"),
             DecodeError::UnknownHook(h) => write!(f, "record with unknown netfilter hook {h}"),
             DecodeError::UnknownIpVersion(v) => write!(f, "record with unknown IP version {v}"),
@@ -76,6 +384,26 @@ pub fn record_from_bytes<T: aya::Pod>(bytes: &[u8]) -> Result<T, DecodeError> {
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const T) })
 }
 
+/// A record sent without its unused tail (the captured bytes beyond what was captured):
+/// the first `required` bytes must be there, the rest of `T` reads as zero.
+fn record_prefix<T: aya::Pod>(bytes: &[u8], required: usize) -> Result<T, DecodeError> {
+    if bytes.len() < required || required > size_of::<T>() {
+        return Err(DecodeError::WrongSize(bytes.len()));
+    }
+    let mut value = std::mem::MaybeUninit::<T>::zeroed();
+    let len = bytes.len().min(size_of::<T>());
+    // SAFETY: `len` bytes fit both the source and `T`; the zeroed rest and the copied
+    // bytes form a valid `T` (aya::Pod: every bit pattern is).
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), value.as_mut_ptr() as *mut u8, len);
+        Ok(value.assume_init())
+    }
+}
+
+fn loss_stamps(header: &RecordHeader) -> LossStamps {
+    LossStamps { src: header.loss_stamp_src, dst: header.loss_stamp_dst }
+}
+
 /// Source and destination of a record's flow.
 pub fn flow_addresses(flow: &Flow) -> Result<(SocketAddr, SocketAddr), DecodeError> {
     let src = SocketAddr::new(ip_from(flow.ip_version, &flow.src_addr)?, u16::from_be(flow.src_port_be));
@@ -94,41 +422,18 @@ fn family_and_protocol(flow: &Flow) -> Result<(Family, L4Proto), DecodeError> {
     Ok((family, proto))
 }
 
-pub fn decode(record: &PacketRecord) -> Result<PacketEvent, DecodeError> {
-    let stage = Stage::from_u8(record.stage).ok_or(DecodeError::UnknownStage(record.stage))?;
-    let (src, dst) = flow_addresses(&record.flow)?;
-    let (family, l4_proto) = family_and_protocol(&record.flow)?;
-
-    let captured_len = (record.captured_len as usize).min(CAPTURE_MAX);
-    let captured = record.packet[..captured_len].to_vec();
-
-    Ok(PacketEvent {
-        timestamp_ns: record.header.timestamp_ns,
-        skb_id: record.header.skb_id,
-        loss: loss_stamps(&record.header),
-        netns_inode: record.header.netns_inode,
-        stage,
-        ifindex: record.ifindex,
-        ingress_ifindex: record.ingress_ifindex,
-        ip_len: ip_length(&captured, record.l3_offset as usize, record.flow.ip_version).unwrap_or(record.packet_len),
-        family,
-        l4_proto,
-        src,
-        dst,
-        conntrack: decode_conntrack(&record.conntrack, record.flow.ip_version)?,
-        dns: None,
-        captured,
-        l3_offset: record.l3_offset as usize,
-        l4_offset: record.l4_offset as usize,
-        payload_offset: record.payload_offset as usize,
-    })
-}
-
-pub fn decode_conntrack(record: &ConntrackRecord, ip_version: u8) -> Result<Conntrack, DecodeError> {
-    Ok(match record.state {
+/// What conntrack had attached at one point: its state there, and the entry's tuples.
+pub fn conntrack_of(
+    state: u8,
+    info: u8,
+    status: u32,
+    (original, reply): (&CtTuple, &CtTuple),
+    ip_version: u8,
+) -> Result<Conntrack, DecodeError> {
+    Ok(match state {
         conntrack_state::ATTACHED => {
             // All-zero tuples mean the kernel had no layout to read the entry with.
-            let known = record.original != CtTuple::default();
+            let known = *original != CtTuple::default();
             let tuple = |t: &CtTuple| -> Result<Option<FlowTuple>, DecodeError> {
                 if !known {
                     return Ok(None);
@@ -139,10 +444,10 @@ pub fn decode_conntrack(record: &ConntrackRecord, ip_version: u8) -> Result<Conn
                 }))
             };
             Conntrack::Attached(ConntrackEntry {
-                ctinfo: record.info,
-                status: known.then_some(record.status),
-                original: tuple(&record.original)?,
-                reply: tuple(&record.reply)?,
+                ctinfo: info,
+                status: known.then_some(status),
+                original: tuple(original)?,
+                reply: tuple(reply)?,
             })
         }
         conntrack_state::UNTRACKED => Conntrack::Untracked,
@@ -172,94 +477,10 @@ fn ip_from(version: u8, raw: &[u8; 16]) -> Result<IpAddr, DecodeError> {
     }
 }
 
-pub fn decode_hook(record: &HookRecord) -> Result<HookEvent, DecodeError> {
-    let (src, _) = flow_addresses(&record.flow)?;
-    let (family, _) = family_and_protocol(&record.flow)?;
-    Ok(HookEvent {
-        timestamp_ns: record.header.timestamp_ns,
-        skb_id: record.header.skb_id,
-        loss: loss_stamps(&record.header),
-        family,
-        hook: Hook::from_number(record.hook).ok_or(DecodeError::UnknownHook(record.hook))?,
-        early: record.position == hook_position::EARLY,
-        in_ifindex: record.in_ifindex,
-        out_ifindex: record.out_ifindex,
-        src,
-        conntrack: decode_conntrack(&record.conntrack, record.flow.ip_version)?,
-    })
-}
-
-pub fn decode_drop(record: &DropRecord) -> Result<DropEvent, DecodeError> {
-    let (src, dst) = flow_addresses(&record.flow)?;
-    let (family, l4_proto) = family_and_protocol(&record.flow)?;
-    Ok(DropEvent {
-        timestamp_ns: record.header.timestamp_ns,
-        skb_id: record.header.skb_id,
-        loss: loss_stamps(&record.header),
-        netns_inode: record.header.netns_inode,
-        ifindex: record.ifindex,
-        reason: record.reason,
-        location: record.location,
-        family,
-        l4_proto,
-        src,
-        dst,
-    })
-}
-
-pub fn decode_icmp(record: &IcmpRecord) -> Result<IcmpEvent, DecodeError> {
-    let (src, dst) = flow_addresses(&record.flow)?;
-    let (_, l4_proto) = family_and_protocol(&record.flow)?;
-    Ok(IcmpEvent {
-        timestamp_ns: record.header.timestamp_ns,
-        skb_id: record.header.skb_id,
-        loss: loss_stamps(&record.header),
-        ifindex: record.ifindex,
-        icmp_type: record.icmp_type,
-        icmp_code: record.icmp_code,
-        l4_proto,
-        src,
-        dst,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::packet::{IPPROTO_UDP, IPS_DST_NAT};
-
-    #[test]
-    fn unknown_and_short_records_are_errors() {
-        assert_eq!(decode_record(&[1, 0]).err(), Some(DecodeError::WrongSize(2)));
-        assert_eq!(decode_record(&99u32.to_ne_bytes()).err(), Some(DecodeError::UnknownKind(99)));
-        // A hook kind with a packet-sized tail missing.
-        assert_eq!(decode_record(&record_kind::HOOK.to_ne_bytes()).err(), Some(DecodeError::WrongSize(4)));
-    }
-
-    #[test]
-    fn hook_record_decodes() {
-        let mut record = HookRecord { hook: 2, position: tracer_common::hook_position::LATE, ..Default::default() };
-        record.header.kind = record_kind::HOOK;
-        record.flow.ip_version = 4;
-        record.flow.l4_proto = IPPROTO_UDP;
-        record.flow.src_addr[..4].copy_from_slice(&[10, 244, 0, 5]);
-        record.flow.dst_port_be = 53u16.to_be();
-        // SAFETY: HookRecord is plain data without implicit padding.
-        let bytes = unsafe { std::slice::from_raw_parts(&record as *const HookRecord as *const u8, size_of::<HookRecord>()) };
-        let KernelEvent::Hook(event) = decode_record(bytes).expect("valid") else { panic!("expected a hook event") };
-        assert_eq!(event.hook, crate::model::hook::Hook::Forward);
-        assert!(!event.early);
-        assert_eq!(event.src.ip(), std::net::Ipv4Addr::new(10, 244, 0, 5));
-    }
-
-
-    /// All zero but the protocol: UDP, as most tests want.
-    fn blank_record() -> PacketRecord {
-        // SAFETY: all-zero is a valid PacketRecord (plain integers and arrays).
-        let mut record: PacketRecord = unsafe { std::mem::zeroed() };
-        record.flow.l4_proto = IPPROTO_UDP;
-        record
-    }
 
     fn v4(a: [u8; 4]) -> [u8; 16] {
         let mut raw = [0; 16];
@@ -267,106 +488,213 @@ mod tests {
         raw
     }
 
-    fn udp_tuple(src: [u8; 4], src_port: u16, dst: [u8; 4], dst_port: u16) -> CtTuple {
-        CtTuple {
+    fn udp_flow(src: [u8; 4], src_port: u16, dst: [u8; 4], dst_port: u16) -> Flow {
+        Flow {
             src_addr: v4(src),
             dst_addr: v4(dst),
             src_port_be: src_port.to_be(),
             dst_port_be: dst_port.to_be(),
-            protonum: IPPROTO_UDP,
-            _pad: [0; 3],
+            ip_version: 4,
+            l4_proto: IPPROTO_UDP,
+            _pad: [0; 2],
         }
     }
 
-    #[test]
-    fn ip_length_comes_from_the_header() {
-        let mut record = blank_record();
-        record.stage = Stage::BridgeIn as u8;
-        record.flow.ip_version = 4;
-        record.l3_offset = 14;
-        record.captured_len = 34;
-        record.packet[14] = 0x45;
-        record.packet[16..18].copy_from_slice(&81u16.to_be_bytes());
-        record.packet_len = 95;
-        assert_eq!(decode(&record).expect("valid record").ip_len, 81);
-        record.captured_len = 10;
-        assert_eq!(decode(&record).expect("valid record").ip_len, 95, "falls back to skb->len");
+    fn udp_tuple(src: [u8; 4], src_port: u16, dst: [u8; 4], dst_port: u16) -> CtTuple {
+        CtTuple { src_addr: v4(src), dst_addr: v4(dst), src_port_be: src_port.to_be(), dst_port_be: dst_port.to_be(), protonum: IPPROTO_UDP, _pad: [0; 3] }
+    }
+
+    const QUERY: Flow = Flow {
+        src_addr: [10, 244, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        dst_addr: [10, 96, 0, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        src_port_be: 41234u16.to_be(),
+        dst_port_be: 53u16.to_be(),
+        ip_version: 4,
+        l4_proto: IPPROTO_UDP,
+        _pad: [0; 2],
+    };
+
+    fn stage(at: u64, stage: Stage, ifindex: u32, flow: Flow, ct_state: u8) -> JourneyStep {
+        JourneyStep { timestamp_ns: at, kind: step_kind::STAGE, point: stage as u8, ifindex, packet_len: 95, ct_state, flow, ..Default::default() }
+    }
+
+    fn hook(at: u64, hook: u8, flow: Flow, ct_state: u8, ct_status: u32) -> JourneyStep {
+        JourneyStep { timestamp_ns: at, kind: step_kind::HOOK, point: hook, pf: 2, ifindex: 3, ct_state, ct_info: 2, ct_status, flow, ..Default::default() }
+    }
+
+    /// A journey's bytes as the kernel sends them: the fixed part and the captured bytes.
+    fn sent(journey: &JourneyRecord) -> Vec<u8> {
+        // SAFETY: JourneyRecord is plain data without implicit padding.
+        let all = unsafe { std::slice::from_raw_parts(journey as *const JourneyRecord as *const u8, size_of::<JourneyRecord>()) };
+        let steps_end = JourneyRecord::STEPS_OFFSET + usize::from(journey.step_count) * size_of::<JourneyStep>();
+        let packet = JourneyRecord::PACKET_OFFSET;
+        [&all[..steps_end], &all[packet..packet + usize::from(journey.captured_len)]].concat()
+    }
+
+    fn journey(steps: &[JourneyStep], end: u8) -> JourneyRecord {
+        // SAFETY: all-zero is a valid JourneyRecord (plain integers and arrays).
+        let mut journey: JourneyRecord = unsafe { std::mem::zeroed() };
+        journey.header.kind = record_kind::JOURNEY;
+        journey.header.skb_id = 0xffff_8880_0000_1000;
+        journey.end = end;
+        journey.step_count = steps.len() as u8;
+        journey.steps[..steps.len()].copy_from_slice(steps);
+        journey.capture_flow = steps.first().map_or(QUERY, |step| step.flow);
+        journey.end_flow = steps.last().map_or(QUERY, |step| step.flow);
+        journey
+    }
+
+    fn decoded(journey: &JourneyRecord) -> Vec<KernelEvent> {
+        let mut decoder = Decoder::default();
+        decoder.decode(&sent(journey)).expect("a valid journey");
+        decoder.events
+    }
+
+    /// The DNATed query of the lab: in on the client's port, through PRE_ROUTING (DNAT),
+    /// FORWARD and POST_ROUTING, out on the server's port.
+    fn dnat_query() -> JourneyRecord {
+        let backend = udp_flow([10, 244, 0, 5], 41234, [10, 244, 0, 7], 53);
+        let dnat = (1 << 3) | IPS_DST_NAT | (1 << 8);
+        let mut journey = journey(
+            &[
+                stage(1, Stage::BridgeIn, 4, QUERY, conntrack_state::NONE),
+                hook(2, 0, QUERY, conntrack_state::NONE, 0),
+                hook(3, 2, backend, conntrack_state::ATTACHED, dnat),
+                hook(4, 4, backend, conntrack_state::ATTACHED, dnat),
+                stage(5, Stage::BridgeOut, 6, backend, conntrack_state::ATTACHED),
+            ],
+            journey_end::LEFT_BRIDGE,
+        );
+        journey.steps[4].ct_status = dnat;
+        journey.ct_original = udp_tuple([10, 244, 0, 5], 41234, [10, 96, 0, 10], 53);
+        journey.ct_reply = udp_tuple([10, 244, 0, 7], 53, [10, 244, 0, 5], 41234);
+        journey.l3_offset = 14;
+        journey.captured_len = 34;
+        journey.packet[14] = 0x45;
+        journey.packet[16..18].copy_from_slice(&81u16.to_be_bytes());
+        journey
     }
 
     #[test]
-    fn decodes_addresses_ports_and_stage() {
-        let mut record = blank_record();
-        record.stage = Stage::BridgeOut as u8;
-        record.flow.ip_version = 4;
-        record.flow.l4_proto = IPPROTO_UDP;
-        record.flow.src_addr = v4([10, 244, 0, 7]);
-        record.flow.dst_addr = v4([10, 244, 0, 5]);
-        record.flow.src_port_be = 53u16.to_be();
-        record.flow.dst_port_be = 41234u16.to_be();
-        let event = decode(&record).expect("valid record");
-        assert_eq!(event.stage, Stage::BridgeOut);
-        assert_eq!(event.src.to_string(), "10.244.0.7:53");
-        assert_eq!(event.dst.to_string(), "10.244.0.5:41234");
-        assert_eq!(event.conntrack, Conntrack::None);
-        assert!(event.dns.is_none());
+    fn a_journey_becomes_its_stages_and_hooks_in_order() {
+        let events = decoded(&dnat_query());
+        let shape: Vec<String> = events
+            .iter()
+            .map(|event| match event {
+                KernelEvent::Packet(p) => format!("{:?}", p.stage),
+                KernelEvent::Hook(h) => format!("{}{}", h.hook, if h.early { "+" } else { "-" }),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(shape, ["BridgeIn", "PRE_ROUTING+", "PRE_ROUTING-", "FORWARD+", "FORWARD-", "POST_ROUTING+", "POST_ROUTING-", "BridgeOut"]);
+        // PRE_ROUTING is left with what FORWARD saw: the DNAT it did.
+        let KernelEvent::Hook(left) = &events[2] else { panic!() };
+        let Conntrack::Attached(entry) = &left.conntrack else { panic!("{left:?}") };
+        assert_eq!(entry.nat()[0].to_string(), "dnat 10.96.0.10:53→10.244.0.7:53");
+        // The bytes were captured at the first step: they are the bridge-in frame's, not the
+        // bridge-out one's (DNAT changed its destination), but both carry them (and the IP
+        // length they say).
+        let (KernelEvent::Packet(first), KernelEvent::Packet(last)) = (&events[0], &events[7]) else { panic!() };
+        assert_eq!((first.captured_at_stage, last.captured_at_stage), (true, false));
+        assert_eq!((first.ip_len, last.ip_len), (81, 81));
+        assert_eq!(first.dst.to_string(), "10.96.0.10:53");
+        assert_eq!(last.dst.to_string(), "10.244.0.7:53");
+        assert_eq!(first.captured.len(), 34);
     }
 
     #[test]
-    fn ipv6_addresses_render_bracketed() {
-        let mut record = blank_record();
-        record.stage = Stage::BridgeIn as u8;
-        record.flow.ip_version = 6;
-        record.flow.src_addr = "fd00:10:244::5".parse::<Ipv6Addr>().expect("literal").octets();
-        record.flow.dst_addr = "fd00:10:96::a".parse::<Ipv6Addr>().expect("literal").octets();
-        record.flow.src_port_be = 5000u16.to_be();
-        record.flow.dst_port_be = 53u16.to_be();
-        let event = decode(&record).expect("valid record");
-        assert_eq!(event.src.to_string(), "[fd00:10:244::5]:5000");
-        assert_eq!(event.dst.to_string(), "[fd00:10:96::a]:53");
+    fn a_journey_dropped_in_a_hook_ends_in_it_never_left() {
+        let mut journey = journey(
+            &[stage(1, Stage::BridgeIn, 4, QUERY, conntrack_state::NONE), hook(2, 2, QUERY, conntrack_state::ATTACHED, 1 << 3)],
+            journey_end::DROPPED,
+        );
+        journey.icmp_sent = 1;
+        journey.icmp_type = 3;
+        journey.icmp_code = 10;
+        journey.drop_reason = 7;
+        journey.end_ifindex = 4;
+        let events = decoded(&journey);
+        assert!(matches!(events[1], KernelEvent::Hook(HookEvent { early: true, .. })));
+        assert!(matches!(events[2], KernelEvent::Icmp(IcmpEvent { icmp_type: 3, icmp_code: 10, .. })), "{events:?}");
+        assert!(matches!(events[3], KernelEvent::Drop(DropEvent { reason: 7, ifindex: 4, .. })), "{events:?}");
+        assert_eq!(events.len(), 4, "no leaving of the hook it died in: {events:?}");
+        // A journey cut short may miss the step that left the hook: no hook is blamed.
+        journey.cut = 1;
+        let events = decoded(&journey);
+        assert!(matches!(events[2], KernelEvent::Hook(HookEvent { early: false, .. })), "{events:?}");
     }
 
     #[test]
-    fn dnat_entry_names_the_translation() {
-        let mut record = blank_record();
-        record.stage = Stage::BridgeOut as u8;
-        record.flow.ip_version = 4;
-        record.conntrack.state = conntrack_state::ATTACHED;
-        record.conntrack.info = 2;
-        record.conntrack.status = (1 << 3) | IPS_DST_NAT | (1 << 8);
-        record.conntrack.original = udp_tuple([10, 244, 0, 5], 41234, [10, 96, 0, 10], 53);
-        record.conntrack.reply = udp_tuple([10, 244, 0, 7], 53, [10, 244, 0, 5], 41234);
-        let event = decode(&record).expect("valid record");
-        let Conntrack::Attached(entry) = event.conntrack else { panic!("expected attached entry") };
-        assert_eq!(entry.ctinfo_name(), "new");
-        assert_eq!(entry.status_names(), vec!["confirmed", "dst_nat", "dst_nat_done"]);
-        let nats = entry.nat();
-        assert_eq!(nats.len(), 1);
-        assert_eq!(nats[0].to_string(), "dnat 10.96.0.10:53→10.244.0.7:53");
+    fn a_drop_without_journey_follows_the_hook_it_was_last_in() {
+        let mut drop = DropRecord { reason: 7, ifindex: 4, flow: QUERY, hook_known: 1, hook: 1, pf: 2, hook_in_ifindex: 3, ..Default::default() };
+        drop.header.kind = record_kind::DROP;
+        // SAFETY: DropRecord is plain data without implicit padding.
+        let bytes = unsafe { std::slice::from_raw_parts(&drop as *const DropRecord as *const u8, size_of::<DropRecord>()) };
+        let mut decoder = Decoder::default();
+        decoder.decode(bytes).expect("valid");
+        assert!(matches!(&decoder.events[..], [KernelEvent::Hook(HookEvent { early: true, hook: Hook::LocalIn, .. }), KernelEvent::Drop(_)]), "{:?}", decoder.events);
+        drop.hook_known = 0;
+        let bytes = unsafe { std::slice::from_raw_parts(&drop as *const DropRecord as *const u8, size_of::<DropRecord>()) };
+        decoder.decode(bytes).expect("valid");
+        assert!(matches!(&decoder.events[..], [KernelEvent::Drop(_)]), "{:?}", decoder.events);
+    }
+
+    #[test]
+    fn a_stray_reply_says_what_its_query_asked() {
+        // SAFETY: all-zero is a valid StrayReplyRecord.
+        let mut stray: StrayReplyRecord = unsafe { std::mem::zeroed() };
+        stray.header.kind = record_kind::STRAY_REPLY;
+        stray.flow = udp_flow([10, 244, 0, 7], 53, [10, 244, 0, 5], 41234);
+        stray.asked_addr = v4([10, 96, 0, 10]);
+        stray.asked_port_be = 53u16.to_be();
+        stray.asked_known = 1;
+        // SAFETY: plain data without implicit padding.
+        let all = unsafe { std::slice::from_raw_parts(&stray as *const StrayReplyRecord as *const u8, size_of::<StrayReplyRecord>()) };
+        let mut decoder = Decoder::default();
+        decoder.decode(&all[..StrayReplyRecord::PACKET_OFFSET]).expect("valid");
+        let [KernelEvent::StrayReply { reply, asked }] = &decoder.events[..] else { panic!("{:?}", decoder.events) };
+        assert_eq!(reply.stage, Stage::BridgeOut);
+        assert_eq!(asked.map(|a| a.to_string()).as_deref(), Some("10.96.0.10:53"));
     }
 
     #[test]
     fn attached_without_layout_has_no_tuples() {
-        let mut record = blank_record();
-        record.stage = Stage::BridgeIn as u8;
-        record.flow.ip_version = 4;
-        record.conntrack.state = conntrack_state::ATTACHED;
-        let event = decode(&record).expect("valid record");
-        let Conntrack::Attached(entry) = event.conntrack else { panic!("expected attached entry") };
+        let mut journey = journey(&[stage(1, Stage::BridgeIn, 4, QUERY, conntrack_state::ATTACHED)], journey_end::LEFT_BRIDGE);
+        journey.steps[0].ct_status = 1 << 3;
+        let [KernelEvent::Packet(event)] = &decoded(&journey)[..] else { panic!() };
+        let Conntrack::Attached(entry) = &event.conntrack else { panic!("expected attached entry") };
         assert_eq!(entry.status, None);
         assert!(entry.nat().is_empty());
     }
 
     #[test]
-    fn rejects_short_and_unknown_records() {
-        assert_eq!(record_from_bytes::<PacketRecord>(&[0u8; 10]).err(), Some(DecodeError::WrongSize(10)));
-        let mut record = blank_record();
-        record.stage = 99;
-        assert_eq!(decode(&record).err(), Some(DecodeError::UnknownStage(99)));
-        record.stage = 1;
-        record.flow.ip_version = 5;
-        assert_eq!(decode(&record).err(), Some(DecodeError::UnknownIpVersion(5)));
-        record.flow.ip_version = 4;
-        record.flow.l4_proto = 1;
-        assert_eq!(decode(&record).err(), Some(DecodeError::UnknownProtocol(1)));
+    fn ipv6_addresses_render_bracketed() {
+        let mut flow = QUERY;
+        flow.ip_version = 6;
+        flow.src_addr = "fd00:10:244::5".parse::<Ipv6Addr>().expect("literal").octets();
+        flow.dst_addr = "fd00:10:96::a".parse::<Ipv6Addr>().expect("literal").octets();
+        let journey = journey(&[stage(1, Stage::BridgeIn, 4, flow, conntrack_state::NONE)], journey_end::LEFT_BRIDGE);
+        let [KernelEvent::Packet(event)] = &decoded(&journey)[..] else { panic!() };
+        assert_eq!(event.src.to_string(), "[fd00:10:244::5]:41234");
+        assert_eq!(event.dst.to_string(), "[fd00:10:96::a]:53");
+    }
+
+    #[test]
+    fn short_unknown_and_malformed_records_are_errors() {
+        let mut decoder = Decoder::default();
+        assert_eq!(decoder.decode(&[1, 0]).err(), Some(DecodeError::WrongSize(2)));
+        assert_eq!(decoder.decode(&99u32.to_ne_bytes()).err(), Some(DecodeError::UnknownKind(99)));
+        assert_eq!(decoder.decode(&record_kind::JOURNEY.to_ne_bytes()).err(), Some(DecodeError::WrongSize(4)));
+        let mut bad = journey(&[stage(1, Stage::BridgeIn, 4, QUERY, 0)], journey_end::LEFT_BRIDGE);
+        bad.steps[0].point = 99;
+        assert_eq!(decoder.decode(&sent(&bad)).err(), Some(DecodeError::UnknownStage(99)));
+        bad.steps[0].point = Stage::BridgeIn as u8;
+        bad.steps[0].flow.l4_proto = 1;
+        assert_eq!(decoder.decode(&sent(&bad)).err(), Some(DecodeError::UnknownProtocol(1)));
+        // A captured length beyond what was sent.
+        let mut cut = dnat_query();
+        cut.captured_len = 34;
+        let bytes = sent(&cut);
+        assert_eq!(decoder.decode(&bytes[..bytes.len() - 1]).err(), Some(DecodeError::WrongSize(bytes.len() - 1)));
     }
 }

@@ -3,29 +3,28 @@
 use std::borrow::Cow;
 use std::net::IpAddr;
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The parts of a DNS message tracer shows. Serialised with codes and types by name, as
-/// lines show them; a message is always read again from the packet's bytes, never from a
-/// line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// lines show them, and read back from them where a capture holds no bytes of the stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DnsMessage {
     pub id: u16,
     /// false: query, true: response.
     pub qr: bool,
     pub opcode: u8,
     /// The 4-bit header RCODE (an EDNS extended RCODE is not folded in).
-    #[serde(serialize_with = "rcode_by_name")]
+    #[serde(serialize_with = "rcode_by_name", deserialize_with = "rcode_from_name")]
     pub rcode: u8,
     /// The first question's name in presentation form ("example.test.", root is "."), or None when the
     /// message has no question or the name is cut off or malformed.
     pub qname: Option<String>,
-    #[serde(serialize_with = "qtype_by_name")]
+    #[serde(with = "qtype_form")]
     pub qtype: Option<u16>,
     /// ANCOUNT from the header, even when the answers themselves were not captured.
     #[serde(rename = "answers")]
     pub answer_count: u16,
-    #[serde(serialize_with = "answer_in_words")]
+    #[serde(serialize_with = "answer_in_words", deserialize_with = "answer_from_words")]
     pub first_answer: Option<DnsAnswer>,
 }
 
@@ -33,8 +32,25 @@ fn rcode_by_name<S: Serializer>(rcode: &u8, serializer: S) -> Result<S::Ok, S::E
     serializer.serialize_str(rcode_name(*rcode))
 }
 
-fn qtype_by_name<S: Serializer>(qtype: &Option<u16>, serializer: S) -> Result<S::Ok, S::Error> {
-    qtype_form::serialize(qtype, serializer)
+fn rcode_from_name<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u8, D::Error> {
+    let name = String::deserialize(deserializer)?;
+    (0..16u8)
+        .find(|code| rcode_name(*code) == name)
+        .ok_or_else(|| serde::de::Error::custom(format!("unknown RCODE {name}")))
+}
+
+/// An answer as `answer_in_words` wrote it: an address, a name (they end in a dot), or a
+/// record type.
+fn answer_from_words<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<DnsAnswer>, D::Error> {
+    Ok(Option::<String>::deserialize(deserializer)?.map(|words| {
+        if let Ok(addr) = words.parse::<IpAddr>() {
+            DnsAnswer::Address(addr)
+        } else if words.ends_with('.') {
+            DnsAnswer::Name(words)
+        } else {
+            qtype_number(&words).map_or(DnsAnswer::Name(words), DnsAnswer::Other)
+        }
+    }))
 }
 
 /// A record type by its mnemonic (`"A"`, `"TYPE999"`) in lines, and back.

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 
+use bytes::Bytes;
 use serde::{ser::SerializeMap, Deserialize, Deserializer, Serialize, Serializer};
 pub use tracer_common::Stage;
 
@@ -96,13 +97,17 @@ pub struct PacketEvent {
     pub ip_len: u32,
     pub conntrack: Conntrack,
     /// The DNS message the payload carries, when it is DNS (decided by the analysis, which
-    /// knows the DNS ports and the TCP streams: see `pipeline::dns_decode`); read again
-    /// from the bytes, never from a line.
-    #[serde(skip_deserializing)]
+    /// knows the DNS ports and the TCP streams: see `pipeline::dns_decode`). Read again from
+    /// the bytes where a capture has them, else from the line.
     pub dns: Option<DnsMessage>,
-    /// The frame's first bytes as copied in the kernel.
+    /// The frame's first bytes as copied in the kernel, once, at the first point of its way
+    /// through the node: where the payload comes from at every stage.
     #[serde(skip)]
-    pub captured: Vec<u8>,
+    pub captured: Bytes,
+    /// The captured bytes are the frame as it was here (not before or after NAT changed
+    /// its addresses): only then are they this stage's frame in a capture file.
+    #[serde(skip)]
+    pub captured_at_stage: bool,
     /// Offsets in `captured` of the IP header (0 when there is no link-layer header), the
     /// transport header and the transport payload.
     #[serde(skip)]

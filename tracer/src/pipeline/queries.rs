@@ -194,6 +194,27 @@ impl DnsFlows {
     }
 }
 
+/// A reply the kernel saw leave a bridge without conntrack, and the destination its query
+/// was sent to before DNAT (which the kernel saw too): the query and its reply, as
+/// [`DnsFlows::observe`] would have paired them had it followed both.
+pub fn paired_reply(reply: &TracedPacket, asked: SocketAddr) -> Option<Correlated> {
+    let message = reply.event.dns.as_ref().filter(|message| message.qr)?;
+    let event = &reply.event;
+    let query = QueryFlow {
+        client: event.dst,
+        servers: vec![AskedServer { queried: asked, backend: (asked != event.src).then_some(event.src) }],
+        id: message.id,
+        qname: message.qname.clone(),
+        qtype: message.qtype,
+        bridge: reply.names.bridge.clone(),
+        first_seen_ns: event.timestamp_ns,
+        last_seen: Sighting { stage: event.stage, ifname: reply.names.ifname.clone(), ifindex: event.ifindex, wall_time_ns: reply.wall_time_ns },
+        reply_seen: true,
+        loss: LossWindows::default(),
+    };
+    Some(Correlated::ReplyToClient { query, reply: Box::new(reply.clone()) })
+}
+
 /// (source, destination) as the client saw them: the conntrack entry's original
 /// tuple when one is attached, else the packet's own addresses.
 fn pre_nat_endpoints(event: &PacketEvent) -> (SocketAddr, SocketAddr) {
@@ -266,7 +287,8 @@ pub(crate) mod tests {
                     answer_count: u16::from(qr),
                     first_answer: None,
                 }),
-                captured: Vec::new(),
+                captured: Default::default(),
+                captured_at_stage: true,
                 l3_offset: 0,
                 l4_offset: 0,
                 payload_offset: 0,

@@ -87,7 +87,8 @@ pub fn run(args: TriageArgs) -> ExitCode {
 
     let mut collector = Collector::new(args.duration, std::io::stderr().is_terminal());
     // The watch's default snaplen: a finding's example shows whole DNS messages.
-    let options = args.tracing.watch_options(args.port, 512, Some(args.duration));
+    // Findings-only: triage reports findings, and watches the busy nodes it is run on.
+    let options = args.tracing.watch_options(args.port, 512, Some(args.duration), true);
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => return could_not_run(&anyhow::anyhow!(err).context("starting the event loop")),

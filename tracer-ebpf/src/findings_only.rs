@@ -1,0 +1,254 @@
+//! `tracer watch --findings-only`: the kernel sends only what can become a finding, so a
+//! watch can stay on a busy node. No journeys are built. What is kept instead:
+//!
+//! - per CPU, the netfilter hook a traced packet entered last: a hook that drops a packet
+//!   frees it on the same CPU before anything else runs there, so the drop can name it;
+//! - per DNS query the kernel saw DNAT rewrite, the destination the client asked, keyed by
+//!   client and backend: a reply from that backend that leaves a bridge without conntrack
+//!   (which would have rewritten its source back) is sent with it.
+
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::map,
+    maps::{LruHashMap, PerCpuArray},
+};
+use tracer_common::{record_kind, DropRecord, Flow, StrayReplyRecord};
+
+use crate::{
+    config::config,
+    output,
+    packet::{self, NetworkHeader, ParsedFlow},
+    skb,
+};
+
+/// The hook a traced packet entered last on this CPU, and the ICMP answer it got there.
+#[repr(C)]
+pub struct LastHook {
+    skb: u64,
+    in_ifindex: u32,
+    out_ifindex: u32,
+    hook: u8,
+    pf: u8,
+    icmp_sent: u8,
+    icmp_type: u8,
+    icmp_code: u8,
+    _pad: [u8; 3],
+}
+
+#[map]
+static LAST_HOOK: PerCpuArray<LastHook> = PerCpuArray::with_max_entries(1, 0);
+
+/// A DNATed query's client and backend (addresses as on the wire, ports in network byte
+/// order).
+#[repr(C)]
+pub struct QueryKey {
+    client_addr: [u8; 16],
+    backend_addr: [u8; 16],
+    client_port_be: u16,
+    backend_port_be: u16,
+    l4_proto: u8,
+    _pad: [u8; 3],
+}
+
+impl QueryKey {
+    /// The key of a query's flow, or of its reply's (which goes the other way).
+    #[inline(always)]
+    fn of(flow: &Flow, reply: bool) -> QueryKey {
+        let (client, backend) = if reply {
+            ((flow.dst_addr, flow.dst_port_be), (flow.src_addr, flow.src_port_be))
+        } else {
+            ((flow.src_addr, flow.src_port_be), (flow.dst_addr, flow.dst_port_be))
+        };
+        QueryKey {
+            client_addr: client.0,
+            backend_addr: backend.0,
+            client_port_be: client.1,
+            backend_port_be: backend.1,
+            l4_proto: flow.l4_proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// What the client asked: the destination before DNAT.
+#[repr(C)]
+pub struct AskedDestination {
+    addr: [u8; 16],
+    port_be: u16,
+    _pad: [u8; 6],
+    timestamp_ns: u64,
+}
+
+#[map]
+static ASKED: LruHashMap<QueryKey, AskedDestination> = LruHashMap::with_max_entries(16384, 0);
+
+/// IPS_DST_NAT: conntrack rewrote the destination.
+const IPS_DST_NAT: u32 = 1 << 5;
+/// Bytes of the UDP header before a DNS message.
+const UDP_HEADER: u32 = 8;
+
+#[inline(always)]
+pub fn note_hook(skb: *const u8, hook: u8, pf: u8, in_ifindex: u32, out_ifindex: u32) {
+    if let Some(slot) = LAST_HOOK.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; a hook is not interrupted by another hook's program on
+        // the same CPU before the drop it leads to.
+        let slot = unsafe { &mut *slot };
+        slot.skb = skb as u64;
+        slot.hook = hook;
+        slot.pf = pf;
+        slot.in_ifindex = in_ifindex;
+        slot.out_ifindex = out_ifindex;
+        slot.icmp_sent = 0;
+    }
+}
+
+#[inline(always)]
+pub fn note_icmp(skb: *const u8, icmp_type: u8, icmp_code: u8) {
+    if let Some(slot) = LAST_HOOK.get_ptr_mut(0) {
+        // SAFETY: as in `note_hook`.
+        let slot = unsafe { &mut *slot };
+        if slot.skb == skb as u64 {
+            slot.icmp_sent = 1;
+            slot.icmp_type = icmp_type;
+            slot.icmp_code = icmp_code;
+        }
+    }
+}
+
+/// Sends a drop of a traced packet with the hook it entered last on this CPU, if that
+/// hook saw this very skb.
+///
+/// # Safety
+/// `skb` must be a BTF-typed `sk_buff` pointer.
+#[inline(always)]
+pub unsafe fn send_drop(skb: *const u8, slot: u32, netns_inode: u32, ifindex: u32, reason: u32, location: u64, parsed: &ParsedFlow) {
+    let stamp = output::loss_stamp(&parsed.flow);
+    let Some(mut entry) = output::reserve::<DropRecord>(slot, &stamp) else { return };
+    let record = entry.as_mut_ptr();
+    // SAFETY: a reserved, exclusively owned slot of size_of::<DropRecord>().
+    unsafe {
+        output::fill_header(core::ptr::addr_of_mut!((*record).header), record_kind::DROP, netns_inode, skb, &stamp);
+        (*record).ifindex = ifindex;
+        (*record).reason = reason;
+        (*record).location = location;
+        (*record).flow = parsed.flow;
+        (*record).hook_known = 0;
+        (*record).hook = 0;
+        (*record).pf = 0;
+        (*record).icmp_sent = 0;
+        (*record).icmp_type = 0;
+        (*record).icmp_code = 0;
+        (*record)._pad = [0; 2];
+        (*record).hook_in_ifindex = 0;
+        (*record).hook_out_ifindex = 0;
+        if let Some(last) = LAST_HOOK.get_ptr_mut(0) {
+            let last = &*last;
+            if last.skb == skb as u64 {
+                (*record).hook_known = 1;
+                (*record).hook = last.hook;
+                (*record).pf = last.pf;
+                (*record).icmp_sent = last.icmp_sent;
+                (*record).icmp_type = last.icmp_type;
+                (*record).icmp_code = last.icmp_code;
+                (*record).hook_in_ifindex = last.in_ifindex;
+                (*record).hook_out_ifindex = last.out_ifindex;
+            }
+        }
+    }
+    output::submit(entry);
+}
+
+/// The DNS header's QR bit of a UDP packet: `Some(false)` a query, `Some(true)` a reply.
+#[inline(always)]
+fn dns_qr(header: &NetworkHeader, parsed: &ParsedFlow) -> Option<bool> {
+    if parsed.flow.l4_proto != 17 {
+        return None;
+    }
+    let at = parsed.l3_len as u32 + UDP_HEADER;
+    // A DNS header is 12 bytes; its third holds QR and the opcode.
+    if header.available < at + 12 {
+        return None;
+    }
+    let flags: [u8; 2] = skb::read(header.l3, at + 2)?;
+    // Standard queries only (opcode 0).
+    if flags[0] & 0x78 != 0 {
+        return None;
+    }
+    Some(flags[0] & 0x80 != 0)
+}
+
+/// A traced packet queued on a bridge port.
+pub struct AtPort<'a> {
+    pub skb: *const u8,
+    pub header: &'a NetworkHeader,
+    pub parsed: &'a ParsedFlow,
+    pub netns_inode: u32,
+    pub ifindex: u32,
+    /// The calling program (`lost_slot`).
+    pub slot: u32,
+}
+
+/// A traced packet queued on a bridge port: remembers what a DNATed DNS query asked, and
+/// sends a DNS reply that leaves without conntrack.
+///
+/// # Safety
+/// `at.skb` must be a BTF-typed `sk_buff` pointer.
+// A call of its own: its stack is not added to its callers' (the programs share 512 bytes).
+#[inline(never)]
+pub unsafe fn bridge_out(at: &AtPort) {
+    let AtPort { skb, header, parsed, netns_inode, ifindex, slot } = *at;
+    let Some(reply) = dns_qr(header, parsed) else { return };
+    let flow = &parsed.flow;
+    if !reply {
+        let mut original = packet::zero_tuple();
+        let mut reply = packet::zero_tuple();
+        let conntrack = unsafe { packet::read_conntrack(skb, slot, &mut original, &mut reply) };
+        if conntrack.status & IPS_DST_NAT == 0 {
+            return;
+        }
+        let key = QueryKey::of(flow, false);
+        let asked = AskedDestination {
+            addr: original.dst_addr,
+            port_be: original.dst_port_be,
+            _pad: [0; 6],
+            timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        };
+        let _ = ASKED.insert(&key, &asked, 0);
+        return;
+    }
+    let nfct: u64 = unsafe { skb::load(skb, config!(layout.skb_nfct)) };
+    if nfct != 0 {
+        return;
+    }
+    let key = QueryKey::of(flow, true);
+    let stamp = output::loss_stamp(flow);
+    let Some(mut entry) = output::reserve::<StrayReplyRecord>(slot, &stamp) else { return };
+    let record = entry.as_mut_ptr();
+    // SAFETY: a reserved, exclusively owned slot of size_of::<StrayReplyRecord>().
+    unsafe {
+        output::fill_header(core::ptr::addr_of_mut!((*record).header), record_kind::STRAY_REPLY, netns_inode, skb, &stamp);
+        (*record).ifindex = ifindex;
+        (*record).ingress_ifindex = skb::load::<i32>(skb, config!(layout.skb_iif)) as u32;
+        (*record).flow = *flow;
+        (*record).packet_len = skb::load::<u32>(skb, config!(layout.skb_len));
+        match ASKED.get(&key) {
+            Some(asked) => {
+                (*record).asked_addr = asked.addr;
+                (*record).asked_port_be = asked.port_be;
+                (*record).asked_known = 1;
+            }
+            None => {
+                (*record).asked_addr = [0; 16];
+                (*record).asked_port_be = 0;
+                (*record).asked_known = 0;
+            }
+        }
+        (*record)._pad = 0;
+        let captured = packet::capture(skb, header, parsed, &mut *core::ptr::addr_of_mut!((*record).packet));
+        (*record).captured_len = captured.len;
+        (*record).l3_offset = captured.l3_offset;
+        (*record).l4_offset = captured.l4_offset;
+        (*record).payload_offset = captured.payload_offset;
+    }
+    output::submit(entry);
+}
