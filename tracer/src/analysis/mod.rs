@@ -15,7 +15,6 @@ use std::{collections::HashMap, io, mem, time::Duration};
 use self::firewall::{Answer, DropKey, FirewallWorker, Request};
 use crate::{
     model::{
-        netfilter::DropEvent,
         packet::{L4Proto, PacketEvent, Verdict},
         TracedPacket, WallClock,
     },
@@ -26,7 +25,7 @@ use crate::{
     pipeline::{
         dns_decode::{DnsDecoder, Segment},
         loss::{LossWindows, LossWitness},
-        paths::HookPaths,
+        paths::DroppedPacket,
         queries::{Correlated, DnsFlows},
     },
     findings::{
@@ -41,11 +40,6 @@ use crate::{
 /// a long watch on a busy node stays bounded.
 const MAX_TRACKED_QUERIES: usize = 65_536;
 
-/// Packets followed through the netfilter hooks at once, and how long a path waits
-/// for its packet to reach the bridge path again before it is forgotten.
-const MAX_TRACKED_PATHS: usize = 65_536;
-const PATH_MAX_AGE: Duration = Duration::from_secs(1);
-
 /// Bounds the attribution cache like the finding log.
 const MAX_ATTRIBUTED: usize = 10_000;
 /// Drop lines held back at most while the rules behind them are read; beyond it they are
@@ -57,6 +51,8 @@ pub struct Stats {
     pub packets: u64,
     /// Records read from the kernel (a journey, a drop, a stray reply each).
     pub records: u64,
+    /// Journeys that never ended, read from the kernel's table (see `kernel::journeys`).
+    pub abandoned: u64,
     pub malformed: u64,
     pub last_error: String,
 }
@@ -112,7 +108,6 @@ pub struct Analysis {
     pub unconfirmed: UnconfirmedLog,
     pub timeout_secs: f64,
     pub stats: Stats,
-    pub paths: HookPaths,
     decoder: DnsDecoder,
     pending: Vec<PendingFinding>,
     pending_drops: Vec<PendingDrop>,
@@ -146,7 +141,6 @@ impl Analysis {
             unconfirmed: UnconfirmedLog::default(),
             timeout_secs: options.dns_timeout.as_secs_f64(),
             stats: Stats::default(),
-            paths: HookPaths::new(MAX_TRACKED_PATHS, PATH_MAX_AGE.as_nanos() as u64),
             decoder: DnsDecoder::new(&options.dns_ports),
             pending: Vec::new(),
             pending_drops: Vec::new(),
@@ -167,13 +161,8 @@ impl Analysis {
         }
     }
 
-    /// A packet from the kernel: its hook path is the one collected for its skb.
-    pub fn packet(&mut self, packet: TracedPacket, output: &mut dyn Output) -> io::Result<()> {
-        let hooks = self.paths.take_path(packet.event.skb_id);
-        self.packet_with_hooks(packet.with_hooks(hooks), output)
-    }
-
-    /// A packet whose hook path is already known (read back from a capture).
+    /// A packet line: a frame at a bridge stage with the hooks it passed since the stage
+    /// before (from the kernel, or read back from a capture).
     pub fn packet_with_hooks(&mut self, mut packet: TracedPacket, output: &mut dyn Output) -> io::Result<()> {
         self.stats.packets += 1;
         // A stage a capture holds no bytes of keeps the message its line recorded.
@@ -202,11 +191,10 @@ impl Analysis {
         Ok(())
     }
 
-    /// Queries and paths older than their timeouts at kernel time `now_ns` (the newest
-    /// record drained, or the present when the ring buffer is empty): their findings wait
-    /// for the next [`Analysis::settle`].
+    /// Queries older than the timeout at kernel time `now_ns` (the newest record drained,
+    /// or the present when the ring buffer is empty): their findings wait for the next
+    /// [`Analysis::settle`].
     pub fn expire(&mut self, now_ns: u64) {
-        self.paths.expire(now_ns);
         for correlated in self.flows.expire(now_ns) {
             self.consider(&correlated, now_ns);
         }
@@ -232,16 +220,17 @@ impl Analysis {
     /// for the loss check and for its rule to be named; any other is printed now.
     pub fn dropped(
         &mut self,
-        drop: &DropEvent,
+        dropped: DroppedPacket,
         reason: String,
         clock: &WallClock,
         interfaces: &mut Interfaces,
         output: &mut dyn Output,
     ) -> io::Result<()> {
         self.stats.packets += 1;
-        let dropped = self.paths.drop(drop);
+        let drop = &dropped.drop;
         let icmp = dropped.icmp.as_ref().map(|i| icmp_name(drop.src.is_ipv6(), i.icmp_type, i.icmp_code));
         let stopped_in = dropped.stopped_in().map(|pass| (pass.hook, pass.in_ifindex, pass.out_ifindex));
+        let (src, dst, l4_proto) = (drop.src, drop.dst, drop.l4_proto);
         let line = DropLine {
             stage: DroppedStage::Dropped,
             wall_time_ns: clock.wall_ns(drop.timestamp_ns),
@@ -258,7 +247,7 @@ impl Analysis {
             Some((hook, in_ifindex, out_ifindex)) if line.reason == NETFILTER_DROP => {
                 let name = |interfaces: &mut Interfaces, index: u32| if index == 0 { None } else { interfaces.name(index) };
                 self.pending_drops.push(PendingDrop {
-                    key: (hook, drop.src.ip(), drop.dst, drop.l4_proto),
+                    key: (hook, src.ip(), dst, l4_proto),
                     in_ifname: name(interfaces, in_ifindex),
                     out_ifname: name(interfaces, out_ifindex),
                     line,

@@ -79,7 +79,8 @@ pub struct Summary {
     pub recursion_misses: u64,
     /// DNS queries dropped from tracking to keep memory bounded.
     pub evicted_flows: u64,
-    /// Packet paths through the netfilter hooks dropped from tracking, likewise.
+    /// Packet journeys that never ended (a fragment merged into another by reassembly),
+    /// shown as far as they went.
     #[serde(default)]
     pub evicted_paths: u64,
     /// Occurrences of findings not kept because the finding log was full.

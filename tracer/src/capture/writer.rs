@@ -457,7 +457,7 @@ pub(crate) mod tests {
     }
 
     fn hook(hook: Hook, conntrack: Conntrack) -> HookPass {
-        HookPass { hook, family: Family::Ipv4, left: true, conntrack, in_ifindex: 3, out_ifindex: 5 }
+        HookPass { hook, family: Family::Ipv4, left: true, conntrack, in_ifindex: 3, out_ifindex: 5, stamped: None }
     }
 
     /// The lab's conntrack-skip query and reply, then a REJECTed packet twice.

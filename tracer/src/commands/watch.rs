@@ -42,7 +42,7 @@ use crate::{
         Attached, KernelHooks, WatchSettings,
     },
     model::{monotonic_now_ns, WallClock},
-    pipeline::{loss::KernelWitness, naming},
+    pipeline::{loss::KernelWitness, naming, paths::DroppedPacket},
     node::interfaces::Interfaces,
     analysis::output::{Output, Summary},
 };
@@ -272,7 +272,7 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Endi
         findings: analysis.log.distinct(),
         finding_counts: analysis.log.counts().into_iter().collect(),
         evicted_flows: analysis.flows.evicted(),
-        evicted_paths: analysis.paths.evicted(),
+        evicted_paths: analysis.stats.abandoned,
         findings_overflow: analysis.log.overflow,
         unconfirmed: analysis.unconfirmed.total(),
         unconfirmed_counts: analysis.unconfirmed.counts().into_iter().collect(),
@@ -343,6 +343,7 @@ impl Pass<'_> {
     ) -> io::Result<()> {
         for journey in journeys.sweep(monotonic_now_ns()) {
             analysis.stats.records += 1;
+            analysis.stats.abandoned += 1;
             let decoded = decoder.abandoned(&journey);
             self.take(decoded, decoder, interfaces, output, analysis, watermark)?;
         }
@@ -366,22 +367,14 @@ impl Pass<'_> {
         }
         for event in decoder.events.drain(..) {
             match event {
-                KernelEvent::Packet(event) => {
+                KernelEvent::Packet { event, hooks } => {
                     watermark.read(event.timestamp_ns);
-                    analysis.packet(naming::traced(event, self.clock, interfaces), output)?;
+                    analysis.packet_with_hooks(naming::traced(event, self.clock, interfaces).with_hooks(hooks), output)?;
                 }
-                KernelEvent::Hook(event) => {
-                    watermark.read(event.timestamp_ns);
-                    analysis.paths.hook(&event);
-                }
-                KernelEvent::Icmp(event) => {
-                    watermark.read(event.timestamp_ns);
-                    analysis.paths.icmp(&event);
-                }
-                KernelEvent::Drop(event) => {
-                    watermark.read(event.timestamp_ns);
-                    let reason = self.reasons.get(&event.reason).cloned().unwrap_or_else(|| format!("reason {}", event.reason));
-                    analysis.dropped(&event, reason, self.clock, interfaces, output)?;
+                KernelEvent::Dropped { drop, path, icmp } => {
+                    watermark.read(drop.timestamp_ns);
+                    let reason = self.reasons.get(&drop.reason).cloned().unwrap_or_else(|| format!("reason {}", drop.reason));
+                    analysis.dropped(DroppedPacket::new(drop, path, icmp), reason, self.clock, interfaces, output)?;
                 }
                 KernelEvent::StrayReply { reply, asked } => {
                     watermark.read(reply.timestamp_ns);

@@ -1,8 +1,8 @@
 //! Decodes the ring buffer's records into the model's events. A journey (a traced
-//! packet's way through the node, sent once when it ends) becomes the events of each point
-//! it passed, in order, as the pipeline follows packets: a packet event per bridge stage,
-//! a hook event on entering each netfilter hook and one on leaving it (a hook is left when
-//! another step follows it), and the ICMP answer and drop it may have ended with.
+//! packet's way through the node, sent once when it ends) becomes a packet event per bridge
+//! stage, each with the netfilter hooks passed since the stage before (a hook was left when
+//! anything follows it), and the drop it may have ended with, with the hooks it passed
+//! since the last stage: the one it never left is where it was stopped.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -14,16 +14,17 @@ use tracer_common::{
 
 use crate::model::{
     hook::{Family, Hook},
-    netfilter::{DropEvent, HookEvent, IcmpEvent},
+    netfilter::{DropEvent, HookPass, IcmpEvent, Stamped},
     packet::{Conntrack, ConntrackEntry, FlowTuple, L4Proto, LossStamps, PacketEvent},
 };
 
 #[derive(Clone, Debug)]
 pub enum KernelEvent {
-    Packet(PacketEvent),
-    Hook(HookEvent),
-    Drop(DropEvent),
-    Icmp(IcmpEvent),
+    /// A frame at a bridge stage, and the netfilter hooks it passed since the stage before.
+    Packet { event: PacketEvent, hooks: Vec<HookPass> },
+    /// A traced packet freed as dropped: the hooks it passed since its last stage (it never
+    /// left the last one of a netfilter drop), and the ICMP error the kernel answered it with.
+    Dropped { drop: DropEvent, path: Vec<HookPass>, icmp: Option<IcmpEvent> },
     /// Findings-only watches: a DNS reply leaving a bridge without conntrack, and where its
     /// query was sent before DNAT, when the kernel saw that.
     StrayReply { reply: PacketEvent, asked: Option<SocketAddr> },
@@ -91,56 +92,48 @@ impl Decoder {
 
     fn journey_events(&mut self, journey: &JourneyRecord, packet: &[u8]) -> Result<(), DecodeError> {
         let captured = self.captured(packet);
-        let journey = *journey;
-        let capture = Capture::of_journey(&journey, captured);
+        let capture = Capture::of_journey(journey, captured);
         let steps = &journey.steps[..usize::from(journey.step_count).min(MAX_STEPS)];
         let header = &journey.header;
         let ct_tuples = (&journey.ct_original, &journey.ct_reply);
         // A journey cut short misses the steps that would show which hook was left: then
         // every hook recorded counts as left, and a drop names none.
         let last_hook_left = journey.cut != 0 || journey.end != journey_end::DROPPED;
+        let mut hooks: Vec<HookPass> = Vec::new();
         for (index, step) in steps.iter().enumerate() {
-            let next = steps.get(index + 1);
             match step.kind {
                 step_kind::STAGE => {
                     let event = stage_event(header, step, ct_tuples, &capture)?;
-                    self.events.push(KernelEvent::Packet(event));
+                    self.events.push(KernelEvent::Packet { event, hooks: std::mem::take(&mut hooks) });
                 }
                 step_kind::HOOK => {
-                    let entered = hook_event(header, step, ct_tuples, true)?;
-                    self.events.push(KernelEvent::Hook(entered));
-                    // Left with what the next point saw (conntrack and NAT as the hook
-                    // left them), or, at the journey's end, as it entered.
-                    let left = match next {
-                        Some(next) => Some(hook_event(header, step, ct_tuples, false)?.with_state_of(next, ct_tuples)?),
-                        None if last_hook_left => Some(hook_event(header, step, ct_tuples, false)?),
-                        None => None,
-                    };
-                    if let Some(left) = left {
-                        self.events.push(KernelEvent::Hook(left));
-                    }
+                    // Left with what the next point saw (conntrack and NAT as the hook left
+                    // them); at the journey's end, as it entered.
+                    let next = steps.get(index + 1);
+                    let left = next.is_some() || last_hook_left;
+                    hooks.push(hook_pass(step, next.unwrap_or(step), left, ct_tuples)?);
                 }
                 other => return Err(DecodeError::UnknownStepKind(other)),
             }
         }
+        // Hooks after the last stage belong to a packet delivered, routed away or dropped:
+        // only a drop has a line to show them on.
         if journey.end == journey_end::DROPPED {
             let (src, dst) = flow_addresses(&journey.end_flow)?;
             let (family, l4_proto) = family_and_protocol(&journey.end_flow)?;
             let at_end = steps.last().map_or(header.timestamp_ns, |step| step.timestamp_ns);
-            if journey.icmp_sent != 0 {
-                self.events.push(KernelEvent::Icmp(IcmpEvent {
-                    timestamp_ns: at_end,
-                    skb_id: header.skb_id,
-                    loss: loss_stamps(header),
-                    ifindex: journey.end_ifindex,
-                    icmp_type: journey.icmp_type,
-                    icmp_code: journey.icmp_code,
-                    l4_proto,
-                    src,
-                    dst,
-                }));
-            }
-            self.events.push(KernelEvent::Drop(DropEvent {
+            let icmp = (journey.icmp_sent != 0).then_some(IcmpEvent {
+                timestamp_ns: at_end,
+                skb_id: header.skb_id,
+                loss: loss_stamps(header),
+                ifindex: journey.end_ifindex,
+                icmp_type: journey.icmp_type,
+                icmp_code: journey.icmp_code,
+                l4_proto,
+                src,
+                dst,
+            });
+            let drop = DropEvent {
                 timestamp_ns: at_end,
                 skb_id: header.skb_id,
                 loss: loss_stamps(header),
@@ -152,7 +145,8 @@ impl Decoder {
                 l4_proto,
                 src,
                 dst,
-            }));
+            };
+            self.events.push(KernelEvent::Dropped { drop, path: hooks, icmp });
         }
         Ok(())
     }
@@ -218,40 +212,36 @@ impl Capture {
     }
 }
 
-/// A drop with no journey: the hook it entered last, when known, comes first, so that the
-/// path the pipeline follows ends in it.
+/// A drop with no journey: its path is the hook it entered last on that CPU, when the
+/// kernel knows it, never left.
 fn standalone_drop(drop: &DropRecord, events: &mut Vec<KernelEvent>) -> Result<(), DecodeError> {
     let (src, dst) = flow_addresses(&drop.flow)?;
     let (family, l4_proto) = family_and_protocol(&drop.flow)?;
     let header = &drop.header;
+    let mut path = Vec::new();
     if drop.hook_known != 0 {
-        events.push(KernelEvent::Hook(HookEvent {
-            timestamp_ns: header.timestamp_ns,
-            skb_id: header.skb_id,
-            loss: loss_stamps(header),
-            family: family_of_pf(drop.pf).unwrap_or(family),
+        path.push(HookPass {
             hook: Hook::from_number(drop.hook).ok_or(DecodeError::UnknownHook(drop.hook))?,
-            early: true,
+            family: family_of_pf(drop.pf).unwrap_or(family),
+            left: false,
+            conntrack: Conntrack::None,
             in_ifindex: drop.hook_in_ifindex,
             out_ifindex: drop.hook_out_ifindex,
-            src,
-            conntrack: Conntrack::None,
-        }));
+            stamped: Some(Stamped { src, loss: loss_stamps(header), timestamp_ns: header.timestamp_ns }),
+        });
     }
-    if drop.icmp_sent != 0 {
-        events.push(KernelEvent::Icmp(IcmpEvent {
-            timestamp_ns: header.timestamp_ns,
-            skb_id: header.skb_id,
-            loss: loss_stamps(header),
-            ifindex: drop.ifindex,
-            icmp_type: drop.icmp_type,
-            icmp_code: drop.icmp_code,
-            l4_proto,
-            src,
-            dst,
-        }));
-    }
-    events.push(KernelEvent::Drop(DropEvent {
+    let icmp = (drop.icmp_sent != 0).then_some(IcmpEvent {
+        timestamp_ns: header.timestamp_ns,
+        skb_id: header.skb_id,
+        loss: loss_stamps(header),
+        ifindex: drop.ifindex,
+        icmp_type: drop.icmp_type,
+        icmp_code: drop.icmp_code,
+        l4_proto,
+        src,
+        dst,
+    });
+    let drop = DropEvent {
         timestamp_ns: header.timestamp_ns,
         skb_id: header.skb_id,
         loss: loss_stamps(header),
@@ -263,7 +253,8 @@ fn standalone_drop(drop: &DropRecord, events: &mut Vec<KernelEvent>) -> Result<(
         l4_proto,
         src,
         dst,
-    }));
+    };
+    events.push(KernelEvent::Dropped { drop, path, icmp });
     Ok(())
 }
 
@@ -302,37 +293,24 @@ fn stage_event(
     })
 }
 
-fn hook_event(header: &RecordHeader, step: &JourneyStep, ct_tuples: (&CtTuple, &CtTuple), early: bool) -> Result<HookEvent, DecodeError> {
+/// A hook the packet entered at `step`, with the conntrack state `after` saw (the next
+/// point, when it left the hook).
+fn hook_pass(step: &JourneyStep, after: &JourneyStep, left: bool, ct_tuples: (&CtTuple, &CtTuple)) -> Result<HookPass, DecodeError> {
     let (src, _) = flow_addresses(&step.flow)?;
     let (family, _) = family_and_protocol(&step.flow)?;
-    Ok(HookEvent {
-        timestamp_ns: step.timestamp_ns,
-        skb_id: header.skb_id,
-        loss: LossStamps { src: step.loss_stamp_src, dst: step.loss_stamp_dst },
-        family: family_of_pf(step.pf).unwrap_or(family),
+    Ok(HookPass {
         hook: Hook::from_number(step.point).ok_or(DecodeError::UnknownHook(step.point))?,
-        early,
+        family: family_of_pf(step.pf).unwrap_or(family),
+        left,
+        conntrack: conntrack_of(after.ct_state, after.ct_info, after.ct_status, ct_tuples, after.flow.ip_version)?,
         in_ifindex: step.ifindex,
         out_ifindex: step.other_ifindex,
-        src,
-        conntrack: conntrack_of(step.ct_state, step.ct_info, step.ct_status, ct_tuples, step.flow.ip_version)?,
+        stamped: Some(Stamped {
+            src,
+            loss: LossStamps { src: step.loss_stamp_src, dst: step.loss_stamp_dst },
+            timestamp_ns: step.timestamp_ns,
+        }),
     })
-}
-
-/// A hook's leaving, as the point after it saw the packet (conntrack and NAT as the hook
-/// left them).
-trait LeftFor {
-    fn with_state_of(self, next: &JourneyStep, ct_tuples: (&CtTuple, &CtTuple)) -> Result<HookEvent, DecodeError>;
-}
-
-impl LeftFor for HookEvent {
-    fn with_state_of(self, next: &JourneyStep, ct_tuples: (&CtTuple, &CtTuple)) -> Result<HookEvent, DecodeError> {
-        Ok(HookEvent {
-            timestamp_ns: next.timestamp_ns,
-            conntrack: conntrack_of(next.ct_state, next.ct_info, next.ct_status, ct_tuples, next.flow.ip_version)?,
-            ..self
-        })
-    }
 }
 
 fn family_of_pf(pf: u8) -> Option<Family> {
@@ -576,25 +554,22 @@ mod tests {
     }
 
     #[test]
-    fn a_journey_becomes_its_stages_and_hooks_in_order() {
+    fn a_journey_becomes_its_stages_with_the_hooks_between_them() {
         let events = decoded(&dnat_query());
-        let shape: Vec<String> = events
-            .iter()
-            .map(|event| match event {
-                KernelEvent::Packet(p) => format!("{:?}", p.stage),
-                KernelEvent::Hook(h) => format!("{}{}", h.hook, if h.early { "+" } else { "-" }),
-                other => format!("{other:?}"),
-            })
-            .collect();
-        assert_eq!(shape, ["BridgeIn", "PRE_ROUTING+", "PRE_ROUTING-", "FORWARD+", "FORWARD-", "POST_ROUTING+", "POST_ROUTING-", "BridgeOut"]);
+        let [KernelEvent::Packet { event: first, hooks: before }, KernelEvent::Packet { event: last, hooks }] = &events[..] else {
+            panic!("two stages: {events:?}")
+        };
+        assert!(before.is_empty());
+        assert_eq!(
+            hooks.iter().map(|h| (h.hook, h.left)).collect::<Vec<_>>(),
+            [(Hook::PreRouting, true), (Hook::Forward, true), (Hook::PostRouting, true)]
+        );
         // PRE_ROUTING is left with what FORWARD saw: the DNAT it did.
-        let KernelEvent::Hook(left) = &events[2] else { panic!() };
-        let Conntrack::Attached(entry) = &left.conntrack else { panic!("{left:?}") };
+        let Conntrack::Attached(entry) = &hooks[0].conntrack else { panic!("{hooks:?}") };
         assert_eq!(entry.nat()[0].to_string(), "dnat 10.96.0.10:53→10.244.0.7:53");
         // The bytes were captured at the first step: they are the bridge-in frame's, not the
         // bridge-out one's (DNAT changed its destination), but both carry them (and the IP
         // length they say).
-        let (KernelEvent::Packet(first), KernelEvent::Packet(last)) = (&events[0], &events[7]) else { panic!() };
         assert_eq!((first.captured_at_stage, last.captured_at_stage), (true, false));
         assert_eq!((first.ip_len, last.ip_len), (81, 81));
         assert_eq!(first.dst.to_string(), "10.96.0.10:53");
@@ -614,29 +589,31 @@ mod tests {
         journey.drop_reason = 7;
         journey.end_ifindex = 4;
         let events = decoded(&journey);
-        assert!(matches!(events[1], KernelEvent::Hook(HookEvent { early: true, .. })));
-        assert!(matches!(events[2], KernelEvent::Icmp(IcmpEvent { icmp_type: 3, icmp_code: 10, .. })), "{events:?}");
-        assert!(matches!(events[3], KernelEvent::Drop(DropEvent { reason: 7, ifindex: 4, .. })), "{events:?}");
-        assert_eq!(events.len(), 4, "no leaving of the hook it died in: {events:?}");
+        let [KernelEvent::Packet { .. }, KernelEvent::Dropped { drop, path, icmp: Some(icmp) }] = &events[..] else {
+            panic!("a stage, then the drop with its ICMP answer: {events:?}")
+        };
+        assert_eq!((drop.reason, drop.ifindex), (7, 4));
+        assert_eq!((icmp.icmp_type, icmp.icmp_code), (3, 10));
+        assert_eq!(path.iter().map(|h| (h.hook, h.left)).collect::<Vec<_>>(), [(Hook::Forward, false)]);
         // A journey cut short may miss the step that left the hook: no hook is blamed.
         journey.cut = 1;
         let events = decoded(&journey);
-        assert!(matches!(events[2], KernelEvent::Hook(HookEvent { early: false, .. })), "{events:?}");
+        let [_, KernelEvent::Dropped { path, .. }] = &events[..] else { panic!("{events:?}") };
+        assert!(path.iter().all(|h| h.left), "{path:?}");
     }
 
     #[test]
-    fn a_drop_without_journey_follows_the_hook_it_was_last_in() {
+    fn a_drop_without_journey_stops_in_the_hook_it_was_last_in() {
         let mut drop = DropRecord { reason: 7, ifindex: 4, flow: QUERY, hook_known: 1, hook: 1, pf: 2, hook_in_ifindex: 3, ..Default::default() };
         drop.header.kind = record_kind::DROP;
-        // SAFETY: DropRecord is plain data without implicit padding.
-        let bytes = unsafe { std::slice::from_raw_parts(&drop as *const DropRecord as *const u8, size_of::<DropRecord>()) };
         let mut decoder = Decoder::default();
-        decoder.decode(bytes).expect("valid");
-        assert!(matches!(&decoder.events[..], [KernelEvent::Hook(HookEvent { early: true, hook: Hook::LocalIn, .. }), KernelEvent::Drop(_)]), "{:?}", decoder.events);
+        // SAFETY (both): DropRecord is plain data without implicit padding.
+        decoder.decode(unsafe { std::slice::from_raw_parts(&drop as *const DropRecord as *const u8, size_of::<DropRecord>()) }).expect("valid");
+        let [KernelEvent::Dropped { path, .. }] = &decoder.events[..] else { panic!("{:?}", decoder.events) };
+        assert_eq!(path.iter().map(|h| (h.hook, h.left, h.in_ifindex)).collect::<Vec<_>>(), [(Hook::LocalIn, false, 3)]);
         drop.hook_known = 0;
-        let bytes = unsafe { std::slice::from_raw_parts(&drop as *const DropRecord as *const u8, size_of::<DropRecord>()) };
-        decoder.decode(bytes).expect("valid");
-        assert!(matches!(&decoder.events[..], [KernelEvent::Drop(_)]), "{:?}", decoder.events);
+        decoder.decode(unsafe { std::slice::from_raw_parts(&drop as *const DropRecord as *const u8, size_of::<DropRecord>()) }).expect("valid");
+        assert!(matches!(&decoder.events[..], [KernelEvent::Dropped { path, .. }] if path.is_empty()), "{:?}", decoder.events);
     }
 
     #[test]
@@ -661,7 +638,7 @@ mod tests {
     fn attached_without_layout_has_no_tuples() {
         let mut journey = journey(&[stage(1, Stage::BridgeIn, 4, QUERY, conntrack_state::ATTACHED)], journey_end::LEFT_BRIDGE);
         journey.steps[0].ct_status = 1 << 3;
-        let [KernelEvent::Packet(event)] = &decoded(&journey)[..] else { panic!() };
+        let [KernelEvent::Packet { event, .. }] = &decoded(&journey)[..] else { panic!() };
         let Conntrack::Attached(entry) = &event.conntrack else { panic!("expected attached entry") };
         assert_eq!(entry.status, None);
         assert!(entry.nat().is_empty());
@@ -674,7 +651,7 @@ mod tests {
         flow.src_addr = "fd00:10:244::5".parse::<Ipv6Addr>().expect("literal").octets();
         flow.dst_addr = "fd00:10:96::a".parse::<Ipv6Addr>().expect("literal").octets();
         let journey = journey(&[stage(1, Stage::BridgeIn, 4, flow, conntrack_state::NONE)], journey_end::LEFT_BRIDGE);
-        let [KernelEvent::Packet(event)] = &decoded(&journey)[..] else { panic!() };
+        let [KernelEvent::Packet { event, .. }] = &decoded(&journey)[..] else { panic!() };
         assert_eq!(event.src.to_string(), "[fd00:10:244::5]:41234");
         assert_eq!(event.dst.to_string(), "[fd00:10:96::a]:53");
     }

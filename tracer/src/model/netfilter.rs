@@ -1,5 +1,5 @@
-//! What the netfilter-hook, drop and ICMP programs report about a traced packet, and the
-//! hooks a packet passed on its way.
+//! What the kernel reports of a traced packet at the netfilter hooks: the hooks it passed
+//! on its way, a drop, the kernel's ICMP answer.
 
 use std::net::SocketAddr;
 
@@ -11,21 +11,13 @@ use super::{
     serde_forms,
 };
 
-/// A traced packet passing a netfilter hook.
-#[derive(Clone, Debug)]
-pub struct HookEvent {
-    pub timestamp_ns: u64,
-    pub skb_id: u64,
-    pub loss: LossStamps,
-    pub family: Family,
-    pub hook: Hook,
-    /// True at the start of the hook's priority range, false at its end.
-    pub early: bool,
-    pub in_ifindex: u32,
-    pub out_ifindex: u32,
-    /// The packet's source: its loss bucket says whether a later record of its path was lost.
+/// Where the kernel recorded a point of a packet's path: its source then, and that source's
+/// loss bucket (a record of the path lost later shows as growth there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamped {
     pub src: SocketAddr,
-    pub conntrack: Conntrack,
+    pub loss: LossStamps,
+    pub timestamp_ns: u64,
 }
 
 /// A traced packet freed as dropped. Serialised, the fields of its `dropped` line that
@@ -83,6 +75,9 @@ pub struct HookPass {
     pub in_ifindex: u32,
     #[serde(skip)]
     pub out_ifindex: u32,
+    /// Where the kernel recorded it, for the loss check; not part of a line.
+    #[serde(skip)]
+    pub stamped: Option<Stamped>,
 }
 
 #[cfg(test)]

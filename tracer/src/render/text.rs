@@ -208,7 +208,7 @@ impl<W: Write> Output for TextOutput<W> {
             notes.push_str(&format!(", {} queries dropped from tracking (table full)", summary.evicted_flows));
         }
         if summary.evicted_paths > 0 {
-            notes.push_str(&format!(", {} packet paths dropped from tracking (table full)", summary.evicted_paths));
+            notes.push_str(&format!(", {} packet journeys that never ended (shown as far as they went)", summary.evicted_paths));
         }
         if summary.findings_overflow > 0 {
             notes.push_str(&format!(", {} occurrences of further distinct findings not kept (log full)", summary.findings_overflow));

@@ -254,7 +254,7 @@ mod tests {
     }
 
     fn pass(hook: Hook, left: bool) -> HookPass {
-        HookPass { hook, family: Family::Ipv4, left, conntrack: Conntrack::None, in_ifindex: 2, out_ifindex: 0 }
+        HookPass { hook, family: Family::Ipv4, left, conntrack: Conntrack::None, in_ifindex: 2, out_ifindex: 0, stamped: None }
     }
 
     #[test]
