@@ -398,16 +398,28 @@ pub struct TracingArgs {
     #[arg(long = "dns-port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub dns_ports: Vec<u16>,
 
-    /// Size of the kernel-to-tracer ring buffer in MiB (a power of two). Raise it when
-    /// the summary reports lost records.
-    #[arg(long, value_name = "MIB", default_value_t = 8, value_parser = parse_ring_mib)]
-    pub ring_buffer_mib: u32,
+    /// Size of the kernel-to-tracer ring buffer in MiB (a power of two). By default it
+    /// follows the rate the node can make records at: 4 MiB per CPU (at least 4, at most
+    /// 64) for a watch, 1 MiB for a findings-only one, which sends little. Raise it when the
+    /// summary reports lost records.
+    #[arg(long, value_name = "MIB", value_parser = parse_ring_mib)]
+    pub ring_buffer_mib: Option<u32>,
 
     /// Print the kernel programs' reports of failures that should never happen (a kernel
     /// read refused, an unexpected value) on standard error, as `tracer: debug: kernel:`
     /// lines. For bug reports; off by default, when the programs report nothing.
     #[arg(long)]
     pub debug: bool,
+}
+
+/// A ring buffer for the rate at which this node can make records: a journey per packet,
+/// so per CPU that handles packets; findings-only watches send only drops and stray replies.
+fn default_ring_mib(findings_only: bool) -> u32 {
+    if findings_only {
+        return 1;
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    (4 * cpus).next_power_of_two().clamp(4, 64)
 }
 
 impl TracingArgs {
@@ -417,7 +429,7 @@ impl TracingArgs {
             settings: WatchSettings {
                 port,
                 snaplen,
-                ring_buffer_bytes: self.ring_buffer_mib << 20,
+                ring_buffer_bytes: self.ring_buffer_mib.unwrap_or_else(|| default_ring_mib(findings_only)) << 20,
                 debug: self.debug,
                 findings_only,
             },
