@@ -38,7 +38,7 @@ usage: cargo xtask <task>
                   run COMMAND as root, in the current directory, on Debian's newest 6.1 or 6.12
                   kernel booted under QEMU (no KVM, about 20 s to boot) with this machine's root
                   file system and the checkout shared read-write; exits with COMMAND's exit code.
-                  The kernel package is downloaded once into /var/cache/tracer-kernels. `host`
+                  The kernel package is downloaded once into /var/lib/tracer-kernels. `host`
                   runs COMMAND directly on this machine's kernel (it cannot be booted in a VM).
                   --memory: guest RAM (default 2G); --timeout: kill the guest after SECS seconds
                   (default 1200); --verbose: show the guest kernel's console. Needs root and

@@ -5,7 +5,7 @@
 //! throw-away overlays on /etc, /tmp, /var ...) and the checkout read-write, so a tracer and the
 //! lab tools installed here run there unchanged, and whatever the command writes under the
 //! checkout (target/) is kept. Debian's kernel packages are downloaded once and kept in
-//! `/var/cache/tracer-kernels`.
+//! `/var/lib/tracer-kernels`.
 
 use std::ffi::OsString;
 use std::fs;
@@ -22,13 +22,14 @@ use crate::cmd::{self, probe};
 use crate::setup;
 
 /// Extracted kernel packages, one directory `<package>_<version>` each. Outside the checkout so
-/// that `cargo clean` or a fresh clone does not download them again.
-const CACHE: &str = "/var/cache/tracer-kernels";
+/// that `cargo clean` or a fresh clone does not download them again; not under /var/cache, which
+/// the guest's init hides behind a tmpfs, while the guest loads its modules from here.
+const CACHE: &str = "/var/lib/tracer-kernels";
 
 /// A debug tracer build, the lab tools and a few network namespaces fit with room to spare.
 const DEFAULT_MEMORY: &str = "2G";
 
-/// Generous for TCG, which runs a guest 10-50 times slower than the host; the point is only that
+/// Generous for TCG, which runs guest code about 20 times slower than the host; the point is that
 /// a hung guest cannot hang CI.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
