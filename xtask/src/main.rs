@@ -36,7 +36,7 @@ usage: cargo xtask <task>
                   results-smoke.json)
   vm --kernel 6.1|6.12|host [--memory 2G] [--timeout SECS] [--verbose] -- COMMAND [ARGS...]
                   run COMMAND as root, in the current directory, on Debian's newest 6.1 or 6.12
-                  kernel booted under QEMU (no KVM, about 20 s to boot) with this machine's root
+                  kernel booted under QEMU (no KVM, 20-30 s to boot) with this machine's root
                   file system and the checkout shared read-write; exits with COMMAND's exit code.
                   The kernel package is downloaded once into /var/lib/tracer-kernels. `host`
                   runs COMMAND directly on this machine's kernel (it cannot be booted in a VM).
