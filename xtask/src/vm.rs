@@ -340,6 +340,8 @@ fn wait_for(
         relays.push(std::thread::spawn(move || relay(err, std::io::stderr)));
     }
     let status = wait_with_deadline(&mut child, timeout, what);
+    // Outside a wait nobody looks at the flag, so a Ctrl-C must stop us the ordinary way again.
+    restore_stop_signals();
     // The pipes end once every process of the group has gone, which has happened when the wait
     // returns (normally or by killing the group).
     for r in relays {
@@ -407,8 +409,10 @@ extern "C" fn note_stop_signal(signal: libc::c_int) {
     STOP_SIGNAL.store(signal, Ordering::Relaxed);
 }
 
+const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
 fn catch_stop_signals() {
-    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+    for signal in STOP_SIGNALS {
         // SAFETY: the handler only stores into an atomic, which is async-signal-safe.
         unsafe {
             libc::signal(
@@ -416,6 +420,13 @@ fn catch_stop_signals() {
                 note_stop_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
             )
         };
+    }
+}
+
+fn restore_stop_signals() {
+    for signal in STOP_SIGNALS {
+        // SAFETY: restoring the default disposition has no preconditions.
+        unsafe { libc::signal(signal, libc::SIG_DFL) };
     }
 }
 
