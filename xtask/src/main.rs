@@ -9,6 +9,9 @@
 //!   measure what it costs per packet against no tracer and against iptables TRACE in a lab; writes
 //!   target/bench/results.json (root). `--smoke` is one short round of everything, for
 //!   `cargo xtask test`.
+//! - `vm --kernel 6.1|6.12|host [--memory 2G] [--timeout SECS] [--verbose] -- COMMAND...`: run
+//!   COMMAND as root in the current directory on another kernel (a Debian kernel package booted
+//!   under QEMU with virtme-ng), exiting with its exit code (root; needs `setup` first).
 //!
 //! `TRACER_TOOLCHAIN_PREFIX` moves the bpf-linker installation away from /opt/tracer-toolchain; it
 //! exists to exercise the bpf-linker build without touching a working installation.
@@ -18,6 +21,7 @@ mod cmd;
 mod demo;
 mod setup;
 mod test;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -29,7 +33,16 @@ usage: cargo xtask <task>
   bench [--smoke] [--tracer PATH]
                   setup, build tracer --release (or use PATH), measure its cost per packet in a
                   namespace lab (root); writes target/bench/results.json (--smoke: seconds,
-                  results-smoke.json)";
+                  results-smoke.json)
+  vm --kernel 6.1|6.12|host [--memory 2G] [--timeout SECS] [--verbose] -- COMMAND [ARGS...]
+                  run COMMAND as root, in the current directory, on Debian's newest 6.1 or 6.12
+                  kernel booted under QEMU (no KVM, 20-30 s to boot) with this machine's root
+                  file system and the checkout shared read-write; exits with COMMAND's exit code.
+                  The kernel package is downloaded once into /var/lib/tracer-kernels. `host`
+                  runs COMMAND directly on this machine's kernel (it cannot be booted in a VM).
+                  --memory: guest RAM (default 2G); --timeout: kill the guest after SECS seconds
+                  (default 1200); --verbose: show the guest kernel's console. Needs root and
+                  `cargo xtask setup`";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -45,6 +58,7 @@ fn main() -> ExitCode {
         "test" => test::run(rest),
         "demo" if rest.is_empty() => demo::run(),
         "bench" => bench::run(rest),
+        "vm" => vm::task(rest),
         "help" | "-h" | "--help" => {
             println!("{USAGE}");
             Ok(ExitCode::SUCCESS)

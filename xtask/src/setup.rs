@@ -78,11 +78,29 @@ fn missing_tools() -> Vec<String> {
         .collect()
 }
 
+/// Debian packages `cargo xtask vm` boots other kernels with: the emulator; `depmod` (a kernel
+/// package ships no module index); a static busybox (the initramfs that loads a distribution
+/// kernel's 9p modules runs before any shared library is reachable); udevd (without the
+/// /dev/virtio-ports links it makes, the guest's init cannot find the ports that carry the
+/// command's output and exit code back); and the venv module that holds virtme-ng.
+pub const VM_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "kmod",
+    "busybox-static",
+    "udev",
+    "python3-venv",
+];
+
+/// The virtme-ng release `cargo xtask vm` was verified with; a pinned version keeps a new release
+/// from changing how guests boot or report their exit code.
+const VIRTME_NG_VERSION: &str = "1.42";
+
 pub fn run() -> Result<()> {
     step("nightly toolchain", nightly)?;
     step("nightly rust-src", rust_src)?;
     step("bpf-linker", bpf_linker)?;
-    step("debian packages", debian_packages)?;
+    step("debian packages", |a| debian_packages(PACKAGES, a))?;
+    vm()?;
     step("lab tools", lab_tools)
 }
 
@@ -97,6 +115,21 @@ fn lab_tools(_announce: &dyn Fn(&str)) -> Result<Done> {
         );
     }
     Ok(Done::AlreadyThere)
+}
+
+/// The steps `cargo xtask vm` needs; `run` includes them.
+pub fn vm() -> Result<()> {
+    step("vm packages", |a| debian_packages(VM_PACKAGES, a))?;
+    step("virtme-ng", virtme_ng)
+}
+
+/// The `vng` executable `virtme_ng` installs.
+pub fn vng() -> PathBuf {
+    virtme_ng_venv().join("bin/vng")
+}
+
+fn virtme_ng_venv() -> PathBuf {
+    cmd::toolchain_prefix().join("virtme-ng")
 }
 
 enum Done {
@@ -256,14 +289,14 @@ fn force_symlink(target: &Path, link: &Path) -> Result<()> {
         .with_context(|| format!("linking {} to {}", link.display(), target.display()))
 }
 
-fn debian_packages(announce: &dyn Fn(&str)) -> Result<Done> {
+fn debian_packages(packages: &[&str], announce: &dyn Fn(&str)) -> Result<Done> {
     if probe(Command::new("dpkg-query").arg("--version")).is_none() {
         bail!(
             "dpkg-query not found: this is not a Debian-based system; install the equivalents of {} yourself",
-            PACKAGES.join(" ")
+            packages.join(" ")
         );
     }
-    let missing = || -> Vec<&str> { PACKAGES.iter().copied().filter(|p| !installed(p)).collect() };
+    let missing = || -> Vec<&str> { packages.iter().copied().filter(|p| !installed(p)).collect() };
     let wanted = missing();
     if wanted.is_empty() {
         return Ok(Done::AlreadyThere);
@@ -298,6 +331,74 @@ fn debian_packages(announce: &dyn Fn(&str)) -> Result<Done> {
     Ok(Done::Installed)
 }
 
+fn virtme_ng(announce: &dyn Fn(&str)) -> Result<Done> {
+    let venv = virtme_ng_venv();
+    let vng = vng();
+    let pip_show = || probe(Command::new(venv.join("bin/pip")).args(["show", "virtme-ng"]));
+    let right_version = || {
+        pip_show().is_some_and(|info| pip_show_version(&info) == Some(VIRTME_NG_VERSION))
+            && probe(Command::new(&vng).arg("--version")).is_some()
+    };
+    if right_version() {
+        return Ok(Done::AlreadyThere);
+    }
+    if !cmd::is_root() {
+        bail!(
+            "virtme-ng {VIRTME_NG_VERSION} is not installed in {}; run `cargo xtask setup` as root",
+            venv.display()
+        );
+    }
+    announce(&format!(
+        "(virtme-ng {VIRTME_NG_VERSION} from PyPI into the venv {})",
+        venv.display()
+    ));
+    // Debian's own python3: a python from elsewhere on PATH may lack the venv module or vanish
+    // with a user's environment, and the venv keeps a link to the interpreter it was made with.
+    if !venv.join("bin/pip").exists() {
+        cmd::run(
+            Command::new("/usr/bin/python3")
+                .args(["-m", "venv"])
+                .arg(&venv),
+            "`/usr/bin/python3 -m venv`",
+        )
+        .context("install python3-venv (the `vm packages` step does) and run setup again")?;
+    }
+    cmd::run(
+        Command::new(venv.join("bin/pip")).args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            &format!("virtme-ng=={VIRTME_NG_VERSION}"),
+        ]),
+        "`pip install virtme-ng`",
+    )
+    .context("check network access to PyPI")?;
+    if !right_version() {
+        bail!(
+            "{} --version still fails after installing; remove {} and run setup again",
+            vng.display(),
+            venv.display()
+        );
+    }
+    Ok(Done::Installed)
+}
+
+/// The `Version:` field of `pip show`.
+fn pip_show_version(info: &str) -> Option<&str> {
+    info.lines()
+        .find_map(|l| l.strip_prefix("Version:"))
+        .map(str::trim)
+}
+
+/// The packages of `VM_PACKAGES` that are not installed.
+pub fn missing_vm_packages() -> Vec<&'static str> {
+    VM_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !installed(p))
+        .collect()
+}
+
 fn installed(package: &str) -> bool {
     probe(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
         .is_some_and(|status| status.trim() == "install ok installed")
@@ -312,5 +413,12 @@ mod tests {
         let vv = "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)\nhost: x86_64-unknown-linux-gnu\nLLVM version: 22.1.4\n";
         assert_eq!(llvm_major(vv), Some(22));
         assert_eq!(llvm_major("rustc 1.0\n"), None);
+    }
+
+    #[test]
+    fn reads_pip_show_version() {
+        let info = "Name: virtme-ng\nVersion: 1.42\nSummary: Build and run a kernel\n";
+        assert_eq!(pip_show_version(info), Some("1.42"));
+        assert_eq!(pip_show_version("Name: x\n"), None);
     }
 }
