@@ -170,6 +170,10 @@ pub mod journey_end {
     pub const DROPPED: u8 = 4;
 }
 
+/// The drop reason of a kernel whose `kfree_skb` tracepoint has none (before 5.17), and
+/// of `reason_*` values a kernel does not have: never an `enum skb_drop_reason` value.
+pub const NO_DROP_REASON: u32 = u32::MAX;
+
 /// Steps a journey records; a longer one keeps its first steps and says it was cut.
 pub const MAX_STEPS: usize = 12;
 
@@ -375,6 +379,9 @@ pub struct WatchConfig {
     /// Findings-only watches (`--findings-only`): the kernel sends only what can become a
     /// finding (drops, DNS replies leaving a bridge without conntrack), no journeys.
     pub findings_only: u32,
+    /// `--debug`: the programs report failures that should never happen (see the programs'
+    /// `diagnostics`); 0 leaves the reporting out of the programs the verifier accepts.
+    pub debug: u32,
     pub layout: KernelLayout,
 }
 

@@ -13,6 +13,7 @@ use tracer_common::{journey_end, lost_slot, step_kind, Stage};
 
 use crate::{
     config::config,
+    diagnostics,
     findings_only,
     journey::{self, End, Step},
     packet::{self, IpFamily, NetworkHeader, ParsedFlow},
@@ -24,6 +25,7 @@ pub fn bridge_receive(ctx: BtfTracePointContext) -> i32 {
     let skb: *const u8 = ctx.arg(0);
     // SAFETY: the tracepoint's BTF-typed `sk_buff *`.
     let _ = unsafe { received(skb) };
+    diagnostics::report(lost_slot::BRIDGE_RECEIVE);
     0
 }
 
@@ -32,6 +34,7 @@ pub fn bridge_transmit(ctx: BtfTracePointContext) -> i32 {
     let skb: *const u8 = ctx.arg(0);
     // SAFETY: the tracepoint's BTF-typed `sk_buff *`.
     let _ = unsafe { queued(skb) };
+    diagnostics::report(lost_slot::BRIDGE_TRANSMIT);
     0
 }
 

@@ -3,10 +3,11 @@
 //! rule calls with the packet it rejects, before dropping it).
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use tracer_common::{journey_end, lost_slot, step_kind};
+use tracer_common::{journey_end, lost_slot, step_kind, NO_DROP_REASON};
 
 use crate::{
     config::config,
+    diagnostics,
     findings_only,
     journey::{self, End, Step},
     packet::{self, IpFamily, NetworkHeader, ParsedFlow},
@@ -20,6 +21,20 @@ pub fn packet_dropped(ctx: BtfTracePointContext) -> i32 {
     let reason: u64 = ctx.arg(2);
     // SAFETY: the tracepoint's BTF-typed `sk_buff *`.
     let _ = unsafe { dropped(skb, location, reason as u32) };
+    diagnostics::report(lost_slot::KFREE_SKB);
+    0
+}
+
+/// Kernels before 5.17 call the tracepoint without a reason: every call is a drop
+/// (consumed packets have a tracepoint of their own there), and userspace infers a
+/// netfilter drop from the hook the packet never left.
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn packet_dropped_no_reason(ctx: BtfTracePointContext) -> i32 {
+    let skb: *const u8 = ctx.arg(0);
+    let location: u64 = ctx.arg(1);
+    // SAFETY: the tracepoint's BTF-typed `sk_buff *`.
+    let _ = unsafe { dropped(skb, location, NO_DROP_REASON) };
+    diagnostics::report(lost_slot::KFREE_SKB);
     0
 }
 
@@ -54,8 +69,10 @@ unsafe fn traced_packet(skb: *const u8, slot: u32) -> Option<(u32, u32, NetworkH
 /// `skb` must be a BTF-typed `sk_buff` pointer.
 #[inline(always)]
 unsafe fn dropped(skb: *const u8, location: u64, reason: u32) -> Option<()> {
-    // Frees that are not drops are by far the most common: leave them first.
-    if reason == config!(layout.reason_not_dropped_yet) || reason == config!(layout.reason_consumed) {
+    // Frees that are not drops are by far the most common: leave them first. (A kernel
+    // without the reasons has NO_DROP_REASON for them, which only a drop without a reason
+    // carries.)
+    if reason != NO_DROP_REASON && (reason == config!(layout.reason_not_dropped_yet) || reason == config!(layout.reason_consumed)) {
         return None;
     }
     let slot = lost_slot::KFREE_SKB;

@@ -244,7 +244,7 @@ pub unsafe fn bridge_out(at: &AtPort) {
             }
         }
         (*record)._pad = 0;
-        let captured = packet::capture(skb, header, parsed, &mut *core::ptr::addr_of_mut!((*record).packet));
+        let captured = packet::capture(skb, header, parsed, &mut *core::ptr::addr_of_mut!((*record).packet), slot);
         (*record).captured_len = captured.len;
         (*record).l3_offset = captured.l3_offset;
         (*record).l4_offset = captured.l4_offset;

@@ -115,7 +115,7 @@ unsafe fn begin(journey: &mut JourneyRecord, step: &Step, now: u64) {
     // packet merged into another by reassembly) still has them.
     journey.capture_flow = step.parsed.flow;
     journey.end_flow = step.parsed.flow;
-    let captured = unsafe { packet::capture(step.skb, step.header, step.parsed, &mut journey.packet) };
+    let captured = unsafe { packet::capture(step.skb, step.header, step.parsed, &mut journey.packet, step.slot) };
     journey.captured_len = captured.len;
     journey.l3_offset = captured.l3_offset;
     journey.l4_offset = captured.l4_offset;

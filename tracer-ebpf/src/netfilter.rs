@@ -6,15 +6,22 @@
 //! to the input hook only, at the very end of its range: a packet that gets there is
 //! delivered to a socket on the node, which ends its journey.
 //!
+//! Kernels without BPF netfilter links (before 6.4) get the same entry step from
+//! `netfilter_hook_slow`, an fentry program on `nf_hook_slow`, which runs the hook
+//! functions of every hook that has some; there a journey delivered locally is not ended
+//! by a program, and is swept from the table once it is old instead.
+//!
 //! aya-obj 0.3 does not know a `netfilter` ELF section, and refuses the whole object
 //! on an unknown one. These programs therefore sit in a `socket` section, which aya
 //! parses and never loads on its own; tracer's netfilter loader loads them with the
 //! netfilter program type. They only observe: the verdict is always NF_ACCEPT.
 
+use aya_ebpf::{macros::fentry, programs::FEntryContext};
 use tracer_common::{journey_end, lost_slot, step_kind};
 
 use crate::{
     config::config,
+    diagnostics,
     findings_only,
     journey::{self, End, Step},
     packet::{self, IpFamily, NetworkHeader, ParsedFlow},
@@ -29,7 +36,10 @@ const NFPROTO_IPV6: u8 = 10;
 #[unsafe(link_section = "socket/netfilter")]
 pub fn netfilter_entry(ctx: *mut core::ffi::c_void) -> i32 {
     // SAFETY: the netfilter program context.
-    let _ = unsafe { entered(ctx) };
+    let (state, skb) = unsafe { context_pointers(ctx) };
+    // SAFETY: the context's BTF-typed hook state and skb.
+    let _ = unsafe { entered(state, skb) };
+    diagnostics::report(lost_slot::NETFILTER_ENTRY);
     NF_ACCEPT
 }
 
@@ -37,8 +47,36 @@ pub fn netfilter_entry(ctx: *mut core::ffi::c_void) -> i32 {
 #[unsafe(link_section = "socket/netfilter")]
 pub fn netfilter_delivery(ctx: *mut core::ffi::c_void) -> i32 {
     // SAFETY: the netfilter program context.
-    let _ = unsafe { delivered(ctx) };
+    let (state, skb) = unsafe { context_pointers(ctx) };
+    // SAFETY: the context's BTF-typed hook state and skb.
+    let _ = unsafe { delivered(state, skb) };
+    diagnostics::report(lost_slot::NETFILTER_DELIVERY);
     NF_ACCEPT
+}
+
+/// `nf_hook_slow(struct sk_buff *skb, struct nf_hook_state *state, ...)`: the entry step
+/// where there are no netfilter links.
+#[fentry(function = "nf_hook_slow")]
+pub fn netfilter_hook_slow(ctx: FEntryContext) -> u32 {
+    let skb: *const u8 = ctx.arg(0);
+    let state: *const u8 = ctx.arg(1);
+    // SAFETY: the function's BTF-typed arguments.
+    let _ = unsafe { entered(state, skb) };
+    diagnostics::report(lost_slot::NETFILTER_ENTRY);
+    0
+}
+
+/// `struct bpf_nf_ctx { state; skb; }` is the program type's context ABI: the verifier
+/// only allows these two loads, at these constant offsets.
+///
+/// # Safety
+/// `ctx` must be the netfilter program context.
+#[inline(always)]
+unsafe fn context_pointers(ctx: *mut core::ffi::c_void) -> (*const u8, *const u8) {
+    unsafe {
+        let fields = ctx as *const *const u8;
+        (*fields, *fields.add(1))
+    }
 }
 
 /// A traced packet at a hook: the hook state, the skb, and its addresses.
@@ -51,16 +89,10 @@ struct AtHook {
 }
 
 /// # Safety
-/// `ctx` must be the netfilter program context.
+/// `state` and `skb` must be BTF-typed hook state and skb pointers.
 #[inline(always)]
-unsafe fn traced_at_hook(ctx: *mut core::ffi::c_void, slot: u32) -> Option<AtHook> {
-    // `struct bpf_nf_ctx { state; skb; }` is the program type's context ABI: the
-    // verifier only allows these two loads, at these constant offsets.
-    let (state, skb) = unsafe {
-        let fields = ctx as *const *const u8;
-        (*fields, *fields.add(1))
-    };
-    // SAFETY (loads): `state` and `skb` are the context's BTF-typed pointers.
+unsafe fn traced_at_hook(state: *const u8, skb: *const u8, slot: u32) -> Option<AtHook> {
+    // SAFETY (loads): `state` and `skb` are BTF-typed pointers.
     let pf: u8 = unsafe { skb::load(state, config!(layout.hook_state_pf)) };
     // Links exist only at the IPv4 and IPv6 hooks.
     let family = match pf {
@@ -75,11 +107,11 @@ unsafe fn traced_at_hook(ctx: *mut core::ffi::c_void, slot: u32) -> Option<AtHoo
 }
 
 /// # Safety
-/// `ctx` must be the netfilter program context.
+/// `state` and `skb` must be BTF-typed hook state and skb pointers.
 #[inline(always)]
-unsafe fn entered(ctx: *mut core::ffi::c_void) -> Option<()> {
+unsafe fn entered(state: *const u8, skb: *const u8) -> Option<()> {
     let slot = lost_slot::NETFILTER_ENTRY;
-    let at = unsafe { traced_at_hook(ctx, slot) }?;
+    let at = unsafe { traced_at_hook(state, skb, slot) }?;
     // SAFETY (loads): the context's hook state.
     let hook: u8 = unsafe { skb::load(at.state, config!(layout.hook_state_hook)) };
     let in_ifindex = unsafe { device_ifindex(at.state, config!(layout.hook_state_in)) };
@@ -94,11 +126,11 @@ unsafe fn entered(ctx: *mut core::ffi::c_void) -> Option<()> {
 }
 
 /// # Safety
-/// `ctx` must be the netfilter program context.
+/// `state` and `skb` must be BTF-typed hook state and skb pointers.
 #[inline(always)]
-unsafe fn delivered(ctx: *mut core::ffi::c_void) -> Option<()> {
+unsafe fn delivered(state: *const u8, skb: *const u8) -> Option<()> {
     let slot = lost_slot::NETFILTER_DELIVERY;
-    let at = unsafe { traced_at_hook(ctx, slot) }?;
+    let at = unsafe { traced_at_hook(state, skb, slot) }?;
     // The input hook's own step was recorded on entry; this only ends the journey.
     let step = unsafe { hook_step(&at, 0, 0, 0, slot) }?;
     let end = End { kind: journey_end::DELIVERED, ifindex: 0, drop_reason: 0, drop_location: 0 };

@@ -11,7 +11,11 @@ use network_types::{
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 use tracer_common::{conntrack_state, lost_slot, CtTuple, Flow, CAPTURE_MAX};
 
-use crate::{config::config, diagnostics::rare_failure, skb};
+use crate::{
+    config::config,
+    diagnostics::{self, Problem},
+    skb,
+};
 
 const IPPROTO_TCP: u8 = IpProto::Tcp as u8;
 const IPPROTO_UDP: u8 = IpProto::Udp as u8;
@@ -115,6 +119,9 @@ pub struct Scratch {
     /// The flow being traced, kept here rather than copied from frame to frame of a
     /// program's 512-byte stack.
     parsed: ParsedFlow,
+    /// Failures that should never happen, noted deep in a program and reported at its top
+    /// (see `diagnostics`).
+    pub problems: u32,
 }
 
 #[map]
@@ -122,7 +129,7 @@ static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(lost_slot::
 
 /// This CPU's scratch of program `slot`.
 #[inline(always)]
-fn scratch(slot: u32) -> Option<&'static mut Scratch> {
+pub fn scratch(slot: u32) -> Option<&'static mut Scratch> {
     // SAFETY: a per-CPU slot only this program uses on this CPU, and a program does not
     // run nested in itself: nothing else holds a reference while this one lives.
     SCRATCH.get_ptr_mut(slot).map(|scratch| unsafe { &mut *scratch })
@@ -355,7 +362,7 @@ pub unsafe fn read_conntrack(skb: *const u8, slot: u32, original: &mut CtTuple, 
     let Some(scratch) = scratch(slot) else { return view };
     let span = &mut scratch.ct_span;
     if !skb::read_into(span, conn.wrapping_add(start as usize), span_len as usize) {
-        rare_failure!("the conntrack entry attached to a traced packet could not be read");
+        diagnostics::note(slot, Problem::ConntrackUnreadable);
         return view;
     }
     view.status = u64::from_ne_bytes(span_bytes(span, config!(layout.ct_status).wrapping_sub(start))) as u32;
@@ -377,12 +384,13 @@ pub struct Captured {
 }
 
 /// Copies the frame's first bytes (at most the snaplen) into `into`, from the Ethernet
-/// header when the skb has one in its linear data, else from the IP header.
+/// header when the skb has one in its linear data, else from the IP header. `slot` names
+/// the calling program (`lost_slot`).
 ///
 /// # Safety
 /// `skb` must be a BTF-typed `sk_buff` pointer.
 #[inline(always)]
-pub unsafe fn capture(skb: *const u8, header: &NetworkHeader, parsed: &ParsedFlow, into: &mut [u8; CAPTURE_MAX]) -> Captured {
+pub unsafe fn capture(skb: *const u8, header: &NetworkHeader, parsed: &ParsedFlow, into: &mut [u8; CAPTURE_MAX], slot: u32) -> Captured {
     let mac_header: u16 = unsafe { skb::load(skb, config!(layout.skb_mac_header)) };
     let start = if mac_header != MAC_HEADER_UNSET && mac_header <= header.offset {
         mac_header
@@ -399,7 +407,7 @@ pub unsafe fn capture(skb: *const u8, header: &NetworkHeader, parsed: &ParsedFlo
     }
     let copied = skb::read_into::<CAPTURE_MAX>(into, header.head.wrapping_add(start as usize), want);
     if !copied {
-        rare_failure!("the kernel refused to copy {} bytes of a traced frame at head+{}", want, start);
+        diagnostics::note(slot, Problem::CopyRefused);
     }
     Captured {
         len: if copied { want.min(CAPTURE_MAX) as u16 } else { 0 },

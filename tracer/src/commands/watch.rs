@@ -17,6 +17,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use tracer_common::NO_DROP_REASON;
 use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::{unix::AsyncFd, Interest},
@@ -42,6 +43,7 @@ use crate::{
         Attached, KernelHooks, WatchSettings,
     },
     model::{monotonic_now_ns, WallClock},
+    findings::netfilter::NETFILTER_DROP,
     pipeline::{loss::KernelWitness, naming, paths::DroppedPacket},
     node::interfaces::Interfaces,
     analysis::output::{Output, Summary},
@@ -150,19 +152,15 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Endi
     let mut ticks: u64 = 0;
     let mut lost_reported: u64 = 0;
 
+    eprintln!("tracer: {}", hooks.capabilities);
     eprintln!(
-        "tracer: watching {} on Linux bridges in network namespace {}{}{}; Ctrl-C to stop",
+        "tracer: watching {} on Linux bridges in network namespace {}{}; Ctrl-C to stop",
         match options.settings.port {
             0 => "all ports".to_string(),
             port => format!("port {port}"),
         },
         hooks.netns_inode,
         if hooks.conntrack_known { "" } else { " (no conntrack in this kernel's BTF: conntrack tuples not shown)" },
-        if hooks.netfilter_links > 0 {
-            ""
-        } else {
-            " (no netfilter hooks attached: hook paths, verdicts and the rules that drop are not shown)"
-        },
     );
 
     #[cfg(feature = "fault-injection")]
@@ -373,7 +371,14 @@ impl Pass<'_> {
                 }
                 KernelEvent::Dropped { drop, path, icmp } => {
                     watermark.read(drop.timestamp_ns);
-                    let reason = self.reasons.get(&drop.reason).cloned().unwrap_or_else(|| format!("reason {}", drop.reason));
+                    let reason = match self.reasons.get(&drop.reason) {
+                        Some(name) => name.clone(),
+                        // A kernel that gives no reason: a packet freed in a hook it never left
+                        // was dropped by netfilter.
+                        None if drop.reason == NO_DROP_REASON && path.last().is_some_and(|pass| !pass.left) => NETFILTER_DROP.to_string(),
+                        None if drop.reason == NO_DROP_REASON => "NOT_SPECIFIED".to_string(),
+                        None => format!("reason {}", drop.reason),
+                    };
                     analysis.dropped(DroppedPacket::new(drop, path, icmp), reason, self.clock, interfaces, output)?;
                 }
                 KernelEvent::StrayReply { reply, asked } => {

@@ -68,8 +68,11 @@ fn conntrack_skip(mut evidence: DnsEvidence, wall_time_ns: u64, read_sysctl: &dy
         (Some(from), Some(to)) => format!(" from {from} to {to}"),
         _ => String::new(),
     };
+    // Without the module the sysctl does not exist, and loading the module is the fix.
+    let module_missing = sysctl.value.is_none();
     let headline = format!(
-        "DNS replies skip conntrack on bridge {bridge}: {} gets answers from {actual} instead of {expected}",
+        "{}DNS replies skip conntrack on bridge {bridge}: {} gets answers from {actual} instead of {expected}",
+        if module_missing { "br_netfilter is not loaded: " } else { "" },
         evidence.client.ip()
     );
     let explanation = format!(
@@ -79,12 +82,13 @@ fn conntrack_skip(mut evidence: DnsEvidence, wall_time_ns: u64, read_sysctl: &dy
          a reply from an address it did not ask (\"reply from unexpected source\") and the lookup times out. \
          Bridged frames pass conntrack only when br_netfilter is loaded and {sysctl_name}=1; {sysctl_text}."
     );
-    let fix = vec![
-        "modprobe br_netfilter    # where br_netfilter is a module; it is needed for the sysctl to exist".to_string(),
-        format!("sysctl -w {sysctl_name}=1"),
-        "echo br_netfilter > /etc/modules-load.d/br_netfilter.conf    # persist the module".to_string(),
-        format!("echo '{sysctl_name} = 1' > /etc/sysctl.d/99-bridge-nf-call.conf    # persist the setting"),
-    ];
+    let mut fix = Vec::new();
+    if module_missing {
+        fix.push("modprobe br_netfilter".to_string());
+        fix.push("echo br_netfilter > /etc/modules-load.d/br_netfilter.conf    # load it at every boot".to_string());
+    }
+    fix.push(format!("sysctl -w {sysctl_name}=1"));
+    fix.push(format!("echo '{sysctl_name} = 1' > /etc/sysctl.d/99-bridge-nf-call.conf    # persist the setting"));
     evidence.sysctls = vec![sysctl];
     Finding { kind: FindingKind::ConntrackSkip, wall_time_ns, headline, evidence: Evidence::Dns(evidence), explanation, fix }
 }
@@ -230,7 +234,20 @@ mod tests {
         assert_eq!(finding.reply_out_port.as_deref(), Some("veth-client"));
         assert_eq!(finding.sysctls[0].name, "net.bridge.bridge-nf-call-iptables");
         assert!(fix.iter().any(|f| f == "sysctl -w net.bridge.bridge-nf-call-iptables=1"));
-        assert!(fix.iter().any(|f| f.starts_with("modprobe br_netfilter")));
+        assert!(!fix.iter().any(|f| f.starts_with("modprobe")), "the module is loaded: {fix:?}");
+    }
+
+    #[test]
+    fn without_br_netfilter_the_finding_says_load_it_first() {
+        let mut packets = query_path();
+        packets.push(packet(5, Stage::BridgeOut, "veth-client", "10.244.0.7:53", "10.244.0.5:40000", true, Conntrack::None));
+        let mut flows = DnsFlows::new(2_000_000_000, 100);
+        let correlated: Vec<Correlated> = packets.iter().filter_map(|p| flows.observe(p)).collect();
+        let absent = |name: &str| SysctlValue { name: name.to_string(), value: None };
+        let [finding] = &correlated.iter().filter_map(|c| judge(c, 2.0, &absent)).collect::<Vec<_>>()[..] else { panic!() };
+        assert!(finding.headline.starts_with("br_netfilter is not loaded: DNS replies skip conntrack on bridge cni0"), "{}", finding.headline);
+        assert_eq!(finding.fix[0], "modprobe br_netfilter");
+        assert!(finding.fix[1].contains("/etc/modules-load.d/br_netfilter.conf"), "{:?}", finding.fix);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use super::btf::{Btf, Member};
 use anyhow::{anyhow, bail, Result};
 use std::path::Path;
-use tracer_common::KernelLayout;
+use tracer_common::{KernelLayout, NO_DROP_REASON};
 
 const SYSFS_BTF: &str = "/sys/kernel/btf";
 
@@ -189,8 +189,10 @@ pub fn resolve_layout(btf: &KernelBtf) -> Result<ResolvedLayout> {
         net_inum: field("net", "ns.inum", Width::Bytes(4))?,
         flag_bridge_port: priv_flag(btf, "IFF_BRIDGE_PORT")?,
         flag_bridge: priv_flag(btf, "IFF_EBRIDGE")?,
-        reason_not_dropped_yet: drop_reason(btf, "SKB_NOT_DROPPED_YET")?,
-        reason_consumed: drop_reason(btf, "SKB_CONSUMED")?,
+        // Frees that are not drops, where the kernel has them (a consumed packet went through
+        // this tracepoint only from 6.3; the enum itself appeared in 5.17).
+        reason_not_dropped_yet: drop_reason(btf, "SKB_NOT_DROPPED_YET"),
+        reason_consumed: drop_reason(btf, "SKB_CONSUMED"),
         ..KernelLayout::default()
     };
 
@@ -245,10 +247,10 @@ pub fn resolve_layout(btf: &KernelBtf) -> Result<ResolvedLayout> {
 }
 
 /// Values of `enum skb_drop_reason` are renumbered between kernels as reasons are
-/// added: read them, never assume them.
-fn drop_reason(btf: &KernelBtf, name: &str) -> Result<u32> {
-    let value = btf.enum_value("skb_drop_reason", name)?;
-    u32::try_from(value).map_err(|_| anyhow!("kernel not supported: {name} is {value}, not a 32-bit value"))
+/// added: read them, never assume them. A reason this kernel does not have is
+/// `NO_DROP_REASON`, which no drop carries.
+fn drop_reason(btf: &KernelBtf, name: &str) -> u32 {
+    btf.enum_value("skb_drop_reason", name).ok().and_then(|value| u32::try_from(value).ok()).unwrap_or(NO_DROP_REASON)
 }
 
 fn byte_offset(btf: &KernelBtf, ty: &str, path: &str, width: Width) -> Result<u32> {

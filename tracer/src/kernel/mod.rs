@@ -19,7 +19,7 @@ use std::os::{
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::BtfTracePoint,
+    programs::{BtfTracePoint, FEntry},
     Btf, Ebpf, EbpfLoader,
 };
 use tracer_common::{lost_slot, WatchConfig, CAPTURE_MAX};
@@ -31,13 +31,54 @@ pub use privileges::check_privileges;
 /// The kernel programs, built by build.rs for the BPF target.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
 
-/// (program in tracer-ebpf, kernel tracepoint it attaches to)
-const TRACEPOINT_PROGRAMS: [(&str, &str); 4] = [
-    ("bridge_receive", "netif_receive_skb"),
-    ("bridge_transmit", "net_dev_queue"),
-    ("packet_dropped", "kfree_skb"),
-    ("icmp_answered", "icmp_send"),
+/// (kernel tracepoint, the programs in tracer-ebpf that can attach to it, best first: the
+/// first this kernel loads is used)
+const TRACEPOINT_PROGRAMS: [(&str, &[&str]); 4] = [
+    ("netif_receive_skb", &["bridge_receive"]),
+    ("net_dev_queue", &["bridge_transmit"]),
+    // The reason argument came in 5.17.
+    ("kfree_skb", &["packet_dropped", "packet_dropped_no_reason"]),
+    ("icmp_send", &["icmp_answered"]),
 ];
+
+/// Where there are no BPF netfilter links (before 6.4): fentry on the function that runs a
+/// hook's functions.
+const NETFILTER_FENTRY: (&str, &str) = ("netfilter_hook_slow", "nf_hook_slow");
+
+/// How the programs see each job on the running kernel: probed at attach time, never
+/// assumed, and said in one line when a watch starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    pub netfilter: NetfilterVia,
+    /// `kfree_skb` gives the drop reason (5.17 and later); without it a netfilter drop is
+    /// told by the hook the packet never left.
+    pub drop_reasons: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetfilterVia {
+    /// BPF netfilter links at every IPv4/IPv6 hook (6.4 and later), this many.
+    Links(usize),
+    /// fentry on `nf_hook_slow`: every hook that has functions to run.
+    FEntry,
+    /// Neither: hook paths, verdicts and the rules that drop are not shown.
+    Unavailable(String),
+}
+
+impl std::fmt::Display for Capabilities {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.netfilter {
+            NetfilterVia::Links(n) => write!(f, "netfilter verdicts: BPF netfilter links ({n})")?,
+            NetfilterVia::FEntry => write!(f, "netfilter verdicts: fentry on nf_hook_slow")?,
+            NetfilterVia::Unavailable(why) => write!(f, "netfilter verdicts: none ({why}): hook paths and the rules that drop are not shown")?,
+        }
+        if self.drop_reasons {
+            f.write_str("; drops: kfree_skb with reasons")
+        } else {
+            f.write_str("; drops: kfree_skb without reasons (netfilter drops told by the hook a packet never left)")
+        }
+    }
+}
 
 /// Netfilter programs and where in each hook's priority range they run.
 /// The netfilter programs: one at the start of every hook; one at the end of the input
@@ -77,8 +118,8 @@ pub struct KernelHooks {
     lost: PerCpuArray<MapData, u64>,
     pub netns_inode: u32,
     pub conntrack_known: bool,
-    /// Links at the IPv4/IPv6 netfilter hooks (0 when the kernel has no netfilter).
-    pub netfilter_links: usize,
+    /// How the programs see each job on this kernel.
+    pub capabilities: Capabilities,
     /// `enum skb_drop_reason` of the running kernel: value → name without the
     /// `SKB_DROP_REASON_` prefix (numbers change between kernels, names do not).
     pub drop_reasons: std::collections::HashMap<u32, String>,
@@ -108,6 +149,7 @@ impl KernelHooks {
             // before the ring could fill.
             wakeup_bytes: settings.ring_buffer_bytes / 8,
             findings_only: u32::from(settings.findings_only),
+            debug: u32::from(settings.debug),
             layout: resolved.layout,
         };
 
@@ -120,20 +162,16 @@ impl KernelHooks {
             .load(PROGRAMS)
             .map_err(|err| explain_load_error(anyhow!(err)))?;
 
-        for (program, tracepoint) in TRACEPOINT_PROGRAMS {
+        let mut reasons_given = true;
+        for (tracepoint, candidates) in TRACEPOINT_PROGRAMS {
             // A findings-only watch starts nothing where frames enter a bridge.
-            if settings.findings_only && program == "bridge_receive" {
+            if settings.findings_only && tracepoint == "netif_receive_skb" {
                 continue;
             }
-            let hook: &mut BtfTracePoint = ebpf
-                .program_mut(program)
-                .ok_or_else(|| anyhow!("program {program} missing from the kernel object: rebuild tracer"))?
-                .try_into()
-                .with_context(|| format!("program {program} is not a BTF tracepoint: rebuild tracer"))?;
-            hook.load(tracepoint, &btf)
-                .map_err(|err| explain_load_error(anyhow!(err).context(format!("loading {program} on tracepoint {tracepoint}"))))?;
-            hook.attach()
-                .map_err(|err| anyhow!(err).context(format!("attaching {program} to tracepoint {tracepoint}")))?;
+            let program = attach_tracepoint(&mut ebpf, &btf, tracepoint, candidates)?;
+            if program == "packet_dropped_no_reason" {
+                reasons_given = false;
+            }
         }
 
         #[cfg(feature = "fault-injection")]
@@ -142,26 +180,20 @@ impl KernelHooks {
         }
 
         let mut netfilter_programs = Vec::new();
-        if resolved.netfilter_known {
-            let object = netfilter::RelocatedObject::new(PROGRAMS, &ebpf)?;
-            let mut entry = object.program(NETFILTER_ENTRY)?;
-            entry.load().map_err(explain_load_error)?;
-            for family in [Family::Ipv4, Family::Ipv6] {
-                for hook in Hook::ALL {
-                    entry.attach(family, hook, netfilter::PRIORITY_EARLIEST)?;
+        let netfilter = if !resolved.netfilter_known {
+            NetfilterVia::Unavailable("no netfilter in this kernel's BTF".to_string())
+        } else {
+            match attach_netfilter_links(&ebpf, settings.findings_only) {
+                Ok(programs) => {
+                    netfilter_programs = programs;
+                    NetfilterVia::Links(netfilter_programs.iter().map(|p| p.link_count()).sum())
                 }
+                Err(links) => match attach_fentry(&mut ebpf, &btf, NETFILTER_FENTRY) {
+                    Ok(()) => NetfilterVia::FEntry,
+                    Err(fentry) => NetfilterVia::Unavailable(format!("no BPF netfilter links: {links:#}; no fentry: {fentry:#}")),
+                },
             }
-            netfilter_programs.push(entry);
-            if !settings.findings_only {
-                let mut delivery = object.program(NETFILTER_DELIVERY)?;
-                delivery.load().map_err(explain_load_error)?;
-                for family in [Family::Ipv4, Family::Ipv6] {
-                    delivery.attach(family, Hook::LocalIn, netfilter::PRIORITY_LATEST)?;
-                }
-                netfilter_programs.push(delivery);
-            }
-        }
-        let netfilter_links = netfilter_programs.iter().map(|p| p.link_count()).sum();
+        };
         let reports = if settings.debug { Some(diagnostics::KernelReports::take(&mut ebpf)?) } else { None };
 
         let events = RingBuf::try_from(
@@ -196,7 +228,7 @@ impl KernelHooks {
                 lost,
                 netns_inode,
                 conntrack_known: resolved.conntrack_known,
-                netfilter_links,
+                capabilities: Capabilities { netfilter, drop_reasons: reasons_given },
                 drop_reasons,
             },
             events,
@@ -252,4 +284,65 @@ fn explain_load_error(err: anyhow::Error) -> anyhow::Error {
     } else {
         err
     }
+}
+
+/// Loads and attaches the first of `candidates` this kernel accepts on `tracepoint`; returns
+/// its name. When none loads, the error is the first candidate's (the one for the newest
+/// kernels, whose verifier output says most).
+fn attach_tracepoint(ebpf: &mut Ebpf, btf: &Btf, tracepoint: &str, candidates: &[&'static str]) -> Result<&'static str> {
+    let mut first_error = None;
+    for &program in candidates {
+        let hook: &mut BtfTracePoint = ebpf
+            .program_mut(program)
+            .ok_or_else(|| anyhow!("program {program} missing from the kernel object: rebuild tracer"))?
+            .try_into()
+            .with_context(|| format!("program {program} is not a BTF tracepoint: rebuild tracer"))?;
+        match hook.load(tracepoint, btf) {
+            Ok(()) => {
+                hook.attach().map_err(|err| anyhow!(err).context(format!("attaching {program} to tracepoint {tracepoint}")))?;
+                return Ok(program);
+            }
+            Err(err) => {
+                first_error.get_or_insert_with(|| explain_load_error(anyhow!(err).context(format!("loading {program} on tracepoint {tracepoint}"))));
+            }
+        }
+    }
+    Err(first_error.unwrap_or_else(|| anyhow!("no program for tracepoint {tracepoint}: rebuild tracer")))
+}
+
+/// The netfilter programs linked to every IPv4/IPv6 hook (BPF netfilter links, 6.4 and
+/// later): the entry at the start of each, and, for a watch that follows journeys, the
+/// delivery at the end of the input hook.
+fn attach_netfilter_links(ebpf: &Ebpf, findings_only: bool) -> Result<Vec<netfilter::NetfilterProgram>> {
+    let object = netfilter::RelocatedObject::new(PROGRAMS, ebpf)?;
+    let mut programs = Vec::new();
+    let mut entry = object.program(NETFILTER_ENTRY)?;
+    entry.load().map_err(explain_load_error)?;
+    for family in [Family::Ipv4, Family::Ipv6] {
+        for hook in Hook::ALL {
+            entry.attach(family, hook, netfilter::PRIORITY_EARLIEST)?;
+        }
+    }
+    programs.push(entry);
+    if !findings_only {
+        let mut delivery = object.program(NETFILTER_DELIVERY)?;
+        delivery.load().map_err(explain_load_error)?;
+        for family in [Family::Ipv4, Family::Ipv6] {
+            delivery.attach(family, Hook::LocalIn, netfilter::PRIORITY_LATEST)?;
+        }
+        programs.push(delivery);
+    }
+    Ok(programs)
+}
+
+/// An fentry program on a kernel function, as (program, function).
+fn attach_fentry(ebpf: &mut Ebpf, btf: &Btf, (program, function): (&str, &str)) -> Result<()> {
+    let fentry: &mut FEntry = ebpf
+        .program_mut(program)
+        .ok_or_else(|| anyhow!("program {program} missing from the kernel object: rebuild tracer"))?
+        .try_into()
+        .with_context(|| format!("program {program} is not an fentry program: rebuild tracer"))?;
+    fentry.load(function, btf).map_err(|err| anyhow!(err).context(format!("loading {program} on {function}")))?;
+    fentry.attach().map_err(|err| anyhow!(err).context(format!("attaching {program} to {function}")))?;
+    Ok(())
 }

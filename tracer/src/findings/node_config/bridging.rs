@@ -55,11 +55,13 @@ pub(super) fn bridge_netfilter(state: &NamespaceState, bridges: &[String], now_n
     let netns = &state.netns;
     let bridge_list = bridges.join(", ");
     let names: Vec<String> = off.iter().map(|v| format!("{} = {}", v.name, shown(v))).collect();
-    let headline = format!(
-        "Bridged traffic on {bridge_list} skips conntrack{}: {} while service addresses are DNATed",
-        where_(netns),
-        names.join(", ")
-    );
+    // Without the module the sysctls do not exist, and loading it is the fix.
+    let module_missing = off.iter().all(|v| v.value.is_none());
+    let headline = if module_missing {
+        format!("br_netfilter is not loaded: bridged traffic on {bridge_list} skips conntrack{} while service addresses are DNATed", where_(netns))
+    } else {
+        format!("Bridged traffic on {bridge_list} skips conntrack{}: {} while service addresses are DNATed", where_(netns), names.join(", "))
+    };
     let explanation = format!(
         "A frame a Linux bridge forwards from one of its ports to another passes the IP netfilter hooks \
          (conntrack, NAT, the FORWARD chain) only when br_netfilter is loaded and bridge-nf-call-iptables \
@@ -71,11 +73,14 @@ pub(super) fn bridge_netfilter(state: &NamespaceState, bridges: &[String], now_n
         notes.join("; ")
     );
     let prefix = netns.exec_prefix();
-    let mut fix = vec!["modprobe br_netfilter    # where br_netfilter is a module; it is needed for the sysctls to exist".to_string()];
+    let mut fix = Vec::new();
+    if module_missing {
+        fix.push("modprobe br_netfilter".to_string());
+        fix.push("echo br_netfilter > /etc/modules-load.d/br_netfilter.conf    # load it at every boot".to_string());
+    }
     for value in &off {
         fix.push(format!("{prefix}sysctl -w {}=1", value.name));
     }
-    fix.push("echo br_netfilter > /etc/modules-load.d/br_netfilter.conf    # persist the module".to_string());
     let persisted: Vec<String> = off.iter().map(|v| format!("{} = 1", v.name)).collect();
     fix.push(format!("printf '%s\\n' {} > /etc/sysctl.d/99-bridge-nf-call.conf    # persist the settings{}",
         persisted.iter().map(|p| format!("'{p}'")).collect::<Vec<_>>().join(" "),
