@@ -13,7 +13,7 @@ use anyhow::{ensure, Context, Result};
 use tracer_tests::lab::*;
 use tracer_tests::output::*;
 use tracer_tests::run_tracer;
-use tracer_tests::scenario::Scenario;
+use tracer_tests::scenario::{Scenario, RECORDS_PRINTED};
 
 /// tracer must never panic on any input file: no panic message, not a panic's exit code.
 fn ran_without_panic(out: &Output) -> Result<()> {
@@ -218,7 +218,7 @@ fn json_output_and_write_together_and_a_foreign_capture_lists_plainly() -> Resul
     let lab = Lab::new(LabConfig::healthy())?;
     let file = lab.dir().join("healthy.pcapng");
     let (live, dig) = writing_to(&lab, &file)?
-        .settle(Duration::from_millis(200))
+        .settle(RECORDS_PRINTED)
         .run(|| lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[]))?;
     dig.expect_answered()?;
     live.check_summary()?;

@@ -201,9 +201,8 @@ fn other_ports_produce_no_records() -> Result<()> {
 #[test]
 fn port_zero_traces_all_ports() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
-    let (w, ()) = Scenario::new(&lab)
+    let (w, ()) = Scenario::settled(&lab)
         .port(0)
-        .settle(Duration::from_millis(200))
         .run(|| lab.send_udp(Ns::Client, SERVER_IP, 5353, 3))?;
     w.find_one("a datagram to port 5353", |p| {
         stage_is(p, "bridge-in", CLIENT_VETH) && str_at(p, "/dst") == Some("10.244.0.7:5353")
@@ -213,8 +212,7 @@ fn port_zero_traces_all_ports() -> Result<()> {
 
 fn stops_on_signal(signal: libc::c_int) -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
-    let (w, done, dig) = Scenario::new(&lab)
-        .settle(Duration::from_millis(200))
+    let (w, done, dig) = Scenario::settled(&lab)
         .stop_with(signal)
         .run_finished(|| lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[]))?;
     dig.expect_answered()?;
@@ -284,8 +282,7 @@ fn unprivileged_watch_fails_with_one_line() -> Result<()> {
 #[test]
 fn text_output_names_port_stage_and_query() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
-    let (done, dig) = Scenario::new(&lab)
-        .settle(Duration::from_millis(200))
+    let (done, dig) = Scenario::settled(&lab)
         .run_text(|| lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[]))?;
     dig.expect_answered()?;
     ensure!(done.status.success(), "tracer failed:\n{}", done.describe());
@@ -302,8 +299,7 @@ fn text_output_names_port_stage_and_query() -> Result<()> {
 #[test]
 fn ipv6_query_and_reply_are_traced() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
-    let (w, dig) = Scenario::new(&lab)
-        .settle(Duration::from_millis(200))
+    let (w, dig) = Scenario::settled(&lab)
         .run(|| lab.dig(CLUSTER_DNS_IP6, TEST_NAME, &["AAAA"]))?;
     dig.expect_answers(&[TEST_AAAA])?;
     let id = dig.query_id()?;
@@ -336,8 +332,7 @@ fn ipv6_query_and_reply_are_traced() -> Result<()> {
 #[test]
 fn tcp_queries_are_traced() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
-    let (w, dig) = Scenario::new(&lab)
-        .settle(Duration::from_millis(200))
+    let (w, dig) = Scenario::settled(&lab)
         .run(|| lab.dig(SERVER_IP, TEST_NAME, &["+tcp"]))?;
     dig.expect_answered().context("dig +tcp")?;
     w.find_one("a TCP segment to the server's port 53", |p| {
@@ -357,8 +352,7 @@ fn tcp_queries_are_traced() -> Result<()> {
 fn traffic_of_other_namespaces_is_not_traced() -> Result<()> {
     let watched = Lab::new(LabConfig::healthy())?;
     let other = Lab::new(LabConfig::healthy())?;
-    let (w, (elsewhere, here)) = Scenario::new(&watched)
-        .settle(Duration::from_millis(200))
+    let (w, (elsewhere, here)) = Scenario::settled(&watched)
         .run(|| {
             let elsewhere = other.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
             Ok((elsewhere, watched.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?))
