@@ -254,20 +254,17 @@ fn wrong_reply_source(config: LabConfig) -> Result<()> {
     w.check_summary()
 }
 
-/// The realistic case: a correctly configured node (bridged traffic passes conntrack) and a server
-/// that answers from the wrong address. The node's conntrack does not match the reply to the
-/// query's entry (other source), so the reply carries a *new* conntrack entry of its own.
-#[test]
-fn wrong_reply_source_on_healthy_node_is_unexpected_reply_source() -> Result<()> {
-    wrong_reply_source(LabConfig::healthy())
-}
-
-/// The same server on a node whose bridge skips conntrack: the reply carries no conntrack entry,
-/// but there was no DNAT either, so it is still not a conntrack_skip.
-#[test]
-fn wrong_reply_source_without_bridge_conntrack_is_unexpected_reply_source() -> Result<()> {
-    wrong_reply_source(LabConfig::bridge_nf_call_iptables_off())
-}
+tracer_tests::cases!(wrong_reply_source => {
+    /// The realistic case: a correctly configured node (bridged traffic passes conntrack) and a
+    /// server that answers from the wrong address. The node's conntrack does not match the reply
+    /// to the query's entry (other source), so the reply carries a *new* conntrack entry of its
+    /// own.
+    wrong_reply_source_on_healthy_node_is_unexpected_reply_source: (LabConfig::healthy()),
+    /// The same server on a node whose bridge skips conntrack: the reply carries no conntrack
+    /// entry, but there was no DNAT either, so it is still not a conntrack_skip.
+    wrong_reply_source_without_bridge_conntrack_is_unexpected_reply_source:
+        (LabConfig::bridge_nf_call_iptables_off()),
+});
 
 #[test]
 fn healthy_node_with_several_queries_has_no_findings() -> Result<()> {

@@ -234,15 +234,10 @@ fn stops_on_signal(signal: libc::c_int) -> Result<()> {
     w.check_summary()
 }
 
-#[test]
-fn sigterm_stops_watch_with_summary() -> Result<()> {
-    stops_on_signal(libc::SIGTERM)
-}
-
-#[test]
-fn sigint_stops_watch_with_summary() -> Result<()> {
-    stops_on_signal(libc::SIGINT)
-}
+tracer_tests::cases!(stops_on_signal => {
+    sigterm_stops_watch_with_summary: (libc::SIGTERM),
+    sigint_stops_watch_with_summary: (libc::SIGINT),
+});
 
 #[test]
 fn unprivileged_watch_fails_with_one_line() -> Result<()> {
