@@ -1,4 +1,7 @@
-//! Reading `tracer watch --output json` (JSON Lines; field names as in the README).
+//! Reading `tracer watch --output json` (JSON Lines; field names as in the README), and how
+//! the commands the tests run ended.
+
+use std::process::{ExitStatus, Output};
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
@@ -173,8 +176,49 @@ impl WatchJson {
     }
 }
 
+/// How a command should have ended.
+#[derive(Clone, Copy, Debug)]
+pub enum Exit {
+    Success,
+    /// Any end but exit 0: an error code or a signal.
+    Failure,
+    Code(i32),
+}
+
+impl Exit {
+    fn fits(self, status: ExitStatus) -> bool {
+        match self {
+            Exit::Success => status.success(),
+            Exit::Failure => !status.success(),
+            Exit::Code(code) => status.code() == Some(code),
+        }
+    }
+}
+
+/// `out` ended as `exit` says; `expected` says what was expected, for the failure message.
+pub fn expect_exit(out: &Output, exit: Exit, expected: &str) -> Result<()> {
+    ensure!(exit.fits(out.status), "{expected}:\n{}", describe_output(out));
+    Ok(())
+}
+
+/// `out` ended as `exit` says, and its stderr contains `says`.
+pub fn expect_exit_saying(out: &Output, exit: Exit, says: &str, expected: &str) -> Result<()> {
+    expect_exit(out, exit, expected)?;
+    expect_stderr(out, says, expected)
+}
+
+/// `out`'s stderr contains `says`, however it ended.
+pub fn expect_stderr(out: &Output, says: &str, expected: &str) -> Result<()> {
+    ensure!(
+        String::from_utf8_lossy(&out.stderr).contains(says),
+        "{expected}:\n{}",
+        describe_output(out)
+    );
+    Ok(())
+}
+
 /// A finished command's status and output, for assertion messages.
-pub fn describe_output(out: &std::process::Output) -> String {
+pub fn describe_output(out: &Output) -> String {
     format!(
         "exit {}\n--- stdout ---\n{}--- stderr ---\n{}",
         out.status,
