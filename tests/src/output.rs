@@ -154,6 +154,23 @@ impl WatchJson {
         }
     }
 
+    /// The finding of `kind`, which must be the only finding at all.
+    pub fn only_finding(&self, kind: &str) -> Result<&Value> {
+        let finding = self.one_finding(kind)?;
+        ensure!(
+            self.findings.len() == 1,
+            "expected exactly one finding, of kind {kind}:\n{}",
+            self.describe()
+        );
+        Ok(finding)
+    }
+
+    /// There is no finding at all; `expected` says why none is expected.
+    pub fn expect_no_findings(&self, expected: &str) -> Result<()> {
+        ensure!(self.findings.is_empty(), "{expected}:\n{}", self.describe());
+        Ok(())
+    }
+
     /// The findings of one kind (`conntrack_skip`, `dns_timeout`, ...).
     pub fn findings_of<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
         self.findings
@@ -283,6 +300,22 @@ pub fn expect_bridged_reply_finding(
     expect_str(finding, "/bridge", BRIDGE)?;
     expect_str(finding, "/reply_in_port", SERVER_VETH)?;
     expect_str(finding, "/reply_out_port", CLIENT_VETH)
+}
+
+/// The reply left the bridge towards `client` from `source` with no conntrack entry: bridged at
+/// layer 2 as the server sent it, so nothing undid a DNAT on its way.
+pub fn expect_reply_bridged_without_conntrack(
+    reply_out: &Value,
+    source: &str,
+    client: &str,
+) -> Result<()> {
+    expect_str(reply_out, "/src", source)?;
+    expect_str(reply_out, "/dst", client)?;
+    ensure!(
+        reply_out.get("conntrack") == Some(&Value::Null),
+        "the bridged reply must have no conntrack entry: {reply_out}"
+    );
+    Ok(())
 }
 
 /// The commands of a finding's `fix`.

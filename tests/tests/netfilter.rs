@@ -507,11 +507,7 @@ fn healthy_ruleset_gives_no_finding() -> Result<()> {
         dig.expect_answers(&[TEST_A])?;
         w.query_from_client(dig.query_id()?)?;
     }
-    ensure!(
-        w.findings.is_empty(),
-        "an accepting ruleset should produce no findings:\n{}",
-        w.describe()
-    );
+    w.expect_no_findings("an accepting ruleset should produce no findings")?;
     ensure!(
         w.find(|p| str_at(p, "/stage") == Some("dropped"))
             .next()

@@ -98,11 +98,7 @@ fn healthy_node_shows_query_dnat_and_reverse_natted_reply() -> Result<()> {
     );
     expect_str(reply_out, "/dns/first_answer", TEST_A)?;
 
-    ensure!(
-        w.findings.is_empty(),
-        "a healthy node should produce no findings:\n{}",
-        w.describe()
-    );
+    w.expect_no_findings("a healthy node should produce no findings")?;
     w.check_summary()
 }
 
@@ -137,12 +133,7 @@ fn bridge_nf_call_iptables_off_shows_reply_from_pod_without_conntrack() -> Resul
     }
 
     let reply_out = w.reply_to_client(id)?;
-    expect_str(reply_out, "/src", &format!("{SERVER_IP}:53"))?;
-    expect_str(reply_out, "/dst", client)?;
-    ensure!(
-        reply_out.get("conntrack") == Some(&Value::Null),
-        "the bridged reply must have no conntrack entry: {reply_out}"
-    );
+    expect_reply_bridged_without_conntrack(reply_out, &format!("{SERVER_IP}:53"), client)?;
 
     let f = w.one_finding("conntrack_skip")?;
     expect_bridged_reply_finding(
@@ -280,15 +271,11 @@ fn text_output_names_port_stage_and_query() -> Result<()> {
     let (done, dig) = Scenario::settled(&lab)
         .run_text(|| lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[]))?;
     dig.expect_answered()?;
-    ensure!(done.status.success(), "tracer failed:\n{}", done.describe());
-    ensure!(
-        done.stdout.lines().any(|l| l.contains(CLIENT_VETH)
-            && l.contains("bridge-in")
-            && l.contains("example.test")),
-        "no text line with {CLIENT_VETH}, bridge-in and example.test:\n{}",
-        done.describe()
-    );
-    Ok(())
+    done.expect_success()?;
+    done.expect_line_with(
+        &[CLIENT_VETH, "bridge-in", "example.test"],
+        "the query entering the bridge",
+    )
 }
 
 #[test]
