@@ -832,13 +832,21 @@ fn read_lossy(path: &Path) -> String {
 mod tests {
     use super::*;
 
+    /// What `dig +qr` prints first: the query it sends, with message id `id`.
+    fn sending(id: u16) -> String {
+        format!(
+            "\
+;; Sending:
+;; ->>HEADER<<- opcode: QUERY, status: NOERROR, id: {id}
+;; flags: rd ad; QUERY: 1, ANSWER: 0, AUTHORITY: 0, ADDITIONAL: 1
+"
+        )
+    }
+
     #[test]
     fn parses_answered_dig() {
-        let out = "\
-;; Sending:
-;; ->>HEADER<<- opcode: QUERY, status: NOERROR, id: 14044
-;; flags: rd ad; QUERY: 1, ANSWER: 0, AUTHORITY: 0, ADDITIONAL: 1
-
+        let out = sending(14044)
+            + "
 ;; Got answer:
 ;; ->>HEADER<<- opcode: QUERY, status: NOERROR, id: 14044
 ;; flags: qr aa rd ra; QUERY: 1, ANSWER: 1, AUTHORITY: 0, ADDITIONAL: 1
@@ -851,7 +859,7 @@ example.test.		0	IN	A	192.0.2.10
 
 ;; Query time: 0 msec
 ";
-        let dig = Dig::parse(out.to_string(), Some(0));
+        let dig = Dig::parse(out, Some(0));
         assert_eq!(dig.id, Some(14044));
         assert_eq!(dig.status.as_deref(), Some("NOERROR"));
         assert_eq!(dig.answers, vec!["192.0.2.10".to_string()]);
@@ -861,17 +869,14 @@ example.test.		0	IN	A	192.0.2.10
 
     #[test]
     fn parses_timed_out_dig() {
-        let out = "\
-;; Sending:
-;; ->>HEADER<<- opcode: QUERY, status: NOERROR, id: 18352
-;; flags: rd ad; QUERY: 1, ANSWER: 0, AUTHORITY: 0, ADDITIONAL: 1
-
+        let out = sending(18352)
+            + "
 ;; QUERY SIZE: 53
 
 ;; communications error to 10.96.0.10#53: timed out
 ;; no servers could be reached
 ";
-        let dig = Dig::parse(out.to_string(), Some(9));
+        let dig = Dig::parse(out, Some(9));
         assert_eq!(dig.id, Some(18352));
         assert_eq!(dig.status, None);
         assert!(dig.answers.is_empty());

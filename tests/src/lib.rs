@@ -22,6 +22,28 @@ use std::process::{Command, Output};
 
 use anyhow::{bail, Context, Result};
 
+/// One `#[test]` per case, each calling `check` with the case's arguments: a table of cases
+/// that are still run and reported one by one.
+///
+/// ```ignore
+/// tracer_tests::cases!(stops_on_signal => {
+///     sigterm_stops_watch: (libc::SIGTERM),
+///     sigint_stops_watch: (libc::SIGINT),
+/// });
+/// ```
+#[macro_export]
+macro_rules! cases {
+    ($check:ident => { $($(#[$doc:meta])* $name:ident: ($($arg:expr),* $(,)?)),+ $(,)? }) => {
+        $(
+            $(#[$doc])*
+            #[test]
+            fn $name() -> anyhow::Result<()> {
+                $check($($arg),*)
+            }
+        )+
+    };
+}
+
 /// The tracer binary under test: `$TRACER_BIN`, else the workspace's test build
 /// (`cargo build -p tracer --profile checked --features fault-injection`).
 pub fn tracer_bin() -> Result<PathBuf> {

@@ -1,4 +1,7 @@
-//! Reading `tracer watch --output json` (JSON Lines; field names as in the README).
+//! Reading `tracer watch --output json` (JSON Lines; field names as in the README), and how
+//! the commands the tests run ended.
+
+use std::process::{ExitStatus, Output};
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
@@ -151,6 +154,23 @@ impl WatchJson {
         }
     }
 
+    /// The finding of `kind`, which must be the only finding at all.
+    pub fn only_finding(&self, kind: &str) -> Result<&Value> {
+        let finding = self.one_finding(kind)?;
+        ensure!(
+            self.findings.len() == 1,
+            "expected exactly one finding, of kind {kind}:\n{}",
+            self.describe()
+        );
+        Ok(finding)
+    }
+
+    /// There is no finding at all; `expected` says why none is expected.
+    pub fn expect_no_findings(&self, expected: &str) -> Result<()> {
+        ensure!(self.findings.is_empty(), "{expected}:\n{}", self.describe());
+        Ok(())
+    }
+
     /// The findings of one kind (`conntrack_skip`, `dns_timeout`, ...).
     pub fn findings_of<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
         self.findings
@@ -173,8 +193,49 @@ impl WatchJson {
     }
 }
 
+/// How a command should have ended.
+#[derive(Clone, Copy, Debug)]
+pub enum Exit {
+    Success,
+    /// Any end but exit 0: an error code or a signal.
+    Failure,
+    Code(i32),
+}
+
+impl Exit {
+    fn fits(self, status: ExitStatus) -> bool {
+        match self {
+            Exit::Success => status.success(),
+            Exit::Failure => !status.success(),
+            Exit::Code(code) => status.code() == Some(code),
+        }
+    }
+}
+
+/// `out` ended as `exit` says; `expected` says what was expected, for the failure message.
+pub fn expect_exit(out: &Output, exit: Exit, expected: &str) -> Result<()> {
+    ensure!(exit.fits(out.status), "{expected}:\n{}", describe_output(out));
+    Ok(())
+}
+
+/// `out` ended as `exit` says, and its stderr contains `says`.
+pub fn expect_exit_saying(out: &Output, exit: Exit, says: &str, expected: &str) -> Result<()> {
+    expect_exit(out, exit, expected)?;
+    expect_stderr(out, says, expected)
+}
+
+/// `out`'s stderr contains `says`, however it ended.
+pub fn expect_stderr(out: &Output, says: &str, expected: &str) -> Result<()> {
+    ensure!(
+        String::from_utf8_lossy(&out.stderr).contains(says),
+        "{expected}:\n{}",
+        describe_output(out)
+    );
+    Ok(())
+}
+
 /// A finished command's status and output, for assertion messages.
-pub fn describe_output(out: &std::process::Output) -> String {
+pub fn describe_output(out: &Output) -> String {
     format!(
         "exit {}\n--- stdout ---\n{}--- stderr ---\n{}",
         out.status,
@@ -239,6 +300,22 @@ pub fn expect_bridged_reply_finding(
     expect_str(finding, "/bridge", BRIDGE)?;
     expect_str(finding, "/reply_in_port", SERVER_VETH)?;
     expect_str(finding, "/reply_out_port", CLIENT_VETH)
+}
+
+/// The reply left the bridge towards `client` from `source` with no conntrack entry: bridged at
+/// layer 2 as the server sent it, so nothing undid a DNAT on its way.
+pub fn expect_reply_bridged_without_conntrack(
+    reply_out: &Value,
+    source: &str,
+    client: &str,
+) -> Result<()> {
+    expect_str(reply_out, "/src", source)?;
+    expect_str(reply_out, "/dst", client)?;
+    ensure!(
+        reply_out.get("conntrack") == Some(&Value::Null),
+        "the bridged reply must have no conntrack entry: {reply_out}"
+    );
+    Ok(())
 }
 
 /// The commands of a finding's `fix`.

@@ -8,7 +8,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use crate::lab::{Lab, TRACER_READY, TRACER_READY_TIMEOUT};
 
@@ -69,6 +69,26 @@ impl Finished {
             self.stdout,
             self.stderr
         )
+    }
+
+    /// It exited 0.
+    pub fn expect_success(&self) -> Result<()> {
+        ensure!(self.status.success(), "`{}` failed:\n{}", self.what, self.describe());
+        Ok(())
+    }
+
+    /// A line of stdout holds every one of `words`; `expected` names that line, for the
+    /// failure message.
+    pub fn expect_line_with(&self, words: &[&str], expected: &str) -> Result<()> {
+        ensure!(
+            self.stdout
+                .lines()
+                .any(|line| words.iter().all(|word| line.contains(word))),
+            "no line with {} ({expected}):\n{}",
+            words.join(", "),
+            self.describe()
+        );
+        Ok(())
     }
 
     /// Like [`Finished::describe`] with only the head of stdout, for watches that print

@@ -19,6 +19,10 @@ use crate::lab::{Lab, StdoutMode, STOP_GRACE};
 use crate::output::WatchJson;
 use crate::process::{Finished, Process};
 
+/// How long a [`Scenario::settled`] watch goes on after its traffic: enough for tracer to read
+/// and print the records of the last packets before it is stopped.
+pub const RECORDS_PRINTED: Duration = Duration::from_millis(200);
+
 /// A watch to run: `tracer watch --port 53 --output json` in the lab's node namespace unless
 /// told otherwise, stopped with SIGTERM as soon as the traffic is made.
 pub struct Scenario<'lab> {
@@ -52,6 +56,11 @@ impl<'lab> Scenario<'lab> {
             settle: Duration::ZERO,
             end: End::Signal(libc::SIGTERM),
         }
+    }
+
+    /// A watch that goes on for [`RECORDS_PRINTED`] after its traffic before it is stopped.
+    pub fn settled(lab: &'lab Lab) -> Scenario<'lab> {
+        Scenario::new(lab).settle(RECORDS_PRINTED)
     }
 
     /// `--port PORT` instead of 53 (0: every port).

@@ -13,20 +13,25 @@ use anyhow::{ensure, Context, Result};
 use tracer_tests::lab::*;
 use tracer_tests::output::*;
 use tracer_tests::run_tracer;
-use tracer_tests::scenario::Scenario;
-
-/// tracer must never panic on any input file: no panic message, not a panic's exit code.
-fn ran_without_panic(out: &Output) -> Result<()> {
-    ensure!(
-        out.status.code() != Some(101),
-        "tracer panicked:\n{}",
-        describe_output(out)
-    );
-    no_panic(&String::from_utf8_lossy(&out.stderr))
-}
+use tracer_tests::scenario::{Scenario, RECORDS_PRINTED};
 
 fn path_str(path: &Path) -> Result<&str> {
     path.to_str().context("non-UTF-8 path")
+}
+
+/// `tracer report FILE ARGS`, which must never panic on any input file: no panic message, not
+/// a panic's exit code.
+fn run_report(file: &Path, args: &[&str]) -> Result<Output> {
+    let mut argv = vec!["report", path_str(file)?];
+    argv.extend_from_slice(args);
+    let out = run_tracer(&argv)?;
+    ensure!(
+        out.status.code() != Some(101),
+        "tracer panicked:\n{}",
+        describe_output(&out)
+    );
+    no_panic(&String::from_utf8_lossy(&out.stderr))?;
+    Ok(out)
 }
 
 /// A JSON watch that also writes what it sees to `file`.
@@ -37,13 +42,8 @@ fn writing_to<'lab>(lab: &'lab Lab, file: &Path) -> Result<Scenario<'lab>> {
 /// `tracer report FILE --output json`, which must exit 0 without a panic: what it printed, and
 /// its output for the tests that read its stderr too.
 fn report_json(file: &Path) -> Result<(WatchJson, Output)> {
-    let out = run_tracer(&["report", path_str(file)?, "--output", "json"])?;
-    ran_without_panic(&out)?;
-    ensure!(
-        out.status.success(),
-        "tracer report failed:\n{}",
-        describe_output(&out)
-    );
+    let out = run_report(file, &["--output", "json"])?;
+    expect_exit(&out, Exit::Success, "tracer report failed")?;
     let report = WatchJson::parse(&String::from_utf8_lossy(&out.stdout))?;
     Ok((report, out))
 }
@@ -68,11 +68,7 @@ fn tshark_fields(file: &Path, fields: &[&str]) -> Result<Vec<Vec<String>>> {
     let out = cmd
         .output()
         .context("running tshark (Debian package tshark; `cargo xtask setup` installs it)")?;
-    ensure!(
-        out.status.success(),
-        "tshark failed:\n{}",
-        describe_output(&out)
-    );
+    expect_exit(&out, Exit::Success, "tshark failed")?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(
         !stderr.to_lowercase().contains("appears to be damaged") && !stderr.contains("cut short"),
@@ -83,6 +79,27 @@ fn tshark_fields(file: &Path, fields: &[&str]) -> Result<Vec<Vec<String>>> {
         .lines()
         .map(|line| line.split('\t').map(str::to_string).collect())
         .collect())
+}
+
+/// Copies of `file` cut off anywhere, written to `dir`: each gives a clear error, what came
+/// before, and never a panic.
+fn cut_copies_fail_clearly(file: &Path, dir: &Path) -> Result<()> {
+    let bytes = fs::read(file)?;
+    for len in [0, 10, 27, bytes.len() / 3, bytes.len() / 2, bytes.len() - 5] {
+        let cut = dir.join(format!("cut-{len}.pcapng"));
+        fs::write(&cut, &bytes[..len])?;
+        let out = run_report(&cut, &["--output", "json"])?;
+        expect_exit_saying(
+            &out,
+            Exit::Failure,
+            "tracer: error:",
+            &format!("a file cut at {len} of {} bytes should fail clearly", bytes.len()),
+        )?;
+        if len > 0 {
+            expect_stderr(&out, "cut off", "the error should say the file is cut off")?;
+        }
+    }
+    Ok(())
 }
 
 #[test]
@@ -190,27 +207,7 @@ fn conntrack_skip_capture_reads_in_tshark_and_report() -> Result<()> {
         describe_output(&text)
     );
 
-    // Cut off anywhere: a clear error, what came before, never a panic.
-    let bytes = fs::read(&file)?;
-    for len in [0, 10, 27, bytes.len() / 3, bytes.len() / 2, bytes.len() - 5] {
-        let cut = lab.dir().join(format!("cut-{len}.pcapng"));
-        fs::write(&cut, &bytes[..len])?;
-        let out = run_tracer(&["report", path_str(&cut)?, "--output", "json"])?;
-        ran_without_panic(&out)?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        ensure!(
-            !out.status.success() && stderr.contains("tracer: error:"),
-            "a file cut at {len} of {} bytes should fail clearly:\n{}",
-            bytes.len(),
-            describe_output(&out)
-        );
-        ensure!(
-            len == 0 || stderr.contains("cut off"),
-            "the error should say the file is cut off:\n{}",
-            describe_output(&out)
-        );
-    }
-    Ok(())
+    cut_copies_fail_clearly(&file, lab.dir())
 }
 
 #[test]
@@ -218,7 +215,7 @@ fn json_output_and_write_together_and_a_foreign_capture_lists_plainly() -> Resul
     let lab = Lab::new(LabConfig::healthy())?;
     let file = lab.dir().join("healthy.pcapng");
     let (live, dig) = writing_to(&lab, &file)?
-        .settle(Duration::from_millis(200))
+        .settle(RECORDS_PRINTED)
         .run(|| lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[]))?;
     dig.expect_answered()?;
     live.check_summary()?;
@@ -250,8 +247,7 @@ fn json_output_and_write_together_and_a_foreign_capture_lists_plainly() -> Resul
     dig.expect_answered()?;
     thread::sleep(Duration::from_millis(300));
     let tcpdump = tcpdump.stop()?;
-    let out = run_tracer(&["report", path_str(&pcap)?])?;
-    ran_without_panic(&out)?;
+    let out = run_report(&pcap, &[])?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(
@@ -281,12 +277,11 @@ fn a_killed_watch_leaves_a_capture_readable_to_its_last_block() -> Result<()> {
         "the finding should be made from what was written:\n{}",
         report.describe()
     );
-    ensure!(
-        String::from_utf8_lossy(&out.stderr).contains("no summary"),
-        "report should say the watch did not end normally:\n{}",
-        describe_output(&out)
-    );
-    Ok(())
+    expect_stderr(
+        &out,
+        "no summary",
+        "report should say the watch did not end normally",
+    )
 }
 
 #[test]
@@ -305,11 +300,7 @@ fn full_disk_stops_the_capture_with_one_warning_and_the_watch_goes_on() -> Resul
             path_str(&small)?,
         ])
         .output()?;
-    ensure!(
-        mount.status.success(),
-        "mounting a small tmpfs:\n{}",
-        describe_output(&mount)
-    );
+    expect_exit(&mount, Exit::Success, "mounting a small tmpfs")?;
     let result = (|| -> Result<()> {
         let file = small.join("full.pcapng");
         let (live, done, _) = writing_to(&lab, &file)?.run_finished(|| {
@@ -331,8 +322,7 @@ fn full_disk_stops_the_capture_with_one_warning_and_the_watch_goes_on() -> Resul
             done.describe()
         );
         // What was written before the disk filled is still a capture tshark and report read.
-        let out = run_tracer(&["report", path_str(&file)?, "--output", "json"])?;
-        ran_without_panic(&out)?;
+        let out = run_report(&file, &["--output", "json"])?;
         ensure!(
             out.status.code() == Some(0)
                 || String::from_utf8_lossy(&out.stderr).contains("cut off"),
@@ -366,34 +356,32 @@ fn garbage_and_missing_files_fail_clearly_without_a_lab() -> Result<()> {
         };
         let garbage = dir.join("garbage.pcapng");
         fs::write(&garbage, noise(4096))?;
-        let out = run_tracer(&["report", path_str(&garbage)?])?;
-        ran_without_panic(&out)?;
-        ensure!(
-            out.status.code() == Some(2)
-                && String::from_utf8_lossy(&out.stderr).contains("not a pcapng or pcap file"),
-            "garbage should be refused in one line:\n{}",
-            describe_output(&out)
-        );
+        let out = run_report(&garbage, &[])?;
+        expect_exit_saying(
+            &out,
+            Exit::Code(2),
+            "not a pcapng or pcap file",
+            "garbage should be refused in one line",
+        )?;
         let mut fake = vec![0x0a, 0x0d, 0x0d, 0x0a];
         fake.extend(noise(4096));
         let fake_file = dir.join("fake.pcapng");
         fs::write(&fake_file, &fake)?;
-        let out = run_tracer(&["report", path_str(&fake_file)?, "--output", "json"])?;
-        ran_without_panic(&out)?;
-        ensure!(
-            !out.status.success()
-                && String::from_utf8_lossy(&out.stderr).contains("tracer: error:"),
-            "a damaged header should fail clearly:\n{}",
-            describe_output(&out)
-        );
+        let out = run_report(&fake_file, &["--output", "json"])?;
+        expect_exit_saying(
+            &out,
+            Exit::Failure,
+            "tracer: error:",
+            "a damaged header should fail clearly",
+        )?;
         let missing = dir.join("missing.pcapng");
         let out = run_tracer(&["report", path_str(&missing)?])?;
-        ensure!(
-            out.status.code() == Some(2)
-                && String::from_utf8_lossy(&out.stderr).contains("No such file"),
-            "a missing file should be named:\n{}",
-            describe_output(&out)
-        );
+        expect_exit_saying(
+            &out,
+            Exit::Code(2),
+            "No such file",
+            "a missing file should be named",
+        )?;
         // --write to a place that cannot be written fails before anything is attached.
         let out = run_tracer(&[
             "watch",
@@ -402,13 +390,12 @@ fn garbage_and_missing_files_fail_clearly_without_a_lab() -> Result<()> {
             "--duration",
             "1",
         ])?;
-        ensure!(
-            out.status.code() == Some(2)
-                && String::from_utf8_lossy(&out.stderr)
-                    .contains("cannot create /nonexistent-dir/x.pcapng"),
-            "an unwritable --write path should fail at once:\n{}",
-            describe_output(&out)
-        );
+        expect_exit_saying(
+            &out,
+            Exit::Code(2),
+            "cannot create /nonexistent-dir/x.pcapng",
+            "an unwritable --write path should fail at once",
+        )?;
         Ok(())
     })();
     fs::remove_dir_all(&dir).ok();

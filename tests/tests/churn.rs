@@ -14,8 +14,7 @@ use tracer_tests::scenario::Scenario;
 #[test]
 fn pods_created_and_deleted_during_a_watch_are_followed() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
-    let (w, done, (index, dig_a, dig_b, dig_c)) = Scenario::new(&lab)
-        .settle(Duration::from_millis(200))
+    let (w, done, (index, dig_a, dig_b, dig_c)) = Scenario::settled(&lab)
         .run_finished(|| {
             let first = Pod::create(&lab, "pa", "veth-pa", "10.244.0.9", None)?;
             let index = first.node_ifindex(&lab)?;

@@ -49,12 +49,7 @@ fn all_ports_with_http_and_statsd_traffic_gives_no_dns_findings() -> Result<()> 
     for p in w.find(|p| p["dns"].is_object()) {
         ensure!(false, "a payload that is not DNS was read as DNS: {p}");
     }
-    ensure!(
-        w.findings.is_empty(),
-        "HTTP and statsd traffic are no DNS problem:\n{:#?}",
-        w.findings
-    );
-    Ok(())
+    w.expect_no_findings("HTTP and statsd traffic are no DNS problem")
 }
 
 /// statsd datagrams, text to the DNS port and an HTTP exchange from the client to the server.
@@ -145,12 +140,7 @@ fn a_client_asking_two_nameservers_accepts_either_answer() -> Result<()> {
     );
     // The answer must have been traced on its way to the client.
     w.reply_to_client(id)?;
-    ensure!(
-        w.findings.is_empty(),
-        "an answer from a nameserver the client asked is expected:\n{:#?}",
-        w.findings
-    );
-    Ok(())
+    w.expect_no_findings("an answer from a nameserver the client asked is expected")
 }
 
 #[test]
@@ -183,10 +173,5 @@ fn an_ipv6_answer_in_fragments_is_traced_and_paired() -> Result<()> {
     let len = u64_at(answer_in, "/len").unwrap_or(0);
     ensure!(len <= 1500, "the first fragment is at most the link's MTU, not the {len} bytes of a whole answer: {answer_in}");
     w.reply_to_client(id)?;
-    ensure!(
-        w.findings.is_empty(),
-        "the answer was paired with its query, no timeout:\n{:#?}",
-        w.findings
-    );
-    Ok(())
+    w.expect_no_findings("the answer was paired with its query, no timeout")
 }

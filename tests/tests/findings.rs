@@ -73,16 +73,10 @@ fn text_output_shows_the_conntrack_skip_finding() -> Result<()> {
     let lab = Lab::new(LabConfig::bridge_nf_call_iptables_off())?;
     let (done, dig) = Scenario::new(&lab).run_text(|| lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[]))?;
     dig.expect_timed_out()?;
-    ensure!(done.status.success(), "tracer failed:\n{}", done.describe());
-    ensure!(
-        done.stdout.contains("FINDING conntrack_skip"),
-        "no conntrack_skip finding block:\n{}",
-        done.describe()
-    );
-    ensure!(
-        done.stdout.contains("bridge-nf-call-iptables=1"),
-        "the finding should say how to fix it:\n{}",
-        done.describe()
-    );
-    Ok(())
+    done.expect_success()?;
+    done.expect_line_with(&["FINDING conntrack_skip"], "the conntrack_skip finding block")?;
+    done.expect_line_with(
+        &["bridge-nf-call-iptables=1"],
+        "the finding should say how to fix it",
+    )
 }

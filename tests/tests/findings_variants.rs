@@ -8,7 +8,6 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use serde_json::Value;
 use tracer_tests::lab::*;
 use tracer_tests::output::*;
 use tracer_tests::scenario::Scenario;
@@ -25,17 +24,6 @@ const WRONG_SOURCE_IP: &str = "10.244.0.8";
 
 fn v6(ip: &str, port: u16) -> String {
     format!("[{ip}]:{port}")
-}
-
-/// The one finding of `kind`, which must be the only finding at all.
-fn only_finding<'a>(w: &'a WatchJson, kind: &str) -> Result<&'a Value> {
-    let f = w.one_finding(kind)?;
-    ensure!(
-        w.findings.len() == 1,
-        "expected exactly one finding, of kind {kind}:\n{}",
-        w.describe()
-    );
-    Ok(f)
 }
 
 /// A JSON watch with `--dns-timeout` [`DNS_TIMEOUT_SECS`], for the tests that must not report a
@@ -81,14 +69,9 @@ fn ipv6_conntrack_skip_names_the_ip6tables_sysctl() -> Result<()> {
     })?;
     // ...and the backend's reply was bridged back with its own source and no conntrack entry.
     let reply_out = w.reply_to_client(id)?;
-    expect_str(reply_out, "/src", &v6(SERVER_IP6, 53))?;
-    expect_str(reply_out, "/dst", &client)?;
-    ensure!(
-        reply_out.get("conntrack") == Some(&Value::Null),
-        "the bridged reply must have no conntrack entry: {reply_out}"
-    );
+    expect_reply_bridged_without_conntrack(reply_out, &v6(SERVER_IP6, 53), &client)?;
 
-    let f = only_finding(&w, "conntrack_skip")?;
+    let f = w.only_finding("conntrack_skip")?;
     expect_bridged_reply_finding(
         f,
         id,
@@ -183,11 +166,7 @@ fn routed_backend_is_not_a_conntrack_skip() -> Result<()> {
         w.describe()
     );
 
-    ensure!(
-        w.findings.is_empty(),
-        "a routed backend's reverse-NATed reply is healthy, yet:\n{}",
-        w.describe()
-    );
+    w.expect_no_findings("a routed backend's reverse-NATed reply is healthy, yet")?;
     w.check_summary()
 }
 
@@ -246,7 +225,7 @@ fn wrong_reply_source(config: LabConfig) -> Result<()> {
         "no DNAT was involved, so this is no conntrack_skip:\n{}",
         w.describe()
     );
-    let f = only_finding(&w, "unexpected_reply_source")?;
+    let f = w.only_finding("unexpected_reply_source")?;
     expect_bridged_reply_finding(f, id, &client, &format!("{SERVER_IP}:53"), &wrong)?;
     expect_str(f, "/query/qname", "example.test.")?;
     expect_text(f, "/headline")?;
@@ -254,20 +233,17 @@ fn wrong_reply_source(config: LabConfig) -> Result<()> {
     w.check_summary()
 }
 
-/// The realistic case: a correctly configured node (bridged traffic passes conntrack) and a server
-/// that answers from the wrong address. The node's conntrack does not match the reply to the
-/// query's entry (other source), so the reply carries a *new* conntrack entry of its own.
-#[test]
-fn wrong_reply_source_on_healthy_node_is_unexpected_reply_source() -> Result<()> {
-    wrong_reply_source(LabConfig::healthy())
-}
-
-/// The same server on a node whose bridge skips conntrack: the reply carries no conntrack entry,
-/// but there was no DNAT either, so it is still not a conntrack_skip.
-#[test]
-fn wrong_reply_source_without_bridge_conntrack_is_unexpected_reply_source() -> Result<()> {
-    wrong_reply_source(LabConfig::bridge_nf_call_iptables_off())
-}
+tracer_tests::cases!(wrong_reply_source => {
+    /// The realistic case: a correctly configured node (bridged traffic passes conntrack) and a
+    /// server that answers from the wrong address. The node's conntrack does not match the reply
+    /// to the query's entry (other source), so the reply carries a *new* conntrack entry of its
+    /// own.
+    wrong_reply_source_on_healthy_node_is_unexpected_reply_source: (LabConfig::healthy()),
+    /// The same server on a node whose bridge skips conntrack: the reply carries no conntrack
+    /// entry, but there was no DNAT either, so it is still not a conntrack_skip.
+    wrong_reply_source_without_bridge_conntrack_is_unexpected_reply_source:
+        (LabConfig::bridge_nf_call_iptables_off()),
+});
 
 #[test]
 fn healthy_node_with_several_queries_has_no_findings() -> Result<()> {
@@ -340,11 +316,7 @@ fn healthy_node_with_several_queries_has_no_findings() -> Result<()> {
         expect_str(reply_out, "/dst", client)?;
     }
 
-    ensure!(
-        w.findings.is_empty(),
-        "a healthy node should produce no findings:\n{}",
-        w.describe()
-    );
+    w.expect_no_findings("a healthy node should produce no findings")?;
     ensure!(
         w.summary["finding_counts"]
             .as_object()

@@ -339,15 +339,10 @@ fn forward_reject_with_iptables(program: &str, backend: &str) -> Result<()> {
     the_fix_removes_the_rule(&lab, f, backend)
 }
 
-#[test]
-fn iptables_nft_reject_is_named_by_rule_number() -> Result<()> {
-    forward_reject_with_iptables("iptables", "iptables-nft")
-}
-
-#[test]
-fn iptables_legacy_reject_is_named_by_rule_number() -> Result<()> {
-    forward_reject_with_iptables("iptables-legacy", "iptables-legacy")
-}
+tracer_tests::cases!(forward_reject_with_iptables => {
+    iptables_nft_reject_is_named_by_rule_number: ("iptables", "iptables-nft"),
+    iptables_legacy_reject_is_named_by_rule_number: ("iptables-legacy", "iptables-legacy"),
+});
 
 #[test]
 fn native_nftables_reject_is_named_by_rule_and_handle() -> Result<()> {
@@ -512,11 +507,7 @@ fn healthy_ruleset_gives_no_finding() -> Result<()> {
         dig.expect_answers(&[TEST_A])?;
         w.query_from_client(dig.query_id()?)?;
     }
-    ensure!(
-        w.findings.is_empty(),
-        "an accepting ruleset should produce no findings:\n{}",
-        w.describe()
-    );
+    w.expect_no_findings("an accepting ruleset should produce no findings")?;
     ensure!(
         w.find(|p| str_at(p, "/stage") == Some("dropped"))
             .next()

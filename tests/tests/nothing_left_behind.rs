@@ -29,30 +29,13 @@ enum Ending {
     ErrorMidAttach,
 }
 
-#[test]
-fn nothing_left_behind_after_sigint() -> Result<()> {
-    leaves_nothing_behind(Ending::Signal(libc::SIGINT))
-}
-
-#[test]
-fn nothing_left_behind_after_sigterm() -> Result<()> {
-    leaves_nothing_behind(Ending::Signal(libc::SIGTERM))
-}
-
-#[test]
-fn nothing_left_behind_after_sigkill() -> Result<()> {
-    leaves_nothing_behind(Ending::Signal(libc::SIGKILL))
-}
-
-#[test]
-fn nothing_left_behind_after_a_panic() -> Result<()> {
-    leaves_nothing_behind(Ending::PanicAfterAttach)
-}
-
-#[test]
-fn nothing_left_behind_after_an_error_half_way_through_attaching() -> Result<()> {
-    leaves_nothing_behind(Ending::ErrorMidAttach)
-}
+tracer_tests::cases!(leaves_nothing_behind => {
+    nothing_left_behind_after_sigint: (Ending::Signal(libc::SIGINT)),
+    nothing_left_behind_after_sigterm: (Ending::Signal(libc::SIGTERM)),
+    nothing_left_behind_after_sigkill: (Ending::Signal(libc::SIGKILL)),
+    nothing_left_behind_after_a_panic: (Ending::PanicAfterAttach),
+    nothing_left_behind_after_an_error_half_way_through_attaching: (Ending::ErrorMidAttach),
+});
 
 fn leaves_nothing_behind(ending: Ending) -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;

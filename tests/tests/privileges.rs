@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use tracer_tests::lab::*;
-use tracer_tests::output::describe_output;
+use tracer_tests::output::{describe_output, expect_exit_saying, Exit};
 use tracer_tests::process::output_within;
 use tracer_tests::unprivileged::{as_nobody, copy_of_tracer};
 
@@ -61,12 +61,12 @@ fn missing_capabilities_are_named_in_one_line() -> Result<()> {
     // The control: exactly these three capabilities are enough.
     let caps = ["net_admin", "bpf", "perfmon"];
     let out = watch_with_caps(&lab, &bin, &caps, &["--port", "53", "--duration", "1"])?;
-    ensure!(
-        out.status.success() && String::from_utf8_lossy(&out.stderr).contains(TRACER_READY),
-        "non-root with {caps:?} should watch: {}",
-        describe_output(&out)
-    );
-    Ok(())
+    expect_exit_saying(
+        &out,
+        Exit::Success,
+        TRACER_READY,
+        &format!("non-root with {caps:?} should watch"),
+    )
 }
 
 /// Runs `BIN watch ARGS` in the node namespace as nobody with exactly `caps`. Killed after 20 s:

@@ -127,11 +127,7 @@ fn a_hostile_path_changes_nothing_and_the_rule_is_still_named() -> Result<()> {
     .stderr(Stdio::piped())
     .output()
     .context("running tracer triage")?;
-    ensure!(
-        out.status.code() == Some(1),
-        "the REJECT is a finding (exit 1):\n{}",
-        describe_output(&out)
-    );
+    expect_exit(&out, Exit::Code(1), "the REJECT is a finding (exit 1)")?;
     let t = WatchJson::parse(&String::from_utf8_lossy(&out.stdout))
         .with_context(|| describe_output(&out))?;
     ensure!(
@@ -247,11 +243,7 @@ fn force_replaces_an_own_capture_but_a_failed_attach_keeps_it() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
     let file = lab.dir().join("dns.pcapng");
     let first = watch_writing(&lab, &file, &[], "1", &[])?;
-    ensure!(
-        first.status.success(),
-        "the first capture:\n{}",
-        describe_output(&first)
-    );
+    expect_exit(&first, Exit::Success, "the first capture")?;
     let old = fs::read(&file)?;
 
     // The test build fails half-way through attaching on request: the old capture must stay.
@@ -262,11 +254,12 @@ fn force_replaces_an_own_capture_but_a_failed_attach_keeps_it() -> Result<()> {
         "1",
         &[("TRACER_FAULT", "error-mid-attach")],
     )?;
-    ensure!(
-        !failed.status.success() && String::from_utf8_lossy(&failed.stderr).contains("injected fault"),
-        "the watch should fail half-way through attaching (is TRACER_BIN a test build, with --features fault-injection?):\n{}",
-        describe_output(&failed)
-    );
+    expect_exit_saying(
+        &failed,
+        Exit::Failure,
+        "injected fault",
+        "the watch should fail half-way through attaching (is TRACER_BIN a test build, with --features fault-injection?)",
+    )?;
     ensure!(
         fs::read(&file)? == old,
         "a failed attach destroyed the earlier capture"
@@ -278,11 +271,7 @@ fn force_replaces_an_own_capture_but_a_failed_attach_keeps_it() -> Result<()> {
     );
 
     let replaced = watch_writing(&lab, &file, &["--force"], "2", &[])?;
-    ensure!(
-        replaced.status.success(),
-        "--force over one's own capture:\n{}",
-        describe_output(&replaced)
-    );
+    expect_exit(&replaced, Exit::Success, "--force over one's own capture")?;
     let new = fs::read(&file)?;
     ensure!(new != old, "the capture was not replaced");
     ensure!(fs::metadata(&file)?.mode() & 0o777 == 0o600, "mode 0600");
@@ -292,11 +281,7 @@ fn force_replaces_an_own_capture_but_a_failed_attach_keeps_it() -> Result<()> {
         "json",
         file.to_str().context("non-UTF-8 path")?,
     ])?;
-    ensure!(
-        report.status.success(),
-        "the new capture must read back:\n{}",
-        describe_output(&report)
-    );
+    expect_exit(&report, Exit::Success, "the new capture must read back")?;
     ensure!(
         no_partial_files(lab.dir())?.is_empty(),
         "temporary files left"
@@ -368,12 +353,12 @@ fn a_release_build_has_no_fault_injection() -> Result<()> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .output()?;
-    ensure!(
-        out.status.success() && String::from_utf8_lossy(&out.stderr).contains(TRACER_READY),
-        "the release build must ignore TRACER_FAULT:\n{}",
-        describe_output(&out)
-    );
-    Ok(())
+    expect_exit_saying(
+        &out,
+        Exit::Success,
+        TRACER_READY,
+        "the release build must ignore TRACER_FAULT",
+    )
 }
 
 #[test]

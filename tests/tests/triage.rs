@@ -31,12 +31,18 @@ impl Triage {
 
     /// The JSON report of a triage that found problems, and so exited 1.
     fn json_with_findings(&self) -> Result<WatchJson> {
+        self.expect_exit(1, "findings")?;
+        self.json()
+    }
+
+    /// It exited with `code`, which means `meaning`.
+    fn expect_exit(&self, code: i32, meaning: &str) -> Result<()> {
         ensure!(
-            self.exit_code == Some(1),
-            "exit code 1 (findings) expected:\n{}",
+            self.exit_code == Some(code),
+            "exit code {code} ({meaning}) expected:\n{}",
             self.done.describe()
         );
-        self.json()
+        Ok(())
     }
 }
 
@@ -77,13 +83,6 @@ fn triage_with_dig(lab: &Lab, args: &[&str]) -> Result<(Triage, Dig)> {
         },
         dig,
     ))
-}
-
-fn kinds(w: &WatchJson) -> Vec<&str> {
-    w.findings
-        .iter()
-        .filter_map(|f| str_at(f, "/kind"))
-        .collect()
 }
 
 /// The finding's evidence from `source` (`traffic` or `config`).
@@ -183,11 +182,7 @@ fn bridge_nf_call_iptables_off_ranks_conntrack_skip_first_with_both_evidences() 
 fn text_report_starts_with_the_verdict() -> Result<()> {
     let lab = Lab::new(LabConfig::bridge_nf_call_iptables_off())?;
     let (triage, _) = triage_with_dig(&lab, &[])?;
-    ensure!(
-        triage.exit_code == Some(1),
-        "exit code 1 expected:\n{}",
-        triage.done.describe()
-    );
+    triage.expect_exit(1, "findings")?;
     let out = &triage.done.stdout;
     let first = out.lines().next().unwrap_or_default();
     ensure!(
@@ -251,18 +246,9 @@ fn reject_rule_is_netfilter_reject_from_traffic_and_ruleset() -> Result<()> {
             .is_some_and(|t| t.contains("--dport 53") && t.contains("REJECT")),
         "the rule's text: {config}"
     );
-    ensure!(
-        w.findings_of("netfilter_reject").count() == 1,
-        "the rule is reported once:\n{}",
-        w.describe()
-    );
-    // The rejected query looked unanswered to the watch; the reject explains it, so there is no
-    // separate dns_timeout, and nothing else is wrong.
-    ensure!(
-        kinds(&w) == ["netfilter_reject"],
-        "one finding expected:\n{}",
-        w.describe()
-    );
+    // The rule is reported once. The rejected query looked unanswered to the watch; the reject
+    // explains it, so there is no separate dns_timeout, and nothing else is wrong.
+    w.only_finding("netfilter_reject")?;
     Ok(())
 }
 
@@ -271,17 +257,9 @@ fn healthy_lab_exits_0_without_findings() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
     let (triage, dig) = triage_with_dig(&lab, &["--output", "json"])?;
     dig.expect_answers(&[TEST_A])?;
-    ensure!(
-        triage.exit_code == Some(0),
-        "exit code 0 (healthy) expected:\n{}",
-        triage.done.describe()
-    );
+    triage.expect_exit(0, "healthy")?;
     let w = triage.json()?;
-    ensure!(
-        w.findings.is_empty(),
-        "no findings expected:\n{}",
-        w.describe()
-    );
+    w.expect_no_findings("no findings expected")?;
     let s = &w.summary;
     expect_str(s, "/verdict", "healthy: no findings")?;
     ensure!(

@@ -98,11 +98,7 @@ fn healthy_node_shows_query_dnat_and_reverse_natted_reply() -> Result<()> {
     );
     expect_str(reply_out, "/dns/first_answer", TEST_A)?;
 
-    ensure!(
-        w.findings.is_empty(),
-        "a healthy node should produce no findings:\n{}",
-        w.describe()
-    );
+    w.expect_no_findings("a healthy node should produce no findings")?;
     w.check_summary()
 }
 
@@ -137,12 +133,7 @@ fn bridge_nf_call_iptables_off_shows_reply_from_pod_without_conntrack() -> Resul
     }
 
     let reply_out = w.reply_to_client(id)?;
-    expect_str(reply_out, "/src", &format!("{SERVER_IP}:53"))?;
-    expect_str(reply_out, "/dst", client)?;
-    ensure!(
-        reply_out.get("conntrack") == Some(&Value::Null),
-        "the bridged reply must have no conntrack entry: {reply_out}"
-    );
+    expect_reply_bridged_without_conntrack(reply_out, &format!("{SERVER_IP}:53"), client)?;
 
     let f = w.one_finding("conntrack_skip")?;
     expect_bridged_reply_finding(
@@ -201,9 +192,8 @@ fn other_ports_produce_no_records() -> Result<()> {
 #[test]
 fn port_zero_traces_all_ports() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
-    let (w, ()) = Scenario::new(&lab)
+    let (w, ()) = Scenario::settled(&lab)
         .port(0)
-        .settle(Duration::from_millis(200))
         .run(|| lab.send_udp(Ns::Client, SERVER_IP, 5353, 3))?;
     w.find_one("a datagram to port 5353", |p| {
         stage_is(p, "bridge-in", CLIENT_VETH) && str_at(p, "/dst") == Some("10.244.0.7:5353")
@@ -213,8 +203,7 @@ fn port_zero_traces_all_ports() -> Result<()> {
 
 fn stops_on_signal(signal: libc::c_int) -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
-    let (w, done, dig) = Scenario::new(&lab)
-        .settle(Duration::from_millis(200))
+    let (w, done, dig) = Scenario::settled(&lab)
         .stop_with(signal)
         .run_finished(|| lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[]))?;
     dig.expect_answered()?;
@@ -236,15 +225,10 @@ fn stops_on_signal(signal: libc::c_int) -> Result<()> {
     w.check_summary()
 }
 
-#[test]
-fn sigterm_stops_watch_with_summary() -> Result<()> {
-    stops_on_signal(libc::SIGTERM)
-}
-
-#[test]
-fn sigint_stops_watch_with_summary() -> Result<()> {
-    stops_on_signal(libc::SIGINT)
-}
+tracer_tests::cases!(stops_on_signal => {
+    sigterm_stops_watch_with_summary: (libc::SIGTERM),
+    sigint_stops_watch_with_summary: (libc::SIGINT),
+});
 
 #[test]
 fn unprivileged_watch_fails_with_one_line() -> Result<()> {
@@ -284,26 +268,20 @@ fn unprivileged_watch_fails_with_one_line() -> Result<()> {
 #[test]
 fn text_output_names_port_stage_and_query() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
-    let (done, dig) = Scenario::new(&lab)
-        .settle(Duration::from_millis(200))
+    let (done, dig) = Scenario::settled(&lab)
         .run_text(|| lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[]))?;
     dig.expect_answered()?;
-    ensure!(done.status.success(), "tracer failed:\n{}", done.describe());
-    ensure!(
-        done.stdout.lines().any(|l| l.contains(CLIENT_VETH)
-            && l.contains("bridge-in")
-            && l.contains("example.test")),
-        "no text line with {CLIENT_VETH}, bridge-in and example.test:\n{}",
-        done.describe()
-    );
-    Ok(())
+    done.expect_success()?;
+    done.expect_line_with(
+        &[CLIENT_VETH, "bridge-in", "example.test"],
+        "the query entering the bridge",
+    )
 }
 
 #[test]
 fn ipv6_query_and_reply_are_traced() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
-    let (w, dig) = Scenario::new(&lab)
-        .settle(Duration::from_millis(200))
+    let (w, dig) = Scenario::settled(&lab)
         .run(|| lab.dig(CLUSTER_DNS_IP6, TEST_NAME, &["AAAA"]))?;
     dig.expect_answers(&[TEST_AAAA])?;
     let id = dig.query_id()?;
@@ -336,8 +314,7 @@ fn ipv6_query_and_reply_are_traced() -> Result<()> {
 #[test]
 fn tcp_queries_are_traced() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
-    let (w, dig) = Scenario::new(&lab)
-        .settle(Duration::from_millis(200))
+    let (w, dig) = Scenario::settled(&lab)
         .run(|| lab.dig(SERVER_IP, TEST_NAME, &["+tcp"]))?;
     dig.expect_answered().context("dig +tcp")?;
     w.find_one("a TCP segment to the server's port 53", |p| {
@@ -357,8 +334,7 @@ fn tcp_queries_are_traced() -> Result<()> {
 fn traffic_of_other_namespaces_is_not_traced() -> Result<()> {
     let watched = Lab::new(LabConfig::healthy())?;
     let other = Lab::new(LabConfig::healthy())?;
-    let (w, (elsewhere, here)) = Scenario::new(&watched)
-        .settle(Duration::from_millis(200))
+    let (w, (elsewhere, here)) = Scenario::settled(&watched)
         .run(|| {
             let elsewhere = other.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
             Ok((elsewhere, watched.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?))

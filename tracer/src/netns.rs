@@ -30,8 +30,37 @@ pub fn run_in<T: Send>(path: &Path, body: impl FnOnce() -> T + Send) -> Result<T
 /// its own, deleted on drop even when the test fails, so nothing leaks into the host.
 #[cfg(test)]
 pub(crate) mod scratch {
-    use std::process::Command;
+    use std::io::Write;
+    use std::process::{Command, Stdio};
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Runs `ip ARGS`; panics with its output when it fails. Returns its standard output.
+    pub fn ip(args: &[&str]) -> String {
+        ip_with_input(args, "")
+    }
+
+    /// Runs `ip ARGS` with `input` on its standard input (`ip -batch -`, `nft -f -`); panics
+    /// with its output when it fails. Returns its standard output.
+    pub fn ip_with_input(args: &[&str], input: &str) -> String {
+        let mut child = Command::new("ip")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run ip");
+        // Dropping the pipe once written ends the input.
+        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write to ip");
+        let out = child.wait_with_output().expect("wait for ip");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "ip {}:\n{stdout}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
 
     pub struct Netns {
         pub name: String,
@@ -41,15 +70,7 @@ pub(crate) mod scratch {
         pub fn new() -> Netns {
             static NEXT: AtomicUsize = AtomicUsize::new(0);
             let name = format!("tr-ns-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-            let out = Command::new("ip")
-                .args(["netns", "add", &name])
-                .output()
-                .expect("run ip");
-            assert!(
-                out.status.success(),
-                "ip netns add {name}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            ip(&["netns", "add", &name]);
             let netns = Netns { name };
             netns.sh("ip link set lo up");
             netns
@@ -57,35 +78,12 @@ pub(crate) mod scratch {
 
         /// Runs a shell script inside the namespace; panics with its output when it fails.
         pub fn sh(&self, script: &str) -> String {
-            let out = Command::new("ip")
-                .args(["netns", "exec", &self.name, "sh", "-ec", script])
-                .output()
-                .expect("run ip netns exec");
-            assert!(
-                out.status.success(),
-                "in {}: {script}\n{}{}",
-                self.name,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8_lossy(&out.stdout).into_owned()
+            ip(&["netns", "exec", &self.name, "sh", "-ec", script])
         }
 
-        /// Loads an nft ruleset file into the namespace.
+        /// Loads an nft ruleset into the namespace.
         pub fn nft(&self, ruleset: &str) {
-            let path = std::env::temp_dir().join(format!("{}.nft", self.name));
-            std::fs::write(&path, ruleset).expect("write ruleset");
-            let result = Command::new("ip")
-                .args(["netns", "exec", &self.name, "nft", "-f"])
-                .arg(&path)
-                .output()
-                .expect("run nft");
-            let _ = std::fs::remove_file(&path);
-            assert!(
-                result.status.success(),
-                "nft -f: {}",
-                String::from_utf8_lossy(&result.stderr)
-            );
+            ip_with_input(&["netns", "exec", &self.name, "nft", "-f", "-"], ruleset);
         }
 
         /// Runs `body` on a thread of its own that has entered the namespace: the tools

@@ -171,17 +171,11 @@ mod tests {
     use std::io::Write;
 
     use super::*;
-
-    fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("tracer-capture-file-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        dir
-    }
+    use crate::capture::scratch::ScratchDir;
 
     #[test]
     fn a_new_file_is_created_0600_and_an_existing_one_is_refused() {
-        let dir = scratch("new");
+        let dir = ScratchDir::new("file-new");
         let path = dir.join("dns.pcapng");
         let (capture, mut file) = CaptureFile::create(&path, false).expect("created");
         file.write_all(b"data").expect("write");
@@ -190,14 +184,12 @@ mod tests {
         let refused = CaptureFile::create(&path, false).err().expect("refused");
         assert!(refused.0.contains("already exists") && refused.0.contains("--force"), "{refused}");
         assert_eq!(std::fs::read(&path).expect("read"), b"data");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn force_replaces_only_at_the_end_and_abandon_keeps_the_old_capture() {
-        let dir = scratch("force");
-        let path = dir.join("dns.pcapng");
-        std::fs::write(&path, b"old capture").expect("old");
+        let dir = ScratchDir::new("file-force");
+        let path = dir.file("dns.pcapng", b"old capture");
         let (capture, mut file) = CaptureFile::create(&path, true).expect("created");
         let temporary = capture.temporary().expect("a temporary file").to_path_buf();
         file.write_all(b"new").expect("write");
@@ -210,14 +202,12 @@ mod tests {
         file.write_all(b"new capture").expect("write");
         capture.finish().expect("finish");
         assert_eq!(std::fs::read(&path).expect("read"), b"new capture");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn links_fifos_and_hard_links_are_refused_even_with_force() {
-        let dir = scratch("refused");
-        let target = dir.join("target");
-        std::fs::write(&target, b"keep").expect("target");
+        let dir = ScratchDir::new("file-refused");
+        let target = dir.file("target", b"keep");
         let link = dir.join("link");
         std::os::unix::fs::symlink(&target, &link).expect("symlink");
         let hard = dir.join("hard");
@@ -234,6 +224,5 @@ mod tests {
             }
         }
         assert_eq!(std::fs::read(&target).expect("read"), b"keep");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

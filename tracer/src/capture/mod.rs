@@ -6,3 +6,6 @@ pub mod format;
 pub mod frames;
 pub mod reader;
 pub mod writer;
+
+#[cfg(test)]
+pub(crate) mod scratch;

@@ -432,7 +432,7 @@ fn wall_ns(ts: u64, units_per_sec: u64, offset_secs: i64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capture::frames::tests::dns_query_frame;
+    use crate::capture::{frames::tests::dns_query_frame, scratch::ScratchDir};
 
     /// Reads every record; the error that ended the file, if one did.
     fn read_all(bytes: &[u8]) -> (Vec<Record>, Option<CaptureError>) {
@@ -531,17 +531,13 @@ mod tests {
 
     #[test]
     fn garbage_and_empty_files_are_refused_clearly() {
-        let dir = std::env::temp_dir().join(format!("tracer-pcapng-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let empty = dir.join("empty");
-        std::fs::write(&empty, b"").expect("write");
+        let dir = ScratchDir::new("reader-garbage");
+        let empty = dir.file("empty", b"");
         assert!(matches!(CaptureReader::open(&empty), Err(CaptureError::Empty { .. })));
-        let text = dir.join("text");
-        std::fs::write(&text, b"hello, this is not a capture\n").expect("write");
+        let text = dir.file("text", b"hello, this is not a capture\n");
         let err = CaptureReader::open(&text).err().expect("refused");
         assert!(err.to_string().contains("not a pcapng or pcap file"), "{err}");
         let missing = dir.join("missing");
         assert!(matches!(CaptureReader::open(&missing), Err(CaptureError::Open { .. })));
-        std::fs::remove_dir_all(&dir).ok();
     }
 }

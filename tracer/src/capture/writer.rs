@@ -405,7 +405,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::{
         analysis::{Analysis, AnalysisOptions},
-        capture::{format::FORMAT, frames::tests::dns_frame},
+        capture::{format::FORMAT, frames::tests::dns_frame, scratch::ScratchDir},
         commands::report::{Ending, Report},
         findings::{Culprit, FindingKind, NetfilterEvidence, RuleRef},
         firewall::Backend,
@@ -566,14 +566,11 @@ pub(crate) mod tests {
         bytes
     }
 
-    fn temp_path(name: &str) -> std::path::PathBuf {
-        std::env::temp_dir().join(format!("tracer-writer-test-{}-{name}", std::process::id()))
-    }
-
     /// Plays the scenario into JSON and a capture file, as a watch with `--write` would,
     /// then reports the file: the live lines, how the report ended, the replayed lines.
     fn watch_then_report(name: &str, witness: &mut dyn crate::pipeline::loss::LossWitness) -> (String, Ending, String) {
-        let path = temp_path(name);
+        let dir = ScratchDir::new(name);
+        let path = dir.join("dns.pcapng");
         let mut live = Vec::new();
         {
             let writer = PcapngWriter::to_file(File::create(&path).expect("create"), &info()).expect("header");
@@ -584,13 +581,12 @@ pub(crate) mod tests {
         let report = Report::open(&path).expect("open");
         let mut replayed = Vec::new();
         let ending = report.run(&mut JsonOutput::new(&mut replayed));
-        std::fs::remove_file(&path).ok();
         (String::from_utf8_lossy(&live).into_owned(), ending, String::from_utf8_lossy(&replayed).into_owned())
     }
 
     #[test]
     fn report_of_a_capture_prints_what_the_watch_printed() {
-        let (live, ending, replayed) = watch_then_report("roundtrip.pcapng", &mut NothingLost);
+        let (live, ending, replayed) = watch_then_report("writer-roundtrip", &mut NothingLost);
         let Ending::Finished { error: None, .. } = ending else { panic!("the report should read the whole file") };
         assert_eq!(live.lines().collect::<Vec<_>>(), replayed.lines().collect::<Vec<_>>());
         assert!(live.contains("\"kind\":\"conntrack_skip\""), "{live}");
@@ -608,7 +604,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_finding_the_watch_could_not_confirm_is_not_stated_by_the_report_either() {
-        let (_, ending, replayed) = watch_then_report("unconfirmed.pcapng", &mut EverythingLost);
+        let (_, ending, replayed) = watch_then_report("writer-unconfirmed", &mut EverythingLost);
         let Ending::Finished { summary: Some(summary), error: None, .. } = ending else { panic!("the report should read the whole file") };
         assert!(!replayed.contains("\"kind\":\"conntrack_skip\""), "{replayed}");
         assert_eq!(summary.unconfirmed_counts, [(FindingKind::ConntrackSkip, 1)].into());

@@ -1121,6 +1121,14 @@ pub(crate) mod testing {
         }
     }
 
+    /// The message of the error `result` holds, which must mention `want`.
+    pub fn error_mentioning<T>(result: anyhow::Result<T>, want: &str) -> String {
+        let Err(err) = result else { panic!("expected an error mentioning {want:?}") };
+        let err = err.to_string();
+        assert!(err.contains(want), "wanted {want:?} in {err:?}");
+        err
+    }
+
     /// Position of a NUL-terminated string that starts at a string boundary.
     fn find_str(hay: &[u8], needle: &[u8]) -> Option<usize> {
         (0..hay.len()).find(|&i| (i == 0 || hay[i - 1] == 0) && hay[i..].starts_with(needle))
@@ -1129,7 +1137,7 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod tests {
-    use super::testing::Builder;
+    use super::testing::{error_mentioning, Builder};
     use super::*;
 
     const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
@@ -1184,11 +1192,16 @@ mod tests {
         b.fwd("outer", false);
     }
 
-    #[test]
-    fn anonymous_members_and_nested_paths() {
+    /// The zoo, parsed.
+    fn zoo_btf() -> Btf {
         let mut b = Builder::new();
         zoo(&mut b);
-        let btf = Btf::parse(&b.build()).unwrap();
+        Btf::parse(&b.build()).unwrap()
+    }
+
+    #[test]
+    fn anonymous_members_and_nested_paths() {
+        let btf = zoo_btf();
         assert_eq!(btf.member("outer", "a").unwrap(), m(0, 0, 4));
         assert_eq!(btf.member("outer", "b").unwrap(), m(32, 0, 4));
         assert_eq!(btf.member("outer", "grp.c").unwrap(), m(32, 0, 4));
@@ -1197,17 +1210,13 @@ mod tests {
         assert!(btf.member("outer", "c").is_err());
         assert_eq!(btf.member("outer", "p").unwrap(), m(64, 0, 8));
         assert_eq!(btf.member("outer", "single.y").unwrap(), m(352 + 16, 0, 1));
-        let err = btf.member("outer", "p.x").unwrap_err().to_string();
-        assert!(err.contains("pointer"), "{err}");
-        let err = btf.member("outer", "nope").unwrap_err().to_string();
-        assert!(err.contains("no member nope"), "{err}");
+        error_mentioning(btf.member("outer", "p.x"), "pointer");
+        error_mentioning(btf.member("outer", "nope"), "no member nope");
     }
 
     #[test]
     fn arrays_through_typedef_chains() {
-        let mut b = Builder::new();
-        zoo(&mut b);
-        let btf = Btf::parse(&b.build()).unwrap();
+        let btf = zoo_btf();
         assert_eq!(btf.member("outer", "arr").unwrap(), m(128, 0, 12));
         assert_eq!(btf.member("outer", "arr[0].x").unwrap(), m(128, 0, 2));
         assert_eq!(
@@ -1219,8 +1228,7 @@ mod tests {
             btf.member("outer", "grid[1][3]").unwrap(),
             m(224 + 64 + 48, 0, 2)
         );
-        let err = btf.member("outer", "arr[3].x").unwrap_err().to_string();
-        assert!(err.contains("out of bounds"), "{err}");
+        error_mentioning(btf.member("outer", "arr[3].x"), "out of bounds");
         assert!(btf.member("outer", "p[0]").is_err());
         assert!(btf.member("outer", "grid[0][0][0]").is_err());
         assert_eq!(btf.type_size("inner_tt").unwrap(), 4);
@@ -1231,20 +1239,14 @@ mod tests {
 
     #[test]
     fn bad_paths_are_errors() {
-        let mut b = Builder::new();
-        zoo(&mut b);
-        let btf = Btf::parse(&b.build()).unwrap();
+        let btf = zoo_btf();
         for path in [
             "", ".a", "a.", "a..b", "arr[", "arr[x]", "arr]", "arr[1", "arr[-1]", "arr[1]x",
         ] {
             let err = btf.member("outer", path).unwrap_err().to_string();
             assert!(!err.contains('\n'), "{err}");
         }
-        assert!(btf
-            .member("missing", "a")
-            .unwrap_err()
-            .to_string()
-            .contains("no type named missing"));
+        error_mentioning(btf.member("missing", "a"), "no type named missing");
     }
 
     #[test]
@@ -1261,17 +1263,12 @@ mod tests {
         assert_eq!(btf.type_size("late").unwrap(), 8);
         assert!(btf.has_struct("late"));
         assert!(!btf.has_struct("only_fwd"));
-        let err = btf.member("only_fwd", "x").unwrap_err().to_string();
-        assert!(err.contains("forward-declared"), "{err}");
+        error_mentioning(btf.member("only_fwd", "x"), "forward-declared");
         assert!(btf.type_size("only_fwd").is_err());
         // Definitions that agree are fine; the one that has the member answers.
         assert_eq!(btf.member("dup", "x").unwrap(), m(0, 0, 4));
         assert_eq!(btf.member("dup", "y").unwrap(), m(32, 0, 4));
-        assert!(btf
-            .type_size("dup")
-            .unwrap_err()
-            .to_string()
-            .contains("different sizes"));
+        error_mentioning(btf.type_size("dup"), "different sizes");
     }
 
     #[test]
@@ -1281,8 +1278,7 @@ mod tests {
         b.struct_("dup", 8, &[("x", int, 0)]);
         b.struct_("dup", 8, &[("x", int, 32)]);
         let btf = Btf::parse(&b.build()).unwrap();
-        let err = btf.member("dup", "x").unwrap_err().to_string();
-        assert!(err.contains("disagree"), "{err}");
+        error_mentioning(btf.member("dup", "x"), "disagree");
     }
 
     #[test]
@@ -1364,8 +1360,7 @@ mod tests {
         );
         assert_eq!(btf.type_size("wide").unwrap(), 8);
         assert!(btf.has_enum("wide"));
-        let err = btf.enum_value("flags", "F_B").unwrap_err().to_string();
-        assert!(err.contains("no variant F_B"), "{err}");
+        error_mentioning(btf.enum_value("flags", "F_B"), "no variant F_B");
         assert!(btf.enum_value("nope", "X").is_err());
     }
 
@@ -1513,8 +1508,7 @@ mod tests {
             (with(24, &7_000_000u32.to_le_bytes()), "string offset"),
         ];
         for (data, want) in cases {
-            let err = Btf::parse(&data).err().expect(want).to_string();
-            assert!(err.contains(want), "wanted {want:?} in {err:?}");
+            let err = error_mentioning(Btf::parse(&data), want);
             assert!(!err.contains('\n'), "{err}");
         }
     }

@@ -312,7 +312,7 @@ fn priv_flag(btf: &KernelBtf, name: &str) -> Result<u32> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::btf::testing::Builder;
+    use super::super::btf::testing::{error_mentioning, Builder};
     use super::*;
 
     fn running() -> Option<KernelBtf> {
@@ -657,8 +657,7 @@ mod tests {
             match want {
                 Some(w) => assert_eq!(got.unwrap(), w),
                 None => {
-                    let err = got.unwrap_err().to_string();
-                    assert!(err.contains("byte boundary"), "{err}");
+                    error_mentioning(got, "byte boundary");
                 }
             }
         }
@@ -696,10 +695,9 @@ mod tests {
             2
         );
         assert_eq!(btf.enum_variants("netdev_priv_flags").unwrap().len(), 3);
-        let err = btf.member("nowhere", "x").unwrap_err().to_string();
-        assert!(
-            err.contains("not found in kernel BTF (vmlinux and 2 modules; unreadable:"),
-            "{err}"
+        let err = error_mentioning(
+            btf.member("nowhere", "x"),
+            "not found in kernel BTF (vmlinux and 2 modules; unreadable:",
         );
         assert!(err.contains("broken"), "{err}");
         assert!(!err.contains('\n'), "{err}");
@@ -727,8 +725,7 @@ mod tests {
         let int = b.int("int", 4, true);
         b.struct_("sk_buff", 8, &[("len", int, 0)]);
         let btf = KernelBtf::from_parts(Btf::parse(&b.build()).unwrap(), Vec::new());
-        let err = resolve_layout(&btf).err().unwrap().to_string();
-        assert!(err.contains("sk_buff.dev"), "{err}");
+        error_mentioning(resolve_layout(&btf), "sk_buff.dev");
     }
 
     #[test]

@@ -385,24 +385,20 @@ fn set_receive_timeout(socket: &Socket, timeout: Duration) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netns::scratch::Netns;
+    use crate::netns::scratch::{ip, ip_with_input, Netns};
     use std::process::Command;
 
-    fn ip(args: &[&str]) {
-        let out = Command::new("ip").args(args).output().expect("run ip");
-        assert!(
-            out.status.success(),
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
     /// `ip -n NS ARGS...`
-    fn ipn(ns: &str, args: &[&str]) {
+    fn ipn(ns: &str, args: &[&str]) -> String {
         let mut all = vec!["-n", ns];
         all.extend_from_slice(args);
-        ip(&all);
+        ip(&all)
+    }
+
+    /// Runs `test` in a fresh namespace, with the interfaces opened there before it starts.
+    fn with_interfaces(test: impl FnOnce(&str, &mut Interfaces) + Send) {
+        let netns = Netns::new();
+        netns.run(|| test(&netns.name, &mut Interfaces::open().unwrap()));
     }
 
     /// Adds a device that is neither bridge nor port, optionally at a given ifindex. dummy is the
@@ -427,25 +423,13 @@ mod tests {
 
     /// ifindex of a device, as `ip` sees it.
     fn ifindex(ns: &str, dev: &str) -> u32 {
-        let out = Command::new("ip")
-            .args(["-n", ns, "-o", "link", "show", "dev", dev])
-            .output()
-            .expect("run ip");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8_lossy(&out.stdout);
-        text.split(':').next().unwrap().trim().parse().unwrap()
+        let line = ipn(ns, &["-o", "link", "show", "dev", dev]);
+        line.split(':').next().unwrap().trim().parse().unwrap()
     }
 
     #[test]
     fn names_masters_and_bridges_follow_changes() {
-        let netns = Netns::new();
-        netns.run(|| {
-            let ns = netns.name.as_str();
-            let mut ifs = Interfaces::open().unwrap();
+        with_interfaces(|ns, ifs| {
             // A fresh namespace holds only lo, always ifindex 1.
             assert_eq!(ifs.name(1).as_deref(), Some("lo"));
             assert_eq!(ifs.links.len(), 1, "{:?}", ifs.links);
@@ -525,10 +509,7 @@ mod tests {
 
     #[test]
     fn reused_ifindex_shows_the_new_interface() {
-        let netns = Netns::new();
-        netns.run(|| {
-            let ns = netns.name.as_str();
-            let mut ifs = Interfaces::open().unwrap();
+        with_interfaces(|ns, ifs| {
             ipn(ns, &["link", "add", "br-old", "type", "bridge"]);
             let index = ifindex(ns, "br-old");
             assert_eq!(ifs.bridge_of(index).as_deref(), Some("br-old"));
@@ -553,29 +534,14 @@ mod tests {
 
     #[test]
     fn lost_notifications_trigger_a_dump() {
-        let netns = Netns::new();
-        netns.run(|| {
-            let ns = netns.name.as_str();
-            let mut ifs = Interfaces::open().unwrap();
+        with_interfaces(|ns, ifs| {
             // The smallest receive buffer the kernel allows, then far more notifications than fit.
             ifs.events.set_rx_buf_sz(0i32).unwrap();
             // Bridges: a kind every kernel that runs tracer has.
             let batch: String = (0..200)
                 .map(|i| format!("link add dm{i} type bridge\n"))
                 .collect();
-            let path = std::env::temp_dir().join(format!("{ns}.batch"));
-            std::fs::write(&path, batch).unwrap();
-            let result = Command::new("ip")
-                .args(["-n", ns, "-batch"])
-                .arg(&path)
-                .output();
-            let _ = std::fs::remove_file(&path);
-            let out = result.unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            ip_with_input(&["-n", ns, "-batch", "-"], &batch);
 
             let dumps = ifs.dumps;
             // Any dump in the last MIN_REDUMP_INTERVAL would delay the forced one.
@@ -593,10 +559,7 @@ mod tests {
 
     #[test]
     fn misses_redump_at_a_limited_rate() {
-        let netns = Netns::new();
-        netns.run(|| {
-            let ns = netns.name.as_str();
-            let mut ifs = Interfaces::open().unwrap();
+        with_interfaces(|ns, ifs| {
             // Drop the notification socket's subscription so only a dump can learn of new links.
             ifs.events.drop_membership(RTNLGRP_LINK).unwrap();
             add_plain(ns, "dm-a", None);

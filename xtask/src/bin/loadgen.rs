@@ -16,7 +16,8 @@
 
 use std::io::{self, Read, Write};
 use std::mem;
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -132,121 +133,43 @@ fn os_error(what: &str) -> String {
     format!("{what}: {}", io::Error::last_os_error())
 }
 
-fn sockaddr(addr: SocketAddrV4) -> libc::sockaddr_in {
-    // SAFETY: sockaddr_in is plain data; all-zero is a valid value to fill in.
-    let mut sa: libc::sockaddr_in = unsafe { mem::zeroed() };
-    sa.sin_family = libc::AF_INET as libc::sa_family_t;
-    sa.sin_port = addr.port().to_be();
-    sa.sin_addr.s_addr = u32::from(*addr.ip()).to_be();
-    sa
+/// setsockopt with an int value, for the options std has no setter for.
+fn set_int(
+    socket: &UdpSocket,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> Result<(), String> {
+    // SAFETY: the option value is a live c_int of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(os_error(&format!("setsockopt {level}/{name}")));
+    }
+    Ok(())
 }
 
-/// A UDP socket that closes itself.
-struct Socket(libc::c_int);
-
-impl Socket {
-    fn udp() -> Result<Socket, String> {
-        // SAFETY: plain socket(2) call.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
-            return Err(os_error("socket"));
-        }
-        Ok(Socket(fd))
+/// The socket `recv` and `dns` receive on, bound to `addr`. A receive buffer big enough to
+/// ride out scheduling hiccups of the receiver, so the count reflects what the path delivered
+/// rather than how promptly we were scheduled: SO_RCVBUFFORCE (root) goes past
+/// net.core.rmem_max without changing that sysctl. A blocking receive gives up after [`POLL`],
+/// so the loop sees the stop flag.
+fn receiving_socket(addr: SocketAddrV4) -> Result<UdpSocket, String> {
+    let socket = UdpSocket::bind(addr).map_err(|e| format!("bind {addr}: {e}"))?;
+    if set_int(&socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 32 << 20).is_err() {
+        let _ = set_int(&socket, libc::SOL_SOCKET, libc::SO_RCVBUF, 32 << 20);
     }
-
-    fn set_int(
-        &self,
-        level: libc::c_int,
-        name: libc::c_int,
-        value: libc::c_int,
-    ) -> Result<(), String> {
-        // SAFETY: the option value is a live c_int of the size passed.
-        let rc = unsafe {
-            libc::setsockopt(
-                self.0,
-                level,
-                name,
-                (&value as *const libc::c_int).cast(),
-                mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(os_error(&format!("setsockopt {level}/{name}")));
-        }
-        Ok(())
-    }
-
-    fn receive_timeout(&self, timeout: Duration) -> Result<(), String> {
-        let tv = libc::timeval {
-            tv_sec: timeout.as_secs() as libc::time_t,
-            tv_usec: timeout.subsec_micros() as libc::suseconds_t,
-        };
-        // SAFETY: the option value is a live timeval of the size passed.
-        let rc = unsafe {
-            libc::setsockopt(
-                self.0,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(os_error("setsockopt SO_RCVTIMEO"));
-        }
-        Ok(())
-    }
-
-    fn bind(&self, addr: SocketAddrV4) -> Result<(), String> {
-        let sa = sockaddr(addr);
-        // SAFETY: sa is a valid sockaddr_in of the length passed.
-        let rc = unsafe {
-            libc::bind(
-                self.0,
-                (&sa as *const libc::sockaddr_in).cast(),
-                mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(os_error(&format!("bind {addr}")));
-        }
-        Ok(())
-    }
-
-    fn connect(&self, addr: SocketAddrV4) -> Result<(), String> {
-        let sa = sockaddr(addr);
-        // SAFETY: sa is a valid sockaddr_in of the length passed.
-        let rc = unsafe {
-            libc::connect(
-                self.0,
-                (&sa as *const libc::sockaddr_in).cast(),
-                mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(os_error(&format!("connect {addr}")));
-        }
-        Ok(())
-    }
-
-    /// A receive buffer big enough to ride out scheduling hiccups of the receiver, so the
-    /// count reflects what the path delivered rather than how promptly we were scheduled.
-    /// SO_RCVBUFFORCE (root) goes past net.core.rmem_max without changing that sysctl.
-    fn big_receive_buffer(&self) {
-        if self
-            .set_int(libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 32 << 20)
-            .is_err()
-        {
-            let _ = self.set_int(libc::SOL_SOCKET, libc::SO_RCVBUF, 32 << 20);
-        }
-    }
-}
-
-impl Drop for Socket {
-    fn drop(&mut self) {
-        // SAFETY: we own the descriptor.
-        unsafe { libc::close(self.0) };
-    }
+    socket
+        .set_read_timeout(Some(POLL))
+        .map_err(|e| format!("setsockopt SO_RCVTIMEO: {e}"))?;
+    Ok(socket)
 }
 
 fn install_stop_handler() {
@@ -287,16 +210,14 @@ fn send(o: &Options) -> Result<String, String> {
         return Err("send needs --duration or --count".to_string());
     }
     install_stop_handler();
-    let socket = Socket::udp()?;
+    let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))
+        .map_err(|e| format!("socket: {e}"))?;
     // A large send buffer keeps sendmmsg from blocking on socket memory; the path itself is
     // what should limit the rate.
-    if socket
-        .set_int(libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, 8 << 20)
-        .is_err()
-    {
-        let _ = socket.set_int(libc::SOL_SOCKET, libc::SO_SNDBUF, 8 << 20);
+    if set_int(&socket, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, 8 << 20).is_err() {
+        let _ = set_int(&socket, libc::SOL_SOCKET, libc::SO_SNDBUF, 8 << 20);
     }
-    socket.connect(dst)?;
+    socket.connect(dst).map_err(|e| format!("connect {dst}: {e}"))?;
 
     // With a rate, batches shrink so one batch is at most about a millisecond of traffic.
     let batch = match o.rate {
@@ -350,7 +271,7 @@ fn send(o: &Options) -> Result<String, String> {
             }
         }
         // SAFETY: msgs[..n] point at live iovecs and payload buffers.
-        let rc = unsafe { libc::sendmmsg(socket.0, msgs.as_mut_ptr(), n as libc::c_uint, 0) };
+        let rc = unsafe { libc::sendmmsg(socket.as_raw_fd(), msgs.as_mut_ptr(), n as libc::c_uint, 0) };
         if rc < 0 {
             let err = io::Error::last_os_error();
             if err.raw_os_error() == Some(libc::EINTR) {
@@ -435,10 +356,7 @@ impl Slots {
 fn receive(o: &Options) -> Result<String, String> {
     let bind = o.bind.ok_or("recv needs --bind")?;
     install_stop_handler();
-    let socket = Socket::udp()?;
-    socket.big_receive_buffer();
-    socket.receive_timeout(POLL)?;
-    socket.bind(bind)?;
+    let socket = receiving_socket(bind)?;
     let dropped_before = udp_rcvbuf_errors();
     announce_ready()?;
     let mut slots = Slots::new();
@@ -460,12 +378,12 @@ fn receive(o: &Options) -> Result<String, String> {
             .sum::<u64>();
     };
     while !STOP.load(Ordering::Relaxed) {
-        let n = slots.receive(socket.0, libc::MSG_WAITFORONE)?;
+        let n = slots.receive(socket.as_raw_fd(), libc::MSG_WAITFORONE)?;
         tally(n, &slots);
     }
     // What arrived before the stop and still sits in the socket buffer counts.
     loop {
-        let n = slots.receive(socket.0, libc::MSG_DONTWAIT)?;
+        let n = slots.receive(socket.as_raw_fd(), libc::MSG_DONTWAIT)?;
         if n == 0 {
             break;
         }
@@ -533,10 +451,7 @@ fn dns_answer(query: &[u8], reply: &mut [u8; SLOT]) -> Option<usize> {
 fn dns(o: &Options) -> Result<String, String> {
     let bind = o.bind.ok_or("dns needs --bind")?;
     install_stop_handler();
-    let socket = Socket::udp()?;
-    socket.big_receive_buffer();
-    socket.receive_timeout(POLL)?;
-    socket.bind(bind)?;
+    let socket = receiving_socket(bind)?;
     announce_ready()?;
     let mut slots = Slots::new();
     let mut replies = vec![[0u8; SLOT]; MAX_BATCH];
@@ -551,7 +466,7 @@ fn dns(o: &Options) -> Result<String, String> {
     let mut out: Vec<libc::mmsghdr> = (0..MAX_BATCH).map(|_| unsafe { mem::zeroed() }).collect();
     let (mut queries, mut answered, mut send_errors) = (0u64, 0u64, 0u64);
     while !STOP.load(Ordering::Relaxed) {
-        let n = slots.receive(socket.0, libc::MSG_WAITFORONE)?;
+        let n = slots.receive(socket.as_raw_fd(), libc::MSG_WAITFORONE)?;
         queries += n as u64;
         let mut k = 0;
         for i in 0..n {
@@ -572,7 +487,7 @@ fn dns(o: &Options) -> Result<String, String> {
             // SAFETY: out[done..k] point at live reply buffers and sender addresses.
             let rc = unsafe {
                 libc::sendmmsg(
-                    socket.0,
+                    socket.as_raw_fd(),
                     out[done..].as_mut_ptr(),
                     (k - done) as libc::c_uint,
                     0,
@@ -689,7 +604,6 @@ fn json_string(s: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
 
     #[test]
     fn answers_a_query_with_one_a_record() {
