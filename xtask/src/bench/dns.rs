@@ -8,13 +8,12 @@ use anyhow::{anyhow, Result};
 use tracer_tests::lab::{Ns, CLUSTER_DNS_IP, SERVER_IP};
 
 use super::{
-    check_interrupted,
-    procs::{cpu_seconds, peak_rss_kib, rss_kib, Proc, Stdout},
-    report::print_dns_run,
-    results::{DnsRun, SoakRun},
-    rotated,
+    check_interrupted, interleave,
+    procs::{cpu_seconds, peak_rss_kib, rss_kib, Ended, Proc, Stdout},
+    results::{DnsRun, Observed, SoakRun},
     runner::Bench,
-    stats::{self},
+    stats::{self, DnsPerf},
+    table::print_dns_run,
     Mode, Plan, DNS_OUTSTANDING, DNS_PORT, SOAK_SAMPLE,
 };
 
@@ -64,21 +63,12 @@ impl Bench<'_> {
 
     pub(super) fn dns_rounds(&self, plan: &Plan) -> Result<Vec<DnsRun>> {
         let responder = self.dns_responder()?;
-        let mut runs = Vec::new();
-        for round in 0..plan.dns_rounds {
-            for mode in rotated(round) {
-                for m in [Mode::Baseline, mode] {
-                    let mut run = self.dns_run(m, plan.load_secs)?;
-                    run.round = round;
-                    print_dns_run(&run);
-                    runs.push(run);
-                }
-            }
-        }
-        let mut last = self.dns_run(Mode::Baseline, plan.load_secs)?;
-        last.round = plan.dns_rounds.saturating_sub(1);
-        print_dns_run(&last);
-        runs.push(last);
+        let runs = interleave(plan.dns_rounds, |mode, round| {
+            let mut run = self.dns_run(mode, plan.load_secs)?;
+            run.round = round;
+            print_dns_run(&run);
+            Ok(run)
+        })?;
         responder.stop()?;
         Ok(runs)
     }
@@ -102,14 +92,7 @@ impl Bench<'_> {
                 }
             }
         }
-        let ended = dnsperf.finish(Duration::from_secs(30))?;
-        let perf = stats::parse_dnsperf(&ended.out.join("\n")).ok_or_else(|| {
-            anyhow!(
-                "dnsperf printed no statistics ({}): {}",
-                ended.status,
-                ended.err
-            )
-        })?;
+        let perf = dnsperf_statistics(&dnsperf.finish(Duration::from_secs(30))?)?;
         let summary = observer.finish()?.and_then(|(_, summary, _)| summary);
         responder.stop()?;
         Ok(SoakRun {
@@ -121,24 +104,7 @@ impl Bench<'_> {
 
     pub(super) fn dns_run(&self, mode: Mode, secs: f64) -> Result<DnsRun> {
         check_interrupted()?;
-        let observer = self.observe(mode, DNS_PORT)?;
-        let pid = observer.pid();
-        let cpu_before = pid.and_then(cpu_seconds);
-        let t0 = Instant::now();
-        let ended = Proc::spawn(self.dnsperf(secs)?, "dnsperf", Stdout::Capture)?
-            .finish(Duration::from_secs_f64(secs + 20.0))?;
-        let wall = t0.elapsed().as_secs_f64();
-        let cpu_after = pid.and_then(cpu_seconds);
-        let rss_kib = pid.and_then(peak_rss_kib);
-        let perf = stats::parse_dnsperf(&ended.out.join("\n")).ok_or_else(|| {
-            anyhow!(
-                "dnsperf printed no statistics ({}): {}\n{}",
-                ended.status,
-                ended.out.join("\n"),
-                ended.err
-            )
-        })?;
-        let observed = observer.observed(cpu_before, cpu_after, wall, rss_kib)?;
+        let (perf, observed) = self.observed_dnsperf(mode, secs, |_| Ok(false))?;
         Ok(DnsRun {
             mode,
             round: 0,
@@ -146,4 +112,38 @@ impl Bench<'_> {
             observed,
         })
     }
+
+    /// dnsperf for `secs` with `mode`'s observer attached. `meanwhile` is called with the time
+    /// since the load started, again and again while it returns true and dnsperf runs.
+    pub(super) fn observed_dnsperf(
+        &self,
+        mode: Mode,
+        secs: f64,
+        mut meanwhile: impl FnMut(Duration) -> Result<bool>,
+    ) -> Result<(DnsPerf, Option<Observed>)> {
+        let observer = self.observe(mode, DNS_PORT)?;
+        let pid = observer.pid();
+        let cpu_before = pid.and_then(cpu_seconds);
+        let started = Instant::now();
+        let mut dnsperf = Proc::spawn(self.dnsperf(secs)?, "dnsperf", Stdout::Capture)?;
+        while dnsperf.running() && meanwhile(started.elapsed())? {}
+        let ended = dnsperf.finish(Duration::from_secs_f64(secs + 20.0))?;
+        let wall = started.elapsed().as_secs_f64();
+        let cpu_after = pid.and_then(cpu_seconds);
+        let rss_kib = pid.and_then(peak_rss_kib);
+        let perf = dnsperf_statistics(&ended)?;
+        let observed = observer.observed(cpu_before, cpu_after, wall, rss_kib)?;
+        Ok((perf, observed))
+    }
+}
+
+fn dnsperf_statistics(ended: &Ended) -> Result<DnsPerf> {
+    stats::parse_dnsperf(&ended.out.join("\n")).ok_or_else(|| {
+        anyhow!(
+            "dnsperf printed no statistics ({}): {}\n{}",
+            ended.status,
+            ended.out.join("\n"),
+            ended.err
+        )
+    })
 }

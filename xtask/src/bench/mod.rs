@@ -1,34 +1,43 @@
-//! `cargo xtask bench [--smoke] [--tracer PATH]`: what tracer costs per packet, measured side by side with no
-//! tracer and with the manual workflow it replaces (an iptables TRACE rule and a trace reader).
+//! `cargo xtask bench [--smoke] [--tracer PATH] [--append-results]`: what tracer costs per packet,
+//! measured side by side with no tracer and with the manual workflow it replaces (an iptables TRACE
+//! rule and a trace reader).
 //!
 //! The load runs in the test lab (tests/src/lab.rs): a client and a server namespace on bridge
 //! cni0 of a node namespace, the server behind a ClusterIP DNAT on the node. `loadgen` (a release
 //! build of xtask/src/bin/loadgen.rs) sends UDP from the client to the ClusterIP with sendmmsg as
 //! fast as the lab takes it and counts what reaches the server; a second run puts dnsperf against
-//! loadgen's DNS responder through the same ClusterIP. Every figure is measured in four modes:
+//! loadgen's DNS responder through the same ClusterIP. Every figure is measured in five modes:
 //!
 //! - `baseline`: nothing attached;
 //! - `unrelated`: `tracer watch` attached, watching a port no traffic uses (the cost of being there);
-//! - `traced`: `tracer watch` on the load's port, every packet a record, JSON to a pipe;
+//! - `traced`: `tracer watch` on the load's port, every packet a journey record, JSON to a pipe;
+//! - `findings_only`: `tracer watch --findings-only` on the load's port: on a healthy node the
+//!   kernel sends nothing, so this is the cost of the always-on mode;
 //! - `iptables_trace`: `iptables -t raw -A PREROUTING ... -j TRACE` (iptables-nft) with
 //!   `nft monitor trace` reading the trace events in the node namespace.
 //!
 //! Runs are interleaved — baseline, mode, baseline, mode, ... with the order of the modes rotated
-//! every round — and each mode's ratio is the median over rounds of its rate divided by the mean of
-//! the two baselines next to it, so drift of a shared 2-core machine cancels out.
+//! every round — and each mode's run is compared with the two baselines next to it (its rate over
+//! theirs, and the nanoseconds per packet it added), so drift of a shared 2-core machine cancels
+//! out; each figure is the median over rounds, with its spread.
+//!
+//! A last phase builds the lab broken — `bridge-nf-call-iptables=0` and a FORWARD REJECT — and
+//! checks that `--findings-only` still names both findings under the full DNS load.
 //!
 //! Results go to `target/bench/results.json` (`results-smoke.json` for `--smoke`) and a table on
-//! stdout; bench/RESULTS.md records the figures with the machine they came from. `--tracer PATH`
-//! benches a prebuilt tracer instead of building this checkout's, to compare two builds. Targets
-//! are reported, never enforced. Ctrl-C stops at the next step; processes and the lab are removed.
+//! stdout; `--append-results` also appends the table to bench/RESULTS.md. `--tracer PATH` benches
+//! a prebuilt tracer instead of building this checkout's, to compare two builds. Targets are
+//! reported, never enforced. Ctrl-C stops at the next step; processes and the lab are removed.
 
 mod dns;
+mod findings;
 mod observer;
 mod procs;
 mod report;
 mod results;
 mod runner;
 mod stats;
+mod table;
 mod udp;
 
 use std::path::{Path, PathBuf};
@@ -92,20 +101,40 @@ pub enum Mode {
     Baseline,
     Unrelated,
     Traced,
+    FindingsOnly,
     IptablesTrace,
 }
 
 impl Mode {
     /// The modes compared with the baseline.
-    const MEASURED: [Mode; 3] = [Mode::Unrelated, Mode::Traced, Mode::IptablesTrace];
+    const MEASURED: [Mode; 4] = [
+        Mode::Unrelated,
+        Mode::Traced,
+        Mode::FindingsOnly,
+        Mode::IptablesTrace,
+    ];
+    /// Every mode, in the order the report lists them.
+    pub const ALL: [Mode; 5] = [
+        Mode::Baseline,
+        Mode::Unrelated,
+        Mode::Traced,
+        Mode::FindingsOnly,
+        Mode::IptablesTrace,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Mode::Baseline => "baseline",
             Mode::Unrelated => "unrelated",
             Mode::Traced => "traced",
+            Mode::FindingsOnly => "findings_only",
             Mode::IptablesTrace => "iptables_trace",
         }
+    }
+
+    /// tracer is the observer (the others have none, or the TRACE workflow's reader).
+    pub fn is_tracer(self) -> bool {
+        matches!(self, Mode::Unrelated | Mode::Traced | Mode::FindingsOnly)
     }
 }
 
@@ -122,6 +151,8 @@ pub struct Plan {
     pub lossless_steps: usize,
     /// One run of the TRACE workflow with xtables-monitor as the reader, to record how it fares.
     pub xtables_monitor_probe: bool,
+    /// Length of the DNS load on the broken lab, in seconds.
+    pub findings_secs: f64,
 }
 
 impl Plan {
@@ -135,6 +166,7 @@ impl Plan {
             calibration_packets: 2000,
             lossless_steps: 6,
             xtables_monitor_probe: true,
+            findings_secs: 5.0,
         }
     }
 
@@ -146,16 +178,20 @@ impl Plan {
             load_secs: 0.5,
             attach_trials: 1,
             calibration_packets: 200,
-            lossless_steps: 0,
+            // One step, so the smoke results hold every figure a full run has.
+            lossless_steps: 1,
             xtables_monitor_probe: false,
+            findings_secs: 1.0,
         }
     }
 }
 
-const USAGE: &str = "usage: cargo xtask bench [--smoke | --soak MINUTES] [--tracer PATH]";
+const USAGE: &str =
+    "usage: cargo xtask bench [--smoke | --soak MINUTES | --append-results] [--tracer PATH]";
 
 pub fn run(args: &[String]) -> Result<ExitCode> {
     let mut smoke = false;
+    let mut append = false;
     let mut soak_minutes: Option<f64> = None;
     // A prebuilt tracer instead of this checkout's: to compare builds, e.g. before and after a
     // performance fix, on the same machine.
@@ -164,6 +200,7 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--smoke" => smoke = true,
+            "--append-results" => append = true,
             "--soak" => {
                 let minutes = it
                     .next()
@@ -183,6 +220,10 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
             _ => bail!("unknown argument {arg}; {USAGE}"),
         }
     }
+    // The record of figures holds full runs only: a smoke run's figures mean nothing.
+    if append && (smoke || soak_minutes.is_some()) {
+        bail!("--append-results goes with a full run only; {USAGE}");
+    }
     cmd::require_root("bench")?;
     install_signal_handlers();
     phase("bench", "setup");
@@ -195,18 +236,14 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
             cmd::build_tracer(cmd::Build::Release)?
         }
     };
-    if let Some(minutes) = soak_minutes {
-        return match soak(&tracer, minutes * 60.0) {
-            Ok(_) => Ok(ExitCode::SUCCESS),
-            Err(_) if INTERRUPTED.load(Ordering::SeqCst) => {
-                eprintln!("xtask bench: interrupted; the lab and its processes are gone.");
-                Ok(ExitCode::from(130))
-            }
-            Err(e) => Err(e),
-        };
-    }
-    let plan = if smoke { Plan::smoke() } else { Plan::full() };
-    match bench(&plan, &tracer) {
+    let outcome = match soak_minutes {
+        Some(minutes) => soak(&tracer, minutes * 60.0),
+        None => {
+            let plan = if smoke { Plan::smoke() } else { Plan::full() };
+            bench(&plan, &tracer, append)
+        }
+    };
+    match outcome {
         Ok(_) => Ok(ExitCode::SUCCESS),
         Err(_) if INTERRUPTED.load(Ordering::SeqCst) => {
             eprintln!("xtask bench: interrupted; the lab and its processes are gone.");
@@ -219,22 +256,35 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
 /// The smoke bench against an existing tracer build (`cargo xtask test` passes its test build).
 pub fn smoke(tracer: &Path) -> Result<PathBuf> {
     install_signal_handlers();
-    bench(&Plan::smoke(), tracer)
+    bench(&Plan::smoke(), tracer, false)
 }
 
-fn bench(plan: &Plan, tracer: &Path) -> Result<PathBuf> {
+fn bench(plan: &Plan, tracer: &Path, append: bool) -> Result<PathBuf> {
     let started = Instant::now();
     phase("bench", "cargo build --release --bin loadgen");
     let loadgen = build_loadgen()?;
     let machine = report::machine(tracer);
     phase("bench", "building the lab");
-    let lab = Lab::new(LabConfig::healthy())?;
-    let bench = Bench::new(&lab, tracer, &loadgen)?;
-    let measured = bench.measure(plan);
-    drop(bench);
-    drop(lab);
-    let measured = measured?;
-    let results = report::results(plan, machine, &measured, started.elapsed());
+    let measured = {
+        let lab = Lab::new(LabConfig::healthy())?;
+        Bench::new(&lab, tracer, &loadgen)?.measure(plan)?
+    };
+    // A phase of its own, on a lab of its own: it breaks what every other run needs healthy.
+    phase(
+        "bench",
+        "building the lab broken: bridge-nf-call-iptables=0 and a FORWARD REJECT",
+    );
+    let findings = Lab::new(LabConfig::bridge_nf_call_iptables_off()).and_then(|lab| {
+        Bench::new(&lab, tracer, &loadgen)?.findings_under_load(plan.findings_secs)
+    });
+    check_interrupted()?;
+    let results = report::results(
+        plan,
+        machine,
+        &measured,
+        findings.as_ref().map_err(|e| format!("{e:#}")),
+        started.elapsed(),
+    );
     let dir = cmd::workspace_root().join("target/bench");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let file = dir.join(if plan.smoke {
@@ -244,8 +294,16 @@ fn bench(plan: &Plan, tracer: &Path) -> Result<PathBuf> {
     });
     let text = serde_json::to_string_pretty(&results)? + "\n";
     std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
-    println!("{}", report::table(&results));
+    let printed = table::table(&results);
+    println!("{printed}");
     phase("bench", &format!("results written to {}", file.display()));
+    // The figures are kept either way; a phase that could not run still fails the bench.
+    findings.context("the findings phase")?;
+    if append {
+        let record = cmd::workspace_root().join("bench/RESULTS.md");
+        table::append_to_record(&record, &results, &printed)?;
+        phase("bench", &format!("table appended to {}", record.display()));
+    }
     Ok(file)
 }
 
@@ -362,10 +420,30 @@ fn build_loadgen() -> Result<PathBuf> {
 }
 
 /// The measured modes in round `round`'s order: rotated, so no mode always follows the same one.
-fn rotated(round: usize) -> [Mode; 3] {
+fn rotated(round: usize) -> [Mode; Mode::MEASURED.len()] {
     let mut modes = Mode::MEASURED;
     modes.rotate_left(round % Mode::MEASURED.len());
     modes
+}
+
+/// "unrelated, traced, ...": the measured modes, for progress lines.
+fn measured_names() -> String {
+    Mode::MEASURED.map(Mode::name).join(", ")
+}
+
+/// The interleaved rounds: in each, a baseline before every measured mode (rotated), and one
+/// last baseline after the last round, so every measured run has a baseline on either side.
+/// `run` is given the mode and the round.
+fn interleave<R>(rounds: usize, mut run: impl FnMut(Mode, usize) -> Result<R>) -> Result<Vec<R>> {
+    let mut runs = Vec::new();
+    for round in 0..rounds {
+        for mode in rotated(round) {
+            runs.push(run(Mode::Baseline, round)?);
+            runs.push(run(mode, round)?);
+        }
+    }
+    runs.push(run(Mode::Baseline, rounds.saturating_sub(1))?);
+    Ok(runs)
 }
 
 #[cfg(test)]
@@ -377,8 +455,25 @@ mod tests {
         assert_eq!(rotated(0), Mode::MEASURED);
         assert_eq!(
             rotated(1),
-            [Mode::Traced, Mode::IptablesTrace, Mode::Unrelated]
+            [
+                Mode::Traced,
+                Mode::FindingsOnly,
+                Mode::IptablesTrace,
+                Mode::Unrelated
+            ]
         );
-        assert_eq!(rotated(3), Mode::MEASURED);
+        assert_eq!(rotated(Mode::MEASURED.len()), Mode::MEASURED);
+    }
+
+    #[test]
+    fn every_measured_run_sits_between_baselines() {
+        let runs = interleave(2, |mode, round| Ok((mode, round))).expect("no run fails");
+        assert_eq!(runs.len(), 2 * 2 * Mode::MEASURED.len() + 1);
+        for (i, (mode, _)) in runs.iter().enumerate() {
+            assert_eq!(*mode == Mode::Baseline, i % 2 == 0, "run {i}: {mode:?}");
+        }
+        assert_eq!(runs[1], (Mode::Unrelated, 0));
+        assert_eq!(runs[runs.len() - 2], (Mode::Unrelated, 1));
+        assert_eq!(runs[runs.len() - 1], (Mode::Baseline, 1));
     }
 }

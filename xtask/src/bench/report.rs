@@ -1,23 +1,27 @@
-//! results.json and the table: the headline figures, the targets they are held against, and every
-//! run behind them so a figure can be traced back to what was measured.
+//! results.json: the headline figures, the targets they are held against, each figure's spread
+//! over the rounds behind it, and every run, so a figure can be traced back to what was measured.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
-use super::results::{Calibration, DnsRun, Measured, Observed, UdpRun};
-use super::stats::{self, median};
-use super::{Mode, Plan};
+use super::findings::REJECTED_CLIENT_IP;
+use super::results::{Calibration, DnsRun, FindingsUnderLoad, Measured, Observed, UdpRun};
+use super::stats::{self, median, Spread, Summary};
+use super::{Mode, Plan, DNS_PORT};
 use crate::cmd::{self, probe};
 
 /// What the issue asks of tracer; the bench reports these, it does not fail on them.
 const TARGET_UNRELATED_RATIO: f64 = 0.97;
 const TARGET_TRACED_RATIO: f64 = 0.85;
+const TARGET_FINDINGS_ONLY_RATIO: f64 = 0.95;
 const TARGET_ATTACH_MS: f64 = 1000.0;
 const TARGET_RSS_MIB: f64 = 64.0;
+/// The findings a broken node's findings-only watch must name under load.
+pub const FINDINGS_UNDER_LOAD: [&str; 2] = ["conntrack_skip", "netfilter_reject"];
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
@@ -67,6 +71,11 @@ pub fn machine(tracer: &Path) -> Value {
             c
         }
     });
+    // Cargo puts a build in a folder named after its profile (release, checked, debug).
+    let profile = tracer
+        .parent()
+        .and_then(Path::file_name)
+        .map(|p| p.to_string_lossy().into_owned());
     json!({
         "cpu_model": cpu_model,
         "cpus": std::thread::available_parallelism().map(|n| n.get()).ok(),
@@ -74,23 +83,43 @@ pub fn machine(tracer: &Path) -> Value {
         "memory_mib": memory_mib,
         "kernel": read("/proc/sys/kernel/osrelease").trim(),
         "date_utc": probe(Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])).map(|d| d.trim().to_string()),
-        "tracer_build": if tracer.components().any(|c| c.as_os_str() == "release") { "release" } else { "debug" },
+        "tracer_build": profile,
         "tracer_commit": commit,
         "tracer_binary": tracer.display().to_string(),
         "load_average_at_start": load_average(),
     })
 }
 
+fn round_to(x: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (x * scale).round() / scale
+}
+
 fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
+    round_to(x, 3)
 }
 
 fn round1(x: f64) -> f64 {
-    (x * 10.0).round() / 10.0
+    round_to(x, 1)
 }
 
 fn opt<T: Into<Value>>(x: Option<T>) -> Value {
     x.map_or(Value::Null, Into::into)
+}
+
+/// A spread as results.json holds it, its values rounded to `decimals`.
+fn spread_json(s: Option<Spread>, decimals: i32) -> Value {
+    let Some(s) = s else {
+        return Value::Null;
+    };
+    let r = |x: f64| round_to(x, decimals);
+    json!({
+        "median": r(s.median),
+        "min": r(s.min),
+        "max": r(s.max),
+        "iqr": s.quartiles.map(|(q1, q3)| [r(q1), r(q3)]),
+        "n": s.count,
+    })
 }
 
 fn observed_json(o: &Option<Observed>) -> Value {
@@ -100,9 +129,12 @@ fn observed_json(o: &Option<Observed>) -> Value {
             "lines": o.lines,
             "bridge_in_lines": o.matched,
             "bytes": o.bytes,
-            "records": o.summary.as_ref().map(|s| s.packets),
+            "records": o.summary.as_ref().map(|s| s.records),
+            "packet_lines": o.summary.as_ref().map(|s| s.packets),
             "lost": o.summary.as_ref().map(|s| s.lost),
             "lost_per_cpu": o.summary.as_ref().map(|s| s.lost_per_cpu.clone()),
+            "finding_counts": o.summary.as_ref().map(|s| json!(s.finding_counts)),
+            "unconfirmed_counts": o.summary.as_ref().map(|s| json!(s.unconfirmed_counts)),
             "cpu_percent": o.cpu_percent.map(round1),
             "peak_rss_kib": o.rss_kib,
             "exit": o.exit,
@@ -127,11 +159,10 @@ fn udp_run_json(r: &UdpRun) -> Value {
             "generated": a.generated,
             "pre_bridge_drops": a.pre_bridge_drops,
             "bridged": a.bridged,
-            "received_bridge_in_records": a.received_bridge_in_records,
-            "missing_bridge_in_records": a.missing_bridge_in_records,
-            "received_packet_records": a.received_packet_records,
-            "expected_records": a.expected_records,
-            "lost_events": a.lost_events,
+            "received_bridge_in_lines": a.received_bridge_in_lines,
+            "missing_bridge_in_lines": a.missing_bridge_in_lines,
+            "records": a.records,
+            "lost_records": a.lost_records,
             "consistent": a.consistent,
         })),
     })
@@ -150,216 +181,346 @@ fn dns_run_json(r: &DnsRun) -> Value {
     })
 }
 
-/// Median per mode of the interleaved ratios, with the ratios themselves.
-fn ratios_by_mode(runs: &[(Mode, f64)]) -> BTreeMap<&'static str, (f64, Vec<f64>)> {
-    let mut by_mode: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
-    for (mode, ratio) in stats::interleaved_ratios(runs, |m| m == Mode::Baseline) {
-        by_mode.entry(mode.name()).or_default().push(ratio);
+/// What a load's rate counts, as its figures are named.
+#[derive(Clone, Copy)]
+struct Unit {
+    /// The rate's key: `pps`, `qps`.
+    rate: &'static str,
+    /// The key of the time a mode added to each: `added_ns_per_packet`.
+    added: &'static str,
+}
+
+const PACKETS: Unit = Unit {
+    rate: "pps",
+    added: "added_ns_per_packet",
+};
+const QUERIES: Unit = Unit {
+    rate: "qps",
+    added: "added_ns_per_query",
+};
+
+/// One interleaved run as the per-mode figures see it, UDP or DNS alike.
+struct RoundRun<'a> {
+    mode: Mode,
+    rate: f64,
+    secs: f64,
+    /// What the load itself saw of each query (DNS only).
+    latency_ms: Option<f64>,
+    observed: Option<&'a Observed>,
+}
+
+impl<'a> From<&'a UdpRun> for RoundRun<'a> {
+    fn from(r: &'a UdpRun) -> Self {
+        RoundRun {
+            mode: r.mode,
+            rate: r.pps(),
+            secs: r.secs,
+            latency_ms: None,
+            observed: r.observed.as_ref(),
+        }
     }
-    by_mode
-        .into_iter()
-        .filter_map(|(k, v)| Some((k, (median(&v)?, v))))
+}
+
+impl<'a> From<&'a DnsRun> for RoundRun<'a> {
+    fn from(r: &'a DnsRun) -> Self {
+        RoundRun {
+            mode: r.mode,
+            rate: r.perf.qps,
+            secs: r.perf.run_secs,
+            latency_ms: Some(r.perf.avg_latency_ms),
+            observed: r.observed.as_ref(),
+        }
+    }
+}
+
+/// A mode's figures over its rounds.
+struct ModeFigures {
+    mode: Mode,
+    runs: usize,
+    rate: Option<Spread>,
+    ratio: Option<Spread>,
+    round_ratios: Vec<f64>,
+    added_ns: Option<Spread>,
+    latency_ms: Option<Spread>,
+    observer_cpu_percent: Option<Spread>,
+    /// Records tracer read per second, and per core it used; None where it read none at all.
+    records_per_sec: Option<Spread>,
+    records_per_sec_per_core: Option<Spread>,
+    lines_per_sec: Option<Spread>,
+    lost_per_run: Option<Spread>,
+    lost: Option<u64>,
+}
+
+fn per_mode(runs: &[RoundRun]) -> Vec<ModeFigures> {
+    let sequence: Vec<(Mode, f64)> = runs.iter().map(|r| (r.mode, r.rate)).collect();
+    let compared = stats::interleaved(&sequence, |m| m == Mode::Baseline);
+    Mode::ALL
+        .iter()
+        .map(|&mode| {
+            let of_mode: Vec<&RoundRun> = runs.iter().filter(|r| r.mode == mode).collect();
+            let figure = |f: &dyn Fn(&RoundRun) -> Option<f64>| {
+                Spread::of(&of_mode.iter().filter_map(|r| f(r)).collect::<Vec<_>>())
+            };
+            let summary = |r: &RoundRun| r.observed?.summary.clone();
+            let records_per_sec = |r: &RoundRun| Some(summary(r)?.records as f64 / r.secs);
+            let cpu = |r: &RoundRun| r.observed?.cpu_percent;
+            let delivered = of_mode
+                .iter()
+                .any(|r| summary(r).is_some_and(|s| s.records > 0));
+            let ratios: Vec<f64> = compared
+                .iter()
+                .filter(|c| c.mode == mode)
+                .filter_map(|c| c.ratio())
+                .collect();
+            let added: Vec<f64> = compared
+                .iter()
+                .filter(|c| c.mode == mode)
+                .filter_map(|c| c.added_ns())
+                .collect();
+            ModeFigures {
+                mode,
+                runs: of_mode.len(),
+                rate: figure(&|r| Some(r.rate)),
+                ratio: Spread::of(&ratios),
+                round_ratios: ratios,
+                added_ns: Spread::of(&added),
+                latency_ms: figure(&|r| r.latency_ms),
+                observer_cpu_percent: figure(&cpu),
+                records_per_sec: figure(&records_per_sec).filter(|_| delivered),
+                records_per_sec_per_core: figure(&|r| {
+                    stats::per_core(records_per_sec(r)?, cpu(r)?)
+                })
+                .filter(|_| delivered),
+                lines_per_sec: figure(&|r| Some(summary(r)?.packets as f64 / r.secs))
+                    .filter(|_| delivered),
+                lost_per_run: figure(&|r| Some(summary(r)?.lost as f64)),
+                lost: of_mode
+                    .iter()
+                    .map(|r| summary(r).map(|s| s.lost))
+                    .sum::<Option<u64>>()
+                    .filter(|_| mode.is_tracer()),
+            }
+        })
         .collect()
 }
 
-fn of_mode<'a, T>(
-    runs: &'a [T],
+fn mode_json(f: &ModeFigures, unit: Unit) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("mode".into(), json!(f.mode.name()));
+    m.insert("runs".into(), json!(f.runs));
+    m.insert(unit.rate.into(), spread_json(f.rate, 0));
+    m.insert("ratio".into(), spread_json(f.ratio, 3));
+    m.insert(unit.added.into(), spread_json(f.added_ns, 0));
+    if f.latency_ms.is_some() {
+        m.insert("latency_ms".into(), spread_json(f.latency_ms, 3));
+    }
+    m.insert(
+        "observer_cpu_percent".into(),
+        spread_json(f.observer_cpu_percent, 1),
+    );
+    m.insert("records_per_sec".into(), spread_json(f.records_per_sec, 0));
+    m.insert(
+        "records_per_sec_per_core".into(),
+        spread_json(f.records_per_sec_per_core, 0),
+    );
+    m.insert("lines_per_sec".into(), spread_json(f.lines_per_sec, 0));
+    m.insert("lost_per_run".into(), spread_json(f.lost_per_run, 0));
+    m.insert("lost".into(), opt(f.lost));
+    m.insert(
+        "round_ratios".into(),
+        json!(f
+            .round_ratios
+            .iter()
+            .copied()
+            .map(round3)
+            .collect::<Vec<_>>()),
+    );
+    m
+}
+
+fn figures_of(figures: &[ModeFigures], mode: Mode) -> Option<&ModeFigures> {
+    figures.iter().find(|f| f.mode == mode)
+}
+
+/// The median of one spread figure of one mode, rounded.
+fn median_of(
+    figures: &[ModeFigures],
     mode: Mode,
-    m: impl Fn(&T) -> Mode + 'a,
-) -> impl Iterator<Item = &'a T> + 'a {
-    runs.iter().filter(move |r| m(r) == mode)
+    pick: impl Fn(&ModeFigures) -> Option<Spread>,
+    decimals: i32,
+) -> Option<f64> {
+    figures_of(figures, mode)
+        .and_then(pick)
+        .map(|s| round_to(s.median, decimals))
+}
+
+/// `{"unrelated": 0.8, "traced": ...}`: one figure's median per measured mode.
+fn by_mode(
+    figures: &[ModeFigures],
+    pick: impl Fn(&ModeFigures) -> Option<Spread> + Copy,
+    decimals: i32,
+) -> Value {
+    Mode::MEASURED
+        .iter()
+        .map(|&mode| {
+            (
+                mode.name().to_string(),
+                opt(median_of(figures, mode, pick, decimals)),
+            )
+        })
+        .collect::<Map<_, _>>()
+        .into()
 }
 
 fn calibration_json(c: &Calibration) -> Value {
+    let names = |list: &[(String, u64)]| {
+        list.iter()
+            .map(|(k, _)| k.as_str())
+            .collect::<Vec<_>>()
+            .join(" + ")
+    };
     json!({
         "packets": c.packets,
-        "packet_records": c.packet_records,
-        "packet_records_per_packet": c.lines_per_packet(),
-        "stages": c.stages.iter().map(|(k, v)| json!({"stage": k, "records": v})).collect::<Vec<_>>(),
+        "bridged": c.bridged,
+        "records": c.summary.records,
+        "lost": c.summary.lost,
+        "records_per_packet": round3(c.records_per_packet()),
+        "lines": c.lines,
+        "lines_per_packet": round3(c.lines_per_packet()),
+        "stages": c.stages.iter().map(|(k, v)| json!({"stage": k, "lines": v})).collect::<Vec<_>>(),
         "hook_passes": c.hook_passes,
         "hook_passes_by_hook": c.hooks.iter().map(|(k, v)| json!({"hook": k, "passes": v})).collect::<Vec<_>>(),
-        "netfilter_records": c.hook_records,
-        "netfilter_records_per_packet": c.hook_records_per_packet(),
-        "ring_records_per_packet": c.lines_per_packet() + c.hook_records_per_packet(),
         "other_lines": c.other_lines,
-        "lost": c.summary.lost,
         "exact": c.exact,
-        "formula": format!(
-            "expected packet records = packets x {} ({}); expected ring records = packets x {} (+ {} netfilter records: early and late at each of {})",
-            c.lines_per_packet(),
-            c.stages.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(" + "),
-            c.lines_per_packet() + c.hook_records_per_packet(),
-            c.hook_records_per_packet(),
-            c.hooks.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", "),
+        "model": format!(
+            "{} packets, {} bridged: {} records + {} lost; per packet {} record, {} lines ({}), hooks passed {}",
+            c.packets,
+            c.bridged,
+            c.summary.records,
+            c.summary.lost,
+            round3(c.records_per_packet()),
+            round3(c.lines_per_packet()),
+            names(&c.stages),
+            names(&c.hooks),
         ),
     })
+}
+
+/// Whether the broken node's findings were named, and what the load and tracer did meanwhile.
+fn findings_json(f: Result<&FindingsUnderLoad, String>) -> Value {
+    let f = match f {
+        Ok(f) => f,
+        Err(error) => {
+            let mut v = json!({"error": error, "all_named": Value::Null});
+            for kind in FINDINGS_UNDER_LOAD {
+                v[kind] = Value::Null;
+            }
+            return v;
+        }
+    };
+    let summary = f.observed.as_ref().and_then(|o| o.summary.as_ref());
+    // A kind the summary does not list did not occur.
+    let count = |counts: fn(&Summary) -> &BTreeMap<String, u64>, kind: &str| {
+        summary.map(|s| counts(s).get(kind).copied().unwrap_or(0))
+    };
+    let named = |kind: &str| count(|s| &s.finding_counts, kind).is_some_and(|n| n > 0);
+    let mut v = json!({
+        "error": Value::Null,
+        "all_named": FINDINGS_UNDER_LOAD.iter().all(|k| named(k)),
+        "qps": f.perf.qps.round(),
+        "secs": round3(f.perf.run_secs),
+        "queries_sent": f.perf.sent,
+        "queries_completed": f.perf.completed,
+        "queries_lost": f.perf.lost,
+        "rejected_queries": f.rejected_queries,
+        "refused_seen_by_client": f.refused_seen,
+        "reject_rule_packets": f.rule_packets,
+        "tracer": observed_json(&f.observed),
+    });
+    for kind in FINDINGS_UNDER_LOAD {
+        v[kind] = json!({
+            "named": named(kind),
+            "occurrences": count(|s| &s.finding_counts, kind),
+            "unconfirmed": count(|s| &s.unconfirmed_counts, kind),
+        });
+    }
+    v
 }
 
 fn target(name: &str, wanted: &str, value: Value, met: Option<bool>) -> Value {
     json!({"figure": name, "target": wanted, "value": value, "met": met})
 }
 
-pub fn results(plan: &Plan, machine: Value, m: &Measured, elapsed: Duration) -> Value {
-    let mode_of_udp = |r: &UdpRun| r.mode;
-    let mode_of_dns = |r: &DnsRun| r.mode;
+pub fn results(
+    plan: &Plan,
+    machine: Value,
+    m: &Measured,
+    findings: Result<&FindingsUnderLoad, String>,
+    elapsed: Duration,
+) -> Value {
+    let udp_runs: Vec<RoundRun> = m.udp.iter().map(RoundRun::from).collect();
+    let udp = per_mode(&udp_runs);
+    let dns_runs: Vec<RoundRun> = m.dns.iter().map(RoundRun::from).collect();
+    let dns = per_mode(&dns_runs);
+    let ratio = |mode| median_of(&udp, mode, |f| f.ratio, 3);
+    let traced = figures_of(&udp, Mode::Traced);
 
-    // UDP: the headline figures.
-    let udp_seq: Vec<(Mode, f64)> = m.udp.iter().map(|r| (r.mode, r.pps())).collect();
-    let udp_ratios = ratios_by_mode(&udp_seq);
-    let ratio = |name: &str| udp_ratios.get(name).map(|(med, _)| round3(*med));
-    let baseline: Vec<f64> = of_mode(&m.udp, Mode::Baseline, mode_of_udp)
-        .map(UdpRun::pps)
-        .collect();
-    let traced: Vec<&UdpRun> = of_mode(&m.udp, Mode::Traced, mode_of_udp).collect();
-    let lost_events: Option<u64> = traced
+    let accounting_consistent = m
+        .udp
         .iter()
-        .map(|r| r.observed.as_ref()?.summary.as_ref().map(|s| s.lost))
-        .sum();
-    let events_per_sec = median(
-        &traced
-            .iter()
-            .filter_map(|r| Some(r.observed.as_ref()?.summary.as_ref()?.packets as f64 / r.secs))
-            .collect::<Vec<_>>(),
-    );
-    let generated_records_per_sec = median(
-        &traced
-            .iter()
-            .filter_map(|r| Some(r.accounting.as_ref()?.expected_records as f64 / r.secs))
-            .collect::<Vec<_>>(),
-    );
-    // Every record the kernel produced and did not count as lost reached tracer, netfilter
-    // records included (those only show folded into packet lines).
-    let ring_records_delivered_per_sec = median(
-        &traced
-            .iter()
-            .filter_map(|r| {
-                let a = r.accounting.as_ref()?;
-                Some(a.expected_records.saturating_sub(a.lost_events) as f64 / r.secs)
-            })
-            .collect::<Vec<_>>(),
-    );
-    let cpu_percent = median(
-        &traced
-            .iter()
-            .filter_map(|r| r.observed.as_ref()?.cpu_percent)
-            .collect::<Vec<_>>(),
-    );
-    let unrelated_cpu = median(
-        &of_mode(&m.udp, Mode::Unrelated, mode_of_udp)
-            .filter_map(|r| r.observed.as_ref()?.cpu_percent)
-            .collect::<Vec<_>>(),
-    );
+        .chain(&m.lossless)
+        .filter(|r| r.mode == Mode::Traced)
+        .all(|r| r.accounting.as_ref().is_some_and(|a| a.consistent));
     // Peak RSS over every tracer run (iptables_trace's observer is nft, not tracer).
     let tracer_rss = m
         .udp
         .iter()
-        .chain(m.lossless.iter())
-        .filter(|r| matches!(r.mode, Mode::Unrelated | Mode::Traced))
-        .filter_map(|r| r.observed.as_ref()?.rss_kib)
+        .chain(&m.lossless)
+        .filter(|r| r.mode.is_tracer())
+        .filter_map(|r| r.observed.as_ref())
         .chain(
             m.dns
                 .iter()
-                .filter(|r| matches!(r.mode, Mode::Unrelated | Mode::Traced))
-                .filter_map(|r| r.observed.as_ref()?.rss_kib),
+                .filter(|r| r.mode.is_tracer())
+                .filter_map(|r| r.observed.as_ref()),
         )
+        .chain(findings.as_ref().ok().and_then(|f| f.observed.as_ref()))
+        .filter_map(|o| o.rss_kib)
         .max();
     let rss_mib = tracer_rss.map(|k| round1(k as f64 / 1024.0));
-    let attach_ms = median(
+    let attach = Spread::of(
         &m.attach
             .iter()
             .filter_map(|a| a.first_event_ms)
             .collect::<Vec<_>>(),
     );
+    let attach_ms = attach.map(|s| s.median.round());
     let ready_ms = median(&m.attach.iter().map(|a| a.ready_ms).collect::<Vec<_>>());
-    let accounting_consistent = traced
-        .iter()
-        .all(|r| r.accounting.as_ref().is_some_and(|a| a.consistent));
 
-    let trace_runs: Vec<&UdpRun> = of_mode(&m.udp, Mode::IptablesTrace, mode_of_udp).collect();
     let trace_lines_per_packet = median(
-        &trace_runs
+        &m.udp
             .iter()
+            .filter(|r| r.mode == Mode::IptablesTrace)
             .filter_map(|r| Some(r.observed.as_ref()?.lines as f64 / r.sent.max(1) as f64))
             .collect::<Vec<_>>(),
     );
-    let nft_cpu = median(
-        &trace_runs
-            .iter()
-            .filter_map(|r| r.observed.as_ref()?.cpu_percent)
-            .collect::<Vec<_>>(),
-    );
-
-    let per_mode_udp: Vec<Value> = [
-        Mode::Baseline,
-        Mode::Unrelated,
-        Mode::Traced,
-        Mode::IptablesTrace,
-    ]
-    .iter()
-    .map(|&mode| {
-        let pps: Vec<f64> = of_mode(&m.udp, mode, mode_of_udp)
-            .map(UdpRun::pps)
-            .collect();
-        let (ratio_median, ratios) = udp_ratios
-            .get(mode.name())
-            .cloned()
-            .map_or((None, Vec::new()), |(m, v)| {
-                (Some(round3(m)), v.into_iter().map(round3).collect())
-            });
-        json!({
-            "mode": mode.name(),
-            "median_pps": median(&pps).map(f64::round),
-            "ratio": if mode == Mode::Baseline { Some(1.0) } else { ratio_median },
-            "round_ratios": ratios,
-        })
-    })
-    .collect();
 
     // The highest rate tracer followed without losing a record.
     let lossless_pps = m
         .lossless
         .iter()
-        .filter(|r| {
-            r.accounting
-                .as_ref()
-                .is_some_and(|a| a.lost_events == 0 && a.missing_bridge_in_records == 0)
-        })
+        .filter(|r| r.accounting.as_ref().is_some_and(stats::lossless))
         .map(|r| r.pps().round())
         .fold(None, |acc: Option<f64>, x| {
             Some(acc.map_or(x, |a| a.max(x)))
         });
 
-    // DNS.
-    let dns_seq: Vec<(Mode, f64)> = m.dns.iter().map(|r| (r.mode, r.perf.qps)).collect();
-    let dns_ratios = ratios_by_mode(&dns_seq);
-    let dns_traced: Vec<&DnsRun> = of_mode(&m.dns, Mode::Traced, mode_of_dns).collect();
-    let per_mode_dns: Vec<Value> = [Mode::Baseline, Mode::Unrelated, Mode::Traced, Mode::IptablesTrace]
-        .iter()
-        .map(|&mode| {
-            let runs: Vec<&DnsRun> = of_mode(&m.dns, mode, mode_of_dns).collect();
-            let (ratio_median, ratios) = dns_ratios
-                .get(mode.name())
-                .cloned()
-                .map_or((None, Vec::new()), |(m, v)| (Some(round3(m)), v.into_iter().map(round3).collect()));
-            json!({
-                "mode": mode.name(),
-                "median_qps": median(&runs.iter().map(|r| r.perf.qps).collect::<Vec<_>>()).map(f64::round),
-                "median_latency_ms": median(&runs.iter().map(|r| r.perf.avg_latency_ms).collect::<Vec<_>>()).map(round3),
-                "queries_lost": runs.iter().map(|r| r.perf.lost).sum::<u64>(),
-                "ratio": if mode == Mode::Baseline { Some(1.0) } else { ratio_median },
-                "round_ratios": ratios,
-                "observer_cpu_percent": median(&runs.iter().filter_map(|r| r.observed.as_ref()?.cpu_percent).collect::<Vec<_>>()).map(round1),
-                "observer_lines": runs.iter().filter_map(|r| r.observed.as_ref().map(|o| o.lines)).sum::<u64>(),
-            })
-        })
-        .collect();
-    let dns_lost_events: Option<u64> = dns_traced
-        .iter()
-        .map(|r| r.observed.as_ref()?.summary.as_ref().map(|s| s.lost))
-        .sum();
-
-    let traced_ratio = ratio("traced");
-    let unrelated_ratio = ratio("unrelated");
+    let findings_json = findings_json(findings);
+    let unrelated_ratio = ratio(Mode::Unrelated);
+    let traced_ratio = ratio(Mode::Traced);
+    let findings_only_ratio = ratio(Mode::FindingsOnly);
+    let lost_events = traced.and_then(|t| t.lost);
+    let both_named = findings_json["all_named"].as_bool();
     let targets = vec![
         target(
             "unrelated_ratio",
@@ -380,10 +541,16 @@ pub fn results(plan: &Plan, machine: Value, m: &Measured, elapsed: Duration) -> 
             lost_events.map(|l| l == 0),
         ),
         target(
-            "attach_ms",
-            &format!("< {TARGET_ATTACH_MS}"),
-            opt(attach_ms.map(f64::round)),
-            attach_ms.map(|a| a < TARGET_ATTACH_MS),
+            "findings_only_ratio",
+            &format!(">= {TARGET_FINDINGS_ONLY_RATIO}"),
+            opt(findings_only_ratio),
+            findings_only_ratio.map(|r| r >= TARGET_FINDINGS_ONLY_RATIO),
+        ),
+        target(
+            "findings_under_load",
+            "conntrack_skip and netfilter_reject named",
+            opt(both_named),
+            both_named,
         ),
         target(
             "rss_mib",
@@ -391,19 +558,34 @@ pub fn results(plan: &Plan, machine: Value, m: &Measured, elapsed: Duration) -> 
             opt(rss_mib),
             rss_mib.map(|r| r < TARGET_RSS_MIB),
         ),
+        target(
+            "attach_ms",
+            &format!("< {TARGET_ATTACH_MS}"),
+            opt(attach_ms),
+            attach_ms.map(|a| a < TARGET_ATTACH_MS),
+        ),
     ];
+
+    let mode_list = |figures: &[ModeFigures], unit: Unit| -> Vec<Value> {
+        figures.iter().map(|f| mode_json(f, unit).into()).collect()
+    };
 
     json!({
         "smoke": plan.smoke,
-        "baseline_pps": median(&baseline).map(f64::round),
+        "baseline_pps": median_of(&udp, Mode::Baseline, |f| f.rate, 0),
         "unrelated_ratio": unrelated_ratio,
         "traced_ratio": traced_ratio,
-        "iptables_trace_ratio": ratio("iptables_trace"),
+        "findings_only_ratio": findings_only_ratio,
+        "iptables_trace_ratio": ratio(Mode::IptablesTrace),
+        "added_ns_per_packet": by_mode(&udp, |f| f.added_ns, 0),
         "lost_events": lost_events,
-        "events_per_sec": events_per_sec.map(f64::round),
-        "cpu_percent": cpu_percent.map(round1),
+        "lossless_pps": lossless_pps,
+        "records_per_sec": median_of(&udp, Mode::Traced, |f| f.records_per_sec, 0),
+        "records_per_sec_per_core": median_of(&udp, Mode::Traced, |f| f.records_per_sec_per_core, 0),
+        "cpu_percent": median_of(&udp, Mode::Traced, |f| f.observer_cpu_percent, 1),
         "rss_mib": rss_mib,
-        "attach_ms": attach_ms.map(f64::round),
+        "attach_ms": attach_ms,
+        "findings_under_load": findings_json,
         "targets": targets,
         "machine": {
             "load_average_at_end": load_average(),
@@ -415,38 +597,42 @@ pub fn results(plan: &Plan, machine: Value, m: &Measured, elapsed: Duration) -> 
             "secs_per_run": plan.load_secs,
             "attach_trials": plan.attach_trials,
             "lossless_steps": plan.lossless_steps,
+            "findings_secs": plan.findings_secs,
             "bench_secs": elapsed.as_secs_f64().round(),
         },
         "method": {
             "load": "loadgen send (sendmmsg, 64 datagrams per call, 8-byte payload) from the client pod to ClusterIP 10.96.0.10:7000, DNATed by the node to the server pod 10.244.0.7:7000 across bridge cni0 (bridge-nf-call-iptables=1); loadgen recv counts what arrives; pps = received / send duration",
             "ratio": "per round: rate of the mode / mean of the baseline runs just before and after it; the figure is the median over rounds",
+            "added_ns": "per round: 1e9/rate of the mode minus the mean of 1e9/rate of the baselines just before and after it (the time the mode added to each packet or query on the path that limits the rate); the figure is the median over rounds",
+            "spread": "each figure's median, min, max and interquartile range (with 4 values or more; quartiles interpolated) over its runs",
             "unrelated": "tracer watch --port 7999 --output json (no traffic on that port)",
-            "traced": "tracer watch --port 7000 --output json, stdout piped to a line counter",
+            "traced": "tracer watch --port 7000 --output json (--port 5300 --dns-port 5300 for DNS), stdout piped to a line counter",
+            "findings_only": "tracer watch --findings-only --port 7000 --output json (--port 5300 --dns-port 5300 for DNS): on the healthy lab the kernel sends nothing",
             "iptables_trace": "iptables-nft -t raw -A PREROUTING -p udp --dport/--sport PORT -j TRACE in the node namespace, `nft monitor trace` there piped to a line counter",
-            "cpu_percent": "tracer's user+system CPU time during the load / wall time (100 = one core)",
+            "cpu_percent": "tracer's user+system CPU time during the load / wall time (100 = one core); for iptables_trace nft monitor's",
+            "records_per_sec": "records tracer read (summary `records`: one per packet's journey) per second of load, traced",
+            "records_per_sec_per_core": "records_per_sec / (cpu_percent / 100), per run, median",
             "rss_mib": "peak VmHWM of tracer over all its runs",
             "attach_ms": "from starting `ip netns exec NODE tracer watch` with traffic already flowing to the first packet line reaching the reader (median)",
-            "events_per_sec": "packet records tracer delivered per second in the traced runs (each also carries the netfilter records folded into it)",
-            "lost_events": "sum over the traced runs of the kernel's count of records the ring buffer could not take (all record kinds)",
+            "lost_events": "sum over the traced max-rate runs of the kernel's count of records the ring buffer could not take",
+            "lossless_pps": "traced runs at fixed rates, halving from half the baseline and then bisecting: the highest rate with no record lost and no bridge-in line missing",
+            "findings_under_load": format!("a second lab with bridge-nf-call-iptables=0 and a FORWARD REJECT (icmp-host-prohibited, ICMP redirects off) for queries from the client's second address {REJECTED_CLIENT_IP} to port {DNS_PORT}; dnsperf at full rate through the ClusterIP, a dig from {REJECTED_CLIENT_IP} every 200 ms, tracer watch --findings-only --port {DNS_PORT} --dns-port {DNS_PORT}; named = the summary's finding_counts has the kind"),
         },
         "calibration": calibration_json(&m.calibration),
         "attach": {
-            "first_event_ms": m.attach.iter().map(|a| a.first_event_ms.map(round1)).collect::<Vec<_>>(),
-            "watching_ms": m.attach.iter().map(|a| round1(a.ready_ms)).collect::<Vec<_>>(),
+            "first_event_ms": spread_json(attach, 1),
+            "trials_first_event_ms": m.attach.iter().map(|a| a.first_event_ms.map(round1)).collect::<Vec<_>>(),
+            "trials_watching_ms": m.attach.iter().map(|a| round1(a.ready_ms)).collect::<Vec<_>>(),
             "median_watching_ms": ready_ms.map(f64::round),
         },
         "udp": {
-            "per_mode": per_mode_udp,
+            "per_mode": mode_list(&udp, PACKETS),
             "traced": {
-                "records_generated_per_sec": generated_records_per_sec.map(f64::round),
-                "ring_records_delivered_per_sec": ring_records_delivered_per_sec.map(f64::round),
-                "unrelated_cpu_percent": unrelated_cpu.map(round1),
                 "accounting_consistent": accounting_consistent,
                 "lossless_pps": lossless_pps,
             },
             "iptables_trace": {
                 "trace_lines_per_packet": trace_lines_per_packet.map(round3),
-                "nft_monitor_cpu_percent": nft_cpu.map(round1),
             },
             "runs": m.udp.iter().map(udp_run_json).collect::<Vec<_>>(),
             "lossless_search": m.lossless.iter().map(udp_run_json).collect::<Vec<_>>(),
@@ -460,219 +646,16 @@ pub fn results(plan: &Plan, machine: Value, m: &Measured, elapsed: Duration) -> 
             "stderr": x.stderr,
         })),
         "dns": {
-            "baseline_qps": median(&of_mode(&m.dns, Mode::Baseline, mode_of_dns).map(|r| r.perf.qps).collect::<Vec<_>>()).map(f64::round),
-            "unrelated_ratio": dns_ratios.get("unrelated").map(|(x, _)| round3(*x)),
-            "traced_ratio": dns_ratios.get("traced").map(|(x, _)| round3(*x)),
-            "iptables_trace_ratio": dns_ratios.get("iptables_trace").map(|(x, _)| round3(*x)),
-            "lost_events": dns_lost_events,
-            "per_mode": per_mode_dns,
+            "baseline_qps": median_of(&dns, Mode::Baseline, |f| f.rate, 0),
+            "unrelated_ratio": median_of(&dns, Mode::Unrelated, |f| f.ratio, 3),
+            "traced_ratio": median_of(&dns, Mode::Traced, |f| f.ratio, 3),
+            "findings_only_ratio": median_of(&dns, Mode::FindingsOnly, |f| f.ratio, 3),
+            "iptables_trace_ratio": median_of(&dns, Mode::IptablesTrace, |f| f.ratio, 3),
+            "added_ns_per_query": by_mode(&dns, |f| f.added_ns, 0),
+            "lost_events": figures_of(&dns, Mode::Traced).and_then(|t| t.lost),
+            "per_mode": mode_list(&dns, QUERIES),
+            "queries_lost": m.dns.iter().map(|r| r.perf.lost).sum::<u64>(),
             "runs": m.dns.iter().map(dns_run_json).collect::<Vec<_>>(),
         },
     })
 }
-
-fn num(v: &Value, precision: usize) -> String {
-    match v.as_f64() {
-        Some(x) => format!("{x:.precision$}"),
-        None => "-".to_string(),
-    }
-}
-
-/// The human summary of results.json.
-pub fn table(r: &Value) -> String {
-    let mut out = String::new();
-    let mut line = |s: String| {
-        out.push_str(&s);
-        out.push('\n');
-    };
-    let d = &r["machine"]["details"];
-    line(format!(
-        "\ntracer bench{}: {} x {} CPUs{}, kernel {}, tracer {} build {}, {} s",
-        if r["smoke"] == true {
-            " (SMOKE: one short round, figures not meaningful)"
-        } else {
-            ""
-        },
-        d["cpu_model"].as_str().unwrap_or("?"),
-        d["cpus"],
-        if d["virtualized"] == true {
-            " (VM)"
-        } else {
-            ""
-        },
-        d["kernel"].as_str().unwrap_or("?"),
-        d["tracer_commit"].as_str().unwrap_or("?"),
-        d["tracer_build"].as_str().unwrap_or("?"),
-        r["plan"]["bench_secs"],
-    ));
-    line(format!(
-        "load average at start {} / at end {}",
-        d["load_average_at_start"], r["machine"]["load_average_at_end"]
-    ));
-    line(String::new());
-    line(format!(
-        "{:<16} {:>11} {:>7} {:>12} {:>10} {:>9}  {}",
-        "UDP (max rate)", "pps", "ratio", "records/s", "lost", "CPU %", "round ratios"
-    ));
-    for m in r["udp"]["per_mode"].as_array().into_iter().flatten() {
-        let mode = m["mode"].as_str().unwrap_or("?");
-        let (records, lost, cpu) = match mode {
-            "traced" => (
-                num(&r["events_per_sec"], 0),
-                num(&r["lost_events"], 0),
-                num(&r["cpu_percent"], 1),
-            ),
-            "unrelated" => (
-                "-".into(),
-                "-".into(),
-                num(&r["udp"]["traced"]["unrelated_cpu_percent"], 1),
-            ),
-            "iptables_trace" => (
-                "-".into(),
-                "-".into(),
-                num(&r["udp"]["iptables_trace"]["nft_monitor_cpu_percent"], 1),
-            ),
-            _ => ("-".into(), "-".into(), "-".into()),
-        };
-        let ratios: Vec<String> = m["round_ratios"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|x| num(x, 3))
-            .collect();
-        line(format!(
-            "{:<16} {:>11} {:>7} {:>12} {:>10} {:>9}  {}",
-            mode,
-            num(&m["median_pps"], 0),
-            num(&m["ratio"], 3),
-            records,
-            lost,
-            cpu,
-            ratios.join(" ")
-        ));
-    }
-    line(format!(
-        "  traced: {} records/s generated in the kernel, {} delivered (netfilter records included), lossless up to {} pps; iptables_trace: {} trace lines per packet (CPU % is nft monitor's)",
-        num(&r["udp"]["traced"]["records_generated_per_sec"], 0),
-        num(&r["udp"]["traced"]["ring_records_delivered_per_sec"], 0),
-        num(&r["udp"]["traced"]["lossless_pps"], 0),
-        num(&r["udp"]["iptables_trace"]["trace_lines_per_packet"], 2),
-    ));
-    if let Some(x) = r["xtables_monitor"].as_object() {
-        line(format!(
-            "  xtables-monitor --trace under the same load: {}, {} trace lines for {} packets",
-            match x["exited_after_ms"].as_f64() {
-                Some(ms) => format!(
-                    "exited after {ms:.0} ms ({})",
-                    x["stderr"].as_str().unwrap_or("")
-                ),
-                None => "kept running".to_string(),
-            },
-            x["trace_lines"],
-            x["sent"],
-        ));
-    }
-    line(String::new());
-    line(format!(
-        "{:<16} {:>11} {:>7} {:>12} {:>10} {:>9}  {}",
-        "DNS (dnsperf)", "qps", "ratio", "latency ms", "q lost", "CPU %", "round ratios"
-    ));
-    for m in r["dns"]["per_mode"].as_array().into_iter().flatten() {
-        let ratios: Vec<String> = m["round_ratios"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|x| num(x, 3))
-            .collect();
-        line(format!(
-            "{:<16} {:>11} {:>7} {:>12} {:>10} {:>9}  {}",
-            m["mode"].as_str().unwrap_or("?"),
-            num(&m["median_qps"], 0),
-            num(&m["ratio"], 3),
-            num(&m["median_latency_ms"], 3),
-            m["queries_lost"],
-            num(&m["observer_cpu_percent"], 1),
-            ratios.join(" ")
-        ));
-    }
-    line(format!(
-        "  traced DNS: lost records {}",
-        r["dns"]["lost_events"]
-    ));
-    line(String::new());
-    line(format!(
-        "calibration: {}",
-        r["calibration"]["formula"].as_str().unwrap_or("?")
-    ));
-    line(format!(
-        "attach: first event after {} ms (median; watching after {} ms)",
-        num(&r["attach_ms"], 0),
-        num(&r["attach"]["median_watching_ms"], 0)
-    ));
-    line(String::new());
-    line("targets (reported, not enforced):".to_string());
-    for t in r["targets"].as_array().into_iter().flatten() {
-        line(format!(
-            "  {:<16} {:<34} {:>10}  {}",
-            t["figure"].as_str().unwrap_or("?"),
-            t["target"].as_str().unwrap_or("?"),
-            match &t["value"] {
-                Value::Null => "-".to_string(),
-                v => v.to_string(),
-            },
-            match t["met"].as_bool() {
-                Some(true) => "met",
-                Some(false) => "MISSED",
-                None => "not measured",
-            }
-        ));
-    }
-    out
-}
-
-/// One line per UDP run as it finishes.
-pub(super) fn print_udp_run(run: &UdpRun) {
-    let mut line = format!(
-        "bench: udp {:<14} {:>9.0} pps  sent {:>8}  received {:>8}",
-        run.mode.name(),
-        run.pps(),
-        run.sent,
-        run.received
-    );
-    if let Some(rate) = run.rate_limit {
-        line.push_str(&format!("  (limit {rate} pps)"));
-    }
-    if let Some(o) = &run.observed {
-        line.push_str(&format!("  lines {:>8}", o.lines));
-        if let Some(s) = &o.summary {
-            line.push_str(&format!("  records {}  lost {}", s.packets, s.lost));
-        }
-        if let Some(cpu) = o.cpu_percent {
-            line.push_str(&format!("  cpu {cpu:.0}%"));
-        }
-    }
-    println!("{line}");
-}
-
-/// One line per DNS run as it finishes.
-pub(super) fn print_dns_run(run: &DnsRun) {
-    let mut line = format!(
-        "bench: dns {:<14} {:>9.0} qps  completed {:>8}  lost {:>5}  latency {:.2} ms",
-        run.mode.name(),
-        run.perf.qps,
-        run.perf.completed,
-        run.perf.lost,
-        run.perf.avg_latency_ms
-    );
-    if let Some(o) = &run.observed {
-        line.push_str(&format!("  lines {:>8}", o.lines));
-        if let Some(s) = &o.summary {
-            line.push_str(&format!("  lost records {}", s.lost));
-        }
-        if let Some(cpu) = o.cpu_percent {
-            line.push_str(&format!("  cpu {cpu:.0}%"));
-        }
-    }
-    println!("{line}");
-}
-

@@ -15,28 +15,31 @@ pub struct Measured {
     pub dns: Vec<DnsRun>,
 }
 
-/// Packet and netfilter records tracer produces per packet of the load, measured.
+/// What tracer makes of each packet of the load, measured at a rate far below any loss.
 #[derive(Clone, Debug)]
 pub struct Calibration {
     pub packets: u64,
-    pub packet_records: u64,
-    pub hook_passes: u64,
-    pub hook_records: u64,
+    /// Packets that entered the bridge (sent, less the lab's own drops before it).
+    pub bridged: u64,
+    /// Packet lines, and how many of each stage.
+    pub lines: u64,
     pub stages: Vec<(String, u64)>,
+    /// Netfilter hooks the lines say the packets passed, per hook.
+    pub hook_passes: u64,
     pub hooks: Vec<(String, u64)>,
     pub other_lines: u64,
     pub summary: Summary,
-    /// Whole numbers of records per packet and nothing lost: the per-packet figures are exact.
+    /// Every bridged packet one record (read or lost) and a whole number of lines per record.
     pub exact: bool,
 }
 
 impl Calibration {
-    pub fn lines_per_packet(&self) -> u64 {
-        (self.packet_records as f64 / self.packets.max(1) as f64).round() as u64
+    pub fn lines_per_packet(&self) -> f64 {
+        self.lines as f64 / self.packets.max(1) as f64
     }
 
-    pub fn hook_records_per_packet(&self) -> u64 {
-        (self.hook_records as f64 / self.packets.max(1) as f64).round() as u64
+    pub fn records_per_packet(&self) -> f64 {
+        self.summary.records as f64 / self.packets.max(1) as f64
     }
 }
 
@@ -87,6 +90,19 @@ pub struct DnsRun {
     pub mode: Mode,
     pub round: usize,
     pub perf: DnsPerf,
+    pub observed: Option<Observed>,
+}
+
+/// `tracer watch --findings-only` on a broken node under the full DNS load: what it named.
+#[derive(Clone, Debug)]
+pub struct FindingsUnderLoad {
+    /// The load, every reply of which skips conntrack.
+    pub perf: DnsPerf,
+    /// Queries sent from the client's second address during the load, how many of them the
+    /// client saw refused with ICMP, and the packets the REJECT's counter says it matched.
+    pub rejected_queries: u64,
+    pub refused_seen: u64,
+    pub rule_packets: u64,
     pub observed: Option<Observed>,
 }
 

@@ -2,6 +2,7 @@
 //! runs the load in each mode (the UDP runs in `udp`, the DNS runs in `dns`).
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
@@ -11,12 +12,12 @@ use tracer_tests::lab::{
 };
 
 use super::{
+    interleave, measured_names,
     observer::{Observer, TraceRules},
     procs::{last_json, Pipeline, Proc, Stdout},
-    report::print_udp_run,
-    results::{Calibration, Measured, UdpRun},
-    rotated,
+    results::{Measured, UdpRun},
     stats::{self, Accounting},
+    table::print_udp_run,
     Mode, Plan, BRIDGE_IN_NEEDLE, DNS_PORT, LOAD_PORT, UNRELATED_PORT,
 };
 use crate::cmd::phase;
@@ -61,18 +62,19 @@ impl<'a> Bench<'a> {
     }
 
     pub(super) fn measure(&self, plan: &Plan) -> Result<Measured> {
-        phase("bench", "calibration: records per packet");
+        phase("bench", "calibration: records and lines per packet");
         let calibration = self.calibrate(plan.calibration_packets)?;
         println!(
-            "bench: {} packets -> {} packet records {:?} and {} netfilter records ({} hook passes {:?}), lost {}{}",
+            "bench: {} packets ({} bridged) -> {} records, {} lost, {} lines {:?} ({} hook passes {:?}){}",
             calibration.packets,
-            calibration.packet_records,
+            calibration.bridged,
+            calibration.summary.records,
+            calibration.summary.lost,
+            calibration.lines,
             calibration.stages,
-            calibration.hook_records,
             calibration.hook_passes,
             calibration.hooks,
-            calibration.summary.lost,
-            if calibration.exact { "" } else { "  (NOT a whole number per packet)" }
+            if calibration.exact { "" } else { "  (NOT one record per packet)" }
         );
 
         phase("bench", "time from start to first event");
@@ -92,26 +94,19 @@ impl<'a> Bench<'a> {
         phase(
             "bench",
             &format!(
-                "UDP load: {} rounds x (baseline + {{unrelated, traced, iptables_trace}}), {} s each",
-                plan.udp_rounds, plan.load_secs
+                "UDP load: {} rounds x (baseline + each of {}), {} s each",
+                plan.udp_rounds,
+                measured_names(),
+                plan.load_secs
             ),
         );
-        let mut udp = Vec::new();
-        for round in 0..plan.udp_rounds {
-            for mode in rotated(round) {
-                for m in [Mode::Baseline, mode] {
-                    let mut run = self.udp_run(m, None, plan.load_secs)?;
-                    run.round = round;
-                    run.accounting = self.account(&run, &calibration);
-                    print_udp_run(&run);
-                    udp.push(run);
-                }
-            }
-        }
-        let mut last = self.udp_run(Mode::Baseline, None, plan.load_secs)?;
-        last.round = plan.udp_rounds.saturating_sub(1);
-        print_udp_run(&last);
-        udp.push(last);
+        let udp = interleave(plan.udp_rounds, |mode, round| {
+            let mut run = self.udp_run(mode, None, plan.load_secs)?;
+            run.round = round;
+            run.accounting = self.account(&run);
+            print_udp_run(&run);
+            Ok(run)
+        })?;
 
         let mut lossless = Vec::new();
         if plan.lossless_steps > 0 {
@@ -125,7 +120,7 @@ impl<'a> Bench<'a> {
                 .map(UdpRun::pps)
                 .collect();
             let max = stats::median(&baseline).unwrap_or(0.0);
-            lossless = self.lossless(max, plan, &calibration)?;
+            lossless = self.lossless(max, plan)?;
         }
 
         let xtables_monitor = if plan.xtables_monitor_probe {
@@ -141,8 +136,10 @@ impl<'a> Bench<'a> {
         phase(
             "bench",
             &format!(
-                "DNS: dnsperf, {} rounds x (baseline + {{unrelated, traced, iptables_trace}}), {} s each",
-                plan.dns_rounds, plan.load_secs
+                "DNS: dnsperf, {} rounds x (baseline + each of {}), {} s each",
+                plan.dns_rounds,
+                measured_names(),
+                plan.load_secs
             ),
         );
         let dns = self.dns_rounds(plan)?;
@@ -156,31 +153,53 @@ impl<'a> Bench<'a> {
         })
     }
 
-    pub(super) fn account(&self, run: &UdpRun, cal: &Calibration) -> Option<Accounting> {
+    /// Only the `traced` mode sends a record per packet, so only its runs can be held to one.
+    pub(super) fn account(&self, run: &UdpRun) -> Option<Accounting> {
         if run.mode != Mode::Traced {
             return None;
         }
-        let summary = run.observed.as_ref()?.summary.as_ref()?;
+        let observed = run.observed.as_ref()?;
+        let summary = observed.summary.as_ref()?;
         Some(stats::account(
             run.sent,
             run.pre_bridge_drops,
-            run.observed.as_ref()?.matched,
-            summary.packets,
+            observed.matched,
+            summary.records,
             summary.lost,
-            cal.lines_per_packet() + cal.hook_records_per_packet(),
         ))
     }
 
-    /// `tracer watch --port PORT --output json` in the node namespace, piped into the counter;
-    /// returns once tracer says it is watching, with the time it said so.
-    pub(super) fn tracer_pipeline(&self, port: u16) -> Result<(Pipeline, u64)> {
+    /// `tracer watch --port PORT --output json [--findings-only]` in the node namespace.
+    pub(super) fn watch_command(&self, port: u16, findings_only: bool) -> Command {
         let port = port.to_string();
-        let cmd = self.lab.command(
-            Ns::Node,
-            &[&self.tracer, "watch", "--port", &port, "--output", "json"],
-        );
+        let mut argv = vec![
+            self.tracer.as_str(),
+            "watch",
+            "--port",
+            &port,
+            "--output",
+            "json",
+        ];
+        if findings_only {
+            argv.push("--findings-only");
+        }
+        // loadgen's responder is not on port 53, the only one tracer reads as DNS by itself.
+        let dns_port = DNS_PORT.to_string();
+        if port == dns_port {
+            argv.extend(["--dns-port", &dns_port]);
+        }
+        self.lab.command(Ns::Node, &argv)
+    }
+
+    /// [`Bench::watch_command`] piped into the counter; returns once tracer says it is watching,
+    /// with the time it said so.
+    pub(super) fn tracer_pipeline(
+        &self,
+        port: u16,
+        findings_only: bool,
+    ) -> Result<(Pipeline, u64)> {
         let mut pipeline = Pipeline::spawn(
-            cmd,
+            self.watch_command(port, findings_only),
             "tracer watch",
             Path::new(&self.loadgen),
             Some(BRIDGE_IN_NEEDLE),
@@ -192,22 +211,22 @@ impl<'a> Bench<'a> {
     }
 
     pub(super) fn observe(&self, mode: Mode, port: u16) -> Result<Observer<'a>> {
+        let tracer = |port, findings_only| -> Result<Observer<'a>> {
+            Ok(Observer {
+                pipeline: Some(self.tracer_pipeline(port, findings_only)?.0),
+                tracer: true,
+                _rules: None,
+            })
+        };
         match mode {
             Mode::Baseline => Ok(Observer {
                 pipeline: None,
                 tracer: false,
                 _rules: None,
             }),
-            Mode::Unrelated => Ok(Observer {
-                pipeline: Some(self.tracer_pipeline(UNRELATED_PORT)?.0),
-                tracer: true,
-                _rules: None,
-            }),
-            Mode::Traced => Ok(Observer {
-                pipeline: Some(self.tracer_pipeline(port)?.0),
-                tracer: true,
-                _rules: None,
-            }),
+            Mode::Unrelated => tracer(UNRELATED_PORT, false),
+            Mode::Traced => tracer(port, false),
+            Mode::FindingsOnly => tracer(port, true),
             Mode::IptablesTrace => {
                 let rules = TraceRules::add(self.lab, port)?;
                 // `nft monitor trace` rather than `xtables-monitor --trace`: both print the same

@@ -13,10 +13,10 @@ use super::{
     check_interrupted,
     observer::TraceRules,
     procs::{cpu_seconds, last_json, peak_rss_kib, Pipeline, Proc, Stdout},
-    report::print_udp_run,
     results::{AttachTrial, Calibration, UdpRun, XtablesProbe},
     runner::Bench,
     stats::{self, Summary},
+    table::print_udp_run,
     Mode, Plan, LOAD_PORT, TRICKLE_PPS,
 };
 
@@ -29,25 +29,28 @@ impl Bench<'_> {
         // steady state every later run is in.
         self.send(Some(1000), None, Some(20))?;
         thread::sleep(Duration::from_millis(100));
-        let port = LOAD_PORT.to_string();
-        let cmd = self.lab.command(
-            Ns::Node,
-            &[&self.tracer, "watch", "--port", &port, "--output", "json"],
-        );
         // A few thousand lines: read them here, whole, to see what each packet produced.
-        let mut tracer = Proc::spawn(cmd, "tracer watch (calibration)", Stdout::Capture)?;
+        let mut tracer = Proc::spawn(
+            self.watch_command(LOAD_PORT, false),
+            "tracer watch (calibration)",
+            Stdout::Capture,
+        )?;
         tracer.wait_stderr(TRACER_READY_TIMEOUT, TRACER_READY)?;
+        let drops_before = self.pre_bridge_drops()?;
         let sent = self.send(Some(TRICKLE_PPS), None, Some(packets))?;
         thread::sleep(Duration::from_millis(300));
+        let drops_after = self.pre_bridge_drops()?;
         receiver.stop()?;
         let ended = tracer.stop()?;
 
         let mut cal = Calibration {
             packets: sent.sent,
-            packet_records: 0,
-            hook_passes: 0,
-            hook_records: 0,
+            bridged: sent
+                .sent
+                .saturating_sub(drops_after.saturating_sub(drops_before)),
+            lines: 0,
             stages: Vec::new(),
+            hook_passes: 0,
             hooks: Vec::new(),
             other_lines: 0,
             summary: Summary::default(),
@@ -68,12 +71,10 @@ impl Bench<'_> {
             };
             match v["type"].as_str() {
                 Some("packet") => {
-                    cal.packet_records += 1;
+                    cal.lines += 1;
                     bump(&mut cal.stages, v["stage"].as_str().unwrap_or("?"));
                     for pass in v["hooks"].as_array().into_iter().flatten() {
                         cal.hook_passes += 1;
-                        // A hook the packet left was recorded at both ends of its priority range.
-                        cal.hook_records += if pass["left"] == true { 2 } else { 1 };
                         bump(&mut cal.hooks, pass["hook"].as_str().unwrap_or("?"));
                     }
                 }
@@ -88,17 +89,18 @@ impl Bench<'_> {
                 ended.err
             )
         })?;
-        if cal.packets == 0 || cal.packet_records == 0 {
+        if cal.packets == 0 || cal.summary.records == 0 {
             bail!(
                 "calibration: {} packets sent, {} records received; tracer said: {}",
                 cal.packets,
-                cal.packet_records,
+                cal.summary.records,
                 ended.err
             );
         }
-        cal.exact = cal.summary.lost == 0
-            && cal.packet_records.is_multiple_of(cal.packets)
-            && cal.hook_records.is_multiple_of(cal.packets);
+        // The model every later run is checked against: one journey per bridged packet, read or
+        // lost, and the same whole number of lines for each journey read.
+        cal.exact = cal.summary.records + cal.summary.lost == cal.bridged
+            && cal.lines.is_multiple_of(cal.summary.records);
         Ok(cal)
     }
 
@@ -107,7 +109,7 @@ impl Bench<'_> {
         let receiver = self.receiver(LOAD_PORT)?;
         let trickle = self.sender(Some(TRICKLE_PPS), Some(30.0), None)?;
         thread::sleep(Duration::from_millis(50));
-        let (pipeline, ready_ns) = self.tracer_pipeline(LOAD_PORT)?;
+        let (pipeline, ready_ns) = self.tracer_pipeline(LOAD_PORT, false)?;
         let first = pipeline.first_line_ns(Duration::from_secs(10));
         let ms = |ns: u64| ns.saturating_sub(pipeline.spawned_ns) as f64 / 1e6;
         let trial = AttachTrial {
@@ -155,12 +157,7 @@ impl Bench<'_> {
 
     /// Traced runs at fixed rates: halving from half the baseline rate until nothing is lost,
     /// then bisecting towards the lowest rate that lost records.
-    pub(super) fn lossless(
-        &self,
-        max_pps: f64,
-        plan: &Plan,
-        cal: &Calibration,
-    ) -> Result<Vec<UdpRun>> {
+    pub(super) fn lossless(&self, max_pps: f64, plan: &Plan) -> Result<Vec<UdpRun>> {
         let mut runs = Vec::new();
         let mut clean: Option<u64> = None;
         let mut lossy = max_pps as u64;
@@ -170,12 +167,9 @@ impl Bench<'_> {
                 break;
             }
             let mut run = self.udp_run(Mode::Traced, Some(rate), plan.load_secs)?;
-            run.accounting = self.account(&run, cal);
+            run.accounting = self.account(&run);
             print_udp_run(&run);
-            let ok = run
-                .accounting
-                .as_ref()
-                .is_some_and(|a| a.lost_events == 0 && a.missing_bridge_in_records == 0);
+            let ok = run.accounting.as_ref().is_some_and(stats::lossless);
             if ok {
                 clean = Some(clean.map_or(rate, |c| c.max(rate)));
             } else {
