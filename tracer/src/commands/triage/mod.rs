@@ -70,7 +70,7 @@ fn could_not_run(err: &anyhow::Error) -> ExitCode {
 pub fn run(args: TriageArgs) -> ExitCode {
     // Before reading anything: without the privileges the watch cannot attach, and a report
     // of node checks alone would pass for a complete one.
-    if let Err(err) = check_privileges() {
+    if let Err(err) = check_privileges().and_then(|()| args.tracing.enter_netns()) {
         return could_not_run(&err);
     }
 
