@@ -1,9 +1,11 @@
 //! Which pod holds an address, as the node's container runtime says: a table read over the
 //! CRI API and kept fresh by a thread of its own, so that naming a packet never waits on
 //! the runtime. The table is listed again every few seconds (ready sandboxes only: a
-//! stopped one has given its addresses back), and sooner when an address no pod held is
-//! seen, so a pod that just started is named within about a second. Only new sandboxes
-//! are asked about; the listing itself is one call, as cheap as kubelet's own relisting.
+//! stopped one has given its addresses back); right away when an interface appears in the
+//! watched namespace (a new pod's veth, whose sandbox is ready a moment later: listed every
+//! [`NEW_POD_POLL`] until it is); and when an address no pod held is seen, at most every
+//! [`RELIST_GAP`]. Only new sandboxes are asked about; the listing itself is one call, as
+//! cheap as kubelet's own relisting.
 
 pub mod cri;
 
@@ -11,8 +13,9 @@ use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
     path::{Path, PathBuf},
+    os::fd::AsRawFd,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc::{self, RecvTimeoutError, SyncSender, TrySendError},
         Arc, Mutex, PoisonError,
     },
@@ -21,6 +24,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
 
 use self::cri::{Runtime, SandboxCache};
 use crate::model::pod::PodRef;
@@ -29,6 +33,22 @@ use crate::model::pod::PodRef;
 const RELIST_EVERY: Duration = Duration::from_secs(5);
 /// And at most this often, however many unknown addresses ask for it.
 const RELIST_GAP: Duration = Duration::from_secs(1);
+/// After a new interface, the sandbox it belongs to is looked for this often, this many
+/// times at most.
+const NEW_POD_POLL: Duration = Duration::from_millis(100);
+const NEW_POD_POLLS: u32 = 30;
+/// rtnetlink's multicast group of link changes (RTNLGRP_LINK), and a new link's message type.
+const RTNLGRP_LINK: u32 = 1;
+const RTM_NEWLINK: u16 = 16;
+
+/// Why the refreshing thread is asked to list again.
+enum Ask {
+    /// An address no pod held was seen.
+    UnknownAddress,
+    /// An interface appeared: a pod may be starting.
+    NewInterface,
+}
+
 /// Addresses remembered as asked about since the last change (service and node addresses
 /// are never a pod's): bounded, so a scan of many addresses cannot grow it.
 const MAX_MISSES: usize = 4_096;
@@ -66,7 +86,9 @@ pub struct Pods {
     shared: Arc<Shared>,
     generation: u64,
     /// Asks the thread to list again now; dropping it ends the thread.
-    relist: SyncSender<()>,
+    relist: SyncSender<Ask>,
+    /// Cleared on drop: ends the thread that follows new interfaces.
+    following: Arc<AtomicBool>,
     missed: HashSet<IpAddr>,
     socket: PathBuf,
 }
@@ -92,13 +114,16 @@ impl Pods {
         })?;
         let table = Arc::new(PodTable::of(&cache));
         let shared = Arc::new(Shared { table: Mutex::new(table.clone()), generation: AtomicU64::new(0) });
-        let (relist, asked) = mpsc::sync_channel(1);
+        let (relist, asked) = mpsc::sync_channel(4);
+        let following = Arc::new(AtomicBool::new(true));
+        follow_new_interfaces(relist.clone(), following.clone())?;
         let thread_shared = shared.clone();
         thread::Builder::new()
             .name("tracer-pods".to_string())
             .spawn(move || keep_fresh(events, runtime, cache, &thread_shared, asked))
             .context("starting the thread that reads the pods")?;
-        Ok((Pods { table, shared, generation: 0, relist, missed: HashSet::new(), socket: socket.to_path_buf() }, version))
+        let pods = Pods { table, shared, generation: 0, relist, following, missed: HashSet::new(), socket: socket.to_path_buf() };
+        Ok((pods, version))
     }
 
     pub fn socket(&self) -> &Path {
@@ -118,7 +143,7 @@ impl Pods {
         if !self.table.by_ip.contains_key(&ip) {
             if self.missed.len() < MAX_MISSES && self.missed.insert(ip) {
                 // Full: a listing is asked for already. Disconnected: the thread ended.
-                let _: Result<(), TrySendError<()>> = self.relist.try_send(());
+                let _: Result<(), TrySendError<Ask>> = self.relist.try_send(Ask::UnknownAddress);
             }
             return None;
         }
@@ -135,39 +160,149 @@ impl Pods {
     }
 }
 
-/// The refreshing thread: lists the sandboxes every [`RELIST_EVERY`], or when asked (at
-/// most every [`RELIST_GAP`]), and publishes a new table when anything changed. A runtime
-/// that stops answering is reported once, and again when it answers again; the last table
-/// stays in use meanwhile. Ends when the [`Pods`] is dropped.
-fn keep_fresh(events: tokio::runtime::Runtime, mut runtime: Runtime, mut cache: SandboxCache, shared: &Shared, asked: mpsc::Receiver<()>) {
-    let mut failing = false;
+impl Drop for Pods {
+    fn drop(&mut self) {
+        self.following.store(false, Ordering::Relaxed);
+    }
+}
+
+/// The refreshing thread: lists the sandboxes every [`RELIST_EVERY`] and when asked, and
+/// publishes a new table when anything changed. A runtime that stops answering is reported
+/// once, and again when it answers again; the last table stays in use meanwhile. Ends when
+/// the [`Pods`] is dropped.
+fn keep_fresh(events: tokio::runtime::Runtime, runtime: Runtime, cache: SandboxCache, shared: &Shared, asked: mpsc::Receiver<Ask>) {
+    let mut lister = Lister { events, runtime, cache, failing: false };
     let mut last = Instant::now();
     loop {
         match asked.recv_timeout(RELIST_EVERY) {
-            Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+            Ok(Ask::NewInterface) => {
+                for _ in 0..NEW_POD_POLLS {
+                    if lister.list(shared) {
+                        break;
+                    }
+                    thread::sleep(NEW_POD_POLL);
+                }
+            }
+            Ok(Ask::UnknownAddress) => {
+                let since = last.elapsed();
+                if since < RELIST_GAP {
+                    thread::sleep(RELIST_GAP - since);
+                }
+                lister.list(shared);
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                lister.list(shared);
+            }
             Err(RecvTimeoutError::Disconnected) => return,
         }
-        let since = last.elapsed();
-        if since < RELIST_GAP {
-            thread::sleep(RELIST_GAP - since);
-        }
         last = Instant::now();
-        match events.block_on(cache.refresh(&mut runtime)) {
+    }
+}
+
+struct Lister {
+    events: tokio::runtime::Runtime,
+    runtime: Runtime,
+    cache: SandboxCache,
+    failing: bool,
+}
+
+impl Lister {
+    /// Lists the sandboxes once; true when the table changed (and is published).
+    fn list(&mut self, shared: &Shared) -> bool {
+        match self.events.block_on(self.cache.refresh(&mut self.runtime)) {
             Ok(changed) => {
-                if failing {
-                    eprintln!("tracer: pod names: the runtime at {} answers again", runtime.socket().display());
-                    failing = false;
+                if self.failing {
+                    eprintln!("tracer: pod names: the runtime at {} answers again", self.runtime.socket().display());
+                    self.failing = false;
                 }
                 if changed {
-                    *shared.table.lock().unwrap_or_else(PoisonError::into_inner) = Arc::new(PodTable::of(&cache));
+                    *shared.table.lock().unwrap_or_else(PoisonError::into_inner) = Arc::new(PodTable::of(&self.cache));
                     shared.generation.fetch_add(1, Ordering::Release);
                 }
+                changed
             }
-            Err(err) if !failing => {
-                eprintln!("tracer: warning: pod names: {err:#}; packets are named by the pods known before, until it answers");
-                failing = true;
+            Err(err) => {
+                if !self.failing {
+                    eprintln!("tracer: warning: pod names: {err:#}; packets are named by the pods known before, until it answers");
+                    self.failing = true;
+                }
+                false
             }
-            Err(_) => {}
         }
+    }
+}
+
+/// Follows rtnetlink's link notifications in the watched namespace (the calling thread's)
+/// on a thread of its own, and asks for a listing when an interface appears. Ends once
+/// `following` is cleared (within a second: its reads time out).
+fn follow_new_interfaces(relist: SyncSender<Ask>, following: Arc<AtomicBool>) -> Result<()> {
+    let mut socket = Socket::new(NETLINK_ROUTE).context("opening an rtnetlink socket for new interfaces")?;
+    socket.bind_auto().context("binding the rtnetlink socket")?;
+    socket.add_membership(RTNLGRP_LINK).context("following link changes")?;
+    let timeout = libc::timeval { tv_sec: 1, tv_usec: 0 };
+    // SAFETY: a valid socket and a timeval of the size given.
+    let set = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&timeout as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if set != 0 {
+        return Err(std::io::Error::last_os_error()).context("setting the rtnetlink socket's read timeout");
+    }
+    thread::Builder::new()
+        .name("tracer-pod-links".to_string())
+        .spawn(move || {
+            let mut buf = vec![0u8; 64 << 10];
+            while following.load(Ordering::Relaxed) {
+                // A timeout, or an overrun (the next listing catches up anyway).
+                let Ok(len) = socket.recv(&mut &mut buf[..], 0) else { continue };
+                if has_new_link(buf.get(..len).unwrap_or_default()) {
+                    let _: Result<(), TrySendError<Ask>> = relist.try_send(Ask::NewInterface);
+                }
+            }
+        })
+        .context("starting the thread that follows new interfaces")?;
+    Ok(())
+}
+
+/// Whether a datagram of netlink messages holds an RTM_NEWLINK.
+fn has_new_link(mut datagram: &[u8]) -> bool {
+    // Each message: u32 length (header included), u16 type, ...; padded to 4 bytes.
+    while let (Some(len), Some(kind)) = (datagram.get(0..4), datagram.get(4..6)) {
+        let len = u32::from_ne_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        if u16::from_ne_bytes([kind[0], kind[1]]) == RTM_NEWLINK {
+            return true;
+        }
+        if len < 16 {
+            return false;
+        }
+        datagram = datagram.get(len.next_multiple_of(4)..).unwrap_or_default();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(kind: u16, len: u32) -> Vec<u8> {
+        let mut bytes = len.to_ne_bytes().to_vec();
+        bytes.extend(kind.to_ne_bytes());
+        bytes.resize(len.next_multiple_of(4) as usize, 0);
+        bytes
+    }
+
+    #[test]
+    fn a_new_link_is_found_among_other_messages() {
+        let mut datagram = message(17, 21); // RTM_DELLINK, padded
+        assert!(!has_new_link(&datagram));
+        datagram.extend(message(RTM_NEWLINK, 32));
+        assert!(has_new_link(&datagram));
+        assert!(!has_new_link(&message(RTM_NEWLINK, 32)[..5]), "a cut header is not read");
+        assert!(!has_new_link(&message(20, 3)), "a length shorter than a header ends the walk");
     }
 }
