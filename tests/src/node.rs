@@ -37,7 +37,7 @@ use crate::lab::{
     check, delete_netns, dig_entering, dnsmasq_argv, ensure_root, read_lossy, run_on_host, stop_child, Dig, StdoutMode,
     CLUSTER_DNS_IP,
 };
-use crate::process::{send_signal, Process};
+use crate::process::{send_signal, Finished, Process};
 
 pub const BRIDGE: &str = "cni0";
 pub const SUBNET: &str = "10.244.0.0/24";
@@ -403,6 +403,46 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
     fn created(&self) -> MutexGuard<'_, Vec<Pod>> {
         self.pods.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A node with a client pod and a DNS pod behind the service address.
+pub struct Cluster {
+    pub node: Node,
+    pub client: Pod,
+    pub dns: Pod,
+}
+
+/// The DNS pod, as a cluster's CoreDNS is named.
+pub const DNS_POD: (&str, &str) = ("kube-system", "coredns-7db6d8ff4d-x8f2k");
+
+impl Cluster {
+    pub fn new(bridge_nf_call_iptables: bool) -> Result<Cluster> {
+        Cluster::on(NodeConfig::new(bridge_nf_call_iptables))
+    }
+
+    pub fn on(config: NodeConfig) -> Result<Cluster> {
+        let mut node = Node::new(config)?;
+        let client = node.run_pod("default", "client")?;
+        let dns = node.run_pod(DNS_POD.0, DNS_POD.1)?;
+        node.serve_dns(&dns)?;
+        Ok(Cluster { node, client, dns })
+    }
+
+    /// `tracer ARGS --cri-socket SOCKET` in the node namespace around one dig from the
+    /// client to the service; stopped with SIGTERM once the dig is done.
+    pub fn watch_around_dig(&self, args: &[&str]) -> Result<Finished> {
+        let socket = self.node.socket();
+        let socket = socket.to_str().context("socket path")?;
+        let mut argv = vec!["watch", "--port", "53"];
+        argv.extend_from_slice(args);
+        argv.extend(["--cri-socket", socket]);
+        let mut watch = self.node.spawn_tracer(&argv)?;
+        watch.wait_until_watching()?;
+        self.node.dig(&self.client, CLUSTER_DNS_IP, crate::lab::TEST_NAME)?;
+        std::thread::sleep(Duration::from_millis(300));
+        watch.signal(libc::SIGTERM)?;
+        watch.finish(crate::process::STOP_GRACE)
     }
 }
 

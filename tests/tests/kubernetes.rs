@@ -9,49 +9,9 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use tracer_tests::lab::{CLUSTER_DNS_IP, STOP_GRACE, TEST_NAME};
-use tracer_tests::node::{Node, NodeConfig, Pod};
+use tracer_tests::node::{Cluster, NodeConfig, DNS_POD};
 use tracer_tests::output::{str_at, WatchJson};
-use tracer_tests::process::Finished;
 use tracer_tests::run_tracer;
-
-/// A node with a client pod and a DNS pod behind the service address.
-struct Cluster {
-    node: Node,
-    client: Pod,
-    dns: Pod,
-}
-
-const DNS_POD: (&str, &str) = ("kube-system", "coredns-7db6d8ff4d-x8f2k");
-
-impl Cluster {
-    fn new(bridge_nf_call_iptables: bool) -> Result<Cluster> {
-        Cluster::on(NodeConfig::new(bridge_nf_call_iptables))
-    }
-
-    fn on(config: NodeConfig) -> Result<Cluster> {
-        let mut node = Node::new(config)?;
-        let client = node.run_pod("default", "client")?;
-        let dns = node.run_pod(DNS_POD.0, DNS_POD.1)?;
-        node.serve_dns(&dns)?;
-        Ok(Cluster { node, client, dns })
-    }
-
-    /// `tracer ARGS --cri-socket SOCKET` in the node namespace around one dig from the
-    /// client to the service; stopped with SIGTERM once the dig is done.
-    fn watch_around_dig(&self, args: &[&str]) -> Result<Finished> {
-        let socket = self.node.socket();
-        let socket = socket.to_str().context("socket path")?;
-        let mut argv = vec!["watch", "--port", "53"];
-        argv.extend_from_slice(args);
-        argv.extend(["--cri-socket", socket]);
-        let mut watch = self.node.spawn_tracer(&argv)?;
-        watch.wait_until_watching()?;
-        self.node.dig(&self.client, CLUSTER_DNS_IP, TEST_NAME)?;
-        std::thread::sleep(Duration::from_millis(300));
-        watch.signal(libc::SIGTERM)?;
-        watch.finish(STOP_GRACE)
-    }
-}
 
 fn pod_at(v: &Value, pointer: &str) -> Option<String> {
     let pod = v.pointer(pointer)?;
