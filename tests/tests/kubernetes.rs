@@ -235,3 +235,28 @@ fn netns_watches_a_node_namespace_by_name_path_or_pid() -> Result<()> {
     ensure!(wrong.status.code() == Some(2) && stderr.contains("ip netns list"), "a wrong name is one line: {stderr}");
     Ok(())
 }
+
+#[test]
+fn triage_names_the_pods_of_a_traffic_finding() -> Result<()> {
+    let cluster = Cluster::new(false)?;
+    let socket = cluster.node.socket();
+    let socket = socket.to_str().context("socket path")?;
+    let mut triage = cluster.node.spawn_tracer(&["triage", "--duration", "4", "--output", "json", "--cri-socket", socket])?;
+    // The window opens once the programs are attached.
+    triage.wait_until_watching()?;
+    cluster.node.dig(&cluster.client, CLUSTER_DNS_IP, TEST_NAME)?.expect_timed_out()?;
+    let done = triage.finish(Duration::from_secs(30))?;
+    ensure!(done.status.code() == Some(1), "triage found the problem: {}", done.describe());
+    let first: Value = serde_json::from_str(done.stdout.lines().next().context("no output")?)?;
+    ensure!(str_at(&first, "/kind") == Some("conntrack_skip"), "{first}");
+    let traffic = first
+        .pointer("/evidence")
+        .and_then(Value::as_array)
+        .and_then(|evidence| evidence.iter().find(|e| str_at(e, "/source") == Some("traffic")))
+        .with_context(|| format!("no traffic evidence: {first}"))?;
+    ensure!(pod_at(traffic, "/client_pod").as_deref() == Some(cluster.client.full_name().as_str()), "{traffic}");
+    ensure!(pod_at(traffic, "/actual_source_pod").as_deref() == Some(cluster.dns.full_name().as_str()), "{traffic}");
+    let example = first.pointer("/example/0").with_context(|| format!("no example: {first}"))?;
+    ensure!(pod_at(example, "/src_pod").as_deref() == Some(cluster.client.full_name().as_str()), "{example}");
+    Ok(())
+}

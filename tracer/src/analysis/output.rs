@@ -110,6 +110,41 @@ pub trait Output {
     fn flush(&mut self) -> io::Result<()>;
 }
 
+/// An output lent to a run that its owner reads afterwards (triage's collector).
+impl<T: Output + ?Sized> Output for &mut T {
+    fn packet(&mut self, packet: &TracedPacket) -> io::Result<()> {
+        (**self).packet(packet)
+    }
+
+    fn dropped(&mut self, line: &DropLine) -> io::Result<()> {
+        (**self).dropped(line)
+    }
+
+    fn finding(&mut self, finding: &Finding) -> io::Result<()> {
+        (**self).finding(finding)
+    }
+
+    fn repeated(&mut self, finding: &Finding) -> io::Result<()> {
+        (**self).repeated(finding)
+    }
+
+    fn unconfirmed(&mut self, unconfirmed: &Unconfirmed) -> io::Result<()> {
+        (**self).unconfirmed(unconfirmed)
+    }
+
+    fn lost(&mut self, total: u64) {
+        (**self).lost(total);
+    }
+
+    fn summary(&mut self, summary: &Summary) -> io::Result<()> {
+        (**self).summary(summary)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        (**self).flush()
+    }
+}
+
 /// The watch's main output (text or JSON on standard output) with a capture file
 /// written beside it. The main output's errors end the watch as before; the capture's
 /// first I/O error (a full disk, a lost mount) stops the capture with one warning on

@@ -14,14 +14,58 @@ use crate::{
     node::pods::{cri, Pods},
 };
 
+/// Where pod names come from, for `watch` and `triage` alike.
 #[derive(clap::Args, Debug, Default)]
-pub struct AgentArgs {
+pub struct RuntimeArgs {
     /// The container runtime's CRI socket (containerd, CRI-O), for pod names. By default the
     /// first of /run/containerd/containerd.sock, /run/crio/crio.sock (and their /var/run
     /// twins), /run/k3s/containerd/containerd.sock and /var/run/cri-dockerd.sock that
     /// exists; without one, packets are shown by address only.
     #[arg(long, value_name = "PATH")]
     pub cri_socket: Option<PathBuf>,
+}
+
+impl RuntimeArgs {
+    /// Connects to the container runtime. A socket given with --cri-socket must answer;
+    /// one found at a usual path that does not is a warning, and no pods are named.
+    pub fn pods(&self) -> Result<Option<Pods>> {
+        let (socket, given) = match &self.cri_socket {
+            Some(socket) => (socket.clone(), true),
+            None => match cri::find_socket() {
+                Some(socket) => (socket, false),
+                None => return Ok(None),
+            },
+        };
+        match Pods::start(&socket) {
+            Ok((mut pods, version)) => {
+                eprintln!(
+                    "tracer: naming pods from {version} at {} ({} pods with addresses on this node)",
+                    socket.display(),
+                    pods.table().len()
+                );
+                Ok(Some(pods))
+            }
+            Err(err) if given => bail!("{err:#}: check --cri-socket (the runtime's CRI socket, e.g. /run/containerd/containerd.sock)"),
+            Err(err) => {
+                eprintln!("tracer: warning: no pod names: {err:#}; give the runtime's CRI socket with --cri-socket");
+                Ok(None)
+            }
+        }
+    }
+
+    /// `output` with pod names in front of it, when a runtime answers.
+    pub fn named<'a>(&self, output: Box<dyn Output + 'a>) -> Result<Box<dyn Output + 'a>> {
+        Ok(match self.pods()? {
+            Some(pods) => Box::new(PodNames::new(output, PodSource::Runtime(pods), PodFilter::default())),
+            None => output,
+        })
+    }
+}
+
+#[derive(clap::Args, Debug, Default)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 
     /// Show only packets and findings with this pod at either end, as NAMESPACE/NAME
     /// (e.g. kube-system/coredns-5d78c9869d-6kx2p). Repeat for more pods. Needs the
@@ -57,32 +101,10 @@ impl AgentArgs {
         }
     }
 
-    /// Connects to the container runtime. A socket given with --cri-socket must answer;
-    /// one found at a usual path that does not is a warning, and the watch names no pods.
+    /// Connects to the container runtime (see [`RuntimeArgs::pods`]); the filters need one.
     pub fn start(&self, metrics: Option<(Metrics, TcpListener)>) -> Result<Agent> {
         let filter = PodFilter { pods: self.pods.clone(), namespaces: self.namespaces.clone() };
-        let (socket, given) = match &self.cri_socket {
-            Some(socket) => (Some(socket.clone()), true),
-            None => (cri::find_socket(), false),
-        };
-        let pods = match socket {
-            None => None,
-            Some(socket) => match Pods::start(&socket) {
-                Ok((mut pods, version)) => {
-                    eprintln!(
-                        "tracer: naming pods from {version} at {} ({} pods with addresses on this node)",
-                        socket.display(),
-                        pods.table().len()
-                    );
-                    Some(pods)
-                }
-                Err(err) if given => bail!("{err:#}: check --cri-socket (the runtime's CRI socket, e.g. /run/containerd/containerd.sock)"),
-                Err(err) => {
-                    eprintln!("tracer: warning: no pod names: {err:#}; give the runtime's CRI socket with --cri-socket");
-                    None
-                }
-            },
-        };
+        let pods = self.runtime.pods()?;
         if pods.is_none() && !filter.is_empty() {
             bail!(
                 "--pod and --namespace need pod names, and no container runtime answered at {}: give its CRI socket with --cri-socket",
