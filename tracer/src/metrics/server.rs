@@ -1,5 +1,5 @@
-//! Serves the metrics over HTTP on a thread of its own: `GET /metrics` (Prometheus text),
-//! `GET /healthz` (liveness: the watch still serves its outputs) and `GET /readyz` (ready:
+//! Serves the metrics over HTTP on a thread of its own (GET and HEAD): `/metrics` (Prometheus text),
+//! `/healthz` (liveness: the watch still serves its outputs) and `/readyz` (ready:
 //! attached and serving). The listening socket is opened by the caller before anything
 //! else, so it belongs to the network namespace tracer started in, also with `--netns`.
 //!
@@ -11,7 +11,7 @@ use std::{
     net::{SocketAddr, TcpListener, TcpStream},
     sync::atomic::Ordering,
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
@@ -56,7 +56,13 @@ fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
     stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
     let mut request = Vec::new();
     let mut chunk = [0u8; 1024];
+    // Each read waits at most the timeout, and so does the whole request: a client that
+    // sends a byte at a time is cut off too.
+    let deadline = Instant::now() + CLIENT_TIMEOUT;
     while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < MAX_REQUEST {
+        if Instant::now() >= deadline {
+            return Ok(());
+        }
         let read = stream.read(&mut chunk)?;
         if read == 0 {
             break;
@@ -69,11 +75,11 @@ fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
     let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
     let (status, content_type, body) = match (method, path) {
-        ("GET", "/metrics") => ("200 OK", CONTENT_TYPE, metrics.encode()),
-        ("GET", "/healthz") => health(metrics, false),
-        ("GET", "/readyz") => health(metrics, true),
-        ("GET", _) => ("404 Not Found", "text/plain", "not found: try /metrics, /healthz or /readyz\n".to_string()),
-        _ => ("405 Method Not Allowed", "text/plain", "only GET is served\n".to_string()),
+        ("GET" | "HEAD", "/metrics") => ("200 OK", CONTENT_TYPE, metrics.encode()),
+        ("GET" | "HEAD", "/healthz") => health(metrics, false),
+        ("GET" | "HEAD", "/readyz") => health(metrics, true),
+        ("GET" | "HEAD", _) => ("404 Not Found", "text/plain", "not found: try /metrics, /healthz or /readyz\n".to_string()),
+        _ => ("405 Method Not Allowed", "text/plain", "only GET and HEAD are served\n".to_string()),
     };
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
