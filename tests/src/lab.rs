@@ -338,27 +338,7 @@ impl Lab {
         let pid_file = self.dir.join("dnsmasq.pid");
         let log_file = self.dir.join("dnsmasq.log");
         let (server_ip, server_ip6) = (self.server_ip(), self.server_ip6());
-        let args = [
-            "dnsmasq".to_string(),
-            "--keep-in-foreground".into(),
-            "--conf-file=/dev/null".into(),
-            "--no-resolv".into(),
-            "--no-hosts".into(),
-            "--bind-interfaces".into(),
-            format!("--listen-address={server_ip}"),
-            format!("--listen-address={server_ip6}"),
-            "--user=root".into(),
-            format!("--pid-file={}", pid_file.display()),
-            format!("--host-record={TEST_NAME},{TEST_A},{TEST_AAAA}"),
-            format!(
-                "--txt-record={BIG_TXT_NAME},{}",
-                big_txt_strings().join(",")
-            ),
-            // dnsmasq's default (1232) would truncate the big answer instead of sending it.
-            "--edns-packet-max=4096".into(),
-            "--log-queries".into(),
-            format!("--log-facility={}", log_file.display()),
-        ];
+        let args = dnsmasq_argv(&[server_ip, server_ip6], &pid_file, &log_file);
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let child = self
             .command(Ns::Server, &argv)
@@ -604,16 +584,24 @@ impl Drop for Lab {
 /// Runs dig like [`Lab::dig`] in any network namespace (`/run/netns/NETNS`), e.g. one a test
 /// added to the lab.
 pub fn dig_in(netns: &str, server: &str, name: &str, extra: &[&str]) -> Result<Dig> {
+    let mut enter = Command::new("ip");
+    enter.args(["netns", "exec", netns]);
+    dig_entering(enter, server, name, extra)
+}
+
+/// Runs dig like [`Lab::dig`] through `enter`, a command that runs its arguments where the
+/// query should come from (`ip netns exec NS`, `nsenter -t PID -n`).
+pub fn dig_entering(mut enter: Command, server: &str, name: &str, extra: &[&str]) -> Result<Dig> {
     let at = format!("@{server}");
     // +qr prints the query as sent, so the query id is known even when no reply arrives.
     let mut argv = vec!["dig", "+tries=1", "+time=2", "+qr", &at, name];
     argv.extend_from_slice(extra);
-    let out = Command::new("ip")
-        .args(["netns", "exec", netns])
+    let what = format!("{enter:?}");
+    let out = enter
         .args(&argv)
         .stdin(Stdio::null())
         .output()
-        .with_context(|| format!("running `{}` in {netns}", argv.join(" ")))?;
+        .with_context(|| format!("running `{}` through {what}", argv.join(" ")))?;
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     Ok(Dig::parse(text, out.status.code()))
@@ -718,6 +706,31 @@ impl Dig {
     }
 }
 
+/// dnsmasq answering [`TEST_NAME`] and [`BIG_TXT_NAME`] on `listen` (addresses), in the
+/// foreground, reading no file of the machine's, logging queries to `log_file`.
+pub fn dnsmasq_argv(listen: &[&str], pid_file: &Path, log_file: &Path) -> Vec<String> {
+    let mut args = vec![
+        "dnsmasq".to_string(),
+        "--keep-in-foreground".into(),
+        "--conf-file=/dev/null".into(),
+        "--no-resolv".into(),
+        "--no-hosts".into(),
+        "--bind-interfaces".into(),
+    ];
+    args.extend(listen.iter().map(|address| format!("--listen-address={address}")));
+    args.extend([
+        "--user=root".into(),
+        format!("--pid-file={}", pid_file.display()),
+        format!("--host-record={TEST_NAME},{TEST_A},{TEST_AAAA}"),
+        format!("--txt-record={BIG_TXT_NAME},{}", big_txt_strings().join(",")),
+        // dnsmasq's default (1232) would truncate the big answer instead of sending it.
+        "--edns-packet-max=4096".into(),
+        "--log-queries".into(),
+        format!("--log-facility={}", log_file.display()),
+    ]);
+    args
+}
+
 /// The strings of [`BIG_TXT_NAME`]'s TXT record.
 pub fn big_txt_strings() -> Vec<String> {
     (0..BIG_TXT_STRINGS)
@@ -725,7 +738,7 @@ pub fn big_txt_strings() -> Vec<String> {
         .collect()
 }
 
-fn ensure_root() -> Result<()> {
+pub(crate) fn ensure_root() -> Result<()> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the lab needs root (network namespaces, iptables, dnsmasq): run the tests as root");
@@ -771,7 +784,7 @@ fn sweep_stale_labs() {
     }
 }
 
-fn delete_netns(name: &str) -> Result<()> {
+pub(crate) fn delete_netns(name: &str) -> Result<()> {
     // Anything still running in a lab namespace was started by the lab (a process handle that was
     // leaked); it would keep the namespace alive after `ip netns del`.
     if let Ok(pids) = run_on_host(&["ip", "netns", "pids", name]) {
@@ -785,7 +798,7 @@ fn delete_netns(name: &str) -> Result<()> {
     run_on_host(&["ip", "netns", "del", name]).map(drop)
 }
 
-fn stop_child(mut child: Child) {
+pub(crate) fn stop_child(mut child: Child) {
     if let Ok(None) = child.try_wait() {
         let _ = send_signal(child.id(), libc::SIGTERM);
         if !matches!(
@@ -810,7 +823,7 @@ pub fn run_on_host(argv: &[&str]) -> Result<String> {
     check(&out, &format!("`{}`", argv.join(" ")))
 }
 
-fn check(out: &Output, what: &str) -> Result<String> {
+pub(crate) fn check(out: &Output, what: &str) -> Result<String> {
     if !out.status.success() {
         bail!(
             "{what} failed ({}): {}",
@@ -821,7 +834,7 @@ fn check(out: &Output, what: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn read_lossy(path: &Path) -> String {
+pub(crate) fn read_lossy(path: &Path) -> String {
     match fs::read(path) {
         Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
         Err(e) => format!("({}: {e})", path.display()),

@@ -1,5 +1,6 @@
 //! Test support for tracer: a network-namespace lab that reproduces a Kubernetes node's DNS path
-//! ([`lab`]), the processes started in it ([`process`]), one watch around some traffic
+//! ([`lab`]), a node whose pods containerd runs through the CRI ([`node`]) and the OCI images it
+//! imports ([`oci`]), the processes started in it ([`process`]), one watch around some traffic
 //! ([`scenario`]), reading `tracer watch` output ([`output`]), building packets by hand
 //! ([`packets`]), the firewall as text ([`firewall`]) and running tracer without privileges
 //! ([`unprivileged`]).
@@ -11,6 +12,8 @@ pub mod dnsperf;
 pub mod firewall;
 pub mod lab;
 pub mod netns;
+pub mod node;
+pub mod oci;
 pub mod output;
 pub mod packets;
 pub mod process;

@@ -130,7 +130,8 @@ impl<'lab> Process<'lab> {
         Process::spawn(cmd, what.to_string(), mode)
     }
 
-    pub(crate) fn spawn(mut cmd: Command, what: String, mode: StdoutMode) -> Result<Process<'lab>> {
+    /// Starts `cmd` with its output captured as `mode` says; `what` names it in messages.
+    pub fn spawn(mut cmd: Command, what: String, mode: StdoutMode) -> Result<Process<'lab>> {
         cmd.stdin(Stdio::null()).stderr(Stdio::piped());
         match mode {
             StdoutMode::Capture | StdoutMode::CountPackets => cmd.stdout(Stdio::piped()),

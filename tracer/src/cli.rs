@@ -10,6 +10,14 @@ pub enum OutputFormat {
     Json,
 }
 
+/// `--output` of `watch`: also `none`, for an agent whose results are its metrics.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum WatchFormat {
+    Text,
+    Json,
+    None,
+}
+
 /// A positive number of seconds, fractions allowed.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let secs: f64 = text.parse().map_err(|_| format!("`{text}` is not a number of seconds"))?;

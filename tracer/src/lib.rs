@@ -7,6 +7,7 @@ pub mod commands;
 pub mod findings;
 pub mod firewall;
 pub mod kernel;
+pub mod metrics;
 pub mod model;
 pub mod netns;
 pub mod node;

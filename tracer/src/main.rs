@@ -20,15 +20,19 @@ struct Cli {
 enum Command {
     /// Show every packet to or from a port as it crosses the node's Linux bridges.
     ///
-    /// Watches the network namespace tracer runs in; for a node that lives in a
-    /// namespace use `ip netns exec NODE tracer watch ...`. Stops on Ctrl-C, SIGTERM
-    /// or after --duration, and then prints a summary with the number of records the
-    /// kernel could not deliver (`lost`).
+    /// Watches the network namespace tracer runs in, or the one --netns names. On a
+    /// Kubernetes node, addresses are shown with their pods (namespace/name), read from
+    /// the container runtime's CRI socket. Stops on Ctrl-C, SIGTERM or after --duration,
+    /// and then prints a summary with the number of records the kernel could not
+    /// deliver (`lost`).
     ///
     /// Examples:
     ///   sudo tracer watch --port 53
     ///   sudo tracer watch --port 53 --output json --duration 10 > dns.jsonl
     ///   sudo tracer watch --port 53 --write dns.pcapng
+    ///   sudo tracer watch --netns NODE --namespace kube-system
+    ///   sudo tracer watch --pod default/client-7c9f --pod kube-system/coredns-5d78c9869d-6kx2p
+    ///   sudo tracer watch --output none --metrics 0.0.0.0:9742      # an agent for Prometheus
     #[command(verbatim_doc_comment)]
     Watch(watch::WatchArgs),
 

@@ -1,9 +1,15 @@
 //! Running code in another network namespace. setns(2) with CLONE_NEWNET moves only the
 //! calling thread, so the code runs on a thread of its own that enters the namespace first:
 //! the caller's threads (the watch loop, the test harness) stay where they are, and the
-//! switch ends with the thread.
+//! switch ends with the thread. `--netns` is the one exception: it moves the process's
+//! only thread at start, for the whole run.
 
-use std::{fs::File, io, os::fd::AsRawFd, path::Path};
+use std::{
+    fs::File,
+    io,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{anyhow, Context, Result};
 
@@ -24,6 +30,47 @@ pub fn run_in<T: Send>(path: &Path, body: impl FnOnce() -> T + Send) -> Result<T
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
+}
+
+/// Where `ip netns add` pins named namespaces (`/var/run` is a link to `/run` on most
+/// distributions; both are tried).
+const PINNED_DIRS: [&str; 2] = ["/run/netns", "/var/run/netns"];
+
+/// The namespace file `--netns` names: a PID (`/proc/PID/ns/net`), a path, or a name
+/// pinned by `ip netns add`.
+pub fn resolve(target: &str) -> Result<PathBuf> {
+    if !target.is_empty() && target.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok(PathBuf::from(format!("/proc/{target}/ns/net")));
+    }
+    if target.contains('/') {
+        return Ok(PathBuf::from(target));
+    }
+    if target.is_empty() || target == "." || target == ".." {
+        return Err(anyhow!("--netns needs a name, a path or a PID"));
+    }
+    PINNED_DIRS
+        .iter()
+        .map(|dir| Path::new(dir).join(target))
+        .find(|path| path.exists())
+        .ok_or_else(|| anyhow!("no network namespace named {target} in /run/netns (`ip netns list` shows them); give a name, a path such as /proc/PID/ns/net, or a PID"))
+}
+
+/// Moves the calling thread into the network namespace `target` names (see [`resolve`]),
+/// for good. Call it while the process has only this one thread: threads started later
+/// inherit the namespace, so the watch, its workers and the tools they run all live there,
+/// as under `ip netns exec`.
+pub fn enter(target: &str) -> Result<()> {
+    let path = resolve(target)?;
+    let file = File::open(&path).with_context(|| format!("--netns {target}: cannot open {}", path.display()))?;
+    // SAFETY: a valid fd; CLONE_NEWNET only accepts a network namespace file.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EINVAL) {
+            return Err(anyhow!("--netns {target}: {} is not a network namespace", path.display()));
+        }
+        return Err(anyhow!(err).context(format!("--netns {target}: entering {}", path.display())));
+    }
+    Ok(())
 }
 
 /// Network namespaces for tests that touch real interfaces and firewalls: each test gets

@@ -5,6 +5,8 @@
 //! - `test [ARGS...]`: setup, build tracer, run the workspace tests with `TRACER_BIN` pointing at the
 //!   build (needs root). ARGS go to `cargo test`, e.g. `cargo xtask test -- healthy`.
 //! - `demo`: setup, build tracer in release mode, and show it watching DNS in a lab (needs root).
+//! - `image [--out FILE]`: setup, build tracer in release mode and its OCI image archive
+//!   (target/image/tracer.tar), which containerd imports and deploy/daemonset.yaml runs.
 //! - `bench [--smoke] [--tracer PATH]`: setup, build tracer in release mode (or take PATH), and
 //!   measure what it costs per packet against no tracer and against iptables TRACE in a lab; writes
 //!   target/bench/results.json (root). `--smoke` is one short round of everything, for
@@ -19,6 +21,7 @@
 mod bench;
 mod cmd;
 mod demo;
+mod image;
 mod setup;
 mod test;
 mod vm;
@@ -30,6 +33,9 @@ usage: cargo xtask <task>
   setup           install the nightly rust-src component, bpf-linker and the lab's Debian packages
   test [ARGS...]  setup, build tracer, run all tests as root (ARGS are passed to cargo test)
   demo            setup, build tracer --release, and show it watching DNS in a namespace lab (root)
+  image [--out FILE]
+                  setup, build tracer --release and its OCI image archive (default
+                  target/image/tracer.tar) for `ctr images import` and deploy/daemonset.yaml
   bench [--smoke] [--tracer PATH]
                   setup, build tracer --release (or use PATH), measure its cost per packet in a
                   namespace lab (root); writes target/bench/results.json (--smoke: seconds,
@@ -59,6 +65,7 @@ fn main() -> ExitCode {
         "demo" if rest.is_empty() => demo::run(),
         "bench" => bench::run(rest),
         "vm" => vm::task(rest),
+        "image" => image::run(rest),
         "help" | "-h" | "--help" => {
             println!("{USAGE}");
             Ok(ExitCode::SUCCESS)

@@ -32,6 +32,17 @@ const PACKAGES: &[&str] = &[
     // setpriv runs tracer without privileges in the tests; sysctl reads node settings.
     "util-linux",
     "procps",
+    // The test node and `cargo xtask image`: containerd with its CRI plugin (runc comes with
+    // it), the CNI plugins (bridge, host-local), the pause image's compiler, and the tools
+    // that build OCI image archives without a registry or daemon.
+    "containerd",
+    "containernetworking-plugins",
+    "gcc",
+    "libc6-dev",
+    "umoci",
+    "skopeo",
+    // The metrics test's Prometheus server and promtool.
+    "prometheus",
 ];
 
 /// Every program a test, the demo or the bench runs, and the package that provides it. Setup
@@ -63,7 +74,17 @@ const TOOLS: &[(&str, &str)] = &[
     ("tshark", "tshark"),
     ("bpftool", "bpftool"),
     ("setpriv", "util-linux"),
+    ("nsenter", "util-linux"),
     ("sysctl", "procps"),
+    ("containerd", "containerd"),
+    ("containerd-shim-runc-v2", "containerd"),
+    ("ctr", "containerd"),
+    ("runc", "runc"),
+    ("cc", "gcc"),
+    ("umoci", "umoci"),
+    ("skopeo", "skopeo"),
+    ("prometheus", "prometheus"),
+    ("promtool", "prometheus"),
 ];
 
 /// Where the lab's tools are installed; tests run them by name from these.
@@ -71,11 +92,9 @@ const TOOL_DIRS: &[&str] = &["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
 
 /// The tools of [`TOOLS`] that are not installed, each as `name (package)`.
 fn missing_tools() -> Vec<String> {
-    TOOLS
-        .iter()
-        .filter(|(name, _)| !TOOL_DIRS.iter().any(|dir| Path::new(dir).join(name).is_file()))
-        .map(|(name, package)| format!("{name} ({package})"))
-        .collect()
+    let tools = TOOLS.iter().filter(|(name, _)| !TOOL_DIRS.iter().any(|dir| Path::new(dir).join(name).is_file()));
+    let plugins = CNI_PLUGINS.iter().filter(|(name, _)| !Path::new(CNI_DIR).join(name).is_file());
+    tools.chain(plugins).map(|(name, package)| format!("{name} ({package})")).collect()
 }
 
 /// Debian packages `cargo xtask vm` boots other kernels with: the emulator; `depmod` (a kernel
@@ -94,6 +113,14 @@ pub const VM_PACKAGES: &[&str] = &[
 /// The virtme-ng release `cargo xtask vm` was verified with; a pinned version keeps a new release
 /// from changing how guests boot or report their exit code.
 const VIRTME_NG_VERSION: &str = "1.42";
+
+/// The CNI plugins the test node's containerd runs, where Debian installs them.
+const CNI_DIR: &str = "/usr/lib/cni";
+const CNI_PLUGINS: &[(&str, &str)] = &[
+    ("bridge", "containernetworking-plugins"),
+    ("host-local", "containernetworking-plugins"),
+    ("loopback", "containernetworking-plugins"),
+];
 
 pub fn run() -> Result<()> {
     step("nightly toolchain", nightly)?;

@@ -1,5 +1,6 @@
 //! `cargo xtask test`: setup, build tracer (the test build with fault injection, and the
-//! release build), run every test in the workspace against them, then a smoke run of the bench.
+//! release build, and the image of the release build), run every test in the workspace against
+//! them, then a smoke run of the bench.
 
 use std::process::ExitCode;
 
@@ -7,6 +8,7 @@ use anyhow::Result;
 
 use crate::bench;
 use crate::cmd::{self, phase};
+use crate::image;
 use crate::setup;
 
 pub fn run(cargo_test_args: &[String]) -> Result<ExitCode> {
@@ -21,13 +23,17 @@ pub fn run(cargo_test_args: &[String]) -> Result<ExitCode> {
     // injection.
     phase("test", "cargo build -p tracer --release");
     let release = cmd::build_tracer(cmd::Build::Release)?;
+    // The image users run, for the test that imports it into containerd and runs it.
+    let image = image::default_archive();
+    image::build(&release, &image)?;
 
     phase(
         "test",
         &format!(
-            "cargo test --workspace (TRACER_BIN={}, TRACER_RELEASE_BIN={})",
+            "cargo test --workspace (TRACER_BIN={}, TRACER_RELEASE_BIN={}, TRACER_IMAGE={})",
             tracer.display(),
-            release.display()
+            release.display(),
+            image.display()
         ),
     );
     let status = cmd::status(
@@ -35,7 +41,8 @@ pub fn run(cargo_test_args: &[String]) -> Result<ExitCode> {
             .args(["test", "--workspace", "--no-fail-fast"])
             .args(cargo_test_args)
             .env("TRACER_BIN", &tracer)
-            .env("TRACER_RELEASE_BIN", &release),
+            .env("TRACER_RELEASE_BIN", &release)
+            .env("TRACER_IMAGE", &image),
         "`cargo test --workspace`",
     )?;
     phase(

@@ -9,6 +9,7 @@
 
 pub mod firewall;
 pub mod output;
+pub mod pods;
 
 use std::{collections::HashMap, io, mem, time::Duration};
 
@@ -31,7 +32,7 @@ use crate::{
     findings::{
         dns::judge,
         netfilter::{short_label, NETFILTER_DROP},
-        Evidence, Finding, FindingKind, FindingLog, Unconfirmed, UnconfirmedLog,
+        Evidence, Finding, FindingKind, FindingLog, Occurrence, Unconfirmed, UnconfirmedLog,
     },
     analysis::output::{DropLine, DroppedStage, Output},
 };
@@ -235,6 +236,7 @@ impl Analysis {
             stage: DroppedStage::Dropped,
             wall_time_ns: clock.wall_ns(drop.timestamp_ns),
             ifname: interfaces.name(drop.ifindex),
+            pods: Default::default(),
             bridge: interfaces.bridge_of(drop.ifindex),
             verdict: if icmp.is_some() { Verdict::Reject } else { Verdict::Drop },
             icmp,
@@ -268,9 +270,7 @@ impl Analysis {
         for pending in mem::take(&mut self.pending) {
             let lost = witness.lost_since(&pending.subject, &pending.loss, pending.until_ns);
             if lost == 0 {
-                if let Some(new) = self.log.record(pending.finding) {
-                    output.finding(new)?;
-                }
+                state(&mut self.log, pending.finding, output)?;
             } else {
                 self.count_unconfirmed(Unconfirmed { records_lost: lost, ..pending.subject }, output)?;
             }
@@ -327,8 +327,8 @@ impl Analysis {
                 line.verdict = Verdict::Reject;
             }
             let finding = finding.clone();
-            self.log.record(finding);
-            return output.dropped(&line);
+            output.dropped(&line)?;
+            return state(&mut self.log, finding, output);
         }
         if self.waiting_lines >= MAX_WAITING_LINES {
             return output.dropped(&line);
@@ -376,9 +376,7 @@ impl Analysis {
                 line.verdict = Verdict::Reject;
             }
             output.dropped(&line)?;
-            if let Some(new) = self.log.record(finding.clone()) {
-                output.finding(new)?;
-            }
+            state(&mut self.log, finding.clone(), output)?;
         }
         Ok(())
     }
@@ -394,7 +392,9 @@ impl Analysis {
             self.unconfirmed.record(kind);
         } else if let Some(key) = drop_key(line) {
             if let Some((_, finding)) = self.attributed.get(&key) {
-                self.log.record(finding.clone());
+                let finding = finding.clone();
+                output.dropped(line)?;
+                return state(&mut self.log, finding, output);
             }
         }
         output.dropped(line)
@@ -409,10 +409,17 @@ impl Analysis {
                 self.attributed.insert(key, (short_label(&finding), finding.clone()));
             }
         }
-        match self.log.record(finding) {
-            Some(new) => output.finding(new),
-            None => Ok(()),
-        }
+        state(&mut self.log, finding, output)
+    }
+}
+
+/// Logs an occurrence of a finding and tells the output: a new finding is reported, a
+/// repeat only counted (by outputs that count, such as the metrics).
+fn state(log: &mut FindingLog, finding: Finding, output: &mut dyn Output) -> io::Result<()> {
+    match log.record(finding) {
+        Occurrence::New(new) => output.finding(new),
+        Occurrence::Repeat(first) => output.repeated(first),
+        Occurrence::NotKept(finding) => output.repeated(&finding),
     }
 }
 

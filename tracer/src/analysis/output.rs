@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     findings::{Finding, FindingKind, Unconfirmed},
-    model::{packet::Verdict, serde_forms, TracedPacket},
+    model::{packet::Verdict, pod::EndpointPods, serde_forms, TracedPacket},
     pipeline::paths::DroppedPacket,
 };
 
@@ -24,6 +24,9 @@ pub struct DropLine {
     #[serde(flatten)]
     pub dropped: DroppedPacket,
     pub ifname: Option<String>,
+    /// The pods holding the source and destination addresses.
+    #[serde(flatten)]
+    pub pods: EndpointPods,
     /// The bridge the device belongs to (or is).
     pub bridge: Option<String>,
     /// The kernel's drop reason without its `SKB_DROP_REASON_` prefix.
@@ -93,16 +96,60 @@ pub trait Output {
     fn dropped(&mut self, line: &DropLine) -> io::Result<()>;
     /// A new finding (repeats are only counted in the summary).
     fn finding(&mut self, finding: &Finding) -> io::Result<()>;
+    /// Another occurrence of a finding already reported (given as first reported), or of
+    /// one past the bound of distinct findings. Outputs for people and captures leave it
+    /// to the summary; the metrics count it.
+    fn repeated(&mut self, _finding: &Finding) -> io::Result<()> {
+        Ok(())
+    }
     /// A finding not stated because records it rests on may have been lost. Outputs for
     /// people only count these (in the summary); a capture records each, so that a report
     /// of it counts the same.
     fn unconfirmed(&mut self, _unconfirmed: &Unconfirmed) -> io::Result<()> {
         Ok(())
     }
+    /// The records lost so far in the kernel (ring buffer full), once a second while the
+    /// watch runs; the summary has the final count.
+    fn lost(&mut self, _total: u64) {}
     fn summary(&mut self, summary: &Summary) -> io::Result<()>;
     /// Called after each batch of events, so a reader at the other end of a pipe sees
     /// them promptly without a write per line.
     fn flush(&mut self) -> io::Result<()>;
+}
+
+/// An output lent to a run that its owner reads afterwards (triage's collector).
+impl<T: Output + ?Sized> Output for &mut T {
+    fn packet(&mut self, packet: &TracedPacket) -> io::Result<()> {
+        (**self).packet(packet)
+    }
+
+    fn dropped(&mut self, line: &DropLine) -> io::Result<()> {
+        (**self).dropped(line)
+    }
+
+    fn finding(&mut self, finding: &Finding) -> io::Result<()> {
+        (**self).finding(finding)
+    }
+
+    fn repeated(&mut self, finding: &Finding) -> io::Result<()> {
+        (**self).repeated(finding)
+    }
+
+    fn unconfirmed(&mut self, unconfirmed: &Unconfirmed) -> io::Result<()> {
+        (**self).unconfirmed(unconfirmed)
+    }
+
+    fn lost(&mut self, total: u64) {
+        (**self).lost(total);
+    }
+
+    fn summary(&mut self, summary: &Summary) -> io::Result<()> {
+        (**self).summary(summary)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        (**self).flush()
+    }
 }
 
 /// The watch's main output (text or JSON on standard output) with a capture file
@@ -161,6 +208,14 @@ impl Output for Tee<'_> {
     fn unconfirmed(&mut self, unconfirmed: &Unconfirmed) -> io::Result<()> {
         self.on_capture(|c| c.unconfirmed(unconfirmed));
         self.main.unconfirmed(unconfirmed)
+    }
+
+    fn repeated(&mut self, finding: &Finding) -> io::Result<()> {
+        self.main.repeated(finding)
+    }
+
+    fn lost(&mut self, total: u64) {
+        self.main.lost(total);
     }
 
     fn summary(&mut self, summary: &Summary) -> io::Result<()> {

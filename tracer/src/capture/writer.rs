@@ -30,6 +30,7 @@ use crate::{
         monotonic_now_ns,
         packet::{stage_name, Conntrack},
         netfilter::HookPass,
+        pod::with_pod,
         TracedPacket,
     },
     render::text::hook_path,
@@ -273,8 +274,8 @@ fn packet_comment(packet: &TracedPacket) -> String {
     format!(
         "tracer: {place} | {} {} → {} | ct: {} | {}",
         event.l4_proto,
-        event.src,
-        event.dst,
+        with_pod(event.src, packet.pods.src_pod.as_ref()),
+        with_pod(event.dst, packet.pods.dst_pod.as_ref()),
         conntrack_words(&event.conntrack),
         hooks_words(&packet.hooks)
     )
@@ -291,8 +292,8 @@ fn drop_comment(line: &DropLine) -> String {
     let icmp = line.icmp.as_ref().map(|i| format!(", ICMP {i}")).unwrap_or_default();
     format!(
         "tracer: {place} | {} → {} | hooks: {}, verdict {}{by} | {}{icmp} | no bytes: the kernel reports a drop without the packet",
-        drop.src,
-        drop.dst,
+        with_pod(drop.src, line.pods.src_pod.as_ref()),
+        with_pod(drop.dst, line.pods.dst_pod.as_ref()),
         if path.is_empty() { "none".to_string() } else { path },
         line.verdict.name(),
         line.reason
@@ -500,6 +501,7 @@ pub(crate) mod tests {
                 hook: Hook::Forward,
                 in_ifname: Some("cni0".to_string()),
                 out_ifname: Some("cni0".to_string()),
+                pods: Default::default(),
                 culprit: Culprit::of(Some(rule.clone()), None),
                 candidates: vec![rule],
                 attribution: "the only rule that fits".to_string(),
@@ -517,6 +519,7 @@ pub(crate) mod tests {
             dropped: dropped.clone(),
             wall_time_ns: 1_800_000_000_009_000_000,
             ifname: Some("veth-server".to_string()),
+            pods: Default::default(),
             bridge: Some("cni0".to_string()),
             reason: "NETFILTER_DROP".to_string(),
             stage: Default::default(),

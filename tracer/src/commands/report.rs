@@ -13,7 +13,7 @@ use std::{
 };
 
 use crate::{
-    analysis::{Analysis, AnalysisOptions},
+    analysis::{pods::PodNames, Analysis, AnalysisOptions},
     cli::{fail, OutputFormat},
     render::{json::JsonOutput, text::TextOutput},
     pipeline::loss::{LossWindows, LossWitness},
@@ -228,12 +228,13 @@ pub fn command(args: ReportArgs) -> ExitCode {
         Origin::Tracer(meta) => {
             let host = meta.hostname.map(|h| format!(" on {h}")).unwrap_or_default();
             eprintln!("tracer: report of {}: a tracer {} watch{host}", args.file.display(), meta.tracer_version);
-            let mut output: Box<dyn Output> = if json {
+            let printer: Box<dyn Output> = if json {
                 Box::new(JsonOutput::new(std::io::BufWriter::new(stdout.lock())))
             } else {
                 Box::new(TextOutput::new(stdout.lock(), stdout.is_terminal()))
             };
-            report.run(output.as_mut())
+            // Findings made again from the packets name the pods the packets recorded.
+            report.run(&mut PodNames::recorded(printer))
         }
         Origin::Other { application, pcap } => {
             let writer = match (pcap, application) {

@@ -31,10 +31,14 @@ use crate::{
         format::{CaptureMeta, FORMAT},
         writer::{CaptureInfo, PcapngWriter},
     },
-    cli::{fail, parse_duration, parse_ring_mib, OutputFormat},
+    cli::{fail, parse_duration, parse_ring_mib, WatchFormat},
+    commands::agent::AgentArgs,
     node::sysctl::{bridge_nf_call_sysctl, read_sysctl},
     analysis::output::Tee,
-    render::{json::JsonOutput, text::TextOutput},
+    render::{
+        json::JsonOutput,
+        text::{SummaryOnly, TextOutput},
+    },
     kernel::{
         check_privileges,
         journeys::Journeys,
@@ -223,6 +227,7 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Endi
                 loss.read_misses();
                 if ticks.is_multiple_of(LOST_REPORT_TICKS) {
                     lost_reported = report_lost(&hooks, loss.kernel(), lost_reported);
+                    output.lost(lost_reported);
                 }
                 // Also when nothing woke the loop: a ring buffer read empty here is what
                 // lets an unanswered query's time run out on a quiet node.
@@ -415,6 +420,13 @@ pub struct TracingArgs {
     /// lines. For bug reports; off by default, when the programs report nothing.
     #[arg(long)]
     pub debug: bool,
+
+    /// Watch this network namespace instead of the one tracer runs in, as `ip netns exec`
+    /// would: a name from `ip netns list`, a path (/proc/PID/ns/net, /var/run/netns/cni-…)
+    /// or the PID of a process in it (e.g. 1 for the host's, from a container with the
+    /// host's PID namespace).
+    #[arg(long, value_name = "NAME|PATH|PID")]
+    pub netns: Option<String>,
 }
 
 /// A ring buffer for the rate at which this node can make records: a journey per packet,
@@ -428,6 +440,15 @@ fn default_ring_mib(findings_only: bool) -> u32 {
 }
 
 impl TracingArgs {
+    /// Enters `--netns`, when given. Call while the process has one thread: everything
+    /// started afterwards (the watch, its workers, the tools they run) lives there.
+    pub fn enter_netns(&self) -> Result<()> {
+        match &self.netns {
+            Some(target) => crate::netns::enter(target),
+            None => Ok(()),
+        }
+    }
+
     /// The options of a watch on `port`, copying `snaplen` bytes, for `duration`.
     pub fn watch_options(&self, port: u16, snaplen: u32, duration: Option<Duration>, findings_only: bool) -> WatchOptions {
         WatchOptions {
@@ -450,9 +471,10 @@ pub struct WatchArgs {
     #[arg(long, default_value_t = 53)]
     pub port: u16,
 
-    /// `text` for people (colour on a terminal), `json` for JSON Lines (fields in README).
-    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
-    pub output: OutputFormat,
+    /// `text` for people (colour on a terminal), `json` for JSON Lines (fields in README),
+    /// `none` for an agent that serves --metrics (only the summary, on standard error).
+    #[arg(long, value_enum, default_value_t = WatchFormat::Text)]
+    pub output: WatchFormat,
 
     /// Stop by itself after this many seconds (fractions allowed).
     #[arg(long, value_name = "SECS", value_parser = parse_duration)]
@@ -483,19 +505,29 @@ pub struct WatchArgs {
     /// only when the watch ends, so a watch that fails to start keeps the old one.
     #[arg(long, requires = "write")]
     pub force: bool,
+
+    #[command(flatten)]
+    pub agent: AgentArgs,
 }
 
 /// `tracer watch`: the capture file, the outputs, the watch, and the exit code.
 pub fn command(args: WatchArgs) -> ExitCode {
     let options = args.tracing.watch_options(args.port, args.snaplen, args.duration, args.findings_only);
-    // The capture file is created before anything is attached, so a path that cannot
-    // be written is reported at once; and after the privileges are checked, so a watch
-    // that cannot start creates nothing.
-    if args.write.is_some() {
-        if let Err(err) = check_privileges() {
-            return fail(&err);
-        }
+    // Nothing is opened, entered or created before the privileges are known to be there:
+    // a watch that cannot start leaves nothing behind.
+    if let Err(err) = check_privileges() {
+        return fail(&err);
     }
+    // The metrics port is opened in the namespace tracer was started in, before --netns.
+    let agent = match args.agent.open_metrics().and_then(|metrics| {
+        args.tracing.enter_netns()?;
+        args.agent.start(metrics)
+    }) {
+        Ok(agent) => agent,
+        Err(err) => return fail(&err),
+    };
+    // The capture file is created before anything is attached, so a path that cannot
+    // be written is reported at once.
     let mut capture_file = None;
     let capture = match &args.write {
         Some(path) => {
@@ -526,16 +558,26 @@ pub fn command(args: WatchArgs) -> ExitCode {
     let stdout = std::io::stdout();
     let colour = stdout.is_terminal();
     let main: Box<dyn Output> = match args.output {
-        OutputFormat::Text => Box::new(TextOutput::new(stdout.lock(), colour)),
-        OutputFormat::Json => Box::new(JsonOutput::new(std::io::BufWriter::new(stdout.lock()))),
+        WatchFormat::Text => Box::new(TextOutput::new(stdout.lock(), colour)),
+        WatchFormat::Json => Box::new(JsonOutput::new(std::io::BufWriter::new(stdout.lock()))),
+        WatchFormat::None => Box::new(SummaryOnly::new(std::io::stderr())),
     };
-    let mut output = Tee::new(main, capture);
+    let (mut output, node_checks) = match agent.outputs(Box::new(Tee::new(main, capture)), args.port) {
+        Ok(outputs) => outputs,
+        Err(err) => {
+            if let Some(file) = capture_file {
+                file.abandon();
+            }
+            return fail(&err);
+        }
+    };
     let ended = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(runtime) => runtime.block_on(run(&options, &mut output)),
+        Ok(runtime) => runtime.block_on(run(&options, output.as_mut())),
         Err(err) => Err(anyhow::anyhow!(err).context("starting the event loop")),
     };
     // Flushes and closes the capture before it is synced and named.
     drop(output);
+    drop(node_checks);
     let ending = match ended {
         Ok(ending) => ending,
         Err(err) => {

@@ -46,6 +46,7 @@ fn judge_reply(query: &QueryFlow, reply: &TracedPacket, read_sysctl: &dyn Fn(&st
         reply_out_port: reply.names.ifname.clone(),
         last_seen: None,
         sysctls: Vec::new(),
+        pods: Default::default(),
     };
     Some(if skipped_by.is_some() {
         conntrack_skip(evidence, reply.wall_time_ns, read_sysctl)
@@ -178,6 +179,7 @@ fn timeout(query: &QueryFlow, timeout_secs: f64) -> Finding {
             reply_out_port: None,
             last_seen: Some(seen.clone()),
             sysctls: Vec::new(),
+            pods: Default::default(),
         }),
         explanation: format!(
             "No reply to the {} query for {} was seen on this node. {where_lost}",
@@ -199,6 +201,7 @@ fn show(addr: Option<SocketAddr>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::findings::Occurrence;
     use crate::pipeline::queries::{
         tests::{addr, dnat_entry, packet, query_path},
         DnsFlows,
@@ -293,9 +296,9 @@ mod tests {
         if let Evidence::Dns(dns) = &mut other_port.evidence {
             dns.client = addr("10.244.0.5:40001");
         }
-        assert!(log.record(finding.clone()).is_some());
-        assert!(log.record(finding).is_none());
-        assert!(log.record(other_port).is_none());
+        assert!(matches!(log.record(finding.clone()), Occurrence::New(_)));
+        assert!(matches!(log.record(finding), Occurrence::Repeat(_)));
+        assert!(matches!(log.record(other_port), Occurrence::Repeat(_)));
         assert_eq!(log.distinct(), 1);
         assert_eq!(log.counts(), vec![(FindingKind::ConntrackSkip, 3)]);
     }

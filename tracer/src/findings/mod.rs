@@ -13,7 +13,12 @@ use serde::{Deserialize, Serialize};
 pub use crate::model::finding::{FindingKind, Unconfirmed};
 use crate::{
     firewall::Backend,
-    model::{hook::Hook, packet::L4Proto, serde_forms},
+    model::{
+        hook::Hook,
+        packet::L4Proto,
+        pod::{DnsPods, EndpointPods},
+        serde_forms,
+    },
     node::sysctl::SysctlValue,
     pipeline::queries::Sighting,
 };
@@ -92,6 +97,9 @@ pub struct DnsEvidence {
     /// Node settings that bear on the finding, as read when it was made.
     #[serde(with = "crate::node::sysctl::by_name")]
     pub sysctls: Vec<SysctlValue>,
+    /// The pods holding the client's and the servers' addresses.
+    #[serde(flatten)]
+    pub pods: DnsPods,
 }
 
 /// A firewall rule, as the finding names it.
@@ -152,6 +160,9 @@ pub struct NetfilterEvidence {
     pub src: SocketAddr,
     pub dst: SocketAddr,
     pub proto: L4Proto,
+    /// The pods holding the source and destination addresses.
+    #[serde(flatten)]
+    pub pods: EndpointPods,
     /// The hook the packet entered and never left.
     pub hook: Hook,
     pub in_ifname: Option<String>,
@@ -364,24 +375,35 @@ pub struct FindingLog {
     pub overflow: u64,
 }
 
+/// What one occurrence of a finding was to the log.
+pub enum Occurrence<'a> {
+    /// The first of its problem: to be reported.
+    New(&'a Finding),
+    /// The same problem again (the first occurrence, as it was reported).
+    Repeat(&'a Finding),
+    /// A further distinct finding when the log is full: counted, not kept.
+    NotKept(Box<Finding>),
+}
+
 /// Bounds the log on a node where something breaks for every client at once.
 const MAX_DISTINCT: usize = 10_000;
 
 impl FindingLog {
-    /// Records an occurrence; returns the finding when it is new (to be reported now).
-    pub fn record(&mut self, finding: Finding) -> Option<&Finding> {
+    /// Records an occurrence: new ones are reported now, repeats only counted.
+    pub fn record(&mut self, finding: Finding) -> Occurrence<'_> {
         let key = finding.dedupe_key();
         if let Some(&at) = self.index.get(&key) {
             self.findings[at].1 += 1;
-            return None;
+            return Occurrence::Repeat(&self.findings[at].0);
         }
         if self.findings.len() >= MAX_DISTINCT {
             self.overflow += 1;
-            return None;
+            return Occurrence::NotKept(Box::new(finding));
         }
-        self.index.insert(key, self.findings.len());
+        let at = self.findings.len();
+        self.index.insert(key, at);
         self.findings.push((finding, 1));
-        self.findings.last().map(|(finding, _)| finding)
+        Occurrence::New(&self.findings[at].0)
     }
 
     pub fn distinct(&self) -> usize {

@@ -59,6 +59,7 @@ pub fn judge_drop(dropped: &DroppedPacket, context: &DropContext, before: &Snaps
         hook,
         in_ifname: context.in_ifname.clone(),
         out_ifname: context.out_ifname.clone(),
+        pods: Default::default(),
         culprit: Culprit::of(attribution.rule.as_ref().map(RuleRef::of), attribution.policy.as_ref().map(ChainRef::of)),
         candidates: attribution.candidates.iter().map(RuleRef::of).collect(),
         attribution: attribution.reason.clone(),

@@ -8,6 +8,7 @@ pub mod hook;
 pub mod netfilter;
 pub mod packet;
 pub mod plain;
+pub mod pod;
 pub mod serde_forms;
 pub mod traced;
 

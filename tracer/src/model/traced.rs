@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     netfilter::HookPass,
     packet::{PacketEvent, Verdict},
+    pod::EndpointPods,
     serde_forms,
 };
 
@@ -32,6 +33,9 @@ pub struct TracedPacket {
     pub event: PacketEvent,
     #[serde(flatten)]
     pub names: InterfaceNames,
+    /// The pods holding the source and destination addresses, named by the runtime.
+    #[serde(flatten)]
+    pub pods: EndpointPods,
     /// The netfilter hooks the packet passed since it was last on the bridge path.
     pub hooks: Vec<HookPass>,
     /// `accept` when it passed hooks (it came out of them).

@@ -1,6 +1,8 @@
-//! The node's state as tracer reads it: settings, interfaces, and each network namespace's
-//! state for the node checks (bridges, sysctls, conntrack, the firewall).
+//! The node's state as tracer reads it: settings, interfaces, the pods its container
+//! runtime runs, and each network namespace's state for the node checks (bridges, sysctls,
+//! conntrack, the firewall).
 
 pub mod checks;
 pub mod interfaces;
+pub mod pods;
 pub mod sysctl;

@@ -299,6 +299,7 @@ pub(crate) mod tests {
                 in_ifname: None,
                 bridge: Some("cni0".to_string()),
             },
+            pods: Default::default(),
             hooks: Vec::new(),
             verdict: None,
         }

@@ -12,6 +12,7 @@ use crate::{
         dns,
         netfilter::HookPass,
         packet::{stage_name, Conntrack},
+        pod::with_pod,
         TracedPacket,
     },
 };
@@ -39,6 +40,39 @@ impl<W: Write> TextOutput<W> {
         } else {
             text.to_string()
         }
+    }
+}
+
+/// `--output none`: no lines, only the summary (on standard error, for the agent's log).
+pub struct SummaryOnly<W: Write> {
+    text: TextOutput<W>,
+}
+
+impl<W: Write> SummaryOnly<W> {
+    pub fn new(out: W) -> Self {
+        SummaryOnly { text: TextOutput::new(out, false) }
+    }
+}
+
+impl<W: Write> Output for SummaryOnly<W> {
+    fn packet(&mut self, _packet: &TracedPacket) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn dropped(&mut self, _line: &DropLine) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn finding(&mut self, _finding: &Finding) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn summary(&mut self, summary: &Summary) -> io::Result<()> {
+        self.text.summary(summary)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -122,7 +156,7 @@ impl<W: Write> Output for TextOutput<W> {
             place,
             "",
             self.paint(RED_BOLD, &format!("{:<10}", "dropped")),
-            format!("{} → {}", drop.src, drop.dst),
+            format!("{} → {}", with_pod(drop.src, line.pods.src_pod.as_ref()), with_pod(drop.dst, line.pods.dst_pod.as_ref())),
             path,
             if path.is_empty() { "" } else { " " },
             line.reason
@@ -134,7 +168,8 @@ impl<W: Write> Output for TextOutput<W> {
         let hooks = &packet.hooks;
         let event = &packet.event;
         let (from, to) = path(packet);
-        let flow = format!("{} → {}", event.src, event.dst);
+        let pods = &packet.pods;
+        let flow = format!("{} → {}", with_pod(event.src, pods.src_pod.as_ref()), with_pod(event.dst, pods.dst_pod.as_ref()));
         let what = match &event.dns {
             Some(message) => dns_text(message),
             None => format!("{} {} bytes", event.l4_proto.name(), event.ip_len),
@@ -242,13 +277,15 @@ fn dns_evidence_lines(dns: &DnsEvidence) -> Vec<String> {
         dns.query.qname.as_deref().unwrap_or("?"),
         dns.query.id
     );
-    let mut lines = vec![format!("client {}  asked {}  for {query}", dns.client, dns.expected_source)];
+    let pods = &dns.pods;
+    let expected = with_pod(dns.expected_source, pods.expected_source_pod.as_ref());
+    let mut lines = vec![format!("client {}  asked {expected}  for {query}", with_pod(dns.client, pods.client_pod.as_ref()))];
     if let Some(actual) = dns.actual_source {
         let ports = match (&dns.reply_in_port, &dns.reply_out_port) {
             (Some(from), Some(to)) => format!(", bridged {from} → {to}"),
             _ => String::new(),
         };
-        lines.push(format!("reply from {actual} (expected {}){ports}", dns.expected_source));
+        lines.push(format!("reply from {} (expected {expected}){ports}", with_pod(actual, pods.actual_source_pod.as_ref())));
     }
     if let Some(seen) = &dns.last_seen {
         let place = seen.ifname.clone().unwrap_or_else(|| format!("if{}", seen.ifindex));
@@ -272,7 +309,8 @@ fn netfilter_evidence_lines(nf: &NetfilterEvidence) -> Vec<String> {
         (Some(i), None) => format!(" (in {i})"),
         _ => String::new(),
     };
-    let mut lines = vec![format!("{} {} → {} stopped in hook {}{devices}", nf.proto, nf.src, nf.dst, nf.hook)];
+    let (src, dst) = (with_pod(nf.src, nf.pods.src_pod.as_ref()), with_pod(nf.dst, nf.pods.dst_pod.as_ref()));
+    let mut lines = vec![format!("{} {src} → {dst} stopped in hook {}{devices}", nf.proto, nf.hook)];
     if let Some(icmp) = &nf.icmp {
         lines.push(format!("the node answered with ICMP {icmp}"));
     }

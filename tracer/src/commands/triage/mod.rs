@@ -16,7 +16,10 @@ mod traffic;
 use self::traffic::Collector;
 use crate::{
     cli::{parse_duration, OutputFormat},
-    commands::watch::{self, Ending, TracingArgs},
+    commands::{
+        agent::RuntimeArgs,
+        watch::{self, Ending, TracingArgs},
+    },
     findings::node_config,
     kernel::check_privileges,
     node::checks::{read_conntrack, read_namespace, visible_namespaces, ConntrackReading},
@@ -55,6 +58,9 @@ pub struct TriageArgs {
 
     #[command(flatten)]
     pub tracing: TracingArgs,
+
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 /// Exit codes promised in the README.
@@ -70,7 +76,7 @@ fn could_not_run(err: &anyhow::Error) -> ExitCode {
 pub fn run(args: TriageArgs) -> ExitCode {
     // Before reading anything: without the privileges the watch cannot attach, and a report
     // of node checks alone would pass for a complete one.
-    if let Err(err) = check_privileges() {
+    if let Err(err) = check_privileges().and_then(|()| args.tracing.enter_netns()) {
         return could_not_run(&err);
     }
 
@@ -93,7 +99,9 @@ pub fn run(args: TriageArgs) -> ExitCode {
         Ok(runtime) => runtime,
         Err(err) => return could_not_run(&anyhow::anyhow!(err).context("starting the event loop")),
     };
-    let summary = match runtime.block_on(watch::run(&options, &mut collector)) {
+    // Traffic findings and their examples name the pods, when the node's runtime answers.
+    let watched = args.runtime.named(Box::new(&mut collector)).and_then(|mut output| runtime.block_on(watch::run(&options, output.as_mut())));
+    let summary = match watched {
         Ok(Ending::Finished(summary)) => summary,
         // The collector never fails a write, so this does not happen; were it to, the
         // traffic part would be incomplete.

@@ -69,6 +69,7 @@ pub fn sighting_dns_finding(kind: FindingKind) -> Finding {
         reply_out_port: Some("veth-client".into()),
         last_seen: None,
         sysctls: vec![sysctl("net.bridge.bridge-nf-call-iptables", "0")],
+        pods: Default::default(),
     };
     Finding {
         kind,
@@ -113,6 +114,7 @@ pub fn unattributed_drop_finding(hook: Hook) -> Finding {
             hook,
             in_ifname: Some("cni0".into()),
             out_ifname: None,
+            pods: Default::default(),
             culprit: Culprit::default(),
             candidates: vec![],
             attribution: "no rule fits".into(),

@@ -1,0 +1,273 @@
+//! `--metrics ADDR:PORT`: what a watch sees, as Prometheus metrics on `/metrics`, for the
+//! monitoring a cluster already has. An [`Output`] in front of the others counts packets,
+//! every occurrence of a finding (repeats too, which the lines only count in the summary),
+//! unconfirmed findings and lost records; a thread reads the node checks now and then into
+//! gauges; another serves them over HTTP (`server`).
+//!
+//! Labels are few and bounded: a finding's kind, and where they apply its bridge, hook and
+//! rule; past [`MAX_FINDING_SERIES`] label sets, further ones are counted under
+//! `rule="other"` with the other labels empty. Pods and addresses are never labels.
+
+pub mod node_checks;
+pub mod server;
+
+use std::{
+    collections::HashSet,
+    io,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Instant,
+};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::{Metric, Registry},
+};
+use tracer_common::Stage;
+
+use crate::{
+    analysis::output::{DropLine, Output, Summary},
+    findings::{netfilter::short_label, Evidence, Finding, FindingKind, Unconfirmed},
+    model::{packet::stage_name, TracedPacket},
+};
+
+/// Distinct label sets of `tracer_findings_total` at most.
+pub const MAX_FINDING_SERIES: usize = 64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    pub stage: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FindingLabels {
+    pub kind: String,
+    pub bridge: String,
+    pub hook: String,
+    pub rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabels {
+    pub check: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub version: String,
+}
+
+/// The metrics of one watch: the registry the server encodes, and handles to its series.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Arc<Registry>,
+    packets: Family<StageLabels, Counter>,
+    findings: Family<FindingLabels, Counter>,
+    unconfirmed: Family<KindLabels, Counter>,
+    lost: Counter,
+    pub node_checks: Family<CheckLabels, Gauge>,
+    pub node_findings: Family<KindLabels, Gauge>,
+    pub node_checks_read: Gauge<f64, AtomicU64>,
+    /// When the watch last served its outputs (milliseconds since `started`), 0 before it
+    /// watched: what the health endpoints judge the watch by.
+    pub last_served_ms: Arc<AtomicU64>,
+    pub started: Instant,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let packets: Family<StageLabels, Counter> = registered(
+            &mut registry,
+            "tracer_packets",
+            "Traced packets by stage (bridge-in, bridge-out, to-host, from-host, dropped)",
+        );
+        let findings: Family<FindingLabels, Counter> = registered(
+            &mut registry,
+            "tracer_findings",
+            "Occurrences of findings (repeats included) by kind, and the bridge, netfilter hook and rule where they apply",
+        );
+        let unconfirmed: Family<KindLabels, Counter> = registered(
+            &mut registry,
+            "tracer_unconfirmed_findings",
+            "Findings not stated because records they rest on may have been lost, by kind",
+        );
+        let lost: Counter =
+            registered(&mut registry, "tracer_lost_records", "Records the kernel could not queue because the ring buffer was full");
+        let node_checks: Family<CheckLabels, Gauge> = registered(
+            &mut registry,
+            "tracer_node_check",
+            "Node checks of the watched network namespace: 1 for the check's current status (ok, note, finding), 0 for the others",
+        );
+        let node_findings: Family<KindLabels, Gauge> =
+            registered(&mut registry, "tracer_node_check_findings", "Findings the node checks make now, by kind (0 once mended)");
+        let node_checks_read: Gauge<f64, AtomicU64> =
+            registered(&mut registry, "tracer_node_checks_read_timestamp_seconds", "When the node checks were last read (Unix time)");
+        let build: Family<VersionLabels, Gauge> = registered(&mut registry, "tracer_build_info", "The running tracer's version");
+        build.get_or_create(&VersionLabels { version: env!("CARGO_PKG_VERSION").to_string() }).set(1);
+        Metrics {
+            registry: Arc::new(registry),
+            packets,
+            findings,
+            unconfirmed,
+            lost,
+            node_checks,
+            node_findings,
+            node_checks_read,
+            last_served_ms: Arc::new(AtomicU64::new(0)),
+            started: Instant::now(),
+        }
+    }
+
+    /// The registry as Prometheus text (format 0.0.4).
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+/// A new metric, registered under `name` (counters get `_total` added) with `help`.
+fn registered<M: Metric + Clone + Default>(registry: &mut Registry, name: &str, help: &str) -> M {
+    let metric = M::default();
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+/// Counts what passes on its way to `inner`.
+pub struct MetricsOutput<'a> {
+    inner: Box<dyn Output + 'a>,
+    metrics: Metrics,
+    /// The counters of the four stages and of dropped lines, looked up once.
+    by_stage: [Counter; 5],
+    dropped: usize,
+    finding_series: HashSet<FindingLabels>,
+    lost_total: u64,
+}
+
+impl<'a> MetricsOutput<'a> {
+    pub fn new(inner: Box<dyn Output + 'a>, metrics: Metrics) -> MetricsOutput<'a> {
+        let counter = |stage: &str| metrics.packets.get_or_create_owned(&StageLabels { stage: stage.to_string() });
+        let by_stage = [
+            counter(stage_name(Stage::BridgeIn)),
+            counter(stage_name(Stage::BridgeOut)),
+            counter(stage_name(Stage::ToHost)),
+            counter(stage_name(Stage::FromHost)),
+            counter("dropped"),
+        ];
+        MetricsOutput { inner, metrics, by_stage, dropped: 4, finding_series: HashSet::new(), lost_total: 0 }
+    }
+
+    fn occurred(&mut self, finding: &Finding) {
+        let labels = finding_labels(finding);
+        let labels = if self.finding_series.contains(&labels) || self.finding_series.len() < MAX_FINDING_SERIES {
+            self.finding_series.insert(labels.clone());
+            labels
+        } else {
+            FindingLabels { kind: finding.kind.name().to_string(), bridge: String::new(), hook: String::new(), rule: "other".to_string() }
+        };
+        self.metrics.findings.get_or_create(&labels).inc();
+    }
+
+    fn lost_so_far(&mut self, total: u64) {
+        if total > self.lost_total {
+            self.metrics.lost.inc_by(total - self.lost_total);
+            self.lost_total = total;
+        }
+    }
+}
+
+fn stage_index(stage: Stage) -> usize {
+    match stage {
+        Stage::BridgeIn => 0,
+        Stage::BridgeOut => 1,
+        Stage::ToHost => 2,
+        Stage::FromHost => 3,
+    }
+}
+
+/// A finding's labels: its kind, and its bridge (DNS findings), hook and rule (netfilter).
+pub fn finding_labels(finding: &Finding) -> FindingLabels {
+    let kind = finding.kind.name().to_string();
+    match &finding.evidence {
+        Evidence::Dns(dns) => {
+            FindingLabels { kind, bridge: dns.bridge.clone().unwrap_or_default(), hook: String::new(), rule: String::new() }
+        }
+        Evidence::Netfilter(nf) => FindingLabels {
+            kind,
+            bridge: String::new(),
+            hook: nf.hook.name().to_string(),
+            rule: short_label(finding).unwrap_or_default(),
+        },
+        Evidence::Node(node) => FindingLabels { kind, bridge: node.bridges.join(","), hook: String::new(), rule: String::new() },
+    }
+}
+
+impl Output for MetricsOutput<'_> {
+    fn packet(&mut self, packet: &TracedPacket) -> io::Result<()> {
+        self.by_stage[stage_index(packet.event.stage)].inc();
+        self.inner.packet(packet)
+    }
+
+    fn dropped(&mut self, line: &DropLine) -> io::Result<()> {
+        self.by_stage[self.dropped].inc();
+        self.inner.dropped(line)
+    }
+
+    fn finding(&mut self, finding: &Finding) -> io::Result<()> {
+        self.occurred(finding);
+        self.inner.finding(finding)
+    }
+
+    fn repeated(&mut self, finding: &Finding) -> io::Result<()> {
+        self.occurred(finding);
+        self.inner.repeated(finding)
+    }
+
+    fn unconfirmed(&mut self, unconfirmed: &Unconfirmed) -> io::Result<()> {
+        self.metrics.unconfirmed.get_or_create(&KindLabels { kind: unconfirmed.kind.name().to_string() }).inc();
+        self.inner.unconfirmed(unconfirmed)
+    }
+
+    fn lost(&mut self, total: u64) {
+        self.lost_so_far(total);
+        self.inner.lost(total);
+    }
+
+    fn summary(&mut self, summary: &Summary) -> io::Result<()> {
+        self.lost_so_far(summary.lost);
+        self.inner.summary(summary)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let served = u64::try_from(self.metrics.started.elapsed().as_millis()).unwrap_or(u64::MAX).max(1);
+        self.metrics.last_served_ms.store(served, Ordering::Relaxed);
+        self.inner.flush()
+    }
+}
+
+/// Kinds the node checks can find, for gauges that read 0 once a finding is mended.
+pub const NODE_FINDING_KINDS: [FindingKind; 6] = [
+    FindingKind::ConntrackSkip,
+    FindingKind::IpForwardOff,
+    FindingKind::ConntrackTableFull,
+    FindingKind::ConntrackInsertRace,
+    FindingKind::NetfilterReject,
+    FindingKind::NetfilterDrop,
+];
