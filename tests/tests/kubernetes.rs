@@ -257,6 +257,8 @@ fn triage_names_the_pods_of_a_traffic_finding() -> Result<()> {
     ensure!(pod_at(traffic, "/client_pod").as_deref() == Some(cluster.client.full_name().as_str()), "{traffic}");
     ensure!(pod_at(traffic, "/actual_source_pod").as_deref() == Some(cluster.dns.full_name().as_str()), "{traffic}");
     let example = first.pointer("/example/0").with_context(|| format!("no example: {first}"))?;
-    ensure!(pod_at(example, "/src_pod").as_deref() == Some(cluster.client.full_name().as_str()), "{example}");
+    // Triage watches findings-only: its example is the stray reply, from the DNS pod to the client.
+    ensure!(pod_at(example, "/src_pod").as_deref() == Some(cluster.dns.full_name().as_str()), "{example}");
+    ensure!(pod_at(example, "/dst_pod").as_deref() == Some(cluster.client.full_name().as_str()), "{example}");
     Ok(())
 }

@@ -193,12 +193,14 @@ fn text_report_starts_with_the_verdict() -> Result<()> {
         "┏━ 1. conntrack_skip ━━ seen in traffic, confirmed by the node's configuration",
         "config: bridges: cni0",
         "net.bridge.bridge-nf-call-iptables = 0",
-        "fix: modprobe br_netfilter",
+        // br_netfilter is in this kernel: the fix is the sysctl, with no module to load.
+        "fix: sysctl -w net.bridge.bridge-nf-call-iptables=1",
         "FAIL bridge-nf-call-iptables",
         "exit code 1: findings",
     ] {
         ensure!(out.contains(want), "missing {want:?}:\n{out}");
     }
+    ensure!(!out.contains("modprobe"), "no modprobe when the module is loaded:\n{out}");
     ensure!(
         !out.contains('\x1b'),
         "no colour when stdout is not a terminal:\n{out}"
