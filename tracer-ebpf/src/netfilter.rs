@@ -17,16 +17,8 @@
 //! netfilter program type. They only observe: the verdict is always NF_ACCEPT.
 
 use aya_ebpf::{macros::fentry, programs::FEntryContext};
-use tracer_common::{journey_end, lost_slot, step_kind};
 
-use crate::{
-    config::config,
-    diagnostics,
-    findings_only,
-    journey::{self, End, Step},
-    packet::{self, IpFamily, NetworkHeader, ParsedFlow},
-    skb,
-};
+use crate::prelude::*;
 
 const NF_ACCEPT: i32 = 1;
 const NFPROTO_IPV4: u8 = 2;
