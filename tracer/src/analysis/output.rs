@@ -44,6 +44,27 @@ pub struct DropLine {
     pub records_lost: Option<u64>,
 }
 
+#[cfg(test)]
+impl DropLine {
+    /// `dropped` as a REJECT rule in filter/FORWARD answered it with ICMP host-prohibited
+    /// on port veth-server of bridge cni0, for tests.
+    pub fn example(dropped: &DroppedPacket) -> DropLine {
+        DropLine {
+            dropped: dropped.clone(),
+            wall_time_ns: 1_800_000_000_009_000_000,
+            ifname: Some("veth-server".to_string()),
+            pods: Default::default(),
+            bridge: Some("cni0".to_string()),
+            reason: "NETFILTER_DROP".to_string(),
+            stage: Default::default(),
+            verdict: Verdict::Reject,
+            icmp: Some("host-prohibited".to_string()),
+            rule: Some("filter/FORWARD #16".to_string()),
+            records_lost: None,
+        }
+    }
+}
+
 /// The stage of every dropped line.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
