@@ -188,19 +188,19 @@ impl Proc {
     /// Waits until a stdout line matches, failing with what the process said if it exits or the
     /// time runs out first.
     pub fn wait_stdout(&mut self, timeout: Duration, needle: &str) -> Result<u64> {
-        match self.out.wait_for(timeout, |l| l.contains(needle)) {
-            Some((at, _)) => Ok(at),
-            None => bail!(
-                "{} did not print {needle:?} within {timeout:?}; stderr:\n{}",
-                self.what,
-                self.err.joined()
-            ),
-        }
+        self.wait_line(&self.out, timeout, needle)
     }
 
     /// Like [`Proc::wait_stdout`] for stderr.
     pub fn wait_stderr(&mut self, timeout: Duration, needle: &str) -> Result<u64> {
-        match self.err.wait_for(timeout, |l| l.contains(needle)) {
+        self.wait_line(&self.err, timeout, needle)
+    }
+
+    /// The arrival time of the first line of `lines` (this process's stdout or stderr) that
+    /// contains `needle`. The error quotes stderr either way: that is where a process says why
+    /// it gave up.
+    fn wait_line(&self, lines: &Lines, timeout: Duration, needle: &str) -> Result<u64> {
+        match lines.wait_for(timeout, |l| l.contains(needle)) {
             Some((at, _)) => Ok(at),
             None => bail!(
                 "{} did not print {needle:?} within {timeout:?}; stderr:\n{}",
