@@ -370,29 +370,35 @@ fn capture(
     count_packets: bool,
 ) -> JoinHandle<()> {
     thread::spawn(move || {
-        let mut reader = BufReader::new(pipe);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            match reader.read_until(b'\n', &mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let text = String::from_utf8_lossy(&line);
-                    if echo {
-                        eprint!("{text}");
-                    }
-                    if count_packets && text.contains("\"type\":\"packet\"") {
-                        sink.lock().counted += 1;
-                        continue;
-                    }
-                    sink.lock().text.push_str(&text);
-                    sink.grew.notify_all();
-                }
+        for_each_line(pipe, |text| {
+            if echo {
+                eprint!("{text}");
             }
-        }
+            if count_packets && text.contains("\"type\":\"packet\"") {
+                sink.lock().counted += 1;
+                return;
+            }
+            sink.lock().text.push_str(text);
+            sink.grew.notify_all();
+        });
         sink.lock().eof = true;
         sink.grew.notify_all();
     })
+}
+
+/// Calls `each` with every line read from `pipe`, its newline included, until the pipe
+/// closes or fails. A child's output is not always UTF-8 (a tool's error quoting raw
+/// bytes), so invalid bytes are replaced rather than ending the read.
+pub fn for_each_line(pipe: impl Read, mut each: impl FnMut(&str)) {
+    let mut reader = BufReader::new(pipe);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => each(&String::from_utf8_lossy(&line)),
+        }
+    }
 }
 
 pub(crate) fn send_signal(pid: u32, signal: libc::c_int) -> io::Result<()> {

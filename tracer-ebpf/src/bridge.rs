@@ -9,16 +9,9 @@
 //! through it, on any other device a journey in flight leaves the node's bridges.
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use tracer_common::{journey_end, lost_slot, step_kind, Stage};
+use tracer_common::Stage;
 
-use crate::{
-    config::config,
-    diagnostics,
-    findings_only,
-    journey::{self, End, Step},
-    packet::{self, IpFamily, NetworkHeader, ParsedFlow},
-    skb,
-};
+use crate::prelude::*;
 
 #[btf_tracepoint(function = "netif_receive_skb")]
 pub fn bridge_receive(ctx: BtfTracePointContext) -> i32 {

@@ -3,16 +3,9 @@
 //! rule calls with the packet it rejects, before dropping it).
 
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use tracer_common::{journey_end, lost_slot, step_kind, NO_DROP_REASON};
+use tracer_common::NO_DROP_REASON;
 
-use crate::{
-    config::config,
-    diagnostics,
-    findings_only,
-    journey::{self, End, Step},
-    packet::{self, IpFamily, NetworkHeader, ParsedFlow},
-    skb,
-};
+use crate::prelude::*;
 
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn packet_dropped(ctx: BtfTracePointContext) -> i32 {

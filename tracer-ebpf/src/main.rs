@@ -27,6 +27,23 @@ mod packet;
 #[cfg(target_arch = "bpf")]
 mod skb;
 
+/// What every program module (bridge, drops, netfilter) works with: each reads the
+/// configuration, parses the traced packet, records journey steps or findings and reports
+/// its diagnostics, so each imports all of this with `use crate::prelude::*`.
+#[cfg(target_arch = "bpf")]
+mod prelude {
+    pub(crate) use tracer_common::{journey_end, lost_slot, step_kind};
+
+    pub(crate) use crate::{
+        config::config,
+        diagnostics,
+        findings_only,
+        journey::{self, End, Step},
+        packet::{self, IpFamily, NetworkHeader, ParsedFlow},
+        skb,
+    };
+}
+
 #[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

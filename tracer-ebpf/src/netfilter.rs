@@ -17,16 +17,8 @@
 //! netfilter program type. They only observe: the verdict is always NF_ACCEPT.
 
 use aya_ebpf::{macros::fentry, programs::FEntryContext};
-use tracer_common::{journey_end, lost_slot, step_kind};
 
-use crate::{
-    config::config,
-    diagnostics,
-    findings_only,
-    journey::{self, End, Step},
-    packet::{self, IpFamily, NetworkHeader, ParsedFlow},
-    skb,
-};
+use crate::prelude::*;
 
 const NF_ACCEPT: i32 = 1;
 const NFPROTO_IPV4: u8 = 2;
@@ -35,22 +27,29 @@ const NFPROTO_IPV6: u8 = 10;
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "socket/netfilter")]
 pub fn netfilter_entry(ctx: *mut core::ffi::c_void) -> i32 {
-    // SAFETY: the netfilter program context.
-    let (state, skb) = unsafe { context_pointers(ctx) };
-    // SAFETY: the context's BTF-typed hook state and skb.
-    let _ = unsafe { entered(state, skb) };
-    diagnostics::report(lost_slot::NETFILTER_ENTRY);
-    NF_ACCEPT
+    // SAFETY: the netfilter program context, whose hook state and skb are BTF-typed.
+    unsafe { at_link(ctx, lost_slot::NETFILTER_ENTRY, |state, skb| entered(state, skb)) }
 }
 
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "socket/netfilter")]
 pub fn netfilter_delivery(ctx: *mut core::ffi::c_void) -> i32 {
-    // SAFETY: the netfilter program context.
+    // SAFETY: the netfilter program context, whose hook state and skb are BTF-typed.
+    unsafe { at_link(ctx, lost_slot::NETFILTER_DELIVERY, |state, skb| delivered(state, skb)) }
+}
+
+/// A link program's body: `observe` gets the hook state and skb of the context, and the
+/// diagnostics of `slot` are reported whatever it found. A generic closure rather than a
+/// function pointer, so that the call is inlined (BPF has no indirect calls).
+///
+/// # Safety
+/// `ctx` must be the netfilter program context, and `observe` safe to call with its
+/// BTF-typed hook state and skb.
+#[inline(always)]
+unsafe fn at_link(ctx: *mut core::ffi::c_void, slot: u32, observe: impl FnOnce(*const u8, *const u8) -> Option<()>) -> i32 {
     let (state, skb) = unsafe { context_pointers(ctx) };
-    // SAFETY: the context's BTF-typed hook state and skb.
-    let _ = unsafe { delivered(state, skb) };
-    diagnostics::report(lost_slot::NETFILTER_DELIVERY);
+    let _ = observe(state, skb);
+    diagnostics::report(slot);
     NF_ACCEPT
 }
 

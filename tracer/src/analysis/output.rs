@@ -44,6 +44,27 @@ pub struct DropLine {
     pub records_lost: Option<u64>,
 }
 
+#[cfg(test)]
+impl DropLine {
+    /// `dropped` as a REJECT rule in filter/FORWARD answered it with ICMP host-prohibited
+    /// on port veth-server of bridge cni0, for tests.
+    pub fn example(dropped: &DroppedPacket) -> DropLine {
+        DropLine {
+            dropped: dropped.clone(),
+            wall_time_ns: 1_800_000_000_009_000_000,
+            ifname: Some("veth-server".to_string()),
+            pods: Default::default(),
+            bridge: Some("cni0".to_string()),
+            reason: "NETFILTER_DROP".to_string(),
+            stage: Default::default(),
+            verdict: Verdict::Reject,
+            icmp: Some("host-prohibited".to_string()),
+            rule: Some("filter/FORWARD #16".to_string()),
+            records_lost: None,
+        }
+    }
+}
+
 /// The stage of every dropped line.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -174,6 +195,13 @@ impl<'a> Tee<'a> {
         Tee { main, capture, capture_name, warning: None }
     }
 
+    /// Runs `write` on the capture, then on the main output, whose result is the call's: a
+    /// capture that fails only stops the capture.
+    fn write_both(&mut self, write: impl Fn(&mut dyn Output) -> io::Result<()>) -> io::Result<()> {
+        self.on_capture(&write);
+        write(self.main.as_mut())
+    }
+
     /// Runs `write` on the capture; on its first error warns once and drops it.
     fn on_capture(&mut self, write: impl FnOnce(&mut dyn Output) -> io::Result<()>) {
         let Some(capture) = self.capture.as_mut() else { return };
@@ -191,23 +219,19 @@ impl<'a> Tee<'a> {
 
 impl Output for Tee<'_> {
     fn packet(&mut self, packet: &TracedPacket) -> io::Result<()> {
-        self.on_capture(|c| c.packet(packet));
-        self.main.packet(packet)
+        self.write_both(|output| output.packet(packet))
     }
 
     fn dropped(&mut self, line: &DropLine) -> io::Result<()> {
-        self.on_capture(|c| c.dropped(line));
-        self.main.dropped(line)
+        self.write_both(|output| output.dropped(line))
     }
 
     fn finding(&mut self, finding: &Finding) -> io::Result<()> {
-        self.on_capture(|c| c.finding(finding));
-        self.main.finding(finding)
+        self.write_both(|output| output.finding(finding))
     }
 
     fn unconfirmed(&mut self, unconfirmed: &Unconfirmed) -> io::Result<()> {
-        self.on_capture(|c| c.unconfirmed(unconfirmed));
-        self.main.unconfirmed(unconfirmed)
+        self.write_both(|output| output.unconfirmed(unconfirmed))
     }
 
     fn repeated(&mut self, finding: &Finding) -> io::Result<()> {
@@ -219,12 +243,10 @@ impl Output for Tee<'_> {
     }
 
     fn summary(&mut self, summary: &Summary) -> io::Result<()> {
-        self.on_capture(|c| c.summary(summary));
-        self.main.summary(summary)
+        self.write_both(|output| output.summary(summary))
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.on_capture(|c| c.flush());
-        self.main.flush()
+        self.write_both(|output| output.flush())
     }
 }

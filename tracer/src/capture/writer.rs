@@ -412,7 +412,7 @@ pub(crate) mod tests {
         firewall::Backend,
         model::{
             hook::{Family, Hook},
-            packet::{L4Proto, Verdict},
+            packet::L4Proto,
         },
         model::netfilter::{DropEvent, IcmpEvent},
         pipeline::{
@@ -514,22 +514,6 @@ pub(crate) mod tests {
         (packets, dropped, finding)
     }
 
-    fn drop_line(dropped: &DroppedPacket) -> DropLine {
-        DropLine {
-            dropped: dropped.clone(),
-            wall_time_ns: 1_800_000_000_009_000_000,
-            ifname: Some("veth-server".to_string()),
-            pods: Default::default(),
-            bridge: Some("cni0".to_string()),
-            reason: "NETFILTER_DROP".to_string(),
-            stage: Default::default(),
-            verdict: Verdict::Reject,
-            icmp: Some("host-prohibited".to_string()),
-            rule: Some("filter/FORWARD #16".to_string()),
-            records_lost: None,
-        }
-    }
-
     /// Plays the scenario through the analysis a watch uses, into JSON and a capture.
     fn play(output: &mut dyn Output) {
         play_with(output, &mut NothingLost);
@@ -544,9 +528,9 @@ pub(crate) mod tests {
             analysis.packet_with_hooks(packet, output).expect("output");
             analysis.settle(witness, output).expect("output");
         }
-        analysis.replay_drop(&drop_line(&dropped), output).expect("output");
+        analysis.replay_drop(&DropLine::example(&dropped), output).expect("output");
         analysis.replay_netfilter_finding(finding, output).expect("output");
-        analysis.replay_drop(&drop_line(&dropped), output).expect("output");
+        analysis.replay_drop(&DropLine::example(&dropped), output).expect("output");
         let summary = Summary {
             packets: analysis.stats.packets,
             lost: 3,
@@ -633,7 +617,7 @@ pub(crate) mod tests {
         for packet in &packets {
             writer.packet(packet).expect("write");
         }
-        writer.dropped(&drop_line(&dropped)).expect("write");
+        writer.dropped(&DropLine::example(&dropped)).expect("write");
         assert_eq!(writer.interfaces.len(), 4);
     }
 

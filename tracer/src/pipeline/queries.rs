@@ -328,6 +328,15 @@ pub(crate) mod tests {
         packets.iter().filter_map(|p| flows.observe(p)).collect()
     }
 
+    /// The source of the reply as the client got it, when `packets` pair exactly one reply
+    /// with its query.
+    fn paired_reply_source(packets: &[TracedPacket]) -> SocketAddr {
+        let mut flows = DnsFlows::new(2_000_000_000, 100);
+        let correlated = replay(&mut flows, packets);
+        let [Correlated::ReplyToClient { reply, .. }] = correlated.as_slice() else { panic!("expected one reply paired: {correlated:#?}") };
+        reply.event.src
+    }
+
     #[test]
     fn bridged_reply_without_conntrack_pairs_with_its_query() {
         let mut flows = DnsFlows::new(2_000_000_000, 100);
@@ -346,12 +355,9 @@ pub(crate) mod tests {
 
     #[test]
     fn reverse_natted_reply_pairs_by_conntrack_original_tuple() {
-        let mut flows = DnsFlows::new(2_000_000_000, 100);
         let mut packets = query_path();
         packets.push(packet(5, Stage::BridgeOut, "veth-client", "10.96.0.10:53", "10.244.0.5:40000", true, dnat_entry(3)));
-        let correlated = replay(&mut flows, &packets);
-        let [Correlated::ReplyToClient { reply, .. }] = correlated.as_slice() else { panic!("expected one reply") };
-        assert_eq!(reply.event.src, addr("10.96.0.10:53"));
+        assert_eq!(paired_reply_source(&packets), addr("10.96.0.10:53"));
     }
 
     #[test]
@@ -386,12 +392,11 @@ pub(crate) mod tests {
             original: Some(FlowTuple { src: addr("10.244.0.8:53"), dst: addr("10.244.0.5:40000") }),
             reply: Some(FlowTuple { src: addr("10.244.0.5:40000"), dst: addr("10.244.0.8:53") }),
         });
-        let mut flows = DnsFlows::new(2_000_000_000, 100);
-        let mut packets = vec![packet(0, Stage::BridgeIn, "veth-client", "10.244.0.5:40000", "10.244.0.7:53", false, Conntrack::None)];
-        packets.push(packet(1, Stage::BridgeOut, "veth-client", "10.244.0.8:53", "10.244.0.5:40000", true, own_entry));
-        let correlated = replay(&mut flows, &packets);
-        let [Correlated::ReplyToClient { reply, .. }] = correlated.as_slice() else { panic!("expected the reply paired") };
-        assert_eq!(reply.event.src, addr("10.244.0.8:53"));
+        let packets = [
+            packet(0, Stage::BridgeIn, "veth-client", "10.244.0.5:40000", "10.244.0.7:53", false, Conntrack::None),
+            packet(1, Stage::BridgeOut, "veth-client", "10.244.0.8:53", "10.244.0.5:40000", true, own_entry),
+        ];
+        assert_eq!(paired_reply_source(&packets), addr("10.244.0.8:53"));
     }
 
     #[test]

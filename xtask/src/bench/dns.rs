@@ -5,7 +5,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
-use tracer_tests::lab::{Ns, CLUSTER_DNS_IP, SERVER_IP};
+use tracer_tests::lab::{Ns, CLUSTER_DNS_IP};
 
 use super::{
     check_interrupted, interleave,
@@ -20,13 +20,7 @@ use super::{
 impl Bench<'_> {
     /// loadgen's DNS responder on the server, ready to answer.
     pub(super) fn dns_responder(&self) -> Result<Proc> {
-        let bind = format!("{SERVER_IP}:{DNS_PORT}");
-        let cmd = self
-            .lab
-            .command(Ns::Server, &[&self.loadgen, "dns", "--bind", &bind]);
-        let mut responder = Proc::spawn(cmd, "loadgen dns", Stdout::Capture)?;
-        responder.wait_stdout(Duration::from_secs(10), "ready")?;
-        Ok(responder)
+        self.loadgen_server("dns", DNS_PORT)
     }
 
     /// dnsperf in the client against the ClusterIP's DNS port for `secs`.

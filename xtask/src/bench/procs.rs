@@ -3,7 +3,7 @@
 //! the lab removes them. Output is read by threads into line buffers with arrival times, which is
 //! how the bench notices "ready" lines and times the first event.
 
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, Read};
 use std::path::Path;
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
+use tracer_tests::process::for_each_line;
 
 /// How long a process gets to exit after SIGTERM before it is killed.
 pub const GRACE: Duration = Duration::from_secs(10);
@@ -47,20 +48,11 @@ impl Lines {
         let lines = Lines::default();
         let sink = lines.clone();
         let handle = thread::spawn(move || {
-            let mut reader = BufReader::new(pipe);
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                match reader.read_until(b'\n', &mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {
-                        let now = monotonic_ns();
-                        let text = String::from_utf8_lossy(&buf).trim_end().to_string();
-                        sink.lock().lines.push((now, text));
-                        sink.0 .1.notify_all();
-                    }
-                }
-            }
+            for_each_line(pipe, |text| {
+                let now = monotonic_ns();
+                sink.lock().lines.push((now, text.trim_end().to_string()));
+                sink.0 .1.notify_all();
+            });
             sink.lock().eof = true;
             sink.0 .1.notify_all();
         });
@@ -188,19 +180,19 @@ impl Proc {
     /// Waits until a stdout line matches, failing with what the process said if it exits or the
     /// time runs out first.
     pub fn wait_stdout(&mut self, timeout: Duration, needle: &str) -> Result<u64> {
-        match self.out.wait_for(timeout, |l| l.contains(needle)) {
-            Some((at, _)) => Ok(at),
-            None => bail!(
-                "{} did not print {needle:?} within {timeout:?}; stderr:\n{}",
-                self.what,
-                self.err.joined()
-            ),
-        }
+        self.wait_line(&self.out, timeout, needle)
     }
 
     /// Like [`Proc::wait_stdout`] for stderr.
     pub fn wait_stderr(&mut self, timeout: Duration, needle: &str) -> Result<u64> {
-        match self.err.wait_for(timeout, |l| l.contains(needle)) {
+        self.wait_line(&self.err, timeout, needle)
+    }
+
+    /// The arrival time of the first line of `lines` (this process's stdout or stderr) that
+    /// contains `needle`. The error quotes stderr either way: that is where a process says why
+    /// it gave up.
+    fn wait_line(&self, lines: &Lines, timeout: Duration, needle: &str) -> Result<u64> {
+        match lines.wait_for(timeout, |l| l.contains(needle)) {
             Some((at, _)) => Ok(at),
             None => bail!(
                 "{} did not print {needle:?} within {timeout:?}; stderr:\n{}",

@@ -255,13 +255,19 @@ impl<'a> Bench<'a> {
 
     /// `loadgen recv` on the server, ready to count.
     pub(super) fn receiver(&self, port: u16) -> Result<Proc> {
+        self.loadgen_server("recv", port)
+    }
+
+    /// `loadgen <mode>` bound to `port` on the server, once it says it is ready: a bench that
+    /// started sending before would count the server's start-up as loss.
+    pub(super) fn loadgen_server(&self, mode: &str, port: u16) -> Result<Proc> {
         let bind = format!("{SERVER_IP}:{port}");
         let cmd = self
             .lab
-            .command(Ns::Server, &[&self.loadgen, "recv", "--bind", &bind]);
-        let mut p = Proc::spawn(cmd, "loadgen recv", Stdout::Capture)?;
-        p.wait_stdout(Duration::from_secs(10), "ready")?;
-        Ok(p)
+            .command(Ns::Server, &[&self.loadgen, mode, "--bind", &bind]);
+        let mut server = Proc::spawn(cmd, &format!("loadgen {mode}"), Stdout::Capture)?;
+        server.wait_stdout(Duration::from_secs(10), "ready")?;
+        Ok(server)
     }
 
     pub(super) fn sender(

@@ -220,7 +220,7 @@ mod tests {
         model::{
             hook::Family,
             netfilter::{DropEvent, HookPass},
-            packet::{Conntrack, Verdict},
+            packet::Conntrack,
         },
         pipeline::{
             paths::DroppedPacket,
@@ -228,22 +228,6 @@ mod tests {
         },
         findings::FindingKind,
     };
-
-    fn drop_line(dropped: &DroppedPacket) -> DropLine {
-        DropLine {
-            dropped: dropped.clone(),
-            wall_time_ns: 1_800_000_000_000_000_000,
-            ifname: Some("cni0".into()),
-            pods: Default::default(),
-            bridge: Some("cni0".into()),
-            reason: "NETFILTER_DROP".into(),
-            stage: Default::default(),
-            verdict: Verdict::Drop,
-            icmp: None,
-            rule: None,
-            records_lost: None,
-        }
-    }
 
     fn dropped(src: &str, path: Vec<HookPass>) -> DroppedPacket {
         DroppedPacket {
@@ -268,7 +252,7 @@ mod tests {
         let again_other_port = dropped("10.244.0.5:40001", vec![pass(Hook::PreRouting, false)]);
         let after_local_in = dropped("10.244.0.5:40002", vec![pass(Hook::PreRouting, true), pass(Hook::LocalIn, true)]);
         for d in [&in_pre_routing, &again_other_port, &after_local_in] {
-            collector.dropped(&drop_line(d)).expect("in memory");
+            collector.dropped(&DropLine::example(d)).expect("in memory");
         }
         let (traffic, _) = collector.finish();
         let groups: Vec<(Option<Hook>, Option<Hook>, u64)> = traffic.drops.iter().map(|g| (g.stopped_in, g.after, g.count)).collect();

@@ -13,7 +13,6 @@ use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
     path::{Path, PathBuf},
-    os::fd::AsRawFd,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc::{self, RecvTimeoutError, SyncSender, TrySendError},
@@ -27,6 +26,7 @@ use anyhow::{Context, Result};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
 
 use self::cri::{Runtime, SandboxCache};
+use super::interfaces::set_receive_timeout;
 use crate::model::pod::PodRef;
 
 /// The table is listed again at least this often.
@@ -239,20 +239,7 @@ fn follow_new_interfaces(relist: SyncSender<Ask>, following: Arc<AtomicBool>) ->
     let mut socket = Socket::new(NETLINK_ROUTE).context("opening an rtnetlink socket for new interfaces")?;
     socket.bind_auto().context("binding the rtnetlink socket")?;
     socket.add_membership(RTNLGRP_LINK).context("following link changes")?;
-    let timeout = libc::timeval { tv_sec: 1, tv_usec: 0 };
-    // SAFETY: a valid socket and a timeval of the size given.
-    let set = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&timeout as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if set != 0 {
-        return Err(std::io::Error::last_os_error()).context("setting the rtnetlink socket's read timeout");
-    }
+    set_receive_timeout(&socket, Duration::from_secs(1)).context("setting the rtnetlink socket's read timeout")?;
     thread::Builder::new()
         .name("tracer-pod-links".to_string())
         .spawn(move || {
