@@ -249,7 +249,7 @@ fn shell_words(command: &[String]) -> String {
 }
 
 /// One shell word that stands for `s` exactly.
-fn quote(s: &str) -> String {
+pub fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
@@ -778,30 +778,18 @@ linux-image-6.12.+deb12-amd64-unsigned - broken
 
     #[test]
     fn package_keys_reject_other_flavours_and_series() {
-        let k = Kernel::Debian6_1;
-        assert_eq!(
-            k.package_key("linux-image-6.1.0-57-amd64-unsigned"),
-            Some((57, 0))
-        );
-        assert_eq!(
-            k.package_key("linux-image-6.1.0-57-cloud-amd64-unsigned"),
-            None
-        );
-        assert_eq!(k.package_key("linux-image-6.1.0-+5-amd64-unsigned"), None);
-        assert_eq!(
-            k.package_key("linux-image-6.12.117+deb12-amd64-unsigned"),
-            None
-        );
-        let k = Kernel::Debian6_12;
-        assert_eq!(
-            k.package_key("linux-image-6.12.117+deb12-amd64-unsigned"),
-            Some((117, 12))
-        );
-        assert_eq!(
-            k.package_key("linux-image-6.12.117+deb12-rt-amd64-unsigned"),
-            None
-        );
-        assert_eq!(k.package_key("linux-image-6.1.0-57-amd64-unsigned"), None);
+        use Kernel::{Debian6_1, Debian6_12};
+        for (kernel, package, key) in [
+            (Debian6_1, "linux-image-6.1.0-57-amd64-unsigned", Some((57, 0))),
+            (Debian6_1, "linux-image-6.1.0-57-cloud-amd64-unsigned", None),
+            (Debian6_1, "linux-image-6.1.0-+5-amd64-unsigned", None),
+            (Debian6_1, "linux-image-6.12.117+deb12-amd64-unsigned", None),
+            (Debian6_12, "linux-image-6.12.117+deb12-amd64-unsigned", Some((117, 12))),
+            (Debian6_12, "linux-image-6.12.117+deb12-rt-amd64-unsigned", None),
+            (Debian6_12, "linux-image-6.1.0-57-amd64-unsigned", None),
+        ] {
+            assert_eq!(kernel.package_key(package), key, "{} {package}", kernel.name());
+        }
     }
 
     #[test]
