@@ -44,7 +44,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::Value;
 
 // The lab starts processes and the suites import the lab: one import gives them both.
@@ -99,7 +99,24 @@ pub struct LabConfig {
     pub bridge_nf_call_iptables: bool,
     /// How the DNS server pod is attached to the node (default: a port of the bridge).
     pub server_attachment: ServerAttachment,
+    /// Whether the lab loads br_netfilter when the kernel has it as a module not yet loaded.
+    pub br_netfilter: BrNetfilter,
 }
+
+/// br_netfilter is built in on some kernels and a module on distribution kernels, where the
+/// bridge-nf-call sysctls exist only once it is loaded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BrNetfilter {
+    /// Load it if it is a module not yet loaded, as a node that relies on it does at boot.
+    #[default]
+    Load,
+    /// The node that never loaded it: the lab refuses to build where it is loaded or built in,
+    /// since such a kernel cannot show this case.
+    NotLoaded,
+}
+
+/// Where the bridge-nf-call sysctls appear once br_netfilter is in the kernel.
+const BRIDGE_NF_SYSCTL: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
 
 /// Where the DNS server pod (dnsmasq, the ClusterIP's DNAT backend) sits.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -122,6 +139,7 @@ impl LabConfig {
         LabConfig {
             bridge_nf_call_iptables: true,
             server_attachment: ServerAttachment::Bridge,
+            br_netfilter: BrNetfilter::Load,
         }
     }
 
@@ -129,6 +147,19 @@ impl LabConfig {
         LabConfig {
             bridge_nf_call_iptables: false,
             server_attachment: ServerAttachment::Bridge,
+            br_netfilter: BrNetfilter::Load,
+        }
+    }
+
+    /// The node of a distribution kernel that never loaded br_netfilter: bridged replies skip
+    /// conntrack as with `bridge-nf-call-iptables=0`, and the sysctl does not even exist. Builds
+    /// only on a kernel where br_netfilter is a module not loaded yet (a fresh VM of
+    /// `cargo xtask test --kernels`).
+    pub fn without_br_netfilter() -> Self {
+        LabConfig {
+            bridge_nf_call_iptables: false,
+            server_attachment: ServerAttachment::Bridge,
+            br_netfilter: BrNetfilter::NotLoaded,
         }
     }
 
@@ -164,11 +195,7 @@ impl Lab {
     /// Builds a complete lab: namespaces, bridge, veths, addresses, routes, sysctls, the ClusterIP
     /// DNAT rules and a running dnsmasq. A failure part-way removes what was already built.
     pub fn new(config: LabConfig) -> Result<Lab> {
-        ensure_root()?;
-        sweep_stale_labs();
-        let prefix = unique_prefix();
-        let dir = std::env::temp_dir().join(format!("tracer-{prefix}"));
-        fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let (prefix, dir) = claim_scratch(sweep_stale_labs, unique_prefix)?;
         let mut lab = Lab {
             node: format!("{prefix}-node"),
             client: format!("{prefix}-cli"),
@@ -261,7 +288,20 @@ impl Lab {
             Ns::Node,
             &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
         )?;
-        self.set_bridge_nf_call_iptables(config.bridge_nf_call_iptables)?;
+        match config.br_netfilter {
+            BrNetfilter::Load => {
+                if !Path::new(BRIDGE_NF_SYSCTL).exists() {
+                    run_on_host(&["modprobe", "br_netfilter"])
+                        .context("br_netfilter is a module here and the lab needs it loaded")?;
+                }
+                self.set_bridge_nf_call_iptables(config.bridge_nf_call_iptables)?;
+            }
+            BrNetfilter::NotLoaded => ensure!(
+                !Path::new(BRIDGE_NF_SYSCTL).exists(),
+                "br_netfilter is loaded or built into this kernel ({BRIDGE_NF_SYSCTL} exists): a lab \
+                 without it needs a kernel where it is a module not loaded yet (cargo xtask test --kernels 6.1)"
+            ),
+        }
 
         // (pod, node-side veth, pod addresses, the pod's gateway on that link, is it a bridge port)
         let server = match self.server_attachment {
@@ -744,6 +784,18 @@ pub(crate) fn ensure_root() -> Result<()> {
         bail!("the lab needs root (network namespaces, iptables, dnsmasq): run the tests as root");
     }
     Ok(())
+}
+
+/// What every test fixture that builds on the host does first: checks it runs as root, removes
+/// what killed test processes left behind (`sweep`), and claims a fresh name (from `name`) with a
+/// private directory `tracer-NAME` in the temporary directory.
+pub(crate) fn claim_scratch(sweep: fn(), name: fn() -> String) -> Result<(String, PathBuf)> {
+    ensure_root()?;
+    sweep();
+    let prefix = name();
+    let dir = std::env::temp_dir().join(format!("tracer-{prefix}"));
+    fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok((prefix, dir))
 }
 
 fn unique_prefix() -> String {

@@ -34,7 +34,7 @@ use tracer_cri::v1::{
 };
 
 use crate::lab::{
-    check, delete_netns, dig_entering, dnsmasq_argv, ensure_root, read_lossy, run_on_host, stop_child, Dig, StdoutMode,
+    check, claim_scratch, delete_netns, dig_entering, dnsmasq_argv, read_lossy, run_on_host, stop_child, Dig, StdoutMode,
     CLUSTER_DNS_IP,
 };
 use crate::process::{send_signal, Finished, Process};
@@ -109,11 +109,7 @@ impl Node {
     /// Starts the node: its namespace, containerd with the CNI configuration, the pause
     /// image imported. A failure part-way removes what was built.
     pub fn new(config: NodeConfig) -> Result<Node> {
-        ensure_root()?;
-        sweep_stale_nodes();
-        let prefix = unique_prefix();
-        let dir = std::env::temp_dir().join(format!("tracer-{prefix}"));
-        fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let (prefix, dir) = claim_scratch(sweep_stale_nodes, unique_prefix)?;
         let events = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting a tokio runtime")?;
         // The channel's worker is spawned on the event loop it is created in.
         let cri = {

@@ -4,6 +4,7 @@
 //!   /opt/tracer-toolchain, the Debian packages the lab uses). Idempotent; quick when all is there.
 //! - `test [ARGS...]`: setup, build tracer, run the workspace tests with `TRACER_BIN` pointing at the
 //!   build (needs root). ARGS go to `cargo test`, e.g. `cargo xtask test -- healthy`.
+//!   `--kernels 6.1,6.12` runs the end-to-end core inside each of those kernels instead.
 //! - `demo`: setup, build tracer in release mode, and show it watching DNS in a lab (needs root).
 //! - `image [--out FILE]`: setup, build tracer in release mode and its OCI image archive
 //!   (target/image/tracer.tar), which containerd imports and deploy/daemonset.yaml runs.
@@ -32,6 +33,8 @@ const USAGE: &str = "\
 usage: cargo xtask <task>
   setup           install the nightly rust-src component, bpf-linker and the lab's Debian packages
   test [ARGS...]  setup, build tracer, run all tests as root (ARGS are passed to cargo test)
+  test --kernels 6.1,6.12
+                  the end-to-end core inside each of those kernels (booted by `vm`) instead
   demo            setup, build tracer --release, and show it watching DNS in a namespace lab (root)
   image [--out FILE]
                   setup, build tracer --release and its OCI image archive (default

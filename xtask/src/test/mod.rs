@@ -1,6 +1,9 @@
 //! `cargo xtask test`: setup, build tracer (the test build with fault injection, and the
 //! release build, and the image of the release build), run every test in the workspace against
-//! them, then a smoke run of the bench.
+//! them, then a smoke run of the bench. With `--kernels 6.1,6.12`: the end-to-end core inside
+//! each of those kernels instead (see [`kernels`]).
+
+mod kernels;
 
 use std::process::ExitCode;
 
@@ -11,8 +14,9 @@ use crate::cmd::{self, phase};
 use crate::image;
 use crate::setup;
 
-pub fn run(cargo_test_args: &[String]) -> Result<ExitCode> {
+pub fn run(args: &[String]) -> Result<ExitCode> {
     cmd::require_root("test")?;
+    let (kernels, cargo_test_args) = kernels::split_args(args)?;
 
     phase("test", "setup");
     setup::run()?;
@@ -23,6 +27,11 @@ pub fn run(cargo_test_args: &[String]) -> Result<ExitCode> {
     // injection.
     phase("test", "cargo build -p tracer --release");
     let release = cmd::build_tracer(cmd::Build::Release)?;
+    if !kernels.is_empty() {
+        kernels::run(&kernels, &tracer, &release)?;
+        phase("test", "the end-to-end core passed on every kernel asked for");
+        return Ok(ExitCode::SUCCESS);
+    }
     // The image users run, for the test that imports it into containerd and runs it.
     let image = image::default_archive();
     image::build(&release, &image)?;
@@ -39,7 +48,7 @@ pub fn run(cargo_test_args: &[String]) -> Result<ExitCode> {
     let status = cmd::status(
         cmd::cargo()
             .args(["test", "--workspace", "--no-fail-fast"])
-            .args(cargo_test_args)
+            .args(&cargo_test_args)
             .env("TRACER_BIN", &tracer)
             .env("TRACER_RELEASE_BIN", &release)
             .env("TRACER_IMAGE", &image),
