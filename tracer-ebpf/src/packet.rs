@@ -190,27 +190,16 @@ pub fn read_traced_flow(header: &NetworkHeader, family: IpFamily, slot: u32) -> 
     let headers = Headers { bytes, len, l3: header.l3 };
     let parsed = &mut scratch.parsed;
     parse_flow(&headers, header.available, family, parsed)?;
-    let port = config!(port_be);
-    if port != 0 && parsed.flow.src_port_be != port && parsed.flow.dst_port_be != port {
-        return None;
-    }
     Some(parsed)
 }
 
+/// Fills `parsed` for a packet of the traced port; `None` for any other packet. The port is
+/// found and tested before the addresses are copied: most packets on a node are of other
+/// ports, and they should cost only the reads that find it. Values go straight into the
+/// per-CPU `parsed` rather than through locals, which would count against the stack that
+/// older kernels limit to 512 bytes across a program and its calls.
 #[inline(always)]
 fn parse_flow(headers: &Headers, available: u32, family: IpFamily, parsed: &mut ParsedFlow) -> Option<()> {
-    parsed.flow = Flow {
-        src_addr: [0; 16],
-        dst_addr: [0; 16],
-        src_port_be: 0,
-        dst_port_be: 0,
-        ip_version: 0,
-        l4_proto: 0,
-        _pad: [0; 2],
-    };
-    parsed.l3_len = 0;
-    parsed.l4_len = 0;
-    let flow = &mut parsed.flow;
     match family {
         IpFamily::V4 => {
             let first = headers.u8_at(0)?;
@@ -222,55 +211,75 @@ fn parse_flow(headers: &Headers, available: u32, family: IpFamily, parsed: &mut 
             if u16::from_be_bytes([headers.u8_at(6)?, headers.u8_at(7)?]) & 0x1fff != 0 {
                 return None;
             }
-            flow.ip_version = 4;
-            flow.l4_proto = headers.u8_at(9)?;
+            parsed.flow.ip_version = 4;
+            parsed.flow.l4_proto = headers.u8_at(9)?;
             parsed.l3_len = header_len;
-            for i in 0..4u32 {
-                flow.src_addr[i as usize] = headers.u8_at(12 + i)?;
-                flow.dst_addr[i as usize] = headers.u8_at(16 + i)?;
-            }
         }
         IpFamily::V6 => {
             if headers.u8_at(0)? >> 4 != 6 || headers.len < Ipv6Hdr::LEN as u32 {
                 return None;
             }
-            flow.ip_version = 6;
-            for i in 0..16u32 {
-                flow.src_addr[i as usize] = headers.u8_at(8 + i)?;
-                flow.dst_addr[i as usize] = headers.u8_at(24 + i)?;
-            }
             let (next_header, l3_len) = skip_ipv6_extensions(headers, available, headers.u8_at(6)?)?;
-            flow.l4_proto = next_header;
+            parsed.flow.ip_version = 6;
+            parsed.flow.l4_proto = next_header;
             parsed.l3_len = l3_len;
         }
     }
     let l4_offset = parsed.l3_len as u32;
-    // Ports stay in network byte order, as the records carry them.
-    match flow.l4_proto {
+    let ports = match parsed.flow.l4_proto {
         IPPROTO_UDP => {
             if available < l4_offset + UdpHdr::LEN as u32 {
                 return None;
             }
-            let ports = headers.four_at(l4_offset)?;
-            flow.src_port_be = u16::from_ne_bytes([ports[0], ports[1]]);
-            flow.dst_port_be = u16::from_ne_bytes([ports[2], ports[3]]);
             parsed.l4_len = UdpHdr::LEN as u16;
+            headers.four_at(l4_offset)?
         }
         IPPROTO_TCP => {
             if available < l4_offset + TcpHdr::LEN as u32 {
                 return None;
             }
-            let ports = headers.four_at(l4_offset)?;
             // Byte 12 holds the data offset, in 32-bit words, at least the fixed header's five.
             let data_offset = ((headers.four_at(l4_offset + 12)?[0] >> 4) as u16) * 4;
             if data_offset < TcpHdr::LEN as u16 {
                 return None;
             }
-            flow.src_port_be = u16::from_ne_bytes([ports[0], ports[1]]);
-            flow.dst_port_be = u16::from_ne_bytes([ports[2], ports[3]]);
             parsed.l4_len = data_offset;
+            headers.four_at(l4_offset)?
         }
         _ => return None,
+    };
+    // Ports stay in network byte order, as the records carry them.
+    let flow = &mut parsed.flow;
+    flow.src_port_be = u16::from_ne_bytes([ports[0], ports[1]]);
+    flow.dst_port_be = u16::from_ne_bytes([ports[2], ports[3]]);
+    let port = config!(port_be);
+    if port != 0 && flow.src_port_be != port && flow.dst_port_be != port {
+        return None;
+    }
+    flow._pad = [0; 2];
+    copy_addresses(headers, flow)
+}
+
+/// The packet's addresses into `flow`, for the traced packets only. A call of its own: inlined,
+/// the copy kept the ports and header offsets alive across it, and the spills doubled the
+/// stack of the programs that parse, past what older kernels allow with their calls.
+#[inline(never)]
+fn copy_addresses(headers: &Headers, flow: &mut Flow) -> Option<()> {
+    // An IPv4 address takes the first four bytes; the rest stay zero, as userspace reads them.
+    if flow.ip_version == 4 {
+        for i in 0..4u32 {
+            flow.src_addr[i as usize] = headers.u8_at(12 + i)?;
+            flow.dst_addr[i as usize] = headers.u8_at(16 + i)?;
+        }
+        for i in 4..16 {
+            flow.src_addr[i] = 0;
+            flow.dst_addr[i] = 0;
+        }
+    } else {
+        for i in 0..16u32 {
+            flow.src_addr[i as usize] = headers.u8_at(8 + i)?;
+            flow.dst_addr[i as usize] = headers.u8_at(24 + i)?;
+        }
     }
     Some(())
 }
