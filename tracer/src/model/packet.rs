@@ -89,7 +89,9 @@ pub struct PacketEvent {
     pub family: Family,
     #[serde(rename = "proto")]
     pub l4_proto: L4Proto,
+    #[serde(with = "serde_forms::socket_addr")]
     pub src: SocketAddr,
+    #[serde(with = "serde_forms::socket_addr")]
     pub dst: SocketAddr,
     /// Length of the IP packet (header included), the same at every stage; falls back
     /// to the skb length when the IP header was not captured.
@@ -139,7 +141,9 @@ pub struct ConntrackEntry {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowTuple {
+    #[serde(with = "serde_forms::socket_addr")]
     pub src: SocketAddr,
+    #[serde(with = "serde_forms::socket_addr")]
     pub dst: SocketAddr,
 }
 
