@@ -100,38 +100,19 @@ pub fn exit_code(status: ExitStatus) -> ExitCode {
 /// respects `CARGO_TARGET_DIR` and any target-dir configuration.
 pub fn build_tracer(build: Build) -> Result<PathBuf> {
     let mut cmd = cargo();
-    cmd.args([
-        "build",
-        "-p",
-        "tracer",
-        "--message-format=json-render-diagnostics",
-    ]);
+    cmd.args(["build", "-p", "tracer"]);
     let flags = match build {
         Build::Release => "--release",
         Build::Test => "--profile=checked --features=fault-injection",
     };
     cmd.args(flags.split(' '));
     let what = format!("`cargo build -p tracer {flags}`");
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("could not run {what}"))?;
-    let mut executable = None;
-    if let Some(stdout) = child.stdout.take() {
-        for line in BufReader::new(stdout).lines() {
-            let line = line.with_context(|| format!("reading the output of {what}"))?;
-            if let Some(path) = tracer_executable(&line) {
-                executable = Some(path);
-            }
-        }
-    }
-    let status = child
-        .wait()
-        .with_context(|| format!("waiting for {what}"))?;
-    if !status.success() {
-        bail!("{what} failed ({status}); the compiler's messages are above");
-    }
-    executable.with_context(|| format!("{what} succeeded but reported no tracer executable"))
+    cargo_executables(&mut cmd, &what)?
+        .into_iter()
+        .rev()
+        .find(|artifact| artifact.is("bin", "tracer"))
+        .map(|artifact| artifact.path)
+        .with_context(|| format!("{what} succeeded but reported no tracer executable"))
 }
 
 /// Which tracer to build.
@@ -144,22 +125,61 @@ pub enum Build {
     Test,
 }
 
-/// The executable path in a cargo JSON message, if it is the tracer binary's artifact.
-fn tracer_executable(line: &str) -> Option<PathBuf> {
+/// An executable cargo built: its target's kinds (`bin`, `test`, ...) and name, and its path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Executable {
+    pub kinds: Vec<String>,
+    pub name: String,
+    pub path: PathBuf,
+}
+
+impl Executable {
+    pub fn is(&self, kind: &str, name: &str) -> bool {
+        self.name == name && self.kinds.iter().any(|k| k == kind)
+    }
+}
+
+/// Runs `cmd` (a cargo build or `test --no-run`) with JSON messages on standard output and the
+/// compiler's diagnostics rendered on standard error; returns the executables it reports, in
+/// order. Fails when cargo does.
+pub fn cargo_executables(cmd: &mut Command, what: &str) -> Result<Vec<Executable>> {
+    let mut child = cmd
+        .arg("--message-format=json-render-diagnostics")
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("could not run {what}"))?;
+    let mut executables = Vec::new();
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines() {
+            let line = line.with_context(|| format!("reading the output of {what}"))?;
+            executables.extend(executable_of(&line));
+        }
+    }
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status}); the compiler's messages are above");
+    }
+    Ok(executables)
+}
+
+/// The executable a cargo JSON message reports, if it is a compiler artifact that has one.
+fn executable_of(line: &str) -> Option<Executable> {
     let msg: Value = serde_json::from_str(line).ok()?;
     if msg.get("reason")?.as_str()? != "compiler-artifact" {
         return None;
     }
     let target = msg.get("target")?;
-    let is_bin = target
+    let kinds = target
         .get("kind")?
         .as_array()?
         .iter()
-        .any(|k| k.as_str() == Some("bin"));
-    if !is_bin || target.get("name")?.as_str()? != "tracer" {
-        return None;
-    }
-    msg.get("executable")?.as_str().map(PathBuf::from)
+        .filter_map(|k| k.as_str().map(str::to_string))
+        .collect();
+    let name = target.get("name")?.as_str()?.to_string();
+    let path = PathBuf::from(msg.get("executable")?.as_str()?);
+    Some(Executable { kinds, name, path })
 }
 
 #[cfg(test)]
@@ -167,20 +187,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finds_tracer_executable_in_cargo_messages() {
+    fn finds_executables_in_cargo_messages() {
         let bin = r#"{"reason":"compiler-artifact","target":{"kind":["bin"],"name":"tracer"},"executable":"/w/target/debug/tracer"}"#;
         let lib = r#"{"reason":"compiler-artifact","target":{"kind":["lib"],"name":"tracer"},"executable":null}"#;
         let other = r#"{"reason":"compiler-artifact","target":{"kind":["bin"],"name":"xtask"},"executable":"/w/target/debug/xtask"}"#;
-        assert_eq!(
-            tracer_executable(bin),
-            Some(PathBuf::from("/w/target/debug/tracer"))
-        );
-        assert_eq!(tracer_executable(lib), None);
-        assert_eq!(tracer_executable(other), None);
-        assert_eq!(
-            tracer_executable(r#"{"reason":"build-finished","success":true}"#),
-            None
-        );
-        assert_eq!(tracer_executable("not json"), None);
+        let tracer = executable_of(bin).unwrap();
+        assert!(tracer.is("bin", "tracer"));
+        assert_eq!(tracer.path, PathBuf::from("/w/target/debug/tracer"));
+        assert_eq!(executable_of(lib), None);
+        assert!(!executable_of(other).unwrap().is("bin", "tracer"));
+        assert_eq!(executable_of(r#"{"reason":"build-finished","success":true}"#), None);
+        assert_eq!(executable_of("not json"), None);
     }
 }

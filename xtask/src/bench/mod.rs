@@ -41,12 +41,11 @@ mod table;
 mod udp;
 
 use std::path::{Path, PathBuf};
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use serde_json::Value;
 use tracer_tests::lab::{Lab, LabConfig};
 
 use crate::cmd::{self, phase};
@@ -392,31 +391,12 @@ fn soak(tracer: &Path, secs: f64) -> Result<PathBuf> {
 
 /// `cargo build --release -p xtask --bin loadgen`; the path of the binary cargo reports.
 fn build_loadgen() -> Result<PathBuf> {
-    let out = cmd::cargo()
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "xtask",
-            "--bin",
-            "loadgen",
-            "--message-format=json-render-diagnostics",
-        ])
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running `cargo build --bin loadgen`")?;
-    if !out.status.success() {
-        bail!(
-            "`cargo build --release --bin loadgen` failed ({})",
-            out.status
-        );
-    }
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "loadgen")
-        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .ok_or_else(|| anyhow!("cargo built no loadgen executable"))
+    let what = "`cargo build --release -p xtask --bin loadgen`";
+    cmd::cargo_executables(cmd::cargo().args(["build", "--release", "-p", "xtask", "--bin", "loadgen"]), what)?
+        .into_iter()
+        .find(|artifact| artifact.is("bin", "loadgen"))
+        .map(|artifact| artifact.path)
+        .with_context(|| format!("{what} succeeded but reported no loadgen executable"))
 }
 
 /// The measured modes in round `round`'s order: rotated, so no mode always follows the same one.

@@ -6,13 +6,10 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use serde_json::Value;
 
 use crate::cmd::{self, phase};
 use crate::vm::{self, quote, Kernel, Vm};
@@ -111,42 +108,15 @@ pub fn run(kernels: &[Kernel], tracer: &Path, release: &Path) -> Result<()> {
 
 /// The tracer-tests test binaries by target name, built without running.
 fn test_binaries() -> Result<BTreeMap<String, PathBuf>> {
-    let what = "`cargo test -p tracer-tests --no-run`";
-    let mut child = cmd::cargo()
-        .args(["test", "-p", "tracer-tests", "--no-run", "--message-format=json-render-diagnostics"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("could not run {what}"))?;
-    let mut binaries = BTreeMap::new();
-    if let Some(stdout) = child.stdout.take() {
-        for line in BufReader::new(stdout).lines() {
-            let line = line.with_context(|| format!("reading the output of {what}"))?;
-            if let Some((name, path)) = test_executable(&line) {
-                binaries.insert(name, path);
-            }
-        }
-    }
-    let status = child.wait().with_context(|| format!("waiting for {what}"))?;
-    if !status.success() {
-        bail!("{what} failed ({status}); the compiler's messages are above");
-    }
-    Ok(binaries)
-}
-
-/// An integration test's name and executable, from one cargo JSON message.
-fn test_executable(line: &str) -> Option<(String, PathBuf)> {
-    let msg: Value = serde_json::from_str(line).ok()?;
-    if msg.get("reason")?.as_str()? != "compiler-artifact" {
-        return None;
-    }
-    let target = msg.get("target")?;
-    let is_test = target.get("kind")?.as_array()?.iter().any(|k| k.as_str() == Some("test"));
-    if !is_test {
-        return None;
-    }
-    let name = target.get("name")?.as_str()?.to_string();
-    let executable = PathBuf::from(msg.get("executable")?.as_str()?);
-    Some((name, executable))
+    let executables = cmd::cargo_executables(
+        cmd::cargo().args(["test", "-p", "tracer-tests", "--no-run"]),
+        "`cargo test -p tracer-tests --no-run`",
+    )?;
+    Ok(executables
+        .into_iter()
+        .filter(|artifact| artifact.kinds.iter().any(|k| k == "test"))
+        .map(|artifact| (artifact.name, artifact.path))
+        .collect())
 }
 
 /// The guest's script: every part of the core in order, each timed, all run whatever fails.
