@@ -292,11 +292,7 @@ fn explain_load_error(err: anyhow::Error) -> anyhow::Error {
 fn attach_tracepoint(ebpf: &mut Ebpf, btf: &Btf, tracepoint: &str, candidates: &[&'static str]) -> Result<&'static str> {
     let mut first_error = None;
     for &program in candidates {
-        let hook: &mut BtfTracePoint = ebpf
-            .program_mut(program)
-            .ok_or_else(|| anyhow!("program {program} missing from the kernel object: rebuild tracer"))?
-            .try_into()
-            .with_context(|| format!("program {program} is not a BTF tracepoint: rebuild tracer"))?;
+        let hook: &mut BtfTracePoint = program_of(ebpf, program, "a BTF tracepoint")?;
         match hook.load(tracepoint, btf) {
             Ok(()) => {
                 hook.attach().map_err(|err| anyhow!(err).context(format!("attaching {program} to tracepoint {tracepoint}")))?;
@@ -337,12 +333,19 @@ fn attach_netfilter_links(ebpf: &Ebpf, findings_only: bool) -> Result<Vec<netfil
 
 /// An fentry program on a kernel function, as (program, function).
 fn attach_fentry(ebpf: &mut Ebpf, btf: &Btf, (program, function): (&str, &str)) -> Result<()> {
-    let fentry: &mut FEntry = ebpf
-        .program_mut(program)
-        .ok_or_else(|| anyhow!("program {program} missing from the kernel object: rebuild tracer"))?
-        .try_into()
-        .with_context(|| format!("program {program} is not an fentry program: rebuild tracer"))?;
+    let fentry: &mut FEntry = program_of(ebpf, program, "an fentry program")?;
     fentry.load(function, btf).map_err(|err| anyhow!(err).context(format!("loading {program} on {function}")))?;
     fentry.attach().map_err(|err| anyhow!(err).context(format!("attaching {program} to {function}")))?;
     Ok(())
+}
+
+/// Program `name` of the kernel object as the type it is built as (`kind`, for the error).
+fn program_of<'a, P>(ebpf: &'a mut Ebpf, name: &str, kind: &str) -> Result<&'a mut P>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the kernel object: rebuild tracer"))?
+        .try_into()
+        .with_context(|| format!("program {name} is not {kind}: rebuild tracer"))
 }
