@@ -43,6 +43,13 @@ const PACKAGES: &[&str] = &[
     "skopeo",
     // The metrics test's Prometheus server and promtool.
     "prometheus",
+    // Essential on Debian and so normally there, listed so a trimmed image gets them: the
+    // safety tests' FIFO (mkfifo), the image test's library check (ldd), and `vm`'s kernel
+    // download (apt-cache, dpkg-deb).
+    "coreutils",
+    "libc-bin",
+    "apt",
+    "dpkg",
 ];
 
 /// Every program a test, the demo or the bench runs, and the package that provides it. Setup
@@ -85,6 +92,10 @@ const TOOLS: &[(&str, &str)] = &[
     ("skopeo", "skopeo"),
     ("prometheus", "prometheus"),
     ("promtool", "prometheus"),
+    ("mkfifo", "coreutils"),
+    ("ldd", "libc-bin"),
+    ("apt-cache", "apt"),
+    ("dpkg-deb", "dpkg"),
 ];
 
 /// Where the lab's tools are installed; tests run them by name from these.
