@@ -382,6 +382,10 @@ pub struct WatchConfig {
     /// `--debug`: the programs report failures that should never happen (see the programs'
     /// `diagnostics`); 0 leaves the reporting out of the programs the verifier accepts.
     pub debug: u32,
+    /// Programs that return at once (`--empty-programs`): what the attach points alone
+    /// cost, the floor `cargo xtask bench` measures the programs' own cost against. 0 in
+    /// every real watch, where the verifier drops the test as dead code.
+    pub empty_programs: u32,
     pub layout: KernelLayout,
 }
 

@@ -22,3 +22,9 @@ macro_rules! config {
     }};
 }
 pub(crate) use config;
+
+/// Whether this load's programs are to return at once (see `WatchConfig::empty_programs`).
+#[inline(always)]
+pub fn empty_programs() -> bool {
+    config!(empty_programs) != 0
+}

@@ -35,7 +35,7 @@ mod prelude {
     pub(crate) use tracer_common::{journey_end, lost_slot, step_kind};
 
     pub(crate) use crate::{
-        config::config,
+        config::{self, config},
         diagnostics,
         findings_only,
         journey::{self, End, Step},

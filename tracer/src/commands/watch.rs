@@ -421,6 +421,13 @@ pub struct TracingArgs {
     #[arg(long)]
     pub debug: bool,
 
+    /// Attach every program as usual, but with bodies that return at once: nothing is
+    /// traced, and the watch costs what its attach points alone cost. `cargo xtask bench`
+    /// measures this floor (`attach_floor`) to tell the programs' own cost from the
+    /// kernel's cost of running any program there. Hidden: it is of no use in an incident.
+    #[arg(long, hide = true)]
+    pub empty_programs: bool,
+
     /// Watch this network namespace instead of the one tracer runs in, as `ip netns exec`
     /// would: a name from `ip netns list`, a path (/proc/PID/ns/net, /var/run/netns/cni-…)
     /// or the PID of a process in it (e.g. 1 for the host's, from a container with the
@@ -458,6 +465,7 @@ impl TracingArgs {
                 ring_buffer_bytes: self.ring_buffer_mib.unwrap_or_else(|| default_ring_mib(findings_only)) << 20,
                 debug: self.debug,
                 findings_only,
+                empty_programs: self.empty_programs,
             },
             duration,
             analysis: AnalysisOptions { dns_timeout: self.dns_timeout, dns_ports: self.dns_ports.clone() },

@@ -97,6 +97,8 @@ pub struct WatchSettings {
     pub debug: bool,
     /// Send only what can become a finding (`--findings-only`).
     pub findings_only: bool,
+    /// Attach programs that return at once (`--empty-programs`): nothing is traced.
+    pub empty_programs: bool,
 }
 
 /// What attaching gives the watch: the programs, the ring buffer their records arrive
@@ -150,6 +152,7 @@ impl KernelHooks {
             wakeup_bytes: settings.ring_buffer_bytes / 8,
             findings_only: u32::from(settings.findings_only),
             debug: u32::from(settings.debug),
+            empty_programs: u32::from(settings.empty_programs),
             layout: resolved.layout,
         };
 

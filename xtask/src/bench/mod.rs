@@ -13,6 +13,9 @@
 //! - `traced`: `tracer watch` on the load's port, every packet a journey record, JSON to a pipe;
 //! - `findings_only`: `tracer watch --findings-only` on the load's port: on a healthy node the
 //!   kernel sends nothing, so this is the cost of the always-on mode;
+//! - `attach_floor` and `findings_only_floor`: the `unrelated` and `findings_only` watches with
+//!   `--empty-programs`, every program attached where it is but returning at once: what the
+//!   kernel charges for running any program at those points, the floor under the two above;
 //! - `iptables_trace`: `iptables -t raw -A PREROUTING ... -j TRACE` (iptables-nft) with
 //!   `nft monitor trace` reading the trace events in the node namespace.
 //!
@@ -102,23 +105,29 @@ pub enum Mode {
     Traced,
     FindingsOnly,
     IptablesTrace,
+    AttachFloor,
+    FindingsOnlyFloor,
 }
 
 impl Mode {
     /// The modes compared with the baseline.
-    const MEASURED: [Mode; 4] = [
+    const MEASURED: [Mode; 6] = [
         Mode::Unrelated,
         Mode::Traced,
         Mode::FindingsOnly,
         Mode::IptablesTrace,
+        Mode::AttachFloor,
+        Mode::FindingsOnlyFloor,
     ];
     /// Every mode, in the order the report lists them.
-    pub const ALL: [Mode; 5] = [
+    pub const ALL: [Mode; 7] = [
         Mode::Baseline,
         Mode::Unrelated,
         Mode::Traced,
         Mode::FindingsOnly,
         Mode::IptablesTrace,
+        Mode::AttachFloor,
+        Mode::FindingsOnlyFloor,
     ];
 
     pub fn name(self) -> &'static str {
@@ -128,12 +137,21 @@ impl Mode {
             Mode::Traced => "traced",
             Mode::FindingsOnly => "findings_only",
             Mode::IptablesTrace => "iptables_trace",
+            Mode::AttachFloor => "attach_floor",
+            Mode::FindingsOnlyFloor => "findings_only_floor",
         }
     }
 
     /// tracer is the observer (the others have none, or the TRACE workflow's reader).
     pub fn is_tracer(self) -> bool {
-        matches!(self, Mode::Unrelated | Mode::Traced | Mode::FindingsOnly)
+        matches!(
+            self,
+            Mode::Unrelated
+                | Mode::Traced
+                | Mode::FindingsOnly
+                | Mode::AttachFloor
+                | Mode::FindingsOnlyFloor
+        )
     }
 }
 
@@ -439,6 +457,8 @@ mod tests {
                 Mode::Traced,
                 Mode::FindingsOnly,
                 Mode::IptablesTrace,
+                Mode::AttachFloor,
+                Mode::FindingsOnlyFloor,
                 Mode::Unrelated
             ]
         );

@@ -566,6 +566,28 @@ pub fn results(
         ),
     ];
 
+    // What the attach points cost with empty programs, beside the watch they are the floor of:
+    // the ratio no program body there can beat, and how the added time splits.
+    let added = |mode| median_of(&udp, mode, |f| f.added_ns, 0);
+    let floor = |figure: &str, watch: Mode, floor: Mode| {
+        json!({
+            "figure": figure,
+            "ratio": ratio(watch),
+            "floor_ratio": ratio(floor),
+            "added_ns_per_packet": added(watch),
+            "attach_points_ns_per_packet": added(floor),
+            "programs_ns_per_packet": added(watch).zip(added(floor)).map(|(w, f)| w - f),
+        })
+    };
+    let floors = vec![
+        floor("unrelated_ratio", Mode::Unrelated, Mode::AttachFloor),
+        floor(
+            "findings_only_ratio",
+            Mode::FindingsOnly,
+            Mode::FindingsOnlyFloor,
+        ),
+    ];
+
     let mode_list = |figures: &[ModeFigures], unit: Unit| -> Vec<Value> {
         figures.iter().map(|f| mode_json(f, unit).into()).collect()
     };
@@ -587,6 +609,7 @@ pub fn results(
         "attach_ms": attach_ms,
         "findings_under_load": findings_json,
         "targets": targets,
+        "floors": floors,
         "machine": {
             "load_average_at_end": load_average(),
             "details": machine,
@@ -608,6 +631,9 @@ pub fn results(
             "unrelated": "tracer watch --port 7999 --output json (no traffic on that port)",
             "traced": "tracer watch --port 7000 --output json (--port 5300 --dns-port 5300 for DNS), stdout piped to a line counter",
             "findings_only": "tracer watch --findings-only --port 7000 --output json (--port 5300 --dns-port 5300 for DNS): on the healthy lab the kernel sends nothing",
+            "attach_floor": "tracer watch --port 7999 --empty-programs --output json: unrelated's programs attached where they are, returning at once",
+            "findings_only_floor": "tracer watch --findings-only --empty-programs --port 7000 --output json (--port 5300 --dns-port 5300 for DNS): findings_only's programs, returning at once",
+            "floors": "per watch, the ratio of its floor and the median added ns per packet of each: the floor's is what the kernel charges for running any program at those attach points, the difference what the programs' bodies add",
             "iptables_trace": "iptables-nft -t raw -A PREROUTING -p udp --dport/--sport PORT -j TRACE in the node namespace, `nft monitor trace` there piped to a line counter",
             "cpu_percent": "tracer's user+system CPU time during the load / wall time (100 = one core); for iptables_trace nft monitor's",
             "records_per_sec": "records tracer read (summary `records`: one per packet's journey) per second of load, traced",

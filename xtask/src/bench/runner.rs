@@ -169,8 +169,8 @@ impl<'a> Bench<'a> {
         ))
     }
 
-    /// `tracer watch --port PORT --output json [--findings-only]` in the node namespace.
-    pub(super) fn watch_command(&self, port: u16, findings_only: bool) -> Command {
+    /// `tracer watch --port PORT --output json [FLAGS]` in the node namespace.
+    pub(super) fn watch_command(&self, port: u16, flags: &[&str]) -> Command {
         let port = port.to_string();
         let mut argv = vec![
             self.tracer.as_str(),
@@ -180,9 +180,7 @@ impl<'a> Bench<'a> {
             "--output",
             "json",
         ];
-        if findings_only {
-            argv.push("--findings-only");
-        }
+        argv.extend(flags);
         // loadgen's responder is not on port 53, the only one tracer reads as DNS by itself.
         let dns_port = DNS_PORT.to_string();
         if port == dns_port {
@@ -196,10 +194,10 @@ impl<'a> Bench<'a> {
     pub(super) fn tracer_pipeline(
         &self,
         port: u16,
-        findings_only: bool,
+        flags: &[&str],
     ) -> Result<(Pipeline, u64)> {
         let mut pipeline = Pipeline::spawn(
-            self.watch_command(port, findings_only),
+            self.watch_command(port, flags),
             "tracer watch",
             Path::new(&self.loadgen),
             Some(BRIDGE_IN_NEEDLE),
@@ -211,9 +209,9 @@ impl<'a> Bench<'a> {
     }
 
     pub(super) fn observe(&self, mode: Mode, port: u16) -> Result<Observer<'a>> {
-        let tracer = |port, findings_only| -> Result<Observer<'a>> {
+        let tracer = |port, flags: &[&str]| -> Result<Observer<'a>> {
             Ok(Observer {
-                pipeline: Some(self.tracer_pipeline(port, findings_only)?.0),
+                pipeline: Some(self.tracer_pipeline(port, flags)?.0),
                 tracer: true,
                 _rules: None,
             })
@@ -224,9 +222,11 @@ impl<'a> Bench<'a> {
                 tracer: false,
                 _rules: None,
             }),
-            Mode::Unrelated => tracer(UNRELATED_PORT, false),
-            Mode::Traced => tracer(port, false),
-            Mode::FindingsOnly => tracer(port, true),
+            Mode::Unrelated => tracer(UNRELATED_PORT, &[]),
+            Mode::Traced => tracer(port, &[]),
+            Mode::FindingsOnly => tracer(port, &["--findings-only"]),
+            Mode::AttachFloor => tracer(UNRELATED_PORT, &["--empty-programs"]),
+            Mode::FindingsOnlyFloor => tracer(port, &["--findings-only", "--empty-programs"]),
             Mode::IptablesTrace => {
                 let rules = TraceRules::add(self.lab, port)?;
                 // `nft monitor trace` rather than `xtables-monitor --trace`: both print the same

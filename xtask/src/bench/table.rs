@@ -58,7 +58,7 @@ fn range(low: &Value, high: &Value, decimals: usize) -> String {
 /// One row: a figure's median, extremes and interquartile range.
 fn spread_row(mode: &str, figure: &str, spread: &Value, decimals: usize) -> String {
     format!(
-        "{mode:<16}{figure:<26}{:>11}  {:>23}  {:>23}",
+        "{mode:<20}{figure:<26}{:>11}  {:>23}  {:>23}",
         num(&spread["median"], decimals),
         range(&spread["min"], &spread["max"], decimals),
         match spread["iqr"].as_array().map(Vec::as_slice) {
@@ -77,7 +77,7 @@ fn mode_rows(r: &Value, load: &str, name: &str) -> Vec<String> {
         plan["secs_per_run"]
     );
     let mut rows = vec![format!(
-        "{heading:<42}{:>11}  {:>23}  {:>23}",
+        "{heading:<46}{:>11}  {:>23}  {:>23}",
         "median", "min – max", "interquartile"
     )];
     for entry in r[load]["per_mode"].as_array().into_iter().flatten() {
@@ -228,6 +228,21 @@ pub fn table(r: &Value) -> String {
                 Some(false) => "MISSED",
                 None => "not measured",
             }
+        ));
+    }
+    rows.push(
+        "floors (the same attach points, programs that return at once: no program body does better):"
+            .to_string(),
+    );
+    for f in r["floors"].as_array().into_iter().flatten() {
+        rows.push(format!(
+            "  {:<20} {} of a floor of {}: +{} ns per packet, {} ns of it the attach points alone, {} ns the programs",
+            text(&f["figure"], "?"),
+            num(&f["ratio"], 3),
+            num(&f["floor_ratio"], 3),
+            num(&f["added_ns_per_packet"], 0),
+            num(&f["attach_points_ns_per_packet"], 0),
+            num(&f["programs_ns_per_packet"], 0),
         ));
     }
     rows.join("\n")

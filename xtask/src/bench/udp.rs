@@ -31,7 +31,7 @@ impl Bench<'_> {
         thread::sleep(Duration::from_millis(100));
         // A few thousand lines: read them here, whole, to see what each packet produced.
         let mut tracer = Proc::spawn(
-            self.watch_command(LOAD_PORT, false),
+            self.watch_command(LOAD_PORT, &[]),
             "tracer watch (calibration)",
             Stdout::Capture,
         )?;
@@ -109,7 +109,7 @@ impl Bench<'_> {
         let receiver = self.receiver(LOAD_PORT)?;
         let trickle = self.sender(Some(TRICKLE_PPS), Some(30.0), None)?;
         thread::sleep(Duration::from_millis(50));
-        let (pipeline, ready_ns) = self.tracer_pipeline(LOAD_PORT, false)?;
+        let (pipeline, ready_ns) = self.tracer_pipeline(LOAD_PORT, &[])?;
         let first = pipeline.first_line_ns(Duration::from_secs(10));
         let ms = |ns: u64| ns.saturating_sub(pipeline.spawned_ns) as f64 / 1e6;
         let trial = AttachTrial {
