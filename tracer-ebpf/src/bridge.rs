@@ -37,28 +37,37 @@ pub fn bridge_transmit(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// What every frame is looked at first: its addresses and ports (the port filter), then
-/// the device it is on and that device's network namespace.
+/// What every frame is looked at first: the device it is on and that device's network
+/// namespace, then its addresses and ports (the port filter).
 struct Frame {
     header: NetworkHeader,
     parsed: &'static ParsedFlow,
     dev: *const u8,
     priv_flags: u32,
+    netns_inode: u32,
 }
 
+/// The traced frame `skb` carries on a device of the watched namespace, when the device's
+/// `priv_flags` share a bit with `device_flags` (0: any device). The tests that are plain
+/// loads come first: a frame on another namespace's device, or on a device no stage is
+/// about, is let go before the packet is read at all.
+///
 /// # Safety
 /// `skb` must be a BTF-typed `sk_buff` pointer.
 #[inline(always)]
-unsafe fn traced_frame(skb: *const u8, slot: u32) -> Option<Frame> {
+unsafe fn traced_frame(skb: *const u8, slot: u32, device_flags: u32) -> Option<Frame> {
     // SAFETY (loads): `skb` is BTF-typed and `dev` a pointer field loaded from it.
     let protocol: u16 = unsafe { skb::load(skb, config!(layout.skb_protocol)) };
     let family = IpFamily::of_skb_protocol(protocol)?;
-    // The port first: nearly every frame on a busy node is of other traffic.
-    let header = unsafe { packet::network_header(skb) }?;
-    let parsed = packet::read_traced_flow(&header, family, slot)?;
     let dev = unsafe { skb::load_ptr(skb, config!(layout.skb_dev)) }?;
     let priv_flags: u32 = unsafe { skb::load(dev, config!(layout.dev_priv_flags)) };
-    Some(Frame { header, parsed, dev, priv_flags })
+    if device_flags != 0 && priv_flags & device_flags == 0 {
+        return None;
+    }
+    let netns_inode = unsafe { packet::netns_of_device(dev) }?;
+    let header = unsafe { packet::network_header(skb) }?;
+    let parsed = packet::read_traced_flow(&header, family, slot)?;
+    Some(Frame { header, parsed, dev, priv_flags, netns_inode })
 }
 
 /// # Safety
@@ -66,16 +75,13 @@ unsafe fn traced_frame(skb: *const u8, slot: u32) -> Option<Frame> {
 #[inline(always)]
 unsafe fn received(skb: *const u8) -> Option<()> {
     let slot = lost_slot::BRIDGE_RECEIVE;
-    let frame = unsafe { traced_frame(skb, slot) }?;
-    let stage = if frame.priv_flags & config!(layout.flag_bridge_port) != 0 {
-        Stage::BridgeIn
-    } else if frame.priv_flags & config!(layout.flag_bridge) != 0 {
-        Stage::ToHost
-    } else {
-        return None;
-    };
-    let netns_inode = unsafe { packet::netns_of_device(frame.dev) }?;
-    let step = unsafe { stage_step(skb, &frame, stage, netns_inode, slot) };
+    let port = config!(layout.flag_bridge_port);
+    let bridge = config!(layout.flag_bridge);
+    // Frames are received on every device; only those on a bridge's ports and the bridge
+    // itself make stages.
+    let frame = unsafe { traced_frame(skb, slot, port | bridge) }?;
+    let stage = if frame.priv_flags & port != 0 { Stage::BridgeIn } else { Stage::ToHost };
+    let step = unsafe { stage_step(skb, &frame, stage, slot) };
     // A frame entering the bridge is a new journey, whatever the skb carried before.
     unsafe { journey::step(&step, stage == Stage::BridgeIn) };
     Some(())
@@ -86,10 +92,11 @@ unsafe fn received(skb: *const u8) -> Option<()> {
 #[inline(always)]
 unsafe fn queued(skb: *const u8) -> Option<()> {
     let slot = lost_slot::BRIDGE_TRANSMIT;
-    let frame = unsafe { traced_frame(skb, slot) }?;
+    // Any device: leaving by one that is not a bridge's ends a journey under way.
+    let frame = unsafe { traced_frame(skb, slot, 0) }?;
     let on_port = frame.priv_flags & config!(layout.flag_bridge_port) != 0;
     let on_bridge = frame.priv_flags & config!(layout.flag_bridge) != 0;
-    let netns_inode = unsafe { packet::netns_of_device(frame.dev) }?;
+    let netns_inode = frame.netns_inode;
     let ifindex = unsafe { skb::load::<i32>(frame.dev, config!(layout.dev_ifindex)) } as u32;
     if config!(findings_only) != 0 {
         if on_port {
@@ -99,7 +106,7 @@ unsafe fn queued(skb: *const u8) -> Option<()> {
         return Some(());
     }
     let stage = if on_port { Stage::BridgeOut } else { Stage::FromHost };
-    let step = unsafe { stage_step(skb, &frame, stage, netns_inode, slot) };
+    let step = unsafe { stage_step(skb, &frame, stage, slot) };
     if on_bridge {
         unsafe { journey::step(&step, false) };
         return Some(());
@@ -114,7 +121,7 @@ unsafe fn queued(skb: *const u8) -> Option<()> {
 /// # Safety
 /// `skb` must be a BTF-typed `sk_buff` pointer.
 #[inline(always)]
-unsafe fn stage_step<'a>(skb: *const u8, frame: &'a Frame, stage: Stage, netns_inode: u32, slot: u32) -> Step<'a> {
+unsafe fn stage_step<'a>(skb: *const u8, frame: &'a Frame, stage: Stage, slot: u32) -> Step<'a> {
     // SAFETY (loads): `skb` is BTF-typed and `frame.dev` a pointer field loaded from it.
     Step {
         skb,
@@ -126,7 +133,7 @@ unsafe fn stage_step<'a>(skb: *const u8, frame: &'a Frame, stage: Stage, netns_i
         packet_len: unsafe { skb::load::<u32>(skb, config!(layout.skb_len)) },
         header: &frame.header,
         parsed: &frame.parsed,
-        netns_inode,
+        netns_inode: frame.netns_inode,
         slot,
     }
 }

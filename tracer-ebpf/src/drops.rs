@@ -59,10 +59,11 @@ unsafe fn traced_packet(skb: *const u8, slot: u32) -> Option<(u32, u32, NetworkH
     // SAFETY (loads): `skb` is BTF-typed and `dev` a pointer field loaded from it.
     let protocol: u16 = unsafe { skb::load(skb, config!(layout.skb_protocol)) };
     let family = IpFamily::of_skb_protocol(protocol)?;
-    let header = unsafe { packet::network_header(skb) }?;
-    let parsed = packet::read_traced_flow(&header, family, slot)?;
+    // Plain loads before the packet is read: another namespace's drop goes at once.
     let dev = unsafe { skb::load_ptr(skb, config!(layout.skb_dev)) }?;
     let netns_inode = unsafe { packet::netns_of_device(dev) }?;
+    let header = unsafe { packet::network_header(skb) }?;
+    let parsed = packet::read_traced_flow(&header, family, slot)?;
     let ifindex = (unsafe { skb::load::<i32>(dev, config!(layout.dev_ifindex)) }) as u32;
     Some((netns_inode, ifindex, header, parsed))
 }

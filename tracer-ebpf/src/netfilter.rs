@@ -89,6 +89,7 @@ struct AtHook {
     state: *const u8,
     skb: *const u8,
     pf: u8,
+    netns_inode: u32,
     header: NetworkHeader,
     parsed: &'static ParsedFlow,
 }
@@ -105,10 +106,14 @@ unsafe fn traced_at_hook(state: *const u8, skb: *const u8, slot: u32) -> Option<
         NFPROTO_IPV6 => IpFamily::V6,
         _ => return None,
     };
-    // The port first: nearly every packet on a busy node is of other traffic.
+    // A link runs only in the namespace it was made in, but fentry on nf_hook_slow runs in
+    // every one: plain loads let another namespace's packets go before the packet is read.
+    let net = unsafe { skb::load_ptr(state, config!(layout.hook_state_net)) }?;
+    let netns_inode = unsafe { packet::netns_matches(net) }?;
+    // Then the port: nearly every packet on a busy node is of other traffic.
     let header = unsafe { packet::network_header(skb) }?;
     let parsed = packet::read_traced_flow(&header, family, slot)?;
-    Some(AtHook { state, skb, pf, header, parsed })
+    Some(AtHook { state, skb, pf, netns_inode, header, parsed })
 }
 
 /// # Safety
@@ -147,11 +152,6 @@ unsafe fn delivered(state: *const u8, skb: *const u8) -> Option<()> {
 /// `at` must come from [`traced_at_hook`].
 #[inline(always)]
 unsafe fn hook_step<'a>(at: &'a AtHook, hook: u8, in_ifindex: u32, out_ifindex: u32, slot: u32) -> Option<Step<'a>> {
-    // SAFETY (loads): the hook state's `net`, and the `net` loaded from it.
-    let net = unsafe { skb::load_ptr(at.state, config!(layout.hook_state_net)) }?;
-    // A link runs only in the namespace it was made in: this reads the inode the
-    // journey carries rather than filtering.
-    let netns_inode = unsafe { packet::netns_matches(net) }?;
     Some(Step {
         skb: at.skb,
         kind: step_kind::HOOK,
@@ -162,7 +162,7 @@ unsafe fn hook_step<'a>(at: &'a AtHook, hook: u8, in_ifindex: u32, out_ifindex: 
         packet_len: 0,
         header: &at.header,
         parsed: &at.parsed,
-        netns_inode,
+        netns_inode: at.netns_inode,
         slot,
     })
 }
