@@ -54,6 +54,8 @@ pub struct Interfaces {
     buf: Vec<u8>,
     /// Dumps attempted, for tests.
     dumps: u64,
+    /// When queued notifications were last applied (see [`NOTIFICATION_INTERVAL`]).
+    applied_at: Instant,
 }
 
 /// rtnetlink multicast group for link changes (RTNLGRP_LINK in linux/rtnetlink.h).
@@ -71,6 +73,10 @@ const DUMP_ATTEMPTS: usize = 3;
 const RECV_BUF_LEN: usize = 64 * 1024;
 /// Enough for a burst of a few thousand link notifications (the kernel caps it at rmem_max).
 const EVENTS_RCVBUF: usize = 1 << 20;
+/// Lookups apply queued notifications at most this often: applying them is a system call, and
+/// a busy watch looks up several interfaces per record, tens of thousands of times a second. A
+/// name may lag a change by this long (a lookup that misses applies them at once).
+const NOTIFICATION_INTERVAL: Duration = Duration::from_millis(1);
 
 impl Interfaces {
     /// Subscribes to link notifications and dumps the current links of the calling thread's network
@@ -102,6 +108,7 @@ impl Interfaces {
             stale: true,
             buf: vec![0; RECV_BUF_LEN],
             dumps: 0,
+            applied_at: Instant::now(),
         };
         // Subscribed before dumping: a change racing with the dump is then also queued as a
         // notification, and replaying it on top of the dump gives the current state.
@@ -115,6 +122,7 @@ impl Interfaces {
     /// Applies all queued link notifications without blocking. Problems are not reported: lost
     /// notifications or socket errors mark the table stale and it is re-dumped (rate limited).
     pub fn apply_updates(&mut self) {
+        self.applied_at = Instant::now();
         loop {
             let mut chunk = &mut self.buf[..];
             // MSG_TRUNC makes recv return the datagram's real length, revealing truncation.
@@ -142,14 +150,17 @@ impl Interfaces {
         }
     }
 
-    /// The interface with this ifindex. Pending notifications are applied first; on a miss the
-    /// links are dumped again (rate limited) before giving up.
+    /// The interface with this ifindex. Pending notifications are applied first (at most every
+    /// [`NOTIFICATION_INTERVAL`], and always on a miss); on a miss the links are dumped again
+    /// (rate limited) before giving up.
     pub fn get(&mut self, ifindex: u32) -> Option<&InterfaceInfo> {
         // ifindex 0 means "no device" in the kernel; never worth a dump.
         if ifindex == 0 {
             return None;
         }
-        self.apply_updates();
+        if self.applied_at.elapsed() >= NOTIFICATION_INTERVAL || !self.links.contains_key(&ifindex) {
+            self.apply_updates();
+        }
         if !self.links.contains_key(&ifindex) && self.dump_allowed() {
             let _ = self.dump();
         }
