@@ -240,19 +240,47 @@ impl ConntrackEntry {
 
 impl Conntrack {
     /// The translations it applies, as one text (`dnat 10.96.0.10:53→10.244.0.7:53`).
-    pub fn nat_text(&self) -> Option<String> {
+    pub fn nat_text(&self) -> Option<NatText> {
         let Conntrack::Attached(entry) = self else { return None };
         let nats = entry.nat();
-        (!nats.is_empty()).then(|| nats.iter().map(Nat::to_string).collect::<Vec<_>>().join(", "))
+        (!nats.is_empty()).then_some(NatText(nats))
+    }
+}
+
+/// Translations written as one text, `, ` between them; serialised as that string.
+pub struct NatText(Vec<Nat>);
+
+impl std::fmt::Display for NatText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, nat) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            nat.fmt(f)?;
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for NatText {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
     }
 }
 
 impl std::fmt::Display for Nat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Nat::Destination { from, to } => write!(f, "dnat {from}→{to}"),
-            Nat::Source { from, to } => write!(f, "snat {from}→{to}"),
-        }
+        // Written piece by piece: through `SocketAddr`'s `Display` (its padding support), the
+        // NAT text of each hook took a fifth of the reader's time under load.
+        let (kind, from, to) = match self {
+            Nat::Destination { from, to } => ("dnat ", from, to),
+            Nat::Source { from, to } => ("snat ", from, to),
+        };
+        let mut buf = [0u8; serde_forms::socket_addr::LONGEST];
+        f.write_str(kind)?;
+        f.write_str(serde_forms::socket_addr::text(from, &mut buf))?;
+        f.write_str("→")?;
+        f.write_str(serde_forms::socket_addr::text(to, &mut buf))
     }
 }
 

@@ -66,10 +66,15 @@ pub mod socket_addr {
     use serde::{Deserialize, Deserializer, Serializer};
 
     /// `[` + 39 + `%` + 10 + `]:` + 5 characters is the longest an IPv6 socket address gets.
-    const LONGEST: usize = 64;
+    pub const LONGEST: usize = 64;
 
     pub fn serialize<S: Serializer>(addr: &SocketAddr, serializer: S) -> Result<S::Ok, S::Error> {
         let mut buf = [0u8; LONGEST];
+        serializer.serialize_str(text(addr, &mut buf))
+    }
+
+    /// `addr` as its `Display` writes it, in `buf`.
+    pub fn text<'a>(addr: &SocketAddr, buf: &'a mut [u8; LONGEST]) -> &'a str {
         let len = match addr {
             SocketAddr::V4(v4) => {
                 let mut len = 0;
@@ -85,12 +90,13 @@ pub mod socket_addr {
             }
             SocketAddr::V6(_) => {
                 let mut cursor = &mut buf[..];
-                write!(cursor, "{addr}").map_err(serde::ser::Error::custom)?;
+                // Cannot fail: LONGEST holds the longest form.
+                let _ = write!(cursor, "{addr}");
                 LONGEST - cursor.len()
             }
         };
-        let text = std::str::from_utf8(&buf[..len]).map_err(serde::ser::Error::custom)?;
-        serializer.serialize_str(text)
+        // ASCII digits and punctuation only, so never the empty fallback.
+        std::str::from_utf8(&buf[..len]).unwrap_or_default()
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SocketAddr, D::Error> {
