@@ -42,9 +42,9 @@ pub fn bridge_transmit(ctx: BtfTracePointContext) -> i32 {
 struct Frame {
     header: NetworkHeader,
     parsed: &'static ParsedFlow,
-    dev: *const u8,
     priv_flags: u32,
     netns_inode: u32,
+    ifindex: u32,
 }
 
 /// The traced frame `skb` carries on a device of the watched namespace, when the device's
@@ -64,10 +64,20 @@ unsafe fn traced_frame(skb: *const u8, slot: u32, device_flags: u32) -> Option<F
     if device_flags != 0 && priv_flags & device_flags == 0 {
         return None;
     }
-    let netns_inode = unsafe { packet::netns_of_device(dev) }?;
+    unsafe { packet::netns_of_device(dev) }?;
     let header = unsafe { packet::network_header(skb) }?;
     let parsed = packet::read_traced_flow(&header, family, slot)?;
-    Some(Frame { header, parsed, dev, priv_flags, netns_inode })
+    // Loaded again rather than held across the read: held, they cost the stack that older
+    // kernels (6.1) limit to 512 bytes across a program and its calls.
+    let dev = unsafe { skb::load_ptr(skb, config!(layout.skb_dev)) }?;
+    let netns_inode = unsafe { packet::netns_of_device(dev) }?;
+    Some(Frame {
+        header,
+        parsed,
+        priv_flags: unsafe { skb::load(dev, config!(layout.dev_priv_flags)) },
+        netns_inode,
+        ifindex: unsafe { skb::load::<i32>(dev, config!(layout.dev_ifindex)) } as u32,
+    })
 }
 
 /// # Safety
@@ -97,7 +107,7 @@ unsafe fn queued(skb: *const u8) -> Option<()> {
     let on_port = frame.priv_flags & config!(layout.flag_bridge_port) != 0;
     let on_bridge = frame.priv_flags & config!(layout.flag_bridge) != 0;
     let netns_inode = frame.netns_inode;
-    let ifindex = unsafe { skb::load::<i32>(frame.dev, config!(layout.dev_ifindex)) } as u32;
+    let ifindex = frame.ifindex;
     if config!(findings_only) != 0 {
         if on_port {
             let at = findings_only::AtPort { skb, header: &frame.header, parsed: &frame.parsed, netns_inode, ifindex, slot };
@@ -122,13 +132,13 @@ unsafe fn queued(skb: *const u8) -> Option<()> {
 /// `skb` must be a BTF-typed `sk_buff` pointer.
 #[inline(always)]
 unsafe fn stage_step<'a>(skb: *const u8, frame: &'a Frame, stage: Stage, slot: u32) -> Step<'a> {
-    // SAFETY (loads): `skb` is BTF-typed and `frame.dev` a pointer field loaded from it.
+    // SAFETY (loads): `skb` is BTF-typed.
     Step {
         skb,
         kind: step_kind::STAGE,
         point: stage as u8,
         pf: 0,
-        ifindex: unsafe { skb::load::<i32>(frame.dev, config!(layout.dev_ifindex)) } as u32,
+        ifindex: frame.ifindex,
         other_ifindex: unsafe { skb::load::<i32>(skb, config!(layout.skb_iif)) } as u32,
         packet_len: unsafe { skb::load::<u32>(skb, config!(layout.skb_len)) },
         header: &frame.header,
