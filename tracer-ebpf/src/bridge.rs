@@ -15,9 +15,7 @@ use crate::prelude::*;
 
 #[btf_tracepoint(function = "netif_receive_skb")]
 pub fn bridge_receive(ctx: BtfTracePointContext) -> i32 {
-    if config::empty_programs() {
-        return 0;
-    }
+    return_if_empty!(0);
     let skb: *const u8 = ctx.arg(0);
     // SAFETY: the tracepoint's BTF-typed `sk_buff *`.
     let _ = unsafe { received(skb) };
@@ -27,9 +25,7 @@ pub fn bridge_receive(ctx: BtfTracePointContext) -> i32 {
 
 #[btf_tracepoint(function = "net_dev_queue")]
 pub fn bridge_transmit(ctx: BtfTracePointContext) -> i32 {
-    if config::empty_programs() {
-        return 0;
-    }
+    return_if_empty!(0);
     let skb: *const u8 = ctx.arg(0);
     // SAFETY: the tracepoint's BTF-typed `sk_buff *`.
     let _ = unsafe { queued(skb) };

@@ -23,8 +23,13 @@ macro_rules! config {
 }
 pub(crate) use config;
 
-/// Whether this load's programs are to return at once (see `WatchConfig::empty_programs`).
-#[inline(always)]
-pub fn empty_programs() -> bool {
-    config!(empty_programs) != 0
+/// Returns `$verdict` from the program at once when this load's programs are to be empty
+/// (see `WatchConfig::empty_programs`).
+macro_rules! return_if_empty {
+    ($verdict:expr) => {
+        if $crate::config::config!(empty_programs) != 0 {
+            return $verdict;
+        }
+    };
 }
+pub(crate) use return_if_empty;

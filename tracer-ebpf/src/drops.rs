@@ -9,9 +9,7 @@ use crate::prelude::*;
 
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn packet_dropped(ctx: BtfTracePointContext) -> i32 {
-    if config::empty_programs() {
-        return 0;
-    }
+    return_if_empty!(0);
     let skb: *const u8 = ctx.arg(0);
     let location: u64 = ctx.arg(1);
     let reason: u64 = ctx.arg(2);
@@ -26,9 +24,7 @@ pub fn packet_dropped(ctx: BtfTracePointContext) -> i32 {
 /// netfilter drop from the hook the packet never left.
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn packet_dropped_no_reason(ctx: BtfTracePointContext) -> i32 {
-    if config::empty_programs() {
-        return 0;
-    }
+    return_if_empty!(0);
     let skb: *const u8 = ctx.arg(0);
     let location: u64 = ctx.arg(1);
     // SAFETY: the tracepoint's BTF-typed `sk_buff *`.
@@ -39,9 +35,7 @@ pub fn packet_dropped_no_reason(ctx: BtfTracePointContext) -> i32 {
 
 #[btf_tracepoint(function = "icmp_send")]
 pub fn icmp_answered(ctx: BtfTracePointContext) -> i32 {
-    if config::empty_programs() {
-        return 0;
-    }
+    return_if_empty!(0);
     let skb: *const u8 = ctx.arg(0);
     let icmp_type: u64 = ctx.arg(1);
     let icmp_code: u64 = ctx.arg(2);

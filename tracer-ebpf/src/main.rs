@@ -35,7 +35,7 @@ mod prelude {
     pub(crate) use tracer_common::{journey_end, lost_slot, step_kind};
 
     pub(crate) use crate::{
-        config::{self, config},
+        config::{config, return_if_empty},
         diagnostics,
         findings_only,
         journey::{self, End, Step},

@@ -47,9 +47,7 @@ pub fn netfilter_delivery(ctx: *mut core::ffi::c_void) -> i32 {
 /// BTF-typed hook state and skb.
 #[inline(always)]
 unsafe fn at_link(ctx: *mut core::ffi::c_void, slot: u32, observe: impl FnOnce(*const u8, *const u8) -> Option<()>) -> i32 {
-    if config::empty_programs() {
-        return NF_ACCEPT;
-    }
+    return_if_empty!(NF_ACCEPT);
     let (state, skb) = unsafe { context_pointers(ctx) };
     let _ = observe(state, skb);
     diagnostics::report(slot);
@@ -60,9 +58,7 @@ unsafe fn at_link(ctx: *mut core::ffi::c_void, slot: u32, observe: impl FnOnce(*
 /// where there are no netfilter links.
 #[fentry(function = "nf_hook_slow")]
 pub fn netfilter_hook_slow(ctx: FEntryContext) -> u32 {
-    if config::empty_programs() {
-        return 0;
-    }
+    return_if_empty!(0);
     let skb: *const u8 = ctx.arg(0);
     let state: *const u8 = ctx.arg(1);
     // SAFETY: the function's BTF-typed arguments.

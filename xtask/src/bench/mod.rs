@@ -119,16 +119,16 @@ impl Mode {
         Mode::AttachFloor,
         Mode::FindingsOnlyFloor,
     ];
-    /// Every mode, in the order the report lists them.
-    pub const ALL: [Mode; 7] = [
-        Mode::Baseline,
-        Mode::Unrelated,
-        Mode::Traced,
-        Mode::FindingsOnly,
-        Mode::IptablesTrace,
-        Mode::AttachFloor,
-        Mode::FindingsOnlyFloor,
-    ];
+    /// Every mode, in the order the report lists them: the baseline, then the measured ones.
+    pub const ALL: [Mode; Mode::MEASURED.len() + 1] = {
+        let mut all = [Mode::Baseline; Mode::MEASURED.len() + 1];
+        let mut i = 0;
+        while i < Mode::MEASURED.len() {
+            all[i + 1] = Mode::MEASURED[i];
+            i += 1;
+        }
+        all
+    };
 
     pub fn name(self) -> &'static str {
         match self {
