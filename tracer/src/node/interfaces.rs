@@ -160,9 +160,9 @@ impl Interfaces {
         }
         if self.applied_at.elapsed() >= NOTIFICATION_INTERVAL || !self.links.contains_key(&ifindex) {
             self.apply_updates();
-        }
-        if !self.links.contains_key(&ifindex) && self.dump_allowed() {
-            let _ = self.dump();
+            if !self.links.contains_key(&ifindex) && self.dump_allowed() {
+                let _ = self.dump();
+            }
         }
         self.links.get(&ifindex)
     }

@@ -142,16 +142,9 @@ impl Mode {
         }
     }
 
-    /// tracer is the observer (the others have none, or the TRACE workflow's reader).
+    /// tracer is the observer (the baseline has none, the TRACE workflow its own reader).
     pub fn is_tracer(self) -> bool {
-        matches!(
-            self,
-            Mode::Unrelated
-                | Mode::Traced
-                | Mode::FindingsOnly
-                | Mode::AttachFloor
-                | Mode::FindingsOnlyFloor
-        )
+        !matches!(self, Mode::Baseline | Mode::IptablesTrace)
     }
 }
 
