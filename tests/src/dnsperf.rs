@@ -14,11 +14,7 @@ pub struct DnsPerf {
 /// Reads dnsperf's statistics block (`Queries sent: ...`).
 pub fn parse(output: &str) -> Option<DnsPerf> {
     let field = |name: &str| -> Option<&str> {
-        output
-            .lines()
-            .find_map(|l| l.trim().strip_prefix(name))?
-            .split_whitespace()
-            .next()
+        output.lines().find_map(|l| l.trim().strip_prefix(name))?.split_whitespace().next()
     };
     Some(DnsPerf {
         sent: field("Queries sent:")?.parse().ok()?,
@@ -26,8 +22,6 @@ pub fn parse(output: &str) -> Option<DnsPerf> {
         lost: field("Queries lost:")?.parse().ok()?,
         run_secs: field("Run time (s):")?.parse().ok()?,
         qps: field("Queries per second:")?.parse().ok()?,
-        avg_latency_ms: field("Average Latency (s):")
-            .and_then(|s| s.parse::<f64>().ok())
-            .map_or(0.0, |s| s * 1e3),
+        avg_latency_ms: field("Average Latency (s):").and_then(|s| s.parse::<f64>().ok()).map_or(0.0, |s| s * 1e3),
     })
 }

@@ -39,8 +39,7 @@ pub fn strip_counters(line: &str) -> String {
         if bracketed {
             continue;
         }
-        if (token == "packets" || token == "bytes") && tokens.peek().is_some_and(|n| all_digits(n))
-        {
+        if (token == "packets" || token == "bytes") && tokens.peek().is_some_and(|n| all_digits(n)) {
             tokens.next();
             continue;
         }
@@ -56,10 +55,7 @@ mod tests {
 
     #[test]
     fn strip_counters_keeps_rules() {
-        assert_eq!(
-            strip_counters(":FORWARD ACCEPT [12:345]"),
-            ":FORWARD ACCEPT"
-        );
+        assert_eq!(strip_counters(":FORWARD ACCEPT [12:345]"), ":FORWARD ACCEPT");
         assert_eq!(
             strip_counters("\t\tudp dport 53 counter packets 3 bytes 180 reject"),
             "\t\tudp dport 53 counter reject"
@@ -68,9 +64,6 @@ mod tests {
             strip_counters("-A FORWARD -p udp -m udp --dport 53 -j ACCEPT"),
             "-A FORWARD -p udp -m udp --dport 53 -j ACCEPT"
         );
-        assert_eq!(
-            strip_counters("[0:0] -A FORWARD -j DROP"),
-            "-A FORWARD -j DROP"
-        );
+        assert_eq!(strip_counters("[0:0] -A FORWARD -j DROP"), "-A FORWARD -j DROP");
     }
 }

@@ -224,9 +224,7 @@ impl Lab {
     /// The namespace's inode, which tracer reports as `netns`.
     pub fn netns_inode(&self, ns: Ns) -> Result<u64> {
         let path = format!("/run/netns/{}", self.netns(ns));
-        Ok(fs::metadata(&path)
-            .with_context(|| format!("stat {path}"))?
-            .ino())
+        Ok(fs::metadata(&path).with_context(|| format!("stat {path}"))?.ino())
     }
 
     /// The DNS server pod's IPv4 address: [`SERVER_IP`], or [`ROUTED_SERVER_IP`] with a routed
@@ -252,11 +250,9 @@ impl Lab {
     }
 
     fn build(&mut self, config: &LabConfig) -> Result<()> {
-        for (ns, name) in [
-            (Ns::Node, self.node.clone()),
-            (Ns::Client, self.client.clone()),
-            (Ns::Server, self.server.clone()),
-        ] {
+        for (ns, name) in
+            [(Ns::Node, self.node.clone()), (Ns::Client, self.client.clone()), (Ns::Server, self.server.clone())]
+        {
             run_on_host(&["ip", "netns", "add", &name])?;
             self.created.push(name);
             // Without duplicate address detection every IPv6 address, link-local ones included,
@@ -264,10 +260,7 @@ impl Lab {
             // cni0's still-tentative link-local address for a second or two, and the first
             // forwarded IPv6 query of a fresh lab outlives dig's timeout. Set before any
             // interface exists, so the defaults apply to all of them.
-            for key in [
-                "net.ipv6.conf.all.accept_dad",
-                "net.ipv6.conf.default.accept_dad",
-            ] {
+            for key in ["net.ipv6.conf.all.accept_dad", "net.ipv6.conf.default.accept_dad"] {
                 self.run(ns, &["sysctl", "-qw", &format!("{key}=0")])?;
             }
         }
@@ -284,10 +277,7 @@ impl Lab {
         n(&["addr", "add", &format!("{BRIDGE_IP6}/64"), "dev", BRIDGE])?;
         n(&["link", "set", BRIDGE, "up"])?;
         self.run(Ns::Node, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
-        self.run(
-            Ns::Node,
-            &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
-        )?;
+        self.run(Ns::Node, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
         match config.br_netfilter {
             BrNetfilter::Load => {
                 if !Path::new(BRIDGE_NF_SYSCTL).exists() {
@@ -305,41 +295,17 @@ impl Lab {
 
         // (pod, node-side veth, pod addresses, the pod's gateway on that link, is it a bridge port)
         let server = match self.server_attachment {
-            ServerAttachment::Bridge => (
-                Ns::Server,
-                SERVER_VETH,
-                SERVER_IP,
-                SERVER_IP6,
-                BRIDGE_IP,
-                BRIDGE_IP6,
-                true,
-            ),
-            ServerAttachment::Routed => (
-                Ns::Server,
-                ROUTED_VETH,
-                ROUTED_SERVER_IP,
-                ROUTED_SERVER_IP6,
-                ROUTED_GW_IP,
-                ROUTED_GW_IP6,
-                false,
-            ),
+            ServerAttachment::Bridge => (Ns::Server, SERVER_VETH, SERVER_IP, SERVER_IP6, BRIDGE_IP, BRIDGE_IP6, true),
+            ServerAttachment::Routed => {
+                (Ns::Server, ROUTED_VETH, ROUTED_SERVER_IP, ROUTED_SERVER_IP6, ROUTED_GW_IP, ROUTED_GW_IP6, false)
+            }
         };
-        let client = (
-            Ns::Client,
-            CLIENT_VETH,
-            CLIENT_IP,
-            CLIENT_IP6,
-            BRIDGE_IP,
-            BRIDGE_IP6,
-            true,
-        );
+        let client = (Ns::Client, CLIENT_VETH, CLIENT_IP, CLIENT_IP6, BRIDGE_IP, BRIDGE_IP6, true);
         for (pod, veth, ip, ip6, gw, gw6, bridged) in [client, server] {
             let pod_ns = self.netns(pod).to_string();
             // Created inside the node namespace and the peer moved straight into the pod, so the
             // node-side name never exists in the host namespace.
-            n(&[
-                "link", "add", veth, "type", "veth", "peer", "name", POD_IF, "netns", &pod_ns,
-            ])?;
+            n(&["link", "add", veth, "type", "veth", "peer", "name", POD_IF, "netns", &pod_ns])?;
             if bridged {
                 n(&["link", "set", veth, "master", BRIDGE, "up"])?;
             } else {
@@ -404,10 +370,7 @@ impl Lab {
                 }
             }
             if Instant::now() >= deadline {
-                bail!(
-                    "dnsmasq is not listening on {want:?} after 10 s: {}",
-                    read_lossy(&log_file)
-                );
+                bail!("dnsmasq is not listening on {want:?} after 10 s: {}", read_lossy(&log_file));
             }
             thread::sleep(Duration::from_millis(50));
         }
@@ -417,10 +380,7 @@ impl Lab {
     /// per namespace, the host's value is not touched).
     pub fn set_bridge_nf_call_iptables(&self, on: bool) -> Result<()> {
         let v = if on { 1 } else { 0 };
-        for key in [
-            "net.bridge.bridge-nf-call-iptables",
-            "net.bridge.bridge-nf-call-ip6tables",
-        ] {
+        for key in ["net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables"] {
             self.run(Ns::Node, &["sysctl", "-qw", &format!("{key}={v}")])?;
         }
         Ok(())
@@ -447,17 +407,13 @@ impl Lab {
     /// `ip netns exec NS argv...`, not started yet.
     pub fn command(&self, ns: Ns, argv: &[&str]) -> Command {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", self.netns(ns)])
-            .args(argv)
-            .stdin(Stdio::null());
+        cmd.args(["netns", "exec", self.netns(ns)]).args(argv).stdin(Stdio::null());
         cmd
     }
 
     /// Runs a command in a namespace to completion, whatever its exit status.
     pub fn exec(&self, ns: Ns, argv: &[&str]) -> Result<Output> {
-        self.command(ns, argv)
-            .output()
-            .with_context(|| format!("running `{}` in {}", argv.join(" "), self.netns(ns)))
+        self.command(ns, argv).output().with_context(|| format!("running `{}` in {}", argv.join(" "), self.netns(ns)))
     }
 
     /// Runs a command in a namespace; fails unless it exits 0. Returns its stdout.
@@ -477,15 +433,8 @@ impl Lab {
         self.tracer_command_at(&crate::tracer_bin()?, args, env)
     }
 
-    fn tracer_command_at(
-        &self,
-        tracer: &Path,
-        args: &[&str],
-        env: &[(&str, &str)],
-    ) -> Result<Command> {
-        let tracer = tracer
-            .to_str()
-            .ok_or_else(|| anyhow!("non-UTF-8 path {}", tracer.display()))?;
+    fn tracer_command_at(&self, tracer: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<Command> {
+        let tracer = tracer.to_str().ok_or_else(|| anyhow!("non-UTF-8 path {}", tracer.display()))?;
         let mut argv = vec![tracer];
         argv.extend_from_slice(args);
         let mut cmd = self.command(Ns::Node, &argv);
@@ -495,12 +444,7 @@ impl Lab {
 
     /// Starts `tracer ARGS` (the binary from [`crate::tracer_bin`]) in the node namespace with
     /// `env` added to its environment, without waiting for it to watch.
-    pub fn spawn_tracer(
-        &self,
-        args: &[&str],
-        env: &[(&str, &str)],
-        mode: StdoutMode,
-    ) -> Result<Process<'_>> {
+    pub fn spawn_tracer(&self, args: &[&str], env: &[(&str, &str)], mode: StdoutMode) -> Result<Process<'_>> {
         self.spawn_tracer_at(&crate::tracer_bin()?, args, env, mode)
     }
 
@@ -525,12 +469,7 @@ impl Lab {
 
     /// Like [`Lab::watch`] with a given binary; with [`StdoutMode::Terminal`] the packet lines go
     /// straight to this process's stdout and tracer's stderr is echoed to ours.
-    pub fn watch_with(
-        &self,
-        tracer: &Path,
-        args: &[&str],
-        mode: StdoutMode,
-    ) -> Result<Process<'_>> {
+    pub fn watch_with(&self, tracer: &Path, args: &[&str], mode: StdoutMode) -> Result<Process<'_>> {
         let mut argv = vec!["watch"];
         argv.extend_from_slice(args);
         let mut process = self.spawn_tracer_at(tracer, &argv, &[], mode)?;
@@ -549,8 +488,7 @@ impl Lab {
         let mut argv = vec!["ip", "-j", "link", "show"];
         argv.extend(ifname);
         let json = self.run(ns, &argv)?;
-        let links: Value =
-            serde_json::from_str(&json).with_context(|| format!("`{}`: {json}", argv.join(" ")))?;
+        let links: Value = serde_json::from_str(&json).with_context(|| format!("`{}`: {json}", argv.join(" ")))?;
         match links {
             Value::Array(links) => Ok(links),
             other => bail!("`{}` printed no list: {other}", argv.join(" ")),
@@ -569,9 +507,8 @@ impl Lab {
     /// Sends `count` small UDP datagrams from a namespace to `ip:port` (bash's /dev/udp), without
     /// waiting for any answer.
     pub fn send_udp(&self, ns: Ns, ip: &str, port: u16, count: u32) -> Result<()> {
-        let script = format!(
-            "for i in $(seq {count}); do printf 'tracer-probe %s' \"$i\" > /dev/udp/{ip}/{port}; done"
-        );
+        let script =
+            format!("for i in $(seq {count}); do printf 'tracer-probe %s' \"$i\" > /dev/udp/{ip}/{port}; done");
         self.run(ns, &["bash", "-c", &script]).map(drop)
     }
 
@@ -583,16 +520,11 @@ impl Lab {
             fs::write(&queries, format!("{TEST_NAME} A\n"))
                 .with_context(|| format!("writing {}", queries.display()))?;
         }
-        let queries = queries
-            .to_str()
-            .ok_or_else(|| anyhow!("non-UTF-8 lab directory"))?;
+        let queries = queries.to_str().ok_or_else(|| anyhow!("non-UTF-8 lab directory"))?;
         let (secs, clients) = (secs.to_string(), clients.to_string());
         self.spawn(
             Ns::Client,
-            &[
-                "dnsperf", "-s", server, "-d", queries, "-l", &secs, "-c", &clients, "-q", "200",
-                "-t", "2",
-            ],
+            &["dnsperf", "-s", server, "-d", queries, "-l", &secs, "-c", &clients, "-q", "200", "-t", "2"],
         )
     }
 
@@ -675,12 +607,7 @@ impl Dig {
                 in_reply = true;
             } else if let Some(header) = line.strip_prefix(";; ->>HEADER<<- ") {
                 // "opcode: QUERY, status: NOERROR, id: 14044"
-                let field = |key: &str| {
-                    header
-                        .split(", ")
-                        .find_map(|kv| kv.strip_prefix(key))
-                        .map(str::trim)
-                };
+                let field = |key: &str| header.split(", ").find_map(|kv| kv.strip_prefix(key)).map(str::trim);
                 if id.is_none() {
                     id = field("id:").and_then(|v| v.parse().ok());
                 }
@@ -700,20 +627,12 @@ impl Dig {
             }
         }
         let timed_out = status.is_none() && output.contains("timed out");
-        Dig {
-            output,
-            exit_code,
-            id,
-            status,
-            answers,
-            timed_out,
-        }
+        Dig { output, exit_code, id, status, answers, timed_out }
     }
 
     /// The id of the query dig sent.
     pub fn query_id(&self) -> Result<u16> {
-        self.id
-            .with_context(|| format!("dig printed no query id:\n{}", self.output))
+        self.id.with_context(|| format!("dig printed no query id:\n{}", self.output))
     }
 
     /// dig got a reply with status NOERROR.
@@ -773,9 +692,7 @@ pub fn dnsmasq_argv(listen: &[&str], pid_file: &Path, log_file: &Path) -> Vec<St
 
 /// The strings of [`BIG_TXT_NAME`]'s TXT record.
 pub fn big_txt_strings() -> Vec<String> {
-    (0..BIG_TXT_STRINGS)
-        .map(|i| char::from(b'a' + i as u8).to_string().repeat(250))
-        .collect()
+    (0..BIG_TXT_STRINGS).map(|i| char::from(b'a' + i as u8).to_string().repeat(250)).collect()
 }
 
 pub(crate) fn ensure_root() -> Result<()> {
@@ -803,10 +720,7 @@ fn unique_prefix() -> String {
     let seq = NEXT.fetch_add(1, Ordering::Relaxed);
     // The stale sweep skips labs whose pid is alive again (reused by another process); the time
     // part keeps a new lab from colliding with such a leftover.
-    let stamp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_micros() % 4096)
-        .unwrap_or(0);
+    let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_micros() % 4096).unwrap_or(0);
     format!("{NAME_PREFIX}{}-{seq}{stamp:03x}", std::process::id())
 }
 
@@ -840,10 +754,7 @@ pub(crate) fn delete_netns(name: &str) -> Result<()> {
     // Anything still running in a lab namespace was started by the lab (a process handle that was
     // leaked); it would keep the namespace alive after `ip netns del`.
     if let Ok(pids) = run_on_host(&["ip", "netns", "pids", name]) {
-        for pid in pids
-            .split_whitespace()
-            .filter_map(|p| p.parse::<u32>().ok())
-        {
+        for pid in pids.split_whitespace().filter_map(|p| p.parse::<u32>().ok()) {
             let _ = send_signal(pid, libc::SIGKILL);
         }
     }
@@ -853,10 +764,7 @@ pub(crate) fn delete_netns(name: &str) -> Result<()> {
 pub(crate) fn stop_child(mut child: Child) {
     if let Ok(None) = child.try_wait() {
         let _ = send_signal(child.id(), libc::SIGTERM);
-        if !matches!(
-            wait_timeout(&mut child, Duration::from_secs(3)),
-            Ok(Some(_))
-        ) {
+        if !matches!(wait_timeout(&mut child, Duration::from_secs(3)), Ok(Some(_))) {
             let _ = child.kill();
         }
     }
@@ -877,11 +785,7 @@ pub fn run_on_host(argv: &[&str]) -> Result<String> {
 
 pub(crate) fn check(out: &Output, what: &str) -> Result<String> {
     if !out.status.success() {
-        bail!(
-            "{what} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("{what} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -68,10 +68,7 @@ pub fn tracer_bin() -> Result<PathBuf> {
 /// (`report` of a file) or looks at all of them (`triage` from the host).
 pub fn run_tracer(args: &[&str]) -> Result<Output> {
     let bin = tracer_bin()?;
-    Command::new(&bin)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {} {}", bin.display(), args.join(" ")))
+    Command::new(&bin).args(args).output().with_context(|| format!("running {} {}", bin.display(), args.join(" ")))
 }
 
 /// The workspace this crate was compiled in. The tests run from the same checkout, so the

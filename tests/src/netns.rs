@@ -17,8 +17,7 @@ pub fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> Result<T> + Send) -> R
             // SAFETY: setns(2) with an open namespace file; it moves only this thread, which
             // ends with the closure.
             if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(io::Error::last_os_error())
-                    .with_context(|| format!("entering {netns}"));
+                return Err(io::Error::last_os_error()).with_context(|| format!("entering {netns}"));
             }
             f()
         })

@@ -34,8 +34,8 @@ use tracer_cri::v1::{
 };
 
 use crate::lab::{
-    check, claim_scratch, delete_netns, dig_entering, dnsmasq_argv, read_lossy, run_on_host, stop_child, Dig, StdoutMode,
-    CLUSTER_DNS_IP,
+    check, claim_scratch, delete_netns, dig_entering, dnsmasq_argv, read_lossy, run_on_host, stop_child, Dig,
+    StdoutMode, CLUSTER_DNS_IP,
 };
 use crate::process::{send_signal, Finished, Process};
 
@@ -110,7 +110,8 @@ impl Node {
     /// image imported. A failure part-way removes what was built.
     pub fn new(config: NodeConfig) -> Result<Node> {
         let (prefix, dir) = claim_scratch(sweep_stale_nodes, unique_prefix)?;
-        let events = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting a tokio runtime")?;
+        let events =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting a tokio runtime")?;
         // The channel's worker is spawned on the event loop it is created in.
         let cri = {
             let _inside = events.enter();
@@ -245,7 +246,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
     /// Runs a command in the node namespace; fails unless it exits 0. Returns its stdout.
     pub fn run(&self, argv: &[&str]) -> Result<String> {
-        let out = self.command(argv).output().with_context(|| format!("running `{}` in {}", argv.join(" "), self.netns))?;
+        let out =
+            self.command(argv).output().with_context(|| format!("running `{}` in {}", argv.join(" "), self.netns))?;
         check(&out, &format!("`{}` in {}", argv.join(" "), self.netns))
     }
 
@@ -307,11 +309,19 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         let id = self
             .events
             .block_on(cri.run_pod_sandbox(request))
-            .map_err(|status| anyhow!("RunPodSandbox {namespace}/{name}: {status}\ncontainerd log:\n{}", self.containerd_log()))?
+            .map_err(|status| {
+                anyhow!("RunPodSandbox {namespace}/{name}: {status}\ncontainerd log:\n{}", self.containerd_log())
+            })?
             .into_inner()
             .pod_sandbox_id;
         // Kept before anything else can fail, so that drop removes it.
-        self.created().push(Pod { id: id.clone(), namespace: namespace.into(), name: name.into(), ip: String::new(), pid: 0 });
+        self.created().push(Pod {
+            id: id.clone(),
+            namespace: namespace.into(),
+            name: name.into(),
+            ip: String::new(),
+            pid: 0,
+        });
         let reply = self
             .events
             .block_on(cri.pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: id.clone(), verbose: true }))

@@ -49,7 +49,9 @@ pub fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         // A static binary: nothing to add.
-        if text.contains("not a dynamic executable") || String::from_utf8_lossy(&out.stderr).contains("not a dynamic executable") {
+        if text.contains("not a dynamic executable")
+            || String::from_utf8_lossy(&out.stderr).contains("not a dynamic executable")
+        {
             return Ok(Vec::new());
         }
         bail!("ldd {} failed: {}", binary.display(), String::from_utf8_lossy(&out.stderr));
@@ -73,7 +75,13 @@ pub fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
 
 /// Builds an OCI archive at `out` of an image named `reference` (e.g. `tracer.test/pause:1`)
 /// holding `contents`, which runs `entrypoint`. `scratch` is a directory the build may use.
-pub fn build_archive(reference: &str, contents: &Contents, entrypoint: &[&str], scratch: &Path, out: &Path) -> Result<()> {
+pub fn build_archive(
+    reference: &str,
+    contents: &Contents,
+    entrypoint: &[&str],
+    scratch: &Path,
+    out: &Path,
+) -> Result<()> {
     let layout = scratch.join("layout");
     let bundle = scratch.join("bundle");
     for dir in [&layout, &bundle] {
@@ -135,7 +143,10 @@ fn make_parents(rootfs: &Path, target: &Path) -> Result<()> {
 
 fn run(cmd: &mut Command) -> Result<()> {
     let what = format!("{cmd:?}");
-    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("running {what} (is it installed? `cargo xtask setup`)"))?;
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {what} (is it installed? `cargo xtask setup`)"))?;
     if !out.status.success() {
         bail!("{what} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
@@ -173,7 +184,11 @@ const XTABLES_MODULES: &str = "/usr/lib/x86_64-linux-gnu/xtables";
 /// libraries it loads, and the firewall tools it runs (nft, iptables-save of both backends)
 /// with theirs, so a drop's rule is named from inside the container too.
 pub fn tracer_image(tracer: &Path, reference: &str, scratch: &Path, out: &Path) -> Result<()> {
-    let programs = [Path::new("/usr/sbin/nft"), Path::new("/usr/sbin/xtables-nft-multi"), Path::new("/usr/sbin/xtables-legacy-multi")];
+    let programs = [
+        Path::new("/usr/sbin/nft"),
+        Path::new("/usr/sbin/xtables-nft-multi"),
+        Path::new("/usr/sbin/xtables-legacy-multi"),
+    ];
     let mut modules: Vec<PathBuf> = fs::read_dir(XTABLES_MODULES)
         .with_context(|| format!("listing {XTABLES_MODULES} (is iptables installed?)"))?
         .filter_map(|entry| entry.ok().map(|e| e.path()))

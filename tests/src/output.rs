@@ -23,13 +23,9 @@ impl WatchJson {
         let mut packets = Vec::new();
         let mut findings = Vec::new();
         let mut summary = None;
-        for (n, line) in stdout
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-        {
-            let value: Value = serde_json::from_str(line)
-                .with_context(|| format!("stdout line {} is not JSON: {line}", n + 1))?;
+        for (n, line) in stdout.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let value: Value =
+                serde_json::from_str(line).with_context(|| format!("stdout line {} is not JSON: {line}", n + 1))?;
             if summary.is_some() {
                 bail!("stdout line {} comes after the summary: {line}", n + 1);
             }
@@ -43,32 +39,21 @@ impl WatchJson {
         let Some(summary) = summary else {
             bail!("no summary line; stdout was:\n{stdout}");
         };
-        Ok(WatchJson {
-            packets,
-            findings,
-            summary,
-        })
+        Ok(WatchJson { packets, findings, summary })
     }
 
     /// The output of a watch that must have exited 0.
     pub fn from_finished(done: &Finished) -> Result<WatchJson> {
         // The head of stdout: a watch of a burst prints thousands of lines, and a line that is
         // not JSON is quoted by the parser.
-        ensure!(
-            done.status.success(),
-            "tracer failed:\n{}",
-            done.describe_short()
-        );
+        ensure!(done.status.success(), "tracer failed:\n{}", done.describe_short());
         WatchJson::parse(&done.stdout).with_context(|| done.describe_short())
     }
 
     /// The summary's counts match the lines printed, and nothing was lost.
     pub fn check_summary(&self) -> Result<()> {
         let s = &self.summary;
-        ensure!(
-            u64_at(s, "/lost") == Some(0),
-            "summary lost should be 0: {s}"
-        );
+        ensure!(u64_at(s, "/lost") == Some(0), "summary lost should be 0: {s}");
         let packets = u64_at(s, "/packets");
         ensure!(
             packets == Some(self.packets.len() as u64),
@@ -88,10 +73,7 @@ impl WatchJson {
     /// Every packet record comes from the network namespace with this inode.
     pub fn check_netns(&self, inode: u64) -> Result<()> {
         for p in &self.packets {
-            ensure!(
-                u64_at(p, "/netns") == Some(inode),
-                "record from outside namespace {inode}: {p}"
-            );
+            ensure!(u64_at(p, "/netns") == Some(inode), "record from outside namespace {inode}: {p}");
         }
         Ok(())
     }
@@ -105,63 +87,45 @@ impl WatchJson {
     }
 
     /// The packets for which `pred` holds.
-    pub fn find<'a>(
-        &'a self,
-        pred: impl Fn(&Value) -> bool + 'a,
-    ) -> impl Iterator<Item = &'a Value> + 'a {
+    pub fn find<'a>(&'a self, pred: impl Fn(&Value) -> bool + 'a) -> impl Iterator<Item = &'a Value> + 'a {
         self.packets.iter().filter(move |p| pred(p))
     }
 
     /// The query with DNS id `id` as it entered the bridge from the client's port; its source
     /// is the client's socket.
     pub fn query_from_client(&self, id: u16) -> Result<&Value> {
-        self.find_one(
-            &format!("query {id} entering the bridge from the client ({CLIENT_VETH})"),
-            |p| stage_is(p, "bridge-in", CLIENT_VETH) && dns_is(p, id, false),
-        )
+        self.find_one(&format!("query {id} entering the bridge from the client ({CLIENT_VETH})"), |p| {
+            stage_is(p, "bridge-in", CLIENT_VETH) && dns_is(p, id, false)
+        })
     }
 
     /// The reply to query `id` as it entered the bridge from the server's port.
     pub fn reply_from_server(&self, id: u16) -> Result<&Value> {
-        self.find_one(
-            &format!("the reply to {id} entering the bridge from the server ({SERVER_VETH})"),
-            |p| stage_is(p, "bridge-in", SERVER_VETH) && dns_is(p, id, true),
-        )
+        self.find_one(&format!("the reply to {id} entering the bridge from the server ({SERVER_VETH})"), |p| {
+            stage_is(p, "bridge-in", SERVER_VETH) && dns_is(p, id, true)
+        })
     }
 
     /// The reply to query `id` as it left the bridge towards the client.
     pub fn reply_to_client(&self, id: u16) -> Result<&Value> {
-        self.find_one(
-            &format!("the reply to {id} leaving the bridge to the client ({CLIENT_VETH})"),
-            |p| stage_is(p, "bridge-out", CLIENT_VETH) && dns_is(p, id, true),
-        )
+        self.find_one(&format!("the reply to {id} leaving the bridge to the client ({CLIENT_VETH})"), |p| {
+            stage_is(p, "bridge-out", CLIENT_VETH) && dns_is(p, id, true)
+        })
     }
 
     /// The finding of `kind`, which must be the only one of its kind.
     pub fn one_finding(&self, kind: &str) -> Result<&Value> {
-        let of_kind: Vec<&Value> = self
-            .findings
-            .iter()
-            .filter(|f| str_at(f, "/kind") == Some(kind))
-            .collect();
+        let of_kind: Vec<&Value> = self.findings.iter().filter(|f| str_at(f, "/kind") == Some(kind)).collect();
         match of_kind.as_slice() {
             [finding] => Ok(finding),
-            _ => bail!(
-                "expected one {kind} finding, got {}:\n{}",
-                of_kind.len(),
-                self.describe()
-            ),
+            _ => bail!("expected one {kind} finding, got {}:\n{}", of_kind.len(), self.describe()),
         }
     }
 
     /// The finding of `kind`, which must be the only finding at all.
     pub fn only_finding(&self, kind: &str) -> Result<&Value> {
         let finding = self.one_finding(kind)?;
-        ensure!(
-            self.findings.len() == 1,
-            "expected exactly one finding, of kind {kind}:\n{}",
-            self.describe()
-        );
+        ensure!(self.findings.len() == 1, "expected exactly one finding, of kind {kind}:\n{}", self.describe());
         Ok(finding)
     }
 
@@ -173,18 +137,12 @@ impl WatchJson {
 
     /// The findings of one kind (`conntrack_skip`, `dns_timeout`, ...).
     pub fn findings_of<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
-        self.findings
-            .iter()
-            .filter(move |f| str_at(f, "/kind") == Some(kind))
+        self.findings.iter().filter(move |f| str_at(f, "/kind") == Some(kind))
     }
 
     /// One line per packet, then the findings and the summary, for assertion messages.
     pub fn describe(&self) -> String {
-        let mut s: String = self
-            .packets
-            .iter()
-            .map(|p| describe_packet(p) + "\n")
-            .collect();
+        let mut s: String = self.packets.iter().map(|p| describe_packet(p) + "\n").collect();
         for f in &self.findings {
             s.push_str(&format!("{f}\n"));
         }
@@ -226,11 +184,7 @@ pub fn expect_exit_saying(out: &Output, exit: Exit, says: &str, expected: &str) 
 
 /// `out`'s stderr contains `says`, however it ended.
 pub fn expect_stderr(out: &Output, says: &str, expected: &str) -> Result<()> {
-    ensure!(
-        String::from_utf8_lossy(&out.stderr).contains(says),
-        "{expected}:\n{}",
-        describe_output(out)
-    );
+    ensure!(String::from_utf8_lossy(&out.stderr).contains(says), "{expected}:\n{}", describe_output(out));
     Ok(())
 }
 
@@ -257,29 +211,20 @@ pub fn dns_is(p: &Value, id: u16, qr: bool) -> bool {
 /// The string at `pointer` is `want`.
 pub fn expect_str(v: &Value, pointer: &str, want: &str) -> Result<()> {
     let got = str_at(v, pointer);
-    ensure!(
-        got == Some(want),
-        "{pointer}: expected {want:?}, got {got:?} in {v}"
-    );
+    ensure!(got == Some(want), "{pointer}: expected {want:?}, got {got:?} in {v}");
     Ok(())
 }
 
 /// The number at `pointer` is `want`.
 pub fn expect_u64(v: &Value, pointer: &str, want: u64) -> Result<()> {
     let got = u64_at(v, pointer);
-    ensure!(
-        got == Some(want),
-        "{pointer}: expected {want}, got {got:?} in {v}"
-    );
+    ensure!(got == Some(want), "{pointer}: expected {want}, got {got:?} in {v}");
     Ok(())
 }
 
 /// There is a non-empty string at `pointer` (a headline, an explanation...).
 pub fn expect_text(v: &Value, pointer: &str) -> Result<()> {
-    ensure!(
-        str_at(v, pointer).is_some_and(|s| !s.is_empty()),
-        "{pointer}: expected a text in {v}"
-    );
+    ensure!(str_at(v, pointer).is_some_and(|s| !s.is_empty()), "{pointer}: expected a text in {v}");
     Ok(())
 }
 
@@ -304,11 +249,7 @@ pub fn expect_bridged_reply_finding(
 
 /// The reply left the bridge towards `client` from `source` with no conntrack entry: bridged at
 /// layer 2 as the server sent it, so nothing undid a DNAT on its way.
-pub fn expect_reply_bridged_without_conntrack(
-    reply_out: &Value,
-    source: &str,
-    client: &str,
-) -> Result<()> {
+pub fn expect_reply_bridged_without_conntrack(reply_out: &Value, source: &str, client: &str) -> Result<()> {
     expect_str(reply_out, "/src", source)?;
     expect_str(reply_out, "/dst", client)?;
     ensure!(
@@ -320,18 +261,12 @@ pub fn expect_reply_bridged_without_conntrack(
 
 /// The commands of a finding's `fix`.
 pub fn fix_lines(finding: &Value) -> Vec<&str> {
-    finding["fix"]
-        .as_array()
-        .map(|fix| fix.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default()
+    finding["fix"].as_array().map(|fix| fix.iter().filter_map(Value::as_str).collect()).unwrap_or_default()
 }
 
 /// tracer's stderr shows no Rust panic.
 pub fn no_panic(stderr: &str) -> Result<()> {
-    ensure!(
-        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
-        "tracer panicked:\n{stderr}"
-    );
+    ensure!(!stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"), "tracer panicked:\n{stderr}");
     Ok(())
 }
 
@@ -349,18 +284,13 @@ pub fn bool_at(v: &Value, pointer: &str) -> Option<bool> {
 
 /// The port of an `"ip:port"` / `"[ipv6]:port"` address.
 pub fn port_of(addr: &str) -> Option<u16> {
-    addr.rsplit_once(':')
-        .and_then(|(_, port)| port.parse().ok())
+    addr.rsplit_once(':').and_then(|(_, port)| port.parse().ok())
 }
 
 /// The address part of an `"ip:port"` / `"[ipv6]:port"` address, without brackets.
 pub fn ip_of(addr: &str) -> Option<&str> {
     let (ip, _) = addr.rsplit_once(':')?;
-    Some(
-        ip.strip_prefix('[')
-            .and_then(|ip| ip.strip_suffix(']'))
-            .unwrap_or(ip),
-    )
+    Some(ip.strip_prefix('[').and_then(|ip| ip.strip_suffix(']')).unwrap_or(ip))
 }
 
 /// A compact summary of a packet record.
@@ -379,14 +309,7 @@ pub fn describe_packet(p: &Value) -> String {
         Some(c) if !c.is_null() => format!("ct nat={}", str_at(c, "/nat").unwrap_or("-")),
         _ => "ct -".into(),
     };
-    format!(
-        "{:<10} {:<12} {} {} -> {} {dns} {ct}",
-        s("/stage"),
-        s("/ifname"),
-        s("/proto"),
-        s("/src"),
-        s("/dst")
-    )
+    format!("{:<10} {:<12} {} {} -> {} {dns} {ct}", s("/stage"), s("/ifname"), s("/proto"), s("/src"), s("/dst"))
 }
 
 #[cfg(test)]
@@ -408,12 +331,7 @@ mod tests {
                   {\"type\":\"summary\",\"packets\":1}\n";
         let parsed = WatchJson::parse(ok).map_err(|e| e.to_string());
         assert_eq!(parsed.as_ref().map(|w| w.packets.len()), Ok(1));
-        assert_eq!(
-            parsed
-                .as_ref()
-                .map(|w| w.findings_of("dns_timeout").count()),
-            Ok(1)
-        );
+        assert_eq!(parsed.as_ref().map(|w| w.findings_of("dns_timeout").count()), Ok(1));
         assert!(WatchJson::parse("{\"type\":\"mystery\"}\n{\"type\":\"summary\"}\n").is_err());
         assert!(WatchJson::parse("{\"type\":\"packet\"}\n").is_err());
         assert!(WatchJson::parse("{\"type\":\"summary\"}\n{\"type\":\"packet\"}\n").is_err());

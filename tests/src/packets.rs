@@ -70,18 +70,12 @@ pub fn checksum(data: &[u8]) -> u16 {
 
 /// The bytes of an IPv4 address written as text (the lab's constants).
 pub fn octets4(ip: &str) -> Result<[u8; 4]> {
-    Ok(ip
-        .parse::<Ipv4Addr>()
-        .with_context(|| format!("IPv4 address {ip:?}"))?
-        .octets())
+    Ok(ip.parse::<Ipv4Addr>().with_context(|| format!("IPv4 address {ip:?}"))?.octets())
 }
 
 /// The bytes of an IPv6 address written as text.
 pub fn octets6(ip: &str) -> Result<[u8; 16]> {
-    Ok(ip
-        .parse::<Ipv6Addr>()
-        .with_context(|| format!("IPv6 address {ip:?}"))?
-        .octets())
+    Ok(ip.parse::<Ipv6Addr>().with_context(|| format!("IPv6 address {ip:?}"))?.octets())
 }
 
 pub fn ether(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
@@ -94,15 +88,7 @@ pub fn ether(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<
 }
 
 /// An IPv4 packet; `options` must be a multiple of 4 bytes; `frag` is the flags+offset field.
-pub fn ipv4(
-    src: [u8; 4],
-    dst: [u8; 4],
-    proto: u8,
-    options: &[u8],
-    id: u16,
-    frag: u16,
-    payload: &[u8],
-) -> Vec<u8> {
+pub fn ipv4(src: [u8; 4], dst: [u8; 4], proto: u8, options: &[u8], id: u16, frag: u16, payload: &[u8]) -> Vec<u8> {
     let header_len = 20 + options.len();
     let mut p = Vec::with_capacity(header_len + payload.len());
     p.push(0x40 | (header_len / 4) as u8);
@@ -203,16 +189,9 @@ pub fn send_frames(netns: &str, ifname: &str, frames: &[(String, Vec<u8>)]) -> R
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // SAFETY: a NUL-terminated name.
         let ifindex = unsafe { libc::if_nametoindex(ifname.as_ptr()) };
-        ensure!(
-            ifindex != 0,
-            "no interface {ifname:?}: {}",
-            io::Error::last_os_error()
-        );
+        ensure!(ifindex != 0, "no interface {ifname:?}: {}", io::Error::last_os_error());
         for (what, frame) in frames {
-            ensure!(
-                frame.len() >= 14,
-                "{what} is shorter than an Ethernet header"
-            );
+            ensure!(frame.len() >= 14, "{what} is shorter than an Ethernet header");
             // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
             let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
             addr.sll_family = libc::AF_PACKET as u16;
@@ -231,11 +210,7 @@ pub fn send_frames(netns: &str, ifname: &str, frames: &[(String, Vec<u8>)]) -> R
                     std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
                 )
             };
-            ensure!(
-                sent == frame.len() as isize,
-                "sending {what}: {}",
-                io::Error::last_os_error()
-            );
+            ensure!(sent == frame.len() as isize, "sending {what}: {}", io::Error::last_os_error());
             thread::sleep(Duration::from_millis(3));
         }
         Ok(())
@@ -248,23 +223,9 @@ mod tests {
 
     #[test]
     fn checksums_verify_to_zero() {
-        let packet = ipv4(
-            [10, 0, 0, 1],
-            [10, 0, 0, 2],
-            PROTO_UDP,
-            &[1, 1, 1, 0],
-            7,
-            0,
-            &[],
-        );
+        let packet = ipv4([10, 0, 0, 1], [10, 0, 0, 2], PROTO_UDP, &[1, 1, 1, 0], 7, 0, &[]);
         assert_eq!(checksum(&packet), 0);
-        let datagram = udp4(
-            [10, 0, 0, 1],
-            [10, 0, 0, 2],
-            1000,
-            53,
-            &dns_query(1, "a.test", 1),
-        );
+        let datagram = udp4([10, 0, 0, 1], [10, 0, 0, 2], 1000, 53, &dns_query(1, "a.test", 1));
         let mut pseudo = vec![10, 0, 0, 1, 10, 0, 0, 2, 0, PROTO_UDP];
         pseudo.extend_from_slice(&(datagram.len() as u16).to_be_bytes());
         pseudo.extend_from_slice(&datagram);

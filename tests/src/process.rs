@@ -61,11 +61,7 @@ impl Finished {
             "`{}` exited with {}{}\n--- stdout ---\n{}--- stderr ---\n{}",
             self.what,
             self.status,
-            if self.timed_out {
-                " (after being signalled at its deadline)"
-            } else {
-                ""
-            },
+            if self.timed_out { " (after being signalled at its deadline)" } else { "" },
             self.stdout,
             self.stderr
         )
@@ -81,9 +77,7 @@ impl Finished {
     /// failure message.
     pub fn expect_line_with(&self, words: &[&str], expected: &str) -> Result<()> {
         ensure!(
-            self.stdout
-                .lines()
-                .any(|line| words.iter().all(|word| line.contains(word))),
+            self.stdout.lines().any(|line| words.iter().all(|word| line.contains(word))),
             "no line with {} ({expected}):\n{}",
             words.join(", "),
             self.describe()
@@ -95,12 +89,7 @@ impl Finished {
     /// thousands of lines.
     pub fn describe_short(&self) -> String {
         const HEAD_LINES: usize = 20;
-        let head: String = self
-            .stdout
-            .lines()
-            .take(HEAD_LINES)
-            .map(|l| format!("{l}\n"))
-            .collect();
+        let head: String = self.stdout.lines().take(HEAD_LINES).map(|l| format!("{l}\n")).collect();
         let total = self.stdout.lines().count();
         let short = Finished {
             what: self.what.clone(),
@@ -121,12 +110,7 @@ impl Finished {
 impl<'lab> Process<'lab> {
     /// Starts `cmd` (made with [`Lab::command`], so it cannot outlive the lab), described as
     /// `what` in errors.
-    pub fn start(
-        _lab: &'lab Lab,
-        cmd: Command,
-        what: &str,
-        mode: StdoutMode,
-    ) -> Result<Process<'lab>> {
+    pub fn start(_lab: &'lab Lab, cmd: Command, what: &str, mode: StdoutMode) -> Result<Process<'lab>> {
         Process::spawn(cmd, what.to_string(), mode)
     }
 
@@ -142,34 +126,16 @@ impl<'lab> Process<'lab> {
         let stdout = match child.stdout.take() {
             Some(pipe) => {
                 let sink = Arc::new(Captured::default());
-                readers.push(capture(
-                    pipe,
-                    sink.clone(),
-                    false,
-                    mode == StdoutMode::CountPackets,
-                ));
+                readers.push(capture(pipe, sink.clone(), false, mode == StdoutMode::CountPackets));
                 Some(sink)
             }
             None => None,
         };
         let stderr = Arc::new(Captured::default());
         if let Some(pipe) = child.stderr.take() {
-            readers.push(capture(
-                pipe,
-                stderr.clone(),
-                mode == StdoutMode::Terminal,
-                false,
-            ));
+            readers.push(capture(pipe, stderr.clone(), mode == StdoutMode::Terminal, false));
         }
-        Ok(Process {
-            what,
-            child,
-            stdout,
-            stderr,
-            readers,
-            reaped: false,
-            _lab: PhantomData,
-        })
+        Ok(Process { what, child, stdout, stderr, readers, reaped: false, _lab: PhantomData })
     }
 
     pub fn pid(&self) -> u32 {
@@ -178,11 +144,7 @@ impl<'lab> Process<'lab> {
 
     /// It has not exited yet.
     pub fn running(&mut self) -> Result<bool> {
-        Ok(self
-            .child
-            .try_wait()
-            .with_context(|| format!("waiting for `{}`", self.what))?
-            .is_none())
+        Ok(self.child.try_wait().with_context(|| format!("waiting for `{}`", self.what))?.is_none())
     }
 
     /// Waits until stderr contains `needle`. Fails if the process exits first or the timeout
@@ -202,18 +164,12 @@ impl<'lab> Process<'lab> {
                 if text.contains(needle) {
                     return Ok(());
                 }
-                bail!(
-                    "`{}` exited ({status}) before printing {needle:?}; stderr:\n{text}",
-                    self.what
-                );
+                bail!("`{}` exited ({status}) before printing {needle:?}; stderr:\n{text}", self.what);
             }
             let now = Instant::now();
             if now >= deadline {
                 let text = self.stderr.lock().text.clone();
-                bail!(
-                    "`{}` did not print {needle:?} within {timeout:?}; stderr so far:\n{text}",
-                    self.what
-                );
+                bail!("`{}` did not print {needle:?} within {timeout:?}; stderr so far:\n{text}", self.what);
             }
             let buf = self.stderr.lock();
             let wait = (deadline - now).min(Duration::from_millis(50));
@@ -230,8 +186,7 @@ impl<'lab> Process<'lab> {
     /// someone else).
     pub fn signal(&mut self, signal: libc::c_int) -> Result<()> {
         if self.child.try_wait()?.is_none() {
-            send_signal(self.child.id(), signal)
-                .with_context(|| format!("signalling `{}`", self.what))?;
+            send_signal(self.child.id(), signal).with_context(|| format!("signalling `{}`", self.what))?;
         }
         Ok(())
     }
@@ -243,10 +198,7 @@ impl<'lab> Process<'lab> {
 
     /// Stdout captured so far.
     pub fn stdout_so_far(&self) -> String {
-        self.stdout
-            .as_ref()
-            .map(|s| s.lock().text.clone())
-            .unwrap_or_default()
+        self.stdout.as_ref().map(|s| s.lock().text.clone()).unwrap_or_default()
     }
 
     /// Waits up to `timeout` for the process to exit by itself; then SIGTERM, and SIGKILL if it is
@@ -276,12 +228,8 @@ impl<'lab> Process<'lab> {
         if let Some(status) = wait_timeout(&mut self.child, STOP_GRACE)? {
             return Ok(status);
         }
-        self.child
-            .kill()
-            .with_context(|| format!("killing `{}`", self.what))?;
-        self.child
-            .wait()
-            .with_context(|| format!("waiting for `{}`", self.what))
+        self.child.kill().with_context(|| format!("killing `{}`", self.what))?;
+        self.child.wait().with_context(|| format!("waiting for `{}`", self.what))
     }
 
     fn collect(&mut self, status: ExitStatus, timed_out: bool) -> Finished {
@@ -312,10 +260,7 @@ impl Drop for Process<'_> {
             Ok(Some(_)) => {}
             _ => {
                 let _ = send_signal(self.child.id(), libc::SIGTERM);
-                if !matches!(
-                    wait_timeout(&mut self.child, Duration::from_secs(3)),
-                    Ok(Some(_))
-                ) {
+                if !matches!(wait_timeout(&mut self.child, Duration::from_secs(3)), Ok(Some(_))) {
                     let _ = self.child.kill();
                     let _ = self.child.wait();
                 }
@@ -341,9 +286,7 @@ struct Buffer {
 impl Captured {
     fn lock(&self) -> MutexGuard<'_, Buffer> {
         // A reader thread that panicked mid-append leaves usable text behind.
-        self.buf
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.buf.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn wait_eof(&self, timeout: Duration) -> String {
@@ -363,12 +306,7 @@ impl Captured {
     }
 }
 
-fn capture(
-    pipe: impl Read + Send + 'static,
-    sink: Arc<Captured>,
-    echo: bool,
-    count_packets: bool,
-) -> JoinHandle<()> {
+fn capture(pipe: impl Read + Send + 'static, sink: Arc<Captured>, echo: bool, count_packets: bool) -> JoinHandle<()> {
     thread::spawn(move || {
         for_each_line(pipe, |text| {
             if echo {
@@ -402,8 +340,7 @@ pub fn for_each_line(pipe: impl Read, mut each: impl FnMut(&str)) {
 }
 
 pub(crate) fn send_signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
-    let pid =
-        libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: kill(2) only takes plain integers.
     if unsafe { libc::kill(pid, signal) } == 0 {
         Ok(())
@@ -425,10 +362,7 @@ pub fn output_within(cmd: &mut Command, limit: Duration) -> Result<Output> {
     if wait_timeout(&mut child, limit)?.is_none() {
         child.kill().with_context(|| format!("killing {what}"))?;
         let out = child.wait_with_output()?;
-        bail!(
-            "{what} was still running after {limit:?}; stderr:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("{what} was still running after {limit:?}; stderr:\n{}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(child.wait_with_output()?)
 }

@@ -129,10 +129,7 @@ impl<'lab> Scenario<'lab> {
 
     /// Like [`Scenario::run`], and also how tracer ended (its stderr, whether it had to be
     /// stopped).
-    pub fn run_finished<T>(
-        self,
-        traffic: impl FnOnce() -> Result<T>,
-    ) -> Result<(WatchJson, Finished, T)> {
+    pub fn run_finished<T>(self, traffic: impl FnOnce() -> Result<T>) -> Result<(WatchJson, Finished, T)> {
         let (done, traffic) = self.watch_around(true, traffic)?;
         let json = WatchJson::from_finished(&done)?;
         Ok((json, done, traffic))
@@ -151,26 +148,15 @@ impl<'lab> Scenario<'lab> {
             args.extend(["--output", "json"]);
         }
         args.extend(self.args.iter().map(String::as_str));
-        let env: Vec<(&str, &str)> = self
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         self.lab.spawn_tracer(&args, &env, self.stdout)
     }
 
-    fn watch_around<T>(
-        self,
-        json: bool,
-        traffic: impl FnOnce() -> Result<T>,
-    ) -> Result<(Finished, T)> {
+    fn watch_around<T>(self, json: bool, traffic: impl FnOnce() -> Result<T>) -> Result<(Finished, T)> {
         let mut watch = self.spawn_with_output(json)?;
         watch.wait_until_watching()?;
         let traffic = traffic().with_context(|| {
-            format!(
-                "making traffic while tracer watched; its stderr so far:\n{}",
-                watch.stderr_so_far()
-            )
+            format!("making traffic while tracer watched; its stderr so far:\n{}", watch.stderr_so_far())
         })?;
         let done = match self.end {
             End::Signal(signal) => {

@@ -15,8 +15,7 @@ pub fn copy_of_tracer(dir: &Path) -> Result<PathBuf> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
     let bin = dir.join("tracer");
-    fs::copy(crate::tracer_bin()?, &bin)
-        .with_context(|| format!("copying tracer to {}", bin.display()))?;
+    fs::copy(crate::tracer_bin()?, &bin).with_context(|| format!("copying tracer to {}", bin.display()))?;
     fs::set_permissions(&bin, fs::Permissions::from_mode(0o755))?;
     Ok(bin)
 }
@@ -25,10 +24,8 @@ pub fn copy_of_tracer(dir: &Path) -> Result<PathBuf> {
 /// them: `net_admin`, `bpf`...) as its inheritable and ambient capabilities, so that they, and
 /// only they, survive the exec.
 pub fn as_nobody(caps: &[&str], bin: &Path, args: &[&str]) -> Result<Vec<String>> {
-    let list: String = std::iter::once("-all".to_string())
-        .chain(caps.iter().map(|c| format!("+{c}")))
-        .collect::<Vec<_>>()
-        .join(",");
+    let list: String =
+        std::iter::once("-all".to_string()).chain(caps.iter().map(|c| format!("+{c}"))).collect::<Vec<_>>().join(",");
     let mut argv = vec![
         "setpriv".to_string(),
         format!("--reuid={NOBODY}"),

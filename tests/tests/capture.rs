@@ -25,11 +25,7 @@ fn run_report(file: &Path, args: &[&str]) -> Result<Output> {
     let mut argv = vec!["report", path_str(file)?];
     argv.extend_from_slice(args);
     let out = run_tracer(&argv)?;
-    ensure!(
-        out.status.code() != Some(101),
-        "tracer panicked:\n{}",
-        describe_output(&out)
-    );
+    ensure!(out.status.code() != Some(101), "tracer panicked:\n{}", describe_output(&out));
     no_panic(&String::from_utf8_lossy(&out.stderr))?;
     Ok(out)
 }
@@ -51,23 +47,11 @@ fn report_json(file: &Path) -> Result<(WatchJson, Output)> {
 /// `tshark -r FILE -T fields` with the fields given, one line per frame, fields tab-separated.
 fn tshark_fields(file: &Path, fields: &[&str]) -> Result<Vec<Vec<String>>> {
     let mut cmd = Command::new("tshark");
-    cmd.args([
-        "-n",
-        "-r",
-        path_str(file)?,
-        "-T",
-        "fields",
-        "-E",
-        "occurrence=a",
-        "-E",
-        "aggregator=|",
-    ]);
+    cmd.args(["-n", "-r", path_str(file)?, "-T", "fields", "-E", "occurrence=a", "-E", "aggregator=|"]);
     for field in fields {
         cmd.args(["-e", field]);
     }
-    let out = cmd
-        .output()
-        .context("running tshark (Debian package tshark; `cargo xtask setup` installs it)")?;
+    let out = cmd.output().context("running tshark (Debian package tshark; `cargo xtask setup` installs it)")?;
     expect_exit(&out, Exit::Success, "tshark failed")?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(
@@ -122,25 +106,11 @@ fn conntrack_skip_capture_reads_in_tshark_and_report() -> Result<()> {
     // tshark reads it, sees the query and the reply, and shows tracer's comments.
     let frames = tshark_fields(
         &file,
-        &[
-            "frame.number",
-            "dns.id",
-            "dns.flags.response",
-            "ip.src",
-            "frame.interface_name",
-            "frame.comment",
-        ],
+        &["frame.number", "dns.id", "dns.flags.response", "ip.src", "frame.interface_name", "frame.comment"],
     )?;
     let id_hex = format!("0x{id:04x}");
-    let dns_frames: Vec<&Vec<String>> = frames
-        .iter()
-        .filter(|f| f.get(1) == Some(&id_hex))
-        .collect();
-    let listing = frames
-        .iter()
-        .map(|f| f.join("  "))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let dns_frames: Vec<&Vec<String>> = frames.iter().filter(|f| f.get(1) == Some(&id_hex)).collect();
+    let listing = frames.iter().map(|f| f.join("  ")).collect::<Vec<_>>().join("\n");
     ensure!(
         dns_frames.iter().any(|f| f[2] == "0") && dns_frames.iter().any(|f| f[2] == "1"),
         "tshark should show the query and the reply with id {id_hex}:\n{listing}"
@@ -156,15 +126,11 @@ fn conntrack_skip_capture_reads_in_tshark_and_report() -> Result<()> {
         "every frame should carry tracer's comment:\n{listing}"
     );
     ensure!(
-        dns_frames
-            .iter()
-            .any(|f| f[5].contains("bridge-in on veth-client") && f[4] == CLIENT_VETH),
+        dns_frames.iter().any(|f| f[5].contains("bridge-in on veth-client") && f[4] == CLIENT_VETH),
         "the query's comment should name its stage and port:\n{listing}"
     );
     ensure!(
-        dns_frames
-            .iter()
-            .any(|f| f[2] == "1" && f[3] == SERVER_IP && f[5].contains("FINDING conntrack_skip")),
+        dns_frames.iter().any(|f| f[2] == "1" && f[3] == SERVER_IP && f[5].contains("FINDING conntrack_skip")),
         "the reply that skipped conntrack should name the finding in its comment:\n{listing}"
     );
 
@@ -190,10 +156,7 @@ fn conntrack_skip_capture_reads_in_tshark_and_report() -> Result<()> {
             report.summary
         );
     }
-    let finding = report
-        .findings_of("conntrack_skip")
-        .next()
-        .context("no conntrack_skip from the file")?;
+    let finding = report.findings_of("conntrack_skip").next().context("no conntrack_skip from the file")?;
     expect_str(finding, "/expected_source", &format!("{CLUSTER_DNS_IP}:53"))?;
     expect_str(finding, "/actual_source", &format!("{SERVER_IP}:53"))?;
     expect_str(finding, "/sysctls/net.bridge.bridge-nf-call-iptables", "0")?;
@@ -201,8 +164,7 @@ fn conntrack_skip_capture_reads_in_tshark_and_report() -> Result<()> {
     // Text, as the watch prints it.
     let text = run_tracer(&["report", path_str(&file)?])?;
     ensure!(
-        text.status.success()
-            && String::from_utf8_lossy(&text.stdout).contains("FINDING conntrack_skip"),
+        text.status.success() && String::from_utf8_lossy(&text.stdout).contains("FINDING conntrack_skip"),
         "text report should show the finding block:\n{}",
         describe_output(&text)
     );
@@ -214,9 +176,8 @@ fn conntrack_skip_capture_reads_in_tshark_and_report() -> Result<()> {
 fn json_output_and_write_together_and_a_foreign_capture_lists_plainly() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
     let file = lab.dir().join("healthy.pcapng");
-    let (live, dig) = writing_to(&lab, &file)?
-        .settle(RECORDS_PRINTED)
-        .run(|| lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[]))?;
+    let (live, dig) =
+        writing_to(&lab, &file)?.settle(RECORDS_PRINTED).run(|| lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[]))?;
     dig.expect_answered()?;
     live.check_summary()?;
 
@@ -231,18 +192,8 @@ fn json_output_and_write_together_and_a_foreign_capture_lists_plainly() -> Resul
 
     // tcpdump's own capture of the same traffic is not tracer's: a plain listing.
     let pcap = lab.dir().join("tcpdump.pcap");
-    let tcpdump = lab.start_tcpdump(
-        Ns::Client,
-        &[
-            "--immediate-mode",
-            "-U",
-            "-w",
-            path_str(&pcap)?,
-            "udp",
-            "port",
-            "53",
-        ],
-    )?;
+    let tcpdump =
+        lab.start_tcpdump(Ns::Client, &["--immediate-mode", "-U", "-w", path_str(&pcap)?, "udp", "port", "53"])?;
     let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
     dig.expect_answered()?;
     thread::sleep(Duration::from_millis(300));
@@ -267,9 +218,8 @@ fn a_killed_watch_leaves_a_capture_readable_to_its_last_block() -> Result<()> {
     let lab = Lab::new(LabConfig::bridge_nf_call_iptables_off())?;
     let file = lab.dir().join("killed.pcapng");
     // No chance to finish: what each batch flushed must already be complete blocks.
-    let (_, dig) = writing_to(&lab, &file)?
-        .stop_with(libc::SIGKILL)
-        .run_text(|| lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[]))?;
+    let (_, dig) =
+        writing_to(&lab, &file)?.stop_with(libc::SIGKILL).run_text(|| lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[]))?;
     dig.expect_timed_out()?;
     let (report, out) = report_json(&file).context("the report of a killed watch's capture")?;
     ensure!(
@@ -277,11 +227,7 @@ fn a_killed_watch_leaves_a_capture_readable_to_its_last_block() -> Result<()> {
         "the finding should be made from what was written:\n{}",
         report.describe()
     );
-    expect_stderr(
-        &out,
-        "no summary",
-        "report should say the watch did not end normally",
-    )
+    expect_stderr(&out, "no summary", "report should say the watch did not end normally")
 }
 
 #[test]
@@ -291,14 +237,7 @@ fn full_disk_stops_the_capture_with_one_warning_and_the_watch_goes_on() -> Resul
     let small = lab.dir().join("small");
     fs::create_dir(&small)?;
     let mount = Command::new("mount")
-        .args([
-            "-t",
-            "tmpfs",
-            "-o",
-            "size=8k",
-            "tracer-capture-test",
-            path_str(&small)?,
-        ])
+        .args(["-t", "tmpfs", "-o", "size=8k", "tracer-capture-test", path_str(&small)?])
         .output()?;
     expect_exit(&mount, Exit::Success, "mounting a small tmpfs")?;
     let result = (|| -> Result<()> {
@@ -310,11 +249,7 @@ fn full_disk_stops_the_capture_with_one_warning_and_the_watch_goes_on() -> Resul
             }
             Ok(())
         })?;
-        ensure!(
-            live.packets.len() >= 6 * 4,
-            "the watch should go on printing every packet:\n{}",
-            live.describe()
-        );
+        ensure!(live.packets.len() >= 6 * 4, "the watch should go on printing every packet:\n{}", live.describe());
         let warnings = done.stderr.matches("tracer: warning: writing").count();
         ensure!(
             warnings == 1 && done.stderr.contains("No space left on device"),
@@ -324,8 +259,7 @@ fn full_disk_stops_the_capture_with_one_warning_and_the_watch_goes_on() -> Resul
         // What was written before the disk filled is still a capture tshark and report read.
         let out = run_report(&file, &["--output", "json"])?;
         ensure!(
-            out.status.code() == Some(0)
-                || String::from_utf8_lossy(&out.stderr).contains("cut off"),
+            out.status.code() == Some(0) || String::from_utf8_lossy(&out.stderr).contains("cut off"),
             "report of the partial capture:\n{}",
             describe_output(&out)
         );
@@ -357,39 +291,18 @@ fn garbage_and_missing_files_fail_clearly_without_a_lab() -> Result<()> {
         let garbage = dir.join("garbage.pcapng");
         fs::write(&garbage, noise(4096))?;
         let out = run_report(&garbage, &[])?;
-        expect_exit_saying(
-            &out,
-            Exit::Code(2),
-            "not a pcapng or pcap file",
-            "garbage should be refused in one line",
-        )?;
+        expect_exit_saying(&out, Exit::Code(2), "not a pcapng or pcap file", "garbage should be refused in one line")?;
         let mut fake = vec![0x0a, 0x0d, 0x0d, 0x0a];
         fake.extend(noise(4096));
         let fake_file = dir.join("fake.pcapng");
         fs::write(&fake_file, &fake)?;
         let out = run_report(&fake_file, &["--output", "json"])?;
-        expect_exit_saying(
-            &out,
-            Exit::Failure,
-            "tracer: error:",
-            "a damaged header should fail clearly",
-        )?;
+        expect_exit_saying(&out, Exit::Failure, "tracer: error:", "a damaged header should fail clearly")?;
         let missing = dir.join("missing.pcapng");
         let out = run_tracer(&["report", path_str(&missing)?])?;
-        expect_exit_saying(
-            &out,
-            Exit::Code(2),
-            "No such file",
-            "a missing file should be named",
-        )?;
+        expect_exit_saying(&out, Exit::Code(2), "No such file", "a missing file should be named")?;
         // --write to a place that cannot be written fails before anything is attached.
-        let out = run_tracer(&[
-            "watch",
-            "--write",
-            "/nonexistent-dir/x.pcapng",
-            "--duration",
-            "1",
-        ])?;
+        let out = run_tracer(&["watch", "--write", "/nonexistent-dir/x.pcapng", "--duration", "1"])?;
         expect_exit_saying(
             &out,
             Exit::Code(2),

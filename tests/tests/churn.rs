@@ -14,33 +14,28 @@ use tracer_tests::scenario::Scenario;
 #[test]
 fn pods_created_and_deleted_during_a_watch_are_followed() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
-    let (w, done, (index, dig_a, dig_b, dig_c)) = Scenario::settled(&lab)
-        .run_finished(|| {
-            let first = Pod::create(&lab, "pa", "veth-pa", "10.244.0.9", None)?;
-            let index = first.node_ifindex(&lab)?;
-            let dig_a = first.dig()?;
-            // Let tracer print the first pod's records before its ifindex gets a new owner.
-            thread::sleep(Duration::from_millis(500));
-            first.delete(&lab)?;
-            thread::sleep(Duration::from_millis(300));
+    let (w, done, (index, dig_a, dig_b, dig_c)) = Scenario::settled(&lab).run_finished(|| {
+        let first = Pod::create(&lab, "pa", "veth-pa", "10.244.0.9", None)?;
+        let index = first.node_ifindex(&lab)?;
+        let dig_a = first.dig()?;
+        // Let tracer print the first pod's records before its ifindex gets a new owner.
+        thread::sleep(Duration::from_millis(500));
+        first.delete(&lab)?;
+        thread::sleep(Duration::from_millis(300));
 
-            let second = Pod::create(&lab, "pb", "veth-pb", "10.244.0.11", Some(index))?;
-            ensure!(
-                second.node_ifindex(&lab)? == index,
-                "the second pod's veth did not get ifindex {index}"
-            );
-            let dig_b = second.dig()?;
-            thread::sleep(Duration::from_millis(300));
-            second.delete(&lab)?;
-            thread::sleep(Duration::from_millis(300));
-            // And the lab's own client still works after the churn.
-            let dig_c = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
-            Ok((index, dig_a, dig_b, dig_c))
-        })?;
+        let second = Pod::create(&lab, "pb", "veth-pb", "10.244.0.11", Some(index))?;
+        ensure!(second.node_ifindex(&lab)? == index, "the second pod's veth did not get ifindex {index}");
+        let dig_b = second.dig()?;
+        thread::sleep(Duration::from_millis(300));
+        second.delete(&lab)?;
+        thread::sleep(Duration::from_millis(300));
+        // And the lab's own client still works after the churn.
+        let dig_c = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
+        Ok((index, dig_a, dig_b, dig_c))
+    })?;
 
     for (who, dig) in [("pod A", &dig_a), ("pod B", &dig_b), ("client", &dig_c)] {
-        dig.expect_answered()
-            .with_context(|| format!("{who}'s query"))?;
+        dig.expect_answered().with_context(|| format!("{who}'s query"))?;
     }
     let complaints: Vec<&str> = done
         .stderr
@@ -50,15 +45,10 @@ fn pods_created_and_deleted_during_a_watch_are_followed() -> Result<()> {
             l.contains("error") || l.contains("warning") || l.contains("panicked")
         })
         .collect();
-    ensure!(
-        complaints.is_empty(),
-        "tracer complained about the churn:\n{}",
-        done.stderr
-    );
-    for (who, dig, veth, ip) in [
-        ("pod A", &dig_a, "veth-pa", "10.244.0.9"),
-        ("pod B", &dig_b, "veth-pb", "10.244.0.11"),
-    ] {
+    ensure!(complaints.is_empty(), "tracer complained about the churn:\n{}", done.stderr);
+    for (who, dig, veth, ip) in
+        [("pod A", &dig_a, "veth-pa", "10.244.0.9"), ("pod B", &dig_b, "veth-pb", "10.244.0.11")]
+    {
         let id = dig.query_id().with_context(|| format!("{who}'s dig"))?;
         let query = pod_dns(&w, "bridge-in", id, false, ip)
             .with_context(|| format!("{who}'s query entering the bridge on {veth}"))?;
@@ -76,9 +66,7 @@ fn pods_created_and_deleted_during_a_watch_are_followed() -> Result<()> {
 fn pod_dns<'a>(w: &'a WatchJson, stage: &str, id: u16, reply: bool, ip: &str) -> Result<&'a Value> {
     let pod_end = if reply { "/dst" } else { "/src" };
     w.find_one(&format!("DNS message {id} of {ip} at {stage}"), |p| {
-        str_at(p, "/stage") == Some(stage)
-            && dns_is(p, id, reply)
-            && str_at(p, pod_end).and_then(ip_of) == Some(ip)
+        str_at(p, "/stage") == Some(stage) && dns_is(p, id, reply) && str_at(p, pod_end).and_then(ip_of) == Some(ip)
     })
 }
 
@@ -95,11 +83,7 @@ impl Pod {
         // "<lab prefix>-<tag>": a lab left behind by a killed test run is swept with it.
         let netns = format!("{}-{tag}", node.strip_suffix("-node").unwrap_or(&node));
         run_on_host(&["ip", "netns", "add", &netns])?;
-        let pod = Pod {
-            netns: netns.clone(),
-            veth: veth.to_string(),
-            deleted: false,
-        };
+        let pod = Pod { netns: netns.clone(), veth: veth.to_string(), deleted: false };
         let index = index.map(|i| i.to_string());
         let mut add = vec!["ip", "-n", &node, "link", "add", veth];
         if let Some(index) = &index {
@@ -107,24 +91,11 @@ impl Pod {
         }
         add.extend(["type", "veth", "peer", "name", POD_IF, "netns", &netns]);
         run_on_host(&add)?;
-        run_on_host(&[
-            "ip", "-n", &node, "link", "set", veth, "master", BRIDGE, "up",
-        ])?;
+        run_on_host(&["ip", "-n", &node, "link", "set", veth, "master", BRIDGE, "up"])?;
         run_on_host(&["ip", "-n", &netns, "link", "set", "lo", "up"])?;
-        run_on_host(&[
-            "ip",
-            "-n",
-            &netns,
-            "addr",
-            "add",
-            &format!("{ip}/24"),
-            "dev",
-            POD_IF,
-        ])?;
+        run_on_host(&["ip", "-n", &netns, "addr", "add", &format!("{ip}/24"), "dev", POD_IF])?;
         run_on_host(&["ip", "-n", &netns, "link", "set", POD_IF, "up"])?;
-        run_on_host(&[
-            "ip", "-n", &netns, "route", "add", "default", "via", BRIDGE_IP,
-        ])?;
+        run_on_host(&["ip", "-n", &netns, "route", "add", "default", "via", BRIDGE_IP])?;
         Ok(pod)
     }
 

@@ -72,25 +72,14 @@ fn watch_into_head_exits_cleanly_when_the_pipe_closes() -> Result<()> {
         lines.len() == 6 && lines[..5].iter().all(|l| !l.trim().is_empty()),
         "head should print 5 tracer lines, then the exit statuses:\n{described}"
     );
-    ensure!(
-        lines[5] == "pipestatus 0 0",
-        "tracer (first) and head (second) should both exit 0:\n{described}"
-    );
-    ensure!(
-        tracer_err.contains(TRACER_READY),
-        "tracer never watched:\n{described}"
-    );
+    ensure!(lines[5] == "pipestatus 0 0", "tracer (first) and head (second) should both exit 0:\n{described}");
+    ensure!(tracer_err.contains(TRACER_READY), "tracer never watched:\n{described}");
     no_panic(&tracer_err)?;
     for word in ["error", "Broken pipe"] {
-        ensure!(
-            !tracer_err.contains(word),
-            "tracer printed `{word}`:\n{described}"
-        );
+        ensure!(!tracer_err.contains(word), "tracer printed `{word}`:\n{described}");
     }
     ensure!(
-        tracer_err
-            .lines()
-            .any(|l| l.starts_with("-- ") && l.contains("packets")),
+        tracer_err.lines().any(|l| l.starts_with("-- ") && l.contains("packets")),
         "with its output gone, the summary goes to standard error:\n{described}"
     );
     Ok(())

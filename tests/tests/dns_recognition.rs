@@ -19,9 +19,7 @@ use tracer_tests::scenario::Scenario;
 /// A watch of `--duration 5`: longer than the DNS timeout (2 s) after the traffic, so a query
 /// tracer wrongly believed in would have timed out.
 fn five_seconds(lab: &Lab) -> Scenario<'_> {
-    Scenario::new(lab)
-        .args(&["--duration", "5"])
-        .ends_by_itself_within(Duration::from_secs(20))
+    Scenario::new(lab).args(&["--duration", "5"]).ends_by_itself_within(Duration::from_secs(20))
 }
 
 fn dst_port(p: &Value) -> Option<u16> {
@@ -31,9 +29,7 @@ fn dst_port(p: &Value) -> Option<u16> {
 #[test]
 fn all_ports_with_http_and_statsd_traffic_gives_no_dns_findings() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
-    let (w, ()) = five_seconds(&lab)
-        .port(0)
-        .run(|| traffic_that_is_not_dns(&lab))?;
+    let (w, ()) = five_seconds(&lab).port(0).run(|| traffic_that_is_not_dns(&lab))?;
     for port in [8125, 8080] {
         ensure!(
             w.find(|p| dst_port(p) == Some(port)).next().is_some(),
@@ -61,10 +57,7 @@ fn traffic_that_is_not_dns(lab: &Lab) -> Result<()> {
     in_netns(lab.netns(Ns::Client), || {
         let socket = UdpSocket::bind("0.0.0.0:0")?;
         for i in 0..20 {
-            socket.send_to(
-                format!("web.requests.count:{i}|c|#pod:client").as_bytes(),
-                statsd,
-            )?;
+            socket.send_to(format!("web.requests.count:{i}|c|#pod:client").as_bytes(), statsd)?;
         }
         socket.send_to(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", dns_port)?;
         Ok(())
@@ -79,9 +72,7 @@ fn traffic_that_is_not_dns(lab: &Lab) -> Result<()> {
             let mut request = [0u8; 1024];
             let n = conn.read(&mut request)?;
             ensure!(n > 0, "empty request");
-            conn.write_all(
-                b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nConnection: close\r\n\r\nhello there",
-            )?;
+            conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nConnection: close\r\n\r\nhello there")?;
             Ok(())
         });
         let reply = in_netns(lab.netns(Ns::Client), || {
@@ -92,15 +83,10 @@ fn traffic_that_is_not_dns(lab: &Lab) -> Result<()> {
             conn.read_to_string(&mut reply)?;
             Ok(reply)
         })?;
-        server
-            .join()
-            .map_err(|_| anyhow::anyhow!("the HTTP server thread panicked"))??;
+        server.join().map_err(|_| anyhow::anyhow!("the HTTP server thread panicked"))??;
         Ok(reply)
     })?;
-    ensure!(
-        served.ends_with("hello there"),
-        "the HTTP exchange failed: {served:?}"
-    );
+    ensure!(served.ends_with("hello there"), "the HTTP exchange failed: {served:?}");
     Ok(())
 }
 
@@ -120,21 +106,14 @@ fn a_client_asking_two_nameservers_accepts_either_answer() -> Result<()> {
             socket.send_to(&query, first)?;
             socket.send_to(&query, second)?;
             let mut buf = [0u8; 512];
-            let (n, from) = socket
-                .recv_from(&mut buf)
-                .context("no answer from either nameserver")?;
+            let (n, from) = socket.recv_from(&mut buf).context("no answer from either nameserver")?;
             Ok((from, buf[..n].to_vec()))
         })
     })?;
-    ensure!(
-        from == second && dns_id(&answer) == Some(id),
-        "the answer came from {from}"
-    );
+    ensure!(from == second && dns_id(&answer) == Some(id), "the answer came from {from}");
 
     ensure!(
-        w.find(|p| str_at(p, "/dst") == Some(&first.to_string()) && dns_is(p, id, false))
-            .next()
-            .is_some(),
+        w.find(|p| str_at(p, "/dst") == Some(&first.to_string()) && dns_is(p, id, false)).next().is_some(),
         "the query to the first nameserver must have been traced:\n{}",
         w.describe()
     );
@@ -147,31 +126,22 @@ fn a_client_asking_two_nameservers_accepts_either_answer() -> Result<()> {
 fn an_ipv6_answer_in_fragments_is_traced_and_paired() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
     // About 3 000 bytes of TXT over UDP: on 1500-byte links the server sends it in fragments.
-    let (w, dig) = five_seconds(&lab).run(|| {
-        lab.dig(
-            CLUSTER_DNS_IP6,
-            BIG_TXT_NAME,
-            &["TXT", "+bufsize=4096", "+ignore"],
-        )
-    })?;
+    let (w, dig) =
+        five_seconds(&lab).run(|| lab.dig(CLUSTER_DNS_IP6, BIG_TXT_NAME, &["TXT", "+bufsize=4096", "+ignore"]))?;
     dig.expect_answered()?;
     let last_string = big_txt_strings().pop().unwrap_or_default();
-    ensure!(
-        dig.output.contains(&last_string),
-        "the answer arrived incomplete:\n{}",
-        dig.output
-    );
+    ensure!(dig.output.contains(&last_string), "the answer arrived incomplete:\n{}", dig.output);
     let id = dig.query_id()?;
 
     // The answer's first fragment, which holds the DNS header.
     let answer_in = w.reply_from_server(id)?;
-    ensure!(
-        u64_at(answer_in, "/ip_version") == Some(6),
-        "an IPv6 answer: {answer_in}"
-    );
+    ensure!(u64_at(answer_in, "/ip_version") == Some(6), "an IPv6 answer: {answer_in}");
     // The first fragment holds only part of the datagram.
     let len = u64_at(answer_in, "/len").unwrap_or(0);
-    ensure!(len <= 1500, "the first fragment is at most the link's MTU, not the {len} bytes of a whole answer: {answer_in}");
+    ensure!(
+        len <= 1500,
+        "the first fragment is at most the link's MTU, not the {len} bytes of a whole answer: {answer_in}"
+    );
     w.reply_to_client(id)?;
     w.expect_no_findings("the answer was paired with its query, no timeout")
 }

@@ -27,18 +27,11 @@ fn dns_timeout_says_where_the_query_was_last_seen() -> Result<()> {
     let f = w.one_finding("dns_timeout")?;
     expect_str(f, "/client", client)?;
     expect_str(f, "/expected_source", &format!("{CLUSTER_DNS_IP}:53"))?;
-    ensure!(
-        f.get("actual_source") == Some(&Value::Null),
-        "actual_source should be null: {f}"
-    );
+    ensure!(f.get("actual_source") == Some(&Value::Null), "actual_source should be null: {f}");
     expect_u64(f, "/query/id", id.into())?;
     expect_str(f, "/last_seen/stage", "bridge-out")?;
     expect_str(f, "/last_seen/ifname", SERVER_VETH)?;
-    ensure!(
-        w.findings_of("conntrack_skip").next().is_none(),
-        "no reply, so no conntrack_skip:\n{}",
-        w.describe()
-    );
+    ensure!(w.findings_of("conntrack_skip").next().is_none(), "no reply, so no conntrack_skip:\n{}", w.describe());
     w.check_summary()
 }
 
@@ -75,10 +68,7 @@ fn text_output_shows_the_conntrack_skip_finding() -> Result<()> {
     dig.expect_timed_out()?;
     done.expect_success()?;
     done.expect_line_with(&["FINDING conntrack_skip"], "the conntrack_skip finding block")?;
-    done.expect_line_with(
-        &["bridge-nf-call-iptables=1"],
-        "the finding should say how to fix it",
-    )
+    done.expect_line_with(&["bridge-nf-call-iptables=1"], "the finding should say how to fix it")
 }
 
 /// A distribution kernel's node that never loaded br_netfilter: the sysctl the usual fix sets does

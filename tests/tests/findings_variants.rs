@@ -36,18 +36,11 @@ fn with_short_dns_timeout(lab: &Lab) -> Scenario<'_> {
 fn ipv6_conntrack_skip_names_the_ip6tables_sysctl() -> Result<()> {
     let lab = Lab::new(LabConfig::bridge_nf_call_iptables_off())?;
     // The lab's setter sets both sysctls; this test is about the IPv6 one.
-    let ip6 = lab.run(
-        Ns::Node,
-        &["sysctl", "-n", "net.bridge.bridge-nf-call-ip6tables"],
-    )?;
-    ensure!(
-        ip6.trim() == "0",
-        "lab: bridge-nf-call-ip6tables is {ip6:?}"
-    );
+    let ip6 = lab.run(Ns::Node, &["sysctl", "-n", "net.bridge.bridge-nf-call-ip6tables"])?;
+    ensure!(ip6.trim() == "0", "lab: bridge-nf-call-ip6tables is {ip6:?}");
 
     let (w, dig) = Scenario::new(&lab).run(|| lab.dig(CLUSTER_DNS_IP6, TEST_NAME, &["AAAA"]))?;
-    dig.expect_timed_out()
-        .context("dig should time out on this node")?;
+    dig.expect_timed_out().context("dig should time out on this node")?;
     let id = dig.query_id()?;
     w.check_netns(lab.netns_inode(Ns::Node)?)?;
 
@@ -56,10 +49,7 @@ fn ipv6_conntrack_skip_names_the_ip6tables_sysctl() -> Result<()> {
     expect_str(query_in, "/dst", &v6(CLUSTER_DNS_IP6, 53))?;
     let client = str_at(query_in, "/src").unwrap_or_default().to_string();
     let client_port = port_of(&client).context("query source has no port")?;
-    ensure!(
-        client == v6(CLIENT_IP6, client_port),
-        "query source {client:?} is not the client"
-    );
+    ensure!(client == v6(CLIENT_IP6, client_port), "query source {client:?} is not the client");
     // The query was DNATed to the backend on its way (so there is a NAT to undo)...
     w.find_one("the DNATed IPv6 query leaving towards the server", |p| {
         stage_is(p, "bridge-out", SERVER_VETH)
@@ -72,13 +62,7 @@ fn ipv6_conntrack_skip_names_the_ip6tables_sysctl() -> Result<()> {
     expect_reply_bridged_without_conntrack(reply_out, &v6(SERVER_IP6, 53), &client)?;
 
     let f = w.only_finding("conntrack_skip")?;
-    expect_bridged_reply_finding(
-        f,
-        id,
-        &client,
-        &v6(CLUSTER_DNS_IP6, 53),
-        &v6(SERVER_IP6, 53),
-    )?;
+    expect_bridged_reply_finding(f, id, &client, &v6(CLUSTER_DNS_IP6, 53), &v6(SERVER_IP6, 53))?;
     expect_str(f, "/query/qtype", "AAAA")?;
     expect_str(f, "/sysctls/net.bridge.bridge-nf-call-ip6tables", "0")?;
     let fix = fix_lines(f);
@@ -107,23 +91,16 @@ fn routed_backend_is_not_a_conntrack_skip() -> Result<()> {
         "lab: the server must not be on {BRIDGE}; its ports are:\n{ports}"
     );
 
-    let (w, (dig, dig6)) = with_short_dns_timeout(&lab)
-        .settle(AFTER_LAST_QUERY)
-        .run(|| {
-            let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
-            Ok((dig, lab.dig(CLUSTER_DNS_IP6, TEST_NAME, &["AAAA"])?))
-        })?;
+    let (w, (dig, dig6)) = with_short_dns_timeout(&lab).settle(AFTER_LAST_QUERY).run(|| {
+        let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
+        Ok((dig, lab.dig(CLUSTER_DNS_IP6, TEST_NAME, &["AAAA"])?))
+    })?;
     dig.expect_answers(&[TEST_A])?;
-    dig6.expect_answers(&[TEST_AAAA])
-        .context("the IPv6 query")?;
+    dig6.expect_answers(&[TEST_AAAA]).context("the IPv6 query")?;
     w.check_netns(lab.netns_inode(Ns::Node)?)?;
 
     for (dig, service, backend) in [
-        (
-            &dig,
-            format!("{CLUSTER_DNS_IP}:53"),
-            format!("{ROUTED_SERVER_IP}:53"),
-        ),
+        (&dig, format!("{CLUSTER_DNS_IP}:53"), format!("{ROUTED_SERVER_IP}:53")),
         (&dig6, v6(CLUSTER_DNS_IP6, 53), v6(ROUTED_SERVER_IP6, 53)),
     ] {
         let id = dig.query_id()?;
@@ -136,13 +113,9 @@ fn routed_backend_is_not_a_conntrack_skip() -> Result<()> {
         let reply_out = w.reply_to_client(id)?;
         expect_str(reply_out, "/src", &service)?;
         expect_str(reply_out, "/dst", client)?;
+        ensure!(reply_out["conntrack"].is_object(), "no conntrack on the routed reply: {reply_out}");
         ensure!(
-            reply_out["conntrack"].is_object(),
-            "no conntrack on the routed reply: {reply_out}"
-        );
-        ensure!(
-            str_at(reply_out, "/conntrack/nat")
-                .is_some_and(|nat| nat.starts_with("dnat") && nat.contains(&backend)),
+            str_at(reply_out, "/conntrack/nat").is_some_and(|nat| nat.starts_with("dnat") && nat.contains(&backend)),
             "the reply's conntrack entry should be the DNAT to {backend}: {reply_out}"
         );
         // It came up from the node's own stack, not bridged in from a pod's port.
@@ -150,18 +123,14 @@ fn routed_backend_is_not_a_conntrack_skip() -> Result<()> {
             stage_is(p, "from-host", BRIDGE) && dns_is(p, id, true)
         })?;
         ensure!(
-            w.find(|p| str_at(p, "/stage") == Some("bridge-in") && dns_is(p, id, true))
-                .next()
-                .is_none(),
+            w.find(|p| str_at(p, "/stage") == Some("bridge-in") && dns_is(p, id, true)).next().is_none(),
             "a reply entered the bridge from a pod's port, yet the server is routed:\n{}",
             w.describe()
         );
     }
     // The routed interface is not a bridge port: nothing on it is traced.
     ensure!(
-        w.find(|p| str_at(p, "/ifname") == Some(ROUTED_VETH))
-            .next()
-            .is_none(),
+        w.find(|p| str_at(p, "/ifname") == Some(ROUTED_VETH)).next().is_none(),
         "records on the routed interface {ROUTED_VETH}:\n{}",
         w.describe()
     );
@@ -179,32 +148,18 @@ fn routed_backend_is_not_a_conntrack_skip() -> Result<()> {
 /// for.) The client queries the server pod directly, so no DNAT is involved.
 fn wrong_reply_source(config: LabConfig) -> Result<()> {
     let lab = Lab::new(config)?;
-    for cmd in [
-        "add table ip wrongsnat",
-        "add chain ip wrongsnat out { type filter hook output priority 0 ; }",
-    ] {
+    for cmd in ["add table ip wrongsnat", "add chain ip wrongsnat out { type filter hook output priority 0 ; }"] {
         lab.run(Ns::Server, &["nft", cmd])?;
     }
-    lab.run(
-        Ns::Server,
-        &[
-            "nft",
-            &format!("add rule ip wrongsnat out udp sport 53 ip saddr set {WRONG_SOURCE_IP}"),
-        ],
-    )?;
+    lab.run(Ns::Server, &["nft", &format!("add rule ip wrongsnat out udp sport 53 ip saddr set {WRONG_SOURCE_IP}")])?;
 
     let (w, dig) = with_short_dns_timeout(&lab)
         // dig waits 2 s, longer than --dns-timeout; a little more for tracer's expiry tick, so a
         // query tracer wrongly holds as unanswered would be reported as dns_timeout.
         .settle(Duration::from_millis(1000))
         .run(|| lab.dig(SERVER_IP, TEST_NAME, &[]))?;
-    dig.expect_timed_out()
-        .with_context(|| format!("dig should not accept a reply from {WRONG_SOURCE_IP}"))?;
-    ensure!(
-        lab.dnsmasq_log().contains(TEST_NAME),
-        "dnsmasq did not answer the query:\n{}",
-        lab.dnsmasq_log()
-    );
+    dig.expect_timed_out().with_context(|| format!("dig should not accept a reply from {WRONG_SOURCE_IP}"))?;
+    ensure!(lab.dnsmasq_log().contains(TEST_NAME), "dnsmasq did not answer the query:\n{}", lab.dnsmasq_log());
     let id = dig.query_id()?;
     w.check_netns(lab.netns_inode(Ns::Node)?)?;
 
@@ -250,50 +205,23 @@ fn healthy_node_with_several_queries_has_no_findings() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
     // (server, name, extra dig args, the source the reply must come from)
     let queries = [
-        (
-            CLUSTER_DNS_IP,
-            TEST_NAME,
-            vec![],
-            format!("{CLUSTER_DNS_IP}:53"),
-        ),
-        (
-            CLUSTER_DNS_IP,
-            TEST_NAME,
-            vec!["AAAA"],
-            format!("{CLUSTER_DNS_IP}:53"),
-        ),
-        (
-            CLUSTER_DNS_IP6,
-            TEST_NAME,
-            vec!["AAAA"],
-            v6(CLUSTER_DNS_IP6, 53),
-        ),
+        (CLUSTER_DNS_IP, TEST_NAME, vec![], format!("{CLUSTER_DNS_IP}:53")),
+        (CLUSTER_DNS_IP, TEST_NAME, vec!["AAAA"], format!("{CLUSTER_DNS_IP}:53")),
+        (CLUSTER_DNS_IP6, TEST_NAME, vec!["AAAA"], v6(CLUSTER_DNS_IP6, 53)),
         (SERVER_IP, TEST_NAME, vec![], format!("{SERVER_IP}:53")),
         (SERVER_IP6, TEST_NAME, vec!["A"], v6(SERVER_IP6, 53)),
         // dnsmasq has no upstream: REFUSED. An answer all the same, not a timeout.
-        (
-            CLUSTER_DNS_IP,
-            "elsewhere.invalid",
-            vec![],
-            format!("{CLUSTER_DNS_IP}:53"),
-        ),
+        (CLUSTER_DNS_IP, "elsewhere.invalid", vec![], format!("{CLUSTER_DNS_IP}:53")),
     ];
-    let (w, (answered, last_query)) =
-        with_short_dns_timeout(&lab)
-            .settle(AFTER_LAST_QUERY)
-            .run(|| {
-                let mut answered = Vec::new();
-                for (server, name, extra, source) in &queries {
-                    let dig = lab.dig(server, name, extra)?;
-                    ensure!(
-                        dig.status.is_some(),
-                        "dig @{server} {name} got no reply:\n{}",
-                        dig.output
-                    );
-                    answered.push((dig, source));
-                }
-                Ok((answered, Instant::now()))
-            })?;
+    let (w, (answered, last_query)) = with_short_dns_timeout(&lab).settle(AFTER_LAST_QUERY).run(|| {
+        let mut answered = Vec::new();
+        for (server, name, extra, source) in &queries {
+            let dig = lab.dig(server, name, extra)?;
+            ensure!(dig.status.is_some(), "dig @{server} {name} got no reply:\n{}", dig.output);
+            answered.push((dig, source));
+        }
+        Ok((answered, Instant::now()))
+    })?;
     ensure!(
         last_query.elapsed() > Duration::from_secs(DNS_TIMEOUT_SECS),
         "the watch ended within --dns-timeout of the last query"
@@ -318,9 +246,7 @@ fn healthy_node_with_several_queries_has_no_findings() -> Result<()> {
 
     w.expect_no_findings("a healthy node should produce no findings")?;
     ensure!(
-        w.summary["finding_counts"]
-            .as_object()
-            .is_some_and(|counts| counts.is_empty()),
+        w.summary["finding_counts"].as_object().is_some_and(|counts| counts.is_empty()),
         "summary finding_counts should be empty: {}",
         w.summary
     );

@@ -38,7 +38,11 @@ fn image_archive() -> Result<PathBuf> {
         Some(path) if !path.is_empty() => PathBuf::from(path),
         _ => tracer_tests::workspace_root().join("target/image/tracer.tar"),
     };
-    ensure!(path.is_file(), "no image archive at {}: build it with `cargo xtask image` (`cargo xtask test` does)", path.display());
+    ensure!(
+        path.is_file(),
+        "no image archive at {}: build it with `cargo xtask image` (`cargo xtask test` does)",
+        path.display()
+    );
     Ok(path)
 }
 
@@ -46,7 +50,10 @@ fn image_archive() -> Result<PathBuf> {
 fn manifest_capabilities() -> Result<Vec<String>> {
     let manifest = std::fs::read_to_string(tracer_tests::workspace_root().join("deploy/daemonset.yaml"))?;
     ensure!(manifest.contains("drop: [ALL]"), "the manifest drops every capability first");
-    ensure!(manifest.contains("hostNetwork: true") && manifest.contains("hostPID: true"), "the manifest runs in the node's namespaces");
+    ensure!(
+        manifest.contains("hostNetwork: true") && manifest.contains("hostPID: true"),
+        "the manifest runs in the node's namespaces"
+    );
     let added = manifest
         .lines()
         .find_map(|l| l.trim().strip_prefix("add: [").and_then(|rest| rest.strip_suffix(']')))

@@ -59,7 +59,8 @@ fn forward_reject_names_the_pods_in_text() -> Result<()> {
     ensure!(query_line.contains(&format!("{CLUSTER_DNS_IP}:53")), "{query_line}");
     let dropped = out.lines().find(|l| l.contains("dropped")).with_context(|| format!("no dropped line:\n{out}"))?;
     ensure!(
-        dropped.contains(&format!("({})", client.full_name())) && dropped.contains(&format!("{}:53 ({})", dns.ip, dns.full_name())),
+        dropped.contains(&format!("({})", client.full_name()))
+            && dropped.contains(&format!("{}:53 ({})", dns.ip, dns.full_name())),
         "the dropped line names both pods: {dropped}"
     );
     ensure!(out.contains("FINDING netfilter_reject"), "no finding:\n{out}");
@@ -87,13 +88,16 @@ fn a_capture_and_its_report_name_the_pods() -> Result<()> {
     let text = String::from_utf8_lossy(&report.stdout);
     ensure!(report.status.success(), "report failed: {text}{}", String::from_utf8_lossy(&report.stderr));
     ensure!(
-        text.lines().any(|l| l.contains("bridge-out") && l.contains(&format!("({dns}) → ")) && l.contains(&format!("({client})"))),
+        text.lines().any(|l| l.contains("bridge-out")
+            && l.contains(&format!("({dns}) → "))
+            && l.contains(&format!("({client})"))),
         "the report's lines name both pods:\n{text}"
     );
     // Made again from the packets, the finding names the pods they recorded.
     let client_line = text.lines().find(|l| l.contains("┃ client ")).with_context(|| format!("no finding:\n{text}"))?;
     ensure!(client_line.contains(&format!("({client})")), "{client_line}");
-    let reply_line = text.lines().find(|l| l.contains("┃ reply from ")).with_context(|| format!("no reply line:\n{text}"))?;
+    let reply_line =
+        text.lines().find(|l| l.contains("┃ reply from ")).with_context(|| format!("no reply line:\n{text}"))?;
     ensure!(reply_line.contains(&format!("({dns})")), "{reply_line}");
 
     let comments = Command::new("tshark")
@@ -142,7 +146,9 @@ fn pod_and_namespace_filters_keep_to_the_chosen_pods() -> Result<()> {
         let right = match expected {
             Shown::All => shown == total,
             // Not the client's lines to the service address.
-            Shown::OfDnsPod => (2..total).contains(&shown) && json.packets.iter().all(|p| packet_names(p, &cluster.dns.ip)),
+            Shown::OfDnsPod => {
+                (2..total).contains(&shown) && json.packets.iter().all(|p| packet_names(p, &cluster.dns.ip))
+            }
             Shown::None => shown == 0,
         };
         ensure!(right, "{args:?} shows {shown} of {total} lines:\n{}", json.describe());
@@ -155,7 +161,17 @@ fn pod_and_namespace_filters_keep_to_the_chosen_pods() -> Result<()> {
         }
     }
     // Without a runtime to name pods, a filter cannot be kept: refused at start.
-    let refused = cluster.node.command(&[tracer_tests::tracer_bin()?.to_str().context("path")?, "watch", "--pod", "a/b", "--cri-socket", "/nonexistent.sock"]).output()?;
+    let refused = cluster
+        .node
+        .command(&[
+            tracer_tests::tracer_bin()?.to_str().context("path")?,
+            "watch",
+            "--pod",
+            "a/b",
+            "--cri-socket",
+            "/nonexistent.sock",
+        ])
+        .output()?;
     ensure!(refused.status.code() == Some(2), "a filter without a runtime is refused: {refused:?}");
     let stderr = String::from_utf8_lossy(&refused.stderr);
     ensure!(stderr.lines().count() == 1 && stderr.contains("--cri-socket"), "one line saying what to do: {stderr}");
@@ -169,7 +185,8 @@ fn a_pod_started_during_the_watch_is_named() -> Result<()> {
     let mut cluster = Cluster::on(NodeConfig { pod_addresses: 3, ..NodeConfig::new(true) })?;
     let socket = cluster.node.socket();
     let socket = socket.to_str().context("socket path")?.to_string();
-    let mut watch = cluster.node.spawn_tracer(&["watch", "--port", "53", "--output", "json", "--cri-socket", &socket])?;
+    let mut watch =
+        cluster.node.spawn_tracer(&["watch", "--port", "53", "--output", "json", "--cri-socket", &socket])?;
     watch.wait_until_watching()?;
     let late = cluster.node.run_pod("default", "started-later")?;
     // The kubelet starts the pod's containers after its sandbox: a moment passes before the
@@ -181,7 +198,8 @@ fn a_pod_started_during_the_watch_is_named() -> Result<()> {
     watch.signal(libc::SIGTERM)?;
     let json = WatchJson::from_finished(&watch.finish(STOP_GRACE)?)?;
     let query = json.find_one("the new pod's query entering the bridge", |p| {
-        str_at(p, "/stage") == Some("bridge-in") && str_at(p, "/src").is_some_and(|src| src.starts_with(&format!("{}:", late.ip)))
+        str_at(p, "/stage") == Some("bridge-in")
+            && str_at(p, "/src").is_some_and(|src| src.starts_with(&format!("{}:", late.ip)))
     })?;
     ensure!(pod_at(query, "/src_pod").as_deref() == Some(late.full_name().as_str()), "the new pod is named: {query}");
 
@@ -193,7 +211,10 @@ fn a_pod_started_during_the_watch_is_named() -> Result<()> {
     let done = cluster.watch_around_dig(&["--output", "json"])?;
     let json = WatchJson::from_finished(&done)?;
     let query = json.find_one("the query from the reused address", |p| str_at(p, "/stage") == Some("bridge-in"))?;
-    ensure!(pod_at(query, "/src_pod").as_deref() == Some("default/took-the-address"), "the address's new pod is named: {query}");
+    ensure!(
+        pod_at(query, "/src_pod").as_deref() == Some("default/took-the-address"),
+        "the address's new pod is named: {query}"
+    );
     Ok(())
 }
 
@@ -210,7 +231,19 @@ fn netns_watches_a_node_namespace_by_name_path_or_pid() -> Result<()> {
         // the DNS pod's pid, into that pod, which then sees the query arrive on eth0... as no
         // bridge: only the node's namespace has one).
         let mut cmd = Command::new(&tracer);
-        cmd.args(["watch", "--port", "53", "--output", "json", "--duration", "4", "--netns", target, "--cri-socket", socket]);
+        cmd.args([
+            "watch",
+            "--port",
+            "53",
+            "--output",
+            "json",
+            "--duration",
+            "4",
+            "--netns",
+            target,
+            "--cri-socket",
+            socket,
+        ]);
         let started = std::time::Instant::now();
         let run = std::thread::scope(|scope| {
             let watch = scope.spawn(|| cmd.stdin(Stdio::null()).output());
@@ -224,7 +257,11 @@ fn netns_watches_a_node_namespace_by_name_path_or_pid() -> Result<()> {
         ensure!(out.status.success(), "--netns {target}: {}", String::from_utf8_lossy(&out.stderr));
         let json = WatchJson::parse(&String::from_utf8_lossy(&out.stdout))?;
         if target == cluster.dns.pid.to_string() {
-            ensure!(json.findings.is_empty(), "a pod's namespace has no bridge to see the finding on: {}", json.describe());
+            ensure!(
+                json.findings.is_empty(),
+                "a pod's namespace has no bridge to see the finding on: {}",
+                json.describe()
+            );
         } else {
             json.one_finding("conntrack_skip").with_context(|| format!("--netns {target}"))?;
         }
@@ -241,7 +278,8 @@ fn triage_names_the_pods_of_a_traffic_finding() -> Result<()> {
     let cluster = Cluster::new(false)?;
     let socket = cluster.node.socket();
     let socket = socket.to_str().context("socket path")?;
-    let mut triage = cluster.node.spawn_tracer(&["triage", "--duration", "4", "--output", "json", "--cri-socket", socket])?;
+    let mut triage =
+        cluster.node.spawn_tracer(&["triage", "--duration", "4", "--output", "json", "--cri-socket", socket])?;
     // The window opens once the programs are attached.
     triage.wait_until_watching()?;
     cluster.node.dig(&cluster.client, CLUSTER_DNS_IP, TEST_NAME)?.expect_timed_out()?;

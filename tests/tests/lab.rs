@@ -15,14 +15,12 @@ fn lab_reproduces_both_symptoms() -> Result<()> {
     dig.expect_answers(&[TEST_A]).context("healthy lab")?;
 
     let dig6 = lab.dig(CLUSTER_DNS_IP6, TEST_NAME, &["AAAA"])?;
-    dig6.expect_answers(&[TEST_AAAA])
-        .context("healthy lab, IPv6")?;
+    dig6.expect_answers(&[TEST_AAAA]).context("healthy lab, IPv6")?;
 
     lab.set_bridge_nf_call_iptables(false)?;
     let tcpdump = lab.start_tcpdump(Ns::Client, &["-l", "-c", "1", "udp and src port 53"])?;
     let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
-    dig.expect_timed_out()
-        .context("bridge-nf-call-iptables=0")?;
+    dig.expect_timed_out().context("bridge-nf-call-iptables=0")?;
     let captured = tcpdump.finish(Duration::from_secs(5))?;
     let from_pod = format!("{SERVER_IP}.53 > {CLIENT_IP}.");
     ensure!(
@@ -64,22 +62,13 @@ fn labs_are_independent_and_removed_on_drop() -> Result<()> {
         names.iter().collect::<std::collections::HashSet<_>>().len() == names.len(),
         "namespace names collide: {names:?}"
     );
-    ensure!(
-        a.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?.answered(),
-        "lab a should answer"
-    );
-    ensure!(
-        b.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?.timed_out,
-        "lab b should time out"
-    );
+    ensure!(a.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?.answered(), "lab a should answer");
+    ensure!(b.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?.timed_out, "lab b should time out");
     let dirs = [a.dir().to_path_buf(), b.dir().to_path_buf()];
     drop(a);
     drop(b);
     for name in &names {
-        ensure!(
-            !Path::new("/run/netns").join(name).exists(),
-            "{name} still exists"
-        );
+        ensure!(!Path::new("/run/netns").join(name).exists(), "{name} still exists");
     }
     for dir in &dirs {
         ensure!(!dir.exists(), "{} still exists", dir.display());
@@ -102,14 +91,8 @@ fn lab_is_removed_when_a_test_panics() -> Result<()> {
     ensure!(panicked, "the helper thread should have panicked");
     let (names, pid) = rx.recv()?;
     for name in &names {
-        ensure!(
-            !Path::new("/run/netns").join(name).exists(),
-            "{name} still exists"
-        );
+        ensure!(!Path::new("/run/netns").join(name).exists(), "{name} still exists");
     }
-    ensure!(
-        !Path::new(&format!("/proc/{pid}")).exists(),
-        "process {pid} still running"
-    );
+    ensure!(!Path::new(&format!("/proc/{pid}")).exists(), "process {pid} still running");
     Ok(())
 }

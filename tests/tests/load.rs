@@ -19,9 +19,7 @@ const FLOOD_CLIENTS: u32 = 2;
 
 /// A JSON watch with a 1 MiB ring buffer, its packet lines counted, not kept.
 fn small_ring(lab: &Lab) -> Scenario<'_> {
-    Scenario::new(lab)
-        .args(&["--ring-buffer-mib", "1"])
-        .count_packets()
+    Scenario::new(lab).args(&["--ring-buffer-mib", "1"]).count_packets()
 }
 
 fn flood_figures(done: &Finished, w: &WatchJson, perf: &dnsperf::DnsPerf) -> String {
@@ -45,10 +43,7 @@ fn a_flood_on_a_healthy_node_loses_records_but_states_no_finding() -> Result<()>
     let (w, done, flooded) = small_ring(&lab)
         // Queries still unanswered in tracer's view must have had their time by now.
         .settle(Duration::from_secs(3))
-        .run_finished(|| {
-            lab.dnsperf(CLUSTER_DNS_IP, FLOOD_SECS, FLOOD_CLIENTS)?
-                .finish(FLOOD_DEADLINE)
-        })?;
+        .run_finished(|| lab.dnsperf(CLUSTER_DNS_IP, FLOOD_SECS, FLOOD_CLIENTS)?.finish(FLOOD_DEADLINE))?;
     let perf = dnsperf::parse(&flooded.stdout).with_context(|| flooded.describe())?;
     let figures = flood_figures(&done, &w, &perf);
     eprintln!("flood of a healthy node: {figures}");
@@ -68,16 +63,8 @@ fn a_flood_on_a_healthy_node_loses_records_but_states_no_finding() -> Result<()>
         "the loss must be reported while it happens:\n{}",
         done.stderr
     );
-    ensure!(
-        w.findings.is_empty(),
-        "a healthy node, whatever was lost, has no findings: {figures}\n{:#?}",
-        w.findings
-    );
-    ensure!(
-        u64_at(&w.summary, "/findings") == Some(0),
-        "the summary must agree: {}",
-        w.summary
-    );
+    ensure!(w.findings.is_empty(), "a healthy node, whatever was lost, has no findings: {figures}\n{:#?}", w.findings);
+    ensure!(u64_at(&w.summary, "/findings") == Some(0), "the summary must agree: {}", w.summary);
     Ok(())
 }
 
@@ -103,10 +90,7 @@ fn a_flood_on_a_node_that_skips_conntrack_still_names_it() -> Result<()> {
         "a 1 MiB ring buffer must overflow under this flood: {figures}"
     );
     let skip = w.findings_of("conntrack_skip").next().with_context(|| {
-        format!(
-            "the conntrack skip must still be named under the flood: {figures}\n{:#?}",
-            w.findings
-        )
+        format!("the conntrack skip must still be named under the flood: {figures}\n{:#?}", w.findings)
     })?;
     expect_str(skip, "/bridge", BRIDGE)?;
     expect_str(skip, "/expected_source", &format!("{CLUSTER_DNS_IP}:53"))?;
@@ -166,45 +150,26 @@ fn time_to_end_while_overflowing(
     let done = watch.finish(deadline)?;
     let took = started.elapsed();
     drop(flood);
-    ensure!(
-        !done.timed_out,
-        "tracer did not end within {deadline:?} under load:\n{}",
-        done.describe_short()
-    );
+    ensure!(!done.timed_out, "tracer did not end within {deadline:?} under load:\n{}", done.describe_short());
     Ok((took, WatchJson::from_finished(&done)?))
 }
 
 #[test]
 fn ctrl_c_is_served_within_a_second_while_the_ring_overflows() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
-    let (took, w) =
-        time_to_end_while_overflowing(&lab, &[], Some(libc::SIGINT), Duration::from_secs(10))?;
-    ensure!(
-        took < Duration::from_secs(1),
-        "SIGINT took {took:?} to end the watch under load"
-    );
-    ensure!(
-        u64_at(&w.summary, "/lost").unwrap_or(0) > 0,
-        "the summary must count the loss: {}",
-        w.summary
-    );
+    let (took, w) = time_to_end_while_overflowing(&lab, &[], Some(libc::SIGINT), Duration::from_secs(10))?;
+    ensure!(took < Duration::from_secs(1), "SIGINT took {took:?} to end the watch under load");
+    ensure!(u64_at(&w.summary, "/lost").unwrap_or(0) > 0, "the summary must count the loss: {}", w.summary);
     Ok(())
 }
 
 #[test]
 fn the_duration_is_kept_within_a_second_while_the_ring_overflows() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
-    let (took, w) =
-        time_to_end_while_overflowing(&lab, &["--duration", "4"], None, Duration::from_secs(15))?;
-    ensure!(
-        took < Duration::from_secs(5),
-        "--duration 4 ended the watch only {took:?} after it was watching"
-    );
+    let (took, w) = time_to_end_while_overflowing(&lab, &["--duration", "4"], None, Duration::from_secs(15))?;
+    ensure!(took < Duration::from_secs(5), "--duration 4 ended the watch only {took:?} after it was watching");
     let secs = w.summary["duration_secs"].as_f64().unwrap_or(0.0);
-    ensure!(
-        (4.0..5.0).contains(&secs),
-        "summary duration {secs} s for --duration 4"
-    );
+    ensure!((4.0..5.0).contains(&secs), "summary duration {secs} s for --duration 4");
     Ok(())
 }
 

@@ -20,9 +20,7 @@ const LOST_PORT: u16 = 9999;
 /// A JSON watch of [`LOST_PORT`] with a ring buffer of 1 MiB, which a stopped consumer overflows
 /// many times over.
 fn small_ring_on_lost_port(lab: &Lab) -> Scenario<'_> {
-    Scenario::new(lab)
-        .port(LOST_PORT)
-        .args(&["--ring-buffer-mib", "1"])
+    Scenario::new(lab).port(LOST_PORT).args(&["--ring-buffer-mib", "1"])
 }
 
 #[test]
@@ -38,27 +36,14 @@ fn slow_consumer_loses_records_and_counts_every_one() -> Result<()> {
     // The formula, with a consumer that keeps up.
     let (w, delivered) = small_ring_on_lost_port(&lab).run(|| {
         let before = udp_arrived(&lab, Ns::Server)?;
-        send_datagrams(
-            &client,
-            SERVER_IP,
-            LOST_PORT,
-            200,
-            Some(Duration::from_millis(1)),
-        )?;
+        send_datagrams(&client, SERVER_IP, LOST_PORT, 200, Some(Duration::from_millis(1)))?;
         thread::sleep(Duration::from_millis(300));
         Ok(udp_arrived(&lab, Ns::Server)? - before)
     })?;
-    ensure!(
-        delivered == 200,
-        "only {delivered} of 200 datagrams arrived at the server"
-    );
+    ensure!(delivered == 200, "only {delivered} of 200 datagrams arrived at the server");
     let dst = format!("{SERVER_IP}:{LOST_PORT}");
-    let ins = w
-        .find(|p| stage_is(p, "bridge-in", CLIENT_VETH) && str_at(p, "/dst") == Some(&dst))
-        .count() as u64;
-    let outs = w
-        .find(|p| stage_is(p, "bridge-out", SERVER_VETH) && str_at(p, "/dst") == Some(&dst))
-        .count() as u64;
+    let ins = w.find(|p| stage_is(p, "bridge-in", CLIENT_VETH) && str_at(p, "/dst") == Some(&dst)).count() as u64;
+    let outs = w.find(|p| stage_is(p, "bridge-out", SERVER_VETH) && str_at(p, "/dst") == Some(&dst)).count() as u64;
     ensure!(
         ins == delivered && outs == delivered && w.packets.len() as u64 == 2 * delivered,
         "expected exactly {delivered} bridge-in on {CLIENT_VETH} and {delivered} bridge-out on \
@@ -94,19 +79,9 @@ fn slow_consumer_loses_records_and_counts_every_one() -> Result<()> {
         .map(|v| v.as_u64().context("lost_per_cpu entry is not a count"))
         .collect::<Result<_>>()?;
     eprintln!("sent {BLAST}, server got {delivered}; records {records}, packets {packets}, lost {lost} {per_cpu:?}");
-    ensure!(
-        packets == w.packets.len() as u64,
-        "summary packets {packets} but {} packet lines",
-        w.packets.len()
-    );
-    ensure!(
-        lost > 0,
-        "a stopped consumer with a 1 MiB ring buffer lost nothing: {s}"
-    );
-    ensure!(
-        per_cpu.iter().sum::<u64>() == lost,
-        "lost {lost} is not the sum of lost_per_cpu {per_cpu:?}"
-    );
+    ensure!(packets == w.packets.len() as u64, "summary packets {packets} but {} packet lines", w.packets.len());
+    ensure!(lost > 0, "a stopped consumer with a 1 MiB ring buffer lost nothing: {s}");
+    ensure!(per_cpu.iter().sum::<u64>() == lost, "lost {lost} is not the sum of lost_per_cpu {per_cpu:?}");
     ensure!(
         records + lost == delivered && packets == 2 * records,
         "{delivered} datagrams crossed the bridge (a record of two lines each), but records \
@@ -126,36 +101,23 @@ fn slow_consumer_loses_records_and_counts_every_one() -> Result<()> {
     // Everything was lost while tracer was stopped, so a report after SIGCONT has the total.
     let total = lost.to_string();
     ensure!(
-        lost_lines
-            .iter()
-            .any(|l| l.split(|c: char| !c.is_ascii_digit()).any(|n| n == total)),
+        lost_lines.iter().any(|l| l.split(|c: char| !c.is_ascii_digit()).any(|n| n == total)),
         "no live lost line gives the running total {total}: {lost_lines:?}"
     );
     // At most one a second: tracer ran about 3 s after SIGCONT.
-    ensure!(
-        lost_lines.len() <= 5,
-        "more live lost lines than one a second: {lost_lines:?}"
-    );
+    ensure!(lost_lines.len() <= 5, "more live lost lines than one a second: {lost_lines:?}");
     Ok(())
 }
 
 /// Sends `count` UDP datagrams from `netns` to `ip:port` from one unconnected socket (so ICMP
 /// errors do not fail later sends); with `pause`, sleeps that long between datagrams.
-fn send_datagrams(
-    netns: &str,
-    ip: &str,
-    port: u16,
-    count: u32,
-    pause: Option<Duration>,
-) -> Result<()> {
+fn send_datagrams(netns: &str, ip: &str, port: u16, count: u32, pause: Option<Duration>) -> Result<()> {
     let to: SocketAddr = format!("{ip}:{port}").parse()?;
     in_netns(netns, move || {
         let socket = UdpSocket::bind("0.0.0.0:0")?;
         for i in 0..count {
             let payload = format!("tracer-lost-probe {i}");
-            socket
-                .send_to(payload.as_bytes(), to)
-                .with_context(|| format!("sending datagram {i}"))?;
+            socket.send_to(payload.as_bytes(), to).with_context(|| format!("sending datagram {i}"))?;
             if let Some(pause) = pause {
                 thread::sleep(pause);
             }
@@ -168,18 +130,12 @@ fn send_datagrams(
 /// the socket), from its `/proc/net/snmp`.
 fn udp_arrived(lab: &Lab, ns: Ns) -> Result<u64> {
     let text = lab.run(ns, &["cat", "/proc/net/snmp"])?;
-    let udp: Vec<Vec<&str>> = text
-        .lines()
-        .filter(|l| l.starts_with("Udp:"))
-        .map(|l| l.split_whitespace().skip(1).collect())
-        .collect();
+    let udp: Vec<Vec<&str>> =
+        text.lines().filter(|l| l.starts_with("Udp:")).map(|l| l.split_whitespace().skip(1).collect()).collect();
     ensure!(udp.len() == 2, "no Udp lines in /proc/net/snmp:\n{text}");
     let mut total = 0;
     for key in ["InDatagrams", "NoPorts", "InErrors"] {
-        let i = udp[0]
-            .iter()
-            .position(|k| *k == key)
-            .with_context(|| format!("no Udp {key} in /proc/net/snmp"))?;
+        let i = udp[0].iter().position(|k| *k == key).with_context(|| format!("no Udp {key} in /proc/net/snmp"))?;
         total += udp[1][i].parse::<u64>()?;
     }
     Ok(total)

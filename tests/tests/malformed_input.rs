@@ -37,36 +37,22 @@ fn malformed_packets_through_the_bridge_do_not_disturb_the_watch() -> Result<()>
     let count = frames.len();
     send_frames(lab.netns(Ns::Client), POD_IF, &frames)?;
     thread::sleep(Duration::from_millis(500));
-    ensure!(
-        tracer.running()?,
-        "tracer died on malformed input:\n{}",
-        tracer.stderr_so_far()
-    );
+    ensure!(tracer.running()?, "tracer died on malformed input:\n{}", tracer.stderr_so_far());
 
     let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
     thread::sleep(Duration::from_millis(300));
     let done = tracer.stop()?;
-    dig.expect_answered()
-        .context("the normal query after the malformed ones")?;
-    let w = WatchJson::from_finished(&done)
-        .with_context(|| format!("after {count} malformed frames"))?;
+    dig.expect_answered().context("the normal query after the malformed ones")?;
+    let w = WatchJson::from_finished(&done).with_context(|| format!("after {count} malformed frames"))?;
     no_panic(&done.stderr)?;
     for word in ["malformed", "could not be decoded", "error"] {
-        ensure!(
-            !done.stderr.to_lowercase().contains(word),
-            "tracer printed `{word}` on stderr:\n{}",
-            done.stderr
-        );
+        ensure!(!done.stderr.to_lowercase().contains(word), "tracer printed `{word}` on stderr:\n{}", done.stderr);
     }
-    w.query_from_client(dig.query_id()?)
-        .context("the normal query after the malformed ones")?;
+    w.query_from_client(dig.query_id()?).context("the normal query after the malformed ones")?;
     // A query in an IPv4 packet with options is an ordinary query to port 53.
     for (what, id) in [
         ("the query in an IPv4 packet with options", ID_IPV4_OPTIONS),
-        (
-            "the query in an IPv4 packet with a 60-byte header",
-            ID_IPV4_LONG_OPTIONS,
-        ),
+        ("the query in an IPv4 packet with a 60-byte header", ID_IPV4_LONG_OPTIONS),
     ] {
         let q = w.query_from_client(id).context(what)?;
         expect_str(q, "/dns/qname", "example.test.")?;
@@ -78,17 +64,10 @@ fn malformed_packets_through_the_bridge_do_not_disturb_the_watch() -> Result<()>
         ("IPv4 fragments", ID_IPV4_FRAGMENTS),
         ("802.1Q-tagged", ID_VLAN),
     ] {
-        let seen: Vec<String> = w
-            .find(|p| u64_at(p, "/dns/id") == Some(u64::from(id)))
-            .map(describe_packet)
-            .collect();
+        let seen: Vec<String> = w.find(|p| u64_at(p, "/dns/id") == Some(u64::from(id))).map(describe_packet).collect();
         eprintln!("query in {what}: {} records {seen:#?}", seen.len());
     }
-    eprintln!(
-        "{count} malformed frames; summary {}; {} packet records",
-        w.summary,
-        w.packets.len()
-    );
+    eprintln!("{count} malformed frames; summary {}; {} packet records", w.summary, w.packets.len());
     Ok(())
 }
 
@@ -109,21 +88,8 @@ fn frames_cut_inside_their_headers_are_not_read_past_their_end() -> Result<()> {
         [0xfd, 0x99, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9],
         [0xfd, 0x88, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8],
     );
-    let v4 = ipv4(
-        other,
-        other_dst,
-        PROTO_UDP,
-        &[],
-        0x500,
-        0,
-        &udp4(other, other_dst, 1111, 2222, &[0x55; 30]),
-    );
-    let v6 = ipv6(
-        other6,
-        other6_dst,
-        PROTO_UDP,
-        &udp6(other6, other6_dst, 1111, 2222, &[0x55; 30]),
-    );
+    let v4 = ipv4(other, other_dst, PROTO_UDP, &[], 0x500, 0, &udp4(other, other_dst, 1111, 2222, &[0x55; 30]));
+    let v6 = ipv6(other6, other6_dst, PROTO_UDP, &udp6(other6, other6_dst, 1111, 2222, &[0x55; 30]));
     let cuts: [(&str, u16, &[u8]); 4] = [
         ("IPv4 header cut at 10 bytes", ETHERTYPE_IPV4, &v4[..10]),
         ("IPv4 header and 2 bytes of UDP", ETHERTYPE_IPV4, &v4[..22]),
@@ -135,61 +101,30 @@ fn frames_cut_inside_their_headers_are_not_read_past_their_end() -> Result<()> {
         let i = i as u16;
         let query = dns_query(0x7700 + i, TEST_NAME, 1);
         let complete = if *ethertype == ETHERTYPE_IPV4 {
-            ipv4(
-                cip,
-                sip,
-                PROTO_UDP,
-                &[],
-                0x400 + i,
-                0,
-                &udp4(cip, sip, 40300 + i, 53, &query),
-            )
+            ipv4(cip, sip, PROTO_UDP, &[], 0x400 + i, 0, &udp4(cip, sip, 40300 + i, 53, &query))
         } else {
-            ipv6(
-                cip6,
-                sip6,
-                PROTO_UDP,
-                &udp6(cip6, sip6, 40300 + i, 53, &query),
-            )
+            ipv6(cip6, sip6, PROTO_UDP, &udp6(cip6, sip6, 40300 + i, 53, &query))
         };
-        frames.push((
-            format!("complete query {i}"),
-            ether(server_mac, client_mac, *ethertype, &complete),
-        ));
-        frames.push((
-            what.to_string(),
-            ether(server_mac, client_mac, *ethertype, cut),
-        ));
+        frames.push((format!("complete query {i}"), ether(server_mac, client_mac, *ethertype, &complete)));
+        frames.push((what.to_string(), ether(server_mac, client_mac, *ethertype, cut)));
     }
 
-    let (w, done, _) = Scenario::new(&lab)
-        .port(0)
-        .settle(Duration::from_millis(300))
-        .run_finished(|| {
-            // Several rounds: whether leftovers look like a UDP header is up to the allocator.
-            for _ in 0..3 {
-                send_frames(lab.netns(Ns::Client), POD_IF, &frames)?;
-            }
-            Ok(())
-        })?;
+    let (w, done, _) = Scenario::new(&lab).port(0).settle(Duration::from_millis(300)).run_finished(|| {
+        // Several rounds: whether leftovers look like a UDP header is up to the allocator.
+        for _ in 0..3 {
+            send_frames(lab.netns(Ns::Client), POD_IF, &frames)?;
+        }
+        Ok(())
+    })?;
     no_panic(&done.stderr)?;
 
     // Every record must be one of the complete queries or its reply.
     let complete_flow = |p: &Value| {
-        let ports: Vec<Option<u16>> = ["/src", "/dst"]
-            .iter()
-            .map(|k| str_at(p, k).and_then(port_of))
-            .collect();
-        ports.contains(&Some(53))
-            && ports
-                .iter()
-                .flatten()
-                .any(|port| (40300..40304).contains(port))
+        let ports: Vec<Option<u16>> = ["/src", "/dst"].iter().map(|k| str_at(p, k).and_then(port_of)).collect();
+        ports.contains(&Some(53)) && ports.iter().flatten().any(|port| (40300..40304).contains(port))
     };
-    let phantoms: Vec<String> = w
-        .find(|p| !complete_flow(p))
-        .map(|p| format!("{} len={}", describe_packet(p), p["len"]))
-        .collect();
+    let phantoms: Vec<String> =
+        w.find(|p| !complete_flow(p)).map(|p| format!("{} len={}", describe_packet(p), p["len"])).collect();
     ensure!(
         phantoms.is_empty(),
         "records for frames cut inside their IP/UDP header, with addresses or ports read from \
@@ -222,16 +157,8 @@ fn mac_of(lab: &Lab, ns: Ns, ifname: &str) -> Result<[u8; 6]> {
 
 /// Frames from the client pod: broken DNS to the server (bridged) and to the ClusterIP (routed up
 /// to the node and DNATed), and well-formed queries in unusual IP packets.
-fn malformed_frames(
-    client: [u8; 6],
-    server: [u8; 6],
-    gateway: [u8; 6],
-) -> Result<Vec<(String, Vec<u8>)>> {
-    let (cip, sip, vip) = (
-        octets4(CLIENT_IP)?,
-        octets4(SERVER_IP)?,
-        octets4(CLUSTER_DNS_IP)?,
-    );
+fn malformed_frames(client: [u8; 6], server: [u8; 6], gateway: [u8; 6]) -> Result<Vec<(String, Vec<u8>)>> {
+    let (cip, sip, vip) = (octets4(CLIENT_IP)?, octets4(SERVER_IP)?, octets4(CLUSTER_DNS_IP)?);
     let (cip6, sip6) = (octets6(CLIENT_IP6)?, octets6(SERVER_IP6)?);
     let mut frames = Vec::new();
 
@@ -240,17 +167,13 @@ fn malformed_frames(
         for (i, (what, dns)) in payloads.iter().enumerate() {
             let udp = udp4(cip, dst_ip, 40000 + i as u16, 53, dns);
             let ip = ipv4(cip, dst_ip, PROTO_UDP, &[], 0x100 + i as u16, 0, &udp);
-            frames.push((
-                format!("{what} ({via})"),
-                ether(dst_mac, client, ETHERTYPE_IPV4, &ip),
-            ));
+            frames.push((format!("{what} ({via})"), ether(dst_mac, client, ETHERTYPE_IPV4, &ip)));
         }
     }
 
     // A frame from the client to the server's MAC, named for error messages.
-    let to_server = |what: &str, ethertype: u16, payload: &[u8]| {
-        (what.to_string(), ether(server, client, ethertype, payload))
-    };
+    let to_server =
+        |what: &str, ethertype: u16, payload: &[u8]| (what.to_string(), ether(server, client, ethertype, payload));
     let query = |id| dns_query(id, TEST_NAME, 1);
     let v4 = |udp: &[u8], options: &[u8], id: u16| ipv4(cip, sip, PROTO_UDP, options, id, 0, udp);
 
@@ -272,54 +195,26 @@ fn malformed_frames(
     let mut long_total = v4(&udp, &[], 0x201);
     long_total[2..4].copy_from_slice(&1400u16.to_be_bytes());
     fix_ipv4_checksum(&mut long_total);
-    frames.push(to_server(
-        "IPv4 total length beyond the frame",
-        ETHERTYPE_IPV4,
-        &long_total,
-    ));
+    frames.push(to_server("IPv4 total length beyond the frame", ETHERTYPE_IPV4, &long_total));
     let cut = v4(&udp, &[], 0x202);
-    frames.push(to_server(
-        "IPv4 header cut at 10 bytes",
-        ETHERTYPE_IPV4,
-        &cut[..10],
-    ));
-    frames.push(to_server(
-        "IPv4 cut inside the UDP header",
-        ETHERTYPE_IPV4,
-        &cut[..24],
-    ));
+    frames.push(to_server("IPv4 header cut at 10 bytes", ETHERTYPE_IPV4, &cut[..10]));
+    frames.push(to_server("IPv4 cut inside the UDP header", ETHERTYPE_IPV4, &cut[..24]));
     let mut wrong_version = v4(&udp, &[], 0x203);
     wrong_version[0] = 0x65;
-    frames.push(to_server(
-        "IP version 6 in an IPv4 frame",
-        ETHERTYPE_IPV4,
-        &wrong_version,
-    ));
+    frames.push(to_server("IP version 6 in an IPv4 frame", ETHERTYPE_IPV4, &wrong_version));
     let mut ihl_too_big = v4(&udp, &[], 0x204);
     ihl_too_big[0] = 0x4f;
     fix_ipv4_checksum(&mut ihl_too_big);
-    frames.push(to_server(
-        "IPv4 IHL 15 without the options",
-        ETHERTYPE_IPV4,
-        &ihl_too_big,
-    ));
+    frames.push(to_server("IPv4 IHL 15 without the options", ETHERTYPE_IPV4, &ihl_too_big));
 
     // Well-formed queries in IPv4 packets with options: NOPs + end (24-byte header), and a
     // 60-byte header full of NOPs.
     let udp = udp4(cip, sip, 40104, 53, &query(ID_IPV4_OPTIONS));
-    frames.push(to_server(
-        "IPv4 with options",
-        ETHERTYPE_IPV4,
-        &v4(&udp, &[1, 1, 1, 0], 0x205),
-    ));
+    frames.push(to_server("IPv4 with options", ETHERTYPE_IPV4, &v4(&udp, &[1, 1, 1, 0], 0x205)));
     let udp = udp4(cip, sip, 40105, 53, &query(ID_IPV4_LONG_OPTIONS));
     let mut nops = vec![1u8; 39];
     nops.push(0);
-    frames.push(to_server(
-        "IPv4 with a 60-byte header",
-        ETHERTYPE_IPV4,
-        &v4(&udp, &nops, 0x206),
-    ));
+    frames.push(to_server("IPv4 with a 60-byte header", ETHERTYPE_IPV4, &v4(&udp, &nops, 0x206)));
 
     // IPv4 fragments of a query, the ports in the first; then a lone second fragment.
     let udp = udp4(cip, sip, 40106, 53, &query(ID_IPV4_FRAGMENTS));
@@ -329,28 +224,12 @@ fn malformed_frames(
     frames.push(to_server("IPv4 first fragment", ETHERTYPE_IPV4, &first));
     frames.push(to_server("IPv4 second fragment", ETHERTYPE_IPV4, &second));
     let lone = ipv4(cip, sip, PROTO_UDP, &[], 0x301, 0x2000 | 3, &[0u8; 24]);
-    frames.push(to_server(
-        "IPv4 lone middle fragment",
-        ETHERTYPE_IPV4,
-        &lone,
-    ));
+    frames.push(to_server("IPv4 lone middle fragment", ETHERTYPE_IPV4, &lone));
 
     // IPv6: a hop-by-hop header (PadN) before UDP; an atomic fragment header before UDP.
     for (what, next_header, extension, sport, id) in [
-        (
-            "IPv6 hop-by-hop header",
-            0,
-            [PROTO_UDP, 0, 1, 4, 0, 0, 0, 0],
-            40107,
-            ID_IPV6_HOP_BY_HOP,
-        ),
-        (
-            "IPv6 fragment header",
-            44,
-            [PROTO_UDP, 0, 0, 0, 0, 0, 0x12, 0x34],
-            40108,
-            ID_IPV6_FRAGMENT_HEADER,
-        ),
+        ("IPv6 hop-by-hop header", 0, [PROTO_UDP, 0, 1, 4, 0, 0, 0, 0], 40107, ID_IPV6_HOP_BY_HOP),
+        ("IPv6 fragment header", 44, [PROTO_UDP, 0, 0, 0, 0, 0, 0x12, 0x34], 40108, ID_IPV6_FRAGMENT_HEADER),
     ] {
         let mut packet = extension.to_vec();
         packet.extend_from_slice(&udp6(cip6, sip6, sport, 53, &query(id)));
@@ -360,11 +239,7 @@ fn malformed_frames(
     let udp = udp6(cip6, sip6, 40109, 53, &[0xff; 3]);
     let mut truncated6 = ipv6(cip6, sip6, PROTO_UDP, &udp);
     truncated6.truncate(30);
-    frames.push(to_server(
-        "IPv6 header cut at 30 bytes",
-        ETHERTYPE_IPV6,
-        &truncated6,
-    ));
+    frames.push(to_server("IPv6 header cut at 30 bytes", ETHERTYPE_IPV6, &truncated6));
 
     // An 802.1Q-tagged query (VLAN 100), and a double-tagged one.
     let udp = udp4(cip, sip, 40110, 53, &query(ID_VLAN));
@@ -388,11 +263,7 @@ fn malformed_frames(
         ("TCP DNS length prefix beyond the data", 5u8, &dns_tcp[..]),
     ] {
         let seg = tcp4(40111, 53, doff, payload);
-        frames.push(to_server(
-            what,
-            ETHERTYPE_IPV4,
-            &ipv4(cip, sip, PROTO_TCP, &[], 0x208, 0, &seg),
-        ));
+        frames.push(to_server(what, ETHERTYPE_IPV4, &ipv4(cip, sip, PROTO_TCP, &[], 0x208, 0, &seg)));
     }
     Ok(frames)
 }
@@ -421,53 +292,20 @@ fn malformed_dns() -> Vec<(&'static str, Vec<u8>)> {
     let at = 12 + looping_answer.len() as u8;
     looping_answer.extend_from_slice(&[0xc0, at, 0, 5, 0, 1, 0, 0, 0, 60, 0, 2, 0xc0, at]);
     vec![
-        (
-            "DNS header cut at 5 bytes",
-            vec![0x12, 0x34, 0x01, 0x00, 0x00],
-        ),
-        (
-            "question cut inside a label",
-            with(dns_header(0x0c01, 0x0100, 1, 0), &[7, b'e', b'x', b'a']),
-        ),
-        (
-            "question without type and class",
-            with(dns_header(0x0c02, 0x0100, 1, 0), &qname(TEST_NAME)),
-        ),
-        (
-            "compression pointer to itself",
-            with(dns_header(0x0c03, 0x0100, 1, 0), &[0xc0, 12, 0, 1, 0, 1]),
-        ),
+        ("DNS header cut at 5 bytes", vec![0x12, 0x34, 0x01, 0x00, 0x00]),
+        ("question cut inside a label", with(dns_header(0x0c01, 0x0100, 1, 0), &[7, b'e', b'x', b'a'])),
+        ("question without type and class", with(dns_header(0x0c02, 0x0100, 1, 0), &qname(TEST_NAME))),
+        ("compression pointer to itself", with(dns_header(0x0c03, 0x0100, 1, 0), &[0xc0, 12, 0, 1, 0, 1])),
         (
             "two compression pointers in a loop",
-            with(
-                dns_header(0x0c04, 0x0100, 1, 0),
-                &[0xc0, 14, 0xc0, 12, 0, 1, 0, 1],
-            ),
+            with(dns_header(0x0c04, 0x0100, 1, 0), &[0xc0, 14, 0xc0, 12, 0, 1, 0, 1]),
         ),
-        (
-            "compression pointer past the message",
-            with(dns_header(0x0c05, 0x0100, 1, 0), &[0xc0, 0xff, 0, 1, 0, 1]),
-        ),
-        (
-            "label of 64 bytes",
-            with(dns_header(0x0c06, 0x0100, 1, 0), &long_label),
-        ),
-        (
-            "name over 255 bytes",
-            with(dns_header(0x0c07, 0x0100, 1, 0), &long_name),
-        ),
-        (
-            "65535 questions",
-            with(dns_header(0x0c08, 0x0100, 0xffff, 0xffff), &reply_question),
-        ),
-        (
-            "response with a cut answer",
-            with(dns_header(0x0c09, 0x8180, 1, 3), &cut_answer),
-        ),
-        (
-            "response with a looping CNAME answer",
-            with(dns_header(0x0c0a, 0x8180, 1, 1), &looping_answer),
-        ),
+        ("compression pointer past the message", with(dns_header(0x0c05, 0x0100, 1, 0), &[0xc0, 0xff, 0, 1, 0, 1])),
+        ("label of 64 bytes", with(dns_header(0x0c06, 0x0100, 1, 0), &long_label)),
+        ("name over 255 bytes", with(dns_header(0x0c07, 0x0100, 1, 0), &long_name)),
+        ("65535 questions", with(dns_header(0x0c08, 0x0100, 0xffff, 0xffff), &reply_question)),
+        ("response with a cut answer", with(dns_header(0x0c09, 0x8180, 1, 3), &cut_answer)),
+        ("response with a looping CNAME answer", with(dns_header(0x0c0a, 0x8180, 1, 1), &looping_answer)),
         ("all 0xff", vec![0xff; 300]),
     ]
 }

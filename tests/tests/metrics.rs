@@ -22,7 +22,8 @@ fn get(address: &str, path: &str) -> Result<(u16, String)> {
     let mut answer = String::new();
     stream.read_to_string(&mut answer)?;
     let (head, body) = answer.split_once("\r\n\r\n").with_context(|| format!("no HTTP answer: {answer}"))?;
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).with_context(|| format!("no status: {head}"))?;
+    let status =
+        head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).with_context(|| format!("no status: {head}"))?;
     Ok((status, body.to_string()))
 }
 
@@ -49,14 +50,17 @@ fn free_port() -> Result<u16> {
 fn query(prometheus: &str, promql: &str) -> Result<Option<f64>> {
     let encoded: String = promql
         .bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"_-.".contains(&b) { char::from(b).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"_-.".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect();
     let Ok((200, body)) = get(prometheus, &format!("/api/v1/query?query={encoded}")) else { return Ok(None) };
     let answer: Value = serde_json::from_str(&body).with_context(|| format!("Prometheus answered {body}"))?;
-    Ok(answer
-        .pointer("/data/result/0/value/1")
-        .and_then(Value::as_str)
-        .and_then(|v| v.parse().ok()))
+    Ok(answer.pointer("/data/result/0/value/1").and_then(Value::as_str).and_then(|v| v.parse().ok()))
 }
 
 #[test]
@@ -65,9 +69,19 @@ fn prometheus_scrapes_findings_and_node_checks() -> Result<()> {
     let socket = cluster.node.socket();
     let tracer = tracer_tests::tracer_bin()?;
     let mut cmd = Command::new(&tracer);
-    cmd.args(["watch", "--port", "53", "--output", "none", "--metrics", "127.0.0.1:0", "--netns", cluster.node.netns()])
-        .arg("--cri-socket")
-        .arg(&socket);
+    cmd.args([
+        "watch",
+        "--port",
+        "53",
+        "--output",
+        "none",
+        "--metrics",
+        "127.0.0.1:0",
+        "--netns",
+        cluster.node.netns(),
+    ])
+    .arg("--cri-socket")
+    .arg(&socket);
     let mut watch = Process::spawn(cmd, "tracer watch --metrics".to_string(), StdoutMode::Capture)?;
     watch.wait_until_watching()?;
     let stderr = watch.stderr_so_far();
@@ -95,7 +109,10 @@ fn prometheus_scrapes_findings_and_node_checks() -> Result<()> {
     ] {
         ensure!(metrics.lines().any(|l| l == line), "no `{line}` in:\n{metrics}");
     }
-    ensure!(!metrics.contains(&cluster.client.ip) && !metrics.contains("default/client"), "no addresses or pods as labels:\n{metrics}");
+    ensure!(
+        !metrics.contains(&cluster.client.ip) && !metrics.contains("default/client"),
+        "no addresses or pods as labels:\n{metrics}"
+    );
     for probe in ["/healthz", "/readyz"] {
         let (status, body) = get(&address, probe)?;
         ensure!(status == 200, "{probe} answered {status}: {body}");
@@ -147,6 +164,10 @@ fn prometheus_scrapes_findings_and_node_checks() -> Result<()> {
     let done = watch.finish(STOP_GRACE)?;
     ensure!(done.status.success(), "{}", done.describe());
     ensure!(done.stdout.is_empty(), "--output none prints nothing on stdout: {}", done.stdout);
-    ensure!(done.stderr.lines().any(|l| l.starts_with("-- ") && l.contains("1 finding")), "the summary on stderr:\n{}", done.stderr);
+    ensure!(
+        done.stderr.lines().any(|l| l.starts_with("-- ") && l.contains("1 finding")),
+        "the summary on stderr:\n{}",
+        done.stderr
+    );
     Ok(())
 }

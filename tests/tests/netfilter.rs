@@ -37,8 +37,7 @@ const IPTABLES_DECOYS: [&str; 15] = [
 ];
 
 /// The field case: rule 16 of FORWARD.
-const IPTABLES_DNS_REJECT: &str =
-    "-A FORWARD -p udp --dport 53 -j REJECT --reject-with icmp-host-prohibited";
+const IPTABLES_DNS_REJECT: &str = "-A FORWARD -p udp --dport 53 -j REJECT --reject-with icmp-host-prohibited";
 
 /// The same as a native nftables ruleset: fifteen misses, then the REJECT as rule 16.
 const NFT_RULESET: &str = "\
@@ -69,10 +68,7 @@ table inet fw {
 fn load_nft_ruleset(lab: &Lab, ruleset: &str) -> Result<()> {
     let file = lab.dir().join("fw.nft");
     std::fs::write(&file, ruleset)?;
-    lab.run(
-        Ns::Node,
-        &["nft", "-f", file.to_str().context("non-UTF-8 path")?],
-    )?;
+    lab.run(Ns::Node, &["nft", "-f", file.to_str().context("non-UTF-8 path")?])?;
     Ok(())
 }
 
@@ -84,31 +80,21 @@ struct Observed {
 
 /// Watches port 53 as JSON while the client digs each server once for [`TEST_NAME`].
 fn watch_digs(lab: &Lab, servers: &[&str]) -> Result<Observed> {
-    let (w, digs) = Scenario::new(lab).settle(SETTLE).run(|| {
-        servers
-            .iter()
-            .map(|server| lab.dig(server, TEST_NAME, &[]))
-            .collect()
-    })?;
+    let (w, digs) = Scenario::new(lab)
+        .settle(SETTLE)
+        .run(|| servers.iter().map(|server| lab.dig(server, TEST_NAME, &[])).collect())?;
     Ok(Observed { w, digs })
 }
 
 /// Rule lines (`-A ...`) of a chain as `iptables -S` prints them.
 fn iptables_rules(lab: &Lab, program: &str, chain: &str) -> Result<Vec<String>> {
     let out = lab.run(Ns::Node, &[program, "-w", "10", "-S", chain])?;
-    Ok(out
-        .lines()
-        .filter(|l| l.starts_with("-A "))
-        .map(str::to_string)
-        .collect())
+    Ok(out.lines().filter(|l| l.starts_with("-A ")).map(str::to_string).collect())
 }
 
 /// The nf_tables handles of a chain's rules, in order (`nft -a list chain ...`).
 fn nft_handles(lab: &Lab, family: &str, table: &str, chain: &str) -> Result<Vec<u64>> {
-    let out = lab.run(
-        Ns::Node,
-        &["nft", "-a", "list", "chain", family, table, chain],
-    )?;
+    let out = lab.run(Ns::Node, &["nft", "-a", "list", "chain", family, table, chain])?;
     let handles = out
         .lines()
         .map(str::trim)
@@ -124,23 +110,13 @@ fn nft_handles(lab: &Lab, family: &str, table: &str, chain: &str) -> Result<Vec<
 /// The hooks of a `dropped` line end in `hook`, which the packet never left; it left every hook
 /// before that one.
 fn check_stopped_in(line: &Value, hook: &str) -> Result<()> {
-    let hooks = line["hooks"]
-        .as_array()
-        .with_context(|| format!("dropped line without hooks array: {line}"))?;
-    let (last, before) = hooks
-        .split_last()
-        .with_context(|| format!("dropped line with empty hooks: {line}"))?;
+    let hooks = line["hooks"].as_array().with_context(|| format!("dropped line without hooks array: {line}"))?;
+    let (last, before) = hooks.split_last().with_context(|| format!("dropped line with empty hooks: {line}"))?;
     expect_str(last, "/hook", hook)?;
     expect_str(last, "/family", "ipv4")?;
-    ensure!(
-        bool_at(last, "/left") == Some(false),
-        "the last hook of a dropped line must have left: false: {line}"
-    );
+    ensure!(bool_at(last, "/left") == Some(false), "the last hook of a dropped line must have left: false: {line}");
     for h in before {
-        ensure!(
-            bool_at(h, "/left") == Some(true),
-            "a hook before the last one was not left: {line}"
-        );
+        ensure!(bool_at(h, "/left") == Some(true), "a hook before the last one was not left: {line}");
     }
     Ok(())
 }
@@ -162,20 +138,11 @@ struct Expected<'a> {
 
 /// The one finding of `kind` (and none of `other_kind`) about the query `dig` sent, and the
 /// client socket that query came from.
-fn the_finding<'a>(
-    w: &'a WatchJson,
-    dig: &Dig,
-    kind: &str,
-    other_kind: &str,
-) -> Result<(&'a Value, &'a str)> {
+fn the_finding<'a>(w: &'a WatchJson, dig: &Dig, kind: &str, other_kind: &str) -> Result<(&'a Value, &'a str)> {
     let query = w.query_from_client(dig.query_id()?)?;
     let client = str_at(query, "/src").unwrap_or_default();
     let f = w.one_finding(kind)?;
-    ensure!(
-        w.findings_of(other_kind).next().is_none(),
-        "a {kind} is not also a {other_kind}:\n{}",
-        w.describe()
-    );
+    ensure!(w.findings_of(other_kind).next().is_none(), "a {kind} is not also a {other_kind}:\n{}", w.describe());
     Ok((f, client))
 }
 
@@ -198,31 +165,19 @@ fn check_reject<'a>(o: &'a Observed, want: &Expected) -> Result<&'a Value> {
     expect_u64(f, "/rule", want.rule)?;
     match want.handle {
         Some(handle) => expect_u64(f, "/handle", handle)?,
-        None => ensure!(
-            f.get("handle") == Some(&Value::Null),
-            "handle should be null: {f}"
-        ),
+        None => ensure!(f.get("handle") == Some(&Value::Null), "handle should be null: {f}"),
     }
     let text = str_at(f, "/rule_text").unwrap_or_default();
     for part in want.rule_text {
-        ensure!(
-            text.contains(part),
-            "rule_text should contain {part:?}: {f}"
-        );
+        ensure!(text.contains(part), "rule_text should contain {part:?}: {f}");
     }
     expect_str(f, "/icmp", want.icmp)?;
     expect_str(f, "/drop_reason", "NETFILTER_DROP")?;
     expect_str(f, "/proto", "udp")?;
     expect_str(f, "/src", client)?;
     expect_str(f, "/dst", want.dst)?;
-    ensure!(
-        f.get("policy") == Some(&Value::Null),
-        "a rule did it, not a policy: {f}"
-    );
-    ensure!(
-        f["candidates"].as_array().is_some_and(|c| c.is_empty()),
-        "only one rule fits, so no candidates: {f}"
-    );
+    ensure!(f.get("policy") == Some(&Value::Null), "a rule did it, not a policy: {f}");
+    ensure!(f["candidates"].as_array().is_some_and(|c| c.is_empty()), "only one rule fits, so no candidates: {f}");
     for key in ["/headline", "/explanation", "/attribution"] {
         expect_text(f, key)?;
     }
@@ -256,10 +211,7 @@ fn the_fix_removes_the_rule(lab: &Lab, f: &Value, program: &str) -> Result<()> {
         .find_map(|line| line.strip_suffix("# remove the rule"))
         .map(str::trim)
         .with_context(|| format!("no command that removes the rule: {fix:?}"))?;
-    ensure!(
-        remove.split_whitespace().next() == Some(program),
-        "the fix must run {program}: {remove}"
-    );
+    ensure!(remove.split_whitespace().next() == Some(program), "the fix must run {program}: {remove}");
     let words: Vec<&str> = remove.split_whitespace().collect();
     if let Some(at) = words.iter().position(|w| *w == "-D") {
         ensure!(
@@ -267,15 +219,11 @@ fn the_fix_removes_the_rule(lab: &Lab, f: &Value, program: &str) -> Result<()> {
             "the fix deletes by position, which the next resync may shift: {remove}"
         );
     } else {
-        ensure!(
-            remove.contains(" handle "),
-            "nft deletes by handle: {remove}"
-        );
+        ensure!(remove.contains(" handle "), "nft deletes by handle: {remove}");
     }
     lab.run(Ns::Node, &["bash", "-c", remove])?;
     let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
-    dig.expect_answered()
-        .with_context(|| format!("after `{remove}` the query should get through"))?;
+    dig.expect_answered().with_context(|| format!("after `{remove}` the query should get through"))?;
     Ok(())
 }
 
@@ -327,14 +275,8 @@ fn forward_reject_with_iptables(program: &str, backend: &str) -> Result<()> {
     )?;
     eprintln!("{backend} finding: {f}");
     // The rule really was the one: its counter went up (read after the watch).
-    let counted = lab.run(
-        Ns::Node,
-        &[program, "-w", "10", "-L", "FORWARD", "16", "-v", "-n", "-x"],
-    )?;
-    ensure!(
-        counted.split_whitespace().next().is_some_and(|n| n != "0"),
-        "rule 16 did not count the query: {counted}"
-    );
+    let counted = lab.run(Ns::Node, &[program, "-w", "10", "-L", "FORWARD", "16", "-v", "-n", "-x"])?;
+    ensure!(counted.split_whitespace().next().is_some_and(|n| n != "0"), "rule 16 did not count the query: {counted}");
     o.w.check_summary()?;
     the_fix_removes_the_rule(&lab, f, backend)
 }
@@ -394,10 +336,7 @@ fn forward_drop_policy_is_a_netfilter_drop() -> Result<()> {
     expect_str(f, "/dst", &format!("{SERVER_IP}:53"))?;
     expect_str(f, "/drop_reason", "NETFILTER_DROP")?;
     for key in ["icmp", "rule", "rule_text"] {
-        ensure!(
-            f.get(key) == Some(&Value::Null),
-            "{key} should be null for a policy drop: {f}"
-        );
+        ensure!(f.get(key) == Some(&Value::Null), "{key} should be null for a policy drop: {f}");
     }
     ensure!(!fix_lines(f).is_empty(), "finding without fix: {f}");
 
@@ -408,10 +347,7 @@ fn forward_drop_policy_is_a_netfilter_drop() -> Result<()> {
         "the dropped line should name the FORWARD policy: {dropped}"
     );
     expect_str(dropped, "/drop_reason", "NETFILTER_DROP")?;
-    ensure!(
-        dropped.get("icmp") == Some(&Value::Null),
-        "a silent drop has no ICMP answer: {dropped}"
-    );
+    ensure!(dropped.get("icmp") == Some(&Value::Null), "a silent drop has no ICMP answer: {dropped}");
     check_stopped_in(dropped, "FORWARD")?;
     eprintln!("dropped line: {dropped}");
     o.w.check_summary()
@@ -449,9 +385,7 @@ fn input_reject_of_dns_to_the_node_itself() -> Result<()> {
         thread::sleep(Duration::from_millis(50));
     }
     let before = lab.dig(BRIDGE_IP, TEST_NAME, &[])?;
-    before
-        .expect_answers(&[TEST_A])
-        .context("the node's dnsmasq should answer before the REJECT")?;
+    before.expect_answers(&[TEST_A]).context("the node's dnsmasq should answer before the REJECT")?;
     lab.iptables("-A INPUT -p udp --dport 53 -j REJECT")?;
 
     let o = watch_digs(&lab, &[BRIDGE_IP])?;
@@ -495,11 +429,7 @@ fn healthy_ruleset_gives_no_finding() -> Result<()> {
     ] {
         lab.iptables(rule)?;
     }
-    lab.xtables(
-        Ns::Node,
-        "iptables-legacy",
-        "-A FORWARD -p tcp --dport 53 -j DROP",
-    )?;
+    lab.xtables(Ns::Node, "iptables-legacy", "-A FORWARD -p tcp --dport 53 -j DROP")?;
 
     let o = watch_digs(&lab, &[CLUSTER_DNS_IP, SERVER_IP])?;
     let w = &o.w;
@@ -509,18 +439,15 @@ fn healthy_ruleset_gives_no_finding() -> Result<()> {
     }
     w.expect_no_findings("an accepting ruleset should produce no findings")?;
     ensure!(
-        w.find(|p| str_at(p, "/stage") == Some("dropped"))
-            .next()
-            .is_none(),
+        w.find(|p| str_at(p, "/stage") == Some("dropped")).next().is_none(),
         "nothing was dropped:\n{}",
         w.describe()
     );
     // Both the query and the reply are forwarded by the bridge through the IP hooks.
     let id = o.digs[0].query_id()?;
     for qr in [false, true] {
-        let forwarded: Vec<&Value> = w
-            .find(|p| dns_is(p, id, qr) && p["hooks"].as_array().is_some_and(|h| !h.is_empty()))
-            .collect();
+        let forwarded: Vec<&Value> =
+            w.find(|p| dns_is(p, id, qr) && p["hooks"].as_array().is_some_and(|h| !h.is_empty())).collect();
         ensure!(
             forwarded.iter().any(|p| p["hooks"]
                 .as_array()
@@ -532,18 +459,13 @@ fn healthy_ruleset_gives_no_finding() -> Result<()> {
         for p in forwarded {
             expect_str(p, "/verdict", "accept")?;
             ensure!(
-                p["hooks"]
-                    .as_array()
-                    .is_some_and(|h| h.iter().all(|h| bool_at(h, "/left") == Some(true))),
+                p["hooks"].as_array().is_some_and(|h| h.iter().all(|h| bool_at(h, "/left") == Some(true))),
                 "an accepted packet left every hook: {p}"
             );
         }
     }
     for p in w.find(|p| p["hooks"].as_array().is_some_and(|h| h.is_empty())) {
-        ensure!(
-            p.get("verdict") == Some(&Value::Null),
-            "no hooks passed, so no verdict: {p}"
-        );
+        ensure!(p.get("verdict") == Some(&Value::Null), "no hooks passed, so no verdict: {p}");
     }
     w.check_summary()
 }
@@ -565,30 +487,18 @@ fn the_firewall_is_untouched() -> Result<()> {
     ] {
         lab.xtables(Ns::Node, program, rule)?;
     }
-    lab.run(
-        Ns::Node,
-        &["ip", "route", "add", "192.0.2.53/32", "dev", BRIDGE],
-    )?;
+    lab.run(Ns::Node, &["ip", "route", "add", "192.0.2.53/32", "dev", BRIDGE])?;
     // Forwarding out of the interface it came in on would make the node send an ICMP redirect
     // first, and the REJECT's ICMP answer would then fall to the per-host ICMP rate limit.
     for dev in ["all", BRIDGE] {
         let key = format!("net.ipv4.conf.{dev}.send_redirects=0");
         lab.run(Ns::Node, &["sysctl", "-qw", &key])?;
     }
-    load_nft_ruleset(
-        &lab,
-        &NFT_RULESET.replace(
-            "udp dport 53 counter reject",
-            "udp dport 5300 counter reject",
-        ),
-    )?;
+    load_nft_ruleset(&lab, &NFT_RULESET.replace("udp dport 53 counter reject", "udp dport 5300 counter reject"))?;
 
     let before = firewall::rulesets(&lab, Ns::Node)?;
     for needle in ["192.0.2.53", "fw", "dport 8080", "dport 25"] {
-        ensure!(
-            before.contains(needle),
-            "ruleset misses {needle}:\n{before}"
-        );
+        ensure!(before.contains(needle), "ruleset misses {needle}:\n{before}");
     }
 
     let (w, (answered, rejected, during)) = Scenario::new(&lab).run(|| {
@@ -622,10 +532,7 @@ fn the_firewall_is_untouched() -> Result<()> {
         );
     }
     for state in [&before, &during, &after] {
-        ensure!(
-            !state.contains("TRACE") && !state.contains("nftrace"),
-            "TRACE/nftrace in the ruleset:\n{state}"
-        );
+        ensure!(!state.contains("TRACE") && !state.contains("nftrace"), "TRACE/nftrace in the ruleset:\n{state}");
     }
     w.check_summary()
 }

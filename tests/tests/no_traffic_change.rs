@@ -33,9 +33,8 @@ fn dns_burst_is_fully_answered_with_everything_traced() -> Result<()> {
     );
 
     // All ports, JSON: every program has work for every frame of the burst.
-    let (w, done, traced) = Scenario::new(&lab)
-        .port(0)
-        .run_finished(|| dns_burst(&client, CLUSTER_DNS_IP, BURST_QUERIES, BURST_WINDOW))?;
+    let (w, done, traced) =
+        Scenario::new(&lab).port(0).run_finished(|| dns_burst(&client, CLUSTER_DNS_IP, BURST_QUERIES, BURST_WINDOW))?;
 
     ensure!(
         traced.all_answered(),
@@ -87,12 +86,7 @@ fn dns_burst(netns: &str, server: &str, count: u16, window: usize) -> Result<Bur
         socket.set_read_timeout(Some(Duration::from_millis(20)))?;
         let mut outstanding: BTreeMap<u16, Instant> = BTreeMap::new();
         let mut next: u16 = 1;
-        let mut burst = Burst {
-            sent: 0,
-            answered: 0,
-            bad: Vec::new(),
-            unanswered: Vec::new(),
-        };
+        let mut burst = Burst { sent: 0, answered: 0, bad: Vec::new(), unanswered: Vec::new() };
         let mut buf = [0u8; 1500];
         while next <= count || !outstanding.is_empty() {
             while next <= count && outstanding.len() < window {
@@ -116,11 +110,7 @@ fn dns_burst(netns: &str, server: &str, count: u16, window: usize) -> Result<Bur
                     }
                 }
                 Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) => {}
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
                 Err(e) => return Err(e).context("receiving DNS replies"),
             }
             let now = Instant::now();

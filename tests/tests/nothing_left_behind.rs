@@ -80,11 +80,7 @@ fn leaves_nothing_behind(ending: Ending) -> Result<()> {
             held.extend(&held_by(pid));
             tracer.signal(signal)?;
             let done = tracer.finish(STOP_GRACE)?;
-            ensure!(
-                !done.timed_out,
-                "tracer ignored signal {signal}:\n{}",
-                done.describe_short()
-            );
+            ensure!(!done.timed_out, "tracer ignored signal {signal}:\n{}", done.describe_short());
             if signal == libc::SIGKILL {
                 ensure!(
                     done.status.signal() == Some(libc::SIGKILL),
@@ -114,11 +110,7 @@ fn leaves_nothing_behind(ending: Ending) -> Result<()> {
                 "TRACER_FAULT=panic-after-attach: expected a panic after `{TRACER_READY}`:\n{}",
                 done.describe_short()
             );
-            ensure!(
-                !done.status.success(),
-                "a panic exited 0:\n{}",
-                done.describe_short()
-            );
+            ensure!(!done.status.success(), "a panic exited 0:\n{}", done.describe_short());
             done
         }
         Ending::ErrorMidAttach => {
@@ -128,11 +120,7 @@ fn leaves_nothing_behind(ending: Ending) -> Result<()> {
                 "TRACER_FAULT=error-mid-attach: tracer did not fail (fault not implemented?):\n{}",
                 done.describe_short()
             );
-            let errors: Vec<&str> = done
-                .stderr
-                .lines()
-                .filter(|l| l.starts_with("tracer: error:"))
-                .collect();
+            let errors: Vec<&str> = done.stderr.lines().filter(|l| l.starts_with("tracer: error:")).collect();
             ensure!(
                 done.status.code() == Some(2) && errors.len() == 1,
                 "TRACER_FAULT=error-mid-attach: expected exit 2 with one `tracer: error:` line:\n{}",
@@ -244,11 +232,7 @@ fn kernel_bpf_ids() -> Result<BpfIds> {
             .map(|id| id as u32)
             .collect())
     };
-    Ok(BpfIds {
-        progs: ids("prog")?,
-        links: ids("link")?,
-        maps: ids("map")?,
-    })
+    Ok(BpfIds { progs: ids("prog")?, links: ids("link")?, maps: ids("map")? })
 }
 
 fn bpftool(args: &[&str]) -> Result<Vec<Value>> {
@@ -269,30 +253,19 @@ fn bpftool(args: &[&str]) -> Result<Vec<Value>> {
         attempt += 1;
         thread::sleep(Duration::from_millis(50));
     };
-    ensure!(
-        out.status.success(),
-        "bpftool {} failed {ATTEMPTS} times: {}",
-        args.join(" "),
-        describe_output(&out)
-    );
+    ensure!(out.status.success(), "bpftool {} failed {ATTEMPTS} times: {}", args.join(" "), describe_output(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     if text.trim().is_empty() {
         return Ok(Vec::new());
     }
-    let value: Value = serde_json::from_str(&text)
-        .with_context(|| format!("bpftool {} printed no JSON: {text}", args.join(" ")))?;
+    let value: Value =
+        serde_json::from_str(&text).with_context(|| format!("bpftool {} printed no JSON: {text}", args.join(" ")))?;
     Ok(value.as_array().cloned().unwrap_or_default())
 }
 
 /// Names tracer's kernel programs have in `bpftool prog show` (at most 15 characters).
-const TRACER_PROGRAMS: [&str; 6] = [
-    "bridge_receive",
-    "bridge_transmit",
-    "packet_dropped",
-    "icmp_answered",
-    "netfilter_early",
-    "netfilter_late",
-];
+const TRACER_PROGRAMS: [&str; 6] =
+    ["bridge_receive", "bridge_transmit", "packet_dropped", "icmp_answered", "netfilter_early", "netfilter_late"];
 
 /// No program with one of tracer's names may exist without a live process holding it: such a
 /// program would be kept by a pin or a leaked attachment. Other tracers (parallel tests) hold
@@ -305,27 +278,15 @@ fn no_orphaned_tracer_programs() -> Result<()> {
             .filter_map(|p| {
                 let name = p.get("name")?.as_str()?;
                 let id = p.get("id")?.as_u64()? as u32;
-                TRACER_PROGRAMS
-                    .contains(&name)
-                    .then(|| (id, name.to_string()))
+                TRACER_PROGRAMS.contains(&name).then(|| (id, name.to_string()))
             })
             .collect();
-        let held = if progs.is_empty() {
-            BpfIds::default()
-        } else {
-            held_by_anyone()
-        };
-        let orphans: Vec<&(u32, String)> = progs
-            .iter()
-            .filter(|(id, _)| !held.progs.contains(id))
-            .collect();
+        let held = if progs.is_empty() { BpfIds::default() } else { held_by_anyone() };
+        let orphans: Vec<&(u32, String)> = progs.iter().filter(|(id, _)| !held.progs.contains(id)).collect();
         if orphans.is_empty() {
             return Ok(());
         }
-        ensure!(
-            Instant::now() < deadline,
-            "tracer programs exist that no process holds (leaked): {orphans:?}"
-        );
+        ensure!(Instant::now() < deadline, "tracer programs exist that no process holds (leaked): {orphans:?}");
         thread::sleep(Duration::from_millis(200));
     }
 }
@@ -334,11 +295,7 @@ fn held_by_anyone() -> BpfIds {
     let mut ids = BpfIds::default();
     if let Ok(dir) = fs::read_dir("/proc") {
         for entry in dir.flatten() {
-            if let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            {
+            if let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) {
                 ids.extend(&held_by(pid));
             }
         }
@@ -356,10 +313,7 @@ impl NodeState {
     fn capture(lab: &Lab) -> Result<NodeState> {
         let mut bpffs = Vec::new();
         list_tree(Path::new("/sys/fs/bpf"), &mut bpffs);
-        Ok(NodeState {
-            firewall: firewall::rulesets(lab, Ns::Node)?,
-            bpffs,
-        })
+        Ok(NodeState { firewall: firewall::rulesets(lab, Ns::Node)?, bpffs })
     }
 
     /// Compares with the state before tracer ran.
@@ -371,12 +325,7 @@ impl NodeState {
             before.firewall,
             self.firewall
         );
-        ensure!(
-            self.bpffs == before.bpffs,
-            "/sys/fs/bpf changed: before {:?}, after {:?}",
-            before.bpffs,
-            self.bpffs
-        );
+        ensure!(self.bpffs == before.bpffs, "/sys/fs/bpf changed: before {:?}, after {:?}", before.bpffs, self.bpffs);
         Ok(())
     }
 }
@@ -387,15 +336,9 @@ fn no_tc_or_xdp(lab: &Lab) -> Result<()> {
     let links = lab.links(Ns::Node, None)?;
     for ifname in links.iter().filter_map(|l| str_at(l, "/ifname")) {
         for direction in ["ingress", "egress"] {
-            let out = lab.exec(
-                Ns::Node,
-                &["tc", "filter", "show", "dev", ifname, direction],
-            )?;
+            let out = lab.exec(Ns::Node, &["tc", "filter", "show", "dev", ifname, direction])?;
             let text = String::from_utf8_lossy(&out.stdout);
-            ensure!(
-                text.trim().is_empty(),
-                "tc {direction} filters on {ifname} after tracer exited:\n{text}"
-            );
+            ensure!(text.trim().is_empty(), "tc {direction} filters on {ifname} after tracer exited:\n{text}");
         }
         let qdiscs = lab.run(Ns::Node, &["tc", "qdisc", "show", "dev", ifname])?;
         ensure!(
@@ -404,8 +347,7 @@ fn no_tc_or_xdp(lab: &Lab) -> Result<()> {
         );
     }
     let net = lab.run(Ns::Node, &["bpftool", "-j", "net", "show"])?;
-    let net: Value =
-        serde_json::from_str(&net).with_context(|| format!("bpftool net show: {net}"))?;
+    let net: Value = serde_json::from_str(&net).with_context(|| format!("bpftool net show: {net}"))?;
     for section in net.as_array().into_iter().flatten() {
         for (kind, list) in section.as_object().into_iter().flatten() {
             ensure!(

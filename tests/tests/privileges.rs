@@ -19,29 +19,15 @@ fn missing_capabilities_are_named_in_one_line() -> Result<()> {
     let bin = copy_of_tracer(lab.dir())?;
 
     for (caps, missing, present) in [
-        (
-            &["net_admin"][..],
-            &["CAP_BPF", "CAP_PERFMON"][..],
-            &["CAP_NET_ADMIN"][..],
-        ),
-        (
-            &["bpf", "perfmon"][..],
-            &["CAP_NET_ADMIN"][..],
-            &["CAP_BPF", "CAP_PERFMON"][..],
-        ),
+        (&["net_admin"][..], &["CAP_BPF", "CAP_PERFMON"][..], &["CAP_NET_ADMIN"][..]),
+        (&["bpf", "perfmon"][..], &["CAP_NET_ADMIN"][..], &["CAP_BPF", "CAP_PERFMON"][..]),
     ] {
         let out = watch_with_caps(&lab, &bin, caps, &["--port", "53"])?;
         let what = format!("non-root with only {caps:?}: {}", describe_output(&out));
-        ensure!(
-            !out.status.success() && out.status.code().is_some(),
-            "{what}"
-        );
+        ensure!(!out.status.success() && out.status.code().is_some(), "{what}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-        ensure!(
-            lines.len() == 1,
-            "expected exactly one line on stderr: {what}"
-        );
+        ensure!(lines.len() == 1, "expected exactly one line on stderr: {what}");
         let named = lines[0]
             .split_once("missing")
             .map(|(_, rest)| rest)
@@ -50,10 +36,7 @@ fn missing_capabilities_are_named_in_one_line() -> Result<()> {
             ensure!(named.contains(cap), "{cap} is not named as missing: {what}");
         }
         for cap in present {
-            ensure!(
-                !named.contains(cap),
-                "{cap} is held but named as missing: {what}"
-            );
+            ensure!(!named.contains(cap), "{cap} is held but named as missing: {what}");
         }
         ensure!(!stderr.contains("panicked"), "{what}");
     }
@@ -61,12 +44,7 @@ fn missing_capabilities_are_named_in_one_line() -> Result<()> {
     // The control: exactly these three capabilities are enough.
     let caps = ["net_admin", "bpf", "perfmon"];
     let out = watch_with_caps(&lab, &bin, &caps, &["--port", "53", "--duration", "1"])?;
-    expect_exit_saying(
-        &out,
-        Exit::Success,
-        TRACER_READY,
-        &format!("non-root with {caps:?} should watch"),
-    )
+    expect_exit_saying(&out, Exit::Success, TRACER_READY, &format!("non-root with {caps:?} should watch"))
 }
 
 /// Runs `BIN watch ARGS` in the node namespace as nobody with exactly `caps`. Killed after 20 s:
@@ -76,8 +54,5 @@ fn watch_with_caps(lab: &Lab, bin: &Path, caps: &[&str], args: &[&str]) -> Resul
     watch_args.extend_from_slice(args);
     let argv = as_nobody(caps, bin, &watch_args)?;
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    output_within(
-        lab.command(Ns::Node, &argv).current_dir("/"),
-        Duration::from_secs(20),
-    )
+    output_within(lab.command(Ns::Node, &argv).current_dir("/"), Duration::from_secs(20))
 }

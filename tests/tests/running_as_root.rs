@@ -14,8 +14,7 @@ use tracer_tests::lab::*;
 use tracer_tests::output::*;
 use tracer_tests::{run_tracer, tracer_bin};
 
-const REJECT_DNS: &str =
-    "-A FORWARD -p udp --dport 53 -j REJECT --reject-with icmp-host-prohibited";
+const REJECT_DNS: &str = "-A FORWARD -p udp --dport 53 -j REJECT --reject-with icmp-host-prohibited";
 
 /// Fake `iptables-save`, `nft`, `sysctl`, `conntrack`... in `dir`: each leaves `marker` and prints
 /// an empty ruleset, so a tracer that ran one would both be caught and name no rule.
@@ -33,10 +32,7 @@ fn plant_fake_tools(dir: &Path, marker: &Path) -> Result<()> {
         "conntrack",
         "ip",
     ] {
-        let script = format!(
-            "#!/bin/sh\necho {tool} >> '{}'\necho '{{\"nftables\": []}}'\n",
-            marker.display()
-        );
+        let script = format!("#!/bin/sh\necho {tool} >> '{}'\necho '{{\"nftables\": []}}'\n", marker.display());
         let path = dir.join(tool);
         fs::write(&path, script)?;
         fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
@@ -51,12 +47,7 @@ fn hostile_env_command(lab: &Lab, fakes: &Path, args: &[&str]) -> Result<Command
     let tracer = tracer_bin()?;
     let path = format!("PATH={}:.::/usr/sbin:/usr/bin:/sbin:/bin", fakes.display());
     let libdir = format!("XTABLES_LIBDIR={}", fakes.display());
-    let mut argv = vec![
-        "env",
-        &path,
-        &libdir,
-        tracer.to_str().context("non-UTF-8 tracer path")?,
-    ];
+    let mut argv = vec!["env", &path, &libdir, tracer.to_str().context("non-UTF-8 tracer path")?];
     argv.extend_from_slice(args);
     let mut cmd = lab.command(Ns::Node, &argv);
     cmd.current_dir(fakes);
@@ -71,93 +62,46 @@ fn a_hostile_path_changes_nothing_and_the_rule_is_still_named() -> Result<()> {
     let marker = lab.dir().join("a-fake-tool-ran");
     plant_fake_tools(&fakes, &marker)?;
 
-    let cmd = hostile_env_command(
-        &lab,
-        &fakes,
-        &[
-            "watch",
-            "--port",
-            "53",
-            "--output",
-            "json",
-            "--duration",
-            "4",
-        ],
-    )?;
-    let mut watch = Process::start(
-        &lab,
-        cmd,
-        "tracer watch with a hostile PATH",
-        StdoutMode::Capture,
-    )?;
+    let cmd = hostile_env_command(&lab, &fakes, &["watch", "--port", "53", "--output", "json", "--duration", "4"])?;
+    let mut watch = Process::start(&lab, cmd, "tracer watch with a hostile PATH", StdoutMode::Capture)?;
     watch.wait_until_watching()?;
     let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
-    ensure!(
-        dig.output.contains("host unreachable"),
-        "the REJECT should answer dig:\n{}",
-        dig.output
-    );
+    ensure!(dig.output.contains("host unreachable"), "the REJECT should answer dig:\n{}", dig.output);
     let done = watch.finish(std::time::Duration::from_secs(20))?;
     let w = WatchJson::from_finished(&done)?;
-    let reject = w.findings_of("netfilter_reject").next().with_context(|| {
-        format!(
-            "the REJECT should be named from the real tools:\n{}",
-            done.describe()
-        )
-    })?;
+    let reject = w
+        .findings_of("netfilter_reject")
+        .next()
+        .with_context(|| format!("the REJECT should be named from the real tools:\n{}", done.describe()))?;
     expect_str(reject, "/backend", "iptables-nft")?;
     expect_str(reject, "/chain", "FORWARD")?;
-    ensure!(
-        u64_at(reject, "/rule") == Some(1),
-        "rule 1 of FORWARD: {reject}"
-    );
-    ensure!(
-        !marker.exists(),
-        "tracer ran a tool from PATH: {}",
-        fs::read_to_string(&marker).unwrap_or_default()
-    );
+    ensure!(u64_at(reject, "/rule") == Some(1), "rule 1 of FORWARD: {reject}");
+    ensure!(!marker.exists(), "tracer ran a tool from PATH: {}", fs::read_to_string(&marker).unwrap_or_default());
 
     // triage reads the firewall of every namespace too.
-    let out = hostile_env_command(
-        &lab,
-        &fakes,
-        &["triage", "--duration", "1", "--output", "json"],
-    )?
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .output()
-    .context("running tracer triage")?;
+    let out = hostile_env_command(&lab, &fakes, &["triage", "--duration", "1", "--output", "json"])?
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .context("running tracer triage")?;
     expect_exit(&out, Exit::Code(1), "the REJECT is a finding (exit 1)")?;
-    let t = WatchJson::parse(&String::from_utf8_lossy(&out.stdout))
-        .with_context(|| describe_output(&out))?;
+    let t = WatchJson::parse(&String::from_utf8_lossy(&out.stdout)).with_context(|| describe_output(&out))?;
     ensure!(
         t.findings_of("netfilter_reject").next().is_some(),
         "triage should name the REJECT:\n{}",
         describe_output(&out)
     );
-    ensure!(
-        !marker.exists(),
-        "triage ran a tool from PATH: {}",
-        fs::read_to_string(&marker).unwrap_or_default()
-    );
+    ensure!(!marker.exists(), "triage ran a tool from PATH: {}", fs::read_to_string(&marker).unwrap_or_default());
     Ok(())
 }
 
 /// `tracer watch --write FILE [EXTRA] --duration SECS` in the node namespace, with `env`.
-fn watch_writing(
-    lab: &Lab,
-    file: &Path,
-    extra: &[&str],
-    secs: &str,
-    env: &[(&str, &str)],
-) -> Result<Output> {
+fn watch_writing(lab: &Lab, file: &Path, extra: &[&str], secs: &str, env: &[(&str, &str)]) -> Result<Output> {
     let file = file.to_str().context("non-UTF-8 path")?;
     let mut argv = vec!["watch", "--port", "53", "--write", file];
     argv.extend_from_slice(extra);
     argv.extend_from_slice(&["--duration", secs]);
-    lab.tracer_command(&argv, env)?
-        .output()
-        .context("running tracer watch --write")
+    lab.tracer_command(&argv, env)?.output().context("running tracer watch --write")
 }
 
 /// One line on stderr, saying `says`; nothing on stdout; a non-zero exit.
@@ -165,10 +109,7 @@ fn refused(out: &Output, says: &str) -> Result<()> {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     ensure!(
-        !out.status.success()
-            && lines.len() == 1
-            && lines[0].starts_with("tracer: error:")
-            && lines[0].contains(says),
+        !out.status.success() && lines.len() == 1 && lines[0].starts_with("tracer: error:") && lines[0].contains(says),
         "expected one error line saying {says:?}:\n{}",
         describe_output(out)
     );
@@ -188,10 +129,7 @@ fn write_refuses_foreign_files_hard_links_fifos_and_links() -> Result<()> {
     fs::write(&hard, b"data with two names")?;
     fs::hard_link(&hard, dir.join("other-name"))?;
     let fifo = dir.join("fifo.pcapng");
-    ensure!(
-        Command::new("mkfifo").arg(&fifo).status()?.success(),
-        "mkfifo"
-    );
+    ensure!(Command::new("mkfifo").arg(&fifo).status()?.success(), "mkfifo");
     let link = dir.join("link.pcapng");
     std::os::unix::fs::symlink(&hard, &link)?;
 
@@ -202,16 +140,9 @@ fn write_refuses_foreign_files_hard_links_fifos_and_links() -> Result<()> {
         (&link, "symbolic link"),
     ] {
         let before = fs::symlink_metadata(file)?;
-        let content = if before.is_file() {
-            fs::read(file)?
-        } else {
-            Vec::new()
-        };
+        let content = if before.is_file() { fs::read(file)? } else { Vec::new() };
         refused(&watch_writing(&lab, file, &[], "1", &[])?, "already exists")?;
-        refused(
-            &watch_writing(&lab, file, &["--force"], "1", &[])?,
-            forced_says,
-        )?;
+        refused(&watch_writing(&lab, file, &["--force"], "1", &[])?, forced_says)?;
         let after = fs::symlink_metadata(file)?;
         ensure!(
             (after.ino(), after.mode(), after.uid(), after.nlink())
@@ -223,11 +154,7 @@ fn write_refuses_foreign_files_hard_links_fifos_and_links() -> Result<()> {
             ensure!(fs::read(file)? == content, "{} was written", file.display());
         }
     }
-    ensure!(
-        no_partial_files(dir)?.is_empty(),
-        "temporary files left: {:?}",
-        no_partial_files(dir)?
-    );
+    ensure!(no_partial_files(dir)?.is_empty(), "temporary files left: {:?}", no_partial_files(dir)?);
     Ok(())
 }
 
@@ -247,55 +174,31 @@ fn force_replaces_an_own_capture_but_a_failed_attach_keeps_it() -> Result<()> {
     let old = fs::read(&file)?;
 
     // The test build fails half-way through attaching on request: the old capture must stay.
-    let failed = watch_writing(
-        &lab,
-        &file,
-        &["--force"],
-        "1",
-        &[("TRACER_FAULT", "error-mid-attach")],
-    )?;
+    let failed = watch_writing(&lab, &file, &["--force"], "1", &[("TRACER_FAULT", "error-mid-attach")])?;
     expect_exit_saying(
         &failed,
         Exit::Failure,
         "injected fault",
         "the watch should fail half-way through attaching (is TRACER_BIN a test build, with --features fault-injection?)",
     )?;
-    ensure!(
-        fs::read(&file)? == old,
-        "a failed attach destroyed the earlier capture"
-    );
-    ensure!(
-        no_partial_files(lab.dir())?.is_empty(),
-        "temporary files left: {:?}",
-        no_partial_files(lab.dir())?
-    );
+    ensure!(fs::read(&file)? == old, "a failed attach destroyed the earlier capture");
+    ensure!(no_partial_files(lab.dir())?.is_empty(), "temporary files left: {:?}", no_partial_files(lab.dir())?);
 
     let replaced = watch_writing(&lab, &file, &["--force"], "2", &[])?;
     expect_exit(&replaced, Exit::Success, "--force over one's own capture")?;
     let new = fs::read(&file)?;
     ensure!(new != old, "the capture was not replaced");
     ensure!(fs::metadata(&file)?.mode() & 0o777 == 0o600, "mode 0600");
-    let report = run_tracer(&[
-        "report",
-        "--output",
-        "json",
-        file.to_str().context("non-UTF-8 path")?,
-    ])?;
+    let report = run_tracer(&["report", "--output", "json", file.to_str().context("non-UTF-8 path")?])?;
     expect_exit(&report, Exit::Success, "the new capture must read back")?;
-    ensure!(
-        no_partial_files(lab.dir())?.is_empty(),
-        "temporary files left"
-    );
+    ensure!(no_partial_files(lab.dir())?.is_empty(), "temporary files left");
     Ok(())
 }
 
 #[test]
 fn output_to_a_full_device_is_an_error() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
-    let full = fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/full")
-        .context("/dev/full")?;
+    let full = fs::OpenOptions::new().write(true).open("/dev/full").context("/dev/full")?;
     let out = lab
         .tracer_command(&["watch", "--output", "json", "--duration", "1"], &[])?
         .stdout(full)
@@ -304,9 +207,7 @@ fn output_to_a_full_device_is_an_error() -> Result<()> {
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(
         !out.status.success()
-            && stderr
-                .lines()
-                .any(|l| l.starts_with("tracer: error:") && l.contains("No space left on device")),
+            && stderr.lines().any(|l| l.starts_with("tracer: error:") && l.contains("No space left on device")),
         "a watch whose output cannot be written must fail saying so:\n{}",
         describe_output(&out)
     );
@@ -327,38 +228,18 @@ fn a_release_build_has_no_fault_injection() -> Result<()> {
     })?;
     let needle = b"TRACER_FAULT";
     let contains = |haystack: &[u8]| haystack.windows(needle.len()).any(|w| w == needle);
-    ensure!(
-        contains(&fs::read(tracer_bin()?)?),
-        "control: the test build should carry the fault switch"
-    );
-    ensure!(
-        !contains(&bytes),
-        "{} contains the fault-injection switch",
-        release.display()
-    );
+    ensure!(contains(&fs::read(tracer_bin()?)?), "control: the test build should carry the fault switch");
+    ensure!(!contains(&bytes), "{} contains the fault-injection switch", release.display());
 
     // And it ignores the switch: it attaches and watches.
     let lab = Lab::new(LabConfig::healthy())?;
     let out = lab
-        .command(
-            Ns::Node,
-            &[
-                release.to_str().context("path")?,
-                "watch",
-                "--duration",
-                "1",
-            ],
-        )
+        .command(Ns::Node, &[release.to_str().context("path")?, "watch", "--duration", "1"])
         .env("TRACER_FAULT", "error-mid-attach")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .output()?;
-    expect_exit_saying(
-        &out,
-        Exit::Success,
-        TRACER_READY,
-        "the release build must ignore TRACER_FAULT",
-    )
+    expect_exit_saying(&out, Exit::Success, TRACER_READY, "the release build must ignore TRACER_FAULT")
 }
 
 #[test]
@@ -368,15 +249,7 @@ fn in_a_user_namespace_the_error_says_so() -> Result<()> {
     let out = lab
         .command(
             Ns::Node,
-            &[
-                "unshare",
-                "--user",
-                "--map-root-user",
-                tracer.to_str().context("path")?,
-                "watch",
-                "--duration",
-                "1",
-            ],
+            &["unshare", "--user", "--map-root-user", tracer.to_str().context("path")?, "watch", "--duration", "1"],
         )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

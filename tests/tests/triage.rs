@@ -37,11 +37,7 @@ impl Triage {
 
     /// It exited with `code`, which means `meaning`.
     fn expect_exit(&self, code: i32, meaning: &str) -> Result<()> {
-        ensure!(
-            self.exit_code == Some(code),
-            "exit code {code} ({meaning}) expected:\n{}",
-            self.done.describe()
-        );
+        ensure!(self.exit_code == Some(code), "exit code {code} ({meaning}) expected:\n{}", self.done.describe());
         Ok(())
     }
 }
@@ -49,10 +45,7 @@ impl Triage {
 /// The first-ranked finding, which must be of `kind` and be seen both in the traffic and in the
 /// node's configuration (one finding, not one of each).
 fn first_finding_seen_twice<'a>(w: &'a WatchJson, kind: &str) -> Result<&'a Value> {
-    let first = w
-        .findings
-        .first()
-        .with_context(|| format!("no findings:\n{}", w.describe()))?;
+    let first = w.findings.first().with_context(|| format!("no findings:\n{}", w.describe()))?;
     expect_str(first, "/kind", kind)?;
     ensure!(
         first.get("seen_in") == Some(&serde_json::json!(["traffic", "config"])),
@@ -71,18 +64,8 @@ fn triage_with_dig(lab: &Lab, args: &[&str]) -> Result<(Triage, Dig)> {
     process.wait_until_watching()?;
     let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
     let done = process.finish(TRIAGE_DEADLINE)?;
-    ensure!(
-        !done.timed_out,
-        "triage did not end by itself:\n{}",
-        done.describe()
-    );
-    Ok((
-        Triage {
-            exit_code: done.status.code(),
-            done,
-        },
-        dig,
-    ))
+    ensure!(!done.timed_out, "triage did not end by itself:\n{}", done.describe());
+    Ok((Triage { exit_code: done.status.code(), done }, dig))
 }
 
 /// The finding's evidence from `source` (`traffic` or `config`).
@@ -90,11 +73,7 @@ fn evidence<'a>(finding: &'a Value, source: &str) -> Vec<&'a Value> {
     finding
         .get("evidence")
         .and_then(Value::as_array)
-        .map(|all| {
-            all.iter()
-                .filter(|e| str_at(e, "/source") == Some(source))
-                .collect()
-        })
+        .map(|all| all.iter().filter(|e| str_at(e, "/source") == Some(source)).collect())
         .unwrap_or_default()
 }
 
@@ -102,73 +81,48 @@ fn evidence<'a>(finding: &'a Value, source: &str) -> Vec<&'a Value> {
 fn bridge_nf_call_iptables_off_ranks_conntrack_skip_first_with_both_evidences() -> Result<()> {
     let lab = Lab::new(LabConfig::bridge_nf_call_iptables_off())?;
     let (triage, dig) = triage_with_dig(&lab, &["--output", "json"])?;
-    dig.expect_timed_out()
-        .context("dig should time out on this node")?;
+    dig.expect_timed_out().context("dig should time out on this node")?;
     let w = triage.json_with_findings()?;
     let first = first_finding_seen_twice(&w, "conntrack_skip")?;
     expect_u64(first, "/rank", 1)?;
     ensure!(
-        str_at(first, "/headline")
-            .is_some_and(|h| h.starts_with("DNS replies skip conntrack on bridge cni0: ")),
+        str_at(first, "/headline").is_some_and(|h| h.starts_with("DNS replies skip conntrack on bridge cni0: ")),
         "the traffic finding names the problem: {first}"
     );
 
     let traffic = evidence(first, "traffic");
-    let [traffic] = traffic.as_slice() else {
-        anyhow::bail!("one traffic evidence expected: {first}")
-    };
-    ensure!(
-        str_at(traffic, "/client").and_then(ip_of) == Some(CLIENT_IP),
-        "the client's query: {traffic}"
-    );
+    let [traffic] = traffic.as_slice() else { anyhow::bail!("one traffic evidence expected: {first}") };
+    ensure!(str_at(traffic, "/client").and_then(ip_of) == Some(CLIENT_IP), "the client's query: {traffic}");
     expect_str(traffic, "/expected_source", &format!("{CLUSTER_DNS_IP}:53"))?;
     expect_str(traffic, "/actual_source", &format!("{SERVER_IP}:53"))?;
-    ensure!(
-        u64_at(traffic, "/query/id") == dig.id.map(u64::from),
-        "the dig's query: {traffic}"
-    );
+    ensure!(u64_at(traffic, "/query/id") == dig.id.map(u64::from), "the dig's query: {traffic}");
 
     let config = evidence(first, "config");
-    let [config] = config.as_slice() else {
-        anyhow::bail!("one config evidence expected: {first}")
-    };
+    let [config] = config.as_slice() else { anyhow::bail!("one config evidence expected: {first}") };
     expect_str(config, "/sysctls/net.bridge.bridge-nf-call-iptables", "0")?;
-    ensure!(
-        config.get("bridges") == Some(&serde_json::json!([BRIDGE])),
-        "the bridge: {config}"
-    );
+    ensure!(config.get("bridges") == Some(&serde_json::json!([BRIDGE])), "the bridge: {config}");
     expect_str(config, "/netns/name", lab.netns(Ns::Node))?;
 
     ensure!(
-        first
-            .get("example")
-            .and_then(Value::as_array)
-            .is_some_and(|e| e.iter().any(|p| stage_is(p, "bridge-out", CLIENT_VETH))),
+        first.get("example").and_then(Value::as_array).is_some_and(|e| e.iter().any(|p| stage_is(
+            p,
+            "bridge-out",
+            CLIENT_VETH
+        ))),
         "the example path shows the reply leaving the bridge towards the client: {first}"
     );
-    ensure!(
-        fix_lines(first).contains(&"sysctl -w net.bridge.bridge-nf-call-iptables=1"),
-        "the fix: {first}"
-    );
+    ensure!(fix_lines(first).contains(&"sysctl -w net.bridge.bridge-nf-call-iptables=1"), "the fix: {first}");
     // The config finding was merged, not reported a second time.
-    ensure!(
-        w.findings_of("conntrack_skip").count() == 1,
-        "one conntrack_skip finding:\n{}",
-        w.describe()
-    );
+    ensure!(w.findings_of("conntrack_skip").count() == 1, "one conntrack_skip finding:\n{}", w.describe());
 
     let s = &w.summary;
     expect_u64(s, "/exit_code", 1)?;
     ensure!(
-        str_at(s, "/verdict")
-            .is_some_and(|v| v.starts_with("DNS replies skip conntrack on bridge cni0: ")),
+        str_at(s, "/verdict").is_some_and(|v| v.starts_with("DNS replies skip conntrack on bridge cni0: ")),
         "verdict: {s}"
     );
     expect_u64(s, "/findings", w.findings.len() as u64)?;
-    let checks = s
-        .pointer("/namespaces/0/checks")
-        .and_then(Value::as_array)
-        .context("checks")?;
+    let checks = s.pointer("/namespaces/0/checks").and_then(Value::as_array).context("checks")?;
     let bridge_nf = checks
         .iter()
         .find(|c| str_at(c, "/check") == Some("bridge-nf-call-iptables"))
@@ -186,7 +140,9 @@ fn text_report_starts_with_the_verdict() -> Result<()> {
     let out = &triage.done.stdout;
     let first = out.lines().next().unwrap_or_default();
     ensure!(
-        first.starts_with("verdict: DNS replies skip conntrack on bridge cni0: 10.244.0.5 gets answers from 10.244.0.7:53"),
+        first.starts_with(
+            "verdict: DNS replies skip conntrack on bridge cni0: 10.244.0.5 gets answers from 10.244.0.7:53"
+        ),
         "the first line is the verdict:\n{out}"
     );
     for want in [
@@ -201,10 +157,7 @@ fn text_report_starts_with_the_verdict() -> Result<()> {
         ensure!(out.contains(want), "missing {want:?}:\n{out}");
     }
     ensure!(!out.contains("modprobe"), "no modprobe when the module is loaded:\n{out}");
-    ensure!(
-        !out.contains('\x1b'),
-        "no colour when stdout is not a terminal:\n{out}"
-    );
+    ensure!(!out.contains('\x1b'), "no colour when stdout is not a terminal:\n{out}");
     Ok(())
 }
 
@@ -228,24 +181,15 @@ fn reject_rule_is_netfilter_reject_from_traffic_and_ruleset() -> Result<()> {
     expect_str(rejected, "/hook", "FORWARD")?;
     expect_str(rejected, "/icmp", "host-prohibited")?;
     if let Some(unanswered) = unanswered {
-        ensure!(
-            u64_at(unanswered, "/query/id") == dig.id.map(u64::from),
-            "the dig's query: {unanswered}"
-        );
-        ensure!(
-            unanswered.get("actual_source") == Some(&Value::Null),
-            "no reply: {unanswered}"
-        );
+        ensure!(u64_at(unanswered, "/query/id") == dig.id.map(u64::from), "the dig's query: {unanswered}");
+        ensure!(unanswered.get("actual_source") == Some(&Value::Null), "no reply: {unanswered}");
     }
     let config = evidence(first, "config");
-    let [config] = config.as_slice() else {
-        anyhow::bail!("one config evidence: {first}")
-    };
+    let [config] = config.as_slice() else { anyhow::bail!("one config evidence: {first}") };
     expect_str(config, "/rule/chain", "FORWARD")?;
     expect_u64(config, "/rule/rule", 1)?;
     ensure!(
-        str_at(config, "/rule/rule_text")
-            .is_some_and(|t| t.contains("--dport 53") && t.contains("REJECT")),
+        str_at(config, "/rule/rule_text").is_some_and(|t| t.contains("--dport 53") && t.contains("REJECT")),
         "the rule's text: {config}"
     );
     // The rule is reported once. The rejected query looked unanswered to the watch; the reject
@@ -264,33 +208,17 @@ fn healthy_lab_exits_0_without_findings() -> Result<()> {
     w.expect_no_findings("no findings expected")?;
     let s = &w.summary;
     expect_str(s, "/verdict", "healthy: no findings")?;
-    ensure!(
-        u64_at(s, "/exit_code") == Some(0) && u64_at(s, "/findings") == Some(0),
-        "summary: {s}"
-    );
+    ensure!(u64_at(s, "/exit_code") == Some(0) && u64_at(s, "/findings") == Some(0), "summary: {s}");
     // Triage watches findings-only: a healthy exchange sends nothing to trace.
     ensure!(
         u64_at(s, "/packets") == Some(0) && u64_at(s, "/lost") == Some(0),
         "a healthy node's traffic gives triage nothing to read: {s}"
     );
-    let namespaces = s
-        .get("namespaces")
-        .and_then(Value::as_array)
-        .context("namespaces")?;
-    ensure!(
-        namespaces.len() == 1,
-        "only the node's namespace is checked from inside it: {s}"
-    );
+    let namespaces = s.get("namespaces").and_then(Value::as_array).context("namespaces")?;
+    ensure!(namespaces.len() == 1, "only the node's namespace is checked from inside it: {s}");
     expect_str(&namespaces[0], "/name", lab.netns(Ns::Node))?;
-    for check in namespaces[0]
-        .get("checks")
-        .and_then(Value::as_array)
-        .context("checks")?
-    {
-        ensure!(
-            str_at(check, "/status") != Some("finding"),
-            "a failed check on a healthy node: {check}"
-        );
+    for check in namespaces[0].get("checks").and_then(Value::as_array).context("checks")? {
+        ensure!(str_at(check, "/status") != Some("finding"), "a failed check on a healthy node: {check}");
     }
     Ok(())
 }
@@ -303,35 +231,18 @@ fn from_the_host_it_checks_namespaces_that_hold_bridges() -> Result<()> {
     let out = run_tracer(&["triage", "--duration", "1", "--output", "json"])?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    ensure!(
-        out.status.code() == Some(1),
-        "this lab alone is a finding: exit 1 expected\n{stdout}\n{stderr}"
-    );
+    ensure!(out.status.code() == Some(1), "this lab alone is a finding: exit 1 expected\n{stdout}\n{stderr}");
     let w = WatchJson::parse(&stdout)?;
     let node = lab.netns(Ns::Node);
-    let namespaces = w
-        .summary
-        .get("namespaces")
-        .and_then(Value::as_array)
-        .context("namespaces")?;
+    let namespaces = w.summary.get("namespaces").and_then(Value::as_array).context("namespaces")?;
     let ours = namespaces
         .iter()
         .find(|ns| str_at(ns, "/name") == Some(node))
-        .with_context(|| {
-            format!(
-                "the lab's node namespace {node} was not checked: {}",
-                w.summary
-            )
-        })?;
-    ensure!(
-        ours.get("current") == Some(&Value::Bool(false)),
-        "not the namespace tracer runs in: {ours}"
-    );
+        .with_context(|| format!("the lab's node namespace {node} was not checked: {}", w.summary))?;
+    ensure!(ours.get("current") == Some(&Value::Bool(false)), "not the namespace tracer runs in: {ours}");
     for pod in [Ns::Client, Ns::Server] {
         ensure!(
-            namespaces
-                .iter()
-                .all(|ns| str_at(ns, "/name") != Some(lab.netns(pod))),
+            namespaces.iter().all(|ns| str_at(ns, "/name") != Some(lab.netns(pod))),
             "a namespace without a bridge is not reported: {}",
             w.summary
         );
@@ -340,16 +251,9 @@ fn from_the_host_it_checks_namespaces_that_hold_bridges() -> Result<()> {
         .findings_of("conntrack_skip")
         .find(|f| str_at(f, "/netns/name") == Some(node))
         .with_context(|| format!("no conntrack_skip for {node}:\n{}", w.describe()))?;
-    ensure!(
-        finding.get("seen_in") == Some(&serde_json::json!(["config"])),
-        "config only (not watched): {finding}"
-    );
-    let in_namespace =
-        format!("ip netns exec {node} sysctl -w net.bridge.bridge-nf-call-iptables=1");
-    ensure!(
-        fix_lines(finding).contains(&in_namespace.as_str()),
-        "the fix enters the namespace: {finding}"
-    );
+    ensure!(finding.get("seen_in") == Some(&serde_json::json!(["config"])), "config only (not watched): {finding}");
+    let in_namespace = format!("ip netns exec {node} sysctl -w net.bridge.bridge-nf-call-iptables=1");
+    ensure!(fix_lines(finding).contains(&in_namespace.as_str()), "the fix enters the namespace: {finding}");
     Ok(())
 }
 
@@ -358,13 +262,7 @@ fn without_privileges_it_could_not_run() -> Result<()> {
     let tracer = tracer_bin()?;
     // Nobody, with no capabilities left: the kernel programs cannot be loaded.
     let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-        ])
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
         .arg(&tracer)
         .args(["triage", "--duration", "1"])
         .output()
@@ -375,10 +273,7 @@ fn without_privileges_it_could_not_run() -> Result<()> {
         "exit code 2 (could not run) expected, got {:?}: {stderr}",
         out.status.code()
     );
-    ensure!(
-        stderr.contains("tracer needs root"),
-        "says what is missing: {stderr}"
-    );
+    ensure!(stderr.contains("tracer needs root"), "says what is missing: {stderr}");
     ensure!(
         out.stdout.is_empty(),
         "no report from a run that did not happen: {}",

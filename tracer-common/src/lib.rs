@@ -78,7 +78,8 @@ pub fn loss_bucket(addr: &[u8; 16], port_be: u16) -> u32 {
     let word = |at: usize| {
         (addr[at] as u32) | ((addr[at + 1] as u32) << 8) | ((addr[at + 2] as u32) << 16) | ((addr[at + 3] as u32) << 24)
     };
-    let folded = word(0) ^ word(4).rotate_left(7) ^ word(8).rotate_left(14) ^ word(12).rotate_left(21) ^ (port_be as u32);
+    let folded =
+        word(0) ^ word(4).rotate_left(7) ^ word(8).rotate_left(14) ^ word(12).rotate_left(21) ^ (port_be as u32);
     // Fibonacci hashing: the high bits of the product mix every input bit.
     folded.wrapping_mul(0x9e37_79b1) >> (32 - LOSS_BUCKET_BITS)
 }

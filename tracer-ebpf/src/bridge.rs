@@ -106,7 +106,8 @@ unsafe fn queued(skb: *const u8) -> Option<()> {
     let ifindex = frame.ifindex;
     if config!(findings_only) != 0 {
         if on_port {
-            let at = findings_only::AtPort { skb, header: &frame.header, parsed: &frame.parsed, netns_inode, ifindex, slot };
+            let at =
+                findings_only::AtPort { skb, header: &frame.header, parsed: &frame.parsed, netns_inode, ifindex, slot };
             unsafe { findings_only::bridge_out(&at) };
         }
         return Some(());
@@ -117,7 +118,12 @@ unsafe fn queued(skb: *const u8) -> Option<()> {
         unsafe { journey::step(&step, false) };
         return Some(());
     }
-    let end = End { kind: if on_port { journey_end::LEFT_BRIDGE } else { journey_end::LEFT_DEVICE }, ifindex, drop_reason: 0, drop_location: 0 };
+    let end = End {
+        kind: if on_port { journey_end::LEFT_BRIDGE } else { journey_end::LEFT_DEVICE },
+        ifindex,
+        drop_reason: 0,
+        drop_location: 0,
+    };
     // Leaving by a port is a step of its own; leaving by another device only ends a
     // journey already under way (most traffic of the port never touches a bridge).
     unsafe { journey::finish(&step, on_port, &end) };

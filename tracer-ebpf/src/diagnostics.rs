@@ -44,6 +44,10 @@ pub fn report(slot: u32) {
         aya_log_ebpf::warn!(&(), "the kernel refused to copy the bytes of a traced frame (program {})", slot);
     }
     if problems & Problem::ConntrackUnreadable as u32 != 0 {
-        aya_log_ebpf::warn!(&(), "the conntrack entry attached to a traced packet could not be read (program {})", slot);
+        aya_log_ebpf::warn!(
+            &(),
+            "the conntrack entry attached to a traced packet could not be read (program {})",
+            slot
+        );
     }
 }

@@ -69,13 +69,27 @@ unsafe fn dropped(skb: *const u8, location: u64, reason: u32) -> Option<()> {
     // Frees that are not drops are by far the most common: leave them first. (A kernel
     // without the reasons has NO_DROP_REASON for them, which only a drop without a reason
     // carries.)
-    if reason != NO_DROP_REASON && (reason == config!(layout.reason_not_dropped_yet) || reason == config!(layout.reason_consumed)) {
+    if reason != NO_DROP_REASON
+        && (reason == config!(layout.reason_not_dropped_yet) || reason == config!(layout.reason_consumed))
+    {
         return None;
     }
     let slot = lost_slot::KFREE_SKB;
     let (netns_inode, ifindex, header, parsed) = unsafe { traced_packet(skb, slot) }?;
     if config!(findings_only) == 0 && journey::in_flight(skb) {
-        let step = Step { skb, kind: step_kind::STAGE, point: 0, pf: 0, ifindex, other_ifindex: 0, packet_len: 0, header: &header, parsed, netns_inode, slot };
+        let step = Step {
+            skb,
+            kind: step_kind::STAGE,
+            point: 0,
+            pf: 0,
+            ifindex,
+            other_ifindex: 0,
+            packet_len: 0,
+            header: &header,
+            parsed,
+            netns_inode,
+            slot,
+        };
         let end = End { kind: journey_end::DROPPED, ifindex, drop_reason: reason, drop_location: location };
         unsafe { journey::finish(&step, false, &end) };
         return Some(());

@@ -121,7 +121,15 @@ pub fn note_icmp(skb: *const u8, icmp_type: u8, icmp_code: u8) {
 /// # Safety
 /// `skb` must be a BTF-typed `sk_buff` pointer.
 #[inline(always)]
-pub unsafe fn send_drop(skb: *const u8, slot: u32, netns_inode: u32, ifindex: u32, reason: u32, location: u64, parsed: &ParsedFlow) {
+pub unsafe fn send_drop(
+    skb: *const u8,
+    slot: u32,
+    netns_inode: u32,
+    ifindex: u32,
+    reason: u32,
+    location: u64,
+    parsed: &ParsedFlow,
+) {
     let stamp = output::loss_stamp(&parsed.flow);
     let Some(mut entry) = output::reserve::<DropRecord>(slot, &stamp) else { return };
     let record = entry.as_mut_ptr();
@@ -226,7 +234,13 @@ pub unsafe fn bridge_out(at: &AtPort) {
     let record = entry.as_mut_ptr();
     // SAFETY: a reserved, exclusively owned slot of size_of::<StrayReplyRecord>().
     unsafe {
-        output::fill_header(core::ptr::addr_of_mut!((*record).header), record_kind::STRAY_REPLY, netns_inode, skb, &stamp);
+        output::fill_header(
+            core::ptr::addr_of_mut!((*record).header),
+            record_kind::STRAY_REPLY,
+            netns_inode,
+            skb,
+            &stamp,
+        );
         (*record).ifindex = ifindex;
         (*record).ingress_ifindex = skb::load::<i32>(skb, config!(layout.skb_iif)) as u32;
         (*record).flow = *flow;

@@ -133,7 +133,8 @@ unsafe fn append(journey: &mut JourneyRecord, step: &Step, now: u64) {
     }
     // The tuples go straight into the journey: an entry's tuples do not change once it
     // has them, so the latest are the journey's.
-    let conntrack = unsafe { packet::read_conntrack(step.skb, step.slot, &mut journey.ct_original, &mut journey.ct_reply) };
+    let conntrack =
+        unsafe { packet::read_conntrack(step.skb, step.slot, &mut journey.ct_original, &mut journey.ct_reply) };
     let stamp = output::loss_stamp(&step.parsed.flow);
     // Field by field: a whole step built first would not fit the programs' stack.
     let entry: &mut JourneyStep = &mut journey.steps[index];

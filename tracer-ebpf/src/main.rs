@@ -36,8 +36,7 @@ mod prelude {
 
     pub(crate) use crate::{
         config::{config, return_if_empty},
-        diagnostics,
-        findings_only,
+        diagnostics, findings_only,
         journey::{self, End, Step},
         packet::{self, IpFamily, NetworkHeader, ParsedFlow},
         skb,

@@ -46,7 +46,11 @@ pub fn netfilter_delivery(ctx: *mut core::ffi::c_void) -> i32 {
 /// `ctx` must be the netfilter program context, and `observe` safe to call with its
 /// BTF-typed hook state and skb.
 #[inline(always)]
-unsafe fn at_link(ctx: *mut core::ffi::c_void, slot: u32, observe: impl FnOnce(*const u8, *const u8) -> Option<()>) -> i32 {
+unsafe fn at_link(
+    ctx: *mut core::ffi::c_void,
+    slot: u32,
+    observe: impl FnOnce(*const u8, *const u8) -> Option<()>,
+) -> i32 {
     return_if_empty!(NF_ACCEPT);
     let (state, skb) = unsafe { context_pointers(ctx) };
     let _ = observe(state, skb);

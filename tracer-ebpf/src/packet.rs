@@ -2,13 +2,13 @@
 //! header, the conntrack entry attached to its skb, and the filters every record
 //! must pass (port first, then network namespace) before anything is reserved.
 
+use aya_ebpf::{macros::map, maps::PerCpuArray};
 use network_types::{
     eth::EtherType,
     ip::{IpProto, Ipv4Hdr, Ipv6Hdr},
     tcp::TcpHdr,
     udp::UdpHdr,
 };
-use aya_ebpf::{macros::map, maps::PerCpuArray};
 use tracer_common::{conntrack_state, lost_slot, CtTuple, Flow, CAPTURE_MAX};
 
 use crate::{
@@ -399,13 +399,15 @@ pub struct Captured {
 /// # Safety
 /// `skb` must be a BTF-typed `sk_buff` pointer.
 #[inline(always)]
-pub unsafe fn capture(skb: *const u8, header: &NetworkHeader, parsed: &ParsedFlow, into: &mut [u8; CAPTURE_MAX], slot: u32) -> Captured {
+pub unsafe fn capture(
+    skb: *const u8,
+    header: &NetworkHeader,
+    parsed: &ParsedFlow,
+    into: &mut [u8; CAPTURE_MAX],
+    slot: u32,
+) -> Captured {
     let mac_header: u16 = unsafe { skb::load(skb, config!(layout.skb_mac_header)) };
-    let start = if mac_header != MAC_HEADER_UNSET && mac_header <= header.offset {
-        mac_header
-    } else {
-        header.offset
-    };
+    let start = if mac_header != MAC_HEADER_UNSET && mac_header <= header.offset { mac_header } else { header.offset };
     let l3_offset = header.offset - start;
     // `tail` is an offset from `head` on 64-bit kernels: the end of the linear data.
     let tail: u32 = unsafe { skb::load(skb, config!(layout.skb_tail)) };
@@ -438,14 +440,7 @@ fn span_bytes<const N: usize>(span: &[u8; CT_SPAN_MAX], at: u32) -> [u8; N] {
 
 #[inline(always)]
 pub fn zero_tuple() -> CtTuple {
-    CtTuple {
-        src_addr: [0; 16],
-        dst_addr: [0; 16],
-        src_port_be: 0,
-        dst_port_be: 0,
-        protonum: 0,
-        _pad: [0; 3],
-    }
+    CtTuple { src_addr: [0; 16], dst_addr: [0; 16], src_port_be: 0, dst_port_be: 0, protonum: 0, _pad: [0; 3] }
 }
 
 /// The `nf_conntrack_tuple` at `at` in the span read from a conntrack entry.

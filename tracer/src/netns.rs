@@ -23,7 +23,8 @@ pub fn run_in<T: Send>(path: &Path, body: impl FnOnce() -> T + Send) -> Result<T
             .spawn(move || {
                 // SAFETY: a valid namespace fd; CLONE_NEWNET moves only this thread.
                 if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(anyhow!(io::Error::last_os_error()).context(format!("entering network namespace {}", path.display())));
+                    return Err(anyhow!(io::Error::last_os_error())
+                        .context(format!("entering network namespace {}", path.display())));
                 }
                 Ok(body())
             })
@@ -100,12 +101,7 @@ pub(crate) mod scratch {
         child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write to ip");
         let out = child.wait_with_output().expect("wait for ip");
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "ip {}:\n{stdout}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "ip {}:\n{stdout}{}", args.join(" "), String::from_utf8_lossy(&out.stderr));
         stdout
     }
 

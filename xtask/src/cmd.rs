@@ -54,9 +54,7 @@ pub fn path_with_toolchain() -> OsString {
 pub fn cargo() -> Command {
     let program = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(program);
-    cmd.current_dir(workspace_root())
-        .env("PATH", path_with_toolchain())
-        .stdin(Stdio::null());
+    cmd.current_dir(workspace_root()).env("PATH", path_with_toolchain()).stdin(Stdio::null());
     cmd
 }
 
@@ -71,20 +69,13 @@ pub fn run(cmd: &mut Command, what: &str) -> Result<()> {
 
 pub fn status(cmd: &mut Command, what: &str) -> Result<ExitStatus> {
     cmd.stdin(Stdio::null());
-    cmd.status()
-        .with_context(|| format!("could not run {what}"))
+    cmd.status().with_context(|| format!("could not run {what}"))
 }
 
 /// Stdout of a command that exited 0; `None` if it could not run or failed. For probes.
 pub fn probe(cmd: &mut Command) -> Option<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    let out = cmd.stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The exit code to pass on for a child's status (a signal death becomes a plain failure).
@@ -155,9 +146,7 @@ pub fn cargo_executables(cmd: &mut Command, what: &str) -> Result<Vec<Executable
             executables.extend(executable_of(&line));
         }
     }
-    let status = child
-        .wait()
-        .with_context(|| format!("waiting for {what}"))?;
+    let status = child.wait().with_context(|| format!("waiting for {what}"))?;
     if !status.success() {
         bail!("{what} failed ({status}); the compiler's messages are above");
     }
@@ -171,12 +160,7 @@ fn executable_of(line: &str) -> Option<Executable> {
         return None;
     }
     let target = msg.get("target")?;
-    let kinds = target
-        .get("kind")?
-        .as_array()?
-        .iter()
-        .filter_map(|k| k.as_str().map(str::to_string))
-        .collect();
+    let kinds = target.get("kind")?.as_array()?.iter().filter_map(|k| k.as_str().map(str::to_string)).collect();
     let name = target.get("name")?.as_str()?.to_string();
     let path = PathBuf::from(msg.get("executable")?.as_str()?);
     Some(Executable { kinds, name, path })

@@ -31,10 +31,7 @@ pub fn run() -> Result<ExitCode> {
     for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe {
-            libc::signal(
-                signal,
-                on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
-            );
+            libc::signal(signal, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t);
         }
     }
 
@@ -138,9 +135,7 @@ fn watch_queries(lab: &Lab, tracer: &Path, qtypes: &[&str]) -> Result<()> {
     let watch = lab.watch_with(tracer, &["--port", "53"], StdoutMode::Terminal)?;
     for qtype in qtypes {
         check_interrupted()?;
-        say(&format!(
-            "client$ dig @{CLUSTER_DNS_IP} {TEST_NAME} {qtype}"
-        ));
+        say(&format!("client$ dig @{CLUSTER_DNS_IP} {TEST_NAME} {qtype}"));
         let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[qtype])?;
         check_interrupted()?;
         match (&dig.status, dig.timed_out) {
@@ -161,11 +156,7 @@ fn watch_queries(lab: &Lab, tracer: &Path, qtypes: &[&str]) -> Result<()> {
     say("Stopping tracer (SIGTERM); it prints its summary:");
     let finished = watch.stop()?;
     if !finished.status.success() {
-        bail!(
-            "tracer exited with {}:\n{}",
-            finished.status,
-            finished.stderr
-        );
+        bail!("tracer exited with {}:\n{}", finished.status, finished.stderr);
     }
     Ok(())
 }

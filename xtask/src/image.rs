@@ -41,6 +41,14 @@ pub fn build(tracer: &Path, out: &Path) -> Result<()> {
     tracer_tests::oci::tracer_image(tracer, REFERENCE, &scratch, out)?;
     std::fs::remove_dir_all(&scratch).with_context(|| format!("removing {}", scratch.display()))?;
     let size = std::fs::metadata(out)?.len();
-    phase("image", &format!("{} ({:.1} MiB): ctr -n k8s.io images import {}", out.display(), size as f64 / 1048576.0, out.display()));
+    phase(
+        "image",
+        &format!(
+            "{} ({:.1} MiB): ctr -n k8s.io images import {}",
+            out.display(),
+            size as f64 / 1048576.0,
+            out.display()
+        ),
+    );
     Ok(())
 }

@@ -113,13 +113,7 @@ fn missing_tools() -> Vec<String> {
 /// kernel's 9p modules runs before any shared library is reachable); udevd (without the
 /// /dev/virtio-ports links it makes, the guest's init cannot find the ports that carry the
 /// command's output and exit code back); and the venv module that holds virtme-ng.
-pub const VM_PACKAGES: &[&str] = &[
-    "qemu-system-x86",
-    "kmod",
-    "busybox-static",
-    "udev",
-    "python3-venv",
-];
+pub const VM_PACKAGES: &[&str] = &["qemu-system-x86", "kmod", "busybox-static", "udev", "python3-venv"];
 
 /// The virtme-ng release `cargo xtask vm` was verified with; a pinned version keeps a new release
 /// from changing how guests boot or report their exit code.
@@ -244,11 +238,10 @@ fn bpf_linker(announce: &dyn Fn(&str)) -> Result<Done> {
 
     // bpf-linker must use the same LLVM as the nightly rustc that emits the bitcode; linking it
     // against the nightly's own libLLVM guarantees that and needs no system LLVM.
-    let version = nightly_rustc(&["-vV"]).ok_or_else(|| {
-        anyhow!("`rustup run nightly rustc -vV` failed; run setup again to install the nightly")
-    })?;
-    let llvm_major = llvm_major(&version)
-        .ok_or_else(|| anyhow!("no `LLVM version:` in `rustc +nightly -vV`:\n{version}"))?;
+    let version = nightly_rustc(&["-vV"])
+        .ok_or_else(|| anyhow!("`rustup run nightly rustc -vV` failed; run setup again to install the nightly"))?;
+    let llvm_major =
+        llvm_major(&version).ok_or_else(|| anyhow!("no `LLVM version:` in `rustc +nightly -vV`:\n{version}"))?;
     let sysroot = nightly_rustc(&["--print", "sysroot"])
         .ok_or_else(|| anyhow!("`rustup run nightly rustc --print sysroot` failed"))?;
     let nightly_lib = Path::new(sysroot.trim()).join("lib");
@@ -259,8 +252,7 @@ fn bpf_linker(announce: &dyn Fn(&str)) -> Result<Done> {
         prefix.display()
     ));
     let lib = prefix.join("lib");
-    fs::create_dir_all(&lib)
-        .with_context(|| format!("creating {} (run setup as root)", lib.display()))?;
+    fs::create_dir_all(&lib).with_context(|| format!("creating {} (run setup as root)", lib.display()))?;
     let target = nightly_lib.join(&so);
     // libLLVM.so is what `-lLLVM` links against; the versioned name is what the binary's rpath
     // ($PREFIX/lib) finds at run time.
@@ -272,12 +264,7 @@ fn bpf_linker(announce: &dyn Fn(&str)) -> Result<Done> {
     install
         .args(["install", "--force", "--root"])
         .arg(&prefix)
-        .args([
-            "bpf-linker",
-            "--version",
-            BPF_LINKER_VERSION,
-            "--no-default-features",
-        ])
+        .args(["bpf-linker", "--version", BPF_LINKER_VERSION, "--no-default-features"])
         .args(["--features", &format!("llvm-{llvm_major}")])
         .env("LLVM_PREFIX", &prefix)
         // Outside the workspace, so its .cargo/config.toml cannot affect the install.
@@ -298,9 +285,7 @@ fn bpf_linker(announce: &dyn Fn(&str)) -> Result<Done> {
 
 /// The major version from rustc's `LLVM version: 22.1.4` line.
 fn llvm_major(rustc_vv: &str) -> Option<u32> {
-    let version = rustc_vv
-        .lines()
-        .find_map(|l| l.strip_prefix("LLVM version:"))?;
+    let version = rustc_vv.lines().find_map(|l| l.strip_prefix("LLVM version:"))?;
     version.trim().split('.').next()?.parse().ok()
 }
 
@@ -313,18 +298,14 @@ fn find_libllvm(dir: &Path) -> Result<String> {
             return Ok(name);
         }
     }
-    bail!(
-        "no libLLVM.so.*-rust-* in {}; the nightly toolchain looks incomplete, reinstall it",
-        dir.display()
-    )
+    bail!("no libLLVM.so.*-rust-* in {}; the nightly toolchain looks incomplete, reinstall it", dir.display())
 }
 
 fn force_symlink(target: &Path, link: &Path) -> Result<()> {
     if fs::symlink_metadata(link).is_ok() {
         fs::remove_file(link).with_context(|| format!("removing old {}", link.display()))?;
     }
-    symlink(target, link)
-        .with_context(|| format!("linking {} to {}", link.display(), target.display()))
+    symlink(target, link).with_context(|| format!("linking {} to {}", link.display(), target.display()))
 }
 
 fn debian_packages(packages: &[&str], announce: &dyn Fn(&str)) -> Result<Done> {
@@ -340,31 +321,19 @@ fn debian_packages(packages: &[&str], announce: &dyn Fn(&str)) -> Result<Done> {
         return Ok(Done::AlreadyThere);
     }
     if !cmd::is_root() {
-        bail!(
-            "{} not installed; run `cargo xtask setup` as root to install them",
-            wanted.join(" ")
-        );
+        bail!("{} not installed; run `cargo xtask setup` as root to install them", wanted.join(" "));
     }
     announce(&wanted.join(" "));
+    cmd::run(Command::new("apt-get").args(["update", "-q"]), "`apt-get update`")
+        .context("check the network and /etc/apt/sources.list")?;
     cmd::run(
-        Command::new("apt-get").args(["update", "-q"]),
-        "`apt-get update`",
-    )
-    .context("check the network and /etc/apt/sources.list")?;
-    cmd::run(
-        Command::new("apt-get")
-            .args(["install", "-y", "-q"])
-            .args(&wanted)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
+        Command::new("apt-get").args(["install", "-y", "-q"]).args(&wanted).env("DEBIAN_FRONTEND", "noninteractive"),
         "`apt-get install`",
     )
     .context("see apt-get's output above")?;
     let still = missing();
     if !still.is_empty() {
-        bail!(
-            "{} still not installed after apt-get install",
-            still.join(" ")
-        );
+        bail!("{} still not installed after apt-get install", still.join(" "));
     }
     Ok(Done::Installed)
 }
@@ -381,25 +350,14 @@ fn virtme_ng(announce: &dyn Fn(&str)) -> Result<Done> {
         return Ok(Done::AlreadyThere);
     }
     if !cmd::is_root() {
-        bail!(
-            "virtme-ng {VIRTME_NG_VERSION} is not installed in {}; run `cargo xtask setup` as root",
-            venv.display()
-        );
+        bail!("virtme-ng {VIRTME_NG_VERSION} is not installed in {}; run `cargo xtask setup` as root", venv.display());
     }
-    announce(&format!(
-        "(virtme-ng {VIRTME_NG_VERSION} from PyPI into the venv {})",
-        venv.display()
-    ));
+    announce(&format!("(virtme-ng {VIRTME_NG_VERSION} from PyPI into the venv {})", venv.display()));
     // Debian's own python3: a python from elsewhere on PATH may lack the venv module or vanish
     // with a user's environment, and the venv keeps a link to the interpreter it was made with.
     if !venv.join("bin/pip").exists() {
-        cmd::run(
-            Command::new("/usr/bin/python3")
-                .args(["-m", "venv"])
-                .arg(&venv),
-            "`/usr/bin/python3 -m venv`",
-        )
-        .context("install python3-venv (the `vm packages` step does) and run setup again")?;
+        cmd::run(Command::new("/usr/bin/python3").args(["-m", "venv"]).arg(&venv), "`/usr/bin/python3 -m venv`")
+            .context("install python3-venv (the `vm packages` step does) and run setup again")?;
     }
     cmd::run(
         Command::new(venv.join("bin/pip")).args([
@@ -423,18 +381,12 @@ fn virtme_ng(announce: &dyn Fn(&str)) -> Result<Done> {
 
 /// The `Version:` field of `pip show`.
 fn pip_show_version(info: &str) -> Option<&str> {
-    info.lines()
-        .find_map(|l| l.strip_prefix("Version:"))
-        .map(str::trim)
+    info.lines().find_map(|l| l.strip_prefix("Version:")).map(str::trim)
 }
 
 /// The packages of `VM_PACKAGES` that are not installed.
 pub fn missing_vm_packages() -> Vec<&'static str> {
-    VM_PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !installed(p))
-        .collect()
+    VM_PACKAGES.iter().copied().filter(|p| !installed(p)).collect()
 }
 
 fn installed(package: &str) -> bool {

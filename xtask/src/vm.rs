@@ -76,16 +76,12 @@ impl Kernel {
     fn package_key(self, package: &str) -> Option<(u32, u32)> {
         match self {
             Kernel::Debian6_1 => {
-                let abi = package
-                    .strip_prefix("linux-image-6.1.0-")?
-                    .strip_suffix("-amd64-unsigned")?;
+                let abi = package.strip_prefix("linux-image-6.1.0-")?.strip_suffix("-amd64-unsigned")?;
                 Some((number(abi)?, 0))
             }
             Kernel::Debian6_12 => {
-                let (patch, release) = package
-                    .strip_prefix("linux-image-6.12.")?
-                    .strip_suffix("-amd64-unsigned")?
-                    .split_once("+deb")?;
+                let (patch, release) =
+                    package.strip_prefix("linux-image-6.12.")?.strip_suffix("-amd64-unsigned")?.split_once("+deb")?;
                 Some((number(patch)?, number(release)?))
             }
             Kernel::Host => None,
@@ -115,12 +111,7 @@ pub struct Vm {
 
 impl Vm {
     pub fn new(kernel: Kernel) -> Vm {
-        Vm {
-            kernel,
-            memory: DEFAULT_MEMORY.to_string(),
-            timeout: DEFAULT_TIMEOUT,
-            verbose: false,
-        }
+        Vm { kernel, memory: DEFAULT_MEMORY.to_string(), timeout: DEFAULT_TIMEOUT, verbose: false }
     }
 }
 
@@ -146,9 +137,7 @@ pub fn task(args: &[String]) -> Result<ExitCode> {
 /// ours; returns its exit status. An error means it could not run or did not finish (no kernel,
 /// the guest did not boot, the timeout struck).
 pub fn run(vm: &Vm, command: &[String]) -> Result<ExitStatus> {
-    let (program, args) = command
-        .split_first()
-        .ok_or_else(|| anyhow!("no command given: put it after `--`"))?;
+    let (program, args) = command.split_first().ok_or_else(|| anyhow!("no command given: put it after `--`"))?;
     if vm.kernel == Kernel::Host {
         let mut direct = Command::new(program);
         direct.args(args);
@@ -178,11 +167,7 @@ pub fn run(vm: &Vm, command: &[String]) -> Result<ExitStatus> {
         kernel.release,
         kernel.package,
         kernel.version,
-        if vm.verbose {
-            ""
-        } else {
-            "; --verbose shows its console"
-        }
+        if vm.verbose { "" } else { "; --verbose shows its console" }
     );
     let mut vng = Command::new(setup::vng());
     vng.arg("--run")
@@ -199,12 +184,7 @@ pub fn run(vm: &Vm, command: &[String]) -> Result<ExitStatus> {
     if vm.verbose {
         vng.arg("--verbose");
     }
-    let status = wait_for(
-        vng,
-        Output::Relay,
-        vm.timeout,
-        &format!("the {} guest", kernel.release),
-    );
+    let status = wait_for(vng, Output::Relay, vm.timeout, &format!("the {} guest", kernel.release));
     let reported = fs::read_to_string(&exit_file);
     remove_if_present(&exit_file)?;
     let status = status?;
@@ -236,15 +216,8 @@ fn guest_script(cwd: &Path, command: &[String], exit_file: &Path) -> String {
 
 /// `command` as one would type it.
 fn shell_words(command: &[String]) -> String {
-    let plain = |w: &str| {
-        !w.is_empty()
-            && w.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
-    };
-    let words: Vec<String> = command
-        .iter()
-        .map(|w| if plain(w) { w.clone() } else { quote(w) })
-        .collect();
+    let plain = |w: &str| !w.is_empty() && w.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b));
+    let words: Vec<String> = command.iter().map(|w| if plain(w) { w.clone() } else { quote(w) }).collect();
     words.join(" ")
 }
 
@@ -290,17 +263,11 @@ fn path_with_venv() -> OsString {
 fn check_prerequisites() -> Result<()> {
     let vng = setup::vng();
     if probe(Command::new(&vng).arg("--version")).is_none() {
-        bail!(
-            "virtme-ng not found at {}: run `cargo xtask setup` (as root)",
-            vng.display()
-        );
+        bail!("virtme-ng not found at {}: run `cargo xtask setup` (as root)", vng.display());
     }
     let missing = setup::missing_vm_packages();
     if !missing.is_empty() {
-        bail!(
-            "Debian packages {} are not installed: run `cargo xtask setup` (as root)",
-            missing.join(" ")
-        );
+        bail!("Debian packages {} are not installed: run `cargo xtask setup` (as root)", missing.join(" "));
     }
     Ok(())
 }
@@ -317,21 +284,13 @@ enum Output {
 
 /// Starts `command` in its own process group and waits for it, killing the whole group (QEMU
 /// included) when `timeout` passes or we are told to stop.
-fn wait_for(
-    mut command: Command,
-    output: Output,
-    timeout: Duration,
-    what: &str,
-) -> Result<ExitStatus> {
+fn wait_for(mut command: Command, output: Output, timeout: Duration, what: &str) -> Result<ExitStatus> {
     catch_stop_signals();
     if output == Output::Relay {
         command.stdout(Stdio::piped()).stderr(Stdio::piped());
     }
-    let mut child = command
-        .stdin(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .with_context(|| format!("could not start {what}"))?;
+    let mut child =
+        command.stdin(Stdio::null()).process_group(0).spawn().with_context(|| format!("could not start {what}"))?;
     let mut relays = Vec::new();
     if let Some(out) = child.stdout.take() {
         relays.push(std::thread::spawn(move || relay(out, std::io::stdout)));
@@ -371,10 +330,7 @@ fn relay<W: Write>(mut from: impl Read, to: fn() -> W) {
 fn wait_with_deadline(child: &mut Child, timeout: Duration, what: &str) -> Result<ExitStatus> {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(status) = child
-            .try_wait()
-            .with_context(|| format!("waiting for {what}"))?
-        {
+        if let Some(status) = child.try_wait().with_context(|| format!("waiting for {what}"))? {
             return Ok(status);
         }
         let signal = STOP_SIGNAL.load(Ordering::Relaxed);
@@ -414,12 +370,7 @@ const STOP_SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHU
 fn catch_stop_signals() {
     for signal in STOP_SIGNALS {
         // SAFETY: the handler only stores into an atomic, which is async-signal-safe.
-        unsafe {
-            libc::signal(
-                signal,
-                note_stop_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
-            )
-        };
+        unsafe { libc::signal(signal, note_stop_signal as extern "C" fn(libc::c_int) as libc::sighandler_t) };
     }
 }
 
@@ -442,20 +393,13 @@ struct KernelFiles {
 /// The newest kernel package of the series, downloaded and extracted into the cache unless it is
 /// there already. Falls back on the newest cached one when apt cannot help (no network).
 fn kernel_files(kernel: Kernel) -> Result<KernelFiles> {
-    let pattern = kernel
-        .search_pattern()
-        .ok_or_else(|| anyhow!("the {} kernel is not a package", kernel.name()))?;
+    let pattern = kernel.search_pattern().ok_or_else(|| anyhow!("the {} kernel is not a package", kernel.name()))?;
     let mut candidate = newest_in_apt(kernel, pattern)?;
     if candidate.is_none() {
         // A fresh machine may have no apt lists yet.
-        eprintln!(
-            "vm: no {} kernel package in the apt lists; running apt-get update",
-            kernel.name()
-        );
+        eprintln!("vm: no {} kernel package in the apt lists; running apt-get update", kernel.name());
         let updated = cmd::status(
-            Command::new("apt-get")
-                .args(["update", "-q"])
-                .stdout(Stdio::from(std::io::stderr())),
+            Command::new("apt-get").args(["update", "-q"]).stdout(Stdio::from(std::io::stderr())),
             "`apt-get update`",
         );
         if updated.is_ok_and(|s| s.success()) {
@@ -490,10 +434,7 @@ fn kernel_files(kernel: Kernel) -> Result<KernelFiles> {
         }
         Err(e) => match cached {
             Some(old) => {
-                eprintln!(
-                    "vm: could not fetch {package} {version} ({e:#}); using the cached {}",
-                    old.display()
-                );
+                eprintln!("vm: could not fetch {package} {version} ({e:#}); using the cached {}", old.display());
                 read_kernel_dir(&old)
             }
             None => Err(e),
@@ -525,10 +466,7 @@ fn newest_package(kernel: Kernel, search: &str) -> Option<String> {
 
 /// The `Candidate:` version in `apt-cache policy` output; `None` when nothing is installable.
 fn candidate_version(policy: &str) -> Option<String> {
-    let version = policy
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Candidate:"))?
-        .trim();
+    let version = policy.lines().find_map(|l| l.trim().strip_prefix("Candidate:"))?.trim();
     (!version.is_empty() && version != "(none)").then(|| version.to_string())
 }
 
@@ -553,10 +491,7 @@ fn cached_of(kernel: Kernel) -> Vec<(PathBuf, (u32, u32))> {
 }
 
 fn newest_cached(kernel: Kernel) -> Option<PathBuf> {
-    cached_of(kernel)
-        .into_iter()
-        .max_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)))
-        .map(|(path, _)| path)
+    cached_of(kernel).into_iter().max_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0))).map(|(path, _)| path)
 }
 
 /// Older kernels of the series are of no further use; each takes 100-400 MB.
@@ -574,14 +509,10 @@ fn prune_older(kernel: Kernel, keep: &Path) {
 /// `apt-get download` and `dpkg-deb -x` into a scratch directory renamed to `dir` when complete,
 /// so an interrupted download is never taken for a cached kernel.
 fn download(package: &str, version: &str, dir: &Path) -> Result<()> {
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let partial = Path::new(CACHE).join(format!(".partial-{name}"));
     if partial.exists() {
-        fs::remove_dir_all(&partial)
-            .with_context(|| format!("removing the leftover {}", partial.display()))?;
+        fs::remove_dir_all(&partial).with_context(|| format!("removing the leftover {}", partial.display()))?;
     }
     fs::create_dir_all(&partial).with_context(|| format!("creating {}", partial.display()))?;
     eprintln!("vm: downloading {package} {version} into {CACHE}");
@@ -599,29 +530,17 @@ fn download(package: &str, version: &str, dir: &Path) -> Result<()> {
     .context("check the network and the apt sources")?;
     let deb = only_entry(&partial, |n| n.ends_with(".deb"))?
         .ok_or_else(|| anyhow!("apt-get download left no .deb in {}", partial.display()))?;
-    cmd::run(
-        Command::new("dpkg-deb")
-            .arg("-x")
-            .arg(&deb)
-            .arg(&partial)
-            .stdout(to_stderr()),
-        "`dpkg-deb -x`",
-    )?;
+    cmd::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&partial).stdout(to_stderr()), "`dpkg-deb -x`")?;
     fs::remove_file(&deb).with_context(|| format!("removing {}", deb.display()))?;
     let files = read_kernel_dir(&partial)?;
     // A kernel package leaves the module index to its postinst; without it the guest's modprobe
     // finds nothing.
     cmd::run(
-        Command::new("depmod")
-            .args(["-a", "-b"])
-            .arg(&partial)
-            .arg(&files.release)
-            .stdout(to_stderr()),
+        Command::new("depmod").args(["-a", "-b"]).arg(&partial).arg(&files.release).stdout(to_stderr()),
         "`depmod`",
     )
     .context("depmod comes with the kmod package: run `cargo xtask setup`")?;
-    fs::rename(&partial, dir)
-        .with_context(|| format!("renaming {} to {}", partial.display(), dir.display()))
+    fs::rename(&partial, dir).with_context(|| format!("renaming {} to {}", partial.display(), dir.display()))
 }
 
 /// The one entry of `dir` whose name satisfies `wanted`.
@@ -631,10 +550,7 @@ fn only_entry(dir: &Path, wanted: impl Fn(&str) -> bool) -> Result<Option<PathBu
         let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
         if wanted(&entry.file_name().to_string_lossy()) {
             if found.is_some() {
-                bail!(
-                    "more than one candidate in {}: remove it and run again",
-                    dir.display()
-                );
+                bail!("more than one candidate in {}: remove it and run again", dir.display());
             }
             found = Some(entry.path());
         }
@@ -643,16 +559,8 @@ fn only_entry(dir: &Path, wanted: impl Fn(&str) -> bool) -> Result<Option<PathBu
 }
 
 fn read_kernel_dir(dir: &Path) -> Result<KernelFiles> {
-    let broken = || {
-        format!(
-            "{} is not an extracted kernel package: remove it and run again",
-            dir.display()
-        )
-    };
-    let name = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let broken = || format!("{} is not an extracted kernel package: remove it and run again", dir.display());
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let (package, version) = name
         .trim_start_matches(".partial-")
         .split_once('_')
@@ -667,15 +575,11 @@ fn read_kernel_dir(dir: &Path) -> Result<KernelFiles> {
         .and_then(|n| n.strip_prefix("vmlinuz-"))
         .map(str::to_string)
         .ok_or_else(|| anyhow!(broken()))?;
-    Ok(KernelFiles {
-        package,
-        version,
-        image,
-        release,
-    })
+    Ok(KernelFiles { package, version, image, release })
 }
 
-const USAGE_HINT: &str = "usage: cargo xtask vm --kernel 6.1|6.12|host [--memory 2G] [--timeout SECS] [--verbose] -- COMMAND [ARGS...]";
+const USAGE_HINT: &str =
+    "usage: cargo xtask vm --kernel 6.1|6.12|host [--memory 2G] [--timeout SECS] [--verbose] -- COMMAND [ARGS...]";
 
 /// `--kernel K [--memory M] [--timeout S] [--verbose] -- COMMAND...` (`--opt=value` works too).
 fn parse_args(args: &[String]) -> Result<(Vm, Vec<String>)> {
@@ -719,18 +623,12 @@ fn parse_args(args: &[String]) -> Result<(Vm, Vec<String>)> {
             _ => bail!("unknown argument `{arg}` (the command goes after `--`)\n{USAGE_HINT}"),
         }
     }
-    let kernel =
-        kernel.ok_or_else(|| anyhow!("--kernel is required (6.1, 6.12 or host)\n{USAGE_HINT}"))?;
+    let kernel = kernel.ok_or_else(|| anyhow!("--kernel is required (6.1, 6.12 or host)\n{USAGE_HINT}"))?;
     let command = match command {
         Some(c) if !c.is_empty() => c,
         _ => bail!("no command given: put it after `--`\n{USAGE_HINT}"),
     };
-    let vm = Vm {
-        memory,
-        timeout,
-        verbose,
-        ..Vm::new(kernel)
-    };
+    let vm = Vm { memory, timeout, verbose, ..Vm::new(kernel) };
     Ok((vm, command))
 }
 
@@ -764,10 +662,7 @@ linux-image-6.12.+deb12-amd64-unsigned - broken
     #[test]
     fn picks_the_newest_generic_package_of_each_series() {
         // Numerically, not as text: 57 > 9, 117 > 99.
-        assert_eq!(
-            newest_package(Kernel::Debian6_1, SEARCH).as_deref(),
-            Some("linux-image-6.1.0-57-amd64-unsigned")
-        );
+        assert_eq!(newest_package(Kernel::Debian6_1, SEARCH).as_deref(), Some("linux-image-6.1.0-57-amd64-unsigned"));
         assert_eq!(
             newest_package(Kernel::Debian6_12, SEARCH).as_deref(),
             Some("linux-image-6.12.117+deb12-amd64-unsigned")
@@ -803,10 +698,7 @@ linux-image-6.1.0-57-amd64-unsigned:
         500 http://deb.example/debian bookworm/main amd64 Packages
 ";
         assert_eq!(candidate_version(policy).as_deref(), Some("6.1.192-3"));
-        assert_eq!(
-            candidate_version("x:\n  Installed: (none)\n  Candidate: (none)\n"),
-            None
-        );
+        assert_eq!(candidate_version("x:\n  Installed: (none)\n  Candidate: (none)\n"), None);
         assert_eq!(candidate_version(""), None);
     }
 
@@ -842,29 +734,18 @@ linux-image-6.1.0-57-amd64-unsigned:
         .expect("valid arguments");
         assert_eq!(
             vm,
-            Vm {
-                kernel: Kernel::Debian6_1,
-                memory: "1536M".into(),
-                timeout: Duration::from_secs(60),
-                verbose: true,
-            }
+            Vm { kernel: Kernel::Debian6_1, memory: "1536M".into(), timeout: Duration::from_secs(60), verbose: true }
         );
         assert_eq!(command, strings(&["tracer", "watch", "--port", "53"]));
 
-        let (vm, command) =
-            parse_args(&strings(&["--kernel=6.12", "--", "sh", "-c", "exit 3"])).expect("valid");
+        let (vm, command) = parse_args(&strings(&["--kernel=6.12", "--", "sh", "-c", "exit 3"])).expect("valid");
         assert_eq!(vm, Vm::new(Kernel::Debian6_12));
         assert_eq!(command, strings(&["sh", "-c", "exit 3"]));
     }
 
     #[test]
     fn rejects_bad_arguments() {
-        let err = |args: &[&str]| {
-            parse_args(&strings(args))
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default()
-        };
+        let err = |args: &[&str]| parse_args(&strings(args)).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err(&["--", "true"]).contains("--kernel is required"));
         assert!(err(&["--kernel", "5.15", "--", "true"]).contains("unknown kernel `5.15`"));
         assert!(err(&["--kernel", "6.1"]).contains("no command given"));
@@ -904,10 +785,7 @@ linux-image-6.1.0-57-amd64-unsigned:
 
     #[test]
     fn shows_commands_as_typed() {
-        assert_eq!(
-            shell_words(&strings(&["sh", "-c", "exit 3", "it's", ""])),
-            "sh -c 'exit 3' 'it'\\''s' ''"
-        );
+        assert_eq!(shell_words(&strings(&["sh", "-c", "exit 3", "it's", ""])), "sh -c 'exit 3' 'it'\\''s' ''");
         assert_eq!(
             shell_words(&strings(&["target/debug/tracer", "watch", "--port=53"])),
             "target/debug/tracer watch --port=53"

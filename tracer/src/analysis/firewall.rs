@@ -12,13 +12,13 @@ use std::{
 };
 
 use crate::{
-    model::{hook::Hook, packet::L4Proto},
-    pipeline::paths::DroppedPacket,
-    firewall::{self, Snapshot},
     findings::{
         netfilter::{judge_drop, DropContext},
         Finding,
     },
+    firewall::{self, Snapshot},
+    model::{hook::Hook, packet::L4Proto},
+    pipeline::paths::DroppedPacket,
 };
 
 /// What identifies drops that are the same problem: hook, source address, destination,

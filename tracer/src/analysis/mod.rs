@@ -15,6 +15,12 @@ use std::{collections::HashMap, io, mem, time::Duration};
 
 use self::firewall::{Answer, DropKey, FirewallWorker, Request};
 use crate::{
+    analysis::output::{DropLine, DroppedStage, Output},
+    findings::{
+        dns::judge,
+        netfilter::{short_label, NETFILTER_DROP},
+        Evidence, Finding, FindingKind, FindingLog, Occurrence, Unconfirmed, UnconfirmedLog,
+    },
     model::{
         packet::{L4Proto, PacketEvent, Verdict},
         TracedPacket, WallClock,
@@ -29,12 +35,6 @@ use crate::{
         paths::DroppedPacket,
         queries::{Correlated, DnsFlows},
     },
-    findings::{
-        dns::judge,
-        netfilter::{short_label, NETFILTER_DROP},
-        Evidence, Finding, FindingKind, FindingLog, Occurrence, Unconfirmed, UnconfirmedLog,
-    },
-    analysis::output::{DropLine, DroppedStage, Output},
 };
 
 /// DNS queries tracked at once; beyond it the oldest are dropped (and counted), so
@@ -181,7 +181,12 @@ impl Analysis {
     /// Findings-only watches: a DNS reply that left a bridge without conntrack, with where
     /// the kernel saw its query sent before DNAT. Such a reply proves the skip on its own,
     /// with the query's destination: it is judged as a reply to that query.
-    pub fn stray_reply(&mut self, mut reply: TracedPacket, asked: Option<std::net::SocketAddr>, output: &mut dyn Output) -> io::Result<()> {
+    pub fn stray_reply(
+        &mut self,
+        mut reply: TracedPacket,
+        asked: Option<std::net::SocketAddr>,
+        output: &mut dyn Output,
+    ) -> io::Result<()> {
         self.stats.packets += 1;
         reply.event.dns = segment(&reply.event).and_then(|segment| self.decoder.decode(&segment));
         output.packet(&reply)?;
@@ -247,7 +252,8 @@ impl Analysis {
         };
         match stopped_in {
             Some((hook, in_ifindex, out_ifindex)) if line.reason == NETFILTER_DROP => {
-                let name = |interfaces: &mut Interfaces, index: u32| if index == 0 { None } else { interfaces.name(index) };
+                let name =
+                    |interfaces: &mut Interfaces, index: u32| if index == 0 { None } else { interfaces.name(index) };
                 self.pending_drops.push(PendingDrop {
                     key: (hook, src.ip(), dst, l4_proto),
                     in_ifname: name(interfaces, in_ifindex),
@@ -288,7 +294,12 @@ impl Analysis {
     /// The end of a run: settles what is pending and waits (until `deadline`) for the rules
     /// of held-back drop lines; lines whose rule could not be read in time are printed
     /// without it.
-    pub fn finish(&mut self, witness: &mut dyn LossWitness, output: &mut dyn Output, deadline: std::time::Instant) -> io::Result<()> {
+    pub fn finish(
+        &mut self,
+        witness: &mut dyn LossWitness,
+        output: &mut dyn Output,
+        deadline: std::time::Instant,
+    ) -> io::Result<()> {
         self.settle(witness, output)?;
         let answers = self.firewall.as_mut().map(|worker| worker.wait(deadline)).unwrap_or_default();
         for answer in answers {
@@ -308,11 +319,22 @@ impl Analysis {
         output.unconfirmed(&unconfirmed)
     }
 
-    fn settle_drop(&mut self, pending: PendingDrop, witness: &mut dyn LossWitness, output: &mut dyn Output) -> io::Result<()> {
+    fn settle_drop(
+        &mut self,
+        pending: PendingDrop,
+        witness: &mut dyn LossWitness,
+        output: &mut dyn Output,
+    ) -> io::Result<()> {
         let PendingDrop { key, mut line, in_ifname, out_ifname } = pending;
         let drop = &line.dropped.drop;
         let kind = if line.icmp.is_some() { FindingKind::NetfilterReject } else { FindingKind::NetfilterDrop };
-        let subject = Unconfirmed { kind, wall_time_ns: line.wall_time_ns, records_lost: 0, client: Some(drop.src), query_id: None };
+        let subject = Unconfirmed {
+            kind,
+            wall_time_ns: line.wall_time_ns,
+            records_lost: 0,
+            client: Some(drop.src),
+            query_id: None,
+        };
         // A record of this packet's path may be missing, the one showing it left the hook
         // above all: then where it stopped is not known, and no rule is named.
         let lost = witness.lost_since(&subject, &line.dropped.loss, drop.timestamp_ns);
@@ -457,12 +479,12 @@ mod tests {
 
     use super::*;
     use crate::{
+        analysis::output::Summary,
+        model::packet::Conntrack,
         pipeline::{
             loss::NothingLost,
             queries::tests::{packet, query_path},
         },
-        model::packet::Conntrack,
-        analysis::output::Summary,
     };
 
     /// A witness that says so many records were lost in every window.
@@ -512,8 +534,24 @@ mod tests {
     /// analysis decodes DNS from the bytes, which these packets do not carry: their DNS is set.
     fn play_conntrack_skip(analysis: &mut Analysis) {
         let mut packets = query_path();
-        packets.push(packet(4, Stage::BridgeIn, "veth-server", "10.244.0.7:53", "10.244.0.5:40000", true, Conntrack::None));
-        packets.push(packet(5, Stage::BridgeOut, "veth-client", "10.244.0.7:53", "10.244.0.5:40000", true, Conntrack::None));
+        packets.push(packet(
+            4,
+            Stage::BridgeIn,
+            "veth-server",
+            "10.244.0.7:53",
+            "10.244.0.5:40000",
+            true,
+            Conntrack::None,
+        ));
+        packets.push(packet(
+            5,
+            Stage::BridgeOut,
+            "veth-client",
+            "10.244.0.7:53",
+            "10.244.0.5:40000",
+            true,
+            Conntrack::None,
+        ));
         for packet in packets {
             analysis.stats.packets += 1;
             if let Some(correlated) = analysis.flows.observe(&packet) {

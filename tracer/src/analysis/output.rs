@@ -2,7 +2,6 @@
 //! packets, findings, unconfirmed findings and the closing summary. `render` prints them,
 //! `capture` records them; `Tee` sends them to both.
 
-
 use std::{collections::BTreeMap, io};
 
 use serde::{Deserialize, Serialize};

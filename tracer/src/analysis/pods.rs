@@ -62,9 +62,12 @@ impl<'a> PodNames<'a> {
             Evidence::Dns(dns) => {
                 let pods = &mut dns.pods;
                 pods.client_pod = pods.client_pod.take().or_else(|| source.pod_of(dns.client.ip()));
-                pods.expected_source_pod = pods.expected_source_pod.take().or_else(|| source.pod_of(dns.expected_source.ip()));
-                pods.actual_source_pod =
-                    pods.actual_source_pod.take().or_else(|| dns.actual_source.and_then(|actual| source.pod_of(actual.ip())));
+                pods.expected_source_pod =
+                    pods.expected_source_pod.take().or_else(|| source.pod_of(dns.expected_source.ip()));
+                pods.actual_source_pod = pods
+                    .actual_source_pod
+                    .take()
+                    .or_else(|| dns.actual_source.and_then(|actual| source.pod_of(actual.ip())));
             }
             Evidence::Netfilter(nf) => {
                 let pods = &mut nf.pods;

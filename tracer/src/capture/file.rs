@@ -60,7 +60,9 @@ impl CaptureFile {
         match exclusive(path) {
             Ok(file) => return CaptureFile::opened(path, path.to_path_buf(), file, false),
             Err(err) if err.kind() != io::ErrorKind::AlreadyExists => {
-                return Err(Refused(format!("cannot create {shown}: {err}; give --write a path in a directory you can write")));
+                return Err(Refused(format!(
+                    "cannot create {shown}: {err}; give --write a path in a directory you can write"
+                )));
             }
             Err(_) => {}
         }
@@ -72,7 +74,10 @@ impl CaptureFile {
         existing_is_replaceable(path)?;
         let temporary = temporary_beside(path);
         let file = exclusive(&temporary).map_err(|err| {
-            Refused(format!("cannot create {} to replace {shown}: {err}; give --write a path in a directory you can write", temporary.display()))
+            Refused(format!(
+                "cannot create {} to replace {shown}: {err}; give --write a path in a directory you can write",
+                temporary.display()
+            ))
         })?;
         CaptureFile::opened(path, temporary, file, true)
     }
@@ -133,12 +138,16 @@ fn existing_is_replaceable(path: &Path) -> Result<(), Refused> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)
         .map_err(|err| match err.raw_os_error() {
-            Some(libc::ELOOP) => Refused(format!("{shown} is a symbolic link: refused, tracer never writes through links")),
+            Some(libc::ELOOP) => {
+                Refused(format!("{shown} is a symbolic link: refused, tracer never writes through links"))
+            }
             _ => Refused(format!("cannot look at {shown}: {err}")),
         })?;
     let meta = existing.metadata().map_err(|err| Refused(format!("cannot look at {shown}: {err}")))?;
     if !meta.is_file() {
-        return Err(Refused(format!("{shown} is not a regular file (a FIFO, device or directory): refused, choose another name")));
+        return Err(Refused(format!(
+            "{shown} is not a regular file (a FIFO, device or directory): refused, choose another name"
+        )));
     }
     // SAFETY: geteuid has no preconditions and cannot fail.
     let caller = unsafe { libc::geteuid() };

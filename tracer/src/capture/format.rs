@@ -58,7 +58,9 @@ pub enum BlockMeta {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RecordMeta {
-    Finding { finding: Box<Finding> },
+    Finding {
+        finding: Box<Finding>,
+    },
     /// A finding the watch did not state because records it rests on may have been lost.
     Unconfirmed(Unconfirmed),
     Summary {

@@ -139,7 +139,13 @@ fn dns_of(data: &[u8], ip: &IpHeaders) -> Option<DnsMessage> {
     }
 }
 
-pub fn plain_packet(wall_time_ns: u64, ifname: Option<String>, linktype: Linktype, data: &[u8], original_len: u32) -> PlainPacket {
+pub fn plain_packet(
+    wall_time_ns: u64,
+    ifname: Option<String>,
+    linktype: Linktype,
+    data: &[u8],
+    original_len: u32,
+) -> PlainPacket {
     let ip = l3_offset_for(linktype, data).and_then(|l3| ip_headers(data, l3)).map(|h| PlainIp {
         version: h.version,
         l4_proto: h.l4_proto,
@@ -183,7 +189,12 @@ pub(crate) mod tests {
     }
 
     pub fn dns_query_frame() -> Vec<u8> {
-        dns_frame("10.244.0.5:41234".parse().expect("literal"), "10.96.0.10:53".parse().expect("literal"), 0x1a2b, false)
+        dns_frame(
+            "10.244.0.5:41234".parse().expect("literal"),
+            "10.96.0.10:53".parse().expect("literal"),
+            0x1a2b,
+            false,
+        )
     }
 
     #[test]

@@ -55,20 +55,41 @@ pub enum Record {
 pub enum Origin {
     Tracer(CaptureMeta),
     /// Another program (its `shb_userappl`, when it said), or a classic pcap file.
-    Other { application: Option<String>, pcap: bool },
+    Other {
+        application: Option<String>,
+        pcap: bool,
+    },
 }
 
 /// Why a capture cannot be read (further). Each says what is wrong and what to do.
 #[derive(Debug)]
 pub enum CaptureError {
-    Open { path: String, error: std::io::Error },
-    Empty { path: String },
-    NotACapture { path: String },
+    Open {
+        path: String,
+        error: std::io::Error,
+    },
+    Empty {
+        path: String,
+    },
+    NotACapture {
+        path: String,
+    },
     /// The file ends inside a block: the program writing it stopped mid-write.
-    CutOff { path: String, offset: u64 },
-    Corrupt { path: String, offset: u64, detail: String },
+    CutOff {
+        path: String,
+        offset: u64,
+    },
+    Corrupt {
+        path: String,
+        offset: u64,
+        detail: String,
+    },
     /// tracer's own metadata is there but cannot be read.
-    Metadata { path: String, offset: u64, detail: String },
+    Metadata {
+        path: String,
+        offset: u64,
+        detail: String,
+    },
 }
 
 impl std::fmt::Display for CaptureError {
@@ -178,8 +199,12 @@ impl CaptureReader {
                 offset: 0,
                 detail: format!("a section header larger than {} KiB", BUFFER >> 10),
             },
-            PcapError::ReadError => CaptureError::Open { path: shown.clone(), error: std::io::Error::other("read failed") },
-            _ => CaptureError::Corrupt { path: shown.clone(), offset: 0, detail: "its header does not fit".to_string() },
+            PcapError::ReadError => {
+                CaptureError::Open { path: shown.clone(), error: std::io::Error::other("read failed") }
+            }
+            _ => {
+                CaptureError::Corrupt { path: shown.clone(), offset: 0, detail: "its header does not fit".to_string() }
+            }
         })?;
         let mut capture = CaptureReader {
             path: shown,
@@ -216,7 +241,8 @@ impl CaptureReader {
         while !self.done {
             let (consumed, result) = match self.reader.next() {
                 Ok((consumed, block)) => {
-                    let header = matches!(block, PcapBlockOwned::NG(Block::SectionHeader(_)) | PcapBlockOwned::LegacyHeader(_));
+                    let header =
+                        matches!(block, PcapBlockOwned::NG(Block::SectionHeader(_)) | PcapBlockOwned::LegacyHeader(_));
                     let result = handle_block(block, &mut self.origin, &mut self.interfaces, &mut self.legacy);
                     (consumed, (header, result))
                 }
@@ -231,7 +257,10 @@ impl CaptureReader {
                     }
                     if self.reader.refill().is_err() {
                         self.done = true;
-                        return Err(CaptureError::Open { path: self.path.clone(), error: std::io::Error::other("read failed") });
+                        return Err(CaptureError::Open {
+                            path: self.path.clone(),
+                            error: std::io::Error::other("read failed"),
+                        });
                     }
                     continue;
                 }
@@ -345,18 +374,23 @@ fn handle_block(
         }
         PcapBlockOwned::NG(Block::EnhancedPacket(epb)) => {
             let Some(interface) = interfaces.get(epb.if_id as usize) else {
-                return Err(BlockError::Corrupt(format!("a packet refers to interface {} that was never described", epb.if_id)));
+                return Err(BlockError::Corrupt(format!(
+                    "a packet refers to interface {} that was never described",
+                    epb.if_id
+                )));
             };
             let ts = (u64::from(epb.ts_high) << 32) | u64::from(epb.ts_low);
             let wall = wall_ns(ts, interface.units_per_sec, interface.offset_secs);
             let meta = option_str(&epb.options, META_OPTION);
             match (&*origin, meta) {
                 (Origin::Tracer(_), Some(meta)) => {
-                    let meta: BlockMeta = serde_json::from_str(meta).map_err(|err| format!("packet metadata: {err}"))?;
+                    let meta: BlockMeta =
+                        serde_json::from_str(meta).map_err(|err| format!("packet metadata: {err}"))?;
                     match meta {
                         BlockMeta::Packet { line, sysctls } => {
                             let packet = with_bytes(line, wall, interface.linktype, epb.packet_data());
-                            let sysctls = sysctls.into_iter().map(|(name, value)| SysctlValue { name, value }).collect();
+                            let sysctls =
+                                sysctls.into_iter().map(|(name, value)| SysctlValue { name, value }).collect();
                             Ok(Some(Record::Packet(Box::new(ReadPacket { packet, sysctls }))))
                         }
                         BlockMeta::Drop { mut line } => {
@@ -365,7 +399,13 @@ fn handle_block(
                         }
                     }
                 }
-                _ => Ok(Some(Record::Plain(plain_packet(wall, interface.name.clone(), interface.linktype, epb.packet_data(), epb.origlen)))),
+                _ => Ok(Some(Record::Plain(plain_packet(
+                    wall,
+                    interface.name.clone(),
+                    interface.linktype,
+                    epb.packet_data(),
+                    epb.origlen,
+                )))),
             }
         }
         PcapBlockOwned::NG(Block::SimplePacket(spb)) => {
@@ -374,7 +414,9 @@ fn handle_block(
             let data = spb.packet_data();
             Ok(Some(Record::Plain(plain_packet(0, interface.name.clone(), interface.linktype, data, spb.origlen))))
         }
-        PcapBlockOwned::NG(Block::Unknown(block)) if block.block_type == RECORD_BLOCK && matches!(origin, Origin::Tracer(_)) => {
+        PcapBlockOwned::NG(Block::Unknown(block))
+            if block.block_type == RECORD_BLOCK && matches!(origin, Origin::Tracer(_)) =>
+        {
             let text = std::str::from_utf8(block.data).map_err(|_| "a record block is not UTF-8".to_string())?;
             // The body is padded to 4 bytes with NULs, which JSON text never contains.
             let record: RecordMeta =
@@ -382,7 +424,9 @@ fn handle_block(
             Ok(Some(match record {
                 RecordMeta::Finding { finding } => Record::Finding(finding),
                 RecordMeta::Unconfirmed(unconfirmed) => Record::Unconfirmed(unconfirmed),
-                RecordMeta::Summary { summary, end_timestamp_ns } => Record::Summary { summary: Box::new(summary), end_timestamp_ns },
+                RecordMeta::Summary { summary, end_timestamp_ns } => {
+                    Record::Summary { summary: Box::new(summary), end_timestamp_ns }
+                }
             }))
         }
         PcapBlockOwned::NG(_) => Ok(None),

@@ -28,8 +28,8 @@ use crate::{
     findings::{Evidence, Finding, Unconfirmed},
     model::{
         monotonic_now_ns,
-        packet::{stage_name, Conntrack},
         netfilter::HookPass,
+        packet::{stage_name, Conntrack},
         pod::with_pod,
         TracedPacket,
     },
@@ -91,8 +91,13 @@ impl PcapngWriter<BufWriter<File>> {
 
 impl<W: Write> PcapngWriter<W> {
     pub fn new(out: W, info: &CaptureInfo) -> io::Result<Self> {
-        let mut writer =
-            PcapngWriter { out, interfaces: HashMap::new(), pending: VecDeque::new(), snaplen: info.meta.snaplen, broken: false };
+        let mut writer = PcapngWriter {
+            out,
+            interfaces: HashMap::new(),
+            pending: VecDeque::new(),
+            snaplen: info.meta.snaplen,
+            broken: false,
+        };
         let meta = serde_json::to_string(&info.meta).map_err(io::Error::other)?;
         let mut options = vec![
             text_option(OptionCode::Comment, &section_comment(&info.meta)),
@@ -127,7 +132,14 @@ impl<W: Write> PcapngWriter<W> {
     }
 
     /// The interface id for a device, writing its description block the first time.
-    fn interface(&mut self, netns: u32, ifindex: u32, name: Option<&str>, bridge: Option<&str>, linktype: Linktype) -> io::Result<u32> {
+    fn interface(
+        &mut self,
+        netns: u32,
+        ifindex: u32,
+        name: Option<&str>,
+        bridge: Option<&str>,
+        linktype: Linktype,
+    ) -> io::Result<u32> {
         let key = (netns, ifindex, name.map(str::to_string), linktype.0);
         if let Some(&id) = self.interfaces.get(&key) {
             return Ok(id);
@@ -135,7 +147,9 @@ impl<W: Write> PcapngWriter<W> {
         let id = self.interfaces.len() as u32;
         let mut description = format!("network namespace {netns}, ifindex {ifindex}");
         if linktype == NO_BYTES {
-            description.push_str(", packets without bytes at this point (a drop, or a stage before NAT changed the addresses)");
+            description.push_str(
+                ", packets without bytes at this point (a drop, or a stage before NAT changed the addresses)",
+            );
         }
         if let Some(bridge) = bridge {
             if Some(bridge) == name {
@@ -185,7 +199,8 @@ impl<W: Write> PcapngWriter<W> {
 
     fn write_block(&mut self, pending: Pending) -> io::Result<()> {
         let meta = serde_json::to_string(&pending.meta).map_err(io::Error::other)?;
-        let mut options: Vec<PcapNGOption> = pending.comments.iter().map(|c| text_option(OptionCode::Comment, c)).collect();
+        let mut options: Vec<PcapNGOption> =
+            pending.comments.iter().map(|c| text_option(OptionCode::Comment, c)).collect();
         options.push(text_option(OptionCode(META_OPTION), &meta));
         let epb = EnhancedPacketBlock {
             block_type: EPB_MAGIC,
@@ -335,7 +350,8 @@ impl<W: Write> Output for PcapngWriter<W> {
 
     fn dropped(&mut self, line: &DropLine) -> io::Result<()> {
         let drop = &line.dropped.drop;
-        let if_id = self.interface(drop.netns_inode, drop.ifindex, line.ifname.as_deref(), line.bridge.as_deref(), NO_BYTES)?;
+        let if_id =
+            self.interface(drop.netns_inode, drop.ifindex, line.ifname.as_deref(), line.bridge.as_deref(), NO_BYTES)?;
         self.hold(Pending {
             if_id,
             wall_time_ns: line.wall_time_ns,
@@ -405,23 +421,23 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::{
+        analysis::output::Tee,
         analysis::{Analysis, AnalysisOptions},
         capture::{format::FORMAT, frames::tests::dns_frame, scratch::ScratchDir},
         commands::report::{Ending, Report},
         findings::{Culprit, FindingKind, NetfilterEvidence, RuleRef},
         firewall::Backend,
+        model::netfilter::{DropEvent, IcmpEvent},
         model::{
             hook::{Family, Hook},
             packet::L4Proto,
         },
-        model::netfilter::{DropEvent, IcmpEvent},
         pipeline::{
             dns_parse as dns,
             loss::NothingLost,
             paths::DroppedPacket,
             queries::tests::{dnat_entry, packet},
         },
-        analysis::output::Tee,
         render::json::JsonOutput,
     };
 
@@ -444,7 +460,15 @@ pub(crate) mod tests {
     }
 
     /// A packet with real bytes, as the kernel copies them (Ethernet first).
-    fn traced(at_ms: u64, stage: Stage, ifname: &str, src: &str, dst: &str, qr: bool, conntrack: Conntrack) -> TracedPacket {
+    fn traced(
+        at_ms: u64,
+        stage: Stage,
+        ifname: &str,
+        src: &str,
+        dst: &str,
+        qr: bool,
+        conntrack: Conntrack,
+    ) -> TracedPacket {
         let mut traced = packet(at_ms, stage, ifname, src, dst, qr, conntrack);
         let addr = |text: &str| text.parse::<SocketAddr>().expect("literal");
         let frame = dns_frame(addr(src), addr(dst), 0x6aab, qr);
@@ -466,11 +490,13 @@ pub(crate) mod tests {
         let packets = vec![
             traced(0, Stage::BridgeIn, "veth-client", "10.244.0.5:40000", "10.96.0.10:53", false, Conntrack::None),
             traced(1, Stage::ToHost, "cni0", "10.244.0.5:40000", "10.96.0.10:53", false, Conntrack::None),
-            traced(2, Stage::FromHost, "cni0", "10.244.0.5:40000", "10.244.0.7:53", false, dnat_entry(2)).with_hooks(vec![
-                hook(Hook::PreRouting, dnat_entry(2)),
-                hook(Hook::Forward, dnat_entry(2)),
-                hook(Hook::PostRouting, dnat_entry(2)),
-            ]),
+            traced(2, Stage::FromHost, "cni0", "10.244.0.5:40000", "10.244.0.7:53", false, dnat_entry(2)).with_hooks(
+                vec![
+                    hook(Hook::PreRouting, dnat_entry(2)),
+                    hook(Hook::Forward, dnat_entry(2)),
+                    hook(Hook::PostRouting, dnat_entry(2)),
+                ],
+            ),
             traced(3, Stage::BridgeOut, "veth-server", "10.244.0.5:40000", "10.244.0.7:53", false, dnat_entry(2)),
             traced(4, Stage::BridgeIn, "veth-server", "10.244.0.7:53", "10.244.0.5:40000", true, Conntrack::None),
             traced(5, Stage::BridgeOut, "veth-client", "10.244.0.7:53", "10.244.0.5:40000", true, Conntrack::None),
@@ -478,10 +504,25 @@ pub(crate) mod tests {
         let src: SocketAddr = "10.244.0.5:40001".parse().expect("literal");
         let dst: SocketAddr = "10.244.0.7:53".parse().expect("literal");
         let drop = DropEvent { ifindex: 4, location: 77, ..DropEvent::example(9, 9_000_000, src, dst) };
-        let icmp = IcmpEvent { loss: Default::default(), timestamp_ns: 9_000_001, skb_id: 9, ifindex: 4, icmp_type: 3, icmp_code: 10, l4_proto: L4Proto::Udp, src, dst };
+        let icmp = IcmpEvent {
+            loss: Default::default(),
+            timestamp_ns: 9_000_001,
+            skb_id: 9,
+            ifindex: 4,
+            icmp_type: 3,
+            icmp_code: 10,
+            l4_proto: L4Proto::Udp,
+            src,
+            dst,
+        };
         let mut stopped = hook(Hook::Forward, dnat_entry(2));
         stopped.left = false;
-        let dropped = DroppedPacket { drop, path: vec![hook(Hook::PreRouting, dnat_entry(2)), stopped], icmp: Some(icmp), loss: Default::default() };
+        let dropped = DroppedPacket {
+            drop,
+            path: vec![hook(Hook::PreRouting, dnat_entry(2)), stopped],
+            icmp: Some(icmp),
+            loss: Default::default(),
+        };
         let rule = RuleRef {
             backend: Backend::IptablesNft,
             table: "filter".to_string(),
@@ -584,7 +625,12 @@ pub(crate) mod tests {
     struct EverythingLost;
 
     impl crate::pipeline::loss::LossWitness for EverythingLost {
-        fn lost_since(&mut self, _: &crate::findings::Unconfirmed, _: &crate::pipeline::loss::LossWindows, _: u64) -> u64 {
+        fn lost_since(
+            &mut self,
+            _: &crate::findings::Unconfirmed,
+            _: &crate::pipeline::loss::LossWindows,
+            _: u64,
+        ) -> u64 {
             1
         }
     }
@@ -592,7 +638,9 @@ pub(crate) mod tests {
     #[test]
     fn a_finding_the_watch_could_not_confirm_is_not_stated_by_the_report_either() {
         let (_, ending, replayed) = watch_then_report("writer-unconfirmed", &mut EverythingLost);
-        let Ending::Finished { summary: Some(summary), error: None, .. } = ending else { panic!("the report should read the whole file") };
+        let Ending::Finished { summary: Some(summary), error: None, .. } = ending else {
+            panic!("the report should read the whole file")
+        };
         assert!(!replayed.contains("\"kind\":\"conntrack_skip\""), "{replayed}");
         assert_eq!(summary.unconfirmed_counts, [(FindingKind::ConntrackSkip, 1)].into());
     }
@@ -601,7 +649,10 @@ pub(crate) mod tests {
     fn comments_name_stage_hooks_verdict_and_finding() {
         let bytes = sample_capture();
         let text = String::from_utf8_lossy(&bytes);
-        assert!(text.contains("tracer: from-host on cni0, bridge cni0 | udp 10.244.0.5:40000 → 10.244.0.7:53"), "{text}");
+        assert!(
+            text.contains("tracer: from-host on cni0, bridge cni0 | udp 10.244.0.5:40000 → 10.244.0.7:53"),
+            "{text}"
+        );
         assert!(text.contains("hooks: PRE_ROUTING(ct new, dnat 10.96.0.10:53→10.244.0.7:53) → FORWARD"), "{text}");
         assert!(text.contains("verdict accept"), "{text}");
         assert!(text.contains("tracer FINDING conntrack_skip: DNS replies skip conntrack"), "{text}");
@@ -647,12 +698,16 @@ pub(crate) mod tests {
         let mut main = Vec::new();
         let warning = {
             let writer = PcapngWriter::new(&mut disk, &info()).expect("header fits");
-            let mut tee = Tee::new(Box::new(JsonOutput::new(&mut main)), Some((Box::new(writer), "full.pcapng".to_string())));
+            let mut tee =
+                Tee::new(Box::new(JsonOutput::new(&mut main)), Some((Box::new(writer), "full.pcapng".to_string())));
             play(&mut tee);
             tee.warning.clone()
         };
         let warning = warning.expect("a warning");
-        assert!(warning.contains("writing full.pcapng failed") && warning.contains("No space left on device"), "{warning}");
+        assert!(
+            warning.contains("writing full.pcapng failed") && warning.contains("No space left on device"),
+            "{warning}"
+        );
         assert_eq!(disk.writes_after_full, 1, "nothing is tried after the first failure");
         let main = String::from_utf8_lossy(&main);
         assert_eq!(main.lines().filter(|l| l.contains("\"type\":\"packet\"")).count(), 8, "{main}");

@@ -8,7 +8,10 @@ use std::{net::SocketAddr, net::TcpListener, path::PathBuf};
 use anyhow::{bail, Result};
 
 use crate::{
-    analysis::{output::Output, pods::{PodNames, PodSource}},
+    analysis::{
+        output::Output,
+        pods::{PodNames, PodSource},
+    },
     metrics::{node_checks::NodeChecks, server, Metrics, MetricsOutput},
     model::pod::{PodFilter, PodRef},
     node::pods::{cri, Pods},
@@ -45,7 +48,9 @@ impl RuntimeArgs {
                 );
                 Ok(Some(pods))
             }
-            Err(err) if given => bail!("{err:#}: check --cri-socket (the runtime's CRI socket, e.g. /run/containerd/containerd.sock)"),
+            Err(err) if given => {
+                bail!("{err:#}: check --cri-socket (the runtime's CRI socket, e.g. /run/containerd/containerd.sock)")
+            }
             Err(err) => {
                 eprintln!("tracer: warning: no pod names: {err:#}; give the runtime's CRI socket with --cri-socket");
                 Ok(None)
@@ -119,7 +124,11 @@ impl Agent {
     /// Starts serving the metrics and reading the node checks (in the network namespace
     /// watched, for the traced `port`), and puts pod naming and the metrics in front of
     /// `output`. The returned guard keeps the node checks read; drop it after the watch.
-    pub fn outputs<'a>(self, output: Box<dyn Output + 'a>, port: u16) -> Result<(Box<dyn Output + 'a>, Option<NodeChecks>)> {
+    pub fn outputs<'a>(
+        self,
+        output: Box<dyn Output + 'a>,
+        port: u16,
+    ) -> Result<(Box<dyn Output + 'a>, Option<NodeChecks>)> {
         let mut output = output;
         if let Some(pods) = self.pods {
             output = Box::new(PodNames::new(output, PodSource::Runtime(pods), self.filter));

@@ -13,14 +13,14 @@ use std::{
 };
 
 use crate::{
-    analysis::{pods::PodNames, Analysis, AnalysisOptions},
-    cli::{fail, OutputFormat},
-    render::{json::JsonOutput, text::TextOutput},
-    pipeline::loss::{LossWindows, LossWitness},
-    capture::reader::{CaptureError, CaptureReader, Origin, Record},
-    findings::{Evidence, FindingKind, Unconfirmed},
     analysis::output::{Output, Summary},
+    analysis::{pods::PodNames, Analysis, AnalysisOptions},
+    capture::reader::{CaptureError, CaptureReader, Origin, Record},
+    cli::{fail, OutputFormat},
+    findings::{Evidence, FindingKind, Unconfirmed},
+    pipeline::loss::{LossWindows, LossWitness},
     render::listing::Listing,
+    render::{json::JsonOutput, text::TextOutput},
 };
 
 /// An opened capture, before anything is printed: its origin decides which printer
@@ -80,9 +80,16 @@ impl Report {
     /// live watch, with the node settings the capture recorded.
     pub fn run(mut self, output: &mut dyn Output) -> Ending {
         let Origin::Tracer(meta) = self.reader.origin().clone() else {
-            return Ending::Finished { summary: None, error: None, notes: vec!["not a capture tracer wrote".to_string()] };
+            return Ending::Finished {
+                summary: None,
+                error: None,
+                notes: vec!["not a capture tracer wrote".to_string()],
+            };
         };
-        let options = AnalysisOptions { dns_timeout: Duration::from_nanos(meta.dns_timeout_ns), dns_ports: meta.dns_ports.clone() };
+        let options = AnalysisOptions {
+            dns_timeout: Duration::from_nanos(meta.dns_timeout_ns),
+            dns_ports: meta.dns_ports.clone(),
+        };
         let mut analysis = Analysis::replay(&options, meta.sysctls.into_iter().collect());
         let mut witness = RecordedLoss::of(&self.path);
         let mut recorded: Option<(Box<Summary>, u64)> = None;
@@ -149,7 +156,9 @@ impl Report {
         }
         let mut notes = Vec::new();
         if without_metadata > 0 {
-            notes.push(format!("{without_metadata} packets without tracer's metadata (added by another program?) are not shown"));
+            notes.push(format!(
+                "{without_metadata} packets without tracer's metadata (added by another program?) are not shown"
+            ));
         }
         if recorded.is_none() && error.is_none() {
             notes.push("the capture has no summary: the watch that wrote it did not end normally; packets lost in the kernel are unknown".to_string());
@@ -251,7 +260,9 @@ pub fn command(args: ReportArgs) -> ExitCode {
     };
     match ending {
         Ending::OutputFailed(err) if err.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
-        Ending::OutputFailed(err) => fail(&anyhow::anyhow!("writing to standard output failed ({err}): the report stopped")),
+        Ending::OutputFailed(err) => {
+            fail(&anyhow::anyhow!("writing to standard output failed ({err}): the report stopped"))
+        }
         Ending::Finished { error, notes, .. } => {
             for note in notes {
                 eprintln!("tracer: note: {note}");

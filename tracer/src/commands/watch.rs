@@ -17,14 +17,16 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use tracer_common::NO_DROP_REASON;
 use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
 };
+use tracer_common::NO_DROP_REASON;
 
 use crate::{
+    analysis::output::Tee,
+    analysis::output::{Output, Summary},
     analysis::{firewall::FirewallWorker, Analysis, AnalysisOptions},
     capture::{
         file::CaptureFile,
@@ -33,12 +35,7 @@ use crate::{
     },
     cli::{fail, parse_duration, parse_ring_mib, WatchFormat},
     commands::agent::AgentArgs,
-    node::sysctl::{bridge_nf_call_sysctl, read_sysctl},
-    analysis::output::Tee,
-    render::{
-        json::JsonOutput,
-        text::{SummaryOnly, TextOutput},
-    },
+    findings::netfilter::NETFILTER_DROP,
     kernel::{
         check_privileges,
         journeys::Journeys,
@@ -47,10 +44,13 @@ use crate::{
         Attached, KernelHooks, WatchSettings,
     },
     model::{monotonic_now_ns, WallClock},
-    findings::netfilter::NETFILTER_DROP,
-    pipeline::{loss::KernelWitness, naming, paths::DroppedPacket},
     node::interfaces::Interfaces,
-    analysis::output::{Output, Summary},
+    node::sysctl::{bridge_nf_call_sysctl, read_sysctl},
+    pipeline::{loss::KernelWitness, naming, paths::DroppedPacket},
+    render::{
+        json::JsonOutput,
+        text::{SummaryOnly, TextOutput},
+    },
 };
 
 pub struct WatchOptions {
@@ -251,10 +251,12 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Endi
         // Records already queued when we were told to stop still belong to the watch, as
         // far as they can be read in a moment.
         let pass = Pass { reasons, clock: &clock, until: Instant::now() + FINAL_DRAIN_TIME, max_records: usize::MAX };
-        let ended = pass.drain(events.get_mut(), &mut interfaces, output, &mut analysis, &mut watermark, &mut decoder).and_then(|_| {
-            analysis.expire(watermark.newest_ns);
-            analysis.finish(&mut loss, output, Instant::now() + FINAL_RULES_WAIT)
-        });
+        let ended = pass
+            .drain(events.get_mut(), &mut interfaces, output, &mut analysis, &mut watermark, &mut decoder)
+            .and_then(|_| {
+                analysis.expire(watermark.newest_ns);
+                analysis.finish(&mut loss, output, Instant::now() + FINAL_RULES_WAIT)
+            });
         output_error = ended.err();
     }
     if let Some(reports) = reports.as_mut() {
@@ -372,7 +374,8 @@ impl Pass<'_> {
             match event {
                 KernelEvent::Packet { event, hooks } => {
                     watermark.read(event.timestamp_ns);
-                    analysis.packet_with_hooks(naming::traced(event, self.clock, interfaces).with_hooks(hooks), output)?;
+                    analysis
+                        .packet_with_hooks(naming::traced(event, self.clock, interfaces).with_hooks(hooks), output)?;
                 }
                 KernelEvent::Dropped { drop, path, icmp } => {
                     watermark.read(drop.timestamp_ns);
@@ -380,7 +383,9 @@ impl Pass<'_> {
                         Some(name) => name.clone(),
                         // A kernel that gives no reason: a packet freed in a hook it never left
                         // was dropped by netfilter.
-                        None if drop.reason == NO_DROP_REASON && path.last().is_some_and(|pass| !pass.left) => NETFILTER_DROP.to_string(),
+                        None if drop.reason == NO_DROP_REASON && path.last().is_some_and(|pass| !pass.left) => {
+                            NETFILTER_DROP.to_string()
+                        }
                         None if drop.reason == NO_DROP_REASON => "NOT_SPECIFIED".to_string(),
                         None => format!("reason {}", drop.reason),
                     };
@@ -457,7 +462,13 @@ impl TracingArgs {
     }
 
     /// The options of a watch on `port`, copying `snaplen` bytes, for `duration`.
-    pub fn watch_options(&self, port: u16, snaplen: u32, duration: Option<Duration>, findings_only: bool) -> WatchOptions {
+    pub fn watch_options(
+        &self,
+        port: u16,
+        snaplen: u32,
+        duration: Option<Duration>,
+        findings_only: bool,
+    ) -> WatchOptions {
         WatchOptions {
             settings: WatchSettings {
                 port,
@@ -605,7 +616,10 @@ pub fn command(args: WatchArgs) -> ExitCode {
     if let Some(file) = capture_file {
         let path = args.write.as_deref().unwrap_or(Path::new("-"));
         if let Err(err) = file.finish() {
-            return fail(&anyhow::anyhow!("finishing the capture {} failed: {err}; what was written may be incomplete", path.display()));
+            return fail(&anyhow::anyhow!(
+                "finishing the capture {} failed: {err}; what was written may be incomplete",
+                path.display()
+            ));
         }
     }
     match ending {
@@ -615,9 +629,9 @@ pub fn command(args: WatchArgs) -> ExitCode {
             let _ = TextOutput::new(std::io::stderr().lock(), false).summary(&summary);
             ExitCode::SUCCESS
         }
-        Ending::OutputFailed { error, .. } => {
-            fail(&anyhow::anyhow!("writing to standard output failed ({error}): the watch stopped; write to a file or pipe that has room"))
-        }
+        Ending::OutputFailed { error, .. } => fail(&anyhow::anyhow!(
+            "writing to standard output failed ({error}): the watch stopped; write to a file or pipe that has room"
+        )),
     }
 }
 

@@ -72,9 +72,7 @@ pub struct Attribution {
 /// The ICMP answer in words for outputs: the REJECT name where it has one, else its type
 /// and code.
 pub fn answer_name(family: Family, icmp_type: u8, code: u8) -> String {
-    reject_name(family, icmp_type, code)
-        .map(str::to_string)
-        .unwrap_or_else(|| format!("type {icmp_type} code {code}"))
+    reject_name(family, icmp_type, code).map(str::to_string).unwrap_or_else(|| format!("type {icmp_type} code {code}"))
 }
 
 /// The ICMP destination-unreachable codes a REJECT answers with, and the names iptables and
@@ -102,10 +100,7 @@ pub fn reject_name(family: Family, icmp_type: u8, code: u8) -> Option<&'static s
     if icmp_type != icmp_unreachable_type(family) {
         return None;
     }
-    REJECT_CODES
-        .iter()
-        .find(|(f, c, _)| *f == family && *c == code)
-        .and_then(|(_, _, names)| names.first().copied())
+    REJECT_CODES.iter().find(|(f, c, _)| *f == family && *c == code).and_then(|(_, _, names)| names.first().copied())
 }
 
 /// The ICMP type and code of a reject answer named the iptables or nft way.
@@ -161,10 +156,7 @@ fn reject_answer(backend: Backend, family: Family, with: Option<&str>) -> Option
             if with == "tcp-reset" || with == "tcp-rst" {
                 return Some(Answer::TcpReset);
             }
-            let name = with
-                .strip_prefix("icmp6-")
-                .or_else(|| with.strip_prefix("icmp-"))
-                .unwrap_or(with);
+            let name = with.strip_prefix("icmp6-").or_else(|| with.strip_prefix("icmp-")).unwrap_or(with);
             reject_code(family, name).map(|(t, c)| Answer::Icmp(t, c))
         }
         Backend::Nftables => {
@@ -284,10 +276,8 @@ impl Before {
             for (key, rule) in rule_keys(chain).into_iter().zip(&chain.rules) {
                 rules.insert(key, rule.packets);
             }
-            policies.insert(
-                (chain.backend, chain.family, chain.table.clone(), chain.name.clone()),
-                chain.policy_packets,
-            );
+            policies
+                .insert((chain.backend, chain.family, chain.table.clone(), chain.name.clone()), chain.policy_packets);
         }
         Before { rules, policies }
     }
@@ -324,13 +314,7 @@ fn plural(count: usize, one: &str, many: &str) -> String {
 
 fn describe_rule(rule: &Rule) -> String {
     let handle = rule.handle.map(|h| format!(" (handle {h})")).unwrap_or_default();
-    format!(
-        "{} {} {} rule {}{handle}",
-        rule.backend.name(),
-        rule.table,
-        rule.chain,
-        rule.position
-    )
+    format!("{} {} {} rule {}{handle}", rule.backend.name(), rule.table, rule.chain, rule.position)
 }
 
 fn describe_chain(chain: &Chain) -> String {
@@ -486,10 +470,7 @@ mod tests {
     };
 
     fn iptables(backend: Backend, family: Family, save: &str) -> Snapshot {
-        Snapshot {
-            chains: parse_iptables_save(save, backend, family),
-            errors: Vec::new(),
-        }
+        Snapshot { chains: parse_iptables_save(save, backend, family), errors: Vec::new() }
     }
 
     fn nft4(save: &str) -> Snapshot {
@@ -575,16 +556,10 @@ COMMIT
             ],
         );
         let attribution = attribute(&nft4(FIELD_BEFORE), &nft4(&after), &dns_packet(HOST_PROHIBITED));
-        let rule = attribution
-            .rule
-            .as_ref()
-            .unwrap_or_else(|| panic!("{}", attribution.reason));
+        let rule = attribution.rule.as_ref().unwrap_or_else(|| panic!("{}", attribution.reason));
         assert_eq!(rule.position, 16);
         assert_eq!(rule.chain, "FORWARD");
-        assert_eq!(
-            rule.text,
-            "-A FORWARD -p udp -m udp --dport 53 -j REJECT --reject-with icmp-host-prohibited"
-        );
+        assert_eq!(rule.text, "-A FORWARD -p udp -m udp --dport 53 -j REJECT --reject-with icmp-host-prohibited");
         assert!(attribution.candidates.is_empty() && attribution.policy.is_none());
         assert_eq!(
             attribution.reason,
@@ -605,11 +580,14 @@ COMMIT
         let after = before.replace(UNCOUNTED, COUNTED_ONCE);
         let attribution = attribute(&nft4(before), &nft4(&after), &dns_packet(HOST_PROHIBITED));
         assert_eq!(attribution.rule, None);
-        assert_eq!(
-            attribution.candidates.iter().map(|r| r.position).collect::<Vec<_>>(),
-            [1, 2]
+        assert_eq!(attribution.candidates.iter().map(|r| r.position).collect::<Vec<_>>(), [1, 2]);
+        assert!(
+            attribution
+                .reason
+                .starts_with("2 rules rejects with host-prohibited and match the packet (all with counters that grew"),
+            "{}",
+            attribution.reason
         );
-        assert!(attribution.reason.starts_with("2 rules rejects with host-prohibited and match the packet (all with counters that grew"), "{}", attribution.reason);
         assert!(attribution
             .reason
             .contains("not telling which: iptables-nft filter FORWARD rule 1, iptables-nft filter FORWARD rule 2"));
@@ -630,13 +608,16 @@ COMMIT
 ";
         let after = before.replace("[5:300]", "[6:360]").replace("[9:540]", "[10:600]");
         let attribution = attribute(&nft4(before), &nft4(&after), &dns_packet(None));
-        let policy = attribution
-            .policy
-            .as_ref()
-            .unwrap_or_else(|| panic!("{}", attribution.reason));
+        let policy = attribution.policy.as_ref().unwrap_or_else(|| panic!("{}", attribution.reason));
         assert_eq!((policy.table.as_str(), policy.name.as_str()), ("filter", "FORWARD"));
         assert_eq!(attribution.rule, None);
-        assert!(attribution.reason.contains("the DROP policy of iptables-nft filter FORWARD did it: its policy counter grew by 1"), "{}", attribution.reason);
+        assert!(
+            attribution
+                .reason
+                .contains("the DROP policy of iptables-nft filter FORWARD did it: its policy counter grew by 1"),
+            "{}",
+            attribution.reason
+        );
 
         // Nothing moved: nothing is named, and the reason says why.
         let attribution = attribute(&nft4(before), &nft4(before), &dns_packet(None));
@@ -688,13 +669,9 @@ COMMIT
         let save = FORWARD_REJECT;
         let grown = save.replace(UNCOUNTED, COUNTED_ONCE);
         let mut before = nft4(save);
-        before
-            .chains
-            .extend(iptables(Backend::IptablesLegacy, Family::Ipv4, save).chains);
+        before.chains.extend(iptables(Backend::IptablesLegacy, Family::Ipv4, save).chains);
         let mut after = nft4(save);
-        after
-            .chains
-            .extend(iptables(Backend::IptablesLegacy, Family::Ipv4, &grown).chains);
+        after.chains.extend(iptables(Backend::IptablesLegacy, Family::Ipv4, &grown).chains);
         let attribution = attribute(&before, &after, &dns_packet(HOST_PROHIBITED));
         assert_eq!(attribution.rule.map(|r| r.backend), Some(Backend::IptablesLegacy));
     }
@@ -710,10 +687,7 @@ COMMIT
 {"rule": {"family": "inet", "table": "tr-native", "chain": "tr-sub", "handle": 8, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "saddr"}}, "right": {"prefix": {"addr": "fd00::", "len": 8}}}}, {"counter": {"packets": 0, "bytes": 0}}, {"reject": {"type": "icmpx", "expr": "admin-prohibited"}}]}}]}"#;
 
     fn nft(json: &str) -> Snapshot {
-        Snapshot {
-            chains: parse_nft_json(json).expect("parse"),
-            errors: Vec::new(),
-        }
+        Snapshot { chains: parse_nft_json(json).expect("parse"), errors: Vec::new() }
     }
 
     #[test]
@@ -726,11 +700,12 @@ COMMIT
             (Backend::Nftables, Family::Ipv4, Some(4), 1)
         );
         assert_eq!(rule.table, "inet tr-native");
-        assert_eq!(
-            rule.text,
-            "ip daddr 10.96.0.10 udp dport 53 counter reject with icmp host-prohibited"
+        assert_eq!(rule.text, "ip daddr 10.96.0.10 udp dport 53 counter reject with icmp host-prohibited");
+        assert!(
+            attribution.reason.starts_with("nftables inet tr-native forward_hook rule 1 (handle 4) is the only rule"),
+            "{}",
+            attribution.reason
         );
-        assert!(attribution.reason.starts_with("nftables inet tr-native forward_hook rule 1 (handle 4) is the only rule"), "{}", attribution.reason);
 
         // IPv6 through the jump: icmpx admin-prohibited is ICMPv6 type 1 code 1 there.
         let after = NFT_BEFORE.replace(
@@ -746,10 +721,7 @@ COMMIT
         };
         let attribution = attribute(&nft(NFT_BEFORE), &nft(&after), &packet);
         let rule = attribution.rule.unwrap_or_else(|| panic!("{}", attribution.reason));
-        assert_eq!(
-            (rule.chain.as_str(), rule.handle, rule.family),
-            ("tr-sub", Some(8), Family::Ipv6)
-        );
+        assert_eq!((rule.chain.as_str(), rule.handle, rule.family), ("tr-sub", Some(8), Family::Ipv6));
     }
 
     #[test]
@@ -766,9 +738,7 @@ COMMIT
         let counted = "*filter\n:FORWARD ACCEPT [0:0]\n[0:0] -A FORWARD -p udp -j DROP\nCOMMIT\n";
         before.chains.extend(nft4(counted).chains);
         let mut after = nft(NFT_BEFORE);
-        after
-            .chains
-            .extend(nft4(&counted.replace(UNCOUNTED, COUNTED_ONCE)).chains);
+        after.chains.extend(nft4(&counted.replace(UNCOUNTED, COUNTED_ONCE)).chains);
         let attribution = attribute(&before, &after, &packet);
         assert_eq!(attribution.rule, None);
         assert_eq!(attribution.candidates.len(), 2);
@@ -813,7 +783,14 @@ COMMIT
 
     #[test]
     fn reject_names() {
-        let v4 = [(0, "net-unreachable"), (1, "host-unreachable"), (3, "port-unreachable"), (9, "net-prohibited"), (10, "host-prohibited"), (13, "admin-prohibited")];
+        let v4 = [
+            (0, "net-unreachable"),
+            (1, "host-unreachable"),
+            (3, "port-unreachable"),
+            (9, "net-prohibited"),
+            (10, "host-prohibited"),
+            (13, "admin-prohibited"),
+        ];
         for (code, name) in v4 {
             assert_eq!(reject_name(Family::Ipv4, 3, code), Some(name));
             let with = format!("icmp-{name}");
@@ -836,10 +813,7 @@ COMMIT
         assert_eq!(nft(Family::Ipv6, "icmpx host-unreachable"), Some(Answer::Icmp(1, 3)));
         assert_eq!(nft(Family::Ipv4, "tcp reset"), Some(Answer::TcpReset));
         assert_eq!(nft(Family::Ipv6, "icmp host-prohibited"), None);
-        assert_eq!(
-            reject_answer(Backend::IptablesNft, Family::Ipv4, Some("tcp-reset")),
-            Some(Answer::TcpReset)
-        );
+        assert_eq!(reject_answer(Backend::IptablesNft, Family::Ipv4, Some("tcp-reset")), Some(Answer::TcpReset));
         assert_eq!(reject_answer(Backend::Nftables, Family::Ipv4, None), None);
     }
 
@@ -882,10 +856,7 @@ COMMIT
             // A fixed neighbour entry for the gateway, so the query is not parked waiting
             // for ARP while the second snapshot is taken.
             let mac = node.sh("cat /sys/class/net/n0/address");
-            client.sh(&format!(
-                "ip neigh replace 10.0.1.1 lladdr {} dev c0 nud permanent",
-                mac.trim()
-            ));
+            client.sh(&format!("ip neigh replace 10.0.1.1 lladdr {} dev c0 nud permanent", mac.trim()));
             Lab { node, client }
         }
 
@@ -937,16 +908,8 @@ COMMIT
     }
 
     fn check_rule_16(attribution: &Attribution, backend: Backend, chain: &str) {
-        let rule = attribution
-            .rule
-            .as_ref()
-            .unwrap_or_else(|| panic!("{}", attribution.reason));
-        assert_eq!(
-            (rule.backend, rule.position, rule.chain.as_str()),
-            (backend, 16, chain),
-            "{}",
-            attribution.reason
-        );
+        let rule = attribution.rule.as_ref().unwrap_or_else(|| panic!("{}", attribution.reason));
+        assert_eq!((rule.backend, rule.position, rule.chain.as_str()), (backend, 16, chain), "{}", attribution.reason);
         assert!(attribution.reason.contains("its counter grew by 1"), "{}", attribution.reason);
     }
 
@@ -1000,10 +963,7 @@ COMMIT
         check_rule_16(&attribution, Backend::Nftables, "forward");
         let rule = attribution.rule.expect("rule");
         // nft adds the family check an ICMP reject needs in an inet table.
-        assert_eq!(
-            rule.text,
-            "meta nfproto ipv4 udp dport 53 counter reject with icmp host-prohibited"
-        );
+        assert_eq!(rule.text, "meta nfproto ipv4 udp dport 53 counter reject with icmp host-prohibited");
         assert_eq!(rule.table, "inet tr-filter");
         assert!(rule.handle.is_some());
     }
@@ -1014,15 +974,11 @@ COMMIT
         // rejected is the one whose counter moved (iptables-legacy runs first here, so it is
         // the legacy rule, and the iptables-nft one never sees the packet).
         let lab = Lab::new();
-        lab.node
-            .sh(&format!("iptables-legacy -w {RULE_16}\niptables-nft {RULE_16}"));
+        lab.node.sh(&format!("iptables-legacy -w {RULE_16}\niptables-nft {RULE_16}"));
         let attribution = lab.attribute_one_query();
         let rule = attribution.rule.unwrap_or_else(|| panic!("{}", attribution.reason));
-        let other = if rule.backend == Backend::IptablesLegacy {
-            Backend::IptablesNft
-        } else {
-            Backend::IptablesLegacy
-        };
+        let other =
+            if rule.backend == Backend::IptablesLegacy { Backend::IptablesNft } else { Backend::IptablesLegacy };
         assert_eq!(rule.position, 1);
         assert!(!attribution.reason.contains(other.name()), "{}", attribution.reason);
     }

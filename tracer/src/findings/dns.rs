@@ -91,7 +91,14 @@ fn conntrack_skip(mut evidence: DnsEvidence, wall_time_ns: u64, read_sysctl: &dy
     fix.push(format!("sysctl -w {sysctl_name}=1"));
     fix.push(format!("echo '{sysctl_name} = 1' > /etc/sysctl.d/99-bridge-nf-call.conf    # persist the setting"));
     evidence.sysctls = vec![sysctl];
-    Finding { kind: FindingKind::ConntrackSkip, wall_time_ns, headline, evidence: Evidence::Dns(evidence), explanation, fix }
+    Finding {
+        kind: FindingKind::ConntrackSkip,
+        wall_time_ns,
+        headline,
+        evidence: Evidence::Dns(evidence),
+        explanation,
+        fix,
+    }
 }
 
 fn unexpected_source(evidence: DnsEvidence, wall_time_ns: u64, query: &QueryFlow) -> Finding {
@@ -123,7 +130,14 @@ fn unexpected_source(evidence: DnsEvidence, wall_time_ns: u64, query: &QueryFlow
         format!("conntrack -L -p udp --orig-port-dst {}    # how conntrack tracks the flow", expected.port()),
         "make the DNS server answer from the address it was queried on (bind it to that address)".to_string(),
     ];
-    Finding { kind: FindingKind::UnexpectedReplySource, wall_time_ns, headline, evidence: Evidence::Dns(evidence), explanation, fix }
+    Finding {
+        kind: FindingKind::UnexpectedReplySource,
+        wall_time_ns,
+        headline,
+        evidence: Evidence::Dns(evidence),
+        explanation,
+        fix,
+    }
 }
 
 fn timeout(query: &QueryFlow, timeout_secs: f64) -> Finding {
@@ -141,7 +155,10 @@ fn timeout(query: &QueryFlow, timeout_secs: f64) -> Finding {
                 query.backend().map(|b| format!(", sent to {b}")).unwrap_or_default()
             ),
             vec![
-                format!("check the DNS server at {} is running and listening", show(query.backend().or(Some(query.queried())))),
+                format!(
+                    "check the DNS server at {} is running and listening",
+                    show(query.backend().or(Some(query.queried())))
+                ),
                 "check firewall rules on the server side (iptables -S; nft list ruleset)".to_string(),
             ],
         ),
@@ -153,7 +170,10 @@ fn timeout(query: &QueryFlow, timeout_secs: f64) -> Finding {
             vec![
                 "iptables -S; iptables -t nat -S; nft list ruleset    # REJECT/DROP rules or DROP policies".to_string(),
                 "sysctl net.ipv4.ip_forward    # must be 1 to route pod traffic".to_string(),
-                format!("ip route get {}    # is there a route to the server?", query.backend().unwrap_or_else(|| query.queried()).ip()),
+                format!(
+                    "ip route get {}    # is there a route to the server?",
+                    query.backend().unwrap_or_else(|| query.queried()).ip()
+                ),
             ],
         ),
         Stage::FromHost => (
@@ -221,8 +241,17 @@ mod tests {
     #[test]
     fn bridged_reply_from_backend_is_conntrack_skip() {
         let mut packets = query_path();
-        packets.push(packet(4, Stage::BridgeIn, "veth-server", "10.244.0.7:53", "10.244.0.5:40000", true, Conntrack::None));
-        let mut reply = packet(5, Stage::BridgeOut, "veth-client", "10.244.0.7:53", "10.244.0.5:40000", true, Conntrack::None);
+        packets.push(packet(
+            4,
+            Stage::BridgeIn,
+            "veth-server",
+            "10.244.0.7:53",
+            "10.244.0.5:40000",
+            true,
+            Conntrack::None,
+        ));
+        let mut reply =
+            packet(5, Stage::BridgeOut, "veth-client", "10.244.0.7:53", "10.244.0.5:40000", true, Conntrack::None);
         reply.names.in_ifname = Some("veth-server".to_string());
         packets.push(reply);
         let findings = run(&packets);
@@ -243,12 +272,26 @@ mod tests {
     #[test]
     fn without_br_netfilter_the_finding_says_load_it_first() {
         let mut packets = query_path();
-        packets.push(packet(5, Stage::BridgeOut, "veth-client", "10.244.0.7:53", "10.244.0.5:40000", true, Conntrack::None));
+        packets.push(packet(
+            5,
+            Stage::BridgeOut,
+            "veth-client",
+            "10.244.0.7:53",
+            "10.244.0.5:40000",
+            true,
+            Conntrack::None,
+        ));
         let mut flows = DnsFlows::new(2_000_000_000, 100);
         let correlated: Vec<Correlated> = packets.iter().filter_map(|p| flows.observe(p)).collect();
         let absent = |name: &str| SysctlValue { name: name.to_string(), value: None };
-        let [finding] = &correlated.iter().filter_map(|c| judge(c, 2.0, &absent)).collect::<Vec<_>>()[..] else { panic!() };
-        assert!(finding.headline.starts_with("br_netfilter is not loaded: DNS replies skip conntrack on bridge cni0"), "{}", finding.headline);
+        let [finding] = &correlated.iter().filter_map(|c| judge(c, 2.0, &absent)).collect::<Vec<_>>()[..] else {
+            panic!()
+        };
+        assert!(
+            finding.headline.starts_with("br_netfilter is not loaded: DNS replies skip conntrack on bridge cni0"),
+            "{}",
+            finding.headline
+        );
         assert_eq!(finding.fix[0], "modprobe br_netfilter");
         assert!(finding.fix[1].contains("/etc/modules-load.d/br_netfilter.conf"), "{:?}", finding.fix);
     }
@@ -256,7 +299,15 @@ mod tests {
     #[test]
     fn reverse_natted_reply_is_healthy() {
         let mut packets = query_path();
-        packets.push(packet(5, Stage::BridgeOut, "veth-client", "10.96.0.10:53", "10.244.0.5:40000", true, dnat_entry(3)));
+        packets.push(packet(
+            5,
+            Stage::BridgeOut,
+            "veth-client",
+            "10.96.0.10:53",
+            "10.244.0.5:40000",
+            true,
+            dnat_entry(3),
+        ));
         assert!(run(&packets).is_empty());
     }
 
@@ -290,7 +341,15 @@ mod tests {
     fn repeats_are_counted_once_per_client_and_server() {
         let mut log = super::super::FindingLog::default();
         let mut packets = query_path();
-        packets.push(packet(5, Stage::BridgeOut, "veth-client", "10.244.0.7:53", "10.244.0.5:40000", true, Conntrack::None));
+        packets.push(packet(
+            5,
+            Stage::BridgeOut,
+            "veth-client",
+            "10.244.0.7:53",
+            "10.244.0.5:40000",
+            true,
+            Conntrack::None,
+        ));
         let finding = run(&packets).remove(0);
         let mut other_port = finding.clone();
         if let Evidence::Dns(dns) = &mut other_port.evidence {

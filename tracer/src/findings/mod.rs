@@ -1,10 +1,10 @@
 //! Findings: problems tracer names, each with its evidence, a plain explanation and
 //! the commands that fix it. Repeats of one problem are counted, not re-reported.
 
+pub mod attribution;
 pub mod dns;
 pub mod netfilter;
 pub mod node_config;
-pub mod attribution;
 
 use std::{collections::HashMap, net::SocketAddr};
 
@@ -352,13 +352,23 @@ impl Finding {
     /// server's would make each one a new finding).
     fn dedupe_key(&self) -> DedupeKey {
         match &self.evidence {
-            Evidence::Dns(dns) => (self.kind, dns.client.ip(), dns.expected_source, dns.actual_source.map(|a| a.to_string()).unwrap_or_default()),
+            Evidence::Dns(dns) => (
+                self.kind,
+                dns.client.ip(),
+                dns.expected_source,
+                dns.actual_source.map(|a| a.to_string()).unwrap_or_default(),
+            ),
             Evidence::Netfilter(nf) => (self.kind, nf.src.ip(), nf.dst, nf.hook.name().to_string()),
             Evidence::Node(node) => (
                 self.kind,
                 std::net::IpAddr::from([0, 0, 0, 0]),
                 SocketAddr::from(([0, 0, 0, 0], 0)),
-                format!("{} {} {}", node.netns.inode, node.interface.as_deref().unwrap_or(""), node.rule.as_ref().map(|r| r.text.as_str()).unwrap_or("")),
+                format!(
+                    "{} {} {}",
+                    node.netns.inode,
+                    node.interface.as_deref().unwrap_or(""),
+                    node.rule.as_ref().map(|r| r.text.as_str()).unwrap_or("")
+                ),
             ),
         }
     }

@@ -25,16 +25,18 @@ pub const NETFILTER_DROP: &str = "NETFILTER_DROP";
 /// A finding for a packet a netfilter hook dropped or rejected; `None` for drops
 /// elsewhere. `before` and `after` are the rulesets with counters from before the
 /// drop and from now.
-pub fn judge_drop(dropped: &DroppedPacket, context: &DropContext, before: &Snapshot, after: &Snapshot) -> Option<Finding> {
+pub fn judge_drop(
+    dropped: &DroppedPacket,
+    context: &DropContext,
+    before: &Snapshot,
+    after: &Snapshot,
+) -> Option<Finding> {
     if context.reason != NETFILTER_DROP {
         return None;
     }
     let pass = dropped.stopped_in()?;
     let family = pass.family;
-    let icmp = dropped
-        .icmp
-        .as_ref()
-        .map(|i| answer_name(family, i.icmp_type, i.icmp_code));
+    let icmp = dropped.icmp.as_ref().map(|i| answer_name(family, i.icmp_type, i.icmp_code));
     let packet = attribution::HookDrop {
         family,
         hook: pass.hook,
@@ -47,7 +49,8 @@ pub fn judge_drop(dropped: &DroppedPacket, context: &DropContext, before: &Snaps
         tcp_reset: false,
     };
     let attribution = attribute(before, after, &packet);
-    let rejected = icmp.is_some() || attribution.rule.as_ref().is_some_and(|r| matches!(r.verdict, Verdict::Reject { .. }));
+    let rejected =
+        icmp.is_some() || attribution.rule.as_ref().is_some_and(|r| matches!(r.verdict, Verdict::Reject { .. }));
     let kind = if rejected { FindingKind::NetfilterReject } else { FindingKind::NetfilterDrop };
     let action = if rejected { "REJECT" } else { "DROP" };
     let proto = dropped.drop.l4_proto;
@@ -102,7 +105,14 @@ pub fn short_label(finding: &Finding) -> Option<String> {
 
 fn culprit(attribution: &Attribution) -> String {
     if let Some(rule) = &attribution.rule {
-        return format!("{} rule #{} of {}/{} ({})", rule.backend.name(), rule.position, rule.table, rule.chain, rule.text);
+        return format!(
+            "{} rule #{} of {}/{} ({})",
+            rule.backend.name(),
+            rule.position,
+            rule.table,
+            rule.chain,
+            rule.text
+        );
     }
     if let Some(chain) = &attribution.policy {
         return format!("the DROP policy of {} chain {}/{}", chain.backend.name(), chain.table, chain.name);
@@ -112,7 +122,6 @@ fn culprit(attribution: &Attribution) -> String {
     }
     "a rule tracer could not name".to_string()
 }
-
 
 fn fix_commands(attribution: &Attribution, packet: &attribution::HookDrop, proto: &str) -> Vec<String> {
     let port = packet.dst.port();

@@ -215,13 +215,8 @@ impl<'a> Ruleset<'a> {
     pub fn walk(&self, hook: Hook, packet: &Packet) -> Vec<Walk> {
         self.base_chains(packet.family, hook)
             .map(|base| {
-                let mut walker = Walker {
-                    ruleset: self,
-                    packet,
-                    budget: WALK_BUDGET,
-                    met: Vec::new(),
-                    accept_possible: false,
-                };
+                let mut walker =
+                    Walker { ruleset: self, packet, budget: WALK_BUDGET, met: Vec::new(), accept_possible: false };
                 let decided = walker.chain(base, 0) == Flow::Stop;
                 Walk { base, met: walker.met, accept_possible: walker.accept_possible, decided }
             })
@@ -366,12 +361,14 @@ mod tests {
         );
         let ruleset = Ruleset::new(&snapshot);
         let [walk] = ruleset.walk(Hook::Forward, &udp_to(53)).try_into().expect("one base chain");
-        let positions: Vec<(String, u32)> = met_positions(&ruleset, &walk).into_iter().map(|(c, p, _)| (c, p)).collect();
+        let positions: Vec<(String, u32)> =
+            met_positions(&ruleset, &walk).into_iter().map(|(c, p, _)| (c, p)).collect();
         assert_eq!(positions, [("FORWARD".to_string(), 1), ("SUB".to_string(), 1), ("FORWARD".to_string(), 2)]);
         assert!(walk.decided && !walk.accept_possible);
 
         let [walk] = ruleset.walk(Hook::Forward, &udp_to(54)).try_into().expect("one base chain");
-        let positions: Vec<(String, u32)> = met_positions(&ruleset, &walk).into_iter().map(|(c, p, _)| (c, p)).collect();
+        let positions: Vec<(String, u32)> =
+            met_positions(&ruleset, &walk).into_iter().map(|(c, p, _)| (c, p)).collect();
         assert_eq!(positions, [("FORWARD".to_string(), 1), ("SUB".to_string(), 2)], "past the return, to the accept");
         assert!(walk.decided && walk.accept_possible);
 

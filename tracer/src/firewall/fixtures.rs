@@ -36,16 +36,11 @@ pub fn cidr(text: &str) -> AddrRange {
 }
 
 pub fn iface(name: &str, prefix: bool) -> IfacePattern {
-    IfacePattern {
-        name: name.to_string(),
-        prefix,
-    }
+    IfacePattern { name: name.to_string(), prefix }
 }
 
 pub fn reject_with(with: &str) -> Verdict {
-    Verdict::Reject {
-        with: Some(with.to_string()),
-    }
+    Verdict::Reject { with: Some(with.to_string()) }
 }
 
 /// Family, table and name of each chain, in order.

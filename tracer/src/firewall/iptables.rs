@@ -21,11 +21,7 @@ pub fn parse_iptables_save(text: &str, backend: Backend, family: Family) -> Vec<
             continue;
         }
         if let Some(name) = line.strip_prefix('*') {
-            table = Some(SaveTable {
-                name: name.trim().to_string(),
-                chains: Vec::new(),
-                by_name: HashMap::new(),
-            });
+            table = Some(SaveTable { name: name.trim().to_string(), chains: Vec::new(), by_name: HashMap::new() });
         } else if line == "COMMIT" {
             if let Some(done) = table.take() {
                 chains.extend(done.finish(backend, family));
@@ -87,11 +83,7 @@ impl SaveTable {
             return;
         }
         let chain = words[1].0.clone();
-        self.chain_mut(&chain).rules.push(SaveRule {
-            counter,
-            text: rest.to_string(),
-            words,
-        });
+        self.chain_mut(&chain).rules.push(SaveRule { counter, text: rest.to_string(), words });
     }
 
     fn chain_mut(&mut self, name: &str) -> &mut SaveChain {
@@ -302,11 +294,8 @@ fn parse_iptables_rule(
             _ => {
                 // Options of other match modules: keep them readable, with their module.
                 let text = unparsed();
-                let text = if !module.is_empty() && option.starts_with("--") {
-                    format!("-m {module} {text}")
-                } else {
-                    text
-                };
+                let text =
+                    if !module.is_empty() && option.starts_with("--") { format!("-m {module} {text}") } else { text };
                 matches.unparsed.push(text);
             }
         }
@@ -356,10 +345,7 @@ fn parse_iptables_addr(text: &str, family: Family) -> Option<AddrRange> {
         None => (text, None),
     };
     let addr: IpAddr = addr.parse().ok()?;
-    if matches!(
-        (addr, family),
-        (IpAddr::V4(_), Family::Ipv6) | (IpAddr::V6(_), Family::Ipv4)
-    ) {
+    if matches!((addr, family), (IpAddr::V4(_), Family::Ipv6) | (IpAddr::V6(_), Family::Ipv4)) {
         return None;
     }
     let prefix = match mask {
@@ -386,14 +372,8 @@ fn contiguous_prefix(mask: u128) -> Option<u8> {
 
 fn iptables_iface(name: &str) -> IfacePattern {
     match name.strip_suffix('+') {
-        Some(prefix) => IfacePattern {
-            name: prefix.to_string(),
-            prefix: true,
-        },
-        None => IfacePattern {
-            name: name.to_string(),
-            prefix: false,
-        },
+        Some(prefix) => IfacePattern { name: prefix.to_string(), prefix: true },
+        None => IfacePattern { name: name.to_string(), prefix: false },
     }
 }
 
@@ -407,10 +387,7 @@ fn parse_port_range(text: &str, separator: char) -> Option<PortRange> {
         }
         None => {
             let port = text.parse().ok()?;
-            Some(PortRange {
-                first: port,
-                last: port,
-            })
+            Some(PortRange { first: port, last: port })
         }
     }
 }
@@ -475,17 +452,11 @@ COMMIT
 
         let reject = &forward.rules[3];
         assert_eq!(reject.position, 4);
-        assert_eq!(
-            reject.text,
-            "-A FORWARD -p udp -m udp --dport 53 -j REJECT --reject-with icmp-host-prohibited"
-        );
+        assert_eq!(reject.text, "-A FORWARD -p udp -m udp --dport 53 -j REJECT --reject-with icmp-host-prohibited");
         assert_eq!(reject.verdict, reject_with("icmp-host-prohibited"));
         assert_eq!(
             reject.matches.tests,
-            [
-                test(false, Condition::Proto(vec![17])),
-                test(false, Condition::Dport(vec![ports(53, 53)]))
-            ]
+            [test(false, Condition::Proto(vec![17])), test(false, Condition::Dport(vec![ports(53, 53)]))]
         );
         assert!(reject.matches.unparsed.is_empty());
         assert_eq!((reject.packets, reject.bytes), (Some(0), Some(0)));
@@ -494,10 +465,7 @@ COMMIT
         let established = &forward.rules[0];
         assert_eq!(established.verdict, Verdict::Accept);
         assert!(established.matches.tests.is_empty());
-        assert_eq!(
-            established.matches.unparsed,
-            ["-m conntrack --ctstate RELATED,ESTABLISHED"]
-        );
+        assert_eq!(established.matches.unparsed, ["-m conntrack --ctstate RELATED,ESTABLISHED"]);
 
         let web = &forward.rules[1];
         assert_eq!(
@@ -506,10 +474,7 @@ COMMIT
                 test(false, Condition::InIface(vec![iface("cni0", false)])),
                 test(false, Condition::OutIface(vec![iface("eth", true)])),
                 test(false, Condition::Proto(vec![6])),
-                test(
-                    false,
-                    Condition::Dport(vec![ports(80, 80), ports(443, 443), ports(8000, 8080)])
-                ),
+                test(false, Condition::Dport(vec![ports(80, 80), ports(443, 443), ports(8000, 8080)])),
             ]
         );
 
@@ -548,22 +513,13 @@ COMMIT
             ]
         );
         // The comment is not a condition; the negated conntrack match is one we cannot check.
-        assert_eq!(
-            localnet.matches.unparsed,
-            ["-m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT"]
-        );
+        assert_eq!(localnet.matches.unparsed, ["-m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT"]);
 
         let dnat = &chain(&chains, Family::Ipv4, "nat", "PREROUTING").rules[0];
-        assert_eq!(
-            dnat.verdict,
-            Verdict::Other("DNAT --to-destination 10.244.0.7:53".to_string())
-        );
+        assert_eq!(dnat.verdict, Verdict::Other("DNAT --to-destination 10.244.0.7:53".to_string()));
         let masquerade = &chain(&chains, Family::Ipv4, "nat", "POSTROUTING").rules[0];
         assert_eq!(masquerade.verdict, Verdict::Other("MASQUERADE".to_string()));
-        assert!(masquerade
-            .matches
-            .tests
-            .contains(&test(true, Condition::OutIface(vec![iface("cni0", false)]))));
+        assert!(masquerade.matches.tests.contains(&test(true, Condition::OutIface(vec![iface("cni0", false)]))));
     }
 
     #[test]
@@ -584,10 +540,7 @@ COMMIT
         );
         let output = chain(&chains, Family::Ipv6, "filter", "OUTPUT");
         assert_eq!(output.rules[0].verdict, reject_with("icmp6-adm-prohibited"));
-        assert_eq!(
-            output.rules[0].matches.tests[0],
-            test(false, Condition::Dst(vec![cidr("::1/128")]))
-        );
+        assert_eq!(output.rules[0].matches.tests[0], test(false, Condition::Dst(vec![cidr("::1/128")])));
     }
 
     #[test]
@@ -606,19 +559,13 @@ COMMIT
         assert_eq!(output.policy_packets, Some(9));
         assert_eq!(output.rules[0].verdict, Verdict::Drop);
         assert_eq!((output.rules[0].packets, output.rules[0].bytes), (Some(3), Some(87)));
-        assert_eq!(
-            output.rules[0].matches.tests[0],
-            test(false, Condition::OutIface(vec![iface("lo", false)]))
-        );
+        assert_eq!(output.rules[0].matches.tests[0], test(false, Condition::OutIface(vec![iface("lo", false)])));
 
         let v6 = parse_iptables_save(LEGACY6_SAVE, Backend::IptablesLegacy, Family::Ipv6);
         assert_eq!(v6.len(), 3);
         let input = chain(&v6, Family::Ipv6, "filter", "INPUT");
         assert_eq!(input.rules[0].verdict, reject_with("tcp-reset"));
-        assert_eq!(
-            input.rules[0].matches.tests[0],
-            test(false, Condition::Src(vec![cidr("2001:db8::/32")]))
-        );
+        assert_eq!(input.rules[0].matches.tests[0], test(false, Condition::Src(vec![cidr("2001:db8::/32")])));
         let output = chain(&v6, Family::Ipv6, "filter", "OUTPUT");
         assert_eq!(output.rules[0].verdict, reject_with("icmp6-port-unreachable"));
         assert_eq!(output.rules[0].packets, Some(3));
@@ -634,29 +581,17 @@ COMMIT
             rules[0].text,
             r#"-A INPUT -p tcp -m comment --comment "say \"hi\" \\ now" -j LOG --log-prefix "a b ""#
         );
-        assert_eq!(
-            rules[0].verdict,
-            Verdict::Other(r#"LOG --log-prefix "a b ""#.to_string())
-        );
+        assert_eq!(rules[0].verdict, Verdict::Other(r#"LOG --log-prefix "a b ""#.to_string()));
         assert!(rules[0].matches.unparsed.is_empty());
         // 255.0.255.0 is no prefix: kept, but as a condition we cannot check.
         assert_eq!(rules[1].matches.unparsed, ["-s 10.0.0.0/255.0.255.0"]);
         assert_eq!(rules[2].matches.tests, [test(false, Condition::Proto(vec![47]))]);
         assert_eq!(rules[3].matches.tests, [test(true, Condition::Proto(vec![17]))]);
-        assert_eq!(
-            rules[4].matches.tests[1],
-            test(true, Condition::Dport(vec![ports(1, 1023)]))
-        );
+        assert_eq!(rules[4].matches.tests[1], test(true, Condition::Dport(vec![ports(1, 1023)])));
         assert_eq!(rules[5].matches.unparsed, ["-m tcp --tcp-flags FIN,SYN,RST,ACK SYN"]);
-        assert_eq!(
-            rules[6].verdict,
-            Verdict::Other("MARK --set-xmark 0x5/0xffffffff".to_string())
-        );
+        assert_eq!(rules[6].verdict, Verdict::Other("MARK --set-xmark 0x5/0xffffffff".to_string()));
         assert_eq!(rules[6].matches.unparsed, ["-m mark --mark 0x1/0xff"]);
-        assert_eq!(
-            parse_iptables_addr("10.0.0.0/255.255.0.0", Family::Ipv4),
-            Some(cidr("10.0.0.0/16"))
-        );
+        assert_eq!(parse_iptables_addr("10.0.0.0/255.255.0.0", Family::Ipv4), Some(cidr("10.0.0.0/16")));
     }
 
     #[test]

@@ -72,10 +72,7 @@ pub struct AddrRange {
 
 impl AddrRange {
     pub fn single(addr: IpAddr) -> AddrRange {
-        AddrRange {
-            first: addr,
-            last: addr,
-        }
+        AddrRange { first: addr, last: addr }
     }
 
     /// `None` for a prefix longer than the address.
@@ -84,10 +81,7 @@ impl AddrRange {
         let host_bits = bits.checked_sub(u32::from(prefix))?;
         let host = u128::MAX.checked_shr(128 - host_bits).unwrap_or(0);
         let number = addr_number(addr);
-        Some(AddrRange {
-            first: same_family_addr(addr, number & !host)?,
-            last: same_family_addr(addr, number | host)?,
-        })
+        Some(AddrRange { first: same_family_addr(addr, number & !host)?, last: same_family_addr(addr, number | host)? })
     }
 
     /// Whether `addr` lies in the range; never for an address of the other family.
@@ -223,7 +217,12 @@ impl Rule {
     pub fn show_command(&self) -> String {
         match self.backend {
             Backend::Nftables => format!("nft -a list chain {} {}", self.table, self.chain),
-            backend => format!("{} -t {} -L {} -v -n --line-numbers", backend.iptables_command(self.family), self.table, self.chain),
+            backend => format!(
+                "{} -t {} -L {} -v -n --line-numbers",
+                backend.iptables_command(self.family),
+                self.table,
+                self.chain
+            ),
         }
     }
 
@@ -233,7 +232,10 @@ impl Rule {
     pub fn delete_command(&self) -> String {
         match self.backend {
             Backend::Nftables => {
-                let handle = self.handle.map(|h| h.to_string()).unwrap_or_else(|| "<handle from nft -a list ruleset>".to_string());
+                let handle = self
+                    .handle
+                    .map(|h| h.to_string())
+                    .unwrap_or_else(|| "<handle from nft -a list ruleset>".to_string());
                 format!("nft delete rule {} {} handle {handle}", self.table, self.chain)
             }
             backend => {

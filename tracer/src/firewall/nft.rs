@@ -40,10 +40,7 @@ struct NftObjects {
 
 pub(super) fn parse_nft(json: &str) -> anyhow::Result<Vec<NftChain>> {
     let root: Value = serde_json::from_str(json).context("not JSON")?;
-    let items = root
-        .get("nftables")
-        .and_then(Value::as_array)
-        .context("no \"nftables\" array")?;
+    let items = root.get("nftables").and_then(Value::as_array).context("no \"nftables\" array")?;
 
     let mut objects = NftObjects::default();
     let mut chains: Vec<NftChain> = Vec::new();
@@ -57,23 +54,14 @@ pub(super) fn parse_nft(json: &str) -> anyhow::Result<Vec<NftChain>> {
         if !matches!(family, "ip" | "ip6" | "inet") {
             continue;
         }
-        let key = |name: &str| {
-            (
-                family.to_string(),
-                str_field(body, "table").to_string(),
-                name.to_string(),
-            )
-        };
+        let key = |name: &str| (family.to_string(), str_field(body, "table").to_string(), name.to_string());
         match kind.as_str() {
             "set" | "map" => {
                 let elements = body.get("elem").and_then(Value::as_array).cloned().unwrap_or_default();
                 objects.sets.insert(key(str_field(body, "name")), elements);
             }
             "counter" => {
-                let counter = (
-                    u64_field(body, "packets").unwrap_or(0),
-                    u64_field(body, "bytes").unwrap_or(0),
-                );
+                let counter = (u64_field(body, "packets").unwrap_or(0), u64_field(body, "bytes").unwrap_or(0));
                 objects.counters.insert(key(str_field(body, "name")), counter);
             }
             "chain" => {
@@ -107,11 +95,7 @@ pub(super) fn parse_nft(json: &str) -> anyhow::Result<Vec<NftChain>> {
 
     for body in rules {
         let family = str_field(body, "family");
-        let key = (
-            family.to_string(),
-            str_field(body, "table").to_string(),
-            str_field(body, "chain").to_string(),
-        );
+        let key = (family.to_string(), str_field(body, "table").to_string(), str_field(body, "chain").to_string());
         let Some(&at) = chain_at.get(&key) else { continue };
         let table_key = (key.0.clone(), key.1.clone());
         let nft_chain = &mut chains[at];
@@ -177,11 +161,7 @@ fn parse_nft_rule(body: &Value, family: &str, table: &(String, String), objects:
         opaque_lookup: false,
     };
     let mut words: Vec<String> = Vec::new();
-    let statements = body
-        .get("expr")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or(&[]);
+    let statements = body.get("expr").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]);
     for statement in statements {
         let Some((kind, arg)) = statement.as_object().and_then(|o| o.iter().next()) else {
             continue;
@@ -197,14 +177,10 @@ fn parse_nft_rule(body: &Value, family: &str, table: &(String, String), objects:
             }
             "counter" => {
                 rule.counter = match arg {
-                    Value::String(name) => objects
-                        .counters
-                        .get(&(table.0.clone(), table.1.clone(), name.clone()))
-                        .copied(),
-                    _ => Some((
-                        u64_field(arg, "packets").unwrap_or(0),
-                        u64_field(arg, "bytes").unwrap_or(0),
-                    )),
+                    Value::String(name) => {
+                        objects.counters.get(&(table.0.clone(), table.1.clone(), name.clone())).copied()
+                    }
+                    _ => Some((u64_field(arg, "packets").unwrap_or(0), u64_field(arg, "bytes").unwrap_or(0))),
                 };
             }
             "accept" => rule.verdict = Verdict::Accept,
@@ -212,11 +188,7 @@ fn parse_nft_rule(body: &Value, family: &str, table: &(String, String), objects:
             "return" => rule.verdict = Verdict::Return,
             "jump" => rule.verdict = Verdict::Jump(str_field(arg, "target").to_string()),
             "goto" => rule.verdict = Verdict::Goto(str_field(arg, "target").to_string()),
-            "reject" => {
-                rule.verdict = Verdict::Reject {
-                    with: Some(nft_reject_with(arg)),
-                }
-            }
+            "reject" => rule.verdict = Verdict::Reject { with: Some(nft_reject_with(arg)) },
             "xt" if str_field(arg, "type") == "target" => {
                 rule.verdict = match str_field(arg, "name") {
                     // iptables-nft's REJECT; nft does not show its options.
@@ -253,9 +225,7 @@ fn parse_nft_rule(body: &Value, family: &str, table: &(String, String), objects:
 fn contains_set_reference(value: &Value) -> bool {
     match value {
         Value::String(s) => s.starts_with('@'),
-        Value::Object(o) => o
-            .iter()
-            .any(|(k, v)| k == "set" || k == "map" || contains_set_reference(v)),
+        Value::Object(o) => o.iter().any(|(k, v)| k == "set" || k == "map" || contains_set_reference(v)),
         Value::Array(a) => a.iter().any(contains_set_reference),
         _ => false,
     }
@@ -321,9 +291,7 @@ fn parse_nft_match(arg: &Value, text: &str, table: &(String, String), objects: &
             _ => {}
         }
         let proto = str_field(payload, "protocol");
-        let transport = [
-            "tcp", "udp", "sctp", "dccp", "udplite", "icmp", "icmpv6", "esp", "ah", "comp", "igmp",
-        ];
+        let transport = ["tcp", "udp", "sctp", "dccp", "udplite", "icmp", "icmpv6", "esp", "ah", "comp", "igmp"];
         if transport.contains(&proto) {
             if let Some(Some(number)) = protocol_number(proto) {
                 matches.test(false, Condition::Proto(vec![number]));
@@ -375,10 +343,9 @@ fn parse_nft_match(arg: &Value, text: &str, table: &(String, String), objects: &
     // The values the field is compared with: one, an anonymous set or a named set.
     let values: Option<Vec<Value>> = match right {
         Value::Object(o) if o.contains_key("set") => o.get("set").and_then(Value::as_array).cloned(),
-        Value::String(s) if s.starts_with('@') => objects
-            .sets
-            .get(&(table.0.clone(), table.1.clone(), s[1..].to_string()))
-            .cloned(),
+        Value::String(s) if s.starts_with('@') => {
+            objects.sets.get(&(table.0.clone(), table.1.clone(), s[1..].to_string())).cloned()
+        }
         other => Some(vec![other.clone()]),
     };
     let condition = match (field, values) {
@@ -394,19 +361,10 @@ fn parse_nft_match(arg: &Value, text: &str, table: &(String, String), objects: &
 fn comparison_range(op: &str, bound: u64) -> Option<PortRange> {
     let bound = u16::try_from(bound).ok()?;
     match op {
-        "<" => Some(PortRange {
-            first: 0,
-            last: bound.checked_sub(1)?,
-        }),
+        "<" => Some(PortRange { first: 0, last: bound.checked_sub(1)? }),
         "<=" => Some(PortRange { first: 0, last: bound }),
-        ">" => Some(PortRange {
-            first: bound.checked_add(1)?,
-            last: u16::MAX,
-        }),
-        ">=" => Some(PortRange {
-            first: bound,
-            last: u16::MAX,
-        }),
+        ">" => Some(PortRange { first: bound.checked_add(1)?, last: u16::MAX }),
+        ">=" => Some(PortRange { first: bound, last: u16::MAX }),
         _ => None,
     }
 }
@@ -415,10 +373,7 @@ fn comparison_range(op: &str, bound: u64) -> Option<PortRange> {
 /// then counts as unparsed rather than half-checked).
 fn nft_condition(field: NftField, values: &[Value]) -> Option<Condition> {
     // Elements of sets with per-element statements come as {"elem": {"val": ...}}.
-    let values: Vec<&Value> = values
-        .iter()
-        .map(|v| v.get("elem").and_then(|e| e.get("val")).unwrap_or(v))
-        .collect();
+    let values: Vec<&Value> = values.iter().map(|v| v.get("elem").and_then(|e| e.get("val")).unwrap_or(v)).collect();
     match field {
         NftField::Family => match values.as_slice() {
             [Value::String(f)] if f == "ipv4" => Some(Condition::Family(Family::Ipv4)),
@@ -484,10 +439,7 @@ fn nft_port_range(value: &Value) -> Option<PortRange> {
     match value {
         Value::Object(o) => {
             let range = o.get("range")?.as_array()?;
-            Some(PortRange {
-                first: port(range.first()?)?,
-                last: port(range.get(1)?)?,
-            })
+            Some(PortRange { first: port(range.first()?)?, last: port(range.get(1)?)? })
         }
         other => {
             let p = port(other)?;
@@ -499,14 +451,8 @@ fn nft_port_range(value: &Value) -> Option<PortRange> {
 /// nft's `"eth*"` is a prefix; `\*` is a literal star.
 fn nft_iface(name: &str) -> IfacePattern {
     match name.strip_suffix('*') {
-        Some(prefix) if !prefix.ends_with('\\') => IfacePattern {
-            name: prefix.to_string(),
-            prefix: true,
-        },
-        _ => IfacePattern {
-            name: name.replace("\\*", "*"),
-            prefix: false,
-        },
+        Some(prefix) if !prefix.ends_with('\\') => IfacePattern { name: prefix.to_string(), prefix: true },
+        _ => IfacePattern { name: name.replace("\\*", "*"), prefix: false },
     }
 }
 
@@ -534,15 +480,10 @@ mod tests {
                 "Ipv6 ip6 six inp",
             ]
         );
-        assert!(chains
-            .iter()
-            .all(|c| c.backend == Backend::Nftables && c.policy_packets.is_none()));
+        assert!(chains.iter().all(|c| c.backend == Backend::Nftables && c.policy_packets.is_none()));
 
         let forward = chain(&chains, Family::Ipv4, "inet fw", "myfwd");
-        assert_eq!(
-            (forward.hook, &forward.policy),
-            (Some(Hook::Forward), &Some(Verdict::Drop))
-        );
+        assert_eq!((forward.hook, &forward.policy), (Some(Hook::Forward), &Some(Verdict::Drop)));
         assert_eq!(chain(&chains, Family::Ipv4, "inet fw", "ing").hook, None);
         assert_eq!(chain(&chains, Family::Ipv4, "inet fw", "sub").policy, None);
         let rule = |handle: u64| forward.rules.iter().find(|r| r.handle == Some(handle)).expect("rule");
@@ -571,49 +512,28 @@ mod tests {
         assert_eq!(rule(11).verdict, reject_with("tcp reset"));
         assert_eq!(
             rule(11).matches.tests[3],
-            test(
-                false,
-                Condition::Dport(vec![ports(80, 80), ports(443, 443), ports(8000, 8080)])
-            )
+            test(false, Condition::Dport(vec![ports(80, 80), ports(443, 443), ports(8000, 8080)]))
         );
         // A bare `reject` in an inet table answers with icmpx port-unreachable.
         assert_eq!(rule(12).verdict, reject_with("icmpx port-unreachable"));
         assert_eq!(rule(12).packets, None);
         assert_eq!(rule(14).verdict, reject_with("icmpv6 addr-unreachable"));
-        assert_eq!(
-            rule(15).matches.tests,
-            [test(false, Condition::Dport(vec![ports(99, 99)]))]
-        );
+        assert_eq!(rule(15).matches.tests, [test(false, Condition::Dport(vec![ports(99, 99)]))]);
         assert!(rule(16).matches.unparsed.contains(&"limit rate 5/second".to_string()));
         assert_eq!(rule(17).matches.unparsed, ["meta mark 0x00000010"]);
         assert_eq!(rule(20).map_verdicts, [Verdict::Drop, Verdict::Accept]);
-        assert_eq!(
-            rule(21).matches.tests,
-            [test(false, Condition::InIface(vec![iface("lo", false)]))]
-        );
+        assert_eq!(rule(21).matches.tests, [test(false, Condition::InIface(vec![iface("lo", false)]))]);
         assert_eq!(rule(22).verdict, Verdict::Jump("sub".to_string()));
-        assert_eq!(
-            rule(22).matches.tests[1],
-            test(true, Condition::Src(vec![cidr("10.0.0.0/8")]))
-        );
+        assert_eq!(rule(22).matches.tests[1], test(true, Condition::Src(vec![cidr("10.0.0.0/8")])));
         assert_eq!(rule(23).verdict, Verdict::Goto("sub".to_string()));
         assert_eq!(
             rule(28).matches.tests,
-            [
-                test(false, Condition::Proto(vec![6, 17])),
-                test(false, Condition::Dport(vec![ports(5353, 5353)]))
-            ]
+            [test(false, Condition::Proto(vec![6, 17])), test(false, Condition::Dport(vec![ports(5353, 5353)]))]
         );
-        assert_eq!(
-            rule(30).matches.tests[1],
-            test(true, Condition::Dport(vec![ports(1, 1), ports(2, 2)]))
-        );
+        assert_eq!(rule(30).matches.tests[1], test(true, Condition::Dport(vec![ports(1, 1), ports(2, 2)])));
 
         let pre = chain(&chains, Family::Ipv4, "ip natty", "pre");
-        assert_eq!(
-            pre.rules[0].verdict,
-            Verdict::Other("dnat to 10.244.0.7:53".to_string())
-        );
+        assert_eq!(pre.rules[0].verdict, Verdict::Other("dnat to 10.244.0.7:53".to_string()));
         let six = chain(&chains, Family::Ipv6, "ip6 six", "inp");
         assert_eq!(six.rules[1].verdict, reject_with("icmpv6 admin-prohibited"));
         assert_eq!(six.rules[2].verdict, reject_with("icmpv6 port-unreachable"));

@@ -24,9 +24,7 @@ pub(super) fn render_statement(kind: &str, arg: &Value, family: &str) -> String 
                 }
             }
             // A masked value needs its operator spelled out to read unambiguously.
-            let binary = left
-                .as_object()
-                .is_some_and(|o| o.keys().any(|k| matches!(k.as_str(), "&" | "|" | "^")));
+            let binary = left.as_object().is_some_and(|o| o.keys().any(|k| matches!(k.as_str(), "&" | "|" | "^")));
             match op {
                 "==" if binary => format!("{left_text} == {right_text}"),
                 "==" | "in" | "" => format!("{left_text} {right_text}"),
@@ -66,11 +64,7 @@ pub(super) fn render_statement(kind: &str, arg: &Value, family: &str) -> String 
             text
         }
         "limit" => {
-            let over = if arg.get("inv").and_then(Value::as_bool) == Some(true) {
-                "over "
-            } else {
-                ""
-            };
+            let over = if arg.get("inv").and_then(Value::as_bool) == Some(true) { "over " } else { "" };
             let rate = render_expr(arg.get("rate").unwrap_or(&Value::Null), None);
             let unit = match arg.get("rate_unit").and_then(Value::as_str) {
                 Some(unit) if unit != "packets" => format!(" {unit}"),
@@ -151,11 +145,7 @@ fn render_expr(value: &Value, context: Option<&Value>) -> String {
             }
         }
         // A list of flags: `established,related`.
-        Value::Array(items) => items
-            .iter()
-            .map(|i| render_expr(i, context))
-            .collect::<Vec<_>>()
-            .join(","),
+        Value::Array(items) => items.iter().map(|i| render_expr(i, context)).collect::<Vec<_>>().join(","),
         Value::Object(o) => {
             let Some((kind, arg)) = o.iter().next() else {
                 return String::new();
@@ -215,17 +205,11 @@ fn render_expr(value: &Value, context: Option<&Value>) -> String {
                     Some([a, b]) => format!("{}-{}", render_expr(a, context), render_expr(b, context)),
                     _ => compact_json(value),
                 },
-                "prefix" => format!(
-                    "{}/{}",
-                    str_field(arg, "addr"),
-                    render_expr(arg.get("len").unwrap_or(&Value::Null), None)
-                ),
+                "prefix" => {
+                    format!("{}/{}", str_field(arg, "addr"), render_expr(arg.get("len").unwrap_or(&Value::Null), None))
+                }
                 "concat" => match arg {
-                    Value::Array(items) => items
-                        .iter()
-                        .map(|i| render_expr(i, None))
-                        .collect::<Vec<_>>()
-                        .join(" . "),
+                    Value::Array(items) => items.iter().map(|i| render_expr(i, None)).collect::<Vec<_>>().join(" . "),
                     _ => compact_json(value),
                 },
                 "elem" => render_expr(arg.get("val").unwrap_or(&Value::Null), context),
@@ -307,39 +291,19 @@ mod tests {
             r#"meta nfproto ipv4 iifname "veth*" oifname != "eth0" udp dport 53 counter reject with icmp host-prohibited"#,
         ),
         ("inet fw", 9, r#"ip saddr @blocked counter name "cnt1" drop"#),
-        (
-            "inet fw",
-            11,
-            r#"ip6 daddr fd00::/64 tcp dport { 80, 443, 8000-8080 } counter reject with tcp reset"#,
-        ),
+        ("inet fw", 11, r#"ip6 daddr fd00::/64 tcp dport { 80, 443, 8000-8080 } counter reject with tcp reset"#),
         ("inet fw", 12, r#"udp dport 54 reject"#),
         ("inet fw", 13, r#"udp dport 55 reject with icmpx admin-prohibited"#),
-        (
-            "inet fw",
-            14,
-            r#"ip6 nexthdr udp udp sport 1000-2000 reject with icmpv6 addr-unreachable"#,
-        ),
+        ("inet fw", 14, r#"ip6 nexthdr udp udp sport 1000-2000 reject with icmpv6 addr-unreachable"#),
         ("inet fw", 15, r#"th dport 99 counter drop comment "block 99""#),
-        (
-            "inet fw",
-            16,
-            r#"ip protocol icmp icmp type echo-request limit rate 5/second accept"#,
-        ),
-        (
-            "inet fw",
-            17,
-            r#"meta mark 0x00000010 log prefix "fw: " level info drop"#,
-        ),
+        ("inet fw", 16, r#"ip protocol icmp icmp type echo-request limit rate 5/second accept"#),
+        ("inet fw", 17, r#"meta mark 0x00000010 log prefix "fw: " level info drop"#),
         ("inet fw", 18, r#"meta mark & 0x0000ff00 == 0x00000100 drop"#),
         ("inet fw", 20, r#"ip daddr vmap { 1.2.3.4 : drop, 5.6.7.8 : accept }"#),
         ("inet fw", 21, r#"iif "lo" accept"#),
         ("inet fw", 22, r#"ip saddr != 10.0.0.0/8 ip daddr 192.168.1.1 jump sub"#),
         ("inet fw", 23, r#"goto sub"#),
-        (
-            "inet fw",
-            24,
-            r#"meta nfproto ipv4 tcp flags syn / syn,ack counter drop"#,
-        ),
+        ("inet fw", 24, r#"meta nfproto ipv4 tcp flags syn / syn,ack counter drop"#),
         ("inet fw", 25, r#"fib daddr type local drop"#),
         ("inet fw", 26, r#"ip dscp cs1 drop"#),
         ("inet fw", 28, r#"meta l4proto { tcp, udp } th dport 5353 drop"#),
@@ -347,11 +311,7 @@ mod tests {
         ("inet fw", 31, r#"ip saddr 10.0.0.1-10.0.0.9 drop"#),
         ("inet fw", 32, r#"udp dport 123 drop"#),
         ("inet fw", 33, r#"return"#),
-        (
-            "ip natty",
-            3,
-            r#"ip daddr 10.96.0.10 udp dport 53 dnat to 10.244.0.7:53"#,
-        ),
+        ("ip natty", 3, r#"ip daddr 10.96.0.10 udp dport 53 dnat to 10.244.0.7:53"#),
         ("ip natty", 4, r#"tcp dport 80 redirect to :8080"#),
         ("ip natty", 5, r#"oifname "eth0" masquerade"#),
         ("ip natty", 6, r#"ip saddr 10.0.0.0/8 snat to 1.2.3.4"#),

@@ -40,14 +40,11 @@ pub(super) fn reconcile(nft: Option<Vec<NftChain>>, iptables_nft: Vec<Chain>) ->
         let Some(at) = found else { continue };
         let native = &nft[at];
         let agrees = native.chain.rules.len() == chain.rules.len()
-            && chain
-                .rules
-                .iter()
-                .zip(&native.chain.rules)
-                .zip(&native.opaque_lookups)
-                .all(|((ours, theirs), &opaque)| {
+            && chain.rules.iter().zip(&native.chain.rules).zip(&native.opaque_lookups).all(
+                |((ours, theirs), &opaque)| {
                     !opaque && same_kind_of_verdict(&ours.verdict, &theirs.verdict) && tests_same_fields(ours, theirs)
-                });
+                },
+            );
         if !agrees {
             continue;
         }
@@ -57,12 +54,7 @@ pub(super) fn reconcile(nft: Option<Vec<NftChain>>, iptables_nft: Vec<Chain>) ->
         claimed[at] = true;
         owned.push(chain);
     }
-    let native = nft
-        .into_iter()
-        .zip(claimed)
-        .filter(|(_, claimed)| !claimed)
-        .map(|(n, _)| n.chain)
-        .collect();
+    let native = nft.into_iter().zip(claimed).filter(|(_, claimed)| !claimed).map(|(n, _)| n.chain).collect();
     (owned, native)
 }
 
@@ -153,10 +145,7 @@ COMMIT
         );
         // The iptables view keeps its text and gains nft's handles.
         let forward = chain(&owned, Family::Ipv4, "filter", "FORWARD");
-        assert_eq!(
-            forward.rules.iter().map(|r| r.handle).collect::<Vec<_>>(),
-            [Some(6), Some(7), Some(8), Some(9)]
-        );
+        assert_eq!(forward.rules.iter().map(|r| r.handle).collect::<Vec<_>>(), [Some(6), Some(7), Some(8), Some(9)]);
         assert!(forward.rules[3].text.starts_with("-A FORWARD -p udp"));
         assert_eq!(chain(&owned, Family::Ipv6, "filter", "OUTPUT").rules[0].handle, Some(4));
     }
@@ -165,10 +154,7 @@ COMMIT
     fn a_native_table_named_like_iptables_stays_native() {
         let saved = parse_iptables_save(NATIVE_FILTER_SAVE, Backend::IptablesNft, Family::Ipv4);
         // What iptables-nft-save printed is wrong: the set lookup is gone.
-        assert_eq!(
-            chain(&saved, Family::Ipv4, "filter", "FORWARD").rules[0].text,
-            "-A FORWARD -j DROP"
-        );
+        assert_eq!(chain(&saved, Family::Ipv4, "filter", "FORWARD").rules[0].text, "-A FORWARD -j DROP");
         let (owned, native) = reconcile(Some(parse_nft(NATIVE_FILTER_JSON).expect("parse")), saved);
         assert!(owned.is_empty(), "{owned:?}");
         assert_eq!(native.len(), 1);
@@ -184,17 +170,12 @@ COMMIT
             r#"{"payload": {"protocol": "ip", "field": "saddr"}}, "right": {"set": ["1.1.1.1", "2.2.2.2"]}"#,
             r#"{"payload": {"protocol": "udp", "field": "dport"}}, "right": {"set": [53, 54]}"#,
         );
-        let save = NATIVE_FILTER_SAVE.replace(
-            "-A FORWARD -j DROP",
-            "-A FORWARD -p udp -m multiport --dports 53,54 -j DROP",
-        );
+        let save =
+            NATIVE_FILTER_SAVE.replace("-A FORWARD -j DROP", "-A FORWARD -p udp -m multiport --dports 53,54 -j DROP");
         let saved = parse_iptables_save(&save, Backend::IptablesNft, Family::Ipv4);
         let (owned, native) = reconcile(Some(parse_nft(&json).expect("parse")), saved);
         assert!(native.is_empty(), "{native:?}");
-        assert_eq!(
-            owned[0].rules[0].text,
-            "-A FORWARD -p udp -m multiport --dports 53,54 -j DROP"
-        );
+        assert_eq!(owned[0].rules[0].text, "-A FORWARD -p udp -m multiport --dports 53,54 -j DROP");
         assert_eq!(owned[0].rules[0].handle, Some(3));
     }
 

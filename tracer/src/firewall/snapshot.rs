@@ -34,21 +34,14 @@ pub fn snapshot() -> Snapshot {
         ToolRun::Done { ok: true, stdout, .. } => match parse_nft(&stdout) {
             Ok(chains) => Some(chains),
             Err(e) => {
-                snap.errors
-                    .push(format!("nftables: cannot parse `nft -j -a list ruleset`: {e:#}"));
+                snap.errors.push(format!("nftables: cannot parse `nft -j -a list ruleset`: {e:#}"));
                 None
             }
         },
-        ToolRun::Done {
-            ok: false,
-            stderr,
-            code,
-            ..
-        } => {
+        ToolRun::Done { ok: false, stderr, code, .. } => {
             // A kernel without nf_tables has no nftables (and no iptables-nft) to read.
             if !stderr.contains("not supported") {
-                snap.errors
-                    .push(format!("nftables: `nft -j -a list ruleset` failed{code}: {stderr}"));
+                snap.errors.push(format!("nftables: `nft -j -a list ruleset` failed{code}: {stderr}"));
             }
             None
         }
@@ -63,9 +56,7 @@ pub fn snapshot() -> Snapshot {
         let kernel_family = nft_family_name(family);
         // Without nft's listing there is no telling whether the tables exist: ask the tool.
         let has_tables = nft.as_ref().is_none_or(|chains| {
-            chains
-                .iter()
-                .any(|c| c.kernel_family == kernel_family && IPTABLES_TABLES.contains(&c.table_name.as_str()))
+            chains.iter().any(|c| c.kernel_family == kernel_family && IPTABLES_TABLES.contains(&c.table_name.as_str()))
         });
         if !has_tables {
             continue;
@@ -147,12 +138,7 @@ fn saved_chains(
             errors.push(format!("{who}: {missing}"));
             Vec::new()
         }
-        ToolRun::Done {
-            ok,
-            stdout,
-            stderr,
-            code,
-        } => {
+        ToolRun::Done { ok, stdout, stderr, code } => {
             if !ok {
                 errors.push(format!("{who}: `{tool} -c` failed{code}: {stderr}{failed}"));
             }
@@ -209,12 +195,7 @@ fn run_tool(name: &str, args: &[&str]) -> ToolRun {
 
 /// Tool messages as one line, bounded.
 fn one_line(text: &str) -> String {
-    let joined = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join("; ");
+    let joined = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
     if joined.chars().count() > 300 {
         let cut: String = joined.chars().take(300).collect();
         format!("{cut}...")
@@ -233,11 +214,7 @@ mod tests {
     use crate::netns::scratch::Netns;
 
     fn names(snapshot: &Snapshot) -> Vec<String> {
-        snapshot
-            .chains
-            .iter()
-            .map(|c| format!("{} {:?} {} {}", c.backend.name(), c.family, c.table, c.name))
-            .collect()
+        snapshot.chains.iter().map(|c| format!("{} {:?} {} {}", c.backend.name(), c.family, c.table, c.name)).collect()
     }
 
     fn find<'a>(snapshot: &'a Snapshot, backend: Backend, family: Family, table: &str, name: &str) -> &'a Chain {
@@ -278,7 +255,10 @@ mod tests {
         let ruleset_before = ns.sh("nft list ruleset");
         ns.send_udp("127.0.0.1:9".parse().unwrap(), 2);
         let snapshot = read_cleanly(&ns);
-        assert_eq!(names(&snapshot), ["iptables-nft Ipv4 filter OUTPUT", "iptables-nft Ipv4 filter TR-USER", "iptables-nft Ipv6 filter OUTPUT"]);
+        assert_eq!(
+            names(&snapshot),
+            ["iptables-nft Ipv4 filter OUTPUT", "iptables-nft Ipv4 filter TR-USER", "iptables-nft Ipv6 filter OUTPUT"]
+        );
         let output = find(&snapshot, Backend::IptablesNft, Family::Ipv4, "filter", "OUTPUT");
         assert_eq!(output.hook, Some(Hook::LocalOut));
         assert_eq!(output.rules[1].verdict, Verdict::Jump("TR-USER".to_string()));
@@ -320,16 +300,9 @@ mod tests {
         let tables_before = ns.sh("cat /proc/net/ip_tables_names /proc/net/ip6_tables_names");
         ns.send_udp("127.0.0.1:9".parse().unwrap(), 3);
         let snapshot = read_cleanly(&ns);
-        assert!(
-            snapshot.chains.iter().all(|c| c.backend == Backend::IptablesLegacy),
-            "{:?}",
-            names(&snapshot)
-        );
+        assert!(snapshot.chains.iter().all(|c| c.backend == Backend::IptablesLegacy), "{:?}", names(&snapshot));
         let forward = find(&snapshot, Backend::IptablesLegacy, Family::Ipv4, "filter", "FORWARD");
-        assert_eq!(
-            (&forward.policy, forward.policy_packets),
-            (&Some(Verdict::Drop), Some(0))
-        );
+        assert_eq!((&forward.policy, forward.policy_packets), (&Some(Verdict::Drop), Some(0)));
         let output = find(&snapshot, Backend::IptablesLegacy, Family::Ipv4, "filter", "OUTPUT");
         assert_eq!(output.rules[0].packets, Some(3));
         assert_eq!(output.rules[0].verdict, Verdict::Drop);
@@ -337,10 +310,7 @@ mod tests {
         assert_eq!(raw.rules[0].verdict, Verdict::Other("CT --notrack".to_string()));
         let v6 = find(&snapshot, Backend::IptablesLegacy, Family::Ipv6, "filter", "OUTPUT");
         assert_eq!(v6.rules[0].verdict, reject_with("tcp-reset"));
-        assert_eq!(
-            ns.sh("cat /proc/net/ip_tables_names /proc/net/ip6_tables_names"),
-            tables_before
-        );
+        assert_eq!(ns.sh("cat /proc/net/ip_tables_names /proc/net/ip6_tables_names"), tables_before);
     }
 
     #[test]
@@ -361,12 +331,12 @@ mod tests {
         let snapshot = read_cleanly(&ns);
         // `ip filter` is a name iptables uses, but iptables-nft-save does not show its
         // lower-case chain: native.
-        assert_eq!(names(&snapshot), ["nftables Ipv4 inet tr-test out", "nftables Ipv6 inet tr-test out", "nftables Ipv4 ip filter input"]);
-        let out = find(&snapshot, Backend::Nftables, Family::Ipv4, "inet tr-test", "out");
         assert_eq!(
-            out.rules[0].text,
-            "udp dport 9 counter reject with icmpx admin-prohibited"
+            names(&snapshot),
+            ["nftables Ipv4 inet tr-test out", "nftables Ipv6 inet tr-test out", "nftables Ipv4 ip filter input"]
         );
+        let out = find(&snapshot, Backend::Nftables, Family::Ipv4, "inet tr-test", "out");
+        assert_eq!(out.rules[0].text, "udp dport 9 counter reject with icmpx admin-prohibited");
         assert_eq!(out.rules[0].packets, Some(2));
         assert_eq!(out.rules[1].packets, None);
         let input = find(&snapshot, Backend::Nftables, Family::Ipv4, "ip filter", "input");
@@ -376,11 +346,9 @@ mod tests {
     #[test]
     fn real_all_backends_at_once() {
         let ns = Netns::new();
-        ns.sh(
-            "iptables-nft -A FORWARD -p udp --dport 53 -j REJECT --reject-with icmp-host-prohibited
+        ns.sh("iptables-nft -A FORWARD -p udp --dport 53 -j REJECT --reject-with icmp-host-prohibited
              iptables-legacy -w -A FORWARD -p udp --dport 53 -j REJECT --reject-with icmp-host-prohibited
-             ip6tables-nft -A FORWARD -p udp --dport 53 -j DROP",
-        );
+             ip6tables-nft -A FORWARD -p udp --dport 53 -j DROP");
         ns.nft(
             "table ip tr-native {
                chain forward_5 {
@@ -406,12 +374,7 @@ mod tests {
             ]
         );
         // Each rule once: the iptables-nft rule does not come back as a native one.
-        let dns_rules = snapshot
-            .chains
-            .iter()
-            .flat_map(|c| &c.rules)
-            .filter(|r| r.family == Family::Ipv4)
-            .count();
+        let dns_rules = snapshot.chains.iter().flat_map(|c| &c.rules).filter(|r| r.family == Family::Ipv4).count();
         assert_eq!(dns_rules, 3);
     }
 
@@ -440,10 +403,7 @@ mod tests {
             snapshot.errors[0]
         );
         assert!(!snapshot.errors[0].contains('\n'));
-        assert_eq!(
-            names(&snapshot),
-            ["nftables Ipv4 ip mangle OUTPUT", "nftables Ipv4 ip filter FORWARD"]
-        );
+        assert_eq!(names(&snapshot), ["nftables Ipv4 ip mangle OUTPUT", "nftables Ipv4 ip filter FORWARD"]);
         let forward = find(&snapshot, Backend::Nftables, Family::Ipv4, "ip filter", "FORWARD");
         assert_eq!(forward.rules[0].text, "ip saddr { 1.1.1.1, 2.2.2.2 } counter drop");
     }

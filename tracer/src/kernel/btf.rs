@@ -97,14 +97,7 @@ fn trailing_len(k: u32, vlen: usize) -> Option<usize> {
 fn indexed_kind(k: u32) -> bool {
     matches!(
         k,
-        kind::INT
-            | kind::STRUCT
-            | kind::UNION
-            | kind::ENUM
-            | kind::ENUM64
-            | kind::FWD
-            | kind::TYPEDEF
-            | kind::FLOAT
+        kind::INT | kind::STRUCT | kind::UNION | kind::ENUM | kind::ENUM64 | kind::FWD | kind::TYPEDEF | kind::FLOAT
     )
 }
 
@@ -135,9 +128,7 @@ impl Member {
 
     /// The offset in bytes, if the member starts on a byte boundary.
     pub fn byte_offset(&self) -> Option<u32> {
-        self.offset_bits
-            .is_multiple_of(8)
-            .then_some(self.offset_bits / 8)
+        self.offset_bits.is_multiple_of(8).then_some(self.offset_bits / 8)
     }
 }
 
@@ -178,40 +169,29 @@ struct Layer {
 
 impl Layer {
     fn u32_at(&self, pos: usize) -> Result<u32> {
-        read_u32(&self.data, pos, self.big_endian)
-            .ok_or_else(|| anyhow!("BTF data truncated at byte {pos}"))
+        read_u32(&self.data, pos, self.big_endian).ok_or_else(|| anyhow!("BTF data truncated at byte {pos}"))
     }
 
     fn next_id(&self) -> Option<u32> {
-        u32::try_from(self.types.len())
-            .ok()?
-            .checked_add(self.start_id)
+        u32::try_from(self.types.len()).ok()?.checked_add(self.start_id)
     }
 
     fn next_str(&self) -> Option<u32> {
-        u32::try_from(self.strs.len())
-            .ok()?
-            .checked_add(self.start_str)
+        u32::try_from(self.strs.len()).ok()?.checked_add(self.start_str)
     }
 
     fn local_str(&self, off: u32) -> Option<Result<&str>> {
         let rel = off.checked_sub(self.start_str)? as usize;
         let section = self.data.get(self.strs.clone()).unwrap_or_default();
         Some(c_str(section, rel).ok_or_else(|| {
-            anyhow!(
-                "BTF string offset {off} is outside the string section or not NUL-terminated UTF-8"
-            )
+            anyhow!("BTF string offset {off} is outside the string section or not NUL-terminated UTF-8")
         }))
     }
 }
 
 fn read_u32(data: &[u8], pos: usize, big_endian: bool) -> Option<u32> {
     let bytes: [u8; 4] = data.get(pos..pos.checked_add(4)?)?.try_into().ok()?;
-    Some(if big_endian {
-        u32::from_be_bytes(bytes)
-    } else {
-        u32::from_le_bytes(bytes)
-    })
+    Some(if big_endian { u32::from_be_bytes(bytes) } else { u32::from_le_bytes(bytes) })
 }
 
 fn c_str(section: &[u8], rel: usize) -> Option<&str> {
@@ -279,41 +259,27 @@ impl Btf {
     }
 
     pub fn load_split(path: &Path, base: &Btf) -> Result<Btf> {
-        Btf::parse_split_owned(read_file(path)?, base)
-            .map_err(|e| anyhow!("{}: {e:#}", path.display()))
+        Btf::parse_split_owned(read_file(path)?, base).map_err(|e| anyhow!("{}: {e:#}", path.display()))
     }
 
     fn parse_owned(data: Vec<u8>) -> Result<Btf> {
         let layer = parse_layer(data, &[], 1, 0)?;
-        let mut btf = Btf {
-            layers: vec![Arc::new(layer)],
-            ptr_size: 8,
-        };
+        let mut btf = Btf { layers: vec![Arc::new(layer)], ptr_size: 8 };
         btf.ptr_size = btf.guess_ptr_size();
         Ok(btf)
     }
 
     fn parse_split_owned(data: Vec<u8>, base: &Btf) -> Result<Btf> {
-        let top = base
-            .layers
-            .last()
-            .ok_or_else(|| anyhow!("base BTF has no data"))?;
-        let start_id = top
-            .next_id()
-            .ok_or_else(|| anyhow!("base BTF has too many types to stack split BTF on"))?;
-        let start_str = top
-            .next_str()
-            .ok_or_else(|| anyhow!("base BTF strings too large to stack split BTF on"))?;
+        let top = base.layers.last().ok_or_else(|| anyhow!("base BTF has no data"))?;
+        let start_id = top.next_id().ok_or_else(|| anyhow!("base BTF has too many types to stack split BTF on"))?;
+        let start_str = top.next_str().ok_or_else(|| anyhow!("base BTF strings too large to stack split BTF on"))?;
         let layer = parse_layer(data, &base.layers, start_id, start_str)?;
         if layer.big_endian != top.big_endian {
             bail!("split BTF and its base BTF differ in byte order");
         }
         let mut layers = base.layers.clone();
         layers.push(Arc::new(layer));
-        Ok(Btf {
-            layers,
-            ptr_size: base.ptr_size,
-        })
+        Ok(Btf { layers, ptr_size: base.ptr_size })
     }
 
     pub fn is_big_endian(&self) -> bool {
@@ -334,10 +300,8 @@ impl Btf {
     /// Whether some complete named type (struct, union, enum, typedef, int,
     /// float) has this name.
     pub fn has_type(&self, name: &str) -> bool {
-        self.ids_named(name).any(|id| {
-            self.get(id)
-                .is_ok_and(|t| t.kind() != kind::FWD && !(is_enum(t.kind()) && t.vlen() == 0))
-        })
+        self.ids_named(name)
+            .any(|id| self.get(id).is_ok_and(|t| t.kind() != kind::FWD && !(is_enum(t.kind()) && t.vlen() == 0)))
     }
 
     /// Whether an enum (or enum64) with at least one variant has this name.
@@ -348,8 +312,7 @@ impl Btf {
     /// The member at `path` (e.g. `"nd_net.net"`, `"tuplehash[1].tuple"`) inside
     /// the struct or union `type_name`, looking through anonymous members.
     pub fn member(&self, type_name: &str, path: &str) -> Result<Member> {
-        let segments =
-            parse_path(path).map_err(|e| anyhow!("bad member path {type_name}.{path}: {e}"))?;
+        let segments = parse_path(path).map_err(|e| anyhow!("bad member path {type_name}.{path}: {e}"))?;
         let candidates = self.composites_named(type_name);
         let Some(&first) = candidates.first() else {
             return Err(self.missing(type_name));
@@ -361,9 +324,9 @@ impl Btf {
         for id in candidates {
             match self.member_in(id, &segments) {
                 Ok(m) => match found {
-                    Some(prev) if prev != m => bail!(
-                        "{type_name} has several definitions in BTF that disagree about {path}"
-                    ),
+                    Some(prev) if prev != m => {
+                        bail!("{type_name} has several definitions in BTF that disagree about {path}")
+                    }
                     _ => found = Some(m),
                 },
                 Err(e) => {
@@ -384,9 +347,7 @@ impl Btf {
     pub fn type_size(&self, type_name: &str) -> Result<u32> {
         let composites = self.composites_named(type_name);
         let ids: Vec<u32> = if composites.is_empty() {
-            self.ids_named(type_name)
-                .filter(|&id| self.get(id).is_ok_and(|t| t.kind() != kind::FWD))
-                .collect()
+            self.ids_named(type_name).filter(|&id| self.get(id).is_ok_and(|t| t.kind() != kind::FWD)).collect()
         } else {
             composites
         };
@@ -395,9 +356,7 @@ impl Btf {
         }
         let mut size = None;
         for id in ids {
-            let s = self
-                .size_of(id)
-                .map_err(|e| anyhow!("size of {type_name}: {e:#}"))?;
+            let s = self.size_of(id).map_err(|e| anyhow!("size of {type_name}: {e:#}"))?;
             match size {
                 Some(prev) if prev != s => {
                     bail!("{type_name} has several definitions in BTF with different sizes")
@@ -440,11 +399,7 @@ impl Btf {
             } else {
                 let pos = t.extra + i * 8;
                 let raw = layer.u32_at(pos + 4)?;
-                let value = if signed {
-                    i64::from(raw as i32)
-                } else {
-                    i64::from(raw)
-                };
+                let value = if signed { i64::from(raw as i32) } else { i64::from(raw) };
                 (layer.u32_at(pos)?, value)
             };
             out.push((self.str_at(name_off)?.to_string(), value));
@@ -453,9 +408,7 @@ impl Btf {
     }
 
     fn missing(&self, name: &str) -> anyhow::Error {
-        let declared = self
-            .ids_named(name)
-            .any(|id| self.get(id).is_ok_and(|t| t.kind() == kind::FWD));
+        let declared = self.ids_named(name).any(|id| self.get(id).is_ok_and(|t| t.kind() == kind::FWD));
         if declared {
             anyhow!("{name} is only forward-declared in BTF (no definition)")
         } else {
@@ -474,10 +427,7 @@ impl Btf {
             }
             let (cid, ct) = self.resolve(cur)?;
             if !is_composite(ct.kind()) {
-                bail!(
-                    "{walked} is a {}, not a struct or union",
-                    kind_name(ct.kind())
-                );
+                bail!("{walked} is a {}, not a struct or union", kind_name(ct.kind()));
             }
             let hit = self.find_member(cid, seg.name, 0)?.ok_or_else(|| {
                 if walked.is_empty() {
@@ -511,13 +461,8 @@ impl Btf {
                 cur = elem;
             }
         }
-        let offset_bits = u32::try_from(offset)
-            .map_err(|_| anyhow!("offset of {walked} does not fit in 32 bits"))?;
-        Ok(Member {
-            offset_bits,
-            bitfield_bits: bitfield,
-            size_bytes: self.size_of(cur)?,
-        })
+        let offset_bits = u32::try_from(offset).map_err(|_| anyhow!("offset of {walked} does not fit in 32 bits"))?;
+        Ok(Member { offset_bits, bitfield_bits: bitfield, size_bytes: self.size_of(cur)? })
     }
 
     /// Depth-first in declaration order, so a name inside an anonymous member is
@@ -529,18 +474,12 @@ impl Btf {
         let (_, t) = self.layer_and_type(composite)?;
         let kind_flag = t.kind_flag();
         for m in self.members(composite)? {
-            let (offset_bits, bitfield_bits) = if kind_flag {
-                (m.offset & 0x00ff_ffff, m.offset >> 24)
-            } else {
-                (m.offset, 0)
-            };
+            let (offset_bits, bitfield_bits) =
+                if kind_flag { (m.offset & 0x00ff_ffff, m.offset >> 24) } else { (m.offset, 0) };
             let member_name = self.str_at(m.name_off)?;
             if member_name == name {
-                let (extra_offset, bitfield_bits) = if kind_flag {
-                    (0, bitfield_bits)
-                } else {
-                    self.int_bitfield(m.type_id)?
-                };
+                let (extra_offset, bitfield_bits) =
+                    if kind_flag { (0, bitfield_bits) } else { self.int_bitfield(m.type_id)? };
                 return Ok(Some(Found {
                     offset_bits: u64::from(offset_bits) + u64::from(extra_offset),
                     bitfield_bits,
@@ -622,20 +561,14 @@ impl Btf {
         }
         let (rid, t) = self.resolve(id)?;
         match t.kind() {
-            kind::INT
-            | kind::STRUCT
-            | kind::UNION
-            | kind::ENUM
-            | kind::ENUM64
-            | kind::FLOAT
-            | kind::DATASEC => Ok(t.size_or_type),
+            kind::INT | kind::STRUCT | kind::UNION | kind::ENUM | kind::ENUM64 | kind::FLOAT | kind::DATASEC => {
+                Ok(t.size_or_type)
+            }
             kind::PTR => Ok(self.ptr_size),
             kind::ARRAY => {
                 let (elem, nelems) = self.array_info(rid)?;
                 let elem_size = self.size_of_depth(elem, depth + 1)?;
-                elem_size
-                    .checked_mul(nelems)
-                    .ok_or_else(|| anyhow!("array type id {rid} is larger than 4 GiB"))
+                elem_size.checked_mul(nelems).ok_or_else(|| anyhow!("array type id {rid} is larger than 4 GiB"))
             }
             k => bail!("type id {rid} is a {} and has no size", kind_name(k)),
         }
@@ -650,10 +583,7 @@ impl Btf {
                 let index = (id - layer.start_id) as usize;
                 return match layer.types.get(index) {
                     Some(t) => Ok((layer, *t)),
-                    None => Err(anyhow!(
-                        "type id {id} is out of range (BTF has {} types)",
-                        self.type_count()
-                    )),
+                    None => Err(anyhow!("type id {id} is out of range (BTF has {} types)", self.type_count())),
                 };
             }
         }
@@ -663,12 +593,7 @@ impl Btf {
     fn get(&self, id: u32) -> Result<RawType> {
         if id == 0 {
             // Void is a real target of typedefs and pointers; give it kind 0.
-            return Ok(RawType {
-                name_off: 0,
-                info: 0,
-                size_or_type: 0,
-                extra: 0,
-            });
+            return Ok(RawType { name_off: 0, info: 0, size_or_type: 0, extra: 0 });
         }
         self.layer_and_type(id).map(|(_, t)| t)
     }
@@ -678,19 +603,13 @@ impl Btf {
     }
 
     fn ids_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = u32> + 'a {
-        self.layers
-            .iter()
-            .filter_map(move |l| l.by_name.get(name))
-            .flatten()
-            .copied()
+        self.layers.iter().filter_map(move |l| l.by_name.get(name)).flatten().copied()
     }
 
     /// Complete structs/unions with this name, or else typedefs that resolve to one.
     fn composites_named(&self, name: &str) -> Vec<u32> {
-        let direct: Vec<u32> = self
-            .ids_named(name)
-            .filter(|&id| self.get(id).is_ok_and(|t| is_composite(t.kind())))
-            .collect();
+        let direct: Vec<u32> =
+            self.ids_named(name).filter(|&id| self.get(id).is_ok_and(|t| is_composite(t.kind()))).collect();
         if !direct.is_empty() {
             return direct;
         }
@@ -704,10 +623,7 @@ impl Btf {
 
     /// Enums declared but not defined appear as an ENUM with no variants.
     fn enum_named(&self, name: &str) -> Option<u32> {
-        self.ids_named(name).find(|&id| {
-            self.get(id)
-                .is_ok_and(|t| is_enum(t.kind()) && t.vlen() > 0)
-        })
+        self.ids_named(name).find(|&id| self.get(id).is_ok_and(|t| is_enum(t.kind()) && t.vlen() > 0))
     }
 
     /// BTF does not record the pointer size; like libbpf, take it from `long`.
@@ -729,16 +645,9 @@ fn read_file(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| anyhow!("cannot read BTF {}: {e}", path.display()))
 }
 
-fn parse_layer(
-    owned: Vec<u8>,
-    below: &[Arc<Layer>],
-    start_id: u32,
-    start_str: u32,
-) -> Result<Layer> {
+fn parse_layer(owned: Vec<u8>, below: &[Arc<Layer>], start_id: u32, start_str: u32) -> Result<Layer> {
     let data = owned.as_slice();
-    let magic = data
-        .get(0..2)
-        .ok_or_else(|| anyhow!("BTF data is too short for a header ({} bytes)", data.len()))?;
+    let magic = data.get(0..2).ok_or_else(|| anyhow!("BTF data is too short for a header ({} bytes)", data.len()))?;
     let big_endian = match [magic[0], magic[1]] {
         m if u16::from_le_bytes(m) == MAGIC => false,
         m if u16::from_be_bytes(m) == MAGIC => true,
@@ -748,9 +657,7 @@ fn parse_layer(
         read_u32(data, pos, big_endian)
             .ok_or_else(|| anyhow!("BTF data is too short for a header ({} bytes)", data.len()))
     };
-    let version = *data
-        .get(2)
-        .ok_or_else(|| anyhow!("BTF data is too short for a header"))?;
+    let version = *data.get(2).ok_or_else(|| anyhow!("BTF data is too short for a header"))?;
     if version != VERSION {
         bail!("unsupported BTF version {version} (expected {VERSION})");
     }
@@ -763,20 +670,14 @@ fn parse_layer(
         bail!("BTF header length {hdr_len} is shorter than {HEADER_LEN}");
     }
     if hdr_len > data.len() {
-        bail!(
-            "BTF header length {hdr_len} exceeds the data ({} bytes)",
-            data.len()
-        );
+        bail!("BTF header length {hdr_len} exceeds the data ({} bytes)", data.len());
     }
     let section = |name: &str, off: usize, len: usize| -> Result<Range<usize>> {
         let start = hdr_len.checked_add(off);
         let end = start.and_then(|s| s.checked_add(len));
         match (start, end) {
             (Some(s), Some(e)) if e <= data.len() => Ok(s..e),
-            _ => bail!(
-                "BTF {name} section ({len} bytes at offset {off}) lies outside the data ({} bytes)",
-                data.len()
-            ),
+            _ => bail!("BTF {name} section ({len} bytes at offset {off}) lies outside the data ({} bytes)", data.len()),
         }
     };
     if !type_off.is_multiple_of(4) {
@@ -791,11 +692,7 @@ fn parse_layer(
     if str_bytes.last().is_some_and(|&b| b != 0) {
         bail!("BTF string section does not end with NUL");
     }
-    if u32::try_from(str_len)
-        .ok()
-        .and_then(|l| l.checked_add(start_str))
-        .is_none()
-    {
+    if u32::try_from(str_len).ok().and_then(|l| l.checked_add(start_str)).is_none() {
         bail!("BTF string section too large");
     }
 
@@ -808,12 +705,7 @@ fn parse_layer(
             bail!("BTF type id {id} is truncated");
         }
         let word = |p: usize| read_u32(data, p, big_endian).unwrap_or(0);
-        let t = RawType {
-            name_off: word(pos),
-            info: word(pos + 4),
-            size_or_type: word(pos + 8),
-            extra: header_end,
-        };
+        let t = RawType { name_off: word(pos), info: word(pos + 4), size_or_type: word(pos + 8), extra: header_end };
         let extra_len = trailing_len(t.kind(), t.vlen())
             .ok_or_else(|| anyhow!("BTF type id {id} has unknown kind {}", t.kind()))?;
         let end = header_end + extra_len;
@@ -823,23 +715,11 @@ fn parse_layer(
         types.push(t);
         pos = end;
     }
-    if u32::try_from(types.len())
-        .ok()
-        .and_then(|n| n.checked_add(start_id))
-        .is_none()
-    {
+    if u32::try_from(types.len()).ok().and_then(|n| n.checked_add(start_id)).is_none() {
         bail!("BTF has too many types");
     }
 
-    let mut layer = Layer {
-        big_endian,
-        data: owned,
-        strs,
-        start_id,
-        start_str,
-        types,
-        by_name: HashMap::new(),
-    };
+    let mut layer = Layer { big_endian, data: owned, strs, start_id, start_str, types, by_name: HashMap::new() };
     let mut by_name: HashMap<String, Vec<u32>> = HashMap::new();
     for (i, t) in layer.types.iter().enumerate() {
         if t.name_off == 0 || !indexed_kind(t.kind()) {
@@ -876,10 +756,7 @@ fn parse_path(path: &str) -> std::result::Result<Vec<Segment<'_>>, String> {
                 .strip_prefix('[')
                 .and_then(|r| r.split_once(']'))
                 .ok_or_else(|| format!("malformed index in {part:?}"))?;
-            let index: u64 = inner
-                .0
-                .parse()
-                .map_err(|_| format!("index {:?} in {part:?} is not a number", inner.0))?;
+            let index: u64 = inner.0.parse().map_err(|_| format!("index {:?} in {part:?} is not a number", inner.0))?;
             indices.push(index);
             rest = inner.1;
         }
@@ -905,13 +782,7 @@ pub(crate) mod testing {
 
     impl Builder {
         pub fn new() -> Builder {
-            Builder {
-                big_endian: false,
-                types: Vec::new(),
-                strings: vec![0],
-                base_strings: Vec::new(),
-                next_id: 1,
-            }
+            Builder { big_endian: false, types: Vec::new(), strings: vec![0], base_strings: Vec::new(), next_id: 1 }
         }
 
         /// Split BTF on top of `base` (which must be complete: no more types added).
@@ -954,24 +825,12 @@ pub(crate) mod testing {
         }
 
         fn word(&mut self, v: u32) {
-            let bytes = if self.big_endian {
-                v.to_be_bytes()
-            } else {
-                v.to_le_bytes()
-            };
+            let bytes = if self.big_endian { v.to_be_bytes() } else { v.to_le_bytes() };
             self.types.extend_from_slice(&bytes);
         }
 
         /// A type with raw header fields and trailing words; returns its id.
-        pub fn raw(
-            &mut self,
-            k: u32,
-            kflag: bool,
-            vlen: u32,
-            name: &str,
-            size_or_type: u32,
-            extra: &[u32],
-        ) -> u32 {
+        pub fn raw(&mut self, k: u32, kflag: bool, vlen: u32, name: &str, size_or_type: u32, extra: &[u32]) -> u32 {
             let name_off = self.s(name);
             let info = (u32::from(kflag) << 31) | (k << 24) | vlen;
             self.word(name_off);
@@ -989,14 +848,7 @@ pub(crate) mod testing {
             self.int_enc(name, size, 0, size * 8, signed)
         }
 
-        pub fn int_enc(
-            &mut self,
-            name: &str,
-            size: u32,
-            bit_off: u32,
-            bits: u32,
-            signed: bool,
-        ) -> u32 {
+        pub fn int_enc(&mut self, name: &str, size: u32, bit_off: u32, bits: u32, signed: bool) -> u32 {
             let enc = (u32::from(signed) << 24) | (bit_off << 16) | bits;
             self.raw(kind::INT, false, 0, name, size, &[enc])
         }
@@ -1010,13 +862,7 @@ pub(crate) mod testing {
         }
 
         /// Members as (name, type, bit offset).
-        pub fn composite(
-            &mut self,
-            k: u32,
-            name: &str,
-            size: u32,
-            members: &[(&str, u32, u32)],
-        ) -> u32 {
+        pub fn composite(&mut self, k: u32, name: &str, size: u32, members: &[(&str, u32, u32)]) -> u32 {
             let mut extra = Vec::new();
             for &(n, ty, off) in members {
                 extra.extend([self.s(n), ty, off]);
@@ -1033,12 +879,7 @@ pub(crate) mod testing {
         }
 
         /// A kind_flag struct: members as (name, type, bit offset, bitfield bits).
-        pub fn struct_kf(
-            &mut self,
-            name: &str,
-            size: u32,
-            members: &[(&str, u32, u32, u32)],
-        ) -> u32 {
+        pub fn struct_kf(&mut self, name: &str, size: u32, members: &[(&str, u32, u32, u32)]) -> u32 {
             let mut extra = Vec::new();
             for &(n, ty, off, bits) in members {
                 extra.extend([self.s(n), ty, (bits << 24) | off]);
@@ -1046,25 +887,12 @@ pub(crate) mod testing {
             self.raw(kind::STRUCT, true, members.len() as u32, name, size, &extra)
         }
 
-        pub fn enum_(
-            &mut self,
-            name: &str,
-            size: u32,
-            signed: bool,
-            variants: &[(&str, i32)],
-        ) -> u32 {
+        pub fn enum_(&mut self, name: &str, size: u32, signed: bool, variants: &[(&str, i32)]) -> u32 {
             let mut extra = Vec::new();
             for &(n, v) in variants {
                 extra.extend([self.s(n), v as u32]);
             }
-            self.raw(
-                kind::ENUM,
-                signed,
-                variants.len() as u32,
-                name,
-                size,
-                &extra,
-            )
+            self.raw(kind::ENUM, signed, variants.len() as u32, name, size, &extra)
         }
 
         pub fn enum64(&mut self, name: &str, signed: bool, variants: &[(&str, u64)]) -> u32 {
@@ -1090,17 +918,9 @@ pub(crate) mod testing {
         pub fn build(&self) -> Vec<u8> {
             let mut out = Vec::new();
             let put = |out: &mut Vec<u8>, v: u32| {
-                out.extend_from_slice(&if self.big_endian {
-                    v.to_be_bytes()
-                } else {
-                    v.to_le_bytes()
-                })
+                out.extend_from_slice(&if self.big_endian { v.to_be_bytes() } else { v.to_le_bytes() })
             };
-            let magic = if self.big_endian {
-                super::MAGIC.to_be_bytes()
-            } else {
-                super::MAGIC.to_le_bytes()
-            };
+            let magic = if self.big_endian { super::MAGIC.to_be_bytes() } else { super::MAGIC.to_le_bytes() };
             out.extend_from_slice(&magic);
             out.push(super::VERSION);
             out.push(0);
@@ -1151,11 +971,7 @@ mod tests {
     }
 
     fn m(offset_bits: u32, bitfield_bits: u32, size_bytes: u32) -> Member {
-        Member {
-            offset_bits,
-            bitfield_bits,
-            size_bytes,
-        }
+        Member { offset_bits, bitfield_bits, size_bytes }
     }
 
     /// A little struct zoo: `struct outer` holds an anonymous union of an
@@ -1181,13 +997,7 @@ mod tests {
         b.struct_(
             "outer",
             48,
-            &[
-                ("", anon_u, 0),
-                ("p", ptr_td, 64),
-                ("arr", arr, 128),
-                ("grid", grid, 224),
-                ("single", td2, 352),
-            ],
+            &[("", anon_u, 0), ("p", ptr_td, 64), ("arr", arr, 128), ("grid", grid, 224), ("single", td2, 352)],
         );
         b.fwd("outer", false);
     }
@@ -1219,15 +1029,9 @@ mod tests {
         let btf = zoo_btf();
         assert_eq!(btf.member("outer", "arr").unwrap(), m(128, 0, 12));
         assert_eq!(btf.member("outer", "arr[0].x").unwrap(), m(128, 0, 2));
-        assert_eq!(
-            btf.member("outer", "arr[2].y").unwrap(),
-            m(128 + 64 + 16, 0, 1)
-        );
+        assert_eq!(btf.member("outer", "arr[2].y").unwrap(), m(128 + 64 + 16, 0, 1));
         assert_eq!(btf.member("outer", "arr[1]").unwrap(), m(128 + 32, 0, 4));
-        assert_eq!(
-            btf.member("outer", "grid[1][3]").unwrap(),
-            m(224 + 64 + 48, 0, 2)
-        );
+        assert_eq!(btf.member("outer", "grid[1][3]").unwrap(), m(224 + 64 + 48, 0, 2));
         error_mentioning(btf.member("outer", "arr[3].x"), "out of bounds");
         assert!(btf.member("outer", "p[0]").is_err());
         assert!(btf.member("outer", "grid[0][0][0]").is_err());
@@ -1240,9 +1044,7 @@ mod tests {
     #[test]
     fn bad_paths_are_errors() {
         let btf = zoo_btf();
-        for path in [
-            "", ".a", "a.", "a..b", "arr[", "arr[x]", "arr]", "arr[1", "arr[-1]", "arr[1]x",
-        ] {
+        for path in ["", ".a", "a.", "a..b", "arr[", "arr[x]", "arr]", "arr[1", "arr[-1]", "arr[1]x"] {
             let err = btf.member("outer", path).unwrap_err().to_string();
             assert!(!err.contains('\n'), "{err}");
         }
@@ -1286,24 +1088,8 @@ mod tests {
         let mut b = Builder::new();
         let ulong = b.int("long unsigned int", 8, false);
         let u8_t = b.int("unsigned char", 1, false);
-        let bits = b.struct_kf(
-            "",
-            8,
-            &[
-                ("flags", ulong, 0, 32),
-                ("lltx", ulong, 32, 1),
-                ("tx", ulong, 33, 1),
-            ],
-        );
-        b.struct_kf(
-            "dev",
-            16,
-            &[
-                ("", bits, 0, 0),
-                ("mode", u8_t, 64, 3),
-                ("plain", u8_t, 72, 0),
-            ],
-        );
+        let bits = b.struct_kf("", 8, &[("flags", ulong, 0, 32), ("lltx", ulong, 32, 1), ("tx", ulong, 33, 1)]);
+        b.struct_kf("dev", 16, &[("", bits, 0, 0), ("mode", u8_t, 64, 3), ("plain", u8_t, 72, 0)]);
         let btf = Btf::parse(&b.build()).unwrap();
         assert_eq!(btf.member("dev", "flags").unwrap(), m(0, 32, 8));
         assert_eq!(btf.member("dev", "tx").unwrap(), m(33, 1, 8));
@@ -1323,11 +1109,7 @@ mod tests {
         let u32_t = b.int("unsigned int", 4, false);
         let three = b.int_enc("unsigned int", 4, 0, 3, false);
         let shifted = b.int_enc("unsigned int", 4, 5, 2, false);
-        b.struct_(
-            "old",
-            8,
-            &[("a", u32_t, 0), ("b", three, 32), ("c", shifted, 32)],
-        );
+        b.struct_("old", 8, &[("a", u32_t, 0), ("b", three, 32), ("c", shifted, 32)]);
         let btf = Btf::parse(&b.build()).unwrap();
         assert_eq!(btf.member("old", "a").unwrap(), m(0, 0, 4));
         assert_eq!(btf.member("old", "b").unwrap(), m(32, 3, 4));
@@ -1341,11 +1123,7 @@ mod tests {
         b.enum_("flags", 4, false, &[]);
         b.enum_("flags", 4, false, &[("F_A", 1), ("F_HIGH", i32::MIN)]);
         b.enum_("signed_e", 4, true, &[("NEG", -5), ("POS", 7)]);
-        b.enum64(
-            "wide",
-            false,
-            &[("W_LOW", 3), ("W_HIGH", 1 << 40), ("W_TOP", u64::MAX)],
-        );
+        b.enum64("wide", false, &[("W_LOW", 3), ("W_HIGH", 1 << 40), ("W_TOP", u64::MAX)]);
         b.enum64("wide_signed", true, &[("WS_NEG", (-2i64) as u64)]);
         let btf = Btf::parse(&b.build()).unwrap();
         assert_eq!(btf.enum_value("flags", "F_A").unwrap(), 1);
@@ -1354,10 +1132,7 @@ mod tests {
         assert_eq!(btf.enum_value("wide", "W_HIGH").unwrap(), 1 << 40);
         assert_eq!(btf.enum_value("wide", "W_TOP").unwrap(), -1);
         assert_eq!(btf.enum_value("wide_signed", "WS_NEG").unwrap(), -2);
-        assert_eq!(
-            btf.enum_variants("signed_e").unwrap(),
-            vec![("NEG".to_string(), -5), ("POS".to_string(), 7)]
-        );
+        assert_eq!(btf.enum_variants("signed_e").unwrap(), vec![("NEG".to_string(), -5), ("POS".to_string(), 7)]);
         assert_eq!(btf.type_size("wide").unwrap(), 8);
         assert!(btf.has_enum("wide"));
         error_mentioning(btf.enum_value("flags", "F_B"), "no variant F_B");
@@ -1382,14 +1157,7 @@ mod tests {
         b.modifier(kind::RESTRICT, ptr);
         let s_a = b.s("a");
         let s_b = b.s("b");
-        let proto = b.raw(
-            kind::FUNC_PROTO,
-            false,
-            3,
-            "",
-            int,
-            &[s_a, int, s_b, ptr, 0, 0],
-        );
+        let proto = b.raw(kind::FUNC_PROTO, false, 3, "", int, &[s_a, int, s_b, ptr, 0, 0]);
         b.raw(kind::FUNC, false, 0, "fn0", proto, &[]);
         let var = b.raw(kind::VAR, false, 0, "v0", int, &[1]);
         b.raw(kind::DATASEC, false, 2, ".data", 8, &[var, 0, 4, var, 4, 4]);
@@ -1414,10 +1182,7 @@ mod tests {
         b.enum64("wide", false, &[("W", 0x1_0000_0002)]);
         let btf = Btf::parse(&b.build()).unwrap();
         assert!(btf.is_big_endian());
-        assert_eq!(
-            btf.member("outer", "arr[2].y").unwrap(),
-            m(128 + 64 + 16, 0, 1)
-        );
+        assert_eq!(btf.member("outer", "arr[2].y").unwrap(), m(128 + 64 + 16, 0, 1));
         assert_eq!(btf.member("outer", "grp.c").unwrap(), m(32, 0, 4));
         assert_eq!(btf.enum_value("wide", "W").unwrap(), 0x1_0000_0002);
     }
@@ -1437,19 +1202,12 @@ mod tests {
         // Names "x" and "int" resolve to the base's string offsets; "mod_only" is new.
         let bs = module.struct_("basestruct", 16, &[("x", int, 0), ("y", ulong, 64)]);
         let inner = module.struct_("modinner", 8, &[("mod_only", ulong, 0)]);
-        module.struct_(
-            "modstruct",
-            32,
-            &[("b", bs, 0), ("inner", inner, 128), ("x", int, 192)],
-        );
+        module.struct_("modstruct", 32, &[("b", bs, 0), ("inner", inner, 128), ("x", int, 192)]);
         module.enum_("modenum", 4, false, &[("MOD_A", 4)]);
         let data = module.build();
         let btf = Btf::parse_split(&data, &base_btf).unwrap();
         assert_eq!(btf.type_count(), module.next_id());
-        assert_eq!(
-            btf.member("modstruct", "inner.mod_only").unwrap(),
-            m(128, 0, 8)
-        );
+        assert_eq!(btf.member("modstruct", "inner.mod_only").unwrap(), m(128, 0, 8));
         assert_eq!(btf.member("modstruct", "b.y").unwrap(), m(64, 0, 8));
         assert_eq!(btf.member("modstruct", "x").unwrap(), m(192, 0, 4));
         assert_eq!(btf.member("basestruct", "y").unwrap(), m(64, 0, 8));
@@ -1519,10 +1277,7 @@ mod tests {
         zoo(&mut b);
         let good = b.build();
         for len in 0..good.len() {
-            assert!(
-                Btf::parse(&good[..len]).is_err(),
-                "truncated to {len} bytes parsed"
-            );
+            assert!(Btf::parse(&good[..len]).is_err(), "truncated to {len} bytes parsed");
         }
     }
 
@@ -1537,21 +1292,11 @@ mod tests {
         b.struct_("selfish", 8, &[("", self_id, 0)]);
         let arr_id = b.next_id();
         b.array(arr_id, 0, 2);
-        b.struct_(
-            "holder",
-            8,
-            &[("a", arr_id, 0), ("d", 12345, 0), ("v", 0, 0)],
-        );
+        b.struct_("holder", 8, &[("a", arr_id, 0), ("d", 12345, 0), ("v", 0, 0)]);
         // A member name past the end of the string section.
         b.raw(kind::STRUCT, false, 1, "broken", 4, &[6_000_000, 1, 0]);
         let btf = Btf::parse(&b.build()).unwrap();
-        for (ty, path) in [
-            ("selfish", "x"),
-            ("holder", "a[1]"),
-            ("holder", "d"),
-            ("holder", "v"),
-            ("broken", "x"),
-        ] {
+        for (ty, path) in [("selfish", "x"), ("holder", "a[1]"), ("holder", "d"), ("holder", "v"), ("broken", "x")] {
             let err = btf.member(ty, path).unwrap_err().to_string();
             assert!(!err.contains('\n'), "{err}");
         }
@@ -1599,29 +1344,14 @@ mod tests {
             eprintln!("skipping: no nf_conntrack_tuple in vmlinux");
             return;
         }
-        let byte = |path: &str| {
-            btf.member("nf_conntrack_tuple", path)
-                .unwrap()
-                .byte_offset()
-                .unwrap()
-        };
+        let byte = |path: &str| btf.member("nf_conntrack_tuple", path).unwrap().byte_offset().unwrap();
         assert_eq!(byte("src.u3"), 0);
         assert_eq!(byte("src.u.all"), 16);
         assert_eq!(byte("dst.u3"), 20);
         assert_eq!(byte("dst.u.all"), 36);
         assert_eq!(byte("dst.protonum"), 38);
-        assert_eq!(
-            btf.member("nf_conntrack_tuple", "dst.u3")
-                .unwrap()
-                .size_bytes,
-            16
-        );
-        assert_eq!(
-            btf.member("nf_conntrack_tuple", "dst.u.all")
-                .unwrap()
-                .size_bytes,
-            2
-        );
+        assert_eq!(btf.member("nf_conntrack_tuple", "dst.u3").unwrap().size_bytes, 16);
+        assert_eq!(btf.member("nf_conntrack_tuple", "dst.u.all").unwrap().size_bytes, 2);
         assert_eq!(btf.type_size("nf_conntrack_tuple").unwrap(), 40);
         let hash = btf.type_size("nf_conntrack_tuple_hash").unwrap();
         let t0 = btf.member("nf_conn", "tuplehash[0].tuple").unwrap();
@@ -1640,9 +1370,7 @@ mod tests {
         if btf.member("net_device", "priv_flags_fast").is_ok() {
             assert_eq!(flags.bitfield_bits, 32);
             assert_eq!(flags.size_bytes, 8);
-            let fast = btf
-                .member("net_device", "priv_flags_fast.priv_flags")
-                .unwrap();
+            let fast = btf.member("net_device", "priv_flags_fast.priv_flags").unwrap();
             assert_eq!(fast, flags);
         } else {
             assert!(!flags.is_bitfield());
@@ -1650,15 +1378,8 @@ mod tests {
         let nd = btf.member("net_device", "nd_net.net").unwrap();
         assert_eq!(nd.size_bytes, 8);
         assert!(btf.member("net", "ns.inum").unwrap().size_bytes == 4);
-        assert_eq!(
-            btf.enum_value("netdev_priv_flags", "IFF_BRIDGE_PORT")
-                .unwrap(),
-            512
-        );
-        assert_eq!(
-            btf.enum_value("netdev_priv_flags", "IFF_EBRIDGE").unwrap(),
-            2
-        );
+        assert_eq!(btf.enum_value("netdev_priv_flags", "IFF_BRIDGE_PORT").unwrap(), 512);
+        assert_eq!(btf.enum_value("netdev_priv_flags", "IFF_EBRIDGE").unwrap(), 2);
         assert_eq!(btf.type_size("possible_net_t").unwrap(), 8);
         assert_eq!(btf.member("possible_net_t", "net").unwrap(), m(0, 0, 8));
         assert_eq!(btf.type_size("long unsigned int").unwrap(), 8);

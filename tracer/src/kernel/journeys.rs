@@ -22,7 +22,8 @@ pub struct Journeys {
 
 impl Journeys {
     pub fn new(map: aya::maps::Map) -> Result<Journeys> {
-        let table = HashMap::try_from(map).map_err(|err| anyhow!("the kernel's journey table: {err}: rebuild tracer"))?;
+        let table =
+            HashMap::try_from(map).map_err(|err| anyhow!("the kernel's journey table: {err}: rebuild tracer"))?;
         Ok(Journeys { table })
     }
 

@@ -36,11 +36,9 @@ impl KernelBtf {
             ),
             Err(e) => bail!("cannot read kernel BTF {}: {e}", vmlinux_path.display()),
         };
-        let vmlinux = Btf::parse(&data)
-            .map_err(|e| anyhow!("kernel BTF {}: {e:#}", vmlinux_path.display()))?;
+        let vmlinux = Btf::parse(&data).map_err(|e| anyhow!("kernel BTF {}: {e:#}", vmlinux_path.display()))?;
 
-        let entries =
-            std::fs::read_dir(dir).map_err(|e| anyhow!("cannot list {}: {e}", dir.display()))?;
+        let entries = std::fs::read_dir(dir).map_err(|e| anyhow!("cannot list {}: {e}", dir.display()))?;
         let mut names = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| anyhow!("cannot list {}: {e}", dir.display()))?;
@@ -61,21 +59,13 @@ impl KernelBtf {
                 Err(e) => unreadable.push(format!("{e:#}")),
             }
         }
-        Ok(KernelBtf {
-            vmlinux,
-            modules,
-            unreadable,
-        })
+        Ok(KernelBtf { vmlinux, modules, unreadable })
     }
 
     /// From already parsed BTF; `modules` must be split BTF on `vmlinux`.
     #[cfg(test)]
     pub fn from_parts(vmlinux: Btf, modules: Vec<(String, Btf)>) -> KernelBtf {
-        KernelBtf {
-            vmlinux,
-            modules,
-            unreadable: Vec::new(),
-        }
+        KernelBtf { vmlinux, modules, unreadable: Vec::new() }
     }
 
     #[cfg(test)]
@@ -135,10 +125,7 @@ impl KernelBtf {
         if self.unreadable.is_empty() {
             anyhow!("{what} not found in kernel BTF ({searched})")
         } else {
-            anyhow!(
-                "{what} not found in kernel BTF ({searched}; unreadable: {})",
-                self.unreadable.join("; ")
-            )
+            anyhow!("{what} not found in kernel BTF ({searched}; unreadable: {})", self.unreadable.join("; "))
         }
     }
 }
@@ -239,11 +226,7 @@ pub fn resolve_layout(btf: &KernelBtf) -> Result<ResolvedLayout> {
         l.ct_span_start = start;
         l.ct_span_len = end - start;
     }
-    Ok(ResolvedLayout {
-        layout: l,
-        conntrack_known,
-        netfilter_known,
-    })
+    Ok(ResolvedLayout { layout: l, conntrack_known, netfilter_known })
 }
 
 /// Values of `enum skb_drop_reason` are renumbered between kernels as reasons are
@@ -258,15 +241,12 @@ fn byte_offset(btf: &KernelBtf, ty: &str, path: &str, width: Width) -> Result<u3
     if m.is_bitfield() {
         bail!("kernel not supported: {ty}.{path} is a bitfield, tracer reads it as a whole field");
     }
-    let offset = m.byte_offset().ok_or_else(|| {
-        anyhow!("kernel not supported: {ty}.{path} does not start on a byte boundary")
-    })?;
+    let offset = m
+        .byte_offset()
+        .ok_or_else(|| anyhow!("kernel not supported: {ty}.{path} does not start on a byte boundary"))?;
     if let Width::Bytes(expected) = width {
         if m.size_bytes != expected {
-            bail!(
-                "kernel not supported: {ty}.{path} is {} bytes, tracer reads {expected}",
-                m.size_bytes
-            );
+            bail!("kernel not supported: {ty}.{path} is {} bytes, tracer reads {expected}", m.size_bytes);
         }
     }
     Ok(offset)
@@ -279,26 +259,15 @@ fn byte_offset(btf: &KernelBtf, ty: &str, path: &str, width: Width) -> Result<u3
 fn priv_flags_offset(btf: &KernelBtf) -> Result<u32> {
     let m = btf.member("net_device", "priv_flags")?;
     let start = m.byte_offset().ok_or_else(|| {
-        anyhow!(
-            "kernel not supported: net_device.priv_flags starts at bit {}, not on a byte boundary",
-            m.offset_bits
-        )
+        anyhow!("kernel not supported: net_device.priv_flags starts at bit {}, not on a byte boundary", m.offset_bits)
     })?;
-    let width_bits = if m.is_bitfield() {
-        m.bitfield_bits
-    } else {
-        m.size_bytes * 8
-    };
+    let width_bits = if m.is_bitfield() { m.bitfield_bits } else { m.size_bytes * 8 };
     if width_bits < 32 || !width_bits.is_multiple_of(8) {
         bail!("kernel not supported: net_device.priv_flags is {width_bits} bits wide, tracer reads 32");
     }
     // BTF counts big-endian bitfield offsets from the most significant end, so in
     // both layouts the low 32 bits sit at the end of a wider field on big-endian.
-    let low_word = if btf.is_big_endian() {
-        (width_bits - 32) / 8
-    } else {
-        0
-    };
+    let low_word = if btf.is_big_endian() { (width_bits - 32) / 8 } else { 0 };
     Ok(start + low_word)
 }
 
@@ -340,10 +309,7 @@ mod tests {
             ("skb_iif", l.skb_iif, 4),
             ("_nfct", l.skb_nfct, 8),
         ] {
-            assert!(
-                off + width <= skb,
-                "sk_buff.{name} at {off} outside {skb} bytes"
-            );
+            assert!(off + width <= skb, "sk_buff.{name} at {off} outside {skb} bytes");
             assert_eq!(off % width, 0, "sk_buff.{name} at {off} is misaligned");
         }
         // Fields that have been in the first 256 bytes of sk_buff for years.
@@ -426,25 +392,12 @@ mod tests {
         let uchar_ptr = b.ptr(u8_t);
         let skb_fwd = b.fwd("sk_buff", false);
         let skb_ptr = b.ptr(skb_fwd);
-        let link = b.struct_(
-            "",
-            24,
-            &[
-                ("next", skb_ptr, 0),
-                ("prev", skb_ptr, 64),
-                ("dev", dev_ptr, 128),
-            ],
-        );
+        let link = b.struct_("", 24, &[("next", skb_ptr, 0), ("prev", skb_ptr, 64), ("dev", dev_ptr, 128)]);
         let list_u = b.union_("", 24, &[("", link, 0)]);
         let hdrs = b.struct_(
             "",
             12,
-            &[
-                ("skb_iif", int, 0),
-                ("protocol", be16, 32),
-                ("network_header", u16_t, 48),
-                ("mac_header", u16_t, 64),
-            ],
+            &[("skb_iif", int, 0), ("protocol", be16, 32), ("network_header", u16_t, 48), ("mac_header", u16_t, 64)],
         );
         let hdr_u = b.union_("", 12, &[("", hdrs, 0), ("headers", hdrs, 0)]);
         b.struct_(
@@ -464,26 +417,14 @@ mod tests {
         let net_ptr = b.ptr(net_fwd);
         let possible = b.struct_("", 8, &[("net", net_ptr, 0)]);
         let possible_t = b.typedef("possible_net_t", possible);
-        let ns_common = b.struct_(
-            "ns_common",
-            24,
-            &[("stashed", ulong, 0), ("inum", uint, 128)],
-        );
+        let ns_common = b.struct_("ns_common", 24, &[("stashed", ulong, 0), ("inum", uint, 128)]);
         b.struct_("net", 64, &[("refcount", int, 0), ("ns", ns_common, 64)]);
 
         let flags_member = match flags {
             PrivFlags::Bitfield | PrivFlags::Misaligned => {
                 let start = if flags == PrivFlags::Misaligned { 4 } else { 0 };
-                let bits = b.struct_kf(
-                    "",
-                    8,
-                    &[("priv_flags", ulong, start, 32), ("lltx", ulong, 32, 1)],
-                );
-                let named = b.struct_kf(
-                    "",
-                    8,
-                    &[("priv_flags", ulong, 0, 32), ("lltx", ulong, 32, 1)],
-                );
+                let bits = b.struct_kf("", 8, &[("priv_flags", ulong, start, 32), ("lltx", ulong, 32, 1)]);
+                let named = b.struct_kf("", 8, &[("priv_flags", ulong, 0, 32), ("lltx", ulong, 32, 1)]);
                 let group = b.union_("", 8, &[("", bits, 0), ("priv_flags_fast", named, 0)]);
                 ("", group)
             }
@@ -504,29 +445,14 @@ mod tests {
                 ("nd_net", possible_t, 192),
             ],
         );
-        b.enum_(
-            "netdev_priv_flags",
-            4,
-            false,
-            &[
-                ("IFF_802_1Q_VLAN", 1),
-                ("IFF_EBRIDGE", 2),
-                ("IFF_BRIDGE_PORT", 512),
-            ],
-        );
+        b.enum_("netdev_priv_flags", 4, false, &[("IFF_802_1Q_VLAN", 1), ("IFF_EBRIDGE", 2), ("IFF_BRIDGE_PORT", 512)]);
         b.enum_(
             "skb_drop_reason",
             4,
             false,
             &[("SKB_NOT_DROPPED_YET", 0), ("SKB_CONSUMED", 1), ("SKB_DROP_REASON_NOT_SPECIFIED", 2)],
         );
-        let mut k = FakeKernel {
-            base: b,
-            int,
-            u8_t,
-            u16_t,
-            ulong,
-        };
+        let mut k = FakeKernel { base: b, int, u8_t, u16_t, ulong };
         if with_conntrack {
             let mut b = std::mem::take(&mut k.base);
             add_conntrack(&mut b, &k);
@@ -543,11 +469,7 @@ mod tests {
         let u32_arr = b.array(k.int, k.int, 4);
         let addr = b.union_("nf_inet_addr", 16, &[("all", u32_arr, 0)]);
         let port_u = b.union_("", 2, &[("all", k.u16_t, 0)]);
-        let man = b.struct_(
-            "nf_conntrack_man",
-            20,
-            &[("u3", addr, 0), ("u", port_u, 128), ("l3num", k.u16_t, 144)],
-        );
+        let man = b.struct_("nf_conntrack_man", 20, &[("u3", addr, 0), ("u", port_u, 128), ("l3num", k.u16_t, 144)]);
         let empty = b.struct_("", 0, &[]);
         let dst = b.struct_(
             "",
@@ -560,26 +482,10 @@ mod tests {
                 ("dir", k.u8_t, 152),
             ],
         );
-        let tuple = b.struct_(
-            "nf_conntrack_tuple",
-            40,
-            &[("src", man, 0), ("dst", dst, 160)],
-        );
-        let hash = b.struct_(
-            "nf_conntrack_tuple_hash",
-            56,
-            &[("hnnode", k.ulong, 0), ("tuple", tuple, 128)],
-        );
+        let tuple = b.struct_("nf_conntrack_tuple", 40, &[("src", man, 0), ("dst", dst, 160)]);
+        let hash = b.struct_("nf_conntrack_tuple_hash", 56, &[("hnnode", k.ulong, 0), ("tuple", tuple, 128)]);
         let hashes = b.array(hash, k.int, 2);
-        b.struct_(
-            "nf_conn",
-            248,
-            &[
-                ("ct_general", k.ulong, 0),
-                ("tuplehash", hashes, 64),
-                ("status", k.ulong, 960),
-            ],
-        );
+        b.struct_("nf_conn", 248, &[("ct_general", k.ulong, 0), ("tuplehash", hashes, 64), ("status", k.ulong, 960)]);
     }
 
     fn kernel(k: &FakeKernel) -> KernelBtf {
@@ -678,10 +584,7 @@ mod tests {
         std::fs::write(dir.0.join("bridge"), other.build()).unwrap();
         std::fs::write(dir.0.join("broken"), b"not btf").unwrap();
         let btf = KernelBtf::load_from_dir(&dir.0).unwrap();
-        assert_eq!(
-            btf.module_names().collect::<Vec<_>>(),
-            ["bridge", "nf_conntrack"]
-        );
+        assert_eq!(btf.module_names().collect::<Vec<_>>(), ["bridge", "nf_conntrack"]);
         let r = resolve_layout(&btf).unwrap();
         assert!(r.conntrack_known);
         assert_eq!(r.layout.tuple_dst_port, 36);
@@ -690,15 +593,10 @@ mod tests {
         assert_eq!(btf.member("bridge_thing", "x").unwrap().offset_bits, 0);
         // vmlinux types still come from vmlinux.
         assert_eq!(btf.type_size("sk_buff").unwrap(), 224);
-        assert_eq!(
-            btf.enum_value("netdev_priv_flags", "IFF_EBRIDGE").unwrap(),
-            2
-        );
+        assert_eq!(btf.enum_value("netdev_priv_flags", "IFF_EBRIDGE").unwrap(), 2);
         assert_eq!(btf.enum_variants("netdev_priv_flags").unwrap().len(), 3);
-        let err = error_mentioning(
-            btf.member("nowhere", "x"),
-            "not found in kernel BTF (vmlinux and 2 modules; unreadable:",
-        );
+        let err =
+            error_mentioning(btf.member("nowhere", "x"), "not found in kernel BTF (vmlinux and 2 modules; unreadable:");
         assert!(err.contains("broken"), "{err}");
         assert!(!err.contains('\n'), "{err}");
     }
@@ -736,10 +634,7 @@ mod tests {
         b.struct_("sk_buff", 8, &[("dev", int, 0), ("head", uint, 32)]);
         let btf = KernelBtf::from_parts(Btf::parse(&b.build()).unwrap(), Vec::new());
         let err = resolve_layout(&btf).err().unwrap().to_string();
-        assert_eq!(
-            err,
-            "kernel not supported: sk_buff.dev is 4 bytes, tracer reads 8"
-        );
+        assert_eq!(err, "kernel not supported: sk_buff.dev is 4 bytes, tracer reads 8");
     }
 
     struct TempDir(std::path::PathBuf);

@@ -31,7 +31,14 @@ impl Buckets {
         // SAFETY: a fresh read-only shared mapping of an mmapable array map's values; the
         // kernel checks the length against the map.
         let base = unsafe {
-            libc::mmap(std::ptr::null_mut(), len_bytes, libc::PROT_READ, libc::MAP_SHARED, map.fd().as_fd().as_raw_fd(), 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                len_bytes,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
         };
         if base == libc::MAP_FAILED {
             bail!("mapping the loss counters: {}", std::io::Error::last_os_error());

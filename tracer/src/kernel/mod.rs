@@ -70,7 +70,9 @@ impl std::fmt::Display for Capabilities {
         match &self.netfilter {
             NetfilterVia::Links(n) => write!(f, "netfilter verdicts: BPF netfilter links ({n})")?,
             NetfilterVia::FEntry => write!(f, "netfilter verdicts: fentry on nf_hook_slow")?,
-            NetfilterVia::Unavailable(why) => write!(f, "netfilter verdicts: none ({why}): hook paths and the rules that drop are not shown")?,
+            NetfilterVia::Unavailable(why) => {
+                write!(f, "netfilter verdicts: none ({why}): hook paths and the rules that drop are not shown")?
+            }
         }
         if self.drop_reasons {
             f.write_str("; drops: kfree_skb with reasons")
@@ -156,7 +158,8 @@ impl KernelHooks {
             layout: resolved.layout,
         };
 
-        let btf = Btf::from_sys_fs().context("reading /sys/kernel/btf/vmlinux failed: tracer needs a kernel with BTF")?;
+        let btf =
+            Btf::from_sys_fs().context("reading /sys/kernel/btf/vmlinux failed: tracer needs a kernel with BTF")?;
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .override_global("CONFIG", &config, true)
@@ -193,20 +196,24 @@ impl KernelHooks {
                 }
                 Err(links) => match attach_fentry(&mut ebpf, &btf, NETFILTER_FENTRY) {
                     Ok(()) => NetfilterVia::FEntry,
-                    Err(fentry) => NetfilterVia::Unavailable(format!("no BPF netfilter links: {links:#}; no fentry: {fentry:#}")),
+                    Err(fentry) => {
+                        NetfilterVia::Unavailable(format!("no BPF netfilter links: {links:#}; no fentry: {fentry:#}"))
+                    }
                 },
             }
         };
         let reports = if settings.debug { Some(diagnostics::KernelReports::take(&mut ebpf)?) } else { None };
 
         let events = RingBuf::try_from(
-            ebpf.take_map("EVENTS").ok_or_else(|| anyhow!("map EVENTS missing from the kernel object: rebuild tracer"))?,
+            ebpf.take_map("EVENTS")
+                .ok_or_else(|| anyhow!("map EVENTS missing from the kernel object: rebuild tracer"))?,
         )?;
         let lost = PerCpuArray::try_from(
             ebpf.take_map("LOST").ok_or_else(|| anyhow!("map LOST missing from the kernel object: rebuild tracer"))?,
         )?;
         let journeys = journeys::Journeys::new(
-            ebpf.take_map("JOURNEYS").ok_or_else(|| anyhow!("map JOURNEYS missing from the kernel object: rebuild tracer"))?,
+            ebpf.take_map("JOURNEYS")
+                .ok_or_else(|| anyhow!("map JOURNEYS missing from the kernel object: rebuild tracer"))?,
         )?;
         let buckets = match ebpf.take_map("LOSS_BY_ENDPOINT") {
             Some(aya::maps::Map::Array(data)) => data,
@@ -216,7 +223,9 @@ impl KernelHooks {
         for (name, program) in ebpf.programs() {
             // Programs aya never loaded (the netfilter ones sit in its object too) have no fd.
             let Ok(fd) = program.fd() else { continue };
-            program_fds.push(fd.as_fd().try_clone_to_owned().with_context(|| format!("duplicating the fd of program {name}"))?);
+            program_fds.push(
+                fd.as_fd().try_clone_to_owned().with_context(|| format!("duplicating the fd of program {name}"))?,
+            );
         }
         for program in &netfilter_programs {
             if let Some(fd) = program.fd() {
@@ -269,8 +278,7 @@ pub fn injected_fault(name: &str) -> bool {
 /// The inode the kernel identifies this process's network namespace by
 /// (`net->ns.inum`), so the programs can keep to it.
 fn current_netns_inode() -> Result<u32> {
-    let meta = std::fs::metadata("/proc/self/ns/net")
-        .context("cannot read /proc/self/ns/net: is /proc mounted?")?;
+    let meta = std::fs::metadata("/proc/self/ns/net").context("cannot read /proc/self/ns/net: is /proc mounted?")?;
     u32::try_from(meta.ino()).context("network namespace inode does not fit 32 bits")
 }
 
@@ -292,17 +300,25 @@ fn explain_load_error(err: anyhow::Error) -> anyhow::Error {
 /// Loads and attaches the first of `candidates` this kernel accepts on `tracepoint`; returns
 /// its name. When none loads, the error is the first candidate's (the one for the newest
 /// kernels, whose verifier output says most).
-fn attach_tracepoint(ebpf: &mut Ebpf, btf: &Btf, tracepoint: &str, candidates: &[&'static str]) -> Result<&'static str> {
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    tracepoint: &str,
+    candidates: &[&'static str],
+) -> Result<&'static str> {
     let mut first_error = None;
     for &program in candidates {
         let hook: &mut BtfTracePoint = program_of(ebpf, program, "a BTF tracepoint")?;
         match hook.load(tracepoint, btf) {
             Ok(()) => {
-                hook.attach().map_err(|err| anyhow!(err).context(format!("attaching {program} to tracepoint {tracepoint}")))?;
+                hook.attach()
+                    .map_err(|err| anyhow!(err).context(format!("attaching {program} to tracepoint {tracepoint}")))?;
                 return Ok(program);
             }
             Err(err) => {
-                first_error.get_or_insert_with(|| explain_load_error(anyhow!(err).context(format!("loading {program} on tracepoint {tracepoint}"))));
+                first_error.get_or_insert_with(|| {
+                    explain_load_error(anyhow!(err).context(format!("loading {program} on tracepoint {tracepoint}")))
+                });
             }
         }
     }

@@ -237,7 +237,10 @@ mod tests {
     fn hooks_number_like_the_kernel() {
         assert_eq!(Hook::from_number(2), Some(Hook::Forward));
         assert_eq!(Hook::from_number(5), None);
-        assert_eq!(Hook::ALL.iter().map(|h| h.name()).collect::<Vec<_>>().join(","), "PRE_ROUTING,LOCAL_IN,FORWARD,LOCAL_OUT,POST_ROUTING");
+        assert_eq!(
+            Hook::ALL.iter().map(|h| h.name()).collect::<Vec<_>>().join(","),
+            "PRE_ROUTING,LOCAL_IN,FORWARD,LOCAL_OUT,POST_ROUTING"
+        );
     }
 
     #[test]

@@ -12,7 +12,8 @@ const CAP_BPF: u32 = 39;
 /// namespace (whose capabilities the kernel does not honour for eBPF), or a kernel locked
 /// down against reading its memory.
 pub fn check_privileges() -> Result<()> {
-    if let Some(effective) = std::fs::read_to_string("/proc/self/status").ok().as_deref().and_then(parse_effective_caps) {
+    if let Some(effective) = std::fs::read_to_string("/proc/self/status").ok().as_deref().and_then(parse_effective_caps)
+    {
         let missing = missing_caps(effective);
         if !missing.is_empty() {
             let only_net_admin = missing == ["CAP_NET_ADMIN"];

@@ -74,7 +74,8 @@ impl Decoder {
         let mut journey: JourneyRecord = record_prefix(record, JourneyRecord::STEPS_OFFSET)?;
         let steps = usize::from(journey.step_count).min(MAX_STEPS);
         let steps_end = JourneyRecord::STEPS_OFFSET + steps * size_of::<JourneyStep>();
-        let step_bytes = record.get(JourneyRecord::STEPS_OFFSET..steps_end).ok_or(DecodeError::WrongSize(record.len()))?;
+        let step_bytes =
+            record.get(JourneyRecord::STEPS_OFFSET..steps_end).ok_or(DecodeError::WrongSize(record.len()))?;
         for (step, bytes) in journey.steps.iter_mut().zip(step_bytes.chunks_exact(size_of::<JourneyStep>())) {
             *step = record_from_bytes(bytes)?;
         }
@@ -169,7 +170,8 @@ impl Decoder {
             stage: Stage::BridgeOut,
             ifindex: stray.ifindex,
             ingress_ifindex: stray.ingress_ifindex,
-            ip_len: ip_length(&captured, usize::from(stray.l3_offset), stray.flow.ip_version).unwrap_or(stray.packet_len),
+            ip_len: ip_length(&captured, usize::from(stray.l3_offset), stray.flow.ip_version)
+                .unwrap_or(stray.packet_len),
             family,
             l4_proto,
             src,
@@ -184,7 +186,10 @@ impl Decoder {
         };
         let asked = match stray.asked_known {
             0 => None,
-            _ => Some(SocketAddr::new(ip_from(stray.flow.ip_version, &stray.asked_addr)?, u16::from_be(stray.asked_port_be))),
+            _ => Some(SocketAddr::new(
+                ip_from(stray.flow.ip_version, &stray.asked_addr)?,
+                u16::from_be(stray.asked_port_be),
+            )),
         };
         self.events.push(KernelEvent::StrayReply { reply, asked });
         Ok(())
@@ -295,7 +300,12 @@ fn stage_event(
 
 /// A hook the packet entered at `step`, with the conntrack state `after` saw (the next
 /// point, when it left the hook).
-fn hook_pass(step: &JourneyStep, after: &JourneyStep, left: bool, ct_tuples: (&CtTuple, &CtTuple)) -> Result<HookPass, DecodeError> {
+fn hook_pass(
+    step: &JourneyStep,
+    after: &JourneyStep,
+    left: bool,
+    ct_tuples: (&CtTuple, &CtTuple),
+) -> Result<HookPass, DecodeError> {
     let (src, _) = flow_addresses(&step.flow)?;
     let (family, _) = family_and_protocol(&step.flow)?;
     Ok(HookPass {
@@ -479,7 +489,14 @@ mod tests {
     }
 
     fn udp_tuple(src: [u8; 4], src_port: u16, dst: [u8; 4], dst_port: u16) -> CtTuple {
-        CtTuple { src_addr: v4(src), dst_addr: v4(dst), src_port_be: src_port.to_be(), dst_port_be: dst_port.to_be(), protonum: IPPROTO_UDP, _pad: [0; 3] }
+        CtTuple {
+            src_addr: v4(src),
+            dst_addr: v4(dst),
+            src_port_be: src_port.to_be(),
+            dst_port_be: dst_port.to_be(),
+            protonum: IPPROTO_UDP,
+            _pad: [0; 3],
+        }
     }
 
     const QUERY: Flow = Flow {
@@ -493,17 +510,39 @@ mod tests {
     };
 
     fn stage(at: u64, stage: Stage, ifindex: u32, flow: Flow, ct_state: u8) -> JourneyStep {
-        JourneyStep { timestamp_ns: at, kind: step_kind::STAGE, point: stage as u8, ifindex, packet_len: 95, ct_state, flow, ..Default::default() }
+        JourneyStep {
+            timestamp_ns: at,
+            kind: step_kind::STAGE,
+            point: stage as u8,
+            ifindex,
+            packet_len: 95,
+            ct_state,
+            flow,
+            ..Default::default()
+        }
     }
 
     fn hook(at: u64, hook: u8, flow: Flow, ct_state: u8, ct_status: u32) -> JourneyStep {
-        JourneyStep { timestamp_ns: at, kind: step_kind::HOOK, point: hook, pf: 2, ifindex: 3, ct_state, ct_info: 2, ct_status, flow, ..Default::default() }
+        JourneyStep {
+            timestamp_ns: at,
+            kind: step_kind::HOOK,
+            point: hook,
+            pf: 2,
+            ifindex: 3,
+            ct_state,
+            ct_info: 2,
+            ct_status,
+            flow,
+            ..Default::default()
+        }
     }
 
     /// A journey's bytes as the kernel sends them: the fixed part and the captured bytes.
     fn sent(journey: &JourneyRecord) -> Vec<u8> {
         // SAFETY: JourneyRecord is plain data without implicit padding.
-        let all = unsafe { std::slice::from_raw_parts(journey as *const JourneyRecord as *const u8, size_of::<JourneyRecord>()) };
+        let all = unsafe {
+            std::slice::from_raw_parts(journey as *const JourneyRecord as *const u8, size_of::<JourneyRecord>())
+        };
         let steps_end = JourneyRecord::STEPS_OFFSET + usize::from(journey.step_count) * size_of::<JourneyStep>();
         let packet = JourneyRecord::PACKET_OFFSET;
         [&all[..steps_end], &all[packet..packet + usize::from(journey.captured_len)]].concat()
@@ -556,7 +595,9 @@ mod tests {
     #[test]
     fn a_journey_becomes_its_stages_with_the_hooks_between_them() {
         let events = decoded(&dnat_query());
-        let [KernelEvent::Packet { event: first, hooks: before }, KernelEvent::Packet { event: last, hooks }] = &events[..] else {
+        let [KernelEvent::Packet { event: first, hooks: before }, KernelEvent::Packet { event: last, hooks }] =
+            &events[..]
+        else {
             panic!("two stages: {events:?}")
         };
         assert!(before.is_empty());
@@ -580,7 +621,10 @@ mod tests {
     #[test]
     fn a_journey_dropped_in_a_hook_ends_in_it_never_left() {
         let mut journey = journey(
-            &[stage(1, Stage::BridgeIn, 4, QUERY, conntrack_state::NONE), hook(2, 2, QUERY, conntrack_state::ATTACHED, 1 << 3)],
+            &[
+                stage(1, Stage::BridgeIn, 4, QUERY, conntrack_state::NONE),
+                hook(2, 2, QUERY, conntrack_state::ATTACHED, 1 << 3),
+            ],
             journey_end::DROPPED,
         );
         journey.icmp_sent = 1;
@@ -604,16 +648,40 @@ mod tests {
 
     #[test]
     fn a_drop_without_journey_stops_in_the_hook_it_was_last_in() {
-        let mut drop = DropRecord { reason: 7, ifindex: 4, flow: QUERY, hook_known: 1, hook: 1, pf: 2, hook_in_ifindex: 3, ..Default::default() };
+        let mut drop = DropRecord {
+            reason: 7,
+            ifindex: 4,
+            flow: QUERY,
+            hook_known: 1,
+            hook: 1,
+            pf: 2,
+            hook_in_ifindex: 3,
+            ..Default::default()
+        };
         drop.header.kind = record_kind::DROP;
         let mut decoder = Decoder::default();
         // SAFETY (both): DropRecord is plain data without implicit padding.
-        decoder.decode(unsafe { std::slice::from_raw_parts(&drop as *const DropRecord as *const u8, size_of::<DropRecord>()) }).expect("valid");
+        decoder
+            .decode(unsafe {
+                std::slice::from_raw_parts(&drop as *const DropRecord as *const u8, size_of::<DropRecord>())
+            })
+            .expect("valid");
         let [KernelEvent::Dropped { path, .. }] = &decoder.events[..] else { panic!("{:?}", decoder.events) };
-        assert_eq!(path.iter().map(|h| (h.hook, h.left, h.in_ifindex)).collect::<Vec<_>>(), [(Hook::LocalIn, false, 3)]);
+        assert_eq!(
+            path.iter().map(|h| (h.hook, h.left, h.in_ifindex)).collect::<Vec<_>>(),
+            [(Hook::LocalIn, false, 3)]
+        );
         drop.hook_known = 0;
-        decoder.decode(unsafe { std::slice::from_raw_parts(&drop as *const DropRecord as *const u8, size_of::<DropRecord>()) }).expect("valid");
-        assert!(matches!(&decoder.events[..], [KernelEvent::Dropped { path, .. }] if path.is_empty()), "{:?}", decoder.events);
+        decoder
+            .decode(unsafe {
+                std::slice::from_raw_parts(&drop as *const DropRecord as *const u8, size_of::<DropRecord>())
+            })
+            .expect("valid");
+        assert!(
+            matches!(&decoder.events[..], [KernelEvent::Dropped { path, .. }] if path.is_empty()),
+            "{:?}",
+            decoder.events
+        );
     }
 
     #[test]
@@ -626,7 +694,9 @@ mod tests {
         stray.asked_port_be = 53u16.to_be();
         stray.asked_known = 1;
         // SAFETY: plain data without implicit padding.
-        let all = unsafe { std::slice::from_raw_parts(&stray as *const StrayReplyRecord as *const u8, size_of::<StrayReplyRecord>()) };
+        let all = unsafe {
+            std::slice::from_raw_parts(&stray as *const StrayReplyRecord as *const u8, size_of::<StrayReplyRecord>())
+        };
         let mut decoder = Decoder::default();
         decoder.decode(&all[..StrayReplyRecord::PACKET_OFFSET]).expect("valid");
         let [KernelEvent::StrayReply { reply, asked }] = &decoder.events[..] else { panic!("{:?}", decoder.events) };
@@ -636,7 +706,8 @@ mod tests {
 
     #[test]
     fn attached_without_layout_has_no_tuples() {
-        let mut journey = journey(&[stage(1, Stage::BridgeIn, 4, QUERY, conntrack_state::ATTACHED)], journey_end::LEFT_BRIDGE);
+        let mut journey =
+            journey(&[stage(1, Stage::BridgeIn, 4, QUERY, conntrack_state::ATTACHED)], journey_end::LEFT_BRIDGE);
         journey.steps[0].ct_status = 1 << 3;
         let [KernelEvent::Packet { event, .. }] = &decoded(&journey)[..] else { panic!() };
         let Conntrack::Attached(entry) = &event.conntrack else { panic!("expected attached entry") };

@@ -107,18 +107,28 @@ impl Metrics {
             "tracer_unconfirmed_findings",
             "Findings not stated because records they rest on may have been lost, by kind",
         );
-        let lost: Counter =
-            registered(&mut registry, "tracer_lost_records", "Records the kernel could not queue because the ring buffer was full");
+        let lost: Counter = registered(
+            &mut registry,
+            "tracer_lost_records",
+            "Records the kernel could not queue because the ring buffer was full",
+        );
         let node_checks: Family<CheckLabels, Gauge> = registered(
             &mut registry,
             "tracer_node_check",
             "Node checks of the watched network namespace: 1 for the check's current status (ok, note, finding), 0 for the others",
         );
-        let node_findings: Family<KindLabels, Gauge> =
-            registered(&mut registry, "tracer_node_check_findings", "Findings the node checks make now, by kind (0 once mended)");
-        let node_checks_read: Gauge<f64, AtomicU64> =
-            registered(&mut registry, "tracer_node_checks_read_timestamp_seconds", "When the node checks were last read (Unix time)");
-        let build: Family<VersionLabels, Gauge> = registered(&mut registry, "tracer_build_info", "The running tracer's version");
+        let node_findings: Family<KindLabels, Gauge> = registered(
+            &mut registry,
+            "tracer_node_check_findings",
+            "Findings the node checks make now, by kind (0 once mended)",
+        );
+        let node_checks_read: Gauge<f64, AtomicU64> = registered(
+            &mut registry,
+            "tracer_node_checks_read_timestamp_seconds",
+            "When the node checks were last read (Unix time)",
+        );
+        let build: Family<VersionLabels, Gauge> =
+            registered(&mut registry, "tracer_build_info", "The running tracer's version");
         build.get_or_create(&VersionLabels { version: env!("CARGO_PKG_VERSION").to_string() }).set(1);
         Metrics {
             registry: Arc::new(registry),
@@ -180,7 +190,12 @@ impl<'a> MetricsOutput<'a> {
             self.finding_series.insert(labels.clone());
             labels
         } else {
-            FindingLabels { kind: finding.kind.name().to_string(), bridge: String::new(), hook: String::new(), rule: "other".to_string() }
+            FindingLabels {
+                kind: finding.kind.name().to_string(),
+                bridge: String::new(),
+                hook: String::new(),
+                rule: "other".to_string(),
+            }
         };
         self.metrics.findings.get_or_create(&labels).inc();
     }
@@ -206,16 +221,21 @@ fn stage_index(stage: Stage) -> usize {
 pub fn finding_labels(finding: &Finding) -> FindingLabels {
     let kind = finding.kind.name().to_string();
     match &finding.evidence {
-        Evidence::Dns(dns) => {
-            FindingLabels { kind, bridge: dns.bridge.clone().unwrap_or_default(), hook: String::new(), rule: String::new() }
-        }
+        Evidence::Dns(dns) => FindingLabels {
+            kind,
+            bridge: dns.bridge.clone().unwrap_or_default(),
+            hook: String::new(),
+            rule: String::new(),
+        },
         Evidence::Netfilter(nf) => FindingLabels {
             kind,
             bridge: String::new(),
             hook: nf.hook.name().to_string(),
             rule: short_label(finding).unwrap_or_default(),
         },
-        Evidence::Node(node) => FindingLabels { kind, bridge: node.bridges.join(","), hook: String::new(), rule: String::new() },
+        Evidence::Node(node) => {
+            FindingLabels { kind, bridge: node.bridges.join(","), hook: String::new(), rule: String::new() }
+        }
     }
 }
 

@@ -59,7 +59,8 @@ fn read_into(metrics: &Metrics, port: u16) {
         }
     };
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    let decision = node_config::decide(&[state], &[], Traffic::default(), port, u64::try_from(now.as_nanos()).unwrap_or(u64::MAX));
+    let decision =
+        node_config::decide(&[state], &[], Traffic::default(), port, u64::try_from(now.as_nanos()).unwrap_or(u64::MAX));
     for checks in decision.namespaces.iter().filter(|ns| ns.netns.current) {
         for check in &checks.checks {
             let current = match check.status {
@@ -75,7 +76,10 @@ fn read_into(metrics: &Metrics, port: u16) {
     }
     for kind in NODE_FINDING_KINDS {
         let found = decision.findings.iter().filter(|ranked| ranked.finding.kind == kind).count();
-        metrics.node_findings.get_or_create(&KindLabels { kind: kind.name().to_string() }).set(i64::try_from(found).unwrap_or(i64::MAX));
+        metrics
+            .node_findings
+            .get_or_create(&KindLabels { kind: kind.name().to_string() })
+            .set(i64::try_from(found).unwrap_or(i64::MAX));
     }
     metrics.node_checks_read.set(now.as_secs_f64());
 }

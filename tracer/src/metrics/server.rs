@@ -78,7 +78,9 @@ fn answer(mut stream: TcpStream, metrics: &Metrics) -> std::io::Result<()> {
         ("GET" | "HEAD", "/metrics") => ("200 OK", CONTENT_TYPE, metrics.encode()),
         ("GET" | "HEAD", "/healthz") => health(metrics, false),
         ("GET" | "HEAD", "/readyz") => health(metrics, true),
-        ("GET" | "HEAD", _) => ("404 Not Found", "text/plain", "not found: try /metrics, /healthz or /readyz\n".to_string()),
+        ("GET" | "HEAD", _) => {
+            ("404 Not Found", "text/plain", "not found: try /metrics, /healthz or /readyz\n".to_string())
+        }
         _ => ("405 Method Not Allowed", "text/plain", "only GET and HEAD are served\n".to_string()),
     };
     let head = format!(

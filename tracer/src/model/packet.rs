@@ -212,12 +212,7 @@ impl ConntrackEntry {
 
     pub fn status_names(&self) -> Vec<&'static str> {
         let Some(status) = self.status else { return Vec::new() };
-        STATUS_BITS
-            .iter()
-            .enumerate()
-            .filter(|(bit, _)| status & (1 << bit) != 0)
-            .map(|(_, name)| *name)
-            .collect()
+        STATUS_BITS.iter().enumerate().filter(|(bit, _)| status & (1 << bit) != 0).map(|(_, name)| *name).collect()
     }
 
     /// The translations this entry applies. The reply tuple is what the other end
@@ -325,10 +320,15 @@ impl<'de> Deserialize<'de> for Conntrack {
         match fields.state.as_str() {
             "untracked" => Ok(Conntrack::Untracked),
             "attached" => {
-                let ctinfo = fields.ctinfo.as_deref().and_then(|name| CTINFO_NAMES.iter().position(|n| *n == name)).unwrap_or(0);
+                let ctinfo =
+                    fields.ctinfo.as_deref().and_then(|name| CTINFO_NAMES.iter().position(|n| *n == name)).unwrap_or(0);
                 // Without tuples the kernel had no layout to read the entry by: no status either.
                 let status = fields.original.is_some().then(|| {
-                    fields.status.iter().filter_map(|name| STATUS_BITS.iter().position(|b| b == name)).fold(0u32, |bits, bit| bits | (1 << bit))
+                    fields
+                        .status
+                        .iter()
+                        .filter_map(|name| STATUS_BITS.iter().position(|b| b == name))
+                        .fold(0u32, |bits, bit| bits | (1 << bit))
                 });
                 Ok(Conntrack::Attached(ConntrackEntry {
                     ctinfo: ctinfo as u8,

@@ -128,7 +128,14 @@ pub mod socket_addr {
 
         #[test]
         fn written_as_display_writes_it() {
-            for text in ["10.244.0.5:53", "0.0.0.0:0", "255.255.255.255:65535", "192.0.2.10:7", "[fd00:10:244::7]:53", "[::1]:65535"] {
+            for text in [
+                "10.244.0.5:53",
+                "0.0.0.0:0",
+                "255.255.255.255:65535",
+                "192.0.2.10:7",
+                "[fd00:10:244::7]:53",
+                "[::1]:65535",
+            ] {
                 let addr: SocketAddr = text.parse().unwrap();
                 let json = serialize(&addr, serde_json::value::Serializer).unwrap();
                 assert_eq!(json, serde_json::Value::String(addr.to_string()), "{text}");

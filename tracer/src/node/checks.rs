@@ -298,7 +298,9 @@ pub fn read_namespace(netns: &Netns) -> Result<Option<NamespaceState>> {
             .map(|link| RpFilter {
                 interface: link.name.clone(),
                 is_bridge: link.is_bridge,
-                value: read_sysctl(&format!("net.ipv4.conf.{}.rp_filter", link.name)).value.and_then(|v| v.parse().ok()),
+                value: read_sysctl(&format!("net.ipv4.conf.{}.rp_filter", link.name))
+                    .value
+                    .and_then(|v| v.parse().ok()),
             })
             .collect();
         let firewall = firewall::snapshot();

@@ -20,8 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use netlink_packet_core::{
-    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_DUMP_INTR,
-    NLM_F_REQUEST,
+    NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
 };
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
@@ -82,22 +81,17 @@ impl Interfaces {
     /// Subscribes to link notifications and dumps the current links of the calling thread's network
     /// namespace.
     pub fn open() -> anyhow::Result<Interfaces> {
-        let events =
-            netlink_socket().context("cannot open an rtnetlink socket for link changes")?;
-        events.add_membership(RTNLGRP_LINK).context(
-            "cannot subscribe to rtnetlink link notifications (NETLINK_ADD_MEMBERSHIP RTNLGRP_LINK)",
-        )?;
+        let events = netlink_socket().context("cannot open an rtnetlink socket for link changes")?;
         events
-            .set_non_blocking(true)
-            .context("cannot make the rtnetlink notification socket non-blocking")?;
+            .add_membership(RTNLGRP_LINK)
+            .context("cannot subscribe to rtnetlink link notifications (NETLINK_ADD_MEMBERSHIP RTNLGRP_LINK)")?;
+        events.set_non_blocking(true).context("cannot make the rtnetlink notification socket non-blocking")?;
         // Best effort: with the default size a burst of changes overruns the socket sooner, which
         // is handled by a re-dump anyway.
         let _ = events.set_rx_buf_sz(EVENTS_RCVBUF);
 
-        let requests =
-            netlink_socket().context("cannot open an rtnetlink socket to list interfaces")?;
-        set_receive_timeout(&requests, DUMP_TIMEOUT)
-            .context("cannot set a receive timeout on the rtnetlink socket")?;
+        let requests = netlink_socket().context("cannot open an rtnetlink socket to list interfaces")?;
+        set_receive_timeout(&requests, DUMP_TIMEOUT).context("cannot set a receive timeout on the rtnetlink socket")?;
 
         let mut interfaces = Interfaces {
             links: HashMap::new(),
@@ -112,9 +106,7 @@ impl Interfaces {
         };
         // Subscribed before dumping: a change racing with the dump is then also queued as a
         // notification, and replaying it on top of the dump gives the current state.
-        interfaces
-            .dump()
-            .context("cannot list network interfaces over rtnetlink")?;
+        interfaces.dump().context("cannot list network interfaces over rtnetlink")?;
         interfaces.apply_updates();
         Ok(interfaces)
     }
@@ -126,10 +118,7 @@ impl Interfaces {
         loop {
             let mut chunk = &mut self.buf[..];
             // MSG_TRUNC makes recv return the datagram's real length, revealing truncation.
-            match self
-                .events
-                .recv(&mut chunk, libc::MSG_TRUNC | libc::MSG_DONTWAIT)
-            {
+            match self.events.recv(&mut chunk, libc::MSG_TRUNC | libc::MSG_DONTWAIT) {
                 Ok(0) => break,
                 Ok(len) if len > self.buf.len() => self.stale = true,
                 Ok(len) => self.apply_datagram(len),
@@ -180,14 +169,11 @@ impl Interfaces {
             return Some(info.name.clone());
         }
         let master = info.master?;
-        self.get(master)
-            .filter(|m| m.is_bridge)
-            .map(|m| m.name.clone())
+        self.get(master).filter(|m| m.is_bridge).map(|m| m.name.clone())
     }
 
     fn dump_allowed(&self) -> bool {
-        self.last_dump
-            .is_none_or(|at| at.elapsed() >= MIN_REDUMP_INTERVAL)
+        self.last_dump.is_none_or(|at| at.elapsed() >= MIN_REDUMP_INTERVAL)
     }
 
     /// Replaces the table with a fresh RTM_GETLINK dump.
@@ -235,9 +221,7 @@ impl Interfaces {
         request.finalize();
         let mut bytes = vec![0; request.buffer_len()];
         request.serialize(&mut bytes);
-        self.requests
-            .send_to(&bytes, &SocketAddr::new(0, 0), 0)
-            .context("sending the RTM_GETLINK request failed")?;
+        self.requests.send_to(&bytes, &SocketAddr::new(0, 0), 0).context("sending the RTM_GETLINK request failed")?;
 
         let mut links = HashMap::new();
         let mut consistent = true;
@@ -252,10 +236,7 @@ impl Interfaces {
                 Err(e) => return Err(e).context("reading the link dump failed"),
             };
             if len > self.buf.len() {
-                bail!(
-                    "a link dump message was larger than {} bytes",
-                    self.buf.len()
-                );
+                bail!("a link dump message was larger than {} bytes", self.buf.len());
             }
             for raw in split_messages(&self.buf[..len]) {
                 let Ok(header) = NetlinkBuffer::new_checked(raw) else {
@@ -298,9 +279,7 @@ impl Interfaces {
                 continue;
             };
             match message.payload {
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link))
-                    if is_device_message(&link) =>
-                {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(link)) if is_device_message(&link) => {
                     match interface_info(&link) {
                         Some(info) => {
                             self.links.insert(info.ifindex, info);
@@ -308,9 +287,7 @@ impl Interfaces {
                         None => self.stale = true,
                     }
                 }
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link))
-                    if is_device_message(&link) =>
-                {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) if is_device_message(&link) => {
                     self.links.remove(&link.header.index);
                 }
                 NetlinkPayload::Overrun(_) => self.stale = true,
@@ -336,19 +313,12 @@ fn interface_info(link: &LinkMessage) -> Option<InterfaceInfo> {
             LinkAttribute::IfName(n) => name = Some(n.clone()),
             LinkAttribute::Controller(index) if *index != 0 => master = Some(*index),
             LinkAttribute::LinkInfo(infos) => {
-                is_bridge = infos
-                    .iter()
-                    .any(|info| matches!(info, LinkInfo::Kind(InfoKind::Bridge)));
+                is_bridge = infos.iter().any(|info| matches!(info, LinkInfo::Kind(InfoKind::Bridge)));
             }
             _ => {}
         }
     }
-    Some(InterfaceInfo {
-        ifindex: link.header.index,
-        name: name?,
-        master,
-        is_bridge,
-    })
+    Some(InterfaceInfo { ifindex: link.header.index, name: name?, master, is_bridge })
 }
 
 /// The netlink messages in one datagram; stops at the first malformed length.
@@ -447,42 +417,17 @@ mod tests {
             let dumps = ifs.dumps;
 
             ipn(ns, &["link", "add", "br-t", "type", "bridge"]);
-            ipn(
-                ns,
-                &[
-                    "link", "add", "veth-a", "type", "veth", "peer", "name", "veth-b",
-                ],
-            );
+            ipn(ns, &["link", "add", "veth-a", "type", "veth", "peer", "name", "veth-b"]);
             ipn(ns, &["link", "set", "veth-a", "master", "br-t"]);
             ipn(ns, &["link", "set", "br-t", "up"]);
             ipn(ns, &["link", "set", "veth-a", "up"]);
-            let (br, a, b) = (
-                ifindex(ns, "br-t"),
-                ifindex(ns, "veth-a"),
-                ifindex(ns, "veth-b"),
-            );
+            let (br, a, b) = (ifindex(ns, "br-t"), ifindex(ns, "veth-a"), ifindex(ns, "veth-b"));
 
             ifs.apply_updates();
             let bridge = ifs.get(br).unwrap().clone();
-            assert_eq!(
-                bridge,
-                InterfaceInfo {
-                    ifindex: br,
-                    name: "br-t".into(),
-                    master: None,
-                    is_bridge: true
-                }
-            );
+            assert_eq!(bridge, InterfaceInfo { ifindex: br, name: "br-t".into(), master: None, is_bridge: true });
             let port = ifs.get(a).unwrap().clone();
-            assert_eq!(
-                port,
-                InterfaceInfo {
-                    ifindex: a,
-                    name: "veth-a".into(),
-                    master: Some(br),
-                    is_bridge: false
-                }
-            );
+            assert_eq!(port, InterfaceInfo { ifindex: a, name: "veth-a".into(), master: Some(br), is_bridge: false });
             assert_eq!(ifs.name(b).as_deref(), Some("veth-b"));
             assert_eq!(ifs.bridge_of(br).as_deref(), Some("br-t"));
             assert_eq!(ifs.bridge_of(a).as_deref(), Some("br-t"));
@@ -494,10 +439,7 @@ mod tests {
             // Leaving the bridge makes the kernel send an AF_BRIDGE RTM_DELLINK for the port; the
             // device itself must stay.
             ipn(ns, &["link", "set", "veth-a", "nomaster"]);
-            assert_eq!(
-                ifs.get(a).map(|i| (i.name.as_str(), i.master)),
-                Some(("veth-a", None))
-            );
+            assert_eq!(ifs.get(a).map(|i| (i.name.as_str(), i.master)), Some(("veth-a", None)));
             assert_eq!(ifs.bridge_of(a), None);
 
             // Renames show up.
@@ -535,9 +477,7 @@ mod tests {
             // Also when both changes are already queued before the next look.
             ipn(ns, &["link", "del", "plain-new"]);
             let index_arg = index.to_string();
-            let add_bridge = [
-                "link", "add", "br-new", "index", &index_arg, "type", "bridge",
-            ];
+            let add_bridge = ["link", "add", "br-new", "index", &index_arg, "type", "bridge"];
             ipn(ns, &add_bridge);
             assert_eq!(ifs.bridge_of(index).as_deref(), Some("br-new"));
         });
@@ -549,9 +489,7 @@ mod tests {
             // The smallest receive buffer the kernel allows, then far more notifications than fit.
             ifs.events.set_rx_buf_sz(0i32).unwrap();
             // Bridges: a kind every kernel that runs tracer has.
-            let batch: String = (0..200)
-                .map(|i| format!("link add dm{i} type bridge\n"))
-                .collect();
+            let batch: String = (0..200).map(|i| format!("link add dm{i} type bridge\n")).collect();
             ip_with_input(&["-n", ns, "-batch", "-"], &batch);
 
             let dumps = ifs.dumps;
@@ -596,21 +534,14 @@ mod tests {
         netns.run(|| {
             let ns = netns.name.as_str();
             ipn(ns, &["link", "add", "br0", "type", "bridge"]);
-            ipn(
-                ns,
-                &["link", "add", "v0", "type", "veth", "peer", "name", "v1"],
-            );
+            ipn(ns, &["link", "add", "v0", "type", "veth", "peer", "name", "v1"]);
             ipn(ns, &["link", "set", "v0", "master", "br0"]);
             add_plain(ns, "p0", None);
             let optional: [&[&str]; 8] = [
-                &[
-                    "link", "add", "vx0", "type", "vxlan", "id", "42", "dstport", "4789",
-                ],
+                &["link", "add", "vx0", "type", "vxlan", "id", "42", "dstport", "4789"],
                 &["link", "set", "vx0", "master", "br0"],
                 &["tuntap", "add", "tap0", "mode", "tap"],
-                &[
-                    "link", "add", "vl0", "link", "v1", "type", "vlan", "id", "7",
-                ],
+                &["link", "add", "vl0", "link", "v1", "type", "vlan", "id", "7"],
                 &["link", "add", "mv0", "link", "v1", "type", "macvlan"],
                 &["link", "add", "bond0", "type", "bond"],
                 &["link", "add", "vrf0", "type", "vrf", "table", "10"],
@@ -620,22 +551,13 @@ mod tests {
                 // Kinds this kernel lacks are skipped; whatever exists must be listed.
                 let _ = Command::new("ip").args(["-n", ns]).args(args).output();
             }
-            let out = Command::new("ip")
-                .args(["-n", ns, "-o", "link", "show"])
-                .output()
-                .unwrap();
+            let out = Command::new("ip").args(["-n", ns, "-o", "link", "show"]).output().unwrap();
             let listed: Vec<(u32, String)> = String::from_utf8_lossy(&out.stdout)
                 .lines()
                 .map(|line| {
                     let mut fields = line.split(": ");
                     let index = fields.next().unwrap().trim().parse().unwrap();
-                    let name = fields
-                        .next()
-                        .unwrap()
-                        .split('@')
-                        .next()
-                        .unwrap()
-                        .to_string();
+                    let name = fields.next().unwrap().split('@').next().unwrap().to_string();
                     (index, name)
                 })
                 .collect();

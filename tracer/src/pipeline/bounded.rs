@@ -30,7 +30,13 @@ pub struct BoundedTable<K, V> {
 
 impl<K: Clone + Eq + Hash, V> BoundedTable<K, V> {
     pub fn new(capacity: usize) -> BoundedTable<K, V> {
-        BoundedTable { entries: HashMap::new(), order: VecDeque::new(), next_sequence: 0, capacity: capacity.max(1), evicted: 0 }
+        BoundedTable {
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+            next_sequence: 0,
+            capacity: capacity.max(1),
+            evicted: 0,
+        }
     }
 
     #[cfg(test)]

@@ -149,7 +149,14 @@ mod tests {
 
     fn decode_udp(decoder: &mut DnsDecoder, src: &str, dst: &str, payload: &[u8]) -> Option<DnsMessage> {
         let (src, dst, bytes) = udp(src, dst, payload);
-        decoder.decode(&Segment { src, dst, l4_proto: L4Proto::Udp, bytes: &bytes, header_len: 8, payload_len: payload.len() })
+        decoder.decode(&Segment {
+            src,
+            dst,
+            l4_proto: L4Proto::Udp,
+            bytes: &bytes,
+            header_len: 8,
+            payload_len: payload.len(),
+        })
     }
 
     fn tcp(sequence: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
@@ -191,7 +198,9 @@ mod tests {
     fn implausible_headers_on_port_53_are_not_dns() {
         let mut decoder = DnsDecoder::new(&[]);
         // Text that happens to reach port 53: "GET / HTTP/1.1".
-        assert!(decode_udp(&mut decoder, "10.0.0.5:40000", "10.0.0.7:53", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").is_none());
+        assert!(
+            decode_udp(&mut decoder, "10.0.0.5:40000", "10.0.0.7:53", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").is_none()
+        );
         // A standard query that claims answers, or two questions.
         let mut bad = query(1);
         bad[7] = 1;

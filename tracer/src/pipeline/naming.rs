@@ -13,5 +13,12 @@ pub fn traced(event: PacketEvent, clock: &WallClock, interfaces: &mut Interfaces
         in_ifname: if event.ingress_ifindex == 0 { None } else { interfaces.name(event.ingress_ifindex) },
         bridge: interfaces.bridge_of(event.ifindex),
     };
-    TracedPacket { wall_time_ns: clock.wall_ns(event.timestamp_ns), event, names, pods: Default::default(), hooks: Vec::new(), verdict: None }
+    TracedPacket {
+        wall_time_ns: clock.wall_ns(event.timestamp_ns),
+        event,
+        names,
+        pods: Default::default(),
+        hooks: Vec::new(),
+        verdict: None,
+    }
 }

@@ -59,14 +59,24 @@ mod tests {
             conntrack: Conntrack::None,
             in_ifindex: 2,
             out_ifindex: 0,
-            stamped: Some(Stamped { src: "10.244.0.5:40000".parse().expect("literal"), loss: LossStamps { src: stamp, dst: 0 }, timestamp_ns: u64::from(stamp) }),
+            stamped: Some(Stamped {
+                src: "10.244.0.5:40000".parse().expect("literal"),
+                loss: LossStamps { src: stamp, dst: 0 },
+                timestamp_ns: u64::from(stamp),
+            }),
         }
     }
 
     #[test]
     fn a_drop_stops_in_the_hook_it_never_left_and_watches_its_paths_first_stamp() {
-        let drop = DropEvent::example(7, 10, "10.244.0.5:40000".parse().expect("literal"), "10.244.0.7:53".parse().expect("literal"));
-        let dropped = DroppedPacket::new(drop, vec![pass(Hook::PreRouting, true, 3), pass(Hook::Forward, false, 5)], None);
+        let drop = DropEvent::example(
+            7,
+            10,
+            "10.244.0.5:40000".parse().expect("literal"),
+            "10.244.0.7:53".parse().expect("literal"),
+        );
+        let dropped =
+            DroppedPacket::new(drop, vec![pass(Hook::PreRouting, true, 3), pass(Hook::Forward, false, 5)], None);
         assert_eq!(dropped.stopped_in().map(|p| p.hook), Some(Hook::Forward));
         // The source's bucket is watched from the path's first record on.
         assert_eq!(dropped.loss.windows().iter().map(|w| w.stamp).collect::<Vec<_>>(), vec![3]);

@@ -208,7 +208,12 @@ pub fn paired_reply(reply: &TracedPacket, asked: SocketAddr) -> Option<Correlate
         qtype: message.qtype,
         bridge: reply.names.bridge.clone(),
         first_seen_ns: event.timestamp_ns,
-        last_seen: Sighting { stage: event.stage, ifname: reply.names.ifname.clone(), ifindex: event.ifindex, wall_time_ns: reply.wall_time_ns },
+        last_seen: Sighting {
+            stage: event.stage,
+            ifname: reply.names.ifname.clone(),
+            ifindex: event.ifindex,
+            wall_time_ns: reply.wall_time_ns,
+        },
         reply_seen: true,
         loss: LossWindows::default(),
     };
@@ -333,7 +338,9 @@ pub(crate) mod tests {
     fn paired_reply_source(packets: &[TracedPacket]) -> SocketAddr {
         let mut flows = DnsFlows::new(2_000_000_000, 100);
         let correlated = replay(&mut flows, packets);
-        let [Correlated::ReplyToClient { reply, .. }] = correlated.as_slice() else { panic!("expected one reply paired: {correlated:#?}") };
+        let [Correlated::ReplyToClient { reply, .. }] = correlated.as_slice() else {
+            panic!("expected one reply paired: {correlated:#?}")
+        };
         reply.event.src
     }
 
@@ -341,8 +348,24 @@ pub(crate) mod tests {
     fn bridged_reply_without_conntrack_pairs_with_its_query() {
         let mut flows = DnsFlows::new(2_000_000_000, 100);
         let mut packets = query_path();
-        packets.push(packet(4, Stage::BridgeIn, "veth-server", "10.244.0.7:53", "10.244.0.5:40000", true, Conntrack::None));
-        packets.push(packet(5, Stage::BridgeOut, "veth-client", "10.244.0.7:53", "10.244.0.5:40000", true, Conntrack::None));
+        packets.push(packet(
+            4,
+            Stage::BridgeIn,
+            "veth-server",
+            "10.244.0.7:53",
+            "10.244.0.5:40000",
+            true,
+            Conntrack::None,
+        ));
+        packets.push(packet(
+            5,
+            Stage::BridgeOut,
+            "veth-client",
+            "10.244.0.7:53",
+            "10.244.0.5:40000",
+            true,
+            Conntrack::None,
+        ));
         let correlated = replay(&mut flows, &packets);
         assert_eq!(correlated.len(), 1);
         let Correlated::ReplyToClient { query, reply } = &correlated[0] else { panic!("expected a reply") };
@@ -356,7 +379,15 @@ pub(crate) mod tests {
     #[test]
     fn reverse_natted_reply_pairs_by_conntrack_original_tuple() {
         let mut packets = query_path();
-        packets.push(packet(5, Stage::BridgeOut, "veth-client", "10.96.0.10:53", "10.244.0.5:40000", true, dnat_entry(3)));
+        packets.push(packet(
+            5,
+            Stage::BridgeOut,
+            "veth-client",
+            "10.96.0.10:53",
+            "10.244.0.5:40000",
+            true,
+            dnat_entry(3),
+        ));
         assert_eq!(paired_reply_source(&packets), addr("10.96.0.10:53"));
     }
 
@@ -404,7 +435,15 @@ pub(crate) mod tests {
         let mut flows = DnsFlows::new(2_000_000_000, 3);
         for port in 0..5u16 {
             let src = format!("10.244.0.5:{}", 30000 + port);
-            flows.observe(&packet(port as u64, Stage::BridgeIn, "veth-client", &src, "10.96.0.10:53", false, Conntrack::None));
+            flows.observe(&packet(
+                port as u64,
+                Stage::BridgeIn,
+                "veth-client",
+                &src,
+                "10.96.0.10:53",
+                false,
+                Conntrack::None,
+            ));
         }
         assert_eq!(flows.len(), 3);
         assert_eq!(flows.evicted(), 2);
@@ -414,12 +453,17 @@ pub(crate) mod tests {
     fn a_query_sent_to_several_servers_remembers_each() {
         // musl asks every nameserver at once, from one socket, with one id.
         let mut flows = DnsFlows::new(2_000_000_000, 100);
-        let to_first = packet(0, Stage::BridgeIn, "veth-client", "10.244.0.5:40000", "10.244.0.7:53", false, Conntrack::None);
-        let to_second = packet(0, Stage::BridgeIn, "veth-client", "10.244.0.5:40000", "10.244.0.8:53", false, Conntrack::None);
+        let to_first =
+            packet(0, Stage::BridgeIn, "veth-client", "10.244.0.5:40000", "10.244.0.7:53", false, Conntrack::None);
+        let to_second =
+            packet(0, Stage::BridgeIn, "veth-client", "10.244.0.5:40000", "10.244.0.8:53", false, Conntrack::None);
         replay(&mut flows, &[to_first, to_second]);
-        let reply = packet(1, Stage::BridgeOut, "veth-client", "10.244.0.8:53", "10.244.0.5:40000", true, Conntrack::None);
+        let reply =
+            packet(1, Stage::BridgeOut, "veth-client", "10.244.0.8:53", "10.244.0.5:40000", true, Conntrack::None);
         let correlated = replay(&mut flows, &[reply]);
-        let [Correlated::ReplyToClient { query, .. }] = correlated.as_slice() else { panic!("expected the reply paired") };
+        let [Correlated::ReplyToClient { query, .. }] = correlated.as_slice() else {
+            panic!("expected the reply paired")
+        };
         let asked: Vec<SocketAddr> = query.servers.iter().map(|s| s.queried).collect();
         assert_eq!(asked, vec![addr("10.244.0.7:53"), addr("10.244.0.8:53")]);
     }

@@ -95,11 +95,8 @@ fn path(packet: &TracedPacket) -> (String, String) {
         Stage::ToHost => (here, "host".to_string()),
         Stage::FromHost => ("host".to_string(), here),
         Stage::BridgeOut => {
-            let from = if event.ingress_ifindex == 0 {
-                bridge
-            } else {
-                name(&packet.names.in_ifname, event.ingress_ifindex)
-            };
+            let from =
+                if event.ingress_ifindex == 0 { bridge } else { name(&packet.names.in_ifname, event.ingress_ifindex) };
             (from, here)
         }
     }
@@ -147,7 +144,9 @@ impl<W: Write> Output for TextOutput<W> {
         let verdict = self.paint(RED_BOLD, &format!("✗ {}{by}", line.verdict.name().to_uppercase()));
         let place = line.ifname.clone().unwrap_or_else(|| format!("if{}", drop.ifindex));
         let lost = match line.records_lost {
-            Some(n) => self.paint(YELLOW, &format!(" ({n} records of this flow lost: its hook and rule are not certain)")),
+            Some(n) => {
+                self.paint(YELLOW, &format!(" ({n} records of this flow lost: its hook and rule are not certain)"))
+            }
             None => String::new(),
         };
         let text = format!(
@@ -156,7 +155,11 @@ impl<W: Write> Output for TextOutput<W> {
             place,
             "",
             self.paint(RED_BOLD, &format!("{:<10}", "dropped")),
-            format!("{} → {}", with_pod(drop.src, line.pods.src_pod.as_ref()), with_pod(drop.dst, line.pods.dst_pod.as_ref())),
+            format!(
+                "{} → {}",
+                with_pod(drop.src, line.pods.src_pod.as_ref()),
+                with_pod(drop.dst, line.pods.dst_pod.as_ref())
+            ),
             path,
             if path.is_empty() { "" } else { " " },
             line.reason
@@ -169,7 +172,8 @@ impl<W: Write> Output for TextOutput<W> {
         let event = &packet.event;
         let (from, to) = path(packet);
         let pods = &packet.pods;
-        let flow = format!("{} → {}", with_pod(event.src, pods.src_pod.as_ref()), with_pod(event.dst, pods.dst_pod.as_ref()));
+        let flow =
+            format!("{} → {}", with_pod(event.src, pods.src_pod.as_ref()), with_pod(event.dst, pods.dst_pod.as_ref()));
         let what = match &event.dns {
             Some(message) => dns_text(message),
             None => format!("{} {} bytes", event.l4_proto.name(), event.ip_len),
@@ -225,11 +229,20 @@ impl<W: Write> Output for TextOutput<W> {
             "no findings".to_string()
         } else {
             let counts: Vec<String> = summary.finding_counts.iter().map(|(kind, n)| format!("{kind} ×{n}")).collect();
-            self.paint(RED_BOLD, &format!("{} finding{} ({})", summary.findings, if summary.findings == 1 { "" } else { "s" }, counts.join(", ")))
+            self.paint(
+                RED_BOLD,
+                &format!(
+                    "{} finding{} ({})",
+                    summary.findings,
+                    if summary.findings == 1 { "" } else { "s" },
+                    counts.join(", ")
+                ),
+            )
         };
         let mut notes = String::new();
         if summary.unconfirmed > 0 {
-            let counts: Vec<String> = summary.unconfirmed_counts.iter().map(|(kind, n)| format!("{kind} ×{n}")).collect();
+            let counts: Vec<String> =
+                summary.unconfirmed_counts.iter().map(|(kind, n)| format!("{kind} ×{n}")).collect();
             notes.push_str(&self.paint(
                 YELLOW,
                 &format!(
@@ -243,10 +256,16 @@ impl<W: Write> Output for TextOutput<W> {
             notes.push_str(&format!(", {} queries dropped from tracking (table full)", summary.evicted_flows));
         }
         if summary.evicted_paths > 0 {
-            notes.push_str(&format!(", {} packet journeys that never ended (shown as far as they went)", summary.evicted_paths));
+            notes.push_str(&format!(
+                ", {} packet journeys that never ended (shown as far as they went)",
+                summary.evicted_paths
+            ));
         }
         if summary.findings_overflow > 0 {
-            notes.push_str(&format!(", {} occurrences of further distinct findings not kept (log full)", summary.findings_overflow));
+            notes.push_str(&format!(
+                ", {} occurrences of further distinct findings not kept (log full)",
+                summary.findings_overflow
+            ));
         }
         writeln!(
             self.out,
@@ -279,13 +298,17 @@ fn dns_evidence_lines(dns: &DnsEvidence) -> Vec<String> {
     );
     let pods = &dns.pods;
     let expected = with_pod(dns.expected_source, pods.expected_source_pod.as_ref());
-    let mut lines = vec![format!("client {}  asked {expected}  for {query}", with_pod(dns.client, pods.client_pod.as_ref()))];
+    let mut lines =
+        vec![format!("client {}  asked {expected}  for {query}", with_pod(dns.client, pods.client_pod.as_ref()))];
     if let Some(actual) = dns.actual_source {
         let ports = match (&dns.reply_in_port, &dns.reply_out_port) {
             (Some(from), Some(to)) => format!(", bridged {from} → {to}"),
             _ => String::new(),
         };
-        lines.push(format!("reply from {} (expected {expected}){ports}", with_pod(actual, pods.actual_source_pod.as_ref())));
+        lines.push(format!(
+            "reply from {} (expected {expected}){ports}",
+            with_pod(actual, pods.actual_source_pod.as_ref())
+        ));
     }
     if let Some(seen) = &dns.last_seen {
         let place = seen.ifname.clone().unwrap_or_else(|| format!("if{}", seen.ifindex));

@@ -121,7 +121,13 @@ pub fn print_text(out: &mut dyn Write, decision: &Decision, context: &ReportCont
             ),
         )
     };
-    writeln!(out, "traffic: {} packets on {} in {:.1} s, {lost}{unconfirmed}", summary.packets, port_words(context.port), summary.duration_secs)?;
+    writeln!(
+        out,
+        "traffic: {} packets on {} in {:.1} s, {lost}{unconfirmed}",
+        summary.packets,
+        port_words(context.port),
+        summary.duration_secs
+    )?;
     for group in context.drops {
         let device = group.ifname.as_ref().map(|i| format!(" on {i}")).unwrap_or_default();
         let place = match (group.stopped_in, group.after) {
@@ -145,7 +151,15 @@ pub fn print_text(out: &mut dyn Write, decision: &Decision, context: &ReportCont
     writeln!(
         out,
         "{}",
-        paint(colour, DIM, &format!("exit code {}: {}", context.exit_code, if context.exit_code == 0 { "healthy" } else { "findings" }))
+        paint(
+            colour,
+            DIM,
+            &format!(
+                "exit code {}: {}",
+                context.exit_code,
+                if context.exit_code == 0 { "healthy" } else { "findings" }
+            )
+        )
     )?;
     out.flush()
 }
@@ -298,16 +312,27 @@ pub fn print_json(out: &mut dyn Write, decision: &Decision, context: &ReportCont
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::findings::{node_config::{Example, NamespaceChecks}, Finding, FindingKind, NetnsRef, NodeEvidence};
+    use crate::findings::{
+        node_config::{Example, NamespaceChecks},
+        Finding, FindingKind, NetnsRef, NodeEvidence,
+    };
 
     fn decision(findings: Vec<Ranked>) -> Decision {
         Decision {
-            verdict: findings.first().map(|r| r.finding.headline.clone()).unwrap_or_else(|| "healthy: no findings".into()),
+            verdict: findings
+                .first()
+                .map(|r| r.finding.headline.clone())
+                .unwrap_or_else(|| "healthy: no findings".into()),
             findings,
             namespaces: vec![NamespaceChecks {
                 netns: NetnsRef { name: Some("node".into()), inode: 7, current: true },
                 label: "this namespace, node (netns 7)".into(),
-                checks: vec![Check { name: "ip_forward".into(), value: "1".into(), status: Status::Ok, detail: String::new() }],
+                checks: vec![Check {
+                    name: "ip_forward".into(),
+                    value: "1".into(),
+                    status: Status::Ok,
+                    detail: String::new(),
+                }],
                 errors: vec![],
             }],
         }
@@ -321,7 +346,11 @@ mod tests {
                 kind: FindingKind::IpForwardOff,
                 wall_time_ns: 1_800_000_000_000_000_000,
                 headline: "IP forwarding is off".into(),
-                evidence: Evidence::Node(NodeEvidence { netns: netns.clone(), bridges: vec!["cni0".into()], ..NodeEvidence::default() }),
+                evidence: Evidence::Node(NodeEvidence {
+                    netns: netns.clone(),
+                    bridges: vec!["cni0".into()],
+                    ..NodeEvidence::default()
+                }),
                 explanation: "why".into(),
                 fix: vec!["sysctl -w net.ipv4.ip_forward=1".into()],
             },
@@ -333,10 +362,12 @@ mod tests {
             netns,
         };
         let summary = Summary { packets: 4, duration_secs: 1.0, ..Summary::default() };
-        let context = ReportContext { port: 53, summary: &summary, drops: &[], drops_not_grouped: 0, errors: &[], exit_code: 1 };
+        let context =
+            ReportContext { port: 53, summary: &summary, drops: &[], drops_not_grouped: 0, errors: &[], exit_code: 1 };
         let mut out = Vec::new();
         print_json(&mut out, &decision(vec![ranked]), &context).expect("in memory");
-        let lines: Vec<Value> = String::from_utf8(out).expect("utf-8").lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+        let lines: Vec<Value> =
+            String::from_utf8(out).expect("utf-8").lines().map(|l| serde_json::from_str(l).expect("json")).collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["type"], "finding");
         assert_eq!(lines[0]["kind"], "ip_forward_off");
@@ -353,7 +384,8 @@ mod tests {
     #[test]
     fn text_report_opens_with_the_verdict() {
         let summary = Summary::default();
-        let context = ReportContext { port: 53, summary: &summary, drops: &[], drops_not_grouped: 0, errors: &[], exit_code: 0 };
+        let context =
+            ReportContext { port: 53, summary: &summary, drops: &[], drops_not_grouped: 0, errors: &[], exit_code: 0 };
         let mut out = Vec::new();
         print_text(&mut out, &decision(vec![]), &context, false).expect("in memory");
         let text = String::from_utf8(out).expect("utf-8");

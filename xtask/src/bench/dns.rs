@@ -25,10 +25,7 @@ impl Bench<'_> {
 
     /// dnsperf in the client against the ClusterIP's DNS port for `secs`.
     pub(super) fn dnsperf(&self, secs: f64) -> Result<std::process::Command> {
-        let queries = self
-            .queries
-            .to_str()
-            .ok_or_else(|| anyhow!("non-UTF-8 lab directory"))?;
+        let queries = self.queries.to_str().ok_or_else(|| anyhow!("non-UTF-8 lab directory"))?;
         let port = DNS_PORT.to_string();
         let limit = format!("{secs}");
         Ok(self.lab.command(
@@ -70,9 +67,7 @@ impl Bench<'_> {
     pub(super) fn soak(&self, secs: f64) -> Result<SoakRun> {
         let responder = self.dns_responder()?;
         let observer = self.observe(Mode::Traced, DNS_PORT)?;
-        let pid = observer
-            .pid()
-            .ok_or_else(|| anyhow!("the soak's tracer did not start"))?;
+        let pid = observer.pid().ok_or_else(|| anyhow!("the soak's tracer did not start"))?;
         let dnsperf = Proc::spawn(self.dnsperf(secs)?, "dnsperf", Stdout::Capture)?;
         let started = Instant::now();
         let mut samples = Vec::new();
@@ -89,22 +84,13 @@ impl Bench<'_> {
         let perf = dnsperf_statistics(&dnsperf.finish(Duration::from_secs(30))?)?;
         let summary = observer.finish()?.and_then(|(_, summary, _)| summary);
         responder.stop()?;
-        Ok(SoakRun {
-            samples,
-            perf,
-            summary,
-        })
+        Ok(SoakRun { samples, perf, summary })
     }
 
     pub(super) fn dns_run(&self, mode: Mode, secs: f64) -> Result<DnsRun> {
         check_interrupted()?;
         let (perf, observed) = self.observed_dnsperf(mode, secs, |_| Ok(false))?;
-        Ok(DnsRun {
-            mode,
-            round: 0,
-            perf,
-            observed,
-        })
+        Ok(DnsRun { mode, round: 0, perf, observed })
     }
 
     /// dnsperf for `secs` with `mode`'s observer attached. `meanwhile` is called with the time
@@ -133,11 +119,6 @@ impl Bench<'_> {
 
 fn dnsperf_statistics(ended: &Ended) -> Result<DnsPerf> {
     stats::parse_dnsperf(&ended.out.join("\n")).ok_or_else(|| {
-        anyhow!(
-            "dnsperf printed no statistics ({}): {}\n{}",
-            ended.status,
-            ended.out.join("\n"),
-            ended.err
-        )
+        anyhow!("dnsperf printed no statistics ({}): {}\n{}", ended.status, ended.out.join("\n"), ended.err)
     })
 }

@@ -27,8 +27,7 @@ impl Bench<'_> {
     pub(super) fn findings_under_load(&self, secs: f64) -> Result<FindingsUnderLoad> {
         check_interrupted()?;
         let address = format!("{REJECTED_CLIENT_IP}/24");
-        self.lab
-            .run(Ns::Client, &["ip", "addr", "add", &address, "dev", POD_IF])?;
+        self.lab.run(Ns::Client, &["ip", "addr", "add", &address, "dev", POD_IF])?;
         // The netfilter tests' REJECT, for the second address only.
         self.lab.iptables(&format!(
             "-A FORWARD -s {REJECTED_CLIENT_IP}/32 -p udp --dport {DNS_PORT} \
@@ -56,34 +55,19 @@ impl Bench<'_> {
                 return Ok(false);
             }
             check_interrupted()?;
-            let dig = self.lab.dig(
-                CLUSTER_DNS_IP,
-                TEST_NAME,
-                &["-b", REJECTED_CLIENT_IP, "-p", &port],
-            )?;
+            let dig = self.lab.dig(CLUSTER_DNS_IP, TEST_NAME, &["-b", REJECTED_CLIENT_IP, "-p", &port])?;
             rejected_queries += 1;
             refused_seen += u64::from(dig.output.contains(REFUSED));
             thread::sleep(REJECTED_QUERY_GAP);
             Ok(true)
         })?;
         responder.stop()?;
-        Ok(FindingsUnderLoad {
-            perf,
-            rejected_queries,
-            refused_seen,
-            rule_packets: self.rule_packets()?,
-            observed,
-        })
+        Ok(FindingsUnderLoad { perf, rejected_queries, refused_seen, rule_packets: self.rule_packets()?, observed })
     }
 
     /// Packets the REJECT (rule 1 of FORWARD, the only one) matched, by its counter.
     fn rule_packets(&self) -> Result<u64> {
-        let listing = self.lab.run(
-            Ns::Node,
-            &[
-                "iptables", "-w", "10", "-L", "FORWARD", "1", "-v", "-n", "-x",
-            ],
-        )?;
+        let listing = self.lab.run(Ns::Node, &["iptables", "-w", "10", "-L", "FORWARD", "1", "-v", "-n", "-x"])?;
         listing
             .split_whitespace()
             .next()

@@ -83,10 +83,7 @@ fn install_signal_handlers() {
     for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         unsafe {
-            libc::signal(
-                signal,
-                on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
-            );
+            libc::signal(signal, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t);
         }
     }
 }
@@ -196,8 +193,7 @@ impl Plan {
     }
 }
 
-const USAGE: &str =
-    "usage: cargo xtask bench [--smoke | --soak MINUTES | --append-results] [--tracer PATH]";
+const USAGE: &str = "usage: cargo xtask bench [--smoke | --soak MINUTES | --append-results] [--tracer PATH]";
 
 pub fn run(args: &[String]) -> Result<ExitCode> {
     let mut smoke = false;
@@ -216,15 +212,11 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
                     .next()
                     .and_then(|m| m.parse::<f64>().ok())
                     .filter(|m| *m > 0.0 && *m <= 240.0)
-                    .ok_or_else(|| {
-                        anyhow!("--soak needs a number of minutes (up to 240); {USAGE}")
-                    })?;
+                    .ok_or_else(|| anyhow!("--soak needs a number of minutes (up to 240); {USAGE}"))?;
                 soak_minutes = Some(minutes);
             }
             "--tracer" => {
-                let path = it
-                    .next()
-                    .ok_or_else(|| anyhow!("--tracer needs a path; {USAGE}"))?;
+                let path = it.next().ok_or_else(|| anyhow!("--tracer needs a path; {USAGE}"))?;
                 prebuilt = Some(PathBuf::from(path));
             }
             _ => bail!("unknown argument {arg}; {USAGE}"),
@@ -280,28 +272,15 @@ fn bench(plan: &Plan, tracer: &Path, append: bool) -> Result<PathBuf> {
         Bench::new(&lab, tracer, &loadgen)?.measure(plan)?
     };
     // A phase of its own, on a lab of its own: it breaks what every other run needs healthy.
-    phase(
-        "bench",
-        "building the lab broken: bridge-nf-call-iptables=0 and a FORWARD REJECT",
-    );
-    let findings = Lab::new(LabConfig::bridge_nf_call_iptables_off()).and_then(|lab| {
-        Bench::new(&lab, tracer, &loadgen)?.findings_under_load(plan.findings_secs)
-    });
+    phase("bench", "building the lab broken: bridge-nf-call-iptables=0 and a FORWARD REJECT");
+    let findings = Lab::new(LabConfig::bridge_nf_call_iptables_off())
+        .and_then(|lab| Bench::new(&lab, tracer, &loadgen)?.findings_under_load(plan.findings_secs));
     check_interrupted()?;
-    let results = report::results(
-        plan,
-        machine,
-        &measured,
-        findings.as_ref().map_err(|e| format!("{e:#}")),
-        started.elapsed(),
-    );
+    let results =
+        report::results(plan, machine, &measured, findings.as_ref().map_err(|e| format!("{e:#}")), started.elapsed());
     let dir = cmd::workspace_root().join("target/bench");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let file = dir.join(if plan.smoke {
-        "results-smoke.json"
-    } else {
-        "results.json"
-    });
+    let file = dir.join(if plan.smoke { "results-smoke.json" } else { "results.json" });
     let text = serde_json::to_string_pretty(&results)? + "\n";
     std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
     let printed = table::table(&results);
@@ -331,36 +310,14 @@ fn soak(tracer: &Path, secs: f64) -> Result<PathBuf> {
     phase("bench", "building the lab");
     let lab = Lab::new(LabConfig::healthy())?;
     let bench = Bench::new(&lab, tracer, &loadgen)?;
-    phase(
-        "bench",
-        &format!(
-            "soak: {:.0} s of traced DNS load, tracer's RSS every {} s",
-            secs,
-            SOAK_SAMPLE.as_secs()
-        ),
-    );
+    phase("bench", &format!("soak: {:.0} s of traced DNS load, tracer's RSS every {} s", secs, SOAK_SAMPLE.as_secs()));
     let run = bench.soak(secs);
     drop(bench);
     drop(lab);
-    let SoakRun {
-        samples,
-        perf,
-        summary,
-    } = run?;
+    let SoakRun { samples, perf, summary } = run?;
     let third = (samples.len() / 3).max(1);
-    let first_max = samples
-        .iter()
-        .take(third)
-        .map(|(_, kib)| *kib)
-        .max()
-        .unwrap_or(0);
-    let last_max = samples
-        .iter()
-        .rev()
-        .take(third)
-        .map(|(_, kib)| *kib)
-        .max()
-        .unwrap_or(0);
+    let first_max = samples.iter().take(third).map(|(_, kib)| *kib).max().unwrap_or(0);
+    let last_max = samples.iter().rev().take(third).map(|(_, kib)| *kib).max().unwrap_or(0);
     let flat = last_max <= first_max + first_max / 10 + 2048;
     for (at, kib) in &samples {
         println!("  t={at:>6.0} s  rss {:>7.1} MiB", *kib as f64 / 1024.0);
@@ -393,10 +350,7 @@ fn soak(tracer: &Path, secs: f64) -> Result<PathBuf> {
     let file = dir.join("soak.json");
     std::fs::write(&file, serde_json::to_string_pretty(&results)? + "\n")
         .with_context(|| format!("writing {}", file.display()))?;
-    phase(
-        "bench",
-        &format!("soak results written to {}", file.display()),
-    );
+    phase("bench", &format!("soak results written to {}", file.display()));
     Ok(file)
 }
 

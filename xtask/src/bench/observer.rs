@@ -31,10 +31,7 @@ impl Observer<'_> {
         let summary = stats::parse_summary(&end.counted.last_line);
         let exit = format!("{}", end.producer_status);
         if summary.is_none() && self.tracer {
-            bail!(
-                "tracer printed no summary ({exit}); {}",
-                end.producer_stderr.trim()
-            );
+            bail!("tracer printed no summary ({exit}); {}", end.producer_stderr.trim());
         }
         Ok(Some((end.counted, summary, exit)))
     }
@@ -71,10 +68,7 @@ pub struct TraceRules<'a> {
 
 impl<'a> TraceRules<'a> {
     pub(super) fn add(lab: &'a Lab, port: u16) -> Result<TraceRules<'a>> {
-        let mut added = TraceRules {
-            lab,
-            rules: Vec::new(),
-        };
+        let mut added = TraceRules { lab, rules: Vec::new() };
         // Both directions, as someone debugging a service would trace it (tracer too watches the
         // port on either side).
         for side in ["--dport", "--sport"] {

@@ -20,10 +20,7 @@ pub const GRACE: Duration = Duration::from_secs(10);
 /// CLOCK_MONOTONIC in nanoseconds: the clock loadgen reports instants in, so times taken here and
 /// there compare directly.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: a valid clock id and a live timespec to write into.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
@@ -61,11 +58,7 @@ impl Lines {
 
     /// The first line matching `pred` (arrival time and text), waiting up to `timeout`; None if
     /// the pipe closed or the time ran out first.
-    pub fn wait_for(
-        &self,
-        timeout: Duration,
-        pred: impl Fn(&str) -> bool,
-    ) -> Option<(u64, String)> {
+    pub fn wait_for(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<(u64, String)> {
         let deadline = Instant::now() + timeout;
         let mut buf = self.lock();
         loop {
@@ -141,14 +134,7 @@ impl Proc {
             }
             None => Lines::default(),
         };
-        Ok(Proc {
-            what: what.to_string(),
-            child,
-            out,
-            err,
-            readers,
-            reaped: false,
-        })
+        Ok(Proc { what: what.to_string(), child, out, err, readers, reaped: false })
     }
 
     pub fn take_stdout(&mut self) -> Option<ChildStdout> {
@@ -194,11 +180,7 @@ impl Proc {
     fn wait_line(&self, lines: &Lines, timeout: Duration, needle: &str) -> Result<u64> {
         match lines.wait_for(timeout, |l| l.contains(needle)) {
             Some((at, _)) => Ok(at),
-            None => bail!(
-                "{} did not print {needle:?} within {timeout:?}; stderr:\n{}",
-                self.what,
-                self.err.joined()
-            ),
+            None => bail!("{} did not print {needle:?} within {timeout:?}; stderr:\n{}", self.what, self.err.joined()),
         }
     }
 
@@ -226,9 +208,7 @@ impl Proc {
                     Some(status) => status,
                     None => {
                         self.child.kill().ok();
-                        self.child
-                            .wait()
-                            .with_context(|| format!("waiting for {}", self.what))?
+                        self.child.wait().with_context(|| format!("waiting for {}", self.what))?
                     }
                 }
             }
@@ -237,11 +217,7 @@ impl Proc {
         for reader in self.readers.drain(..) {
             let _ = reader.join();
         }
-        Ok(Ended {
-            status,
-            out: self.out.texts(),
-            err: self.err.joined(),
-        })
+        Ok(Ended { status, out: self.out.texts(), err: self.err.joined() })
     }
 
     /// SIGTERM now, then [`Proc::finish`].
@@ -271,13 +247,7 @@ pub fn last_json(ended: &Ended, what: &str) -> Result<Value> {
         .iter()
         .rev()
         .find(|l| l.starts_with('{'))
-        .ok_or_else(|| {
-            anyhow!(
-                "{what} printed no result ({}); stderr:\n{}",
-                ended.status,
-                ended.err
-            )
-        })?;
+        .ok_or_else(|| anyhow!("{what} printed no result ({}); stderr:\n{}", ended.status, ended.err))?;
     serde_json::from_str(line).with_context(|| format!("{what} printed bad JSON: {line}"))
 }
 
@@ -308,44 +278,28 @@ pub struct PipelineEnd {
 }
 
 impl Pipeline {
-    pub fn spawn(
-        producer: Command,
-        what: &str,
-        loadgen: &Path,
-        matching: Option<&str>,
-    ) -> Result<Pipeline> {
+    pub fn spawn(producer: Command, what: &str, loadgen: &Path, matching: Option<&str>) -> Result<Pipeline> {
         let spawned_ns = monotonic_ns();
         let mut producer = Proc::spawn(producer, what, Stdout::Pipe)?;
-        let stdout = producer
-            .take_stdout()
-            .ok_or_else(|| anyhow!("{what} has no stdout pipe"))?;
+        let stdout = producer.take_stdout().ok_or_else(|| anyhow!("{what} has no stdout pipe"))?;
         let mut counter = Command::new(loadgen);
         counter.arg("count").stdin(Stdio::from(stdout));
         if let Some(needle) = matching {
             counter.args(["--match", needle]);
         }
         let counter = Proc::spawn(counter, "loadgen count", Stdout::Capture)?;
-        Ok(Pipeline {
-            producer,
-            counter,
-            spawned_ns,
-        })
+        Ok(Pipeline { producer, counter, spawned_ns })
     }
 
     /// When the first line of output reached the counter, if it did within `timeout`.
     pub fn first_line_ns(&self, timeout: Duration) -> Option<u64> {
-        let (_, line) = self
-            .counter
-            .err
-            .wait_for(timeout, |l| l.starts_with("first-line "))?;
+        let (_, line) = self.counter.err.wait_for(timeout, |l| l.starts_with("first-line "))?;
         line.strip_prefix("first-line ")?.trim().parse().ok()
     }
 
     /// Stops the producer (SIGTERM: tracer then prints its summary) and collects the count.
     pub fn finish(self) -> Result<PipelineEnd> {
-        let Pipeline {
-            producer, counter, ..
-        } = self;
+        let Pipeline { producer, counter, .. } = self;
         let what = producer.what().to_string();
         let ended = producer.stop()?;
         // The producer's exit closed the pipe, so the counter ends by itself.
@@ -391,11 +345,5 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 
 fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    status.lines().find_map(|l| l.strip_prefix(field))?.split_whitespace().next()?.parse().ok()
 }

@@ -29,11 +29,7 @@ fn read(path: &str) -> String {
 
 fn load_average() -> Value {
     let text = read("/proc/loadavg");
-    let v: Vec<f64> = text
-        .split_whitespace()
-        .take(3)
-        .filter_map(|x| x.parse().ok())
-        .collect();
+    let v: Vec<f64> = text.split_whitespace().take(3).filter_map(|x| x.parse().ok()).collect();
     json!(v)
 }
 
@@ -55,16 +51,10 @@ pub fn machine(tracer: &Path) -> Value {
         .and_then(|l| l.split_whitespace().next()?.parse::<u64>().ok())
         .map(|kib| kib / 1024);
     let git = |args: &[&str]| {
-        probe(
-            Command::new("git")
-                .current_dir(cmd::workspace_root())
-                .args(args),
-        )
-        .map(|s| s.trim().to_string())
+        probe(Command::new("git").current_dir(cmd::workspace_root()).args(args)).map(|s| s.trim().to_string())
     };
     let commit = git(&["rev-parse", "--short", "HEAD"]).map(|c| {
-        let dirty =
-            git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+        let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
         if dirty {
             format!("{c} (with uncommitted changes)")
         } else {
@@ -72,10 +62,7 @@ pub fn machine(tracer: &Path) -> Value {
         }
     });
     // Cargo puts a build in a folder named after its profile (release, checked, debug).
-    let profile = tracer
-        .parent()
-        .and_then(Path::file_name)
-        .map(|p| p.to_string_lossy().into_owned());
+    let profile = tracer.parent().and_then(Path::file_name).map(|p| p.to_string_lossy().into_owned());
     json!({
         "cpu_model": cpu_model,
         "cpus": std::thread::available_parallelism().map(|n| n.get()).ok(),
@@ -190,14 +177,8 @@ struct Unit {
     added: &'static str,
 }
 
-const PACKETS: Unit = Unit {
-    rate: "pps",
-    added: "added_ns_per_packet",
-};
-const QUERIES: Unit = Unit {
-    rate: "qps",
-    added: "added_ns_per_query",
-};
+const PACKETS: Unit = Unit { rate: "pps", added: "added_ns_per_packet" };
+const QUERIES: Unit = Unit { rate: "qps", added: "added_ns_per_query" };
 
 /// One interleaved run as the per-mode figures see it, UDP or DNS alike.
 struct RoundRun<'a> {
@@ -211,13 +192,7 @@ struct RoundRun<'a> {
 
 impl<'a> From<&'a UdpRun> for RoundRun<'a> {
     fn from(r: &'a UdpRun) -> Self {
-        RoundRun {
-            mode: r.mode,
-            rate: r.pps(),
-            secs: r.secs,
-            latency_ms: None,
-            observed: r.observed.as_ref(),
-        }
+        RoundRun { mode: r.mode, rate: r.pps(), secs: r.secs, latency_ms: None, observed: r.observed.as_ref() }
     }
 }
 
@@ -264,19 +239,9 @@ fn per_mode(runs: &[RoundRun]) -> Vec<ModeFigures> {
             let summary = |r: &RoundRun| r.observed?.summary.clone();
             let records_per_sec = |r: &RoundRun| Some(summary(r)?.records as f64 / r.secs);
             let cpu = |r: &RoundRun| r.observed?.cpu_percent;
-            let delivered = of_mode
-                .iter()
-                .any(|r| summary(r).is_some_and(|s| s.records > 0));
-            let ratios: Vec<f64> = compared
-                .iter()
-                .filter(|c| c.mode == mode)
-                .filter_map(|c| c.ratio())
-                .collect();
-            let added: Vec<f64> = compared
-                .iter()
-                .filter(|c| c.mode == mode)
-                .filter_map(|c| c.added_ns())
-                .collect();
+            let delivered = of_mode.iter().any(|r| summary(r).is_some_and(|s| s.records > 0));
+            let ratios: Vec<f64> = compared.iter().filter(|c| c.mode == mode).filter_map(|c| c.ratio()).collect();
+            let added: Vec<f64> = compared.iter().filter(|c| c.mode == mode).filter_map(|c| c.added_ns()).collect();
             ModeFigures {
                 mode,
                 runs: of_mode.len(),
@@ -287,12 +252,9 @@ fn per_mode(runs: &[RoundRun]) -> Vec<ModeFigures> {
                 latency_ms: figure(&|r| r.latency_ms),
                 observer_cpu_percent: figure(&cpu),
                 records_per_sec: figure(&records_per_sec).filter(|_| delivered),
-                records_per_sec_per_core: figure(&|r| {
-                    stats::per_core(records_per_sec(r)?, cpu(r)?)
-                })
-                .filter(|_| delivered),
-                lines_per_sec: figure(&|r| Some(summary(r)?.packets as f64 / r.secs))
+                records_per_sec_per_core: figure(&|r| stats::per_core(records_per_sec(r)?, cpu(r)?))
                     .filter(|_| delivered),
+                lines_per_sec: figure(&|r| Some(summary(r)?.packets as f64 / r.secs)).filter(|_| delivered),
                 lost_per_run: figure(&|r| Some(summary(r)?.lost as f64)),
                 lost: of_mode
                     .iter()
@@ -314,27 +276,13 @@ fn mode_json(f: &ModeFigures, unit: Unit) -> Map<String, Value> {
     if f.latency_ms.is_some() {
         m.insert("latency_ms".into(), spread_json(f.latency_ms, 3));
     }
-    m.insert(
-        "observer_cpu_percent".into(),
-        spread_json(f.observer_cpu_percent, 1),
-    );
+    m.insert("observer_cpu_percent".into(), spread_json(f.observer_cpu_percent, 1));
     m.insert("records_per_sec".into(), spread_json(f.records_per_sec, 0));
-    m.insert(
-        "records_per_sec_per_core".into(),
-        spread_json(f.records_per_sec_per_core, 0),
-    );
+    m.insert("records_per_sec_per_core".into(), spread_json(f.records_per_sec_per_core, 0));
     m.insert("lines_per_sec".into(), spread_json(f.lines_per_sec, 0));
     m.insert("lost_per_run".into(), spread_json(f.lost_per_run, 0));
     m.insert("lost".into(), opt(f.lost));
-    m.insert(
-        "round_ratios".into(),
-        json!(f
-            .round_ratios
-            .iter()
-            .copied()
-            .map(round3)
-            .collect::<Vec<_>>()),
-    );
+    m.insert("round_ratios".into(), json!(f.round_ratios.iter().copied().map(round3).collect::<Vec<_>>()));
     m
 }
 
@@ -349,36 +297,20 @@ fn median_of(
     pick: impl Fn(&ModeFigures) -> Option<Spread>,
     decimals: i32,
 ) -> Option<f64> {
-    figures_of(figures, mode)
-        .and_then(pick)
-        .map(|s| round_to(s.median, decimals))
+    figures_of(figures, mode).and_then(pick).map(|s| round_to(s.median, decimals))
 }
 
 /// `{"unrelated": 0.8, "traced": ...}`: one figure's median per measured mode.
-fn by_mode(
-    figures: &[ModeFigures],
-    pick: impl Fn(&ModeFigures) -> Option<Spread> + Copy,
-    decimals: i32,
-) -> Value {
+fn by_mode(figures: &[ModeFigures], pick: impl Fn(&ModeFigures) -> Option<Spread> + Copy, decimals: i32) -> Value {
     Mode::MEASURED
         .iter()
-        .map(|&mode| {
-            (
-                mode.name().to_string(),
-                opt(median_of(figures, mode, pick, decimals)),
-            )
-        })
+        .map(|&mode| (mode.name().to_string(), opt(median_of(figures, mode, pick, decimals))))
         .collect::<Map<_, _>>()
         .into()
 }
 
 fn calibration_json(c: &Calibration) -> Value {
-    let names = |list: &[(String, u64)]| {
-        list.iter()
-            .map(|(k, _)| k.as_str())
-            .collect::<Vec<_>>()
-            .join(" + ")
-    };
+    let names = |list: &[(String, u64)]| list.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(" + ");
     json!({
         "packets": c.packets,
         "bridged": c.bridged,
@@ -478,22 +410,12 @@ pub fn results(
         .chain(&m.lossless)
         .filter(|r| r.mode.is_tracer())
         .filter_map(|r| r.observed.as_ref())
-        .chain(
-            m.dns
-                .iter()
-                .filter(|r| r.mode.is_tracer())
-                .filter_map(|r| r.observed.as_ref()),
-        )
+        .chain(m.dns.iter().filter(|r| r.mode.is_tracer()).filter_map(|r| r.observed.as_ref()))
         .chain(findings.as_ref().ok().and_then(|f| f.observed.as_ref()))
         .filter_map(|o| o.rss_kib)
         .max();
     let rss_mib = tracer_rss.map(|k| round1(k as f64 / 1024.0));
-    let attach = Spread::of(
-        &m.attach
-            .iter()
-            .filter_map(|a| a.first_event_ms)
-            .collect::<Vec<_>>(),
-    );
+    let attach = Spread::of(&m.attach.iter().filter_map(|a| a.first_event_ms).collect::<Vec<_>>());
     let attach_ms = attach.map(|s| s.median.round());
     let ready_ms = median(&m.attach.iter().map(|a| a.ready_ms).collect::<Vec<_>>());
 
@@ -511,9 +433,7 @@ pub fn results(
         .iter()
         .filter(|r| r.accounting.as_ref().is_some_and(stats::lossless))
         .map(|r| r.pps().round())
-        .fold(None, |acc: Option<f64>, x| {
-            Some(acc.map_or(x, |a| a.max(x)))
-        });
+        .fold(None, |acc: Option<f64>, x| Some(acc.map_or(x, |a| a.max(x))));
 
     let findings_json = findings_json(findings);
     let unrelated_ratio = ratio(Mode::Unrelated);
@@ -534,36 +454,16 @@ pub fn results(
             opt(traced_ratio),
             traced_ratio.map(|r| r >= TARGET_TRACED_RATIO),
         ),
-        target(
-            "lost_events",
-            "= 0 (traced, at the highest rate)",
-            opt(lost_events),
-            lost_events.map(|l| l == 0),
-        ),
+        target("lost_events", "= 0 (traced, at the highest rate)", opt(lost_events), lost_events.map(|l| l == 0)),
         target(
             "findings_only_ratio",
             &format!(">= {TARGET_FINDINGS_ONLY_RATIO}"),
             opt(findings_only_ratio),
             findings_only_ratio.map(|r| r >= TARGET_FINDINGS_ONLY_RATIO),
         ),
-        target(
-            "findings_under_load",
-            "conntrack_skip and netfilter_reject named",
-            opt(both_named),
-            both_named,
-        ),
-        target(
-            "rss_mib",
-            &format!("< {TARGET_RSS_MIB}"),
-            opt(rss_mib),
-            rss_mib.map(|r| r < TARGET_RSS_MIB),
-        ),
-        target(
-            "attach_ms",
-            &format!("< {TARGET_ATTACH_MS}"),
-            opt(attach_ms),
-            attach_ms.map(|a| a < TARGET_ATTACH_MS),
-        ),
+        target("findings_under_load", "conntrack_skip and netfilter_reject named", opt(both_named), both_named),
+        target("rss_mib", &format!("< {TARGET_RSS_MIB}"), opt(rss_mib), rss_mib.map(|r| r < TARGET_RSS_MIB)),
+        target("attach_ms", &format!("< {TARGET_ATTACH_MS}"), opt(attach_ms), attach_ms.map(|a| a < TARGET_ATTACH_MS)),
     ];
 
     // What the attach points cost with empty programs, beside the watch they are the floor of:
@@ -581,11 +481,7 @@ pub fn results(
     };
     let floors = vec![
         floor("unrelated_ratio", Mode::Unrelated, Mode::AttachFloor),
-        floor(
-            "findings_only_ratio",
-            Mode::FindingsOnly,
-            Mode::FindingsOnlyFloor,
-        ),
+        floor("findings_only_ratio", Mode::FindingsOnly, Mode::FindingsOnlyFloor),
     ];
 
     let mode_list = |figures: &[ModeFigures], unit: Unit| -> Vec<Value> {

@@ -7,9 +7,7 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use tracer_tests::lab::{
-    Lab, Ns, CLIENT_VETH, CLUSTER_DNS_IP, SERVER_IP, TRACER_READY, TRACER_READY_TIMEOUT,
-};
+use tracer_tests::lab::{Lab, Ns, CLIENT_VETH, CLUSTER_DNS_IP, SERVER_IP, TRACER_READY, TRACER_READY_TIMEOUT};
 
 use super::{
     interleave, measured_names,
@@ -38,11 +36,7 @@ pub struct Bench<'a> {
 
 impl<'a> Bench<'a> {
     pub(super) fn new(lab: &'a Lab, tracer: &Path, loadgen: &Path) -> Result<Bench<'a>> {
-        let utf8 = |p: &Path| {
-            p.to_str()
-                .map(str::to_string)
-                .ok_or_else(|| anyhow!("non-UTF-8 path {}", p.display()))
-        };
+        let utf8 = |p: &Path| p.to_str().map(str::to_string).ok_or_else(|| anyhow!("non-UTF-8 path {}", p.display()));
         // The same ClusterIP indirection as the lab's DNS: every packet is DNATed by the node.
         for port in [LOAD_PORT, DNS_PORT] {
             lab.iptables(&format!(
@@ -51,14 +45,8 @@ impl<'a> Bench<'a> {
             ))?;
         }
         let queries = lab.dir().join("dnsperf-queries.txt");
-        std::fs::write(&queries, "example.test A\n")
-            .with_context(|| format!("writing {}", queries.display()))?;
-        Ok(Bench {
-            lab,
-            tracer: utf8(tracer)?,
-            loadgen: utf8(loadgen)?,
-            queries,
-        })
+        std::fs::write(&queries, "example.test A\n").with_context(|| format!("writing {}", queries.display()))?;
+        Ok(Bench { lab, tracer: utf8(tracer)?, loadgen: utf8(loadgen)?, queries })
     }
 
     pub(super) fn measure(&self, plan: &Plan) -> Result<Measured> {
@@ -84,9 +72,7 @@ impl<'a> Bench<'a> {
             println!(
                 "bench: attach: watching after {:.0} ms, first event after {}",
                 trial.ready_ms,
-                trial
-                    .first_event_ms
-                    .map_or("(none)".to_string(), |ms| format!("{ms:.0} ms"))
+                trial.first_event_ms.map_or("(none)".to_string(), |ms| format!("{ms:.0} ms"))
             );
             attach.push(trial);
         }
@@ -110,24 +96,14 @@ impl<'a> Bench<'a> {
 
         let mut lossless = Vec::new();
         if plan.lossless_steps > 0 {
-            phase(
-                "bench",
-                "traced at lower rates: the highest rate without lost records",
-            );
-            let baseline: Vec<f64> = udp
-                .iter()
-                .filter(|r| r.mode == Mode::Baseline)
-                .map(UdpRun::pps)
-                .collect();
+            phase("bench", "traced at lower rates: the highest rate without lost records");
+            let baseline: Vec<f64> = udp.iter().filter(|r| r.mode == Mode::Baseline).map(UdpRun::pps).collect();
             let max = stats::median(&baseline).unwrap_or(0.0);
             lossless = self.lossless(max, plan)?;
         }
 
         let xtables_monitor = if plan.xtables_monitor_probe {
-            phase(
-                "bench",
-                "the TRACE workflow with xtables-monitor as the reader",
-            );
+            phase("bench", "the TRACE workflow with xtables-monitor as the reader");
             Some(self.xtables_monitor_probe(plan.load_secs)?)
         } else {
             None
@@ -143,14 +119,7 @@ impl<'a> Bench<'a> {
             ),
         );
         let dns = self.dns_rounds(plan)?;
-        Ok(Measured {
-            calibration,
-            attach,
-            udp,
-            lossless,
-            xtables_monitor,
-            dns,
-        })
+        Ok(Measured { calibration, attach, udp, lossless, xtables_monitor, dns })
     }
 
     /// Only the `traced` mode sends a record per packet, so only its runs can be held to one.
@@ -160,26 +129,13 @@ impl<'a> Bench<'a> {
         }
         let observed = run.observed.as_ref()?;
         let summary = observed.summary.as_ref()?;
-        Some(stats::account(
-            run.sent,
-            run.pre_bridge_drops,
-            observed.matched,
-            summary.records,
-            summary.lost,
-        ))
+        Some(stats::account(run.sent, run.pre_bridge_drops, observed.matched, summary.records, summary.lost))
     }
 
     /// `tracer watch --port PORT --output json [FLAGS]` in the node namespace.
     pub(super) fn watch_command(&self, port: u16, flags: &[&str]) -> Command {
         let port = port.to_string();
-        let mut argv = vec![
-            self.tracer.as_str(),
-            "watch",
-            "--port",
-            &port,
-            "--output",
-            "json",
-        ];
+        let mut argv = vec![self.tracer.as_str(), "watch", "--port", &port, "--output", "json"];
         argv.extend(flags);
         // loadgen's responder is not on port 53, the only one tracer reads as DNS by itself.
         let dns_port = DNS_PORT.to_string();
@@ -191,37 +147,23 @@ impl<'a> Bench<'a> {
 
     /// [`Bench::watch_command`] piped into the counter; returns once tracer says it is watching,
     /// with the time it said so.
-    pub(super) fn tracer_pipeline(
-        &self,
-        port: u16,
-        flags: &[&str],
-    ) -> Result<(Pipeline, u64)> {
+    pub(super) fn tracer_pipeline(&self, port: u16, flags: &[&str]) -> Result<(Pipeline, u64)> {
         let mut pipeline = Pipeline::spawn(
             self.watch_command(port, flags),
             "tracer watch",
             Path::new(&self.loadgen),
             Some(BRIDGE_IN_NEEDLE),
         )?;
-        let ready = pipeline
-            .producer
-            .wait_stderr(TRACER_READY_TIMEOUT, TRACER_READY)?;
+        let ready = pipeline.producer.wait_stderr(TRACER_READY_TIMEOUT, TRACER_READY)?;
         Ok((pipeline, ready))
     }
 
     pub(super) fn observe(&self, mode: Mode, port: u16) -> Result<Observer<'a>> {
         let tracer = |port, flags: &[&str]| -> Result<Observer<'a>> {
-            Ok(Observer {
-                pipeline: Some(self.tracer_pipeline(port, flags)?.0),
-                tracer: true,
-                _rules: None,
-            })
+            Ok(Observer { pipeline: Some(self.tracer_pipeline(port, flags)?.0), tracer: true, _rules: None })
         };
         match mode {
-            Mode::Baseline => Ok(Observer {
-                pipeline: None,
-                tracer: false,
-                _rules: None,
-            }),
+            Mode::Baseline => Ok(Observer { pipeline: None, tracer: false, _rules: None }),
             Mode::Unrelated => tracer(UNRELATED_PORT, &[]),
             Mode::Traced => tracer(port, &[]),
             Mode::FindingsOnly => tracer(port, &["--findings-only"]),
@@ -234,21 +176,13 @@ impl<'a> Bench<'a> {
                 // the first overflow of its netlink socket, within milliseconds of this load (see
                 // `xtables_monitor` in the results), while nft reports the overflow and goes on.
                 let cmd = self.lab.command(Ns::Node, &["nft", "monitor", "trace"]);
-                let mut pipeline =
-                    Pipeline::spawn(cmd, "nft monitor trace", Path::new(&self.loadgen), None)?;
+                let mut pipeline = Pipeline::spawn(cmd, "nft monitor trace", Path::new(&self.loadgen), None)?;
                 // It prints nothing until a traced packet comes; give it time to subscribe.
                 thread::sleep(Duration::from_millis(300));
                 if !pipeline.producer.running() {
-                    bail!(
-                        "nft monitor trace exited at start: {}",
-                        pipeline.producer.err.joined()
-                    );
+                    bail!("nft monitor trace exited at start: {}", pipeline.producer.err.joined());
                 }
-                Ok(Observer {
-                    pipeline: Some(pipeline),
-                    tracer: false,
-                    _rules: Some(rules),
-                })
+                Ok(Observer { pipeline: Some(pipeline), tracer: false, _rules: Some(rules) })
             }
         }
     }
@@ -262,20 +196,13 @@ impl<'a> Bench<'a> {
     /// started sending before would count the server's start-up as loss.
     pub(super) fn loadgen_server(&self, mode: &str, port: u16) -> Result<Proc> {
         let bind = format!("{SERVER_IP}:{port}");
-        let cmd = self
-            .lab
-            .command(Ns::Server, &[&self.loadgen, mode, "--bind", &bind]);
+        let cmd = self.lab.command(Ns::Server, &[&self.loadgen, mode, "--bind", &bind]);
         let mut server = Proc::spawn(cmd, &format!("loadgen {mode}"), Stdout::Capture)?;
         server.wait_stdout(Duration::from_secs(10), "ready")?;
         Ok(server)
     }
 
-    pub(super) fn sender(
-        &self,
-        rate: Option<u64>,
-        secs: Option<f64>,
-        count: Option<u64>,
-    ) -> Result<Proc> {
+    pub(super) fn sender(&self, rate: Option<u64>, secs: Option<f64>, count: Option<u64>) -> Result<Proc> {
         let dst = format!("{CLUSTER_DNS_IP}:{LOAD_PORT}");
         let mut argv: Vec<String> = vec![self.loadgen.clone(), "send".into(), "--dst".into(), dst];
         if let Some(rate) = rate {
@@ -288,28 +215,17 @@ impl<'a> Bench<'a> {
             argv.extend(["--count".into(), count.to_string()]);
         }
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        Proc::spawn(
-            self.lab.command(Ns::Client, &argv),
-            "loadgen send",
-            Stdout::Capture,
-        )
+        Proc::spawn(self.lab.command(Ns::Client, &argv), "loadgen send", Stdout::Capture)
     }
 
     /// Runs a sender to its end (bounded: its own duration plus a margin).
-    pub(super) fn send(
-        &self,
-        rate: Option<u64>,
-        secs: Option<f64>,
-        count: Option<u64>,
-    ) -> Result<Sent> {
+    pub(super) fn send(&self, rate: Option<u64>, secs: Option<f64>, count: Option<u64>) -> Result<Sent> {
         let limit = match (secs, count, rate) {
             (Some(s), _, _) => s,
             (None, Some(n), Some(r)) => n as f64 / r as f64,
             _ => 10.0,
         };
-        let ended = self
-            .sender(rate, secs, count)?
-            .finish(Duration::from_secs_f64(limit + 15.0))?;
+        let ended = self.sender(rate, secs, count)?.finish(Duration::from_secs_f64(limit + 15.0))?;
         let v = last_json(&ended, "loadgen send")?;
         Ok(Sent {
             sent: v["sent"].as_u64().unwrap_or(0),
@@ -321,12 +237,8 @@ impl<'a> Bench<'a> {
     /// Drops on the client's links and on the bridge port it enters by: packets that never
     /// reached the bridge, so tracer could not have seen them.
     pub(super) fn pre_bridge_drops(&self) -> Result<u64> {
-        let client = self
-            .lab
-            .run(Ns::Client, &["ip", "-s", "-j", "link", "show"])?;
-        let node = self
-            .lab
-            .run(Ns::Node, &["ip", "-s", "-j", "link", "show"])?;
+        let client = self.lab.run(Ns::Client, &["ip", "-s", "-j", "link", "show"])?;
+        let node = self.lab.run(Ns::Node, &["ip", "-s", "-j", "link", "show"])?;
         let client = stats::link_drops(&client, None)
             .ok_or_else(|| anyhow!("unreadable `ip -s -j link` output in the client"))?;
         let node = stats::link_drops(&node, Some(CLIENT_VETH))

@@ -47,8 +47,7 @@ impl Spread {
             median: quantile(&v, 0.5),
             min: v[0],
             max: v[v.len() - 1],
-            quartiles: (v.len() >= QUARTILES_FROM)
-                .then(|| (quantile(&v, 0.25), quantile(&v, 0.75))),
+            quartiles: (v.len() >= QUARTILES_FROM).then(|| (quantile(&v, 0.25), quantile(&v, 0.75))),
             count: v.len(),
         })
     }
@@ -90,10 +89,7 @@ impl<M> Compared<M> {
 }
 
 /// Every run that is not a baseline, in run order, with its neighbouring baselines.
-pub fn interleaved<M: Copy>(
-    runs: &[(M, f64)],
-    is_baseline: impl Fn(M) -> bool,
-) -> Vec<Compared<M>> {
+pub fn interleaved<M: Copy>(runs: &[(M, f64)], is_baseline: impl Fn(M) -> bool) -> Vec<Compared<M>> {
     let mut out = Vec::new();
     for (i, &(mode, rate)) in runs.iter().enumerate() {
         if is_baseline(mode) {
@@ -103,11 +99,7 @@ pub fn interleaved<M: Copy>(
         let after = runs[i + 1..].iter().find(|(m, _)| is_baseline(*m));
         let baselines: Vec<f64> = before.into_iter().chain(after).map(|&(_, b)| b).collect();
         if !baselines.is_empty() {
-            out.push(Compared {
-                mode,
-                rate,
-                baselines,
-            });
+            out.push(Compared { mode, rate, baselines });
         }
     }
     out
@@ -150,11 +142,7 @@ pub struct Summary {
 }
 
 fn counts(v: &Value) -> BTreeMap<String, u64> {
-    v.as_object()
-        .into_iter()
-        .flatten()
-        .filter_map(|(kind, n)| Some((kind.clone(), n.as_u64()?)))
-        .collect()
+    v.as_object().into_iter().flatten().filter_map(|(kind, n)| Some((kind.clone(), n.as_u64()?))).collect()
 }
 
 pub fn parse_summary(line: &str) -> Option<Summary> {
@@ -209,10 +197,8 @@ pub fn account(
 ) -> Accounting {
     let bridged = generated.saturating_sub(pre_bridge_drops);
     let missing = bridged as i64 - received_bridge_in_lines as i64;
-    let consistent = missing >= 0
-        && (missing as u64) <= lost_records
-        && records <= bridged
-        && records + lost_records >= bridged;
+    let consistent =
+        missing >= 0 && (missing as u64) <= lost_records && records <= bridged && records + lost_records >= bridged;
     Accounting {
         generated,
         pre_bridge_drops,
@@ -261,10 +247,7 @@ mod tests {
     fn ratios_use_neighbouring_baselines() {
         // B U B T B: U against (100+80)/2, T against (80+120)/2.
         let runs = [(0, 100.0), (1, 90.0), (0, 80.0), (2, 50.0), (0, 120.0)];
-        let r: Vec<_> = interleaved(&runs, |m| m == 0)
-            .iter()
-            .map(|c| (c.mode, c.ratio()))
-            .collect();
+        let r: Vec<_> = interleaved(&runs, |m| m == 0).iter().map(|c| (c.mode, c.ratio())).collect();
         assert_eq!(r, vec![(1, Some(1.0)), (2, Some(0.5))]);
         // A trailing run without a baseline after it uses the one before.
         let r = interleaved(&[(0, 100.0), (1, 50.0)], |m| m == 0);
@@ -275,31 +258,15 @@ mod tests {
     #[test]
     fn added_nanoseconds_per_packet() {
         // 1 000 000 pps is 1000 ns per packet, 500 000 pps 2000 ns: the mode added 1000 ns.
-        let c = Compared {
-            mode: 1,
-            rate: 500_000.0,
-            baselines: vec![1_000_000.0],
-        };
+        let c = Compared { mode: 1, rate: 500_000.0, baselines: vec![1_000_000.0] };
         assert_eq!(c.added_ns(), Some(1000.0));
         // Against two baselines, their times per packet are averaged (1000 and 500 ns: 750).
-        let c = Compared {
-            mode: 1,
-            rate: 1_000_000.0,
-            baselines: vec![1_000_000.0, 2_000_000.0],
-        };
+        let c = Compared { mode: 1, rate: 1_000_000.0, baselines: vec![1_000_000.0, 2_000_000.0] };
         assert_eq!(c.added_ns(), Some(250.0));
         // A mode faster than its baselines (noise) adds a negative time; nothing flowing, none.
-        let c = Compared {
-            mode: 1,
-            rate: 2_000_000.0,
-            baselines: vec![1_000_000.0],
-        };
+        let c = Compared { mode: 1, rate: 2_000_000.0, baselines: vec![1_000_000.0] };
         assert_eq!(c.added_ns(), Some(-500.0));
-        let c = Compared {
-            mode: 1,
-            rate: 0.0,
-            baselines: vec![1_000_000.0],
-        };
+        let c = Compared { mode: 1, rate: 0.0, baselines: vec![1_000_000.0] };
         assert_eq!(c.added_ns(), None);
         assert_eq!(c.ratio(), Some(0.0));
     }

@@ -42,12 +42,7 @@ fn text<'a>(v: &'a Value, or: &'a str) -> &'a str {
 
 /// "1.20 0.90 0.70": the 1, 5 and 15 minute averages, as `uptime` shows them.
 fn load_average(v: &Value) -> String {
-    let averages: Vec<String> = v
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|x| num(x, 2))
-        .collect();
+    let averages: Vec<String> = v.as_array().into_iter().flatten().map(|x| num(x, 2)).collect();
     averages.join(" ")
 }
 
@@ -71,15 +66,8 @@ fn spread_row(mode: &str, figure: &str, spread: &Value, decimals: usize) -> Stri
 /// The rows of one load's modes (`udp`, `dns`), under a heading line.
 fn mode_rows(r: &Value, load: &str, name: &str) -> Vec<String> {
     let plan = &r["plan"];
-    let heading = format!(
-        "{name}, {} rounds of {} s",
-        plan[format!("{load}_rounds")],
-        plan["secs_per_run"]
-    );
-    let mut rows = vec![format!(
-        "{heading:<46}{:>11}  {:>23}  {:>23}",
-        "median", "min – max", "interquartile"
-    )];
+    let heading = format!("{name}, {} rounds of {} s", plan[format!("{load}_rounds")], plan["secs_per_run"]);
+    let mut rows = vec![format!("{heading:<46}{:>11}  {:>23}  {:>23}", "median", "min – max", "interquartile")];
     for entry in r[load]["per_mode"].as_array().into_iter().flatten() {
         let mode = text(&entry["mode"], "?");
         let lost = (!entry["lost"].is_null()).then_some(LOST_FIGURE);
@@ -107,11 +95,7 @@ fn findings_rows(f: &Value, plan: &Value) -> Vec<String> {
             let k = &f[*kind];
             format!(
                 "{kind} {} ({} occurrences, {} unconfirmed)",
-                if k["named"] == true {
-                    "named"
-                } else {
-                    "NOT NAMED"
-                },
+                if k["named"] == true { "named" } else { "NOT NAMED" },
                 num(&k["occurrences"], 0),
                 num(&k["unconfirmed"], 0)
             )
@@ -141,19 +125,11 @@ pub fn table(r: &Value) -> String {
     let mut rows = vec![
         format!(
             "tracer bench{} {}: {} x {} CPUs{}, kernel {}, tracer {} ({} build), {} s",
-            if r["smoke"] == true {
-                " (SMOKE: one short round, figures not meaningful)"
-            } else {
-                ""
-            },
+            if r["smoke"] == true { " (SMOKE: one short round, figures not meaningful)" } else { "" },
             text(&d["date_utc"], "?"),
             text(&d["cpu_model"], "?"),
             d["cpus"],
-            if d["virtualized"] == true {
-                " (VM)"
-            } else {
-                ""
-            },
+            if d["virtualized"] == true { " (VM)" } else { "" },
             text(&d["kernel"], "?"),
             text(&d["tracer_commit"], "?"),
             text(&d["tracer_build"], "?"),
@@ -190,21 +166,14 @@ pub fn table(r: &Value) -> String {
     }
     rows.push(String::new());
     rows.extend(mode_rows(r, "dns", "DNS (dnsperf)"));
-    rows.push(format!(
-        "  queries lost by dnsperf in all runs: {}",
-        num(&r["dns"]["queries_lost"], 0)
-    ));
+    rows.push(format!("  queries lost by dnsperf in all runs: {}", num(&r["dns"]["queries_lost"], 0)));
     rows.push(String::new());
     rows.extend(findings_rows(&r["findings_under_load"], plan));
     rows.push(String::new());
     rows.push(format!(
         "calibration: {}{}",
         text(&r["calibration"]["model"], "?"),
-        if r["calibration"]["exact"] == true {
-            ""
-        } else {
-            " (NOT one record per packet)"
-        }
+        if r["calibration"]["exact"] == true { "" } else { " (NOT one record per packet)" }
     ));
     rows.push(format!(
         "attach: first event after {} ms (median of {}; watching after {} ms)",
@@ -231,8 +200,7 @@ pub fn table(r: &Value) -> String {
         ));
     }
     rows.push(
-        "floors (the same attach points, programs that return at once: no program body does better):"
-            .to_string(),
+        "floors (the same attach points, programs that return at once: no program body does better):".to_string(),
     );
     for f in r["floors"].as_array().into_iter().flatten() {
         rows.push(format!(
@@ -298,10 +266,7 @@ fn observed_suffix(observed: Option<&super::results::Observed>) -> String {
     };
     let mut s = format!("  lines {:>8}", o.lines);
     if let Some(summary) = &o.summary {
-        s.push_str(&format!(
-            "  records {}  lost {}",
-            summary.records, summary.lost
-        ));
+        s.push_str(&format!("  records {}  lost {}", summary.records, summary.lost));
     }
     if let Some(cpu) = o.cpu_percent {
         s.push_str(&format!("  cpu {cpu:.0}%"));

@@ -30,11 +30,8 @@ impl Bench<'_> {
         self.send(Some(1000), None, Some(20))?;
         thread::sleep(Duration::from_millis(100));
         // A few thousand lines: read them here, whole, to see what each packet produced.
-        let mut tracer = Proc::spawn(
-            self.watch_command(LOAD_PORT, &[]),
-            "tracer watch (calibration)",
-            Stdout::Capture,
-        )?;
+        let mut tracer =
+            Proc::spawn(self.watch_command(LOAD_PORT, &[]), "tracer watch (calibration)", Stdout::Capture)?;
         tracer.wait_stderr(TRACER_READY_TIMEOUT, TRACER_READY)?;
         let drops_before = self.pre_bridge_drops()?;
         let sent = self.send(Some(TRICKLE_PPS), None, Some(packets))?;
@@ -45,9 +42,7 @@ impl Bench<'_> {
 
         let mut cal = Calibration {
             packets: sent.sent,
-            bridged: sent
-                .sent
-                .saturating_sub(drops_after.saturating_sub(drops_before)),
+            bridged: sent.sent.saturating_sub(drops_after.saturating_sub(drops_before)),
             lines: 0,
             stages: Vec::new(),
             hook_passes: 0,
@@ -56,10 +51,7 @@ impl Bench<'_> {
             summary: Summary::default(),
             exact: false,
         };
-        let bump = |list: &mut Vec<(String, u64)>, key: &str| match list
-            .iter_mut()
-            .find(|(k, _)| k == key)
-        {
+        let bump = |list: &mut Vec<(String, u64)>, key: &str| match list.iter_mut().find(|(k, _)| k == key) {
             Some((_, n)) => *n += 1,
             None => list.push((key.to_string(), 1)),
         };
@@ -82,13 +74,8 @@ impl Bench<'_> {
                 _ => cal.other_lines += 1,
             }
         }
-        cal.summary = summary.ok_or_else(|| {
-            anyhow!(
-                "calibration: tracer printed no summary ({}): {}",
-                ended.status,
-                ended.err
-            )
-        })?;
+        cal.summary = summary
+            .ok_or_else(|| anyhow!("calibration: tracer printed no summary ({}): {}", ended.status, ended.err))?;
         if cal.packets == 0 || cal.summary.records == 0 {
             bail!(
                 "calibration: {} packets sent, {} records received; tracer said: {}",
@@ -99,8 +86,8 @@ impl Bench<'_> {
         }
         // The model every later run is checked against: one journey per bridged packet, read or
         // lost, and the same whole number of lines for each journey read.
-        cal.exact = cal.summary.records + cal.summary.lost == cal.bridged
-            && cal.lines.is_multiple_of(cal.summary.records);
+        cal.exact =
+            cal.summary.records + cal.summary.lost == cal.bridged && cal.lines.is_multiple_of(cal.summary.records);
         Ok(cal)
     }
 
@@ -112,10 +99,7 @@ impl Bench<'_> {
         let (pipeline, ready_ns) = self.tracer_pipeline(LOAD_PORT, &[])?;
         let first = pipeline.first_line_ns(Duration::from_secs(10));
         let ms = |ns: u64| ns.saturating_sub(pipeline.spawned_ns) as f64 / 1e6;
-        let trial = AttachTrial {
-            ready_ms: ms(ready_ns),
-            first_event_ms: first.map(ms),
-        };
+        let trial = AttachTrial { ready_ms: ms(ready_ns), first_event_ms: first.map(ms) };
         pipeline.finish()?;
         trickle.stop()?;
         receiver.stop()?;
@@ -195,12 +179,7 @@ impl Bench<'_> {
         check_interrupted()?;
         let _rules = TraceRules::add(self.lab, LOAD_PORT)?;
         let cmd = self.lab.command(Ns::Node, &["xtables-monitor", "--trace"]);
-        let mut monitor = Pipeline::spawn(
-            cmd,
-            "xtables-monitor --trace",
-            Path::new(&self.loadgen),
-            None,
-        )?;
+        let mut monitor = Pipeline::spawn(cmd, "xtables-monitor --trace", Path::new(&self.loadgen), None)?;
         thread::sleep(Duration::from_millis(300));
         let receiver = self.receiver(LOAD_PORT)?;
         let mut sender = self.sender(None, Some(secs), None)?;
@@ -223,11 +202,7 @@ impl Bench<'_> {
             received: received["received"].as_u64().unwrap_or(0),
             lines: end.counted.lines,
             exited_after_ms,
-            stderr: end
-                .producer_stderr
-                .trim_start_matches("xtables-monitor --trace: ")
-                .trim()
-                .to_string(),
+            stderr: end.producer_stderr.trim_start_matches("xtables-monitor --trace: ").trim().to_string(),
         })
     }
 }

@@ -79,25 +79,17 @@ struct Options {
 
 impl Options {
     fn parse(args: &[String]) -> Result<Options, String> {
-        let mut o = Options {
-            batch: MAX_BATCH,
-            size: DEFAULT_SIZE,
-            ..Options::default()
-        };
+        let mut o = Options { batch: MAX_BATCH, size: DEFAULT_SIZE, ..Options::default() };
         let mut it = args.iter();
         while let Some(flag) = it.next() {
-            let value = it
-                .next()
-                .ok_or_else(|| format!("{flag} needs a value"))?
-                .as_str();
+            let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?.as_str();
             let bad = |what: &str| format!("{flag} {value}: not {what}");
             match flag.as_str() {
                 "--dst" => o.dst = Some(value.parse().map_err(|_| bad("an IPv4 address:port"))?),
                 "--bind" => o.bind = Some(value.parse().map_err(|_| bad("an IPv4 address:port"))?),
                 "--duration" => {
                     let secs: f64 = value.parse().map_err(|_| bad("seconds"))?;
-                    o.duration =
-                        Some(Duration::try_from_secs_f64(secs).map_err(|_| bad("seconds"))?);
+                    o.duration = Some(Duration::try_from_secs_f64(secs).map_err(|_| bad("seconds"))?);
                 }
                 "--count" => o.count = Some(value.parse().map_err(|_| bad("a count"))?),
                 "--rate" => o.rate = Some(value.parse().map_err(|_| bad("packets per second"))?),
@@ -120,10 +112,7 @@ impl Options {
 }
 
 fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: a valid clock id and a live timespec to write into.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
@@ -134,12 +123,7 @@ fn os_error(what: &str) -> String {
 }
 
 /// setsockopt with an int value, for the options std has no setter for.
-fn set_int(
-    socket: &UdpSocket,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> Result<(), String> {
+fn set_int(socket: &UdpSocket, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> Result<(), String> {
     // SAFETY: the option value is a live c_int of the size passed.
     let rc = unsafe {
         libc::setsockopt(
@@ -166,9 +150,7 @@ fn receiving_socket(addr: SocketAddrV4) -> Result<UdpSocket, String> {
     if set_int(&socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 32 << 20).is_err() {
         let _ = set_int(&socket, libc::SOL_SOCKET, libc::SO_RCVBUF, 32 << 20);
     }
-    socket
-        .set_read_timeout(Some(POLL))
-        .map_err(|e| format!("setsockopt SO_RCVTIMEO: {e}"))?;
+    socket.set_read_timeout(Some(POLL)).map_err(|e| format!("setsockopt SO_RCVTIMEO: {e}"))?;
     Ok(socket)
 }
 
@@ -187,9 +169,7 @@ fn install_stop_handler() {
 
 fn announce_ready() -> Result<(), String> {
     let mut out = io::stdout().lock();
-    writeln!(out, "ready")
-        .and_then(|()| out.flush())
-        .map_err(|e| format!("stdout: {e}"))
+    writeln!(out, "ready").and_then(|()| out.flush()).map_err(|e| format!("stdout: {e}"))
 }
 
 /// `UdpRcvbufErrors` from /proc/net/snmp of this network namespace: datagrams the kernel dropped
@@ -210,8 +190,7 @@ fn send(o: &Options) -> Result<String, String> {
         return Err("send needs --duration or --count".to_string());
     }
     install_stop_handler();
-    let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))
-        .map_err(|e| format!("socket: {e}"))?;
+    let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)).map_err(|e| format!("socket: {e}"))?;
     // A large send buffer keeps sendmmsg from blocking on socket memory; the path itself is
     // what should limit the rate.
     if set_int(&socket, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, 8 << 20).is_err() {
@@ -228,13 +207,8 @@ fn send(o: &Options) -> Result<String, String> {
     for p in &mut payloads {
         p[..MAGIC.len()].copy_from_slice(MAGIC);
     }
-    let mut iovecs: Vec<libc::iovec> = payloads
-        .iter_mut()
-        .map(|p| libc::iovec {
-            iov_base: p.as_mut_ptr().cast(),
-            iov_len: o.size,
-        })
-        .collect();
+    let mut iovecs: Vec<libc::iovec> =
+        payloads.iter_mut().map(|p| libc::iovec { iov_base: p.as_mut_ptr().cast(), iov_len: o.size }).collect();
     // SAFETY: mmsghdr is plain data; zeroed means no name, no control data.
     let mut msgs: Vec<libc::mmsghdr> = (0..batch).map(|_| unsafe { mem::zeroed() }).collect();
     for (m, iov) in msgs.iter_mut().zip(iovecs.iter_mut()) {
@@ -312,10 +286,7 @@ impl Slots {
         });
         let s2 = &mut *s;
         for b in &mut s2.bufs {
-            s2.iovecs.push(libc::iovec {
-                iov_base: b.as_mut_ptr().cast(),
-                iov_len: SLOT,
-            });
+            s2.iovecs.push(libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: SLOT });
         }
         for i in 0..MAX_BATCH {
             s2.msgs[i].msg_hdr.msg_iov = &mut s2.iovecs[i];
@@ -333,13 +304,7 @@ impl Slots {
         }
         // SAFETY: every slot points at live buffers owned by self.
         let rc = unsafe {
-            libc::recvmmsg(
-                fd,
-                self.msgs.as_mut_ptr(),
-                MAX_BATCH as libc::c_uint,
-                flags,
-                std::ptr::null_mut(),
-            )
+            libc::recvmmsg(fd, self.msgs.as_mut_ptr(), MAX_BATCH as libc::c_uint, flags, std::ptr::null_mut())
         };
         if rc < 0 {
             let err = io::Error::last_os_error();
@@ -372,10 +337,7 @@ fn receive(o: &Options) -> Result<String, String> {
         }
         last_ns = now;
         received += n as u64;
-        bytes += slots.msgs[..n]
-            .iter()
-            .map(|m| u64::from(m.msg_len))
-            .sum::<u64>();
+        bytes += slots.msgs[..n].iter().map(|m| u64::from(m.msg_len)).sum::<u64>();
     };
     while !STOP.load(Ordering::Relaxed) {
         let n = slots.receive(socket.as_raw_fd(), libc::MSG_WAITFORONE)?;
@@ -455,13 +417,8 @@ fn dns(o: &Options) -> Result<String, String> {
     announce_ready()?;
     let mut slots = Slots::new();
     let mut replies = vec![[0u8; SLOT]; MAX_BATCH];
-    let mut reply_iovecs: Vec<libc::iovec> = replies
-        .iter_mut()
-        .map(|r| libc::iovec {
-            iov_base: r.as_mut_ptr().cast(),
-            iov_len: 0,
-        })
-        .collect();
+    let mut reply_iovecs: Vec<libc::iovec> =
+        replies.iter_mut().map(|r| libc::iovec { iov_base: r.as_mut_ptr().cast(), iov_len: 0 }).collect();
     // SAFETY: plain data, valid when all-zero.
     let mut out: Vec<libc::mmsghdr> = (0..MAX_BATCH).map(|_| unsafe { mem::zeroed() }).collect();
     let (mut queries, mut answered, mut send_errors) = (0u64, 0u64, 0u64);
@@ -485,14 +442,8 @@ fn dns(o: &Options) -> Result<String, String> {
         let mut done = 0;
         while done < k {
             // SAFETY: out[done..k] point at live reply buffers and sender addresses.
-            let rc = unsafe {
-                libc::sendmmsg(
-                    socket.as_raw_fd(),
-                    out[done..].as_mut_ptr(),
-                    (k - done) as libc::c_uint,
-                    0,
-                )
-            };
+            let rc =
+                unsafe { libc::sendmmsg(socket.as_raw_fd(), out[done..].as_mut_ptr(), (k - done) as libc::c_uint, 0) };
             if rc <= 0 {
                 if rc < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
                     continue;
@@ -506,9 +457,7 @@ fn dns(o: &Options) -> Result<String, String> {
             answered += rc as u64;
         }
     }
-    Ok(format!(
-        r#"{{"queries":{queries},"answered":{answered},"send_errors":{send_errors}}}"#
-    ))
+    Ok(format!(r#"{{"queries":{queries},"answered":{answered},"send_errors":{send_errors}}}"#))
 }
 
 /// Counts the lines of stdin (tracer's or a trace monitor's output) without parsing them, so the
@@ -632,22 +581,10 @@ mod tests {
 
     #[test]
     fn parses_options() {
-        let args: Vec<String> = [
-            "--dst",
-            "10.96.0.10:7000",
-            "--duration",
-            "0.5",
-            "--rate",
-            "1000",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let args: Vec<String> =
+            ["--dst", "10.96.0.10:7000", "--duration", "0.5", "--rate", "1000"].iter().map(|s| s.to_string()).collect();
         let o = Options::parse(&args).expect("valid");
-        assert_eq!(
-            o.dst,
-            Some(SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 7000))
-        );
+        assert_eq!(o.dst, Some(SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 7000)));
         assert_eq!(o.duration, Some(Duration::from_millis(500)));
         assert_eq!(o.rate, Some(1000));
         assert!(Options::parse(&["--batch".to_string(), "0".to_string()]).is_err());

@@ -57,10 +57,9 @@ pub fn split_args(args: &[String]) -> Result<(Vec<Kernel>, Vec<String>)> {
     while let Some(arg) = args.next() {
         let list = match arg.strip_prefix("--kernels=") {
             Some(list) => list,
-            None if arg == "--kernels" => args
-                .next()
-                .map(String::as_str)
-                .context("--kernels needs a list, e.g. --kernels 6.1,6.12")?,
+            None if arg == "--kernels" => {
+                args.next().map(String::as_str).context("--kernels needs a list, e.g. --kernels 6.1,6.12")?
+            }
             None => {
                 rest.push(arg.clone());
                 continue;
@@ -95,7 +94,11 @@ pub fn run(kernels: &[Kernel], tracer: &Path, release: &Path) -> Result<()> {
         };
         phase(
             "test",
-            &format!("{} kernel: {} ({secs:.0} s, boot included)", kernel.name(), if passed { "passed" } else { "FAILED" }),
+            &format!(
+                "{} kernel: {} ({secs:.0} s, boot included)",
+                kernel.name(),
+                if passed { "passed" } else { "FAILED" }
+            ),
         );
         outcomes.push((kernel, passed));
     }
@@ -120,7 +123,12 @@ fn test_binaries() -> Result<BTreeMap<String, PathBuf>> {
 }
 
 /// The guest's script: every part of the core in order, each timed, all run whatever fails.
-fn write_script(kernel: Kernel, binaries: &BTreeMap<String, PathBuf>, tracer: &Path, release: &Path) -> Result<PathBuf> {
+fn write_script(
+    kernel: Kernel,
+    binaries: &BTreeMap<String, PathBuf>,
+    tracer: &Path,
+    release: &Path,
+) -> Result<PathBuf> {
     let script = script_text(binaries, tracer, release)?;
     let dir = cmd::workspace_root().join("target/xtask-vm");
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -137,9 +145,8 @@ fn script_text(binaries: &BTreeMap<String, PathBuf>, tracer: &Path, release: &Pa
         quote(&release.to_string_lossy()),
     );
     for (binary, args) in CORE {
-        let path = binaries
-            .get(*binary)
-            .with_context(|| format!("cargo built no test binary `{binary}` of tracer-tests"))?;
+        let path =
+            binaries.get(*binary).with_context(|| format!("cargo built no test binary `{binary}` of tracer-tests"))?;
         let words: Vec<String> = args.iter().map(|a| quote(a)).collect();
         script.push_str(&format!(
             "start=$(date +%s)\n{path} --test-threads=1 {args} || failed=\"$failed {binary}\"\n\
@@ -173,10 +180,8 @@ mod tests {
 
     #[test]
     fn the_script_runs_every_part_and_fails_if_one_did() {
-        let binaries: BTreeMap<String, PathBuf> = CORE
-            .iter()
-            .map(|(name, _)| (name.to_string(), PathBuf::from(format!("/t/{name}-0123"))))
-            .collect();
+        let binaries: BTreeMap<String, PathBuf> =
+            CORE.iter().map(|(name, _)| (name.to_string(), PathBuf::from(format!("/t/{name}-0123")))).collect();
         let script = script_text(&binaries, Path::new("/t/checked"), Path::new("/t/release")).unwrap();
         assert!(script.starts_with("export TRACER_BIN='/t/checked' TRACER_RELEASE_BIN='/t/release'"));
         assert!(script.contains("'/t/findings-0123' --test-threads=1 '--ignored' '--exact'"));

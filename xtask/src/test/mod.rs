@@ -54,21 +54,11 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
             .env("TRACER_IMAGE", &image),
         "`cargo test --workspace`",
     )?;
-    phase(
-        "test",
-        if status.success() {
-            "all tests passed"
-        } else {
-            "tests FAILED"
-        },
-    );
+    phase("test", if status.success() { "all tests passed" } else { "tests FAILED" });
 
     // The bench must keep working as tracer changes; its figures are not judged here (a debug
     // build on a shared machine says nothing about cost), only that it runs from end to end.
-    phase(
-        "test",
-        "bench smoke run (cargo xtask bench --smoke, with this test build)",
-    );
+    phase("test", "bench smoke run (cargo xtask bench --smoke, with this test build)");
     let smoke = bench::smoke(&tracer);
     match &smoke {
         Ok(file) => phase("test", &format!("bench smoke run ok ({})", file.display())),

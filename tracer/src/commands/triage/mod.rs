@@ -100,7 +100,10 @@ pub fn run(args: TriageArgs) -> ExitCode {
         Err(err) => return could_not_run(&anyhow::anyhow!(err).context("starting the event loop")),
     };
     // Traffic findings and their examples name the pods, when the node's runtime answers.
-    let watched = args.runtime.named(Box::new(&mut collector)).and_then(|mut output| runtime.block_on(watch::run(&options, output.as_mut())));
+    let watched = args
+        .runtime
+        .named(Box::new(&mut collector))
+        .and_then(|mut output| runtime.block_on(watch::run(&options, output.as_mut())));
     let summary = match watched {
         Ok(Ending::Finished(summary)) => summary,
         // The collector never fails a write, so this does not happen; were it to, the
@@ -127,7 +130,14 @@ pub fn run(args: TriageArgs) -> ExitCode {
     let drops = traffic.drops.clone();
     let decision = node_config::decide(&states, &after, traffic, args.port, wall_clock_ns());
     let exit_code = if decision.findings.is_empty() { HEALTHY } else { FINDINGS };
-    let context = ReportContext { port: args.port, summary: &summary, drops: &drops, drops_not_grouped, errors: &errors, exit_code };
+    let context = ReportContext {
+        port: args.port,
+        summary: &summary,
+        drops: &drops,
+        drops_not_grouped,
+        errors: &errors,
+        exit_code,
+    };
 
     let stdout = std::io::stdout();
     let colour = stdout.is_terminal();

@@ -18,10 +18,7 @@ use crate::{
         Evidence, Finding,
     },
     model::{hook::Hook, packet::L4Proto, TracedPacket},
-    render::{
-        json::to_value,
-        text::TextOutput,
-    },
+    render::{json::to_value, text::TextOutput},
 };
 
 /// Packet lines kept to find examples in; older ones are forgotten.
@@ -101,7 +98,10 @@ impl Collector {
             .take(EXAMPLE_LINES)
             .collect();
         picked.reverse();
-        Example { lines: picked.iter().map(|r| r.text.clone()).collect(), json: picked.iter().map(|r| r.json.clone()).collect() }
+        Example {
+            lines: picked.iter().map(|r| r.text.clone()).collect(),
+            json: picked.iter().map(|r| r.json.clone()).collect(),
+        }
     }
 
     fn draw_progress(&mut self, force: bool) {
@@ -158,7 +158,13 @@ impl Output for Collector {
     fn dropped(&mut self, line: &DropLine) -> io::Result<()> {
         self.packets += 1;
         let drop = &line.dropped.drop;
-        self.remember(Recent { src: drop.src, dst: drop.dst, dns_id: None, text: render_text(|out| out.dropped(line)), json: to_value(line) });
+        self.remember(Recent {
+            src: drop.src,
+            dst: drop.dst,
+            dns_id: None,
+            text: render_text(|out| out.dropped(line)),
+            json: to_value(line),
+        });
         let stopped_in = line.dropped.stopped_in().map(|pass| pass.hook);
         let after = if stopped_in.is_none() { line.dropped.path.last().map(|pass| pass.hook) } else { None };
         let key: DropKey = (line.reason.clone(), stopped_in, after, drop.src.ip(), drop.dst, drop.l4_proto);
@@ -217,6 +223,7 @@ mod tests {
 
     use super::*;
     use crate::{
+        findings::FindingKind,
         model::{
             hook::Family,
             netfilter::{DropEvent, HookPass},
@@ -226,7 +233,6 @@ mod tests {
             paths::DroppedPacket,
             queries::tests::{addr, packet, query_path},
         },
-        findings::FindingKind,
     };
 
     fn dropped(src: &str, path: Vec<HookPass>) -> DroppedPacket {
@@ -239,7 +245,15 @@ mod tests {
     }
 
     fn pass(hook: Hook, left: bool) -> HookPass {
-        HookPass { hook, family: Family::Ipv4, left, conntrack: Conntrack::None, in_ifindex: 2, out_ifindex: 0, stamped: None }
+        HookPass {
+            hook,
+            family: Family::Ipv4,
+            left,
+            conntrack: Conntrack::None,
+            in_ifindex: 2,
+            out_ifindex: 0,
+            stamped: None,
+        }
     }
 
     #[test]
@@ -255,7 +269,8 @@ mod tests {
             collector.dropped(&DropLine::example(d)).expect("in memory");
         }
         let (traffic, _) = collector.finish();
-        let groups: Vec<(Option<Hook>, Option<Hook>, u64)> = traffic.drops.iter().map(|g| (g.stopped_in, g.after, g.count)).collect();
+        let groups: Vec<(Option<Hook>, Option<Hook>, u64)> =
+            traffic.drops.iter().map(|g| (g.stopped_in, g.after, g.count)).collect();
         assert_eq!(groups, vec![(Some(Hook::PreRouting), None, 2), (None, Some(Hook::LocalIn), 1)]);
         // The example of the first drop: the query that entered the bridge, then the drop line.
         let example = &traffic.drops[0].example.lines;
@@ -267,9 +282,20 @@ mod tests {
     fn a_findings_example_is_its_querys_way() {
         let mut collector = Collector::new(Duration::from_secs(1), false);
         let mut packets = query_path();
-        packets.push(packet(5, Stage::BridgeOut, "veth-client", "10.244.0.7:53", "10.244.0.5:40000", true, Conntrack::None));
+        packets.push(packet(
+            5,
+            Stage::BridgeOut,
+            "veth-client",
+            "10.244.0.7:53",
+            "10.244.0.5:40000",
+            true,
+            Conntrack::None,
+        ));
         // Another client's query in between is not part of the example.
-        packets.insert(2, packet(1, Stage::BridgeIn, "veth-other", "10.244.0.9:5000", "10.96.0.10:53", false, Conntrack::None));
+        packets.insert(
+            2,
+            packet(1, Stage::BridgeIn, "veth-other", "10.244.0.9:5000", "10.96.0.10:53", false, Conntrack::None),
+        );
         for p in &packets {
             collector.packet(p).expect("in memory");
         }

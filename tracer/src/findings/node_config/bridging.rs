@@ -23,7 +23,12 @@ fn dnat_rules(firewall: &Snapshot, family: Family) -> usize {
 /// addresses (DNAT rules, IPVS): a backend's reply to a client on the same bridge then
 /// skips reverse NAT. Without service NAT, bridged traffic works; only FORWARD rules do not
 /// apply to it, which is a note.
-pub(super) fn bridge_netfilter(state: &NamespaceState, bridges: &[String], now_ns: u64, checks: &mut Vec<Check>) -> Option<Finding> {
+pub(super) fn bridge_netfilter(
+    state: &NamespaceState,
+    bridges: &[String],
+    now_ns: u64,
+    checks: &mut Vec<Check>,
+) -> Option<Finding> {
     let mut off = Vec::new();
     let mut notes = Vec::new();
     for ipv6 in [false, true] {
@@ -41,9 +46,17 @@ pub(super) fn bridge_netfilter(state: &NamespaceState, bridges: &[String], now_n
         } else if service_nat > 0 {
             (Status::Finding(FindingKind::ConntrackSkip), nat_words(dnat, state.ipvs_services, family))
         } else {
-            (Status::Note, format!("bridged {} traffic bypasses iptables/nftables; no DNAT rules need it now", family.name()))
+            (
+                Status::Note,
+                format!("bridged {} traffic bypasses iptables/nftables; no DNAT rules need it now", family.name()),
+            )
         };
-        checks.push(Check { name: name.trim_start_matches("net.bridge.").to_string(), value: shown(&value), status, detail: detail.clone() });
+        checks.push(Check {
+            name: name.trim_start_matches("net.bridge.").to_string(),
+            value: shown(&value),
+            status,
+            detail: detail.clone(),
+        });
         if matches!(status, Status::Finding(_)) {
             off.push(value);
             notes.push(detail);
@@ -60,7 +73,11 @@ pub(super) fn bridge_netfilter(state: &NamespaceState, bridges: &[String], now_n
     let headline = if module_missing {
         format!("br_netfilter is not loaded: bridged traffic on {bridge_list} skips conntrack{} while service addresses are DNATed", where_(netns))
     } else {
-        format!("Bridged traffic on {bridge_list} skips conntrack{}: {} while service addresses are DNATed", where_(netns), names.join(", "))
+        format!(
+            "Bridged traffic on {bridge_list} skips conntrack{}: {} while service addresses are DNATed",
+            where_(netns),
+            names.join(", ")
+        )
     };
     let explanation = format!(
         "A frame a Linux bridge forwards from one of its ports to another passes the IP netfilter hooks \
@@ -82,14 +99,23 @@ pub(super) fn bridge_netfilter(state: &NamespaceState, bridges: &[String], now_n
         fix.push(format!("{prefix}sysctl -w {}=1", value.name));
     }
     let persisted: Vec<String> = off.iter().map(|v| format!("{} = 1", v.name)).collect();
-    fix.push(format!("printf '%s\\n' {} > /etc/sysctl.d/99-bridge-nf-call.conf    # persist the settings{}",
+    fix.push(format!(
+        "printf '%s\\n' {} > /etc/sysctl.d/99-bridge-nf-call.conf    # persist the settings{}",
         persisted.iter().map(|p| format!("'{p}'")).collect::<Vec<_>>().join(" "),
-        if netns.current { "" } else { " (for the host; a namespace's are set by whatever creates it)" }));
+        if netns.current { "" } else { " (for the host; a namespace's are set by whatever creates it)" }
+    ));
     let mut evidence = node_evidence(netns);
     evidence.bridges = bridges.to_vec();
     evidence.sysctls = off;
     evidence.notes = notes.iter().map(|n| format!("service NAT: {n}")).collect();
-    Some(Finding { kind: FindingKind::ConntrackSkip, wall_time_ns: now_ns, headline, evidence: Evidence::Node(evidence), explanation, fix })
+    Some(Finding {
+        kind: FindingKind::ConntrackSkip,
+        wall_time_ns: now_ns,
+        headline,
+        evidence: Evidence::Node(evidence),
+        explanation,
+        fix,
+    })
 }
 
 fn nat_words(dnat: usize, ipvs: usize, family: Family) -> String {
@@ -105,7 +131,12 @@ fn nat_words(dnat: usize, ipvs: usize, family: Family) -> String {
 
 /// `ip_forward`. Pods send everything not on their own subnet — service addresses included —
 /// to the bridge's address, their gateway; the node only routes it on with forwarding on.
-pub(super) fn forwarding(state: &NamespaceState, bridges: &[String], now_ns: u64, checks: &mut Vec<Check>) -> Option<Finding> {
+pub(super) fn forwarding(
+    state: &NamespaceState,
+    bridges: &[String],
+    now_ns: u64,
+    checks: &mut Vec<Check>,
+) -> Option<Finding> {
     let v4 = sysctl_value(state, "net.ipv4.ip_forward");
     let v6 = sysctl_value(state, "net.ipv6.conf.all.forwarding");
     let off = v4.value.as_deref() != Some("1");
@@ -113,13 +144,22 @@ pub(super) fn forwarding(state: &NamespaceState, bridges: &[String], now_ns: u64
         (false, true) => Status::Finding(FindingKind::IpForwardOff),
         _ => Status::Ok,
     };
-    checks.push(Check { name: "ip_forward".to_string(), value: v4.value.clone().unwrap_or_else(|| "(absent)".to_string()), status, detail: String::new() });
+    checks.push(Check {
+        name: "ip_forward".to_string(),
+        value: v4.value.clone().unwrap_or_else(|| "(absent)".to_string()),
+        status,
+        detail: String::new(),
+    });
     let v6_off = v6.value.as_deref() == Some("0");
     checks.push(Check {
         name: "ipv6 forwarding".to_string(),
         value: v6.value.clone().unwrap_or_else(|| "(absent)".to_string()),
         status: if v6_off && !bridges.is_empty() { Status::Note } else { Status::Ok },
-        detail: if v6_off && !bridges.is_empty() { "IPv6 pod traffic is not routed (fine on an IPv4-only node)".to_string() } else { String::new() },
+        detail: if v6_off && !bridges.is_empty() {
+            "IPv6 pod traffic is not routed (fine on an IPv4-only node)".to_string()
+        } else {
+            String::new()
+        },
     });
     if status == Status::Ok {
         return None;
@@ -132,7 +172,11 @@ pub(super) fn forwarding(state: &NamespaceState, bridges: &[String], now_ns: u64
     Some(Finding {
         kind: FindingKind::IpForwardOff,
         wall_time_ns: now_ns,
-        headline: format!("IP forwarding is off{}: net.ipv4.ip_forward = {} on a node with bridges ({bridge_list})", where_(netns), shown(&v4)),
+        headline: format!(
+            "IP forwarding is off{}: net.ipv4.ip_forward = {} on a node with bridges ({bridge_list})",
+            where_(netns),
+            shown(&v4)
+        ),
         evidence: Evidence::Node(evidence),
         explanation: format!(
             "Pods on {bridge_list} send traffic for other networks to the bridge's address, their gateway, and the \
@@ -149,9 +193,9 @@ pub(super) fn forwarding(state: &NamespaceState, bridges: &[String], now_ns: u64
 
 #[cfg(test)]
 mod tests {
+    use crate::findings::node_config::fixtures::*;
     use crate::findings::node_config::{Status, Traffic};
     use crate::findings::{Evidence, FindingKind};
-    use crate::findings::node_config::fixtures::*;
 
     #[test]
     fn bridge_nf_call_off_with_dnat_is_conntrack_skip() {
@@ -163,7 +207,11 @@ mod tests {
         assert_eq!(node.bridges, vec!["cni0"]);
         let names: Vec<&str> = node.sysctls.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, vec!["net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables"]);
-        assert!(only.finding.fix.iter().any(|f| f == "sysctl -w net.bridge.bridge-nf-call-iptables=1"), "{:?}", only.finding.fix);
+        assert!(
+            only.finding.fix.iter().any(|f| f == "sysctl -w net.bridge.bridge-nf-call-iptables=1"),
+            "{:?}",
+            only.finding.fix
+        );
     }
 
     #[test]

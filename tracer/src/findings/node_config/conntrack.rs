@@ -19,7 +19,11 @@ const TABLE_FULL_COUNTERS: [&str; 3] = ["drop", "early_drop", "insert_failed"];
 const INSERT_RACE_COUNTERS: [&str; 3] = ["insert_failed", "drop", "clashres"];
 
 /// A counter as the report shows it: its latest total and, with both readings, its growth.
-fn counter(before: Option<&ConntrackStats>, after: Option<&ConntrackStats>, name: &'static str) -> Option<CounterEvidence> {
+fn counter(
+    before: Option<&ConntrackStats>,
+    after: Option<&ConntrackStats>,
+    name: &'static str,
+) -> Option<CounterEvidence> {
     let latest = after.or(before)?;
     let total = latest.total(name)?;
     let growth = match (before, after) {
@@ -42,7 +46,12 @@ pub(super) fn table_pressure(counters: &[CounterEvidence]) -> (u64, u64) {
 
 /// Conntrack table usage against `nf_conntrack_max`, and the counters that say the kernel
 /// lost packets for conntrack (table full, insert races), compared before and after the window.
-pub(super) fn conntrack_findings(state: &NamespaceState, after: Option<&ConntrackReading>, now_ns: u64, checks: &mut Vec<Check>) -> Vec<Finding> {
+pub(super) fn conntrack_findings(
+    state: &NamespaceState,
+    after: Option<&ConntrackReading>,
+    now_ns: u64,
+    checks: &mut Vec<Check>,
+) -> Vec<Finding> {
     let before = &state.conntrack;
     let count = after.and_then(|a| a.count).or(before.count);
     let max = after.and_then(|a| a.max).or(before.max);
@@ -126,7 +135,15 @@ pub(super) fn conntrack_findings(state: &NamespaceState, after: Option<&Conntrac
     found
 }
 
-fn table_full(evidence: NodeEvidence, netns: &Netns, count: Option<u64>, max: Option<u64>, percent: Option<u64>, (refused, evicted): (u64, u64), now_ns: u64) -> Finding {
+fn table_full(
+    evidence: NodeEvidence,
+    netns: &Netns,
+    count: Option<u64>,
+    max: Option<u64>,
+    percent: Option<u64>,
+    (refused, evicted): (u64, u64),
+    now_ns: u64,
+) -> Finding {
     let usage = match (count, max, percent) {
         (Some(c), Some(m), Some(p)) => format!("{c} of {m} entries ({p}%)"),
         _ => "usage unknown".to_string(),
@@ -180,21 +197,34 @@ fn insert_race(evidence: NodeEvidence, netns: &Netns, failed: u64, now_ns: u64) 
 
 #[cfg(test)]
 mod tests {
+    use crate::findings::node_config::fixtures::*;
     use crate::findings::node_config::{decide, Example, Status, Traffic};
     use crate::findings::{Evidence, FindingKind};
     use crate::firewall::Hook;
     use crate::node::checks::ConntrackReading;
-    use crate::findings::node_config::fixtures::*;
 
     #[test]
     fn table_full_from_recorded_counters_takes_over_the_unattributed_drops() {
         use crate::node::checks::tests::{TABLE_FULL_AFTER, TABLE_FULL_BEFORE};
         let mut state = lab_node("1", LAB_NAT);
-        state.conntrack = ConntrackReading { count: Some(262_144), max: Some(262_144), stats: Some(stats(TABLE_FULL_BEFORE)), errors: vec![] };
-        let after = ConntrackReading { count: Some(262_144), max: Some(262_144), stats: Some(stats(TABLE_FULL_AFTER)), errors: vec![] };
+        state.conntrack = ConntrackReading {
+            count: Some(262_144),
+            max: Some(262_144),
+            stats: Some(stats(TABLE_FULL_BEFORE)),
+            errors: vec![],
+        };
+        let after = ConntrackReading {
+            count: Some(262_144),
+            max: Some(262_144),
+            stats: Some(stats(TABLE_FULL_AFTER)),
+            errors: vec![],
+        };
         let traffic = Traffic {
             findings: vec![
-                (unattributed_drop_finding(Hook::PreRouting), Example { lines: vec!["drop line".into()], json: vec![] }),
+                (
+                    unattributed_drop_finding(Hook::PreRouting),
+                    Example { lines: vec!["drop line".into()], json: vec![] },
+                ),
                 (timeout_finding(), Example::default()),
             ],
             // As the watch saw the three refused queries in that recording.
@@ -214,7 +244,13 @@ mod tests {
         assert_eq!((drop.total, drop.growth), (133, Some(3)));
         let drops = node.drops.as_ref().expect("traced drops");
         assert_eq!((drops.count, drops.place.as_str()), (3, "in PRE_ROUTING"));
-        assert!(only.more.iter().any(|e| matches!(e, Evidence::Dns(d) if d.last_seen.is_none() && d.actual_source.is_none())), "the timeout is explained by it: {:#?}", only.more);
+        assert!(
+            only.more
+                .iter()
+                .any(|e| matches!(e, Evidence::Dns(d) if d.last_seen.is_none() && d.actual_source.is_none())),
+            "the timeout is explained by it: {:#?}",
+            only.more
+        );
         let check = decision.namespaces[0].checks.iter().find(|c| c.name == "conntrack stats").expect("check");
         assert_eq!(check.status, Status::Finding(FindingKind::ConntrackTableFull));
         assert!(check.value.contains("drop 133 (+3)"), "{}", check.value);
@@ -227,7 +263,11 @@ mod tests {
         let decision = decide_one(state, Traffic::default());
         let [only] = decision.findings.as_slice() else { panic!("{:#?}", decision.findings) };
         assert_eq!(only.finding.kind, FindingKind::ConntrackTableFull);
-        assert!(only.finding.headline.starts_with("Conntrack table nearly full: 250000 of 262144 entries (95%)"), "{}", only.finding.headline);
+        assert!(
+            only.finding.headline.starts_with("Conntrack table nearly full: 250000 of 262144 entries (95%)"),
+            "{}",
+            only.finding.headline
+        );
     }
 
     #[test]
@@ -235,7 +275,12 @@ mod tests {
         use crate::node::checks::tests::{INSERT_RACE_AFTER, INSERT_RACE_BEFORE};
         let mut state = lab_node("1", LAB_NAT);
         state.conntrack.stats = Some(stats(INSERT_RACE_BEFORE));
-        let after = ConntrackReading { count: Some(5), max: Some(262_144), stats: Some(stats(INSERT_RACE_AFTER)), errors: vec![] };
+        let after = ConntrackReading {
+            count: Some(5),
+            max: Some(262_144),
+            stats: Some(stats(INSERT_RACE_AFTER)),
+            errors: vec![],
+        };
         let growth = stats(INSERT_RACE_BEFORE).growth(&stats(INSERT_RACE_AFTER), "insert_failed").expect("column");
         assert!(growth > 0);
         // `drop` grew just as much, for the same packets: that is no full table.
@@ -252,7 +297,11 @@ mod tests {
         let check = decision.namespaces[0].checks.iter().find(|c| c.name == "conntrack stats").expect("check");
         assert_eq!(check.status, Status::Finding(FindingKind::ConntrackInsertRace));
         assert!(only.traffic && only.config);
-        assert!(only.finding.headline.contains(&format!("insert_failed grew by {growth}")), "{}", only.finding.headline);
+        assert!(
+            only.finding.headline.contains(&format!("insert_failed grew by {growth}")),
+            "{}",
+            only.finding.headline
+        );
         let Evidence::Node(node) = &only.finding.evidence else { panic!() };
         assert_eq!(node.drops.as_ref().map(|d| d.place.as_str()), Some("after LOCAL_IN"));
         assert_eq!(only.more.len(), 1, "the timeout it explains");
@@ -263,7 +312,12 @@ mod tests {
         use crate::node::checks::tests::TABLE_FULL_AFTER;
         let mut state = lab_node("1", LAB_NAT);
         state.conntrack.stats = Some(stats(TABLE_FULL_AFTER));
-        let after = ConntrackReading { count: Some(3), max: Some(262_144), stats: Some(stats(TABLE_FULL_AFTER)), errors: vec![] };
+        let after = ConntrackReading {
+            count: Some(3),
+            max: Some(262_144),
+            stats: Some(stats(TABLE_FULL_AFTER)),
+            errors: vec![],
+        };
         let decision = decide(&[state], &[after], Traffic::default(), 53, NOW);
         assert!(decision.findings.is_empty(), "{:#?}", decision.findings);
         let check = decision.namespaces[0].checks.iter().find(|c| c.name == "conntrack stats").expect("check");

@@ -50,7 +50,8 @@ pub fn lab_node(bridge_nf: &str, firewall: &str) -> NamespaceState {
     }
 }
 
-pub const LAB_NAT: &str = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n\
+pub const LAB_NAT: &str =
+    "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n\
     [2:120] -A PREROUTING -d 10.96.0.10/32 -p udp -m udp --dport 53 -j DNAT --to-destination 10.244.0.7:53\nCOMMIT\n";
 
 pub fn decide_one(state: NamespaceState, traffic: Traffic) -> Decision {
@@ -106,7 +107,8 @@ pub fn unattributed_drop_finding(hook: Hook) -> Finding {
     Finding {
         kind: FindingKind::NetfilterDrop,
         wall_time_ns: NOW,
-        headline: "DROP in PRE_ROUTING: udp 10.244.0.5:41000 → 10.96.0.10:53 stopped by a rule tracer could not name".into(),
+        headline: "DROP in PRE_ROUTING: udp 10.244.0.5:41000 → 10.96.0.10:53 stopped by a rule tracer could not name"
+            .into(),
         evidence: Evidence::Netfilter(NetfilterEvidence {
             src: "10.244.0.5:41000".parse().expect("addr"),
             dst: "10.96.0.10:53".parse().expect("addr"),
@@ -135,4 +137,3 @@ pub fn timeout_finding() -> Finding {
     }
     finding
 }
-

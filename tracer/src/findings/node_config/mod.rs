@@ -35,7 +35,13 @@ use crate::node::checks::{ConntrackReading, NamespaceState};
 
 /// `states[i]` was read before the window and `after[i]` is its conntrack table after it.
 /// `port` is the traced port (0: all); `now_ns` stamps findings read from the node.
-pub fn decide(states: &[NamespaceState], after: &[ConntrackReading], traffic: Traffic, port: u16, now_ns: u64) -> Decision {
+pub fn decide(
+    states: &[NamespaceState],
+    after: &[ConntrackReading],
+    traffic: Traffic,
+    port: u16,
+    now_ns: u64,
+) -> Decision {
     let mut ranked = Vec::new();
     let mut namespaces = Vec::new();
     for (at, state) in states.iter().enumerate() {
@@ -56,7 +62,13 @@ pub fn decide(states: &[NamespaceState], after: &[ConntrackReading], traffic: Tr
     Decision { findings: ranked, namespaces, verdict }
 }
 
-fn config_findings(state: &NamespaceState, after: Option<&ConntrackReading>, port: u16, now_ns: u64, checks: &mut Vec<Check>) -> Vec<Ranked> {
+fn config_findings(
+    state: &NamespaceState,
+    after: Option<&ConntrackReading>,
+    port: u16,
+    now_ns: u64,
+    checks: &mut Vec<Check>,
+) -> Vec<Ranked> {
     let mut found = Vec::new();
     let netns = &state.netns;
     let bridges: Vec<String> = state.bridges.iter().map(|b| b.name.clone()).collect();
@@ -68,7 +80,15 @@ fn config_findings(state: &NamespaceState, after: Option<&ConntrackReading>, por
             state
                 .bridges
                 .iter()
-                .map(|b| if b.ports.is_empty() { b.name.clone() } else { format!("{} ({})", b.name, b.ports.join(", ")) })
+                .map(
+                    |b| {
+                        if b.ports.is_empty() {
+                            b.name.clone()
+                        } else {
+                            format!("{} ({})", b.name, b.ports.join(", "))
+                        }
+                    },
+                )
                 .collect::<Vec<_>>()
                 .join("; ")
         },
@@ -90,8 +110,8 @@ fn config_findings(state: &NamespaceState, after: Option<&ConntrackReading>, por
 
 #[cfg(test)]
 mod tests {
-    use crate::findings::node_config::{Status, Traffic};
     use crate::findings::node_config::fixtures::*;
+    use crate::findings::node_config::{Status, Traffic};
 
     #[test]
     fn healthy_node_has_no_findings() {

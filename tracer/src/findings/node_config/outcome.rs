@@ -143,7 +143,15 @@ pub(super) fn netns_ref(netns: &Netns) -> NetnsRef {
 }
 
 pub(super) fn config_only(finding: Finding, netns: &Netns) -> Ranked {
-    Ranked { finding, more: Vec::new(), traffic: false, config: true, occurrences: None, example: Example::default(), netns: netns_ref(netns) }
+    Ranked {
+        finding,
+        more: Vec::new(),
+        traffic: false,
+        config: true,
+        occurrences: None,
+        example: Example::default(),
+        netns: netns_ref(netns),
+    }
 }
 
 pub(super) fn sysctl_value(state: &NamespaceState, name: &str) -> SysctlValue {

@@ -39,7 +39,9 @@ pub(super) fn verdict(ranked: &[Ranked]) -> String {
     match ranked {
         [] => "healthy: no findings".to_string(),
         [only] => only.finding.headline.clone(),
-        [top, rest @ ..] => format!("{} (+{} more finding{})", top.finding.headline, rest.len(), if rest.len() == 1 { "" } else { "s" }),
+        [top, rest @ ..] => {
+            format!("{} (+{} more finding{})", top.finding.headline, rest.len(), if rest.len() == 1 { "" } else { "s" })
+        }
     }
 }
 
@@ -47,10 +49,10 @@ pub(super) fn verdict(ranked: &[Ranked]) -> String {
 mod tests {
     use tracer_common::Stage;
 
+    use crate::findings::node_config::fixtures::*;
     use crate::findings::node_config::{decide, Example, Traffic};
     use crate::findings::{Evidence, FindingKind};
     use crate::node::checks::ConntrackReading;
-    use crate::findings::node_config::fixtures::*;
 
     #[test]
     fn other_namespaces_rank_after_the_watched_one_and_say_where() {
@@ -59,16 +61,30 @@ mod tests {
         other.netns = netns(false, Some("ld-node"));
         let mut timeout = timeout_finding();
         if let Evidence::Dns(dns) = &mut timeout.evidence {
-            dns.last_seen = Some(crate::pipeline::queries::Sighting { stage: Stage::BridgeOut, ifname: Some("veth-server".into()), ifindex: 4, wall_time_ns: NOW });
+            dns.last_seen = Some(crate::pipeline::queries::Sighting {
+                stage: Stage::BridgeOut,
+                ifname: Some("veth-server".into()),
+                ifindex: 4,
+                wall_time_ns: NOW,
+            });
         }
-        let traffic = Traffic { findings: vec![(timeout, Example::default())], drops: vec![], kind_counts: [(FindingKind::DnsTimeout, 1)].into() };
+        let traffic = Traffic {
+            findings: vec![(timeout, Example::default())],
+            drops: vec![],
+            kind_counts: [(FindingKind::DnsTimeout, 1)].into(),
+        };
         let states = [watched, other];
         let after: Vec<ConntrackReading> = states.iter().map(|s| s.conntrack.clone()).collect();
         let decision = decide(&states, &after, traffic, 53, NOW);
-        let kinds: Vec<(FindingKind, bool)> = decision.findings.iter().map(|r| (r.finding.kind, r.netns.current)).collect();
+        let kinds: Vec<(FindingKind, bool)> =
+            decision.findings.iter().map(|r| (r.finding.kind, r.netns.current)).collect();
         assert_eq!(kinds, vec![(FindingKind::DnsTimeout, true), (FindingKind::ConntrackSkip, false)]);
         let other = &decision.findings[1].finding;
         assert!(other.headline.contains("in network namespace ld-node"), "{}", other.headline);
-        assert!(other.fix.iter().any(|f| f == "ip netns exec ld-node sysctl -w net.bridge.bridge-nf-call-iptables=1"), "{:?}", other.fix);
+        assert!(
+            other.fix.iter().any(|f| f == "ip netns exec ld-node sysctl -w net.bridge.bridge-nf-call-iptables=1"),
+            "{:?}",
+            other.fix
+        );
     }
 }

@@ -29,12 +29,17 @@ pub(super) fn rp_filter_check(state: &NamespaceState, checks: &mut Vec<Check>) {
     }
     checks.push(Check {
         name: "rp_filter".to_string(),
-        value: format!("{} (all = {})", if parts.is_empty() { "no routed interfaces".to_string() } else { parts.join("; ") }, all),
+        value: format!(
+            "{} (all = {})",
+            if parts.is_empty() { "no routed interfaces".to_string() } else { parts.join("; ") },
+            all
+        ),
         status: if strict.is_empty() { Status::Ok } else { Status::Note },
         detail: if strict.is_empty() {
             String::new()
         } else {
-            "strict mode drops packets whose source is routed back through another interface (asymmetric routing)".to_string()
+            "strict mode drops packets whose source is routed back through another interface (asymmetric routing)"
+                .to_string()
         },
     });
 }
@@ -48,21 +53,38 @@ fn effective_rp_filter(all: u8, iface: Option<u8>) -> u8 {
     all.max(iface.unwrap_or(0))
 }
 
-pub(super) fn rp_filter_drop(ranked: &mut Vec<Ranked>, group: &DropGroup, current: Option<&NamespaceState>, netns: &NetnsRef) {
+pub(super) fn rp_filter_drop(
+    ranked: &mut Vec<Ranked>,
+    group: &DropGroup,
+    current: Option<&NamespaceState>,
+    netns: &NetnsRef,
+) {
     let iface = group.ifname.clone();
-    if let Some(existing) = ranked.iter_mut().find(|r| r.finding.kind == FindingKind::RpFilterDrop && r.node().is_some_and(|n| n.interface == iface)) {
+    if let Some(existing) = ranked
+        .iter_mut()
+        .find(|r| r.finding.kind == FindingKind::RpFilterDrop && r.node().is_some_and(|n| n.interface == iface))
+    {
         existing.occurrences = Some(existing.occurrences.unwrap_or(0) + group.count);
         return;
     }
     let all = current.map(rp_all).unwrap_or(0);
-    let own = current.and_then(|s| s.rp_filter.iter().find(|r| Some(&r.interface) == iface.as_ref())).and_then(|r| r.value);
-    let mut sysctls = vec![SysctlValue { name: "net.ipv4.conf.all.rp_filter".to_string(), value: Some(all.to_string()) }];
+    let own =
+        current.and_then(|s| s.rp_filter.iter().find(|r| Some(&r.interface) == iface.as_ref())).and_then(|r| r.value);
+    let mut sysctls =
+        vec![SysctlValue { name: "net.ipv4.conf.all.rp_filter".to_string(), value: Some(all.to_string()) }];
     if let Some(name) = &iface {
-        sysctls.push(SysctlValue { name: format!("net.ipv4.conf.{name}.rp_filter"), value: own.map(|v| v.to_string()) });
+        sysctls
+            .push(SysctlValue { name: format!("net.ipv4.conf.{name}.rp_filter"), value: own.map(|v| v.to_string()) });
     }
     let name = iface.clone().unwrap_or_else(|| "the receiving interface".to_string());
     let effective = effective_rp_filter(all, own);
-    let evidence = NodeEvidence { netns: netns.clone(), interface: iface.clone(), sysctls, drops: Some(group.evidence()), ..NodeEvidence::default() };
+    let evidence = NodeEvidence {
+        netns: netns.clone(),
+        interface: iface.clone(),
+        sysctls,
+        drops: Some(group.evidence()),
+        ..NodeEvidence::default()
+    };
     let finding = Finding {
         kind: FindingKind::RpFilterDrop,
         wall_time_ns: group.wall_time_ns,
@@ -99,10 +121,10 @@ pub(super) fn rp_filter_drop(ranked: &mut Vec<Ranked>, group: &DropGroup, curren
 
 #[cfg(test)]
 mod tests {
+    use crate::findings::node_config::fixtures::*;
     use crate::findings::node_config::Traffic;
     use crate::findings::FindingKind;
     use crate::firewall::Hook;
-    use crate::findings::node_config::fixtures::*;
 
     #[test]
     fn rp_filter_drops_name_the_interface_and_its_setting() {

@@ -98,7 +98,13 @@ fn blocking_hits(snapshot: &Snapshot, port: u16) -> Vec<Hit> {
                             // rules looks.
                             let certain = met.fit == Fit::Yes;
                             if names_port(rule, &packet) || (certain && !met.after_accept) {
-                                hits.push(Hit { chain: met.chain, rule: Some(met.rule), hook, after_accept: met.after_accept, probe });
+                                hits.push(Hit {
+                                    chain: met.chain,
+                                    rule: Some(met.rule),
+                                    hook,
+                                    after_accept: met.after_accept,
+                                    probe,
+                                });
                             }
                         }
                         let chain = ruleset.chain(walk.base);
@@ -122,7 +128,12 @@ fn policy_label(chain: &Chain) -> String {
     format!("{} {}/{}", chain.backend.name(), chain.table, chain.name)
 }
 
-pub(super) fn firewall_findings(state: &NamespaceState, port: u16, now_ns: u64, checks: &mut Vec<Check>) -> Vec<Finding> {
+pub(super) fn firewall_findings(
+    state: &NamespaceState,
+    port: u16,
+    now_ns: u64,
+    checks: &mut Vec<Check>,
+) -> Vec<Finding> {
     let snapshot = &state.firewall;
     let hits = blocking_hits(snapshot, port);
     let mut order: Vec<(usize, Option<usize>)> = Vec::new();
@@ -144,7 +155,9 @@ pub(super) fn firewall_findings(state: &NamespaceState, port: u16, now_ns: u64, 
         let probes: Vec<String> = dedup(group.iter().map(|h| h.probe.describe()));
         let after_accept = group.iter().all(|h| h.after_accept);
         found.push(match key.1 {
-            Some(position) => rule_finding(&state.netns, &chain.rules[position], &hooks, &probes, after_accept, &port_words, now_ns),
+            Some(position) => {
+                rule_finding(&state.netns, &chain.rules[position], &hooks, &probes, after_accept, &port_words, now_ns)
+            }
             None => policy_finding(&state.netns, chain, &hooks, &probes, &port_words, port, now_ns),
         });
     }
@@ -180,9 +193,18 @@ fn dedup<T: PartialEq>(items: impl Iterator<Item = T>) -> Vec<T> {
     out
 }
 
-fn rule_finding(netns: &Netns, rule: &Rule, hooks: &[&str], probes: &[String], after_accept: bool, port_words: &str, now_ns: u64) -> Finding {
+fn rule_finding(
+    netns: &Netns,
+    rule: &Rule,
+    hooks: &[&str],
+    probes: &[String],
+    after_accept: bool,
+    port_words: &str,
+    now_ns: u64,
+) -> Finding {
     let rejects = matches!(rule.verdict, Verdict::Reject { .. });
-    let (kind, action) = if rejects { (FindingKind::NetfilterReject, "REJECT") } else { (FindingKind::NetfilterDrop, "DROP") };
+    let (kind, action) =
+        if rejects { (FindingKind::NetfilterReject, "REJECT") } else { (FindingKind::NetfilterDrop, "DROP") };
     let reference = RuleRef::of(rule);
     let headline = format!(
         "{action} rule for {port_words} in {}{}: {} {}/{} #{} ({})",
@@ -222,9 +244,18 @@ fn rule_finding(netns: &Netns, rule: &Rule, hooks: &[&str], probes: &[String], a
     Finding { kind, wall_time_ns: now_ns, headline, evidence: Evidence::Node(evidence), explanation, fix }
 }
 
-fn policy_finding(netns: &Netns, chain: &Chain, hooks: &[&str], probes: &[String], port_words: &str, port: u16, now_ns: u64) -> Finding {
+fn policy_finding(
+    netns: &Netns,
+    chain: &Chain,
+    hooks: &[&str],
+    probes: &[String],
+    port_words: &str,
+    port: u16,
+    now_ns: u64,
+) -> Finding {
     let label = policy_label(chain);
-    let headline = format!("DROP policy stops {port_words} in {}{}: {label} accepts none of it", hooks.join("/"), where_(netns));
+    let headline =
+        format!("DROP policy stops {port_words} in {}{}: {label} accepts none of it", hooks.join("/"), where_(netns));
     let explanation = format!(
         "The chain {label} (hook {}) drops what no rule decided, and none of its rules (nor the chains they jump \
          to) can accept {}. Every such packet is dropped silently: clients time out.",
@@ -234,16 +265,20 @@ fn policy_finding(netns: &Netns, chain: &Chain, hooks: &[&str], probes: &[String
     let prefix = netns.exec_prefix();
     let port_match = if port == 0 { String::new() } else { format!(" --dport {port}") };
     let fix = match chain.backend {
-        Backend::Nftables => vec![format!(
-            "{prefix}nft add rule {} {} {} dport {port} accept    # accept this traffic explicitly",
-            chain.table,
-            chain.name,
-            "udp"
-        ), format!("{prefix}nft add rule {} {} tcp dport {port} accept", chain.table, chain.name)],
+        Backend::Nftables => vec![
+            format!(
+                "{prefix}nft add rule {} {} {} dport {port} accept    # accept this traffic explicitly",
+                chain.table, chain.name, "udp"
+            ),
+            format!("{prefix}nft add rule {} {} tcp dport {port} accept", chain.table, chain.name),
+        ],
         backend => {
             let cmd = backend.iptables_command(chain.family);
             vec![
-                format!("{prefix}{cmd} -t {} -A {} -p udp{port_match} -j ACCEPT    # accept this traffic explicitly", chain.table, chain.name),
+                format!(
+                    "{prefix}{cmd} -t {} -A {} -p udp{port_match} -j ACCEPT    # accept this traffic explicitly",
+                    chain.table, chain.name
+                ),
                 format!("{prefix}{cmd} -t {} -A {} -p tcp{port_match} -j ACCEPT", chain.table, chain.name),
             ]
         }
@@ -251,15 +286,22 @@ fn policy_finding(netns: &Netns, chain: &Chain, hooks: &[&str], probes: &[String
     let mut evidence = node_evidence(netns);
     evidence.set_policy(&ChainRef::of(chain));
     evidence.notes = vec![format!("no rule accepts {}", probes.join(", "))];
-    Finding { kind: FindingKind::NetfilterDrop, wall_time_ns: now_ns, headline, evidence: Evidence::Node(evidence), explanation, fix }
+    Finding {
+        kind: FindingKind::NetfilterDrop,
+        wall_time_ns: now_ns,
+        headline,
+        evidence: Evidence::Node(evidence),
+        explanation,
+        fix,
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use crate::findings::node_config::fixtures::*;
     use crate::findings::node_config::Traffic;
     use crate::findings::{Evidence, FindingKind};
     use crate::firewall::Backend;
-    use crate::findings::node_config::fixtures::*;
 
     #[test]
     fn reject_rule_for_the_port_is_found_on_every_path_once() {
@@ -294,7 +336,9 @@ mod tests {
         );
         assert!(decide_one(lab_node("1", &allowed), Traffic::default()).findings.is_empty());
 
-        let nothing_accepts = format!("{LAB_NAT}*filter\n:FORWARD DROP [0:0]\n[0:0] -A FORWARD -p tcp -m tcp --dport 22 -j ACCEPT\nCOMMIT\n");
+        let nothing_accepts = format!(
+            "{LAB_NAT}*filter\n:FORWARD DROP [0:0]\n[0:0] -A FORWARD -p tcp -m tcp --dport 22 -j ACCEPT\nCOMMIT\n"
+        );
         let decision = decide_one(lab_node("1", &nothing_accepts), Traffic::default());
         let [only] = decision.findings.as_slice() else { panic!("{:#?}", decision.findings) };
         assert_eq!(only.finding.kind, FindingKind::NetfilterDrop);

@@ -22,7 +22,11 @@ fn take_config(ranked: &mut Vec<Ranked>, pick: impl Fn(&Ranked, &NodeEvidence) -
 }
 
 fn same_rule(a: &RuleRef, b: &RuleRef) -> bool {
-    a.backend == b.backend && a.table == b.table && a.chain == b.chain && a.text == b.text && (a.handle.is_none() || b.handle.is_none() || a.handle == b.handle)
+    a.backend == b.backend
+        && a.table == b.table
+        && a.chain == b.chain
+        && a.text == b.text
+        && (a.handle.is_none() || b.handle.is_none() || a.handle == b.handle)
 }
 
 fn kind_count(traffic: &Traffic, kind: FindingKind) -> Option<u64> {
@@ -78,7 +82,8 @@ pub(super) fn merge_traffic(ranked: &mut Vec<Ranked>, traffic: Traffic, current:
                 let mut item = traffic_only(finding.clone(), example.clone(), kind_count(&traffic, finding.kind));
                 let bridge = dns.bridge.clone();
                 if let Some(config) = take_config(ranked, |r, node| {
-                    r.finding.kind == FindingKind::ConntrackSkip && bridge.as_ref().is_none_or(|b| node.bridges.contains(b))
+                    r.finding.kind == FindingKind::ConntrackSkip
+                        && bridge.as_ref().is_none_or(|b| node.bridges.contains(b))
                 }) {
                     item.config = true;
                     // The node state names every family whose setting is off; the traffic only
@@ -123,7 +128,9 @@ pub(super) fn merge_traffic(ranked: &mut Vec<Ranked>, traffic: Traffic, current:
         if group.reason == NETFILTER_DROP && group.stopped_in.is_none() {
             // Passed every program tracer has in the hook and still died in netfilter: after
             // them only conntrack's confirmation runs, which fails on an insert clash.
-            if let Some(race) = ranked.iter_mut().find(|r| r.netns.current && r.finding.kind == FindingKind::ConntrackInsertRace) {
+            if let Some(race) =
+                ranked.iter_mut().find(|r| r.netns.current && r.finding.kind == FindingKind::ConntrackInsertRace)
+            {
                 add_drops(race, group);
             }
         } else if group.reason == RPFILTER_DROP {
@@ -139,7 +146,8 @@ pub(super) fn merge_traffic(ranked: &mut Vec<Ranked>, traffic: Traffic, current:
         }
         let mut item = traffic_only(timeout.clone(), example, kind_count(&traffic, FindingKind::DnsTimeout));
         // A query that reached the host and went no further is what ip_forward=0 does.
-        let stopped_at_host = dns.last_seen.as_ref().is_some_and(|s| matches!(s.stage, Stage::ToHost | Stage::BridgeIn));
+        let stopped_at_host =
+            dns.last_seen.as_ref().is_some_and(|s| matches!(s.stage, Stage::ToHost | Stage::BridgeIn));
         if stopped_at_host {
             if let Some(mut config) = take_config(ranked, |r, _| r.finding.kind == FindingKind::IpForwardOff) {
                 config.traffic = true;
@@ -164,7 +172,11 @@ fn add_drops(item: &mut Ranked, group: &DropGroup) {
     let drops = group.evidence();
     match &mut item.finding.evidence {
         Evidence::Node(node) if node.drops.is_none() => node.drops = Some(drops),
-        _ => item.more.push(Evidence::Node(NodeEvidence { netns: item.netns.clone(), drops: Some(drops), ..NodeEvidence::default() })),
+        _ => item.more.push(Evidence::Node(NodeEvidence {
+            netns: item.netns.clone(),
+            drops: Some(drops),
+            ..NodeEvidence::default()
+        })),
     }
 }
 
@@ -181,7 +193,9 @@ fn absorb_into_table_full(ranked: &mut [Ranked], item: &mut Ranked, drops: &[Dro
     };
     let matching: Vec<&DropGroup> = drops
         .iter()
-        .filter(|g| g.reason == NETFILTER_DROP && g.stopped_in == Some(nf.hook) && g.src.ip() == nf.src.ip() && g.dst == nf.dst)
+        .filter(|g| {
+            g.reason == NETFILTER_DROP && g.stopped_in == Some(nf.hook) && g.src.ip() == nf.src.ip() && g.dst == nf.dst
+        })
         .collect();
     if matching.is_empty() {
         full.traffic = true;
@@ -215,10 +229,10 @@ fn explains_timeout(cause: &Ranked, timeout: &DnsEvidence) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use crate::findings::node_config::fixtures::*;
     use crate::findings::node_config::{Example, Traffic};
     use crate::findings::{Culprit, Evidence, FindingKind, RuleRef};
     use crate::firewall::{parse_iptables_save, Backend, Family, Hook};
-    use crate::findings::node_config::fixtures::*;
 
     #[test]
     fn traffic_and_config_conntrack_skip_merge_and_rank_first() {
@@ -230,7 +244,10 @@ mod tests {
             Family::Ipv4,
         ));
         let traffic = Traffic {
-            findings: vec![(sighting_dns_finding(FindingKind::ConntrackSkip), Example { lines: vec!["reply line".into()], json: vec![] })],
+            findings: vec![(
+                sighting_dns_finding(FindingKind::ConntrackSkip),
+                Example { lines: vec!["reply line".into()], json: vec![] },
+            )],
             drops: vec![],
             kind_counts: [(FindingKind::ConntrackSkip, 2)].into(),
         };
@@ -243,7 +260,11 @@ mod tests {
         assert!(matches!(top.more.as_slice(), [Evidence::Node(node)] if node.bridges == ["cni0"]));
         assert_eq!(top.occurrences, Some(2));
         assert_eq!(top.example.lines, vec!["reply line"]);
-        assert!(top.finding.fix.iter().any(|f| f == "sysctl -w net.bridge.bridge-nf-call-ip6tables=1"), "both families: {:?}", top.finding.fix);
+        assert!(
+            top.finding.fix.iter().any(|f| f == "sysctl -w net.bridge.bridge-nf-call-ip6tables=1"),
+            "both families: {:?}",
+            top.finding.fix
+        );
         assert!(decision.verdict.starts_with("DNS replies skip conntrack on bridge cni0: "), "{}", decision.verdict);
         assert!(decision.verdict.ends_with("(+1 more finding)"), "{}", decision.verdict);
     }
@@ -254,10 +275,19 @@ mod tests {
             "{LAB_NAT}*filter\n:FORWARD ACCEPT [0:0]\n[3:180] -A FORWARD -p udp -m udp --dport 53 -j REJECT --reject-with icmp-host-prohibited\nCOMMIT\n"
         );
         let state = lab_node("1", &firewall);
-        let rule = state.firewall.chains.iter().flat_map(|c| &c.rules).find(|r| r.chain == "FORWARD").map(RuleRef::of).expect("rule");
+        let rule = state
+            .firewall
+            .chains
+            .iter()
+            .flat_map(|c| &c.rules)
+            .find(|r| r.chain == "FORWARD")
+            .map(RuleRef::of)
+            .expect("rule");
         let mut finding = unattributed_drop_finding(Hook::Forward);
         finding.kind = FindingKind::NetfilterReject;
-        finding.headline = "REJECT in FORWARD: udp 10.244.0.5:41000 → 10.244.0.7:53 stopped by iptables-nft rule #1 of filter/FORWARD".into();
+        finding.headline =
+            "REJECT in FORWARD: udp 10.244.0.5:41000 → 10.244.0.7:53 stopped by iptables-nft rule #1 of filter/FORWARD"
+                .into();
         let Evidence::Netfilter(nf) = &mut finding.evidence else { panic!("netfilter evidence") };
         nf.dst = "10.244.0.7:53".parse().expect("addr");
         nf.out_ifname = Some("cni0".into());
@@ -277,6 +307,10 @@ mod tests {
         assert_eq!(only.finding.kind, FindingKind::NetfilterReject);
         assert!(only.traffic && only.config);
         assert_eq!(only.occurrences, Some(3));
-        assert!(matches!(only.more.as_slice(), [Evidence::Node(node), Evidence::Dns(_)] if node.rule.is_some()), "{:#?}", only.more);
+        assert!(
+            matches!(only.more.as_slice(), [Evidence::Node(node), Evidence::Dns(_)] if node.rule.is_some()),
+            "{:#?}",
+            only.more
+        );
     }
 }

@@ -86,12 +86,20 @@ impl Runtime {
             .await
             .map_err(|status| self.call_failed("ListPodSandbox", status))?
             .into_inner();
-        Ok(reply.items.into_iter().filter(|item| item.state == PodSandboxState::SandboxReady as i32).map(|item| item.id).collect())
+        Ok(reply
+            .items
+            .into_iter()
+            .filter(|item| item.state == PodSandboxState::SandboxReady as i32)
+            .map(|item| item.id)
+            .collect())
     }
 
     /// One sandbox's pod and addresses; `None` when it went away meanwhile.
     pub async fn sandbox(&mut self, id: &str) -> Result<Option<Sandbox>> {
-        let reply = match self.client.pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: id.to_string(), verbose: false }).await
+        let reply = match self
+            .client
+            .pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: id.to_string(), verbose: false })
+            .await
         {
             Ok(reply) => reply.into_inner(),
             Err(status) if status.code() == tonic::Code::NotFound => return Ok(None),

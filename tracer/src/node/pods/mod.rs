@@ -61,7 +61,8 @@ pub struct PodTable {
 
 impl PodTable {
     fn of(cache: &SandboxCache) -> PodTable {
-        let by_ip = cache.sandboxes().flat_map(|sandbox| sandbox.ips.iter().map(|ip| (*ip, sandbox.pod.clone()))).collect();
+        let by_ip =
+            cache.sandboxes().flat_map(|sandbox| sandbox.ips.iter().map(|ip| (*ip, sandbox.pod.clone()))).collect();
         PodTable { by_ip }
     }
 
@@ -122,7 +123,15 @@ impl Pods {
             .name("tracer-pods".to_string())
             .spawn(move || keep_fresh(events, runtime, cache, &thread_shared, asked))
             .context("starting the thread that reads the pods")?;
-        let pods = Pods { table, shared, generation: 0, relist, following, missed: HashSet::new(), socket: socket.to_path_buf() };
+        let pods = Pods {
+            table,
+            shared,
+            generation: 0,
+            relist,
+            following,
+            missed: HashSet::new(),
+            socket: socket.to_path_buf(),
+        };
         Ok((pods, version))
     }
 
@@ -170,7 +179,13 @@ impl Drop for Pods {
 /// publishes a new table when anything changed. A runtime that stops answering is reported
 /// once, and again when it answers again; the last table stays in use meanwhile. Ends when
 /// the [`Pods`] is dropped.
-fn keep_fresh(events: tokio::runtime::Runtime, runtime: Runtime, cache: SandboxCache, shared: &Shared, asked: mpsc::Receiver<Ask>) {
+fn keep_fresh(
+    events: tokio::runtime::Runtime,
+    runtime: Runtime,
+    cache: SandboxCache,
+    shared: &Shared,
+    asked: mpsc::Receiver<Ask>,
+) {
     let mut lister = Lister { events, runtime, cache, failing: false };
     let mut last = Instant::now();
     loop {
