@@ -12,26 +12,21 @@ use std::{
 };
 
 use crate::{
-    findings::{
-        netfilter::{judge_drop, DropContext},
-        Finding,
-    },
+    findings::{attribution::HookDrop, netfilter::judge_drop},
     firewall::{self, Snapshot},
     model::{hook::Hook, packet::L4Proto},
-    pipeline::paths::DroppedPacket,
+    schema::finding::Finding,
 };
 
 /// What identifies drops that are the same problem: hook, source address, destination,
 /// protocol (a client's every query comes from a new port).
 pub type DropKey = (Hook, std::net::IpAddr, std::net::SocketAddr, L4Proto);
 
+/// A netfilter drop whose rule is to be named: the packet as its hook saw it.
 pub struct Request {
     pub key: DropKey,
-    pub dropped: DroppedPacket,
+    pub packet: HookDrop,
     pub wall_time_ns: u64,
-    pub reason: String,
-    pub in_ifname: Option<String>,
-    pub out_ifname: Option<String>,
 }
 
 pub struct Answer {
@@ -142,13 +137,7 @@ fn serve(mut before: Snapshot, mut said: HashSet<String>, requests: Receiver<Req
         }
         let after = read_rulesets(&mut said);
         for request in batch {
-            let context = DropContext {
-                wall_time_ns: request.wall_time_ns,
-                reason: &request.reason,
-                in_ifname: request.in_ifname,
-                out_ifname: request.out_ifname,
-            };
-            let finding = judge_drop(&request.dropped, &context, &before, &after);
+            let finding = Some(judge_drop(&request.packet, request.wall_time_ns, &before, &after));
             if answers.send(Answer { key: request.key, finding }).is_err() {
                 return;
             }

@@ -8,32 +8,33 @@
 //! whose records may be incomplete are counted as unconfirmed instead.
 
 pub mod firewall;
-pub mod output;
 pub mod pods;
 
 use std::{collections::HashMap, io, mem, time::Duration};
 
 use self::firewall::{Answer, DropKey, FirewallWorker, Request};
 use crate::{
-    analysis::output::{DropLine, DroppedStage, Output},
-    findings::{
-        dns::judge,
-        netfilter::{short_label, NETFILTER_DROP},
-        Evidence, Finding, FindingKind, FindingLog, Occurrence, Unconfirmed, UnconfirmedLog,
-    },
+    findings::{attribution::HookDrop, dns::judge, netfilter::short_label, FindingLog, Occurrence, UnconfirmedLog},
     model::{
-        packet::{L4Proto, PacketEvent, Verdict},
-        TracedPacket, WallClock,
+        netfilter::{stopped_in, DropReason},
+        packet::{Fate, L4Proto, PacketEvent},
+        sysctl::SysctlValue,
+        WallClock,
     },
     node::{
         interfaces::Interfaces,
-        sysctl::{self as node, SysctlValue},
+        sysctl::{self as node},
     },
     pipeline::{
         dns_decode::{DnsDecoder, Segment},
         loss::{LossWindows, LossWitness},
         paths::DroppedPacket,
         queries::{Correlated, DnsFlows},
+    },
+    schema::{
+        finding::{Evidence, Finding, FindingKind, Unconfirmed},
+        packet::{DropLine, DroppedStage, TracedPacket},
+        sink::Sink,
     },
 };
 
@@ -94,12 +95,13 @@ struct PendingFinding {
     until_ns: u64,
 }
 
-/// A packet a netfilter hook dropped, waiting for the loss check and its rule.
+/// A packet a netfilter hook dropped, waiting for the loss check and its rule: its line,
+/// the loss windows of its path, and the packet as the hook saw it.
 struct PendingDrop {
     key: DropKey,
     line: DropLine,
-    in_ifname: Option<String>,
-    out_ifname: Option<String>,
+    loss: LossWindows,
+    packet: HookDrop,
 }
 
 /// Correlation state and findings of one run.
@@ -164,7 +166,7 @@ impl Analysis {
 
     /// A packet line: a frame at a bridge stage with the hooks it passed since the stage
     /// before (from the kernel, or read back from a capture).
-    pub fn packet_with_hooks(&mut self, mut packet: TracedPacket, output: &mut dyn Output) -> io::Result<()> {
+    pub fn packet_with_hooks(&mut self, mut packet: TracedPacket, output: &mut dyn Sink) -> io::Result<()> {
         self.stats.packets += 1;
         // A stage a capture holds no bytes of keeps the message its line recorded.
         if !packet.event.captured.is_empty() {
@@ -185,7 +187,7 @@ impl Analysis {
         &mut self,
         mut reply: TracedPacket,
         asked: Option<std::net::SocketAddr>,
-        output: &mut dyn Output,
+        output: &mut dyn Sink,
     ) -> io::Result<()> {
         self.stats.packets += 1;
         reply.event.dns = segment(&reply.event).and_then(|segment| self.decoder.decode(&segment));
@@ -227,39 +229,46 @@ impl Analysis {
     pub fn dropped(
         &mut self,
         dropped: DroppedPacket,
-        reason: String,
+        reason: DropReason,
         clock: &WallClock,
         interfaces: &mut Interfaces,
-        output: &mut dyn Output,
+        output: &mut dyn Sink,
     ) -> io::Result<()> {
         self.stats.packets += 1;
-        let drop = &dropped.drop;
-        let icmp = dropped.icmp.as_ref().map(|i| icmp_name(drop.src.is_ipv6(), i.icmp_type, i.icmp_code));
-        let stopped_in = dropped.stopped_in().map(|pass| (pass.hook, pass.in_ifindex, pass.out_ifindex));
-        let (src, dst, l4_proto) = (drop.src, drop.dst, drop.l4_proto);
+        let DroppedPacket { drop, path, icmp: answer, loss } = dropped;
+        let icmp = answer.as_ref().map(|i| icmp_name(drop.src.is_ipv6(), i.icmp_type, i.icmp_code));
+        let stopped_in = stopped_in(&path).map(|pass| (pass.hook, pass.family, pass.in_ifindex, pass.out_ifindex));
         let line = DropLine {
             stage: DroppedStage::Dropped,
             wall_time_ns: clock.wall_ns(drop.timestamp_ns),
             ifname: interfaces.name(drop.ifindex),
             pods: Default::default(),
             bridge: interfaces.bridge_of(drop.ifindex),
-            verdict: if icmp.is_some() { Verdict::Reject } else { Verdict::Drop },
+            verdict: if icmp.is_some() { Fate::Reject } else { Fate::Drop },
             icmp,
             rule: None,
             records_lost: None,
-            dropped,
+            drop,
+            path,
             reason,
         };
         match stopped_in {
-            Some((hook, in_ifindex, out_ifindex)) if line.reason == NETFILTER_DROP => {
+            Some((hook, family, in_ifindex, out_ifindex)) if line.reason.is_netfilter_drop() => {
                 let name =
                     |interfaces: &mut Interfaces, index: u32| if index == 0 { None } else { interfaces.name(index) };
-                self.pending_drops.push(PendingDrop {
-                    key: (hook, src.ip(), dst, l4_proto),
-                    in_ifname: name(interfaces, in_ifindex),
-                    out_ifname: name(interfaces, out_ifindex),
-                    line,
-                });
+                let drop = &line.drop;
+                let packet = HookDrop {
+                    family,
+                    hook,
+                    proto: drop.l4_proto,
+                    src: drop.src,
+                    dst: drop.dst,
+                    in_iface: name(interfaces, in_ifindex),
+                    out_iface: name(interfaces, out_ifindex),
+                    icmp: answer.map(|i| (i.icmp_type, i.icmp_code)),
+                    tcp_reset: false,
+                };
+                self.pending_drops.push(PendingDrop { key: packet.key(), line, loss, packet });
                 Ok(())
             }
             _ => output.dropped(&line),
@@ -269,7 +278,7 @@ impl Analysis {
     /// Decides the findings waiting for the loss check: stated when their records are
     /// complete, counted as unconfirmed when not. Also prints the drop lines whose rule
     /// has been named meanwhile.
-    pub fn settle(&mut self, witness: &mut dyn LossWitness, output: &mut dyn Output) -> io::Result<()> {
+    pub fn settle(&mut self, witness: &mut dyn LossWitness, output: &mut dyn Sink) -> io::Result<()> {
         if !self.pending.is_empty() || !self.pending_drops.is_empty() {
             witness.begin_settling();
         }
@@ -297,7 +306,7 @@ impl Analysis {
     pub fn finish(
         &mut self,
         witness: &mut dyn LossWitness,
-        output: &mut dyn Output,
+        output: &mut dyn Sink,
         deadline: std::time::Instant,
     ) -> io::Result<()> {
         self.settle(witness, output)?;
@@ -314,7 +323,7 @@ impl Analysis {
         Ok(())
     }
 
-    fn count_unconfirmed(&mut self, unconfirmed: Unconfirmed, output: &mut dyn Output) -> io::Result<()> {
+    fn count_unconfirmed(&mut self, unconfirmed: Unconfirmed, output: &mut dyn Sink) -> io::Result<()> {
         self.unconfirmed.record(unconfirmed.kind);
         output.unconfirmed(&unconfirmed)
     }
@@ -323,10 +332,10 @@ impl Analysis {
         &mut self,
         pending: PendingDrop,
         witness: &mut dyn LossWitness,
-        output: &mut dyn Output,
+        output: &mut dyn Sink,
     ) -> io::Result<()> {
-        let PendingDrop { key, mut line, in_ifname, out_ifname } = pending;
-        let drop = &line.dropped.drop;
+        let PendingDrop { key, mut line, loss, packet } = pending;
+        let drop = &line.drop;
         let kind = if line.icmp.is_some() { FindingKind::NetfilterReject } else { FindingKind::NetfilterDrop };
         let subject = Unconfirmed {
             kind,
@@ -337,7 +346,7 @@ impl Analysis {
         };
         // A record of this packet's path may be missing, the one showing it left the hook
         // above all: then where it stopped is not known, and no rule is named.
-        let lost = witness.lost_since(&subject, &line.dropped.loss, drop.timestamp_ns);
+        let lost = witness.lost_since(&subject, &loss, drop.timestamp_ns);
         if lost > 0 {
             line.records_lost = Some(lost);
             self.count_unconfirmed(Unconfirmed { records_lost: lost, ..subject }, output)?;
@@ -346,7 +355,7 @@ impl Analysis {
         if let Some((label, finding)) = self.attributed.get(&key) {
             line.rule = label.clone();
             if finding.kind == FindingKind::NetfilterReject {
-                line.verdict = Verdict::Reject;
+                line.verdict = Fate::Reject;
             }
             let finding = finding.clone();
             output.dropped(&line)?;
@@ -360,14 +369,7 @@ impl Analysis {
             self.waiting_lines += 1;
             return Ok(());
         }
-        let request = Request {
-            key,
-            dropped: line.dropped.clone(),
-            wall_time_ns: line.wall_time_ns,
-            reason: line.reason.clone(),
-            in_ifname,
-            out_ifname,
-        };
+        let request = Request { key, packet, wall_time_ns: line.wall_time_ns };
         let requested = self.firewall.as_mut().is_some_and(|worker| worker.request(request));
         if !requested {
             return output.dropped(&line);
@@ -379,7 +381,7 @@ impl Analysis {
 
     /// The worker named the rule behind a drop: its held-back lines are printed with it,
     /// each an occurrence of the finding.
-    fn answered(&mut self, answer: Answer, output: &mut dyn Output) -> io::Result<()> {
+    fn answered(&mut self, answer: Answer, output: &mut dyn Sink) -> io::Result<()> {
         let lines = self.waiting.remove(&answer.key).unwrap_or_default();
         self.waiting_lines = self.waiting_lines.saturating_sub(lines.len());
         let label = answer.finding.as_ref().and_then(short_label);
@@ -395,7 +397,7 @@ impl Analysis {
                 continue;
             };
             if finding.kind == FindingKind::NetfilterReject {
-                line.verdict = Verdict::Reject;
+                line.verdict = Fate::Reject;
             }
             output.dropped(&line)?;
             state(&mut self.log, finding.clone(), output)?;
@@ -407,7 +409,7 @@ impl Analysis {
     /// captured (the rulesets are not here to read); a repeat of a drop whose finding
     /// was already recorded is counted like the live watch counts it, and one the watch
     /// could not confirm is counted as it did.
-    pub fn replay_drop(&mut self, line: &DropLine, output: &mut dyn Output) -> io::Result<()> {
+    pub fn replay_drop(&mut self, line: &DropLine, output: &mut dyn Sink) -> io::Result<()> {
         self.stats.packets += 1;
         if line.records_lost.is_some() {
             let kind = if line.icmp.is_some() { FindingKind::NetfilterReject } else { FindingKind::NetfilterDrop };
@@ -424,7 +426,7 @@ impl Analysis {
 
     /// A netfilter finding read back from a capture: it was made from rulesets only the
     /// capturing node had, so it is taken as recorded rather than judged again.
-    pub fn replay_netfilter_finding(&mut self, finding: Finding, output: &mut dyn Output) -> io::Result<()> {
+    pub fn replay_netfilter_finding(&mut self, finding: Finding, output: &mut dyn Sink) -> io::Result<()> {
         if let Evidence::Netfilter(nf) = &finding.evidence {
             let key: DropKey = (nf.hook, nf.src.ip(), nf.dst, nf.proto);
             if self.attributed.len() < MAX_ATTRIBUTED {
@@ -437,7 +439,7 @@ impl Analysis {
 
 /// Logs an occurrence of a finding and tells the output: a new finding is reported, a
 /// repeat only counted (by outputs that count, such as the metrics).
-fn state(log: &mut FindingLog, finding: Finding, output: &mut dyn Output) -> io::Result<()> {
+fn state(log: &mut FindingLog, finding: Finding, output: &mut dyn Sink) -> io::Result<()> {
     match log.record(finding) {
         Occurrence::New(new) => output.finding(new),
         Occurrence::Repeat(first) => output.repeated(first),
@@ -463,9 +465,9 @@ fn segment(event: &PacketEvent) -> Option<Segment<'_>> {
 
 /// What makes two drops the same problem, as the live watch keys its attribution cache.
 fn drop_key(line: &DropLine) -> Option<DropKey> {
-    let drop = &line.dropped.drop;
-    let pass = line.dropped.stopped_in()?;
-    (line.reason == NETFILTER_DROP).then(|| (pass.hook, drop.src.ip(), drop.dst, drop.l4_proto))
+    let drop = &line.drop;
+    let pass = line.stopped_in()?;
+    line.reason.is_netfilter_drop().then(|| (pass.hook, drop.src.ip(), drop.dst, drop.l4_proto))
 }
 
 fn icmp_name(ipv6: bool, icmp_type: u8, icmp_code: u8) -> String {
@@ -479,12 +481,12 @@ mod tests {
 
     use super::*;
     use crate::{
-        analysis::output::Summary,
         model::packet::Conntrack,
         pipeline::{
             loss::NothingLost,
             queries::tests::{packet, query_path},
         },
+        schema::summary::Summary,
     };
 
     /// A witness that says so many records were lost in every window.
@@ -502,7 +504,7 @@ mod tests {
         unconfirmed: Vec<Unconfirmed>,
     }
 
-    impl Output for Recorded {
+    impl Sink for Recorded {
         fn packet(&mut self, _packet: &TracedPacket) -> io::Result<()> {
             Ok(())
         }

@@ -1,4 +1,4 @@
-//! Pod names on what a run reports: an [`Output`] in front of the others that puts the
+//! Pod names on what a run reports: an [`Sink`] in front of the others that puts the
 //! pod of each address beside it (packet lines, dropped lines, findings), and keeps to
 //! the pods the user chose (`--pod`, `--namespace`). Live, pods come from the node's
 //! container runtime; replaying a capture, from the pods its packets recorded, so a
@@ -7,13 +7,14 @@
 use std::{collections::HashMap, io, net::IpAddr};
 
 use crate::{
-    analysis::output::{DropLine, Output, Summary},
-    findings::{Evidence, Finding, Unconfirmed},
-    model::{
-        pod::{EndpointPods, PodFilter, PodRef},
-        TracedPacket,
-    },
+    model::pod::{EndpointPods, PodFilter, PodRef},
     node::pods::Pods,
+    schema::{
+        finding::{Evidence, Finding, Unconfirmed},
+        packet::{DropLine, TracedPacket},
+        sink::Sink,
+        summary::Summary,
+    },
 };
 
 /// Where the names come from.
@@ -39,18 +40,18 @@ impl PodSource {
 
 /// Names pods on everything passed to `inner`, and passes on only what the filter shows.
 pub struct PodNames<'a> {
-    inner: Box<dyn Output + 'a>,
+    inner: Box<dyn Sink + 'a>,
     source: PodSource,
     filter: PodFilter,
 }
 
 impl<'a> PodNames<'a> {
-    pub fn new(inner: Box<dyn Output + 'a>, source: PodSource, filter: PodFilter) -> PodNames<'a> {
+    pub fn new(inner: Box<dyn Sink + 'a>, source: PodSource, filter: PodFilter) -> PodNames<'a> {
         PodNames { inner, source, filter }
     }
 
     /// For a capture read back: names come from its packets.
-    pub fn recorded(inner: Box<dyn Output + 'a>) -> PodNames<'a> {
+    pub fn recorded(inner: Box<dyn Sink + 'a>) -> PodNames<'a> {
         PodNames::new(inner, PodSource::Recorded(HashMap::new()), PodFilter::default())
     }
 
@@ -92,7 +93,7 @@ pub fn finding_pods(finding: &Finding) -> Vec<&PodRef> {
     }
 }
 
-impl Output for PodNames<'_> {
+impl Sink for PodNames<'_> {
     fn packet(&mut self, packet: &TracedPacket) -> io::Result<()> {
         let event = &packet.event;
         if let PodSource::Recorded(known) = &mut self.source {
@@ -119,7 +120,7 @@ impl Output for PodNames<'_> {
         if let PodSource::Recorded(_) = self.source {
             return self.inner.dropped(line);
         }
-        let drop = &line.dropped.drop;
+        let drop = &line.drop;
         let pods = self.source.ends(drop.src.ip(), drop.dst.ip());
         if !self.filter.shows(pods.any()) {
             return Ok(());

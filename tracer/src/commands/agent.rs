@@ -1,20 +1,18 @@
 //! What makes `tracer watch` useful on a Kubernetes node, and as the agent a DaemonSet runs:
 //! pod names from the container runtime (`--cri-socket`), keeping to some pods (`--pod`,
 //! `--namespace`) and serving metrics (`--metrics`). Orchestration only: the runtime client
-//! is `node::pods`, naming `analysis::pods`, the metrics `metrics`.
+//! is `node::pods`, naming `analysis::pods`, the metrics `sinks::metrics`.
 
 use std::{net::SocketAddr, net::TcpListener, path::PathBuf};
 
 use anyhow::{bail, Result};
 
 use crate::{
-    analysis::{
-        output::Output,
-        pods::{PodNames, PodSource},
-    },
-    metrics::{node_checks::NodeChecks, server, Metrics, MetricsOutput},
+    analysis::pods::{PodNames, PodSource},
     model::pod::{PodFilter, PodRef},
     node::pods::{cri, Pods},
+    schema::sink::Sink,
+    sinks::metrics::{node_checks::NodeChecks, server, Metrics, MetricsOutput},
 };
 
 /// Where pod names come from, for `watch` and `triage` alike.
@@ -59,7 +57,7 @@ impl RuntimeArgs {
     }
 
     /// `output` with pod names in front of it, when a runtime answers.
-    pub fn named<'a>(&self, output: Box<dyn Output + 'a>) -> Result<Box<dyn Output + 'a>> {
+    pub fn named<'a>(&self, output: Box<dyn Sink + 'a>) -> Result<Box<dyn Sink + 'a>> {
         Ok(match self.pods()? {
             Some(pods) => Box::new(PodNames::new(output, PodSource::Runtime(pods), PodFilter::default())),
             None => output,
@@ -126,9 +124,9 @@ impl Agent {
     /// `output`. The returned guard keeps the node checks read; drop it after the watch.
     pub fn outputs<'a>(
         self,
-        output: Box<dyn Output + 'a>,
+        output: Box<dyn Sink + 'a>,
         port: u16,
-    ) -> Result<(Box<dyn Output + 'a>, Option<NodeChecks>)> {
+    ) -> Result<(Box<dyn Sink + 'a>, Option<NodeChecks>)> {
         let mut output = output;
         if let Some(pods) = self.pods {
             output = Box::new(PodNames::new(output, PodSource::Runtime(pods), self.filter));

@@ -1,405 +1,36 @@
-//! `tracer watch`: attach, stream packet events to an output until stopped, then
-//! print the summary. Orchestration only: decoding lives in `kernel::records` and `pipeline`, correlation and
-//! findings in `analysis`, printing in `render`.
-//!
-//! The loop stays in control when the kernel produces records faster than they can be
-//! read: each pass over the ring buffer is capped, and between passes the loop serves
-//! signals, the deadline and expiry. Queries are timed out against the kernel time of the
-//! newest record read (or the present, once the ring buffer has been read empty), so a
-//! reader that falls behind does not time out queries whose replies are still queued.
+//! `tracer watch`: its arguments, and the wiring of a watch: the capture file, the sinks,
+//! the live source (`engine::live`), and the exit code.
 
 use std::{
-    collections::{BTreeMap, HashMap},
-    io::{self, IsTerminal},
+    collections::BTreeMap,
+    io::IsTerminal,
     path::{Path, PathBuf},
     process::ExitCode,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use anyhow::{Context, Result};
-use aya::maps::{MapData, RingBuf};
-use tokio::{
-    io::{unix::AsyncFd, Interest},
-    signal::unix::{signal, SignalKind},
-};
-use tracer_common::NO_DROP_REASON;
+use anyhow::Result;
 
 use crate::{
-    analysis::output::Tee,
-    analysis::output::{Output, Summary},
-    analysis::{firewall::FirewallWorker, Analysis, AnalysisOptions},
-    capture::{
-        file::CaptureFile,
-        format::{CaptureMeta, FORMAT},
-        writer::{CaptureInfo, PcapngWriter},
+    analysis::AnalysisOptions,
+    commands::{
+        agent::AgentArgs,
+        cli::{fail, parse_duration, parse_ring_mib, WatchFormat},
     },
-    cli::{fail, parse_duration, parse_ring_mib, WatchFormat},
-    commands::agent::AgentArgs,
-    findings::netfilter::NETFILTER_DROP,
-    kernel::{
-        check_privileges,
-        journeys::Journeys,
-        loss::KernelLoss,
-        records::{self as record, KernelEvent},
-        Attached, KernelHooks, WatchSettings,
-    },
-    model::{monotonic_now_ns, WallClock},
-    node::interfaces::Interfaces,
+    engine::live::{self, Ending, WatchOptions},
+    kernel::{check_privileges, WatchSettings},
     node::sysctl::{bridge_nf_call_sysctl, read_sysctl},
-    pipeline::{loss::KernelWitness, naming, paths::DroppedPacket},
-    render::{
+    schema::{
+        capture::{CaptureMeta, FORMAT},
+        sink::Sink,
+    },
+    sinks::{
         json::JsonOutput,
+        pcapng::{file::CaptureFile, CaptureInfo, PcapngWriter},
+        tee::Tee,
         text::{SummaryOnly, TextOutput},
     },
 };
-
-pub struct WatchOptions {
-    pub settings: WatchSettings,
-    pub duration: Option<Duration>,
-    pub analysis: AnalysisOptions,
-}
-
-/// How a watch ended.
-pub enum Ending {
-    /// Duration reached or a signal: the summary was printed.
-    Finished(Summary),
-    /// Whoever read our output went away (e.g. `| head`): the watch stopped; its summary
-    /// could not go where the lines went.
-    OutputClosed(Summary),
-    /// Writing the output failed otherwise (a full disk, an I/O error): the watch stopped.
-    OutputFailed { summary: Summary, error: io::Error },
-}
-
-/// Housekeeping cadence: interface changes are applied at least this often even when
-/// no packets arrive.
-const TICK: Duration = Duration::from_millis(250);
-
-/// The kernel wakes the reader only once an eighth of the ring is queued (a wakeup per
-/// record cost more than the record); below that, what is queued is read this often.
-const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
-
-/// Lost records are checked every this many ticks (once a second) and reported on
-/// standard error while they grow, so a loss is seen while it happens.
-const LOST_REPORT_TICKS: u64 = 4;
-
-/// One pass over the ring buffer reads at most this many records, for at most this long:
-/// then the loop serves signals, the deadline and expiry before it reads on.
-const PASS_RECORDS: usize = 16_384;
-const PASS_TIME: Duration = Duration::from_millis(50);
-
-/// After a stop, what is already queued is read for at most this long, and the rules of
-/// drops still being named are waited for at most this long: a stop is served within a
-/// second however full the ring buffer is.
-const FINAL_DRAIN_TIME: Duration = Duration::from_millis(300);
-const FINAL_RULES_WAIT: Duration = Duration::from_millis(500);
-
-/// A record's timestamp is taken after its slot is reserved; a slot that is reserved
-/// but not yet filled when the ring buffer reads empty is at most this much older than
-/// the moment it read empty.
-const IN_FLIGHT_NS: u64 = 50_000_000;
-
-/// The kernel time up to which every record has been read.
-#[derive(Default)]
-struct Watermark {
-    newest_ns: u64,
-}
-
-impl Watermark {
-    fn read(&mut self, timestamp_ns: u64) {
-        self.newest_ns = self.newest_ns.max(timestamp_ns);
-    }
-
-    /// The ring buffer read empty just now: everything older has been read.
-    fn caught_up(&mut self) {
-        self.read(monotonic_now_ns().saturating_sub(IN_FLIGHT_NS));
-    }
-}
-
-/// Prints the running total of lost records when it grew; returns the total reported.
-fn report_lost(hooks: &KernelHooks, loss: &KernelLoss, reported: u64) -> u64 {
-    let Ok(per_cpu) = hooks.lost_per_cpu() else { return reported };
-    let misses = loss.recursion_misses();
-    let total: u64 = per_cpu.iter().sum::<u64>() + misses;
-    if total > reported {
-        let skipped = if misses > 0 { format!(", {misses} program runs skipped by the kernel") } else { String::new() };
-        eprintln!(
-            "tracer: {total} records lost so far (per CPU {per_cpu:?}{skipped}): the ring buffer was full; raise --ring-buffer-mib or narrow --port. Findings whose records may be among them are counted as unconfirmed, not stated"
-        );
-    }
-    total
-}
-
-pub async fn run(options: &WatchOptions, output: &mut dyn Output) -> Result<Ending> {
-    // Nothing is read or run before the privileges are known to be there.
-    check_privileges()?;
-    // The rulesets are read before anything is attached: that reading is what the
-    // counters of the first drop are compared with.
-    let firewall = FirewallWorker::start();
-    let Attached { hooks, events, loss, mut reports, mut journeys } = KernelHooks::attach(&options.settings)?;
-    let mut loss = KernelWitness::new(loss);
-    let mut interfaces = Interfaces::open()?;
-    let clock = WallClock::now();
-    // SAFETY: the ring buffer owns its map fd, which stays open and unchanged for as
-    // long as the AsyncFd holds it.
-    let mut events = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
-        .map_err(|err| anyhow::anyhow!("watching the ring buffer for events: {err}"))?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut tick = tokio::time::interval(TICK);
-    let mut drain_timer = tokio::time::interval(DRAIN_INTERVAL);
-    drain_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let started = Instant::now();
-    let deadline = options.duration.map(|d| started + d);
-    let mut analysis = Analysis::live(&options.analysis, firewall);
-    let mut watermark = Watermark::default();
-    let mut decoder = record::Decoder::default();
-    let mut ticks: u64 = 0;
-    let mut lost_reported: u64 = 0;
-
-    eprintln!("tracer: {}", hooks.capabilities);
-    eprintln!(
-        "tracer: watching {} on Linux bridges in network namespace {}{}; Ctrl-C to stop",
-        match options.settings.port {
-            0 => "all ports".to_string(),
-            port => format!("port {port}"),
-        },
-        hooks.netns_inode,
-        if hooks.conntrack_known { "" } else { " (no conntrack in this kernel's BTF: conntrack tuples not shown)" },
-    );
-
-    #[cfg(feature = "fault-injection")]
-    if crate::kernel::injected_fault("panic-after-attach") {
-        panic!("injected fault (TRACER_FAULT=panic-after-attach)");
-    }
-
-    let sleep_until_deadline = async {
-        match deadline {
-            Some(at) => tokio::time::sleep_until(at.into()).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::pin!(sleep_until_deadline);
-
-    let reasons = &hooks.drop_reasons;
-    // The first error writing the output, which ends the watch.
-    let mut output_error: Option<io::Error> = None;
-    loop {
-        tokio::select! {
-            ready = events.readable_mut() => {
-                let mut guard = ready.context("waiting for events")?;
-                let pass = Pass { reasons, clock: &clock, until: Instant::now() + PASS_TIME, max_records: PASS_RECORDS };
-                let emptied = pass
-                    .drain(guard.get_inner_mut(), &mut interfaces, output, &mut analysis, &mut watermark, &mut decoder)
-                    .and_then(|emptied| analysis.settle(&mut loss, output).and_then(|()| output.flush()).map(|()| emptied));
-                match emptied {
-                    Ok(true) => guard.clear_ready(),
-                    Ok(false) => {
-                        // More is queued: let signals, the deadline and the tick in first.
-                        drop(guard);
-                        tokio::task::yield_now().await;
-                    }
-                    Err(err) => {
-                        output_error = Some(err);
-                        break;
-                    }
-                }
-            }
-            _ = drain_timer.tick() => {
-                let pass = Pass { reasons, clock: &clock, until: Instant::now() + PASS_TIME, max_records: PASS_RECORDS };
-                let served = pass
-                    .drain(events.get_mut(), &mut interfaces, output, &mut analysis, &mut watermark, &mut decoder)
-                    .and_then(|_| analysis.settle(&mut loss, output).and_then(|()| output.flush()));
-                if let Err(err) = served {
-                    output_error = Some(err);
-                    break;
-                }
-            }
-            _ = tick.tick() => {
-                ticks += 1;
-                let pass = Pass { reasons, clock: &clock, until: Instant::now() + PASS_TIME, max_records: PASS_RECORDS };
-                if let Err(err) = pass.sweep(&mut journeys, &mut interfaces, output, &mut analysis, &mut watermark, &mut decoder) {
-                    output_error = Some(err);
-                    break;
-                }
-                if let Some(reports) = reports.as_mut() {
-                    reports.flush();
-                }
-                loss.read_misses();
-                if ticks.is_multiple_of(LOST_REPORT_TICKS) {
-                    lost_reported = report_lost(&hooks, loss.kernel(), lost_reported);
-                    output.lost(lost_reported);
-                }
-                // Also when nothing woke the loop: a ring buffer read empty here is what
-                // lets an unanswered query's time run out on a quiet node.
-                let pass = Pass { reasons, clock: &clock, until: Instant::now() + PASS_TIME, max_records: PASS_RECORDS };
-                let served = pass.drain(events.get_mut(), &mut interfaces, output, &mut analysis, &mut watermark, &mut decoder).and_then(|_| {
-                    analysis.expire(watermark.newest_ns);
-                    analysis.settle(&mut loss, output).and_then(|()| output.flush())
-                });
-                if let Err(err) = served {
-                    output_error = Some(err);
-                    break;
-                }
-            }
-            _ = sigterm.recv() => break,
-            _ = sigint.recv() => break,
-            _ = &mut sleep_until_deadline => break,
-        }
-    }
-
-    if output_error.is_none() {
-        // Records already queued when we were told to stop still belong to the watch, as
-        // far as they can be read in a moment.
-        let pass = Pass { reasons, clock: &clock, until: Instant::now() + FINAL_DRAIN_TIME, max_records: usize::MAX };
-        let ended = pass
-            .drain(events.get_mut(), &mut interfaces, output, &mut analysis, &mut watermark, &mut decoder)
-            .and_then(|_| {
-                analysis.expire(watermark.newest_ns);
-                analysis.finish(&mut loss, output, Instant::now() + FINAL_RULES_WAIT)
-            });
-        output_error = ended.err();
-    }
-    if let Some(reports) = reports.as_mut() {
-        reports.flush();
-    }
-    let stats = &analysis.stats;
-    if stats.malformed > 0 {
-        eprintln!("tracer: warning: {} records could not be decoded: {}", stats.malformed, stats.last_error);
-    }
-    let lost_per_cpu = hooks.lost_per_cpu()?;
-    let recursion_misses = loss.kernel().recursion_misses();
-    let summary = Summary {
-        packets: stats.packets,
-        records: stats.records,
-        lost: lost_per_cpu.iter().sum::<u64>() + recursion_misses,
-        lost_per_cpu,
-        duration_secs: started.elapsed().as_secs_f64(),
-        findings: analysis.log.distinct(),
-        finding_counts: analysis.log.counts().into_iter().collect(),
-        evicted_flows: analysis.flows.evicted(),
-        evicted_paths: analysis.stats.abandoned,
-        findings_overflow: analysis.log.overflow,
-        unconfirmed: analysis.unconfirmed.total(),
-        unconfirmed_counts: analysis.unconfirmed.counts().into_iter().collect(),
-        recursion_misses,
-    };
-    drop(hooks);
-    // Also after the output failed: a capture written beside it still gets its summary.
-    let summary_written = output.summary(&summary);
-    let output_error = output_error.or(summary_written.err());
-    Ok(match output_error {
-        None => Ending::Finished(summary),
-        Some(err) if err.kind() == io::ErrorKind::BrokenPipe => Ending::OutputClosed(summary),
-        Some(error) => Ending::OutputFailed { summary, error },
-    })
-}
-
-/// One pass over the ring buffer.
-struct Pass<'a> {
-    reasons: &'a HashMap<u32, String>,
-    clock: &'a WallClock,
-    until: Instant,
-    max_records: usize,
-}
-
-/// Time is looked at every this many records.
-const CLOCK_EVERY: usize = 256;
-
-impl Pass<'_> {
-    /// Reads records until the ring buffer is empty (true) or the pass's budget is spent
-    /// (false). An error means the output is gone. The caller settles the findings the
-    /// pass made and then flushes the output.
-    fn drain(
-        &self,
-        ring: &mut RingBuf<MapData>,
-        interfaces: &mut Interfaces,
-        output: &mut dyn Output,
-        analysis: &mut Analysis,
-        watermark: &mut Watermark,
-        decoder: &mut record::Decoder,
-    ) -> io::Result<bool> {
-        interfaces.apply_updates();
-        let mut read = 0usize;
-        loop {
-            if read >= self.max_records || (read % CLOCK_EVERY == CLOCK_EVERY - 1 && Instant::now() >= self.until) {
-                return Ok(false);
-            }
-            let Some(item) = ring.next() else {
-                watermark.caught_up();
-                return Ok(true);
-            };
-            read += 1;
-            analysis.stats.records += 1;
-            let decoded = decoder.decode(&item);
-            drop(item);
-            self.take(decoded, decoder, interfaces, output, analysis, watermark)?;
-        }
-    }
-
-    /// Journeys that never ended, read from the kernel's table (see `kernel::journeys`).
-    fn sweep(
-        &self,
-        journeys: &mut Journeys,
-        interfaces: &mut Interfaces,
-        output: &mut dyn Output,
-        analysis: &mut Analysis,
-        watermark: &mut Watermark,
-        decoder: &mut record::Decoder,
-    ) -> io::Result<()> {
-        for journey in journeys.sweep(monotonic_now_ns()) {
-            analysis.stats.records += 1;
-            analysis.stats.abandoned += 1;
-            let decoded = decoder.abandoned(&journey);
-            self.take(decoded, decoder, interfaces, output, analysis, watermark)?;
-        }
-        Ok(())
-    }
-
-    /// Hands the events a record was decoded into to the analysis.
-    fn take(
-        &self,
-        decoded: Result<(), record::DecodeError>,
-        decoder: &mut record::Decoder,
-        interfaces: &mut Interfaces,
-        output: &mut dyn Output,
-        analysis: &mut Analysis,
-        watermark: &mut Watermark,
-    ) -> io::Result<()> {
-        if let Err(err) = decoded {
-            analysis.stats.malformed += 1;
-            analysis.stats.last_error = err.to_string();
-            return Ok(());
-        }
-        for event in decoder.events.drain(..) {
-            match event {
-                KernelEvent::Packet { event, hooks } => {
-                    watermark.read(event.timestamp_ns);
-                    analysis
-                        .packet_with_hooks(naming::traced(event, self.clock, interfaces).with_hooks(hooks), output)?;
-                }
-                KernelEvent::Dropped { drop, path, icmp } => {
-                    watermark.read(drop.timestamp_ns);
-                    let reason = match self.reasons.get(&drop.reason) {
-                        Some(name) => name.clone(),
-                        // A kernel that gives no reason: a packet freed in a hook it never left
-                        // was dropped by netfilter.
-                        None if drop.reason == NO_DROP_REASON && path.last().is_some_and(|pass| !pass.left) => {
-                            NETFILTER_DROP.to_string()
-                        }
-                        None if drop.reason == NO_DROP_REASON => "NOT_SPECIFIED".to_string(),
-                        None => format!("reason {}", drop.reason),
-                    };
-                    analysis.dropped(DroppedPacket::new(drop, path, icmp), reason, self.clock, interfaces, output)?;
-                }
-                KernelEvent::StrayReply { reply, asked } => {
-                    watermark.read(reply.timestamp_ns);
-                    analysis.stray_reply(naming::traced(reply, self.clock, interfaces), asked, output)?;
-                }
-            }
-        }
-        Ok(())
-    }
-}
 
 /// How traffic is traced and read, for `watch` and `triage` alike.
 #[derive(clap::Args, Debug)]
@@ -456,7 +87,7 @@ impl TracingArgs {
     /// started afterwards (the watch, its workers, the tools they run) lives there.
     pub fn enter_netns(&self) -> Result<()> {
         match &self.netns {
-            Some(target) => crate::netns::enter(target),
+            Some(target) => crate::system::netns::enter(target),
             None => Ok(()),
         }
     }
@@ -573,7 +204,7 @@ pub fn command(args: WatchArgs) -> ExitCode {
                 None => eprintln!("tracer: writing the traced packets to {} (pcapng, mode 0600)", path.display()),
             }
             capture_file = Some(file);
-            Some((Box::new(writer) as Box<dyn Output>, path.display().to_string()))
+            Some((Box::new(writer) as Box<dyn Sink>, path.display().to_string()))
         }
         None => None,
     };
@@ -582,7 +213,7 @@ pub fn command(args: WatchArgs) -> ExitCode {
     // Flushed after every batch of records: a write per line (standard output's own line
     // buffering) or per 8 KiB made the pipe's wakeups a quarter of a busy watch's time.
     let buffered = || std::io::BufWriter::with_capacity(OUTPUT_BUFFER_BYTES, stdout.lock());
-    let main: Box<dyn Output> = match args.output {
+    let main: Box<dyn Sink> = match args.output {
         WatchFormat::Text => Box::new(TextOutput::new(buffered(), colour)),
         WatchFormat::Json => Box::new(JsonOutput::new(buffered())),
         WatchFormat::None => Box::new(SummaryOnly::new(std::io::stderr())),
@@ -597,7 +228,7 @@ pub fn command(args: WatchArgs) -> ExitCode {
         }
     };
     let ended = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(runtime) => runtime.block_on(run(&options, output.as_mut())),
+        Ok(runtime) => runtime.block_on(live::run(&options, output.as_mut())),
         Err(err) => Err(anyhow::anyhow!(err).context("starting the event loop")),
     };
     // Flushes and closes the capture before it is synced and named.

@@ -14,6 +14,8 @@ use std::net::SocketAddr;
 
 use serde::Serialize;
 
+use crate::model::packet::L4Proto;
+
 use crate::firewall::{
     eval::{self, Ruleset},
     Backend, Chain, Family, Hook, Rule, Snapshot, Verdict,
@@ -24,8 +26,7 @@ use crate::firewall::{
 pub struct HookDrop {
     pub family: Family,
     pub hook: Hook,
-    /// IP protocol number.
-    pub proto: u8,
+    pub proto: L4Proto,
     pub src: SocketAddr,
     pub dst: SocketAddr,
     pub in_iface: Option<String>,
@@ -37,6 +38,12 @@ pub struct HookDrop {
 }
 
 impl HookDrop {
+    /// What makes two drops the same problem: hook, source address, destination and
+    /// protocol (a client's every query comes from a new port).
+    pub fn key(&self) -> (Hook, std::net::IpAddr, SocketAddr, L4Proto) {
+        (self.hook, self.src.ip(), self.dst, self.proto)
+    }
+
     /// The packet as the firewall evaluator takes it: all of it is known but the interfaces
     /// the hook did not have.
     fn as_seen(&self) -> eval::Packet<'_> {
@@ -466,7 +473,7 @@ mod tests {
     use super::*;
     use crate::{
         firewall::{parse_iptables_save, parse_nft_json},
-        netns::scratch::Netns,
+        system::netns::scratch::Netns,
     };
 
     fn iptables(backend: Backend, family: Family, save: &str) -> Snapshot {
@@ -482,7 +489,7 @@ mod tests {
         HookDrop {
             family: Family::Ipv4,
             hook: Hook::Forward,
-            proto: 17,
+            proto: L4Proto::Udp,
             src: "10.244.0.5:41234".parse().unwrap(),
             dst: "10.96.0.10:53".parse().unwrap(),
             in_iface: Some("veth-client".to_string()),
@@ -758,7 +765,7 @@ COMMIT
         let after = before.replace(UNCOUNTED, COUNTED_ONCE);
         let packet = HookDrop {
             hook: Hook::LocalIn,
-            proto: 6,
+            proto: L4Proto::Tcp,
             dst: "10.0.0.1:22".parse().unwrap(),
             in_iface: Some("eth0".to_string()),
             out_iface: None,
@@ -870,7 +877,7 @@ COMMIT
             let packet = HookDrop {
                 family: Family::Ipv4,
                 hook: Hook::Forward,
-                proto: 17,
+                proto: L4Proto::Udp,
                 src: "10.0.1.2:40000".parse().unwrap(),
                 dst: "10.0.2.2:53".parse().unwrap(),
                 in_iface: Some("n0".to_string()),

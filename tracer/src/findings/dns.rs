@@ -4,16 +4,19 @@ use std::net::SocketAddr;
 
 use tracer_common::Stage;
 
-use super::{DnsEvidence, Evidence, Finding, FindingKind, QueryRef};
 use crate::{
     model::{
         packet::{stage_name, Conntrack},
-        TracedPacket,
+        sysctl::SysctlValue,
     },
-    node::sysctl::{bridge_nf_call_sysctl, SysctlValue},
+    node::sysctl::bridge_nf_call_sysctl,
     pipeline::{
         dns_parse::qtype_name,
         queries::{Correlated, QueryFlow},
+    },
+    schema::{
+        finding::{DnsEvidence, Evidence, Finding, FindingKind, QueryRef},
+        packet::TracedPacket,
     },
 };
 

@@ -1,76 +1,42 @@
 //! Decides what a packet that died in a netfilter hook means: which rule or chain
 //! policy stopped it, in words, and how to undo it.
 
-use super::{
-    attribution::{self, answer_name, attribute, Attribution},
-    ChainRef, Culprit, Evidence, Finding, FindingKind, NetfilterEvidence, RuleRef,
-};
+use super::attribution::{answer_name, attribute, Attribution, HookDrop};
 use crate::{
     firewall::{Backend, Family, Snapshot, Verdict},
-    pipeline::paths::DroppedPacket,
+    model::netfilter::DropReason,
+    schema::finding::{ChainRef, Culprit, Evidence, Finding, FindingKind, NetfilterEvidence, RuleRef},
 };
 
-/// What the watch knows of a dropped packet besides the packet itself.
-pub struct DropContext<'a> {
-    pub wall_time_ns: u64,
-    /// The kernel's drop reason without its prefix.
-    pub reason: &'a str,
-    pub in_ifname: Option<String>,
-    pub out_ifname: Option<String>,
-}
-
-/// The drop reason netfilter gives every packet a hook function dropped.
-pub const NETFILTER_DROP: &str = "NETFILTER_DROP";
-
-/// A finding for a packet a netfilter hook dropped or rejected; `None` for drops
-/// elsewhere. `before` and `after` are the rulesets with counters from before the
-/// drop and from now.
-pub fn judge_drop(
-    dropped: &DroppedPacket,
-    context: &DropContext,
-    before: &Snapshot,
-    after: &Snapshot,
-) -> Option<Finding> {
-    if context.reason != NETFILTER_DROP {
-        return None;
-    }
-    let pass = dropped.stopped_in()?;
-    let family = pass.family;
-    let icmp = dropped.icmp.as_ref().map(|i| answer_name(family, i.icmp_type, i.icmp_code));
-    let packet = attribution::HookDrop {
-        family,
-        hook: pass.hook,
-        proto: dropped.drop.l4_proto.number(),
-        src: dropped.drop.src,
-        dst: dropped.drop.dst,
-        in_iface: context.in_ifname.clone(),
-        out_iface: context.out_ifname.clone(),
-        icmp: dropped.icmp.as_ref().map(|i| (i.icmp_type, i.icmp_code)),
-        tcp_reset: false,
-    };
+/// The finding for a packet a netfilter hook dropped or rejected (`packet`, as the hook
+/// saw it). `before` and `after` are the rulesets with counters from before the drop and
+/// from now.
+pub fn judge_drop(packet: &HookDrop, wall_time_ns: u64, before: &Snapshot, after: &Snapshot) -> Finding {
+    let family = packet.family;
+    let icmp = packet.icmp.map(|(icmp_type, icmp_code)| answer_name(family, icmp_type, icmp_code));
     let attribution = attribute(before, after, &packet);
     let rejected =
         icmp.is_some() || attribution.rule.as_ref().is_some_and(|r| matches!(r.verdict, Verdict::Reject { .. }));
     let kind = if rejected { FindingKind::NetfilterReject } else { FindingKind::NetfilterDrop };
     let action = if rejected { "REJECT" } else { "DROP" };
-    let proto = dropped.drop.l4_proto;
-    let hook = pass.hook;
+    let proto = packet.proto;
+    let hook = packet.hook;
     let evidence = NetfilterEvidence {
-        src: dropped.drop.src,
-        dst: dropped.drop.dst,
+        src: packet.src,
+        dst: packet.dst,
         proto,
         hook,
-        in_ifname: context.in_ifname.clone(),
-        out_ifname: context.out_ifname.clone(),
+        in_ifname: packet.in_iface.clone(),
+        out_ifname: packet.out_iface.clone(),
         pods: Default::default(),
         culprit: Culprit::of(attribution.rule.as_ref().map(RuleRef::of), attribution.policy.as_ref().map(ChainRef::of)),
         candidates: attribution.candidates.iter().map(RuleRef::of).collect(),
         attribution: attribution.reason.clone(),
         icmp: icmp.clone(),
-        drop_reason: context.reason.to_string(),
+        drop_reason: DropReason::NetfilterDrop,
     };
     let by = culprit(&attribution);
-    let headline = format!("{action} in {hook}: {proto} {} → {} stopped by {by}", dropped.drop.src, dropped.drop.dst);
+    let headline = format!("{action} in {hook}: {proto} {} → {} stopped by {by}", packet.src, packet.dst);
     let answer = match &icmp {
         Some(name) => format!(
             " The node answered the sender with ICMP {name}, which a client reports as an error at once (dig: \"host unreachable\" or \"connection refused\")."
@@ -82,14 +48,14 @@ pub fn judge_drop(
         if rejected { "rejected" } else { "dropped" },
         attribution.reason
     );
-    Some(Finding {
+    Finding {
         kind,
-        wall_time_ns: context.wall_time_ns,
+        wall_time_ns,
         headline,
         evidence: Evidence::Netfilter(evidence),
         explanation,
-        fix: fix_commands(&attribution, &packet, proto.name()),
-    })
+        fix: fix_commands(&attribution, packet, proto.name()),
+    }
 }
 
 /// `filter/FORWARD #16` (what the drop line names), when the attribution is certain.
@@ -123,7 +89,7 @@ fn culprit(attribution: &Attribution) -> String {
     "a rule tracer could not name".to_string()
 }
 
-fn fix_commands(attribution: &Attribution, packet: &attribution::HookDrop, proto: &str) -> Vec<String> {
+fn fix_commands(attribution: &Attribution, packet: &HookDrop, proto: &str) -> Vec<String> {
     let port = packet.dst.port();
     let allow_match = format!("-p {proto} -d {} --dport {port}", packet.dst.ip());
     if let Some(rule) = &attribution.rule {

@@ -7,6 +7,8 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 
+use crate::model::packet::L4Proto;
+
 use super::model::{
     nft_family_name, AddrRange, Backend, Chain, Condition, Family, Hook, IfacePattern, PortRange, Rule, Snapshot, Test,
     Verdict,
@@ -16,8 +18,7 @@ use super::model::{
 #[derive(Clone, Copy, Debug)]
 pub struct Packet<'a> {
     pub family: Family,
-    /// IP protocol number.
-    pub proto: u8,
+    pub proto: L4Proto,
     pub src: Option<IpAddr>,
     pub dst: Option<IpAddr>,
     pub sport: Option<u16>,
@@ -55,13 +56,13 @@ pub fn fit(rule: &Rule, packet: &Packet) -> Fit {
 /// Whether `test` holds for `packet`; `None` when the packet does not tell.
 pub fn holds(test: &Test, packet: &Packet) -> Option<bool> {
     let in_ports = |ranges: &[PortRange], port: Option<u16>| {
-        let port = port.filter(|_| has_ports(packet.proto))?;
+        let port = port.filter(|_| has_ports(packet.proto.number()))?;
         Some(ranges.iter().any(|r| (r.first..=r.last).contains(&port)))
     };
     let in_iface = |patterns: &[IfacePattern], name: Option<&str>| Some(iface_matches(patterns, name?));
     let plain = match &test.condition {
         Condition::Family(family) => Some(*family == packet.family),
-        Condition::Proto(protos) => Some(protos.contains(&packet.proto)),
+        Condition::Proto(protos) => Some(protos.contains(&packet.proto.number())),
         Condition::Src(ranges) => return addr_holds(ranges, packet.src, packet.family, test.negated),
         Condition::Dst(ranges) => return addr_holds(ranges, packet.dst, packet.family, test.negated),
         Condition::Sport(ranges) => in_ports(ranges, packet.sport),
@@ -305,7 +306,7 @@ mod tests {
     fn udp_to(port: u16) -> Packet<'static> {
         Packet {
             family: Family::Ipv4,
-            proto: 17,
+            proto: L4Proto::Udp,
             src: None,
             dst: None,
             sport: None,

@@ -4,45 +4,12 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-pub use crate::model::hook::{Family, Hook};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Backend {
-    IptablesNft,
-    IptablesLegacy,
-    Nftables,
-}
-
-impl std::fmt::Display for Backend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl Backend {
-    pub fn name(self) -> &'static str {
-        match self {
-            Backend::IptablesNft => "iptables-nft",
-            Backend::IptablesLegacy => "iptables-legacy",
-            Backend::Nftables => "nftables",
-        }
-    }
-
-    /// The iptables program that manages this backend's rules of `family`, by its exact
-    /// name: on a node with both iptables backends, plain `iptables` is only one of them.
-    /// (nftables rules are edited with nft; callers handle that backend themselves.)
-    pub fn iptables_command(self, family: Family) -> &'static str {
-        match (self, family) {
-            (Backend::IptablesLegacy, Family::Ipv4) => "iptables-legacy",
-            (Backend::IptablesLegacy, Family::Ipv6) => "ip6tables-legacy",
-            (Backend::IptablesNft | Backend::Nftables, Family::Ipv4) => "iptables-nft",
-            (Backend::IptablesNft | Backend::Nftables, Family::Ipv6) => "ip6tables-nft",
-        }
-    }
-}
+pub use crate::model::{
+    firewall::Backend,
+    hook::{Family, Hook},
+};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub enum Verdict {

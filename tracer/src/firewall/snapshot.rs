@@ -10,7 +10,7 @@ use super::iptables::parse_iptables_save;
 use super::model::{nft_family_name, Backend, Chain, Family, Snapshot};
 use super::nft::parse_nft;
 use super::reconcile::reconcile;
-use crate::tools::{self, HelperError};
+use crate::system::tools::{self, HelperError};
 
 /// The iptables tables; nf_tables tables with these names in the ip/ip6 families may be
 /// iptables-nft's.
@@ -211,7 +211,7 @@ mod tests {
     use super::*;
     use crate::firewall::fixtures::reject_with;
     use crate::firewall::model::{Chain, Hook, Verdict};
-    use crate::netns::scratch::Netns;
+    use crate::system::netns::scratch::Netns;
 
     fn names(snapshot: &Snapshot) -> Vec<String> {
         snapshot.chains.iter().map(|c| format!("{} {:?} {} {}", c.backend.name(), c.family, c.table, c.name)).collect()

@@ -4,8 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 /// `enum nf_inet_hooks`, the order every IP family's hooks are numbered in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::EnumString, strum::VariantNames)]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 pub enum Hook {
     PreRouting = 0,
     LocalIn = 1,
@@ -19,16 +19,6 @@ impl Hook {
 
     pub fn from_number(number: u8) -> Option<Hook> {
         Hook::ALL.into_iter().find(|hook| *hook as u8 == number)
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Hook::PreRouting => "PRE_ROUTING",
-            Hook::LocalIn => "LOCAL_IN",
-            Hook::Forward => "FORWARD",
-            Hook::LocalOut => "LOCAL_OUT",
-            Hook::PostRouting => "POST_ROUTING",
-        }
     }
 
     /// The hook of a built-in iptables chain.
@@ -56,11 +46,7 @@ impl Hook {
     }
 }
 
-impl std::fmt::Display for Hook {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
+super::named_by_strum!(Hook);
 
 /// IPv4 or IPv6: of a packet, a hook, a firewall table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

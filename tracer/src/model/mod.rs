@@ -2,17 +2,50 @@
 //! about them, hooks and families, DNS messages, time. Data only: it imports nothing of
 //! the rest of the crate.
 
+/// Names an enum by its strum names: `name()`, `Display`, and serde's form, so each name is
+/// written once (by the derive's case rule) for JSON, text and metrics alike. The enum
+/// derives `strum::IntoStaticStr`, `strum::EnumString` and `strum::VariantNames`.
+macro_rules! named_by_strum {
+    ($type:ty) => {
+        impl $type {
+            /// The name every output uses.
+            pub fn name(self) -> &'static str {
+                self.into()
+            }
+        }
+
+        impl std::fmt::Display for $type {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+
+        impl serde::Serialize for $type {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.name())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $type {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let name = String::deserialize(deserializer)?;
+                name.parse()
+                    .map_err(|_| serde::de::Error::unknown_variant(&name, <$type as strum::VariantNames>::VARIANTS))
+            }
+        }
+    };
+}
+pub(crate) use named_by_strum;
+
 pub mod dns;
-pub mod finding;
+pub mod firewall;
 pub mod hook;
 pub mod netfilter;
 pub mod packet;
 pub mod plain;
 pub mod pod;
 pub mod serde_forms;
-pub mod traced;
-
-pub use traced::{InterfaceNames, TracedPacket};
+pub mod sysctl;
 
 /// Maps the kernel's monotonic timestamps to wall-clock time. The offset is taken
 /// once at start so that event order and spacing are exactly the kernel's.

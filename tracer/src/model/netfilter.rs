@@ -122,3 +122,130 @@ impl Serialize for HookPass {
         map.end()
     }
 }
+
+/// The hook a packet entered and never left, where its path ends in one: where it was stopped.
+pub fn stopped_in(path: &[HookPass]) -> Option<&HookPass> {
+    path.last().filter(|pass| !pass.left)
+}
+
+/// Why the kernel freed a traced packet, as a line names it: a member of the running
+/// kernel's `enum skb_drop_reason` without its `SKB_DROP_REASON_` prefix. Serialised as
+/// that name (`NETFILTER_DROP`), `NOT_SPECIFIED`, or `reason N` for a value the kernel's
+/// BTF does not name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// Dropped by a netfilter hook: the kernel said so, or a kernel without drop reasons
+    /// freed the packet in a hook it never left.
+    NetfilterDrop,
+    /// The kernel gave no reason (kernels before 5.17 never do).
+    NotSpecified,
+    /// Another reason the kernel named, e.g. `IP_RPFILTER`.
+    Named(String),
+    /// A value the running kernel's BTF has no name for.
+    Unnamed(u32),
+}
+
+const NETFILTER_DROP: &str = "NETFILTER_DROP";
+const NOT_SPECIFIED: &str = "NOT_SPECIFIED";
+const UNNAMED_PREFIX: &str = "reason ";
+
+impl DropReason {
+    /// The reason of a kernel report: `value` named through `names` (the kernel's enum, read
+    /// from its BTF), or, from a kernel that gives no reason (`value` is `no_reason`), inferred
+    /// from the packet's path: one freed in a hook it never left was dropped by netfilter.
+    pub fn resolve(
+        value: u32,
+        no_reason: u32,
+        names: &std::collections::HashMap<u32, String>,
+        path: &[HookPass],
+    ) -> DropReason {
+        match names.get(&value) {
+            Some(name) => DropReason::from_name(name),
+            None if value == no_reason && stopped_in(path).is_some() => DropReason::NetfilterDrop,
+            None if value == no_reason => DropReason::NotSpecified,
+            None => DropReason::Unnamed(value),
+        }
+    }
+
+    /// Back from the name a line shows.
+    pub fn from_name(name: &str) -> DropReason {
+        match name {
+            NETFILTER_DROP => DropReason::NetfilterDrop,
+            NOT_SPECIFIED => DropReason::NotSpecified,
+            _ => match name.strip_prefix(UNNAMED_PREFIX).and_then(|value| value.parse().ok()) {
+                Some(value) => DropReason::Unnamed(value),
+                None => DropReason::Named(name.to_string()),
+            },
+        }
+    }
+
+    pub fn is_netfilter_drop(&self) -> bool {
+        *self == DropReason::NetfilterDrop
+    }
+}
+
+impl std::fmt::Display for DropReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DropReason::NetfilterDrop => f.write_str(NETFILTER_DROP),
+            DropReason::NotSpecified => f.write_str(NOT_SPECIFIED),
+            DropReason::Named(name) => f.write_str(name),
+            DropReason::Unnamed(value) => write!(f, "{UNNAMED_PREFIX}{value}"),
+        }
+    }
+}
+
+impl Serialize for DropReason {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for DropReason {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<DropReason, D::Error> {
+        Ok(DropReason::from_name(&String::deserialize(deserializer)?))
+    }
+}
+
+#[cfg(test)]
+mod drop_reason_tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn pass(left: bool) -> HookPass {
+        HookPass {
+            hook: Hook::Forward,
+            family: Family::Ipv4,
+            left,
+            conntrack: Conntrack::None,
+            in_ifindex: 2,
+            out_ifindex: 3,
+            stamped: None,
+        }
+    }
+
+    #[test]
+    fn a_reason_is_named_by_the_kernel_or_inferred_from_the_path_and_reads_back_as_written() {
+        const NONE: u32 = u32::MAX;
+        let names: HashMap<u32, String> =
+            [(12, "NETFILTER_DROP".to_string()), (2, "NOT_SPECIFIED".to_string()), (5, "IP_RPFILTER".to_string())]
+                .into();
+        assert_eq!(DropReason::resolve(12, NONE, &names, &[]), DropReason::NetfilterDrop);
+        assert_eq!(DropReason::resolve(5, NONE, &names, &[]), DropReason::Named("IP_RPFILTER".into()));
+        assert_eq!(DropReason::resolve(99, NONE, &names, &[]), DropReason::Unnamed(99));
+        // A kernel without reasons: freed in a hook it never left, or anywhere else.
+        assert_eq!(DropReason::resolve(NONE, NONE, &HashMap::new(), &[pass(false)]), DropReason::NetfilterDrop);
+        assert_eq!(DropReason::resolve(NONE, NONE, &HashMap::new(), &[pass(true)]), DropReason::NotSpecified);
+        for reason in [
+            DropReason::NetfilterDrop,
+            DropReason::NotSpecified,
+            DropReason::Named("IP_RPFILTER".into()),
+            DropReason::Unnamed(99),
+        ] {
+            let json = serde_json::to_string(&reason).expect("serialises");
+            assert_eq!(serde_json::from_str::<DropReason>(&json).expect("reads back"), reason, "{json}");
+        }
+        assert_eq!(serde_json::to_string(&DropReason::Unnamed(7)).expect("serialises"), "\"reason 7\"");
+    }
+}

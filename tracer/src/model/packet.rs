@@ -11,8 +11,20 @@ pub use tracer_common::Stage;
 use super::{dns::DnsMessage, hook::Family, serde_forms};
 
 /// The transport protocols tracer traces.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::VariantNames,
+)]
+#[strum(serialize_all = "lowercase")]
 pub enum L4Proto {
     Udp,
     Tcp,
@@ -34,42 +46,24 @@ impl L4Proto {
             L4Proto::Tcp => IPPROTO_TCP,
         }
     }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            L4Proto::Udp => "udp",
-            L4Proto::Tcp => "tcp",
-        }
-    }
 }
 
-impl std::fmt::Display for L4Proto {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
+super::named_by_strum!(L4Proto);
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
-/// What became of a packet where tracer saw it decided.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Verdict {
+/// What became of a packet where tracer saw it decided (a line's `verdict`). A firewall
+/// rule's own verdict, which may also jump or return, is `firewall::Verdict`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString, strum::VariantNames)]
+#[strum(serialize_all = "lowercase")]
+pub enum Fate {
     Accept,
     Drop,
     Reject,
 }
 
-impl Verdict {
-    pub fn name(self) -> &'static str {
-        match self {
-            Verdict::Accept => "accept",
-            Verdict::Drop => "drop",
-            Verdict::Reject => "reject",
-        }
-    }
-}
+super::named_by_strum!(Fate);
 
 /// A frame at one stage of the bridge path, as the kernel reported it.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -17,11 +17,11 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::{
-    interfaces::Interfaces,
-    sysctl::{read_sysctl, SysctlValue},
+use super::{interfaces::Interfaces, sysctl::read_sysctl};
+use crate::{
+    firewall::{self, Snapshot},
+    model::sysctl::SysctlValue,
 };
-use crate::firewall::{self, Snapshot};
 
 /// Where `ip netns add` pins named network namespaces.
 const NETNS_RUN_DIR: &str = "/run/netns";
@@ -139,7 +139,7 @@ fn pinned_namespaces(dir: &Path) -> io::Result<Vec<(String, u64, PathBuf)>> {
 pub fn in_namespace<T: Send>(netns: &Netns, read: impl FnOnce() -> T + Send) -> Result<T> {
     match &netns.path {
         None => Ok(read()),
-        Some(path) => crate::netns::run_in(path, read),
+        Some(path) => crate::system::netns::run_in(path, read),
     }
 }
 

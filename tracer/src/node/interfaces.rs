@@ -366,7 +366,7 @@ pub(super) fn set_receive_timeout(socket: &Socket, timeout: Duration) -> io::Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netns::scratch::{ip, ip_with_input, Netns};
+    use crate::system::netns::scratch::{ip, ip_with_input, Netns};
     use std::process::Command;
 
     /// `ip -n NS ARGS...`

@@ -19,7 +19,8 @@ use std::net::SocketAddr;
 
 use crate::{
     kernel::loss::KernelLoss,
-    model::{finding::Unconfirmed, monotonic_now_ns, packet::LossStamps},
+    model::{monotonic_now_ns, packet::LossStamps},
+    schema::finding::Unconfirmed,
 };
 
 /// One endpoint's loss bucket as a record of the finding stamped it.

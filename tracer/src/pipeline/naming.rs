@@ -3,8 +3,9 @@
 //! after deletion does not rewrite history).
 
 use crate::{
-    model::{packet::PacketEvent, InterfaceNames, TracedPacket, WallClock},
+    model::{packet::PacketEvent, WallClock},
     node::interfaces::Interfaces,
+    schema::packet::{InterfaceNames, TracedPacket},
 };
 
 pub fn traced(event: PacketEvent, clock: &WallClock, interfaces: &mut Interfaces) -> TracedPacket {

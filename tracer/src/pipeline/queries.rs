@@ -8,25 +8,13 @@
 
 use std::net::SocketAddr;
 
-use serde::{Deserialize, Serialize};
-
 use tracer_common::Stage;
 
 use super::{bounded::BoundedTable, loss::LossWindows};
-use crate::model::{
-    packet::{Conntrack, PacketEvent},
-    TracedPacket,
+use crate::{
+    model::packet::{Conntrack, PacketEvent},
+    schema::{finding::Sighting, packet::TracedPacket},
 };
-
-/// Where a packet was last seen on the node.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Sighting {
-    pub stage: Stage,
-    pub ifname: Option<String>,
-    pub ifindex: u32,
-    #[serde(skip)]
-    pub wall_time_ns: u64,
-}
 
 /// One server a client sent a query to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -246,11 +234,13 @@ pub(crate) mod tests {
     use tracer_common::Stage;
 
     use super::*;
-    use crate::model::{
-        dns::DnsMessage,
-        hook::Family,
-        packet::{ConntrackEntry, FlowTuple, L4Proto},
-        InterfaceNames,
+    use crate::{
+        model::{
+            dns::DnsMessage,
+            hook::Family,
+            packet::{ConntrackEntry, FlowTuple, L4Proto},
+        },
+        schema::packet::InterfaceNames,
     };
 
     pub fn addr(text: &str) -> SocketAddr {

@@ -3,7 +3,7 @@
 //! a bridge), watches the traced port's traffic for a while with the same kernel programs
 //! as `watch`, reads the conntrack counters again, and prints the findings ranked by how
 //! likely each explains broken traffic. Orchestration only: reading is in
-//! `node::checks`, deciding in `findings::node_config`, printing in `render::triage`.
+//! `node::checks`, deciding in `findings::node_config`, printing in `sinks::triage`.
 
 use std::{
     io::{IsTerminal, Write},
@@ -15,15 +15,13 @@ mod traffic;
 
 use self::traffic::Collector;
 use crate::{
-    cli::{parse_duration, OutputFormat},
-    commands::{
-        agent::RuntimeArgs,
-        watch::{self, Ending, TracingArgs},
-    },
+    commands::cli::{parse_duration, OutputFormat},
+    commands::{agent::RuntimeArgs, watch::TracingArgs},
+    engine::live::{self, Ending},
     findings::node_config,
     kernel::check_privileges,
     node::checks::{read_conntrack, read_namespace, visible_namespaces, ConntrackReading},
-    render::triage::{print_json, print_text, ReportContext},
+    sinks::triage::{print_json, print_text, ReportContext},
 };
 
 /// Check the node and watch its traffic for a while; report what breaks it, most likely cause first.
@@ -103,7 +101,7 @@ pub fn run(args: TriageArgs) -> ExitCode {
     let watched = args
         .runtime
         .named(Box::new(&mut collector))
-        .and_then(|mut output| runtime.block_on(watch::run(&options, output.as_mut())));
+        .and_then(|mut output| runtime.block_on(live::run(&options, output.as_mut())));
     let summary = match watched {
         Ok(Ending::Finished(summary)) => summary,
         // The collector never fails a write, so this does not happen; were it to, the

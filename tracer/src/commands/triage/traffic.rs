@@ -12,13 +12,16 @@ use std::{
 use serde_json::Value;
 
 use crate::{
-    analysis::output::{DropLine, Output, Summary},
-    findings::{
-        node_config::{DropGroup, Example, Traffic},
-        Evidence, Finding,
+    findings::node_config::{DropGroup, Example, Traffic},
+    model::netfilter::DropReason,
+    model::{hook::Hook, packet::L4Proto},
+    schema::{
+        finding::{Evidence, Finding},
+        packet::{DropLine, TracedPacket},
+        sink::Sink,
+        summary::Summary,
     },
-    model::{hook::Hook, packet::L4Proto, TracedPacket},
-    render::{json::to_value, text::TextOutput},
+    sinks::{forms::to_value, text::TextOutput},
 };
 
 /// Packet lines kept to find examples in; older ones are forgotten.
@@ -39,7 +42,7 @@ struct Recent {
     json: Value,
 }
 
-type DropKey = (String, Option<Hook>, Option<Hook>, IpAddr, SocketAddr, L4Proto);
+type DropKey = (DropReason, Option<Hook>, Option<Hook>, IpAddr, SocketAddr, L4Proto);
 
 /// Keeps what the watch reports for the triage report.
 pub struct Collector {
@@ -139,7 +142,7 @@ fn render_text(write: impl FnOnce(&mut TextOutput<&mut Vec<u8>>) -> io::Result<(
     String::from_utf8_lossy(&buf).trim_end().to_string()
 }
 
-impl Output for Collector {
+impl Sink for Collector {
     fn packet(&mut self, packet: &TracedPacket) -> io::Result<()> {
         self.packets += 1;
         let text = render_text(|out| out.packet(packet));
@@ -157,7 +160,7 @@ impl Output for Collector {
 
     fn dropped(&mut self, line: &DropLine) -> io::Result<()> {
         self.packets += 1;
-        let drop = &line.dropped.drop;
+        let drop = &line.drop;
         self.remember(Recent {
             src: drop.src,
             dst: drop.dst,
@@ -165,8 +168,8 @@ impl Output for Collector {
             text: render_text(|out| out.dropped(line)),
             json: to_value(line),
         });
-        let stopped_in = line.dropped.stopped_in().map(|pass| pass.hook);
-        let after = if stopped_in.is_none() { line.dropped.path.last().map(|pass| pass.hook) } else { None };
+        let stopped_in = line.stopped_in().map(|pass| pass.hook);
+        let after = if stopped_in.is_none() { line.path.last().map(|pass| pass.hook) } else { None };
         let key: DropKey = (line.reason.clone(), stopped_in, after, drop.src.ip(), drop.dst, drop.l4_proto);
         if let Some(&at) = self.drop_index.get(&key) {
             self.drops[at].count += 1;
@@ -223,7 +226,6 @@ mod tests {
 
     use super::*;
     use crate::{
-        findings::FindingKind,
         model::{
             hook::Family,
             netfilter::{DropEvent, HookPass},
@@ -233,6 +235,7 @@ mod tests {
             paths::DroppedPacket,
             queries::tests::{addr, packet, query_path},
         },
+        schema::finding::FindingKind,
     };
 
     fn dropped(src: &str, path: Vec<HookPass>) -> DroppedPacket {
@@ -266,7 +269,7 @@ mod tests {
         let again_other_port = dropped("10.244.0.5:40001", vec![pass(Hook::PreRouting, false)]);
         let after_local_in = dropped("10.244.0.5:40002", vec![pass(Hook::PreRouting, true), pass(Hook::LocalIn, true)]);
         for d in [&in_pre_routing, &again_other_port, &after_local_in] {
-            collector.dropped(&DropLine::example(d)).expect("in memory");
+            collector.dropped(&DropLine::example(d.drop.clone(), d.path.clone())).expect("in memory");
         }
         let (traffic, _) = collector.finish();
         let groups: Vec<(Option<Hook>, Option<Hook>, u64)> =
@@ -303,11 +306,11 @@ mod tests {
             kind: FindingKind::ConntrackSkip,
             wall_time_ns: 0,
             headline: "h".into(),
-            evidence: Evidence::Dns(crate::findings::DnsEvidence {
+            evidence: Evidence::Dns(crate::schema::finding::DnsEvidence {
                 client: addr("10.244.0.5:40000"),
                 expected_source: addr("10.96.0.10:53"),
                 actual_source: Some(addr("10.244.0.7:53")),
-                query: crate::findings::QueryRef { id: 0x6aab, qname: None, qtype: None },
+                query: crate::schema::finding::QueryRef { id: 0x6aab, qname: None, qtype: None },
                 bridge: Some("cni0".into()),
                 reply_in_port: None,
                 reply_out_port: None,

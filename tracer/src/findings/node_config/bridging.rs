@@ -3,9 +3,9 @@
 
 use super::outcome::{node_evidence, shown, sysctl_value, where_, Check, Status};
 use crate::{
-    findings::{Evidence, Finding, FindingKind},
     firewall::{Family, Snapshot, Verdict},
     node::{checks::NamespaceState, sysctl::bridge_nf_call_sysctl},
+    schema::finding::{Evidence, Finding, FindingKind},
 };
 
 /// Rules that DNAT traffic of a family: the service addresses whose replies need conntrack.
@@ -195,7 +195,7 @@ pub(super) fn forwarding(
 mod tests {
     use crate::findings::node_config::fixtures::*;
     use crate::findings::node_config::{Status, Traffic};
-    use crate::findings::{Evidence, FindingKind};
+    use crate::schema::finding::{Evidence, FindingKind};
 
     #[test]
     fn bridge_nf_call_off_with_dnat_is_conntrack_skip() {

@@ -3,8 +3,8 @@
 
 use super::outcome::{node_evidence, where_, Check, Status};
 use crate::{
-    findings::{ConntrackEvidence, CounterEvidence, Evidence, Finding, FindingKind, NodeEvidence},
     node::checks::{ConntrackReading, ConntrackStats, NamespaceState, Netns},
+    schema::finding::{ConntrackEvidence, CounterEvidence, Evidence, Finding, FindingKind, NodeEvidence},
 };
 
 /// A conntrack table this full is reported even before the kernel drops anything.
@@ -199,9 +199,10 @@ fn insert_race(evidence: NodeEvidence, netns: &Netns, failed: u64, now_ns: u64) 
 mod tests {
     use crate::findings::node_config::fixtures::*;
     use crate::findings::node_config::{decide, Example, Status, Traffic};
-    use crate::findings::{Evidence, FindingKind};
     use crate::firewall::Hook;
+    use crate::model::netfilter::DropReason;
     use crate::node::checks::ConntrackReading;
+    use crate::schema::finding::{Evidence, FindingKind};
 
     #[test]
     fn table_full_from_recorded_counters_takes_over_the_unattributed_drops() {
@@ -228,7 +229,7 @@ mod tests {
                 (timeout_finding(), Example::default()),
             ],
             // As the watch saw the three refused queries in that recording.
-            drops: vec![drop_group("NETFILTER_DROP", Some(Hook::PreRouting), None, 3)],
+            drops: vec![drop_group(DropReason::NetfilterDrop, Some(Hook::PreRouting), None, 3)],
             kind_counts: [(FindingKind::NetfilterDrop, 3), (FindingKind::DnsTimeout, 1)].into(),
         };
         let decision = decide(&[state], &[after], traffic, 53, NOW);
@@ -288,7 +289,7 @@ mod tests {
             findings: vec![(timeout_finding(), Example::default())],
             // Where tracer saw them in that recording: past its last program in LOCAL_IN, in
             // conntrack's confirmation.
-            drops: vec![drop_group("NETFILTER_DROP", None, Some(Hook::LocalIn), 1)],
+            drops: vec![drop_group(DropReason::NetfilterDrop, None, Some(Hook::LocalIn), 1)],
             kind_counts: [(FindingKind::DnsTimeout, 1)].into(),
         };
         let decision = decide(&[state], &[after], traffic, 53, NOW);

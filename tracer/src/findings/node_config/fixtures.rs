@@ -2,13 +2,11 @@
 //! hand over.
 
 use crate::{
-    findings::{Culprit, DnsEvidence, Evidence, Finding, FindingKind, NetfilterEvidence},
     firewall::{parse_iptables_save, Backend, Family, Hook, Snapshot},
-    model::packet::L4Proto,
-    node::{
-        checks::{Bridge, ConntrackReading, ConntrackStats, NamespaceState, Netns, RpFilter},
-        sysctl::SysctlValue,
-    },
+    model::netfilter::DropReason,
+    model::{packet::L4Proto, sysctl::SysctlValue},
+    node::checks::{Bridge, ConntrackReading, ConntrackStats, NamespaceState, Netns, RpFilter},
+    schema::finding::{Culprit, DnsEvidence, Evidence, Finding, FindingKind, NetfilterEvidence},
 };
 
 use super::{decide, Decision, DropGroup, Example, Traffic};
@@ -64,7 +62,7 @@ pub fn sighting_dns_finding(kind: FindingKind) -> Finding {
         client: "10.244.0.5:40000".parse().expect("addr"),
         expected_source: "10.96.0.10:53".parse().expect("addr"),
         actual_source: Some("10.244.0.7:53".parse().expect("addr")),
-        query: crate::findings::QueryRef { id: 0x1a2b, qname: Some("example.test.".into()), qtype: Some(1) },
+        query: crate::schema::finding::QueryRef { id: 0x1a2b, qname: Some("example.test.".into()), qtype: Some(1) },
         bridge: Some("cni0".into()),
         reply_in_port: Some("veth-server".into()),
         reply_out_port: Some("veth-client".into()),
@@ -86,9 +84,10 @@ pub fn stats(text: &str) -> ConntrackStats {
     ConntrackStats::parse(text).expect("fixture parses")
 }
 
-pub fn drop_group(reason: &str, stopped_in: Option<Hook>, after: Option<Hook>, count: u64) -> DropGroup {
+pub fn drop_group(reason: DropReason, stopped_in: Option<Hook>, after: Option<Hook>, count: u64) -> DropGroup {
+    let example = Example { lines: vec![format!("dropped {reason}")], json: vec![] };
     DropGroup {
-        reason: reason.to_string(),
+        reason,
         stopped_in,
         after,
         src: "10.244.0.5:41000".parse().expect("addr"),
@@ -98,7 +97,7 @@ pub fn drop_group(reason: &str, stopped_in: Option<Hook>, after: Option<Hook>, c
         rule: None,
         count,
         wall_time_ns: NOW,
-        example: Example { lines: vec![format!("dropped {reason}")], json: vec![] },
+        example,
     }
 }
 
@@ -121,7 +120,7 @@ pub fn unattributed_drop_finding(hook: Hook) -> Finding {
             candidates: vec![],
             attribution: "no rule fits".into(),
             icmp: None,
-            drop_reason: "NETFILTER_DROP".into(),
+            drop_reason: DropReason::NetfilterDrop,
         }),
         explanation: String::new(),
         fix: vec![],

@@ -4,13 +4,11 @@
 use std::net::SocketAddr;
 
 use crate::{
-    findings::{DropEvidence, Evidence, Finding, FindingKind, NetnsRef, NodeEvidence},
     firewall::Hook,
-    model::packet::L4Proto,
-    node::{
-        checks::{NamespaceState, Netns},
-        sysctl::SysctlValue,
-    },
+    model::netfilter::DropReason,
+    model::{packet::L4Proto, sysctl::SysctlValue},
+    node::checks::{NamespaceState, Netns},
+    schema::finding::{DropEvidence, Evidence, Finding, FindingKind, NetnsRef, NodeEvidence},
 };
 
 /// Packet lines that show one example of a traffic finding, as the outputs rendered them
@@ -25,7 +23,7 @@ pub struct Example {
 /// same source address and destination.
 #[derive(Clone, Debug)]
 pub struct DropGroup {
-    pub reason: String,
+    pub reason: DropReason,
     /// The hook the packets entered and never left, when they died inside one.
     pub stopped_in: Option<Hook>,
     /// The last hook they passed, when they died after leaving it.

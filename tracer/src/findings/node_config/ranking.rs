@@ -2,7 +2,7 @@
 //! verdict.
 
 use super::outcome::Ranked;
-use crate::findings::FindingKind;
+use crate::schema::finding::FindingKind;
 
 /// Seen on packets and backed by node state first, then seen on packets, then node state of
 /// the namespace tracer watched, then of other namespaces.
@@ -51,8 +51,8 @@ mod tests {
 
     use crate::findings::node_config::fixtures::*;
     use crate::findings::node_config::{decide, Example, Traffic};
-    use crate::findings::{Evidence, FindingKind};
     use crate::node::checks::ConntrackReading;
+    use crate::schema::finding::{Evidence, FindingKind};
 
     #[test]
     fn other_namespaces_rank_after_the_watched_one_and_say_where() {
@@ -61,7 +61,7 @@ mod tests {
         other.netns = netns(false, Some("ld-node"));
         let mut timeout = timeout_finding();
         if let Evidence::Dns(dns) = &mut timeout.evidence {
-            dns.last_seen = Some(crate::pipeline::queries::Sighting {
+            dns.last_seen = Some(crate::schema::finding::Sighting {
                 stage: Stage::BridgeOut,
                 ifname: Some("veth-server".into()),
                 ifindex: 4,

@@ -3,8 +3,9 @@
 
 use super::outcome::{sysctl_value, Check, DropGroup, Ranked, Status};
 use crate::{
-    findings::{Evidence, Finding, FindingKind, NetnsRef, NodeEvidence},
-    node::{checks::NamespaceState, sysctl::SysctlValue},
+    model::sysctl::SysctlValue,
+    node::checks::NamespaceState,
+    schema::finding::{Evidence, Finding, FindingKind, NetnsRef, NodeEvidence},
 };
 
 /// rp_filter: strict mode is a note here; it becomes a finding when the kernel is seen
@@ -123,8 +124,9 @@ pub(super) fn rp_filter_drop(
 mod tests {
     use crate::findings::node_config::fixtures::*;
     use crate::findings::node_config::Traffic;
-    use crate::findings::FindingKind;
     use crate::firewall::Hook;
+    use crate::model::netfilter::DropReason;
+    use crate::schema::finding::FindingKind;
 
     #[test]
     fn rp_filter_drops_name_the_interface_and_its_setting() {
@@ -132,7 +134,7 @@ mod tests {
         state.sysctls[4] = sysctl("net.ipv4.conf.all.rp_filter", "1");
         let traffic = Traffic {
             findings: vec![],
-            drops: vec![drop_group("IP_RPFILTER", None, Some(Hook::PreRouting), 2)],
+            drops: vec![drop_group(DropReason::Named("IP_RPFILTER".into()), None, Some(Hook::PreRouting), 2)],
             kind_counts: Default::default(),
         };
         let decision = decide_one(state, traffic);

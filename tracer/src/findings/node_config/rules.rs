@@ -6,19 +6,20 @@ use std::collections::HashMap;
 
 use super::outcome::{node_evidence, where_, Check, Status};
 use crate::{
-    findings::{ChainRef, Evidence, Finding, FindingKind, RuleRef},
     firewall::{
         eval::{self, Fit, Packet, Ruleset},
         Backend, Chain, Condition, Family, Hook, Rule, Snapshot, Verdict,
     },
+    model::packet::L4Proto,
     node::checks::{NamespaceState, Netns},
+    schema::finding::{ChainRef, Evidence, Finding, FindingKind, RuleRef},
 };
 
 /// A packet of the traced port, with everything else about it unknown.
 #[derive(Clone, Copy, Debug)]
 struct Probe {
     family: Family,
-    proto: u8,
+    proto: L4Proto,
     /// None: every port (`--port 0`).
     port: Option<u16>,
     /// true: to the port (a query), false: from it (a reply).
@@ -27,7 +28,7 @@ struct Probe {
 
 impl Probe {
     fn describe(&self) -> String {
-        let proto = if self.proto == 6 { "tcp" } else { "udp" };
+        let proto = self.proto;
         match self.port {
             Some(port) if self.to_port => format!("{} {proto} to port {port}", self.family.name()),
             Some(port) => format!("{} {proto} from port {port}", self.family.name()),
@@ -79,7 +80,7 @@ fn blocking_hits(snapshot: &Snapshot, port: u16) -> Vec<Hit> {
     let mut hits = Vec::new();
     for hook in [Hook::Forward, Hook::LocalIn] {
         for family in [Family::Ipv4, Family::Ipv6] {
-            for proto in [17u8, 6] {
+            for proto in [L4Proto::Udp, L4Proto::Tcp] {
                 for to_port in [true, false] {
                     if port.is_none() && !to_port {
                         continue;
@@ -300,8 +301,8 @@ fn policy_finding(
 mod tests {
     use crate::findings::node_config::fixtures::*;
     use crate::findings::node_config::Traffic;
-    use crate::findings::{Evidence, FindingKind};
     use crate::firewall::Backend;
+    use crate::schema::finding::{Evidence, FindingKind};
 
     #[test]
     fn reject_rule_for_the_port_is_found_on_every_path_once() {

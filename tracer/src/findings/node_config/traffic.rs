@@ -10,9 +10,10 @@ use super::{
     rp_filter::rp_filter_drop,
 };
 use crate::{
-    findings::{DnsEvidence, Evidence, Finding, FindingKind, NetfilterEvidence, NodeEvidence, RuleRef},
     firewall::Hook,
+    model::netfilter::DropReason,
     node::checks::NamespaceState,
+    schema::finding::{DnsEvidence, Evidence, Finding, FindingKind, NetfilterEvidence, NodeEvidence, RuleRef},
 };
 
 /// The config-only finding of the current namespace that `pick` selects, taken out of `ranked`.
@@ -50,10 +51,6 @@ fn netfilter_occurrences(drops: &[DropGroup], nf: &NetfilterEvidence) -> Option<
         .sum();
     (count > 0).then_some(count)
 }
-
-const NETFILTER_DROP: &str = "NETFILTER_DROP";
-
-const RPFILTER_DROP: &str = "IP_RPFILTER";
 
 /// Conntrack allocates entries in these hooks: a drop there that no rule did is the table refusing a flow.
 fn conntrack_entry_hook(hook: Hook) -> bool {
@@ -125,7 +122,7 @@ pub(super) fn merge_traffic(ranked: &mut Vec<Ranked>, traffic: Traffic, current:
 
     // Drops the watch makes no finding of, explained by conntrack counters or rp_filter.
     for group in &traffic.drops {
-        if group.reason == NETFILTER_DROP && group.stopped_in.is_none() {
+        if group.reason.is_netfilter_drop() && group.stopped_in.is_none() {
             // Passed every program tracer has in the hook and still died in netfilter: after
             // them only conntrack's confirmation runs, which fails on an insert clash.
             if let Some(race) =
@@ -133,7 +130,7 @@ pub(super) fn merge_traffic(ranked: &mut Vec<Ranked>, traffic: Traffic, current:
             {
                 add_drops(race, group);
             }
-        } else if group.reason == RPFILTER_DROP {
+        } else if group.reason == DropReason::Named("IP_RPFILTER".to_string()) {
             rp_filter_drop(ranked, group, current, &current_netns);
         }
     }
@@ -194,7 +191,10 @@ fn absorb_into_table_full(ranked: &mut [Ranked], item: &mut Ranked, drops: &[Dro
     let matching: Vec<&DropGroup> = drops
         .iter()
         .filter(|g| {
-            g.reason == NETFILTER_DROP && g.stopped_in == Some(nf.hook) && g.src.ip() == nf.src.ip() && g.dst == nf.dst
+            g.reason.is_netfilter_drop()
+                && g.stopped_in == Some(nf.hook)
+                && g.src.ip() == nf.src.ip()
+                && g.dst == nf.dst
         })
         .collect();
     if matching.is_empty() {
@@ -231,8 +231,9 @@ fn explains_timeout(cause: &Ranked, timeout: &DnsEvidence) -> bool {
 mod tests {
     use crate::findings::node_config::fixtures::*;
     use crate::findings::node_config::{Example, Traffic};
-    use crate::findings::{Culprit, Evidence, FindingKind, RuleRef};
     use crate::firewall::{parse_iptables_save, Backend, Family, Hook};
+    use crate::model::netfilter::DropReason;
+    use crate::schema::finding::{Culprit, Evidence, FindingKind, RuleRef};
 
     #[test]
     fn traffic_and_config_conntrack_skip_merge_and_rank_first() {
@@ -294,7 +295,7 @@ mod tests {
         nf.culprit = Culprit::of(Some(rule), None);
         nf.attribution = "only rule".into();
         nf.icmp = Some("host-prohibited".into());
-        let mut group = drop_group("NETFILTER_DROP", Some(Hook::Forward), None, 3);
+        let mut group = drop_group(DropReason::NetfilterDrop, Some(Hook::Forward), None, 3);
         group.dst = "10.244.0.7:53".parse().expect("addr");
         let traffic = Traffic {
             findings: vec![(finding, Example::default()), (timeout_finding(), Example::default())],

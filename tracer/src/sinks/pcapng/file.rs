@@ -180,7 +180,7 @@ mod tests {
     use std::io::Write;
 
     use super::*;
-    use crate::capture::scratch::ScratchDir;
+    use crate::system::scratch_dir::ScratchDir;
 
     #[test]
     fn a_new_file_is_created_0600_and_an_existing_one_is_refused() {

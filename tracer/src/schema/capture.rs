@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    analysis::output::{DropLine, Summary},
-    findings::{Finding, Unconfirmed},
-    model::TracedPacket,
+use crate::schema::{
+    finding::{Finding, Unconfirmed},
+    packet::{DropLine, TracedPacket},
+    summary::Summary,
 };
 
 /// Option code of tracer's JSON metadata in a section header or packet block. The top

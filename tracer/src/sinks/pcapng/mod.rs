@@ -9,6 +9,8 @@
 //! them in the file, so a watch that dies leaves a file readable up to its last
 //! complete block.
 
+pub mod file;
+
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     fs::File,
@@ -22,18 +24,21 @@ use pcap_parser::{
 
 use tracer_common::Stage;
 
-use super::format::{BlockMeta, CaptureMeta, RecordMeta, META_OPTION, RECORD_BLOCK, USER_APPLICATION};
+use crate::schema::capture::{BlockMeta, CaptureMeta, RecordMeta, META_OPTION, RECORD_BLOCK, USER_APPLICATION};
 use crate::{
-    analysis::output::{DropLine, Output, Summary},
-    findings::{Evidence, Finding, Unconfirmed},
     model::{
         monotonic_now_ns,
         netfilter::HookPass,
         packet::{stage_name, Conntrack},
         pod::with_pod,
-        TracedPacket,
     },
-    render::text::hook_path,
+    schema::{
+        finding::{Evidence, Finding, Unconfirmed},
+        packet::{DropLine, TracedPacket},
+        sink::Sink,
+        summary::Summary,
+    },
+    sinks::forms::hook_path,
 };
 
 /// What the section header says about the capture.
@@ -297,12 +302,12 @@ fn packet_comment(packet: &TracedPacket) -> String {
 }
 
 fn drop_comment(line: &DropLine) -> String {
-    let drop = &line.dropped.drop;
+    let drop = &line.drop;
     let mut place = format!("dropped on {}", line.ifname.clone().unwrap_or_else(|| format!("if{}", drop.ifindex)));
     if let Some(bridge) = &line.bridge {
         place.push_str(&format!(", bridge {bridge}"));
     }
-    let path = hook_path(&line.dropped.path);
+    let path = hook_path(&line.path);
     let by = line.rule.as_ref().map(|r| format!(" by {r}")).unwrap_or_default();
     let icmp = line.icmp.as_ref().map(|i| format!(", ICMP {i}")).unwrap_or_default();
     format!(
@@ -315,7 +320,7 @@ fn drop_comment(line: &DropLine) -> String {
     )
 }
 
-impl<W: Write> Output for PcapngWriter<W> {
+impl<W: Write> Sink for PcapngWriter<W> {
     fn packet(&mut self, packet: &TracedPacket) -> io::Result<()> {
         let event = &packet.event;
         // The kernel copies a packet's bytes once, where its way starts: a stage after NAT
@@ -349,7 +354,7 @@ impl<W: Write> Output for PcapngWriter<W> {
     }
 
     fn dropped(&mut self, line: &DropLine) -> io::Result<()> {
-        let drop = &line.dropped.drop;
+        let drop = &line.drop;
         let if_id =
             self.interface(drop.netns_inode, drop.ifindex, line.ifname.as_deref(), line.bridge.as_deref(), NO_BYTES)?;
         self.hold(Pending {
@@ -371,7 +376,7 @@ impl<W: Write> Output for PcapngWriter<W> {
                 dns.actual_source == Some(event.src) && event.dst == dns.client && event.stage == Stage::BridgeOut
             }
             (Evidence::Netfilter(nf), BlockMeta::Drop { line }) => {
-                let drop = &line.dropped.drop;
+                let drop = &line.drop;
                 drop.src == nf.src && drop.dst == nf.dst
             }
             _ => false,
@@ -420,16 +425,14 @@ pub(crate) mod tests {
     use tracer_common::Stage;
 
     use super::*;
+    use crate::model::netfilter::DropReason;
     use crate::{
-        analysis::output::Tee,
         analysis::{Analysis, AnalysisOptions},
-        capture::{format::FORMAT, frames::tests::dns_frame, scratch::ScratchDir},
-        commands::report::{Ending, Report},
-        findings::{Culprit, FindingKind, NetfilterEvidence, RuleRef},
+        engine::replay::{frames::tests::dns_frame, Ending, Report},
         firewall::Backend,
-        model::netfilter::{DropEvent, IcmpEvent},
         model::{
             hook::{Family, Hook},
+            netfilter::{DropEvent, IcmpEvent},
             packet::L4Proto,
         },
         pipeline::{
@@ -438,7 +441,13 @@ pub(crate) mod tests {
             paths::DroppedPacket,
             queries::tests::{dnat_entry, packet},
         },
-        render::json::JsonOutput,
+        schema::{
+            capture::FORMAT,
+            finding::{Culprit, FindingKind, NetfilterEvidence, RuleRef},
+        },
+        sinks::json::JsonOutput,
+        sinks::tee::Tee,
+        system::scratch_dir::ScratchDir,
     };
 
     const SETTING: &str = "net.bridge.bridge-nf-call-iptables";
@@ -547,7 +556,7 @@ pub(crate) mod tests {
                 candidates: vec![rule],
                 attribution: "the only rule that fits".to_string(),
                 icmp: Some("host-prohibited".to_string()),
-                drop_reason: "NETFILTER_DROP".to_string(),
+                drop_reason: DropReason::NetfilterDrop,
             }),
             explanation: "A rule rejected it.".to_string(),
             fix: vec!["iptables -t filter -D FORWARD 16".to_string()],
@@ -556,11 +565,11 @@ pub(crate) mod tests {
     }
 
     /// Plays the scenario through the analysis a watch uses, into JSON and a capture.
-    fn play(output: &mut dyn Output) {
+    fn play(output: &mut dyn Sink) {
         play_with(output, &mut NothingLost);
     }
 
-    fn play_with(output: &mut dyn Output, witness: &mut dyn crate::pipeline::loss::LossWitness) {
+    fn play_with(output: &mut dyn Sink, witness: &mut dyn crate::pipeline::loss::LossWitness) {
         let (packets, dropped, finding) = scenario();
         let recorded = info().meta.sysctls.into_iter().collect();
         let options = AnalysisOptions { dns_timeout: Duration::from_secs(2), dns_ports: Vec::new() };
@@ -569,9 +578,9 @@ pub(crate) mod tests {
             analysis.packet_with_hooks(packet, output).expect("output");
             analysis.settle(witness, output).expect("output");
         }
-        analysis.replay_drop(&DropLine::example(&dropped), output).expect("output");
+        analysis.replay_drop(&DropLine::example(dropped.drop.clone(), dropped.path.clone()), output).expect("output");
         analysis.replay_netfilter_finding(finding, output).expect("output");
-        analysis.replay_drop(&DropLine::example(&dropped), output).expect("output");
+        analysis.replay_drop(&DropLine::example(dropped.drop.clone(), dropped.path.clone()), output).expect("output");
         let summary = Summary {
             packets: analysis.stats.packets,
             lost: 3,
@@ -627,7 +636,7 @@ pub(crate) mod tests {
     impl crate::pipeline::loss::LossWitness for EverythingLost {
         fn lost_since(
             &mut self,
-            _: &crate::findings::Unconfirmed,
+            _: &crate::schema::finding::Unconfirmed,
             _: &crate::pipeline::loss::LossWindows,
             _: u64,
         ) -> u64 {
@@ -668,7 +677,7 @@ pub(crate) mod tests {
         for packet in &packets {
             writer.packet(packet).expect("write");
         }
-        writer.dropped(&DropLine::example(&dropped)).expect("write");
+        writer.dropped(&DropLine::example(dropped.drop.clone(), dropped.path.clone())).expect("write");
         assert_eq!(writer.interfaces.len(), 4);
     }
 
@@ -726,9 +735,11 @@ pub(crate) mod tests {
             let mut writer = PcapngWriter::new(&mut bytes, &info()).expect("header");
             writer.packet(&big).expect("write");
         }
-        let mut reader =
-            crate::capture::reader::CaptureReader::from_reader("big", std::io::Cursor::new(bytes)).expect("open");
-        let Ok(Some(crate::capture::reader::Record::Packet(read))) = reader.next_record() else { panic!("a packet") };
+        let mut reader = crate::engine::replay::reader::CaptureReader::from_reader("big", std::io::Cursor::new(bytes))
+            .expect("open");
+        let Ok(Some(crate::engine::replay::reader::Record::Packet(read))) = reader.next_record() else {
+            panic!("a packet")
+        };
         let event = &read.packet.event;
         assert_eq!(event.captured.len(), 100_000);
         assert_eq!(dns::parse(&event.captured[event.payload_offset..], false).map(|d| d.id), Some(0x6aab));

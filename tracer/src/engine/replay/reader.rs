@@ -20,16 +20,16 @@ use pcap_parser::{
     Block, LegacyPcapReader, Linktype, OptionCode, PcapBlockOwned, PcapError, PcapNGOption, PcapNGReader,
 };
 
-use super::{
-    format::{BlockMeta, CaptureMeta, RecordMeta, FORMAT, META_OPTION, RECORD_BLOCK, USER_APPLICATION},
-    frames::{ip_headers, l3_offset_for, plain_packet},
-};
+use super::frames::{ip_headers, l3_offset_for, plain_packet};
 pub use crate::model::plain::{PlainIp, PlainPacket};
 use crate::{
-    analysis::output::{DropLine, Summary},
-    findings::{Finding, Unconfirmed},
-    model::TracedPacket,
-    node::sysctl::SysctlValue,
+    model::sysctl::SysctlValue,
+    schema::{
+        capture::{BlockMeta, CaptureMeta, RecordMeta, FORMAT, META_OPTION, RECORD_BLOCK, USER_APPLICATION},
+        finding::{Finding, Unconfirmed},
+        packet::{DropLine, TracedPacket},
+        summary::Summary,
+    },
 };
 
 /// A packet line read back, with the node settings recorded with it.
@@ -476,7 +476,7 @@ fn wall_ns(ts: u64, units_per_sec: u64, offset_secs: i64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capture::{frames::tests::dns_query_frame, scratch::ScratchDir};
+    use crate::{engine::replay::frames::tests::dns_query_frame, system::scratch_dir::ScratchDir};
 
     /// Reads every record; the error that ended the file, if one did.
     fn read_all(bytes: &[u8]) -> (Vec<Record>, Option<CaptureError>) {
@@ -496,7 +496,7 @@ mod tests {
 
     #[test]
     fn a_capture_cut_at_every_length_reads_up_to_the_cut_without_panicking() {
-        let bytes = crate::capture::writer::tests::sample_capture();
+        let bytes = crate::sinks::pcapng::tests::sample_capture();
         let (whole, error) = read_all(&bytes);
         assert!(error.is_none(), "{error:?}");
         assert!(whole.len() >= 8, "{whole:?}");
@@ -516,7 +516,7 @@ mod tests {
 
     #[test]
     fn damaged_and_random_bytes_never_panic() {
-        let bytes = crate::capture::writer::tests::sample_capture();
+        let bytes = crate::sinks::pcapng::tests::sample_capture();
         let mut seed = 0x2545_f491_4f6c_dd1du64;
         let mut next = move || {
             seed ^= seed << 13;

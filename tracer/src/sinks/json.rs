@@ -5,12 +5,12 @@
 use std::io::{self, Write};
 
 use serde::Serialize;
-use serde_json::Value;
 
-use crate::{
-    analysis::output::{DropLine, Output, Summary},
-    findings::{Evidence, Finding},
-    model::TracedPacket,
+use crate::schema::{
+    finding::Finding,
+    packet::{DropLine, TracedPacket},
+    sink::Sink,
+    summary::Summary,
 };
 
 pub struct JsonOutput<W: Write> {
@@ -28,18 +28,7 @@ impl<W: Write> JsonOutput<W> {
     }
 }
 
-/// A value as the JSON tree outputs embed (triage's examples and evidence). Serialising
-/// model values cannot fail: they hold no maps with non-string keys.
-pub fn to_value(value: &impl Serialize) -> Value {
-    serde_json::to_value(value).unwrap_or(Value::Null)
-}
-
-/// A finding's evidence as the fields of an object.
-pub fn evidence_json(evidence: &Evidence) -> Value {
-    to_value(evidence)
-}
-
-impl<W: Write> Output for JsonOutput<W> {
+impl<W: Write> Sink for JsonOutput<W> {
     fn packet(&mut self, packet: &TracedPacket) -> io::Result<()> {
         self.line(packet)
     }

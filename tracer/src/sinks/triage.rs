@@ -8,14 +8,11 @@ use std::{
 
 use serde_json::{json, Value};
 
-use super::{json::evidence_json, text::evidence_lines};
+use super::forms::{evidence_json, evidence_lines};
 use crate::{
-    analysis::output::Summary,
-    findings::{
-        node_config::{Check, Decision, DropGroup, Ranked, Status},
-        Evidence,
-    },
+    findings::node_config::{Check, Decision, DropGroup, Ranked, Status},
     model::hook::Hook,
+    schema::{finding::Evidence, summary::Summary},
 };
 
 /// What the report says besides the decision.
@@ -312,9 +309,9 @@ pub fn print_json(out: &mut dyn Write, decision: &Decision, context: &ReportCont
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::findings::{
-        node_config::{Example, NamespaceChecks},
-        Finding, FindingKind, NetnsRef, NodeEvidence,
+    use crate::{
+        findings::node_config::{Example, NamespaceChecks},
+        schema::finding::{Finding, FindingKind, NetnsRef, NodeEvidence},
     };
 
     fn decision(findings: Vec<Ranked>) -> Decision {

@@ -1,5 +1,5 @@
 //! `--metrics ADDR:PORT`: what a watch sees, as Prometheus metrics on `/metrics`, for the
-//! monitoring a cluster already has. An [`Output`] in front of the others counts packets,
+//! monitoring a cluster already has. An [`Sink`] in front of the others counts packets,
 //! every occurrence of a finding (repeats too, which the lines only count in the summary),
 //! unconfirmed findings and lost records; a thread reads the node checks now and then into
 //! gauges; another serves them over HTTP (`server`).
@@ -29,9 +29,14 @@ use prometheus_client::{
 use tracer_common::Stage;
 
 use crate::{
-    analysis::output::{DropLine, Output, Summary},
-    findings::{netfilter::short_label, Evidence, Finding, FindingKind, Unconfirmed},
-    model::{packet::stage_name, TracedPacket},
+    findings::netfilter::short_label,
+    model::packet::stage_name,
+    schema::{
+        finding::{Evidence, Finding, FindingKind, Unconfirmed},
+        packet::{DropLine, TracedPacket},
+        sink::Sink,
+        summary::Summary,
+    },
 };
 
 /// Distinct label sets of `tracer_findings_total` at most.
@@ -162,7 +167,7 @@ fn registered<M: Metric + Clone + Default>(registry: &mut Registry, name: &str, 
 
 /// Counts what passes on its way to `inner`.
 pub struct MetricsOutput<'a> {
-    inner: Box<dyn Output + 'a>,
+    inner: Box<dyn Sink + 'a>,
     metrics: Metrics,
     /// The counters of the four stages and of dropped lines, looked up once.
     by_stage: [Counter; 5],
@@ -172,7 +177,7 @@ pub struct MetricsOutput<'a> {
 }
 
 impl<'a> MetricsOutput<'a> {
-    pub fn new(inner: Box<dyn Output + 'a>, metrics: Metrics) -> MetricsOutput<'a> {
+    pub fn new(inner: Box<dyn Sink + 'a>, metrics: Metrics) -> MetricsOutput<'a> {
         let counter = |stage: &str| metrics.packets.get_or_create_owned(&StageLabels { stage: stage.to_string() });
         let by_stage = [
             counter(stage_name(Stage::BridgeIn)),
@@ -239,7 +244,7 @@ pub fn finding_labels(finding: &Finding) -> FindingLabels {
     }
 }
 
-impl Output for MetricsOutput<'_> {
+impl Sink for MetricsOutput<'_> {
     fn packet(&mut self, packet: &TracedPacket) -> io::Result<()> {
         self.by_stage[stage_index(packet.event.stage)].inc();
         self.inner.packet(packet)

@@ -6,8 +6,8 @@ use std::io::{self, Write};
 
 use serde_json::json;
 
-use super::text::time_of_day;
-use crate::model::plain::PlainPacket;
+use super::forms::{dns_text, time_of_day};
+use crate::{model::plain::PlainPacket, schema::sink::PlainSink};
 
 pub struct Listing<W: Write> {
     out: W,
@@ -18,8 +18,10 @@ impl<W: Write> Listing<W> {
     pub fn new(out: W, json: bool) -> Self {
         Listing { out, json }
     }
+}
 
-    pub fn packet(&mut self, packet: &PlainPacket) -> io::Result<()> {
+impl<W: Write> PlainSink for Listing<W> {
+    fn packet(&mut self, packet: &PlainPacket) -> io::Result<()> {
         if self.json {
             serde_json::to_writer(&mut self.out, packet)?;
             return self.out.write_all(b"\n");
@@ -29,7 +31,7 @@ impl<W: Write> Listing<W> {
             Some(ip) => {
                 let flow = format!("{} → {}", ip.src, ip.dst);
                 let payload = match &ip.dns {
-                    Some(message) => super::text::dns_text(message),
+                    Some(message) => dns_text(message),
                     None => format!("{} {} bytes", ip.l4_proto, ip.ip_len),
                 };
                 format!("{:<45} {payload}", flow)
@@ -43,7 +45,7 @@ impl<W: Write> Listing<W> {
     }
 
     /// The closing line: how many packets the file held and how many were IP.
-    pub fn end(&mut self, packets: u64, ip_packets: u64) -> io::Result<()> {
+    fn end(&mut self, packets: u64, ip_packets: u64) -> io::Result<()> {
         if self.json {
             serde_json::to_writer(
                 &mut self.out,

@@ -1,0 +1,46 @@
+//! What a run counted, printed when it ends.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{model::serde_forms, schema::finding::FindingKind};
+
+/// What a watch counted, printed when it ends. Serialised, the JSON `"type": "summary"`
+/// line.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(tag = "type", rename = "summary")]
+pub struct Summary {
+    /// Packet lines: one per bridge stage a traced packet passed, and per drop.
+    pub packets: u64,
+    /// Records read from the kernel: one per packet's way through the node (its journey),
+    /// per drop without one, per stray reply.
+    #[serde(default)]
+    pub records: u64,
+    /// Records the kernel could not queue: each took its packet's lines with it.
+    pub lost: u64,
+    pub lost_per_cpu: Vec<u64>,
+    #[serde(serialize_with = "serde_forms::millis::serialize")]
+    pub duration_secs: f64,
+    /// Distinct findings, and occurrences per kind (`conntrack_skip`, ...).
+    pub findings: usize,
+    pub finding_counts: BTreeMap<FindingKind, u64>,
+    /// Findings not stated because records they rest on may have been lost, per kind.
+    #[serde(default)]
+    pub unconfirmed: u64,
+    #[serde(default)]
+    pub unconfirmed_counts: BTreeMap<FindingKind, u64>,
+    /// Runs of the kernel programs the kernel skipped (already running on that CPU); also
+    /// counted in `lost`.
+    #[serde(default)]
+    pub recursion_misses: u64,
+    /// DNS queries dropped from tracking to keep memory bounded.
+    pub evicted_flows: u64,
+    /// Packet journeys that never ended (a fragment merged into another by reassembly),
+    /// shown as far as they went.
+    #[serde(default)]
+    pub evicted_paths: u64,
+    /// Occurrences of findings not kept because the finding log was full.
+    #[serde(default)]
+    pub findings_overflow: u64,
+}

@@ -1,0 +1,186 @@
+//! The forms several sinks share: phrases for people (times, DNS messages, hook paths, a
+//! finding's evidence) and JSON values for programs. Not a sink itself: text, the listing,
+//! triage and the capture's comments print with these, so they say the same thing the
+//! same way.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::{
+    model::{
+        dns,
+        netfilter::HookPass,
+        packet::{stage_name, Conntrack},
+        pod::with_pod,
+    },
+    schema::finding::{DnsEvidence, Evidence, NetfilterEvidence, NodeEvidence, RuleRef},
+};
+
+/// `HH:MM:SS.micro` in UTC: node logs and kernel messages are read in UTC too.
+pub fn time_of_day(wall_ns: u64) -> String {
+    let secs = wall_ns / 1_000_000_000;
+    let micros = (wall_ns % 1_000_000_000) / 1_000;
+    let day = secs % 86_400;
+    format!("{:02}:{:02}:{:02}.{:06}", day / 3600, (day % 3600) / 60, day % 60, micros)
+}
+
+pub fn dns_text(message: &dns::DnsMessage) -> String {
+    let qname = message.qname.as_deref().unwrap_or("?");
+    let qtype = message.qtype.map(|t| dns::qtype_name(t).into_owned()).unwrap_or_else(|| "?".to_string());
+    if message.qr {
+        let answer = message.first_answer.as_ref().map(|a| format!(" → {a}")).unwrap_or_default();
+        format!("DNS reply #{:04x} {} {qtype} {qname}{answer}", message.id, dns::rcode_name(message.rcode))
+    } else {
+        format!("DNS query #{:04x} {qtype} {qname}", message.id)
+    }
+}
+
+/// `PRE_ROUTING(ct new, dnat 10.96.0.10:53→10.244.0.7:53) → FORWARD → POST_ROUTING`
+pub fn hook_path(hooks: &[HookPass]) -> String {
+    hooks
+        .iter()
+        .map(|pass| {
+            let mut notes = Vec::new();
+            match &pass.conntrack {
+                Conntrack::Attached(entry) => notes.push(format!("ct {}", entry.ctinfo_name())),
+                Conntrack::Untracked => notes.push("untracked".to_string()),
+                Conntrack::None => {}
+            }
+            notes.extend(pass.nat().iter().map(|n| n.to_string()));
+            if notes.is_empty() {
+                pass.hook.name().to_string()
+            } else {
+                format!("{}({})", pass.hook.name(), notes.join(", "))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" → ")
+}
+
+/// A finding's evidence as the lines of its block.
+pub fn evidence_lines(evidence: &Evidence) -> Vec<String> {
+    match evidence {
+        Evidence::Dns(dns) => dns_evidence_lines(dns),
+        Evidence::Netfilter(nf) => netfilter_evidence_lines(nf),
+        Evidence::Node(node) => node_evidence_lines(node),
+    }
+}
+
+fn dns_evidence_lines(dns: &DnsEvidence) -> Vec<String> {
+    let query = format!(
+        "{} {} (id {:#06x})",
+        dns.query.qtype.map(|t| dns::qtype_name(t).into_owned()).unwrap_or_else(|| "?".to_string()),
+        dns.query.qname.as_deref().unwrap_or("?"),
+        dns.query.id
+    );
+    let pods = &dns.pods;
+    let expected = with_pod(dns.expected_source, pods.expected_source_pod.as_ref());
+    let mut lines =
+        vec![format!("client {}  asked {expected}  for {query}", with_pod(dns.client, pods.client_pod.as_ref()))];
+    if let Some(actual) = dns.actual_source {
+        let ports = match (&dns.reply_in_port, &dns.reply_out_port) {
+            (Some(from), Some(to)) => format!(", bridged {from} → {to}"),
+            _ => String::new(),
+        };
+        lines.push(format!(
+            "reply from {} (expected {expected}){ports}",
+            with_pod(actual, pods.actual_source_pod.as_ref())
+        ));
+    }
+    if let Some(seen) = &dns.last_seen {
+        let place = seen.ifname.clone().unwrap_or_else(|| format!("if{}", seen.ifindex));
+        lines.push(format!("last seen {} on {place} at {}", stage_name(seen.stage), time_of_day(seen.wall_time_ns)));
+    }
+    for sysctl in &dns.sysctls {
+        lines.push(format!("{} = {}", sysctl.name, sysctl.value.as_deref().unwrap_or("(absent)")));
+    }
+    lines
+}
+
+/// `iptables-nft filter/FORWARD #16: -A FORWARD ... -j REJECT ...`
+pub fn rule_label(rule: &RuleRef) -> String {
+    let handle = rule.handle.map(|h| format!(" handle {h}")).unwrap_or_default();
+    format!("{} {}/{} #{}{handle}: {}", rule.backend, rule.table, rule.chain, rule.position, rule.text)
+}
+
+fn netfilter_evidence_lines(nf: &NetfilterEvidence) -> Vec<String> {
+    let devices = match (&nf.in_ifname, &nf.out_ifname) {
+        (Some(i), Some(o)) => format!(" ({i} → {o})"),
+        (Some(i), None) => format!(" (in {i})"),
+        _ => String::new(),
+    };
+    let (src, dst) = (with_pod(nf.src, nf.pods.src_pod.as_ref()), with_pod(nf.dst, nf.pods.dst_pod.as_ref()));
+    let mut lines = vec![format!("{} {src} → {dst} stopped in hook {}{devices}", nf.proto, nf.hook)];
+    if let Some(icmp) = &nf.icmp {
+        lines.push(format!("the node answered with ICMP {icmp}"));
+    }
+    match (nf.culprit.rule(), nf.culprit.policy_chain()) {
+        (Some(rule), _) => lines.push(format!("rule: {}", rule_label(&rule))),
+        (None, Some(policy)) => lines.push(format!("policy of {} chain {}", policy.backend, policy.label())),
+        (None, None) => {}
+    }
+    for candidate in &nf.candidates {
+        lines.push(format!("candidate: {}", rule_label(candidate)));
+    }
+    lines.push(format!("attribution: {}", nf.attribution));
+    lines
+}
+
+fn node_evidence_lines(node: &NodeEvidence) -> Vec<String> {
+    let mut lines = Vec::new();
+    if !node.netns.current {
+        let name = node.netns.name.as_deref().unwrap_or("(unnamed)");
+        lines.push(format!("network namespace {name} (netns {})", node.netns.inode));
+    }
+    if !node.bridges.is_empty() {
+        lines.push(format!("bridges: {}", node.bridges.join(", ")));
+    }
+    if let Some(interface) = &node.interface {
+        lines.push(format!("interface: {interface}"));
+    }
+    for sysctl in &node.sysctls {
+        lines.push(format!("{} = {}", sysctl.name, sysctl.value.as_deref().unwrap_or("(absent)")));
+    }
+    if let Some(conntrack) = &node.conntrack {
+        let usage = match (conntrack.count, conntrack.max) {
+            (Some(count), Some(max)) => format!("{count} / {max} entries"),
+            (Some(count), None) => format!("{count} entries"),
+            _ => "entries unknown".to_string(),
+        };
+        let counters: Vec<String> = conntrack
+            .counters
+            .iter()
+            .map(|c| match c.growth {
+                Some(growth) => format!("{} {} (+{growth} in the window)", c.name, c.total),
+                None => format!("{} {}", c.name, c.total),
+            })
+            .collect();
+        lines.push(format!("conntrack: {usage}; {}", counters.join(", ")));
+    }
+    if let Some(rule) = &node.rule {
+        lines.push(format!("rule: {}", rule_label(rule)));
+    }
+    if let Some(policy) = node.policy_chain() {
+        lines.push(format!("DROP policy of {} {}", policy.backend, policy.label()));
+    }
+    if let Some(drops) = &node.drops {
+        let device = drops.ifname.as_ref().map(|i| format!(" on {i}")).unwrap_or_default();
+        lines.push(format!(
+            "kernel drops: {} × {} {}, first {} {} → {}{device}",
+            drops.count, drops.reason, drops.place, drops.proto, drops.src, drops.dst
+        ));
+    }
+    lines.extend(node.notes.iter().cloned());
+    lines
+}
+
+/// A value as the JSON tree outputs embed (triage's examples and evidence). Serialising
+/// model values cannot fail: they hold no maps with non-string keys.
+pub fn to_value(value: &impl Serialize) -> Value {
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
+/// A finding's evidence as the fields of an object.
+pub fn evidence_json(evidence: &Evidence) -> Value {
+    to_value(evidence)
+}
