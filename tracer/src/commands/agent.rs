@@ -7,6 +7,7 @@ use std::{net::SocketAddr, net::TcpListener, path::PathBuf};
 
 use anyhow::{bail, Result};
 
+use crate::model::packet::PortFilter;
 use crate::{
     analysis::pods::{PodNames, PodSource},
     model::pod::{PodFilter, PodRef},
@@ -125,7 +126,7 @@ impl Agent {
     pub fn outputs<'a>(
         self,
         output: Box<dyn Sink + 'a>,
-        port: u16,
+        port: PortFilter,
     ) -> Result<(Box<dyn Sink + 'a>, Option<NodeChecks>)> {
         let mut output = output;
         if let Some(pods) = self.pods {

@@ -11,6 +11,7 @@ use std::{
 
 use anyhow::Result;
 
+use crate::model::packet::PortFilter;
 use crate::{
     analysis::AnalysisOptions,
     commands::{
@@ -95,7 +96,7 @@ impl TracingArgs {
     /// The options of a watch on `port`, copying `snaplen` bytes, for `duration`.
     pub fn watch_options(
         &self,
-        port: u16,
+        port: PortFilter,
         snaplen: u32,
         duration: Option<Duration>,
         findings_only: bool,
@@ -118,8 +119,8 @@ impl TracingArgs {
 #[derive(clap::Args)]
 pub struct WatchArgs {
     /// Port to trace, as source or destination, UDP and TCP. 0 traces every port.
-    #[arg(long, default_value_t = 53)]
-    pub port: u16,
+    #[arg(long, default_value = "53")]
+    pub port: PortFilter,
 
     /// `text` for people (colour on a terminal), `json` for JSON Lines (fields in README),
     /// `none` for an agent that serves --metrics (only the summary, on standard error).
@@ -260,7 +261,7 @@ pub fn command(args: WatchArgs) -> ExitCode {
             let _ = TextOutput::new(std::io::stderr().lock(), false).summary(&summary);
             ExitCode::SUCCESS
         }
-        Ending::OutputFailed { error, .. } => fail(&anyhow::anyhow!(
+        Ending::OutputFailed(error) => fail(&anyhow::anyhow!(
             "writing to standard output failed ({error}): the watch stopped; write to a file or pipe that has room"
         )),
     }

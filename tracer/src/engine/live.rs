@@ -51,7 +51,7 @@ pub enum Ending {
     /// could not go where the lines went.
     OutputClosed(Summary),
     /// Writing the output failed otherwise (a full disk, an I/O error): the watch stopped.
-    OutputFailed { summary: Summary, error: io::Error },
+    OutputFailed(io::Error),
 }
 
 /// Housekeeping cadence: interface changes are applied at least this often even when
@@ -143,10 +143,7 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Sink) -> Result<Ending
     eprintln!("tracer: {}", hooks.capabilities);
     eprintln!(
         "tracer: watching {} on Linux bridges in network namespace {}{}; Ctrl-C to stop",
-        match options.settings.port {
-            0 => "all ports".to_string(),
-            port => format!("port {port}"),
-        },
+        options.settings.port,
         hooks.netns_inode,
         if hooks.conntrack_known { "" } else { " (no conntrack in this kernel's BTF: conntrack tuples not shown)" },
     );
@@ -274,7 +271,7 @@ pub async fn run(options: &WatchOptions, output: &mut dyn Sink) -> Result<Ending
     Ok(match output_error {
         None => Ending::Finished(summary),
         Some(err) if err.kind() == io::ErrorKind::BrokenPipe => Ending::OutputClosed(summary),
-        Some(error) => Ending::OutputFailed { summary, error },
+        Some(error) => Ending::OutputFailed(error),
     })
 }
 

@@ -14,7 +14,7 @@ use crate::{
 pub fn judge_drop(packet: &HookDrop, wall_time_ns: u64, before: &Snapshot, after: &Snapshot) -> Finding {
     let family = packet.family;
     let icmp = packet.icmp.map(|(icmp_type, icmp_code)| answer_name(family, icmp_type, icmp_code));
-    let attribution = attribute(before, after, &packet);
+    let attribution = attribute(before, after, packet);
     let rejected =
         icmp.is_some() || attribution.rule.as_ref().is_some_and(|r| matches!(r.verdict, Verdict::Reject { .. }));
     let kind = if rejected { FindingKind::NetfilterReject } else { FindingKind::NetfilterDrop };

@@ -23,9 +23,6 @@ mod snapshot;
 mod fixtures;
 
 pub use iptables::parse_iptables_save;
-pub use model::{
-    AddrRange, Backend, Chain, Condition, Family, Hook, IfacePattern, PortRange, Rule, RuleMatches, Snapshot, Test,
-    Verdict,
-};
+pub use model::{Backend, Chain, Condition, Family, Hook, Rule, Snapshot, Verdict};
 pub use nft::parse_nft_json;
 pub use snapshot::snapshot;

@@ -25,6 +25,7 @@ use aya::{
 use tracer_common::{lost_slot, WatchConfig, CAPTURE_MAX};
 
 use crate::model::hook::{Family, Hook};
+use crate::model::packet::PortFilter;
 
 pub use privileges::check_privileges;
 
@@ -91,7 +92,7 @@ const NETFILTER_DELIVERY: &str = "netfilter_delivery";
 #[derive(Clone, Debug)]
 pub struct WatchSettings {
     /// 0 traces every port.
-    pub port: u16,
+    pub port: PortFilter,
     /// Bytes of each frame to copy in the kernel.
     pub snaplen: u32,
     pub ring_buffer_bytes: u32,
@@ -145,7 +146,7 @@ impl KernelHooks {
             })
             .collect();
         let config = WatchConfig {
-            port_be: settings.port.to_be(),
+            port_be: settings.port.number().to_be(),
             _pad: 0,
             netns_inode,
             snaplen: settings.snaplen.min(CAPTURE_MAX as u32),

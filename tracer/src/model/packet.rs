@@ -335,3 +335,76 @@ impl<'de> Deserialize<'de> for Conntrack {
         }
     }
 }
+
+/// `--port`: the port traced, as source or destination, or every port. Written as a number
+/// wherever it is stored or handed on (the kernel's settings, a capture's metadata), with 0
+/// for every port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "u16", into = "u16")]
+pub enum PortFilter {
+    All,
+    Port(std::num::NonZeroU16),
+}
+
+impl PortFilter {
+    pub fn port(self) -> Option<u16> {
+        match self {
+            PortFilter::All => None,
+            PortFilter::Port(port) => Some(port.get()),
+        }
+    }
+
+    /// The number form: the port, or 0 for every port.
+    pub fn number(self) -> u16 {
+        self.port().unwrap_or(0)
+    }
+}
+
+impl From<u16> for PortFilter {
+    fn from(number: u16) -> PortFilter {
+        std::num::NonZeroU16::new(number).map_or(PortFilter::All, PortFilter::Port)
+    }
+}
+
+impl From<PortFilter> for u16 {
+    fn from(filter: PortFilter) -> u16 {
+        filter.number()
+    }
+}
+
+impl std::str::FromStr for PortFilter {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<PortFilter, String> {
+        text.parse::<u16>()
+            .map(PortFilter::from)
+            .map_err(|_| format!("`{text}` is not a port: give 1-65535, or 0 for every port"))
+    }
+}
+
+impl std::fmt::Display for PortFilter {
+    /// As a sentence says it: `port 53`, `all ports`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.port() {
+            Some(port) => write!(f, "port {port}"),
+            None => f.write_str("all ports"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod port_filter_tests {
+    use super::PortFilter;
+
+    #[test]
+    fn zero_is_every_port_in_every_form() {
+        assert_eq!("0".parse::<PortFilter>(), Ok(PortFilter::All));
+        assert_eq!("53".parse::<PortFilter>().map(PortFilter::number), Ok(53));
+        assert!("dns".parse::<PortFilter>().is_err());
+        assert!("65536".parse::<PortFilter>().is_err());
+        assert_eq!(PortFilter::All.to_string(), "all ports");
+        assert_eq!(PortFilter::from(53).to_string(), "port 53");
+        assert_eq!(serde_json::to_string(&PortFilter::All).expect("serialises"), "0");
+        assert_eq!(serde_json::from_str::<PortFilter>("5353").expect("reads"), PortFilter::from(5353));
+    }
+}

@@ -77,15 +77,6 @@ impl<K: Clone + Eq + Hash, V> BoundedTable<K, V> {
         self.compact_if_stale();
     }
 
-    /// The entry under `key`, inserted with `make` when there is none.
-    pub fn get_or_insert_with(&mut self, key: K, make: impl FnOnce() -> V) -> &mut V {
-        if !self.entries.contains_key(&key) {
-            self.insert(key.clone(), make());
-        }
-        // Inserted just above when it was missing.
-        &mut self.entries.get_mut(&key).expect("entry present after insert").value
-    }
-
     pub fn remove(&mut self, key: &K) -> Option<V> {
         self.entries.remove(key).map(|slot| slot.value)
     }
@@ -180,13 +171,5 @@ mod tests {
         let gone = table.expire(|age| *age >= 50);
         assert_eq!(gone, vec![(2, 100)], "the stale entry of key 1 is skipped, its new value is young");
         assert_eq!(table.get(&1), Some(&0));
-    }
-
-    #[test]
-    fn get_or_insert_keeps_an_existing_entry() {
-        let mut table = BoundedTable::new(2);
-        *table.get_or_insert_with(1u8, || 0u32) += 1;
-        *table.get_or_insert_with(1u8, || 0u32) += 1;
-        assert_eq!(table.get(&1), Some(&2));
     }
 }

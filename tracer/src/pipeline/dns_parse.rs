@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 
-pub use crate::model::dns::{qtype_name, rcode_name, DnsAnswer, DnsMessage};
+pub use crate::model::dns::{qtype_name, DnsAnswer, DnsMessage};
 
 const HEADER_LEN: usize = 12;
 /// RFC 1035 3.1: a name is at most 255 octets on the wire, length octets and the root label included.
@@ -211,6 +211,7 @@ fn push_label(out: &mut String, label: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::dns::rcode_name;
     use std::net::IpAddr;
     use std::net::{Ipv4Addr, Ipv6Addr};
 

@@ -35,16 +35,12 @@ impl DroppedPacket {
         loss.watch_source(drop.src, drop.loss, drop.timestamp_ns);
         DroppedPacket { drop, path, icmp, loss }
     }
-
-    /// The hook the packet entered and never left: where it was stopped.
-    pub fn stopped_in(&self) -> Option<&HookPass> {
-        self.path.last().filter(|pass| !pass.left)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::netfilter::stopped_in;
     use crate::model::{
         hook::{Family, Hook},
         netfilter::Stamped,
@@ -77,10 +73,10 @@ mod tests {
         );
         let dropped =
             DroppedPacket::new(drop, vec![pass(Hook::PreRouting, true, 3), pass(Hook::Forward, false, 5)], None);
-        assert_eq!(dropped.stopped_in().map(|p| p.hook), Some(Hook::Forward));
+        assert_eq!(stopped_in(&dropped.path).map(|p| p.hook), Some(Hook::Forward));
         // The source's bucket is watched from the path's first record on.
         assert_eq!(dropped.loss.windows().iter().map(|w| w.stamp).collect::<Vec<_>>(), vec![3]);
         let accepted = DroppedPacket::new(dropped.drop.clone(), vec![pass(Hook::Forward, true, 4)], None);
-        assert_eq!(accepted.stopped_in(), None, "a path whose hooks were all left stopped in none");
+        assert_eq!(stopped_in(&accepted.path), None, "a path whose hooks were all left stopped in none");
     }
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::packet::PortFilter;
 use crate::schema::{
     finding::{Finding, Unconfirmed},
     packet::{DropLine, TracedPacket},
@@ -29,7 +30,7 @@ pub struct CaptureMeta {
     pub format: String,
     pub tracer_version: String,
     pub hostname: Option<String>,
-    pub port: u16,
+    pub port: PortFilter,
     pub snaplen: u32,
     pub dns_timeout_ns: u64,
     /// Ports besides 53 whose payloads the watch read as DNS (`--dns-port`).
@@ -44,13 +45,13 @@ pub struct CaptureMeta {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum BlockMeta {
     Packet {
-        line: TracedPacket,
+        line: Box<TracedPacket>,
         /// Node settings a finding made at this packet cited, as read then.
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         sysctls: BTreeMap<String, Option<String>>,
     },
     Drop {
-        line: DropLine,
+        line: Box<DropLine>,
     },
 }
 

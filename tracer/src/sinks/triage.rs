@@ -9,6 +9,7 @@ use std::{
 use serde_json::{json, Value};
 
 use super::forms::{evidence_json, evidence_lines};
+use crate::model::packet::PortFilter;
 use crate::{
     findings::node_config::{Check, Decision, DropGroup, Ranked, Status},
     model::hook::Hook,
@@ -17,7 +18,7 @@ use crate::{
 
 /// What the report says besides the decision.
 pub struct ReportContext<'a> {
-    pub port: u16,
+    pub port: PortFilter,
     /// The watch's summary (packets, lost records, duration).
     pub summary: &'a Summary,
     pub drops: &'a [DropGroup],
@@ -25,14 +26,6 @@ pub struct ReportContext<'a> {
     /// Problems reading the node that belong to no namespace.
     pub errors: &'a [String],
     pub exit_code: u8,
-}
-
-fn port_words(port: u16) -> String {
-    if port == 0 {
-        "all ports".to_string()
-    } else {
-        format!("port {port}")
-    }
 }
 
 fn seen_in(ranked: &Ranked) -> Vec<&'static str> {
@@ -84,7 +77,7 @@ pub fn print_text(out: &mut dyn Write, decision: &Decision, context: &ReportCont
         finding_block(out, n + 1, ranked, colour)?;
         writeln!(out)?;
     }
-    writeln!(out, "node checks ({} in FORWARD/INPUT):", port_words(context.port))?;
+    writeln!(out, "node checks ({} in FORWARD/INPUT):", context.port)?;
     for namespace in &decision.namespaces {
         writeln!(out, "  {}", namespace.label)?;
         let width = namespace.checks.iter().map(|c| c.name.chars().count()).max().unwrap_or(0);
@@ -121,9 +114,7 @@ pub fn print_text(out: &mut dyn Write, decision: &Decision, context: &ReportCont
     writeln!(
         out,
         "traffic: {} packets on {} in {:.1} s, {lost}{unconfirmed}",
-        summary.packets,
-        port_words(context.port),
-        summary.duration_secs
+        summary.packets, context.port, summary.duration_secs
     )?;
     for group in context.drops {
         let device = group.ifname.as_ref().map(|i| format!(" on {i}")).unwrap_or_default();
@@ -359,8 +350,14 @@ mod tests {
             netns,
         };
         let summary = Summary { packets: 4, duration_secs: 1.0, ..Summary::default() };
-        let context =
-            ReportContext { port: 53, summary: &summary, drops: &[], drops_not_grouped: 0, errors: &[], exit_code: 1 };
+        let context = ReportContext {
+            port: 53.into(),
+            summary: &summary,
+            drops: &[],
+            drops_not_grouped: 0,
+            errors: &[],
+            exit_code: 1,
+        };
         let mut out = Vec::new();
         print_json(&mut out, &decision(vec![ranked]), &context).expect("in memory");
         let lines: Vec<Value> =
@@ -381,8 +378,14 @@ mod tests {
     #[test]
     fn text_report_opens_with_the_verdict() {
         let summary = Summary::default();
-        let context =
-            ReportContext { port: 53, summary: &summary, drops: &[], drops_not_grouped: 0, errors: &[], exit_code: 0 };
+        let context = ReportContext {
+            port: 53.into(),
+            summary: &summary,
+            drops: &[],
+            drops_not_grouped: 0,
+            errors: &[],
+            exit_code: 0,
+        };
         let mut out = Vec::new();
         print_text(&mut out, &decision(vec![]), &context, false).expect("in memory");
         let text = String::from_utf8(out).expect("utf-8");

@@ -14,6 +14,7 @@ use std::{
 mod traffic;
 
 use self::traffic::Collector;
+use crate::model::packet::PortFilter;
 use crate::{
     commands::cli::{parse_duration, OutputFormat},
     commands::{agent::RuntimeArgs, watch::TracingArgs},
@@ -42,8 +43,8 @@ use crate::{
 #[command(verbatim_doc_comment)]
 pub struct TriageArgs {
     /// Port to check and trace, as source or destination, UDP and TCP. 0: every port.
-    #[arg(long, default_value_t = 53)]
-    pub port: u16,
+    #[arg(long, default_value = "53")]
+    pub port: PortFilter,
 
     /// How long to watch traffic, in seconds (fractions allowed).
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_duration)]
@@ -106,7 +107,7 @@ pub fn run(args: TriageArgs) -> ExitCode {
         Ok(Ending::Finished(summary)) => summary,
         // The collector never fails a write, so this does not happen; were it to, the
         // traffic part would be incomplete.
-        Ok(Ending::OutputClosed(_) | Ending::OutputFailed { .. }) => {
+        Ok(Ending::OutputClosed(_) | Ending::OutputFailed(_)) => {
             return could_not_run(&anyhow::anyhow!("the traffic watch ended early"))
         }
         Err(err) => return could_not_run(&err),

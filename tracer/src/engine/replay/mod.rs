@@ -63,7 +63,7 @@ impl RecordedLoss {
 pub enum Ending {
     /// Everything readable was printed. `error` says why the file could not be read to
     /// its end (cut off, damaged), when it could not.
-    Finished { summary: Option<Box<Summary>>, error: Option<CaptureError>, notes: Vec<String> },
+    Finished { error: Option<CaptureError>, notes: Vec<String> },
     /// Printing failed (the reader went away, or a write error): nothing more is printed.
     OutputFailed(std::io::Error),
 }
@@ -81,11 +81,7 @@ impl Report {
     /// live watch, with the node settings the capture recorded.
     pub fn run(mut self, output: &mut dyn Sink) -> Ending {
         let Origin::Tracer(meta) = self.reader.origin().clone() else {
-            return Ending::Finished {
-                summary: None,
-                error: None,
-                notes: vec!["not a capture tracer wrote".to_string()],
-            };
+            return Ending::Finished { error: None, notes: vec!["not a capture tracer wrote".to_string()] };
         };
         let options = AnalysisOptions {
             dns_timeout: Duration::from_nanos(meta.dns_timeout_ns),
@@ -185,7 +181,7 @@ impl Report {
         if let Err(err) = output.summary(&summary) {
             return Ending::OutputFailed(err);
         }
-        Ending::Finished { summary: Some(Box::new(summary)), error, notes }
+        Ending::Finished { error, notes }
     }
 
     /// A capture another program wrote: one plain line per packet.
@@ -212,6 +208,6 @@ impl Report {
         if let Err(err) = listing.end(packets, ip_packets) {
             return Ending::OutputFailed(err);
         }
-        Ending::Finished { summary: None, error, notes: Vec::new() }
+        Ending::Finished { error, notes: Vec::new() }
     }
 }

@@ -21,7 +21,7 @@ use pcap_parser::{
 };
 
 use super::frames::{ip_headers, l3_offset_for, plain_packet};
-pub use crate::model::plain::{PlainIp, PlainPacket};
+use crate::model::plain::PlainPacket;
 use crate::{
     model::sysctl::SysctlValue,
     schema::{
@@ -388,14 +388,14 @@ fn handle_block(
                         serde_json::from_str(meta).map_err(|err| format!("packet metadata: {err}"))?;
                     match meta {
                         BlockMeta::Packet { line, sysctls } => {
-                            let packet = with_bytes(line, wall, interface.linktype, epb.packet_data());
+                            let packet = with_bytes(*line, wall, interface.linktype, epb.packet_data());
                             let sysctls =
                                 sysctls.into_iter().map(|(name, value)| SysctlValue { name, value }).collect();
                             Ok(Some(Record::Packet(Box::new(ReadPacket { packet, sysctls }))))
                         }
                         BlockMeta::Drop { mut line } => {
                             line.wall_time_ns = wall;
-                            Ok(Some(Record::Dropped(Box::new(line))))
+                            Ok(Some(Record::Dropped(line)))
                         }
                     }
                 }

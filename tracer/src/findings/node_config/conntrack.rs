@@ -232,7 +232,7 @@ mod tests {
             drops: vec![drop_group(DropReason::NetfilterDrop, Some(Hook::PreRouting), None, 3)],
             kind_counts: [(FindingKind::NetfilterDrop, 3), (FindingKind::DnsTimeout, 1)].into(),
         };
-        let decision = decide(&[state], &[after], traffic, 53, NOW);
+        let decision = decide(&[state], &[after], traffic, 53.into(), NOW);
         let [only] = decision.findings.as_slice() else { panic!("{:#?}", decision.findings) };
         assert_eq!(only.finding.kind, FindingKind::ConntrackTableFull);
         assert!(only.traffic && only.config);
@@ -292,7 +292,7 @@ mod tests {
             drops: vec![drop_group(DropReason::NetfilterDrop, None, Some(Hook::LocalIn), 1)],
             kind_counts: [(FindingKind::DnsTimeout, 1)].into(),
         };
-        let decision = decide(&[state], &[after], traffic, 53, NOW);
+        let decision = decide(&[state], &[after], traffic, 53.into(), NOW);
         let [only] = decision.findings.as_slice() else { panic!("{:#?}", decision.findings) };
         assert_eq!(only.finding.kind, FindingKind::ConntrackInsertRace);
         let check = decision.namespaces[0].checks.iter().find(|c| c.name == "conntrack stats").expect("check");
@@ -319,7 +319,7 @@ mod tests {
             stats: Some(stats(TABLE_FULL_AFTER)),
             errors: vec![],
         };
-        let decision = decide(&[state], &[after], Traffic::default(), 53, NOW);
+        let decision = decide(&[state], &[after], Traffic::default(), 53.into(), NOW);
         assert!(decision.findings.is_empty(), "{:#?}", decision.findings);
         let check = decision.namespaces[0].checks.iter().find(|c| c.name == "conntrack stats").expect("check");
         assert_eq!(check.status, Status::Note);

@@ -54,7 +54,7 @@ pub const LAB_NAT: &str =
 
 pub fn decide_one(state: NamespaceState, traffic: Traffic) -> Decision {
     let after = vec![state.conntrack.clone()];
-    decide(&[state], &after, traffic, 53, NOW)
+    decide(&[state], &after, traffic, 53.into(), NOW)
 }
 
 pub fn sighting_dns_finding(kind: FindingKind) -> Finding {

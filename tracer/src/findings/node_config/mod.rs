@@ -31,6 +31,7 @@ use self::{
     rules::firewall_findings,
     traffic::merge_traffic,
 };
+use crate::model::packet::PortFilter;
 use crate::node::checks::{ConntrackReading, NamespaceState};
 
 /// `states[i]` was read before the window and `after[i]` is its conntrack table after it.
@@ -39,7 +40,7 @@ pub fn decide(
     states: &[NamespaceState],
     after: &[ConntrackReading],
     traffic: Traffic,
-    port: u16,
+    port: PortFilter,
     now_ns: u64,
 ) -> Decision {
     let mut ranked = Vec::new();
@@ -65,7 +66,7 @@ pub fn decide(
 fn config_findings(
     state: &NamespaceState,
     after: Option<&ConntrackReading>,
-    port: u16,
+    port: PortFilter,
     now_ns: u64,
     checks: &mut Vec<Check>,
 ) -> Vec<Ranked> {

@@ -75,7 +75,7 @@ mod tests {
         };
         let states = [watched, other];
         let after: Vec<ConntrackReading> = states.iter().map(|s| s.conntrack.clone()).collect();
-        let decision = decide(&states, &after, traffic, 53, NOW);
+        let decision = decide(&states, &after, traffic, 53.into(), NOW);
         let kinds: Vec<(FindingKind, bool)> =
             decision.findings.iter().map(|r| (r.finding.kind, r.netns.current)).collect();
         assert_eq!(kinds, vec![(FindingKind::DnsTimeout, true), (FindingKind::ConntrackSkip, false)]);

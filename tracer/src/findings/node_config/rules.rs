@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use super::outcome::{node_evidence, where_, Check, Status};
+use crate::model::packet::PortFilter;
 use crate::{
     firewall::{
         eval::{self, Fit, Packet, Ruleset},
@@ -74,9 +75,9 @@ fn names_port(rule: &Rule, packet: &Packet) -> bool {
 
 /// Rules in FORWARD and INPUT (and the chains they jump to) that drop or reject the traced
 /// port's traffic, and DROP policies it falls through to, on every backend.
-fn blocking_hits(snapshot: &Snapshot, port: u16) -> Vec<Hit> {
+fn blocking_hits(snapshot: &Snapshot, port: PortFilter) -> Vec<Hit> {
     let ruleset = Ruleset::new(snapshot);
-    let port = (port != 0).then_some(port);
+    let port = port.port();
     let mut hits = Vec::new();
     for hook in [Hook::Forward, Hook::LocalIn] {
         for family in [Family::Ipv4, Family::Ipv6] {
@@ -131,7 +132,7 @@ fn policy_label(chain: &Chain) -> String {
 
 pub(super) fn firewall_findings(
     state: &NamespaceState,
-    port: u16,
+    port: PortFilter,
     now_ns: u64,
     checks: &mut Vec<Check>,
 ) -> Vec<Finding> {
@@ -147,7 +148,10 @@ pub(super) fn firewall_findings(
         }
         entry.push(hit);
     }
-    let port_words = if port == 0 { "the traced traffic".to_string() } else { format!("port {port}") };
+    let port_words = match port {
+        PortFilter::All => "the traced traffic".to_string(),
+        PortFilter::Port(_) => port.to_string(),
+    };
     let mut found = Vec::new();
     for key in order {
         let group = &grouped[&key];
@@ -251,7 +255,7 @@ fn policy_finding(
     hooks: &[&str],
     probes: &[String],
     port_words: &str,
-    port: u16,
+    port: PortFilter,
     now_ns: u64,
 ) -> Finding {
     let label = policy_label(chain);
@@ -264,7 +268,7 @@ fn policy_finding(
         probes.join(", ")
     );
     let prefix = netns.exec_prefix();
-    let port_match = if port == 0 { String::new() } else { format!(" --dport {port}") };
+    let port_match = port.port().map(|port| format!(" --dport {port}")).unwrap_or_default();
     let fix = match chain.backend {
         Backend::Nftables => vec![
             format!(

@@ -12,7 +12,7 @@ pub mod cri;
 use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
-    path::{Path, PathBuf},
+    path::Path,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc::{self, RecvTimeoutError, SyncSender, TrySendError},
@@ -69,10 +69,6 @@ impl PodTable {
     pub fn len(&self) -> usize {
         self.by_ip.values().collect::<HashSet<_>>().len()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_ip.is_empty()
-    }
 }
 
 /// What the refreshing thread publishes.
@@ -91,7 +87,6 @@ pub struct Pods {
     /// Cleared on drop: ends the thread that follows new interfaces.
     following: Arc<AtomicBool>,
     missed: HashSet<IpAddr>,
-    socket: PathBuf,
 }
 
 impl Pods {
@@ -123,20 +118,8 @@ impl Pods {
             .name("tracer-pods".to_string())
             .spawn(move || keep_fresh(events, runtime, cache, &thread_shared, asked))
             .context("starting the thread that reads the pods")?;
-        let pods = Pods {
-            table,
-            shared,
-            generation: 0,
-            relist,
-            following,
-            missed: HashSet::new(),
-            socket: socket.to_path_buf(),
-        };
+        let pods = Pods { table, shared, generation: 0, relist, following, missed: HashSet::new() };
         Ok((pods, version))
-    }
-
-    pub fn socket(&self) -> &Path {
-        &self.socket
     }
 
     /// The pods known now.

@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use super::{CheckLabels, KindLabels, Metrics, NODE_FINDING_KINDS};
 use crate::{
     findings::node_config::{self, Status, Traffic},
+    model::packet::PortFilter,
     node::checks::{read_namespace, visible_namespaces},
 };
 
@@ -30,7 +31,7 @@ pub struct NodeChecks {
 
 impl NodeChecks {
     /// Starts reading, in the network namespace of the calling thread, for the traced `port`.
-    pub fn start(metrics: Metrics, port: u16) -> Result<NodeChecks> {
+    pub fn start(metrics: Metrics, port: PortFilter) -> Result<NodeChecks> {
         let (stop, stopped) = mpsc::channel::<()>();
         thread::Builder::new()
             .name("tracer-node-checks".to_string())
@@ -46,7 +47,7 @@ impl NodeChecks {
     }
 }
 
-fn read_into(metrics: &Metrics, port: u16) {
+fn read_into(metrics: &Metrics, port: PortFilter) {
     let (namespaces, _) = visible_namespaces();
     // The first is the namespace watched: the others are triage's to look at.
     let Some(watched) = namespaces.into_iter().next() else { return };
