@@ -3,7 +3,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let _ = tracer::pipeline::dns_parse::parse(data, false);
-    let _ = tracer::pipeline::dns_parse::parse(data, true);
-});
+fuzz_target!(|data: &[u8]| tracer::fuzzing::dns(data));

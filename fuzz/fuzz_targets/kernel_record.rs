@@ -3,7 +3,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let mut decoder = tracer::kernel::records::Decoder::default();
-    let _ = decoder.decode(data);
-});
+fuzz_target!(|data: &[u8]| tracer::fuzzing::kernel_record(data));

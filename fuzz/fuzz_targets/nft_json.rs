@@ -3,7 +3,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    let text = String::from_utf8_lossy(data);
-    let _ = tracer::firewall::parse_nft_json(&text);
-});
+fuzz_target!(|data: &[u8]| tracer::fuzzing::nft_json(&String::from_utf8_lossy(data)));

@@ -20,16 +20,16 @@ use crate::{
 
 /// What identifies drops that are the same problem: hook, source address, destination,
 /// protocol (a client's every query comes from a new port).
-pub type DropKey = (Hook, std::net::IpAddr, std::net::SocketAddr, L4Proto);
+pub(crate) type DropKey = (Hook, std::net::IpAddr, std::net::SocketAddr, L4Proto);
 
 /// A netfilter drop whose rule is to be named: the packet as its hook saw it.
-pub struct Request {
+pub(crate) struct Request {
     pub key: DropKey,
     pub packet: HookDrop,
     pub wall_time_ns: u64,
 }
 
-pub struct Answer {
+pub(crate) struct Answer {
     pub key: DropKey,
     pub finding: Option<Finding>,
 }
@@ -37,7 +37,7 @@ pub struct Answer {
 /// Requests that arrive this soon after another share its reading.
 const GATHER: Duration = Duration::from_millis(20);
 
-pub struct FirewallWorker {
+pub(crate) struct FirewallWorker {
     requests: Option<Sender<Request>>,
     answers: Receiver<Answer>,
     thread: Option<JoinHandle<()>>,
@@ -47,7 +47,7 @@ pub struct FirewallWorker {
 impl FirewallWorker {
     /// Starts the worker and waits until it has read the rulesets once: that reading is
     /// the "before" of the first drop, so it must be taken before anything is traced.
-    pub fn start() -> FirewallWorker {
+    pub(crate) fn start() -> FirewallWorker {
         let (request_tx, request_rx) = mpsc::channel::<Request>();
         let (answer_tx, answer_rx) = mpsc::channel::<Answer>();
         let (ready_tx, ready_rx) = mpsc::channel::<()>();
@@ -68,7 +68,7 @@ impl FirewallWorker {
     }
 
     /// Asks for the rule behind a drop; false when the worker is gone.
-    pub fn request(&mut self, request: Request) -> bool {
+    pub(crate) fn request(&mut self, request: Request) -> bool {
         let sent = self.requests.as_ref().is_some_and(|requests| requests.send(request).is_ok());
         if sent {
             self.in_flight += 1;
@@ -77,14 +77,14 @@ impl FirewallWorker {
     }
 
     /// Answers ready now.
-    pub fn ready(&mut self) -> Vec<Answer> {
+    pub(crate) fn ready(&mut self) -> Vec<Answer> {
         let answers: Vec<Answer> = self.answers.try_iter().collect();
         self.in_flight = self.in_flight.saturating_sub(answers.len());
         answers
     }
 
     /// Waits for every outstanding answer until `deadline`.
-    pub fn wait(&mut self, deadline: Instant) -> Vec<Answer> {
+    pub(crate) fn wait(&mut self, deadline: Instant) -> Vec<Answer> {
         let mut answers = Vec::new();
         while self.in_flight > 0 {
             let left = deadline.saturating_duration_since(Instant::now());

@@ -7,8 +7,8 @@
 //! findings wait in `pending` until [`Analysis::settle`] asks a [`LossWitness`], and those
 //! whose records may be incomplete are counted as unconfirmed instead.
 
-pub mod firewall;
-pub mod pods;
+pub(crate) mod firewall;
+pub(crate) mod pods;
 
 use std::{collections::HashMap, io, mem, time::Duration};
 
@@ -49,7 +49,7 @@ const MAX_ATTRIBUTED: usize = 10_000;
 const MAX_WAITING_LINES: usize = 4_096;
 
 #[derive(Default)]
-pub struct Stats {
+pub(crate) struct Stats {
     pub packets: u64,
     /// Records read from the kernel (a journey, a drop, a stray reply each).
     pub records: u64,
@@ -61,7 +61,7 @@ pub struct Stats {
 
 /// How a run recognises DNS and when it gives up on a reply.
 #[derive(Clone, Debug)]
-pub struct AnalysisOptions {
+pub(crate) struct AnalysisOptions {
     /// A query with no reply after this long is a `dns_timeout`.
     pub dns_timeout: Duration,
     /// Ports besides 53 whose payloads are DNS.
@@ -69,7 +69,7 @@ pub struct AnalysisOptions {
 }
 
 /// Where the node settings a finding cites come from.
-pub enum NodeSettings {
+pub(crate) enum NodeSettings {
     /// Read from this node's /proc/sys when the finding is made (a live watch).
     Live,
     /// As a capture recorded them (`tracer report`): the node is elsewhere, or gone.
@@ -105,7 +105,7 @@ struct PendingDrop {
 }
 
 /// Correlation state and findings of one run.
-pub struct Analysis {
+pub(crate) struct Analysis {
     pub flows: DnsFlows,
     pub log: FindingLog,
     pub unconfirmed: UnconfirmedLog,
@@ -128,12 +128,12 @@ pub struct Analysis {
 impl Analysis {
     /// For a live watch: `firewall` has read the rulesets already, as the "before" of the
     /// first drop.
-    pub fn live(options: &AnalysisOptions, firewall: FirewallWorker) -> Analysis {
+    pub(crate) fn live(options: &AnalysisOptions, firewall: FirewallWorker) -> Analysis {
         Analysis::new(options, Some(firewall), NodeSettings::Live)
     }
 
     /// For replaying a capture: nothing is read from the node this runs on.
-    pub fn replay(options: &AnalysisOptions, recorded: HashMap<String, Option<String>>) -> Analysis {
+    pub(crate) fn replay(options: &AnalysisOptions, recorded: HashMap<String, Option<String>>) -> Analysis {
         Analysis::new(options, None, NodeSettings::Recorded(recorded))
     }
 
@@ -156,7 +156,7 @@ impl Analysis {
     }
 
     /// Node settings a capture recorded with a packet: findings made from here on cite them.
-    pub fn recorded_settings(&mut self, values: &[SysctlValue]) {
+    pub(crate) fn recorded_settings(&mut self, values: &[SysctlValue]) {
         if let NodeSettings::Recorded(recorded) = &mut self.settings {
             for value in values {
                 recorded.insert(value.name.clone(), value.value.clone());
@@ -166,7 +166,7 @@ impl Analysis {
 
     /// A packet line: a frame at a bridge stage with the hooks it passed since the stage
     /// before (from the kernel, or read back from a capture).
-    pub fn packet_with_hooks(&mut self, mut packet: TracedPacket, output: &mut dyn Sink) -> io::Result<()> {
+    pub(crate) fn packet_with_hooks(&mut self, mut packet: TracedPacket, output: &mut dyn Sink) -> io::Result<()> {
         self.stats.packets += 1;
         // A stage a capture holds no bytes of keeps the message its line recorded.
         if !packet.event.captured.is_empty() {
@@ -183,7 +183,7 @@ impl Analysis {
     /// Findings-only watches: a DNS reply that left a bridge without conntrack, with where
     /// the kernel saw its query sent before DNAT. Such a reply proves the skip on its own,
     /// with the query's destination: it is judged as a reply to that query.
-    pub fn stray_reply(
+    pub(crate) fn stray_reply(
         &mut self,
         mut reply: TracedPacket,
         asked: Option<std::net::SocketAddr>,
@@ -202,7 +202,7 @@ impl Analysis {
     /// Queries older than the timeout at kernel time `now_ns` (the newest record drained,
     /// or the present when the ring buffer is empty): their findings wait for the next
     /// [`Analysis::settle`].
-    pub fn expire(&mut self, now_ns: u64) {
+    pub(crate) fn expire(&mut self, now_ns: u64) {
         for correlated in self.flows.expire(now_ns) {
             self.consider(&correlated, now_ns);
         }
@@ -226,7 +226,7 @@ impl Analysis {
 
     /// A traced packet the kernel freed as dropped. One that a netfilter hook dropped waits
     /// for the loss check and for its rule to be named; any other is printed now.
-    pub fn dropped(
+    pub(crate) fn dropped(
         &mut self,
         dropped: DroppedPacket,
         reason: DropReason,
@@ -278,7 +278,7 @@ impl Analysis {
     /// Decides the findings waiting for the loss check: stated when their records are
     /// complete, counted as unconfirmed when not. Also prints the drop lines whose rule
     /// has been named meanwhile.
-    pub fn settle(&mut self, witness: &mut dyn LossWitness, output: &mut dyn Sink) -> io::Result<()> {
+    pub(crate) fn settle(&mut self, witness: &mut dyn LossWitness, output: &mut dyn Sink) -> io::Result<()> {
         if !self.pending.is_empty() || !self.pending_drops.is_empty() {
             witness.begin_settling();
         }
@@ -303,7 +303,7 @@ impl Analysis {
     /// The end of a run: settles what is pending and waits (until `deadline`) for the rules
     /// of held-back drop lines; lines whose rule could not be read in time are printed
     /// without it.
-    pub fn finish(
+    pub(crate) fn finish(
         &mut self,
         witness: &mut dyn LossWitness,
         output: &mut dyn Sink,
@@ -409,7 +409,7 @@ impl Analysis {
     /// captured (the rulesets are not here to read); a repeat of a drop whose finding
     /// was already recorded is counted like the live watch counts it, and one the watch
     /// could not confirm is counted as it did.
-    pub fn replay_drop(&mut self, line: &DropLine, output: &mut dyn Sink) -> io::Result<()> {
+    pub(crate) fn replay_drop(&mut self, line: &DropLine, output: &mut dyn Sink) -> io::Result<()> {
         self.stats.packets += 1;
         if line.records_lost.is_some() {
             let kind = if line.icmp.is_some() { FindingKind::NetfilterReject } else { FindingKind::NetfilterDrop };
@@ -426,7 +426,7 @@ impl Analysis {
 
     /// A netfilter finding read back from a capture: it was made from rulesets only the
     /// capturing node had, so it is taken as recorded rather than judged again.
-    pub fn replay_netfilter_finding(&mut self, finding: Finding, output: &mut dyn Sink) -> io::Result<()> {
+    pub(crate) fn replay_netfilter_finding(&mut self, finding: Finding, output: &mut dyn Sink) -> io::Result<()> {
         if let Evidence::Netfilter(nf) = &finding.evidence {
             let key: DropKey = (nf.hook, nf.src.ip(), nf.dst, nf.proto);
             if self.attributed.len() < MAX_ATTRIBUTED {

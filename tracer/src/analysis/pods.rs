@@ -18,7 +18,7 @@ use crate::{
 };
 
 /// Where the names come from.
-pub enum PodSource {
+pub(crate) enum PodSource {
     /// The node's container runtime (a live watch).
     Runtime(Pods),
     /// The pods packets already carry (a capture read back), learned as they pass.
@@ -39,19 +39,19 @@ impl PodSource {
 }
 
 /// Names pods on everything passed to `inner`, and passes on only what the filter shows.
-pub struct PodNames<'a> {
+pub(crate) struct PodNames<'a> {
     inner: Box<dyn Sink + 'a>,
     source: PodSource,
     filter: PodFilter,
 }
 
 impl<'a> PodNames<'a> {
-    pub fn new(inner: Box<dyn Sink + 'a>, source: PodSource, filter: PodFilter) -> PodNames<'a> {
+    pub(crate) fn new(inner: Box<dyn Sink + 'a>, source: PodSource, filter: PodFilter) -> PodNames<'a> {
         PodNames { inner, source, filter }
     }
 
     /// For a capture read back: names come from its packets.
-    pub fn recorded(inner: Box<dyn Sink + 'a>) -> PodNames<'a> {
+    pub(crate) fn recorded(inner: Box<dyn Sink + 'a>) -> PodNames<'a> {
         PodNames::new(inner, PodSource::Recorded(HashMap::new()), PodFilter::default())
     }
 
@@ -82,7 +82,7 @@ impl<'a> PodNames<'a> {
 }
 
 /// Every pod a finding names.
-pub fn finding_pods(finding: &Finding) -> Vec<&PodRef> {
+pub(crate) fn finding_pods(finding: &Finding) -> Vec<&PodRef> {
     match &finding.evidence {
         Evidence::Dns(dns) => {
             let pods = &dns.pods;

@@ -18,7 +18,7 @@ use crate::{
 
 /// Where pod names come from, for `watch` and `triage` alike.
 #[derive(clap::Args, Debug, Default)]
-pub struct RuntimeArgs {
+pub(crate) struct RuntimeArgs {
     /// The container runtime's CRI socket (containerd, CRI-O), for pod names. By default the
     /// first of /run/containerd/containerd.sock, /run/crio/crio.sock (and their /var/run
     /// twins), /run/k3s/containerd/containerd.sock and /var/run/cri-dockerd.sock that
@@ -30,7 +30,7 @@ pub struct RuntimeArgs {
 impl RuntimeArgs {
     /// Connects to the container runtime. A socket given with --cri-socket must answer;
     /// one found at a usual path that does not is a warning, and no pods are named.
-    pub fn pods(&self) -> Result<Option<Pods>> {
+    pub(crate) fn pods(&self) -> Result<Option<Pods>> {
         let (socket, given) = match &self.cri_socket {
             Some(socket) => (socket.clone(), true),
             None => match cri::find_socket() {
@@ -58,7 +58,7 @@ impl RuntimeArgs {
     }
 
     /// `output` with pod names in front of it, when a runtime answers.
-    pub fn named<'a>(&self, output: Box<dyn Sink + 'a>) -> Result<Box<dyn Sink + 'a>> {
+    pub(crate) fn named<'a>(&self, output: Box<dyn Sink + 'a>) -> Result<Box<dyn Sink + 'a>> {
         Ok(match self.pods()? {
             Some(pods) => Box::new(PodNames::new(output, PodSource::Runtime(pods), PodFilter::default())),
             None => output,
@@ -67,7 +67,7 @@ impl RuntimeArgs {
 }
 
 #[derive(clap::Args, Debug, Default)]
-pub struct AgentArgs {
+pub(crate) struct AgentArgs {
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 
@@ -90,7 +90,7 @@ pub struct AgentArgs {
 }
 
 /// What the agent flags set up before the watch starts.
-pub struct Agent {
+pub(crate) struct Agent {
     pods: Option<Pods>,
     filter: PodFilter,
     metrics: Option<(Metrics, TcpListener)>,
@@ -98,7 +98,7 @@ pub struct Agent {
 
 impl AgentArgs {
     /// Opens the metrics port. Call before entering another network namespace (`--netns`).
-    pub fn open_metrics(&self) -> Result<Option<(Metrics, TcpListener)>> {
+    pub(crate) fn open_metrics(&self) -> Result<Option<(Metrics, TcpListener)>> {
         match self.metrics {
             Some(address) => Ok(Some((Metrics::new(), server::bind(address)?))),
             None => Ok(None),
@@ -106,7 +106,7 @@ impl AgentArgs {
     }
 
     /// Connects to the container runtime (see [`RuntimeArgs::pods`]); the filters need one.
-    pub fn start(&self, metrics: Option<(Metrics, TcpListener)>) -> Result<Agent> {
+    pub(crate) fn start(&self, metrics: Option<(Metrics, TcpListener)>) -> Result<Agent> {
         let filter = PodFilter { pods: self.pods.clone(), namespaces: self.namespaces.clone() };
         let pods = self.runtime.pods()?;
         if pods.is_none() && !filter.is_empty() {
@@ -123,7 +123,7 @@ impl Agent {
     /// Starts serving the metrics and reading the node checks (in the network namespace
     /// watched, for the traced `port`), and puts pod naming and the metrics in front of
     /// `output`. The returned guard keeps the node checks read; drop it after the watch.
-    pub fn outputs<'a>(
+    pub(crate) fn outputs<'a>(
         self,
         output: Box<dyn Sink + 'a>,
         port: PortFilter,

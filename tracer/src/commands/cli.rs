@@ -5,21 +5,21 @@ use std::{process::ExitCode, time::Duration};
 
 /// `--output`: `text` for people, `json` for JSON Lines.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
-pub enum OutputFormat {
+pub(crate) enum OutputFormat {
     Text,
     Json,
 }
 
 /// `--output` of `watch`: also `none`, for an agent whose results are its metrics.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
-pub enum WatchFormat {
+pub(crate) enum WatchFormat {
     Text,
     Json,
     None,
 }
 
 /// A positive number of seconds, fractions allowed.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let secs: f64 = text.parse().map_err(|_| format!("`{text}` is not a number of seconds"))?;
     if !secs.is_finite() || secs <= 0.0 {
         return Err("the duration must be a positive number of seconds".to_string());
@@ -28,7 +28,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// A ring buffer size in MiB: the kernel wants a power of two.
-pub fn parse_ring_mib(text: &str) -> Result<u32, String> {
+pub(crate) fn parse_ring_mib(text: &str) -> Result<u32, String> {
     let mib: u32 = text.parse().map_err(|_| format!("`{text}` is not a whole number of MiB"))?;
     if !mib.is_power_of_two() || mib > 1024 {
         return Err("the ring buffer size must be a power of two from 1 to 1024 MiB".to_string());
@@ -37,7 +37,7 @@ pub fn parse_ring_mib(text: &str) -> Result<u32, String> {
 }
 
 /// The one line a command that cannot go on prints, and exit code 2.
-pub fn fail(err: &anyhow::Error) -> ExitCode {
+pub(crate) fn fail(err: &anyhow::Error) -> ExitCode {
     eprintln!("tracer: error: {err:#}");
     ExitCode::from(2)
 }

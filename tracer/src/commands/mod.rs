@@ -1,11 +1,11 @@
 //! The command line: the subcommands' arguments and their wiring (which source, which
 //! sinks, which exit code). What runs is in `engine`, what prints in `sinks`.
 
-pub mod agent;
-pub mod cli;
-pub mod report;
-pub mod triage;
-pub mod watch;
+pub(crate) mod agent;
+pub(crate) mod cli;
+pub(crate) mod report;
+pub(crate) mod triage;
+pub(crate) mod watch;
 
 use std::process::ExitCode;
 

@@ -12,7 +12,7 @@ use crate::{
 };
 
 #[derive(clap::Args)]
-pub struct ReportArgs {
+pub(crate) struct ReportArgs {
     /// The capture file.
     pub file: PathBuf,
 
@@ -22,7 +22,7 @@ pub struct ReportArgs {
 }
 
 /// `tracer report`: the capture read back and printed, and the exit code.
-pub fn command(args: ReportArgs) -> ExitCode {
+pub(crate) fn command(args: ReportArgs) -> ExitCode {
     let report = match Report::open(&args.file) {
         Ok(report) => report,
         Err(err) => return fail(&anyhow::anyhow!(err)),

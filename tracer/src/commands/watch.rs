@@ -35,7 +35,7 @@ use crate::{
 
 /// How traffic is traced and read, for `watch` and `triage` alike.
 #[derive(clap::Args, Debug)]
-pub struct TracingArgs {
+pub(crate) struct TracingArgs {
     /// A DNS query with no reply after this many seconds is reported as `dns_timeout`.
     #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_duration)]
     pub dns_timeout: Duration,
@@ -86,7 +86,7 @@ fn default_ring_mib(findings_only: bool) -> u32 {
 impl TracingArgs {
     /// Enters `--netns`, when given. Call while the process has one thread: everything
     /// started afterwards (the watch, its workers, the tools they run) lives there.
-    pub fn enter_netns(&self) -> Result<()> {
+    pub(crate) fn enter_netns(&self) -> Result<()> {
         match &self.netns {
             Some(target) => crate::system::netns::enter(target),
             None => Ok(()),
@@ -94,7 +94,7 @@ impl TracingArgs {
     }
 
     /// The options of a watch on `port`, copying `snaplen` bytes, for `duration`.
-    pub fn watch_options(
+    pub(crate) fn watch_options(
         &self,
         port: PortFilter,
         snaplen: u32,
@@ -117,7 +117,7 @@ impl TracingArgs {
 }
 
 #[derive(clap::Args)]
-pub struct WatchArgs {
+pub(crate) struct WatchArgs {
     /// Port to trace, as source or destination, UDP and TCP. 0 traces every port.
     #[arg(long, default_value = "53")]
     pub port: PortFilter,
@@ -165,7 +165,7 @@ pub struct WatchArgs {
 const OUTPUT_BUFFER_BYTES: usize = 64 << 10;
 
 /// `tracer watch`: the capture file, the outputs, the watch, and the exit code.
-pub fn command(args: WatchArgs) -> ExitCode {
+pub(crate) fn command(args: WatchArgs) -> ExitCode {
     let options = args.tracing.watch_options(args.port, args.snaplen, args.duration, args.findings_only);
     // Nothing is opened, entered or created before the privileges are known to be there:
     // a watch that cannot start leaves nothing behind.

@@ -37,14 +37,14 @@ use crate::{
     schema::{sink::Sink, summary::Summary},
 };
 
-pub struct WatchOptions {
+pub(crate) struct WatchOptions {
     pub settings: WatchSettings,
     pub duration: Option<Duration>,
     pub analysis: AnalysisOptions,
 }
 
 /// How a watch ended.
-pub enum Ending {
+pub(crate) enum Ending {
     /// Duration reached or a signal: the summary was printed.
     Finished(Summary),
     /// Whoever read our output went away (e.g. `| head`): the watch stopped; its summary
@@ -113,7 +113,7 @@ fn report_lost(hooks: &KernelHooks, loss: &KernelLoss, reported: u64) -> u64 {
     total
 }
 
-pub async fn run(options: &WatchOptions, output: &mut dyn Sink) -> Result<Ending> {
+pub(crate) async fn run(options: &WatchOptions, output: &mut dyn Sink) -> Result<Ending> {
     // Nothing is read or run before the privileges are known to be there.
     check_privileges()?;
     // The rulesets are read before anything is attached: that reading is what the

@@ -2,5 +2,5 @@
 //! the kernel's ring buffer until stopped, `replay` reads a capture file back. Both hand
 //! their events to `analysis::Analysis`, so a report prints what the watch printed.
 
-pub mod live;
-pub mod replay;
+pub(crate) mod live;
+pub(crate) mod replay;

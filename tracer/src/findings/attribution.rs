@@ -23,7 +23,7 @@ use crate::firewall::{
 
 /// A packet netfilter dropped, as the hook saw it: what a rule could have matched on.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct HookDrop {
+pub(crate) struct HookDrop {
     pub family: Family,
     pub hook: Hook,
     pub proto: L4Proto,
@@ -40,7 +40,7 @@ pub struct HookDrop {
 impl HookDrop {
     /// What makes two drops the same problem: hook, source address, destination and
     /// protocol (a client's every query comes from a new port).
-    pub fn key(&self) -> (Hook, std::net::IpAddr, SocketAddr, L4Proto) {
+    pub(crate) fn key(&self) -> (Hook, std::net::IpAddr, SocketAddr, L4Proto) {
         (self.hook, self.src.ip(), self.dst, self.proto)
     }
 
@@ -61,7 +61,7 @@ impl HookDrop {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Attribution {
+pub(crate) struct Attribution {
     /// The rule, when exactly one fits.
     pub rule: Option<Rule>,
     /// The chain whose policy dropped the packet, when no rule fits and exactly one
@@ -78,7 +78,7 @@ pub struct Attribution {
 
 /// The ICMP answer in words for outputs: the REJECT name where it has one, else its type
 /// and code.
-pub fn answer_name(family: Family, icmp_type: u8, code: u8) -> String {
+pub(crate) fn answer_name(family: Family, icmp_type: u8, code: u8) -> String {
     reject_name(family, icmp_type, code).map(str::to_string).unwrap_or_else(|| format!("type {icmp_type} code {code}"))
 }
 
@@ -103,7 +103,7 @@ const REJECT_CODES: [(Family, u8, &[&str]); 13] = [
 
 /// The name of a REJECT answer as iptables `--reject-with` spells it, without its
 /// `icmp-` / `icmp6-` prefix: IPv4 type 3 code 10 is `host-prohibited`.
-pub fn reject_name(family: Family, icmp_type: u8, code: u8) -> Option<&'static str> {
+pub(crate) fn reject_name(family: Family, icmp_type: u8, code: u8) -> Option<&'static str> {
     if icmp_type != icmp_unreachable_type(family) {
         return None;
     }
@@ -337,7 +337,7 @@ fn describe_growth(growth: Growth, what: &str) -> String {
 
 /// Names the rule (or the chain policy) that dropped `packet`, comparing the counters of
 /// `before` and `after`. The rulesets are those of `after`.
-pub fn attribute(before: &Snapshot, after: &Snapshot, packet: &HookDrop) -> Attribution {
+pub(crate) fn attribute(before: &Snapshot, after: &Snapshot, packet: &HookDrop) -> Attribution {
     let answer = packet_answer(packet);
     let what = describe_answer(packet.family, answer);
     let place = format!("{} ({})", packet.hook.name(), packet.family.name());

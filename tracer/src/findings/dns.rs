@@ -21,7 +21,11 @@ use crate::{
 };
 
 /// `read_sysctl` is how the node's settings are read (the real /proc/sys in a watch).
-pub fn judge(correlated: &Correlated, timeout_secs: f64, read_sysctl: &dyn Fn(&str) -> SysctlValue) -> Option<Finding> {
+pub(crate) fn judge(
+    correlated: &Correlated,
+    timeout_secs: f64,
+    read_sysctl: &dyn Fn(&str) -> SysctlValue,
+) -> Option<Finding> {
     match correlated {
         Correlated::ReplyToClient { query, reply } => judge_reply(query, reply, read_sysctl),
         Correlated::Unanswered { query } => Some(timeout(query, timeout_secs)),

@@ -1,10 +1,10 @@
 //! Findings: problems tracer names, each with its evidence, a plain explanation and
 //! the commands that fix it. Repeats of one problem are counted, not re-reported.
 
-pub mod attribution;
-pub mod dns;
-pub mod netfilter;
-pub mod node_config;
+pub(crate) mod attribution;
+pub(crate) mod dns;
+pub(crate) mod netfilter;
+pub(crate) mod node_config;
 
 use std::{collections::HashMap, net::SocketAddr};
 
@@ -12,34 +12,34 @@ use crate::schema::finding::{ChainRef, Evidence, Finding, FindingKind, RuleRef};
 
 /// Unconfirmed occurrences per kind.
 #[derive(Default)]
-pub struct UnconfirmedLog {
+pub(crate) struct UnconfirmedLog {
     counts: std::collections::BTreeMap<FindingKind, u64>,
 }
 
 impl UnconfirmedLog {
-    pub fn record(&mut self, kind: FindingKind) {
+    pub(crate) fn record(&mut self, kind: FindingKind) {
         *self.counts.entry(kind).or_default() += 1;
     }
 
-    pub fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.counts.values().sum()
     }
 
     /// Occurrences per kind, in kind order.
-    pub fn counts(&self) -> Vec<(FindingKind, u64)> {
+    pub(crate) fn counts(&self) -> Vec<(FindingKind, u64)> {
         self.counts.iter().map(|(kind, count)| (*kind, *count)).collect()
     }
 }
 
 /// The DNS query a finding is about.
 impl ChainRef {
-    pub fn of(chain: &crate::firewall::Chain) -> ChainRef {
+    pub(crate) fn of(chain: &crate::firewall::Chain) -> ChainRef {
         ChainRef { backend: chain.backend, table: chain.table.clone(), chain: chain.name.clone() }
     }
 }
 
 impl RuleRef {
-    pub fn of(rule: &crate::firewall::Rule) -> RuleRef {
+    pub(crate) fn of(rule: &crate::firewall::Rule) -> RuleRef {
         RuleRef {
             backend: rule.backend,
             table: rule.table.clone(),
@@ -83,7 +83,7 @@ type DedupeKey = (FindingKind, std::net::IpAddr, SocketAddr, String);
 
 /// Distinct findings of a run, with how often each occurred.
 #[derive(Default)]
-pub struct FindingLog {
+pub(crate) struct FindingLog {
     index: HashMap<DedupeKey, usize>,
     findings: Vec<(Finding, u64)>,
     /// Occurrences of findings not kept because `MAX_DISTINCT` were kept already.
@@ -91,7 +91,7 @@ pub struct FindingLog {
 }
 
 /// What one occurrence of a finding was to the log.
-pub enum Occurrence<'a> {
+pub(crate) enum Occurrence<'a> {
     /// The first of its problem: to be reported.
     New(&'a Finding),
     /// The same problem again (the first occurrence, as it was reported).
@@ -105,7 +105,7 @@ const MAX_DISTINCT: usize = 10_000;
 
 impl FindingLog {
     /// Records an occurrence: new ones are reported now, repeats only counted.
-    pub fn record(&mut self, finding: Finding) -> Occurrence<'_> {
+    pub(crate) fn record(&mut self, finding: Finding) -> Occurrence<'_> {
         let key = finding.dedupe_key();
         if let Some(&at) = self.index.get(&key) {
             self.findings[at].1 += 1;
@@ -121,12 +121,12 @@ impl FindingLog {
         Occurrence::New(&self.findings[at].0)
     }
 
-    pub fn distinct(&self) -> usize {
+    pub(crate) fn distinct(&self) -> usize {
         self.findings.len()
     }
 
     /// Occurrences per kind, in kind order.
-    pub fn counts(&self) -> Vec<(FindingKind, u64)> {
+    pub(crate) fn counts(&self) -> Vec<(FindingKind, u64)> {
         let mut counts: Vec<(FindingKind, u64)> = Vec::new();
         for (finding, count) in &self.findings {
             match counts.iter_mut().find(|(kind, _)| *kind == finding.kind) {

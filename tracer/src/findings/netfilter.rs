@@ -11,7 +11,7 @@ use crate::{
 /// The finding for a packet a netfilter hook dropped or rejected (`packet`, as the hook
 /// saw it). `before` and `after` are the rulesets with counters from before the drop and
 /// from now.
-pub fn judge_drop(packet: &HookDrop, wall_time_ns: u64, before: &Snapshot, after: &Snapshot) -> Finding {
+pub(crate) fn judge_drop(packet: &HookDrop, wall_time_ns: u64, before: &Snapshot, after: &Snapshot) -> Finding {
     let family = packet.family;
     let icmp = packet.icmp.map(|(icmp_type, icmp_code)| answer_name(family, icmp_type, icmp_code));
     let attribution = attribute(before, after, packet);
@@ -59,7 +59,7 @@ pub fn judge_drop(packet: &HookDrop, wall_time_ns: u64, before: &Snapshot, after
 }
 
 /// `filter/FORWARD #16` (what the drop line names), when the attribution is certain.
-pub fn short_label(finding: &Finding) -> Option<String> {
+pub(crate) fn short_label(finding: &Finding) -> Option<String> {
     let Evidence::Netfilter(nf) = &finding.evidence else { return None };
     match (nf.culprit.rule(), nf.culprit.policy_chain()) {
         (Some(rule), _) => Some(format!("{}/{} #{}", rule.table, rule.chain, rule.position)),

@@ -16,7 +16,7 @@ use super::model::{
 
 /// A packet as far as it is known.
 #[derive(Clone, Copy, Debug)]
-pub struct Packet<'a> {
+pub(crate) struct Packet<'a> {
     pub family: Family,
     pub proto: L4Proto,
     pub src: Option<IpAddr>,
@@ -30,7 +30,7 @@ pub struct Packet<'a> {
 
 /// How a rule's matches fit a packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fit {
+pub(crate) enum Fit {
     /// A test rules the packet out.
     No,
     /// Depends on what the packet leaves unknown, or on conditions no packet description
@@ -41,7 +41,7 @@ pub enum Fit {
 }
 
 /// How `rule` fits `packet`.
-pub fn fit(rule: &Rule, packet: &Packet) -> Fit {
+pub(crate) fn fit(rule: &Rule, packet: &Packet) -> Fit {
     let mut fit = if rule.matches.unparsed.is_empty() { Fit::Yes } else { Fit::May };
     for test in &rule.matches.tests {
         match holds(test, packet) {
@@ -54,7 +54,7 @@ pub fn fit(rule: &Rule, packet: &Packet) -> Fit {
 }
 
 /// Whether `test` holds for `packet`; `None` when the packet does not tell.
-pub fn holds(test: &Test, packet: &Packet) -> Option<bool> {
+pub(crate) fn holds(test: &Test, packet: &Packet) -> Option<bool> {
     let in_ports = |ranges: &[PortRange], port: Option<u16>| {
         let port = port.filter(|_| has_ports(packet.proto.number()))?;
         Some(ranges.iter().any(|r| (r.first..=r.last).contains(&port)))
@@ -125,14 +125,14 @@ const WALK_BUDGET: usize = 200_000;
 const MAX_JUMP_DEPTH: usize = 32;
 
 /// The chains of a snapshot, found by the names jumps and gotos give them.
-pub struct Ruleset<'a> {
+pub(crate) struct Ruleset<'a> {
     snapshot: &'a Snapshot,
     by_name: HashMap<(KernelTable<'a>, &'a str), usize>,
 }
 
 /// A rule a walk met that may match the packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Met {
+pub(crate) struct Met {
     /// Index of the chain in the snapshot.
     pub chain: usize,
     /// Index of the rule in its chain.
@@ -144,7 +144,7 @@ pub struct Met {
 
 /// One base chain, walked.
 #[derive(Clone, Debug)]
-pub struct Walk {
+pub(crate) struct Walk {
     /// Index of the base chain in the snapshot.
     pub base: usize,
     /// The rules the packet may match, in the order the kernel meets them, jumped-to chains
@@ -157,7 +157,7 @@ pub struct Walk {
 }
 
 impl<'a> Ruleset<'a> {
-    pub fn new(snapshot: &'a Snapshot) -> Ruleset<'a> {
+    pub(crate) fn new(snapshot: &'a Snapshot) -> Ruleset<'a> {
         let by_name = snapshot
             .chains
             .iter()
@@ -167,17 +167,17 @@ impl<'a> Ruleset<'a> {
         Ruleset { snapshot, by_name }
     }
 
-    pub fn chain(&self, at: usize) -> &'a Chain {
+    pub(crate) fn chain(&self, at: usize) -> &'a Chain {
         &self.snapshot.chains[at]
     }
 
-    pub fn rule(&self, met: &Met) -> &'a Rule {
+    pub(crate) fn rule(&self, met: &Met) -> &'a Rule {
         &self.chain(met.chain).rules[met.rule]
     }
 
     /// The base chains on `hook` for `family`, in snapshot order. The snapshot keeps no
     /// chain priorities, so they are not ordered by them, and each is walked on its own.
-    pub fn base_chains(&self, family: Family, hook: Hook) -> impl Iterator<Item = usize> + '_ {
+    pub(crate) fn base_chains(&self, family: Family, hook: Hook) -> impl Iterator<Item = usize> + '_ {
         let chains = &self.snapshot.chains;
         (0..chains.len()).filter(move |&at| chains[at].family == family && chains[at].hook == Some(hook))
     }
@@ -189,7 +189,7 @@ impl<'a> Ruleset<'a> {
 
     /// Every chain a packet at `hook` can reach, whatever it is: the base chains and every
     /// chain a rule of a reachable chain may jump or go to, in snapshot order.
-    pub fn reachable(&self, family: Family, hook: Hook) -> Vec<usize> {
+    pub(crate) fn reachable(&self, family: Family, hook: Hook) -> Vec<usize> {
         let mut seen: HashSet<usize> = HashSet::new();
         let mut queue: VecDeque<usize> = self.base_chains(family, hook).collect();
         seen.extend(queue.iter().copied());
@@ -213,7 +213,7 @@ impl<'a> Ruleset<'a> {
 
     /// Walks `packet` through every base chain on `hook` for its family, one walk a chain
     /// (an accept in one base chain does not spare the packet the others).
-    pub fn walk(&self, hook: Hook, packet: &Packet) -> Vec<Walk> {
+    pub(crate) fn walk(&self, hook: Hook, packet: &Packet) -> Vec<Walk> {
         self.base_chains(packet.family, hook)
             .map(|base| {
                 let mut walker =

@@ -12,7 +12,7 @@ use super::model::{
 /// Parses `iptables-save -c` (also without `-c`: rules then have no counters) of either
 /// backend and family. Tables cut short (no `COMMIT`, as when iptables-nft-save stops at a
 /// rule it cannot translate) are left out rather than reported half.
-pub fn parse_iptables_save(text: &str, backend: Backend, family: Family) -> Vec<Chain> {
+pub(crate) fn parse_iptables_save(text: &str, backend: Backend, family: Family) -> Vec<Chain> {
     let mut chains = Vec::new();
     let mut table: Option<SaveTable> = None;
     for line in text.lines() {

@@ -11,7 +11,7 @@
 //! - `eval`: what a packet meets on its way through the chains of a hook: the one place
 //!   that walks chains, follows jumps and matches rules against a packet.
 
-pub mod eval;
+pub(crate) mod eval;
 mod iptables;
 mod model;
 mod nft;
@@ -22,7 +22,7 @@ mod snapshot;
 #[cfg(test)]
 mod fixtures;
 
-pub use iptables::parse_iptables_save;
-pub use model::{Backend, Chain, Condition, Family, Hook, Rule, Snapshot, Verdict};
-pub use nft::parse_nft_json;
-pub use snapshot::snapshot;
+pub(crate) use iptables::parse_iptables_save;
+pub(crate) use model::{Backend, Chain, Condition, Family, Hook, Rule, Snapshot, Verdict};
+pub(crate) use nft::parse_nft_json;
+pub(crate) use snapshot::snapshot;

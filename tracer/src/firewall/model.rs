@@ -6,13 +6,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Serialize;
 
-pub use crate::model::{
+pub(crate) use crate::model::{
     firewall::Backend,
     hook::{Family, Hook},
 };
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Accept,
     Drop,
     /// `with` is the answer as the tool spells it: iptables `icmp-host-prohibited`,
@@ -32,18 +32,18 @@ pub enum Verdict {
 
 /// An inclusive range of addresses (a CIDR, a single address or an nft range).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct AddrRange {
+pub(crate) struct AddrRange {
     pub first: IpAddr,
     pub last: IpAddr,
 }
 
 impl AddrRange {
-    pub fn single(addr: IpAddr) -> AddrRange {
+    pub(crate) fn single(addr: IpAddr) -> AddrRange {
         AddrRange { first: addr, last: addr }
     }
 
     /// `None` for a prefix longer than the address.
-    pub fn cidr(addr: IpAddr, prefix: u8) -> Option<AddrRange> {
+    pub(crate) fn cidr(addr: IpAddr, prefix: u8) -> Option<AddrRange> {
         let bits: u32 = if addr.is_ipv4() { 32 } else { 128 };
         let host_bits = bits.checked_sub(u32::from(prefix))?;
         let host = u128::MAX.checked_shr(128 - host_bits).unwrap_or(0);
@@ -52,7 +52,7 @@ impl AddrRange {
     }
 
     /// Whether `addr` lies in the range; never for an address of the other family.
-    pub fn contains(&self, addr: IpAddr) -> bool {
+    pub(crate) fn contains(&self, addr: IpAddr) -> bool {
         self.first.is_ipv4() == addr.is_ipv4()
             && self.last.is_ipv4() == addr.is_ipv4()
             && (addr_number(self.first)..=addr_number(self.last)).contains(&addr_number(addr))
@@ -77,21 +77,21 @@ fn same_family_addr(like: IpAddr, number: u128) -> Option<IpAddr> {
 
 /// An inclusive port range; a single port has `first == last`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct PortRange {
+pub(crate) struct PortRange {
     pub first: u16,
     pub last: u16,
 }
 
 /// An interface name; `prefix` for iptables `eth+` / nft `"eth*"`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct IfacePattern {
+pub(crate) struct IfacePattern {
     pub name: String,
     pub prefix: bool,
 }
 
 /// One condition a rule puts on a packet. A list means "any of these".
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub enum Condition {
+pub(crate) enum Condition {
     /// nft `meta nfproto`, or implied by `ip`/`ip6`/`icmp`/`icmpv6` payload matches in an
     /// inet table.
     Family(Family),
@@ -106,7 +106,7 @@ pub enum Condition {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Test {
+pub(crate) struct Test {
     pub negated: bool,
     pub condition: Condition,
 }
@@ -115,7 +115,7 @@ pub struct Test {
 /// every test holds; `unparsed` conditions (conntrack state, marks, ...) cannot be checked
 /// against a packet and so count as "may match".
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct RuleMatches {
+pub(crate) struct RuleMatches {
     pub tests: Vec<Test>,
     pub unparsed: Vec<String>,
 }
@@ -127,7 +127,7 @@ impl RuleMatches {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Rule {
+pub(crate) struct Rule {
     pub backend: Backend,
     pub family: Family,
     /// iptables: `filter`, `nat`, ...; nftables: family and name as nft names the table,
@@ -154,7 +154,7 @@ pub struct Rule {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Chain {
+pub(crate) struct Chain {
     pub backend: Backend,
     pub family: Family,
     pub table: String,
@@ -168,7 +168,7 @@ pub struct Chain {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     pub chains: Vec<Chain>,
     /// A backend that is in use but could not be read, one line each.
     pub errors: Vec<String>,
@@ -176,12 +176,12 @@ pub struct Snapshot {
 
 impl Rule {
     /// The verdicts the rule can give: its own, and those its verdict map can choose.
-    pub fn verdicts(&self) -> impl Iterator<Item = &Verdict> {
+    pub(crate) fn verdicts(&self) -> impl Iterator<Item = &Verdict> {
         std::iter::once(&self.verdict).chain(&self.map_verdicts)
     }
 
     /// The command that shows the rule with its neighbours.
-    pub fn show_command(&self) -> String {
+    pub(crate) fn show_command(&self) -> String {
         match self.backend {
             Backend::Nftables => format!("nft -a list chain {} {}", self.table, self.chain),
             backend => format!(
@@ -196,7 +196,7 @@ impl Rule {
     /// The command that deletes exactly this rule: by its specification (iptables) or its
     /// handle (nftables), never by its position, which the next resync of kube-proxy or a
     /// firewall manager may have shifted by the time someone runs it.
-    pub fn delete_command(&self) -> String {
+    pub(crate) fn delete_command(&self) -> String {
         match self.backend {
             Backend::Nftables => {
                 let handle = self

@@ -16,7 +16,7 @@ use super::nft_text::{nft_reject_with, quote, render_statement, str_field, u64_f
 /// made it (`reconcile` sorts out the ones iptables-nft owns); an inet chain is listed once
 /// per family, as IPv4 and IPv6 packets both traverse it. Other families (arp, bridge,
 /// netdev) do not see packets at the IP hooks and are left out.
-pub fn parse_nft_json(json: &str) -> anyhow::Result<Vec<Chain>> {
+pub(crate) fn parse_nft_json(json: &str) -> anyhow::Result<Vec<Chain>> {
     Ok(parse_nft(json)?.into_iter().map(|c| c.chain).collect())
 }
 

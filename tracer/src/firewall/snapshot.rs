@@ -19,7 +19,7 @@ const IPTABLES_TABLES: [&str; 5] = ["filter", "nat", "mangle", "raw", "security"
 /// The rulesets of every backend in use in the network namespace of the calling thread.
 /// Runs at most one listing process per backend and family (nft lists both families at
 /// once) and skips a backend's tool when the kernel shows it has no tables.
-pub fn snapshot() -> Snapshot {
+pub(crate) fn snapshot() -> Snapshot {
     let mut snap = Snapshot::default();
 
     // nft first: its listing tells whether iptables-nft tables exist at all.

@@ -24,25 +24,25 @@ const TYPE_LEN: usize = 12;
 const MAX_DEPTH: usize = 64;
 
 mod kind {
-    pub const INT: u32 = 1;
-    pub const PTR: u32 = 2;
-    pub const ARRAY: u32 = 3;
-    pub const STRUCT: u32 = 4;
-    pub const UNION: u32 = 5;
-    pub const ENUM: u32 = 6;
-    pub const FWD: u32 = 7;
-    pub const TYPEDEF: u32 = 8;
-    pub const VOLATILE: u32 = 9;
-    pub const CONST: u32 = 10;
-    pub const RESTRICT: u32 = 11;
-    pub const FUNC: u32 = 12;
-    pub const FUNC_PROTO: u32 = 13;
-    pub const VAR: u32 = 14;
-    pub const DATASEC: u32 = 15;
-    pub const FLOAT: u32 = 16;
-    pub const DECL_TAG: u32 = 17;
-    pub const TYPE_TAG: u32 = 18;
-    pub const ENUM64: u32 = 19;
+    pub(crate) const INT: u32 = 1;
+    pub(crate) const PTR: u32 = 2;
+    pub(crate) const ARRAY: u32 = 3;
+    pub(crate) const STRUCT: u32 = 4;
+    pub(crate) const UNION: u32 = 5;
+    pub(crate) const ENUM: u32 = 6;
+    pub(crate) const FWD: u32 = 7;
+    pub(crate) const TYPEDEF: u32 = 8;
+    pub(crate) const VOLATILE: u32 = 9;
+    pub(crate) const CONST: u32 = 10;
+    pub(crate) const RESTRICT: u32 = 11;
+    pub(crate) const FUNC: u32 = 12;
+    pub(crate) const FUNC_PROTO: u32 = 13;
+    pub(crate) const VAR: u32 = 14;
+    pub(crate) const DATASEC: u32 = 15;
+    pub(crate) const FLOAT: u32 = 16;
+    pub(crate) const DECL_TAG: u32 = 17;
+    pub(crate) const TYPE_TAG: u32 = 18;
+    pub(crate) const ENUM64: u32 = 19;
 }
 
 fn kind_name(k: u32) -> &'static str {
@@ -111,7 +111,7 @@ fn is_enum(k: u32) -> bool {
 
 /// A member found at a path: where it starts and how big it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Member {
+pub(crate) struct Member {
     /// From the start of the outer struct, in bits.
     pub offset_bits: u32,
     /// Width of a bitfield; 0 when the member is not a bitfield.
@@ -122,12 +122,12 @@ pub struct Member {
 }
 
 impl Member {
-    pub fn is_bitfield(&self) -> bool {
+    pub(crate) fn is_bitfield(&self) -> bool {
         self.bitfield_bits != 0
     }
 
     /// The offset in bytes, if the member starts on a byte boundary.
-    pub fn byte_offset(&self) -> Option<u32> {
+    pub(crate) fn byte_offset(&self) -> Option<u32> {
         self.offset_bits.is_multiple_of(8).then_some(self.offset_bits / 8)
     }
 }
@@ -218,7 +218,7 @@ fn str_in_layers(layers: &[Arc<Layer>], off: u32) -> Result<&str> {
 /// Parsed BTF: a base (vmlinux) or a split BTF together with its base.
 /// Cloning is cheap: the blobs are shared.
 #[derive(Clone)]
-pub struct Btf {
+pub(crate) struct Btf {
     /// Base first; type ids and string offsets of each layer follow the one below.
     layers: Vec<Arc<Layer>>,
     ptr_size: u32,
@@ -243,22 +243,22 @@ struct Segment<'a> {
 
 impl Btf {
     /// Parses a base BTF blob such as `/sys/kernel/btf/vmlinux`.
-    pub fn parse(data: &[u8]) -> Result<Btf> {
+    pub(crate) fn parse(data: &[u8]) -> Result<Btf> {
         Btf::parse_owned(data.to_vec())
     }
 
     /// Parses a module's split BTF, whose type ids and string offsets continue
     /// after those of `base` and whose types may refer to the base's.
-    pub fn parse_split(data: &[u8], base: &Btf) -> Result<Btf> {
+    pub(crate) fn parse_split(data: &[u8], base: &Btf) -> Result<Btf> {
         Btf::parse_split_owned(data.to_vec(), base)
     }
 
     #[cfg(test)]
-    pub fn load(path: &Path) -> Result<Btf> {
+    pub(crate) fn load(path: &Path) -> Result<Btf> {
         Btf::parse_owned(read_file(path)?).map_err(|e| anyhow!("{}: {e:#}", path.display()))
     }
 
-    pub fn load_split(path: &Path, base: &Btf) -> Result<Btf> {
+    pub(crate) fn load_split(path: &Path, base: &Btf) -> Result<Btf> {
         Btf::parse_split_owned(read_file(path)?, base).map_err(|e| anyhow!("{}: {e:#}", path.display()))
     }
 
@@ -282,36 +282,36 @@ impl Btf {
         Ok(Btf { layers, ptr_size: base.ptr_size })
     }
 
-    pub fn is_big_endian(&self) -> bool {
+    pub(crate) fn is_big_endian(&self) -> bool {
         self.layers.first().is_some_and(|l| l.big_endian)
     }
 
     /// Number of type ids in use, including void (id 0).
-    pub fn type_count(&self) -> u32 {
+    pub(crate) fn type_count(&self) -> u32 {
         self.layers.last().and_then(|l| l.next_id()).unwrap_or(1)
     }
 
     /// Whether a complete (not merely forward-declared) struct or union, or a
     /// typedef of one, has this name.
-    pub fn has_struct(&self, name: &str) -> bool {
+    pub(crate) fn has_struct(&self, name: &str) -> bool {
         !self.composites_named(name).is_empty()
     }
 
     /// Whether some complete named type (struct, union, enum, typedef, int,
     /// float) has this name.
-    pub fn has_type(&self, name: &str) -> bool {
+    pub(crate) fn has_type(&self, name: &str) -> bool {
         self.ids_named(name)
             .any(|id| self.get(id).is_ok_and(|t| t.kind() != kind::FWD && !(is_enum(t.kind()) && t.vlen() == 0)))
     }
 
     /// Whether an enum (or enum64) with at least one variant has this name.
-    pub fn has_enum(&self, name: &str) -> bool {
+    pub(crate) fn has_enum(&self, name: &str) -> bool {
         self.enum_named(name).is_some()
     }
 
     /// The member at `path` (e.g. `"nd_net.net"`, `"tuplehash[1].tuple"`) inside
     /// the struct or union `type_name`, looking through anonymous members.
-    pub fn member(&self, type_name: &str, path: &str) -> Result<Member> {
+    pub(crate) fn member(&self, type_name: &str, path: &str) -> Result<Member> {
         let segments = parse_path(path).map_err(|e| anyhow!("bad member path {type_name}.{path}: {e}"))?;
         let candidates = self.composites_named(type_name);
         let Some(&first) = candidates.first() else {
@@ -344,7 +344,7 @@ impl Btf {
     }
 
     /// Size in bytes of the struct, union, typedef (or other named type) `type_name`.
-    pub fn type_size(&self, type_name: &str) -> Result<u32> {
+    pub(crate) fn type_size(&self, type_name: &str) -> Result<u32> {
         let composites = self.composites_named(type_name);
         let ids: Vec<u32> = if composites.is_empty() {
             self.ids_named(type_name).filter(|&id| self.get(id).is_ok_and(|t| t.kind() != kind::FWD)).collect()
@@ -369,7 +369,7 @@ impl Btf {
 
     /// Value of `variant` in the enum (or enum64) `enum_name`. Unsigned enum64
     /// values above `i64::MAX` come back as the same 64 bits read as signed.
-    pub fn enum_value(&self, enum_name: &str, variant: &str) -> Result<i64> {
+    pub(crate) fn enum_value(&self, enum_name: &str, variant: &str) -> Result<i64> {
         for (name, value) in self.enum_variants(enum_name)? {
             if name == variant {
                 return Ok(value);
@@ -378,7 +378,7 @@ impl Btf {
         bail!("enum {enum_name} has no variant {variant}")
     }
 
-    pub fn enum_variants(&self, enum_name: &str) -> Result<Vec<(String, i64)>> {
+    pub(crate) fn enum_variants(&self, enum_name: &str) -> Result<Vec<(String, i64)>> {
         let id = self.enum_named(enum_name).ok_or_else(|| {
             if self.ids_named(enum_name).next().is_some() {
                 anyhow!("{enum_name} in BTF is not an enum with variants")
@@ -770,7 +770,7 @@ fn parse_path(path: &str) -> std::result::Result<Vec<Segment<'_>>, String> {
 pub(crate) mod testing {
     use super::kind;
 
-    pub struct Builder {
+    pub(crate) struct Builder {
         big_endian: bool,
         types: Vec<u8>,
         strings: Vec<u8>,
@@ -781,12 +781,12 @@ pub(crate) mod testing {
     }
 
     impl Builder {
-        pub fn new() -> Builder {
+        pub(crate) fn new() -> Builder {
             Builder { big_endian: false, types: Vec::new(), strings: vec![0], base_strings: Vec::new(), next_id: 1 }
         }
 
         /// Split BTF on top of `base` (which must be complete: no more types added).
-        pub fn split_on(base: &Builder) -> Builder {
+        pub(crate) fn split_on(base: &Builder) -> Builder {
             let mut base_strings = base.base_strings.clone();
             base_strings.extend_from_slice(&base.strings);
             Builder {
@@ -798,16 +798,16 @@ pub(crate) mod testing {
             }
         }
 
-        pub fn big_endian(mut self) -> Builder {
+        pub(crate) fn big_endian(mut self) -> Builder {
             self.big_endian = true;
             self
         }
 
-        pub fn next_id(&self) -> u32 {
+        pub(crate) fn next_id(&self) -> u32 {
             self.next_id
         }
 
-        pub fn s(&mut self, name: &str) -> u32 {
+        pub(crate) fn s(&mut self, name: &str) -> u32 {
             if name.is_empty() {
                 return 0;
             }
@@ -830,7 +830,15 @@ pub(crate) mod testing {
         }
 
         /// A type with raw header fields and trailing words; returns its id.
-        pub fn raw(&mut self, k: u32, kflag: bool, vlen: u32, name: &str, size_or_type: u32, extra: &[u32]) -> u32 {
+        pub(crate) fn raw(
+            &mut self,
+            k: u32,
+            kflag: bool,
+            vlen: u32,
+            name: &str,
+            size_or_type: u32,
+            extra: &[u32],
+        ) -> u32 {
             let name_off = self.s(name);
             let info = (u32::from(kflag) << 31) | (k << 24) | vlen;
             self.word(name_off);
@@ -844,25 +852,25 @@ pub(crate) mod testing {
             id
         }
 
-        pub fn int(&mut self, name: &str, size: u32, signed: bool) -> u32 {
+        pub(crate) fn int(&mut self, name: &str, size: u32, signed: bool) -> u32 {
             self.int_enc(name, size, 0, size * 8, signed)
         }
 
-        pub fn int_enc(&mut self, name: &str, size: u32, bit_off: u32, bits: u32, signed: bool) -> u32 {
+        pub(crate) fn int_enc(&mut self, name: &str, size: u32, bit_off: u32, bits: u32, signed: bool) -> u32 {
             let enc = (u32::from(signed) << 24) | (bit_off << 16) | bits;
             self.raw(kind::INT, false, 0, name, size, &[enc])
         }
 
-        pub fn ptr(&mut self, to: u32) -> u32 {
+        pub(crate) fn ptr(&mut self, to: u32) -> u32 {
             self.raw(kind::PTR, false, 0, "", to, &[])
         }
 
-        pub fn array(&mut self, elem: u32, index_type: u32, n: u32) -> u32 {
+        pub(crate) fn array(&mut self, elem: u32, index_type: u32, n: u32) -> u32 {
             self.raw(kind::ARRAY, false, 0, "", 0, &[elem, index_type, n])
         }
 
         /// Members as (name, type, bit offset).
-        pub fn composite(&mut self, k: u32, name: &str, size: u32, members: &[(&str, u32, u32)]) -> u32 {
+        pub(crate) fn composite(&mut self, k: u32, name: &str, size: u32, members: &[(&str, u32, u32)]) -> u32 {
             let mut extra = Vec::new();
             for &(n, ty, off) in members {
                 extra.extend([self.s(n), ty, off]);
@@ -870,16 +878,16 @@ pub(crate) mod testing {
             self.raw(k, false, members.len() as u32, name, size, &extra)
         }
 
-        pub fn struct_(&mut self, name: &str, size: u32, members: &[(&str, u32, u32)]) -> u32 {
+        pub(crate) fn struct_(&mut self, name: &str, size: u32, members: &[(&str, u32, u32)]) -> u32 {
             self.composite(kind::STRUCT, name, size, members)
         }
 
-        pub fn union_(&mut self, name: &str, size: u32, members: &[(&str, u32, u32)]) -> u32 {
+        pub(crate) fn union_(&mut self, name: &str, size: u32, members: &[(&str, u32, u32)]) -> u32 {
             self.composite(kind::UNION, name, size, members)
         }
 
         /// A kind_flag struct: members as (name, type, bit offset, bitfield bits).
-        pub fn struct_kf(&mut self, name: &str, size: u32, members: &[(&str, u32, u32, u32)]) -> u32 {
+        pub(crate) fn struct_kf(&mut self, name: &str, size: u32, members: &[(&str, u32, u32, u32)]) -> u32 {
             let mut extra = Vec::new();
             for &(n, ty, off, bits) in members {
                 extra.extend([self.s(n), ty, (bits << 24) | off]);
@@ -887,7 +895,7 @@ pub(crate) mod testing {
             self.raw(kind::STRUCT, true, members.len() as u32, name, size, &extra)
         }
 
-        pub fn enum_(&mut self, name: &str, size: u32, signed: bool, variants: &[(&str, i32)]) -> u32 {
+        pub(crate) fn enum_(&mut self, name: &str, size: u32, signed: bool, variants: &[(&str, i32)]) -> u32 {
             let mut extra = Vec::new();
             for &(n, v) in variants {
                 extra.extend([self.s(n), v as u32]);
@@ -895,7 +903,7 @@ pub(crate) mod testing {
             self.raw(kind::ENUM, signed, variants.len() as u32, name, size, &extra)
         }
 
-        pub fn enum64(&mut self, name: &str, signed: bool, variants: &[(&str, u64)]) -> u32 {
+        pub(crate) fn enum64(&mut self, name: &str, signed: bool, variants: &[(&str, u64)]) -> u32 {
             let mut extra = Vec::new();
             for &(n, v) in variants {
                 extra.extend([self.s(n), v as u32, (v >> 32) as u32]);
@@ -903,19 +911,19 @@ pub(crate) mod testing {
             self.raw(kind::ENUM64, signed, variants.len() as u32, name, 8, &extra)
         }
 
-        pub fn fwd(&mut self, name: &str, is_union: bool) -> u32 {
+        pub(crate) fn fwd(&mut self, name: &str, is_union: bool) -> u32 {
             self.raw(kind::FWD, is_union, 0, name, 0, &[])
         }
 
-        pub fn typedef(&mut self, name: &str, to: u32) -> u32 {
+        pub(crate) fn typedef(&mut self, name: &str, to: u32) -> u32 {
             self.raw(kind::TYPEDEF, false, 0, name, to, &[])
         }
 
-        pub fn modifier(&mut self, k: u32, to: u32) -> u32 {
+        pub(crate) fn modifier(&mut self, k: u32, to: u32) -> u32 {
             self.raw(k, false, 0, "", to, &[])
         }
 
-        pub fn build(&self) -> Vec<u8> {
+        pub(crate) fn build(&self) -> Vec<u8> {
             let mut out = Vec::new();
             let put = |out: &mut Vec<u8>, v: u32| {
                 out.extend_from_slice(&if self.big_endian { v.to_be_bytes() } else { v.to_le_bytes() })
@@ -942,7 +950,7 @@ pub(crate) mod testing {
     }
 
     /// The message of the error `result` holds, which must mention `want`.
-    pub fn error_mentioning<T>(result: anyhow::Result<T>, want: &str) -> String {
+    pub(crate) fn error_mentioning<T>(result: anyhow::Result<T>, want: &str) -> String {
         let Err(err) = result else { panic!("expected an error mentioning {want:?}") };
         let err = err.to_string();
         assert!(err.contains(want), "wanted {want:?} in {err:?}");

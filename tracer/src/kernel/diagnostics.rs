@@ -7,7 +7,7 @@ use aya::Ebpf;
 use aya_log::EbpfLogger;
 
 /// The programs' log level: 0 switches every report off; with `--debug` all are on.
-pub fn log_level(debug: bool) -> u8 {
+pub(crate) fn log_level(debug: bool) -> u8 {
     if debug {
         aya_log::Level::Trace as u8
     } else {
@@ -16,21 +16,21 @@ pub fn log_level(debug: bool) -> u8 {
 }
 
 /// Prints the reports the programs queued; [`KernelReports::flush`] reads them.
-pub struct KernelReports {
+pub(crate) struct KernelReports {
     logger: EbpfLogger<StderrLog>,
 }
 
 impl KernelReports {
     /// Takes the programs' report buffer out of `ebpf`. Call it after every program that
     /// writes to the buffer is loaded: loaders that relocate against `ebpf`'s maps need it.
-    pub fn take(ebpf: &mut Ebpf) -> anyhow::Result<KernelReports> {
+    pub(crate) fn take(ebpf: &mut Ebpf) -> anyhow::Result<KernelReports> {
         let logger = EbpfLogger::init_with_logger(ebpf, StderrLog)
             .map_err(|err| anyhow::anyhow!("reading the kernel programs' reports (--debug): {err}: rebuild tracer"))?;
         Ok(KernelReports { logger })
     }
 
     /// Prints every report queued so far.
-    pub fn flush(&mut self) {
+    pub(crate) fn flush(&mut self) {
         self.logger.flush();
     }
 }

@@ -10,18 +10,18 @@ use tracer_common::JourneyRecord;
 
 /// A journey whose last step is this old is no longer travelling: a packet crosses a node
 /// in microseconds.
-pub const ABANDONED_AFTER_NS: u64 = 200_000_000;
+pub(crate) const ABANDONED_AFTER_NS: u64 = 200_000_000;
 
 /// Journeys read and removed at most per sweep: a table full of them is cleared over a few
 /// sweeps rather than in one long stall of the watch loop.
 const MAX_PER_SWEEP: usize = 512;
 
-pub struct Journeys {
+pub(crate) struct Journeys {
     table: HashMap<MapData, u64, JourneyRecord>,
 }
 
 impl Journeys {
-    pub fn new(map: aya::maps::Map) -> Result<Journeys> {
+    pub(crate) fn new(map: aya::maps::Map) -> Result<Journeys> {
         let table =
             HashMap::try_from(map).map_err(|err| anyhow!("the kernel's journey table: {err}: rebuild tracer"))?;
         Ok(Journeys { table })
@@ -29,7 +29,7 @@ impl Journeys {
 
     /// Removes the journeys whose last step is older than [`ABANDONED_AFTER_NS`] at kernel
     /// time `now_ns`, and returns them as records (unended).
-    pub fn sweep(&mut self, now_ns: u64) -> Vec<JourneyRecord> {
+    pub(crate) fn sweep(&mut self, now_ns: u64) -> Vec<JourneyRecord> {
         let mut abandoned = Vec::new();
         let keys: Vec<u64> = self.table.keys().filter_map(Result::ok).take(4 * MAX_PER_SWEEP).collect();
         for key in keys {

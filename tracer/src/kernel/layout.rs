@@ -12,7 +12,7 @@ const SYSFS_BTF: &str = "/sys/kernel/btf";
 
 /// The kernel's BTF: vmlinux plus the split BTF of every loaded module that has one
 /// (on distro kernels bridge and nf_conntrack are modules with their own BTF).
-pub struct KernelBtf {
+pub(crate) struct KernelBtf {
     vmlinux: Btf,
     modules: Vec<(String, Btf)>,
     /// Module BTF files that could not be read, as one-line reasons; named in
@@ -21,12 +21,12 @@ pub struct KernelBtf {
 }
 
 impl KernelBtf {
-    pub fn load_running() -> Result<KernelBtf> {
+    pub(crate) fn load_running() -> Result<KernelBtf> {
         KernelBtf::load_from_dir(Path::new(SYSFS_BTF))
     }
 
     /// `dir/vmlinux` as base BTF and every other file in `dir` as a module's split BTF.
-    pub fn load_from_dir(dir: &Path) -> Result<KernelBtf> {
+    pub(crate) fn load_from_dir(dir: &Path) -> Result<KernelBtf> {
         let vmlinux_path = dir.join("vmlinux");
         let data = match std::fs::read(&vmlinux_path) {
             Ok(data) => data,
@@ -64,46 +64,46 @@ impl KernelBtf {
 
     /// From already parsed BTF; `modules` must be split BTF on `vmlinux`.
     #[cfg(test)]
-    pub fn from_parts(vmlinux: Btf, modules: Vec<(String, Btf)>) -> KernelBtf {
+    pub(crate) fn from_parts(vmlinux: Btf, modules: Vec<(String, Btf)>) -> KernelBtf {
         KernelBtf { vmlinux, modules, unreadable: Vec::new() }
     }
 
     #[cfg(test)]
-    pub fn module_names(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn module_names(&self) -> impl Iterator<Item = &str> {
         self.modules.iter().map(|(name, _)| name.as_str())
     }
 
-    pub fn is_big_endian(&self) -> bool {
+    pub(crate) fn is_big_endian(&self) -> bool {
         self.vmlinux.is_big_endian()
     }
 
     /// Whether vmlinux or a module defines (not just declares) this struct or union.
-    pub fn has_struct(&self, name: &str) -> bool {
+    pub(crate) fn has_struct(&self, name: &str) -> bool {
         self.sources().any(|btf| btf.has_struct(name))
     }
 
-    pub fn member(&self, type_name: &str, path: &str) -> Result<Member> {
+    pub(crate) fn member(&self, type_name: &str, path: &str) -> Result<Member> {
         match self.sources().find(|btf| btf.has_struct(type_name)) {
             Some(btf) => btf.member(type_name, path),
             None => Err(self.not_found(&format!("struct {type_name}"))),
         }
     }
 
-    pub fn type_size(&self, type_name: &str) -> Result<u32> {
+    pub(crate) fn type_size(&self, type_name: &str) -> Result<u32> {
         match self.sources().find(|btf| btf.has_type(type_name)) {
             Some(btf) => btf.type_size(type_name),
             None => Err(self.not_found(type_name)),
         }
     }
 
-    pub fn enum_value(&self, enum_name: &str, variant: &str) -> Result<i64> {
+    pub(crate) fn enum_value(&self, enum_name: &str, variant: &str) -> Result<i64> {
         match self.sources().find(|btf| btf.has_enum(enum_name)) {
             Some(btf) => btf.enum_value(enum_name, variant),
             None => Err(self.not_found(&format!("enum {enum_name}"))),
         }
     }
 
-    pub fn enum_variants(&self, enum_name: &str) -> Result<Vec<(String, i64)>> {
+    pub(crate) fn enum_variants(&self, enum_name: &str) -> Result<Vec<(String, i64)>> {
         match self.sources().find(|btf| btf.has_enum(enum_name)) {
             Some(btf) => btf.enum_variants(enum_name),
             None => Err(self.not_found(&format!("enum {enum_name}"))),
@@ -130,7 +130,7 @@ impl KernelBtf {
     }
 }
 
-pub struct ResolvedLayout {
+pub(crate) struct ResolvedLayout {
     pub layout: KernelLayout,
     /// False when no BTF defines `struct nf_conn` (conntrack not built in and its
     /// module not loaded): then no skb can carry a conntrack entry and the ct_* and
@@ -153,7 +153,7 @@ enum Width {
 /// The most bytes of `nf_conn` the programs read at once (`CT_SPAN_MAX` in the programs).
 const CT_SPAN_MAX: u32 = 128;
 
-pub fn resolve_layout(btf: &KernelBtf) -> Result<ResolvedLayout> {
+pub(crate) fn resolve_layout(btf: &KernelBtf) -> Result<ResolvedLayout> {
     let field = |ty: &str, path: &str, width: Width| byte_offset(btf, ty, path, width);
     // All of these are read through pointers by the kernel programs: 64-bit kernels only.
     let ptr = Width::Bytes(8);

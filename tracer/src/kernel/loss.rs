@@ -63,32 +63,32 @@ impl Drop for Buckets {
 }
 
 /// The kernel's loss counters: per endpoint (mapped) and the programs' recursion misses.
-pub struct KernelLoss {
+pub(crate) struct KernelLoss {
     buckets: Buckets,
     /// Duplicates of the programs' fds, to read their info by.
     programs: Vec<OwnedFd>,
 }
 
 impl KernelLoss {
-    pub fn new(buckets: MapData, programs: Vec<OwnedFd>) -> Result<KernelLoss> {
+    pub(crate) fn new(buckets: MapData, programs: Vec<OwnedFd>) -> Result<KernelLoss> {
         Ok(KernelLoss { buckets: Buckets::map(buckets)?, programs })
     }
 
     /// Records involving `endpoint` (or another endpoint of its bucket) the ring buffer
     /// could not take, since the programs were loaded.
-    pub fn endpoint_losses(&self, endpoint: SocketAddr) -> u64 {
+    pub(crate) fn endpoint_losses(&self, endpoint: SocketAddr) -> u64 {
         self.buckets.count(bucket_of(endpoint))
     }
 
     /// Runs of the programs the kernel skipped, over all programs, now.
-    pub fn recursion_misses(&self) -> u64 {
+    pub(crate) fn recursion_misses(&self) -> u64 {
         recursion_misses(&self.programs)
     }
 }
 
 /// The kernel's loss bucket of an endpoint: the same function over the same bytes as the
 /// kernel programs (address as on the wire, port in network byte order).
-pub fn bucket_of(endpoint: SocketAddr) -> u32 {
+pub(crate) fn bucket_of(endpoint: SocketAddr) -> u32 {
     let mut addr = [0u8; 16];
     match endpoint {
         SocketAddr::V4(v4) => addr[..4].copy_from_slice(&v4.ip().octets()),

@@ -2,14 +2,14 @@
 //! Everything attached is owned by file descriptors of this process: the kernel
 //! detaches it when the process exits, however it exits.
 
-pub mod btf;
-pub mod diagnostics;
-pub mod journeys;
-pub mod layout;
-pub mod loss;
-pub mod netfilter;
+pub(crate) mod btf;
+pub(crate) mod diagnostics;
+pub(crate) mod journeys;
+pub(crate) mod layout;
+pub(crate) mod loss;
+pub(crate) mod netfilter;
 mod privileges;
-pub mod records;
+pub(crate) mod records;
 
 use std::os::{
     fd::{AsFd, OwnedFd},
@@ -27,7 +27,7 @@ use tracer_common::{lost_slot, WatchConfig, CAPTURE_MAX};
 use crate::model::hook::{Family, Hook};
 use crate::model::packet::PortFilter;
 
-pub use privileges::check_privileges;
+pub(crate) use privileges::check_privileges;
 
 /// The kernel programs, built by build.rs for the BPF target.
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer-ebpf"));
@@ -49,7 +49,7 @@ const NETFILTER_FENTRY: (&str, &str) = ("netfilter_hook_slow", "nf_hook_slow");
 /// How the programs see each job on the running kernel: probed at attach time, never
 /// assumed, and said in one line when a watch starts.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Capabilities {
+pub(crate) struct Capabilities {
     pub netfilter: NetfilterVia,
     /// `kfree_skb` gives the drop reason (5.17 and later); without it a netfilter drop is
     /// told by the hook the packet never left.
@@ -57,7 +57,7 @@ pub struct Capabilities {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum NetfilterVia {
+pub(crate) enum NetfilterVia {
     /// BPF netfilter links at every IPv4/IPv6 hook (6.4 and later), this many.
     Links(usize),
     /// fentry on `nf_hook_slow`: every hook that has functions to run.
@@ -90,7 +90,7 @@ const NETFILTER_ENTRY: &str = "netfilter_entry";
 const NETFILTER_DELIVERY: &str = "netfilter_delivery";
 
 #[derive(Clone, Debug)]
-pub struct WatchSettings {
+pub(crate) struct WatchSettings {
     /// 0 traces every port.
     pub port: PortFilter,
     /// Bytes of each frame to copy in the kernel.
@@ -106,7 +106,7 @@ pub struct WatchSettings {
 
 /// What attaching gives the watch: the programs, the ring buffer their records arrive
 /// on, and the loss counters findings are checked against.
-pub struct Attached {
+pub(crate) struct Attached {
     pub hooks: KernelHooks,
     pub events: RingBuf<MapData>,
     pub loss: loss::KernelLoss,
@@ -117,7 +117,7 @@ pub struct Attached {
 }
 
 /// The attached kernel programs. Dropping it detaches them.
-pub struct KernelHooks {
+pub(crate) struct KernelHooks {
     _ebpf: Ebpf,
     _netfilter: Vec<netfilter::NetfilterProgram>,
     lost: PerCpuArray<MapData, u64>,
@@ -132,7 +132,7 @@ pub struct KernelHooks {
 
 impl KernelHooks {
     /// Attaches the programs.
-    pub fn attach(settings: &WatchSettings) -> Result<Attached> {
+    pub(crate) fn attach(settings: &WatchSettings) -> Result<Attached> {
         check_privileges()?;
         let kernel_btf = layout::KernelBtf::load_running()?;
         let resolved = layout::resolve_layout(&kernel_btf)?;
@@ -252,7 +252,7 @@ impl KernelHooks {
     }
 
     /// Records the kernel could not queue, per CPU, over all programs.
-    pub fn lost_per_cpu(&self) -> Result<Vec<u64>> {
+    pub(crate) fn lost_per_cpu(&self) -> Result<Vec<u64>> {
         let mut per_cpu: Vec<u64> = Vec::new();
         for slot in 0..lost_slot::COUNT {
             let values = self.lost.get(&slot, 0).context("reading the lost-record counters")?;
@@ -272,7 +272,7 @@ impl KernelHooks {
 /// panic while attached, leaves nothing behind in the kernel. Compiled only into the test
 /// suite's build (feature `fault-injection`), never into a release.
 #[cfg(feature = "fault-injection")]
-pub fn injected_fault(name: &str) -> bool {
+pub(crate) fn injected_fault(name: &str) -> bool {
     std::env::var("TRACER_FAULT").is_ok_and(|fault| fault == name)
 }
 

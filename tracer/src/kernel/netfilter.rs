@@ -25,8 +25,8 @@ use crate::model::hook::{Family, Hook};
 /// The kernel refuses links at exactly INT_MIN / INT_MAX (NF_IP_PRI_FIRST / _LAST);
 /// just inside them is still before conntrack, NAT and every filter table, or after
 /// all of them (but conntrack confirmation).
-pub const PRIORITY_EARLIEST: i32 = i32::MIN + 1;
-pub const PRIORITY_LATEST: i32 = i32::MAX - 1;
+pub(crate) const PRIORITY_EARLIEST: i32 = i32::MIN + 1;
+pub(crate) const PRIORITY_LATEST: i32 = i32::MAX - 1;
 
 /// The kernel allows one BPF program per hook and priority (EBUSY), and a priority
 /// may also be taken by another hook function or another tracer in this namespace:
@@ -34,12 +34,12 @@ pub const PRIORITY_LATEST: i32 = i32::MAX - 1;
 const PRIORITY_TRIES: i32 = 64;
 
 /// The ELF object re-read with aya-obj, relocated against the maps aya created.
-pub struct RelocatedObject {
+pub(crate) struct RelocatedObject {
     object: Object,
 }
 
 impl RelocatedObject {
-    pub fn new(elf: &[u8], ebpf: &Ebpf) -> Result<RelocatedObject> {
+    pub(crate) fn new(elf: &[u8], ebpf: &Ebpf) -> Result<RelocatedObject> {
         let mut object = Object::parse(elf).context("parsing the kernel programs for the netfilter loader")?;
         let mut fds: Vec<(String, RawFd)> = Vec::new();
         for (name, map) in ebpf.maps() {
@@ -74,7 +74,7 @@ impl RelocatedObject {
         Ok(RelocatedObject { object })
     }
 
-    pub fn program(&self, name: &str) -> Result<NetfilterProgram> {
+    pub(crate) fn program(&self, name: &str) -> Result<NetfilterProgram> {
         let program = self
             .object
             .programs
@@ -95,7 +95,7 @@ impl RelocatedObject {
     }
 }
 
-pub struct NetfilterProgram {
+pub(crate) struct NetfilterProgram {
     name: String,
     license: CString,
     instructions: Vec<bpf_insn>,
@@ -104,7 +104,7 @@ pub struct NetfilterProgram {
 }
 
 impl NetfilterProgram {
-    pub fn load(&mut self) -> Result<()> {
+    pub(crate) fn load(&mut self) -> Result<()> {
         if self.fd.is_some() {
             return Ok(());
         }
@@ -152,7 +152,7 @@ impl NetfilterProgram {
     /// Links the program into `hook` of `family` at `priority` or, when that is
     /// taken, the nearest free priority towards the middle of the range, in the
     /// network namespace of the calling thread. Returns the priority used.
-    pub fn attach(&mut self, family: Family, hook: Hook, priority: i32) -> Result<i32> {
+    pub(crate) fn attach(&mut self, family: Family, hook: Hook, priority: i32) -> Result<i32> {
         let inward = if priority < 0 { 1 } else { -1 };
         let mut last_error = None;
         for step in 0..PRIORITY_TRIES {
@@ -196,11 +196,11 @@ impl NetfilterProgram {
         Ok(())
     }
 
-    pub fn fd(&self) -> Option<&OwnedFd> {
+    pub(crate) fn fd(&self) -> Option<&OwnedFd> {
         self.fd.as_ref()
     }
 
-    pub fn link_count(&self) -> usize {
+    pub(crate) fn link_count(&self) -> usize {
         self.links.len()
     }
 }

@@ -11,7 +11,7 @@ const CAP_BPF: u32 = 39;
 /// Fails with one line naming what is missing and what to do: capabilities, a user
 /// namespace (whose capabilities the kernel does not honour for eBPF), or a kernel locked
 /// down against reading its memory.
-pub fn check_privileges() -> Result<()> {
+pub(crate) fn check_privileges() -> Result<()> {
     if let Some(effective) = std::fs::read_to_string("/proc/self/status").ok().as_deref().and_then(parse_effective_caps)
     {
         let missing = missing_caps(effective);

@@ -19,7 +19,7 @@ use crate::model::{
 };
 
 #[derive(Clone, Debug)]
-pub enum KernelEvent {
+pub(crate) enum KernelEvent {
     /// A frame at a bridge stage, and the netfilter hooks it passed since the stage before.
     Packet { event: PacketEvent, hooks: Vec<HookPass> },
     /// A traced packet freed as dropped: the hooks it passed since its last stage (it never
@@ -34,7 +34,7 @@ pub enum KernelEvent {
 /// share one allocation, and the events of one record go into a vector kept between
 /// records.
 #[derive(Default)]
-pub struct Decoder {
+pub(crate) struct Decoder {
     bytes: BytesMut,
     pub events: Vec<KernelEvent>,
 }
@@ -44,7 +44,7 @@ const BYTES_CHUNK: usize = 64 * CAPTURE_MAX;
 
 impl Decoder {
     /// Decodes one record into `self.events` (replacing what the previous one left there).
-    pub fn decode(&mut self, record: &[u8]) -> Result<(), DecodeError> {
+    pub(crate) fn decode(&mut self, record: &[u8]) -> Result<(), DecodeError> {
         self.events.clear();
         let kind_bytes: [u8; 4] =
             record.get(..4).and_then(|b| b.try_into().ok()).ok_or(DecodeError::WrongSize(record.len()))?;
@@ -85,7 +85,7 @@ impl Decoder {
     }
 
     /// A journey that never ended (see `kernel::journeys`), into `self.events`.
-    pub fn abandoned(&mut self, journey: &JourneyRecord) -> Result<(), DecodeError> {
+    pub(crate) fn abandoned(&mut self, journey: &JourneyRecord) -> Result<(), DecodeError> {
         self.events.clear();
         let captured_len = usize::from(journey.captured_len).min(CAPTURE_MAX);
         self.journey_events(journey, &journey.packet[..captured_len])
@@ -123,25 +123,14 @@ impl Decoder {
             let (src, dst) = flow_addresses(&journey.end_flow)?;
             let (family, l4_proto) = family_and_protocol(&journey.end_flow)?;
             let at_end = steps.last().map_or(header.timestamp_ns, |step| step.timestamp_ns);
-            let icmp = (journey.icmp_sent != 0).then_some(IcmpEvent {
-                timestamp_ns: at_end,
-                skb_id: header.skb_id,
-                loss: loss_stamps(header),
-                ifindex: journey.end_ifindex,
-                icmp_type: journey.icmp_type,
-                icmp_code: journey.icmp_code,
-                l4_proto,
-                src,
-                dst,
-            });
+            let icmp = (journey.icmp_sent != 0)
+                .then_some(IcmpEvent { icmp_type: journey.icmp_type, icmp_code: journey.icmp_code });
             let drop = DropEvent {
                 timestamp_ns: at_end,
-                skb_id: header.skb_id,
                 loss: loss_stamps(header),
                 netns_inode: header.netns_inode,
                 ifindex: journey.end_ifindex,
                 reason: journey.drop_reason,
-                location: journey.drop_location,
                 family,
                 l4_proto,
                 src,
@@ -164,7 +153,6 @@ impl Decoder {
         let header = &stray.header;
         let reply = PacketEvent {
             timestamp_ns: header.timestamp_ns,
-            skb_id: header.skb_id,
             loss: loss_stamps(header),
             netns_inode: header.netns_inode,
             stage: Stage::BridgeOut,
@@ -235,25 +223,13 @@ fn standalone_drop(drop: &DropRecord, events: &mut Vec<KernelEvent>) -> Result<(
             stamped: Some(Stamped { src, loss: loss_stamps(header), timestamp_ns: header.timestamp_ns }),
         });
     }
-    let icmp = (drop.icmp_sent != 0).then_some(IcmpEvent {
-        timestamp_ns: header.timestamp_ns,
-        skb_id: header.skb_id,
-        loss: loss_stamps(header),
-        ifindex: drop.ifindex,
-        icmp_type: drop.icmp_type,
-        icmp_code: drop.icmp_code,
-        l4_proto,
-        src,
-        dst,
-    });
+    let icmp = (drop.icmp_sent != 0).then_some(IcmpEvent { icmp_type: drop.icmp_type, icmp_code: drop.icmp_code });
     let drop = DropEvent {
         timestamp_ns: header.timestamp_ns,
-        skb_id: header.skb_id,
         loss: loss_stamps(header),
         netns_inode: header.netns_inode,
         ifindex: drop.ifindex,
         reason: drop.reason,
-        location: drop.location,
         family,
         l4_proto,
         src,
@@ -274,7 +250,6 @@ fn stage_event(
     let (family, l4_proto) = family_and_protocol(&step.flow)?;
     Ok(PacketEvent {
         timestamp_ns: step.timestamp_ns,
-        skb_id: header.skb_id,
         loss: LossStamps { src: step.loss_stamp_src, dst: step.loss_stamp_dst },
         netns_inode: header.netns_inode,
         stage,
@@ -332,7 +307,7 @@ fn family_of_pf(pf: u8) -> Option<Family> {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-pub enum DecodeError {
+pub(crate) enum DecodeError {
     WrongSize(usize),
     UnknownKind(u32),
     UnknownStepKind(u8),
@@ -363,7 +338,7 @@ impl std::error::Error for DecodeError {}
 
 /// Copies a record out of ring buffer memory. The slot is only 8-byte aligned by the
 /// kernel, so read it unaligned rather than casting.
-pub fn record_from_bytes<T: aya::Pod>(bytes: &[u8]) -> Result<T, DecodeError> {
+pub(crate) fn record_from_bytes<T: aya::Pod>(bytes: &[u8]) -> Result<T, DecodeError> {
     if bytes.len() < size_of::<T>() {
         return Err(DecodeError::WrongSize(bytes.len()));
     }
@@ -393,7 +368,7 @@ fn loss_stamps(header: &RecordHeader) -> LossStamps {
 }
 
 /// Source and destination of a record's flow.
-pub fn flow_addresses(flow: &Flow) -> Result<(SocketAddr, SocketAddr), DecodeError> {
+pub(crate) fn flow_addresses(flow: &Flow) -> Result<(SocketAddr, SocketAddr), DecodeError> {
     let src = SocketAddr::new(ip_from(flow.ip_version, &flow.src_addr)?, u16::from_be(flow.src_port_be));
     let dst = SocketAddr::new(ip_from(flow.ip_version, &flow.dst_addr)?, u16::from_be(flow.dst_port_be));
     Ok((src, dst))
@@ -411,7 +386,7 @@ fn family_and_protocol(flow: &Flow) -> Result<(Family, L4Proto), DecodeError> {
 }
 
 /// What conntrack had attached at one point: its state there, and the entry's tuples.
-pub fn conntrack_of(
+pub(crate) fn conntrack_of(
     state: u8,
     info: u8,
     status: u32,

@@ -8,7 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// The parts of a DNS message tracer shows. Serialised with codes and types by name, as
 /// lines show them, and read back from them where a capture holds no bytes of the stage.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DnsMessage {
+pub(crate) struct DnsMessage {
     pub id: u16,
     /// false: query, true: response.
     pub qr: bool,
@@ -54,19 +54,19 @@ fn answer_from_words<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Optio
 }
 
 /// A record type by its mnemonic (`"A"`, `"TYPE999"`) in lines, and back.
-pub mod qtype_form {
+pub(crate) mod qtype_form {
     use serde::{Deserialize, Deserializer, Serializer};
 
     use super::{qtype_name, qtype_number};
 
-    pub fn serialize<S: Serializer>(qtype: &Option<u16>, serializer: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(qtype: &Option<u16>, serializer: S) -> Result<S::Ok, S::Error> {
         match qtype {
             Some(qtype) => serializer.serialize_str(&qtype_name(*qtype)),
             None => serializer.serialize_none(),
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u16>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u16>, D::Error> {
         Ok(Option::<String>::deserialize(deserializer)?.and_then(|name| qtype_number(&name)))
     }
 }
@@ -80,7 +80,7 @@ fn answer_in_words<S: Serializer>(answer: &Option<DnsAnswer>, serializer: S) -> 
 
 /// The data of the first answer record.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DnsAnswer {
+pub(crate) enum DnsAnswer {
     /// An A or AAAA record.
     Address(IpAddr),
     /// A CNAME, PTR or NS record: the target name in presentation form.
@@ -101,7 +101,7 @@ impl std::fmt::Display for DnsAnswer {
 
 /// The mnemonic of a header RCODE (RFC 1035, RFC 2136, RFC 8490). The header field has 4 bits;
 /// unassigned values read "RCODE<n>".
-pub fn rcode_name(rcode: u8) -> &'static str {
+pub(crate) fn rcode_name(rcode: u8) -> &'static str {
     match rcode {
         0 => "NOERROR",
         1 => "FORMERR",
@@ -125,7 +125,7 @@ pub fn rcode_name(rcode: u8) -> &'static str {
 }
 
 /// The record type a mnemonic (or "TYPE<n>") names.
-pub fn qtype_number(name: &str) -> Option<u16> {
+pub(crate) fn qtype_number(name: &str) -> Option<u16> {
     if let Some(number) = name.strip_prefix("TYPE").and_then(|n| n.parse().ok()) {
         return Some(number);
     }
@@ -167,7 +167,7 @@ const QTYPE_NAMES: [(u16, &str); 30] = [
 ];
 
 /// The mnemonic of a record type, or "TYPE<n>" (the RFC 3597 form) for types without one here.
-pub fn qtype_name(qtype: u16) -> Cow<'static, str> {
+pub(crate) fn qtype_name(qtype: u16) -> Cow<'static, str> {
     match QTYPE_NAMES.iter().find(|(number, _)| *number == qtype) {
         Some((_, name)) => Cow::Borrowed(name),
         None => Cow::Owned(format!("TYPE{qtype}")),

@@ -18,7 +18,7 @@ use super::hook::Family;
     strum::VariantNames,
 )]
 #[strum(serialize_all = "kebab-case")]
-pub enum Backend {
+pub(crate) enum Backend {
     IptablesNft,
     IptablesLegacy,
     Nftables,
@@ -30,7 +30,7 @@ impl Backend {
     /// The iptables program that manages this backend's rules of `family`, by its exact
     /// name: on a node with both iptables backends, plain `iptables` is only one of them.
     /// (nftables rules are edited with nft; callers handle that backend themselves.)
-    pub fn iptables_command(self, family: Family) -> &'static str {
+    pub(crate) fn iptables_command(self, family: Family) -> &'static str {
         match (self, family) {
             (Backend::IptablesLegacy, Family::Ipv4) => "iptables-legacy",
             (Backend::IptablesLegacy, Family::Ipv6) => "ip6tables-legacy",

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 /// `enum nf_inet_hooks`, the order every IP family's hooks are numbered in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::EnumString, strum::VariantNames)]
 #[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
-pub enum Hook {
+pub(crate) enum Hook {
     PreRouting = 0,
     LocalIn = 1,
     Forward = 2,
@@ -15,9 +15,10 @@ pub enum Hook {
 }
 
 impl Hook {
-    pub const ALL: [Hook; 5] = [Hook::PreRouting, Hook::LocalIn, Hook::Forward, Hook::LocalOut, Hook::PostRouting];
+    pub(crate) const ALL: [Hook; 5] =
+        [Hook::PreRouting, Hook::LocalIn, Hook::Forward, Hook::LocalOut, Hook::PostRouting];
 
-    pub fn from_number(number: u8) -> Option<Hook> {
+    pub(crate) fn from_number(number: u8) -> Option<Hook> {
         Hook::ALL.into_iter().find(|hook| *hook as u8 == number)
     }
 
@@ -51,14 +52,14 @@ super::named_by_strum!(Hook);
 /// IPv4 or IPv6: of a packet, a hook, a firewall table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Family {
+pub(crate) enum Family {
     Ipv4,
     Ipv6,
 }
 
 impl Family {
     /// As people write it.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Family::Ipv4 => "IPv4",
             Family::Ipv6 => "IPv6",
@@ -67,7 +68,7 @@ impl Family {
 
     /// `NFPROTO_IPV4` / `NFPROTO_IPV6`: the protocol family netfilter links are made for
     /// (the kernel refuses the bridge and inet families).
-    pub fn nfproto(self) -> u32 {
+    pub(crate) fn nfproto(self) -> u32 {
         match self {
             Family::Ipv4 => 2,
             Family::Ipv6 => 10,

@@ -9,7 +9,7 @@ macro_rules! named_by_strum {
     ($type:ty) => {
         impl $type {
             /// The name every output uses.
-            pub fn name(self) -> &'static str {
+            pub(crate) fn name(self) -> &'static str {
                 self.into()
             }
         }
@@ -37,37 +37,37 @@ macro_rules! named_by_strum {
 }
 pub(crate) use named_by_strum;
 
-pub mod dns;
-pub mod firewall;
-pub mod hook;
-pub mod netfilter;
-pub mod packet;
-pub mod plain;
-pub mod pod;
-pub mod serde_forms;
-pub mod sysctl;
+pub(crate) mod dns;
+pub(crate) mod firewall;
+pub(crate) mod hook;
+pub(crate) mod netfilter;
+pub(crate) mod packet;
+pub(crate) mod plain;
+pub(crate) mod pod;
+pub(crate) mod serde_forms;
+pub(crate) mod sysctl;
 
 /// Maps the kernel's monotonic timestamps to wall-clock time. The offset is taken
 /// once at start so that event order and spacing are exactly the kernel's.
 #[derive(Clone, Copy, Debug)]
-pub struct WallClock {
+pub(crate) struct WallClock {
     offset_ns: i128,
 }
 
 impl WallClock {
-    pub fn now() -> WallClock {
+    pub(crate) fn now() -> WallClock {
         let realtime = clock_ns(libc::CLOCK_REALTIME);
         let monotonic = clock_ns(libc::CLOCK_MONOTONIC);
         WallClock { offset_ns: realtime - monotonic }
     }
 
-    pub fn wall_ns(&self, monotonic_ns: u64) -> u64 {
+    pub(crate) fn wall_ns(&self, monotonic_ns: u64) -> u64 {
         u64::try_from(monotonic_ns as i128 + self.offset_ns).unwrap_or(0)
     }
 }
 
 /// The kernel's `bpf_ktime_get_ns` clock (CLOCK_MONOTONIC), in which records are stamped.
-pub fn monotonic_now_ns() -> u64 {
+pub(crate) fn monotonic_now_ns() -> u64 {
     u64::try_from(clock_ns(libc::CLOCK_MONOTONIC)).unwrap_or(0)
 }
 

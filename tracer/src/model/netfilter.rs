@@ -14,7 +14,7 @@ use super::{
 /// Where the kernel recorded a point of a packet's path: its source then, and that source's
 /// loss bucket (a record of the path lost later shows as growth there).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Stamped {
+pub(crate) struct Stamped {
     pub src: SocketAddr,
     pub loss: LossStamps,
     pub timestamp_ns: u64,
@@ -23,10 +23,8 @@ pub struct Stamped {
 /// A traced packet freed as dropped. Serialised, the fields of its `dropped` line that
 /// the kernel reported.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct DropEvent {
+pub(crate) struct DropEvent {
     pub timestamp_ns: u64,
-    #[serde(skip)]
-    pub skb_id: u64,
     #[serde(skip)]
     pub loss: LossStamps,
     #[serde(rename = "netns")]
@@ -36,8 +34,6 @@ pub struct DropEvent {
     /// line shows and keeps).
     #[serde(skip)]
     pub reason: u32,
-    #[serde(skip)]
-    pub location: u64,
     #[serde(rename = "ip_version", with = "serde_forms::ip_version")]
     pub family: Family,
     #[serde(rename = "proto")]
@@ -46,24 +42,16 @@ pub struct DropEvent {
     pub dst: SocketAddr,
 }
 
-/// The kernel answered a traced packet with ICMP.
-#[derive(Clone, Debug)]
-pub struct IcmpEvent {
-    pub timestamp_ns: u64,
-    pub skb_id: u64,
-    pub loss: LossStamps,
-    pub ifindex: u32,
+/// The kernel answered a traced packet with ICMP (the packet is the journey's own).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct IcmpEvent {
     pub icmp_type: u8,
     pub icmp_code: u8,
-    pub l4_proto: L4Proto,
-    /// The packet that was answered.
-    pub src: SocketAddr,
-    pub dst: SocketAddr,
 }
 
 /// One netfilter hook on a packet's way.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-pub struct HookPass {
+pub(crate) struct HookPass {
     pub hook: Hook,
     pub family: Family,
     /// Seen at the end of the hook's priority range: every hook function let it through.
@@ -83,15 +71,13 @@ pub struct HookPass {
 #[cfg(test)]
 impl DropEvent {
     /// A UDP packet dropped with reason 12 on ifindex 2 of namespace 1, for tests.
-    pub fn example(skb_id: u64, timestamp_ns: u64, src: SocketAddr, dst: SocketAddr) -> DropEvent {
+    pub(crate) fn example(timestamp_ns: u64, src: SocketAddr, dst: SocketAddr) -> DropEvent {
         DropEvent {
             timestamp_ns,
-            skb_id,
             loss: Default::default(),
             netns_inode: 1,
             ifindex: 2,
             reason: 12,
-            location: 0,
             family: if src.is_ipv4() { Family::Ipv4 } else { Family::Ipv6 },
             l4_proto: L4Proto::Udp,
             src,
@@ -101,7 +87,7 @@ impl DropEvent {
 }
 
 impl HookPass {
-    pub fn nat(&self) -> Vec<Nat> {
+    pub(crate) fn nat(&self) -> Vec<Nat> {
         match &self.conntrack {
             Conntrack::Attached(entry) => entry.nat(),
             _ => Vec::new(),
@@ -124,7 +110,7 @@ impl Serialize for HookPass {
 }
 
 /// The hook a packet entered and never left, where its path ends in one: where it was stopped.
-pub fn stopped_in(path: &[HookPass]) -> Option<&HookPass> {
+pub(crate) fn stopped_in(path: &[HookPass]) -> Option<&HookPass> {
     path.last().filter(|pass| !pass.left)
 }
 
@@ -133,7 +119,7 @@ pub fn stopped_in(path: &[HookPass]) -> Option<&HookPass> {
 /// that name (`NETFILTER_DROP`), `NOT_SPECIFIED`, or `reason N` for a value the kernel's
 /// BTF does not name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum DropReason {
+pub(crate) enum DropReason {
     /// Dropped by a netfilter hook: the kernel said so, or a kernel without drop reasons
     /// freed the packet in a hook it never left.
     NetfilterDrop,
@@ -153,7 +139,7 @@ impl DropReason {
     /// The reason of a kernel report: `value` named through `names` (the kernel's enum, read
     /// from its BTF), or, from a kernel that gives no reason (`value` is `no_reason`), inferred
     /// from the packet's path: one freed in a hook it never left was dropped by netfilter.
-    pub fn resolve(
+    pub(crate) fn resolve(
         value: u32,
         no_reason: u32,
         names: &std::collections::HashMap<u32, String>,
@@ -168,7 +154,7 @@ impl DropReason {
     }
 
     /// Back from the name a line shows.
-    pub fn from_name(name: &str) -> DropReason {
+    pub(crate) fn from_name(name: &str) -> DropReason {
         match name {
             NETFILTER_DROP => DropReason::NetfilterDrop,
             NOT_SPECIFIED => DropReason::NotSpecified,
@@ -179,7 +165,7 @@ impl DropReason {
         }
     }
 
-    pub fn is_netfilter_drop(&self) -> bool {
+    pub(crate) fn is_netfilter_drop(&self) -> bool {
         *self == DropReason::NetfilterDrop
     }
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use serde::{ser::SerializeMap, Deserialize, Deserializer, Serialize, Serializer};
-pub use tracer_common::Stage;
+pub(crate) use tracer_common::Stage;
 
 use super::{dns::DnsMessage, hook::Family, serde_forms};
 
@@ -25,14 +25,14 @@ use super::{dns::DnsMessage, hook::Family, serde_forms};
     strum::VariantNames,
 )]
 #[strum(serialize_all = "lowercase")]
-pub enum L4Proto {
+pub(crate) enum L4Proto {
     Udp,
     Tcp,
 }
 
 impl L4Proto {
     /// From the IP header's protocol number; `None` for what tracer does not trace.
-    pub fn from_number(number: u8) -> Option<L4Proto> {
+    pub(crate) fn from_number(number: u8) -> Option<L4Proto> {
         match number {
             IPPROTO_UDP => Some(L4Proto::Udp),
             IPPROTO_TCP => Some(L4Proto::Tcp),
@@ -40,7 +40,7 @@ impl L4Proto {
         }
     }
 
-    pub fn number(self) -> u8 {
+    pub(crate) fn number(self) -> u8 {
         match self {
             L4Proto::Udp => IPPROTO_UDP,
             L4Proto::Tcp => IPPROTO_TCP,
@@ -50,14 +50,14 @@ impl L4Proto {
 
 super::named_by_strum!(L4Proto);
 
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
+pub(crate) const IPPROTO_TCP: u8 = 6;
+pub(crate) const IPPROTO_UDP: u8 = 17;
 
 /// What became of a packet where tracer saw it decided (a line's `verdict`). A firewall
 /// rule's own verdict, which may also jump or return, is `firewall::Verdict`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString, strum::VariantNames)]
 #[strum(serialize_all = "lowercase")]
-pub enum Fate {
+pub(crate) enum Fate {
     Accept,
     Drop,
     Reject,
@@ -67,10 +67,8 @@ super::named_by_strum!(Fate);
 
 /// A frame at one stage of the bridge path, as the kernel reported it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PacketEvent {
+pub(crate) struct PacketEvent {
     pub timestamp_ns: u64,
-    #[serde(skip)]
-    pub skb_id: u64,
     #[serde(skip)]
     pub loss: LossStamps,
     #[serde(rename = "netns")]
@@ -116,7 +114,7 @@ pub struct PacketEvent {
 
 /// What conntrack had attached to the frame (`skb->_nfct`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Conntrack {
+pub(crate) enum Conntrack {
     /// Nothing attached: conntrack has not seen the frame on this path.
     None,
     Untracked,
@@ -124,7 +122,7 @@ pub enum Conntrack {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConntrackEntry {
+pub(crate) struct ConntrackEntry {
     /// `enum ip_conntrack_info` of this frame's reference.
     pub ctinfo: u8,
     /// IPS_* bits; `None` when the running kernel's BTF has no `nf_conn` to read it by.
@@ -134,7 +132,7 @@ pub struct ConntrackEntry {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FlowTuple {
+pub(crate) struct FlowTuple {
     #[serde(with = "serde_forms::socket_addr")]
     pub src: SocketAddr,
     #[serde(with = "serde_forms::socket_addr")]
@@ -143,7 +141,7 @@ pub struct FlowTuple {
 
 /// A NAT the conntrack entry applies, as the original direction sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Nat {
+pub(crate) enum Nat {
     /// The original destination `from` is rewritten to `to` (e.g. a ClusterIP to a backend).
     Destination { from: SocketAddr, to: SocketAddr },
     /// The original source `from` is rewritten to `to` (e.g. MASQUERADE).
@@ -170,7 +168,7 @@ const STATUS_BITS: [&str; 16] = [
     "hw_offload",
 ];
 const IPS_SRC_NAT: u32 = 1 << 4;
-pub const IPS_DST_NAT: u32 = 1 << 5;
+pub(crate) const IPS_DST_NAT: u32 = 1 << 5;
 
 /// `enum ip_conntrack_info` (uapi), in value order.
 const CTINFO_NAMES: [&str; 5] = ["established", "related", "new", "established_reply", "related_reply"];
@@ -178,13 +176,13 @@ const CTINFO_NAMES: [&str; 5] = ["established", "related", "new", "established_r
 /// A record's loss stamps (`RecordHeader::loss_stamp_src` / `_dst`): how many records of its
 /// source and destination endpoints' buckets had been lost when it was reserved.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct LossStamps {
+pub(crate) struct LossStamps {
     pub src: u32,
     pub dst: u32,
 }
 
 /// The stage names used in every output (and documented in README.md).
-pub fn stage_name(stage: Stage) -> &'static str {
+pub(crate) fn stage_name(stage: Stage) -> &'static str {
     match stage {
         Stage::BridgeIn => "bridge-in",
         Stage::BridgeOut => "bridge-out",
@@ -194,17 +192,17 @@ pub fn stage_name(stage: Stage) -> &'static str {
 }
 
 impl ConntrackEntry {
-    pub fn ctinfo_name(&self) -> &'static str {
+    pub(crate) fn ctinfo_name(&self) -> &'static str {
         CTINFO_NAMES.get(usize::from(self.ctinfo)).copied().unwrap_or("unknown")
     }
 
     /// Whether this packet travels in the entry's reply direction
     /// (IP_CT_ESTABLISHED_REPLY or IP_CT_RELATED_REPLY).
-    pub fn is_reply_direction(&self) -> bool {
+    pub(crate) fn is_reply_direction(&self) -> bool {
         matches!(self.ctinfo, 3 | 4)
     }
 
-    pub fn status_names(&self) -> Vec<&'static str> {
+    pub(crate) fn status_names(&self) -> Vec<&'static str> {
         let Some(status) = self.status else { return Vec::new() };
         STATUS_BITS.iter().enumerate().filter(|(bit, _)| status & (1 << bit) != 0).map(|(_, name)| *name).collect()
     }
@@ -212,7 +210,7 @@ impl ConntrackEntry {
     /// The translations this entry applies. The reply tuple is what the other end
     /// answers to, so a rewritten destination shows as the reply's source and a
     /// rewritten source as the reply's destination.
-    pub fn nat(&self) -> Vec<Nat> {
+    pub(crate) fn nat(&self) -> Vec<Nat> {
         let (Some(status), Some(original), Some(reply)) = (self.status, self.original, self.reply) else {
             return Vec::new();
         };
@@ -229,7 +227,7 @@ impl ConntrackEntry {
 
 impl Conntrack {
     /// The translations it applies, as one text (`dnat 10.96.0.10:53→10.244.0.7:53`).
-    pub fn nat_text(&self) -> Option<NatText> {
+    pub(crate) fn nat_text(&self) -> Option<NatText> {
         let Conntrack::Attached(entry) = self else { return None };
         let nats = entry.nat();
         (!nats.is_empty()).then_some(NatText(nats))
@@ -237,7 +235,7 @@ impl Conntrack {
 }
 
 /// Translations written as one text, `, ` between them; serialised as that string.
-pub struct NatText(Vec<Nat>);
+pub(crate) struct NatText(Vec<Nat>);
 
 impl std::fmt::Display for NatText {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -341,13 +339,13 @@ impl<'de> Deserialize<'de> for Conntrack {
 /// for every port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(from = "u16", into = "u16")]
-pub enum PortFilter {
+pub(crate) enum PortFilter {
     All,
     Port(std::num::NonZeroU16),
 }
 
 impl PortFilter {
-    pub fn port(self) -> Option<u16> {
+    pub(crate) fn port(self) -> Option<u16> {
         match self {
             PortFilter::All => None,
             PortFilter::Port(port) => Some(port.get()),
@@ -355,7 +353,7 @@ impl PortFilter {
     }
 
     /// The number form: the port, or 0 for every port.
-    pub fn number(self) -> u16 {
+    pub(crate) fn number(self) -> u16 {
         self.port().unwrap_or(0)
     }
 }

@@ -11,7 +11,7 @@ use super::{dns::DnsMessage, packet::L4Proto, serde_forms};
 /// watch knows stages), with the IP fields when the bytes hold them.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "type", rename = "packet")]
-pub struct PlainPacket {
+pub(crate) struct PlainPacket {
     #[serde(rename = "time", serialize_with = "serde_forms::wall_time::serialize")]
     pub wall_time_ns: u64,
     #[serde(serialize_with = "serde_forms::null")]
@@ -28,7 +28,7 @@ pub struct PlainPacket {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct PlainIp {
+pub(crate) struct PlainIp {
     #[serde(rename = "ip_version")]
     pub version: u8,
     #[serde(rename = "proto")]

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// A pod by its Kubernetes namespace and name. Serialised, `{"namespace": …, "name": …}`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct PodRef {
+pub(crate) struct PodRef {
     pub namespace: String,
     pub name: String,
 }
@@ -22,7 +22,7 @@ impl fmt::Display for PodRef {
 /// The pods at either end of a packet: `src_pod` and `dst_pod` beside `src` and `dst`
 /// (null for an address no pod on this node holds, and on nodes without a runtime).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EndpointPods {
+pub(crate) struct EndpointPods {
     #[serde(default)]
     pub src_pod: Option<PodRef>,
     #[serde(default)]
@@ -30,18 +30,18 @@ pub struct EndpointPods {
 }
 
 impl EndpointPods {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.src_pod.is_none() && self.dst_pod.is_none()
     }
 
     /// Either end, for filters.
-    pub fn any(&self) -> impl Iterator<Item = &PodRef> {
+    pub(crate) fn any(&self) -> impl Iterator<Item = &PodRef> {
         self.src_pod.iter().chain(self.dst_pod.iter())
     }
 }
 
 /// `10.244.0.5:41234 (default/client)`: an address with its pod, when it has one.
-pub fn with_pod(address: impl fmt::Display, pod: Option<&PodRef>) -> String {
+pub(crate) fn with_pod(address: impl fmt::Display, pod: Option<&PodRef>) -> String {
     match pod {
         Some(pod) => format!("{address} ({pod})"),
         None => address.to_string(),
@@ -52,7 +52,7 @@ pub fn with_pod(address: impl fmt::Display, pod: Option<&PodRef>) -> String {
 /// `expected_source_pod` (when the client asked a pod rather than a service) and
 /// `actual_source_pod`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DnsPods {
+pub(crate) struct DnsPods {
     #[serde(default)]
     pub client_pod: Option<PodRef>,
     #[serde(default)]
@@ -65,22 +65,22 @@ pub struct DnsPods {
 /// shown when a pod at either end is one of `pods` or lives in one of `namespaces`. Empty,
 /// everything is shown.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PodFilter {
+pub(crate) struct PodFilter {
     pub pods: Vec<PodRef>,
     pub namespaces: Vec<String>,
 }
 
 impl PodFilter {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.pods.is_empty() && self.namespaces.is_empty()
     }
 
-    pub fn admits(&self, pod: &PodRef) -> bool {
+    pub(crate) fn admits(&self, pod: &PodRef) -> bool {
         self.pods.contains(pod) || self.namespaces.contains(&pod.namespace)
     }
 
     /// Whether something with these pods at its ends is shown.
-    pub fn shows<'a>(&self, mut pods: impl Iterator<Item = &'a PodRef>) -> bool {
+    pub(crate) fn shows<'a>(&self, mut pods: impl Iterator<Item = &'a PodRef>) -> bool {
         self.is_empty() || pods.any(|pod| self.admits(pod))
     }
 }

@@ -3,16 +3,16 @@
 //! to milliseconds, name/value lists as objects.
 
 /// Nanoseconds since the Unix epoch ↔ RFC 3339 with nanoseconds, UTC.
-pub mod wall_time {
+pub(crate) mod wall_time {
     use std::time::{Duration, UNIX_EPOCH};
 
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(wall_ns: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(wall_ns: &u64, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(&humantime::format_rfc3339_nanos(UNIX_EPOCH + Duration::from_nanos(*wall_ns)))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
         let text = String::deserialize(deserializer)?;
         let time = humantime::parse_rfc3339(&text).map_err(serde::de::Error::custom)?;
         let since = time.duration_since(UNIX_EPOCH).map_err(serde::de::Error::custom)?;
@@ -21,19 +21,19 @@ pub mod wall_time {
 }
 
 /// `Family` ↔ the IP version number, 4 or 6.
-pub mod ip_version {
+pub(crate) mod ip_version {
     use serde::{Deserialize, Deserializer, Serializer};
 
     use crate::model::hook::Family;
 
-    pub fn serialize<S: Serializer>(family: &Family, serializer: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(family: &Family, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_u8(match family {
             Family::Ipv4 => 4,
             Family::Ipv6 => 6,
         })
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Family, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Family, D::Error> {
         match u8::deserialize(deserializer)? {
             4 => Ok(Family::Ipv4),
             6 => Ok(Family::Ipv6),
@@ -43,38 +43,38 @@ pub mod ip_version {
 }
 
 /// Seconds, rounded to milliseconds.
-pub mod millis {
+pub(crate) mod millis {
     use serde::Serializer;
 
-    pub fn serialize<S: Serializer>(secs: &f64, serializer: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(secs: &f64, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_f64((secs * 1000.0).round() / 1000.0)
     }
 }
 
 /// A field that is always null, kept so lines of one type have the same fields.
-pub fn null<S: serde::Serializer>(_: &(), serializer: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn null<S: serde::Serializer>(_: &(), serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_none()
 }
 
 /// A socket address as `10.244.0.5:53` or `[fd00::5]:53`, as its `Display` writes it; IPv4
 /// (nearly every line) written digit by digit into a stack buffer: through `Display`, the
 /// formatter's padding and the per-fragment escaping took a third of the reader's time under load.
-pub mod socket_addr {
+pub(crate) mod socket_addr {
     use std::io::Write;
     use std::net::SocketAddr;
 
     use serde::{Deserialize, Deserializer, Serializer};
 
     /// `[` + 39 + `%` + 10 + `]:` + 5 characters is the longest an IPv6 socket address gets.
-    pub const LONGEST: usize = 64;
+    pub(crate) const LONGEST: usize = 64;
 
-    pub fn serialize<S: Serializer>(addr: &SocketAddr, serializer: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(addr: &SocketAddr, serializer: S) -> Result<S::Ok, S::Error> {
         let mut buf = [0u8; LONGEST];
         serializer.serialize_str(text(addr, &mut buf))
     }
 
     /// `addr` as its `Display` writes it, in `buf`.
-    pub fn text<'a>(addr: &SocketAddr, buf: &'a mut [u8; LONGEST]) -> &'a str {
+    pub(crate) fn text<'a>(addr: &SocketAddr, buf: &'a mut [u8; LONGEST]) -> &'a str {
         let len = match addr {
             SocketAddr::V4(v4) => {
                 let mut len = 0;
@@ -99,7 +99,7 @@ pub mod socket_addr {
         std::str::from_utf8(&buf[..len]).unwrap_or_default()
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SocketAddr, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SocketAddr, D::Error> {
         SocketAddr::deserialize(deserializer)
     }
 

@@ -28,7 +28,7 @@ const NETNS_RUN_DIR: &str = "/run/netns";
 
 /// A network namespace triage looks at.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Netns {
+pub(crate) struct Netns {
     /// Its `ip netns` name, when it has one.
     pub name: Option<String>,
     /// The nsfs inode, which tracer's packet records call `netns`.
@@ -41,7 +41,7 @@ pub struct Netns {
 
 impl Netns {
     /// `trlab1-node (netns 4026532595)` or `this namespace (netns 4026531840)`.
-    pub fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         match (&self.name, self.current) {
             (Some(name), true) => format!("this namespace, {name} (netns {})", self.inode),
             (Some(name), false) => format!("{name} (netns {})", self.inode),
@@ -50,7 +50,7 @@ impl Netns {
     }
 
     /// What a command has to be prefixed with to act on this namespace from the host.
-    pub fn exec_prefix(&self) -> String {
+    pub(crate) fn exec_prefix(&self) -> String {
         match (&self.name, self.current) {
             (Some(name), false) => format!("ip netns exec {name} "),
             _ => String::new(),
@@ -74,7 +74,7 @@ impl Netns {
 /// its siblings, not parts of it. When init's namespace cannot be read (some sandboxes deny
 /// it even to root), a namespace that is itself pinned under /run/netns counts as such a
 /// node and any other as the host's.
-pub fn visible_namespaces() -> (Vec<Netns>, Vec<String>) {
+pub(crate) fn visible_namespaces() -> (Vec<Netns>, Vec<String>) {
     let mut errors = Vec::new();
     let current_inode = match std::fs::metadata("/proc/self/ns/net") {
         Ok(meta) => meta.ino(),
@@ -136,7 +136,7 @@ fn pinned_namespaces(dir: &Path) -> io::Result<Vec<(String, u64, PathBuf)>> {
 
 /// Runs `read` in `netns`: directly for the current namespace, otherwise on a thread of its
 /// own that enters the namespace first.
-pub fn in_namespace<T: Send>(netns: &Netns, read: impl FnOnce() -> T + Send) -> Result<T> {
+pub(crate) fn in_namespace<T: Send>(netns: &Netns, read: impl FnOnce() -> T + Send) -> Result<T> {
     match &netns.path {
         None => Ok(read()),
         Some(path) => crate::system::netns::run_in(path, read),
@@ -145,7 +145,7 @@ pub fn in_namespace<T: Send>(netns: &Netns, read: impl FnOnce() -> T + Send) -> 
 
 /// A Linux bridge and the devices enslaved to it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Bridge {
+pub(crate) struct Bridge {
     pub name: String,
     pub ports: Vec<String>,
 }
@@ -153,7 +153,7 @@ pub struct Bridge {
 /// An interface whose reverse-path filter matters: a bridge (the pods' gateway) or a routed
 /// interface that is not a bridge port (a routed pod veth, an uplink).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RpFilter {
+pub(crate) struct RpFilter {
     pub interface: String,
     pub is_bridge: bool,
     /// `net.ipv4.conf.<interface>.rp_filter`.
@@ -162,7 +162,7 @@ pub struct RpFilter {
 
 /// The conntrack table of one namespace at one moment.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ConntrackReading {
+pub(crate) struct ConntrackReading {
     /// `net.netfilter.nf_conntrack_count`: entries in this namespace.
     pub count: Option<u64>,
     /// `net.netfilter.nf_conntrack_max`: the limit (set in the initial namespace).
@@ -177,14 +177,14 @@ pub struct ConntrackReading {
 /// columns differ between kernels (older ones have `searched`, newer `clashres`), so they
 /// are taken from the header line, never from a fixed list.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ConntrackStats {
+pub(crate) struct ConntrackStats {
     pub columns: Vec<String>,
     /// Per CPU, in column order. The kernel prints unsigned 32-bit counters that wrap.
     pub per_cpu: Vec<Vec<u32>>,
 }
 
 impl ConntrackStats {
-    pub fn parse(text: &str) -> Result<ConntrackStats> {
+    pub(crate) fn parse(text: &str) -> Result<ConntrackStats> {
         let mut lines = text.lines().filter(|line| !line.trim().is_empty());
         let header = lines.next().ok_or_else(|| anyhow!("empty statistics"))?;
         let columns: Vec<String> = header.split_whitespace().map(str::to_string).collect();
@@ -215,7 +215,7 @@ impl ConntrackStats {
 
     /// A counter summed over the CPUs; None when this kernel has no such column. `entries`
     /// is the namespace's entry count, the same on every row, and is not summed.
-    pub fn total(&self, name: &str) -> Option<u64> {
+    pub(crate) fn total(&self, name: &str) -> Option<u64> {
         let at = self.column(name)?;
         if name == "entries" {
             return self.per_cpu.first().map(|row| u64::from(row[at]));
@@ -226,7 +226,7 @@ impl ConntrackStats {
     /// How much a counter grew from `self` to `later`, CPU by CPU, allowing each CPU's 32-bit
     /// counter to have wrapped once. None when either reading lacks the counter or the CPUs
     /// differ (CPU hot-plug: the rows no longer pair up).
-    pub fn growth(&self, later: &ConntrackStats, name: &str) -> Option<u64> {
+    pub(crate) fn growth(&self, later: &ConntrackStats, name: &str) -> Option<u64> {
         let (a, b) = (self.column(name)?, later.column(name)?);
         if self.per_cpu.len() != later.per_cpu.len() {
             return None;
@@ -243,7 +243,7 @@ impl ConntrackStats {
 
 /// Everything triage checks in one namespace.
 #[derive(Clone, Debug)]
-pub struct NamespaceState {
+pub(crate) struct NamespaceState {
     pub netns: Netns,
     pub bridges: Vec<Bridge>,
     /// `net.bridge.bridge-nf-call-iptables` / `-ip6tables`, `net.ipv4.ip_forward`,
@@ -259,13 +259,13 @@ pub struct NamespaceState {
 }
 
 impl NamespaceState {
-    pub fn sysctl(&self, name: &str) -> Option<&SysctlValue> {
+    pub(crate) fn sysctl(&self, name: &str) -> Option<&SysctlValue> {
         self.sysctls.iter().find(|s| s.name == name)
     }
 }
 
 /// The sysctls read in every namespace that has bridges.
-pub const SYSCTLS: [&str; 6] = [
+pub(crate) const SYSCTLS: [&str; 6] = [
     "net.bridge.bridge-nf-call-iptables",
     "net.bridge.bridge-nf-call-ip6tables",
     "net.ipv4.ip_forward",
@@ -276,7 +276,7 @@ pub const SYSCTLS: [&str; 6] = [
 
 /// Reads `netns`. Another namespace without bridges gives None: triage only looks into the
 /// namespaces that hold a node's bridges (the current one is always read).
-pub fn read_namespace(netns: &Netns) -> Result<Option<NamespaceState>> {
+pub(crate) fn read_namespace(netns: &Netns) -> Result<Option<NamespaceState>> {
     let current = netns.current;
     let owned = netns.clone();
     in_namespace(netns, move || {
@@ -319,7 +319,7 @@ pub fn read_namespace(netns: &Netns) -> Result<Option<NamespaceState>> {
 }
 
 /// The conntrack table of `netns` now (the second reading, after the traffic window).
-pub fn read_conntrack(netns: &Netns) -> Result<ConntrackReading> {
+pub(crate) fn read_conntrack(netns: &Netns) -> Result<ConntrackReading> {
     in_namespace(netns, read_conntrack_here)
 }
 

@@ -28,7 +28,7 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 /// One network interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InterfaceInfo {
+pub(crate) struct InterfaceInfo {
     pub ifindex: u32,
     pub name: String,
     /// ifindex of the device this one is enslaved to (IFLA_MASTER): a bridge, bond, VRF, ...
@@ -38,7 +38,7 @@ pub struct InterfaceInfo {
 }
 
 /// The interfaces of one network namespace, updated from rtnetlink notifications.
-pub struct Interfaces {
+pub(crate) struct Interfaces {
     links: HashMap<u32, InterfaceInfo>,
     /// Blocking socket for dump requests; kept apart from `events` so dump replies and
     /// notifications never interleave.
@@ -80,7 +80,7 @@ const NOTIFICATION_INTERVAL: Duration = Duration::from_millis(1);
 impl Interfaces {
     /// Subscribes to link notifications and dumps the current links of the calling thread's network
     /// namespace.
-    pub fn open() -> anyhow::Result<Interfaces> {
+    pub(crate) fn open() -> anyhow::Result<Interfaces> {
         let events = netlink_socket().context("cannot open an rtnetlink socket for link changes")?;
         events
             .add_membership(RTNLGRP_LINK)
@@ -113,7 +113,7 @@ impl Interfaces {
 
     /// Applies all queued link notifications without blocking. Problems are not reported: lost
     /// notifications or socket errors mark the table stale and it is re-dumped (rate limited).
-    pub fn apply_updates(&mut self) {
+    pub(crate) fn apply_updates(&mut self) {
         self.applied_at = Instant::now();
         loop {
             let mut chunk = &mut self.buf[..];
@@ -142,7 +142,7 @@ impl Interfaces {
     /// The interface with this ifindex. Pending notifications are applied first (at most every
     /// [`NOTIFICATION_INTERVAL`], and always on a miss); on a miss the links are dumped again
     /// (rate limited) before giving up.
-    pub fn get(&mut self, ifindex: u32) -> Option<&InterfaceInfo> {
+    pub(crate) fn get(&mut self, ifindex: u32) -> Option<&InterfaceInfo> {
         // ifindex 0 means "no device" in the kernel; never worth a dump.
         if ifindex == 0 {
             return None;
@@ -157,13 +157,13 @@ impl Interfaces {
     }
 
     /// The interface's name, None when no such interface exists.
-    pub fn name(&mut self, ifindex: u32) -> Option<String> {
+    pub(crate) fn name(&mut self, ifindex: u32) -> Option<String> {
         self.get(ifindex).map(|info| info.name.clone())
     }
 
     /// The bridge an interface belongs to: itself if it is a bridge, its master if the master is a
     /// bridge.
-    pub fn bridge_of(&mut self, ifindex: u32) -> Option<String> {
+    pub(crate) fn bridge_of(&mut self, ifindex: u32) -> Option<String> {
         let info = self.get(ifindex)?;
         if info.is_bridge {
             return Some(info.name.clone());

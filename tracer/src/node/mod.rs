@@ -2,7 +2,7 @@
 //! runtime runs, and each network namespace's state for the node checks (bridges, sysctls,
 //! conntrack, the firewall).
 
-pub mod checks;
-pub mod interfaces;
-pub mod pods;
-pub mod sysctl;
+pub(crate) mod checks;
+pub(crate) mod interfaces;
+pub(crate) mod pods;
+pub(crate) mod sysctl;

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::model::sysctl::SysctlValue;
 
-pub fn read_sysctl(name: &str) -> SysctlValue {
+pub(crate) fn read_sysctl(name: &str) -> SysctlValue {
     read_sysctl_under(Path::new("/proc/sys"), name)
 }
 
@@ -18,7 +18,7 @@ fn read_sysctl_under(root: &Path, name: &str) -> SysctlValue {
 }
 
 /// The sysctl that decides whether bridged IPv4 / IPv6 frames pass the IP netfilter hooks.
-pub fn bridge_nf_call_sysctl(ipv6: bool) -> &'static str {
+pub(crate) fn bridge_nf_call_sysctl(ipv6: bool) -> &'static str {
     if ipv6 {
         "net.bridge.bridge-nf-call-ip6tables"
     } else {

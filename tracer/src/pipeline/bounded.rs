@@ -19,7 +19,7 @@ struct Slot<V> {
     sequence: u64,
 }
 
-pub struct BoundedTable<K, V> {
+pub(crate) struct BoundedTable<K, V> {
     entries: HashMap<K, Slot<V>>,
     order: VecDeque<(u64, K)>,
     next_sequence: u64,
@@ -29,7 +29,7 @@ pub struct BoundedTable<K, V> {
 }
 
 impl<K: Clone + Eq + Hash, V> BoundedTable<K, V> {
-    pub fn new(capacity: usize) -> BoundedTable<K, V> {
+    pub(crate) fn new(capacity: usize) -> BoundedTable<K, V> {
         BoundedTable {
             entries: HashMap::new(),
             order: VecDeque::new(),
@@ -40,33 +40,33 @@ impl<K: Clone + Eq + Hash, V> BoundedTable<K, V> {
     }
 
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 
     #[cfg(test)]
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
     /// Entries of the insertion-order queue, live or stale.
     #[cfg(test)]
-    pub fn queued(&self) -> usize {
+    pub(crate) fn queued(&self) -> usize {
         self.order.len()
     }
 
     #[cfg(test)]
-    pub fn get(&self, key: &K) -> Option<&V> {
+    pub(crate) fn get(&self, key: &K) -> Option<&V> {
         self.entries.get(key).map(|slot| &slot.value)
     }
 
-    pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+    pub(crate) fn get_mut(&mut self, key: &K) -> Option<&mut V> {
         self.entries.get_mut(key).map(|slot| &mut slot.value)
     }
 
     /// Inserts `value` as the newest entry (replacing one under the same key), evicting
     /// the oldest entries when the table is full.
-    pub fn insert(&mut self, key: K, value: V) {
+    pub(crate) fn insert(&mut self, key: K, value: V) {
         if !self.entries.contains_key(&key) {
             self.make_room();
         }
@@ -77,13 +77,13 @@ impl<K: Clone + Eq + Hash, V> BoundedTable<K, V> {
         self.compact_if_stale();
     }
 
-    pub fn remove(&mut self, key: &K) -> Option<V> {
+    pub(crate) fn remove(&mut self, key: &K) -> Option<V> {
         self.entries.remove(key).map(|slot| slot.value)
     }
 
     /// Removes and returns the oldest entries for which `expired` holds, stopping at the
     /// first live one for which it does not (entries are judged in insertion order).
-    pub fn expire(&mut self, mut expired: impl FnMut(&V) -> bool) -> Vec<(K, V)> {
+    pub(crate) fn expire(&mut self, mut expired: impl FnMut(&V) -> bool) -> Vec<(K, V)> {
         let mut gone = Vec::new();
         while let Some((sequence, key)) = self.order.front() {
             match self.entries.get(key) {

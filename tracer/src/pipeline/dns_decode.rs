@@ -14,7 +14,7 @@ use super::{
 use crate::model::packet::L4Proto;
 
 /// The DNS port every deployment uses.
-pub const DNS_PORT: u16 = 53;
+pub(crate) const DNS_PORT: u16 = 53;
 
 /// TCP streams on DNS ports followed at once.
 const MAX_TCP_STREAMS: usize = 16_384;
@@ -33,7 +33,7 @@ struct TcpStream {
 }
 
 /// A transport segment as captured.
-pub struct Segment<'a> {
+pub(crate) struct Segment<'a> {
     pub src: SocketAddr,
     pub dst: SocketAddr,
     pub l4_proto: L4Proto,
@@ -45,20 +45,20 @@ pub struct Segment<'a> {
     pub payload_len: usize,
 }
 
-pub struct DnsDecoder {
+pub(crate) struct DnsDecoder {
     ports: Vec<u16>,
     streams: BoundedTable<(SocketAddr, SocketAddr), TcpStream>,
 }
 
 impl DnsDecoder {
     /// DNS on port 53 and on `extra_ports`.
-    pub fn new(extra_ports: &[u16]) -> DnsDecoder {
+    pub(crate) fn new(extra_ports: &[u16]) -> DnsDecoder {
         let mut ports = vec![DNS_PORT];
         ports.extend(extra_ports.iter().copied().filter(|port| *port != DNS_PORT && *port != 0));
         DnsDecoder { ports, streams: BoundedTable::new(MAX_TCP_STREAMS) }
     }
 
-    pub fn decode(&mut self, segment: &Segment) -> Option<DnsMessage> {
+    pub(crate) fn decode(&mut self, segment: &Segment) -> Option<DnsMessage> {
         if !self.ports.contains(&segment.src.port()) && !self.ports.contains(&segment.dst.port()) {
             return None;
         }

@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 
-pub use crate::model::dns::{qtype_name, DnsAnswer, DnsMessage};
+pub(crate) use crate::model::dns::{qtype_name, DnsAnswer, DnsMessage};
 
 const HEADER_LEN: usize = 12;
 /// RFC 1035 3.1: a name is at most 255 octets on the wire, length octets and the root label included.
@@ -28,7 +28,7 @@ const TYPE_AAAA: u16 = 28;
 /// Over TCP the message has a 2-byte length prefix (RFC 1035 4.2.2).
 ///
 /// Returns None when there is not even a complete 12-byte header.
-pub fn parse(payload: &[u8], over_tcp: bool) -> Option<DnsMessage> {
+pub(crate) fn parse(payload: &[u8], over_tcp: bool) -> Option<DnsMessage> {
     let msg = if over_tcp {
         let declared = usize::from(read_u16(payload, 0)?);
         let rest = payload.get(2..)?;
@@ -80,7 +80,7 @@ const MIN_RECORD_LEN: usize = 11;
 /// query, which carries no answers), and section counts that fit in `message_len`, the
 /// message's real length (the capture may hold less). Traffic on a DNS port that is not
 /// DNS (or not at a message boundary) rarely passes all of these.
-pub fn parse_plausible(payload: &[u8], over_tcp: bool, message_len: usize) -> Option<DnsMessage> {
+pub(crate) fn parse_plausible(payload: &[u8], over_tcp: bool, message_len: usize) -> Option<DnsMessage> {
     let msg = if over_tcp { payload.get(2..)? } else { payload };
     let flags = read_u16(msg, 2)?;
     let qdcount = read_u16(msg, 4)?;

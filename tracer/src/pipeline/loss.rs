@@ -25,7 +25,7 @@ use crate::{
 
 /// One endpoint's loss bucket as a record of the finding stamped it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LossWindow {
+pub(crate) struct LossWindow {
     pub endpoint: SocketAddr,
     pub stamp: u32,
     /// Kernel time of the stamping record.
@@ -37,32 +37,32 @@ const MAX_WINDOWS: usize = 3;
 
 /// The endpoints a finding rests on, each from the first record that showed it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LossWindows(Vec<LossWindow>);
+pub(crate) struct LossWindows(Vec<LossWindow>);
 
 impl LossWindows {
     /// Watches `endpoint` from this record on, unless an earlier record already does.
-    pub fn watch(&mut self, endpoint: SocketAddr, stamp: u32, since_ns: u64) {
+    pub(crate) fn watch(&mut self, endpoint: SocketAddr, stamp: u32, since_ns: u64) {
         if self.0.len() < MAX_WINDOWS && !self.0.iter().any(|w| w.endpoint == endpoint) {
             self.0.push(LossWindow { endpoint, stamp, since_ns });
         }
     }
 
     /// Watches a record's source endpoint.
-    pub fn watch_source(&mut self, src: SocketAddr, stamps: LossStamps, timestamp_ns: u64) {
+    pub(crate) fn watch_source(&mut self, src: SocketAddr, stamps: LossStamps, timestamp_ns: u64) {
         self.watch(src, stamps.src, timestamp_ns);
     }
 
-    pub fn windows(&self) -> &[LossWindow] {
+    pub(crate) fn windows(&self) -> &[LossWindow] {
         &self.0
     }
 
-    pub fn earliest_ns(&self) -> Option<u64> {
+    pub(crate) fn earliest_ns(&self) -> Option<u64> {
         self.0.iter().map(|w| w.since_ns).min()
     }
 }
 
 /// Answers whether records may have been lost.
-pub trait LossWitness {
+pub(crate) trait LossWitness {
     /// Called before a batch of questions, all about records drained before this call.
     fn begin_settling(&mut self) {}
 
@@ -74,7 +74,7 @@ pub trait LossWitness {
 
 /// A witness for runs where nothing can have been lost (tests).
 #[cfg(test)]
-pub struct NothingLost;
+pub(crate) struct NothingLost;
 
 #[cfg(test)]
 impl LossWitness for NothingLost {
@@ -84,7 +84,7 @@ impl LossWitness for NothingLost {
 }
 
 /// Recursion-miss readings over time, to find the count as it was before a window began.
-pub struct MissHistory {
+pub(crate) struct MissHistory {
     /// (CLOCK_MONOTONIC ns taken just after the reading, total) in reading order.
     readings: Vec<(u64, u64)>,
     /// The reading taken when the programs were attached: the floor for any window.
@@ -95,11 +95,11 @@ pub struct MissHistory {
 const MAX_READINGS: usize = 256;
 
 impl MissHistory {
-    pub fn new(first: u64) -> MissHistory {
+    pub(crate) fn new(first: u64) -> MissHistory {
         MissHistory { readings: Vec::new(), first }
     }
 
-    pub fn record(&mut self, taken_after_ns: u64, total: u64) {
+    pub(crate) fn record(&mut self, taken_after_ns: u64, total: u64) {
         if self.readings.len() == MAX_READINGS {
             self.readings.drain(..MAX_READINGS / 2);
         }
@@ -108,35 +108,35 @@ impl MissHistory {
 
     /// The total as read no later than `at_ns`: at most what it was then. Without such a
     /// reading, the one taken at attach time.
-    pub fn before(&self, at_ns: u64) -> u64 {
+    pub(crate) fn before(&self, at_ns: u64) -> u64 {
         self.readings.iter().rev().find(|(taken, _)| *taken <= at_ns).map_or(self.first, |(_, total)| *total)
     }
 
     /// The newest reading, if it was taken after `at_ns`.
-    pub fn after(&self, at_ns: u64) -> Option<u64> {
+    pub(crate) fn after(&self, at_ns: u64) -> Option<u64> {
         self.readings.last().filter(|(taken, _)| *taken >= at_ns).map(|(_, total)| *total)
     }
 }
 
 /// Answers [`LossWitness`] from the running kernel programs: their per-endpoint loss
 /// counts, and their recursion misses read over time.
-pub struct KernelWitness {
+pub(crate) struct KernelWitness {
     kernel: KernelLoss,
     history: MissHistory,
 }
 
 impl KernelWitness {
-    pub fn new(kernel: KernelLoss) -> KernelWitness {
+    pub(crate) fn new(kernel: KernelLoss) -> KernelWitness {
         let first = kernel.recursion_misses();
         KernelWitness { kernel, history: MissHistory::new(first) }
     }
 
-    pub fn kernel(&self) -> &KernelLoss {
+    pub(crate) fn kernel(&self) -> &KernelLoss {
         &self.kernel
     }
 
     /// Takes a reading of the recursion misses, for windows that begin after it.
-    pub fn read_misses(&mut self) {
+    pub(crate) fn read_misses(&mut self) {
         let total = self.kernel.recursion_misses();
         self.history.record(monotonic_now_ns(), total);
     }

@@ -8,7 +8,7 @@ use crate::{
     schema::packet::{InterfaceNames, TracedPacket},
 };
 
-pub fn traced(event: PacketEvent, clock: &WallClock, interfaces: &mut Interfaces) -> TracedPacket {
+pub(crate) fn traced(event: PacketEvent, clock: &WallClock, interfaces: &mut Interfaces) -> TracedPacket {
     let names = InterfaceNames {
         ifname: interfaces.name(event.ifindex),
         in_ifname: if event.ingress_ifindex == 0 { None } else { interfaces.name(event.ingress_ifindex) },

@@ -5,13 +5,13 @@
 use super::loss::LossWindows;
 use serde::{Deserialize, Serialize};
 
-pub use crate::model::netfilter::HookPass;
+pub(crate) use crate::model::netfilter::HookPass;
 use crate::model::netfilter::{DropEvent, IcmpEvent};
 
 /// A packet that died while traced. Serialised, the kernel's part of its `dropped` line:
 /// the drop and the hooks it passed.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct DroppedPacket {
+pub(crate) struct DroppedPacket {
     #[serde(flatten)]
     pub drop: DropEvent,
     #[serde(rename = "hooks")]
@@ -27,7 +27,7 @@ pub struct DroppedPacket {
 }
 
 impl DroppedPacket {
-    pub fn new(drop: DropEvent, path: Vec<HookPass>, icmp: Option<IcmpEvent>) -> DroppedPacket {
+    pub(crate) fn new(drop: DropEvent, path: Vec<HookPass>, icmp: Option<IcmpEvent>) -> DroppedPacket {
         let mut loss = LossWindows::default();
         for stamped in path.iter().filter_map(|pass| pass.stamped) {
             loss.watch_source(stamped.src, stamped.loss, stamped.timestamp_ns);
@@ -66,7 +66,6 @@ mod tests {
     #[test]
     fn a_drop_stops_in_the_hook_it_never_left_and_watches_its_paths_first_stamp() {
         let drop = DropEvent::example(
-            7,
             10,
             "10.244.0.5:40000".parse().expect("literal"),
             "10.244.0.7:53".parse().expect("literal"),

@@ -18,7 +18,7 @@ use crate::{
 
 /// One server a client sent a query to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AskedServer {
+pub(crate) struct AskedServer {
     /// The address the client sent the query to, before any NAT: it accepts a reply from
     /// there only.
     pub queried: SocketAddr,
@@ -31,7 +31,7 @@ const MAX_SERVERS: usize = 4;
 
 /// What we know of one DNS query.
 #[derive(Clone, Debug)]
-pub struct QueryFlow {
+pub(crate) struct QueryFlow {
     /// The query's sender, before any NAT.
     pub client: SocketAddr,
     /// Every server the client asked under this id, in the order it asked them; never empty.
@@ -51,12 +51,12 @@ pub struct QueryFlow {
 
 impl QueryFlow {
     /// The server the client asked first.
-    pub fn queried(&self) -> SocketAddr {
+    pub(crate) fn queried(&self) -> SocketAddr {
         self.servers.first().map_or(self.client, |server| server.queried)
     }
 
     /// The backend conntrack sent the query to first, if any.
-    pub fn backend(&self) -> Option<SocketAddr> {
+    pub(crate) fn backend(&self) -> Option<SocketAddr> {
         self.servers.iter().find_map(|server| server.backend)
     }
 
@@ -72,7 +72,7 @@ impl QueryFlow {
 }
 
 #[derive(Clone, Debug)]
-pub enum Correlated {
+pub(crate) enum Correlated {
     /// A reply to a tracked query leaves a bridge through a port towards its client.
     ReplyToClient { query: QueryFlow, reply: Box<TracedPacket> },
     /// No reply was seen on the node within the timeout.
@@ -81,32 +81,32 @@ pub enum Correlated {
 
 type FlowKey = (SocketAddr, u16);
 
-pub struct DnsFlows {
+pub(crate) struct DnsFlows {
     flows: BoundedTable<FlowKey, QueryFlow>,
     timeout_ns: u64,
 }
 
 impl DnsFlows {
-    pub fn new(timeout_ns: u64, capacity: usize) -> DnsFlows {
+    pub(crate) fn new(timeout_ns: u64, capacity: usize) -> DnsFlows {
         DnsFlows { flows: BoundedTable::new(capacity), timeout_ns }
     }
 
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.flows.len()
     }
 
     #[cfg(test)]
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.flows.is_empty()
     }
 
     /// Queries dropped from tracking to stay within the capacity.
-    pub fn evicted(&self) -> u64 {
+    pub(crate) fn evicted(&self) -> u64 {
         self.flows.evicted
     }
 
-    pub fn observe(&mut self, packet: &TracedPacket) -> Option<Correlated> {
+    pub(crate) fn observe(&mut self, packet: &TracedPacket) -> Option<Correlated> {
         let message = packet.event.dns.as_ref()?;
         let event = &packet.event;
         let sighting = Sighting {
@@ -171,7 +171,7 @@ impl DnsFlows {
     /// Resolves the flows older than the timeout at kernel time `now_ns`: unanswered
     /// queries are reported, answered ones that never went back over a bridge (a client
     /// elsewhere) are dropped.
-    pub fn expire(&mut self, now_ns: u64) -> Vec<Correlated> {
+    pub(crate) fn expire(&mut self, now_ns: u64) -> Vec<Correlated> {
         let timeout_ns = self.timeout_ns;
         self.flows
             .expire(|flow| now_ns.saturating_sub(flow.first_seen_ns) >= timeout_ns)
@@ -185,7 +185,7 @@ impl DnsFlows {
 /// A reply the kernel saw leave a bridge without conntrack, and the destination its query
 /// was sent to before DNAT (which the kernel saw too): the query and its reply, as
 /// [`DnsFlows::observe`] would have paired them had it followed both.
-pub fn paired_reply(reply: &TracedPacket, asked: SocketAddr) -> Option<Correlated> {
+pub(crate) fn paired_reply(reply: &TracedPacket, asked: SocketAddr) -> Option<Correlated> {
     let message = reply.event.dns.as_ref().filter(|message| message.qr)?;
     let event = &reply.event;
     let query = QueryFlow {
@@ -243,12 +243,12 @@ pub(crate) mod tests {
         schema::packet::InterfaceNames,
     };
 
-    pub fn addr(text: &str) -> SocketAddr {
+    pub(crate) fn addr(text: &str) -> SocketAddr {
         text.parse().expect("test address")
     }
 
     /// A packet as the kernel would report it, for replaying recorded sequences.
-    pub fn packet(
+    pub(crate) fn packet(
         at_ms: u64,
         stage: Stage,
         ifname: &str,
@@ -260,7 +260,6 @@ pub(crate) mod tests {
         TracedPacket {
             event: PacketEvent {
                 timestamp_ns: at_ms * 1_000_000,
-                skb_id: 1,
                 loss: Default::default(),
                 netns_inode: 1,
                 stage,
@@ -300,7 +299,7 @@ pub(crate) mod tests {
         }
     }
 
-    pub fn dnat_entry(ctinfo: u8) -> Conntrack {
+    pub(crate) fn dnat_entry(ctinfo: u8) -> Conntrack {
         Conntrack::Attached(ConntrackEntry {
             ctinfo,
             status: Some((1 << 3) | (1 << 5) | (1 << 8)),
@@ -310,7 +309,7 @@ pub(crate) mod tests {
     }
 
     /// The query's way through a node with a ClusterIP DNAT, as recorded in the lab.
-    pub fn query_path() -> Vec<TracedPacket> {
+    pub(crate) fn query_path() -> Vec<TracedPacket> {
         vec![
             packet(0, Stage::BridgeIn, "veth-client", "10.244.0.5:40000", "10.96.0.10:53", false, Conntrack::None),
             packet(1, Stage::ToHost, "cni0", "10.244.0.5:40000", "10.96.0.10:53", false, Conntrack::None),

@@ -15,18 +15,18 @@ use crate::schema::{
 
 /// Option code of tracer's JSON metadata in a section header or packet block. The top
 /// bit marks a local-use code (pcapng, "Options").
-pub const META_OPTION: u16 = 0x8A11;
+pub(crate) const META_OPTION: u16 = 0x8A11;
 /// Block type of tracer's findings and summary. The top bit marks a local-use type.
-pub const RECORD_BLOCK: u32 = 0x8A11_0001;
+pub(crate) const RECORD_BLOCK: u32 = 0x8A11_0001;
 /// Names the metadata's layout; a reader refuses a layout it does not know.
-pub const FORMAT: &str = "tracer-capture/2";
+pub(crate) const FORMAT: &str = "tracer-capture/2";
 /// `shb_userappl` of files tracer writes starts with this.
-pub const USER_APPLICATION: &str = "tracer ";
+pub(crate) const USER_APPLICATION: &str = "tracer ";
 
 /// Written once, in the section header: how the watch was run and the node settings
 /// findings cite, as they were when it started.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct CaptureMeta {
+pub(crate) struct CaptureMeta {
     pub format: String,
     pub tracer_version: String,
     pub hostname: Option<String>,
@@ -43,7 +43,7 @@ pub struct CaptureMeta {
 /// Per-packet metadata: the line the watch printed for it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum BlockMeta {
+pub(crate) enum BlockMeta {
     Packet {
         line: Box<TracedPacket>,
         /// Node settings a finding made at this packet cited, as read then.
@@ -58,7 +58,7 @@ pub enum BlockMeta {
 /// The body of a [`RECORD_BLOCK`].
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum RecordMeta {
+pub(crate) enum RecordMeta {
     Finding {
         finding: Box<Finding>,
     },

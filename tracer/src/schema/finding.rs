@@ -33,7 +33,7 @@ use crate::model::{
     strum::VariantNames,
 )]
 #[strum(serialize_all = "snake_case")]
-pub enum FindingKind {
+pub(crate) enum FindingKind {
     ConntrackSkip,
     UnexpectedReplySource,
     DnsTimeout,
@@ -55,7 +55,7 @@ crate::model::named_by_strum!(FindingKind);
 /// ring buffer dropped records of its client's (or its packet's) endpoint while it was
 /// being followed. Counted, never reported as a problem.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Unconfirmed {
+pub(crate) struct Unconfirmed {
     pub kind: FindingKind,
     pub wall_time_ns: u64,
     /// Records of the endpoint that may have been lost during its window.
@@ -67,7 +67,7 @@ pub struct Unconfirmed {
 
 /// The DNS query a finding is about.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct QueryRef {
+pub(crate) struct QueryRef {
     pub id: u16,
     pub qname: Option<String>,
     #[serde(with = "crate::model::dns::qtype_form")]
@@ -78,7 +78,7 @@ pub struct QueryRef {
 /// fields beside the others), which a capture keeps and reads back as it is.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename = "finding")]
-pub struct Finding {
+pub(crate) struct Finding {
     pub kind: FindingKind,
     #[serde(rename = "time", with = "serde_forms::wall_time")]
     pub wall_time_ns: u64,
@@ -94,7 +94,7 @@ pub struct Finding {
 /// them apart when a finding is read back.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(untagged)]
-pub enum Evidence {
+pub(crate) enum Evidence {
     Dns(DnsEvidence),
     Netfilter(NetfilterEvidence),
     /// Read from the node rather than seen on a packet (`tracer triage`).
@@ -102,7 +102,7 @@ pub enum Evidence {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct DnsEvidence {
+pub(crate) struct DnsEvidence {
     pub client: SocketAddr,
     /// Where the client sent its query and so the only source it accepts a reply from.
     pub expected_source: SocketAddr,
@@ -125,7 +125,7 @@ pub struct DnsEvidence {
 
 /// A firewall rule, as the finding names it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RuleRef {
+pub(crate) struct RuleRef {
     pub backend: Backend,
     pub table: String,
     pub chain: String,
@@ -139,7 +139,7 @@ pub struct RuleRef {
 
 /// A firewall chain, as the finding names it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ChainRef {
+pub(crate) struct ChainRef {
     pub backend: Backend,
     pub table: String,
     pub chain: String,
@@ -147,12 +147,12 @@ pub struct ChainRef {
 
 impl ChainRef {
     /// `table/chain`, as findings name a chain.
-    pub fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         format!("{}/{}", self.table, self.chain)
     }
 
     /// Back from a label and its backend.
-    pub fn from_label(label: &str, backend: Backend) -> Option<ChainRef> {
+    pub(crate) fn from_label(label: &str, backend: Backend) -> Option<ChainRef> {
         let (table, chain) = label.rsplit_once('/')?;
         Some(ChainRef { backend, table: table.to_string(), chain: chain.to_string() })
     }
@@ -160,7 +160,7 @@ impl ChainRef {
 
 /// A packet a netfilter hook dropped: where, and the rule or chain policy that did it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct NetfilterEvidence {
+pub(crate) struct NetfilterEvidence {
     pub src: SocketAddr,
     pub dst: SocketAddr,
     pub proto: L4Proto,
@@ -187,7 +187,7 @@ pub struct NetfilterEvidence {
 /// when one did it. All absent when tracer could not tell. Its fields sit among the
 /// finding's own, as README documents them.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Culprit {
+pub(crate) struct Culprit {
     pub backend: Option<Backend>,
     pub table: Option<String>,
     pub chain: Option<String>,
@@ -202,7 +202,7 @@ pub struct Culprit {
 
 impl Culprit {
     /// The rule or else the chain policy (a rule is named over a policy).
-    pub fn of(rule: Option<RuleRef>, policy: Option<ChainRef>) -> Culprit {
+    pub(crate) fn of(rule: Option<RuleRef>, policy: Option<ChainRef>) -> Culprit {
         match (rule, policy) {
             (Some(rule), _) => Culprit {
                 backend: Some(rule.backend),
@@ -225,7 +225,7 @@ impl Culprit {
     }
 
     /// The rule that did it, when one was named.
-    pub fn rule(&self) -> Option<RuleRef> {
+    pub(crate) fn rule(&self) -> Option<RuleRef> {
         Some(RuleRef {
             backend: self.backend?,
             table: self.table.clone()?,
@@ -237,7 +237,7 @@ impl Culprit {
     }
 
     /// The chain whose policy did it, when no rule did.
-    pub fn policy_chain(&self) -> Option<ChainRef> {
+    pub(crate) fn policy_chain(&self) -> Option<ChainRef> {
         ChainRef::from_label(self.policy.as_deref()?, self.backend?)
     }
 }
@@ -246,7 +246,7 @@ impl Culprit {
 /// rule or policy, drops the kernel made. Read from the node by `tracer triage`, in the
 /// namespace `netns`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct NodeEvidence {
+pub(crate) struct NodeEvidence {
     pub netns: NetnsRef,
     /// The bridges the finding concerns.
     pub bridges: Vec<String>,
@@ -267,20 +267,20 @@ pub struct NodeEvidence {
 }
 
 impl NodeEvidence {
-    pub fn set_policy(&mut self, chain: &ChainRef) {
+    pub(crate) fn set_policy(&mut self, chain: &ChainRef) {
         self.policy = Some(chain.label());
         self.policy_backend = Some(chain.backend);
     }
 
     /// The chain whose DROP policy the traffic falls through to.
-    pub fn policy_chain(&self) -> Option<ChainRef> {
+    pub(crate) fn policy_chain(&self) -> Option<ChainRef> {
         ChainRef::from_label(self.policy.as_deref()?, self.policy_backend?)
     }
 }
 
 /// Which network namespace node evidence was read in.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NetnsRef {
+pub(crate) struct NetnsRef {
     /// Its `ip netns` name, when it has one.
     pub name: Option<String>,
     pub inode: u64,
@@ -289,7 +289,7 @@ pub struct NetnsRef {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConntrackEvidence {
+pub(crate) struct ConntrackEvidence {
     /// Entries in the namespace's table and the limit, at the end of the watch.
     pub count: Option<u64>,
     pub max: Option<u64>,
@@ -299,7 +299,7 @@ pub struct ConntrackEvidence {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CounterEvidence {
+pub(crate) struct CounterEvidence {
     /// Column name, e.g. `insert_failed`.
     pub name: String,
     /// Summed over the CPUs, since boot (or since the namespace was created).
@@ -320,7 +320,7 @@ mod counters_by_name {
         growth: Option<u64>,
     }
 
-    pub fn serialize<S: Serializer>(counters: &[CounterEvidence], serializer: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(counters: &[CounterEvidence], serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(Some(counters.len()))?;
         for counter in counters {
             map.serialize_entry(&counter.name, &Reading { total: counter.total, growth: counter.growth })?;
@@ -328,7 +328,7 @@ mod counters_by_name {
         map.end()
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<CounterEvidence>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<CounterEvidence>, D::Error> {
         let readings = std::collections::BTreeMap::<String, Reading>::deserialize(deserializer)?;
         Ok(readings.into_iter().map(|(name, r)| CounterEvidence { name, total: r.total, growth: r.growth }).collect())
     }
@@ -336,7 +336,7 @@ mod counters_by_name {
 
 /// Traced packets the kernel dropped for one reason at one place.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DropEvidence {
+pub(crate) struct DropEvidence {
     pub count: u64,
     /// The kernel's drop reason (`NETFILTER_DROP`, `IP_RPFILTER`).
     pub reason: DropReason,
@@ -352,7 +352,7 @@ pub struct DropEvidence {
 
 /// Where a packet was last seen on the node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Sighting {
+pub(crate) struct Sighting {
     pub stage: Stage,
     pub ifname: Option<String>,
     pub ifindex: u32,

@@ -5,8 +5,8 @@
 //! Built on `model` only: the parts of tracer that make these values sit above it, the
 //! sinks that print or record them beside each other above them.
 
-pub mod capture;
-pub mod finding;
-pub mod packet;
-pub mod sink;
-pub mod summary;
+pub(crate) mod capture;
+pub(crate) mod finding;
+pub(crate) mod packet;
+pub(crate) mod sink;
+pub(crate) mod summary;

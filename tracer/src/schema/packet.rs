@@ -14,7 +14,7 @@ use crate::model::{
 /// the event arrived (so a later rename or an ifindex reused after deletion does not
 /// rewrite history).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct InterfaceNames {
+pub(crate) struct InterfaceNames {
     pub ifname: Option<String>,
     pub in_ifname: Option<String>,
     pub bridge: Option<String>,
@@ -25,7 +25,7 @@ pub struct InterfaceNames {
 /// metadata a capture keeps with the frame's bytes.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename = "packet")]
-pub struct TracedPacket {
+pub(crate) struct TracedPacket {
     /// Nanoseconds since the Unix epoch.
     #[serde(rename = "time", with = "serde_forms::wall_time")]
     pub wall_time_ns: u64,
@@ -44,7 +44,7 @@ pub struct TracedPacket {
 
 impl TracedPacket {
     /// Gives the packet the hooks it passed since its previous line.
-    pub fn with_hooks(mut self, hooks: Vec<HookPass>) -> TracedPacket {
+    pub(crate) fn with_hooks(mut self, hooks: Vec<HookPass>) -> TracedPacket {
         self.verdict = (!hooks.is_empty()).then_some(Fate::Accept);
         self.hooks = hooks;
         self
@@ -55,7 +55,7 @@ impl TracedPacket {
 /// from a capture). Serialised, it is the JSON `"stage": "dropped"` line.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename = "packet")]
-pub struct DropLine {
+pub(crate) struct DropLine {
     #[serde(rename = "time", with = "serde_forms::wall_time")]
     pub wall_time_ns: u64,
     pub stage: DroppedStage,
@@ -88,7 +88,7 @@ pub struct DropLine {
 
 impl DropLine {
     /// The hook the packet entered and never left: where it was stopped.
-    pub fn stopped_in(&self) -> Option<&HookPass> {
+    pub(crate) fn stopped_in(&self) -> Option<&HookPass> {
         stopped_in(&self.path)
     }
 }
@@ -97,7 +97,7 @@ impl DropLine {
 impl DropLine {
     /// `dropped` as a REJECT rule in filter/FORWARD answered it with ICMP host-prohibited
     /// on port veth-server of bridge cni0, for tests.
-    pub fn example(drop: DropEvent, path: Vec<HookPass>) -> DropLine {
+    pub(crate) fn example(drop: DropEvent, path: Vec<HookPass>) -> DropLine {
         DropLine {
             drop,
             path,
@@ -118,7 +118,7 @@ impl DropLine {
 /// The stage of every dropped line.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum DroppedStage {
+pub(crate) enum DroppedStage {
     #[default]
     Dropped,
 }

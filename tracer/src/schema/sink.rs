@@ -14,7 +14,7 @@ use crate::{
     },
 };
 
-pub trait Sink {
+pub(crate) trait Sink {
     fn packet(&mut self, packet: &TracedPacket) -> io::Result<()>;
     fn dropped(&mut self, line: &DropLine) -> io::Result<()>;
     /// A new finding (repeats are only counted in the summary).
@@ -77,7 +77,7 @@ impl<T: Sink + ?Sized> Sink for &mut T {
 
 /// Where the packets of a capture another program wrote are listed: no stages, hooks or
 /// findings, only what the packets themselves say.
-pub trait PlainSink {
+pub(crate) trait PlainSink {
     fn packet(&mut self, packet: &PlainPacket) -> io::Result<()>;
     /// The end of the file: how many packets there were, and how many held IP.
     fn end(&mut self, packets: u64, ip_packets: u64) -> io::Result<()>;

@@ -10,7 +10,7 @@ use crate::{model::serde_forms, schema::finding::FindingKind};
 /// line.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(tag = "type", rename = "summary")]
-pub struct Summary {
+pub(crate) struct Summary {
     /// Packet lines: one per bridge stage a traced packet passed, and per drop.
     pub packets: u64,
     /// Records read from the kernel: one per packet's way through the node (its journey),

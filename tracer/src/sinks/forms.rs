@@ -17,14 +17,14 @@ use crate::{
 };
 
 /// `HH:MM:SS.micro` in UTC: node logs and kernel messages are read in UTC too.
-pub fn time_of_day(wall_ns: u64) -> String {
+pub(crate) fn time_of_day(wall_ns: u64) -> String {
     let secs = wall_ns / 1_000_000_000;
     let micros = (wall_ns % 1_000_000_000) / 1_000;
     let day = secs % 86_400;
     format!("{:02}:{:02}:{:02}.{:06}", day / 3600, (day % 3600) / 60, day % 60, micros)
 }
 
-pub fn dns_text(message: &dns::DnsMessage) -> String {
+pub(crate) fn dns_text(message: &dns::DnsMessage) -> String {
     let qname = message.qname.as_deref().unwrap_or("?");
     let qtype = message.qtype.map(|t| dns::qtype_name(t).into_owned()).unwrap_or_else(|| "?".to_string());
     if message.qr {
@@ -36,7 +36,7 @@ pub fn dns_text(message: &dns::DnsMessage) -> String {
 }
 
 /// `PRE_ROUTING(ct new, dnat 10.96.0.10:53→10.244.0.7:53) → FORWARD → POST_ROUTING`
-pub fn hook_path(hooks: &[HookPass]) -> String {
+pub(crate) fn hook_path(hooks: &[HookPass]) -> String {
     hooks
         .iter()
         .map(|pass| {
@@ -58,7 +58,7 @@ pub fn hook_path(hooks: &[HookPass]) -> String {
 }
 
 /// A finding's evidence as the lines of its block.
-pub fn evidence_lines(evidence: &Evidence) -> Vec<String> {
+pub(crate) fn evidence_lines(evidence: &Evidence) -> Vec<String> {
     match evidence {
         Evidence::Dns(dns) => dns_evidence_lines(dns),
         Evidence::Netfilter(nf) => netfilter_evidence_lines(nf),
@@ -98,7 +98,7 @@ fn dns_evidence_lines(dns: &DnsEvidence) -> Vec<String> {
 }
 
 /// `iptables-nft filter/FORWARD #16: -A FORWARD ... -j REJECT ...`
-pub fn rule_label(rule: &RuleRef) -> String {
+pub(crate) fn rule_label(rule: &RuleRef) -> String {
     let handle = rule.handle.map(|h| format!(" handle {h}")).unwrap_or_default();
     format!("{} {}/{} #{}{handle}: {}", rule.backend, rule.table, rule.chain, rule.position, rule.text)
 }
@@ -176,11 +176,11 @@ fn node_evidence_lines(node: &NodeEvidence) -> Vec<String> {
 
 /// A value as the JSON tree outputs embed (triage's examples and evidence). Serialising
 /// model values cannot fail: they hold no maps with non-string keys.
-pub fn to_value(value: &impl Serialize) -> Value {
+pub(crate) fn to_value(value: &impl Serialize) -> Value {
     serde_json::to_value(value).unwrap_or(Value::Null)
 }
 
 /// A finding's evidence as the fields of an object.
-pub fn evidence_json(evidence: &Evidence) -> Value {
+pub(crate) fn evidence_json(evidence: &Evidence) -> Value {
     to_value(evidence)
 }

@@ -13,12 +13,12 @@ use crate::schema::{
     summary::Summary,
 };
 
-pub struct JsonOutput<W: Write> {
+pub(crate) struct JsonOutput<W: Write> {
     out: W,
 }
 
 impl<W: Write> JsonOutput<W> {
-    pub fn new(out: W) -> Self {
+    pub(crate) fn new(out: W) -> Self {
         JsonOutput { out }
     }
 

@@ -9,13 +9,13 @@ use serde_json::json;
 use super::forms::{dns_text, time_of_day};
 use crate::{model::plain::PlainPacket, schema::sink::PlainSink};
 
-pub struct Listing<W: Write> {
+pub(crate) struct Listing<W: Write> {
     out: W,
     json: bool,
 }
 
 impl<W: Write> Listing<W> {
-    pub fn new(out: W, json: bool) -> Self {
+    pub(crate) fn new(out: W, json: bool) -> Self {
         Listing { out, json }
     }
 }

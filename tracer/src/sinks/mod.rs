@@ -5,11 +5,11 @@
 //! to the main sink and a capture at once; `forms` holds the phrases and JSON values
 //! several sinks share.
 
-pub mod forms;
-pub mod json;
-pub mod listing;
-pub mod metrics;
-pub mod pcapng;
-pub mod tee;
-pub mod text;
-pub mod triage;
+pub(crate) mod forms;
+pub(crate) mod json;
+pub(crate) mod listing;
+pub(crate) mod metrics;
+pub(crate) mod pcapng;
+pub(crate) mod tee;
+pub(crate) mod text;
+pub(crate) mod triage;

@@ -13,7 +13,7 @@ use crate::schema::{
 /// written beside it. The main output's errors end the watch as before; the capture's
 /// first I/O error (a full disk, a lost mount) stops the capture with one warning on
 /// standard error, and the watch goes on.
-pub struct Tee<'a> {
+pub(crate) struct Tee<'a> {
     main: Box<dyn Sink + 'a>,
     capture: Option<Box<dyn Sink + 'a>>,
     /// Names the capture in the warning, e.g. its path.
@@ -23,7 +23,7 @@ pub struct Tee<'a> {
 }
 
 impl<'a> Tee<'a> {
-    pub fn new(main: Box<dyn Sink + 'a>, capture: Option<(Box<dyn Sink + 'a>, String)>) -> Tee<'a> {
+    pub(crate) fn new(main: Box<dyn Sink + 'a>, capture: Option<(Box<dyn Sink + 'a>, String)>) -> Tee<'a> {
         let (capture, capture_name) = match capture {
             Some((capture, name)) => (Some(capture), name),
             None => (None, String::new()),

@@ -19,7 +19,7 @@ use crate::{
     },
 };
 
-pub struct TextOutput<W: Write> {
+pub(crate) struct TextOutput<W: Write> {
     out: W,
     colour: bool,
 }
@@ -32,7 +32,7 @@ const CYAN: &str = "\x1b[36m";
 const RED_BOLD: &str = "\x1b[1;31m";
 
 impl<W: Write> TextOutput<W> {
-    pub fn new(out: W, colour: bool) -> Self {
+    pub(crate) fn new(out: W, colour: bool) -> Self {
         TextOutput { out, colour }
     }
 
@@ -46,12 +46,12 @@ impl<W: Write> TextOutput<W> {
 }
 
 /// `--output none`: no lines, only the summary (on standard error, for the agent's log).
-pub struct SummaryOnly<W: Write> {
+pub(crate) struct SummaryOnly<W: Write> {
     text: TextOutput<W>,
 }
 
 impl<W: Write> SummaryOnly<W> {
-    pub fn new(out: W) -> Self {
+    pub(crate) fn new(out: W) -> Self {
         SummaryOnly { text: TextOutput::new(out, false) }
     }
 }

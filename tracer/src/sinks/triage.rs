@@ -17,7 +17,7 @@ use crate::{
 };
 
 /// What the report says besides the decision.
-pub struct ReportContext<'a> {
+pub(crate) struct ReportContext<'a> {
     pub port: PortFilter,
     /// The watch's summary (packets, lost records, duration).
     pub summary: &'a Summary,
@@ -65,7 +65,12 @@ fn paint(colour: bool, code: &str, text: &str) -> String {
     }
 }
 
-pub fn print_text(out: &mut dyn Write, decision: &Decision, context: &ReportContext, colour: bool) -> io::Result<()> {
+pub(crate) fn print_text(
+    out: &mut dyn Write,
+    decision: &Decision,
+    context: &ReportContext,
+    colour: bool,
+) -> io::Result<()> {
     let verdict = if decision.findings.is_empty() {
         paint(colour, GREEN_BOLD, &format!("verdict: {}", decision.verdict))
     } else {
@@ -208,7 +213,7 @@ fn status_name(status: Status) -> &'static str {
     }
 }
 
-pub fn finding_json(rank: usize, ranked: &Ranked) -> Value {
+pub(crate) fn finding_json(rank: usize, ranked: &Ranked) -> Value {
     let finding = &ranked.finding;
     let time = humantime::format_rfc3339_nanos(UNIX_EPOCH + Duration::from_nanos(finding.wall_time_ns)).to_string();
     let evidence: Vec<Value> = sourced_evidence(ranked)
@@ -238,7 +243,7 @@ pub fn finding_json(rank: usize, ranked: &Ranked) -> Value {
     })
 }
 
-pub fn summary_json(decision: &Decision, context: &ReportContext) -> Value {
+pub(crate) fn summary_json(decision: &Decision, context: &ReportContext) -> Value {
     let summary = context.summary;
     let mut counts: Vec<(&'static str, u64)> = Vec::new();
     for ranked in &decision.findings {
@@ -287,7 +292,7 @@ pub fn summary_json(decision: &Decision, context: &ReportContext) -> Value {
 }
 
 /// One line per finding, most likely cause first, then the summary line.
-pub fn print_json(out: &mut dyn Write, decision: &Decision, context: &ReportContext) -> io::Result<()> {
+pub(crate) fn print_json(out: &mut dyn Write, decision: &Decision, context: &ReportContext) -> io::Result<()> {
     for (n, ranked) in decision.findings.iter().enumerate() {
         serde_json::to_writer(&mut *out, &finding_json(n + 1, ranked))?;
         writeln!(out)?;

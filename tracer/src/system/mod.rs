@@ -2,7 +2,7 @@
 //! directories with a clean environment and a timeout, and entering network namespaces.
 //! Knows nothing of tracer's own types.
 
-pub mod netns;
+pub(crate) mod netns;
 #[cfg(test)]
 pub(crate) mod scratch_dir;
-pub mod tools;
+pub(crate) mod tools;

@@ -16,7 +16,7 @@ use anyhow::{anyhow, Context, Result};
 /// Runs `body` on a new thread inside the namespace pinned at `path` (e.g.
 /// `/run/netns/NAME`); sockets it opens and programs it starts belong to that namespace.
 /// A panic in `body` is passed on to the caller.
-pub fn run_in<T: Send>(path: &Path, body: impl FnOnce() -> T + Send) -> Result<T> {
+pub(crate) fn run_in<T: Send>(path: &Path, body: impl FnOnce() -> T + Send) -> Result<T> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     std::thread::scope(|scope| {
         scope
@@ -39,7 +39,7 @@ const PINNED_DIRS: [&str; 2] = ["/run/netns", "/var/run/netns"];
 
 /// The namespace file `--netns` names: a PID (`/proc/PID/ns/net`), a path, or a name
 /// pinned by `ip netns add`.
-pub fn resolve(target: &str) -> Result<PathBuf> {
+pub(crate) fn resolve(target: &str) -> Result<PathBuf> {
     if !target.is_empty() && target.bytes().all(|b| b.is_ascii_digit()) {
         return Ok(PathBuf::from(format!("/proc/{target}/ns/net")));
     }
@@ -60,7 +60,7 @@ pub fn resolve(target: &str) -> Result<PathBuf> {
 /// for good. Call it while the process has only this one thread: threads started later
 /// inherit the namespace, so the watch, its workers and the tools they run all live there,
 /// as under `ip netns exec`.
-pub fn enter(target: &str) -> Result<()> {
+pub(crate) fn enter(target: &str) -> Result<()> {
     let path = resolve(target)?;
     let file = File::open(&path).with_context(|| format!("--netns {target}: cannot open {}", path.display()))?;
     // SAFETY: a valid fd; CLONE_NEWNET only accepts a network namespace file.
@@ -83,13 +83,13 @@ pub(crate) mod scratch {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// Runs `ip ARGS`; panics with its output when it fails. Returns its standard output.
-    pub fn ip(args: &[&str]) -> String {
+    pub(crate) fn ip(args: &[&str]) -> String {
         ip_with_input(args, "")
     }
 
     /// Runs `ip ARGS` with `input` on its standard input (`ip -batch -`, `nft -f -`); panics
     /// with its output when it fails. Returns its standard output.
-    pub fn ip_with_input(args: &[&str], input: &str) -> String {
+    pub(crate) fn ip_with_input(args: &[&str], input: &str) -> String {
         let mut child = Command::new("ip")
             .args(args)
             .stdin(Stdio::piped())
@@ -105,12 +105,12 @@ pub(crate) mod scratch {
         stdout
     }
 
-    pub struct Netns {
+    pub(crate) struct Netns {
         pub name: String,
     }
 
     impl Netns {
-        pub fn new() -> Netns {
+        pub(crate) fn new() -> Netns {
             static NEXT: AtomicUsize = AtomicUsize::new(0);
             let name = format!("tr-ns-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
             ip(&["netns", "add", &name]);
@@ -120,25 +120,25 @@ pub(crate) mod scratch {
         }
 
         /// Runs a shell script inside the namespace; panics with its output when it fails.
-        pub fn sh(&self, script: &str) -> String {
+        pub(crate) fn sh(&self, script: &str) -> String {
             ip(&["netns", "exec", &self.name, "sh", "-ec", script])
         }
 
         /// Loads an nft ruleset into the namespace.
-        pub fn nft(&self, ruleset: &str) {
+        pub(crate) fn nft(&self, ruleset: &str) {
             ip_with_input(&["netns", "exec", &self.name, "nft", "-f", "-"], ruleset);
         }
 
         /// Runs `body` on a thread of its own that has entered the namespace: the tools
         /// snapshot() starts inherit it, and the test harness's threads stay where they are.
-        pub fn run<T: Send>(&self, body: impl FnOnce() -> T + Send) -> T {
+        pub(crate) fn run<T: Send>(&self, body: impl FnOnce() -> T + Send) -> T {
             let path = std::path::PathBuf::from(format!("/run/netns/{}", self.name));
             super::run_in(&path, body).expect("enter the namespace")
         }
 
         /// Sends UDP datagrams from inside the namespace (they may be refused: the firewall
         /// under test drops them).
-        pub fn send_udp(&self, to: std::net::SocketAddr, count: usize) {
+        pub(crate) fn send_udp(&self, to: std::net::SocketAddr, count: usize) {
             self.run(|| {
                 let bind = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
                 let socket = std::net::UdpSocket::bind(bind).expect("bind");

@@ -20,13 +20,13 @@ use std::{
 };
 
 /// Where the tools tracer runs are installed on every distribution it knows.
-pub const HELPER_DIRS: [&str; 4] = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
+pub(crate) const HELPER_DIRS: [&str; 4] = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"];
 
 /// The PATH a helper gets, for tools that run others by name.
 const HELPER_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// How long one run may take: a large ruleset lists in well under a second.
-pub const HELPER_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HELPER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The most a helper may print; a ruleset of a hundred thousand rules fits.
 const STDOUT_LIMIT: usize = 256 << 20;
@@ -36,7 +36,7 @@ const STDERR_LIMIT: usize = 64 << 10;
 const MAX_LINKS: usize = 16;
 
 #[derive(Debug)]
-pub enum HelperError {
+pub(crate) enum HelperError {
     /// Not installed in any of [`HELPER_DIRS`].
     Missing,
     /// Installed, but a file, link or directory on its way may be changed by someone other
@@ -65,13 +65,13 @@ impl fmt::Display for HelperError {
 /// `iptables-nft-save` are links to one program that does what its `argv[0]` names, so it
 /// is started under that name.
 #[derive(Clone, Debug)]
-pub struct Located {
+pub(crate) struct Located {
     pub program: PathBuf,
     pub invoked_as: PathBuf,
 }
 
 /// A finished run.
-pub struct HelperRun {
+pub(crate) struct HelperRun {
     pub status: ExitStatus,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
@@ -79,7 +79,7 @@ pub struct HelperRun {
 
 /// The checked location of a tool, found once per process: the answer does not change
 /// while tracer runs, and checking every link on the way costs a few system calls.
-pub fn locate(name: &str) -> Result<Located, HelperError> {
+pub(crate) fn locate(name: &str) -> Result<Located, HelperError> {
     static FOUND: OnceLock<Mutex<HashMap<String, Result<Located, String>>>> = OnceLock::new();
     let found = FOUND.get_or_init(|| Mutex::new(HashMap::new()));
     let mut found = found.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -158,7 +158,7 @@ fn check_owner_and_mode(path: &Path, meta: &std::fs::Metadata) -> Result<(), Str
 
 /// Runs the tool `name` with `args`, from its checked location, in a cleared environment,
 /// for at most `timeout`.
-pub fn run(name: &str, args: &[&str], timeout: Duration) -> Result<HelperRun, HelperError> {
+pub(crate) fn run(name: &str, args: &[&str], timeout: Duration) -> Result<HelperRun, HelperError> {
     let located = locate(name)?;
     // The checked file itself is run (a link swapped after the check changes nothing),
     // under the name it was found by.

@@ -41,7 +41,7 @@ use crate::{
 ///   sudo ip netns exec NODE tracer triage --port 53 --duration 10 --output json
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
-pub struct TriageArgs {
+pub(crate) struct TriageArgs {
     /// Port to check and trace, as source or destination, UDP and TCP. 0: every port.
     #[arg(long, default_value = "53")]
     pub port: PortFilter,
@@ -72,7 +72,7 @@ fn could_not_run(err: &anyhow::Error) -> ExitCode {
     ExitCode::from(COULD_NOT_RUN)
 }
 
-pub fn run(args: TriageArgs) -> ExitCode {
+pub(crate) fn run(args: TriageArgs) -> ExitCode {
     // Before reading anything: without the privileges the watch cannot attach, and a report
     // of node checks alone would pass for a complete one.
     if let Err(err) = check_privileges().and_then(|()| args.tracing.enter_netns()) {

@@ -45,7 +45,7 @@ struct Recent {
 type DropKey = (DropReason, Option<Hook>, Option<Hook>, IpAddr, SocketAddr, L4Proto);
 
 /// Keeps what the watch reports for the triage report.
-pub struct Collector {
+pub(crate) struct Collector {
     started: Instant,
     window: Duration,
     /// Draw the progress line (stderr is a terminal).
@@ -62,7 +62,7 @@ pub struct Collector {
 }
 
 impl Collector {
-    pub fn new(window: Duration, progress: bool) -> Collector {
+    pub(crate) fn new(window: Duration, progress: bool) -> Collector {
         Collector {
             started: Instant::now(),
             window,
@@ -79,7 +79,7 @@ impl Collector {
     }
 
     /// What the watch saw, for `findings::node_config::decide`, and its summary.
-    pub fn finish(self) -> (Traffic, Option<Summary>) {
+    pub(crate) fn finish(self) -> (Traffic, Option<Summary>) {
         let kind_counts = self.summary.as_ref().map(|s| s.finding_counts.clone()).unwrap_or_default();
         (Traffic { findings: self.findings, drops: self.drops, kind_counts }, self.summary)
     }
@@ -241,7 +241,7 @@ mod tests {
     fn dropped(src: &str, path: Vec<HookPass>) -> DroppedPacket {
         DroppedPacket {
             loss: Default::default(),
-            drop: DropEvent::example(9, 5, addr(src), addr("10.96.0.10:53")),
+            drop: DropEvent::example(5, addr(src), addr("10.96.0.10:53")),
             path,
             icmp: None,
         }

@@ -16,7 +16,7 @@ use crate::{
 };
 
 /// Where the IP header starts for a link type, from the frame's own bytes.
-pub fn l3_offset_for(linktype: Linktype, data: &[u8]) -> Option<usize> {
+pub(crate) fn l3_offset_for(linktype: Linktype, data: &[u8]) -> Option<usize> {
     let be16 = |at: usize| data.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
     let ip_ethertype = |t: u16| t == 0x0800 || t == 0x86dd;
     match linktype {
@@ -39,7 +39,7 @@ pub fn l3_offset_for(linktype: Linktype, data: &[u8]) -> Option<usize> {
 
 /// What the IP and transport headers say.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct IpHeaders {
+pub(crate) struct IpHeaders {
     pub version: u8,
     pub l4_proto: L4Proto,
     pub src: SocketAddr,
@@ -56,7 +56,7 @@ const IPV6_ROUTING: u8 = 43;
 const IPV6_FRAGMENT: u8 = 44;
 const IPV6_DEST_OPTS: u8 = 60;
 
-pub fn ip_headers(data: &[u8], l3: usize) -> Option<IpHeaders> {
+pub(crate) fn ip_headers(data: &[u8], l3: usize) -> Option<IpHeaders> {
     let ip = data.get(l3..)?;
     let version = ip.first()? >> 4;
     let be16 = |b: &[u8], at: usize| b.get(at..at + 2).map(|x| u16::from_be_bytes([x[0], x[1]]));
@@ -139,7 +139,7 @@ fn dns_of(data: &[u8], ip: &IpHeaders) -> Option<DnsMessage> {
     }
 }
 
-pub fn plain_packet(
+pub(crate) fn plain_packet(
     wall_time_ns: u64,
     ifname: Option<String>,
     linktype: Linktype,
@@ -164,7 +164,7 @@ pub(crate) mod tests {
 
     /// An Ethernet + IPv4 + UDP frame carrying a DNS message for `example.test. A`
     /// (a query, or a reply with no answers).
-    pub fn dns_frame(src: SocketAddr, dst: SocketAddr, id: u16, qr: bool) -> Vec<u8> {
+    pub(crate) fn dns_frame(src: SocketAddr, dst: SocketAddr, id: u16, qr: bool) -> Vec<u8> {
         let flags: u8 = if qr { 0x81 } else { 0x01 };
         let dns: Vec<u8> = [
             &[(id >> 8) as u8, id as u8, flags, 0x00, 0, 1, 0, 0, 0, 0, 0, 0][..],
@@ -188,7 +188,7 @@ pub(crate) mod tests {
         frame
     }
 
-    pub fn dns_query_frame() -> Vec<u8> {
+    pub(crate) fn dns_query_frame() -> Vec<u8> {
         dns_frame(
             "10.244.0.5:41234".parse().expect("literal"),
             "10.96.0.10:53".parse().expect("literal"),

@@ -3,8 +3,8 @@
 //! settings the capture recorded, so `tracer report` prints what the watch printed. A
 //! capture another program wrote is listed packet by packet instead.
 
-pub mod frames;
-pub mod reader;
+pub(crate) mod frames;
+pub(crate) mod reader;
 
 use std::{
     collections::HashSet,
@@ -26,7 +26,7 @@ use crate::{
 
 /// An opened capture, before anything is printed: its origin decides which printer
 /// the caller gives [`Report::run`] or [`Report::list`].
-pub struct Report {
+pub(crate) struct Report {
     reader: CaptureReader,
     path: PathBuf,
 }
@@ -60,7 +60,7 @@ impl RecordedLoss {
 }
 
 /// How a report ended.
-pub enum Ending {
+pub(crate) enum Ending {
     /// Everything readable was printed. `error` says why the file could not be read to
     /// its end (cut off, damaged), when it could not.
     Finished { error: Option<CaptureError>, notes: Vec<String> },
@@ -69,17 +69,17 @@ pub enum Ending {
 }
 
 impl Report {
-    pub fn open(path: &Path) -> Result<Report, CaptureError> {
+    pub(crate) fn open(path: &Path) -> Result<Report, CaptureError> {
         Ok(Report { reader: CaptureReader::open(path)?, path: path.to_path_buf() })
     }
 
-    pub fn origin(&self) -> &Origin {
+    pub(crate) fn origin(&self) -> &Origin {
         self.reader.origin()
     }
 
     /// A capture tracer wrote: replays its packets through the same analysis as a
     /// live watch, with the node settings the capture recorded.
-    pub fn run(mut self, output: &mut dyn Sink) -> Ending {
+    pub(crate) fn run(mut self, output: &mut dyn Sink) -> Ending {
         let Origin::Tracer(meta) = self.reader.origin().clone() else {
             return Ending::Finished { error: None, notes: vec!["not a capture tracer wrote".to_string()] };
         };
@@ -185,7 +185,7 @@ impl Report {
     }
 
     /// A capture another program wrote: one plain line per packet.
-    pub fn list(mut self, listing: &mut dyn PlainSink) -> Ending {
+    pub(crate) fn list(mut self, listing: &mut dyn PlainSink) -> Ending {
         let (mut packets, mut ip_packets) = (0u64, 0u64);
         let mut error = None;
         loop {

@@ -34,14 +34,14 @@ use crate::{
 
 /// A packet line read back, with the node settings recorded with it.
 #[derive(Clone, Debug)]
-pub struct ReadPacket {
+pub(crate) struct ReadPacket {
     /// With its hooks, and its bytes as captured.
     pub packet: TracedPacket,
     pub sysctls: Vec<SysctlValue>,
 }
 
 #[derive(Clone, Debug)]
-pub enum Record {
+pub(crate) enum Record {
     Packet(Box<ReadPacket>),
     Dropped(Box<DropLine>),
     Finding(Box<Finding>),
@@ -52,7 +52,7 @@ pub enum Record {
 
 /// Who wrote a capture.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Origin {
+pub(crate) enum Origin {
     Tracer(CaptureMeta),
     /// Another program (its `shb_userappl`, when it said), or a classic pcap file.
     Other {
@@ -63,7 +63,7 @@ pub enum Origin {
 
 /// Why a capture cannot be read (further). Each says what is wrong and what to do.
 #[derive(Debug)]
-pub enum CaptureError {
+pub(crate) enum CaptureError {
     Open {
         path: String,
         error: std::io::Error,
@@ -129,7 +129,7 @@ struct Interface {
 }
 
 /// Reads a capture record by record, in file order, in bounded memory.
-pub struct CaptureReader {
+pub(crate) struct CaptureReader {
     path: String,
     reader: Box<dyn PcapReaderIterator + Send>,
     origin: Origin,
@@ -154,14 +154,17 @@ const PCAP_MAGICS: [[u8; 4]; 4] =
     [[0xa1, 0xb2, 0xc3, 0xd4], [0xd4, 0xc3, 0xb2, 0xa1], [0xa1, 0xb2, 0x3c, 0x4d], [0x4d, 0x3c, 0xb2, 0xa1]];
 
 impl CaptureReader {
-    pub fn open(path: &Path) -> Result<CaptureReader, CaptureError> {
+    pub(crate) fn open(path: &Path) -> Result<CaptureReader, CaptureError> {
         let shown = path.display().to_string();
         let file = File::open(path).map_err(|error| CaptureError::Open { path: shown.clone(), error })?;
         CaptureReader::from_reader(&shown, file)
     }
 
     /// Reads a capture from any byte stream; `name` names it in errors.
-    pub fn from_reader<R: Read + Send + 'static>(name: &str, mut input: R) -> Result<CaptureReader, CaptureError> {
+    pub(crate) fn from_reader<R: Read + Send + 'static>(
+        name: &str,
+        mut input: R,
+    ) -> Result<CaptureReader, CaptureError> {
         let shown = name.to_string();
         let open = |error| CaptureError::Open { path: shown.clone(), error };
         // The parsers look at the header in their first read: hand them all of its
@@ -223,12 +226,12 @@ impl CaptureReader {
         Ok(capture)
     }
 
-    pub fn origin(&self) -> &Origin {
+    pub(crate) fn origin(&self) -> &Origin {
         &self.origin
     }
 
     /// The next record; `None` at the end of the file. After an error there are no more.
-    pub fn next_record(&mut self) -> Result<Option<Record>, CaptureError> {
+    pub(crate) fn next_record(&mut self) -> Result<Option<Record>, CaptureError> {
         if let Some(record) = self.pending.take() {
             return Ok(Some(record));
         }

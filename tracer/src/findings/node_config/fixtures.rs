@@ -11,18 +11,18 @@ use crate::{
 
 use super::{decide, Decision, DropGroup, Example, Traffic};
 
-pub const NOW: u64 = 1_795_441_501_000_000_000;
+pub(crate) const NOW: u64 = 1_795_441_501_000_000_000;
 
-pub fn netns(current: bool, name: Option<&str>) -> Netns {
+pub(crate) fn netns(current: bool, name: Option<&str>) -> Netns {
     Netns::recorded(name, if current { 4026532595 } else { 4026532999 }, current)
 }
 
-pub fn sysctl(name: &str, value: &str) -> SysctlValue {
+pub(crate) fn sysctl(name: &str, value: &str) -> SysctlValue {
     SysctlValue { name: name.to_string(), value: Some(value.to_string()) }
 }
 
 /// The lab's node namespace: cni0 with two pods, the ClusterIP DNAT, forwarding on.
-pub fn lab_node(bridge_nf: &str, firewall: &str) -> NamespaceState {
+pub(crate) fn lab_node(bridge_nf: &str, firewall: &str) -> NamespaceState {
     let mut chains = parse_iptables_save(firewall, Backend::IptablesNft, Family::Ipv4);
     chains.extend(parse_iptables_save(
         "*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -d fd00:10:96::a/128 -p udp -m udp --dport 53 -j DNAT --to-destination [fd00:10:244::7]:53\nCOMMIT\n",
@@ -48,16 +48,16 @@ pub fn lab_node(bridge_nf: &str, firewall: &str) -> NamespaceState {
     }
 }
 
-pub const LAB_NAT: &str =
+pub(crate) const LAB_NAT: &str =
     "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n\
     [2:120] -A PREROUTING -d 10.96.0.10/32 -p udp -m udp --dport 53 -j DNAT --to-destination 10.244.0.7:53\nCOMMIT\n";
 
-pub fn decide_one(state: NamespaceState, traffic: Traffic) -> Decision {
+pub(crate) fn decide_one(state: NamespaceState, traffic: Traffic) -> Decision {
     let after = vec![state.conntrack.clone()];
     decide(&[state], &after, traffic, 53.into(), NOW)
 }
 
-pub fn sighting_dns_finding(kind: FindingKind) -> Finding {
+pub(crate) fn sighting_dns_finding(kind: FindingKind) -> Finding {
     let evidence = DnsEvidence {
         client: "10.244.0.5:40000".parse().expect("addr"),
         expected_source: "10.96.0.10:53".parse().expect("addr"),
@@ -80,11 +80,11 @@ pub fn sighting_dns_finding(kind: FindingKind) -> Finding {
     }
 }
 
-pub fn stats(text: &str) -> ConntrackStats {
+pub(crate) fn stats(text: &str) -> ConntrackStats {
     ConntrackStats::parse(text).expect("fixture parses")
 }
 
-pub fn drop_group(reason: DropReason, stopped_in: Option<Hook>, after: Option<Hook>, count: u64) -> DropGroup {
+pub(crate) fn drop_group(reason: DropReason, stopped_in: Option<Hook>, after: Option<Hook>, count: u64) -> DropGroup {
     let example = Example { lines: vec![format!("dropped {reason}")], json: vec![] };
     DropGroup {
         reason,
@@ -102,7 +102,7 @@ pub fn drop_group(reason: DropReason, stopped_in: Option<Hook>, after: Option<Ho
 }
 
 /// A drop the watch could not pin on any rule, as `findings::netfilter` words it.
-pub fn unattributed_drop_finding(hook: Hook) -> Finding {
+pub(crate) fn unattributed_drop_finding(hook: Hook) -> Finding {
     Finding {
         kind: FindingKind::NetfilterDrop,
         wall_time_ns: NOW,
@@ -127,7 +127,7 @@ pub fn unattributed_drop_finding(hook: Hook) -> Finding {
     }
 }
 
-pub fn timeout_finding() -> Finding {
+pub(crate) fn timeout_finding() -> Finding {
     let mut finding = sighting_dns_finding(FindingKind::DnsTimeout);
     finding.headline = "DNS query unanswered".into();
     if let Evidence::Dns(dns) = &mut finding.evidence {

@@ -20,7 +20,7 @@ mod traffic;
 #[cfg(test)]
 mod fixtures;
 
-pub use outcome::{Check, Decision, DropGroup, Example, NamespaceChecks, Ranked, Status, Traffic};
+pub(crate) use outcome::{Check, Decision, DropGroup, Example, NamespaceChecks, Ranked, Status, Traffic};
 
 use self::{
     bridging::{bridge_netfilter, forwarding},
@@ -36,7 +36,7 @@ use crate::node::checks::{ConntrackReading, NamespaceState};
 
 /// `states[i]` was read before the window and `after[i]` is its conntrack table after it.
 /// `port` is the traced port (0: all); `now_ns` stamps findings read from the node.
-pub fn decide(
+pub(crate) fn decide(
     states: &[NamespaceState],
     after: &[ConntrackReading],
     traffic: Traffic,

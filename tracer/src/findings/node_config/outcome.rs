@@ -14,7 +14,7 @@ use crate::{
 /// Packet lines that show one example of a traffic finding, as the outputs rendered them
 /// (text and JSON). Carried along with the finding; nothing here looks into them.
 #[derive(Clone, Debug, Default)]
-pub struct Example {
+pub(crate) struct Example {
     pub lines: Vec<String>,
     pub json: Vec<serde_json::Value>,
 }
@@ -22,7 +22,7 @@ pub struct Example {
 /// Traced packets the kernel dropped for the same reason at the same place, between the
 /// same source address and destination.
 #[derive(Clone, Debug)]
-pub struct DropGroup {
+pub(crate) struct DropGroup {
     pub reason: DropReason,
     /// The hook the packets entered and never left, when they died inside one.
     pub stopped_in: Option<Hook>,
@@ -65,7 +65,7 @@ impl DropGroup {
 
 /// What the watch saw during the window.
 #[derive(Clone, Debug, Default)]
-pub struct Traffic {
+pub(crate) struct Traffic {
     /// The first occurrence of every distinct finding, in order, each with its example.
     pub findings: Vec<(Finding, Example)>,
     pub drops: Vec<DropGroup>,
@@ -75,7 +75,7 @@ pub struct Traffic {
 
 /// One finding of the report, with everything merged into it.
 #[derive(Clone, Debug)]
-pub struct Ranked {
+pub(crate) struct Ranked {
     /// The finding that names the problem; for a merged finding, the traffic one.
     pub finding: Finding,
     /// Further evidence merged in (the node state behind a traffic finding, timeouts it explains).
@@ -102,7 +102,7 @@ impl Ranked {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Status {
+pub(crate) enum Status {
     Ok,
     /// Worth knowing, not a cause of broken traffic on its own.
     Note,
@@ -111,7 +111,7 @@ pub enum Status {
 
 /// One node check as the report lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Check {
+pub(crate) struct Check {
     pub name: String,
     pub value: String,
     pub status: Status,
@@ -120,7 +120,7 @@ pub struct Check {
 }
 
 #[derive(Clone, Debug)]
-pub struct NamespaceChecks {
+pub(crate) struct NamespaceChecks {
     pub netns: NetnsRef,
     pub label: String,
     pub checks: Vec<Check>,
@@ -128,7 +128,7 @@ pub struct NamespaceChecks {
 }
 
 #[derive(Clone, Debug)]
-pub struct Decision {
+pub(crate) struct Decision {
     /// Most likely cause of broken traffic first.
     pub findings: Vec<Ranked>,
     pub namespaces: Vec<NamespaceChecks>,

@@ -19,7 +19,7 @@ use tracer_cri::v1::{
 use crate::model::pod::PodRef;
 
 /// Where containerd and CRI-O put their sockets, in the order tried: the first that exists is used.
-pub const USUAL_SOCKETS: [&str; 6] = [
+pub(crate) const USUAL_SOCKETS: [&str; 6] = [
     "/run/containerd/containerd.sock",
     "/var/run/containerd/containerd.sock",
     "/run/crio/crio.sock",
@@ -33,7 +33,7 @@ pub const USUAL_SOCKETS: [&str; 6] = [
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The first of [`USUAL_SOCKETS`] that exists and is a socket.
-pub fn find_socket() -> Option<PathBuf> {
+pub(crate) fn find_socket() -> Option<PathBuf> {
     use std::os::unix::fs::FileTypeExt;
     USUAL_SOCKETS
         .iter()
@@ -43,7 +43,7 @@ pub fn find_socket() -> Option<PathBuf> {
 
 /// A sandbox as the runtime reports it, with what naming needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Sandbox {
+pub(crate) struct Sandbox {
     pub pod: PodRef,
     /// Its addresses; empty for a sandbox in the node's network namespace (hostNetwork),
     /// whose addresses are the node's and name no pod.
@@ -51,24 +51,24 @@ pub struct Sandbox {
 }
 
 /// A connection to the runtime's CRI service.
-pub struct Runtime {
+pub(crate) struct Runtime {
     socket: PathBuf,
     client: RuntimeServiceClient<Channel>,
 }
 
 impl Runtime {
     /// Connects lazily: the first call opens the socket.
-    pub fn new(socket: &Path) -> Runtime {
+    pub(crate) fn new(socket: &Path) -> Runtime {
         let channel = tracer_cri::unix_channel(socket, CALL_TIMEOUT);
         Runtime { socket: socket.to_path_buf(), client: RuntimeServiceClient::new(channel) }
     }
 
-    pub fn socket(&self) -> &Path {
+    pub(crate) fn socket(&self) -> &Path {
         &self.socket
     }
 
     /// The runtime's name and version, e.g. `containerd 1.6.20`: proves the socket speaks CRI v1.
-    pub async fn version(&mut self) -> Result<String> {
+    pub(crate) async fn version(&mut self) -> Result<String> {
         let reply = self
             .client
             .version(VersionRequest { version: String::new() })
@@ -79,7 +79,7 @@ impl Runtime {
     }
 
     /// The ids of the sandboxes that are ready (a stopped sandbox has released its addresses).
-    pub async fn ready_sandboxes(&mut self) -> Result<Vec<String>> {
+    pub(crate) async fn ready_sandboxes(&mut self) -> Result<Vec<String>> {
         let reply = self
             .client
             .list_pod_sandbox(ListPodSandboxRequest { filter: None })
@@ -95,7 +95,7 @@ impl Runtime {
     }
 
     /// One sandbox's pod and addresses; `None` when it went away meanwhile.
-    pub async fn sandbox(&mut self, id: &str) -> Result<Option<Sandbox>> {
+    pub(crate) async fn sandbox(&mut self, id: &str) -> Result<Option<Sandbox>> {
         let reply = match self
             .client
             .pod_sandbox_status(PodSandboxStatusRequest { pod_sandbox_id: id.to_string(), verbose: false })
@@ -134,14 +134,14 @@ impl Runtime {
 
 /// The sandboxes of one listing, kept by id so that the next listing asks only about new ones.
 #[derive(Default)]
-pub struct SandboxCache {
+pub(crate) struct SandboxCache {
     by_id: HashMap<String, Sandbox>,
 }
 
 impl SandboxCache {
     /// Lists the ready sandboxes and asks about the new ones; forgets those gone. True when
     /// anything changed.
-    pub async fn refresh(&mut self, runtime: &mut Runtime) -> Result<bool> {
+    pub(crate) async fn refresh(&mut self, runtime: &mut Runtime) -> Result<bool> {
         let ids = runtime.ready_sandboxes().await?;
         let listed: HashSet<&String> = ids.iter().collect();
         let before = self.by_id.len();
@@ -159,7 +159,7 @@ impl SandboxCache {
         Ok(changed)
     }
 
-    pub fn sandboxes(&self) -> impl Iterator<Item = &Sandbox> {
+    pub(crate) fn sandboxes(&self) -> impl Iterator<Item = &Sandbox> {
         self.by_id.values()
     }
 }

@@ -7,7 +7,7 @@
 //! [`RELIST_GAP`]. Only new sandboxes are asked about; the listing itself is one call, as
 //! cheap as kubelet's own relisting.
 
-pub mod cri;
+pub(crate) mod cri;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -55,7 +55,7 @@ const MAX_MISSES: usize = 4_096;
 
 /// Pods by address, as of one listing.
 #[derive(Debug, Default)]
-pub struct PodTable {
+pub(crate) struct PodTable {
     by_ip: HashMap<IpAddr, PodRef>,
 }
 
@@ -66,7 +66,7 @@ impl PodTable {
         PodTable { by_ip }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.by_ip.values().collect::<HashSet<_>>().len()
     }
 }
@@ -78,7 +78,7 @@ struct Shared {
 }
 
 /// The pods of this node, looked up by address.
-pub struct Pods {
+pub(crate) struct Pods {
     table: Arc<PodTable>,
     shared: Arc<Shared>,
     generation: u64,
@@ -92,7 +92,7 @@ pub struct Pods {
 impl Pods {
     /// Connects to the runtime at `socket`, reads its pods once (so the first packets are
     /// named), and keeps them fresh from then on. Returns the runtime's name and version too.
-    pub fn start(socket: &Path) -> Result<(Pods, String)> {
+    pub(crate) fn start(socket: &Path) -> Result<(Pods, String)> {
         let events = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -123,14 +123,14 @@ impl Pods {
     }
 
     /// The pods known now.
-    pub fn table(&mut self) -> &PodTable {
+    pub(crate) fn table(&mut self) -> &PodTable {
         self.catch_up();
         &self.table
     }
 
     /// The pod holding `ip`, if any. An address no pod holds asks for a new listing (once,
     /// until the table changes): it may be a pod that has just started.
-    pub fn pod_of(&mut self, ip: IpAddr) -> Option<&PodRef> {
+    pub(crate) fn pod_of(&mut self, ip: IpAddr) -> Option<&PodRef> {
         self.catch_up();
         if !self.table.by_ip.contains_key(&ip) {
             if self.missed.len() < MAX_MISSES && self.missed.insert(ip) {

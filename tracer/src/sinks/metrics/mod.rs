@@ -8,8 +8,8 @@
 //! rule; past [`MAX_FINDING_SERIES`] label sets, further ones are counted under
 //! `rule="other"` with the other labels empty. Pods and addresses are never labels.
 
-pub mod node_checks;
-pub mod server;
+pub(crate) mod node_checks;
+pub(crate) mod server;
 
 use std::{
     collections::HashSet,
@@ -40,15 +40,15 @@ use crate::{
 };
 
 /// Distinct label sets of `tracer_findings_total` at most.
-pub const MAX_FINDING_SERIES: usize = 64;
+pub(crate) const MAX_FINDING_SERIES: usize = 64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StageLabels {
+pub(crate) struct StageLabels {
     pub stage: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct FindingLabels {
+pub(crate) struct FindingLabels {
     pub kind: String,
     pub bridge: String,
     pub hook: String,
@@ -56,24 +56,24 @@ pub struct FindingLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabels {
+pub(crate) struct KindLabels {
     pub kind: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CheckLabels {
+pub(crate) struct CheckLabels {
     pub check: String,
     pub status: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct VersionLabels {
+pub(crate) struct VersionLabels {
     pub version: String,
 }
 
 /// The metrics of one watch: the registry the server encodes, and handles to its series.
 #[derive(Clone)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     pub registry: Arc<Registry>,
     packets: Family<StageLabels, Counter>,
     findings: Family<FindingLabels, Counter>,
@@ -95,7 +95,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
+    pub(crate) fn new() -> Metrics {
         let mut registry = Registry::default();
         let packets: Family<StageLabels, Counter> = registered(
             &mut registry,
@@ -150,7 +150,7 @@ impl Metrics {
     }
 
     /// The registry as Prometheus text (format 0.0.4).
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut text = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry);
@@ -166,7 +166,7 @@ fn registered<M: Metric + Clone + Default>(registry: &mut Registry, name: &str, 
 }
 
 /// Counts what passes on its way to `inner`.
-pub struct MetricsOutput<'a> {
+pub(crate) struct MetricsOutput<'a> {
     inner: Box<dyn Sink + 'a>,
     metrics: Metrics,
     /// The counters of the four stages and of dropped lines, looked up once.
@@ -177,7 +177,7 @@ pub struct MetricsOutput<'a> {
 }
 
 impl<'a> MetricsOutput<'a> {
-    pub fn new(inner: Box<dyn Sink + 'a>, metrics: Metrics) -> MetricsOutput<'a> {
+    pub(crate) fn new(inner: Box<dyn Sink + 'a>, metrics: Metrics) -> MetricsOutput<'a> {
         let counter = |stage: &str| metrics.packets.get_or_create_owned(&StageLabels { stage: stage.to_string() });
         let by_stage = [
             counter(stage_name(Stage::BridgeIn)),
@@ -223,7 +223,7 @@ fn stage_index(stage: Stage) -> usize {
 }
 
 /// A finding's labels: its kind, and its bridge (DNS findings), hook and rule (netfilter).
-pub fn finding_labels(finding: &Finding) -> FindingLabels {
+pub(crate) fn finding_labels(finding: &Finding) -> FindingLabels {
     let kind = finding.kind.name().to_string();
     match &finding.evidence {
         Evidence::Dns(dns) => FindingLabels {
@@ -288,7 +288,7 @@ impl Sink for MetricsOutput<'_> {
 }
 
 /// Kinds the node checks can find, for gauges that read 0 once a finding is mended.
-pub const NODE_FINDING_KINDS: [FindingKind; 6] = [
+pub(crate) const NODE_FINDING_KINDS: [FindingKind; 6] = [
     FindingKind::ConntrackSkip,
     FindingKind::IpForwardOff,
     FindingKind::ConntrackTableFull,

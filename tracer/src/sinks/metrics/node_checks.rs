@@ -20,18 +20,18 @@ use crate::{
 
 /// How often the checks are read again: settings and rules change rarely, and a reading
 /// runs the firewall tools.
-pub const READ_EVERY: Duration = Duration::from_secs(60);
+pub(crate) const READ_EVERY: Duration = Duration::from_secs(60);
 
 const STATUSES: [&str; 3] = ["ok", "note", "finding"];
 
 /// Reads the checks until dropped.
-pub struct NodeChecks {
+pub(crate) struct NodeChecks {
     _stop: Sender<()>,
 }
 
 impl NodeChecks {
     /// Starts reading, in the network namespace of the calling thread, for the traced `port`.
-    pub fn start(metrics: Metrics, port: PortFilter) -> Result<NodeChecks> {
+    pub(crate) fn start(metrics: Metrics, port: PortFilter) -> Result<NodeChecks> {
         let (stop, stopped) = mpsc::channel::<()>();
         thread::Builder::new()
             .name("tracer-node-checks".to_string())

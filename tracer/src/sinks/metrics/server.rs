@@ -27,14 +27,14 @@ const MAX_REQUEST: usize = 8 << 10;
 const STUCK_AFTER: Duration = Duration::from_secs(10);
 
 /// Opens the listening socket: an error names the address and what to do.
-pub fn bind(address: SocketAddr) -> Result<TcpListener> {
+pub(crate) fn bind(address: SocketAddr) -> Result<TcpListener> {
     TcpListener::bind(address).with_context(|| {
         format!("cannot serve metrics on {address}: is the port in use, or the address not this node's? choose another with --metrics")
     })
 }
 
 /// Serves `metrics` on `listener` until the process ends.
-pub fn serve(listener: TcpListener, metrics: Metrics) -> Result<()> {
+pub(crate) fn serve(listener: TcpListener, metrics: Metrics) -> Result<()> {
     thread::Builder::new()
         .name("tracer-metrics".to_string())
         .spawn(move || {

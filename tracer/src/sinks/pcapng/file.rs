@@ -18,7 +18,7 @@ use std::{
 };
 
 /// An open capture file and how it reaches its name.
-pub struct CaptureFile {
+pub(crate) struct CaptureFile {
     /// The name the user gave.
     path: PathBuf,
     /// What is written: `path` itself, or a temporary file beside it.
@@ -31,7 +31,7 @@ pub struct CaptureFile {
 
 /// Why a capture file was refused, in words for the one-line error.
 #[derive(Debug)]
-pub struct Refused(pub String);
+pub(crate) struct Refused(pub String);
 
 impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -55,7 +55,7 @@ fn exclusive(path: &Path) -> io::Result<File> {
 
 impl CaptureFile {
     /// Opens the file the capture goes to; returns it with a handle to write through.
-    pub fn create(path: &Path, force: bool) -> Result<(CaptureFile, File), Refused> {
+    pub(crate) fn create(path: &Path, force: bool) -> Result<(CaptureFile, File), Refused> {
         let shown = path.display();
         match exclusive(path) {
             Ok(file) => return CaptureFile::opened(path, path.to_path_buf(), file, false),
@@ -96,13 +96,13 @@ impl CaptureFile {
     }
 
     /// The file being written, when it is not the one named (it replaces that one at the end).
-    pub fn temporary(&self) -> Option<&Path> {
+    pub(crate) fn temporary(&self) -> Option<&Path> {
         self.replaces.then_some(self.written.as_path())
     }
 
     /// The watch ended: the data reaches the disk, and with `--force` the capture takes
     /// its name.
-    pub fn finish(self) -> io::Result<()> {
+    pub(crate) fn finish(self) -> io::Result<()> {
         self.file.sync_all()?;
         if self.replaces {
             std::fs::rename(&self.written, &self.path)?;
@@ -116,7 +116,7 @@ impl CaptureFile {
     }
 
     /// The watch never started: what was created goes, and an earlier capture stays as it was.
-    pub fn abandon(self) {
+    pub(crate) fn abandon(self) {
         // Only what this process created, and only while the name still points at it.
         let ours = match (self.file.metadata(), std::fs::symlink_metadata(&self.written)) {
             (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),

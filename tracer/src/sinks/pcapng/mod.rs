@@ -9,7 +9,7 @@
 //! them in the file, so a watch that dies leaves a file readable up to its last
 //! complete block.
 
-pub mod file;
+pub(crate) mod file;
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -42,7 +42,7 @@ use crate::{
 };
 
 /// What the section header says about the capture.
-pub struct CaptureInfo {
+pub(crate) struct CaptureInfo {
     pub meta: CaptureMeta,
     /// `shb_os`, e.g. `Linux 6.18.0`.
     pub os: Option<String>,
@@ -60,7 +60,7 @@ struct Pending {
     meta: BlockMeta,
 }
 
-pub struct PcapngWriter<W: Write> {
+pub(crate) struct PcapngWriter<W: Write> {
     out: W,
     /// (netns, ifindex, name, link type) → interface id, in the order the blocks were written.
     interfaces: HashMap<(u32, u32, Option<String>, i32), u32>,
@@ -89,13 +89,13 @@ const HELD_BLOCKS: usize = 1024;
 impl PcapngWriter<BufWriter<File>> {
     /// Writes the capture into `file` (opened by `capture::file`), starting with its
     /// section header.
-    pub fn to_file(file: File, info: &CaptureInfo) -> io::Result<Self> {
+    pub(crate) fn to_file(file: File, info: &CaptureInfo) -> io::Result<Self> {
         PcapngWriter::new(BufWriter::with_capacity(1 << 16, file), info)
     }
 }
 
 impl<W: Write> PcapngWriter<W> {
-    pub fn new(out: W, info: &CaptureInfo) -> io::Result<Self> {
+    pub(crate) fn new(out: W, info: &CaptureInfo) -> io::Result<Self> {
         let mut writer = PcapngWriter {
             out,
             interfaces: HashMap::new(),
@@ -509,18 +509,8 @@ pub(crate) mod tests {
         ];
         let src: SocketAddr = "10.244.0.5:40001".parse().expect("literal");
         let dst: SocketAddr = "10.244.0.7:53".parse().expect("literal");
-        let drop = DropEvent { ifindex: 4, location: 77, ..DropEvent::example(9, 9_000_000, src, dst) };
-        let icmp = IcmpEvent {
-            loss: Default::default(),
-            timestamp_ns: 9_000_001,
-            skb_id: 9,
-            ifindex: 4,
-            icmp_type: 3,
-            icmp_code: 10,
-            l4_proto: L4Proto::Udp,
-            src,
-            dst,
-        };
+        let drop = DropEvent { ifindex: 4, ..DropEvent::example(9_000_000, src, dst) };
+        let icmp = IcmpEvent { icmp_type: 3, icmp_code: 10 };
         let mut stopped = hook(Hook::Forward, dnat_entry(2));
         stopped.left = false;
         let dropped = DroppedPacket {
@@ -591,7 +581,7 @@ pub(crate) mod tests {
     }
 
     /// The scenario as `tracer watch --write` would write it.
-    pub fn sample_capture() -> Vec<u8> {
+    pub(crate) fn sample_capture() -> Vec<u8> {
         let mut bytes = Vec::new();
         {
             let mut writer = PcapngWriter::new(&mut bytes, &info()).expect("header");
