@@ -214,7 +214,7 @@ pub fn note_icmp(skb: *const u8, icmp_type: u8, icmp_code: u8) {
 /// Whether the table holds a journey of this skb.
 #[inline(always)]
 pub fn in_flight(skb: *const u8) -> bool {
-    JOURNEYS.get_ptr_mut(&(skb as u64)).is_some()
+    JOURNEYS.get_ptr_mut(skb as u64).is_some()
 }
 
 #[inline(always)]
