@@ -1,7 +1,10 @@
 //! Developer tasks for tracer, run as `cargo xtask <task>` from anywhere in the checkout.
 //!
-//! - `setup`: install what a fresh machine lacks (nightly toolchain with rust-src, bpf-linker in
-//!   /opt/tracer-toolchain, the Debian packages the lab uses). Idempotent; quick when all is there.
+//! - `setup`: install what a fresh machine lacks (nightly toolchain with rust-src, rustfmt and
+//!   clippy, bpf-linker in /opt/tracer-toolchain, the Debian packages the lab uses). Idempotent;
+//!   quick when all is there.
+//! - `lint`: the formatting and clippy with warnings denied (userspace crates on the host, the
+//!   kernel programs for their BPF target).
 //! - `test [ARGS...]`: setup, build tracer, run the workspace tests with `TRACER_BIN` pointing at the
 //!   build (needs root). ARGS go to `cargo test`, e.g. `cargo xtask test -- healthy`.
 //!   `--kernels 6.1,6.12` runs the end-to-end core inside each of those kernels instead.
@@ -23,6 +26,7 @@ mod bench;
 mod cmd;
 mod demo;
 mod image;
+mod lint;
 mod setup;
 mod test;
 mod vm;
@@ -31,7 +35,10 @@ use std::process::ExitCode;
 
 const USAGE: &str = "\
 usage: cargo xtask <task>
-  setup           install the nightly rust-src component, bpf-linker and the lab's Debian packages
+  setup           install the nightly rust-src component, rustfmt and clippy, bpf-linker and the
+                  lab's Debian packages
+  lint            cargo fmt --check, and clippy -D warnings on the userspace crates and (nightly,
+                  BPF target) on tracer-ebpf
   test [ARGS...]  setup, build tracer, run all tests as root (ARGS are passed to cargo test)
   test --kernels 6.1,6.12
                   the end-to-end core inside each of those kernels (booted by `vm`) instead
@@ -64,6 +71,7 @@ fn main() -> ExitCode {
     };
     let result = match task {
         "setup" if rest.is_empty() => setup::run().map(|()| ExitCode::SUCCESS),
+        "lint" if rest.is_empty() => lint::run().map(|()| ExitCode::SUCCESS),
         "test" => test::run(rest),
         "demo" if rest.is_empty() => demo::run(),
         "bench" => bench::run(rest),
