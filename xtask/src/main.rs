@@ -3,8 +3,8 @@
 //! - `setup`: install what a fresh machine lacks (nightly toolchain with rust-src, rustfmt and
 //!   clippy, bpf-linker in /opt/tracer-toolchain, the Debian packages the lab uses). Idempotent;
 //!   quick when all is there.
-//! - `lint`: the formatting and clippy with warnings denied (userspace crates on the host, the
-//!   kernel programs for their BPF target).
+//! - `lint`: the formatting, clippy with warnings denied (userspace crates on the host, the kernel
+//!   programs for their BPF target) and the layering of tracer/src.
 //! - `test [ARGS...]`: setup, build tracer, run the workspace tests with `TRACER_BIN` pointing at the
 //!   build (needs root). ARGS go to `cargo test`, e.g. `cargo xtask test -- healthy`.
 //!   `--kernels 6.1,6.12` runs the end-to-end core inside each of those kernels instead.
@@ -37,8 +37,8 @@ const USAGE: &str = "\
 usage: cargo xtask <task>
   setup           install the nightly rust-src component, rustfmt and clippy, bpf-linker and the
                   lab's Debian packages
-  lint            cargo fmt --check, and clippy -D warnings on the userspace crates and (nightly,
-                  BPF target) on tracer-ebpf
+  lint            cargo fmt --check, clippy -D warnings on the userspace crates and (nightly, BPF
+                  target) on tracer-ebpf, and the layering of tracer/src (xtask/src/lint/layers.rs)
   test [ARGS...]  setup, build tracer, run all tests as root (ARGS are passed to cargo test)
   test --kernels 6.1,6.12
                   the end-to-end core inside each of those kernels (booted by `vm`) instead

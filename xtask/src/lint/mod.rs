@@ -1,7 +1,10 @@
 //! `cargo xtask lint`: the checks a change passes before any test runs, in order: the
-//! formatting, and clippy with warnings denied on the userspace crates (host) and on the
-//! kernel programs (their BPF target). The first that fails ends the task with one line
-//! saying what to run or change.
+//! formatting, clippy with warnings denied on the userspace crates (host) and on the kernel
+//! programs (their BPF target), and the layering of tracer/src (see [`layers`]). The first
+//! that fails ends the task with one line saying what to run or change.
+
+mod layers;
+mod scan;
 
 use std::process::Command;
 
@@ -79,6 +82,21 @@ pub fn run() -> Result<()> {
         );
     }
 
+    phase("lint", &format!("layering of tracer/src (the table in {})", layers::TABLE_FILE));
+    let src = cmd::workspace_root().join("tracer/src");
+    let (modules, sources) = layers::read_crate(&src, "tracer/src")?;
+    let problems = layers::check(&layers::TABLE, &modules, &sources);
+    for problem in &problems {
+        eprintln!("{problem}");
+    }
+    if !problems.is_empty() {
+        bail!(
+            "the layering check of tracer/src found {} problem(s), listed above: give each module a place in \
+             the table in {}, and import only from lower layers",
+            problems.len(),
+            layers::TABLE_FILE
+        );
+    }
     phase("lint", "all checks passed");
     Ok(())
 }
