@@ -4,9 +4,9 @@
 //!   clippy, bpf-linker in /opt/tracer-toolchain, the Debian packages the lab uses). Idempotent;
 //!   quick when all is there.
 //! - `lint`: the formatting, clippy with warnings denied (userspace crates on the host, the kernel
-//!   programs for their BPF target) and the layering of tracer/src.
-//! - `test [ARGS...]`: setup, build tracer, run the workspace tests with `TRACER_BIN` pointing at the
-//!   build (needs root). ARGS go to `cargo test`, e.g. `cargo xtask test -- healthy`.
+//!   programs for their BPF target) and the layering of tracer/src; `test` runs it first.
+//! - `test [ARGS...]`: setup, lint, build tracer, run the workspace tests with `TRACER_BIN` pointing
+//!   at the build (needs root). ARGS go to `cargo test`, e.g. `cargo xtask test -- healthy`.
 //!   `--kernels 6.1,6.12` runs the end-to-end core inside each of those kernels instead.
 //! - `demo`: setup, build tracer in release mode, and show it watching DNS in a lab (needs root).
 //! - `image [--out FILE]`: setup, build tracer in release mode and its OCI image archive
@@ -39,7 +39,7 @@ usage: cargo xtask <task>
                   lab's Debian packages
   lint            cargo fmt --check, clippy -D warnings on the userspace crates and (nightly, BPF
                   target) on tracer-ebpf, and the layering of tracer/src (xtask/src/lint/layers.rs)
-  test [ARGS...]  setup, build tracer, run all tests as root (ARGS are passed to cargo test)
+  test [ARGS...]  setup, lint, build tracer, run all tests as root (ARGS are passed to cargo test)
   test --kernels 6.1,6.12
                   the end-to-end core inside each of those kernels (booted by `vm`) instead
   demo            setup, build tracer --release, and show it watching DNS in a namespace lab (root)
