@@ -107,7 +107,7 @@ unsafe fn queued(skb: *const u8) -> Option<()> {
     if config!(findings_only) != 0 {
         if on_port {
             let at =
-                findings_only::AtPort { skb, header: &frame.header, parsed: &frame.parsed, netns_inode, ifindex, slot };
+                findings_only::AtPort { skb, header: &frame.header, parsed: frame.parsed, netns_inode, ifindex, slot };
             unsafe { findings_only::bridge_out(&at) };
         }
         return Some(());
@@ -144,7 +144,7 @@ unsafe fn stage_step<'a>(skb: *const u8, frame: &'a Frame, stage: Stage, slot: u
         other_ifindex: unsafe { skb::load::<i32>(skb, config!(layout.skb_iif)) } as u32,
         packet_len: unsafe { skb::load::<u32>(skb, config!(layout.skb_len)) },
         header: &frame.header,
-        parsed: &frame.parsed,
+        parsed: frame.parsed,
         netns_inode: frame.netns_inode,
         slot,
     }

@@ -94,7 +94,7 @@ unsafe fn dropped(skb: *const u8, location: u64, reason: u32) -> Option<()> {
         unsafe { journey::finish(&step, false, &end) };
         return Some(());
     }
-    unsafe { findings_only::send_drop(skb, slot, netns_inode, ifindex, reason, location, &parsed) };
+    unsafe { findings_only::send_drop(skb, slot, netns_inode, ifindex, reason, location, parsed) };
     Some(())
 }
 

@@ -161,7 +161,7 @@ unsafe fn hook_step<'a>(at: &'a AtHook, hook: u8, in_ifindex: u32, out_ifindex: 
         other_ifindex: out_ifindex,
         packet_len: 0,
         header: &at.header,
-        parsed: &at.parsed,
+        parsed: at.parsed,
         netns_inode: at.netns_inode,
         slot,
     })

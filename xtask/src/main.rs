@@ -1,9 +1,12 @@
 //! Developer tasks for tracer, run as `cargo xtask <task>` from anywhere in the checkout.
 //!
-//! - `setup`: install what a fresh machine lacks (nightly toolchain with rust-src, bpf-linker in
-//!   /opt/tracer-toolchain, the Debian packages the lab uses). Idempotent; quick when all is there.
-//! - `test [ARGS...]`: setup, build tracer, run the workspace tests with `TRACER_BIN` pointing at the
-//!   build (needs root). ARGS go to `cargo test`, e.g. `cargo xtask test -- healthy`.
+//! - `setup`: install what a fresh machine lacks (nightly toolchain with rust-src, rustfmt and
+//!   clippy, bpf-linker in /opt/tracer-toolchain, the Debian packages the lab uses). Idempotent;
+//!   quick when all is there.
+//! - `lint`: the formatting, clippy with warnings denied (userspace crates on the host, the kernel
+//!   programs for their BPF target) and the layering of tracer/src; `test` runs it first.
+//! - `test [ARGS...]`: setup, lint, build tracer, run the workspace tests with `TRACER_BIN` pointing
+//!   at the build (needs root). ARGS go to `cargo test`, e.g. `cargo xtask test -- healthy`.
 //!   `--kernels 6.1,6.12` runs the end-to-end core inside each of those kernels instead.
 //! - `demo`: setup, build tracer in release mode, and show it watching DNS in a lab (needs root).
 //! - `image [--out FILE]`: setup, build tracer in release mode and its OCI image archive
@@ -23,6 +26,7 @@ mod bench;
 mod cmd;
 mod demo;
 mod image;
+mod lint;
 mod setup;
 mod test;
 mod vm;
@@ -31,8 +35,11 @@ use std::process::ExitCode;
 
 const USAGE: &str = "\
 usage: cargo xtask <task>
-  setup           install the nightly rust-src component, bpf-linker and the lab's Debian packages
-  test [ARGS...]  setup, build tracer, run all tests as root (ARGS are passed to cargo test)
+  setup           install the nightly rust-src component, rustfmt and clippy, bpf-linker and the
+                  lab's Debian packages
+  lint            cargo fmt --check, clippy -D warnings on the userspace crates and (nightly, BPF
+                  target) on tracer-ebpf, and the layering of tracer/src (xtask/src/lint/layers.rs)
+  test [ARGS...]  setup, lint, build tracer, run all tests as root (ARGS are passed to cargo test)
   test --kernels 6.1,6.12
                   the end-to-end core inside each of those kernels (booted by `vm`) instead
   demo            setup, build tracer --release, and show it watching DNS in a namespace lab (root)
@@ -64,6 +71,7 @@ fn main() -> ExitCode {
     };
     let result = match task {
         "setup" if rest.is_empty() => setup::run().map(|()| ExitCode::SUCCESS),
+        "lint" if rest.is_empty() => lint::run().map(|()| ExitCode::SUCCESS),
         "test" => test::run(rest),
         "demo" if rest.is_empty() => demo::run(),
         "bench" => bench::run(rest),

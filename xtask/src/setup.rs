@@ -11,6 +11,7 @@ use std::process::Command;
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::cmd::{self, probe};
+use crate::lint;
 
 /// The bpf-linker release known to build against the nightly's own libLLVM (see PLATFORM.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -130,6 +131,7 @@ const CNI_PLUGINS: &[(&str, &str)] = &[
 pub fn run() -> Result<()> {
     step("nightly toolchain", nightly)?;
     step("nightly rust-src", rust_src)?;
+    step("lint components", lint_components)?;
     step("bpf-linker", bpf_linker)?;
     step("debian packages", |a| debian_packages(PACKAGES, a))?;
     vm()?;
@@ -226,6 +228,22 @@ fn rust_src(announce: &dyn Fn(&str)) -> Result<Done> {
         bail!("rust-src is still missing after `rustup component add`; reinstall the nightly toolchain");
     }
     Ok(Done::Installed)
+}
+
+/// rustfmt and clippy, which `cargo xtask lint` runs.
+fn lint_components(announce: &dyn Fn(&str)) -> Result<Done> {
+    let mut done = Done::AlreadyThere;
+    for component in lint::COMPONENTS.iter().filter(|c| !c.installed()) {
+        let add = component.add_command();
+        announce(&format!("({add})"));
+        cmd::run(rustup().args(component.add), &format!("`{add}`"))
+            .context("check network access to static.rust-lang.org")?;
+        if !component.installed() {
+            bail!("{} still does not run after `{add}`; reinstall that toolchain", component.what);
+        }
+        done = Done::Installed;
+    }
+    Ok(done)
 }
 
 fn bpf_linker(announce: &dyn Fn(&str)) -> Result<Done> {

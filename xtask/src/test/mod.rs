@@ -1,7 +1,7 @@
-//! `cargo xtask test`: setup, build tracer (the test build with fault injection, and the
-//! release build, and the image of the release build), run every test in the workspace against
-//! them, then a smoke run of the bench. With `--kernels 6.1,6.12`: the end-to-end core inside
-//! each of those kernels instead (see [`kernels`]).
+//! `cargo xtask test`: setup, lint (see [`lint`]), build tracer (the test build with fault
+//! injection, and the release build, and the image of the release build), run every test in the
+//! workspace against them, then a smoke run of the bench. With `--kernels 6.1,6.12`: the
+//! end-to-end core inside each of those kernels instead (see [`kernels`]).
 
 mod kernels;
 
@@ -12,6 +12,7 @@ use anyhow::Result;
 use crate::bench;
 use crate::cmd::{self, phase};
 use crate::image;
+use crate::lint;
 use crate::setup;
 
 pub fn run(args: &[String]) -> Result<ExitCode> {
@@ -20,6 +21,11 @@ pub fn run(args: &[String]) -> Result<ExitCode> {
 
     phase("test", "setup");
     setup::run()?;
+
+    // Before the builds, so that a slip the lint catches stops the run before the long builds
+    // and tests, not after them.
+    phase("test", "cargo xtask lint");
+    lint::run()?;
 
     phase("test", "cargo build -p tracer --profile=checked --features=fault-injection");
     let tracer = cmd::build_tracer(cmd::Build::Test)?;
