@@ -36,11 +36,14 @@
 //! order, so the same cluster always gives the same bytes.
 
 mod digest;
+mod iptables;
 
 use std::fmt;
 use std::net::Ipv4Addr;
 
 use anyhow::{ensure, Result};
+
+pub use iptables::iptables_restore_text;
 
 /// Service CIDR of a kubeadm cluster; kube-dns's ClusterIP is its tenth address.
 pub const SERVICE_CIDR: Cidr = Cidr { addr: Ipv4Addr::new(10, 96, 0, 0), prefix: 12 };
@@ -309,6 +312,15 @@ pub fn nft_endpoint_chain(service: &Service, endpoint: &Endpoint) -> String {
     );
     format!("endpoint-{}", nft_hashed(readable))
 }
+
+/// Appends one line to generated text. Writing into a `String` cannot fail.
+macro_rules! push_line {
+    ($out:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+pub(crate) use push_line;
 
 #[cfg(test)]
 mod tests {
