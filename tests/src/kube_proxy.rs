@@ -37,6 +37,7 @@
 
 mod digest;
 mod iptables;
+mod nftables;
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -44,6 +45,7 @@ use std::net::Ipv4Addr;
 use anyhow::{ensure, Result};
 
 pub use iptables::iptables_restore_text;
+pub use nftables::nft_ruleset_text;
 
 /// Service CIDR of a kubeadm cluster; kube-dns's ClusterIP is its tenth address.
 pub const SERVICE_CIDR: Cidr = Cidr { addr: Ipv4Addr::new(10, 96, 0, 0), prefix: 12 };
