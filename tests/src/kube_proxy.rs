@@ -38,6 +38,7 @@
 mod digest;
 mod iptables;
 mod nftables;
+mod nodelocal;
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -46,6 +47,7 @@ use anyhow::{ensure, Result};
 
 pub use iptables::iptables_restore_text;
 pub use nftables::nft_ruleset_text;
+pub use nodelocal::{nodelocal_dns_restore_text, NODELOCAL_DNS_IP, NODELOCAL_HEALTH_PORT};
 
 /// Service CIDR of a kubeadm cluster; kube-dns's ClusterIP is its tenth address.
 pub const SERVICE_CIDR: Cidr = Cidr { addr: Ipv4Addr::new(10, 96, 0, 0), prefix: 12 };
