@@ -317,6 +317,13 @@ pub fn nft_endpoint_chain(service: &Service, endpoint: &Endpoint) -> String {
     format!("endpoint-{}", nft_hashed(readable))
 }
 
+/// Twenty Services and kube-dns backed by two pods, 10.244.0.7 and 10.244.0.8: the generators'
+/// unit tests' cluster with DNS endpoints.
+#[cfg(test)]
+fn small_cluster_with_dns_pods() -> Result<Cluster> {
+    Cluster::synthetic(20, KubeDns::Ready(vec![Ipv4Addr::new(10, 244, 0, 7), Ipv4Addr::new(10, 244, 0, 8)]))
+}
+
 /// Appends one line to generated text. Writing into a `String` cannot fail.
 macro_rules! push_line {
     ($out:expr, $($arg:tt)*) => {{

@@ -239,9 +239,7 @@ fn comment_unless_large(large_cluster: bool, text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
-
-    use super::super::{Cluster, KubeDns, Service};
+    use super::super::{small_cluster_with_dns_pods, Cluster, KubeDns, Service};
     use super::*;
 
     fn rules<'a>(text: &'a str, prefix: &str) -> Vec<&'a str> {
@@ -269,8 +267,7 @@ mod tests {
 
     #[test]
     fn kube_dns_with_endpoints_is_dnated() -> anyhow::Result<()> {
-        let pods = vec![Ipv4Addr::new(10, 244, 0, 7), Ipv4Addr::new(10, 244, 0, 8)];
-        let cluster = Cluster::synthetic(20, KubeDns::Ready(pods))?;
+        let cluster = small_cluster_with_dns_pods()?;
         let text = iptables_restore_text(&cluster);
         let svc = kube_dns_udp(&cluster);
         let svc_chain = iptables_service_chain(svc);

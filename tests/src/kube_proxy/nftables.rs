@@ -241,9 +241,7 @@ impl Transaction {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
-
-    use super::super::{Cluster, KubeDns};
+    use super::super::{small_cluster_with_dns_pods, Cluster, KubeDns};
     use super::*;
 
     #[test]
@@ -263,8 +261,7 @@ mod tests {
 
     #[test]
     fn kube_dns_with_endpoints_is_dnated() -> anyhow::Result<()> {
-        let pods = vec![Ipv4Addr::new(10, 244, 0, 7), Ipv4Addr::new(10, 244, 0, 8)];
-        let cluster = Cluster::synthetic(20, KubeDns::Ready(pods))?;
+        let cluster = small_cluster_with_dns_pods()?;
         let text = nft_ruleset_text(&cluster);
         let svc = cluster.service("kube-system/kube-dns:dns").expect("kube-dns");
         let chain = nft_service_chain(svc);
