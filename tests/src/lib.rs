@@ -2,14 +2,16 @@
 //! ([`lab`]), a node whose pods containerd runs through the CRI ([`node`]) and the OCI images it
 //! imports ([`oci`]), the processes started in it ([`process`]), one watch around some traffic
 //! ([`scenario`]), reading `tracer watch` output ([`output`]), building packets by hand
-//! ([`packets`]), the firewall as text ([`firewall`]) and running tracer without privileges
-//! ([`unprivileged`]).
+//! ([`packets`]), the firewall as text ([`firewall`]), the rules kube-proxy and NodeLocal
+//! DNSCache leave on a node, at any cluster size ([`kube_proxy`]) and running tracer without
+//! privileges ([`unprivileged`]).
 //!
 //! Everything here needs root: it creates network namespaces, runs dnsmasq and changes iptables rules
 //! inside those namespaces (never on the host).
 
 pub mod dnsperf;
 pub mod firewall;
+pub mod kube_proxy;
 pub mod lab;
 pub mod netns;
 pub mod node;
