@@ -17,6 +17,9 @@ mod schema;
 mod sinks;
 mod system;
 
+#[cfg(test)]
+mod capture_round_trip;
+
 pub use commands::main;
 
 /// The parsers of untrusted input, as the fuzz targets (`fuzz/`) drive them: each takes the

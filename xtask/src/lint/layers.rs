@@ -26,6 +26,8 @@ pub const LAYERS: &[&[&str]] = &[
     &["analysis"],
     &["engine", "sinks"],
     &["commands"],
+    // Tests only: captures the pcapng sink writes, read back by the replay source.
+    &["capture_round_trip"],
 ];
 
 /// `(importer, imported)`: modules of one layer that may import from each other anyway.
