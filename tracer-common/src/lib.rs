@@ -10,7 +10,11 @@ pub const CAPTURE_MAX: usize = 512;
 /// captures as `bridge-in`, `bridge-out`, `to-host`, `from-host`.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize), serde(rename_all = "kebab-case"))]
+#[cfg_attr(
+    feature = "user",
+    derive(strum::IntoStaticStr, strum::EnumString, strum::VariantNames),
+    strum(serialize_all = "kebab-case")
+)]
 pub enum Stage {
     /// Received on a bridge port (before the bridge decides where it goes).
     BridgeIn = 1,
@@ -20,6 +24,31 @@ pub enum Stage {
     ToHost = 3,
     /// Sent by the host through the bridge device.
     FromHost = 4,
+}
+
+/// Serialised by its one name (strum's), as every output writes it.
+#[cfg(feature = "user")]
+impl serde::Serialize for Stage {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str((*self).into())
+    }
+}
+
+#[cfg(feature = "user")]
+impl<'de> serde::Deserialize<'de> for Stage {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Stage, D::Error> {
+        struct Name;
+        impl serde::de::Visitor<'_> for Name {
+            type Value = Stage;
+            fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.write_str("a stage name")
+            }
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Stage, E> {
+                name.parse().map_err(|_| E::unknown_variant(name, <Stage as strum::VariantNames>::VARIANTS))
+            }
+        }
+        deserializer.deserialize_str(Name)
+    }
 }
 
 impl Stage {

@@ -1,7 +1,9 @@
 //! What a run makes of its events: DNS payloads recognised, queries paired with their
-//! replies, hook paths joined to their packets, findings judged and logged once. Shared by
-//! the live watch (events from the kernel) and `tracer report` (events read back from a
-//! capture), so both print the same lines and findings for the same packets.
+//! replies, hook paths joined to their packets, findings judged and logged once, drops
+//! handed to the rule worker (`firewall`), pods named (`pods`). Both sources in `engine`
+//! (the live watch and the replay of a capture) drive it, so both print the same lines and
+//! findings for the same packets. It decides nothing itself: the pipeline pairs, the
+//! findings judge; this is where their results meet a sink.
 //!
 //! A finding is stated only when no record it rests on may have been lost: would-be
 //! findings wait in `pending` until [`Analysis::settle`] asks a [`LossWitness`], and those

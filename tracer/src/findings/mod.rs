@@ -1,5 +1,7 @@
-//! Findings: problems tracer names, each with its evidence, a plain explanation and
-//! the commands that fix it. Repeats of one problem are counted, not re-reported.
+//! Findings: deciding which problem the packets and the node show, with its evidence, a
+//! plain explanation and the commands that fix it (`dns`, `netfilter` with `attribution`,
+//! and triage's `node_config`), and the log that counts repeats of one problem instead of
+//! reporting them again. The finding's own type is `schema::finding`.
 
 pub(crate) mod attribution;
 pub(crate) mod dns;

@@ -1,4 +1,5 @@
-//! Loads the kernel programs, configures them for this run and attaches them.
+//! Loads the kernel programs, configures them for this run and attaches them; reads their
+//! records back (`records`) and the running kernel's BTF (`btf`, `layout`).
 //! Everything attached is owned by file descriptors of this process: the kernel
 //! detaches it when the process exits, however it exits.
 

@@ -1,6 +1,6 @@
 //! The typed values every part of tracer speaks in: packets and what the kernel reports
-//! about them, hooks and families, DNS messages, time. Data only: it imports nothing of
-//! the rest of the crate.
+//! about them, hooks and families, drop reasons, firewall backends, DNS messages, node
+//! settings, time. Data only, at the bottom: it imports nothing of the rest of the crate.
 
 /// Names an enum by its strum names: `name()`, `Display`, and serde's form, so each name is
 /// written once (by the derive's case rule) for JSON, text and metrics alike. The enum

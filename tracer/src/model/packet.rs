@@ -183,12 +183,7 @@ pub(crate) struct LossStamps {
 
 /// The stage names used in every output (and documented in README.md).
 pub(crate) fn stage_name(stage: Stage) -> &'static str {
-    match stage {
-        Stage::BridgeIn => "bridge-in",
-        Stage::BridgeOut => "bridge-out",
-        Stage::ToHost => "to-host",
-        Stage::FromHost => "from-host",
-    }
+    stage.into()
 }
 
 impl ConntrackEntry {

@@ -359,3 +359,54 @@ pub(crate) struct Sighting {
     #[serde(skip)]
     pub wall_time_ns: u64,
 }
+
+#[cfg(test)]
+mod names_tests {
+    use strum::VariantNames;
+
+    use tracer_common::Stage;
+
+    use super::FindingKind;
+    use crate::model::{
+        hook::Hook,
+        packet::{stage_name, Fate, L4Proto},
+    };
+
+    /// The names README documents and JSON consumers match on: derived, so a renamed variant
+    /// would change an output's contract; this says so.
+    #[test]
+    fn derived_names_are_the_documented_ones_in_every_form() {
+        assert_eq!(Stage::VARIANTS, ["bridge-in", "bridge-out", "to-host", "from-host"]);
+        assert_eq!(Fate::VARIANTS, ["accept", "drop", "reject"]);
+        assert_eq!(L4Proto::VARIANTS, ["udp", "tcp"]);
+        assert_eq!(Hook::VARIANTS, ["PRE_ROUTING", "LOCAL_IN", "FORWARD", "LOCAL_OUT", "POST_ROUTING"]);
+        assert_eq!(
+            FindingKind::VARIANTS,
+            [
+                "conntrack_skip",
+                "unexpected_reply_source",
+                "dns_timeout",
+                "netfilter_reject",
+                "netfilter_drop",
+                "ip_forward_off",
+                "conntrack_table_full",
+                "conntrack_insert_race",
+                "rp_filter_drop",
+            ]
+        );
+        for stage in [Stage::BridgeIn, Stage::BridgeOut, Stage::ToHost, Stage::FromHost] {
+            let json = serde_json::to_string(&stage).expect("serialises");
+            assert_eq!(json, format!("\"{}\"", stage_name(stage)));
+            assert_eq!(serde_json::from_str::<Stage>(&json).expect("reads back"), stage);
+        }
+        let json = serde_json::to_string(&FindingKind::ConntrackSkip).expect("serialises");
+        assert_eq!(json, "\"conntrack_skip\"");
+        assert_eq!(serde_json::from_str::<FindingKind>(&json).expect("reads back"), FindingKind::ConntrackSkip);
+        assert!(serde_json::from_str::<FindingKind>("\"no_such_kind\"").is_err());
+        // As a map key, as the summary's counts use it.
+        let counts: std::collections::BTreeMap<FindingKind, u64> = [(FindingKind::DnsTimeout, 2)].into();
+        let json = serde_json::to_string(&counts).expect("serialises");
+        assert_eq!(json, "{\"dns_timeout\":2}");
+        assert_eq!(serde_json::from_str::<std::collections::BTreeMap<FindingKind, u64>>(&json).expect("reads"), counts);
+    }
+}

@@ -1,7 +1,7 @@
 //! Reads a capture back: the pcapng file `tracer watch --write` wrote (packets with
 //! tracer's metadata, drop lines, findings, summary), or any other pcapng/pcap file as a
 //! plain list of IP packets. Parsing only: what the records mean is decided in
-//! `analysis`, printing is `render`.
+//! `analysis`, printing is for the sinks.
 //!
 //! What tracer adds to standard pcapng, and why it is where it is:
 //! - every packet block carries a human comment (opt_comment: what Wireshark and tshark

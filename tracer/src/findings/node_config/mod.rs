@@ -3,7 +3,7 @@
 //! explained by that state and merged with it when both point at the same cause; the
 //! ranking by how likely each finding explains broken traffic; and the one-line verdict.
 //! Deciding only: node state is read by `node::checks`, traffic comes from the
-//! watch, printing is `render::triage`.
+//! watch, printing is `sinks::triage`.
 //!
 //! One file a group of checks: `bridging` (bridge-nf-call, ip_forward), `rp_filter`,
 //! `conntrack`, `rules` (firewall rules and policies); `traffic` merges what the watch saw

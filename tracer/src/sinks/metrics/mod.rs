@@ -1,5 +1,5 @@
 //! `--metrics ADDR:PORT`: what a watch sees, as Prometheus metrics on `/metrics`, for the
-//! monitoring a cluster already has. An [`Sink`] in front of the others counts packets,
+//! monitoring a cluster already has. A [`Sink`] in front of the others counts packets,
 //! every occurrence of a finding (repeats too, which the lines only count in the summary),
 //! unconfirmed findings and lost records; a thread reads the node checks now and then into
 //! gauges; another serves them over HTTP (`server`).

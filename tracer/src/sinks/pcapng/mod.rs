@@ -3,7 +3,7 @@
 //! type), nanosecond timestamps, and on every packet a comment for people (stage, hook
 //! path and verdict, findings) and tracer's metadata for `tracer report`. Drops,
 //! findings and the summary go in too, so the file alone is enough for analysis. The
-//! layout is described in `capture::reader`, which reads it back.
+//! layout is `schema::capture`; `engine::replay::reader` reads it back.
 //!
 //! Blocks are serialized whole and appended; a flush after each batch of events puts
 //! them in the file, so a watch that dies leaves a file readable up to its last
@@ -87,7 +87,7 @@ const NOT_THIS_STAGE: &str =
 const HELD_BLOCKS: usize = 1024;
 
 impl PcapngWriter<BufWriter<File>> {
-    /// Writes the capture into `file` (opened by `capture::file`), starting with its
+    /// Writes the capture into `file` (opened by `file`), starting with its
     /// section header.
     pub(crate) fn to_file(file: File, info: &CaptureInfo) -> io::Result<Self> {
         PcapngWriter::new(BufWriter::with_capacity(1 << 16, file), info)
