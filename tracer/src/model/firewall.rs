@@ -2,29 +2,16 @@
 
 use super::hook::Family;
 
-/// Which tool wrote a ruleset and manages its rules: iptables through nf_tables, legacy
-/// iptables (x_tables), or native nftables.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    strum::IntoStaticStr,
-    strum::EnumString,
-    strum::VariantNames,
-)]
-#[strum(serialize_all = "kebab-case")]
-pub(crate) enum Backend {
-    IptablesNft,
-    IptablesLegacy,
-    Nftables,
+super::named_enum! {
+    /// Which tool wrote a ruleset and manages its rules: iptables through nf_tables, legacy
+    /// iptables (x_tables), or native nftables.
+    #[strum(serialize_all = "kebab-case")]
+    pub(crate) enum Backend {
+        IptablesNft,
+        IptablesLegacy,
+        Nftables,
+    }
 }
-
-super::named_by_strum!(Backend);
 
 impl Backend {
     /// The iptables program that manages this backend's rules of `family`, by its exact

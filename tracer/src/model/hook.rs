@@ -3,15 +3,16 @@
 
 use serde::{Deserialize, Serialize};
 
-/// `enum nf_inet_hooks`, the order every IP family's hooks are numbered in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::EnumString, strum::VariantNames)]
-#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
-pub(crate) enum Hook {
-    PreRouting = 0,
-    LocalIn = 1,
-    Forward = 2,
-    LocalOut = 3,
-    PostRouting = 4,
+super::named_enum! {
+    /// `enum nf_inet_hooks`, the order every IP family's hooks are numbered in.
+    #[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
+    pub(crate) enum Hook {
+        PreRouting = 0,
+        LocalIn = 1,
+        Forward = 2,
+        LocalOut = 3,
+        PostRouting = 4,
+    }
 }
 
 impl Hook {
@@ -46,8 +47,6 @@ impl Hook {
         }
     }
 }
-
-super::named_by_strum!(Hook);
 
 /// IPv4 or IPv6: of a packet, a hook, a firewall table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -2,40 +2,48 @@
 //! about them, hooks and families, drop reasons, firewall backends, DNS messages, node
 //! settings, time. Data only, at the bottom: it imports nothing of the rest of the crate.
 
-/// Names an enum by its strum names: `name()`, `Display`, and serde's form, so each name is
-/// written once (by the derive's case rule) for JSON, text and metrics alike. The enum
-/// derives `strum::IntoStaticStr`, `strum::EnumString` and `strum::VariantNames`.
-macro_rules! named_by_strum {
-    ($type:ty) => {
-        impl $type {
+/// Defines a plain enum named by strum: the derives every such enum has, and `name()`,
+/// `Display` and serde's form all through strum's names, so each name is written once (by
+/// the `#[strum(serialize_all = ...)]` case rule given with the enum) for JSON, text and
+/// metrics alike.
+macro_rules! named_enum {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident { $($body:tt)* }) => {
+        #[derive(
+            Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
+            strum::IntoStaticStr, strum::EnumString, strum::VariantNames,
+        )]
+        $(#[$meta])*
+        $vis enum $name { $($body)* }
+
+        impl $name {
             /// The name every output uses.
             pub(crate) fn name(self) -> &'static str {
                 self.into()
             }
         }
 
-        impl std::fmt::Display for $type {
+        impl std::fmt::Display for $name {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str(self.name())
             }
         }
 
-        impl serde::Serialize for $type {
+        impl serde::Serialize for $name {
             fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
                 serializer.serialize_str(self.name())
             }
         }
 
-        impl<'de> serde::Deserialize<'de> for $type {
+        impl<'de> serde::Deserialize<'de> for $name {
             fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
                 let name = String::deserialize(deserializer)?;
                 name.parse()
-                    .map_err(|_| serde::de::Error::unknown_variant(&name, <$type as strum::VariantNames>::VARIANTS))
+                    .map_err(|_| serde::de::Error::unknown_variant(&name, <$name as strum::VariantNames>::VARIANTS))
             }
         }
     };
 }
-pub(crate) use named_by_strum;
+pub(crate) use named_enum;
 
 pub(crate) mod dns;
 pub(crate) mod firewall;

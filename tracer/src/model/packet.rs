@@ -10,24 +10,13 @@ pub(crate) use tracer_common::Stage;
 
 use super::{dns::DnsMessage, hook::Family, serde_forms};
 
-/// The transport protocols tracer traces.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    strum::IntoStaticStr,
-    strum::EnumString,
-    strum::VariantNames,
-)]
-#[strum(serialize_all = "lowercase")]
-pub(crate) enum L4Proto {
-    Udp,
-    Tcp,
+super::named_enum! {
+    /// The transport protocols tracer traces.
+    #[strum(serialize_all = "lowercase")]
+    pub(crate) enum L4Proto {
+        Udp,
+        Tcp,
+    }
 }
 
 impl L4Proto {
@@ -48,22 +37,19 @@ impl L4Proto {
     }
 }
 
-super::named_by_strum!(L4Proto);
-
 pub(crate) const IPPROTO_TCP: u8 = 6;
 pub(crate) const IPPROTO_UDP: u8 = 17;
 
-/// What became of a packet where tracer saw it decided (a line's `verdict`). A firewall
-/// rule's own verdict, which may also jump or return, is `firewall::Verdict`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString, strum::VariantNames)]
-#[strum(serialize_all = "lowercase")]
-pub(crate) enum Fate {
-    Accept,
-    Drop,
-    Reject,
+super::named_enum! {
+    /// What became of a packet where tracer saw it decided (a line's `verdict`). A firewall
+    /// rule's own verdict, which may also jump or return, is `firewall::Verdict`.
+    #[strum(serialize_all = "lowercase")]
+    pub(crate) enum Fate {
+        Accept,
+        Drop,
+        Reject,
+    }
 }
-
-super::named_by_strum!(Fate);
 
 /// A frame at one stage of the bridge path, as the kernel reported it.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -18,38 +18,25 @@ use crate::model::{
     sysctl::SysctlValue,
 };
 
-/// The kinds of problem tracer names.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    strum::IntoStaticStr,
-    strum::EnumString,
-    strum::VariantNames,
-)]
-#[strum(serialize_all = "snake_case")]
-pub(crate) enum FindingKind {
-    ConntrackSkip,
-    UnexpectedReplySource,
-    DnsTimeout,
-    NetfilterReject,
-    NetfilterDrop,
-    /// `net.ipv4.ip_forward` is 0 on a node whose bridges route pod traffic.
-    IpForwardOff,
-    /// The conntrack table is (nearly) full, or the kernel dropped or evicted flows for lack of room.
-    ConntrackTableFull,
-    /// Packets lost because their new conntrack entry could not be inserted (`insert_failed`).
-    ConntrackInsertRace,
-    /// Packets dropped by the reverse-path filter (`IP_RPFILTER`).
-    RpFilterDrop,
+crate::model::named_enum! {
+    /// The kinds of problem tracer names.
+    #[strum(serialize_all = "snake_case")]
+    pub(crate) enum FindingKind {
+        ConntrackSkip,
+        UnexpectedReplySource,
+        DnsTimeout,
+        NetfilterReject,
+        NetfilterDrop,
+        /// `net.ipv4.ip_forward` is 0 on a node whose bridges route pod traffic.
+        IpForwardOff,
+        /// The conntrack table is (nearly) full, or the kernel dropped or evicted flows for lack of room.
+        ConntrackTableFull,
+        /// Packets lost because their new conntrack entry could not be inserted (`insert_failed`).
+        ConntrackInsertRace,
+        /// Packets dropped by the reverse-path filter (`IP_RPFILTER`).
+        RpFilterDrop,
+    }
 }
-
-crate::model::named_by_strum!(FindingKind);
 
 /// A finding that was not stated because a record it rests on may have been lost: the
 /// ring buffer dropped records of its client's (or its packet's) endpoint while it was
