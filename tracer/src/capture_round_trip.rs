@@ -140,6 +140,8 @@ fn scenario() -> (Vec<TracedPacket>, DroppedPacket, Finding) {
             attribution: "the only rule that fits".to_string(),
             icmp: Some("host-prohibited".to_string()),
             drop_reason: DropReason::NetfilterDrop,
+            owner: None,
+            element: None,
         }),
         explanation: "A rule rejected it.".to_string(),
         fix: vec!["iptables -t filter -D FORWARD 16".to_string()],

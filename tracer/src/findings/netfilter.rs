@@ -34,6 +34,8 @@ pub(crate) fn judge_drop(packet: &HookDrop, wall_time_ns: u64, before: &Snapshot
         attribution: attribution.reason.clone(),
         icmp: icmp.clone(),
         drop_reason: DropReason::NetfilterDrop,
+        owner: None,
+        element: None,
     };
     let by = culprit(&attribution);
     let headline = format!("{action} in {hook}: {proto} {} → {} stopped by {by}", packet.src, packet.dst);

@@ -122,6 +122,11 @@ impl SaveTable {
                             position: u32::try_from(i + 1).unwrap_or(u32::MAX),
                             handle: None,
                             text: r.text.clone(),
+                            comment: r
+                                .words
+                                .windows(2)
+                                .find(|pair| pair[0].0 == "--comment")
+                                .map(|pair| pair[1].0.clone()),
                             verdict,
                             map_verdicts: Vec::new(),
                             matches,

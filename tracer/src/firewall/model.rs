@@ -143,6 +143,9 @@ pub(crate) struct Rule {
     /// nft: the rule in nft syntax, stateless (`counter` without values, as `nft -s`
     /// prints it), so the text of a rule stays the same while its counter moves.
     pub text: String,
+    /// The rule's comment (`-m comment --comment`, nft `comment`): where managers such as
+    /// kube-proxy name what the rule is for.
+    pub comment: Option<String>,
     pub verdict: Verdict,
     /// Verdicts an nft verdict map in the rule can choose (`ip daddr vmap { ... }`);
     /// empty for other rules.

@@ -110,6 +110,7 @@ pub(super) fn parse_nft(json: &str) -> anyhow::Result<Vec<NftChain>> {
             position,
             handle: body.get("handle").and_then(Value::as_u64),
             text: parsed.text,
+            comment: body.get("comment").and_then(Value::as_str).map(str::to_string),
             verdict: parsed.verdict,
             map_verdicts: parsed.map_verdicts,
             matches: parsed.matches,

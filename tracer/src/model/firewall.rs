@@ -26,3 +26,49 @@ impl Backend {
         }
     }
 }
+
+super::named_enum! {
+    /// Who writes and rewrites a ruleset's rules, read from the ruleset itself (table and
+    /// chain names, comments). A rule a manager owns is rewritten by it: advice edits what
+    /// the manager reads (a Service, a policy, a zone), never the rule.
+    #[strum(serialize_all = "kebab-case")]
+    pub(crate) enum Manager {
+        KubeProxy,
+        Calico,
+        KubeRouter,
+        Cilium,
+        Flannel,
+        Firewalld,
+        Docker,
+        NodeLocalDns,
+        /// Nothing in the ruleset names a manager: a person, or a tool tracer does not know.
+        Unknown,
+    }
+}
+
+/// Who owns a rule, and what it is for as the owner names it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Owner {
+    pub manager: Manager,
+    /// kube-proxy: the Service port the rule or map element is for (`namespace/name:port`).
+    pub service: Option<String>,
+    /// A NetworkPolicy engine: the policy (`namespace/name`), where its ruleset carries it.
+    pub policy: Option<String>,
+    /// firewalld: the zone or policy the chain belongs to.
+    pub zone: Option<String>,
+    /// What in the ruleset gave the owner away (a chain name, a table, a comment).
+    pub evidence: String,
+}
+
+/// The element of an nftables set or verdict map that decided a rule's verdict, e.g.
+/// `10.96.0.10 . udp . 53 : goto reject-chain` of `no-endpoint-services`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct MapElement {
+    /// The set or map, as the rule names it (`@no-endpoint-services`).
+    pub map: String,
+    /// The element's key as nft prints it.
+    pub key: String,
+    /// The verdict it maps to (verdict maps only).
+    pub verdict: Option<String>,
+    pub comment: Option<String>,
+}

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use tracer_common::Stage;
 
 use crate::model::{
-    firewall::Backend,
+    firewall::{Backend, MapElement, Owner},
     hook::Hook,
     netfilter::DropReason,
     packet::L4Proto,
@@ -168,6 +168,10 @@ pub(crate) struct NetfilterEvidence {
     pub icmp: Option<String>,
     /// The kernel's drop reason (`NETFILTER_DROP`).
     pub drop_reason: DropReason,
+    /// Who owns the rule (or chain) that did it, when one was named.
+    pub owner: Option<Owner>,
+    /// The set or map element that chose the verdict, when a map did.
+    pub element: Option<MapElement>,
 }
 
 /// The rule, or the chain policy, that dropped a packet: where it is, and the rule itself

@@ -121,6 +121,8 @@ pub(crate) fn unattributed_drop_finding(hook: Hook) -> Finding {
             attribution: "no rule fits".into(),
             icmp: None,
             drop_reason: DropReason::NetfilterDrop,
+            owner: None,
+            element: None,
         }),
         explanation: String::new(),
         fix: vec![],
