@@ -256,6 +256,7 @@ impl Analysis {
         };
         match stopped_in {
             Some((hook, family, in_ifindex, out_ifindex)) if line.reason.is_netfilter_drop() => {
+                self.flows.stopped_by_firewall(line.drop.src, line.drop.timestamp_ns);
                 let name =
                     |interfaces: &mut Interfaces, index: u32| if index == 0 { None } else { interfaces.name(index) };
                 let drop = &line.drop;
@@ -413,6 +414,9 @@ impl Analysis {
     /// could not confirm is counted as it did.
     pub(crate) fn replay_drop(&mut self, line: &DropLine, output: &mut dyn Sink) -> io::Result<()> {
         self.stats.packets += 1;
+        if line.reason.is_netfilter_drop() && line.stopped_in().is_some() {
+            self.flows.stopped_by_firewall(line.drop.src, line.drop.timestamp_ns);
+        }
         if line.records_lost.is_some() {
             let kind = if line.icmp.is_some() { FindingKind::NetfilterReject } else { FindingKind::NetfilterDrop };
             self.unconfirmed.record(kind);
@@ -600,6 +604,49 @@ mod tests {
         analysis.settle(&mut NothingLost, &mut output).expect("output");
         assert!(output.findings.is_empty());
         analysis.expire(2_003_000_000);
+        analysis.settle(&mut NothingLost, &mut output).expect("output");
+        assert_eq!(output.findings.iter().map(|f| f.kind).collect::<Vec<_>>(), vec![FindingKind::DnsTimeout]);
+    }
+
+    #[test]
+    fn a_query_a_firewall_rule_stopped_is_that_rules_finding_not_also_a_timeout() {
+        // The query of the lab, then a REJECT in FORWARD of the client's packet; the rule
+        // worker is not running here, so the drop line goes out without its rule.
+        let (mut analysis, mut output) = (analysis(), Recorded::default());
+        for packet in query_path() {
+            analysis.flows.observe(&packet);
+        }
+        let client: std::net::SocketAddr = "10.244.0.5:40000".parse().expect("literal");
+        let backend: std::net::SocketAddr = "10.244.0.7:53".parse().expect("literal");
+        let drop = crate::model::netfilter::DropEvent::example(3_000_000, client, backend);
+        let stopped = crate::model::netfilter::HookPass {
+            hook: crate::model::hook::Hook::Forward,
+            family: crate::model::hook::Family::Ipv4,
+            left: false,
+            conntrack: Conntrack::None,
+            in_ifindex: 2,
+            out_ifindex: 3,
+            stamped: None,
+        };
+        let dropped = DroppedPacket::new(drop, vec![stopped], None);
+        let mut interfaces = Interfaces::open().expect("rtnetlink answers");
+        analysis
+            .dropped(dropped, DropReason::NetfilterDrop, &WallClock::now(), &mut interfaces, &mut output)
+            .expect("output");
+        analysis.settle(&mut NothingLost, &mut output).expect("output");
+        analysis.expire(2_100_000_000);
+        analysis.settle(&mut NothingLost, &mut output).expect("output");
+        assert!(
+            output.findings.iter().all(|f| f.kind != FindingKind::DnsTimeout),
+            "a timeout was stated beside the drop: {:?}",
+            output.findings
+        );
+        // Another client's unanswered query still times out.
+        let (mut analysis, mut output) = (self::analysis(), Recorded::default());
+        for packet in query_path() {
+            analysis.flows.observe(&packet);
+        }
+        analysis.expire(2_100_000_000);
         analysis.settle(&mut NothingLost, &mut output).expect("output");
         assert_eq!(output.findings.iter().map(|f| f.kind).collect::<Vec<_>>(), vec![FindingKind::DnsTimeout]);
     }

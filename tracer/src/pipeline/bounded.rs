@@ -55,7 +55,6 @@ impl<K: Clone + Eq + Hash, V> BoundedTable<K, V> {
         self.order.len()
     }
 
-    #[cfg(test)]
     pub(crate) fn get(&self, key: &K) -> Option<&V> {
         self.entries.get(key).map(|slot| &slot.value)
     }

@@ -83,12 +83,14 @@ type FlowKey = (SocketAddr, u16);
 
 pub(crate) struct DnsFlows {
     flows: BoundedTable<FlowKey, QueryFlow>,
+    /// Client sockets whose packets a netfilter hook stopped, and when.
+    stopped: BoundedTable<SocketAddr, u64>,
     timeout_ns: u64,
 }
 
 impl DnsFlows {
     pub(crate) fn new(timeout_ns: u64, capacity: usize) -> DnsFlows {
-        DnsFlows { flows: BoundedTable::new(capacity), timeout_ns }
+        DnsFlows { flows: BoundedTable::new(capacity), stopped: BoundedTable::new(capacity), timeout_ns }
     }
 
     #[cfg(test)]
@@ -168,6 +170,16 @@ impl DnsFlows {
         Some(Correlated::ReplyToClient { query, reply: Box::new(packet.clone()) })
     }
 
+    /// A netfilter hook dropped or rejected a packet `client` sent, at kernel time `at_ns`:
+    /// that drop is the finding, so the queries of that socket (an exchange keeps its source
+    /// port) do not time out as a second one.
+    pub(crate) fn stopped_by_firewall(&mut self, client: SocketAddr, at_ns: u64) {
+        let timeout_ns = self.timeout_ns;
+        // Kept for two timeouts: long enough for every query of the exchange to expire.
+        self.stopped.expire(|stopped_ns| at_ns.saturating_sub(*stopped_ns) >= 2 * timeout_ns);
+        self.stopped.insert(client, at_ns);
+    }
+
     /// Resolves the flows older than the timeout at kernel time `now_ns`: unanswered
     /// queries are reported, answered ones that never went back over a bridge (a client
     /// elsewhere) are dropped.
@@ -176,7 +188,7 @@ impl DnsFlows {
         self.flows
             .expire(|flow| now_ns.saturating_sub(flow.first_seen_ns) >= timeout_ns)
             .into_iter()
-            .filter(|(_, flow)| !flow.reply_seen)
+            .filter(|(_, flow)| !flow.reply_seen && self.stopped.get(&flow.client).is_none())
             .map(|(_, query)| Correlated::Unanswered { query })
             .collect()
     }
