@@ -14,6 +14,7 @@ use std::{
 use crate::{
     findings::{attribution::HookDrop, netfilter::judge_drop},
     firewall::{self, Snapshot},
+    model::monotonic_now_ns,
     model::{hook::Hook, packet::L4Proto},
     schema::finding::Finding,
 };
@@ -22,17 +23,52 @@ use crate::{
 /// protocol (a client's every query comes from a new port).
 pub(crate) type DropKey = (Hook, std::net::IpAddr, std::net::SocketAddr, L4Proto);
 
-/// A netfilter drop whose rule is to be named: the packet as its hook saw it.
+/// A netfilter drop whose rule is to be named: the packet as its hook saw it, and when.
 pub(crate) struct Request {
     pub key: DropKey,
     pub packet: HookDrop,
     pub wall_time_ns: u64,
+    /// Kernel (monotonic) time of the drop.
+    pub timestamp_ns: u64,
+}
+
+/// The rulesets as read at one moment.
+struct Reading {
+    snapshot: Snapshot,
+    /// Kernel (monotonic) time the reading started: counters in it include every drop
+    /// before then.
+    started_ns: u64,
+}
+
+impl Reading {
+    /// Reads the rulesets; says each problem reading them once, the first time it occurs.
+    fn now(said: &mut HashSet<String>) -> Reading {
+        let started_ns = monotonic_now_ns();
+        let snapshot = firewall::snapshot();
+        for error in &snapshot.errors {
+            if said.insert(error.clone()) {
+                eprintln!("tracer: warning: {error}");
+            }
+        }
+        Reading { snapshot, started_ns }
+    }
+
+    /// This reading as the "before" of a drop at kernel time `drop_ns`: only when it was taken
+    /// before the drop. A reading taken after it counts the drop already, so comparing with
+    /// it would show no counter moving; then there is no "before" (an empty one: no counter
+    /// is known to have stood still).
+    fn before(&self, drop_ns: u64) -> Option<&Snapshot> {
+        (self.started_ns <= drop_ns).then_some(&self.snapshot)
+    }
 }
 
 pub(crate) struct Answer {
     pub key: DropKey,
     pub finding: Option<Finding>,
 }
+
+/// How long a watch waits for the first reading of the rulesets before it attaches.
+const FIRST_READING_WAIT: Duration = Duration::from_millis(300);
 
 /// Requests that arrive this soon after another share its reading.
 const GATHER: Duration = Duration::from_millis(20);
@@ -45,8 +81,12 @@ pub(crate) struct FirewallWorker {
 }
 
 impl FirewallWorker {
-    /// Starts the worker and waits until it has read the rulesets once: that reading is
-    /// the "before" of the first drop, so it must be taken before anything is traced.
+    /// Starts the worker, which reads the rulesets once (the "before" of the first drops)
+    /// and then answers requests. Tracing waits for that reading at most
+    /// [`FIRST_READING_WAIT`]: on a small node it is done by then, and the first drops are
+    /// compared with it; on a node with tens of thousands of rules it takes seconds, and a
+    /// watch must not wait for it. A drop older than the reading is judged without a
+    /// "before" (see [`Reading::before`]).
     pub(crate) fn start() -> FirewallWorker {
         let (request_tx, request_rx) = mpsc::channel::<Request>();
         let (answer_tx, answer_rx) = mpsc::channel::<Answer>();
@@ -55,14 +95,14 @@ impl FirewallWorker {
             .name("tracer-firewall".to_string())
             .spawn(move || {
                 let mut said = HashSet::new();
-                let before = read_rulesets(&mut said);
+                let before = Reading::now(&mut said);
                 let _ = ready_tx.send(());
                 serve(before, said, request_rx, answer_tx);
             })
             .ok();
         // Without the thread (no threads left?) drops are shown without their rule.
         if thread.is_some() {
-            let _ = ready_rx.recv();
+            let _ = ready_rx.recv_timeout(FIRST_READING_WAIT);
         }
         FirewallWorker { requests: thread.as_ref().map(|_| request_tx), answers: answer_rx, thread, in_flight: 0 }
     }
@@ -113,18 +153,8 @@ impl Drop for FirewallWorker {
     }
 }
 
-/// Reads the rulesets; says each problem reading them once, the first time it occurs.
-fn read_rulesets(said: &mut HashSet<String>) -> Snapshot {
-    let snapshot = firewall::snapshot();
-    for error in &snapshot.errors {
-        if said.insert(error.clone()) {
-            eprintln!("tracer: warning: {error}");
-        }
-    }
-    snapshot
-}
-
-fn serve(mut before: Snapshot, mut said: HashSet<String>, requests: Receiver<Request>, answers: Sender<Answer>) {
+fn serve(mut before: Reading, mut said: HashSet<String>, requests: Receiver<Request>, answers: Sender<Answer>) {
+    let nothing_before = Snapshot::default();
     while let Ok(first) = requests.recv() {
         let mut batch = vec![first];
         let gather_until = Instant::now() + GATHER;
@@ -135,9 +165,10 @@ fn serve(mut before: Snapshot, mut said: HashSet<String>, requests: Receiver<Req
                 Err(RecvTimeoutError::Disconnected) => return,
             }
         }
-        let after = read_rulesets(&mut said);
+        let after = Reading::now(&mut said);
         for request in batch {
-            let finding = Some(judge_drop(&request.packet, request.wall_time_ns, &before, &after));
+            let before = before.before(request.timestamp_ns).unwrap_or(&nothing_before);
+            let finding = Some(judge_drop(&request.packet, request.wall_time_ns, before, &after.snapshot));
             if answers.send(Answer { key: request.key, finding }).is_err() {
                 return;
             }

@@ -372,7 +372,7 @@ impl Analysis {
             self.waiting_lines += 1;
             return Ok(());
         }
-        let request = Request { key, packet, wall_time_ns: line.wall_time_ns };
+        let request = Request { key, packet, wall_time_ns: line.wall_time_ns, timestamp_ns: line.drop.timestamp_ns };
         let requested = self.firewall.as_mut().is_some_and(|worker| worker.request(request));
         if !requested {
             return output.dropped(&line);

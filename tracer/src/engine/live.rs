@@ -116,8 +116,8 @@ fn report_lost(hooks: &KernelHooks, loss: &KernelLoss, reported: u64) -> u64 {
 pub(crate) async fn run(options: &WatchOptions, output: &mut dyn Sink) -> Result<Ending> {
     // Nothing is read or run before the privileges are known to be there.
     check_privileges()?;
-    // The rulesets are read before anything is attached: that reading is what the
-    // counters of the first drop are compared with.
+    // The rulesets are read (for a bounded time) before anything is attached: that reading is
+    // what the counters of the first drops are compared with.
     let firewall = FirewallWorker::start();
     let Attached { hooks, events, loss, mut reports, mut journeys } = KernelHooks::attach(&options.settings)?;
     let mut loss = KernelWitness::new(loss);
