@@ -38,6 +38,7 @@
 mod digest;
 mod iptables;
 mod nftables;
+pub mod node;
 mod nodelocal;
 
 use std::fmt;

@@ -4,13 +4,12 @@
 //! endpoints and answers once it has one. Needs root; every case builds its own lab, which its
 //! `Drop` removes, also when the case fails.
 
-use std::fs;
-use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
+use tracer_tests::kube_proxy::node::*;
 use tracer_tests::kube_proxy::*;
 use tracer_tests::lab::*;
 
@@ -28,19 +27,6 @@ fn timed(lab: &Lab, argv: &[&str]) -> Result<(String, Duration)> {
     let start = Instant::now();
     let out = lab.run(Ns::Node, argv)?;
     Ok((out, start.elapsed()))
-}
-
-/// `argv` with `file` appended: how the loaders take a ruleset.
-fn with_file<'a>(argv: &[&'a str], file: &'a Path) -> Result<Vec<&'a str>> {
-    let mut argv = argv.to_vec();
-    argv.push(file.to_str().context("non-UTF-8 lab directory")?);
-    Ok(argv)
-}
-
-fn write_lab_file(lab: &Lab, name: &str, text: &str) -> Result<std::path::PathBuf> {
-    let path = lab.dir().join(name);
-    fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
 }
 
 /// One table of `iptables-save` output, from `*TABLE` to its `COMMIT`.
@@ -213,54 +199,6 @@ fn nodelocal_dns_loads(restore: &str, save: &str) -> Result<()> {
         "both layouts' rules should all be there:\n{saved}"
     );
     Ok(())
-}
-
-/// How one backend puts a cluster's rules on the lab's node, replacing the last cluster's.
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Nftables,
-    Iptables { restore: &'static str },
-}
-
-impl Backend {
-    fn load(self, lab: &Lab, cluster: &Cluster) -> Result<()> {
-        match self {
-            Backend::Nftables => {
-                let file = write_lab_file(lab, "kube-proxy.nft", &nft_ruleset_text(cluster))?;
-                let listing = lab.run(Ns::Node, &["nft", "list", "tables"])?;
-                if listing.lines().any(|l| l.trim() == "table ip kube-proxy") {
-                    lab.run(Ns::Node, &["nft", "delete", "table", "ip", "kube-proxy"])?;
-                }
-                lab.run(Ns::Node, &with_file(&["nft", "-f"], &file)?).map(drop)
-            }
-            Backend::Iptables { restore } => {
-                let file = write_lab_file(lab, "kube-proxy.iptables", &iptables_restore_text(cluster))?;
-                lab.run(Ns::Node, &with_file(&[restore, "-w", "10"], &file)?).map(drop)
-            }
-        }
-    }
-}
-
-/// The lab with kube-proxy in charge of the ClusterIP: the lab's own DNAT to the DNS pod goes, and
-/// the node gets what routes Service addresses on a real node, a default route out of an uplink
-/// with the node's address. Without any route the node would answer "unreachable" itself before
-/// the forward hook, where kube-proxy rejects; with a route back out of the bridge it would send
-/// the client an ICMP redirect first, which uses up the client's ICMP rate-limit allowance and
-/// swallows the rejection.
-fn lab_for_kube_proxy() -> Result<Lab> {
-    let lab = Lab::new(LabConfig::healthy())?;
-    lab.iptables("-t nat -F PREROUTING")?;
-    let node_ip = format!("{NODE_IP}/24");
-    for argv in [
-        &["ip", "link", "add", "uplink", "type", "veth", "peer", "name", "uplink-peer"][..],
-        &["ip", "link", "set", "uplink-peer", "up"],
-        &["ip", "link", "set", "uplink", "up"],
-        &["ip", "addr", "add", &node_ip, "dev", "uplink"],
-        &["ip", "route", "add", "default", "via", "192.168.0.1", "dev", "uplink"],
-    ] {
-        lab.run(Ns::Node, argv)?;
-    }
-    Ok(lab)
 }
 
 fn refused(dig: &Dig) -> bool {
