@@ -490,7 +490,7 @@ mod tests {
         model::packet::Conntrack,
         pipeline::{
             loss::NothingLost,
-            queries::tests::{packet, query_path},
+            queries::tests::{backend_reply, query_path},
         },
         schema::summary::Summary,
     };
@@ -542,24 +542,8 @@ mod tests {
     /// analysis decodes DNS from the bytes, which these packets do not carry: their DNS is set.
     fn play_conntrack_skip(analysis: &mut Analysis) {
         let mut packets = query_path();
-        packets.push(packet(
-            4,
-            Stage::BridgeIn,
-            "veth-server",
-            "10.244.0.7:53",
-            "10.244.0.5:40000",
-            true,
-            Conntrack::None,
-        ));
-        packets.push(packet(
-            5,
-            Stage::BridgeOut,
-            "veth-client",
-            "10.244.0.7:53",
-            "10.244.0.5:40000",
-            true,
-            Conntrack::None,
-        ));
+        packets.push(backend_reply(4, Stage::BridgeIn));
+        packets.push(backend_reply(5, Stage::BridgeOut));
         for packet in packets {
             analysis.stats.packets += 1;
             if let Some(correlated) = analysis.flows.observe(&packet) {

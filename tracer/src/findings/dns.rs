@@ -230,7 +230,7 @@ mod tests {
     use super::*;
     use crate::findings::Occurrence;
     use crate::pipeline::queries::{
-        tests::{addr, dnat_entry, packet, query_path},
+        tests::{addr, backend_reply, dnat_entry, packet, query_path},
         DnsFlows,
     };
 
@@ -248,15 +248,7 @@ mod tests {
     #[test]
     fn bridged_reply_from_backend_is_conntrack_skip() {
         let mut packets = query_path();
-        packets.push(packet(
-            4,
-            Stage::BridgeIn,
-            "veth-server",
-            "10.244.0.7:53",
-            "10.244.0.5:40000",
-            true,
-            Conntrack::None,
-        ));
+        packets.push(backend_reply(4, Stage::BridgeIn));
         let mut reply =
             packet(5, Stage::BridgeOut, "veth-client", "10.244.0.7:53", "10.244.0.5:40000", true, Conntrack::None);
         reply.names.in_ifname = Some("veth-server".to_string());
@@ -279,15 +271,7 @@ mod tests {
     #[test]
     fn without_br_netfilter_the_finding_says_load_it_first() {
         let mut packets = query_path();
-        packets.push(packet(
-            5,
-            Stage::BridgeOut,
-            "veth-client",
-            "10.244.0.7:53",
-            "10.244.0.5:40000",
-            true,
-            Conntrack::None,
-        ));
+        packets.push(backend_reply(5, Stage::BridgeOut));
         let mut flows = DnsFlows::new(2_000_000_000, 100);
         let correlated: Vec<Correlated> = packets.iter().filter_map(|p| flows.observe(p)).collect();
         let absent = |name: &str| SysctlValue { name: name.to_string(), value: None };
@@ -348,15 +332,7 @@ mod tests {
     fn repeats_are_counted_once_per_client_and_server() {
         let mut log = super::super::FindingLog::default();
         let mut packets = query_path();
-        packets.push(packet(
-            5,
-            Stage::BridgeOut,
-            "veth-client",
-            "10.244.0.7:53",
-            "10.244.0.5:40000",
-            true,
-            Conntrack::None,
-        ));
+        packets.push(backend_reply(5, Stage::BridgeOut));
         let finding = run(&packets).remove(0);
         let mut other_port = finding.clone();
         if let Evidence::Dns(dns) = &mut other_port.evidence {

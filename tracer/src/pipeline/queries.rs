@@ -321,6 +321,13 @@ pub(crate) mod tests {
     }
 
     /// The query's way through a node with a ClusterIP DNAT, as recorded in the lab.
+    /// The DNS pod's answer to [`query_path`]'s query, unchanged by NAT: entering the bridge
+    /// from the server (`BridgeIn`) or leaving it towards the client (`BridgeOut`).
+    pub(crate) fn backend_reply(at_ms: u64, stage: Stage) -> TracedPacket {
+        let port = if stage == Stage::BridgeIn { "veth-server" } else { "veth-client" };
+        packet(at_ms, stage, port, "10.244.0.7:53", "10.244.0.5:40000", true, Conntrack::None)
+    }
+
     pub(crate) fn query_path() -> Vec<TracedPacket> {
         vec![
             packet(0, Stage::BridgeIn, "veth-client", "10.244.0.5:40000", "10.96.0.10:53", false, Conntrack::None),
@@ -349,24 +356,8 @@ pub(crate) mod tests {
     fn bridged_reply_without_conntrack_pairs_with_its_query() {
         let mut flows = DnsFlows::new(2_000_000_000, 100);
         let mut packets = query_path();
-        packets.push(packet(
-            4,
-            Stage::BridgeIn,
-            "veth-server",
-            "10.244.0.7:53",
-            "10.244.0.5:40000",
-            true,
-            Conntrack::None,
-        ));
-        packets.push(packet(
-            5,
-            Stage::BridgeOut,
-            "veth-client",
-            "10.244.0.7:53",
-            "10.244.0.5:40000",
-            true,
-            Conntrack::None,
-        ));
+        packets.push(backend_reply(4, Stage::BridgeIn));
+        packets.push(backend_reply(5, Stage::BridgeOut));
         let correlated = replay(&mut flows, &packets);
         assert_eq!(correlated.len(), 1);
         let Correlated::ReplyToClient { query, reply } = &correlated[0] else { panic!("expected a reply") };

@@ -233,7 +233,7 @@ mod tests {
         },
         pipeline::{
             paths::DroppedPacket,
-            queries::tests::{addr, packet, query_path},
+            queries::tests::{addr, backend_reply, packet, query_path},
         },
         schema::finding::FindingKind,
     };
@@ -285,15 +285,7 @@ mod tests {
     fn a_findings_example_is_its_querys_way() {
         let mut collector = Collector::new(Duration::from_secs(1), false);
         let mut packets = query_path();
-        packets.push(packet(
-            5,
-            Stage::BridgeOut,
-            "veth-client",
-            "10.244.0.7:53",
-            "10.244.0.5:40000",
-            true,
-            Conntrack::None,
-        ));
+        packets.push(backend_reply(5, Stage::BridgeOut));
         // Another client's query in between is not part of the example.
         packets.insert(
             2,
