@@ -3,7 +3,8 @@
 //! imports ([`oci`]), the processes started in it ([`process`]), one watch around some traffic
 //! ([`scenario`]), reading `tracer watch` output ([`output`]), building packets by hand
 //! ([`packets`]), the firewall as text ([`firewall`]), the rules kube-proxy and NodeLocal
-//! DNSCache leave on a node, at any cluster size ([`kube_proxy`]) and running tracer without
+//! DNSCache leave on a node, at any cluster size ([`kube_proxy`]), the rules other owners of a node's
+//! firewall write (Calico, kube-router, firewalld, Docker: [`managers`]) and running tracer without
 //! privileges ([`unprivileged`]).
 //!
 //! Everything here needs root: it creates network namespaces, runs dnsmasq and changes iptables rules
@@ -13,6 +14,7 @@ pub mod dnsperf;
 pub mod firewall;
 pub mod kube_proxy;
 pub mod lab;
+pub mod managers;
 pub mod netns;
 pub mod node;
 pub mod oci;
