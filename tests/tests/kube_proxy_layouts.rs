@@ -4,8 +4,6 @@
 //! endpoints and answers once it has one. Needs root; every case builds its own lab, which its
 //! `Drop` removes, also when the case fails.
 
-use std::fs;
-use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -13,6 +11,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 use tracer_tests::kube_proxy::*;
 use tracer_tests::lab::*;
+use tracer_tests::ruleset::{rule_lines, saved_table, with_file, write_lab_file};
 
 /// A large cluster's worth of Services: tens of thousands of iptables rules.
 const SERVICES: usize = 5000;
@@ -28,32 +27,6 @@ fn timed(lab: &Lab, argv: &[&str]) -> Result<(String, Duration)> {
     let start = Instant::now();
     let out = lab.run(Ns::Node, argv)?;
     Ok((out, start.elapsed()))
-}
-
-/// `argv` with `file` appended: how the loaders take a ruleset.
-fn with_file<'a>(argv: &[&'a str], file: &'a Path) -> Result<Vec<&'a str>> {
-    let mut argv = argv.to_vec();
-    argv.push(file.to_str().context("non-UTF-8 lab directory")?);
-    Ok(argv)
-}
-
-fn write_lab_file(lab: &Lab, name: &str, text: &str) -> Result<std::path::PathBuf> {
-    let path = lab.dir().join(name);
-    fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
-}
-
-/// One table of `iptables-save` output, from `*TABLE` to its `COMMIT`.
-fn saved_table<'a>(saved: &'a str, table: &str) -> Result<&'a str> {
-    let header = format!("*{table}\n");
-    let start = saved.find(&header).with_context(|| format!("no {table} table in:\n{saved}"))?;
-    let rest = &saved[start..];
-    let end = rest.find("\nCOMMIT\n").with_context(|| format!("{table} table without COMMIT"))?;
-    Ok(&rest[..end])
-}
-
-fn rule_lines(text: &str) -> impl Iterator<Item = &str> {
-    text.lines().filter(|l| l.starts_with("-A ") || l.starts_with("-I "))
 }
 
 tracer_tests::cases!(iptables_layout_loads_at_scale => {
