@@ -1,0 +1,114 @@
+//! The rulesets of other firewall owners ([`tracer_tests::managers`]) loaded by the real tools and
+//! tried with real DNS traffic: each one, put on a lab's node, drops or rejects a `dig` from the
+//! client pod the way its owner's rule does, that rule's counter goes up, and the same owner's fix
+//! (the ruleset it writes once the cluster allows DNS) lets the answer through. Needs root (and
+//! `ipset` for kube-router's sets); every case builds its own lab, which its `Drop` removes, also
+//! when the case fails.
+
+use anyhow::{ensure, Context, Result};
+use tracer_tests::lab::*;
+use tracer_tests::managers::*;
+use tracer_tests::ruleset::{rule_lines, rule_packets, saved_table, with_file, write_lab_file};
+
+/// How an iptables ruleset is loaded and listed: the nf_tables or the legacy backend.
+#[derive(Clone, Copy, Debug)]
+struct Xtables {
+    restore: &'static str,
+    save: &'static str,
+}
+
+const NFT: Xtables = Xtables { restore: "iptables-nft-restore", save: "iptables-nft-save" };
+const LEGACY: Xtables = Xtables { restore: "iptables-legacy-restore", save: "iptables-legacy-save" };
+
+impl Xtables {
+    /// Loads `text` into the node, replacing the tables it names, and returns `iptables-save -c`.
+    fn load(self, lab: &Lab, name: &str, text: &str) -> Result<String> {
+        let file = write_lab_file(lab, name, text)?;
+        lab.run(Ns::Node, &with_file(&[self.restore, "-w", "10"], &file)?)
+            .with_context(|| format!("{} {name}", self.restore))?;
+        // Only the tables written: the lab keeps its own DNAT in the nat table.
+        let listed = lab.run(Ns::Node, &[self.save])?;
+        let mut loaded = 0;
+        for table in text.lines().filter_map(|l| l.strip_prefix('*')) {
+            loaded += rule_lines(saved_table(&listed, table)?).count();
+        }
+        let written = rule_lines(text).count();
+        ensure!(loaded == written, "{}: {loaded} rules listed, {written} written:\n{listed}", self.save);
+        self.saved(lab)
+    }
+
+    fn saved(self, lab: &Lab) -> Result<String> {
+        lab.run(Ns::Node, &[self.save, "-c"])
+    }
+}
+
+/// What dig saw, in the words of each way a DNS query fails.
+fn refused(dig: &Dig) -> bool {
+    dig.status.is_none() && dig.output.contains("connection refused")
+}
+
+fn host_unreachable(dig: &Dig) -> bool {
+    dig.status.is_none() && dig.output.contains("host unreachable")
+}
+
+// ---- Calico ----
+
+/// The lab with the client attached as Calico attaches a pod: its veth routed by the node (a /32
+/// route and proxy ARP answering for every address the pod asks for) instead of bridged, so that
+/// the pod's packets are forwarded with the veth as their input interface, which is what Felix
+/// dispatches on. The server sits behind the node's other routed veth.
+fn lab_for_calico() -> Result<Lab> {
+    let lab = Lab::new(LabConfig::healthy().with_routed_server())?;
+    let client = format!("{CLIENT_IP}/32");
+    let proxy_arp = format!("net.ipv4.conf.{CLIENT_VETH}.proxy_arp=1");
+    for argv in [
+        &["ip", "link", "set", CLIENT_VETH, "nomaster"][..],
+        &["ip", "route", "add", &client, "dev", CLIENT_VETH],
+        &["sysctl", "-qw", &proxy_arp],
+    ] {
+        lab.run(Ns::Node, argv)?;
+    }
+    Ok(lab)
+}
+
+fn calico_network(lab: &Lab, allow_dns: bool) -> Result<PodNetwork> {
+    let (client, server) = lab_pods(lab.server_ip().parse()?, ROUTED_VETH);
+    Ok(PodNetwork::deny_dns(client, server, allow_dns))
+}
+
+tracer_tests::cases!(calico_drops_dns_until_the_policy_allows_it => {
+    calico_iptables_nft: (NFT),
+    calico_iptables_legacy: (LEGACY),
+});
+
+fn calico_drops_dns_until_the_policy_allows_it(xtables: Xtables) -> Result<()> {
+    let lab = lab_for_calico()?;
+    let server = lab.server_ip();
+    lab.dig(server, TEST_NAME, &[])?.expect_answers(&[TEST_A]).context("the routed client before any policy")?;
+
+    let text = calico::iptables_restore_text(&calico_network(&lab, false)?, "veth")?;
+    let saved = xtables.load(&lab, "calico.iptables", &text)?;
+    let fw = calico::from_workload_chain(CLIENT_VETH);
+    let drop = ["--comment \"End of tier default. Drop if no policies passed packet\"", "-j DROP"];
+    let (before, rule) = rule_packets(&saved, &fw, &drop)?;
+    ensure!(before == 0, "nothing was sent yet: {rule}");
+
+    let dig = lab.dig(server, TEST_NAME, &[])?;
+    dig.expect_timed_out().context("Calico drops the query silently")?;
+    let saved = xtables.saved(&lab)?;
+    let (after, rule) = rule_packets(&saved, &fw, &drop)?;
+    ensure!(after >= 1, "{xtables:?}: the end-of-tier drop should have counted the query: {rule}");
+
+    let text = calico::iptables_restore_text(&calico_network(&lab, true)?, "veth")?;
+    xtables.load(&lab, "calico-allow-dns.iptables", &text)?;
+    lab.dig(server, TEST_NAME, &[])?.expect_answers(&[TEST_A]).context("the policy allows DNS")?;
+    let saved = xtables.saved(&lab)?;
+    let (dropped, _) = rule_packets(&saved, &fw, &drop)?;
+    let policy = calico::policy_egress_chain(&calico_network(&lab, true)?.policies[0]);
+    let (allowed, rule) = rule_packets(&saved, &policy, &["-p udp", "--dports 53", "MARK"])?;
+    ensure!(
+        dropped == 0 && allowed >= 1,
+        "{xtables:?}: the policy's UDP 53 rule should pass the query ({allowed}: {rule}), not the drop ({dropped})"
+    );
+    Ok(())
+}
