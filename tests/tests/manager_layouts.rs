@@ -40,6 +40,12 @@ impl Xtables {
     fn saved(self, lab: &Lab) -> Result<String> {
         lab.run(Ns::Node, &[self.save, "-c"])
     }
+
+    /// The packets counted by the one rule of `chain` with all of `parts`, and that rule.
+    fn packets(self, lab: &Lab, chain: &str, parts: &[&str]) -> Result<(u64, String)> {
+        let saved = self.saved(lab)?;
+        rule_packets(&saved, chain, parts).map(|(packets, rule)| (packets, rule.to_string()))
+    }
 }
 
 /// What dig saw, in the words of each way a DNS query fails.
@@ -95,8 +101,7 @@ fn calico_drops_dns_until_the_policy_allows_it(xtables: Xtables) -> Result<()> {
 
     let dig = lab.dig(server, TEST_NAME, &[])?;
     dig.expect_timed_out().context("Calico drops the query silently")?;
-    let saved = xtables.saved(&lab)?;
-    let (after, rule) = rule_packets(&saved, &fw, &drop)?;
+    let (after, rule) = xtables.packets(&lab, &fw, &drop)?;
     ensure!(after >= 1, "{xtables:?}: the end-of-tier drop should have counted the query: {rule}");
 
     let text = calico::iptables_restore_text(&calico_network(&lab, true)?, "veth")?;
@@ -109,6 +114,64 @@ fn calico_drops_dns_until_the_policy_allows_it(xtables: Xtables) -> Result<()> {
     ensure!(
         dropped == 0 && allowed >= 1,
         "{xtables:?}: the policy's UDP 53 rule should pass the query ({allowed}: {rule}), not the drop ({dropped})"
+    );
+    Ok(())
+}
+
+// ---- kube-router ----
+
+/// A sync version as kube-router writes it: the sync's start in nanoseconds.
+const KUBE_ROUTER_SYNC: &str = "1767225600000000000";
+
+fn kube_router_network(lab: &Lab, allow_dns: bool) -> Result<PodNetwork> {
+    let (client, server) = lab_pods(lab.server_ip().parse()?, SERVER_VETH);
+    Ok(PodNetwork::deny_dns(client, server, allow_dns))
+}
+
+/// Loads kube-router's sets (before its rules, which refer to them) and then its rules.
+fn load_kube_router(lab: &Lab, xtables: Xtables, network: &PodNetwork) -> Result<String> {
+    let sets = write_lab_file(lab, "kube-router.ipset", &kube_router::ipset_restore_text(network))?;
+    lab.run(Ns::Node, &with_file(&["ipset", "restore", "-exist", "-file"], &sets)?)
+        .context("ipset restore (is ipset installed? apt-get install ipset)")?;
+    let text = kube_router::iptables_restore_text(network, KUBE_ROUTER_SYNC, tracer_tests::kube_proxy::SERVICE_CIDR);
+    xtables.load(lab, "kube-router.iptables", &text)
+}
+
+tracer_tests::cases!(kube_router_rejects_dns_until_the_policy_allows_it => {
+    kube_router_iptables_nft: (NFT),
+    kube_router_iptables_legacy: (LEGACY),
+});
+
+/// Pods on the lab's bridge, as kube-router's own bridge puts them: the query is bridged, and
+/// br_netfilter hands it to the FORWARD chain with the physdev match kube-router relies on.
+fn kube_router_rejects_dns_until_the_policy_allows_it(xtables: Xtables) -> Result<()> {
+    let lab = Lab::new(LabConfig::healthy())?;
+    let server = lab.server_ip();
+    let network = kube_router_network(&lab, false)?;
+    let saved = load_kube_router(&lab, xtables, &network)?;
+    let chain = kube_router::pod_firewall_chain(&network.pods[0], KUBE_ROUTER_SYNC);
+    let reject = ["rule to REJECT traffic destined for POD name:client namespace: default", "-j REJECT"];
+    let (before, rule) = rule_packets(&saved, &chain, &reject)?;
+    ensure!(before == 0 && rule.contains("--reject-with icmp-port-unreachable"), "{rule}");
+    let sets = lab.run(Ns::Node, &["ipset", "list", &kube_router::policy_source_set(&network.policies[0])])?;
+    ensure!(sets.contains(CLIENT_IP), "the policy's source set should hold the client:\n{sets}");
+
+    let dig = lab.dig(server, TEST_NAME, &[])?;
+    ensure!(refused(&dig), "{xtables:?}: kube-router rejects with port unreachable:\n{}", dig.output);
+    let (after, rule) = xtables.packets(&lab, &chain, &reject)?;
+    ensure!(after >= 1, "{xtables:?}: the pod chain's REJECT should have counted the query: {rule}");
+
+    let network = kube_router_network(&lab, true)?;
+    let saved = load_kube_router(&lab, xtables, &network)?;
+    ensure!(rule_packets(&saved, &chain, &reject)?.0 == 0, "a restore starts the counters again");
+    lab.dig(server, TEST_NAME, &[])?.expect_answers(&[TEST_A]).context("the policy allows DNS")?;
+    let saved = xtables.saved(&lab)?;
+    let policy = kube_router::policy_chain(CLIENT_NAMESPACE, DENY_DNS_POLICY, KUBE_ROUTER_SYNC);
+    let (marked, rule) = rule_packets(&saved, &policy, &["-p udp", "--dport 53", "-j MARK"])?;
+    let (rejected, _) = rule_packets(&saved, &chain, &reject)?;
+    ensure!(
+        marked >= 1 && rejected == 0,
+        "{xtables:?}: the policy's UDP 53 rule should pass the query ({marked}: {rule}), not the REJECT ({rejected})"
     );
     Ok(())
 }
