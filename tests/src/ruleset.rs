@@ -65,3 +65,17 @@ pub fn rule_packets<'a>(saved: &'a str, chain: &str, parts: &[&str]) -> Result<(
         _ => bail!("want one rule of {chain} with {parts:?}, found {}:\n{saved}", matching.len()),
     }
 }
+
+/// The packets counted by the one rule containing all of `parts` in an `nft list` listing (whose
+/// rules count with `counter packets N bytes M`), and the rule as it was printed.
+pub fn nft_rule_packets<'a>(listing: &'a str, parts: &[&str]) -> Result<(u64, &'a str)> {
+    let matching: Vec<&str> = listing.lines().map(str::trim).filter(|l| parts.iter().all(|p| l.contains(p))).collect();
+    let [rule] = matching[..] else {
+        bail!("want one rule with {parts:?}, found {}:\n{listing}", matching.len());
+    };
+    let packets = rule
+        .split_once("counter packets ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .with_context(|| format!("no counter in `{rule}`"))?;
+    Ok((packets.parse().with_context(|| format!("counter of `{rule}`"))?, rule))
+}

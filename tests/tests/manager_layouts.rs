@@ -5,10 +5,12 @@
 //! `ipset` for kube-router's sets); every case builds its own lab, which its `Drop` removes, also
 //! when the case fails.
 
+use std::time::{Duration, Instant};
+
 use anyhow::{ensure, Context, Result};
 use tracer_tests::lab::*;
 use tracer_tests::managers::*;
-use tracer_tests::ruleset::{rule_lines, rule_packets, saved_table, with_file, write_lab_file};
+use tracer_tests::ruleset::{nft_rule_packets, rule_lines, rule_packets, saved_table, with_file, write_lab_file};
 
 /// How an iptables ruleset is loaded and listed: the nf_tables or the legacy backend.
 #[derive(Clone, Copy, Debug)]
@@ -172,6 +174,77 @@ fn kube_router_rejects_dns_until_the_policy_allows_it(xtables: Xtables) -> Resul
     ensure!(
         marked >= 1 && rejected == 0,
         "{xtables:?}: the policy's UDP 53 rule should pass the query ({marked}: {rule}), not the REJECT ({rejected})"
+    );
+    Ok(())
+}
+
+// ---- firewalld ----
+
+/// A DNS server on the node itself, listening on the bridge's address, as a node-local cache
+/// does: what firewalld's input zone decides about.
+fn start_node_dns(lab: &Lab) -> Result<Process<'_>> {
+    let (pid, log) = (lab.dir().join("node-dnsmasq.pid"), lab.dir().join("node-dnsmasq.log"));
+    let args = dnsmasq_argv(&[BRIDGE_IP], &pid, &log);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let dnsmasq = lab.spawn(Ns::Node, &argv)?;
+    let want = format!("{BRIDGE_IP}:53");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lab.run(Ns::Node, &["ss", "-Hlun"])?.contains(&want) {
+        ensure!(Instant::now() < deadline, "dnsmasq on the node is not listening on {want} after 10 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(dnsmasq)
+}
+
+fn load_firewalld(lab: &Lab, name: &str, config: &firewalld::Firewalld) -> Result<()> {
+    let listing = lab.run(Ns::Node, &["nft", "list", "tables"])?;
+    if listing.lines().any(|l| l.trim() == "table inet firewalld") {
+        lab.run(Ns::Node, &["nft", "delete", "table", "inet", "firewalld"])?;
+    }
+    let file = write_lab_file(lab, name, &firewalld::nft_ruleset_text(config))?;
+    lab.run(Ns::Node, &with_file(&["nft", "-f"], &file)?).map(drop).with_context(|| format!("nft -f {name}"))
+}
+
+fn nft_chain(lab: &Lab, chain: &str) -> Result<String> {
+    lab.run(Ns::Node, &["nft", "-a", "list", "chain", "inet", "firewalld", chain])
+}
+
+/// The packets counted by the one rule of firewalld's `chain` with all of `parts`, and that rule.
+fn nft_packets(lab: &Lab, chain: &str, parts: &[&str]) -> Result<(u64, String)> {
+    let listing = nft_chain(lab, chain)?;
+    nft_rule_packets(&listing, parts).map(|(packets, rule)| (packets, rule.to_string()))
+}
+
+/// The client's query to a DNS server on the node enters through `cni0`, which is in the default
+/// `public` zone: no service there allows DNS, so the zone's input chain rejects it.
+#[test]
+fn firewalld_rejects_dns_to_the_node_until_the_zone_allows_it() -> Result<()> {
+    let lab = Lab::new(LabConfig::healthy())?;
+    let _dnsmasq = start_node_dns(&lab)?;
+    lab.dig(BRIDGE_IP, TEST_NAME, &[])?.expect_answers(&[TEST_A]).context("the node's DNS before firewalld")?;
+
+    let mut config = firewalld::Firewalld { zone: firewalld::Zone::public(&[BRIDGE]), counters: true };
+    load_firewalld(&lab, "firewalld.nft", &config)?;
+    let chain = firewalld::input_zone_chain(&config.zone);
+    let reject = ["reject with icmpx", "admin-prohibited"];
+    let (before, rule) = nft_packets(&lab, &chain, &reject)?;
+    ensure!(before == 0, "nothing was sent yet: {rule}");
+    let dispatch = nft_chain(&lab, "filter_INPUT_dispatch")?;
+    ensure!(dispatch.contains(&format!("iifname \"{BRIDGE}\" ")), "dispatch by the bridge:\n{dispatch}");
+
+    let dig = lab.dig(BRIDGE_IP, TEST_NAME, &[])?;
+    ensure!(host_unreachable(&dig), "firewalld rejects with admin-prohibited:\n{}", dig.output);
+    let (after, rule) = nft_packets(&lab, &chain, &reject)?;
+    ensure!(after >= 1, "the zone's reject should have counted the query: {rule}");
+
+    config.zone.services.push(firewalld::Service::Dns);
+    load_firewalld(&lab, "firewalld-dns.nft", &config)?;
+    lab.dig(BRIDGE_IP, TEST_NAME, &[])?.expect_answers(&[TEST_A]).context("the zone allows the dns service")?;
+    let (allowed, rule) = nft_packets(&lab, "filter_IN_public_allow", &["udp dport 53"])?;
+    let (rejected, _) = nft_packets(&lab, &chain, &reject)?;
+    ensure!(
+        allowed >= 1 && rejected == 0,
+        "the dns service should accept the query ({allowed}: {rule}), not the reject ({rejected})"
     );
     Ok(())
 }
