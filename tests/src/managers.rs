@@ -16,6 +16,7 @@
 //! and kube-router can be given the same scenario: [`PodNetwork::deny_dns`].
 
 pub mod calico;
+pub mod docker;
 pub mod firewalld;
 pub mod kube_router;
 

@@ -248,3 +248,59 @@ fn firewalld_rejects_dns_to_the_node_until_the_zone_allows_it() -> Result<()> {
     );
     Ok(())
 }
+
+// ---- Docker ----
+
+/// The lab as two Docker networks: the client's bridge `cni0` as the default bridge, and the
+/// server's routed veth as a user network's bridge (Docker's rules only name interfaces).
+fn docker_host(release: docker::Release, allow: bool) -> docker::DockerHost {
+    let cidr = |third| Cidr { addr: std::net::Ipv4Addr::new(10, third, 0, 0), prefix: 24 };
+    let networks = vec![
+        docker::Network { bridge: BRIDGE.into(), subnet: cidr(244) },
+        docker::Network { bridge: ROUTED_VETH.into(), subnet: cidr(245) },
+    ];
+    let user_rules = if allow { docker::allow_between(&networks[0], &networks[1]) } else { Vec::new() };
+    docker::DockerHost { release, networks, user_rules }
+}
+
+tracer_tests::cases!(docker_drops_dns_between_networks_until_docker_user_allows_it => {
+    docker_27_iptables_nft: (docker::Release::V27, NFT),
+    docker_27_iptables_legacy: (docker::Release::V27, LEGACY),
+    docker_28_iptables_nft: (docker::Release::V28, NFT),
+    docker_28_iptables_legacy: (docker::Release::V28, LEGACY),
+});
+
+/// A query from a container on one network to a DNS server container on another: Docker drops it
+/// silently, and passes it once `DOCKER-USER` accepts traffic between the two.
+fn docker_drops_dns_between_networks_until_docker_user_allows_it(
+    release: docker::Release,
+    xtables: Xtables,
+) -> Result<()> {
+    let lab = Lab::new(LabConfig::healthy().with_routed_server())?;
+    let server = lab.server_ip();
+    let saved = xtables.load(&lab, "docker.iptables", &docker::iptables_restore_text(&docker_host(release, false)))?;
+    let chain = docker::isolation_chain(release);
+    let drop = match release {
+        docker::Release::V27 => vec![format!("-o {ROUTED_VETH} -j DROP")],
+        docker::Release::V28 => vec![format!("! -i {ROUTED_VETH} -o {ROUTED_VETH} -j DROP")],
+    };
+    let drop: Vec<&str> = drop.iter().map(String::as_str).collect();
+    let (before, rule) = rule_packets(&saved, chain, &drop)?;
+    ensure!(before == 0, "nothing was sent yet: {rule}");
+
+    let dig = lab.dig(server, TEST_NAME, &[])?;
+    dig.expect_timed_out().with_context(|| format!("{release:?} isolates the networks"))?;
+    let (after, rule) = xtables.packets(&lab, chain, &drop)?;
+    ensure!(after >= 1, "{release:?} {xtables:?}: the isolation drop should have counted the query: {rule}");
+
+    xtables.load(&lab, "docker-user.iptables", &docker::iptables_restore_text(&docker_host(release, true)))?;
+    lab.dig(server, TEST_NAME, &[])?.expect_answers(&[TEST_A]).context("DOCKER-USER allows the networks to talk")?;
+    let (accepted, rule) =
+        xtables.packets(&lab, "DOCKER-USER", &[&format!("-i {BRIDGE} -o {ROUTED_VETH} -j ACCEPT")])?;
+    let (dropped, _) = xtables.packets(&lab, chain, &drop)?;
+    ensure!(
+        accepted >= 1 && dropped == 0,
+        "{release:?} {xtables:?}: DOCKER-USER should accept the query ({accepted}: {rule}), not the drop ({dropped})"
+    );
+    Ok(())
+}
