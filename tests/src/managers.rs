@@ -68,7 +68,7 @@ pub struct EgressPolicy {
 
 impl EgressPolicy {
     pub fn selects(&self, pod: &Pod) -> bool {
-        pod.namespace == self.namespace && self.selected.iter().any(|name| *name == pod.name)
+        pod.namespace == self.namespace && self.selected.contains(&pod.name)
     }
 }
 
@@ -110,4 +110,25 @@ impl PodNetwork {
 pub fn lab_pods(server_ip: Ipv4Addr, server_iface: &str) -> (Pod, Pod) {
     let client = Pod::new(CLIENT_NAMESPACE, "client", Ipv4Addr::new(10, 244, 0, 5), crate::lab::CLIENT_VETH);
     (client, Pod::new("kube-system", "coredns", server_ip, server_iface))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lab_pods_are_the_labs() {
+        let (client, server) = lab_pods(Ipv4Addr::new(10, 245, 0, 7), crate::lab::ROUTED_VETH);
+        assert_eq!(client.ip.to_string(), crate::lab::CLIENT_IP);
+        assert_eq!((client.iface.as_str(), server.iface.as_str()), (crate::lab::CLIENT_VETH, crate::lab::ROUTED_VETH));
+    }
+
+    #[test]
+    fn deny_dns_selects_the_client_only() {
+        let (client, server) = lab_pods(Ipv4Addr::new(10, 244, 0, 7), crate::lab::SERVER_VETH);
+        let network = PodNetwork::deny_dns(client, server, false);
+        assert_eq!(network.policies_for(&network.pods[0]).count(), 1);
+        assert_eq!(network.policies_for(&network.pods[1]).count(), 0);
+        assert!(network.policies[0].ports.iter().all(|p| p.port != 53));
+    }
 }

@@ -105,6 +105,7 @@ fn calico_drops_dns_until_the_policy_allows_it(xtables: Xtables) -> Result<()> {
     dig.expect_timed_out().context("Calico drops the query silently")?;
     let (after, rule) = xtables.packets(&lab, &fw, &drop)?;
     ensure!(after >= 1, "{xtables:?}: the end-of-tier drop should have counted the query: {rule}");
+    eprintln!("{xtables:?}: dropped by [{after} packets] {rule}");
 
     let text = calico::iptables_restore_text(&calico_network(&lab, true)?, "veth")?;
     xtables.load(&lab, "calico-allow-dns.iptables", &text)?;
@@ -162,6 +163,7 @@ fn kube_router_rejects_dns_until_the_policy_allows_it(xtables: Xtables) -> Resul
     ensure!(refused(&dig), "{xtables:?}: kube-router rejects with port unreachable:\n{}", dig.output);
     let (after, rule) = xtables.packets(&lab, &chain, &reject)?;
     ensure!(after >= 1, "{xtables:?}: the pod chain's REJECT should have counted the query: {rule}");
+    eprintln!("{xtables:?}: rejected by [{after} packets] {rule}");
 
     let network = kube_router_network(&lab, true)?;
     let saved = load_kube_router(&lab, xtables, &network)?;
@@ -236,6 +238,7 @@ fn firewalld_rejects_dns_to_the_node_until_the_zone_allows_it() -> Result<()> {
     ensure!(host_unreachable(&dig), "firewalld rejects with admin-prohibited:\n{}", dig.output);
     let (after, rule) = nft_packets(&lab, &chain, &reject)?;
     ensure!(after >= 1, "the zone's reject should have counted the query: {rule}");
+    eprintln!("rejected in {chain} by {rule}");
 
     config.zone.services.push(firewalld::Service::Dns);
     load_firewalld(&lab, "firewalld-dns.nft", &config)?;
@@ -292,6 +295,7 @@ fn docker_drops_dns_between_networks_until_docker_user_allows_it(
     dig.expect_timed_out().with_context(|| format!("{release:?} isolates the networks"))?;
     let (after, rule) = xtables.packets(&lab, chain, &drop)?;
     ensure!(after >= 1, "{release:?} {xtables:?}: the isolation drop should have counted the query: {rule}");
+    eprintln!("{release:?} {xtables:?}: dropped by [{after} packets] {rule}");
 
     xtables.load(&lab, "docker-user.iptables", &docker::iptables_restore_text(&docker_host(release, true)))?;
     lab.dig(server, TEST_NAME, &[])?.expect_answers(&[TEST_A]).context("DOCKER-USER allows the networks to talk")?;
