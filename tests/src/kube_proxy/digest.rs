@@ -85,39 +85,31 @@ fn compress(message: &[u8], initial: [u32; 8]) -> [u32; 8] {
 /// The standard base32 alphabet (RFC 4648 section 6), without padding: kube-proxy only ever keeps
 /// a prefix of the encoding, and padding only appears at its end.
 pub fn base32(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let mut out = String::with_capacity(bytes.len().div_ceil(5) * 8);
-    let (mut buffer, mut bits) = (0u32, 0u32);
-    for &byte in bytes {
-        buffer = (buffer << 8) | u32::from(byte);
-        bits += 8;
-        while bits >= 5 {
-            bits -= 5;
-            out.push(char::from(ALPHABET[((buffer >> bits) & 31) as usize]));
-        }
-    }
-    if bits > 0 {
-        out.push(char::from(ALPHABET[((buffer << (5 - bits)) & 31) as usize]));
-    }
-    out
+    encode(bytes, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", 5)
 }
 
 /// The URL-safe base64 alphabet (RFC 4648 section 5) without padding, as Go's
 /// `base64.RawURLEncoding` writes it.
 pub fn base64_url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    let (mut buffer, mut bits) = (0u32, 0u32);
+    encode(bytes, b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_", 6)
+}
+
+/// `bytes` as characters of `alphabet` (of 2^`bits` letters), `bits` at a time from the most
+/// significant, the last character filled up with zero bits.
+fn encode(bytes: &[u8], alphabet: &[u8], bits: u32) -> String {
+    let mask = (1u32 << bits) - 1;
+    let mut out = String::with_capacity((bytes.len() * 8).div_ceil(bits as usize));
+    let (mut buffer, mut held) = (0u32, 0u32);
     for &byte in bytes {
         buffer = (buffer << 8) | u32::from(byte);
-        bits += 8;
-        while bits >= 6 {
-            bits -= 6;
-            out.push(char::from(ALPHABET[((buffer >> bits) & 63) as usize]));
+        held += 8;
+        while held >= bits {
+            held -= bits;
+            out.push(char::from(alphabet[((buffer >> held) & mask) as usize]));
         }
     }
-    if bits > 0 {
-        out.push(char::from(ALPHABET[((buffer << (6 - bits)) & 63) as usize]));
+    if held > 0 {
+        out.push(char::from(alphabet[((buffer << (bits - held)) & mask) as usize]));
     }
     out
 }
