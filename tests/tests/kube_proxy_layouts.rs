@@ -236,10 +236,6 @@ fn lab_for_kube_proxy() -> Result<Lab> {
     Ok(lab)
 }
 
-fn refused(dig: &Dig) -> bool {
-    dig.status.is_none() && dig.output.contains("connection refused")
-}
-
 tracer_tests::cases!(kube_dns_rejects_without_endpoints_and_answers_with_one => {
     dns_traffic_nftables: (Backend::Nftables),
     dns_traffic_iptables_nft: (Backend::Iptables { restore: "iptables-nft-restore" }),
@@ -250,7 +246,7 @@ fn kube_dns_rejects_without_endpoints_and_answers_with_one(backend: Backend) -> 
     let lab = lab_for_kube_proxy()?;
     let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
     ensure!(
-        !dig.answered() && !refused(&dig),
+        !dig.answered() && !dig.refused(),
         "{backend:?}: before any rules nothing should answer or refuse:\n{}",
         dig.output
     );
@@ -258,7 +254,7 @@ fn kube_dns_rejects_without_endpoints_and_answers_with_one(backend: Backend) -> 
     lab_load(&lab, backend, KubeDns::NoEndpoints)?;
     let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
     ensure!(
-        refused(&dig),
+        dig.refused(),
         "{backend:?}: kube-dns without endpoints should be refused (ICMP port unreachable):\n{}",
         dig.output
     );

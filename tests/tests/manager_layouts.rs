@@ -50,13 +50,10 @@ impl Xtables {
     }
 }
 
-/// What dig saw, in the words of each way a DNS query fails.
-fn refused(dig: &Dig) -> bool {
-    dig.status.is_none() && dig.output.contains("connection refused")
-}
-
-fn host_unreachable(dig: &Dig) -> bool {
-    dig.status.is_none() && dig.output.contains("host unreachable")
+/// The deny-dns scenario on `lab`'s pods, the server behind the node's `server_iface`.
+fn deny_dns(lab: &Lab, server_iface: &str, allow_dns: bool) -> Result<PodNetwork> {
+    let (client, server) = lab_pods(lab.server_ip().parse()?, server_iface);
+    Ok(PodNetwork::deny_dns(client, server, allow_dns))
 }
 
 // ---- Calico ----
@@ -79,11 +76,6 @@ fn lab_for_calico() -> Result<Lab> {
     Ok(lab)
 }
 
-fn calico_network(lab: &Lab, allow_dns: bool) -> Result<PodNetwork> {
-    let (client, server) = lab_pods(lab.server_ip().parse()?, ROUTED_VETH);
-    Ok(PodNetwork::deny_dns(client, server, allow_dns))
-}
-
 tracer_tests::cases!(calico_drops_dns_until_the_policy_allows_it => {
     calico_iptables_nft: (NFT),
     calico_iptables_legacy: (LEGACY),
@@ -94,7 +86,7 @@ fn calico_drops_dns_until_the_policy_allows_it(xtables: Xtables) -> Result<()> {
     let server = lab.server_ip();
     lab.dig(server, TEST_NAME, &[])?.expect_answers(&[TEST_A]).context("the routed client before any policy")?;
 
-    let text = calico::iptables_restore_text(&calico_network(&lab, false)?, "veth")?;
+    let text = calico::iptables_restore_text(&deny_dns(&lab, ROUTED_VETH, false)?, "veth")?;
     let saved = xtables.load(&lab, "calico.iptables", &text)?;
     let fw = calico::from_workload_chain(CLIENT_VETH);
     let drop = ["--comment \"End of tier default. Drop if no policies passed packet\"", "-j DROP"];
@@ -107,12 +99,12 @@ fn calico_drops_dns_until_the_policy_allows_it(xtables: Xtables) -> Result<()> {
     ensure!(after >= 1, "{xtables:?}: the end-of-tier drop should have counted the query: {rule}");
     eprintln!("{xtables:?}: dropped by [{after} packets] {rule}");
 
-    let text = calico::iptables_restore_text(&calico_network(&lab, true)?, "veth")?;
+    let text = calico::iptables_restore_text(&deny_dns(&lab, ROUTED_VETH, true)?, "veth")?;
     xtables.load(&lab, "calico-allow-dns.iptables", &text)?;
     lab.dig(server, TEST_NAME, &[])?.expect_answers(&[TEST_A]).context("the policy allows DNS")?;
     let saved = xtables.saved(&lab)?;
     let (dropped, _) = rule_packets(&saved, &fw, &drop)?;
-    let policy = calico::policy_egress_chain(&calico_network(&lab, true)?.policies[0]);
+    let policy = calico::policy_egress_chain(&deny_dns(&lab, ROUTED_VETH, true)?.policies[0]);
     let (allowed, rule) = rule_packets(&saved, &policy, &["-p udp", "--dports 53", "MARK"])?;
     ensure!(
         dropped == 0 && allowed >= 1,
@@ -125,11 +117,6 @@ fn calico_drops_dns_until_the_policy_allows_it(xtables: Xtables) -> Result<()> {
 
 /// A sync version as kube-router writes it: the sync's start in nanoseconds.
 const KUBE_ROUTER_SYNC: &str = "1767225600000000000";
-
-fn kube_router_network(lab: &Lab, allow_dns: bool) -> Result<PodNetwork> {
-    let (client, server) = lab_pods(lab.server_ip().parse()?, SERVER_VETH);
-    Ok(PodNetwork::deny_dns(client, server, allow_dns))
-}
 
 /// Loads kube-router's sets (before its rules, which refer to them) and then its rules.
 fn load_kube_router(lab: &Lab, xtables: Xtables, network: &PodNetwork) -> Result<String> {
@@ -150,7 +137,7 @@ tracer_tests::cases!(kube_router_rejects_dns_until_the_policy_allows_it => {
 fn kube_router_rejects_dns_until_the_policy_allows_it(xtables: Xtables) -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
     let server = lab.server_ip();
-    let network = kube_router_network(&lab, false)?;
+    let network = deny_dns(&lab, SERVER_VETH, false)?;
     let saved = load_kube_router(&lab, xtables, &network)?;
     let chain = kube_router::pod_firewall_chain(&network.pods[0], KUBE_ROUTER_SYNC);
     let reject = ["rule to REJECT traffic destined for POD name:client namespace: default", "-j REJECT"];
@@ -160,12 +147,12 @@ fn kube_router_rejects_dns_until_the_policy_allows_it(xtables: Xtables) -> Resul
     ensure!(sets.contains(CLIENT_IP), "the policy's source set should hold the client:\n{sets}");
 
     let dig = lab.dig(server, TEST_NAME, &[])?;
-    ensure!(refused(&dig), "{xtables:?}: kube-router rejects with port unreachable:\n{}", dig.output);
+    ensure!(dig.refused(), "{xtables:?}: kube-router rejects with port unreachable:\n{}", dig.output);
     let (after, rule) = xtables.packets(&lab, &chain, &reject)?;
     ensure!(after >= 1, "{xtables:?}: the pod chain's REJECT should have counted the query: {rule}");
     eprintln!("{xtables:?}: rejected by [{after} packets] {rule}");
 
-    let network = kube_router_network(&lab, true)?;
+    let network = deny_dns(&lab, SERVER_VETH, true)?;
     let saved = load_kube_router(&lab, xtables, &network)?;
     ensure!(rule_packets(&saved, &chain, &reject)?.0 == 0, "a restore starts the counters again");
     lab.dig(server, TEST_NAME, &[])?.expect_answers(&[TEST_A]).context("the policy allows DNS")?;
@@ -235,7 +222,7 @@ fn firewalld_rejects_dns_to_the_node_until_the_zone_allows_it() -> Result<()> {
     ensure!(dispatch.contains(&format!("iifname \"{BRIDGE}\" ")), "dispatch by the bridge:\n{dispatch}");
 
     let dig = lab.dig(BRIDGE_IP, TEST_NAME, &[])?;
-    ensure!(host_unreachable(&dig), "firewalld rejects with admin-prohibited:\n{}", dig.output);
+    ensure!(dig.host_unreachable(), "firewalld rejects with admin-prohibited:\n{}", dig.output);
     let (after, rule) = nft_packets(&lab, &chain, &reject)?;
     ensure!(after >= 1, "the zone's reject should have counted the query: {rule}");
     eprintln!("rejected in {chain} by {rule}");
