@@ -1,24 +1,26 @@
 //! firewalld with its nftables backend, as in firewalld 2.5: the filter part of `table inet
-//! firewalld` on a node whose one active zone is also the default zone, with the settings of
-//! firewalld's shipped `firewalld.conf` (`IPv6_rpfilter=strict`, `RFC3964_IPv4=yes`,
-//! `LogDenied=off`, no flowtable) and its shipped `allow-host-ipv6` policy.
+//! firewalld` on a node whose one active zone is also the default zone, with firewalld's shipped
+//! settings (`IPv6_rpfilter=strict`, `RFC3964_IPv4=yes`, `LogDenied=off`, no flowtable) and its
+//! shipped `allow-host-ipv6` policy.
 //!
-//! firewalld 1.0 and later dispatch in stages: `filter_INPUT` jumps to `filter_INPUT_dispatch`,
+//! firewalld 2.5 dispatches in stages: `filter_INPUT` jumps to `filter_INPUT_dispatch`,
 //! which picks the ingress zone by input interface (`iifname "cni0" jump filter_IN_public_to_HOST`,
 //! the default zone last without a match); that chain runs the policies from any zone to the host,
 //! then the zone's own chain `filter_IN_<zone>` with its `_pre`, `_log`, `_deny`, `_allow` and
 //! `_post` chains, and rejects whatever none of them accepted with `reject with icmpx
 //! admin-prohibited`. Forwarded traffic goes through a second stage by output interface
 //! (`filter_FWD_<zone>_dispatch_stage2`, `filter_FWD_<in>_to_<out>`), and the zone's `<forward/>`
-//! accepts traffic between its own interfaces.
+//! accepts traffic between its own interfaces. (Releases 1.0 to 2.4 made the same decisions in one
+//! chain per hook, `filter_INPUT_POLICIES` and so on, where each interface's zone had its own
+//! `iifname "cni0" reject with icmpx admin-prohibited`: the zone and policy chains are the same.)
 //!
 //! With [`Firewalld::counters`] every rule gets a counter, as `NftablesCounters=yes` gives it.
 //!
 //! Left out: the mangle and nat chains (their dispatch only ever returns without a verdict when
 //! a zone has no masquerade, forward ports or marks); zones other than the one active zone, and
-//! sources; rich rules, ports and icmp-blocks beyond those of the services here; the `owner` and
-//! `persist` table flags (which tie the table to firewalld's own netlink socket: loaded by `nft -f`
-//! it would disappear when nft exits).
+//! sources; rich rules, ports and icmp-blocks beyond those of the services here; the table's `owner`
+//! and `persist` flags (`owner` ties the table to firewalld's own netlink socket, so loaded by
+//! `nft -f` alone it would go when nft exits, and the nft of Debian 12 does not know `persist`).
 
 use super::Protocol;
 use crate::kube_proxy::push_line;
