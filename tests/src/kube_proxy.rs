@@ -35,7 +35,7 @@
 //! Services in Go map order, which changes from sync to sync; here they come in the cluster's
 //! order, so the same cluster always gives the same bytes.
 
-mod digest;
+pub(crate) mod digest;
 mod iptables;
 mod nftables;
 pub mod node;

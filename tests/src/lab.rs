@@ -656,6 +656,16 @@ impl Dig {
         Ok(())
     }
 
+    /// No reply, and dig was told why with ICMP port unreachable (a REJECT's default).
+    pub fn refused(&self) -> bool {
+        self.status.is_none() && self.output.contains("connection refused")
+    }
+
+    /// No reply, and dig was told why with ICMP host unreachable or administratively prohibited.
+    pub fn host_unreachable(&self) -> bool {
+        self.status.is_none() && self.output.contains("host unreachable")
+    }
+
     /// dig gave up waiting for a reply, or an error with what it printed.
     pub fn expect_timed_out(&self) -> Result<()> {
         if !self.timed_out {

@@ -2,9 +2,10 @@
 //! ([`lab`]), a node whose pods containerd runs through the CRI ([`node`]) and the OCI images it
 //! imports ([`oci`]), the processes started in it ([`process`]), one watch around some traffic
 //! ([`scenario`]), reading `tracer watch` output ([`output`]), building packets by hand
-//! ([`packets`]), the firewall as text ([`firewall`]), the rules kube-proxy and NodeLocal
-//! DNSCache leave on a node, at any cluster size ([`kube_proxy`]) and running tracer without
-//! privileges ([`unprivileged`]).
+//! ([`packets`]), the firewall as text ([`firewall`]), generated rulesets loaded into a lab and read
+//! back ([`ruleset`]), the rules kube-proxy and NodeLocal DNSCache leave on a node, at any cluster
+//! size ([`kube_proxy`]), the rules other owners of a node's firewall write (Calico, kube-router,
+//! firewalld, Docker: [`managers`]) and running tracer without privileges ([`unprivileged`]).
 //!
 //! Everything here needs root: it creates network namespaces, runs dnsmasq and changes iptables rules
 //! inside those namespaces (never on the host).
@@ -13,12 +14,14 @@ pub mod dnsperf;
 pub mod firewall;
 pub mod kube_proxy;
 pub mod lab;
+pub mod managers;
 pub mod netns;
 pub mod node;
 pub mod oci;
 pub mod output;
 pub mod packets;
 pub mod process;
+pub mod ruleset;
 pub mod scenario;
 pub mod unprivileged;
 

@@ -14,6 +14,7 @@ use tracer_tests::kube_proxy::node::*;
 use tracer_tests::kube_proxy::*;
 use tracer_tests::lab::*;
 use tracer_tests::output::WatchJson;
+use tracer_tests::ruleset::{with_file, write_lab_file};
 use tracer_tests::scenario::Scenario;
 
 /// A large cluster's worth of Services: tens of thousands of iptables rules, vmaps of 5 000.
@@ -47,11 +48,7 @@ fn kube_proxy_no_endpoints_reject_is_named(backend: Backend) -> Result<()> {
     let started = launched.elapsed();
 
     let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
-    ensure!(
-        dig.status.is_none() && dig.output.contains("connection refused"),
-        "{backend:?}: kube-dns without endpoints should be refused:\n{}",
-        dig.output
-    );
+    ensure!(dig.refused(), "{backend:?}: kube-dns without endpoints should be refused:\n{}", dig.output);
     let dropped = Instant::now();
     let attributed = loop {
         if watch.stdout_so_far().lines().any(|line| line.contains("\"type\":\"finding\"")) {

@@ -12,6 +12,7 @@ use serde_json::Value;
 use tracer_tests::kube_proxy::node::*;
 use tracer_tests::kube_proxy::*;
 use tracer_tests::lab::*;
+use tracer_tests::ruleset::{rule_lines, saved_table, with_file, write_lab_file};
 
 /// A large cluster's worth of Services: tens of thousands of iptables rules.
 const SERVICES: usize = 5000;
@@ -27,19 +28,6 @@ fn timed(lab: &Lab, argv: &[&str]) -> Result<(String, Duration)> {
     let start = Instant::now();
     let out = lab.run(Ns::Node, argv)?;
     Ok((out, start.elapsed()))
-}
-
-/// One table of `iptables-save` output, from `*TABLE` to its `COMMIT`.
-fn saved_table<'a>(saved: &'a str, table: &str) -> Result<&'a str> {
-    let header = format!("*{table}\n");
-    let start = saved.find(&header).with_context(|| format!("no {table} table in:\n{saved}"))?;
-    let rest = &saved[start..];
-    let end = rest.find("\nCOMMIT\n").with_context(|| format!("{table} table without COMMIT"))?;
-    Ok(&rest[..end])
-}
-
-fn rule_lines(text: &str) -> impl Iterator<Item = &str> {
-    text.lines().filter(|l| l.starts_with("-A ") || l.starts_with("-I "))
 }
 
 tracer_tests::cases!(iptables_layout_loads_at_scale => {
@@ -201,10 +189,6 @@ fn nodelocal_dns_loads(restore: &str, save: &str) -> Result<()> {
     Ok(())
 }
 
-fn refused(dig: &Dig) -> bool {
-    dig.status.is_none() && dig.output.contains("connection refused")
-}
-
 tracer_tests::cases!(kube_dns_rejects_without_endpoints_and_answers_with_one => {
     dns_traffic_nftables: (Backend::Nftables),
     dns_traffic_iptables_nft: (Backend::Iptables { restore: "iptables-nft-restore" }),
@@ -215,7 +199,7 @@ fn kube_dns_rejects_without_endpoints_and_answers_with_one(backend: Backend) -> 
     let lab = lab_for_kube_proxy()?;
     let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
     ensure!(
-        !dig.answered() && !refused(&dig),
+        !dig.answered() && !dig.refused(),
         "{backend:?}: before any rules nothing should answer or refuse:\n{}",
         dig.output
     );
@@ -223,7 +207,7 @@ fn kube_dns_rejects_without_endpoints_and_answers_with_one(backend: Backend) -> 
     lab_load(&lab, backend, KubeDns::NoEndpoints)?;
     let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
     ensure!(
-        refused(&dig),
+        dig.refused(),
         "{backend:?}: kube-dns without endpoints should be refused (ICMP port unreachable):\n{}",
         dig.output
     );

@@ -26,6 +26,9 @@ const PACKAGES: &[&str] = &[
     "tcpdump",
     "tshark",
     "iproute2",
+    // The sets kube-router's and IPVS-mode kube-proxy's rules match on, for the lab's layouts
+    // and for tracer's reading of a node's ipsets.
+    "ipset",
     // The DNS load of `cargo xtask bench` and of the flood tests.
     "dnsperf",
     // The safety tests list the BPF objects a tracer left behind, and its attachments.
@@ -74,6 +77,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("ip6tables-legacy-save", "iptables"),
     ("xtables-monitor", "iptables"),
     ("nft", "nftables"),
+    ("ipset", "ipset"),
     ("dnsmasq", "dnsmasq-base"),
     ("dig", "bind9-dnsutils"),
     ("dnsperf", "dnsperf"),

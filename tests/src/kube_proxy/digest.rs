@@ -1,4 +1,5 @@
-//! SHA-256 and RFC 4648 base32, the two halves of kube-proxy's chain-name hash.
+//! SHA-256 and RFC 4648 base32, the two halves of kube-proxy's chain-name hash, and the SHA-224
+//! and unpadded URL-safe base64 that Calico's Felix names its rules with.
 //!
 //! Written out here rather than taken from a crate: the tests crate needs 16 base32 characters of
 //! a digest of a few dozen bytes, and a new dependency tree in the workspace's lock file for that
@@ -18,7 +19,27 @@ const K: [u32; 64] = [
 
 const H0: [u32; 8] = [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19];
 
+/// SHA-224's initial state (FIPS 180-4 section 5.3.2): the rest of the algorithm is SHA-256's.
+const H0_224: [u32; 8] =
+    [0xc1059ed8, 0x367cd507, 0x3070dd17, 0xf70e5939, 0xffc00b31, 0x68581511, 0x64f98fa7, 0xbefa4fa4];
+
 pub fn sha256(message: &[u8]) -> [u8; 32] {
+    let mut digest = [0u8; 32];
+    for (out, word) in digest.chunks_exact_mut(4).zip(compress(message, H0)) {
+        out.copy_from_slice(&word.to_be_bytes());
+    }
+    digest
+}
+
+pub fn sha224(message: &[u8]) -> [u8; 28] {
+    let mut digest = [0u8; 28];
+    for (out, word) in digest.chunks_exact_mut(4).zip(compress(message, H0_224)) {
+        out.copy_from_slice(&word.to_be_bytes());
+    }
+    digest
+}
+
+fn compress(message: &[u8], initial: [u32; 8]) -> [u32; 8] {
     let mut padded = message.to_vec();
     padded.push(0x80);
     while padded.len() % 64 != 56 {
@@ -26,7 +47,7 @@ pub fn sha256(message: &[u8]) -> [u8; 32] {
     }
     padded.extend_from_slice(&((message.len() as u64).wrapping_mul(8)).to_be_bytes());
 
-    let mut h = H0;
+    let mut h = initial;
     for block in padded.chunks_exact(64) {
         let mut w = [0u32; 64];
         for (word, bytes) in w.iter_mut().zip(block.chunks_exact(4)) {
@@ -58,30 +79,37 @@ pub fn sha256(message: &[u8]) -> [u8; 32] {
             *state = state.wrapping_add(add);
         }
     }
-
-    let mut digest = [0u8; 32];
-    for (out, word) in digest.chunks_exact_mut(4).zip(h) {
-        out.copy_from_slice(&word.to_be_bytes());
-    }
-    digest
+    h
 }
 
 /// The standard base32 alphabet (RFC 4648 section 6), without padding: kube-proxy only ever keeps
 /// a prefix of the encoding, and padding only appears at its end.
 pub fn base32(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let mut out = String::with_capacity(bytes.len().div_ceil(5) * 8);
-    let (mut buffer, mut bits) = (0u32, 0u32);
+    encode(bytes, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", 5)
+}
+
+/// The URL-safe base64 alphabet (RFC 4648 section 5) without padding, as Go's
+/// `base64.RawURLEncoding` writes it.
+pub fn base64_url(bytes: &[u8]) -> String {
+    encode(bytes, b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_", 6)
+}
+
+/// `bytes` as characters of `alphabet` (of 2^`bits` letters), `bits` at a time from the most
+/// significant, the last character filled up with zero bits.
+fn encode(bytes: &[u8], alphabet: &[u8], bits: u32) -> String {
+    let mask = (1u32 << bits) - 1;
+    let mut out = String::with_capacity((bytes.len() * 8).div_ceil(bits as usize));
+    let (mut buffer, mut held) = (0u32, 0u32);
     for &byte in bytes {
         buffer = (buffer << 8) | u32::from(byte);
-        bits += 8;
-        while bits >= 5 {
-            bits -= 5;
-            out.push(char::from(ALPHABET[((buffer >> bits) & 31) as usize]));
+        held += 8;
+        while held >= bits {
+            held -= bits;
+            out.push(char::from(alphabet[((buffer >> held) & mask) as usize]));
         }
     }
-    if bits > 0 {
-        out.push(char::from(ALPHABET[((buffer << (5 - bits)) & 31) as usize]));
+    if held > 0 {
+        out.push(char::from(alphabet[((buffer << (bits - held)) & mask) as usize]));
     }
     out
 }
@@ -103,6 +131,22 @@ mod tests {
             hex(&sha256(b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq")),
             "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"
         );
+    }
+
+    #[test]
+    fn sha224_known_answers() {
+        assert_eq!(hex(&sha224(b"abc")), "23097d223405d8228642a477bda255b32aadbce4bda0b3f7e36c9da7");
+        assert_eq!(hex(&sha224(b"")), "d14a028c2a3a2bc9476102bb288234c415a2b01f828ea62ac5b3e42f");
+    }
+
+    #[test]
+    fn base64_url_known_answers() {
+        // RFC 4648 section 10, padding left off; 0xfb 0xff shows the URL-safe letters.
+        for (input, want) in [(&b""[..], ""), (b"f", "Zg"), (b"fo", "Zm8"), (b"foo", "Zm9v"), (b"foob", "Zm9vYg")] {
+            assert_eq!(base64_url(input), want);
+        }
+        assert_eq!(base64_url(b"foobar"), "Zm9vYmFy");
+        assert_eq!(base64_url(&[0xfb, 0xff]), "-_8");
     }
 
     #[test]

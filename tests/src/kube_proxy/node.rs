@@ -1,26 +1,11 @@
 //! A lab node run by kube-proxy: its rules loaded by the real tools, in either mode, and the
 //! routes a real node has for Service addresses.
 
-use std::fs;
-use std::path::{Path, PathBuf};
-
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::{iptables_restore_text, nft_ruleset_text, Cluster, NODE_IP};
 use crate::lab::{Lab, LabConfig, Ns};
-
-/// `argv` with `file` appended: how the loaders take a ruleset.
-pub fn with_file<'a>(argv: &[&'a str], file: &'a Path) -> Result<Vec<&'a str>> {
-    let mut argv = argv.to_vec();
-    argv.push(file.to_str().context("non-UTF-8 lab directory")?);
-    Ok(argv)
-}
-
-pub fn write_lab_file(lab: &Lab, name: &str, text: &str) -> Result<PathBuf> {
-    let path = lab.dir().join(name);
-    fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    Ok(path)
-}
+use crate::ruleset::{with_file, write_lab_file};
 
 /// How one backend puts a cluster's rules on the lab's node, replacing the last cluster's.
 #[derive(Clone, Copy, Debug)]
