@@ -10,12 +10,15 @@
 //!   second time; every chain is reported once, as the backend that made it.
 //! - `eval`: what a packet meets on its way through the chains of a hook: the one place
 //!   that walks chains, follows jumps and matches rules against a packet.
+//! - `owner`: who wrote a rule or chain (kube-proxy, a NetworkPolicy engine, firewalld,
+//!   Docker, ...), read from table and chain names and comments.
 
 pub(crate) mod eval;
 mod iptables;
 mod model;
 mod nft;
 mod nft_text;
+pub(crate) mod owner;
 mod reconcile;
 mod snapshot;
 

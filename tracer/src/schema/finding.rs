@@ -251,6 +251,8 @@ pub(crate) struct NodeEvidence {
     /// `table/chain` whose DROP policy the traffic falls through to, and its backend.
     pub policy: Option<String>,
     pub policy_backend: Option<Backend>,
+    /// Who owns that rule or policy (kube-proxy, a NetworkPolicy engine, firewalld, ...).
+    pub owner: Option<Owner>,
     /// Traced packets the kernel dropped during the watch.
     pub drops: Option<DropEvidence>,
     /// Further facts in words (what a rule matches, how many DNAT rules exist, ...).

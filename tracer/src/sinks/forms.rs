@@ -9,6 +9,7 @@ use serde_json::Value;
 use crate::{
     model::{
         dns,
+        firewall::{Manager, Owner},
         netfilter::HookPass,
         packet::{stage_name, Conntrack},
         pod::with_pod,
@@ -103,6 +104,28 @@ pub(crate) fn rule_label(rule: &RuleRef) -> String {
     format!("{} {}/{} #{}{handle}: {}", rule.backend, rule.table, rule.chain, rule.position, rule.text)
 }
 
+/// `kube-proxy (Service kube-system/kube-dns:dns)`: who owns a rule, and what for, as far as
+/// the ruleset names it.
+pub(crate) fn owner_phrase(owner: &Owner) -> String {
+    let details: Vec<String> = [("Service", &owner.service), ("policy", &owner.policy), ("zone", &owner.zone)]
+        .into_iter()
+        .filter_map(|(what, value)| value.as_ref().map(|value| format!("{what} {value}")))
+        .collect();
+    if details.is_empty() {
+        owner.manager.name().to_string()
+    } else {
+        format!("{} ({})", owner.manager, details.join(", "))
+    }
+}
+
+/// The `owner:` line of a finding's evidence: the owner and what gave it away.
+fn owner_line(owner: &Owner) -> String {
+    match owner.manager {
+        Manager::Unknown => format!("owner: none known — {}", owner.evidence),
+        _ => format!("owner: {} — {}", owner_phrase(owner), owner.evidence),
+    }
+}
+
 fn netfilter_evidence_lines(nf: &NetfilterEvidence) -> Vec<String> {
     let devices = match (&nf.in_ifname, &nf.out_ifname) {
         (Some(i), Some(o)) => format!(" ({i} → {o})"),
@@ -119,6 +142,7 @@ fn netfilter_evidence_lines(nf: &NetfilterEvidence) -> Vec<String> {
         (None, Some(policy)) => lines.push(format!("policy of {} chain {}", policy.backend, policy.label())),
         (None, None) => {}
     }
+    lines.extend(nf.owner.as_ref().map(owner_line));
     for candidate in &nf.candidates {
         lines.push(format!("candidate: {}", rule_label(candidate)));
     }
@@ -163,6 +187,7 @@ fn node_evidence_lines(node: &NodeEvidence) -> Vec<String> {
     if let Some(policy) = node.policy_chain() {
         lines.push(format!("DROP policy of {} {}", policy.backend, policy.label()));
     }
+    lines.extend(node.owner.as_ref().map(owner_line));
     if let Some(drops) = &node.drops {
         let device = drops.ifname.as_ref().map(|i| format!(" on {i}")).unwrap_or_default();
         lines.push(format!(

@@ -50,3 +50,31 @@ impl<W: Write> Sink for JsonOutput<W> {
         self.out.flush()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    #[test]
+    fn a_netfilter_finding_carries_its_owner_and_reads_back() {
+        let finding = crate::findings::netfilter::tests::kube_proxy_finding();
+        let mut out = Vec::new();
+        JsonOutput::new(&mut out).finding(&finding).expect("in memory");
+        let line: Value = serde_json::from_slice(&out).expect("json");
+        assert_eq!(
+            line["owner"],
+            json!({
+                "manager": "kube-proxy",
+                "service": "kube-system/kube-dns:dns",
+                "policy": null,
+                "zone": null,
+                "evidence": "chain KUBE-SERVICES and its comment \"kube-system/kube-dns:dns has no endpoints\"",
+            })
+        );
+        let back: Finding = serde_json::from_value(line).expect("reads back");
+        let crate::schema::finding::Evidence::Netfilter(nf) = back.evidence else { panic!("netfilter evidence") };
+        assert_eq!(nf.owner.map(|o| o.service), Some(Some("kube-system/kube-dns:dns".to_string())));
+    }
+}

@@ -71,7 +71,8 @@ impl Sink for Tee<'_> {
     }
 
     fn repeated(&mut self, finding: &Finding) -> io::Result<()> {
-        self.main.repeated(finding)
+        // The capture names the owner of the rule on each repeated drop's comment.
+        self.write_both(|output| output.repeated(finding))
     }
 
     fn lost(&mut self, total: u64) {

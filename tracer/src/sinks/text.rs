@@ -246,6 +246,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_kube_proxy_finding_names_its_owner_and_the_endpoints_to_look_at() {
+        let finding = crate::findings::netfilter::tests::kube_proxy_finding();
+        let mut out = Vec::new();
+        TextOutput::new(&mut out, false).finding(&finding).expect("in memory");
+        let text = String::from_utf8(out).expect("utf-8");
+        for line in [
+            "┃ owner: kube-proxy (Service kube-system/kube-dns:dns) — chain KUBE-SERVICES and its comment \"kube-system/kube-dns:dns has no endpoints\"\n",
+            "┃ fix: kubectl -n kube-system get endpointslices -l kubernetes.io/service-name=kube-dns -o wide    # its endpoints: none is ready now\n",
+        ] {
+            assert!(text.contains(line), "{line:?} in\n{text}");
+        }
+    }
+
+    #[test]
     fn time_of_day_is_utc_with_micros() {
         // 2026-11-23T13:45:01.123456789Z
         let ns = 1_795_441_501_123_456_789u64;

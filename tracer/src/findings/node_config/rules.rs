@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use super::outcome::{node_evidence, where_, Check, Status};
+use crate::findings::netfilter::{owned_advice, Advice, Blocked, Blocker, UNMANAGED};
 use crate::model::packet::PortFilter;
 use crate::{
     firewall::{
@@ -17,7 +18,7 @@ use crate::{
 };
 
 /// A packet of the traced port, with everything else about it unknown.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 struct Probe {
     family: Family,
     proto: L4Proto,
@@ -157,7 +158,7 @@ pub(super) fn firewall_findings(
         let group = &grouped[&key];
         let chain = &snapshot.chains[key.0];
         let hooks: Vec<&str> = dedup(group.iter().map(|h| h.hook.name()));
-        let probes: Vec<String> = dedup(group.iter().map(|h| h.probe.describe()));
+        let probes: Vec<Probe> = dedup(group.iter().map(|h| h.probe));
         let after_accept = group.iter().all(|h| h.after_accept);
         found.push(match key.1 {
             Some(position) => {
@@ -202,7 +203,7 @@ fn rule_finding(
     netns: &Netns,
     rule: &Rule,
     hooks: &[&str],
-    probes: &[String],
+    probes: &[Probe],
     after_accept: bool,
     port_words: &str,
     now_ns: u64,
@@ -211,8 +212,10 @@ fn rule_finding(
     let (kind, action) =
         if rejects { (FindingKind::NetfilterReject, "REJECT") } else { (FindingKind::NetfilterDrop, "DROP") };
     let reference = RuleRef::of(rule);
+    let (owner, advice) = owned_advice(Blocker::Rule(rule), None, &probed(netns, probes, hooks));
+    let cause = advice.as_ref().and_then(|a| a.cause.as_ref()).map(|c| format!(": {c}")).unwrap_or_default();
     let headline = format!(
-        "{action} rule for {port_words} in {}{}: {} {}/{} #{} ({})",
+        "{action} rule for {port_words} in {}{}: {} {}/{} #{} ({}){cause}",
         hooks.join("/"),
         where_(netns),
         rule.backend.name(),
@@ -231,66 +234,101 @@ fn rule_finding(
     } else {
         ""
     };
-    let explanation = format!(
-        "This rule sits in a chain that {port_words} traffic passes (hook {}) and matches {}.{shadow} {answer} It may \
-         be intended (a policy that keeps some clients away); if this traffic should pass, remove the rule or accept \
-         the traffic before it.",
-        hooks.join(", "),
-        probes.join(", "),
-    );
+    let described: Vec<String> = probes.iter().map(Probe::describe).collect();
     let prefix = netns.exec_prefix();
-    let fix = vec![
-        format!("{prefix}{}    # look at the rule and its neighbours first", rule.show_command()),
-        format!("{prefix}{}    # remove the rule", rule.delete_command()),
-    ];
+    let (what_now, fix) = match advice {
+        Some(Advice { why, fix, .. }) => (why, fix),
+        None => (
+            format!(
+                "It may be intended (a policy that keeps some clients away); if this traffic should pass, remove the \
+                 rule or accept the traffic before it. {UNMANAGED}"
+            ),
+            vec![
+                format!("{prefix}{}    # look at the rule and its neighbours first", rule.show_command()),
+                format!("{prefix}{}    # remove the rule", rule.delete_command()),
+            ],
+        ),
+    };
+    let explanation = format!(
+        "This rule sits in a chain that {port_words} traffic passes (hook {}) and matches {}.{shadow} {answer} {what_now}",
+        hooks.join(", "),
+        described.join(", "),
+    );
     let mut evidence = node_evidence(netns);
     evidence.rule = Some(reference);
-    evidence.notes = vec![format!("matches {}", probes.join(", ")), format!("reached from hook {}", hooks.join(", "))];
+    evidence.owner = Some(owner);
+    evidence.notes =
+        vec![format!("matches {}", described.join(", ")), format!("reached from hook {}", hooks.join(", "))];
     Finding { kind, wall_time_ns: now_ns, headline, evidence: Evidence::Node(evidence), explanation, fix }
+}
+
+/// The traffic the probes stand for, as the owner's advice takes it.
+fn probed(netns: &Netns, probes: &[Probe], hooks: &[&str]) -> Blocked {
+    Blocked {
+        protos: dedup(probes.iter().map(|p| p.proto)),
+        dst: None,
+        port: probes.iter().find_map(|p| p.port),
+        forwarded: hooks.contains(&Hook::Forward.name()),
+        in_iface: None,
+        netns_prefix: netns.exec_prefix(),
+    }
 }
 
 fn policy_finding(
     netns: &Netns,
     chain: &Chain,
     hooks: &[&str],
-    probes: &[String],
+    probes: &[Probe],
     port_words: &str,
     port: PortFilter,
     now_ns: u64,
 ) -> Finding {
     let label = policy_label(chain);
-    let headline =
-        format!("DROP policy stops {port_words} in {}{}: {label} accepts none of it", hooks.join("/"), where_(netns));
-    let explanation = format!(
-        "The chain {label} (hook {}) drops what no rule decided, and none of its rules (nor the chains they jump \
-         to) can accept {}. Every such packet is dropped silently: clients time out.",
-        hooks.join(", "),
-        probes.join(", ")
+    let (owner, advice) = owned_advice(Blocker::Policy(chain), None, &probed(netns, probes, hooks));
+    let cause = advice.as_ref().and_then(|a| a.cause.as_ref()).map(|c| format!(" ({c})")).unwrap_or_default();
+    let headline = format!(
+        "DROP policy stops {port_words} in {}{}: {label} accepts none of it{cause}",
+        hooks.join("/"),
+        where_(netns)
     );
+    let described: Vec<String> = probes.iter().map(Probe::describe).collect();
     let prefix = netns.exec_prefix();
     let port_match = port.port().map(|port| format!(" --dport {port}")).unwrap_or_default();
-    let fix = match chain.backend {
-        Backend::Nftables => vec![
-            format!(
-                "{prefix}nft add rule {} {} {} dport {port} accept    # accept this traffic explicitly",
-                chain.table, chain.name, "udp"
-            ),
-            format!("{prefix}nft add rule {} {} tcp dport {port} accept", chain.table, chain.name),
-        ],
-        backend => {
-            let cmd = backend.iptables_command(chain.family);
-            vec![
-                format!(
-                    "{prefix}{cmd} -t {} -A {} -p udp{port_match} -j ACCEPT    # accept this traffic explicitly",
-                    chain.table, chain.name
-                ),
-                format!("{prefix}{cmd} -t {} -A {} -p tcp{port_match} -j ACCEPT", chain.table, chain.name),
-            ]
-        }
+    let (what_now, fix) = match advice {
+        Some(Advice { why, fix, .. }) => (why, fix),
+        None => (
+            UNMANAGED.to_string(),
+            match chain.backend {
+                Backend::Nftables => vec![
+                    format!(
+                        "{prefix}nft add rule {} {} {} dport {port} accept    # accept this traffic explicitly",
+                        chain.table, chain.name, "udp"
+                    ),
+                    format!("{prefix}nft add rule {} {} tcp dport {port} accept", chain.table, chain.name),
+                ],
+                backend => {
+                    let cmd = backend.iptables_command(chain.family);
+                    vec![
+                        format!(
+                            "{prefix}{cmd} -t {} -A {} -p udp{port_match} -j ACCEPT    # accept this traffic explicitly",
+                            chain.table, chain.name
+                        ),
+                        format!("{prefix}{cmd} -t {} -A {} -p tcp{port_match} -j ACCEPT", chain.table, chain.name),
+                    ]
+                }
+            },
+        ),
     };
+    let explanation = format!(
+        "The chain {label} (hook {}) drops what no rule decided, and none of its rules (nor the chains they jump \
+         to) can accept {}. Every such packet is dropped silently: clients time out. {what_now}",
+        hooks.join(", "),
+        described.join(", ")
+    );
     let mut evidence = node_evidence(netns);
     evidence.set_policy(&ChainRef::of(chain));
-    evidence.notes = vec![format!("no rule accepts {}", probes.join(", "))];
+    evidence.owner = Some(owner);
+    evidence.notes = vec![format!("no rule accepts {}", described.join(", "))];
     Finding {
         kind: FindingKind::NetfilterDrop,
         wall_time_ns: now_ns,
@@ -306,6 +344,7 @@ mod tests {
     use crate::findings::node_config::fixtures::*;
     use crate::findings::node_config::Traffic;
     use crate::firewall::Backend;
+    use crate::model::firewall::Manager;
     use crate::schema::finding::{Evidence, FindingKind};
 
     #[test]
@@ -316,7 +355,7 @@ mod tests {
              [0:0] -A FORWARD -p udp -m udp --dport 5353 -j DROP\n\
              [0:0] -A FORWARD -j KUBE-SERVICES\n\
              [0:0] -A INPUT -j KUBE-SERVICES\n\
-             [0:0] -A KUBE-SERVICES -d 10.96.0.10/32 -p udp -m udp --dport 53 -j REJECT --reject-with icmp-port-unreachable\n\
+             [0:0] -A KUBE-SERVICES -d 10.96.0.10/32 -p udp -m comment --comment \"kube-system/kube-dns:dns has no endpoints\" -m udp --dport 53 -j REJECT --reject-with icmp-port-unreachable\n\
              [0:0] -A FORWARD -m conntrack --ctstate INVALID -j DROP\n\
              COMMIT\n"
         );
@@ -327,11 +366,65 @@ mod tests {
         let rule = node.rule.as_ref().expect("the rule");
         assert_eq!((rule.chain.as_str(), rule.position), ("KUBE-SERVICES", 1));
         assert!(node.notes.iter().any(|n| n.contains("FORWARD") && n.contains("LOCAL_IN")), "{:?}", node.notes);
+        let owner = node.owner.as_ref().expect("an owner");
+        assert_eq!((owner.manager, owner.service.as_deref()), (Manager::KubeProxy, Some("kube-system/kube-dns:dns")));
+        // kube-proxy puts a deleted REJECT back at its next sync: the advice is the Service's
+        // endpoints, never an edit of its chain.
+        let fix = &only.finding.fix;
+        assert_eq!(
+            fix.first().map(String::as_str),
+            Some(
+                "kubectl -n kube-system get endpointslices -l kubernetes.io/service-name=kube-dns -o wide    # its endpoints: none is ready now"
+            )
+        );
         assert!(
-            only.finding.fix.iter().any(|f| f.starts_with("iptables-nft -t filter -D KUBE-SERVICES -d 10.96.0.10/32")),
+            fix.iter().any(|f| f.starts_with("kubectl -n kube-system get pods -l k8s-app=kube-dns -o wide")),
+            "{fix:?}"
+        );
+        assert!(fix.iter().all(|f| f.starts_with("kubectl ")), "no iptables or nft edit: {fix:?}");
+        assert!(only.finding.headline.ends_with(": Service kube-system/kube-dns:dns has no ready endpoints"));
+        assert!(
+            only.finding.explanation.contains("kube-proxy rewrites this chain on every sync: any edit here is undone"),
+            "{}",
+            only.finding.explanation
+        );
+    }
+
+    #[test]
+    fn a_rule_nobody_is_known_to_own_is_removed_by_its_specification() {
+        let firewall = format!(
+            "{LAB_NAT}*filter\n:FORWARD ACCEPT [0:0]\n\
+             [0:0] -A FORWARD -p udp -m udp --dport 53 -j REJECT --reject-with icmp-host-prohibited\nCOMMIT\n"
+        );
+        let decision = decide_one(lab_node("1", &firewall), Traffic::default());
+        let [only] = decision.findings.as_slice() else { panic!("{:#?}", decision.findings) };
+        let Evidence::Node(node) = &only.finding.evidence else { panic!() };
+        assert_eq!(node.owner.as_ref().map(|o| o.manager), Some(Manager::Unknown));
+        assert!(
+            only.finding
+                .fix
+                .iter()
+                .any(|f| f.starts_with("iptables-nft -t filter -D FORWARD -p udp -m udp --dport 53")),
             "deleted by its specification, with the backend's own program: {:?}",
             only.finding.fix
         );
+        assert!(only.finding.explanation.contains("change that tool's configuration"), "{}", only.finding.explanation);
+    }
+
+    #[test]
+    fn docker_drop_policy_is_mended_in_docker_user() {
+        let firewall = format!(
+            "{LAB_NAT}*filter\n:FORWARD DROP [0:0]\n:DOCKER-USER - [0:0]\n:DOCKER-FORWARD - [0:0]\n\
+             [0:0] -A FORWARD -j DOCKER-USER\n[0:0] -A FORWARD -j DOCKER-FORWARD\n\
+             [0:0] -A DOCKER-USER -j RETURN\nCOMMIT\n"
+        );
+        let decision = decide_one(lab_node("1", &firewall), Traffic::default());
+        let [only] = decision.findings.as_slice() else { panic!("{:#?}", decision.findings) };
+        let Evidence::Node(node) = &only.finding.evidence else { panic!() };
+        assert_eq!(node.owner.as_ref().map(|o| o.manager), Some(Manager::Docker));
+        let fix = &only.finding.fix;
+        assert!(fix.contains(&"iptables-nft -I DOCKER-USER -p udp --dport 53 -j ACCEPT    # let this traffic through, ahead of Docker's rules".to_string()), "{fix:?}");
+        assert!(fix.iter().all(|f| !f.contains(" -A FORWARD")), "not in the chain Docker rewrites: {fix:?}");
     }
 
     #[test]

@@ -4,9 +4,11 @@
 //! unconfirmed findings and lost records; a thread reads the node checks now and then into
 //! gauges; another serves them over HTTP (`server`).
 //!
-//! Labels are few and bounded: a finding's kind, and where they apply its bridge, hook and
-//! rule; past [`MAX_FINDING_SERIES`] label sets, further ones are counted under
-//! `rule="other"` with the other labels empty. Pods and addresses are never labels.
+//! Labels are few and bounded: a finding's kind, and where they apply its bridge, hook,
+//! rule and the rule's owner (the manager's name, one of a fixed few: never the Service or
+//! policy, which are as many as a cluster has); past [`MAX_FINDING_SERIES`] label sets,
+//! further ones are counted under `rule="other"` with the other labels empty. Pods and
+//! addresses are never labels.
 
 pub(crate) mod node_checks;
 pub(crate) mod server;
@@ -30,7 +32,7 @@ use tracer_common::Stage;
 
 use crate::{
     findings::netfilter::short_label,
-    model::packet::stage_name,
+    model::{firewall::Owner, packet::stage_name},
     schema::{
         finding::{Evidence, Finding, FindingKind, Unconfirmed},
         packet::{DropLine, TracedPacket},
@@ -53,6 +55,8 @@ pub(crate) struct FindingLabels {
     pub bridge: String,
     pub hook: String,
     pub rule: String,
+    /// The manager that owns the rule or policy (`kube-proxy`, `calico`, ..., `unknown`).
+    pub owner: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -105,7 +109,7 @@ impl Metrics {
         let findings: Family<FindingLabels, Counter> = registered(
             &mut registry,
             "tracer_findings",
-            "Occurrences of findings (repeats included) by kind, and the bridge, netfilter hook and rule where they apply",
+            "Occurrences of findings (repeats included) by kind, and the bridge, netfilter hook, rule and the rule's owner where they apply",
         );
         let unconfirmed: Family<KindLabels, Counter> = registered(
             &mut registry,
@@ -200,6 +204,7 @@ impl<'a> MetricsOutput<'a> {
                 bridge: String::new(),
                 hook: String::new(),
                 rule: "other".to_string(),
+                owner: String::new(),
             }
         };
         self.metrics.findings.get_or_create(&labels).inc();
@@ -222,25 +227,33 @@ fn stage_index(stage: Stage) -> usize {
     }
 }
 
-/// A finding's labels: its kind, and its bridge (DNS findings), hook and rule (netfilter).
+/// A finding's labels: its kind, and its bridge (DNS findings), hook and rule (netfilter),
+/// and the owner of the rule or policy (netfilter and triage's node findings).
 pub(crate) fn finding_labels(finding: &Finding) -> FindingLabels {
     let kind = finding.kind.name().to_string();
+    let owner = |owner: &Option<Owner>| owner.as_ref().map(|o| o.manager.name().to_string()).unwrap_or_default();
     match &finding.evidence {
         Evidence::Dns(dns) => FindingLabels {
             kind,
             bridge: dns.bridge.clone().unwrap_or_default(),
             hook: String::new(),
             rule: String::new(),
+            owner: String::new(),
         },
         Evidence::Netfilter(nf) => FindingLabels {
             kind,
             bridge: String::new(),
             hook: nf.hook.name().to_string(),
             rule: short_label(finding).unwrap_or_default(),
+            owner: owner(&nf.owner),
         },
-        Evidence::Node(node) => {
-            FindingLabels { kind, bridge: node.bridges.join(","), hook: String::new(), rule: String::new() }
-        }
+        Evidence::Node(node) => FindingLabels {
+            kind,
+            bridge: node.bridges.join(","),
+            hook: String::new(),
+            rule: String::new(),
+            owner: owner(&node.owner),
+        },
     }
 }
 
@@ -296,3 +309,15 @@ pub(crate) const NODE_FINDING_KINDS: [FindingKind; 6] = [
     FindingKind::NetfilterReject,
     FindingKind::NetfilterDrop,
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_netfilter_finding_is_labelled_with_the_manager_not_the_service() {
+        let finding = crate::findings::netfilter::tests::kube_proxy_finding();
+        let labels = finding_labels(&finding);
+        assert_eq!((labels.rule.as_str(), labels.owner.as_str()), ("filter/KUBE-SERVICES #1", "kube-proxy"));
+    }
+}

@@ -27,6 +27,7 @@ use tracer_common::Stage;
 use crate::schema::capture::{BlockMeta, CaptureMeta, RecordMeta, META_OPTION, RECORD_BLOCK, USER_APPLICATION};
 use crate::{
     model::{
+        firewall::{Manager, Owner},
         monotonic_now_ns,
         netfilter::HookPass,
         packet::{stage_name, Conntrack},
@@ -38,7 +39,7 @@ use crate::{
         sink::Sink,
         summary::Summary,
     },
-    sinks::forms::hook_path,
+    sinks::forms::{hook_path, owner_phrase},
 };
 
 /// What the section header says about the capture.
@@ -298,14 +299,20 @@ fn packet_comment(packet: &TracedPacket) -> String {
     )
 }
 
-fn drop_comment(line: &DropLine) -> String {
+/// The comment of a drop block; `owner` is the owner of the rule that did it, once its
+/// finding names one.
+fn drop_comment(line: &DropLine, owner: Option<&Owner>) -> String {
     let drop = &line.drop;
     let mut place = format!("dropped on {}", line.ifname.clone().unwrap_or_else(|| format!("if{}", drop.ifindex)));
     if let Some(bridge) = &line.bridge {
         place.push_str(&format!(", bridge {bridge}"));
     }
     let path = hook_path(&line.path);
-    let by = line.rule.as_ref().map(|r| format!(" by {r}")).unwrap_or_default();
+    let owned = owner
+        .filter(|owner| owner.manager != Manager::Unknown)
+        .map(|owner| format!(", written by {}", owner_phrase(owner)))
+        .unwrap_or_default();
+    let by = line.rule.as_ref().map(|r| format!(" by {r}{owned}")).unwrap_or_default();
     let icmp = line.icmp.as_ref().map(|i| format!(", ICMP {i}")).unwrap_or_default();
     format!(
         "tracer: {place} | {} → {} | hooks: {}, verdict {}{by} | {}{icmp} | no bytes: the kernel reports a drop without the packet",
@@ -359,7 +366,7 @@ impl<W: Write> Sink for PcapngWriter<W> {
             wall_time_ns: line.wall_time_ns,
             data: Vec::new(),
             original_len: 0,
-            comments: vec![drop_comment(line)],
+            comments: vec![drop_comment(line, None)],
             meta: BlockMeta::Drop { line: Box::new(line.clone()) },
         })
     }
@@ -383,10 +390,24 @@ impl<W: Write> Sink for PcapngWriter<W> {
                 // What `tracer report` cites when it makes this finding again.
                 *sysctls = dns.sysctls.iter().map(|s| (s.name.clone(), s.value.clone())).collect();
             }
+            name_owner(pending, finding);
             pending.comments.push(format!("tracer FINDING {}: {}", finding.kind.name(), finding.headline));
         }
         self.write_pending()?;
         self.record(&RecordMeta::Finding { finding: Box::new(finding.clone()) })
+    }
+
+    fn repeated(&mut self, finding: &Finding) -> io::Result<()> {
+        // A repeat is given as first reported, from another source port: the drop it is
+        // about has the same source address and destination.
+        let Evidence::Netfilter(nf) = &finding.evidence else { return Ok(()) };
+        let repeat = self.pending.iter_mut().rev().find(|pending| {
+            matches!(&pending.meta, BlockMeta::Drop { line } if line.drop.src.ip() == nf.src.ip() && line.drop.dst == nf.dst)
+        });
+        if let Some(pending) = repeat {
+            name_owner(pending, finding);
+        }
+        Ok(())
     }
 
     fn summary(&mut self, summary: &Summary) -> io::Result<()> {
@@ -406,11 +427,57 @@ impl<W: Write> Sink for PcapngWriter<W> {
     }
 }
 
+/// Puts the owner of the rule a netfilter finding names into the comment of the drop it
+/// is about.
+fn name_owner(pending: &mut Pending, finding: &Finding) {
+    if let (Evidence::Netfilter(nf), BlockMeta::Drop { line }) = (&finding.evidence, &pending.meta) {
+        if let Some(first) = pending.comments.first_mut() {
+            *first = drop_comment(line, nf.owner.as_ref());
+        }
+    }
+}
+
 impl<W: Write> Drop for PcapngWriter<W> {
     /// A watch that ends early (its output closed) still leaves its last packet in the file.
     fn drop(&mut self) {
         if !self.broken {
             let _ = self.flush();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{hook::Family, netfilter::DropEvent, packet::L4Proto};
+
+    #[test]
+    fn a_drop_comment_names_the_owner_of_its_rule() {
+        let drop = DropEvent {
+            timestamp_ns: 0,
+            loss: Default::default(),
+            netns_inode: 1,
+            ifindex: 2,
+            reason: 0,
+            family: Family::Ipv4,
+            l4_proto: L4Proto::Udp,
+            src: "10.244.0.5:41234".parse().expect("addr"),
+            dst: "10.96.0.10:53".parse().expect("addr"),
+        };
+        let line = DropLine::example(drop, Vec::new());
+        let finding = crate::findings::netfilter::tests::kube_proxy_finding();
+        let Evidence::Netfilter(nf) = &finding.evidence else { panic!("netfilter evidence") };
+        let comment = drop_comment(&line, nf.owner.as_ref());
+        assert!(
+            comment.contains(
+                "verdict reject by filter/FORWARD #16, written by kube-proxy (Service kube-system/kube-dns:dns) |"
+            ),
+            "{comment}"
+        );
+        let mut unknown = nf.owner.clone().expect("an owner");
+        unknown.manager = crate::model::firewall::Manager::Unknown;
+        for nobody in [None, Some(&unknown)] {
+            assert!(!drop_comment(&line, nobody).contains("written by"), "no manager, nothing to say");
         }
     }
 }
