@@ -93,7 +93,7 @@ fn prometheus_scrapes_findings_and_node_checks() -> Result<()> {
         .to_string();
 
     cluster.node.dig(&cluster.client, CLUSTER_DNS_IP, TEST_NAME)?.expect_timed_out()?;
-    let finding = r#"tracer_findings_total{kind="conntrack_skip",bridge="cni0",hook="",rule=""} 1"#;
+    let finding = r#"tracer_findings_total{kind="conntrack_skip",bridge="cni0",hook="",rule="",owner=""} 1"#;
     let metrics = eventually(Duration::from_secs(10), "the finding was not counted", || {
         let (status, body) = get(&address, "/metrics")?;
         ensure!(status == 200, "/metrics answered {status}: {body}");
