@@ -35,7 +35,7 @@ pub(crate) fn judge_drop(packet: &HookDrop, wall_time_ns: u64, before: &Snapshot
         icmp: icmp.clone(),
         drop_reason: DropReason::NetfilterDrop,
         owner: None,
-        element: None,
+        element: attribution.element.clone(),
     };
     let by = culprit(&attribution);
     let headline = format!("{action} in {hook}: {proto} {} → {} stopped by {by}", packet.src, packet.dst);

@@ -5,7 +5,8 @@
 //! - `model`: chains, rules, what a rule matches and its verdict, whichever backend.
 //! - `snapshot`: runs the tools' listing commands in the current network namespace.
 //! - `iptables`, `nft`: parse `iptables-save -c` and `nft -j -a list ruleset`;
-//!   `nft_text` prints nft's JSON back in nft syntax, for rule texts people recognise.
+//!   `nft_text` prints nft's JSON back in nft syntax, for rule texts people recognise;
+//!   `sets`: nft's sets and maps, indexed so a packet's key is found without a scan.
 //! - `reconcile`: iptables-nft keeps its rules in nf_tables tables, so nft lists them a
 //!   second time; every chain is reported once, as the backend that made it.
 //! - `eval`: what a packet meets on its way through the chains of a hook: the one place
@@ -17,6 +18,7 @@ mod model;
 mod nft;
 mod nft_text;
 mod reconcile;
+mod sets;
 mod snapshot;
 
 #[cfg(test)]
