@@ -300,6 +300,7 @@ fn test_outcome(test: &Test, packet: &Packet, world: &World) -> Outcome {
             None => return Outcome::Split(vec![world.assume_local(*side, true), world.assume_local(*side, false)]),
         },
         Condition::Random(_) => Truth::May,
+        Condition::IpSet(set) => set.holds(packet).map_or(Truth::May, Truth::of),
         Condition::Lookup(lookup) => match key_fields(&lookup.key, packet, world) {
             Err(split) => return Outcome::Split(split),
             Ok(key) => match lookup.set.0.find(&key) {
@@ -864,7 +865,10 @@ impl<'a> Walker<'_, 'a> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::firewall::ipset::{attach_ipsets, parse_ipset_save};
     use crate::firewall::{parse_iptables_save, parse_nft_json};
     use crate::system::netns::scratch::Netns;
 
@@ -1118,6 +1122,38 @@ mod tests {
                 condition: Condition::Random("-m statistic --mode random --probability 0.50000000000".to_string())
             }]
         );
+    }
+
+    /// What `ipset save` prints for kube-proxy's ipvs mode's ClusterIP set and a network
+    /// list with an exception.
+    const IPSETS: &str = "create KUBE-CLUSTER-IP hash:ip,port family inet hashsize 1024 maxelem 65536
+add KUBE-CLUSTER-IP 10.96.0.10,udp:53
+add KUBE-CLUSTER-IP 10.96.0.10,tcp:53
+create BLOCKED hash:net family inet hashsize 1024 maxelem 65536
+add BLOCKED 10.244.0.0/16
+add BLOCKED 10.244.0.0/24 nomatch
+";
+
+    #[test]
+    fn an_ipset_match_looks_the_packet_up_in_the_nodes_set() {
+        let mut snapshot = forward(
+            "-A FORWARD -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT\n\
+             -A FORWARD -m set --match-set BLOCKED src -j DROP\n\
+             -A FORWARD -m set ! --match-set BLOCKED dst -j REJECT\n",
+        );
+        // The sets not read: each may match.
+        let (ends, _) = walk_forward(&snapshot, &dns_query(), &PacketState::default());
+        assert_eq!(ends, [at("FORWARD", 1), at("FORWARD", 2), at("FORWARD", 3)]);
+
+        attach_ipsets(&mut snapshot.chains, &Arc::new(parse_ipset_save(IPSETS)));
+        let (ends, walk) = walk_forward(&snapshot, &dns_query(), &PacketState::default());
+        assert_eq!(ends, [at("FORWARD", 1)]);
+        assert!(walk.ends[0].certain);
+        // Port 54 is not in the set; 10.244.0.5 is in 10.244.0.0/16, but in its nomatch /24.
+        let (ends, _) = walk_forward(&snapshot, &Packet { dport: Some(54), ..dns_query() }, &PacketState::default());
+        assert_eq!(ends, [at("FORWARD", 3)]);
+        let from_elsewhere = Packet { src: Some("10.244.9.9".parse().expect("addr")), dport: Some(54), ..dns_query() };
+        assert_eq!(walk_forward(&snapshot, &from_elsewhere, &PacketState::default()).0, [at("FORWARD", 2)]);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
+use super::ipset::IpSetMatch;
 use super::model::{
     protocol_number, AddrRange, Backend, Chain, Condition, CtStates, Family, Hook, IfacePattern, MarkChange, MarkMatch,
     PortRange, Rule, RuleMatches, Side, Verdict,
@@ -310,6 +311,15 @@ fn parse_iptables_rule(
                     text.push_str(&format!(" {}", unparsed()));
                 }
             }
+            "--match-set" if module == "set" => match values {
+                [name, flags] => match IpSetMatch::parse(name, flags) {
+                    Some(set) => matches.test(negated, Condition::IpSet(set)),
+                    None => matches.unparsed.push(format!("-m set {}", unparsed())),
+                },
+                _ => matches.unparsed.push(format!("-m set {}", unparsed())),
+            },
+            // Counting in the set changes nothing of what matches.
+            "--update-counters" | "--update-subcounters" if module == "set" => {}
             "--src-range" | "--dst-range" if module == "iprange" => {
                 match value
                     .split_once('-')
@@ -712,6 +722,8 @@ COMMIT
 -A FORWARD -m addrtype ! --src-type LOCAL --limit-iface-in -j SUB
 -A FORWARD -m addrtype --dst-type BROADCAST -j DROP
 -A FORWARD -m statistic --mode random --probability 0.33333333349 -j SUB
+-A FORWARD -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT
+-A FORWARD -m set ! --match-set KUBE-LOOP-BACK dst,dst,src ! --update-counters -j SUB
 -A SUB -j MARK --set-xmark 0x4000/0x4000
 -A SUB -j MARK --set-mark 0x2
 -A SUB -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff
@@ -738,6 +750,11 @@ COMMIT
             tests(8),
             [test(false, Condition::Random("-m statistic --mode random --probability 0.33333333349".to_string()))]
         );
+        let set = |name: &str, flags: &[Side]| {
+            Condition::IpSet(IpSetMatch { name: name.to_string(), flags: flags.to_vec(), sets: None })
+        };
+        assert_eq!(tests(9), [test(false, set("KUBE-CLUSTER-IP", &[Side::Dst, Side::Dst]))]);
+        assert_eq!(tests(10), [test(true, set("KUBE-LOOP-BACK", &[Side::Dst, Side::Dst, Side::Src]))]);
         assert!(forward.rules.iter().all(|r| r.matches.unparsed.len() <= 1));
         assert!(forward.rules[..6].iter().all(|r| r.matches.unparsed.is_empty()), "comments are no conditions");
 

@@ -4,6 +4,7 @@
 //!
 //! - `model`: chains, rules, what a rule matches and its verdict, whichever backend.
 //! - `snapshot`: runs the tools' listing commands in the current network namespace.
+//! - `ipset`: the node's ipsets (`ipset save`), which iptables rules look packets up in.
 //! - `iptables`, `nft`: parse `iptables-save -c` and `nft -j -a list ruleset`;
 //!   `nft_text` prints nft's JSON back in nft syntax, for rule texts people recognise;
 //!   `sets`: nft's sets and maps, indexed so a packet's key is found without a scan.
@@ -13,6 +14,7 @@
 //!   that walks chains, follows jumps and matches rules against a packet.
 
 pub(crate) mod eval;
+mod ipset;
 mod iptables;
 mod model;
 mod nft;

@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Serialize;
 
+use super::ipset::IpSetMatch;
 use super::sets::SetRef;
 
 pub(crate) use crate::model::{
@@ -220,6 +221,8 @@ pub(crate) enum Condition {
     /// A choice made anew for every packet (`-m statistic --mode random`, nft `numgen`):
     /// either way is possible, as written.
     Random(String),
+    /// iptables `-m set --match-set NAME src,dst`.
+    IpSet(IpSetMatch),
     /// The key is an element of an nft set (or map).
     Lookup(Lookup),
 }
