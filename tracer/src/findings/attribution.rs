@@ -1187,6 +1187,48 @@ COMMIT
         assert_eq!(reject_answer(Backend::Nftables, Family::Ipv4, None), None);
     }
 
+    #[test]
+    fn real_kube_proxy_nft_service_without_endpoints_is_named_with_its_element() {
+        // kube-proxy's nftables mode rejects DNS to kube-dns, which has no endpoints, through
+        // an element of a verdict map; its ClusterIP check would reject it too, were it
+        // reached. Neither rule has a counter.
+        let node = Netns::new();
+        node.nft(crate::firewall::fixtures::KUBE_PROXY_NFT);
+        let before = node.run(crate::firewall::snapshot);
+        assert!(before.errors.is_empty(), "{:?}", before.errors);
+        let packet = dns_packet(Some((3, 3)));
+        // The reading after the drop is not there yet.
+        let attribution = attribute(&before, &Snapshot::default(), &packet);
+        let rule = attribution.rule.as_ref().unwrap_or_else(|| panic!("{}", attribution.reason));
+        assert_eq!((rule.table.as_str(), rule.chain.as_str(), rule.position), ("ip kube-proxy", "reject-chain", 1));
+        assert!(attribution.candidates.is_empty());
+        let element = MapElement {
+            map: "@no-endpoint-services".to_string(),
+            key: "10.96.0.10 . udp . 53".to_string(),
+            verdict: Some("goto reject-chain".to_string()),
+            comment: Some("kube-system/kube-dns:dns".to_string()),
+        };
+        assert_eq!(attribution.element.as_ref(), Some(&element));
+        assert_eq!(
+            attribution.reason,
+            format!(
+                "nftables ip kube-proxy reject-chain rule 1 (handle {}) is where the packet's way through the chains of \
+                 FORWARD (IPv4) ends with a verdict that rejects with port-unreachable: filter-forward rule 1 (ct state \
+                 new jump service-endpoints-check) → service-endpoints-check rule 1 (ip daddr . meta l4proto . th dport \
+                 vmap @no-endpoint-services), element `10.96.0.10 . udp . 53` of @no-endpoint-services \
+                 (\"kube-system/kube-dns:dns\"): goto reject-chain → reject-chain rule 1 (reject); the reading after the \
+                 drop does not have it to confirm it by its counter",
+                rule.handle.expect("a handle")
+            )
+        );
+
+        // The finding carries the element.
+        let finding = super::super::netfilter::judge_drop(&packet, 0, &before, &before);
+        let crate::schema::finding::Evidence::Netfilter(evidence) = &finding.evidence else { panic!("evidence") };
+        assert_eq!(evidence.element.as_ref(), Some(&element));
+        assert!(evidence.candidates.is_empty());
+    }
+
     // ---- real drops: a client namespace sends DNS through a node namespace whose FORWARD
     // chain rejects it at rule 16 ----
 

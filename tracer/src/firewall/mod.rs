@@ -24,7 +24,9 @@ mod sets;
 mod snapshot;
 
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
+#[cfg(test)]
+mod kube_proxy_tests;
 
 pub(crate) use iptables::parse_iptables_save;
 pub(crate) use model::{Backend, Chain, Condition, Family, Hook, Rule, Snapshot, Verdict};
