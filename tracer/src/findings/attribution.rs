@@ -3,21 +3,26 @@
 //! packet and the ICMP answer or TCP reset it sent. Deciding only: the snapshots come from
 //! `crate::firewall`.
 //!
-//! A rule is a candidate when it sits in a chain the packet traversed (a base chain on
-//! the hook or a chain jumped to from one), its verdict gives the answer the kernel sent
-//! (a REJECT with the same ICMP type and code, or a DROP when nothing was sent), what it
-//! matches is consistent with the packet, and its counter grew. One candidate is the
-//! answer; several are all reported, never one picked silently.
+//! The packet is walked through the hook's chains of the snapshot read before the drop
+//! (the ruleset it met), following jumps, gotos and verdict maps: the candidates are the
+//! rules (and DROP policies) where a way the packet can take ends with a verdict that gives
+//! the answer the kernel sent (a REJECT with the same ICMP type and code, or a DROP when
+//! nothing was sent). One candidate is the answer, whatever its counter says; counters
+//! confirm it, and narrow several candidates down (ways that depend on what tracer cannot
+//! check) to the ones that counted. Several that remain are all reported, never one picked
+//! silently. When no way explains the answer (the ruleset changed in between, or the
+//! packet is known wrongly), the snapshot read after is walked, and failing that the
+//! counters of every rule the packet could reach decide, as the reason says.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use serde::Serialize;
 
-use crate::model::packet::L4Proto;
+use crate::model::{firewall::MapElement, packet::L4Proto};
 
 use crate::firewall::{
-    eval::{self, Ruleset},
+    eval::{self, PacketState, Ruleset, Walk},
     Backend, Chain, Family, Hook, Rule, Snapshot, Verdict,
 };
 
@@ -72,6 +77,8 @@ pub(crate) struct Attribution {
     /// Every chain whose DROP policy fits, when more than one does (`policy` is then
     /// `None`), e.g. native nft base chains, which keep no policy counter.
     pub policy_candidates: Vec<Chain>,
+    /// The nft map element whose verdict led the packet to `rule` (or is its verdict).
+    pub element: Option<MapElement>,
     /// One line: how it was decided.
     pub reason: String,
 }
@@ -205,17 +212,7 @@ enum VerdictFit {
 fn verdict_fit(rule: &Rule, answer: Answer) -> VerdictFit {
     let mut fit = VerdictFit::No;
     for verdict in rule.verdicts() {
-        let this = match (verdict, answer) {
-            (Verdict::Drop, Answer::Nothing) => VerdictFit::Yes,
-            (Verdict::Reject { .. }, Answer::Nothing) => VerdictFit::RejectWithoutAnswer,
-            (Verdict::Reject { with }, sent) => match reject_answer(rule.backend, rule.family, with.as_deref()) {
-                Some(answer) if answer == sent => VerdictFit::Yes,
-                Some(_) => VerdictFit::No,
-                // Unknown answer: it may be this one.
-                None => VerdictFit::Yes,
-            },
-            _ => VerdictFit::No,
-        };
+        let this = one_verdict_fit(verdict, rule, answer);
         if this == VerdictFit::Yes {
             return VerdictFit::Yes;
         }
@@ -226,6 +223,21 @@ fn verdict_fit(rule: &Rule, answer: Answer) -> VerdictFit {
     fit
 }
 
+/// How one verdict `rule` gives (its own or its map's) fits what the kernel did.
+fn one_verdict_fit(verdict: &Verdict, rule: &Rule, answer: Answer) -> VerdictFit {
+    match (verdict, answer) {
+        (Verdict::Drop, Answer::Nothing) => VerdictFit::Yes,
+        (Verdict::Reject { .. }, Answer::Nothing) => VerdictFit::RejectWithoutAnswer,
+        (Verdict::Reject { with }, sent) => match reject_answer(rule.backend, rule.family, with.as_deref()) {
+            Some(answer) if answer == sent => VerdictFit::Yes,
+            Some(_) => VerdictFit::No,
+            // Unknown answer: it may be this one.
+            None => VerdictFit::Yes,
+        },
+        _ => VerdictFit::No,
+    }
+}
+
 /// How much a counter moved between the snapshots.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Growth {
@@ -233,6 +245,9 @@ enum Growth {
     Flat,
     /// No counter to tell.
     Unknown,
+    /// The reading after the drop does not have the rule (not read yet, or the rule is
+    /// gone since).
+    NotReadAgain,
 }
 
 /// Identifies a rule across snapshots: by handle where nf_tables gives one, otherwise by
@@ -270,32 +285,50 @@ fn rule_keys(chain: &Chain) -> Vec<RuleKey> {
         .collect()
 }
 
-struct Before {
+/// The counters of one reading of the rulesets.
+struct Reading {
     rules: HashMap<RuleKey, Option<u64>>,
     policies: HashMap<(Backend, Family, String, String), Option<u64>>,
 }
 
-impl Before {
-    fn new(snapshot: &Snapshot) -> Before {
+impl Reading {
+    fn new(snapshot: &Snapshot) -> Reading {
         let mut rules = HashMap::new();
         let mut policies = HashMap::new();
         for chain in &snapshot.chains {
             for (key, rule) in rule_keys(chain).into_iter().zip(&chain.rules) {
                 rules.insert(key, rule.packets);
             }
-            policies
-                .insert((chain.backend, chain.family, chain.table.clone(), chain.name.clone()), chain.policy_packets);
+            policies.insert(policy_key(chain), chain.policy_packets);
         }
-        Before { rules, policies }
+        Reading { rules, policies }
     }
+}
 
-    fn rule_growth(&self, key: &RuleKey, now: Option<u64>) -> Growth {
-        growth(self.rules.get(key).copied(), now)
+fn policy_key(chain: &Chain) -> (Backend, Family, String, String) {
+    (chain.backend, chain.family, chain.table.clone(), chain.name.clone())
+}
+
+/// The readings before and after the drop.
+struct Counters {
+    before: Reading,
+    after: Reading,
+}
+
+impl Counters {
+    fn rule_growth(&self, key: &RuleKey) -> Growth {
+        match self.after.rules.get(key) {
+            None => Growth::NotReadAgain,
+            Some(now) => growth(self.before.rules.get(key).copied(), *now),
+        }
     }
 
     fn policy_growth(&self, chain: &Chain) -> Growth {
-        let key = (chain.backend, chain.family, chain.table.clone(), chain.name.clone());
-        growth(self.policies.get(&key).copied(), chain.policy_packets)
+        let key = policy_key(chain);
+        match self.after.policies.get(&key) {
+            None => Growth::NotReadAgain,
+            Some(now) => growth(self.before.policies.get(&key).copied(), *now),
+        }
     }
 }
 
@@ -331,19 +364,282 @@ fn describe_chain(chain: &Chain) -> String {
 fn describe_growth(growth: Growth, what: &str) -> String {
     match growth {
         Growth::Grew(n) => format!("its {what} grew by {n}"),
-        _ => format!("it has no {what} to confirm it"),
+        Growth::Flat => format!("its {what} has not moved (yet)"),
+        Growth::Unknown => format!("it has no {what} to confirm it"),
+        Growth::NotReadAgain => format!("the reading after the drop does not have it to confirm it by its {what}"),
     }
 }
 
-/// Names the rule (or the chain policy) that dropped `packet`, comparing the counters of
-/// `before` and `after`. The rulesets are those of `after`.
+/// Names the rule (or the chain policy) that dropped `packet`: by walking it through the
+/// chains of `before`, with the counters of `before` and `after` to confirm (see the
+/// module's description). Nothing is known of the packet beyond its headers.
 pub(crate) fn attribute(before: &Snapshot, after: &Snapshot, packet: &HookDrop) -> Attribution {
+    attribute_in(before, after, packet, &PacketState::default())
+}
+
+/// [`attribute`], knowing what `state` tells of the packet beyond its headers (its
+/// conntrack state, the node's own addresses).
+pub(crate) fn attribute_in(before: &Snapshot, after: &Snapshot, packet: &HookDrop, state: &PacketState) -> Attribution {
+    let answer = packet_answer(packet);
+    let place = format!("{} ({})", packet.hook.name(), packet.family.name());
+    let counters = Counters { before: Reading::new(before), after: Reading::new(after) };
+    let seen = packet.as_seen();
+    let mut why = String::new();
+    // The rulesets the packet met are those read before it; when no way through them
+    // explains the kernel's answer, they may have changed since, as those read after show.
+    for (snapshot, read_after) in [(before, false), (after, true)] {
+        let which = if read_after { "read after the drop" } else { "read before the drop" };
+        let ruleset = Ruleset::new(snapshot);
+        let walks = ruleset.walk_with(packet.hook, &seen, state);
+        if walks.is_empty() {
+            continue;
+        }
+        if walks.iter().any(|w| !w.complete) {
+            why = format!(
+                "the walk through the chains of {place} (rulesets {which}) gave up before following every way (too many rules or jumps, or a jump to a chain not read)"
+            );
+            break;
+        }
+        if let Some((found, tier)) = candidates(&ruleset, &walks, answer, &counters) {
+            let changed = if read_after {
+                " (in the rulesets read after the drop: those read before cannot have done it, they changed in between)"
+            } else {
+                ""
+            };
+            return decide_evaluated(found, &describe_tier(packet.family, answer, tier), &place, changed);
+        }
+        if why.is_empty() {
+            why = format!(
+                "no way the packet can take through the chains of {place} ends with a verdict that {} (rulesets {which}): the rulesets changed, or the packet is known wrongly",
+                describe_answer(packet.family, answer)
+            );
+        }
+    }
+    attribute_by_counters(after, packet, &counters, &why)
+}
+
+/// Which verdicts a candidate's gives: the answer the kernel sent, or (no answer seen) a
+/// REJECT whose ICMP error the kernel's rate limit swallowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tier {
+    Answer,
+    SilentReject,
+}
+
+fn describe_tier(family: Family, answer: Answer, tier: Tier) -> String {
+    match tier {
+        Tier::Answer => describe_answer(family, answer),
+        Tier::SilentReject => "rejects (no ICMP answer was seen: the kernel rate-limits ICMP errors)".to_string(),
+    }
+}
+
+/// A rule or DROP policy where a way of the packet ends with a verdict that fits.
+struct Candidate<'s> {
+    /// The base chain whose walk it ends.
+    base: usize,
+    /// The way to it assumes nothing tracer does not know.
+    certain: bool,
+    rule: Option<&'s Rule>,
+    policy: Option<&'s Chain>,
+    /// The way to it: `FORWARD rule 1 → KUBE-FORWARD rule 3`.
+    path: String,
+    element: Option<MapElement>,
+    growth: Growth,
+}
+
+impl Candidate<'_> {
+    fn describe(&self) -> String {
+        match (self.rule, self.policy) {
+            (Some(rule), _) => describe_rule(rule),
+            (None, Some(chain)) => format!("the DROP policy of {}", describe_chain(chain)),
+            (None, None) => String::new(),
+        }
+    }
+}
+
+/// The ends of `walks` whose verdict fits the kernel's answer, each rule or policy once,
+/// with the tier they fit in; `None` when none does.
+fn candidates<'s>(
+    ruleset: &Ruleset<'s>,
+    walks: &[Walk],
+    answer: Answer,
+    counters: &Counters,
+) -> Option<(Vec<Candidate<'s>>, Tier)> {
+    let mut fitting: Vec<Candidate<'s>> = Vec::new();
+    let mut silent: Vec<Candidate<'s>> = Vec::new();
+    let mut seen: Vec<(usize, usize)> = Vec::new();
+    for walk in walks {
+        for end in &walk.ends {
+            let met = &walk.met[end.met];
+            if seen.contains(&(met.chain, met.rule)) {
+                continue;
+            }
+            let rule = ruleset.rule(met);
+            let tier = match one_verdict_fit(&end.verdict, rule, answer) {
+                VerdictFit::No => continue,
+                VerdictFit::Yes => Tier::Answer,
+                VerdictFit::RejectWithoutAnswer => Tier::SilentReject,
+            };
+            seen.push((met.chain, met.rule));
+            let chain = ruleset.chain(met.chain);
+            let key = rule_keys(chain).swap_remove(met.rule);
+            let path = walk.path(end.met);
+            let element =
+                end.element.clone().or_else(|| path.iter().rev().find_map(|&at| walk.met[at].element.clone()));
+            let candidate = Candidate {
+                base: walk.base,
+                certain: end.certain,
+                rule: Some(rule),
+                policy: None,
+                path: describe_path(ruleset, walk, &path),
+                element,
+                growth: counters.rule_growth(&key),
+            };
+            match tier {
+                Tier::Answer => fitting.push(candidate),
+                Tier::SilentReject => silent.push(candidate),
+            }
+        }
+        let base = ruleset.chain(walk.base);
+        if !walk.decided && answer == Answer::Nothing && base.policy == Some(Verdict::Drop) {
+            fitting.push(Candidate {
+                base: walk.base,
+                certain: walk.policy_certain,
+                rule: None,
+                policy: Some(base),
+                path: format!("{} to its end", base.name),
+                element: None,
+                growth: counters.policy_growth(base),
+            });
+        }
+    }
+    if !fitting.is_empty() {
+        Some((fitting, Tier::Answer))
+    } else if answer == Answer::Nothing && !silent.is_empty() {
+        Some((silent, Tier::SilentReject))
+    } else {
+        None
+    }
+}
+
+/// `filter-forward rule 1 → service-endpoints-check rule 1 (element ...: goto
+/// reject-chain) → reject-chain rule 1`.
+fn describe_path(ruleset: &Ruleset, walk: &Walk, path: &[usize]) -> String {
+    let steps: Vec<String> = path
+        .iter()
+        .map(|&at| {
+            let met = &walk.met[at];
+            let rule = ruleset.rule(met);
+            let mut step = format!("{} rule {} ({})", rule.chain, rule.position, rule.text);
+            if let Some(element) = &met.element {
+                step.push_str(&format!(", {}", describe_element(element)));
+            }
+            step
+        })
+        .collect();
+    steps.join(" → ")
+}
+
+/// `element `10.96.0.10 . udp . 53` of @no-endpoint-services ("kube-system/kube-dns:dns"):
+/// goto reject-chain`.
+fn describe_element(element: &MapElement) -> String {
+    let comment = element.comment.as_ref().map(|c| format!(" (\"{c}\")")).unwrap_or_default();
+    let verdict = element.verdict.as_ref().map(|v| format!(": {v}")).unwrap_or_default();
+    format!("element `{}` of {}{comment}{verdict}", element.key, element.map)
+}
+
+/// Decides among the candidates evaluation left: one is the answer; several are narrowed
+/// to those whose counter did not stand still.
+fn decide_evaluated(found: Vec<Candidate>, what: &str, place: &str, changed: &str) -> Attribution {
+    let total = found.len();
+    let moved: Vec<&Candidate> = found.iter().filter(|c| c.growth != Growth::Flat).collect();
+    let remaining: Vec<&Candidate> = if moved.is_empty() { found.iter().collect() } else { moved };
+    let counter = |c: &Candidate| if c.rule.is_some() { "counter" } else { "policy counter" };
+    match remaining.as_slice() {
+        [only] => {
+            let how = if total == 1 {
+                format!(
+                    "is where the packet's way through the chains of {place} ends with a verdict that {what}{changed}"
+                )
+            } else {
+                format!(
+                    "is, of {total} rules or policies that end the packet's ways through the chains of {place} with a verdict that {what}{changed}, the only one whose counter did not stand still"
+                )
+            };
+            Attribution {
+                rule: only.rule.cloned(),
+                policy: only.policy.cloned(),
+                element: only.element.clone(),
+                reason: format!(
+                    "{} {how}: {}; {}",
+                    only.describe(),
+                    only.path,
+                    describe_growth(only.growth, counter(only))
+                ),
+                ..Attribution::default()
+            }
+        }
+        several => {
+            let names: Vec<String> = several.iter().map(|c| c.describe()).collect();
+            let ruled_out = match total - several.len() {
+                0 => String::new(),
+                n => format!("; {} ruled out as their counters did not move", plural(n, "other", "others")),
+            };
+            let mut bases: Vec<usize> = several.iter().map(|c| c.base).collect();
+            bases.sort_unstable();
+            bases.dedup();
+            let mut why = Vec::new();
+            if bases.len() > 1 {
+                why.push(format!("{} base chains, met in an order tracer does not read", bases.len()));
+            }
+            if several.iter().any(|c| !c.certain) {
+                why.push("ways that depend on what tracer cannot check".to_string());
+            }
+            Attribution {
+                candidates: several.iter().filter_map(|c| c.rule.cloned()).collect(),
+                policy_candidates: several.iter().filter_map(|c| c.policy.cloned()).collect(),
+                reason: format!(
+                    "on the packet's ways through the chains of {place} ({}), {} end it with a verdict that {what}{changed} ({}{ruled_out}), not telling which: {}",
+                    why.join("; "),
+                    plural(several.len(), "rule or policy", "rules or policies"),
+                    describe_counts(several),
+                    names.join(", ")
+                ),
+                ..Attribution::default()
+            }
+        }
+    }
+}
+
+/// What the counters of several candidates say: `1 with a counter that grew, 1 without a
+/// counter`.
+fn describe_counts(candidates: &[&Candidate]) -> String {
+    let count = |wanted: fn(Growth) -> bool| candidates.iter().filter(|c| wanted(c.growth)).count();
+    let parts = [
+        (count(|g| matches!(g, Growth::Grew(_))), "with a counter that grew"),
+        (count(|g| g == Growth::Unknown), "without a counter"),
+        (count(|g| g == Growth::NotReadAgain), "not in the reading after the drop"),
+        (count(|g| g == Growth::Flat), "whose counter has not moved"),
+    ];
+    let described: Vec<String> = parts.iter().filter(|(n, _)| *n > 0).map(|(n, what)| format!("{n} {what}")).collect();
+    described.join(", ")
+}
+
+/// What the counters say when evaluation cannot, after `why` it cannot.
+fn attribute_by_counters(after: &Snapshot, packet: &HookDrop, counters: &Counters, why: &str) -> Attribution {
+    let mut attribution = by_counters(after, packet, counters);
+    if !why.is_empty() {
+        attribution.reason = format!("{why}; by counters: {}", attribution.reason);
+    }
+    attribution
+}
+
+/// Every rule in a chain the packet could reach (whatever the jumps to it match) whose
+/// verdict and matches fit the packet and whose counter grew, in the rulesets of `after`.
+fn by_counters(after: &Snapshot, packet: &HookDrop, counters: &Counters) -> Attribution {
     let answer = packet_answer(packet);
     let what = describe_answer(packet.family, answer);
     let place = format!("{} ({})", packet.hook.name(), packet.family.name());
-    // Every chain the packet could have reached, whatever the jumps to it match: what tracer
-    // knows of the packet may differ from what the rules saw (a bridged packet's interface,
-    // its conntrack state), and the counters tell which rule did it.
     let ruleset = Ruleset::new(after);
     let chains: Vec<&Chain> =
         ruleset.reachable(packet.family, packet.hook).into_iter().map(|at| ruleset.chain(at)).collect();
@@ -353,7 +649,6 @@ pub(crate) fn attribute(before: &Snapshot, after: &Snapshot, packet: &HookDrop) 
             ..Attribution::default()
         };
     }
-    let before_counters = Before::new(before);
     let seen = packet.as_seen();
 
     let mut fitting: Vec<(&Rule, Growth)> = Vec::new();
@@ -366,7 +661,7 @@ pub(crate) fn attribute(before: &Snapshot, after: &Snapshot, packet: &HookDrop) 
             if fit == VerdictFit::No || eval::fit(rule, &seen) == eval::Fit::No {
                 continue;
             }
-            let growth = before_counters.rule_growth(&key, rule.packets);
+            let growth = counters.rule_growth(&key);
             if growth == Growth::Flat {
                 continue;
             }
@@ -391,7 +686,7 @@ pub(crate) fn attribute(before: &Snapshot, after: &Snapshot, packet: &HookDrop) 
         let policies: Vec<(&Chain, Growth)> = chains
             .iter()
             .filter(|c| c.hook == Some(packet.hook) && c.policy == Some(Verdict::Drop))
-            .map(|c| (*c, before_counters.policy_growth(c)))
+            .map(|c| (*c, counters.policy_growth(c)))
             .filter(|(_, g)| *g != Growth::Flat)
             .collect();
         match policies.as_slice() {
@@ -544,7 +839,10 @@ COMMIT
 
     #[test]
     fn field_case_names_rule_16() {
-        // Everything that counts udp/53 grew, the ACCEPTs and the DROP too.
+        // Everything that counts udp/53 grew, the ACCEPTs and the DROP too. Rule 8 would
+        // reject this packet with port-unreachable before it reaches rule 16, so no way
+        // through FORWARD gives host-prohibited: the rulesets read are not the ones the
+        // packet met, and the counters decide.
         let after = grow(
             FIELD_BEFORE,
             &[
@@ -570,17 +868,39 @@ COMMIT
         assert!(attribution.candidates.is_empty() && attribution.policy.is_none());
         assert_eq!(
             attribution.reason,
-            "iptables-nft filter FORWARD rule 16 is the only rule that rejects with host-prohibited and matches the packet \
-             (16 rules in 1 chain reachable from FORWARD (IPv4)); its counter grew by 1"
+            "no way the packet can take through the chains of FORWARD (IPv4) ends with a verdict that rejects with \
+             host-prohibited (rulesets read before the drop): the rulesets changed, or the packet is known wrongly; by \
+             counters: iptables-nft filter FORWARD rule 16 is the only rule that rejects with host-prohibited and matches \
+             the packet (16 rules in 1 chain reachable from FORWARD (IPv4)); its counter grew by 1"
         );
         assert!(!attribution.reason.contains('\n'));
     }
 
     #[test]
-    fn two_fitting_rejects_that_both_counted_are_both_listed() {
+    fn the_first_rule_on_the_way_is_named_whatever_counters_moved_behind_it() {
         let before = "*filter
 :FORWARD ACCEPT [0:0]
 [0:0] -A FORWARD -p udp -m udp --dport 53 -j REJECT --reject-with icmp-host-prohibited
+[0:0] -A FORWARD -d 10.96.0.0/12 -j REJECT --reject-with icmp-host-prohibited
+COMMIT
+";
+        // Rule 2 counted other traffic; this packet never gets past rule 1.
+        let after = before.replace(UNCOUNTED, COUNTED_ONCE);
+        let attribution = attribute(&nft4(before), &nft4(&after), &dns_packet(HOST_PROHIBITED));
+        assert_eq!(attribution.rule.map(|r| r.position), Some(1), "{}", attribution.reason);
+        let after = before.replacen("[0:0] -A FORWARD -d", "[1:60] -A FORWARD -d", 1);
+        let attribution = attribute(&nft4(before), &nft4(&after), &dns_packet(HOST_PROHIBITED));
+        assert_eq!(attribution.rule.map(|r| r.position), Some(1), "{}", attribution.reason);
+        assert!(attribution.reason.ends_with("its counter has not moved (yet)"), "{}", attribution.reason);
+    }
+
+    #[test]
+    fn rules_evaluation_cannot_tell_apart_are_all_listed_unless_counters_do() {
+        // A rate limit is a condition no packet description settles: rule 1 may let the
+        // packet on to rule 2.
+        let before = "*filter
+:FORWARD ACCEPT [0:0]
+[0:0] -A FORWARD -p udp -m udp --dport 53 -m limit --limit 1/sec -j REJECT --reject-with icmp-host-prohibited
 [0:0] -A FORWARD -d 10.96.0.0/12 -j REJECT --reject-with icmp-host-prohibited
 COMMIT
 ";
@@ -589,9 +909,9 @@ COMMIT
         assert_eq!(attribution.rule, None);
         assert_eq!(attribution.candidates.iter().map(|r| r.position).collect::<Vec<_>>(), [1, 2]);
         assert!(
-            attribution
-                .reason
-                .starts_with("2 rules rejects with host-prohibited and match the packet (all with counters that grew"),
+            attribution.reason.contains(
+                "2 rules or policies end it with a verdict that rejects with host-prohibited (2 with a counter that grew)"
+            ),
             "{}",
             attribution.reason
         );
@@ -599,10 +919,15 @@ COMMIT
             .reason
             .contains("not telling which: iptables-nft filter FORWARD rule 1, iptables-nft filter FORWARD rule 2"));
 
-        // The same with only the second counter moving: that one.
+        // Only the second counter moved: that one.
         let after = before.replacen("[0:0] -A FORWARD -d", "[1:60] -A FORWARD -d", 1);
         let attribution = attribute(&nft4(before), &nft4(&after), &dns_packet(HOST_PROHIBITED));
-        assert_eq!(attribution.rule.map(|r| r.position), Some(2));
+        assert_eq!(attribution.rule.as_ref().map(|r| r.position), Some(2), "{}", attribution.reason);
+        assert!(
+            attribution.reason.contains("the only one whose counter did not stand still"),
+            "{}",
+            attribution.reason
+        );
     }
 
     #[test]
@@ -610,7 +935,7 @@ COMMIT
         let before = "*filter
 :FORWARD DROP [5:300]
 [0:0] -A FORWARD -p tcp -j DROP
-[9:540] -A FORWARD -p udp -m udp --dport 53 -j REJECT --reject-with icmp-host-prohibited
+[9:540] -A FORWARD -p udp -m udp --dport 54 -j REJECT --reject-with icmp-host-prohibited
 COMMIT
 ";
         let after = before.replace("[5:300]", "[6:360]").replace("[9:540]", "[10:600]");
@@ -619,17 +944,29 @@ COMMIT
         assert_eq!((policy.table.as_str(), policy.name.as_str()), ("filter", "FORWARD"));
         assert_eq!(attribution.rule, None);
         assert!(
-            attribution
-                .reason
-                .contains("the DROP policy of iptables-nft filter FORWARD did it: its policy counter grew by 1"),
+            attribution.reason.starts_with(
+                "the DROP policy of iptables-nft filter FORWARD is where the packet's way through the chains of FORWARD \
+                 (IPv4) ends with a verdict that drops: FORWARD to its end; its policy counter grew by 1"
+            ),
             "{}",
             attribution.reason
         );
 
-        // Nothing moved: nothing is named, and the reason says why.
+        // The policy is the only way the packet can be dropped: named, its counter still or not.
         let attribution = attribute(&nft4(before), &nft4(before), &dns_packet(None));
+        assert_eq!(attribution.policy.map(|c| c.name), Some("FORWARD".to_string()), "{}", attribution.reason);
+        assert!(attribution.reason.ends_with("its policy counter has not moved (yet)"), "{}", attribution.reason);
+
+        // An ACCEPT policy drops nothing: with no rule that can drop it either, the counters
+        // are asked, and nothing moved.
+        let accepting = before.replace(":FORWARD DROP", ":FORWARD ACCEPT");
+        let attribution = attribute(&nft4(&accepting), &nft4(&accepting), &dns_packet(None));
         assert_eq!((attribution.rule, attribution.policy), (None, None));
-        assert!(attribution.reason.starts_with("no rule that drops matches the packet"), "{}", attribution.reason);
+        assert!(
+            attribution.reason.contains("; by counters: no rule that drops matches the packet"),
+            "{}",
+            attribution.reason
+        );
     }
 
     #[test]
@@ -659,15 +996,35 @@ COMMIT
         let attribution = attribute(&nft4(before), &nft4(&after), &dns_packet(HOST_PROHIBITED));
         let rule = attribution.rule.unwrap_or_else(|| panic!("{}", attribution.reason));
         assert_eq!((rule.chain.as_str(), rule.position), ("KUBE-FORWARD", 1));
-        assert!(attribution.reason.contains("2 chains reachable from FORWARD"), "{}", attribution.reason);
+        assert!(
+            attribution
+                .reason
+                .contains(": FORWARD rule 1 (-A FORWARD -i veth+ -j KUBE-FORWARD) → KUBE-FORWARD rule 1 ("),
+            "{}",
+            attribution.reason
+        );
 
-        // The jump needs the input interface; from another one KUBE-FORWARD is reached
-        // still (the jump is not evaluated), but its rule is the only candidate anyway.
+        // The jump needs the input interface: from another one no way leads to a REJECT.
+        // The kernel did reject, so what tracer knows of the packet is wrong; the counters
+        // of every chain it could reach say which rule it was, and the reason says so.
         let mut packet = dns_packet(HOST_PROHIBITED);
         packet.in_iface = Some("eth1".to_string());
-        assert_eq!(
-            attribute(&nft4(before), &nft4(&after), &packet).rule.map(|r| r.chain),
-            Some("KUBE-FORWARD".to_string())
+        let attribution = attribute(&nft4(before), &nft4(&after), &packet);
+        assert_eq!(attribution.rule.map(|r| r.chain), Some("KUBE-FORWARD".to_string()));
+        assert!(attribution.reason.starts_with("no way the packet can take"), "{}", attribution.reason);
+        assert!(attribution.reason.contains("2 chains reachable from FORWARD"), "{}", attribution.reason);
+    }
+
+    #[test]
+    fn a_rule_added_after_the_first_reading_is_found_in_the_second() {
+        let before = "*filter\n:FORWARD ACCEPT [0:0]\nCOMMIT\n";
+        let after = FORWARD_REJECT.replace(UNCOUNTED, COUNTED_ONCE);
+        let attribution = attribute(&nft4(before), &nft4(&after), &dns_packet(HOST_PROHIBITED));
+        assert_eq!(attribution.rule.map(|r| r.position), Some(1), "{}", attribution.reason);
+        assert!(
+            attribution.reason.contains("(in the rulesets read after the drop: those read before cannot have done it"),
+            "{}",
+            attribution.reason
         );
     }
 
@@ -709,7 +1066,9 @@ COMMIT
         assert_eq!(rule.table, "inet tr-native");
         assert_eq!(rule.text, "ip daddr 10.96.0.10 udp dport 53 counter reject with icmp host-prohibited");
         assert!(
-            attribution.reason.starts_with("nftables inet tr-native forward_hook rule 1 (handle 4) is the only rule"),
+            attribution.reason.starts_with(
+                "nftables inet tr-native forward_hook rule 1 (handle 4) is where the packet's way through the chains"
+            ),
             "{}",
             attribution.reason
         );
@@ -749,7 +1108,11 @@ COMMIT
         let attribution = attribute(&before, &after, &packet);
         assert_eq!(attribution.rule, None);
         assert_eq!(attribution.candidates.len(), 2);
-        assert!(attribution.reason.contains("1 of them without a counter"), "{}", attribution.reason);
+        assert!(
+            attribution.reason.contains("(1 with a counter that grew, 1 without a counter)"),
+            "{}",
+            attribution.reason
+        );
     }
 
     #[test]
@@ -822,6 +1185,48 @@ COMMIT
         assert_eq!(nft(Family::Ipv6, "icmp host-prohibited"), None);
         assert_eq!(reject_answer(Backend::IptablesNft, Family::Ipv4, Some("tcp-reset")), Some(Answer::TcpReset));
         assert_eq!(reject_answer(Backend::Nftables, Family::Ipv4, None), None);
+    }
+
+    #[test]
+    fn real_kube_proxy_nft_service_without_endpoints_is_named_with_its_element() {
+        // kube-proxy's nftables mode rejects DNS to kube-dns, which has no endpoints, through
+        // an element of a verdict map; its ClusterIP check would reject it too, were it
+        // reached. Neither rule has a counter.
+        let node = Netns::new();
+        node.nft(crate::firewall::fixtures::KUBE_PROXY_NFT);
+        let before = node.run(crate::firewall::snapshot);
+        assert!(before.errors.is_empty(), "{:?}", before.errors);
+        let packet = dns_packet(Some((3, 3)));
+        // The reading after the drop is not there yet.
+        let attribution = attribute(&before, &Snapshot::default(), &packet);
+        let rule = attribution.rule.as_ref().unwrap_or_else(|| panic!("{}", attribution.reason));
+        assert_eq!((rule.table.as_str(), rule.chain.as_str(), rule.position), ("ip kube-proxy", "reject-chain", 1));
+        assert!(attribution.candidates.is_empty());
+        let element = MapElement {
+            map: "@no-endpoint-services".to_string(),
+            key: "10.96.0.10 . udp . 53".to_string(),
+            verdict: Some("goto reject-chain".to_string()),
+            comment: Some("kube-system/kube-dns:dns".to_string()),
+        };
+        assert_eq!(attribution.element.as_ref(), Some(&element));
+        assert_eq!(
+            attribution.reason,
+            format!(
+                "nftables ip kube-proxy reject-chain rule 1 (handle {}) is where the packet's way through the chains of \
+                 FORWARD (IPv4) ends with a verdict that rejects with port-unreachable: filter-forward rule 1 (ct state \
+                 new jump service-endpoints-check) → service-endpoints-check rule 1 (ip daddr . meta l4proto . th dport \
+                 vmap @no-endpoint-services), element `10.96.0.10 . udp . 53` of @no-endpoint-services \
+                 (\"kube-system/kube-dns:dns\"): goto reject-chain → reject-chain rule 1 (reject); the reading after the \
+                 drop does not have it to confirm it by its counter",
+                rule.handle.expect("a handle")
+            )
+        );
+
+        // The finding carries the element.
+        let finding = super::super::netfilter::judge_drop(&packet, 0, &before, &before);
+        let crate::schema::finding::Evidence::Netfilter(evidence) = &finding.evidence else { panic!("evidence") };
+        assert_eq!(evidence.element.as_ref(), Some(&element));
+        assert!(evidence.candidates.is_empty());
     }
 
     // ---- real drops: a client namespace sends DNS through a node namespace whose FORWARD

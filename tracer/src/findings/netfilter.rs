@@ -48,7 +48,7 @@ pub(crate) fn judge_drop(packet: &HookDrop, wall_time_ns: u64, before: &Snapshot
         icmp: icmp.clone(),
         drop_reason: DropReason::NetfilterDrop,
         owner: None,
-        element: None,
+        element: attribution.element.clone(),
     };
     let blocker = Blocker::of(&attribution);
     let (owner, advice) = match blocker {

@@ -4,9 +4,10 @@
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
+use super::ipset::IpSetMatch;
 use super::model::{
-    protocol_number, AddrRange, Backend, Chain, Condition, Family, Hook, IfacePattern, PortRange, Rule, RuleMatches,
-    Verdict,
+    protocol_number, AddrRange, Backend, Chain, Condition, CtStates, Family, Hook, IfacePattern, MarkChange, MarkMatch,
+    PortRange, Rule, RuleMatches, Side, Verdict,
 };
 
 /// Parses `iptables-save -c` (also without `-c`: rules then have no counters) of either
@@ -114,6 +115,7 @@ impl SaveTable {
                     .enumerate()
                     .map(|(i, r)| {
                         let (matches, verdict) = parse_iptables_rule(&r.text, &r.words, &user_chains, family);
+                        let mark_change = mark_target(&verdict);
                         Rule {
                             backend,
                             family,
@@ -129,6 +131,8 @@ impl SaveTable {
                                 .map(|pair| pair[1].0.clone()),
                             verdict,
                             map_verdicts: Vec::new(),
+                            vmap: None,
+                            mark_change,
                             matches,
                             packets: r.counter.map(|(p, _)| p),
                             bytes: r.counter.map(|(_, b)| b),
@@ -284,6 +288,38 @@ fn parse_iptables_rule(
                     None => matches.unparsed.push(unparsed()),
                 }
             }
+            "--ctstate" | "--state" if matches!(module.as_str(), "conntrack" | "state") => {
+                match CtStates::from_names(value.split(',')) {
+                    Some(states) => matches.test(negated, Condition::CtState(states)),
+                    None => matches.unparsed.push(format!("-m {module} {}", unparsed())),
+                }
+            }
+            "--mark" if module == "mark" => match parse_mark(value) {
+                Some(mark) => matches.test(negated, Condition::Mark(vec![mark])),
+                None => matches.unparsed.push(format!("-m mark {}", unparsed())),
+            },
+            "--src-type" | "--dst-type" if module == "addrtype" && value == "LOCAL" => {
+                let side = if option == "--src-type" { Side::Src } else { Side::Dst };
+                matches.test(negated, Condition::LocalAddr(side));
+            }
+            // The mode makes it random; the probability or period says how often.
+            "--mode" if module == "statistic" => {
+                matches.test(false, Condition::Random(format!("-m statistic {}", unparsed())));
+            }
+            "--probability" | "--every" | "--packet" if module == "statistic" => {
+                if let Some(Condition::Random(text)) = matches.tests.last_mut().map(|t| &mut t.condition) {
+                    text.push_str(&format!(" {}", unparsed()));
+                }
+            }
+            "--match-set" if module == "set" => match values {
+                [name, flags] => match IpSetMatch::parse(name, flags) {
+                    Some(set) => matches.test(negated, Condition::IpSet(set)),
+                    None => matches.unparsed.push(format!("-m set {}", unparsed())),
+                },
+                _ => matches.unparsed.push(format!("-m set {}", unparsed())),
+            },
+            // Counting in the set changes nothing of what matches.
+            "--update-counters" | "--update-subcounters" if module == "set" => {}
             "--src-range" | "--dst-range" if module == "iprange" => {
                 match value
                     .split_once('-')
@@ -340,6 +376,49 @@ fn iptables_verdict(
         }
         chain if chains.contains(chain) => Verdict::Jump(chain.to_string()),
         _ => Verdict::Other(written.trim().to_string()),
+    }
+}
+
+/// `0x4000/0x4000` or `0x1` (all bits).
+fn parse_mark(text: &str) -> Option<MarkMatch> {
+    let (value, mask) = match text.split_once('/') {
+        Some((value, mask)) => (parse_u32(value)?, parse_u32(mask)?),
+        None => (parse_u32(text)?, u32::MAX),
+    };
+    Some(MarkMatch { value, mask })
+}
+
+fn parse_u32(text: &str) -> Option<u32> {
+    match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+        None => text.parse().ok(),
+    }
+}
+
+/// How a `MARK` (or `CONNMARK --restore-mark`) target changes the packet's mark.
+fn mark_target(verdict: &Verdict) -> Option<MarkChange> {
+    let Verdict::Other(text) = verdict else { return None };
+    let words: Vec<&str> = text.split_whitespace().collect();
+    match words.as_slice() {
+        ["MARK", option, value, ..] => {
+            let (value, mask) = match value.split_once('/') {
+                Some((value, mask)) => (parse_u32(value), parse_u32(mask)),
+                None => (parse_u32(value), Some(u32::MAX)),
+            };
+            let (Some(value), Some(mask)) = (value, mask) else { return Some(MarkChange::Unknown) };
+            Some(match *option {
+                "--set-xmark" => MarkChange::Xmark { mask, xor: value },
+                // (mark & !mask) | value is an xmark when value lies under the mask.
+                "--set-mark" if value & !mask == 0 => MarkChange::Xmark { mask, xor: value },
+                "--or-mark" => MarkChange::Xmark { mask: value, xor: value },
+                "--and-mark" => MarkChange::Xmark { mask: !value, xor: 0 },
+                "--xor-mark" => MarkChange::Xmark { mask: 0, xor: value },
+                _ => MarkChange::Unknown,
+            })
+        }
+        ["MARK", ..] => Some(MarkChange::Unknown),
+        ["CONNMARK", rest @ ..] if rest.contains(&"--restore-mark") => Some(MarkChange::Unknown),
+        _ => None,
     }
 }
 
@@ -403,6 +482,7 @@ mod tests {
     use crate::firewall::fixtures::{
         chain, cidr, iface, ports, reject_with, test, LEGACY4_SAVE, LEGACY6_SAVE, NFT4_SAVE, NFT6_SAVE,
     };
+    use crate::firewall::model::CtState;
 
     /// iptables-nft-save stopping at a native rule it cannot translate (exit 3).
     const FAILING_SAVE: &str = r##"# Generated by iptables-nft-save v1.8.9 (nf_tables) on Mon Nov 23 13:57:18 2026
@@ -469,8 +549,9 @@ COMMIT
 
         let established = &forward.rules[0];
         assert_eq!(established.verdict, Verdict::Accept);
-        assert!(established.matches.tests.is_empty());
-        assert_eq!(established.matches.unparsed, ["-m conntrack --ctstate RELATED,ESTABLISHED"]);
+        let related_or_established = CtStates(CtState::Related.bit() | CtState::Established.bit());
+        assert_eq!(established.matches.tests, [test(false, Condition::CtState(related_or_established))]);
+        assert!(established.matches.unparsed.is_empty());
 
         let web = &forward.rules[1];
         assert_eq!(
@@ -517,7 +598,8 @@ COMMIT
                 test(false, Condition::Dst(vec![cidr("127.0.0.0/8")]))
             ]
         );
-        // The comment is not a condition; the negated conntrack match is one we cannot check.
+        // The comment is not a condition; DNAT is a conntrack status, not a state tracer
+        // checks, so the whole --ctstate stays unchecked.
         assert_eq!(localnet.matches.unparsed, ["-m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT"]);
 
         let dnat = &chain(&chains, Family::Ipv4, "nat", "PREROUTING").rules[0];
@@ -595,7 +677,8 @@ COMMIT
         assert_eq!(rules[4].matches.tests[1], test(true, Condition::Dport(vec![ports(1, 1023)])));
         assert_eq!(rules[5].matches.unparsed, ["-m tcp --tcp-flags FIN,SYN,RST,ACK SYN"]);
         assert_eq!(rules[6].verdict, Verdict::Other("MARK --set-xmark 0x5/0xffffffff".to_string()));
-        assert_eq!(rules[6].matches.unparsed, ["-m mark --mark 0x1/0xff"]);
+        assert_eq!(rules[6].mark_change, Some(MarkChange::Xmark { mask: u32::MAX, xor: 5 }));
+        assert_eq!(rules[6].matches.tests, [test(false, Condition::Mark(vec![MarkMatch { value: 1, mask: 0xff }]))]);
         assert_eq!(parse_iptables_addr("10.0.0.0/255.255.0.0", Family::Ipv4), Some(cidr("10.0.0.0/16")));
     }
 
@@ -624,5 +707,61 @@ COMMIT
             let _ = parse_iptables_save(input, Backend::IptablesLegacy, Family::Ipv4);
             let _ = parse_iptables_save(input, Backend::IptablesNft, Family::Ipv6);
         }
+    }
+
+    /// The matches kube-proxy, Calico and firewalld put on nodes, as iptables-save prints them.
+    const NODE_SAVE: &str = r#"*filter
+:FORWARD ACCEPT [0:0]
+:SUB - [0:0]
+-A FORWARD -m conntrack --ctstate INVALID -j DROP
+-A FORWARD -m state --state RELATED,ESTABLISHED -j ACCEPT
+-A FORWARD -m conntrack ! --ctstate NEW,UNTRACKED -j DROP
+-A FORWARD -m comment --comment "kubernetes forwarding rules" -m mark --mark 0x4000/0x4000 -j ACCEPT
+-A FORWARD -m mark ! --mark 0x1 -j SUB
+-A FORWARD -m addrtype --dst-type LOCAL -j SUB
+-A FORWARD -m addrtype ! --src-type LOCAL --limit-iface-in -j SUB
+-A FORWARD -m addrtype --dst-type BROADCAST -j DROP
+-A FORWARD -m statistic --mode random --probability 0.33333333349 -j SUB
+-A FORWARD -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT
+-A FORWARD -m set ! --match-set KUBE-LOOP-BACK dst,dst,src ! --update-counters -j SUB
+-A SUB -j MARK --set-xmark 0x4000/0x4000
+-A SUB -j MARK --set-mark 0x2
+-A SUB -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff
+COMMIT
+"#;
+
+    #[test]
+    fn node_matches_become_conditions_and_marks_changes() {
+        let chains = parse_iptables_save(NODE_SAVE, Backend::IptablesLegacy, Family::Ipv4);
+        let forward = chain(&chains, Family::Ipv4, "filter", "FORWARD");
+        let tests = |at: usize| forward.rules[at].matches.tests.clone();
+        let states = |states: &[CtState]| CtStates(states.iter().map(|s| s.bit()).sum());
+        assert_eq!(tests(0), [test(false, Condition::CtState(states(&[CtState::Invalid])))]);
+        assert_eq!(tests(1), [test(false, Condition::CtState(states(&[CtState::Related, CtState::Established])))]);
+        assert_eq!(tests(2), [test(true, Condition::CtState(states(&[CtState::New, CtState::Untracked])))]);
+        assert_eq!(tests(3), [test(false, Condition::Mark(vec![MarkMatch { value: 0x4000, mask: 0x4000 }]))]);
+        assert_eq!(tests(4), [test(true, Condition::Mark(vec![MarkMatch { value: 1, mask: u32::MAX }]))]);
+        assert_eq!(tests(5), [test(false, Condition::LocalAddr(Side::Dst))]);
+        // Local on the incoming interface only: a condition tracer cannot check beside it.
+        assert_eq!(tests(6), [test(true, Condition::LocalAddr(Side::Src))]);
+        assert_eq!(forward.rules[6].matches.unparsed, ["-m addrtype --limit-iface-in"]);
+        assert_eq!(forward.rules[7].matches.unparsed, ["-m addrtype --dst-type BROADCAST"]);
+        assert_eq!(
+            tests(8),
+            [test(false, Condition::Random("-m statistic --mode random --probability 0.33333333349".to_string()))]
+        );
+        let set = |name: &str, flags: &[Side]| {
+            Condition::IpSet(IpSetMatch { name: name.to_string(), flags: flags.to_vec(), sets: None })
+        };
+        assert_eq!(tests(9), [test(false, set("KUBE-CLUSTER-IP", &[Side::Dst, Side::Dst]))]);
+        assert_eq!(tests(10), [test(true, set("KUBE-LOOP-BACK", &[Side::Dst, Side::Dst, Side::Src]))]);
+        assert!(forward.rules.iter().all(|r| r.matches.unparsed.len() <= 1));
+        assert!(forward.rules[..6].iter().all(|r| r.matches.unparsed.is_empty()), "comments are no conditions");
+
+        let sub = chain(&chains, Family::Ipv4, "filter", "SUB");
+        assert_eq!(sub.rules[0].mark_change, Some(MarkChange::Xmark { mask: 0x4000, xor: 0x4000 }));
+        assert_eq!(sub.rules[1].mark_change, Some(MarkChange::Xmark { mask: u32::MAX, xor: 2 }));
+        assert_eq!(sub.rules[2].mark_change, Some(MarkChange::Unknown));
+        assert_eq!(forward.rules[0].mark_change, None);
     }
 }

@@ -4,8 +4,10 @@
 //!
 //! - `model`: chains, rules, what a rule matches and its verdict, whichever backend.
 //! - `snapshot`: runs the tools' listing commands in the current network namespace.
+//! - `ipset`: the node's ipsets (`ipset save`), which iptables rules look packets up in.
 //! - `iptables`, `nft`: parse `iptables-save -c` and `nft -j -a list ruleset`;
-//!   `nft_text` prints nft's JSON back in nft syntax, for rule texts people recognise.
+//!   `nft_text` prints nft's JSON back in nft syntax, for rule texts people recognise;
+//!   `sets`: nft's sets and maps, indexed so a packet's key is found without a scan.
 //! - `reconcile`: iptables-nft keeps its rules in nf_tables tables, so nft lists them a
 //!   second time; every chain is reported once, as the backend that made it.
 //! - `eval`: what a packet meets on its way through the chains of a hook: the one place
@@ -14,16 +16,20 @@
 //!   Docker, ...), read from table and chain names and comments.
 
 pub(crate) mod eval;
+mod ipset;
 mod iptables;
 mod model;
 mod nft;
 mod nft_text;
 pub(crate) mod owner;
 mod reconcile;
+mod sets;
 mod snapshot;
 
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
+#[cfg(test)]
+mod kube_proxy_tests;
 
 pub(crate) use iptables::parse_iptables_save;
 pub(crate) use model::{Backend, Chain, Condition, Family, Hook, Rule, Snapshot, Verdict};

@@ -6,12 +6,15 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Serialize;
 
+use super::ipset::IpSetMatch;
+use super::sets::SetRef;
+
 pub(crate) use crate::model::{
     firewall::Backend,
     hook::{Family, Hook},
 };
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub(crate) enum Verdict {
     Accept,
     Drop,
@@ -89,6 +92,111 @@ pub(crate) struct IfacePattern {
     pub prefix: bool,
 }
 
+/// A conntrack state as the rules of a hook see a packet's: `New` for a packet that had no
+/// conntrack entry before the hook, `Established` for a reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub(crate) enum CtState {
+    New,
+    Established,
+    Related,
+    Invalid,
+    Untracked,
+}
+
+impl CtState {
+    pub(crate) const ALL: [CtState; 5] =
+        [CtState::New, CtState::Established, CtState::Related, CtState::Invalid, CtState::Untracked];
+
+    pub(crate) fn bit(self) -> u8 {
+        1 << self as u8
+    }
+
+    /// nft (`established`) and iptables (`ESTABLISHED`) spell the states alike but for case.
+    pub(crate) fn from_name(name: &str) -> Option<CtState> {
+        CtState::ALL.into_iter().find(|state| state.name().eq_ignore_ascii_case(name))
+    }
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            CtState::New => "new",
+            CtState::Established => "established",
+            CtState::Related => "related",
+            CtState::Invalid => "invalid",
+            CtState::Untracked => "untracked",
+        }
+    }
+}
+
+/// Conntrack states a condition accepts, as bits of [`CtState::bit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub(crate) struct CtStates(pub u8);
+
+impl CtStates {
+    pub(crate) const ALL: CtStates = CtStates(0b1_1111);
+
+    /// `None` when a name is not a state tracer knows (iptables' `SNAT`/`DNAT` pseudo-states
+    /// are conntrack statuses, not states).
+    pub(crate) fn from_names<'n>(names: impl IntoIterator<Item = &'n str>) -> Option<CtStates> {
+        names
+            .into_iter()
+            .try_fold(CtStates(0), |states, name| Some(CtStates(states.0 | CtState::from_name(name)?.bit())))
+    }
+}
+
+/// `mark & mask == value` (iptables `--mark value/mask`, nft `meta mark & mask == value`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub(crate) struct MarkMatch {
+    pub value: u32,
+    pub mask: u32,
+}
+
+/// What a rule does to the packet's mark when it matches, before its verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub(crate) enum MarkChange {
+    /// `mark = (mark & !mask) ^ xor`: iptables `MARK --set-xmark xor/mask` (what
+    /// iptables-save prints for every MARK option), nft `meta mark set mark or|xor|and N`.
+    Xmark { mask: u32, xor: u32 },
+    /// Set from something tracer does not know (`CONNMARK --restore-mark`, `ct mark`).
+    Unknown,
+}
+
+/// Which address of a packet a condition looks at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub(crate) enum Side {
+    Src,
+    Dst,
+}
+
+/// One field of an nft lookup key (`ip daddr . meta l4proto . th dport`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub(crate) enum KeyPart {
+    Src,
+    Dst,
+    Sport,
+    Dport,
+    L4Proto,
+    NfProto,
+    InIface,
+    OutIface,
+    Mark,
+    CtState,
+    /// `numgen random|inc mod N offset O`: a different value for each packet.
+    Numgen {
+        modulus: u32,
+        offset: u32,
+    },
+    /// A field tracer does not read from a packet, as nft prints it.
+    Unknown(String),
+}
+
+/// A lookup of a key in an nft set or map: a set match (`ip daddr . th dport @allowed`),
+/// a verdict map (`... vmap @service-ips`), a data map (`dnat to ip daddr map @m`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub(crate) struct Lookup {
+    pub key: Vec<KeyPart>,
+    pub set: SetRef,
+}
+
 /// One condition a rule puts on a packet. A list means "any of these".
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub(crate) enum Condition {
@@ -103,6 +211,20 @@ pub(crate) enum Condition {
     Dport(Vec<PortRange>),
     InIface(Vec<IfacePattern>),
     OutIface(Vec<IfacePattern>),
+    /// nft `ct state`, iptables `-m conntrack --ctstate` / `-m state --state`.
+    CtState(CtStates),
+    /// nft `meta mark`, iptables `-m mark --mark`.
+    Mark(Vec<MarkMatch>),
+    /// The address is one of the node's own: nft `fib daddr type local`, iptables
+    /// `-m addrtype --dst-type LOCAL`.
+    LocalAddr(Side),
+    /// A choice made anew for every packet (`-m statistic --mode random`, nft `numgen`):
+    /// either way is possible, as written.
+    Random(String),
+    /// iptables `-m set --match-set NAME src,dst`.
+    IpSet(IpSetMatch),
+    /// The key is an element of an nft set (or map).
+    Lookup(Lookup),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -112,8 +234,8 @@ pub(crate) struct Test {
 }
 
 /// What a rule matches, as far as it could be understood. A packet fits the rule only if
-/// every test holds; `unparsed` conditions (conntrack state, marks, ...) cannot be checked
-/// against a packet and so count as "may match".
+/// every test holds; `unparsed` conditions (rate limits, quotas, extensions tracer does not
+/// read) cannot be checked against a packet and so count as "may match".
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub(crate) struct RuleMatches {
     pub tests: Vec<Test>,
@@ -150,6 +272,11 @@ pub(crate) struct Rule {
     /// Verdicts an nft verdict map in the rule can choose (`ip daddr vmap { ... }`);
     /// empty for other rules.
     pub map_verdicts: Vec<Verdict>,
+    /// The verdict map the rule ends with: the element the packet's key finds chooses the
+    /// verdict, and a key in no element lets the packet go on to the next rule.
+    pub vmap: Option<Lookup>,
+    /// How the rule changes the packet's mark when it matches.
+    pub mark_change: Option<MarkChange>,
     pub matches: RuleMatches,
     /// `None` when the rule has no counter (a native nft rule without `counter`).
     pub packets: Option<u64>,
@@ -175,6 +302,84 @@ pub(crate) struct Snapshot {
     pub chains: Vec<Chain>,
     /// A backend that is in use but could not be read, one line each.
     pub errors: Vec<String>,
+}
+
+/// What a verdict that is not a plain one (`Verdict::Other`) does to the packet's way
+/// through the chains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OtherFlow {
+    /// The next rule follows (LOG, MARK, a rule that only counts).
+    Continue,
+    /// The traversal ends: NAT targets accept the packet, a queue hands it to a program.
+    Ends,
+    /// A target tracer does not know: either may happen.
+    Either,
+}
+
+impl Verdict {
+    /// How an `Other` verdict (target or statement as written) goes on.
+    pub(crate) fn other_flow(text: &str) -> OtherFlow {
+        let name = text.split_whitespace().next().unwrap_or("");
+        const ENDS: [&str; 12] = [
+            "DNAT",
+            "SNAT",
+            "MASQUERADE",
+            "REDIRECT",
+            "NETMAP",
+            "NFQUEUE",
+            "QUEUE",
+            "dnat",
+            "snat",
+            "masquerade",
+            "redirect",
+            "queue",
+        ];
+        const CONTINUES: [&str; 22] = [
+            "continue",
+            "LOG",
+            "NFLOG",
+            "ULOG",
+            "MARK",
+            "CONNMARK",
+            "CT",
+            "NOTRACK",
+            "TRACE",
+            "CLASSIFY",
+            "DSCP",
+            "TOS",
+            "TTL",
+            "HL",
+            "TCPMSS",
+            "CHECKSUM",
+            "AUDIT",
+            "SET",
+            "IDLETIMER",
+            "SECMARK",
+            "CONNSECMARK",
+            "NFCT",
+        ];
+        if ENDS.contains(&name) {
+            OtherFlow::Ends
+        } else if CONTINUES.contains(&name) {
+            OtherFlow::Continue
+        } else {
+            OtherFlow::Either
+        }
+    }
+
+    /// As nft writes a verdict in a verdict map: `goto reject-chain`, `accept`.
+    pub(crate) fn nft_text(&self) -> String {
+        match self {
+            Verdict::Accept => "accept".to_string(),
+            Verdict::Drop => "drop".to_string(),
+            Verdict::Reject { with: Some(with) } => format!("reject with {with}"),
+            Verdict::Reject { with: None } => "reject".to_string(),
+            Verdict::Jump(target) => format!("jump {target}"),
+            Verdict::Goto(target) => format!("goto {target}"),
+            Verdict::Return => "return".to_string(),
+            Verdict::Other(text) => text.clone(),
+        }
+    }
 }
 
 impl Rule {
@@ -223,6 +428,11 @@ pub(crate) fn nft_family_name(family: Family) -> &'static str {
         Family::Ipv4 => "ip",
         Family::Ipv6 => "ip6",
     }
+}
+
+/// Whether packets of IP protocol `proto` have ports: tcp, udp, dccp, sctp, udplite.
+pub(crate) fn has_ports(proto: u8) -> bool {
+    matches!(proto, 6 | 17 | 33 | 132 | 136)
 }
 
 /// IP protocol number of a name or number; `Some(None)` for "any".

@@ -1,16 +1,18 @@
 //! Parses what `nft -j -a list ruleset` prints into chains of rules with their matches,
 //! verdicts and counters, resolving named sets, maps and counters of each table.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use anyhow::Context;
 use serde_json::Value;
 
 use super::model::{
-    protocol_number, AddrRange, Backend, Chain, Condition, Family, Hook, IfacePattern, PortRange, Rule, RuleMatches,
-    Verdict,
+    protocol_number, AddrRange, Backend, Chain, Condition, CtStates, Family, Hook, IfacePattern, KeyPart, Lookup,
+    MarkChange, MarkMatch, PortRange, Rule, RuleMatches, Side, Verdict,
 };
-use super::nft_text::{nft_reject_with, quote, render_statement, str_field, u64_field};
+use super::nft_text::{nft_reject_with, quote, render_expr, render_statement, str_field, u64_field};
+use super::sets::{FieldKind, NftSet, SetRef};
 
 /// Parses `nft -j -a list ruleset`. Every chain of the ip, ip6 and inet families, whoever
 /// made it (`reconcile` sorts out the ones iptables-nft owns); an inet chain is listed once
@@ -34,8 +36,26 @@ pub(super) struct NftChain {
 /// Named sets, maps and counters of one table, for resolving `@name` and `counter name`.
 #[derive(Default)]
 struct NftObjects {
-    sets: HashMap<(String, String, String), Vec<Value>>,
+    sets: HashMap<(String, String, String), Arc<NftSet>>,
     counters: HashMap<(String, String, String), (u64, u64)>,
+}
+
+impl NftObjects {
+    fn set(&self, table: &(String, String), reference: &str) -> Option<&Arc<NftSet>> {
+        let name = reference.strip_prefix('@')?;
+        self.sets.get(&(table.0.clone(), table.1.clone(), name.to_string()))
+    }
+}
+
+/// A set or map object: its elements indexed by the key its type declares.
+fn parse_set_object(body: &Value) -> NftSet {
+    let kinds: Vec<FieldKind> = match body.get("type") {
+        Some(Value::String(name)) => vec![FieldKind::of_type(name)],
+        Some(Value::Array(names)) => names.iter().map(|n| FieldKind::of_type(n.as_str().unwrap_or(""))).collect(),
+        _ => vec![FieldKind::Other],
+    };
+    let items = body.get("elem").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]);
+    NftSet::from_json(format!("@{}", str_field(body, "name")), items, &kinds, body.get("map").is_some())
 }
 
 pub(super) fn parse_nft(json: &str) -> anyhow::Result<Vec<NftChain>> {
@@ -57,8 +77,7 @@ pub(super) fn parse_nft(json: &str) -> anyhow::Result<Vec<NftChain>> {
         let key = |name: &str| (family.to_string(), str_field(body, "table").to_string(), name.to_string());
         match kind.as_str() {
             "set" | "map" => {
-                let elements = body.get("elem").and_then(Value::as_array).cloned().unwrap_or_default();
-                objects.sets.insert(key(str_field(body, "name")), elements);
+                objects.sets.insert(key(str_field(body, "name")), Arc::new(parse_set_object(body)));
             }
             "counter" => {
                 let counter = (u64_field(body, "packets").unwrap_or(0), u64_field(body, "bytes").unwrap_or(0));
@@ -113,6 +132,8 @@ pub(super) fn parse_nft(json: &str) -> anyhow::Result<Vec<NftChain>> {
             comment: body.get("comment").and_then(Value::as_str).map(str::to_string),
             verdict: parsed.verdict,
             map_verdicts: parsed.map_verdicts,
+            vmap: parsed.vmap,
+            mark_change: parsed.mark_change,
             matches: parsed.matches,
             packets: parsed.counter.map(|(p, _)| p),
             bytes: parsed.counter.map(|(_, b)| b),
@@ -121,32 +142,46 @@ pub(super) fn parse_nft(json: &str) -> anyhow::Result<Vec<NftChain>> {
 
     let mut out = Vec::new();
     for nft_chain in chains {
-        let families: &[Family] = match nft_chain.kernel_family.as_str() {
-            "ip" => &[Family::Ipv4],
-            "ip6" => &[Family::Ipv6],
-            _ => &[Family::Ipv4, Family::Ipv6],
+        let (first, second) = match nft_chain.kernel_family.as_str() {
+            "ip" => (Family::Ipv4, None),
+            "ip6" => (Family::Ipv6, None),
+            _ => (Family::Ipv4, Some(Family::Ipv6)),
         };
-        for &family in families {
-            let mut copy = NftChain {
+        // Only an inet chain is copied, once: a kube-proxy node has thousands of ip chains.
+        if let Some(family) = second {
+            let copy = NftChain {
                 chain: nft_chain.chain.clone(),
                 kernel_family: nft_chain.kernel_family.clone(),
                 table_name: nft_chain.table_name.clone(),
                 opaque_lookups: nft_chain.opaque_lookups.clone(),
             };
-            copy.chain.family = family;
-            for rule in &mut copy.chain.rules {
-                rule.family = family;
-            }
-            out.push(copy);
+            out.push(with_family(nft_chain, first));
+            out.push(with_family(copy, family));
+        } else {
+            out.push(with_family(nft_chain, first));
         }
     }
     Ok(out)
+}
+
+fn with_family(mut nft_chain: NftChain, family: Family) -> NftChain {
+    // Kept for as long as the snapshot is: without the room grown while rules were added.
+    nft_chain.chain.rules.shrink_to_fit();
+    nft_chain.chain.family = family;
+    for rule in &mut nft_chain.chain.rules {
+        rule.family = family;
+        rule.matches.tests.shrink_to_fit();
+        rule.matches.unparsed.shrink_to_fit();
+    }
+    nft_chain
 }
 
 struct ParsedNftRule {
     text: String,
     verdict: Verdict,
     map_verdicts: Vec<Verdict>,
+    vmap: Option<Lookup>,
+    mark_change: Option<MarkChange>,
     matches: RuleMatches,
     counter: Option<(u64, u64)>,
     opaque_lookup: bool,
@@ -157,6 +192,8 @@ fn parse_nft_rule(body: &Value, family: &str, table: &(String, String), objects:
         text: String::new(),
         verdict: Verdict::Other("continue".to_string()),
         map_verdicts: Vec::new(),
+        vmap: None,
+        mark_change: None,
         matches: RuleMatches::default(),
         counter: None,
         opaque_lookup: false,
@@ -171,8 +208,8 @@ fn parse_nft_rule(body: &Value, family: &str, table: &(String, String), objects:
         match kind.as_str() {
             "match" => {
                 let unparsed = rule.matches.unparsed.len();
-                parse_nft_match(arg, &text, table, objects, &mut rule.matches);
-                if rule.matches.unparsed.len() > unparsed && contains_set_reference(arg) {
+                let looked_up = parse_nft_match(arg, &text, table, objects, &mut rule.matches);
+                if looked_up || (rule.matches.unparsed.len() > unparsed && contains_set_reference(arg)) {
                     rule.opaque_lookup = true;
                 }
             }
@@ -202,14 +239,51 @@ fn parse_nft_rule(body: &Value, family: &str, table: &(String, String), objects:
             "xt" => rule.matches.unparsed.push(text.clone()),
             "vmap" => {
                 rule.opaque_lookup = true;
-                rule.map_verdicts = vmap_verdicts(arg, table, objects);
-                rule.matches.unparsed.push(text.clone());
+                let key = arg.get("key").unwrap_or(&Value::Null);
+                match lookup(key, arg.get("data").unwrap_or(&Value::Null), table, objects, true) {
+                    Some(lookup) => {
+                        // Each once, in element order: kube-proxy's maps have thousands.
+                        let mut seen: HashSet<&Verdict> = HashSet::new();
+                        rule.map_verdicts = lookup
+                            .set
+                            .0
+                            .elements
+                            .iter()
+                            .filter_map(|e| e.verdict.as_ref())
+                            .filter(|verdict| seen.insert(*verdict))
+                            .cloned()
+                            .collect();
+                        payload_dependencies(key, &mut rule.matches);
+                        rule.vmap = Some(lookup);
+                    }
+                    None => rule.matches.unparsed.push(text.clone()),
+                }
                 rule.verdict = Verdict::Other(text.clone());
+            }
+            "mangle" if arg.get("key").and_then(|k| k.get("meta")).is_some_and(|m| str_field(m, "key") == "mark") => {
+                rule.mark_change = Some(mark_change(arg.get("value").unwrap_or(&Value::Null)));
             }
             // Conditions that stop the rule for some packets.
             "limit" | "quota" | "ct count" | "connlimit" => rule.matches.unparsed.push(text.clone()),
+            // NAT from a map: a key in no element stops the rule.
+            "dnat" | "snat" => {
+                for part in ["addr", "port"] {
+                    if let Some(map) = arg.get(part).and_then(|p| p.get("map")) {
+                        let key = map.get("key").unwrap_or(&Value::Null);
+                        match lookup(key, map.get("data").unwrap_or(&Value::Null), table, objects, true) {
+                            Some(lookup) => {
+                                rule.opaque_lookup = true;
+                                payload_dependencies(key, &mut rule.matches);
+                                rule.matches.test(false, Condition::Lookup(lookup));
+                            }
+                            None => rule.matches.unparsed.push(text.clone()),
+                        }
+                    }
+                }
+                rule.verdict = Verdict::Other(text.clone())
+            }
             // Terminal statements other than verdicts.
-            "dnat" | "snat" | "masquerade" | "redirect" | "queue" | "tproxy" | "synproxy" | "continue" => {
+            "masquerade" | "redirect" | "queue" | "tproxy" | "synproxy" | "continue" => {
                 rule.verdict = Verdict::Other(text.clone())
             }
             _ => {}
@@ -232,38 +306,99 @@ fn contains_set_reference(value: &Value) -> bool {
     }
 }
 
-/// The verdicts a vmap can choose, from an anonymous map or a named one.
-fn vmap_verdicts(arg: &Value, table: &(String, String), objects: &NftObjects) -> Vec<Verdict> {
-    let elements: Vec<Value> = match arg.get("data") {
-        Some(Value::Object(o)) => o.get("set").and_then(Value::as_array).cloned().unwrap_or_default(),
-        Some(Value::String(name)) => name
-            .strip_prefix('@')
-            .and_then(|name| objects.sets.get(&(table.0.clone(), table.1.clone(), name.to_string())))
-            .cloned()
-            .unwrap_or_default(),
-        _ => Vec::new(),
-    };
-    let mut verdicts = Vec::new();
-    for element in elements {
-        let Some(verdict) = element.as_array().and_then(|pair| pair.get(1)) else {
-            continue;
+/// The fields of a lookup key: one, or a concatenation `a . b . c`.
+fn key_parts(key: &Value) -> Vec<KeyPart> {
+    match key.get("concat").and_then(Value::as_array) {
+        Some(parts) => parts.iter().map(key_part).collect(),
+        None => vec![key_part(key)],
+    }
+}
+
+fn key_part(expr: &Value) -> KeyPart {
+    if let Some(payload) = expr.get("payload") {
+        let part = match (str_field(payload, "protocol"), str_field(payload, "field")) {
+            ("ip" | "ip6", "saddr") => Some(KeyPart::Src),
+            ("ip" | "ip6", "daddr") => Some(KeyPart::Dst),
+            ("ip", "protocol") | ("ip6", "nexthdr") => Some(KeyPart::L4Proto),
+            ("tcp" | "udp" | "sctp" | "dccp" | "udplite" | "th", "sport") => Some(KeyPart::Sport),
+            ("tcp" | "udp" | "sctp" | "dccp" | "udplite" | "th", "dport") => Some(KeyPart::Dport),
+            _ => None,
         };
-        let Some((kind, arg)) = verdict.as_object().and_then(|o| o.iter().next()) else {
-            continue;
+        if let Some(part) = part {
+            return part;
+        }
+    } else if let Some(meta) = expr.get("meta") {
+        let part = match str_field(meta, "key") {
+            "l4proto" => Some(KeyPart::L4Proto),
+            "nfproto" => Some(KeyPart::NfProto),
+            "iifname" | "iif" => Some(KeyPart::InIface),
+            "oifname" | "oif" => Some(KeyPart::OutIface),
+            "mark" => Some(KeyPart::Mark),
+            _ => None,
         };
-        let verdict = match kind.as_str() {
-            "accept" => Verdict::Accept,
-            "drop" => Verdict::Drop,
-            "return" => Verdict::Return,
-            "jump" => Verdict::Jump(str_field(arg, "target").to_string()),
-            "goto" => Verdict::Goto(str_field(arg, "target").to_string()),
-            other => Verdict::Other(other.to_string()),
-        };
-        if !verdicts.contains(&verdict) {
-            verdicts.push(verdict);
+        if let Some(part) = part {
+            return part;
+        }
+    } else if expr.get("ct").is_some_and(|ct| str_field(ct, "key") == "state" && ct.get("dir").is_none()) {
+        return KeyPart::CtState;
+    } else if let Some(numgen) = expr.get("numgen") {
+        let number = |key: &str| u64_field(numgen, key).and_then(|n| u32::try_from(n).ok());
+        if let Some(modulus) = number("mod") {
+            return KeyPart::Numgen { modulus, offset: number("offset").unwrap_or(0) };
         }
     }
-    verdicts
+    KeyPart::Unknown(render_expr(expr, None))
+}
+
+/// How `meta mark set VALUE` changes the mark.
+fn mark_change(value: &Value) -> MarkChange {
+    let operand = |op: &str| -> Option<u32> {
+        let [left, right] = value.get(op)?.as_array()?.as_slice() else { return None };
+        let is_mark = left.get("meta").is_some_and(|m| str_field(m, "key") == "mark");
+        u32::try_from(right.as_u64()?).ok().filter(|_| is_mark)
+    };
+    if let Some(n) = value.as_u64().and_then(|n| u32::try_from(n).ok()) {
+        MarkChange::Xmark { mask: u32::MAX, xor: n }
+    } else if let Some(n) = operand("|") {
+        MarkChange::Xmark { mask: n, xor: n }
+    } else if let Some(n) = operand("^") {
+        MarkChange::Xmark { mask: 0, xor: n }
+    } else if let Some(n) = operand("&") {
+        MarkChange::Xmark { mask: !n, xor: 0 }
+    } else {
+        MarkChange::Unknown
+    }
+}
+
+/// A match on a protocol's header also requires that protocol (and family), whatever the
+/// operator: nft adds the dependency, e.g. `tcp dport != 80` only matches TCP. For a
+/// concatenation, each of its fields.
+fn payload_dependencies(expr: &Value, matches: &mut RuleMatches) {
+    if let Some(parts) = expr.get("concat").and_then(Value::as_array) {
+        for part in parts {
+            payload_dependencies(part, matches);
+        }
+        return;
+    }
+    let Some(payload) = expr.get("payload") else { return };
+    let proto = str_field(payload, "protocol");
+    let family = match proto {
+        "ip" | "icmp" => Some(Family::Ipv4),
+        "ip6" | "icmpv6" => Some(Family::Ipv6),
+        _ => None,
+    };
+    if let Some(family) = family {
+        let test = Condition::Family(family);
+        if !matches.tests.iter().any(|t| !t.negated && t.condition == test) {
+            matches.test(false, test);
+        }
+    }
+    let transport = ["tcp", "udp", "sctp", "dccp", "udplite", "icmp", "icmpv6", "esp", "ah", "comp", "igmp"];
+    if transport.contains(&proto) {
+        if let Some(Some(number)) = protocol_number(proto) {
+            matches.test(false, Condition::Proto(vec![number]));
+        }
+    }
 }
 
 /// What a match tests, when it is one of the packet fields attribution can check.
@@ -278,26 +413,52 @@ enum NftField {
     OutIface,
 }
 
-fn parse_nft_match(arg: &Value, text: &str, table: &(String, String), objects: &NftObjects, matches: &mut RuleMatches) {
+/// Adds what a match tests to `matches`; true when it became a set lookup.
+fn parse_nft_match(
+    arg: &Value,
+    text: &str,
+    table: &(String, String),
+    objects: &NftObjects,
+    matches: &mut RuleMatches,
+) -> bool {
     let left = arg.get("left").unwrap_or(&Value::Null);
     let right = arg.get("right").unwrap_or(&Value::Null);
     let op = arg.get("op").and_then(Value::as_str).unwrap_or("==");
+    payload_dependencies(left, matches);
 
-    // A match on a protocol's header also requires that protocol (and family), whatever
-    // the operator: nft adds the dependency, e.g. `tcp dport != 80` only matches TCP.
-    if let Some(payload) = left.get("payload") {
-        match str_field(payload, "protocol") {
-            "ip" | "icmp" => matches.test(false, Condition::Family(Family::Ipv4)),
-            "ip6" | "icmpv6" => matches.test(false, Condition::Family(Family::Ipv6)),
-            _ => {}
-        }
-        let proto = str_field(payload, "protocol");
-        let transport = ["tcp", "udp", "sctp", "dccp", "udplite", "icmp", "icmpv6", "esp", "ah", "comp", "igmp"];
-        if transport.contains(&proto) {
-            if let Some(Some(number)) = protocol_number(proto) {
-                matches.test(false, Condition::Proto(vec![number]));
+    if let Some((negated, condition)) = state_condition(left, right, op) {
+        matches.test(negated, condition);
+        return false;
+    }
+    // Named sets, and concatenations in any set, are looked up.
+    let named = right.as_str().is_some_and(|r| r.starts_with('@'));
+    if named || left.get("concat").is_some() {
+        let negated = match op {
+            "==" | "in" => false,
+            "!=" => true,
+            _ => {
+                matches.unparsed.push(text.to_string());
+                return false;
             }
-        }
+        };
+        // A single value of a concatenation is a set of one.
+        let one;
+        let data = if right.get("concat").is_some() {
+            one = serde_json::json!({"set": [right]});
+            &one
+        } else {
+            right
+        };
+        return match lookup(left, data, table, objects, false) {
+            Some(lookup) => {
+                matches.test(negated, Condition::Lookup(lookup));
+                true
+            }
+            None => {
+                matches.unparsed.push(text.to_string());
+                false
+            }
+        };
     }
 
     let field = if let Some(payload) = left.get("payload") {
@@ -333,20 +494,17 @@ fn parse_nft_match(arg: &Value, text: &str, table: &(String, String), objects: &
                         _ => Condition::Dport(vec![range]),
                     };
                     matches.test(false, condition);
-                    return;
+                    return false;
                 }
             }
             matches.unparsed.push(text.to_string());
-            return;
+            return false;
         }
     };
 
-    // The values the field is compared with: one, an anonymous set or a named set.
+    // The values the field is compared with: one, or an anonymous set.
     let values: Option<Vec<Value>> = match right {
         Value::Object(o) if o.contains_key("set") => o.get("set").and_then(Value::as_array).cloned(),
-        Value::String(s) if s.starts_with('@') => {
-            objects.sets.get(&(table.0.clone(), table.1.clone(), s[1..].to_string())).cloned()
-        }
         other => Some(vec![other.clone()]),
     };
     let condition = match (field, values) {
@@ -357,6 +515,78 @@ fn parse_nft_match(arg: &Value, text: &str, table: &(String, String), objects: &
         Some(condition) => matches.test(negated, condition),
         None => matches.unparsed.push(text.to_string()),
     }
+    false
+}
+
+/// The lookup of `key` in a set or map (`is_map`), named (`@name`) or written in the rule
+/// (`{ ... }`); `None` when a named one is not in the listing.
+fn lookup(key: &Value, data: &Value, table: &(String, String), objects: &NftObjects, is_map: bool) -> Option<Lookup> {
+    let key = key_parts(key);
+    let set = match data {
+        Value::String(reference) => objects.set(table, reference)?.clone(),
+        Value::Object(o) => {
+            let items = o.get("set").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]);
+            let kinds: Vec<FieldKind> = key.iter().map(FieldKind::of_key).collect();
+            Arc::new(NftSet::from_json(String::new(), items, &kinds, is_map))
+        }
+        _ => return None,
+    };
+    Some(Lookup { key, set: SetRef(set) })
+}
+
+/// Conditions on what the packet carries beyond its headers: `ct state`, `meta mark`,
+/// `fib saddr|daddr type local`, `numgen`. `None` for other matches; the condition comes
+/// with whether it is negated.
+fn state_condition(left: &Value, right: &Value, op: &str) -> Option<(bool, Condition)> {
+    let negated = match op {
+        "==" | "in" => false,
+        "!=" => true,
+        _ => return None,
+    };
+    let set_items = |value: &'_ Value| -> Vec<Value> {
+        match value {
+            Value::Array(items) => items.clone(),
+            Value::Object(o) => o.get("set").and_then(Value::as_array).cloned().unwrap_or_default(),
+            other => vec![other.clone()],
+        }
+    };
+    if left.get("ct").is_some_and(|ct| str_field(ct, "key") == "state" && ct.get("dir").is_none()) {
+        let items = set_items(right);
+        let names: Option<Vec<&str>> = items.iter().map(Value::as_str).collect();
+        return Some((negated, Condition::CtState(CtStates::from_names(names?)?)));
+    }
+    let is_mark = |expr: &Value| expr.get("meta").is_some_and(|m| str_field(m, "key") == "mark");
+    let number = |value: &Value| value.as_u64().and_then(|n| u32::try_from(n).ok());
+    if is_mark(left) {
+        let values: Option<Vec<MarkMatch>> =
+            set_items(right).iter().map(|v| Some(MarkMatch { value: number(v)?, mask: u32::MAX })).collect();
+        return Some((negated, Condition::Mark(values?)));
+    }
+    if let Some([expr, mask]) = left.get("&").and_then(Value::as_array).map(Vec::as_slice) {
+        if is_mark(expr) {
+            return Some((negated, Condition::Mark(vec![MarkMatch { value: number(right)?, mask: number(mask)? }])));
+        }
+    }
+    if let Some(fib) = left.get("fib") {
+        let flags: Vec<&str> = match fib.get("flags") {
+            Some(Value::Array(flags)) => flags.iter().filter_map(Value::as_str).collect(),
+            Some(Value::String(flag)) => vec![flag.as_str()],
+            _ => Vec::new(),
+        };
+        let side = match (str_field(fib, "result"), flags.as_slice(), right.as_str()) {
+            ("type", ["saddr"], Some("local")) => Side::Src,
+            ("type", ["daddr"], Some("local")) => Side::Dst,
+            _ => return None,
+        };
+        return Some((negated, Condition::LocalAddr(side)));
+    }
+    if left.get("numgen").is_some() {
+        return Some((
+            false,
+            Condition::Random(format!("{} {op} {}", render_expr(left, None), render_expr(right, None))),
+        ));
+    }
+    None
 }
 
 fn comparison_range(op: &str, bound: u64) -> Option<PortRange> {
@@ -505,10 +735,13 @@ mod tests {
         );
         // A named set is looked up; a named counter is read from its object.
         let blocked = rule(9);
-        assert_eq!(
-            blocked.matches.tests[1],
-            test(false, Condition::Src(vec![cidr("10.1.0.0/16"), cidr("10.9.9.9/32")]))
-        );
+        let Condition::Lookup(lookup) = &blocked.matches.tests[1].condition else {
+            panic!("not a lookup: {:?}", blocked.matches.tests)
+        };
+        assert_eq!(lookup.key, [KeyPart::Src]);
+        assert_eq!(lookup.set.0.name, "@blocked");
+        let texts: Vec<&str> = lookup.set.0.elements.iter().map(|e| e.text.as_str()).collect();
+        assert_eq!(texts, ["10.1.0.0/16", "10.9.9.9"]);
         assert_eq!(blocked.packets, Some(0));
         assert_eq!(rule(11).verdict, reject_with("tcp reset"));
         assert_eq!(
@@ -521,8 +754,18 @@ mod tests {
         assert_eq!(rule(14).verdict, reject_with("icmpv6 addr-unreachable"));
         assert_eq!(rule(15).matches.tests, [test(false, Condition::Dport(vec![ports(99, 99)]))]);
         assert!(rule(16).matches.unparsed.contains(&"limit rate 5/second".to_string()));
-        assert_eq!(rule(17).matches.unparsed, ["meta mark 0x00000010"]);
+        assert_eq!(
+            rule(17).matches.tests,
+            [test(false, Condition::Mark(vec![MarkMatch { value: 16, mask: u32::MAX }]))]
+        );
+        assert_eq!(
+            rule(18).matches.tests,
+            [test(false, Condition::Mark(vec![MarkMatch { value: 0x100, mask: 0xff00 }]))]
+        );
         assert_eq!(rule(20).map_verdicts, [Verdict::Drop, Verdict::Accept]);
+        assert_eq!(rule(20).vmap.as_ref().map(|v| v.key.clone()), Some(vec![KeyPart::Dst]));
+        assert!(rule(20).matches.unparsed.is_empty(), "the walk looks the map up");
+        assert_eq!(rule(25).matches.tests, [test(false, Condition::LocalAddr(Side::Dst))]);
         assert_eq!(rule(21).matches.tests, [test(false, Condition::InIface(vec![iface("lo", false)]))]);
         assert_eq!(rule(22).verdict, Verdict::Jump("sub".to_string()));
         assert_eq!(rule(22).matches.tests[1], test(true, Condition::Src(vec![cidr("10.0.0.0/8")])));
@@ -554,5 +797,39 @@ mod tests {
         let chains = parse_nft_json(odd).expect("odd but valid JSON");
         assert_eq!(chains.len(), 1);
         assert_eq!(chains[0].rules.len(), 1);
+
+        // Sets and maps with elements that do not fit their type, lookups of every shape.
+        let sets = r#"{"nftables": [
+            {"set": {"family": "ip", "table": "t", "name": "s", "type": ["ipv4_addr", "inet_service"],
+             "elem": [{"concat": [1]}, {"prefix": {"addr": "1.2.3.4", "len": 99}}, {"range": [5]}, {"elem": 3},
+                      {"concat": [{"prefix": {"addr": "x", "len": 8}}, {"range": [9, 1]}]}]}},
+            {"map": {"family": "ip", "table": "t", "name": "m", "type": 7, "map": "verdict",
+             "elem": [[1], [{"elem": {"val": null}}, {"goto": 3}], "x", [[], {"jump": {"target": ""}}]]}},
+            {"chain": {"family": "ip", "table": "t", "name": "c", "hook": "forward", "policy": "drop"}},
+            {"rule": {"family": "ip", "table": "t", "chain": "c", "expr": [
+              {"match": {"op": "==", "left": {"concat": [{"payload": {"protocol": "ip", "field": "daddr"}}, 5]}, "right": "@s"}},
+              {"match": {"op": "!=", "left": {"concat": []}, "right": {"concat": [1, "a"]}}},
+              {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["new", "bogus"]}},
+              {"match": {"op": "==", "left": {"&": [{"meta": {"key": "mark"}}, "x"]}, "right": 1}},
+              {"match": {"op": "==", "left": {"fib": {"result": "type", "flags": 5}}, "right": "local"}},
+              {"match": {"op": "==", "left": {"numgen": {"mod": -1}}, "right": 0}},
+              {"mangle": {"key": {"meta": {"key": "mark"}}, "value": {"|": [1]}}},
+              {"dnat": {"addr": {"map": {"key": {"numgen": {"mod": 0}}, "data": "@m"}}}},
+              {"vmap": {"key": {"ct": {"key": "state"}}, "data": "@m"}},
+              {"vmap": {"key": {"numgen": {"mode": "random", "mod": 4294967295, "offset": 4294967295}}, "data": {"set": [[0, {"drop": null}]]}}}]}}]}"#;
+        let chains = parse_nft_json(sets).expect("odd but valid JSON");
+        let snapshot = super::super::model::Snapshot { chains, errors: Vec::new() };
+        let ruleset = super::super::eval::Ruleset::new(&snapshot);
+        let packet = super::super::eval::Packet {
+            family: Family::Ipv4,
+            proto: crate::model::packet::L4Proto::Udp,
+            src: None,
+            dst: Some("1.2.3.4".parse().expect("addr")),
+            sport: None,
+            dport: Some(5),
+            in_iface: None,
+            out_iface: None,
+        };
+        let _ = ruleset.walk(Hook::Forward, &packet);
     }
 }

@@ -128,7 +128,7 @@ pub(super) fn render_statement(kind: &str, arg: &Value, family: &str) -> String 
 
 /// An expression in nft syntax. `context` is the left side of a match, which decides how
 /// a value is written (interface names are quoted, marks are hex).
-fn render_expr(value: &Value, context: Option<&Value>) -> String {
+pub(super) fn render_expr(value: &Value, context: Option<&Value>) -> String {
     match value {
         Value::Null => String::new(),
         Value::Bool(b) => (if *b { "exists" } else { "missing" }).to_string(),

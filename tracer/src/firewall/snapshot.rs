@@ -6,6 +6,7 @@
 use std::io;
 use std::path::Path;
 
+use super::ipset::{attach_ipsets, parse_ipset_save, uses_ipsets};
 use super::iptables::parse_iptables_save;
 use super::model::{nft_family_name, Backend, Chain, Family, Snapshot};
 use super::nft::parse_nft;
@@ -84,7 +85,28 @@ pub(crate) fn snapshot() -> Snapshot {
     let (owned, native) = reconcile(nft, iptables_nft);
     snap.chains.extend(owned);
     snap.chains.extend(native);
+    if uses_ipsets(&snap.chains) {
+        read_ipsets(&mut snap);
+    }
     snap
+}
+
+/// Reads the ipsets iptables rules match, for their lookups; without them those matches
+/// stay "may match".
+fn read_ipsets(snap: &mut Snapshot) {
+    let problem = match run_tool("ipset", &["save"]) {
+        ToolRun::Done { ok: true, stdout, .. } => {
+            let sets = std::sync::Arc::new(parse_ipset_save(&stdout));
+            attach_ipsets(&mut snap.chains, &sets);
+            return;
+        }
+        ToolRun::Missing => format!("ipset is not installed in {}", tools::HELPER_DIRS.join(", ")),
+        ToolRun::Done { ok: false, stderr, code, .. } => format!("`ipset save` failed{code}: {stderr}"),
+        ToolRun::Failed(e) => format!("cannot run ipset: {e}"),
+    };
+    snap.errors.push(format!(
+        "ipset: rules match ipsets but {problem}: those matches are taken as \"may match\"; install ipset to have them checked"
+    ));
 }
 
 fn legacy_snapshot(family: Family, snap: &mut Snapshot) {
@@ -209,8 +231,10 @@ fn one_line(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::firewall::eval::{Packet, Ruleset};
     use crate::firewall::fixtures::reject_with;
-    use crate::firewall::model::{Chain, Hook, Verdict};
+    use crate::firewall::model::{Chain, Condition, Hook, Verdict};
+    use crate::model::packet::L4Proto;
     use crate::system::netns::scratch::Netns;
 
     fn names(snapshot: &Snapshot) -> Vec<String> {
@@ -406,5 +430,40 @@ mod tests {
         assert_eq!(names(&snapshot), ["nftables Ipv4 ip mangle OUTPUT", "nftables Ipv4 ip filter FORWARD"]);
         let forward = find(&snapshot, Backend::Nftables, Family::Ipv4, "ip filter", "FORWARD");
         assert_eq!(forward.rules[0].text, "ip saddr { 1.1.1.1, 2.2.2.2 } counter drop");
+    }
+
+    #[test]
+    fn real_ipset_matches_are_read_with_their_sets() {
+        let ns = Netns::new();
+        ns.sh("ipset create TR-DNS hash:ip,port
+             ipset add TR-DNS 10.96.0.10,udp:53
+             iptables-nft -A FORWARD -m set --match-set TR-DNS dst,dst -j REJECT --reject-with icmp-host-prohibited");
+        let snapshot = read_cleanly(&ns);
+        let forward = find(&snapshot, Backend::IptablesNft, Family::Ipv4, "filter", "FORWARD");
+        assert_eq!(
+            forward.rules[0].text,
+            "-A FORWARD -m set --match-set TR-DNS dst,dst -j REJECT --reject-with icmp-host-prohibited"
+        );
+        let Condition::IpSet(set) = &forward.rules[0].matches.tests[0].condition else {
+            panic!("{:?}", forward.rules[0].matches)
+        };
+        assert!(set.sets.is_some(), "the sets were read");
+
+        let ruleset = Ruleset::new(&snapshot);
+        let to = |dport: u16| Packet {
+            family: Family::Ipv4,
+            proto: L4Proto::Udp,
+            src: Some("10.244.0.5".parse().expect("addr")),
+            dst: Some("10.96.0.10".parse().expect("addr")),
+            sport: Some(40000),
+            dport: Some(dport),
+            in_iface: None,
+            out_iface: None,
+        };
+        let ends = |dport| -> Vec<bool> {
+            ruleset.walk(Hook::Forward, &to(dport)).iter().flat_map(|w| w.ends.iter().map(|e| e.certain)).collect()
+        };
+        assert_eq!(ends(53), [true]);
+        assert!(ends(54).is_empty());
     }
 }
