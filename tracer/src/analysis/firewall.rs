@@ -12,7 +12,10 @@ use std::{
 };
 
 use crate::{
-    findings::{attribution::HookDrop, netfilter::judge_drop},
+    findings::{
+        attribution::HookDrop,
+        netfilter::{judge_drop, judge_drop_from_reading},
+    },
     firewall::{self, Snapshot},
     model::monotonic_now_ns,
     model::{hook::Hook, packet::L4Proto},
@@ -69,6 +72,9 @@ pub(crate) struct Answer {
 
 /// How long a watch waits for the first reading of the rulesets before it attaches.
 const FIRST_READING_WAIT: Duration = Duration::from_millis(300);
+
+/// A reading that answered drops by itself is read again once it is this old.
+const READING_FRESH_NS: u64 = 10_000_000_000;
 
 /// Requests that arrive this soon after another share its reading.
 const GATHER: Duration = Duration::from_millis(20);
@@ -165,8 +171,32 @@ fn serve(mut before: Reading, mut said: HashSet<String>, requests: Receiver<Requ
                 Err(RecvTimeoutError::Disconnected) => return,
             }
         }
-        let after = Reading::now(&mut said);
+        // A drop the packet's way through the last reading names by itself is answered now:
+        // another reading of a large node's rulesets takes seconds.
+        let mut waiting = Vec::new();
         for request in batch {
+            let named = before
+                .before(request.timestamp_ns)
+                .and_then(|reading| judge_drop_from_reading(&request.packet, request.wall_time_ns, reading));
+            match named {
+                Some(finding) => {
+                    if answers.send(Answer { key: request.key, finding: Some(finding) }).is_err() {
+                        return;
+                    }
+                }
+                None => waiting.push(request),
+            }
+        }
+        if waiting.is_empty() {
+            // Rules change (a Service loses its endpoints, a policy is added): a reading used
+            // this way is replaced once it is old, so the next drop is judged on fresh rules.
+            if monotonic_now_ns().saturating_sub(before.started_ns) > READING_FRESH_NS {
+                before = Reading::now(&mut said);
+            }
+            continue;
+        }
+        let after = Reading::now(&mut said);
+        for request in waiting {
             let before = before.before(request.timestamp_ns).unwrap_or(&nothing_before);
             let finding = Some(judge_drop(&request.packet, request.wall_time_ns, before, &after.snapshot));
             if answers.send(Answer { key: request.key, finding }).is_err() {

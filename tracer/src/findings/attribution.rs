@@ -377,6 +377,33 @@ pub(crate) fn attribute(before: &Snapshot, after: &Snapshot, packet: &HookDrop) 
     attribute_in(before, after, packet, &PacketState::default())
 }
 
+/// The rule (or chain policy) the packet's way through the chains of one `reading` alone
+/// names, when it names exactly one whose verdict gives the kernel's answer: then neither a
+/// second reading nor a counter is needed, which on a node with tens of thousands of rules
+/// is seconds saved. `None` when the walk leaves more than one, none, or gave up.
+pub(crate) fn attribute_from_reading(reading: &Snapshot, packet: &HookDrop) -> Option<Attribution> {
+    let answer = packet_answer(packet);
+    let place = format!("{} ({})", packet.hook.name(), packet.family.name());
+    // No second reading: no counter is known to have moved or stood still.
+    let not_read_again = Snapshot::default();
+    let counters = Counters { before: Reading::new(reading), after: Reading::new(&not_read_again) };
+    let ruleset = Ruleset::new(reading);
+    let walks = ruleset.walk_with(packet.hook, &packet.as_seen(), &PacketState::default());
+    if walks.is_empty() || walks.iter().any(|walk| !walk.complete) {
+        return None;
+    }
+    let (found, tier) = candidates(&ruleset, &walks, answer, &counters)?;
+    if found.len() != 1 {
+        return None;
+    }
+    Some(decide_evaluated(
+        found,
+        &describe_tier(packet.family, answer, tier),
+        &place,
+        " (rulesets read before the drop)",
+    ))
+}
+
 /// [`attribute`], knowing what `state` tells of the packet beyond its headers (its
 /// conntrack state, the node's own addresses).
 pub(crate) fn attribute_in(before: &Snapshot, after: &Snapshot, packet: &HookDrop, state: &PacketState) -> Attribution {

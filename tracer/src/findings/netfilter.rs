@@ -6,7 +6,7 @@
 
 use std::net::IpAddr;
 
-use super::attribution::{answer_name, attribute, Attribution, HookDrop};
+use super::attribution::{answer_name, attribute, attribute_from_reading, Attribution, HookDrop};
 use crate::{
     firewall::{
         owner::{owner_of, owner_of_chain, owner_of_element, purpose_of, Purpose},
@@ -25,9 +25,18 @@ use crate::{
 /// saw it). `before` and `after` are the rulesets with counters from before the drop and
 /// from now.
 pub(crate) fn judge_drop(packet: &HookDrop, wall_time_ns: u64, before: &Snapshot, after: &Snapshot) -> Finding {
+    finding_of(packet, wall_time_ns, attribute(before, after, packet))
+}
+
+/// The finding, when the packet's way through the chains of one `reading` (taken before the
+/// drop) names one rule or policy by itself (see [`attribute_from_reading`]).
+pub(crate) fn judge_drop_from_reading(packet: &HookDrop, wall_time_ns: u64, reading: &Snapshot) -> Option<Finding> {
+    attribute_from_reading(reading, packet).map(|attribution| finding_of(packet, wall_time_ns, attribution))
+}
+
+fn finding_of(packet: &HookDrop, wall_time_ns: u64, attribution: Attribution) -> Finding {
     let family = packet.family;
     let icmp = packet.icmp.map(|(icmp_type, icmp_code)| answer_name(family, icmp_type, icmp_code));
-    let attribution = attribute(before, after, packet);
     let rejected =
         icmp.is_some() || attribution.rule.as_ref().is_some_and(|r| matches!(r.verdict, Verdict::Reject { .. }));
     let kind = if rejected { FindingKind::NetfilterReject } else { FindingKind::NetfilterDrop };
