@@ -8,9 +8,11 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
+use serde_json::Value;
 use tracer_tests::lab::*;
 use tracer_tests::managers::*;
 use tracer_tests::ruleset::{nft_rule_packets, rule_lines, rule_packets, saved_table, with_file, write_lab_file};
+use tracer_tests::scenario::Scenario;
 
 /// How an iptables ruleset is loaded and listed: the nf_tables or the legacy backend.
 #[derive(Clone, Copy, Debug)]
@@ -48,6 +50,35 @@ impl Xtables {
         let saved = self.saved(lab)?;
         rule_packets(&saved, chain, parts).map(|(packets, rule)| (packets, rule.to_string()))
     }
+}
+
+/// After the dig: time for tracer to name the rule and print the finding.
+const SETTLE: Duration = Duration::from_millis(700);
+
+/// Runs `dig` under a tracer watch; returns what the dig saw and the one finding tracer stated,
+/// which must be the rule's, of `kind`, owned by `manager`, with no second finding for the query.
+fn dig_watched(lab: &Lab, kind: &str, manager: &str, dig: impl FnOnce() -> Result<Dig>) -> Result<(Dig, Value)> {
+    let (w, dig) = Scenario::new(lab).settle(SETTLE).run(dig)?;
+    let finding = w.only_finding(kind)?.clone();
+    ensure!(finding["owner"]["manager"] == manager, "the rule is {manager}'s:\n{finding:#}");
+    Ok((dig, finding))
+}
+
+/// The finding's fix lines.
+fn fix_lines(finding: &Value) -> Vec<&str> {
+    finding["fix"].as_array().into_iter().flatten().filter_map(Value::as_str).collect()
+}
+
+/// No fix line edits the rules of a manager that rewrites them: `iptables`/`nft` on its chains.
+fn ensure_no_edit_of(finding: &Value, chains: &[&str]) -> Result<()> {
+    for line in fix_lines(finding) {
+        let edits = line.starts_with("iptables") || line.starts_with("ip6tables") || line.starts_with("nft ");
+        ensure!(
+            !(edits && chains.iter().any(|chain| line.contains(chain))),
+            "a fix edits a chain its manager rewrites: {line}\n{finding:#}"
+        );
+    }
+    Ok(())
 }
 
 /// The deny-dns scenario on `lab`'s pods, the server behind the node's `server_iface`.
@@ -93,8 +124,18 @@ fn calico_drops_dns_until_the_policy_allows_it(xtables: Xtables) -> Result<()> {
     let (before, rule) = rule_packets(&saved, &fw, &drop)?;
     ensure!(before == 0, "nothing was sent yet: {rule}");
 
-    let dig = lab.dig(server, TEST_NAME, &[])?;
+    let (dig, finding) = dig_watched(&lab, "netfilter_drop", "calico", || lab.dig(server, TEST_NAME, &[]))?;
     dig.expect_timed_out().context("Calico drops the query silently")?;
+    ensure!(finding["chain"] == fw.as_str(), "{xtables:?}: the end-of-tier drop in {fw}:\n{finding:#}");
+    ensure!(
+        finding["owner"]["policy"] == "default/deny-dns",
+        "{xtables:?}: the policy whose tier ended in the drop:\n{finding:#}"
+    );
+    ensure!(
+        fix_lines(&finding).iter().any(|line| line.contains("describe networkpolicy deny-dns")),
+        "{xtables:?}: the fix shows the policy:\n{finding:#}"
+    );
+    ensure_no_edit_of(&finding, &["cali-"])?;
     let (after, rule) = xtables.packets(&lab, &fw, &drop)?;
     ensure!(after >= 1, "{xtables:?}: the end-of-tier drop should have counted the query: {rule}");
     eprintln!("{xtables:?}: dropped by [{after} packets] {rule}");
@@ -146,8 +187,18 @@ fn kube_router_rejects_dns_until_the_policy_allows_it(xtables: Xtables) -> Resul
     let sets = lab.run(Ns::Node, &["ipset", "list", &kube_router::policy_source_set(&network.policies[0])])?;
     ensure!(sets.contains(CLIENT_IP), "the policy's source set should hold the client:\n{sets}");
 
-    let dig = lab.dig(server, TEST_NAME, &[])?;
+    let (dig, finding) = dig_watched(&lab, "netfilter_reject", "kube-router", || lab.dig(server, TEST_NAME, &[]))?;
     ensure!(dig.refused(), "{xtables:?}: kube-router rejects with port unreachable:\n{}", dig.output);
+    ensure!(finding["chain"] == chain.as_str(), "{xtables:?}: the pod firewall's REJECT in {chain}:\n{finding:#}");
+    ensure!(
+        finding["owner"]["policy"] == "default/deny-dns",
+        "{xtables:?}: the policy that selected the pod:\n{finding:#}"
+    );
+    ensure!(
+        fix_lines(&finding).iter().any(|line| line.contains("describe networkpolicy deny-dns")),
+        "{xtables:?}: the fix shows the policy:\n{finding:#}"
+    );
+    ensure_no_edit_of(&finding, &["KUBE-POD-FW-", "KUBE-NWPLCY-", "KUBE-ROUTER-"])?;
     let (after, rule) = xtables.packets(&lab, &chain, &reject)?;
     ensure!(after >= 1, "{xtables:?}: the pod chain's REJECT should have counted the query: {rule}");
     eprintln!("{xtables:?}: rejected by [{after} packets] {rule}");
@@ -221,8 +272,18 @@ fn firewalld_rejects_dns_to_the_node_until_the_zone_allows_it() -> Result<()> {
     let dispatch = nft_chain(&lab, "filter_INPUT_dispatch")?;
     ensure!(dispatch.contains(&format!("iifname \"{BRIDGE}\" ")), "dispatch by the bridge:\n{dispatch}");
 
-    let dig = lab.dig(BRIDGE_IP, TEST_NAME, &[])?;
+    let (dig, finding) = dig_watched(&lab, "netfilter_reject", "firewalld", || lab.dig(BRIDGE_IP, TEST_NAME, &[]))?;
     ensure!(dig.host_unreachable(), "firewalld rejects with admin-prohibited:\n{}", dig.output);
+    ensure!(finding["owner"]["zone"] == "public", "the zone whose input chain rejects:\n{finding:#}");
+    let fix = fix_lines(&finding);
+    ensure!(
+        fix.iter().any(|line| line.contains("firewall-cmd") && line.contains("--zone=public") && line.contains("dns")),
+        "the fix allows DNS in the zone with firewall-cmd:\n{finding:#}"
+    );
+    ensure!(
+        !fix.iter().any(|line| line.starts_with("nft ") && line.contains("firewalld")),
+        "never an edit of firewalld's own table:\n{finding:#}"
+    );
     let (after, rule) = nft_packets(&lab, &chain, &reject)?;
     ensure!(after >= 1, "the zone's reject should have counted the query: {rule}");
     eprintln!("rejected in {chain} by {rule}");
@@ -278,8 +339,14 @@ fn docker_drops_dns_between_networks_until_docker_user_allows_it(
     let (before, rule) = rule_packets(&saved, chain, &drop)?;
     ensure!(before == 0, "nothing was sent yet: {rule}");
 
-    let dig = lab.dig(server, TEST_NAME, &[])?;
+    let (dig, finding) = dig_watched(&lab, "netfilter_drop", "docker", || lab.dig(server, TEST_NAME, &[]))?;
     dig.expect_timed_out().with_context(|| format!("{release:?} isolates the networks"))?;
+    ensure!(finding["chain"] == chain, "{release:?} {xtables:?}: Docker's isolation drop in {chain}:\n{finding:#}");
+    ensure!(
+        fix_lines(&finding).iter().any(|line| line.contains("DOCKER-USER")),
+        "{release:?} {xtables:?}: the fix goes in DOCKER-USER:\n{finding:#}"
+    );
+    ensure_no_edit_of(&finding, &["DOCKER-ISOLATION", "-A DOCKER ", "-I DOCKER "])?;
     let (after, rule) = xtables.packets(&lab, chain, &drop)?;
     ensure!(after >= 1, "{release:?} {xtables:?}: the isolation drop should have counted the query: {rule}");
     eprintln!("{release:?} {xtables:?}: dropped by [{after} packets] {rule}");

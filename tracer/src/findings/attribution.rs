@@ -78,6 +78,9 @@ pub(crate) struct Attribution {
     /// `None`), e.g. native nft base chains, which keep no policy counter.
     pub policy_candidates: Vec<Chain>,
     /// The nft map element whose verdict led the packet to `rule` (or is its verdict).
+    /// The rules the packet met on its way to `rule` or `policy`, when one was named by
+    /// walking it: where the policy a NetworkPolicy engine's drop enforces shows.
+    pub passed: Vec<Rule>,
     pub element: Option<MapElement>,
     /// One line: how it was decided.
     pub reason: String,
@@ -472,6 +475,9 @@ struct Candidate<'s> {
     path: String,
     element: Option<MapElement>,
     growth: Growth,
+    /// The rules the packet met on its way there, in order (those of chains it jumped into
+    /// and returned from too): where a NetworkPolicy engine's policy chains show.
+    passed: Vec<&'s Rule>,
 }
 
 impl Candidate<'_> {
@@ -482,6 +488,16 @@ impl Candidate<'_> {
             (None, None) => String::new(),
         }
     }
+}
+
+/// Rules a way through KUBE-SERVICES meets are thousands; the policy chains of the engine that
+/// dropped a packet are the last it passed before the drop.
+const PASSED_KEPT: usize = 256;
+
+/// The rules `walk` met before its `end`-th, the last [`PASSED_KEPT`] of them.
+fn passed_before<'s>(ruleset: &Ruleset<'s>, walk: &Walk, end: usize) -> Vec<&'s Rule> {
+    let end = end.min(walk.met.len());
+    walk.met[end.saturating_sub(PASSED_KEPT)..end].iter().map(|met| ruleset.rule(met)).collect()
 }
 
 /// The ends of `walks` whose verdict fits the kernel's answer, each rule or policy once,
@@ -521,6 +537,7 @@ fn candidates<'s>(
                 path: describe_path(ruleset, walk, &path),
                 element,
                 growth: counters.rule_growth(&key),
+                passed: passed_before(ruleset, walk, end.met),
             };
             match tier {
                 Tier::Answer => fitting.push(candidate),
@@ -537,6 +554,7 @@ fn candidates<'s>(
                 path: format!("{} to its end", base.name),
                 element: None,
                 growth: counters.policy_growth(base),
+                passed: passed_before(ruleset, walk, walk.met.len()),
             });
         }
     }
@@ -597,6 +615,7 @@ fn decide_evaluated(found: Vec<Candidate>, what: &str, place: &str, changed: &st
                 rule: only.rule.cloned(),
                 policy: only.policy.cloned(),
                 element: only.element.clone(),
+                passed: only.passed.iter().map(|rule| (*rule).clone()).collect(),
                 reason: format!(
                     "{} {how}: {}; {}",
                     only.describe(),

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use super::attribution::{answer_name, attribute, attribute_from_reading, Attribution, HookDrop};
 use crate::{
     firewall::{
-        owner::{owner_of, owner_of_chain, owner_of_element, purpose_of, Purpose},
+        owner::{owner_of, owner_of_chain, owner_of_element, policy_passed, purpose_of, Purpose},
         Backend, Chain, Family, Rule, Snapshot, Verdict,
     },
     model::{
@@ -62,7 +62,8 @@ fn finding_of(packet: &HookDrop, wall_time_ns: u64, attribution: Attribution) ->
     let blocker = Blocker::of(&attribution);
     let (owner, advice) = match blocker {
         Some(blocker) => {
-            let (owner, advice) = owned_advice(blocker, evidence.element.as_ref(), &Blocked::packet(packet));
+            let (owner, advice) =
+                owned_advice(blocker, evidence.element.as_ref(), &attribution.passed, &Blocked::packet(packet));
             (Some(owner), advice)
         }
         None => (None, None),
@@ -305,9 +306,21 @@ pub(crate) struct Advice {
 pub(crate) fn owned_advice(
     blocker: Blocker,
     element: Option<&MapElement>,
+    passed: &[Rule],
     blocked: &Blocked,
 ) -> (Owner, Option<Advice>) {
-    let (owner, purpose) = blocker.ownership(element);
+    let (mut owner, purpose) = blocker.ownership(element);
+    // A policy engine's drop sits in the pod's chain, after its policies let the packet through
+    // unmarked: the policy is named by the chains the packet passed on its way there.
+    let policy_engine = matches!(owner.manager, Manager::Calico | Manager::KubeRouter | Manager::Cilium);
+    if let (true, None, Blocker::Rule(stopped)) = (policy_engine, &owner.policy, blocker) {
+        let passed_policy = passed.iter().rev().find_map(|rule| Some((policy_passed(rule, stopped)?, rule)));
+        if let Some((policy, rule)) = passed_policy {
+            owner.evidence =
+                format!("{}; on its way there the packet went through policy {policy} ({})", owner.evidence, rule.text);
+            owner.policy = Some(policy);
+        }
+    }
     let advice = managed_advice(&owner, purpose, blocker, blocked);
     (owner, advice)
 }
@@ -770,7 +783,7 @@ pub(crate) mod tests {
 
     /// The advice for a rule, as a dropped DNS query to 10.96.0.10 gets it.
     fn advice_for(rule: &Rule) -> Option<Advice> {
-        owned_advice(Blocker::Rule(rule), None, &Blocked::packet(&dns_query(None))).1
+        owned_advice(Blocker::Rule(rule), None, &[], &Blocked::packet(&dns_query(None))).1
     }
 
     #[test]

@@ -116,6 +116,23 @@ pub(crate) fn owner_of_chain(chain: &Chain) -> Owner {
     read(&place, None).owner
 }
 
+/// The NetworkPolicy a rule the packet passed on its way to `stopped` (the rule that dropped
+/// it, in a pod's chain) sends it through: a policy engine's drop sits in the pod's chain
+/// after the policies let the packet through unmarked, so the policies show on the way. Calico
+/// jumps to `cali-po-ID`/`cali-pi-ID`; kube-router comments its jump `run through nw policy
+/// NAME`, in the namespace of the pod its chain is for (a NetworkPolicy selects pods of its own).
+pub(crate) fn policy_passed(passed: &Rule, stopped: &Rule) -> Option<String> {
+    if let Verdict::Jump(target) | Verdict::Goto(target) = &passed.verdict {
+        if let Some((id, _)) = calico_policy_chain(target) {
+            return calico_policy(id);
+        }
+    }
+    let name = passed.comment.as_deref()?.strip_prefix("run through nw policy ")?.split_whitespace().next()?;
+    let pod = kube_router_pod(stopped.comment.as_deref()?)?;
+    let (namespace, _) = pod.split_once('/')?;
+    Some(format!("{namespace}/{name}"))
+}
+
 fn read_rule(rule: &Rule, element: Option<&MapElement>) -> Reading {
     let place = Place { table: &rule.table, chain: &rule.chain, comment: rule.comment.as_deref(), rule: Some(rule) };
     read(&place, element)
@@ -358,10 +375,15 @@ fn calico_policy_chain(chain: &str) -> Option<(&str, &'static str)> {
 }
 
 /// The policy a Calico policy ID names; `None` when Calico hashed it (`_...`: the name was
-/// too long for a chain). A Kubernetes NetworkPolicy appears as `ns/knp.default.NAME`.
+/// too long for a chain). A Kubernetes NetworkPolicy appears as `ns/knp.default.NAME` (before
+/// Calico 3.32) or `knp/ns/NAME`.
 fn calico_policy(id: &str) -> Option<String> {
     if id.is_empty() || id.starts_with('_') {
         return None;
+    }
+    // Calico 3.32 names a Kubernetes NetworkPolicy's chain `knp/NS/NAME`.
+    if let Some(kubernetes) = id.strip_prefix("knp/").filter(|rest| rest.contains('/')) {
+        return Some(kubernetes.to_string());
     }
     Some(match id.split_once('/') {
         Some((namespace, name)) => match name.strip_prefix("knp.default.") {
@@ -498,6 +520,8 @@ enum FirewalldSection<'a> {
 
 fn firewalld_section(chain: &str) -> Option<FirewalldSection<'_>> {
     let rest = ["IN_", "FWDI_", "FWDO_", "FWD_", "OUT_", "PRE_", "POST_"].iter().find_map(|p| chain.strip_prefix(p))?;
+    // firewalld 2.5 dispatches in stages: `IN_public_to_HOST` is the public zone's input to the host.
+    let rest = rest.strip_suffix("_to_HOST").unwrap_or(rest);
     let base = ["_pre", "_log", "_deny", "_allow", "_post"].iter().find_map(|s| rest.strip_suffix(s)).unwrap_or(rest);
     match base.strip_prefix("policy_") {
         Some(policy) if !policy.is_empty() => Some(FirewalldSection::Policy(policy)),
@@ -827,6 +851,8 @@ mod tests {
                 ("filter_FWD_internal_deny", &[(DROP, None)]),
                 ("filter_IN_policy_allow-host-ipv6", &[(DROP, None)]),
                 ("filter_INPUT", &[(DROP, None)]),
+                // firewalld 2.5's staged dispatch: the zone's input to the host.
+                ("filter_IN_public_to_HOST", &[(DROP, None)]),
             ],
         );
         let owners: Vec<Owner> = rules.iter().map(owner_of).collect();
@@ -835,7 +861,13 @@ mod tests {
             owners.iter().map(|o| (o.zone.as_deref(), o.policy.as_deref())).collect();
         assert_eq!(
             places,
-            [(Some("public"), None), (Some("internal"), None), (None, Some("allow-host-ipv6")), (None, None)]
+            [
+                (Some("public"), None),
+                (Some("internal"), None),
+                (None, Some("allow-host-ipv6")),
+                (None, None),
+                (Some("public"), None)
+            ]
         );
 
         let iptables = iptables_rules(
@@ -847,6 +879,28 @@ mod tests {
         let zone = owner_of(&iptables[0]);
         assert_eq!((zone.manager, zone.zone.as_deref()), (Manager::Firewalld, Some("public")));
         assert_eq!(owner_of(&iptables[1]).manager, Manager::Firewalld);
+    }
+
+    #[test]
+    fn the_policy_a_pod_chain_drop_enforces_is_read_from_the_way_there() {
+        let calico = iptables_rules(
+            "*filter\n:cali-fw-veth-client - [0:0]\n:cali-po-knp/default/deny-dns - [0:0]\n\
+             -A cali-fw-veth-client -m comment --comment \"cali:Zpu2q7e0fS0SWFxk\" -j cali-po-knp/default/deny-dns\n\
+             -A cali-fw-veth-client -m comment --comment \"cali:RYntH8nadAC8g8cr\" -m comment --comment \"End of tier default. Drop if no policies passed packet\" -m mark --mark 0x0/0x20000 -j DROP\n\
+             COMMIT\n",
+        );
+        assert_eq!(policy_passed(&calico[0], &calico[1]).as_deref(), Some("default/deny-dns"));
+        assert_eq!(policy_passed(&calico[1], &calico[1]), None, "a drop is no way through a policy");
+
+        let kube_router = iptables_rules(
+            "*filter\n:KUBE-POD-FW-SHZT46OVNO7XTJ6M - [0:0]\n:KUBE-NWPLCY-ABC - [0:0]\n\
+             -A KUBE-POD-FW-SHZT46OVNO7XTJ6M -s 10.244.0.5/32 -m comment --comment \"run through nw policy deny-dns\" -j KUBE-NWPLCY-ABC\n\
+             -A KUBE-POD-FW-SHZT46OVNO7XTJ6M -m comment --comment \"rule to REJECT traffic destined for POD name:client namespace: default\" -m mark ! --mark 0x10000/0x10000 -j REJECT --reject-with icmp-port-unreachable\n\
+             COMMIT\n",
+        );
+        assert_eq!(policy_passed(&kube_router[0], &kube_router[1]).as_deref(), Some("default/deny-dns"));
+        let unnamed_pod = iptables_rules("*filter\n:X - [0:0]\n-A X -j REJECT\nCOMMIT\n");
+        assert_eq!(policy_passed(&kube_router[0], &unnamed_pod[0]), None, "no namespace, no policy");
     }
 
     #[test]

@@ -212,7 +212,7 @@ fn rule_finding(
     let (kind, action) =
         if rejects { (FindingKind::NetfilterReject, "REJECT") } else { (FindingKind::NetfilterDrop, "DROP") };
     let reference = RuleRef::of(rule);
-    let (owner, advice) = owned_advice(Blocker::Rule(rule), None, &probed(netns, probes, hooks));
+    let (owner, advice) = owned_advice(Blocker::Rule(rule), None, &[], &probed(netns, probes, hooks));
     let cause = advice.as_ref().and_then(|a| a.cause.as_ref()).map(|c| format!(": {c}")).unwrap_or_default();
     let headline = format!(
         "{action} rule for {port_words} in {}{}: {} {}/{} #{} ({}){cause}",
@@ -284,7 +284,7 @@ fn policy_finding(
     now_ns: u64,
 ) -> Finding {
     let label = policy_label(chain);
-    let (owner, advice) = owned_advice(Blocker::Policy(chain), None, &probed(netns, probes, hooks));
+    let (owner, advice) = owned_advice(Blocker::Policy(chain), None, &[], &probed(netns, probes, hooks));
     let cause = advice.as_ref().and_then(|a| a.cause.as_ref()).map(|c| format!(" ({c})")).unwrap_or_default();
     let headline = format!(
         "DROP policy stops {port_words} in {}{}: {label} accepts none of it{cause}",
