@@ -96,9 +96,16 @@ fn a_flood_on_a_node_that_skips_conntrack_still_names_it() -> Result<()> {
     expect_str(skip, "/expected_source", &format!("{CLUSTER_DNS_IP}:53"))?;
     expect_str(skip, "/actual_source", &format!("{SERVER_IP}:53"))?;
     for f in &w.findings {
+        // The flood is more than the DNS server answers on a slow machine (dnsperf counts the
+        // queries it never answered): a query that reached the server and got no reply from it
+        // is a real timeout then, and says so by where it was last seen. Anything else is not.
+        let server_silent = str_at(f, "/kind") == Some("dns_timeout")
+            && str_at(f, "/last_seen/ifname") == Some(SERVER_VETH)
+            && perf.lost > 0;
         ensure!(
-            str_at(f, "/kind") == Some("conntrack_skip"),
-            "only the conntrack skip is real here (every query was answered, by the wrong address): {f}"
+            str_at(f, "/kind") == Some("conntrack_skip") || server_silent,
+            "only the conntrack skip is real here (every query the server answered was answered by the wrong address; it left {} unanswered): {f}",
+            perf.lost
         );
     }
     Ok(())
