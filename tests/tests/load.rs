@@ -63,9 +63,31 @@ fn a_flood_on_a_healthy_node_loses_records_but_states_no_finding() -> Result<()>
         "the loss must be reported while it happens:\n{}",
         done.stderr
     );
-    ensure!(w.findings.is_empty(), "a healthy node, whatever was lost, has no findings: {figures}\n{:#?}", w.findings);
-    ensure!(u64_at(&w.summary, "/findings") == Some(0), "the summary must agree: {}", w.summary);
+    // dnsmasq leaves a few of the flood's queries unanswered on a slow machine (dnsperf counts
+    // them): those are real timeouts, last seen leaving the bridge towards the server, and no
+    // more of them than the server left unanswered. Nothing else is a finding on a healthy node.
+    for f in &w.findings {
+        ensure!(
+            server_left_unanswered(f, &perf),
+            "a healthy node, whatever was lost, has no findings but the server's own silence: {figures}\n{f:#}"
+        );
+    }
+    let timeouts = u64_at(&w.summary, "/finding_counts/dns_timeout").unwrap_or(0);
+    ensure!(
+        timeouts <= perf.lost,
+        "{timeouts} timeouts stated, the server left only {} queries unanswered: {figures}",
+        perf.lost
+    );
+    ensure!(u64_at(&w.summary, "/findings") == Some(w.findings.len() as u64), "the summary must agree: {}", w.summary);
     Ok(())
+}
+
+/// A `dns_timeout` of a query last seen leaving the bridge towards the DNS server, in a run in
+/// which the server left queries unanswered: the server's silence, not a path fault.
+fn server_left_unanswered(finding: &serde_json::Value, perf: &dnsperf::DnsPerf) -> bool {
+    str_at(finding, "/kind") == Some("dns_timeout")
+        && str_at(finding, "/last_seen/ifname") == Some(SERVER_VETH)
+        && perf.lost > 0
 }
 
 #[test]
@@ -99,11 +121,8 @@ fn a_flood_on_a_node_that_skips_conntrack_still_names_it() -> Result<()> {
         // The flood is more than the DNS server answers on a slow machine (dnsperf counts the
         // queries it never answered): a query that reached the server and got no reply from it
         // is a real timeout then, and says so by where it was last seen. Anything else is not.
-        let server_silent = str_at(f, "/kind") == Some("dns_timeout")
-            && str_at(f, "/last_seen/ifname") == Some(SERVER_VETH)
-            && perf.lost > 0;
         ensure!(
-            str_at(f, "/kind") == Some("conntrack_skip") || server_silent,
+            str_at(f, "/kind") == Some("conntrack_skip") || server_left_unanswered(f, &perf),
             "only the conntrack skip is real here (every query the server answered was answered by the wrong address; it left {} unanswered): {f}",
             perf.lost
         );
