@@ -504,6 +504,18 @@ pub(crate) struct Walk {
     /// to a chain the snapshot does not have is not complete: its ends and `decided` may
     /// miss ways.
     pub complete: bool,
+    /// Chains of nf_tables tables a way jumped or went to that the snapshot does not have: a
+    /// reading of only some chains (see `scoped`) reads these next.
+    pub unread: Vec<ChainId>,
+}
+
+/// An nf_tables chain by its kernel names: what `nft list chain FAMILY TABLE NAME` takes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct ChainId {
+    /// `ip`, `ip6` or `inet`.
+    pub family: String,
+    pub table: String,
+    pub name: String,
 }
 
 impl Walk {
@@ -600,6 +612,7 @@ impl<'a> Ruleset<'a> {
                     end_at: HashMap::new(),
                     accept_possible: false,
                     complete: true,
+                    unread: Vec::new(),
                 };
                 let start = vec![Way { world: World::initial(packet, state), certain: true }];
                 let fell_through = walker.chain(base, start, None, 0);
@@ -611,6 +624,7 @@ impl<'a> Ruleset<'a> {
                     decided: fell_through.is_empty(),
                     policy_certain: fell_through.iter().any(|w| w.certain),
                     complete: walker.complete,
+                    unread: walker.unread,
                 }
             })
             .collect()
@@ -658,6 +672,7 @@ struct Walker<'w, 'a> {
     end_at: HashMap<(usize, String, Option<String>), usize>,
     accept_possible: bool,
     complete: bool,
+    unread: Vec<ChainId>,
 }
 
 /// A verdict some ways take at a rule: the ways, and the map elements that chose it.
@@ -766,6 +781,17 @@ impl<'a> Walker<'_, 'a> {
             None => {
                 // A chain the snapshot does not have: what it does is not known.
                 self.complete = false;
+                let table = KernelTable::of(from);
+                if !table.legacy {
+                    let id = ChainId {
+                        family: table.nft_family.to_string(),
+                        table: table.name.to_string(),
+                        name: target.to_string(),
+                    };
+                    if !self.unread.contains(&id) {
+                        self.unread.push(id);
+                    }
+                }
                 ways
             }
         }

@@ -59,9 +59,24 @@ fn parse_set_object(body: &Value) -> NftSet {
 }
 
 pub(super) fn parse_nft(json: &str) -> anyhow::Result<Vec<NftChain>> {
-    let root: Value = serde_json::from_str(json).context("not JSON")?;
-    let items = root.get("nftables").and_then(Value::as_array).context("no \"nftables\" array")?;
+    Ok(parse_nft_items(&nft_items(json)?))
+}
 
+/// The items of one nft JSON listing (tables, chains, rules, sets, ...), in its order.
+pub(super) fn nft_items(json: &str) -> anyhow::Result<Vec<Value>> {
+    let root: Value = serde_json::from_str(json).context("not JSON")?;
+    match root {
+        Value::Object(mut root) => match root.remove("nftables") {
+            Some(Value::Array(items)) => Ok(items),
+            _ => anyhow::bail!("no \"nftables\" array"),
+        },
+        _ => anyhow::bail!("no \"nftables\" array"),
+    }
+}
+
+/// Chains from the items of one or more nft listings: a rule's chain and the sets and counters
+/// it names may come from different listings, in any order.
+pub(super) fn parse_nft_items(items: &[Value]) -> Vec<NftChain> {
     let mut objects = NftObjects::default();
     let mut chains: Vec<NftChain> = Vec::new();
     let mut chain_at: HashMap<(String, String, String), usize> = HashMap::new();
@@ -161,7 +176,72 @@ pub(super) fn parse_nft(json: &str) -> anyhow::Result<Vec<NftChain>> {
             out.push(with_family(nft_chain, first));
         }
     }
-    Ok(out)
+    out
+}
+
+/// A table's object that rules name and that lives outside their chain, as `nft list` takes it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) struct NamedObject {
+    /// `set`, `map` or `counter`.
+    pub(super) kind: &'static str,
+    /// `ip`, `ip6` or `inet`.
+    pub(super) family: String,
+    pub(super) table: String,
+    pub(super) name: String,
+}
+
+/// The sets, maps and named counters the rules among `items` name: what a reading of single
+/// chains lists with them.
+pub(super) fn named_objects(items: &[Value]) -> Vec<NamedObject> {
+    let mut found = Vec::new();
+    for item in items {
+        let Some(rule) = item.get("rule") else { continue };
+        let named = |kind: &'static str, name: &str| NamedObject {
+            kind,
+            family: str_field(rule, "family").to_string(),
+            table: str_field(rule, "table").to_string(),
+            name: name.to_string(),
+        };
+        let mut add = |object: NamedObject| {
+            if !found.contains(&object) {
+                found.push(object);
+            }
+        };
+        for statement in rule.get("expr").and_then(Value::as_array).into_iter().flatten() {
+            if let Some(Value::String(name)) = statement.get("counter") {
+                add(named("counter", name));
+            }
+            collect_references(statement, None, &mut |kind, name| add(named(kind, name)));
+        }
+    }
+    found
+}
+
+/// Calls `found` for every `@name` under `value`: a map where it is the data of a `map` or
+/// `vmap` expression, a set elsewhere.
+fn collect_references(value: &Value, parent: Option<&str>, found: &mut dyn FnMut(&'static str, &str)) {
+    match value {
+        Value::String(reference) => {
+            if let Some(name) = reference.strip_prefix('@') {
+                found(if matches!(parent, Some("vmap" | "map")) { "map" } else { "set" }, name);
+            }
+        }
+        Value::Array(values) => values.iter().for_each(|v| collect_references(v, None, found)),
+        Value::Object(fields) => {
+            for (key, field) in fields {
+                match (key.as_str(), field) {
+                    ("vmap" | "map", Value::Object(lookup)) => {
+                        for (part, inner) in lookup {
+                            let kind = (part == "data").then_some(key.as_str());
+                            collect_references(inner, kind, found);
+                        }
+                    }
+                    _ => collect_references(field, None, found),
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 fn with_family(mut nft_chain: NftChain, family: Family) -> NftChain {

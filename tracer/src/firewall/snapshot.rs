@@ -15,7 +15,7 @@ use crate::system::tools::{self, HelperError};
 
 /// The iptables tables; nf_tables tables with these names in the ip/ip6 families may be
 /// iptables-nft's.
-const IPTABLES_TABLES: [&str; 5] = ["filter", "nat", "mangle", "raw", "security"];
+pub(super) const IPTABLES_TABLES: [&str; 5] = ["filter", "nat", "mangle", "raw", "security"];
 
 /// The rulesets of every backend in use in the network namespace of the calling thread.
 /// Runs at most one listing process per backend and family (nft lists both families at
@@ -59,27 +59,13 @@ pub(crate) fn snapshot() -> Snapshot {
         let has_tables = nft.as_ref().is_none_or(|chains| {
             chains.iter().any(|c| c.kernel_family == kernel_family && IPTABLES_TABLES.contains(&c.table_name.as_str()))
         });
-        if !has_tables {
-            continue;
+        if has_tables {
+            iptables_nft.extend(iptables_nft_chains(family, None, &mut snap.errors));
         }
-        let tool = match family {
-            Family::Ipv4 => "iptables-nft-save",
-            Family::Ipv6 => "ip6tables-nft-save",
-        };
-        let missing = format!(
-            "the kernel has its tables but {tool} is not installed in {}: its rules are read from nft instead",
-            tools::HELPER_DIRS.join(", ")
-        );
-        // On failure it has stopped at the first rule it cannot translate (a native nft rule
-        // in a table named like an iptables one); the tables it completed are still right,
-        // and nft shows the rest.
-        let failed = "; chains it could not show are reported from nft";
-        let run = run_tool(tool, &["-c"]);
-        iptables_nft.extend(saved_chains(run, tool, Backend::IptablesNft, family, &missing, failed, &mut snap.errors));
     }
 
     for family in [Family::Ipv4, Family::Ipv6] {
-        legacy_snapshot(family, &mut snap);
+        snap.chains.extend(legacy_chains(family, None, &mut snap.errors));
     }
 
     let (owned, native) = reconcile(nft, iptables_nft);
@@ -91,9 +77,28 @@ pub(crate) fn snapshot() -> Snapshot {
     snap
 }
 
+/// The chains iptables-nft-save prints for `family`, of `tables` only when given (it reads every
+/// table all the same: a reading scoped to some hooks parses and keeps only what they use).
+pub(super) fn iptables_nft_chains(family: Family, tables: Option<&[&str]>, errors: &mut Vec<String>) -> Vec<Chain> {
+    let tool = match family {
+        Family::Ipv4 => "iptables-nft-save",
+        Family::Ipv6 => "ip6tables-nft-save",
+    };
+    let missing = format!(
+        "the kernel has its tables but {tool} is not installed in {}: its rules are read from nft instead",
+        tools::HELPER_DIRS.join(", ")
+    );
+    // On failure it has stopped at the first rule it cannot translate (a native nft rule
+    // in a table named like an iptables one); the tables it completed are still right,
+    // and nft shows the rest.
+    let failed = "; chains it could not show are reported from nft";
+    let run = only_tables(run_tool(tool, &["-c"]), tables);
+    saved_chains(run, tool, Backend::IptablesNft, family, &missing, failed, errors)
+}
+
 /// Reads the ipsets iptables rules match, for their lookups; without them those matches
 /// stay "may match".
-fn read_ipsets(snap: &mut Snapshot) {
+pub(super) fn read_ipsets(snap: &mut Snapshot) {
     let problem = match run_tool("ipset", &["save"]) {
         ToolRun::Done { ok: true, stdout, .. } => {
             let sets = std::sync::Arc::new(parse_ipset_save(&stdout));
@@ -109,7 +114,8 @@ fn read_ipsets(snap: &mut Snapshot) {
     ));
 }
 
-fn legacy_snapshot(family: Family, snap: &mut Snapshot) {
+/// The chains of the legacy x_tables of `family`, of `tables` only when given.
+pub(super) fn legacy_chains(family: Family, tables: Option<&[&str]>, errors: &mut Vec<String>) -> Vec<Chain> {
     let names_file = match family {
         Family::Ipv4 => "ip_tables_names",
         Family::Ipv6 => "ip6_tables_names",
@@ -118,10 +124,10 @@ fn legacy_snapshot(family: Family, snap: &mut Snapshot) {
     // instantiates nothing (unlike `iptables-legacy -L`), and an empty list spares the
     // process. thread-self: the calling thread may have entered another namespace.
     match read_proc_net(names_file) {
-        Ok(names) if names.trim().is_empty() => return,
+        Ok(names) if names.trim().is_empty() => return Vec::new(),
         Ok(_) => {}
         // No legacy x_tables in this kernel.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Vec::new(),
         // Unreadable: let the tool decide.
         Err(_) => {}
     }
@@ -138,8 +144,29 @@ fn legacy_snapshot(family: Family, snap: &mut Snapshot) {
         };
     }
     let missing = format!("the kernel has legacy tables but {tool} is not installed");
-    let chains = saved_chains(run, tool, Backend::IptablesLegacy, family, &missing, "", &mut snap.errors);
-    snap.chains.extend(chains);
+    saved_chains(only_tables(run, tables), tool, Backend::IptablesLegacy, family, &missing, "", errors)
+}
+
+/// What an iptables save tool printed, cut down to the sections of `tables` when given.
+fn only_tables(run: ToolRun, tables: Option<&[&str]>) -> ToolRun {
+    let (Some(tables), ToolRun::Done { ok, stdout, stderr, code }) = (tables, &run) else {
+        return run;
+    };
+    let mut kept = String::new();
+    let mut keeping = false;
+    for line in stdout.lines() {
+        if let Some(table) = line.strip_prefix('*') {
+            keeping = tables.contains(&table.trim());
+        }
+        if keeping {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+        if line.trim() == "COMMIT" {
+            keeping = false;
+        }
+    }
+    ToolRun::Done { ok: *ok, stdout: kept, stderr: stderr.clone(), code: code.clone() }
 }
 
 /// The chains an iptables save tool printed, from its run; what went wrong is added to
@@ -183,7 +210,7 @@ fn read_proc_net(file: &str) -> io::Result<String> {
     }
 }
 
-enum ToolRun {
+pub(super) enum ToolRun {
     Missing,
     /// `code` is "" on success, " (exit N)" otherwise; `stderr` is one line.
     Done {
@@ -195,7 +222,7 @@ enum ToolRun {
     Failed(HelperError),
 }
 
-fn run_tool(name: &str, args: &[&str]) -> ToolRun {
+pub(super) fn run_tool(name: &str, args: &[&str]) -> ToolRun {
     match tools::run(name, args, tools::HELPER_TIMEOUT) {
         Ok(out) => {
             let code = match out.status.code() {
