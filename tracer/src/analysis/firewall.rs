@@ -2,7 +2,10 @@
 //! the firewall tools (tens of milliseconds, seconds on a large node); the drain loop must
 //! keep reading the ring buffer meanwhile, so a worker thread reads them and attributes.
 //! Requests that arrive while it reads are answered together by the next reading: a burst
-//! of drops costs one more reading, not one each.
+//! of drops costs one more reading, not one each. Readings after the first take only the
+//! chains the waiting drops' ways reach; on a node with thousands of nf_tables chains the
+//! first one too (none is taken at start), so the first finding does not wait seconds for
+//! a full reading.
 
 use std::{
     collections::HashSet,
@@ -14,9 +17,9 @@ use std::{
 use crate::{
     findings::{
         attribution::HookDrop,
-        netfilter::{judge_drop, judge_drop_from_reading},
+        netfilter::{judge_drop, judge_drop_after, judge_drop_from_reading},
     },
-    firewall::{self, Snapshot},
+    firewall::{self, Inventory, Snapshot},
     model::monotonic_now_ns,
     model::{hook::Hook, packet::L4Proto},
     schema::finding::Finding,
@@ -41,6 +44,8 @@ struct Reading {
     /// Kernel (monotonic) time the reading started: counters in it include every drop
     /// before then.
     started_ns: u64,
+    /// The hooks whose chains it has; `None` when it has every chain.
+    hooks: Option<Vec<Hook>>,
 }
 
 impl Reading {
@@ -48,20 +53,39 @@ impl Reading {
     fn now(said: &mut HashSet<String>) -> Reading {
         let started_ns = monotonic_now_ns();
         let snapshot = firewall::snapshot();
-        for error in &snapshot.errors {
-            if said.insert(error.clone()) {
-                eprintln!("tracer: warning: {error}");
-            }
-        }
-        Reading { snapshot, started_ns }
+        say_errors(&snapshot, said);
+        Reading { snapshot, started_ns, hooks: None }
     }
 
-    /// This reading as the "before" of a drop at kernel time `drop_ns`: only when it was taken
-    /// before the drop. A reading taken after it counts the drop already, so comparing with
-    /// it would show no counter moving; then there is no "before" (an empty one: no counter
-    /// is known to have stood still).
-    fn before(&self, drop_ns: u64) -> Option<&Snapshot> {
-        (self.started_ns <= drop_ns).then_some(&self.snapshot)
+    /// Reads what the ways of `requests`' packets through their hooks reach, and no more.
+    fn scoped(requests: &[Request], inventory: Option<&Inventory>, said: &mut HashSet<String>) -> Reading {
+        let started_ns = monotonic_now_ns();
+        let asked: Vec<_> = requests.iter().map(|r| (r.packet.hook, r.packet.as_seen())).collect();
+        let snapshot = firewall::scoped_snapshot(&asked, inventory);
+        say_errors(&snapshot, said);
+        let mut hooks: Vec<Hook> = Vec::new();
+        for request in requests {
+            if !hooks.contains(&request.packet.hook) {
+                hooks.push(request.packet.hook);
+            }
+        }
+        Reading { snapshot, started_ns, hooks: Some(hooks) }
+    }
+
+    /// This reading as the "before" of a drop at `hook` at kernel time `drop_ns`: only when it
+    /// was taken before the drop and has the hook's chains. A reading taken after it counts the
+    /// drop already, so comparing with it would show no counter moving.
+    fn before(&self, hook: Hook, drop_ns: u64) -> Option<&Snapshot> {
+        let covers = self.hooks.as_ref().is_none_or(|hooks| hooks.contains(&hook));
+        (covers && self.started_ns <= drop_ns).then_some(&self.snapshot)
+    }
+}
+
+fn say_errors(snapshot: &Snapshot, said: &mut HashSet<String>) {
+    for error in &snapshot.errors {
+        if said.insert(error.clone()) {
+            eprintln!("tracer: warning: {error}");
+        }
     }
 }
 
@@ -90,9 +114,10 @@ impl FirewallWorker {
     /// Starts the worker, which reads the rulesets once (the "before" of the first drops)
     /// and then answers requests. Tracing waits for that reading at most
     /// [`FIRST_READING_WAIT`]: on a small node it is done by then, and the first drops are
-    /// compared with it; on a node with tens of thousands of rules it takes seconds, and a
-    /// watch must not wait for it. A drop older than the reading is judged without a
-    /// "before" (see [`Reading::before`]).
+    /// compared with it. On a node with thousands of nf_tables chains a full reading takes
+    /// seconds: none is taken, and each drop is judged on what its way reaches, read when it
+    /// comes. A drop older than the reading is judged without a "before" (see
+    /// [`Reading::before`]).
     pub(crate) fn start() -> FirewallWorker {
         let (request_tx, request_rx) = mpsc::channel::<Request>();
         let (answer_tx, answer_rx) = mpsc::channel::<Answer>();
@@ -101,9 +126,13 @@ impl FirewallWorker {
             .name("tracer-firewall".to_string())
             .spawn(move || {
                 let mut said = HashSet::new();
-                let before = Reading::now(&mut said);
+                // nft's list of chains is quick at any size and tells a node where a full
+                // reading takes seconds: there the chains a drop needs are read when it comes.
+                let inventory = Inventory::read();
+                let large = inventory.as_ref().is_some_and(Inventory::is_large);
+                let before = (!large).then(|| Reading::now(&mut said));
                 let _ = ready_tx.send(());
-                serve(before, said, request_rx, answer_tx);
+                serve(Worker { before, inventory: inventory.filter(|_| large), said }, request_rx, answer_tx);
             })
             .ok();
         // Without the thread (no threads left?) drops are shown without their rule.
@@ -159,8 +188,40 @@ impl Drop for FirewallWorker {
     }
 }
 
-fn serve(mut before: Reading, mut said: HashSet<String>, requests: Receiver<Request>, answers: Sender<Answer>) {
-    let nothing_before = Snapshot::default();
+/// The worker thread's state between requests.
+struct Worker {
+    /// The last reading, the "before" of the drops that come after it.
+    before: Option<Reading>,
+    /// nf_tables' chains, on a node so large that only scoped readings are taken.
+    inventory: Option<Inventory>,
+    said: HashSet<String>,
+}
+
+impl Worker {
+    /// Rules change (a Service loses its endpoints, a policy is added): a reading that
+    /// answered drops by itself is replaced once it is old, so the next drop is judged on
+    /// fresh rules. On a large node it is only let go: the next drop reads what it needs.
+    fn refresh_if_old(&mut self) {
+        let Some(before) = &self.before else { return };
+        if monotonic_now_ns().saturating_sub(before.started_ns) <= READING_FRESH_NS {
+            return;
+        }
+        self.before = match self.inventory {
+            Some(_) => None,
+            None => Some(Reading::now(&mut self.said)),
+        };
+    }
+
+    fn judge(&self, request: &Request, after: &Snapshot) -> Finding {
+        let before = self.before.as_ref().and_then(|b| b.before(request.packet.hook, request.timestamp_ns));
+        match before {
+            Some(before) => judge_drop(&request.packet, request.wall_time_ns, before, after),
+            None => judge_drop_after(&request.packet, request.wall_time_ns, after),
+        }
+    }
+}
+
+fn serve(mut worker: Worker, requests: Receiver<Request>, answers: Sender<Answer>) {
     while let Ok(first) = requests.recv() {
         let mut batch = vec![first];
         let gather_until = Instant::now() + GATHER;
@@ -175,8 +236,10 @@ fn serve(mut before: Reading, mut said: HashSet<String>, requests: Receiver<Requ
         // another reading of a large node's rulesets takes seconds.
         let mut waiting = Vec::new();
         for request in batch {
-            let named = before
-                .before(request.timestamp_ns)
+            let named = worker
+                .before
+                .as_ref()
+                .and_then(|before| before.before(request.packet.hook, request.timestamp_ns))
                 .and_then(|reading| judge_drop_from_reading(&request.packet, request.wall_time_ns, reading));
             match named {
                 Some(finding) => {
@@ -188,21 +251,18 @@ fn serve(mut before: Reading, mut said: HashSet<String>, requests: Receiver<Requ
             }
         }
         if waiting.is_empty() {
-            // Rules change (a Service loses its endpoints, a policy is added): a reading used
-            // this way is replaced once it is old, so the next drop is judged on fresh rules.
-            if monotonic_now_ns().saturating_sub(before.started_ns) > READING_FRESH_NS {
-                before = Reading::now(&mut said);
-            }
+            worker.refresh_if_old();
             continue;
         }
-        let after = Reading::now(&mut said);
+        // Only what these drops' ways reach is read again: on a node with tens of thousands
+        // of rules that is milliseconds, where reading everything takes seconds.
+        let after = Reading::scoped(&waiting, worker.inventory.as_ref(), &mut worker.said);
         for request in waiting {
-            let before = before.before(request.timestamp_ns).unwrap_or(&nothing_before);
-            let finding = Some(judge_drop(&request.packet, request.wall_time_ns, before, &after.snapshot));
+            let finding = Some(worker.judge(&request, &after.snapshot));
             if answers.send(Answer { key: request.key, finding }).is_err() {
                 return;
             }
         }
-        before = after;
+        worker.before = Some(after);
     }
 }

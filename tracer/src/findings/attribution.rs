@@ -51,7 +51,7 @@ impl HookDrop {
 
     /// The packet as the firewall evaluator takes it: all of it is known but the interfaces
     /// the hook did not have.
-    fn as_seen(&self) -> eval::Packet<'_> {
+    pub(crate) fn as_seen(&self) -> eval::Packet<'_> {
         eval::Packet {
             family: self.family,
             proto: self.proto,
@@ -251,6 +251,8 @@ enum Growth {
     /// The reading after the drop does not have the rule (not read yet, or the rule is
     /// gone since).
     NotReadAgain,
+    /// No reading before the drop to compare with: the counter's count so far.
+    NotReadBefore(u64),
 }
 
 /// Identifies a rule across snapshots: by handle where nf_tables gives one, otherwise by
@@ -314,24 +316,36 @@ fn policy_key(chain: &Chain) -> (Backend, Family, String, String) {
 
 /// The readings before and after the drop.
 struct Counters {
-    before: Reading,
+    /// `None` when no reading was taken before the drop.
+    before: Option<Reading>,
     after: Reading,
 }
 
 impl Counters {
     fn rule_growth(&self, key: &RuleKey) -> Growth {
-        match self.after.rules.get(key) {
-            None => Growth::NotReadAgain,
-            Some(now) => growth(self.before.rules.get(key).copied(), *now),
+        match (self.after.rules.get(key), &self.before) {
+            (None, _) => Growth::NotReadAgain,
+            (Some(now), None) => not_read_before(*now),
+            (Some(now), Some(before)) => growth(before.rules.get(key).copied(), *now),
         }
     }
 
     fn policy_growth(&self, chain: &Chain) -> Growth {
         let key = policy_key(chain);
-        match self.after.policies.get(&key) {
-            None => Growth::NotReadAgain,
-            Some(now) => growth(self.before.policies.get(&key).copied(), *now),
+        match (self.after.policies.get(&key), &self.before) {
+            (None, _) => Growth::NotReadAgain,
+            (Some(now), None) => not_read_before(*now),
+            (Some(now), Some(before)) => growth(before.policies.get(&key).copied(), *now),
         }
+    }
+}
+
+/// A counter read only after the drop: one still at zero has not counted it.
+fn not_read_before(now: Option<u64>) -> Growth {
+    match now {
+        None => Growth::Unknown,
+        Some(0) => Growth::Flat,
+        Some(n) => Growth::NotReadBefore(n),
     }
 }
 
@@ -369,7 +383,8 @@ fn describe_growth(growth: Growth, what: &str) -> String {
         Growth::Grew(n) => format!("its {what} grew by {n}"),
         Growth::Flat => format!("its {what} has not moved (yet)"),
         Growth::Unknown => format!("it has no {what} to confirm it"),
-        Growth::NotReadAgain => format!("the reading after the drop does not have it to confirm it by its {what}"),
+        Growth::NotReadAgain => format!("its {what} was not read again after the drop"),
+        Growth::NotReadBefore(n) => format!("its {what} stands at {n}, with no reading before the drop to compare"),
     }
 }
 
@@ -389,7 +404,7 @@ pub(crate) fn attribute_from_reading(reading: &Snapshot, packet: &HookDrop) -> O
     let place = format!("{} ({})", packet.hook.name(), packet.family.name());
     // No second reading: no counter is known to have moved or stood still.
     let not_read_again = Snapshot::default();
-    let counters = Counters { before: Reading::new(reading), after: Reading::new(&not_read_again) };
+    let counters = Counters { before: Some(Reading::new(reading)), after: Reading::new(&not_read_again) };
     let ruleset = Ruleset::new(reading);
     let walks = ruleset.walk_with(packet.hook, &packet.as_seen(), &PacketState::default());
     if walks.is_empty() || walks.iter().any(|walk| !walk.complete) {
@@ -410,14 +425,26 @@ pub(crate) fn attribute_from_reading(reading: &Snapshot, packet: &HookDrop) -> O
 /// [`attribute`], knowing what `state` tells of the packet beyond its headers (its
 /// conntrack state, the node's own addresses).
 pub(crate) fn attribute_in(before: &Snapshot, after: &Snapshot, packet: &HookDrop, state: &PacketState) -> Attribution {
+    attribute_with(Some(before), after, packet, state)
+}
+
+/// [`attribute`] when no reading of the packet's hook was taken before the drop (on a large
+/// node, the chains a drop needs are read when it comes): the way through the rulesets read
+/// just after it names the rule, and no counter can have moved in between.
+pub(crate) fn attribute_after(after: &Snapshot, packet: &HookDrop) -> Attribution {
+    attribute_with(None, after, packet, &PacketState::default())
+}
+
+fn attribute_with(before: Option<&Snapshot>, after: &Snapshot, packet: &HookDrop, state: &PacketState) -> Attribution {
     let answer = packet_answer(packet);
     let place = format!("{} ({})", packet.hook.name(), packet.family.name());
-    let counters = Counters { before: Reading::new(before), after: Reading::new(after) };
+    let counters = Counters { before: before.map(Reading::new), after: Reading::new(after) };
     let seen = packet.as_seen();
     let mut why = String::new();
     // The rulesets the packet met are those read before it; when no way through them
     // explains the kernel's answer, they may have changed since, as those read after show.
-    for (snapshot, read_after) in [(before, false), (after, true)] {
+    let readings = before.map(|before| (before, false)).into_iter().chain([(after, true)]);
+    for (snapshot, read_after) in readings {
         let which = if read_after { "read after the drop" } else { "read before the drop" };
         let ruleset = Ruleset::new(snapshot);
         let walks = ruleset.walk_with(packet.hook, &seen, state);
@@ -431,10 +458,12 @@ pub(crate) fn attribute_in(before: &Snapshot, after: &Snapshot, packet: &HookDro
             break;
         }
         if let Some((found, tier)) = candidates(&ruleset, &walks, answer, &counters) {
-            let changed = if read_after {
-                " (in the rulesets read after the drop: those read before cannot have done it, they changed in between)"
-            } else {
-                ""
+            let changed = match (read_after, before.is_some()) {
+                (false, _) => "",
+                (true, true) => {
+                    " (in the rulesets read after the drop: those read before cannot have done it, they changed in between)"
+                }
+                (true, false) => " (rulesets read just after the drop)",
             };
             return decide_evaluated(found, &describe_tier(packet.family, answer, tier), &place, changed);
         }
@@ -665,6 +694,7 @@ fn describe_counts(candidates: &[&Candidate]) -> String {
         (count(|g| matches!(g, Growth::Grew(_))), "with a counter that grew"),
         (count(|g| g == Growth::Unknown), "without a counter"),
         (count(|g| g == Growth::NotReadAgain), "not in the reading after the drop"),
+        (count(|g| matches!(g, Growth::NotReadBefore(_))), "not read before the drop"),
         (count(|g| g == Growth::Flat), "whose counter has not moved"),
     ];
     let described: Vec<String> = parts.iter().filter(|(n, _)| *n > 0).map(|(n, what)| format!("{n} {what}")).collect();
@@ -1262,8 +1292,8 @@ COMMIT
                  FORWARD (IPv4) ends with a verdict that rejects with port-unreachable: filter-forward rule 1 (ct state \
                  new jump service-endpoints-check) → service-endpoints-check rule 1 (ip daddr . meta l4proto . th dport \
                  vmap @no-endpoint-services), element `10.96.0.10 . udp . 53` of @no-endpoint-services \
-                 (\"kube-system/kube-dns:dns\"): goto reject-chain → reject-chain rule 1 (reject); the reading after the \
-                 drop does not have it to confirm it by its counter",
+                 (\"kube-system/kube-dns:dns\"): goto reject-chain → reject-chain rule 1 (reject); its counter was not read \
+                 again after the drop",
                 rule.handle.expect("a handle")
             )
         );

@@ -6,7 +6,7 @@
 
 use std::net::IpAddr;
 
-use super::attribution::{answer_name, attribute, attribute_from_reading, Attribution, HookDrop};
+use super::attribution::{answer_name, attribute, attribute_after, attribute_from_reading, Attribution, HookDrop};
 use crate::{
     firewall::{
         owner::{owner_of, owner_of_chain, owner_of_element, policy_passed, purpose_of, Purpose},
@@ -26,6 +26,12 @@ use crate::{
 /// from now.
 pub(crate) fn judge_drop(packet: &HookDrop, wall_time_ns: u64, before: &Snapshot, after: &Snapshot) -> Finding {
     finding_of(packet, wall_time_ns, attribute(before, after, packet))
+}
+
+/// The finding from the rulesets read just after the drop, when none read before it covers
+/// its hook (see [`attribute_after`]).
+pub(crate) fn judge_drop_after(packet: &HookDrop, wall_time_ns: u64, after: &Snapshot) -> Finding {
+    finding_of(packet, wall_time_ns, attribute_after(after, packet))
 }
 
 /// The finding, when the packet's way through the chains of one `reading` (taken before the
