@@ -17,7 +17,7 @@ use std::{
 use crate::{
     findings::{
         attribution::HookDrop,
-        netfilter::{judge_drop, judge_drop_after, judge_drop_from_reading},
+        netfilter::{judge_drop, judge_drop_after, judge_drop_from_reading, judge_drop_unnamed},
     },
     firewall::{self, Inventory, Snapshot},
     model::monotonic_now_ns,
@@ -107,7 +107,9 @@ pub(crate) struct FirewallWorker {
     requests: Option<Sender<Request>>,
     answers: Receiver<Answer>,
     thread: Option<JoinHandle<()>>,
-    in_flight: usize,
+    /// The drops asked about and not answered yet: what the end of a run states without
+    /// their rule when the worker is not done by then.
+    in_flight: Vec<(DropKey, HookDrop, u64)>,
 }
 
 impl FirewallWorker {
@@ -139,14 +141,20 @@ impl FirewallWorker {
         if thread.is_some() {
             let _ = ready_rx.recv_timeout(FIRST_READING_WAIT);
         }
-        FirewallWorker { requests: thread.as_ref().map(|_| request_tx), answers: answer_rx, thread, in_flight: 0 }
+        FirewallWorker {
+            requests: thread.as_ref().map(|_| request_tx),
+            answers: answer_rx,
+            thread,
+            in_flight: Vec::new(),
+        }
     }
 
     /// Asks for the rule behind a drop; false when the worker is gone.
     pub(crate) fn request(&mut self, request: Request) -> bool {
+        let asked = (request.key, request.packet.clone(), request.wall_time_ns);
         let sent = self.requests.as_ref().is_some_and(|requests| requests.send(request).is_ok());
         if sent {
-            self.in_flight += 1;
+            self.in_flight.push(asked);
         }
         sent
     }
@@ -154,26 +162,44 @@ impl FirewallWorker {
     /// Answers ready now.
     pub(crate) fn ready(&mut self) -> Vec<Answer> {
         let answers: Vec<Answer> = self.answers.try_iter().collect();
-        self.in_flight = self.in_flight.saturating_sub(answers.len());
+        self.received(&answers);
         answers
     }
 
-    /// Waits for every outstanding answer until `deadline`.
+    /// Waits for every outstanding answer until `deadline`; a drop still unanswered then
+    /// (on a large node a reading takes seconds) gets its finding without the rule, saying
+    /// why, rather than none: the kernel's verdict and hook are known all the same.
     pub(crate) fn wait(&mut self, deadline: Instant) -> Vec<Answer> {
         let mut answers = Vec::new();
-        while self.in_flight > 0 {
+        while !self.in_flight.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.answers.recv_timeout(left) {
                 Ok(answer) => {
-                    self.in_flight -= 1;
+                    self.received(std::slice::from_ref(&answer));
                     answers.push(answer);
                 }
                 Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
             }
         }
+        for (key, packet, wall_time_ns) in self.in_flight.drain(..) {
+            let finding = judge_drop_unnamed(&packet, wall_time_ns, STOPPED_BEFORE_NAMED);
+            answers.push(Answer { key, finding: Some(finding) });
+        }
         answers
     }
+
+    fn received(&mut self, answers: &[Answer]) {
+        for answer in answers {
+            if let Some(at) = self.in_flight.iter().position(|(key, ..)| *key == answer.key) {
+                self.in_flight.swap_remove(at);
+            }
+        }
+    }
 }
+
+/// Why a drop's finding names no rule when the run ended first.
+const STOPPED_BEFORE_NAMED: &str = "tracer stopped before the rulesets were read to name the rule (reading them takes \
+     seconds on a node with this many rules): run the watch longer to have it named";
 
 impl Drop for FirewallWorker {
     fn drop(&mut self) {
@@ -264,5 +290,45 @@ fn serve(mut worker: Worker, requests: Receiver<Request>, answers: Sender<Answer
             }
         }
         worker.before = Some(after);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::hook::Family;
+    use crate::schema::finding::{Evidence, FindingKind};
+    use crate::system::netns::scratch::Netns;
+
+    #[test]
+    fn real_a_drop_unanswered_when_the_run_ends_is_stated_without_its_rule() {
+        let ns = Netns::new();
+        let answers = ns.run(|| {
+            let mut worker = FirewallWorker::start();
+            let packet = HookDrop {
+                family: Family::Ipv4,
+                hook: Hook::Forward,
+                proto: L4Proto::Udp,
+                src: "10.244.0.5:40000".parse().expect("addr"),
+                dst: "10.96.0.10:53".parse().expect("addr"),
+                in_iface: Some("cni0".to_string()),
+                out_iface: Some("cni0".to_string()),
+                icmp: Some((3, 3)),
+                tcp_reset: false,
+            };
+            let request = Request { key: packet.key(), packet, wall_time_ns: 1, timestamp_ns: monotonic_now_ns() };
+            assert!(worker.request(request));
+            // The worker gathers requests for GATHER before it reads anything: a run that
+            // ends now ends before the answer.
+            worker.wait(Instant::now())
+        });
+        let [answer] = answers.as_slice() else { panic!("one answer, got {}", answers.len()) };
+        let finding = answer.finding.as_ref().expect("a finding, not none");
+        assert_eq!(finding.kind, FindingKind::NetfilterReject);
+        let Evidence::Netfilter(evidence) = &finding.evidence else { panic!("{finding:?}") };
+        assert_eq!(evidence.attribution, STOPPED_BEFORE_NAMED);
+        assert!(evidence.culprit.chain.is_none() && evidence.culprit.policy.is_none(), "{evidence:?}");
+        assert!(evidence.candidates.is_empty(), "{evidence:?}");
+        assert_eq!(evidence.icmp.as_deref(), Some("port-unreachable"));
     }
 }

@@ -34,6 +34,12 @@ pub(crate) fn judge_drop_after(packet: &HookDrop, wall_time_ns: u64, after: &Sna
     finding_of(packet, wall_time_ns, attribute_after(after, packet))
 }
 
+/// The finding of a drop whose rule was not named, saying `why`: the hook and the kernel's
+/// answer are known from the packet, the rule is left unnamed rather than guessed.
+pub(crate) fn judge_drop_unnamed(packet: &HookDrop, wall_time_ns: u64, why: &str) -> Finding {
+    finding_of(packet, wall_time_ns, Attribution { reason: why.to_string(), ..Attribution::default() })
+}
+
 /// The finding, when the packet's way through the chains of one `reading` (taken before the
 /// drop) names one rule or policy by itself (see [`attribute_from_reading`]).
 pub(crate) fn judge_drop_from_reading(packet: &HookDrop, wall_time_ns: u64, reading: &Snapshot) -> Option<Finding> {
