@@ -82,6 +82,12 @@ pub const TEST_AAAA: &str = "2001:db8::10";
 pub const BIG_TXT_NAME: &str = "big.example.test";
 /// The strings of that answer: twelve of 250 bytes.
 pub const BIG_TXT_STRINGS: usize = 12;
+/// A name in a domain dnsmasq says does not exist (NXDOMAIN): a negative answer, healthy.
+pub const NXDOMAIN_NAME: &str = "absent.nxdomain.test";
+/// The domain dnsmasq answers NXDOMAIN for.
+const NXDOMAIN_DOMAIN: &str = "nxdomain.test";
+/// A name dnsmasq has no record and no upstream server for: it answers REFUSED.
+pub const REFUSED_NAME: &str = "elsewhere.invalid";
 
 /// What tracer prints on stderr once its programs are attached.
 pub const TRACER_READY: &str = "tracer: watching";
@@ -692,6 +698,8 @@ pub fn dnsmasq_argv(listen: &[&str], pid_file: &Path, log_file: &Path) -> Vec<St
         format!("--pid-file={}", pid_file.display()),
         format!("--host-record={TEST_NAME},{TEST_A},{TEST_AAAA}"),
         format!("--txt-record={BIG_TXT_NAME},{}", big_txt_strings().join(",")),
+        // An address form without an address: every name in the domain is NXDOMAIN.
+        format!("--address=/{NXDOMAIN_DOMAIN}/"),
         // dnsmasq's default (1232) would truncate the big answer instead of sending it.
         "--edns-packet-max=4096".into(),
         "--log-queries".into(),

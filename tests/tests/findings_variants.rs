@@ -210,8 +210,8 @@ fn healthy_node_with_several_queries_has_no_findings() -> Result<()> {
         (CLUSTER_DNS_IP6, TEST_NAME, vec!["AAAA"], v6(CLUSTER_DNS_IP6, 53)),
         (SERVER_IP, TEST_NAME, vec![], format!("{SERVER_IP}:53")),
         (SERVER_IP6, TEST_NAME, vec!["A"], v6(SERVER_IP6, 53)),
-        // dnsmasq has no upstream: REFUSED. An answer all the same, not a timeout.
-        (CLUSTER_DNS_IP, "elsewhere.invalid", vec![], format!("{CLUSTER_DNS_IP}:53")),
+        // A negative answer is an answer: no timeout, and not the server failing.
+        (CLUSTER_DNS_IP, NXDOMAIN_NAME, vec![], format!("{CLUSTER_DNS_IP}:53")),
     ];
     let (w, (answered, last_query)) = with_short_dns_timeout(&lab).settle(AFTER_LAST_QUERY).run(|| {
         let mut answered = Vec::new();
@@ -232,6 +232,11 @@ fn healthy_node_with_several_queries_has_no_findings() -> Result<()> {
         answered[0].0.output,
         answered[2].0.output
     );
+    ensure!(
+        answered[5].0.status.as_deref() == Some("NXDOMAIN"),
+        "dnsmasq should deny {NXDOMAIN_NAME}:\n{}",
+        answered[5].0.output
+    );
     w.check_netns(lab.netns_inode(Ns::Node)?)?;
 
     // Every query and its reply were seen, the reply leaving towards the client from the address
@@ -250,5 +255,43 @@ fn healthy_node_with_several_queries_has_no_findings() -> Result<()> {
         "summary finding_counts should be empty: {}",
         w.summary
     );
+    w.check_summary()
+}
+
+/// A server that answers REFUSED (dnsmasq without an upstream for the name) is named as the
+/// server's failure, with its answer and the backend behind the Service address, not as a
+/// fault of the path: the query got there and the answer came back.
+#[test]
+fn refused_answer_is_named_as_the_servers_failure() -> Result<()> {
+    let lab = Lab::new(LabConfig::healthy())?;
+    let (w, dig) =
+        with_short_dns_timeout(&lab).settle(AFTER_LAST_QUERY).run(|| lab.dig(CLUSTER_DNS_IP, REFUSED_NAME, &[]))?;
+    ensure!(dig.status.as_deref() == Some("REFUSED"), "dnsmasq should refuse {REFUSED_NAME}:\n{}", dig.output);
+    let id = dig.query_id()?;
+    w.check_netns(lab.netns_inode(Ns::Node)?)?;
+    let client = str_at(w.query_from_client(id)?, "/src").unwrap_or_default().to_string();
+    expect_str(w.reply_to_client(id)?, "/src", &format!("{CLUSTER_DNS_IP}:53"))?;
+
+    let f = w.only_finding("dns_server_failure")?;
+    expect_str(f, "/rcode", "REFUSED")?;
+    expect_str(f, "/client", &client)?;
+    expect_str(f, "/expected_source", &format!("{CLUSTER_DNS_IP}:53"))?;
+    expect_str(f, "/query/qname", &format!("{REFUSED_NAME}."))?;
+    let headline = str_at(f, "/headline").unwrap_or_default();
+    ensure!(
+        headline.contains(&format!("backend {SERVER_IP}:53")) && headline.contains("REFUSED"),
+        "the headline names the answer and the backend behind {CLUSTER_DNS_IP}: {f}"
+    );
+    let fix = fix_lines(f);
+    ensure!(
+        fix.iter().any(|line| line.starts_with(&format!("dig @{SERVER_IP} {REFUSED_NAME}"))),
+        "the fix asks the server again: {f}"
+    );
+    ensure!(
+        !fix.iter().any(|line| line.contains("iptables") || line.contains("nft ")),
+        "the server answered: nothing in the path to fix: {f}"
+    );
+    ensure!(w.findings_of("dns_timeout").next().is_none(), "an answer is not a timeout:\n{}", w.describe());
+    expect_u64(&w.summary, "/finding_counts/dns_server_failure", 1)?;
     w.check_summary()
 }

@@ -6,13 +6,14 @@ use tracer_common::Stage;
 
 use crate::{
     model::{
+        dns::rcode_name,
         packet::{stage_name, Conntrack},
         sysctl::SysctlValue,
     },
     node::sysctl::bridge_nf_call_sysctl,
     pipeline::{
         dns_parse::qtype_name,
-        queries::{Correlated, QueryFlow},
+        queries::{AskedServer, Correlated, QueryFlow},
     },
     schema::{
         finding::{DnsEvidence, Evidence, Finding, FindingKind, QueryRef},
@@ -34,8 +35,10 @@ pub(crate) fn judge(
 
 fn judge_reply(query: &QueryFlow, reply: &TracedPacket, read_sysctl: &dyn Fn(&str) -> SysctlValue) -> Option<Finding> {
     let actual = reply.event.src;
-    if query.servers.iter().any(|server| server.queried == actual) {
-        return None;
+    if let Some(server) = query.servers.iter().find(|server| server.queried == actual) {
+        // The path works: what is left to judge is the server's own answer.
+        let rcode = reply.event.dns.as_ref().map(|message| message.rcode)?;
+        return is_server_failure(rcode).then(|| server_failure(query, server, reply, rcode));
     }
     // The reply comes from the backend conntrack sent one of the queries to, unchanged:
     // reverse NAT never saw it.
@@ -52,6 +55,7 @@ fn judge_reply(query: &QueryFlow, reply: &TracedPacket, read_sysctl: &dyn Fn(&st
         reply_in_port: reply.names.in_ifname.clone(),
         reply_out_port: reply.names.ifname.clone(),
         last_seen: None,
+        rcode: None,
         sysctls: Vec::new(),
         pods: Default::default(),
     };
@@ -103,6 +107,64 @@ fn conntrack_skip(mut evidence: DnsEvidence, wall_time_ns: u64, read_sysctl: &dy
         wall_time_ns,
         headline,
         evidence: Evidence::Dns(evidence),
+        explanation,
+        fix,
+    }
+}
+
+/// RCODEs that say the server could not or would not answer. NXDOMAIN and an empty NOERROR
+/// (no record of that type) are answers: a lookup that walks a search list or asks AAAA of
+/// an IPv4-only name gets them by the dozen on a healthy cluster.
+fn is_server_failure(rcode: u8) -> bool {
+    matches!(rcode, 1 | 2 | 4 | 5)
+}
+
+fn server_failure(query: &QueryFlow, server: &AskedServer, reply: &TracedPacket, rcode: u8) -> Finding {
+    let name = rcode_name(rcode);
+    let asked = server.queried;
+    let backend = server.backend.filter(|backend| *backend != asked);
+    let who = match backend {
+        Some(backend) => format!("{asked} (backend {backend})"),
+        None => asked.to_string(),
+    };
+    let what = format!(
+        "{} {}",
+        query.qtype.map(|t| qtype_name(t).into_owned()).unwrap_or_else(|| "DNS".to_string()),
+        query.qname.as_deref().unwrap_or("?")
+    );
+    let meaning = match rcode {
+        2 => "SERVFAIL: the server could not get an answer. It forwards the name to an upstream that is unreachable, slow or failing, or a DNSSEC validation failed; the server's log says which.",
+        5 => "REFUSED: the server will not answer this name for this client. It has no zone and no upstream for the name (a forward or stub zone to nowhere, a resolver left without upstream servers), or an access rule turns the client away.",
+        4 => "NOTIMP: the server does not implement this kind of query.",
+        _ => "FORMERR: the server could not read the query (a client or a middlebox mangled it, or EDNS the server does not understand).",
+    };
+    let explanation = format!(
+        "{} asked {who} for {what} and the server answered {name}. The query reached the server and its answer came back to the client, so the network path and the firewall are not the cause: the server is. {meaning}",
+        query.client
+    );
+    let target = backend.unwrap_or(asked);
+    let fix = vec![
+        format!("dig @{} {} {}    # ask the server again from the node: the same answer?", target.ip(), query.qname.as_deref().unwrap_or("NAME"), query.qtype.map(|t| qtype_name(t).into_owned()).unwrap_or_else(|| "A".to_string())),
+        "kubectl -n kube-system logs -l k8s-app=kube-dns --tail=100    # cluster DNS (CoreDNS): what it says about the name and its upstreams".to_string(),
+        "kubectl -n kube-system get configmap coredns -o yaml    # its forward / stub zones: does one cover the name, and is its upstream reachable?".to_string(),
+    ];
+    Finding {
+        kind: FindingKind::DnsServerFailure,
+        wall_time_ns: reply.wall_time_ns,
+        headline: format!("DNS server {who} answered {name} to {}'s query for {what}", query.client.ip()),
+        evidence: Evidence::Dns(DnsEvidence {
+            client: query.client,
+            expected_source: asked,
+            actual_source: Some(reply.event.src),
+            query: query_ref(query),
+            bridge: reply.names.bridge.clone().or_else(|| query.bridge.clone()),
+            reply_in_port: reply.names.in_ifname.clone(),
+            reply_out_port: reply.names.ifname.clone(),
+            last_seen: None,
+            rcode: Some(name.to_string()),
+            sysctls: Vec::new(),
+            pods: Default::default(),
+        }),
         explanation,
         fix,
     }
@@ -205,6 +267,7 @@ fn timeout(query: &QueryFlow, timeout_secs: f64) -> Finding {
             reply_in_port: None,
             reply_out_port: None,
             last_seen: Some(seen.clone()),
+            rcode: None,
             sysctls: Vec::new(),
             pods: Default::default(),
         }),
@@ -300,6 +363,41 @@ mod tests {
             dnat_entry(3),
         ));
         assert!(run(&packets).is_empty());
+    }
+
+    /// The reverse-NATed reply of `query_path`, with `rcode`.
+    fn answered_with(rcode: u8) -> Vec<Finding> {
+        let mut packets = query_path();
+        let mut reply =
+            packet(5, Stage::BridgeOut, "veth-client", "10.96.0.10:53", "10.244.0.5:40000", true, dnat_entry(3));
+        reply.event.dns.as_mut().expect("a DNS reply").rcode = rcode;
+        packets.push(reply);
+        run(&packets)
+    }
+
+    #[test]
+    fn a_failure_answer_is_the_servers_and_a_negative_answer_is_healthy() {
+        for (rcode, name) in [(2, "SERVFAIL"), (5, "REFUSED"), (4, "NOTIMP"), (1, "FORMERR")] {
+            let findings = answered_with(rcode);
+            let [finding] = findings.as_slice() else { panic!("{name}: one finding, got {findings:?}") };
+            assert_eq!(finding.kind, FindingKind::DnsServerFailure);
+            assert!(
+                finding
+                    .headline
+                    .starts_with(&format!("DNS server 10.96.0.10:53 (backend 10.244.0.7:53) answered {name}")),
+                "{}",
+                finding.headline
+            );
+            assert!(finding.explanation.contains("not the cause: the server is"), "{}", finding.explanation);
+            assert!(finding.fix[0].starts_with("dig @10.244.0.7 "), "{:?}", finding.fix);
+            let Evidence::Dns(evidence) = &finding.evidence else { panic!("DNS evidence") };
+            assert_eq!(evidence.rcode.as_deref(), Some(name));
+            assert_eq!(evidence.actual_source, Some(addr("10.96.0.10:53")));
+        }
+        // NXDOMAIN, and an empty NOERROR: answers a healthy cluster gives all the time.
+        for rcode in [3, 0] {
+            assert!(answered_with(rcode).is_empty(), "rcode {rcode}");
+        }
     }
 
     #[test]

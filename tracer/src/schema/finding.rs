@@ -25,6 +25,9 @@ crate::model::named_enum! {
         ConntrackSkip,
         UnexpectedReplySource,
         DnsTimeout,
+        /// The DNS server itself answered with a failure (SERVFAIL, REFUSED, NOTIMP, FORMERR):
+        /// the path works, the server does not.
+        DnsServerFailure,
         NetfilterReject,
         NetfilterDrop,
         /// `net.ipv4.ip_forward` is 0 on a node whose bridges route pod traffic.
@@ -102,6 +105,9 @@ pub(crate) struct DnsEvidence {
     pub reply_out_port: Option<String>,
     /// Where an unanswered query was last seen.
     pub last_seen: Option<Sighting>,
+    /// The reply's RCODE when the server answered with a failure (`SERVFAIL`, `REFUSED`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rcode: Option<String>,
     /// Node settings that bear on the finding, as read when it was made.
     #[serde(with = "crate::model::sysctl::by_name")]
     pub sysctls: Vec<SysctlValue>,
@@ -379,6 +385,7 @@ mod names_tests {
                 "conntrack_skip",
                 "unexpected_reply_source",
                 "dns_timeout",
+                "dns_server_failure",
                 "netfilter_reject",
                 "netfilter_drop",
                 "ip_forward_off",

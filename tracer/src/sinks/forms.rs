@@ -83,10 +83,13 @@ fn dns_evidence_lines(dns: &DnsEvidence) -> Vec<String> {
             (Some(from), Some(to)) => format!(", bridged {from} → {to}"),
             _ => String::new(),
         };
-        lines.push(format!(
-            "reply from {} (expected {expected}){ports}",
-            with_pod(actual, pods.actual_source_pod.as_ref())
-        ));
+        let from = with_pod(actual, pods.actual_source_pod.as_ref());
+        let answer = dns.rcode.as_deref().map(|rcode| format!(": {rcode}")).unwrap_or_default();
+        if actual == dns.expected_source {
+            lines.push(format!("reply from {from}{answer}{ports}"));
+        } else {
+            lines.push(format!("reply from {from} (expected {expected}){answer}{ports}"));
+        }
     }
     if let Some(seen) = &dns.last_seen {
         let place = seen.ifname.clone().unwrap_or_else(|| format!("if{}", seen.ifindex));

@@ -307,6 +307,7 @@ mod tests {
                 reply_in_port: None,
                 reply_out_port: None,
                 last_seen: None,
+                rcode: None,
                 sysctls: vec![],
                 pods: Default::default(),
             }),

@@ -67,6 +67,7 @@ pub(crate) fn sighting_dns_finding(kind: FindingKind) -> Finding {
         reply_in_port: Some("veth-server".into()),
         reply_out_port: Some("veth-client".into()),
         last_seen: None,
+        rcode: None,
         sysctls: vec![sysctl("net.bridge.bridge-nf-call-iptables", "0")],
         pods: Default::default(),
     };

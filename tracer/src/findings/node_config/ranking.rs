@@ -27,6 +27,7 @@ fn kind_weight(kind: FindingKind) -> u8 {
         FindingKind::IpForwardOff => 6,
         FindingKind::UnexpectedReplySource => 7,
         FindingKind::DnsTimeout => 8,
+        FindingKind::DnsServerFailure => 9,
     }
 }
 
