@@ -406,20 +406,47 @@ pub(crate) fn attribute_from_reading(reading: &Snapshot, packet: &HookDrop) -> O
     let not_read_again = Snapshot::default();
     let counters = Counters { before: Some(Reading::new(reading)), after: Reading::new(&not_read_again) };
     let ruleset = Ruleset::new(reading);
-    let walks = ruleset.walk_with(packet.hook, &packet.as_seen(), &PacketState::default());
-    if walks.is_empty() || walks.iter().any(|walk| !walk.complete) {
-        return None;
+    match evaluate(&ruleset, packet, &PacketState::default(), answer, &counters) {
+        Evaluated::Found(found, tier) if found.len() == 1 => Some(decide_evaluated(
+            found,
+            &describe_tier(packet.family, answer, tier),
+            &place,
+            " (rulesets read before the drop)",
+        )),
+        _ => None,
     }
-    let (found, tier) = candidates(&ruleset, &walks, answer, &counters)?;
-    if found.len() != 1 {
-        return None;
+}
+
+/// What walking a packet through the chains of one snapshot tells.
+enum Evaluated<'s> {
+    /// No base chain on the packet's hook.
+    NoChains,
+    /// The walk gave up before following every way.
+    GaveUp,
+    /// No way ends with a verdict that gives the kernel's answer.
+    NoneFits,
+    /// The rules or policies that end the packet's ways with that answer.
+    Found(Vec<Candidate<'s>>, Tier),
+}
+
+fn evaluate<'s>(
+    ruleset: &Ruleset<'s>,
+    packet: &HookDrop,
+    state: &PacketState,
+    answer: Answer,
+    counters: &Counters,
+) -> Evaluated<'s> {
+    let walks = ruleset.walk_with(packet.hook, &packet.as_seen(), state);
+    if walks.is_empty() {
+        return Evaluated::NoChains;
     }
-    Some(decide_evaluated(
-        found,
-        &describe_tier(packet.family, answer, tier),
-        &place,
-        " (rulesets read before the drop)",
-    ))
+    if walks.iter().any(|walk| !walk.complete) {
+        return Evaluated::GaveUp;
+    }
+    match candidates(ruleset, &walks, answer, counters) {
+        Some((found, tier)) => Evaluated::Found(found, tier),
+        None => Evaluated::NoneFits,
+    }
 }
 
 /// [`attribute`], knowing what `state` tells of the packet beyond its headers (its
@@ -439,7 +466,6 @@ fn attribute_with(before: Option<&Snapshot>, after: &Snapshot, packet: &HookDrop
     let answer = packet_answer(packet);
     let place = format!("{} ({})", packet.hook.name(), packet.family.name());
     let counters = Counters { before: before.map(Reading::new), after: Reading::new(after) };
-    let seen = packet.as_seen();
     let mut why = String::new();
     // The rulesets the packet met are those read before it; when no way through them
     // explains the kernel's answer, they may have changed since, as those read after show.
@@ -447,31 +473,31 @@ fn attribute_with(before: Option<&Snapshot>, after: &Snapshot, packet: &HookDrop
     for (snapshot, read_after) in readings {
         let which = if read_after { "read after the drop" } else { "read before the drop" };
         let ruleset = Ruleset::new(snapshot);
-        let walks = ruleset.walk_with(packet.hook, &seen, state);
-        if walks.is_empty() {
-            continue;
-        }
-        if walks.iter().any(|w| !w.complete) {
-            why = format!(
-                "the walk through the chains of {place} (rulesets {which}) gave up before following every way (too many rules or jumps, or a jump to a chain not read)"
-            );
-            break;
-        }
-        if let Some((found, tier)) = candidates(&ruleset, &walks, answer, &counters) {
-            let changed = match (read_after, before.is_some()) {
-                (false, _) => "",
-                (true, true) => {
-                    " (in the rulesets read after the drop: those read before cannot have done it, they changed in between)"
-                }
-                (true, false) => " (rulesets read just after the drop)",
-            };
-            return decide_evaluated(found, &describe_tier(packet.family, answer, tier), &place, changed);
-        }
-        if why.is_empty() {
-            why = format!(
-                "no way the packet can take through the chains of {place} ends with a verdict that {} (rulesets {which}): the rulesets changed, or the packet is known wrongly",
-                describe_answer(packet.family, answer)
-            );
+        match evaluate(&ruleset, packet, state, answer, &counters) {
+            Evaluated::NoChains => {}
+            Evaluated::GaveUp => {
+                why = format!(
+                    "the walk through the chains of {place} (rulesets {which}) gave up before following every way (too many rules or jumps, or a jump to a chain not read)"
+                );
+                break;
+            }
+            Evaluated::Found(found, tier) => {
+                let changed = match (read_after, before.is_some()) {
+                    (false, _) => "",
+                    (true, true) => {
+                        " (in the rulesets read after the drop: those read before cannot have done it, they changed in between)"
+                    }
+                    (true, false) => " (rulesets read just after the drop)",
+                };
+                return decide_evaluated(found, &describe_tier(packet.family, answer, tier), &place, changed);
+            }
+            Evaluated::NoneFits if why.is_empty() => {
+                why = format!(
+                    "no way the packet can take through the chains of {place} ends with a verdict that {} (rulesets {which}): the rulesets changed, or the packet is known wrongly",
+                    describe_answer(packet.family, answer)
+                );
+            }
+            Evaluated::NoneFits => {}
         }
     }
     attribute_by_counters(after, packet, &counters, &why)
