@@ -238,6 +238,21 @@ impl Worker {
         };
     }
 
+    /// The base chains the kept inventory lists are those of when it was read.
+    fn refresh_inventory_if_old(&mut self) {
+        let old = self
+            .inventory
+            .as_ref()
+            .is_some_and(|inventory| inventory.read_at.elapsed() > Duration::from_nanos(READING_FRESH_NS));
+        if old {
+            // A node that shrank below the size for scoped readings keeps them: they are
+            // right at any size.
+            if let Some(fresh) = Inventory::read() {
+                self.inventory = Some(fresh);
+            }
+        }
+    }
+
     fn judge(&self, request: &Request, after: &Snapshot) -> Finding {
         let before = self.before.as_ref().and_then(|b| b.before(request.packet.hook, request.timestamp_ns));
         match before {
@@ -282,6 +297,7 @@ fn serve(mut worker: Worker, requests: Receiver<Request>, answers: Sender<Answer
         }
         // Only what these drops' ways reach is read again: on a node with tens of thousands
         // of rules that is milliseconds, where reading everything takes seconds.
+        worker.refresh_inventory_if_old();
         let after = Reading::scoped(&waiting, worker.inventory.as_ref(), &mut worker.said);
         for request in waiting {
             let finding = Some(worker.judge(&request, &after.snapshot));

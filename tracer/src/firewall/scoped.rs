@@ -32,6 +32,9 @@ const PARALLEL_LISTINGS: usize = 4;
 /// The chains of every nf_tables table (no rules: `nft -j list chains` is quick at any size).
 pub(crate) struct Inventory {
     chains: Vec<(ChainId, Option<Hook>)>,
+    /// When it was read: base chains come and go (rarely), so a kept inventory is read again
+    /// once it is old.
+    pub(crate) read_at: std::time::Instant,
 }
 
 impl Inventory {
@@ -54,16 +57,12 @@ impl Inventory {
                 Some((id, field("hook").and_then(Hook::from_nft)))
             })
             .collect();
-        Some(Inventory { chains })
+        Some(Inventory { chains, read_at: std::time::Instant::now() })
     }
 
     /// So many chains that reading them all at once costs seconds.
     pub(crate) fn is_large(&self) -> bool {
         self.chains.len() > LARGE_NFT_CHAINS
-    }
-
-    fn has(&self, id: &ChainId) -> bool {
-        self.chains.iter().any(|(known, _)| known == id)
     }
 
     fn base_chains(&self, family: Family, hook: Hook) -> impl Iterator<Item = &ChainId> {
@@ -155,7 +154,7 @@ pub(crate) fn scoped_snapshot(asked: &[(Hook, Packet<'_>)], inventory: Option<&I
             .iter()
             .flat_map(|(hook, packet)| ruleset.walk(*hook, packet))
             .flat_map(|walk| walk.unread)
-            .filter(|id| inventory.has(id) && !nft.chains_listed.contains(id))
+            .filter(|id| !nft.chains_listed.contains(id))
             .collect();
         if unread.is_empty() || nft.chains_listed.len() >= MAX_CHAINS {
             errors.append(&mut snap.errors);
@@ -249,6 +248,9 @@ fn list_nft(what: &[&str], errors: &mut Vec<String>) -> Option<Vec<Value>> {
                 None
             }
         },
+        // Gone since the walk named it (kube-proxy replaces chains on every sync): the walk
+        // then says it could not follow the way, which is all there is to say.
+        ToolRun::Done { stderr, .. } if stderr.contains("No such file or directory") => None,
         ToolRun::Done { stderr, code, .. } => {
             errors.push(format!("nftables: `{command}` failed{code}: {stderr}"));
             None
