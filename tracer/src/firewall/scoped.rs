@@ -7,7 +7,7 @@
 //! smaller unit), only those with chains on the hooks asked about. Read only, like
 //! [`snapshot`](super::snapshot::snapshot).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
 
@@ -147,8 +147,9 @@ pub(crate) fn scoped_snapshot(asked: &[(Hook, Packet<'_>)], inventory: Option<&I
         }
     });
 
+    let iptables_nft = SavedChains::new(iptables_nft);
     loop {
-        let mut snap = nft.snapshot(&iptables_nft, &legacy);
+        let mut snap = nft.snapshot(&iptables_nft);
         let ruleset = Ruleset::new(&snap);
         let unread: Vec<ChainId> = asked
             .iter()
@@ -157,6 +158,11 @@ pub(crate) fn scoped_snapshot(asked: &[(Hook, Packet<'_>)], inventory: Option<&I
             .filter(|id| !nft.chains_listed.contains(id))
             .collect();
         if unread.is_empty() || nft.chains_listed.len() >= MAX_CHAINS {
+            // Legacy tables are walked on their own and lead to no nf_tables chain: they join
+            // the reading only now, in the full reading's order.
+            let mut chains = legacy;
+            chains.append(&mut snap.chains);
+            snap.chains = chains;
             errors.append(&mut snap.errors);
             snap.errors = errors;
             if uses_ipsets(&snap.chains) {
@@ -178,7 +184,7 @@ struct NftChains {
 
 impl NftChains {
     /// Lists `chains` and the objects their rules name; a chain that went in between (rules
-    /// change all the time on such a node) is said and left out. Each `nft list` takes as
+    /// change all the time on such a node) is left out. Each `nft list` takes as
     /// long as nft needs to fetch every rule of the chain's table (nft 1.0.6: about a second
     /// in kube-proxy's table of 30 000 rules), so a round's listings run side by side.
     fn list(&mut self, chains: Vec<ChainId>, errors: &mut Vec<String>) {
@@ -199,14 +205,47 @@ impl NftChains {
         self.items.extend(listed);
     }
 
-    /// The chains read so far, iptables-nft's told from native ones as in a full reading.
-    fn snapshot(&self, iptables_nft: &[Chain], legacy: &[Chain]) -> Snapshot {
-        let (owned, native) = reconcile(Some(parse_nft_items(&self.items)), iptables_nft.to_vec());
+    /// The nf_tables chains read so far, iptables-nft's told from native ones as in a full
+    /// reading (of `iptables_nft`, only those nft listed can be claimed).
+    fn snapshot(&self, iptables_nft: &SavedChains) -> Snapshot {
+        let (owned, native) = reconcile(Some(parse_nft_items(&self.items)), iptables_nft.listed(&self.chains_listed));
         let mut snap = Snapshot::default();
-        snap.chains.extend(legacy.iter().cloned());
         snap.chains.extend(owned);
         snap.chains.extend(native);
         snap
+    }
+}
+
+/// What iptables-nft-save printed, found by nf_tables names: each round of a scoped reading
+/// takes only the chains nft listed, not every chain of the hook's tables (tens of thousands
+/// of rules in kube-proxy's nat table).
+struct SavedChains {
+    chains: Vec<Chain>,
+    at: HashMap<ChainId, usize>,
+}
+
+impl SavedChains {
+    fn new(chains: Vec<Chain>) -> SavedChains {
+        let at = chains
+            .iter()
+            .enumerate()
+            .map(|(at, chain)| {
+                let id = ChainId {
+                    family: nft_family_name(chain.family).to_string(),
+                    table: chain.table.clone(),
+                    name: chain.name.clone(),
+                };
+                (id, at)
+            })
+            .collect();
+        SavedChains { chains, at }
+    }
+
+    /// Copies of the chains among `listed`, in the order the tool printed them.
+    fn listed(&self, listed: &HashSet<ChainId>) -> Vec<Chain> {
+        let mut at: Vec<usize> = listed.iter().filter_map(|id| self.at.get(id).copied()).collect();
+        at.sort_unstable();
+        at.into_iter().map(|at| self.chains[at].clone()).collect()
     }
 }
 
