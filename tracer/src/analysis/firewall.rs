@@ -253,9 +253,13 @@ impl Worker {
         }
     }
 
+    /// The last reading, when it can stand as the "before" of `request`'s drop.
+    fn before_of(&self, request: &Request) -> Option<&Snapshot> {
+        self.before.as_ref().and_then(|before| before.before(request.packet.hook, request.timestamp_ns))
+    }
+
     fn judge(&self, request: &Request, after: &Snapshot) -> Finding {
-        let before = self.before.as_ref().and_then(|b| b.before(request.packet.hook, request.timestamp_ns));
-        match before {
+        match self.before_of(request) {
             Some(before) => judge_drop(&request.packet, request.wall_time_ns, before, after),
             None => judge_drop_after(&request.packet, request.wall_time_ns, after),
         }
@@ -278,9 +282,7 @@ fn serve(mut worker: Worker, requests: Receiver<Request>, answers: Sender<Answer
         let mut waiting = Vec::new();
         for request in batch {
             let named = worker
-                .before
-                .as_ref()
-                .and_then(|before| before.before(request.packet.hook, request.timestamp_ns))
+                .before_of(&request)
                 .and_then(|reading| judge_drop_from_reading(&request.packet, request.wall_time_ns, reading));
             match named {
                 Some(finding) => {
@@ -312,7 +314,7 @@ fn serve(mut worker: Worker, requests: Receiver<Request>, answers: Sender<Answer
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::hook::Family;
+    use crate::findings::netfilter::tests::dns_query;
     use crate::schema::finding::{Evidence, FindingKind};
     use crate::system::netns::scratch::Netns;
 
@@ -321,17 +323,7 @@ mod tests {
         let ns = Netns::new();
         let answers = ns.run(|| {
             let mut worker = FirewallWorker::start();
-            let packet = HookDrop {
-                family: Family::Ipv4,
-                hook: Hook::Forward,
-                proto: L4Proto::Udp,
-                src: "10.244.0.5:40000".parse().expect("addr"),
-                dst: "10.96.0.10:53".parse().expect("addr"),
-                in_iface: Some("cni0".to_string()),
-                out_iface: Some("cni0".to_string()),
-                icmp: Some((3, 3)),
-                tcp_reset: false,
-            };
+            let packet = dns_query(Some((3, 3)));
             let request = Request { key: packet.key(), packet, wall_time_ns: 1, timestamp_ns: monotonic_now_ns() };
             assert!(worker.request(request));
             // The worker gathers requests for GATHER before it reads anything: a run that

@@ -77,10 +77,10 @@ pub(crate) struct Attribution {
     /// Every chain whose DROP policy fits, when more than one does (`policy` is then
     /// `None`), e.g. native nft base chains, which keep no policy counter.
     pub policy_candidates: Vec<Chain>,
-    /// The nft map element whose verdict led the packet to `rule` (or is its verdict).
     /// The rules the packet met on its way to `rule` or `policy`, when one was named by
     /// walking it: where the policy a NetworkPolicy engine's drop enforces shows.
     pub passed: Vec<Rule>,
+    /// The nft map element whose verdict led the packet to `rule` (or is its verdict).
     pub element: Option<MapElement>,
     /// One line: how it was decided.
     pub reason: String,

@@ -320,7 +320,6 @@ pub(crate) mod tests {
         })
     }
 
-    /// The query's way through a node with a ClusterIP DNAT, as recorded in the lab.
     /// The DNS pod's answer to [`query_path`]'s query, unchanged by NAT: entering the bridge
     /// from the server (`BridgeIn`) or leaving it towards the client (`BridgeOut`).
     pub(crate) fn backend_reply(at_ms: u64, stage: Stage) -> TracedPacket {
@@ -328,6 +327,7 @@ pub(crate) mod tests {
         packet(at_ms, stage, port, "10.244.0.7:53", "10.244.0.5:40000", true, Conntrack::None)
     }
 
+    /// The query's way through a node with a ClusterIP DNAT, as recorded in the lab.
     pub(crate) fn query_path() -> Vec<TracedPacket> {
         vec![
             packet(0, Stage::BridgeIn, "veth-client", "10.244.0.5:40000", "10.96.0.10:53", false, Conntrack::None),
