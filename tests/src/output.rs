@@ -264,6 +264,11 @@ pub fn fix_lines(finding: &Value) -> Vec<&str> {
     finding["fix"].as_array().map(|fix| fix.iter().filter_map(Value::as_str).collect()).unwrap_or_default()
 }
 
+/// A fix line that changes a firewall ruleset by hand (`iptables`, `ip6tables`, `nft`).
+pub fn edits_firewall(line: &str) -> bool {
+    line.starts_with("iptables") || line.starts_with("ip6tables") || line.starts_with("nft ")
+}
+
 /// tracer's stderr shows no Rust panic.
 pub fn no_panic(stderr: &str) -> Result<()> {
     ensure!(!stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"), "tracer panicked:\n{stderr}");

@@ -15,7 +15,7 @@ use serde_json::Value;
 use tracer_tests::kube_proxy::node::*;
 use tracer_tests::kube_proxy::*;
 use tracer_tests::lab::*;
-use tracer_tests::output::WatchJson;
+use tracer_tests::output::{edits_firewall, fix_lines, WatchJson};
 use tracer_tests::ruleset::{with_file, write_lab_file};
 use tracer_tests::scenario::Scenario;
 
@@ -108,14 +108,13 @@ fn check_kube_proxy_finding(backend: Backend, finding: &Value) -> Result<()> {
         owner["manager"] == "kube-proxy" && owner["service"] == "kube-system/kube-dns:dns",
         "{backend:?}: owned by kube-proxy, for the Service kube-system/kube-dns:dns:\n{finding:#}"
     );
-    let fix: Vec<&str> = finding["fix"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    let fix = fix_lines(finding);
     ensure!(
         fix.iter().any(|line| line.contains("endpointslices") && line.contains("kubernetes.io/service-name=kube-dns")),
         "{backend:?}: the fix shows the Service's endpoints:\n{finding:#}"
     );
     ensure!(
-        !fix.iter()
-            .any(|line| line.starts_with("iptables") || line.starts_with("ip6tables") || line.starts_with("nft ")),
+        !fix.iter().any(|line| edits_firewall(line)),
         "{backend:?}: never an edit of a chain kube-proxy rewrites:\n{finding:#}"
     );
     let explanation = text("explanation");

@@ -11,6 +11,7 @@ use anyhow::{ensure, Context, Result};
 use serde_json::Value;
 use tracer_tests::lab::*;
 use tracer_tests::managers::*;
+use tracer_tests::output::{edits_firewall, fix_lines};
 use tracer_tests::ruleset::{nft_rule_packets, rule_lines, rule_packets, saved_table, with_file, write_lab_file};
 use tracer_tests::scenario::Scenario;
 
@@ -64,17 +65,22 @@ fn dig_watched(lab: &Lab, kind: &str, manager: &str, dig: impl FnOnce() -> Resul
     Ok((dig, finding))
 }
 
-/// The finding's fix lines.
-fn fix_lines(finding: &Value) -> Vec<&str> {
-    finding["fix"].as_array().into_iter().flatten().filter_map(Value::as_str).collect()
+/// No fix line edits the rules of a manager that rewrites them: `iptables`/`nft` on its chains.
+/// The finding names [`deny_dns`]'s policy as the owner's (`which` says how it comes in) and
+/// its fix shows it.
+fn ensure_policy_named(finding: &Value, xtables: Xtables, which: &str) -> Result<()> {
+    ensure!(finding["owner"]["policy"] == "default/deny-dns", "{xtables:?}: {which}:\n{finding:#}");
+    ensure!(
+        fix_lines(finding).iter().any(|line| line.contains("describe networkpolicy deny-dns")),
+        "{xtables:?}: the fix shows the policy:\n{finding:#}"
+    );
+    Ok(())
 }
 
-/// No fix line edits the rules of a manager that rewrites them: `iptables`/`nft` on its chains.
 fn ensure_no_edit_of(finding: &Value, chains: &[&str]) -> Result<()> {
     for line in fix_lines(finding) {
-        let edits = line.starts_with("iptables") || line.starts_with("ip6tables") || line.starts_with("nft ");
         ensure!(
-            !(edits && chains.iter().any(|chain| line.contains(chain))),
+            !(edits_firewall(line) && chains.iter().any(|chain| line.contains(chain))),
             "a fix edits a chain its manager rewrites: {line}\n{finding:#}"
         );
     }
@@ -127,14 +133,7 @@ fn calico_drops_dns_until_the_policy_allows_it(xtables: Xtables) -> Result<()> {
     let (dig, finding) = dig_watched(&lab, "netfilter_drop", "calico", || lab.dig(server, TEST_NAME, &[]))?;
     dig.expect_timed_out().context("Calico drops the query silently")?;
     ensure!(finding["chain"] == fw.as_str(), "{xtables:?}: the end-of-tier drop in {fw}:\n{finding:#}");
-    ensure!(
-        finding["owner"]["policy"] == "default/deny-dns",
-        "{xtables:?}: the policy whose tier ended in the drop:\n{finding:#}"
-    );
-    ensure!(
-        fix_lines(&finding).iter().any(|line| line.contains("describe networkpolicy deny-dns")),
-        "{xtables:?}: the fix shows the policy:\n{finding:#}"
-    );
+    ensure_policy_named(&finding, xtables, "the policy whose tier ended in the drop")?;
     ensure_no_edit_of(&finding, &["cali-"])?;
     let (after, rule) = xtables.packets(&lab, &fw, &drop)?;
     ensure!(after >= 1, "{xtables:?}: the end-of-tier drop should have counted the query: {rule}");
@@ -190,14 +189,7 @@ fn kube_router_rejects_dns_until_the_policy_allows_it(xtables: Xtables) -> Resul
     let (dig, finding) = dig_watched(&lab, "netfilter_reject", "kube-router", || lab.dig(server, TEST_NAME, &[]))?;
     ensure!(dig.refused(), "{xtables:?}: kube-router rejects with port unreachable:\n{}", dig.output);
     ensure!(finding["chain"] == chain.as_str(), "{xtables:?}: the pod firewall's REJECT in {chain}:\n{finding:#}");
-    ensure!(
-        finding["owner"]["policy"] == "default/deny-dns",
-        "{xtables:?}: the policy that selected the pod:\n{finding:#}"
-    );
-    ensure!(
-        fix_lines(&finding).iter().any(|line| line.contains("describe networkpolicy deny-dns")),
-        "{xtables:?}: the fix shows the policy:\n{finding:#}"
-    );
+    ensure_policy_named(&finding, xtables, "the policy that selected the pod")?;
     ensure_no_edit_of(&finding, &["KUBE-POD-FW-", "KUBE-NWPLCY-", "KUBE-ROUTER-"])?;
     let (after, rule) = xtables.packets(&lab, &chain, &reject)?;
     ensure!(after >= 1, "{xtables:?}: the pod chain's REJECT should have counted the query: {rule}");
