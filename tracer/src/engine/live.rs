@@ -77,6 +77,10 @@ const PASS_TIME: Duration = Duration::from_millis(50);
 const FINAL_DRAIN_TIME: Duration = Duration::from_millis(300);
 const FINAL_RULES_WAIT: Duration = Duration::from_millis(500);
 
+/// How long the test suite's slow reader (`TRACER_FAULT=slow-reader`) pauses after a pass: a
+/// 1 MiB ring fills in a fraction of that under the load tests' flood.
+const SLOW_READER_PAUSE: Duration = Duration::from_millis(500);
+
 /// A record's timestamp is taken after its slot is reserved; a slot that is reserved
 /// but not yet filled when the ring buffer reads empty is at most this much older than
 /// the moment it read empty.
@@ -152,6 +156,12 @@ pub(crate) async fn run(options: &WatchOptions, output: &mut dyn Sink) -> Result
     if crate::kernel::injected_fault("panic-after-attach") {
         panic!("injected fault (TRACER_FAULT=panic-after-attach)");
     }
+    // A reader that pauses after every pass, so that the ring buffer overflows under any
+    // flood, however fast this machine reads: the loss tests then do not hang on its speed.
+    #[cfg(feature = "fault-injection")]
+    let slow_reader = crate::kernel::injected_fault("slow-reader");
+    #[cfg(not(feature = "fault-injection"))]
+    let slow_reader = false;
 
     let sleep_until_deadline = async {
         match deadline {
@@ -172,6 +182,9 @@ pub(crate) async fn run(options: &WatchOptions, output: &mut dyn Sink) -> Result
                 let emptied = pass
                     .drain(guard.get_inner_mut(), &mut interfaces, output, &mut analysis, &mut watermark, &mut decoder)
                     .and_then(|emptied| analysis.settle(&mut loss, output).and_then(|()| output.flush()).map(|()| emptied));
+                if slow_reader {
+                    tokio::time::sleep(SLOW_READER_PAUSE).await;
+                }
                 match emptied {
                     Ok(true) => guard.clear_ready(),
                     Ok(false) => {

@@ -270,7 +270,8 @@ impl KernelHooks {
 
 /// Fault injection for the safety tests (`TRACER_FAULT=error-mid-attach` or
 /// `panic-after-attach`): they prove that a failure half-way through attaching, or a
-/// panic while attached, leaves nothing behind in the kernel. Compiled only into the test
+/// panic while attached, leaves nothing behind in the kernel; and for the loss tests
+/// (`slow-reader`), which need the ring buffer to overflow. Compiled only into the test
 /// suite's build (feature `fault-injection`), never into a release.
 #[cfg(feature = "fault-injection")]
 pub(crate) fn injected_fault(name: &str) -> bool {
