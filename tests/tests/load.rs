@@ -2,6 +2,7 @@
 //! tracer). An incident is when a node is busy: lost records must be counted and shown and must
 //! never become findings, a real problem must still be named, and a stop must be served at once.
 
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
@@ -16,6 +17,15 @@ const FLOOD_SECS: u32 = 6;
 const FLOOD_DEADLINE: Duration = Duration::from_secs(FLOOD_SECS as u64 + 30);
 /// dnsperf sockets: few, so that most clients of the node (dig, below) are not flooding.
 const FLOOD_CLIENTS: u32 = 2;
+
+/// One flood at a time: two saturate this machine's two CPUs together, and each test's bounds
+/// (a stop served within a second, the ring overflowing) are about tracer under its own flood.
+static ONE_FLOOD: Mutex<()> = Mutex::new(());
+
+fn one_flood() -> MutexGuard<'static, ()> {
+    // A test that failed while holding it left nothing the next one depends on.
+    ONE_FLOOD.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// A JSON watch with a 1 MiB ring buffer, its packet lines counted, not kept.
 fn small_ring(lab: &Lab) -> Scenario<'_> {
@@ -39,6 +49,7 @@ fn flood_figures(done: &Finished, w: &WatchJson, perf: &dnsperf::DnsPerf) -> Str
 
 #[test]
 fn a_flood_on_a_healthy_node_loses_records_but_states_no_finding() -> Result<()> {
+    let _flood = one_flood();
     let lab = Lab::new(LabConfig::healthy())?;
     let (w, done, flooded) = small_ring(&lab)
         // Loss is the premise here: a reader fast enough for this flood (a quiet machine, a
@@ -95,6 +106,7 @@ fn server_left_unanswered(finding: &serde_json::Value, perf: &dnsperf::DnsPerf) 
 
 #[test]
 fn a_flood_on_a_node_that_skips_conntrack_still_names_it() -> Result<()> {
+    let _flood = one_flood();
     let lab = Lab::new(LabConfig::bridge_nf_call_iptables_off())?;
     let (w, done, (flooded, digs)) = small_ring(&lab).run_finished(|| {
         let flood = lab.dnsperf(CLUSTER_DNS_IP, FLOOD_SECS, FLOOD_CLIENTS)?;
@@ -185,6 +197,7 @@ fn time_to_end_while_overflowing(
 
 #[test]
 fn ctrl_c_is_served_within_a_second_while_the_ring_overflows() -> Result<()> {
+    let _flood = one_flood();
     let lab = Lab::new(LabConfig::healthy())?;
     let (took, w) = time_to_end_while_overflowing(&lab, &[], Some(libc::SIGINT), Duration::from_secs(10))?;
     ensure!(took < Duration::from_secs(1), "SIGINT took {took:?} to end the watch under load");
@@ -194,6 +207,7 @@ fn ctrl_c_is_served_within_a_second_while_the_ring_overflows() -> Result<()> {
 
 #[test]
 fn the_duration_is_kept_within_a_second_while_the_ring_overflows() -> Result<()> {
+    let _flood = one_flood();
     let lab = Lab::new(LabConfig::healthy())?;
     let (took, w) = time_to_end_while_overflowing(&lab, &["--duration", "4"], None, Duration::from_secs(15))?;
     ensure!(took < Duration::from_secs(5), "--duration 4 ended the watch only {took:?} after it was watching");
@@ -204,6 +218,7 @@ fn the_duration_is_kept_within_a_second_while_the_ring_overflows() -> Result<()>
 
 #[test]
 fn triage_under_a_flood_of_a_healthy_node_exits_healthy() -> Result<()> {
+    let _flood = one_flood();
     let lab = Lab::new(LabConfig::healthy())?;
     let (w, done) = triage_under_flood(&lab)?;
     // Triage watches findings-only: a healthy node's traffic sends nothing, so a flood of it
@@ -225,6 +240,7 @@ fn triage_under_a_flood_of_a_healthy_node_exits_healthy() -> Result<()> {
 
 #[test]
 fn triage_under_a_flood_of_a_node_that_skips_conntrack_names_it() -> Result<()> {
+    let _flood = one_flood();
     let lab = Lab::new(LabConfig::bridge_nf_call_iptables_off())?;
     let (w, done) = triage_under_flood(&lab)?;
     eprintln!(
