@@ -2,6 +2,7 @@
 //! directories with a clean environment and a timeout, and entering network namespaces.
 //! Knows nothing of tracer's own types.
 
+pub(crate) mod netlink;
 pub(crate) mod netns;
 #[cfg(test)]
 pub(crate) mod scratch_dir;

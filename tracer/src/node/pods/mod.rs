@@ -26,7 +26,7 @@ use anyhow::{Context, Result};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
 
 use self::cri::{Runtime, SandboxCache};
-use super::interfaces::set_receive_timeout;
+use crate::system::netlink::set_receive_timeout;
 use crate::model::pod::PodRef;
 
 /// The table is listed again at least this often.
