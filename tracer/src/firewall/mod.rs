@@ -22,6 +22,7 @@ mod ipset;
 mod iptables;
 mod model;
 mod nft;
+mod nft_netlink;
 mod nft_text;
 pub(crate) mod owner;
 mod reconcile;

@@ -15,6 +15,7 @@ use super::eval::{ChainId, Packet, Ruleset};
 use super::ipset::uses_ipsets;
 use super::model::{nft_family_name, Chain, Family, Hook, Snapshot};
 use super::nft::{named_objects, nft_items, parse_nft_items, NamedObject};
+use super::nft_netlink::{list_chain, Listing};
 use super::reconcile::reconcile;
 use super::snapshot::{iptables_nft_chains, legacy_chains, read_ipsets, run_tool, snapshot, ToolRun, IPTABLES_TABLES};
 
@@ -32,6 +33,8 @@ const PARALLEL_LISTINGS: usize = 4;
 /// The chains of every nf_tables table (no rules: `nft -j list chains` is quick at any size).
 pub(crate) struct Inventory {
     chains: Vec<(ChainId, Option<Hook>)>,
+    /// More chains than [`LARGE_NFT_CHAINS`].
+    large: bool,
     /// When it was read: base chains come and go (rarely), so a kept inventory is read again
     /// once it is old.
     pub(crate) read_at: std::time::Instant,
@@ -44,7 +47,7 @@ impl Inventory {
             return None;
         };
         let items = nft_items(&stdout).ok()?;
-        let chains = items
+        let chains: Vec<_> = items
             .iter()
             .filter_map(|item| item.get("chain"))
             .filter_map(|chain| {
@@ -57,12 +60,13 @@ impl Inventory {
                 Some((id, field("hook").and_then(Hook::from_nft)))
             })
             .collect();
-        Some(Inventory { chains, read_at: std::time::Instant::now() })
+        let large = chains.len() > LARGE_NFT_CHAINS;
+        Some(Inventory { chains, large, read_at: std::time::Instant::now() })
     }
 
     /// So many chains that reading them all at once costs seconds.
     pub(crate) fn is_large(&self) -> bool {
-        self.chains.len() > LARGE_NFT_CHAINS
+        self.large
     }
 
     fn base_chains(&self, family: Family, hook: Hook) -> impl Iterator<Item = &ChainId> {
@@ -116,7 +120,7 @@ pub(crate) fn scoped_snapshot(asked: &[(Hook, Packet<'_>)], inventory: Option<&I
     tables.dedup();
 
     let mut errors = Vec::new();
-    let mut nft = NftChains::default();
+    let mut nft = NftChains { from_kernel: inventory.is_large(), ..NftChains::default() };
     let (iptables_nft, legacy) = std::thread::scope(|scope| {
         // iptables-nft-save takes half a second on such a node, whatever it prints: meanwhile
         // nft lists the base chains.
@@ -174,27 +178,42 @@ pub(crate) fn scoped_snapshot(asked: &[(Hook, Packet<'_>)], inventory: Option<&I
     }
 }
 
-/// What nft listed so far, as its JSON items.
+/// What was listed so far, as nft's JSON items.
 #[derive(Default)]
 struct NftChains {
     items: Vec<Value>,
     chains_listed: HashSet<ChainId>,
     objects_listed: HashSet<NamedObject>,
+    /// Chains are read from the kernel where [`nft_netlink`](super::nft_netlink) decodes
+    /// them: on a large node `nft list chain` costs up to a second each (nft 1.0.6 fetches
+    /// every set of the chain's table first; kube-proxy's holds thousands).
+    from_kernel: bool,
 }
 
 impl NftChains {
     /// Lists `chains` and the objects their rules name; a chain that went in between (rules
-    /// change all the time on such a node) is left out. Each `nft list` takes as
-    /// long as nft needs to fetch every rule of the chain's table (nft 1.0.6: about a second
-    /// in kube-proxy's table of 30 000 rules), so a round's listings run side by side.
+    /// change all the time on such a node) is left out. The chains nft has to list run side
+    /// by side, each `nft list` as slow as its table is large.
     fn list(&mut self, chains: Vec<ChainId>, errors: &mut Vec<String>) {
-        let mut new_chains = Vec::new();
+        let mut for_nft = Vec::new();
+        let mut listed = Vec::new();
         for id in chains {
-            if self.chains_listed.len() < MAX_CHAINS && self.chains_listed.insert(id.clone()) {
-                new_chains.push(vec!["chain".to_string(), id.family, id.table, id.name]);
+            if self.chains_listed.len() >= MAX_CHAINS || !self.chains_listed.insert(id.clone()) {
+                continue;
             }
+            if self.from_kernel {
+                match list_chain(&id) {
+                    Listing::Read(items) => {
+                        listed.extend(items);
+                        continue;
+                    }
+                    Listing::Gone => continue,
+                    Listing::Undecoded => {}
+                }
+            }
+            for_nft.push(vec!["chain".to_string(), id.family, id.table, id.name]);
         }
-        let listed = list_all(new_chains, errors);
+        listed.extend(list_all(for_nft, errors));
         let mut objects = Vec::new();
         for object in named_objects(&listed) {
             if self.objects_listed.insert(object.clone()) {
@@ -370,6 +389,13 @@ mod tests {
         ));
         let packet = udp_to("10.96.1.7", 53);
         let snapshot = ns.run(|| scoped_snapshot(&[(Hook::Forward, packet)], None));
+        // As on a large node, where the chains are read from the kernel: the same reading.
+        let from_kernel = ns.run(|| {
+            let mut inventory = Inventory::read().expect("nft lists the chains");
+            inventory.large = true;
+            scoped_snapshot(&[(Hook::Forward, packet)], Some(&inventory))
+        });
+        assert_eq!(from_kernel, snapshot);
         assert!(snapshot.errors.is_empty(), "{:?}", snapshot.errors);
         assert_eq!(chains_of(&snapshot), ["ip tr-scoped forward", "ip tr-scoped svc-7"]);
         assert!(snapshot.chains.iter().all(|c| c.backend == Backend::Nftables));
@@ -401,6 +427,13 @@ mod tests {
         let packet = udp_to("10.96.0.10", 53);
         let snapshot = ns.run(|| scoped_snapshot(&[(Hook::Forward, packet)], None));
         assert!(snapshot.errors.is_empty(), "{:?}", snapshot.errors);
+        // iptables-nft's chains hold expressions the kernel reader leaves to nft: the same reading.
+        let from_kernel = ns.run(|| {
+            let mut inventory = Inventory::read().expect("nft lists the chains");
+            inventory.large = true;
+            scoped_snapshot(&[(Hook::Forward, packet)], Some(&inventory))
+        });
+        assert_eq!(from_kernel, snapshot);
         let names: Vec<String> =
             snapshot.chains.iter().map(|c| format!("{} {} {}", c.backend.name(), c.table, c.name)).collect();
         // Not the nat tables, which have no chain on the forward hook; legacy's filter table

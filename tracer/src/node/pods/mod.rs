@@ -26,8 +26,8 @@ use anyhow::{Context, Result};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
 
 use self::cri::{Runtime, SandboxCache};
-use crate::system::netlink::set_receive_timeout;
 use crate::model::pod::PodRef;
+use crate::system::netlink::set_receive_timeout;
 
 /// The table is listed again at least this often.
 const RELIST_EVERY: Duration = Duration::from_secs(5);
