@@ -63,6 +63,7 @@ fn kube_proxy_no_endpoints_reject_is_named(backend: Backend) -> Result<()> {
     );
 
     let finding = w.only_finding("netfilter_reject")?;
+    eprintln!("{backend:?}: {}", finding["attribution"].as_str().unwrap_or_default());
     check_kube_proxy_finding(backend, finding)?;
     ensure!(
         w.findings_of("dns_timeout").next().is_none(),

@@ -109,6 +109,11 @@ fn prometheus_scrapes_findings_and_node_checks() -> Result<()> {
     ] {
         ensure!(metrics.lines().any(|l| l == line), "no `{line}` in:\n{metrics}");
     }
+    // This kernel shows every finding to a tracing watch: no finding is unavailable.
+    ensure!(
+        !metrics.lines().any(|l| l.starts_with("tracer_finding_unavailable{")),
+        "no finding is unavailable here:\n{metrics}"
+    );
     ensure!(
         !metrics.contains(&cluster.client.ip) && !metrics.contains("default/client"),
         "no addresses or pods as labels:\n{metrics}"

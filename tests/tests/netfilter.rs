@@ -281,6 +281,40 @@ fn forward_reject_with_iptables(program: &str, backend: &str) -> Result<()> {
     the_fix_removes_the_rule(&lab, f, backend)
 }
 
+/// On a kernel where tracer sees no netfilter verdicts (no BPF netfilter links, no fentry:
+/// simulated with `TRACER_FAULT=no-netfilter`), the REJECT cannot be named: the watch says so
+/// at start and in its summary, and states no rule.
+#[test]
+fn without_netfilter_verdicts_the_blind_spot_is_said_and_no_rule_is_named() -> Result<()> {
+    let lab = Lab::new(LabConfig::healthy())?;
+    lab.xtables(Ns::Node, "iptables", IPTABLES_DNS_REJECT)?;
+    let (w, done, dig) = Scenario::new(&lab)
+        .settle(SETTLE)
+        .env("TRACER_FAULT", "no-netfilter")
+        .run_finished(|| lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[]))?;
+    check_host_unreachable(&dig)?;
+    ensure!(
+        done.stderr.lines().any(|l| l.starts_with("tracer: blind spot: no netfilter verdicts")
+            && l.contains("netfilter_reject, netfilter_drop cannot be found")),
+        "the start says what cannot be seen:\n{}",
+        done.stderr
+    );
+    let spots = w.summary["blind_spots"].as_array().context("summary blind_spots")?;
+    ensure!(
+        spots.len() == 1
+            && str_at(&spots[0], "/missing") == Some("netfilter_verdicts")
+            && spots[0]["unavailable"] == serde_json::json!(["netfilter_reject", "netfilter_drop"]),
+        "the summary repeats it: {}",
+        w.summary
+    );
+    ensure!(
+        w.findings.iter().all(|f| !str_at(f, "/kind").is_some_and(|k| k.starts_with("netfilter_"))),
+        "no rule is named without netfilter verdicts:\n{}",
+        w.describe()
+    );
+    Ok(())
+}
+
 tracer_tests::cases!(forward_reject_with_iptables => {
     iptables_nft_reject_is_named_by_rule_number: ("iptables", "iptables-nft"),
     iptables_legacy_reject_is_named_by_rule_number: ("iptables-legacy", "iptables-legacy"),

@@ -145,6 +145,11 @@ pub(crate) async fn run(options: &WatchOptions, output: &mut dyn Sink) -> Result
     let mut lost_reported: u64 = 0;
 
     eprintln!("tracer: {}", hooks.capabilities);
+    let blind_spots = hooks.blind_spots(options.settings.findings_only);
+    for spot in &blind_spots {
+        eprintln!("tracer: blind spot: {spot}");
+    }
+    output.blind_spots(&blind_spots);
     eprintln!(
         "tracer: watching {} on Linux bridges in network namespace {}{}; Ctrl-C to stop",
         options.settings.port,
@@ -276,6 +281,7 @@ pub(crate) async fn run(options: &WatchOptions, output: &mut dyn Sink) -> Result
         unconfirmed: analysis.unconfirmed.total(),
         unconfirmed_counts: analysis.unconfirmed.counts().into_iter().collect(),
         recursion_misses,
+        blind_spots,
     };
     drop(hooks);
     // Also after the output failed: a capture written beside it still gets its summary.

@@ -3,6 +3,7 @@
 //! Everything attached is owned by file descriptors of this process: the kernel
 //! detaches it when the process exits, however it exits.
 
+mod blind_spots;
 pub(crate) mod btf;
 pub(crate) mod diagnostics;
 pub(crate) mod journeys;
@@ -132,6 +133,11 @@ pub(crate) struct KernelHooks {
 }
 
 impl KernelHooks {
+    /// What this run cannot see with these hooks (and in this mode).
+    pub(crate) fn blind_spots(&self, findings_only: bool) -> Vec<crate::schema::blind_spot::BlindSpot> {
+        blind_spots::blind_spots(&self.capabilities, self.conntrack_known, findings_only)
+    }
+
     /// Attaches the programs.
     pub(crate) fn attach(settings: &WatchSettings) -> Result<Attached> {
         check_privileges()?;
@@ -188,8 +194,15 @@ impl KernelHooks {
         }
 
         let mut netfilter_programs = Vec::new();
+        #[cfg(feature = "fault-injection")]
+        let no_netfilter = injected_fault("no-netfilter");
+        #[cfg(not(feature = "fault-injection"))]
+        let no_netfilter = false;
         let netfilter = if !resolved.netfilter_known {
             NetfilterVia::Unavailable("no netfilter in this kernel's BTF".to_string())
+        } else if no_netfilter {
+            // The blind-spot tests' kernel without netfilter links or fentry.
+            NetfilterVia::Unavailable("TRACER_FAULT=no-netfilter: no BPF netfilter links, no fentry".to_string())
         } else {
             match attach_netfilter_links(&ebpf, settings.findings_only) {
                 Ok(programs) => {

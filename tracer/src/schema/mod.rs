@@ -5,6 +5,7 @@
 //! Built on `model` only: the parts of tracer that make these values sit above it, the
 //! sinks that print or record them beside each other above them.
 
+pub(crate) mod blind_spot;
 pub(crate) mod capture;
 pub(crate) mod finding;
 pub(crate) mod packet;

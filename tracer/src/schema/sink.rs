@@ -8,6 +8,7 @@ use std::io;
 use crate::{
     model::plain::PlainPacket,
     schema::{
+        blind_spot::BlindSpot,
         finding::{Finding, Unconfirmed},
         packet::{DropLine, TracedPacket},
         summary::Summary,
@@ -34,6 +35,8 @@ pub(crate) trait Sink {
     /// The records lost so far in the kernel (ring buffer full), once a second while the
     /// watch runs; the summary has the final count.
     fn lost(&mut self, _total: u64) {}
+    /// What the run cannot see, once, before its first record (the summary repeats it).
+    fn blind_spots(&mut self, _spots: &[BlindSpot]) {}
     fn summary(&mut self, summary: &Summary) -> io::Result<()>;
     /// Called after each batch of events, so a reader at the other end of a pipe sees
     /// them promptly without a write per line.
@@ -64,6 +67,10 @@ impl<T: Sink + ?Sized> Sink for &mut T {
 
     fn lost(&mut self, total: u64) {
         (**self).lost(total);
+    }
+
+    fn blind_spots(&mut self, spots: &[BlindSpot]) {
+        (**self).blind_spots(spots);
     }
 
     fn summary(&mut self, summary: &Summary) -> io::Result<()> {

@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{model::serde_forms, schema::finding::FindingKind};
+use crate::{
+    model::serde_forms,
+    schema::{blind_spot::BlindSpot, finding::FindingKind},
+};
 
 /// What a watch counted, printed when it ends. Serialised, the JSON `"type": "summary"`
 /// line.
@@ -43,4 +46,7 @@ pub(crate) struct Summary {
     /// Occurrences of findings not kept because the finding log was full.
     #[serde(default)]
     pub findings_overflow: u64,
+    /// What this run could not see, and the findings it therefore could not state.
+    #[serde(default)]
+    pub blind_spots: Vec<BlindSpot>,
 }

@@ -3,6 +3,7 @@
 use std::io;
 
 use crate::schema::{
+    blind_spot::BlindSpot,
     finding::{Finding, Unconfirmed},
     packet::{DropLine, TracedPacket},
     sink::Sink,
@@ -77,6 +78,10 @@ impl Sink for Tee<'_> {
 
     fn lost(&mut self, total: u64) {
         self.main.lost(total);
+    }
+
+    fn blind_spots(&mut self, spots: &[BlindSpot]) {
+        self.main.blind_spots(spots);
     }
 
     fn summary(&mut self, summary: &Summary) -> io::Result<()> {

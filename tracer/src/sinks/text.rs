@@ -233,6 +233,10 @@ impl<W: Write> Sink for TextOutput<W> {
             "-- {} packets, {lost}, {findings}{notes}, {:.1} s",
             summary.packets, summary.duration_secs
         )?;
+        // After the counts: "no findings" under a blind spot is not "healthy".
+        for spot in &summary.blind_spots {
+            writeln!(self.out, "{}", self.paint(YELLOW, &format!("-- blind spot: {spot}")))?;
+        }
         self.out.flush()
     }
 

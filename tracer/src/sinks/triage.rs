@@ -141,6 +141,9 @@ pub(crate) fn print_text(
     if context.drops_not_grouped > 0 {
         writeln!(out, "  and {} more drops", context.drops_not_grouped)?;
     }
+    for spot in &summary.blind_spots {
+        writeln!(out, "{}", paint(colour, YELLOW, &format!("blind spot: {spot}")))?;
+    }
     writeln!(
         out,
         "{}",
@@ -288,6 +291,7 @@ pub(crate) fn summary_json(decision: &Decision, context: &ReportContext) -> Valu
             "errors": ns.errors,
         })).collect::<Vec<_>>(),
         "errors": context.errors,
+        "blind_spots": summary.blind_spots,
     })
 }
 

@@ -177,6 +177,7 @@ impl Report {
             unconfirmed: analysis.unconfirmed.total(),
             unconfirmed_counts: analysis.unconfirmed.counts().into_iter().collect(),
             recursion_misses: recorded.as_ref().map_or(0, |s| s.recursion_misses),
+            blind_spots: recorded.as_ref().map_or_else(Vec::new, |s| s.blind_spots.clone()),
         };
         if let Err(err) = output.summary(&summary) {
             return Ending::OutputFailed(err);

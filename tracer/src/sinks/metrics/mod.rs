@@ -34,6 +34,7 @@ use crate::{
     findings::netfilter::short_label,
     model::{firewall::Owner, packet::stage_name},
     schema::{
+        blind_spot::BlindSpot,
         finding::{Evidence, Finding, FindingKind, Unconfirmed},
         packet::{DropLine, TracedPacket},
         sink::Sink,
@@ -71,6 +72,13 @@ pub(crate) struct CheckLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct UnavailableLabels {
+    pub kind: String,
+    /// What the run cannot see (`netfilter_verdicts`, `drop_reasons`, ...).
+    pub missing: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct VersionLabels {
     pub version: String,
 }
@@ -86,6 +94,7 @@ pub(crate) struct Metrics {
     pub node_checks: Family<CheckLabels, Gauge>,
     pub node_findings: Family<KindLabels, Gauge>,
     pub node_checks_read: Gauge<f64, AtomicU64>,
+    unavailable: Family<UnavailableLabels, Gauge>,
     /// When the watch last served its outputs (milliseconds since `started`), 0 before it
     /// watched: what the health endpoints judge the watch by.
     pub last_served_ms: Arc<AtomicU64>,
@@ -136,6 +145,11 @@ impl Metrics {
             "tracer_node_checks_read_timestamp_seconds",
             "When the node checks were last read (Unix time)",
         );
+        let unavailable: Family<UnavailableLabels, Gauge> = registered(
+            &mut registry,
+            "tracer_finding_unavailable",
+            "1 for each kind of finding this agent cannot state, by what its kernel (or its mode) does not let it see",
+        );
         let build: Family<VersionLabels, Gauge> =
             registered(&mut registry, "tracer_build_info", "The running tracer's version");
         build.get_or_create(&VersionLabels { version: env!("CARGO_PKG_VERSION").to_string() }).set(1);
@@ -148,6 +162,7 @@ impl Metrics {
             node_checks,
             node_findings,
             node_checks_read,
+            unavailable,
             last_served_ms: Arc::new(AtomicU64::new(0)),
             started: Instant::now(),
         }
@@ -288,6 +303,16 @@ impl Sink for MetricsOutput<'_> {
         self.inner.lost(total);
     }
 
+    fn blind_spots(&mut self, spots: &[BlindSpot]) {
+        for spot in spots {
+            for kind in &spot.unavailable {
+                let labels = UnavailableLabels { kind: kind.name().to_string(), missing: spot.missing.clone() };
+                self.metrics.unavailable.get_or_create(&labels).set(1);
+            }
+        }
+        self.inner.blind_spots(spots);
+    }
+
     fn summary(&mut self, summary: &Summary) -> io::Result<()> {
         self.lost_so_far(summary.lost);
         self.inner.summary(summary)
@@ -313,11 +338,29 @@ pub(crate) const NODE_FINDING_KINDS: [FindingKind; 6] = [
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sinks::text::SummaryOnly;
 
     #[test]
     fn a_netfilter_finding_is_labelled_with_the_manager_not_the_service() {
         let finding = crate::findings::netfilter::tests::kube_proxy_finding();
         let labels = finding_labels(&finding);
         assert_eq!((labels.rule.as_str(), labels.owner.as_str()), ("filter/KUBE-SERVICES #1", "kube-proxy"));
+    }
+
+    #[test]
+    fn each_unavailable_finding_is_a_series() {
+        let metrics = Metrics::new();
+        let mut output = MetricsOutput::new(Box::new(SummaryOnly::new(std::io::sink())), metrics.clone());
+        output.blind_spots(&[BlindSpot {
+            missing: "netfilter_verdicts".into(),
+            why: "none".into(),
+            unavailable: vec![FindingKind::NetfilterReject, FindingKind::NetfilterDrop],
+            instead: String::new(),
+        }]);
+        let text = metrics.encode();
+        for kind in ["netfilter_reject", "netfilter_drop"] {
+            let line = format!("tracer_finding_unavailable{{kind=\"{kind}\",missing=\"netfilter_verdicts\"}} 1");
+            assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+        }
     }
 }
