@@ -88,6 +88,10 @@ pub const NXDOMAIN_NAME: &str = "absent.nxdomain.test";
 const NXDOMAIN_DOMAIN: &str = "nxdomain.test";
 /// A name dnsmasq has no record and no upstream server for: it answers REFUSED.
 pub const REFUSED_NAME: &str = "elsewhere.invalid";
+/// A pod's search list in namespace `default` (what the kubelet writes into its resolv.conf);
+/// dnsmasq answers NXDOMAIN for every name under `cluster.local`.
+pub const POD_SEARCH_DOMAINS: [&str; 3] = ["default.svc.cluster.local", "svc.cluster.local", "cluster.local"];
+const CLUSTER_DOMAIN: &str = "cluster.local";
 
 /// What tracer prints on stderr once its programs are attached.
 pub const TRACER_READY: &str = "tracer: watching";
@@ -417,6 +421,23 @@ impl Lab {
         cmd
     }
 
+    /// Gives programs run in `ns` through `ip netns exec` this resolv.conf (it bind-mounts
+    /// `/etc/netns/NS/resolv.conf`), as a pod's resolver reads its own. Removed with the namespace.
+    pub fn resolv_conf(&self, ns: Ns, text: &str) -> Result<()> {
+        let dir = Path::new(ETC_NETNS).join(self.netns(ns));
+        // Twice: another lab may remove /etc/netns, empty, between our two mkdirs.
+        fs::create_dir_all(&dir)
+            .or_else(|_| fs::create_dir_all(&dir))
+            .with_context(|| format!("creating {}", dir.display()))?;
+        let path = dir.join("resolv.conf");
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        std::io::Write::write_all(&mut file, text.as_bytes()).with_context(|| format!("writing {}", path.display()))
+    }
+
     /// Runs a command in a namespace to completion, whatever its exit status.
     pub fn exec(&self, ns: Ns, argv: &[&str]) -> Result<Output> {
         self.command(ns, argv).output().with_context(|| format!("running `{}` in {}", argv.join(" "), self.netns(ns)))
@@ -700,6 +721,7 @@ pub fn dnsmasq_argv(listen: &[&str], pid_file: &Path, log_file: &Path) -> Vec<St
         format!("--txt-record={BIG_TXT_NAME},{}", big_txt_strings().join(",")),
         // An address form without an address: every name in the domain is NXDOMAIN.
         format!("--address=/{NXDOMAIN_DOMAIN}/"),
+        format!("--address=/{CLUSTER_DOMAIN}/"),
         // dnsmasq's default (1232) would truncate the big answer instead of sending it.
         "--edns-packet-max=4096".into(),
         "--log-queries".into(),
@@ -776,8 +798,15 @@ pub(crate) fn delete_netns(name: &str) -> Result<()> {
             let _ = send_signal(pid, libc::SIGKILL);
         }
     }
+    // A namespace's own /etc files (`Lab::resolv_conf`) outlive `ip netns del`.
+    let _ = fs::remove_dir_all(Path::new(ETC_NETNS).join(name));
+    // And the directory itself, once no namespace has files there (fails while one has).
+    let _ = fs::remove_dir(ETC_NETNS);
     run_on_host(&["ip", "netns", "del", name]).map(drop)
 }
+
+/// Where `ip netns exec` finds a namespace's own files for /etc.
+const ETC_NETNS: &str = "/etc/netns";
 
 pub(crate) fn stop_child(mut child: Child) {
     if let Ok(None) = child.try_wait() {

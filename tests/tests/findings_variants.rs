@@ -295,3 +295,60 @@ fn refused_answer_is_named_as_the_servers_failure() -> Result<()> {
     expect_u64(&w.summary, "/finding_counts/dns_server_failure", 1)?;
     w.check_summary()
 }
+
+/// The resolv.conf the kubelet writes into a pod of namespace `default`, with the lab's
+/// ClusterIP as its nameserver.
+fn pod_resolv_conf() -> String {
+    format!("nameserver {CLUSTER_DNS_IP}\nsearch {}\noptions ndots:5\n", POD_SEARCH_DOMAINS.join(" "))
+}
+
+/// `getent ahostsv4 NAME` in the client pod: glibc's own resolver, with the pod's resolv.conf.
+fn lookup(lab: &Lab, name: &str) -> Result<String> {
+    lab.run(Ns::Client, &["getent", "ahostsv4", name])
+}
+
+/// A pod looks up a name outside the cluster with fewer dots than ndots: glibc tries it with
+/// each search domain first (three NXDOMAIN answers), then the name itself. Named once per
+/// client with the names tried and the time lost; the second lookup is the same finding again.
+#[test]
+fn a_search_list_walk_is_named_with_the_names_tried() -> Result<()> {
+    let lab = Lab::new(LabConfig::healthy())?;
+    lab.resolv_conf(Ns::Client, &pod_resolv_conf())?;
+    let (w, answers) = with_short_dns_timeout(&lab)
+        .settle(AFTER_LAST_QUERY)
+        .run(|| Ok([lookup(&lab, TEST_NAME)?, lookup(&lab, TEST_NAME)?]))?;
+    ensure!(answers.iter().all(|a| a.contains(TEST_A)), "getent should find {TEST_NAME}: {answers:?}");
+
+    let f = w.only_finding("dns_search_amplification")?;
+    expect_str(f, "/search/name", TEST_NAME)?;
+    let tried: Vec<&str> =
+        f["search"]["tried"].as_array().context("search.tried")?.iter().filter_map(|t| t.as_str()).collect();
+    let expected: Vec<String> = POD_SEARCH_DOMAINS.iter().map(|domain| format!("{TEST_NAME}.{domain}")).collect();
+    ensure!(tried == expected, "the names tried, in the order asked: {tried:?}, expected {expected:?}");
+    expect_str(f, "/expected_source", &format!("{CLUSTER_DNS_IP}:53"))?;
+    expect_str(f, "/query/qname", &format!("{TEST_NAME}."))?;
+    ensure!(
+        fix_lines(f).first().is_some_and(|line| line.starts_with(&format!("{TEST_NAME}. "))),
+        "the first fix is the absolute name: {f}"
+    );
+    expect_u64(&w.summary, "/finding_counts/dns_search_amplification", 2)?;
+    w.check_summary()
+}
+
+/// The healthy twins: an absolute name is asked once, and a name that exists nowhere walks the
+/// search list to an NXDOMAIN, which is an answer, not a cost to report.
+#[test]
+fn absolute_names_and_names_that_do_not_exist_are_not_walks() -> Result<()> {
+    let lab = Lab::new(LabConfig::healthy())?;
+    lab.resolv_conf(Ns::Client, &pod_resolv_conf())?;
+    let (w, (absolute, absent)) = with_short_dns_timeout(&lab).settle(AFTER_LAST_QUERY).run(|| {
+        let absolute = lookup(&lab, &format!("{TEST_NAME}."))?;
+        let absent = lab.exec(Ns::Client, &["getent", "ahostsv4", NXDOMAIN_NAME])?;
+        Ok((absolute, absent))
+    })?;
+    ensure!(absolute.contains(TEST_A), "getent should find {TEST_NAME}.: {absolute}");
+    ensure!(!absent.status.success(), "{NXDOMAIN_NAME} should not be found: {absent:?}");
+    let asked = w.find(|p| str_at(p, "/dns/qname").is_some_and(|q| q.ends_with("cluster.local."))).count();
+    ensure!(asked >= 3, "the absent name walked the search list ({asked} queries seen):\n{}", w.describe());
+    w.expect_no_findings("no finding for healthy lookups")
+}

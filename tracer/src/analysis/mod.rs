@@ -16,7 +16,10 @@ use std::{collections::HashMap, io, mem, time::Duration};
 
 use self::firewall::{Answer, DropKey, FirewallWorker, Request};
 use crate::{
-    findings::{attribution::HookDrop, dns::judge, netfilter::short_label, FindingLog, Occurrence, UnconfirmedLog},
+    findings::{
+        attribution::HookDrop, dns::judge, netfilter::short_label, search_path::SearchWalks, FindingLog, Occurrence,
+        UnconfirmedLog,
+    },
     model::{
         netfilter::{stopped_in, DropReason},
         packet::{Fate, L4Proto, PacketEvent},
@@ -114,6 +117,7 @@ pub(crate) struct Analysis {
     pub timeout_secs: f64,
     pub stats: Stats,
     decoder: DnsDecoder,
+    search_walks: SearchWalks,
     pending: Vec<PendingFinding>,
     pending_drops: Vec<PendingDrop>,
     /// Reads the rulesets and names rules, off the drain loop (live watches only).
@@ -147,6 +151,7 @@ impl Analysis {
             timeout_secs: options.dns_timeout.as_secs_f64(),
             stats: Stats::default(),
             decoder: DnsDecoder::new(&options.dns_ports),
+            search_walks: SearchWalks::default(),
             pending: Vec::new(),
             pending_drops: Vec::new(),
             firewall,
@@ -212,7 +217,13 @@ impl Analysis {
 
     fn consider(&mut self, correlated: &Correlated, until_ns: u64) {
         let settings = &self.settings;
-        let Some(finding) = judge(correlated, self.timeout_secs, &|name| settings.read(name)) else { return };
+        let search_walks = &mut self.search_walks;
+        // A healthy answer may still end a costly walk through the search list.
+        let finding = judge(correlated, self.timeout_secs, &|name| settings.read(name)).or_else(|| match correlated {
+            Correlated::ReplyToClient { query, reply } => search_walks.answered(query, reply),
+            Correlated::Unanswered { .. } => None,
+        });
+        let Some(finding) = finding else { return };
         let query = match correlated {
             Correlated::ReplyToClient { query, .. } | Correlated::Unanswered { query } => query,
         };

@@ -56,6 +56,7 @@ fn judge_reply(query: &QueryFlow, reply: &TracedPacket, read_sysctl: &dyn Fn(&st
         reply_out_port: reply.names.ifname.clone(),
         last_seen: None,
         rcode: None,
+        search: None,
         sysctls: Vec::new(),
         pods: Default::default(),
     };
@@ -152,21 +153,27 @@ fn server_failure(query: &QueryFlow, server: &AskedServer, reply: &TracedPacket,
         kind: FindingKind::DnsServerFailure,
         wall_time_ns: reply.wall_time_ns,
         headline: format!("DNS server {who} answered {name} to {}'s query for {what}", query.client.ip()),
-        evidence: Evidence::Dns(DnsEvidence {
-            client: query.client,
-            expected_source: asked,
-            actual_source: Some(reply.event.src),
-            query: query_ref(query),
-            bridge: reply.names.bridge.clone().or_else(|| query.bridge.clone()),
-            reply_in_port: reply.names.in_ifname.clone(),
-            reply_out_port: reply.names.ifname.clone(),
-            last_seen: None,
-            rcode: Some(name.to_string()),
-            sysctls: Vec::new(),
-            pods: Default::default(),
-        }),
+        evidence: Evidence::Dns(DnsEvidence { rcode: Some(name.to_string()), ..answered(query, asked, reply) }),
         explanation,
         fix,
+    }
+}
+
+/// The evidence of an exchange whose answer reached its client from `asked`.
+pub(super) fn answered(query: &QueryFlow, asked: SocketAddr, reply: &TracedPacket) -> DnsEvidence {
+    DnsEvidence {
+        client: query.client,
+        expected_source: asked,
+        actual_source: Some(reply.event.src),
+        query: query_ref(query),
+        bridge: reply.names.bridge.clone().or_else(|| query.bridge.clone()),
+        reply_in_port: reply.names.in_ifname.clone(),
+        reply_out_port: reply.names.ifname.clone(),
+        last_seen: None,
+        rcode: None,
+        search: None,
+        sysctls: Vec::new(),
+        pods: Default::default(),
     }
 }
 
@@ -268,6 +275,7 @@ fn timeout(query: &QueryFlow, timeout_secs: f64) -> Finding {
             reply_out_port: None,
             last_seen: Some(seen.clone()),
             rcode: None,
+            search: None,
             sysctls: Vec::new(),
             pods: Default::default(),
         }),

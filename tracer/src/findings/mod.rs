@@ -7,6 +7,7 @@ pub(crate) mod attribution;
 pub(crate) mod dns;
 pub(crate) mod netfilter;
 pub(crate) mod node_config;
+pub(crate) mod search_path;
 
 use std::{collections::HashMap, net::SocketAddr};
 

@@ -46,8 +46,10 @@ pub(crate) fn blind_spots(capabilities: &Capabilities, conntrack_known: bool, fi
         spots.push(BlindSpot {
             missing: "answered_replies".to_string(),
             why: "--findings-only: the kernel sends no record of a query that got its answer".to_string(),
-            unavailable: vec![FindingKind::DnsServerFailure],
-            instead: "a server that answers SERVFAIL or REFUSED is seen only by a tracing watch".to_string(),
+            unavailable: vec![FindingKind::DnsServerFailure, FindingKind::DnsSearchAmplification],
+            instead: "a server that answers SERVFAIL or REFUSED, and lookups that walk the search list, are seen \
+                      only by a tracing watch"
+                .to_string(),
         });
     }
     spots

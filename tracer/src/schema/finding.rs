@@ -28,6 +28,9 @@ crate::model::named_enum! {
         /// The DNS server itself answered with a failure (SERVFAIL, REFUSED, NOTIMP, FORMERR):
         /// the path works, the server does not.
         DnsServerFailure,
+        /// A lookup walked the resolver's search list through names that do not exist before
+        /// asking the name itself (`ndots:5`): several queries and round trips for one answer.
+        DnsSearchAmplification,
         NetfilterReject,
         NetfilterDrop,
         /// `net.ipv4.ip_forward` is 0 on a node whose bridges route pod traffic.
@@ -108,12 +111,26 @@ pub(crate) struct DnsEvidence {
     /// The reply's RCODE when the server answered with a failure (`SERVFAIL`, `REFUSED`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rcode: Option<String>,
+    /// The names a lookup tried from its search list before the one answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<SearchWalk>,
     /// Node settings that bear on the finding, as read when it was made.
     #[serde(with = "crate::model::sysctl::by_name")]
     pub sysctls: Vec<SysctlValue>,
     /// The pods holding the client's and the servers' addresses.
     #[serde(flatten)]
     pub pods: DnsPods,
+}
+
+/// One lookup's walk through the resolver's search list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SearchWalk {
+    /// The name the client looked up, as it finally asked it (and got its answer).
+    pub name: String,
+    /// The names it asked before, each answered NXDOMAIN, in the order asked.
+    pub tried: Vec<String>,
+    /// From the first of them to the query for `name`: what the walk cost the lookup.
+    pub lost_ms: u64,
 }
 
 /// A firewall rule, as the finding names it.
@@ -386,6 +403,7 @@ mod names_tests {
                 "unexpected_reply_source",
                 "dns_timeout",
                 "dns_server_failure",
+                "dns_search_amplification",
                 "netfilter_reject",
                 "netfilter_drop",
                 "ip_forward_off",

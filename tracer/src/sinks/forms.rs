@@ -95,6 +95,10 @@ fn dns_evidence_lines(dns: &DnsEvidence) -> Vec<String> {
         let place = seen.ifname.clone().unwrap_or_else(|| format!("if{}", seen.ifindex));
         lines.push(format!("last seen {} on {place} at {}", stage_name(seen.stage), time_of_day(seen.wall_time_ns)));
     }
+    if let Some(walk) = &dns.search {
+        lines.push(format!("tried first, each NXDOMAIN: {}", walk.tried.join(", ")));
+        lines.push(format!("{} ms from the first of them to asking {}", walk.lost_ms, walk.name));
+    }
     for sysctl in &dns.sysctls {
         lines.push(format!("{} = {}", sysctl.name, sysctl.value.as_deref().unwrap_or("(absent)")));
     }

@@ -308,6 +308,7 @@ mod tests {
                 reply_out_port: None,
                 last_seen: None,
                 rcode: None,
+                search: None,
                 sysctls: vec![],
                 pods: Default::default(),
             }),

@@ -68,6 +68,7 @@ pub(crate) fn sighting_dns_finding(kind: FindingKind) -> Finding {
         reply_out_port: Some("veth-client".into()),
         last_seen: None,
         rcode: None,
+        search: None,
         sysctls: vec![sysctl("net.bridge.bridge-nf-call-iptables", "0")],
         pods: Default::default(),
     };

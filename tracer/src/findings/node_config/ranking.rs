@@ -28,6 +28,8 @@ fn kind_weight(kind: FindingKind) -> u8 {
         FindingKind::UnexpectedReplySource => 7,
         FindingKind::DnsTimeout => 8,
         FindingKind::DnsServerFailure => 9,
+        // Slow and costly, not broken.
+        FindingKind::DnsSearchAmplification => 10,
     }
 }
 
