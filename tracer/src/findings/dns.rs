@@ -46,20 +46,8 @@ fn judge_reply(query: &QueryFlow, reply: &TracedPacket, read_sysctl: &dyn Fn(&st
         Conntrack::None => query.servers.iter().find(|server| server.backend == Some(actual)),
         _ => None,
     };
-    let evidence = DnsEvidence {
-        client: query.client,
-        expected_source: skipped_by.map_or_else(|| query.queried(), |server| server.queried),
-        actual_source: Some(actual),
-        query: query_ref(query),
-        bridge: reply.names.bridge.clone().or_else(|| query.bridge.clone()),
-        reply_in_port: reply.names.in_ifname.clone(),
-        reply_out_port: reply.names.ifname.clone(),
-        last_seen: None,
-        rcode: None,
-        search: None,
-        sysctls: Vec::new(),
-        pods: Default::default(),
-    };
+    let expected = skipped_by.map_or_else(|| query.queried(), |server| server.queried);
+    let evidence = answered(query, expected, reply);
     Some(if skipped_by.is_some() {
         conntrack_skip(evidence, reply.wall_time_ns, read_sysctl)
     } else {
@@ -159,7 +147,7 @@ fn server_failure(query: &QueryFlow, server: &AskedServer, reply: &TracedPacket,
     }
 }
 
-/// The evidence of an exchange whose answer reached its client from `asked`.
+/// The evidence of an exchange whose answer reached its client, which had asked `asked`.
 pub(super) fn answered(query: &QueryFlow, asked: SocketAddr, reply: &TracedPacket) -> DnsEvidence {
     DnsEvidence {
         client: query.client,
