@@ -54,11 +54,11 @@ impl SearchWalks {
     /// that is found is checked for a walk through its own name with search domains appended.
     pub(crate) fn answered(&mut self, query: &QueryFlow, reply: &TracedPacket) -> Option<Finding> {
         let rcode = reply.event.dns.as_ref()?.rcode;
-        let name = normalized(query.qname.as_deref()?);
         let recent = self.recent.get_or_insert_with(|| BoundedTable::new(CLIENTS));
         let client = query.client.ip();
         let now = query.first_seen_ns;
         if rcode == NXDOMAIN {
+            let name = normalized(query.qname.as_deref()?);
             if recent.get(&client).is_none() {
                 recent.insert(client, Vec::new());
             }
@@ -73,7 +73,9 @@ impl SearchWalks {
         if rcode != NOERROR {
             return None;
         }
+        // Most answers: a client with no name missing lately costs one lookup here.
         let negatives = recent.get_mut(&client)?;
+        let name = normalized(query.qname.as_deref()?);
         let is_walk = |negative: &Negative| {
             negative.qtype == query.qtype
                 && now.saturating_sub(negative.asked_ns) <= WINDOW_NS
