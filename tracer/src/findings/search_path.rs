@@ -90,7 +90,9 @@ impl SearchWalks {
         *negatives = kept;
         let first_ns = walk.iter().map(|negative| negative.asked_ns).min().unwrap_or(now);
         let tried: Vec<String> = walk.into_iter().map(|negative| negative.name).collect();
-        Some(amplification(query, reply, rcode, SearchWalk { name, tried, lost_ms: (now - first_ns) / 1_000_000 }))
+        // To the microsecond: on a node the walk costs fractions of a millisecond per name.
+        let lost_ms = ((now - first_ns) / 1_000) as f64 / 1_000.0;
+        Some(amplification(query, reply, rcode, SearchWalk { name, tried, lost_ms }))
     }
 }
 
@@ -109,7 +111,7 @@ fn amplification(query: &QueryFlow, reply: &TracedPacket, rcode: u8, walk: Searc
         .filter_map(|tried| tried.strip_prefix(walk.name.as_str()).map(|rest| rest.trim_start_matches('.')))
         .collect();
     let headline = format!(
-        "DNS search-list walk: {} asked {tried} names that do not exist before {qtype} {} ({} ms lost per lookup)",
+        "DNS search-list walk: {} asked {tried} names that do not exist before {qtype} {} ({:.1} ms lost per lookup)",
         query.client.ip(),
         walk.name,
         walk.lost_ms
@@ -118,7 +120,7 @@ fn amplification(query: &QueryFlow, reply: &TracedPacket, rcode: u8, walk: Searc
         "{} looked up {}, which has fewer dots than its resolver's ndots, so the resolver first tried it with \
          each domain of its search list appended ({}). {} answered NXDOMAIN to each of these {tried} queries before \
          the name itself was asked and answered {}. Nothing is broken, but every lookup of this name costs {} \
-         queries and round trips instead of one (A and AAAA each, where both are asked): {} ms lost per lookup \
+         queries and round trips instead of one (A and AAAA each, where both are asked): {:.1} ms lost per lookup \
          here, and {}× the load on the cluster DNS, which under load turns into timeouts. Kubernetes gives pods \
          `options ndots:5`, so any name with fewer than five dots that is not in the cluster walks the list.",
         query.client.ip(),
@@ -130,9 +132,15 @@ fn amplification(query: &QueryFlow, reply: &TracedPacket, rcode: u8, walk: Searc
         walk.lost_ms,
         tried + 1
     );
+    // The resolver asks a name as it is first once it has at least ndots dots.
+    let dots = walk.name.matches('.').count().max(1);
     let fix = vec![
         format!("{}.    # in the application's configuration: a trailing dot makes the name absolute, asked once", walk.name),
-        "spec.dnsConfig.options: [{name: ndots, value: \"2\"}]    # in the pod spec: fewer names walk the search list".to_string(),
+        format!(
+            "spec.dnsConfig.options: [{{name: ndots, value: \"{}\"}}]    # in the pod spec: names with {} dot(s) or more are asked as they are first",
+            dots,
+            dots
+        ),
         "kubectl -n kube-system get pods -l k8s-app=node-local-dns    # NodeLocal DNSCache answers the walk on the node, not across it".to_string(),
     ];
     Finding {
@@ -222,13 +230,19 @@ mod tests {
                 "api.example.com.cluster.local"
             ]
         );
-        assert_eq!(walk.lost_ms, 9);
+        assert_eq!(walk.lost_ms, 9.0);
         assert!(
             finding.headline.contains("asked 3 names that do not exist before A api.example.com"),
             "{}",
             finding.headline
         );
         assert!(finding.fix[0].starts_with("api.example.com. "), "{:?}", finding.fix);
+        // Two dots: with ndots 2 the name is asked as it is first.
+        assert!(
+            finding.fix[1].starts_with("spec.dnsConfig.options: [{name: ndots, value: \"2\"}]"),
+            "{:?}",
+            finding.fix
+        );
 
         // The next lookup walks again: found again.
         assert_eq!(walk_again(&mut walks).len(), 1);

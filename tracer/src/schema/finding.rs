@@ -123,14 +123,14 @@ pub(crate) struct DnsEvidence {
 }
 
 /// One lookup's walk through the resolver's search list.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) struct SearchWalk {
     /// The name the client looked up, as it finally asked it (and got its answer).
     pub name: String,
     /// The names it asked before, each answered NXDOMAIN, in the order asked.
     pub tried: Vec<String>,
     /// From the first of them to the query for `name`: what the walk cost the lookup.
-    pub lost_ms: u64,
+    pub lost_ms: f64,
 }
 
 /// A firewall rule, as the finding names it.

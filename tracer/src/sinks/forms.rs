@@ -97,7 +97,7 @@ fn dns_evidence_lines(dns: &DnsEvidence) -> Vec<String> {
     }
     if let Some(walk) = &dns.search {
         lines.push(format!("tried first, each NXDOMAIN: {}", walk.tried.join(", ")));
-        lines.push(format!("{} ms from the first of them to asking {}", walk.lost_ms, walk.name));
+        lines.push(format!("{:.1} ms from the first of them to asking {}", walk.lost_ms, walk.name));
     }
     for sysctl in &dns.sysctls {
         lines.push(format!("{} = {}", sysctl.name, sysctl.value.as_deref().unwrap_or("(absent)")));
