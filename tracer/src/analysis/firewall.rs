@@ -19,7 +19,7 @@ use crate::{
         attribution::HookDrop,
         netfilter::{judge_drop, judge_drop_after, judge_drop_from_reading, judge_drop_unnamed},
     },
-    firewall::{self, Inventory, Snapshot},
+    firewall::{self, eval::Ruleset, Inventory, OtherFlow, Snapshot, Verdict},
     model::monotonic_now_ns,
     model::{hook::Hook, packet::L4Proto},
     schema::finding::Finding,
@@ -36,6 +36,34 @@ pub(crate) struct Request {
     pub wall_time_ns: u64,
     /// Kernel (monotonic) time of the drop.
     pub timestamp_ns: u64,
+}
+
+/// Where the nat rules send a new flow now: asked for a query that a conntrack entry of an
+/// earlier exchange sent to the backend chosen then.
+pub(crate) struct NatQuestion {
+    pub id: u64,
+    /// The packet as its hook sees it before NAT (`PreRouting` for a pod's query).
+    pub packet: HookDrop,
+}
+
+pub(crate) struct NatAnswer {
+    pub id: u64,
+    /// The destinations the DNAT rules choose between for such a packet now; `None` when the
+    /// way through the nat chains could not be followed to its end (or was not read in time).
+    pub targets: Option<Vec<std::net::SocketAddr>>,
+}
+
+/// What the worker is asked.
+enum Job {
+    Drop(Request),
+    Nat(NatQuestion),
+}
+
+/// What it answers.
+enum Reply {
+    // Boxed: a drop's answer carries a whole finding, a NAT answer a few addresses.
+    Drop(Box<Answer>),
+    Nat(NatAnswer),
 }
 
 /// The rulesets as read at one moment.
@@ -57,16 +85,16 @@ impl Reading {
         Reading { snapshot, started_ns, hooks: None }
     }
 
-    /// Reads what the ways of `requests`' packets through their hooks reach, and no more.
-    fn scoped(requests: &[Request], inventory: Option<&Inventory>, said: &mut HashSet<String>) -> Reading {
+    /// Reads what the ways of `packets` through their hooks reach, and no more.
+    fn scoped(packets: &[&HookDrop], inventory: Option<&Inventory>, said: &mut HashSet<String>) -> Reading {
         let started_ns = monotonic_now_ns();
-        let asked: Vec<_> = requests.iter().map(|r| (r.packet.hook, r.packet.as_seen())).collect();
+        let asked: Vec<_> = packets.iter().map(|packet| (packet.hook, packet.as_seen())).collect();
         let snapshot = firewall::scoped_snapshot(&asked, inventory);
         say_errors(&snapshot, said);
         let mut hooks: Vec<Hook> = Vec::new();
-        for request in requests {
-            if !hooks.contains(&request.packet.hook) {
-                hooks.push(request.packet.hook);
+        for packet in packets {
+            if !hooks.contains(&packet.hook) {
+                hooks.push(packet.hook);
             }
         }
         Reading { snapshot, started_ns, hooks: Some(hooks) }
@@ -104,12 +132,15 @@ const READING_FRESH_NS: u64 = 10_000_000_000;
 const GATHER: Duration = Duration::from_millis(20);
 
 pub(crate) struct FirewallWorker {
-    requests: Option<Sender<Request>>,
-    answers: Receiver<Answer>,
+    requests: Option<Sender<Job>>,
+    answers: Receiver<Reply>,
     thread: Option<JoinHandle<()>>,
     /// The drops asked about and not answered yet: what the end of a run states without
     /// their rule when the worker is not done by then.
     in_flight: Vec<(DropKey, HookDrop, u64)>,
+    /// NAT questions not answered yet, and answers not taken yet.
+    nat_in_flight: Vec<u64>,
+    nat_answers: Vec<NatAnswer>,
 }
 
 impl FirewallWorker {
@@ -121,8 +152,8 @@ impl FirewallWorker {
     /// comes. A drop older than the reading is judged without a "before" (see
     /// [`Reading::before`]).
     pub(crate) fn start() -> FirewallWorker {
-        let (request_tx, request_rx) = mpsc::channel::<Request>();
-        let (answer_tx, answer_rx) = mpsc::channel::<Answer>();
+        let (request_tx, request_rx) = mpsc::channel::<Job>();
+        let (answer_tx, answer_rx) = mpsc::channel::<Reply>();
         let (ready_tx, ready_rx) = mpsc::channel::<()>();
         let thread = thread::Builder::new()
             .name("tracer-firewall".to_string())
@@ -146,38 +177,52 @@ impl FirewallWorker {
             answers: answer_rx,
             thread,
             in_flight: Vec::new(),
+            nat_in_flight: Vec::new(),
+            nat_answers: Vec::new(),
         }
     }
 
     /// Asks for the rule behind a drop; false when the worker is gone.
     pub(crate) fn request(&mut self, request: Request) -> bool {
         let asked = (request.key, request.packet.clone(), request.wall_time_ns);
-        let sent = self.requests.as_ref().is_some_and(|requests| requests.send(request).is_ok());
+        let sent = self.requests.as_ref().is_some_and(|requests| requests.send(Job::Drop(request)).is_ok());
         if sent {
             self.in_flight.push(asked);
         }
         sent
     }
 
-    /// Answers ready now.
+    /// Asks where the nat rules send such a packet now; false when the worker is gone.
+    pub(crate) fn ask_nat(&mut self, question: NatQuestion) -> bool {
+        let id = question.id;
+        let sent = self.requests.as_ref().is_some_and(|requests| requests.send(Job::Nat(question)).is_ok());
+        if sent {
+            self.nat_in_flight.push(id);
+        }
+        sent
+    }
+
+    /// Answers about drops ready now (NAT answers are kept for [`Self::nat_ready`]).
     pub(crate) fn ready(&mut self) -> Vec<Answer> {
-        let answers: Vec<Answer> = self.answers.try_iter().collect();
-        self.received(&answers);
-        answers
+        let replies: Vec<Reply> = self.answers.try_iter().collect();
+        replies.into_iter().filter_map(|reply| self.received(reply)).collect()
+    }
+
+    /// NAT answers received by [`Self::ready`] and [`Self::wait`] so far.
+    pub(crate) fn nat_ready(&mut self) -> Vec<NatAnswer> {
+        std::mem::take(&mut self.nat_answers)
     }
 
     /// Waits for every outstanding answer until `deadline`; a drop still unanswered then
     /// (on a large node a reading takes seconds) gets its finding without the rule, saying
-    /// why, rather than none: the kernel's verdict and hook are known all the same.
+    /// why, rather than none: the kernel's verdict and hook are known all the same. A NAT
+    /// question still unanswered gets no targets.
     pub(crate) fn wait(&mut self, deadline: Instant) -> Vec<Answer> {
         let mut answers = Vec::new();
-        while !self.in_flight.is_empty() {
+        while !self.in_flight.is_empty() || !self.nat_in_flight.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.answers.recv_timeout(left) {
-                Ok(answer) => {
-                    self.received(std::slice::from_ref(&answer));
-                    answers.push(answer);
-                }
+                Ok(reply) => answers.extend(self.received(reply)),
                 Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
             }
         }
@@ -185,13 +230,25 @@ impl FirewallWorker {
             let finding = judge_drop_unnamed(&packet, wall_time_ns, STOPPED_BEFORE_NAMED);
             answers.push(Answer { key, finding: Some(finding) });
         }
+        for id in self.nat_in_flight.drain(..) {
+            self.nat_answers.push(NatAnswer { id, targets: None });
+        }
         answers
     }
 
-    fn received(&mut self, answers: &[Answer]) {
-        for answer in answers {
-            if let Some(at) = self.in_flight.iter().position(|(key, ..)| *key == answer.key) {
-                self.in_flight.swap_remove(at);
+    /// Files a reply: a drop's answer is returned, a NAT answer kept.
+    fn received(&mut self, reply: Reply) -> Option<Answer> {
+        match reply {
+            Reply::Drop(answer) => {
+                if let Some(at) = self.in_flight.iter().position(|(key, ..)| *key == answer.key) {
+                    self.in_flight.swap_remove(at);
+                }
+                Some(*answer)
+            }
+            Reply::Nat(answer) => {
+                self.nat_in_flight.retain(|id| *id != answer.id);
+                self.nat_answers.push(answer);
+                None
             }
         }
     }
@@ -266,49 +323,92 @@ impl Worker {
     }
 }
 
-fn serve(mut worker: Worker, requests: Receiver<Request>, answers: Sender<Answer>) {
-    while let Ok(first) = requests.recv() {
+fn serve(mut worker: Worker, jobs: Receiver<Job>, answers: Sender<Reply>) {
+    while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         let gather_until = Instant::now() + GATHER;
         loop {
-            match requests.recv_timeout(gather_until.saturating_duration_since(Instant::now())) {
-                Ok(request) => batch.push(request),
+            match jobs.recv_timeout(gather_until.saturating_duration_since(Instant::now())) {
+                Ok(job) => batch.push(job),
                 Err(RecvTimeoutError::Timeout) => break,
                 Err(RecvTimeoutError::Disconnected) => return,
             }
         }
         // A drop the packet's way through the last reading names by itself is answered now:
-        // another reading of a large node's rulesets takes seconds.
+        // another reading of a large node's rulesets takes seconds. A NAT question is about
+        // rules that changed since an old entry was made: it is always read afresh.
         let mut waiting = Vec::new();
-        for request in batch {
+        let mut questions = Vec::new();
+        for job in batch {
+            let request = match job {
+                Job::Drop(request) => request,
+                Job::Nat(question) => {
+                    questions.push(question);
+                    continue;
+                }
+            };
             let named = worker
                 .before_of(&request)
                 .and_then(|reading| judge_drop_from_reading(&request.packet, request.wall_time_ns, reading));
             match named {
                 Some(finding) => {
-                    if answers.send(Answer { key: request.key, finding: Some(finding) }).is_err() {
+                    if answers.send(Reply::Drop(Box::new(Answer { key: request.key, finding: Some(finding) }))).is_err()
+                    {
                         return;
                     }
                 }
                 None => waiting.push(request),
             }
         }
-        if waiting.is_empty() {
+        if waiting.is_empty() && questions.is_empty() {
             worker.refresh_if_old();
             continue;
         }
-        // Only what these drops' ways reach is read again: on a node with tens of thousands
+        // Only what these packets' ways reach is read again: on a node with tens of thousands
         // of rules that is milliseconds, where reading everything takes seconds.
         worker.refresh_inventory_if_old();
-        let after = Reading::scoped(&waiting, worker.inventory.as_ref(), &mut worker.said);
+        let packets: Vec<&HookDrop> = waiting
+            .iter()
+            .map(|request| &request.packet)
+            .chain(questions.iter().map(|question| &question.packet))
+            .collect();
+        let after = Reading::scoped(&packets, worker.inventory.as_ref(), &mut worker.said);
+        for question in questions {
+            let targets = dnat_targets(&after.snapshot, &question.packet);
+            if answers.send(Reply::Nat(NatAnswer { id: question.id, targets })).is_err() {
+                return;
+            }
+        }
         for request in waiting {
             let finding = Some(worker.judge(&request, &after.snapshot));
-            if answers.send(Answer { key: request.key, finding }).is_err() {
+            if answers.send(Reply::Drop(Box::new(Answer { key: request.key, finding }))).is_err() {
                 return;
             }
         }
         worker.before = Some(after);
     }
+}
+
+/// The destinations the DNAT rules on `packet`'s hook choose between for it; `None` when a
+/// way could not be followed to its end, or a DNAT names no one address (a range, a map).
+fn dnat_targets(snapshot: &Snapshot, packet: &HookDrop) -> Option<Vec<std::net::SocketAddr>> {
+    let ruleset = Ruleset::new(snapshot);
+    let walks = ruleset.walk(packet.hook, &packet.as_seen());
+    if walks.iter().any(|walk| !walk.complete || !walk.unread.is_empty()) {
+        return None;
+    }
+    let mut targets = Vec::new();
+    for end in walks.iter().flat_map(|walk| &walk.ends) {
+        let Verdict::Other(text) = &end.verdict else { continue };
+        if Verdict::other_flow(text) != OtherFlow::Ends || !text.to_ascii_lowercase().starts_with("dnat") {
+            continue;
+        }
+        let target = end.verdict.dnat_destination(packet.dst.port())?;
+        if !targets.contains(&target) {
+            targets.push(target);
+        }
+    }
+    Some(targets)
 }
 
 #[cfg(test)]
@@ -317,6 +417,39 @@ mod tests {
     use crate::findings::netfilter::tests::dns_query;
     use crate::schema::finding::{Evidence, FindingKind};
     use crate::system::netns::scratch::Netns;
+
+    #[test]
+    fn real_a_nat_question_is_answered_with_every_destination_the_rules_may_choose() {
+        let ns = Netns::new();
+        // kube-proxy's shape: a Service chain choosing one of two endpoints at random.
+        ns.sh("iptables -t nat -N TR-SVC
+             iptables -t nat -A PREROUTING -d 10.96.0.10/32 -p udp --dport 53 -j TR-SVC
+             iptables -t nat -A PREROUTING -d 10.96.0.10/32 -p tcp --dport 53 -j DNAT --to-destination 10.244.0.9:53
+             iptables -t nat -A TR-SVC -p udp -m statistic --mode random --probability 0.5 -j DNAT --to-destination 10.244.0.8:53
+             iptables -t nat -A TR-SVC -p udp -j DNAT --to-destination 10.244.0.10:53");
+        let answers = ns.run(|| {
+            let mut worker = FirewallWorker::start();
+            let packet = HookDrop {
+                family: crate::model::hook::Family::Ipv4,
+                hook: Hook::PreRouting,
+                proto: L4Proto::Udp,
+                src: "10.244.0.5:5300".parse().expect("addr"),
+                dst: "10.96.0.10:53".parse().expect("addr"),
+                in_iface: Some("cni0".to_string()),
+                out_iface: None,
+                icmp: None,
+                tcp_reset: false,
+            };
+            assert!(worker.ask_nat(NatQuestion { id: 7, packet }));
+            worker.wait(Instant::now() + Duration::from_secs(10));
+            worker.nat_ready()
+        });
+        let [answer] = answers.as_slice() else { panic!("one answer, got {}", answers.len()) };
+        assert_eq!(answer.id, 7);
+        let want: Vec<std::net::SocketAddr> =
+            ["10.244.0.8:53", "10.244.0.10:53"].iter().map(|a| a.parse().expect("addr")).collect();
+        assert_eq!(answer.targets, Some(want));
+    }
 
     #[test]
     fn real_a_drop_unanswered_when_the_run_ends_is_stated_without_its_rule() {

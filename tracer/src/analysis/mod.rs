@@ -14,13 +14,17 @@ pub(crate) mod pods;
 
 use std::{collections::HashMap, io, mem, time::Duration};
 
-use self::firewall::{Answer, DropKey, FirewallWorker, Request};
+use self::firewall::{Answer, DropKey, FirewallWorker, NatAnswer, NatQuestion, Request};
 use crate::{
     findings::{
-        attribution::HookDrop, dns::judge, netfilter::short_label, search_path::SearchWalks, FindingLog, Occurrence,
-        UnconfirmedLog,
+        attribution::HookDrop,
+        dns::{judge, stale_dnat},
+        netfilter::short_label,
+        search_path::SearchWalks,
+        FindingLog, Occurrence, UnconfirmedLog,
     },
     model::{
+        hook::{Family, Hook},
         netfilter::{stopped_in, DropReason},
         packet::{Fate, L4Proto, PacketEvent},
         sysctl::SysctlValue,
@@ -34,7 +38,7 @@ use crate::{
         dns_decode::{DnsDecoder, Segment},
         loss::{LossWindows, LossWitness},
         paths::DroppedPacket,
-        queries::{Correlated, DnsFlows},
+        queries::{Correlated, DnsFlows, QueryFlow},
     },
     schema::{
         finding::{Evidence, Finding, FindingKind, Unconfirmed},
@@ -100,6 +104,15 @@ struct PendingFinding {
     until_ns: u64,
 }
 
+/// An unanswered query an old conntrack entry sent to `backend`, waiting for the worker to
+/// say where the nat rules send such a query now.
+struct PendingStale {
+    id: u64,
+    query: QueryFlow,
+    backend: std::net::SocketAddr,
+    until_ns: u64,
+}
+
 /// A packet a netfilter hook dropped, waiting for the loss check and its rule: its line,
 /// the loss windows of its path, and the packet as the hook saw it.
 struct PendingDrop {
@@ -120,6 +133,12 @@ pub(crate) struct Analysis {
     search_walks: SearchWalks,
     pending: Vec<PendingFinding>,
     pending_drops: Vec<PendingDrop>,
+    pending_stale: Vec<PendingStale>,
+    questions_asked: u64,
+    /// Replays: the stale-entry findings the capture recorded, by client and the backend its
+    /// entry sent it to; and the queries (client, id) they were recorded for, not judged yet.
+    recorded_stale: HashMap<(std::net::SocketAddr, std::net::SocketAddr), Finding>,
+    stated_stale: std::collections::HashSet<(std::net::SocketAddr, u16)>,
     /// Reads the rulesets and names rules, off the drain loop (live watches only).
     firewall: Option<FirewallWorker>,
     /// Drops already attributed, by what makes them the same problem: repeats are
@@ -154,6 +173,10 @@ impl Analysis {
             search_walks: SearchWalks::default(),
             pending: Vec::new(),
             pending_drops: Vec::new(),
+            pending_stale: Vec::new(),
+            questions_asked: 0,
+            recorded_stale: HashMap::new(),
+            stated_stale: Default::default(),
             firewall,
             attributed: HashMap::new(),
             waiting: HashMap::new(),
@@ -216,6 +239,11 @@ impl Analysis {
     }
 
     fn consider(&mut self, correlated: &Correlated, until_ns: u64) {
+        if let Correlated::Unanswered { query } = correlated {
+            if self.ask_where_rules_send(query, until_ns) {
+                return;
+            }
+        }
         let settings = &self.settings;
         let search_walks = &mut self.search_walks;
         // A healthy answer may still end a costly walk through the search list.
@@ -227,6 +255,11 @@ impl Analysis {
         let query = match correlated {
             Correlated::ReplyToClient { query, .. } | Correlated::Unanswered { query } => query,
         };
+        self.hold(finding, query, until_ns);
+    }
+
+    /// A finding waits for the loss check of its query's records.
+    fn hold(&mut self, finding: Finding, query: &QueryFlow, until_ns: u64) {
         let subject = Unconfirmed {
             kind: finding.kind,
             wall_time_ns: finding.wall_time_ns,
@@ -235,6 +268,108 @@ impl Analysis {
             query_id: Some(query.id),
         };
         self.pending.push(PendingFinding { finding, subject, loss: query.loss.clone(), until_ns });
+    }
+
+    /// A query a conntrack entry of an earlier exchange sent to its backend got no answer:
+    /// the worker is asked where the nat rules send such a query now (live watches of pods'
+    /// UDP queries only). False when there is nothing to ask.
+    fn ask_where_rules_send(&mut self, query: &QueryFlow, until_ns: u64) -> bool {
+        let (true, Some(backend), Some(bridge)) = (query.entry_reused, query.backend(), query.bridge.clone()) else {
+            return false;
+        };
+        let Some(worker) = self.firewall.as_mut() else {
+            // A replay has not the rules: what the watch found is in the capture, before this
+            // or after (`replay_stale_finding`); until then the query waits, unjudged.
+            if !matches!(self.settings, NodeSettings::Recorded(_)) {
+                return false;
+            }
+            if self.stated_stale.remove(&(query.client, query.id)) {
+                return true;
+            }
+            match self.recorded_stale.get(&(query.client, backend)) {
+                // Another query held on the same entry: a repeat, as the watch counted it.
+                Some(finding) => self.hold(finding.clone(), query, until_ns),
+                None => self.pending_stale.push(PendingStale { id: 0, query: query.clone(), backend, until_ns }),
+            }
+            return true;
+        };
+        let service = query.queried();
+        let packet = HookDrop {
+            family: if service.is_ipv6() { Family::Ipv6 } else { Family::Ipv4 },
+            // A pod's query enters the node's IP stack from its bridge.
+            hook: Hook::PreRouting,
+            proto: L4Proto::Udp,
+            src: query.client,
+            dst: service,
+            in_iface: Some(bridge),
+            out_iface: None,
+            icmp: None,
+            tcp_reset: false,
+        };
+        self.questions_asked += 1;
+        let id = self.questions_asked;
+        if !worker.ask_nat(NatQuestion { id, packet }) {
+            return false;
+        }
+        self.pending_stale.push(PendingStale { id, query: query.clone(), backend, until_ns });
+        true
+    }
+
+    /// The worker said where the rules send the query of a pending stale check: elsewhere
+    /// than its entry did, and it is the entry's finding; anywhere else (the same backend,
+    /// nowhere, not known), the timeout's.
+    fn stale_answered(&mut self, answer: NatAnswer) {
+        let Some(at) = self.pending_stale.iter().position(|pending| pending.id == answer.id) else { return };
+        let pending = self.pending_stale.swap_remove(at);
+        self.stale_answered_with(pending, answer.targets);
+    }
+
+    fn stale_answered_with(&mut self, pending: PendingStale, targets: Option<Vec<std::net::SocketAddr>>) {
+        let PendingStale { query, backend, until_ns, .. } = pending;
+        let finding = match targets {
+            Some(current) if !current.is_empty() && !current.contains(&backend) => {
+                Some(stale_dnat(&query, backend, current, self.timeout_secs))
+            }
+            _ => {
+                let settings = &self.settings;
+                let unanswered = Correlated::Unanswered { query: query.clone() };
+                judge(&unanswered, self.timeout_secs, &|name| settings.read(name))
+            }
+        };
+        if let Some(finding) = finding {
+            self.hold(finding, &query, until_ns);
+        }
+    }
+
+    /// A stale-entry finding read back from a capture: made from rulesets only the capturing
+    /// node had, it is taken as recorded, and its query is no timeout.
+    pub(crate) fn replay_stale_finding(&mut self, finding: Finding, output: &mut dyn Sink) -> io::Result<()> {
+        if let (Evidence::Dns(dns), Some(stale)) = (&finding.evidence, finding_stale_backend(&finding)) {
+            let query = (dns.client, dns.query.id);
+            match self.pending_stale.iter().position(|p| (p.query.client, p.query.id) == query) {
+                Some(at) => drop(self.pending_stale.swap_remove(at)),
+                None => drop(self.stated_stale.insert(query)),
+            }
+            // Queries of the same client held on the same entry, waiting: repeats.
+            let key = (dns.client, stale);
+            let (same, others): (Vec<PendingStale>, Vec<PendingStale>) =
+                mem::take(&mut self.pending_stale).into_iter().partition(|p| (p.query.client, p.backend) == key);
+            self.pending_stale = others;
+            for pending in same {
+                self.hold(finding.clone(), &pending.query, pending.until_ns);
+            }
+            self.recorded_stale.insert(key, finding.clone());
+        }
+        state(&mut self.log, finding, output)
+    }
+
+    /// The end of a replay: a query the capture recorded no stale-entry finding for is the
+    /// timeout it looked like.
+    pub(crate) fn finish_replay(&mut self, witness: &mut dyn LossWitness, output: &mut dyn Sink) -> io::Result<()> {
+        for pending in mem::take(&mut self.pending_stale) {
+            self.stale_answered_with(pending, None);
+        }
+        self.settle(witness, output)
     }
 
     /// A traced packet the kernel freed as dropped. One that a netfilter hook dropped waits
@@ -311,6 +446,10 @@ impl Analysis {
         for answer in answers {
             self.answered(answer, output)?;
         }
+        // Their findings are settled with the next pass's.
+        for answer in self.firewall.as_mut().map(FirewallWorker::nat_ready).unwrap_or_default() {
+            self.stale_answered(answer);
+        }
         Ok(())
     }
 
@@ -328,6 +467,11 @@ impl Analysis {
         for answer in answers {
             self.answered(answer, output)?;
         }
+        for answer in self.firewall.as_mut().map(FirewallWorker::nat_ready).unwrap_or_default() {
+            self.stale_answered(answer);
+        }
+        // The findings those answers made.
+        self.settle(witness, output)?;
         for (_, lines) in mem::take(&mut self.waiting) {
             for line in lines {
                 output.dropped(&line)?;
@@ -451,6 +595,14 @@ impl Analysis {
             }
         }
         state(&mut self.log, finding, output)
+    }
+}
+
+/// The backend a stale-entry finding's entry sent its query to.
+fn finding_stale_backend(finding: &Finding) -> Option<std::net::SocketAddr> {
+    match &finding.evidence {
+        Evidence::Dns(dns) => dns.stale_dnat.as_ref().map(|stale| stale.backend),
+        _ => None,
     }
 }
 

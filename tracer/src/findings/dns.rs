@@ -16,7 +16,7 @@ use crate::{
         queries::{AskedServer, Correlated, QueryFlow},
     },
     schema::{
-        finding::{DnsEvidence, Evidence, Finding, FindingKind, QueryRef},
+        finding::{DnsEvidence, Evidence, Finding, FindingKind, QueryRef, StaleDnat},
         packet::TracedPacket,
     },
 };
@@ -160,6 +160,7 @@ pub(super) fn answered(query: &QueryFlow, asked: SocketAddr, reply: &TracedPacke
         last_seen: None,
         rcode: None,
         search: None,
+        stale_dnat: None,
         sysctls: Vec::new(),
         pods: Default::default(),
     }
@@ -199,6 +200,61 @@ fn unexpected_source(evidence: DnsEvidence, wall_time_ns: u64, query: &QueryFlow
         wall_time_ns,
         headline,
         evidence: Evidence::Dns(evidence),
+        explanation,
+        fix,
+    }
+}
+
+/// A query that got no reply, sent by a conntrack entry of an earlier exchange to
+/// `backend`, where the nat rules now send new flows to `current` instead.
+pub(crate) fn stale_dnat(
+    query: &QueryFlow,
+    backend: SocketAddr,
+    current: Vec<SocketAddr>,
+    timeout_secs: f64,
+) -> Finding {
+    let client = query.client;
+    let service = query.queried();
+    let now: Vec<String> = current.iter().map(SocketAddr::to_string).collect();
+    let now = now.join(", ");
+    let headline = format!(
+        "Stale conntrack entry: {client}'s DNS queries to {service} still go to {backend}, which the Service's rules no longer choose (now {now})"
+    );
+    let explanation = format!(
+        "No reply to {client}'s query came within {timeout_secs} s. The query was not NATed by the rules: it reused          the conntrack entry of an earlier exchange from the same client port, which sends everything from          {client} to {service} to {backend}, the backend the rules chose when the entry was made. The Service's          nat rules now send new flows to {now}: {backend} was replaced (a DNS pod restarted elsewhere, an endpoint          removed). A UDP entry lives for as long as its client keeps sending within the UDP timeout, and a          resolver that keeps its source port keeps it alive forever; it is not removed when the endpoint goes          unless the proxy clears it (kube-proxy does, when it sees the endpoint go and its conntrack tool works).          Every query of this client goes to {backend} until the entry is deleted."
+    );
+    let proto = "udp";
+    let fix = vec![
+        format!(
+            "conntrack -D -p {proto} --orig-src {} --orig-port-src {} --orig-dst {} --orig-port-dst {}    # deletes exactly this entry; the next query is NATed by the rules",
+            client.ip(),
+            client.port(),
+            service.ip(),
+            service.port()
+        ),
+        format!("conntrack -L -p {proto} --orig-dst {} --reply-src {}    # other clients held on {backend}", service.ip(), backend.ip()),
+        "kubectl -n kube-system logs -l k8s-app=kube-proxy --tail=100 | grep -i conntrack    # why the proxy did not clear it".to_string(),
+    ];
+    let seen = query.last_seen.clone();
+    Finding {
+        kind: FindingKind::StaleConntrackDnat,
+        wall_time_ns: seen.wall_time_ns,
+        headline,
+        evidence: Evidence::Dns(DnsEvidence {
+            client,
+            expected_source: service,
+            actual_source: None,
+            query: query_ref(query),
+            bridge: query.bridge.clone(),
+            reply_in_port: None,
+            reply_out_port: None,
+            last_seen: Some(seen),
+            rcode: None,
+            search: None,
+            stale_dnat: Some(StaleDnat { backend, current }),
+            sysctls: Vec::new(),
+            pods: Default::default(),
+        }),
         explanation,
         fix,
     }
@@ -264,6 +320,7 @@ fn timeout(query: &QueryFlow, timeout_secs: f64) -> Finding {
             last_seen: Some(seen.clone()),
             rcode: None,
             search: None,
+            stale_dnat: None,
             sysctls: Vec::new(),
             pods: Default::default(),
         }),

@@ -182,6 +182,7 @@ mod tests {
                 wall_time_ns: 0,
             },
             reply_seen: true,
+            entry_reused: false,
             loss: Default::default(),
         };
         let mut reply = packet(

@@ -36,7 +36,7 @@ pub(crate) mod fixtures;
 mod kube_proxy_tests;
 
 pub(crate) use iptables::parse_iptables_save;
-pub(crate) use model::{Backend, Chain, Condition, Family, Hook, Rule, Snapshot, Verdict};
+pub(crate) use model::{Backend, Chain, Condition, Family, Hook, OtherFlow, Rule, Snapshot, Verdict};
 pub(crate) use nft::parse_nft_json;
 pub(crate) use scoped::{scoped_snapshot, Inventory};
 pub(crate) use snapshot::snapshot;

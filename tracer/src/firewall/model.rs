@@ -317,6 +317,32 @@ pub(crate) enum OtherFlow {
 }
 
 impl Verdict {
+    /// Where a DNAT verdict sends the packet: iptables' `DNAT --to-destination ADDR[:PORT]`,
+    /// nft's `dnat [ip|ip6] to ADDR[:PORT]`; a packet for `port` keeps it when none is given.
+    /// `None` for any other verdict, and for ranges and maps, which name no one address.
+    pub(crate) fn dnat_destination(&self, port: u16) -> Option<std::net::SocketAddr> {
+        let Verdict::Other(text) = self else { return None };
+        let mut words = text.split_whitespace();
+        let target = match words.next()? {
+            "DNAT" => {
+                let mut words = words.skip_while(|word| *word != "--to-destination");
+                words.next()?;
+                words.next()?
+            }
+            "dnat" => {
+                let mut words = words.skip_while(|word| *word != "to");
+                words.next()?;
+                words.next()?
+            }
+            _ => return None,
+        };
+        if let Ok(addr) = target.parse::<std::net::SocketAddr>() {
+            return Some(addr);
+        }
+        let ip = target.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().ok()?;
+        Some(std::net::SocketAddr::new(ip, port))
+    }
+
     /// How an `Other` verdict (target or statement as written) goes on.
     pub(crate) fn other_flow(text: &str) -> OtherFlow {
         let name = text.split_whitespace().next().unwrap_or("");
@@ -465,6 +491,28 @@ pub(crate) fn protocol_number(name: &str) -> Option<Option<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dnat_destinations_of_both_tools() {
+        let other = |text: &str| Verdict::Other(text.to_string());
+        for (text, want) in [
+            ("DNAT --to-destination 10.244.0.7:53", Some("10.244.0.7:53")),
+            ("DNAT --to-destination 10.244.0.7", Some("10.244.0.7:5353")),
+            ("DNAT --to-destination [fd00::7]:53", Some("[fd00::7]:53")),
+            ("dnat to 10.244.1.25:8080", Some("10.244.1.25:8080")),
+            ("dnat ip to 10.0.0.5:80", Some("10.0.0.5:80")),
+            ("dnat ip6 to [fd00::5]:80", Some("[fd00::5]:80")),
+            ("dnat to 10.0.0.7", Some("10.0.0.7:5353")),
+            ("DNAT --to-destination 10.0.0.1-10.0.0.9:53", None),
+            ("dnat to ip daddr map @backends", None),
+            ("SNAT --to-source 10.0.0.1", None),
+            ("masquerade", None),
+        ] {
+            let want = want.map(|w| w.parse::<std::net::SocketAddr>().expect("address"));
+            assert_eq!(other(text).dnat_destination(5353), want, "{text}");
+        }
+        assert_eq!(Verdict::Accept.dnat_destination(53), None);
+    }
 
     fn range(addr: &str, prefix: u8) -> Option<(String, String)> {
         let range = AddrRange::cidr(addr.parse().expect("addr"), prefix)?;

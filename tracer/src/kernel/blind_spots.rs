@@ -36,7 +36,7 @@ pub(crate) fn blind_spots(capabilities: &Capabilities, conntrack_known: bool, fi
         spots.push(BlindSpot {
             missing: "conntrack_tuples".to_string(),
             why: "no nf_conn in this kernel's BTF".to_string(),
-            unavailable: vec![FindingKind::ConntrackSkip],
+            unavailable: vec![FindingKind::ConntrackSkip, FindingKind::StaleConntrackDnat],
             instead: "where a query was NATed to is not known: a reply that skipped conntrack shows as \
                       unexpected_reply_source"
                 .to_string(),

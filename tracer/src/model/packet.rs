@@ -153,6 +153,8 @@ const STATUS_BITS: [&str; 16] = [
     "offload",
     "hw_offload",
 ];
+/// The entry has seen a packet in its reply direction.
+const IPS_SEEN_REPLY: u32 = 1 << 1;
 const IPS_SRC_NAT: u32 = 1 << 4;
 pub(crate) const IPS_DST_NAT: u32 = 1 << 5;
 
@@ -181,6 +183,12 @@ impl ConntrackEntry {
     /// (IP_CT_ESTABLISHED_REPLY or IP_CT_RELATED_REPLY).
     pub(crate) fn is_reply_direction(&self) -> bool {
         matches!(self.ctinfo, 3 | 4)
+    }
+
+    /// The entry had seen a reply before this packet: it was made for an earlier exchange
+    /// (the same client port), and its NAT was decided then, by the rules of then.
+    pub(crate) fn seen_reply(&self) -> bool {
+        self.status.is_some_and(|status| status & IPS_SEEN_REPLY != 0)
     }
 
     pub(crate) fn status_names(&self) -> Vec<&'static str> {

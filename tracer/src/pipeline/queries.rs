@@ -12,7 +12,7 @@ use tracer_common::Stage;
 
 use super::{bounded::BoundedTable, loss::LossWindows};
 use crate::{
-    model::packet::{Conntrack, PacketEvent},
+    model::packet::{Conntrack, L4Proto, PacketEvent},
     schema::{finding::Sighting, packet::TracedPacket},
 };
 
@@ -44,6 +44,9 @@ pub(crate) struct QueryFlow {
     pub last_seen: Sighting,
     /// A reply was seen somewhere on the node (even if not yet on its way to the client).
     pub reply_seen: bool,
+    /// The query was DNATed by a conntrack entry that had already seen a reply: an entry of
+    /// an earlier exchange from the same client port, whose backend the rules chose then.
+    pub entry_reused: bool,
     /// The client's endpoints (before and after any source NAT) from their first records:
     /// a lost record of this exchange shows as growth there.
     pub loss: LossWindows,
@@ -121,8 +124,13 @@ impl DnsFlows {
             let (client, queried) = pre_nat_endpoints(event);
             let key = (client, message.id);
             let backend = dnat_backend(event);
+            // UDP only: a TCP connection's entry has seen replies by its second query.
+            let entry_reused = backend.is_some()
+                && event.l4_proto == L4Proto::Udp
+                && matches!(&event.conntrack, Conntrack::Attached(entry) if entry.seen_reply());
             if let Some(flow) = self.flows.get_mut(&key) {
                 flow.last_seen = sighting;
+                flow.entry_reused |= entry_reused;
                 flow.asked(queried, backend);
                 flow.loss.watch_source(event.src, event.loss, event.timestamp_ns);
                 return None;
@@ -141,6 +149,7 @@ impl DnsFlows {
                     first_seen_ns: event.timestamp_ns,
                     last_seen: sighting,
                     reply_seen: false,
+                    entry_reused,
                     loss,
                 },
             );
@@ -215,6 +224,7 @@ pub(crate) fn paired_reply(reply: &TracedPacket, asked: SocketAddr) -> Option<Co
             wall_time_ns: reply.wall_time_ns,
         },
         reply_seen: true,
+        entry_reused: false,
         loss: LossWindows::default(),
     };
     Some(Correlated::ReplyToClient { query, reply: Box::new(reply.clone()) })

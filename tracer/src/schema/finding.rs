@@ -31,6 +31,9 @@ crate::model::named_enum! {
         /// A lookup walked the resolver's search list through names that do not exist before
         /// asking the name itself (`ndots:5`): several queries and round trips for one answer.
         DnsSearchAmplification,
+        /// Queries sent to a backend the Service's rules no longer choose, by a conntrack entry
+        /// of an earlier exchange from the same client port: a UDP entry outlives its backend.
+        StaleConntrackDnat,
         NetfilterReject,
         NetfilterDrop,
         /// `net.ipv4.ip_forward` is 0 on a node whose bridges route pod traffic.
@@ -114,12 +117,24 @@ pub(crate) struct DnsEvidence {
     /// The names a lookup tried from its search list before the one answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub search: Option<SearchWalk>,
+    /// Where an old conntrack entry sent the query, and where the rules send new flows now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale_dnat: Option<StaleDnat>,
     /// Node settings that bear on the finding, as read when it was made.
     #[serde(with = "crate::model::sysctl::by_name")]
     pub sysctls: Vec<SysctlValue>,
     /// The pods holding the client's and the servers' addresses.
     #[serde(flatten)]
     pub pods: DnsPods,
+}
+
+/// A conntrack entry that DNATs a client's queries to where the rules no longer do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StaleDnat {
+    /// Where the entry sends them: the backend the rules chose when it was made.
+    pub backend: SocketAddr,
+    /// Where the nat rules send a new flow to the same address now.
+    pub current: Vec<SocketAddr>,
 }
 
 /// One lookup's walk through the resolver's search list.
@@ -404,6 +419,7 @@ mod names_tests {
                 "dns_timeout",
                 "dns_server_failure",
                 "dns_search_amplification",
+                "stale_conntrack_dnat",
                 "netfilter_reject",
                 "netfilter_drop",
                 "ip_forward_off",

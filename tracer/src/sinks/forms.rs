@@ -95,6 +95,14 @@ fn dns_evidence_lines(dns: &DnsEvidence) -> Vec<String> {
         let place = seen.ifname.clone().unwrap_or_else(|| format!("if{}", seen.ifindex));
         lines.push(format!("last seen {} on {place} at {}", stage_name(seen.stage), time_of_day(seen.wall_time_ns)));
     }
+    if let Some(stale) = &dns.stale_dnat {
+        let now: Vec<String> = stale.current.iter().map(|addr| addr.to_string()).collect();
+        lines.push(format!(
+            "sent to {} by a conntrack entry of an earlier exchange; the rules send new flows to {}",
+            stale.backend,
+            now.join(", ")
+        ));
+    }
     if let Some(walk) = &dns.search {
         lines.push(format!("tried first, each NXDOMAIN: {}", walk.tried.join(", ")));
         lines.push(format!("{:.1} ms from the first of them to asking {}", walk.lost_ms, walk.name));

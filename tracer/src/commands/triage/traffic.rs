@@ -309,6 +309,7 @@ mod tests {
                 last_seen: None,
                 rcode: None,
                 search: None,
+                stale_dnat: None,
                 sysctls: vec![],
                 pods: Default::default(),
             }),

@@ -130,6 +130,10 @@ impl Report {
                 // the rulesets the capturing node had, so they are taken as recorded.
                 Record::Finding(finding) => match finding.evidence {
                     Evidence::Netfilter(_) => analysis.replay_netfilter_finding(*finding, output),
+                    // Made from the nat rules of the capturing node, like netfilter findings.
+                    Evidence::Dns(_) if finding.kind == FindingKind::StaleConntrackDnat => {
+                        analysis.replay_stale_finding(*finding, output)
+                    }
                     _ => Ok(()),
                 },
                 Record::Summary { summary, end_timestamp_ns } => {
@@ -148,7 +152,7 @@ impl Report {
         let end_ts = recorded.as_ref().map_or(last_ts, |(_, end_ns)| (*end_ns).max(last_ts));
         let recorded = recorded.map(|(summary, _)| summary);
         analysis.expire(end_ts);
-        if let Err(err) = analysis.settle(&mut witness, output) {
+        if let Err(err) = analysis.finish_replay(&mut witness, output) {
             return Ending::OutputFailed(err);
         }
         let mut notes = Vec::new();

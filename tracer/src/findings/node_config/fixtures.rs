@@ -69,6 +69,7 @@ pub(crate) fn sighting_dns_finding(kind: FindingKind) -> Finding {
         last_seen: None,
         rcode: None,
         search: None,
+        stale_dnat: None,
         sysctls: vec![sysctl("net.bridge.bridge-nf-call-iptables", "0")],
         pods: Default::default(),
     };

@@ -21,6 +21,7 @@ fn kind_weight(kind: FindingKind) -> u8 {
         FindingKind::ConntrackSkip => 0,
         FindingKind::NetfilterReject => 1,
         FindingKind::NetfilterDrop => 2,
+        FindingKind::StaleConntrackDnat => 2,
         FindingKind::ConntrackTableFull => 3,
         FindingKind::ConntrackInsertRace => 4,
         FindingKind::RpFilterDrop => 5,
