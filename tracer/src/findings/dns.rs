@@ -221,7 +221,14 @@ pub(crate) fn stale_dnat(
         "Stale conntrack entry: {client}'s DNS queries to {service} still go to {backend}, which the Service's rules no longer choose (now {now})"
     );
     let explanation = format!(
-        "No reply to {client}'s query came within {timeout_secs} s. The query was not NATed by the rules: it reused          the conntrack entry of an earlier exchange from the same client port, which sends everything from          {client} to {service} to {backend}, the backend the rules chose when the entry was made. The Service's          nat rules now send new flows to {now}: {backend} was replaced (a DNS pod restarted elsewhere, an endpoint          removed). A UDP entry lives for as long as its client keeps sending within the UDP timeout, and a          resolver that keeps its source port keeps it alive forever; it is not removed when the endpoint goes          unless the proxy clears it (kube-proxy does, when it sees the endpoint go and its conntrack tool works).          Every query of this client goes to {backend} until the entry is deleted."
+        "No reply to {client}'s query came within {timeout_secs} s. The query was not NATed by the rules: it \
+         reused the conntrack entry of an earlier exchange from the same client port, which sends everything \
+         from {client} to {service} to {backend}, the backend the rules chose when the entry was made. The \
+         Service's nat rules now send new flows to {now}: {backend} was replaced (a DNS pod restarted \
+         elsewhere, an endpoint removed). A UDP entry lives for as long as its client keeps sending within \
+         the UDP timeout, and a resolver that keeps its source port keeps it alive forever; it is not removed \
+         when the endpoint goes unless the proxy clears it (kube-proxy does, when it sees the endpoint go and \
+         its conntrack tool works). Every query of this client goes to {backend} until the entry is deleted."
     );
     let proto = "udp";
     let fix = vec![
@@ -359,6 +366,28 @@ mod tests {
         let mut correlated: Vec<Correlated> = packets.iter().filter_map(|p| flows.observe(p)).collect();
         correlated.extend(flows.expire(u64::MAX));
         correlated.iter().filter_map(|c| judge(c, 2.0, &sysctl_zero)).collect()
+    }
+
+    #[test]
+    fn a_stale_entry_names_both_backends_and_the_delete_of_exactly_its_tuple() {
+        let mut flows = DnsFlows::new(2_000_000_000, 100);
+        for packet in query_path() {
+            flows.observe(&packet);
+        }
+        let expired = flows.expire(u64::MAX);
+        let [Correlated::Unanswered { query }] = expired.as_slice() else {
+            panic!("one unanswered query: {expired:?}")
+        };
+        let query = query.clone();
+        let finding = stale_dnat(&query, addr("10.244.0.7:53"), vec![addr("10.244.0.8:53")], 2.0);
+        assert_eq!(finding.kind, FindingKind::StaleConntrackDnat);
+        assert!(
+            finding.headline.contains("still go to 10.244.0.7:53") && finding.headline.contains("now 10.244.0.8:53")
+        );
+        assert!(finding.fix[0].starts_with(
+            "conntrack -D -p udp --orig-src 10.244.0.5 --orig-port-src 40000 --orig-dst 10.96.0.10 --orig-port-dst 53    #"
+        ));
+        assert!(!finding.explanation.contains("  "), "{}", finding.explanation);
     }
 
     #[test]
