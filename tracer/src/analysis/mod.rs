@@ -104,6 +104,16 @@ struct PendingFinding {
     until_ns: u64,
 }
 
+/// How long the worker's answer on where a Service's rules send a client's queries stands
+/// for that client's further unanswered queries: rules change, but not query by query.
+const NAT_ANSWER_FRESH_NS: u64 = 10_000_000_000;
+
+/// A client's address and the Service address it asked.
+type ClientService = (std::net::IpAddr, std::net::SocketAddr);
+
+/// Answers kept at most (client and Service pairs); past it they are all let go.
+const MAX_NAT_ANSWERS: usize = 4_096;
+
 /// An unanswered query an old conntrack entry sent to `backend`, waiting for the worker to
 /// say where the nat rules send such a query now.
 struct PendingStale {
@@ -135,6 +145,10 @@ pub(crate) struct Analysis {
     pending_drops: Vec<PendingDrop>,
     pending_stale: Vec<PendingStale>,
     questions_asked: u64,
+    /// The worker's answers by (client address, Service), with the kernel time of the query
+    /// that asked; and the questions it has not answered yet.
+    nat_known: HashMap<ClientService, (u64, Option<Vec<std::net::SocketAddr>>)>,
+    nat_in_flight: HashMap<ClientService, u64>,
     /// Replays: the stale-entry findings the capture recorded, by client and the backend its
     /// entry sent it to; and the queries (client, id) they were recorded for, not judged yet.
     recorded_stale: HashMap<(std::net::SocketAddr, std::net::SocketAddr), Finding>,
@@ -175,6 +189,8 @@ impl Analysis {
             pending_drops: Vec::new(),
             pending_stale: Vec::new(),
             questions_asked: 0,
+            nat_known: HashMap::new(),
+            nat_in_flight: HashMap::new(),
             recorded_stale: HashMap::new(),
             stated_stale: Default::default(),
             firewall,
@@ -294,6 +310,22 @@ impl Analysis {
             return true;
         };
         let service = query.queried();
+        // One question per client and Service at a time, and its answer kept a while: under
+        // load (a flood from a few fixed ports, records lost) every query would ask again,
+        // and every question is a reading of the rulesets.
+        let key = (query.client.ip(), service);
+        if let Some((asked_ns, targets)) = self.nat_known.get(&key) {
+            if until_ns.saturating_sub(*asked_ns) <= NAT_ANSWER_FRESH_NS {
+                let targets = targets.clone();
+                let pending = PendingStale { id: 0, query: query.clone(), backend, until_ns };
+                self.stale_answered_with(pending, targets);
+                return true;
+            }
+        }
+        if let Some(&id) = self.nat_in_flight.get(&key) {
+            self.pending_stale.push(PendingStale { id, query: query.clone(), backend, until_ns });
+            return true;
+        }
         let packet = HookDrop {
             family: if service.is_ipv6() { Family::Ipv6 } else { Family::Ipv4 },
             // A pod's query enters the node's IP stack from its bridge.
@@ -311,6 +343,7 @@ impl Analysis {
         if !worker.ask_nat(NatQuestion { id, packet }) {
             return false;
         }
+        self.nat_in_flight.insert(key, id);
         self.pending_stale.push(PendingStale { id, query: query.clone(), backend, until_ns });
         true
     }
@@ -319,9 +352,20 @@ impl Analysis {
     /// than its entry did, and it is the entry's finding; anywhere else (the same backend,
     /// nowhere, not known), the timeout's.
     fn stale_answered(&mut self, answer: NatAnswer) {
-        let Some(at) = self.pending_stale.iter().position(|pending| pending.id == answer.id) else { return };
-        let pending = self.pending_stale.swap_remove(at);
-        self.stale_answered_with(pending, answer.targets);
+        let (answered, waiting): (Vec<PendingStale>, Vec<PendingStale>) =
+            mem::take(&mut self.pending_stale).into_iter().partition(|pending| pending.id == answer.id);
+        self.pending_stale = waiting;
+        self.nat_in_flight.retain(|_, id| *id != answer.id);
+        if let Some(first) = answered.first() {
+            if self.nat_known.len() >= MAX_NAT_ANSWERS {
+                self.nat_known.clear();
+            }
+            let key = (first.query.client.ip(), first.query.queried());
+            self.nat_known.insert(key, (first.until_ns, answer.targets.clone()));
+        }
+        for pending in answered {
+            self.stale_answered_with(pending, answer.targets.clone());
+        }
     }
 
     fn stale_answered_with(&mut self, pending: PendingStale, targets: Option<Vec<std::net::SocketAddr>>) {
