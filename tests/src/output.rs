@@ -140,6 +140,19 @@ impl WatchJson {
         self.findings.iter().filter(move |f| str_at(f, "/kind") == Some(kind))
     }
 
+    /// `tracer report CAPTURE` states the findings this watch stated, writing `CAPTURE`.
+    pub fn expect_report_agrees(&self, capture: &str) -> Result<()> {
+        let out = crate::run_tracer(&["report", capture, "--output", "json"])?;
+        let report = WatchJson::parse(&String::from_utf8_lossy(&out.stdout)).with_context(|| describe_output(&out))?;
+        ensure!(
+            report.findings == self.findings,
+            "the report's findings differ from the watch's:\n{}\n---\n{}",
+            report.describe(),
+            self.describe()
+        );
+        Ok(())
+    }
+
     /// One line per packet, then the findings and the summary, for assertion messages.
     pub fn describe(&self) -> String {
         let mut s: String = self.packets.iter().map(|p| describe_packet(p) + "\n").collect();

@@ -10,7 +10,6 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use tracer_tests::lab::*;
 use tracer_tests::output::*;
-use tracer_tests::run_tracer;
 use tracer_tests::scenario::Scenario;
 
 /// The client's fixed source port: a resolver that keeps its socket.
@@ -63,14 +62,7 @@ fn a_stale_entry_is_named_with_the_gone_and_the_current_backend_and_its_fix_work
     ensure!(dig.timed_out, "the client held on the old pod gets no answer:\n{}", dig.output);
     // The report has not the node's rules: it takes the finding as the watch recorded it, and
     // the query is not also a timeout.
-    let out = run_tracer(&["report", capture_arg, "--output", "json"])?;
-    let report = WatchJson::parse(&String::from_utf8_lossy(&out.stdout)).with_context(|| describe_output(&out))?;
-    ensure!(
-        report.findings == w.findings,
-        "the report's findings differ:\n{}\n---\n{}",
-        report.describe(),
-        w.describe()
-    );
+    w.expect_report_agrees(capture_arg)?;
 
     let f = w.only_finding("stale_conntrack_dnat")?;
     let client = format!("{CLIENT_IP}:{CLIENT_PORT}");

@@ -142,6 +142,7 @@ fn scenario() -> (Vec<TracedPacket>, DroppedPacket, Finding) {
             drop_reason: DropReason::NetfilterDrop,
             owner: None,
             element: None,
+            retry_of: None,
         }),
         explanation: "A rule rejected it.".to_string(),
         fix: vec!["iptables -t filter -D FORWARD 16".to_string()],

@@ -21,6 +21,7 @@ use crate::{
         dns::{judge, stale_dnat},
         netfilter::short_label,
         search_path::SearchWalks,
+        tcp_retry::{self, TcpRetries},
         FindingLog, Occurrence, UnconfirmedLog,
     },
     model::{
@@ -141,6 +142,7 @@ pub(crate) struct Analysis {
     pub stats: Stats,
     decoder: DnsDecoder,
     search_walks: SearchWalks,
+    tcp_retries: TcpRetries,
     pending: Vec<PendingFinding>,
     pending_drops: Vec<PendingDrop>,
     pending_stale: Vec<PendingStale>,
@@ -185,6 +187,7 @@ impl Analysis {
             stats: Stats::default(),
             decoder: DnsDecoder::new(&options.dns_ports),
             search_walks: SearchWalks::default(),
+            tcp_retries: TcpRetries::new(options.dns_timeout.as_nanos() as u64),
             pending: Vec::new(),
             pending_drops: Vec::new(),
             pending_stale: Vec::new(),
@@ -219,6 +222,7 @@ impl Analysis {
             packet.event.dns = segment(&packet.event).and_then(|segment| self.decoder.decode(&segment));
         }
         output.packet(&packet)?;
+        self.tcp_retries.packet(&packet);
         if let Some(correlated) = self.flows.observe(&packet) {
             let until_ns = packet.event.timestamp_ns;
             self.consider(&correlated, until_ns);
@@ -252,13 +256,19 @@ impl Analysis {
         for correlated in self.flows.expire(now_ns) {
             self.consider(&correlated, now_ns);
         }
+        for (finding, query) in self.tcp_retries.expire(now_ns) {
+            self.hold(finding, &query, now_ns);
+        }
     }
 
     fn consider(&mut self, correlated: &Correlated, until_ns: u64) {
-        if let Correlated::Unanswered { query } = correlated {
-            if self.ask_where_rules_send(query, until_ns) {
-                return;
+        match correlated {
+            Correlated::Unanswered { query } => {
+                if self.ask_where_rules_send(query, until_ns) {
+                    return;
+                }
             }
+            Correlated::ReplyToClient { query, reply } => self.tcp_retries.answered(query, reply),
         }
         let settings = &self.settings;
         let search_walks = &mut self.search_walks;
@@ -444,6 +454,8 @@ impl Analysis {
             path,
             reason,
         };
+        let by_rule = line.reason.is_netfilter_drop() && stopped_in.is_some();
+        self.tcp_retries.dropped(&line, by_rule);
         match stopped_in {
             Some((hook, family, in_ifindex, out_ifindex)) if line.reason.is_netfilter_drop() => {
                 self.flows.stopped_by_firewall(line.drop.src, line.drop.timestamp_ns);
@@ -587,6 +599,12 @@ impl Analysis {
         let lines = self.waiting.remove(&answer.key).unwrap_or_default();
         self.waiting_lines = self.waiting_lines.saturating_sub(lines.len());
         let label = answer.finding.as_ref().and_then(short_label);
+        let mut answer = answer;
+        // A TCP connection that retried a truncated answer: the rule stops large answers only.
+        let retried = lines.first().and_then(|line| self.tcp_retries.retrying(line.drop.src));
+        if let (Some(finding), Some(query)) = (answer.finding.as_mut(), retried) {
+            tcp_retry::stops_retries_of(finding, query);
+        }
         if let Some(finding) = &answer.finding {
             if self.attributed.len() < MAX_ATTRIBUTED {
                 self.attributed.insert(answer.key, (label.clone(), finding.clone()));
@@ -613,6 +631,7 @@ impl Analysis {
     /// could not confirm is counted as it did.
     pub(crate) fn replay_drop(&mut self, line: &DropLine, output: &mut dyn Sink) -> io::Result<()> {
         self.stats.packets += 1;
+        self.tcp_retries.dropped(line, line.reason.is_netfilter_drop() && line.stopped_in().is_some());
         if line.reason.is_netfilter_drop() && line.stopped_in().is_some() {
             self.flows.stopped_by_firewall(line.drop.src, line.drop.timestamp_ns);
         }

@@ -161,6 +161,7 @@ pub(super) fn answered(query: &QueryFlow, asked: SocketAddr, reply: &TracedPacke
         rcode: None,
         search: None,
         stale_dnat: None,
+        tcp_retry: None,
         sysctls: Vec::new(),
         pods: Default::default(),
     }
@@ -259,6 +260,7 @@ pub(crate) fn stale_dnat(
             rcode: None,
             search: None,
             stale_dnat: Some(StaleDnat { backend, current }),
+            tcp_retry: None,
             sysctls: Vec::new(),
             pods: Default::default(),
         }),
@@ -328,6 +330,7 @@ fn timeout(query: &QueryFlow, timeout_secs: f64) -> Finding {
             rcode: None,
             search: None,
             stale_dnat: None,
+            tcp_retry: None,
             sysctls: Vec::new(),
             pods: Default::default(),
         }),
@@ -340,7 +343,7 @@ fn timeout(query: &QueryFlow, timeout_secs: f64) -> Finding {
     }
 }
 
-fn query_ref(query: &QueryFlow) -> QueryRef {
+pub(super) fn query_ref(query: &QueryFlow) -> QueryRef {
     QueryRef { id: query.id, qname: query.qname.clone(), qtype: query.qtype }
 }
 

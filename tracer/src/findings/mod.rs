@@ -1,13 +1,14 @@
 //! Findings: deciding which problem the packets and the node show, with its evidence, a
-//! plain explanation and the commands that fix it (`dns`, `netfilter` with `attribution`,
-//! and triage's `node_config`), and the log that counts repeats of one problem instead of
-//! reporting them again. The finding's own type is `schema::finding`.
+//! plain explanation and the commands that fix it (`dns`, `search_path`, `tcp_retry`,
+//! `netfilter` with `attribution`, and triage's `node_config`), and the log that counts
+//! repeats of one problem instead of reporting them again. The finding's own type is `schema::finding`.
 
 pub(crate) mod attribution;
 pub(crate) mod dns;
 pub(crate) mod netfilter;
 pub(crate) mod node_config;
 pub(crate) mod search_path;
+pub(crate) mod tcp_retry;
 
 use std::{collections::HashMap, net::SocketAddr};
 

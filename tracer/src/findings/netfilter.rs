@@ -70,6 +70,7 @@ fn finding_of(packet: &HookDrop, wall_time_ns: u64, attribution: Attribution) ->
         drop_reason: DropReason::NetfilterDrop,
         owner: None,
         element: attribution.element.clone(),
+        retry_of: None,
     };
     let blocker = Blocker::of(&attribution);
     let (owner, advice) = match blocker {

@@ -16,6 +16,10 @@ pub(crate) struct DnsMessage {
     /// The 4-bit header RCODE (an EDNS extended RCODE is not folded in).
     #[serde(serialize_with = "rcode_by_name", deserialize_with = "rcode_from_name")]
     pub rcode: u8,
+    /// TC: the answer did not fit the transport (512 bytes over UDP without EDNS, else the
+    /// size the client advertised) and was cut; the client is to ask again over TCP.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
     /// The first question's name in presentation form ("example.test.", root is "."), or None when the
     /// message has no question or the name is cut off or malformed.
     pub qname: Option<String>,

@@ -60,6 +60,7 @@ pub(crate) fn parse(payload: &[u8], over_tcp: bool) -> Option<DnsMessage> {
         qr: flags & 0x8000 != 0,
         opcode: ((flags >> 11) & 0x0f) as u8,
         rcode: (flags & 0x0f) as u8,
+        truncated: flags & FLAG_TC != 0,
         qname,
         qtype,
         answer_count: ancount,
@@ -69,6 +70,8 @@ pub(crate) fn parse(payload: &[u8], over_tcp: bool) -> Option<DnsMessage> {
 
 /// Opcodes in use (RFC 1035, 1996, 2136, 8490); IQUERY (1) is obsolete but harmless.
 const KNOWN_OPCODES: [u8; 6] = [0, 1, 2, 4, 5, 6];
+/// The TC bit of the flags: the message was truncated.
+const FLAG_TC: u16 = 0x0200;
 /// The Z bit of the flags, which every DNS implementation sends as zero.
 const FLAG_Z: u16 = 0x0040;
 /// A question takes at least 5 octets (root name, type, class), a record at least 11.
@@ -332,6 +335,7 @@ mod tests {
                 qr: false,
                 opcode: 0,
                 rcode: 0,
+                truncated: false,
                 qname: Some("example.test.".into()),
                 qtype: Some(1),
                 answer_count: 0,
@@ -402,7 +406,12 @@ mod tests {
         assert_eq!((r.id, r.qr), (0x560b, true));
         assert_eq!(r.first_answer, Some(DnsAnswer::Address(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)))));
         // The same bytes without the prefix are the UDP form of the message.
-        assert_eq!(parse(&TCP_RESPONSE_A[2..], false), Some(r));
+        assert_eq!(parse(&TCP_RESPONSE_A[2..], false), Some(r.clone()));
+        assert!(!r.truncated);
+        // TC is the third bit of the second flags byte: a server that cut the answer sets it.
+        let mut cut = TCP_RESPONSE_A[2..].to_vec();
+        cut[2] |= 0x02;
+        assert!(parse(&cut, false).is_some_and(|m| m.truncated && m.qr));
     }
 
     #[test]

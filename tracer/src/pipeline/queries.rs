@@ -243,7 +243,7 @@ fn pre_nat_endpoints(event: &PacketEvent) -> (SocketAddr, SocketAddr) {
 }
 
 /// The address conntrack rewrote the destination to, if it did.
-fn dnat_backend(event: &PacketEvent) -> Option<SocketAddr> {
+pub(crate) fn dnat_backend(event: &PacketEvent) -> Option<SocketAddr> {
     let Conntrack::Attached(entry) = &event.conntrack else { return None };
     let (original, reply) = (entry.original?, entry.reply?);
     (original.dst != reply.src).then_some(reply.src)
@@ -298,6 +298,7 @@ pub(crate) mod tests {
                     qr,
                     opcode: 0,
                     rcode: 0,
+                    truncated: false,
                     qname: Some("example.test.".to_string()),
                     qtype: Some(1),
                     answer_count: u16::from(qr),

@@ -34,6 +34,9 @@ crate::model::named_enum! {
         /// Queries sent to a backend the Service's rules no longer choose, by a conntrack entry
         /// of an earlier exchange from the same client port: a UDP entry outlives its backend.
         StaleConntrackDnat,
+        /// A UDP answer came back truncated (TC) and the client's retry over TCP failed: the
+        /// path or the server carries DNS over UDP but not over TCP, so large answers fail.
+        DnsTcpRetryFailed,
         NetfilterReject,
         NetfilterDrop,
         /// `net.ipv4.ip_forward` is 0 on a node whose bridges route pod traffic.
@@ -120,6 +123,9 @@ pub(crate) struct DnsEvidence {
     /// Where an old conntrack entry sent the query, and where the rules send new flows now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stale_dnat: Option<StaleDnat>,
+    /// What became of the client's retry over TCP of a truncated answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_retry: Option<TcpRetry>,
     /// Node settings that bear on the finding, as read when it was made.
     #[serde(with = "crate::model::sysctl::by_name")]
     pub sysctls: Vec<SysctlValue>,
@@ -135,6 +141,35 @@ pub(crate) struct StaleDnat {
     pub backend: SocketAddr,
     /// Where the nat rules send a new flow to the same address now.
     pub current: Vec<SocketAddr>,
+}
+
+/// A client's retry over TCP of a query whose UDP answer was truncated, and how it ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct TcpRetry {
+    /// The client's TCP socket.
+    pub client: SocketAddr,
+    /// Where the connection went: the address the client asked, or the backend conntrack
+    /// sent it to.
+    pub server: SocketAddr,
+    pub outcome: RetryOutcome,
+    /// The kernel's reason, for a retry it dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop_reason: Option<DropReason>,
+    /// Where its last packet was seen.
+    pub last_seen: Option<Sighting>,
+}
+
+crate::model::named_enum! {
+    /// How a retry over TCP failed.
+    #[strum(serialize_all = "snake_case")]
+    pub(crate) enum RetryOutcome {
+        /// The kernel dropped its packet (no route, say).
+        Dropped,
+        /// The server end reset the connection: nothing accepts DNS over TCP there.
+        Reset,
+        /// The connection got no answer at all within the timeout.
+        Unanswered,
+    }
 }
 
 /// One lookup's walk through the resolver's search list.
@@ -210,6 +245,10 @@ pub(crate) struct NetfilterEvidence {
     pub owner: Option<Owner>,
     /// The set or map element that chose the verdict, when a map did.
     pub element: Option<MapElement>,
+    /// The query whose truncated UDP answer this TCP connection retried, when it was one:
+    /// the rule stops the large answers only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<QueryRef>,
 }
 
 /// The rule, or the chain policy, that dropped a packet: where it is, and the rule itself
@@ -420,6 +459,7 @@ mod names_tests {
                 "dns_server_failure",
                 "dns_search_amplification",
                 "stale_conntrack_dnat",
+                "dns_tcp_retry_failed",
                 "netfilter_reject",
                 "netfilter_drop",
                 "ip_forward_off",

@@ -30,7 +30,8 @@ pub(crate) fn dns_text(message: &dns::DnsMessage) -> String {
     let qtype = message.qtype.map(|t| dns::qtype_name(t).into_owned()).unwrap_or_else(|| "?".to_string());
     if message.qr {
         let answer = message.first_answer.as_ref().map(|a| format!(" → {a}")).unwrap_or_default();
-        format!("DNS reply #{:04x} {} {qtype} {qname}{answer}", message.id, dns::rcode_name(message.rcode))
+        let truncated = if message.truncated { " (truncated: TC)" } else { "" };
+        format!("DNS reply #{:04x} {} {qtype} {qname}{answer}{truncated}", message.id, dns::rcode_name(message.rcode))
     } else {
         format!("DNS query #{:04x} {qtype} {qname}", message.id)
     }

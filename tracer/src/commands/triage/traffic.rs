@@ -310,6 +310,7 @@ mod tests {
                 rcode: None,
                 search: None,
                 stale_dnat: None,
+                tcp_retry: None,
                 sysctls: vec![],
                 pods: Default::default(),
             }),

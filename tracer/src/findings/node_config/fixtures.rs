@@ -70,6 +70,7 @@ pub(crate) fn sighting_dns_finding(kind: FindingKind) -> Finding {
         rcode: None,
         search: None,
         stale_dnat: None,
+        tcp_retry: None,
         sysctls: vec![sysctl("net.bridge.bridge-nf-call-iptables", "0")],
         pods: Default::default(),
     };
@@ -126,6 +127,7 @@ pub(crate) fn unattributed_drop_finding(hook: Hook) -> Finding {
             drop_reason: DropReason::NetfilterDrop,
             owner: None,
             element: None,
+            retry_of: None,
         }),
         explanation: String::new(),
         fix: vec![],

@@ -22,6 +22,7 @@ fn kind_weight(kind: FindingKind) -> u8 {
         FindingKind::NetfilterReject => 1,
         FindingKind::NetfilterDrop => 2,
         FindingKind::StaleConntrackDnat => 2,
+        FindingKind::DnsTcpRetryFailed => 2,
         FindingKind::ConntrackTableFull => 3,
         FindingKind::ConntrackInsertRace => 4,
         FindingKind::RpFilterDrop => 5,
