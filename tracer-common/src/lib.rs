@@ -161,7 +161,20 @@ pub struct Flow {
     pub ip_version: u8,
     /// IPPROTO_UDP (17) or IPPROTO_TCP (6).
     pub l4_proto: u8,
-    pub _pad: [u8; 2],
+    /// `fragment::*`: whether this packet is a whole datagram or one of its IP fragments.
+    pub fragment: u8,
+    pub _pad: u8,
+}
+
+/// `Flow::fragment` values. A datagram larger than a link's MTU travels as IP fragments,
+/// of which only the first carries the transport header; a later one is traced when its
+/// first was (matched by addresses, protocol and IP id), with the first one's ports.
+pub mod fragment {
+    pub const WHOLE: u8 = 0;
+    /// Offset 0 with more fragments to come: holds the transport header.
+    pub const FIRST: u8 = 1;
+    /// A fragment at a non-zero offset: payload only.
+    pub const LATER: u8 = 2;
 }
 
 /// The conntrack entry attached to an skb (`skb->_nfct`).

@@ -16,7 +16,7 @@ use aya_ebpf::{
     macros::map,
     maps::{LruHashMap, PerCpuArray},
 };
-use tracer_common::{lost_slot, record_kind, JourneyRecord, JourneyStep, CAPTURE_MAX, MAX_STEPS};
+use tracer_common::{fragment, lost_slot, record_kind, JourneyRecord, JourneyStep, CAPTURE_MAX, MAX_STEPS};
 
 use crate::{
     output::{self, EVENTS},
@@ -77,7 +77,12 @@ pub unsafe fn step(step: &Step, start: bool) {
             // SAFETY: a live entry of the table; only the programs handling this skb,
             // which follow one another, touch it.
             let journey = unsafe { &mut *journey };
-            if now.saturating_sub(journey.last_step_ns) < MAX_AGE_NS {
+            // Reassembly leaves the whole datagram in the skb of the fragment that completed
+            // it: a later fragment's journey would lend it bytes without the transport
+            // header. It starts afresh, as the datagram it now is.
+            let reassembled =
+                journey.capture_flow.fragment == fragment::LATER && step.parsed.flow.fragment != fragment::LATER;
+            if now.saturating_sub(journey.last_step_ns) < MAX_AGE_NS && !reassembled {
                 unsafe { append(journey, step, now) };
                 return;
             }

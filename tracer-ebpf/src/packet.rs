@@ -2,14 +2,17 @@
 //! header, the conntrack entry attached to its skb, and the filters every record
 //! must pass (port first, then network namespace) before anything is reserved.
 
-use aya_ebpf::{macros::map, maps::PerCpuArray};
+use aya_ebpf::{
+    macros::map,
+    maps::{LruHashMap, PerCpuArray},
+};
 use network_types::{
     eth::EtherType,
     ip::{IpProto, Ipv4Hdr, Ipv6Hdr},
     tcp::TcpHdr,
     udp::UdpHdr,
 };
-use tracer_common::{conntrack_state, lost_slot, CtTuple, Flow, CAPTURE_MAX};
+use tracer_common::{conntrack_state, fragment, lost_slot, CtTuple, Flow, CAPTURE_MAX};
 
 use crate::{
     config::config,
@@ -27,7 +30,31 @@ pub struct ParsedFlow {
     pub flow: Flow,
     pub l3_len: u16,
     pub l4_len: u16,
+    /// The IP id of a fragment (IPv6's is 32 bits).
+    fragment_id: u32,
 }
+
+/// What ties a later IP fragment to its first: the datagram's addresses, protocol and id.
+#[repr(C)]
+pub struct FragmentKey {
+    src_addr: [u8; 16],
+    dst_addr: [u8; 16],
+    id: u32,
+    l4_proto: u8,
+    _pad: [u8; 3],
+}
+
+/// A traced first fragment's ports, which its later fragments do not carry.
+#[repr(C)]
+pub struct FragmentPorts {
+    src_port_be: u16,
+    dst_port_be: u16,
+}
+
+/// First fragments of traced datagrams, kept until their later fragments have passed: a
+/// fragmented datagram is rare (a large DNS answer), and the least recently used goes first.
+#[map]
+static FRAGMENTS: LruHashMap<FragmentKey, FragmentPorts> = LruHashMap::with_max_entries(4096, 0);
 
 /// Whether a device belongs to the watched network namespace; returns its inode.
 ///
@@ -119,6 +146,7 @@ pub struct Scratch {
     /// The flow being traced, kept here rather than copied from frame to frame of a
     /// program's 512-byte stack.
     parsed: ParsedFlow,
+    fragment_key: FragmentKey,
     /// Failures that should never happen, noted deep in a program and reported at its top
     /// (see `diagnostics`).
     pub problems: u32,
@@ -189,7 +217,7 @@ pub fn read_traced_flow(header: &NetworkHeader, family: IpFamily, slot: u32) -> 
     }
     let headers = Headers { bytes, len, l3: header.l3 };
     let parsed = &mut scratch.parsed;
-    parse_flow(&headers, header.available, family, parsed)?;
+    parse_flow(&headers, header.available, family, parsed, &mut scratch.fragment_key)?;
     Some(parsed)
 }
 
@@ -197,9 +225,16 @@ pub fn read_traced_flow(header: &NetworkHeader, family: IpFamily, slot: u32) -> 
 /// found and tested before the addresses are copied: most packets on a node are of other
 /// ports, and they should cost only the reads that find it. Values go straight into the
 /// per-CPU `parsed` rather than through locals, which would count against the stack that
-/// older kernels limit to 512 bytes across a program and its calls.
+/// older kernels limit to 512 bytes across a program and its calls. A later IP fragment
+/// is traced when its first fragment was, with the first one's ports.
 #[inline(always)]
-fn parse_flow(headers: &Headers, available: u32, family: IpFamily, parsed: &mut ParsedFlow) -> Option<()> {
+fn parse_flow(
+    headers: &Headers,
+    available: u32,
+    family: IpFamily,
+    parsed: &mut ParsedFlow,
+    key: &mut FragmentKey,
+) -> Option<()> {
     match family {
         IpFamily::V4 => {
             let first = headers.u8_at(0)?;
@@ -207,23 +242,32 @@ fn parse_flow(headers: &Headers, available: u32, family: IpFamily, parsed: &mut 
             if first >> 4 != 4 || header_len < Ipv4Hdr::LEN as u16 {
                 return None;
             }
-            // Only the first fragment carries the ports.
-            if u16::from_be_bytes([headers.u8_at(6)?, headers.u8_at(7)?]) & 0x1fff != 0 {
-                return None;
-            }
             parsed.flow.ip_version = 4;
             parsed.flow.l4_proto = headers.u8_at(9)?;
             parsed.l3_len = header_len;
+            let flags_offset = u16::from_be_bytes([headers.u8_at(6)?, headers.u8_at(7)?]);
+            parsed.fragment_id = u16::from_be_bytes([headers.u8_at(4)?, headers.u8_at(5)?]) as u32;
+            parsed.flow.fragment = if flags_offset & 0x1fff != 0 {
+                fragment::LATER
+            } else if flags_offset & 0x2000 != 0 {
+                fragment::FIRST
+            } else {
+                fragment::WHOLE
+            };
         }
         IpFamily::V6 => {
             if headers.u8_at(0)? >> 4 != 6 || headers.len < Ipv6Hdr::LEN as u32 {
                 return None;
             }
-            let (next_header, l3_len) = skip_ipv6_extensions(headers, available, headers.u8_at(6)?)?;
+            parsed.flow.fragment = fragment::WHOLE;
+            let (next_header, l3_len) = skip_ipv6_extensions(headers, available, headers.u8_at(6)?, parsed)?;
             parsed.flow.ip_version = 6;
             parsed.flow.l4_proto = next_header;
             parsed.l3_len = l3_len;
         }
+    }
+    if parsed.flow.fragment == fragment::LATER {
+        return later_fragment(headers, parsed, key);
     }
     let l4_offset = parsed.l3_len as u32;
     let ports = match parsed.flow.l4_proto {
@@ -256,8 +300,49 @@ fn parse_flow(headers: &Headers, available: u32, family: IpFamily, parsed: &mut 
     if port != 0 && flow.src_port_be != port && flow.dst_port_be != port {
         return None;
     }
-    flow._pad = [0; 2];
-    copy_addresses(headers, flow)
+    flow._pad = 0;
+    copy_addresses(headers, flow)?;
+    if flow.fragment == fragment::FIRST {
+        remember_first_fragment(parsed, key);
+    }
+    Some(())
+}
+
+/// A traced first fragment's ports, kept for its later fragments.
+#[inline(never)]
+fn remember_first_fragment(parsed: &ParsedFlow, key: &mut FragmentKey) {
+    fill_fragment_key(parsed, key);
+    let ports = FragmentPorts { src_port_be: parsed.flow.src_port_be, dst_port_be: parsed.flow.dst_port_be };
+    // A full map evicts its oldest entry; a failure only leaves later fragments untraced.
+    let _ = FRAGMENTS.insert(key, &ports, 0);
+}
+
+/// A later fragment: traced with its first fragment's ports when that one was, else not.
+/// It has no transport header, so its payload starts right after the IP header.
+#[inline(never)]
+fn later_fragment(headers: &Headers, parsed: &mut ParsedFlow, key: &mut FragmentKey) -> Option<()> {
+    if parsed.flow.l4_proto != IPPROTO_UDP && parsed.flow.l4_proto != IPPROTO_TCP {
+        return None;
+    }
+    parsed.l4_len = 0;
+    parsed.flow._pad = 0;
+    copy_addresses(headers, &mut parsed.flow)?;
+    fill_fragment_key(parsed, key);
+    // SAFETY: the value is copied out at once; an LRU entry may be replaced meanwhile, and
+    // then the ports read are another datagram's, which the port filter passed all the same.
+    let ports = unsafe { FRAGMENTS.get(key) }?;
+    parsed.flow.src_port_be = ports.src_port_be;
+    parsed.flow.dst_port_be = ports.dst_port_be;
+    Some(())
+}
+
+#[inline(always)]
+fn fill_fragment_key(parsed: &ParsedFlow, key: &mut FragmentKey) {
+    key.src_addr = parsed.flow.src_addr;
+    key.dst_addr = parsed.flow.dst_addr;
+    key.id = parsed.fragment_id;
+    key.l4_proto = parsed.flow.l4_proto;
+    key._pad = [0; 3];
 }
 
 /// The packet's addresses into `flow`, for the traced packets only. A call of its own: inlined,
@@ -294,10 +379,10 @@ const IPV6_DESTINATION_OPTIONS: u8 = IpProto::Ipv6Opts as u8;
 const MAX_IPV6_EXTENSIONS: usize = 6;
 
 /// Follows the extension header chain from the fixed header's next-header field; returns
-/// the upper-layer protocol and its offset. `None` for a fragment other than the first,
-/// which carries no ports.
+/// the upper-layer protocol and its offset, and notes a fragment header's id and place in
+/// `parsed`.
 #[inline(always)]
-fn skip_ipv6_extensions(headers: &Headers, available: u32, first: u8) -> Option<(u8, u16)> {
+fn skip_ipv6_extensions(headers: &Headers, available: u32, first: u8, parsed: &mut ParsedFlow) -> Option<(u8, u16)> {
     let mut next_header = first;
     let mut offset: u32 = Ipv6Hdr::LEN as u32;
     for _ in 0..MAX_IPV6_EXTENSIONS {
@@ -315,11 +400,18 @@ fn skip_ipv6_extensions(headers: &Headers, available: u32, first: u8) -> Option<
                 if available < offset + 8 {
                     return None;
                 }
-                let fragment = headers.four_at(offset)?;
-                if u16::from_be_bytes([fragment[2], fragment[3]]) & 0xfff8 != 0 {
-                    return None;
-                }
-                next_header = fragment[0];
+                let header = headers.four_at(offset)?;
+                let id = headers.four_at(offset + 4)?;
+                let offset_more = u16::from_be_bytes([header[2], header[3]]);
+                parsed.fragment_id = u32::from_be_bytes(id);
+                parsed.flow.fragment = if offset_more & 0xfff8 != 0 {
+                    fragment::LATER
+                } else if offset_more & 0x0001 != 0 {
+                    fragment::FIRST
+                } else {
+                    fragment::WHOLE
+                };
+                next_header = header[0];
                 offset += 8;
             }
             _ => break,

@@ -19,6 +19,7 @@ use crate::{
     findings::{
         attribution::HookDrop,
         dns::{judge, stale_dnat},
+        fragments::FragmentedAnswers,
         netfilter::short_label,
         search_path::SearchWalks,
         tcp_retry::{self, TcpRetries},
@@ -27,7 +28,7 @@ use crate::{
     model::{
         hook::{Family, Hook},
         netfilter::{stopped_in, DropReason},
-        packet::{Fate, L4Proto, PacketEvent},
+        packet::{Fate, Fragment, L4Proto, PacketEvent},
         sysctl::SysctlValue,
         WallClock,
     },
@@ -143,6 +144,7 @@ pub(crate) struct Analysis {
     decoder: DnsDecoder,
     search_walks: SearchWalks,
     tcp_retries: TcpRetries,
+    fragmented: FragmentedAnswers,
     pending: Vec<PendingFinding>,
     pending_drops: Vec<PendingDrop>,
     pending_stale: Vec<PendingStale>,
@@ -188,6 +190,7 @@ impl Analysis {
             decoder: DnsDecoder::new(&options.dns_ports),
             search_walks: SearchWalks::default(),
             tcp_retries: TcpRetries::new(options.dns_timeout.as_nanos() as u64),
+            fragmented: FragmentedAnswers::new(options.dns_timeout.as_nanos() as u64),
             pending: Vec::new(),
             pending_drops: Vec::new(),
             pending_stale: Vec::new(),
@@ -223,6 +226,13 @@ impl Analysis {
         }
         output.packet(&packet)?;
         self.tcp_retries.packet(&packet);
+        if packet.event.fragment == Fragment::First {
+            let answer = packet.event.dns.as_ref().filter(|message| message.qr);
+            let query = answer.and_then(|message| self.flows.query(packet.event.dst, message.id));
+            if let Some((finding, query)) = query.and_then(|query| self.fragmented.first_fragment(&packet, query)) {
+                self.hold(finding, &query, packet.event.timestamp_ns);
+            }
+        }
         if let Some(correlated) = self.flows.observe(&packet) {
             let until_ns = packet.event.timestamp_ns;
             self.consider(&correlated, until_ns);
@@ -454,10 +464,14 @@ impl Analysis {
             path,
             reason,
         };
-        let by_rule = line.reason.is_netfilter_drop() && stopped_in.is_some();
+        // A later fragment carries no ports for the rule walk to match: its rule is not named.
+        let by_rule = line.reason.is_netfilter_drop() && stopped_in.is_some() && line.drop.fragment != Fragment::Later;
         self.tcp_retries.dropped(&line, by_rule);
+        if let Some((finding, query)) = self.fragmented.dropped(&line) {
+            self.hold(finding, &query, line.drop.timestamp_ns);
+        }
         match stopped_in {
-            Some((hook, family, in_ifindex, out_ifindex)) if line.reason.is_netfilter_drop() => {
+            Some((hook, family, in_ifindex, out_ifindex)) if by_rule => {
                 self.flows.stopped_by_firewall(line.drop.src, line.drop.timestamp_ns);
                 let name =
                     |interfaces: &mut Interfaces, index: u32| if index == 0 { None } else { interfaces.name(index) };
@@ -631,8 +645,13 @@ impl Analysis {
     /// could not confirm is counted as it did.
     pub(crate) fn replay_drop(&mut self, line: &DropLine, output: &mut dyn Sink) -> io::Result<()> {
         self.stats.packets += 1;
-        self.tcp_retries.dropped(line, line.reason.is_netfilter_drop() && line.stopped_in().is_some());
-        if line.reason.is_netfilter_drop() && line.stopped_in().is_some() {
+        let by_rule =
+            line.reason.is_netfilter_drop() && line.stopped_in().is_some() && line.drop.fragment != Fragment::Later;
+        self.tcp_retries.dropped(line, by_rule);
+        if let Some((finding, query)) = self.fragmented.dropped(line) {
+            self.hold(finding, &query, line.drop.timestamp_ns);
+        }
+        if by_rule {
             self.flows.stopped_by_firewall(line.drop.src, line.drop.timestamp_ns);
         }
         if line.records_lost.is_some() {
@@ -679,8 +698,12 @@ fn state(log: &mut FindingLog, finding: Finding, output: &mut dyn Sink) -> io::R
     }
 }
 
-/// The transport segment a packet carries, as far as it was captured.
+/// The transport segment a packet carries, as far as it was captured. A later IP fragment
+/// carries none: only payload, from the middle of its datagram.
 fn segment(event: &PacketEvent) -> Option<Segment<'_>> {
+    if event.fragment == Fragment::Later {
+        return None;
+    }
     let bytes = event.captured.get(event.l4_offset..)?;
     let header_len = event.payload_offset.checked_sub(event.l4_offset)?;
     let transport_len = (event.ip_len as usize).checked_sub(event.l4_offset.checked_sub(event.l3_offset)?)?;
@@ -699,7 +722,8 @@ fn segment(event: &PacketEvent) -> Option<Segment<'_>> {
 fn drop_key(line: &DropLine) -> Option<DropKey> {
     let drop = &line.drop;
     let pass = line.stopped_in()?;
-    line.reason.is_netfilter_drop().then(|| (pass.hook, drop.src.ip(), drop.dst, drop.l4_proto))
+    let named = line.reason.is_netfilter_drop() && drop.fragment != Fragment::Later;
+    named.then(|| (pass.hook, drop.src.ip(), drop.dst, drop.l4_proto))
 }
 
 fn icmp_name(ipv6: bool, icmp_type: u8, icmp_code: u8) -> String {

@@ -162,6 +162,7 @@ pub(super) fn answered(query: &QueryFlow, asked: SocketAddr, reply: &TracedPacke
         search: None,
         stale_dnat: None,
         tcp_retry: None,
+        fragments: None,
         sysctls: Vec::new(),
         pods: Default::default(),
     }
@@ -261,6 +262,7 @@ pub(crate) fn stale_dnat(
             search: None,
             stale_dnat: Some(StaleDnat { backend, current }),
             tcp_retry: None,
+            fragments: None,
             sysctls: Vec::new(),
             pods: Default::default(),
         }),
@@ -331,6 +333,7 @@ fn timeout(query: &QueryFlow, timeout_secs: f64) -> Finding {
             search: None,
             stale_dnat: None,
             tcp_retry: None,
+            fragments: None,
             sysctls: Vec::new(),
             pods: Default::default(),
         }),

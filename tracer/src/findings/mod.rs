@@ -1,10 +1,11 @@
 //! Findings: deciding which problem the packets and the node show, with its evidence, a
-//! plain explanation and the commands that fix it (`dns`, `search_path`, `tcp_retry`,
+//! plain explanation and the commands that fix it (`dns`, `search_path`, `tcp_retry`, `fragments`,
 //! `netfilter` with `attribution`, and triage's `node_config`), and the log that counts
 //! repeats of one problem instead of reporting them again. The finding's own type is `schema::finding`.
 
 pub(crate) mod attribution;
 pub(crate) mod dns;
+pub(crate) mod fragments;
 pub(crate) mod netfilter;
 pub(crate) mod node_config;
 pub(crate) mod search_path;

@@ -15,7 +15,7 @@ use tracer_common::{
 use crate::model::{
     hook::{Family, Hook},
     netfilter::{DropEvent, HookPass, IcmpEvent, Stamped},
-    packet::{Conntrack, ConntrackEntry, FlowTuple, L4Proto, LossStamps, PacketEvent},
+    packet::{Conntrack, ConntrackEntry, FlowTuple, Fragment, L4Proto, LossStamps, PacketEvent},
 };
 
 #[derive(Clone, Debug)]
@@ -135,6 +135,7 @@ impl Decoder {
                 l4_proto,
                 src,
                 dst,
+                fragment: Fragment::of_flow(journey.end_flow.fragment),
             };
             self.events.push(KernelEvent::Dropped { drop, path: hooks, icmp });
         }
@@ -164,6 +165,7 @@ impl Decoder {
             l4_proto,
             src,
             dst,
+            fragment: Fragment::of_flow(stray.flow.fragment),
             conntrack: Conntrack::None,
             dns: None,
             captured,
@@ -234,6 +236,7 @@ fn standalone_drop(drop: &DropRecord, events: &mut Vec<KernelEvent>) -> Result<(
         l4_proto,
         src,
         dst,
+        fragment: Fragment::of_flow(drop.flow.fragment),
     };
     events.push(KernelEvent::Dropped { drop, path, icmp });
     Ok(())
@@ -261,6 +264,7 @@ fn stage_event(
         l4_proto,
         src,
         dst,
+        fragment: Fragment::of_flow(step.flow.fragment),
         conntrack: conntrack_of(step.ct_state, step.ct_info, step.ct_status, ct_tuples, step.flow.ip_version)?,
         dns: None,
         // Every stage carries the payload; only where the packet had the addresses it was
@@ -459,7 +463,8 @@ mod tests {
             dst_port_be: dst_port.to_be(),
             ip_version: 4,
             l4_proto: IPPROTO_UDP,
-            _pad: [0; 2],
+            fragment: 0,
+            _pad: 0,
         }
     }
 
@@ -481,7 +486,8 @@ mod tests {
         dst_port_be: 53u16.to_be(),
         ip_version: 4,
         l4_proto: IPPROTO_UDP,
-        _pad: [0; 2],
+        fragment: 0,
+        _pad: 0,
     };
 
     fn stage(at: u64, stage: Stage, ifindex: u32, flow: Flow, ct_state: u8) -> JourneyStep {

@@ -7,7 +7,7 @@ use serde::{ser::SerializeMap, Deserialize, Serialize, Serializer};
 
 use super::{
     hook::{Family, Hook},
-    packet::{Conntrack, L4Proto, LossStamps, Nat},
+    packet::{Conntrack, Fragment, L4Proto, LossStamps, Nat},
     serde_forms,
 };
 
@@ -40,6 +40,9 @@ pub(crate) struct DropEvent {
     pub l4_proto: L4Proto,
     pub src: SocketAddr,
     pub dst: SocketAddr,
+    /// An IP fragment's place (absent for a whole datagram).
+    #[serde(default, skip_serializing_if = "Fragment::is_whole")]
+    pub fragment: Fragment,
 }
 
 /// The kernel answered a traced packet with ICMP (the packet is the journey's own).
@@ -82,6 +85,7 @@ impl DropEvent {
             l4_proto: L4Proto::Udp,
             src,
             dst,
+            fragment: Default::default(),
         }
     }
 }

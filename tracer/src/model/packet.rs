@@ -51,6 +51,34 @@ super::named_enum! {
     }
 }
 
+super::named_enum! {
+    /// Whether a packet is a whole datagram or one of its IP fragments (only the first
+    /// carries the transport header; a later one is traced with its first one's ports).
+    #[strum(serialize_all = "lowercase")]
+    #[derive(Default)]
+    pub(crate) enum Fragment {
+        #[default]
+        Whole,
+        First,
+        Later,
+    }
+}
+
+impl Fragment {
+    /// From `Flow::fragment`.
+    pub(crate) fn of_flow(value: u8) -> Fragment {
+        match value {
+            tracer_common::fragment::FIRST => Fragment::First,
+            tracer_common::fragment::LATER => Fragment::Later,
+            _ => Fragment::Whole,
+        }
+    }
+
+    pub(crate) fn is_whole(&self) -> bool {
+        *self == Fragment::Whole
+    }
+}
+
 /// A frame at one stage of the bridge path, as the kernel reported it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct PacketEvent {
@@ -71,6 +99,9 @@ pub(crate) struct PacketEvent {
     pub src: SocketAddr,
     #[serde(with = "serde_forms::socket_addr")]
     pub dst: SocketAddr,
+    /// An IP fragment's place (absent for a whole datagram).
+    #[serde(default, skip_serializing_if = "Fragment::is_whole")]
+    pub fragment: Fragment,
     /// Length of the IP packet (header included), the same at every stage; falls back
     /// to the skb length when the IP header was not captured.
     #[serde(rename = "len")]

@@ -106,6 +106,11 @@ impl DnsFlows {
         self.flows.is_empty()
     }
 
+    /// The query `client` sent under `id`, while it is followed.
+    pub(crate) fn query(&self, client: SocketAddr, id: u16) -> Option<&QueryFlow> {
+        self.flows.get(&(client, id))
+    }
+
     /// Queries dropped from tracking to stay within the capacity.
     pub(crate) fn evicted(&self) -> u64 {
         self.flows.evicted
@@ -292,6 +297,7 @@ pub(crate) mod tests {
                 l4_proto: L4Proto::Udp,
                 src: addr(src),
                 dst: addr(dst),
+                fragment: Default::default(),
                 conntrack,
                 dns: Some(DnsMessage {
                     id: 0x6aab,

@@ -12,7 +12,7 @@ use crate::model::{
     firewall::{Backend, MapElement, Owner},
     hook::Hook,
     netfilter::DropReason,
-    packet::L4Proto,
+    packet::{Fragment, L4Proto},
     pod::{DnsPods, EndpointPods},
     serde_forms,
     sysctl::SysctlValue,
@@ -37,6 +37,9 @@ crate::model::named_enum! {
         /// A UDP answer came back truncated (TC) and the client's retry over TCP failed: the
         /// path or the server carries DNS over UDP but not over TCP, so large answers fail.
         DnsTcpRetryFailed,
+        /// An answer too large for one packet travelled as IP fragments and one of them was
+        /// lost: the client never gets it, while small answers work.
+        DnsFragmentLost,
         NetfilterReject,
         NetfilterDrop,
         /// `net.ipv4.ip_forward` is 0 on a node whose bridges route pod traffic.
@@ -126,6 +129,9 @@ pub(crate) struct DnsEvidence {
     /// What became of the client's retry over TCP of a truncated answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp_retry: Option<TcpRetry>,
+    /// The fragment of the answer that was lost, and where.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fragments: Option<FragmentLoss>,
     /// Node settings that bear on the finding, as read when it was made.
     #[serde(with = "crate::model::sysctl::by_name")]
     pub sysctls: Vec<SysctlValue>,
@@ -141,6 +147,20 @@ pub(crate) struct StaleDnat {
     pub backend: SocketAddr,
     /// Where the nat rules send a new flow to the same address now.
     pub current: Vec<SocketAddr>,
+}
+
+/// An answer's fragment that was lost.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct FragmentLoss {
+    /// The answer's UDP length (header included), from its first fragment.
+    pub answer_len: Option<u32>,
+    /// `later` (a later fragment was dropped) or `first` (the first one was discarded when
+    /// the others never came).
+    pub dropped: Fragment,
+    pub drop_reason: DropReason,
+    /// Where, and in which netfilter hook when one dropped it.
+    pub ifname: Option<String>,
+    pub hook: Option<Hook>,
 }
 
 /// A client's retry over TCP of a query whose UDP answer was truncated, and how it ended.
@@ -460,6 +480,7 @@ mod names_tests {
                 "dns_search_amplification",
                 "stale_conntrack_dnat",
                 "dns_tcp_retry_failed",
+                "dns_fragment_lost",
                 "netfilter_reject",
                 "netfilter_drop",
                 "ip_forward_off",

@@ -8,7 +8,7 @@ use tracer_common::Stage;
 use super::forms::{dns_text, evidence_lines, hook_path, time_of_day};
 use crate::{
     model::{
-        packet::{stage_name, Conntrack},
+        packet::{stage_name, Conntrack, Fragment},
         pod::with_pod,
     },
     schema::{
@@ -102,6 +102,10 @@ impl<W: Write> Sink for TextOutput<W> {
         let path = hook_path(&line.path);
         let by = line.rule.as_ref().map(|r| format!(" ({r})")).unwrap_or_default();
         let icmp = line.icmp.as_ref().map(|i| format!(", ICMP {i}")).unwrap_or_default();
+        let fragment = match drop.fragment {
+            Fragment::Whole => String::new(),
+            fragment => format!(", {fragment} IP fragment"),
+        };
         let verdict = self.paint(RED_BOLD, &format!("✗ {}{by}", line.verdict.name().to_uppercase()));
         let place = line.ifname.clone().unwrap_or_else(|| format!("if{}", drop.ifindex));
         let lost = match line.records_lost {
@@ -111,7 +115,7 @@ impl<W: Write> Sink for TextOutput<W> {
             None => String::new(),
         };
         let text = format!(
-            "{} {:>15}   {:<15} {} {:<45} {}{}{verdict} [{}{icmp}]{lost}",
+            "{} {:>15}   {:<15} {} {:<45} {}{}{verdict} [{}{icmp}{fragment}]{lost}",
             self.paint(DIM, &time_of_day(line.wall_time_ns)),
             place,
             "",
@@ -135,9 +139,10 @@ impl<W: Write> Sink for TextOutput<W> {
         let pods = &packet.pods;
         let flow =
             format!("{} → {}", with_pod(event.src, pods.src_pod.as_ref()), with_pod(event.dst, pods.dst_pod.as_ref()));
-        let what = match &event.dns {
-            Some(message) => dns_text(message),
-            None => format!("{} {} bytes", event.l4_proto.name(), event.ip_len),
+        let what = match (&event.dns, event.fragment) {
+            (Some(message), _) => dns_text(message),
+            (None, Fragment::Whole) => format!("{} {} bytes", event.l4_proto.name(), event.ip_len),
+            (None, fragment) => format!("{} {} bytes ({fragment} IP fragment)", event.l4_proto.name(), event.ip_len),
         };
         let conntrack = match &event.conntrack {
             Conntrack::None => self.paint(YELLOW, "ct:no"),

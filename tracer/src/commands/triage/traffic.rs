@@ -311,6 +311,7 @@ mod tests {
                 search: None,
                 stale_dnat: None,
                 tcp_retry: None,
+                fragments: None,
                 sysctls: vec![],
                 pods: Default::default(),
             }),

@@ -71,6 +71,7 @@ pub(crate) fn sighting_dns_finding(kind: FindingKind) -> Finding {
         search: None,
         stale_dnat: None,
         tcp_retry: None,
+        fragments: None,
         sysctls: vec![sysctl("net.bridge.bridge-nf-call-iptables", "0")],
         pods: Default::default(),
     };

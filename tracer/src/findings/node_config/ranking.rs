@@ -23,6 +23,7 @@ fn kind_weight(kind: FindingKind) -> u8 {
         FindingKind::NetfilterDrop => 2,
         FindingKind::StaleConntrackDnat => 2,
         FindingKind::DnsTcpRetryFailed => 2,
+        FindingKind::DnsFragmentLost => 2,
         FindingKind::ConntrackTableFull => 3,
         FindingKind::ConntrackInsertRace => 4,
         FindingKind::RpFilterDrop => 5,

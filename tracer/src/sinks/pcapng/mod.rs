@@ -463,6 +463,7 @@ mod tests {
             l4_proto: L4Proto::Udp,
             src: "10.244.0.5:41234".parse().expect("addr"),
             dst: "10.96.0.10:53".parse().expect("addr"),
+            fragment: Default::default(),
         };
         let line = DropLine::example(drop, Vec::new());
         let finding = crate::findings::netfilter::tests::kube_proxy_finding();
