@@ -1,15 +1,18 @@
 //! End-to-end: the findings (README, "Findings") in the lab variants `findings.rs` does not cover:
 //! IPv6, a backend the node routes to instead of bridging, a reply from a wrong source, and a
-//! healthy node that must stay silent. Needs root and a built tracer.
+//! healthy node that must stay silent (also when a client gives up before its answer comes).
+//! Needs root and a built tracer.
 //!
 //! Every test also requires the packet records its conclusion rests on, so a tracer that saw
 //! nothing (and therefore found nothing) cannot pass a "no finding" test.
 
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use tracer_tests::lab::*;
+use tracer_tests::netns::in_netns;
 use tracer_tests::output::*;
+use tracer_tests::packets::dns_query;
 use tracer_tests::scenario::Scenario;
 
 /// `--dns-timeout` for the tests that must not report a `dns_timeout`.
@@ -255,6 +258,50 @@ fn healthy_node_with_several_queries_has_no_findings() -> Result<()> {
         "summary finding_counts should be empty: {}",
         w.summary
     );
+    w.check_summary()
+}
+
+/// `Udp: ... NoPorts` of a namespace's /proc/net/snmp: datagrams that came for a port no socket
+/// held.
+fn udp_no_ports(lab: &Lab, ns: Ns) -> Result<u64> {
+    let snmp = lab.run(ns, &["cat", "/proc/net/snmp"])?;
+    let mut udp = snmp.lines().filter(|line| line.starts_with("Udp: "));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else { bail!("no Udp lines in:\n{snmp}") };
+    let column = names.split_whitespace().position(|name| name == "NoPorts").context("no NoPorts column")?;
+    values.split_whitespace().nth(column).context("no NoPorts value")?.parse().context("NoPorts")
+}
+
+/// A client that gives up before its answer arrives (its socket closed at once, as a resolver
+/// with a short timeout does) has a healthy exchange: the answer came, in time, to where it was
+/// asked from. tracer pairs them and says nothing; the client's kernel counts the answer as
+/// one for a closed port, which proves the client had gone.
+#[test]
+fn a_client_that_gives_up_before_its_answer_is_no_finding() -> Result<()> {
+    let lab = Lab::new(LabConfig::healthy())?;
+    let client_ns = lab.netns(Ns::Client).to_string();
+    let (w, ids) = with_short_dns_timeout(&lab).settle(AFTER_LAST_QUERY).run(|| {
+        let mut ids = Vec::new();
+        // The answer takes a round trip through dnsmasq; closing the socket takes microseconds.
+        // Should an answer ever win, the next query tries again.
+        for id in 0x5100u16..0x5105 {
+            let before = udp_no_ports(&lab, Ns::Client)?;
+            in_netns(&client_ns, || {
+                let socket = std::net::UdpSocket::bind((CLIENT_IP, 0))?;
+                socket.send_to(&dns_query(id, TEST_NAME, 1), (CLUSTER_DNS_IP, 53))?;
+                Ok(())
+            })?;
+            std::thread::sleep(Duration::from_millis(200));
+            if udp_no_ports(&lab, Ns::Client)? > before {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    })?;
+    ensure!(!ids.is_empty(), "no answer ever came after its client had gone");
+    for id in &ids {
+        w.reply_to_client(*id)?;
+    }
+    w.expect_no_findings("an answer that came in time is healthy, whether or not its client waited")?;
     w.check_summary()
 }
 
