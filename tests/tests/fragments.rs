@@ -64,6 +64,8 @@ fn about_the_answer<'a>(f: &'a Value, id: u16, dropped: &str, reason: &str) -> R
     expect_str(f, "/query/qname", &format!("{BIG_TXT_NAME}."))?;
     expect_str(f, "/query/qtype", "TXT")?;
     expect_str(f, "/fragments/dropped", dropped)?;
+    ensure!(f["actual_source"].is_null(), "no answer reached the client: {f}");
+    ensure!(str_at(f, "/fragments/server").and_then(ip_of) == Some(SERVER_IP), "the answer came from the DNS pod: {f}");
     expect_str(f, "/fragments/drop_reason", reason)?;
     let len = u64_at(f, "/fragments/answer_len").unwrap_or(0);
     ensure!(len > 2_500, "the answer's size is that of the whole datagram, about 3 000 bytes: {f}");

@@ -121,6 +121,14 @@ fn a_rule_that_allows_dns_over_udp_only_is_named_with_the_query_it_stops() -> Re
     expect_str(f, "/retry_of/qname", &format!("{BIG_TXT_NAME}."))?;
     let explanation = str_at(f, "/explanation").unwrap_or_default();
     ensure!(explanation.contains("retry over TCP of TXT"), "the explanation names the retry: {explanation}");
+    // The REJECT answered with a TCP reset, which the client saw at once: not a silent drop.
+    ensure!(
+        explanation.contains("answered the sender with a TCP reset")
+            && !explanation.contains("Nothing tells the sender"),
+        "the explanation says what the client was told: {explanation}"
+    );
+    let attribution = str_at(f, "/attribution").unwrap_or_default();
+    ensure!(attribution.contains("rejects with tcp-reset"), "the rule is named by the reset it sent: {attribution}");
     w.check_summary()
 }
 

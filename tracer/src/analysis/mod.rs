@@ -28,7 +28,7 @@ use crate::{
     model::{
         hook::{Family, Hook},
         netfilter::{stopped_in, DropReason},
-        packet::{Fate, Fragment, L4Proto, PacketEvent},
+        packet::{Fate, Fragment, L4Proto, PacketEvent, TCP_RST},
         sysctl::SysctlValue,
         WallClock,
     },
@@ -37,6 +37,7 @@ use crate::{
         sysctl::{self as node},
     },
     pipeline::{
+        bounded::BoundedTable,
         dns_decode::{DnsDecoder, Segment},
         loss::{LossWindows, LossWitness},
         paths::DroppedPacket,
@@ -58,6 +59,12 @@ const MAX_ATTRIBUTED: usize = 10_000;
 /// Drop lines held back at most while the rules behind them are read; beyond it they are
 /// printed without their rule.
 const MAX_WAITING_LINES: usize = 4_096;
+
+/// TCP resets remembered at once (by the socket they went to).
+const MAX_RESETS: usize = 4_096;
+/// A REJECT's reset and the drop of the packet it answers happen in one pass of the rule: a
+/// reset further from the drop than this answered something else.
+const RESET_WITH_DROP_NS: u64 = 50_000_000;
 
 #[derive(Default)]
 pub(crate) struct Stats {
@@ -145,6 +152,9 @@ pub(crate) struct Analysis {
     search_walks: SearchWalks,
     tcp_retries: TcpRetries,
     fragmented: FragmentedAnswers,
+    /// TCP resets seen, by the socket they went to, and when: a REJECT with tcp-reset sends
+    /// one to the sender of the packet it drops, just before the drop.
+    resets: BoundedTable<std::net::SocketAddr, u64>,
     pending: Vec<PendingFinding>,
     pending_drops: Vec<PendingDrop>,
     pending_stale: Vec<PendingStale>,
@@ -191,6 +201,7 @@ impl Analysis {
             search_walks: SearchWalks::default(),
             tcp_retries: TcpRetries::new(options.dns_timeout.as_nanos() as u64),
             fragmented: FragmentedAnswers::new(options.dns_timeout.as_nanos() as u64),
+            resets: BoundedTable::new(MAX_RESETS),
             pending: Vec::new(),
             pending_drops: Vec::new(),
             pending_stale: Vec::new(),
@@ -225,6 +236,9 @@ impl Analysis {
             packet.event.dns = segment(&packet.event).and_then(|segment| self.decoder.decode(&segment));
         }
         output.packet(&packet)?;
+        if packet.event.tcp_flags().is_some_and(|flags| flags & TCP_RST != 0) {
+            self.resets.insert(packet.event.dst, packet.event.timestamp_ns);
+        }
         self.tcp_retries.packet(&packet);
         if packet.event.fragment == Fragment::First {
             let answer = packet.event.dns.as_ref().filter(|message| message.qr);
@@ -485,7 +499,11 @@ impl Analysis {
                     in_iface: name(interfaces, in_ifindex),
                     out_iface: name(interfaces, out_ifindex),
                     icmp: answer.map(|i| (i.icmp_type, i.icmp_code)),
-                    tcp_reset: false,
+                    tcp_reset: drop.l4_proto == L4Proto::Tcp
+                        && self
+                            .resets
+                            .remove(&drop.src)
+                            .is_some_and(|at| at.abs_diff(drop.timestamp_ns) <= RESET_WITH_DROP_NS),
                 };
                 self.pending_drops.push(PendingDrop { key: packet.key(), line, loss, packet });
                 Ok(())

@@ -98,10 +98,15 @@ impl FragmentedAnswers {
 fn lost_fragment(query: &QueryFlow, first: &TracedPacket, line: &DropLine) -> Finding {
     let drop = &line.drop;
     let mut evidence = answered(query, query.queried(), first);
+    // The answer never reached the client: no source of a reply to compare with the one asked.
+    evidence.actual_source = None;
+    evidence.reply_in_port = None;
+    evidence.reply_out_port = None;
     // The UDP length: the whole datagram's, which its first fragment's header gives.
     let answer_len = udp_length(first);
     let hook = stopped_in(&line.path).map(|pass| pass.hook);
     evidence.fragments = Some(FragmentLoss {
+        server: first.event.src,
         answer_len,
         dropped: drop.fragment,
         drop_reason: line.reason.clone(),

@@ -49,8 +49,9 @@ pub(crate) fn judge_drop_from_reading(packet: &HookDrop, wall_time_ns: u64, read
 fn finding_of(packet: &HookDrop, wall_time_ns: u64, attribution: Attribution) -> Finding {
     let family = packet.family;
     let icmp = packet.icmp.map(|(icmp_type, icmp_code)| answer_name(family, icmp_type, icmp_code));
-    let rejected =
-        icmp.is_some() || attribution.rule.as_ref().is_some_and(|r| matches!(r.verdict, Verdict::Reject { .. }));
+    let rejected = icmp.is_some()
+        || packet.tcp_reset
+        || attribution.rule.as_ref().is_some_and(|r| matches!(r.verdict, Verdict::Reject { .. }));
     let kind = if rejected { FindingKind::NetfilterReject } else { FindingKind::NetfilterDrop };
     let action = if rejected { "REJECT" } else { "DROP" };
     let proto = packet.proto;
@@ -89,6 +90,9 @@ fn finding_of(packet: &HookDrop, wall_time_ns: u64, attribution: Attribution) ->
         Some(name) => format!(
             " The node answered the sender with ICMP {name}, which a client reports as an error at once (dig: \"host unreachable\" or \"connection refused\")."
         ),
+        None if packet.tcp_reset => {
+            " The node answered the sender with a TCP reset, which a client reports as an error at once (\"connection refused\").".to_string()
+        }
         None => " Nothing tells the sender: it waits and times out.".to_string(),
     };
     let owner_words = match (&advice, blocker) {

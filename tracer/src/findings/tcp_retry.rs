@@ -16,7 +16,7 @@ use crate::{
     model::{
         hook::Hook,
         netfilter::DropReason,
-        packet::{stage_name, L4Proto},
+        packet::{stage_name, L4Proto, TCP_RST},
     },
     pipeline::{
         bounded::BoundedTable,
@@ -30,7 +30,6 @@ use crate::{
 };
 
 const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 
 /// Clients with a truncated answer not yet retried, and retries followed, at once.
@@ -130,7 +129,7 @@ impl TcpRetries {
         if event.l4_proto != L4Proto::Tcp || (self.truncated.is_none() && self.retries.is_none()) {
             return;
         }
-        let Some(flags) = tcp_flags(packet) else { return };
+        let Some(flags) = event.tcp_flags() else { return };
         let sighting = Sighting {
             stage: event.stage,
             ifname: packet.names.ifname.clone(),
@@ -406,10 +405,4 @@ fn carries_data(packet: &TracedPacket) -> bool {
     let event = &packet.event;
     let headers = event.payload_offset.saturating_sub(event.l3_offset);
     event.ip_len as usize > headers
-}
-
-/// The TCP flags of a traced segment, when its header was captured.
-fn tcp_flags(packet: &TracedPacket) -> Option<u8> {
-    let event = &packet.event;
-    event.captured.get(event.l4_offset + 13).copied()
 }

@@ -129,6 +129,19 @@ pub(crate) struct PacketEvent {
     pub payload_offset: usize,
 }
 
+/// TCP's RST flag.
+pub(crate) const TCP_RST: u8 = 0x04;
+
+impl PacketEvent {
+    /// The flags of a TCP segment, when its header was captured.
+    pub(crate) fn tcp_flags(&self) -> Option<u8> {
+        if self.l4_proto != L4Proto::Tcp || self.fragment == Fragment::Later {
+            return None;
+        }
+        self.captured.get(self.l4_offset + 13).copied()
+    }
+}
+
 /// What conntrack had attached to the frame (`skb->_nfct`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Conntrack {

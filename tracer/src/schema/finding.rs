@@ -152,6 +152,8 @@ pub(crate) struct StaleDnat {
 /// An answer's fragment that was lost.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct FragmentLoss {
+    /// Where the answer came from (its server, before any reverse NAT).
+    pub server: SocketAddr,
     /// The answer's UDP length (header included), from its first fragment.
     pub answer_len: Option<u32>,
     /// `later` (a later fragment was dropped) or `first` (the first one was discarded when

@@ -104,6 +104,31 @@ fn dns_evidence_lines(dns: &DnsEvidence) -> Vec<String> {
             now.join(", ")
         ));
     }
+    if let Some(retry) = &dns.tcp_retry {
+        let how = match &retry.drop_reason {
+            Some(reason) => format!("{} ({reason})", retry.outcome),
+            None => retry.outcome.to_string(),
+        };
+        let seen = retry.last_seen.as_ref().map(|seen| {
+            let place = seen.ifname.clone().unwrap_or_else(|| format!("if{}", seen.ifindex));
+            format!(", last seen {} on {place}", stage_name(seen.stage))
+        });
+        lines.push(format!(
+            "the answer came truncated (TC); the retry over TCP from {} to {}: {how}{}",
+            retry.client,
+            retry.server,
+            seen.unwrap_or_default()
+        ));
+    }
+    if let Some(lost) = &dns.fragments {
+        let size = lost.answer_len.map(|len| format!("{len} bytes, ")).unwrap_or_default();
+        let place = lost.ifname.as_deref().unwrap_or("?");
+        let hook = lost.hook.map(|hook| format!(" in hook {hook}")).unwrap_or_default();
+        lines.push(format!(
+            "the answer from {} ({size}in IP fragments): its {} fragment dropped on {place}{hook} ({})",
+            lost.server, lost.dropped, lost.drop_reason
+        ));
+    }
     if let Some(walk) = &dns.search {
         lines.push(format!("tried first, each NXDOMAIN: {}", walk.tried.join(", ")));
         lines.push(format!("{:.1} ms from the first of them to asking {}", walk.lost_ms, walk.name));
@@ -163,6 +188,14 @@ fn netfilter_evidence_lines(nf: &NetfilterEvidence) -> Vec<String> {
         lines.push(format!("candidate: {}", rule_label(candidate)));
     }
     lines.push(format!("attribution: {}", nf.attribution));
+    if let Some(query) = &nf.retry_of {
+        lines.push(format!(
+            "the client's retry over TCP of {} {} (id {:#06x}), whose UDP answer came truncated (TC)",
+            query.qtype.map(|t| dns::qtype_name(t).into_owned()).unwrap_or_else(|| "?".to_string()),
+            query.qname.as_deref().unwrap_or("?"),
+            query.id
+        ));
+    }
     lines
 }
 
