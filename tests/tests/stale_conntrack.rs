@@ -69,6 +69,10 @@ fn a_stale_entry_is_named_with_the_gone_and_the_current_backend_and_its_fix_work
     expect_str(f, "/client", &client)?;
     expect_str(f, "/expected_source", &format!("{CLUSTER_DNS_IP}:53"))?;
     expect_str(f, "/stale_dnat/backend", &format!("{SERVER_IP}:53"))?;
+    // Made before the watch: tracer knows only that it predates the query.
+    ensure!(f["stale_dnat"]["seen_for_secs"].as_f64() == Some(0.0), "no sighting before the query: {f}");
+    let explanation = str_at(f, "/explanation").unwrap_or_default();
+    ensure!(explanation.contains("The entry predates this query"), "what is known of its age: {explanation}");
     ensure!(
         f["stale_dnat"]["current"] == serde_json::json!([format!("{NEW_SERVER_IP}:53")]),
         "the rules' current backend: {f}"

@@ -232,6 +232,17 @@ pub(crate) fn stale_dnat(
          when the endpoint goes unless the proxy clears it (kube-proxy does, when it sees the endpoint go and \
          its conntrack tool works). Every query of this client goes to {backend} until the entry is deleted."
     );
+    // To the second: the entry's sightings are a lower bound, not a measurement.
+    let seen_for_secs = (query.first_seen_ns.saturating_sub(query.entry_since_ns.unwrap_or(query.first_seen_ns))
+        / 1_000_000_000) as f64;
+    let age = if seen_for_secs >= 1.0 {
+        format!(" The entry was there {seen_for_secs:.0} s before this query already (tracer saw it then): it is at least that old")
+    } else {
+        " The entry predates this query: it had seen a reply".to_string()
+    };
+    let explanation = format!(
+        "{explanation}{age} (the kernel keeps an entry's age only with net.netfilter.nf_conntrack_timestamp=1)."
+    );
     let proto = "udp";
     let fix = vec![
         format!(
@@ -240,6 +251,12 @@ pub(crate) fn stale_dnat(
             client.port(),
             service.ip(),
             service.port()
+        ),
+        format!(
+            "conntrack -L -p {proto} --orig-src {} --orig-port-src {} --orig-dst {} -o ktimestamp    # the entry, with its age where conntrack timestamps are on",
+            client.ip(),
+            client.port(),
+            service.ip()
         ),
         format!("conntrack -L -p {proto} --orig-dst {} --reply-src {}    # other clients held on {backend}", service.ip(), backend.ip()),
         "kubectl -n kube-system logs -l k8s-app=kube-proxy --tail=100 | grep -i conntrack    # why the proxy did not clear it".to_string(),
@@ -260,7 +277,7 @@ pub(crate) fn stale_dnat(
             last_seen: Some(seen),
             rcode: None,
             search: None,
-            stale_dnat: Some(StaleDnat { backend, current }),
+            stale_dnat: Some(StaleDnat { backend, current, seen_for_secs }),
             tcp_retry: None,
             fragments: None,
             sysctls: Vec::new(),
@@ -394,6 +411,20 @@ mod tests {
             "conntrack -D -p udp --orig-src 10.244.0.5 --orig-port-src 40000 --orig-dst 10.96.0.10 --orig-port-dst 53    #"
         ));
         assert!(!finding.explanation.contains("  "), "{}", finding.explanation);
+        assert!(finding.explanation.contains("The entry predates this query: it had seen a reply"));
+
+        // Seen 42.5 s before the query already: at least 42 s old, to the second.
+        let mut seen_before = query.clone();
+        seen_before.first_seen_ns = 42_500_000_000;
+        seen_before.entry_since_ns = Some(0);
+        let finding = stale_dnat(&seen_before, addr("10.244.0.7:53"), vec![addr("10.244.0.8:53")], 2.0);
+        assert!(
+            finding.explanation.contains("The entry was there 42 s before this query already"),
+            "{}",
+            finding.explanation
+        );
+        let Evidence::Dns(evidence) = &finding.evidence else { panic!("DNS evidence") };
+        assert_eq!(evidence.stale_dnat.as_ref().map(|stale| stale.seen_for_secs), Some(42.0));
     }
 
     #[test]

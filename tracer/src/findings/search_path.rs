@@ -183,6 +183,7 @@ mod tests {
             },
             reply_seen: true,
             entry_reused: false,
+            entry_since_ns: None,
             loss: Default::default(),
         };
         let mut reply = packet(

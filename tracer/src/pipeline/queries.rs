@@ -47,6 +47,9 @@ pub(crate) struct QueryFlow {
     /// The query was DNATed by a conntrack entry that had already seen a reply: an entry of
     /// an earlier exchange from the same client port, whose backend the rules chose then.
     pub entry_reused: bool,
+    /// When tracer first saw the DNAT entry this query went by (kernel time): the entry is at
+    /// least that old. The kernel keeps no entry's age unless conntrack timestamps are on.
+    pub entry_since_ns: Option<u64>,
     /// The client's endpoints (before and after any source NAT) from their first records:
     /// a lost record of this exchange shows as growth there.
     pub loss: LossWindows,
@@ -84,8 +87,21 @@ pub(crate) enum Correlated {
 
 type FlowKey = (SocketAddr, u16);
 
+/// A client socket's DNAT entry, as tracer saw it.
+struct EntrySighting {
+    backend: SocketAddr,
+    first_ns: u64,
+    last_ns: u64,
+}
+
+/// Sightings of one socket's entry further apart than this may be of two entries (the first
+/// expired, a new one made for the same backend): below every UDP timeout a node sets.
+const ENTRY_SURVIVES_NS: u64 = 10_000_000_000;
+
 pub(crate) struct DnsFlows {
     flows: BoundedTable<FlowKey, QueryFlow>,
+    /// Each client socket's DNAT entry, by when tracer first saw it.
+    entries: BoundedTable<SocketAddr, EntrySighting>,
     /// Client sockets whose packets a netfilter hook stopped, and when.
     stopped: BoundedTable<SocketAddr, u64>,
     timeout_ns: u64,
@@ -93,7 +109,12 @@ pub(crate) struct DnsFlows {
 
 impl DnsFlows {
     pub(crate) fn new(timeout_ns: u64, capacity: usize) -> DnsFlows {
-        DnsFlows { flows: BoundedTable::new(capacity), stopped: BoundedTable::new(capacity), timeout_ns }
+        DnsFlows {
+            flows: BoundedTable::new(capacity),
+            entries: BoundedTable::new(capacity),
+            stopped: BoundedTable::new(capacity),
+            timeout_ns,
+        }
     }
 
     #[cfg(test)]
@@ -133,9 +154,16 @@ impl DnsFlows {
             let entry_reused = backend.is_some()
                 && event.l4_proto == L4Proto::Udp
                 && matches!(&event.conntrack, Conntrack::Attached(entry) if entry.seen_reply());
+            let entry_since_ns = match backend {
+                Some(backend) if event.l4_proto == L4Proto::Udp => {
+                    Some(self.entry_seen(client, backend, event.timestamp_ns))
+                }
+                _ => None,
+            };
             if let Some(flow) = self.flows.get_mut(&key) {
                 flow.last_seen = sighting;
                 flow.entry_reused |= entry_reused;
+                flow.entry_since_ns = flow.entry_since_ns.or(entry_since_ns);
                 flow.asked(queried, backend);
                 flow.loss.watch_source(event.src, event.loss, event.timestamp_ns);
                 return None;
@@ -155,6 +183,7 @@ impl DnsFlows {
                     last_seen: sighting,
                     reply_seen: false,
                     entry_reused,
+                    entry_since_ns,
                     loss,
                 },
             );
@@ -182,6 +211,18 @@ impl DnsFlows {
         }
         let query = self.flows.remove(&key)?;
         Some(Correlated::ReplyToClient { query, reply: Box::new(packet.clone()) })
+    }
+
+    /// When tracer first saw `client`'s entry to `backend`, seen again at `at_ns`.
+    fn entry_seen(&mut self, client: SocketAddr, backend: SocketAddr, at_ns: u64) -> u64 {
+        if let Some(entry) = self.entries.get_mut(&client) {
+            if entry.backend == backend && at_ns.saturating_sub(entry.last_ns) <= ENTRY_SURVIVES_NS {
+                entry.last_ns = entry.last_ns.max(at_ns);
+                return entry.first_ns;
+            }
+        }
+        self.entries.insert(client, EntrySighting { backend, first_ns: at_ns, last_ns: at_ns });
+        at_ns
     }
 
     /// A netfilter hook dropped or rejected a packet `client` sent, at kernel time `at_ns`:
@@ -230,6 +271,7 @@ pub(crate) fn paired_reply(reply: &TracedPacket, asked: SocketAddr) -> Option<Co
         },
         reply_seen: true,
         entry_reused: false,
+        entry_since_ns: None,
         loss: LossWindows::default(),
     };
     Some(Correlated::ReplyToClient { query, reply: Box::new(reply.clone()) })

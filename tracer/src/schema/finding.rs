@@ -141,12 +141,17 @@ pub(crate) struct DnsEvidence {
 }
 
 /// A conntrack entry that DNATs a client's queries to where the rules no longer do.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub(crate) struct StaleDnat {
     /// Where the entry sends them: the backend the rules chose when it was made.
     pub backend: SocketAddr,
     /// Where the nat rules send a new flow to the same address now.
     pub current: Vec<SocketAddr>,
+    /// How long before this query tracer had already seen the entry: a lower bound on its
+    /// age (0: it predates the query, having seen a reply). Exact ages need the kernel's
+    /// conntrack timestamps.
+    #[serde(default)]
+    pub seen_for_secs: f64,
 }
 
 /// An answer's fragment that was lost.
