@@ -30,6 +30,9 @@ const CAPACITY: usize = 4_096;
 const REASSEMBLY_TIMEOUT: &str = "FRAG_REASM_TIMEOUT";
 /// A fragment that arrived twice: its datagram is not lost for that.
 const DUPLICATE: &str = "DUP_FRAG";
+/// How long after its first fragment a drop can still be of the same answer: a node gives up
+/// reassembling after `ipfrag_time`, 30 s by default.
+const ANSWER_LIFETIME_NS: u64 = 60_000_000_000;
 
 /// An answer seen in fragments, and the query it answers.
 struct Fragmented {
@@ -61,8 +64,11 @@ impl FragmentedAnswers {
         if let Some(line) = early.filter(|line| (at..=at + timeout_ns).contains(&line.drop.timestamp_ns)) {
             return Some((lost_fragment(query, packet, &line), query.clone()));
         }
+        // The client's newest fragmented answer (one socket's answers come one after another),
+        // from its first sighting: the same first fragment is seen at every stage it passes.
         let answers = self.answers.get_or_insert_with(|| BoundedTable::new(CAPACITY));
-        if answers.get(&client).is_none() {
+        let seen = answers.get(&client).is_some_and(|answer| answer.query.id == query.id);
+        if !seen {
             answers.insert(client, Fragmented { query: query.clone(), first: Box::new(packet.clone()) });
         }
         None
@@ -81,11 +87,20 @@ impl FragmentedAnswers {
         if !lost {
             return None;
         }
-        let followed = self.answers.as_mut().and_then(|answers| answers.remove(&drop.dst));
+        let answers = self.answers.as_mut();
+        let followed = answers.and_then(|answers| answers.remove(&drop.dst)).filter(|answer| {
+            let first_ns = answer.first.event.timestamp_ns;
+            (first_ns..=first_ns + ANSWER_LIFETIME_NS).contains(&drop.timestamp_ns)
+        });
         let Some(Fragmented { query, first }) = followed else {
             if drop.fragment == Fragment::Later {
+                // The first drop of an answer is kept; one of an older answer gives way.
+                let timeout_ns = self.timeout_ns;
                 let early = self.early.get_or_insert_with(|| BoundedTable::new(CAPACITY));
-                if early.get(&drop.dst).is_none() {
+                let kept = early
+                    .get(&drop.dst)
+                    .is_some_and(|older| drop.timestamp_ns.saturating_sub(older.drop.timestamp_ns) <= timeout_ns);
+                if !kept {
                     early.insert(drop.dst, line.clone());
                 }
             }
@@ -178,4 +193,82 @@ fn udp_length(first: &TracedPacket) -> Option<u32> {
     let event = &first.event;
     let bytes = event.captured.get(event.l4_offset + 4..event.l4_offset + 6)?;
     Some(u32::from(u16::from_be_bytes([bytes[0], bytes[1]])))
+}
+
+#[cfg(test)]
+mod tests {
+    use tracer_common::Stage;
+
+    use super::*;
+    use crate::{
+        model::{netfilter::DropEvent, packet::Conntrack},
+        pipeline::queries::{
+            tests::{addr, packet, query_path},
+            DnsFlows,
+        },
+    };
+
+    const TIMEOUT_NS: u64 = 2_000_000_000;
+
+    /// The lab's query, and the first fragment of its answer entering the bridge at `at_ms`.
+    fn query_and_first_fragment(at_ms: u64) -> (QueryFlow, TracedPacket) {
+        let mut flows = DnsFlows::new(TIMEOUT_NS, 16);
+        for packet in query_path() {
+            flows.observe(&packet);
+        }
+        let query = flows.query(addr("10.244.0.5:40000"), 0x6aab).expect("the query is followed").clone();
+        let mut first =
+            packet(at_ms, Stage::BridgeIn, "veth-server", "10.244.0.7:53", "10.244.0.5:40000", true, Conntrack::None);
+        first.event.fragment = Fragment::First;
+        (query, first)
+    }
+
+    /// A fragment of the answer dropped at `at_ms` for `reason`.
+    fn dropped(at_ms: u64, fragment: Fragment, reason: &str) -> DropLine {
+        let mut drop = DropEvent::example(at_ms * 1_000_000, addr("10.244.0.7:53"), addr("10.244.0.5:40000"));
+        drop.fragment = fragment;
+        let mut line = DropLine::example(drop, Vec::new());
+        line.reason = DropReason::from_name(reason);
+        line
+    }
+
+    #[test]
+    fn a_lost_fragment_is_the_answers_finding_once_in_whichever_order_the_records_come() {
+        let (query, first) = query_and_first_fragment(10);
+        // In time order.
+        let mut answers = FragmentedAnswers::new(TIMEOUT_NS);
+        assert!(answers.first_fragment(&first, &query).is_none());
+        let (finding, _) = answers.dropped(&dropped(11, Fragment::Later, "NETFILTER_DROP")).expect("a finding");
+        assert_eq!(finding.kind, FindingKind::DnsFragmentLost);
+        let Evidence::Dns(evidence) = &finding.evidence else { panic!("DNS evidence") };
+        assert_eq!(evidence.query.id, 0x6aab);
+        assert_eq!(evidence.actual_source, None);
+        assert_eq!(evidence.fragments.as_ref().map(|lost| lost.dropped), Some(Fragment::Later));
+        // The answer's other later fragment, and its first one's discard: the same loss.
+        assert!(answers.dropped(&dropped(12, Fragment::Later, "NETFILTER_DROP")).is_none());
+
+        // The first fragment's record read after the drop (swept from the reassembly queue).
+        let mut answers = FragmentedAnswers::new(TIMEOUT_NS);
+        assert!(answers.dropped(&dropped(11, Fragment::Later, "NETFILTER_DROP")).is_none());
+        let (finding, _) = answers.first_fragment(&first, &query).expect("the finding, once the answer is known");
+        assert_eq!(finding.kind, FindingKind::DnsFragmentLost);
+    }
+
+    #[test]
+    fn duplicates_whole_packets_and_old_answers_are_no_loss() {
+        let (query, first) = query_and_first_fragment(10);
+        let mut answers = FragmentedAnswers::new(TIMEOUT_NS);
+        answers.first_fragment(&first, &query);
+        assert!(answers.dropped(&dropped(11, Fragment::Later, "DUP_FRAG")).is_none());
+        assert!(answers.dropped(&dropped(11, Fragment::Whole, "NETFILTER_DROP")).is_none());
+        // A first fragment is lost only when the rest never came.
+        assert!(answers.dropped(&dropped(11, Fragment::First, "NETFILTER_DROP")).is_none());
+        // A drop after the answer's lifetime is another datagram's.
+        assert!(answers.dropped(&dropped(10 + 61_000, Fragment::Later, "NETFILTER_DROP")).is_none());
+
+        let mut answers = FragmentedAnswers::new(TIMEOUT_NS);
+        answers.first_fragment(&first, &query);
+        let (finding, _) = answers.dropped(&dropped(30_010, Fragment::First, "FRAG_REASM_TIMEOUT")).expect("a finding");
+        assert!(finding.explanation.contains("the others never did"), "{}", finding.explanation);
+    }
 }
