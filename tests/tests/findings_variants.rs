@@ -271,35 +271,60 @@ fn udp_no_ports(lab: &Lab, ns: Ns) -> Result<u64> {
     values.split_whitespace().nth(column).context("no NoPorts value")?.parse().context("NoPorts")
 }
 
-/// A client that gives up before its answer arrives (its socket closed at once, as a resolver
-/// with a short timeout does) has a healthy exchange: the answer came, in time, to where it was
-/// asked from. tracer pairs them and says nothing; the client's kernel counts the answer as
-/// one for a closed port, which proves the client had gone.
+/// The lab's dnsmasq, stopped (SIGSTOP) while this lives: a server too slow for its clients.
+/// It goes on (SIGCONT) when this is dropped, also when the test fails.
+struct SlowServer(libc::pid_t);
+
+impl SlowServer {
+    fn stop(lab: &Lab) -> Result<SlowServer> {
+        let pid_file = lab.dir().join("dnsmasq.pid");
+        let pid = std::fs::read_to_string(&pid_file)?.trim().parse().context("dnsmasq's pid file")?;
+        // SAFETY: kill(2) with a pid the lab's own dnsmasq wrote.
+        ensure!(
+            unsafe { libc::kill(pid, libc::SIGSTOP) } == 0,
+            "stopping dnsmasq: {}",
+            std::io::Error::last_os_error()
+        );
+        Ok(SlowServer(pid))
+    }
+}
+
+impl Drop for SlowServer {
+    fn drop(&mut self) {
+        // SAFETY: as in `stop`.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+/// A client that gives up before its answer arrives (a resolver whose timeout is shorter than
+/// a slow server's answer) has a healthy exchange: the answer came within tracer's timeout, to
+/// where it was asked from. The server is held still while each client sends its query and
+/// closes its socket, then answers; tracer pairs them and says nothing, and the client's kernel
+/// counts each answer as one for a closed port, which proves the client had gone.
 #[test]
 fn a_client_that_gives_up_before_its_answer_is_no_finding() -> Result<()> {
+    const QUERIES: u16 = 3;
     let lab = Lab::new(LabConfig::healthy())?;
     let client_ns = lab.netns(Ns::Client).to_string();
-    let (w, ids) = with_short_dns_timeout(&lab).settle(AFTER_LAST_QUERY).run(|| {
-        let mut ids = Vec::new();
-        // The answer takes a round trip through dnsmasq; closing the socket takes microseconds.
-        // Should an answer ever win, the next query tries again.
-        for id in 0x5100u16..0x5105 {
-            let before = udp_no_ports(&lab, Ns::Client)?;
-            in_netns(&client_ns, || {
+    let before = udp_no_ports(&lab, Ns::Client)?;
+    let (w, ()) = with_short_dns_timeout(&lab).settle(AFTER_LAST_QUERY).run(|| {
+        let slow = SlowServer::stop(&lab)?;
+        in_netns(&client_ns, || {
+            for id in 0..QUERIES {
                 let socket = std::net::UdpSocket::bind((CLIENT_IP, 0))?;
-                socket.send_to(&dns_query(id, TEST_NAME, 1), (CLUSTER_DNS_IP, 53))?;
-                Ok(())
-            })?;
-            std::thread::sleep(Duration::from_millis(200));
-            if udp_no_ports(&lab, Ns::Client)? > before {
-                ids.push(id);
+                socket.send_to(&dns_query(0x5100 + id, TEST_NAME, 1), (CLUSTER_DNS_IP, 53))?;
             }
-        }
-        Ok(ids)
+            Ok(())
+        })?;
+        std::thread::sleep(Duration::from_millis(300));
+        drop(slow);
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(())
     })?;
-    ensure!(!ids.is_empty(), "no answer ever came after its client had gone");
-    for id in &ids {
-        w.reply_to_client(*id)?;
+    let closed = udp_no_ports(&lab, Ns::Client)? - before;
+    ensure!(closed == u64::from(QUERIES), "{closed} of {QUERIES} answers came after their client had gone");
+    for id in 0..QUERIES {
+        w.reply_to_client(0x5100 + id)?;
     }
     w.expect_no_findings("an answer that came in time is healthy, whether or not its client waited")?;
     w.check_summary()
