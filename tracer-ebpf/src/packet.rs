@@ -247,13 +247,7 @@ fn parse_flow(
             parsed.l3_len = header_len;
             let flags_offset = u16::from_be_bytes([headers.u8_at(6)?, headers.u8_at(7)?]);
             parsed.fragment_id = u16::from_be_bytes([headers.u8_at(4)?, headers.u8_at(5)?]) as u32;
-            parsed.flow.fragment = if flags_offset & 0x1fff != 0 {
-                fragment::LATER
-            } else if flags_offset & 0x2000 != 0 {
-                fragment::FIRST
-            } else {
-                fragment::WHOLE
-            };
+            parsed.flow.fragment = fragment_kind(flags_offset & 0x1fff != 0, flags_offset & 0x2000 != 0);
         }
         IpFamily::V6 => {
             if headers.u8_at(0)? >> 4 != 6 || headers.len < Ipv6Hdr::LEN as u32 {
@@ -306,6 +300,18 @@ fn parse_flow(
         remember_first_fragment(parsed, key);
     }
     Some(())
+}
+
+/// `fragment::*` of a packet from its IP header: a fragment offset, and more fragments to come.
+#[inline(always)]
+fn fragment_kind(at_offset: bool, more: bool) -> u8 {
+    if at_offset {
+        fragment::LATER
+    } else if more {
+        fragment::FIRST
+    } else {
+        fragment::WHOLE
+    }
 }
 
 /// A traced first fragment's ports, kept for its later fragments.
@@ -404,13 +410,7 @@ fn skip_ipv6_extensions(headers: &Headers, available: u32, first: u8, parsed: &m
                 let id = headers.four_at(offset + 4)?;
                 let offset_more = u16::from_be_bytes([header[2], header[3]]);
                 parsed.fragment_id = u32::from_be_bytes(id);
-                parsed.flow.fragment = if offset_more & 0xfff8 != 0 {
-                    fragment::LATER
-                } else if offset_more & 0x0001 != 0 {
-                    fragment::FIRST
-                } else {
-                    fragment::WHOLE
-                };
+                parsed.flow.fragment = fragment_kind(offset_more & 0xfff8 != 0, offset_more & 0x0001 != 0);
                 next_header = header[0];
                 offset += 8;
             }
