@@ -478,12 +478,8 @@ impl Analysis {
             path,
             reason,
         };
-        // A later fragment carries no ports for the rule walk to match: its rule is not named.
-        let by_rule = line.reason.is_netfilter_drop() && stopped_in.is_some() && line.drop.fragment != Fragment::Later;
-        self.tcp_retries.dropped(&line, by_rule);
-        if let Some((finding, query)) = self.fragmented.dropped(&line) {
-            self.hold(finding, &query, line.drop.timestamp_ns);
-        }
+        let by_rule = line.stopped_by_rule();
+        self.follow_drop(&line, by_rule);
         match stopped_in {
             Some((hook, family, in_ifindex, out_ifindex)) if by_rule => {
                 self.flows.stopped_by_firewall(line.drop.src, line.drop.timestamp_ns);
@@ -509,6 +505,15 @@ impl Analysis {
                 Ok(())
             }
             _ => output.dropped(&line),
+        }
+    }
+
+    /// A drop, live or read back, for what follows drops: a TCP retry it ends (`by_rule`: its
+    /// rule is being named, and that finding tells the retry), an answer's fragment it loses.
+    fn follow_drop(&mut self, line: &DropLine, by_rule: bool) {
+        self.tcp_retries.dropped(line, by_rule);
+        if let Some((finding, query)) = self.fragmented.dropped(line) {
+            self.hold(finding, &query, line.drop.timestamp_ns);
         }
     }
 
@@ -627,11 +632,10 @@ impl Analysis {
 
     /// The worker named the rule behind a drop: its held-back lines are printed with it,
     /// each an occurrence of the finding.
-    fn answered(&mut self, answer: Answer, output: &mut dyn Sink) -> io::Result<()> {
+    fn answered(&mut self, mut answer: Answer, output: &mut dyn Sink) -> io::Result<()> {
         let lines = self.waiting.remove(&answer.key).unwrap_or_default();
         self.waiting_lines = self.waiting_lines.saturating_sub(lines.len());
         let label = answer.finding.as_ref().and_then(short_label);
-        let mut answer = answer;
         // A TCP connection that retried a truncated answer: the rule stops large answers only.
         let retried = lines.first().and_then(|line| self.tcp_retries.retrying(line.drop.src));
         if let (Some(finding), Some(query)) = (answer.finding.as_mut(), retried) {
@@ -663,12 +667,8 @@ impl Analysis {
     /// could not confirm is counted as it did.
     pub(crate) fn replay_drop(&mut self, line: &DropLine, output: &mut dyn Sink) -> io::Result<()> {
         self.stats.packets += 1;
-        let by_rule =
-            line.reason.is_netfilter_drop() && line.stopped_in().is_some() && line.drop.fragment != Fragment::Later;
-        self.tcp_retries.dropped(line, by_rule);
-        if let Some((finding, query)) = self.fragmented.dropped(line) {
-            self.hold(finding, &query, line.drop.timestamp_ns);
-        }
+        let by_rule = line.stopped_by_rule();
+        self.follow_drop(line, by_rule);
         if by_rule {
             self.flows.stopped_by_firewall(line.drop.src, line.drop.timestamp_ns);
         }
@@ -740,8 +740,7 @@ fn segment(event: &PacketEvent) -> Option<Segment<'_>> {
 fn drop_key(line: &DropLine) -> Option<DropKey> {
     let drop = &line.drop;
     let pass = line.stopped_in()?;
-    let named = line.reason.is_netfilter_drop() && drop.fragment != Fragment::Later;
-    named.then(|| (pass.hook, drop.src.ip(), drop.dst, drop.l4_proto))
+    line.stopped_by_rule().then(|| (pass.hook, drop.src.ip(), drop.dst, drop.l4_proto))
 }
 
 fn icmp_name(ipv6: bool, icmp_type: u8, icmp_code: u8) -> String {

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{
     netfilter::{stopped_in, DropEvent, DropReason, HookPass},
-    packet::{Fate, PacketEvent},
+    packet::{Fate, Fragment, PacketEvent},
     pod::EndpointPods,
     serde_forms,
 };
@@ -90,6 +90,12 @@ impl DropLine {
     /// The hook the packet entered and never left: where it was stopped.
     pub(crate) fn stopped_in(&self) -> Option<&HookPass> {
         stopped_in(&self.path)
+    }
+
+    /// A netfilter hook stopped it, and a rule can be named for it: not for a later IP
+    /// fragment, which carries no ports for the rule walk to match.
+    pub(crate) fn stopped_by_rule(&self) -> bool {
+        self.reason.is_netfilter_drop() && self.stopped_in().is_some() && self.drop.fragment != Fragment::Later
     }
 }
 
