@@ -82,3 +82,28 @@ pub fn workspace_root() -> &'static Path {
     let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     manifest_dir.parent().unwrap_or(manifest_dir)
 }
+
+/// Whether tracer can read payloads in page fragments on this kernel: its /proc/kallsyms
+/// gives the addresses of the direct map's and the page array's bases (kernels built with
+/// `CONFIG_KALLSYMS_ALL`, as distro kernels are). The tests expect tracer to agree.
+pub fn kernel_reads_page_fragments() -> bool {
+    let Ok(symbols) = std::fs::read_to_string("/proc/kallsyms") else { return false };
+    ["page_offset_base", "vmemmap_base"].iter().all(|wanted| {
+        symbols.lines().any(|line| {
+            let fields: Vec<&str> = line.split_ascii_whitespace().collect();
+            fields.len() == 3 && fields[2] == *wanted && !fields[0].trim_start_matches('0').is_empty()
+        })
+    })
+}
+
+/// The blind spots a watch on this kernel states: `first` (those tracer names before page
+/// fragments: netfilter verdicts, drop reasons), page fragments where this kernel hides
+/// them, then `rest` (conntrack tuples, answered replies), in tracer's order.
+pub fn expected_blind_spots<'a>(first: &[&'a str], rest: &[&'a str]) -> Vec<&'a str> {
+    let mut spots = first.to_vec();
+    if !kernel_reads_page_fragments() {
+        spots.push("page_fragment_payloads");
+    }
+    spots.extend_from_slice(rest);
+    spots
+}

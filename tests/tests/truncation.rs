@@ -93,7 +93,43 @@ fn a_dns_service_without_its_tcp_port_fails_every_truncated_answer() -> Result<(
             && str_at(p, "/src") == Some(&format!("{CLUSTER_DNS_IP}:53"))
             && u64_at(p, "/len").is_some_and(|len| len > 512)
     })?;
+    dns_over_tcp_read_where_the_kernel_allows(&w)?;
     w.expect_no_findings("a truncated answer retried over TCP and answered is healthy")
+}
+
+/// The query and answer over TCP between pods travel in page fragments (veth keeps TCP
+/// payloads there): where the kernel lets tracer find a page's bytes, both are decoded;
+/// where it does not, the blind spot says so and no TCP segment claims a message.
+fn dns_over_tcp_read_where_the_kernel_allows(w: &WatchJson) -> Result<()> {
+    let over_tcp_about = |p: &Value, qr: bool| {
+        str_at(p, "/proto") == Some("tcp")
+            && bool_at(p, "/dns/qr") == Some(qr)
+            && str_at(p, "/dns/qname") == Some(&format!("{BIG_TXT_NAME}."))
+    };
+    let spots: Vec<&str> = w.summary["blind_spots"]
+        .as_array()
+        .context("summary blind_spots")?
+        .iter()
+        .filter_map(|spot| str_at(spot, "/missing"))
+        .collect();
+    if tracer_tests::kernel_reads_page_fragments() {
+        ensure!(!spots.contains(&"page_fragment_payloads"), "this kernel gives page bytes: {}", w.summary);
+        let query = w.find_one("the query over TCP, decoded", |p| {
+            stage_is(p, "bridge-in", CLIENT_VETH) && over_tcp_about(p, false)
+        })?;
+        expect_str(query, "/dns/qtype", "TXT")?;
+        let answer = w.find_one("the answer over TCP, decoded", |p| {
+            stage_is(p, "bridge-out", CLIENT_VETH) && over_tcp_about(p, true)
+        })?;
+        ensure!(bool_at(answer, "/dns/truncated") != Some(true), "over TCP the answer is whole: {answer}");
+        ensure!(u64_at(answer, "/dns/answers") == Some(1), "its TXT record is counted: {answer}");
+        ensure!(u64_at(answer, "/dns/id") == u64_at(query, "/dns/id"), "one exchange: {query} {answer}");
+    } else {
+        ensure!(spots.contains(&"page_fragment_payloads"), "the blind spot is stated: {}", w.summary);
+        let claimed = w.find(|p| str_at(p, "/proto") == Some("tcp") && !p["dns"].is_null()).count();
+        ensure!(claimed == 0, "no TCP segment read without its payload claims a message:\n{}", w.describe());
+    }
+    Ok(())
 }
 
 #[test]

@@ -270,7 +270,10 @@ pub struct JourneyRecord {
     pub icmp_sent: u8,
     pub icmp_type: u8,
     pub icmp_code: u8,
-    pub _pad: [u8; 2],
+    /// The kernel's own: the payload after the captured linear data is in page fragments,
+    /// still to be copied (see the programs' `journey::copy_fragment_payload`).
+    pub payload_in_fragments: u8,
+    pub _pad: u8,
     /// The device it ended on (queued on, or dropped on).
     pub end_ifindex: u32,
     /// `enum skb_drop_reason` of a dropped packet; names come from the kernel's BTF.
@@ -402,6 +405,27 @@ pub struct KernelLayout {
     /// `enum skb_drop_reason` values that are not drops.
     pub reason_not_dropped_yet: u32,
     pub reason_consumed: u32,
+    /// `sk_buff.end` (an offset from `head` on 64-bit kernels, where `skb_shared_info`
+    /// starts) and `sk_buff.data_len` (the bytes outside the linear data).
+    pub skb_end: u32,
+    pub skb_data_len: u32,
+    /// `skb_shared_info.nr_frags` (one byte) and `.frags`.
+    pub shinfo_nr_frags: u32,
+    pub shinfo_frags: u32,
+    /// One `skb_frag_t`: its size and where its page (or netmem) pointer, length and
+    /// offset are.
+    pub frag_size: u32,
+    pub frag_page: u32,
+    pub frag_len: u32,
+    pub frag_offset: u32,
+    /// `sizeof(struct page)` and log2 of the page size: a page's place in the direct map.
+    pub page_struct_size: u32,
+    pub page_shift: u32,
+    /// Kernel addresses of the variables `page_offset_base` (where the direct map of all
+    /// memory starts) and `vmemmap_base` (where the `struct page` array starts). 0 when
+    /// not known: then the programs copy linear data only.
+    pub page_offset_base_addr: u64,
+    pub vmemmap_base_addr: u64,
 }
 
 /// Load-time settings, written into the programs' read-only data by userspace.
@@ -429,6 +453,8 @@ pub struct WatchConfig {
     /// cost, the floor `cargo xtask bench` measures the programs' own cost against. 0 in
     /// every real watch, where the verifier drops the test as dead code.
     pub empty_programs: u32,
+    /// Keeps `layout`, which holds 64-bit addresses, aligned without implicit padding.
+    pub _pad2: u32,
     pub layout: KernelLayout,
 }
 
@@ -445,6 +471,11 @@ mod user {
 // The kernel aligns ring buffer records to 8 bytes and userspace reads them by size:
 // keep every record a multiple of 8 with no implicit padding.
 const _: () = assert!(core::mem::size_of::<RecordHeader>() == 32);
+// The configuration is written into the programs' read-only data byte for byte: no
+// implicit padding, whose bytes would be undefined.
+const _: () = assert!(core::mem::size_of::<KernelLayout>() == 42 * 4 + 2 * 8);
+const _: () = assert!(core::mem::offset_of!(WatchConfig, layout) == 32);
+const _: () = assert!(core::mem::size_of::<WatchConfig>() == 32 + core::mem::size_of::<KernelLayout>());
 const _: () = assert!(core::mem::size_of::<JourneyStep>() == 80);
 const _: () = assert!(JourneyRecord::STEPS_OFFSET == 232);
 const _: () = assert!(JourneyRecord::PACKET_OFFSET == JourneyRecord::STEPS_OFFSET + MAX_STEPS * 80);

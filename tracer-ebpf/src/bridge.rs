@@ -89,7 +89,9 @@ unsafe fn received(skb: *const u8) -> Option<()> {
     let stage = if frame.priv_flags & port != 0 { Stage::BridgeIn } else { Stage::ToHost };
     let step = unsafe { stage_step(skb, &frame, stage, slot) };
     // A frame entering the bridge is a new journey, whatever the skb carried before.
-    unsafe { journey::step(&step, stage == Stage::BridgeIn) };
+    if unsafe { journey::step(&step, stage == Stage::BridgeIn) } {
+        unsafe { journey::copy_fragment_payload(skb) };
+    }
     Some(())
 }
 
@@ -115,7 +117,9 @@ unsafe fn queued(skb: *const u8) -> Option<()> {
     let stage = if on_port { Stage::BridgeOut } else { Stage::FromHost };
     let step = unsafe { stage_step(skb, &frame, stage, slot) };
     if on_bridge {
-        unsafe { journey::step(&step, false) };
+        if unsafe { journey::step(&step, false) } {
+            unsafe { journey::copy_fragment_payload(skb) };
+        }
         return Some(());
     }
     let end = End {

@@ -59,6 +59,8 @@ pub struct Step<'a> {
 
 /// Records a step: into the packet's journey, or as the first of a new one when the table
 /// holds none (or only an old one of a reused skb address), or always when `start`.
+/// Returns true when it began a journey whose payload goes on in page fragments: the
+/// caller then copies them with [`copy_fragment_payload`].
 ///
 /// # Safety
 /// `step.skb` must be a BTF-typed `sk_buff` pointer.
@@ -69,7 +71,7 @@ pub struct Step<'a> {
 // stores it a second time on the stack before the lookup (5 more instructions here), in
 // a call kept out of line for the verifier's 512-byte stack.
 #[allow(clippy::needless_borrows_for_generic_args)]
-pub unsafe fn step(step: &Step, start: bool) {
+pub unsafe fn step(step: &Step, start: bool) -> bool {
     let key = step.skb as u64;
     let now = unsafe { bpf_ktime_get_ns() };
     if !start {
@@ -84,17 +86,38 @@ pub unsafe fn step(step: &Step, start: bool) {
                 journey.capture_flow.fragment == fragment::LATER && step.parsed.flow.fragment != fragment::LATER;
             if now.saturating_sub(journey.last_step_ns) < MAX_AGE_NS && !reassembled {
                 unsafe { append(journey, step, now) };
-                return;
+                return false;
             }
         }
     }
-    let Some(fresh) = NEW_JOURNEYS.get_ptr_mut(step.slot) else { return };
+    let Some(fresh) = NEW_JOURNEYS.get_ptr_mut(step.slot) else { return false };
     // SAFETY: this program's per-CPU slot.
     let fresh = unsafe { &mut *fresh };
     unsafe { begin(fresh, step, now) };
     // An insert that fails leaves the packet without a journey until its end, which is
     // then sent alone: nothing is silently lost.
-    let _ = JOURNEYS.insert(&key, fresh, 0);
+    let fragments = fresh.payload_in_fragments != 0;
+    JOURNEYS.insert(&key, fresh, 0).is_ok() && fragments
+}
+
+/// Copies the payload that follows the captured linear data in page fragments into the
+/// skb's journey, begun by [`step`]. Called by the program itself, not from `step`: the
+/// deepest call chain has no stack left for it.
+///
+/// # Safety
+/// `skb` must be a BTF-typed `sk_buff` pointer.
+#[inline(never)]
+pub unsafe fn copy_fragment_payload(skb: *const u8) {
+    let Some(journey) = JOURNEYS.get_ptr_mut(&(skb as u64)) else { return };
+    // SAFETY: a live entry of the table (see `step`).
+    let journey = unsafe { &mut *journey };
+    if journey.payload_in_fragments == 0 {
+        return;
+    }
+    journey.payload_in_fragments = 0;
+    let at = journey.captured_len as usize;
+    let added = unsafe { packet::append_first_page_fragment(skb, &mut journey.packet, at) };
+    journey.captured_len = (at + added) as u16;
 }
 
 /// Starts `journey` afresh with `step`.
@@ -113,7 +136,7 @@ unsafe fn begin(journey: &mut JourneyRecord, step: &Step, now: u64) {
     journey.icmp_sent = 0;
     journey.icmp_type = 0;
     journey.icmp_code = 0;
-    journey._pad = [0; 2];
+    journey._pad = 0;
     journey.end_ifindex = 0;
     journey.drop_reason = 0;
     journey.drop_location = 0;
@@ -129,6 +152,7 @@ unsafe fn begin(journey: &mut JourneyRecord, step: &Step, now: u64) {
     journey.l3_offset = captured.l3_offset;
     journey.l4_offset = captured.l4_offset;
     journey.payload_offset = captured.payload_offset;
+    journey.payload_in_fragments = u8::from(captured.fragments_follow);
     unsafe { append(journey, step, now) };
 }
 

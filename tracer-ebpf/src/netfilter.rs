@@ -131,7 +131,9 @@ unsafe fn entered(state: *const u8, skb: *const u8) -> Option<()> {
         return Some(());
     }
     let step = unsafe { hook_step(&at, hook, in_ifindex, out_ifindex, slot) }?;
-    unsafe { journey::step(&step, false) };
+    if unsafe { journey::step(&step, false) } {
+        unsafe { journey::copy_fragment_payload(at.skb) };
+    }
     Some(())
 }
 

@@ -482,6 +482,8 @@ pub struct Captured {
     pub l3_offset: u16,
     pub l4_offset: u16,
     pub payload_offset: u16,
+    /// The skb's payload goes on in page fragments, which were not copied.
+    pub fragments_follow: bool,
 }
 
 /// Copies the frame's first bytes (at most the snaplen) into `into`, from the Ethernet
@@ -512,19 +514,155 @@ pub unsafe fn capture(
     if !copied {
         diagnostics::note(slot, Problem::CopyRefused);
     }
+    // The payload follows the linear data in page fragments when the sender left it there
+    // (TCP between pods over veth carries only its headers in the linear part): copied by
+    // the caller, in a call of its own (`append_first_page_fragment`).
+    let fragments_follow = copied
+        && want == linear
+        && want < config!(snaplen) as usize
+        && config!(layout.page_offset_base_addr) != 0
+        && unsafe { skb::load::<u32>(skb, config!(layout.skb_data_len)) } != 0;
     Captured {
         len: if copied { want.min(CAPTURE_MAX) as u16 } else { 0 },
+        fragments_follow,
         l3_offset,
         l4_offset: l3_offset + parsed.l3_len,
         payload_offset: l3_offset + parsed.l3_len + parsed.l4_len,
     }
 }
 
+/// Copies the bytes of the skb's first page fragment after the `at` bytes of linear data
+/// captured in `into`, up to the snaplen; returns how many. Nothing when the configuration
+/// gives no way to find a page's bytes (see `KernelLayout::page_offset_base_addr`).
+///
+/// # Safety
+/// `skb` must be a BTF-typed `sk_buff` pointer.
+#[inline(always)]
+pub unsafe fn append_first_page_fragment(skb: *const u8, into: &mut [u8; CAPTURE_MAX], at: usize) -> usize {
+    // The kernel values are read into the end of the capture buffer, past anything captured
+    // so far (`at` < 256 below), not onto the stack. The fragment's bytes may overwrite them
+    // afterwards.
+    if config!(layout.page_offset_base_addr) == 0 || at >= SCRATCH_AT {
+        return 0;
+    }
+    let Some(head) = (unsafe { skb::load_ptr(skb, config!(layout.skb_head)) }) else { return 0 };
+    // `end` is an offset from `head` on 64-bit kernels: where skb_shared_info starts.
+    let end: u32 = unsafe { skb::load(skb, config!(layout.skb_end)) };
+    let shared_info = head.wrapping_add(end as usize);
+    if !scratch_read::<SCRATCH_FRAGMENTS, 1>(into, shared_info.wrapping_add(config!(layout.shinfo_nr_frags) as usize))
+        || into[SCRATCH_FRAGMENTS] == 0
+    {
+        return 0;
+    }
+    let fragment = shared_info.wrapping_add(config!(layout.shinfo_frags) as usize);
+    if !scratch_read::<SCRATCH_PAGE, 8>(into, fragment.wrapping_add(config!(layout.frag_page) as usize))
+        || !scratch_read::<SCRATCH_LEN, 4>(into, fragment.wrapping_add(config!(layout.frag_len) as usize))
+        || !scratch_read::<SCRATCH_OFFSET, 4>(into, fragment.wrapping_add(config!(layout.frag_offset) as usize))
+        || !scratch_read::<SCRATCH_DIRECT_MAP, 8>(into, config!(layout.page_offset_base_addr) as *const u8)
+        || !scratch_read::<SCRATCH_VMEMMAP, 8>(into, config!(layout.vmemmap_base_addr) as *const u8)
+    {
+        return 0;
+    }
+    let page = u64::from_ne_bytes(bytes_at(into, SCRATCH_PAGE));
+    let vmemmap = u64::from_ne_bytes(bytes_at(into, SCRATCH_VMEMMAP));
+    let page_struct_size = config!(layout.page_struct_size) as u64;
+    // A netmem with its low bit set is device memory (a net_iov), not a page in the direct map.
+    if page & 1 != 0 || page_struct_size == 0 || page < vmemmap {
+        return 0;
+    }
+    let frame = (page - vmemmap) / page_struct_size;
+    let fragment_offset = u32::from_ne_bytes(bytes_at(into, SCRATCH_OFFSET)) as u64;
+    let bytes = (u64::from_ne_bytes(bytes_at(into, SCRATCH_DIRECT_MAP))
+        + (frame << config!(layout.page_shift))
+        + fragment_offset) as *const u8;
+    let snaplen = config!(snaplen) as usize;
+    if at >= snaplen {
+        return 0;
+    }
+    let mut len = u32::from_ne_bytes(bytes_at(into, SCRATCH_LEN)) as usize;
+    if len > snaplen - at {
+        len = snaplen - at;
+    }
+    // Each branch gives the verifier a constant bound on where the copy starts and on its
+    // length, whose sum fits the capture buffer. Linear data of 256 bytes or more already
+    // holds what a DNS message's header and question need.
+    if at < 128 {
+        copy_at::<127, { CAPTURE_MAX - 128 }>(into, at, bytes, len)
+    } else if at < 256 {
+        copy_at::<255, { CAPTURE_MAX - 256 }>(into, at, bytes, len)
+    } else {
+        0
+    }
+}
+
+/// Where in the capture buffer `append_first_page_fragment` reads kernel values.
+const SCRATCH_AT: usize = CAPTURE_MAX - 40;
+const SCRATCH_DIRECT_MAP: usize = SCRATCH_AT;
+const SCRATCH_VMEMMAP: usize = SCRATCH_AT + 8;
+const SCRATCH_PAGE: usize = SCRATCH_AT + 16;
+const SCRATCH_LEN: usize = SCRATCH_AT + 24;
+const SCRATCH_OFFSET: usize = SCRATCH_AT + 28;
+const SCRATCH_FRAGMENTS: usize = SCRATCH_AT + 32;
+
+/// Reads `N` bytes of kernel memory into `into[AT..AT + N]`; false when the kernel refused.
+#[inline(always)]
+fn scratch_read<const AT: usize, const N: usize>(into: &mut [u8; CAPTURE_MAX], src: *const u8) -> bool {
+    const { assert!(AT + N <= CAPTURE_MAX) };
+    // SAFETY: AT + N <= CAPTURE_MAX; the source read is fault-safe.
+    unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            into.as_mut_ptr().wrapping_add(AT) as *mut core::ffi::c_void,
+            N as u32,
+            src as *const core::ffi::c_void,
+        ) == 0
+    }
+}
+
+/// Copies at most `MAX_LEN` bytes from kernel memory to `into[at..]`, where `at` is at
+/// most `MASK` (all ones); returns how many were copied (0 when the kernel refused).
+#[inline(always)]
+fn copy_at<const MASK: usize, const MAX_LEN: usize>(
+    into: &mut [u8; CAPTURE_MAX],
+    at: usize,
+    src: *const u8,
+    len: usize,
+) -> usize {
+    const { assert!(MASK + MAX_LEN < CAPTURE_MAX && (MASK + 1).is_power_of_two()) };
+    // The compiler knows `at <= MASK` from the caller's test and would drop the mask, and
+    // the verifier would then see an offset bounded only by a copy of `at` it tested
+    // separately. Read through memory, `at` is unknown to the compiler: the mask stays, and
+    // the verifier bounds the offset by it.
+    let at = unsafe { core::ptr::read_volatile(&at) } & MASK;
+    let len = if len > MAX_LEN { MAX_LEN } else { len };
+    if len == 0 {
+        return 0;
+    }
+    // SAFETY: at + len <= MASK + MAX_LEN < CAPTURE_MAX; the source read is fault-safe.
+    let ret = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            into.as_mut_ptr().wrapping_add(at) as *mut core::ffi::c_void,
+            len as u32,
+            src as *const core::ffi::c_void,
+        )
+    };
+    if ret == 0 {
+        len
+    } else {
+        0
+    }
+}
+
 /// `N` bytes at `at` of the span read from a conntrack entry (zeros outside it).
 #[inline(always)]
 fn span_bytes<const N: usize>(span: &[u8; CT_SPAN_MAX], at: u32) -> [u8; N] {
+    bytes_at(span, at as usize)
+}
+
+/// `N` bytes at `at` of a buffer the programs read kernel memory into (zeros outside it).
+#[inline(always)]
+fn bytes_at<const N: usize, const M: usize>(buffer: &[u8; M], at: usize) -> [u8; N] {
     let mut value = [0u8; N];
-    if let Some(bytes) = span.get(at as usize..at as usize + N) {
+    if let Some(bytes) = buffer.get(at..at + N) {
         value.copy_from_slice(bytes);
     }
     value

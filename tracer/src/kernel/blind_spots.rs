@@ -32,6 +32,16 @@ pub(crate) fn blind_spots(capabilities: &Capabilities, conntrack_known: bool, fi
                     .to_string(),
         });
     }
+    if let Err(why) = &capabilities.page_fragments {
+        spots.push(BlindSpot {
+            missing: "page_fragment_payloads".to_string(),
+            why: why.clone(),
+            unavailable: Vec::new(),
+            instead: "a TCP segment whose payload the sender left in page fragments (DNS over TCP between pods \
+                      over veth) shows its headers but no DNS message; its connection is still followed"
+                .to_string(),
+        });
+    }
     if !conntrack_known {
         spots.push(BlindSpot {
             missing: "conntrack_tuples".to_string(),
@@ -65,18 +75,24 @@ mod tests {
 
     #[test]
     fn a_kernel_with_everything_watched_in_full_has_none() {
-        let full = Capabilities { netfilter: NetfilterVia::Links(10), drop_reasons: true };
+        let full = Capabilities { netfilter: NetfilterVia::Links(10), drop_reasons: true, page_fragments: Ok(()) };
         assert!(blind_spots(&full, true, false).is_empty());
-        let fentry = Capabilities { netfilter: NetfilterVia::FEntry, drop_reasons: true };
+        let fentry = Capabilities { netfilter: NetfilterVia::FEntry, drop_reasons: true, page_fragments: Ok(()) };
         assert!(blind_spots(&fentry, true, false).is_empty());
     }
 
     #[test]
     fn each_missing_piece_names_the_findings_it_takes() {
-        let bare =
-            Capabilities { netfilter: NetfilterVia::Unavailable("no links, no fentry".into()), drop_reasons: false };
+        let bare = Capabilities {
+            netfilter: NetfilterVia::Unavailable("no links, no fentry".into()),
+            drop_reasons: false,
+            page_fragments: Err("no kallsyms".into()),
+        };
         let spots = blind_spots(&bare, false, true);
-        assert_eq!(missing(&spots), ["netfilter_verdicts", "drop_reasons", "conntrack_tuples", "answered_replies"]);
+        assert_eq!(
+            missing(&spots),
+            ["netfilter_verdicts", "drop_reasons", "page_fragment_payloads", "conntrack_tuples", "answered_replies"]
+        );
         assert_eq!(spots[0].unavailable, [FindingKind::NetfilterReject, FindingKind::NetfilterDrop]);
         assert!(spots[0].instead.contains("not seen at all"), "{}", spots[0].instead);
         let text = spots[0].to_string();
@@ -87,7 +103,11 @@ mod tests {
             "{text}"
         );
 
-        let reasons = Capabilities { netfilter: NetfilterVia::Unavailable("x".into()), drop_reasons: true };
+        let reasons = Capabilities {
+            netfilter: NetfilterVia::Unavailable("x".into()),
+            drop_reasons: true,
+            page_fragments: Ok(()),
+        };
         let spots = blind_spots(&reasons, true, false);
         assert_eq!(missing(&spots), ["netfilter_verdicts"]);
         assert!(spots[0].instead.contains("NETFILTER_DROP"));

@@ -229,6 +229,62 @@ pub(crate) fn resolve_layout(btf: &KernelBtf) -> Result<ResolvedLayout> {
     Ok(ResolvedLayout { layout: l, conntrack_known, netfilter_known })
 }
 
+/// Where a packet's page fragments are and how a page's bytes are found, for the payloads
+/// a sender leaves outside the linear data (TCP between pods over veth does). Sets the
+/// page-fragment fields of `l` and returns `Ok`, or leaves them 0 and says why the
+/// programs will copy linear data only. `symbols` looks up kernel variables' addresses.
+pub(crate) fn resolve_page_fragments(
+    btf: &KernelBtf,
+    l: &mut KernelLayout,
+    symbols: impl FnOnce(&[&str]) -> Result<Vec<Option<u64>>>,
+) -> Result<()> {
+    // A page's bytes are at `page_offset_base + pfn * PAGE_SIZE`, with the pfn from the
+    // page's index in the `vmemmap_base` array: x86-64's layout (4 KiB pages, sparse
+    // vmemmap, the bases randomised at boot). Other architectures place both differently.
+    if !cfg!(target_arch = "x86_64") {
+        bail!("tracer finds page bytes on x86-64 only");
+    }
+    let field = |ty: &str, path: &str, width: Width| byte_offset(btf, ty, path, width);
+    // `skb_frag_t` is `struct skb_frag { netmem_ref netmem; len; offset }` on newer kernels
+    // and `struct bio_vec { bv_page; bv_len; bv_offset }` before.
+    let (frag, [page, len, offset]) = if btf.has_struct("skb_frag") {
+        ("skb_frag", ["netmem", "len", "offset"])
+    } else {
+        ("bio_vec", ["bv_page", "bv_len", "bv_offset"])
+    };
+    let frag_size = btf.type_size(frag)?;
+    let frags = btf.member("skb_shared_info", "frags")?;
+    if frag_size == 0 || !frags.size_bytes.is_multiple_of(frag_size) {
+        bail!("skb_shared_info.frags is {} bytes, not an array of {frag} ({frag_size} bytes)", frags.size_bytes);
+    }
+    let page_struct_size = btf.type_size("page")?;
+    if page_struct_size == 0 {
+        bail!("struct page has no size in BTF");
+    }
+    let with_fragments = KernelLayout {
+        skb_end: field("sk_buff", "end", Width::Bytes(4))?,
+        skb_data_len: field("sk_buff", "data_len", Width::Bytes(4))?,
+        shinfo_nr_frags: field("skb_shared_info", "nr_frags", Width::Bytes(1))?,
+        shinfo_frags: field("skb_shared_info", "frags", Width::Any)?,
+        frag_size,
+        frag_page: field(frag, page, Width::Bytes(8))?,
+        frag_len: field(frag, len, Width::Bytes(4))?,
+        frag_offset: field(frag, offset, Width::Bytes(4))?,
+        page_struct_size,
+        page_shift: 12,
+        ..*l
+    };
+    let found = symbols(&["page_offset_base", "vmemmap_base"])?;
+    let (Some(Some(direct_map)), Some(Some(vmemmap))) = (found.first(), found.get(1)) else {
+        bail!("/proc/kallsyms does not list page_offset_base and vmemmap_base: the kernel is built without CONFIG_KALLSYMS_ALL");
+    };
+    if *direct_map == 0 || *vmemmap == 0 {
+        bail!("/proc/kallsyms hides kernel addresses (kernel.kptr_restrict)");
+    }
+    *l = KernelLayout { page_offset_base_addr: *direct_map, vmemmap_base_addr: *vmemmap, ..with_fragments };
+    Ok(())
+}
+
 /// Values of `enum skb_drop_reason` are renumbered between kernels as reasons are
 /// added: read them, never assume them. A reason this kernel does not have is
 /// `NO_DROP_REASON`, which no drop carries.
@@ -351,6 +407,39 @@ mod tests {
             assert_eq!(l.ct_status, 0);
             assert_eq!(l.tuple_dst_port, 0);
         }
+    }
+
+    #[test]
+    fn running_kernel_page_fragments() {
+        let Some(btf) = running() else { return };
+        let mut l = resolve_layout(&btf).unwrap().layout;
+        let given = |_: &[&str]| Ok(vec![Some(0xffff_ffff_8200_0000), Some(0xffff_ffff_8200_0008)]);
+        if !cfg!(target_arch = "x86_64") {
+            assert!(resolve_page_fragments(&btf, &mut l, given).is_err());
+            return;
+        }
+        resolve_page_fragments(&btf, &mut l, given).unwrap();
+        // Both shapes of skb_frag_t: a pointer, then two 32-bit fields, 16 bytes.
+        assert_eq!((l.frag_size, l.frag_page, l.frag_len, l.frag_offset), (16, 0, 8, 12));
+        assert_eq!(l.page_struct_size, btf.type_size("page").unwrap());
+        assert!(l.page_struct_size >= 56 && l.page_struct_size <= 128, "struct page is {}", l.page_struct_size);
+        assert!(l.shinfo_nr_frags < l.shinfo_frags && l.skb_end != 0 && l.skb_data_len != 0);
+        assert_eq!((l.page_offset_base_addr, l.vmemmap_base_addr), (0xffff_ffff_8200_0000, 0xffff_ffff_8200_0008));
+    }
+
+    #[test]
+    fn page_fragments_need_both_bases_and_their_addresses() {
+        let Some(btf) = running() else { return };
+        if !cfg!(target_arch = "x86_64") {
+            return;
+        }
+        let mut l = resolve_layout(&btf).unwrap().layout;
+        let unlisted = resolve_page_fragments(&btf, &mut l, |_| Ok(vec![Some(0xffff_ffff_8200_0000), None]));
+        assert!(format!("{:#}", unlisted.unwrap_err()).contains("CONFIG_KALLSYMS_ALL"));
+        let hidden = resolve_page_fragments(&btf, &mut l, |_| Ok(vec![Some(0), Some(0)]));
+        assert!(format!("{:#}", hidden.unwrap_err()).contains("kptr_restrict"));
+        // A refusal leaves the layout as it was: the programs copy linear data only.
+        assert_eq!((l.page_offset_base_addr, l.frag_size), (0, 0));
     }
 
     /// What tracer needs of vmlinux, in the shapes of a given kernel generation.

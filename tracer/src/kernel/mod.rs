@@ -7,6 +7,7 @@ mod blind_spots;
 pub(crate) mod btf;
 pub(crate) mod diagnostics;
 pub(crate) mod journeys;
+mod kallsyms;
 pub(crate) mod layout;
 pub(crate) mod loss;
 pub(crate) mod netfilter;
@@ -56,6 +57,9 @@ pub(crate) struct Capabilities {
     /// `kfree_skb` gives the drop reason (5.17 and later); without it a netfilter drop is
     /// told by the hook the packet never left.
     pub drop_reasons: bool,
+    /// The programs copy payload bytes a sender left in page fragments, or why not: then
+    /// a TCP segment between pods over veth shows its headers but no DNS message.
+    pub page_fragments: Result<(), String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,9 +82,14 @@ impl std::fmt::Display for Capabilities {
             }
         }
         if self.drop_reasons {
-            f.write_str("; drops: kfree_skb with reasons")
+            f.write_str("; drops: kfree_skb with reasons")?;
         } else {
-            f.write_str("; drops: kfree_skb without reasons (netfilter drops told by the hook a packet never left)")
+            f.write_str("; drops: kfree_skb without reasons (netfilter drops told by the hook a packet never left)")?;
+        }
+        match &self.page_fragments {
+            Ok(()) => f.write_str("; payloads: linear data and page fragments"),
+            // The blind spot says why.
+            Err(_) => f.write_str("; payloads: linear data only"),
         }
     }
 }
@@ -142,7 +151,9 @@ impl KernelHooks {
     pub(crate) fn attach(settings: &WatchSettings) -> Result<Attached> {
         check_privileges()?;
         let kernel_btf = layout::KernelBtf::load_running()?;
-        let resolved = layout::resolve_layout(&kernel_btf)?;
+        let mut resolved = layout::resolve_layout(&kernel_btf)?;
+        let page_fragments = layout::resolve_page_fragments(&kernel_btf, &mut resolved.layout, kallsyms::running)
+            .map_err(|why| format!("{why:#}"));
         let netns_inode = current_netns_inode()?;
         let drop_reasons = kernel_btf
             .enum_variants("skb_drop_reason")?
@@ -163,6 +174,7 @@ impl KernelHooks {
             findings_only: u32::from(settings.findings_only),
             debug: u32::from(settings.debug),
             empty_programs: u32::from(settings.empty_programs),
+            _pad2: 0,
             layout: resolved.layout,
         };
 
@@ -255,7 +267,7 @@ impl KernelHooks {
                 lost,
                 netns_inode,
                 conntrack_known: resolved.conntrack_known,
-                capabilities: Capabilities { netfilter, drop_reasons: reasons_given },
+                capabilities: Capabilities { netfilter, drop_reasons: reasons_given, page_fragments },
                 drop_reasons,
             },
             events,
