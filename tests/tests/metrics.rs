@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
-use tracer_tests::lab::{StdoutMode, CLUSTER_DNS_IP, STOP_GRACE, TEST_NAME};
+use tracer_tests::lab::{Lab, LabConfig, Ns, StdoutMode, CLUSTER_DNS_IP, STOP_GRACE, TEST_NAME};
 use tracer_tests::node::Cluster;
 use tracer_tests::process::Process;
 
@@ -63,25 +63,11 @@ fn query(prometheus: &str, promql: &str) -> Result<Option<f64>> {
     Ok(answer.pointer("/data/result/0/value/1").and_then(Value::as_str).and_then(|v| v.parse().ok()))
 }
 
-#[test]
-fn prometheus_scrapes_findings_and_node_checks() -> Result<()> {
-    let cluster = Cluster::new(false)?;
-    let socket = cluster.node.socket();
-    let tracer = tracer_tests::tracer_bin()?;
-    let mut cmd = Command::new(&tracer);
-    cmd.args([
-        "watch",
-        "--port",
-        "53",
-        "--output",
-        "none",
-        "--metrics",
-        "127.0.0.1:0",
-        "--netns",
-        cluster.node.netns(),
-    ])
-    .arg("--cri-socket")
-    .arg(&socket);
+/// `tracer watch --metrics` of network namespace `netns` with `extra` arguments, serving on
+/// this namespace's loopback: the watch and the address it announced.
+fn metrics_watch(netns: &str, extra: &[&str]) -> Result<(Process<'static>, String)> {
+    let mut cmd = Command::new(tracer_tests::tracer_bin()?);
+    cmd.args(["watch", "--port", "53", "--output", "none", "--metrics", "127.0.0.1:0", "--netns", netns]).args(extra);
     let mut watch = Process::spawn(cmd, "tracer watch --metrics".to_string(), StdoutMode::Capture)?;
     watch.wait_until_watching()?;
     let stderr = watch.stderr_so_far();
@@ -91,6 +77,58 @@ fn prometheus_scrapes_findings_and_node_checks() -> Result<()> {
         .and_then(|rest| rest.strip_suffix("/metrics"))
         .with_context(|| format!("no metrics address announced:\n{stderr}"))?
         .to_string();
+    Ok((watch, address))
+}
+
+#[test]
+fn idle_clients_do_not_hold_up_the_probes() -> Result<()> {
+    let lab = Lab::new(LabConfig::healthy())?;
+    let (mut watch, address) = metrics_watch(lab.netns(Ns::Node), &[])?;
+    eventually(Duration::from_secs(5), "the watch was not ready", || {
+        Ok((get(&address, "/readyz")?.0 == 200).then_some(()))
+    })?;
+
+    // 50 clients connect and say nothing, as a port scanner or a stuck scraper on the node
+    // network does; one more sends its request a byte at a time.
+    let mut idle = (0..50).map(|_| TcpStream::connect(&address)).collect::<std::io::Result<Vec<_>>>()?;
+    let mut dripping = TcpStream::connect(&address)?;
+    dripping.write_all(b"GET /met")?;
+    idle.push(dripping);
+    std::thread::sleep(Duration::from_millis(300));
+    for probe in ["/healthz", "/readyz", "/metrics"] {
+        let started = Instant::now();
+        let (status, body) = get(&address, probe)?;
+        let took = started.elapsed();
+        ensure!(status == 200, "{probe} answered {status} beside idle clients: {body}");
+        ensure!(took < Duration::from_millis(200), "{probe} took {took:?} beside 51 idle clients");
+        if probe == "/metrics" {
+            let refused = "tracer_metrics_refused_connections_total 0";
+            ensure!(
+                body.lines().any(|l| l == refused),
+                "51 clients are well within what is served: no `{refused}` in\n{body}"
+            );
+        }
+    }
+    // The server closes each idle connection after its deadline instead of keeping it.
+    let started = Instant::now();
+    for mut client in idle {
+        client.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).context("an idle client was not closed by the server")?;
+    }
+    ensure!(started.elapsed() < Duration::from_secs(6), "idle clients were held for {:?}", started.elapsed());
+
+    watch.signal(libc::SIGTERM)?;
+    let done = watch.finish(STOP_GRACE)?;
+    ensure!(done.status.success(), "{}", done.describe());
+    Ok(())
+}
+
+#[test]
+fn prometheus_scrapes_findings_and_node_checks() -> Result<()> {
+    let cluster = Cluster::new(false)?;
+    let socket = cluster.node.socket();
+    let (mut watch, address) = metrics_watch(cluster.node.netns(), &["--cri-socket", &socket.to_string_lossy()])?;
 
     cluster.node.dig(&cluster.client, CLUSTER_DNS_IP, TEST_NAME)?.expect_timed_out()?;
     let finding = r#"tracer_findings_total{kind="conntrack_skip",bridge="cni0",hook="",rule="",owner=""} 1"#;

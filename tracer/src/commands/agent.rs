@@ -83,8 +83,9 @@ pub(crate) struct AgentArgs {
     pub namespaces: Vec<String>,
 
     /// Serve Prometheus metrics on ADDR:PORT at /metrics while watching (and /healthz,
-    /// /readyz for probes), e.g. --metrics 0.0.0.0:9742. The port is opened in the network
-    /// namespace tracer starts in, also with --netns.
+    /// /readyz for probes), e.g. --metrics 10.0.0.5:9742: the node's own address (the
+    /// DaemonSet passes status.hostIP), not 0.0.0.0, which serves every network the host
+    /// is on. The port is opened in the network namespace tracer starts in, also with --netns.
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<SocketAddr>,
 }

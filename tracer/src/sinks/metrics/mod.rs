@@ -95,6 +95,8 @@ pub(crate) struct Metrics {
     pub node_findings: Family<KindLabels, Gauge>,
     pub node_checks_read: Gauge<f64, AtomicU64>,
     unavailable: Family<UnavailableLabels, Gauge>,
+    /// Connections to the metrics server closed unanswered because it served its most at once.
+    pub refused_connections: Counter,
     /// When the watch last served its outputs (milliseconds since `started`), 0 before it
     /// watched: what the health endpoints judge the watch by.
     pub last_served_ms: Arc<AtomicU64>,
@@ -150,6 +152,11 @@ impl Metrics {
             "tracer_finding_unavailable",
             "1 for each kind of finding this agent cannot state, by what its kernel (or its mode) does not let it see",
         );
+        let refused_connections: Counter = registered(
+            &mut registry,
+            "tracer_metrics_refused_connections",
+            "Connections to this metrics server closed unanswered because it was serving its most at once",
+        );
         let build: Family<VersionLabels, Gauge> =
             registered(&mut registry, "tracer_build_info", "The running tracer's version");
         build.get_or_create(&VersionLabels { version: env!("CARGO_PKG_VERSION").to_string() }).set(1);
@@ -163,6 +170,7 @@ impl Metrics {
             node_findings,
             node_checks_read,
             unavailable,
+            refused_connections,
             last_served_ms: Arc::new(AtomicU64::new(0)),
             started: Instant::now(),
         }
