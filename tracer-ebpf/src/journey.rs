@@ -108,7 +108,7 @@ pub unsafe fn step(step: &Step, start: bool) -> bool {
 /// `skb` must be a BTF-typed `sk_buff` pointer.
 #[inline(never)]
 pub unsafe fn copy_fragment_payload(skb: *const u8) {
-    let Some(journey) = JOURNEYS.get_ptr_mut(&(skb as u64)) else { return };
+    let Some(journey) = JOURNEYS.get_ptr_mut(skb as u64) else { return };
     // SAFETY: a live entry of the table (see `step`).
     let journey = unsafe { &mut *journey };
     if journey.payload_in_fragments == 0 {
