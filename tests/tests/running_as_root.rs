@@ -256,3 +256,36 @@ fn in_a_user_namespace_the_error_says_so() -> Result<()> {
         .output()?;
     refused(&out, "user namespace")
 }
+
+#[test]
+fn netns_takes_only_namespace_files_and_never_blocks() -> Result<()> {
+    let lab = Lab::new(LabConfig::healthy())?;
+    let dir = lab.dir();
+    // A FIFO nobody writes to: opened as it was, it would hang the start for good.
+    let fifo = dir.join("netns.fifo");
+    ensure!(Command::new("mkfifo").arg(&fifo).status()?.success(), "mkfifo");
+    let file = dir.join("netns.file");
+    fs::write(&file, b"not a namespace")?;
+    let mount_namespace = "/proc/self/ns/mnt".to_string();
+    for (target, says) in [
+        (fifo.to_string_lossy().into_owned(), "is not a namespace file"),
+        (file.to_string_lossy().into_owned(), "is not a namespace file"),
+        (dir.to_string_lossy().into_owned(), "is not a namespace file"),
+        (mount_namespace, "is not a network namespace"),
+        ("999999999".to_string(), "no process 999999999"),
+    ] {
+        let started = std::time::Instant::now();
+        // `timeout` ends a tracer that blocked (exit 124), which `refused` then rejects.
+        let out = Command::new("timeout")
+            .args(["10", tracer_bin()?.to_str().context("tracer path")?, "watch", "--netns", &target])
+            .args(["--duration", "1"])
+            .output()?;
+        refused(&out, says).with_context(|| format!("--netns {target}"))?;
+        ensure!(out.status.code() == Some(2), "--netns {target}: exit 2: {}", describe_output(&out));
+        ensure!(started.elapsed() < std::time::Duration::from_secs(5), "--netns {target} took {:?}", started.elapsed());
+    }
+    // The lab's node namespace, by name and by the PID of a process inside it, is entered.
+    let out = run_tracer(&["watch", "--netns", lab.netns(Ns::Node), "--duration", "1", "--output", "json"])?;
+    ensure!(out.status.success(), "--netns by name: {}", describe_output(&out));
+    Ok(())
+}

@@ -7,7 +7,10 @@
 use std::{
     fs::File,
     io,
-    os::fd::AsRawFd,
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::fs::OpenOptionsExt,
+    },
     path::{Path, PathBuf},
 };
 
@@ -17,7 +20,7 @@ use anyhow::{anyhow, Context, Result};
 /// `/run/netns/NAME`); sockets it opens and programs it starts belong to that namespace.
 /// A panic in `body` is passed on to the caller.
 pub(crate) fn run_in<T: Send>(path: &Path, body: impl FnOnce() -> T + Send) -> Result<T> {
-    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let file = open_namespace(path)?;
     std::thread::scope(|scope| {
         scope
             .spawn(move || {
@@ -40,8 +43,8 @@ const PINNED_DIRS: [&str; 2] = ["/run/netns", "/var/run/netns"];
 /// The namespace file `--netns` names: a PID (`/proc/PID/ns/net`), a path, or a name
 /// pinned by `ip netns add`.
 pub(crate) fn resolve(target: &str) -> Result<PathBuf> {
-    if !target.is_empty() && target.bytes().all(|b| b.is_ascii_digit()) {
-        return Ok(PathBuf::from(format!("/proc/{target}/ns/net")));
+    if let Some(pid) = pid_of(target) {
+        return Ok(PathBuf::from(format!("/proc/{pid}/ns/net")));
     }
     if target.contains('/') {
         return Ok(PathBuf::from(target));
@@ -61,17 +64,90 @@ pub(crate) fn resolve(target: &str) -> Result<PathBuf> {
 /// inherit the namespace, so the watch, its workers and the tools they run all live there,
 /// as under `ip netns exec`.
 pub(crate) fn enter(target: &str) -> Result<()> {
+    if let Some(pid) = pid_of(target) {
+        // A pidfd holds on to the process itself: its PID cannot be reused by another
+        // process between here and setns(2), as a path under /proc/PID could be.
+        match pidfd_open(pid) {
+            Ok(pidfd) => {
+                // SAFETY: a valid fd; with CLONE_NEWNET setns enters the process's network namespace.
+                if unsafe { libc::setns(pidfd.as_raw_fd(), libc::CLONE_NEWNET) } == 0 {
+                    return Ok(());
+                }
+                let err = io::Error::last_os_error();
+                // Before 5.8 setns takes no pidfd (EINVAL): through /proc below.
+                if err.raw_os_error() != Some(libc::EINVAL) {
+                    return Err(setns_error(err, target, &format!("process {pid}")));
+                }
+            }
+            Err(err) if err.raw_os_error() == Some(libc::ESRCH) => {
+                return Err(anyhow!("--netns {target}: no process {pid} (has it exited?)"));
+            }
+            // Before 5.3 there is no pidfd_open: through /proc below.
+            Err(_) => {}
+        }
+    }
     let path = resolve(target)?;
-    let file = File::open(&path).with_context(|| format!("--netns {target}: cannot open {}", path.display()))?;
+    let file = open_namespace(&path).with_context(|| format!("--netns {target}"))?;
     // SAFETY: a valid fd; CLONE_NEWNET only accepts a network namespace file.
     if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::EINVAL) {
-            return Err(anyhow!("--netns {target}: {} is not a network namespace", path.display()));
-        }
-        return Err(anyhow!(err).context(format!("--netns {target}: entering {}", path.display())));
+        return Err(setns_error(io::Error::last_os_error(), target, &path.display().to_string()));
     }
     Ok(())
+}
+
+/// A PID, when `target` is one.
+fn pid_of(target: &str) -> Option<libc::pid_t> {
+    if target.is_empty() || !target.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    target.parse().ok()
+}
+
+fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a PID and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd this process owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn setns_error(err: io::Error, target: &str, what: &str) -> anyhow::Error {
+    if err.raw_os_error() == Some(libc::EINVAL) {
+        return anyhow!("--netns {target}: {what} is not a network namespace");
+    }
+    anyhow!(err).context(format!("--netns {target}: entering {what}"))
+}
+
+/// `statfs(2)`'s magic number of nsfs, the file system namespace files live on.
+const NSFS_MAGIC: libc::c_long = 0x6e73_6673;
+
+/// Opens a namespace file for setns(2), refusing anything else before it could block or
+/// act: a FIFO, a device, a socket or a directory is refused by its type, without opening
+/// it; what is opened is opened non-blocking and checked to be on nsfs.
+fn open_namespace(path: &Path) -> Result<File> {
+    let not_a_namespace = || {
+        anyhow!(
+            "{} is not a namespace file: give a name from `ip netns list`, a path such as /run/netns/NAME or /proc/PID/ns/net, or a PID",
+            path.display()
+        )
+    };
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot open {}", path.display()))?;
+    if !meta.file_type().is_file() {
+        return Err(not_a_namespace());
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: an all-zero statfs is valid; fstatfs fills it for an open fd.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut fs) } != 0 || fs.f_type as libc::c_long != NSFS_MAGIC {
+        return Err(not_a_namespace());
+    }
+    Ok(file)
 }
 
 /// Network namespaces for tests that touch real interfaces and firewalls: each test gets
