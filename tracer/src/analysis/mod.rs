@@ -712,7 +712,6 @@ fn state(log: &mut FindingLog, finding: Finding, output: &mut dyn Sink) -> io::R
     match log.record(finding) {
         Occurrence::New(new) => output.finding(new),
         Occurrence::Repeat(first) => output.repeated(first),
-        Occurrence::NotKept(finding) => output.repeated(&finding),
     }
 }
 

@@ -277,7 +277,7 @@ pub(crate) async fn run(options: &WatchOptions, output: &mut dyn Sink) -> Result
         finding_counts: analysis.log.counts().into_iter().collect(),
         evicted_flows: analysis.flows.evicted(),
         evicted_paths: analysis.stats.abandoned,
-        findings_overflow: analysis.log.overflow,
+        findings_forgotten: analysis.log.evicted + analysis.log.expired,
         unconfirmed: analysis.unconfirmed.total(),
         unconfirmed_counts: analysis.unconfirmed.counts().into_iter().collect(),
         recursion_misses,

@@ -11,7 +11,10 @@ pub(crate) mod node_config;
 pub(crate) mod search_path;
 pub(crate) mod tcp_retry;
 
-use std::{collections::HashMap, net::SocketAddr};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+};
 
 use crate::schema::finding::{ChainRef, Evidence, Finding, FindingKind, RuleRef};
 
@@ -86,60 +89,163 @@ impl Finding {
 
 type DedupeKey = (FindingKind, std::net::IpAddr, SocketAddr, String);
 
-/// Distinct findings of a run, with how often each occurred.
+/// The findings of a run that are remembered, with how often each occurred: a repeat of a
+/// remembered finding is counted, not stated again. A run of weeks meets more distinct
+/// problems than it can remember and sees old ones come back: a finding not seen for
+/// [`FORGET_AFTER_NS`] is forgotten (its next occurrence is stated again), and when
+/// [`MAX_DISTINCT`] are remembered the one seen longest ago makes room. Forgotten findings'
+/// occurrences stay in the counts.
 #[derive(Default)]
 pub(crate) struct FindingLog {
-    index: HashMap<DedupeKey, usize>,
-    findings: Vec<(Finding, u64)>,
-    /// Occurrences of findings not kept because `MAX_DISTINCT` were kept already.
-    pub overflow: u64,
+    remembered: HashMap<DedupeKey, Remembered>,
+    /// The remembered findings by when they were last seen (the finding's time, then the
+    /// order of occurrence): the first is the one to forget.
+    by_last_seen: BTreeMap<(u64, u64), DedupeKey>,
+    /// Occurrences of findings no longer remembered, per kind.
+    forgotten_counts: BTreeMap<FindingKind, u64>,
+    /// Findings stated, each time one was (again after being forgotten).
+    stated: usize,
+    occurrences: u64,
+    /// Findings forgotten to make room, and because not seen for a while.
+    pub evicted: u64,
+    pub expired: u64,
+}
+
+struct Remembered {
+    finding: Finding,
+    count: u64,
+    last_seen: (u64, u64),
 }
 
 /// What one occurrence of a finding was to the log.
 pub(crate) enum Occurrence<'a> {
-    /// The first of its problem: to be reported.
+    /// The first of its problem (or the first since it was forgotten): to be reported.
     New(&'a Finding),
     /// The same problem again (the first occurrence, as it was reported).
     Repeat(&'a Finding),
-    /// A further distinct finding when the log is full: counted, not kept.
-    NotKept(Box<Finding>),
 }
 
-/// Bounds the log on a node where something breaks for every client at once.
+/// Distinct findings remembered at most: bounds the log on a node where something breaks
+/// for every client at once.
 const MAX_DISTINCT: usize = 10_000;
+
+/// A finding not seen again for this long is forgotten: if it comes back, it is stated again.
+const FORGET_AFTER_NS: u64 = 30 * 60 * 1_000_000_000;
 
 impl FindingLog {
     /// Records an occurrence: new ones are reported now, repeats only counted.
     pub(crate) fn record(&mut self, finding: Finding) -> Occurrence<'_> {
         let key = finding.dedupe_key();
-        if let Some(&at) = self.index.get(&key) {
-            self.findings[at].1 += 1;
-            return Occurrence::Repeat(&self.findings[at].0);
+        let now = finding.wall_time_ns;
+        self.occurrences += 1;
+        let seen = (now, self.occurrences);
+        self.forget_before(now.saturating_sub(FORGET_AFTER_NS));
+        if let Some(entry) = self.remembered.get_mut(&key) {
+            self.by_last_seen.remove(&entry.last_seen);
+            entry.count += 1;
+            entry.last_seen = seen;
+            self.by_last_seen.insert(seen, key.clone());
+            return Occurrence::Repeat(&self.remembered[&key].finding);
         }
-        if self.findings.len() >= MAX_DISTINCT {
-            self.overflow += 1;
-            return Occurrence::NotKept(Box::new(finding));
-        }
-        let at = self.findings.len();
-        self.index.insert(key, at);
-        self.findings.push((finding, 1));
-        Occurrence::New(&self.findings[at].0)
-    }
-
-    pub(crate) fn distinct(&self) -> usize {
-        self.findings.len()
-    }
-
-    /// Occurrences per kind, in kind order.
-    pub(crate) fn counts(&self) -> Vec<(FindingKind, u64)> {
-        let mut counts: Vec<(FindingKind, u64)> = Vec::new();
-        for (finding, count) in &self.findings {
-            match counts.iter_mut().find(|(kind, _)| *kind == finding.kind) {
-                Some((_, total)) => *total += count,
-                None => counts.push((finding.kind, *count)),
+        if self.remembered.len() >= MAX_DISTINCT {
+            if let Some((_, oldest)) = self.by_last_seen.pop_first() {
+                self.forget(&oldest);
+                self.evicted += 1;
             }
         }
-        counts.sort();
-        counts
+        self.stated += 1;
+        self.by_last_seen.insert(seen, key.clone());
+        let entry = self.remembered.entry(key).or_insert(Remembered { finding, count: 0, last_seen: seen });
+        entry.count = 1;
+        Occurrence::New(&entry.finding)
+    }
+
+    /// Forgets the findings last seen before `cutoff` (wall time, ns).
+    fn forget_before(&mut self, cutoff: u64) {
+        while let Some(entry) = self.by_last_seen.first_entry() {
+            if entry.key().0 >= cutoff {
+                break;
+            }
+            let key = entry.remove();
+            self.forget(&key);
+            self.expired += 1;
+        }
+    }
+
+    fn forget(&mut self, key: &DedupeKey) {
+        if let Some(entry) = self.remembered.remove(key) {
+            *self.forgotten_counts.entry(entry.finding.kind).or_default() += entry.count;
+        }
+    }
+
+    /// Findings stated in this run (one forgotten and met again counts again).
+    pub(crate) fn distinct(&self) -> usize {
+        self.stated
+    }
+
+    /// Occurrences per kind, in kind order, forgotten findings' included.
+    pub(crate) fn counts(&self) -> Vec<(FindingKind, u64)> {
+        let mut counts = self.forgotten_counts.clone();
+        for entry in self.remembered.values() {
+            *counts.entry(entry.finding.kind).or_default() += entry.count;
+        }
+        counts.into_iter().collect()
+    }
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::*;
+    use crate::schema::finding::NodeEvidence;
+
+    /// A node finding about `interface`, at `at_secs` into the run.
+    fn finding(interface: usize, at_secs: u64) -> Finding {
+        let mut finding = node_finding_for_tests();
+        finding.wall_time_ns = at_secs * 1_000_000_000;
+        if let Evidence::Node(node) = &mut finding.evidence {
+            node.interface = Some(format!("veth{interface}"));
+        }
+        finding
+    }
+
+    fn node_finding_for_tests() -> Finding {
+        Finding {
+            kind: FindingKind::RpFilterDrop,
+            wall_time_ns: 0,
+            headline: "test".to_string(),
+            evidence: Evidence::Node(NodeEvidence::default()),
+            explanation: String::new(),
+            fix: Vec::new(),
+        }
+    }
+
+    fn is_new(occurrence: Occurrence<'_>) -> bool {
+        matches!(occurrence, Occurrence::New(_))
+    }
+
+    #[test]
+    fn past_ten_thousand_distinct_findings_new_ones_are_still_stated() {
+        let mut log = FindingLog::default();
+        for n in 0..MAX_DISTINCT {
+            assert!(is_new(log.record(finding(n, 1))));
+        }
+        assert!(!is_new(log.record(finding(0, 2))), "a remembered finding repeats");
+        // The 10 001st: stated, and the finding seen longest ago (veth1) makes room.
+        assert!(is_new(log.record(finding(MAX_DISTINCT, 3))));
+        assert_eq!((log.distinct(), log.evicted, log.expired), (MAX_DISTINCT + 1, 1, 0));
+        assert!(!is_new(log.record(finding(0, 4))), "veth0 was seen again, so it stayed");
+        assert!(is_new(log.record(finding(1, 5))), "veth1 was forgotten: stated again");
+        assert_eq!(log.counts(), [(FindingKind::RpFilterDrop, MAX_DISTINCT as u64 + 4)]);
+    }
+
+    #[test]
+    fn a_finding_not_seen_for_half_an_hour_is_stated_again_when_it_recurs() {
+        let mut log = FindingLog::default();
+        assert!(is_new(log.record(finding(7, 0))));
+        assert!(!is_new(log.record(finding(7, 29 * 60))), "within 30 minutes of its last occurrence");
+        assert!(!is_new(log.record(finding(7, 58 * 60))), "each occurrence keeps it remembered");
+        assert!(is_new(log.record(finding(7, 89 * 60))), "31 minutes after its last occurrence");
+        assert_eq!((log.distinct(), log.expired, log.evicted), (2, 1, 0));
+        assert_eq!(log.counts(), [(FindingKind::RpFilterDrop, 4)]);
     }
 }

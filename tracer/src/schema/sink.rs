@@ -20,9 +20,8 @@ pub(crate) trait Sink {
     fn dropped(&mut self, line: &DropLine) -> io::Result<()>;
     /// A new finding (repeats are only counted in the summary).
     fn finding(&mut self, finding: &Finding) -> io::Result<()>;
-    /// Another occurrence of a finding already reported (given as first reported), or of
-    /// one past the bound of distinct findings. Outputs for people and captures leave it
-    /// to the summary; the metrics count it.
+    /// Another occurrence of a finding already reported (given as first reported). Outputs
+    /// for people and captures leave it to the summary; the metrics count it.
     fn repeated(&mut self, _finding: &Finding) -> io::Result<()> {
         Ok(())
     }

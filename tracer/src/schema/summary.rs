@@ -43,9 +43,10 @@ pub(crate) struct Summary {
     /// shown as far as they went.
     #[serde(default)]
     pub evicted_paths: u64,
-    /// Occurrences of findings not kept because the finding log was full.
+    /// Findings forgotten: not seen for 30 minutes, or the one seen longest ago when 10 000
+    /// were remembered. Each is stated again if it recurs; its occurrences stay counted.
     #[serde(default)]
-    pub findings_overflow: u64,
+    pub findings_forgotten: u64,
     /// What this run could not see, and the findings it therefore could not state.
     #[serde(default)]
     pub blind_spots: Vec<BlindSpot>,

@@ -227,10 +227,10 @@ impl<W: Write> Sink for TextOutput<W> {
                 summary.evicted_paths
             ));
         }
-        if summary.findings_overflow > 0 {
+        if summary.findings_forgotten > 0 {
             notes.push_str(&format!(
-                ", {} occurrences of further distinct findings not kept (log full)",
-                summary.findings_overflow
+                ", {} findings forgotten (not seen for 30 min, or to make room): stated again when they recur",
+                summary.findings_forgotten
             ));
         }
         writeln!(

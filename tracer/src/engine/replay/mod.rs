@@ -177,7 +177,7 @@ impl Report {
             finding_counts: analysis.log.counts().into_iter().collect(),
             evicted_flows: analysis.flows.evicted(),
             evicted_paths: recorded.as_ref().map_or(0, |s| s.evicted_paths),
-            findings_overflow: analysis.log.overflow,
+            findings_forgotten: analysis.log.evicted + analysis.log.expired,
             unconfirmed: analysis.unconfirmed.total(),
             unconfirmed_counts: analysis.unconfirmed.counts().into_iter().collect(),
             recursion_misses: recorded.as_ref().map_or(0, |s| s.recursion_misses),
