@@ -135,6 +135,12 @@ impl<'lab> Scenario<'lab> {
         Ok((json, done, traffic))
     }
 
+    /// Runs the JSON watch around `traffic` whatever its exit: for tests of a watch that
+    /// runs to its end and then fails.
+    pub fn run_json_any_exit<T>(self, traffic: impl FnOnce() -> Result<T>) -> Result<(Finished, T)> {
+        self.watch_around(true, traffic)
+    }
+
     /// Runs the watch with tracer's text output around `traffic`; its output is the test's to
     /// read.
     pub fn run_text<T>(self, traffic: impl FnOnce() -> Result<T>) -> Result<(Finished, T)> {

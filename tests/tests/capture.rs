@@ -231,7 +231,7 @@ fn a_killed_watch_leaves_a_capture_readable_to_its_last_block() -> Result<()> {
 }
 
 #[test]
-fn full_disk_stops_the_capture_with_one_warning_and_the_watch_goes_on() -> Result<()> {
+fn full_disk_stops_the_capture_with_one_warning_the_watch_goes_on_and_exits_2() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
     // A filesystem that fills after a few packets.
     let small = lab.dir().join("small");
@@ -242,18 +242,27 @@ fn full_disk_stops_the_capture_with_one_warning_and_the_watch_goes_on() -> Resul
     expect_exit(&mount, Exit::Success, "mounting a small tmpfs")?;
     let result = (|| -> Result<()> {
         let file = small.join("full.pcapng");
-        let (live, done, _) = writing_to(&lab, &file)?.run_finished(|| {
+        let (done, _) = writing_to(&lab, &file)?.run_json_any_exit(|| {
             for _ in 0..6 {
                 let dig = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?;
                 dig.expect_answered()?;
             }
             Ok(())
         })?;
+        let live = WatchJson::parse(&done.stdout)?;
         ensure!(live.packets.len() >= 6 * 4, "the watch should go on printing every packet:\n{}", live.describe());
         let warnings = done.stderr.matches("tracer: warning: writing").count();
         ensure!(
             warnings == 1 && done.stderr.contains("No space left on device"),
             "expected exactly one warning naming the full disk:\n{}",
+            done.describe()
+        );
+        // The watch ran to its end, and its exit says the capture is not whole.
+        ensure!(
+            done.status.code() == Some(2)
+                && done.stderr.lines().any(|l| l.starts_with("tracer: error: writing the capture")
+                    && l.contains("it holds what was written before")),
+            "a capture that stopped early is an error at exit:\n{}",
             done.describe()
         );
         // What was written before the disk filled is still a capture tshark and report read.
@@ -313,4 +322,50 @@ fn garbage_and_missing_files_fail_clearly_without_a_lab() -> Result<()> {
     })();
     fs::remove_dir_all(&dir).ok();
     result
+}
+
+#[test]
+fn names_in_a_capture_cannot_drive_the_terminal() -> Result<()> {
+    let lab = Lab::new(LabConfig::healthy())?;
+    let file = lab.dir().join("names.pcapng");
+    let (_, dig) = writing_to(&lab, &file)?.run(|| lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[]))?;
+    dig.expect_answered()?;
+    // A capture whose interface name holds an escape sequence that would turn a terminal
+    // red: in tracer's JSON metadata as a JSON escape, elsewhere (the interface block, the
+    // comments) as the raw byte; each the same length, so the file stays well formed.
+    let bytes = fs::read(&file)?;
+    let quoted = format!("\"{CLIENT_VETH}\"");
+    let (bytes, in_json) = replace_all(&bytes, quoted.as_bytes(), b"\"\\u001b[31mX\"")?;
+    let (patched, raw) = replace_all(&bytes, CLIENT_VETH.as_bytes(), b"\x1b[31mclient")?;
+    ensure!(in_json > 0 && raw > 0, "the capture names {CLIENT_VETH} in metadata ({in_json}) and elsewhere ({raw})");
+    let hostile_file = lab.dir().join("hostile.pcapng");
+    fs::write(&hostile_file, &patched)?;
+
+    let out = run_report(&hostile_file, &[])?;
+    expect_exit(&out, Exit::Success, "tracer report of the patched capture")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        !out.stdout.contains(&0x1b) && !out.stderr.contains(&0x1b),
+        "no raw escape reaches the terminal:\n{stdout}"
+    );
+    ensure!(stdout.contains("\\x1b[31m"), "the name is shown escaped:\n{stdout}");
+    Ok(())
+}
+
+/// `bytes` with every `from` replaced by `to` (of the same length), and how many there were.
+fn replace_all(bytes: &[u8], from: &[u8], to: &[u8]) -> Result<(Vec<u8>, usize)> {
+    ensure!(from.len() == to.len(), "a replacement of another length would break the file");
+    let mut out = Vec::with_capacity(bytes.len());
+    let (mut at, mut count) = (0, 0);
+    while at < bytes.len() {
+        if bytes[at..].starts_with(from) {
+            out.extend_from_slice(to);
+            at += from.len();
+            count += 1;
+        } else {
+            out.push(bytes[at]);
+            at += 1;
+        }
+    }
+    Ok((out, count))
 }

@@ -219,7 +219,9 @@ pub(crate) fn command(args: WatchArgs) -> ExitCode {
         WatchFormat::Json => Box::new(JsonOutput::new(buffered())),
         WatchFormat::None => Box::new(SummaryOnly::new(std::io::stderr())),
     };
-    let (mut output, node_checks) = match agent.outputs(Box::new(Tee::new(main, capture)), args.port) {
+    let tee = Tee::new(main, capture);
+    let capture_failure = tee.capture_failure();
+    let (mut output, node_checks) = match agent.outputs(Box::new(tee), args.port) {
         Ok(outputs) => outputs,
         Err(err) => {
             if let Some(file) = capture_file {
@@ -250,6 +252,17 @@ pub(crate) fn command(args: WatchArgs) -> ExitCode {
         if let Err(err) = file.finish() {
             return fail(&anyhow::anyhow!(
                 "finishing the capture {} failed: {err}; what was written may be incomplete",
+                path.display()
+            ));
+        }
+        // The watch ran to its end, but a capture that stopped early holds less than it saw:
+        // a script that keeps the file must not take it for whole.
+        if let Some(err) = capture_failure.get() {
+            if let Ending::OutputClosed(summary) = &ending {
+                let _ = TextOutput::new(std::io::stderr().lock(), false).summary(summary);
+            }
+            return fail(&anyhow::anyhow!(
+                "writing the capture {} failed ({err}): it holds what was written before; write it where there is room",
                 path.display()
             ));
         }

@@ -3,6 +3,8 @@
 //! triage and the capture's comments print with these, so they say the same thing the
 //! same way.
 
+use std::{borrow::Cow, fmt::Write};
+
 use serde::Serialize;
 use serde_json::Value;
 
@@ -16,6 +18,32 @@ use crate::{
     },
     schema::finding::{DnsEvidence, Evidence, NetfilterEvidence, NodeEvidence, RuleRef},
 };
+
+/// `text` with control characters, and the Unicode marks that reorder text, written as
+/// escapes (`\x1b`, `\u{202e}`): a name from a packet, a capture file or the node (an
+/// interface, a pod, a rule's comment) can then neither move the cursor, recolour or clear
+/// a terminal, nor make a line read other than it is. Every line for people goes through it.
+pub(crate) fn printable(text: &str) -> Cow<'_, str> {
+    fn escaped(c: char) -> bool {
+        c.is_control() || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    }
+    if !text.chars().any(escaped) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            c if !escaped(c) => out.push(c),
+            c if (c as u32) < 0x100 => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+        }
+    }
+    Cow::Owned(out)
+}
 
 /// `HH:MM:SS.micro` in UTC: node logs and kernel messages are read in UTC too.
 pub(crate) fn time_of_day(wall_ns: u64) -> String {
@@ -257,4 +285,18 @@ pub(crate) fn to_value(value: &impl Serialize) -> Value {
 /// A finding's evidence as the fields of an object.
 pub(crate) fn evidence_json(evidence: &Evidence) -> Value {
     to_value(evidence)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn controls_and_reordering_marks_are_escaped_and_the_rest_kept() {
+        assert!(matches!(printable("veth-client → cni0 ✓"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(printable("\u{1b}[31mred\u{7}"), "\\x1b[31mred\\x07");
+        assert_eq!(printable("a\nb\tc\u{7f}\u{9b}"), "a\\x0ab\\x09c\\x7f\\x9b");
+        assert_eq!(printable("pod-\u{202e}gnp.exe"), "pod-\\u{202e}gnp.exe");
+        assert_eq!(printable("\u{2066}x\u{2069}"), "\\u{2066}x\\u{2069}");
+    }
 }

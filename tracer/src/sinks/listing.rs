@@ -6,7 +6,7 @@ use std::io::{self, Write};
 
 use serde_json::json;
 
-use super::forms::{dns_text, time_of_day};
+use super::forms::{dns_text, printable, time_of_day};
 use crate::{model::plain::PlainPacket, schema::sink::PlainSink};
 
 pub(crate) struct Listing<W: Write> {
@@ -41,7 +41,8 @@ impl<W: Write> PlainSink for Listing<W> {
                 packet.captured_len, packet.linktype
             ),
         };
-        writeln!(self.out, "{} {place:>15}   {what}", time_of_day(packet.wall_time_ns))
+        // A foreign file's interface names are whatever its writer put there.
+        writeln!(self.out, "{} {:>15}   {}", time_of_day(packet.wall_time_ns), printable(&place), printable(&what))
     }
 
     /// The closing line: how many packets the file held and how many were IP.

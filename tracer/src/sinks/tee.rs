@@ -1,6 +1,6 @@
 //! The watch's main sink with a capture file written beside it.
 
-use std::io;
+use std::{cell::OnceCell, io, rc::Rc};
 
 use crate::schema::{
     blind_spot::BlindSpot,
@@ -13,7 +13,8 @@ use crate::schema::{
 /// The watch's main output (text or JSON on standard output) with a capture file
 /// written beside it. The main output's errors end the watch as before; the capture's
 /// first I/O error (a full disk, a lost mount) stops the capture with one warning on
-/// standard error, and the watch goes on.
+/// standard error, and the watch goes on; the failure is kept for the exit code
+/// ([`Tee::capture_failure`]).
 pub(crate) struct Tee<'a> {
     main: Box<dyn Sink + 'a>,
     capture: Option<Box<dyn Sink + 'a>>,
@@ -21,6 +22,8 @@ pub(crate) struct Tee<'a> {
     capture_name: String,
     /// The warning printed, if any (tests read it).
     pub warning: Option<String>,
+    /// Why the capture stopped, set once; shared with whoever decides the exit code.
+    failure: Rc<OnceCell<String>>,
 }
 
 impl<'a> Tee<'a> {
@@ -29,7 +32,13 @@ impl<'a> Tee<'a> {
             Some((capture, name)) => (Some(capture), name),
             None => (None, String::new()),
         };
-        Tee { main, capture, capture_name, warning: None }
+        Tee { main, capture, capture_name, warning: None, failure: Rc::new(OnceCell::new()) }
+    }
+
+    /// Set when the capture stopped early, with the error: the watch then ran to its end
+    /// but its capture holds less than it saw.
+    pub(crate) fn capture_failure(&self) -> Rc<OnceCell<String>> {
+        Rc::clone(&self.failure)
     }
 
     /// Runs `write` on the capture, then on the main output, whose result is the call's: a
@@ -49,6 +58,7 @@ impl<'a> Tee<'a> {
             );
             eprintln!("{warning}");
             self.warning = Some(warning);
+            let _ = self.failure.set(err.to_string());
             self.capture = None;
         }
     }

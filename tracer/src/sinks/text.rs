@@ -5,7 +5,7 @@ use std::io::{self, Write};
 
 use tracer_common::Stage;
 
-use super::forms::{dns_text, evidence_lines, hook_path, time_of_day};
+use super::forms::{dns_text, evidence_lines, hook_path, printable, time_of_day};
 use crate::{
     model::{
         packet::{stage_name, Conntrack, Fragment},
@@ -99,15 +99,16 @@ fn path(packet: &TracedPacket) -> (String, String) {
 impl<W: Write> Sink for TextOutput<W> {
     fn dropped(&mut self, line: &DropLine) -> io::Result<()> {
         let drop = &line.drop;
-        let path = hook_path(&line.path);
-        let by = line.rule.as_ref().map(|r| format!(" ({r})")).unwrap_or_default();
+        // Names from packets, captures and the node are escaped before any colour is added.
+        let path = printable(&hook_path(&line.path)).into_owned();
+        let by = line.rule.as_ref().map(|r| printable(&format!(" ({r})")).into_owned()).unwrap_or_default();
         let icmp = line.icmp.as_ref().map(|i| format!(", ICMP {i}")).unwrap_or_default();
         let fragment = match drop.fragment {
             Fragment::Whole => String::new(),
             fragment => format!(", {fragment} IP fragment"),
         };
         let verdict = self.paint(RED_BOLD, &format!("✗ {}{by}", line.verdict.name().to_uppercase()));
-        let place = line.ifname.clone().unwrap_or_else(|| format!("if{}", drop.ifindex));
+        let place = line.ifname.as_deref().map_or_else(|| format!("if{}", drop.ifindex), |n| printable(n).into_owned());
         let lost = match line.records_lost {
             Some(n) => {
                 self.paint(YELLOW, &format!(" ({n} records of this flow lost: its hook and rule are not certain)"))
@@ -120,11 +121,11 @@ impl<W: Write> Sink for TextOutput<W> {
             place,
             "",
             self.paint(RED_BOLD, &format!("{:<10}", "dropped")),
-            format!(
+            printable(&format!(
                 "{} → {}",
                 with_pod(drop.src, line.pods.src_pod.as_ref()),
                 with_pod(drop.dst, line.pods.dst_pod.as_ref())
-            ),
+            )),
             path,
             if path.is_empty() { "" } else { " " },
             line.reason
@@ -136,14 +137,17 @@ impl<W: Write> Sink for TextOutput<W> {
         let hooks = &packet.hooks;
         let event = &packet.event;
         let (from, to) = path(packet);
+        let (from, to) = (printable(&from).into_owned(), printable(&to).into_owned());
         let pods = &packet.pods;
         let flow =
             format!("{} → {}", with_pod(event.src, pods.src_pod.as_ref()), with_pod(event.dst, pods.dst_pod.as_ref()));
+        let flow = printable(&flow);
         let what = match (&event.dns, event.fragment) {
             (Some(message), _) => dns_text(message),
             (None, Fragment::Whole) => format!("{} {} bytes", event.l4_proto.name(), event.ip_len),
             (None, fragment) => format!("{} {} bytes ({fragment} IP fragment)", event.l4_proto.name(), event.ip_len),
         };
+        let what = printable(&what);
         let conntrack = match &event.conntrack {
             Conntrack::None => self.paint(YELLOW, "ct:no"),
             Conntrack::Untracked => self.paint(YELLOW, "ct:untracked"),
@@ -166,21 +170,21 @@ impl<W: Write> Sink for TextOutput<W> {
         if hooks.is_empty() {
             writeln!(self.out, "{}", line.trim_end())
         } else {
-            writeln!(self.out, "{}  via {}", line.trim_end(), hook_path(hooks))
+            writeln!(self.out, "{}  via {}", line.trim_end(), printable(&hook_path(hooks)))
         }
     }
 
     fn finding(&mut self, finding: &Finding) -> io::Result<()> {
         let bar = self.paint(RED_BOLD, "┃");
         writeln!(self.out, "{}", self.paint(RED_BOLD, &format!("┏━ FINDING {} ━━", finding.kind.name())))?;
-        writeln!(self.out, "{bar} {}", finding.headline)?;
+        writeln!(self.out, "{bar} {}", printable(&finding.headline))?;
         for line in evidence_lines(&finding.evidence) {
-            writeln!(self.out, "{bar} {line}")?;
+            writeln!(self.out, "{bar} {}", printable(&line))?;
         }
-        writeln!(self.out, "{bar} why: {}", finding.explanation)?;
+        writeln!(self.out, "{bar} why: {}", printable(&finding.explanation))?;
         for (n, fix) in finding.fix.iter().enumerate() {
             let label = if n == 0 { "fix:" } else { "    " };
-            writeln!(self.out, "{bar} {label} {fix}")?;
+            writeln!(self.out, "{bar} {label} {}", printable(fix))?;
         }
         writeln!(self.out, "{}", self.paint(RED_BOLD, "┗━━"))
     }
@@ -240,7 +244,7 @@ impl<W: Write> Sink for TextOutput<W> {
         )?;
         // After the counts: "no findings" under a blind spot is not "healthy".
         for spot in &summary.blind_spots {
-            writeln!(self.out, "{}", self.paint(YELLOW, &format!("-- blind spot: {spot}")))?;
+            writeln!(self.out, "{}", self.paint(YELLOW, &printable(&format!("-- blind spot: {spot}"))))?;
         }
         self.out.flush()
     }

@@ -8,7 +8,7 @@ use std::{
 
 use serde_json::{json, Value};
 
-use super::forms::{evidence_json, evidence_lines};
+use super::forms::{evidence_json, evidence_lines, printable};
 use crate::model::packet::PortFilter;
 use crate::{
     findings::node_config::{Check, Decision, DropGroup, Ranked, Status},
@@ -84,17 +84,17 @@ pub(crate) fn print_text(
     }
     writeln!(out, "node checks ({} in FORWARD/INPUT):", context.port)?;
     for namespace in &decision.namespaces {
-        writeln!(out, "  {}", namespace.label)?;
+        writeln!(out, "  {}", printable(&namespace.label))?;
         let width = namespace.checks.iter().map(|c| c.name.chars().count()).max().unwrap_or(0);
         for check in &namespace.checks {
             check_line(out, check, width, colour)?;
         }
         for error in &namespace.errors {
-            writeln!(out, "    {}", paint(colour, YELLOW, &format!("! {error}")))?;
+            writeln!(out, "    {}", paint(colour, YELLOW, &printable(&format!("! {error}"))))?;
         }
     }
     for error in context.errors {
-        writeln!(out, "  {}", paint(colour, YELLOW, &format!("! {error}")))?;
+        writeln!(out, "  {}", paint(colour, YELLOW, &printable(&format!("! {error}"))))?;
     }
     let summary = context.summary;
     let lost = if summary.lost == 0 {
@@ -142,7 +142,7 @@ pub(crate) fn print_text(
         writeln!(out, "  and {} more drops", context.drops_not_grouped)?;
     }
     for spot in &summary.blind_spots {
-        writeln!(out, "{}", paint(colour, YELLOW, &format!("blind spot: {spot}")))?;
+        writeln!(out, "{}", paint(colour, YELLOW, &printable(&format!("blind spot: {spot}"))))?;
     }
     writeln!(
         out,
@@ -169,7 +169,7 @@ fn finding_block(out: &mut dyn Write, rank: usize, ranked: &Ranked, colour: bool
         (false, _) => "from the node's configuration (no traffic showed it during the window)",
     };
     writeln!(out, "{}", paint(colour, RED_BOLD, &format!("┏━ {rank}. {} ━━ {seen}", finding.kind.name())))?;
-    writeln!(out, "{bar} {}", finding.headline)?;
+    writeln!(out, "{bar} {}", printable(&finding.headline))?;
     if let Some(n) = ranked.occurrences {
         writeln!(out, "{bar} occurred {n}× during the window")?;
     }
@@ -177,19 +177,19 @@ fn finding_block(out: &mut dyn Write, rank: usize, ranked: &Ranked, colour: bool
         let lines = evidence_lines(evidence);
         for (i, line) in lines.iter().enumerate() {
             let label = if i == 0 { format!("{source}:") } else { " ".repeat(source.len() + 1) };
-            writeln!(out, "{bar} {label} {line}")?;
+            writeln!(out, "{bar} {label} {}", printable(line))?;
         }
     }
     if !ranked.example.lines.is_empty() {
         writeln!(out, "{bar} example:")?;
         for line in &ranked.example.lines {
-            writeln!(out, "{bar}   {line}")?;
+            writeln!(out, "{bar}   {}", printable(line))?;
         }
     }
-    writeln!(out, "{bar} why: {}", finding.explanation)?;
+    writeln!(out, "{bar} why: {}", printable(&finding.explanation))?;
     for (n, fix) in finding.fix.iter().enumerate() {
         let label = if n == 0 { "fix:" } else { "    " };
-        writeln!(out, "{bar} {label} {fix}")?;
+        writeln!(out, "{bar} {label} {}", printable(fix))?;
     }
     writeln!(out, "{}", paint(colour, RED_BOLD, "┗━━"))
 }
@@ -200,8 +200,9 @@ fn check_line(out: &mut dyn Write, check: &Check, width: usize, colour: bool) ->
         Status::Note => (paint(colour, YELLOW, "note"), String::new()),
         Status::Finding(kind) => (paint(colour, RED_BOLD, "FAIL"), format!(" → {}", kind.name())),
     };
-    let detail = if check.detail.is_empty() { String::new() } else { format!("  ({})", check.detail) };
-    writeln!(out, "    {mark:<4} {:<width$}  {}{status}{detail}", check.name, check.value, mark = mark, width = width)
+    let detail = if check.detail.is_empty() { String::new() } else { format!("  ({})", printable(&check.detail)) };
+    let value = printable(&check.value);
+    writeln!(out, "    {mark:<4} {:<width$}  {value}{status}{detail}", check.name, mark = mark, width = width)
 }
 
 // ---------------------------------------------------------------------------------------
