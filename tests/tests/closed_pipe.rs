@@ -1,8 +1,10 @@
 //! End-to-end: a closed pipe is not an error (README, "Safety"). `tracer watch | head -5` ends
 //! when head does: tracer exits 0 without a word of error and puts its summary on standard error,
-//! its output being gone. Needs root and a built tracer.
+//! its output being gone; a standard error nobody reads costs tracer its notes, nothing else.
+//! Needs root and a built tracer.
 
 use std::fs;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -81,6 +83,33 @@ fn watch_into_head_exits_cleanly_when_the_pipe_closes() -> Result<()> {
     ensure!(
         tracer_err.lines().any(|l| l.starts_with("-- ") && l.contains("packets")),
         "with its output gone, the summary goes to standard error:\n{described}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_watch_whose_standard_error_is_gone_runs_to_its_end() -> Result<()> {
+    let lab = Lab::new(LabConfig::healthy())?;
+    // Standard error is a pipe nobody reads any more: each note tracer writes there fails
+    // (EPIPE). The watch must neither panic nor lose a thread over it.
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) fills two new fds.
+    ensure!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == 0, "pipe2");
+    // SAFETY: both fds are new and owned here; the read end is closed at once.
+    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read_end);
+    let mut watch = lab.tracer_command(&["watch", "--port", "53", "--output", "json", "--duration", "3"], &[])?;
+    watch.stdout(Stdio::piped()).stderr(Stdio::from(write_end));
+    let child = watch.spawn().context("starting tracer")?;
+    thread::sleep(Duration::from_millis(1500));
+    lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?.expect_answered()?;
+    let out = child.wait_with_output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success(), "the watch ran to its end: {:?}\n{stdout}", out.status);
+    ensure!(
+        stdout.lines().any(|l| l.contains(r#""type":"packet""#) && l.contains(r#""stage":"bridge-out""#))
+            && stdout.lines().last().is_some_and(|l| l.contains(r#""type":"summary""#)),
+        "the watch traced the query and closed with its summary:\n{stdout}"
     );
     Ok(())
 }

@@ -4,6 +4,17 @@
 //! (see README.md, "Architecture", for their layers); the library exports only what the fuzz
 //! targets drive, in [`fuzzing`].
 
+/// A line on standard error that is lost, not a panic, when standard error is gone (closed,
+/// or a pipe whose reader exited): `eprintln!` panics then, and a worker thread that panics
+/// dies silently. tracer's notes and warnings must never end or maim a watch.
+macro_rules! note_line {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+pub(crate) use note_line;
+
 mod analysis;
 mod commands;
 mod engine;

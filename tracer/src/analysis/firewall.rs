@@ -112,7 +112,7 @@ impl Reading {
 fn say_errors(snapshot: &Snapshot, said: &mut HashSet<String>) {
     for error in &snapshot.errors {
         if said.insert(error.clone()) {
-            eprintln!("tracer: warning: {error}");
+            crate::note_line!("tracer: warning: {error}");
         }
     }
 }

@@ -40,7 +40,7 @@ impl RuntimeArgs {
         };
         match Pods::start(&socket) {
             Ok((mut pods, version)) => {
-                eprintln!(
+                crate::note_line!(
                     "tracer: naming pods from {version} at {} ({} pods with addresses on this node)",
                     socket.display(),
                     pods.table().len()
@@ -51,7 +51,9 @@ impl RuntimeArgs {
                 bail!("{err:#}: check --cri-socket (the runtime's CRI socket, e.g. /run/containerd/containerd.sock)")
             }
             Err(err) => {
-                eprintln!("tracer: warning: no pod names: {err:#}; give the runtime's CRI socket with --cri-socket");
+                crate::note_line!(
+                    "tracer: warning: no pod names: {err:#}; give the runtime's CRI socket with --cri-socket"
+                );
                 Ok(None)
             }
         }
@@ -137,7 +139,7 @@ impl Agent {
         let checks = NodeChecks::start(metrics.clone(), port)?;
         let address = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         server::serve(listener, metrics.clone())?;
-        eprintln!("tracer: serving metrics on http://{address}/metrics");
+        crate::note_line!("tracer: serving metrics on http://{address}/metrics");
         Ok((Box::new(MetricsOutput::new(output, metrics)), Some(checks)))
     }
 }

@@ -38,7 +38,7 @@ pub(crate) fn parse_ring_mib(text: &str) -> Result<u32, String> {
 
 /// The one line a command that cannot go on prints, and exit code 2.
 pub(crate) fn fail(err: &anyhow::Error) -> ExitCode {
-    eprintln!("tracer: error: {err:#}");
+    crate::note_line!("tracer: error: {err:#}");
     ExitCode::from(2)
 }
 

@@ -32,7 +32,11 @@ pub(crate) fn command(args: ReportArgs) -> ExitCode {
     let ending = match report.origin().clone() {
         Origin::Tracer(meta) => {
             let host = meta.hostname.map(|h| format!(" on {h}")).unwrap_or_default();
-            eprintln!("tracer: report of {}: a tracer {} watch{host}", args.file.display(), meta.tracer_version);
+            crate::note_line!(
+                "tracer: report of {}: a tracer {} watch{host}",
+                args.file.display(),
+                meta.tracer_version
+            );
             let printer: Box<dyn Sink> = if json {
                 Box::new(JsonOutput::new(std::io::BufWriter::new(stdout.lock())))
             } else {
@@ -47,7 +51,7 @@ pub(crate) fn command(args: ReportArgs) -> ExitCode {
                 (false, Some(app)) => format!("a pcapng file written by {app}"),
                 (false, None) => "a pcapng file not written by tracer".to_string(),
             };
-            eprintln!(
+            crate::note_line!(
                 "tracer: {} is {writer}: listing its packets without stages, hook paths or findings (those need a capture from `tracer watch --write`)",
                 args.file.display()
             );
@@ -61,11 +65,11 @@ pub(crate) fn command(args: ReportArgs) -> ExitCode {
         }
         Ending::Finished { error, notes, .. } => {
             for note in notes {
-                eprintln!("tracer: note: {note}");
+                crate::note_line!("tracer: note: {note}");
             }
             match error {
                 Some(err) => {
-                    eprintln!("tracer: error: {err}");
+                    crate::note_line!("tracer: error: {err}");
                     ExitCode::from(1)
                 }
                 None => ExitCode::SUCCESS,

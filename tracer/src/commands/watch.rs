@@ -197,12 +197,14 @@ pub(crate) fn command(args: WatchArgs) -> ExitCode {
                 }
             };
             match file.temporary() {
-                Some(temporary) => eprintln!(
+                Some(temporary) => crate::note_line!(
                     "tracer: writing the traced packets to {} (pcapng, mode 0600); it replaces {} when the watch ends",
                     temporary.display(),
                     path.display()
                 ),
-                None => eprintln!("tracer: writing the traced packets to {} (pcapng, mode 0600)", path.display()),
+                None => {
+                    crate::note_line!("tracer: writing the traced packets to {} (pcapng, mode 0600)", path.display())
+                }
             }
             capture_file = Some(file);
             Some((Box::new(writer) as Box<dyn Sink>, path.display().to_string()))

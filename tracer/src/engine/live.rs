@@ -110,7 +110,7 @@ fn report_lost(hooks: &KernelHooks, loss: &KernelLoss, reported: u64) -> u64 {
     let total: u64 = per_cpu.iter().sum::<u64>() + misses;
     if total > reported {
         let skipped = if misses > 0 { format!(", {misses} program runs skipped by the kernel") } else { String::new() };
-        eprintln!(
+        crate::note_line!(
             "tracer: {total} records lost so far (per CPU {per_cpu:?}{skipped}): the ring buffer was full; raise --ring-buffer-mib or narrow --port. Findings whose records may be among them are counted as unconfirmed, not stated"
         );
     }
@@ -144,13 +144,13 @@ pub(crate) async fn run(options: &WatchOptions, output: &mut dyn Sink) -> Result
     let mut ticks: u64 = 0;
     let mut lost_reported: u64 = 0;
 
-    eprintln!("tracer: {}", hooks.capabilities);
+    crate::note_line!("tracer: {}", hooks.capabilities);
     let blind_spots = hooks.blind_spots(options.settings.findings_only);
     for spot in &blind_spots {
-        eprintln!("tracer: blind spot: {spot}");
+        crate::note_line!("tracer: blind spot: {spot}");
     }
     output.blind_spots(&blind_spots);
-    eprintln!(
+    crate::note_line!(
         "tracer: watching {} on Linux bridges in network namespace {}{}; Ctrl-C to stop",
         options.settings.port,
         hooks.netns_inode,
@@ -263,7 +263,7 @@ pub(crate) async fn run(options: &WatchOptions, output: &mut dyn Sink) -> Result
     }
     let stats = &analysis.stats;
     if stats.malformed > 0 {
-        eprintln!("tracer: warning: {} records could not be decoded: {}", stats.malformed, stats.last_error);
+        crate::note_line!("tracer: warning: {} records could not be decoded: {}", stats.malformed, stats.last_error);
     }
     let lost_per_cpu = hooks.lost_per_cpu()?;
     let recursion_misses = loss.kernel().recursion_misses();

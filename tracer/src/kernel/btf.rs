@@ -972,7 +972,7 @@ mod tests {
 
     fn vmlinux() -> Option<Btf> {
         if !Path::new(VMLINUX).exists() {
-            eprintln!("skipping: {VMLINUX} not present");
+            crate::note_line!("skipping: {VMLINUX} not present");
             return None;
         }
         Some(Btf::load(Path::new(VMLINUX)).expect("parse vmlinux BTF"))
@@ -1349,7 +1349,7 @@ mod tests {
     fn vmlinux_conntrack_tuple() {
         let Some(btf) = vmlinux() else { return };
         if !btf.has_struct("nf_conntrack_tuple") {
-            eprintln!("skipping: no nf_conntrack_tuple in vmlinux");
+            crate::note_line!("skipping: no nf_conntrack_tuple in vmlinux");
             return;
         }
         let byte = |path: &str| btf.member("nf_conntrack_tuple", path).unwrap().byte_offset().unwrap();

@@ -44,7 +44,7 @@ impl log::Log for StderrLog {
     }
 
     fn log(&self, record: &log::Record<'_>) {
-        eprintln!("tracer: debug: kernel: {}", record.args());
+        crate::note_line!("tracer: debug: kernel: {}", record.args());
     }
 
     fn flush(&self) {}

@@ -342,7 +342,7 @@ mod tests {
 
     fn running() -> Option<KernelBtf> {
         if !Path::new(SYSFS_BTF).join("vmlinux").exists() {
-            eprintln!("skipping: no {SYSFS_BTF}/vmlinux");
+            crate::note_line!("skipping: no {SYSFS_BTF}/vmlinux");
             return None;
         }
         Some(KernelBtf::load_running().expect("load running kernel BTF"))

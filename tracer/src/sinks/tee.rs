@@ -56,7 +56,7 @@ impl<'a> Tee<'a> {
                 "tracer: warning: writing {} failed ({err}): the capture stops here and keeps what was written before; the watch goes on",
                 self.capture_name
             );
-            eprintln!("{warning}");
+            crate::note_line!("{warning}");
             self.warning = Some(warning);
             let _ = self.failure.set(err.to_string());
             self.capture = None;

@@ -68,7 +68,7 @@ const FINDINGS: u8 = 1;
 const COULD_NOT_RUN: u8 = 2;
 
 fn could_not_run(err: &anyhow::Error) -> ExitCode {
-    eprintln!("tracer: error: {err:#}");
+    crate::note_line!("tracer: error: {err:#}");
     ExitCode::from(COULD_NOT_RUN)
 }
 

@@ -4,7 +4,7 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    io,
+    io::{self, Write as _},
     net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
@@ -118,7 +118,8 @@ impl Collector {
         let findings = self.findings.len();
         // \r and "erase line": the line is redrawn in place; it goes to stderr so the report
         // on stdout stays clean when redirected.
-        eprint!(
+        let _ = write!(
+            std::io::stderr().lock(),
             "\r\x1b[Ktracer triage: watching traffic {:.1}/{:.0} s · {} packets · {} finding{}",
             self.started.elapsed().as_secs_f64().min(self.window.as_secs_f64()),
             self.window.as_secs_f64(),
@@ -130,7 +131,7 @@ impl Collector {
 
     fn clear_progress(&self) {
         if self.progress && self.last_progress.is_some() {
-            eprint!("\r\x1b[K");
+            let _ = write!(std::io::stderr().lock(), "\r\x1b[K");
         }
     }
 }

@@ -210,7 +210,10 @@ impl Lister {
         match self.events.block_on(self.cache.refresh(&mut self.runtime)) {
             Ok(changed) => {
                 if self.failing {
-                    eprintln!("tracer: pod names: the runtime at {} answers again", self.runtime.socket().display());
+                    crate::note_line!(
+                        "tracer: pod names: the runtime at {} answers again",
+                        self.runtime.socket().display()
+                    );
                     self.failing = false;
                 }
                 if changed {
@@ -221,7 +224,7 @@ impl Lister {
             }
             Err(err) => {
                 if !self.failing {
-                    eprintln!("tracer: warning: pod names: {err:#}; packets are named by the pods known before, until it answers");
+                    crate::note_line!("tracer: warning: pod names: {err:#}; packets are named by the pods known before, until it answers");
                     self.failing = true;
                 }
                 false

@@ -55,7 +55,7 @@ fn read_into(metrics: &Metrics, port: PortFilter) {
         Ok(Some(state)) => state,
         Ok(None) => return,
         Err(err) => {
-            eprintln!("tracer: warning: reading the node checks for the metrics: {err:#}");
+            crate::note_line!("tracer: warning: reading the node checks for the metrics: {err:#}");
             return;
         }
     };
