@@ -214,3 +214,17 @@ fn prometheus_scrapes_findings_and_node_checks() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn the_alerting_rules_are_valid_and_fire_as_their_tests_say() -> Result<()> {
+    let root = tracer_tests::workspace_root();
+    for (args, what) in [
+        (vec!["check", "rules", "deploy/alerts.yaml"], "promtool check rules"),
+        (vec!["test", "rules", "tests/data/alerts_test.yaml"], "promtool test rules"),
+    ] {
+        let out = Command::new("promtool").args(&args).current_dir(root).output().context("running promtool")?;
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        ensure!(out.status.success() && said.contains("SUCCESS"), "{what}:\n{said}");
+    }
+    Ok(())
+}

@@ -347,6 +347,19 @@ pub(crate) const NODE_FINDING_KINDS: [FindingKind; 6] = [
 mod tests {
     use super::*;
     use crate::sinks::text::SummaryOnly;
+    use strum::VariantNames;
+
+    #[test]
+    fn every_finding_kind_has_an_alert_on_the_series_it_is_counted_in() {
+        let alerts = include_str!("../../../../deploy/alerts.yaml");
+        for kind in FindingKind::VARIANTS {
+            let selector = format!("tracer_findings_total{{kind=\"{kind}\"}}");
+            assert!(alerts.contains(&selector), "deploy/alerts.yaml has no alert on {selector}");
+        }
+        for series in ["tracer_lost_records_total", "tracer_build_info", "tracer_node_checks_read_timestamp_seconds"] {
+            assert!(alerts.contains(series), "deploy/alerts.yaml has no alert on {series}");
+        }
+    }
 
     #[test]
     fn a_netfilter_finding_is_labelled_with_the_manager_not_the_service() {
