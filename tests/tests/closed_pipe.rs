@@ -92,11 +92,7 @@ fn a_watch_whose_standard_error_is_gone_runs_to_its_end() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
     // Standard error is a pipe nobody reads any more: each note tracer writes there fails
     // (EPIPE). The watch must neither panic nor lose a thread over it.
-    let mut fds = [0; 2];
-    // SAFETY: pipe(2) fills two new fds.
-    ensure!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == 0, "pipe2");
-    // SAFETY: both fds are new and owned here; the read end is closed at once.
-    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (read_end, write_end) = pipe()?;
     drop(read_end);
     let mut watch = lab.tracer_command(&["watch", "--port", "53", "--output", "json", "--duration", "3"], &[])?;
     watch.stdout(Stdio::piped()).stderr(Stdio::from(write_end));
@@ -112,4 +108,51 @@ fn a_watch_whose_standard_error_is_gone_runs_to_its_end() -> Result<()> {
         "the watch traced the query and closed with its summary:\n{stdout}"
     );
     Ok(())
+}
+
+#[test]
+fn a_watch_whose_reader_stopped_reading_still_stops_on_sigterm() -> Result<()> {
+    let lab = Lab::new(LabConfig::healthy())?;
+    // Standard output is a pipe whose reader holds it open and never reads: once the pipe and
+    // tracer's buffer are full, every write would wait for good.
+    let (read_end, write_end) = pipe()?;
+    let mut watch = lab.tracer_command(&["watch", "--port", "53", "--output", "json"], &[])?;
+    watch.stdout(Stdio::from(write_end)).stderr(Stdio::piped());
+    let mut child = watch.spawn().context("starting tracer")?;
+    thread::sleep(Duration::from_millis(1500));
+    // About 5 KiB of JSON lines per lookup: 60 fill the pipe (64 KiB) and the buffer (64 KiB).
+    for _ in 0..60 {
+        lab.dig(CLUSTER_DNS_IP, TEST_NAME, &[])?.expect_answered()?;
+    }
+    thread::sleep(Duration::from_millis(1000));
+    // SAFETY: kill(2) on our own child.
+    ensure!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) } == 0, "kill");
+    let status = wait_timeout(&mut child, Duration::from_secs(10))?;
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    drop(read_end);
+    let mut stderr = String::new();
+    if let Some(mut err) = child.stderr.take() {
+        use std::io::Read;
+        let _ = err.read_to_string(&mut stderr);
+    }
+    let status = status.with_context(|| format!("tracer did not stop within 10 s of SIGTERM:\n{stderr}"))?;
+    ensure!(status.success(), "a stop asked for is a clean end: {status:?}\n{stderr}");
+    no_panic(&stderr)?;
+    ensure!(
+        stderr.lines().any(|l| l.starts_with("-- ") && l.contains("packets")),
+        "the summary goes to standard error when standard output is not read:\n{stderr}"
+    );
+    Ok(())
+}
+
+/// A new pipe: (read end, write end).
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2(2) fills two new fds.
+    ensure!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == 0, "pipe2");
+    // SAFETY: both fds are new and owned by nothing else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }

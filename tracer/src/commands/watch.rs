@@ -31,6 +31,7 @@ use crate::{
         tee::Tee,
         text::{SummaryOnly, TextOutput},
     },
+    system::stop::{self, StopAwareWriter},
 };
 
 /// How traffic is traced and read, for `watch` and `triage` alike.
@@ -215,7 +216,16 @@ pub(crate) fn command(args: WatchArgs) -> ExitCode {
     let colour = stdout.is_terminal();
     // Flushed after every batch of records: a write per line (standard output's own line
     // buffering) or per 8 KiB made the pipe's wakeups a quarter of a busy watch's time.
-    let buffered = || std::io::BufWriter::with_capacity(OUTPUT_BUFFER_BYTES, stdout.lock());
+    // Writes that wait for a reader give up once Ctrl-C or SIGTERM came: a reader that
+    // stopped reading must not keep the watch from stopping.
+    if let Err(err) = stop::note_signals() {
+        return fail(&err);
+    }
+    let out = match StopAwareWriter::stdout() {
+        Ok(out) => out,
+        Err(err) => return fail(&anyhow::anyhow!("cannot write to standard output: {err}")),
+    };
+    let buffered = || std::io::BufWriter::with_capacity(OUTPUT_BUFFER_BYTES, out);
     let main: Box<dyn Sink> = match args.output {
         WatchFormat::Text => Box::new(TextOutput::new(buffered(), colour)),
         WatchFormat::Json => Box::new(JsonOutput::new(buffered())),

@@ -6,4 +6,5 @@ pub(crate) mod netlink;
 pub(crate) mod netns;
 #[cfg(test)]
 pub(crate) mod scratch_dir;
+pub(crate) mod stop;
 pub(crate) mod tools;
