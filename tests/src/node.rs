@@ -402,6 +402,14 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         Process::spawn(self.command(&argv), argv.join(" "), StdoutMode::Capture)
     }
 
+    /// Stops containerd where it stands (SIGSTOP): its socket accepts connections and never
+    /// answers, as a hung runtime does. It goes on when the guard is dropped, also on failure.
+    pub fn freeze_runtime(&self) -> Result<FrozenRuntime> {
+        let pid = self.containerd.as_ref().map(Child::id).ok_or_else(|| anyhow!("containerd is not running"))?;
+        crate::process::send_signal(pid, libc::SIGSTOP)?;
+        Ok(FrozenRuntime { pid })
+    }
+
     /// The pods created and not yet removed.
     pub fn pods(&self) -> Vec<Pod> {
         self.created().clone()
@@ -409,6 +417,17 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 
     fn created(&self) -> MutexGuard<'_, Vec<Pod>> {
         self.pods.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// containerd held still by [`Node::freeze_runtime`]; dropping it lets it go on.
+pub struct FrozenRuntime {
+    pid: u32,
+}
+
+impl Drop for FrozenRuntime {
+    fn drop(&mut self) {
+        let _ = crate::process::send_signal(self.pid, libc::SIGCONT);
     }
 }
 

@@ -300,3 +300,52 @@ fn triage_names_the_pods_of_a_traffic_finding() -> Result<()> {
     ensure!(pod_at(example, "/dst_pod").as_deref() == Some(cluster.client.full_name().as_str()), "{example}");
     Ok(())
 }
+
+#[test]
+fn a_runtime_that_stops_answering_stops_naming_pods_until_it_answers_again() -> Result<()> {
+    let cluster = Cluster::new(true)?;
+    let socket = cluster.node.socket();
+    let socket = socket.to_str().context("socket path")?.to_string();
+    let mut watch =
+        cluster.node.spawn_tracer(&["watch", "--port", "53", "--output", "json", "--cri-socket", &socket])?;
+    watch.wait_until_watching()?;
+    let lookup = || -> Result<u16> {
+        let dig = cluster.node.dig(&cluster.client, CLUSTER_DNS_IP, TEST_NAME)?;
+        dig.expect_answered()?;
+        dig.query_id()
+    };
+    let wait_for = |watch: &tracer_tests::process::Process, says: &str, limit: Duration| -> Result<()> {
+        let deadline = std::time::Instant::now() + limit;
+        while !watch.stderr_so_far().contains(says) {
+            ensure!(std::time::Instant::now() < deadline, "no `{says}` within {limit:?}:\n{}", watch.stderr_so_far());
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        Ok(())
+    };
+    let before = lookup()?;
+    // containerd hangs: its pods may go and their addresses be handed out again without
+    // tracer hearing of it. After 30 s tracer stops naming rather than risk a wrong name.
+    let frozen = cluster.node.freeze_runtime()?;
+    wait_for(&watch, "has not answered for 30 s", Duration::from_secs(60))?;
+    let during = lookup()?;
+    drop(frozen);
+    wait_for(&watch, "answers again", Duration::from_secs(30))?;
+    let after = lookup()?;
+    std::thread::sleep(Duration::from_millis(300));
+    watch.signal(libc::SIGTERM)?;
+    let json = WatchJson::from_finished(&watch.finish(STOP_GRACE)?)?;
+    let query_in = |id: u16| {
+        json.find_one(&format!("query {id} entering the bridge"), |p| {
+            str_at(p, "/stage") == Some("bridge-in") && p.pointer("/dns/id").and_then(Value::as_u64) == Some(id.into())
+        })
+    };
+    let client = cluster.client.full_name();
+    ensure!(pod_at(query_in(before)?, "/src_pod") == Some(client.clone()), "named before: {}", query_in(before)?);
+    ensure!(
+        query_in(during)?["src_pod"].is_null(),
+        "named by address only while the runtime hangs: {}",
+        query_in(during)?
+    );
+    ensure!(pod_at(query_in(after)?, "/src_pod") == Some(client), "named again once it answers: {}", query_in(after)?);
+    Ok(())
+}

@@ -158,10 +158,15 @@ impl Drop for Pods {
     }
 }
 
+/// A runtime silent this long has its table withdrawn: its sandboxes may have gone and
+/// their addresses been given to new pods, and a packet named after the wrong pod is worse
+/// than one named by its address.
+const WITHDRAW_AFTER: Duration = Duration::from_secs(30);
+
 /// The refreshing thread: lists the sandboxes every [`RELIST_EVERY`] and when asked, and
 /// publishes a new table when anything changed. A runtime that stops answering is reported
-/// once, and again when it answers again; the last table stays in use meanwhile. Ends when
-/// the [`Pods`] is dropped.
+/// once, and again when it answers again; the last table stays in use meanwhile, for at most
+/// [`WITHDRAW_AFTER`]. Ends when the [`Pods`] is dropped.
 fn keep_fresh(
     events: tokio::runtime::Runtime,
     runtime: Runtime,
@@ -169,7 +174,7 @@ fn keep_fresh(
     shared: &Shared,
     asked: mpsc::Receiver<Ask>,
 ) {
-    let mut lister = Lister { events, runtime, cache, failing: false };
+    let mut lister = Lister { events, runtime, cache, failing_since: None, withdrawn: false };
     let mut last = Instant::now();
     loop {
         match asked.recv_timeout(RELIST_EVERY) {
@@ -201,7 +206,10 @@ struct Lister {
     events: tokio::runtime::Runtime,
     runtime: Runtime,
     cache: SandboxCache,
-    failing: bool,
+    /// Since when the runtime has not answered.
+    failing_since: Option<Instant>,
+    /// The table was withdrawn for a silent runtime: packets are named by address only.
+    withdrawn: bool,
 }
 
 impl Lister {
@@ -209,28 +217,42 @@ impl Lister {
     fn list(&mut self, shared: &Shared) -> bool {
         match self.events.block_on(self.cache.refresh(&mut self.runtime)) {
             Ok(changed) => {
-                if self.failing {
+                if self.failing_since.take().is_some() {
                     crate::note_line!(
                         "tracer: pod names: the runtime at {} answers again",
                         self.runtime.socket().display()
                     );
-                    self.failing = false;
                 }
-                if changed {
-                    *shared.table.lock().unwrap_or_else(PoisonError::into_inner) = Arc::new(PodTable::of(&self.cache));
-                    shared.generation.fetch_add(1, Ordering::Release);
+                let publish = changed || self.withdrawn;
+                if publish {
+                    publish_table(shared, PodTable::of(&self.cache));
+                    self.withdrawn = false;
                 }
-                changed
+                publish
             }
             Err(err) => {
-                if !self.failing {
+                let since = *self.failing_since.get_or_insert_with(|| {
                     crate::note_line!("tracer: warning: pod names: {err:#}; packets are named by the pods known before, until it answers");
-                    self.failing = true;
+                    Instant::now()
+                });
+                if !self.withdrawn && since.elapsed() >= WITHDRAW_AFTER {
+                    crate::note_line!(
+                        "tracer: warning: pod names: the runtime at {} has not answered for {} s: packets are named by address only until it does (its pods' addresses may belong to other pods by now)",
+                        self.runtime.socket().display(),
+                        WITHDRAW_AFTER.as_secs()
+                    );
+                    publish_table(shared, PodTable::default());
+                    self.withdrawn = true;
                 }
                 false
             }
         }
     }
+}
+
+fn publish_table(shared: &Shared, table: PodTable) {
+    *shared.table.lock().unwrap_or_else(PoisonError::into_inner) = Arc::new(table);
+    shared.generation.fetch_add(1, Ordering::Release);
 }
 
 /// Follows rtnetlink's link notifications in the watched namespace (the calling thread's)
