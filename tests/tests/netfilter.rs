@@ -570,3 +570,36 @@ fn the_firewall_is_untouched() -> Result<()> {
     }
     w.check_summary()
 }
+
+#[test]
+fn a_rule_replaced_during_the_watch_is_named_afresh() -> Result<()> {
+    let lab = Lab::new(LabConfig::healthy())?;
+    lab.iptables(IPTABLES_DNS_REJECT)?;
+    let capture = lab.dir().join("replaced.pcapng");
+    let capture = capture.to_str().context("capture path")?;
+    let (w, (first, second)) = Scenario::new(&lab).args(&["--write", capture]).settle(SETTLE).run(|| {
+        let first = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &["+tries=1", "+time=1"])?;
+        // Someone replaces the REJECT with a silent DROP further down: a drop named after the
+        // REJECT from here on would be a false answer.
+        lab.iptables("-D FORWARD -p udp --dport 53 -j REJECT --reject-with icmp-host-prohibited")?;
+        lab.iptables("-A FORWARD -p tcp --dport 443 -j ACCEPT")?;
+        lab.iptables("-A FORWARD -p udp --dport 53 -j DROP")?;
+        // Past the time an attribution is trusted without reading the rules again.
+        thread::sleep(Duration::from_secs(11));
+        let second = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &["+tries=1", "+time=1"])?;
+        Ok((first, second))
+    })?;
+    check_host_unreachable(&first)?;
+    ensure!(second.timed_out, "the DROP is silent:\n{}", second.output);
+    ensure!(w.findings.len() == 2, "two rules, two findings:\n{}", w.describe());
+    let reject = w.one_finding("netfilter_reject")?;
+    expect_u64(reject, "/rule", 1)?;
+    let drop = w.one_finding("netfilter_drop")?;
+    expect_u64(drop, "/rule", 2)?;
+    ensure!(str_at(drop, "/rule_text").is_some_and(|t| t.contains("-j DROP")), "the DROP is named: {drop}");
+    let labels: Vec<&str> =
+        w.find(|p| str_at(p, "/stage") == Some("dropped")).filter_map(|p| str_at(p, "/rule")).collect();
+    ensure!(labels == ["filter/FORWARD #1", "filter/FORWARD #2"], "each drop names its own rule: {labels:?}");
+    w.expect_report_agrees(capture)?;
+    Ok(())
+}

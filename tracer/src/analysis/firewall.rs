@@ -310,13 +310,19 @@ impl Worker {
         }
     }
 
-    /// The last reading, when it can stand as the "before" of `request`'s drop.
-    fn before_of(&self, request: &Request) -> Option<&Snapshot> {
-        self.before.as_ref().and_then(|before| before.before(request.packet.hook, request.timestamp_ns))
+    /// The last reading, when it is young enough at the drop to name its rule by itself or
+    /// to be the "before" of its counters: in an older one the rule may since have been
+    /// removed or replaced, and naming it would be a false answer.
+    fn fresh_before_of(&self, request: &Request) -> Option<&Snapshot> {
+        let before = self.before.as_ref()?;
+        if request.timestamp_ns.saturating_sub(before.started_ns) > READING_FRESH_NS {
+            return None;
+        }
+        before.before(request.packet.hook, request.timestamp_ns)
     }
 
     fn judge(&self, request: &Request, after: &Snapshot) -> Finding {
-        match self.before_of(request) {
+        match self.fresh_before_of(request) {
             Some(before) => judge_drop(&request.packet, request.wall_time_ns, before, after),
             None => judge_drop_after(&request.packet, request.wall_time_ns, after),
         }
@@ -348,7 +354,7 @@ fn serve(mut worker: Worker, jobs: Receiver<Job>, answers: Sender<Reply>) {
                 }
             };
             let named = worker
-                .before_of(&request)
+                .fresh_before_of(&request)
                 .and_then(|reading| judge_drop_from_reading(&request.packet, request.wall_time_ns, reading));
             match named {
                 Some(finding) => {

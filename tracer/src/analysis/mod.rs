@@ -56,6 +56,11 @@ const MAX_TRACKED_QUERIES: usize = 65_536;
 
 /// Bounds the attribution cache like the finding log.
 const MAX_ATTRIBUTED: usize = 10_000;
+/// An attribution older than this is asked again: the rules may have changed (the fix was
+/// applied, or another rule took over), and a drop named after a rule that no longer stops it
+/// would be a false answer. A reading of the rulesets this young is reused, so asking again
+/// costs a new reading at most this often.
+const ATTRIBUTION_FRESH_NS: u64 = 10_000_000_000;
 /// Drop lines held back at most while the rules behind them are read; beyond it they are
 /// printed without their rule.
 const MAX_WAITING_LINES: usize = 4_096;
@@ -169,9 +174,10 @@ pub(crate) struct Analysis {
     stated_stale: std::collections::HashSet<(std::net::SocketAddr, u16)>,
     /// Reads the rulesets and names rules, off the drain loop (live watches only).
     firewall: Option<FirewallWorker>,
-    /// Drops already attributed, by what makes them the same problem: repeats are
-    /// counted without reading the rulesets again.
-    attributed: HashMap<DropKey, (Option<String>, Finding)>,
+    /// Drops already attributed, by what makes them the same problem, with the kernel time
+    /// of the drop that was attributed: repeats within [`ATTRIBUTION_FRESH_NS`] are counted
+    /// without reading the rulesets again.
+    attributed: HashMap<DropKey, (Option<String>, Finding, u64)>,
     /// Drop lines held back until the worker names their rule.
     waiting: HashMap<DropKey, Vec<DropLine>>,
     waiting_lines: usize,
@@ -603,7 +609,14 @@ impl Analysis {
             self.count_unconfirmed(Unconfirmed { records_lost: lost, ..subject }, output)?;
             return output.dropped(&line);
         }
-        if let Some((label, finding)) = self.attributed.get(&key) {
+        if self
+            .attributed
+            .get(&key)
+            .is_some_and(|(_, _, at)| line.drop.timestamp_ns.saturating_sub(*at) >= ATTRIBUTION_FRESH_NS)
+        {
+            self.attributed.remove(&key);
+        }
+        if let Some((label, finding, _)) = self.attributed.get(&key) {
             line.rule = label.clone();
             if finding.kind == FindingKind::NetfilterReject {
                 line.verdict = Fate::Reject;
@@ -641,9 +654,9 @@ impl Analysis {
         if let (Some(finding), Some(query)) = (answer.finding.as_mut(), retried) {
             tcp_retry::stops_retries_of(finding, query);
         }
-        if let Some(finding) = &answer.finding {
+        if let (Some(finding), Some(first)) = (&answer.finding, lines.first()) {
             if self.attributed.len() < MAX_ATTRIBUTED {
-                self.attributed.insert(answer.key, (label.clone(), finding.clone()));
+                self.attributed.insert(answer.key, (label.clone(), finding.clone(), first.drop.timestamp_ns));
             }
         }
         for mut line in lines {
@@ -676,7 +689,9 @@ impl Analysis {
             let kind = if line.icmp.is_some() { FindingKind::NetfilterReject } else { FindingKind::NetfilterDrop };
             self.unconfirmed.record(kind);
         } else if let Some(key) = drop_key(line) {
-            if let Some((_, finding)) = self.attributed.get(&key) {
+            // A line whose rule is not the recorded finding's was attributed afresh to another
+            // rule: that finding follows it in the capture.
+            if let Some((_, finding, _)) = self.attributed.get(&key).filter(|(label, _, _)| *label == line.rule) {
                 let finding = finding.clone();
                 output.dropped(line)?;
                 return state(&mut self.log, finding, output);
@@ -690,8 +705,9 @@ impl Analysis {
     pub(crate) fn replay_netfilter_finding(&mut self, finding: Finding, output: &mut dyn Sink) -> io::Result<()> {
         if let Evidence::Netfilter(nf) = &finding.evidence {
             let key: DropKey = (nf.hook, nf.src.ip(), nf.dst, nf.proto);
-            if self.attributed.len() < MAX_ATTRIBUTED {
-                self.attributed.insert(key, (short_label(&finding), finding.clone()));
+            if self.attributed.len() < MAX_ATTRIBUTED || self.attributed.contains_key(&key) {
+                // The capture recorded each new attribution as it was made: the latest stands.
+                self.attributed.insert(key, (short_label(&finding), finding.clone(), 0));
             }
         }
         state(&mut self.log, finding, output)

@@ -71,7 +71,14 @@ impl Finding {
                 dns.expected_source,
                 dns.actual_source.map(|a| a.to_string()).unwrap_or_default(),
             ),
-            Evidence::Netfilter(nf) => (self.kind, nf.src.ip(), nf.dst, nf.hook.name().to_string()),
+            // Another rule stopping the same traffic (the first was fixed, another took over)
+            // is another problem.
+            Evidence::Netfilter(nf) => (
+                self.kind,
+                nf.src.ip(),
+                nf.dst,
+                format!("{} {}", nf.hook.name(), netfilter::short_label(self).unwrap_or_default()),
+            ),
             Evidence::Node(node) => (
                 self.kind,
                 std::net::IpAddr::from([0, 0, 0, 0]),
