@@ -144,6 +144,8 @@ fn prometheus_scrapes_findings_and_node_checks() -> Result<()> {
         "# TYPE tracer_packets_total counter",
         r#"tracer_packets_total{stage="bridge-out"} 2"#,
         "tracer_lost_records_total 0",
+        r#"tracer_evicted_total{what="dns_queries"} 0"#,
+        r#"tracer_evicted_total{what="findings"} 0"#,
     ] {
         ensure!(metrics.lines().any(|l| l == line), "no `{line}` in:\n{metrics}");
     }

@@ -34,7 +34,10 @@ use crate::{
     model::{monotonic_now_ns, netfilter::DropReason, WallClock},
     node::interfaces::Interfaces,
     pipeline::{loss::KernelWitness, naming, paths::DroppedPacket},
-    schema::{sink::Sink, summary::Summary},
+    schema::{
+        sink::Sink,
+        summary::{Evictions, Summary},
+    },
 };
 
 pub(crate) struct WatchOptions {
@@ -227,6 +230,11 @@ pub(crate) async fn run(options: &WatchOptions, output: &mut dyn Sink) -> Result
                 if ticks.is_multiple_of(LOST_REPORT_TICKS) {
                     lost_reported = report_lost(&hooks, loss.kernel(), lost_reported);
                     output.lost(lost_reported);
+                    output.evictions(&Evictions {
+                        dns_queries: analysis.flows.evicted(),
+                        journeys: analysis.stats.abandoned,
+                        findings: analysis.log.evicted + analysis.log.expired,
+                    });
                 }
                 // Also when nothing woke the loop: a ring buffer read empty here is what
                 // lets an unanswered query's time run out on a quiet node.

@@ -11,7 +11,7 @@ use crate::{
         blind_spot::BlindSpot,
         finding::{Finding, Unconfirmed},
         packet::{DropLine, TracedPacket},
-        summary::Summary,
+        summary::{Evictions, Summary},
     },
 };
 
@@ -34,6 +34,8 @@ pub(crate) trait Sink {
     /// The records lost so far in the kernel (ring buffer full), once a second while the
     /// watch runs; the summary has the final count.
     fn lost(&mut self, _total: u64) {}
+    /// What the run has let go of so far to bound its memory, along with `lost`.
+    fn evictions(&mut self, _so_far: &Evictions) {}
     /// What the run cannot see, once, before its first record (the summary repeats it).
     fn blind_spots(&mut self, _spots: &[BlindSpot]) {}
     fn summary(&mut self, summary: &Summary) -> io::Result<()>;
@@ -66,6 +68,10 @@ impl<T: Sink + ?Sized> Sink for &mut T {
 
     fn lost(&mut self, total: u64) {
         (**self).lost(total);
+    }
+
+    fn evictions(&mut self, so_far: &Evictions) {
+        (**self).evictions(so_far);
     }
 
     fn blind_spots(&mut self, spots: &[BlindSpot]) {

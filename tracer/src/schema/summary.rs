@@ -51,3 +51,15 @@ pub(crate) struct Summary {
     #[serde(default)]
     pub blind_spots: Vec<BlindSpot>,
 }
+
+/// What a run has let go of so far to keep its memory bounded, told to the outputs now and
+/// then while it runs (the summary has the final counts).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Evictions {
+    /// DNS queries dropped from tracking (`evicted_flows`).
+    pub dns_queries: u64,
+    /// Packet journeys that never ended (`evicted_paths`).
+    pub journeys: u64,
+    /// Findings forgotten (`findings_forgotten`).
+    pub findings: u64,
+}

@@ -7,7 +7,7 @@ use crate::schema::{
     finding::{Finding, Unconfirmed},
     packet::{DropLine, TracedPacket},
     sink::Sink,
-    summary::Summary,
+    summary::{Evictions, Summary},
 };
 
 /// The watch's main output (text or JSON on standard output) with a capture file
@@ -88,6 +88,10 @@ impl Sink for Tee<'_> {
 
     fn lost(&mut self, total: u64) {
         self.main.lost(total);
+    }
+
+    fn evictions(&mut self, so_far: &Evictions) {
+        self.main.evictions(so_far);
     }
 
     fn blind_spots(&mut self, spots: &[BlindSpot]) {

@@ -38,7 +38,7 @@ use crate::{
         finding::{Evidence, Finding, FindingKind, Unconfirmed},
         packet::{DropLine, TracedPacket},
         sink::Sink,
-        summary::Summary,
+        summary::{Evictions, Summary},
     },
 };
 
@@ -79,6 +79,12 @@ pub(crate) struct UnavailableLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct EvictedLabels {
+    /// What was let go of: `dns_queries`, `journeys`, `findings`, `finding_series`.
+    pub what: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct VersionLabels {
     pub version: String,
 }
@@ -97,6 +103,7 @@ pub(crate) struct Metrics {
     unavailable: Family<UnavailableLabels, Gauge>,
     /// Connections to the metrics server closed unanswered because it served its most at once.
     pub refused_connections: Counter,
+    evicted: Family<EvictedLabels, Counter>,
     /// When the watch last served its outputs (milliseconds since `started`), 0 before it
     /// watched: what the health endpoints judge the watch by.
     pub last_served_ms: Arc<AtomicU64>,
@@ -157,6 +164,14 @@ impl Metrics {
             "tracer_metrics_refused_connections",
             "Connections to this metrics server closed unanswered because it was serving its most at once",
         );
+        let evicted: Family<EvictedLabels, Counter> = registered(
+            &mut registry,
+            "tracer_evicted",
+            "What the watch let go of to keep its memory bounded: DNS queries no longer tracked (dns_queries), packet journeys that never ended (journeys), findings forgotten and stated again if they recur (findings), occurrences counted under rule=\"other\" past the bound of finding label sets (finding_series)",
+        );
+        for what in ["dns_queries", "journeys", "findings", "finding_series"] {
+            let _ = evicted.get_or_create(&EvictedLabels { what: what.to_string() });
+        }
         let build: Family<VersionLabels, Gauge> =
             registered(&mut registry, "tracer_build_info", "The running tracer's version");
         build.get_or_create(&VersionLabels { version: env!("CARGO_PKG_VERSION").to_string() }).set(1);
@@ -171,6 +186,7 @@ impl Metrics {
             node_checks_read,
             unavailable,
             refused_connections,
+            evicted,
             last_served_ms: Arc::new(AtomicU64::new(0)),
             started: Instant::now(),
         }
@@ -201,6 +217,7 @@ pub(crate) struct MetricsOutput<'a> {
     dropped: usize,
     finding_series: HashSet<FindingLabels>,
     lost_total: u64,
+    evicted_so_far: Evictions,
 }
 
 impl<'a> MetricsOutput<'a> {
@@ -213,7 +230,15 @@ impl<'a> MetricsOutput<'a> {
             counter(stage_name(Stage::FromHost)),
             counter("dropped"),
         ];
-        MetricsOutput { inner, metrics, by_stage, dropped: 4, finding_series: HashSet::new(), lost_total: 0 }
+        MetricsOutput {
+            inner,
+            metrics,
+            by_stage,
+            dropped: 4,
+            finding_series: HashSet::new(),
+            lost_total: 0,
+            evicted_so_far: Evictions::default(),
+        }
     }
 
     fn occurred(&mut self, finding: &Finding) {
@@ -222,6 +247,7 @@ impl<'a> MetricsOutput<'a> {
             self.finding_series.insert(labels.clone());
             labels
         } else {
+            self.count_evicted("finding_series", 1);
             FindingLabels {
                 kind: finding.kind.name().to_string(),
                 bridge: String::new(),
@@ -231,6 +257,24 @@ impl<'a> MetricsOutput<'a> {
             }
         };
         self.metrics.findings.get_or_create(&labels).inc();
+    }
+
+    fn count_evicted(&self, what: &str, by: u64) {
+        if by > 0 {
+            self.metrics.evicted.get_or_create(&EvictedLabels { what: what.to_string() }).inc_by(by);
+        }
+    }
+
+    fn evicted_so_far(&mut self, now: &Evictions) {
+        let before = self.evicted_so_far;
+        self.count_evicted("dns_queries", now.dns_queries.saturating_sub(before.dns_queries));
+        self.count_evicted("journeys", now.journeys.saturating_sub(before.journeys));
+        self.count_evicted("findings", now.findings.saturating_sub(before.findings));
+        self.evicted_so_far = Evictions {
+            dns_queries: before.dns_queries.max(now.dns_queries),
+            journeys: before.journeys.max(now.journeys),
+            findings: before.findings.max(now.findings),
+        };
     }
 
     fn lost_so_far(&mut self, total: u64) {
@@ -311,6 +355,11 @@ impl Sink for MetricsOutput<'_> {
         self.inner.lost(total);
     }
 
+    fn evictions(&mut self, so_far: &Evictions) {
+        self.evicted_so_far(so_far);
+        self.inner.evictions(so_far);
+    }
+
     fn blind_spots(&mut self, spots: &[BlindSpot]) {
         for spot in spots {
             for kind in &spot.unavailable {
@@ -323,6 +372,11 @@ impl Sink for MetricsOutput<'_> {
 
     fn summary(&mut self, summary: &Summary) -> io::Result<()> {
         self.lost_so_far(summary.lost);
+        self.evicted_so_far(&Evictions {
+            dns_queries: summary.evicted_flows,
+            journeys: summary.evicted_paths,
+            findings: summary.findings_forgotten,
+        });
         self.inner.summary(summary)
     }
 
@@ -358,6 +412,22 @@ mod tests {
         }
         for series in ["tracer_lost_records_total", "tracer_build_info", "tracer_node_checks_read_timestamp_seconds"] {
             assert!(alerts.contains(series), "deploy/alerts.yaml has no alert on {series}");
+        }
+    }
+
+    #[test]
+    fn evictions_are_counted_by_what_was_let_go_of() {
+        let metrics = Metrics::new();
+        let mut output = MetricsOutput::new(Box::new(SummaryOnly::new(std::io::sink())), metrics.clone());
+        let line = |what: &str, n: u64| format!("tracer_evicted_total{{what=\"{what}\"}} {n}");
+        assert!(metrics.encode().contains(&line("findings", 0)), "every series exists from the start");
+        output.evictions(&Evictions { dns_queries: 3, journeys: 1, findings: 0 });
+        output.evictions(&Evictions { dns_queries: 5, journeys: 1, findings: 2 });
+        let summary = Summary { evicted_flows: 6, evicted_paths: 1, findings_forgotten: 2, ..Summary::default() };
+        output.summary(&summary).unwrap();
+        let text = metrics.encode();
+        for expected in [line("dns_queries", 6), line("journeys", 1), line("findings", 2), line("finding_series", 0)] {
+            assert!(text.contains(&expected), "no `{expected}` in\n{text}");
         }
     }
 
