@@ -844,6 +844,64 @@ pub(crate) fn read_lossy(path: &Path) -> String {
     }
 }
 
+/// A pod added to a running lab: its own namespace, a veth into the node's bridge.
+pub struct LabPod {
+    netns: String,
+    veth: String,
+    deleted: bool,
+}
+
+impl LabPod {
+    pub fn create(lab: &Lab, tag: &str, veth: &str, ip: &str, index: Option<u32>) -> Result<LabPod> {
+        let node = lab.netns(Ns::Node).to_string();
+        // "<lab prefix>-<tag>": a lab left behind by a killed test run is swept with it.
+        let netns = format!("{}-{tag}", node.strip_suffix("-node").unwrap_or(&node));
+        run_on_host(&["ip", "netns", "add", &netns])?;
+        let pod = LabPod { netns: netns.clone(), veth: veth.to_string(), deleted: false };
+        let index = index.map(|i| i.to_string());
+        let mut add = vec!["ip", "-n", &node, "link", "add", veth];
+        if let Some(index) = &index {
+            add.extend(["index", index.as_str()]);
+        }
+        add.extend(["type", "veth", "peer", "name", POD_IF, "netns", &netns]);
+        run_on_host(&add)?;
+        run_on_host(&["ip", "-n", &node, "link", "set", veth, "master", BRIDGE, "up"])?;
+        run_on_host(&["ip", "-n", &netns, "link", "set", "lo", "up"])?;
+        run_on_host(&["ip", "-n", &netns, "addr", "add", &format!("{ip}/24"), "dev", POD_IF])?;
+        run_on_host(&["ip", "-n", &netns, "link", "set", POD_IF, "up"])?;
+        run_on_host(&["ip", "-n", &netns, "route", "add", "default", "via", BRIDGE_IP])?;
+        Ok(pod)
+    }
+
+    pub fn node_ifindex(&self, lab: &Lab) -> Result<u32> {
+        let links = lab.links(Ns::Node, Some(&self.veth))?;
+        links
+            .first()
+            .and_then(|l| crate::output::u64_at(l, "/ifindex"))
+            .and_then(|i| u32::try_from(i).ok())
+            .with_context(|| format!("no ifindex for {}: {links:?}", self.veth))
+    }
+
+    pub fn dig(&self) -> Result<Dig> {
+        dig_in(&self.netns, CLUSTER_DNS_IP, TEST_NAME, &[])
+    }
+
+    /// Deletes the node-side veth (its peer goes with it), then the namespace.
+    pub fn delete(mut self, lab: &Lab) -> Result<()> {
+        self.deleted = true;
+        run_on_host(&["ip", "-n", lab.netns(Ns::Node), "link", "del", &self.veth])?;
+        run_on_host(&["ip", "netns", "del", &self.netns]).map(drop)
+    }
+}
+
+impl Drop for LabPod {
+    fn drop(&mut self) {
+        if !self.deleted {
+            let _ = run_on_host(&["ip", "netns", "del", &self.netns]);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,7 @@ use tracer_tests::scenario::Scenario;
 fn pods_created_and_deleted_during_a_watch_are_followed() -> Result<()> {
     let lab = Lab::new(LabConfig::healthy())?;
     let (w, done, (index, dig_a, dig_b, dig_c)) = Scenario::settled(&lab).run_finished(|| {
-        let first = Pod::create(&lab, "pa", "veth-pa", "10.244.0.9", None)?;
+        let first = LabPod::create(&lab, "pa", "veth-pa", "10.244.0.9", None)?;
         let index = first.node_ifindex(&lab)?;
         let dig_a = first.dig()?;
         // Let tracer print the first pod's records before its ifindex gets a new owner.
@@ -23,7 +23,7 @@ fn pods_created_and_deleted_during_a_watch_are_followed() -> Result<()> {
         first.delete(&lab)?;
         thread::sleep(Duration::from_millis(300));
 
-        let second = Pod::create(&lab, "pb", "veth-pb", "10.244.0.11", Some(index))?;
+        let second = LabPod::create(&lab, "pb", "veth-pb", "10.244.0.11", Some(index))?;
         ensure!(second.node_ifindex(&lab)? == index, "the second pod's veth did not get ifindex {index}");
         let dig_b = second.dig()?;
         thread::sleep(Duration::from_millis(300));
@@ -68,62 +68,4 @@ fn pod_dns<'a>(w: &'a WatchJson, stage: &str, id: u16, reply: bool, ip: &str) ->
     w.find_one(&format!("DNS message {id} of {ip} at {stage}"), |p| {
         str_at(p, "/stage") == Some(stage) && dns_is(p, id, reply) && str_at(p, pod_end).and_then(ip_of) == Some(ip)
     })
-}
-
-/// A pod added to a running lab: its own namespace, a veth into the node's bridge.
-struct Pod {
-    netns: String,
-    veth: String,
-    deleted: bool,
-}
-
-impl Pod {
-    fn create(lab: &Lab, tag: &str, veth: &str, ip: &str, index: Option<u32>) -> Result<Pod> {
-        let node = lab.netns(Ns::Node).to_string();
-        // "<lab prefix>-<tag>": a lab left behind by a killed test run is swept with it.
-        let netns = format!("{}-{tag}", node.strip_suffix("-node").unwrap_or(&node));
-        run_on_host(&["ip", "netns", "add", &netns])?;
-        let pod = Pod { netns: netns.clone(), veth: veth.to_string(), deleted: false };
-        let index = index.map(|i| i.to_string());
-        let mut add = vec!["ip", "-n", &node, "link", "add", veth];
-        if let Some(index) = &index {
-            add.extend(["index", index.as_str()]);
-        }
-        add.extend(["type", "veth", "peer", "name", POD_IF, "netns", &netns]);
-        run_on_host(&add)?;
-        run_on_host(&["ip", "-n", &node, "link", "set", veth, "master", BRIDGE, "up"])?;
-        run_on_host(&["ip", "-n", &netns, "link", "set", "lo", "up"])?;
-        run_on_host(&["ip", "-n", &netns, "addr", "add", &format!("{ip}/24"), "dev", POD_IF])?;
-        run_on_host(&["ip", "-n", &netns, "link", "set", POD_IF, "up"])?;
-        run_on_host(&["ip", "-n", &netns, "route", "add", "default", "via", BRIDGE_IP])?;
-        Ok(pod)
-    }
-
-    fn node_ifindex(&self, lab: &Lab) -> Result<u32> {
-        let links = lab.links(Ns::Node, Some(&self.veth))?;
-        links
-            .first()
-            .and_then(|l| u64_at(l, "/ifindex"))
-            .and_then(|i| u32::try_from(i).ok())
-            .with_context(|| format!("no ifindex for {}: {links:?}", self.veth))
-    }
-
-    fn dig(&self) -> Result<Dig> {
-        dig_in(&self.netns, CLUSTER_DNS_IP, TEST_NAME, &[])
-    }
-
-    /// Deletes the node-side veth (its peer goes with it), then the namespace.
-    fn delete(mut self, lab: &Lab) -> Result<()> {
-        self.deleted = true;
-        run_on_host(&["ip", "-n", lab.netns(Ns::Node), "link", "del", &self.veth])?;
-        run_on_host(&["ip", "netns", "del", &self.netns]).map(drop)
-    }
-}
-
-impl Drop for Pod {
-    fn drop(&mut self) {
-        if !self.deleted {
-            let _ = run_on_host(&["ip", "netns", "del", &self.netns]);
-        }
-    }
 }
