@@ -217,6 +217,10 @@ pub(crate) async fn run(options: &WatchOptions, output: &mut dyn Sink) -> Result
                 }
             }
             _ = tick.tick() => {
+                // A stop asked for before this loop listened (while attaching) was noted only.
+                if crate::system::stop::requested() {
+                    break;
+                }
                 ticks += 1;
                 let pass = Pass { reasons, clock: &clock, until: Instant::now() + PASS_TIME, max_records: PASS_RECORDS };
                 if let Err(err) = pass.sweep(&mut journeys, &mut interfaces, output, &mut analysis, &mut watermark, &mut decoder) {
