@@ -1,13 +1,13 @@
 //! A stop asked for with SIGINT or SIGTERM, seen also where it cannot be awaited: a write to
 //! a standard output that nobody reads blocks the watch's loop, which then never gets back to
-//! the signal. A thread of its own notes the signal; [`StopAwareWriter`] gives up waiting to
-//! write once it has.
+//! the signal. A thread of its own notes the signal and then interrupts the blocked write;
+//! [`StopAwareWriter`] gives up instead of writing again.
 
 use std::{
     fs::File,
     io::{self, Write},
-    os::fd::{AsFd, AsRawFd},
-    sync::atomic::{AtomicBool, Ordering},
+    os::fd::AsFd,
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
     thread,
     time::Duration,
 };
@@ -46,59 +46,71 @@ pub(crate) fn note_signals() -> Result<()> {
                 }
             });
             STOP.store(true, Ordering::Relaxed);
+            interrupt_blocked_writes();
         })
         .context("starting the signal watcher's thread")?;
     Ok(())
 }
 
-/// How long a write waits for room before it looks whether a stop was asked for.
-const WAIT_STEP: Duration = Duration::from_millis(100);
-/// What a pipe takes at once without blocking once poll(2) says it has room.
-const PIPE_BUF: usize = 4096;
+/// How often a write still blocked after a stop is interrupted again.
+const INTERRUPT_EVERY: Duration = Duration::from_millis(100);
 
-/// Standard output (a duplicate of its descriptor, unbuffered) whose writes wait for room
-/// in steps, and give up with `BrokenPipe` once a stop was asked for: the reader is not
-/// reading, and the watch ends as when the reader has gone. Regular files are written as
-/// they are: they do not wait for a reader.
+/// The thread inside a write to standard output (its `pthread_t`), 0 when none is.
+static WRITING: AtomicU64 = AtomicU64::new(0);
+
+/// Does nothing: it is there so that SIGUSR1, installed without `SA_RESTART`, makes a
+/// blocked write(2) return `EINTR`.
+extern "C" fn interrupt_write(_: libc::c_int) {}
+
+/// After a stop, interrupts the write standard output is blocked in, until there is none.
+fn interrupt_blocked_writes() -> ! {
+    loop {
+        let thread = WRITING.load(Ordering::Acquire);
+        if thread != 0 {
+            // SAFETY: a thread that marked itself writing is alive until it clears the mark;
+            // at worst the signal finds it just after, where the handler does nothing.
+            unsafe { libc::pthread_kill(thread as libc::pthread_t, libc::SIGUSR1) };
+        }
+        thread::sleep(INTERRUPT_EVERY);
+    }
+}
+
+/// Standard output (a duplicate of its descriptor, unbuffered) whose write, blocked because
+/// nobody reads, is interrupted once a stop was asked for and then fails with `BrokenPipe`:
+/// the watch ends as when the reader has gone. Until then writes are plain blocking writes,
+/// whole, at no cost but marking the writing thread.
 pub(crate) struct StopAwareWriter {
     out: File,
-    waits: bool,
 }
 
 impl StopAwareWriter {
     pub(crate) fn stdout() -> io::Result<StopAwareWriter> {
-        let out = File::from(io::stdout().as_fd().try_clone_to_owned()?);
-        let waits = !out.metadata().map(|meta| meta.file_type().is_file()).unwrap_or(false);
-        Ok(StopAwareWriter { out, waits })
+        // SAFETY: an all-zero sigaction with a handler and no flags (no SA_RESTART).
+        let installed = unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = interrupt_write as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut())
+        };
+        if installed != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(StopAwareWriter { out: File::from(io::stdout().as_fd().try_clone_to_owned()?) })
     }
 }
 
 impl Write for StopAwareWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if !self.waits {
-            return self.out.write(buf);
-        }
-        loop {
-            let mut ready = libc::pollfd { fd: self.out.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
-            // SAFETY: one valid pollfd.
-            let polled = unsafe { libc::poll(&mut ready, 1, WAIT_STEP.as_millis() as libc::c_int) };
-            if polled < 0 {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(err);
-            }
-            // Room (or an error or hang-up, which the write reports).
-            if polled > 0 {
-                return self.out.write(&buf[..buf.len().min(PIPE_BUF)]);
-            }
-            if requested() {
-                return Err(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    "standard output was not being read when the watch was stopped",
-                ));
-            }
+        // SAFETY: pthread_self has no preconditions.
+        WRITING.store(unsafe { libc::pthread_self() } as u64, Ordering::Release);
+        let written = self.out.write(buf);
+        WRITING.store(0, Ordering::Release);
+        match written {
+            Err(err) if err.kind() == io::ErrorKind::Interrupted && requested() => Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "standard output was not being read when the watch was stopped",
+            )),
+            written => written,
         }
     }
 
