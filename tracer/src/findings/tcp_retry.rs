@@ -16,7 +16,7 @@ use crate::{
     model::{
         hook::Hook,
         netfilter::DropReason,
-        packet::{stage_name, L4Proto, TCP_RST},
+        packet::{stage_name, L4Proto, TCP_ACK, TCP_RST, TCP_SYN},
     },
     pipeline::{
         bounded::BoundedTable,
@@ -28,9 +28,6 @@ use crate::{
         packet::{DropLine, TracedPacket},
     },
 };
-
-const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
 
 /// Clients with a truncated answer not yet retried, and retries followed, at once.
 const CAPACITY: usize = 4_096;

@@ -129,8 +129,11 @@ pub(crate) struct PacketEvent {
     pub payload_offset: usize,
 }
 
-/// TCP's RST flag.
+/// TCP's flags byte, from the start of its header, and the flags tracer follows.
+pub(crate) const TCP_FLAGS_AT: usize = 13;
+pub(crate) const TCP_SYN: u8 = 0x02;
 pub(crate) const TCP_RST: u8 = 0x04;
+pub(crate) const TCP_ACK: u8 = 0x10;
 
 impl PacketEvent {
     /// The flags of a TCP segment, when its header was captured.
@@ -138,7 +141,7 @@ impl PacketEvent {
         if self.l4_proto != L4Proto::Tcp || self.fragment == Fragment::Later {
             return None;
         }
-        self.captured.get(self.l4_offset + 13).copied()
+        self.captured.get(self.l4_offset + TCP_FLAGS_AT).copied()
     }
 }
 

@@ -11,16 +11,13 @@ use super::{
     bounded::BoundedTable,
     dns_parse::{self as dns, DnsMessage},
 };
-use crate::model::packet::L4Proto;
+use crate::model::packet::{L4Proto, TCP_FLAGS_AT, TCP_RST, TCP_SYN};
 
 /// The DNS port every deployment uses.
 pub(crate) const DNS_PORT: u16 = 53;
 
 /// TCP streams on DNS ports followed at once.
 const MAX_TCP_STREAMS: usize = 16_384;
-
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
 
 /// One direction of a TCP connection on a DNS port.
 #[derive(Clone, Copy, Debug)]
@@ -74,7 +71,7 @@ impl DnsDecoder {
     fn decode_tcp(&mut self, segment: &Segment) -> Option<DnsMessage> {
         let header = segment.bytes.get(..14)?;
         let sequence = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
-        let flags = header[13];
+        let flags = header[TCP_FLAGS_AT];
         let key = (segment.src, segment.dst);
         if flags & TCP_RST != 0 {
             self.streams.remove(&key);
@@ -163,7 +160,7 @@ mod tests {
         let mut bytes = vec![0u8; 20];
         bytes[4..8].copy_from_slice(&sequence.to_be_bytes());
         bytes[12] = 5 << 4;
-        bytes[13] = flags;
+        bytes[TCP_FLAGS_AT] = flags;
         bytes.extend_from_slice(payload);
         bytes
     }

@@ -226,10 +226,9 @@ impl<W: Write> Sink for TextOutput<W> {
             notes.push_str(&format!(", {} queries dropped from tracking (table full)", summary.evicted_flows));
         }
         if summary.evicted_paths > 0 {
-            notes.push_str(&format!(
-                ", {} packet journeys that never ended (shown as far as they went)",
-                summary.evicted_paths
-            ));
+            let n = summary.evicted_paths;
+            let journeys = if n == 1 { "journey" } else { "journeys" };
+            notes.push_str(&format!(", {n} packet {journeys} that never ended (shown as far as they went)"));
         }
         if summary.findings_forgotten > 0 {
             notes.push_str(&format!(
