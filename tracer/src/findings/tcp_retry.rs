@@ -85,12 +85,14 @@ pub(crate) struct TcpRetries {
     early: Option<BoundedTable<SocketAddr, Early>>,
 }
 
-/// Segments towards a client socket not followed (yet).
+/// Segments towards a client socket not followed (yet), and a rule's drop of its SYN read
+/// before the SYN itself.
 #[derive(Default)]
 struct Early {
     first_ns: u64,
     reset: bool,
     data: bool,
+    stopped_by_rule: bool,
 }
 
 impl TcpRetries {
@@ -185,6 +187,12 @@ impl TcpRetries {
             // Answered before its SYN was read.
             return;
         }
+        if early.as_ref().is_some_and(|early| early.stopped_by_rule) {
+            // A rule's drop read before the SYN: the reset, if any, was the rule's REJECT.
+            let stopped = self.stopped.get_or_insert_with(|| BoundedTable::new(CAPACITY));
+            stopped.insert(event.src, Stopped { query: query_ref(&truncated.query), at_ns: now });
+            return;
+        }
         retries.insert(
             event.src,
             Retry {
@@ -205,11 +213,27 @@ impl TcpRetries {
     /// is being named (`by_rule`) is that rule's finding, which [`TcpRetries::retrying`] tells
     /// what it retried.
     pub(crate) fn dropped(&mut self, line: &DropLine, by_rule: bool) {
-        let Some(retries) = self.retries.as_mut() else { return };
         let client = line.drop.src;
-        if line.drop.l4_proto != L4Proto::Tcp || retries.get(&client).is_none() {
+        if line.drop.l4_proto != L4Proto::Tcp {
             return;
         }
+        let followed = self.retries.as_ref().is_some_and(|retries| retries.get(&client).is_some());
+        if !followed {
+            // The records of one connection need not arrive in order: a rule's drop of a SYN
+            // to where a truncated answer came from may be read before the SYN.
+            let awaited = self.truncated.as_ref().and_then(|t| t.get(&client.ip())).is_some_and(|w| !w.is_empty());
+            if by_rule && awaited {
+                let early = self.early.get_or_insert_with(|| BoundedTable::new(CAPACITY));
+                if early.get(&client).is_none() {
+                    early.insert(client, Early { first_ns: line.drop.timestamp_ns, ..Early::default() });
+                }
+                if let Some(early) = early.get_mut(&client) {
+                    early.stopped_by_rule = true;
+                }
+            }
+            return;
+        }
+        let Some(retries) = self.retries.as_mut() else { return };
         if by_rule {
             let Some(retry) = retries.remove(&client) else { return };
             let stopped = self.stopped.get_or_insert_with(|| BoundedTable::new(CAPACITY));
@@ -237,10 +261,17 @@ impl TcpRetries {
             early.expire(|e| now_ns.saturating_sub(e.first_ns) >= timeout_ns);
         }
         let Some(retries) = self.retries.as_mut() else { return Vec::new() };
+        let stopped = self.stopped.as_ref();
         retries
             .expire(|retry| now_ns.saturating_sub(retry.syn_ns) >= timeout_ns)
             .into_iter()
             .filter_map(|(client, retry)| {
+                // A rule stopped this connection (its drop may have been read before or after
+                // its SYN, or been of a retransmitted SYN): the rule's finding tells it, and
+                // the reset the client saw was the rule's REJECT.
+                if stopped.is_some_and(|stopped| stopped.get(&client).is_some()) {
+                    return None;
+                }
                 let finding = failed(client, &retry, timeout_ns)?;
                 Some((finding, retry.truncated.query))
             })
