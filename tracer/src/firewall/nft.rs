@@ -1,10 +1,21 @@
 //! Parses what `nft -j -a list ruleset` prints into chains of rules with their matches,
 //! verdicts and counters, resolving named sets, maps and counters of each table.
+//!
+//! A kube-proxy node lists tens of thousands of rules. The listing is read item by item into
+//! typed heads that borrow from the text; a rule's statements and a set's elements stay
+//! unread JSON text until their turn, and each is read and dropped on its own. A generic JSON
+//! document of the whole listing would take over twenty times the text.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use anyhow::Context;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::model::{
@@ -47,136 +58,399 @@ impl NftObjects {
     }
 }
 
+/// An item of a listing, by the one key that names what it is. Tables, elements, flowtables
+/// and the rest carry nothing a packet's walk needs.
+enum Item<'a> {
+    Chain(ChainItem<'a>),
+    Rule(RuleItem<'a>),
+    Set(SetItem<'a>),
+    Counter(CounterItem<'a>),
+    Other,
+}
+
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "lowercase")]
+enum ItemKind {
+    Chain,
+    Rule,
+    Set,
+    Map,
+    Counter,
+    #[serde(other)]
+    Other,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Item<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ItemVisitor<'a>(PhantomData<Item<'a>>);
+
+        impl<'de: 'a, 'a> Visitor<'de> for ItemVisitor<'a> {
+            type Value = Item<'a>;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object whose key says what it lists")
+            }
+
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Item<'a>, M::Error> {
+                let item = match map.next_key::<ItemKind>()? {
+                    None => Item::Other,
+                    Some(ItemKind::Chain) => Item::Chain(map.next_value()?),
+                    Some(ItemKind::Rule) => Item::Rule(map.next_value()?),
+                    Some(ItemKind::Set | ItemKind::Map) => Item::Set(map.next_value()?),
+                    Some(ItemKind::Counter) => Item::Counter(map.next_value()?),
+                    Some(ItemKind::Other) => {
+                        map.next_value::<IgnoredAny>()?;
+                        Item::Other
+                    }
+                };
+                // nft writes one key per item; anything after it is read past.
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(item)
+            }
+
+            // Whatever else a future nft might put in the array is not an item to read.
+            fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Item<'a>, S::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Item::Other)
+            }
+
+            fn visit_bool<E>(self, _: bool) -> Result<Item<'a>, E> {
+                Ok(Item::Other)
+            }
+
+            fn visit_i64<E>(self, _: i64) -> Result<Item<'a>, E> {
+                Ok(Item::Other)
+            }
+
+            fn visit_u64<E>(self, _: u64) -> Result<Item<'a>, E> {
+                Ok(Item::Other)
+            }
+
+            fn visit_f64<E>(self, _: f64) -> Result<Item<'a>, E> {
+                Ok(Item::Other)
+            }
+
+            fn visit_str<E>(self, _: &str) -> Result<Item<'a>, E> {
+                Ok(Item::Other)
+            }
+
+            fn visit_unit<E>(self) -> Result<Item<'a>, E> {
+                Ok(Item::Other)
+            }
+        }
+
+        deserializer.deserialize_any(ItemVisitor(PhantomData))
+    }
+}
+
+/// The table an item belongs to.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct InTable<'a> {
+    #[serde(borrow)]
+    family: Cow<'a, str>,
+    #[serde(borrow)]
+    table: Cow<'a, str>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ChainItem<'a> {
+    #[serde(borrow, flatten)]
+    at: InTable<'a>,
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    hook: Option<String>,
+    policy: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RuleItem<'a> {
+    #[serde(borrow, flatten)]
+    at: InTable<'a>,
+    #[serde(borrow)]
+    chain: Cow<'a, str>,
+    handle: Option<u64>,
+    comment: Option<String>,
+    /// Read when the rule's turn comes, once every set and counter is known.
+    #[serde(borrow)]
+    expr: Option<&'a RawValue>,
+}
+
+/// A set or a map.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct SetItem<'a> {
+    #[serde(borrow, flatten)]
+    at: InTable<'a>,
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    /// A type name, or one per field of a concatenation.
+    #[serde(rename = "type")]
+    key_type: Option<Value>,
+    /// Only maps have one.
+    map: Option<IgnoredAny>,
+    /// Each element read on its own: kube-proxy's maps have one per Service port.
+    #[serde(borrow)]
+    elem: Vec<&'a RawValue>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct CounterItem<'a> {
+    #[serde(borrow, flatten)]
+    at: InTable<'a>,
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    packets: Option<u64>,
+    bytes: Option<u64>,
+}
+
+/// JSON text already checked by the listing's parse, read into a value.
+fn read_raw(raw: &RawValue) -> Value {
+    serde_json::from_str(raw.get()).unwrap_or(Value::Null)
+}
+
 /// A set or map object: its elements indexed by the key its type declares.
-fn parse_set_object(body: &Value) -> NftSet {
-    let kinds: Vec<FieldKind> = match body.get("type") {
+fn parse_set_object(set: &SetItem) -> NftSet {
+    let kinds: Vec<FieldKind> = match &set.key_type {
         Some(Value::String(name)) => vec![FieldKind::of_type(name)],
         Some(Value::Array(names)) => names.iter().map(|n| FieldKind::of_type(n.as_str().unwrap_or(""))).collect(),
         _ => vec![FieldKind::Other],
     };
-    let items = body.get("elem").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]);
-    NftSet::from_json(format!("@{}", str_field(body, "name")), items, &kinds, body.get("map").is_some())
+    let elements = set.elem.iter().map(|raw| read_raw(raw));
+    NftSet::from_json(format!("@{}", set.name), elements, &kinds, set.map.is_some())
+}
+
+/// The ip, ip6 and inet families see packets at the IP hooks.
+fn is_ip_family(family: &str) -> bool {
+    matches!(family, "ip" | "ip6" | "inet")
 }
 
 pub(super) fn parse_nft(json: &str) -> anyhow::Result<Vec<NftChain>> {
-    Ok(parse_nft_items(&nft_items(json)?))
+    let mut listing = ListingReader::default();
+    let mut deserializer = serde_json::Deserializer::from_str(json);
+    ListingSeed { reader: &mut listing, within_array: false }
+        .deserialize(&mut deserializer)
+        .context("not an nft JSON listing")?;
+    deserializer.end().context("not an nft JSON listing")?;
+    Ok(listing.finish())
 }
 
-/// The items of one nft JSON listing (tables, chains, rules, sets, ...), in its order.
-pub(super) fn nft_items(json: &str) -> anyhow::Result<Vec<Value>> {
-    let root: Value = serde_json::from_str(json).context("not JSON")?;
-    match root {
-        Value::Object(mut root) => match root.remove("nftables") {
-            Some(Value::Array(items)) => Ok(items),
-            _ => anyhow::bail!("no \"nftables\" array"),
-        },
-        _ => anyhow::bail!("no \"nftables\" array"),
+/// Takes a listing's `nftables` array to `ListingReader::add`, one item at a time: the
+/// listing's object first (`within_array` false), then its array.
+struct ListingSeed<'r, 'a> {
+    reader: &'r mut ListingReader<'a>,
+    within_array: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "lowercase")]
+enum ListingKey {
+    Nftables,
+    #[serde(other)]
+    Other,
+}
+
+impl<'de: 'a, 'a> DeserializeSeed<'de> for ListingSeed<'_, 'a> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
     }
+}
+
+impl<'de: 'a, 'a> Visitor<'de> for ListingSeed<'_, 'a> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(if self.within_array { "an array of nft items" } else { "an object with an \"nftables\" array" })
+    }
+
+    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<(), M::Error> {
+        if self.within_array {
+            return Err(de::Error::invalid_type(de::Unexpected::Map, &self));
+        }
+        let mut found = false;
+        while let Some(key) = map.next_key::<ListingKey>()? {
+            match key {
+                ListingKey::Nftables => {
+                    map.next_value_seed(ListingSeed { reader: &mut *self.reader, within_array: true })?;
+                    found = true;
+                }
+                ListingKey::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        if !found {
+            return Err(de::Error::missing_field("nftables"));
+        }
+        Ok(())
+    }
+
+    fn visit_seq<S: SeqAccess<'de>>(self, mut items: S) -> Result<(), S::Error> {
+        if !self.within_array {
+            return Err(de::Error::invalid_type(de::Unexpected::Seq, &self));
+        }
+        while let Some(item) = items.next_element::<Item<'a>>()? {
+            self.reader.add(item);
+        }
+        Ok(())
+    }
+}
+
+/// The items of one nft JSON listing (tables, chains, rules, sets, ...), in its order: for
+/// the short listings of single chains, whose items are merged across listings.
+pub(super) fn nft_items(json: &str) -> anyhow::Result<Vec<Value>> {
+    #[derive(Deserialize)]
+    struct Items {
+        nftables: Vec<Value>,
+    }
+    Ok(serde_json::from_str::<Items>(json).context("not an nft JSON listing")?.nftables)
 }
 
 /// Chains from the items of one or more nft listings: a rule's chain and the sets and counters
 /// it names may come from different listings, in any order.
-pub(super) fn parse_nft_items(items: &[Value]) -> Vec<NftChain> {
-    let mut objects = NftObjects::default();
-    let mut chains: Vec<NftChain> = Vec::new();
-    let mut chain_at: HashMap<(String, String, String), usize> = HashMap::new();
-    let mut rules: Vec<&Value> = Vec::new();
-    for item in items {
-        let Some((kind, body)) = item.as_object().and_then(|o| o.iter().next()) else {
-            continue;
-        };
-        let family = str_field(body, "family");
-        if !matches!(family, "ip" | "ip6" | "inet") {
-            continue;
-        }
-        let key = |name: &str| (family.to_string(), str_field(body, "table").to_string(), name.to_string());
-        match kind.as_str() {
-            "set" | "map" => {
-                objects.sets.insert(key(str_field(body, "name")), Arc::new(parse_set_object(body)));
+pub(super) fn parse_nft_items(items: &[Value]) -> anyhow::Result<Vec<NftChain>> {
+    #[derive(Serialize)]
+    struct Items<'a> {
+        nftables: &'a [Value],
+    }
+    // One parser for both: these listings are of a few chains, written out again cheaply.
+    parse_nft(&serde_json::to_string(&Items { nftables: items })?)
+}
+
+/// Chains, sets and counters as a listing's items come; rules wait for the end, as the sets
+/// and counters they name may come after them.
+#[derive(Default)]
+struct ListingReader<'a> {
+    objects: NftObjects,
+    chains: Vec<NftChain>,
+    chain_at: HashMap<(String, String, String), usize>,
+    rules: Vec<RuleItem<'a>>,
+}
+
+impl<'a> ListingReader<'a> {
+    fn add(&mut self, item: Item<'a>) {
+        let ListingReader { objects, chains, chain_at, rules } = self;
+        match item {
+            Item::Set(set) if is_ip_family(&set.at.family) => {
+                let key = (set.at.family.to_string(), set.at.table.to_string(), set.name.to_string());
+                objects.sets.insert(key, Arc::new(parse_set_object(&set)));
             }
-            "counter" => {
-                let counter = (u64_field(body, "packets").unwrap_or(0), u64_field(body, "bytes").unwrap_or(0));
-                objects.counters.insert(key(str_field(body, "name")), counter);
+            Item::Counter(counter) if is_ip_family(&counter.at.family) => {
+                let key = (counter.at.family.to_string(), counter.at.table.to_string(), counter.name.to_string());
+                objects.counters.insert(key, (counter.packets.unwrap_or(0), counter.bytes.unwrap_or(0)));
             }
-            "chain" => {
-                let name = str_field(body, "name");
-                chain_at.insert(key(name), chains.len());
-                let hook = body.get("hook").and_then(Value::as_str);
+            Item::Chain(chain) if is_ip_family(&chain.at.family) => {
+                let key = (chain.at.family.to_string(), chain.at.table.to_string(), chain.name.to_string());
+                chain_at.insert(key, chains.len());
+                let policy = chain.hook.as_ref().and(chain.policy.as_deref()).map(|p| match p {
+                    "accept" => Verdict::Accept,
+                    "drop" => Verdict::Drop,
+                    other => Verdict::Other(other.to_string()),
+                });
                 chains.push(NftChain {
                     chain: Chain {
                         backend: Backend::Nftables,
                         family: Family::Ipv4,
-                        table: format!("{family} {}", str_field(body, "table")),
-                        name: name.to_string(),
-                        hook: hook.and_then(Hook::from_nft),
-                        policy: hook.and(body.get("policy").and_then(Value::as_str)).map(|p| match p {
-                            "accept" => Verdict::Accept,
-                            "drop" => Verdict::Drop,
-                            other => Verdict::Other(other.to_string()),
-                        }),
+                        table: format!("{} {}", chain.at.family, chain.at.table),
+                        name: chain.name.to_string(),
+                        hook: chain.hook.as_deref().and_then(Hook::from_nft),
+                        policy,
                         policy_packets: None,
                         rules: Vec::new(),
                     },
-                    kernel_family: family.to_string(),
-                    table_name: str_field(body, "table").to_string(),
+                    kernel_family: chain.at.family.to_string(),
+                    table_name: chain.at.table.to_string(),
                     opaque_lookups: Vec::new(),
                 });
             }
-            "rule" => rules.push(body),
+            Item::Rule(rule) if is_ip_family(&rule.at.family) => rules.push(rule),
             _ => {}
         }
     }
 
-    for body in rules {
-        let family = str_field(body, "family");
-        let key = (family.to_string(), str_field(body, "table").to_string(), str_field(body, "chain").to_string());
-        let Some(&at) = chain_at.get(&key) else { continue };
-        let table_key = (key.0.clone(), key.1.clone());
-        let nft_chain = &mut chains[at];
-        let position = u32::try_from(nft_chain.chain.rules.len() + 1).unwrap_or(u32::MAX);
-        let parsed = parse_nft_rule(body, family, &table_key, &objects);
-        nft_chain.opaque_lookups.push(parsed.opaque_lookup);
-        nft_chain.chain.rules.push(Rule {
-            backend: Backend::Nftables,
-            family: Family::Ipv4,
-            table: nft_chain.chain.table.clone(),
-            chain: nft_chain.chain.name.clone(),
-            position,
-            handle: body.get("handle").and_then(Value::as_u64),
-            text: parsed.text,
-            comment: body.get("comment").and_then(Value::as_str).map(str::to_string),
-            verdict: parsed.verdict,
-            map_verdicts: parsed.map_verdicts,
-            vmap: parsed.vmap,
-            mark_change: parsed.mark_change,
-            matches: parsed.matches,
-            packets: parsed.counter.map(|(p, _)| p),
-            bytes: parsed.counter.map(|(_, b)| b),
-        });
-    }
-
-    let mut out = Vec::new();
-    for nft_chain in chains {
-        let (first, second) = match nft_chain.kernel_family.as_str() {
-            "ip" => (Family::Ipv4, None),
-            "ip6" => (Family::Ipv6, None),
-            _ => (Family::Ipv4, Some(Family::Ipv6)),
-        };
-        // Only an inet chain is copied, once: a kube-proxy node has thousands of ip chains.
-        if let Some(family) = second {
-            let copy = NftChain {
-                chain: nft_chain.chain.clone(),
-                kernel_family: nft_chain.kernel_family.clone(),
-                table_name: nft_chain.table_name.clone(),
-                opaque_lookups: nft_chain.opaque_lookups.clone(),
-            };
-            out.push(with_family(nft_chain, first));
-            out.push(with_family(copy, family));
-        } else {
-            out.push(with_family(nft_chain, first));
+    fn finish(self) -> Vec<NftChain> {
+        let ListingReader { objects, mut chains, chain_at, rules } = self;
+        let places: Vec<Option<usize>> = rules
+            .iter()
+            .map(|rule| {
+                let key = (rule.at.family.to_string(), rule.at.table.to_string(), rule.chain.to_string());
+                chain_at.get(&key).copied()
+            })
+            .collect();
+        drop(chain_at);
+        // Each chain's rules in room of their exact size: grown by pushing, the tens of
+        // thousands of short chains of a kube-proxy node would hold twice their rules' room.
+        let mut counts = vec![0usize; chains.len()];
+        for &at in places.iter().flatten() {
+            counts[at] += 1;
         }
+        for (nft_chain, count) in chains.iter_mut().zip(counts) {
+            nft_chain.chain.rules.reserve_exact(count);
+            nft_chain.opaque_lookups.reserve_exact(count);
+        }
+        for (rule, at) in rules.into_iter().zip(places) {
+            let Some(at) = at else { continue };
+            let table_key = (rule.at.family.to_string(), rule.at.table.to_string());
+            let nft_chain = &mut chains[at];
+            let position = u32::try_from(nft_chain.chain.rules.len() + 1).unwrap_or(u32::MAX);
+            let statements = match rule.expr.map(read_raw) {
+                Some(Value::Array(statements)) => statements,
+                _ => Vec::new(),
+            };
+            let mut parsed =
+                parse_nft_rule(&statements, rule.comment.as_deref(), &rule.at.family, &table_key, &objects);
+            // Kept for as long as the snapshot is: without the room grown while reading.
+            parsed.matches.tests.shrink_to_fit();
+            parsed.matches.unparsed.shrink_to_fit();
+            nft_chain.opaque_lookups.push(parsed.opaque_lookup);
+            nft_chain.chain.rules.push(Rule {
+                backend: Backend::Nftables,
+                family: Family::Ipv4,
+                table: nft_chain.chain.table.clone(),
+                chain: nft_chain.chain.name.clone(),
+                position,
+                handle: rule.handle,
+                text: parsed.text,
+                comment: rule.comment,
+                verdict: parsed.verdict,
+                map_verdicts: parsed.map_verdicts,
+                vmap: parsed.vmap,
+                mark_change: parsed.mark_change,
+                matches: parsed.matches,
+                packets: parsed.counter.map(|(p, _)| p),
+                bytes: parsed.counter.map(|(_, b)| b),
+            });
+        }
+
+        let inet = chains.iter().filter(|c| c.kernel_family == "inet").count();
+        let mut out = Vec::with_capacity(chains.len() + inet);
+        for nft_chain in chains {
+            let (first, second) = match nft_chain.kernel_family.as_str() {
+                "ip" => (Family::Ipv4, None),
+                "ip6" => (Family::Ipv6, None),
+                _ => (Family::Ipv4, Some(Family::Ipv6)),
+            };
+            // Only an inet chain is copied, once: a kube-proxy node has thousands of ip chains.
+            if let Some(family) = second {
+                let copy = NftChain {
+                    chain: nft_chain.chain.clone(),
+                    kernel_family: nft_chain.kernel_family.clone(),
+                    table_name: nft_chain.table_name.clone(),
+                    opaque_lookups: nft_chain.opaque_lookups.clone(),
+                };
+                out.push(with_family(nft_chain, first));
+                out.push(with_family(copy, family));
+            } else {
+                out.push(with_family(nft_chain, first));
+            }
+        }
+        out
     }
-    out
 }
 
 /// A table's object that rules name and that lives outside their chain, as `nft list` takes it.
@@ -245,13 +519,9 @@ fn collect_references(value: &Value, parent: Option<&str>, found: &mut dyn FnMut
 }
 
 fn with_family(mut nft_chain: NftChain, family: Family) -> NftChain {
-    // Kept for as long as the snapshot is: without the room grown while rules were added.
-    nft_chain.chain.rules.shrink_to_fit();
     nft_chain.chain.family = family;
     for rule in &mut nft_chain.chain.rules {
         rule.family = family;
-        rule.matches.tests.shrink_to_fit();
-        rule.matches.unparsed.shrink_to_fit();
     }
     nft_chain
 }
@@ -267,7 +537,13 @@ struct ParsedNftRule {
     opaque_lookup: bool,
 }
 
-fn parse_nft_rule(body: &Value, family: &str, table: &(String, String), objects: &NftObjects) -> ParsedNftRule {
+fn parse_nft_rule(
+    statements: &[Value],
+    comment: Option<&str>,
+    family: &str,
+    table: &(String, String),
+    objects: &NftObjects,
+) -> ParsedNftRule {
     let mut rule = ParsedNftRule {
         text: String::new(),
         verdict: Verdict::Other("continue".to_string()),
@@ -279,7 +555,6 @@ fn parse_nft_rule(body: &Value, family: &str, table: &(String, String), objects:
         opaque_lookup: false,
     };
     let mut words: Vec<String> = Vec::new();
-    let statements = body.get("expr").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]);
     for statement in statements {
         let Some((kind, arg)) = statement.as_object().and_then(|o| o.iter().next()) else {
             continue;
@@ -370,7 +645,7 @@ fn parse_nft_rule(body: &Value, family: &str, table: &(String, String), objects:
         }
         words.push(text);
     }
-    if let Some(comment) = body.get("comment").and_then(Value::as_str) {
+    if let Some(comment) = comment {
         words.push(format!("comment {}", quote(comment)));
     }
     rule.text = words.join(" ");

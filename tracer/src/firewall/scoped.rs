@@ -227,8 +227,15 @@ impl NftChains {
     /// The nf_tables chains read so far, iptables-nft's told from native ones as in a full
     /// reading (of `iptables_nft`, only those nft listed can be claimed).
     fn snapshot(&self, iptables_nft: &SavedChains) -> Snapshot {
-        let (owned, native) = reconcile(Some(parse_nft_items(&self.items)), iptables_nft.listed(&self.chains_listed));
         let mut snap = Snapshot::default();
+        let nft = match parse_nft_items(&self.items) {
+            Ok(chains) => Some(chains),
+            Err(e) => {
+                snap.errors.push(format!("nftables: cannot parse what nft listed of the chains: {e:#}"));
+                None
+            }
+        };
+        let (owned, native) = reconcile(nft, iptables_nft.listed(&self.chains_listed));
         snap.chains.extend(owned);
         snap.chains.extend(native);
         snap

@@ -3,6 +3,7 @@
 //! field of ranges), not by going through thousands of elements for each packet; only
 //! concatenations of ranges and values tracer cannot read are searched element by element.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -176,8 +177,13 @@ fn span_holds(span: &Span, field: &KeyField) -> Option<bool> {
 impl NftSet {
     /// A set from nft's JSON elements (`elem` of a set or map object, or `set` of an anonymous
     /// one); `kinds` says how each field of the key is written.
-    pub(super) fn from_json(name: String, items: &[Value], kinds: &[FieldKind], is_map: bool) -> NftSet {
-        let elements: Vec<SetElement> = items.iter().map(|item| element(item, kinds, is_map)).collect();
+    pub(super) fn from_json<V: Borrow<Value>>(
+        name: String,
+        items: impl IntoIterator<Item = V>,
+        kinds: &[FieldKind],
+        is_map: bool,
+    ) -> NftSet {
+        let elements: Vec<SetElement> = items.into_iter().map(|item| element(item.borrow(), kinds, is_map)).collect();
         let index = build_index(&elements);
         NftSet { name, elements, index }
     }
