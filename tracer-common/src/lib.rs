@@ -329,7 +329,117 @@ pub struct DropRecord {
     pub _pad: [u8; 2],
     pub hook_in_ifindex: u32,
     pub hook_out_ifindex: u32,
+    /// Findings-only watches: what of its key the kernel has counted (`total` 0: not counted).
+    pub occurrences: Occurrences,
 }
+
+/// Findings-only watches count every occurrence of what can become a finding in the kernel and
+/// send a record of one key at most once a second (`OCCURRENCE_RESEND_NS`): on a broken node
+/// each of tens of thousands of packets a second would otherwise be a record, a line and a
+/// JSON object. What one key counts (addresses as on the wire, the port in network order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct OccurrenceKey {
+    /// For a drop, its source and destination; for a stray reply, the backend and the client.
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    /// For a drop, its destination port; for a stray reply, the backend's (its source port).
+    pub port_be: u16,
+    pub l4_proto: u8,
+    /// `record_kind::DROP` or `record_kind::STRAY_REPLY`.
+    pub kind: u8,
+    /// A drop's hook, NFPROTO and ICMP answer (type and code, `icmp_sent` 0: none).
+    pub hook: u8,
+    pub pf: u8,
+    pub icmp_sent: u8,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    pub _pad: [u8; 3],
+    /// The drop's device, or the bridge port the reply leaves by.
+    pub ifindex: u32,
+    /// A drop's `skb_drop_reason` (0 for a stray reply).
+    pub reason: u32,
+    pub _pad2: u32,
+}
+
+impl OccurrenceKey {
+    /// A drop at a netfilter hook: the same packet to the same place, stopped the same way.
+    /// Built by the kernel and again by the reader from the drop's record, alike.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub fn of_drop(
+        flow: &Flow,
+        hook: u8,
+        pf: u8,
+        icmp_sent: u8,
+        icmp_type: u8,
+        icmp_code: u8,
+        ifindex: u32,
+        reason: u32,
+    ) -> OccurrenceKey {
+        OccurrenceKey {
+            src_addr: flow.src_addr,
+            dst_addr: flow.dst_addr,
+            port_be: flow.dst_port_be,
+            l4_proto: flow.l4_proto,
+            kind: record_kind::DROP as u8,
+            hook,
+            pf,
+            icmp_sent,
+            icmp_type,
+            icmp_code,
+            _pad: [0; 3],
+            ifindex,
+            reason,
+            _pad2: 0,
+        }
+    }
+
+    /// A DNS reply leaving bridge port `ifindex` without conntrack: one backend's replies
+    /// to one client, whatever ports the client's queries came from.
+    #[inline(always)]
+    pub fn of_stray_reply(flow: &Flow, ifindex: u32) -> OccurrenceKey {
+        OccurrenceKey {
+            src_addr: flow.src_addr,
+            dst_addr: flow.dst_addr,
+            port_be: flow.src_port_be,
+            l4_proto: flow.l4_proto,
+            kind: record_kind::STRAY_REPLY as u8,
+            hook: 0,
+            pf: 0,
+            icmp_sent: 0,
+            icmp_type: 0,
+            icmp_code: 0,
+            _pad: [0; 3],
+            ifindex,
+            reason: 0,
+            _pad2: 0,
+        }
+    }
+}
+
+/// The kernel's count of one key, as kept in its map and sent with each record of the key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Occurrences {
+    /// When the kernel began counting the key (CLOCK_MONOTONIC ns): a key whose entry was
+    /// evicted and made again counts from 1 again, under a new `since_ns`.
+    pub since_ns: u64,
+    /// Occurrences counted since then, this record's included.
+    pub total: u64,
+}
+
+/// The value of the kernel's map of counted keys.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OccurrenceCount {
+    pub counted: Occurrences,
+    /// When a record of the key was last sent.
+    pub last_sent_ns: u64,
+}
+
+/// Between two records of one counted key.
+pub const OCCURRENCE_RESEND_NS: u64 = 1_000_000_000;
 
 /// Findings-only watches: a DNS reply queued on a bridge port with no conntrack entry
 /// attached, and the destination its query was sent to when the kernel saw that query
@@ -352,6 +462,8 @@ pub struct StrayReplyRecord {
     pub l3_offset: u16,
     pub l4_offset: u16,
     pub payload_offset: u16,
+    /// What of its key the kernel has counted.
+    pub occurrences: Occurrences,
     pub packet: [u8; CAPTURE_MAX],
 }
 
@@ -466,6 +578,8 @@ mod user {
     unsafe impl aya::Pod for super::JourneyStep {}
     unsafe impl aya::Pod for super::DropRecord {}
     unsafe impl aya::Pod for super::StrayReplyRecord {}
+    unsafe impl aya::Pod for super::OccurrenceKey {}
+    unsafe impl aya::Pod for super::OccurrenceCount {}
 }
 
 // The kernel aligns ring buffer records to 8 bytes and userspace reads them by size:
@@ -480,6 +594,9 @@ const _: () = assert!(core::mem::size_of::<JourneyStep>() == 80);
 const _: () = assert!(JourneyRecord::STEPS_OFFSET == 232);
 const _: () = assert!(JourneyRecord::PACKET_OFFSET == JourneyRecord::STEPS_OFFSET + MAX_STEPS * 80);
 const _: () = assert!(core::mem::size_of::<JourneyRecord>() == JourneyRecord::PACKET_OFFSET + CAPTURE_MAX);
-const _: () = assert!(core::mem::size_of::<DropRecord>() == 104);
-const _: () = assert!(StrayReplyRecord::PACKET_OFFSET == 112);
-const _: () = assert!(core::mem::size_of::<StrayReplyRecord>() == 112 + CAPTURE_MAX);
+const _: () = assert!(core::mem::size_of::<DropRecord>() == 120);
+const _: () = assert!(StrayReplyRecord::PACKET_OFFSET == 128);
+const _: () = assert!(core::mem::size_of::<StrayReplyRecord>() == 128 + CAPTURE_MAX);
+// Map keys are compared byte for byte: no implicit padding.
+const _: () = assert!(core::mem::size_of::<OccurrenceKey>() == 56);
+const _: () = assert!(core::mem::size_of::<OccurrenceCount>() == 24);

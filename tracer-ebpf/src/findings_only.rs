@@ -5,14 +5,22 @@
 //!   frees it on the same CPU before anything else runs there, so the drop can name it;
 //! - per DNS query the kernel saw DNAT rewrite, the destination the client asked, keyed by
 //!   client and backend: a reply from that backend that leaves a bridge without conntrack
-//!   (which would have rewritten its source back) is sent with it.
+//!   (which would have rewritten its source back) is sent with it;
+//! - per key of what can become a finding (`OccurrenceKey`), how often it happened: a key's
+//!   record goes out at most once a second, carrying the count, so a broken node's storm of
+//!   identical drops or stray replies costs a map update each instead of a record each.
+
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
+    bindings::BPF_NOEXIST,
     helpers::bpf_ktime_get_ns,
     macros::map,
     maps::{LruHashMap, PerCpuArray},
 };
-use tracer_common::{record_kind, DropRecord, Flow, StrayReplyRecord};
+use tracer_common::{
+    record_kind, DropRecord, Flow, OccurrenceCount, OccurrenceKey, Occurrences, StrayReplyRecord, OCCURRENCE_RESEND_NS,
+};
 
 use crate::{
     config::config,
@@ -82,6 +90,49 @@ pub struct AskedDestination {
 #[map]
 static ASKED: LruHashMap<QueryKey, AskedDestination> = LruHashMap::with_max_entries(16384, 0);
 
+/// Counted keys; the reader looks up the ones it has had records of, for the occurrences
+/// since their last record. An evicted key counts afresh under a new `since_ns`.
+#[map]
+static OCCURRENCES: LruHashMap<OccurrenceKey, OccurrenceCount> = LruHashMap::with_max_entries(16384, 0);
+
+/// Counts one occurrence of `key`; `Some` with the key's count when a record of it is to go
+/// out: the first of the key, or the first a second after the last one sent.
+#[inline(always)]
+fn count_occurrence(key: &OccurrenceKey) -> Option<Occurrences> {
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(entry) = OCCURRENCES.get_ptr_mut(key) {
+        // SAFETY: a live, aligned map value for the whole program run; other CPUs update it
+        // too, so the count is added atomically and the rest read as it is.
+        unsafe {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(core::ptr::addr_of_mut!((*entry).counted.total), 1);
+            let last_sent = core::ptr::read_volatile(core::ptr::addr_of!((*entry).last_sent_ns));
+            if now.saturating_sub(last_sent) < OCCURRENCE_RESEND_NS {
+                return None;
+            }
+            (*entry).last_sent_ns = now;
+            return Some(Occurrences {
+                since_ns: (*entry).counted.since_ns,
+                total: core::ptr::read_volatile(core::ptr::addr_of!((*entry).counted.total)),
+            });
+        }
+    }
+    let counted = Occurrences { since_ns: now, total: 1 };
+    let fresh = OccurrenceCount { counted, last_sent_ns: now };
+    if OCCURRENCES.insert(key, fresh, BPF_NOEXIST as u64).is_ok() {
+        return Some(counted);
+    }
+    // Another CPU made the entry meanwhile: its record is going out; this one is counted.
+    if let Some(entry) = OCCURRENCES.get_ptr_mut(key) {
+        // SAFETY: as above.
+        unsafe {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(core::ptr::addr_of_mut!((*entry).counted.total), 1)
+        };
+        return None;
+    }
+    // Evicted at once: sent uncounted rather than lost.
+    Some(Occurrences::default())
+}
+
 /// IPS_DST_NAT: conntrack rewrote the destination.
 const IPS_DST_NAT: u32 = 1 << 5;
 /// Bytes of the UDP header before a DNS message.
@@ -130,6 +181,31 @@ pub unsafe fn send_drop(
     location: u64,
     parsed: &ParsedFlow,
 ) {
+    // A drop at a netfilter hook is counted by its key; others (and all drops of a traced
+    // watch, which sends journeys) go out each.
+    let mut occurrences = Occurrences::default();
+    if config!(findings_only) != 0 {
+        if let Some(last) = LAST_HOOK.get_ptr(0) {
+            // SAFETY: this CPU's slot, as in `note_hook`.
+            let last = unsafe { &*last };
+            if last.skb == skb as u64 {
+                let key = OccurrenceKey::of_drop(
+                    &parsed.flow,
+                    last.hook,
+                    last.pf,
+                    last.icmp_sent,
+                    last.icmp_type,
+                    last.icmp_code,
+                    ifindex,
+                    reason,
+                );
+                match count_occurrence(&key) {
+                    Some(counted) => occurrences = counted,
+                    None => return,
+                }
+            }
+        }
+    }
     let stamp = output::loss_stamp(&parsed.flow);
     let Some(mut entry) = output::reserve::<DropRecord>(slot, &stamp) else { return };
     let record = entry.as_mut_ptr();
@@ -149,6 +225,7 @@ pub unsafe fn send_drop(
         (*record)._pad = [0; 2];
         (*record).hook_in_ifindex = 0;
         (*record).hook_out_ifindex = 0;
+        (*record).occurrences = occurrences;
         if let Some(last) = LAST_HOOK.get_ptr_mut(0) {
             let last = &*last;
             if last.skb == skb as u64 {
@@ -228,6 +305,8 @@ pub unsafe fn bridge_out(at: &AtPort) {
     if nfct != 0 {
         return;
     }
+    let counted = OccurrenceKey::of_stray_reply(flow, ifindex);
+    let Some(occurrences) = count_occurrence(&counted) else { return };
     let key = QueryKey::of(flow, true);
     let stamp = output::loss_stamp(flow);
     let Some(mut entry) = output::reserve::<StrayReplyRecord>(slot, &stamp) else { return };
@@ -258,6 +337,7 @@ pub unsafe fn bridge_out(at: &AtPort) {
             }
         }
         (*record)._pad = 0;
+        (*record).occurrences = occurrences;
         let captured = packet::capture(skb, header, parsed, &mut *core::ptr::addr_of_mut!((*record).packet), slot);
         (*record).captured_len = captured.len;
         (*record).l3_offset = captured.l3_offset;

@@ -28,7 +28,7 @@ use crate::{
     model::{
         hook::{Family, Hook},
         netfilter::{stopped_in, DropReason},
-        packet::{Fate, Fragment, L4Proto, PacketEvent, TCP_RST},
+        packet::{Fate, Fragment, L4Proto, PacketEvent, Times, TCP_RST},
         sysctl::SysctlValue,
         WallClock,
     },
@@ -116,6 +116,8 @@ struct PendingFinding {
     subject: Unconfirmed,
     loss: LossWindows,
     until_ns: u64,
+    /// Occurrences it stands for (a stray reply the kernel counted stands for many).
+    times: Times,
 }
 
 /// How long the worker's answer on where a Service's rules send a client's queries stands
@@ -178,6 +180,9 @@ pub(crate) struct Analysis {
     /// of the drop that was attributed: repeats within [`ATTRIBUTION_FRESH_NS`] are counted
     /// without reading the rulesets again.
     attributed: HashMap<DropKey, (Option<String>, Finding, u64)>,
+    /// Replays: the occurrences of a drop line read before its rule's finding, which was
+    /// stated from it (bounded by the findings the capture holds).
+    replayed_unattributed: HashMap<DropKey, Times>,
     /// Drop lines held back until the worker names their rule.
     waiting: HashMap<DropKey, Vec<DropLine>>,
     waiting_lines: usize,
@@ -218,6 +223,7 @@ impl Analysis {
             stated_stale: Default::default(),
             firewall,
             attributed: HashMap::new(),
+            replayed_unattributed: HashMap::new(),
             waiting: HashMap::new(),
             waiting_lines: 0,
             settings,
@@ -236,7 +242,7 @@ impl Analysis {
     /// A packet line: a frame at a bridge stage with the hooks it passed since the stage
     /// before (from the kernel, or read back from a capture).
     pub(crate) fn packet_with_hooks(&mut self, mut packet: TracedPacket, output: &mut dyn Sink) -> io::Result<()> {
-        self.stats.packets += 1;
+        self.stats.packets += packet.event.occurrences.0;
         // A stage a capture holds no bytes of keeps the message its line recorded.
         if !packet.event.captured.is_empty() {
             packet.event.dns = segment(&packet.event).and_then(|segment| self.decoder.decode(&segment));
@@ -269,8 +275,11 @@ impl Analysis {
         asked: Option<std::net::SocketAddr>,
         output: &mut dyn Sink,
     ) -> io::Result<()> {
-        self.stats.packets += 1;
-        reply.event.dns = segment(&reply.event).and_then(|segment| self.decoder.decode(&segment));
+        self.stats.packets += reply.event.occurrences.0;
+        if !reply.event.captured.is_empty() {
+            reply.event.dns = segment(&reply.event).and_then(|segment| self.decoder.decode(&segment));
+        }
+        reply.asked = asked;
         output.packet(&reply)?;
         if let Some(correlated) = asked.and_then(|asked| crate::pipeline::queries::paired_reply(&reply, asked)) {
             let until_ns = reply.event.timestamp_ns;
@@ -308,14 +317,19 @@ impl Analysis {
             Correlated::Unanswered { .. } => None,
         });
         let Some(finding) = finding else { return };
-        let query = match correlated {
-            Correlated::ReplyToClient { query, .. } | Correlated::Unanswered { query } => query,
+        let (query, times) = match correlated {
+            Correlated::ReplyToClient { query, reply } => (query, reply.event.occurrences),
+            Correlated::Unanswered { query } => (query, Times::default()),
         };
-        self.hold(finding, query, until_ns);
+        self.hold_times(finding, query, until_ns, times);
     }
 
     /// A finding waits for the loss check of its query's records.
     fn hold(&mut self, finding: Finding, query: &QueryFlow, until_ns: u64) {
+        self.hold_times(finding, query, until_ns, Times::default());
+    }
+
+    fn hold_times(&mut self, finding: Finding, query: &QueryFlow, until_ns: u64, times: Times) {
         let subject = Unconfirmed {
             kind: finding.kind,
             wall_time_ns: finding.wall_time_ns,
@@ -323,7 +337,7 @@ impl Analysis {
             client: Some(query.client),
             query_id: Some(query.id),
         };
-        self.pending.push(PendingFinding { finding, subject, loss: query.loss.clone(), until_ns });
+        self.pending.push(PendingFinding { finding, subject, loss: query.loss.clone(), until_ns, times });
     }
 
     /// A query a conntrack entry of an earlier exchange sent to its backend got no answer:
@@ -444,7 +458,7 @@ impl Analysis {
             }
             self.recorded_stale.insert(key, finding.clone());
         }
-        state(&mut self.log, finding, output)
+        state(&mut self.log, finding, Times::default(), output)
     }
 
     /// The end of a replay: a query the capture recorded no stale-entry finding for is the
@@ -466,7 +480,7 @@ impl Analysis {
         interfaces: &mut Interfaces,
         output: &mut dyn Sink,
     ) -> io::Result<()> {
-        self.stats.packets += 1;
+        self.stats.packets += dropped.drop.occurrences.0;
         let DroppedPacket { drop, path, icmp: answer, loss } = dropped;
         let icmp = answer.as_ref().map(|i| icmp_name(drop.src.is_ipv6(), i.icmp_type, i.icmp_code));
         let stopped_in = stopped_in(&path).map(|pass| (pass.hook, pass.family, pass.in_ifindex, pass.out_ifindex));
@@ -519,7 +533,7 @@ impl Analysis {
     fn follow_drop(&mut self, line: &DropLine, by_rule: bool) {
         self.tcp_retries.dropped(line, by_rule);
         if let Some((finding, query)) = self.fragmented.dropped(line) {
-            self.hold(finding, &query, line.drop.timestamp_ns);
+            self.hold_times(finding, &query, line.drop.timestamp_ns, line.drop.occurrences);
         }
     }
 
@@ -533,7 +547,7 @@ impl Analysis {
         for pending in mem::take(&mut self.pending) {
             let lost = witness.lost_since(&pending.subject, &pending.loss, pending.until_ns);
             if lost == 0 {
-                state(&mut self.log, pending.finding, output)?;
+                state(&mut self.log, pending.finding, pending.times, output)?;
             } else {
                 self.count_unconfirmed(Unconfirmed { records_lost: lost, ..pending.subject }, output)?;
             }
@@ -623,7 +637,7 @@ impl Analysis {
             }
             let finding = finding.clone();
             output.dropped(&line)?;
-            return state(&mut self.log, finding, output);
+            return state(&mut self.log, finding, line.drop.occurrences, output);
         }
         if self.waiting_lines >= MAX_WAITING_LINES {
             return output.dropped(&line);
@@ -669,7 +683,7 @@ impl Analysis {
                 line.verdict = Fate::Reject;
             }
             output.dropped(&line)?;
-            state(&mut self.log, finding.clone(), output)?;
+            state(&mut self.log, finding.clone(), line.drop.occurrences, output)?;
         }
         Ok(())
     }
@@ -679,7 +693,7 @@ impl Analysis {
     /// was already recorded is counted like the live watch counts it, and one the watch
     /// could not confirm is counted as it did.
     pub(crate) fn replay_drop(&mut self, line: &DropLine, output: &mut dyn Sink) -> io::Result<()> {
-        self.stats.packets += 1;
+        self.stats.packets += line.drop.occurrences.0;
         let by_rule = line.stopped_by_rule();
         self.follow_drop(line, by_rule);
         if by_rule {
@@ -694,7 +708,11 @@ impl Analysis {
             if let Some((_, finding, _)) = self.attributed.get(&key).filter(|(label, _, _)| *label == line.rule) {
                 let finding = finding.clone();
                 output.dropped(line)?;
-                return state(&mut self.log, finding, output);
+                return state(&mut self.log, finding, line.drop.occurrences, output);
+            }
+            // Not attributed yet: the finding recorded after it was stated from it.
+            if self.replayed_unattributed.len() < MAX_ATTRIBUTED {
+                self.replayed_unattributed.insert(key, line.drop.occurrences);
             }
         }
         output.dropped(line)
@@ -709,8 +727,10 @@ impl Analysis {
                 // The capture recorded each new attribution as it was made: the latest stands.
                 self.attributed.insert(key, (short_label(&finding), finding.clone(), 0));
             }
+            let times = self.replayed_unattributed.remove(&key).unwrap_or_default();
+            return state(&mut self.log, finding, times, output);
         }
-        state(&mut self.log, finding, output)
+        state(&mut self.log, finding, Times::default(), output)
     }
 }
 
@@ -724,10 +744,17 @@ fn finding_stale_backend(finding: &Finding) -> Option<std::net::SocketAddr> {
 
 /// Logs an occurrence of a finding and tells the output: a new finding is reported, a
 /// repeat only counted (by outputs that count, such as the metrics).
-fn state(log: &mut FindingLog, finding: Finding, output: &mut dyn Sink) -> io::Result<()> {
-    match log.record(finding) {
-        Occurrence::New(new) => output.finding(new),
-        Occurrence::Repeat(first) => output.repeated(first),
+fn state(log: &mut FindingLog, finding: Finding, times: Times, output: &mut dyn Sink) -> io::Result<()> {
+    match log.record_times(finding, times.0) {
+        Occurrence::New(new) => {
+            output.finding(new)?;
+            match times.0 {
+                0 | 1 => Ok(()),
+                more => output.repeated(new, more - 1),
+            }
+        }
+        Occurrence::Repeat(_) if times.0 == 0 => Ok(()),
+        Occurrence::Repeat(first) => output.repeated(first, times.0),
     }
 }
 

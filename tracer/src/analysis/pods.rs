@@ -138,15 +138,15 @@ impl Sink for PodNames<'_> {
         self.inner.finding(&named)
     }
 
-    fn repeated(&mut self, finding: &Finding) -> io::Result<()> {
+    fn repeated(&mut self, finding: &Finding, times: u64) -> io::Result<()> {
         if self.filter.is_empty() {
-            return self.inner.repeated(finding);
+            return self.inner.repeated(finding, times);
         }
         let named = self.named(finding);
         if !self.filter.shows(finding_pods(&named).into_iter()) {
             return Ok(());
         }
-        self.inner.repeated(&named)
+        self.inner.repeated(&named, times)
     }
 
     fn unconfirmed(&mut self, unconfirmed: &Unconfirmed) -> io::Result<()> {

@@ -126,7 +126,7 @@ pub(crate) async fn run(options: &WatchOptions, output: &mut dyn Sink) -> Result
     // The rulesets are read (for a bounded time) before anything is attached: that reading is
     // what the counters of the first drops are compared with.
     let firewall = FirewallWorker::start();
-    let Attached { hooks, events, loss, mut reports, mut journeys } = KernelHooks::attach(&options.settings)?;
+    let Attached { hooks, events, loss, mut reports, mut journeys, counts } = KernelHooks::attach(&options.settings)?;
     let mut loss = KernelWitness::new(loss);
     let mut interfaces = Interfaces::open()?;
     let clock = WallClock::now();
@@ -232,6 +232,11 @@ pub(crate) async fn run(options: &WatchOptions, output: &mut dyn Sink) -> Result
                 }
                 loss.read_misses();
                 if ticks.is_multiple_of(LOST_REPORT_TICKS) {
+                    decoder.counted(&counts);
+                    if let Err(err) = pass.take(Ok(()), &mut decoder, &mut interfaces, output, &mut analysis, &mut watermark) {
+                        output_error = Some(err);
+                        break;
+                    }
                     lost_reported = report_lost(&hooks, loss.kernel(), lost_reported);
                     output.lost(lost_reported);
                     output.evictions(&Evictions {
@@ -265,6 +270,10 @@ pub(crate) async fn run(options: &WatchOptions, output: &mut dyn Sink) -> Result
         let ended = pass
             .drain(events.get_mut(), &mut interfaces, output, &mut analysis, &mut watermark, &mut decoder)
             .and_then(|_| {
+                decoder.counted(&counts);
+                pass.take(Ok(()), &mut decoder, &mut interfaces, output, &mut analysis, &mut watermark)
+            })
+            .and_then(|()| {
                 analysis.expire(watermark.newest_ns);
                 analysis.finish(&mut loss, output, Instant::now() + FINAL_RULES_WAIT)
             });

@@ -141,7 +141,14 @@ const FORGET_AFTER_NS: u64 = 30 * 60 * 1_000_000_000;
 
 impl FindingLog {
     /// Records an occurrence: new ones are reported now, repeats only counted.
+    #[cfg(test)]
     pub(crate) fn record(&mut self, finding: Finding) -> Occurrence<'_> {
+        self.record_times(finding, 1)
+    }
+
+    /// Records `times` occurrences (a record the kernel counted may stand for many; a new
+    /// finding for at least its own).
+    pub(crate) fn record_times(&mut self, finding: Finding, times: u64) -> Occurrence<'_> {
         let key = finding.dedupe_key();
         let now = finding.wall_time_ns;
         self.occurrences += 1;
@@ -149,7 +156,7 @@ impl FindingLog {
         self.forget_before(now.saturating_sub(FORGET_AFTER_NS));
         if let Some(entry) = self.remembered.get_mut(&key) {
             self.by_last_seen.remove(&entry.last_seen);
-            entry.count += 1;
+            entry.count += times;
             entry.last_seen = seen;
             self.by_last_seen.insert(seen, key.clone());
             return Occurrence::Repeat(&self.remembered[&key].finding);
@@ -163,7 +170,7 @@ impl FindingLog {
         self.stated += 1;
         self.by_last_seen.insert(seen, key.clone());
         let entry = self.remembered.entry(key).or_insert(Remembered { finding, count: 0, last_seen: seen });
-        entry.count = 1;
+        entry.count = times.max(1);
         Occurrence::New(&entry.finding)
     }
 

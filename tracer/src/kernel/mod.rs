@@ -11,6 +11,7 @@ mod kallsyms;
 pub(crate) mod layout;
 pub(crate) mod loss;
 pub(crate) mod netfilter;
+pub(crate) mod occurrences;
 mod privileges;
 pub(crate) mod records;
 
@@ -125,6 +126,8 @@ pub(crate) struct Attached {
     pub reports: Option<diagnostics::KernelReports>,
     /// The journeys in flight, swept for those that never ended.
     pub journeys: journeys::Journeys,
+    /// Findings-only watches: what the kernel counted per key.
+    pub counts: occurrences::KernelCounts,
 }
 
 /// The attached kernel programs. Dropping it detaches them.
@@ -242,6 +245,10 @@ impl KernelHooks {
             ebpf.take_map("JOURNEYS")
                 .ok_or_else(|| anyhow!("map JOURNEYS missing from the kernel object: rebuild tracer"))?,
         )?;
+        let counts = occurrences::KernelCounts::new(
+            ebpf.take_map("OCCURRENCES")
+                .ok_or_else(|| anyhow!("map OCCURRENCES missing from the kernel object: rebuild tracer"))?,
+        )?;
         let buckets = match ebpf.take_map("LOSS_BY_ENDPOINT") {
             Some(aya::maps::Map::Array(data)) => data,
             _ => bail!("map LOSS_BY_ENDPOINT missing from the kernel object: rebuild tracer"),
@@ -274,6 +281,7 @@ impl KernelHooks {
             loss,
             reports,
             journeys,
+            counts,
         })
     }
 

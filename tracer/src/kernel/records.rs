@@ -9,11 +9,14 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use bytes::{Bytes, BytesMut};
 use tracer_common::{
     conntrack_state, journey_end, record_kind, step_kind, CtTuple, DropRecord, Flow, JourneyRecord, JourneyStep,
-    RecordHeader, Stage, StrayReplyRecord, CAPTURE_MAX, MAX_STEPS,
+    OccurrenceKey, Occurrences, RecordHeader, Stage, StrayReplyRecord, CAPTURE_MAX, MAX_STEPS,
 };
+
+use super::occurrences::{event_time, set_times, KernelCounts, OccurrenceCounts};
 
 use crate::model::{
     hook::{Family, Hook},
+    monotonic_now_ns,
     netfilter::{DropEvent, HookPass, IcmpEvent, Stamped},
     packet::{Conntrack, ConntrackEntry, FlowTuple, Fragment, L4Proto, LossStamps, PacketEvent},
 };
@@ -37,6 +40,8 @@ pub(crate) enum KernelEvent {
 pub(crate) struct Decoder {
     bytes: BytesMut,
     pub events: Vec<KernelEvent>,
+    /// What the kernel counted of findings-only keys, per key.
+    pub counts: OccurrenceCounts,
 }
 
 /// Room for this many records' bytes is allocated at once.
@@ -52,10 +57,40 @@ impl Decoder {
             record_kind::JOURNEY => self.journey(record),
             record_kind::DROP => {
                 let drop: DropRecord = record_from_bytes(record)?;
-                standalone_drop(&drop, &mut self.events)
+                standalone_drop(&drop, &mut self.events)?;
+                if drop.hook_known != 0 {
+                    let key = OccurrenceKey::of_drop(
+                        &drop.flow,
+                        drop.hook,
+                        drop.pf,
+                        drop.icmp_sent,
+                        drop.icmp_type,
+                        drop.icmp_code,
+                        drop.ifindex,
+                        drop.reason,
+                    );
+                    self.count(key, drop.occurrences);
+                }
+                Ok(())
             }
             record_kind::STRAY_REPLY => self.stray_reply(record),
             other => Err(DecodeError::UnknownKind(other)),
+        }
+    }
+
+    /// Into `self.events`: the occurrences the kernel counted since the last records of their
+    /// keys, each batch as its key's last record standing for them.
+    pub(crate) fn counted(&mut self, kernel: &KernelCounts) {
+        self.events.clear();
+        let counted = self.counts.since_last_records(kernel, monotonic_now_ns());
+        self.events.extend(counted);
+    }
+
+    /// Makes the event just decoded stand for the occurrences of `key` the kernel counted.
+    fn count(&mut self, key: OccurrenceKey, counted: Occurrences) {
+        if let Some(event) = self.events.last_mut() {
+            let times = self.counts.record(key, counted, event);
+            set_times(event, times, event_time(event));
         }
     }
 
@@ -129,6 +164,7 @@ impl Decoder {
                 timestamp_ns: at_end,
                 loss: loss_stamps(header),
                 netns_inode: header.netns_inode,
+                occurrences: Default::default(),
                 ifindex: journey.end_ifindex,
                 reason: journey.drop_reason,
                 family,
@@ -156,6 +192,7 @@ impl Decoder {
             timestamp_ns: header.timestamp_ns,
             loss: loss_stamps(header),
             netns_inode: header.netns_inode,
+            occurrences: Default::default(),
             stage: Stage::BridgeOut,
             ifindex: stray.ifindex,
             ingress_ifindex: stray.ingress_ifindex,
@@ -182,6 +219,7 @@ impl Decoder {
             )),
         };
         self.events.push(KernelEvent::StrayReply { reply, asked });
+        self.count(OccurrenceKey::of_stray_reply(&stray.flow, stray.ifindex), stray.occurrences);
         Ok(())
     }
 }
@@ -230,6 +268,7 @@ fn standalone_drop(drop: &DropRecord, events: &mut Vec<KernelEvent>) -> Result<(
         timestamp_ns: header.timestamp_ns,
         loss: loss_stamps(header),
         netns_inode: header.netns_inode,
+        occurrences: Default::default(),
         ifindex: drop.ifindex,
         reason: drop.reason,
         family,
@@ -255,6 +294,7 @@ fn stage_event(
         timestamp_ns: step.timestamp_ns,
         loss: LossStamps { src: step.loss_stamp_src, dst: step.loss_stamp_dst },
         netns_inode: header.netns_inode,
+        occurrences: Default::default(),
         stage,
         ifindex: step.ifindex,
         ingress_ifindex: step.other_ifindex,

@@ -7,7 +7,7 @@ use serde::{ser::SerializeMap, Deserialize, Serialize, Serializer};
 
 use super::{
     hook::{Family, Hook},
-    packet::{Conntrack, Fragment, L4Proto, LossStamps, Nat},
+    packet::{Conntrack, Fragment, L4Proto, LossStamps, Nat, Times},
     serde_forms,
 };
 
@@ -43,6 +43,9 @@ pub(crate) struct DropEvent {
     /// An IP fragment's place (absent for a whole datagram).
     #[serde(default, skip_serializing_if = "Fragment::is_whole")]
     pub fragment: Fragment,
+    /// Occurrences this record stands for (absent: once).
+    #[serde(default, skip_serializing_if = "Times::is_once")]
+    pub occurrences: Times,
 }
 
 /// The kernel answered a traced packet with ICMP (the packet is the journey's own).
@@ -79,6 +82,7 @@ impl DropEvent {
             timestamp_ns,
             loss: Default::default(),
             netns_inode: 1,
+            occurrences: Default::default(),
             ifindex: 2,
             reason: 12,
             family: if src.is_ipv4() { Family::Ipv4 } else { Family::Ipv6 },

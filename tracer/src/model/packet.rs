@@ -79,6 +79,25 @@ impl Fragment {
     }
 }
 
+/// How many occurrences one record stands for: once, or in a findings-only watch, how often
+/// the kernel counted its key (`tracer_common::OccurrenceKey`) since the last record of it. A
+/// line of a capture made before the kernel counted stands for itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct Times(pub u64);
+
+impl Default for Times {
+    fn default() -> Times {
+        Times(1)
+    }
+}
+
+impl Times {
+    pub(crate) fn is_once(&self) -> bool {
+        self.0 == 1
+    }
+}
+
 /// A frame at one stage of the bridge path, as the kernel reported it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct PacketEvent {
@@ -127,6 +146,9 @@ pub(crate) struct PacketEvent {
     pub l4_offset: usize,
     #[serde(skip)]
     pub payload_offset: usize,
+    /// Occurrences this record stands for (absent: once).
+    #[serde(default, skip_serializing_if = "Times::is_once")]
+    pub occurrences: Times,
 }
 
 /// TCP's flags byte, from the start of its header, and the flags tracer follows.

@@ -21,5 +21,6 @@ pub(crate) fn traced(event: PacketEvent, clock: &WallClock, interfaces: &mut Int
         pods: Default::default(),
         hooks: Vec::new(),
         verdict: None,
+        asked: None,
     }
 }

@@ -331,6 +331,7 @@ pub(crate) mod tests {
                 timestamp_ns: at_ms * 1_000_000,
                 loss: Default::default(),
                 netns_inode: 1,
+                occurrences: Default::default(),
                 stage,
                 ifindex: 7,
                 ingress_ifindex: 0,
@@ -367,6 +368,7 @@ pub(crate) mod tests {
             pods: Default::default(),
             hooks: Vec::new(),
             verdict: None,
+            asked: None,
         }
     }
 

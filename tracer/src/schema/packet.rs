@@ -1,6 +1,8 @@
 //! A watch's packet lines: a frame at a bridge stage, the names of its devices and the
 //! netfilter hooks it passed since its previous line; and a traced packet that died.
 
+use std::net::SocketAddr;
+
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
@@ -40,6 +42,11 @@ pub(crate) struct TracedPacket {
     pub hooks: Vec<HookPass>,
     /// `accept` when it passed hooks (it came out of them).
     pub verdict: Option<Fate>,
+    /// Findings-only watches: a DNS reply that left a bridge without conntrack, and where its
+    /// query was sent before DNAT, when the kernel saw that. A capture keeps it, so that its
+    /// report judges the reply as the watch did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asked: Option<SocketAddr>,
 }
 
 impl TracedPacket {

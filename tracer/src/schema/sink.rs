@@ -20,9 +20,9 @@ pub(crate) trait Sink {
     fn dropped(&mut self, line: &DropLine) -> io::Result<()>;
     /// A new finding (repeats are only counted in the summary).
     fn finding(&mut self, finding: &Finding) -> io::Result<()>;
-    /// Another occurrence of a finding already reported (given as first reported). Outputs
-    /// for people and captures leave it to the summary; the metrics count it.
-    fn repeated(&mut self, _finding: &Finding) -> io::Result<()> {
+    /// More occurrences (`times`) of a finding already reported (given as first reported).
+    /// Outputs for people and captures leave them to the summary; the metrics count them.
+    fn repeated(&mut self, _finding: &Finding, _times: u64) -> io::Result<()> {
         Ok(())
     }
     /// A finding not stated because records it rests on may have been lost. Outputs for
@@ -58,8 +58,8 @@ impl<T: Sink + ?Sized> Sink for &mut T {
         (**self).finding(finding)
     }
 
-    fn repeated(&mut self, finding: &Finding) -> io::Result<()> {
-        (**self).repeated(finding)
+    fn repeated(&mut self, finding: &Finding, times: u64) -> io::Result<()> {
+        (**self).repeated(finding, times)
     }
 
     fn unconfirmed(&mut self, unconfirmed: &Unconfirmed) -> io::Result<()> {

@@ -81,9 +81,9 @@ impl Sink for Tee<'_> {
         self.write_both(|output| output.unconfirmed(unconfirmed))
     }
 
-    fn repeated(&mut self, finding: &Finding) -> io::Result<()> {
+    fn repeated(&mut self, finding: &Finding, times: u64) -> io::Result<()> {
         // The capture names the owner of the rule on each repeated drop's comment.
-        self.write_both(|output| output.repeated(finding))
+        self.write_both(|output| output.repeated(finding, times))
     }
 
     fn lost(&mut self, total: u64) {

@@ -8,7 +8,7 @@ use tracer_common::Stage;
 use super::forms::{dns_text, evidence_lines, hook_path, printable, time_of_day};
 use crate::{
     model::{
-        packet::{stage_name, Conntrack, Fragment},
+        packet::{stage_name, Conntrack, Fragment, Times},
         pod::with_pod,
     },
     schema::{
@@ -78,6 +78,16 @@ impl<W: Write> Sink for SummaryOnly<W> {
     }
 }
 
+/// A findings-only line standing for the occurrences the kernel counted since the last one
+/// of its kind: how many.
+fn times_counted(times: Times) -> String {
+    if times.is_once() {
+        String::new()
+    } else {
+        format!(" ×{} (counted in the kernel)", times.0)
+    }
+}
+
 /// "from → to" for the stage: where the frame was and where it is going.
 fn path(packet: &TracedPacket) -> (String, String) {
     let name = |n: &Option<String>, index: u32| n.clone().unwrap_or_else(|| format!("if{index}"));
@@ -115,8 +125,9 @@ impl<W: Write> Sink for TextOutput<W> {
             }
             None => String::new(),
         };
+        let times = times_counted(drop.occurrences);
         let text = format!(
-            "{} {:>15}   {:<15} {} {:<45} {}{}{verdict} [{}{icmp}{fragment}]{lost}",
+            "{} {:>15}   {:<15} {} {:<45} {}{}{verdict} [{}{icmp}{fragment}]{lost}{times}",
             self.paint(DIM, &time_of_day(line.wall_time_ns)),
             place,
             "",
@@ -167,10 +178,11 @@ impl<W: Write> Sink for TextOutput<W> {
             what,
             conntrack
         );
+        let times = times_counted(event.occurrences);
         if hooks.is_empty() {
-            writeln!(self.out, "{}", line.trim_end())
+            writeln!(self.out, "{}{times}", line.trim_end())
         } else {
-            writeln!(self.out, "{}  via {}", line.trim_end(), printable(&hook_path(hooks)))
+            writeln!(self.out, "{}  via {}{times}", line.trim_end(), printable(&hook_path(hooks)))
         }
     }
 

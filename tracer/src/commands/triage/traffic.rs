@@ -145,7 +145,7 @@ fn render_text(write: impl FnOnce(&mut TextOutput<&mut Vec<u8>>) -> io::Result<(
 
 impl Sink for Collector {
     fn packet(&mut self, packet: &TracedPacket) -> io::Result<()> {
-        self.packets += 1;
+        self.packets += packet.event.occurrences.0;
         let text = render_text(|out| out.packet(packet));
         let event = &packet.event;
         self.remember(Recent {
@@ -160,7 +160,7 @@ impl Sink for Collector {
     }
 
     fn dropped(&mut self, line: &DropLine) -> io::Result<()> {
-        self.packets += 1;
+        self.packets += line.drop.occurrences.0;
         let drop = &line.drop;
         self.remember(Recent {
             src: drop.src,
@@ -172,8 +172,10 @@ impl Sink for Collector {
         let stopped_in = line.stopped_in().map(|pass| pass.hook);
         let after = if stopped_in.is_none() { line.path.last().map(|pass| pass.hook) } else { None };
         let key: DropKey = (line.reason.clone(), stopped_in, after, drop.src.ip(), drop.dst, drop.l4_proto);
+        // A line of a drop the kernel counted stands for every occurrence since the last one.
+        let times = drop.occurrences.0;
         if let Some(&at) = self.drop_index.get(&key) {
-            self.drops[at].count += 1;
+            self.drops[at].count += times;
         } else if self.drops.len() < MAX_DROP_GROUPS {
             let example = self.example(drop.src, None);
             self.drop_index.insert(key, self.drops.len());
@@ -186,7 +188,7 @@ impl Sink for Collector {
                 l4_proto: drop.l4_proto,
                 ifname: line.ifname.clone(),
                 rule: line.rule.clone(),
-                count: 1,
+                count: times,
                 wall_time_ns: line.wall_time_ns,
                 example,
             });

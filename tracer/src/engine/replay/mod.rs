@@ -114,9 +114,14 @@ impl Report {
                     // reported by the watch before it; so here.
                     analysis.expire(timestamp_ns);
                     analysis.recorded_settings(&read.sysctls);
+                    // A findings-only watch's stray reply is judged as it was live.
+                    let asked = read.packet.asked;
                     analysis
                         .settle(&mut witness, output)
-                        .and_then(|()| analysis.packet_with_hooks(read.packet, output))
+                        .and_then(|()| match asked {
+                            Some(asked) => analysis.stray_reply(read.packet, Some(asked), output),
+                            None => analysis.packet_with_hooks(read.packet, output),
+                        })
                         .and_then(|()| analysis.settle(&mut witness, output))
                 }
                 Record::Dropped(read) => {

@@ -241,7 +241,7 @@ impl<'a> MetricsOutput<'a> {
         }
     }
 
-    fn occurred(&mut self, finding: &Finding) {
+    fn occurred(&mut self, finding: &Finding, times: u64) {
         let labels = finding_labels(finding);
         let labels = if self.finding_series.contains(&labels) || self.finding_series.len() < MAX_FINDING_SERIES {
             self.finding_series.insert(labels.clone());
@@ -256,7 +256,7 @@ impl<'a> MetricsOutput<'a> {
                 owner: String::new(),
             }
         };
-        self.metrics.findings.get_or_create(&labels).inc();
+        self.metrics.findings.get_or_create(&labels).inc_by(times);
     }
 
     fn count_evicted(&self, what: &str, by: u64) {
@@ -326,23 +326,23 @@ pub(crate) fn finding_labels(finding: &Finding) -> FindingLabels {
 
 impl Sink for MetricsOutput<'_> {
     fn packet(&mut self, packet: &TracedPacket) -> io::Result<()> {
-        self.by_stage[stage_index(packet.event.stage)].inc();
+        self.by_stage[stage_index(packet.event.stage)].inc_by(packet.event.occurrences.0);
         self.inner.packet(packet)
     }
 
     fn dropped(&mut self, line: &DropLine) -> io::Result<()> {
-        self.by_stage[self.dropped].inc();
+        self.by_stage[self.dropped].inc_by(line.drop.occurrences.0);
         self.inner.dropped(line)
     }
 
     fn finding(&mut self, finding: &Finding) -> io::Result<()> {
-        self.occurred(finding);
+        self.occurred(finding, 1);
         self.inner.finding(finding)
     }
 
-    fn repeated(&mut self, finding: &Finding) -> io::Result<()> {
-        self.occurred(finding);
-        self.inner.repeated(finding)
+    fn repeated(&mut self, finding: &Finding, times: u64) -> io::Result<()> {
+        self.occurred(finding, times);
+        self.inner.repeated(finding, times)
     }
 
     fn unconfirmed(&mut self, unconfirmed: &Unconfirmed) -> io::Result<()> {

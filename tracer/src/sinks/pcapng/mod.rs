@@ -397,7 +397,7 @@ impl<W: Write> Sink for PcapngWriter<W> {
         self.record(&RecordMeta::Finding { finding: Box::new(finding.clone()) })
     }
 
-    fn repeated(&mut self, finding: &Finding) -> io::Result<()> {
+    fn repeated(&mut self, finding: &Finding, _times: u64) -> io::Result<()> {
         // A repeat is given as first reported, from another source port: the drop it is
         // about has the same source address and destination.
         let Evidence::Netfilter(nf) = &finding.evidence else { return Ok(()) };
@@ -457,6 +457,7 @@ mod tests {
             timestamp_ns: 0,
             loss: Default::default(),
             netns_inode: 1,
+            occurrences: Default::default(),
             ifindex: 2,
             reason: 0,
             family: Family::Ipv4,

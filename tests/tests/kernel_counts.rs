@@ -1,0 +1,113 @@
+//! End-to-end: on a broken node a findings-only watch must not cost more the worse things get.
+//! The kernel counts each repeat of what can become a finding (the same drop at the same hook,
+//! the same stray reply) and sends a record of it at most once a second; the finding is still
+//! stated from the first record, with the exact count. Needs root and a built tracer; every
+//! case builds its own lab, which its `Drop` removes, also when it fails.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, ensure, Context, Result};
+use tracer_tests::dnsperf::parse;
+use tracer_tests::lab::*;
+use tracer_tests::output::{u64_at, WatchJson};
+use tracer_tests::run_tracer;
+use tracer_tests::scenario::Scenario;
+
+/// Datagrams of the storm: each from a socket of its own, so from a port of its own.
+const STORM: u32 = 3000;
+
+/// Packets rule `position` of FORWARD matched, by its counter.
+fn forward_rule_packets(lab: &Lab, position: u32) -> Result<u64> {
+    let listing =
+        lab.run(Ns::Node, &["iptables", "-w", "10", "-L", "FORWARD", &position.to_string(), "-v", "-n", "-x"])?;
+    listing
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| anyhow!("unreadable counter: {listing}"))
+}
+
+fn capture_path(lab: &Lab) -> Result<String> {
+    let capture = lab.dir().join("counted.pcapng");
+    let _ = std::fs::remove_file(&capture);
+    Ok(capture.to_str().context("capture path")?.to_string())
+}
+
+/// `tracer report` of the watch's capture states the same findings with the same counts: each
+/// line the capture holds stands for as many occurrences as it did live.
+fn report_counts_alike(w: &WatchJson, capture: &str) -> Result<()> {
+    w.expect_report_agrees(capture)?;
+    let out = run_tracer(&["report", capture, "--output", "json"])?;
+    let report = WatchJson::parse(&String::from_utf8_lossy(&out.stdout))?;
+    ensure!(
+        report.summary["finding_counts"] == w.summary["finding_counts"],
+        "the report counts {} where the watch counted {}",
+        report.summary["finding_counts"],
+        w.summary["finding_counts"]
+    );
+    Ok(())
+}
+
+#[test]
+fn a_storm_of_rejected_packets_is_one_finding_counted_exactly_from_few_records() -> Result<()> {
+    let lab = Lab::new(LabConfig::healthy())?;
+    lab.iptables("-I FORWARD 1 -p udp --dport 53 -j REJECT --reject-with icmp-host-prohibited")?;
+    let capture = capture_path(&lab)?;
+    let (w, ()) = Scenario::settled(&lab)
+        .args(&["--findings-only", "--write", &capture])
+        .run(|| lab.send_udp(Ns::Client, CLUSTER_DNS_IP, 53, STORM))?;
+    let matched = forward_rule_packets(&lab, 1)?;
+    ensure!(matched >= u64::from(STORM), "the REJECT matched {matched} of {STORM} datagrams");
+
+    // One problem, however many packets: the REJECT's ICMP answers are rate-limited, so some
+    // drops carry one and some none, but they are the same drop at the same hook.
+    let finding = w.only_finding("netfilter_reject")?;
+    ensure!(
+        finding["rule"]["chain"] == "FORWARD" || finding.to_string().contains("FORWARD"),
+        "the finding names the FORWARD rule:\n{finding}"
+    );
+    let counted = u64_at(&w.summary, "/finding_counts/netfilter_reject");
+    ensure!(
+        counted == Some(matched),
+        "the finding's occurrences ({counted:?}) are the rule's packets ({matched}): {}",
+        w.summary
+    );
+    ensure!(u64_at(&w.summary, "/lost") == Some(0), "nothing lost: {}", w.summary);
+    // Records: the first of each key, then one a second per key at most.
+    let records = u64_at(&w.summary, "/records").unwrap_or(u64::MAX);
+    ensure!(records * 20 <= matched, "{records} records for {matched} drops: repeats were not counted in the kernel");
+    eprintln!("{matched} drops, {records} records, counted {counted:?}; lines {}", w.packets.len());
+    let lines_count: u64 = w.packets.iter().map(|line| line["occurrences"].as_u64().unwrap_or(1)).sum();
+    ensure!(
+        lines_count == matched,
+        "the drop lines' occurrences add up to the rule's packets ({lines_count} vs {matched}):\n{}",
+        w.describe()
+    );
+    report_counts_alike(&w, &capture)?;
+    w.check_summary()
+}
+
+#[test]
+fn a_storm_of_replies_without_conntrack_is_one_finding_counted_exactly() -> Result<()> {
+    let lab = Lab::new(LabConfig::bridge_nf_call_iptables_off())?;
+    let capture = capture_path(&lab)?;
+    let (w, perf) = Scenario::settled(&lab).args(&["--findings-only", "--write", &capture]).run(|| {
+        let done = lab.dnsperf(CLUSTER_DNS_IP, 2, 4)?.finish(Duration::from_secs(30))?;
+        parse(&done.stdout).ok_or_else(|| anyhow!("no dnsperf statistics:\n{}", done.describe()))
+    })?;
+    ensure!(perf.completed >= 100, "dnsperf: {perf:?}");
+    // Every answer dnsperf got left the bridge without conntrack (dnsperf takes an answer
+    // from any source).
+    w.only_finding("conntrack_skip")?;
+    let counted = u64_at(&w.summary, "/finding_counts/conntrack_skip");
+    let records = u64_at(&w.summary, "/records").unwrap_or(u64::MAX);
+    eprintln!("{perf:?}, {records} records, counted {counted:?}");
+    ensure!(
+        counted == Some(perf.completed),
+        "the finding's occurrences ({counted:?}) are the queries answered ({})",
+        perf.completed
+    );
+    ensure!(records * 20 <= perf.completed, "{records} records for {} replies", perf.completed);
+    report_counts_alike(&w, &capture)?;
+    w.check_summary()
+}
