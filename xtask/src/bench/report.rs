@@ -369,13 +369,27 @@ fn findings_json(f: Result<&FindingsUnderLoad, String>) -> Value {
         "reject_rule_packets": f.rule_packets,
         "tracer": observed_json(&f.observed),
     });
+    // What the kernel counted of each: the REJECT's packets by its rule counter, and the load's
+    // answers, every one of which left the bridge without conntrack.
+    let kernel_count = |kind: &str| match kind {
+        "netfilter_reject" => Some(f.rule_packets),
+        "conntrack_skip" => Some(f.perf.completed),
+        _ => None,
+    };
+    let mut all_exact = true;
     for kind in FINDINGS_UNDER_LOAD {
+        let occurrences = count(|s| &s.finding_counts, kind);
+        let exact = occurrences.is_some() && occurrences == kernel_count(kind);
+        all_exact &= exact;
         v[kind] = json!({
             "named": named(kind),
-            "occurrences": count(|s| &s.finding_counts, kind),
+            "occurrences": occurrences,
+            "kernel_count": kernel_count(kind),
+            "counts_equal": exact,
             "unconfirmed": count(|s| &s.unconfirmed_counts, kind),
         });
     }
+    v["counts_equal"] = json!(all_exact);
     v
 }
 
@@ -462,6 +476,12 @@ pub fn results(
             findings_only_ratio.map(|r| r >= TARGET_FINDINGS_ONLY_RATIO),
         ),
         target("findings_under_load", "conntrack_skip and netfilter_reject named", opt(both_named), both_named),
+        target(
+            "findings_under_load_counts",
+            "occurrences = the kernel's (rule counter, answers)",
+            findings_json["counts_equal"].clone(),
+            findings_json["counts_equal"].as_bool(),
+        ),
         target("rss_mib", &format!("< {TARGET_RSS_MIB}"), opt(rss_mib), rss_mib.map(|r| r < TARGET_RSS_MIB)),
         target("attach_ms", &format!("< {TARGET_ATTACH_MS}"), opt(attach_ms), attach_ms.map(|a| a < TARGET_ATTACH_MS)),
     ];
