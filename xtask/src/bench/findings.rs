@@ -26,6 +26,7 @@ const REFUSED: &str = "host unreachable";
 impl Bench<'_> {
     pub(super) fn findings_under_load(&self, secs: f64) -> Result<FindingsUnderLoad> {
         check_interrupted()?;
+        let port = DNS_PORT.to_string();
         let address = format!("{REJECTED_CLIENT_IP}/24");
         self.lab.run(Ns::Client, &["ip", "addr", "add", &address, "dev", POD_IF])?;
         // The netfilter tests' REJECT, for the second address only.
@@ -39,6 +40,16 @@ impl Bench<'_> {
             let key = format!("net.ipv4.conf.{dev}.send_redirects=0");
             self.lab.run(Ns::Node, &["sysctl", "-qw", &key])?;
         }
+        // What the kernel counts of conntrack_skip: the answers the bridge forwards from the
+        // responder to the client (the load's queries reach the node's address, not the bridge's
+        // forward hook).
+        for argv in [
+            &["nft", "add", "table", "bridge", "answers"][..],
+            &["nft", "add", "chain", "bridge", "answers", "forward", "{ type filter hook forward priority 0; }"],
+            &["nft", "add", "rule", "bridge", "answers", "forward", "udp", "sport", &port, "counter"],
+        ] {
+            self.lab.run(Ns::Node, argv)?;
+        }
         let responder = self.dns_responder()?;
         phase(
             "bench",
@@ -47,7 +58,6 @@ impl Bench<'_> {
                  queries from {REJECTED_CLIENT_IP} rejected meanwhile"
             ),
         );
-        let port = DNS_PORT.to_string();
         let (mut rejected_queries, mut refused_seen) = (0, 0);
         let (perf, observed) = self.observed_dnsperf(Mode::FindingsOnly, secs, |elapsed| {
             // dig waits up to 2 s for an answer that does not come: stop asking before the end.
@@ -62,7 +72,23 @@ impl Bench<'_> {
             Ok(true)
         })?;
         responder.stop()?;
-        Ok(FindingsUnderLoad { perf, rejected_queries, refused_seen, rule_packets: self.rule_packets()?, observed })
+        Ok(FindingsUnderLoad {
+            perf,
+            rejected_queries,
+            refused_seen,
+            rule_packets: self.rule_packets()?,
+            answers_forwarded: self.answers_forwarded()?,
+            observed,
+        })
+    }
+
+    /// Answers the bridge forwarded to the client, by the counter of the bench's own rule.
+    fn answers_forwarded(&self) -> Result<u64> {
+        let listing = self.lab.run(Ns::Node, &["nft", "list", "chain", "bridge", "answers", "forward"])?;
+        listing
+            .split_once("counter packets ")
+            .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+            .ok_or_else(|| anyhow!("unreadable answer counter: {listing}"))
     }
 
     /// Packets the REJECT (rule 1 of FORWARD, the only one) matched, by its counter.

@@ -367,13 +367,15 @@ fn findings_json(f: Result<&FindingsUnderLoad, String>) -> Value {
         "rejected_queries": f.rejected_queries,
         "refused_seen_by_client": f.refused_seen,
         "reject_rule_packets": f.rule_packets,
+        "answers_forwarded": f.answers_forwarded,
         "tracer": observed_json(&f.observed),
     });
-    // What the kernel counted of each: the REJECT's packets by its rule counter, and the load's
-    // answers, every one of which left the bridge without conntrack.
+    // What the kernel counted of each: the REJECT's packets by its rule counter, and the answers
+    // the bridge forwarded to the client by a bridge-family counter, every one of which left
+    // without conntrack.
     let kernel_count = |kind: &str| match kind {
         "netfilter_reject" => Some(f.rule_packets),
-        "conntrack_skip" => Some(f.perf.completed),
+        "conntrack_skip" => Some(f.answers_forwarded),
         _ => None,
     };
     let mut all_exact = true;

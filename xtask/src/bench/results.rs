@@ -103,6 +103,8 @@ pub struct FindingsUnderLoad {
     pub rejected_queries: u64,
     pub refused_seen: u64,
     pub rule_packets: u64,
+    /// Answers the bridge forwarded to the client: each left without conntrack.
+    pub answers_forwarded: u64,
     pub observed: Option<Observed>,
 }
 
