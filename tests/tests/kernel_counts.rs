@@ -123,3 +123,31 @@ fn a_storm_of_replies_without_conntrack_is_one_finding_counted_exactly() -> Resu
     report_counts_alike(&w, &capture)?;
     w.check_summary()
 }
+
+/// Rejected lookups a few a second, with pauses: each key's records come seconds apart (and
+/// the REJECT's rate-limited ICMP answers split them over two keys), so a key falls quiet and
+/// wakes again; each occurrence is counted once all the same.
+#[test]
+fn rejected_lookups_with_pauses_are_counted_exactly() -> Result<()> {
+    let lab = Lab::new(LabConfig::healthy())?;
+    lab.iptables("-I FORWARD 1 -p udp --dport 53 -j REJECT --reject-with icmp-host-prohibited")?;
+    let capture = capture_path(&lab)?;
+    let (w, ()) = Scenario::settled(&lab).args(&["--findings-only", "--write", &capture]).run(|| {
+        for burst in 0..3 {
+            if burst > 0 {
+                std::thread::sleep(Duration::from_millis(2500));
+            }
+            for _ in 0..5 {
+                let _ = lab.dig(CLUSTER_DNS_IP, TEST_NAME, &["+tries=1"])?;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        Ok(())
+    })?;
+    let matched = forward_rule_packets(&lab, 1)?;
+    let counted = u64_at(&w.summary, "/finding_counts/netfilter_reject");
+    ensure!(matched >= 15, "the REJECT matched {matched} queries");
+    ensure!(counted == Some(matched), "counted {counted:?} of the REJECT's {matched}:\n{}", w.describe());
+    report_counts_alike(&w, &capture)?;
+    w.check_summary()
+}

@@ -13,9 +13,15 @@ use tracer_common::{OccurrenceCount, OccurrenceKey, Occurrences, OCCURRENCE_RESE
 use super::records::KernelEvent;
 use crate::model::packet::Times;
 
-/// The kernel's map holds this many keys; a reader following more would only follow
-/// keys the kernel has let go of.
-const MAX_FOLLOWED: usize = 16384;
+/// Keys followed at most: twice the kernel map's, so that a key is let go here only after
+/// the kernel's LRU has most likely let it go too. Beyond that a record of a key not followed
+/// stands for itself only: its count since the kernel began it may hold occurrences already
+/// counted, and an occurrence stated twice is worse than one left out.
+const MAX_FOLLOWED: usize = 2 * 16384;
+
+/// Quiet keys are checked against the kernel's map every this many reads (once a second
+/// each): a key the kernel let go of counts afresh, and is let go here too.
+const PRUNE_EVERY: u32 = 30;
 
 /// What was last read of one key.
 struct Followed {
@@ -24,13 +30,15 @@ struct Followed {
     /// Kernel time of its last record: after two resend gaps, nothing more is counted
     /// without a new record.
     last_record_ns: u64,
-    /// Its last record's event, to stand for the occurrences counted after it.
-    event: KernelEvent,
+    /// Its last record's event, to stand for the occurrences counted after it; none once
+    /// the key is quiet (its total is kept for its next record).
+    event: Option<KernelEvent>,
 }
 
 #[derive(Default)]
 pub(crate) struct OccurrenceCounts {
     followed: HashMap<OccurrenceKey, Followed>,
+    reads: u32,
 }
 
 impl OccurrenceCounts {
@@ -42,45 +50,67 @@ impl OccurrenceCounts {
             return Times(1);
         }
         let timestamp_ns = event_time(event);
-        if let Some(followed) = self.followed.get_mut(&key).filter(|f| f.since_ns == counted.since_ns) {
-            // Two CPUs may send one key's records in the other order: the later count holds
-            // the earlier one's occurrences, which then stands for none more.
-            let times = counted.total.saturating_sub(followed.total);
-            followed.total = followed.total.max(counted.total);
-            followed.last_record_ns = followed.last_record_ns.max(timestamp_ns);
-            followed.event = event.clone();
-            return Times(times);
+        let fresh = Followed {
+            since_ns: counted.since_ns,
+            total: counted.total,
+            last_record_ns: timestamp_ns,
+            event: Some(event.clone()),
+        };
+        let room = self.followed.len() < MAX_FOLLOWED;
+        match self.followed.get_mut(&key) {
+            Some(followed) if followed.since_ns == counted.since_ns => {
+                // Two CPUs may send one key's records in the other order: the later count
+                // holds the earlier one's occurrences, which then stands for none more.
+                let times = counted.total.saturating_sub(followed.total);
+                followed.total = followed.total.max(counted.total);
+                followed.last_record_ns = followed.last_record_ns.max(timestamp_ns);
+                followed.event = fresh.event;
+                Times(times)
+            }
+            Some(followed) => {
+                *followed = fresh;
+                Times(counted.total)
+            }
+            None if room => {
+                self.followed.insert(key, fresh);
+                Times(counted.total)
+            }
+            None => Times(1),
         }
-        if self.followed.len() < MAX_FOLLOWED || self.followed.contains_key(&key) {
-            let followed = Followed {
-                since_ns: counted.since_ns,
-                total: counted.total,
-                last_record_ns: timestamp_ns,
-                event: event.clone(),
-            };
-            self.followed.insert(key, followed);
-        }
-        Times(counted.total)
     }
 
-    /// The occurrences the kernel counted since each followed key's last record, as that
-    /// record's event stamped `now_ns` and standing for them. Keys with nothing more to
-    /// count, or gone from the kernel's map, are let go.
-    pub(crate) fn since_last_records(&mut self, kernel: &KernelCounts, now_ns: u64) -> Vec<KernelEvent> {
+    /// The occurrences the kernel counted (`kernel`: its count of a key, if it has the key)
+    /// since each followed key's last record, as that record's event stamped `now_ns` and
+    /// standing for them. A key two resend gaps past its last record has nothing more to
+    /// count without a new one and goes quiet; quiet keys the kernel let go of are let go.
+    pub(crate) fn since_last_records(
+        &mut self,
+        kernel: impl Fn(&OccurrenceKey) -> Option<Occurrences>,
+        now_ns: u64,
+    ) -> Vec<KernelEvent> {
+        self.reads = self.reads.wrapping_add(1);
+        let prune = self.reads.is_multiple_of(PRUNE_EVERY);
         let mut events = Vec::new();
         self.followed.retain(|key, followed| {
-            let Some(counted) = kernel.get(key) else { return false };
+            if followed.event.is_none() && !prune {
+                return true;
+            }
+            let Some(counted) = kernel(key) else { return false };
             if counted.since_ns != followed.since_ns {
                 return false;
             }
+            let Some(event) = &followed.event else { return true };
             if counted.total > followed.total {
-                let mut event = followed.event.clone();
+                let mut event = event.clone();
                 set_times(&mut event, Times(counted.total - followed.total), now_ns);
                 events.push(event);
                 followed.total = counted.total;
             }
             // Counted without a record only within a resend gap of the last one sent.
-            now_ns.saturating_sub(followed.last_record_ns) < 2 * OCCURRENCE_RESEND_NS
+            if now_ns.saturating_sub(followed.last_record_ns) >= 2 * OCCURRENCE_RESEND_NS {
+                followed.event = None;
+            }
+            true
         });
         events
     }
@@ -98,7 +128,7 @@ impl KernelCounts {
         Ok(KernelCounts { map })
     }
 
-    fn get(&self, key: &OccurrenceKey) -> Option<Occurrences> {
+    pub(crate) fn get(&self, key: &OccurrenceKey) -> Option<Occurrences> {
         self.map.get(key, 0).ok().map(|count| count.counted)
     }
 }
@@ -160,6 +190,28 @@ mod tests {
         assert_eq!(counts.record(key(1), Occurrences { since_ns: 9, total: 4 }, &drop_at(40)), Times(4));
         // Not counted: once.
         assert_eq!(counts.record(key(3), Occurrences::default(), &drop_at(50)), Times(1));
+    }
+
+    #[test]
+    fn a_quiet_key_keeps_its_count_for_its_next_record() {
+        let mut counts = OccurrenceCounts::default();
+        let counted = |total| Occurrences { since_ns: 7, total };
+        let second = 1_000_000_000;
+        assert_eq!(counts.record(key(1), counted(1), &drop_at(second)), Times(1));
+        // Two more counted after the record, read a second later.
+        let later = counts.since_last_records(|_| Some(counted(3)), 2 * second);
+        let [KernelEvent::Dropped { drop, .. }] = &later[..] else { panic!("one batch: {later:?}") };
+        assert_eq!((drop.occurrences, drop.timestamp_ns), (Times(2), 2 * second));
+        // Quiet for a minute, then one more: it stands for itself, not for all three before.
+        for at in 3..60 {
+            assert!(counts.since_last_records(|_| Some(counted(3)), at * second).is_empty());
+        }
+        assert_eq!(counts.record(key(1), counted(4), &drop_at(61 * second)), Times(1));
+        // The kernel let the key go: its next count begins afresh.
+        for at in 62..100 {
+            counts.since_last_records(|_| None, at * second);
+        }
+        assert_eq!(counts.record(key(1), Occurrences { since_ns: 99, total: 2 }, &drop_at(100 * second)), Times(2));
     }
 
     #[test]

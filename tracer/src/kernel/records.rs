@@ -82,7 +82,7 @@ impl Decoder {
     /// keys, each batch as its key's last record standing for them.
     pub(crate) fn counted(&mut self, kernel: &KernelCounts) {
         self.events.clear();
-        let counted = self.counts.since_last_records(kernel, monotonic_now_ns());
+        let counted = self.counts.since_last_records(|key| kernel.get(key), monotonic_now_ns());
         self.events.extend(counted);
     }
 
