@@ -17,7 +17,11 @@
 //!   `--empty-programs`, every program attached where it is but returning at once: what the
 //!   kernel charges for running any program at those points, the floor under the two above;
 //! - `iptables_trace`: `iptables -t raw -A PREROUTING ... -j TRACE` (iptables-nft) with
-//!   `nft monitor trace` reading the trace events in the node namespace.
+//!   `nft monitor trace` reading the trace events in the node namespace;
+//! - `capture`: `tracer watch --write F.pcapng --output none` on the load's port, and its peer
+//!   `tcpdump`: `tcpdump -i any -w F.pcap udp port <port>` in the node namespace. Each file is
+//!   read after its run (`tracer report`; tcpdump's own count of what the kernel dropped) for
+//!   what it lost, then removed.
 //!
 //! Runs are interleaved — baseline, mode, baseline, mode, ... with the order of the modes rotated
 //! every round — and each mode's run is compared with the two baselines next to it (its rate over
@@ -104,17 +108,21 @@ pub enum Mode {
     IptablesTrace,
     AttachFloor,
     FindingsOnlyFloor,
+    Capture,
+    Tcpdump,
 }
 
 impl Mode {
     /// The modes compared with the baseline.
-    const MEASURED: [Mode; 6] = [
+    const MEASURED: [Mode; 8] = [
         Mode::Unrelated,
         Mode::Traced,
         Mode::FindingsOnly,
         Mode::IptablesTrace,
         Mode::AttachFloor,
         Mode::FindingsOnlyFloor,
+        Mode::Capture,
+        Mode::Tcpdump,
     ];
     /// Every mode, in the order the report lists them: the baseline, then the measured ones.
     pub const ALL: [Mode; Mode::MEASURED.len() + 1] = {
@@ -136,12 +144,14 @@ impl Mode {
             Mode::IptablesTrace => "iptables_trace",
             Mode::AttachFloor => "attach_floor",
             Mode::FindingsOnlyFloor => "findings_only_floor",
+            Mode::Capture => "capture",
+            Mode::Tcpdump => "tcpdump",
         }
     }
 
     /// tracer is the observer (the baseline has none, the TRACE workflow its own reader).
     pub fn is_tracer(self) -> bool {
-        !matches!(self, Mode::Baseline | Mode::IptablesTrace)
+        !matches!(self, Mode::Baseline | Mode::IptablesTrace | Mode::Tcpdump)
     }
 }
 
@@ -406,6 +416,8 @@ mod tests {
                 Mode::IptablesTrace,
                 Mode::AttachFloor,
                 Mode::FindingsOnlyFloor,
+                Mode::Capture,
+                Mode::Tcpdump,
                 Mode::Unrelated
             ]
         );

@@ -1,7 +1,10 @@
 //! What watches a run: tracer, or the manual workflow's TRACE rules and trace reader. Each is
 //! stopped, and its rules removed, when it is dropped.
 
-use anyhow::{bail, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{anyhow, bail, Result};
 use tracer_tests::lab::Lab;
 
 use super::{
@@ -16,6 +19,54 @@ pub struct Observer<'a> {
     /// The producer is tracer, whose output must end in a summary.
     pub(super) tracer: bool,
     pub(super) _rules: Option<TraceRules<'a>>,
+    /// The file it writes instead of output, read for what it lost once it stopped.
+    pub(super) recording: Option<Recording>,
+}
+
+/// A capture file written by a run, removed once read.
+pub enum Recording {
+    /// tracer's pcapng, read back with this tracer's `report`.
+    Tracer { file: PathBuf, tracer: String },
+    /// tcpdump's pcap: tcpdump says on exit how many packets the kernel dropped.
+    Tcpdump { file: PathBuf },
+}
+
+impl Recording {
+    /// A summary like tracer's: for tracer, the one its capture recorded; for tcpdump, the
+    /// packets it captured and, as lost, those the kernel dropped before it could.
+    fn summary(&self, producer_stderr: &str) -> Result<Summary> {
+        match self {
+            Recording::Tracer { file, tracer } => {
+                let out = Command::new(tracer).arg("report").arg(file).args(["--output", "json"]).output()?;
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                stdout.lines().rev().find_map(stats::parse_summary).ok_or_else(|| {
+                    anyhow!("tracer report {}: no summary: {}", file.display(), String::from_utf8_lossy(&out.stderr))
+                })
+            }
+            Recording::Tcpdump { .. } => {
+                let count = |what: &str| {
+                    producer_stderr.lines().find_map(|line| line.strip_suffix(what)?.trim().parse::<u64>().ok())
+                };
+                let (Some(captured), Some(dropped)) = (count("packets captured"), count("packets dropped by kernel"))
+                else {
+                    bail!("tcpdump printed no counts: {}", producer_stderr.trim());
+                };
+                Ok(Summary { packets: captured, records: captured, lost: dropped, ..Summary::default() })
+            }
+        }
+    }
+
+    fn file(&self) -> &Path {
+        match self {
+            Recording::Tracer { file, .. } | Recording::Tcpdump { file } => file,
+        }
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.file());
+    }
 }
 
 impl Observer<'_> {
@@ -28,7 +79,10 @@ impl Observer<'_> {
             return Ok(None);
         };
         let end = pipeline.finish()?;
-        let summary = stats::parse_summary(&end.counted.last_line);
+        let summary = match self.recording.take() {
+            Some(recording) => Some(recording.summary(&end.producer_stderr)?),
+            None => stats::parse_summary(&end.counted.last_line),
+        };
         let exit = format!("{}", end.producer_status);
         if summary.is_none() && self.tracer {
             bail!("tracer printed no summary ({exit}); {}", end.producer_stderr.trim());

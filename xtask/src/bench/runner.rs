@@ -11,7 +11,7 @@ use tracer_tests::lab::{Lab, Ns, CLIENT_VETH, CLUSTER_DNS_IP, SERVER_IP, TRACER_
 
 use super::{
     interleave, measured_names,
-    observer::{Observer, TraceRules},
+    observer::{Observer, Recording, TraceRules},
     procs::{last_json, Pipeline, Proc, Stdout},
     results::{Measured, UdpRun},
     stats::{self, Accounting},
@@ -132,10 +132,14 @@ impl<'a> Bench<'a> {
         Some(stats::account(run.sent, run.pre_bridge_drops, observed.matched, summary.records, summary.lost))
     }
 
-    /// `tracer watch --port PORT --output json [FLAGS]` in the node namespace.
+    /// `tracer watch --port PORT --output json [FLAGS]` in the node namespace (FLAGS may name
+    /// another `--output`).
     pub(super) fn watch_command(&self, port: u16, flags: &[&str]) -> Command {
         let port = port.to_string();
-        let mut argv = vec![self.tracer.as_str(), "watch", "--port", &port, "--output", "json"];
+        let mut argv = vec![self.tracer.as_str(), "watch", "--port", &port];
+        if !flags.contains(&"--output") {
+            argv.extend(["--output", "json"]);
+        }
         argv.extend(flags);
         // loadgen's responder is not on port 53, the only one tracer reads as DNS by itself.
         let dns_port = DNS_PORT.to_string();
@@ -160,10 +164,15 @@ impl<'a> Bench<'a> {
 
     pub(super) fn observe(&self, mode: Mode, port: u16) -> Result<Observer<'a>> {
         let tracer = |port, flags: &[&str]| -> Result<Observer<'a>> {
-            Ok(Observer { pipeline: Some(self.tracer_pipeline(port, flags)?.0), tracer: true, _rules: None })
+            Ok(Observer {
+                pipeline: Some(self.tracer_pipeline(port, flags)?.0),
+                tracer: true,
+                _rules: None,
+                recording: None,
+            })
         };
         match mode {
-            Mode::Baseline => Ok(Observer { pipeline: None, tracer: false, _rules: None }),
+            Mode::Baseline => Ok(Observer { pipeline: None, tracer: false, _rules: None, recording: None }),
             Mode::Unrelated => tracer(UNRELATED_PORT, &[]),
             Mode::Traced => tracer(port, &[]),
             Mode::FindingsOnly => tracer(port, &["--findings-only"]),
@@ -182,7 +191,29 @@ impl<'a> Bench<'a> {
                 if !pipeline.producer.running() {
                     bail!("nft monitor trace exited at start: {}", pipeline.producer.err.joined());
                 }
-                Ok(Observer { pipeline: Some(pipeline), tracer: false, _rules: Some(rules) })
+                Ok(Observer { pipeline: Some(pipeline), tracer: false, _rules: Some(rules), recording: None })
+            }
+            Mode::Capture => {
+                let file = self.lab.dir().join("bench-capture.pcapng");
+                let _ = std::fs::remove_file(&file);
+                let path = file.to_str().ok_or_else(|| anyhow!("non-UTF-8 lab directory"))?.to_string();
+                let (pipeline, _) = self.tracer_pipeline(port, &["--write", &path, "--output", "none"])?;
+                let recording = Recording::Tracer { file, tracer: self.tracer.clone() };
+                // Its summary comes from the capture, not from its (empty) output.
+                Ok(Observer { pipeline: Some(pipeline), tracer: false, _rules: None, recording: Some(recording) })
+            }
+            Mode::Tcpdump => {
+                let file = self.lab.dir().join("bench-tcpdump.pcap");
+                let _ = std::fs::remove_file(&file);
+                let path = file.to_str().ok_or_else(|| anyhow!("non-UTF-8 lab directory"))?.to_string();
+                let filter = format!("udp port {port}");
+                // -Z root: the file is in the lab directory, which only root may write.
+                let cmd =
+                    self.lab.command(Ns::Node, &["tcpdump", "-i", "any", "-n", "-Z", "root", "-w", &path, &filter]);
+                let mut pipeline = Pipeline::spawn(cmd, "tcpdump", Path::new(&self.loadgen), None)?;
+                pipeline.producer.wait_stderr(Duration::from_secs(10), "listening on")?;
+                let recording = Recording::Tcpdump { file };
+                Ok(Observer { pipeline: Some(pipeline), tracer: false, _rules: None, recording: Some(recording) })
             }
         }
     }
