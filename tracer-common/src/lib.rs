@@ -343,8 +343,12 @@ pub struct OccurrenceKey {
     /// For a drop, its source and destination; for a stray reply, the backend and the client.
     pub src_addr: [u8; 16],
     pub dst_addr: [u8; 16],
+    /// A stray reply's query's destination before DNAT (`asked_known` 0: not seen): replies
+    /// of one backend to one client for two Services are two findings.
+    pub asked_addr: [u8; 16],
     /// For a drop, its destination port; for a stray reply, the backend's (its source port).
     pub port_be: u16,
+    pub asked_port_be: u16,
     pub l4_proto: u8,
     /// `record_kind::DROP` or `record_kind::STRAY_REPLY`.
     pub kind: u8,
@@ -354,12 +358,12 @@ pub struct OccurrenceKey {
     pub icmp_sent: u8,
     pub icmp_type: u8,
     pub icmp_code: u8,
-    pub _pad: [u8; 3],
+    pub asked_known: u8,
     /// The drop's device, or the bridge port the reply leaves by.
     pub ifindex: u32,
     /// A drop's `skb_drop_reason` (0 for a stray reply).
     pub reason: u32,
-    pub _pad2: u32,
+    pub _pad: u32,
 }
 
 impl OccurrenceKey {
@@ -380,7 +384,9 @@ impl OccurrenceKey {
         OccurrenceKey {
             src_addr: flow.src_addr,
             dst_addr: flow.dst_addr,
+            asked_addr: [0; 16],
             port_be: flow.dst_port_be,
+            asked_port_be: 0,
             l4_proto: flow.l4_proto,
             kind: record_kind::DROP as u8,
             hook,
@@ -388,21 +394,30 @@ impl OccurrenceKey {
             icmp_sent,
             icmp_type,
             icmp_code,
-            _pad: [0; 3],
+            asked_known: 0,
             ifindex,
             reason,
-            _pad2: 0,
+            _pad: 0,
         }
     }
 
     /// A DNS reply leaving bridge port `ifindex` without conntrack: one backend's replies
-    /// to one client, whatever ports the client's queries came from.
+    /// to one client for one asked destination (`asked_known` 0: not seen), whatever ports
+    /// the client's queries came from.
     #[inline(always)]
-    pub fn of_stray_reply(flow: &Flow, ifindex: u32) -> OccurrenceKey {
+    pub fn of_stray_reply(
+        flow: &Flow,
+        ifindex: u32,
+        asked_known: u8,
+        asked_addr: [u8; 16],
+        asked_port_be: u16,
+    ) -> OccurrenceKey {
         OccurrenceKey {
             src_addr: flow.src_addr,
             dst_addr: flow.dst_addr,
+            asked_addr,
             port_be: flow.src_port_be,
+            asked_port_be,
             l4_proto: flow.l4_proto,
             kind: record_kind::STRAY_REPLY as u8,
             hook: 0,
@@ -410,10 +425,10 @@ impl OccurrenceKey {
             icmp_sent: 0,
             icmp_type: 0,
             icmp_code: 0,
-            _pad: [0; 3],
+            asked_known,
             ifindex,
             reason: 0,
-            _pad2: 0,
+            _pad: 0,
         }
     }
 }
@@ -598,5 +613,5 @@ const _: () = assert!(core::mem::size_of::<DropRecord>() == 120);
 const _: () = assert!(StrayReplyRecord::PACKET_OFFSET == 128);
 const _: () = assert!(core::mem::size_of::<StrayReplyRecord>() == 128 + CAPTURE_MAX);
 // Map keys are compared byte for byte: no implicit padding.
-const _: () = assert!(core::mem::size_of::<OccurrenceKey>() == 56);
+const _: () = assert!(core::mem::size_of::<OccurrenceKey>() == 72);
 const _: () = assert!(core::mem::size_of::<OccurrenceCount>() == 24);

@@ -31,6 +31,7 @@ use crate::{
 
 /// The hook a traced packet entered last on this CPU, and the ICMP answer it got there.
 #[repr(C)]
+#[derive(Clone, Copy)]
 pub struct LastHook {
     skb: u64,
     in_ifindex: u32,
@@ -133,6 +134,43 @@ fn count_occurrence(key: &OccurrenceKey) -> Option<Occurrences> {
     Some(Occurrences::default())
 }
 
+/// A record of `key` that was due could not be queued (the ring buffer was full; it is
+/// counted lost): the next occurrence tries again instead of waiting out the resend gap, so a
+/// key is never left without a record.
+#[inline(always)]
+fn not_sent(key: &OccurrenceKey) {
+    if let Some(entry) = OCCURRENCES.get_ptr_mut(key) {
+        // SAFETY: a live map value; a racing write of another CPU's send is as good.
+        unsafe { (*entry).last_sent_ns = 0 };
+    }
+}
+
+/// The key of a drop at the hook `last`.
+#[inline(always)]
+fn drop_key(flow: &Flow, last: &LastHook, ifindex: u32, reason: u32) -> OccurrenceKey {
+    OccurrenceKey::of_drop(flow, last.hook, last.pf, last.icmp_sent, last.icmp_type, last.icmp_code, ifindex, reason)
+}
+
+/// Counts a drop at the hook `last`; true, with the key's count in `sent`, when its record is
+/// to go out.
+// Calls of their own: the key's frame is not added to the drop program's, which also ends
+// journeys (the programs share 512 bytes of stack).
+#[inline(never)]
+fn count_drop(flow: &Flow, last: &LastHook, ifindex: u32, reason: u32, sent: &mut Occurrences) -> bool {
+    match count_occurrence(&drop_key(flow, last, ifindex, reason)) {
+        Some(counted) => {
+            *sent = counted;
+            true
+        }
+        None => false,
+    }
+}
+
+#[inline(never)]
+fn drop_not_sent(flow: &Flow, last: &LastHook, ifindex: u32, reason: u32) {
+    not_sent(&drop_key(flow, last, ifindex, reason));
+}
+
 /// IPS_DST_NAT: conntrack rewrote the destination.
 const IPS_DST_NAT: u32 = 1 << 5;
 /// Bytes of the UDP header before a DNS message.
@@ -181,33 +219,26 @@ pub unsafe fn send_drop(
     location: u64,
     parsed: &ParsedFlow,
 ) {
+    // Read once: the key and the record must say the same (a hook of a packet in a softirq
+    // could note itself in between).
+    // SAFETY: this CPU's slot, as in `note_hook`.
+    let last = LAST_HOOK.get_ptr(0).map(|last| unsafe { *last }).filter(|last| last.skb == skb as u64);
     // A drop at a netfilter hook is counted by its key; others (and all drops of a traced
     // watch, which sends journeys) go out each.
     let mut occurrences = Occurrences::default();
-    if config!(findings_only) != 0 {
-        if let Some(last) = LAST_HOOK.get_ptr(0) {
-            // SAFETY: this CPU's slot, as in `note_hook`.
-            let last = unsafe { &*last };
-            if last.skb == skb as u64 {
-                let key = OccurrenceKey::of_drop(
-                    &parsed.flow,
-                    last.hook,
-                    last.pf,
-                    last.icmp_sent,
-                    last.icmp_type,
-                    last.icmp_code,
-                    ifindex,
-                    reason,
-                );
-                match count_occurrence(&key) {
-                    Some(counted) => occurrences = counted,
-                    None => return,
-                }
-            }
+    let counting = if config!(findings_only) != 0 { last.as_ref() } else { None };
+    if let Some(last) = counting {
+        if !count_drop(&parsed.flow, last, ifindex, reason, &mut occurrences) {
+            return;
         }
     }
     let stamp = output::loss_stamp(&parsed.flow);
-    let Some(mut entry) = output::reserve::<DropRecord>(slot, &stamp) else { return };
+    let Some(mut entry) = output::reserve::<DropRecord>(slot, &stamp) else {
+        if let Some(last) = counting {
+            drop_not_sent(&parsed.flow, last, ifindex, reason);
+        }
+        return;
+    };
     let record = entry.as_mut_ptr();
     // SAFETY: a reserved, exclusively owned slot of size_of::<DropRecord>().
     unsafe {
@@ -226,18 +257,15 @@ pub unsafe fn send_drop(
         (*record).hook_in_ifindex = 0;
         (*record).hook_out_ifindex = 0;
         (*record).occurrences = occurrences;
-        if let Some(last) = LAST_HOOK.get_ptr_mut(0) {
-            let last = &*last;
-            if last.skb == skb as u64 {
-                (*record).hook_known = 1;
-                (*record).hook = last.hook;
-                (*record).pf = last.pf;
-                (*record).icmp_sent = last.icmp_sent;
-                (*record).icmp_type = last.icmp_type;
-                (*record).icmp_code = last.icmp_code;
-                (*record).hook_in_ifindex = last.in_ifindex;
-                (*record).hook_out_ifindex = last.out_ifindex;
-            }
+        if let Some(last) = last {
+            (*record).hook_known = 1;
+            (*record).hook = last.hook;
+            (*record).pf = last.pf;
+            (*record).icmp_sent = last.icmp_sent;
+            (*record).icmp_type = last.icmp_type;
+            (*record).icmp_code = last.icmp_code;
+            (*record).hook_in_ifindex = last.in_ifindex;
+            (*record).hook_out_ifindex = last.out_ifindex;
         }
     }
     output::submit(entry);
@@ -305,11 +333,17 @@ pub unsafe fn bridge_out(at: &AtPort) {
     if nfct != 0 {
         return;
     }
-    let counted = OccurrenceKey::of_stray_reply(flow, ifindex);
+    let (asked_known, asked_addr, asked_port_be) = match ASKED.get(QueryKey::of(flow, true)) {
+        Some(asked) => (1, asked.addr, asked.port_be),
+        None => (0, [0; 16], 0),
+    };
+    let counted = OccurrenceKey::of_stray_reply(flow, ifindex, asked_known, asked_addr, asked_port_be);
     let Some(occurrences) = count_occurrence(&counted) else { return };
-    let key = QueryKey::of(flow, true);
     let stamp = output::loss_stamp(flow);
-    let Some(mut entry) = output::reserve::<StrayReplyRecord>(slot, &stamp) else { return };
+    let Some(mut entry) = output::reserve::<StrayReplyRecord>(slot, &stamp) else {
+        not_sent(&counted);
+        return;
+    };
     let record = entry.as_mut_ptr();
     // SAFETY: a reserved, exclusively owned slot of size_of::<StrayReplyRecord>().
     unsafe {
@@ -324,18 +358,9 @@ pub unsafe fn bridge_out(at: &AtPort) {
         (*record).ingress_ifindex = skb::load::<i32>(skb, config!(layout.skb_iif)) as u32;
         (*record).flow = *flow;
         (*record).packet_len = skb::load::<u32>(skb, config!(layout.skb_len));
-        match ASKED.get(&key) {
-            Some(asked) => {
-                (*record).asked_addr = asked.addr;
-                (*record).asked_port_be = asked.port_be;
-                (*record).asked_known = 1;
-            }
-            None => {
-                (*record).asked_addr = [0; 16];
-                (*record).asked_port_be = 0;
-                (*record).asked_known = 0;
-            }
-        }
+        (*record).asked_addr = asked_addr;
+        (*record).asked_port_be = asked_port_be;
+        (*record).asked_known = asked_known;
         (*record)._pad = 0;
         (*record).occurrences = occurrences;
         let captured = packet::capture(skb, header, parsed, &mut *core::ptr::addr_of_mut!((*record).packet), slot);

@@ -232,11 +232,6 @@ pub(crate) async fn run(options: &WatchOptions, output: &mut dyn Sink) -> Result
                 }
                 loss.read_misses();
                 if ticks.is_multiple_of(LOST_REPORT_TICKS) {
-                    decoder.counted(&counts);
-                    if let Err(err) = pass.take(Ok(()), &mut decoder, &mut interfaces, output, &mut analysis, &mut watermark) {
-                        output_error = Some(err);
-                        break;
-                    }
                     lost_reported = report_lost(&hooks, loss.kernel(), lost_reported);
                     output.lost(lost_reported);
                     output.evictions(&Evictions {
@@ -249,6 +244,12 @@ pub(crate) async fn run(options: &WatchOptions, output: &mut dyn Sink) -> Result
                 // lets an unanswered query's time run out on a quiet node.
                 let pass = Pass { reasons, clock: &clock, until: Instant::now() + PASS_TIME, max_records: PASS_RECORDS };
                 let served = pass.drain(events.get_mut(), &mut interfaces, output, &mut analysis, &mut watermark, &mut decoder).and_then(|_| {
+                    // Once a second, after the records queued so far were read: what the
+                    // kernel counted since the last record of each key.
+                    if ticks.is_multiple_of(LOST_REPORT_TICKS) {
+                        decoder.counted(&counts);
+                        pass.take(Ok(()), &mut decoder, &mut interfaces, output, &mut analysis, &mut watermark)?;
+                    }
                     analysis.expire(watermark.newest_ns);
                     analysis.settle(&mut loss, output).and_then(|()| output.flush())
                 });

@@ -13,10 +13,9 @@ use tracer_common::{OccurrenceCount, OccurrenceKey, Occurrences, OCCURRENCE_RESE
 use super::records::KernelEvent;
 use crate::model::packet::Times;
 
-/// Keys followed at most: twice the kernel map's, so that a key is let go here only after
-/// the kernel's LRU has most likely let it go too. Beyond that a record of a key not followed
-/// stands for itself only: its count since the kernel began it may hold occurrences already
-/// counted, and an occurrence stated twice is worse than one left out.
+/// Keys followed at most: twice the kernel map's, so that while the kernel holds a key this
+/// side still follows it. A record of a key that found no room here stands for itself only
+/// (its count since the kernel began the key may hold occurrences already told).
 const MAX_FOLLOWED: usize = 2 * 16384;
 
 /// Quiet keys are checked against the kernel's map every this many reads (once a second
@@ -85,7 +84,7 @@ impl OccurrenceCounts {
     /// count without a new one and goes quiet; quiet keys the kernel let go of are let go.
     pub(crate) fn since_last_records(
         &mut self,
-        kernel: impl Fn(&OccurrenceKey) -> Option<Occurrences>,
+        kernel: impl Fn(&OccurrenceKey) -> Option<OccurrenceCount>,
         now_ns: u64,
     ) -> Vec<KernelEvent> {
         self.reads = self.reads.wrapping_add(1);
@@ -95,11 +94,16 @@ impl OccurrenceCounts {
             if followed.event.is_none() && !prune {
                 return true;
             }
-            let Some(counted) = kernel(key) else { return false };
+            let Some(count) = kernel(key) else { return false };
+            let counted = count.counted;
             if counted.since_ns != followed.since_ns {
                 return false;
             }
             let Some(event) = &followed.event else { return true };
+            // A newer record is queued, not yet read: it carries these occurrences.
+            if count.last_sent_ns > followed.last_record_ns {
+                return true;
+            }
             if counted.total > followed.total {
                 let mut event = event.clone();
                 set_times(&mut event, Times(counted.total - followed.total), now_ns);
@@ -128,8 +132,8 @@ impl KernelCounts {
         Ok(KernelCounts { map })
     }
 
-    pub(crate) fn get(&self, key: &OccurrenceKey) -> Option<Occurrences> {
-        self.map.get(key, 0).ok().map(|count| count.counted)
+    pub(crate) fn get(&self, key: &OccurrenceKey) -> Option<OccurrenceCount> {
+        self.map.get(key, 0).ok()
     }
 }
 
@@ -197,14 +201,16 @@ mod tests {
         let mut counts = OccurrenceCounts::default();
         let counted = |total| Occurrences { since_ns: 7, total };
         let second = 1_000_000_000;
+        // The kernel's entry: its record sent at 1 s.
+        let kernel = |total| OccurrenceCount { counted: counted(total), last_sent_ns: second };
         assert_eq!(counts.record(key(1), counted(1), &drop_at(second)), Times(1));
         // Two more counted after the record, read a second later.
-        let later = counts.since_last_records(|_| Some(counted(3)), 2 * second);
+        let later = counts.since_last_records(|_| Some(kernel(3)), 2 * second);
         let [KernelEvent::Dropped { drop, .. }] = &later[..] else { panic!("one batch: {later:?}") };
         assert_eq!((drop.occurrences, drop.timestamp_ns), (Times(2), 2 * second));
         // Quiet for a minute, then one more: it stands for itself, not for all three before.
         for at in 3..60 {
-            assert!(counts.since_last_records(|_| Some(counted(3)), at * second).is_empty());
+            assert!(counts.since_last_records(|_| Some(kernel(3)), at * second).is_empty());
         }
         assert_eq!(counts.record(key(1), counted(4), &drop_at(61 * second)), Times(1));
         // The kernel let the key go: its next count begins afresh.
@@ -212,6 +218,17 @@ mod tests {
             counts.since_last_records(|_| None, at * second);
         }
         assert_eq!(counts.record(key(1), Occurrences { since_ns: 99, total: 2 }, &drop_at(100 * second)), Times(2));
+    }
+
+    #[test]
+    fn occurrences_a_queued_record_carries_are_left_to_it() {
+        let mut counts = OccurrenceCounts::default();
+        let counted = |total| Occurrences { since_ns: 7, total };
+        assert_eq!(counts.record(key(1), counted(1), &drop_at(10)), Times(1));
+        // The kernel sent another record at 20, not read yet: its count is its to tell.
+        let queued = OccurrenceCount { counted: counted(5), last_sent_ns: 20 };
+        assert!(counts.since_last_records(|_| Some(queued), 30).is_empty());
+        assert_eq!(counts.record(key(1), counted(5), &drop_at(20)), Times(4));
     }
 
     #[test]

@@ -87,9 +87,15 @@ impl Decoder {
     }
 
     /// Makes the event just decoded stand for the occurrences of `key` the kernel counted.
+    /// A record whose occurrences were all told already (two CPUs sent the key's records in
+    /// the other order) is left out: it would be a line standing for nothing.
     fn count(&mut self, key: OccurrenceKey, counted: Occurrences) {
         if let Some(event) = self.events.last_mut() {
             let times = self.counts.record(key, counted, event);
+            if times.0 == 0 {
+                self.events.pop();
+                return;
+            }
             set_times(event, times, event_time(event));
         }
     }
@@ -219,7 +225,14 @@ impl Decoder {
             )),
         };
         self.events.push(KernelEvent::StrayReply { reply, asked });
-        self.count(OccurrenceKey::of_stray_reply(&stray.flow, stray.ifindex), stray.occurrences);
+        let key = OccurrenceKey::of_stray_reply(
+            &stray.flow,
+            stray.ifindex,
+            stray.asked_known,
+            stray.asked_addr,
+            stray.asked_port_be,
+        );
+        self.count(key, stray.occurrences);
         Ok(())
     }
 }
