@@ -55,8 +55,23 @@ pub(crate) fn note_signals() -> Result<()> {
 /// How often a write still blocked after a stop is interrupted again.
 const INTERRUPT_EVERY: Duration = Duration::from_millis(100);
 
+/// A write blocked this long after a stop is taken for one nobody will read. A reader that
+/// is only slow (a counter behind a flood of lines) frees room sooner, and each write that
+/// returns begins the wait again: its last lines and the summary still reach it.
+const BLOCKED_FOR: Duration = Duration::from_secs(1);
+
 /// The thread inside a write to standard output (its `pthread_t`), 0 when none is.
 static WRITING: AtomicU64 = AtomicU64::new(0);
+
+/// When that write began (`CLOCK_MONOTONIC`, ms).
+static WRITING_SINCE_MS: AtomicU64 = AtomicU64::new(0);
+
+fn monotonic_ms() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec to fill; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    u64::try_from(now.tv_sec).unwrap_or(0) * 1000 + u64::try_from(now.tv_nsec).unwrap_or(0) / 1_000_000
+}
 
 /// Does nothing: it is there so that SIGUSR1, installed without `SA_RESTART`, makes a
 /// blocked write(2) return `EINTR`.
@@ -66,7 +81,8 @@ extern "C" fn interrupt_write(_: libc::c_int) {}
 fn interrupt_blocked_writes() -> ! {
     loop {
         let thread = WRITING.load(Ordering::Acquire);
-        if thread != 0 {
+        let blocked_ms = monotonic_ms().saturating_sub(WRITING_SINCE_MS.load(Ordering::Acquire));
+        if thread != 0 && blocked_ms >= BLOCKED_FOR.as_millis() as u64 {
             // SAFETY: a thread that marked itself writing is alive until it clears the mark;
             // at worst the signal finds it just after, where the handler does nothing.
             unsafe { libc::pthread_kill(thread as libc::pthread_t, libc::SIGUSR1) };
@@ -101,6 +117,7 @@ impl StopAwareWriter {
 
 impl Write for StopAwareWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        WRITING_SINCE_MS.store(monotonic_ms(), Ordering::Release);
         // SAFETY: pthread_self has no preconditions.
         WRITING.store(unsafe { libc::pthread_self() } as u64, Ordering::Release);
         let written = self.out.write(buf);
