@@ -143,14 +143,103 @@ impl<'de: 'a, 'a> Deserialize<'de> for Item<'a> {
     }
 }
 
+/// A field of an item as nft's schema types it, or `Other` where a listing holds something
+/// else there: one odd field leaves that field unknown instead of failing the whole listing
+/// (and with it every nftables rule of the node).
+#[derive(Default)]
+enum Field<'a> {
+    Text(Cow<'a, str>),
+    Number(u64),
+    #[default]
+    Other,
+}
+
+impl Field<'_> {
+    fn text(&self) -> &str {
+        self.some_text().unwrap_or("")
+    }
+
+    fn some_text(&self) -> Option<&str> {
+        match self {
+            Field::Text(text) => Some(text),
+            _ => None,
+        }
+    }
+
+    fn number(&self) -> Option<u64> {
+        match self {
+            Field::Number(n) => Some(*n),
+            _ => None,
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Field<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldVisitor<'a>(PhantomData<Field<'a>>);
+
+        impl<'de: 'a, 'a> Visitor<'de> for FieldVisitor<'a> {
+            type Value = Field<'a>;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or a number")
+            }
+
+            fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Field<'a>, E> {
+                Ok(Field::Text(Cow::Borrowed(text)))
+            }
+
+            fn visit_str<E>(self, text: &str) -> Result<Field<'a>, E> {
+                Ok(Field::Text(Cow::Owned(text.to_string())))
+            }
+
+            fn visit_string<E>(self, text: String) -> Result<Field<'a>, E> {
+                Ok(Field::Text(Cow::Owned(text)))
+            }
+
+            fn visit_u64<E>(self, n: u64) -> Result<Field<'a>, E> {
+                Ok(Field::Number(n))
+            }
+
+            fn visit_i64<E>(self, _: i64) -> Result<Field<'a>, E> {
+                Ok(Field::Other)
+            }
+
+            fn visit_f64<E>(self, _: f64) -> Result<Field<'a>, E> {
+                Ok(Field::Other)
+            }
+
+            fn visit_bool<E>(self, _: bool) -> Result<Field<'a>, E> {
+                Ok(Field::Other)
+            }
+
+            fn visit_unit<E>(self) -> Result<Field<'a>, E> {
+                Ok(Field::Other)
+            }
+
+            fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Field<'a>, S::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Field::Other)
+            }
+
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Field<'a>, M::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Field::Other)
+            }
+        }
+
+        deserializer.deserialize_any(FieldVisitor(PhantomData))
+    }
+}
+
 /// The table an item belongs to.
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct InTable<'a> {
     #[serde(borrow)]
-    family: Cow<'a, str>,
+    family: Field<'a>,
     #[serde(borrow)]
-    table: Cow<'a, str>,
+    table: Field<'a>,
 }
 
 #[derive(Deserialize, Default)]
@@ -159,9 +248,11 @@ struct ChainItem<'a> {
     #[serde(borrow, flatten)]
     at: InTable<'a>,
     #[serde(borrow)]
-    name: Cow<'a, str>,
-    hook: Option<String>,
-    policy: Option<String>,
+    name: Field<'a>,
+    #[serde(borrow)]
+    hook: Field<'a>,
+    #[serde(borrow)]
+    policy: Field<'a>,
 }
 
 #[derive(Deserialize, Default)]
@@ -170,9 +261,11 @@ struct RuleItem<'a> {
     #[serde(borrow, flatten)]
     at: InTable<'a>,
     #[serde(borrow)]
-    chain: Cow<'a, str>,
-    handle: Option<u64>,
-    comment: Option<String>,
+    chain: Field<'a>,
+    #[serde(borrow)]
+    handle: Field<'a>,
+    #[serde(borrow)]
+    comment: Field<'a>,
     /// Read when the rule's turn comes, once every set and counter is known.
     #[serde(borrow)]
     expr: Option<&'a RawValue>,
@@ -185,15 +278,16 @@ struct SetItem<'a> {
     #[serde(borrow, flatten)]
     at: InTable<'a>,
     #[serde(borrow)]
-    name: Cow<'a, str>,
+    name: Field<'a>,
     /// A type name, or one per field of a concatenation.
     #[serde(rename = "type")]
     key_type: Option<Value>,
     /// Only maps have one.
     map: Option<IgnoredAny>,
-    /// Each element read on its own: kube-proxy's maps have one per Service port.
+    /// Its elements, each read on its own when the set is: kube-proxy's maps have one per
+    /// Service port.
     #[serde(borrow)]
-    elem: Vec<&'a RawValue>,
+    elem: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize, Default)]
@@ -202,9 +296,11 @@ struct CounterItem<'a> {
     #[serde(borrow, flatten)]
     at: InTable<'a>,
     #[serde(borrow)]
-    name: Cow<'a, str>,
-    packets: Option<u64>,
-    bytes: Option<u64>,
+    name: Field<'a>,
+    #[serde(borrow)]
+    packets: Field<'a>,
+    #[serde(borrow)]
+    bytes: Field<'a>,
 }
 
 /// JSON text already checked by the listing's parse, read into a value.
@@ -219,8 +315,11 @@ fn parse_set_object(set: &SetItem) -> NftSet {
         Some(Value::Array(names)) => names.iter().map(|n| FieldKind::of_type(n.as_str().unwrap_or(""))).collect(),
         _ => vec![FieldKind::Other],
     };
-    let elements = set.elem.iter().map(|raw| read_raw(raw));
-    NftSet::from_json(format!("@{}", set.name), elements, &kinds, set.map.is_some())
+    // Not an array (a future nft's form): no elements known.
+    let raw_elements: Vec<&RawValue> =
+        set.elem.and_then(|elem| serde_json::from_str(elem.get()).ok()).unwrap_or_default();
+    let elements = raw_elements.into_iter().map(read_raw);
+    NftSet::from_json(format!("@{}", set.name.text()), elements, &kinds, set.map.is_some())
 }
 
 /// The ip, ip6 and inet families see packets at the IP hooks.
@@ -336,18 +435,25 @@ impl<'a> ListingReader<'a> {
     fn add(&mut self, item: Item<'a>) {
         let ListingReader { objects, chains, chain_at, rules } = self;
         match item {
-            Item::Set(set) if is_ip_family(&set.at.family) => {
-                let key = (set.at.family.to_string(), set.at.table.to_string(), set.name.to_string());
+            Item::Set(set) if is_ip_family(set.at.family.text()) => {
+                let key =
+                    (set.at.family.text().to_string(), set.at.table.text().to_string(), set.name.text().to_string());
                 objects.sets.insert(key, Arc::new(parse_set_object(&set)));
             }
-            Item::Counter(counter) if is_ip_family(&counter.at.family) => {
-                let key = (counter.at.family.to_string(), counter.at.table.to_string(), counter.name.to_string());
-                objects.counters.insert(key, (counter.packets.unwrap_or(0), counter.bytes.unwrap_or(0)));
+            Item::Counter(counter) if is_ip_family(counter.at.family.text()) => {
+                let key = (
+                    counter.at.family.text().to_string(),
+                    counter.at.table.text().to_string(),
+                    counter.name.text().to_string(),
+                );
+                let counted = (counter.packets.number().unwrap_or(0), counter.bytes.number().unwrap_or(0));
+                objects.counters.insert(key, counted);
             }
-            Item::Chain(chain) if is_ip_family(&chain.at.family) => {
-                let key = (chain.at.family.to_string(), chain.at.table.to_string(), chain.name.to_string());
-                chain_at.insert(key, chains.len());
-                let policy = chain.hook.as_ref().and(chain.policy.as_deref()).map(|p| match p {
+            Item::Chain(chain) if is_ip_family(chain.at.family.text()) => {
+                let (family, table, name) = (chain.at.family.text(), chain.at.table.text(), chain.name.text());
+                chain_at.insert((family.to_string(), table.to_string(), name.to_string()), chains.len());
+                let hook = chain.hook.some_text();
+                let policy = hook.and(chain.policy.some_text()).map(|p| match p {
                     "accept" => Verdict::Accept,
                     "drop" => Verdict::Drop,
                     other => Verdict::Other(other.to_string()),
@@ -356,19 +462,19 @@ impl<'a> ListingReader<'a> {
                     chain: Chain {
                         backend: Backend::Nftables,
                         family: Family::Ipv4,
-                        table: format!("{} {}", chain.at.family, chain.at.table),
-                        name: chain.name.to_string(),
-                        hook: chain.hook.as_deref().and_then(Hook::from_nft),
+                        table: format!("{family} {table}"),
+                        name: name.to_string(),
+                        hook: hook.and_then(Hook::from_nft),
                         policy,
                         policy_packets: None,
                         rules: Vec::new(),
                     },
-                    kernel_family: chain.at.family.to_string(),
-                    table_name: chain.at.table.to_string(),
+                    kernel_family: family.to_string(),
+                    table_name: table.to_string(),
                     opaque_lookups: Vec::new(),
                 });
             }
-            Item::Rule(rule) if is_ip_family(&rule.at.family) => rules.push(rule),
+            Item::Rule(rule) if is_ip_family(rule.at.family.text()) => rules.push(rule),
             _ => {}
         }
     }
@@ -378,7 +484,11 @@ impl<'a> ListingReader<'a> {
         let places: Vec<Option<usize>> = rules
             .iter()
             .map(|rule| {
-                let key = (rule.at.family.to_string(), rule.at.table.to_string(), rule.chain.to_string());
+                let key = (
+                    rule.at.family.text().to_string(),
+                    rule.at.table.text().to_string(),
+                    rule.chain.text().to_string(),
+                );
                 chain_at.get(&key).copied()
             })
             .collect();
@@ -395,15 +505,15 @@ impl<'a> ListingReader<'a> {
         }
         for (rule, at) in rules.into_iter().zip(places) {
             let Some(at) = at else { continue };
-            let table_key = (rule.at.family.to_string(), rule.at.table.to_string());
+            let table_key = (rule.at.family.text().to_string(), rule.at.table.text().to_string());
             let nft_chain = &mut chains[at];
             let position = u32::try_from(nft_chain.chain.rules.len() + 1).unwrap_or(u32::MAX);
             let statements = match rule.expr.map(read_raw) {
                 Some(Value::Array(statements)) => statements,
                 _ => Vec::new(),
             };
-            let mut parsed =
-                parse_nft_rule(&statements, rule.comment.as_deref(), &rule.at.family, &table_key, &objects);
+            let comment = rule.comment.some_text();
+            let mut parsed = parse_nft_rule(&statements, comment, rule.at.family.text(), &table_key, &objects);
             // Kept for as long as the snapshot is: without the room grown while reading.
             parsed.matches.tests.shrink_to_fit();
             parsed.matches.unparsed.shrink_to_fit();
@@ -414,9 +524,9 @@ impl<'a> ListingReader<'a> {
                 table: nft_chain.chain.table.clone(),
                 chain: nft_chain.chain.name.clone(),
                 position,
-                handle: rule.handle,
+                handle: rule.handle.number(),
                 text: parsed.text,
-                comment: rule.comment,
+                comment: comment.map(str::to_string),
                 verdict: parsed.verdict,
                 map_verdicts: parsed.map_verdicts,
                 vmap: parsed.vmap,
@@ -1136,6 +1246,26 @@ mod tests {
         let six = chain(&chains, Family::Ipv6, "ip6 six", "inp");
         assert_eq!(six.rules[1].verdict, reject_with("icmpv6 admin-prohibited"));
         assert_eq!(six.rules[2].verdict, reject_with("icmpv6 port-unreachable"));
+    }
+
+    /// A field of another type than nft's schema says (a future nft's, a bridge table's) leaves
+    /// that field unknown; the rest of the listing is read.
+    #[test]
+    fn an_odd_field_does_not_cost_the_listing() {
+        let json = r#"{"nftables": [
+            {"table": {"family": "bridge", "name": {"odd": 1}}},
+            {"chain": {"family": {"odd": 1}, "table": "x", "name": "y"}},
+            {"set": {"family": "ip", "table": "t", "name": "s", "type": "ipv4_addr", "elem": "not a list"}},
+            {"counter": {"family": "ip", "table": "t", "name": "n", "packets": "many", "bytes": -1}},
+            {"chain": {"family": "ip", "table": "t", "name": "c", "hook": "forward", "policy": ["drop"]}},
+            {"rule": {"family": "ip", "table": "t", "chain": "c", "handle": "seven", "comment": 5,
+                      "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "udp", "field": "dport"}}, "right": 53}},
+                               {"drop": null}]}}]}"#;
+        let chains = parse_nft_json(json).expect("read despite the odd fields");
+        let [chain] = &chains[..] else { panic!("the ip chain only: {}", chains.len()) };
+        assert_eq!((chain.hook, chain.policy.as_ref()), (Some(Hook::Forward), None));
+        assert_eq!((chain.rules[0].handle, chain.rules[0].comment.as_ref()), (None, None));
+        assert_eq!(chain.rules[0].verdict, Verdict::Drop);
     }
 
     #[test]
