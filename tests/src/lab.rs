@@ -555,6 +555,41 @@ impl Lab {
         )
     }
 
+    /// Counts the UDP answers from `port` the node's bridge forwards between its ports (a
+    /// bridge-family rule on the forward hook): queries to a ClusterIP reach the bridge's own
+    /// address and leave the node's way, so only answers pass there. Read with
+    /// [`Lab::answers_forwarded`].
+    pub fn count_answers_forwarded(&self, port: u16) -> Result<()> {
+        let port = port.to_string();
+        for argv in [
+            &["nft", "add", "table", "bridge", "answers"][..],
+            &["nft", "add", "chain", "bridge", "answers", "forward", "{ type filter hook forward priority 0; }"],
+            &["nft", "add", "rule", "bridge", "answers", "forward", "udp", "sport", &port, "counter"],
+        ] {
+            self.run(Ns::Node, argv)?;
+        }
+        Ok(())
+    }
+
+    pub fn answers_forwarded(&self) -> Result<u64> {
+        let listing = self.run(Ns::Node, &["nft", "list", "chain", "bridge", "answers", "forward"])?;
+        listing
+            .split_once("counter packets ")
+            .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+            .ok_or_else(|| anyhow!("unreadable answer counter: {listing}"))
+    }
+
+    /// Packets rule `position` of the node's FORWARD chain matched, by its counter.
+    pub fn forward_rule_packets(&self, position: u32) -> Result<u64> {
+        let position = position.to_string();
+        let listing = self.run(Ns::Node, &["iptables", "-w", "10", "-L", "FORWARD", &position, "-v", "-n", "-x"])?;
+        listing
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| anyhow!("unreadable counter of FORWARD rule {position}: {listing}"))
+    }
+
     /// dnsmasq's query log so far.
     pub fn dnsmasq_log(&self) -> String {
         read_lossy(&self.dir.join("dnsmasq.log"))

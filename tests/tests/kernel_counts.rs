@@ -16,17 +16,6 @@ use tracer_tests::scenario::Scenario;
 /// Datagrams of the storm: each from a socket of its own, so from a port of its own.
 const STORM: u32 = 3000;
 
-/// Packets rule `position` of FORWARD matched, by its counter.
-fn forward_rule_packets(lab: &Lab, position: u32) -> Result<u64> {
-    let listing =
-        lab.run(Ns::Node, &["iptables", "-w", "10", "-L", "FORWARD", &position.to_string(), "-v", "-n", "-x"])?;
-    listing
-        .split_whitespace()
-        .next()
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| anyhow!("unreadable counter: {listing}"))
-}
-
 fn capture_path(lab: &Lab) -> Result<String> {
     let capture = lab.dir().join("counted.pcapng");
     let _ = std::fs::remove_file(&capture);
@@ -56,7 +45,7 @@ fn a_storm_of_rejected_packets_is_one_finding_counted_exactly_from_few_records()
     let (w, ()) = Scenario::settled(&lab)
         .args(&["--findings-only", "--write", &capture])
         .run(|| lab.send_udp(Ns::Client, CLUSTER_DNS_IP, 53, STORM))?;
-    let matched = forward_rule_packets(&lab, 1)?;
+    let matched = lab.forward_rule_packets(1)?;
     ensure!(matched >= u64::from(STORM), "the REJECT matched {matched} of {STORM} datagrams");
 
     // One problem, however many packets: the REJECT's ICMP answers are rate-limited, so some
@@ -92,30 +81,17 @@ fn a_storm_of_replies_without_conntrack_is_one_finding_counted_exactly() -> Resu
     let lab = Lab::new(LabConfig::bridge_nf_call_iptables_off())?;
     // The reference count: answers the bridge forwarded from the server to the client (queries
     // reach the bridge's own address and leave the node's way, never through its forward hook).
-    for argv in [
-        &["nft", "add", "table", "bridge", "answers"][..],
-        &["nft", "add", "chain", "bridge", "answers", "forward", "{ type filter hook forward priority 0; }"],
-        &["nft", "add", "rule", "bridge", "answers", "forward", "udp", "sport", "53", "counter"],
-    ] {
-        lab.run(Ns::Node, argv)?;
-    }
+    lab.count_answers_forwarded(53)?;
     let capture = capture_path(&lab)?;
-    let answers_forwarded = || -> Result<u64> {
-        let listing = lab.run(Ns::Node, &["nft", "list", "chain", "bridge", "answers", "forward"])?;
-        listing
-            .split_once("counter packets ")
-            .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
-            .ok_or_else(|| anyhow!("no counter in:\n{listing}"))
-    };
     let (w, (perf, forwarded)) = Scenario::settled(&lab).args(&["--findings-only", "--write", &capture]).run(|| {
         let done = lab.dnsperf(CLUSTER_DNS_IP, 2, 4)?.finish(Duration::from_secs(30))?;
         let perf = parse(&done.stdout).ok_or_else(|| anyhow!("no dnsperf statistics:\n{}", done.describe()))?;
         // Answers dnsperf stopped waiting for still come on a slow machine: the count is taken
         // once it stands still, while the watch still runs.
-        let mut forwarded = answers_forwarded()?;
+        let mut forwarded = lab.answers_forwarded()?;
         for _ in 0..50 {
             std::thread::sleep(Duration::from_millis(500));
-            let now = answers_forwarded()?;
+            let now = lab.answers_forwarded()?;
             if now == forwarded {
                 break;
             }
@@ -159,7 +135,7 @@ fn rejected_lookups_with_pauses_are_counted_exactly() -> Result<()> {
         }
         Ok(())
     })?;
-    let matched = forward_rule_packets(&lab, 1)?;
+    let matched = lab.forward_rule_packets(1)?;
     let counted = u64_at(&w.summary, "/finding_counts/netfilter_reject");
     ensure!(matched >= 15, "the REJECT matched {matched} queries");
     ensure!(counted == Some(matched), "counted {counted:?} of the REJECT's {matched}:\n{}", w.describe());

@@ -10,7 +10,7 @@
 use std::thread;
 use std::time::Duration;
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use tracer_tests::lab::{Ns, BRIDGE, CLUSTER_DNS_IP, POD_IF, TEST_NAME};
 
 use super::{check_interrupted, results::FindingsUnderLoad, runner::Bench, Mode, DNS_PORT};
@@ -43,13 +43,7 @@ impl Bench<'_> {
         // What the kernel counts of conntrack_skip: the answers the bridge forwards from the
         // responder to the client (the load's queries reach the node's address, not the bridge's
         // forward hook).
-        for argv in [
-            &["nft", "add", "table", "bridge", "answers"][..],
-            &["nft", "add", "chain", "bridge", "answers", "forward", "{ type filter hook forward priority 0; }"],
-            &["nft", "add", "rule", "bridge", "answers", "forward", "udp", "sport", &port, "counter"],
-        ] {
-            self.lab.run(Ns::Node, argv)?;
-        }
+        self.lab.count_answers_forwarded(DNS_PORT)?;
         let responder = self.dns_responder()?;
         phase(
             "bench",
@@ -76,28 +70,10 @@ impl Bench<'_> {
             perf,
             rejected_queries,
             refused_seen,
-            rule_packets: self.rule_packets()?,
-            answers_forwarded: self.answers_forwarded()?,
+            // The REJECT is rule 1 of FORWARD, the only one.
+            rule_packets: self.lab.forward_rule_packets(1)?,
+            answers_forwarded: self.lab.answers_forwarded()?,
             observed,
         })
-    }
-
-    /// Answers the bridge forwarded to the client, by the counter of the bench's own rule.
-    fn answers_forwarded(&self) -> Result<u64> {
-        let listing = self.lab.run(Ns::Node, &["nft", "list", "chain", "bridge", "answers", "forward"])?;
-        listing
-            .split_once("counter packets ")
-            .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
-            .ok_or_else(|| anyhow!("unreadable answer counter: {listing}"))
-    }
-
-    /// Packets the REJECT (rule 1 of FORWARD, the only one) matched, by its counter.
-    fn rule_packets(&self) -> Result<u64> {
-        let listing = self.lab.run(Ns::Node, &["iptables", "-w", "10", "-L", "FORWARD", "1", "-v", "-n", "-x"])?;
-        listing
-            .split_whitespace()
-            .next()
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| anyhow!("unreadable REJECT counter: {listing}"))
     }
 }
