@@ -242,6 +242,13 @@ struct InTable<'a> {
     table: Field<'a>,
 }
 
+impl InTable<'_> {
+    /// What names the table's object `name` (a chain, set, map or counter) in the listing.
+    fn key_of(&self, name: &Field) -> (String, String, String) {
+        (self.family.text().to_string(), self.table.text().to_string(), name.text().to_string())
+    }
+}
+
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct ChainItem<'a> {
@@ -436,22 +443,15 @@ impl<'a> ListingReader<'a> {
         let ListingReader { objects, chains, chain_at, rules } = self;
         match item {
             Item::Set(set) if is_ip_family(set.at.family.text()) => {
-                let key =
-                    (set.at.family.text().to_string(), set.at.table.text().to_string(), set.name.text().to_string());
-                objects.sets.insert(key, Arc::new(parse_set_object(&set)));
+                objects.sets.insert(set.at.key_of(&set.name), Arc::new(parse_set_object(&set)));
             }
             Item::Counter(counter) if is_ip_family(counter.at.family.text()) => {
-                let key = (
-                    counter.at.family.text().to_string(),
-                    counter.at.table.text().to_string(),
-                    counter.name.text().to_string(),
-                );
                 let counted = (counter.packets.number().unwrap_or(0), counter.bytes.number().unwrap_or(0));
-                objects.counters.insert(key, counted);
+                objects.counters.insert(counter.at.key_of(&counter.name), counted);
             }
             Item::Chain(chain) if is_ip_family(chain.at.family.text()) => {
                 let (family, table, name) = (chain.at.family.text(), chain.at.table.text(), chain.name.text());
-                chain_at.insert((family.to_string(), table.to_string(), name.to_string()), chains.len());
+                chain_at.insert(chain.at.key_of(&chain.name), chains.len());
                 let hook = chain.hook.some_text();
                 let policy = hook.and(chain.policy.some_text()).map(|p| match p {
                     "accept" => Verdict::Accept,
@@ -481,17 +481,8 @@ impl<'a> ListingReader<'a> {
 
     fn finish(self) -> Vec<NftChain> {
         let ListingReader { objects, mut chains, chain_at, rules } = self;
-        let places: Vec<Option<usize>> = rules
-            .iter()
-            .map(|rule| {
-                let key = (
-                    rule.at.family.text().to_string(),
-                    rule.at.table.text().to_string(),
-                    rule.chain.text().to_string(),
-                );
-                chain_at.get(&key).copied()
-            })
-            .collect();
+        let places: Vec<Option<usize>> =
+            rules.iter().map(|rule| chain_at.get(&rule.at.key_of(&rule.chain)).copied()).collect();
         drop(chain_at);
         // Each chain's rules in room of their exact size: grown by pushing, the tens of
         // thousands of short chains of a kube-proxy node would hold twice their rules' room.
