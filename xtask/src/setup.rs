@@ -31,8 +31,11 @@ const PACKAGES: &[&str] = &[
     "ipset",
     // The DNS load of `cargo xtask bench` and of the flood tests.
     "dnsperf",
-    // The safety tests list the BPF objects a tracer left behind, and its attachments.
+    // The safety tests list the BPF objects a tracer left behind, and its attachments; the
+    // bench reads its programs' run-time statistics.
     "bpftool",
+    // The bench's profile of the load's CPU per mode.
+    "linux-perf",
     // setpriv runs tracer without privileges in the tests; sysctl reads node settings.
     "util-linux",
     "procps",
@@ -85,8 +88,10 @@ const TOOLS: &[(&str, &str)] = &[
     ("tcpdump", "tcpdump"),
     ("tshark", "tshark"),
     ("bpftool", "bpftool"),
+    ("perf", "linux-perf"),
     ("setpriv", "util-linux"),
     ("nsenter", "util-linux"),
+    ("taskset", "util-linux"),
     ("sysctl", "procps"),
     ("containerd", "containerd"),
     ("containerd-shim-runc-v2", "containerd"),

@@ -8,7 +8,7 @@ use anyhow::{anyhow, Result};
 use tracer_tests::lab::{Ns, CLUSTER_DNS_IP};
 
 use super::{
-    check_interrupted, interleave,
+    check_interrupted, cpus, interleave,
     procs::{cpu_seconds, peak_rss_kib, rss_kib, Ended, Proc, Stdout},
     results::{DnsRun, Observed, SoakRun},
     runner::Bench,
@@ -28,7 +28,7 @@ impl Bench<'_> {
         let queries = self.queries.to_str().ok_or_else(|| anyhow!("non-UTF-8 lab directory"))?;
         let port = DNS_PORT.to_string();
         let limit = format!("{secs}");
-        Ok(self.lab.command(
+        let mut cmd = self.lab.command(
             Ns::Client,
             &[
                 "dnsperf",
@@ -49,7 +49,9 @@ impl Bench<'_> {
                 "-t",
                 "1",
             ],
-        ))
+        );
+        cpus::on_load_cpu(&mut cmd);
+        Ok(cmd)
     }
 
     pub(super) fn dns_rounds(&self, plan: &Plan) -> Result<Vec<DnsRun>> {

@@ -26,7 +26,12 @@
 //! Runs are interleaved — baseline, mode, baseline, mode, ... with the order of the modes rotated
 //! every round — and each mode's run is compared with the two baselines next to it (its rate over
 //! theirs, and the nanoseconds per packet it added), so drift of a shared 2-core machine cancels
-//! out; each figure is the median over rounds, with its spread.
+//! out; each figure is the trimmed mean over rounds (a fifth set aside at either end), printed
+//! with its noise (twice its standard error) and its spread. The baselines are compared with their
+//! own neighbours too: that ratio is 1 but for noise, and shows the run's resolution. A verdict
+//! whose margin is inside the noise is marked, and so is the run. The load generator runs alone
+//! on one CPU and everything else on the others (`cpus`), so the scheduler does not move the
+//! observer's reader onto the load's path in some rounds and not in others.
 //!
 //! A last phase builds the lab broken — `bridge-nf-call-iptables=0` and a FORWARD REJECT — and
 //! checks that `--findings-only` still names both findings under the full DNS load.
@@ -36,10 +41,12 @@
 //! a prebuilt tracer instead of building this checkout's, to compare two builds. Targets are
 //! reported, never enforced. Ctrl-C stops at the next step; processes and the lab are removed.
 
+mod cpus;
 mod dns;
 mod findings;
 mod observer;
 mod procs;
+mod profile;
 mod report;
 mod results;
 mod runner;
@@ -176,9 +183,11 @@ impl Plan {
     fn full() -> Plan {
         Plan {
             smoke: false,
-            udp_rounds: 6,
-            dns_rounds: 4,
-            load_secs: 2.5,
+            // More, shorter rounds than a few long ones: a round the machine disturbed is one of
+            // many, and the trimmed mean sets it aside.
+            udp_rounds: 10,
+            dns_rounds: 5,
+            load_secs: 2.0,
             attach_trials: 5,
             calibration_packets: 2000,
             lossless_steps: 6,
@@ -275,7 +284,9 @@ fn bench(plan: &Plan, tracer: &Path, append: bool) -> Result<PathBuf> {
     let started = Instant::now();
     phase("bench", "cargo build --release --bin loadgen");
     let loadgen = build_loadgen()?;
+    // Read before the bench confines itself to some of the CPUs.
     let machine = report::machine(tracer);
+    let _placed = place_processes()?;
     phase("bench", "building the lab");
     let measured = {
         let lab = Lab::new(LabConfig::healthy())?;
@@ -317,6 +328,7 @@ const SOAK_SAMPLE: Duration = Duration::from_secs(10);
 fn soak(tracer: &Path, secs: f64) -> Result<PathBuf> {
     phase("bench", "cargo build --release --bin loadgen");
     let loadgen = build_loadgen()?;
+    let _placed = place_processes()?;
     phase("bench", "building the lab");
     let lab = Lab::new(LabConfig::healthy())?;
     let bench = Bench::new(&lab, tracer, &loadgen)?;
@@ -362,6 +374,16 @@ fn soak(tracer: &Path, secs: f64) -> Result<PathBuf> {
         .with_context(|| format!("writing {}", file.display()))?;
     phase("bench", &format!("soak results written to {}", file.display()));
     Ok(file)
+}
+
+/// The load on a CPU of its own from here on (after the builds, which want every CPU).
+fn place_processes() -> Result<cpus::Placed> {
+    let placed = cpus::place()?;
+    match &placed.placement {
+        Some(p) => phase("bench", &format!("the load runs on CPU {}, everything else on CPUs {:?}", p.load, p.others)),
+        None => phase("bench", "one CPU: load and observers share it"),
+    }
+    Ok(placed)
 }
 
 /// `cargo build --release -p xtask --bin loadgen`; the path of the binary cargo reports.

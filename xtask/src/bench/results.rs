@@ -13,6 +13,8 @@ pub struct Measured {
     pub lossless: Vec<UdpRun>,
     pub xtables_monitor: Option<XtablesProbe>,
     pub dns: Vec<DnsRun>,
+    /// Where each mode's time goes; an error does not spoil the other figures.
+    pub profiles: Result<Vec<super::profile::ModeProfile>, String>,
 }
 
 /// What tracer makes of each packet of the load, measured at a rate far below any loss.

@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use tracer_tests::lab::{Lab, Ns, CLIENT_VETH, CLUSTER_DNS_IP, SERVER_IP, TRACER_READY, TRACER_READY_TIMEOUT};
 
 use super::{
-    interleave, measured_names,
+    cpus, interleave, measured_names,
     observer::{Observer, Recording, TraceRules},
     procs::{last_json, Pipeline, Proc, Stdout},
     results::{Measured, UdpRun},
@@ -119,7 +119,13 @@ impl<'a> Bench<'a> {
             ),
         );
         let dns = self.dns_rounds(plan)?;
-        Ok(Measured { calibration, attach, udp, lossless, xtables_monitor, dns })
+
+        phase("bench", "profiles: each mode's programs (BPF run-time statistics) and the load CPU (perf)");
+        let profiles = self.profiles(plan.load_secs).map_err(|e| format!("{e:#}"));
+        if let Err(e) = &profiles {
+            println!("bench: no profiles: {e}");
+        }
+        Ok(Measured { calibration, attach, udp, lossless, xtables_monitor, dns, profiles })
     }
 
     /// Only the `traced` mode sends a record per packet, so only its runs can be held to one.
@@ -233,7 +239,8 @@ impl<'a> Bench<'a> {
         Ok(server)
     }
 
-    pub(super) fn sender(&self, rate: Option<u64>, secs: Option<f64>, count: Option<u64>) -> Result<Proc> {
+    /// `loadgen send` to the ClusterIP's load port, as an argument list for the client.
+    pub(super) fn send_argv(&self, rate: Option<u64>, secs: Option<f64>, count: Option<u64>) -> Vec<String> {
         let dst = format!("{CLUSTER_DNS_IP}:{LOAD_PORT}");
         let mut argv: Vec<String> = vec![self.loadgen.clone(), "send".into(), "--dst".into(), dst];
         if let Some(rate) = rate {
@@ -245,8 +252,15 @@ impl<'a> Bench<'a> {
         if let Some(count) = count {
             argv.extend(["--count".into(), count.to_string()]);
         }
+        argv
+    }
+
+    pub(super) fn sender(&self, rate: Option<u64>, secs: Option<f64>, count: Option<u64>) -> Result<Proc> {
+        let argv = self.send_argv(rate, secs, count);
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-        Proc::spawn(self.lab.command(Ns::Client, &argv), "loadgen send", Stdout::Capture)
+        let mut cmd = self.lab.command(Ns::Client, &argv);
+        cpus::on_load_cpu(&mut cmd);
+        Proc::spawn(cmd, "loadgen send", Stdout::Capture)
     }
 
     /// Runs a sender to its end (bounded: its own duration plus a margin).

@@ -50,10 +50,20 @@ fn range(low: &Value, high: &Value, decimals: usize) -> String {
     format!("{} – {}", num(low, decimals), num(high, decimals))
 }
 
-/// One row: a figure's median, extremes and interquartile range.
+/// "0.912 ± 0.021": a figure with its noise, where there is one.
+fn with_noise(value: &Value, noise: &Value, decimals: usize) -> String {
+    match noise.as_f64() {
+        Some(_) => format!("{} ± {}", num(value, decimals), num(noise, decimals)),
+        None => num(value, decimals),
+    }
+}
+
+/// One row: a figure (the trimmed mean) with its noise, its median, extremes and interquartile
+/// range.
 fn spread_row(mode: &str, figure: &str, spread: &Value, decimals: usize) -> String {
     format!(
-        "{mode:<20}{figure:<26}{:>11}  {:>23}  {:>23}",
+        "{mode:<20}{figure:<26}{:>18}  {:>11}  {:>23}  {:>23}",
+        with_noise(&spread["trimmed_mean"], &spread["noise"], decimals),
         num(&spread["median"], decimals),
         range(&spread["min"], &spread["max"], decimals),
         match spread["iqr"].as_array().map(Vec::as_slice) {
@@ -67,7 +77,10 @@ fn spread_row(mode: &str, figure: &str, spread: &Value, decimals: usize) -> Stri
 fn mode_rows(r: &Value, load: &str, name: &str) -> Vec<String> {
     let plan = &r["plan"];
     let heading = format!("{name}, {} rounds of {} s", plan[format!("{load}_rounds")], plan["secs_per_run"]);
-    let mut rows = vec![format!("{heading:<46}{:>11}  {:>23}  {:>23}", "median", "min – max", "interquartile")];
+    let mut rows = vec![format!(
+        "{heading:<46}{:>18}  {:>11}  {:>23}  {:>23}",
+        "figure ± noise", "median", "min – max", "interquartile"
+    )];
     for entry in r[load]["per_mode"].as_array().into_iter().flatten() {
         let mode = text(&entry["mode"], "?");
         let lost = (!entry["lost"].is_null()).then_some(LOST_FIGURE);
@@ -184,19 +197,22 @@ pub fn table(r: &Value) -> String {
     rows.push(String::new());
     rows.push("targets (reported, not enforced):".to_string());
     for t in r["targets"].as_array().into_iter().flatten() {
+        let value = match (&t["value"], t["noise"].as_f64()) {
+            (Value::Null, _) => "-".to_string(),
+            (v @ Value::Number(_), Some(_)) => with_noise(v, &t["noise"], 3),
+            (v, _) => v.to_string(),
+        };
         rows.push(format!(
-            "  {:<20} {:<42} {:>10}  {}",
+            "  {:<20} {:<52} {:>16}  {}{}",
             text(&t["figure"], "?"),
             text(&t["target"], "?"),
-            match &t["value"] {
-                Value::Null => "-".to_string(),
-                v => v.to_string(),
-            },
+            value,
             match t["met"].as_bool() {
                 Some(true) => "met",
                 Some(false) => "MISSED",
                 None => "not measured",
-            }
+            },
+            if t["within_noise"] == true { " (within noise: another run could say otherwise)" } else { "" },
         ));
     }
     rows.push(
@@ -204,16 +220,79 @@ pub fn table(r: &Value) -> String {
     );
     for f in r["floors"].as_array().into_iter().flatten() {
         rows.push(format!(
-            "  {:<20} {} of a floor of {}: +{} ns per packet, {} ns of it the attach points alone, {} ns the programs",
+            "  {:<20} {} of a floor of {}: +{} ns per packet, {} ns of it the attach points alone, {} ns the programs{}",
             text(&f["figure"], "?"),
             num(&f["ratio"], 3),
             num(&f["floor_ratio"], 3),
             num(&f["added_ns_per_packet"], 0),
             num(&f["attach_points_ns_per_packet"], 0),
             num(&f["programs_ns_per_packet"], 0),
+            if f["within_noise"] == true { " (within noise)" } else { "" },
         ));
     }
+    rows.extend(profile_rows(&r["profile"]));
+    let noise = &r["noise"];
+    rows.push(format!(
+        "noise: baselines against their neighbours {} (1 but for noise; min – max {})",
+        with_noise(&noise["baseline_ratio"]["trimmed_mean"], &noise["baseline_ratio"]["noise"], 3),
+        range(&noise["baseline_ratio"]["min"], &noise["baseline_ratio"]["max"], 3),
+    ));
+    if noise["noisy"] == true {
+        rows.push("NOISY RUN: the noise is larger than these differences it reports:".to_string());
+        for line in noise["within_noise"].as_array().into_iter().flatten() {
+            rows.push(format!("  {}", text(line, "?")));
+        }
+    }
     rows.join("\n")
+}
+
+/// Symbols of the load CPU shown per mode in the table (results.json has more).
+const TABLE_SYMBOLS: usize = 8;
+
+fn profile_rows(p: &Value) -> Vec<String> {
+    let mut rows = vec!["profiles (one run per mode, BPF run-time statistics on; the load's CPU by perf):".to_string()];
+    if let Some(error) = p["error"].as_str() {
+        rows.push(format!("  could not run: {error}"));
+        return rows;
+    }
+    for m in p["modes"].as_array().into_iter().flatten() {
+        let mut line = format!("  {:<20}", text(&m["mode"], "?"));
+        if m["programs_ns_per_packet"].is_number() {
+            line.push_str(&format!(
+                "programs {} ns per packet (bodies {} of it) of +{} added: ",
+                num(&m["programs_ns_per_packet"], 0),
+                num(&m["bodies_ns_per_packet"], 0),
+                num(&m["added_ns_per_packet"], 0),
+            ));
+            let programs: Vec<String> = m["programs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| {
+                    format!(
+                        "{} {}x{} ns",
+                        text(&c["name"], "?"),
+                        num(&c["runs_per_packet"], 2),
+                        num(&c["ns_per_run"], 0)
+                    )
+                })
+                .collect();
+            line.push_str(&programs.join(", "));
+        }
+        rows.push(line);
+        let symbols: Vec<String> = m["load_cpu_symbols"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .take(TABLE_SYMBOLS)
+            .map(|s| format!("{} {}", num(&s["percent"], 1), text(&s["symbol"], "?")))
+            .collect();
+        match m["perf_error"].as_str() {
+            Some(error) => rows.push(format!("    load CPU: no profile: {error}")),
+            None => rows.push(format!("    load CPU %: {}", symbols.join(", "))),
+        }
+    }
+    rows
 }
 
 /// Appends a run's table to the record of figures, under a heading with its date and commit.
