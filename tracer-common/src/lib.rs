@@ -532,6 +532,11 @@ pub struct KernelLayout {
     /// `enum skb_drop_reason` values that are not drops.
     pub reason_not_dropped_yet: u32,
     pub reason_consumed: u32,
+    /// The reason netfilter's drops (NF_DROP, a REJECT) have: a findings-only watch names a
+    /// hook for these only.
+    pub reason_netfilter_drop: u32,
+    /// Keeps the 64-bit fields aligned without implicit padding.
+    pub _pad_reasons: u32,
     /// `sk_buff.end` (an offset from `head` on 64-bit kernels, where `skb_shared_info`
     /// starts) and `sk_buff.data_len` (the bytes outside the linear data).
     pub skb_end: u32,
@@ -602,7 +607,7 @@ mod user {
 const _: () = assert!(core::mem::size_of::<RecordHeader>() == 32);
 // The configuration is written into the programs' read-only data byte for byte: no
 // implicit padding, whose bytes would be undefined.
-const _: () = assert!(core::mem::size_of::<KernelLayout>() == 42 * 4 + 2 * 8);
+const _: () = assert!(core::mem::size_of::<KernelLayout>() == 44 * 4 + 2 * 8);
 const _: () = assert!(core::mem::offset_of!(WatchConfig, layout) == 32);
 const _: () = assert!(core::mem::size_of::<WatchConfig>() == 32 + core::mem::size_of::<KernelLayout>());
 const _: () = assert!(core::mem::size_of::<JourneyStep>() == 80);

@@ -100,20 +100,21 @@ unsafe fn received(skb: *const u8) -> Option<()> {
 #[inline(always)]
 unsafe fn queued(skb: *const u8) -> Option<()> {
     let slot = lost_slot::BRIDGE_TRANSMIT;
-    // Any device: leaving by one that is not a bridge's ends a journey under way.
-    let frame = unsafe { traced_frame(skb, slot, 0) }?;
-    let on_port = frame.priv_flags & config!(layout.flag_bridge_port) != 0;
-    let on_bridge = frame.priv_flags & config!(layout.flag_bridge) != 0;
-    let netns_inode = frame.netns_inode;
-    let ifindex = frame.ifindex;
+    let port = config!(layout.flag_bridge_port);
     if config!(findings_only) != 0 {
-        if on_port {
-            let at =
-                findings_only::AtPort { skb, header: &frame.header, parsed: frame.parsed, netns_inode, ifindex, slot };
-            unsafe { findings_only::bridge_out(&at) };
-        }
+        // Only what leaves by a port can be a finding here: frames on other devices are let
+        // go before the packet is read.
+        let frame = unsafe { traced_frame(skb, slot, port) }?;
+        let (netns_inode, ifindex) = (frame.netns_inode, frame.ifindex);
+        let at = findings_only::AtPort { skb, header: &frame.header, parsed: frame.parsed, netns_inode, ifindex, slot };
+        unsafe { findings_only::bridge_out(&at) };
         return Some(());
     }
+    // Any device: leaving by one that is not a bridge's ends a journey under way.
+    let frame = unsafe { traced_frame(skb, slot, 0) }?;
+    let on_port = frame.priv_flags & port != 0;
+    let on_bridge = frame.priv_flags & config!(layout.flag_bridge) != 0;
+    let ifindex = frame.ifindex;
     let stage = if on_port { Stage::BridgeOut } else { Stage::FromHost };
     let step = unsafe { stage_step(skb, &frame, stage, slot) };
     if on_bridge {

@@ -19,7 +19,8 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray},
 };
 use tracer_common::{
-    record_kind, DropRecord, Flow, OccurrenceCount, OccurrenceKey, Occurrences, StrayReplyRecord, OCCURRENCE_RESEND_NS,
+    record_kind, DropRecord, Flow, OccurrenceCount, OccurrenceKey, Occurrences, StrayReplyRecord, NO_DROP_REASON,
+    OCCURRENCE_RESEND_NS,
 };
 
 use crate::{
@@ -29,7 +30,7 @@ use crate::{
     skb,
 };
 
-/// The hook a traced packet entered last on this CPU, and the ICMP answer it got there.
+/// A hook a packet entered on this CPU, and the ICMP answer it got there.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct LastHook {
@@ -44,8 +45,45 @@ pub struct LastHook {
     _pad: [u8; 3],
 }
 
+/// Notes of the hooks packets entered last on a CPU, the newest at `next - 1`. More than one:
+/// a REJECT sends its ICMP error through the output hooks (noted too) before the hook drops
+/// the packet it answers, and the drop must still find that packet's note.
+#[repr(C)]
+pub struct LastHooks {
+    next: u32,
+    _pad: u32,
+    notes: [LastHook; LAST_HOOKS],
+}
+
+/// Notes kept per CPU: the rejected packet's, and those of the error it is answered with.
+const LAST_HOOKS: usize = 8;
+
 #[map]
-static LAST_HOOK: PerCpuArray<LastHook> = PerCpuArray::with_max_entries(1, 0);
+static LAST_HOOK: PerCpuArray<LastHooks> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's newest note of `skb`, where one is kept.
+#[inline(always)]
+fn note_of(hooks: &mut LastHooks, skb: *const u8) -> Option<&mut LastHook> {
+    let newest = hooks.next as usize;
+    let mut found = None;
+    // Oldest first, so the newest match is the one kept.
+    for age in (0..LAST_HOOKS).rev() {
+        let index = newest.wrapping_sub(age + 1) % LAST_HOOKS;
+        if hooks.notes[index].skb == skb as u64 {
+            found = Some(index);
+        }
+    }
+    found.map(|index| &mut hooks.notes[index % LAST_HOOKS])
+}
+
+/// Whether hooks note every packet, without reading it (`note_hook`): where the kernel names
+/// netfilter's drops, so that a note is used only for such a drop. Without drop reasons a note
+/// of another packet whose skb address was reused could pass for the dropped one's; there only
+/// the traced port's packets are noted, as each has to be read anyway.
+#[inline(always)]
+pub fn notes_every_packet() -> bool {
+    config!(layout.reason_netfilter_drop) != NO_DROP_REASON
+}
 
 /// A DNATed query's client and backend (addresses as on the wire, ports in network byte
 /// order).
@@ -178,28 +216,30 @@ const UDP_HEADER: u32 = 8;
 
 #[inline(always)]
 pub fn note_hook(skb: *const u8, hook: u8, pf: u8, in_ifindex: u32, out_ifindex: u32) {
-    if let Some(slot) = LAST_HOOK.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot; a hook is not interrupted by another hook's program on
-        // the same CPU before the drop it leads to.
-        let slot = unsafe { &mut *slot };
-        slot.skb = skb as u64;
-        slot.hook = hook;
-        slot.pf = pf;
-        slot.in_ifindex = in_ifindex;
-        slot.out_ifindex = out_ifindex;
-        slot.icmp_sent = 0;
+    if let Some(hooks) = LAST_HOOK.get_ptr_mut(0) {
+        // SAFETY: this CPU's notes; a hook is not interrupted by another hook's program on
+        // the same CPU, and what runs inside it (a REJECT's ICMP error) notes after it.
+        let hooks = unsafe { &mut *hooks };
+        let index = hooks.next as usize % LAST_HOOKS;
+        hooks.next = hooks.next.wrapping_add(1);
+        let note = &mut hooks.notes[index];
+        note.skb = skb as u64;
+        note.hook = hook;
+        note.pf = pf;
+        note.in_ifindex = in_ifindex;
+        note.out_ifindex = out_ifindex;
+        note.icmp_sent = 0;
     }
 }
 
 #[inline(always)]
 pub fn note_icmp(skb: *const u8, icmp_type: u8, icmp_code: u8) {
-    if let Some(slot) = LAST_HOOK.get_ptr_mut(0) {
+    if let Some(hooks) = LAST_HOOK.get_ptr_mut(0) {
         // SAFETY: as in `note_hook`.
-        let slot = unsafe { &mut *slot };
-        if slot.skb == skb as u64 {
-            slot.icmp_sent = 1;
-            slot.icmp_type = icmp_type;
-            slot.icmp_code = icmp_code;
+        if let Some(note) = note_of(unsafe { &mut *hooks }, skb) {
+            note.icmp_sent = 1;
+            note.icmp_type = icmp_type;
+            note.icmp_code = icmp_code;
         }
     }
 }
@@ -220,9 +260,14 @@ pub unsafe fn send_drop(
     parsed: &ParsedFlow,
 ) {
     // Read once: the key and the record must say the same (a hook of a packet in a softirq
-    // could note itself in between).
-    // SAFETY: this CPU's slot, as in `note_hook`.
-    let last = LAST_HOOK.get_ptr(0).map(|last| unsafe { *last }).filter(|last| last.skb == skb as u64);
+    // could note itself in between). Where every packet is noted, a note names the hook of
+    // netfilter's drops only.
+    let netfilter_drop = !notes_every_packet() || reason == config!(layout.reason_netfilter_drop);
+    let last = match LAST_HOOK.get_ptr_mut(0) {
+        // SAFETY: this CPU's notes, as in `note_hook`.
+        Some(hooks) if netfilter_drop => note_of(unsafe { &mut *hooks }, skb).map(|note| *note),
+        _ => None,
+    };
     // A drop at a netfilter hook is counted by its key; others (and all drops of a traced
     // watch, which sends journeys) go out each.
     let mut occurrences = Occurrences::default();

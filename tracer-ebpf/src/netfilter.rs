@@ -121,6 +121,9 @@ unsafe fn traced_at_hook(state: *const u8, skb: *const u8, slot: u32) -> Option<
 #[inline(always)]
 unsafe fn entered(state: *const u8, skb: *const u8) -> Option<()> {
     let slot = lost_slot::NETFILTER_ENTRY;
+    if config!(findings_only) != 0 && findings_only::notes_every_packet() {
+        return unsafe { note_unread(state, skb) };
+    }
     let at = unsafe { traced_at_hook(state, skb, slot) }?;
     // SAFETY (loads): the context's hook state.
     let hook: u8 = unsafe { skb::load(at.state, config!(layout.hook_state_hook)) };
@@ -134,6 +137,28 @@ unsafe fn entered(state: *const u8, skb: *const u8) -> Option<()> {
     if unsafe { journey::step(&step, false) } {
         unsafe { journey::copy_fragment_payload(at.skb) };
     }
+    Some(())
+}
+
+/// Notes the hook for whatever drop may follow, without reading the packet: that is left to
+/// the drop, which is rare, while every packet passes the hooks.
+///
+/// # Safety
+/// `state` and `skb` must be BTF-typed hook state and skb pointers.
+#[inline(always)]
+unsafe fn note_unread(state: *const u8, skb: *const u8) -> Option<()> {
+    // SAFETY (loads): `state` is the context's BTF-typed hook state.
+    let pf: u8 = unsafe { skb::load(state, config!(layout.hook_state_pf)) };
+    if pf != NFPROTO_IPV4 && pf != NFPROTO_IPV6 {
+        return None;
+    }
+    // The fentry program runs in every namespace (see `traced_at_hook`).
+    let net = unsafe { skb::load_ptr(state, config!(layout.hook_state_net)) }?;
+    unsafe { packet::netns_matches(net) }?;
+    let hook: u8 = unsafe { skb::load(state, config!(layout.hook_state_hook)) };
+    let in_ifindex = unsafe { device_ifindex(state, config!(layout.hook_state_in)) };
+    let out_ifindex = unsafe { device_ifindex(state, config!(layout.hook_state_out)) };
+    findings_only::note_hook(skb, hook, pf, in_ifindex, out_ifindex);
     Some(())
 }
 

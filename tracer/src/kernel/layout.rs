@@ -180,6 +180,7 @@ pub(crate) fn resolve_layout(btf: &KernelBtf) -> Result<ResolvedLayout> {
         // this tracepoint only from 6.3; the enum itself appeared in 5.17).
         reason_not_dropped_yet: drop_reason(btf, "SKB_NOT_DROPPED_YET"),
         reason_consumed: drop_reason(btf, "SKB_CONSUMED"),
+        reason_netfilter_drop: drop_reason(btf, "SKB_DROP_REASON_NETFILTER_DROP"),
         ..KernelLayout::default()
     };
 
@@ -376,6 +377,10 @@ mod tests {
         assert_eq!(l.flag_bridge_port, 512);
         assert_eq!(l.flag_bridge, 2);
         assert_eq!(l.reason_consumed, btf.enum_value("skb_drop_reason", "SKB_CONSUMED").unwrap() as u32);
+        assert_eq!(
+            l.reason_netfilter_drop,
+            btf.enum_value("skb_drop_reason", "SKB_DROP_REASON_NETFILTER_DROP").unwrap() as u32
+        );
         assert_eq!(r.netfilter_known, btf.has_struct("nf_hook_state"));
         if r.netfilter_known {
             // u8 hook, u8 pf, then pointers: stable since nf_hook_state gained pf.
@@ -539,7 +544,12 @@ mod tests {
             "skb_drop_reason",
             4,
             false,
-            &[("SKB_NOT_DROPPED_YET", 0), ("SKB_CONSUMED", 1), ("SKB_DROP_REASON_NOT_SPECIFIED", 2)],
+            &[
+                ("SKB_NOT_DROPPED_YET", 0),
+                ("SKB_CONSUMED", 1),
+                ("SKB_DROP_REASON_NOT_SPECIFIED", 2),
+                ("SKB_DROP_REASON_NETFILTER_DROP", 7),
+            ],
         );
         let mut k = FakeKernel { base: b, int, u8_t, u16_t, ulong };
         if with_conntrack {
@@ -617,6 +627,7 @@ mod tests {
             // The fake kernel has no netfilter: the hook-state offsets stay 0.
             reason_not_dropped_yet: 0,
             reason_consumed: 1,
+            reason_netfilter_drop: 7,
             ..KernelLayout::default()
         };
         assert_eq!(l, want);
