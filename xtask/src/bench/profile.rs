@@ -72,6 +72,9 @@ pub struct ModeProfile {
     pub symbols: Vec<(f64, String)>,
     /// Why there is no CPU profile, if there is none.
     pub perf_error: Option<String>,
+    /// The observer's own profile (tracer, nft monitor, tcpdump): where the reader's time goes.
+    pub observer_symbols: Vec<(f64, String)>,
+    pub observer_perf_error: Option<String>,
 }
 
 /// The kernel's BPF run-time statistics, on while this is held (BPF_ENABLE_STATS): released
@@ -193,6 +196,29 @@ fn perf_record(file: &Path, send: &[String]) -> Vec<String> {
     argv
 }
 
+/// `perf record` of process `pid` (and its threads) for `secs`, into `file`.
+fn perf_record_process(file: &Path, pid: u32, secs: f64) -> Result<Proc> {
+    let mut cmd = Command::new("perf");
+    cmd.args(["record", "-q", "-F", SAMPLE_HZ, "-o"]).arg(file);
+    cmd.args(["-p", &pid.to_string(), "--", "sleep", &format!("{secs}")]);
+    Proc::spawn(cmd, "perf record -p", Stdout::Capture)
+}
+
+/// The symbols of a finished `perf record`, or why there are none.
+fn symbols_of(file: &Path, recorded: Result<super::procs::Ended>) -> (Vec<(f64, String)>, Option<String>) {
+    let outcome = recorded.and_then(|ended| {
+        if !ended.status.success() {
+            bail!("perf record failed ({}): {}", ended.status, ended.err.trim());
+        }
+        perf_report(file)
+    });
+    let _ = std::fs::remove_file(file);
+    match outcome {
+        Ok(symbols) => (symbols, None),
+        Err(e) => (Vec::new(), Some(format!("{e:#}"))),
+    }
+}
+
 fn perf_report(file: &Path) -> Result<Vec<(f64, String)>> {
     let limit = PERCENT_LIMIT.to_string();
     let out = Command::new("perf")
@@ -219,24 +245,24 @@ impl Bench<'_> {
         let tracer = observer.pid().filter(|_| mode.is_tracer());
         let before = tracer.map(programs_of).transpose()?;
         let file = self.lab.dir().join(format!("bench-profile-{}.data", mode.name()));
+        let observer_file = self.lab.dir().join(format!("bench-profile-{}-observer.data", mode.name()));
         let _ = std::fs::remove_file(&file);
+        let _ = std::fs::remove_file(&observer_file);
+        // The observer's profile spans the load's middle: it starts with it, and ends before.
+        let observer_perf = observer.pid().map(|pid| perf_record_process(&observer_file, pid, (secs - 0.5).max(0.2)));
         let argv = perf_record(&file, &self.send_argv(None, Some(secs), None));
         let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
         let perf = Proc::spawn(self.lab.command(Ns::Client, &argv), "perf record -- loadgen send", Stdout::Capture)?
             .finish(Duration::from_secs_f64(secs + 30.0))?;
         let after = tracer.map(programs_of).transpose()?;
+        let (observer_symbols, observer_perf_error) = match observer_perf {
+            Some(started) => symbols_of(&observer_file, started.and_then(|p| p.finish(Duration::from_secs(15)))),
+            None => (Vec::new(), None),
+        };
         receiver.stop()?;
         observer.finish()?;
         let sent = last_json(&perf, "loadgen send (under perf)")?;
-        let (symbols, perf_error) = if perf.status.success() {
-            match perf_report(&file) {
-                Ok(symbols) => (symbols, None),
-                Err(e) => (Vec::new(), Some(format!("{e:#}"))),
-            }
-        } else {
-            (Vec::new(), Some(format!("perf record failed ({}): {}", perf.status, perf.err.trim())))
-        };
-        let _ = std::fs::remove_file(&file);
+        let (symbols, perf_error) = symbols_of(&file, Ok(perf));
         Ok(ModeProfile {
             mode,
             packets: sent["sent"].as_u64().unwrap_or(0),
@@ -244,6 +270,8 @@ impl Bench<'_> {
             programs: before.zip(after).map(|(b, a)| difference(&b, &a)),
             symbols,
             perf_error,
+            observer_symbols,
+            observer_perf_error,
         })
     }
 }

@@ -409,6 +409,8 @@ fn profiles_json(profiles: &Result<Vec<ModeProfile>, String>, udp: &[ModeFigures
                 "outside_bodies_ns_per_packet": added.zip(programs_ns.zip(empty_ns)).map(|(a, (p, e))| round1(a - (p - e))),
                 "load_cpu_symbols": p.symbols.iter().take(PROFILE_SYMBOLS).map(|(pct, sym)| json!({"percent": pct, "symbol": sym})).collect::<Vec<_>>(),
                 "perf_error": p.perf_error,
+                "observer_symbols": p.observer_symbols.iter().take(PROFILE_SYMBOLS).map(|(pct, sym)| json!({"percent": pct, "symbol": sym})).collect::<Vec<_>>(),
+                "observer_perf_error": p.observer_perf_error,
             })
         })
         .collect();
@@ -777,7 +779,7 @@ pub fn results(
         results[key] = value;
     }
     results["method"]["profile"] = json!(
-        "after the rounds, one UDP run per mode with the kernel's BPF run-time statistics on (BPF_ENABLE_STATS; they add two clock reads per program run, so these runs give no ratios): each of tracer's programs' runs and run time per packet sent, from bpftool prog show; and perf record -F 2999 on the load's CPU over the middle of the run, perf report --sort sym, symbols above 0.5 %. bodies_ns_per_packet = the programs' run time per packet less that of the same programs empty (attach_floor, findings_only_floor) in the same conditions; outside_bodies_ns_per_packet = the mode's added ns per packet in the rounds less its bodies' (attach points, ring buffer, caches). On a VM without NMIs perf cannot sample where interrupts are off, and charges that time to the function that turns them on again (_raw_spin_unlock_irqrestore)"
+        "after the rounds, one UDP run per mode with the kernel's BPF run-time statistics on (BPF_ENABLE_STATS; they add two clock reads per program run, so these runs give no ratios): each of tracer's programs' runs and run time per packet sent, from bpftool prog show; and perf record -F 2999 on the load's CPU for the sender's whole life, and of the observer process (perf record -p) over the middle of the run, perf report --sort sym, symbols above 0.5 %. bodies_ns_per_packet = the programs' run time per packet less that of the same programs empty (attach_floor, findings_only_floor) in the same conditions; outside_bodies_ns_per_packet = the mode's added ns per packet in the rounds less its bodies' (attach points, ring buffer, caches). On a VM without NMIs perf cannot sample where interrupts are off, and charges that time to the function that turns them on again (_raw_spin_unlock_irqrestore)"
     );
     results["method"]["capture"] = json!(
         "tracer watch --port 7000 --write F.pcapng --output none; lost = the summary `tracer report F` reads back from the capture"

@@ -280,16 +280,26 @@ fn profile_rows(p: &Value) -> Vec<String> {
             line.push_str(&programs.join(", "));
         }
         rows.push(line);
-        let symbols: Vec<String> = m["load_cpu_symbols"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .take(TABLE_SYMBOLS)
-            .map(|s| format!("{} {}", num(&s["percent"], 1), text(&s["symbol"], "?")))
-            .collect();
+        let symbols = |key: &str| -> String {
+            m[key]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .take(TABLE_SYMBOLS)
+                .map(|s| format!("{} {}", num(&s["percent"], 1), text(&s["symbol"], "?")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         match m["perf_error"].as_str() {
             Some(error) => rows.push(format!("    load CPU: no profile: {error}")),
-            None => rows.push(format!("    load CPU %: {}", symbols.join(", "))),
+            None => rows.push(format!("    load CPU %: {}", symbols("load_cpu_symbols"))),
+        }
+        match m["observer_perf_error"].as_str() {
+            Some(error) => rows.push(format!("    observer: no profile: {error}")),
+            None if m["observer_symbols"].as_array().is_some_and(|a| !a.is_empty()) => {
+                rows.push(format!("    observer %: {}", symbols("observer_symbols")))
+            }
+            None => {}
         }
     }
     rows
