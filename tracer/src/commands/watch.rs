@@ -76,11 +76,17 @@ pub(crate) struct TracingArgs {
 
 /// A ring buffer for the rate at which this node can make records: a journey per packet,
 /// so per CPU that handles packets; findings-only watches send only drops and stray replies.
+/// The node's online CPUs, not the ones tracer may run on: a pod's CPU limit or a taskset
+/// confines the reader, not the packets.
 fn default_ring_mib(findings_only: bool) -> u32 {
     if findings_only {
         return 1;
     }
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    let cpus = aya::util::online_cpus().map_or(1, |cpus| cpus.len()) as u32;
+    ring_mib_for(cpus)
+}
+
+fn ring_mib_for(cpus: u32) -> u32 {
     (4 * cpus).next_power_of_two().clamp(4, 64)
 }
 
@@ -311,5 +317,36 @@ fn capture_info(args: &WatchArgs) -> CaptureInfo {
             sysctls,
         },
         os: read_sysctl("kernel.osrelease").value.map(|release| format!("Linux {release}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ring_grows_with_the_cpus_up_to_64_mib() {
+        assert_eq!([1, 2, 3, 4, 16, 64].map(ring_mib_for), [4, 8, 16, 16, 64, 64]);
+    }
+
+    #[test]
+    fn the_ring_follows_the_node_not_the_cpus_tracer_may_run_on() {
+        let online = aya::util::online_cpus().expect("online CPUs").len() as u32;
+        // Confined to one CPU, as a taskset or a pod's cpuset would: the packets still come
+        // from every CPU of the node, and the ring is sized for them.
+        let confined = std::thread::spawn(|| {
+            // SAFETY: a set with CPU 0 only, for this thread.
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(0, &mut set);
+                assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0);
+            }
+            assert_eq!(std::thread::available_parallelism().map(|n| n.get()).ok(), Some(1));
+            default_ring_mib(false)
+        })
+        .join()
+        .expect("the confined thread");
+        assert_eq!(confined, ring_mib_for(online));
+        assert_eq!(default_ring_mib(true), 1);
     }
 }
