@@ -107,13 +107,88 @@ impl HookPass {
 /// conntrack entry, and not read back.
 impl Serialize for HookPass {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(5))?;
-        map.serialize_entry("hook", &self.hook)?;
-        map.serialize_entry("family", &self.family)?;
-        map.serialize_entry("left", &self.left)?;
-        map.serialize_entry("conntrack", &self.conntrack)?;
-        map.serialize_entry("nat", &self.conntrack.nat_text())?;
+        PassInPath { pass: self, as_before: false }.serialize(serializer)
+    }
+}
+
+/// A hook pass in a line's path: its conntrack (and the NAT it shows) is left out where it is
+/// what the previous hook had, as it is at most hooks of a packet's way. Each of a path's
+/// objects would otherwise repeat the same entry, and a traced watch writes that path for every
+/// packet: it was most of the bytes of a JSON line.
+struct PassInPath<'a> {
+    pass: &'a HookPass,
+    as_before: bool,
+}
+
+impl Serialize for PassInPath<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let pass = self.pass;
+        let mut map = serializer.serialize_map(Some(if self.as_before { 3 } else { 5 }))?;
+        map.serialize_entry("hook", &pass.hook)?;
+        map.serialize_entry("family", &pass.family)?;
+        map.serialize_entry("left", &pass.left)?;
+        if !self.as_before {
+            map.serialize_entry("conntrack", &pass.conntrack)?;
+            map.serialize_entry("nat", &pass.conntrack.nat_text())?;
+        }
         map.end()
+    }
+}
+
+/// A line's hook path (`hooks`) ↔ JSON, a hook without `conntrack` having the previous one's.
+pub(crate) mod hook_path {
+    use serde::{ser::SerializeSeq, Deserialize, Deserializer, Serializer};
+
+    use super::{HookPass, PassInPath};
+    use crate::model::{
+        hook::{Family, Hook},
+        packet::Conntrack,
+    };
+
+    pub(crate) fn serialize<S: Serializer>(path: &[HookPass], serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(path.len()))?;
+        let mut previous: Option<&Conntrack> = None;
+        for pass in path {
+            seq.serialize_element(&PassInPath { pass, as_before: previous == Some(&pass.conntrack) })?;
+            previous = Some(&pass.conntrack);
+        }
+        seq.end()
+    }
+
+    /// A hook of a path as written: `conntrack` absent means the previous hook's, `null` none.
+    #[derive(Deserialize)]
+    struct Written {
+        hook: Hook,
+        family: Family,
+        left: bool,
+        #[serde(default, deserialize_with = "present")]
+        conntrack: Option<Conntrack>,
+    }
+
+    fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Conntrack>, D::Error> {
+        Conntrack::deserialize(deserializer).map(Some)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<HookPass>, D::Error> {
+        let written = Vec::<Written>::deserialize(deserializer)?;
+        let mut path: Vec<HookPass> = Vec::with_capacity(written.len());
+        for w in written {
+            let conntrack = match (w.conntrack, path.last()) {
+                (Some(conntrack), _) => conntrack,
+                (None, Some(previous)) => previous.conntrack.clone(),
+                (None, None) => return Err(serde::de::Error::missing_field("conntrack")),
+            };
+            path.push(HookPass {
+                hook: w.hook,
+                family: w.family,
+                left: w.left,
+                conntrack,
+                in_ifindex: 0,
+                out_ifindex: 0,
+                stamped: None,
+            });
+        }
+        Ok(path)
     }
 }
 
@@ -241,5 +316,72 @@ mod drop_reason_tests {
             assert_eq!(serde_json::from_str::<DropReason>(&json).expect("reads back"), reason, "{json}");
         }
         assert_eq!(serde_json::to_string(&DropReason::Unnamed(7)).expect("serialises"), "\"reason 7\"");
+    }
+}
+
+#[cfg(test)]
+mod hook_path_tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::model::packet::{ConntrackEntry, FlowTuple};
+
+    fn dnat_entry(ctinfo: u8) -> Conntrack {
+        let addr = |text: &str| text.parse().expect("an address");
+        Conntrack::Attached(ConntrackEntry {
+            ctinfo,
+            status: Some((1 << 3) | (1 << 5) | (1 << 8)),
+            original: Some(FlowTuple { src: addr("10.244.0.5:40000"), dst: addr("10.96.0.10:53") }),
+            reply: Some(FlowTuple { src: addr("10.244.0.7:53"), dst: addr("10.244.0.5:40000") }),
+        })
+    }
+
+    fn pass(hook: Hook, conntrack: Conntrack) -> HookPass {
+        HookPass { hook, family: Family::Ipv4, left: true, conntrack, in_ifindex: 0, out_ifindex: 0, stamped: None }
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct Line {
+        #[serde(with = "hook_path")]
+        hooks: Vec<HookPass>,
+    }
+
+    #[test]
+    fn a_hook_leaves_out_the_conntrack_the_previous_one_had_and_reads_it_back() {
+        let new = dnat_entry(2);
+        let established = dnat_entry(0);
+        let path = vec![
+            pass(Hook::PreRouting, Conntrack::None),
+            pass(Hook::Forward, new.clone()),
+            pass(Hook::PostRouting, new.clone()),
+            pass(Hook::LocalIn, established),
+            pass(Hook::LocalOut, Conntrack::None),
+        ];
+        let written: Value = serde_json::to_value(Line { hooks: path.clone() }).expect("serialises");
+        let hooks = written["hooks"].as_array().expect("an array");
+        let with_conntrack: Vec<bool> = hooks.iter().map(|h| h.get("conntrack").is_some()).collect();
+        // The first always; then where it changes, a change to none (null) included.
+        assert_eq!(with_conntrack, [true, true, false, true, true]);
+        assert_eq!(hooks[0]["conntrack"], Value::Null);
+        assert_eq!(hooks[2], json!({"hook": "POST_ROUTING", "family": "ipv4", "left": true}));
+        assert!(hooks[1]["nat"].as_str().is_some_and(|nat| nat.starts_with("dnat")));
+        let back: Line = serde_json::from_value(written).expect("reads back");
+        assert_eq!(back.hooks, path);
+    }
+
+    #[test]
+    fn a_path_written_whole_reads_the_same() {
+        // Lines written before the compact form carry every hook's conntrack.
+        let whole = json!({"hooks": [
+            {"hook": "PRE_ROUTING", "family": "ipv4", "left": true, "conntrack": null, "nat": null},
+            {"hook": "FORWARD", "family": "ipv4", "left": false, "conntrack": null, "nat": null},
+        ]});
+        let line: Line = serde_json::from_value(whole).expect("reads");
+        assert_eq!(line.hooks.len(), 2);
+        assert!(line.hooks.iter().all(|h| h.conntrack == Conntrack::None));
+        assert!(!line.hooks[1].left);
+        // A first hook without one has nothing to take it from.
+        let headless = json!({"hooks": [{"hook": "FORWARD", "family": "ipv4", "left": true}]});
+        assert!(serde_json::from_value::<Line>(headless).is_err());
     }
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
-    netfilter::{stopped_in, DropEvent, DropReason, HookPass},
+    netfilter::{hook_path, stopped_in, DropEvent, DropReason, HookPass},
     packet::{Fate, Fragment, PacketEvent},
     pod::EndpointPods,
     serde_forms,
@@ -39,6 +39,7 @@ pub(crate) struct TracedPacket {
     #[serde(flatten)]
     pub pods: EndpointPods,
     /// The netfilter hooks the packet passed since it was last on the bridge path.
+    #[serde(with = "hook_path")]
     pub hooks: Vec<HookPass>,
     /// `accept` when it passed hooks (it came out of them).
     pub verdict: Option<Fate>,
@@ -71,7 +72,7 @@ pub(crate) struct DropLine {
     pub drop: DropEvent,
     /// The netfilter hooks it passed since it was last on the bridge path; it never left
     /// the last one of a netfilter drop.
-    #[serde(rename = "hooks")]
+    #[serde(rename = "hooks", with = "hook_path")]
     pub path: Vec<HookPass>,
     pub ifname: Option<String>,
     /// The pods holding the source and destination addresses.
