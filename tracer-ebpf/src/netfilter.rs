@@ -94,11 +94,14 @@ struct AtHook {
     parsed: &'static ParsedFlow,
 }
 
+/// The hook state's family, when it is IPv4 or IPv6 in the watched namespace: `(pf, family,
+/// netns inode)`. Plain loads only.
+///
 /// # Safety
-/// `state` and `skb` must be BTF-typed hook state and skb pointers.
+/// `state` must be a BTF-typed hook state pointer.
 #[inline(always)]
-unsafe fn traced_at_hook(state: *const u8, skb: *const u8, slot: u32) -> Option<AtHook> {
-    // SAFETY (loads): `state` and `skb` are BTF-typed pointers.
+unsafe fn watched_family(state: *const u8) -> Option<(u8, IpFamily, u32)> {
+    // SAFETY (loads): `state` is BTF-typed.
     let pf: u8 = unsafe { skb::load(state, config!(layout.hook_state_pf)) };
     // Links exist only at the IPv4 and IPv6 hooks.
     let family = match pf {
@@ -110,6 +113,14 @@ unsafe fn traced_at_hook(state: *const u8, skb: *const u8, slot: u32) -> Option<
     // every one: plain loads let another namespace's packets go before the packet is read.
     let net = unsafe { skb::load_ptr(state, config!(layout.hook_state_net)) }?;
     let netns_inode = unsafe { packet::netns_matches(net) }?;
+    Some((pf, family, netns_inode))
+}
+
+/// # Safety
+/// `state` and `skb` must be BTF-typed hook state and skb pointers.
+#[inline(always)]
+unsafe fn traced_at_hook(state: *const u8, skb: *const u8, slot: u32) -> Option<AtHook> {
+    let (pf, family, netns_inode) = unsafe { watched_family(state) }?;
     // Then the port: nearly every packet on a busy node is of other traffic.
     let header = unsafe { packet::network_header(skb) }?;
     let parsed = packet::read_traced_flow(&header, family, slot)?;
@@ -121,18 +132,20 @@ unsafe fn traced_at_hook(state: *const u8, skb: *const u8, slot: u32) -> Option<
 #[inline(always)]
 unsafe fn entered(state: *const u8, skb: *const u8) -> Option<()> {
     let slot = lost_slot::NETFILTER_ENTRY;
-    if config!(findings_only) != 0 && findings_only::notes_every_packet() {
-        return unsafe { note_unread(state, skb) };
-    }
-    let at = unsafe { traced_at_hook(state, skb, slot) }?;
-    // SAFETY (loads): the context's hook state.
-    let hook: u8 = unsafe { skb::load(at.state, config!(layout.hook_state_hook)) };
-    let in_ifindex = unsafe { device_ifindex(at.state, config!(layout.hook_state_in)) };
-    let out_ifindex = unsafe { device_ifindex(at.state, config!(layout.hook_state_out)) };
     if config!(findings_only) != 0 {
-        findings_only::note_hook(at.skb, hook, at.pf, in_ifindex, out_ifindex);
+        // The hook is noted for whatever drop may follow. Where every packet is noted it is not
+        // read: that is left to the drop, which is rare, while every packet passes the hooks.
+        let pf = if findings_only::notes_every_packet() {
+            unsafe { watched_family(state) }?.0
+        } else {
+            unsafe { traced_at_hook(state, skb, slot) }?.pf
+        };
+        let (hook, in_ifindex, out_ifindex) = unsafe { hook_and_devices(state) };
+        findings_only::note_hook(skb, hook, pf, in_ifindex, out_ifindex);
         return Some(());
     }
+    let at = unsafe { traced_at_hook(state, skb, slot) }?;
+    let (hook, in_ifindex, out_ifindex) = unsafe { hook_and_devices(at.state) };
     let step = unsafe { hook_step(&at, hook, in_ifindex, out_ifindex, slot) }?;
     if unsafe { journey::step(&step, false) } {
         unsafe { journey::copy_fragment_payload(at.skb) };
@@ -140,26 +153,20 @@ unsafe fn entered(state: *const u8, skb: *const u8) -> Option<()> {
     Some(())
 }
 
-/// Notes the hook for whatever drop may follow, without reading the packet: that is left to
-/// the drop, which is rare, while every packet passes the hooks.
+/// The hook, and the ifindex of its input and output devices (0: none).
 ///
 /// # Safety
-/// `state` and `skb` must be BTF-typed hook state and skb pointers.
+/// `state` must be the context's BTF-typed hook state.
 #[inline(always)]
-unsafe fn note_unread(state: *const u8, skb: *const u8) -> Option<()> {
-    // SAFETY (loads): `state` is the context's BTF-typed hook state.
-    let pf: u8 = unsafe { skb::load(state, config!(layout.hook_state_pf)) };
-    if pf != NFPROTO_IPV4 && pf != NFPROTO_IPV6 {
-        return None;
+unsafe fn hook_and_devices(state: *const u8) -> (u8, u32, u32) {
+    // SAFETY (loads): `state` is BTF-typed.
+    unsafe {
+        (
+            skb::load(state, config!(layout.hook_state_hook)),
+            device_ifindex(state, config!(layout.hook_state_in)),
+            device_ifindex(state, config!(layout.hook_state_out)),
+        )
     }
-    // The fentry program runs in every namespace (see `traced_at_hook`).
-    let net = unsafe { skb::load_ptr(state, config!(layout.hook_state_net)) }?;
-    unsafe { packet::netns_matches(net) }?;
-    let hook: u8 = unsafe { skb::load(state, config!(layout.hook_state_hook)) };
-    let in_ifindex = unsafe { device_ifindex(state, config!(layout.hook_state_in)) };
-    let out_ifindex = unsafe { device_ifindex(state, config!(layout.hook_state_out)) };
-    findings_only::note_hook(skb, hook, pf, in_ifindex, out_ifindex);
-    Some(())
 }
 
 /// # Safety
