@@ -56,7 +56,7 @@ pub(crate) struct IcmpEvent {
 }
 
 /// One netfilter hook on a packet's way.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct HookPass {
     pub hook: Hook,
     pub family: Family,
@@ -65,12 +65,9 @@ pub(crate) struct HookPass {
     /// Conntrack as the packet left the hook (or as it entered, when it never left).
     pub conntrack: Conntrack,
     /// The hook's devices, for naming a rule's interfaces; not part of a line.
-    #[serde(skip)]
     pub in_ifindex: u32,
-    #[serde(skip)]
     pub out_ifindex: u32,
     /// Where the kernel recorded it, for the loss check; not part of a line.
-    #[serde(skip)]
     pub stamped: Option<Stamped>,
 }
 

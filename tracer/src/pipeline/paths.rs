@@ -3,26 +3,20 @@
 //! endpoints whose loss buckets say whether a record of that path may be missing.
 
 use super::loss::LossWindows;
-use serde::{Deserialize, Serialize};
 
 pub(crate) use crate::model::netfilter::HookPass;
 use crate::model::netfilter::{DropEvent, IcmpEvent};
 
-/// A packet that died while traced. Serialised, the kernel's part of its `dropped` line:
-/// the drop and the hooks it passed.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// A packet that died while traced: the drop and the hooks it passed.
+#[derive(Clone, Debug)]
 pub(crate) struct DroppedPacket {
-    #[serde(flatten)]
     pub drop: DropEvent,
-    #[serde(rename = "hooks")]
     pub path: Vec<HookPass>,
     /// The ICMP error the kernel answered with (e.g. a REJECT), when it did (a line names
     /// the answer in words).
-    #[serde(skip)]
     pub icmp: Option<IcmpEvent>,
     /// The packet's source from its first record on: a record of its path that was lost
     /// (the one that would show it left a hook) shows as growth there.
-    #[serde(skip)]
     pub loss: LossWindows,
 }
 
